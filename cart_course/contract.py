@@ -1,0 +1,199 @@
+"""The command contract: one JSON envelope for Python, CLI, JSON Lines and HTTP.
+
+```json
+{"command": "give_infusion", "patient_id": "P-001", "occurred_at": "2026-03-02T09:30:00+01:00",
+ "actor": {"id": "nurse.jones", "role": "clinician"}, "reason": null,
+ "idempotency_key": "infusion-P-001-c1-d1", "expected_version": 4,
+ "payload": {"day": 1, "cells": {"value": 7.0e6, "unit": "cells"},
+             "weight": {"value": 70, "unit": "kg"}}}
+```
+See ``docs/commands.md`` and ``schemas.py`` (one JSON Schema per command).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from .course import canonical
+from .errors import InvalidCommandError
+from .protocol.commands import COMMANDS, SERVICE_COMMANDS
+
+ENVELOPE_KEYS = (
+    "command",
+    "patient_id",
+    "occurred_at",
+    "actor",
+    "reason",
+    "idempotency_key",
+    "expected_version",
+    "payload",
+)
+WRITE_ROLES = ("service", "clinician")
+ALL_COMMANDS = (*COMMANDS, *SERVICE_COMMANDS)
+#: Clinical time may run ahead of the record clock by at most this much (clock skew).
+MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-:")
+
+
+@attrs.frozen(kw_only=True)
+class Actor:
+    id: str
+    role: str
+    name: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"id": self.id, "role": self.role}
+        if self.name:
+            data["name"] = self.name
+        return data
+
+
+@attrs.frozen(kw_only=True)
+class Command:
+    command: str
+    patient_id: str
+    occurred_at: dt.datetime
+    actor: Actor
+    payload: Mapping[str, Any]
+    reason: str | None = None
+    idempotency_key: str | None = None
+    expected_version: int | None = None
+
+    @property
+    def digest(self) -> str:
+        """What makes two commands the same command (for idempotent retries)."""
+        return hashlib.sha256(
+            canonical(
+                {
+                    "command": self.command,
+                    "patient_id": self.patient_id,
+                    "occurred_at": self.occurred_at.isoformat(),
+                    "payload": self.payload,
+                    "reason": self.reason,
+                }
+            )
+        ).hexdigest()
+
+    @property
+    def key(self) -> str:
+        """The idempotency key; without one, the command's content is its key."""
+        return self.idempotency_key or f"auto:{self.digest}"
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "command": self.command,
+            "patient_id": self.patient_id,
+            "occurred_at": self.occurred_at.isoformat(),
+            "actor": self.actor.to_json(),
+            "reason": self.reason,
+            "idempotency_key": self.idempotency_key,
+            "expected_version": self.expected_version,
+            "payload": dict(self.payload),
+        }
+        return data
+
+
+def parse_time(value: Any, field: str) -> dt.datetime:
+    if not isinstance(value, str):
+        raise InvalidCommandError(field, "must be an ISO 8601 date-time string with a UTC offset")
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+    except ValueError:
+        raise InvalidCommandError(
+            field, f"{value!r} is not an ISO 8601 date-time (e.g. 2026-03-02T09:30:00+01:00)"
+        ) from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise InvalidCommandError(
+            field, f"{value!r} has no UTC offset; clinical time must be unambiguous (add Z or +hh:mm)"
+        )
+    return parsed
+
+
+def _text(data: Mapping[str, Any], key: str, field: str, *, max_len: int, required: bool) -> str | None:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise InvalidCommandError(field, "is required")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidCommandError(field, "must be a non-empty string")
+    if len(value) > max_len:
+        raise InvalidCommandError(field, f"must be at most {max_len} characters")
+    return value
+
+
+def parse_actor(value: Any) -> Actor:
+    if not isinstance(value, Mapping):
+        raise InvalidCommandError(
+            "actor", 'must be an object like {"id": "nurse.jones", "role": "clinician"}'
+        )
+    extra = sorted(set(value) - {"id", "role", "name"})
+    if extra:
+        raise InvalidCommandError(f"actor.{extra[0]}", "unknown key; allowed keys are: id, role, name")
+    actor_id = _text(value, "id", "actor.id", max_len=200, required=True)
+    role = value.get("role")
+    if role not in WRITE_ROLES:
+        raise InvalidCommandError(
+            "actor.role", f"{role!r} may not record commands; roles that write: {', '.join(WRITE_ROLES)}"
+        )
+    name = _text(value, "name", "actor.name", max_len=200, required=False)
+    assert actor_id is not None
+    return Actor(id=actor_id, role=role, name=name)
+
+
+def parse_patient_id(value: Any, field: str = "patient_id") -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidCommandError(field, "must be a non-empty string (the trial's patient identifier)")
+    if len(value) > 64 or not set(value) <= _ID_CHARS:
+        raise InvalidCommandError(
+            field, f"{value!r} is not a patient identifier: 1-64 characters of A-Z a-z 0-9 . _ - :"
+        )
+    return value
+
+
+def parse_command(data: Any, *, now: dt.datetime | None = None, actor: Actor | None = None) -> Command:
+    """Validate an envelope. ``actor`` (from an authenticated token) overrides the body's actor."""
+    if not isinstance(data, Mapping):
+        raise InvalidCommandError("(command)", "must be a JSON object with: " + ", ".join(ENVELOPE_KEYS))
+    extra = sorted(set(data) - set(ENVELOPE_KEYS))
+    if extra:
+        raise InvalidCommandError(extra[0], f"unknown key; allowed keys are: {', '.join(ENVELOPE_KEYS)}")
+    command = data.get("command")
+    if command not in ALL_COMMANDS:
+        raise InvalidCommandError(
+            "command", f"{command!r} is not a command; commands are: {', '.join(ALL_COMMANDS)}"
+        )
+    patient_id = parse_patient_id(data.get("patient_id"))
+    occurred_at = parse_time(data.get("occurred_at"), "occurred_at")
+    now = now or dt.datetime.now(dt.UTC)
+    if occurred_at - now > MAX_CLOCK_SKEW:
+        raise InvalidCommandError(
+            "occurred_at", f"{occurred_at.isoformat()} is in the future; clinical time is when it happened"
+        )
+    if actor is None:
+        actor = parse_actor(data.get("actor"))
+    reason = _text(data, "reason", "reason", max_len=4000, required=False)
+    key = _text(data, "idempotency_key", "idempotency_key", max_len=200, required=False)
+    expected = data.get("expected_version")
+    if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int) or expected < 0):
+        raise InvalidCommandError("expected_version", "must be a whole number >= 0 (or null)")
+    payload = data.get("payload", {})
+    if payload is None:
+        payload = {}
+    if not isinstance(payload, Mapping):
+        raise InvalidCommandError("payload", "must be a JSON object")
+    return Command(
+        command=command,
+        patient_id=patient_id,
+        occurred_at=occurred_at,
+        actor=actor,
+        payload=payload,
+        reason=reason,
+        idempotency_key=key,
+        expected_version=expected,
+    )

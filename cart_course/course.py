@@ -1,0 +1,247 @@
+"""The event-sourced patient course: one stream per patient, holding all of their courses.
+
+Events only assign (``apply`` evolves the pure :class:`PatientRecord`); every rule ran before the
+event was created (``protocol.commands.prepare``). Each event carries the move, every fact the
+guard read, the protocol version, who/when/why, the idempotency key, and the hash of the previous
+event of the stream (a tamper-evident chain; see ``audit``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+from eventsourcing.domain import Aggregate
+
+from .protocol.record import PatientRecord, apply_correction, evolve
+
+#: Namespace of patient stream ids: uuid5(NAMESPACE, patient_id). A patient has exactly one stream.
+PATIENT_NAMESPACE = uuid.UUID("6f1c3a52-6b0e-5c47-9a3e-0c2d7e1b9a40")
+
+
+def stream_id(patient_id: str) -> uuid.UUID:
+    return uuid.uuid5(PATIENT_NAMESPACE, patient_id)
+
+
+def genesis_hash(patient_id: str) -> str:
+    return hashlib.sha256(f"cart_course:{patient_id}".encode()).hexdigest()
+
+
+def canonical(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def event_content(event: Any) -> dict[str, Any]:
+    """What an event's hash covers: its type, stream, version, record time and every field."""
+    content = {k: v for k, v in vars(event).items()}
+    content["originator_id"] = str(content["originator_id"])
+    content["timestamp"] = event.timestamp.isoformat()
+    content["type"] = type(event).__qualname__
+    return content
+
+
+def event_hash(event: Any) -> str:
+    return hashlib.sha256(canonical(event_content(event))).hexdigest()
+
+
+class PatientCourse(Aggregate):
+    """A patient's courses as an event-sourced aggregate."""
+
+    @staticmethod
+    def create_id(patient_id: str) -> uuid.UUID:  # type: ignore[override]
+        return stream_id(patient_id)
+
+    class Registered(Aggregate.Created):
+        patient_id: str
+        actor: str
+        role: str
+        prev_hash: str
+
+        def apply(self, aggregate: PatientCourse) -> None:
+            aggregate.chain_head = event_hash(self)
+
+    class Moved(Aggregate.Event):
+        """A move of the protocol (also the base of the named move events)."""
+
+        command: str
+        trigger: str
+        from_state: str
+        to_state: str
+        payload: dict[str, Any]
+        facts: dict[str, Any]
+        outcome: dict[str, Any]
+        protocol_version: str
+        actor: str
+        role: str
+        reason: str | None
+        occurred_at: str
+        idempotency_key: str
+        digest: str
+        prev_hash: str
+
+        def apply(self, aggregate: PatientCourse) -> None:
+            evolve(
+                aggregate.record,
+                trigger=self.trigger,
+                to_state=self.to_state,
+                facts=self.facts,
+                outcome=self.outcome,
+                occurred_at=self.occurred_at,
+                version=self.originator_version,
+                protocol_version=self.protocol_version,
+                reason=self.reason,
+            )
+            aggregate.remember(self)
+
+    # Named moves: past-tense facts, so the log reads as the course happened.
+    class Screened(Moved): ...
+
+    class Rescreened(Moved): ...
+
+    class ApheresisRecorded(Moved): ...
+
+    class InfusionGiven(Moved): ...
+
+    class ToxicityReported(Moved): ...
+
+    class ToxicityResolved(Moved): ...
+
+    class FractionsCancelled(Moved): ...
+
+    class ResponseAssessed(Moved): ...
+
+    class CourseContinued(Moved): ...
+
+    class TreatmentCeased(Moved): ...
+
+    class TreatmentDiscontinued(Moved): ...
+
+    class Withdrawn(Moved): ...
+
+    class DeathRecorded(Moved): ...
+
+    class FactCorrected(Aggregate.Event):
+        """A recorded fact re-stated: names the event it corrects; nothing is overwritten."""
+
+        corrects: int
+        trigger: str
+        changes: dict[str, Any]
+        payload: dict[str, Any]
+        facts: dict[str, Any]
+        outcome: dict[str, Any]
+        findings: list[str]
+        protocol_version: str
+        actor: str
+        role: str
+        reason: str
+        occurred_at: str
+        idempotency_key: str
+        digest: str
+        prev_hash: str
+
+        def apply(self, aggregate: PatientCourse) -> None:
+            apply_correction(
+                aggregate.record,
+                corrects=self.corrects,
+                trigger=self.trigger,
+                facts=self.facts,
+                outcome=self.outcome,
+                changes=self.changes,
+                reason=self.reason,
+                occurred_at=self.occurred_at,
+                version=self.originator_version,
+            )
+            for text in self.findings:
+                aggregate.record.deviations.append(
+                    {"version": self.originator_version, "trigger": "correct",
+                     "course": None, "deviation": text, "reason": self.reason,
+                     "occurred_at": self.occurred_at}
+                )
+            aggregate.remember(self)
+
+    class MilestoneSigned(Aggregate.Event):
+        """An investigator's electronic signature of a milestone (21 CFR 11.50/11.70)."""
+
+        milestone: str
+        signs_version: int
+        signed_hash: str
+        meaning: str
+        printed_name: str
+        actor: str
+        role: str
+        reason: str | None
+        occurred_at: str
+        idempotency_key: str
+        digest: str
+        prev_hash: str
+
+        def apply(self, aggregate: PatientCourse) -> None:
+            aggregate.record.version = self.originator_version
+            aggregate.record.signatures.append(
+                {
+                    "version": self.originator_version,
+                    "milestone": self.milestone,
+                    "signs_version": self.signs_version,
+                    "signed_hash": self.signed_hash,
+                    "meaning": self.meaning,
+                    "printed_name": self.printed_name,
+                    "signer": self.actor,
+                    "signed_at": self.timestamp.isoformat(),
+                    "occurred_at": self.occurred_at,
+                }
+            )
+            aggregate.remember(self)
+
+    def __init__(self, patient_id: str, actor: str, role: str, prev_hash: str) -> None:
+        self.record = PatientRecord(patient_id=patient_id)
+        #: idempotency key -> [payload digest, version of the event it recorded]
+        self.idempotency: dict[str, list[Any]] = {}
+        self.chain_head = ""
+
+    @property
+    def patient_id(self) -> str:
+        return self.record.patient_id
+
+    def remember(self, event: Any) -> None:
+        key = getattr(event, "idempotency_key", None)
+        if key is not None:
+            self.idempotency[key] = [event.digest, event.originator_version]
+        self.record.version = event.originator_version
+        self.chain_head = event_hash(event)
+
+    # -- command side (called by the service after the protocol said yes) ----------------------
+
+    @classmethod
+    def register(cls, patient_id: str, actor: str, role: str) -> PatientCourse:
+        course = cls._create(
+            cls.Registered,
+            patient_id=patient_id,
+            actor=actor,
+            role=role,
+            prev_hash=genesis_hash(patient_id),
+        )
+        return course
+
+    def record_event(self, event_class: type[Aggregate.Event], **fields: Any) -> None:
+        self.trigger_event(event_class, prev_hash=self.chain_head, **fields)
+
+
+MOVE_EVENTS: dict[str, type[PatientCourse.Moved]] = {
+    "screen": PatientCourse.Screened,
+    "rescreen": PatientCourse.Rescreened,
+    "record_apheresis": PatientCourse.ApheresisRecorded,
+    "infuse_d1": PatientCourse.InfusionGiven,
+    "infuse_d2": PatientCourse.InfusionGiven,
+    "infuse_d3": PatientCourse.InfusionGiven,
+    "report_toxicity": PatientCourse.ToxicityReported,
+    "resolve_toxicity": PatientCourse.ToxicityResolved,
+    "cancel_remaining_fractions": PatientCourse.FractionsCancelled,
+    "assess_response": PatientCourse.ResponseAssessed,
+    "continue_treatment": PatientCourse.CourseContinued,
+    "cease": PatientCourse.TreatmentCeased,
+    "discontinue": PatientCourse.TreatmentDiscontinued,
+    "withdraw": PatientCourse.Withdrawn,
+    "record_death": PatientCourse.DeathRecorded,
+}

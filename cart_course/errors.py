@@ -1,0 +1,118 @@
+"""Errors of the application, each with a stable machine-readable code.
+
+Every error says what was wrong and what is allowed; ``to_json`` is the rejection body of the
+command contract (the same for Python, CLI, JSON Lines and HTTP).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CartCourseError(Exception):
+    code = "error"
+    http_status = 400
+    title = "Error"
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message}
+
+
+class InvalidCommandError(CartCourseError):
+    """The command is malformed: names the field and what is allowed."""
+
+    code = "invalid_command"
+    http_status = 422
+    title = "Invalid command"
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+        self.detail = message
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, "field": self.field}
+
+
+class MoveRefused(CartCourseError):
+    """The protocol refuses the move: the failed rules and the moves allowed now."""
+
+    code = "move_refused"
+    http_status = 409
+    title = "Move refused by the protocol"
+
+    def __init__(
+        self, message: str, *, state: str, trigger: str, failed: list[dict[str, str]], allowed: list[str]
+    ) -> None:
+        super().__init__(message)
+        self.state = state
+        self.trigger = trigger
+        self.failed = failed
+        self.allowed = allowed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "error": self.code,
+            "message": self.message,
+            "state": self.state,
+            "move": self.trigger,
+            "failed_rules": self.failed,
+            "allowed_moves": self.allowed,
+        }
+
+
+class VersionConflictError(CartCourseError):
+    code = "version_conflict"
+    http_status = 412
+    title = "Version conflict"
+
+    def __init__(self, patient_id: str, expected: int, actual: int) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"patient {patient_id} is at version {actual}, not the expected {expected}: "
+            "re-read the patient and decide again"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "expected_version": self.expected, "actual_version": self.actual}
+
+
+class IdempotencyConflictError(CartCourseError):
+    code = "idempotency_conflict"
+    http_status = 422
+    title = "Idempotency key reused with a different command"
+
+    def __init__(self, key: str, version: int) -> None:
+        self.key = key
+        self.version = version
+        super().__init__(
+            f"idempotency key {key!r} was used for a different command (recorded as version "
+            f"{version}); use a new key for a new command"
+        )
+
+
+class PatientNotFoundError(CartCourseError):
+    code = "patient_not_found"
+    http_status = 404
+    title = "Patient not found"
+
+    def __init__(self, patient_id: str) -> None:
+        self.patient_id = patient_id
+        super().__init__(f"no patient {patient_id!r} on record; a patient is registered by 'screen'")
+
+
+class StoreError(CartCourseError):
+    code = "store_error"
+    http_status = 503
+    title = "Store unavailable"
+
+
+class ForbiddenError(CartCourseError):
+    code = "forbidden"
+    http_status = 403
+    title = "Forbidden"

@@ -1,0 +1,499 @@
+"""Commands of the protocol: parse a payload, gather the facts, dry-run the move, say the outcome.
+
+``prepare`` is the whole decision: it returns what to record, or raises :class:`MoveRefusedError`
+naming the rules that refused and the moves allowed now. It reads no clock and no store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from . import dosing
+from .errors import ProtocolInputError
+from .machine import DryRun, RuleFailure
+from .record import PatientRecord
+from .response import RESPONSES, classify_response, parse_response_assessment
+from .states import INFUSION_TRIGGERS, Trigger
+from .toxicity import grade_toxicity, parse_toxicity_report
+from .versions import ProtocolVersion
+
+
+@attrs.frozen(kw_only=True)
+class CommandSpec:
+    name: str
+    summary: str
+    required: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    reason: str = "optional"  # "required" | "optional" | "when the rules say so"
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return self.required + self.optional
+
+
+COMMANDS: dict[str, CommandSpec] = {
+    c.name: c
+    for c in (
+        CommandSpec(
+            name="screen",
+            summary="Screen a new patient: eligible -> screened, otherwise screen_failed.",
+            required=("screening",),
+        ),
+        CommandSpec(
+            name="rescreen",
+            summary="Screen a screen-failed patient again.",
+            required=("screening",),
+        ),
+        CommandSpec(
+            name="record_apheresis",
+            summary="T-cell collection (apheresis) done.",
+            required=("apheresis_contraindication",),
+            optional=("product_id",),
+        ),
+        CommandSpec(
+            name="give_infusion",
+            summary="A CAR-T fraction given: day 1 (10 %), 2 (30 %) or 3 (60 %) of the course dose.",
+            required=("day", "cells"),
+            optional=("weight", "product_lot", "deviation_reason"),
+        ),
+        CommandSpec(
+            name="report_toxicity",
+            summary="CRS, ICANS or another toxicity observed (a new episode, or an update of an "
+            "open one by its toxicity_id). The state does not change.",
+            required=("toxicity",),
+            optional=("toxicity_id",),
+        ),
+        CommandSpec(
+            name="resolve_toxicity",
+            summary="An open toxicity resolved (lifts the hold it caused).",
+            required=("toxicity_id",),
+        ),
+        CommandSpec(
+            name="cancel_remaining_fractions",
+            summary="The course's remaining fractions will not be given (e.g. after toxicity).",
+            reason="required",
+        ),
+        CommandSpec(
+            name="assess_response",
+            summary="Response assessment of the course: CR, CRi, PR or NR (computed; a clinician's "
+            "differing response needs a reason).",
+            required=("assessment",),
+            optional=("clinician_response",),
+            reason="when the rules say so",
+        ),
+        CommandSpec(
+            name="continue_treatment",
+            summary="Another course decided (PR: up to 3 courses in all; CR/CRi/NR: clinical "
+            "decision with a reason).",
+            reason="when the rules say so",
+        ),
+        CommandSpec(
+            name="cease",
+            summary="Treatment ceased (after CR/CRi a reason is required).",
+            reason="when the rules say so",
+        ),
+        CommandSpec(
+            name="discontinue",
+            summary="Treatment discontinued for severe toxicity (e.g. CRS grade >= 3).",
+            reason="required",
+        ),
+        CommandSpec(name="withdraw", summary="Patient withdrawn from the study.", reason="required"),
+        CommandSpec(
+            name="record_death",
+            summary="Patient died.",
+            optional=("cause",),
+        ),
+    )
+}
+
+#: Commands that are not protocol moves but are part of the contract (handled by the service).
+SERVICE_COMMANDS = ("correct", "sign")
+
+
+class MoveRefusedError(Exception):
+    """The protocol refuses the move: names the failed rules and the moves allowed now."""
+
+    code = "move_refused"
+
+    def __init__(self, run: DryRun, allowed: list[str]) -> None:
+        self.run = run
+        self.allowed = allowed
+        rules = "; ".join(f.message for f in run.failed)
+        super().__init__(f"{run.trigger} refused in state {run.source}: {rules}")
+
+    @property
+    def failed(self) -> tuple[RuleFailure, ...]:
+        return self.run.failed
+
+
+@attrs.frozen(kw_only=True)
+class Prepared:
+    command: str
+    trigger: str
+    from_state: str
+    to_state: str
+    payload: dict[str, Any]
+    facts: dict[str, Any]
+    outcome: dict[str, Any]
+
+
+def trigger_for(command: str, payload: Mapping[str, Any]) -> str:
+    if command == "give_infusion":
+        day = payload.get("day")
+        if day not in (1, 2, 3) or isinstance(day, bool):
+            raise ProtocolInputError("payload.day", f"must be 1, 2 or 3, got {day!r}")
+        return f"infuse_d{day}"
+    return command
+
+
+def _check_payload_keys(spec: CommandSpec, payload: Mapping[str, Any]) -> None:
+    unknown = sorted(set(payload) - set(spec.keys))
+    if unknown:
+        allowed = ", ".join(spec.keys) or "none"
+        raise ProtocolInputError(
+            f"payload.{unknown[0]}", f"unknown for {spec.name}; allowed payload keys: {allowed}"
+        )
+    for key in spec.required:
+        if key not in payload:
+            raise ProtocolInputError(f"payload.{key}", f"is required for {spec.name}")
+
+
+def _text(payload: Mapping[str, Any], key: str, *, max_len: int = 2000) -> str | None:
+    value = payload.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ProtocolInputError(f"payload.{key}", "must be a non-empty string")
+    if len(value) > max_len:
+        raise ProtocolInputError(f"payload.{key}", f"must be at most {max_len} characters")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Context facts: what the rules read from the record
+# ----------------------------------------------------------------------------------------------
+
+
+def _tox_brief(record: PatientRecord, *, open_only: bool, course: int | None = None) -> list[dict[str, Any]]:
+    return [
+        {"id": t.id, "kind": t.kind, "grade": t.grade if open_only else t.worst_grade}
+        for t in record.toxicities.values()
+        if (t.open or not open_only) and (course is None or t.course_number == course)
+    ]
+
+
+def context_facts(record: PatientRecord, trigger: str) -> dict[str, Any]:
+    course = record.course
+    if trigger == Trigger.RECORD_APHERESIS:
+        return {"consent_on_file": record.consent_on_file}
+    if trigger in INFUSION_TRIGGERS:
+        day = INFUSION_TRIGGERS[Trigger(trigger)]
+        if day == 1:
+            return {
+                "day": 1,
+                "course_number": record.course_number + 1,
+                "previous_date": record.apheresis_date,
+                "delivered_before": 0.0,
+                "fractions_cancelled": False,
+                "open_toxicities": _tox_brief(record, open_only=True),
+            }
+        previous = course.fractions[-1].given_on if course and course.fractions else None
+        return {
+            "day": day,
+            "course_number": record.course_number,
+            "weight_kg": course.weight_kg if course else None,
+            "previous_date": previous,
+            "delivered_before": course.delivered if course else 0.0,
+            "fractions_cancelled": course.cancelled if course else False,
+            "open_toxicities": _tox_brief(record, open_only=True),
+        }
+    if trigger == Trigger.RESOLVE_TOXICITY:
+        return {"open_toxicities": _tox_brief(record, open_only=True)}
+    if trigger in (Trigger.CANCEL_REMAINING_FRACTIONS, Trigger.ASSESS_RESPONSE):
+        return {
+            "course_number": record.course_number,
+            "fractions_cancelled": course.cancelled if course else False,
+        }
+    if trigger in (Trigger.CONTINUE_TREATMENT, Trigger.CEASE):
+        return {
+            "course_number": record.course_number,
+            "response": course.response if course else None,
+        }
+    if trigger == Trigger.DISCONTINUE:
+        number = record.course_number
+        return {
+            "course_number": number,
+            "course_toxicities": _tox_brief(record, open_only=False, course=number),
+        }
+    return {}
+
+
+# ----------------------------------------------------------------------------------------------
+# Payload facts: what the command itself says, validated and normalized
+# ----------------------------------------------------------------------------------------------
+
+PayloadParser = Callable[[PatientRecord, Mapping[str, Any], dt.date, dict[str, Any]], tuple[dict[str, Any], dict[str, Any]]]
+
+
+def _screening(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from .eligibility import parse_screening
+
+    screening = parse_screening(_object(p, "screening")).to_json()
+    return {"screening": screening}, {"screening": screening, "screening_date": day.isoformat()}
+
+
+def _object(p: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = p.get(key)
+    if not isinstance(value, Mapping):
+        raise ProtocolInputError(f"payload.{key}", "must be a JSON object")
+    return value
+
+
+def _apheresis(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    contraindication = p.get("apheresis_contraindication")
+    if not isinstance(contraindication, bool):
+        raise ProtocolInputError("payload.apheresis_contraindication", "must be true or false")
+    norm: dict[str, Any] = {"apheresis_contraindication": contraindication}
+    product = _text(p, "product_id", max_len=200)
+    if product is not None:
+        norm["product_id"] = product
+    return norm, {"apheresis_contraindication": contraindication, "apheresis_date": day.isoformat()}
+
+
+def _infusion(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    norm: dict[str, Any] = {"day": p["day"]}
+    facts: dict[str, Any] = {"infusion_date": day.isoformat()}
+    weight = ctx.get("weight_kg")
+    if "weight" in p:
+        if p["day"] != 1:
+            raise ProtocolInputError("payload.weight", "the course's weight is given with D1 only")
+        weight = dosing.parse_weight(p["weight"], "payload.weight")
+        norm["weight"] = dict(p["weight"])
+        facts["weight_kg"] = weight
+    elif p["day"] == 1:
+        raise ProtocolInputError(
+            "payload.weight", 'D1 plans the course: give the body weight, e.g. {"value": 70, "unit": "kg"}'
+        )
+    dose = dosing.parse_cell_dose(p["cells"], weight, "payload.cells")
+    norm["cells"] = dose.to_json()
+    facts["dose"] = dose.to_json()
+    facts["cells"] = dose.cells
+    for key in ("product_lot", "deviation_reason"):
+        text = _text(p, key)
+        if text is not None:
+            norm[key] = text
+            facts[key] = text
+    return norm, facts
+
+
+def _toxicity(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    report = parse_toxicity_report(_object(p, "toxicity"))
+    norm: dict[str, Any] = {"toxicity": report.to_json()}
+    tox_id = _text(p, "toxicity_id", max_len=100)
+    if tox_id is not None:
+        existing = record.toxicities.get(tox_id)
+        if existing is not None and not existing.open:
+            raise ProtocolInputError(
+                "payload.toxicity_id",
+                f"toxicity {tox_id!r} was resolved; report a new episode with a new toxicity_id "
+                "(or none, to have one assigned)",
+            )
+        if existing is not None and existing.kind != report.to_json()["kind"]:
+            raise ProtocolInputError(
+                "payload.toxicity_id",
+                f"toxicity {tox_id!r} is {existing.kind}, not {report.to_json()['kind']}",
+            )
+        norm["toxicity_id"] = tox_id
+    else:
+        kind = report.to_json()["kind"]
+        n = sum(1 for t in record.toxicities.values() if t.kind == kind) + 1
+        tox_id = f"{kind}-{n}"
+    return norm, {"toxicity": norm["toxicity"], "toxicity_id": tox_id}
+
+
+def _resolve(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    tox_id = _text(p, "toxicity_id", max_len=100)
+    return {"toxicity_id": tox_id}, {"toxicity_id": tox_id}
+
+
+def _assessment(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    assessment = parse_response_assessment(_object(p, "assessment")).to_json()
+    norm: dict[str, Any] = {"assessment": assessment}
+    facts: dict[str, Any] = {"assessment": assessment, "assessment_date": day.isoformat()}
+    clinician = p.get("clinician_response")
+    if clinician is not None:
+        if clinician not in RESPONSES:
+            raise ProtocolInputError(
+                "payload.clinician_response", f"{clinician!r} is not one of {', '.join(RESPONSES)}"
+            )
+        norm["clinician_response"] = clinician
+        facts["clinician_response"] = clinician
+    return norm, facts
+
+
+def _death(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    cause = _text(p, "cause", max_len=500)
+    return ({"cause": cause} if cause else {}), ({"cause": cause} if cause else {})
+
+
+def _nothing(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    return {}, {}
+
+
+PAYLOAD_PARSERS: dict[str, PayloadParser] = {
+    "screen": _screening,
+    "rescreen": _screening,
+    "record_apheresis": _apheresis,
+    "give_infusion": _infusion,
+    "report_toxicity": _toxicity,
+    "resolve_toxicity": _resolve,
+    "assess_response": _assessment,
+    "record_death": _death,
+}
+
+
+def payload_facts(
+    record: PatientRecord,
+    command: str,
+    payload: Mapping[str, Any],
+    occurred_on: dt.date,
+    context: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    spec = COMMANDS.get(command)
+    if spec is None:
+        raise ProtocolInputError(
+            "command", f"unknown command {command!r}; commands are: {', '.join([*COMMANDS, *SERVICE_COMMANDS])}"
+        )
+    if not isinstance(payload, Mapping):
+        raise ProtocolInputError("payload", "must be a JSON object")
+    _check_payload_keys(spec, payload)
+    return PAYLOAD_PARSERS.get(command, _nothing)(record, payload, occurred_on, context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Outcome: what the move established (derived values, recorded next to the raw facts)
+# ----------------------------------------------------------------------------------------------
+
+
+def outcome_of(trigger: str, facts: Mapping[str, Any], version: ProtocolVersion) -> dict[str, Any]:
+    from .eligibility import evaluate_eligibility, parse_screening
+
+    params = version.params
+    if trigger in (Trigger.SCREEN, Trigger.RESCREEN):
+        result = evaluate_eligibility(
+            parse_screening(facts["screening"]),
+            dt.date.fromisoformat(facts["screening_date"]),
+            params,
+        )
+        return {
+            "eligible": result.eligible,
+            "failed_criteria": [c.id for c in result.failed],
+            "consent_on_file": facts["screening"].get("informed_consent_signed") is True,
+        }
+    if trigger in INFUSION_TRIGGERS:
+        from .machine import deviations_of
+
+        plan = dosing.plan_course(facts["weight_kg"], params)
+        day = facts["day"]
+        out: dict[str, Any] = {
+            "course_number": facts["course_number"],
+            "day": day,
+            "cells": facts["cells"],
+            "planned_cells": plan.fraction_cells[day - 1],
+            "delivered_course_total": facts.get("delivered_before", 0.0) + facts["cells"],
+            "deviations": deviations_of(trigger, facts, params),
+        }
+        if day == 1:
+            out.update(
+                weight_kg=plan.weight_kg,
+                planned_total_cells=plan.total_cells,
+                fraction_plan=list(plan.fraction_cells),
+                counted_quantity=plan.counted_quantity,
+            )
+        return out
+    if trigger == Trigger.REPORT_TOXICITY:
+        grade = grade_toxicity(parse_toxicity_report(facts["toxicity"]))
+        g = grade.to_json()
+        return {
+            "toxicity_id": facts["toxicity_id"],
+            "kind": g["kind"],
+            "term": g.get("term"),
+            "grade": g["grade"],
+            "scale": g["scale"],
+            "scale_version": g["scale_version"],
+            "reasons": list(g.get("reasons", [])),
+            "severe": grade.is_severe(params),
+            "opens_hold": grade.opens_hold(params),
+        }
+    if trigger == Trigger.ASSESS_RESPONSE:
+        result = classify_response(parse_response_assessment(facts["assessment"]), params)
+        computed = result.category
+        return {
+            "computed_response": computed,
+            "response": facts.get("clinician_response") or computed,
+            "mrd_status": result.mrd_status,
+            "progression": result.progression,
+            "reasons": list(result.reasons),
+        }
+    return {}
+
+
+# ----------------------------------------------------------------------------------------------
+# prepare: the whole decision
+# ----------------------------------------------------------------------------------------------
+
+
+def prepare(
+    record: PatientRecord,
+    command: str,
+    payload: Mapping[str, Any],
+    occurred_at: dt.datetime,
+    reason: str | None,
+    version: ProtocolVersion,
+) -> Prepared:
+    """Validate, gather facts, dry-run; return what to record or raise ``MoveRefusedError``."""
+    if not isinstance(payload, Mapping):
+        raise ProtocolInputError("payload", "must be a JSON object")
+    if command not in COMMANDS:
+        raise ProtocolInputError(
+            "command",
+            f"unknown command {command!r}; commands are: {', '.join([*COMMANDS, *SERVICE_COMMANDS])}",
+        )
+    trigger = trigger_for(command, payload)
+    context = context_facts(record, trigger)
+    norm, pfacts = payload_facts(record, command, payload, occurred_at.date(), context)
+    facts = {**context, **pfacts}
+    if reason:
+        facts["reason"] = reason
+    run = version.dry_run(record.state, trigger, facts)
+    if not run.allowed:
+        raise MoveRefusedError(run, allowed_now(record, version))
+    assert run.dest is not None
+    return Prepared(
+        command=command,
+        trigger=trigger,
+        from_state=record.state,
+        to_state=run.dest,
+        payload=norm,
+        facts=facts,
+        outcome=outcome_of(trigger, facts, version),
+    )
+
+
+def allowed_now(record: PatientRecord, version: ProtocolVersion) -> list[str]:
+    """The moves allowed now, given what is on record (the caller supplies a compliant payload)."""
+    moves: list[str] = []
+    for trigger in version.machine.events:
+        if record.state not in version.machine.events[trigger].transitions:
+            continue
+        if version.dry_run(record.state, trigger, context_facts(record, trigger), hypothetical=True).allowed:
+            moves.append(trigger)
+    return moves
+
+
+def command_of(trigger: str) -> str:
+    return "give_infusion" if trigger in INFUSION_TRIGGERS else trigger

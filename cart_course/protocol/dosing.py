@@ -1,0 +1,140 @@
+"""CAR-T dosing: planned dose from body weight, the three fractions, delivered vs planned.
+
+Trial text: "The number of CART cells for each course will be about 1x10^6/kg", given "for 3 days
+as follow: D1,10% fraction;D2,30%;D3 60%". The counted quantity (what a "cell" is) and the
+tolerance around "about" are protocol parameters (``ProtocolParameters.counted_quantity``,
+``ProtocolParameters.dose_tolerance``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from .errors import ProtocolInputError
+from .parameters import DEFAULT_PARAMETERS, ProtocolParameters
+
+#: Units accepted for body weight, with their exact factor to kilograms.
+WEIGHT_UNITS: dict[str, float] = {"kg": 1.0, "g": 0.001, "lb": 0.45359237}
+#: Units accepted for a cell count. ``cells/kg`` is converted with the course's body weight.
+CELL_UNITS = ("cells", "cells/kg")
+#: Tiny relative slack so that a dose entered as exactly the tolerance limit is accepted
+#: despite binary floating point (e.g. 0.1 * 1.2).
+_FLOAT_SLACK = 1e-9
+
+
+def _number(data: Mapping[str, Any], key: str, field: str) -> float:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolInputError(f"{field}.{key}", f"must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ProtocolInputError(f"{field}.{key}", f"must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], field: str) -> None:
+    extra = sorted(set(data) - set(allowed))
+    if extra:
+        raise ProtocolInputError(
+            f"{field}.{extra[0]}", f"unknown key; allowed keys are: {', '.join(allowed)}"
+        )
+
+
+def parse_weight(data: Any, field: str = "weight") -> float:
+    """Body weight in kg from ``{"value": 70, "unit": "kg"}`` (``kg``, ``g`` or ``lb``)."""
+    if not isinstance(data, Mapping):
+        raise ProtocolInputError(field, 'must be an object like {"value": 70, "unit": "kg"}')
+    _check_keys(data, ("value", "unit"), field)
+    unit = data.get("unit")
+    if unit not in WEIGHT_UNITS:
+        raise ProtocolInputError(
+            f"{field}.unit", f"unit {unit!r} is not allowed; use one of {', '.join(WEIGHT_UNITS)}"
+        )
+    value = _number(data, "value", field) * WEIGHT_UNITS[unit]
+    if not 0.5 <= value <= 400.0:
+        raise ProtocolInputError(
+            f"{field}.value", f"{value:g} kg is not a plausible body weight (0.5 to 400 kg)"
+        )
+    return value
+
+
+@attrs.frozen(kw_only=True)
+class CellDose:
+    """A counted cell dose as entered, and its absolute number of cells."""
+
+    value: float
+    unit: str
+    cells: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": self.value, "unit": self.unit}
+
+
+def parse_cell_dose(data: Any, weight_kg: float | None, field: str = "cells") -> CellDose:
+    """A cell count ``{"value": 7e6, "unit": "cells"}`` or ``{"value": 1e5, "unit": "cells/kg"}``."""
+    if not isinstance(data, Mapping):
+        raise ProtocolInputError(field, 'must be an object like {"value": 7e6, "unit": "cells"}')
+    _check_keys(data, ("value", "unit"), field)
+    unit = data.get("unit")
+    if unit not in CELL_UNITS:
+        raise ProtocolInputError(
+            f"{field}.unit", f"unit {unit!r} is not allowed; use 'cells' or 'cells/kg'"
+        )
+    value = _number(data, "value", field)
+    if value <= 0:
+        raise ProtocolInputError(f"{field}.value", f"must be above 0, got {value:g}")
+    if unit == "cells/kg":
+        if weight_kg is None:
+            raise ProtocolInputError(
+                f"{field}.unit", "cells/kg needs the course's body weight; give D1 a weight"
+            )
+        cells = value * weight_kg
+    else:
+        cells = value
+    return CellDose(value=value, unit=unit, cells=cells)
+
+
+@attrs.frozen(kw_only=True)
+class CoursePlan:
+    weight_kg: float
+    cells_per_kg: float
+    total_cells: float
+    fraction_cells: tuple[float, float, float]
+    counted_quantity: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "weight_kg": self.weight_kg,
+            "cells_per_kg": self.cells_per_kg,
+            "total_cells": self.total_cells,
+            "fraction_cells": list(self.fraction_cells),
+            "counted_quantity": self.counted_quantity,
+        }
+
+
+def plan_course(weight_kg: float, params: ProtocolParameters = DEFAULT_PARAMETERS) -> CoursePlan:
+    total = weight_kg * params.cells_per_kg
+    f1, f2, f3 = params.fractions
+    return CoursePlan(
+        weight_kg=weight_kg,
+        cells_per_kg=params.cells_per_kg,
+        total_cells=total,
+        fraction_cells=(total * f1, total * f2, total * f3),
+        counted_quantity=params.counted_quantity,
+    )
+
+
+def relative_deviation(planned: float, delivered: float) -> float:
+    """(delivered - planned) / planned: +0.25 means 25 % above plan."""
+    return (delivered - planned) / planned
+
+
+def within_tolerance(planned: float, delivered: float, tolerance: float) -> bool:
+    return abs(relative_deviation(planned, delivered)) <= tolerance + _FLOAT_SLACK
+
+
+def not_above_plan(planned: float, delivered: float, tolerance: float) -> bool:
+    return relative_deviation(planned, delivered) <= tolerance + _FLOAT_SLACK

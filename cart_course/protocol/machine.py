@@ -1,0 +1,599 @@
+"""The course state machine: the transition table, its named rules, and guarded dry runs.
+
+One ``transitions.Machine`` is built per protocol version, once, with ``model=None``. A move is
+checked by dry-running its trigger on a throwaway :class:`Probe` that holds the current state and
+the facts the rules read (see ``../shared/reference/design-notes.md``). Conditions are names of
+rules (methods of the probe), so the table below *is* the protocol, and the diagram shows them.
+
+Facts are plain JSON values, recorded in each event, so any recorded move can be re-checked later
+against the rules of its own protocol version or of another one (conformance replay).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+from transitions import Machine, MachineError
+
+from . import dosing
+from .eligibility import evaluate_eligibility, parse_screening
+from .parameters import ProtocolParameters
+from .response import check_clinician_response, classify_response, parse_response_assessment
+from .states import FOLLOW_UP, INFUSED, NON_TERMINAL, ON_TREATMENT, State, Trigger
+
+S = State
+T = Trigger
+
+# ----------------------------------------------------------------------------------------------
+# Rules: each is a named check on a probe, with a message in words a clinician understands.
+# ----------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Rule:
+    name: str
+    #: What the rule requires, as a sentence (shown in ``protocol show`` and in the docs).
+    requires: str
+    check: Callable[[Probe], bool]
+    #: Why it refused, for these facts.
+    explain: Callable[[Probe], str]
+
+
+RULES: dict[str, Rule] = {}
+
+
+def rule(requires: str, explain: Callable[[Probe], str]) -> Callable[[Callable[[Probe], bool]], Rule]:
+    def register(check: Callable[[Probe], bool]) -> Rule:
+        r = Rule(name=check.__name__, requires=requires, check=check, explain=explain)
+        RULES[r.name] = r
+        return r
+
+    return register
+
+
+class Probe:
+    """A throwaway model for one dry run: the state, the facts, the protocol parameters.
+
+    With ``hypothetical=True`` the rules that read the command's own payload (cell count, reason,
+    date, clinician response) are taken as satisfiable: that answers "which moves are allowed now".
+    """
+
+    __slots__ = ("_cache", "facts", "hypothetical", "params", "state")
+
+    def __init__(
+        self,
+        state: str,
+        facts: Mapping[str, Any],
+        params: ProtocolParameters,
+        *,
+        hypothetical: bool = False,
+    ) -> None:
+        self.state = state
+        self.facts = facts
+        self.params = params
+        self.hypothetical = hypothetical
+        self._cache: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Callable[[], bool]:
+        # transitions resolves condition names with getattr(model, name): answer with the rule.
+        rule_ = RULES.get(name)
+        if rule_ is None:
+            raise AttributeError(name)
+        return lambda: rule_.check(self)
+
+    # -- helpers the rules share --------------------------------------------------------------
+    def has_reason(self) -> bool:
+        if self.hypothetical and "reason" not in self.facts:
+            return True
+        reason = self.facts.get("reason")
+        return isinstance(reason, str) and reason.strip() != ""
+
+    def has_deviation_reason(self) -> bool:
+        reason = self.facts.get("deviation_reason")
+        return isinstance(reason, str) and reason.strip() != ""
+
+    def payload_unknown(self, key: str) -> bool:
+        return self.hypothetical and key not in self.facts
+
+    def eligibility(self) -> Any:
+        if "eligibility" not in self._cache:
+            data = parse_screening(self.facts["screening"])
+            day = dt.date.fromisoformat(self.facts["screening_date"])
+            self._cache["eligibility"] = evaluate_eligibility(data, day, self.params)
+        return self._cache["eligibility"]
+
+    def response(self) -> Any:
+        if "response" not in self._cache:
+            assessment = parse_response_assessment(self.facts["assessment"])
+            self._cache["response"] = classify_response(assessment, self.params)
+        return self._cache["response"]
+
+
+def _date(value: Any) -> dt.date | None:
+    return dt.date.fromisoformat(value) if isinstance(value, str) else None
+
+
+# -- screening ----------------------------------------------------------------------------------
+
+
+def _explain_eligible(p: Probe) -> str:
+    return "not eligible: " + "; ".join(p.eligibility().reasons())
+
+
+@rule("every inclusion criterion is met and no exclusion criterion applies", _explain_eligible)
+def eligible(p: Probe) -> bool:
+    if p.payload_unknown("screening"):
+        return True
+    return bool(p.eligibility().eligible)
+
+
+# -- apheresis ----------------------------------------------------------------------------------
+
+
+@rule(
+    "signed written informed consent is on file",
+    lambda p: "no signed informed consent is on file (record it at screening)",
+)
+def consent_on_file(p: Probe) -> bool:
+    return p.facts.get("consent_on_file") is True
+
+
+@rule(
+    "no contraindication to apheresis and cell isolation",
+    lambda p: "a contraindication to apheresis and cell isolation was reported",
+)
+def no_apheresis_contraindication(p: Probe) -> bool:
+    if p.payload_unknown("apheresis_contraindication"):
+        return True
+    return p.facts.get("apheresis_contraindication") is False
+
+
+# -- infusions ----------------------------------------------------------------------------------
+
+
+def _holding(p: Probe) -> list[Mapping[str, Any]]:
+    thresholds = {
+        "CRS": p.params.hold_crs_grade,
+        "ICANS": p.params.hold_icans_grade,
+    }
+    return [
+        t
+        for t in p.facts.get("open_toxicities", ())
+        if t["grade"] >= thresholds.get(t["kind"], p.params.hold_other_grade)
+    ]
+
+
+def _explain_hold(p: Probe) -> str:
+    held = ", ".join(f"{t['kind']} grade {t['grade']} ({t['id']})" for t in _holding(p))
+    return f"a toxicity hold is open: {held}; resolve it before the next fraction"
+
+
+@rule("no toxicity hold is open (CRS, ICANS or other toxicity at the hold grade)", _explain_hold)
+def no_open_hold(p: Probe) -> bool:
+    return not _holding(p)
+
+
+@rule(
+    "the remaining fractions of this course have not been cancelled",
+    lambda p: "the remaining fractions of this course were cancelled",
+)
+def remaining_fractions_not_cancelled(p: Probe) -> bool:
+    return not p.facts.get("fractions_cancelled", False)
+
+
+def schedule_problem(facts: Mapping[str, Any], params: ProtocolParameters) -> str | None:
+    """Why an infusion date is off the protocol's schedule, or None when it is on schedule."""
+    day = facts["day"]
+    given = _date(facts.get("infusion_date"))
+    previous = _date(facts.get("previous_date"))
+    if given is None or previous is None:
+        return None
+    gap = (given - previous).days
+    if day == 1:
+        if gap < 0:
+            return f"D1 on {given} is before apheresis on {previous}"
+        return None
+    if gap != params.fraction_interval_days:
+        return (
+            f"D{day} on {given} is {gap} day(s) after D{day - 1} on {previous}; "
+            f"the protocol gives it on the next calendar day"
+        )
+    return None
+
+
+def dose_problems(facts: Mapping[str, Any], params: ProtocolParameters) -> list[str]:
+    """Why a fraction's cell count is outside tolerance of its plan (empty when within)."""
+    cells = facts.get("cells")
+    weight = facts.get("weight_kg")
+    if cells is None or weight is None:
+        return []
+    day = facts["day"]
+    plan = dosing.plan_course(weight, params)
+    planned = plan.fraction_cells[day - 1]
+    tol = params.dose_tolerance
+    problems = []
+    if not dosing.within_tolerance(planned, cells, tol):
+        dev = dosing.relative_deviation(planned, cells)
+        problems.append(
+            f"D{day} delivers {cells:.3g} cells, {dev:+.0%} against the planned {planned:.3g} "
+            f"({params.fractions[day - 1]:.0%} of {params.cells_per_kg:.3g}/kg x {weight:g} kg); "
+            f"tolerance is ±{tol:.0%}"
+        )
+    total = facts.get("delivered_before", 0.0) + cells
+    if not dosing.not_above_plan(plan.total_cells, total, tol):
+        problems.append(
+            f"the course total would be {total:.3g} cells, above the planned "
+            f"{plan.total_cells:.3g} by more than {tol:.0%}"
+        )
+    return problems
+
+
+@rule(
+    "the fraction is given on the calendar day after the previous one "
+    "(D1 not before apheresis), or a deviation reason is recorded",
+    lambda p: f"{schedule_problem(p.facts, p.params)}; record a deviation reason to proceed",
+)
+def on_schedule_or_deviation(p: Probe) -> bool:
+    if p.payload_unknown("infusion_date"):
+        return True
+    return schedule_problem(p.facts, p.params) is None or p.has_deviation_reason()
+
+
+@rule(
+    "the cell count is within tolerance of the planned fraction and the course total not above "
+    "plan, or a deviation reason is recorded",
+    lambda p: "; ".join(dose_problems(p.facts, p.params)) + "; record a deviation reason to proceed",
+)
+def dose_within_tolerance_or_deviation(p: Probe) -> bool:
+    if p.payload_unknown("cells"):
+        return True
+    return not dose_problems(p.facts, p.params) or p.has_deviation_reason()
+
+
+@rule(
+    "the course's body weight is known (given with D1)",
+    lambda p: "no body weight for this course: give the weight with D1",
+)
+def weight_known(p: Probe) -> bool:
+    if p.payload_unknown("weight_kg"):
+        return True
+    return isinstance(p.facts.get("weight_kg"), int | float)
+
+
+# -- toxicity -----------------------------------------------------------------------------------
+
+
+@rule(
+    "the toxicity named is open",
+    lambda p: f"toxicity {p.facts.get('toxicity_id')!r} is not open; open ones: "
+    + (", ".join(t["id"] for t in p.facts.get("open_toxicities", ())) or "none"),
+)
+def toxicity_is_open(p: Probe) -> bool:
+    if p.payload_unknown("toxicity_id"):
+        return bool(p.facts.get("open_toxicities"))
+    wanted = p.facts.get("toxicity_id")
+    return any(t["id"] == wanted for t in p.facts.get("open_toxicities", ()))
+
+
+@rule("a reason is recorded", lambda p: "a reason is required for this move")
+def reason_given(p: Probe) -> bool:
+    return p.has_reason()
+
+
+@rule(
+    "the remaining fractions of this course were cancelled",
+    lambda p: "the course's fractions are not complete: give the next fraction, or cancel the "
+    "remaining fractions with a reason first",
+)
+def remaining_fractions_cancelled(p: Probe) -> bool:
+    return bool(p.facts.get("fractions_cancelled", False))
+
+
+# -- response and decisions ---------------------------------------------------------------------
+
+
+@rule(
+    "a clinician's response that differs from the computed one has a reason",
+    lambda p: "; ".join(
+        check_clinician_response(p.response(), p.facts.get("clinician_response"), p.facts.get("reason"))
+    ),
+)
+def clinician_response_consistent(p: Probe) -> bool:
+    if p.payload_unknown("assessment"):
+        return True
+    return not check_clinician_response(
+        p.response(), p.facts.get("clinician_response"), p.facts.get("reason")
+    )
+
+
+def _explain_another_course(p: Probe) -> str:
+    response = p.facts.get("response")
+    number = p.facts.get("course_number", 0)
+    if response == "PR":
+        return (
+            f"after PR the protocol allows 1 or 2 more courses ({p.params.max_courses_on_pr} in "
+            f"all); this patient has had {number}"
+        )
+    if response in ("CR", "CRi", "NR"):
+        return f"after {response} another course is a clinical decision: record the reason"
+    return f"no response assessment for course {number}"
+
+
+@rule(
+    "PR: fewer than the maximum number of courses so far; CR/CRi/NR: a clinical decision with a "
+    "reason",
+    _explain_another_course,
+)
+def another_course_permitted(p: Probe) -> bool:
+    response = p.facts.get("response")
+    if response == "PR":
+        return int(p.facts.get("course_number", 0)) < p.params.max_courses_on_pr
+    if response in ("CR", "CRi", "NR"):
+        return p.has_reason()
+    return False
+
+
+def _explain_cease(p: Probe) -> str:
+    return f"after {p.facts.get('response')} ceasing treatment is a clinical decision: record the reason"
+
+
+@rule("CR/CRi: a clinical decision with a reason; PR and NR: always", _explain_cease)
+def cease_permitted(p: Probe) -> bool:
+    if p.facts.get("response") in ("CR", "CRi"):
+        return p.has_reason()
+    return p.facts.get("response") in ("PR", "NR")
+
+
+def _explain_severe(p: Probe) -> str:
+    worst = max((t["grade"] for t in p.facts.get("course_toxicities", ())), default=0)
+    return (
+        f"discontinuation for toxicity needs a severe toxicity (grade >= {p.params.severe_grade}) "
+        f"in this course; the worst recorded is grade {worst}"
+    )
+
+
+@rule(
+    "a severe toxicity (grade at or above the severe threshold) was recorded in this course",
+    _explain_severe,
+)
+def severe_toxicity_recorded(p: Probe) -> bool:
+    return any(t["grade"] >= p.params.severe_grade for t in p.facts.get("course_toxicities", ()))
+
+
+# ----------------------------------------------------------------------------------------------
+# The transition table: the protocol, declared once.
+# ----------------------------------------------------------------------------------------------
+
+_INFUSION_RULES = [
+    "no_open_hold",
+    "remaining_fractions_not_cancelled",
+    "weight_known",
+    "on_schedule_or_deviation",
+    "dose_within_tolerance_or_deviation",
+]
+_OBSERVABLE = [*ON_TREATMENT, *FOLLOW_UP]
+
+TRANSITIONS: list[dict[str, Any]] = [
+    # Screening: into `screened` only when eligible, else `screen_failed`.
+    {"trigger": T.SCREEN, "source": S.CANDIDATE, "dest": S.SCREENED, "conditions": ["eligible"]},
+    {"trigger": T.SCREEN, "source": S.CANDIDATE, "dest": S.SCREEN_FAILED, "unless": ["eligible"]},
+    {"trigger": T.RESCREEN, "source": S.SCREEN_FAILED, "dest": S.SCREENED, "conditions": ["eligible"]},
+    {"trigger": T.RESCREEN, "source": S.SCREEN_FAILED, "dest": S.SCREEN_FAILED, "unless": ["eligible"]},
+    # Apheresis.
+    {
+        "trigger": T.RECORD_APHERESIS,
+        "source": S.SCREENED,
+        "dest": S.APHERESED,
+        "conditions": ["consent_on_file", "no_apheresis_contraindication"],
+    },
+    # Infusions: D1 10 %, D2 30 %, D3 60 % on consecutive days.
+    {
+        "trigger": T.INFUSE_D1,
+        "source": [S.APHERESED, S.CONTINUED],
+        "dest": S.INFUSED_D1,
+        "conditions": _INFUSION_RULES,
+    },
+    {"trigger": T.INFUSE_D2, "source": S.INFUSED_D1, "dest": S.INFUSED_D2, "conditions": _INFUSION_RULES},
+    {"trigger": T.INFUSE_D3, "source": S.INFUSED_D2, "dest": S.INFUSED_D3, "conditions": _INFUSION_RULES},
+    # Toxicity: recorded without changing state; followed up after the end of treatment too.
+    {"trigger": T.REPORT_TOXICITY, "source": _OBSERVABLE, "dest": "="},
+    {
+        "trigger": T.RESOLVE_TOXICITY,
+        "source": _OBSERVABLE,
+        "dest": "=",
+        "conditions": ["toxicity_is_open"],
+    },
+    {
+        "trigger": T.CANCEL_REMAINING_FRACTIONS,
+        "source": [S.INFUSED_D1, S.INFUSED_D2],
+        "dest": "=",
+        "conditions": ["remaining_fractions_not_cancelled", "reason_given"],
+    },
+    # Response assessment after D3, or after the remaining fractions were cancelled.
+    {
+        "trigger": T.ASSESS_RESPONSE,
+        "source": S.INFUSED_D3,
+        "dest": S.ASSESSED,
+        "conditions": ["clinician_response_consistent"],
+    },
+    {
+        "trigger": T.ASSESS_RESPONSE,
+        "source": [S.INFUSED_D1, S.INFUSED_D2],
+        "dest": S.ASSESSED,
+        "conditions": ["remaining_fractions_cancelled", "clinician_response_consistent"],
+    },
+    # Decisions after assessment, by response.
+    {
+        "trigger": T.CONTINUE_TREATMENT,
+        "source": S.ASSESSED,
+        "dest": S.CONTINUED,
+        "conditions": ["another_course_permitted"],
+    },
+    {"trigger": T.CEASE, "source": S.ASSESSED, "dest": S.CEASED, "conditions": ["cease_permitted"]},
+    {
+        "trigger": T.CEASE,
+        "source": [S.SCREENED, S.APHERESED, S.CONTINUED],
+        "dest": S.CEASED,
+        "conditions": ["reason_given"],
+    },
+    # Discontinuation for severe toxicity (e.g. CRS), from apheresis onwards.
+    {
+        "trigger": T.DISCONTINUE,
+        "source": list(ON_TREATMENT),
+        "dest": S.DISCONTINUED,
+        "conditions": ["severe_toxicity_recorded", "reason_given"],
+    },
+    # Withdrawal and death from any non-terminal state.
+    {"trigger": T.WITHDRAW, "source": list(NON_TERMINAL), "dest": S.WITHDRAWN, "conditions": ["reason_given"]},
+    {"trigger": T.RECORD_DEATH, "source": list(NON_TERMINAL), "dest": S.DIED},
+]
+
+#: Which moves need a reason from the caller in any case (shown in the contract).
+REASON_REQUIRED: frozenset[str] = frozenset(
+    {T.CANCEL_REMAINING_FRACTIONS, T.WITHDRAW, T.DISCONTINUE}
+)
+
+
+def build_machine() -> Machine:
+    return Machine(
+        model=None,
+        states=[s.value for s in State],
+        transitions=[
+            {**t, "trigger": str(t["trigger"])} for t in TRANSITIONS
+        ],
+        initial=None,
+        auto_transitions=False,
+        send_event=False,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Dry runs
+# ----------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class RuleFailure:
+    rule: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"rule": self.rule, "message": self.message}
+
+
+@attrs.frozen(kw_only=True)
+class DryRun:
+    trigger: str
+    source: str
+    allowed: bool
+    dest: str | None
+    failed: tuple[RuleFailure, ...] = ()
+    #: Protocol deviations an allowed move carries (documented by a deviation reason).
+    deviations: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "trigger": self.trigger,
+            "source": self.source,
+            "allowed": self.allowed,
+            "dest": self.dest,
+            "failed": [f.to_json() for f in self.failed],
+            "deviations": list(self.deviations),
+        }
+
+
+def sources_of(machine: Machine, trigger: str) -> list[str]:
+    event = machine.events.get(trigger)
+    return list(event.transitions) if event is not None else []
+
+
+def dry_run(
+    machine: Machine,
+    params: ProtocolParameters,
+    state: str,
+    trigger: str,
+    facts: Mapping[str, Any],
+    *,
+    hypothetical: bool = False,
+) -> DryRun:
+    """May ``trigger`` happen in ``state`` given ``facts``? The destination, or the failed rules."""
+    event = machine.events.get(trigger)
+    if event is None:
+        return DryRun(
+            trigger=trigger,
+            source=state,
+            allowed=False,
+            dest=None,
+            failed=(RuleFailure(rule="known_move", message=f"{trigger!r} is not a move of this protocol"),),
+        )
+    probe = Probe(state, facts, params, hypothetical=hypothetical)
+    try:
+        moved = event.trigger(probe)
+    except MachineError:
+        allowed_from = ", ".join(sources_of(machine, trigger))
+        return DryRun(
+            trigger=trigger,
+            source=state,
+            allowed=False,
+            dest=None,
+            failed=(
+                RuleFailure(
+                    rule="permitted_sequence",
+                    message=f"{trigger} is not allowed in state {state}; it is allowed from: "
+                    f"{allowed_from}",
+                ),
+            ),
+        )
+    if moved:
+        deviations = tuple(deviations_of(trigger, facts, params)) if not hypothetical else ()
+        return DryRun(trigger=trigger, source=state, allowed=True, dest=probe.state, deviations=deviations)
+    failed: dict[str, RuleFailure] = {}
+    check = Probe(state, facts, params, hypothetical=hypothetical)
+    for transition in event.transitions[state]:
+        for condition in transition.conditions:
+            name = condition.func
+            ok = RULES[name].check(check)
+            if ok != condition.target and name not in failed:
+                failed[name] = RuleFailure(rule=name, message=RULES[name].explain(check))
+    return DryRun(trigger=trigger, source=state, allowed=False, dest=None, failed=tuple(failed.values()))
+
+
+def deviations_of(trigger: str, facts: Mapping[str, Any], params: ProtocolParameters) -> list[str]:
+    """Protocol deviations carried by an allowed infusion (off schedule or off dose)."""
+    if not trigger.startswith("infuse_d"):
+        return []
+    problems = dose_problems(facts, params)
+    schedule = schedule_problem(facts, params)
+    if schedule:
+        problems.insert(0, schedule)
+    return problems
+
+
+def allowed_moves(
+    machine: Machine, params: ProtocolParameters, state: str, context: Mapping[str, Any]
+) -> list[str]:
+    """Moves that may happen now, assuming the caller supplies a compliant payload."""
+    return [
+        trigger
+        for trigger, event in machine.events.items()
+        if state in event.transitions
+        and dry_run(machine, params, state, trigger, context, hypothetical=True).allowed
+    ]
+
+
+__all__ = [
+    "INFUSED",
+    "REASON_REQUIRED",
+    "RULES",
+    "TRANSITIONS",
+    "DryRun",
+    "Probe",
+    "Rule",
+    "RuleFailure",
+    "allowed_moves",
+    "build_machine",
+    "dry_run",
+]

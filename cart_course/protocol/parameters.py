@@ -1,0 +1,71 @@
+"""Protocol parameters: the trial text's numbers, and the assumptions where the text is silent.
+
+Every parameter is documented in ``docs/protocol.md`` with its source (trial text sentence, or the
+clinical reference and the reason for the chosen default). A protocol amendment is a new
+``ProtocolParameters`` value under a new version; an existing version is never changed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen(kw_only=True)
+class ProtocolParameters:
+    # --- dosing (trial text: "about 1x10^6/kg", "D1,10% fraction;D2,30%;D3 60%") ---
+    cells_per_kg: float = 1.0e6
+    fractions: tuple[float, float, float] = (0.10, 0.30, 0.60)
+    #: Counted quantity on the product label (clinical.md s4): what "cells" means.
+    counted_quantity: str = "CAR-positive viable T cells"
+    #: Relative tolerance of a delivered fraction (and of the course total) against its plan.
+    #: Assumption: the trial says "about"; flow-based viable CAR+ counts carry ~10-20 % CV.
+    dose_tolerance: float = 0.20
+    #: Fractions are given on consecutive calendar days (trial text: "for 3 days").
+    fraction_interval_days: int = 1
+
+    # --- decisions after assessment (trial text) ---
+    #: PR -> "1 or 2 courses of treatment will be continued": at most 3 courses in all on PR.
+    max_courses_on_pr: int = 3
+
+    # --- toxicity (clinical.md s4) ---
+    #: "Severe" toxicity: grade >= this (CRS or ICANS, ASTCT; other toxicities CTCAE).
+    severe_grade: int = 3
+    #: An open toxicity of at least this grade holds the remaining fractions.
+    #: CRS grade 1 is fever: CTL019 split-dose experience withheld later fractions for early fever.
+    hold_crs_grade: int = 1
+    hold_icans_grade: int = 1
+    hold_other_grade: int = 3
+
+    # --- eligibility (trial text) ---
+    kps_above: int = 80  # KPS > 80
+    life_expectancy_months_above: float = 3.0  # > 3 months
+    lvef_min_pct: float = 50.0  # LVEF >= 50 %
+    spo2_above_pct: float = 90.0  # room-air SpO2 > 90 %
+    creatinine_max_x_uln: float = 2.5  # Cr <= 2.5 x ULN
+    alt_max_x_uln: float = 3.0  # ALT <= 3 x ULN
+    ast_max_x_uln: float = 3.0  # AST <= 3 x ULN
+    bilirubin_max_mg_dl: float = 2.0  # TBIL <= 2.0 mg/dL
+    bilirubin_max_umol_l: float = 34.2  # TBIL <= 34.2 umol/L (as written in the trial text)
+    hemoglobin_min_g_l: float = 80.0  # Hgb >= 80 g/L
+    glucocorticoid_washout_days: int = 7  # "within one week"
+
+    # --- response (clinical.md s5) ---
+    cr_marrow_blasts_below_pct: float = 5.0
+    cr_anc_min_1e9_l: float = 1.0
+    cr_platelets_min_1e9_l: float = 100.0
+    pr_blast_reduction_min: float = 0.50
+    pr_marrow_blasts_max_pct: float = 25.0
+    mrd_negative_below: float = 1.0e-4
+
+    # --- scheduling (assumption; used by the monitors' views) ---
+    response_assessment_day: int = 28  # days after D1 of the course
+
+    def to_json(self) -> dict[str, Any]:
+        data = attrs.asdict(self)
+        data["fractions"] = list(self.fractions)
+        return data
+
+
+DEFAULT_PARAMETERS = ProtocolParameters()

@@ -1,0 +1,400 @@
+"""A patient's record as pure data, and how each recorded move evolves it.
+
+``evolve`` only assigns: it never checks a rule (replay must load any history, even one that
+today's protocol would refuse). Rules run before a move is recorded (``commands.prepare``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from .states import INFUSION_TRIGGERS, TERMINAL, State, Trigger
+
+
+@attrs.define(kw_only=True)
+class Fraction:
+    day: int
+    cells: float
+    dose: dict[str, Any]  # as entered: {"value", "unit"}
+    given_on: str  # ISO date (clinical)
+    occurred_at: str
+    version: int
+    planned_cells: float
+    deviations: list[str] = attrs.Factory(list)
+
+
+@attrs.define(kw_only=True)
+class Course:
+    number: int
+    weight_kg: float | None = None
+    planned_total: float | None = None
+    fraction_plan: list[float] = attrs.Factory(list)
+    fractions: list[Fraction] = attrs.Factory(list)
+    cancelled: bool = False
+    cancel_reason: str | None = None
+    started_on: str | None = None
+    response: str | None = None
+    computed_response: str | None = None
+    mrd_status: str | None = None
+    assessed_on: str | None = None
+    decision: str | None = None
+
+    @property
+    def delivered(self) -> float:
+        return sum(f.cells for f in self.fractions)
+
+
+@attrs.define(kw_only=True)
+class Toxicity:
+    id: str
+    kind: str
+    term: str | None
+    grade: int
+    scale: str
+    scale_version: str
+    course_number: int
+    onset: str
+    report: dict[str, Any]
+    worst_grade: int
+    resolved_at: str | None = None
+    severe: bool = False
+    opens_hold: bool = False
+    versions: list[int] = attrs.Factory(list)
+
+    @property
+    def open(self) -> bool:
+        return self.resolved_at is None
+
+
+@attrs.define(kw_only=True)
+class PatientRecord:
+    patient_id: str
+    state: str = State.CANDIDATE.value
+    protocol_version: str | None = None
+    version: int = 0
+    screenings: int = 0
+    eligible: bool | None = None
+    screening: dict[str, Any] | None = None
+    consent_on_file: bool = False
+    apheresis_date: str | None = None
+    courses: list[Course] = attrs.Factory(list)
+    toxicities: dict[str, Toxicity] = attrs.Factory(dict)
+    deviations: list[dict[str, Any]] = attrs.Factory(list)
+    corrections: list[dict[str, Any]] = attrs.Factory(list)
+    signatures: list[dict[str, Any]] = attrs.Factory(list)
+    first_occurred_at: str | None = None
+    last_occurred_at: str | None = None
+    ended: dict[str, Any] | None = None
+    #: For each correctable event version: its trigger and where its effect lives.
+    index: dict[int, dict[str, Any]] = attrs.Factory(dict)
+
+    # -- derived views -----------------------------------------------------------------------
+    @property
+    def course(self) -> Course | None:
+        return self.courses[-1] if self.courses else None
+
+    @property
+    def course_number(self) -> int:
+        return len(self.courses)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in {s.value for s in TERMINAL}
+
+    def open_toxicities(self) -> list[Toxicity]:
+        return [t for t in self.toxicities.values() if t.open]
+
+    def to_json(self) -> dict[str, Any]:
+        data = attrs.asdict(self, recurse=True)
+        data["index"] = {str(k): v for k, v in self.index.items()}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PatientRecord:
+        data = dict(data)
+        data["courses"] = [
+            Course(**{**c, "fractions": [Fraction(**f) for f in c["fractions"]]})
+            for c in data["courses"]
+        ]
+        data["toxicities"] = {k: Toxicity(**t) for k, t in data["toxicities"].items()}
+        data["index"] = {int(k): v for k, v in data["index"].items()}
+        return cls(**data)
+
+    def summary(self) -> dict[str, Any]:
+        """The current state as a clinician reads it (also used by ``show`` and the views)."""
+        course = self.course
+        return {
+            "patient_id": self.patient_id,
+            "state": self.state,
+            "version": self.version,
+            "protocol_version": self.protocol_version,
+            "course_number": self.course_number,
+            "eligible": self.eligible,
+            "apheresis_date": self.apheresis_date,
+            "courses": [course_summary(c) for c in self.courses],
+            "current_course": course_summary(course) if course else None,
+            "open_toxicities": [toxicity_summary(t) for t in self.open_toxicities()],
+            "toxicities": [toxicity_summary(t) for t in self.toxicities.values()],
+            "deviations": list(self.deviations),
+            "corrections": list(self.corrections),
+            "signatures": list(self.signatures),
+            "first_occurred_at": self.first_occurred_at,
+            "last_occurred_at": self.last_occurred_at,
+            "ended": self.ended,
+        }
+
+
+def course_summary(c: Course) -> dict[str, Any]:
+    return {
+        "number": c.number,
+        "weight_kg": c.weight_kg,
+        "planned_total_cells": c.planned_total,
+        "delivered_cells": c.delivered,
+        "fractions": [
+            {
+                "day": f.day,
+                "planned_cells": f.planned_cells,
+                "delivered_cells": f.cells,
+                "dose_as_entered": f.dose,
+                "given_on": f.given_on,
+                "deviations": list(f.deviations),
+            }
+            for f in c.fractions
+        ],
+        "fraction_plan": list(c.fraction_plan),
+        "cancelled": c.cancelled,
+        "cancel_reason": c.cancel_reason,
+        "started_on": c.started_on,
+        "response": c.response,
+        "computed_response": c.computed_response,
+        "mrd_status": c.mrd_status,
+        "assessed_on": c.assessed_on,
+        "decision": c.decision,
+    }
+
+
+def toxicity_summary(t: Toxicity) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "kind": t.kind,
+        "term": t.term,
+        "grade": t.grade,
+        "worst_grade": t.worst_grade,
+        "scale": t.scale,
+        "scale_version": t.scale_version,
+        "course_number": t.course_number,
+        "onset": t.onset,
+        "resolved_at": t.resolved_at,
+        "open": t.open,
+        "severe": t.severe,
+        "opens_hold": t.opens_hold,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# evolve: assign only
+# ----------------------------------------------------------------------------------------------
+
+
+def evolve(
+    record: PatientRecord,
+    *,
+    trigger: str,
+    to_state: str,
+    facts: dict[str, Any],
+    outcome: dict[str, Any],
+    occurred_at: str,
+    version: int,
+    protocol_version: str,
+    reason: str | None = None,
+) -> None:
+    record.version = version
+    record.state = to_state
+    record.protocol_version = protocol_version
+    if record.first_occurred_at is None:
+        record.first_occurred_at = occurred_at
+    if record.last_occurred_at is None or occurred_at > record.last_occurred_at:
+        record.last_occurred_at = occurred_at
+    _apply_effect(record, trigger, facts, outcome, occurred_at, version, reason)
+    if trigger in INFUSION_TRIGGERS or trigger in ("screen", "rescreen", "record_apheresis"):
+        record.index[version] = {"trigger": trigger}
+    if to_state in {s.value for s in TERMINAL}:
+        record.ended = {"state": to_state, "reason": reason, "occurred_at": occurred_at}
+
+
+def _apply_effect(
+    record: PatientRecord,
+    trigger: str,
+    facts: dict[str, Any],
+    outcome: dict[str, Any],
+    occurred_at: str,
+    version: int,
+    reason: str | None,
+) -> None:
+    if trigger in (Trigger.SCREEN, Trigger.RESCREEN):
+        record.screenings += 1
+        record.screening = facts["screening"]
+        record.eligible = bool(outcome.get("eligible"))
+        record.consent_on_file = bool(outcome.get("consent_on_file"))
+    elif trigger == Trigger.RECORD_APHERESIS:
+        record.apheresis_date = facts.get("apheresis_date")
+    elif trigger in INFUSION_TRIGGERS:
+        day = INFUSION_TRIGGERS[Trigger(trigger)]
+        if day == 1:
+            record.courses.append(
+                Course(
+                    number=outcome["course_number"],
+                    weight_kg=outcome["weight_kg"],
+                    planned_total=outcome["planned_total_cells"],
+                    fraction_plan=list(outcome["fraction_plan"]),
+                    started_on=facts["infusion_date"],
+                )
+            )
+        course = record.courses[-1]
+        fraction = Fraction(
+            day=day,
+            cells=outcome["cells"],
+            dose=facts["dose"],
+            given_on=facts["infusion_date"],
+            occurred_at=occurred_at,
+            version=version,
+            planned_cells=outcome["planned_cells"],
+            deviations=list(outcome.get("deviations", [])),
+        )
+        course.fractions.append(fraction)
+        for text in fraction.deviations:
+            record.deviations.append(
+                {"version": version, "trigger": trigger, "course": course.number, "deviation": text,
+                 "reason": facts.get("deviation_reason"), "occurred_at": occurred_at}
+            )
+    elif trigger == Trigger.REPORT_TOXICITY:
+        _report_toxicity(record, facts, outcome, occurred_at, version)
+    elif trigger == Trigger.RESOLVE_TOXICITY:
+        tox = record.toxicities.get(facts["toxicity_id"])
+        if tox is not None:
+            tox.resolved_at = occurred_at
+            tox.opens_hold = False
+            tox.versions.append(version)
+    elif trigger == Trigger.CANCEL_REMAINING_FRACTIONS:
+        if record.courses:
+            record.courses[-1].cancelled = True
+            record.courses[-1].cancel_reason = reason
+    elif trigger == Trigger.ASSESS_RESPONSE:
+        if record.courses:
+            course = record.courses[-1]
+            course.response = outcome["response"]
+            course.computed_response = outcome["computed_response"]
+            course.mrd_status = outcome.get("mrd_status")
+            course.assessed_on = occurred_at[:10]
+            record.index[version] = {"trigger": trigger, "course": course.number}
+    elif trigger == Trigger.CONTINUE_TREATMENT:
+        if record.courses:
+            record.courses[-1].decision = "continued"
+    elif trigger in (Trigger.CEASE, Trigger.DISCONTINUE) and record.courses:
+        record.courses[-1].decision = "ceased" if trigger == Trigger.CEASE else "discontinued"
+
+
+def _report_toxicity(
+    record: PatientRecord,
+    facts: dict[str, Any],
+    outcome: dict[str, Any],
+    occurred_at: str,
+    version: int,
+) -> None:
+    tox_id = outcome["toxicity_id"]
+    existing = record.toxicities.get(tox_id)
+    if existing is not None and existing.open:
+        existing.grade = outcome["grade"]
+        existing.worst_grade = max(existing.worst_grade, outcome["grade"])
+        existing.scale = outcome["scale"]
+        existing.scale_version = outcome["scale_version"]
+        existing.severe = existing.severe or outcome["severe"]
+        existing.opens_hold = outcome["opens_hold"]
+        existing.report = facts["toxicity"]
+        existing.versions.append(version)
+    else:
+        record.toxicities[tox_id] = Toxicity(
+            id=tox_id,
+            kind=outcome["kind"],
+            term=outcome.get("term"),
+            grade=outcome["grade"],
+            worst_grade=outcome["grade"],
+            scale=outcome["scale"],
+            scale_version=outcome["scale_version"],
+            course_number=record.course_number,
+            onset=occurred_at,
+            report=facts["toxicity"],
+            severe=outcome["severe"],
+            opens_hold=outcome["opens_hold"],
+            versions=[version],
+        )
+    record.index[version] = {"trigger": Trigger.REPORT_TOXICITY.value, "toxicity_id": tox_id}
+
+
+def apply_correction(
+    record: PatientRecord,
+    *,
+    corrects: int,
+    trigger: str,
+    facts: dict[str, Any],
+    outcome: dict[str, Any],
+    changes: dict[str, Any],
+    reason: str,
+    occurred_at: str,
+    version: int,
+) -> None:
+    """A correction re-states the facts of an earlier event; the state does not move."""
+    record.version = version
+    record.corrections.append(
+        {"version": version, "corrects": corrects, "trigger": trigger, "changes": changes,
+         "reason": reason, "occurred_at": occurred_at}
+    )
+    if trigger in (Trigger.SCREEN, Trigger.RESCREEN):
+        record.screening = facts["screening"]
+        record.eligible = bool(outcome.get("eligible"))
+        record.consent_on_file = bool(outcome.get("consent_on_file"))
+    elif trigger == Trigger.RECORD_APHERESIS:
+        record.apheresis_date = facts.get("apheresis_date")
+    elif trigger in INFUSION_TRIGGERS:
+        for course in record.courses:
+            for f in course.fractions:
+                if f.version == corrects:
+                    f.cells = outcome["cells"]
+                    f.dose = facts["dose"]
+                    f.given_on = facts["infusion_date"]
+                    f.planned_cells = outcome["planned_cells"]
+                    f.deviations = list(outcome.get("deviations", []))
+                    if f.day == 1:
+                        course.weight_kg = outcome["weight_kg"]
+                        course.planned_total = outcome["planned_total_cells"]
+                        course.fraction_plan = list(outcome["fraction_plan"])
+                        course.started_on = facts["infusion_date"]
+                    record.deviations = [
+                        d for d in record.deviations if d["version"] != corrects
+                    ] + [
+                        {"version": corrects, "trigger": trigger, "course": course.number,
+                         "deviation": text, "reason": facts.get("deviation_reason"),
+                         "occurred_at": f.occurred_at}
+                        for text in f.deviations
+                    ]
+    elif trigger == Trigger.REPORT_TOXICITY:
+        tox = record.toxicities.get(record.index.get(corrects, {}).get("toxicity_id", ""))
+        if tox is not None:
+            tox.grade = outcome["grade"]
+            tox.worst_grade = outcome["grade"] if len(tox.versions) <= 1 else max(
+                tox.worst_grade, outcome["grade"]
+            )
+            tox.scale = outcome["scale"]
+            tox.scale_version = outcome["scale_version"]
+            tox.severe = outcome["severe"]
+            tox.opens_hold = outcome["opens_hold"] and tox.open
+            tox.report = facts["toxicity"]
+    elif trigger == Trigger.ASSESS_RESPONSE:
+        number = record.index.get(corrects, {}).get("course")
+        for course in record.courses:
+            if course.number == number:
+                course.response = outcome["response"]
+                course.computed_response = outcome["computed_response"]
+                course.mrd_status = outcome.get("mrd_status")

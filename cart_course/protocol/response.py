@@ -1,0 +1,655 @@
+"""Response assessment for B-ALL after a course: CR / CRi / PR / NR (clinical.md s5).
+
+Pure code: parses the raw assessment (values with their units), classifies it under the
+harmonised B-ALL criteria with thresholds from ``ProtocolParameters``, and checks a clinician's
+stated response against the computed one. The format and every rule are documented in
+``docs/response.md``.
+
+Comparisons are exact: every number is compared as the decimal that was written (its shortest
+``repr``), so 999 /uL is below 1.0 x 10^9/L and 1000 /uL is not, in either unit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any, TypeAlias
+
+import attrs
+
+from cart_course.protocol.errors import ProtocolInputError
+from cart_course.protocol.parameters import DEFAULT_PARAMETERS, ProtocolParameters
+
+RESPONSES = ("CR", "CRi", "PR", "NR")
+MRD_STATUSES = ("negative", "positive", "not_evaluable", "not_done")
+
+DEFAULT_CRITERIA = "harmonised B-ALL (NCCN/CIBMTR)"
+#: Criteria sets this module implements. Only one: naming another set would record a claim the
+#: code does not honour.
+CRITERIA_SETS = (DEFAULT_CRITERIA,)
+
+COUNT_UNITS = ("10^9/L", "/uL")
+MRD_UNITS = ("fraction", "%")
+MRD_METHODS = ("flow", "NGS", "PCR")
+EMD_STATUSES = ("none", "present")
+CNS_STATUSES = ("CNS1", "CNS2", "CNS3")
+
+#: Progression (informational): ">= 25 % rise in blasts" (clinical.md s5). Not (yet) a field of
+#: ``ProtocolParameters``; kept here until the lead moves it there.
+PROGRESSION_BLAST_RISE_MIN = 0.25
+
+_PER_UL_PER_1E9_L = Decimal(1000)  # 1.0 x 10^9/L = 1000 cells per microlitre
+_HUNDRED = Decimal(100)
+_ONE = Decimal(1)
+_ZERO = Decimal(0)
+
+_TOP_KEYS = (
+    "marrow_blasts_pct",
+    "baseline_marrow_blasts_pct",
+    "circulating_blasts_present",
+    "circulating_blasts_pct",
+    "anc",
+    "platelets",
+    "extramedullary_disease",
+    "cns_status",
+    "baseline_extramedullary_disease",
+    "mrd",
+    "criteria",
+)
+_COUNT_KEYS = ("value", "unit")
+_MRD_KEYS = ("value", "unit", "method", "sensitivity")
+
+
+class ResponseNotEvaluableError(ProtocolInputError):
+    """Values needed to decide the response are missing; ``missing`` lists their JSON fields.
+
+    Record the missing values (or a clinician's response with a reason) and assess again.
+    """
+
+    def __init__(self, missing: tuple[str, ...], decision: str) -> None:
+        self.missing = missing
+        names = ", ".join(f"{_MISSING_LABELS.get(m, m)} ('{m}')" for m in missing)
+        super().__init__(
+            missing[0],
+            f"cannot classify the response: {names} not recorded; needed to decide {decision}",
+        )
+
+
+_MISSING_LABELS = {
+    "circulating_blasts_present": "circulating blasts (present, or a %)",
+    "anc": "ANC",
+    "platelets": "platelets",
+    "extramedullary_disease": "extramedullary disease",
+    "baseline_marrow_blasts_pct": "baseline marrow blasts %",
+    "baseline_extramedullary_disease": "baseline extramedullary disease",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Input
+
+
+@attrs.frozen(kw_only=True)
+class CellCount:
+    """A blood count with its unit: '10^9/L' or '/uL' (1.0 x 10^9/L = 1000 /uL)."""
+
+    value: float
+    unit: str
+
+    def in_1e9_per_l(self) -> Decimal:
+        value = _dec(self.value)
+        return value / _PER_UL_PER_1E9_L if self.unit == "/uL" else value
+
+    def text(self) -> str:
+        if self.unit == "/uL":
+            return f"{_fmt(_dec(self.value))} /uL (= {_fmt(self.in_1e9_per_l())} x 10^9/L)"
+        return f"{_fmt(_dec(self.value))} x 10^9/L"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": self.value, "unit": self.unit}
+
+
+@attrs.frozen(kw_only=True)
+class MrdMeasurement:
+    """Measurable residual disease: value ('fraction' or '%'), method and its sensitivity.
+
+    ``sensitivity`` is always a fraction of cells (1e-4 = one cell in 10 000 = 0.01 %).
+    """
+
+    value: float
+    unit: str
+    method: str
+    sensitivity: float
+
+    def fraction(self) -> Decimal:
+        value = _dec(self.value)
+        return value / _HUNDRED if self.unit == "%" else value
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "value": self.value,
+            "unit": self.unit,
+            "method": self.method,
+            "sensitivity": self.sensitivity,
+        }
+
+
+@attrs.frozen(kw_only=True)
+class ResponseAssessment:
+    """The normalized raw response assessment, as stored in events.
+
+    Only ``marrow_blasts_pct`` is always required; the others may be ``None`` (not recorded) and
+    are then demanded by ``classify_response`` only when the decision depends on them.
+    """
+
+    marrow_blasts_pct: float
+    baseline_marrow_blasts_pct: float | None = None
+    circulating_blasts_present: bool | None = None
+    circulating_blasts_pct: float | None = None
+    anc: CellCount | None = None
+    platelets: CellCount | None = None
+    extramedullary_disease: str | None = None
+    cns_status: str | None = None
+    baseline_extramedullary_disease: str | None = None
+    mrd: MrdMeasurement | None = None
+    criteria: str = DEFAULT_CRITERIA
+
+    def circulating_blasts(self) -> bool | None:
+        if self.circulating_blasts_present is not None:
+            return self.circulating_blasts_present
+        if self.circulating_blasts_pct is not None:
+            return self.circulating_blasts_pct > 0
+        return None
+
+    def extramedullary_present(self) -> bool | None:
+        """Extramedullary disease now; CNS2 and CNS3 count as extramedullary disease."""
+        if self.extramedullary_disease is not None:
+            return self.extramedullary_disease == "present"
+        if self.cns_status in ("CNS2", "CNS3"):
+            return True
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "marrow_blasts_pct": self.marrow_blasts_pct,
+            "baseline_marrow_blasts_pct": self.baseline_marrow_blasts_pct,
+            "circulating_blasts_present": self.circulating_blasts_present,
+            "circulating_blasts_pct": self.circulating_blasts_pct,
+            "anc": None if self.anc is None else self.anc.to_json(),
+            "platelets": None if self.platelets is None else self.platelets.to_json(),
+            "extramedullary_disease": self.extramedullary_disease,
+            "cns_status": self.cns_status,
+            "baseline_extramedullary_disease": self.baseline_extramedullary_disease,
+            "mrd": None if self.mrd is None else self.mrd.to_json(),
+            "criteria": self.criteria,
+        }
+
+
+def parse_response_assessment(data: Mapping[str, Any]) -> ResponseAssessment:
+    """Validate a raw response assessment; raise ``ProtocolInputError`` naming the field."""
+    data = _mapping(data, "", "the response assessment")
+    _check_keys(data, _TOP_KEYS, "")
+    if data.get("marrow_blasts_pct") is None:
+        raise ProtocolInputError(
+            "marrow_blasts_pct", "is required: marrow blasts in % of nucleated cells (0-100)"
+        )
+    marrow = _number(data["marrow_blasts_pct"], "marrow_blasts_pct", high=100.0)
+    baseline = _optional_number(data, "baseline_marrow_blasts_pct", high=100.0)
+    circ_pct = _optional_number(data, "circulating_blasts_pct", high=100.0)
+    circ_present = data.get("circulating_blasts_present")
+    if circ_present is not None and not isinstance(circ_present, bool):
+        raise ProtocolInputError(
+            "circulating_blasts_present",
+            f"{circ_present!r} is not allowed; use true, false or null (not recorded)",
+        )
+    if circ_present is not None and circ_pct is not None and circ_present != (circ_pct > 0):
+        raise ProtocolInputError(
+            "circulating_blasts_present",
+            f"{'true' if circ_present else 'false'} contradicts circulating_blasts_pct "
+            f"{_fmt(_dec(circ_pct))} %; blasts are present exactly when the percentage is above 0",
+        )
+    emd = _optional_choice(data, "extramedullary_disease", EMD_STATUSES)
+    cns = _optional_choice(data, "cns_status", CNS_STATUSES)
+    if emd == "none" and cns in ("CNS2", "CNS3"):
+        raise ProtocolInputError(
+            "cns_status",
+            f"{cns} counts as extramedullary disease, but extramedullary_disease is 'none'; "
+            "set extramedullary_disease to 'present' or correct the CNS status",
+        )
+    criteria = data.get("criteria", DEFAULT_CRITERIA)
+    if criteria is None:
+        criteria = DEFAULT_CRITERIA
+    if not isinstance(criteria, str) or criteria not in CRITERIA_SETS:
+        raise ProtocolInputError(
+            "criteria", f"{criteria!r} is not allowed; use {_or_list(CRITERIA_SETS)}"
+        )
+    return ResponseAssessment(
+        marrow_blasts_pct=marrow,
+        baseline_marrow_blasts_pct=baseline,
+        circulating_blasts_present=circ_present,
+        circulating_blasts_pct=circ_pct,
+        anc=_parse_count(data.get("anc"), "anc", "ANC"),
+        platelets=_parse_count(data.get("platelets"), "platelets", "platelets"),
+        extramedullary_disease=emd,
+        cns_status=cns,
+        baseline_extramedullary_disease=_optional_choice(
+            data, "baseline_extramedullary_disease", EMD_STATUSES
+        ),
+        mrd=_parse_mrd(data.get("mrd")),
+        criteria=criteria,
+    )
+
+
+def _parse_count(raw: Any, path: str, what: str) -> CellCount | None:
+    if raw is None:
+        return None
+    raw = _mapping(raw, path, f"{what} (an object with 'value' and 'unit')")
+    _check_keys(raw, _COUNT_KEYS, path)
+    unit = _required_choice(raw, f"{path}.unit", "unit", COUNT_UNITS)
+    if raw.get("value") is None:
+        raise ProtocolInputError(f"{path}.value", f"is required: the {what} count")
+    value = _number(raw["value"], f"{path}.value")
+    return CellCount(value=value, unit=unit)
+
+
+def _parse_mrd(raw: Any) -> MrdMeasurement | None:
+    if raw is None:
+        return None
+    raw = _mapping(raw, "mrd", "MRD (an object with 'value', 'unit', 'method', 'sensitivity')")
+    _check_keys(raw, _MRD_KEYS, "mrd")
+    unit = _required_choice(raw, "mrd.unit", "unit", MRD_UNITS)
+    method = _required_choice(raw, "mrd.method", "method", MRD_METHODS)
+    if raw.get("value") is None:
+        raise ProtocolInputError("mrd.value", "is required: the MRD level (0 when undetected)")
+    value = _number(raw["value"], "mrd.value", high=100.0 if unit == "%" else 1.0)
+    if raw.get("sensitivity") is None:
+        raise ProtocolInputError(
+            "mrd.sensitivity",
+            "is required: the lowest level the method detects, as a fraction (e.g. 1e-4)",
+        )
+    sensitivity = _number(raw["sensitivity"], "mrd.sensitivity", high=1.0)
+    if sensitivity == 0:
+        raise ProtocolInputError(
+            "mrd.sensitivity", "0 is not allowed; give the method's sensitivity as a fraction > 0"
+        )
+    return MrdMeasurement(value=value, unit=unit, method=method, sensitivity=sensitivity)
+
+
+# --------------------------------------------------------------------------------------------
+# Classification
+
+
+@attrs.frozen(kw_only=True)
+class ResponseResult:
+    """The computed response: category, MRD status, progression flag and the reasons."""
+
+    category: str
+    mrd_status: str
+    progression: bool
+    reasons: tuple[str, ...]
+    criteria: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "category": self.category,
+            "mrd_status": self.mrd_status,
+            "progression": self.progression,
+            "reasons": list(self.reasons),
+            "criteria": self.criteria,
+        }
+
+
+_Tri: TypeAlias = bool | None  # three-valued: True, False, or None (unknown: a value is missing)
+
+
+def _all(*values: _Tri) -> _Tri:
+    if any(v is False for v in values):
+        return False
+    return True if all(v is True for v in values) else None
+
+
+def _any(*values: _Tri) -> _Tri:
+    if any(v is True for v in values):
+        return True
+    return False if all(v is False for v in values) else None
+
+
+def _not(value: _Tri) -> _Tri:
+    return None if value is None else not value
+
+
+def classify_response(
+    a: ResponseAssessment, params: ProtocolParameters = DEFAULT_PARAMETERS
+) -> ResponseResult:
+    """Classify a response assessment as CR, CRi, PR or NR (clinical.md s5).
+
+    A value that could change the category (or the progression flag) but is missing raises
+    ``ResponseNotEvaluableError`` naming it; values that cannot change the result may be missing.
+    """
+    reasons: list[str] = []
+    blasts = _dec(a.marrow_blasts_pct)
+    cr_max = _dec(params.cr_marrow_blasts_below_pct)
+    pr_max = _dec(params.pr_marrow_blasts_max_pct)
+    b_txt, cr_txt, pr_txt = _fmt(blasts), _fmt(cr_max), _fmt(pr_max)
+
+    # --- CR / CRi criteria
+    blasts_below = blasts < cr_max
+    reasons.append(
+        f"marrow blasts {b_txt} % {'are' if blasts_below else 'are not'} below {cr_txt} % "
+        f"(CR/CRi: marrow blasts < {cr_txt} %)"
+    )
+    circulating = a.circulating_blasts()
+    if circulating is None:
+        reasons.append("circulating blasts not recorded")
+    elif circulating:
+        pct = a.circulating_blasts_pct
+        shown = "" if pct is None else f" ({_fmt(_dec(pct))} %)"
+        reasons.append(f"circulating blasts present{shown} (CR/CRi: no circulating blasts)")
+    else:
+        reasons.append("no circulating blasts (CR/CRi: no circulating blasts)")
+    anc_ok = _count_criterion(a.anc, "ANC", params.cr_anc_min_1e9_l, reasons)
+    plt_ok = _count_criterion(a.platelets, "platelets", params.cr_platelets_min_1e9_l, reasons)
+    emd = a.extramedullary_present()
+    reasons.append(_emd_sentence(a, emd))
+
+    no_circ, no_emd = _not(circulating), _not(emd)
+    counts_recovered = _all(anc_ok, plt_ok)
+    marrow_and_sites = _all(blasts_below, no_circ, no_emd)
+    is_cr = _all(marrow_and_sites, counts_recovered)
+    is_cri = _all(marrow_and_sites, _not(counts_recovered))
+
+    # --- PR criteria
+    baseline = None if a.baseline_marrow_blasts_pct is None else _dec(a.baseline_marrow_blasts_pct)
+    fall_min = _dec(params.pr_blast_reduction_min)
+    fell_enough: _Tri = None
+    if baseline is None:
+        reasons.append("baseline marrow blasts not recorded")
+    else:
+        # fall >= 50 % of baseline  <=>  blasts <= baseline x (1 - 0.5); a 0 % baseline cannot fall
+        fell_enough = baseline > 0 and blasts <= baseline * (_ONE - fall_min)
+        reasons.append(_change_sentence(baseline, blasts, fall_min, fell_enough))
+    within_pr_max = blasts <= pr_max
+    if blasts_below:
+        range_txt = f"are below {cr_txt} %; PR applies only when CR and CRi are not met"
+    elif within_pr_max:
+        range_txt = f"are within the PR range {cr_txt}-{pr_txt} %"
+    else:
+        range_txt = f"are above {pr_txt} % (PR: marrow blasts {cr_txt}-{pr_txt} %)"
+    reasons.append(f"marrow blasts {b_txt} % {range_txt}")
+    new_emd = _new_emd(a, emd)
+    if new_emd:
+        reasons.append("extramedullary disease is new since baseline (PR: no new extramedullary)")
+    is_pr = _all(fell_enough, within_pr_max, _not(new_emd))
+
+    # --- progression (informational)
+    rise_min = _dec(PROGRESSION_BLAST_RISE_MIN)
+    rose: _Tri = None
+    if baseline is not None:
+        # a rise >= 25 %; from a 0 % baseline any blasts are a rise of more than 25 %
+        rose = blasts >= baseline * (_ONE + rise_min) if baseline > 0 else blasts > 0
+        if rose:
+            reasons.append(
+                f"marrow blasts rose from baseline {_fmt(baseline)} % to {b_txt} % "
+                f"(progression: rise >= {_fmt(rise_min * _HUNDRED)} %)"
+            )
+    progression = _any(rose, new_emd)
+
+    missing: list[str] = []
+    category: str | None = None
+    decision = "the response"
+    if is_cr is True:
+        category = "CR"
+    elif is_cri is True:
+        category = "CRi"
+    elif is_cr is None or is_cri is None:
+        _add_missing(missing, a, circulating, anc_ok, plt_ok, emd)
+        decision = "between CR, CRi and the other categories"
+    elif is_pr is True:
+        category = "PR"
+    elif is_pr is None:
+        if fell_enough is None:
+            missing.append("baseline_marrow_blasts_pct")
+        if new_emd is None:
+            missing.append(_new_emd_missing(a, emd))
+        decision = "between PR and NR"
+    else:
+        category = "NR"
+    if progression is None:
+        if category is not None:
+            rise_txt = _fmt(rise_min * _HUNDRED)
+            decision = f"the progression flag (blast rise >= {rise_txt} % or new extramedullary)"
+        if rose is None:
+            missing.append("baseline_marrow_blasts_pct")
+        if new_emd is None:
+            missing.append(_new_emd_missing(a, emd))
+    if missing or category is None:
+        raise ResponseNotEvaluableError(tuple(dict.fromkeys(missing)), decision)
+    assert progression is not None
+
+    mrd_status, mrd_reason = _mrd(a.mrd, params)
+    reasons.append(mrd_reason)
+    reasons.insert(0, f"{category} under {a.criteria}: {_CATEGORY_SUMMARY[category]}")
+    return ResponseResult(
+        category=category,
+        mrd_status=mrd_status,
+        progression=progression,
+        reasons=tuple(reasons),
+        criteria=a.criteria,
+    )
+
+
+_CATEGORY_SUMMARY = {
+    "CR": "marrow blasts below the CR limit, no circulating blasts, ANC and platelets recovered, "
+    "no extramedullary disease",
+    "CRi": "as CR but with incomplete count recovery (ANC or platelets below the CR limit)",
+    "PR": "CR/CRi not met; marrow blasts fell by at least the PR fraction from baseline to no more "
+    "than the PR limit, without new extramedullary disease",
+    "NR": "none of CR, CRi or PR is met",
+}
+
+
+def _count_criterion(
+    count: CellCount | None, what: str, minimum: float, reasons: list[str]
+) -> _Tri:
+    limit = _dec(minimum)
+    rule = f"(CR: {what} >= {_fmt(limit)} x 10^9/L; below this at most CRi)"
+    if count is None:
+        reasons.append(f"{what} not recorded")
+        return None
+    ok = count.in_1e9_per_l() >= limit
+    verb = "is at least" if ok else "is below"
+    reasons.append(f"{what} {count.text()} {verb} {_fmt(limit)} x 10^9/L {rule}")
+    return ok
+
+
+def _emd_sentence(a: ResponseAssessment, emd: bool | None) -> str:
+    cns = "" if a.cns_status is None else f" ({a.cns_status})"
+    if emd is None:
+        return f"extramedullary disease not recorded{cns}"
+    if not emd:
+        return f"no extramedullary disease{cns} (CR/CRi: no extramedullary disease)"
+    counted = (
+        f"; {a.cns_status} counts as extramedullary disease"
+        if a.cns_status in ("CNS2", "CNS3")
+        else ""
+    )
+    return f"extramedullary disease present{cns}{counted} (CR/CRi: no extramedullary disease)"
+
+
+def _new_emd(a: ResponseAssessment, emd: bool | None) -> _Tri:
+    if emd is False:
+        return False
+    if emd is None or a.baseline_extramedullary_disease is None:
+        return None
+    return a.baseline_extramedullary_disease == "none"
+
+
+def _new_emd_missing(a: ResponseAssessment, emd: bool | None) -> str:
+    return "extramedullary_disease" if emd is None else "baseline_extramedullary_disease"
+
+
+def _add_missing(
+    missing: list[str],
+    a: ResponseAssessment,
+    circulating: bool | None,
+    anc_ok: _Tri,
+    plt_ok: _Tri,
+    emd: bool | None,
+) -> None:
+    if circulating is None:
+        missing.append("circulating_blasts_present")
+    if anc_ok is None:
+        missing.append("anc")
+    if plt_ok is None:
+        missing.append("platelets")
+    if emd is None:
+        missing.append("extramedullary_disease")
+
+
+def _change_sentence(baseline: Decimal, blasts: Decimal, fall_min: Decimal, ok: bool) -> str:
+    rule = f"(PR: fall >= {_fmt(fall_min * _HUNDRED)} % from baseline)"
+    base, now = _fmt(baseline), _fmt(blasts)
+    if baseline == 0:
+        return f"baseline marrow blasts were 0 %, so no fall is possible {rule}"
+    change = (baseline - blasts) / baseline * _HUNDRED
+    if change >= 0:
+        size = "at least" if ok else "less than"
+        return (
+            f"marrow blasts fell {_fmt(round(change, 3))} % from baseline {base} % to {now} %, "
+            f"{size} {_fmt(fall_min * _HUNDRED)} % {rule}"
+        )
+    return f"marrow blasts rose from baseline {base} % to {now} % {rule}"
+
+
+def _mrd(m: MrdMeasurement | None, params: ProtocolParameters) -> tuple[str, str]:
+    limit = _dec(params.mrd_negative_below)
+    limit_txt = _fraction_text(limit)
+    if m is None:
+        return "not_done", "MRD not done"
+    frac = m.fraction()
+    sens = _dec(m.sensitivity)
+    shown = f"MRD {_fmt(_dec(m.value))} {'%' if m.unit == '%' else '(fraction)'} by {m.method}"
+    sens_txt = f"sensitivity {_fraction_text(sens)}"
+    if frac >= limit:
+        return "positive", f"{shown} is at or above {limit_txt}: MRD positive"
+    if sens <= limit:
+        return "negative", f"{shown} ({sens_txt}) is below {limit_txt}: MRD negative"
+    return (
+        "not_evaluable",
+        f"{shown} is below {limit_txt} but the {sens_txt} does not reach {limit_txt}: "
+        f"MRD not evaluable at {limit_txt}",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Clinician's response
+
+
+def check_clinician_response(
+    computed: ResponseResult, clinician: str | None, reason: str | None
+) -> list[str]:
+    """Failed-rule messages for a clinician's stated response; empty when acceptable.
+
+    No stated response (``None``) accepts the computed one. A response that differs from the
+    computed one needs a non-blank reason.
+    """
+    if clinician is None:
+        return []
+    if not isinstance(clinician, str) or clinician not in RESPONSES:
+        return [f"clinician response {clinician!r} is not allowed; use {_or_list(RESPONSES)}"]
+    if clinician == computed.category:
+        return []
+    if reason is None or not isinstance(reason, str) or not reason.strip():
+        return [
+            f"clinician response {clinician} differs from the computed {computed.category} "
+            f"({computed.criteria}); give a reason for the difference"
+        ]
+    return []
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _dec(value: float) -> Decimal:
+    """The decimal that was written: exact for values read from JSON (shortest repr)."""
+    return Decimal(repr(value))
+
+
+def _fmt(value: Decimal) -> str:
+    text = format(value.normalize(), "f")
+    return "0" if text in ("-0", "0") else text
+
+
+def _fraction_text(value: Decimal) -> str:
+    """A fraction as '10^-4 (0.01 %)' when a power of ten, else '0.0002 (0.02 %)'."""
+    norm = value.normalize()
+    pct = f"{_fmt(norm * _HUNDRED)} %"
+    if norm.as_tuple().digits == (1,):
+        exponent = norm.as_tuple().exponent
+        return f"10^{exponent} ({pct})"
+    return f"{_fmt(norm)} ({pct})"
+
+
+def _or_list(values: tuple[str, ...]) -> str:
+    quoted = [f"'{v}'" for v in values]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def _mapping(value: Any, path: str, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ProtocolInputError(
+            path or "(root)", f"{type(value).__name__} is not allowed; {what} must be an object"
+        )
+    return value
+
+
+def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], path: str) -> None:
+    unknown = [k for k in data if k not in allowed]
+    if unknown:
+        where = f"{path}.{unknown[0]}" if path else str(unknown[0])
+        raise ProtocolInputError(
+            where,
+            f"unknown key(s) {', '.join(repr(k) for k in unknown)}; allowed: {', '.join(allowed)}",
+        )
+
+
+def _number(value: Any, path: str, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolInputError(path, f"{value!r} is not allowed; give a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ProtocolInputError(path, f"{value!r} is not allowed; give a finite number")
+    if number < 0 or (high is not None and number > high):
+        allowed = ">= 0" if high is None else f"between 0 and {_fmt(_dec(high))}"
+        raise ProtocolInputError(path, f"{value!r} is not allowed; give a number {allowed}")
+    return number + 0.0  # -0.0 -> 0.0
+
+
+def _optional_number(data: Mapping[str, Any], key: str, high: float) -> float | None:
+    value = data.get(key)
+    return None if value is None else _number(value, key, high=high)
+
+
+def _optional_choice(data: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    return _choice(value, key, allowed)
+
+
+def _required_choice(data: Mapping[str, Any], path: str, key: str, allowed: tuple[str, ...]) -> str:
+    value = data.get(key)
+    if value is None:
+        raise ProtocolInputError(path, f"is required; use {_or_list(allowed)}")
+    return _choice(value, path, allowed)
+
+
+def _choice(value: Any, path: str, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ProtocolInputError(path, f"{value!r} is not allowed; use {_or_list(allowed)}")
+    return value

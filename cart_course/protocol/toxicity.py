@@ -1,0 +1,1057 @@
+"""Toxicity grading: CRS and ICANS from raw observations, and explicitly entered grades.
+
+Sources (``/work/shared/reference/clinical.md``):
+- s2: ASTCT 2019 consensus CRS grading (Lee et al., BBMT 2019;25:625-638); CTCAE v5 grades CRS
+  differently (oxygen by FiO2 < 40 % vs >= 40 %). Store the raw observations, the scale and its
+  version, never only a grade number, so that history can be re-graded.
+- s3: ASTCT 2019 ICANS grading for adults and children >= 12 y (ICE score 0-10 and four other
+  domains; the grade is the worst domain not attributable to another cause).
+- s4: "severe" means grade >= 3; split dosing holds later fractions for early CRS.
+  The thresholds that turn a grade into a decision are protocol parameters
+  (``severe_grade``, ``hold_crs_grade``, ``hold_icans_grade``, ``hold_other_grade``).
+
+The scale definitions themselves (fever >= 38.0 C, low-flow cannula <= 6 L/min, FiO2 40 %,
+ICE bands) are not protocol parameters: they belong to the named scale and its version, which is
+recorded with every grade.
+
+Pure code: stdlib and attrs only. User documentation: ``docs/toxicity.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from fractions import Fraction
+from typing import Any, Final
+
+import attrs
+
+from .errors import ProtocolInputError
+from .parameters import DEFAULT_PARAMETERS, ProtocolParameters
+
+# --------------------------------------------------------------------------------------------
+# Scale constants (they belong to the scales, see module docstring)
+# --------------------------------------------------------------------------------------------
+
+KINDS: Final = ("CRS", "ICANS", "other")
+ASTCT: Final = "ASTCT"
+ASTCT_VERSION: Final = "2019"
+CTCAE: Final = "CTCAE"
+CTCAE_VERSION: Final = "5.0"
+#: Scales (and versions) that can grade raw observations.
+GRADING_SCALES: Final = (ASTCT, CTCAE)
+#: Scales and versions accepted for an explicitly entered grade. ASTCT covers CRS and ICANS only.
+EXPLICIT_SCALES: Final[dict[str, tuple[str, ...]]] = {
+    ASTCT: (ASTCT_VERSION,),
+    CTCAE: ("4.03", CTCAE_VERSION),
+}
+
+#: Fever: temperature >= 38.0 C (ASTCT 2019; CTCAE v5 "Fever" grade 1 starts at 38.0 C).
+FEVER_MIN_C: Final = 38.0
+#: The same threshold in Fahrenheit, converted exactly (38 x 9/5 + 32 = 100.4): the comparison
+#: is made in the unit the value was entered in, so 100.4 F is fever exactly like 38.0 C.
+FEVER_MIN_F: Final = float(Fraction(38) * 9 / 5 + 32)
+#: Plausible body temperature (outside this, the unit is almost certainly wrong).
+TEMPERATURE_RANGE: Final[dict[str, tuple[float, float]]] = {"C": (25.0, 45.0), "F": (77.0, 113.0)}
+#: ASTCT: low-flow nasal cannula is oxygen at <= 6 L/min; above that it is high flow.
+LOW_FLOW_MAX_L_MIN: Final = 6.0
+#: Plausible oxygen flow (L/min).
+MAX_FLOW_L_MIN: Final = 100.0
+#: CTCAE v5 CRS: hypoxia needing < 40 % O2 is grade 2, >= 40 % is grade 3.
+CTCAE_FIO2_GRADE3_PCT: Final = 40.0
+#: Room air FiO2 (%).
+ROOM_AIR_FIO2_PCT: Final = 21.0
+#: More vasopressors than this is not a plausible count (input error).
+MAX_VASOPRESSORS: Final = 10
+#: ASTCT ICE score is validated for adults and children >= 12 y; younger children need the CAPD.
+ICE_MIN_AGE_YEARS: Final = 12
+MAX_AGE_YEARS: Final = 130
+
+#: Oxygen devices and their ASTCT 2019 CRS hypoxia grade. A low-flow nasal cannula above
+#: ``LOW_FLOW_MAX_L_MIN`` is graded as high flow (grade 3).
+OXYGEN_DEVICES: Final[dict[str, int]] = {
+    "none": 0,
+    "low_flow_nasal_cannula": 2,
+    "blow_by": 2,
+    "high_flow_nasal_cannula": 3,
+    "facemask": 3,
+    "non_rebreather": 3,
+    "venturi": 3,
+    "cpap": 4,
+    "bipap": 4,
+    "mechanical_ventilation": 4,
+}
+#: Positive pressure ventilation (CTCAE v5 grade 4, ASTCT grade 4).
+POSITIVE_PRESSURE_DEVICES: Final = frozenset({"cpap", "bipap", "mechanical_ventilation"})
+_DEVICE_WORDS: Final[dict[str, str]] = {
+    "none": "no supplemental oxygen",
+    "low_flow_nasal_cannula": "low-flow nasal cannula",
+    "blow_by": "blow-by oxygen",
+    "high_flow_nasal_cannula": "high-flow nasal cannula",
+    "facemask": "facemask",
+    "non_rebreather": "non-rebreather mask",
+    "venturi": "Venturi mask",
+    "cpap": "CPAP",
+    "bipap": "BiPAP",
+    "mechanical_ventilation": "intubation and mechanical ventilation",
+}
+
+#: ICE items and their maximum points (total 10).
+ICE_ITEMS: Final[dict[str, int]] = {
+    "orientation": 4,
+    "naming": 3,
+    "command": 1,
+    "writing": 1,
+    "attention": 1,
+}
+#: ICANS domains, in the order they are reported.
+ICANS_DOMAINS: Final = ("ice", "consciousness", "seizure", "motor", "raised_icp")
+CONSCIOUSNESS_GRADES: Final[dict[str, int]] = {
+    "none": 0,
+    "wakes_spontaneously": 1,
+    "wakes_to_voice": 2,
+    "wakes_to_touch": 3,
+    "stupor_or_coma": 4,
+}
+SEIZURE_GRADES: Final[dict[str, int]] = {
+    "none": 0,
+    "rapid_resolving_or_nonconvulsive_eeg_resolved": 3,
+    "life_threatening_or_repetitive": 4,
+}
+MOTOR_GRADES: Final[dict[str, int]] = {"none": 0, "deep_focal_weakness": 4}
+RAISED_ICP_GRADES: Final[dict[str, int]] = {
+    "none": 0,
+    "focal_local_edema": 3,
+    "diffuse_edema_or_signs": 4,
+}
+_CONSCIOUSNESS_WORDS: Final[dict[str, str]] = {
+    "none": "normal level of consciousness",
+    "wakes_spontaneously": "depressed consciousness, wakes spontaneously",
+    "wakes_to_voice": "depressed consciousness, wakes to voice",
+    "wakes_to_touch": "depressed consciousness, wakes only to touch",
+    "stupor_or_coma": "stupor or coma (unarousable or needs vigorous stimuli)",
+}
+_SEIZURE_WORDS: Final[dict[str, str]] = {
+    "none": "no seizure",
+    "rapid_resolving_or_nonconvulsive_eeg_resolved": (
+        "clinical seizure resolving rapidly, or non-convulsive EEG seizure resolving with "
+        "intervention"
+    ),
+    "life_threatening_or_repetitive": (
+        "life-threatening seizure (> 5 min) or repetitive seizures without return to baseline"
+    ),
+}
+_MOTOR_WORDS: Final[dict[str, str]] = {
+    "none": "no motor weakness",
+    "deep_focal_weakness": "deep focal motor weakness",
+}
+_RAISED_ICP_WORDS: Final[dict[str, str]] = {
+    "none": "no raised intracranial pressure or cerebral edema",
+    "focal_local_edema": "focal/local edema on imaging",
+    "diffuse_edema_or_signs": (
+        "diffuse cerebral edema, or decerebrate/decorticate posturing, CN VI palsy, papilledema "
+        "or Cushing's triad"
+    ),
+}
+_DOMAIN_WORDS: Final[dict[str, str]] = {
+    "ice": "the ICE score",
+    "consciousness": "the level of consciousness",
+    "seizure": "seizure",
+    "motor": "motor findings",
+    "raised_icp": "raised intracranial pressure / cerebral edema",
+}
+_CANONICAL_TERMS: Final[dict[str, str]] = {
+    "CRS": "cytokine release syndrome",
+    "ICANS": "immune effector cell-associated neurotoxicity syndrome",
+}
+_MAX_TERM_LENGTH: Final = 200
+
+
+class ToxicityNotGradableError(ProtocolInputError):
+    """The observations (or the explicit grade) cannot be graded under the scale asked for.
+
+    The message says what is missing and what the user can do (record the missing observation,
+    grade under another scale, or enter the grade explicitly).
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Small validators
+# --------------------------------------------------------------------------------------------
+
+
+def _at(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _object(data: Any, path: str, example: str) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ProtocolInputError(
+            path or "(report)", f"must be a JSON object like {example}, got {data!r}"
+        )
+    return data
+
+
+def _check_keys(
+    data: Mapping[str, Any], path: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()
+) -> None:
+    unknown = [k for k in data if k not in allowed]
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown)
+        raise ProtocolInputError(
+            _at(path, str(unknown[0])),
+            f"unknown field(s) {names}; allowed fields are: {', '.join(allowed)}",
+        )
+    for key in required:
+        if key not in data:
+            raise ProtocolInputError(_at(path, key), "is required but missing")
+
+
+def _number(value: Any, field: str, lo: float, hi: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolInputError(field, f"{what} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ProtocolInputError(field, f"{what} must be a finite number, got {value!r}")
+    if not lo <= value <= hi:
+        raise ProtocolInputError(
+            field, f"{what} {value!r} is out of range; allowed {lo:g} to {hi:g}"
+        )
+    return value
+
+
+def _integer(value: Any, field: str, lo: int, hi: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolInputError(
+            field, f"{what} must be a whole number from {lo} to {hi}, got {value!r}"
+        )
+    if not lo <= value <= hi:
+        raise ProtocolInputError(field, f"{what} {value} is out of range; allowed {lo} to {hi}")
+    return value
+
+
+def _boolean(data: Mapping[str, Any], key: str, path: str, default: bool | None = None) -> bool:
+    if key not in data and default is not None:
+        return default
+    value = data.get(key)
+    if not isinstance(value, bool):
+        raise ProtocolInputError(_at(path, key), f"must be true or false, got {value!r}")
+    return value
+
+
+def _choice(value: Any, field: str, choices: Mapping[str, Any] | tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ProtocolInputError(
+            field, f"{value!r} is not allowed; use one of: {', '.join(choices)}"
+        )
+    return value
+
+
+def _g(value: float) -> str:
+    return f"{value:g}"
+
+
+# --------------------------------------------------------------------------------------------
+# CRS observations
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Temperature:
+    """Highest body temperature of the assessment, as entered (``C`` or ``F``)."""
+
+    value: float
+    unit: str
+
+    @property
+    def celsius(self) -> float:
+        return self.value if self.unit == "C" else (self.value - 32) * 5 / 9
+
+    @property
+    def is_fever(self) -> bool:
+        """>= 38.0 C, compared in the entered unit against the exactly converted threshold."""
+        return self.value >= (FEVER_MIN_C if self.unit == "C" else FEVER_MIN_F)
+
+    def describe(self) -> str:
+        if self.unit == "C":
+            return f"{_g(self.value)} C"
+        return f"{_g(self.value)} F ({self.celsius:.1f} C)"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": self.value, "unit": self.unit}
+
+
+def parse_temperature(data: Any, field: str = "temperature") -> Temperature:
+    """``{"value": 38.4, "unit": "C"}`` or ``{"value": 101.1, "unit": "F"}``."""
+    data = _object(data, field, '{"value": 38.4, "unit": "C"}')
+    _check_keys(data, field, ("value", "unit"), ("value", "unit"))
+    unit = data["unit"]
+    if not isinstance(unit, str) or unit not in TEMPERATURE_RANGE:
+        raise ProtocolInputError(
+            _at(field, "unit"), f"unit {unit!r} is not allowed; use 'C' or 'F'"
+        )
+    value = data["value"]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ProtocolInputError(
+            _at(field, "value"), f"temperature must be a finite number, got {value!r}"
+        )
+    lo, hi = TEMPERATURE_RANGE[unit]
+    if not lo <= value <= hi:
+        raise ProtocolInputError(
+            _at(field, "value"),
+            f"{_g(value)} {unit} is not a plausible body temperature (allowed 25 to 45 C or "
+            "77 to 113 F); check the value and its unit",
+        )
+    return Temperature(value=value, unit=unit)
+
+
+@attrs.frozen(kw_only=True)
+class OxygenSupport:
+    """Oxygen support at the time of the assessment."""
+
+    device: str
+    flow_l_min: float | None = None
+    fio2_pct: float | None = None
+
+    @property
+    def words(self) -> str:
+        text = _DEVICE_WORDS[self.device]
+        if self.flow_l_min is not None:
+            text += f" at {_g(self.flow_l_min)} L/min"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {"device": self.device, "flow_l_min": self.flow_l_min, "fio2_pct": self.fio2_pct}
+
+
+def parse_oxygen(data: Any, field: str = "oxygen") -> OxygenSupport:
+    """``{"device": "low_flow_nasal_cannula", "flow_l_min": 4, "fio2_pct": null}``."""
+    data = _object(data, field, '{"device": "low_flow_nasal_cannula", "flow_l_min": 4}')
+    _check_keys(data, field, ("device", "flow_l_min", "fio2_pct"), ("device",))
+    device = _choice(data["device"], _at(field, "device"), OXYGEN_DEVICES)
+    flow_raw = data.get("flow_l_min")
+    fio2_raw = data.get("fio2_pct")
+    flow: float | None = None
+    fio2: float | None = None
+    if flow_raw is not None:
+        flow = _number(
+            flow_raw, _at(field, "flow_l_min"), 0.0, MAX_FLOW_L_MIN, "oxygen flow (L/min)"
+        )
+    if fio2_raw is not None:
+        fio2 = _number(fio2_raw, _at(field, "fio2_pct"), ROOM_AIR_FIO2_PCT, 100.0, "FiO2 (%)")
+    if device == "none":
+        if flow is not None:
+            raise ProtocolInputError(
+                _at(field, "flow_l_min"),
+                "an oxygen flow was given with device 'none'; name the device that delivers it",
+            )
+        if fio2 is not None and fio2 != ROOM_AIR_FIO2_PCT:
+            raise ProtocolInputError(
+                _at(field, "fio2_pct"),
+                f"FiO2 {_g(fio2)} % with device 'none' is not room air (21 %); name the device",
+            )
+    elif device == "low_flow_nasal_cannula" and (flow is None or flow == 0):
+        raise ProtocolInputError(
+            _at(field, "flow_l_min"),
+            "a nasal cannula needs its flow in L/min (above 0): <= 6 L/min is low flow "
+            "(ASTCT grade 2), above 6 L/min counts as high flow (grade 3)",
+        )
+    return OxygenSupport(device=device, flow_l_min=flow, fio2_pct=fio2)
+
+
+_CRS_KEYS: Final = (
+    "temperature",
+    "fever_attributable_to_other_cause",
+    "antipyretics_given",
+    "anticytokine_given",
+    "hypotension",
+    "vasopressors",
+    "vasopressin",
+    "oxygen",
+    "death_due_to_crs",
+)
+
+
+@attrs.frozen(kw_only=True)
+class CrsObservations:
+    """Raw observations for grading CRS (ASTCT 2019, and CTCAE v5 where possible)."""
+
+    temperature: Temperature
+    fever_attributable_to_other_cause: bool = False
+    antipyretics_given: bool = False
+    #: Tocilizumab, steroids or other anti-cytokine therapy.
+    anticytokine_given: bool = False
+    hypotension: bool
+    #: Number of vasopressors other than vasopressin.
+    vasopressors: int = 0
+    vasopressin: bool = False
+    oxygen: OxygenSupport
+    death_due_to_crs: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "temperature": self.temperature.to_json(),
+            "fever_attributable_to_other_cause": self.fever_attributable_to_other_cause,
+            "antipyretics_given": self.antipyretics_given,
+            "anticytokine_given": self.anticytokine_given,
+            "hypotension": self.hypotension,
+            "vasopressors": self.vasopressors,
+            "vasopressin": self.vasopressin,
+            "oxygen": self.oxygen.to_json(),
+            "death_due_to_crs": self.death_due_to_crs,
+        }
+
+
+def parse_crs_observations(data: Any, field: str = "observations") -> CrsObservations:
+    """CRS observations (see ``docs/toxicity.md`` for the format)."""
+    data = _object(data, field, '{"temperature": {...}, "hypotension": false, "oxygen": {...}}')
+    _check_keys(data, field, _CRS_KEYS, ("temperature", "hypotension", "oxygen"))
+    temperature = parse_temperature(data["temperature"], _at(field, "temperature"))
+    hypotension = _boolean(data, "hypotension", field)
+    vasopressors = 0
+    if "vasopressors" in data:
+        vasopressors = _integer(
+            data["vasopressors"],
+            _at(field, "vasopressors"),
+            0,
+            MAX_VASOPRESSORS,
+            "number of vasopressors (vasopressin not counted)",
+        )
+    vasopressin = _boolean(data, "vasopressin", field, False)
+    if (vasopressors or vasopressin) and not hypotension:
+        given = f"{vasopressors} vasopressor(s)" + (" and vasopressin" if vasopressin else "")
+        if not vasopressors:
+            given = "vasopressin"
+        raise ProtocolInputError(
+            _at(field, "hypotension"),
+            f"hypotension is false but {given} recorded; set hypotension to true (hypotension "
+            "requiring vasopressors) or correct the vasopressors",
+        )
+    return CrsObservations(
+        temperature=temperature,
+        fever_attributable_to_other_cause=_boolean(
+            data, "fever_attributable_to_other_cause", field, False
+        ),
+        antipyretics_given=_boolean(data, "antipyretics_given", field, False),
+        anticytokine_given=_boolean(data, "anticytokine_given", field, False),
+        hypotension=hypotension,
+        vasopressors=vasopressors,
+        vasopressin=vasopressin,
+        oxygen=parse_oxygen(data["oxygen"], _at(field, "oxygen")),
+        death_due_to_crs=_boolean(data, "death_due_to_crs", field, False),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# ICANS observations
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class IceItems:
+    """The five ICE items: orientation 0-4, naming 0-3, command 0-1, writing 0-1, attention 0-1."""
+
+    orientation: int
+    naming: int
+    command: int
+    writing: int
+    attention: int
+
+    @property
+    def total(self) -> int:
+        return self.orientation + self.naming + self.command + self.writing + self.attention
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "orientation": self.orientation,
+            "naming": self.naming,
+            "command": self.command,
+            "writing": self.writing,
+            "attention": self.attention,
+        }
+
+
+def parse_ice_items(data: Any, field: str = "ice_items") -> IceItems:
+    data = _object(
+        data,
+        field,
+        '{"orientation": 4, "naming": 3, "command": 1, "writing": 1, "attention": 1}',
+    )
+    keys = tuple(ICE_ITEMS)
+    _check_keys(data, field, keys, keys)
+    points = {
+        key: _integer(data[key], _at(field, key), 0, top, f"ICE {key} points")
+        for key, top in ICE_ITEMS.items()
+    }
+    return IceItems(**points)
+
+
+_ICANS_KEYS: Final = (
+    "age_years",
+    "ice_score",
+    "ice_items",
+    "consciousness",
+    "seizure",
+    "motor",
+    "raised_icp",
+    "awake_with_global_aphasia",
+    "attributable_to_other_cause",
+)
+
+
+@attrs.frozen(kw_only=True)
+class IcansObservations:
+    """Raw observations for ASTCT 2019 ICANS grading (adults and children >= 12 y)."""
+
+    age_years: float
+    #: ICE score 0-10; ``None`` only when the patient is unarousable (ICE cannot be performed).
+    ice_score: int | None
+    ice_items: IceItems | None = None
+    consciousness: str
+    seizure: str = "none"
+    motor: str = "none"
+    raised_icp: str = "none"
+    awake_with_global_aphasia: bool = False
+    #: Domains (of ``ICANS_DOMAINS``) whose finding is attributable to another cause.
+    attributable_to_other_cause: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"age_years": self.age_years, "ice_score": self.ice_score}
+        if self.ice_items is not None:
+            data["ice_items"] = self.ice_items.to_json()
+        data.update(
+            consciousness=self.consciousness,
+            seizure=self.seizure,
+            motor=self.motor,
+            raised_icp=self.raised_icp,
+            awake_with_global_aphasia=self.awake_with_global_aphasia,
+            attributable_to_other_cause=list(self.attributable_to_other_cause),
+        )
+        return data
+
+
+def parse_icans_observations(data: Any, field: str = "observations") -> IcansObservations:
+    """ICANS observations (see ``docs/toxicity.md`` for the format)."""
+    data = _object(data, field, '{"age_years": 45, "ice_score": 8, "consciousness": "none"}')
+    _check_keys(data, field, _ICANS_KEYS, ("age_years", "consciousness"))
+    age = _number(data["age_years"], _at(field, "age_years"), 0, MAX_AGE_YEARS, "age (years)")
+    consciousness = _choice(
+        data["consciousness"], _at(field, "consciousness"), CONSCIOUSNESS_GRADES
+    )
+    if "ice_score" not in data and "ice_items" not in data:
+        raise ProtocolInputError(
+            _at(field, "ice_score"),
+            "is required: give ice_score (0-10) or ice_items (null only when the patient is "
+            "unarousable and the ICE cannot be performed)",
+        )
+    if age < ICE_MIN_AGE_YEARS:
+        key = "ice_items" if "ice_items" in data else "ice_score"
+        raise ProtocolInputError(
+            _at(field, key),
+            f"the patient is {_g(age)} years old: ASTCT grades ICANS in children under "
+            f"{ICE_MIN_AGE_YEARS} with the CAPD (Cornell Assessment of Pediatric Delirium), not "
+            "the ICE score, and CAPD grading is not supported here; enter the ICANS grade "
+            'explicitly, e.g. {"kind": "ICANS", "scale": "ASTCT", "scale_version": "2019", '
+            '"grade": 2}',
+        )
+    items: IceItems | None = None
+    if data.get("ice_items") is not None:
+        items = parse_ice_items(data["ice_items"], _at(field, "ice_items"))
+    score: int | None
+    raw_score = data.get("ice_score")
+    if raw_score is None:
+        score = None if items is None else items.total
+    else:
+        score = _integer(raw_score, _at(field, "ice_score"), 0, 10, "ICE score")
+        if items is not None and items.total != score:
+            raise ProtocolInputError(
+                _at(field, "ice_score"),
+                f"ICE score {score} does not equal the sum of the ICE items ({items.total}); "
+                "correct one of them or give only the items",
+            )
+    if score is None and consciousness != "stupor_or_coma":
+        raise ProtocolInputError(
+            _at(field, "ice_score"),
+            "the ICE score may be null only when the patient is unarousable (consciousness "
+            f"'stupor_or_coma'), but consciousness is {consciousness!r}; give the ICE score 0-10",
+        )
+    aphasia = _boolean(data, "awake_with_global_aphasia", field, False)
+    if aphasia and consciousness == "stupor_or_coma":
+        raise ProtocolInputError(
+            _at(field, "awake_with_global_aphasia"),
+            "the patient cannot be awake with global aphasia and in stupor or coma; correct one",
+        )
+    attributable: tuple[str, ...] = ()
+    raw_attr = data.get("attributable_to_other_cause", [])
+    attr_field = _at(field, "attributable_to_other_cause")
+    if not isinstance(raw_attr, list | tuple):
+        raise ProtocolInputError(
+            attr_field, f"must be a list of domains from: {', '.join(ICANS_DOMAINS)}"
+        )
+    for i, name in enumerate(raw_attr):
+        _choice(name, f"{attr_field}.{i}", ICANS_DOMAINS)
+    attributable = tuple(d for d in ICANS_DOMAINS if d in raw_attr)
+    return IcansObservations(
+        age_years=age,
+        ice_score=score,
+        ice_items=items,
+        consciousness=consciousness,
+        seizure=_choice(data.get("seizure", "none"), _at(field, "seizure"), SEIZURE_GRADES),
+        motor=_choice(data.get("motor", "none"), _at(field, "motor"), MOTOR_GRADES),
+        raised_icp=_choice(
+            data.get("raised_icp", "none"), _at(field, "raised_icp"), RAISED_ICP_GRADES
+        ),
+        awake_with_global_aphasia=aphasia,
+        attributable_to_other_cause=attributable,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Reports and grades
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ToxicityReport:
+    """A reported toxicity: raw observations (CRS, ICANS) or an explicit grade under a scale."""
+
+    kind: str
+    term: str | None = None
+    observations: CrsObservations | IcansObservations | None = None
+    grade: int | None = None
+    scale: str | None = None
+    scale_version: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"kind": self.kind, "term": self.term}
+        if self.observations is not None:
+            data["observations"] = self.observations.to_json()
+        else:
+            data.update(grade=self.grade, scale=self.scale, scale_version=self.scale_version)
+        return data
+
+
+@attrs.frozen(kw_only=True)
+class ToxicityGrade:
+    """A grade (0 = no toxicity under the scale) with the scale, its version and the reasons."""
+
+    kind: str
+    term: str | None
+    grade: int
+    scale: str
+    scale_version: str
+    #: True when computed from raw observations, False when entered explicitly.
+    derived: bool
+    reasons: tuple[str, ...]
+
+    def is_severe(self, params: ProtocolParameters = DEFAULT_PARAMETERS) -> bool:
+        """Grade >= ``params.severe_grade`` (clinical.md s4: severe conventionally means >= 3)."""
+        return self.grade > 0 and self.grade >= params.severe_grade
+
+    def opens_hold(self, params: ProtocolParameters = DEFAULT_PARAMETERS) -> bool:
+        """Whether this toxicity holds the remaining fractions (the hold grade of its kind)."""
+        if self.kind == "CRS":
+            threshold = params.hold_crs_grade
+        elif self.kind == "ICANS":
+            threshold = params.hold_icans_grade
+        else:
+            threshold = params.hold_other_grade
+        return self.grade > 0 and self.grade >= threshold
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "term": self.term,
+            "grade": self.grade,
+            "scale": self.scale,
+            "scale_version": self.scale_version,
+            "derived": self.derived,
+            "reasons": list(self.reasons),
+        }
+
+
+_REPORT_KEYS: Final = ("kind", "term", "observations", "grade", "scale", "scale_version")
+_EXPLICIT_KEYS: Final = ("grade", "scale", "scale_version")
+
+
+def parse_toxicity_report(data: Mapping[str, Any]) -> ToxicityReport:
+    """Parse and normalise a toxicity report; ``parse_toxicity_report(r.to_json()) == r``."""
+    data = _object(data, "", '{"kind": "CRS", "observations": {...}}')
+    _check_keys(data, "", _REPORT_KEYS, ("kind",))
+    kind = _choice(data["kind"], "kind", KINDS)
+    term: str | None = None
+    raw_term = data.get("term")
+    if raw_term is not None:
+        if not isinstance(raw_term, str) or not raw_term.strip():
+            raise ProtocolInputError(
+                "term", f"must be a non-empty text naming the toxicity, got {raw_term!r}"
+            )
+        term = raw_term.strip()
+        if len(term) > _MAX_TERM_LENGTH:
+            raise ProtocolInputError("term", f"is longer than {_MAX_TERM_LENGTH} characters")
+    if kind == "other" and term is None:
+        raise ProtocolInputError(
+            "term", "is required for kind 'other' (e.g. 'febrile neutropenia', CTCAE term)"
+        )
+    has_obs = "observations" in data
+    explicit = [k for k in _EXPLICIT_KEYS if k in data]
+    if has_obs and explicit:
+        raise ProtocolInputError(
+            "observations",
+            f"give either observations or an explicit grade (grade, scale, scale_version), not "
+            f"both (also got {', '.join(explicit)})",
+        )
+    if has_obs:
+        if kind == "CRS":
+            return ToxicityReport(
+                kind=kind, term=term, observations=parse_crs_observations(data["observations"])
+            )
+        if kind == "ICANS":
+            return ToxicityReport(
+                kind=kind, term=term, observations=parse_icans_observations(data["observations"])
+            )
+        raise ProtocolInputError(
+            "observations",
+            "only CRS and ICANS can be graded from observations; for kind 'other' enter grade, "
+            "scale and scale_version",
+        )
+    if not explicit:
+        raise ProtocolInputError(
+            "observations",
+            "is missing: give observations (CRS or ICANS) or an explicit grade with scale and "
+            "scale_version",
+        )
+    for key in _EXPLICIT_KEYS:
+        if key not in data:
+            raise ProtocolInputError(
+                key, "is required for an explicit grade (grade, scale and scale_version)"
+            )
+    scale = _choice(data["scale"], "scale", tuple(EXPLICIT_SCALES))
+    versions = EXPLICIT_SCALES[scale]
+    version = data["scale_version"]
+    if not isinstance(version, str) or version not in versions:
+        raise ProtocolInputError(
+            "scale_version",
+            f"{scale} version {version!r} is not allowed; use one of: "
+            f"{', '.join(repr(v) for v in versions)} (a text, not a number)",
+        )
+    if scale == ASTCT and kind == "other":
+        raise ProtocolInputError(
+            "scale", "ASTCT grades only CRS and ICANS; grade other toxicities under CTCAE"
+        )
+    grade = data["grade"]
+    if isinstance(grade, bool) or not isinstance(grade, int) or not 1 <= grade <= 5:
+        raise ProtocolInputError(
+            "grade",
+            f"grade {grade!r} is not allowed; an entered grade is a whole number 1 to 5 "
+            "(no toxicity is not reported)",
+        )
+    return ToxicityReport(kind=kind, term=term, grade=grade, scale=scale, scale_version=version)
+
+
+# --------------------------------------------------------------------------------------------
+# CRS grading
+# --------------------------------------------------------------------------------------------
+
+
+def _astct_hypotension(obs: CrsObservations) -> tuple[int, str]:
+    if not obs.hypotension:
+        return 0, "no hypotension"
+    n = obs.vasopressors
+    if n >= 2:
+        extra = " plus vasopressin" if obs.vasopressin else ""
+        return 4, f"hypotension needing {n} vasopressors (vasopressin not counted){extra}"
+    if n == 1:
+        extra = " with vasopressin" if obs.vasopressin else ""
+        return 3, f"hypotension needing one vasopressor{extra}"
+    if obs.vasopressin:
+        return 3, "hypotension needing one vasopressor (vasopressin)"
+    return 2, "hypotension not needing vasopressors"
+
+
+def _astct_hypoxia(oxygen: OxygenSupport) -> tuple[int, str]:
+    device = oxygen.device
+    if device == "none":
+        return 0, "no supplemental oxygen (no hypoxia)"
+    if device == "low_flow_nasal_cannula":
+        flow = oxygen.flow_l_min or 0.0
+        if flow > LOW_FLOW_MAX_L_MIN:
+            return 3, (
+                f"oxygen by nasal cannula at {_g(flow)} L/min (above 6 L/min counts as high flow)"
+            )
+        return 2, f"oxygen by low-flow nasal cannula at {_g(flow)} L/min (<= 6 L/min)"
+    return OXYGEN_DEVICES[device], f"oxygen by {oxygen.words}"
+
+
+def _therapy(obs: CrsObservations) -> str:
+    if obs.anticytokine_given and obs.antipyretics_given:
+        return "antipyretics and anti-cytokine therapy"
+    return "anti-cytokine therapy" if obs.anticytokine_given else "antipyretics"
+
+
+def _set_by(hyp: tuple[int, str], hypoxia: tuple[int, str], grade: int) -> tuple[str, list[str]]:
+    """Name the domain(s) that set ``grade`` and list the other findings."""
+    if hyp[0] == grade and hypoxia[0] == grade:
+        return f"hypotension and hypoxia ({hyp[1]}; {hypoxia[1]})", []
+    if hyp[0] == grade:
+        return f"hypotension ({hyp[1]})", [f"also: {hypoxia[1]} (grade {hypoxia[0]})"]
+    return f"hypoxia ({hypoxia[1]})", [f"also: {hyp[1]} (grade {hyp[0]})"]
+
+
+def _crs_grade(
+    grade: int, scale: str, version: str, reasons: list[str], term: str | None
+) -> ToxicityGrade:
+    return ToxicityGrade(
+        kind="CRS",
+        term=term or _CANONICAL_TERMS["CRS"],
+        grade=grade,
+        scale=scale,
+        scale_version=version,
+        derived=True,
+        reasons=tuple(reasons),
+    )
+
+
+def grade_crs_astct(obs: CrsObservations, *, term: str | None = None) -> ToxicityGrade:
+    """ASTCT 2019 CRS grade (clinical.md s2): the more severe of hypotension and hypoxia.
+
+    Fever (>= 38.0 C, not attributable to another cause) is required for any grade unless
+    antipyretics or anti-cytokine therapy were given; then the grade follows hypotension and
+    hypoxia alone. Death due to CRS is grade 5.
+    """
+    name = "ASTCT 2019 CRS"
+    if obs.death_due_to_crs:
+        return _crs_grade(5, ASTCT, ASTCT_VERSION, [f"{name} grade 5: death due to CRS"], term)
+    temp = obs.temperature
+    hyp = _astct_hypotension(obs)
+    hypoxia = _astct_hypoxia(obs.oxygen)
+    organ = hyp[0] if hyp[0] >= hypoxia[0] else hypoxia[0]
+    febrile = temp.is_fever
+    fever = febrile and not obs.fever_attributable_to_other_cause
+    masked = obs.antipyretics_given or obs.anticytokine_given
+    if fever:
+        fever_words = f"fever {temp.describe()} (>= 38.0 C)"
+    elif febrile:
+        fever_words = f"temperature {temp.describe()} attributable to another cause (not CRS fever)"
+    else:
+        fever_words = f"no fever: {temp.describe()} < 38.0 C"
+
+    if not fever and not masked:
+        reasons = [
+            f"{name} grade 0 (no CRS): {fever_words}, and no antipyretics or "
+            "anti-cytokine therapy given"
+        ]
+        if organ:
+            reasons.append(f"{hyp[1]}; {hypoxia[1]}: without fever these are not graded as CRS")
+        return _crs_grade(0, ASTCT, ASTCT_VERSION, reasons, term)
+    if organ == 0:
+        if fever:
+            reasons = [f"{name} grade 1: set by {fever_words}, without hypotension or hypoxia"]
+            return _crs_grade(1, ASTCT, ASTCT_VERSION, reasons, term)
+        reasons = [
+            f"{name} grade 0: fever is not required after {_therapy(obs)}, and there is no "
+            f"hypotension and no hypoxia ({fever_words})"
+        ]
+        return _crs_grade(0, ASTCT, ASTCT_VERSION, reasons, term)
+    what, others = _set_by(hyp, hypoxia, organ)
+    reasons = [f"{name} grade {organ}: set by {what}", *others]
+    if fever:
+        reasons.append(fever_words)
+    else:
+        reasons.append(
+            f"fever not required after {_therapy(obs)} ({fever_words}): the grade follows "
+            "hypotension and hypoxia"
+        )
+    return _crs_grade(organ, ASTCT, ASTCT_VERSION, reasons, term)
+
+
+def _ctcae_hypotension(obs: CrsObservations) -> tuple[int, str]:
+    if not obs.hypotension:
+        return 0, "no hypotension"
+    pressors = obs.vasopressors + (1 if obs.vasopressin else 0)
+    if pressors >= 2:
+        note = " (vasopressin counts as a pressor in CTCAE)" if obs.vasopressin else ""
+        return 4, f"hypotension needing {pressors} pressors{note}: life-threatening"
+    if pressors == 1:
+        return 3, "hypotension managed with one pressor"
+    return 2, "hypotension responding to fluids (no pressor)"
+
+
+def grade_crs_ctcae(obs: CrsObservations, *, term: str | None = None) -> ToxicityGrade:
+    """CTCAE v5 CRS grade from the same observations (clinical.md s2).
+
+    1 fever; 2 hypotension responding to fluids or hypoxia responding to < 40 % O2; 3 hypotension
+    managed with one pressor or hypoxia needing >= 40 % O2; 4 several pressors or positive
+    pressure ventilation; 5 death. Fever is not required for grades 2-4 (CTCAE does not require
+    it). Raises ``ToxicityNotGradableError`` when FiO2 is missing and would change the grade.
+    """
+    name = "CTCAE v5 CRS"
+    if obs.death_due_to_crs:
+        return _crs_grade(5, CTCAE, CTCAE_VERSION, [f"{name} grade 5: death due to CRS"], term)
+    temp = obs.temperature
+    fever = temp.is_fever and not obs.fever_attributable_to_other_cause
+    fever_g = 1 if fever else 0
+    if fever:
+        fever_words = f"fever {temp.describe()} (>= 38.0 C)"
+    elif temp.is_fever:
+        fever_words = f"temperature {temp.describe()} attributable to another cause (not CRS fever)"
+    else:
+        fever_words = f"no fever: {temp.describe()} < 38.0 C"
+    hyp = _ctcae_hypotension(obs)
+    oxygen = obs.oxygen
+    device = oxygen.device
+    fio2 = oxygen.fio2_pct
+    undetermined = False
+    if device == "none":
+        hypoxia = (0, "no supplemental oxygen (no hypoxia)")
+    elif device in POSITIVE_PRESSURE_DEVICES:
+        hypoxia = (4, f"positive pressure ventilation ({oxygen.words}): life-threatening")
+    elif fio2 is None:
+        undetermined = True
+        hypoxia = (2, f"oxygen by {oxygen.words}, FiO2 not recorded (grade 2 or 3)")
+    elif fio2 >= CTCAE_FIO2_GRADE3_PCT:
+        hypoxia = (3, f"hypoxia needing FiO2 {_g(fio2)} % (>= 40 %) by {oxygen.words}")
+    else:
+        hypoxia = (2, f"hypoxia responding to FiO2 {_g(fio2)} % (< 40 %) by {oxygen.words}")
+    known = max(fever_g, hyp[0], 0 if undetermined else hypoxia[0])
+    if undetermined and known < 3:
+        raise ToxicityNotGradableError(
+            "observations.oxygen.fio2_pct",
+            f"cannot be graded under CTCAE v5: it grades hypoxia by FiO2 (< 40 % is grade 2, "
+            f">= 40 % is grade 3) and no FiO2 was recorded for oxygen by {oxygen.words}; record "
+            "fio2_pct, or use the ASTCT 2019 grade",
+        )
+    if undetermined:
+        hypoxia = (hypoxia[0], hypoxia[1] + ", which cannot raise the grade above " + str(known))
+    grade = max(known, hypoxia[0])
+    if grade == 0:
+        return _crs_grade(
+            0,
+            CTCAE,
+            CTCAE_VERSION,
+            [f"{name} grade 0: {fever_words}, no hypotension, no hypoxia"],
+            term,
+        )
+    if hyp[0] < grade and hypoxia[0] < grade:
+        reasons = [f"{name} grade 1: set by {fever_words}, without hypotension or hypoxia"]
+        return _crs_grade(1, CTCAE, CTCAE_VERSION, reasons, term)
+    what, others = _set_by(hyp, hypoxia, grade)
+    reasons = [f"{name} grade {grade}: set by {what}", *others, fever_words]
+    return _crs_grade(grade, CTCAE, CTCAE_VERSION, reasons, term)
+
+
+# --------------------------------------------------------------------------------------------
+# ICANS grading
+# --------------------------------------------------------------------------------------------
+
+
+def _ice_domain(obs: IcansObservations) -> tuple[int, str]:
+    score = obs.ice_score
+    if score is None:
+        return 4, "ICE could not be performed (patient unarousable): counts as ICE 0, grade 4"
+    if score == 10:
+        return 0, "ICE 10/10"
+    if score >= 7:
+        return 1, f"ICE {score}/10 (7-9)"
+    if score >= 3:
+        return 2, f"ICE {score}/10 (3-6)"
+    if score >= 1:
+        return 3, f"ICE {score}/10 (0-2)"
+    if obs.awake_with_global_aphasia:
+        return 3, "ICE 0/10 in an awake patient with global aphasia (grade 3, not 4)"
+    return 4, "ICE 0/10, not explained by global aphasia in an awake patient"
+
+
+def grade_icans_astct(obs: IcansObservations, *, term: str | None = None) -> ToxicityGrade:
+    """ASTCT 2019 ICANS grade (clinical.md s3): the worst domain not attributable to another cause.
+
+    ICE 10 -> 0, 7-9 -> 1, 3-6 -> 2, 0-2 -> 3; ICE 0 -> 4 unless the patient is awake with
+    global aphasia (then 3). Children < 12 y are rejected at parse time (CAPD not supported).
+    """
+    name = "ASTCT 2019 ICANS"
+    domains = (
+        ("ice", *_ice_domain(obs)),
+        (
+            "consciousness",
+            CONSCIOUSNESS_GRADES[obs.consciousness],
+            _CONSCIOUSNESS_WORDS[obs.consciousness],
+        ),
+        ("seizure", SEIZURE_GRADES[obs.seizure], _SEIZURE_WORDS[obs.seizure]),
+        ("motor", MOTOR_GRADES[obs.motor], _MOTOR_WORDS[obs.motor]),
+        ("raised_icp", RAISED_ICP_GRADES[obs.raised_icp], _RAISED_ICP_WORDS[obs.raised_icp]),
+    )
+    excluded = obs.attributable_to_other_cause
+    grade = 0
+    for domain, g, _ in domains:
+        if g > grade and domain not in excluded:
+            grade = g
+    reasons: list[str] = []
+    setters = [words for domain, g, words in domains if g == grade and domain not in excluded]
+    if grade == 0:
+        reasons.append(f"{name} grade 0 (no ICANS): " + "; ".join(setters))
+    else:
+        reasons.append(f"{name} grade {grade}: set by " + "; ".join(setters))
+        for domain, g, words in domains:
+            if 0 < g < grade and domain not in excluded:
+                reasons.append(f"also: {words} (grade {g})")
+    for domain, g, words in domains:
+        if domain in excluded and g > 0:
+            reasons.append(
+                f"not counted: {words} ({_DOMAIN_WORDS[domain]}, grade {g}) is attributable "
+                "to another cause"
+            )
+    return ToxicityGrade(
+        kind="ICANS",
+        term=term or _CANONICAL_TERMS["ICANS"],
+        grade=grade,
+        scale=ASTCT,
+        scale_version=ASTCT_VERSION,
+        derived=True,
+        reasons=tuple(reasons),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def grade_toxicity(report: ToxicityReport, scale: str | None = None) -> ToxicityGrade:
+    """Grade a report: observations under ASTCT 2019 (default) or CTCAE v5 (CRS only);
+    an explicit grade is returned as entered and cannot be re-graded under another scale."""
+    obs = report.observations
+    if obs is None:
+        assert report.grade is not None and report.scale is not None
+        assert report.scale_version is not None
+        if scale is not None and scale != report.scale:
+            raise ToxicityNotGradableError(
+                "scale",
+                f"grade {report.grade} was entered under {report.scale} {report.scale_version} "
+                f"without observations, so it cannot be re-graded under {scale!r}; record the "
+                "raw observations (CRS or ICANS) to grade under another scale",
+            )
+        return ToxicityGrade(
+            kind=report.kind,
+            term=report.term,
+            grade=report.grade,
+            scale=report.scale,
+            scale_version=report.scale_version,
+            derived=False,
+            reasons=(f"grade {report.grade} entered under {report.scale} {report.scale_version}",),
+        )
+    if scale is not None and scale not in GRADING_SCALES:
+        raise ProtocolInputError(
+            "scale",
+            f"scale {scale!r} is not allowed; use 'ASTCT' (2019) or 'CTCAE' (5.0, CRS only)",
+        )
+    if isinstance(obs, CrsObservations):
+        if scale == CTCAE:
+            return grade_crs_ctcae(obs, term=report.term)
+        return grade_crs_astct(obs, term=report.term)
+    if scale == CTCAE:
+        raise ToxicityNotGradableError(
+            "scale",
+            "ICANS observations cannot be graded under CTCAE v5: it has no ICANS term (it grades "
+            "encephalopathy, seizure and other findings separately); use ASTCT 2019, or enter "
+            "each CTCAE term as an explicit grade",
+        )
+    return grade_icans_astct(obs, term=report.term)

@@ -1,0 +1,491 @@
+"""The application service: load the course, let the protocol decide, record, save.
+
+One method, ``execute``, takes any command of the contract; ``execute_batch`` takes many and
+saves them in one transaction. Queries answer for one patient (state, doses, toxicities, moves
+allowed now, history). Storage errors become domain errors here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+import attrs
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError
+
+from .contract import Command
+from .course import MOVE_EVENTS, PatientCourse, event_hash, stream_id
+from .errors import (
+    CartCourseError,
+    IdempotencyConflictError,
+    InvalidCommandError,
+    MoveRefused,
+    PatientNotFoundError,
+    VersionConflictError,
+)
+from .protocol.commands import (
+    COMMANDS,
+    MoveRefusedError,
+    allowed_now,
+    outcome_of,
+    payload_facts,
+    prepare,
+)
+from .protocol.errors import ProtocolInputError
+from .protocol.record import PatientRecord
+from .protocol.versions import CURRENT, ProtocolVersion, get_version
+from .storage import CourseApplication
+
+#: Events whose facts may be corrected, and the milestones that may be signed.
+CORRECTABLE = (
+    "screen",
+    "rescreen",
+    "record_apheresis",
+    "infuse_d1",
+    "infuse_d2",
+    "infuse_d3",
+    "report_toxicity",
+    "assess_response",
+)
+MILESTONES = {
+    "eligibility": ("screen", "rescreen"),
+    "infusion": ("infuse_d1", "infuse_d2", "infuse_d3"),
+    "response_assessment": ("assess_response",),
+    "end_of_treatment": ("cease", "discontinue", "withdraw", "record_death"),
+}
+SIGNATURE_MEANINGS = ("review", "approval", "authorship")
+SIGNING_ROLES = ("clinician",)
+MAX_RETRIES = 20
+
+
+@attrs.frozen(kw_only=True)
+class CommandResult:
+    status: str  # "recorded" | "duplicate"
+    patient_id: str
+    version: int
+    event: str
+    command: str
+    trigger: str | None
+    from_state: str | None
+    to_state: str
+    deviations: tuple[str, ...] = ()
+    outcome: Mapping[str, Any] = attrs.Factory(dict)
+    allowed_moves: tuple[str, ...] = ()
+    idempotency_key: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "patient_id": self.patient_id,
+            "version": self.version,
+            "event": self.event,
+            "command": self.command,
+            "move": self.trigger,
+            "from_state": self.from_state,
+            "to_state": self.to_state,
+            "deviations": list(self.deviations),
+            "outcome": dict(self.outcome),
+            "allowed_moves": list(self.allowed_moves),
+            "idempotency_key": self.idempotency_key,
+        }
+
+
+def _input_error(exc: ProtocolInputError) -> InvalidCommandError:
+    field = exc.field if exc.field.startswith(("payload", "command")) else f"payload.{exc.field}"
+    return InvalidCommandError(field, exc.message)
+
+
+def _refused(exc: MoveRefusedError) -> MoveRefused:
+    return MoveRefused(
+        str(exc),
+        state=exc.run.source,
+        trigger=exc.run.trigger,
+        failed=[f.to_json() for f in exc.failed],
+        allowed=exc.allowed,
+    )
+
+
+class CourseService:
+    def __init__(self, app: CourseApplication, protocol: ProtocolVersion = CURRENT) -> None:
+        self.app = app
+        self.protocol = protocol
+
+    def close(self) -> None:
+        self.app.close()
+
+    # ------------------------------------------------------------------------------------------
+    # Loading
+    # ------------------------------------------------------------------------------------------
+
+    def _load(self, patient_id: str) -> PatientCourse | None:
+        try:
+            course = self.app.repository.get(stream_id(patient_id))
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(course, PatientCourse)
+        return course
+
+    def _evict(self, patient_id: str) -> None:
+        cache = self.app.repository.cache
+        if cache is not None:
+            try:
+                cache.get(stream_id(patient_id), evict=True)
+            except KeyError:
+                pass
+
+    def record(self, patient_id: str) -> PatientRecord:
+        course = self._load(patient_id)
+        if course is None:
+            raise PatientNotFoundError(patient_id)
+        return course.record
+
+    # ------------------------------------------------------------------------------------------
+    # Commands
+    # ------------------------------------------------------------------------------------------
+
+    def execute(self, command: Command) -> CommandResult:
+        """Record one command, or raise a :class:`CartCourseError` that says why not."""
+        for _ in range(MAX_RETRIES):
+            course = self._load(command.patient_id)
+            result, course = self._apply(course, command)
+            if course is None:  # a duplicate: nothing to save
+                return result
+            try:
+                self.app.save(course)
+            except IntegrityError:
+                self._evict(command.patient_id)
+                if command.expected_version is not None:
+                    fresh = self._load(command.patient_id)
+                    raise VersionConflictError(
+                        command.patient_id, command.expected_version, fresh.version if fresh else 0
+                    ) from None
+                time.sleep(0.001)
+                continue
+            return attrs.evolve(result, allowed_moves=tuple(allowed_now(course.record, self.protocol)))
+        raise CartCourseError(f"patient {command.patient_id}: too many concurrent writers, try again")
+
+    def execute_batch(self, commands: Sequence[Command]) -> list[CommandResult | CartCourseError]:
+        """Record many commands in one transaction; each gets its own result or error."""
+        for _ in range(MAX_RETRIES):
+            loaded: dict[str, PatientCourse | None] = {}
+            results: list[CommandResult | CartCourseError] = []
+            for command in commands:
+                if command.patient_id not in loaded:
+                    loaded[command.patient_id] = self._load(command.patient_id)
+                course = loaded[command.patient_id]
+                try:
+                    result, changed = self._apply(course, command)
+                except CartCourseError as exc:
+                    results.append(exc)
+                    continue
+                if changed is not None:
+                    loaded[command.patient_id] = changed
+                results.append(result)
+            dirty = [c for c in loaded.values() if c is not None and c.pending_events]
+            try:
+                if dirty:
+                    self.app.save(*dirty)
+            except IntegrityError:
+                for patient_id in loaded:
+                    self._evict(patient_id)
+                continue
+            return results
+        raise CartCourseError("too many concurrent writers for this batch, try again")
+
+    def _apply(
+        self, course: PatientCourse | None, command: Command
+    ) -> tuple[CommandResult, PatientCourse | None]:
+        """Decide and trigger the event on ``course`` (not saved). Duplicates return course None."""
+        if course is not None:
+            seen = course.idempotency.get(command.key)
+            if seen is not None:
+                digest, version = seen
+                if digest != command.digest:
+                    raise IdempotencyConflictError(command.key, version)
+                return self._result_of(command.patient_id, version, "duplicate"), None
+        version_now = course.version if course is not None else 0
+        if command.expected_version is not None and command.expected_version != version_now:
+            raise VersionConflictError(command.patient_id, command.expected_version, version_now)
+        if course is None:
+            if command.command not in ("screen",):
+                raise PatientNotFoundError(command.patient_id)
+            course = PatientCourse.register(command.patient_id, command.actor.id, command.actor.role)
+        if command.command == "correct":
+            return self._correct(course, command), course
+        if command.command == "sign":
+            return self._sign(course, command), course
+        record = course.record
+        try:
+            prepared = prepare(
+                record, command.command, command.payload, command.occurred_at, command.reason, self.protocol
+            )
+        except ProtocolInputError as exc:
+            raise _input_error(exc) from None
+        except MoveRefusedError as exc:
+            raise _refused(exc) from None
+        event_class = MOVE_EVENTS[prepared.trigger]
+        course.record_event(
+            event_class,
+            command=prepared.command,
+            trigger=prepared.trigger,
+            from_state=prepared.from_state,
+            to_state=prepared.to_state,
+            payload=prepared.payload,
+            facts=prepared.facts,
+            outcome=prepared.outcome,
+            protocol_version=self.protocol.id,
+            actor=command.actor.id,
+            role=command.actor.role,
+            reason=command.reason,
+            occurred_at=command.occurred_at.isoformat(),
+            idempotency_key=command.key,
+            digest=command.digest,
+        )
+        return (
+            CommandResult(
+                status="recorded",
+                patient_id=command.patient_id,
+                version=course.version,
+                event=event_class.__name__,
+                command=prepared.command,
+                trigger=prepared.trigger,
+                from_state=prepared.from_state,
+                to_state=prepared.to_state,
+                deviations=tuple(prepared.outcome.get("deviations", ())),
+                outcome=prepared.outcome,
+                idempotency_key=command.key,
+            ),
+            course,
+        )
+
+    # -- corrections ---------------------------------------------------------------------------
+
+    def _stored_events(self, patient_id: str, lte: int | None = None) -> list[Any]:
+        return list(self.app.events.get(stream_id(patient_id), lte=lte))
+
+    def _correct(self, course: PatientCourse, command: Command) -> CommandResult:
+        p = command.payload
+        extra = sorted(set(p) - {"corrects", "changes"})
+        if extra:
+            raise InvalidCommandError(f"payload.{extra[0]}", "unknown key; allowed: corrects, changes")
+        if not command.reason:
+            raise InvalidCommandError("reason", "a correction needs a reason (what was wrong and why)")
+        corrects = p.get("corrects")
+        if isinstance(corrects, bool) or not isinstance(corrects, int) or not 1 <= corrects <= course.version:
+            raise InvalidCommandError(
+                "payload.corrects", f"must be the version of an event of this patient (1..{course.version})"
+            )
+        changes = p.get("changes")
+        if not isinstance(changes, Mapping) or not changes:
+            raise InvalidCommandError("payload.changes", "must be a non-empty object of payload keys -> new values")
+        events = self._stored_events(command.patient_id)
+        original = next((e for e in events if e.originator_version == corrects), None)
+        if not isinstance(original, PatientCourse.Moved) or original.trigger not in CORRECTABLE:
+            kinds = ", ".join(CORRECTABLE)
+            raise InvalidCommandError(
+                "payload.corrects", f"version {corrects} is not a correctable move; correctable: {kinds}"
+            )
+        base_payload = dict(original.payload)
+        base_occurred = original.occurred_at
+        for e in events:
+            if isinstance(e, PatientCourse.FactCorrected) and e.corrects == corrects:
+                base_payload = dict(e.payload)
+                base_occurred = e.facts.get("_occurred_at", base_occurred)
+        allowed_keys = set(COMMANDS[original.command].keys) | {"occurred_at"}
+        for key in changes:
+            if key not in allowed_keys or key == "day":
+                raise InvalidCommandError(
+                    f"payload.changes.{key}",
+                    f"cannot be corrected on {original.command}; correctable keys: "
+                    + ", ".join(sorted(allowed_keys - {"day"})),
+                )
+        new_payload = {**base_payload, **{k: v for k, v in changes.items() if k != "occurred_at"}}
+        new_payload = {k: v for k, v in new_payload.items() if v is not None}
+        occurred_text = changes.get("occurred_at", base_occurred)
+        from .contract import parse_time
+
+        occurred = parse_time(occurred_text, "payload.changes.occurred_at")
+        version = get_version(original.protocol_version)
+        record = course.record
+        try:
+            old_norm, old_pfacts = payload_facts(
+                record, original.command, base_payload, dt.datetime.fromisoformat(base_occurred).date(),
+                original.facts,
+            )
+            norm, pfacts = payload_facts(record, original.command, new_payload, occurred.date(), original.facts)
+        except ProtocolInputError as exc:
+            raise _input_error(exc) from None
+        facts = {k: v for k, v in original.facts.items() if k not in old_pfacts}
+        facts.update(pfacts)
+        facts["_occurred_at"] = occurred.isoformat()
+        run = version.dry_run(original.from_state, original.trigger, facts)
+        findings = [f"correction of version {corrects}: {f.message}" for f in run.failed]
+        if run.allowed and run.dest != original.to_state:
+            findings.append(
+                f"correction of version {corrects}: with the corrected facts the move would lead to "
+                f"{run.dest}, not {original.to_state} as recorded"
+            )
+        outcome = outcome_of(original.trigger, facts, version)
+        course.record_event(
+            PatientCourse.FactCorrected,
+            corrects=corrects,
+            trigger=original.trigger,
+            changes=dict(changes),
+            payload=norm,
+            facts=facts,
+            outcome=outcome,
+            findings=findings,
+            protocol_version=version.id,
+            actor=command.actor.id,
+            role=command.actor.role,
+            reason=command.reason,
+            occurred_at=command.occurred_at.isoformat(),
+            idempotency_key=command.key,
+            digest=command.digest,
+        )
+        return CommandResult(
+            status="recorded",
+            patient_id=command.patient_id,
+            version=course.version,
+            event="FactCorrected",
+            command="correct",
+            trigger=None,
+            from_state=course.record.state,
+            to_state=course.record.state,
+            deviations=tuple(findings),
+            outcome={"corrects": corrects, **outcome},
+            idempotency_key=command.key,
+        )
+
+    # -- signatures ----------------------------------------------------------------------------
+
+    def _sign(self, course: PatientCourse, command: Command) -> CommandResult:
+        p = command.payload
+        extra = sorted(set(p) - {"milestone", "signs_version", "meaning", "printed_name"})
+        if extra:
+            raise InvalidCommandError(
+                f"payload.{extra[0]}", "unknown key; allowed: milestone, signs_version, meaning, printed_name"
+            )
+        if command.actor.role not in SIGNING_ROLES:
+            raise InvalidCommandError("actor.role", "only a clinician (investigator) may sign")
+        milestone = p.get("milestone")
+        if milestone not in MILESTONES:
+            raise InvalidCommandError("payload.milestone", f"must be one of {', '.join(MILESTONES)}")
+        meaning = p.get("meaning")
+        if meaning not in SIGNATURE_MEANINGS:
+            raise InvalidCommandError("payload.meaning", f"must be one of {', '.join(SIGNATURE_MEANINGS)}")
+        name = p.get("printed_name")
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidCommandError("payload.printed_name", "the signer's printed name is required")
+        signs = p.get("signs_version")
+        if isinstance(signs, bool) or not isinstance(signs, int) or not 1 <= signs <= course.version:
+            raise InvalidCommandError(
+                "payload.signs_version", f"must be the version of the signed event (1..{course.version})"
+            )
+        events = self._stored_events(command.patient_id, lte=signs)
+        signed = events[-1] if events else None
+        if not isinstance(signed, PatientCourse.Moved) or signed.trigger not in MILESTONES[milestone]:
+            raise InvalidCommandError(
+                "payload.signs_version",
+                f"version {signs} is not a {milestone} milestone (one of: {', '.join(MILESTONES[milestone])})",
+            )
+        course.record_event(
+            PatientCourse.MilestoneSigned,
+            milestone=milestone,
+            signs_version=signs,
+            signed_hash=event_hash(signed),
+            meaning=meaning,
+            printed_name=name,
+            actor=command.actor.id,
+            role=command.actor.role,
+            reason=command.reason,
+            occurred_at=command.occurred_at.isoformat(),
+            idempotency_key=command.key,
+            digest=command.digest,
+        )
+        return CommandResult(
+            status="recorded",
+            patient_id=command.patient_id,
+            version=course.version,
+            event="MilestoneSigned",
+            command="sign",
+            trigger=None,
+            from_state=course.record.state,
+            to_state=course.record.state,
+            outcome={"milestone": milestone, "signs_version": signs, "meaning": meaning},
+            idempotency_key=command.key,
+        )
+
+    def _result_of(self, patient_id: str, version: int, status: str) -> CommandResult:
+        events = list(self.app.events.get(stream_id(patient_id), gt=version - 1, lte=version))
+        event = events[0]
+        return CommandResult(
+            status=status,
+            patient_id=patient_id,
+            version=version,
+            event=type(event).__name__,
+            command=getattr(event, "command", "correct" if isinstance(event, PatientCourse.FactCorrected) else "sign"),
+            trigger=getattr(event, "trigger", None),
+            from_state=getattr(event, "from_state", None),
+            to_state=getattr(event, "to_state", ""),
+            deviations=tuple(getattr(event, "outcome", {}).get("deviations", ())),
+            outcome=getattr(event, "outcome", {}),
+            idempotency_key=getattr(event, "idempotency_key", ""),
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # Queries
+    # ------------------------------------------------------------------------------------------
+
+    def summary(self, patient_id: str) -> dict[str, Any]:
+        record = self.record(patient_id)
+        data = record.summary()
+        data["allowed_moves"] = allowed_now(record, self.protocol)
+        return data
+
+    def allowed_moves(self, patient_id: str) -> list[str]:
+        return allowed_now(self.record(patient_id), self.protocol)
+
+    def events(self, patient_id: str) -> list[Any]:
+        events = self._stored_events(patient_id)
+        if not events:
+            raise PatientNotFoundError(patient_id)
+        return events
+
+    def patient_ids(self) -> Iterator[str]:
+        """Every patient on record, in registration order (scans the log for registrations)."""
+        topic = f"{PatientCourse.__module__}:{PatientCourse.Registered.__qualname__}"
+        start = 0
+        while True:
+            page = self.app.recorder.select_notifications(
+                start=start, limit=1000, topics=[topic], inclusive_of_start=False
+            )
+            if not page:
+                return
+            for n in page:
+                event = self.app.mapper.to_domain_event(n)
+                yield event.patient_id  # type: ignore[attr-defined]
+            start = page[-1].id
+
+    def patients(self) -> list[dict[str, Any]]:
+        rows = []
+        for pid in self.patient_ids():
+            record = self.record(pid)
+            rows.append(
+                {
+                    "patient_id": pid,
+                    "state": record.state,
+                    "course_number": record.course_number,
+                    "version": record.version,
+                    "open_toxicities": len(record.open_toxicities()),
+                    "last_occurred_at": record.last_occurred_at,
+                }
+            )
+        return rows
+
+    def stream_id(self, patient_id: str) -> UUID:
+        return stream_id(patient_id)

@@ -1,0 +1,165 @@
+"""Stores: where events live, chosen by one setting, and the types they need to be saved.
+
+``--db URL`` or ``CART_COURSE_DB``:
+- ``memory:``: in-process only (tests).
+- a path or ``sqlite:///path``: a SQLite file (the embedded default ``var/cart-course.sqlite``).
+- ``postgresql://user:password@host:port/dbname``: PostgreSQL (the scale-out store).
+
+``CART_COURSE_CIPHER_KEY`` (base64 AES key) encrypts events at rest;
+``CART_COURSE_COMPRESS=1`` compresses them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import unquote, urlsplit
+
+import attrs
+from eventsourcing.application import Application
+from eventsourcing.persistence import Transcoder, Transcoding
+
+from .course import PatientCourse
+from .protocol.record import PatientRecord
+
+DEFAULT_DB = "var/cart-course.sqlite"
+ENV_DB = "CART_COURSE_DB"
+ENV_CIPHER_KEY = "CART_COURSE_CIPHER_KEY"
+ENV_COMPRESS = "CART_COURSE_COMPRESS"
+#: Snapshot every N events of a stream: bounds replay for long histories.
+SNAPSHOT_INTERVAL = 50
+
+
+class StoreConfigError(ValueError):
+    """The store setting is wrong: says what was given and what is allowed."""
+
+
+@attrs.frozen(kw_only=True)
+class StoreSettings:
+    url: str
+    kind: str  # memory | sqlite | postgres
+    env: Mapping[str, str]
+    path: Path | None = None
+
+    @property
+    def display(self) -> str:
+        if self.kind == "postgres":
+            parts = urlsplit(self.url)
+            host = parts.hostname or ""
+            return f"postgresql://{parts.username or ''}@{host}:{parts.port or 5432}{parts.path}"
+        return self.url
+
+
+def parse_store_url(url: str) -> StoreSettings:
+    """Turn a ``--db`` value into eventsourcing settings."""
+    if not url or not url.strip():
+        raise StoreConfigError("the store URL is empty; give a SQLite path, memory: or postgresql://...")
+    if url in ("memory:", "memory://", ":memory:"):
+        return StoreSettings(url="memory:", kind="memory", env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    if url.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(url)
+        dbname = parts.path.lstrip("/")
+        if not dbname:
+            raise StoreConfigError(
+                f"PostgreSQL URL {url!r} names no database: use postgresql://user:password@host:port/dbname"
+            )
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": unquote(dbname),
+            "POSTGRES_HOST": parts.hostname or "127.0.0.1",
+            "POSTGRES_PORT": str(parts.port or 5432),
+            "POSTGRES_USER": unquote(parts.username or "postgres"),
+            "POSTGRES_PASSWORD": unquote(parts.password or ""),
+            "POSTGRES_POOL_SIZE": "5",
+            "POSTGRES_MAX_OVERFLOW": "10",
+            "POSTGRES_CONNECT_TIMEOUT": "10",
+            "POSTGRES_LOCK_TIMEOUT": "30",
+        }
+        return StoreSettings(url=url, kind="postgres", env=env)
+    if "://" in url and not url.startswith("sqlite://"):
+        raise StoreConfigError(
+            f"unknown store URL {url!r}; use a SQLite file path, sqlite:///path, memory: or "
+            "postgresql://user:password@host:port/dbname"
+        )
+    path_text = url[len("sqlite://") :] if url.startswith("sqlite://") else url
+    if path_text.startswith("/") and url.startswith("sqlite:///"):
+        path_text = path_text[1:] if path_text.startswith("//") else path_text
+    path = Path(path_text)
+    return StoreSettings(
+        url=str(path),
+        kind="sqlite",
+        env={
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(path),
+            "SQLITE_LOCK_TIMEOUT": "30",
+        },
+        path=path,
+    )
+
+
+def store_url_from_env(environ: Mapping[str, str] | None = None, db: str | None = None) -> str:
+    environ = os.environ if environ is None else environ
+    return db or environ.get(ENV_DB) or DEFAULT_DB
+
+
+class PatientRecordAsDict(Transcoding):
+    """Snapshots hold the pure record: save it as plain JSON."""
+
+    type = PatientRecord
+    name = "patient_record"
+
+    def encode(self, obj: PatientRecord) -> dict[str, Any]:
+        return obj.to_json()
+
+    def decode(self, data: dict[str, Any]) -> PatientRecord:
+        return PatientRecord.from_json(data)
+
+
+class CourseApplication(Application[Any]):
+    """The event store of patient courses (eventsourcing application)."""
+
+    name = "cart_course"
+    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {PatientCourse: SNAPSHOT_INTERVAL}
+
+    def register_transcodings(self, transcoder: Transcoder) -> None:  # type: ignore[override]
+        super().register_transcodings(transcoder)  # type: ignore[arg-type]
+        transcoder.register(PatientRecordAsDict())
+
+
+def application_env(
+    settings: StoreSettings,
+    *,
+    cipher_key: str | None = None,
+    compress: bool = False,
+    cache_size: int = 10_000,
+) -> dict[str, str]:
+    env = dict(settings.env)
+    if cipher_key:
+        env["CIPHER_TOPIC"] = "eventsourcing.cipher:AESCipher"
+        env["CIPHER_KEY"] = cipher_key
+    if compress:
+        env["COMPRESSOR_TOPIC"] = "eventsourcing.compressor:ZlibCompressor"
+    env["AGGREGATE_CACHE_MAXSIZE"] = str(cache_size)
+    env["AGGREGATE_CACHE_FASTFORWARD"] = "y"
+    return env
+
+
+def open_application(
+    settings: StoreSettings,
+    *,
+    cipher_key: str | None = None,
+    compress: bool = False,
+    cache_size: int = 10_000,
+) -> CourseApplication:
+    if settings.kind == "sqlite" and settings.path is not None:
+        settings.path.parent.mkdir(parents=True, exist_ok=True)
+    env = application_env(settings, cipher_key=cipher_key, compress=compress, cache_size=cache_size)
+    return CourseApplication(env=env)
+
+
+def new_cipher_key() -> str:
+    from eventsourcing.cipher import AESCipher
+
+    return AESCipher.create_key(32)

@@ -242,8 +242,17 @@ PayloadParser = Callable[[PatientRecord, Mapping[str, Any], dt.date, dict[str, A
 def _screening(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     from .eligibility import parse_screening
 
-    screening = parse_screening(_object(p, "screening")).to_json()
+    screening = _nested("payload.screening", parse_screening, _object(p, "screening")).to_json()
     return {"screening": screening}, {"screening": screening, "screening_date": day.isoformat()}
+
+
+def _nested(prefix: str, parse: Callable[[Mapping[str, Any]], Any], data: Mapping[str, Any]) -> Any:
+    """Run a domain parser on a nested object; errors name the full path (payload.x.field)."""
+    try:
+        return parse(data)
+    except ProtocolInputError as exc:
+        field = exc.field if exc.field.startswith(prefix) else f"{prefix}.{exc.field}"
+        raise ProtocolInputError(field, exc.message) from None
 
 
 def _object(p: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -291,7 +300,7 @@ def _infusion(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: di
 
 
 def _toxicity(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    report = parse_toxicity_report(_object(p, "toxicity"))
+    report = _nested("payload.toxicity", parse_toxicity_report, _object(p, "toxicity"))
     norm: dict[str, Any] = {"toxicity": report.to_json()}
     tox_id = _text(p, "toxicity_id", max_len=100)
     if tox_id is not None:
@@ -321,7 +330,9 @@ def _resolve(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dic
 
 
 def _assessment(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    assessment = parse_response_assessment(_object(p, "assessment")).to_json()
+    parsed = _nested("payload.assessment", parse_response_assessment, _object(p, "assessment"))
+    _nested("payload.assessment", classify_response, parsed)  # evaluable: no deciding value missing
+    assessment = parsed.to_json()
     norm: dict[str, Any] = {"assessment": assessment}
     facts: dict[str, Any] = {"assessment": assessment, "assessment_date": day.isoformat()}
     clinician = p.get("clinician_response")
@@ -430,7 +441,8 @@ def outcome_of(trigger: str, facts: Mapping[str, Any], version: ProtocolVersion)
             "opens_hold": grade.opens_hold(params),
         }
     if trigger == Trigger.ASSESS_RESPONSE:
-        result = classify_response(parse_response_assessment(facts["assessment"]), params)
+        assessment = parse_response_assessment(facts["assessment"])
+        result = _nested("payload.assessment", lambda a: classify_response(a, params), assessment)
         computed = result.category
         return {
             "computed_response": computed,

@@ -25,6 +25,7 @@ import functools
 import json
 from collections.abc import Callable, Mapping
 from decimal import Context, Decimal
+from types import MappingProxyType
 from typing import Any, Final, Literal
 
 import attrs
@@ -785,7 +786,7 @@ _APPLIES = CriterionStatus.APPLIES
 _NOT_APPLY = CriterionStatus.DOES_NOT_APPLY
 _MISSING = CriterionStatus.MISSING
 _C = CRITERIA_BY_ID
-_EMPTY: Final[Mapping[str, Any]] = {}
+_EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
 def _missing(cid: str, key: str, label: str, threshold: str, how: str) -> CriterionResult:
@@ -800,59 +801,70 @@ def _missing(cid: str, key: str, label: str, threshold: str, how: str) -> Criter
     )
 
 
+# A yes/no criterion's result depends only on (criterion, answer): built once, then shared.
+# Results are immutable (their ``value`` is a read-only mapping).
+_BOOL_MEMO: dict[tuple[str, bool | None], CriterionResult] = {}
+
+
 def _bool_inclusion(
     cid: str, key: str, v: bool | None, want: bool, label: str, yes: str, no: str
 ) -> CriterionResult:
     """Inclusion read from one yes/no answer; ``want`` is the answer that fulfils it."""
+    hit = _BOOL_MEMO.get((cid, v))
+    if hit is not None:
+        return hit
     if v is None:
-        return _missing(cid, key, label, yes, "true or false")
-    if v is want:
-        return CriterionResult(
+        res = _missing(cid, key, label, yes, "true or false")
+    else:
+        res = CriterionResult(
             criterion=_C[cid],
-            status=_MET,
-            value={key: v},
+            status=_MET if v is want else _NOT_MET,
+            value=MappingProxyType({key: v}),
             value_text=f"{key}: {'true' if v else 'false'}",
             threshold=yes,
-            explanation=f"{yes[0].upper()}{yes[1:]}: met.",
+            explanation=f"{yes[0].upper()}{yes[1:]}: met."
+            if v is want
+            else f"{no} (inclusion: {yes}).",
         )
-    return CriterionResult(
-        criterion=_C[cid],
-        status=_NOT_MET,
-        value={key: v},
-        value_text=f"{key}: {'true' if v else 'false'}",
-        threshold=yes,
-        explanation=f"{no} (inclusion: {yes}).",
-    )
+    _BOOL_MEMO[(cid, v)] = res
+    return res
 
 
 def _bool_exclusion(cid: str, key: str, v: bool | None, label: str) -> CriterionResult:
+    hit = _BOOL_MEMO.get((cid, v))
+    if hit is not None:
+        return hit
+    threshold = f"excluded if {label}"
     if v is None:
-        return CriterionResult(
+        res = CriterionResult(
             criterion=_C[cid],
             status=_MISSING,
             value=_EMPTY,
             value_text="not recorded",
-            threshold=f"excluded if {label}",
+            threshold=threshold,
             explanation=f"Whether there is {label} is not recorded ({key}: true or false); it is "
             "needed for the exclusion criteria.",
         )
-    if v:
-        return CriterionResult(
+    elif v:
+        res = CriterionResult(
             criterion=_C[cid],
             status=_APPLIES,
-            value={key: True},
+            value=MappingProxyType({key: True}),
             value_text=f"{key}: true",
-            threshold=f"excluded if {label}",
+            threshold=threshold,
             explanation=f"Excluded: {label} is recorded (exclusion criterion).",
         )
-    return CriterionResult(
-        criterion=_C[cid],
-        status=_NOT_APPLY,
-        value={key: False},
-        value_text=f"{key}: false",
-        threshold=f"excluded if {label}",
-        explanation=f"No {label}.",
-    )
+    else:
+        res = CriterionResult(
+            criterion=_C[cid],
+            status=_NOT_APPLY,
+            value=MappingProxyType({key: False}),
+            value_text=f"{key}: false",
+            threshold=threshold,
+            explanation=f"No {label}.",
+        )
+    _BOOL_MEMO[(cid, v)] = res
+    return res
 
 
 _FAILED_THRESHOLD: Final = (
@@ -897,7 +909,7 @@ def _failed_standard(d: ScreeningData) -> CriterionResult:
     elif missing:
         status = _MISSING
         explanation = (
-            f"Not recorded: {' and '.join(missing)}; needed for the inclusion criterion "
+            f"Not recorded: {' and '.join(missing)}; needed for the inclusion criterion: "
             f"{threshold}."
         )
     else:

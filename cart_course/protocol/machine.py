@@ -457,12 +457,20 @@ REASON_REQUIRED: frozenset[str] = frozenset(
 )
 
 
+def _plain(value: Any) -> Any:
+    """transitions treats Enum members as enum states: give it plain strings."""
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return str(value)
+
+
 def build_machine() -> Machine:
     return Machine(
         model=None,
         states=[s.value for s in State],
         transitions=[
-            {**t, "trigger": str(t["trigger"])} for t in TRANSITIONS
+            {**t, "trigger": str(t["trigger"]), "source": _plain(t["source"]), "dest": _plain(t["dest"])}
+            for t in TRANSITIONS
         ],
         initial=None,
         auto_transitions=False,

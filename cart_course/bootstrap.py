@@ -1,0 +1,53 @@
+"""The composition root: settings from the environment and flags -> application -> service.
+
+This is the only module that reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import attrs
+
+from .errors import StoreError
+from .service import CourseService
+from .storage import (
+    ENV_CIPHER_KEY,
+    ENV_COMPRESS,
+    StoreConfigError,
+    StoreSettings,
+    open_application,
+    parse_store_url,
+    store_url_from_env,
+)
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    store: StoreSettings
+    cipher_key: str | None = None
+    compress: bool = False
+
+    @classmethod
+    def from_env(cls, db: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        try:
+            store = parse_store_url(store_url_from_env(environ, db))
+        except StoreConfigError as exc:
+            raise StoreError(str(exc)) from None
+        return cls(
+            store=store,
+            cipher_key=environ.get(ENV_CIPHER_KEY) or None,
+            compress=environ.get(ENV_COMPRESS, "").lower() in ("1", "true", "yes", "y"),
+        )
+
+
+def build_service(settings: Settings) -> CourseService:
+    try:
+        app = open_application(settings.store, cipher_key=settings.cipher_key, compress=settings.compress)
+    except StoreConfigError as exc:
+        raise StoreError(str(exc)) from None
+    except Exception as exc:  # connection refused, bad key format, unreadable file ...
+        raise StoreError(f"cannot open the store {settings.store.display}: {exc}") from None
+    return CourseService(app)

@@ -1,0 +1,304 @@
+"""A synthetic cohort: realistic command sequences for N patients, reproducible from a seed.
+
+Every path of the protocol appears: screen failures (and rescreens), toxicity holds, CRS of several
+grades, ICANS, PR with extra courses, NR (ceased or restarted), withdrawals, a death, corrections
+and documented deviations. The commands are contract envelopes; ``cart-course demo`` records them
+through the service (or writes them as JSON Lines).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections.abc import Iterator
+from typing import Any
+
+SCENARIOS: tuple[tuple[str, int], ...] = (
+    ("complete_response", 26),
+    ("crs_hold", 12),
+    ("severe_crs", 9),
+    ("partial_response_courses", 10),
+    ("no_response_ceased", 5),
+    ("no_response_restarted", 4),
+    ("screen_failure", 6),
+    ("rescreened", 3),
+    ("icans", 6),
+    ("withdrawn", 4),
+    ("death", 2),
+    ("corrected_dose", 6),
+    ("late_fraction_deviation", 7),
+)
+SERVICE = {"id": "demo.site-01.emr", "role": "service"}
+CLINICIAN = {"id": "dr.demo", "role": "clinician", "name": "Dr. A. Demo"}
+START = dt.datetime(2026, 1, 5, 8, 0, tzinfo=dt.UTC)
+
+
+def eligible_screening(rng: random.Random) -> dict[str, Any]:
+    return {
+        "diagnosis_rr_b_all": True,
+        "failed_standard_lines": rng.choice([1, 2, 3]),
+        "effective_standard_option": False,
+        "cd19_expressed": True,
+        "kps": rng.choice([90, 100]),
+        "life_expectancy_months": rng.choice([6, 12]),
+        "lvef_pct": rng.choice([55, 60, 65]),
+        "ecg_obvious_abnormality": False,
+        "spo2_room_air_pct": rng.choice([95, 97, 99]),
+        "creatinine": {"value": round(rng.uniform(0.6, 1.1), 2), "unit": "mg/dL", "uln": 1.2},
+        "alt": {"value": rng.randint(10, 60), "unit": "U/L", "uln": 40},
+        "ast": {"value": rng.randint(10, 60), "unit": "U/L", "uln": 40},
+        "bilirubin": rng.choice(
+            [{"value": round(rng.uniform(0.3, 1.5), 1), "unit": "mg/dL"}, {"value": 12.0, "unit": "umol/L"}]
+        ),
+        "hemoglobin": rng.choice([{"value": 95, "unit": "g/L"}, {"value": 10.2, "unit": "g/dL"}]),
+        "apheresis_contraindication": False,
+        "informed_consent_signed": True,
+        "other_primary_malignancy": False,
+        "severe_uncontrolled_disease": False,
+        "uncontrolled_active_infection": False,
+        "hiv": False,
+        "hbv": False,
+        "hcv": False,
+        "pregnant": False,
+        "nursing": False,
+        "last_systemic_glucocorticoid": None,
+    }
+
+
+def crs(grade: int) -> dict[str, Any]:
+    obs: dict[str, Any] = {
+        "temperature": {"value": 38.4 + 0.3 * grade, "unit": "C"},
+        "hypotension": grade >= 2,
+        "oxygen": {"device": "none"},
+    }
+    if grade >= 3:
+        obs["vasopressors"] = 1 if grade == 3 else 2
+    if grade == 2:
+        obs["oxygen"] = {"device": "low_flow_nasal_cannula", "flow_l_min": 2}
+    return {"kind": "CRS", "observations": obs}
+
+
+def icans(grade: int) -> dict[str, Any]:
+    ice = {1: 8, 2: 5, 3: 2}[grade]
+    consciousness = {1: "wakes_spontaneously", 2: "wakes_to_voice", 3: "wakes_to_touch"}[grade]
+    return {"kind": "ICANS", "observations": {"age_years": 34, "ice_score": ice, "consciousness": consciousness}}
+
+
+def assessment(response: str) -> dict[str, Any]:
+    blasts = {"CR": 2.0, "CRi": 1.5, "PR": 18.0, "NR": 55.0}[response]
+    anc = 0.6 if response == "CRi" else 1.8
+    return {
+        "marrow_blasts_pct": blasts,
+        "baseline_marrow_blasts_pct": 62.0,
+        "circulating_blasts_present": response == "NR",
+        "anc": {"value": anc, "unit": "10^9/L"},
+        "platelets": {"value": 140, "unit": "10^9/L"},
+        "extramedullary_disease": "none",
+        "mrd": {"value": 0.00002 if response == "CR" else 0.01, "unit": "fraction", "method": "flow",
+                "sensitivity": 1e-5},
+    }
+
+
+class _Patient:
+    """Builds one patient's commands in clinical order."""
+
+    def __init__(self, pid: str, start: dt.datetime, rng: random.Random) -> None:
+        self.pid = pid
+        self.t = start
+        self.rng = rng
+        self.n = 0
+        self.version = 0
+        self.commands: list[dict[str, Any]] = []
+        self.weight = round(rng.uniform(38, 95), 1)
+
+    def at(self, days: float = 0, hours: float = 0) -> dt.datetime:
+        self.t = self.t + dt.timedelta(days=days, hours=hours)
+        return self.t
+
+    def cmd(
+        self,
+        command: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        reason: str | None = None,
+        actor: dict[str, Any] | None = None,
+        days: float = 0,
+        hours: float = 1,
+    ) -> dict[str, Any]:
+        self.n += 1
+        envelope = {
+            "command": command,
+            "patient_id": self.pid,
+            "occurred_at": self.at(days, hours).isoformat(),
+            "actor": actor or SERVICE,
+            "reason": reason,
+            "idempotency_key": f"demo:{self.pid}:{self.n}",
+            "payload": payload or {},
+        }
+        self.commands.append(envelope)
+        return envelope
+
+    def screen(self, screening: dict[str, Any] | None = None, command: str = "screen") -> None:
+        self.cmd(command, {"screening": screening or eligible_screening(self.rng)}, actor=CLINICIAN)
+
+    def apheresis(self) -> None:
+        self.cmd("record_apheresis", {"apheresis_contraindication": False,
+                                      "product_id": f"LOT-{self.pid}"}, days=3)
+
+    def infusion(self, day: int, *, factor: float | None = None, days: float = 1,
+                 deviation: str | None = None) -> None:
+        share = (0.10, 0.30, 0.60)[day - 1]
+        factor = factor if factor is not None else self.rng.uniform(0.92, 1.08)
+        payload: dict[str, Any] = {
+            "day": day,
+            "cells": {"value": float(f"{self.weight * 1e6 * share * factor:.4g}"), "unit": "cells"},
+            "product_lot": f"LOT-{self.pid}",
+        }
+        if day == 1:
+            payload["weight"] = {"value": self.weight, "unit": "kg"}
+        if deviation:
+            payload["deviation_reason"] = deviation
+        self.cmd("give_infusion", payload, days=days, hours=0)
+
+    def course(self, *, first_gap: float = 14) -> None:
+        self.infusion(1, days=first_gap)
+        self.infusion(2)
+        self.infusion(3)
+
+    def assess(self, response: str, days: float = 26) -> None:
+        self.cmd("assess_response", {"assessment": assessment(response)}, actor=CLINICIAN, days=days)
+
+    def toxicity(self, report: dict[str, Any], hours: float = 8, toxicity_id: str | None = None) -> None:
+        payload: dict[str, Any] = {"toxicity": report}
+        if toxicity_id:
+            payload["toxicity_id"] = toxicity_id
+        self.cmd("report_toxicity", payload, actor=CLINICIAN, hours=hours)
+
+    def resolve(self, toxicity_id: str, hours: float = 10) -> None:
+        self.cmd("resolve_toxicity", {"toxicity_id": toxicity_id}, actor=CLINICIAN, hours=hours)
+
+
+def patient_commands(pid: str, scenario: str, start: dt.datetime, rng: random.Random) -> list[dict[str, Any]]:
+    p = _Patient(pid, start, rng)
+    if scenario in ("screen_failure", "rescreened"):
+        bad = eligible_screening(rng)
+        bad["kps"] = 70
+        p.screen(bad)
+        if scenario == "screen_failure":
+            return p.commands
+        p.at(days=21)
+        p.screen(command="rescreen")
+    else:
+        p.screen()
+    p.apheresis()
+    if scenario == "withdrawn":
+        p.cmd("withdraw", reason="patient withdrew consent before infusion", actor=CLINICIAN, days=5)
+        return p.commands
+    if scenario == "crs_hold":
+        p.infusion(1, days=14)
+        d1 = p.t
+        p.toxicity(crs(1), hours=4)  # fever within hours of D1: D2 is held
+        p.resolve("CRS-1", hours=8)
+        p.t = d1
+        p.infusion(2)
+        p.infusion(3)
+        p.assess(rng.choice(["CR", "CRi"]))
+        p.cmd("cease", reason="CR after the first course; no further treatment by patient's wish",
+              actor=CLINICIAN, days=1)
+        return p.commands
+    if scenario in ("severe_crs", "death"):
+        p.infusion(1, days=14)
+        p.infusion(2)
+        p.toxicity(crs(3 if scenario == "severe_crs" else 4), hours=10)
+        p.cmd("cancel_remaining_fractions", reason="CRS grade >= 3 after D2: D3 withheld",
+              actor=CLINICIAN, hours=1)
+        if scenario == "death":
+            p.cmd("record_death", {"cause": "cytokine release syndrome"}, actor=CLINICIAN, days=2)
+            return p.commands
+        p.cmd("discontinue", reason="severe cytokine release syndrome (grade 3)", actor=CLINICIAN, hours=2)
+        p.resolve("CRS-1", hours=72)
+        return p.commands
+    if scenario == "icans":
+        p.course()
+        p.toxicity(icans(2), hours=20)
+        p.resolve("ICANS-1", hours=48)
+        p.assess("CR")
+        p.cmd("cease", reason="CR; treatment complete", actor=CLINICIAN, days=1)
+        return p.commands
+    if scenario == "partial_response_courses":
+        for number in range(3):
+            p.course(first_gap=14 if number == 0 else 7)
+            p.assess("PR")
+            if number < 2:
+                p.cmd("continue_treatment", actor=CLINICIAN, days=1)
+        p.cmd("cease", actor=CLINICIAN, days=1)
+        return p.commands
+    if scenario == "no_response_ceased":
+        p.course()
+        p.assess("NR")
+        p.cmd("cease", reason="no response after the first course", actor=CLINICIAN, days=1)
+        return p.commands
+    if scenario == "no_response_restarted":
+        p.course()
+        p.assess("NR")
+        p.cmd("continue_treatment", reason="restart by clinical assessment and patient's wish",
+              actor=CLINICIAN, days=1)
+        p.course(first_gap=7)
+        p.assess("CR")
+        p.cmd("cease", reason="CR after the second course", actor=CLINICIAN, days=1)
+        return p.commands
+    if scenario == "corrected_dose":
+        p.course()
+        # versions: 1 registered, 2 screened, 3 apheresis, 4 D1, 5 D2
+        p.cmd(
+            "correct",
+            {"corrects": 5, "changes": {"cells": {"value": float(f"{p.weight * 1e6 * 0.3:.4g}"), "unit": "cells"}}},
+            reason="D2 cell count transcribed from the wrong bag label; corrected from the pharmacy record",
+            actor=CLINICIAN,
+            hours=3,
+        )
+        p.assess("CR")
+        p.cmd("cease", reason="CR after the first course", actor=CLINICIAN, days=1)
+        return p.commands
+    if scenario == "late_fraction_deviation":
+        p.infusion(1, days=14)
+        p.infusion(2)
+        p.infusion(3, days=2, deviation="D3 delayed one day: product release pending QC")
+        p.assess("CRi")
+        p.cmd("cease", reason="CRi; patient prefers no further treatment", actor=CLINICIAN, days=1)
+        return p.commands
+    # complete_response
+    p.course()
+    p.assess(rng.choice(["CR", "CR", "CRi"]))
+    if rng.random() < 0.5:
+        p.cmd("sign", {"milestone": "response_assessment", "signs_version": len(p.commands) + 1,
+                       "meaning": "approval", "printed_name": "A. Demo, MD"}, actor=CLINICIAN, hours=2)
+    p.cmd("cease", reason="CR after the first course; patient and investigator decide to stop",
+          actor=CLINICIAN, days=1)
+    return p.commands
+
+
+def pick_scenarios(n: int, rng: random.Random) -> list[str]:
+    names = [name for name, _ in SCENARIOS]
+    weights = [w for _, w in SCENARIOS]
+    chosen = rng.choices(names, weights=weights, k=n)
+    # Every path at least once when the cohort is big enough to hold them.
+    if n >= len(names):
+        for i, name in enumerate(names):
+            if name not in chosen:
+                chosen[i] = name
+    return chosen
+
+
+def cohort(n: int, seed: int = 1, *, start: dt.datetime = START, prefix: str = "P") -> Iterator[dict[str, Any]]:
+    """The commands for ``n`` patients, in clinical-time order across the cohort."""
+    rng = random.Random(seed)
+    scenarios = pick_scenarios(n, rng)
+    width = max(4, len(str(n)))
+    commands: list[dict[str, Any]] = []
+    for i, scenario in enumerate(scenarios):
+        pid = f"{prefix}-{i + 1:0{width}d}"
+        first = start + dt.timedelta(hours=7 * i)
+        commands.extend(patient_commands(pid, scenario, first, rng))
+    commands.sort(key=lambda c: c["occurred_at"])
+    yield from commands

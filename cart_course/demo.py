@@ -136,6 +136,8 @@ class _Patient:
             "payload": payload or {},
         }
         self.commands.append(envelope)
+        # The stream's versions: the first screening also registers the patient (version 1).
+        self.version += 2 if self.version == 0 else 1
         return envelope
 
     def screen(self, screening: dict[str, Any] | None = None, command: str = "screen") -> None:
@@ -248,11 +250,13 @@ def patient_commands(pid: str, scenario: str, start: dt.datetime, rng: random.Ra
         p.cmd("cease", reason="CR after the second course", actor=CLINICIAN, days=1)
         return p.commands
     if scenario == "corrected_dose":
-        p.course()
-        # versions: 1 registered, 2 screened, 3 apheresis, 4 D1, 5 D2
+        p.infusion(1, days=14)
+        p.infusion(2)
+        d2_version = p.version
+        p.infusion(3)
         p.cmd(
             "correct",
-            {"corrects": 5, "changes": {"cells": {"value": float(f"{p.weight * 1e6 * 0.3:.4g}"), "unit": "cells"}}},
+            {"corrects": d2_version, "changes": {"cells": {"value": float(f"{p.weight * 1e6 * 0.3:.4g}"), "unit": "cells"}}},
             reason="D2 cell count transcribed from the wrong bag label; corrected from the pharmacy record",
             actor=CLINICIAN,
             hours=3,
@@ -271,7 +275,7 @@ def patient_commands(pid: str, scenario: str, start: dt.datetime, rng: random.Ra
     p.course()
     p.assess(rng.choice(["CR", "CR", "CRi"]))
     if rng.random() < 0.5:
-        p.cmd("sign", {"milestone": "response_assessment", "signs_version": len(p.commands) + 1,
+        p.cmd("sign", {"milestone": "response_assessment", "signs_version": p.version,
                        "meaning": "approval", "printed_name": "A. Demo, MD"}, actor=CLINICIAN, hours=2)
     p.cmd("cease", reason="CR after the first course; patient and investigator decide to stop",
           actor=CLINICIAN, days=1)

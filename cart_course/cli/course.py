@@ -1,0 +1,245 @@
+"""Course commands: record, ingest, show, patients, demo, run."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO
+
+import click
+
+from ..contract import Command, parse_command
+from ..demo import cohort
+from ..errors import CartCourseError
+from .common import Context, echo_json, pass_context, read_json_input
+
+BATCH = 500
+
+
+@click.command()
+@click.argument("source", default="-")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_context
+def record(ctx: Context, source: str, as_json: bool) -> None:
+    """Record one command (JSON envelope) from SOURCE: the JSON itself, a file, or - for stdin."""
+    command = parse_command(read_json_input(source))
+    result = ctx.service.execute(command).to_json()
+    if as_json:
+        echo_json(result)
+        return
+    verb = "recorded" if result["status"] == "recorded" else "already recorded (idempotent retry)"
+    click.echo(
+        f"{result['patient_id']}: {result['event']} {verb} as version {result['version']}; "
+        f"state {result['from_state'] or '-'} -> {result['to_state']}"
+    )
+    for text in result["deviations"]:
+        click.echo(f"  deviation: {text}")
+    if result["allowed_moves"]:
+        click.echo(f"  allowed now: {', '.join(result['allowed_moves'])}")
+
+
+def _lines(fh: TextIO) -> Iterator[tuple[int, str]]:
+    for number, line in enumerate(fh, start=1):
+        if line.strip():
+            yield number, line
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def ingest_stream(
+    ctx: Context,
+    lines: Iterable[tuple[int, str]],
+    *,
+    batch_size: int,
+    report: TextIO,
+    progress: Any = None,
+) -> Counter[str]:
+    """Record numbered JSON lines in batched transactions; report each rejected line."""
+    counts: Counter[str] = Counter()
+    service = ctx.service
+    for batch in _batches(lines, batch_size):
+        commands: list[tuple[int, Command]] = []
+        for number, line in batch:
+            try:
+                commands.append((number, parse_command(json.loads(line))))
+            except json.JSONDecodeError as exc:
+                counts["rejected"] += 1
+                report.write(f"line {number}: invalid_json: {exc.msg} (column {exc.colno})\n")
+            except CartCourseError as exc:
+                counts["rejected"] += 1
+                report.write(f"line {number}: {exc.code}: {exc.message}\n")
+        results = service.execute_batch([c for _, c in commands])
+        for (number, _), result in zip(commands, results, strict=True):
+            if isinstance(result, CartCourseError):
+                counts["rejected"] += 1
+                report.write(f"line {number}: {result.code}: {result.message}\n")
+            else:
+                counts[result.status] += 1
+        counts["lines"] += len(batch)
+        if progress is not None:
+            progress.update(len(batch))
+    return counts
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--batch-size", default=BATCH, show_default=True, help="Commands per transaction.")
+@click.option("--errors", "errors_to", type=click.File("w"), default="-",
+              help="Where the per-line error report goes (default: stderr).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@pass_context
+def ingest(ctx: Context, file: str, batch_size: int, errors_to: TextIO, as_json: bool) -> None:
+    """Record many commands from a JSON Lines FILE (one envelope per line).
+
+    Commands are saved in batched transactions; a rejected line is reported with its line number
+    and does not stop the others. Running the same file again records nothing new.
+    """
+    report: TextIO = sys.stderr if errors_to is sys.stdout or getattr(errors_to, "name", "") == "<stdout>" else errors_to
+    started = time.perf_counter()
+    with click.open_file(file, encoding="utf-8") as fh:
+        total = None
+        if file != "-":
+            with open(file, encoding="utf-8") as count_fh:
+                total = sum(1 for line in count_fh if line.strip())
+        with click.progressbar(length=total or 0, label="ingesting", file=sys.stderr,
+                               show_pos=True, show_eta=True) as bar:
+            counts = ingest_stream(ctx, _lines(fh), batch_size=batch_size, report=report,
+                                   progress=bar if total else None)
+    elapsed = time.perf_counter() - started
+    summary = {
+        "lines": counts["lines"],
+        "recorded": counts["recorded"],
+        "duplicates": counts["duplicate"],
+        "rejected": counts["rejected"],
+        "seconds": round(elapsed, 3),
+        "commands_per_second": round(counts["lines"] / elapsed, 1) if elapsed else None,
+    }
+    if as_json:
+        echo_json(summary)
+    else:
+        click.echo(
+            f"{summary['lines']} lines: {summary['recorded']} recorded, {summary['duplicates']} "
+            f"already recorded, {summary['rejected']} rejected in {summary['seconds']} s"
+        )
+    if counts["rejected"]:
+        sys.exit(1)
+
+
+def _fmt_cells(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+@click.command()
+@click.argument("patient_id")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_context
+def show(ctx: Context, patient_id: str, as_json: bool) -> None:
+    """A patient's state, course, doses, toxicities and the moves allowed now."""
+    data = ctx.service.summary(patient_id)
+    if as_json:
+        echo_json(data)
+        return
+    click.echo(f"patient {data['patient_id']}  state {data['state']}  version {data['version']}  "
+               f"protocol {data['protocol_version']}")
+    for course in data["courses"]:
+        click.echo(
+            f"course {course['number']}: weight {course['weight_kg']} kg, planned "
+            f"{_fmt_cells(course['planned_total_cells'])} cells, delivered "
+            f"{_fmt_cells(course['delivered_cells'])}"
+            + (" (remaining fractions cancelled)" if course["cancelled"] else "")
+            + (f", response {course['response']}" if course["response"] else "")
+            + (f", decision {course['decision']}" if course["decision"] else "")
+        )
+        for f in course["fractions"]:
+            line = (f"  D{f['day']} {f['given_on']}: {_fmt_cells(f['delivered_cells'])} of "
+                    f"{_fmt_cells(f['planned_cells'])} planned")
+            click.echo(line + ("  DEVIATION: " + "; ".join(f["deviations"]) if f["deviations"] else ""))
+    for tox in data["toxicities"]:
+        status = "open" if tox["open"] else f"resolved {tox['resolved_at']}"
+        click.echo(f"toxicity {tox['id']}: {tox['kind']} grade {tox['grade']} (worst {tox['worst_grade']}, "
+                   f"{tox['scale']} {tox['scale_version']}), onset {tox['onset']}, {status}"
+                   + (", HOLD" if tox["open"] and tox["opens_hold"] else ""))
+    for corr in data["corrections"]:
+        click.echo(f"correction v{corr['version']} of v{corr['corrects']}: {corr['changes']} ({corr['reason']})")
+    for sig in data["signatures"]:
+        click.echo(f"signed v{sig['signs_version']} ({sig['milestone']}, {sig['meaning']}) by "
+                   f"{sig['printed_name']} at {sig['signed_at']}")
+    click.echo("allowed now: " + (", ".join(data["allowed_moves"]) or "nothing (terminal)"))
+
+
+def _patients_table(rows: list[dict[str, Any]]) -> None:
+    click.echo(f"{'patient':<12} {'state':<14} {'course':>6} {'version':>7} {'open tox':>8}  last event (clinical)")
+    for r in rows:
+        click.echo(f"{r['patient_id']:<12} {r['state']:<14} {r['course_number']:>6} {r['version']:>7} "
+                   f"{r['open_toxicities']:>8}  {r['last_occurred_at'] or '-'}")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_context
+def patients(ctx: Context, as_json: bool) -> None:
+    """All patients with their state."""
+    rows = ctx.service.patients()
+    if as_json:
+        echo_json(rows)
+    else:
+        _patients_table(rows)
+
+
+def record_demo(ctx: Context, n: int, seed: int) -> Counter[str]:
+    lines = ((i, json.dumps(c)) for i, c in enumerate(cohort(n, seed), start=1))
+    return ingest_stream(ctx, lines, batch_size=BATCH, report=sys.stderr)
+
+
+@click.command()
+@click.option("--patients", "n", default=40, show_default=True, help="Number of synthetic patients.")
+@click.option("--seed", default=1, show_default=True, help="Random seed (same seed, same cohort).")
+@click.option("--jsonl", type=click.File("w"), default=None,
+              help="Write the commands as JSON Lines to this file instead of recording them.")
+@pass_context
+def demo(ctx: Context, n: int, seed: int, jsonl: TextIO | None) -> None:
+    """A synthetic cohort: screen failures, holds, CRS of several grades, PR with extra courses, NR,
+    withdrawals, a death, corrections and deviations, all written through the service."""
+    if n < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--patients")
+    if jsonl is not None:
+        count = 0
+        for command in cohort(n, seed):
+            jsonl.write(json.dumps(command, ensure_ascii=False) + "\n")
+            count += 1
+        click.echo(f"wrote {count} commands for {n} patients", err=True)
+        return
+    counts = record_demo(ctx, n, seed)
+    click.echo(f"demo cohort of {n} patients: {counts['recorded']} events recorded, "
+               f"{counts['duplicate']} already recorded, {counts['rejected']} rejected")
+
+
+@click.command()
+@click.option("--patients", "n", default=40, show_default=True, help="Demo cohort size when the store is empty.")
+@pass_context
+def run(ctx: Context, n: int) -> None:
+    """The main job: on an empty store record a demo cohort, then print every patient's state."""
+    settings = ctx.settings
+    click.echo(f"store: {settings.store.display}")
+    if next(iter(ctx.service.patient_ids()), None) is None:
+        click.echo(f"empty store: recording a demo cohort of {n} patients ...")
+        counts = record_demo(ctx, n, seed=1)
+        click.echo(f"{counts['recorded']} events recorded")
+    _patients_table(ctx.service.patients())
+
+
+def register(cli: click.Group) -> None:
+    for command in (record, ingest, show, patients, demo, run):
+        cli.add_command(command)

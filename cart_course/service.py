@@ -267,6 +267,14 @@ class CourseService:
     def _stored_events(self, patient_id: str, lte: int | None = None) -> list[Any]:
         return list(self.app.events.get(stream_id(patient_id), lte=lte))
 
+    def _events_of(self, course: PatientCourse, lte: int | None = None) -> list[Any]:
+        """The stream's events including those pending in this (batched) transaction."""
+        pending = list(course.pending_events)
+        saved_up_to = course.version - len(pending)
+        events = self._stored_events(course.patient_id, lte=saved_up_to) if saved_up_to else []
+        events.extend(pending)
+        return [e for e in events if lte is None or e.originator_version <= lte]
+
     def _correct(self, course: PatientCourse, command: Command) -> CommandResult:
         p = command.payload
         extra = sorted(set(p) - {"corrects", "changes"})
@@ -282,7 +290,7 @@ class CourseService:
         changes = p.get("changes")
         if not isinstance(changes, Mapping) or not changes:
             raise InvalidCommandError("payload.changes", "must be a non-empty object of payload keys -> new values")
-        events = self._stored_events(command.patient_id)
+        events = self._events_of(course)
         original = next((e for e in events if e.originator_version == corrects), None)
         if not isinstance(original, PatientCourse.Moved) or original.trigger not in CORRECTABLE:
             kinds = ", ".join(CORRECTABLE)
@@ -386,7 +394,7 @@ class CourseService:
             raise InvalidCommandError(
                 "payload.signs_version", f"must be the version of the signed event (1..{course.version})"
             )
-        events = self._stored_events(command.patient_id, lte=signs)
+        events = self._events_of(course, lte=signs)
         signed = events[-1] if events else None
         if not isinstance(signed, PatientCourse.Moved) or signed.trigger not in MILESTONES[milestone]:
             raise InvalidCommandError(

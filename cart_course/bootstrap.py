@@ -45,7 +45,9 @@ class Settings:
 
 def build_service(settings: Settings) -> CourseService:
     try:
-        app = open_application(settings.store, cipher_key=settings.cipher_key, compress=settings.compress)
+        app = open_application(
+            settings.store, cipher_key=settings.cipher_key, compress=settings.compress
+        )
     except StoreConfigError as exc:
         raise StoreError(str(exc)) from None
     except Exception as exc:  # connection refused, bad key format, unreadable file ...

@@ -102,19 +102,24 @@ def parse_time(value: Any, field: str) -> dt.datetime:
     if not isinstance(value, str):
         raise InvalidCommandError(field, "must be an ISO 8601 date-time string with a UTC offset")
     try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+        parsed = dt.datetime.fromisoformat(
+            value.replace("Z", "+00:00") if value.endswith("Z") else value
+        )
     except ValueError:
         raise InvalidCommandError(
             field, f"{value!r} is not an ISO 8601 date-time (e.g. 2026-03-02T09:30:00+01:00)"
         ) from None
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise InvalidCommandError(
-            field, f"{value!r} has no UTC offset; clinical time must be unambiguous (add Z or +hh:mm)"
+            field,
+            f"{value!r} has no UTC offset; clinical time must be unambiguous (add Z or +hh:mm)",
         )
     return parsed
 
 
-def _text(data: Mapping[str, Any], key: str, field: str, *, max_len: int, required: bool) -> str | None:
+def _text(
+    data: Mapping[str, Any], key: str, field: str, *, max_len: int, required: bool
+) -> str | None:
     value = data.get(key)
     if value is None:
         if required:
@@ -134,12 +139,15 @@ def parse_actor(value: Any) -> Actor:
         )
     extra = sorted(set(value) - {"id", "role", "name"})
     if extra:
-        raise InvalidCommandError(f"actor.{extra[0]}", "unknown key; allowed keys are: id, role, name")
+        raise InvalidCommandError(
+            f"actor.{extra[0]}", "unknown key; allowed keys are: id, role, name"
+        )
     actor_id = _text(value, "id", "actor.id", max_len=200, required=True)
     role = value.get("role")
     if role not in WRITE_ROLES:
         raise InvalidCommandError(
-            "actor.role", f"{role!r} may not record commands; roles that write: {', '.join(WRITE_ROLES)}"
+            "actor.role",
+            f"{role!r} may not record commands; roles that write: {', '.join(WRITE_ROLES)}",
         )
     name = _text(value, "name", "actor.name", max_len=200, required=False)
     assert actor_id is not None
@@ -148,7 +156,9 @@ def parse_actor(value: Any) -> Actor:
 
 def parse_patient_id(value: Any, field: str = "patient_id") -> str:
     if not isinstance(value, str) or not value:
-        raise InvalidCommandError(field, "must be a non-empty string (the trial's patient identifier)")
+        raise InvalidCommandError(
+            field, "must be a non-empty string (the trial's patient identifier)"
+        )
     if len(value) > 64 or not set(value) <= _ID_CHARS:
         raise InvalidCommandError(
             field, f"{value!r} is not a patient identifier: 1-64 characters of A-Z a-z 0-9 . _ - :"
@@ -156,13 +166,19 @@ def parse_patient_id(value: Any, field: str = "patient_id") -> str:
     return value
 
 
-def parse_command(data: Any, *, now: dt.datetime | None = None, actor: Actor | None = None) -> Command:
+def parse_command(
+    data: Any, *, now: dt.datetime | None = None, actor: Actor | None = None
+) -> Command:
     """Validate an envelope. ``actor`` (from an authenticated token) overrides the body's actor."""
     if not isinstance(data, Mapping):
-        raise InvalidCommandError("(command)", "must be a JSON object with: " + ", ".join(ENVELOPE_KEYS))
+        raise InvalidCommandError(
+            "(command)", "must be a JSON object with: " + ", ".join(ENVELOPE_KEYS)
+        )
     extra = sorted(set(data) - set(ENVELOPE_KEYS))
     if extra:
-        raise InvalidCommandError(extra[0], f"unknown key; allowed keys are: {', '.join(ENVELOPE_KEYS)}")
+        raise InvalidCommandError(
+            extra[0], f"unknown key; allowed keys are: {', '.join(ENVELOPE_KEYS)}"
+        )
     command = data.get("command")
     if command not in ALL_COMMANDS:
         raise InvalidCommandError(
@@ -173,14 +189,17 @@ def parse_command(data: Any, *, now: dt.datetime | None = None, actor: Actor | N
     now = now or dt.datetime.now(dt.UTC)
     if occurred_at - now > MAX_CLOCK_SKEW:
         raise InvalidCommandError(
-            "occurred_at", f"{occurred_at.isoformat()} is in the future; clinical time is when it happened"
+            "occurred_at",
+            f"{occurred_at.isoformat()} is in the future; clinical time is when it happened",
         )
     if actor is None:
         actor = parse_actor(data.get("actor"))
     reason = _text(data, "reason", "reason", max_len=4000, required=False)
     key = _text(data, "idempotency_key", "idempotency_key", max_len=200, required=False)
     expected = data.get("expected_version")
-    if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int) or expected < 0):
+    if expected is not None and (
+        isinstance(expected, bool) or not isinstance(expected, int) or expected < 0
+    ):
         raise InvalidCommandError("expected_version", "must be a whole number >= 0 (or null)")
     payload = data.get("payload", {})
     if payload is None:

@@ -30,7 +30,9 @@ def genesis_hash(patient_id: str) -> str:
 
 
 def canonical(data: Any) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    return json.dumps(
+        data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    ).encode()
 
 
 def event_content(event: Any) -> dict[str, Any]:
@@ -50,7 +52,7 @@ class PatientCourse(Aggregate):
     """A patient's courses as an event-sourced aggregate."""
 
     @staticmethod
-    def create_id(patient_id: str) -> uuid.UUID:  # type: ignore[override]
+    def create_id(patient_id: str) -> uuid.UUID:
         return stream_id(patient_id)
 
     class Registered(Aggregate.Created):
@@ -155,9 +157,14 @@ class PatientCourse(Aggregate):
             )
             for text in self.findings:
                 aggregate.record.deviations.append(
-                    {"version": self.originator_version, "trigger": "correct",
-                     "course": None, "deviation": text, "reason": self.reason,
-                     "occurred_at": self.occurred_at}
+                    {
+                        "version": self.originator_version,
+                        "trigger": "correct",
+                        "course": None,
+                        "deviation": text,
+                        "reason": self.reason,
+                        "occurred_at": self.occurred_at,
+                    }
                 )
             aggregate.remember(self)
 

@@ -48,7 +48,10 @@ def eligible_screening(rng: random.Random) -> dict[str, Any]:
         "alt": {"value": rng.randint(10, 60), "unit": "U/L", "uln": 40},
         "ast": {"value": rng.randint(10, 60), "unit": "U/L", "uln": 40},
         "bilirubin": rng.choice(
-            [{"value": round(rng.uniform(0.3, 1.5), 1), "unit": "mg/dL"}, {"value": 12.0, "unit": "umol/L"}]
+            [
+                {"value": round(rng.uniform(0.3, 1.5), 1), "unit": "mg/dL"},
+                {"value": 12.0, "unit": "umol/L"},
+            ]
         ),
         "hemoglobin": rng.choice([{"value": 95, "unit": "g/L"}, {"value": 10.2, "unit": "g/dL"}]),
         "apheresis_contraindication": False,
@@ -81,7 +84,10 @@ def crs(grade: int) -> dict[str, Any]:
 def icans(grade: int) -> dict[str, Any]:
     ice = {1: 8, 2: 5, 3: 2}[grade]
     consciousness = {1: "wakes_spontaneously", 2: "wakes_to_voice", 3: "wakes_to_touch"}[grade]
-    return {"kind": "ICANS", "observations": {"age_years": 34, "ice_score": ice, "consciousness": consciousness}}
+    return {
+        "kind": "ICANS",
+        "observations": {"age_years": 34, "ice_score": ice, "consciousness": consciousness},
+    }
 
 
 def assessment(response: str) -> dict[str, Any]:
@@ -94,8 +100,12 @@ def assessment(response: str) -> dict[str, Any]:
         "anc": {"value": anc, "unit": "10^9/L"},
         "platelets": {"value": 140, "unit": "10^9/L"},
         "extramedullary_disease": "none",
-        "mrd": {"value": 0.00002 if response == "CR" else 0.01, "unit": "fraction", "method": "flow",
-                "sensitivity": 1e-5},
+        "mrd": {
+            "value": 0.00002 if response == "CR" else 0.01,
+            "unit": "fraction",
+            "method": "flow",
+            "sensitivity": 1e-5,
+        },
     }
 
 
@@ -144,11 +154,20 @@ class _Patient:
         self.cmd(command, {"screening": screening or eligible_screening(self.rng)}, actor=CLINICIAN)
 
     def apheresis(self) -> None:
-        self.cmd("record_apheresis", {"apheresis_contraindication": False,
-                                      "product_id": f"LOT-{self.pid}"}, days=3)
+        self.cmd(
+            "record_apheresis",
+            {"apheresis_contraindication": False, "product_id": f"LOT-{self.pid}"},
+            days=3,
+        )
 
-    def infusion(self, day: int, *, factor: float | None = None, days: float = 1,
-                 deviation: str | None = None) -> None:
+    def infusion(
+        self,
+        day: int,
+        *,
+        factor: float | None = None,
+        days: float = 1,
+        deviation: str | None = None,
+    ) -> None:
         share = (0.10, 0.30, 0.60)[day - 1]
         factor = factor if factor is not None else self.rng.uniform(0.92, 1.08)
         payload: dict[str, Any] = {
@@ -168,9 +187,13 @@ class _Patient:
         self.infusion(3)
 
     def assess(self, response: str, days: float = 26) -> None:
-        self.cmd("assess_response", {"assessment": assessment(response)}, actor=CLINICIAN, days=days)
+        self.cmd(
+            "assess_response", {"assessment": assessment(response)}, actor=CLINICIAN, days=days
+        )
 
-    def toxicity(self, report: dict[str, Any], hours: float = 8, toxicity_id: str | None = None) -> None:
+    def toxicity(
+        self, report: dict[str, Any], hours: float = 8, toxicity_id: str | None = None
+    ) -> None:
         payload: dict[str, Any] = {"toxicity": report}
         if toxicity_id:
             payload["toxicity_id"] = toxicity_id
@@ -180,7 +203,9 @@ class _Patient:
         self.cmd("resolve_toxicity", {"toxicity_id": toxicity_id}, actor=CLINICIAN, hours=hours)
 
 
-def patient_commands(pid: str, scenario: str, start: dt.datetime, rng: random.Random) -> list[dict[str, Any]]:
+def patient_commands(
+    pid: str, scenario: str, start: dt.datetime, rng: random.Random
+) -> list[dict[str, Any]]:
     p = _Patient(pid, start, rng)
     if scenario in ("screen_failure", "rescreened"):
         bad = eligible_screening(rng)
@@ -194,7 +219,9 @@ def patient_commands(pid: str, scenario: str, start: dt.datetime, rng: random.Ra
         p.screen()
     p.apheresis()
     if scenario == "withdrawn":
-        p.cmd("withdraw", reason="patient withdrew consent before infusion", actor=CLINICIAN, days=5)
+        p.cmd(
+            "withdraw", reason="patient withdrew consent before infusion", actor=CLINICIAN, days=5
+        )
         return p.commands
     if scenario == "crs_hold":
         p.infusion(1, days=14)
@@ -205,19 +232,32 @@ def patient_commands(pid: str, scenario: str, start: dt.datetime, rng: random.Ra
         p.infusion(2)
         p.infusion(3)
         p.assess(rng.choice(["CR", "CRi"]))
-        p.cmd("cease", reason="CR after the first course; no further treatment by patient's wish",
-              actor=CLINICIAN, days=1)
+        p.cmd(
+            "cease",
+            reason="CR after the first course; no further treatment by patient's wish",
+            actor=CLINICIAN,
+            days=1,
+        )
         return p.commands
     if scenario in ("severe_crs", "death"):
         p.infusion(1, days=14)
         p.infusion(2)
         p.toxicity(crs(3 if scenario == "severe_crs" else 4), hours=10)
-        p.cmd("cancel_remaining_fractions", reason="CRS grade >= 3 after D2: D3 withheld",
-              actor=CLINICIAN, hours=1)
+        p.cmd(
+            "cancel_remaining_fractions",
+            reason="CRS grade >= 3 after D2: D3 withheld",
+            actor=CLINICIAN,
+            hours=1,
+        )
         if scenario == "death":
             p.cmd("record_death", {"cause": "cytokine release syndrome"}, actor=CLINICIAN, days=2)
             return p.commands
-        p.cmd("discontinue", reason="severe cytokine release syndrome (grade 3)", actor=CLINICIAN, hours=2)
+        p.cmd(
+            "discontinue",
+            reason="severe cytokine release syndrome (grade 3)",
+            actor=CLINICIAN,
+            hours=2,
+        )
         p.resolve("CRS-1", hours=72)
         return p.commands
     if scenario == "icans":
@@ -243,8 +283,12 @@ def patient_commands(pid: str, scenario: str, start: dt.datetime, rng: random.Ra
     if scenario == "no_response_restarted":
         p.course()
         p.assess("NR")
-        p.cmd("continue_treatment", reason="restart by clinical assessment and patient's wish",
-              actor=CLINICIAN, days=1)
+        p.cmd(
+            "continue_treatment",
+            reason="restart by clinical assessment and patient's wish",
+            actor=CLINICIAN,
+            days=1,
+        )
         p.course(first_gap=7)
         p.assess("CR")
         p.cmd("cease", reason="CR after the second course", actor=CLINICIAN, days=1)
@@ -256,7 +300,12 @@ def patient_commands(pid: str, scenario: str, start: dt.datetime, rng: random.Ra
         p.infusion(3)
         p.cmd(
             "correct",
-            {"corrects": d2_version, "changes": {"cells": {"value": float(f"{p.weight * 1e6 * 0.3:.4g}"), "unit": "cells"}}},
+            {
+                "corrects": d2_version,
+                "changes": {
+                    "cells": {"value": float(f"{p.weight * 1e6 * 0.3:.4g}"), "unit": "cells"}
+                },
+            },
             reason="D2 cell count transcribed from the wrong bag label; corrected from the pharmacy record",
             actor=CLINICIAN,
             hours=3,
@@ -275,10 +324,23 @@ def patient_commands(pid: str, scenario: str, start: dt.datetime, rng: random.Ra
     p.course()
     p.assess(rng.choice(["CR", "CR", "CRi"]))
     if rng.random() < 0.5:
-        p.cmd("sign", {"milestone": "response_assessment", "signs_version": p.version,
-                       "meaning": "approval", "printed_name": "A. Demo, MD"}, actor=CLINICIAN, hours=2)
-    p.cmd("cease", reason="CR after the first course; patient and investigator decide to stop",
-          actor=CLINICIAN, days=1)
+        p.cmd(
+            "sign",
+            {
+                "milestone": "response_assessment",
+                "signs_version": p.version,
+                "meaning": "approval",
+                "printed_name": "A. Demo, MD",
+            },
+            actor=CLINICIAN,
+            hours=2,
+        )
+    p.cmd(
+        "cease",
+        reason="CR after the first course; patient and investigator decide to stop",
+        actor=CLINICIAN,
+        days=1,
+    )
     return p.commands
 
 
@@ -294,7 +356,9 @@ def pick_scenarios(n: int, rng: random.Random) -> list[str]:
     return chosen
 
 
-def cohort(n: int, seed: int = 1, *, start: dt.datetime = START, prefix: str = "P") -> Iterator[dict[str, Any]]:
+def cohort(
+    n: int, seed: int = 1, *, start: dt.datetime = START, prefix: str = "P"
+) -> Iterator[dict[str, Any]]:
     """The commands for ``n`` patients, in clinical-time order across the cohort."""
     rng = random.Random(seed)
     scenarios = pick_scenarios(n, rng)

@@ -46,7 +46,13 @@ class MoveRefused(CartCourseError):
     title = "Move refused by the protocol"
 
     def __init__(
-        self, message: str, *, state: str, trigger: str, failed: list[dict[str, str]], allowed: list[str]
+        self,
+        message: str,
+        *,
+        state: str,
+        trigger: str,
+        failed: list[dict[str, str]],
+        allowed: list[str],
     ) -> None:
         super().__init__(message)
         self.state = state
@@ -79,7 +85,11 @@ class VersionConflictError(CartCourseError):
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {**super().to_json(), "expected_version": self.expected, "actual_version": self.actual}
+        return {
+            **super().to_json(),
+            "expected_version": self.expected,
+            "actual_version": self.actual,
+        }
 
 
 class IdempotencyConflictError(CartCourseError):
@@ -103,7 +113,9 @@ class PatientNotFoundError(CartCourseError):
 
     def __init__(self, patient_id: str) -> None:
         self.patient_id = patient_id
-        super().__init__(f"no patient {patient_id!r} on record; a patient is registered by 'screen'")
+        super().__init__(
+            f"no patient {patient_id!r} on record; a patient is registered by 'screen'"
+        )
 
 
 class StoreError(CartCourseError):

@@ -7,6 +7,7 @@ allowed now, history). Storage errors become domain errors here.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -123,7 +124,7 @@ class CourseService:
 
     def _load(self, patient_id: str) -> PatientCourse | None:
         try:
-            course = self.app.repository.get(stream_id(patient_id))
+            course: Any = self.app.repository.get(stream_id(patient_id))
         except AggregateNotFoundError:
             return None
         assert isinstance(course, PatientCourse)
@@ -132,10 +133,8 @@ class CourseService:
     def _evict(self, patient_id: str) -> None:
         cache = self.app.repository.cache
         if cache is not None:
-            try:
+            with contextlib.suppress(KeyError):
                 cache.get(stream_id(patient_id), evict=True)
-            except KeyError:
-                pass
 
     def record(self, patient_id: str) -> PatientRecord:
         course = self._load(patient_id)
@@ -150,8 +149,8 @@ class CourseService:
     def execute(self, command: Command) -> CommandResult:
         """Record one command, or raise a :class:`CartCourseError` that says why not."""
         for _ in range(MAX_RETRIES):
-            course = self._load(command.patient_id)
-            result, course = self._apply(course, command)
+            loaded = self._load(command.patient_id)
+            result, course = self._apply(loaded, command)
             if course is None:  # a duplicate: nothing to save
                 return result
             try:
@@ -165,8 +164,12 @@ class CourseService:
                     ) from None
                 time.sleep(0.001)
                 continue
-            return attrs.evolve(result, allowed_moves=tuple(allowed_now(course.record, self.protocol)))
-        raise CartCourseError(f"patient {command.patient_id}: too many concurrent writers, try again")
+            return attrs.evolve(
+                result, allowed_moves=tuple(allowed_now(course.record, self.protocol))
+            )
+        raise CartCourseError(
+            f"patient {command.patient_id}: too many concurrent writers, try again"
+        )
 
     def execute_batch(self, commands: Sequence[Command]) -> list[CommandResult | CartCourseError]:
         """Record many commands in one transaction; each gets its own result or error."""
@@ -213,7 +216,9 @@ class CourseService:
         if course is None:
             if command.command not in ("screen",):
                 raise PatientNotFoundError(command.patient_id)
-            course = PatientCourse.register(command.patient_id, command.actor.id, command.actor.role)
+            course = PatientCourse.register(
+                command.patient_id, command.actor.id, command.actor.role
+            )
         if command.command == "correct":
             return self._correct(course, command), course
         if command.command == "sign":
@@ -221,7 +226,12 @@ class CourseService:
         record = course.record
         try:
             prepared = prepare(
-                record, command.command, command.payload, command.occurred_at, command.reason, self.protocol
+                record,
+                command.command,
+                command.payload,
+                command.occurred_at,
+                command.reason,
+                self.protocol,
             )
         except ProtocolInputError as exc:
             raise _input_error(exc) from None
@@ -279,23 +289,35 @@ class CourseService:
         p = command.payload
         extra = sorted(set(p) - {"corrects", "changes"})
         if extra:
-            raise InvalidCommandError(f"payload.{extra[0]}", "unknown key; allowed: corrects, changes")
-        if not command.reason:
-            raise InvalidCommandError("reason", "a correction needs a reason (what was wrong and why)")
-        corrects = p.get("corrects")
-        if isinstance(corrects, bool) or not isinstance(corrects, int) or not 1 <= corrects <= course.version:
             raise InvalidCommandError(
-                "payload.corrects", f"must be the version of an event of this patient (1..{course.version})"
+                f"payload.{extra[0]}", "unknown key; allowed: corrects, changes"
+            )
+        if not command.reason:
+            raise InvalidCommandError(
+                "reason", "a correction needs a reason (what was wrong and why)"
+            )
+        corrects = p.get("corrects")
+        if (
+            isinstance(corrects, bool)
+            or not isinstance(corrects, int)
+            or not 1 <= corrects <= course.version
+        ):
+            raise InvalidCommandError(
+                "payload.corrects",
+                f"must be the version of an event of this patient (1..{course.version})",
             )
         changes = p.get("changes")
         if not isinstance(changes, Mapping) or not changes:
-            raise InvalidCommandError("payload.changes", "must be a non-empty object of payload keys -> new values")
+            raise InvalidCommandError(
+                "payload.changes", "must be a non-empty object of payload keys -> new values"
+            )
         events = self._events_of(course)
         original = next((e for e in events if e.originator_version == corrects), None)
         if not isinstance(original, PatientCourse.Moved) or original.trigger not in CORRECTABLE:
             kinds = ", ".join(CORRECTABLE)
             raise InvalidCommandError(
-                "payload.corrects", f"version {corrects} is not a correctable move; correctable: {kinds}"
+                "payload.corrects",
+                f"version {corrects} is not a correctable move; correctable: {kinds}",
             )
         base_payload = dict(original.payload)
         base_occurred = original.occurred_at
@@ -320,11 +342,16 @@ class CourseService:
         version = get_version(original.protocol_version)
         record = course.record
         try:
-            old_norm, old_pfacts = payload_facts(
-                record, original.command, base_payload, dt.datetime.fromisoformat(base_occurred).date(),
+            _old_norm, old_pfacts = payload_facts(
+                record,
+                original.command,
+                base_payload,
+                dt.datetime.fromisoformat(base_occurred).date(),
                 original.facts,
             )
-            norm, pfacts = payload_facts(record, original.command, new_payload, occurred.date(), original.facts)
+            norm, pfacts = payload_facts(
+                record, original.command, new_payload, occurred.date(), original.facts
+            )
         except ProtocolInputError as exc:
             raise _input_error(exc) from None
         facts = {k: v for k, v in original.facts.items() if k not in old_pfacts}
@@ -376,27 +403,42 @@ class CourseService:
         extra = sorted(set(p) - {"milestone", "signs_version", "meaning", "printed_name"})
         if extra:
             raise InvalidCommandError(
-                f"payload.{extra[0]}", "unknown key; allowed: milestone, signs_version, meaning, printed_name"
+                f"payload.{extra[0]}",
+                "unknown key; allowed: milestone, signs_version, meaning, printed_name",
             )
         if command.actor.role not in SIGNING_ROLES:
             raise InvalidCommandError("actor.role", "only a clinician (investigator) may sign")
         milestone = p.get("milestone")
         if milestone not in MILESTONES:
-            raise InvalidCommandError("payload.milestone", f"must be one of {', '.join(MILESTONES)}")
+            raise InvalidCommandError(
+                "payload.milestone", f"must be one of {', '.join(MILESTONES)}"
+            )
         meaning = p.get("meaning")
         if meaning not in SIGNATURE_MEANINGS:
-            raise InvalidCommandError("payload.meaning", f"must be one of {', '.join(SIGNATURE_MEANINGS)}")
+            raise InvalidCommandError(
+                "payload.meaning", f"must be one of {', '.join(SIGNATURE_MEANINGS)}"
+            )
         name = p.get("printed_name")
         if not isinstance(name, str) or not name.strip():
-            raise InvalidCommandError("payload.printed_name", "the signer's printed name is required")
-        signs = p.get("signs_version")
-        if isinstance(signs, bool) or not isinstance(signs, int) or not 1 <= signs <= course.version:
             raise InvalidCommandError(
-                "payload.signs_version", f"must be the version of the signed event (1..{course.version})"
+                "payload.printed_name", "the signer's printed name is required"
+            )
+        signs = p.get("signs_version")
+        if (
+            isinstance(signs, bool)
+            or not isinstance(signs, int)
+            or not 1 <= signs <= course.version
+        ):
+            raise InvalidCommandError(
+                "payload.signs_version",
+                f"must be the version of the signed event (1..{course.version})",
             )
         events = self._events_of(course, lte=signs)
         signed = events[-1] if events else None
-        if not isinstance(signed, PatientCourse.Moved) or signed.trigger not in MILESTONES[milestone]:
+        if (
+            not isinstance(signed, PatientCourse.Moved)
+            or signed.trigger not in MILESTONES[milestone]
+        ):
             raise InvalidCommandError(
                 "payload.signs_version",
                 f"version {signs} is not a {milestone} milestone (one of: {', '.join(MILESTONES[milestone])})",
@@ -436,7 +478,11 @@ class CourseService:
             patient_id=patient_id,
             version=version,
             event=type(event).__name__,
-            command=getattr(event, "command", "correct" if isinstance(event, PatientCourse.FactCorrected) else "sign"),
+            command=getattr(
+                event,
+                "command",
+                "correct" if isinstance(event, PatientCourse.FactCorrected) else "sign",
+            ),
             trigger=getattr(event, "trigger", None),
             from_state=getattr(event, "from_state", None),
             to_state=getattr(event, "to_state", ""),

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 import attrs
 from eventsourcing.application import Application
-from eventsourcing.persistence import Transcoder, Transcoding
+from eventsourcing.persistence import JSONTranscoder, Transcoding
 
 from .course import PatientCourse
 from .protocol.record import PatientRecord
@@ -55,9 +55,13 @@ class StoreSettings:
 def parse_store_url(url: str) -> StoreSettings:
     """Turn a ``--db`` value into eventsourcing settings."""
     if not url or not url.strip():
-        raise StoreConfigError("the store URL is empty; give a SQLite path, memory: or postgresql://...")
+        raise StoreConfigError(
+            "the store URL is empty; give a SQLite path, memory: or postgresql://..."
+        )
     if url in ("memory:", "memory://", ":memory:"):
-        return StoreSettings(url="memory:", kind="memory", env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+        return StoreSettings(
+            url="memory:", kind="memory", env={"PERSISTENCE_MODULE": "eventsourcing.popo"}
+        )
     if url.startswith(("postgresql://", "postgres://")):
         parts = urlsplit(url)
         dbname = parts.path.lstrip("/")
@@ -123,8 +127,8 @@ class CourseApplication(Application[Any]):
     name = "cart_course"
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {PatientCourse: SNAPSHOT_INTERVAL}
 
-    def register_transcodings(self, transcoder: Transcoder) -> None:  # type: ignore[override]
-        super().register_transcodings(transcoder)  # type: ignore[arg-type]
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
         transcoder.register(PatientRecordAsDict())
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pgserver import PostgresServer, postgres_unavailable_reason  # noqa: E402
+from pgserver import PostgresServer, postgres_unavailable_reason
 
-from cart_course.service import CourseService  # noqa: E402
-from cart_course.storage import open_application, parse_store_url  # noqa: E402
+from cart_course.service import CourseService
+from cart_course.storage import open_application, parse_store_url
 
 STORES = ("memory", "sqlite", "postgres")
 

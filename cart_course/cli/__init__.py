@@ -37,8 +37,8 @@ def cli(ctx: click.Context, db: str | None) -> None:
 def _register() -> None:
     from . import course, protocol
 
-    for module in (course, protocol):
-        module.register(cli)
+    for builtin in (course, protocol):
+        builtin.register(cli)
     for name in ("audit", "views", "serve"):
         try:
             module: Any = __import__(f"{__name__}.{name}", fromlist=["register"])

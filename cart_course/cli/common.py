@@ -56,4 +56,6 @@ def read_json_input(source: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
+        raise click.BadParameter(
+            f"not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
+        ) from None

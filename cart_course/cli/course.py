@@ -41,7 +41,7 @@ def record(ctx: Context, source: str, as_json: bool) -> None:
         click.echo(f"  allowed now: {', '.join(result['allowed_moves'])}")
 
 
-def _lines(fh: TextIO) -> Iterator[tuple[int, str]]:
+def _lines(fh: Iterable[str]) -> Iterator[tuple[int, str]]:
     for number, line in enumerate(fh, start=1):
         if line.strip():
             yield number, line
@@ -96,8 +96,13 @@ def ingest_stream(
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--batch-size", default=BATCH, show_default=True, help="Commands per transaction.")
-@click.option("--errors", "errors_to", type=click.File("w"), default="-",
-              help="Where the per-line error report goes (default: stderr).")
+@click.option(
+    "--errors",
+    "errors_to",
+    type=click.File("w"),
+    default="-",
+    help="Where the per-line error report goes (default: stderr).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_context
 def ingest(ctx: Context, file: str, batch_size: int, errors_to: TextIO, as_json: bool) -> None:
@@ -106,17 +111,27 @@ def ingest(ctx: Context, file: str, batch_size: int, errors_to: TextIO, as_json:
     Commands are saved in batched transactions; a rejected line is reported with its line number
     and does not stop the others. Running the same file again records nothing new.
     """
-    report: TextIO = sys.stderr if errors_to is sys.stdout or getattr(errors_to, "name", "") == "<stdout>" else errors_to
+    report: TextIO = (
+        sys.stderr
+        if errors_to is sys.stdout or getattr(errors_to, "name", "") == "<stdout>"
+        else errors_to
+    )
     started = time.perf_counter()
     with click.open_file(file, encoding="utf-8") as fh:
         total = None
         if file != "-":
             with open(file, encoding="utf-8") as count_fh:
                 total = sum(1 for line in count_fh if line.strip())
-        with click.progressbar(length=total or 0, label="ingesting", file=sys.stderr,
-                               show_pos=True, show_eta=True) as bar:
-            counts = ingest_stream(ctx, _lines(fh), batch_size=batch_size, report=report,
-                                   progress=bar if total else None)
+        with click.progressbar(
+            length=total or 0, label="ingesting", file=sys.stderr, show_pos=True, show_eta=True
+        ) as bar:
+            counts = ingest_stream(
+                ctx,
+                _lines(fh),
+                batch_size=batch_size,
+                report=report,
+                progress=bar if total else None,
+            )
     elapsed = time.perf_counter() - started
     summary = {
         "lines": counts["lines"],
@@ -151,8 +166,10 @@ def show(ctx: Context, patient_id: str, as_json: bool) -> None:
     if as_json:
         echo_json(data)
         return
-    click.echo(f"patient {data['patient_id']}  state {data['state']}  version {data['version']}  "
-               f"protocol {data['protocol_version']}")
+    click.echo(
+        f"patient {data['patient_id']}  state {data['state']}  version {data['version']}  "
+        f"protocol {data['protocol_version']}"
+    )
     for course in data["courses"]:
         click.echo(
             f"course {course['number']}: weight {course['weight_kg']} kg, planned "
@@ -163,27 +180,41 @@ def show(ctx: Context, patient_id: str, as_json: bool) -> None:
             + (f", decision {course['decision']}" if course["decision"] else "")
         )
         for f in course["fractions"]:
-            line = (f"  D{f['day']} {f['given_on']}: {_fmt_cells(f['delivered_cells'])} of "
-                    f"{_fmt_cells(f['planned_cells'])} planned")
-            click.echo(line + ("  DEVIATION: " + "; ".join(f["deviations"]) if f["deviations"] else ""))
+            line = (
+                f"  D{f['day']} {f['given_on']}: {_fmt_cells(f['delivered_cells'])} of "
+                f"{_fmt_cells(f['planned_cells'])} planned"
+            )
+            click.echo(
+                line + ("  DEVIATION: " + "; ".join(f["deviations"]) if f["deviations"] else "")
+            )
     for tox in data["toxicities"]:
         status = "open" if tox["open"] else f"resolved {tox['resolved_at']}"
-        click.echo(f"toxicity {tox['id']}: {tox['kind']} grade {tox['grade']} (worst {tox['worst_grade']}, "
-                   f"{tox['scale']} {tox['scale_version']}), onset {tox['onset']}, {status}"
-                   + (", HOLD" if tox["open"] and tox["opens_hold"] else ""))
+        click.echo(
+            f"toxicity {tox['id']}: {tox['kind']} grade {tox['grade']} (worst {tox['worst_grade']}, "
+            f"{tox['scale']} {tox['scale_version']}), onset {tox['onset']}, {status}"
+            + (", HOLD" if tox["open"] and tox["opens_hold"] else "")
+        )
     for corr in data["corrections"]:
-        click.echo(f"correction v{corr['version']} of v{corr['corrects']}: {corr['changes']} ({corr['reason']})")
+        click.echo(
+            f"correction v{corr['version']} of v{corr['corrects']}: {corr['changes']} ({corr['reason']})"
+        )
     for sig in data["signatures"]:
-        click.echo(f"signed v{sig['signs_version']} ({sig['milestone']}, {sig['meaning']}) by "
-                   f"{sig['printed_name']} at {sig['signed_at']}")
+        click.echo(
+            f"signed v{sig['signs_version']} ({sig['milestone']}, {sig['meaning']}) by "
+            f"{sig['printed_name']} at {sig['signed_at']}"
+        )
     click.echo("allowed now: " + (", ".join(data["allowed_moves"]) or "nothing (terminal)"))
 
 
 def _patients_table(rows: list[dict[str, Any]]) -> None:
-    click.echo(f"{'patient':<12} {'state':<14} {'course':>6} {'version':>7} {'open tox':>8}  last event (clinical)")
+    click.echo(
+        f"{'patient':<12} {'state':<14} {'course':>6} {'version':>7} {'open tox':>8}  last event (clinical)"
+    )
     for r in rows:
-        click.echo(f"{r['patient_id']:<12} {r['state']:<14} {r['course_number']:>6} {r['version']:>7} "
-                   f"{r['open_toxicities']:>8}  {r['last_occurred_at'] or '-'}")
+        click.echo(
+            f"{r['patient_id']:<12} {r['state']:<14} {r['course_number']:>6} {r['version']:>7} "
+            f"{r['open_toxicities']:>8}  {r['last_occurred_at'] or '-'}"
+        )
 
 
 @click.command()
@@ -204,10 +235,16 @@ def record_demo(ctx: Context, n: int, seed: int) -> Counter[str]:
 
 
 @click.command()
-@click.option("--patients", "n", default=40, show_default=True, help="Number of synthetic patients.")
+@click.option(
+    "--patients", "n", default=40, show_default=True, help="Number of synthetic patients."
+)
 @click.option("--seed", default=1, show_default=True, help="Random seed (same seed, same cohort).")
-@click.option("--jsonl", type=click.File("w"), default=None,
-              help="Write the commands as JSON Lines to this file instead of recording them.")
+@click.option(
+    "--jsonl",
+    type=click.File("w"),
+    default=None,
+    help="Write the commands as JSON Lines to this file instead of recording them.",
+)
 @pass_context
 def demo(ctx: Context, n: int, seed: int, jsonl: TextIO | None) -> None:
     """A synthetic cohort: screen failures, holds, CRS of several grades, PR with extra courses, NR,
@@ -222,12 +259,20 @@ def demo(ctx: Context, n: int, seed: int, jsonl: TextIO | None) -> None:
         click.echo(f"wrote {count} commands for {n} patients", err=True)
         return
     counts = record_demo(ctx, n, seed)
-    click.echo(f"demo cohort of {n} patients: {counts['recorded']} events recorded, "
-               f"{counts['duplicate']} already recorded, {counts['rejected']} rejected")
+    click.echo(
+        f"demo cohort of {n} patients: {counts['recorded']} events recorded, "
+        f"{counts['duplicate']} already recorded, {counts['rejected']} rejected"
+    )
 
 
 @click.command()
-@click.option("--patients", "n", default=40, show_default=True, help="Demo cohort size when the store is empty.")
+@click.option(
+    "--patients",
+    "n",
+    default=40,
+    show_default=True,
+    help="Demo cohort size when the store is empty.",
+)
 @pass_context
 def run(ctx: Context, n: int) -> None:
     """The main job: on an empty store record a demo cohort, then print every patient's state."""

@@ -101,7 +101,9 @@ COMMANDS: dict[str, CommandSpec] = {
             summary="Treatment discontinued for severe toxicity (e.g. CRS grade >= 3).",
             reason="required",
         ),
-        CommandSpec(name="withdraw", summary="Patient withdrawn from the study.", reason="required"),
+        CommandSpec(
+            name="withdraw", summary="Patient withdrawn from the study.", reason="required"
+        ),
         CommandSpec(
             name="record_death",
             summary="Patient died.",
@@ -178,7 +180,9 @@ def _text(payload: Mapping[str, Any], key: str, *, max_len: int = 2000) -> str |
 # ----------------------------------------------------------------------------------------------
 
 
-def _tox_brief(record: PatientRecord, *, open_only: bool, course: int | None = None) -> list[dict[str, Any]]:
+def _tox_brief(
+    record: PatientRecord, *, open_only: bool, course: int | None = None
+) -> list[dict[str, Any]]:
     return [
         {"id": t.id, "kind": t.kind, "grade": t.grade if open_only else t.worst_grade}
         for t in record.toxicities.values()
@@ -236,17 +240,22 @@ def context_facts(record: PatientRecord, trigger: str) -> dict[str, Any]:
 # Payload facts: what the command itself says, validated and normalized
 # ----------------------------------------------------------------------------------------------
 
-PayloadParser = Callable[[PatientRecord, Mapping[str, Any], dt.date, dict[str, Any]], tuple[dict[str, Any], dict[str, Any]]]
+PayloadParser = Callable[
+    [PatientRecord, Mapping[str, Any], dt.date, dict[str, Any]],
+    tuple[dict[str, Any], dict[str, Any]],
+]
 
 
-def _screening(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _screening(
+    record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     from .eligibility import parse_screening
 
     screening = _nested("payload.screening", parse_screening, _object(p, "screening")).to_json()
     return {"screening": screening}, {"screening": screening, "screening_date": day.isoformat()}
 
 
-def _nested(prefix: str, parse: Callable[[Mapping[str, Any]], Any], data: Mapping[str, Any]) -> Any:
+def _nested(prefix: str, parse: Callable[[Any], Any], data: Any) -> Any:
     """Run a domain parser on a nested object; errors name the full path (payload.x.field)."""
     try:
         return parse(data)
@@ -262,7 +271,9 @@ def _object(p: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value
 
 
-def _apheresis(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _apheresis(
+    record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     contraindication = p.get("apheresis_contraindication")
     if not isinstance(contraindication, bool):
         raise ProtocolInputError("payload.apheresis_contraindication", "must be true or false")
@@ -273,7 +284,9 @@ def _apheresis(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: d
     return norm, {"apheresis_contraindication": contraindication, "apheresis_date": day.isoformat()}
 
 
-def _infusion(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _infusion(
+    record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     norm: dict[str, Any] = {"day": p["day"]}
     facts: dict[str, Any] = {"infusion_date": day.isoformat()}
     weight = ctx.get("weight_kg")
@@ -285,7 +298,8 @@ def _infusion(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: di
         facts["weight_kg"] = weight
     elif p["day"] == 1:
         raise ProtocolInputError(
-            "payload.weight", 'D1 plans the course: give the body weight, e.g. {"value": 70, "unit": "kg"}'
+            "payload.weight",
+            'D1 plans the course: give the body weight, e.g. {"value": 70, "unit": "kg"}',
         )
     dose = dosing.parse_cell_dose(p["cells"], weight, "payload.cells")
     norm["cells"] = dose.to_json()
@@ -299,7 +313,9 @@ def _infusion(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: di
     return norm, facts
 
 
-def _toxicity(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _toxicity(
+    record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     report = _nested("payload.toxicity", parse_toxicity_report, _object(p, "toxicity"))
     norm: dict[str, Any] = {"toxicity": report.to_json()}
     tox_id = _text(p, "toxicity_id", max_len=100)
@@ -324,12 +340,16 @@ def _toxicity(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: di
     return norm, {"toxicity": norm["toxicity"], "toxicity_id": tox_id}
 
 
-def _resolve(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _resolve(
+    record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     tox_id = _text(p, "toxicity_id", max_len=100)
     return {"toxicity_id": tox_id}, {"toxicity_id": tox_id}
 
 
-def _assessment(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _assessment(
+    record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     parsed = _nested("payload.assessment", parse_response_assessment, _object(p, "assessment"))
     _nested("payload.assessment", classify_response, parsed)  # evaluable: no deciding value missing
     assessment = parsed.to_json()
@@ -346,12 +366,16 @@ def _assessment(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: 
     return norm, facts
 
 
-def _death(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _death(
+    record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     cause = _text(p, "cause", max_len=500)
     return ({"cause": cause} if cause else {}), ({"cause": cause} if cause else {})
 
 
-def _nothing(record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _nothing(
+    record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     return {}, {}
 
 
@@ -377,7 +401,8 @@ def payload_facts(
     spec = COMMANDS.get(command)
     if spec is None:
         raise ProtocolInputError(
-            "command", f"unknown command {command!r}; commands are: {', '.join([*COMMANDS, *SERVICE_COMMANDS])}"
+            "command",
+            f"unknown command {command!r}; commands are: {', '.join([*COMMANDS, *SERVICE_COMMANDS])}",
         )
     if not isinstance(payload, Mapping):
         raise ProtocolInputError("payload", "must be a JSON object")
@@ -502,7 +527,9 @@ def allowed_now(record: PatientRecord, version: ProtocolVersion) -> list[str]:
     for trigger in version.machine.events:
         if record.state not in version.machine.events[trigger].transitions:
             continue
-        if version.dry_run(record.state, trigger, context_facts(record, trigger), hypothetical=True).allowed:
+        if version.dry_run(
+            record.state, trigger, context_facts(record, trigger), hypothetical=True
+        ).allowed:
             moves.append(trigger)
     return moves
 

@@ -45,7 +45,9 @@ class Rule:
 RULES: dict[str, Rule] = {}
 
 
-def rule(requires: str, explain: Callable[[Probe], str]) -> Callable[[Callable[[Probe], bool]], Rule]:
+def rule(
+    requires: str, explain: Callable[[Probe], str]
+) -> Callable[[Callable[[Probe], bool]], Rule]:
     def register(check: Callable[[Probe], bool]) -> Rule:
         r = Rule(name=check.__name__, requires=requires, check=check, explain=explain)
         RULES[r.name] = r
@@ -245,7 +247,9 @@ def on_schedule_or_deviation(p: Probe) -> bool:
 @rule(
     "the cell count is within tolerance of the planned fraction and the course total not above "
     "plan, or a deviation reason is recorded",
-    lambda p: "; ".join(dose_problems(p.facts, p.params)) + "; record a deviation reason to proceed",
+    lambda p: (
+        "; ".join(dose_problems(p.facts, p.params)) + "; record a deviation reason to proceed"
+    ),
 )
 def dose_within_tolerance_or_deviation(p: Probe) -> bool:
     if p.payload_unknown("cells"):
@@ -268,8 +272,10 @@ def weight_known(p: Probe) -> bool:
 
 @rule(
     "the toxicity named is open",
-    lambda p: f"toxicity {p.facts.get('toxicity_id')!r} is not open; open ones: "
-    + (", ".join(t["id"] for t in p.facts.get("open_toxicities", ())) or "none"),
+    lambda p: (
+        f"toxicity {p.facts.get('toxicity_id')!r} is not open; open ones: "
+        + (", ".join(t["id"] for t in p.facts.get("open_toxicities", ())) or "none")
+    ),
 )
 def toxicity_is_open(p: Probe) -> bool:
     if p.payload_unknown("toxicity_id"):
@@ -285,8 +291,10 @@ def reason_given(p: Probe) -> bool:
 
 @rule(
     "the remaining fractions of this course were cancelled",
-    lambda p: "the course's fractions are not complete: give the next fraction, or cancel the "
-    "remaining fractions with a reason first",
+    lambda p: (
+        "the course's fractions are not complete: give the next fraction, or cancel the "
+        "remaining fractions with a reason first"
+    ),
 )
 def remaining_fractions_cancelled(p: Probe) -> bool:
     return bool(p.facts.get("fractions_cancelled", False))
@@ -298,7 +306,9 @@ def remaining_fractions_cancelled(p: Probe) -> bool:
 @rule(
     "a clinician's response that differs from the computed one has a reason",
     lambda p: "; ".join(
-        check_clinician_response(p.response(), p.facts.get("clinician_response"), p.facts.get("reason"))
+        check_clinician_response(
+            p.response(), p.facts.get("clinician_response"), p.facts.get("reason")
+        )
     ),
 )
 def clinician_response_consistent(p: Probe) -> bool:
@@ -380,8 +390,18 @@ TRANSITIONS: list[dict[str, Any]] = [
     # Screening: into `screened` only when eligible, else `screen_failed`.
     {"trigger": T.SCREEN, "source": S.CANDIDATE, "dest": S.SCREENED, "conditions": ["eligible"]},
     {"trigger": T.SCREEN, "source": S.CANDIDATE, "dest": S.SCREEN_FAILED, "unless": ["eligible"]},
-    {"trigger": T.RESCREEN, "source": S.SCREEN_FAILED, "dest": S.SCREENED, "conditions": ["eligible"]},
-    {"trigger": T.RESCREEN, "source": S.SCREEN_FAILED, "dest": S.SCREEN_FAILED, "unless": ["eligible"]},
+    {
+        "trigger": T.RESCREEN,
+        "source": S.SCREEN_FAILED,
+        "dest": S.SCREENED,
+        "conditions": ["eligible"],
+    },
+    {
+        "trigger": T.RESCREEN,
+        "source": S.SCREEN_FAILED,
+        "dest": S.SCREEN_FAILED,
+        "unless": ["eligible"],
+    },
     # Apheresis.
     {
         "trigger": T.RECORD_APHERESIS,
@@ -396,8 +416,18 @@ TRANSITIONS: list[dict[str, Any]] = [
         "dest": S.INFUSED_D1,
         "conditions": _INFUSION_RULES,
     },
-    {"trigger": T.INFUSE_D2, "source": S.INFUSED_D1, "dest": S.INFUSED_D2, "conditions": _INFUSION_RULES},
-    {"trigger": T.INFUSE_D3, "source": S.INFUSED_D2, "dest": S.INFUSED_D3, "conditions": _INFUSION_RULES},
+    {
+        "trigger": T.INFUSE_D2,
+        "source": S.INFUSED_D1,
+        "dest": S.INFUSED_D2,
+        "conditions": _INFUSION_RULES,
+    },
+    {
+        "trigger": T.INFUSE_D3,
+        "source": S.INFUSED_D2,
+        "dest": S.INFUSED_D3,
+        "conditions": _INFUSION_RULES,
+    },
     # Toxicity: recorded without changing state; followed up after the end of treatment too.
     {"trigger": T.REPORT_TOXICITY, "source": _OBSERVABLE, "dest": "="},
     {
@@ -447,7 +477,12 @@ TRANSITIONS: list[dict[str, Any]] = [
         "conditions": ["severe_toxicity_recorded", "reason_given"],
     },
     # Withdrawal and death from any non-terminal state.
-    {"trigger": T.WITHDRAW, "source": list(NON_TERMINAL), "dest": S.WITHDRAWN, "conditions": ["reason_given"]},
+    {
+        "trigger": T.WITHDRAW,
+        "source": list(NON_TERMINAL),
+        "dest": S.WITHDRAWN,
+        "conditions": ["reason_given"],
+    },
     {"trigger": T.RECORD_DEATH, "source": list(NON_TERMINAL), "dest": S.DIED},
 ]
 
@@ -469,7 +504,12 @@ def build_machine() -> Machine:
         model=None,
         states=[s.value for s in State],
         transitions=[
-            {**t, "trigger": str(t["trigger"]), "source": _plain(t["source"]), "dest": _plain(t["dest"])}
+            {
+                **t,
+                "trigger": str(t["trigger"]),
+                "source": _plain(t["source"]),
+                "dest": _plain(t["dest"]),
+            }
             for t in TRANSITIONS
         ],
         initial=None,
@@ -535,7 +575,11 @@ def dry_run(
             source=state,
             allowed=False,
             dest=None,
-            failed=(RuleFailure(rule="known_move", message=f"{trigger!r} is not a move of this protocol"),),
+            failed=(
+                RuleFailure(
+                    rule="known_move", message=f"{trigger!r} is not a move of this protocol"
+                ),
+            ),
         )
     probe = Probe(state, facts, params, hypothetical=hypothetical)
     try:
@@ -557,16 +601,20 @@ def dry_run(
         )
     if moved:
         deviations = tuple(deviations_of(trigger, facts, params)) if not hypothetical else ()
-        return DryRun(trigger=trigger, source=state, allowed=True, dest=probe.state, deviations=deviations)
+        return DryRun(
+            trigger=trigger, source=state, allowed=True, dest=probe.state, deviations=deviations
+        )
     failed: dict[str, RuleFailure] = {}
     check = Probe(state, facts, params, hypothetical=hypothetical)
     for transition in event.transitions[state]:
         for condition in transition.conditions:
-            name = condition.func
+            name = str(condition.func)
             ok = RULES[name].check(check)
             if ok != condition.target and name not in failed:
                 failed[name] = RuleFailure(rule=name, message=RULES[name].explain(check))
-    return DryRun(trigger=trigger, source=state, allowed=False, dest=None, failed=tuple(failed.values()))
+    return DryRun(
+        trigger=trigger, source=state, allowed=False, dest=None, failed=tuple(failed.values())
+    )
 
 
 def deviations_of(trigger: str, facts: Mapping[str, Any], params: ProtocolParameters) -> list[str]:

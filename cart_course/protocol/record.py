@@ -266,8 +266,14 @@ def _apply_effect(
         course.fractions.append(fraction)
         for text in fraction.deviations:
             record.deviations.append(
-                {"version": version, "trigger": trigger, "course": course.number, "deviation": text,
-                 "reason": facts.get("deviation_reason"), "occurred_at": occurred_at}
+                {
+                    "version": version,
+                    "trigger": trigger,
+                    "course": course.number,
+                    "deviation": text,
+                    "reason": facts.get("deviation_reason"),
+                    "occurred_at": occurred_at,
+                }
             )
     elif trigger == Trigger.REPORT_TOXICITY:
         _report_toxicity(record, facts, outcome, occurred_at, version)
@@ -348,8 +354,14 @@ def apply_correction(
     """A correction re-states the facts of an earlier event; the state does not move."""
     record.version = version
     record.corrections.append(
-        {"version": version, "corrects": corrects, "trigger": trigger, "changes": changes,
-         "reason": reason, "occurred_at": occurred_at}
+        {
+            "version": version,
+            "corrects": corrects,
+            "trigger": trigger,
+            "changes": changes,
+            "reason": reason,
+            "occurred_at": occurred_at,
+        }
     )
     if trigger in (Trigger.SCREEN, Trigger.RESCREEN):
         record.screening = facts["screening"]
@@ -374,17 +386,24 @@ def apply_correction(
                     record.deviations = [
                         d for d in record.deviations if d["version"] != corrects
                     ] + [
-                        {"version": corrects, "trigger": trigger, "course": course.number,
-                         "deviation": text, "reason": facts.get("deviation_reason"),
-                         "occurred_at": f.occurred_at}
+                        {
+                            "version": corrects,
+                            "trigger": trigger,
+                            "course": course.number,
+                            "deviation": text,
+                            "reason": facts.get("deviation_reason"),
+                            "occurred_at": f.occurred_at,
+                        }
                         for text in f.deviations
                     ]
     elif trigger == Trigger.REPORT_TOXICITY:
         tox = record.toxicities.get(record.index.get(corrects, {}).get("toxicity_id", ""))
         if tox is not None:
             tox.grade = outcome["grade"]
-            tox.worst_grade = outcome["grade"] if len(tox.versions) <= 1 else max(
-                tox.worst_grade, outcome["grade"]
+            tox.worst_grade = (
+                outcome["grade"]
+                if len(tox.versions) <= 1
+                else max(tox.worst_grade, outcome["grade"])
             )
             tox.scale = outcome["scale"]
             tox.scale_version = outcome["scale_version"]

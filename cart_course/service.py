@@ -9,23 +9,33 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
+from collections import OrderedDict
+
 import attrs
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import (
+    IntegrityError,
+    MapperDeserialisationError,
+    OperationalError,
+    PersistenceError,
+)
 
 from .contract import Command
 from .course import MOVE_EVENTS, PatientCourse, event_hash, stream_id
 from .errors import (
     CartCourseError,
+    CipherKeyError,
     IdempotencyConflictError,
     InvalidCommandError,
     MoveRefused,
     PatientNotFoundError,
+    StoreError,
     VersionConflictError,
 )
 from .protocol.commands import (
@@ -61,6 +71,34 @@ MILESTONES = {
 SIGNATURE_MEANINGS = ("review", "approval", "authorship")
 SIGNING_ROLES = ("clinician",)
 MAX_RETRIES = 20
+#: SQLite may refuse a write with "database is locked" under contention even with a busy
+#: timeout (a stale WAL read snapshot cannot be upgraded). Nothing was committed: retry.
+LOCKED_RETRIES = 50
+
+
+@contextlib.contextmanager
+def store_errors(what: str) -> Iterator[None]:
+    """Turn the library's storage failures into :class:`StoreError` (one clear line)."""
+    try:
+        yield
+    except MapperDeserialisationError:
+        raise CipherKeyError(
+            f"cannot read {what}: the stored events do not decrypt with this key. "
+            "CART_COURSE_CIPHER_KEY (and CART_COURSE_COMPRESS) must be the ones the store was "
+            "written with"
+        ) from None
+    except IntegrityError:
+        raise
+    except PersistenceError as exc:
+        raise StoreError(f"cannot read {what}: {type(exc).__name__}: {exc}") from None
+
+
+class StoreBusy(Exception):
+    """The store refused the write for now (SQLite "database is locked"): nothing was written."""
+
+
+def _is_locked(exc: BaseException) -> bool:
+    return isinstance(exc, OperationalError) and "locked" in str(exc).lower()
 
 
 @attrs.frozen(kw_only=True)
@@ -111,9 +149,18 @@ def _refused(exc: MoveRefusedError) -> MoveRefused:
 
 
 class CourseService:
-    def __init__(self, app: CourseApplication, protocol: ProtocolVersion = CURRENT) -> None:
+    def __init__(
+        self, app: CourseApplication, protocol: ProtocolVersion = CURRENT, cache_size: int = 20_000
+    ) -> None:
         self.app = app
         self.protocol = protocol
+        #: Patients recently used, as saved. A command on a cached patient needs no replay; a
+        #: stale entry (another process wrote since) is caught by the store's optimistic
+        #: concurrency (IntegrityError -> evict, reload, decide again).
+        self._cache: OrderedDict[UUID, PatientCourse] = OrderedDict()
+        self._cache_size = cache_size
+        #: One writer at a time per service object: the cache is shared by threads.
+        self._lock = threading.RLock()
 
     def close(self) -> None:
         self.app.close()
@@ -122,19 +169,37 @@ class CourseService:
     # Loading
     # ------------------------------------------------------------------------------------------
 
-    def _load(self, patient_id: str) -> PatientCourse | None:
-        try:
-            course: Any = self.app.repository.get(stream_id(patient_id))
-        except AggregateNotFoundError:
-            return None
-        assert isinstance(course, PatientCourse)
-        return course
+    def _load(self, patient_id: str, *, fresh: bool = True) -> PatientCourse | None:
+        """The patient's aggregate: from the cache (caught up with the store when ``fresh``), or
+        replayed from the latest snapshot and the events after it."""
+        sid = stream_id(patient_id)
+        with self._lock:
+            cached = self._cache.get(sid)
+            if cached is not None and not cached.pending_events:
+                if fresh:
+                    with store_errors(f"patient {patient_id}"):
+                        for event in self.app.events.get(sid, gt=cached.version):
+                            event.mutate(cached)  # type: ignore[attr-defined]
+                self._cache.move_to_end(sid)
+                return cached
+            try:
+                with store_errors(f"patient {patient_id}"):
+                    course: Any = self.app.repository.get(sid)
+            except AggregateNotFoundError:
+                return None
+            assert isinstance(course, PatientCourse)
+            self._remember(course)
+            return course
+
+    def _remember(self, course: PatientCourse) -> None:
+        self._cache[course.id] = course
+        self._cache.move_to_end(course.id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
 
     def _evict(self, patient_id: str) -> None:
-        cache = self.app.repository.cache
-        if cache is not None:
-            with contextlib.suppress(KeyError):
-                cache.get(stream_id(patient_id), evict=True)
+        with self._lock:
+            self._cache.pop(stream_id(patient_id), None)
 
     def record(self, patient_id: str) -> PatientRecord:
         course = self._load(patient_id)
@@ -148,13 +213,26 @@ class CourseService:
 
     def execute(self, command: Command) -> CommandResult:
         """Record one command, or raise a :class:`CartCourseError` that says why not."""
-        for _ in range(MAX_RETRIES):
+        with self._lock:
+            return self._execute(command)
+
+    def execute_batch(self, commands: Sequence[Command]) -> list[CommandResult | CartCourseError]:
+        """Record many commands in one transaction; each gets its own result or error."""
+        with self._lock:
+            return self._execute_batch(commands)
+
+    def _execute(self, command: Command) -> CommandResult:
+        for attempt in range(MAX_RETRIES + LOCKED_RETRIES):
             loaded = self._load(command.patient_id)
             result, course = self._apply(loaded, command)
             if course is None:  # a duplicate: nothing to save
                 return result
             try:
-                self.app.save(course)
+                self._save(course)
+            except StoreBusy:
+                self._evict(command.patient_id)
+                time.sleep(0.005 * (1 + attempt % 10))
+                continue
             except IntegrityError:
                 self._evict(command.patient_id)
                 if command.expected_version is not None:
@@ -171,14 +249,13 @@ class CourseService:
             f"patient {command.patient_id}: too many concurrent writers, try again"
         )
 
-    def execute_batch(self, commands: Sequence[Command]) -> list[CommandResult | CartCourseError]:
-        """Record many commands in one transaction; each gets its own result or error."""
-        for _ in range(MAX_RETRIES):
+    def _execute_batch(self, commands: Sequence[Command]) -> list[CommandResult | CartCourseError]:
+        for attempt in range(MAX_RETRIES + LOCKED_RETRIES):
             loaded: dict[str, PatientCourse | None] = {}
             results: list[CommandResult | CartCourseError] = []
             for command in commands:
                 if command.patient_id not in loaded:
-                    loaded[command.patient_id] = self._load(command.patient_id)
+                    loaded[command.patient_id] = self._load(command.patient_id, fresh=False)
                 course = loaded[command.patient_id]
                 try:
                     result, changed = self._apply(course, command)
@@ -191,10 +268,11 @@ class CourseService:
             dirty = [c for c in loaded.values() if c is not None and c.pending_events]
             try:
                 if dirty:
-                    self.app.save(*dirty)
-            except IntegrityError:
+                    self._save(*dirty)
+            except (IntegrityError, StoreBusy):
                 for patient_id in loaded:
                     self._evict(patient_id)
+                time.sleep(0.005 * (1 + attempt % 10))
                 continue
             return results
         raise CartCourseError("too many concurrent writers for this batch, try again")
@@ -275,7 +353,29 @@ class CourseService:
     # -- corrections ---------------------------------------------------------------------------
 
     def _stored_events(self, patient_id: str, lte: int | None = None) -> list[Any]:
-        return list(self.app.events.get(stream_id(patient_id), lte=lte))
+        with store_errors(f"patient {patient_id}"):
+            return list(self.app.events.get(stream_id(patient_id), lte=lte))
+
+    def _save(self, *courses: PatientCourse) -> None:
+        """Save in one transaction, or raise and forget the aggregates (their events are gone).
+
+        IntegrityError (a version clash) and :class:`StoreBusy` ("database is locked") go to the
+        caller, which reloads and decides again: nothing was committed, nothing is lost.
+        """
+        try:
+            with store_errors("the store"):
+                try:
+                    self.app.save(*courses)
+                except OperationalError as exc:
+                    if _is_locked(exc):
+                        raise StoreBusy(str(exc)) from None
+                    raise
+        except BaseException:
+            for course in courses:
+                self._cache.pop(course.id, None)
+            raise
+        for course in courses:
+            self._remember(course)
 
     def _events_of(self, course: PatientCourse, lte: int | None = None) -> list[Any]:
         """The stream's events including those pending in this (batched) transaction."""
@@ -471,7 +571,8 @@ class CourseService:
         )
 
     def _result_of(self, patient_id: str, version: int, status: str) -> CommandResult:
-        events = list(self.app.events.get(stream_id(patient_id), gt=version - 1, lte=version))
+        with store_errors(f"patient {patient_id}"):
+            events = list(self.app.events.get(stream_id(patient_id), gt=version - 1, lte=version))
         event = events[0]
         return CommandResult(
             status=status,
@@ -515,14 +616,17 @@ class CourseService:
         topic = f"{PatientCourse.__module__}:{PatientCourse.Registered.__qualname__}"
         start = 0
         while True:
-            page = self.app.recorder.select_notifications(
-                start=start, limit=1000, topics=[topic], inclusive_of_start=False
-            )
-            if not page:
-                return
-            for n in page:
-                event = self.app.mapper.to_domain_event(n)
-                yield event.patient_id  # type: ignore[attr-defined]
+            with store_errors("the list of patients"):
+                page = self.app.recorder.select_notifications(
+                    start=start, limit=1000, topics=[topic], inclusive_of_start=False
+                )
+                if not page:
+                    return
+                ids = [
+                    self.app.mapper.to_domain_event(n).patient_id  # type: ignore[attr-defined]
+                    for n in page
+                ]
+            yield from ids
             start = page[-1].id
 
     def patients(self) -> list[dict[str, Any]]:

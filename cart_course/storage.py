@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +31,7 @@ ENV_CIPHER_KEY = "CART_COURSE_CIPHER_KEY"
 ENV_COMPRESS = "CART_COURSE_COMPRESS"
 #: Snapshot every N events of a stream: bounds replay for long histories.
 SNAPSHOT_INTERVAL = 50
+logger = logging.getLogger(__name__)
 
 
 class StoreConfigError(ValueError):
@@ -131,6 +133,15 @@ class CourseApplication(Application[Any]):
         super().register_transcodings(transcoder)
         transcoder.register(PatientRecordAsDict())
 
+    def _take_snapshots(self, processing_event: Any) -> None:
+        """Snapshots are taken after the events were committed, and are only an optimisation:
+        a failing snapshot (e.g. SQLite busy under contention) must not make a committed save
+        look failed (a retry would then see its own events as a conflict)."""
+        try:
+            super()._take_snapshots(processing_event)
+        except Exception:
+            logger.warning("snapshot not taken (the events are saved)", exc_info=True)
+
 
 def application_env(
     settings: StoreSettings,
@@ -145,8 +156,10 @@ def application_env(
         env["CIPHER_KEY"] = cipher_key
     if compress:
         env["COMPRESSOR_TOPIC"] = "eventsourcing.compressor:ZlibCompressor"
-    env["AGGREGATE_CACHE_MAXSIZE"] = str(cache_size)
-    env["AGGREGATE_CACHE_FASTFORWARD"] = "y"
+    # The service keeps its own cache of patients (see CourseService._load); the library's
+    # repository cache stays off so that a failed save can never leave a stale aggregate in it.
+    env.pop("AGGREGATE_CACHE_MAXSIZE", None)
+    del cache_size
     return env
 
 

@@ -1,0 +1,311 @@
+"""Issue 3 benchmarks: the command path, JSON Lines ingest, and the cost of history.
+
+Baselines run in the same process on the same kind of store:
+- a bare eventsourcing application with a trivial aggregate doing the same saves;
+- raw ``sqlite3`` inserting the same rows with the same commit pattern.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate, event
+
+from cart_course.contract import parse_command
+from cart_course.demo import cohort
+from cart_course.service import CourseService
+from cart_course.storage import open_application, parse_store_url
+
+from .harness import QUICK, Section, best_of
+
+
+class Trivial(Aggregate):
+    @event("Started")
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.count = 0
+
+    @event("Bumped")
+    def bump(self, note: str) -> None:
+        self.count += 1
+
+
+def _service(path: Path) -> CourseService:
+    return CourseService(open_application(parse_store_url(str(path))))
+
+
+def _commands(n_patients: int, seed: int = 7) -> list[dict[str, Any]]:
+    return list(cohort(n_patients, seed, start=dt.datetime(2025, 1, 6, tzinfo=dt.UTC)))
+
+
+def bench_command_path(tmp: Path) -> Section:
+    """One command per transaction, through the whole path, vs bare eventsourcing saves."""
+    n_patients = 10 if QUICK else 60
+    raw = _commands(n_patients)
+    commands = [parse_command(c) for c in raw]
+
+    def ours() -> float:
+        path = tmp / f"ours-{time.monotonic_ns()}.sqlite"
+        svc = _service(path)
+        started = time.perf_counter()
+        events = 0
+        for c in commands:
+            result = svc.execute(c)
+            events += 2 if result.version == 2 else 1
+        elapsed = time.perf_counter() - started
+        svc.close()
+        return events / elapsed
+
+    def bare() -> float:
+        path = tmp / f"bare-{time.monotonic_ns()}.sqlite"
+        app: Application[Any] = Application(
+            env={
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": str(path),
+                "AGGREGATE_CACHE_MAXSIZE": "10000",
+            }
+        )
+        ids: dict[str, Any] = {}
+        started = time.perf_counter()
+        events = 0
+        for c in raw:
+            pid = c["patient_id"]
+            if pid not in ids:
+                agg = Trivial(name=pid)
+                agg.bump(note=json.dumps(c["payload"]))
+                app.save(agg)
+                ids[pid] = agg.id
+                events += 2
+            else:
+                agg = app.repository.get(ids[pid])
+                agg.bump(note=json.dumps(c["payload"]))
+                app.save(agg)
+                events += 1
+        elapsed = time.perf_counter() - started
+        app.close()
+        return events / elapsed
+
+    rounds = 2 if QUICK else 3
+    ours_rates = [ours() for _ in range(rounds)]
+    bare_rates = [bare() for _ in range(rounds)]
+    o, b = max(ours_rates), max(bare_rates)
+    return Section(
+        title="Command path: one command per transaction (SQLite file)",
+        method=(
+            f"{len(commands)} demo-cohort commands for {n_patients} patients, each recorded with "
+            "`CourseService.execute` (load from cache, validate, guard, record, save, allowed moves). "
+            "Baseline: a bare eventsourcing application with a trivial aggregate doing the same saves "
+            "(same number of events, one transaction per command) on a SQLite file in the same run. "
+            f"Best of {rounds}."
+        ),
+        rows=[
+            {"path": "cart_course command path", "events/s": o, "ratio to bare": o / b},
+            {"path": "bare eventsourcing app (baseline)", "events/s": b, "ratio to bare": 1.0},
+        ],
+        notes=["target: ratio >= 0.9"],
+    )
+
+
+def bench_ingest(tmp: Path) -> Section:
+    """JSON Lines ingest in batched transactions vs raw sqlite3 inserts of the same rows."""
+    target_events = 5_000 if QUICK else 100_000
+    n_patients = max(10, target_events // 8)
+    raw = _commands(n_patients, seed=11)
+    lines = [json.dumps(c) for c in raw]
+    jsonl = tmp / "ingest.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    registrations = len({c["patient_id"] for c in raw})
+
+    path = tmp / "ingest.sqlite"
+    svc = _service(path)
+    batch = 1000
+    started = time.perf_counter()
+    rejected = 0
+    with jsonl.open(encoding="utf-8") as fh:
+        pending: list[Any] = []
+        for line in fh:
+            pending.append(parse_command(json.loads(line)))
+            if len(pending) >= batch:
+                rejected += sum(1 for r in svc.execute_batch(pending) if isinstance(r, Exception))
+                pending = []
+        if pending:
+            rejected += sum(1 for r in svc.execute_batch(pending) if isinstance(r, Exception))
+    elapsed = time.perf_counter() - started
+    svc.close()
+    events = len(raw) + registrations - rejected
+    rate = events / elapsed
+
+    # Baseline: the same rows (one per event) inserted by raw sqlite3, batch commits.
+    def raw_insert() -> None:
+        db = tmp / f"raw-{time.monotonic_ns()}.sqlite"
+        con = sqlite3.connect(db, isolation_level=None)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute(
+            "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT, version INTEGER, "
+            "topic TEXT, state BLOB, UNIQUE(stream, version))"
+        )
+        versions: dict[str, int] = {}
+        rows = []
+        for line, c in zip(lines, raw, strict=True):
+            v = versions.get(c["patient_id"], 0) + 1
+            versions[c["patient_id"]] = v
+            rows.append((c["patient_id"], v, c["command"], line.encode()))
+        for i in range(0, len(rows), batch):
+            con.execute("BEGIN")
+            con.executemany(
+                "INSERT INTO events (stream, version, topic, state) VALUES (?,?,?,?)",
+                rows[i : i + batch],
+            )
+            con.execute("COMMIT")
+        con.close()
+
+    raw_time = best_of(raw_insert, 3)
+    raw_rate = len(raw) / raw_time
+    return Section(
+        title="Ingest of a JSON Lines file (SQLite file)",
+        method=(
+            f"{len(raw)} demo-cohort commands ({events} events with registrations) for {n_patients} "
+            f"patients from a JSON Lines file, parsed, validated, guarded and saved in transactions "
+            f"of {batch} commands (`CourseService.execute_batch`, as `cart-course ingest`). Baseline: "
+            "raw sqlite3 `executemany` of the same rows (one row per command, the JSON line as the "
+            "blob) with the same commit pattern, in the same run."
+        ),
+        rows=[
+            {
+                "path": "cart-course ingest",
+                "events/s": rate,
+                "ratio to raw sqlite3": rate / raw_rate,
+            },
+            {
+                "path": "raw sqlite3 insert (baseline)",
+                "events/s": raw_rate,
+                "ratio to raw sqlite3": 1.0,
+            },
+        ],
+        notes=["target: >= 20k events/s", f"rejected lines: {rejected} (expected 0)"],
+    )
+
+
+def bench_history(tmp: Path) -> Section:
+    """The cost of one command as a patient's history grows (10, 100, 1000 events)."""
+    sizes = (10, 100, 300) if QUICK else (10, 100, 1000)
+    svc = _service(tmp / "history.sqlite")
+    base = dt.datetime(2025, 1, 6, tzinfo=dt.UTC)
+    rows = []
+    for size in sizes:
+        pid = f"H-{size}"
+        cmds = [
+            c
+            for c in cohort(1, 3, start=base, prefix=pid)
+            if c["command"] in ("screen", "record_apheresis")
+        ]
+        cmds = cmds[:2]
+        t = base + dt.timedelta(days=5)
+        k = 0
+        while len(cmds) < size - 1:
+            k += 1
+            t += dt.timedelta(minutes=30)
+            if k % 2:
+                cmds.append(
+                    {
+                        "command": "report_toxicity",
+                        "patient_id": f"{pid}-0001",
+                        "occurred_at": t.isoformat(),
+                        "actor": {"id": "bench", "role": "clinician"},
+                        "idempotency_key": f"{pid}-{k}",
+                        "payload": {
+                            "toxicity": {
+                                "kind": "other",
+                                "term": "nausea",
+                                "grade": 1,
+                                "scale": "CTCAE",
+                                "scale_version": "5.0",
+                            }
+                        },
+                    }
+                )
+            else:
+                cmds.append(
+                    {
+                        "command": "resolve_toxicity",
+                        "patient_id": f"{pid}-0001",
+                        "occurred_at": t.isoformat(),
+                        "actor": {"id": "bench", "role": "clinician"},
+                        "idempotency_key": f"{pid}-{k}",
+                        "payload": {"toxicity_id": f"other-{(k + 1) // 2}"},
+                    }
+                )
+        for i in range(0, len(cmds), 500):
+            svc.execute_batch([parse_command(c) for c in cmds[i : i + 500]])
+        version = svc.record(f"{pid}-0001").version
+
+        def one(k: list[int] = [k], pid: str = pid, t: list[dt.datetime] = [t]) -> None:  # noqa: B006
+            k[0] += 1
+            t[0] += dt.timedelta(minutes=1)
+            svc.execute(
+                parse_command(
+                    {
+                        "command": "report_toxicity" if k[0] % 2 else "resolve_toxicity",
+                        "patient_id": f"{pid}-0001",
+                        "occurred_at": t[0].isoformat(),
+                        "actor": {"id": "bench", "role": "clinician"},
+                        "payload": {
+                            "toxicity": {
+                                "kind": "other",
+                                "term": "nausea",
+                                "grade": 1,
+                                "scale": "CTCAE",
+                                "scale_version": "5.0",
+                            }
+                        }
+                        if k[0] % 2
+                        else {"toxicity_id": f"other-{(k[0] + 1) // 2}"},
+                    }
+                )
+            )
+
+        warm = best_of(lambda: [one() for _ in range(20)], 3) / 20
+        cold_times = []
+        for _ in range(5):
+            cold = _service(tmp / "history.sqlite")
+            svc_backup, svc = svc, cold
+            started = time.perf_counter()
+            one()
+            cold_times.append(time.perf_counter() - started)
+            svc = svc_backup
+            cold.close()
+        rows.append(
+            {
+                "history (events)": version,
+                "warm ms/command": warm * 1e3,
+                "cold ms/command": min(cold_times) * 1e3,
+            }
+        )
+    svc.close()
+    for r in rows:
+        r["warm ratio to smallest"] = r["warm ms/command"] / rows[0]["warm ms/command"]
+        r["cold ratio to smallest"] = r["cold ms/command"] / rows[0]["cold ms/command"]
+    return Section(
+        title="Cost of one command as history grows (SQLite file)",
+        method=(
+            "A patient with N events of history (toxicity reports and resolutions), then one more "
+            "command. Warm: the service has the patient in its aggregate cache (a long-running server); "
+            "cold: a fresh service (new process state) loads the patient from the latest snapshot "
+            "(every 50 events) plus the events after it. Best of several runs."
+        ),
+        rows=rows,
+        notes=["target: the command at 1000 events within 1.2x of the one at 10"],
+    )
+
+
+def run() -> list[Section]:
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        return [bench_command_path(tmp), bench_ingest(tmp), bench_history(tmp)]

@@ -11,11 +11,10 @@ import contextlib
 import datetime as dt
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from uuid import UUID
-
-from collections import OrderedDict
 
 import attrs
 from eventsourcing.application import AggregateNotFoundError

@@ -1,0 +1,408 @@
+"""Monitoring commands: ``status``, ``watch`` and ``views follow|rebuild|metrics|watchlist|cohort|
+deviations``. Thin: open the views, catch up (or wait), query, render."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from typing import Any
+
+import click
+
+from ..protocol.states import State
+from ..views import Views, queries
+from ..views.metrics import metrics_text
+from .common import Context, echo_json, pass_context
+
+STATES = [s.value for s in State]
+
+
+def _parse_now(value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO date or date-time (e.g. 2026-03-01 or 2026-03-01T08:00Z)",
+            param_hint="--now",
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _open(ctx: Context, batch_size: int | None = None) -> Views:
+    service = ctx.service
+    views = Views(service.app, ctx.settings.store)
+    if batch_size is not None:
+        views.batch_size = batch_size
+    click.get_current_context().call_on_close(views.close)
+    return views
+
+
+def _ready(views: Views, wait_for: int | None, timeout: float, catch_up: bool) -> None:
+    """Before a query: pull the log into the views, or wait for a follower to reach a position."""
+    if wait_for is not None:
+        views.wait_for(wait_for, timeout, pull=catch_up)
+    elif catch_up:
+        views.catch_up()
+
+
+def _fmt_cells(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _board_line(r: dict[str, Any]) -> str:
+    due = r["due_on"] or "-"
+    if r["overdue"]:
+        due += f" OVERDUE {r['days_overdue']}d"
+    tox = "-"
+    if r["open_toxicities"]:
+        tox = f"{r['open_toxicities']} open (max gr {r['max_open_grade']})" + (
+            " SEVERE" if r["severe_open"] else ""
+        )
+    action = r["next_action"] or "-"
+    if r["hold"]:
+        action = "HOLD: " + action
+    dose = f"{_fmt_cells(r['delivered_cells'])}/{_fmt_cells(r['planned_cells'])}"
+    return (
+        f"{r['patient_id']:<10} {r['state']:<13} {r['course_number']:>2} {dose:>19}  "
+        f"{action:<40} {due:<20} {tox}"
+    )
+
+
+_BOARD_HEADER = (
+    f"{'patient':<10} {'state':<13} {'c':>2} {'delivered/plan':>19}  {'next action':<40} "
+    f"{'due':<20} toxicity"
+)
+
+_wait_options = [
+    click.option(
+        "--wait-for",
+        type=click.IntRange(min=0),
+        default=None,
+        metavar="POSITION",
+        help="Read-your-writes: first wait until the views have processed this notification id.",
+    ),
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=0),
+        default=5.0,
+        show_default=True,
+        help="Seconds --wait-for may wait.",
+    ),
+    click.option(
+        "--catch-up/--no-catch-up",
+        default=True,
+        show_default=True,
+        help="Pull new events into the views before answering (--no-catch-up: rely on "
+        "`views follow`).",
+    ),
+]
+
+
+def wait_options(fn: Any) -> Any:
+    for option in reversed(_wait_options):
+        fn = option(fn)
+    return fn
+
+
+@click.command()
+@click.option("--state", type=click.Choice(STATES), default=None, help="Only patients in STATE.")
+@click.option("--overdue", is_flag=True, help="Only patients whose next action is overdue.")
+@click.option("--toxicity", is_flag=True, help="Only patients with an open toxicity.")
+@click.option("--now", default=None, metavar="WHEN", help="Judge 'overdue' as of WHEN (ISO).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="At most this many rows.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@wait_options
+@pass_context
+def status(
+    ctx: Context,
+    state: str | None,
+    overdue: bool,
+    toxicity: bool,
+    now: str | None,
+    limit: int,
+    as_json: bool,
+    wait_for: int | None,
+    timeout: float,
+    catch_up: bool,
+) -> None:
+    """The board: every patient's state, next due action and due date, dose and toxicity."""
+    moment = _parse_now(now)
+    views = _open(ctx)
+    _ready(views, wait_for, timeout, catch_up)
+    filters: dict[str, Any] = {"state": state, "overdue": overdue, "toxicity": toxicity}
+    rows = queries.board(views.db, **filters, now=moment, limit=limit)
+    matching = queries.count(views.db, **filters, now=moment)
+    lag = views.lag()
+    if as_json:
+        echo_json(
+            {
+                "as_of": queries.today_of(moment).isoformat(),
+                "views": lag,
+                "matching": matching,
+                "patients": rows,
+            }
+        )
+        return
+    click.echo(_BOARD_HEADER)
+    for r in rows:
+        click.echo(_board_line(r))
+    more = f" (first {len(rows)} shown; --limit)" if matching > len(rows) else ""
+    click.echo(
+        f"{matching} patient(s){more}; overdue as of {queries.today_of(moment)}; views at "
+        f"position {lag['position']} of {lag['log_position']}"
+    )
+
+
+@click.command()
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.01),
+    default=1.0,
+    show_default=True,
+    help="Seconds between polls.",
+)
+@click.option("--once", is_flag=True, help="Poll once, print the changes, and exit.")
+@click.option(
+    "--since",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="POSITION",
+    help="Print changes after this notification id (default: from now on).",
+)
+@click.option("--now", default=None, metavar="WHEN", help="Judge 'overdue' as of WHEN (ISO).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per changed row.")
+@click.option(
+    "--catch-up/--no-catch-up",
+    default=True,
+    show_default=True,
+    help="Pull new events into the views at each poll (--no-catch-up: rely on `views follow`).",
+)
+@pass_context
+def watch(
+    ctx: Context,
+    interval: float,
+    once: bool,
+    since: int | None,
+    now: str | None,
+    as_json: bool,
+    catch_up: bool,
+) -> None:
+    """Follow the board live: print each patient row as it changes (Ctrl-C to stop)."""
+    import json
+
+    moment = _parse_now(now)
+    views = _open(ctx)
+    seen = views.position() if since is None else since
+    if since is None and catch_up:
+        views.catch_up()
+        seen = views.position()
+    if not as_json:
+        click.echo(
+            f"watching from position {seen} (every {interval:g} s)" + (", once" if once else "")
+        )
+    while True:
+        if catch_up:
+            views.catch_up()
+        rows = queries.changed_since(views.db, seen, moment)
+        for r in rows:
+            if as_json:
+                click.echo(json.dumps(r, ensure_ascii=False, default=str))
+            else:
+                click.echo(f"[{r['position']}] " + _board_line(r))
+        if rows:
+            seen = max(r["position"] for r in rows)
+        sys.stdout.flush()
+        if once:
+            return
+        time.sleep(interval)
+
+
+@click.group()
+def views() -> None:
+    """The monitors' read models: keep them up to date, rebuild them, export metrics."""
+
+
+@views.command()
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.01),
+    default=0.5,
+    show_default=True,
+    help="Seconds to sleep when up to date.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=5000,
+    show_default=True,
+    help="Notifications per transaction.",
+)
+@click.option("--until-caught-up", is_flag=True, help="Exit once the views reach the log's end.")
+@click.option("--pause-in-batch", type=float, default=0.0, hidden=True)
+@pass_context
+def follow(
+    ctx: Context, interval: float, batch_size: int, until_caught_up: bool, pause_in_batch: float
+) -> None:
+    """Keep the views up to date (a follower process); resumes from its position after a restart.
+
+    Each batch of events and the new position are written in one transaction, so a follower
+    killed at any moment resumes without missing or repeating an event."""
+    views_ = _open(ctx, batch_size)
+    if pause_in_batch:  # crash-recovery tests: die inside a transaction
+        views_.before_commit = lambda: time.sleep(pause_in_batch)
+    click.echo(f"following from position {views_.position()} (log at {views_.log_position()})")
+    sys.stdout.flush()
+
+    def report(n: int, position: int) -> None:
+        click.echo(f"position {position} (+{n})")
+        sys.stdout.flush()
+
+    for _ in views_.follow(interval=interval, stop=lambda: False, on_batch=report):
+        if until_caught_up and views_.position() >= views_.log_position():
+            break
+    if until_caught_up and views_.position() >= views_.log_position():
+        click.echo(f"caught up at position {views_.position()}")
+
+
+@views.command()
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Compare the rebuilt rows with the rows before the rebuild; exit 1 if they differ.",
+)
+@pass_context
+def rebuild(ctx: Context, verify: bool) -> None:
+    """Recompute every view from the whole event log."""
+    views_ = _open(ctx)
+    before = None
+    if verify:
+        views_.catch_up()
+        before = views_.dump()
+    started = time.perf_counter()
+    n = views_.rebuild()
+    elapsed = time.perf_counter() - started
+    click.echo(
+        f"rebuilt the views from {n} events in {elapsed:.2f} s; position {views_.position()}"
+    )
+    if before is not None:
+        after = views_.dump()
+        if n < views_.log_position() - views_.position():  # the log moved meanwhile
+            click.echo("note: events were recorded during the rebuild")
+        diff = [t for t in before if before[t] != after.get(t)]
+        if diff:
+            click.echo(f"rows differ from before the rebuild in: {', '.join(diff)}", err=True)
+            sys.exit(1)
+        counts = ", ".join(f"{t} {len(rows)}" for t, rows in after.items())
+        click.echo(f"identical rows before and after ({counts})")
+
+
+@views.command()
+@click.option("--catch-up", is_flag=True, help="Pull new events into the views first.")
+@click.option("--now", default=None, metavar="WHEN", help="Judge 'overdue' as of WHEN (ISO).")
+@pass_context
+def metrics(ctx: Context, catch_up: bool, now: str | None) -> None:
+    """Prometheus text metrics (what the HTTP API serves at /metrics)."""
+    moment = _parse_now(now)
+    views_ = _open(ctx)
+    if catch_up:
+        views_.catch_up()
+    click.echo(metrics_text(views_, moment), nl=False)
+
+
+@views.command()
+@click.option("--now", default=None, metavar="WHEN", help="Compute durations as of WHEN (ISO).")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@wait_options
+@pass_context
+def watchlist(
+    ctx: Context,
+    now: str | None,
+    as_json: bool,
+    wait_for: int | None,
+    timeout: float,
+    catch_up: bool,
+) -> None:
+    """Open toxicities (CRS, ICANS, ...) with grade, onset, holds and time since last infusion."""
+    moment = _parse_now(now)
+    views_ = _open(ctx)
+    _ready(views_, wait_for, timeout, catch_up)
+    rows = queries.watchlist(views_.db, moment)
+    if as_json:
+        echo_json(rows)
+        return
+    click.echo(
+        f"{'patient':<10} {'toxicity':<10} {'kind':<6} {'grade':>5} {'worst':>5}  "
+        f"{'onset':<26} {'open h':>7}  {'hold':<4} {'last infusion':<13} days"
+    )
+    for r in rows:
+        click.echo(
+            f"{r['patient_id']:<10} {r['toxicity_id']:<10} {r['kind']:<6} {r['grade']:>5} "
+            f"{r['worst_grade']:>5}  {r['onset']:<26} {r['open_for_hours']:>7}  "
+            f"{'yes' if r['holds_fractions'] else 'no':<4} {r['last_infusion_on'] or '-':<13} "
+            f"{'-' if r['days_since_last_infusion'] is None else r['days_since_last_infusion']}"
+        )
+    click.echo(f"{len(rows)} open toxicit{'y' if len(rows) == 1 else 'ies'}")
+
+
+@views.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@wait_options
+@pass_context
+def cohort(
+    ctx: Context, as_json: bool, wait_for: int | None, timeout: float, catch_up: bool
+) -> None:
+    """Patient counts by state, by last assessed response and by course number."""
+    views_ = _open(ctx)
+    _ready(views_, wait_for, timeout, catch_up)
+    data = queries.cohort(views_.db)
+    if as_json:
+        echo_json(data)
+        return
+    for dimension, counts in data.items():
+        cells = ", ".join(f"{k} {n}" for k, n in counts.items()) or "-"
+        click.echo(f"by {dimension}: {cells}")
+
+
+@views.command()
+@click.option("--patient", default=None, help="Only this patient's deviations.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@wait_options
+@pass_context
+def deviations(
+    ctx: Context,
+    patient: str | None,
+    as_json: bool,
+    wait_for: int | None,
+    timeout: float,
+    catch_up: bool,
+) -> None:
+    """Protocol deviations recorded so far (documented dose or timing deviations, findings of
+    corrections)."""
+    views_ = _open(ctx)
+    _ready(views_, wait_for, timeout, catch_up)
+    rows = queries.deviations(views_.db, patient)
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        course = f"course {r['course']} " if r["course"] is not None else ""
+        click.echo(
+            f"{r['occurred_at'][:16]}  {r['patient_id']:<10} v{r['version']} {r['trigger']:<10} "
+            f"{course}{r['deviation']}" + (f" (reason: {r['reason']})" if r["reason"] else "")
+        )
+    click.echo(f"{len(rows)} deviation(s)")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(status)
+    cli.add_command(watch)
+    cli.add_command(views)

@@ -1,0 +1,59 @@
+"""Prometheus text exposition of the views (served at ``/metrics`` by the HTTP API)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from ..protocol.states import State
+from . import queries
+from .runner import Views
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_text(views: Views, now: dt.datetime | None = None) -> str:
+    """The metrics as Prometheus text format 0.0.4 (does not catch up: it reports the lag)."""
+    db = views.db
+    cohort = queries.cohort(db)
+    lag = views.lag(now)
+    lines = [
+        "# HELP cart_course_patients Patients by current course state (board view).",
+        "# TYPE cart_course_patients gauge",
+    ]
+    by_state = cohort.get("state", {})
+    for state in State:
+        lines.append(
+            f'cart_course_patients{{state="{state.value}"}} {by_state.get(state.value, 0)}'
+        )
+    lines += [
+        "# HELP cart_course_overdue_actions Patients whose next protocol action is past its due date.",
+        "# TYPE cart_course_overdue_actions gauge",
+        f"cart_course_overdue_actions {queries.overdue_count(db, now)}",
+        "# HELP cart_course_open_severe_toxicities Open toxicities of grade >= the protocol's severe grade.",
+        "# TYPE cart_course_open_severe_toxicities gauge",
+    ]
+    severe = queries.severe_open(db)
+    for kind in sorted({"CRS", "ICANS", *severe}):
+        lines.append(
+            f'cart_course_open_severe_toxicities{{kind="{_escape(kind)}"}} {severe.get(kind, 0)}'
+        )
+    lines += [
+        "# HELP cart_course_patients_on_hold Patients whose remaining fractions are held by an open toxicity.",
+        "# TYPE cart_course_patients_on_hold gauge",
+        f"cart_course_patients_on_hold {queries.count_hold(db)}",
+        "# HELP cart_course_view_position Last notification id processed by the views.",
+        "# TYPE cart_course_view_position gauge",
+        f"cart_course_view_position {lag['position']}",
+        "# HELP cart_course_log_position Last notification id in the event log.",
+        "# TYPE cart_course_log_position gauge",
+        f"cart_course_log_position {lag['log_position']}",
+        "# HELP cart_course_view_lag_events Events recorded but not yet in the views.",
+        "# TYPE cart_course_view_lag_events gauge",
+        f"cart_course_view_lag_events {lag['lag_events']}",
+        "# HELP cart_course_view_lag_seconds Age of the oldest event not yet in the views (0 when up to date).",
+        "# TYPE cart_course_view_lag_seconds gauge",
+        f"cart_course_view_lag_seconds {lag['lag_seconds']}",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,205 @@
+"""Where the views live: tables next to the events, in the same database.
+
+SQLite file -> the same file (own connection, ``BEGIN IMMEDIATE`` transactions); PostgreSQL -> the
+same database (psycopg, ``SELECT ... FOR UPDATE`` on the tracking row); memory store -> an
+in-memory SQLite database of this process. One dialect of SQL serves both (``?`` placeholders are
+rewritten to ``%s`` for psycopg; ``ON CONFLICT ... DO UPDATE`` works on both).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ..storage import StoreSettings
+
+TRACKING = "monitoring"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS view_tracking (
+  name TEXT PRIMARY KEY,
+  position {big} NOT NULL,
+  last_recorded_at TEXT,
+  updated_at TEXT
+);
+CREATE TABLE IF NOT EXISTS view_board (
+  patient_id TEXT PRIMARY KEY,
+  stream_id TEXT NOT NULL,
+  state TEXT NOT NULL,
+  course_number INTEGER NOT NULL,
+  version INTEGER NOT NULL,
+  protocol_version TEXT,
+  first_occurred_at TEXT,
+  last_occurred_at TEXT,
+  last_recorded_at TEXT,
+  next_action TEXT,
+  due_on TEXT,
+  hold INTEGER NOT NULL,
+  planned_cells {real},
+  delivered_cells {real},
+  fractions_given INTEGER NOT NULL,
+  last_infusion_on TEXT,
+  response TEXT,
+  open_toxicities INTEGER NOT NULL,
+  max_open_grade INTEGER,
+  severe_open INTEGER NOT NULL,
+  deviations INTEGER NOT NULL,
+  position {big} NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS view_board_stream ON view_board (stream_id);
+CREATE INDEX IF NOT EXISTS view_board_state ON view_board (state, patient_id);
+CREATE INDEX IF NOT EXISTS view_board_due ON view_board (due_on, patient_id);
+CREATE INDEX IF NOT EXISTS view_board_position ON view_board (position);
+CREATE INDEX IF NOT EXISTS view_board_tox ON view_board (patient_id) WHERE open_toxicities > 0;
+CREATE TABLE IF NOT EXISTS view_toxicity (
+  patient_id TEXT NOT NULL,
+  toxicity_id TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  term TEXT,
+  grade INTEGER NOT NULL,
+  worst_grade INTEGER NOT NULL,
+  scale TEXT NOT NULL,
+  course_number INTEGER NOT NULL,
+  onset TEXT NOT NULL,
+  resolved_at TEXT,
+  is_open INTEGER NOT NULL,
+  severe INTEGER NOT NULL,
+  opens_hold INTEGER NOT NULL,
+  PRIMARY KEY (patient_id, toxicity_id)
+);
+CREATE INDEX IF NOT EXISTS view_toxicity_open ON view_toxicity (patient_id) WHERE is_open = 1;
+CREATE TABLE IF NOT EXISTS view_deviation (
+  patient_id TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  version INTEGER,
+  trigger TEXT,
+  course INTEGER,
+  deviation TEXT,
+  reason TEXT,
+  occurred_at TEXT,
+  PRIMARY KEY (patient_id, seq)
+);
+CREATE TABLE IF NOT EXISTS view_cohort (
+  dimension TEXT NOT NULL,
+  key TEXT NOT NULL,
+  patients INTEGER NOT NULL,
+  PRIMARY KEY (dimension, key)
+);
+"""
+
+#: The tables a rebuild clears and recomputes (and that ``rows()`` compares), in order.
+VIEW_TABLES: dict[str, str] = {
+    "view_board": "patient_id",
+    "view_toxicity": "patient_id, toxicity_id",
+    "view_deviation": "patient_id, seq",
+    "view_cohort": "dimension, key",
+}
+
+
+class ViewDB:
+    """A connection to the views' tables with one SQL dialect for SQLite and PostgreSQL."""
+
+    def __init__(self, conn: Any, kind: str) -> None:
+        self.conn = conn
+        self.kind = kind  # "sqlite" | "postgres"
+
+    @classmethod
+    def open(cls, store: StoreSettings) -> ViewDB:
+        if store.kind == "postgres":
+            import psycopg
+
+            conn: Any = psycopg.connect(store.url, autocommit=True, connect_timeout=10)
+            db = cls(conn, "postgres")
+        else:
+            target = ":memory:" if store.kind == "memory" else str(store.path)
+            if store.path is not None:
+                store.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                target, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            if store.kind != "memory":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            db = cls(conn, "sqlite")
+        db.create_schema()
+        return db
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+    def sql(self, statement: str) -> str:
+        return statement.replace("?", "%s") if self.kind == "postgres" else statement
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(self.sql(statement), params)
+
+    def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        if self.kind == "postgres":
+            with self.conn.cursor() as cur:
+                cur.executemany(self.sql(statement), rows)
+        else:
+            self.conn.executemany(statement, rows)
+
+    def fetchall(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self.execute(statement, params).fetchall()]
+
+    def fetchone(self, statement: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        row = self.execute(statement, params).fetchone()
+        return None if row is None else tuple(row)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A write transaction: SQLite takes the write lock at BEGIN; PostgreSQL at the first
+        ``lock_tracking``. Rolled back on any exception (or when the process dies)."""
+        if self.kind == "postgres":
+            with self.conn.transaction():
+                yield
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def create_schema(self) -> None:
+        big, real = (
+            ("BIGINT", "DOUBLE PRECISION") if self.kind == "postgres" else ("INTEGER", "REAL")
+        )
+        statements = [s.strip() for s in _SCHEMA.format(big=big, real=real).split(";") if s.strip()]
+        with self.transaction():
+            if self.kind == "postgres":
+                # Two processes creating the schema at once would race on the catalog.
+                self.execute("SELECT pg_advisory_xact_lock(4242017)")
+            for statement in statements:
+                self.execute(statement)
+            self.execute(
+                "INSERT INTO view_tracking (name, position) VALUES (?, 0) "
+                "ON CONFLICT (name) DO NOTHING",
+                (TRACKING,),
+            )
+
+    def tracking(self, *, lock: bool = False) -> tuple[int, str | None, str | None]:
+        """(position, record time of the last processed event, when it was processed)."""
+        suffix = " FOR UPDATE" if lock and self.kind == "postgres" else ""
+        row = self.fetchone(
+            "SELECT position, last_recorded_at, updated_at FROM view_tracking WHERE name = ?"
+            + suffix,
+            (TRACKING,),
+        )
+        if row is None:
+            return 0, None, None
+        return int(row[0]), row[1], row[2]
+
+    def dump(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of every view, ordered by key (to compare a follower with a rebuild)."""
+        return {
+            table: self.fetchall(f"SELECT * FROM {table} ORDER BY {key}")
+            for table, key in VIEW_TABLES.items()
+        }

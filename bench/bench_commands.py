@@ -42,7 +42,7 @@ def _service(path: Path) -> CourseService:
 
 
 def _commands(n_patients: int, seed: int = 7) -> list[dict[str, Any]]:
-    return list(cohort(n_patients, seed, start=dt.datetime(2025, 1, 6, tzinfo=dt.UTC)))
+    return list(cohort(n_patients, seed))
 
 
 def bench_command_path(tmp: Path) -> Section:

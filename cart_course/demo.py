@@ -363,10 +363,14 @@ def cohort(
     rng = random.Random(seed)
     scenarios = pick_scenarios(n, rng)
     width = max(4, len(str(n)))
+    # Enrolment spreads over at most two years; every clinical time stays in the past.
+    spacing = min(dt.timedelta(hours=7), dt.timedelta(days=730) / max(n, 1))
+    if start == START and spacing * n > dt.timedelta(days=120):
+        start = START - spacing * n  # a large cohort enrolled over the two years before START
     commands: list[dict[str, Any]] = []
     for i, scenario in enumerate(scenarios):
         pid = f"{prefix}-{i + 1:0{width}d}"
-        first = start + dt.timedelta(hours=7 * i)
+        first = start + spacing * i
         commands.extend(patient_commands(pid, scenario, first, rng))
     commands.sort(key=lambda c: c["occurred_at"])
     yield from commands

@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-## run: the main job on the embedded SQLite default (var/cart-course.sqlite)
+## run: the HTTP service and dashboard on http://127.0.0.1:8000 over the embedded SQLite default
+## (var/cart-course.sqlite); an empty store gets a demo cohort, and the demo tokens are printed
 run: $(STAMP)
-	$(VENV)/bin/cart-course run
+	$(VENV)/bin/cart-course serve --demo --host 127.0.0.1 --port 8000
 
 ## test: the whole suite (PostgreSQL tests start their own server)
 test: $(STAMP)

@@ -1,0 +1,134 @@
+"""``serve`` (the HTTP service and dashboard, via uvicorn) and ``tokens add|list|revoke``."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from ..tokens import ROLES, TokenStore, ensure_demo_tokens, open_token_store
+from .common import Context, echo_json, pass_context
+
+
+def _token_store(ctx: Context) -> TokenStore:
+    return open_token_store(ctx.settings.store)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Server processes (use PostgreSQL for more than one in production).",
+)
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="On an empty store record a demo cohort; issue the demo tokens and print how to log in.",
+)
+@click.option("--log-level", default="warning", show_default=True)
+@pass_context
+def serve(ctx: Context, host: str, port: int, workers: int, demo: bool, log_level: str) -> None:
+    """Serve the HTTP API (OpenAPI at /schema) and the monitors' dashboard (at /)."""
+    import uvicorn
+
+    settings = ctx.settings
+    if demo:
+        from .course import record_demo
+
+        if next(iter(ctx.service.patient_ids()), None) is None:
+            click.echo("empty store: recording a demo cohort of 40 patients ...")
+            counts = record_demo(ctx, 40, seed=1)
+            click.echo(f"{counts['recorded']} events recorded")
+        store = _token_store(ctx)
+        try:
+            demo_tokens = ensure_demo_tokens(store)
+        finally:
+            store.close()
+        click.echo("")
+        click.echo(f"  dashboard: http://{host}:{port}/   (API docs: http://{host}:{port}/schema)")
+        click.echo("  log in with one of these demo tokens (local demo only):")
+        for role, (actor, token) in demo_tokens.items():
+            click.echo(f"    {role:<10} {token:<24} (actor {actor})")
+        click.echo(
+            f"  e.g. curl -H 'Authorization: Bearer demo-monitor-token' http://{host}:{port}/v1/patients"
+        )
+        click.echo("")
+    ctx.close()  # each worker opens its own service
+    os.environ["CART_COURSE_DB"] = settings.store.url
+    click.echo(f"serving {settings.store.display} on http://{host}:{port} ({workers} worker(s))")
+    uvicorn.run(
+        "cart_course.http:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        access_log=False,
+    )
+
+
+@click.group()
+def tokens() -> None:
+    """API tokens: each maps to an actor and a role (stored hashed beside the events)."""
+
+
+@tokens.command("add")
+@click.argument("actor")
+@click.argument("role", type=click.Choice(ROLES))
+@click.option("--name", default=None, help="The person's or service's printed name.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def tokens_add(ctx: Context, actor: str, role: str, name: str | None, as_json: bool) -> None:
+    """Issue a token for ACTOR in ROLE; the token is printed once (only its hash is kept)."""
+    store = _token_store(ctx)
+    try:
+        info, token = store.add(actor, role, name=name, created_by=os.environ.get("USER"))
+    finally:
+        store.close()
+    if as_json:
+        echo_json({"token": token, "info": info.to_json()})
+        return
+    click.echo(token)
+    click.echo(f"token {info.id} for {info.actor} ({info.role}); keep it secret", err=True)
+
+
+@tokens.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def tokens_list(ctx: Context, as_json: bool) -> None:
+    """Every token: id, actor, role, created, revoked (never the token itself)."""
+    store = _token_store(ctx)
+    try:
+        infos = store.list()
+    finally:
+        store.close()
+    if as_json:
+        echo_json([i.to_json() for i in infos])
+        return
+    click.echo(f"{'id':<13} {'actor':<20} {'role':<10} {'created (UTC)':<27} revoked")
+    for i in infos:
+        click.echo(
+            f"{i.id:<13} {i.actor:<20} {i.role:<10} {i.created_at[:26]:<27} {i.revoked_at or '-'}"
+        )
+
+
+@tokens.command("revoke")
+@click.argument("token_id")
+@pass_context
+def tokens_revoke(ctx: Context, token_id: str) -> None:
+    """Revoke the token TOKEN_ID (see 'tokens list'); it stops working at once."""
+    store = _token_store(ctx)
+    try:
+        info = store.revoke(token_id, revoked_by=os.environ.get("USER"))
+    finally:
+        store.close()
+    click.echo(f"token {info.id} of {info.actor} ({info.role}) revoked at {info.revoked_at}")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(serve)
+    cli.add_command(tokens)

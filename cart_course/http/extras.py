@@ -1,0 +1,398 @@
+"""Routes over the audit (``cart_course.audit``) and the read models (``cart_course.views``).
+
+Audit routes are for auditors and every read of them is written to the audit-access log. View
+routes catch the read models up with the log before answering (pull; read-your-writes within this
+process); ``wait_for`` lets a writer ask for its own position.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from typing import Annotated, Any
+
+from litestar import Request, Response, get
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, PathParameter, QueryParameter
+from litestar.response import Stream
+
+from ..contract import parse_patient_id, parse_time
+from ..errors import InvalidCommandError
+from ..protocol.versions import get_version
+from ..service import CourseService
+from .auth import AUDITORS, VIEWERS
+from .problems import problem_responses
+
+Svc = NamedDependency[CourseService]
+PatientId = Annotated[str, PathParameter(min_length=1, max_length=64)]
+AUDIT = {"roles": AUDITORS, "audit": True}
+
+
+def _time(value: str | None, field: str) -> dt.datetime | None:
+    return None if value is None else parse_time(value, field)
+
+
+def _protocol(value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return get_version(value)
+    except Exception as exc:
+        raise InvalidCommandError("query.protocol", str(exc)) from None
+
+
+# -- audit ---------------------------------------------------------------------------------------
+
+
+@get(
+    "/v1/patients/{patient_id:str}/as-of",
+    opt=AUDIT,
+    sync_to_thread=True,
+    responses=problem_responses(404),
+    summary="The patient as of a version, a record time, or a clinical time",
+    tags=["audit"],
+)
+def get_as_of(
+    service: Svc,
+    patient_id: PatientId,
+    version: Annotated[int | None, QueryParameter(ge=1, le=2**31)] = None,
+    recorded_at: Annotated[
+        str | None, QueryParameter(description="what the system knew then")
+    ] = None,
+    occurred_at: Annotated[
+        str | None, QueryParameter(description="what had happened by then")
+    ] = None,
+) -> dict[str, Any]:
+    from ..audit import as_of, patient_events
+
+    given = [
+        n
+        for n, v in (
+            ("version", version),
+            ("recorded_at", recorded_at),
+            ("occurred_at", occurred_at),
+        )
+        if v is not None
+    ]
+    if len(given) != 1:
+        raise InvalidCommandError("query", "give exactly one of version, recorded_at, occurred_at")
+    events = patient_events(service.app, parse_patient_id(patient_id))
+    return as_of(
+        patient_id,
+        events,
+        version=version,
+        recorded_at=_time(recorded_at, "query.recorded_at"),
+        occurred_at=_time(occurred_at, "query.occurred_at"),
+    )
+
+
+@get(
+    "/v1/patients/{patient_id:str}/conformance",
+    opt=AUDIT,
+    sync_to_thread=True,
+    responses=problem_responses(404),
+    summary="Re-run the patient's history through the protocol's guards",
+    tags=["audit"],
+)
+def get_patient_conformance(
+    service: Svc,
+    patient_id: PatientId,
+    protocol: Annotated[str | None, QueryParameter(max_length=20)] = None,
+) -> dict[str, Any]:
+    from ..audit import check_history, patient_events
+
+    events = patient_events(service.app, parse_patient_id(patient_id))
+    return check_history(patient_id, events, protocol=_protocol(protocol)).to_json()
+
+
+@get(
+    "/v1/audit/conformance",
+    opt=AUDIT,
+    sync_to_thread=True,
+    responses=problem_responses(),
+    summary="Conformance of every patient's history",
+    tags=["audit"],
+)
+def get_conformance(
+    service: Svc, protocol: Annotated[str | None, QueryParameter(max_length=20)] = None
+) -> dict[str, Any]:
+    from ..audit import Conformance, check_history, streams
+
+    result = Conformance()
+    version = _protocol(protocol)
+    for pid, events in streams(service.app):
+        check_history(pid, events, protocol=version, result=result)
+    return result.to_json()
+
+
+@get(
+    "/v1/audit/verify",
+    opt=AUDIT,
+    sync_to_thread=True,
+    responses=problem_responses(),
+    summary="Tamper evidence: every stream's hash chain and the log digest",
+    tags=["audit"],
+)
+def get_verify(service: Svc) -> dict[str, Any]:
+    from ..audit import verify
+
+    return verify(service.app).to_json()
+
+
+def _check_patient(service: CourseService, patient_id: str | None) -> None:
+    if patient_id is not None:
+        from ..audit import patient_events
+
+        patient_events(service.app, parse_patient_id(patient_id, "query.patient_id"))
+
+
+@get(
+    "/v1/exports/events.jsonl",
+    opt=AUDIT,
+    sync_to_thread=True,
+    responses=problem_responses(404),
+    media_type="application/x-ndjson",
+    summary="The full log as JSON Lines (streamed; one patient or all)",
+    tags=["exports"],
+)
+def export_jsonl(
+    service: Svc, patient_id: Annotated[str | None, QueryParameter(max_length=64)] = None
+) -> Stream:
+    from ..audit.exports import jsonl
+
+    _check_patient(service, patient_id)
+    return Stream(jsonl(service.app, patient_id), media_type="application/x-ndjson")
+
+
+@get(
+    "/v1/exports/timeline.csv",
+    opt=AUDIT,
+    sync_to_thread=True,
+    responses=problem_responses(404),
+    media_type="text/csv",
+    summary="The timeline as CSV (streamed; one patient or all)",
+    tags=["exports"],
+)
+def export_csv(
+    service: Svc, patient_id: Annotated[str | None, QueryParameter(max_length=64)] = None
+) -> Stream:
+    from ..audit.exports import csv_timeline
+
+    _check_patient(service, patient_id)
+    return Stream(csv_timeline(service.app, patient_id), media_type="text/csv")
+
+
+@get(
+    "/v1/patients/{patient_id:str}/fhir",
+    opt=AUDIT,
+    sync_to_thread=True,
+    responses=problem_responses(404),
+    summary="A FHIR R4 Bundle: ResearchSubject and Provenance per event",
+    tags=["exports"],
+)
+def export_fhir(service: Svc, patient_id: PatientId) -> dict[str, Any]:
+    from ..audit import patient_events
+    from ..audit.fhir import bundle
+
+    return bundle(patient_id, patient_events(service.app, parse_patient_id(patient_id)))
+
+
+@get(
+    "/v1/patients/{patient_id:str}/report.html",
+    opt=AUDIT,
+    sync_to_thread=True,
+    responses=problem_responses(404),
+    media_type="text/html",
+    summary="The printable audit report of one patient",
+    tags=["exports"],
+)
+def export_report(service: Svc, patient_id: PatientId) -> Response[str]:
+    from ..audit import check_history, check_stream, patient_events
+    from ..audit.report import html_report
+
+    events = patient_events(service.app, parse_patient_id(patient_id))
+    html = html_report(
+        patient_id,
+        events,
+        findings=check_history(patient_id, events).findings,
+        problems=check_stream(patient_id, events),
+    )
+    return Response(html, media_type="text/html")
+
+
+AUDIT_ROUTES = [
+    get_as_of,
+    get_patient_conformance,
+    get_conformance,
+    get_verify,
+    export_jsonl,
+    export_csv,
+    export_fhir,
+    export_report,
+]
+
+
+# -- views ---------------------------------------------------------------------------------------
+
+
+class ViewsAccess:
+    """One process's read models; queries run under a lock after catching up with the log."""
+
+    def __init__(self, service: CourseService, store: Any) -> None:
+        from ..views import Views
+
+        self.views = Views(service.app, store)
+        self.lock = threading.Lock()
+
+    def fresh(self, wait_for: int | None = None) -> Any:
+        if wait_for is not None:
+            last = self.views.log_position()
+            if wait_for > last:
+                raise InvalidCommandError(
+                    "query.wait_for", f"position {wait_for} is beyond the log's last ({last})"
+                )
+            self.views.wait_for(wait_for, timeout=5.0)
+        self.views.catch_up()
+        return self.views.db
+
+    def close(self) -> None:
+        self.views.close()
+
+
+_OPENING = threading.Lock()
+
+
+def views_of(state: State) -> ViewsAccess:
+    """This process's read models, opened on first use (and again after a shutdown)."""
+    with _OPENING:
+        if state.views is None:
+            state.views = ViewsAccess(state.service, state.store)
+        access: ViewsAccess = state.views
+        return access
+
+
+def _views(request: Request[Any, Any, Any]) -> ViewsAccess:
+    return views_of(request.app.state)
+
+
+WaitFor = Annotated[
+    int | None,
+    QueryParameter(ge=0, le=2**62, description="Answer once the views reached this position"),
+]
+
+
+@get(
+    "/v1/board",
+    opt={"roles": VIEWERS},
+    sync_to_thread=True,
+    responses=problem_responses(504),
+    summary="The board: state, next due action, doses, toxicity per patient",
+    tags=["views"],
+)
+def get_board(
+    request: Request[Any, Any, Any],
+    state_filter: Annotated[str | None, QueryParameter(name="state", max_length=40)] = None,
+    overdue: FromQuery[bool] = False,
+    toxicity: FromQuery[bool] = False,
+    limit: Annotated[int | None, QueryParameter(ge=1, le=10_000)] = None,
+    after: Annotated[str | None, QueryParameter(max_length=64)] = None,
+    wait_for: WaitFor = None,
+) -> list[dict[str, Any]]:
+    from ..views import queries
+
+    access = _views(request)
+    with access.lock:
+        db = access.fresh(wait_for)
+        return queries.board(
+            db, state=state_filter, overdue=overdue, toxicity=toxicity, limit=limit, after=after
+        )
+
+
+@get(
+    "/v1/watchlist",
+    opt={"roles": VIEWERS},
+    sync_to_thread=True,
+    responses=problem_responses(504),
+    summary="Open CRS/ICANS with grade and onset, holds, time since the last infusion",
+    tags=["views"],
+)
+def get_watchlist(
+    request: Request[Any, Any, Any], wait_for: WaitFor = None
+) -> list[dict[str, Any]]:
+    from ..views import queries
+
+    access = _views(request)
+    with access.lock:
+        return queries.watchlist(access.fresh(wait_for))
+
+
+@get(
+    "/v1/counts",
+    opt={"roles": VIEWERS},
+    sync_to_thread=True,
+    responses=problem_responses(504),
+    summary="Cohort counts by state, response and course number",
+    tags=["views"],
+)
+def get_counts(request: Request[Any, Any, Any], wait_for: WaitFor = None) -> dict[str, Any]:
+    from ..views import queries
+
+    access = _views(request)
+    with access.lock:
+        return queries.cohort(access.fresh(wait_for))
+
+
+@get(
+    "/v1/deviations",
+    opt={"roles": VIEWERS},
+    sync_to_thread=True,
+    responses=problem_responses(504),
+    summary="Protocol deviations (one patient or all)",
+    tags=["views"],
+)
+def get_deviations(
+    request: Request[Any, Any, Any],
+    patient_id: Annotated[str | None, QueryParameter(max_length=64)] = None,
+    wait_for: WaitFor = None,
+) -> list[dict[str, Any]]:
+    from ..views import queries
+
+    access = _views(request)
+    with access.lock:
+        return queries.deviations(access.fresh(wait_for), patient_id)
+
+
+try:
+    import cart_course.views  # noqa: F401
+
+    VIEWS_AVAILABLE = True
+except ImportError:  # pragma: no cover - the views are part of the package
+    VIEWS_AVAILABLE = False
+
+VIEW_ROUTES = [get_board, get_watchlist, get_counts, get_deviations]
+
+
+def views_metrics(state: State) -> str:
+    if state.get("store") is None or not VIEWS_AVAILABLE:
+        return ""
+    access = views_of(state)
+    from ..views.metrics import metrics_text
+
+    with access.lock:
+        access.fresh()
+        text: str = metrics_text(access.views)
+        return text
+
+
+def routes(state: State) -> list[Any]:
+    out: list[Any] = []
+    try:
+        import cart_course.audit  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        out += AUDIT_ROUTES
+    if VIEWS_AVAILABLE and state.get("store") is not None:
+        out += VIEW_ROUTES
+    return out

@@ -1,0 +1,86 @@
+"""The event feed: every recorded event in log order, by position (the notification id)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+from uuid import UUID
+
+from ..course import PatientCourse
+from ..service import CourseService
+
+REGISTERED_TOPIC = f"{PatientCourse.__module__}:{PatientCourse.Registered.__qualname__}"
+_HIDDEN = ("originator_id", "originator_version", "timestamp")
+
+
+def plain(data: Any) -> Any:
+    """JSON-ready copy (datetimes and other objects as strings)."""
+    return json.loads(json.dumps(data, default=str))
+
+
+def event_json(event: Any, patient_id: str | None, position: int | None = None) -> dict[str, Any]:
+    """One event as the API shows it: what, when (record and clinical time), who, why."""
+    fields = {k: v for k, v in vars(event).items() if k not in _HIDDEN}
+    data: dict[str, Any] = {
+        "position": position,
+        "patient_id": patient_id,
+        "version": event.originator_version,
+        "type": type(event).__name__,
+        "recorded_at": event.timestamp.isoformat(),
+        **fields,
+    }
+    return plain(data)  # type: ignore[no-any-return]
+
+
+class PatientIndex:
+    """Maps stream ids back to patient ids (learned from the registrations in the log)."""
+
+    def __init__(self, service: CourseService) -> None:
+        self.service = service
+        self._names: dict[UUID, str] = {}
+        self._scanned = 0
+        self._lock = threading.Lock()
+
+    def learn(self, originator_id: UUID, patient_id: str) -> None:
+        self._names[originator_id] = patient_id
+
+    def name(self, originator_id: UUID) -> str | None:
+        found = self._names.get(originator_id)
+        if found is not None:
+            return found
+        with self._lock:
+            recorder = self.service.app.recorder
+            while True:
+                page = recorder.select_notifications(
+                    start=self._scanned,
+                    limit=1000,
+                    topics=[REGISTERED_TOPIC],
+                    inclusive_of_start=False,
+                )
+                if not page:
+                    break
+                for n in page:
+                    event: Any = self.service.app.mapper.to_domain_event(n)
+                    self._names[event.originator_id] = event.patient_id
+                self._scanned = page[-1].id
+        return self._names.get(originator_id)
+
+
+def last_position(service: CourseService) -> int:
+    return service.app.recorder.max_notification_id() or 0
+
+
+def read_feed(
+    service: CourseService, index: PatientIndex, after: int, limit: int
+) -> list[dict[str, Any]]:
+    page = service.app.recorder.select_notifications(
+        start=after, limit=limit, inclusive_of_start=False
+    )
+    items = []
+    for n in page:
+        event: Any = service.app.mapper.to_domain_event(n)
+        if isinstance(event, PatientCourse.Registered):
+            index.learn(event.originator_id, event.patient_id)
+        items.append(event_json(event, index.name(event.originator_id), n.id))
+    return items

@@ -1,0 +1,372 @@
+"""API tokens and the audit-access log, kept in the same database as the events.
+
+A token is shown once, when it is made; only its SHA-256 is stored, with the actor and role it
+stands for, who made it and when, and when (and by whom) it was revoked. The HTTP service maps a
+bearer token to an :class:`~cart_course.contract.Actor`; the recorded actor of a command comes from
+here, never from the request body.
+
+The audit-access log records each read of an audit endpoint (who, when, what) in the same store.
+
+Backends follow the event store: ``memory:`` keeps both in this process, a SQLite file gets two
+small tables beside the event tables, PostgreSQL gets the same two tables in the same database.
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import hashlib
+import secrets
+import sqlite3
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from .errors import CartCourseError, InvalidCommandError, StoreError
+from .storage import StoreSettings
+
+#: Every role a token may carry. ``service`` and ``clinician`` write commands; ``monitor`` reads
+#: the views; ``auditor`` reads everything including the audit; ``admin`` manages tokens.
+ROLES = ("service", "clinician", "monitor", "auditor", "admin")
+TOKEN_PREFIX = "cc_"
+
+SQLITE_DDL = (
+    """CREATE TABLE IF NOT EXISTS cart_course_tokens (
+        id TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, actor TEXT NOT NULL,
+        role TEXT NOT NULL, name TEXT, created_at TEXT NOT NULL, created_by TEXT,
+        revoked_at TEXT, revoked_by TEXT)""",
+    """CREATE TABLE IF NOT EXISTS cart_course_access_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, actor TEXT NOT NULL,
+        role TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL, query TEXT NOT NULL,
+        status INTEGER NOT NULL)""",
+)
+POSTGRES_DDL = (
+    SQLITE_DDL[0],
+    """CREATE TABLE IF NOT EXISTS cart_course_access_log (
+        id BIGSERIAL PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL,
+        role TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL, query TEXT NOT NULL,
+        status INTEGER NOT NULL)""",
+)
+COLUMNS = "id, token_hash, actor, role, name, created_at, created_by, revoked_at, revoked_by"
+
+
+class TokenNotFoundError(CartCourseError):
+    code = "token_not_found"
+    http_status = 404
+    title = "Token not found"
+
+    def __init__(self, token_id: str) -> None:
+        self.token_id = token_id
+        super().__init__(f"no token with id {token_id!r}; see 'cart-course tokens list'")
+
+
+@attrs.frozen(kw_only=True)
+class TokenInfo:
+    """What is known about a token (never the token itself)."""
+
+    id: str
+    actor: str
+    role: str
+    name: str | None
+    created_at: str
+    created_by: str | None = None
+    revoked_at: str | None = None
+    revoked_by: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**attrs.asdict(self), "active": self.active}
+
+
+@attrs.frozen(kw_only=True)
+class AccessEntry:
+    id: int
+    at: str
+    actor: str
+    role: str
+    method: str
+    path: str
+    query: str
+    status: int
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+
+
+def check_actor_role(actor: str, role: str) -> None:
+    if not actor or not actor.strip() or len(actor) > 200:
+        raise InvalidCommandError("actor", "must be a non-empty name of at most 200 characters")
+    if role not in ROLES:
+        raise InvalidCommandError("role", f"{role!r} is not a role; roles: {', '.join(ROLES)}")
+
+
+class TokenStore:
+    """Tokens and the audit-access log over a small SQL surface (subclasses: SQLite, PostgreSQL)."""
+
+    placeholder = "?"
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", self.placeholder)
+
+    # -- tokens --------------------------------------------------------------------------------
+
+    def add(
+        self,
+        actor: str,
+        role: str,
+        *,
+        name: str | None = None,
+        created_by: str | None = None,
+        token: str | None = None,
+    ) -> tuple[TokenInfo, str]:
+        """Make a token for ``actor`` in ``role``; returns its info and the token (shown once)."""
+        check_actor_role(actor, role)
+        token = token or new_token()
+        digest = hash_token(token)
+        info = TokenInfo(
+            id=digest[:12],
+            actor=actor,
+            role=role,
+            name=name,
+            created_at=_now(),
+            created_by=created_by,
+        )
+        self._execute(
+            self._sql(f"INSERT INTO cart_course_tokens ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"),
+            (
+                info.id,
+                digest,
+                info.actor,
+                info.role,
+                info.name,
+                info.created_at,
+                info.created_by,
+                None,
+                None,
+            ),
+        )
+        return info, token
+
+    def _row(self, row: tuple[Any, ...]) -> TokenInfo:
+        return TokenInfo(
+            id=row[0],
+            actor=row[2],
+            role=row[3],
+            name=row[4],
+            created_at=row[5],
+            created_by=row[6],
+            revoked_at=row[7],
+            revoked_by=row[8],
+        )
+
+    def lookup(self, token: str) -> TokenInfo | None:
+        """The token's info (revoked or not), or None when it was never issued."""
+        rows = self._execute(
+            self._sql(f"SELECT {COLUMNS} FROM cart_course_tokens WHERE token_hash = ?"),
+            (hash_token(token),),
+        )
+        return self._row(rows[0]) if rows else None
+
+    def authenticate(self, token: str) -> TokenInfo | None:
+        """The active token's info, or None (unknown or revoked)."""
+        info = self.lookup(token)
+        return info if info is not None and info.active else None
+
+    def list(self, *, include_revoked: bool = True) -> list[TokenInfo]:
+        rows = self._execute(f"SELECT {COLUMNS} FROM cart_course_tokens ORDER BY created_at, id")
+        infos = [self._row(r) for r in rows]
+        return infos if include_revoked else [i for i in infos if i.active]
+
+    def get(self, token_id: str) -> TokenInfo:
+        rows = self._execute(
+            self._sql(f"SELECT {COLUMNS} FROM cart_course_tokens WHERE id = ?"), (token_id,)
+        )
+        if not rows:
+            raise TokenNotFoundError(token_id)
+        return self._row(rows[0])
+
+    def revoke(self, token_id: str, *, revoked_by: str | None = None) -> TokenInfo:
+        """Revoke a token (idempotent: revoking a revoked token keeps the first revocation)."""
+        self.get(token_id)
+        self._execute(
+            self._sql(
+                "UPDATE cart_course_tokens SET revoked_at = ?, revoked_by = ? "
+                "WHERE id = ? AND revoked_at IS NULL"
+            ),
+            (_now(), revoked_by, token_id),
+        )
+        return self.get(token_id)
+
+    # -- audit-access log ----------------------------------------------------------------------
+
+    def log_access(
+        self, *, actor: str, role: str, method: str, path: str, query: str, status: int
+    ) -> None:
+        self._execute(
+            self._sql(
+                "INSERT INTO cart_course_access_log (at, actor, role, method, path, query, status) "
+                "VALUES (?,?,?,?,?,?,?)"
+            ),
+            (_now(), actor, role, method, path, query, status),
+        )
+
+    def access_log(self, *, after: int = 0, limit: int = 100) -> builtins.list[AccessEntry]:
+        rows = self._execute(
+            self._sql(
+                "SELECT id, at, actor, role, method, path, query, status "
+                "FROM cart_course_access_log WHERE id > ? ORDER BY id LIMIT ?"
+            ),
+            (after, limit),
+        )
+        return [
+            AccessEntry(
+                id=int(r[0]),
+                at=r[1],
+                actor=r[2],
+                role=r[3],
+                method=r[4],
+                path=r[5],
+                query=r[6],
+                status=int(r[7]),
+            )
+            for r in rows
+        ]
+
+    def ping(self) -> None:
+        self._execute("SELECT 1")
+
+
+class SQLiteTokenStore(TokenStore):
+    def __init__(self, path: str) -> None:
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA busy_timeout = 30000")
+        for ddl in SQLITE_DDL:
+            self._execute(ddl)
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return list(self._conn.execute(sql, tuple(params)).fetchall())
+            except sqlite3.IntegrityError as exc:
+                raise InvalidCommandError("token", f"already issued ({exc})") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class MemoryTokenStore(SQLiteTokenStore):
+    """For ``memory:`` stores: an in-memory SQLite database living as long as this process."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+
+
+class PostgresTokenStore(TokenStore):
+    placeholder = "%s"
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self._psycopg = psycopg
+        self._url = url
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        for ddl in POSTGRES_DDL:
+            for _ in range(5):  # concurrent CREATE IF NOT EXISTS can clash on the catalog
+                try:
+                    self._execute(ddl)
+                    break
+                except psycopg.errors.UniqueViolation:
+                    continue
+
+    def _connect(self) -> Any:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+        return self._conn
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        psycopg = self._psycopg
+        with self._lock:
+            for attempt in range(2):
+                try:
+                    cur = self._connect().execute(sql, tuple(params))
+                    return list(cur.fetchall()) if cur.description else []
+                except psycopg.errors.UniqueViolation as exc:
+                    if "token" in sql:
+                        raise InvalidCommandError("token", f"already issued ({exc})") from None
+                    raise
+                except psycopg.OperationalError:
+                    self._conn = None
+                    if attempt:
+                        raise
+            raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def open_token_store(settings: StoreSettings) -> TokenStore:
+    """The token store living beside the event store of ``settings``."""
+    try:
+        if settings.kind == "memory":
+            return MemoryTokenStore()
+        if settings.kind == "sqlite":
+            assert settings.path is not None
+            settings.path.parent.mkdir(parents=True, exist_ok=True)
+            return SQLiteTokenStore(str(settings.path))
+        return PostgresTokenStore(settings.url)
+    except CartCourseError:
+        raise
+    except Exception as exc:
+        raise StoreError(f"cannot open the token store in {settings.display}: {exc}") from None
+
+
+#: Demo tokens that ``make run`` ensures exist (a local demo only: revoke them on a real server).
+DEMO_TOKENS = {
+    "admin": ("demo.admin", "demo-admin-token"),
+    "clinician": ("dr.demo", "demo-clinician-token"),
+    "monitor": ("monitor.demo", "demo-monitor-token"),
+    "auditor": ("auditor.demo", "demo-auditor-token"),
+    "service": ("ehr.demo", "demo-service-token"),
+}
+
+
+def ensure_demo_tokens(store: TokenStore) -> dict[str, tuple[str, str]]:
+    """Issue the well-known demo tokens unless already issued; returns role -> (actor, token)."""
+    out: dict[str, tuple[str, str]] = {}
+    for role, (actor, token) in DEMO_TOKENS.items():
+        info = store.lookup(token)
+        if info is None:
+            store.add(actor, role, name=f"demo {role}", created_by="make run", token=token)
+        elif not info.active:
+            continue  # revoked on purpose: leave it revoked
+        out[role] = (actor, token)
+    return out

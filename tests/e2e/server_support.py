@@ -1,0 +1,47 @@
+"""A real ``cart-course serve`` process on a free port (for browser, scale-out and bench)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+CLI = str(Path(sys.executable).with_name("cart-course"))
+
+
+class Server:
+    def __init__(self, db: str, port: int, *args: str) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "CART_COURSE_DB": db}
+        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"cart-course-serve-{port}.log"
+        self.proc = subprocess.Popen(
+            [CLI, "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+            env=env,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server did not become ready: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

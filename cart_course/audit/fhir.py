@@ -1,0 +1,229 @@
+"""A patient's course as a FHIR R4 Bundle: Patient, ResearchStudy, ResearchSubject (with the R5
+``progress`` backport extension: one entry per state the course went through) and one Provenance
+per event (who, when recorded, when it happened, why, the event hash; signatures as
+``Provenance.signature``; corrections point at the Provenance of the event they revise)."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from typing import Any
+
+from .history import timeline
+from .log import CORRECTED, MOVED, REGISTERED, SIGNED, LoggedEvent
+
+PROGRESS_URL = "http://hl7.org/fhir/5.0/StructureDefinition/extension-ResearchSubject.progress"
+HASH_URL = "https://cart-course.example.org/fhir/StructureDefinition/event-hash"
+STATE_SYSTEM = "http://hl7.org/fhir/research-subject-state"
+COURSE_STATE_SYSTEM = "https://cart-course.example.org/fhir/CodeSystem/course-state"
+EVENT_SYSTEM = "https://cart-course.example.org/fhir/CodeSystem/course-event"
+STUDY_ID = "NCT03599375"
+SIGNATURE_SYSTEM = "urn:iso-astm:E1762-95:2013"
+#: Signature meaning -> ASTM E1762 signature type.
+SIGNATURE_TYPES = {
+    "authorship": ("1.2.840.10065.1.12.1.1", "Author's Signature"),
+    "approval": ("1.2.840.10065.1.12.1.5", "Verification Signature"),
+    "review": ("1.2.840.10065.1.12.1.13", "Review Signature"),
+}
+#: Course state -> FHIR research-subject-state.
+SUBJECT_STATE = {
+    "candidate": "candidate",
+    "screened": "eligible",
+    "screen_failed": "ineligible",
+    "apheresed": "on-study",
+    "infused_d1": "on-study-intervention",
+    "infused_d2": "on-study-intervention",
+    "infused_d3": "on-study-intervention",
+    "assessed": "on-study-observation",
+    "continued": "on-study",
+    "ceased": "follow-up",
+    "discontinued": "follow-up",
+    "withdrawn": "withdrawn",
+    "died": "off-study",
+}
+_NS = uuid.UUID("0b9a3c1e-4f7d-5e2a-8c6b-1d2e3f405162")
+
+
+def _urn(*parts: object) -> str:
+    return f"urn:uuid:{uuid.uuid5(_NS, ':'.join(str(p) for p in parts))}"
+
+
+def _rid(*parts: object) -> str:
+    return str(uuid.uuid5(_NS, ":".join(str(p) for p in parts)))
+
+
+def bundle(patient_id: str, events: list[LoggedEvent]) -> dict[str, Any]:
+    patient_url = _urn("patient", patient_id)
+    study_url = _urn("study", STUDY_ID)
+    subject_url = _urn("subject", patient_id)
+    entries: list[dict[str, Any]] = [
+        {
+            "fullUrl": patient_url,
+            "resource": {
+                "resourceType": "Patient",
+                "id": _rid("patient", patient_id),
+                "identifier": [
+                    {"system": "https://cart-course.example.org/patient-id", "value": patient_id}
+                ],
+            },
+        },
+        {
+            "fullUrl": study_url,
+            "resource": {
+                "resourceType": "ResearchStudy",
+                "id": _rid("study", STUDY_ID),
+                "identifier": [{"system": "https://clinicaltrials.gov", "value": STUDY_ID}],
+                "status": "active",
+                "title": "CD19 CAR-T for relapsed/refractory B-ALL",
+            },
+        },
+    ]
+    progress: list[dict[str, Any]] = []
+    state = "candidate"
+    start: str | None = None
+    for e in events:
+        if e.kind == REGISTERED:
+            start = e.recorded_at
+        if e.kind != MOVED or e.get("to_state") == e.get("from_state"):
+            continue
+        state = str(e.get("to_state"))
+        progress.append(_progress(state, str(e.get("trigger")), e.occurred_at, e.get("reason")))
+    if progress:
+        for before, after in itertools.pairwise(progress):
+            end = _ext_value(after, "startDate")
+            if end:
+                before["extension"].append({"url": "endDate", "valueDateTime": end})
+    subject: dict[str, Any] = {
+        "resourceType": "ResearchSubject",
+        "id": _rid("subject", patient_id),
+        "identifier": [
+            {"system": "https://cart-course.example.org/patient-id", "value": patient_id}
+        ],
+        "status": SUBJECT_STATE.get(state, "on-study"),
+        "study": {"reference": study_url},
+        "individual": {"reference": patient_url},
+        "extension": progress,
+    }
+    if start:
+        subject["period"] = {"start": start}
+    entries.append({"fullUrl": subject_url, "resource": subject})
+    rows = {row["version"]: row for row in timeline(patient_id, events)}
+    for e in events:
+        entries.append(_provenance(patient_id, e, subject_url, rows[e.version]["notes"]))
+    return {
+        "resourceType": "Bundle",
+        "id": _rid("bundle", patient_id, events[-1].hash if events else ""),
+        "type": "collection",
+        "timestamp": events[-1].recorded_at if events else None,
+        "entry": entries,
+    }
+
+
+def _ext_value(ext: dict[str, Any], url: str) -> str | None:
+    for sub in ext["extension"]:
+        if sub["url"] == url:
+            return str(sub.get("valueDateTime"))
+    return None
+
+
+def _progress(state: str, trigger: str, occurred: str | None, reason: Any) -> dict[str, Any]:
+    subs: list[dict[str, Any]] = [
+        {
+            "url": "type",
+            "valueCodeableConcept": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/research-subject-state-type",
+                        "code": "Enrollment",
+                    }
+                ]
+            },
+        },
+        {
+            "url": "subjectState",
+            "valueCodeableConcept": {
+                "coding": [
+                    {"system": STATE_SYSTEM, "code": SUBJECT_STATE.get(state, "on-study")},
+                    {"system": COURSE_STATE_SYSTEM, "code": state},
+                ]
+            },
+        },
+        {
+            "url": "milestone",
+            "valueCodeableConcept": {"coding": [{"system": EVENT_SYSTEM, "code": trigger}]},
+        },
+    ]
+    if reason:
+        subs.append({"url": "reason", "valueCodeableConcept": {"text": str(reason)}})
+    if occurred:
+        subs.append({"url": "startDate", "valueDateTime": occurred})
+    return {"url": PROGRESS_URL, "extension": subs}
+
+
+def _provenance(
+    patient_id: str, e: LoggedEvent, subject_url: str, notes: list[str]
+) -> dict[str, Any]:
+    actor = str(e.get("actor") or "unknown")
+    role = str(e.get("role") or "unknown")
+    code = "register" if e.kind == REGISTERED else str(e.get("trigger") or e.kind)
+    if e.kind == SIGNED:
+        code = "sign"
+    elif e.kind == CORRECTED:
+        code = "correct"
+    resource: dict[str, Any] = {
+        "resourceType": "Provenance",
+        "id": _rid("provenance", patient_id, e.version),
+        "extension": [{"url": HASH_URL, "valueString": e.hash}],
+        "target": [{"reference": subject_url}],
+        "recorded": e.recorded_at,
+        "activity": {
+            "coding": [{"system": EVENT_SYSTEM, "code": code, "display": e.type}],
+            "text": f"v{e.version} {e.type}",
+        },
+        "agent": [
+            {
+                "role": [{"text": role}],
+                "who": {"identifier": {"value": actor}, "display": actor},
+            }
+        ],
+    }
+    if e.occurred_at:
+        resource["occurredDateTime"] = e.occurred_at
+    if e.get("reason"):
+        resource["reason"] = [{"text": str(e.get("reason"))}]
+    entities: list[dict[str, Any]] = []
+    if e.kind == CORRECTED:
+        entities.append(
+            {
+                "role": "revision",
+                "what": {
+                    "reference": _urn("provenance", patient_id, e.get("corrects")),
+                    "display": f"v{e.get('corrects')} (corrected)",
+                },
+            }
+        )
+    if e.kind == SIGNED:
+        meaning = str(e.get("meaning"))
+        code_, display = SIGNATURE_TYPES.get(meaning, SIGNATURE_TYPES["review"])
+        entities.append(
+            {
+                "role": "source",
+                "what": {
+                    "reference": _urn("provenance", patient_id, e.get("signs_version")),
+                    "identifier": {"value": str(e.get("signed_hash"))},
+                    "display": f"v{e.get('signs_version')} ({e.get('milestone')})",
+                },
+            }
+        )
+        resource["signature"] = [
+            {
+                "type": [{"system": SIGNATURE_SYSTEM, "code": code_, "display": display}],
+                "when": e.recorded_at,
+                "who": {"identifier": {"value": actor}, "display": str(e.get("printed_name"))},
+            }
+        ]
+    if entities:
+        resource["entity"] = entities
+    if notes:
+        resource["activity"]["text"] += ": " + "; ".join(notes)
+    return {"fullUrl": _urn("provenance", patient_id, e.version), "resource": resource}

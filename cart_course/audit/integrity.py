@@ -1,0 +1,420 @@
+"""Tamper evidence: re-compute every stream's hash chain, the log digest, and compare to a seal.
+
+What each check proves (see ``docs/audit.md``):
+
+- **chain**: each event stores ``prev_hash``, the hash of the previous event of its patient's
+  stream (the first one: ``genesis_hash(patient_id)``). Modifying, deleting, reordering or
+  inserting a row inside a stream breaks the link at (or right after) that row.
+- **registrations**: every stored row must belong to a registered stream (a deleted ``Registered``
+  row would otherwise hide the whole stream); versions run 1, 2, 3 ... without gaps; record times
+  never go backwards within a stream.
+- **signatures**: each ``MilestoneSigned.signed_hash`` must equal the hash of the event it signs.
+- **seal**: the chain cannot see the *last* event of a stream deleted or altered (nothing after it
+  points to it). ``seal`` writes each stream's head (version and hash) and the log digest to a file
+  kept outside the database; ``verify --seal FILE`` then requires every sealed head to be present
+  and unchanged. Events recorded after the seal are checked by the chain only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterator
+from typing import IO, Any
+
+import attrs
+
+from ..course import genesis_hash, stream_id
+from ..storage import CourseApplication
+from .log import (
+    PAGE,
+    REGISTERED,
+    SIGNED,
+    UNDECODABLE,
+    Decoder,
+    LoggedEvent,
+    Replayer,
+    count_events,
+    read_stream,
+    registrations,
+)
+
+SEAL_FORMAT = "cart-course-seal/1"
+
+
+@attrs.frozen(kw_only=True)
+class Problem:
+    patient_id: str
+    version: int | None
+    check: str
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "patient_id": self.patient_id,
+            "version": self.version,
+            "check": self.check,
+            "message": self.message,
+        }
+
+    def __str__(self) -> str:
+        where = f"{self.patient_id} v{self.version}" if self.version else self.patient_id
+        return f"{where}: [{self.check}] {self.message}"
+
+
+@attrs.define(kw_only=True)
+class StreamHead:
+    notification_id: int
+    patient_id: str
+    version: int
+    head: str
+    events: int
+    hashes: dict[int, str] = attrs.Factory(dict)
+
+    def line(self) -> str:
+        return f"{self.notification_id}:{self.patient_id}:{self.version}:{self.head}\n"
+
+
+@attrs.define(kw_only=True)
+class VerifyReport:
+    streams: int = 0
+    events: int = 0
+    rows: int | None = None
+    log_digest: str = ""
+    problems: list[Problem] = attrs.Factory(list)
+    sealed: dict[str, Any] | None = None
+    replayed: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "streams": self.streams,
+            "events": self.events,
+            "rows_in_store": self.rows,
+            "log_digest": self.log_digest,
+            "seal": self.sealed,
+            "problems": [p.to_json() for p in self.problems],
+        }
+
+
+def check_stream(
+    patient_id: str, events: list[LoggedEvent], *, replay: bool = True
+) -> list[Problem]:
+    """The first broken link of one stream (and any bad signature); empty when intact."""
+    problems: list[Problem] = []
+    expected_prev = genesis_hash(patient_id)
+    previous: LoggedEvent | None = None
+    hashes: dict[int, str] = {}
+    replayer = Replayer(patient_id) if replay else None
+    for index, e in enumerate(events, start=1):
+        if UNDECODABLE in e.data:
+            problems.append(
+                Problem(
+                    patient_id=patient_id,
+                    version=e.version,
+                    check="decode",
+                    message=f"the stored row cannot be decoded ({e.data[UNDECODABLE]}): "
+                    "it was altered in the database",
+                )
+            )
+            return problems
+        if index == 1 and e.kind != REGISTERED:
+            problems.append(
+                Problem(
+                    patient_id=patient_id,
+                    version=e.version,
+                    check="registration",
+                    message="the stream does not start with its registration",
+                )
+            )
+            return problems
+        if e.version != index:
+            missing = f"v{index}" if e.version == index + 1 else f"v{index}..v{e.version - 1}"
+            problems.append(
+                Problem(
+                    patient_id=patient_id,
+                    version=index,
+                    check="sequence",
+                    message=f"{missing} missing: the stream jumps from v{index - 1} to "
+                    f"v{e.version} (a row was deleted or renumbered)",
+                )
+            )
+            return problems
+        if e.get("prev_hash") != expected_prev:
+            if previous is None:
+                msg = (
+                    "the registration's content does not match this patient's genesis hash "
+                    "(the row was modified or forged)"
+                )
+                broken = e.version
+            else:
+                msg = (
+                    f"v{e.version} records the hash of v{previous.version} as "
+                    f"{str(e.get('prev_hash'))[:12]}..., but v{previous.version} now hashes to "
+                    f"{previous.hash[:12]}...: v{previous.version} was modified, replaced, "
+                    f"reordered or inserted (or v{e.version}'s link was altered)"
+                )
+                broken = previous.version
+            problems.append(
+                Problem(patient_id=patient_id, version=broken, check="chain", message=msg)
+            )
+            return problems
+        if previous is not None and e.recorded_at < previous.recorded_at:
+            problems.append(
+                Problem(
+                    patient_id=patient_id,
+                    version=e.version,
+                    check="record_time",
+                    message=f"recorded at {e.recorded_at}, before v{previous.version} "
+                    f"({previous.recorded_at}): the record clock went backwards",
+                )
+            )
+            return problems
+        if e.kind == SIGNED:
+            signs = e.get("signs_version")
+            if hashes.get(signs) != e.get("signed_hash"):
+                problems.append(
+                    Problem(
+                        patient_id=patient_id,
+                        version=e.version,
+                        check="signature",
+                        message=f"the signature's hash does not match v{signs} as stored",
+                    )
+                )
+        if replayer is not None:
+            try:
+                replayer.apply(e)
+            except Exception as exc:  # a history the record cannot be rebuilt from
+                problems.append(
+                    Problem(
+                        patient_id=patient_id,
+                        version=e.version,
+                        check="replay",
+                        message=f"cannot be replayed: {type(exc).__name__}: {exc}",
+                    )
+                )
+                return problems
+        hashes[e.version] = e.hash
+        expected_prev = e.hash
+        previous = e
+    return problems
+
+
+def heads(app: CourseApplication, report: VerifyReport | None = None) -> Iterator[StreamHead]:
+    """Every stream's head, in registration order, checking each stream on the way."""
+    decode = Decoder(app)
+    for nid, pid in registrations(app):
+        events = read_stream(app, stream_id(pid), decode)
+        if report is not None:
+            report.streams += 1
+            report.events += len(events)
+            report.problems.extend(check_stream(pid, events, replay=report.replayed))
+        last = events[-1] if events else None
+        yield StreamHead(
+            notification_id=nid,
+            patient_id=pid,
+            version=last.version if last else 0,
+            head=last.hash if last else "",
+            events=len(events),
+            hashes={e.version: e.hash for e in events},
+        )
+
+
+def _orphans(app: CourseApplication) -> list[Problem]:
+    """Rows of streams that have no registration (failure path only: holds a set of streams)."""
+    registered = {str(stream_id(pid)) for _nid, pid in registrations(app)}
+    decode = Decoder(app)
+    found: dict[str, list[int]] = {}
+    start = 0
+    while True:
+        page = app.recorder.select_notifications(start=start, limit=PAGE, inclusive_of_start=False)
+        if not page:
+            break
+        for n in page:
+            sid = decode(n).stream
+            if sid not in registered:
+                found.setdefault(sid, []).append(n.originator_version)
+        start = page[-1].id
+    return [
+        Problem(
+            patient_id=f"stream {sid}",
+            version=min(versions),
+            check="registration",
+            message=f"{len(versions)} stored event(s) (v{min(versions)}..v{max(versions)}) belong "
+            "to no registered patient: the registration row was deleted, or the rows were inserted",
+        )
+        for sid, versions in found.items()
+    ]
+
+
+def verify(
+    app: CourseApplication, seal: IO[str] | None = None, *, replay: bool = True
+) -> VerifyReport:
+    """Check every stream, the whole log, and (optionally) a seal written earlier."""
+    report = VerifyReport(replayed=replay)
+    digest = hashlib.sha256()
+    sealed_iter = _read_seal(seal) if seal is not None else None
+    pending: dict[str, Any] | None = next(sealed_iter, None) if sealed_iter else None
+    summary: dict[str, Any] | None = None
+    if pending is not None and "seal" in pending:
+        summary, pending = pending, None
+    for head in heads(app, report):
+        digest.update(head.line().encode())
+        if sealed_iter is None:
+            continue
+        while pending is not None and pending["notification_id"] < head.notification_id:
+            report.problems.append(_missing(pending))
+            pending, summary = _next_sealed(sealed_iter, summary)
+        if pending is not None and pending["notification_id"] == head.notification_id:
+            problem = _compare(pending, head)
+            if problem is not None:
+                report.problems.append(problem)
+            pending, summary = _next_sealed(sealed_iter, summary)
+        elif summary is None or head.notification_id <= summary.get("max_notification_id", 0):
+            report.problems.append(
+                Problem(
+                    patient_id=head.patient_id,
+                    version=1,
+                    check="seal",
+                    message="this patient's registration sits inside the sealed part of the log "
+                    "but is not in the seal: it was inserted after sealing",
+                )
+            )
+    if sealed_iter is not None:
+        while pending is not None:
+            report.problems.append(_missing(pending))
+            pending, summary = _next_sealed(sealed_iter, summary)
+        report.sealed = summary
+    report.log_digest = digest.hexdigest()
+    report.rows = count_events(app)
+    if report.rows is not None and report.rows != report.events:
+        report.problems.extend(_orphans(app))
+        if report.rows > report.events and not any(
+            p.check == "registration" for p in report.problems
+        ):
+            report.problems.append(
+                Problem(
+                    patient_id="(log)",
+                    version=None,
+                    check="registration",
+                    message=f"the store holds {report.rows} events but the registered streams "
+                    f"account for {report.events}",
+                )
+            )
+    return report
+
+
+def _missing(sealed: dict[str, Any]) -> Problem:
+    return Problem(
+        patient_id=sealed["patient_id"],
+        version=1,
+        check="seal",
+        message=f"sealed with {sealed['version']} event(s) but its registration is gone from "
+        "the log (the stream's rows were deleted)",
+    )
+
+
+def _next_sealed(
+    it: Iterator[dict[str, Any]], summary: dict[str, Any] | None
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    item = next(it, None)
+    if item is not None and "seal" in item:
+        return next(it, None), item
+    return item, summary
+
+
+def _compare(sealed: dict[str, Any], head: StreamHead) -> Problem | None:
+    pid = sealed["patient_id"]
+    if pid != head.patient_id:
+        return Problem(
+            patient_id=head.patient_id,
+            version=1,
+            check="seal",
+            message=f"the registration sealed for {pid} now names {head.patient_id}",
+        )
+    version = int(sealed["version"])
+    if head.version < version:
+        return Problem(
+            patient_id=pid,
+            version=head.version + 1,
+            check="seal",
+            message=f"sealed at v{version} but the stream now ends at v{head.version}: "
+            + (
+                f"v{version} was deleted"
+                if head.version + 1 == version
+                else f"v{head.version + 1}..v{version} were deleted"
+            ),
+        )
+    current = head.hashes.get(version)
+    if current is None:  # that version is gone: the chain check names it
+        return None
+    if current != sealed["head"]:
+        return Problem(
+            patient_id=pid,
+            version=version,
+            check="seal",
+            message=f"v{version} was sealed with hash {sealed['head'][:12]}... and now hashes to "
+            f"{current[:12]}...: it was modified after sealing",
+        )
+    return None
+
+
+def seal(app: CourseApplication, out: IO[str], *, now: dt.datetime | None = None) -> VerifyReport:
+    """Write every stream's head and the log digest (JSON Lines); verifies on the way."""
+    report = VerifyReport(replayed=False)
+    digest = hashlib.sha256()
+    max_nid = 0
+    for head in heads(app, report):
+        digest.update(head.line().encode())
+        max_nid = max(max_nid, head.notification_id)
+        out.write(
+            json.dumps(
+                {
+                    "notification_id": head.notification_id,
+                    "patient_id": head.patient_id,
+                    "version": head.version,
+                    "head": head.head,
+                },
+                separators=(",", ":"),
+            )
+            + "\n"
+        )
+    report.log_digest = digest.hexdigest()
+    report.rows = count_events(app)
+    stamp = (now or dt.datetime.now(dt.UTC)).isoformat()
+    summary = {
+        "seal": SEAL_FORMAT,
+        "sealed_at": stamp,
+        "streams": report.streams,
+        "events": report.events,
+        "max_notification_id": max_nid,
+        "log_digest": report.log_digest,
+        "problems_at_sealing": len(report.problems),
+    }
+    out.write(json.dumps(summary, separators=(",", ":")) + "\n")
+    report.sealed = summary
+    return report
+
+
+def _read_seal(fh: IO[str]) -> Iterator[dict[str, Any]]:
+    for number, line in enumerate(fh, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SealFormatError(f"seal line {number}: not JSON ({exc.msg})") from None
+        if not isinstance(item, dict) or not (
+            "seal" in item or {"notification_id", "patient_id", "version", "head"} <= set(item)
+        ):
+            raise SealFormatError(f"seal line {number}: expected a stream head or the seal summary")
+        yield item
+
+
+class SealFormatError(ValueError):
+    pass

@@ -1,0 +1,174 @@
+"""A printable HTML audit report for one patient: self-contained (inline CSS and SVG, no CDN)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from html import escape
+from typing import Any
+
+from .conformance import Finding
+from .history import compact, timeline
+from .integrity import Problem
+from .log import MOVED, LoggedEvent, replay
+
+CSS = """
+body{font:12px/1.4 system-ui,sans-serif;margin:2em;color:#111}
+h1{font-size:18px}h2{font-size:14px;border-bottom:1px solid #999;margin-top:1.6em}
+table{border-collapse:collapse;width:100%}td,th{border:1px solid #bbb;padding:3px 5px;
+vertical-align:top;text-align:left}th{background:#eee}.ok{color:#060}.bad{color:#a00;font-weight:bold}
+.small{font-size:10px;color:#444;word-break:break-all}
+@media print{body{margin:0}h2{page-break-after:avoid}tr{page-break-inside:avoid}}
+"""
+
+
+def _cell(value: Any) -> str:
+    return escape(compact(value, 300)) if not isinstance(value, str) else escape(value)
+
+
+def path_svg(events: Iterable[LoggedEvent]) -> str:
+    """The path taken through the state diagram: one box per state, arrows labelled by move."""
+    steps: list[tuple[str, str]] = [("candidate", "")]
+    for e in events:
+        if e.kind == MOVED and e.get("to_state") != e.get("from_state"):
+            steps.append((str(e.get("to_state")), f"v{e.version} {e.get('trigger')}"))
+    box_w, box_h, gap = 170, 26, 34
+    height = len(steps) * (box_h + gap)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="420" height="{height}" '
+        'role="img" aria-label="path through the state diagram">'
+    ]
+    for i, (state, label) in enumerate(steps):
+        y = i * (box_h + gap)
+        if i:
+            parts.append(
+                f'<line x1="85" y1="{y - gap}" x2="85" y2="{y - 4}" stroke="#333"/>'
+                f'<polygon points="80,{y - 9} 90,{y - 9} 85,{y - 1}" fill="#333"/>'
+                f'<text x="95" y="{y - gap / 2 + 4}" font-size="11">{escape(label)}</text>'
+            )
+        parts.append(
+            f'<rect x="0" y="{y}" width="{box_w}" height="{box_h}" rx="6" fill="#f4f4ff" '
+            f'stroke="#335"/><text x="10" y="{y + 17}" font-size="12">{escape(state)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def html_report(
+    patient_id: str,
+    events: list[LoggedEvent],
+    *,
+    findings: list[Finding],
+    problems: list[Problem],
+    generated_at: dt.datetime | None = None,
+) -> str:
+    record = replay(patient_id, events)
+    rows = list(timeline(patient_id, events))
+    now = (generated_at or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
+    out: list[str] = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>Audit report {escape(patient_id)}</title><style>{CSS}</style></head><body>",
+        f"<h1>Audit report: patient {escape(patient_id)}</h1>",
+        f"<p>Generated {escape(now)} from {len(events)} events (v1..v{events[-1].version}). "
+        f"Current state <b>{escape(record.state)}</b>, course {record.course_number}. "
+        f"Head hash <span class='small'>{escape(events[-1].hash)}</span></p>",
+        "<h2>Integrity</h2>",
+    ]
+    if problems:
+        out.append(
+            "<ul>" + "".join(f"<li class='bad'>{escape(str(p))}</li>" for p in problems) + "</ul>"
+        )
+    else:
+        out.append(
+            "<p class='ok'>Hash chain intact from the genesis hash to the head; every "
+            "signature's hash matches the event it signs.</p>"
+        )
+    out.append("<h2>Path through the state diagram</h2>")
+    out.append(path_svg(events))
+    out.append(
+        "<h2>Courses and doses</h2><table><tr><th>Course</th><th>Weight (kg)</th>"
+        "<th>Planned cells</th><th>Fractions (day: delivered / planned, date)</th>"
+        "<th>Response</th><th>Decision</th></tr>"
+    )
+    for c in record.courses:
+        fractions = "<br>".join(
+            f"D{f.day}: {f.cells:.4g} / {f.planned_cells:.4g}, {escape(f.given_on)}"
+            for f in c.fractions
+        )
+        out.append(
+            f"<tr><td>{c.number}</td><td>{c.weight_kg}</td><td>{c.planned_total or 0:.4g}</td>"
+            f"<td>{fractions}{' (remaining cancelled)' if c.cancelled else ''}</td>"
+            f"<td>{escape(c.response or '')}</td><td>{escape(c.decision or '')}</td></tr>"
+        )
+    out.append(
+        "</table><h2>Toxicities</h2><table><tr><th>Id</th><th>Kind</th><th>Grade "
+        "(worst)</th><th>Scale</th><th>Onset</th><th>Resolved</th></tr>"
+    )
+    for t in record.toxicities.values():
+        out.append(
+            f"<tr><td>{escape(t.id)}</td><td>{escape(t.kind)}</td><td>{t.grade} ({t.worst_grade})"
+            f"</td><td>{escape(t.scale)} {escape(t.scale_version)}</td><td>{escape(t.onset)}</td>"
+            f"<td>{escape(t.resolved_at or 'open')}</td></tr>"
+        )
+    out.append("</table><h2>Signatures</h2>")
+    signed = [r for r in rows if r["event"] == "MilestoneSigned"]
+    if signed:
+        out.append(
+            "<table><tr><th>v</th><th>Printed name</th><th>Meaning</th><th>Milestone</th>"
+            "<th>Signed (UTC)</th><th>Signs</th><th>Notes</th></tr>"
+        )
+        for r in signed:
+            out.append(
+                f"<tr><td>{r['version']}</td><td>{_cell(r['printed_name'])}</td>"
+                f"<td>{_cell(r['meaning'])}</td><td>{_cell(r['milestone'])}</td>"
+                f"<td>{_cell(r['recorded_at'])}</td><td>v{r['signs_version']}<br>"
+                f"<span class='small'>{_cell(r['signed_hash'])}</span></td>"
+                f"<td>{'<br>'.join(escape(n) for n in r['notes'])}</td></tr>"
+            )
+        out.append("</table>")
+    else:
+        out.append("<p>No signatures.</p>")
+    out.append("<h2>Deviations</h2>")
+    if record.deviations:
+        out.append("<table><tr><th>v</th><th>Course</th><th>Deviation</th><th>Reason</th></tr>")
+        for d in record.deviations:
+            out.append(
+                f"<tr><td>{d['version']}</td><td>{d.get('course') or ''}</td>"
+                f"<td>{_cell(d['deviation'])}</td><td>{_cell(d.get('reason') or '')}</td></tr>"
+            )
+        out.append("</table>")
+    else:
+        out.append("<p>No deviations recorded.</p>")
+    out.append("<h2>Conformance to the protocol</h2>")
+    if findings:
+        out.append(
+            "<table><tr><th>v</th><th>Move</th><th>Check</th><th>Rules</th><th>Finding</th></tr>"
+        )
+        for f in findings:
+            out.append(
+                f"<tr><td>{f.version}</td><td>{escape(f.move)}</td><td>{escape(f.check)}</td>"
+                f"<td>{escape(', '.join(f.rules))}</td><td>{escape(f.message)}</td></tr>"
+            )
+        out.append("</table>")
+    else:
+        out.append("<p class='ok'>Every move passes the guards of its protocol version.</p>")
+    out.append(
+        "<h2>Timeline</h2><table><tr><th>v</th><th>Recorded (UTC)</th><th>Occurred</th>"
+        "<th>Actor (role)</th><th>Event</th><th>Reason</th><th>Entered / notes</th></tr>"
+    )
+    for r in rows:
+        move = (
+            f"{r['move']}: {r['from_state']} &rarr; {r['to_state']}"
+            if r["from_state"]
+            else escape(str(r["move"]))
+        )
+        details = [f"<span class='small'>{_cell(r['payload'] or r['changes'] or '')}</span>"]
+        details += [escape(n) for n in [*r["deviations"], *r["notes"]]]
+        out.append(
+            f"<tr><td>{r['version']}</td><td>{_cell(r['recorded_at'])}</td>"
+            f"<td>{_cell(r['occurred_at'] or '')}</td><td>{_cell(r['actor'])} ({_cell(r['role'])})</td>"
+            f"<td>{escape(str(r['event']))}<br>{move}</td><td>{_cell(r['reason'] or '')}</td>"
+            f"<td>{'<br>'.join(details)}</td></tr>"
+        )
+    out.append("</table></body></html>\n")
+    return "".join(out)

@@ -1,0 +1,318 @@
+"""``cart-course audit``: timeline, as-of views, conformance replay, tamper evidence, exports.
+
+Exit codes: 0 when clean; 1 when ``verify`` finds tampering or ``conformance`` finds a
+non-conforming step; 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+import click
+
+from ..audit import exports
+from ..audit.asof import as_of
+from ..audit.conformance import Conformance, check_history
+from ..audit.fhir import bundle
+from ..audit.history import COLUMNS, csv_row, render_table, timeline
+from ..audit.integrity import SealFormatError, check_stream, seal, verify
+from ..audit.log import patient_events, streams
+from ..audit.report import html_report
+from ..contract import parse_time
+from ..protocol.versions import VERSIONS, ProtocolVersion, UnknownProtocolVersionError, get_version
+from .common import Context, echo_json, pass_context
+
+
+@click.group()
+def audit() -> None:
+    """Audit the record: history, as-of, conformance, verify, seal, export."""
+
+
+def _write(chunks: Iterable[str], out: str) -> None:
+    if out == "-":
+        for chunk in chunks:
+            sys.stdout.write(chunk)
+        sys.stdout.flush()
+        return
+    with open(out, "w", encoding="utf-8", newline="") as fh:
+        for chunk in chunks:
+            fh.write(chunk)
+
+
+@audit.command()
+@click.argument("patient_id")
+@click.option("--json", "as_json", is_flag=True, help="Every event as a JSON array.")
+@click.option("--csv", "as_csv", is_flag=True, help="Every event as CSV (one row per event).")
+@pass_context
+def history(ctx: Context, patient_id: str, as_json: bool, as_csv: bool) -> None:
+    """Every event of PATIENT_ID in order: version, record time (UTC), clinical time, actor and
+    role, reason, the move, the facts, corrections and signatures."""
+    if as_json and as_csv:
+        raise click.BadParameter("give --json or --csv, not both")
+    events = patient_events(ctx.service.app, patient_id)
+    rows = timeline(patient_id, events)
+    if as_json:
+        echo_json(list(rows))
+    elif as_csv:
+        _write(exports.csv_timeline(ctx.service.app, patient_id), "-")
+    else:
+        for line in render_table(rows):
+            click.echo(line)
+
+
+@audit.command("as-of")
+@click.argument("patient_id")
+@click.option("--version", "version", type=click.IntRange(min=1), help="Events up to this version.")
+@click.option("--recorded-at", help="What the system knew at this record time (ISO, with offset).")
+@click.option("--occurred-at", help="What had happened by this clinical time, as known now.")
+@click.option("--json", "as_json", is_flag=True, help="The whole view as JSON.")
+@pass_context
+def as_of_cmd(
+    ctx: Context,
+    patient_id: str,
+    version: int | None,
+    recorded_at: str | None,
+    occurred_at: str | None,
+    as_json: bool,
+) -> None:
+    """PATIENT_ID's state, course, doses and toxicities at a point of the history."""
+    given = [x for x in (version, recorded_at, occurred_at) if x is not None]
+    if len(given) != 1:
+        raise click.BadParameter(
+            "give exactly one of --version N, --recorded-at TIME, --occurred-at TIME"
+        )
+    events = patient_events(ctx.service.app, patient_id)
+    view = as_of(
+        patient_id,
+        events,
+        version=version,
+        recorded_at=parse_time(recorded_at, "--recorded-at") if recorded_at else None,
+        occurred_at=parse_time(occurred_at, "--occurred-at") if occurred_at else None,
+    )
+    if as_json:
+        echo_json(view)
+        return
+    bound = ", ".join(f"{k} {v}" for k, v in view["as_of"].items())
+    click.echo(
+        f"{patient_id} as of {bound}: {view['events_included']} of {len(events)} events "
+        f"(latest version {view['latest_version']})"
+    )
+    if view["versions_excluded"]:
+        click.echo("  not included: " + ", ".join(f"v{v}" for v in view["versions_excluded"]))
+    record = view["record"]
+    if record is None:
+        click.echo("  nothing recorded yet at that point")
+        return
+    click.echo(f"  state: {record['state']}   course: {record['course_number']}")
+    for c in record["courses"]:
+        doses = ", ".join(
+            f"D{f['day']} {f['delivered_cells']:.4g} cells on {f['given_on']}"
+            for f in c["fractions"]
+        )
+        extra = f"; response {c['response']}" if c["response"] else ""
+        click.echo(f"  course {c['number']}: {doses or 'no fraction yet'}{extra}")
+    for t in record["toxicities"]:
+        status = "open" if t["open"] else f"resolved {t['resolved_at']}"
+        click.echo(f"  toxicity {t['id']}: grade {t['grade']} ({t['scale']}), {status}")
+    for s in record["signatures"]:
+        click.echo(
+            f"  signed v{s['signs_version']} {s['milestone']} ({s['meaning']}) by {s['printed_name']}"
+        )
+
+
+def _protocol(value: str | None) -> ProtocolVersion | None:
+    if value is None:
+        return None
+    try:
+        return get_version(value)
+    except UnknownProtocolVersionError:
+        raise click.BadParameter(
+            f"unknown protocol version {value!r}; known: {', '.join(VERSIONS)}",
+            param_hint="--protocol",
+        ) from None
+
+
+@audit.command()
+@click.argument("patient_id", required=False)
+@click.option(
+    "--protocol",
+    "protocol_id",
+    help="Judge every step by this protocol version "
+    "(default: the version each event was recorded under).",
+)
+@click.option(
+    "--regrade",
+    type=click.Choice(["ASTCT", "CTCAE"]),
+    help="Re-grade every recorded toxicity observation under this scale.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Findings as JSON.")
+@pass_context
+def conformance(
+    ctx: Context,
+    patient_id: str | None,
+    protocol_id: str | None,
+    regrade: str | None,
+    as_json: bool,
+) -> None:
+    """Re-run each history (one patient, or all) through the protocol's guards; list every step
+    the guards refuse, with the failed rules. Exits 1 when a step does not conform."""
+    protocol = _protocol(protocol_id)
+    result = Conformance()
+    for pid, events in streams(ctx.service.app, patient_id):
+        check_history(pid, events, protocol=protocol, regrade=regrade, result=result)
+    if as_json:
+        echo_json(result.to_json())
+    else:
+        judged = f"protocol {protocol.id}" if protocol else "the protocol version of each event"
+        click.echo(
+            f"conformance under {judged}: {result.patients} patient(s), {result.moves} moves, "
+            f"{len(result.findings)} finding(s)"
+        )
+        for f in result.findings:
+            click.echo(f"  {f}")
+        if regrade:
+            click.echo(f"re-graded under {regrade}: {len(result.regrades)} toxicity report(s)")
+            for r in result.regrades:
+                click.echo(f"  {r}")
+    if result.findings:
+        sys.exit(1)
+
+
+def _open_seal(path: str | None) -> IO[str] | None:
+    if path is None:
+        return None
+    try:
+        return open(path, encoding="utf-8")
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot read {path!r}: {exc.strerror}", param_hint="--seal"
+        ) from None
+
+
+@audit.command("verify")
+@click.option(
+    "--seal",
+    "seal_path",
+    metavar="FILE",
+    help="Also compare with a seal written by "
+    "`audit seal` (detects deletion of the last events of a stream).",
+)
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@pass_context
+def verify_cmd(ctx: Context, seal_path: str | None, as_json: bool) -> None:
+    """Recompute every stream's hash chain and the log digest; name the first broken event.
+    Exits 1 when anything was altered."""
+    fh = _open_seal(seal_path)
+    try:
+        report = verify(ctx.service.app, fh)
+    except SealFormatError as exc:
+        raise click.BadParameter(str(exc), param_hint="--seal") from None
+    finally:
+        if fh is not None:
+            fh.close()
+    if as_json:
+        echo_json(report.to_json())
+    else:
+        status = "OK" if report.ok else "TAMPERED"
+        click.echo(
+            f"verify: {status}: {report.streams} streams, {report.events} events "
+            f"({report.rows} rows in the store)"
+        )
+        click.echo(f"log digest: {report.log_digest}")
+        if report.sealed is not None:
+            click.echo(
+                f"seal of {report.sealed.get('sealed_at')}: {report.sealed.get('streams')} streams, "
+                f"{report.sealed.get('events')} events, digest {report.sealed.get('log_digest')}"
+            )
+        for p in report.problems:
+            click.echo(f"  {p}")
+    if not report.ok:
+        sys.exit(1)
+
+
+@audit.command("seal")
+@click.argument("out", metavar="FILE")
+@pass_context
+def seal_cmd(ctx: Context, out: str) -> None:
+    """Write every stream's head hash and the log digest to FILE (keep it outside the database)."""
+    if out == "-":
+        report = seal(ctx.service.app, sys.stdout)
+    else:
+        try:
+            with open(out, "w", encoding="utf-8") as fh:
+                report = seal(ctx.service.app, fh)
+        except OSError as exc:
+            raise click.BadParameter(f"cannot write {out!r}: {exc.strerror}") from None
+    click.echo(
+        f"sealed {report.streams} streams, {report.events} events; log digest {report.log_digest}",
+        err=out == "-",
+    )
+    for p in report.problems:
+        click.echo(f"  warning: sealed a broken stream: {p}", err=True)
+
+
+@audit.command("export")
+@click.argument("fmt", metavar="FORMAT", type=click.Choice(["jsonl", "csv", "fhir", "html"]))
+@click.option("--patient", "patient_id", help="One patient (default: every patient).")
+@click.option(
+    "--out",
+    default="-",
+    metavar="PATH",
+    help="File to write (default stdout); for "
+    "html of every patient, a directory (one file per patient).",
+)
+@pass_context
+def export(ctx: Context, fmt: str, patient_id: str | None, out: str) -> None:
+    """Stream the log: jsonl (every event), csv (the timeline), fhir (an R4 Bundle per patient;
+    one per line for every patient), html (a printable audit report per patient)."""
+    app = ctx.service.app
+    if fmt == "jsonl":
+        _write(exports.jsonl(app, patient_id), out)
+    elif fmt == "csv":
+        _write(exports.csv_timeline(app, patient_id), out)
+    elif fmt == "fhir":
+        if patient_id is not None:
+            data = bundle(patient_id, patient_events(app, patient_id))
+            _write([json.dumps(data, indent=2, ensure_ascii=False) + "\n"], out)
+        else:
+            _write(
+                (
+                    json.dumps(bundle(pid, events), ensure_ascii=False, separators=(",", ":"))
+                    + "\n"
+                    for pid, events in streams(app)
+                ),
+                out,
+            )
+    else:
+        if patient_id is None and out == "-":
+            raise click.BadParameter(
+                "html for every patient needs --out DIRECTORY", param_hint="--out"
+            )
+        if patient_id is not None:
+            _write([_html(patient_id, patient_events(app, patient_id))], out)
+            return
+        target = Path(out)
+        target.mkdir(parents=True, exist_ok=True)
+        count = 0
+        for pid, events in streams(app):
+            (target / f"{pid}.html").write_text(_html(pid, events), encoding="utf-8")
+            count += 1
+        click.echo(f"wrote {count} reports to {target}", err=True)
+
+
+def _html(patient_id: str, events: list) -> str:  # type: ignore[type-arg]
+    findings = check_history(patient_id, events).findings
+    return html_report(
+        patient_id, events, findings=findings, problems=check_stream(patient_id, events)
+    )
+
+
+_ = COLUMNS, csv_row  # re-exported for callers composing their own CSV
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(audit)

@@ -1,0 +1,185 @@
+"""Tamper evidence against real SQL on the SQLite file and on PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cart_course.audit import seal, verify
+from cart_course.contract import parse_command
+from cart_course.course import stream_id
+from cart_course.demo import cohort
+from cart_course.service import CourseService
+from cart_course.storage import open_application, parse_store_url
+
+Sql = Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def tamperable(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[CourseService, Sql, str]]:
+    if request.param == "sqlite":
+        url = str(tmp_path / "audit.sqlite")
+    else:
+        url = str(request.getfixturevalue("pg_url"))
+    service = CourseService(open_application(parse_store_url(url)))
+    commands = [parse_command(c) for c in cohort(20, seed=3)]
+    for i in range(0, len(commands), 200):
+        service.execute_batch(commands[i : i + 200])
+    if request.param == "sqlite":
+
+        def sql(statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+            with sqlite3.connect(url) as conn:
+                rows = conn.execute(statement.replace("%s", "?"), args).fetchall()
+            return rows
+
+        id_of: Callable[[str], Any] = lambda pid: stream_id(pid).hex  # noqa: E731
+    else:
+        import psycopg
+
+        def sql(statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+            with psycopg.connect(
+                url.replace("postgresql://", "postgresql://", 1), autocommit=True
+            ) as conn:
+                cur = conn.execute(statement, args)
+                return cur.fetchall() if cur.description else []
+
+        id_of = stream_id
+    table = service.app.recorder.events_table_name  # type: ignore[attr-defined]
+    plain = sql
+
+    def sql(statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return plain(statement.replace("stored_events", table), args)
+
+    service.id_of = id_of  # type: ignore[attr-defined]
+    try:
+        yield service, sql, request.param
+    finally:
+        service.close()
+
+
+def _text_replace(kind: str, old: str, new: str) -> str:
+    if kind == "sqlite":
+        return f"state = CAST(replace(CAST(state AS TEXT), '{old}', '{new}') AS BLOB)"
+    return f"state = convert_to(replace(convert_from(state, 'UTF8'), '{old}', '{new}'), 'UTF8')"
+
+
+def _problems(service: CourseService, sealed: str | None = None) -> list[str]:
+    report = verify(service.app, io.StringIO(sealed) if sealed else None)
+    return [str(p) for p in report.problems]
+
+
+def test_untouched_log_verifies_and_seal_matches(tamperable: Any) -> None:
+    service, _sql, _kind = tamperable
+    out = io.StringIO()
+    sealed = seal(service.app, out)
+    report = verify(service.app, io.StringIO(out.getvalue()))
+    assert report.ok, report.problems
+    assert report.log_digest == sealed.log_digest
+    assert report.events == report.rows > 100
+
+
+def test_modified_row_is_named(tamperable: Any) -> None:
+    service, sql, kind = tamperable
+    sid = service.id_of("P-0004")
+    sql(
+        f"UPDATE stored_events SET {_text_replace(kind, 'demo.site-01.emr', 'someone.else')} "
+        "WHERE originator_id = %s AND originator_version = 3",
+        (sid,),
+    )
+    problems = _problems(service)
+    assert len(problems) == 1
+    assert problems[0].startswith("P-0004 v3: [chain]")
+
+
+def test_deleted_row_is_named(tamperable: Any) -> None:
+    service, sql, _kind = tamperable
+    sql(
+        "DELETE FROM stored_events WHERE originator_id = %s AND originator_version = 4",
+        (service.id_of("P-0005"),),
+    )
+    assert _problems(service) == [
+        "P-0005 v4: [sequence] v4 missing: the stream jumps from v3 to v5 (a row was deleted or "
+        "renumbered)"
+    ]
+
+
+def test_reordered_rows_are_named(tamperable: Any) -> None:
+    service, sql, _kind = tamperable
+    sid = service.id_of("P-0006")
+    sql(
+        "UPDATE stored_events SET originator_version = -1 WHERE originator_id = %s AND originator_version = 4",
+        (sid,),
+    )
+    sql(
+        "UPDATE stored_events SET originator_version = 4 WHERE originator_id = %s AND originator_version = 5",
+        (sid,),
+    )
+    sql(
+        "UPDATE stored_events SET originator_version = 5 WHERE originator_id = %s AND originator_version = -1",
+        (sid,),
+    )
+    problems = _problems(service)
+    assert len(problems) == 1 and problems[0].startswith("P-0006 v"), problems
+    assert "[chain]" in problems[0]
+
+
+def test_inserted_row_is_named(tamperable: Any) -> None:
+    service, sql, _kind = tamperable
+    sid = service.id_of("P-0007")
+    (last,) = sql(
+        "SELECT MAX(originator_version) FROM stored_events WHERE originator_id = %s", (sid,)
+    )[0]
+    sql(
+        "INSERT INTO stored_events (originator_id, originator_version, topic, state) "
+        "SELECT originator_id, CAST(%s AS INTEGER), topic, state FROM stored_events "
+        "WHERE originator_id = %s AND originator_version = 2",
+        (last + 1, sid),
+    )
+    problems = _problems(service)
+    assert len(problems) == 1 and problems[0].startswith(f"P-0007 v{last}: [chain]"), problems
+
+
+def test_deleted_registration_hides_nothing(tamperable: Any) -> None:
+    service, sql, _kind = tamperable
+    sql(
+        "DELETE FROM stored_events WHERE originator_id = %s AND originator_version = 1",
+        (service.id_of("P-0008"),),
+    )
+    problems = _problems(service)
+    assert any("[registration]" in p and "belong to no registered patient" in p for p in problems)
+
+
+def test_deleting_the_last_event_is_caught_by_the_seal(tamperable: Any) -> None:
+    service, sql, _kind = tamperable
+    out = io.StringIO()
+    seal(service.app, out)
+    sid = service.id_of("P-0009")
+    (last,) = sql(
+        "SELECT MAX(originator_version) FROM stored_events WHERE originator_id = %s", (sid,)
+    )[0]
+    sql(
+        "DELETE FROM stored_events WHERE originator_id = %s AND originator_version = %s",
+        (sid, last),
+    )
+    assert _problems(service) == []  # the chain alone cannot see it: that is why there is a seal
+    problems = _problems(service, out.getvalue())
+    assert problems == [
+        f"P-0009 v{last}: [seal] sealed at v{last} but the stream now ends at v{last - 1}: "
+        f"v{last} was deleted"
+    ]
+
+
+def test_events_recorded_after_the_seal_are_fine(tamperable: Any) -> None:
+    service, _sql, _kind = tamperable
+    out = io.StringIO()
+    seal(service.app, out)
+    more = [parse_command(c) for c in cohort(3, seed=9, prefix="N")]
+    service.execute_batch(more)
+    assert _problems(service, out.getvalue()) == []

@@ -12,6 +12,7 @@ against the rules of its own protocol version or of another one (conformance rep
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,6 +24,10 @@ from .eligibility import evaluate_eligibility, parse_screening
 from .parameters import ProtocolParameters
 from .response import check_clinician_response, classify_response, parse_response_assessment
 from .states import FOLLOW_UP, INFUSED, NON_TERMINAL, ON_TREATMENT, State, Trigger
+
+# Dry runs are questions, not moves: the library logs every trigger at INFO, which would flood a
+# server's log (and cost more than the guard itself). Only its warnings matter here.
+logging.getLogger("transitions").setLevel(logging.WARNING)
 
 S = State
 T = Trigger
@@ -106,6 +111,25 @@ class Probe:
             day = dt.date.fromisoformat(self.facts["screening_date"])
             self._cache["eligibility"] = evaluate_eligibility(data, day, self.params)
         return self._cache["eligibility"]
+
+    def schedule_problem(self) -> str | None:
+        if "schedule" not in self._cache:
+            self._cache["schedule"] = schedule_problem(self.facts, self.params)
+        result: str | None = self._cache["schedule"]
+        return result
+
+    def dose_problems(self) -> list[str]:
+        if "dose" not in self._cache:
+            self._cache["dose"] = dose_problems(self.facts, self.params)
+        result: list[str] = self._cache["dose"]
+        return result
+
+    def deviations(self, trigger: str) -> list[str]:
+        """Protocol deviations of an allowed infusion (reuses what the rules computed)."""
+        if not trigger.startswith("infuse_d"):
+            return []
+        schedule = self.schedule_problem()
+        return ([schedule] if schedule else []) + list(self.dose_problems())
 
     def response(self) -> Any:
         if "response" not in self._cache:
@@ -236,25 +260,23 @@ def dose_problems(facts: Mapping[str, Any], params: ProtocolParameters) -> list[
 @rule(
     "the fraction is given on the calendar day after the previous one "
     "(D1 not before apheresis), or a deviation reason is recorded",
-    lambda p: f"{schedule_problem(p.facts, p.params)}; record a deviation reason to proceed",
+    lambda p: f"{p.schedule_problem()}; record a deviation reason to proceed",
 )
 def on_schedule_or_deviation(p: Probe) -> bool:
     if p.payload_unknown("infusion_date"):
         return True
-    return schedule_problem(p.facts, p.params) is None or p.has_deviation_reason()
+    return p.schedule_problem() is None or p.has_deviation_reason()
 
 
 @rule(
     "the cell count is within tolerance of the planned fraction and the course total not above "
     "plan, or a deviation reason is recorded",
-    lambda p: (
-        "; ".join(dose_problems(p.facts, p.params)) + "; record a deviation reason to proceed"
-    ),
+    lambda p: "; ".join(p.dose_problems()) + "; record a deviation reason to proceed",
 )
 def dose_within_tolerance_or_deviation(p: Probe) -> bool:
     if p.payload_unknown("cells"):
         return True
-    return not dose_problems(p.facts, p.params) or p.has_deviation_reason()
+    return not p.dose_problems() or p.has_deviation_reason()
 
 
 @rule(
@@ -600,7 +622,7 @@ def dry_run(
             ),
         )
     if moved:
-        deviations = tuple(deviations_of(trigger, facts, params)) if not hypothetical else ()
+        deviations = tuple(probe.deviations(trigger)) if not hypothetical else ()
         return DryRun(
             trigger=trigger, source=state, allowed=True, dest=probe.state, deviations=deviations
         )

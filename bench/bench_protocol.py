@@ -1,0 +1,142 @@
+"""Guarded dry runs of protocol moves, against a bare ``transitions`` trigger in the same run.
+
+Target (issue #2): a guarded dry run of a move costs <= 50 microseconds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from typing import Any
+
+from transitions import Machine
+
+from cart_course.demo import assessment, eligible_screening
+from cart_course.protocol.commands import allowed_now, prepare
+from cart_course.protocol.eligibility import parse_screening
+from cart_course.protocol.record import PatientRecord
+from cart_course.protocol.versions import CURRENT
+
+from .harness import QUICK, Section, per_call_us
+
+TARGET_US = 50.0
+
+
+class _Probe:
+    __slots__ = ("state",)
+
+    def __init__(self) -> None:
+        self.state = "a"
+
+
+def _bare() -> Any:
+    """A Machine with model=None, one transition, no conditions: the library's own floor."""
+    machine = Machine(
+        model=None,
+        states=["a", "b"],
+        transitions=[{"trigger": "go", "source": "a", "dest": "b"}],
+        initial=None,
+        auto_transitions=False,
+    )
+    event = machine.events["go"]
+
+    def trigger() -> bool:
+        return bool(event.trigger(_Probe()))
+
+    return trigger
+
+
+def _d2_facts() -> dict[str, Any]:
+    return {
+        "day": 2,
+        "course_number": 1,
+        "weight_kg": 68.4,
+        "previous_date": "2026-01-14",
+        "infusion_date": "2026-01-15",
+        "delivered_before": 6.9e6,
+        "fractions_cancelled": False,
+        "open_toxicities": [{"id": "CRS-1", "kind": "CRS", "grade": 0}],
+        "cells": 2.05e7,
+        "dose": {"value": 2.05e7, "unit": "cells"},
+        "product_lot": "LOT-1",
+    }
+
+
+def run() -> Section:
+    n = 2_000 if QUICK else 20_000
+    repeat = 3 if QUICK else 7
+    bare = _bare()
+    d2 = _d2_facts()
+    screening = {
+        "screening": parse_screening(eligible_screening(random.Random(1))).to_json(),
+        "screening_date": "2026-01-05",
+    }
+    d2_refused = {**d2, "cells": 4.0e7, "infusion_date": "2026-01-17"}
+    cont = {"response": "PR", "course_number": 2}
+    assess = {"fractions_cancelled": False, "assessment": assessment("PR")}
+    v = CURRENT
+
+    def screen() -> bool:
+        # a fresh dict per call: the eligibility verdict is not cached between dry runs
+        return v.dry_run("candidate", "screen", dict(screening)).allowed
+
+    cases = [
+        ("bare transitions trigger (model=None, 1 transition, no conditions)", bare),
+        ("infuse_d2 dry run, allowed (5 rules)", lambda: v.dry_run("infused_d1", "infuse_d2", d2)),
+        (
+            "infuse_d2 dry run, refused (rules named and explained)",
+            lambda: v.dry_run("infused_d1", "infuse_d2", d2_refused),
+        ),
+        (
+            "continue_treatment dry run (PR, course 2)",
+            lambda: v.dry_run("assessed", "continue_treatment", cont),
+        ),
+        ("screen dry run with eligibility (24 criteria)", screen),
+        (
+            "assess_response dry run with response classification",
+            lambda: v.dry_run("infused_d3", "assess_response", dict(assess)),
+        ),
+    ]
+    results = [(name, per_call_us(fn, n, repeat)) for name, fn in cases]
+    base = results[0][1]
+
+    # The whole decision of one command (parse payload, gather facts, dry run, outcome).
+    record = PatientRecord(patient_id="bench")
+    when = dt.datetime(2026, 1, 5, 9, tzinfo=dt.UTC)
+    payload = {"screening": eligible_screening(random.Random(1))}
+    prep = per_call_us(lambda: prepare(record, "screen", payload, when, None, v), n // 4, repeat)
+    allowed = per_call_us(lambda: allowed_now(record, v), n // 4, repeat)
+    results += [
+        ("prepare(screen): parse payload, gather facts, guard, outcome (whole command)", prep),
+        ("allowed moves now (candidate)", allowed),
+    ]
+
+    rows = []
+    for name, us in results:
+        guarded = "dry run" in name
+        rows.append(
+            {
+                "operation": name,
+                "us per call": us,
+                "x bare trigger": us / base,
+                "target <= 50 us": ("met" if us <= TARGET_US else "MISSED") if guarded else "",
+            }
+        )
+    d2_us = results[1][1]
+    return Section(
+        title="Protocol: guarded dry runs",
+        method=(
+            f"`bench/bench_protocol.py`: best of {repeat} loops of {n:,} calls (prepare and "
+            f"allowed moves: {n // 4:,}), microseconds per call, each next to a bare `transitions` "
+            "trigger (`Machine(model=None)`, one transition, no conditions, fired on a trivial "
+            "probe) measured in the same run. A dry run builds a throwaway probe holding the "
+            "state and the facts, fires the protocol version's shared machine, and on refusal "
+            "re-evaluates the transition's rules to name and explain each failed one."
+        ),
+        rows=rows,
+        notes=[
+            f"infuse_d2 guarded dry run: {d2_us:.1f} us = {d2_us / base:.1f}x a bare trigger "
+            f"({base:.1f} us); target <= {TARGET_US:.0f} us "
+            f"{'met' if d2_us <= TARGET_US else 'MISSED'}.",
+        ],
+    )

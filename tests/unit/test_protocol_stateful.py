@@ -1,0 +1,303 @@
+"""Random command sequences through the pure core (``commands.prepare`` + ``record.evolve``).
+
+Hypothesis drives any order of commands, most of which the protocol refuses; every accepted move
+is recorded and the invariants of the trial are checked after each step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from typing import Any
+
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from cart_course.demo import assessment, crs, eligible_screening, icans
+from cart_course.protocol.commands import MoveRefusedError, prepare
+from cart_course.protocol.dosing import not_above_plan, within_tolerance
+from cart_course.protocol.errors import ProtocolInputError
+from cart_course.protocol.record import PatientRecord, evolve
+from cart_course.protocol.states import INFUSION_TRIGGERS, TERMINAL
+from cart_course.protocol.versions import CURRENT
+
+P = CURRENT.params
+TERMINAL_NAMES = {s.value for s in TERMINAL}
+REASONS = st.sampled_from([None, "clinical decision with the patient"])
+FACTORS = st.sampled_from([1.0, 1.0, 1.0, 0.8, 1.2, 0.79, 1.21, 2.0, 0.5])
+GAPS = st.sampled_from([1, 1, 1, 0, 2, 5])
+
+
+def roundtrip(data: Any) -> Any:
+    return json.loads(json.dumps(data))
+
+
+COMMAND_ARGS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
+    "screen": st.fixed_dictionaries(dict(eligible=st.booleans(), again=st.booleans(), gap=GAPS)),
+    "apheresis": st.fixed_dictionaries(dict(contraindication=st.booleans(), gap=GAPS)),
+    "infuse": st.fixed_dictionaries(
+        dict(
+            day=st.sampled_from([1, 2, 3]),
+            factor=FACTORS,
+            gap=GAPS,
+            deviation=st.sampled_from([None, None, "documented: product release delayed"]),
+            per_kg=st.booleans(),
+        )
+    ),
+    "report_toxicity": st.fixed_dictionaries(
+        dict(kind=st.sampled_from(["CRS", "ICANS", "other"]), grade=st.integers(1, 3))
+    ),
+    "resolve_toxicity": st.fixed_dictionaries(dict(which=st.integers(0, 3))),
+    "cancel": st.fixed_dictionaries(dict(reason=REASONS)),
+    "assess": st.fixed_dictionaries(
+        dict(
+            response=st.sampled_from(["CR", "CRi", "PR", "PR", "NR"]),
+            clinician=st.sampled_from([None, None, "CR", "PR"]),
+            reason=REASONS,
+        )
+    ),
+    "decide": st.fixed_dictionaries(
+        dict(
+            command=st.sampled_from(
+                ["continue_treatment", "cease", "discontinue", "withdraw", "record_death"]
+            ),
+            reason=REASONS,
+            weight=st.sampled_from([1, 1, 1, 1, 1, 1, 1, 1, 1, 0]),
+        )
+    ),
+}
+
+
+class ProtocolCourse(RuleBasedStateMachine):
+    @initialize()
+    def start(self) -> None:
+        self.record = PatientRecord(patient_id="P-stateful")
+        self.moves: list[dict[str, Any]] = []
+        self.today = dt.date(2026, 1, 5)
+        self.weight = 62.5
+        self.snapshot: PatientRecord | None = None
+
+    # -- driving ---------------------------------------------------------------------------
+    def attempt(
+        self, command: str, payload: dict[str, Any], reason: str | None = None, gap: int = 0
+    ) -> None:
+        when = self.today + dt.timedelta(days=gap)
+        occurred = dt.datetime.combine(when, dt.time(10), tzinfo=dt.UTC)
+        try:
+            p = prepare(self.record, command, payload, occurred, reason, CURRENT)
+        except (MoveRefusedError, ProtocolInputError):
+            return
+        move = {
+            "trigger": p.trigger,
+            "to_state": p.to_state,
+            "facts": p.facts,
+            "outcome": p.outcome,
+            "occurred_at": occurred.isoformat(),
+            "version": len(self.moves) + 1,
+            "protocol_version": CURRENT.id,
+            "reason": reason,
+        }
+        self.check_move(p.from_state, move)
+        event(f"accepted {p.trigger} -> {p.to_state}")
+        if p.trigger == "continue_treatment":
+            course = self.record.course
+            response = course.response if course else None
+            event(f"another course decided after {response} in course {self.record.course_number}")
+        if p.outcome.get("deviations"):
+            event("infusion recorded with a deviation")
+        evolve(self.record, **move)
+        stored = roundtrip(move)  # what an event store gives back
+        self.moves.append(stored)
+        if self.snapshot is not None:
+            evolve(self.snapshot, **roundtrip(stored))
+        self.today = when
+
+    def check_move(self, from_state: str, move: dict[str, Any]) -> None:
+        trigger = move["trigger"]
+        if trigger in INFUSION_TRIGGERS:
+            assert from_state not in TERMINAL_NAMES, "infusion after a terminal state"
+            assert all(m["to_state"] not in TERMINAL_NAMES for m in self.moves)
+            day = move["outcome"]["day"]
+            course = self.record.course
+            given = [f.day for f in course.fractions] if course and day != 1 else []
+            assert given == list(range(1, day)), f"D{day} after fractions {given}"
+            if not move["facts"].get("deviation_reason"):
+                out = move["outcome"]
+                assert within_tolerance(out["planned_cells"], out["cells"], P.dose_tolerance)
+                total = (
+                    out["planned_total_cells"]
+                    if day == 1
+                    else (course.planned_total if course else None)
+                )
+                assert total is not None
+                assert not_above_plan(total, out["delivered_course_total"], P.dose_tolerance)
+                assert out["deviations"] == []
+            else:
+                assert move["facts"]["deviation_reason"].strip()
+        if trigger == "continue_treatment":
+            course = self.record.course
+            assert course is not None
+            if course.response == "PR":
+                assert self.record.course_number < P.max_courses_on_pr, "fourth course on PR"
+
+    # -- commands ----------------------------------------------------------------------------
+    def screen(self, eligible: bool, again: bool, gap: int) -> None:
+        data = eligible_screening(random.Random(7))
+        if not eligible:
+            data["lvef_pct"] = 45
+        self.attempt("rescreen" if again else "screen", {"screening": data}, gap=gap)
+
+    def apheresis(self, contraindication: bool, gap: int) -> None:
+        payload = {"apheresis_contraindication": contraindication}
+        self.attempt("record_apheresis", payload, gap=gap)
+
+    def infuse(
+        self, day: int, factor: float, gap: int, deviation: str | None, per_kg: bool
+    ) -> None:
+        per_kg_dose = P.cells_per_kg * P.fractions[day - 1] * factor
+        cells = (
+            {"value": per_kg_dose, "unit": "cells/kg"}
+            if per_kg
+            else {"value": per_kg_dose * self.weight, "unit": "cells"}
+        )
+        payload: dict[str, Any] = {"day": day, "cells": cells}
+        if day == 1:
+            payload["weight"] = {"value": self.weight, "unit": "kg"}
+        if deviation:
+            payload["deviation_reason"] = deviation
+        self.attempt("give_infusion", payload, gap=gap)
+
+    def report_toxicity(self, kind: str, grade: int) -> None:
+        if kind == "CRS":
+            report = crs(grade)
+        elif kind == "ICANS":
+            report = icans(grade)
+        else:
+            report = {
+                "kind": "other",
+                "term": "febrile neutropenia",
+                "grade": grade,
+                "scale": "CTCAE",
+                "scale_version": "5.0",
+            }
+        self.attempt("report_toxicity", {"toxicity": report})
+
+    def resolve_toxicity(self, which: int) -> None:
+        ids = sorted(self.record.toxicities) or ["CRS-1"]
+        self.attempt("resolve_toxicity", {"toxicity_id": ids[which % len(ids)]})
+
+    def cancel(self, reason: str | None) -> None:
+        self.attempt("cancel_remaining_fractions", {}, reason)
+
+    def assess(self, response: str, clinician: str | None, reason: str | None) -> None:
+        payload: dict[str, Any] = {"assessment": assessment(response)}
+        if clinician:
+            payload["clinician_response"] = clinician
+        self.attempt("assess_response", payload, reason, gap=25)
+
+    def decide(self, command: str, reason: str | None, weight: int) -> None:
+        if command in ("withdraw", "record_death") and weight:
+            return  # keep endings rare so that long courses are explored
+        self.attempt(command, {}, reason, gap=1)
+
+    @rule(
+        factor=FACTORS,
+        gap=GAPS,
+        deviation=st.sampled_from([None, None, "documented: product release delayed"]),
+        response=st.sampled_from(["CR", "PR", "PR", "NR"]),
+        reason=REASONS,
+        decision=st.sampled_from(["continue_treatment", "continue_treatment", "cease"]),
+    )
+    def next_step(
+        self,
+        factor: float,
+        gap: int,
+        deviation: str | None,
+        response: str,
+        reason: str | None,
+        decision: str,
+    ) -> None:
+        """The protocol's usual next step from here, with random doses, days and decisions."""
+        state = self.record.state
+        if state == "candidate":
+            self.screen(eligible=True, again=False, gap=1)
+        elif state == "screen_failed":
+            self.screen(eligible=True, again=True, gap=gap)
+        elif state == "screened":
+            self.apheresis(contraindication=False, gap=gap)
+        elif state in ("apheresed", "continued", "infused_d1", "infused_d2"):
+            course = self.record.course
+            cancelled = state != "apheresed" and course is not None and course.cancelled
+            open_ids = [t.id for t in self.record.open_toxicities()]
+            if open_ids:
+                self.attempt("resolve_toxicity", {"toxicity_id": open_ids[0]})
+            elif cancelled:
+                self.assess(response=response, clinician=None, reason=None)
+            else:
+                day = {"apheresed": 1, "continued": 1, "infused_d1": 2, "infused_d2": 3}[state]
+                self.infuse(day=day, factor=factor, gap=gap, deviation=deviation, per_kg=False)
+        elif state == "infused_d3":
+            self.assess(response=response, clinician=None, reason=None)
+        elif state == "assessed":
+            self.attempt(decision, {}, reason, gap=1)
+
+    @rule(data=st.data())
+    def any_command(self, data: st.DataObject) -> None:
+        """Any command with any arguments: mostly refused; accepted ones must keep the laws."""
+        name = data.draw(st.sampled_from(sorted(COMMAND_ARGS)))
+        getattr(self, name)(**data.draw(COMMAND_ARGS[name]))
+
+    @rule()
+    def take_snapshot(self) -> None:
+        self.snapshot = PatientRecord.from_json(roundtrip(self.record.to_json()))
+
+    # -- invariants ----------------------------------------------------------------------------
+    @invariant()
+    def fractions_are_in_order_within_each_course(self) -> None:
+        for course in self.record.courses:
+            assert [f.day for f in course.fractions] == list(range(1, len(course.fractions) + 1))
+
+    @invariant()
+    def no_fourth_course_decided_on_pr(self) -> None:
+        for course in self.record.courses:
+            if course.decision == "continued" and course.response == "PR":
+                assert course.number < P.max_courses_on_pr
+
+    @invariant()
+    def nothing_happens_after_a_terminal_state_but_follow_up(self) -> None:
+        ended = False
+        for move in self.moves:
+            if ended:
+                assert move["trigger"] in ("report_toxicity", "resolve_toxicity")
+                assert move["to_state"] in TERMINAL_NAMES
+            ended = ended or move["to_state"] in TERMINAL_NAMES
+
+    @invariant()
+    def overdose_only_with_deviation(self) -> None:
+        for course in self.record.courses:
+            for f in course.fractions:
+                if not within_tolerance(f.planned_cells, f.cells, P.dose_tolerance):
+                    assert f.deviations
+                    assert any(d["version"] == f.version for d in self.record.deviations)
+
+    @invariant()
+    def replay_and_snapshot_equal_the_live_record(self) -> None:
+        replayed = PatientRecord(patient_id="P-stateful")
+        for move in self.moves:
+            evolve(replayed, **roundtrip(move))
+        assert replayed == self.record
+        restored = PatientRecord.from_json(roundtrip(self.record.to_json()))
+        assert restored == self.record
+        if self.snapshot is not None:
+            assert self.snapshot == self.record
+
+
+ProtocolCourse.TestCase.settings = settings(
+    max_examples=150,
+    stateful_step_count=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestProtocolCourse = ProtocolCourse.TestCase

@@ -5,6 +5,8 @@ This is the only module that reads the environment.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Mapping
 
@@ -38,9 +40,26 @@ class Settings:
             raise StoreError(str(exc)) from None
         return cls(
             store=store,
-            cipher_key=environ.get(ENV_CIPHER_KEY) or None,
+            cipher_key=check_cipher_key(environ.get(ENV_CIPHER_KEY) or None),
             compress=environ.get(ENV_COMPRESS, "").lower() in ("1", "true", "yes", "y"),
         )
+
+
+def check_cipher_key(key: str | None) -> str | None:
+    """A key is base64 of 16, 24 or 32 random bytes (AES); say how to make one if it is not."""
+    if key is None:
+        return None
+    try:
+        raw = base64.b64decode(key.encode(), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) not in (16, 24, 32):
+        raise StoreError(
+            f"{ENV_CIPHER_KEY} is not an AES key (base64 of 16, 24 or 32 bytes); make one with: "
+            "python -c 'from eventsourcing.cipher import AESCipher; "
+            "print(AESCipher.create_key(32))'"
+        )
+    return key
 
 
 def build_service(settings: Settings) -> CourseService:

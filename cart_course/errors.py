@@ -124,6 +124,13 @@ class StoreError(CartCourseError):
     title = "Store unavailable"
 
 
+class CipherKeyError(StoreError):
+    """The stored events cannot be decrypted with the configured key (or no key is set)."""
+
+    code = "cipher_key_mismatch"
+    title = "Encryption key does not match the store"
+
+
 class ForbiddenError(CartCourseError):
     code = "forbidden"
     http_status = 403

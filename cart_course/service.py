@@ -286,7 +286,7 @@ class CourseService:
                 digest, version = seen
                 if digest != command.digest:
                     raise IdempotencyConflictError(command.key, version)
-                return self._result_of(command.patient_id, version, "duplicate"), None
+                return self._result_of(course, version, "duplicate"), None
         version_now = course.version if course is not None else 0
         if command.expected_version is not None and command.expected_version != version_now:
             raise VersionConflictError(command.patient_id, command.expected_version, version_now)
@@ -569,26 +569,57 @@ class CourseService:
             idempotency_key=command.key,
         )
 
-    def _result_of(self, patient_id: str, version: int, status: str) -> CommandResult:
-        with store_errors(f"patient {patient_id}"):
-            events = list(self.app.events.get(stream_id(patient_id), gt=version - 1, lte=version))
-        event = events[0]
+    def _result_of(self, course: PatientCourse, version: int, status: str) -> CommandResult:
+        """The result of the event at ``version`` again (an idempotent retry): the same fields
+        as when it was recorded; ``allowed_moves`` are the moves allowed now."""
+        events = self._events_of(course, lte=version)  # includes events pending in a batch
+        event = events[-1]
+        allowed = tuple(allowed_now(course.record, self.protocol))
+        common: dict[str, Any] = {
+            "status": status,
+            "patient_id": course.patient_id,
+            "version": version,
+            "event": type(event).__name__,
+            "idempotency_key": getattr(event, "idempotency_key", ""),
+            "allowed_moves": allowed,
+        }
+        if isinstance(event, PatientCourse.Moved):
+            return CommandResult(
+                command=event.command,
+                trigger=event.trigger,
+                from_state=event.from_state,
+                to_state=event.to_state,
+                deviations=tuple(event.outcome.get("deviations", ())),
+                outcome=event.outcome,
+                **common,
+            )
+        # A correction or a signature does not move the state: the state it was recorded in.
+        state = next(
+            (e.to_state for e in reversed(events) if isinstance(e, PatientCourse.Moved)),
+            "candidate",
+        )
+        if isinstance(event, PatientCourse.FactCorrected):
+            return CommandResult(
+                command="correct",
+                trigger=None,
+                from_state=state,
+                to_state=state,
+                deviations=tuple(event.findings),
+                outcome={"corrects": event.corrects, **event.outcome},
+                **common,
+            )
+        assert isinstance(event, PatientCourse.MilestoneSigned)
         return CommandResult(
-            status=status,
-            patient_id=patient_id,
-            version=version,
-            event=type(event).__name__,
-            command=getattr(
-                event,
-                "command",
-                "correct" if isinstance(event, PatientCourse.FactCorrected) else "sign",
-            ),
-            trigger=getattr(event, "trigger", None),
-            from_state=getattr(event, "from_state", None),
-            to_state=getattr(event, "to_state", ""),
-            deviations=tuple(getattr(event, "outcome", {}).get("deviations", ())),
-            outcome=getattr(event, "outcome", {}),
-            idempotency_key=getattr(event, "idempotency_key", ""),
+            command="sign",
+            trigger=None,
+            from_state=state,
+            to_state=state,
+            outcome={
+                "milestone": event.milestone,
+                "signs_version": event.signs_version,
+                "meaning": event.meaning,
+            },
+            **common,
         )
 
     # ------------------------------------------------------------------------------------------

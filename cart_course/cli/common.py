@@ -52,10 +52,13 @@ def read_json_input(source: str) -> Any:
             with open(source, encoding="utf-8") as fh:
                 text = fh.read()
         except OSError as exc:
-            raise click.BadParameter(f"cannot read {source!r}: {exc.strerror}") from None
+            raise click.BadParameter(
+                f"cannot read {source!r}: {exc.strerror}", param_hint="SOURCE"
+            ) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(
-            f"not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
+            f"not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}",
+            param_hint="SOURCE",
         ) from None

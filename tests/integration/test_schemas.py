@@ -1,0 +1,211 @@
+"""The JSON Schemas of the contract: every command the demo cohort produces is valid against its
+schema, invalid commands are rejected, and the schemas agree with the service on them."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from referencing import Registry, Resource
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from integration_helpers import T0, Course, envelope, icans, screening
+
+from cart_course.contract import ALL_COMMANDS, parse_command
+from cart_course.demo import cohort
+from cart_course.errors import InvalidCommandError, MoveRefused
+from cart_course.schemas import SCHEMAS, command_schema, envelope_schema
+from cart_course.service import CourseService
+
+VALIDATORS = {name: jsonschema.Draft202012Validator(schema) for name, schema in SCHEMAS.items()}
+
+
+def errors_of(command: dict[str, Any]) -> list[str]:
+    validator = VALIDATORS[command["command"]]
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(command)
+    ]
+
+
+def test_every_schema_is_a_valid_draft_2020_12_schema() -> None:
+    assert set(SCHEMAS) == set(ALL_COMMANDS)
+    for name, schema in SCHEMAS.items():
+        jsonschema.Draft202012Validator.check_schema(schema)
+        assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+        assert schema["properties"]["command"] == {"const": name}
+    with pytest.raises(KeyError):
+        command_schema("fly_to_the_moon")
+
+
+def test_every_command_of_a_demo_cohort_is_valid_against_its_schema() -> None:
+    commands = list(cohort(200, seed=11))
+    assert {c["command"] for c in commands} == set(ALL_COMMANDS)
+    for command in commands:
+        assert errors_of(command) == [], command
+
+
+def test_the_dispatching_envelope_schema_validates_any_command() -> None:
+    registry: Registry[Any] = Registry().with_resources(
+        (schema["$id"], Resource.from_contents(schema)) for schema in SCHEMAS.values()
+    )
+    validator = jsonschema.Draft202012Validator(envelope_schema(), registry=registry)
+    validator.check_schema(envelope_schema())
+    for command in list(cohort(40, seed=2))[:200]:
+        assert list(validator.iter_errors(command)) == []
+    bad = {**next(iter(cohort(1, seed=2))), "payload": {"screening": {"kps": "high"}}}
+    assert list(validator.iter_errors(bad))
+    assert list(validator.iter_errors({"command": "fly"}))
+
+
+def _base(command: str, payload: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    data = envelope(command, "P-1", payload, at=T0, key="k-1", reason=extra.pop("reason", None))
+    data.update(extra)
+    return data
+
+
+CELLS = {"value": 7e6, "unit": "cells"}
+WEIGHT = {"value": 70, "unit": "kg"}
+CRS = {
+    "kind": "CRS",
+    "observations": {
+        "temperature": {"value": 38.5, "unit": "C"},
+        "hypotension": False,
+        "oxygen": {"device": "none"},
+    },
+}
+
+VALID: list[dict[str, Any]] = [
+    _base("screen", {"screening": screening()}),
+    _base("give_infusion", {"day": 1, "cells": CELLS, "weight": WEIGHT}),
+    _base("give_infusion", {"day": 2, "cells": {"value": 3e5, "unit": "cells/kg"}}),
+    _base("report_toxicity", {"toxicity": CRS}),
+    _base("report_toxicity", {"toxicity": icans(2), "toxicity_id": "ICANS-1"}),
+    _base(
+        "report_toxicity",
+        {
+            "toxicity": {
+                "kind": "other",
+                "term": "febrile neutropenia",
+                "grade": 3,
+                "scale": "CTCAE",
+                "scale_version": "5.0",
+            }
+        },
+    ),
+    _base("withdraw", {}, reason="consent withdrawn"),
+    _base("cease", {}, expected_version=9),
+    _base("correct", {"corrects": 4, "changes": {"cells": CELLS}}, reason="bag label"),
+]
+
+INVALID: list[tuple[str, dict[str, Any]]] = [
+    ("unknown envelope key", {**VALID[0], "colour": "red"}),
+    ("missing actor", {k: v for k, v in VALID[0].items() if k != "actor"}),
+    ("reader role", {**VALID[0], "actor": {"id": "x", "role": "monitor"}}),
+    ("patient id with a space", {**VALID[0], "patient_id": "P 1"}),
+    ("clinical time without offset", {**VALID[0], "occurred_at": "2026-01-05T08:00:00"}),
+    ("negative expected version", {**VALID[7], "expected_version": -1}),
+    ("boolean expected version", {**VALID[7], "expected_version": True}),
+    ("screening value as text", _base("screen", {"screening": {"kps": "90"}})),
+    ("unknown screening field", _base("screen", {"screening": {"kps_score": 90}})),
+    (
+        "unknown lab unit",
+        _base("screen", {"screening": {"creatinine": {"value": 1, "unit": "mmol/L", "uln": 1.2}}}),
+    ),
+    (
+        "weight in stone",
+        _base("give_infusion", {"day": 1, "cells": CELLS, "weight": {"value": 11, "unit": "st"}}),
+    ),
+    ("D1 without weight", _base("give_infusion", {"day": 1, "cells": CELLS})),
+    ("D2 with weight", _base("give_infusion", {"day": 2, "cells": CELLS, "weight": WEIGHT})),
+    ("day 4", _base("give_infusion", {"day": 4, "cells": CELLS})),
+    ("zero cells", _base("give_infusion", {"day": 2, "cells": {"value": 0, "unit": "cells"}})),
+    ("cells in litres", _base("give_infusion", {"day": 2, "cells": {"value": 1, "unit": "L"}})),
+    (
+        "grade and observations",
+        _base(
+            "report_toxicity",
+            {"toxicity": {**CRS, "grade": 2, "scale": "ASTCT", "scale_version": "2019"}},
+        ),
+    ),
+    (
+        "unknown oxygen device",
+        _base(
+            "report_toxicity",
+            {
+                "toxicity": {
+                    **CRS,
+                    "observations": {**CRS["observations"], "oxygen": {"device": "tent"}},
+                }
+            },
+        ),
+    ),
+    (
+        "other without a term",
+        _base(
+            "report_toxicity",
+            {"toxicity": {"kind": "other", "grade": 2, "scale": "CTCAE", "scale_version": "5.0"}},
+        ),
+    ),
+    ("withdraw without reason", _base("withdraw", {})),
+    ("payload on cease", _base("cease", {"why": "CR"})),
+    (
+        "assessment without blasts",
+        _base("assess_response", {"assessment": {"anc": {"value": 1, "unit": "10^9/L"}}}),
+    ),
+    (
+        "MRD method unknown",
+        _base(
+            "assess_response",
+            {
+                "assessment": {
+                    "marrow_blasts_pct": 1,
+                    "mrd": {"value": 0, "unit": "%", "method": "PET", "sensitivity": 1e-4},
+                }
+            },
+        ),
+    ),
+    ("correction of the day", _base("correct", {"corrects": 4, "changes": {"day": 3}}, reason="x")),
+    ("correction without reason", _base("correct", {"corrects": 4, "changes": {"cells": CELLS}})),
+    (
+        "sign with unknown meaning",
+        _base(
+            "sign",
+            {"milestone": "infusion", "signs_version": 5, "meaning": "like", "printed_name": "A"},
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("command", VALID, ids=lambda c: c["command"])
+def test_valid_examples_pass(command: dict[str, Any]) -> None:
+    assert errors_of(command) == []
+
+
+@pytest.mark.parametrize(("why", "command"), INVALID, ids=[w for w, _ in INVALID])
+def test_invalid_examples_are_rejected(why: str, command: dict[str, Any]) -> None:
+    assert errors_of(command), why
+
+
+def test_the_service_rejects_what_the_schema_rejects(memory_service: CourseService) -> None:
+    """The schema is not stricter than the service: each invalid example is invalid input to
+    the service too (not merely refused by the protocol), and nothing is recorded."""
+    p = Course(memory_service, "P-1")
+    p.screen()
+    p.apheresis()
+    for why, command in INVALID:
+        # A missing reason is the protocol's rule (a refusal naming it), not a malformed command.
+        expected = MoveRefused if why == "withdraw without reason" else InvalidCommandError
+        with pytest.raises(expected):
+            memory_service.execute(parse_command(copy.deepcopy(command)))
+        assert memory_service.record("P-1").version == 3, why
+
+
+def test_schemas_are_plain_json() -> None:
+    for schema in SCHEMAS.values():
+        assert json.loads(json.dumps(schema)) == schema

@@ -6,6 +6,7 @@ today's protocol would refuse). Rules run before a move is recorded (``commands.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import attrs
@@ -213,9 +214,13 @@ def evolve(
     record.version = version
     record.state = to_state
     record.protocol_version = protocol_version
-    if record.first_occurred_at is None:
+    # Clinical times may carry different UTC offsets: compare instants, keep the text as entered.
+    when = dt.datetime.fromisoformat(occurred_at)
+    if record.first_occurred_at is None or when < dt.datetime.fromisoformat(
+        record.first_occurred_at
+    ):
         record.first_occurred_at = occurred_at
-    if record.last_occurred_at is None or occurred_at > record.last_occurred_at:
+    if record.last_occurred_at is None or when > dt.datetime.fromisoformat(record.last_occurred_at):
         record.last_occurred_at = occurred_at
     _apply_effect(record, trigger, facts, outcome, occurred_at, version, reason)
     if trigger in INFUSION_TRIGGERS or trigger in ("screen", "rescreen", "record_apheresis"):

@@ -1,0 +1,43 @@
+"""The pure record: clinical times with different UTC offsets are ordered as instants."""
+
+from __future__ import annotations
+
+from cart_course.protocol.record import PatientRecord, evolve
+
+
+def _report(record: PatientRecord, occurred_at: str, version: int) -> None:
+    evolve(
+        record,
+        trigger="report_toxicity",
+        to_state="apheresed",
+        facts={"toxicity": {"kind": "other"}, "toxicity_id": f"other-{version}"},
+        outcome={
+            "toxicity_id": f"other-{version}",
+            "kind": "other",
+            "grade": 1,
+            "scale": "CTCAE",
+            "scale_version": "5.0",
+            "severe": False,
+            "opens_hold": False,
+        },
+        occurred_at=occurred_at,
+        version=version,
+        protocol_version="1.0",
+    )
+
+
+def test_last_clinical_time_is_the_latest_instant_not_the_latest_text() -> None:
+    record = PatientRecord(patient_id="P-1")
+    # 09:00 in Paris is 08:00 UTC; the second report, 08:30 UTC, happened later.
+    _report(record, "2026-03-02T09:00:00+01:00", 1)
+    _report(record, "2026-03-02T08:30:00+00:00", 2)
+    assert record.last_occurred_at == "2026-03-02T08:30:00+00:00"
+    assert record.first_occurred_at == "2026-03-02T09:00:00+01:00"
+
+
+def test_a_late_entry_of_an_earlier_event_moves_the_first_clinical_time_back() -> None:
+    record = PatientRecord(patient_id="P-1")
+    _report(record, "2026-03-02T10:00:00+00:00", 1)
+    _report(record, "2026-03-01T23:30:00-05:00", 2)  # 04:30 UTC on 2 March: earlier
+    assert record.first_occurred_at == "2026-03-01T23:30:00-05:00"
+    assert record.last_occurred_at == "2026-03-02T10:00:00+00:00"

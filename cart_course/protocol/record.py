@@ -102,7 +102,7 @@ class PatientRecord:
 
     @property
     def terminal(self) -> bool:
-        return self.state in {s.value for s in TERMINAL}
+        return self.state in TERMINAL
 
     def open_toxicities(self) -> list[Toxicity]:
         return [t for t in self.toxicities.values() if t.open]
@@ -225,7 +225,7 @@ def evolve(
     _apply_effect(record, trigger, facts, outcome, occurred_at, version, reason)
     if trigger in INFUSION_TRIGGERS or trigger in ("screen", "rescreen", "record_apheresis"):
         record.index[version] = {"trigger": trigger}
-    if to_state in {s.value for s in TERMINAL}:
+    if to_state in TERMINAL:  # State is a StrEnum: plain strings match
         record.ended = {"state": to_state, "reason": reason, "occurred_at": occurred_at}
 
 

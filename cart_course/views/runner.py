@@ -1,25 +1,28 @@
 """The monitors' views: catch up from the notification log, answer queries, wait for a position.
 
 Processing is exactly-once and resumable: each batch of notifications is applied to the view
-tables and the tracking position is advanced **in the same transaction**. A batch is read and
-decoded before the write lock is taken; under the lock the position is checked again, so two
-runners (a follower process and a query's own catch-up) never apply a notification twice.
+tables and the tracking position is advanced **in the same transaction**. A batch is read,
+decoded and evolved into the touched patients' records before the write lock is taken; under the
+lock the position is checked again (a runner that lost the race drops what it evolved and reads
+again), so two runners (a follower process and a query's own catch-up) never apply a
+notification twice.
 A runner killed mid-batch leaves no trace of that batch: the next one starts from the position.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ..course import PatientCourse
 from ..errors import CartCourseError, StoreError
 from ..protocol.record import PatientRecord
 from ..storage import CourseApplication, StoreSettings
+from .decode import EventDecoder
 from .projection import (
     BOARD_COLUMNS,
     DEVIATION_COLUMNS,
@@ -63,9 +66,9 @@ class _Touched:
     __slots__ = (
         "cohort_before",
         "deviations_before",
-        "last",
         "position",
         "record",
+        "recorded_at",
         "stream_id",
         "tox_dirty",
     )
@@ -73,7 +76,8 @@ class _Touched:
     def __init__(self, stream_id: str, record: PatientRecord | None) -> None:
         self.stream_id = stream_id
         self.record = record
-        self.last: Any = None
+        #: record time (``timestamp``) of the patient's last event in the batch
+        self.recorded_at: dt.datetime | None = None
         self.position = 0
         self.tox_dirty = False
         if record is None:
@@ -110,6 +114,10 @@ class Views:
         #: stream id -> record as of the view's committed position (valid while versions match).
         self._cache: OrderedDict[str, PatientRecord] = OrderedDict()
         self.cache_size = cache_size
+        self._decode = EventDecoder(app.mapper)
+        self._lock = threading.RLock()
+        #: Test hook: called after the batch is evolved, before the write lock is taken.
+        self.before_lock: Callable[[], None] | None = None
         #: Test hook: called inside the transaction after the rows are written, before commit.
         self.before_commit: Callable[[], None] | None = None
 
@@ -186,40 +194,47 @@ class Views:
                 time.sleep(0.02)
 
     def process_batch(self, limit: int | None = None) -> int:
-        """Apply one batch; returns how many notifications it covered (0: up to date)."""
+        """Apply one batch; returns how many notifications it covered (0: up to date).
+
+        The batch is decoded and each touched patient's record evolved *before* the write lock
+        is taken (from records as of the position read); under the lock the position is checked
+        again and only then are the rows and the new position written, in one transaction.
+        """
         limit = limit or self.batch_size
-        for _ in range(50):
-            start = self.position()
-            notes = self.app.recorder.select_notifications(
-                start=start, limit=limit, inclusive_of_start=False
-            )
-            if not notes:
-                return 0
-            to_event = self.app.mapper.to_domain_event
-            events: list[Any] = [to_event(n) for n in notes]
-            touched: dict[Any, _Touched] = {}
-            try:
-                with self.db.transaction():
-                    if self.db.tracking(lock=True)[0] != start:
-                        raise _Moved
-                    self._apply(notes, events, touched)
-                    self._write(touched, notes[-1].id, events[-1].timestamp)
-                    if self.before_commit is not None:
-                        self.before_commit()
-            except _Moved:
-                continue  # another runner processed these meanwhile: read again
-            except BaseException:
-                for sid in touched:
-                    self._cache.pop(sid, None)
-                raise
-            cache = self._cache
-            for t in touched.values():
-                if t.record is not None:
-                    cache[t.stream_id] = t.record
-                    cache.move_to_end(t.stream_id)
-            while len(cache) > self.cache_size:
-                cache.popitem(last=False)
-            return len(notes)
+        with self._lock:
+            for _ in range(50):
+                start = self.position()
+                notes = self.app.recorder.select_notifications(
+                    start=start, limit=limit, inclusive_of_start=False
+                )
+                if not notes:
+                    return 0
+                touched: dict[Any, _Touched] = {}
+                try:
+                    recorded = self._evolve(notes, touched)
+                    if self.before_lock is not None:
+                        self.before_lock()
+                    with self.db.transaction():
+                        if self.db.tracking(lock=True)[0] != start:
+                            raise _Moved
+                        self._write(touched, notes[-1].id, recorded)
+                        if self.before_commit is not None:
+                            self.before_commit()
+                except BaseException as exc:
+                    # The records of this batch are not the committed ones: forget them.
+                    for t in touched.values():
+                        self._cache.pop(t.stream_id, None)
+                    if isinstance(exc, _Moved):
+                        continue  # another runner processed these meanwhile: read again
+                    raise
+                cache = self._cache
+                for t in touched.values():
+                    if t.record is not None:
+                        cache[t.stream_id] = t.record
+                        cache.move_to_end(t.stream_id)
+                while len(cache) > self.cache_size:
+                    cache.popitem(last=False)
+                return len(notes)
         raise RuntimeError("the views' position kept moving under this runner; try again")
 
     def _load(self, stream_ids: Sequence[str]) -> dict[str, PatientRecord]:
@@ -240,25 +255,36 @@ class Views:
                 found[sid] = cached
         return found
 
-    def _apply(
-        self, notes: Sequence[Any], events: Sequence[Any], touched: dict[Any, _Touched]
-    ) -> None:
-        first: dict[Any, Any] = {}
-        for event in events:
-            first.setdefault(event.originator_id, event)
-        registered = PatientCourse.Registered
-        loaded = self._load([str(oid) for oid, e in first.items() if not isinstance(e, registered)])
-        for note, event in zip(notes, events, strict=True):
+    def _evolve(self, notes: Sequence[Any], touched: dict[Any, _Touched]) -> dt.datetime:
+        """Decode the batch one notification at a time and evolve each touched patient's
+        record; returns the record time of the last event."""
+        # A stream whose first event here is not its first (version 1: Registered) was seen
+        # before: its record is loaded as of the board.
+        seen: set[Any] = set()
+        earlier: list[str] = []
+        for note in notes:
+            oid = note.originator_id
+            if oid not in seen:
+                seen.add(oid)
+                if note.originator_version != 1:
+                    earlier.append(str(oid))
+        loaded = self._load(earlier) if earlier else {}
+        decode = self._decode
+        event: Any = None
+        for note in notes:
+            event = decode(note)
             oid = event.originator_id
             t = touched.get(oid)
             if t is None:
                 sid = str(oid)
                 t = touched[oid] = _Touched(sid, loaded.get(sid))
             t.record = apply_event(t.record, event)
-            t.last = event
+            t.recorded_at = event.timestamp
             t.position = note.id
             if getattr(event, "trigger", None) in _TOXICITY_TRIGGERS:
                 t.tox_dirty = True
+        stamp: dt.datetime = event.timestamp
+        return stamp
 
     def _write(self, touched: dict[Any, _Touched], position: int, recorded: dt.datetime) -> None:
         db = self.db
@@ -271,7 +297,8 @@ class Views:
         for t in touched.values():
             record = t.record
             assert record is not None
-            row = board_row(record, t.stream_id, t.last.timestamp.isoformat(), t.position)
+            assert t.recorded_at is not None
+            row = board_row(record, t.stream_id, t.recorded_at.isoformat(), t.position)
             boards.append(row)
             for key in t.cohort_before:
                 cohort_delta[key] = cohort_delta.get(key, 0) - 1

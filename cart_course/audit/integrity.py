@@ -9,6 +9,10 @@ What each check proves (see ``docs/audit.md``):
   row would otherwise hide the whole stream); versions run 1, 2, 3 ... without gaps; record times
   never go backwards within a stream.
 - **signatures**: each ``MilestoneSigned.signed_hash`` must equal the hash of the event it signs.
+- **snapshots**: the application restores a long stream from its latest stored snapshot (one
+  every 50 events), not from the log. Each stored snapshot must equal the state replayed from the
+  log at its version: the record, the chain head, the idempotency keys and the times. A tampered
+  snapshot would otherwise change what the service shows while the log still verifies.
 - **seal**: the chain cannot see the *last* event of a stream deleted or altered (nothing after it
   points to it). ``seal`` writes each stream's head (version and hash) and the log digest to a file
   kept outside the database; ``verify --seal FILE`` then requires every sealed head to be present
@@ -20,12 +24,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 import attrs
+from eventsourcing.persistence import StoredEvent
 
 from ..course import genesis_hash, stream_id
+from ..protocol.record import PatientRecord
 from ..storage import CourseApplication
 from .log import (
     PAGE,
@@ -35,9 +42,11 @@ from .log import (
     Decoder,
     LoggedEvent,
     Replayer,
+    Row,
     count_events,
-    read_stream,
+    count_rows,
     registrations,
+    scan,
 )
 
 SEAL_FORMAT = "cart-course-seal/1"
@@ -76,10 +85,91 @@ class StreamHead:
         return f"{self.notification_id}:{self.patient_id}:{self.version}:{self.head}\n"
 
 
+@attrs.frozen(kw_only=True)
+class SnapshotState:
+    """A stored snapshot, decoded (``error`` when it no longer decodes)."""
+
+    version: int
+    state: dict[str, Any] = attrs.Factory(dict)
+    error: str | None = None
+
+
+def decode_snapshots(app: CourseApplication, stream: str, rows: list[Row]) -> list[SnapshotState]:
+    if not rows or app.snapshots is None:
+        return []
+    mapper = app.snapshots.mapper
+    decoded = []
+    for version, topic, state in rows:
+        try:
+            stored = StoredEvent(
+                originator_id=uuid.UUID(stream),
+                originator_version=version,
+                topic=topic,
+                state=state if isinstance(state, bytes) else bytes(state, "utf-8"),
+            )
+            snapshot: Any = mapper.to_domain_event(stored)
+            decoded.append(SnapshotState(version=version, state=dict(snapshot.state)))
+        except Exception as exc:  # altered into something that no longer decodes
+            decoded.append(SnapshotState(version=version, error=f"{type(exc).__name__}: {exc}"))
+    return decoded
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if isinstance(value, dt.datetime) else None
+
+
+def _snapshot_problem(
+    patient_id: str,
+    snapshot: SnapshotState,
+    record: PatientRecord,
+    head: LoggedEvent,
+    first: LoggedEvent,
+    idempotency: dict[str, list[Any]],
+) -> Problem | None:
+    """How a stored snapshot differs from the state replayed from the log at its version."""
+    where = f"the stored snapshot at v{snapshot.version}"
+    if snapshot.error is not None:
+        return Problem(
+            patient_id=patient_id,
+            version=snapshot.version,
+            check="snapshot",
+            message=f"{where} cannot be decoded ({snapshot.error}): it was altered in the database",
+        )
+    state = snapshot.state
+    differs: list[str] = []
+    stored = state.get("record")
+    stored_json = stored.to_json() if isinstance(stored, PatientRecord) else {}
+    replayed = record.to_json()
+    fields = sorted(
+        k for k in set(stored_json) | set(replayed) if stored_json.get(k) != replayed.get(k)
+    )
+    if fields:
+        differs.append("record (" + ", ".join(fields) + ")")
+    if state.get("chain_head") != head.hash:
+        differs.append("chain head")
+    if state.get("idempotency") != idempotency:
+        differs.append("idempotency keys")
+    if _iso(state.get("_modified_on")) != head.recorded_at:
+        differs.append("last record time")
+    if _iso(state.get("_created_on")) != first.recorded_at:
+        differs.append("registration time")
+    if not differs:
+        return None
+    return Problem(
+        patient_id=patient_id,
+        version=snapshot.version,
+        check="snapshot",
+        message=f"{where} differs from the log replayed to v{snapshot.version} in: "
+        + "; ".join(differs)
+        + " (the snapshot was altered: the service would show the altered state)",
+    )
+
+
 @attrs.define(kw_only=True)
 class VerifyReport:
     streams: int = 0
     events: int = 0
+    snapshots: int = 0
     rows: int | None = None
     log_digest: str = ""
     problems: list[Problem] = attrs.Factory(list)
@@ -95,6 +185,7 @@ class VerifyReport:
             "ok": self.ok,
             "streams": self.streams,
             "events": self.events,
+            "snapshots": self.snapshots,
             "rows_in_store": self.rows,
             "log_digest": self.log_digest,
             "seal": self.sealed,
@@ -103,10 +194,31 @@ class VerifyReport:
 
 
 def check_stream(
-    patient_id: str, events: list[LoggedEvent], *, replay: bool = True
+    patient_id: str,
+    events: list[LoggedEvent],
+    *,
+    replay: bool = True,
+    stream: str | None = None,
+    snapshots: Sequence[SnapshotState] = (),
 ) -> list[Problem]:
-    """The first broken link of one stream (and any bad signature); empty when intact."""
+    """The first broken link of one stream (and any bad signature or snapshot); empty when
+    intact. ``stream``: the stored stream id, checked against the patient id. ``snapshots``: the
+    stream's stored snapshots, each compared with the replayed state at its version (needs
+    ``replay``)."""
     problems: list[Problem] = []
+    if stream is not None and events and str(stream_id(patient_id)) != stream:
+        problems.append(
+            Problem(
+                patient_id=patient_id,
+                version=1,
+                check="registration",
+                message=f"stream {stream} is registered as {patient_id}, whose stream id is "
+                f"{stream_id(patient_id)}: the registration row was modified",
+            )
+        )
+        return problems
+    pending = {s.version: s for s in snapshots} if replay else {}
+    idempotency: dict[str, list[Any]] = {}
     expected_prev = genesis_hash(patient_id)
     previous: LoggedEvent | None = None
     hashes: dict[int, str] = {}
@@ -199,21 +311,54 @@ def check_stream(
                     )
                 )
                 return problems
+            if pending:
+                key = e.get("idempotency_key")
+                if key is not None:
+                    idempotency[key] = [e.get("digest"), e.version]
+                snapshot = pending.pop(e.version, None)
+                if snapshot is not None:
+                    problem = _snapshot_problem(
+                        patient_id, snapshot, replayer.record, e, events[0], idempotency
+                    )
+                    if problem is not None:
+                        problems.append(problem)
         hashes[e.version] = e.hash
         expected_prev = e.hash
         previous = e
+    for snapshot in pending.values():
+        problems.append(
+            Problem(
+                patient_id=patient_id,
+                version=snapshot.version,
+                check="snapshot",
+                message=f"a snapshot is stored at v{snapshot.version} but the stream ends at "
+                f"v{previous.version if previous else 0} (forged, or its events were deleted)",
+            )
+        )
     return problems
 
 
 def heads(app: CourseApplication, report: VerifyReport | None = None) -> Iterator[StreamHead]:
-    """Every stream's head, in registration order, checking each stream on the way."""
-    decode = Decoder(app)
-    for nid, pid in registrations(app):
-        events = read_stream(app, stream_id(pid), decode)
+    """Every stream's head, in registration order, checking each stream on the way (and its
+    stored snapshots, when the report replays)."""
+    with_snapshots = report is not None and report.replayed
+    for read in scan(app, snapshots=with_snapshots):
+        pid, events = read.patient_id, read.events
         if report is not None:
+            snapshots = decode_snapshots(app, read.stream, read.snapshots)
             report.streams += 1
             report.events += len(events)
-            report.problems.extend(check_stream(pid, events, replay=report.replayed))
+            report.snapshots += len(snapshots)
+            report.problems.extend(
+                check_stream(
+                    pid,
+                    events,
+                    replay=report.replayed,
+                    stream=read.stream,
+                    snapshots=snapshots,
+                )
+            )
+        nid = read.notification_id
         last = events[-1] if events else None
         yield StreamHead(
             notification_id=nid,
@@ -258,6 +403,10 @@ def verify(
     """Check every stream, the whole log, and (optionally) a seal written earlier."""
     report = VerifyReport(replayed=replay)
     digest = hashlib.sha256()
+    # Counted before the scan: snapshots taken while it runs are of streams it then sees.
+    stored_snapshots = (
+        count_rows(app.snapshots.recorder) if replay and app.snapshots is not None else None
+    )
     sealed_iter = _read_seal(seal) if seal is not None else None
     pending: dict[str, Any] | None = next(sealed_iter, None) if sealed_iter else None
     summary: dict[str, Any] | None = None
@@ -292,6 +441,17 @@ def verify(
         report.sealed = summary
     report.log_digest = digest.hexdigest()
     report.rows = count_events(app)
+    if stored_snapshots is not None and stored_snapshots > report.snapshots:
+        report.problems.append(
+            Problem(
+                patient_id="(snapshots)",
+                version=None,
+                check="snapshot",
+                message=f"the store holds {stored_snapshots} snapshots but the registered "
+                f"streams account for {report.snapshots}: snapshots of unregistered "
+                "streams were inserted (or their registrations deleted)",
+            )
+        )
     if report.rows is not None and report.rows != report.events:
         report.problems.extend(_orphans(app))
         if report.rows > report.events and not any(

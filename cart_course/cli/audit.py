@@ -204,8 +204,9 @@ def _open_seal(path: str | None) -> IO[str] | None:
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
 @pass_context
 def verify_cmd(ctx: Context, seal_path: str | None, as_json: bool) -> None:
-    """Recompute every stream's hash chain and the log digest; name the first broken event.
-    Exits 1 when anything was altered."""
+    """Recompute every stream's hash chain and the log digest, replay every stream and compare
+    each stored snapshot with it; name the first broken event. Exits 1 when anything was
+    altered."""
     fh = _open_seal(seal_path)
     try:
         report = verify(ctx.service.app, fh)
@@ -220,7 +221,8 @@ def verify_cmd(ctx: Context, seal_path: str | None, as_json: bool) -> None:
         status = "OK" if report.ok else "TAMPERED"
         click.echo(
             f"verify: {status}: {report.streams} streams, {report.events} events "
-            f"({report.rows} rows in the store)"
+            f"({report.rows} rows in the store), {report.snapshots} snapshot"
+            f"{'' if report.snapshots == 1 else 's'} checked"
         )
         click.echo(f"log digest: {report.log_digest}")
         if report.sealed is not None:

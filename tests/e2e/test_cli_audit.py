@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sqlite3
 import subprocess
@@ -50,3 +51,47 @@ def test_audit_commands_end_to_end(tmp_path: Path) -> None:
     )
     missing = run(db, "audit", "history", "NOBODY")
     assert missing.returncode == 1 and "NOBODY" in missing.stderr
+
+
+def test_verify_names_an_altered_snapshot(tmp_path: Path) -> None:
+    """A 56-event course (snapshot at v50) ingested from a file; its snapshot then edited."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+    from integration_helpers import T0, crs, envelope, screening
+
+    steps: list[tuple[str, dict[str, object], float]] = [
+        ("screen", {"screening": screening()}, 0),
+        ("record_apheresis", {"apheresis_contraindication": False, "product_id": "LOT-S"}, 72),
+        (
+            "give_infusion",
+            {
+                "day": 1,
+                "cells": {"value": 7.0e6, "unit": "cells"},
+                "weight": {"value": 70.0, "unit": "kg"},
+                "product_lot": "LOT-S",
+            },
+            14 * 24,
+        ),
+    ]
+    for n in range(1, 27):
+        steps.append(("report_toxicity", {"toxicity": crs(1)}, 0.05))
+        steps.append(("resolve_toxicity", {"toxicity_id": f"CRS-{n}"}, 0.05))
+    lines, at = [], T0
+    for i, (command, payload, hours) in enumerate(steps):
+        at += dt.timedelta(hours=hours)
+        lines.append(json.dumps(envelope(command, "S-1", payload, at=at, key=f"S-1:{i}")))
+    commands = tmp_path / "commands.jsonl"
+    commands.write_text("\n".join(lines) + "\n")
+    db = tmp_path / "snap.sqlite"
+    ingest = run(db, "ingest", str(commands))
+    assert ingest.returncode == 0, ingest.stdout + ingest.stderr
+    clean = run(db, "audit", "verify")
+    assert clean.returncode == 0 and "1 snapshot checked" in clean.stdout, clean.stdout
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "UPDATE stored_snapshots SET state = CAST(replace(CAST(state AS TEXT), "
+            "'\"weight_kg\":70.0', '\"weight_kg\":95.0') AS BLOB)"
+        )
+    assert "weight 95.0 kg" in run(db, "show", "S-1").stdout  # what users now see
+    tampered = run(db, "audit", "verify")
+    assert tampered.returncode == 1
+    assert "S-1 v50: [snapshot] the stored snapshot at v50 differs" in tampered.stdout

@@ -19,6 +19,7 @@ import hashlib
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,10 @@ from .storage import StoreSettings
 #: the views; ``auditor`` reads everything including the audit; ``admin`` manages tokens.
 ROLES = ("service", "clinician", "monitor", "auditor", "admin")
 TOKEN_PREFIX = "cc_"
+#: How long a verified token is trusted without asking the database again. A revocation through
+#: this process (``DELETE /v1/tokens/{id}``) takes effect at once; one made elsewhere (the CLI,
+#: another server process) within this many seconds.
+TOKEN_CACHE_SECONDS = 2.0
 
 SQLITE_DDL = (
     """CREATE TABLE IF NOT EXISTS cart_course_tokens (
@@ -121,6 +126,12 @@ class TokenStore:
     """Tokens and the audit-access log over a small SQL surface (subclasses: SQLite, PostgreSQL)."""
 
     placeholder = "?"
+    cache_seconds = TOKEN_CACHE_SECONDS
+
+    def __init__(self) -> None:
+        # token hash -> (trusted until (monotonic), info); only active tokens are cached
+        self._verified: dict[str, tuple[float, TokenInfo]] = {}
+        self._generation = 0  # bumped by every revocation through this store
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError
@@ -191,9 +202,36 @@ class TokenStore:
         return self._row(rows[0]) if rows else None
 
     def authenticate(self, token: str) -> TokenInfo | None:
-        """The active token's info, or None (unknown or revoked)."""
-        info = self.lookup(token)
-        return info if info is not None and info.active else None
+        """The active token's info, or None (unknown or revoked).
+
+        A verified token is remembered for :data:`TOKEN_CACHE_SECONDS`; unknown and revoked tokens
+        are never remembered (a token issued elsewhere works at once).
+        """
+        digest = hash_token(token)
+        now = time.monotonic()
+        hit = self._verified.get(digest)
+        if hit is not None and now < hit[0]:
+            return hit[1]
+        generation = self._generation
+        rows = self._execute(
+            self._sql(f"SELECT {COLUMNS} FROM cart_course_tokens WHERE token_hash = ?"), (digest,)
+        )
+        info = self._row(rows[0]) if rows else None
+        if info is None or not info.active:
+            self._verified.pop(digest, None)
+            return None
+        if generation == self._generation:  # no revocation raced with this read
+            if len(self._verified) > 10_000:
+                self._verified.clear()
+            self._verified[digest] = (now + self.cache_seconds, info)
+        return info
+
+    def forget(self, token_id: str | None = None) -> None:
+        """Drop remembered verifications (of one token id, or all)."""
+        self._generation += 1
+        for digest in list(self._verified):
+            if token_id is None or digest.startswith(token_id):
+                self._verified.pop(digest, None)
 
     def list(self, *, include_revoked: bool = True) -> list[TokenInfo]:
         rows = self._execute(f"SELECT {COLUMNS} FROM cart_course_tokens ORDER BY created_at, id")
@@ -218,6 +256,7 @@ class TokenStore:
             ),
             (_now(), revoked_by, token_id),
         )
+        self.forget(token_id)
         return self.get(token_id)
 
     # -- audit-access log ----------------------------------------------------------------------
@@ -261,6 +300,7 @@ class TokenStore:
 
 class SQLiteTokenStore(TokenStore):
     def __init__(self, path: str) -> None:
+        super().__init__()
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA busy_timeout = 30000")
@@ -292,6 +332,7 @@ class PostgresTokenStore(TokenStore):
     def __init__(self, url: str) -> None:
         import psycopg
 
+        super().__init__()
         self._psycopg = psycopg
         self._url = url
         self._lock = threading.Lock()

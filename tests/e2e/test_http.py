@@ -324,3 +324,29 @@ def test_board_sees_a_write_just_made(api) -> None:
     counts = client.get("/v1/counts", headers=s.auth("monitor")).json()
     assert counts
     assert isinstance(client.get("/v1/watchlist", headers=s.auth("monitor")).json(), list)
+
+
+def test_token_revoked_by_another_process_stops_working_within_the_cache_window(
+    tmp_path: Path,
+) -> None:
+    """The server remembers a verified token briefly; a revocation made elsewhere (the CLI,
+    another worker) takes effect once that window has passed, and a token issued elsewhere
+    works at once."""
+    import time
+
+    from cart_course.storage import parse_store_url
+    from cart_course.tokens import open_token_store
+
+    url = str(tmp_path / "tokens.sqlite")
+    with stack(url, demo=1) as s, TestClient(s.app) as client:
+        s.app.state.tokens.cache_seconds = 0.3
+        cli = open_token_store(parse_store_url(url))  # what 'cart-course tokens ...' opens
+        try:
+            info, token = cli.add("nurse.lee", "monitor")
+            mine = {"Authorization": f"Bearer {token}"}
+            assert client.get("/v1/patients", headers=mine).status_code == 200
+            cli.revoke(info.id, revoked_by="admin.cli")
+            time.sleep(0.35)
+            assert client.get("/v1/patients", headers=mine).status_code == 401
+        finally:
+            cli.close()

@@ -17,6 +17,11 @@ What each check proves (see ``docs/audit.md``):
   points to it). ``seal`` writes each stream's head (version and hash) and the log digest to a file
   kept outside the database; ``verify --seal FILE`` then requires every sealed head to be present
   and unchanged. Events recorded after the seal are checked by the chain only.
+
+A live store can be verified (and sealed): each run first reads the log's high-water mark (the
+highest notification id; ids are given in commit order) and checks exactly the rows at or below it,
+a consistent prefix of the log. Writes made while it runs are not problems; the next run covers
+them. ``VerifyReport.up_to`` says which position was verified.
 """
 
 from __future__ import annotations
@@ -43,8 +48,10 @@ from .log import (
     LoggedEvent,
     Replayer,
     Row,
+    StreamRead,
     count_events,
     count_rows,
+    high_water_mark,
     registrations,
     scan,
 )
@@ -175,6 +182,11 @@ class VerifyReport:
     problems: list[Problem] = attrs.Factory(list)
     sealed: dict[str, Any] | None = None
     replayed: bool = True
+    #: The log position checked: every row at or below this notification id (the log's
+    #: high-water mark when the check started); rows recorded after it are left for the next one.
+    up_to: int = 0
+    #: Stored snapshots of events after ``up_to`` (taken later): not checked by this run.
+    later_snapshots: int = 0
 
     @property
     def ok(self) -> bool:
@@ -187,6 +199,7 @@ class VerifyReport:
             "events": self.events,
             "snapshots": self.snapshots,
             "rows_in_store": self.rows,
+            "verified_up_to_notification": self.up_to,
             "log_digest": self.log_digest,
             "seal": self.sealed,
             "problems": [p.to_json() for p in self.problems],
@@ -338,14 +351,37 @@ def check_stream(
     return problems
 
 
-def heads(app: CourseApplication, report: VerifyReport | None = None) -> Iterator[StreamHead]:
+def _snapshots_up_to(app: CourseApplication, read: StreamRead) -> tuple[list[Row], int]:
+    """The stream's stored snapshots within the checked part of the log, and how many were left
+    out. A snapshot beyond the stream's last checked event is left out when the stream now
+    reaches its version (it was taken after the mark); otherwise it stays, and the check reports
+    it as beyond the end of the stream."""
+    head = read.events[-1].version if read.events else 0
+    rows = [row for row in read.snapshots if row[0] <= head]
+    later = [row for row in read.snapshots if row[0] > head]
+    if not later:
+        return rows, 0
+    latest = app.recorder.select_events(uuid.UUID(read.stream), desc=True, limit=1)
+    live = latest[0].originator_version if latest else 0
+    beyond = [row for row in later if row[0] > live]
+    return rows + beyond, len(later) - len(beyond)
+
+
+def heads(
+    app: CourseApplication, report: VerifyReport | None = None, *, up_to: int | None = None
+) -> Iterator[StreamHead]:
     """Every stream's head, in registration order, checking each stream on the way (and its
-    stored snapshots, when the report replays)."""
+    stored snapshots, when the report replays). ``up_to``: only the log at or below that
+    notification id (streams registered up to it, their events up to it)."""
     with_snapshots = report is not None and report.replayed
-    for read in scan(app, snapshots=with_snapshots):
+    for read in scan(app, snapshots=with_snapshots, up_to=up_to):
         pid, events = read.patient_id, read.events
         if report is not None:
-            snapshots = decode_snapshots(app, read.stream, read.snapshots)
+            snapshot_rows, later = (
+                (read.snapshots, 0) if up_to is None else _snapshots_up_to(app, read)
+            )
+            report.later_snapshots += later
+            snapshots = decode_snapshots(app, read.stream, snapshot_rows)
             report.streams += 1
             report.events += len(events)
             report.snapshots += len(snapshots)
@@ -370,14 +406,17 @@ def heads(app: CourseApplication, report: VerifyReport | None = None) -> Iterato
         )
 
 
-def _orphans(app: CourseApplication) -> list[Problem]:
-    """Rows of streams that have no registration (failure path only: holds a set of streams)."""
-    registered = {str(stream_id(pid)) for _nid, pid in registrations(app)}
+def _orphans(app: CourseApplication, up_to: int | None = None) -> list[Problem]:
+    """Rows of streams that have no registration (failure path only: holds a set of streams),
+    among the rows at or below notification ``up_to``."""
+    registered = {str(stream_id(pid)) for _nid, pid in registrations(app, up_to)}
     decode = Decoder(app)
     found: dict[str, list[int]] = {}
     start = 0
     while True:
-        page = app.recorder.select_notifications(start=start, limit=PAGE, inclusive_of_start=False)
+        page = app.recorder.select_notifications(
+            start=start, limit=PAGE, stop=up_to, inclusive_of_start=False
+        )
         if not page:
             break
         for n in page:
@@ -398,21 +437,33 @@ def _orphans(app: CourseApplication) -> list[Problem]:
 
 
 def verify(
-    app: CourseApplication, seal: IO[str] | None = None, *, replay: bool = True
+    app: CourseApplication,
+    seal: IO[str] | None = None,
+    *,
+    replay: bool = True,
+    up_to: int | None = None,
 ) -> VerifyReport:
-    """Check every stream, the whole log, and (optionally) a seal written earlier."""
+    """Check every stream, the whole log, and (optionally) a seal written earlier.
+
+    A live store can be verified: the check covers the log up to its high-water mark when it
+    starts (``report.up_to``), a consistent prefix; events recorded meanwhile are not problems,
+    they are checked by the next run. ``up_to``: check only the log up to that earlier
+    notification id instead (e.g. to recompute the digest a report or seal gave for it)."""
     report = VerifyReport(replayed=replay)
     digest = hashlib.sha256()
-    # Counted before the scan: snapshots taken while it runs are of streams it then sees.
+    # Counted before the mark is taken: every snapshot counted is then of an event at or below
+    # the mark (a snapshot is taken after its event is committed), so the scan accounts for it.
     stored_snapshots = (
         count_rows(app.snapshots.recorder) if replay and app.snapshots is not None else None
     )
+    mark = high_water_mark(app)
+    up_to = report.up_to = mark if up_to is None else max(0, min(up_to, mark))
     sealed_iter = _read_seal(seal) if seal is not None else None
     pending: dict[str, Any] | None = next(sealed_iter, None) if sealed_iter else None
     summary: dict[str, Any] | None = None
     if pending is not None and "seal" in pending:
         summary, pending = pending, None
-    for head in heads(app, report):
+    for head in heads(app, report, up_to=up_to):
         digest.update(head.line().encode())
         if sealed_iter is None:
             continue
@@ -436,11 +487,16 @@ def verify(
             )
     if sealed_iter is not None:
         while pending is not None:
-            report.problems.append(_missing(pending))
+            if pending["notification_id"] <= up_to:  # beyond the mark: not verified this time
+                report.problems.append(_missing(pending))
             pending, summary = _next_sealed(sealed_iter, summary)
         report.sealed = summary
     report.log_digest = digest.hexdigest()
-    report.rows = count_events(app)
+    report.rows = count_events(app, up_to)
+    # Live, every snapshot counted is of a registered stream's event at or below the mark. At an
+    # earlier position the count also holds snapshots of later streams and events: not compared.
+    if up_to < mark:
+        stored_snapshots = None
     if stored_snapshots is not None and stored_snapshots > report.snapshots:
         report.problems.append(
             Problem(
@@ -453,7 +509,7 @@ def verify(
             )
         )
     if report.rows is not None and report.rows != report.events:
-        report.problems.extend(_orphans(app))
+        report.problems.extend(_orphans(app, up_to))
         if report.rows > report.events and not any(
             p.check == "registration" for p in report.problems
         ):
@@ -462,8 +518,8 @@ def verify(
                     patient_id="(log)",
                     version=None,
                     check="registration",
-                    message=f"the store holds {report.rows} events but the registered streams "
-                    f"account for {report.events}",
+                    message=f"the store holds {report.rows} events up to notification {up_to} "
+                    f"but the registered streams account for {report.events}",
                 )
             )
     return report
@@ -525,11 +581,13 @@ def _compare(sealed: dict[str, Any], head: StreamHead) -> Problem | None:
 
 
 def seal(app: CourseApplication, out: IO[str], *, now: dt.datetime | None = None) -> VerifyReport:
-    """Write every stream's head and the log digest (JSON Lines); verifies on the way."""
+    """Write every stream's head and the log digest (JSON Lines); verifies on the way. Seals
+    the log up to its high-water mark when it starts (a live store can be sealed)."""
     report = VerifyReport(replayed=False)
+    up_to = report.up_to = high_water_mark(app)
     digest = hashlib.sha256()
     max_nid = 0
-    for head in heads(app, report):
+    for head in heads(app, report, up_to=up_to):
         digest.update(head.line().encode())
         max_nid = max(max_nid, head.notification_id)
         out.write(
@@ -545,7 +603,7 @@ def seal(app: CourseApplication, out: IO[str], *, now: dt.datetime | None = None
             + "\n"
         )
     report.log_digest = digest.hexdigest()
-    report.rows = count_events(app)
+    report.rows = count_events(app, up_to)
     stamp = (now or dt.datetime.now(dt.UTC)).isoformat()
     summary = {
         "seal": SEAL_FORMAT,
@@ -553,6 +611,7 @@ def seal(app: CourseApplication, out: IO[str], *, now: dt.datetime | None = None
         "streams": report.streams,
         "events": report.events,
         "max_notification_id": max_nid,
+        "up_to_notification": up_to,
         "log_digest": report.log_digest,
         "problems_at_sealing": len(report.problems),
     }

@@ -260,13 +260,28 @@ def read_stream(
     return [decode(s) for s in app.recorder.select_events(sid)]
 
 
-def _registration_pages(app: CourseApplication) -> Iterator[list[tuple[int, uuid.UUID]]]:
+def high_water_mark(app: CourseApplication) -> int:
+    """The log's current position: the highest notification id stored (0 when empty).
+
+    Notification ids are given in commit order (SQLite has one writer at a time; PostgreSQL
+    locks the table for each insert), so every row at or below the mark is committed and no row
+    can later appear below it: the rows up to the mark are a consistent prefix of the log."""
+    return int(app.recorder.max_notification_id() or 0)
+
+
+def _registration_pages(
+    app: CourseApplication, up_to: int | None = None
+) -> Iterator[list[tuple[int, uuid.UUID]]]:
     """(notification id, stream id) of every registration (the v1 ``Registered`` rows), in log
-    order, a page at a time."""
+    order, a page at a time (only those at or below notification ``up_to``, when given)."""
     start = 0
     while True:
         page = app.recorder.select_notifications(
-            start=start, limit=PAGE, topics=[REGISTERED_TOPIC], inclusive_of_start=False
+            start=start,
+            limit=PAGE,
+            stop=up_to,
+            topics=[REGISTERED_TOPIC],
+            inclusive_of_start=False,
         )
         if not page:
             return
@@ -283,13 +298,18 @@ def _registration_pages(app: CourseApplication) -> Iterator[list[tuple[int, uuid
         start = page[-1].id
 
 
-def registrations(app: CourseApplication) -> Iterator[tuple[int, str]]:
-    """(notification id, patient id) of every registration, in log order, paged."""
+def registrations(app: CourseApplication, up_to: int | None = None) -> Iterator[tuple[int, str]]:
+    """(notification id, patient id) of every registration, in log order, paged (only those at
+    or below notification ``up_to``, when given)."""
     decode = Decoder(app)
     start = 0
     while True:
         page = app.recorder.select_notifications(
-            start=start, limit=PAGE, topics=[REGISTERED_TOPIC], inclusive_of_start=False
+            start=start,
+            limit=PAGE,
+            stop=up_to,
+            topics=[REGISTERED_TOPIC],
+            inclusive_of_start=False,
         )
         if not page:
             return
@@ -304,10 +324,14 @@ Row = tuple[int, str, bytes]
 
 class RowReader:
     """The stored rows (version, topic, state) of many streams at once: one SQL query per page of
-    streams on SQLite and PostgreSQL; stream by stream through the recorder otherwise."""
+    streams on SQLite and PostgreSQL; stream by stream through the recorder otherwise.
 
-    def __init__(self, recorder: Any) -> None:
+    ``up_to``: only the rows at or below that notification id (the application's event table;
+    snapshot tables have no notification ids)."""
+
+    def __init__(self, recorder: Any, up_to: int | None = None) -> None:
         self.recorder = recorder
+        self.up_to = up_to
         self.kind = "recorder"
         table = getattr(recorder, "events_table_name", None)
         sqlite = sys.modules.get("eventsourcing.sqlite")
@@ -316,13 +340,25 @@ class RowReader:
         if sqlite is not None and isinstance(recorder, sqlite.SQLiteAggregateRecorder):
             self.kind = "sqlite"
             self._sql = f"SELECT {columns} FROM {table} WHERE originator_id IN ({{marks}}) "
+            if up_to is not None:
+                self._sql += f"AND rowid <= {int(up_to)} "
         elif postgres is not None and isinstance(recorder, postgres.PostgresAggregateRecorder):
             from psycopg.sql import SQL, Identifier
 
             self.kind = "postgres"
+            bound = "" if up_to is None else f"AND notification_id <= {int(up_to)} "
             self._pg = SQL(
-                f"SELECT {columns} FROM {{schema}}.{{table}} WHERE originator_id = ANY(%s) "
+                f"SELECT {columns} FROM {{schema}}.{{table}} WHERE originator_id = ANY(%s) {bound}"
             ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(str(table)))
+
+    def _up_to(self, sid: uuid.UUID, stored: Any) -> list[Any]:
+        """The in-memory store's rows of ``sid`` at or below the mark (position in its log)."""
+        index = getattr(self.recorder, "_stored_events_index", None)
+        if index is None or self.up_to is None:
+            return list(stored)
+        positions = index.get(str(sid), {})
+        # Notification id = position in the in-memory log + 1.
+        return [s for s in stored if positions.get(s.originator_version, self.up_to) < self.up_to]
 
     def fetch(self, sids: list[uuid.UUID]) -> dict[uuid.UUID, list[Row]]:
         """Each stream's rows, in version order."""
@@ -332,6 +368,8 @@ class RowReader:
         if self.kind == "recorder":
             for sid in sids:
                 stored = self.recorder.select_events(sid)
+                if self.up_to is not None:
+                    stored = self._up_to(sid, stored)
                 found[sid] = [(s.originator_version, s.topic, s.state) for s in stored]
             return found
         order = "ORDER BY originator_id, originator_version"
@@ -367,12 +405,18 @@ class StreamRead(NamedTuple):
     snapshots: list[Row]
 
 
-def scan(app: CourseApplication, *, snapshots: bool = False) -> Iterator[StreamRead]:
-    """Every registered stream in registration order, a page of streams in memory at a time."""
+def scan(
+    app: CourseApplication, *, snapshots: bool = False, up_to: int | None = None
+) -> Iterator[StreamRead]:
+    """Every registered stream in registration order, a page of streams in memory at a time.
+
+    ``up_to``: read the log only up to that notification id (see :func:`high_water_mark`):
+    the streams registered at or below it, each with its events at or below it. Snapshots are
+    read whole (they carry no notification id)."""
     decode = Decoder(app)
-    events = RowReader(app.recorder)
+    events = RowReader(app.recorder, up_to)
     snaps = RowReader(app.snapshots.recorder) if snapshots and app.snapshots is not None else None
-    for page in _registration_pages(app):
+    for page in _registration_pages(app, up_to):
         sids = [sid for _nid, sid in page]
         rows = events.fetch(sids)
         stored_snaps = snaps.fetch(sids) if snaps is not None else {}
@@ -407,24 +451,37 @@ def patient_events(app: CourseApplication, patient_id: str) -> list[LoggedEvent]
     return next(streams(app, patient_id))[1]
 
 
-def count_rows(recorder: Any) -> int | None:
-    """How many rows a recorder's table holds (None when the store cannot say cheaply)."""
+def count_rows(recorder: Any, up_to: int | None = None) -> int | None:
+    """How many rows a recorder's table holds (None when the store cannot say cheaply); with
+    ``up_to``, the rows at or below that notification id (application event tables only)."""
     table = getattr(recorder, "events_table_name", None)
     datastore = getattr(recorder, "datastore", None)
     if table is None or datastore is None:
         stored = getattr(recorder, "_stored_events", None)
-        return len(stored) if stored is not None else None
+        if stored is None:
+            return None
+        return len(stored) if up_to is None else min(len(stored), up_to)
+    where = ""
+    if up_to is not None:
+        sqlite = sys.modules.get("eventsourcing.sqlite")
+        column = (
+            "rowid"
+            if sqlite is not None and isinstance(recorder, sqlite.SQLiteAggregateRecorder)
+            else "notification_id"
+        )
+        where = f" WHERE {column} <= {int(up_to)}"
     with datastore.transaction(commit=False) as cursor:
-        cursor.execute(f"SELECT COUNT(*) AS n FROM {table}")
+        cursor.execute(f"SELECT COUNT(*) AS n FROM {table}{where}")
         row = cursor.fetchone()
     if isinstance(row, dict):
         return int(row["n"])
     return int(row[0])
 
 
-def count_events(app: CourseApplication) -> int | None:
-    """How many rows the event table holds (None when the store cannot say cheaply)."""
-    return count_rows(app.recorder)
+def count_events(app: CourseApplication, up_to: int | None = None) -> int | None:
+    """How many rows the event table holds (None when the store cannot say cheaply); with
+    ``up_to``, the rows at or below that notification id."""
+    return count_rows(app.recorder, up_to)
 
 
 # ----------------------------------------------------------------------------------------------

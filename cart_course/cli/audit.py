@@ -224,6 +224,7 @@ def verify_cmd(ctx: Context, seal_path: str | None, as_json: bool) -> None:
             f"({report.rows} rows in the store), {report.snapshots} snapshot"
             f"{'' if report.snapshots == 1 else 's'} checked"
         )
+        click.echo(f"verified the log up to notification {report.up_to}")
         click.echo(f"log digest: {report.log_digest}")
         if report.sealed is not None:
             click.echo(
@@ -250,7 +251,8 @@ def seal_cmd(ctx: Context, out: str) -> None:
         except OSError as exc:
             raise click.BadParameter(f"cannot write {out!r}: {exc.strerror}") from None
     click.echo(
-        f"sealed {report.streams} streams, {report.events} events; log digest {report.log_digest}",
+        f"sealed {report.streams} streams, {report.events} events up to notification "
+        f"{report.up_to}; log digest {report.log_digest}",
         err=out == "-",
     )
     for p in report.problems:

@@ -29,6 +29,10 @@ def test_audit_commands_end_to_end(tmp_path: Path) -> None:
     bad = run(db, "audit", "as-of", "P-0001", "--recorded-at", "yesterday")
     assert bad.returncode == 2 and "--recorded-at" in bad.stderr and "Traceback" not in bad.stderr
     assert run(db, "audit", "conformance").returncode == 0
+    clean = run(db, "audit", "verify")
+    assert clean.returncode == 0 and "verified the log up to notification " in clean.stdout
+    position = json.loads(run(db, "audit", "verify", "--json").stdout)
+    assert position["verified_up_to_notification"] == position["rows_in_store"] > 100
     seal = tmp_path / "seal.jsonl"
     assert run(db, "audit", "seal", str(seal)).returncode == 0
     assert run(db, "audit", "verify", "--seal", str(seal)).returncode == 0
@@ -95,3 +99,28 @@ def test_verify_names_an_altered_snapshot(tmp_path: Path) -> None:
     tampered = run(db, "audit", "verify")
     assert tampered.returncode == 1
     assert "S-1 v50: [snapshot] the stored snapshot at v50 differs" in tampered.stdout
+
+
+def test_verify_while_a_site_ingests(tmp_path: Path) -> None:
+    """An auditor runs `audit verify` while `ingest` records one command per transaction into the
+    same SQLite file: every run is clean, and says up to which notification it verified."""
+    db = tmp_path / "live.sqlite"
+    commands = tmp_path / "cohort.jsonl"
+    assert run(db, "demo", "--patients", "300", "--jsonl", str(commands)).returncode == 0
+    assert run(db, "demo", "--patients", "10", "--seed", "5").returncode == 0
+    site = subprocess.Popen(
+        [*CLI, "--db", str(db), "ingest", str(commands), "--batch-size", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    positions = []
+    try:
+        while site.poll() is None and len(positions) < 4:
+            verified = run(db, "audit", "verify")
+            assert verified.returncode == 0, verified.stdout + verified.stderr
+            line = next(x for x in verified.stdout.splitlines() if x.startswith("verified"))
+            positions.append(int(line.rsplit(" ", 1)[1]))
+    finally:
+        site.terminate()
+        site.wait(30)
+    assert len(positions) >= 2 and positions == sorted(positions) and positions[0] < positions[-1]

@@ -183,3 +183,23 @@ def test_events_recorded_after_the_seal_are_fine(tamperable: Any) -> None:
     more = [parse_command(c) for c in cohort(3, seed=9, prefix="N")]
     service.execute_batch(more)
     assert _problems(service, out.getvalue()) == []
+
+
+def test_the_digest_of_a_verified_position_can_be_recomputed_later(tamperable: Any) -> None:
+    """A seal (or a verify report) names the position it covers: after more events are recorded,
+    verifying up to that position gives the same digest again; the whole log gives another."""
+    service, _sql, _kind = tamperable
+    out = io.StringIO()
+    sealed = seal(service.app, out)
+    assert sealed.sealed is not None and sealed.sealed["up_to_notification"] == sealed.up_to
+    service.execute_batch([parse_command(c) for c in cohort(3, seed=9, prefix="N")])
+    then = verify(service.app, up_to=sealed.up_to)
+    now = verify(service.app, io.StringIO(out.getvalue()))
+    assert then.ok and now.ok, (then.problems, now.problems)
+    assert (then.up_to, then.events, then.log_digest) == (
+        sealed.up_to,
+        sealed.events,
+        sealed.log_digest,
+    )
+    assert now.up_to > sealed.up_to and now.events > sealed.events
+    assert now.log_digest != sealed.log_digest

@@ -201,15 +201,22 @@ def _open_seal(path: str | None) -> IO[str] | None:
     help="Also compare with a seal written by "
     "`audit seal` (detects deletion of the last events of a stream).",
 )
+@click.option(
+    "--up-to",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Check the log as it stood at notification N (reproduces the digest printed then).",
+)
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
 @pass_context
-def verify_cmd(ctx: Context, seal_path: str | None, as_json: bool) -> None:
+def verify_cmd(ctx: Context, seal_path: str | None, up_to: int | None, as_json: bool) -> None:
     """Recompute every stream's hash chain and the log digest, replay every stream and compare
     each stored snapshot with it; name the first broken event. Exits 1 when anything was
     altered."""
     fh = _open_seal(seal_path)
     try:
-        report = verify(ctx.service.app, fh)
+        report = verify(ctx.service.app, fh, up_to=up_to)
     except SealFormatError as exc:
         raise click.BadParameter(str(exc), param_hint="--seal") from None
     finally:

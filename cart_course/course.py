@@ -8,6 +8,7 @@ event of the stream (a tamper-evident chain; see ``audit``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -21,6 +22,7 @@ from .protocol.record import PatientRecord, apply_correction, evolve
 PATIENT_NAMESPACE = uuid.UUID("6f1c3a52-6b0e-5c47-9a3e-0c2d7e1b9a40")
 
 
+@functools.lru_cache(maxsize=65_536)
 def stream_id(patient_id: str) -> uuid.UUID:
     return uuid.uuid5(PATIENT_NAMESPACE, patient_id)
 
@@ -29,10 +31,15 @@ def genesis_hash(patient_id: str) -> str:
     return hashlib.sha256(f"cart_course:{patient_id}".encode()).hexdigest()
 
 
+#: ``json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)``,
+#: built once (``json.dumps`` with these options builds this encoder on every call).
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+)
+
+
 def canonical(data: Any) -> bytes:
-    return json.dumps(
-        data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
-    ).encode()
+    return _CANONICAL.encode(data).encode()
 
 
 def event_content(event: Any) -> dict[str, Any]:

@@ -168,9 +168,14 @@ class CourseService:
     # Loading
     # ------------------------------------------------------------------------------------------
 
-    def _load(self, patient_id: str, *, fresh: bool = True) -> PatientCourse | None:
+    def _load(
+        self, patient_id: str, *, fresh: bool = True, probably_new: bool = False
+    ) -> PatientCourse | None:
         """The patient's aggregate: from the cache (caught up with the store when ``fresh``), or
-        replayed from the latest snapshot and the events after it."""
+        replayed from the latest snapshot and the events after it.
+
+        ``probably_new`` (a screening): ask first whether the stream has any event at all (one
+        query), rather than looking for a snapshot and then for events (two)."""
         sid = stream_id(patient_id)
         with self._lock:
             cached = self._cache.get(sid)
@@ -183,6 +188,8 @@ class CourseService:
                 return cached
             try:
                 with store_errors(f"patient {patient_id}"):
+                    if probably_new and not self.app.recorder.select_events(sid, limit=1):
+                        return None
                     course: Any = self.app.repository.get(sid)
             except AggregateNotFoundError:
                 return None
@@ -222,8 +229,8 @@ class CourseService:
 
     def _execute(self, command: Command) -> CommandResult:
         for attempt in range(MAX_RETRIES + LOCKED_RETRIES):
-            loaded = self._load(command.patient_id)
-            result, course = self._apply(loaded, command)
+            loaded = self._load(command.patient_id, probably_new=command.command == "screen")
+            result, course = self._apply(loaded, command, with_allowed=True)
             if course is None:  # a duplicate: nothing to save
                 return result
             try:
@@ -241,9 +248,7 @@ class CourseService:
                     ) from None
                 time.sleep(0.001)
                 continue
-            return attrs.evolve(
-                result, allowed_moves=tuple(allowed_now(course.record, self.protocol))
-            )
+            return result
         raise CartCourseError(
             f"patient {command.patient_id}: too many concurrent writers, try again"
         )
@@ -254,7 +259,9 @@ class CourseService:
             results: list[CommandResult | CartCourseError] = []
             for command in commands:
                 if command.patient_id not in loaded:
-                    loaded[command.patient_id] = self._load(command.patient_id, fresh=False)
+                    loaded[command.patient_id] = self._load(
+                        command.patient_id, fresh=False, probably_new=command.command == "screen"
+                    )
                 course = loaded[command.patient_id]
                 try:
                     result, changed = self._apply(course, command)
@@ -277,15 +284,18 @@ class CourseService:
         raise CartCourseError("too many concurrent writers for this batch, try again")
 
     def _apply(
-        self, course: PatientCourse | None, command: Command
+        self, course: PatientCourse | None, command: Command, *, with_allowed: bool = False
     ) -> tuple[CommandResult, PatientCourse | None]:
-        """Decide and trigger the event on ``course`` (not saved). Duplicates return course None."""
+        """Decide and trigger the event on ``course`` (not saved). Duplicates return course None.
+
+        ``with_allowed``: a recorded move's result names the moves allowed after it."""
+        key = command.key
         if course is not None:
-            seen = course.idempotency.get(command.key)
+            seen = course.idempotency.get(key)
             if seen is not None:
                 digest, version = seen
                 if digest != command.digest:
-                    raise IdempotencyConflictError(command.key, version)
+                    raise IdempotencyConflictError(key, version)
                 return self._result_of(course, version, "duplicate"), None
         version_now = course.version if course is not None else 0
         if command.expected_version is not None and command.expected_version != version_now:
@@ -296,10 +306,13 @@ class CourseService:
             course = PatientCourse.register(
                 command.patient_id, command.actor.id, command.actor.role
             )
-        if command.command == "correct":
-            return self._correct(course, command), course
-        if command.command == "sign":
-            return self._sign(course, command), course
+        if command.command in ("correct", "sign"):
+            done = (self._correct if command.command == "correct" else self._sign)(course, command)
+            if with_allowed:
+                done = attrs.evolve(
+                    done, allowed_moves=tuple(allowed_now(course.record, self.protocol))
+                )
+            return done, course
         record = course.record
         try:
             prepared = prepare(
@@ -329,7 +342,7 @@ class CourseService:
             role=command.actor.role,
             reason=command.reason,
             occurred_at=command.occurred_at.isoformat(),
-            idempotency_key=command.key,
+            idempotency_key=key,
             digest=command.digest,
         )
         return (
@@ -344,7 +357,10 @@ class CourseService:
                 to_state=prepared.to_state,
                 deviations=tuple(prepared.outcome.get("deviations", ())),
                 outcome=prepared.outcome,
-                idempotency_key=command.key,
+                allowed_moves=tuple(allowed_now(course.record, self.protocol))
+                if with_allowed
+                else (),
+                idempotency_key=key,
             ),
             course,
         )

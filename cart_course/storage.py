@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import attrs
 from eventsourcing.application import Application
-from eventsourcing.persistence import JSONTranscoder, Transcoding
+from eventsourcing.persistence import InternalError, JSONTranscoder, Transcoding
 
 from .course import PatientCourse
 from .protocol.record import PatientRecord
@@ -31,6 +32,8 @@ ENV_CIPHER_KEY = "CART_COURSE_CIPHER_KEY"
 ENV_COMPRESS = "CART_COURSE_COMPRESS"
 #: Snapshot every N events of a stream: bounds replay for long histories.
 SNAPSHOT_INTERVAL = 50
+#: Attempts at opening a store whose tables other processes are creating at the same moment.
+_CREATE_RETRIES = 5
 logger = logging.getLogger(__name__)
 
 
@@ -173,7 +176,17 @@ def open_application(
     if settings.kind == "sqlite" and settings.path is not None:
         settings.path.parent.mkdir(parents=True, exist_ok=True)
     env = application_env(settings, cipher_key=cipher_key, compress=compress, cache_size=cache_size)
-    return CourseApplication(env=env)
+    for attempt in range(_CREATE_RETRIES):
+        try:
+            return CourseApplication(env=env)
+        except InternalError as exc:
+            # Processes starting together each create the tables (CREATE TABLE IF NOT EXISTS);
+            # PostgreSQL may refuse all but one with "tuple concurrently updated". The tables
+            # are there now: try again.
+            if "concurrently" not in str(exc) or attempt == _CREATE_RETRIES - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def new_cipher_key() -> str:

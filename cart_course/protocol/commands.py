@@ -14,7 +14,7 @@ import attrs
 
 from . import dosing
 from .errors import ProtocolInputError
-from .machine import DryRun, RuleFailure
+from .machine import DryRun, Probe, RuleFailure
 from .record import PatientRecord
 from .response import RESPONSES, classify_response, parse_response_assessment
 from .states import INFUSION_TRIGGERS, Trigger
@@ -415,24 +415,26 @@ def payload_facts(
 # ----------------------------------------------------------------------------------------------
 
 
-def outcome_of(trigger: str, facts: Mapping[str, Any], version: ProtocolVersion) -> dict[str, Any]:
-    from .eligibility import evaluate_eligibility, parse_screening
-
+def outcome_of(
+    trigger: str,
+    facts: Mapping[str, Any],
+    version: ProtocolVersion,
+    *,
+    probe: Probe | None = None,
+) -> dict[str, Any]:
+    """What the move established. ``probe``: the one the move was dry-run on with these facts
+    (what its rules computed -- eligibility, dose and schedule problems, response -- is reused)."""
     params = version.params
+    if probe is None or probe.facts is not facts or probe.params is not params:
+        probe = Probe("", facts, params)
     if trigger in (Trigger.SCREEN, Trigger.RESCREEN):
-        result = evaluate_eligibility(
-            parse_screening(facts["screening"]),
-            dt.date.fromisoformat(facts["screening_date"]),
-            params,
-        )
+        result = probe.eligibility()
         return {
             "eligible": result.eligible,
             "failed_criteria": [c.id for c in result.failed],
             "consent_on_file": facts["screening"].get("informed_consent_signed") is True,
         }
     if trigger in INFUSION_TRIGGERS:
-        from .machine import deviations_of
-
         plan = dosing.plan_course(facts["weight_kg"], params)
         day = facts["day"]
         out: dict[str, Any] = {
@@ -441,7 +443,7 @@ def outcome_of(trigger: str, facts: Mapping[str, Any], version: ProtocolVersion)
             "cells": facts["cells"],
             "planned_cells": plan.fraction_cells[day - 1],
             "delivered_course_total": facts.get("delivered_before", 0.0) + facts["cells"],
-            "deviations": deviations_of(trigger, facts, params),
+            "deviations": probe.deviations(trigger),
         }
         if day == 1:
             out.update(
@@ -466,8 +468,7 @@ def outcome_of(trigger: str, facts: Mapping[str, Any], version: ProtocolVersion)
             "opens_hold": grade.opens_hold(params),
         }
     if trigger == Trigger.ASSESS_RESPONSE:
-        assessment = parse_response_assessment(facts["assessment"])
-        result = _nested("payload.assessment", lambda a: classify_response(a, params), assessment)
+        result = _nested("payload.assessment", lambda _: probe.response(), None)
         computed = result.category
         return {
             "computed_response": computed,
@@ -506,7 +507,8 @@ def prepare(
     facts = {**context, **pfacts}
     if reason:
         facts["reason"] = reason
-    run = version.dry_run(record.state, trigger, facts)
+    probe = Probe(record.state, facts, version.params)
+    run = version.dry_run_on(probe, trigger)
     if not run.allowed:
         raise MoveRefusedError(run, allowed_now(record, version))
     assert run.dest is not None
@@ -517,21 +519,13 @@ def prepare(
         to_state=run.dest,
         payload=norm,
         facts=facts,
-        outcome=outcome_of(trigger, facts, version),
+        outcome=outcome_of(trigger, facts, version, probe=probe),
     )
 
 
 def allowed_now(record: PatientRecord, version: ProtocolVersion) -> list[str]:
     """The moves allowed now, given what is on record (the caller supplies a compliant payload)."""
-    moves: list[str] = []
-    for trigger in version.machine.events:
-        if record.state not in version.machine.events[trigger].transitions:
-            continue
-        if version.dry_run(
-            record.state, trigger, context_facts(record, trigger), hypothetical=True
-        ).allowed:
-            moves.append(trigger)
-    return moves
+    return version.allowed_moves_by(record.state, lambda trigger: context_facts(record, trigger))
 
 
 def command_of(trigger: str) -> str:

@@ -26,7 +26,7 @@ import json
 from collections.abc import Callable, Mapping
 from decimal import Context, Decimal
 from types import MappingProxyType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeGuard
 
 import attrs
 
@@ -449,7 +449,33 @@ _ULN_KEYS: Final = ("value", "unit", "uln", "uln_unit")
 _LAB_KEYS: Final = ("value", "unit")
 
 
+_ULN_KEYSET: Final = frozenset(("value", "unit", "uln", "uln_unit"))
+_LAB_KEYSET: Final = frozenset(("value", "unit"))
+_INFINITIES: Final = (float("inf"), float("-inf"))
+
+
+def _finite(v: Any) -> TypeGuard[float]:
+    """A plain JSON number (not a bool, not NaN or infinite): the common case, checked fast."""
+    t = type(v)
+    return t is int or (t is float and v == v and v not in _INFINITIES)
+
+
 def _lab_with_uln(field: str, v: Any, name: str, units: tuple[str, ...]) -> LabWithUln:
+    if type(v) is dict and v.keys() <= _ULN_KEYSET:
+        # Fast path: a well-formed value is accepted without building the error texts below.
+        value, unit, uln = v.get("value"), v.get("unit"), v.get("uln")
+        uln_unit = v.get("uln_unit", unit)
+        if (
+            _finite(value)
+            and value >= 0
+            and type(unit) is str
+            and unit in units
+            and _finite(uln)
+            and uln > 0
+            and type(uln_unit) is str
+            and uln_unit in units
+        ):
+            return LabWithUln(value=value, unit=unit, uln=uln, uln_unit=uln_unit)
     what = f"{name} with its unit and the site's upper limit of normal"
     obj = _expect_object(field, v, _ULN_KEYS, what)
     unit_text = _units_text(units)
@@ -481,6 +507,10 @@ def _lab_with_uln(field: str, v: Any, name: str, units: tuple[str, ...]) -> LabW
 
 
 def _lab_value(field: str, v: Any, name: str, units: tuple[str, ...]) -> LabValue:
+    if type(v) is dict and v.keys() <= _LAB_KEYSET:
+        value, unit = v.get("value"), v.get("unit")
+        if _finite(value) and value >= 0 and type(unit) is str and unit in units:
+            return LabValue(value=value, unit=unit)
     obj = _expect_object(field, v, _LAB_KEYS, f"{name} with its unit")
     unit_text = _units_text(units)
     value = _expect_number(
@@ -510,8 +540,20 @@ def _glucocorticoid(field: str, v: Any) -> datetime.date | Literal["never"]:
     )
 
 
+#: Keys whose parser is :func:`_bool_parser` (a boolean value is taken as it is).
+_BOOL_KEYS: set[str] = set()
+
+
+class _BoolParser:
+    def __init__(self, meaning: str) -> None:
+        self.meaning = meaning
+
+    def __call__(self, field: str, v: Any) -> bool:
+        return _expect_bool(field, v, self.meaning)
+
+
 def _bool_parser(meaning: str) -> Callable[[str, Any], Any]:
-    return lambda f, v: _expect_bool(f, v, meaning)
+    return _BoolParser(meaning)
 
 
 _PARSERS: Final[Mapping[str, Callable[[str, Any], Any]]] = {
@@ -557,6 +599,8 @@ _PARSERS: Final[Mapping[str, Callable[[str, Any], Any]]] = {
     "last_systemic_glucocorticoid": _glucocorticoid,
 }
 
+_BOOL_KEYS.update(k for k, parser in _PARSERS.items() if isinstance(parser, _BoolParser))
+
 #: Every key ``parse_screening`` accepts, in catalogue order.
 SCREENING_KEYS: Final[tuple[str, ...]] = tuple(_PARSERS)
 _KEYS_TEXT: Final = ", ".join(SCREENING_KEYS)
@@ -573,6 +617,9 @@ def parse_screening(data: Mapping[str, Any]) -> ScreeningData:
         )
     values: dict[str, Any] = {}
     for key, raw in data.items():
+        if (raw is True or raw is False) and key in _BOOL_KEYS:
+            values[key] = raw  # what the key's parser returns for a boolean, without the call
+            continue
         parser = _PARSERS.get(key) if isinstance(key, str) else None
         if parser is None:
             raise ProtocolInputError(
@@ -654,7 +701,11 @@ class EligibilityResult:
     @property
     def eligible(self) -> bool:
         """Every inclusion met and no exclusion applies; any missing value makes this false."""
-        return all(c.passed for c in self.criteria)
+        for c in self.criteria:
+            status = c.status
+            if status is not _MET and status is not _NOT_APPLY:
+                return False
+        return True
 
     @property
     def failed(self) -> tuple[CriterionResult, ...]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -580,6 +581,65 @@ def sources_of(machine: Machine, trigger: str) -> list[str]:
     return list(event.transitions) if event is not None else []
 
 
+#: A plain machine's transition table, read once: trigger -> source -> [(dest, [(check, target)])].
+#: ``dest`` None means "stay" (an internal transition).
+_Conditions = tuple[tuple[str, Callable[["Probe"], bool], bool], ...]
+_Table = dict[str, dict[str, tuple[tuple[str | None, _Conditions], ...]]]
+_TABLES: weakref.WeakKeyDictionary[Machine, tuple[frozenset[str], _Table] | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _plain_table(machine: Machine) -> tuple[frozenset[str], _Table] | None:
+    """The machine's own transitions, conditions resolved to the named rules -- or None when the
+    machine does more than guard (callbacks, queues, ignored triggers, conditions that are not
+    rules): then only the library itself may fire it."""
+    try:
+        return _TABLES[machine]
+    except KeyError:
+        pass
+    table: tuple[frozenset[str], _Table] | None = _read_table(machine)
+    _TABLES[machine] = table
+    return table
+
+
+def _read_table(machine: Machine) -> tuple[frozenset[str], _Table] | None:
+    if (
+        machine.has_queue
+        or machine.ignore_invalid_triggers
+        or machine.prepare_event
+        or machine.before_state_change
+        or machine.after_state_change
+        or machine.finalize_event
+        or machine.on_exception
+        or machine.on_final
+        or machine.send_event
+        or machine.model_attribute != "state"
+    ):
+        return None
+    for state in machine.states.values():
+        if state.on_enter or state.on_exit or state.ignore_invalid_triggers:
+            return None
+    table: _Table = {}
+    for trigger, event in machine.events.items():
+        by_source: dict[str, tuple[tuple[str | None, _Conditions], ...]] = {}
+        for source, transitions in event.transitions.items():
+            options: list[tuple[str | None, _Conditions]] = []
+            for transition in transitions:
+                if transition.prepare or transition.before or transition.after:
+                    return None
+                conditions = []
+                for condition in transition.conditions:
+                    name = condition.func
+                    if not isinstance(name, str) or name not in RULES:
+                        return None
+                    conditions.append((name, RULES[name].check, bool(condition.target)))
+                options.append((transition.dest or None, tuple(conditions)))
+            by_source[source] = tuple(options)
+        table[trigger] = by_source
+    return frozenset(machine.states), table
+
+
 def dry_run(
     machine: Machine,
     params: ProtocolParameters,
@@ -590,37 +650,99 @@ def dry_run(
     hypothetical: bool = False,
 ) -> DryRun:
     """May ``trigger`` happen in ``state`` given ``facts``? The destination, or the failed rules."""
+    return dry_run_probe(machine, Probe(state, facts, params, hypothetical=hypothetical), trigger)
+
+
+def _unknown_move(trigger: str, state: str) -> DryRun:
+    return DryRun(
+        trigger=trigger,
+        source=state,
+        allowed=False,
+        dest=None,
+        failed=(
+            RuleFailure(rule="known_move", message=f"{trigger!r} is not a move of this protocol"),
+        ),
+    )
+
+
+def _out_of_sequence(machine: Machine, trigger: str, state: str) -> DryRun:
+    allowed_from = ", ".join(sources_of(machine, trigger))
+    return DryRun(
+        trigger=trigger,
+        source=state,
+        allowed=False,
+        dest=None,
+        failed=(
+            RuleFailure(
+                rule="permitted_sequence",
+                message=f"{trigger} is not allowed in state {state}; it is allowed from: "
+                f"{allowed_from}",
+            ),
+        ),
+    )
+
+
+def dry_run_probe(machine: Machine, probe: Probe, trigger: str) -> DryRun:
+    """:func:`dry_run` on a given probe (whose cache may already hold parsed facts).
+
+    The machine's own transition table is evaluated directly, exactly as ``transitions`` fires a
+    trigger (transitions of the source in order, conditions in order, the first transition whose
+    conditions all hold wins), without the library's per-trigger machinery. A machine with
+    callbacks is fired by the library (:func:`dry_run_by_trigger`).
+    """
+    compiled = _plain_table(machine)
+    if compiled is None or not probe.hypothetical:
+        # A move that is about to be recorded (or re-checked by an audit) is fired by the
+        # ``transitions`` machine itself: the library is the guard of every recorded move. The
+        # direct evaluation below answers the hypothetical questions ("what is allowed now?"),
+        # many at a time, and is proven to answer alike (tests/unit/test_machine_direct.py).
+        return dry_run_by_trigger(machine, probe, trigger)
+    states, table = compiled
+    state = probe.state
+    by_source = table.get(trigger)
+    if by_source is None:
+        return _unknown_move(trigger, state)
+    if state not in states:
+        raise ValueError(f"State '{state}' is not a registered state.")
+    options = by_source.get(state)
+    if options is None:
+        return _out_of_sequence(machine, trigger, state)
+    for dest, conditions in options:
+        for _name, check, target in conditions:
+            if check(probe) != target:
+                break
+        else:
+            if dest is not None:
+                probe.state = dest
+            deviations = tuple(probe.deviations(trigger)) if not probe.hypothetical else ()
+            return DryRun(
+                trigger=trigger, source=state, allowed=True, dest=probe.state, deviations=deviations
+            )
+    failed: dict[str, RuleFailure] = {}
+    for _dest, conditions in options:
+        for name, check, target in conditions:
+            if name not in failed and check(probe) != target:
+                failed[name] = RuleFailure(rule=name, message=RULES[name].explain(probe))
+    return DryRun(
+        trigger=trigger, source=state, allowed=False, dest=None, failed=tuple(failed.values())
+    )
+
+
+def dry_run_by_trigger(machine: Machine, probe: Probe, trigger: str) -> DryRun:
+    """The dry run as the library fires it: ``transitions`` runs the trigger on the probe.
+
+    The reference for :func:`dry_run_probe` (a test proves both answer alike), and the path for
+    machines that carry callbacks.
+    """
+    state = probe.state
     event = machine.events.get(trigger)
     if event is None:
-        return DryRun(
-            trigger=trigger,
-            source=state,
-            allowed=False,
-            dest=None,
-            failed=(
-                RuleFailure(
-                    rule="known_move", message=f"{trigger!r} is not a move of this protocol"
-                ),
-            ),
-        )
-    probe = Probe(state, facts, params, hypothetical=hypothetical)
+        return _unknown_move(trigger, state)
+    facts, params, hypothetical = probe.facts, probe.params, probe.hypothetical
     try:
         moved = event.trigger(probe)
     except MachineError:
-        allowed_from = ", ".join(sources_of(machine, trigger))
-        return DryRun(
-            trigger=trigger,
-            source=state,
-            allowed=False,
-            dest=None,
-            failed=(
-                RuleFailure(
-                    rule="permitted_sequence",
-                    message=f"{trigger} is not allowed in state {state}; it is allowed from: "
-                    f"{allowed_from}",
-                ),
-            ),
-        )
+        return _out_of_sequence(machine, trigger, state)
     if moved:
         deviations = tuple(probe.deviations(trigger)) if not hypothetical else ()
         return DryRun(
@@ -654,12 +776,45 @@ def allowed_moves(
     machine: Machine, params: ProtocolParameters, state: str, context: Mapping[str, Any]
 ) -> list[str]:
     """Moves that may happen now, assuming the caller supplies a compliant payload."""
-    return [
-        trigger
-        for trigger, event in machine.events.items()
-        if state in event.transitions
-        and dry_run(machine, params, state, trigger, context, hypothetical=True).allowed
-    ]
+    return allowed_moves_by(machine, params, state, lambda _trigger: context)
+
+
+def allowed_moves_by(
+    machine: Machine,
+    params: ProtocolParameters,
+    state: str,
+    facts_of: Callable[[str], Mapping[str, Any]],
+) -> list[str]:
+    """:func:`allowed_moves` with the facts of each move (``facts_of(trigger)``, asked only for
+    the moves the state has that carry rules). The same answer as a hypothetical
+    :func:`dry_run` of every move of the state, without building its report."""
+    compiled = _plain_table(machine)
+    if compiled is None:
+        return [
+            trigger
+            for trigger, event in machine.events.items()
+            if state in event.transitions
+            and dry_run(
+                machine, params, state, trigger, facts_of(trigger), hypothetical=True
+            ).allowed
+        ]
+    moves: list[str] = []
+    for trigger, by_source in compiled[1].items():
+        options = by_source.get(state)
+        if options is None:
+            continue
+        if not options[0][1]:  # the first transition has no rules: it always fires
+            moves.append(trigger)
+            continue
+        probe = Probe(state, facts_of(trigger), params, hypothetical=True)
+        for _dest, conditions in options:
+            for _name, check, target in conditions:
+                if check(probe) != target:
+                    break
+            else:
+                moves.append(trigger)
+                break
+    return moves
 
 
 __all__ = [
@@ -672,6 +827,9 @@ __all__ = [
     "Rule",
     "RuleFailure",
     "allowed_moves",
+    "allowed_moves_by",
     "build_machine",
     "dry_run",
+    "dry_run_by_trigger",
+    "dry_run_probe",
 ]

@@ -6,14 +6,22 @@ version is never changed (its parameters are frozen and the registry refuses re-
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 import attrs
 from transitions import Machine
 
-from .machine import DryRun, allowed_moves, build_machine, dry_run
+from .machine import (
+    DryRun,
+    Probe,
+    allowed_moves,
+    allowed_moves_by,
+    build_machine,
+    dry_run,
+    dry_run_probe,
+)
 from .parameters import DEFAULT_PARAMETERS, ProtocolParameters
 
 
@@ -30,8 +38,18 @@ class ProtocolVersion:
     ) -> DryRun:
         return dry_run(self.machine, self.params, state, trigger, facts, hypothetical=hypothetical)
 
+    def dry_run_on(self, probe: Probe, trigger: str) -> DryRun:
+        """:meth:`dry_run` on a probe made with this version's parameters (its cache is kept)."""
+        return dry_run_probe(self.machine, probe, trigger)
+
     def allowed_moves(self, state: str, context: Mapping[str, Any]) -> list[str]:
         return allowed_moves(self.machine, self.params, state, context)
+
+    def allowed_moves_by(
+        self, state: str, facts_of: Callable[[str], Mapping[str, Any]]
+    ) -> list[str]:
+        """The moves allowed now, each judged on its own facts (``facts_of(trigger)``)."""
+        return allowed_moves_by(self.machine, self.params, state, facts_of)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -183,11 +183,15 @@ def _text(payload: Mapping[str, Any], key: str, *, max_len: int = 2000) -> str |
 def _tox_brief(
     record: PatientRecord, *, open_only: bool, course: int | None = None
 ) -> list[dict[str, Any]]:
-    return [
-        {"id": t.id, "kind": t.kind, "grade": t.grade if open_only else t.worst_grade}
-        for t in record.toxicities.values()
-        if (t.open or not open_only) and (course is None or t.course_number == course)
-    ]
+    if open_only:
+        chosen = record.open_toxicities()
+        if course is not None:
+            chosen = [t for t in chosen if t.course_number == course]
+        return [{"id": t.id, "kind": t.kind, "grade": t.grade} for t in chosen]
+    chosen = (
+        record.course_toxicities(course) if course is not None else list(record.toxicities.values())
+    )
+    return [{"id": t.id, "kind": t.kind, "grade": t.worst_grade} for t in chosen]
 
 
 def context_facts(record: PatientRecord, trigger: str) -> dict[str, Any]:
@@ -335,7 +339,7 @@ def _toxicity(
         norm["toxicity_id"] = tox_id
     else:
         kind = report.to_json()["kind"]
-        n = sum(1 for t in record.toxicities.values() if t.kind == kind) + 1
+        n = record.count_of_kind(kind) + 1
         tox_id = f"{kind}-{n}"
     return norm, {"toxicity": norm["toxicity"], "toxicity_id": tox_id}
 

@@ -90,6 +90,11 @@ class PatientRecord:
     ended: dict[str, Any] | None = None
     #: For each correctable event version: its trigger and where its effect lives.
     index: dict[int, dict[str, Any]] = attrs.Factory(dict)
+    # Derived indexes of ``toxicities`` (never stored: rebuilt by ``from_json``), so that a
+    # command costs the same with 10 or 1000 events of history.
+    open_ids: list[str] = attrs.field(factory=list, eq=False, repr=False)
+    kind_counts: dict[str, int] = attrs.field(factory=dict, eq=False, repr=False)
+    course_ids: dict[int, list[str]] = attrs.field(factory=dict, eq=False, repr=False)
 
     # -- derived views -----------------------------------------------------------------------
     @property
@@ -105,10 +110,24 @@ class PatientRecord:
         return self.state in TERMINAL
 
     def open_toxicities(self) -> list[Toxicity]:
-        return [t for t in self.toxicities.values() if t.open]
+        return [self.toxicities[i] for i in self.open_ids]
+
+    def course_toxicities(self, number: int) -> list[Toxicity]:
+        return [self.toxicities[i] for i in self.course_ids.get(number, ())]
+
+    def count_of_kind(self, kind: str) -> int:
+        return self.kind_counts.get(kind, 0)
+
+    def _reindex(self) -> None:
+        self.open_ids = [t.id for t in self.toxicities.values() if t.open]
+        self.kind_counts = {}
+        self.course_ids = {}
+        for t in self.toxicities.values():
+            self.kind_counts[t.kind] = self.kind_counts.get(t.kind, 0) + 1
+            self.course_ids.setdefault(t.course_number, []).append(t.id)
 
     def to_json(self) -> dict[str, Any]:
-        data = attrs.asdict(self, recurse=True)
+        data = attrs.asdict(self, recurse=True, filter=lambda a, _v: a.name not in _DERIVED)
         data["index"] = {str(k): v for k, v in self.index.items()}
         return data
 
@@ -121,7 +140,11 @@ class PatientRecord:
         ]
         data["toxicities"] = {k: Toxicity(**t) for k, t in data["toxicities"].items()}
         data["index"] = {int(k): v for k, v in data["index"].items()}
-        return cls(**data)
+        for name in _DERIVED:
+            data.pop(name, None)
+        record = cls(**data)
+        record._reindex()
+        return record
 
     def summary(self) -> dict[str, Any]:
         """The current state as a clinician reads it (also used by ``show`` and the views)."""
@@ -145,6 +168,9 @@ class PatientRecord:
             "last_occurred_at": self.last_occurred_at,
             "ended": self.ended,
         }
+
+
+_DERIVED = frozenset({"open_ids", "kind_counts", "course_ids"})
 
 
 def course_summary(c: Course) -> dict[str, Any]:
@@ -285,6 +311,8 @@ def _apply_effect(
     elif trigger == Trigger.RESOLVE_TOXICITY:
         tox = record.toxicities.get(facts["toxicity_id"])
         if tox is not None:
+            if tox.open and tox.id in record.open_ids:
+                record.open_ids.remove(tox.id)
             tox.resolved_at = occurred_at
             tox.opens_hold = False
             tox.versions.append(version)
@@ -326,6 +354,11 @@ def _report_toxicity(
         existing.report = facts["toxicity"]
         existing.versions.append(version)
     else:
+        if existing is None:
+            record.kind_counts[outcome["kind"]] = record.kind_counts.get(outcome["kind"], 0) + 1
+            record.course_ids.setdefault(record.course_number, []).append(tox_id)
+        if tox_id not in record.open_ids:
+            record.open_ids.append(tox_id)
         record.toxicities[tox_id] = Toxicity(
             id=tox_id,
             kind=outcome["kind"],

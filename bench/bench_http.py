@@ -162,7 +162,7 @@ def _balanced(patients: list[list[bytes]]) -> list[Job]:
 
 
 def run() -> Section:
-    n_patients = 48 if QUICK else 320
+    n_patients = 64 if QUICK else 480
     with tempfile.TemporaryDirectory() as tmp:
         db = str(Path(tmp) / "bench.sqlite")
         store = open_token_store(parse_store_url(db))
@@ -178,15 +178,19 @@ def run() -> Section:
                 raw = _request("POST", "/v1/commands", auth, c)
                 by_patient.setdefault(c["patient_id"], []).append(raw)
             patients = list(by_patient.values())
-            half = len(patients) // 2
-            paced_cmd = _balanced(patients[:half])
-            flat_cmd = _balanced(patients[half:])
-            per = max(1, sum(len(j) for j in paced_cmd) // CLIENTS)
+            # Three paced rounds on fresh patients (a single stall decides a p99 of ~1300
+            # requests, so the median round is reported), then one flat-out round.
+            quarter = len(patients) // 4
+            paced_rounds = [_balanced(patients[i * quarter : (i + 1) * quarter]) for i in range(3)]
+            flat_cmd = _balanced(patients[3 * quarter :])
+            per = max(1, sum(len(j) for j in paced_rounds[0]) // CLIENTS)
             bare = [[_request("GET", "/health", {})] * per for _ in range(CLIENTS)]
             rows = []
             for label, jobs, rate in (
                 ("bare Litestar GET /health, paced", bare, RATE),
-                ("POST /v1/commands, paced", paced_cmd, RATE),
+                ("POST /v1/commands, paced (round 1)", paced_rounds[0], RATE),
+                ("POST /v1/commands, paced (round 2)", paced_rounds[1], RATE),
+                ("POST /v1/commands, paced (round 3)", paced_rounds[2], RATE),
                 ("bare Litestar GET /health, flat out", bare, None),
                 ("POST /v1/commands, flat out", flat_cmd, None),
             ):
@@ -213,11 +217,13 @@ def run() -> Section:
         finally:
             proc.terminate()
             proc.wait(timeout=15)
-    bare_p, cmd_p, bare_f, cmd_f = rows
+    bare_p, r1, r2, r3, bare_f, cmd_f = rows
+    cmd_p = sorted((r1, r2, r3), key=lambda r: r["p99 ms"])[1]
     notes = [
-        f"paced at {RATE:.0f} requests/s: command p50 {cmd_p['p50 ms']:.1f} ms, p99 "
-        f"{cmd_p['p99 ms']:.1f} ms (target < 25 ms); the bare endpoint's p99 "
-        f"{bare_p['p99 ms']:.1f} ms in the same run",
+        f"paced at {RATE:.0f} requests/s, median of three rounds: command p50 "
+        f"{cmd_p['p50 ms']:.1f} ms, p99 {cmd_p['p99 ms']:.1f} ms (target < 25 ms; rounds: "
+        + ", ".join(f"{r['p99 ms']:.1f}" for r in (r1, r2, r3))
+        + f" ms); the bare endpoint's p99 {bare_p['p99 ms']:.1f} ms in the same run",
         f"flat out: commands at {cmd_f['requests/s']:.0f} requests/s = "
         f"{cmd_f['requests/s'] / bare_f['requests/s']:.2f} of the bare endpoint's throughput "
         f"({bare_f['requests/s']:.0f} requests/s)",

@@ -357,14 +357,25 @@ def pick_scenarios(n: int, rng: random.Random) -> list[str]:
 
 
 def cohort(
-    n: int, seed: int = 1, *, start: dt.datetime = START, prefix: str = "P"
+    n: int,
+    seed: int = 1,
+    *,
+    start: dt.datetime = START,
+    prefix: str = "P",
+    until: dt.datetime | None = None,
+    spacing: dt.timedelta | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """The commands for ``n`` patients, in clinical-time order across the cohort."""
+    """The commands for ``n`` patients, in clinical-time order across the cohort.
+
+    With ``until``, only what had happened by then: each patient's path is cut at that time, so
+    the cohort is in progress (fractions due, assessments pending, toxicities open).
+    """
     rng = random.Random(seed)
     scenarios = pick_scenarios(n, rng)
     width = max(4, len(str(n)))
     # Enrolment spreads over at most two years; every clinical time stays in the past.
-    spacing = min(dt.timedelta(hours=7), dt.timedelta(days=730) / max(n, 1))
+    if spacing is None:
+        spacing = min(dt.timedelta(hours=7), dt.timedelta(days=730) / max(n, 1))
     if start == START and spacing * n > dt.timedelta(days=120):
         start = START - spacing * n  # a large cohort enrolled over the two years before START
     commands: list[dict[str, Any]] = []
@@ -372,5 +383,21 @@ def cohort(
         pid = f"{prefix}-{i + 1:0{width}d}"
         first = start + spacing * i
         commands.extend(patient_commands(pid, scenario, first, rng))
+    if until is not None:
+        commands = [c for c in commands if dt.datetime.fromisoformat(c["occurred_at"]) <= until]
     commands.sort(key=lambda c: c["occurred_at"])
     yield from commands
+
+
+def live_cohort(n: int, seed: int, now: dt.datetime) -> Iterator[dict[str, Any]]:
+    """A trial in progress at ``now``: patients enrolled every two days over the last months,
+    each path cut at ``now``; one patient in nine has had nothing recorded for a month (a site
+    behind with its data entry), so the monitors see overdue actions too."""
+    spacing = dt.timedelta(days=2)
+    start = now - spacing * n - dt.timedelta(days=20)
+    behind = now - dt.timedelta(days=30)
+    for command in cohort(n, seed, start=start, until=now, spacing=spacing):
+        number = int(command["patient_id"].rsplit("-", 1)[1])
+        if number % 9 == 4 and dt.datetime.fromisoformat(command["occurred_at"]) > behind:
+            continue
+        yield command

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 import time
@@ -12,7 +13,7 @@ from typing import Any, TextIO
 import click
 
 from ..contract import Command, parse_command
-from ..demo import cohort
+from ..demo import cohort, live_cohort
 from ..errors import CartCourseError
 from .common import Context, echo_json, pass_context, read_json_input
 
@@ -229,8 +230,10 @@ def patients(ctx: Context, as_json: bool) -> None:
         _patients_table(rows)
 
 
-def record_demo(ctx: Context, n: int, seed: int) -> Counter[str]:
-    lines = ((i, json.dumps(c)) for i, c in enumerate(cohort(n, seed), start=1))
+def record_demo(ctx: Context, n: int, seed: int, *, live: bool = False) -> Counter[str]:
+    """Record a demo cohort; ``live``: enrolled over the last weeks and in progress today."""
+    commands = live_cohort(n, seed, dt.datetime.now(dt.UTC)) if live else cohort(n, seed)
+    lines = ((i, json.dumps(c)) for i, c in enumerate(commands, start=1))
     return ingest_stream(ctx, lines, batch_size=BATCH, report=sys.stderr)
 
 

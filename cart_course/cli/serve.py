@@ -40,8 +40,8 @@ def serve(ctx: Context, host: str, port: int, workers: int, demo: bool, log_leve
         from .course import record_demo
 
         if next(iter(ctx.service.patient_ids()), None) is None:
-            click.echo("empty store: recording a demo cohort of 40 patients ...")
-            counts = record_demo(ctx, 40, seed=1)
+            click.echo("empty store: recording a demo cohort of 40 patients, in progress today ...")
+            counts = record_demo(ctx, 40, seed=1, live=True)
             click.echo(f"{counts['recorded']} events recorded")
         store = _token_store(ctx)
         try:

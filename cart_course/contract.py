@@ -63,21 +63,28 @@ class Command:
     reason: str | None = None
     idempotency_key: str | None = None
     expected_version: int | None = None
+    #: The digest, computed on first use (the command is immutable; its payload is not copied,
+    #: so a caller must not change the payload mapping after handing the command over).
+    _digest: str | None = attrs.field(init=False, default=None, eq=False, hash=False, repr=False)
 
     @property
     def digest(self) -> str:
         """What makes two commands the same command (for idempotent retries)."""
-        return hashlib.sha256(
-            canonical(
-                {
-                    "command": self.command,
-                    "patient_id": self.patient_id,
-                    "occurred_at": self.occurred_at.isoformat(),
-                    "payload": self.payload,
-                    "reason": self.reason,
-                }
-            )
-        ).hexdigest()
+        digest = self._digest
+        if digest is None:
+            digest = hashlib.sha256(
+                canonical(
+                    {
+                        "command": self.command,
+                        "patient_id": self.patient_id,
+                        "occurred_at": self.occurred_at.isoformat(),
+                        "payload": self.payload,
+                        "reason": self.reason,
+                    }
+                )
+            ).hexdigest()
+            object.__setattr__(self, "_digest", digest)
+        return digest
 
     @property
     def key(self) -> str:

@@ -396,8 +396,12 @@ def live_cohort(n: int, seed: int, now: dt.datetime) -> Iterator[dict[str, Any]]
     spacing = dt.timedelta(days=2)
     start = now - spacing * n - dt.timedelta(days=20)
     behind = now - dt.timedelta(days=30)
+    seen: set[str] = set()
     for command in cohort(n, seed, start=start, until=now, spacing=spacing):
-        number = int(command["patient_id"].rsplit("-", 1)[1])
-        if number % 9 == 4 and dt.datetime.fromisoformat(command["occurred_at"]) > behind:
+        pid = command["patient_id"]
+        number = int(pid.rsplit("-", 1)[1])
+        late = dt.datetime.fromisoformat(command["occurred_at"]) > behind
+        if number % 9 == 4 and late and pid in seen:  # every patient is at least screened
             continue
+        seen.add(pid)
         yield command

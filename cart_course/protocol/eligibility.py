@@ -1036,34 +1036,49 @@ _MUL = _CTX.multiply
 _MILLI = Decimal("0.001")
 
 
+@functools.lru_cache(maxsize=1024)
+def _uln_limit(
+    k: Decimal, k_text: str, uln_value: float, uln_is_float: bool, unit: str, uln_unit: str
+) -> tuple[Decimal, bool, str]:
+    """``k x ULN`` for one site's reference range: the limit, whether the value is to be
+    converted to the ULN's unit (x 88.42) before comparing, and the limit in words. A site's ULN
+    is a constant of its laboratory: computed once per (k, ULN, units). ``uln_is_float`` keeps
+    40 and 40.0 apart (equal keys, written differently)."""
+    uln = _dec(uln_value)
+    if unit == uln_unit:
+        limit = _MUL(k, uln)
+        return limit, False, f"{k_text} × {_num(uln_value)} {unit} = {_num(limit)} {unit}"
+    if unit == "umol/L":  # ULN in mg/dL: bring the ULN to umol/L (exact multiplication)
+        uln_conv = _MUL(uln, CREATININE_UMOL_L_PER_MG_DL)
+        limit = _MUL(k, uln_conv)
+        return (
+            limit,
+            False,
+            f"{k_text} × {_num(uln_value)} {uln_unit} ({_num(uln_conv)} {unit}) "
+            f"= {_num(limit)} {unit}",
+        )
+    # value in mg/dL, ULN in umol/L: compare value x 88.42 with k x ULN (no division)
+    limit = _MUL(k, uln)
+    approx = _CTX.divide(limit, CREATININE_UMOL_L_PER_MG_DL).quantize(_MILLI)
+    return (
+        limit,
+        True,
+        f"{k_text} × {_num(uln_value)} {uln_unit} = {_num(limit)} {uln_unit} "
+        f"(about {_num(approx)} {unit})",
+    )
+
+
 def _x_uln(
     cid: str, label: str, lab: LabWithUln | None, k: Decimal, k_text: str, threshold: str
 ) -> CriterionResult:
     """Inclusion ``value <= k x ULN``, exactly, converting creatinine units where they differ."""
     if lab is None:
         return _missing(cid, cid, label, threshold, "{value, unit, uln} with the site's ULN")
+    limit, convert, limit_text = _uln_limit(
+        k, k_text, lab.uln, type(lab.uln) is float, lab.unit, lab.uln_unit
+    )
     value = _dec(lab.value)
-    uln = _dec(lab.uln)
-    if lab.unit == lab.uln_unit:
-        limit = _MUL(k, uln)
-        ok = value <= limit
-        limit_text = f"{k_text} × {_num(lab.uln)} {lab.unit} = {_num(limit)} {lab.unit}"
-    elif lab.unit == "umol/L":  # ULN in mg/dL: bring the ULN to umol/L (exact multiplication)
-        uln_conv = _MUL(uln, CREATININE_UMOL_L_PER_MG_DL)
-        limit = _MUL(k, uln_conv)
-        ok = value <= limit
-        limit_text = (
-            f"{k_text} × {_num(lab.uln)} {lab.uln_unit} ({_num(uln_conv)} {lab.unit}) "
-            f"= {_num(limit)} {lab.unit}"
-        )
-    else:  # value in mg/dL, ULN in umol/L: compare value x 88.42 with k x ULN (no division)
-        limit = _MUL(k, uln)
-        ok = _MUL(value, CREATININE_UMOL_L_PER_MG_DL) <= limit
-        approx = _CTX.divide(limit, CREATININE_UMOL_L_PER_MG_DL).quantize(_MILLI)
-        limit_text = (
-            f"{k_text} × {_num(lab.uln)} {lab.uln_unit} = {_num(limit)} {lab.uln_unit} "
-            f"(about {_num(approx)} {lab.unit})"
-        )
+    ok = (_MUL(value, CREATININE_UMOL_L_PER_MG_DL) if convert else value) <= limit
     shown = f"{label} {lab.text()}"
     return CriterionResult(
         criterion=_C[cid],

@@ -49,6 +49,8 @@ class Rule:
 
 
 RULES: dict[str, Rule] = {}
+#: Rules that are also methods of :class:`Probe` (set by :func:`rule`).
+_RULE_METHODS: set[str] = set()
 
 
 def rule(
@@ -57,6 +59,11 @@ def rule(
     def register(check: Callable[[Probe], bool]) -> Rule:
         r = Rule(name=check.__name__, requires=requires, check=check, explain=explain)
         RULES[r.name] = r
+        # transitions resolves a condition name with getattr(probe, name): a method of the
+        # class is found directly (``Probe.__getattr__`` answers for rules registered on the fly).
+        if r.name not in Probe.__dict__ or r.name in _RULE_METHODS:
+            setattr(Probe, r.name, check)
+            _RULE_METHODS.add(r.name)
         return r
 
     return register

@@ -39,3 +39,11 @@ def test_every_scenario_appears_in_a_cohort_big_enough_to_hold_them() -> None:
     commands = list(cohort(len(SCENARIOS), 9))
     kinds = {c["command"] for c in commands}
     assert {"rescreen", "correct", "sign", "discontinue", "withdraw", "record_death"} <= kinds
+
+
+def test_every_patient_of_a_live_cohort_is_on_record() -> None:
+    """Even a patient enrolled while their site is behind with data entry is screened."""
+    for day in range(0, 60, 7):
+        now = NOW + dt.timedelta(days=day)
+        patients = {c["patient_id"] for c in live_cohort(40, 1, now)}
+        assert len(patients) == 40, (now, len(patients))

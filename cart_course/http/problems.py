@@ -91,6 +91,17 @@ def _field_of(item: Any) -> str:
     return "(body)"
 
 
+def _invalid_body(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    return problem(
+        request,
+        status=400,
+        code="invalid_body",
+        title="Request body is not valid JSON",
+        detail=str(exc.detail),
+        extra={"field": "(body)"},
+    )
+
+
 def http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     assert isinstance(exc, HTTPException)
     if isinstance(exc, ValidationException):
@@ -99,14 +110,7 @@ def http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]
         field = _field_of(first)
         message = first.get("message") if isinstance(first, dict) else None
         if field == "(body)" and not items:
-            return problem(
-                request,
-                status=400,
-                code="invalid_body",
-                title="Request body is not valid JSON",
-                detail=str(exc.detail),
-                extra={"field": "(body)"},
-            )
+            return _invalid_body(request, exc)
         return problem(
             request,
             status=422,
@@ -134,14 +138,7 @@ def http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]
         )
     status = exc.status_code
     if status == 400:
-        return problem(
-            request,
-            status=400,
-            code="invalid_body",
-            title="Request body is not valid JSON",
-            detail=str(exc.detail),
-            extra={"field": "(body)"},
-        )
+        return _invalid_body(request, exc)
     return problem(
         request,
         status=status,

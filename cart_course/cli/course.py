@@ -232,7 +232,8 @@ def patients(ctx: Context, as_json: bool) -> None:
 
 def record_demo(ctx: Context, n: int, seed: int, *, live: bool = False) -> Counter[str]:
     """Record a demo cohort; ``live``: enrolled over the last weeks and in progress today."""
-    commands = live_cohort(n, seed, dt.datetime.now(dt.UTC)) if live else cohort(n, seed)
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    commands = live_cohort(n, seed, now) if live else cohort(n, seed)
     lines = ((i, json.dumps(c)) for i, c in enumerate(commands, start=1))
     return ingest_stream(ctx, lines, batch_size=BATCH, report=sys.stderr)
 

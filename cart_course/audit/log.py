@@ -269,11 +269,11 @@ def high_water_mark(app: CourseApplication) -> int:
     return int(app.recorder.max_notification_id() or 0)
 
 
-def _registration_pages(
+def _registration_notifications(
     app: CourseApplication, up_to: int | None = None
-) -> Iterator[list[tuple[int, uuid.UUID]]]:
-    """(notification id, stream id) of every registration (the v1 ``Registered`` rows), in log
-    order, a page at a time (only those at or below notification ``up_to``, when given)."""
+) -> Iterator[list[Any]]:
+    """The v1 ``Registered`` notifications, in log order, a page at a time (only those at or
+    below notification ``up_to``, when given)."""
     start = 0
     while True:
         page = app.recorder.select_notifications(
@@ -285,6 +285,15 @@ def _registration_pages(
         )
         if not page:
             return
+        yield [n for n in page if n.originator_version == 1]
+        start = page[-1].id
+
+
+def _registration_pages(
+    app: CourseApplication, up_to: int | None = None
+) -> Iterator[list[tuple[int, uuid.UUID]]]:
+    """(notification id, stream id) of every registration, in log order, a page at a time."""
+    for page in _registration_notifications(app, up_to):
         yield [
             (
                 n.id,
@@ -293,30 +302,16 @@ def _registration_pages(
                 else uuid.UUID(str(n.originator_id)),
             )
             for n in page
-            if n.originator_version == 1
         ]
-        start = page[-1].id
 
 
 def registrations(app: CourseApplication, up_to: int | None = None) -> Iterator[tuple[int, str]]:
     """(notification id, patient id) of every registration, in log order, paged (only those at
     or below notification ``up_to``, when given)."""
     decode = Decoder(app)
-    start = 0
-    while True:
-        page = app.recorder.select_notifications(
-            start=start,
-            limit=PAGE,
-            stop=up_to,
-            topics=[REGISTERED_TOPIC],
-            inclusive_of_start=False,
-        )
-        if not page:
-            return
+    for page in _registration_notifications(app, up_to):
         for n in page:
-            if n.originator_version == 1:
-                yield n.id, str(decode(n).get("patient_id"))
-        start = page[-1].id
+            yield n.id, str(decode(n).get("patient_id"))
 
 
 Row = tuple[int, str, bytes]

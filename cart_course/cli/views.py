@@ -40,12 +40,14 @@ def _open(ctx: Context, batch_size: int | None = None) -> Views:
     return views
 
 
-def _ready(views: Views, wait_for: int | None, timeout: float, catch_up: bool) -> None:
-    """Before a query: pull the log into the views, or wait for a follower to reach a position."""
+def _ready(ctx: Context, wait_for: int | None, timeout: float, catch_up: bool) -> Views:
+    """The views for a query: the log pulled into them, or a follower waited for."""
+    views = _open(ctx)
     if wait_for is not None:
         views.wait_for(wait_for, timeout, pull=catch_up)
     elif catch_up:
         views.catch_up()
+    return views
 
 
 def _fmt_cells(value: float | None) -> str:
@@ -136,8 +138,7 @@ def status(
 ) -> None:
     """The board: every patient's state, next due action and due date, dose and toxicity."""
     moment = _parse_now(now)
-    views = _open(ctx)
-    _ready(views, wait_for, timeout, catch_up)
+    views = _ready(ctx, wait_for, timeout, catch_up)
     filters: dict[str, Any] = {"state": state, "overdue": overdue, "toxicity": toxicity}
     rows = queries.board(views.db, **filters, now=moment, limit=limit)
     matching = queries.count(views.db, **filters, now=moment)
@@ -333,8 +334,7 @@ def watchlist(
 ) -> None:
     """Open toxicities (CRS, ICANS, ...) with grade, onset, holds and time since last infusion."""
     moment = _parse_now(now)
-    views_ = _open(ctx)
-    _ready(views_, wait_for, timeout, catch_up)
+    views_ = _ready(ctx, wait_for, timeout, catch_up)
     rows = queries.watchlist(views_.db, moment)
     if as_json:
         echo_json(rows)
@@ -361,8 +361,7 @@ def cohort(
     ctx: Context, as_json: bool, wait_for: int | None, timeout: float, catch_up: bool
 ) -> None:
     """Patient counts by state, by last assessed response and by course number."""
-    views_ = _open(ctx)
-    _ready(views_, wait_for, timeout, catch_up)
+    views_ = _ready(ctx, wait_for, timeout, catch_up)
     data = queries.cohort(views_.db)
     if as_json:
         echo_json(data)
@@ -387,8 +386,7 @@ def deviations(
 ) -> None:
     """Protocol deviations recorded so far (documented dose or timing deviations, findings of
     corrections)."""
-    views_ = _open(ctx)
-    _ready(views_, wait_for, timeout, catch_up)
+    views_ = _ready(ctx, wait_for, timeout, catch_up)
     rows = queries.deviations(views_.db, patient)
     if as_json:
         echo_json(rows)

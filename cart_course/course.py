@@ -16,6 +16,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate
 
+from .encoding import canonical as _canonical
 from .protocol.record import PatientRecord, apply_correction, evolve
 
 #: Namespace of patient stream ids: uuid5(NAMESPACE, patient_id). A patient has exactly one stream.
@@ -25,6 +26,23 @@ PATIENT_NAMESPACE = uuid.UUID("6f1c3a52-6b0e-5c47-9a3e-0c2d7e1b9a40")
 @functools.lru_cache(maxsize=65_536)
 def stream_id(patient_id: str) -> uuid.UUID:
     return uuid.uuid5(PATIENT_NAMESPACE, patient_id)
+
+
+#: Moves a milestone signature may sign (see ``service.MILESTONES``).
+SIGNABLE_TRIGGERS = frozenset(
+    {
+        "screen",
+        "rescreen",
+        "infuse_d1",
+        "infuse_d2",
+        "infuse_d3",
+        "assess_response",
+        "cease",
+        "discontinue",
+        "withdraw",
+        "record_death",
+    }
+)
 
 
 def genesis_hash(patient_id: str) -> str:
@@ -39,6 +57,8 @@ _CANONICAL = json.JSONEncoder(
 
 
 def canonical(data: Any) -> bytes:
+    """What an event's hash covers: the definition, for any data (NaN included), used wherever
+    data comes from outside (the audit re-reading stored rows)."""
     return _CANONICAL.encode(data).encode()
 
 
@@ -55,6 +75,13 @@ def event_hash(event: Any) -> str:
     return hashlib.sha256(canonical(event_content(event))).hexdigest()
 
 
+def live_event_hash(event: Any) -> str:
+    """:func:`event_hash` of an event this process has just created from a validated command:
+    the same bytes, encoded fast (``encoding.canonical``: JSON data with finite numbers, which
+    every live event is -- commands with NaN or infinities are refused at the boundary)."""
+    return hashlib.sha256(_canonical(event_content(event))).hexdigest()
+
+
 class PatientCourse(Aggregate):
     """A patient's courses as an event-sourced aggregate."""
 
@@ -69,7 +96,7 @@ class PatientCourse(Aggregate):
         prev_hash: str
 
         def apply(self, aggregate: PatientCourse) -> None:
-            aggregate.chain_head = event_hash(self)
+            aggregate.chain_head = live_event_hash(self)
 
     class Moved(Aggregate.Event):
         """A move of the protocol (also the base of the named move events)."""
@@ -213,6 +240,9 @@ class PatientCourse(Aggregate):
         #: idempotency key -> [payload digest, version of the event it recorded]
         self.idempotency: dict[str, list[Any]] = {}
         self.chain_head = ""
+        #: str(version) -> [trigger, hash] of each move a signature may sign (a signature names
+        #: the hash of the event it signs; this spares reading the event back from the store).
+        self.signable: dict[str, list[str]] = {}
 
     @property
     def patient_id(self) -> str:
@@ -223,7 +253,11 @@ class PatientCourse(Aggregate):
         if key is not None:
             self.idempotency[key] = [event.digest, event.originator_version]
         self.record.version = event.originator_version
-        self.chain_head = event_hash(event)
+        self.chain_head = live_event_hash(event)
+        if getattr(event, "trigger", None) in SIGNABLE_TRIGGERS and "corrects" not in vars(event):
+            signable = getattr(self, "signable", None)
+            if signable is not None:  # None: restored from a snapshot taken before it existed
+                signable[str(event.originator_version)] = [event.trigger, self.chain_head]
 
     # -- command side (called by the service after the protocol said yes) ----------------------
 

@@ -548,21 +548,27 @@ class CourseService:
                 "payload.signs_version",
                 f"must be the version of the signed event (1..{course.version})",
             )
-        events = self._events_of(course, lte=signs)
-        signed = events[-1] if events else None
-        if (
-            not isinstance(signed, PatientCourse.Moved)
-            or signed.trigger not in MILESTONES[milestone]
-        ):
-            raise InvalidCommandError(
-                "payload.signs_version",
-                f"version {signs} is not a {milestone} milestone (one of: {', '.join(MILESTONES[milestone])})",
-            )
+        known = getattr(course, "signable", None)
+        entry = known.get(str(signs)) if known is not None else None
+        if entry is not None and entry[0] in MILESTONES[milestone]:
+            signed_hash = entry[1]
+        else:  # not a milestone of this kind, or a course restored from an older snapshot
+            events = self._events_of(course, lte=signs)
+            signed = events[-1] if events else None
+            if (
+                not isinstance(signed, PatientCourse.Moved)
+                or signed.trigger not in MILESTONES[milestone]
+            ):
+                raise InvalidCommandError(
+                    "payload.signs_version",
+                    f"version {signs} is not a {milestone} milestone (one of: {', '.join(MILESTONES[milestone])})",
+                )
+            signed_hash = event_hash(signed)
         course.record_event(
             PatientCourse.MilestoneSigned,
             milestone=milestone,
             signs_version=signs,
-            signed_hash=event_hash(signed),
+            signed_hash=signed_hash,
             meaning=meaning,
             printed_name=name,
             actor=command.actor.id,

@@ -1,0 +1,86 @@
+"""JSON encodings on the write path, byte for byte as the standard library writes them, faster.
+
+Two encodings are written for every event: the canonical form its hash covers
+(``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)``) and the
+stored form the event store keeps (the library's ``JSONTranscoder``: ``json.dumps`` with
+``separators=(",", ":")``, ``ensure_ascii=False``, keys in insertion order). Both are defined by
+``json``; msgspec writes the same bytes for JSON data several times faster, with two exceptions
+this module catches:
+
+- floats that Python prints with an exponent (magnitude below 1e-4 or from 1e16: ``1e-05``,
+  ``1e+16``): msgspec prints them differently (``0.00001``, ``1e16``). Its output is scanned for
+  such a number (an exponent at a number's end, or ``0.0000``); if one is there, or might be
+  (the same characters inside a string), the value is encoded by ``json`` instead. Every in-range float is printed alike by both (shortest
+  round-trip repr), which ``tests/unit/test_encoding.py`` checks on millions of floats.
+- values that are not JSON data: msgspec refuses types it does not know (we then fall back to
+  ``json``), but it also writes some types ``json`` would not (datetime, UUID, Decimal, set):
+  the write path must hand over JSON data only, which holds because every field of an event is
+  a str, int, bool, None, float, list or dict built from parsed JSON and the protocol's own
+  values (checked on a whole demo cohort by the same tests). NaN and infinities, which msgspec
+  writes as ``null``, never reach a live event: every number of a command is refused unless it
+  is finite (``tests/unit/test_encoding.py`` tries each one), and the protocol caps quantities so
+  that sums cannot overflow. Data from outside (stored rows re-read by the audit) is therefore
+  never encoded here: ``course.canonical`` is the definition, ``json`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+#: A JSON number that ``json`` and msgspec may print differently: msgspec prints an exponent as
+#: ``e16`` / ``e-9`` right before the number's end (``,``, ``}`` or ``]``), and small numbers as
+#: ``0.0000...``. Both checks may also fire inside a string (then ``json`` encodes it: same bytes,
+#: slower). The pattern starts with a literal on purpose: ``re`` scans for it fast, where a
+#: pattern starting with a character class tries every ``,`` and ``:`` (5-40x slower).
+_EXPONENT = re.compile(rb"e-?[0-9]+[,}\]]")
+_SMALL = b"0.0000"
+_NUMBER_START = frozenset(b"-0123456789")
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"not JSON data: {type(value).__name__}")
+
+
+_SORTED = msgspec.json.Encoder(order="sorted", enc_hook=_not_json).encode
+_COMPACT = msgspec.json.Encoder(enc_hook=_not_json).encode
+_JSON_SORTED = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+).encode
+
+
+def _fast_or(fast: Callable[[Any], bytes], slow: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    search = _EXPONENT.search
+
+    def encode(data: Any) -> bytes:
+        try:
+            out = fast(data)
+        except (TypeError, ValueError, OverflowError):
+            return slow(data)
+        if _SMALL in out or search(out) is not None or out[0] in _NUMBER_START:
+            return slow(data)
+        return out
+
+    return encode
+
+
+def _json_canonical(data: Any) -> bytes:
+    return _JSON_SORTED(data).encode()
+
+
+#: ``json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)``
+#: as UTF-8 bytes: what an event's hash and a command's digest cover.
+canonical: Callable[[Any], bytes] = _fast_or(_SORTED, _json_canonical)
+
+
+def compact_with(slow: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """``slow`` (a ``json.dumps(separators=(",", ":"), ensure_ascii=False)`` encoder, keys in
+    insertion order, with the caller's handling of other types), fast for JSON data."""
+    return _fast_or(_COMPACT, slow)
+
+
+__all__ = ["canonical", "compact_with"]

@@ -1,0 +1,186 @@
+"""The fast encodings write exactly the bytes ``json`` writes: hashes, digests and stored events
+must not change by one byte when the encoder does (an audit recomputes every hash)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import struct
+from typing import Any
+
+import pytest
+from eventsourcing.persistence import JSONTranscoder
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from cart_course.contract import parse_command
+from cart_course.course import event_content
+from cart_course.demo import cohort
+from cart_course.encoding import canonical, compact_with
+from cart_course.errors import CartCourseError
+from cart_course.service import CourseService
+from cart_course.storage import open_application, parse_store_url
+
+_JSON_SORTED = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+)
+_JSON_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+compact = compact_with(lambda data: _JSON_COMPACT.encode(data).encode())
+
+EDGE_FLOATS = [
+    1e-4,
+    -1e-4,
+    9.999999999999999e-05,
+    1e-5,
+    2.5e-6,
+    5e-324,
+    1e16,
+    9999999999999998.0,
+    1.2345e20,
+    0.0,
+    -0.0,
+    0.1,
+    1e15,
+]
+finite_floats = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(EDGE_FLOATS)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | finite_floats
+    | st.text()
+    | st.sampled_from(["e1,", "x:1e5]", "0.00001", "ab1e3f", "é\u2028\x00"])
+)
+json_values = st.recursive(
+    scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+def _reference(value: Any) -> bytes | str:
+    try:
+        return _JSON_SORTED.encode(value).encode()
+    except UnicodeEncodeError as exc:  # lone surrogates: json cannot write them as UTF-8 either
+        return type(exc).__name__
+
+
+def _fast(value: Any) -> bytes | str:
+    try:
+        return canonical(value)
+    except UnicodeEncodeError as exc:
+        return type(exc).__name__
+
+
+@settings(max_examples=3000, deadline=None)
+@given(json_values)
+@example({"sensitivity": 1e-05, "cells": 1e16, "hash": "ab1e3f"})
+@example([2.5e-06, {"e": 1e-4}])
+def test_canonical_is_json_byte_for_byte(value: Any) -> None:
+    assert _fast(value) == _reference(value)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(json_values)
+def test_compact_is_json_byte_for_byte(value: Any) -> None:
+    try:
+        expected: bytes | str = _JSON_COMPACT.encode(value).encode()
+    except UnicodeEncodeError as exc:
+        expected = type(exc).__name__
+    try:
+        got: bytes | str = compact(value)
+    except UnicodeEncodeError as exc:
+        got = type(exc).__name__
+    assert got == expected
+
+
+def test_every_float_bit_pattern_sample_prints_as_json_does() -> None:
+    """A deterministic sweep over 200k floats of every magnitude (bit patterns)."""
+    import random
+
+    rnd = random.Random(20261125)
+    for _ in range(200_000):
+        x = struct.unpack("d", rnd.randbytes(8))[0]
+        if not math.isfinite(x):
+            continue
+        data = {"v": x, "w": [x]}
+        assert canonical(data) == _JSON_SORTED.encode(data).encode(), x
+
+
+def test_values_that_are_not_json_fall_back_to_json() -> None:
+    class Odd:
+        def __str__(self) -> str:
+            return "odd"
+
+    assert canonical({"a": Odd()}) == b'{"a":"odd"}'  # json's default=str
+
+
+@pytest.fixture(scope="module")
+def recorded() -> CourseService:
+    service = CourseService(open_application(parse_store_url("memory:")))
+    commands = [parse_command(c) for c in cohort(80, 5)]
+    for i in range(0, len(commands), 200):
+        service.execute_batch(commands[i : i + 200])
+    return service
+
+
+def test_a_whole_cohort_hashes_and_stores_the_bytes_json_writes(recorded: CourseService) -> None:
+    """Every event of a demo cohort (screenings, infusions, toxicities, assessments with MRD
+    sensitivities such as 1e-05, corrections, signatures): its hashed content and its stored
+    state are byte for byte what ``json`` (and the library's own transcoder) write."""
+    library = JSONTranscoder()
+    recorded.app.register_transcodings(library)
+    ours = recorded.app.mapper.transcoder
+    kinds = set()
+    events = 0
+    for patient_id in recorded.patient_ids():
+        for event in recorded.events(patient_id):
+            kinds.add(type(event).__name__)
+            content = event_content(event)
+            assert canonical(content) == _JSON_SORTED.encode(content).encode()
+            state = dict(vars(event))
+            del state["originator_id"], state["originator_version"]
+            assert ours.encode(state) == library.encode(state)
+            events += 1
+    assert events > 500
+    assert {"Registered", "Screened", "InfusionGiven", "FactCorrected", "MilestoneSigned"} <= kinds
+
+
+def _numeric_leaves(data: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in _numeric_leaves(v, (*path, k))]
+    if isinstance(data, list):
+        return [p for i, v in enumerate(data) for p in _numeric_leaves(v, (*path, i))]
+    if isinstance(data, (int, float)) and not isinstance(data, bool):
+        return [path]
+    return []
+
+
+def test_no_nan_or_infinity_reaches_an_event() -> None:
+    """msgspec writes NaN as null where json writes NaN: the fast encodings rely on commands
+    with a non-finite number anywhere in their payload being refused, and they are."""
+    commands = list(cohort(6, 2))
+    tried = 0
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        service = CourseService(open_application(parse_store_url("memory:")))
+        for command in commands:
+            for path in _numeric_leaves(command["payload"]):
+                broken = copy.deepcopy(command)
+                node = broken["payload"]
+                for key in path[:-1]:
+                    node = node[key]
+                node[path[-1]] = bad
+                broken["idempotency_key"] = None
+                with pytest.raises(CartCourseError) as refused:
+                    service.execute(parse_command(broken))
+                field = "payload." + ".".join(str(k) for k in path)
+                assert refused.value.message.startswith(field), (field, refused.value.message)
+                tried += 1
+            # A demo refusal (a deliberate deviation) is fine: the state moves on.
+            with contextlib.suppress(CartCourseError):
+                service.execute(parse_command(command))
+    assert tried > 100

@@ -33,6 +33,7 @@ ENVELOPE_KEYS = (
     "expected_version",
     "payload",
 )
+_ENVELOPE_KEY_SET = frozenset(ENVELOPE_KEYS)
 WRITE_ROLES = ("service", "clinician")
 ALL_COMMANDS = (*COMMANDS, *SERVICE_COMMANDS)
 #: Clinical time may run ahead of the record clock by at most this much (clock skew).
@@ -139,7 +140,28 @@ def _text(
     return value
 
 
+#: Actors already parsed, by (id, role, name): a service records many commands of few people.
+_ACTORS: dict[tuple[Any, ...], Actor] = {}
+_ACTORS_MAX = 4096
+
+
 def parse_actor(value: Any) -> Actor:
+    key: tuple[Any, ...] | None = None
+    if type(value) is dict and len(value) <= 3:
+        key = tuple(value.items())  # the exact keys and values that were accepted before
+        try:
+            known = _ACTORS.get(key)
+        except TypeError:  # an unhashable value: not an actor we know
+            known = key = None
+        if known is not None:
+            return known
+    actor = _parse_actor(value)
+    if key is not None and len(_ACTORS) < _ACTORS_MAX:
+        _ACTORS[key] = actor
+    return actor
+
+
+def _parse_actor(value: Any) -> Actor:
     if not isinstance(value, Mapping):
         raise InvalidCommandError(
             "actor", 'must be an object like {"id": "nurse.jones", "role": "clinician"}'
@@ -177,11 +199,11 @@ def parse_command(
     data: Any, *, now: dt.datetime | None = None, actor: Actor | None = None
 ) -> Command:
     """Validate an envelope. ``actor`` (from an authenticated token) overrides the body's actor."""
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):
         raise InvalidCommandError(
             "(command)", "must be a JSON object with: " + ", ".join(ENVELOPE_KEYS)
         )
-    extra = sorted(set(data) - set(ENVELOPE_KEYS))
+    extra = sorted(data.keys() - _ENVELOPE_KEY_SET)
     if extra:
         raise InvalidCommandError(
             extra[0], f"unknown key; allowed keys are: {', '.join(ENVELOPE_KEYS)}"

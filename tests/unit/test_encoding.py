@@ -184,3 +184,38 @@ def test_no_nan_or_infinity_reaches_an_event() -> None:
             with contextlib.suppress(CartCourseError):
                 service.execute(parse_command(command))
     assert tried > 100
+
+
+def _json_digest(data: dict[str, Any]) -> str:
+    import hashlib
+
+    command = parse_command(data)
+    content = {
+        "command": command.command,
+        "patient_id": command.patient_id,
+        "occurred_at": command.occurred_at.isoformat(),
+        "payload": command.payload,
+        "reason": command.reason,
+    }
+    return hashlib.sha256(_JSON_SORTED.encode(content).encode()).hexdigest()
+
+
+def test_command_digests_are_those_of_json() -> None:
+    """A retry is recognised by its digest, across versions of the service: the digest of every
+    demo command (and of payloads with NaN, nulls, exotic floats and text) is json's."""
+    for data in cohort(20, 9):
+        assert parse_command(data).digest == _json_digest(data)
+    base = next(iter(cohort(1, 1)))
+    for payload in (
+        {"x": float("nan")},
+        {"x": None},
+        {"x": float("inf"), "y": 1e-5},
+        {"t": "e5,null", "n": 1e16},
+        {"z": [1, 2.5, {"é": "\u2028"}]},
+    ):
+        data = {**base, "payload": payload, "reason": "é because"}
+        assert parse_command(data).digest == _json_digest(data), payload
+    assert (
+        parse_command({**base, "payload": {"x": float("nan")}}).digest
+        != parse_command({**base, "payload": {"x": None}}).digest
+    )

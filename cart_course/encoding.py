@@ -1,11 +1,9 @@
-"""JSON encodings on the write path, byte for byte as the standard library writes them, faster.
+"""The canonical JSON of a live event, byte for byte as the standard library writes it, faster.
 
-Two encodings are written for every event: the canonical form its hash covers
-(``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)``) and the
-stored form the event store keeps (the library's ``JSONTranscoder``: ``json.dumps`` with
-``separators=(",", ":")``, ``ensure_ascii=False``, keys in insertion order). Both are defined by
-``json``; msgspec writes the same bytes for JSON data several times faster, with two exceptions
-this module catches:
+An event's hash covers its canonical form, defined by ``json``
+(``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)``, see
+``course.canonical``). msgspec writes the same bytes for JSON data several times faster, with two
+exceptions this module catches:
 
 - floats that Python prints with an exponent (magnitude below 1e-4 or from 1e16: ``1e-05``,
   ``1e+16``): msgspec prints them differently (``0.00001``, ``1e16``). Its output is scanned for
@@ -47,7 +45,6 @@ def _not_json(value: Any) -> Any:
 
 
 _SORTED = msgspec.json.Encoder(order="sorted", enc_hook=_not_json).encode
-_COMPACT = msgspec.json.Encoder(enc_hook=_not_json).encode
 _JSON_SORTED = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
 ).encode
@@ -77,10 +74,4 @@ def _json_canonical(data: Any) -> bytes:
 canonical: Callable[[Any], bytes] = _fast_or(_SORTED, _json_canonical)
 
 
-def compact_with(slow: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
-    """``slow`` (a ``json.dumps(separators=(",", ":"), ensure_ascii=False)`` encoder, keys in
-    insertion order, with the caller's handling of other types), fast for JSON data."""
-    return _fast_or(_COMPACT, slow)
-
-
-__all__ = ["canonical", "compact_with"]
+__all__ = ["canonical"]

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import time
@@ -25,7 +24,6 @@ from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.persistence import InternalError, JSONTranscoder, Recording, Transcoding
 
 from .course import PatientCourse
-from .encoding import compact_with
 from .protocol.record import PatientRecord
 
 DEFAULT_DB = "var/cart-course.sqlite"
@@ -128,32 +126,6 @@ class PatientRecordAsDict(Transcoding):
         return PatientRecord.from_json(data)
 
 
-class CourseTranscoder(JSONTranscoder):
-    """The library's JSON transcoder, writing the same bytes faster for the course's events.
-
-    An event of a patient's course holds JSON data only, except its record time (the library's
-    ``timestamp``, a datetime, stored as ``{"_type_": "datetime_iso", "_data_": ISO}`` as the
-    library does); such a state is written by :func:`encoding.compact_with` (msgspec, checked
-    against ``json``'s output rules). Anything else (snapshots, which hold the pure record) goes
-    through the library's encoder unchanged. Decoding is the library's."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._encode_fast = compact_with(self._encode_slow)
-
-    def _encode_slow(self, obj: Any) -> bytes:
-        return self.encoder.encode(obj).encode("utf8")
-
-    def encode(self, obj: Any) -> bytes:
-        if type(obj) is dict and "prev_hash" in obj:
-            timestamp = obj.get("timestamp")
-            if type(timestamp) is dt.datetime:
-                state = dict(obj)
-                state["timestamp"] = {"_type_": "datetime_iso", "_data_": timestamp.isoformat()}
-                return self._encode_fast(state)
-        return self._encode_slow(obj)
-
-
 class CourseApplication(Application[Any]):
     """The event store of patient courses (eventsourcing application)."""
 
@@ -180,11 +152,6 @@ class CourseApplication(Application[Any]):
         self._notify(recordings)
         self.notify(processing_event.events)  # the library's deprecated hook, as it calls it
         return recordings
-
-    def construct_transcoder(self) -> CourseTranscoder:
-        transcoder = CourseTranscoder()
-        self.register_transcodings(transcoder)
-        return transcoder
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)

@@ -11,14 +11,13 @@ import struct
 from typing import Any
 
 import pytest
-from eventsourcing.persistence import JSONTranscoder
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cart_course.contract import parse_command
 from cart_course.course import event_content
 from cart_course.demo import cohort
-from cart_course.encoding import canonical, compact_with
+from cart_course.encoding import canonical
 from cart_course.errors import CartCourseError
 from cart_course.service import CourseService
 from cart_course.storage import open_application, parse_store_url
@@ -26,8 +25,6 @@ from cart_course.storage import open_application, parse_store_url
 _JSON_SORTED = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
 )
-_JSON_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-compact = compact_with(lambda data: _JSON_COMPACT.encode(data).encode())
 
 EDGE_FLOATS = [
     1e-4,
@@ -84,20 +81,6 @@ def test_canonical_is_json_byte_for_byte(value: Any) -> None:
     assert _fast(value) == _reference(value)
 
 
-@settings(max_examples=2000, deadline=None)
-@given(json_values)
-def test_compact_is_json_byte_for_byte(value: Any) -> None:
-    try:
-        expected: bytes | str = _JSON_COMPACT.encode(value).encode()
-    except UnicodeEncodeError as exc:
-        expected = type(exc).__name__
-    try:
-        got: bytes | str = compact(value)
-    except UnicodeEncodeError as exc:
-        got = type(exc).__name__
-    assert got == expected
-
-
 def test_every_float_bit_pattern_sample_prints_as_json_does() -> None:
     """A deterministic sweep over 200k floats of every magnitude (bit patterns)."""
     import random
@@ -128,13 +111,10 @@ def recorded() -> CourseService:
     return service
 
 
-def test_a_whole_cohort_hashes_and_stores_the_bytes_json_writes(recorded: CourseService) -> None:
+def test_a_whole_cohort_hashes_the_bytes_json_writes(recorded: CourseService) -> None:
     """Every event of a demo cohort (screenings, infusions, toxicities, assessments with MRD
-    sensitivities such as 1e-05, corrections, signatures): its hashed content and its stored
-    state are byte for byte what ``json`` (and the library's own transcoder) write."""
-    library = JSONTranscoder()
-    recorded.app.register_transcodings(library)
-    ours = recorded.app.mapper.transcoder
+    sensitivities such as 1e-05, corrections, signatures) holds JSON data only, and its hashed
+    content is byte for byte what ``json`` writes."""
     kinds = set()
     events = 0
     for patient_id in recorded.patient_ids():
@@ -142,12 +122,18 @@ def test_a_whole_cohort_hashes_and_stores_the_bytes_json_writes(recorded: Course
             kinds.add(type(event).__name__)
             content = event_content(event)
             assert canonical(content) == _JSON_SORTED.encode(content).encode()
-            state = dict(vars(event))
-            del state["originator_id"], state["originator_version"]
-            assert ours.encode(state) == library.encode(state)
+            assert _json_data_only(content), content
             events += 1
     assert events > 500
     assert {"Registered", "Screened", "InfusionGiven", "FactCorrected", "MilestoneSigned"} <= kinds
+
+
+def _json_data_only(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(type(k) is str and _json_data_only(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_json_data_only(v) for v in value)
+    return value is None or type(value) in (str, int, float, bool)
 
 
 def _numeric_leaves(data: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -13,12 +13,14 @@ from typing import Any
 import attrs
 
 from . import dosing
+from .eligibility import parse_screening
 from .errors import ProtocolInputError
 from .machine import DryRun, Probe, RuleFailure
+from .parameters import DEFAULT_PARAMETERS
 from .record import PatientRecord
 from .response import RESPONSES, classify_response, parse_response_assessment
 from .states import INFUSION_TRIGGERS, Trigger
-from .toxicity import grade_toxicity, parse_toxicity_report
+from .toxicity import parse_toxicity_report
 from .versions import ProtocolVersion
 
 
@@ -112,6 +114,9 @@ COMMANDS: dict[str, CommandSpec] = {
     )
 }
 
+#: Each command's payload keys, for the common case (only known keys) checked at once.
+_KEYSETS: dict[str, frozenset[str]] = {name: frozenset(c.keys) for name, c in COMMANDS.items()}
+
 #: Commands that are not protocol moves but are part of the contract (handled by the service).
 SERVICE_COMMANDS = ("correct", "sign")
 
@@ -153,6 +158,14 @@ def trigger_for(command: str, payload: Mapping[str, Any]) -> str:
 
 
 def _check_payload_keys(spec: CommandSpec, payload: Mapping[str, Any]) -> None:
+    keyset = _KEYSETS.get(spec.name)
+    if (
+        keyset is not None
+        and type(payload) is dict
+        and payload.keys() <= keyset
+        and all(key in payload for key in spec.required)
+    ):
+        return
     unknown = sorted(set(payload) - set(spec.keys))
     if unknown:
         allowed = ", ".join(spec.keys) or "none"
@@ -198,8 +211,8 @@ def context_facts(record: PatientRecord, trigger: str) -> dict[str, Any]:
     course = record.course
     if trigger == Trigger.RECORD_APHERESIS:
         return {"consent_on_file": record.consent_on_file}
-    if trigger in INFUSION_TRIGGERS:
-        day = INFUSION_TRIGGERS[Trigger(trigger)]
+    day = INFUSION_TRIGGERS.get(trigger)  # type: ignore[call-overload]  # str keys match
+    if day is not None:
         if day == 1:
             return {
                 "day": 1,
@@ -244,18 +257,26 @@ def context_facts(record: PatientRecord, trigger: str) -> dict[str, Any]:
 # Payload facts: what the command itself says, validated and normalized
 # ----------------------------------------------------------------------------------------------
 
+#: A payload parser: (record, payload, clinical date, context facts, seed) -> (normalized payload,
+#: payload facts). ``seed`` receives what it parsed on the way (e.g. ``screening_data``, the
+#: parsed form of ``facts["screening"]``): ``prepare`` seeds the probe's cache with it, so the
+#: rules do not parse the facts' JSON again (tests prove re-parsing gives the same objects).
 PayloadParser = Callable[
-    [PatientRecord, Mapping[str, Any], dt.date, dict[str, Any]],
+    [PatientRecord, Mapping[str, Any], dt.date, dict[str, Any], dict[str, Any]],
     tuple[dict[str, Any], dict[str, Any]],
 ]
 
 
 def _screening(
-    record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]
+    record: PatientRecord,
+    p: Mapping[str, Any],
+    day: dt.date,
+    ctx: dict[str, Any],
+    seed: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    from .eligibility import parse_screening
-
-    screening = _nested("payload.screening", parse_screening, _object(p, "screening")).to_json()
+    data = _nested("payload.screening", parse_screening, _object(p, "screening"))
+    seed["screening_data"] = data
+    screening = data.to_json()
     return {"screening": screening}, {"screening": screening, "screening_date": day.isoformat()}
 
 
@@ -276,7 +297,11 @@ def _object(p: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 
 def _apheresis(
-    record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]
+    record: PatientRecord,
+    p: Mapping[str, Any],
+    day: dt.date,
+    ctx: dict[str, Any],
+    seed: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     contraindication = p.get("apheresis_contraindication")
     if not isinstance(contraindication, bool):
@@ -289,7 +314,11 @@ def _apheresis(
 
 
 def _infusion(
-    record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]
+    record: PatientRecord,
+    p: Mapping[str, Any],
+    day: dt.date,
+    ctx: dict[str, Any],
+    seed: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     norm: dict[str, Any] = {"day": p["day"]}
     facts: dict[str, Any] = {"infusion_date": day.isoformat()}
@@ -318,10 +347,16 @@ def _infusion(
 
 
 def _toxicity(
-    record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]
+    record: PatientRecord,
+    p: Mapping[str, Any],
+    day: dt.date,
+    ctx: dict[str, Any],
+    seed: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     report = _nested("payload.toxicity", parse_toxicity_report, _object(p, "toxicity"))
+    seed["toxicity_report"] = report
     norm: dict[str, Any] = {"toxicity": report.to_json()}
+    kind = report.kind
     tox_id = _text(p, "toxicity_id", max_len=100)
     if tox_id is not None:
         existing = record.toxicities.get(tox_id)
@@ -331,31 +366,41 @@ def _toxicity(
                 f"toxicity {tox_id!r} was resolved; report a new episode with a new toxicity_id "
                 "(or none, to have one assigned)",
             )
-        if existing is not None and existing.kind != report.to_json()["kind"]:
+        if existing is not None and existing.kind != kind:
             raise ProtocolInputError(
                 "payload.toxicity_id",
-                f"toxicity {tox_id!r} is {existing.kind}, not {report.to_json()['kind']}",
+                f"toxicity {tox_id!r} is {existing.kind}, not {kind}",
             )
         norm["toxicity_id"] = tox_id
     else:
-        kind = report.to_json()["kind"]
         n = record.count_of_kind(kind) + 1
         tox_id = f"{kind}-{n}"
     return norm, {"toxicity": norm["toxicity"], "toxicity_id": tox_id}
 
 
 def _resolve(
-    record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]
+    record: PatientRecord,
+    p: Mapping[str, Any],
+    day: dt.date,
+    ctx: dict[str, Any],
+    seed: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     tox_id = _text(p, "toxicity_id", max_len=100)
     return {"toxicity_id": tox_id}, {"toxicity_id": tox_id}
 
 
 def _assessment(
-    record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]
+    record: PatientRecord,
+    p: Mapping[str, Any],
+    day: dt.date,
+    ctx: dict[str, Any],
+    seed: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     parsed = _nested("payload.assessment", parse_response_assessment, _object(p, "assessment"))
-    _nested("payload.assessment", classify_response, parsed)  # evaluable: no deciding value missing
+    # Evaluable (no deciding value missing) under the default parameters; ``prepare`` reuses the
+    # result when the version's parameters are these.
+    seed["assessment_data"] = parsed
+    seed["default_response"] = _nested("payload.assessment", classify_response, parsed)
     assessment = parsed.to_json()
     norm: dict[str, Any] = {"assessment": assessment}
     facts: dict[str, Any] = {"assessment": assessment, "assessment_date": day.isoformat()}
@@ -371,14 +416,22 @@ def _assessment(
 
 
 def _death(
-    record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]
+    record: PatientRecord,
+    p: Mapping[str, Any],
+    day: dt.date,
+    ctx: dict[str, Any],
+    seed: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     cause = _text(p, "cause", max_len=500)
     return ({"cause": cause} if cause else {}), ({"cause": cause} if cause else {})
 
 
 def _nothing(
-    record: PatientRecord, p: Mapping[str, Any], day: dt.date, ctx: dict[str, Any]
+    record: PatientRecord,
+    p: Mapping[str, Any],
+    day: dt.date,
+    ctx: dict[str, Any],
+    seed: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     return {}, {}
 
@@ -411,7 +464,7 @@ def payload_facts(
     if not isinstance(payload, Mapping):
         raise ProtocolInputError("payload", "must be a JSON object")
     _check_payload_keys(spec, payload)
-    return PAYLOAD_PARSERS.get(command, _nothing)(record, payload, occurred_on, context)
+    return PAYLOAD_PARSERS.get(command, _nothing)(record, payload, occurred_on, context, {})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,14 +485,14 @@ def outcome_of(
     if probe is None or probe.facts is not facts or probe.params is not params:
         probe = Probe("", facts, params)
     if trigger in (Trigger.SCREEN, Trigger.RESCREEN):
-        result = probe.eligibility()
+        failed = probe.eligibility_failures()
         return {
-            "eligible": result.eligible,
-            "failed_criteria": [c.id for c in result.failed],
+            "eligible": not failed,
+            "failed_criteria": list(failed),
             "consent_on_file": facts["screening"].get("informed_consent_signed") is True,
         }
     if trigger in INFUSION_TRIGGERS:
-        plan = dosing.plan_course(facts["weight_kg"], params)
+        plan = probe.course_plan()
         day = facts["day"]
         out: dict[str, Any] = {
             "course_number": facts["course_number"],
@@ -458,7 +511,7 @@ def outcome_of(
             )
         return out
     if trigger == Trigger.REPORT_TOXICITY:
-        grade = grade_toxicity(parse_toxicity_report(facts["toxicity"]))
+        grade = probe.toxicity_grade()
         g = grade.to_json()
         return {
             "toxicity_id": facts["toxicity_id"],
@@ -507,11 +560,20 @@ def prepare(
         )
     trigger = trigger_for(command, payload)
     context = context_facts(record, trigger)
-    norm, pfacts = payload_facts(record, command, payload, occurred_at.date(), context)
+    _check_payload_keys(COMMANDS[command], payload)
+    seed: dict[str, Any] = {}
+    parser = PAYLOAD_PARSERS.get(command, _nothing)
+    norm, pfacts = parser(record, payload, occurred_at.date(), context, seed)
     facts = {**context, **pfacts}
     if reason:
         facts["reason"] = reason
-    probe = Probe(record.state, facts, version.params)
+    params = version.params
+    default_response = seed.pop("default_response", None)
+    if default_response is not None and (
+        params is DEFAULT_PARAMETERS or params == DEFAULT_PARAMETERS
+    ):
+        seed["response"] = default_response
+    probe = Probe(record.state, facts, params, cache=seed)
     run = version.dry_run_on(probe, trigger)
     if not run.allowed:
         raise MoveRefusedError(run, allowed_now(record, version))

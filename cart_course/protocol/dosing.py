@@ -21,6 +21,11 @@ from .parameters import DEFAULT_PARAMETERS, ProtocolParameters
 WEIGHT_UNITS: dict[str, float] = {"kg": 1.0, "g": 0.001, "lb": 0.45359237}
 #: Units accepted for a cell count. ``cells/kg`` is converted with the course's body weight.
 CELL_UNITS = ("cells", "cells/kg")
+#: Input plausibility: the most cells one fraction can be recorded with (as entered in ``cells``,
+#: or ``cells/kg`` times the weight). A course plans ~1e6/kg (at most 4e8 cells at 400 kg); a
+#: number above this is a unit or keying error, not a dose, and is refused rather than recorded
+#: as a deviation. It also keeps every sum of a course's doses a finite number.
+MAX_FRACTION_CELLS = 1e12
 #: Tiny relative slack so that a dose entered as exactly the tolerance limit is accepted
 #: despite binary floating point (e.g. 0.1 * 1.2).
 _FLOAT_SLACK = 1e-9
@@ -49,7 +54,7 @@ def parse_weight(data: Any, field: str = "weight") -> float:
         raise ProtocolInputError(field, 'must be an object like {"value": 70, "unit": "kg"}')
     _check_keys(data, ("value", "unit"), field)
     unit = data.get("unit")
-    if unit not in WEIGHT_UNITS:
+    if not isinstance(unit, str) or unit not in WEIGHT_UNITS:
         raise ProtocolInputError(
             f"{field}.unit", f"unit {unit!r} is not allowed; use one of {', '.join(WEIGHT_UNITS)}"
         )
@@ -94,6 +99,12 @@ def parse_cell_dose(data: Any, weight_kg: float | None, field: str = "cells") ->
         cells = value * weight_kg
     else:
         cells = value
+    if cells > MAX_FRACTION_CELLS:
+        raise ProtocolInputError(
+            f"{field}.value",
+            f"{cells:.3g} cells is not a plausible fraction (at most {MAX_FRACTION_CELLS:.0e} "
+            "cells; the plan is about 1e6 cells/kg): check the value and its unit",
+        )
     return CellDose(value=value, unit=unit, cells=cells)
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "LabValue",
     "LabWithUln",
     "ScreeningData",
+    "eligibility_failures",
     "evaluate_eligibility",
     "parse_screening",
 ]
@@ -1361,3 +1362,103 @@ def evaluate_eligibility(
         ),
     )
     return EligibilityResult(screening_date=screening_date, criteria=criteria)
+
+
+def eligibility_failures(
+    data: ScreeningData,
+    screening_date: datetime.date,
+    params: ProtocolParameters = DEFAULT_PARAMETERS,
+) -> tuple[str, ...]:
+    """The ids of the criteria that fail (``evaluate_eligibility(...).failed``), in catalogue
+    order, without building the results' sentences: empty when eligible.
+
+    What a recorded screening needs (eligible, failed criteria); ``evaluate_eligibility`` gives
+    the sentences. Raises the same errors as ``evaluate_eligibility``. A property test proves both
+    decide alike on any valid screening (tests/unit/test_eligibility_fast.py).
+    """
+    if type(screening_date) is not datetime.date:
+        raise ProtocolInputError(
+            "screening_date", f"expected a calendar date (no time), got {screening_date!r}"
+        )
+    d = data
+    p = params
+    failed: list[str] = []
+    if d.diagnosis_rr_b_all is not True:
+        failed.append("diagnosis_rr_b_all")
+    lines = d.failed_standard_lines
+    if lines is None or lines < 1 or d.effective_standard_option is not False:
+        failed.append("failed_standard_treatment")
+    if d.cd19_expressed is not True:
+        failed.append("cd19_expressed")
+    if d.kps is None or not d.kps > p.kps_above:
+        failed.append("kps")
+    months = d.life_expectancy_months
+    if months is None or not months > p.life_expectancy_months_above:
+        failed.append("life_expectancy")
+    if d.lvef_pct is None or not d.lvef_pct >= p.lvef_min_pct:
+        failed.append("lvef")
+    if d.ecg_obvious_abnormality is not False:
+        failed.append("ecg")
+    if d.spo2_room_air_pct is None or not d.spo2_room_air_pct > p.spo2_above_pct:
+        failed.append("spo2")
+    lim = _limits(p)
+    for cid, lab, k, k_text in (
+        ("creatinine", d.creatinine, lim.creatinine_k, lim.creatinine_k_text),
+        ("alt", d.alt, lim.alt_k, lim.alt_k_text),
+        ("ast", d.ast, lim.ast_k, lim.ast_k_text),
+    ):
+        if lab is None or not _x_uln_ok(lab, k, k_text):
+            failed.append(cid)
+    bili = d.bilirubin
+    if bili is None or not bili.value <= (
+        p.bilirubin_max_mg_dl if bili.unit == "mg/dL" else p.bilirubin_max_umol_l
+    ):
+        failed.append("bilirubin")
+    hgb = d.hemoglobin
+    if (
+        hgb is None
+        or not (
+            _dec(hgb.value) if hgb.unit == "g/L" else _MUL(_dec(hgb.value), HEMOGLOBIN_G_L_PER_G_DL)
+        )
+        >= lim.hemoglobin_min
+    ):
+        failed.append("hemoglobin")
+    if d.apheresis_contraindication is not False:
+        failed.append("apheresis")
+    when = d.informed_consent_date
+    if d.informed_consent_signed is not True or (when is not None and when > screening_date):
+        failed.append("informed_consent")
+    for cid, value in (
+        ("other_primary_malignancy", d.other_primary_malignancy),
+        ("severe_uncontrolled_disease", d.severe_uncontrolled_disease),
+        ("uncontrolled_active_infection", d.uncontrolled_active_infection),
+        ("hiv", d.hiv),
+        ("hbv", d.hbv),
+        ("hcv", d.hcv),
+        ("pregnancy", d.pregnant),
+        ("nursing", d.nursing),
+    ):
+        if value is not False:
+            failed.append(cid)
+    last = d.last_systemic_glucocorticoid
+    if last is None:
+        failed.append("systemic_glucocorticoid")
+    elif last != NEVER:
+        assert isinstance(last, datetime.date)
+        if last > screening_date or last >= screening_date - datetime.timedelta(
+            days=p.glucocorticoid_washout_days
+        ):
+            # A dose after the screening date is an input error: the full evaluation says so.
+            if last > screening_date:
+                _glucocorticoid_result(last, screening_date, p.glucocorticoid_washout_days)
+            failed.append("systemic_glucocorticoid")
+    return tuple(failed)
+
+
+def _x_uln_ok(lab: LabWithUln, k: Decimal, k_text: str) -> bool:
+    """The decision of :func:`_x_uln` (``value <= k x ULN``, exactly) without its sentences."""
+    limit, convert, _text = _uln_limit(
+        k, k_text, lab.uln, type(lab.uln) is float, lab.unit, lab.uln_unit
+    )
+    value = _dec(lab.value)
+    return (_MUL(value, CREATININE_UMOL_L_PER_MG_DL) if convert else value) <= limit

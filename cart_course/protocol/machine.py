@@ -19,12 +19,14 @@ from typing import Any
 
 import attrs
 from transitions import Machine, MachineError
+from transitions.core import Condition, EventData, Transition
 
 from . import dosing
-from .eligibility import evaluate_eligibility, parse_screening
+from .eligibility import eligibility_failures, evaluate_eligibility, parse_screening
 from .parameters import ProtocolParameters
 from .response import check_clinician_response, classify_response, parse_response_assessment
 from .states import FOLLOW_UP, INFUSED, NON_TERMINAL, ON_TREATMENT, State, Trigger
+from .toxicity import ToxicityGrade, grade_toxicity, parse_toxicity_report
 
 # Dry runs are questions, not moves: the library logs every trigger at INFO, which would flood a
 # server's log (and cost more than the guard itself). Only its warnings matter here.
@@ -51,6 +53,8 @@ class Rule:
 RULES: dict[str, Rule] = {}
 #: Rules that are also methods of :class:`Probe` (set by :func:`rule`).
 _RULE_METHODS: set[str] = set()
+#: The function behind each of those methods (what ``getattr(probe, name)`` binds).
+_RULE_FUNCTIONS: dict[str, Callable[[Probe], bool]] = {}
 
 
 def rule(
@@ -64,6 +68,7 @@ def rule(
         if r.name not in Probe.__dict__ or r.name in _RULE_METHODS:
             setattr(Probe, r.name, check)
             _RULE_METHODS.add(r.name)
+            _RULE_FUNCTIONS[r.name] = check
         return r
 
     return register
@@ -85,12 +90,16 @@ class Probe:
         params: ProtocolParameters,
         *,
         hypothetical: bool = False,
+        cache: dict[str, Any] | None = None,
     ) -> None:
         self.state = state
         self.facts = facts
         self.params = params
         self.hypothetical = hypothetical
-        self._cache: dict[str, Any] = {}
+        #: What the rules computed from the facts; ``cache`` may seed it with the parsed form of
+        #: facts the caller has just parsed (``screening_data``, ``assessment_data``,
+        #: ``toxicity_report``: exactly what parsing the facts' JSON again gives).
+        self._cache: dict[str, Any] = {} if cache is None else cache
 
     def __getattr__(self, name: str) -> Callable[[], bool]:
         # transitions resolves condition names with getattr(model, name): answer with the rule.
@@ -114,11 +123,32 @@ class Probe:
         return self.hypothetical and key not in self.facts
 
     def eligibility(self) -> Any:
-        if "eligibility" not in self._cache:
-            data = parse_screening(self.facts["screening"])
+        cache = self._cache
+        result = cache.get("eligibility")
+        if result is None:
+            data = cache.get("screening_data")
+            if data is None:
+                data = parse_screening(self.facts["screening"])
             day = dt.date.fromisoformat(self.facts["screening_date"])
-            self._cache["eligibility"] = evaluate_eligibility(data, day, self.params)
-        return self._cache["eligibility"]
+            result = cache["eligibility"] = evaluate_eligibility(data, day, self.params)
+        return result
+
+    def eligibility_failures(self) -> tuple[str, ...]:
+        """The failed criteria's ids (``eligibility().failed``) without their sentences."""
+        cache = self._cache
+        failed: tuple[str, ...] | None = cache.get("eligibility_failures")
+        if failed is None:
+            result = cache.get("eligibility")
+            if result is not None:
+                failed = tuple(c.id for c in result.failed)
+            else:
+                data = cache.get("screening_data")
+                if data is None:
+                    data = cache["screening_data"] = parse_screening(self.facts["screening"])
+                day = dt.date.fromisoformat(self.facts["screening_date"])
+                failed = eligibility_failures(data, day, self.params)
+            cache["eligibility_failures"] = failed
+        return failed
 
     def schedule_problem(self) -> str | None:
         if "schedule" not in self._cache:
@@ -128,9 +158,18 @@ class Probe:
 
     def dose_problems(self) -> list[str]:
         if "dose" not in self._cache:
-            self._cache["dose"] = dose_problems(self.facts, self.params)
+            weight = self.facts.get("weight_kg")
+            plan = self.course_plan() if weight is not None else None
+            self._cache["dose"] = dose_problems(self.facts, self.params, plan=plan)
         result: list[str] = self._cache["dose"]
         return result
+
+    def course_plan(self) -> dosing.CoursePlan:
+        """The course's plan from the facts' body weight (``facts["weight_kg"]``)."""
+        plan: dosing.CoursePlan | None = self._cache.get("plan")
+        if plan is None:
+            plan = self._cache["plan"] = dosing.plan_course(self.facts["weight_kg"], self.params)
+        return plan
 
     def deviations(self, trigger: str) -> list[str]:
         """Protocol deviations of an allowed infusion (reuses what the rules computed)."""
@@ -140,10 +179,25 @@ class Probe:
         return ([schedule] if schedule else []) + list(self.dose_problems())
 
     def response(self) -> Any:
-        if "response" not in self._cache:
-            assessment = parse_response_assessment(self.facts["assessment"])
-            self._cache["response"] = classify_response(assessment, self.params)
-        return self._cache["response"]
+        cache = self._cache
+        result = cache.get("response")
+        if result is None:
+            assessment = cache.get("assessment_data")
+            if assessment is None:
+                assessment = parse_response_assessment(self.facts["assessment"])
+            result = cache["response"] = classify_response(assessment, self.params)
+        return result
+
+    def toxicity_grade(self) -> ToxicityGrade:
+        """The grade of the reported toxicity (``facts["toxicity"]``)."""
+        cache = self._cache
+        grade: ToxicityGrade | None = cache.get("toxicity_grade")
+        if grade is None:
+            report = cache.get("toxicity_report")
+            if report is None:
+                report = parse_toxicity_report(self.facts["toxicity"])
+            grade = cache["toxicity_grade"] = grade_toxicity(report)
+        return grade
 
 
 def _date(value: Any) -> dt.date | None:
@@ -161,7 +215,7 @@ def _explain_eligible(p: Probe) -> str:
 def eligible(p: Probe) -> bool:
     if p.payload_unknown("screening"):
         return True
-    return bool(p.eligibility().eligible)
+    return not p.eligibility_failures()
 
 
 # -- apheresis ----------------------------------------------------------------------------------
@@ -238,14 +292,21 @@ def schedule_problem(facts: Mapping[str, Any], params: ProtocolParameters) -> st
     return None
 
 
-def dose_problems(facts: Mapping[str, Any], params: ProtocolParameters) -> list[str]:
-    """Why a fraction's cell count is outside tolerance of its plan (empty when within)."""
+def dose_problems(
+    facts: Mapping[str, Any],
+    params: ProtocolParameters,
+    *,
+    plan: dosing.CoursePlan | None = None,
+) -> list[str]:
+    """Why a fraction's cell count is outside tolerance of its plan (empty when within).
+    ``plan``: the course plan of ``facts["weight_kg"]`` under ``params``, when already made."""
     cells = facts.get("cells")
     weight = facts.get("weight_kg")
     if cells is None or weight is None:
         return []
     day = facts["day"]
-    plan = dosing.plan_course(weight, params)
+    if plan is None:
+        plan = dosing.plan_course(weight, params)
     planned = plan.fraction_cells[day - 1]
     tol = params.dose_tolerance
     problems = []
@@ -529,8 +590,37 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def build_machine() -> Machine:
-    return Machine(
+class _RuleCondition(Condition):
+    """A condition named after a rule, checked on a :class:`Probe` by calling the rule's function
+    (the method ``getattr(probe, name)`` would bind) instead of resolving the name per call. Any
+    other model, or a machine that sends event data or trigger arguments, takes the library's
+    own resolution."""
+
+    def check(self, event_data: EventData) -> bool:
+        model = event_data.model
+        if type(model) is Probe and not (
+            event_data.args or event_data.kwargs or event_data.machine.send_event
+        ):
+            function = _RULE_FUNCTIONS.get(self.func)  # type: ignore[arg-type]
+            if function is not None:
+                return bool(function(model) == self.target)
+        return bool(super().check(event_data))
+
+
+class _RuleTransition(Transition):
+    condition_cls = _RuleCondition
+
+
+class _RuleMachine(Machine):
+    """The ``transitions`` machine, with conditions named after rules checked directly."""
+
+    transition_cls = _RuleTransition
+
+
+def build_machine(machine_class: type[Machine] | None = None) -> Machine:
+    """The protocol's machine (``machine_class``: another ``Machine`` class, e.g. the library's
+    own, to prove the rule conditions answer as the library's name resolution does)."""
+    return (machine_class or _RuleMachine)(
         model=None,
         states=[s.value for s in State],
         transitions=[

@@ -11,6 +11,7 @@ Comparisons are exact: every number is compared as the decimal that was written 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from decimal import Decimal
@@ -304,15 +305,88 @@ _Tri: TypeAlias = bool | None  # three-valued: True, False, or None (unknown: a 
 
 
 def _all(*values: _Tri) -> _Tri:
-    if any(v is False for v in values):
-        return False
-    return True if all(v is True for v in values) else None
+    """False if any is False, else True if all are True, else None."""
+    result: _Tri = True
+    for v in values:
+        if v is False:
+            return False
+        if v is not True:
+            result = None
+    return result
 
 
 def _any(*values: _Tri) -> _Tri:
-    if any(v is True for v in values):
-        return True
-    return False if all(v is False for v in values) else None
+    """True if any is True, else False if all are False, else None."""
+    result: _Tri = False
+    for v in values:
+        if v is True:
+            return True
+        if v is not False:
+            result = None
+    return result
+
+
+@attrs.frozen
+class _Limits:
+    """The thresholds of one ``ProtocolParameters`` value as exact decimals and in words."""
+
+    cr_max: Decimal
+    pr_max: Decimal
+    cr_txt: str
+    pr_txt: str
+    anc_min: Decimal
+    anc_rule: str
+    anc_txt: str
+    plt_min: Decimal
+    plt_rule: str
+    plt_txt: str
+    fall_min: Decimal
+    rise_min: Decimal
+    rise_txt: str
+    mrd_limit: Decimal
+    mrd_limit_txt: str
+
+    @classmethod
+    def of(cls, params: ProtocolParameters) -> _Limits:
+        cr_max = _dec(params.cr_marrow_blasts_below_pct)
+        pr_max = _dec(params.pr_marrow_blasts_max_pct)
+        anc_min = _dec(params.cr_anc_min_1e9_l)
+        plt_min = _dec(params.cr_platelets_min_1e9_l)
+        progression_rise = _dec(PROGRESSION_BLAST_RISE_MIN)
+        mrd_limit = _dec(params.mrd_negative_below)
+        return cls(
+            cr_max=cr_max,
+            pr_max=pr_max,
+            cr_txt=_fmt(cr_max),
+            pr_txt=_fmt(pr_max),
+            anc_min=anc_min,
+            anc_rule=_count_rule("ANC", anc_min),
+            anc_txt=_fmt(anc_min),
+            plt_min=plt_min,
+            plt_rule=_count_rule("platelets", plt_min),
+            plt_txt=_fmt(plt_min),
+            fall_min=_dec(params.pr_blast_reduction_min),
+            rise_min=progression_rise,
+            rise_txt=_fmt(progression_rise * _HUNDRED),
+            mrd_limit=mrd_limit,
+            mrd_limit_txt=_fraction_text(mrd_limit),
+        )
+
+
+# Memo of prepared thresholds, keyed by the identity of the parameters object (kept in the entry,
+# so its id cannot be reused while the entry exists). Bounded.
+_LIMITS_MEMO: dict[int, tuple[ProtocolParameters, _Limits]] = {}
+
+
+def _limits(params: ProtocolParameters) -> _Limits:
+    hit = _LIMITS_MEMO.get(id(params))
+    if hit is not None and hit[0] is params:
+        return hit[1]
+    lim = _Limits.of(params)
+    if len(_LIMITS_MEMO) >= 32:
+        _LIMITS_MEMO.clear()
+    _LIMITS_MEMO[id(params)] = (params, lim)
+    return lim
 
 
 def _not(value: _Tri) -> _Tri:
@@ -328,10 +402,10 @@ def classify_response(
     ``ResponseNotEvaluableError`` naming it; values that cannot change the result may be missing.
     """
     reasons: list[str] = []
+    lim = _limits(params)
     blasts = _dec(a.marrow_blasts_pct)
-    cr_max = _dec(params.cr_marrow_blasts_below_pct)
-    pr_max = _dec(params.pr_marrow_blasts_max_pct)
-    b_txt, cr_txt, pr_txt = _fmt(blasts), _fmt(cr_max), _fmt(pr_max)
+    cr_max, pr_max = lim.cr_max, lim.pr_max
+    b_txt, cr_txt, pr_txt = _fmt(blasts), lim.cr_txt, lim.pr_txt
 
     # --- CR / CRi criteria
     blasts_below = blasts < cr_max
@@ -348,8 +422,10 @@ def classify_response(
         reasons.append(f"circulating blasts present{shown} (CR/CRi: no circulating blasts)")
     else:
         reasons.append("no circulating blasts (CR/CRi: no circulating blasts)")
-    anc_ok = _count_criterion(a.anc, "ANC", params.cr_anc_min_1e9_l, reasons)
-    plt_ok = _count_criterion(a.platelets, "platelets", params.cr_platelets_min_1e9_l, reasons)
+    anc_ok = _count_criterion(a.anc, "ANC", lim.anc_min, lim.anc_txt, lim.anc_rule, reasons)
+    plt_ok = _count_criterion(
+        a.platelets, "platelets", lim.plt_min, lim.plt_txt, lim.plt_rule, reasons
+    )
     emd = a.extramedullary_present()
     reasons.append(_emd_sentence(a, emd))
 
@@ -361,7 +437,7 @@ def classify_response(
 
     # --- PR criteria
     baseline = None if a.baseline_marrow_blasts_pct is None else _dec(a.baseline_marrow_blasts_pct)
-    fall_min = _dec(params.pr_blast_reduction_min)
+    fall_min = lim.fall_min
     fell_enough: _Tri = None
     if baseline is None:
         reasons.append("baseline marrow blasts not recorded")
@@ -383,7 +459,7 @@ def classify_response(
     is_pr = _all(fell_enough, within_pr_max, _not(new_emd))
 
     # --- progression (informational)
-    rise_min = _dec(PROGRESSION_BLAST_RISE_MIN)
+    rise_min = lim.rise_min
     rose: _Tri = None
     if baseline is not None:
         # a rise >= 25 %; from a 0 % baseline any blasts are a rise of more than 25 %
@@ -391,7 +467,7 @@ def classify_response(
         if rose:
             reasons.append(
                 f"marrow blasts rose from baseline {_fmt(baseline)} % to {b_txt} % "
-                f"(progression: rise >= {_fmt(rise_min * _HUNDRED)} %)"
+                f"(progression: rise >= {lim.rise_txt} %)"
             )
     progression = _any(rose, new_emd)
 
@@ -417,7 +493,7 @@ def classify_response(
         category = "NR"
     if progression is None:
         if category is not None:
-            rise_txt = _fmt(rise_min * _HUNDRED)
+            rise_txt = lim.rise_txt
             decision = f"the progression flag (blast rise >= {rise_txt} % or new extramedullary)"
         if rose is None:
             missing.append("baseline_marrow_blasts_pct")
@@ -427,7 +503,7 @@ def classify_response(
         raise ResponseNotEvaluableError(tuple(dict.fromkeys(missing)), decision)
     assert progression is not None
 
-    mrd_status, mrd_reason = _mrd(a.mrd, params)
+    mrd_status, mrd_reason = _mrd(a.mrd, lim)
     reasons.append(mrd_reason)
     reasons.insert(0, f"{category} under {a.criteria}: {_CATEGORY_SUMMARY[category]}")
     return ResponseResult(
@@ -449,17 +525,24 @@ _CATEGORY_SUMMARY = {
 }
 
 
+def _count_rule(what: str, limit: Decimal) -> str:
+    return f"(CR: {what} >= {_fmt(limit)} x 10^9/L; below this at most CRi)"
+
+
 def _count_criterion(
-    count: CellCount | None, what: str, minimum: float, reasons: list[str]
+    count: CellCount | None,
+    what: str,
+    limit: Decimal,
+    limit_txt: str,
+    rule: str,
+    reasons: list[str],
 ) -> _Tri:
-    limit = _dec(minimum)
-    rule = f"(CR: {what} >= {_fmt(limit)} x 10^9/L; below this at most CRi)"
     if count is None:
         reasons.append(f"{what} not recorded")
         return None
     ok = count.in_1e9_per_l() >= limit
     verb = "is at least" if ok else "is below"
-    reasons.append(f"{what} {count.text()} {verb} {_fmt(limit)} x 10^9/L {rule}")
+    reasons.append(f"{what} {count.text()} {verb} {limit_txt} x 10^9/L {rule}")
     return ok
 
 
@@ -522,9 +605,9 @@ def _change_sentence(baseline: Decimal, blasts: Decimal, fall_min: Decimal, ok: 
     return f"marrow blasts rose from baseline {base} % to {now} % {rule}"
 
 
-def _mrd(m: MrdMeasurement | None, params: ProtocolParameters) -> tuple[str, str]:
-    limit = _dec(params.mrd_negative_below)
-    limit_txt = _fraction_text(limit)
+def _mrd(m: MrdMeasurement | None, lim: _Limits) -> tuple[str, str]:
+    limit = lim.mrd_limit
+    limit_txt = lim.mrd_limit_txt
     if m is None:
         return "not_done", "MRD not done"
     frac = m.fraction()
@@ -577,7 +660,9 @@ def _dec(value: float) -> Decimal:
     return Decimal(repr(value))
 
 
+@functools.lru_cache(maxsize=4096)
 def _fmt(value: Decimal) -> str:
+    # Cached by value: equal decimals (1.0 and 1.00) normalize to the same text.
     text = format(value.normalize(), "f")
     return "0" if text in ("-0", "0") else text
 

@@ -48,6 +48,8 @@ def test_weight_units_convert_to_kg(value: float, unit: str, kg: float) -> None:
     ("data", "field", "words"),
     [
         ({"value": 70, "unit": "stone"}, "weight.unit", "use one of kg, g, lb"),
+        ({"value": 57.7, "unit": []}, "weight.unit", "use one of kg, g, lb"),
+        ({"value": 57.7, "unit": {"kg": 1}}, "weight.unit", "use one of kg, g, lb"),
         ({"value": "70", "unit": "kg"}, "weight.value", "must be a number"),
         ({"value": 0.1, "unit": "kg"}, "weight.value", "not a plausible body weight"),
         ({"value": 70, "unit": "kg", "height": 170}, "weight.height", "unknown key"),
@@ -66,6 +68,26 @@ def test_cells_per_kg_convert_with_the_weight() -> None:
     assert dose.cells == pytest.approx(7.0e6)
     assert dose.to_json() == {"value": 1.0e5, "unit": "cells/kg"}
     assert parse_cell_dose({"value": 7.0e6, "unit": "cells"}, None).cells == 7.0e6
+
+
+@pytest.mark.parametrize(
+    ("data", "weight"),
+    [
+        ({"value": 1.7e308, "unit": "cells"}, None),
+        ({"value": 2e12, "unit": "cells"}, None),
+        ({"value": 1e11, "unit": "cells/kg"}, 70.0),  # a cells/kg figure keyed as per kg twice
+    ],
+)
+def test_an_implausible_cell_count_is_refused_not_recorded(
+    data: dict[str, object], weight: float | None
+) -> None:
+    """A count no course could have (above 1e12 cells in one fraction) is a keying or unit
+    error: refused with the field named, never recorded as a deviation (nor summed to inf)."""
+    with pytest.raises(ProtocolInputError) as info:
+        parse_cell_dose(data, weight)
+    assert info.value.field == "cells.value"
+    assert "not a plausible fraction" in info.value.message
+    assert parse_cell_dose({"value": 1e12, "unit": "cells"}, None).cells == 1e12
 
 
 def test_cells_per_kg_without_weight_is_refused() -> None:

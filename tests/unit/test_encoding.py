@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime as dt
+import decimal
 import json
 import math
 import struct
+import uuid
 from typing import Any
 
 import pytest
+from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, UUIDAsHex
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -205,3 +209,64 @@ def test_command_digests_are_those_of_json() -> None:
         parse_command({**base, "payload": {"x": float("nan")}}).digest
         != parse_command({**base, "payload": {"x": None}}).digest
     )
+
+
+def _typed(value: Any) -> Any:
+    """A value with the type of every leaf, so that 1 == 1.0 == True do not hide a change."""
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    return (type(value).__name__, value)
+
+
+def test_stored_events_decode_to_what_the_library_encoding_decodes_to(
+    recorded: CourseService,
+) -> None:
+    """The store's transcoder writes course events with msgspec: each one reads back (through
+    the library's decoder) to exactly the values and types the library's own encoding gives."""
+    from eventsourcing.persistence import JSONTranscoder
+
+    library = JSONTranscoder()
+    recorded.app.register_transcodings(library)
+    ours = recorded.app.mapper.transcoder
+    assert type(ours) is not JSONTranscoder
+    checked = 0
+    for patient_id in recorded.patient_ids():
+        for event in recorded.events(patient_id):
+            state = dict(vars(event))
+            del state["originator_id"], state["originator_version"]
+            assert _typed(library.decode(ours.encode(state))) == _typed(
+                library.decode(library.encode(state))
+            )
+            checked += 1
+    assert checked > 500
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"seen_at": dt.datetime(2026, 2, 2, 9, tzinfo=dt.UTC)},
+        {"amount": decimal.Decimal("1.10")},
+        {"pair": (1, 2)},
+        {"x": float("nan")},
+        {1: "int key"},
+        {"id": uuid.UUID(int=7)},
+    ],
+)
+def test_values_msgspec_would_change_are_written_by_the_library(odd: dict[Any, Any]) -> None:
+    from eventsourcing.persistence import JSONTranscoder
+
+    from cart_course.storage import CourseTranscoder
+
+    library, ours = JSONTranscoder(), CourseTranscoder()
+    for transcoder in (library, ours):
+        transcoder.register(UUIDAsHex())
+        transcoder.register(DecimalAsStr())
+        transcoder.register(DatetimeAsISO())
+    state = {
+        "timestamp": dt.datetime(2026, 2, 2, 9, 30, tzinfo=dt.UTC),
+        "payload": odd,
+        "prev_hash": "ab",
+    }
+    assert ours.encode(state) == library.encode(state)

@@ -12,12 +12,10 @@ from typing import Any, TextIO
 
 import click
 
-from ..contract import Command, parse_command
+from ..contract import parse_command
 from ..demo import cohort, live_cohort
-from ..errors import CartCourseError
+from ..ingest import AUTO_MAX_WORKERS, AUTO_MIN_LINES, BATCH, Ingest
 from .common import Context, echo_json, pass_context, read_json_input
-
-BATCH = 500
 
 
 @click.command()
@@ -48,17 +46,6 @@ def _lines(fh: Iterable[str]) -> Iterator[tuple[int, str]]:
             yield number, line
 
 
-def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def ingest_stream(
     ctx: Context,
     lines: Iterable[tuple[int, str]],
@@ -66,37 +53,58 @@ def ingest_stream(
     batch_size: int,
     report: TextIO,
     progress: Any = None,
+    workers: int | None = 1,
 ) -> Counter[str]:
-    """Record numbered JSON lines in batched transactions; report each rejected line."""
-    counts: Counter[str] = Counter()
-    service = ctx.service
-    for batch in _batches(lines, batch_size):
-        commands: list[tuple[int, Command]] = []
-        for number, line in batch:
-            try:
-                commands.append((number, parse_command(json.loads(line))))
-            except json.JSONDecodeError as exc:
-                counts["rejected"] += 1
-                report.write(f"line {number}: invalid_json: {exc.msg} (column {exc.colno})\n")
-            except CartCourseError as exc:
-                counts["rejected"] += 1
-                report.write(f"line {number}: {exc.code}: {exc.message}\n")
-        results = service.execute_batch([c for _, c in commands])
-        for (number, _), result in zip(commands, results, strict=True):
-            if isinstance(result, CartCourseError):
-                counts["rejected"] += 1
-                report.write(f"line {number}: {result.code}: {result.message}\n")
-            else:
-                counts[result.status] += 1
-        counts["lines"] += len(batch)
-        if progress is not None:
-            progress.update(len(batch))
-    return counts
+    """Record numbered JSON lines in batched transactions; report each rejected line (in line
+    order). ``workers``: 1 in this process (the context's service), None for auto, N processes."""
+
+    def write(number: int, text: str) -> None:
+        report.write(f"line {number}: {text}\n")
+
+    engine = Ingest(
+        settings=ctx.settings,
+        report=write,
+        progress=None if progress is None else progress.update,
+        workers=workers,
+        batch_size=batch_size,
+        service=lambda: ctx.service,
+    )
+    return engine.run(lines)
+
+
+def _workers_option(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise click.BadParameter(
+            f"{value!r} is not a number of workers: a whole number >= 1, or auto",
+            param_hint="--workers",
+        )
+    return n
 
 
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
-@click.option("--batch-size", default=BATCH, show_default=True, help="Commands per transaction.")
+@click.option(
+    "--batch-size",
+    default=BATCH,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Commands per transaction (at most).",
+)
+@click.option(
+    "--workers",
+    default="auto",
+    show_default=True,
+    metavar="N|auto",
+    help=f"Worker processes recording at once, each for its own share of the patients. auto: "
+    f"the CPUs available, at most {AUTO_MAX_WORKERS}; 1 for the memory: store or an input "
+    f"under {AUTO_MIN_LINES} lines. 1: record in this process.",
+)
 @click.option(
     "--errors",
     "errors_to",
@@ -106,12 +114,16 @@ def ingest_stream(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_context
-def ingest(ctx: Context, file: str, batch_size: int, errors_to: TextIO, as_json: bool) -> None:
+def ingest(
+    ctx: Context, file: str, batch_size: int, workers: str, errors_to: TextIO, as_json: bool
+) -> None:
     """Record many commands from a JSON Lines FILE (one envelope per line).
 
     Commands are saved in batched transactions; a rejected line is reported with its line number
-    and does not stop the others. Running the same file again records nothing new.
+    (in line order) and does not stop the others. Running the same file again records nothing
+    new. With several workers, each patient's lines go to one worker in file order.
     """
+    n_workers = _workers_option(workers)
     report: TextIO = (
         sys.stderr
         if errors_to is sys.stdout or getattr(errors_to, "name", "") == "<stdout>"
@@ -132,6 +144,7 @@ def ingest(ctx: Context, file: str, batch_size: int, errors_to: TextIO, as_json:
                 batch_size=batch_size,
                 report=report,
                 progress=bar if total else None,
+                workers=n_workers,
             )
     elapsed = time.perf_counter() - started
     summary = {

@@ -1,0 +1,444 @@
+"""The ingest engine: record numbered JSON lines in batched transactions, in this process or in
+several worker processes partitioned by patient.
+
+Every line gets the same treatment on both paths: decode, :func:`parse_command`,
+``CourseService.execute_batch`` (one transaction per batch). A patient's lines always go to the
+same worker, in file order, so each patient's stream sees the same commands in the same order as
+with one process; patients are independent streams. The main process reads the file, routes each
+line by its ``patient_id`` and sends the lines in rounds; it writes each round's rejected lines in
+line order once every worker has answered for that round, so the report and the counts are the
+same whatever the number of workers. A line counts only after its batch's transaction committed.
+
+A worker that fails (or dies) stops the ingest with :class:`IngestAborted`, which names the first
+line that may not have been recorded; ingesting the file again is safe (idempotency keys: what is
+recorded is skipped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import zlib
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+import attrs
+import msgspec
+
+from .bootstrap import Settings, build_service
+from .contract import Command, parse_command
+from .errors import CartCourseError
+from .service import CourseService
+
+#: Commands per transaction (``--batch-size``).
+BATCH = 500
+#: The most worker processes ``workers=None`` (auto) starts.
+AUTO_MAX_WORKERS = 4
+#: Auto uses one process for inputs shorter than this (starting workers costs ~0.3 s).
+AUTO_MIN_LINES = 3 * BATCH
+#: Rounds sent ahead of the one being gathered (keeps every worker busy while a round finishes).
+ROUNDS_AHEAD = 3
+
+Numbered = tuple[int, str]
+Rejected = tuple[int, str]  # (line number, "code: message")
+Report = Callable[[int, str], None]
+Progress = Callable[[int], None]
+
+
+class IngestAborted(CartCourseError):
+    """The ingest stopped before the end: lines from ``first_unsure`` on may not be recorded."""
+
+    code = "ingest_aborted"
+    http_status = 503
+
+    def __init__(self, reason: str, first_unsure: int) -> None:
+        self.reason = reason
+        self.first_unsure = first_unsure
+        super().__init__(
+            f"ingest stopped: {reason}; lines from {first_unsure} on may not have been recorded "
+            "(those before were); ingest the file again to record them (lines already recorded "
+            "are skipped)"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# One batch (both paths)
+# ----------------------------------------------------------------------------------------------
+
+_decode = msgspec.json.Decoder()
+
+
+def decode_line(line: str) -> Any:
+    """``json.loads`` semantics, faster: msgspec first; anything it refuses (NaN, 1e400, lone
+    surrogates, and every invalid line) goes to ``json.loads``, which accepts it or raises its
+    own :class:`json.JSONDecodeError`. msgspec accepts nothing ``json.loads`` refuses and
+    decodes what both accept to equal values (duplicate keys: the last wins, as in json)."""
+    try:
+        return _decode.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return json.loads(line)
+
+
+def record_batch(
+    service: CourseService, batch: Sequence[Numbered]
+) -> tuple[Counter[str], list[Rejected]]:
+    """Record one batch in one transaction: the counts and the rejected lines in line order."""
+    counts: Counter[str] = Counter()
+    rejected: list[Rejected] = []
+    commands: list[tuple[int, Command]] = []
+    for number, line in batch:
+        try:
+            commands.append((number, parse_command(decode_line(line))))
+        except json.JSONDecodeError as exc:
+            rejected.append((number, f"invalid_json: {exc.msg} (column {exc.colno})"))
+        except CartCourseError as exc:
+            rejected.append((number, f"{exc.code}: {exc.message}"))
+    if commands:
+        results = service.execute_batch([c for _, c in commands])
+        for (number, _), result in zip(commands, results, strict=True):
+            if isinstance(result, CartCourseError):
+                rejected.append((number, f"{result.code}: {result.message}"))
+            else:
+                counts[result.status] += 1
+    rejected.sort()
+    counts["rejected"] = len(rejected)
+    counts["lines"] = len(batch)
+    return counts, rejected
+
+
+def _batches(items: Iterable[Numbered], size: int) -> Iterator[list[Numbered]]:
+    batch: list[Numbered] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, CartCourseError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Choosing the number of workers
+# ----------------------------------------------------------------------------------------------
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_workers(settings: Settings) -> int:
+    """Workers for ``workers=None``: the CPUs this process may use, at most 4; one for the
+    ``memory:`` store (it lives in one process)."""
+    if settings.store.kind == "memory":
+        return 1
+    return max(1, min(cpu_count(), AUTO_MAX_WORKERS))
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine
+# ----------------------------------------------------------------------------------------------
+
+
+@attrs.define
+class Ingest:
+    """Record numbered lines; ``report(number, text)`` gets each rejected line in line order,
+    ``progress(n)`` the number of lines done so far in steps.
+
+    ``workers``: None for auto (see :func:`auto_workers`; one process for short inputs), 1 for
+    this process with ``service`` (or a service built from ``settings``), N > 1 for N worker
+    processes each with its own service on the same store (not for ``memory:``: one process).
+
+    Workers are started with ``spawn`` (nothing inherited from this process): a script that runs
+    an ingest with workers must do so under ``if __name__ == "__main__":``, as multiprocessing
+    requires; the ``cart-course`` command does."""
+
+    settings: Settings
+    report: Report
+    progress: Progress | None = None
+    workers: int | None = None
+    batch_size: int = BATCH
+    service: Callable[[], CourseService] | None = None
+    #: How many workers the last run used.
+    used_workers: int = attrs.field(default=0, init=False)
+
+    def run(self, lines: Iterable[Numbered]) -> Counter[str]:
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        workers = self.workers if self.workers is not None else auto_workers(self.settings)
+        if self.settings.store.kind == "memory":
+            workers = 1
+        it = iter(lines)
+        if self.workers is None and workers > 1:
+            head: list[Numbered] = []
+            for item in it:
+                head.append(item)
+                if len(head) >= AUTO_MIN_LINES:
+                    break
+            else:
+                workers = 1  # a short input: starting workers costs more than it saves
+            it = _chain(head, it)
+        self.used_workers = max(1, workers)
+        if self.used_workers == 1:
+            return self._in_process(it)
+        return _Pool(self, self.used_workers).run(it)
+
+    def _in_process(self, lines: Iterator[Numbered]) -> Counter[str]:
+        owned = self.service is None
+        service = self.service() if self.service is not None else build_service(self.settings)
+        counts: Counter[str] = Counter()
+        done_through = 0  # the last line number whose batch is done
+        try:
+            for batch in _batches(lines, self.batch_size):
+                try:
+                    done, rejected = record_batch(service, batch)
+                except CartCourseError as exc:
+                    raise IngestAborted(exc.message, batch[0][0]) from None
+                for number, text in rejected:
+                    self.report(number, text)
+                counts.update(done)
+                done_through = batch[-1][0]
+                if self.progress is not None:
+                    self.progress(len(batch))
+        except KeyboardInterrupt:
+            raise IngestAborted("interrupted", done_through + 1) from None
+        finally:
+            if owned:
+                service.close()
+        return counts
+
+
+def _chain(head: list[Numbered], rest: Iterator[Numbered]) -> Iterator[Numbered]:
+    yield from head
+    yield from rest
+
+
+class _RoutingKey(msgspec.Struct):
+    patient_id: str | None = None
+
+
+_route_decoder = msgspec.json.Decoder(_RoutingKey)
+
+
+def route(line: str, workers: int) -> int:
+    """The worker for a line: a stable hash of its patient_id (the same in every run and
+    process). A line whose patient cannot be found (not JSON, no string patient_id) goes to
+    worker 0: it will be rejected there, with its line number, like in one process."""
+    try:
+        patient_id = _route_decoder.decode(line).patient_id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        try:
+            data = json.loads(line)
+        except ValueError:
+            return 0
+        patient_id = data.get("patient_id") if isinstance(data, dict) else None
+    if not isinstance(patient_id, str):
+        return 0
+    return zlib.crc32(patient_id.encode("utf-8", "surrogatepass")) % workers
+
+
+@attrs.define
+class _Round:
+    first: int  # line numbers of the round's first and last lines
+    last: int
+    lines: int = 0
+    owed: list[int] = attrs.Factory(list)  # workers that have part of it
+    counts: Counter[str] = attrs.Factory(Counter)
+    rejected: list[Rejected] = attrs.Factory(list)
+
+
+class WorkerFailed(Exception):
+    def __init__(self, worker: int, reason: str) -> None:
+        self.worker = worker
+        self.reason = reason
+        super().__init__(reason)
+
+
+class _Pool:
+    def __init__(self, ingest: Ingest, workers: int) -> None:
+        self.ingest = ingest
+        self.n = workers
+        self.procs: list[Any] = []
+        self.tasks: list[Connection] = []
+        self.results: list[Connection] = []
+
+    def start(self) -> None:
+        # Open the store once here, then close it: the tables exist (and SQLite is in WAL mode)
+        # before the workers open it together, and a store that cannot be opened is the usual
+        # one-line error before any process starts.
+        build_service(self.ingest.settings).close()
+        ctx = multiprocessing.get_context("spawn")  # nothing inherited: no open store, no threads
+        for i in range(self.n):
+            task_r, task_w = ctx.Pipe(duplex=False)
+            result_r, result_w = ctx.Pipe(duplex=False)
+            proc = ctx.Process(
+                target=worker_main,
+                args=(task_r, result_w, self.ingest.settings, self.ingest.batch_size),
+                name=f"cart-course-ingest-{i + 1}",
+                daemon=True,
+            )
+            proc.start()
+            task_r.close()
+            result_w.close()
+            self.procs.append(proc)
+            self.tasks.append(task_w)
+            self.results.append(result_r)
+
+    def stop(self, *, kill: bool) -> None:
+        for conn in self.tasks:
+            with contextlib.suppress(OSError):
+                if not kill:
+                    conn.send(None)
+                conn.close()
+        for proc in self.procs:
+            if kill:
+                proc.terminate()
+            proc.join(timeout=None if not kill else 10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for conn in self.results:
+            conn.close()
+
+    def run(self, lines: Iterator[Numbered]) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        inflight: deque[_Round] = deque()
+        round_size = self.ingest.batch_size * self.n
+        done_through = 0  # the last line number of the last round done
+        try:
+            self.start()
+            try:
+                for chunk in _batches(lines, round_size):
+                    inflight.append(_Round(first=chunk[0][0], last=chunk[-1][0]))
+                    self._send(chunk, inflight[-1])
+                    while len(inflight) > ROUNDS_AHEAD:
+                        self._finish(inflight[0], counts)
+                        done_through = inflight.popleft().last
+                while inflight:
+                    self._finish(inflight[0], counts)
+                    done_through = inflight.popleft().last
+            except WorkerFailed as exc:
+                first = inflight[0].first if inflight else done_through + 1
+                raise IngestAborted(
+                    f"worker {exc.worker + 1} of {self.n} failed: {exc.reason}", first
+                ) from None
+            except KeyboardInterrupt:
+                first = inflight[0].first if inflight else done_through + 1
+                raise IngestAborted("interrupted", first) from None
+        except BaseException:
+            self.stop(kill=True)
+            raise
+        self.stop(kill=False)
+        return counts
+
+    def _send(self, chunk: list[Numbered], rnd: _Round) -> None:
+        parts: list[list[Numbered]] = [[] for _ in range(self.n)]
+        for item in chunk:
+            parts[route(item[1], self.n)].append(item)
+        rnd.lines = len(chunk)
+        for i, part in enumerate(parts):
+            if part:
+                rnd.owed.append(i)
+                try:
+                    self.tasks[i].send(part)
+                except OSError:
+                    raise WorkerFailed(i, self._death(i)) from None
+
+    def _finish(self, rnd: _Round, counts: Counter[str]) -> None:
+        for i in rnd.owed:
+            try:
+                message = self.results[i].recv()
+            except (EOFError, OSError):
+                raise WorkerFailed(i, self._death(i)) from None
+            if message[0] == "failed":
+                raise WorkerFailed(i, message[1])
+            rnd.counts.update(message[1])
+            rnd.rejected.extend(message[2])
+        rnd.rejected.sort()
+        for number, text in rnd.rejected:
+            self.ingest.report(number, text)
+        counts.update(rnd.counts)
+        if self.ingest.progress is not None:
+            self.ingest.progress(rnd.lines)
+
+    def _death(self, i: int) -> str:
+        proc = self.procs[i]
+        proc.join(timeout=5)
+        code = proc.exitcode
+        if code is not None and code < 0:
+            try:
+                return f"the process was killed ({signal.Signals(-code).name})"
+            except ValueError:
+                return f"the process was killed (signal {-code})"
+        return f"the process ended (exit code {code})"
+
+
+# ----------------------------------------------------------------------------------------------
+# The worker process
+# ----------------------------------------------------------------------------------------------
+
+
+def worker_main(
+    tasks: Connection, results: Connection, settings: Settings, batch_size: int
+) -> None:
+    """Record the chunks sent on ``tasks``, one answer per chunk on ``results``:
+    ``("done", counts, rejected)`` once every batch of the chunk committed, or ``("failed",
+    reason)`` and exit. A reader thread takes the chunks as they come, so the main process never
+    waits on a busy worker to send it the next one (no pipe deadlock)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process stops the workers
+    inbox: queue.SimpleQueue[list[Numbered] | None] = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            while True:
+                chunk = tasks.recv()
+                inbox.put(chunk)
+                if chunk is None:
+                    return
+        except (EOFError, OSError):  # the main process is gone
+            inbox.put(None)
+
+    threading.Thread(target=read, name="inbox", daemon=True).start()
+    try:
+        service = build_service(settings)
+    except BaseException as exc:
+        results.send(("failed", _reason(exc)))
+        return
+    try:
+        while (chunk := inbox.get()) is not None:
+            counts: Counter[str] = Counter()
+            rejected: list[Rejected] = []
+            for batch in _split(chunk, batch_size):
+                done, bad = record_batch(service, batch)
+                counts.update(done)
+                rejected.extend(bad)
+            results.send(("done", dict(counts), rejected))
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            results.send(("failed", _reason(exc)))
+    finally:
+        with contextlib.suppress(Exception):
+            service.close()
+
+
+def _split(chunk: list[Numbered], size: int) -> Iterator[list[Numbered]]:
+    """Batches of at most ``size`` lines, of even sizes (510 lines: 255 + 255, not 500 + 10)."""
+    parts = -(-len(chunk) // size)
+    step = -(-len(chunk) // parts) if parts else 1
+    for start in range(0, len(chunk), step):
+        yield chunk[start : start + step]

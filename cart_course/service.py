@@ -400,6 +400,17 @@ class CourseService:
         events.extend(pending)
         return [e for e in events if lte is None or e.originator_version <= lte]
 
+    def _event_at(self, course: PatientCourse, version: int) -> Any:
+        """The stream's event at ``version`` (pending in this batch, or one row of the store)."""
+        for event in course.pending_events:
+            if event.originator_version == version:
+                return event
+        with store_errors(f"patient {course.patient_id}"):
+            found = list(self.app.events.get(course.id, gt=version - 1, lte=version))
+        if not found:
+            raise StoreError(f"patient {course.patient_id}: event {version} is not in the store")
+        return found[0]
+
     def _correct(self, course: PatientCourse, command: Command) -> CommandResult:
         p = command.payload
         extra = sorted(set(p) - {"corrects", "changes"})
@@ -594,8 +605,10 @@ class CourseService:
     def _result_of(self, course: PatientCourse, version: int, status: str) -> CommandResult:
         """The result of the event at ``version`` again (an idempotent retry): the same fields
         as when it was recorded; ``allowed_moves`` are the moves allowed now."""
-        events = self._events_of(course, lte=version)  # includes events pending in a batch
-        event = events[-1]
+        event = self._event_at(course, version)
+        events: list[Any] = [event]
+        if not isinstance(event, PatientCourse.Moved):  # the state it was recorded in is needed
+            events = self._events_of(course, lte=version)  # includes events pending in a batch
         allowed = tuple(allowed_now(course.record, self.protocol))
         common: dict[str, Any] = {
             "status": status,

@@ -67,6 +67,18 @@ class Command:
     #: The digest, computed on first use (the command is immutable; its payload is not copied,
     #: so a caller must not change the payload mapping after handing the command over).
     _digest: str | None = attrs.field(init=False, default=None, eq=False, hash=False, repr=False)
+    _occurred_iso: str | None = attrs.field(
+        init=False, default=None, eq=False, hash=False, repr=False
+    )
+
+    @property
+    def occurred_iso(self) -> str:
+        """``occurred_at.isoformat()``, computed once (the digest and the event both use it)."""
+        text = self._occurred_iso
+        if text is None:
+            text = self.occurred_at.isoformat()
+            object.__setattr__(self, "_occurred_iso", text)
+        return text
 
     @property
     def digest(self) -> str:
@@ -84,7 +96,7 @@ class Command:
             {
                 "command": self.command,
                 "patient_id": self.patient_id,
-                "occurred_at": self.occurred_at.isoformat(),
+                "occurred_at": self.occurred_iso,
                 "payload": self.payload,
                 "reason": self.reason,
             }
@@ -99,7 +111,7 @@ class Command:
         data: dict[str, Any] = {
             "command": self.command,
             "patient_id": self.patient_id,
-            "occurred_at": self.occurred_at.isoformat(),
+            "occurred_at": self.occurred_iso,
             "actor": self.actor.to_json(),
             "reason": self.reason,
             "idempotency_key": self.idempotency_key,

@@ -341,7 +341,7 @@ class CourseService:
             actor=command.actor.id,
             role=command.actor.role,
             reason=command.reason,
-            occurred_at=command.occurred_at.isoformat(),
+            occurred_at=command.occurred_iso,
             idempotency_key=key,
             digest=command.digest,
         )
@@ -504,7 +504,7 @@ class CourseService:
             actor=command.actor.id,
             role=command.actor.role,
             reason=command.reason,
-            occurred_at=command.occurred_at.isoformat(),
+            occurred_at=command.occurred_iso,
             idempotency_key=command.key,
             digest=command.digest,
         )
@@ -585,7 +585,7 @@ class CourseService:
             actor=command.actor.id,
             role=command.actor.role,
             reason=command.reason,
-            occurred_at=command.occurred_at.isoformat(),
+            occurred_at=command.occurred_iso,
             idempotency_key=command.key,
             digest=command.digest,
         )

@@ -11,11 +11,11 @@ from typing import Any
 
 from transitions import Machine
 
-from cart_course.demo import assessment, eligible_screening
+from cart_course.demo import assessment, crs, eligible_screening
 from cart_course.protocol.commands import allowed_now, prepare
 from cart_course.protocol.eligibility import parse_screening
 from cart_course.protocol.machine import Probe, dry_run_by_trigger
-from cart_course.protocol.record import PatientRecord
+from cart_course.protocol.record import PatientRecord, evolve
 from cart_course.protocol.versions import CURRENT
 
 from .harness import QUICK, Section, per_call_us
@@ -61,6 +61,37 @@ def _d2_facts() -> dict[str, Any]:
         "dose": {"value": 2.05e7, "unit": "cells"},
         "product_lot": "LOT-1",
     }
+
+
+def _infused_d1_with_open_crs() -> PatientRecord:
+    """A record after D1 with a CRS grade 1 open (a hold): 8 moves to judge, 6 with rules."""
+    record = PatientRecord(patient_id="bench")
+    start = dt.datetime(2026, 1, 5, 9, tzinfo=dt.UTC)
+    d1 = {
+        "day": 1,
+        "weight": {"value": 70, "unit": "kg"},
+        "cells": {"value": 7e6, "unit": "cells"},
+    }
+    steps: list[tuple[str, dict[str, Any], int]] = [
+        ("screen", {"screening": eligible_screening(random.Random(1))}, 0),
+        ("record_apheresis", {"apheresis_contraindication": False}, 1),
+        ("give_infusion", d1, 10),
+        ("report_toxicity", {"toxicity": crs(1)}, 10),
+    ]
+    for number, (command, payload, days) in enumerate(steps, start=1):
+        when = start + dt.timedelta(days=days)
+        p = prepare(record, command, payload, when, None, CURRENT)
+        evolve(
+            record,
+            trigger=p.trigger,
+            to_state=p.to_state,
+            facts=p.facts,
+            outcome=p.outcome,
+            occurred_at=when.isoformat(),
+            version=number,
+            protocol_version=CURRENT.id,
+        )
+    return record
 
 
 def run() -> Section:
@@ -111,9 +142,12 @@ def run() -> Section:
     payload = {"screening": eligible_screening(random.Random(1))}
     prep = per_call_us(lambda: prepare(record, "screen", payload, when, None, v), n // 4, repeat)
     allowed = per_call_us(lambda: allowed_now(record, v), n // 4, repeat)
+    held = _infused_d1_with_open_crs()
+    allowed_held = per_call_us(lambda: allowed_now(held, v), n // 4, repeat)
     results += [
         ("prepare(screen): parse payload, gather facts, guard, outcome (whole command)", prep),
         ("allowed moves now (candidate)", allowed),
+        ("allowed moves now (infused_d1, a CRS hold open: 8 moves, 6 with rules)", allowed_held),
     ]
 
     rows = []

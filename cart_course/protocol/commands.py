@@ -193,64 +193,119 @@ def _text(payload: Mapping[str, Any], key: str, *, max_len: int = 2000) -> str |
 # ----------------------------------------------------------------------------------------------
 
 
-def _tox_brief(
-    record: PatientRecord, *, open_only: bool, course: int | None = None
-) -> list[dict[str, Any]]:
-    if open_only:
-        chosen = record.open_toxicities()
-        if course is not None:
-            chosen = [t for t in chosen if t.course_number == course]
-        return [{"id": t.id, "kind": t.kind, "grade": t.grade} for t in chosen]
-    chosen = (
-        record.course_toxicities(course) if course is not None else list(record.toxicities.values())
-    )
-    return [{"id": t.id, "kind": t.kind, "grade": t.worst_grade} for t in chosen]
+def _open_brief(record: PatientRecord) -> list[dict[str, Any]]:
+    """The open toxicities as the rules read them (id, kind, current grade)."""
+    open_ids = record.open_ids
+    if not open_ids:
+        return []
+    toxicities = record.toxicities
+    return [
+        {"id": t.id, "kind": t.kind, "grade": t.grade} for t in [toxicities[i] for i in open_ids]
+    ]
+
+
+def _course_brief(record: PatientRecord, number: int) -> list[dict[str, Any]]:
+    """The toxicities of course ``number`` as the rules read them (id, kind, worst grade)."""
+    ids = record.course_ids.get(number)
+    if not ids:
+        return []
+    toxicities = record.toxicities
+    return [
+        {"id": t.id, "kind": t.kind, "grade": t.worst_grade} for t in [toxicities[i] for i in ids]
+    ]
+
+
+def _ctx_apheresis(record: PatientRecord) -> dict[str, Any]:
+    return {"consent_on_file": record.consent_on_file}
+
+
+def _ctx_d1(record: PatientRecord) -> dict[str, Any]:
+    return {
+        "day": 1,
+        "course_number": len(record.courses) + 1,
+        "previous_date": record.apheresis_date,
+        "delivered_before": 0.0,
+        "fractions_cancelled": False,
+        "open_toxicities": _open_brief(record),
+    }
+
+
+def _ctx_later_day(day: int) -> Callable[[PatientRecord], dict[str, Any]]:
+    def context(record: PatientRecord) -> dict[str, Any]:
+        courses = record.courses
+        if not courses:
+            return {
+                "day": day,
+                "course_number": 0,
+                "weight_kg": None,
+                "previous_date": None,
+                "delivered_before": 0.0,
+                "fractions_cancelled": False,
+                "open_toxicities": _open_brief(record),
+            }
+        course = courses[-1]
+        fractions = course.fractions
+        return {
+            "day": day,
+            "course_number": len(courses),
+            "weight_kg": course.weight_kg,
+            "previous_date": fractions[-1].given_on if fractions else None,
+            "delivered_before": course.delivered,
+            "fractions_cancelled": course.cancelled,
+            "open_toxicities": _open_brief(record),
+        }
+
+    return context
+
+
+def _ctx_resolve(record: PatientRecord) -> dict[str, Any]:
+    return {"open_toxicities": _open_brief(record)}
+
+
+def _ctx_course_end(record: PatientRecord) -> dict[str, Any]:
+    courses = record.courses
+    return {
+        "course_number": len(courses),
+        "fractions_cancelled": courses[-1].cancelled if courses else False,
+    }
+
+
+def _ctx_decision(record: PatientRecord) -> dict[str, Any]:
+    courses = record.courses
+    return {
+        "course_number": len(courses),
+        "response": courses[-1].response if courses else None,
+    }
+
+
+def _ctx_discontinue(record: PatientRecord) -> dict[str, Any]:
+    number = len(record.courses)
+    return {"course_number": number, "course_toxicities": _course_brief(record, number)}
+
+
+def _ctx_none(record: PatientRecord) -> dict[str, Any]:
+    return {}
+
+
+#: What the rules of each move read from the record (plain trigger names; any other move: none).
+#: Moves that share a builder share their facts (``allowed_now`` builds them once).
+_CONTEXTS: dict[str, Callable[[PatientRecord], dict[str, Any]]] = {
+    Trigger.RECORD_APHERESIS.value: _ctx_apheresis,
+    Trigger.INFUSE_D1.value: _ctx_d1,
+    Trigger.INFUSE_D2.value: _ctx_later_day(2),
+    Trigger.INFUSE_D3.value: _ctx_later_day(3),
+    Trigger.RESOLVE_TOXICITY.value: _ctx_resolve,
+    Trigger.CANCEL_REMAINING_FRACTIONS.value: _ctx_course_end,
+    Trigger.ASSESS_RESPONSE.value: _ctx_course_end,
+    Trigger.CONTINUE_TREATMENT.value: _ctx_decision,
+    Trigger.CEASE.value: _ctx_decision,
+    Trigger.DISCONTINUE.value: _ctx_discontinue,
+}
 
 
 def context_facts(record: PatientRecord, trigger: str) -> dict[str, Any]:
-    course = record.course
-    if trigger == Trigger.RECORD_APHERESIS:
-        return {"consent_on_file": record.consent_on_file}
-    day = INFUSION_TRIGGERS.get(trigger)  # type: ignore[call-overload]  # str keys match
-    if day is not None:
-        if day == 1:
-            return {
-                "day": 1,
-                "course_number": record.course_number + 1,
-                "previous_date": record.apheresis_date,
-                "delivered_before": 0.0,
-                "fractions_cancelled": False,
-                "open_toxicities": _tox_brief(record, open_only=True),
-            }
-        previous = course.fractions[-1].given_on if course and course.fractions else None
-        return {
-            "day": day,
-            "course_number": record.course_number,
-            "weight_kg": course.weight_kg if course else None,
-            "previous_date": previous,
-            "delivered_before": course.delivered if course else 0.0,
-            "fractions_cancelled": course.cancelled if course else False,
-            "open_toxicities": _tox_brief(record, open_only=True),
-        }
-    if trigger == Trigger.RESOLVE_TOXICITY:
-        return {"open_toxicities": _tox_brief(record, open_only=True)}
-    if trigger in (Trigger.CANCEL_REMAINING_FRACTIONS, Trigger.ASSESS_RESPONSE):
-        return {
-            "course_number": record.course_number,
-            "fractions_cancelled": course.cancelled if course else False,
-        }
-    if trigger in (Trigger.CONTINUE_TREATMENT, Trigger.CEASE):
-        return {
-            "course_number": record.course_number,
-            "response": course.response if course else None,
-        }
-    if trigger == Trigger.DISCONTINUE:
-        number = record.course_number
-        return {
-            "course_number": number,
-            "course_toxicities": _tox_brief(record, open_only=False, course=number),
-        }
-    return {}
+    """What the rules of ``trigger`` read from the record (a new dict per call)."""
+    return _CONTEXTS.get(trigger, _ctx_none)(record)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -590,8 +645,23 @@ def prepare(
 
 
 def allowed_now(record: PatientRecord, version: ProtocolVersion) -> list[str]:
-    """The moves allowed now, given what is on record (the caller supplies a compliant payload)."""
-    return version.allowed_moves_by(record.state, lambda trigger: context_facts(record, trigger))
+    """The moves allowed now, given what is on record (the caller supplies a compliant payload).
+
+    Each move is judged on its own :func:`context_facts`; consecutive moves whose facts are the
+    same (``cancel_remaining_fractions`` and ``assess_response``, ``continue_treatment`` and
+    ``cease``) are given one dict, built once."""
+    last_builder: Callable[[PatientRecord], dict[str, Any]] | None = None
+    last_facts: dict[str, Any] = {}
+
+    def facts_of(trigger: str) -> dict[str, Any]:
+        nonlocal last_builder, last_facts
+        builder = _CONTEXTS.get(trigger, _ctx_none)
+        if builder is not last_builder:
+            last_builder = builder
+            last_facts = builder(record)
+        return last_facts
+
+    return version.allowed_moves_by(record.state, facts_of)
 
 
 def command_of(trigger: str) -> str:

@@ -23,6 +23,8 @@ import datetime
 import enum
 import functools
 import json
+import math
+import operator
 from collections.abc import Callable, Mapping
 from decimal import Context, Decimal
 from types import MappingProxyType
@@ -319,13 +321,15 @@ class ScreeningData:
     def to_json(self) -> dict[str, Any]:
         """The normalized input: absent keys stay absent; ``parse_screening`` reads it back."""
         out: dict[str, Any] = {}
-        for key in SCREENING_KEYS:
-            v = getattr(self, key)
+        for key, v in zip(SCREENING_KEYS, _screening_values(self), strict=True):
             if v is None:
                 continue
-            if key == "last_systemic_glucocorticoid":
+            t = type(v)
+            if t is bool or t is int or t is float:  # the common case: as it is
+                out[key] = v
+            elif key == "last_systemic_glucocorticoid":
                 out[key] = None if v == NEVER else v.isoformat()
-            elif isinstance(v, LabValue | LabWithUln):
+            elif isinstance(v, (LabValue, LabWithUln)):
                 out[key] = v.to_json()
             elif isinstance(v, datetime.date):
                 out[key] = v.isoformat()
@@ -602,9 +606,22 @@ _PARSERS: Final[Mapping[str, Callable[[str, Any], Any]]] = {
 
 _BOOL_KEYS.update(k for k, parser in _PARSERS.items() if isinstance(parser, _BoolParser))
 
+#: The numeric keys, as their parsers check them: (lowest, highest or None, whole numbers only).
+#: ``parse_screening`` takes a plain number within these bounds as it is (the parser's answer);
+#: a test proves both agree.
+_NUMBER_BOUNDS: Final[Mapping[str, tuple[float, float | None, bool]]] = {
+    "failed_standard_lines": (0, None, True),
+    "kps": (0, 100, True),
+    "life_expectancy_months": (0.0, None, False),
+    "lvef_pct": (0.0, 100.0, False),
+    "spo2_room_air_pct": (0.0, 100.0, False),
+}
+
 #: Every key ``parse_screening`` accepts, in catalogue order.
 SCREENING_KEYS: Final[tuple[str, ...]] = tuple(_PARSERS)
 _KEYS_TEXT: Final = ", ".join(SCREENING_KEYS)
+#: A screening's values in catalogue order, read at once.
+_screening_values: Final = operator.attrgetter(*SCREENING_KEYS)
 
 
 def parse_screening(data: Mapping[str, Any]) -> ScreeningData:
@@ -618,9 +635,23 @@ def parse_screening(data: Mapping[str, Any]) -> ScreeningData:
         )
     values: dict[str, Any] = {}
     for key, raw in data.items():
-        if (raw is True or raw is False) and key in _BOOL_KEYS:
-            values[key] = raw  # what the key's parser returns for a boolean, without the call
-            continue
+        t = type(raw)
+        if t is bool:
+            if key in _BOOL_KEYS:
+                values[key] = raw  # what the key's parser returns for a boolean, without the call
+                continue
+        elif t is int or t is float:
+            bounds = _NUMBER_BOUNDS.get(key)
+            if (
+                bounds is not None
+                and (t is int or not bounds[2])
+                and raw == raw  # not NaN
+                and bounds[0] <= raw
+                and (bounds[1] is None or raw <= bounds[1])
+                and (t is int or raw not in _INFINITIES)
+            ):
+                values[key] = raw  # a number within its bounds: what its parser returns
+                continue
         parser = _PARSERS.get(key) if isinstance(key, str) else None
         if parser is None:
             raise ProtocolInputError(
@@ -764,6 +795,34 @@ def _dec(x: float) -> Decimal:
     return Decimal(repr(x)) if type(x) is float else Decimal(x)
 
 
+#: How far (relatively) a value's float must be from a limit for the float comparison to decide
+#: as the exact decimal one does: far above the rounding of a float (about 1e-16, a few times
+#: over with a unit conversion). Nearer the limit, the exact comparison decides.
+_MARGIN: Final = 1e-9
+#: Whole numbers a float holds exactly.
+_EXACT_INT: Final = 2**53
+
+
+def _float_bounds(limit: Decimal) -> tuple[float, float]:
+    """(below, above): a value whose float is below ``below`` is under the exact ``limit``, one
+    above ``above`` is over it; (-inf, inf) (never decided by floats) when the limit is too
+    small or too large for floats to tell."""
+    f = float(limit)
+    if not 1e-200 <= abs(f) <= 1e200:
+        return -math.inf, math.inf
+    margin = abs(f) * _MARGIN
+    return f - margin, f + margin
+
+
+def _as_float(v: Any) -> float | None:
+    """A lab value as a float when the float is the value (a float, or a whole number a float
+    holds exactly); else None."""
+    t = type(v)
+    if t is float or (t is int and -_EXACT_INT < v < _EXACT_INT):
+        return float(v)
+    return None
+
+
 @attrs.frozen(kw_only=True)
 class _Limits:
     """Thresholds of one ``ProtocolParameters`` value, prepared once (exact decimals, words)."""
@@ -772,6 +831,9 @@ class _Limits:
     alt_k: Decimal
     ast_k: Decimal
     hemoglobin_min: Decimal
+    #: ``_float_bounds(hemoglobin_min)``
+    hemoglobin_below: float
+    hemoglobin_above: float
     creatinine_k_text: str
     alt_k_text: str
     ast_k_text: str
@@ -789,7 +851,10 @@ class _Limits:
     @classmethod
     def of(cls, p: ProtocolParameters) -> _Limits:
         hgb = _dec(p.hemoglobin_min_g_l)
+        below, above = _float_bounds(hgb)
         return cls(
+            hemoglobin_below=below,
+            hemoglobin_above=above,
             creatinine_k=_dec(p.creatinine_max_x_uln),
             alt_k=_dec(p.alt_max_x_uln),
             ast_k=_dec(p.ast_max_x_uln),
@@ -859,35 +924,44 @@ _BOOL_MEMO: dict[tuple[str, bool | None], CriterionResult] = {}
 
 
 def _bool_inclusion(
-    cid: str, key: str, v: bool | None, want: bool, label: str, yes: str, no: str
+    cid: str,
+    key: str,
+    v: bool | None,
+    status: CriterionStatus,
+    label: str,
+    yes: str,
+    no: str,
 ) -> CriterionResult:
-    """Inclusion read from one yes/no answer; ``want`` is the answer that fulfils it."""
+    """Inclusion read from one yes/no answer, as decided (:func:`_yes_no`)."""
     hit = _BOOL_MEMO.get((cid, v))
     if hit is not None:
         return hit
-    if v is None:
+    if status is _MISSING:
         res = _missing(cid, key, label, yes, "true or false")
     else:
         res = CriterionResult(
             criterion=_C[cid],
-            status=_MET if v is want else _NOT_MET,
+            status=status,
             value=MappingProxyType({key: v}),
             value_text=f"{key}: {'true' if v else 'false'}",
             threshold=yes,
             explanation=f"{yes[0].upper()}{yes[1:]}: met."
-            if v is want
+            if status is _MET
             else f"{no} (inclusion: {yes}).",
         )
     _BOOL_MEMO[(cid, v)] = res
     return res
 
 
-def _bool_exclusion(cid: str, key: str, v: bool | None, label: str) -> CriterionResult:
+def _bool_exclusion(
+    cid: str, key: str, v: bool | None, status: CriterionStatus, label: str
+) -> CriterionResult:
+    """Exclusion read from one yes/no answer, as decided (:func:`_exclusion`)."""
     hit = _BOOL_MEMO.get((cid, v))
     if hit is not None:
         return hit
     threshold = f"excluded if {label}"
-    if v is None:
+    if status is _MISSING:
         res = CriterionResult(
             criterion=_C[cid],
             status=_MISSING,
@@ -897,7 +971,7 @@ def _bool_exclusion(cid: str, key: str, v: bool | None, label: str) -> Criterion
             explanation=f"Whether there is {label} is not recorded ({key}: true or false); it is "
             "needed for the exclusion criteria.",
         )
-    elif v:
+    elif status is _APPLIES:
         res = CriterionResult(
             criterion=_C[cid],
             status=_APPLIES,
@@ -924,7 +998,7 @@ _FAILED_THRESHOLD: Final = (
 )
 
 
-def _failed_standard(d: ScreeningData) -> CriterionResult:
+def _failed_standard(d: ScreeningData, status: CriterionStatus) -> CriterionResult:
     lines = d.failed_standard_lines
     option = d.effective_standard_option
     threshold = _FAILED_THRESHOLD
@@ -953,19 +1027,16 @@ def _failed_standard(d: ScreeningData) -> CriterionResult:
         if option:
             problems.append("an effective standard treatment is still available")
     value_text = ", ".join(parts) if parts else "not recorded"
-    if problems:
+    if status is _NOT_MET:
         extra = f"; also not recorded: {' and '.join(missing)}" if missing else ""
-        status = _NOT_MET
         sentence = "; ".join(problems)
         explanation = f"{sentence[0].upper()}{sentence[1:]} (inclusion: {threshold}){extra}."
-    elif missing:
-        status = _MISSING
+    elif status is _MISSING:
         explanation = (
             f"Not recorded: {' and '.join(missing)}; needed for the inclusion criterion: "
             f"{threshold}."
         )
     else:
-        status = _MET
         explanation = f"{value_text[0].upper()}{value_text[1:]}: met."
     return CriterionResult(
         criterion=_C["failed_standard_treatment"],
@@ -981,17 +1052,18 @@ def _above(
     cid: str,
     key: str,
     v: float | None,
+    status: CriterionStatus,
     limit: float,
     threshold: str,
     label: str,
     unit: str,
     how: str,
 ) -> CriterionResult:
-    """Inclusion ``value > limit``: compared as written, no arithmetic."""
-    if v is None:
+    """Inclusion ``value > limit`` (:func:`_more_than`), in words."""
+    if v is None or status is _MISSING:
         return _missing(cid, key, label, threshold, how)
     shown = f"{label} {_num(v)}{unit}"
-    if v > limit:
+    if status is _MET:
         return CriterionResult(
             criterion=_C[cid],
             status=_MET,
@@ -1010,11 +1082,13 @@ def _above(
     )
 
 
-def _lvef(v: float | None, limit: float, threshold: str) -> CriterionResult:
-    if v is None:
+def _lvef(
+    v: float | None, status: CriterionStatus, limit: float, threshold: str
+) -> CriterionResult:
+    if v is None or status is _MISSING:
         return _missing("lvef", "lvef_pct", "LVEF", threshold, "ejection fraction in %")
     shown = f"LVEF {_num(v)} %"
-    if v >= limit:
+    if status is _MET:
         return CriterionResult(
             criterion=_C["lvef"],
             status=_MET,
@@ -1034,17 +1108,26 @@ def _lvef(v: float | None, limit: float, threshold: str) -> CriterionResult:
 
 
 _MUL = _CTX.multiply
+_CREATININE_F: Final = float(CREATININE_UMOL_L_PER_MG_DL)
 _MILLI = Decimal("0.001")
 
 
 @functools.lru_cache(maxsize=1024)
 def _uln_limit(
     k: Decimal, k_text: str, uln_value: float, uln_is_float: bool, unit: str, uln_unit: str
+) -> tuple[Decimal, bool, str, tuple[float, float]]:
+    """:func:`_uln_limit_of`, with the limit's :func:`_float_bounds`."""
+    limit, convert, text = _uln_limit_of(k, k_text, uln_value, unit, uln_unit)
+    return limit, convert, text, _float_bounds(limit)
+
+
+def _uln_limit_of(
+    k: Decimal, k_text: str, uln_value: float, unit: str, uln_unit: str
 ) -> tuple[Decimal, bool, str]:
     """``k x ULN`` for one site's reference range: the limit, whether the value is to be
     converted to the ULN's unit (x 88.42) before comparing, and the limit in words. A site's ULN
-    is a constant of its laboratory: computed once per (k, ULN, units). ``uln_is_float`` keeps
-    40 and 40.0 apart (equal keys, written differently)."""
+    is a constant of its laboratory: computed once per (k, ULN, units) by :func:`_uln_limit`,
+    whose ``uln_is_float`` keeps 40 and 40.0 apart (equal keys, written differently)."""
     uln = _dec(uln_value)
     if unit == uln_unit:
         limit = _MUL(k, uln)
@@ -1070,20 +1153,25 @@ def _uln_limit(
 
 
 def _x_uln(
-    cid: str, label: str, lab: LabWithUln | None, k: Decimal, k_text: str, threshold: str
+    cid: str,
+    label: str,
+    lab: LabWithUln | None,
+    status: CriterionStatus,
+    k: Decimal,
+    k_text: str,
+    threshold: str,
 ) -> CriterionResult:
-    """Inclusion ``value <= k x ULN``, exactly, converting creatinine units where they differ."""
-    if lab is None:
+    """Inclusion ``value <= k x ULN`` (:func:`_x_uln_status`), in words."""
+    if lab is None or status is _MISSING:
         return _missing(cid, cid, label, threshold, "{value, unit, uln} with the site's ULN")
-    limit, convert, limit_text = _uln_limit(
+    _limit, _convert, limit_text, _bounds = _uln_limit(
         k, k_text, lab.uln, type(lab.uln) is float, lab.unit, lab.uln_unit
     )
-    value = _dec(lab.value)
-    ok = (_MUL(value, CREATININE_UMOL_L_PER_MG_DL) if convert else value) <= limit
+    ok = status is _MET
     shown = f"{label} {lab.text()}"
     return CriterionResult(
         criterion=_C[cid],
-        status=_MET if ok else _NOT_MET,
+        status=status,
         value={cid: lab.to_json()},
         value_text=shown,
         threshold=threshold,
@@ -1093,16 +1181,22 @@ def _x_uln(
     )
 
 
-def _bilirubin(lab: LabValue | None, p: ProtocolParameters, threshold: str) -> CriterionResult:
-    if lab is None:
+def _bilirubin_limit(lab: LabValue, p: ProtocolParameters) -> float:
+    """Compared in the unit given, against the threshold as the trial writes it in that unit."""
+    return p.bilirubin_max_mg_dl if lab.unit == "mg/dL" else p.bilirubin_max_umol_l
+
+
+def _bilirubin(
+    lab: LabValue | None, status: CriterionStatus, p: ProtocolParameters, threshold: str
+) -> CriterionResult:
+    if lab is None or status is _MISSING:
         return _missing("bilirubin", "bilirubin", "Total bilirubin", threshold, "{value, unit}")
-    # Compared in the unit given, against the threshold as the trial writes it in that unit.
-    limit = p.bilirubin_max_mg_dl if lab.unit == "mg/dL" else p.bilirubin_max_umol_l
-    ok = lab.value <= limit
+    limit = _bilirubin_limit(lab, p)
+    ok = status is _MET
     shown = f"Total bilirubin {lab.text()}"
     return CriterionResult(
         criterion=_C["bilirubin"],
-        status=_MET if ok else _NOT_MET,
+        status=status,
         value={"bilirubin": lab.to_json()},
         value_text=shown,
         threshold=threshold,
@@ -1112,21 +1206,26 @@ def _bilirubin(lab: LabValue | None, p: ProtocolParameters, threshold: str) -> C
     )
 
 
-def _hemoglobin(lab: LabValue | None, lim: _Limits) -> CriterionResult:
-    threshold = lim.hemoglobin
-    if lab is None:
-        return _missing("hemoglobin", "hemoglobin", "Hemoglobin", threshold, "{value, unit}")
+def _g_per_l(lab: LabValue) -> Decimal:
+    """Hemoglobin in g/L, exactly (g/dL x 10)."""
     if lab.unit == "g/L":
-        ok = _dec(lab.value) >= lim.hemoglobin_min
+        return _dec(lab.value)
+    return _MUL(_dec(lab.value), HEMOGLOBIN_G_L_PER_G_DL)
+
+
+def _hemoglobin(lab: LabValue | None, status: CriterionStatus, lim: _Limits) -> CriterionResult:
+    threshold = lim.hemoglobin
+    if lab is None or status is _MISSING:
+        return _missing("hemoglobin", "hemoglobin", "Hemoglobin", threshold, "{value, unit}")
+    ok = status is _MET
+    if lab.unit == "g/L":
         shown = f"Hemoglobin {lab.text()}"
     else:  # g/dL: x 10 exactly
-        g_l = _MUL(_dec(lab.value), HEMOGLOBIN_G_L_PER_G_DL)
-        ok = g_l >= lim.hemoglobin_min
-        shown = f"Hemoglobin {lab.text()} ({_num(g_l)} g/L)"
+        shown = f"Hemoglobin {lab.text()} ({_num(_g_per_l(lab))} g/L)"
     minimum = lim.hemoglobin_min_text
     return CriterionResult(
         criterion=_C["hemoglobin"],
-        status=_MET if ok else _NOT_MET,
+        status=status,
         value={"hemoglobin": lab.to_json()},
         value_text=shown,
         threshold=threshold,
@@ -1139,10 +1238,12 @@ def _hemoglobin(lab: LabValue | None, lim: _Limits) -> CriterionResult:
 _CONSENT_THRESHOLD: Final = "written informed consent signed by the patient and family"
 
 
-def _consent(d: ScreeningData, screening_date: datetime.date) -> CriterionResult:
+def _consent(
+    d: ScreeningData, screening_date: datetime.date, status: CriterionStatus
+) -> CriterionResult:
     threshold = _CONSENT_THRESHOLD
     signed = d.informed_consent_signed
-    if signed is None:
+    if status is _MISSING:
         return _missing(
             "informed_consent",
             "informed_consent_signed",
@@ -1156,18 +1257,16 @@ def _consent(d: ScreeningData, screening_date: datetime.date) -> CriterionResult
     if when is not None:
         value["informed_consent_date"] = when.isoformat()
         shown = f"{shown} on {when.isoformat()}"
-    if not signed:
-        status = _NOT_MET
+    if status is _MET:
+        explanation = "Written informed consent is signed by the patient and family."
+    elif not signed:
         explanation = f"Written informed consent is not signed (inclusion: {threshold})."
-    elif when is not None and when > screening_date:
-        status = _NOT_MET
+    else:  # dated after the screening
+        assert when is not None
         explanation = (
             f"Informed consent is dated {when.isoformat()}, after the screening date "
             f"{screening_date.isoformat()}; consent must come first (inclusion: {threshold})."
         )
-    else:
-        status = _MET
-        explanation = "Written informed consent is signed by the patient and family."
     return CriterionResult(
         criterion=_C["informed_consent"],
         status=status,
@@ -1182,6 +1281,7 @@ def _glucocorticoid_result(
     last: datetime.date | Literal["never"] | None,
     screening_date: datetime.date,
     washout: int,
+    status: CriterionStatus,
 ) -> CriterionResult:
     cutoff = screening_date - datetime.timedelta(days=washout)
     threshold = (
@@ -1190,7 +1290,7 @@ def _glucocorticoid_result(
     )
     key = "last_systemic_glucocorticoid"
     crit = _C["systemic_glucocorticoid"]
-    if last is None:
+    if last is None or status is _MISSING:
         return CriterionResult(
             criterion=crit,
             status=_MISSING,
@@ -1211,17 +1311,10 @@ def _glucocorticoid_result(
             explanation="No systemic glucocorticoid has been given.",
         )
     assert isinstance(last, datetime.date)
-    if last > screening_date:
-        raise ProtocolInputError(
-            key,
-            f"the last systemic glucocorticoid dose {last.isoformat()} is after the screening "
-            f"date {screening_date.isoformat()}; give the last dose on or before the screening "
-            "date",
-        )
     days = (screening_date - last).days
     iso = last.isoformat()
     shown = f"last systemic glucocorticoid dose {iso} ({days} days before screening)"
-    if last >= cutoff:
+    if status is _APPLIES:
         return CriterionResult(
             criterion=crit,
             status=_APPLIES,
@@ -1243,6 +1336,373 @@ def _glucocorticoid_result(
     )
 
 
+# --------------------------------------------------------------------------------------------
+# The criteria, decided once: each criterion's status from the screening (``_CRITERIA_TABLE``).
+# ``eligibility_failures`` reads the statuses only; ``evaluate_eligibility`` puts each status
+# in words. A protocol amendment changes a criterion in one place.
+# --------------------------------------------------------------------------------------------
+
+_Decide = Callable[[ScreeningData, datetime.date, ProtocolParameters, _Limits], CriterionStatus]
+_Describe = Callable[
+    [ScreeningData, datetime.date, ProtocolParameters, _Limits, CriterionStatus], CriterionResult
+]
+
+
+# Inclusions ``value > limit``: compared as written, no arithmetic.
+def _kps_status(
+    d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
+) -> CriterionStatus:
+    v = d.kps
+    if v is None:
+        return _MISSING
+    return _MET if v > p.kps_above else _NOT_MET
+
+
+def _life_expectancy_status(
+    d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
+) -> CriterionStatus:
+    v = d.life_expectancy_months
+    if v is None:
+        return _MISSING
+    return _MET if v > p.life_expectancy_months_above else _NOT_MET
+
+
+def _spo2_status(
+    d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
+) -> CriterionStatus:
+    v = d.spo2_room_air_pct
+    if v is None:
+        return _MISSING
+    return _MET if v > p.spo2_above_pct else _NOT_MET
+
+
+def _failed_standard_status(
+    d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
+) -> CriterionStatus:
+    lines = d.failed_standard_lines
+    option = d.effective_standard_option
+    if (lines is not None and lines < 1) or option:
+        return _NOT_MET  # no line has failed, or an effective standard treatment remains
+    if lines is None or option is None:
+        return _MISSING
+    return _MET
+
+
+def _lvef_status(
+    d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
+) -> CriterionStatus:
+    v = d.lvef_pct
+    if v is None:
+        return _MISSING
+    return _MET if v >= p.lvef_min_pct else _NOT_MET
+
+
+def _x_uln_status(lab: LabWithUln | None, k: Decimal, k_text: str) -> CriterionStatus:
+    """Inclusion ``value <= k x ULN``, exactly, converting creatinine units where they differ."""
+    if lab is None:
+        return _MISSING
+    limit, convert, _text, (below, above) = _uln_limit(
+        k, k_text, lab.uln, type(lab.uln) is float, lab.unit, lab.uln_unit
+    )
+    f = _as_float(lab.value)
+    if f is not None:  # clearly off the limit: the floats decide as the decimals do
+        if convert:
+            f *= _CREATININE_F
+        if f < below:
+            return _MET
+        if f > above:
+            return _NOT_MET
+    value = _dec(lab.value)
+    ok = (_MUL(value, CREATININE_UMOL_L_PER_MG_DL) if convert else value) <= limit
+    return _MET if ok else _NOT_MET
+
+
+def _creatinine_status(
+    d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
+) -> CriterionStatus:
+    return _x_uln_status(d.creatinine, lim.creatinine_k, lim.creatinine_k_text)
+
+
+def _alt_status(
+    d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
+) -> CriterionStatus:
+    return _x_uln_status(d.alt, lim.alt_k, lim.alt_k_text)
+
+
+def _ast_status(
+    d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
+) -> CriterionStatus:
+    return _x_uln_status(d.ast, lim.ast_k, lim.ast_k_text)
+
+
+def _bilirubin_status(
+    d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
+) -> CriterionStatus:
+    lab = d.bilirubin
+    if lab is None:
+        return _MISSING
+    return _MET if lab.value <= _bilirubin_limit(lab, p) else _NOT_MET
+
+
+def _hemoglobin_status(
+    d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
+) -> CriterionStatus:
+    lab = d.hemoglobin
+    if lab is None:
+        return _MISSING
+    f = _as_float(lab.value)
+    if f is not None:  # clearly off the limit: the floats decide as the decimals do
+        if lab.unit != "g/L":
+            f *= 10.0
+        if f > lim.hemoglobin_above:
+            return _MET
+        if f < lim.hemoglobin_below:
+            return _NOT_MET
+    return _MET if _g_per_l(lab) >= lim.hemoglobin_min else _NOT_MET
+
+
+def _consent_status(
+    d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
+) -> CriterionStatus:
+    signed = d.informed_consent_signed
+    if signed is None:
+        return _MISSING
+    when = d.informed_consent_date
+    if not signed or (when is not None and when > day):
+        return _NOT_MET  # not signed, or signed after the screening
+    return _MET
+
+
+def _glucocorticoid_status(
+    d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
+) -> CriterionStatus:
+    """Excluded when the last dose is within the washout before screening; a dose after the
+    screening date is an input error."""
+    last = d.last_systemic_glucocorticoid
+    screening_date = day
+    washout = p.glucocorticoid_washout_days
+    if last is None:
+        return _MISSING
+    if last == NEVER:
+        return _NOT_APPLY
+    assert isinstance(last, datetime.date)
+    if last > screening_date:
+        raise ProtocolInputError(
+            "last_systemic_glucocorticoid",
+            f"the last systemic glucocorticoid dose {last.isoformat()} is after the screening "
+            f"date {screening_date.isoformat()}; give the last dose on or before the screening "
+            "date",
+        )
+    cutoff = screening_date - datetime.timedelta(days=washout)
+    return _APPLIES if last >= cutoff else _NOT_APPLY
+
+
+def _yes_no_criterion(
+    cid: str, key: str, want: bool, label: str, yes: str, no: str
+) -> tuple[str, _Decide, _Describe]:
+    def decide(
+        d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
+    ) -> CriterionStatus:
+        v = getattr(d, key)
+        if v is None:
+            return _MISSING
+        return _MET if v is want else _NOT_MET
+
+    def describe(
+        d: ScreeningData,
+        day: datetime.date,
+        p: ProtocolParameters,
+        lim: _Limits,
+        status: CriterionStatus,
+    ) -> CriterionResult:
+        return _bool_inclusion(cid, key, getattr(d, key), status, label, yes, no)
+
+    return cid, decide, describe
+
+
+def _exclusion_criterion(cid: str, key: str, label: str) -> tuple[str, _Decide, _Describe]:
+    def decide(
+        d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
+    ) -> CriterionStatus:
+        v = getattr(d, key)
+        if v is None:
+            return _MISSING
+        return _APPLIES if v else _NOT_APPLY
+
+    def describe(
+        d: ScreeningData,
+        day: datetime.date,
+        p: ProtocolParameters,
+        lim: _Limits,
+        status: CriterionStatus,
+    ) -> CriterionResult:
+        return _bool_exclusion(cid, key, getattr(d, key), status, label)
+
+    return cid, decide, describe
+
+
+#: Every criterion in catalogue order: (id, its status, the status in words).
+_CRITERIA_TABLE: Final[tuple[tuple[str, _Decide, _Describe], ...]] = (
+    _yes_no_criterion(
+        "diagnosis_rr_b_all",
+        "diagnosis_rr_b_all",
+        True,
+        "The diagnosis of recurrent or refractory B-ALL",
+        "recurrent or refractory B-ALL",
+        "The diagnosis is not recurrent or refractory B-ALL",
+    ),
+    (
+        "failed_standard_treatment",
+        _failed_standard_status,
+        lambda d, day, p, lim, s: _failed_standard(d, s),
+    ),
+    _yes_no_criterion(
+        "cd19_expressed",
+        "cd19_expressed",
+        True,
+        "CD19 expression on the B-ALL cells",
+        "CD19 expression detected on the surface of the B-ALL cells",
+        "CD19 expression is not detected on the B-ALL cells",
+    ),
+    (
+        "kps",
+        _kps_status,
+        lambda d, day, p, lim, s: _above(
+            "kps", "kps", d.kps, s, p.kps_above, lim.kps, "KPS", "", "a whole number 0-100"
+        ),
+    ),
+    (
+        "life_expectancy",
+        _life_expectancy_status,
+        lambda d, day, p, lim, s: _above(
+            "life_expectancy",
+            "life_expectancy_months",
+            d.life_expectancy_months,
+            s,
+            p.life_expectancy_months_above,
+            lim.life_expectancy,
+            "Life expectancy",
+            " months",
+            "a number of months",
+        ),
+    ),
+    (
+        "lvef",
+        _lvef_status,
+        lambda d, day, p, lim, s: _lvef(d.lvef_pct, s, p.lvef_min_pct, lim.lvef),
+    ),
+    _yes_no_criterion(
+        "ecg",
+        "ecg_obvious_abnormality",
+        False,
+        "Whether the electrocardiogram shows an obvious abnormality",
+        "no electrocardiogram with obvious abnormality",
+        "The electrocardiogram shows an obvious abnormality",
+    ),
+    (
+        "spo2",
+        _spo2_status,
+        lambda d, day, p, lim, s: _above(
+            "spo2",
+            "spo2_room_air_pct",
+            d.spo2_room_air_pct,
+            s,
+            p.spo2_above_pct,
+            lim.spo2,
+            "Room-air SpO2",
+            " %",
+            "oxygen saturation on room air in %",
+        ),
+    ),
+    (
+        "creatinine",
+        _creatinine_status,
+        lambda d, day, p, lim, s: _x_uln(
+            "creatinine",
+            "Creatinine",
+            d.creatinine,
+            s,
+            lim.creatinine_k,
+            lim.creatinine_k_text,
+            lim.creatinine,
+        ),
+    ),
+    (
+        "alt",
+        _alt_status,
+        lambda d, day, p, lim, s: _x_uln(
+            "alt", "ALT", d.alt, s, lim.alt_k, lim.alt_k_text, lim.alt
+        ),
+    ),
+    (
+        "ast",
+        _ast_status,
+        lambda d, day, p, lim, s: _x_uln(
+            "ast", "AST", d.ast, s, lim.ast_k, lim.ast_k_text, lim.ast
+        ),
+    ),
+    (
+        "bilirubin",
+        _bilirubin_status,
+        lambda d, day, p, lim, s: _bilirubin(d.bilirubin, s, p, lim.bilirubin),
+    ),
+    (
+        "hemoglobin",
+        _hemoglobin_status,
+        lambda d, day, p, lim, s: _hemoglobin(d.hemoglobin, s, lim),
+    ),
+    _yes_no_criterion(
+        "apheresis",
+        "apheresis_contraindication",
+        False,
+        "Whether there is a contraindication to apheresis and cell isolation",
+        "no contraindication to apheresis and cell isolation",
+        "There is a contraindication to apheresis and cell isolation",
+    ),
+    (
+        "informed_consent",
+        _consent_status,
+        lambda d, day, p, lim, s: _consent(d, day, s),
+    ),
+    _exclusion_criterion(
+        "other_primary_malignancy",
+        "other_primary_malignancy",
+        "another primary malignant disease",
+    ),
+    _exclusion_criterion(
+        "severe_uncontrolled_disease",
+        "severe_uncontrolled_disease",
+        "another severe and/or life-threatening or uncontrolled medical disease",
+    ),
+    _exclusion_criterion(
+        "uncontrolled_active_infection",
+        "uncontrolled_active_infection",
+        "uncontrolled current serious active infection",
+    ),
+    _exclusion_criterion("hiv", "hiv", "HIV infection"),
+    _exclusion_criterion("hbv", "hbv", "HBV infection"),
+    _exclusion_criterion("hcv", "hcv", "HCV infection"),
+    _exclusion_criterion("pregnancy", "pregnant", "pregnancy"),
+    _exclusion_criterion("nursing", "nursing", "nursing (breastfeeding)"),
+    (
+        "systemic_glucocorticoid",
+        _glucocorticoid_status,
+        lambda d, day, p, lim, s: _glucocorticoid_result(
+            d.last_systemic_glucocorticoid, day, p.glucocorticoid_washout_days, s
+        ),
+    ),
+)
+#: (id, its status) of every criterion, for ``eligibility_failures``.
+_DECISIONS: Final = tuple((cid, decide) for cid, decide, _describe in _CRITERIA_TABLE)
+
+
+def _check_screening_date(screening_date: Any) -> None:
+    if type(screening_date) is not datetime.date:
+        raise ProtocolInputError(
+            "screening_date", f"expected a calendar date (no time), got {screening_date!r}"
+        )
+
+
 def evaluate_eligibility(
     data: ScreeningData,
     screening_date: datetime.date,
@@ -1254,112 +1714,12 @@ def evaluate_eligibility(
     eligible. Raises ``ProtocolInputError`` when the screening date is not a date, or when the data
     contradict it (a glucocorticoid dose after the screening date).
     """
-    if type(screening_date) is not datetime.date:
-        raise ProtocolInputError(
-            "screening_date", f"expected a calendar date (no time), got {screening_date!r}"
-        )
-    d = data
-    p = params
-    lim = _limits(p)
-    criteria = (
-        _bool_inclusion(
-            "diagnosis_rr_b_all",
-            "diagnosis_rr_b_all",
-            d.diagnosis_rr_b_all,
-            True,
-            "The diagnosis of recurrent or refractory B-ALL",
-            "recurrent or refractory B-ALL",
-            "The diagnosis is not recurrent or refractory B-ALL",
-        ),
-        _failed_standard(d),
-        _bool_inclusion(
-            "cd19_expressed",
-            "cd19_expressed",
-            d.cd19_expressed,
-            True,
-            "CD19 expression on the B-ALL cells",
-            "CD19 expression detected on the surface of the B-ALL cells",
-            "CD19 expression is not detected on the B-ALL cells",
-        ),
-        _above("kps", "kps", d.kps, p.kps_above, lim.kps, "KPS", "", "a whole number 0-100"),
-        _above(
-            "life_expectancy",
-            "life_expectancy_months",
-            d.life_expectancy_months,
-            p.life_expectancy_months_above,
-            lim.life_expectancy,
-            "Life expectancy",
-            " months",
-            "a number of months",
-        ),
-        _lvef(d.lvef_pct, p.lvef_min_pct, lim.lvef),
-        _bool_inclusion(
-            "ecg",
-            "ecg_obvious_abnormality",
-            d.ecg_obvious_abnormality,
-            False,
-            "Whether the electrocardiogram shows an obvious abnormality",
-            "no electrocardiogram with obvious abnormality",
-            "The electrocardiogram shows an obvious abnormality",
-        ),
-        _above(
-            "spo2",
-            "spo2_room_air_pct",
-            d.spo2_room_air_pct,
-            p.spo2_above_pct,
-            lim.spo2,
-            "Room-air SpO2",
-            " %",
-            "oxygen saturation on room air in %",
-        ),
-        _x_uln(
-            "creatinine",
-            "Creatinine",
-            d.creatinine,
-            lim.creatinine_k,
-            lim.creatinine_k_text,
-            lim.creatinine,
-        ),
-        _x_uln("alt", "ALT", d.alt, lim.alt_k, lim.alt_k_text, lim.alt),
-        _x_uln("ast", "AST", d.ast, lim.ast_k, lim.ast_k_text, lim.ast),
-        _bilirubin(d.bilirubin, p, lim.bilirubin),
-        _hemoglobin(d.hemoglobin, lim),
-        _bool_inclusion(
-            "apheresis",
-            "apheresis_contraindication",
-            d.apheresis_contraindication,
-            False,
-            "Whether there is a contraindication to apheresis and cell isolation",
-            "no contraindication to apheresis and cell isolation",
-            "There is a contraindication to apheresis and cell isolation",
-        ),
-        _consent(d, screening_date),
-        _bool_exclusion(
-            "other_primary_malignancy",
-            "other_primary_malignancy",
-            d.other_primary_malignancy,
-            "another primary malignant disease",
-        ),
-        _bool_exclusion(
-            "severe_uncontrolled_disease",
-            "severe_uncontrolled_disease",
-            d.severe_uncontrolled_disease,
-            "another severe and/or life-threatening or uncontrolled medical disease",
-        ),
-        _bool_exclusion(
-            "uncontrolled_active_infection",
-            "uncontrolled_active_infection",
-            d.uncontrolled_active_infection,
-            "uncontrolled current serious active infection",
-        ),
-        _bool_exclusion("hiv", "hiv", d.hiv, "HIV infection"),
-        _bool_exclusion("hbv", "hbv", d.hbv, "HBV infection"),
-        _bool_exclusion("hcv", "hcv", d.hcv, "HCV infection"),
-        _bool_exclusion("pregnancy", "pregnant", d.pregnant, "pregnancy"),
-        _bool_exclusion("nursing", "nursing", d.nursing, "nursing (breastfeeding)"),
-        _glucocorticoid_result(
-            d.last_systemic_glucocorticoid, screening_date, p.glucocorticoid_washout_days
-        ),
+    _check_screening_date(screening_date)
+    lim = _limits(params)
+    statuses = [decide(data, screening_date, params, lim) for _cid, decide, _ in _CRITERIA_TABLE]
+    criteria = tuple(
+        describe(data, screening_date, params, lim, status)
+        for (_cid, _, describe), status in zip(_CRITERIA_TABLE, statuses, strict=True)
     )
     return EligibilityResult(screening_date=screening_date, criteria=criteria)
 
@@ -1373,92 +1733,16 @@ def eligibility_failures(
     order, without building the results' sentences: empty when eligible.
 
     What a recorded screening needs (eligible, failed criteria); ``evaluate_eligibility`` gives
-    the sentences. Raises the same errors as ``evaluate_eligibility``. A property test proves both
-    decide alike on any valid screening (tests/unit/test_eligibility_fast.py).
+    the sentences, from the same decisions (``_CRITERIA_TABLE``). Raises the same errors.
     """
-    if type(screening_date) is not datetime.date:
-        raise ProtocolInputError(
-            "screening_date", f"expected a calendar date (no time), got {screening_date!r}"
-        )
-    d = data
-    p = params
-    failed: list[str] = []
-    if d.diagnosis_rr_b_all is not True:
-        failed.append("diagnosis_rr_b_all")
-    lines = d.failed_standard_lines
-    if lines is None or lines < 1 or d.effective_standard_option is not False:
-        failed.append("failed_standard_treatment")
-    if d.cd19_expressed is not True:
-        failed.append("cd19_expressed")
-    if d.kps is None or not d.kps > p.kps_above:
-        failed.append("kps")
-    months = d.life_expectancy_months
-    if months is None or not months > p.life_expectancy_months_above:
-        failed.append("life_expectancy")
-    if d.lvef_pct is None or not d.lvef_pct >= p.lvef_min_pct:
-        failed.append("lvef")
-    if d.ecg_obvious_abnormality is not False:
-        failed.append("ecg")
-    if d.spo2_room_air_pct is None or not d.spo2_room_air_pct > p.spo2_above_pct:
-        failed.append("spo2")
-    lim = _limits(p)
-    for cid, lab, k, k_text in (
-        ("creatinine", d.creatinine, lim.creatinine_k, lim.creatinine_k_text),
-        ("alt", d.alt, lim.alt_k, lim.alt_k_text),
-        ("ast", d.ast, lim.ast_k, lim.ast_k_text),
-    ):
-        if lab is None or not _x_uln_ok(lab, k, k_text):
-            failed.append(cid)
-    bili = d.bilirubin
-    if bili is None or not bili.value <= (
-        p.bilirubin_max_mg_dl if bili.unit == "mg/dL" else p.bilirubin_max_umol_l
-    ):
-        failed.append("bilirubin")
-    hgb = d.hemoglobin
-    if (
-        hgb is None
-        or not (
-            _dec(hgb.value) if hgb.unit == "g/L" else _MUL(_dec(hgb.value), HEMOGLOBIN_G_L_PER_G_DL)
-        )
-        >= lim.hemoglobin_min
-    ):
-        failed.append("hemoglobin")
-    if d.apheresis_contraindication is not False:
-        failed.append("apheresis")
-    when = d.informed_consent_date
-    if d.informed_consent_signed is not True or (when is not None and when > screening_date):
-        failed.append("informed_consent")
-    for cid, value in (
-        ("other_primary_malignancy", d.other_primary_malignancy),
-        ("severe_uncontrolled_disease", d.severe_uncontrolled_disease),
-        ("uncontrolled_active_infection", d.uncontrolled_active_infection),
-        ("hiv", d.hiv),
-        ("hbv", d.hbv),
-        ("hcv", d.hcv),
-        ("pregnancy", d.pregnant),
-        ("nursing", d.nursing),
-    ):
-        if value is not False:
-            failed.append(cid)
-    last = d.last_systemic_glucocorticoid
-    if last is None:
-        failed.append("systemic_glucocorticoid")
-    elif last != NEVER:
-        assert isinstance(last, datetime.date)
-        if last > screening_date or last >= screening_date - datetime.timedelta(
-            days=p.glucocorticoid_washout_days
-        ):
-            # A dose after the screening date is an input error: the full evaluation says so.
-            if last > screening_date:
-                _glucocorticoid_result(last, screening_date, p.glucocorticoid_washout_days)
-            failed.append("systemic_glucocorticoid")
-    return tuple(failed)
-
-
-def _x_uln_ok(lab: LabWithUln, k: Decimal, k_text: str) -> bool:
-    """The decision of :func:`_x_uln` (``value <= k x ULN``, exactly) without its sentences."""
-    limit, convert, _text = _uln_limit(
-        k, k_text, lab.uln, type(lab.uln) is float, lab.unit, lab.uln_unit
+    _check_screening_date(screening_date)
+    lim = _limits(params)
+    met, does_not_apply = _MET, _NOT_APPLY
+    return tuple(
+        [
+            cid
+            for cid, decide in _DECISIONS
+            if (status := decide(data, screening_date, params, lim)) is not met
+            and status is not does_not_apply
+        ]
     )
-    value = _dec(lab.value)
-    return (_MUL(value, CREATININE_UMOL_L_PER_MG_DL) if convert else value) <= limit

@@ -213,7 +213,7 @@ def _explain_eligible(p: Probe) -> str:
 
 @rule("every inclusion criterion is met and no exclusion criterion applies", _explain_eligible)
 def eligible(p: Probe) -> bool:
-    if p.payload_unknown("screening"):
+    if p.hypothetical and "screening" not in p.facts:  # payload unknown
         return True
     return not p.eligibility_failures()
 
@@ -234,7 +234,7 @@ def consent_on_file(p: Probe) -> bool:
     lambda p: "a contraindication to apheresis and cell isolation was reported",
 )
 def no_apheresis_contraindication(p: Probe) -> bool:
-    if p.payload_unknown("apheresis_contraindication"):
+    if p.hypothetical and "apheresis_contraindication" not in p.facts:  # payload unknown
         return True
     return p.facts.get("apheresis_contraindication") is False
 
@@ -261,6 +261,9 @@ def _explain_hold(p: Probe) -> str:
 
 @rule("no toxicity hold is open (CRS, ICANS or other toxicity at the hold grade)", _explain_hold)
 def no_open_hold(p: Probe) -> bool:
+    held = p.facts.get("open_toxicities", ())
+    if type(held) is list and not held:  # the common case: nothing open
+        return True
     return not _holding(p)
 
 
@@ -332,7 +335,7 @@ def dose_problems(
     lambda p: f"{p.schedule_problem()}; record a deviation reason to proceed",
 )
 def on_schedule_or_deviation(p: Probe) -> bool:
-    if p.payload_unknown("infusion_date"):
+    if p.hypothetical and "infusion_date" not in p.facts:  # payload unknown
         return True
     return p.schedule_problem() is None or p.has_deviation_reason()
 
@@ -343,7 +346,7 @@ def on_schedule_or_deviation(p: Probe) -> bool:
     lambda p: "; ".join(p.dose_problems()) + "; record a deviation reason to proceed",
 )
 def dose_within_tolerance_or_deviation(p: Probe) -> bool:
-    if p.payload_unknown("cells"):
+    if p.hypothetical and "cells" not in p.facts:  # payload unknown
         return True
     return not p.dose_problems() or p.has_deviation_reason()
 
@@ -353,9 +356,9 @@ def dose_within_tolerance_or_deviation(p: Probe) -> bool:
     lambda p: "no body weight for this course: give the weight with D1",
 )
 def weight_known(p: Probe) -> bool:
-    if p.payload_unknown("weight_kg"):
+    if p.hypothetical and "weight_kg" not in p.facts:  # payload unknown
         return True
-    return isinstance(p.facts.get("weight_kg"), int | float)
+    return isinstance(p.facts.get("weight_kg"), (int, float))
 
 
 # -- toxicity -----------------------------------------------------------------------------------
@@ -369,7 +372,7 @@ def weight_known(p: Probe) -> bool:
     ),
 )
 def toxicity_is_open(p: Probe) -> bool:
-    if p.payload_unknown("toxicity_id"):
+    if p.hypothetical and "toxicity_id" not in p.facts:  # payload unknown
         return bool(p.facts.get("open_toxicities"))
     wanted = p.facts.get("toxicity_id")
     return any(t["id"] == wanted for t in p.facts.get("open_toxicities", ()))
@@ -377,7 +380,11 @@ def toxicity_is_open(p: Probe) -> bool:
 
 @rule("a reason is recorded", lambda p: "a reason is required for this move")
 def reason_given(p: Probe) -> bool:
-    return p.has_reason()
+    facts = p.facts
+    if p.hypothetical and "reason" not in facts:
+        return True
+    reason = facts.get("reason")
+    return isinstance(reason, str) and reason.strip() != ""
 
 
 @rule(
@@ -403,7 +410,7 @@ def remaining_fractions_cancelled(p: Probe) -> bool:
     ),
 )
 def clinician_response_consistent(p: Probe) -> bool:
-    if p.payload_unknown("assessment"):
+    if p.hypothetical and "assessment" not in p.facts:  # payload unknown
         return True
     return not check_clinician_response(
         p.response(), p.facts.get("clinician_response"), p.facts.get("reason")
@@ -461,7 +468,8 @@ def _explain_severe(p: Probe) -> str:
     _explain_severe,
 )
 def severe_toxicity_recorded(p: Probe) -> bool:
-    return any(t["grade"] >= p.params.severe_grade for t in p.facts.get("course_toxicities", ()))
+    severe = p.params.severe_grade
+    return any(t["grade"] >= severe for t in p.facts.get("course_toxicities", ()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -700,6 +708,47 @@ def _plain_table(machine: Machine) -> tuple[frozenset[str], _Table] | None:
     return table
 
 
+#: Per state, the moves it has in the machine's order: (trigger, the checks of each of its
+#: transitions from the state, in order: ((rule function, expected answer), ...)), or (trigger,
+#: None) when the first of them has no rules (the move always fires).
+_Checks = tuple[tuple[tuple[Callable[["Probe"], bool], bool], ...], ...]
+_StateMoves = dict[str, tuple[tuple[str, _Checks | None], ...]]
+_STATE_MOVES: weakref.WeakKeyDictionary[Machine, _StateMoves | None] = weakref.WeakKeyDictionary()
+#: The machine asked last and its moves (a weak dictionary costs a weak reference per look-up).
+_LAST_STATE_MOVES: tuple[Machine | None, _StateMoves | None] = (None, None)
+
+
+def _moves_by_state(machine: Machine) -> _StateMoves | None:
+    """:func:`_plain_table` indexed by source state (None for a machine the library must fire)."""
+    global _LAST_STATE_MOVES
+    last = _LAST_STATE_MOVES  # one tuple, read at once (threads may replace it meanwhile)
+    if last[0] is machine:  # the usual case: one machine asked again and again
+        return last[1]
+    try:
+        by_state = _STATE_MOVES[machine]
+    except KeyError:
+        by_state = _state_moves(machine)
+        _STATE_MOVES[machine] = by_state
+    _LAST_STATE_MOVES = (machine, by_state)
+    return by_state
+
+
+def _state_moves(machine: Machine) -> _StateMoves | None:
+    compiled = _plain_table(machine)
+    by_state: _StateMoves | None = None
+    if compiled is not None:
+        lists: dict[str, list[tuple[str, _Checks | None]]] = {}
+        for trigger, by_source in compiled[1].items():
+            for source, options in by_source.items():
+                checks = tuple(
+                    tuple((check, target) for _name, check, target in conditions)
+                    for _dest, conditions in options
+                )
+                lists.setdefault(source, []).append((trigger, checks if checks[0] else None))
+        by_state = {source: tuple(moves) for source, moves in lists.items()}
+    return by_state
+
+
 def _read_table(machine: Machine) -> tuple[frozenset[str], _Table] | None:
     if (
         machine.has_queue
@@ -885,8 +934,8 @@ def allowed_moves_by(
     """:func:`allowed_moves` with the facts of each move (``facts_of(trigger)``, asked only for
     the moves the state has that carry rules). The same answer as a hypothetical
     :func:`dry_run` of every move of the state, without building its report."""
-    compiled = _plain_table(machine)
-    if compiled is None:
+    by_state = _moves_by_state(machine)
+    if by_state is None:
         return [
             trigger
             for trigger, event in machine.events.items()
@@ -896,16 +945,21 @@ def allowed_moves_by(
             ).allowed
         ]
     moves: list[str] = []
-    for trigger, by_source in compiled[1].items():
-        options = by_source.get(state)
-        if options is None:
-            continue
-        if not options[0][1]:  # the first transition has no rules: it always fires
+    probe: Probe | None = None
+    for trigger, options in by_state.get(state, ()):
+        if options is None:  # the first transition has no rules: it always fires
             moves.append(trigger)
             continue
-        probe = Probe(state, facts_of(trigger), params, hypothetical=True)
-        for _dest, conditions in options:
-            for _name, check, target in conditions:
+        facts = facts_of(trigger)
+        if probe is None:
+            probe = Probe(state, facts, params, hypothetical=True)
+        elif probe.facts is not facts:
+            # a fresh probe for new facts (moves given the very same facts share what the rules
+            # computed): only its facts and cache change
+            probe.facts = facts
+            probe._cache = {}
+        for checks in options:
+            for check, target in checks:
                 if check(probe) != target:
                     break
             else:

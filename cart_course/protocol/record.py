@@ -44,7 +44,7 @@ class Course:
 
     @property
     def delivered(self) -> float:
-        return sum(f.cells for f in self.fractions)
+        return sum([f.cells for f in self.fractions])
 
 
 @attrs.define(kw_only=True)

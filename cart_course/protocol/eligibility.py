@@ -33,7 +33,7 @@ from typing import Any, Final, Literal, TypeGuard
 import attrs
 
 from cart_course.protocol.errors import ProtocolInputError
-from cart_course.protocol.parameters import DEFAULT_PARAMETERS, ProtocolParameters
+from cart_course.protocol.parameters import DEFAULT_PARAMETERS, ProtocolParameters, per_parameters
 
 __all__ = [
     "CREATININE_UMOL_L_PER_MG_DL",
@@ -881,20 +881,7 @@ class _Limits:
         )
 
 
-# Memo of prepared thresholds, keyed by the identity of the parameters object. The object itself
-# is kept in the entry, so its id cannot be reused while the entry exists. Bounded.
-_LIMITS_MEMO: dict[int, tuple[ProtocolParameters, _Limits]] = {}
-
-
-def _limits(p: ProtocolParameters) -> _Limits:
-    hit = _LIMITS_MEMO.get(id(p))
-    if hit is not None and hit[0] is p:
-        return hit[1]
-    lim = _Limits.of(p)
-    if len(_LIMITS_MEMO) >= 32:
-        _LIMITS_MEMO.clear()
-    _LIMITS_MEMO[id(p)] = (p, lim)
-    return lim
+_limits = per_parameters(_Limits.of)
 
 
 _MET = CriterionStatus.MET
@@ -1348,32 +1335,32 @@ _Describe = Callable[
 ]
 
 
-# Inclusions ``value > limit``: compared as written, no arithmetic.
-def _kps_status(
-    d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
-) -> CriterionStatus:
-    v = d.kps
-    if v is None:
-        return _MISSING
-    return _MET if v > p.kps_above else _NOT_MET
+def _compared_status(
+    field: str, limit: str, *, strict: bool
+) -> Callable[[ScreeningData, datetime.date, ProtocolParameters, _Limits], CriterionStatus]:
+    """Inclusion ``value > limit`` (``strict``) or ``value >= limit``: compared as written, no
+    arithmetic; ``field`` of the screening, ``limit`` of the protocol parameters."""
+    value_of = operator.attrgetter(field)
+    limit_of = operator.attrgetter(limit)
+
+    def status(
+        d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
+    ) -> CriterionStatus:
+        v = value_of(d)
+        if v is None:
+            return _MISSING
+        ok = v > limit_of(p) if strict else v >= limit_of(p)
+        return _MET if ok else _NOT_MET
+
+    return status
 
 
-def _life_expectancy_status(
-    d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
-) -> CriterionStatus:
-    v = d.life_expectancy_months
-    if v is None:
-        return _MISSING
-    return _MET if v > p.life_expectancy_months_above else _NOT_MET
-
-
-def _spo2_status(
-    d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
-) -> CriterionStatus:
-    v = d.spo2_room_air_pct
-    if v is None:
-        return _MISSING
-    return _MET if v > p.spo2_above_pct else _NOT_MET
+_kps_status = _compared_status("kps", "kps_above", strict=True)
+_life_expectancy_status = _compared_status(
+    "life_expectancy_months", "life_expectancy_months_above", strict=True
+)
+_spo2_status = _compared_status("spo2_room_air_pct", "spo2_above_pct", strict=True)
+_lvef_status = _compared_status("lvef_pct", "lvef_min_pct", strict=False)
 
 
 def _failed_standard_status(
@@ -1386,15 +1373,6 @@ def _failed_standard_status(
     if lines is None or option is None:
         return _MISSING
     return _MET
-
-
-def _lvef_status(
-    d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
-) -> CriterionStatus:
-    v = d.lvef_pct
-    if v is None:
-        return _MISSING
-    return _MET if v >= p.lvef_min_pct else _NOT_MET
 
 
 def _x_uln_status(lab: LabWithUln | None, k: Decimal, k_text: str) -> CriterionStatus:

@@ -7,7 +7,8 @@ clinical reference and the reason for the chosen default). A protocol amendment 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import attrs
 
@@ -69,3 +70,26 @@ class ProtocolParameters:
 
 
 DEFAULT_PARAMETERS = ProtocolParameters()
+
+
+_T = TypeVar("_T")
+
+
+def per_parameters(build: Callable[[ProtocolParameters], _T]) -> Callable[[ProtocolParameters], _T]:
+    """``build(params)`` computed once per parameters object (thresholds prepared for a version).
+
+    Keyed by the object's identity, which is cheaper than hashing its fields; the object is kept
+    in the entry, so its id cannot be reused while the entry exists. Bounded (32 entries)."""
+    memo: dict[int, tuple[ProtocolParameters, _T]] = {}
+
+    def cached(params: ProtocolParameters) -> _T:
+        hit = memo.get(id(params))
+        if hit is not None and hit[0] is params:
+            return hit[1]
+        value = build(params)
+        if len(memo) >= 32:
+            memo.clear()
+        memo[id(params)] = (params, value)
+        return value
+
+    return cached

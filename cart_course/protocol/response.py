@@ -20,7 +20,7 @@ from typing import Any, TypeAlias
 import attrs
 
 from cart_course.protocol.errors import ProtocolInputError
-from cart_course.protocol.parameters import DEFAULT_PARAMETERS, ProtocolParameters
+from cart_course.protocol.parameters import DEFAULT_PARAMETERS, ProtocolParameters, per_parameters
 
 RESPONSES = ("CR", "CRi", "PR", "NR")
 MRD_STATUSES = ("negative", "positive", "not_evaluable", "not_done")
@@ -373,20 +373,7 @@ class _Limits:
         )
 
 
-# Memo of prepared thresholds, keyed by the identity of the parameters object (kept in the entry,
-# so its id cannot be reused while the entry exists). Bounded.
-_LIMITS_MEMO: dict[int, tuple[ProtocolParameters, _Limits]] = {}
-
-
-def _limits(params: ProtocolParameters) -> _Limits:
-    hit = _LIMITS_MEMO.get(id(params))
-    if hit is not None and hit[0] is params:
-        return hit[1]
-    lim = _Limits.of(params)
-    if len(_LIMITS_MEMO) >= 32:
-        _LIMITS_MEMO.clear()
-    _LIMITS_MEMO[id(params)] = (params, lim)
-    return lim
+_limits = per_parameters(_Limits.of)
 
 
 def _not(value: _Tri) -> _Tri:

@@ -255,12 +255,19 @@ class CourseService:
 
     def _execute_batch(self, commands: Sequence[Command]) -> list[CommandResult | CartCourseError]:
         for attempt in range(MAX_RETRIES + LOCKED_RETRIES):
+            new = self._new_patients(commands)
             loaded: dict[str, PatientCourse | None] = {}
             results: list[CommandResult | CartCourseError] = []
             for command in commands:
                 if command.patient_id not in loaded:
-                    loaded[command.patient_id] = self._load(
-                        command.patient_id, fresh=False, probably_new=command.command == "screen"
+                    loaded[command.patient_id] = (
+                        None
+                        if command.patient_id in new
+                        else self._load(
+                            command.patient_id,
+                            fresh=False,
+                            probably_new=command.command == "screen",
+                        )
                     )
                 course = loaded[command.patient_id]
                 try:
@@ -282,6 +289,21 @@ class CourseService:
                 continue
             return results
         raise CartCourseError("too many concurrent writers for this batch, try again")
+
+    def _new_patients(self, commands: Sequence[Command]) -> set[str]:
+        """Patients screened in this batch who are neither cached nor in the store: asked in one
+        query, not one per patient. (Registered by another process meanwhile: the save fails
+        as a version clash and the batch is decided again from the store.)"""
+        screened = {
+            c.patient_id
+            for c in commands
+            if c.command == "screen" and stream_id(c.patient_id) not in self._cache
+        }
+        if not screened:
+            return screened
+        with store_errors("the store"):
+            existing = self.app.existing_streams([stream_id(p) for p in screened])
+        return {p for p in screened if stream_id(p) not in existing}
 
     def _apply(
         self, course: PatientCourse | None, command: Command, *, with_allowed: bool = False

@@ -15,15 +15,17 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
+from uuid import UUID
 
 import attrs
 import msgspec
 from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.persistence import InternalError, JSONTranscoder, Recording, Transcoding
+from eventsourcing.sqlite import SQLiteAggregateRecorder
 
 from .course import PatientCourse
 from .protocol.record import PatientRecord
@@ -34,6 +36,8 @@ ENV_CIPHER_KEY = "CART_COURSE_CIPHER_KEY"
 ENV_COMPRESS = "CART_COURSE_COMPRESS"
 #: Snapshot every N events of a stream: bounds replay for long histories.
 SNAPSHOT_INTERVAL = 50
+#: Stream ids per query of :meth:`CourseApplication.existing_streams` (SQLite's variable limit).
+_IDS_PER_QUERY = 500
 #: Attempts at opening a store whose tables other processes are creating at the same moment.
 _CREATE_RETRIES = 5
 logger = logging.getLogger(__name__)
@@ -190,6 +194,43 @@ class CourseApplication(Application[Any]):
         self._notify(recordings)
         self.notify(processing_event.events)  # the library's deprecated hook, as it calls it
         return recordings
+
+    def existing_streams(self, ids: Sequence[UUID]) -> set[UUID]:
+        """Which of these streams hold any event: one query for many (the library's
+        ``select_events`` asks one stream per transaction, ~70 us each on SQLite, a round trip
+        each on PostgreSQL). Used before a batch registers many new patients."""
+        found: set[UUID] = set()
+        if not ids:
+            return found
+        recorder: Any = self.recorder
+        if isinstance(recorder, SQLiteAggregateRecorder):
+            for start in range(0, len(ids), _IDS_PER_QUERY):
+                chunk = ids[start : start + _IDS_PER_QUERY]
+                marks = ",".join("?" * len(chunk))
+                with recorder.datastore.transaction(commit=False) as cursor:
+                    cursor.execute(
+                        f"SELECT DISTINCT originator_id FROM {recorder.events_table_name} "
+                        f"WHERE originator_id IN ({marks})",
+                        [i.hex for i in chunk],
+                    )
+                    for row in cursor.fetchall():
+                        sid = recorder.convert_originator_id(row[0])
+                        found.add(sid if isinstance(sid, UUID) else UUID(sid))
+        elif type(recorder).__module__ == "eventsourcing.postgres":
+            from psycopg.sql import SQL, Identifier  # only with a PostgreSQL store
+
+            statement = SQL(
+                "SELECT DISTINCT originator_id FROM {schema}.{table} WHERE originator_id = ANY(%s)"
+            ).format(
+                schema=Identifier(recorder.datastore.schema),
+                table=Identifier(recorder.events_table_name),
+            )
+            with recorder.datastore.transaction(commit=False) as cursor:
+                cursor.execute(statement, [list(ids)])
+                found.update(row["originator_id"] for row in cursor.fetchall())
+        else:  # the in-memory store: asking is free
+            found.update(i for i in ids if recorder.select_events(i, limit=1))
+        return found
 
     def construct_transcoder(self) -> CourseTranscoder:
         transcoder = CourseTranscoder()

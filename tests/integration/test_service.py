@@ -17,11 +17,13 @@ from cart_course.contract import ALL_COMMANDS, parse_command
 from cart_course.course import PatientCourse, stream_id
 from cart_course.demo import cohort
 from cart_course.errors import (
+    CartCourseError,
     InvalidCommandError,
     MoveRefused,
     PatientNotFoundError,
 )
 from cart_course.service import CourseService
+from cart_course.storage import open_application, parse_store_url
 
 
 def test_a_complete_response_path_and_what_the_summary_says(service: CourseService) -> None:
@@ -336,3 +338,41 @@ def test_bad_input_and_unknown_patients_are_clear_errors(service: CourseService)
     assert refused.value.to_json()["state"] == "apheresed"
     assert len(service.events("P-108")) == 3
     assert [r["patient_id"] for r in service.patients()] == ["P-108"]
+
+
+def test_existing_streams_answers_for_many_patients_in_one_call(
+    service: CourseService, store_url: str
+) -> None:
+    """The batch path asks once which screened patients the store already holds: the answer
+    is exact on every store, also past one query's worth of ids (500)."""
+    commands = [parse_command(c) for c in cohort(30, 4) if c["command"] == "screen"][:12]
+    service.execute_batch(commands)
+    recorded = {stream_id(c.patient_id) for c in commands}
+    unknown = [stream_id(f"NEW-{i}") for i in range(1200)]
+    asked = [*unknown[:600], *recorded, *unknown[600:]]
+    assert service.app.existing_streams(asked) == recorded
+    assert service.app.existing_streams([]) == set()
+
+
+def test_a_batch_screening_patients_the_store_already_holds_records_nothing_twice(
+    store_url: str,
+) -> None:
+    """A new service (empty cache) given a batch that screens patients already in the store:
+    the screens are recognised as retries (same keys) and nothing is registered again."""
+    commands = [parse_command(c) for c in cohort(20, 6)]
+    first = CourseService(open_application(parse_store_url(store_url)))
+    try:
+        refused_first = [
+            r.message for r in first.execute_batch(commands) if isinstance(r, CartCourseError)
+        ]
+        if store_url == "memory:":  # one process: the same store object, a fresh cache
+            second = CourseService(first.app)
+        else:
+            second = CourseService(open_application(parse_store_url(store_url)))
+        results = second.execute_batch(commands)
+        assert {r.status for r in results if not isinstance(r, CartCourseError)} == {"duplicate"}
+        assert [r.message for r in results if isinstance(r, CartCourseError)] == refused_first
+        versions = {pid: second.record(pid).version for pid in second.patient_ids()}
+        assert versions == {pid: first.record(pid).version for pid in first.patient_ids()}
+    finally:
+        first.close()

@@ -160,6 +160,8 @@ class CourseService:
         self._cache_size = cache_size
         #: One writer at a time per service object: the cache is shared by threads.
         self._lock = threading.RLock()
+        #: While a batch is decided: the saved events read for its duplicates, by stream.
+        self._batch_reads: dict[UUID, list[Any]] | None = None
 
     def close(self) -> None:
         self.app.close()
@@ -254,7 +256,18 @@ class CourseService:
         )
 
     def _execute_batch(self, commands: Sequence[Command]) -> list[CommandResult | CartCourseError]:
+        self._batch_reads = {}
+        try:
+            return self._decide_and_save_batch(commands)
+        finally:
+            self._batch_reads = None
+
+    def _decide_and_save_batch(
+        self, commands: Sequence[Command]
+    ) -> list[CommandResult | CartCourseError]:
         for attempt in range(MAX_RETRIES + LOCKED_RETRIES):
+            assert self._batch_reads is not None
+            self._batch_reads.clear()  # a retry decides again from the store as it is now
             new = self._new_patients(commands)
             loaded: dict[str, PatientCourse | None] = {}
             results: list[CommandResult | CartCourseError] = []
@@ -423,15 +436,24 @@ class CourseService:
         return [e for e in events if lte is None or e.originator_version <= lte]
 
     def _event_at(self, course: PatientCourse, version: int) -> Any:
-        """The stream's event at ``version`` (pending in this batch, or one row of the store)."""
+        """The stream's event at ``version``: pending in this batch, or read from the store --
+        within a batch, a patient's saved events are read once for all its duplicates (a file
+        ingested again is all duplicates), otherwise the one row."""
         for event in course.pending_events:
             if event.originator_version == version:
                 return event
-        with store_errors(f"patient {course.patient_id}"):
-            found = list(self.app.events.get(course.id, gt=version - 1, lte=version))
-        if not found:
-            raise StoreError(f"patient {course.patient_id}: event {version} is not in the store")
-        return found[0]
+        saved = self._batch_reads.get(course.id) if self._batch_reads is not None else None
+        if saved is None:
+            with store_errors(f"patient {course.patient_id}"):
+                if self._batch_reads is not None:
+                    saved = list(self.app.events.get(course.id))
+                    self._batch_reads[course.id] = saved
+                else:
+                    saved = list(self.app.events.get(course.id, gt=version - 1, lte=version))
+        for event in saved:
+            if event.originator_version == version:
+                return event
+        raise StoreError(f"patient {course.patient_id}: event {version} is not in the store")
 
     def _correct(self, course: PatientCourse, command: Command) -> CommandResult:
         p = command.payload

@@ -11,7 +11,7 @@ import contextlib
 import datetime as dt
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from uuid import UUID
@@ -160,8 +160,10 @@ class CourseService:
         self._cache_size = cache_size
         #: One writer at a time per service object: the cache is shared by threads.
         self._lock = threading.RLock()
-        #: While a batch is decided: the saved events read for its duplicates, by stream.
-        self._batch_reads: dict[UUID, list[Any]] | None = None
+        #: While a batch is decided: the saved events read for its duplicates, by stream and
+        #: version, and how many commands of each patient the batch has.
+        self._batch_reads: dict[UUID, dict[int, Any]] | None = None
+        self._batch_span: Counter[str] = Counter()
 
     def close(self) -> None:
         self.app.close()
@@ -257,10 +259,12 @@ class CourseService:
 
     def _execute_batch(self, commands: Sequence[Command]) -> list[CommandResult | CartCourseError]:
         self._batch_reads = {}
+        self._batch_span = Counter(c.patient_id for c in commands)
         try:
             return self._decide_and_save_batch(commands)
         finally:
             self._batch_reads = None
+            self._batch_span = Counter()
 
     def _decide_and_save_batch(
         self, commands: Sequence[Command]
@@ -436,24 +440,29 @@ class CourseService:
         return [e for e in events if lte is None or e.originator_version <= lte]
 
     def _event_at(self, course: PatientCourse, version: int) -> Any:
-        """The stream's event at ``version``: pending in this batch, or read from the store --
-        within a batch, a patient's saved events are read once for all its duplicates (a file
-        ingested again is all duplicates), otherwise the one row."""
-        for event in course.pending_events:
-            if event.originator_version == version:
-                return event
-        saved = self._batch_reads.get(course.id) if self._batch_reads is not None else None
-        if saved is None:
+        """The stream's event at ``version``: pending in this batch, or read from the store.
+
+        Within a batch, the first duplicate of a patient reads the events it and the patient's
+        later commands of the batch may have recorded (as many as the batch has commands of that
+        patient), so a file ingested again costs one query per patient and batch, not one per
+        line; outside a batch, the one row."""
+        for pending in course.pending_events:
+            if pending.originator_version == version:
+                return pending
+        reads = self._batch_reads
+        saved = reads.get(course.id) if reads is not None else None
+        event: Any = saved.get(version) if saved is not None else None
+        if event is None:
+            span = self._batch_span.get(course.patient_id, 1) if reads is not None else 1
             with store_errors(f"patient {course.patient_id}"):
-                if self._batch_reads is not None:
-                    saved = list(self.app.events.get(course.id))
-                    self._batch_reads[course.id] = saved
-                else:
-                    saved = list(self.app.events.get(course.id, gt=version - 1, lte=version))
-        for event in saved:
-            if event.originator_version == version:
-                return event
-        raise StoreError(f"patient {course.patient_id}: event {version} is not in the store")
+                found = self.app.events.get(course.id, gt=version - 1, lte=version - 1 + span)
+                saved = {e.originator_version: e for e in found}
+            if reads is not None:
+                reads[course.id] = saved
+            event = saved.get(version)
+        if event is None:
+            raise StoreError(f"patient {course.patient_id}: event {version} is not in the store")
+        return event
 
     def _correct(self, course: PatientCourse, command: Command) -> CommandResult:
         p = command.payload

@@ -160,3 +160,47 @@ def test_a_retry_returns_the_same_result_for_every_kind_of_command(
             body.pop("allowed_moves")  # the moves allowed now, not then
         assert a == b
     assert len(service.events("I-3")) == 5
+
+
+@pytest.mark.parametrize("backend", SHARED_BACKENDS)
+@pytest.mark.parametrize("batch_size", [1, 7, 500])
+def test_a_file_sent_again_in_batches_gets_every_first_result_back(
+    backend: str, batch_size: int, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Ingesting the same commands again (a new process, batches of any size, patients'
+    commands spread over batches): every line is a duplicate whose result is the one recorded
+    (moves, corrections, signatures), and nothing is recorded twice."""
+    from cart_course.demo import cohort
+
+    url = (
+        str(tmp_path / "again.sqlite")
+        if backend == "sqlite"
+        else str(request.getfixturevalue("pg_url"))
+    )
+    commands = [parse_command(c) for c in cohort(25, 8)]
+    first_service = CourseService(open_application(parse_store_url(url)))
+    try:
+        firsts = first_service.execute_batch(commands)
+    finally:
+        first_service.close()
+    again_service = CourseService(open_application(parse_store_url(url)))
+    try:
+        agains = []
+        for start in range(0, len(commands), batch_size):
+            agains += again_service.execute_batch(commands[start : start + batch_size])
+        kinds = set()
+        for first, again in zip(firsts, agains, strict=True):
+            if isinstance(first, Exception):
+                assert type(again) is type(first)
+                continue
+            assert not isinstance(again, Exception), again
+            kinds.add(first.command)
+            a, b = again.to_json(), first.to_json()
+            assert (a.pop("status"), b.pop("status")) == ("duplicate", "recorded")
+            a.pop("allowed_moves"), b.pop("allowed_moves")
+            assert a == b
+        assert {"screen", "give_infusion", "correct", "sign"} <= kinds
+        events = sum(len(again_service.events(p)) for p in again_service.patient_ids())
+        assert events == sum(1 for r in firsts if not isinstance(r, Exception)) + 25
+    finally:
+        again_service.close()

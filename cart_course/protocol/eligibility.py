@@ -1395,22 +1395,25 @@ def _x_uln_status(lab: LabWithUln | None, k: Decimal, k_text: str) -> CriterionS
     return _MET if ok else _NOT_MET
 
 
-def _creatinine_status(
-    d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
-) -> CriterionStatus:
-    return _x_uln_status(d.creatinine, lim.creatinine_k, lim.creatinine_k_text)
+def _x_uln_criterion(
+    lab: str, k: str
+) -> Callable[[ScreeningData, datetime.date, ProtocolParameters, _Limits], CriterionStatus]:
+    """The status of ``lab <= k x ULN`` (``lab`` of the screening, ``k`` of the limits)."""
+    lab_of = operator.attrgetter(lab)
+    k_of = operator.attrgetter(k)
+    k_text_of = operator.attrgetter(f"{k}_text")
+
+    def status(
+        d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
+    ) -> CriterionStatus:
+        return _x_uln_status(lab_of(d), k_of(lim), k_text_of(lim))
+
+    return status
 
 
-def _alt_status(
-    d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
-) -> CriterionStatus:
-    return _x_uln_status(d.alt, lim.alt_k, lim.alt_k_text)
-
-
-def _ast_status(
-    d: ScreeningData, day: datetime.date, p: ProtocolParameters, lim: _Limits
-) -> CriterionStatus:
-    return _x_uln_status(d.ast, lim.ast_k, lim.ast_k_text)
+_creatinine_status = _x_uln_criterion("creatinine", "creatinine_k")
+_alt_status = _x_uln_criterion("alt", "alt_k")
+_ast_status = _x_uln_criterion("ast", "ast_k")
 
 
 def _bilirubin_status(

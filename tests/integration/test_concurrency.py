@@ -215,3 +215,60 @@ def test_four_processes_writing_the_same_patients_lose_and_double_nothing(
             assert by_key[key] == version
     finally:
         reader.close()
+
+
+def _screener(url: str, start: Any, results: Any) -> None:
+    """One OS process screening the same new patients as the others, in batches."""
+    from cart_course.demo import cohort
+
+    service = CourseService(open_application(parse_store_url(url)))
+    try:
+        screens = [parse_command(c) for c in cohort(40, 12) if c["command"] == "screen"]
+        start.wait(30)
+        statuses: list[tuple[str, str]] = []
+        for i in range(0, len(screens), 10):
+            batch = screens[i : i + 10]
+            for command, result in zip(batch, service.execute_batch(batch), strict=True):
+                if isinstance(result, Exception):
+                    raise result
+                statuses.append((command.patient_id, result.status))
+        results.put((statuses, None))
+    except BaseException as exc:
+        results.put(([], f"{type(exc).__name__}: {exc}"))
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize("backend", SHARED_BACKENDS)
+def test_four_processes_screening_the_same_new_patients_register_each_once(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Batches that screen patients new to the store, sent by four processes at once: each
+    batch asks the store once which patients exist; when two processes both register the same
+    patient, one save fails as a clash and its batch is decided again. Every patient is
+    registered once, every screening recorded once, every other answer a duplicate."""
+    url = _shared_url(backend, tmp_path, request)
+    open_application(parse_store_url(url)).close()  # tables exist before the race
+    ctx = mp.get_context("spawn")
+    start = ctx.Event()
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_screener, args=(url, start, results)) for _ in range(WORKERS)]
+    for proc in procs:
+        proc.start()
+    start.set()
+    collected = [results.get(timeout=180) for _ in procs]
+    for proc in procs:
+        proc.join(60)
+    assert [err for _, err in collected if err] == []
+    statuses = Counter(status for acks, _ in collected for _, status in acks)
+    patients = {pid for acks, _ in collected for pid, _ in acks}
+    assert len(patients) >= 30
+    assert statuses == {"recorded": len(patients), "duplicate": (WORKERS - 1) * len(patients)}
+    reader = CourseService(open_application(parse_store_url(url)))
+    try:
+        assert sorted(reader.patient_ids()) == sorted(patients)
+        for pid in patients:
+            events = reader.events(pid)
+            assert [type(e).__name__ for e in events] == ["Registered", "Screened"]
+    finally:
+        reader.close()

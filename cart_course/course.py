@@ -28,21 +28,15 @@ def stream_id(patient_id: str) -> uuid.UUID:
     return uuid.uuid5(PATIENT_NAMESPACE, patient_id)
 
 
-#: Moves a milestone signature may sign (see ``service.MILESTONES``).
-SIGNABLE_TRIGGERS = frozenset(
-    {
-        "screen",
-        "rescreen",
-        "infuse_d1",
-        "infuse_d2",
-        "infuse_d3",
-        "assess_response",
-        "cease",
-        "discontinue",
-        "withdraw",
-        "record_death",
-    }
-)
+#: The milestones an investigator signs (21 CFR 11.50), and the moves each may sign.
+MILESTONES: dict[str, tuple[str, ...]] = {
+    "eligibility": ("screen", "rescreen"),
+    "infusion": ("infuse_d1", "infuse_d2", "infuse_d3"),
+    "response_assessment": ("assess_response",),
+    "end_of_treatment": ("cease", "discontinue", "withdraw", "record_death"),
+}
+#: Every move some milestone signature may sign.
+SIGNABLE_TRIGGERS = frozenset(t for triggers in MILESTONES.values() for t in triggers)
 
 
 def genesis_hash(patient_id: str) -> str:
@@ -254,7 +248,7 @@ class PatientCourse(Aggregate):
             self.idempotency[key] = [event.digest, event.originator_version]
         self.record.version = event.originator_version
         self.chain_head = live_event_hash(event)
-        if getattr(event, "trigger", None) in SIGNABLE_TRIGGERS and "corrects" not in vars(event):
+        if isinstance(event, PatientCourse.Moved) and event.trigger in SIGNABLE_TRIGGERS:
             signable = getattr(self, "signable", None)
             if signable is not None:  # None: restored from a snapshot taken before it existed
                 signable[str(event.originator_version)] = [event.trigger, self.chain_head]

@@ -40,11 +40,12 @@ _SMALL = b"0.0000"
 _NUMBER_START = frozenset(b"-0123456789")
 
 
-def _not_json(value: Any) -> Any:
+def not_json(value: Any) -> Any:
+    """msgspec's ``enc_hook`` that refuses every value msgspec does not know: not JSON data."""
     raise TypeError(f"not JSON data: {type(value).__name__}")
 
 
-_SORTED = msgspec.json.Encoder(order="sorted", enc_hook=_not_json).encode
+_SORTED = msgspec.json.Encoder(order="sorted", enc_hook=not_json).encode
 _JSON_SORTED = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
 ).encode
@@ -74,4 +75,4 @@ def _json_canonical(data: Any) -> bytes:
 canonical: Callable[[Any], bytes] = _fast_or(_SORTED, _json_canonical)
 
 
-__all__ = ["canonical"]
+__all__ = ["canonical", "not_json"]

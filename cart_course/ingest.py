@@ -438,23 +438,21 @@ def worker_main(
             inbox.put(None)
 
     threading.Thread(target=read, name="inbox", daemon=True).start()
-    gc.set_threshold(
-        BULK_GC_GEN0, *gc.get_threshold()[1:]
-    )  # see bulk_gc; this process ingests only
     try:
         service = build_service(settings)
     except BaseException as exc:
         results.send(("failed", _reason(exc)))
         return
     try:
-        while (chunk := inbox.get()) is not None:
-            counts: Counter[str] = Counter()
-            rejected: list[Rejected] = []
-            for batch in _split(chunk, batch_size):
-                done, bad = record_batch(service, batch)
-                counts.update(done)
-                rejected.extend(bad)
-            results.send(("done", dict(counts), rejected))
+        with bulk_gc():
+            while (chunk := inbox.get()) is not None:
+                counts: Counter[str] = Counter()
+                rejected: list[Rejected] = []
+                for batch in _split(chunk, batch_size):
+                    done, bad = record_batch(service, batch)
+                    counts.update(done)
+                    rejected.extend(bad)
+                results.send(("done", dict(counts), rejected))
     except BaseException as exc:
         with contextlib.suppress(OSError):
             results.send(("failed", _reason(exc)))

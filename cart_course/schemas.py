@@ -369,7 +369,8 @@ def _payload(command: str) -> Schema:
             ("corrects", "changes"),
         )
     if command == "sign":
-        from .service import MILESTONES, SIGNATURE_MEANINGS
+        from .course import MILESTONES
+        from .service import SIGNATURE_MEANINGS
 
         return _obj(
             {

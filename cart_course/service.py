@@ -26,7 +26,7 @@ from eventsourcing.persistence import (
 )
 
 from .contract import Command
-from .course import MOVE_EVENTS, PatientCourse, event_hash, stream_id
+from .course import MILESTONES, MOVE_EVENTS, PatientCourse, event_hash, stream_id
 from .errors import (
     CartCourseError,
     CipherKeyError,
@@ -61,12 +61,6 @@ CORRECTABLE = (
     "report_toxicity",
     "assess_response",
 )
-MILESTONES = {
-    "eligibility": ("screen", "rescreen"),
-    "infusion": ("infuse_d1", "infuse_d2", "infuse_d3"),
-    "response_assessment": ("assess_response",),
-    "end_of_treatment": ("cease", "discontinue", "withdraw", "record_death"),
-}
 SIGNATURE_MEANINGS = ("review", "approval", "authorship")
 SIGNING_ROLES = ("clinician",)
 MAX_RETRIES = 20
@@ -135,6 +129,13 @@ class CommandResult:
 def _input_error(exc: ProtocolInputError) -> InvalidCommandError:
     field = exc.field if exc.field.startswith(("payload", "command")) else f"payload.{exc.field}"
     return InvalidCommandError(field, exc.message)
+
+
+def _event_version(value: Any, course: PatientCourse, field: str, what: str) -> int:
+    """A payload's reference to one of the patient's events (1..its version), or a clear error."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= course.version:
+        raise InvalidCommandError(field, f"must be the version of {what} (1..{course.version})")
+    return value
 
 
 def _refused(exc: MoveRefusedError) -> MoveRefused:
@@ -475,16 +476,9 @@ class CourseService:
             raise InvalidCommandError(
                 "reason", "a correction needs a reason (what was wrong and why)"
             )
-        corrects = p.get("corrects")
-        if (
-            isinstance(corrects, bool)
-            or not isinstance(corrects, int)
-            or not 1 <= corrects <= course.version
-        ):
-            raise InvalidCommandError(
-                "payload.corrects",
-                f"must be the version of an event of this patient (1..{course.version})",
-            )
+        corrects = _event_version(
+            p.get("corrects"), course, "payload.corrects", "an event of this patient"
+        )
         changes = p.get("changes")
         if not isinstance(changes, Mapping) or not changes:
             raise InvalidCommandError(
@@ -602,16 +596,9 @@ class CourseService:
             raise InvalidCommandError(
                 "payload.printed_name", "the signer's printed name is required"
             )
-        signs = p.get("signs_version")
-        if (
-            isinstance(signs, bool)
-            or not isinstance(signs, int)
-            or not 1 <= signs <= course.version
-        ):
-            raise InvalidCommandError(
-                "payload.signs_version",
-                f"must be the version of the signed event (1..{course.version})",
-            )
+        signs = _event_version(
+            p.get("signs_version"), course, "payload.signs_version", "the signed event"
+        )
         known = getattr(course, "signable", None)
         entry = known.get(str(signs)) if known is not None else None
         if entry is not None and entry[0] in MILESTONES[milestone]:

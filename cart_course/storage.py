@@ -28,6 +28,7 @@ from eventsourcing.persistence import InternalError, JSONTranscoder, Recording, 
 from eventsourcing.sqlite import SQLiteAggregateRecorder
 
 from .course import PatientCourse
+from .encoding import not_json
 from .protocol.record import PatientRecord
 
 DEFAULT_DB = "var/cart-course.sqlite"
@@ -146,7 +147,7 @@ class CourseTranscoder(JSONTranscoder):
 
     def __init__(self) -> None:
         super().__init__()
-        self._fast_encode = msgspec.json.Encoder(enc_hook=_not_json).encode
+        self._fast_encode = msgspec.json.Encoder(enc_hook=not_json).encode
         self._fast_decode = msgspec.json.Decoder().decode
 
     def encode(self, obj: Any) -> bytes:
@@ -162,10 +163,6 @@ class CourseTranscoder(JSONTranscoder):
                 if self._fast_decode(out) == state:
                     return out
         return super().encode(obj)
-
-
-def _not_json(value: Any) -> Any:
-    raise TypeError(f"not JSON data: {type(value).__name__}")
 
 
 class CourseApplication(Application[Any]):

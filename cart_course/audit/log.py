@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
+import msgspec
 from eventsourcing.persistence import StoredEvent
 
 from ..course import PatientCourse, canonical, event_hash, stream_id
@@ -82,19 +83,13 @@ def decode_json(state: bytes) -> Any:
     return _JSON.decode(state.decode(json.detect_encoding(state), "surrogatepass"))
 
 
-try:  # msgspec comes with Litestar; without it the audit uses the (slower) stdlib encoder
-    import msgspec
+def _enc_hook(value: Any) -> Any:
+    if isinstance(value, float):
+        return msgspec.Raw(_json_float(value).encode())
+    raise TypeError(f"not JSON data: {type(value).__name__}")
 
-    def _enc_hook(value: Any) -> Any:
-        if isinstance(value, float):
-            return msgspec.Raw(_json_float(value).encode())
-        raise TypeError(f"not JSON data: {type(value).__name__}")
 
-    _SORTED: Callable[[Any], bytes] | None = msgspec.json.Encoder(
-        order="sorted", enc_hook=_enc_hook
-    ).encode
-except ImportError:  # pragma: no cover
-    _SORTED = None
+_SORTED: Callable[[Any], bytes] = msgspec.json.Encoder(order="sorted", enc_hook=_enc_hook).encode
 
 
 def canonical_decoded(data: Any) -> bytes:
@@ -102,12 +97,10 @@ def canonical_decoded(data: Any) -> bytes:
     from :func:`decode_json` values (and plain str, int, bool, None, list and dict with str keys).
     Falls back to ``course.canonical`` whenever msgspec cannot encode a value. Proven equal by
     ``tests/integration/test_audit_canonical.py``."""
-    if _SORTED is not None:
-        try:
-            return _SORTED(data)
-        except (TypeError, ValueError, OverflowError):
-            pass
-    return canonical(data)
+    try:
+        return _SORTED(data)
+    except (TypeError, ValueError, OverflowError):
+        return canonical(data)
 
 
 def content_hash(

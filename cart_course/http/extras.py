@@ -363,18 +363,11 @@ def get_deviations(
         return queries.deviations(access.fresh(wait_for), patient_id)
 
 
-try:
-    import cart_course.views  # noqa: F401
-
-    VIEWS_AVAILABLE = True
-except ImportError:  # pragma: no cover - the views are part of the package
-    VIEWS_AVAILABLE = False
-
 VIEW_ROUTES = [get_board, get_watchlist, get_counts, get_deviations]
 
 
 def views_metrics(state: State) -> str:
-    if state.get("store") is None or not VIEWS_AVAILABLE:
+    if state.get("store") is None:
         return ""
     access = views_of(state)
     from ..views.metrics import metrics_text
@@ -386,13 +379,7 @@ def views_metrics(state: State) -> str:
 
 
 def routes(state: State) -> list[Any]:
-    out: list[Any] = []
-    try:
-        import cart_course.audit  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        out += AUDIT_ROUTES
-    if VIEWS_AVAILABLE and state.get("store") is not None:
+    out: list[Any] = list(AUDIT_ROUTES)
+    if state.get("store") is not None:
         out += VIEW_ROUTES
     return out

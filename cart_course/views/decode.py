@@ -11,21 +11,15 @@ another transcoded type, a state the fast parser refuses) goes through the mappe
 from __future__ import annotations
 
 import datetime as dt
-import json
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from eventsourcing.persistence import JSONTranscoder, Mapper
 from eventsourcing.utils import resolve_topic
 
-_loads: Callable[[bytes], Any]
-try:  # msgspec ships with Litestar (a dependency); the standard library is the fallback.
-    from msgspec.json import decode as _msgspec_decode
-except ImportError:  # pragma: no cover - depends on the environment
-    _loads = json.loads
-else:
-    _loads = _msgspec_decode
+_loads: Callable[[bytes], Any] = msgspec.json.decode
 
 _TYPE_KEY = b'"_type_"'
 

@@ -250,7 +250,7 @@ def parse_command(
         payload = {}
     if not isinstance(payload, Mapping):
         raise InvalidCommandError("payload", "must be a JSON object")
-    return Command(
+    parsed = Command(
         command=command,
         patient_id=patient_id,
         occurred_at=occurred_at,
@@ -260,3 +260,51 @@ def parse_command(
         idempotency_key=key,
         expected_version=expected,
     )
+    try:
+        # The digest is computed here, once (it is cached, and every command needs it): it
+        # encodes the command's texts as UTF-8, which also proves they are valid Unicode.
+        parsed.digest  # noqa: B018
+        for text in (key, actor.id, actor.name):
+            if text is not None:
+                text.encode()
+    except UnicodeEncodeError:
+        where = _not_unicode(
+            {"reason": reason, "idempotency_key": key, "payload": payload},
+            {"actor.id": actor.id, "actor.name": actor.name},
+        )
+        raise InvalidCommandError(
+            where,
+            "holds a lone surrogate (such as \\ud800), which is not a character: "
+            "text must be valid Unicode",
+        ) from None
+    return parsed
+
+
+def _not_unicode(*fields: Mapping[str, Any]) -> str:
+    """The first field (a dotted path into the payload) whose text is not valid Unicode."""
+
+    def bad(value: Any, path: str) -> str | None:
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return path
+            return None
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                found = bad(k, f"{path} (a key)") or bad(v, f"{path}.{k}")
+                if found:
+                    return found
+        elif isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                found = bad(v, f"{path}[{i}]")
+                if found:
+                    return found
+        return None
+
+    for group in fields:
+        for name, value in group.items():
+            found = bad(value, name)
+            if found:
+                return found
+    return "(command)"

@@ -16,7 +16,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate
 
-from .encoding import canonical as _canonical
+from .encoding import canonical_exact
 from .protocol.record import PatientRecord, apply_correction, evolve
 
 #: Namespace of patient stream ids: uuid5(NAMESPACE, patient_id). A patient has exactly one stream.
@@ -56,9 +56,15 @@ def canonical(data: Any) -> bytes:
     return _CANONICAL.encode(data).encode()
 
 
+#: The attribute in which a live event keeps the bytes its hash covers (not a field of the event:
+#: never hashed, never stored as a field; see :func:`chain_hash`).
+CANONICAL_BYTES = "_canonical"
+
+
 def event_content(event: Any) -> dict[str, Any]:
     """What an event's hash covers: its type, stream, version, record time and every field."""
-    content = {k: v for k, v in vars(event).items()}
+    content = dict(vars(event))
+    content.pop(CANONICAL_BYTES, None)
     content["originator_id"] = str(content["originator_id"])
     content["timestamp"] = event.timestamp.isoformat()
     content["type"] = type(event).__qualname__
@@ -69,11 +75,18 @@ def event_hash(event: Any) -> str:
     return hashlib.sha256(canonical(event_content(event))).hexdigest()
 
 
-def live_event_hash(event: Any) -> str:
-    """:func:`event_hash` of an event this process has just created from a validated command:
-    the same bytes, encoded fast (``encoding.canonical``: JSON data with finite numbers, which
-    every live event is -- commands with NaN or infinities are refused at the boundary)."""
-    return hashlib.sha256(_canonical(event_content(event))).hexdigest()
+def chain_hash(event: Any) -> str:
+    """:func:`event_hash` of an event being applied, encoded fast (``encoding.canonical_exact``).
+
+    When those bytes read back as exactly the event's content (JSON data, as every event the
+    service creates is), the event keeps them (attribute :data:`CANONICAL_BYTES`): the store writes them
+    as the event's state (``storage.CourseMapper``), so the stored bytes are the very bytes the
+    hash covers, encoded once. Otherwise the hash covers ``json``'s bytes and the event is
+    stored by the library's encoder."""
+    data, exact = canonical_exact(event_content(event))
+    if exact:
+        event.__dict__[CANONICAL_BYTES] = data
+    return hashlib.sha256(data).hexdigest()
 
 
 class PatientCourse(Aggregate):
@@ -90,7 +103,7 @@ class PatientCourse(Aggregate):
         prev_hash: str
 
         def apply(self, aggregate: PatientCourse) -> None:
-            aggregate.chain_head = live_event_hash(self)
+            aggregate.chain_head = chain_hash(self)
 
     class Moved(Aggregate.Event):
         """A move of the protocol (also the base of the named move events)."""
@@ -247,7 +260,7 @@ class PatientCourse(Aggregate):
         if key is not None:
             self.idempotency[key] = [event.digest, event.originator_version]
         self.record.version = event.originator_version
-        self.chain_head = live_event_hash(event)
+        self.chain_head = chain_hash(event)
         if isinstance(event, PatientCourse.Moved) and event.trigger in SIGNABLE_TRIGGERS:
             signable = getattr(self, "signable", None)
             if signable is not None:  # None: restored from a snapshot taken before it existed

@@ -74,5 +74,25 @@ def _json_canonical(data: Any) -> bytes:
 #: as UTF-8 bytes: what an event's hash and a command's digest cover.
 canonical: Callable[[Any], bytes] = _fast_or(_SORTED, _json_canonical)
 
+_read_back = msgspec.json.Decoder().decode
 
-__all__ = ["canonical", "not_json"]
+
+def canonical_exact(data: dict[str, Any]) -> tuple[bytes, bool]:
+    """``canonical(data)``, and whether those bytes read back as exactly ``data``.
+
+    True when decoding the bytes gives values equal to ``data`` (JSON data: str keys, str, int,
+    float, bool, None, list, dict): the bytes can then be stored as they are and be read back
+    into the same event (see ``storage.CourseMapper``). False for anything JSON would not give
+    back (a tuple, a datetime, a Decimal, an int key, NaN, which msgspec writes as ``null``);
+    the bytes are then ``json``'s own, whatever msgspec wrote, so that the hash is right even
+    for such values."""
+    out = canonical(data)
+    try:
+        if _read_back(out) == data:
+            return out, True
+    except msgspec.DecodeError:  # json's NaN / Infinity are not JSON
+        pass
+    return _json_canonical(data), False
+
+
+__all__ = ["canonical", "canonical_exact", "not_json"]

@@ -24,10 +24,18 @@ from uuid import UUID
 import attrs
 import msgspec
 from eventsourcing.application import Application, ProcessingEvent
-from eventsourcing.persistence import InternalError, JSONTranscoder, Recording, Transcoding
+from eventsourcing.persistence import (
+    InternalError,
+    JSONTranscoder,
+    Mapper,
+    Recording,
+    StoredEvent,
+    Transcoding,
+)
 from eventsourcing.sqlite import SQLiteAggregateRecorder
+from eventsourcing.utils import get_topic
 
-from .course import PatientCourse
+from .course import CANONICAL_BYTES, PatientCourse
 from .encoding import not_json
 from .protocol.record import PatientRecord
 
@@ -164,6 +172,57 @@ class CourseTranscoder(JSONTranscoder):
                     return out
         return super().encode(obj)
 
+    def decode(self, data: bytes) -> Any:
+        """The library's decoding, and that of a course event stored as its canonical bytes
+        (see :class:`CourseMapper`): plain JSON, read by msgspec (no ``_type_`` hook: such a
+        key in a payload is data), the record time back to a datetime."""
+        if CANONICAL_MARK in data:
+            state = self._fast_decode(data)
+            if type(state) is dict and is_canonical_state(state):
+                return from_canonical_state(state)
+        return super().decode(data)
+
+
+#: Every course event stored as its canonical bytes holds its stream id at the top level; the
+#: library's layout never does (the mapper takes it out of the state).
+CANONICAL_MARK = b'"originator_id":'
+
+
+def is_canonical_state(state: dict[str, Any]) -> bool:
+    return "originator_id" in state and "type" in state and type(state.get("timestamp")) is str
+
+
+def from_canonical_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A stored canonical state as the library's layout: the fields and the record time (the
+    row's own stream id and version are what the mapper puts in the event)."""
+    del state["originator_id"], state["type"]
+    state.pop("originator_version", None)
+    state["timestamp"] = dt.datetime.fromisoformat(state["timestamp"])
+    return state
+
+
+class CourseMapper(Mapper[UUID]):
+    """The library's mapper, except that a course event which kept the bytes its hash covers
+    (``course.chain_hash``: JSON data that reads back as exactly the event) is stored as those
+    bytes: encoded once for both, and the stored state is the hashed content itself (its type,
+    stream, version and record time included; the audit checks that they agree with the row).
+    Compression and encryption apply as to any state. Everything else: the library's mapping."""
+
+    def to_stored_event(self, domain_event: Any) -> StoredEvent:
+        data = domain_event.__dict__.get(CANONICAL_BYTES)
+        if data is None:
+            return super().to_stored_event(domain_event)
+        if self.compressor:
+            data = self.compressor.compress(data)
+        if self.cipher:
+            data = self.cipher.encrypt(data)
+        return StoredEvent(
+            originator_id=domain_event.originator_id,
+            originator_version=domain_event.originator_version,
+            topic=get_topic(type(domain_event)),
+            state=data,
+        )
+
 
 class CourseApplication(Application[Any]):
     """The event store of patient courses (eventsourcing application)."""
@@ -228,6 +287,11 @@ class CourseApplication(Application[Any]):
         else:  # the in-memory store: asking is free
             found.update(i for i in ids if recorder.select_events(i, limit=1))
         return found
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        return self.factory.mapper(
+            transcoder=self.construct_transcoder(), mapper_class=CourseMapper
+        )
 
     def construct_transcoder(self) -> CourseTranscoder:
         transcoder = CourseTranscoder()

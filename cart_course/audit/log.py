@@ -28,7 +28,7 @@ from eventsourcing.persistence import StoredEvent
 from ..course import PatientCourse, canonical, event_hash, stream_id
 from ..errors import PatientNotFoundError
 from ..protocol.record import PatientRecord
-from ..storage import CourseApplication
+from ..storage import CANONICAL_MARK, CourseApplication, is_canonical_state
 
 REGISTERED_TOPIC = f"{PatientCourse.__module__}:{PatientCourse.Registered.__qualname__}"
 PAGE = 100
@@ -220,6 +220,10 @@ class Decoder:
             state = self._cipher.decrypt(state)
         if self._compressor:
             state = self._compressor.decompress(state)
+        if CANONICAL_MARK in state:
+            logged = self._canonical(sid, version, topic, state)
+            if logged is not None:
+                return logged
         if state.count(b'"_type_"') != 1:
             return self._slow(sid, version, topic, stored)
         data: dict[str, Any] = decode_json(state)
@@ -228,6 +232,27 @@ class Decoder:
             return self._slow(sid, version, topic, stored)
         data.pop("class_version", None)
         return LoggedEvent(sid, version, topic, data, stamp["_data_"])
+
+    def _canonical(self, sid: str, version: int, topic: str, state: bytes) -> LoggedEvent | None:
+        """A row stored as the canonical bytes its hash covers (``storage.CourseMapper``).
+
+        Its hash is recomputed from the row's stream, version and topic and its decoded fields,
+        like any row's; the stored bytes must moreover be exactly those canonical bytes (their
+        own copies of stream, version, type and record time included): a row whose bytes were
+        altered in any way -- even re-encoded to the same values, or moved to another version
+        or topic -- gets ``altered:`` and the hash of the bytes it holds, which matches no
+        ``prev_hash``: the chain breaks there."""
+        data = decode_json(state)
+        if not (isinstance(data, dict) and is_canonical_state(data)):
+            return None
+        stamp = data.pop("timestamp")
+        del data["originator_id"], data["type"]
+        data.pop("originator_version", None)
+        logged = LoggedEvent(sid, version, topic, data, stamp)
+        held = hashlib.sha256(state).hexdigest()
+        if held != logged.hash:
+            logged.hash = f"altered:{held}"
+        return logged
 
     def _slow(self, sid: str, version: int, topic: str, state: bytes) -> LoggedEvent:
         """Rows holding other encoded types: decode with the library and hash its event

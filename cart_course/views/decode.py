@@ -2,8 +2,10 @@
 
 The application's mapper (``to_domain_event``) decodes every JSON object through the
 transcoder's ``object_hook``; the views read every event of the log, so they take a shorter way
-when it gives the very same event: a store without cipher or compressor, the stock mapper and
-JSON transcoder, an event class without upcasting, and a state whose only transcoded value is the
+when it gives the very same event: a store without cipher or compressor, the application's
+mapper and transcoder (``storage.CourseMapper`` / ``CourseTranscoder``, or the library's own),
+an event class without upcasting, and a state that is either a course event's canonical bytes
+(``storage.CourseMapper``: plain JSON) or the library's layout whose only transcoded value is the
 record time (``timestamp``). Anything else (an encrypted or compressed store, a payload holding
 another transcoded type, a state the fast parser refuses) goes through the mapper, unchanged.
 """
@@ -19,6 +21,14 @@ import msgspec
 from eventsourcing.persistence import JSONTranscoder, Mapper
 from eventsourcing.utils import resolve_topic
 
+from ..storage import (
+    CANONICAL_MARK,
+    CourseMapper,
+    CourseTranscoder,
+    from_canonical_state,
+    is_canonical_state,
+)
+
 _loads: Callable[[bytes], Any] = msgspec.json.decode
 
 _TYPE_KEY = b'"_type_"'
@@ -30,10 +40,10 @@ class EventDecoder:
     def __init__(self, mapper: Any) -> None:
         self._mapper: Callable[[Any], Any] = mapper.to_domain_event
         self.fast = (
-            type(mapper) is Mapper
+            type(mapper) in (Mapper, CourseMapper)
             and mapper.cipher is None
             and mapper.compressor is None
-            and type(mapper.transcoder) is JSONTranscoder
+            and type(mapper.transcoder) in (JSONTranscoder, CourseTranscoder)
         )
         #: topic -> event class, or None when the class upcasts (the mapper decodes those).
         self._classes: dict[str, type[Any] | None] = {}
@@ -47,7 +57,10 @@ class EventDecoder:
 
     def _fast(self, note: Any) -> Any:
         state = note.state
-        if type(state) is not bytes or state.count(_TYPE_KEY) != 1:
+        if type(state) is not bytes:
+            return None
+        canonical = CANONICAL_MARK in state
+        if not canonical and state.count(_TYPE_KEY) != 1:
             return None
         oid = note.originator_id
         if type(oid) is not uuid.UUID:
@@ -68,10 +81,19 @@ class EventDecoder:
             return None
         if type(data) is not dict or "class_version" in data:
             return None
-        stamp = data.get("timestamp")
-        if type(stamp) is not dict or len(stamp) != 2 or stamp.get("_type_") != "datetime_iso":
+        if canonical and is_canonical_state(data):
+            from_canonical_state(data)
+        elif state.count(_TYPE_KEY) != 1:
             return None
-        data["timestamp"] = dt.datetime.fromisoformat(stamp["_data_"])
+        else:
+            stamp = data.get("timestamp")
+            if (
+                type(stamp) is not dict
+                or len(stamp) != 2
+                or stamp.get("_type_") != "datetime_iso"
+            ):
+                return None
+            data["timestamp"] = dt.datetime.fromisoformat(stamp["_data_"])
         data["originator_id"] = oid
         data["originator_version"] = note.originator_version
         event = object.__new__(cls)

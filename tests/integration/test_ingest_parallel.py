@@ -134,6 +134,8 @@ def test_bad_lines_are_reported_in_line_order_with_the_same_text_as_one_process(
     lines[29] = json.dumps({**json.loads(lines[29]), "command": "teleport"})
     # json.loads accepts NaN (msgspec does not): the line gets the same treatment as before.
     lines[40] = lines[40].replace('"occurred_at"', '"weight": NaN, "occurred_at"', 1)
+    # json.loads also accepts a lone surrogate (\ud800): not text; refused, not a crash.
+    lines[50] = json.dumps({**json.loads(lines[50]), "reason": "typo \ud800"})
     # A move the protocol refuses: apheresis for a patient who already ended treatment.
     late = {
         **first,
@@ -164,6 +166,10 @@ def test_bad_lines_are_reported_in_line_order_with_the_same_text_as_one_process(
     assert by_line[41] == (
         "line 41: invalid_command: weight: unknown key; allowed keys are: command, patient_id, "
         "occurred_at, actor, reason, idempotency_key, expected_version, payload"
+    )
+    assert by_line[51] == (
+        "line 51: invalid_command: reason: holds a lone surrogate (such as \\ud800), which is "
+        "not a character: text must be valid Unicode"
     )
     assert 101 not in by_line
     assert by_line[102] == "line 102: invalid_json: Expecting ',' delimiter (column 7)"

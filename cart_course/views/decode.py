@@ -87,11 +87,7 @@ class EventDecoder:
             return None
         else:
             stamp = data.get("timestamp")
-            if (
-                type(stamp) is not dict
-                or len(stamp) != 2
-                or stamp.get("_type_") != "datetime_iso"
-            ):
+            if type(stamp) is not dict or len(stamp) != 2 or stamp.get("_type_") != "datetime_iso":
                 return None
             data["timestamp"] = dt.datetime.fromisoformat(stamp["_data_"])
         data["originator_id"] = oid

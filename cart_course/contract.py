@@ -160,6 +160,21 @@ _ACTORS: dict[tuple[Any, ...], Actor] = {}
 _ACTORS_MAX = 4096
 
 
+def parse_clinical_time(value: Any, field: str, *, now: dt.datetime | None = None) -> dt.datetime:
+    """A clinical time: :func:`parse_time`, and not in the future (beyond a clock skew of
+    :data:`MAX_CLOCK_SKEW`): clinical time is when something happened."""
+    parsed = parse_time(value, field)
+    now = now or dt.datetime.now(dt.UTC)
+    if parsed - now > MAX_CLOCK_SKEW:
+        raise InvalidCommandError(
+            field,
+            f"{parsed.isoformat()} is in the future; clinical time is when it happened "
+            f"(at most {int(MAX_CLOCK_SKEW.total_seconds() // 60)} minutes ahead of this "
+            "server's clock)",
+        )
+    return parsed
+
+
 def parse_actor(value: Any) -> Actor:
     key: tuple[Any, ...] | None = None
     if type(value) is dict and len(value) <= 3:
@@ -229,13 +244,7 @@ def parse_command(
             "command", f"{command!r} is not a command; commands are: {', '.join(ALL_COMMANDS)}"
         )
     patient_id = parse_patient_id(data.get("patient_id"))
-    occurred_at = parse_time(data.get("occurred_at"), "occurred_at")
-    now = now or dt.datetime.now(dt.UTC)
-    if occurred_at - now > MAX_CLOCK_SKEW:
-        raise InvalidCommandError(
-            "occurred_at",
-            f"{occurred_at.isoformat()} is in the future; clinical time is when it happened",
-        )
+    occurred_at = parse_clinical_time(data.get("occurred_at"), "occurred_at", now=now)
     if actor is None:
         actor = parse_actor(data.get("actor"))
     reason = _text(data, "reason", "reason", max_len=4000, required=False)

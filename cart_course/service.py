@@ -25,11 +25,12 @@ from eventsourcing.persistence import (
     PersistenceError,
 )
 
-from .contract import Command
+from .contract import Command, parse_clinical_time
 from .course import MILESTONES, MOVE_EVENTS, PatientCourse, event_hash, stream_id
 from .errors import (
     CartCourseError,
     CipherKeyError,
+    ForbiddenError,
     IdempotencyConflictError,
     InvalidCommandError,
     MoveRefused,
@@ -508,10 +509,10 @@ class CourseService:
                 )
         new_payload = {**base_payload, **{k: v for k, v in changes.items() if k != "occurred_at"}}
         new_payload = {k: v for k, v in new_payload.items() if v is not None}
-        occurred_text = changes.get("occurred_at", base_occurred)
-        from .contract import parse_time
-
-        occurred = parse_time(occurred_text, "payload.changes.occurred_at")
+        if "occurred_at" in changes:
+            occurred = parse_clinical_time(changes["occurred_at"], "payload.changes.occurred_at")
+        else:
+            occurred = dt.datetime.fromisoformat(base_occurred)
         version = get_version(original.protocol_version)
         record = course.record
         try:
@@ -580,7 +581,11 @@ class CourseService:
                 "unknown key; allowed: milestone, signs_version, meaning, printed_name",
             )
         if command.actor.role not in SIGNING_ROLES:
-            raise InvalidCommandError("actor.role", "only a clinician (investigator) may sign")
+            raise ForbiddenError(
+                f"a {command.actor.role} may not sign; signatures are given by: "
+                + ", ".join(SIGNING_ROLES)
+                + " (an investigator)"
+            )
         milestone = p.get("milestone")
         if milestone not in MILESTONES:
             raise InvalidCommandError(

@@ -152,6 +152,22 @@ def compact(value: Any, limit: int = 0) -> str:
     return text
 
 
+#: What a spreadsheet takes for the start of a formula (OWASP, "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A CSV cell a spreadsheet shows as text: a cell that would start a formula (a reason such
+    as ``=HYPERLINK(...)`` typed by a user) gets a leading ``'``, which spreadsheets read as
+    "this is text" and do not display. Numbers are written as numbers (``-1.5`` stays)."""
+    if text.startswith(_FORMULA_START):
+        try:
+            float(text)
+        except ValueError:
+            return "'" + text
+    return text
+
+
 def csv_row(row: dict[str, Any]) -> list[str]:
     out = []
     for column in COLUMNS:
@@ -164,7 +180,7 @@ def csv_row(row: dict[str, Any]) -> list[str]:
             out.append("")
         else:
             out.append(str(value))
-    return out
+    return [spreadsheet_safe(cell) for cell in out]
 
 
 def render_table(rows: Iterable[dict[str, Any]]) -> Iterator[str]:

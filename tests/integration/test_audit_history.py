@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import json
 import random
 import tracemalloc
@@ -264,3 +266,30 @@ def test_bad_time_is_refused_clearly(bad: str) -> None:
 
     with pytest.raises(InvalidCommandError, match="--occurred-at"):
         parse_time(bad, "--occurred-at")
+
+
+def test_the_csv_timeline_cannot_smuggle_a_spreadsheet_formula(
+    memory_service: CourseService,
+) -> None:
+    """A reason typed as a formula is exported as text (a leading ' for spreadsheets), the
+    history itself keeps it as typed; numbers stay numbers."""
+    formula = '=HYPERLINK("http://evil.example","click")'
+    at = "2026-01-05T09:00:00+00:00"
+    screen = {
+        "command": "screen",
+        "patient_id": "CSV-1",
+        "occurred_at": at,
+        "actor": {"id": "dr.a", "role": "clinician"},
+        "payload": {"screening": eligible_screening(random.Random(1))},
+    }
+    memory_service.execute(parse_command(screen))
+    withdraw = {**screen, "command": "withdraw", "reason": formula, "payload": {}}
+    withdraw["occurred_at"] = "2026-01-06T09:00:00+00:00"
+    memory_service.execute(parse_command(withdraw))
+    rows = list(csv.reader(io.StringIO("".join(csv_timeline(memory_service.app, "CSV-1")))))
+    cells = [cell for row in rows for cell in row]
+    assert "'" + formula in cells
+    assert formula not in cells
+    assert not any(c.startswith(("=", "+", "@")) for c in cells)
+    events = patient_events(memory_service.app, "CSV-1")
+    assert [e for e in timeline("CSV-1", events) if e.get("reason")][-1]["reason"] == formula

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from integration_helpers import Course, crs
 
 from cart_course.course import PatientCourse
-from cart_course.errors import InvalidCommandError
+from cart_course.errors import ForbiddenError, InvalidCommandError
 from cart_course.service import CourseService
 
 
@@ -108,9 +108,43 @@ def test_a_correction_needs_a_reason_and_a_correctable_target(service: CourseSer
         ({"corrects": 5, "changes": {"day": 3}}, "typo", "payload.changes.day"),
         ({"corrects": 5, "changes": {"colour": "red"}}, "typo", "payload.changes.colour"),
         ({**fix, "why": "x"}, "typo", "payload.why"),
+        # a corrected clinical time obeys the rules of any clinical time
+        ({"corrects": 5, "changes": {"occurred_at": "2099-01-01T09:00:00Z"}}, "typo", None),
+        ({"corrects": 5, "changes": {"occurred_at": "2026-01-01T09:00"}}, "typo", None),
     ]
     for payload, reason, field in cases:
         with pytest.raises(InvalidCommandError) as info:
             p.do("correct", payload, reason=reason)
-        assert info.value.field == field, (payload, info.value.message)
+        assert info.value.field == (field or "payload.changes.occurred_at"), (
+            payload,
+            info.value.message,
+        )
     assert len(service.events("K-4")) == 5  # nothing recorded
+
+
+def test_a_corrected_clinical_time_may_not_be_in_the_future(service: CourseService) -> None:
+    p = _infused(service, "K-5")
+    with pytest.raises(InvalidCommandError) as info:
+        p.do(
+            "correct",
+            {"corrects": 4, "changes": {"occurred_at": "2099-01-01T09:00:00Z"}},
+            reason="typo",
+        )
+    assert "is in the future; clinical time is when it happened" in info.value.message
+
+
+def test_only_an_investigator_may_sign(service: CourseService) -> None:
+    p = _infused(service, "K-6")
+    with pytest.raises(ForbiddenError) as info:
+        p.do(
+            "sign",
+            {
+                "milestone": "infusion",
+                "signs_version": 4,
+                "meaning": "approval",
+                "printed_name": "Site Robot",
+            },
+            actor={"id": "emr.bot", "role": "service"},
+        )
+    assert "a service may not sign" in info.value.message
+    assert len(service.events("K-6")) == 5

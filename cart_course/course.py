@@ -37,6 +37,9 @@ MILESTONES: dict[str, tuple[str, ...]] = {
 }
 #: Every move some milestone signature may sign.
 SIGNABLE_TRIGGERS = frozenset(t for triggers in MILESTONES.values() for t in triggers)
+#: Commands about a toxicity episode: their clinical time is the episode's onset or resolution,
+#: which may come before the patient's last move (a fever that began before D3, reported after).
+EPISODE_COMMANDS = frozenset({"report_toxicity", "resolve_toxicity"})
 
 
 def genesis_hash(patient_id: str) -> str:
@@ -261,6 +264,10 @@ class PatientCourse(Aggregate):
             self.idempotency[key] = [event.digest, event.originator_version]
         self.record.version = event.originator_version
         self.chain_head = chain_hash(event)
+        if isinstance(event, PatientCourse.Moved) and event.command not in EPISODE_COMMANDS:
+            #: The clinical time, move and version of the patient's last move: the next one
+            #: cannot have happened before it (``CourseService`` checks).
+            self.moved_at = [event.occurred_at, event.trigger, event.originator_version]
         if isinstance(event, PatientCourse.Moved) and event.trigger in SIGNABLE_TRIGGERS:
             signable = getattr(self, "signable", None)
             if signable is not None:  # None: restored from a snapshot taken before it existed

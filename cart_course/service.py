@@ -26,7 +26,7 @@ from eventsourcing.persistence import (
 )
 
 from .contract import Command, parse_clinical_time
-from .course import MILESTONES, MOVE_EVENTS, PatientCourse, event_hash, stream_id
+from .course import EPISODE_COMMANDS, MILESTONES, MOVE_EVENTS, PatientCourse, event_hash, stream_id
 from .errors import (
     CartCourseError,
     CipherKeyError,
@@ -137,6 +137,65 @@ def _event_version(value: Any, course: PatientCourse, field: str, what: str) -> 
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= course.version:
         raise InvalidCommandError(field, f"must be the version of {what} (1..{course.version})")
     return value
+
+
+def _out_of_order(events: Sequence[Any], corrects: int, occurred: dt.datetime) -> list[str]:
+    """Findings when a corrected clinical time puts move ``corrects`` before the move it
+    followed or after the move that followed it (each at its clinical time as last corrected)."""
+    times: dict[int, tuple[str, str]] = {}
+    for e in events:
+        if isinstance(e, PatientCourse.Moved) and e.command not in EPISODE_COMMANDS:
+            times[e.originator_version] = (e.occurred_at, e.trigger)
+    for e in events:
+        if isinstance(e, PatientCourse.FactCorrected) and e.corrects in times:
+            when = e.facts.get("_occurred_at")
+            if when:
+                times[e.corrects] = (when, times[e.corrects][1])
+    found = []
+    earlier = [v for v in times if v < corrects]
+    later = [v for v in times if v > corrects]
+    if earlier:
+        v = max(earlier)
+        when, trigger = times[v]
+        if occurred < dt.datetime.fromisoformat(when):
+            found.append(
+                f"correction of version {corrects}: {occurred.isoformat()} is before the move it "
+                f"followed ({trigger}, version {v}, at {when})"
+            )
+    if later:
+        v = min(later)
+        when, trigger = times[v]
+        if occurred > dt.datetime.fromisoformat(when):
+            found.append(
+                f"correction of version {corrects}: {occurred.isoformat()} is after the move that "
+                f"followed it ({trigger}, version {v}, at {when})"
+            )
+    return found
+
+
+def _check_clinical_order(course: PatientCourse, command: Command) -> None:
+    """Moves are recorded in the order they happened: a move's clinical time may not be before
+    the patient's last move (screening, apheresis, infusions, assessment, decisions). A toxicity
+    report or resolution may be (its onset or resolution can precede the last move), but not
+    before the patient's first recorded event. Late entry is fine: the record time says when."""
+    occurred = command.occurred_at
+    if command.command in EPISODE_COMMANDS:
+        first = course.record.first_occurred_at
+        if first is not None and occurred < dt.datetime.fromisoformat(first):
+            raise InvalidCommandError(
+                "occurred_at",
+                f"{command.occurred_iso} is before this patient's first recorded event "
+                f"({first}); a toxicity's clinical time is when it began or resolved",
+            )
+        return
+    last = getattr(course, "moved_at", None)  # None: a course restored from an older snapshot
+    if last is not None and occurred < dt.datetime.fromisoformat(last[0]):
+        raise InvalidCommandError(
+            "occurred_at",
+            f"{command.occurred_iso} is before this patient's last move ({last[1]} at {last[0]}, "
+            f"version {last[2]}); moves are recorded in the order they happened (if that time "
+            f"is wrong, correct version {last[2]})",
+        )
 
 
 def _refused(exc: MoveRefusedError) -> MoveRefused:
@@ -368,6 +427,7 @@ class CourseService:
             raise _input_error(exc) from None
         except MoveRefusedError as exc:
             raise _refused(exc) from None
+        _check_clinical_order(course, command)
         event_class = MOVE_EVENTS[prepared.trigger]
         course.record_event(
             event_class,
@@ -533,6 +593,8 @@ class CourseService:
         facts["_occurred_at"] = occurred.isoformat()
         run = version.dry_run(original.from_state, original.trigger, facts)
         findings = [f"correction of version {corrects}: {f.message}" for f in run.failed]
+        if "occurred_at" in changes and original.command not in EPISODE_COMMANDS:
+            findings.extend(_out_of_order(events, corrects, occurred))
         if run.allowed and run.dest != original.to_state:
             findings.append(
                 f"correction of version {corrects}: with the corrected facts the move would lead to "

@@ -3,6 +3,7 @@ reflects it; the history keeps both; nothing is overwritten."""
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from pathlib import Path
 
@@ -148,3 +149,51 @@ def test_only_an_investigator_may_sign(service: CourseService) -> None:
         )
     assert "a service may not sign" in info.value.message
     assert len(service.events("K-6")) == 5
+
+
+def test_moves_are_recorded_in_the_order_they_happened(service: CourseService) -> None:
+    p = Course(service, "K-7")
+    p.screen()
+    # apheresis a year before screening: refused, nothing recorded
+    with pytest.raises(InvalidCommandError) as info:
+        p.do(
+            "record_apheresis",
+            {"apheresis_contraindication": False, "product_id": "LOT-K-7"},
+            days=-365,
+        )
+    assert info.value.field == "occurred_at"
+    assert "before this patient's last move (screen at" in info.value.message
+    assert len(service.events("K-7")) == 2
+    p.t += dt.timedelta(days=366)
+    p.apheresis()
+    p.infuse(1, days=14)  # version 4
+    # a fever that began before D2 but is reported after it: a toxicity may precede the last move
+    p.infuse(2)  # version 5
+    p.do("report_toxicity", {"toxicity": crs(1)}, hours=-5)
+    now = p.t
+    # ... but not before the patient's first event
+    with pytest.raises(InvalidCommandError) as info:
+        p.do("report_toxicity", {"toxicity": crs(1)}, days=-800)
+    assert "before this patient's first recorded event" in info.value.message
+    # death decades before screening: refused
+    with pytest.raises(InvalidCommandError):
+        p.do("record_death", {}, days=-9000)
+    assert len(service.events("K-7")) == 6
+    # late entry is fine: clinical time in order, recorded (record time) whenever
+    p.t = now
+    assert p.do("record_death", {}, days=1).status == "recorded"
+
+
+def test_a_correction_that_puts_a_move_out_of_order_is_a_finding(service: CourseService) -> None:
+    p = _infused(service, "K-8")  # v2 screen, v3 apheresis, v4 D1, v5 D2
+    d1 = service.events("K-8")[3]
+    before_apheresis = (
+        dt.datetime.fromisoformat(d1.occurred_at) - dt.timedelta(days=30)
+    ).isoformat()
+    done = p.do(
+        "correct", {"corrects": 4, "changes": {"occurred_at": before_apheresis}}, reason="typo"
+    )
+    assert any("is before the move it followed (record_apheresis" in d for d in done.deviations)
+    after_d2 = (dt.datetime.fromisoformat(d1.occurred_at) + dt.timedelta(days=30)).isoformat()
+    done = p.do("correct", {"corrects": 4, "changes": {"occurred_at": after_d2}}, reason="typo")
+    assert any("is after the move that followed it (infuse_d2" in d for d in done.deviations)

@@ -70,6 +70,13 @@ class Command:
     _occurred_iso: str | None = attrs.field(
         init=False, default=None, eq=False, hash=False, repr=False
     )
+    #: Set by :func:`parse_command`: the envelope was validated. The service validates any other
+    #: command (one built directly as ``Command(...)``) before deciding on it.
+    _validated: bool = attrs.field(init=False, default=False, eq=False, hash=False, repr=False)
+
+    @property
+    def validated(self) -> bool:
+        return self._validated
 
     @property
     def occurred_iso(self) -> str:
@@ -286,7 +293,16 @@ def parse_command(
             "holds a lone surrogate (such as \\ud800), which is not a character: "
             "text must be valid Unicode",
         ) from None
+    object.__setattr__(parsed, "_validated", True)
     return parsed
+
+
+def validated(command: Command) -> Command:
+    """``command`` if :func:`parse_command` made it, else the same command validated by it (a
+    command built directly is held to the same contract; raises InvalidCommandError)."""
+    if command.validated:
+        return command
+    return parse_command(command.to_json())
 
 
 def _not_unicode(*fields: Mapping[str, Any]) -> str:

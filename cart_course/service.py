@@ -25,7 +25,7 @@ from eventsourcing.persistence import (
     PersistenceError,
 )
 
-from .contract import Command, parse_clinical_time
+from .contract import Command, parse_clinical_time, validated
 from .course import EPISODE_COMMANDS, MILESTONES, MOVE_EVENTS, PatientCourse, event_hash, stream_id
 from .errors import (
     CartCourseError,
@@ -284,13 +284,25 @@ class CourseService:
 
     def execute(self, command: Command) -> CommandResult:
         """Record one command, or raise a :class:`CartCourseError` that says why not."""
+        command = validated(command)
         with self._lock:
             return self._execute(command)
 
     def execute_batch(self, commands: Sequence[Command]) -> list[CommandResult | CartCourseError]:
         """Record many commands in one transaction; each gets its own result or error."""
+        checked: list[Command] = []
+        refused: dict[int, CartCourseError] = {}
+        for i, command in enumerate(commands):
+            try:
+                checked.append(validated(command))
+            except CartCourseError as exc:
+                refused[i] = exc
         with self._lock:
-            return self._execute_batch(commands)
+            results = self._execute_batch(checked) if checked else []
+        if not refused:
+            return results
+        done = iter(results)
+        return [refused[i] if i in refused else next(done) for i in range(len(commands))]
 
     def _execute(self, command: Command) -> CommandResult:
         for attempt in range(MAX_RETRIES + LOCKED_RETRIES):

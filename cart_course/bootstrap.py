@@ -19,6 +19,7 @@ from .storage import (
     ENV_COMPRESS,
     StoreConfigError,
     StoreSettings,
+    check_reachable,
     open_application,
     parse_store_url,
     store_url_from_env,
@@ -64,6 +65,7 @@ def check_cipher_key(key: str | None) -> str | None:
 
 def build_service(settings: Settings) -> CourseService:
     try:
+        check_reachable(settings.store)
         app = open_application(
             settings.store, cipher_key=settings.cipher_key, compress=settings.compress
         )

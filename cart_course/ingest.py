@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import threading
 import zlib
 from collections import Counter, deque
@@ -44,6 +45,11 @@ from .service import CourseService
 BATCH = 2000
 #: The most worker processes ``workers=None`` (auto) starts.
 AUTO_MAX_WORKERS = 4
+#: The most worker processes an ingest may be asked for, whatever the machine (see
+#: :func:`max_workers`): each is a Python process with its own store connection and cache.
+MAX_WORKERS = 64
+#: Worker processes allowed per CPU this process may use.
+WORKERS_PER_CPU = 4
 #: Auto uses one process for inputs shorter than this (starting workers costs ~0.3 s).
 AUTO_MIN_LINES = 1500
 #: Rounds sent ahead of the one being gathered (keeps every worker busy while a round finishes).
@@ -108,17 +114,78 @@ class IngestAborted(CartCourseError):
 # ----------------------------------------------------------------------------------------------
 
 _decode = msgspec.json.Decoder()
+#: The UTF-8 byte order mark some editors put at the start of a file: skipped.
+BOM = b"\xef\xbb\xbf"
+
+
+class LineDecodeError(ValueError):
+    """A line that is not JSON for a reason :class:`json.JSONDecodeError` does not cover: not
+    UTF-8 text, nested too deeply, an integer with too many digits. ``reason`` says which."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def numbered_lines(raw_lines: Iterable[bytes]) -> Iterator[Numbered]:
+    """The non-blank lines of a JSON Lines file read as bytes, numbered from 1, each without its
+    line terminator (so a JSON error's column is on the line itself) and without a UTF-8 BOM at
+    the start of the file. Bytes that are not UTF-8 are kept as lone surrogates
+    (``surrogateescape``): :func:`decode_line` rejects such a line, with the byte, and the other
+    lines are recorded as usual."""
+    for number, raw in enumerate(raw_lines, start=1):
+        if number == 1 and raw.startswith(BOM):
+            raw = raw[len(BOM) :]
+        if raw.endswith(b"\n"):
+            raw = raw[:-1]
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+        if raw.strip():
+            yield number, raw.decode("utf-8", "surrogateescape")
+
+
+def _not_utf8(line: str) -> LineDecodeError:
+    for column, char in enumerate(line, start=1):
+        if "\udc80" <= char <= "\udcff":
+            return LineDecodeError(
+                f"the line is not UTF-8 text (byte 0x{ord(char) - 0xDC00:02x} at column {column})"
+            )
+        if "\ud800" <= char <= "\udfff":
+            return LineDecodeError(
+                f"the line is not UTF-8 text (a lone surrogate at column {column})"
+            )
+    return LineDecodeError("the line is not UTF-8 text")
 
 
 def decode_line(line: str) -> Any:
     """``json.loads`` semantics, faster: msgspec first; anything it refuses (NaN, 1e400, lone
-    surrogates, and every invalid line) goes to ``json.loads``, which accepts it or raises its
-    own :class:`json.JSONDecodeError`. msgspec accepts nothing ``json.loads`` refuses and
-    decodes what both accept to equal values (duplicate keys: the last wins, as in json)."""
+    surrogate escapes, and every invalid line) goes to ``json.loads``, which accepts it or raises
+    its own :class:`json.JSONDecodeError`. msgspec accepts nothing ``json.loads`` refuses and
+    decodes what both accept to equal values (duplicate keys: the last wins, as in json).
+
+    A line that is not UTF-8 text (see :func:`numbered_lines`), nested too deeply for the
+    decoders or holding an integer of more digits than Python converts raises
+    :class:`LineDecodeError`."""
     try:
         return _decode.decode(line)
     except (msgspec.DecodeError, msgspec.ValidationError):
+        pass
+    except UnicodeEncodeError:
+        raise _not_utf8(line) from None
+    except RecursionError:
+        raise LineDecodeError("nested too deeply (arrays and objects within each other)") from None
+    try:
         return json.loads(line)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise LineDecodeError("nested too deeply (arrays and objects within each other)") from None
+    except ValueError as exc:
+        if "digits" in str(exc):
+            raise LineDecodeError(
+                f"an integer has more than {sys.get_int_max_str_digits()} digits"
+            ) from None
+        raise LineDecodeError(str(exc)) from None
 
 
 def record_batch(
@@ -130,11 +197,19 @@ def record_batch(
     commands: list[tuple[int, Command]] = []
     for number, line in batch:
         try:
-            commands.append((number, parse_command(decode_line(line))))
+            data = decode_line(line)
         except json.JSONDecodeError as exc:
             rejected.append((number, f"invalid_json: {exc.msg} (column {exc.colno})"))
+            continue
+        except LineDecodeError as exc:
+            rejected.append((number, f"invalid_json: {exc.reason}"))
+            continue
+        try:
+            commands.append((number, parse_command(data)))
         except CartCourseError as exc:
             rejected.append((number, f"{exc.code}: {exc.message}"))
+        except RecursionError:
+            rejected.append((number, "invalid_command: nested too deeply to be a command"))
     if commands:
         results = service.execute_batch([c for _, c in commands])
         for (number, _), result in zip(commands, results, strict=True):
@@ -177,6 +252,12 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def max_workers() -> int:
+    """The most workers an ingest may use here: :data:`WORKERS_PER_CPU` per CPU this process
+    may use, at most :data:`MAX_WORKERS` (more only cost memory and contention)."""
+    return max(1, min(MAX_WORKERS, WORKERS_PER_CPU * cpu_count()))
+
+
 def auto_workers(settings: Settings) -> int:
     """Workers for ``workers=None``: the CPUs this process may use, at most 4; one for the
     ``memory:`` store (it lives in one process)."""
@@ -215,6 +296,8 @@ class Ingest:
     def run(self, lines: Iterable[Numbered]) -> Counter[str]:
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if self.workers is not None and not 1 <= self.workers <= max_workers():
+            raise ValueError(f"workers must be 1 to {max_workers()} (or None for auto)")
         workers = self.workers if self.workers is not None else auto_workers(self.settings)
         if self.settings.store.kind == "memory":
             workers = 1
@@ -278,10 +361,12 @@ def route(line: str, workers: int) -> int:
     worker 0: it will be rejected there, with its line number, like in one process."""
     try:
         patient_id = _route_decoder.decode(line).patient_id
+    except (UnicodeEncodeError, RecursionError):  # not UTF-8, nested too deeply: rejected
+        return 0
     except (msgspec.DecodeError, msgspec.ValidationError):
         try:
             data = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             return 0
         patient_id = data.get("patient_id") if isinstance(data, dict) else None
     if not isinstance(patient_id, str):

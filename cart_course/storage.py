@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import os
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +29,7 @@ from eventsourcing.persistence import (
     InternalError,
     JSONTranscoder,
     Mapper,
+    MapperDeserialisationError,
     Recording,
     StoredEvent,
     Transcoding,
@@ -37,6 +39,7 @@ from eventsourcing.utils import get_topic
 
 from .course import CANONICAL_BYTES, PatientCourse
 from .encoding import not_json
+from .errors import CipherKeyError
 from .protocol.record import PatientRecord
 
 DEFAULT_DB = "var/cart-course.sqlite"
@@ -72,6 +75,32 @@ class StoreSettings:
         return self.url
 
 
+_POSTGRES_FORM = "postgresql://user:password@host:port/dbname"
+#: ``--db`` values that look like the in-process store but would name a SQLite file.
+_MEMORY_TYPOS = ("memory", ":memory")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` part as ``***`` (works on URLs too
+    malformed to parse: every error that shows a store URL shows it redacted)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = len(rest)
+    for mark in "/?#":
+        found = rest.find(mark)
+        if found != -1:
+            end = min(end, found)
+    netloc, tail = rest[:end], rest[end:]
+    at = netloc.rfind("@")
+    if at == -1:
+        return url
+    user, colon, _password = netloc[:at].partition(":")
+    if not colon:
+        return url
+    return f"{scheme}://{user}:***@{netloc[at + 1 :]}{tail}"
+
+
 def parse_store_url(url: str) -> StoreSettings:
     """Turn a ``--db`` value into eventsourcing settings."""
     if not url or not url.strip():
@@ -82,34 +111,26 @@ def parse_store_url(url: str) -> StoreSettings:
         return StoreSettings(
             url="memory:", kind="memory", env={"PERSISTENCE_MODULE": "eventsourcing.popo"}
         )
+    if url.strip().lower() in _MEMORY_TYPOS:
+        raise StoreConfigError(
+            f"store {url!r} would be a SQLite file named {url.strip()!r}; for the in-process "
+            "store write memory: (with the colon); for a SQLite file of that name write "
+            f"./{url.strip()}"
+        )
     if url.startswith(("postgresql://", "postgres://")):
-        parts = urlsplit(url)
-        dbname = parts.path.lstrip("/")
-        if not dbname:
-            raise StoreConfigError(
-                f"PostgreSQL URL {url!r} names no database: use postgresql://user:password@host:port/dbname"
-            )
-        env = {
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
-            "POSTGRES_DBNAME": unquote(dbname),
-            "POSTGRES_HOST": parts.hostname or "127.0.0.1",
-            "POSTGRES_PORT": str(parts.port or 5432),
-            "POSTGRES_USER": unquote(parts.username or "postgres"),
-            "POSTGRES_PASSWORD": unquote(parts.password or ""),
-            "POSTGRES_POOL_SIZE": "5",
-            "POSTGRES_MAX_OVERFLOW": "10",
-            "POSTGRES_CONNECT_TIMEOUT": "10",
-            "POSTGRES_LOCK_TIMEOUT": "30",
-        }
-        return StoreSettings(url=url, kind="postgres", env=env)
+        return _postgres_settings(url)
     if "://" in url and not url.startswith("sqlite://"):
         raise StoreConfigError(
-            f"unknown store URL {url!r}; use a SQLite file path, sqlite:///path, memory: or "
-            "postgresql://user:password@host:port/dbname"
+            f"unknown store URL {redact_url(url)!r}; use a SQLite file path, sqlite:///path, "
+            f"memory: or {_POSTGRES_FORM}"
         )
     path_text = url[len("sqlite://") :] if url.startswith("sqlite://") else url
     if path_text.startswith("/") and url.startswith("sqlite:///"):
         path_text = path_text[1:] if path_text.startswith("//") else path_text
+    if not path_text.strip():
+        raise StoreConfigError(
+            f"store URL {url!r} names no file; use sqlite:///path/to/file.sqlite or a file path"
+        )
     path = Path(path_text)
     return StoreSettings(
         url=str(path),
@@ -123,9 +144,91 @@ def parse_store_url(url: str) -> StoreSettings:
     )
 
 
+def _postgres_settings(url: str) -> StoreSettings:
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        host = parts.hostname
+    except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535", ...
+        raise StoreConfigError(
+            f"PostgreSQL URL {shown!r} is not valid ({exc}); use {_POSTGRES_FORM} "
+            "(port 1-65535, an IPv6 host in brackets: [::1])"
+        ) from None
+    if port == 0:
+        raise StoreConfigError(
+            f"PostgreSQL URL {shown!r} has port 0; use {_POSTGRES_FORM} (port 1-65535)"
+        )
+    dbname = parts.path.lstrip("/")
+    if not dbname:
+        raise StoreConfigError(f"PostgreSQL URL {shown!r} names no database: use {_POSTGRES_FORM}")
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": unquote(dbname),
+        "POSTGRES_HOST": host or "127.0.0.1",
+        "POSTGRES_PORT": str(port or 5432),
+        "POSTGRES_USER": unquote(parts.username or "postgres"),
+        "POSTGRES_PASSWORD": unquote(parts.password or ""),
+        "POSTGRES_POOL_SIZE": "5",
+        "POSTGRES_MAX_OVERFLOW": "10",
+        "POSTGRES_CONNECT_TIMEOUT": "10",
+        "POSTGRES_LOCK_TIMEOUT": "30",
+    }
+    return StoreSettings(url=url, kind="postgres", env=env)
+
+
+#: Seconds a first connection to a PostgreSQL server may take (:func:`check_reachable`).
+PROBE_TIMEOUT = 5
+
+
+def check_reachable(settings: StoreSettings) -> None:
+    """For PostgreSQL: one direct connection first, so that an unreachable server is one clear
+    error after at most :data:`PROBE_TIMEOUT` seconds, with its cause (connection refused,
+    unknown host, authentication failed), rather than the pool's "couldn't get a connection
+    after 10.00 sec". Raises :class:`StoreConfigError` (the password never shown)."""
+    if settings.kind != "postgres":
+        return
+    import psycopg  # only with a PostgreSQL store
+
+    env = settings.env
+    try:
+        conn = psycopg.connect(
+            host=env["POSTGRES_HOST"],
+            port=env["POSTGRES_PORT"],
+            user=env["POSTGRES_USER"],
+            password=env["POSTGRES_PASSWORD"],
+            dbname=env["POSTGRES_DBNAME"],
+            connect_timeout=PROBE_TIMEOUT,
+        )
+    except Exception as exc:
+        cause = " ".join(str(exc).split()) or type(exc).__name__
+        password = env["POSTGRES_PASSWORD"]
+        if password:
+            cause = cause.replace(password, "***")
+        raise StoreConfigError(f"cannot connect to the store {settings.display}: {cause}") from None
+    conn.close()
+
+
 def store_url_from_env(environ: Mapping[str, str] | None = None, db: str | None = None) -> str:
+    """``--db`` if given, else ``CART_COURSE_DB`` if set, else the default file. A value given
+    but empty is refused (it is a mistake, not a wish for the default)."""
     environ = os.environ if environ is None else environ
-    return db or environ.get(ENV_DB) or DEFAULT_DB
+    if db is not None:
+        if not db.strip():
+            raise StoreConfigError(
+                "--db is empty; give a SQLite file path, memory: or postgresql://... "
+                f"(or leave it out for {DEFAULT_DB})"
+            )
+        return db
+    value = environ.get(ENV_DB)
+    if value is not None:
+        if not value.strip():
+            raise StoreConfigError(
+                f"{ENV_DB} is set but empty; give a SQLite file path, memory: or "
+                f"postgresql://... (or unset it for {DEFAULT_DB})"
+            )
+        return value
+    return DEFAULT_DB
 
 
 class PatientRecordAsDict(Transcoding):
@@ -229,6 +332,8 @@ class CourseApplication(Application[Any]):
 
     name = "cart_course"
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {PatientCourse: SNAPSHOT_INTERVAL}
+    #: Whether :meth:`check_readable` passed (it runs before this application's first write).
+    _readable_checked = False
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[Any]]:
         """The library's ``save``, minus its protocol checks for our own aggregates.
@@ -250,6 +355,45 @@ class CourseApplication(Application[Any]):
         self._notify(recordings)
         self.notify(processing_event.events)  # the library's deprecated hook, as it calls it
         return recordings
+
+    def _record(self, processing_event: ProcessingEvent[Any]) -> list[Recording[Any]]:
+        """The library's ``_record``, after :meth:`check_readable` (once per application)."""
+        if not self._readable_checked:
+            self.check_readable()
+        return super()._record(processing_event)
+
+    def check_readable(self) -> None:
+        """Refuse to write unless the store's first stored event reads with this application's
+        key and compression setting: one row read, before the first write of this application.
+
+        Without it a writer with no key (or another key) would add events that nobody can
+        read alongside the others: a new patient is registered without reading any stored
+        event. Raises :class:`CipherKeyError` naming the mismatch; an empty store passes."""
+        problem = self.settings_mismatch()
+        if problem is not None:
+            raise CipherKeyError(
+                f"refusing to write: the stored events do not decrypt with this key ({problem}); "
+                "nothing was written. CART_COURSE_CIPHER_KEY (and CART_COURSE_COMPRESS) must be "
+                "the ones the store was written with"
+            )
+        self._readable_checked = True
+
+    def settings_mismatch(self) -> str | None:
+        """Why the store's first stored event does not read with this application's key and
+        compression setting (None: it does, or the store is empty). One row read."""
+        first = self.recorder.select_notifications(start=None, limit=1)
+        if not first:
+            return None
+        try:
+            self.mapper.to_domain_event(first[0])
+        except MapperDeserialisationError as exc:
+            return stored_format_mismatch(
+                bytes(first[0].state),
+                cipher=self.mapper.cipher is not None,
+                compressed=self.mapper.compressor is not None,
+                error=exc,
+            )
+        return None
 
     def existing_streams(self, ids: Sequence[UUID]) -> set[UUID]:
         """Which of these streams hold any event: one query for many (the library's
@@ -332,6 +476,31 @@ class CourseApplication(Application[Any]):
                     self.take_snapshot(event.originator_id, version=version)
             except Exception:
                 logger.warning("snapshot not taken (the events are saved)", exc_info=True)
+
+
+def stored_format_mismatch(
+    state: bytes, *, cipher: bool, compressed: bool, error: Exception
+) -> str:
+    """Why a stored event's state does not read with these settings, as far as its bytes tell:
+    plain JSON, zlib-compressed JSON, or neither (encrypted, or damaged)."""
+    if state[:1] == b"{":
+        stored = "plain"
+    else:
+        try:
+            stored = "compressed" if zlib.decompress(state)[:1] == b"{" else "encrypted"
+        except zlib.error:
+            stored = "encrypted"
+    if stored != "encrypted" and cipher:
+        return f"the store is not encrypted but {ENV_CIPHER_KEY} is set"
+    if stored == "encrypted" and not cipher:
+        return f"the store is encrypted but {ENV_CIPHER_KEY} is not set"
+    if stored == "plain" and compressed:
+        return f"the store is not compressed but {ENV_COMPRESS} is set"
+    if stored == "compressed" and not compressed:
+        return f"the store is compressed but {ENV_COMPRESS} is not set"
+    if stored == "encrypted":
+        return f"{ENV_CIPHER_KEY} is not the store's key, or {ENV_COMPRESS} differs from when it was written"
+    return f"its first event does not decode: {error}"
 
 
 def application_env(

@@ -28,6 +28,7 @@ from eventsourcing.persistence import StoredEvent
 from ..course import PatientCourse, canonical, event_hash, stream_id
 from ..errors import PatientNotFoundError
 from ..protocol.record import PatientRecord
+from ..service import store_errors
 from ..storage import CANONICAL_MARK, CourseApplication, is_canonical_state
 
 REGISTERED_TOPIC = f"{PatientCourse.__module__}:{PatientCourse.Registered.__qualname__}"
@@ -275,7 +276,9 @@ def read_stream(
     app: CourseApplication, sid: uuid.UUID, decoder: Decoder | None = None
 ) -> list[LoggedEvent]:
     decode = decoder or Decoder(app)
-    return [decode(s) for s in app.recorder.select_events(sid)]
+    with store_errors("the store"):
+        stored = app.recorder.select_events(sid)
+    return [decode(s) for s in stored]
 
 
 def high_water_mark(app: CourseApplication) -> int:
@@ -284,7 +287,8 @@ def high_water_mark(app: CourseApplication) -> int:
     Notification ids are given in commit order (SQLite has one writer at a time; PostgreSQL
     locks the table for each insert), so every row at or below the mark is committed and no row
     can later appear below it: the rows up to the mark are a consistent prefix of the log."""
-    return int(app.recorder.max_notification_id() or 0)
+    with store_errors("the store"):
+        return int(app.recorder.max_notification_id() or 0)
 
 
 def _registration_notifications(
@@ -294,13 +298,14 @@ def _registration_notifications(
     below notification ``up_to``, when given)."""
     start = 0
     while True:
-        page = app.recorder.select_notifications(
-            start=start,
-            limit=PAGE,
-            stop=up_to,
-            topics=[REGISTERED_TOPIC],
-            inclusive_of_start=False,
-        )
+        with store_errors("the store"):
+            page = app.recorder.select_notifications(
+                start=start,
+                limit=PAGE,
+                stop=up_to,
+                topics=[REGISTERED_TOPIC],
+                inclusive_of_start=False,
+            )
         if not page:
             return
         yield [n for n in page if n.originator_version == 1]
@@ -375,6 +380,10 @@ class RowReader:
 
     def fetch(self, sids: list[uuid.UUID]) -> dict[uuid.UUID, list[Row]]:
         """Each stream's rows, in version order."""
+        with store_errors("the store"):
+            return self._fetch(sids)
+
+    def _fetch(self, sids: list[uuid.UUID]) -> dict[uuid.UUID, list[Row]]:
         found: dict[uuid.UUID, list[Row]] = {}
         if not sids:
             return found
@@ -483,7 +492,7 @@ def count_rows(recorder: Any, up_to: int | None = None) -> int | None:
             else "notification_id"
         )
         where = f" WHERE {column} <= {int(up_to)}"
-    with datastore.transaction(commit=False) as cursor:
+    with store_errors("the store"), datastore.transaction(commit=False) as cursor:
         cursor.execute(f"SELECT COUNT(*) AS n FROM {table}{where}")
         row = cursor.fetchone()
     if isinstance(row, dict):

@@ -11,8 +11,9 @@ import sys
 from typing import Any
 
 import click
+from eventsourcing.persistence import MapperDeserialisationError, PersistenceError
 
-from ..errors import CartCourseError, InvalidCommandError
+from ..errors import CartCourseError, InvalidCommandError, StoreError
 from ..protocol.errors import ProtocolInputError
 from .common import Context
 
@@ -23,8 +24,8 @@ from .common import Context
     envvar="CART_COURSE_DB",
     default=None,
     metavar="URL",
-    help="Store: a SQLite file path (default var/cart-course.sqlite), memory: or "
-    "postgresql://user:password@host:port/dbname. Also CART_COURSE_DB.",
+    help="Store: a SQLite file path (default var/cart-course.sqlite), memory: (with the colon) "
+    "or postgresql://user:password@host:port/dbname. Also CART_COURSE_DB. Empty is an error.",
 )
 @click.version_option(package_name="cart-course")
 @click.pass_context
@@ -50,6 +51,18 @@ def _register() -> None:
 
 
 _register()
+
+
+def _store_error(exc: Exception) -> CartCourseError:
+    from ..service import store_errors
+
+    try:
+        with store_errors("the store"):
+            raise exc
+    except CartCourseError as error:
+        return error
+    except Exception:
+        return StoreError(f"cannot read the store: {type(exc).__name__}: {exc}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,6 +91,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except (PersistenceError, MapperDeserialisationError) as exc:
+        # A store failure that a read path did not name: the same line as the others
+        # ("cannot read the store: ..."), never "unexpected".
+        if debug:
+            raise
+        click.echo(f"error: {_store_error(exc).message}", err=True)
+        sys.exit(1)
     except Exception as exc:
         if debug:
             raise

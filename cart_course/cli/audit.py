@@ -24,7 +24,7 @@ from ..audit.log import patient_events, streams
 from ..audit.report import html_report
 from ..contract import parse_time
 from ..protocol.versions import VERSIONS, ProtocolVersion, UnknownProtocolVersionError, get_version
-from .common import Context, echo_json, pass_context
+from .common import Context, echo_json, pass_context, patient_id_argument
 
 
 @click.group()
@@ -44,7 +44,7 @@ def _write(chunks: Iterable[str], out: str) -> None:
 
 
 @audit.command()
-@click.argument("patient_id")
+@click.argument("patient_id", callback=patient_id_argument)
 @click.option("--json", "as_json", is_flag=True, help="Every event as a JSON array.")
 @click.option("--csv", "as_csv", is_flag=True, help="Every event as CSV (one row per event).")
 @pass_context
@@ -65,7 +65,7 @@ def history(ctx: Context, patient_id: str, as_json: bool, as_csv: bool) -> None:
 
 
 @audit.command("as-of")
-@click.argument("patient_id")
+@click.argument("patient_id", callback=patient_id_argument)
 @click.option("--version", "version", type=click.IntRange(min=1), help="Events up to this version.")
 @click.option("--recorded-at", help="What the system knew at this record time (ISO, with offset).")
 @click.option("--occurred-at", help="What had happened by this clinical time, as known now.")
@@ -137,7 +137,7 @@ def _protocol(value: str | None) -> ProtocolVersion | None:
 
 
 @audit.command()
-@click.argument("patient_id", required=False)
+@click.argument("patient_id", required=False, callback=patient_id_argument)
 @click.option(
     "--protocol",
     "protocol_id",
@@ -268,7 +268,12 @@ def seal_cmd(ctx: Context, out: str) -> None:
 
 @audit.command("export")
 @click.argument("fmt", metavar="FORMAT", type=click.Choice(["jsonl", "csv", "fhir", "html"]))
-@click.option("--patient", "patient_id", help="One patient (default: every patient).")
+@click.option(
+    "--patient",
+    "patient_id",
+    callback=patient_id_argument,
+    help="One patient (default: every patient).",
+)
 @click.option(
     "--out",
     default="-",

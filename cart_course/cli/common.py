@@ -9,6 +9,8 @@ from typing import Any
 import click
 
 from ..bootstrap import Settings, build_service
+from ..contract import parse_patient_id
+from ..errors import InvalidCommandError
 from ..service import CourseService
 
 
@@ -40,25 +42,101 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
+#: What ``record`` (and every command reading one JSON document) accepts as SOURCE.
+SOURCE_FORMS = "a JSON object (starting with {), a path to a file holding one, or - for stdin"
+
+
 def read_json_input(source: str) -> Any:
     """JSON from an argument, a file path, or '-' (stdin). Errors name the input."""
-    text: str
+    raw: bytes
     if source == "-":
-        text = sys.stdin.read()
+        raw = sys.stdin.buffer.read()
     elif source.lstrip().startswith(("{", "[")):
-        text = source
+        try:
+            raw = source.encode("utf-8")
+        except UnicodeEncodeError:  # an argument that was not UTF-8 (surrogateescape)
+            raise click.BadParameter(
+                "the JSON argument is not UTF-8 text", param_hint="SOURCE"
+            ) from None
+    elif not source.strip():
+        raise click.BadParameter(f"{source!r} is empty; give {SOURCE_FORMS}", param_hint="SOURCE")
     else:
         try:
-            with open(source, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as exc:
+            with open(source, "rb") as fh:
+                raw = fh.read()
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+            if isinstance(exc, FileNotFoundError) and _is_json(source):
+                raise click.BadParameter(
+                    f"{source[:40]!r} is JSON but not an object; give {SOURCE_FORMS}",
+                    param_hint="SOURCE",
+                ) from None
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            shown = source if len(source) <= 80 else source[:77] + "..."
             raise click.BadParameter(
-                f"cannot read {source!r}: {exc.strerror}", param_hint="SOURCE"
+                f"cannot read {shown!r}: {reason}; SOURCE is {SOURCE_FORMS}",
+                param_hint="SOURCE",
             ) from None
+    return decode_json_document(raw)
+
+
+def _is_json(text: str) -> bool:
     try:
-        return json.loads(text)
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def decode_json_document(raw: bytes) -> Any:
+    """One JSON document from bytes: UTF-8 (a leading byte order mark is skipped); every way it
+    can fail is a one-line :class:`click.BadParameter` with the line and column."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise click.BadParameter(
+            f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}, byte {column} of it)",
+            param_hint="SOURCE",
+        ) from None
+    try:
+        # Without trailing whitespace, a truncated document's error is where it stops.
+        return json.loads(text.rstrip())
     except json.JSONDecodeError as exc:
         raise click.BadParameter(
             f"not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}",
             param_hint="SOURCE",
+        ) from None
+    except RecursionError:
+        raise click.BadParameter(
+            "not valid JSON: nested too deeply (arrays and objects within each other)",
+            param_hint="SOURCE",
+        ) from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        detail = (
+            f"an integer has more than {sys.get_int_max_str_digits()} digits"
+            if "digits" in str(exc)
+            else str(exc)
+        )
+        raise click.BadParameter(f"not valid JSON: {detail}", param_hint="SOURCE") from None
+
+
+def patient_id_argument(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    """A patient id argument or option checked like a command's ``patient_id`` (1-64 characters
+    of A-Z a-z 0-9 . _ - :), so a bad one is a one-line error that echoes at most a bounded,
+    printable part of it (None: not given)."""
+    if value is None:
+        return None
+    try:
+        return parse_patient_id(value, param.human_readable_name)
+    except InvalidCommandError:
+        shown = ascii(value[:40]) + ("..." if len(value) > 40 else "")
+        raise click.BadParameter(
+            f"{shown} is not a patient identifier: 1-64 characters of A-Z a-z 0-9 . _ - :",
+            ctx=ctx,
+            param=param,
         ) from None

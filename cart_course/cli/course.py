@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import click
 
 from ..contract import parse_command
 from ..demo import cohort, live_cohort
-from ..ingest import AUTO_MAX_WORKERS, AUTO_MIN_LINES, BATCH, Ingest
-from .common import Context, echo_json, pass_context, read_json_input
+from ..ingest import (
+    AUTO_MAX_WORKERS,
+    AUTO_MIN_LINES,
+    BATCH,
+    MAX_WORKERS,
+    WORKERS_PER_CPU,
+    Ingest,
+    max_workers,
+    numbered_lines,
+)
+from .common import Context, echo_json, pass_context, patient_id_argument, read_json_input
 
 
 @click.command()
@@ -38,12 +48,6 @@ def record(ctx: Context, source: str, as_json: bool) -> None:
         click.echo(f"  deviation: {text}")
     if result["allowed_moves"]:
         click.echo(f"  allowed now: {', '.join(result['allowed_moves'])}")
-
-
-def _lines(fh: Iterable[str]) -> Iterator[tuple[int, str]]:
-    for number, line in enumerate(fh, start=1):
-        if line.strip():
-            yield number, line
 
 
 def ingest_stream(
@@ -75,13 +79,23 @@ def ingest_stream(
 def _workers_option(value: str) -> int | None:
     if value == "auto":
         return None
+    limit = max_workers()
+    text = value.strip()
+    if text.isdigit() and len(text) > 6:  # a number, but far too many (int() of it: no need)
+        text = "1000000"
     try:
-        n = int(value)
+        n = int(text) if text.isascii() else 0
     except ValueError:
         n = 0
     if n < 1:
         raise click.BadParameter(
-            f"{value!r} is not a number of workers: a whole number >= 1, or auto",
+            f"{value[:20]!r} is not a number of workers: a whole number from 1 to {limit}, or auto",
+            param_hint="--workers",
+        )
+    if n > limit:
+        raise click.BadParameter(
+            f"{value[:20]!r} is too many workers: at most {limit} here ({WORKERS_PER_CPU} per CPU, never "
+            f"more than {MAX_WORKERS}), or auto",
             param_hint="--workers",
         )
     return n
@@ -103,14 +117,16 @@ def _workers_option(value: str) -> int | None:
     metavar="N|auto",
     help=f"Worker processes recording at once, each for its own share of the patients. auto: "
     f"the CPUs available, at most {AUTO_MAX_WORKERS}; 1 for the memory: store or an input "
-    f"under {AUTO_MIN_LINES} lines. 1: record in this process.",
+    f"under {AUTO_MIN_LINES} lines. 1: record in this process. At most {WORKERS_PER_CPU} per "
+    f"CPU and never more than {MAX_WORKERS}.",
 )
 @click.option(
     "--errors",
     "errors_to",
-    type=click.File("w"),
+    type=click.File("w", encoding="utf-8", lazy=False),
     default="-",
-    help="Where the per-line error report goes (default: stderr).",
+    help="Where the per-line error report goes (default: stderr). Opened before anything is "
+    "recorded.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_context
@@ -130,20 +146,29 @@ def ingest(
         else errors_to
     )
     started = time.perf_counter()
-    with click.open_file(file, encoding="utf-8") as fh:
+    # Bytes: each line is decoded by itself, so one line that is not UTF-8 is one rejected line.
+    with _open_binary(file) as fh:
         total = None
         if file != "-":
-            with open(file, encoding="utf-8") as count_fh:
+            with open(file, "rb") as count_fh:
                 total = sum(1 for line in count_fh if line.strip())
+        tty = sys.stderr.isatty()
+        if not tty:  # no bar, only the label, as a line of its own
+            click.echo("ingesting", err=True)
         with click.progressbar(
-            length=total or 0, label="ingesting", file=sys.stderr, show_pos=True, show_eta=True
+            length=total or 0,
+            label="ingesting",
+            file=sys.stderr,
+            show_pos=True,
+            show_eta=True,
+            hidden=not tty,
         ) as bar:
             counts = ingest_stream(
                 ctx,
-                _lines(fh),
+                numbered_lines(fh),
                 batch_size=batch_size,
                 report=report,
-                progress=bar if total else None,
+                progress=bar if total and tty else None,
                 workers=n_workers,
             )
     elapsed = time.perf_counter() - started
@@ -166,12 +191,21 @@ def ingest(
         sys.exit(1)
 
 
+@contextlib.contextmanager
+def _open_binary(file: str) -> Iterator[BinaryIO]:
+    if file == "-":
+        yield sys.stdin.buffer
+        return
+    with open(file, "rb") as fh:
+        yield fh
+
+
 def _fmt_cells(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
 @click.command()
-@click.argument("patient_id")
+@click.argument("patient_id", callback=patient_id_argument)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @pass_context
 def show(ctx: Context, patient_id: str, as_json: bool) -> None:

@@ -4,6 +4,7 @@ deviations``. Thin: open the views, catch up (or wait), query, render."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 import sys
 import time
 from typing import Any
@@ -13,7 +14,7 @@ import click
 from ..protocol.states import State
 from ..views import Views, queries
 from ..views.metrics import metrics_text
-from .common import Context, echo_json, pass_context
+from .common import Context, echo_json, pass_context, patient_id_argument
 
 STATES = [s.value for s in State]
 
@@ -28,7 +29,24 @@ def _parse_now(value: str | None) -> dt.datetime | None:
             f"{value!r} is not an ISO date or date-time (e.g. 2026-03-01 or 2026-03-01T08:00Z)",
             param_hint="--now",
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    try:
+        moment.astimezone(dt.UTC)
+    except OverflowError:
+        raise click.BadParameter(
+            f"{value!r} is out of range: in UTC it must fall between the years 1 and 9999",
+            param_hint="--now",
+        ) from None
+    return moment
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A number of seconds must be a finite number (FloatRange lets nan and inf through)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(
+            f"{value} is not a number of seconds: give a finite number", ctx=ctx, param=param
+        )
+    return value
 
 
 def _open(ctx: Context, batch_size: int | None = None) -> Views:
@@ -89,6 +107,7 @@ _wait_options = [
     click.option(
         "--timeout",
         type=click.FloatRange(min=0),
+        callback=_finite,
         default=5.0,
         show_default=True,
         help="Seconds --wait-for may wait.",
@@ -166,7 +185,8 @@ def status(
 @click.command()
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.01),
+    type=click.FloatRange(min=0.01, max=86400),
+    callback=_finite,
     default=1.0,
     show_default=True,
     help="Seconds between polls.",
@@ -235,7 +255,8 @@ def views() -> None:
 @views.command()
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.01),
+    type=click.FloatRange(min=0.01, max=86400),
+    callback=_finite,
     default=0.5,
     show_default=True,
     help="Seconds to sleep when up to date.",
@@ -372,7 +393,12 @@ def cohort(
 
 
 @views.command()
-@click.option("--patient", default=None, help="Only this patient's deviations.")
+@click.option(
+    "--patient",
+    default=None,
+    callback=patient_id_argument,
+    help="Only this patient's deviations.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @wait_options
 @pass_context

@@ -12,6 +12,7 @@ A runner killed mid-batch leaves no trace of that batch: the next one starts fro
 from __future__ import annotations
 
 import datetime as dt
+import math
 import threading
 import time
 import uuid
@@ -19,8 +20,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ..errors import CartCourseError, StoreError
+from ..errors import CartCourseError, CipherKeyError, StoreError
 from ..protocol.record import PatientRecord
+from ..service import store_errors
 from ..storage import CourseApplication, StoreSettings
 from .decode import EventDecoder
 from .projection import (
@@ -104,6 +106,16 @@ class Views:
         cache_size: int = 50_000,
     ) -> None:
         self.app = app
+        # The views hold what the events say: a process that cannot read the events (another
+        # key or compression setting) reads no views either (one row read).
+        with store_errors("the store"):
+            problem = app.settings_mismatch()
+        if problem is not None:
+            raise CipherKeyError(
+                f"cannot read the store: the stored events do not decrypt with this key "
+                f"({problem}). CART_COURSE_CIPHER_KEY (and CART_COURSE_COMPRESS) must be the "
+                "ones the store was written with"
+            )
         if db is None:
             try:
                 db = ViewDB.open(store)
@@ -134,7 +146,8 @@ class Views:
 
     def log_position(self) -> int:
         """The id of the last notification in the log (cheap: ``max_notification_id``)."""
-        return int(self.app.recorder.max_notification_id() or 0)
+        with store_errors("the store"):
+            return int(self.app.recorder.max_notification_id() or 0)
 
     def lag(self, now: dt.datetime | None = None) -> dict[str, Any]:
         """How far behind the log the views are, in events and in seconds of record time."""
@@ -142,11 +155,12 @@ class Views:
         head = self.log_position()
         seconds = 0.0
         if head > position:
-            first = self.app.recorder.select_notifications(
-                start=position, limit=1, inclusive_of_start=False
-            )
-            if first:
-                first_event: Any = self.app.mapper.to_domain_event(first[0])
+            with store_errors("the store"):
+                first = self.app.recorder.select_notifications(
+                    start=position, limit=1, inclusive_of_start=False
+                )
+                first_event: Any = self.app.mapper.to_domain_event(first[0]) if first else None
+            if first_event is not None:
                 waiting_since = first_event.timestamp
                 seconds = max(0.0, ((now or _now()) - waiting_since).total_seconds())
         return {
@@ -179,19 +193,21 @@ class Views:
         """Return once the views have processed ``position`` (read-your-writes).
 
         With ``pull`` this process catches up itself; without, it waits for a follower.
-        Raises :class:`ViewsTimeoutError` after ``timeout`` seconds.
+        Raises :class:`ViewsTimeoutError` after ``timeout`` seconds (a finite number >= 0:
+        anything else is a :class:`ValueError`, never a wait without end).
         """
+        if not math.isfinite(timeout) or timeout < 0:
+            raise ValueError(f"timeout must be a finite number of seconds >= 0, not {timeout!r}")
         deadline = time.monotonic() + timeout
         while True:
-            if pull:
-                self.process_batch(self.batch_size)
+            processed = self.process_batch(self.batch_size) if pull else 0
             reached = self.position()
             if reached >= position:
                 return reached
             if time.monotonic() >= deadline:
                 raise ViewsTimeoutError(position, reached, timeout)
-            if not pull:
-                time.sleep(0.02)
+            if not processed:  # nothing new yet: wait a little rather than spin
+                time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
 
     def process_batch(self, limit: int | None = None) -> int:
         """Apply one batch; returns how many notifications it covered (0: up to date).
@@ -201,7 +217,7 @@ class Views:
         again and only then are the rows and the new position written, in one transaction.
         """
         limit = limit or self.batch_size
-        with self._lock:
+        with self._lock, store_errors("the store"):
             for _ in range(50):
                 start = self.position()
                 notes = self.app.recorder.select_notifications(

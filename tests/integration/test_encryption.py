@@ -121,3 +121,106 @@ def test_a_key_that_is_not_a_key_is_a_clear_error(tmp_path: Path) -> None:
             Settings.from_env(str(tmp_path / "x.sqlite"), {"CART_COURSE_CIPHER_KEY": "not-a-key"})
         )
     assert "CART_COURSE_CIPHER_KEY" in info.value.message
+
+
+# ----------------------------------------------------------------------------------------------
+# A writer whose key (or compression) setting is not the store's is refused before it writes.
+# ----------------------------------------------------------------------------------------------
+
+NEW_PATIENT = "ZZ-NEWCOMER-0815"
+KEY = new_cipher_key()
+
+#: (the store's settings, the writer's settings, what the error says is wrong)
+MISMATCHES = [
+    (
+        {"CART_COURSE_CIPHER_KEY": KEY},
+        {},
+        "the store is encrypted but CART_COURSE_CIPHER_KEY is not set",
+    ),
+    (
+        {"CART_COURSE_CIPHER_KEY": KEY},
+        {"CART_COURSE_CIPHER_KEY": new_cipher_key()},
+        "CART_COURSE_CIPHER_KEY is not the store's key",
+    ),
+    (
+        {"CART_COURSE_CIPHER_KEY": KEY},
+        {"CART_COURSE_CIPHER_KEY": KEY, "CART_COURSE_COMPRESS": "1"},
+        "CART_COURSE_CIPHER_KEY is not the store's key, or CART_COURSE_COMPRESS differs",
+    ),
+    (
+        {},
+        {"CART_COURSE_CIPHER_KEY": KEY},
+        "the store is not encrypted but CART_COURSE_CIPHER_KEY is set",
+    ),
+    (
+        {},
+        {"CART_COURSE_COMPRESS": "1"},
+        "the store is not compressed but CART_COURSE_COMPRESS is set",
+    ),
+    (
+        {"CART_COURSE_COMPRESS": "1"},
+        {},
+        "the store is compressed but CART_COURSE_COMPRESS is not set",
+    ),
+]
+
+
+def _register(url: str, environ: dict[str, str], patient_id: str) -> None:
+    service = build_service(Settings.from_env(url, environ))
+    try:
+        Course(service, patient_id).screen()
+    finally:
+        service.close()
+
+
+def _rows(url: str, environ: dict[str, str]) -> int:
+    service = build_service(Settings.from_env(url, environ))
+    try:
+        return int(service.app.recorder.max_notification_id() or 0)
+    finally:
+        service.close()
+
+
+def _assert_refused_before_writing(
+    url: str, store: dict[str, str], writer: dict[str, str], says: str
+) -> None:
+    _register(url, store, SECRET_PATIENT)
+    before = _rows(url, store)
+    with pytest.raises(CipherKeyError) as info:
+        _register(url, writer, NEW_PATIENT)  # a new patient: no stored event is read first
+    message = info.value.message
+    assert says in message, message
+    assert "nothing was written" in message and "\n" not in message
+    assert _rows(url, store) == before
+    # The store still reads with its own settings, and has no trace of the refused patient.
+    service = build_service(Settings.from_env(url, store))
+    try:
+        assert [r["patient_id"] for r in service.patients()] == [SECRET_PATIENT]
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize(("store", "writer", "says"), MISMATCHES)
+def test_a_writer_with_other_key_settings_is_refused_before_writing(
+    tmp_path: Path, store: dict[str, str], writer: dict[str, str], says: str
+) -> None:
+    db = tmp_path / "store.sqlite"
+    _assert_refused_before_writing(str(db), store, writer, says)
+    assert NEW_PATIENT.encode() not in _raw_bytes(db)
+
+
+@pytest.mark.parametrize(("store", "writer", "says"), [MISMATCHES[0], MISMATCHES[3]])
+def test_a_writer_with_other_key_settings_is_refused_on_postgres(
+    pg_url: str, store: dict[str, str], writer: dict[str, str], says: str
+) -> None:
+    _assert_refused_before_writing(pg_url, store, writer, says)
+
+
+def test_the_same_settings_write_as_before(tmp_path: Path) -> None:
+    """The check costs one row read and passes for the store's own settings (and any setting
+    on an empty store)."""
+    db = str(tmp_path / "store.sqlite")
+    env = {"CART_COURSE_CIPHER_KEY": KEY, "CART_COURSE_COMPRESS": "1"}
+    _register(db, env, SECRET_PATIENT)
+    _register(db, env, NEW_PATIENT)
+    assert _rows(db, env) == 4

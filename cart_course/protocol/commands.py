@@ -14,7 +14,7 @@ import attrs
 
 from . import dosing
 from .eligibility import parse_screening
-from .errors import ProtocolInputError
+from .errors import ContextInputError, ProtocolInputError
 from .machine import DryRun, Probe, RuleFailure
 from .parameters import DEFAULT_PARAMETERS
 from .record import PatientRecord
@@ -401,6 +401,12 @@ def _infusion(
     return norm, facts
 
 
+def _open_list(record: PatientRecord) -> str:
+    """The open episodes in words, for an error message: 'CRS-1 (CRS grade 2), ICANS-1 ...'."""
+    open_ = record.open_toxicities()
+    return ", ".join(f"{t.id} ({t.kind} grade {t.grade})" for t in open_) or "none"
+
+
 def _toxicity(
     record: PatientRecord,
     p: Mapping[str, Any],
@@ -408,29 +414,81 @@ def _toxicity(
     ctx: dict[str, Any],
     seed: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A toxicity report: a new episode (no ``toxicity_id``: the next free id of its kind is
+    assigned, never one already on record), or an update of an open episode of the same kind.
+
+    ``ctx`` holding a ``toxicity_id`` means a recorded report is read again (the service's
+    correction passes the recorded event's facts): the report stays with its episode."""
     report = _nested("payload.toxicity", parse_toxicity_report, _object(p, "toxicity"))
     seed["toxicity_report"] = report
     norm: dict[str, Any] = {"toxicity": report.to_json()}
     kind = report.kind
     tox_id = _text(p, "toxicity_id", max_len=100)
+    recorded = ctx.get("toxicity_id")
+    if isinstance(recorded, str):
+        _check_corrected_report(record, recorded, tox_id, kind, day)
+        if tox_id is not None:
+            norm["toxicity_id"] = tox_id
+        return norm, {"toxicity": norm["toxicity"], "toxicity_id": recorded}
     if tox_id is not None:
         existing = record.toxicities.get(tox_id)
-        if existing is not None and not existing.open:
-            raise ProtocolInputError(
+        new_episode = (
+            f"to report a new {kind} episode, leave toxicity_id out (it is assigned: "
+            f"{record.next_toxicity_id(kind)})"
+        )
+        if existing is None:
+            raise ContextInputError(
                 "payload.toxicity_id",
-                f"toxicity {tox_id!r} was resolved; report a new episode with a new toxicity_id "
-                "(or none, to have one assigned)",
+                f"no toxicity episode {tox_id!r} is on record; toxicity_id names an open episode "
+                f"to update (open episodes: {_open_list(record)}); {new_episode}",
             )
-        if existing is not None and existing.kind != kind:
-            raise ProtocolInputError(
+        if not existing.open:
+            raise ContextInputError(
                 "payload.toxicity_id",
-                f"toxicity {tox_id!r} is {existing.kind}, not {kind}",
+                f"toxicity {tox_id!r} was resolved at {existing.resolved_at}; a resolved episode "
+                f"is closed and cannot be updated (open episodes: {_open_list(record)}); "
+                f"{new_episode}",
+            )
+        if existing.kind != kind:
+            raise ContextInputError(
+                "payload.toxicity_id",
+                f"toxicity {tox_id!r} is {existing.kind}, not {kind}: an update keeps the "
+                f"episode's kind; {new_episode}",
             )
         norm["toxicity_id"] = tox_id
     else:
-        n = record.count_of_kind(kind) + 1
-        tox_id = f"{kind}-{n}"
+        tox_id = record.next_toxicity_id(kind)
     return norm, {"toxicity": norm["toxicity"], "toxicity_id": tox_id}
+
+
+def _check_corrected_report(
+    record: PatientRecord, recorded: str, tox_id: str | None, kind: str, day: dt.date
+) -> None:
+    """A correction of a toxicity report keeps the report in its episode, and the episode's kind;
+    a corrected date may not fall after the episode's resolution."""
+    if tox_id is not None and tox_id != recorded:
+        raise ProtocolInputError(
+            "payload.changes.toxicity_id",
+            f"this report was recorded for toxicity {recorded}; a correction cannot move it to "
+            f"another episode ({tox_id}): report it again under {tox_id}, and correct this one",
+        )
+    episode = record.toxicities.get(recorded)
+    if episode is None:
+        return
+    if episode.kind != kind:
+        raise ProtocolInputError(
+            "payload.changes.toxicity",
+            f"toxicity {recorded} is a {episode.kind} episode; a correction cannot change its "
+            f"kind to {kind} (its id, its other reports and its resolution are {episode.kind}'s): "
+            f"report the {kind} as a new episode (report_toxicity without toxicity_id)",
+        )
+    resolved = episode.resolved_at
+    if resolved is not None and day > dt.datetime.fromisoformat(resolved).date():
+        raise ProtocolInputError(
+            "payload.changes.occurred_at",
+            f"toxicity {recorded} resolved at {resolved}; a report of it dated {day} would be "
+            "after its resolution",
+        )
 
 
 def _resolve(
@@ -618,7 +676,15 @@ def prepare(
     _check_payload_keys(COMMANDS[command], payload)
     seed: dict[str, Any] = {}
     parser = PAYLOAD_PARSERS.get(command, _nothing)
-    norm, pfacts = parser(record, payload, occurred_at.date(), context, seed)
+    try:
+        norm, pfacts = parser(record, payload, occurred_at.date(), context, seed)
+    except ContextInputError:
+        # Well formed, but unusable with what is on record: a move out of sequence is refused
+        # as such first (D3 before D1 is out of sequence, not short of a course weight).
+        check_sequence(record, trigger, version)
+        raise
+    if trigger == Trigger.RESOLVE_TOXICITY:
+        check_resolution_time(record, pfacts["toxicity_id"], occurred_at)
     facts = {**context, **pfacts}
     if reason:
         facts["reason"] = reason
@@ -642,6 +708,33 @@ def prepare(
         facts=facts,
         outcome=outcome_of(trigger, facts, version, probe=probe),
     )
+
+
+def check_sequence(record: PatientRecord, trigger: str, version: ProtocolVersion) -> None:
+    """Refuse a move its protocol never allows from the record's state, before its payload is
+    read: D3 before D1 is out of sequence, whatever its cell count would need."""
+    event = version.machine.events.get(trigger)
+    if event is not None and record.state not in event.transitions:
+        run = version.dry_run(record.state, trigger, context_facts(record, trigger))
+        raise MoveRefusedError(run, allowed_now(record, version))
+
+
+def check_resolution_time(
+    record: PatientRecord, tox_id: str | None, occurred_at: dt.datetime
+) -> None:
+    """A toxicity cannot resolve before its onset: the resolution's clinical time is refused
+    (naming both times) when it is earlier than the open episode's onset."""
+    episode = record.toxicities.get(tox_id) if tox_id is not None else None
+    if episode is None or not episode.open:
+        return  # the rule ``toxicity_is_open`` refuses, naming the open episodes
+    onset = dt.datetime.fromisoformat(episode.onset)
+    if (onset.tzinfo is None) == (occurred_at.tzinfo is None) and occurred_at < onset:
+        raise ProtocolInputError(
+            "payload.toxicity_id",
+            f"toxicity {tox_id} began at {episode.onset} (its onset); it cannot have resolved at "
+            f"{occurred_at.isoformat()}, before it began: check occurred_at (when it resolved) "
+            "or the toxicity_id",
+        )
 
 
 def allowed_now(record: PatientRecord, version: ProtocolVersion) -> list[str]:

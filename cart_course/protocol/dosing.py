@@ -8,14 +8,14 @@ tolerance around "about" are protocol parameters (``ProtocolParameters.counted_q
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-from .errors import ProtocolInputError
+from .errors import ContextInputError, ProtocolInputError
 from .parameters import DEFAULT_PARAMETERS, ProtocolParameters
+from .plausibility import finite_float, show_number
 
 #: Units accepted for body weight, with their exact factor to kilograms.
 WEIGHT_UNITS: dict[str, float] = {"kg": 1.0, "g": 0.001, "lb": 0.45359237}
@@ -35,9 +35,12 @@ def _number(data: Mapping[str, Any], key: str, field: str) -> float:
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ProtocolInputError(f"{field}.{key}", f"must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ProtocolInputError(f"{field}.{key}", f"must be a finite number, got {value!r}")
-    return float(value)
+    number = finite_float(value)  # None for NaN, infinities and integers too large for a float
+    if number is None:
+        raise ProtocolInputError(
+            f"{field}.{key}", f"must be a finite number, got {show_number(value)}"
+        )
+    return number
 
 
 def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], field: str) -> None:
@@ -93,7 +96,7 @@ def parse_cell_dose(data: Any, weight_kg: float | None, field: str = "cells") ->
         raise ProtocolInputError(f"{field}.value", f"must be above 0, got {value:g}")
     if unit == "cells/kg":
         if weight_kg is None:
-            raise ProtocolInputError(
+            raise ContextInputError(
                 f"{field}.unit", "cells/kg needs the course's body weight; give D1 a weight"
             )
         cells = value * weight_kg

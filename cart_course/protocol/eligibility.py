@@ -34,6 +34,7 @@ import attrs
 
 from cart_course.protocol.errors import ProtocolInputError
 from cart_course.protocol.parameters import DEFAULT_PARAMETERS, ProtocolParameters, per_parameters
+from cart_course.protocol.plausibility import LAB_RANGES, finite_float, show_number
 
 __all__ = [
     "CREATININE_UMOL_L_PER_MG_DL",
@@ -60,6 +61,11 @@ __all__ = [
 CREATININE_UMOL_L_PER_MG_DL: Final = Decimal("88.42")
 #: Hemoglobin: 1 g/dL = 10 g/L by definition.
 HEMOGLOBIN_G_L_PER_G_DL: Final = Decimal(10)
+
+#: Input plausibility (not criteria): more failed standard lines, or a longer life expectancy,
+#: than these is a keying error (docs/protocol.md, "Input plausibility limits").
+MAX_FAILED_LINES: Final = 50
+MAX_LIFE_EXPECTANCY_MONTHS: Final = 1200
 
 #: Value of ``ScreeningData.last_systemic_glucocorticoid`` meaning "never given" (JSON ``null``).
 NEVER: Final = "never"
@@ -375,13 +381,19 @@ def _expect_number(field: str, v: Any, what: str, lo: float | None, hi: float | 
         )
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise ProtocolInputError(field, f"expected a number ({what}), got {_show(v)}")
-    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
-        raise ProtocolInputError(field, f"{v!r} is not a finite number; give {what}")
+    if finite_float(v) is None:
+        problem = "is too large" if type(v) is int else "is not a finite number"
+        raise ProtocolInputError(field, f"{show_number(v)} {problem}; give {what}")
     if lo is not None and v < lo:
-        raise ProtocolInputError(field, f"{_num(v)} is below {_num(lo)}; give {what}")
+        raise ProtocolInputError(field, f"{_shown(v)} is below {_num(lo)}; give {what}")
     if hi is not None and v > hi:
-        raise ProtocolInputError(field, f"{_num(v)} is above {_num(hi)}; give {what}")
+        raise ProtocolInputError(field, f"{_shown(v)} is above {_num(hi)}; give {what}")
     return v
+
+
+def _shown(v: float) -> str:
+    """A number in a message: as written, or its size when too long to print."""
+    return show_number(v) if type(v) is int and abs(v) >= 10**21 else _num(v)
 
 
 def _expect_int(field: str, v: Any, what: str, lo: int, hi: int | None) -> int:
@@ -393,7 +405,7 @@ def _expect_int(field: str, v: Any, what: str, lo: int, hi: int | None) -> int:
         raise ProtocolInputError(field, f"expected a whole number ({what}), got {_show(v)}")
     if v < lo or (hi is not None and v > hi):
         rng = f"{lo}-{hi}" if hi is not None else f"{lo} or more"
-        raise ProtocolInputError(field, f"{v} is outside {rng}; give {what}")
+        raise ProtocolInputError(field, f"{_shown(v)} is outside {rng}; give {what}")
     return v
 
 
@@ -462,10 +474,27 @@ _INFINITIES: Final = (float("inf"), float("-inf"))
 def _finite(v: Any) -> TypeGuard[float]:
     """A plain JSON number (not a bool, not NaN or infinite): the common case, checked fast."""
     t = type(v)
-    return t is int or (t is float and v == v and v not in _INFINITIES)
+    if t is int:  # a whole number a float can hold (10**400 cannot: it is refused as too large)
+        return -_EXACT_INT < v < _EXACT_INT or finite_float(v) is not None
+    return t is float and v == v and v not in _INFINITIES
 
 
-def _lab_with_uln(field: str, v: Any, name: str, units: tuple[str, ...]) -> LabWithUln:
+def _plausible(
+    field: str,
+    key: str,
+    value: float,
+    unit: str,
+    uln: float | None = None,
+    uln_unit: str | None = None,
+) -> None:
+    """Refuse a lab value (and its ULN) outside its physiological range (``LAB_RANGES``): a unit
+    or keying error, never a screening result."""
+    LAB_RANGES[key].check(value, unit, f"{field}.value")
+    if uln is not None and uln_unit is not None:
+        LAB_RANGES[f"{key}_uln"].check(uln, uln_unit, f"{field}.uln")
+
+
+def _lab_with_uln(field: str, v: Any, name: str, units: tuple[str, ...], key: str) -> LabWithUln:
     if type(v) is dict and v.keys() <= _ULN_KEYSET:
         # Fast path: a well-formed value is accepted without building the error texts below.
         value, unit, uln = v.get("value"), v.get("unit"), v.get("uln")
@@ -480,6 +509,7 @@ def _lab_with_uln(field: str, v: Any, name: str, units: tuple[str, ...]) -> LabW
             and type(uln_unit) is str
             and uln_unit in units
         ):
+            _plausible(field, key, value, unit, uln, uln_unit)
             return LabWithUln(value=value, unit=unit, uln=uln, uln_unit=uln_unit)
     what = f"{name} with its unit and the site's upper limit of normal"
     obj = _expect_object(field, v, _ULN_KEYS, what)
@@ -508,13 +538,15 @@ def _lab_with_uln(field: str, v: Any, name: str, units: tuple[str, ...]) -> LabW
     # The ULN is in the value's unit unless ``uln_unit`` says otherwise (a lab report prints the
     # value and its reference range in one unit). The normalized form always carries uln_unit.
     uln_unit = _expect_unit(f"{field}.uln_unit", obj.get("uln_unit", unit), units)
+    _plausible(field, key, value, unit, uln, uln_unit)
     return LabWithUln(value=value, unit=unit, uln=uln, uln_unit=uln_unit)
 
 
-def _lab_value(field: str, v: Any, name: str, units: tuple[str, ...]) -> LabValue:
+def _lab_value(field: str, v: Any, name: str, units: tuple[str, ...], key: str) -> LabValue:
     if type(v) is dict and v.keys() <= _LAB_KEYSET:
         value, unit = v.get("value"), v.get("unit")
         if _finite(value) and value >= 0 and type(unit) is str and unit in units:
+            _plausible(field, key, value, unit)
             return LabValue(value=value, unit=unit)
     obj = _expect_object(field, v, _LAB_KEYS, f"{name} with its unit")
     unit_text = _units_text(units)
@@ -528,6 +560,7 @@ def _lab_value(field: str, v: Any, name: str, units: tuple[str, ...]) -> LabValu
     unit = _expect_unit(
         f"{field}.unit", _require(field, obj, "unit", f"the unit, {unit_text}"), units
     )
+    _plausible(field, key, value, unit)
     return LabValue(value=value, unit=unit)
 
 
@@ -564,13 +597,21 @@ def _bool_parser(meaning: str) -> Callable[[str, Any], Any]:
 _PARSERS: Final[Mapping[str, Callable[[str, Any], Any]]] = {
     "diagnosis_rr_b_all": _bool_parser("recurrent or refractory B-ALL"),
     "failed_standard_lines": lambda f, v: _expect_int(
-        f, v, "the number of failed standard treatment lines, 0 or more", 0, None
+        f,
+        v,
+        f"the number of failed standard treatment lines, 0-{MAX_FAILED_LINES}",
+        0,
+        MAX_FAILED_LINES,
     ),
     "effective_standard_option": _bool_parser("an effective standard treatment is available now"),
     "cd19_expressed": _bool_parser("CD19 detected on the surface of the B-ALL cells"),
     "kps": lambda f, v: _expect_int(f, v, "the Karnofsky performance status, 0-100", 0, 100),
     "life_expectancy_months": lambda f, v: _expect_number(
-        f, v, "the life expectancy in months, 0 or more", 0.0, None
+        f,
+        v,
+        f"the life expectancy in months, 0-{MAX_LIFE_EXPECTANCY_MONTHS}",
+        0.0,
+        MAX_LIFE_EXPECTANCY_MONTHS,
     ),
     "lvef_pct": lambda f, v: _expect_number(
         f, v, "the left ventricular ejection fraction in %, 0-100", 0.0, 100.0
@@ -579,11 +620,11 @@ _PARSERS: Final[Mapping[str, Callable[[str, Any], Any]]] = {
     "spo2_room_air_pct": lambda f, v: _expect_number(
         f, v, "the oxygen saturation on room air in %, 0-100", 0.0, 100.0
     ),
-    "creatinine": lambda f, v: _lab_with_uln(f, v, "creatinine", _CREATININE_UNITS),
-    "alt": lambda f, v: _lab_with_uln(f, v, "ALT", _TRANSAMINASE_UNITS),
-    "ast": lambda f, v: _lab_with_uln(f, v, "AST", _TRANSAMINASE_UNITS),
-    "bilirubin": lambda f, v: _lab_value(f, v, "total bilirubin", _BILIRUBIN_UNITS),
-    "hemoglobin": lambda f, v: _lab_value(f, v, "hemoglobin", _HEMOGLOBIN_UNITS),
+    "creatinine": lambda f, v: _lab_with_uln(f, v, "creatinine", _CREATININE_UNITS, "creatinine"),
+    "alt": lambda f, v: _lab_with_uln(f, v, "ALT", _TRANSAMINASE_UNITS, "alt"),
+    "ast": lambda f, v: _lab_with_uln(f, v, "AST", _TRANSAMINASE_UNITS, "ast"),
+    "bilirubin": lambda f, v: _lab_value(f, v, "total bilirubin", _BILIRUBIN_UNITS, "bilirubin"),
+    "hemoglobin": lambda f, v: _lab_value(f, v, "hemoglobin", _HEMOGLOBIN_UNITS, "hemoglobin"),
     "apheresis_contraindication": _bool_parser(
         "a contraindication to apheresis and cell isolation"
     ),
@@ -610,9 +651,9 @@ _BOOL_KEYS.update(k for k, parser in _PARSERS.items() if isinstance(parser, _Boo
 #: ``parse_screening`` takes a plain number within these bounds as it is (the parser's answer);
 #: a test proves both agree.
 _NUMBER_BOUNDS: Final[Mapping[str, tuple[float, float | None, bool]]] = {
-    "failed_standard_lines": (0, None, True),
+    "failed_standard_lines": (0, MAX_FAILED_LINES, True),
     "kps": (0, 100, True),
-    "life_expectancy_months": (0.0, None, False),
+    "life_expectancy_months": (0.0, MAX_LIFE_EXPECTANCY_MONTHS, False),
     "lvef_pct": (0.0, 100.0, False),
     "spo2_room_air_pct": (0.0, 100.0, False),
 }

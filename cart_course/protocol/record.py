@@ -118,6 +118,14 @@ class PatientRecord:
     def count_of_kind(self, kind: str) -> int:
         return self.kind_counts.get(kind, 0)
 
+    def next_toxicity_id(self, kind: str) -> str:
+        """The id a new episode of ``kind`` gets: the next free number of its kind (``CRS-3``
+        after CRS-1 and CRS-2), never the id of an episode on record (open or resolved)."""
+        n = self.count_of_kind(kind) + 1
+        while f"{kind}-{n}" in self.toxicities:
+            n += 1
+        return f"{kind}-{n}"
+
     def _reindex(self) -> None:
         self.open_ids = [t.id for t in self.toxicities.values() if t.open]
         self.kind_counts = {}
@@ -345,6 +353,8 @@ def _report_toxicity(
     tox_id = outcome["toxicity_id"]
     existing = record.toxicities.get(tox_id)
     if existing is not None and existing.open:
+        # An update of an open episode: its current grade, scale and report are the latest.
+        existing.term = outcome.get("term")
         existing.grade = outcome["grade"]
         existing.worst_grade = max(existing.worst_grade, outcome["grade"])
         existing.scale = outcome["scale"]
@@ -374,7 +384,14 @@ def _report_toxicity(
             opens_hold=outcome["opens_hold"],
             versions=[version],
         )
-    record.index[version] = {"trigger": Trigger.REPORT_TOXICITY.value, "toxicity_id": tox_id}
+    # Each report's grade is kept, so that correcting one report re-derives the episode's worst
+    # grade and severity from all of its reports.
+    record.index[version] = {
+        "trigger": Trigger.REPORT_TOXICITY.value,
+        "toxicity_id": tox_id,
+        "grade": outcome["grade"],
+        "severe": bool(outcome["severe"]),
+    }
 
 
 def apply_correction(
@@ -435,19 +452,7 @@ def apply_correction(
                         for text in f.deviations
                     ]
     elif trigger == Trigger.REPORT_TOXICITY:
-        tox = record.toxicities.get(record.index.get(corrects, {}).get("toxicity_id", ""))
-        if tox is not None:
-            tox.grade = outcome["grade"]
-            tox.worst_grade = (
-                outcome["grade"]
-                if len(tox.versions) <= 1
-                else max(tox.worst_grade, outcome["grade"])
-            )
-            tox.scale = outcome["scale"]
-            tox.scale_version = outcome["scale_version"]
-            tox.severe = outcome["severe"]
-            tox.opens_hold = outcome["opens_hold"] and tox.open
-            tox.report = facts["toxicity"]
+        _correct_toxicity_report(record, corrects, facts, outcome)
     elif trigger == Trigger.ASSESS_RESPONSE:
         number = record.index.get(corrects, {}).get("course")
         for course in record.courses:
@@ -455,3 +460,43 @@ def apply_correction(
                 course.response = outcome["response"]
                 course.computed_response = outcome["computed_response"]
                 course.mrd_status = outcome.get("mrd_status")
+
+
+def _correct_toxicity_report(
+    record: PatientRecord, corrects: int, facts: dict[str, Any], outcome: dict[str, Any]
+) -> None:
+    """The episode shows every corrected fact of its report: kind and term, and -- when the
+    report is the episode's latest -- grade, scale and report; its onset when the report opened
+    the episode; worst grade and severity re-derived from all its reports."""
+    entry = record.index.get(corrects)
+    tox = record.toxicities.get(entry.get("toxicity_id", "")) if entry else None
+    if entry is None or tox is None:
+        return
+    entry["grade"] = outcome["grade"]
+    entry["severe"] = bool(outcome["severe"])
+    reports = [
+        v for v in tox.versions if record.index.get(v, {}).get("trigger") == Trigger.REPORT_TOXICITY
+    ]
+    if not reports or corrects == max(reports):
+        tox.term = outcome.get("term")
+        tox.grade = outcome["grade"]
+        tox.scale = outcome["scale"]
+        tox.scale_version = outcome["scale_version"]
+        tox.opens_hold = outcome["opens_hold"] and tox.open
+        tox.report = facts["toxicity"]
+    if reports and corrects == min(reports) and isinstance(facts.get("_occurred_at"), str):
+        tox.onset = facts["_occurred_at"]
+    if tox.kind != outcome["kind"]:
+        # Only a history recorded before such corrections were refused (commands: a correction
+        # keeps the episode's kind): the record still shows what the correction says.
+        tox.kind = outcome["kind"]
+        record._reindex()
+    graded = [record.index[v] for v in reports]
+    if graded and all("grade" in e and "severe" in e for e in graded):
+        tox.worst_grade = max(int(e["grade"]) for e in graded)
+        tox.severe = any(bool(e["severe"]) for e in graded)
+    else:  # reports indexed before their grades were kept
+        tox.worst_grade = (
+            outcome["grade"] if len(reports) <= 1 else max(tox.worst_grade, outcome["grade"])
+        )
+        tox.severe = outcome["severe"] if len(reports) <= 1 else tox.severe or outcome["severe"]

@@ -12,7 +12,6 @@ Comparisons are exact: every number is compared as the decimal that was written 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, TypeAlias
@@ -21,6 +20,7 @@ import attrs
 
 from cart_course.protocol.errors import ProtocolInputError
 from cart_course.protocol.parameters import DEFAULT_PARAMETERS, ProtocolParameters, per_parameters
+from cart_course.protocol.plausibility import LAB_RANGES, finite_float, show_number
 
 RESPONSES = ("CR", "CRi", "PR", "NR")
 MRD_STATUSES = ("negative", "positive", "not_evaluable", "not_done")
@@ -251,6 +251,8 @@ def _parse_count(raw: Any, path: str, what: str) -> CellCount | None:
     if raw.get("value") is None:
         raise ProtocolInputError(f"{path}.value", f"is required: the {what} count")
     value = _number(raw["value"], f"{path}.value")
+    # A count in the other unit (500 /uL entered as 500 x 10^9/L) is refused, not classified.
+    LAB_RANGES[path].check(raw["value"], unit, f"{path}.value", what)
     return CellCount(value=value, unit=unit)
 
 
@@ -690,15 +692,16 @@ def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], path: str) ->
 def _number(value: Any, path: str, high: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ProtocolInputError(path, f"{value!r} is not allowed; give a number")
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise ProtocolInputError(path, f"{value!r} is not allowed; give a finite number")
+    number = finite_float(value)  # None for NaN, infinities and integers too large for a float
+    allowed = ">= 0" if high is None else f"between 0 and {_fmt(_dec(high))}"
+    if number is None:
+        raise ProtocolInputError(
+            path, f"{show_number(value)} is not allowed; give a finite number {allowed}"
+        )
     if number < 0 or (high is not None and number > high):
-        allowed = ">= 0" if high is None else f"between 0 and {_fmt(_dec(high))}"
-        raise ProtocolInputError(path, f"{value!r} is not allowed; give a number {allowed}")
+        raise ProtocolInputError(
+            path, f"{show_number(value)} is not allowed; give a number {allowed}"
+        )
     return number + 0.0  # -0.0 -> 0.0
 
 

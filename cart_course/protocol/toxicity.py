@@ -19,7 +19,6 @@ Pure code: stdlib and attrs only. User documentation: ``docs/toxicity.md``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any, Final
@@ -28,6 +27,7 @@ import attrs
 
 from .errors import ProtocolInputError
 from .parameters import DEFAULT_PARAMETERS, ProtocolParameters
+from .plausibility import finite_float, show_number
 
 # --------------------------------------------------------------------------------------------
 # Scale constants (they belong to the scales, see module docstring)
@@ -210,11 +210,13 @@ def _check_keys(
 def _number(value: Any, field: str, lo: float, hi: float, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ProtocolInputError(field, f"{what} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ProtocolInputError(field, f"{what} must be a finite number, got {value!r}")
+    if finite_float(value) is None:  # NaN, infinities, integers too large for a float
+        raise ProtocolInputError(
+            field, f"{what} must be a finite number from {lo:g} to {hi:g}, got {show_number(value)}"
+        )
     if not lo <= value <= hi:
         raise ProtocolInputError(
-            field, f"{what} {value!r} is out of range; allowed {lo:g} to {hi:g}"
+            field, f"{what} {show_number(value)} is out of range; allowed {lo:g} to {hi:g}"
         )
     return value
 
@@ -225,7 +227,9 @@ def _integer(value: Any, field: str, lo: int, hi: int, what: str) -> int:
             field, f"{what} must be a whole number from {lo} to {hi}, got {value!r}"
         )
     if not lo <= value <= hi:
-        raise ProtocolInputError(field, f"{what} {value} is out of range; allowed {lo} to {hi}")
+        raise ProtocolInputError(
+            field, f"{what} {show_number(value)} is out of range; allowed {lo} to {hi}"
+        )
     return value
 
 
@@ -290,9 +294,11 @@ def parse_temperature(data: Any, field: str = "temperature") -> Temperature:
             _at(field, "unit"), f"unit {unit!r} is not allowed; use 'C' or 'F'"
         )
     value = data["value"]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if finite_float(value) is None:  # not a number, NaN, infinite, or too large for a float
         raise ProtocolInputError(
-            _at(field, "value"), f"temperature must be a finite number, got {value!r}"
+            _at(field, "value"),
+            f"temperature must be a finite number (25 to 45 C or 77 to 113 F), got "
+            f"{show_number(value)}",
         )
     lo, hi = TEMPERATURE_RANGE[unit]
     if not lo <= value <= hi:
@@ -742,7 +748,7 @@ def parse_toxicity_report(data: Mapping[str, Any]) -> ToxicityReport:
     if isinstance(grade, bool) or not isinstance(grade, int) or not 1 <= grade <= 5:
         raise ProtocolInputError(
             "grade",
-            f"grade {grade!r} is not allowed; an entered grade is a whole number 1 to 5 "
+            f"grade {show_number(grade)} is not allowed; an entered grade is a whole number 1 to 5 "
             "(no toxicity is not reported)",
         )
     return ToxicityReport(kind=kind, term=term, grade=grade, scale=scale, scale_version=version)

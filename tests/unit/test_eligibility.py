@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 from decimal import Decimal
 from typing import Any
 
@@ -25,6 +26,7 @@ from cart_course.protocol.eligibility import (
 )
 from cart_course.protocol.errors import ProtocolInputError
 from cart_course.protocol.parameters import DEFAULT_PARAMETERS
+from cart_course.protocol.plausibility import LAB_RANGES
 
 SCREENING_DATE = datetime.date(2025, 3, 10)
 
@@ -474,7 +476,7 @@ def test_thresholds_follow_the_parameters() -> None:
         ({"kps": -10}, "kps", "0-100"),
         ({"kps": "90"}, "kps", "whole number"),
         ({"kps": None}, "kps", "leave the key out"),
-        ({"failed_standard_lines": -1}, "failed_standard_lines", "0 or more"),
+        ({"failed_standard_lines": -1}, "failed_standard_lines", "0-50"),
         ({"lvef_pct": float("nan")}, "lvef_pct", "not a finite number"),
         ({"lvef_pct": float("inf")}, "lvef_pct", "not a finite number"),
         ({"lvef_pct": 101}, "lvef_pct", "0-100"),
@@ -568,11 +570,26 @@ def _tenths(lo: int, hi: int) -> st.SearchStrategy[float]:
     return st.integers(lo, hi).map(lambda n: float(Decimal(n) / 10))
 
 
-def _lab_uln(units: tuple[str, ...]) -> st.SearchStrategy[dict[str, Any]]:
-    return st.fixed_dictionaries(
-        {"value": _tenths(0, 5000), "unit": st.sampled_from(units), "uln": _tenths(1, 2000)},
-        optional={"uln_unit": st.sampled_from(units)},
-    )
+def _within(key: str, unit: str) -> st.SearchStrategy[float]:
+    """Tenths within the plausible range of ``key`` in ``unit`` (outside it: refused)."""
+    low, high = LAB_RANGES[key].bounds(unit)
+    return _tenths(math.ceil(low * 10), math.floor(high * 10))
+
+
+@st.composite
+def _lab(draw: st.DrawFn, key: str, units: tuple[str, ...], uln: bool) -> dict[str, Any]:
+    unit = draw(st.sampled_from(units))
+    lab: dict[str, Any] = {"value": draw(_within(key, unit)), "unit": unit}
+    if uln:
+        uln_unit = draw(st.sampled_from(units))
+        lab["uln"] = draw(_within(f"{key}_uln", uln_unit))
+        if uln_unit != unit or draw(st.booleans()):
+            lab["uln_unit"] = uln_unit
+    return lab
+
+
+def _lab_uln(key: str, units: tuple[str, ...]) -> st.SearchStrategy[dict[str, Any]]:
+    return _lab(key, units, True)
 
 
 VALUE_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
@@ -581,15 +598,11 @@ VALUE_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "life_expectancy_months": st.one_of(st.integers(0, 60), _tenths(0, 600)),
     "lvef_pct": _tenths(0, 1000),
     "spo2_room_air_pct": _tenths(0, 1000),
-    "creatinine": _lab_uln(("mg/dL", "umol/L")),
-    "alt": _lab_uln(("U/L",)),
-    "ast": _lab_uln(("U/L",)),
-    "bilirubin": st.fixed_dictionaries(
-        {"value": _tenths(0, 1000), "unit": st.sampled_from(["mg/dL", "umol/L"])}
-    ),
-    "hemoglobin": st.fixed_dictionaries(
-        {"value": _tenths(0, 2000), "unit": st.sampled_from(["g/L", "g/dL"])}
-    ),
+    "creatinine": _lab_uln("creatinine", ("mg/dL", "umol/L")),
+    "alt": _lab_uln("alt", ("U/L",)),
+    "ast": _lab_uln("ast", ("U/L",)),
+    "bilirubin": _lab("bilirubin", ("mg/dL", "umol/L"), False),
+    "hemoglobin": _lab("hemoglobin", ("g/L", "g/dL"), False),
     "last_systemic_glucocorticoid": st.one_of(
         st.none(),
         st.just("none"),
@@ -637,7 +650,7 @@ def test_any_valid_screening_round_trips_and_evaluates_consistently(raw: dict[st
     assert json.loads(json.dumps(result.to_json())) == result.to_json()
 
 
-@given(st.integers(0, 2000))
+@given(st.integers(100, 2500))  # 10-250 g/L: the plausible range
 def test_hemoglobin_same_decision_in_g_per_l_and_g_per_dl(n: int) -> None:
     g_l = float(Decimal(n) / 10)
     g_dl = float(Decimal(n) / 100)
@@ -647,7 +660,7 @@ def test_hemoglobin_same_decision_in_g_per_l_and_g_per_dl(n: int) -> None:
     assert (status_of(a, "hemoglobin") is MET) == (n >= 800)
 
 
-@given(st.integers(0, 2000), st.integers(1, 500))
+@given(st.integers(5, 2000), st.integers(10, 500))  # plausible: value >= 0.05, ULN 0.1-5 mg/dL
 def test_creatinine_same_decision_in_every_unit_combination(value: int, uln: int) -> None:
     factor = Decimal("88.42")
     v_mg, u_mg = Decimal(value) / 100, Decimal(uln) / 100

@@ -15,17 +15,19 @@ from cart_course.protocol.errors import ProtocolInputError
 
 NUMBERS = st.one_of(
     st.integers(-5, 200),
+    st.integers(-(10**400), 10**400),  # beyond a float: refused, never an OverflowError
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([0, 0.0, -0.0, -1, 1.2, True, False, None, "1.2", [1]]),
 )
 ODD_UNITS = st.sampled_from(["mg/dL", "umol/L", "U/L", "g/L", "g/dL", "mg", 3, None])
-#: A valid lab object per key; the test changes some of its fields (or adds one).
+#: A valid lab object per key; the test changes some of its fields (or adds one): values out of
+#: their plausible range (plausibility.LAB_RANGES) must be refused alike on both paths.
 VALID = {
-    "creatinine": {"value": 0.9, "unit": "mg/dL", "uln": 1.2, "uln_unit": "umol/L"},
+    "creatinine": {"value": 0.9, "unit": "mg/dL", "uln": 106, "uln_unit": "umol/L"},
     "alt": {"value": 40, "unit": "U/L", "uln": 40},
     "ast": {"value": 51, "unit": "U/L", "uln": 40, "uln_unit": "U/L"},
-    "bilirubin": {"value": 0.8, "unit": "umol/L"},
-    "hemoglobin": {"value": 95, "unit": "g/dL"},
+    "bilirubin": {"value": 8, "unit": "umol/L"},
+    "hemoglobin": {"value": 95, "unit": "g/L"},
 }
 CHANGES = st.dictionaries(
     st.sampled_from(["value", "unit", "uln", "uln_unit", "extra"]),

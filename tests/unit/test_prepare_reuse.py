@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import math
 import random
 from typing import Any
 
@@ -26,6 +27,8 @@ from cart_course.protocol.commands import (
     MoveRefusedError,
     Prepared,
     allowed_now,
+    check_resolution_time,
+    check_sequence,
     context_facts,
     outcome_of,
     payload_facts,
@@ -38,9 +41,10 @@ from cart_course.protocol.eligibility import (
     evaluate_eligibility,
     parse_screening,
 )
-from cart_course.protocol.errors import ProtocolInputError
+from cart_course.protocol.errors import ContextInputError, ProtocolInputError
 from cart_course.protocol.machine import Probe, dry_run_by_trigger
 from cart_course.protocol.parameters import DEFAULT_PARAMETERS
+from cart_course.protocol.plausibility import LAB_RANGES
 from cart_course.protocol.record import PatientRecord, evolve
 from cart_course.protocol.response import classify_response, parse_response_assessment
 from cart_course.protocol.toxicity import grade_toxicity, parse_toxicity_report
@@ -57,15 +61,25 @@ def _tenths(lo: int, hi: int) -> st.SearchStrategy[float]:
     return st.integers(lo, hi).map(lambda n: n / 10)
 
 
-def _lab(units: tuple[str, ...], uln: bool) -> st.SearchStrategy[dict[str, Any]]:
-    fields: dict[str, st.SearchStrategy[Any]] = {
-        "value": st.one_of(st.integers(0, 500), _tenths(0, 5000)),
-        "unit": st.sampled_from(units),
-    }
+def _within(key: str, unit: str) -> st.SearchStrategy[float]:
+    """Whole numbers and tenths within the plausible range of ``key`` in ``unit``."""
+    low, high = LAB_RANGES[key].bounds(unit)
+    return st.one_of(
+        st.integers(math.ceil(low), min(math.floor(high), 500)),
+        _tenths(math.ceil(low * 10), min(math.floor(high * 10), 5000)),
+    )
+
+
+@st.composite
+def _lab(draw: st.DrawFn, key: str, units: tuple[str, ...], uln: bool) -> dict[str, Any]:
+    unit = draw(st.sampled_from(units))
+    lab: dict[str, Any] = {"value": draw(_within(key, unit)), "unit": unit}
     if uln:
-        fields["uln"] = st.one_of(st.integers(1, 200), _tenths(1, 2000))
-        return st.fixed_dictionaries(fields, optional={"uln_unit": st.sampled_from(units)})
-    return st.fixed_dictionaries(fields)
+        uln_unit = draw(st.sampled_from(units))
+        lab["uln"] = draw(_within(f"{key}_uln", uln_unit))
+        if uln_unit != unit or draw(st.booleans()):
+            lab["uln_unit"] = uln_unit
+    return lab
 
 
 VALUES: dict[str, st.SearchStrategy[Any]] = {
@@ -74,11 +88,11 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "life_expectancy_months": st.one_of(st.integers(0, 8), _tenths(0, 80)),
     "lvef_pct": st.one_of(st.integers(40, 60), _tenths(400, 600)),
     "spo2_room_air_pct": st.one_of(st.integers(85, 95), _tenths(850, 950)),
-    "creatinine": _lab(("mg/dL", "umol/L"), uln=True),
-    "alt": _lab(("U/L",), uln=True),
-    "ast": _lab(("U/L",), uln=True),
-    "bilirubin": _lab(("mg/dL", "umol/L"), uln=False),
-    "hemoglobin": _lab(("g/L", "g/dL"), uln=False),
+    "creatinine": _lab("creatinine", ("mg/dL", "umol/L"), uln=True),
+    "alt": _lab("alt", ("U/L",), uln=True),
+    "ast": _lab("ast", ("U/L",), uln=True),
+    "bilirubin": _lab("bilirubin", ("mg/dL", "umol/L"), uln=False),
+    "hemoglobin": _lab("hemoglobin", ("g/L", "g/dL"), uln=False),
     "informed_consent_date": st.dates(dt.date(2025, 3, 1), dt.date(2025, 3, 20)).map(
         dt.date.isoformat
     ),
@@ -155,15 +169,16 @@ def test_screening_reparsed_from_its_facts_is_the_object_prepare_reuses(
 # Response assessment and toxicity report: re-parsing the facts gives the reused objects
 # ------------------------------------------------------------------------------------------------
 
-COUNTS = st.one_of(
-    st.none(),
-    st.fixed_dictionaries(
-        {
-            "value": st.one_of(st.integers(0, 3000), _tenths(0, 30)),
-            "unit": st.sampled_from(["10^9/L", "/uL"]),
-        }
-    ),
-)
+
+@st.composite
+def _count(draw: st.DrawFn, key: str) -> dict[str, Any] | None:
+    """No count, or one near the CR limits within its plausible range (LAB_RANGES)."""
+    if draw(st.integers(0, 8)) == 0:
+        return None
+    unit = draw(st.sampled_from(["10^9/L", "/uL"]))
+    high = min(int(LAB_RANGES[key].bounds(unit)[1]), 3000)
+    value = draw(st.one_of(st.integers(0, high), _tenths(0, 30)))
+    return {"value": value, "unit": unit}
 
 
 @st.composite
@@ -178,8 +193,8 @@ def assessments(draw: st.DrawFn) -> dict[str, Any]:
         data["circulating_blasts_present"] = draw(st.booleans())
     elif circ == "pct":
         data["circulating_blasts_pct"] = draw(_tenths(0, 100))
-    data["anc"] = draw(COUNTS)
-    data["platelets"] = draw(COUNTS)
+    data["anc"] = draw(_count("anc"))
+    data["platelets"] = draw(_count("platelets"))
     data["extramedullary_disease"] = draw(st.sampled_from([None, "none", "present"]))
     if draw(st.booleans()):
         data["baseline_extramedullary_disease"] = draw(st.sampled_from(["none", "present"]))
@@ -242,7 +257,13 @@ def _from_scratch(
     """The decision with nothing reused: every rule parses the facts it reads itself."""
     trigger = trigger_for(command, payload)
     context = context_facts(record, trigger)
-    norm, pfacts = payload_facts(record, command, payload, occurred_at.date(), context)
+    try:
+        norm, pfacts = payload_facts(record, command, payload, occurred_at.date(), context)
+    except ContextInputError:  # well formed but unusable now: out of sequence is judged first
+        check_sequence(record, trigger, version)
+        raise
+    if trigger == "resolve_toxicity":
+        check_resolution_time(record, pfacts["toxicity_id"], occurred_at)
     facts = {**context, **pfacts}
     if reason:
         facts["reason"] = reason

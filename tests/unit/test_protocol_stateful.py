@@ -47,7 +47,11 @@ COMMAND_ARGS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
         )
     ),
     "report_toxicity": st.fixed_dictionaries(
-        dict(kind=st.sampled_from(["CRS", "ICANS", "other"]), grade=st.integers(1, 3))
+        dict(
+            kind=st.sampled_from(["CRS", "ICANS", "other"]),
+            grade=st.integers(1, 3),
+            update=st.sampled_from([None, None, 0, 1, 2]),
+        )
     ),
     "resolve_toxicity": st.fixed_dictionaries(dict(which=st.integers(0, 3))),
     "cancel": st.fixed_dictionaries(dict(reason=REASONS)),
@@ -78,6 +82,7 @@ class ProtocolCourse(RuleBasedStateMachine):
         self.today = dt.date(2026, 1, 5)
         self.weight = 62.5
         self.snapshot: PatientRecord | None = None
+        self.opened: list[str] = []  # ids of the episodes opened (reports without toxicity_id)
 
     # -- driving ---------------------------------------------------------------------------
     def attempt(
@@ -99,7 +104,7 @@ class ProtocolCourse(RuleBasedStateMachine):
             "protocol_version": CURRENT.id,
             "reason": reason,
         }
-        self.check_move(p.from_state, move)
+        self.check_move(p.from_state, move, payload)
         event(f"accepted {p.trigger} -> {p.to_state}")
         if p.trigger == "continue_treatment":
             course = self.record.course
@@ -108,14 +113,29 @@ class ProtocolCourse(RuleBasedStateMachine):
         if p.outcome.get("deviations"):
             event("infusion recorded with a deviation")
         evolve(self.record, **move)
+        if p.trigger == "report_toxicity" and "toxicity_id" not in payload:
+            self.opened.append(p.outcome["toxicity_id"])
         stored = roundtrip(move)  # what an event store gives back
         self.moves.append(stored)
         if self.snapshot is not None:
             evolve(self.snapshot, **roundtrip(stored))
         self.today = when
 
-    def check_move(self, from_state: str, move: dict[str, Any]) -> None:
+    def check_move(self, from_state: str, move: dict[str, Any], payload: dict[str, Any]) -> None:
         trigger = move["trigger"]
+        if trigger == "report_toxicity":
+            tox_id = move["outcome"]["toxicity_id"]
+            existing = self.record.toxicities.get(tox_id)
+            if "toxicity_id" in payload:  # an update: of an open episode of its kind only
+                assert existing is not None and existing.open
+                assert existing.kind == move["outcome"]["kind"]
+                event("an open episode updated")
+            else:  # a new episode: its id names no episode on record, open or resolved
+                assert existing is None, f"{tox_id} was assigned again"
+        if trigger == "resolve_toxicity":
+            episode = self.record.toxicities[move["facts"]["toxicity_id"]]
+            onset = dt.datetime.fromisoformat(episode.onset)
+            assert dt.datetime.fromisoformat(move["occurred_at"]) >= onset
         if trigger in INFUSION_TRIGGERS:
             assert from_state not in TERMINAL_NAMES, "infusion after a terminal state"
             assert all(m["to_state"] not in TERMINAL_NAMES for m in self.moves)
@@ -169,7 +189,7 @@ class ProtocolCourse(RuleBasedStateMachine):
             payload["deviation_reason"] = deviation
         self.attempt("give_infusion", payload, gap=gap)
 
-    def report_toxicity(self, kind: str, grade: int) -> None:
+    def report_toxicity(self, kind: str, grade: int, update: int | None = None) -> None:
         if kind == "CRS":
             report = crs(grade)
         elif kind == "ICANS":
@@ -182,7 +202,11 @@ class ProtocolCourse(RuleBasedStateMachine):
                 "scale": "CTCAE",
                 "scale_version": "5.0",
             }
-        self.attempt("report_toxicity", {"toxicity": report})
+        payload: dict[str, Any] = {"toxicity": report}
+        if update is not None:  # name an episode on record (open or not, of any kind)
+            ids = sorted(self.record.toxicities) or ["CRS-1"]
+            payload["toxicity_id"] = ids[update % len(ids)]
+        self.attempt("report_toxicity", payload)
 
     def resolve_toxicity(self, which: int) -> None:
         ids = sorted(self.record.toxicities) or ["CRS-1"]
@@ -281,6 +305,13 @@ class ProtocolCourse(RuleBasedStateMachine):
                 if not within_tolerance(f.planned_cells, f.cells, P.dose_tolerance):
                     assert f.deviations
                     assert any(d["version"] == f.version for d in self.record.deviations)
+
+    @invariant()
+    def every_new_report_is_an_episode_of_its_own(self) -> None:
+        """A report without a toxicity_id opens an episode under an id never used before; no
+        episode is overwritten or lost."""
+        assert len(set(self.opened)) == len(self.opened)
+        assert set(self.opened) <= set(self.record.toxicities)
 
     @invariant()
     def replay_and_snapshot_equal_the_live_record(self) -> None:

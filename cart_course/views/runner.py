@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import CartCourseError, CipherKeyError, StoreError
 from ..protocol.record import PatientRecord
 from ..service import store_errors
-from ..storage import CourseApplication, StoreSettings
+from ..storage import CourseApplication, StoreSettings, parse_store_url
 from .decode import EventDecoder
 from .projection import (
     BOARD_COLUMNS,
@@ -116,9 +116,14 @@ class Views:
                 f"({problem}). CART_COURSE_CIPHER_KEY (and CART_COURSE_COMPRESS) must be the "
                 "ones the store was written with"
             )
+        #: An encrypted store keeps its views in this process's memory: the views' tables hold
+        #: patient ids, states, dates, toxicity terms and deviation texts as plain columns, which
+        #: must not sit next to the encrypted events. They are rebuilt from the (encrypted) log
+        #: when the process starts and kept up to date as usual.
+        self.in_memory = db is None and store.kind != "memory" and app.mapper.cipher is not None
         if db is None:
             try:
-                db = ViewDB.open(store)
+                db = ViewDB.open(parse_store_url("memory:") if self.in_memory else store)
             except Exception as exc:  # unreachable server, unwritable file ...
                 raise StoreError(f"cannot open the views in {store.display}: {exc}") from None
         self.db = db

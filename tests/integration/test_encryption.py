@@ -224,3 +224,29 @@ def test_the_same_settings_write_as_before(tmp_path: Path) -> None:
     _register(db, env, SECRET_PATIENT)
     _register(db, env, NEW_PATIENT)
     assert _rows(db, env) == 4
+
+
+def test_the_views_of_an_encrypted_store_stay_out_of_the_file(tmp_path: Path) -> None:
+    """The monitors' views (board, toxicities, deviations) hold patient ids, states and texts as
+    plain columns: for an encrypted store they live in the process's memory, rebuilt from the
+    encrypted log, never next to the events on disk."""
+    from cart_course.views import Views
+
+    db = tmp_path / "encrypted.sqlite"
+    env = {"CART_COURSE_CIPHER_KEY": new_cipher_key()}
+    _write(db, env)
+    settings = Settings.from_env(str(db), env)
+    service = build_service(settings)
+    try:
+        views = Views(service.app, settings.store)
+        try:
+            assert views.in_memory
+            views.catch_up()
+            assert [r[0] for r in views.dump()["view_board"]] == [SECRET_PATIENT]
+        finally:
+            views.close()
+    finally:
+        service.close()
+    raw = _raw_bytes(db)
+    assert SECRET_PATIENT.encode() not in raw
+    assert b"view_board" not in raw  # not even the tables

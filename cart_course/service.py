@@ -41,10 +41,13 @@ from .errors import (
 from .protocol.commands import (
     COMMANDS,
     MoveRefusedError,
+    RecordedFraction,
     allowed_now,
+    corrected_fraction_context,
     outcome_of,
     payload_facts,
     prepare,
+    replan_course,
 )
 from .protocol.errors import ProtocolInputError
 from .protocol.record import PatientRecord
@@ -137,6 +140,26 @@ def _event_version(value: Any, course: PatientCourse, field: str, what: str) -> 
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= course.version:
         raise InvalidCommandError(field, f"must be the version of {what} (1..{course.version})")
     return value
+
+
+def _recorded_fractions(
+    events: Sequence[Any], fallback: ProtocolVersion
+) -> dict[int, RecordedFraction]:
+    """Each recorded infusion by version, as its latest facts state it (the move's, or those of
+    its latest correction), with the protocol version it was recorded under (for ``_correct``)."""
+    fractions: dict[int, RecordedFraction] = {}
+    for e in events:
+        if isinstance(e, PatientCourse.Moved) and e.trigger.startswith("infuse_d"):
+            try:
+                protocol = get_version(e.protocol_version)
+            except KeyError:  # UnknownProtocolVersionError: judged under the correction's
+                protocol = fallback
+            fractions[e.originator_version] = RecordedFraction(
+                version=e.originator_version, trigger=e.trigger, facts=e.facts, protocol=protocol
+            )
+        elif isinstance(e, PatientCourse.FactCorrected) and e.corrects in fractions:
+            fractions[e.corrects] = attrs.evolve(fractions[e.corrects], facts=e.facts)
+    return fractions
 
 
 def _out_of_order(events: Sequence[Any], corrects: int, occurred: dt.datetime) -> list[str]:
@@ -587,20 +610,23 @@ class CourseService:
             occurred = dt.datetime.fromisoformat(base_occurred)
         version = get_version(original.protocol_version)
         record = course.record
+        # A fraction's correction reads the course as the record states it now (a corrected D1
+        # weight re-planned it), not as it was when the fraction was recorded.
+        context = {**original.facts, **corrected_fraction_context(record, corrects)}
         try:
             _old_norm, old_pfacts = payload_facts(
                 record,
                 original.command,
                 base_payload,
                 dt.datetime.fromisoformat(base_occurred).date(),
-                original.facts,
+                context,
             )
             norm, pfacts = payload_facts(
-                record, original.command, new_payload, occurred.date(), original.facts
+                record, original.command, new_payload, occurred.date(), context
             )
         except ProtocolInputError as exc:
             raise _input_error(exc) from None
-        facts = {k: v for k, v in original.facts.items() if k not in old_pfacts}
+        facts = {k: v for k, v in context.items() if k not in old_pfacts}
         facts.update(pfacts)
         facts["_occurred_at"] = occurred.isoformat()
         run = version.dry_run(original.from_state, original.trigger, facts)
@@ -613,6 +639,16 @@ class CourseService:
                 f"{run.dest}, not {original.to_state} as recorded"
             )
         outcome = outcome_of(original.trigger, facts, version)
+        if original.trigger == "infuse_d1":
+            try:
+                replanned, more = replan_course(
+                    record, corrects, outcome, _recorded_fractions(events, version)
+                )
+            except ProtocolInputError as exc:
+                raise _input_error(exc) from None
+            if replanned:
+                outcome["replanned"] = replanned
+            findings.extend(more)
         course.record_event(
             PatientCourse.FactCorrected,
             corrects=corrects,

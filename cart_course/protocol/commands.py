@@ -17,7 +17,7 @@ from .eligibility import parse_screening
 from .errors import ContextInputError, ProtocolInputError
 from .machine import DryRun, Probe, RuleFailure
 from .parameters import DEFAULT_PARAMETERS
-from .record import PatientRecord
+from .record import Course, PatientRecord
 from .response import RESPONSES, classify_response, parse_response_assessment
 from .states import INFUSION_TRIGGERS, Trigger
 from .toxicity import parse_toxicity_report
@@ -759,3 +759,119 @@ def allowed_now(record: PatientRecord, version: ProtocolVersion) -> list[str]:
 
 def command_of(trigger: str) -> str:
     return "give_infusion" if trigger in INFUSION_TRIGGERS else trigger
+
+
+# ----------------------------------------------------------------------------------------------
+# Corrections of infusions: the course as the record states it now
+# ----------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class RecordedFraction:
+    """A recorded infusion as its latest facts state it: the move's facts, or those of its latest
+    correction; ``protocol``: the version it was recorded under."""
+
+    version: int
+    trigger: str
+    facts: Mapping[str, Any]
+    protocol: ProtocolVersion
+
+
+def _course_of_fraction(record: PatientRecord, version: int) -> tuple[Course, int] | None:
+    """The course holding the fraction recorded at ``version``, and the fraction's index in it."""
+    for course in record.courses:
+        for i, f in enumerate(course.fractions):
+            if f.version == version:
+                return course, i
+    return None
+
+
+def corrected_fraction_context(record: PatientRecord, corrects: int) -> dict[str, Any]:
+    """What a correction of D2 or D3 reads from the record now (not from when the fraction was
+    recorded): the course's body weight -- a corrected D1 weight re-planned the course -- and
+    the cells delivered before it. Empty for D1 (its weight is its own payload's) and for a
+    version that is no fraction on record."""
+    found = _course_of_fraction(record, corrects)
+    if found is None:
+        return {}
+    course, index = found
+    if course.fractions[index].day == 1:
+        return {}
+    return {
+        "weight_kg": course.weight_kg,
+        "delivered_before": sum([f.cells for f in course.fractions[:index]]),
+    }
+
+
+def replan_course(
+    record: PatientRecord,
+    corrects: int,
+    outcome: Mapping[str, Any],
+    fractions: Mapping[int, RecordedFraction],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Re-plan the course of a corrected D1 whose plan changed (a corrected body weight).
+
+    ``outcome``: the corrected D1's outcome (its new plan and cells); ``fractions``: the course's
+    recorded fractions by version, as their latest facts state them. Each other recorded fraction
+    of the course is judged again as if recorded with the new plan: its planned cells, its cells
+    (re-derived from the new weight when entered in cells/kg; cells entered as cells stay), the
+    cells delivered before it, and its deviations (its schedule is its own, unchanged). Returns
+    what to record in the correction's outcome (``replanned``: one entry per fraction, in course
+    order, for ``apply_correction``) and the findings: each re-planned fraction now off its plan.
+    Nothing to re-plan (not a D1, or the plan did not change): ``([], [])``."""
+    found = _course_of_fraction(record, corrects)
+    if found is None or "planned_total_cells" not in outcome:
+        return [], []
+    course, _index = found
+    weight = outcome["weight_kg"]
+    if (
+        weight == course.weight_kg
+        and outcome["planned_total_cells"] == course.planned_total
+        and list(outcome["fraction_plan"]) == list(course.fraction_plan)
+    ):
+        return [], []
+    replanned: list[dict[str, Any]] = []
+    findings: list[str] = []
+    delivered = 0.0
+    for f in course.fractions:
+        recorded = fractions.get(f.version)
+        if f.version == corrects:
+            delivered += outcome["cells"]
+            continue
+        if recorded is None:  # not a recorded move: nothing to judge it by, it stays as it is
+            delivered += f.cells
+            continue
+        facts = dict(recorded.facts)
+        facts.update(weight_kg=weight, delivered_before=delivered)
+        entered = facts.get("dose")
+        if isinstance(entered, Mapping) and entered.get("unit") == "cells/kg":
+            try:
+                facts["cells"] = dosing.parse_cell_dose(entered, weight, "cells").cells
+            except ProtocolInputError as exc:  # cells/kg times the corrected weight
+                raise ProtocolInputError(
+                    "payload.changes.weight",
+                    f"with {weight:g} kg, D{f.day} (version {f.version}, entered in cells/kg) "
+                    f"would not be a plausible fraction: {exc.message}",
+                ) from None
+        probe = Probe("", facts, recorded.protocol.params)
+        out = outcome_of(recorded.trigger, facts, recorded.protocol, probe=probe)
+        reason = facts.get("deviation_reason")
+        replanned.append(
+            {
+                "version": f.version,
+                "day": f.day,
+                "cells": out["cells"],
+                "planned_cells": out["planned_cells"],
+                "deviations": list(out["deviations"]),
+                "deviation_reason": reason,
+            }
+        )
+        problems = probe.dose_problems()
+        if problems:
+            findings.append(
+                f"correction of version {corrects} re-plans D{f.day} (version {f.version}): "
+                + "; ".join(problems)
+                + ("" if reason else "; no deviation reason is recorded for it")
+            )
+        delivered += out["cells"]
+    return replanned, findings

@@ -438,19 +438,11 @@ def apply_correction(
                         course.planned_total = outcome["planned_total_cells"]
                         course.fraction_plan = list(outcome["fraction_plan"])
                         course.started_on = facts["infusion_date"]
-                    record.deviations = [
-                        d for d in record.deviations if d["version"] != corrects
-                    ] + [
-                        {
-                            "version": corrects,
-                            "trigger": trigger,
-                            "course": course.number,
-                            "deviation": text,
-                            "reason": facts.get("deviation_reason"),
-                            "occurred_at": f.occurred_at,
-                        }
-                        for text in f.deviations
-                    ]
+                    _restate_deviations(record, course, f, trigger, facts.get("deviation_reason"))
+        # A corrected D1 whose plan changed re-planned the course: each other recorded fraction
+        # as judged again against the new plan (``commands.replan_course``).
+        for entry in outcome.get("replanned", ()):
+            _replan_fraction(record, entry)
     elif trigger == Trigger.REPORT_TOXICITY:
         _correct_toxicity_report(record, corrects, facts, outcome)
     elif trigger == Trigger.ASSESS_RESPONSE:
@@ -460,6 +452,36 @@ def apply_correction(
                 course.response = outcome["response"]
                 course.computed_response = outcome["computed_response"]
                 course.mrd_status = outcome.get("mrd_status")
+
+
+def _restate_deviations(
+    record: PatientRecord, course: Course, f: Fraction, trigger: str, reason: str | None
+) -> None:
+    """The record's deviations of fraction ``f`` are its deviations now (moved to the end)."""
+    record.deviations = [d for d in record.deviations if d["version"] != f.version] + [
+        {
+            "version": f.version,
+            "trigger": trigger,
+            "course": course.number,
+            "deviation": text,
+            "reason": reason,
+            "occurred_at": f.occurred_at,
+        }
+        for text in f.deviations
+    ]
+
+
+def _replan_fraction(record: PatientRecord, entry: dict[str, Any]) -> None:
+    for course in record.courses:
+        for f in course.fractions:
+            if f.version == entry["version"]:
+                f.cells = entry["cells"]
+                f.planned_cells = entry["planned_cells"]
+                f.deviations = list(entry["deviations"])
+                _restate_deviations(
+                    record, course, f, f"infuse_d{f.day}", entry.get("deviation_reason")
+                )
+                return
 
 
 def _correct_toxicity_report(

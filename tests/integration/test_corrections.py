@@ -197,3 +197,197 @@ def test_a_correction_that_puts_a_move_out_of_order_is_a_finding(service: Course
     after_d2 = (dt.datetime.fromisoformat(d1.occurred_at) + dt.timedelta(days=30)).isoformat()
     done = p.do("correct", {"corrects": 4, "changes": {"occurred_at": after_d2}}, reason="typo")
     assert any("is after the move that followed it (infuse_d2" in d for d in done.deviations)
+
+
+# A corrected D1 weight re-plans the whole course ----------------------------------------------
+
+WEIGHT_50 = {"weight": {"value": 50, "unit": "kg"}}
+
+
+def _weighed_wrong(service: CourseService, pid: str, d2_cells: dict[str, object]) -> Course:
+    """D1 at 70 kg (7e6 cells, version 4), D2 as given (version 5): the patient weighed 50 kg."""
+    p = Course(service, pid)
+    p.screen()
+    p.apheresis()
+    p.infuse(1, days=14)
+    p.infuse(2, extra={"cells": d2_cells})
+    return p
+
+
+def test_a_corrected_d1_weight_replans_the_whole_course(service: CourseService) -> None:
+    p = _weighed_wrong(service, "K-9", {"value": 3e5, "unit": "cells/kg"})
+    before = service.summary("K-9")["current_course"]
+    assert before["fractions"][1]["delivered_cells"] == pytest.approx(21e6)
+    done = p.do(
+        "correct", {"corrects": 4, "changes": WEIGHT_50}, reason="weight keyed from the wrong chart"
+    )
+    course = service.summary("K-9")["current_course"]
+    assert course["weight_kg"] == 50
+    assert course["planned_total_cells"] == pytest.approx(50e6)
+    assert course["fraction_plan"] == pytest.approx([5e6, 15e6, 30e6])
+    d1, d2 = course["fractions"]
+    assert (d1["planned_cells"], d1["delivered_cells"]) == pytest.approx((5e6, 7e6))
+    assert "+40% against the planned 5e+06" in d1["deviations"][0]
+    # D2 was entered in cells/kg: 3e5/kg x 50 kg, planned 30 % of 50e6: on plan at 50 kg
+    assert (d2["planned_cells"], d2["delivered_cells"]) == pytest.approx((15e6, 15e6))
+    assert d2["dose_as_entered"] == {"value": 3e5, "unit": "cells/kg"}
+    assert d2["deviations"] == []
+    assert course["delivered_cells"] == pytest.approx(22e6)  # one weight, not two
+    assert [e["version"] for e in done.outcome["replanned"]] == [5]
+    assert done.outcome["replanned"][0]["planned_cells"] == pytest.approx(15e6)
+    assert len(done.deviations) == 1 and done.deviations[0].startswith(
+        "correction of version 4: D1 delivers 7e+06 cells"
+    )
+    # D3 is planned and judged with the corrected weight and the re-planned D2
+    d3 = p.infuse(3, extra={"cells": {"value": 6e5, "unit": "cells/kg"}})
+    assert (d3.outcome["planned_cells"], d3.outcome["cells"]) == pytest.approx((30e6, 30e6))
+    assert d3.outcome["delivered_course_total"] == pytest.approx(52e6)
+    assert d3.deviations == ()
+
+
+def test_a_fraction_off_the_corrected_plan_is_a_finding_of_the_correction(
+    service: CourseService,
+) -> None:
+    p = _weighed_wrong(service, "K-10", {"value": 21e6, "unit": "cells"})
+    done = p.do("correct", {"corrects": 4, "changes": WEIGHT_50}, reason="weighed in lb")
+    assert done.status == "recorded"  # the correction states facts: it is still recorded
+    d2 = service.summary("K-10")["current_course"]["fractions"][1]
+    assert (d2["planned_cells"], d2["delivered_cells"]) == pytest.approx((15e6, 21e6))
+    assert d2["deviations"] == [
+        "D2 delivers 2.1e+07 cells, +40% against the planned 1.5e+07 (30% of 1e+06/kg x 50 kg); "
+        "tolerance is ±20%"
+    ]
+    assert [f.split(":")[0] for f in done.deviations] == [
+        "correction of version 4",
+        "correction of version 4 re-plans D2 (version 5)",
+    ]
+    assert done.deviations[1].endswith("; no deviation reason is recorded for it")
+    deviations = service.summary("K-10")["deviations"]
+    assert [(d["version"], d["trigger"]) for d in deviations] == [
+        (4, "infuse_d1"),
+        (5, "infuse_d2"),
+        (6, "correct"),
+        (6, "correct"),
+    ]
+    # A deviation reason added to D2 by its own correction: judged with the corrected weight
+    fixed = p.do(
+        "correct",
+        {"corrects": 5, "changes": {"deviation_reason": "bag prepared for 70 kg"}},
+        reason="reason missing",
+    )
+    assert fixed.deviations == ()
+    assert fixed.outcome["planned_cells"] == pytest.approx(15e6)
+    d2 = service.summary("K-10")["current_course"]["fractions"][1]
+    assert d2["planned_cells"] == pytest.approx(15e6) and len(d2["deviations"]) == 1
+    # Weight corrected back to 70 kg: the whole course is on plan again
+    back = p.do(
+        "correct", {"corrects": 4, "changes": {"weight": {"value": 70, "unit": "kg"}}}, reason="x"
+    )
+    assert back.deviations == ()
+    course = service.summary("K-10")["current_course"]
+    assert [f["planned_cells"] for f in course["fractions"]] == pytest.approx([7e6, 21e6])
+    assert [f["deviations"] for f in course["fractions"]] == [[], []]
+    assert [d["trigger"] for d in service.summary("K-10")["deviations"]] == ["correct"] * 2
+
+
+def test_a_later_dose_in_cells_per_kg_is_corrected_with_the_corrected_weight(
+    service: CourseService,
+) -> None:
+    p = _weighed_wrong(service, "K-11", {"value": 3e5, "unit": "cells/kg"})
+    p.do("correct", {"corrects": 4, "changes": WEIGHT_50}, reason="weighed in lb")
+    done = p.do(
+        "correct",
+        {"corrects": 5, "changes": {"cells": {"value": 4e5, "unit": "cells/kg"}}},
+        reason="re-read the infusion sheet",
+    )
+    assert done.outcome["cells"] == pytest.approx(20e6)  # 4e5/kg x 50 kg, not x 70 kg
+    assert done.outcome["planned_cells"] == pytest.approx(15e6)
+    d2 = service.summary("K-11")["current_course"]["fractions"][1]
+    assert (d2["planned_cells"], d2["delivered_cells"]) == pytest.approx((15e6, 20e6))
+    assert "+33% against the planned 1.5e+07" in d2["deviations"][0]
+    assert "x 50 kg" in done.deviations[0]
+    p.infuse(3, extra={"cells": {"value": 6e5, "unit": "cells/kg"}})
+    v = service.record("K-11").version
+    done = p.do(
+        "correct",
+        {"corrects": v, "changes": {"cells": {"value": 5.5e5, "unit": "cells/kg"}}},
+        reason="re-read",
+    )
+    assert done.outcome["cells"] == pytest.approx(27.5e6)
+    assert service.summary("K-11")["current_course"]["delivered_cells"] == pytest.approx(54.5e6)
+
+
+def test_a_d1_correction_that_keeps_the_plan_replans_nothing(service: CourseService) -> None:
+    p = _weighed_wrong(service, "K-12", {"value": 21e6, "unit": "cells"})
+    done = p.do(
+        "correct",
+        {"corrects": 4, "changes": {"weight": {"value": 70000, "unit": "g"}, "product_lot": "L2"}},
+        reason="lot number",
+    )
+    assert "replanned" not in done.outcome and done.deviations == ()
+    assert service.summary("K-12")["current_course"]["fractions"][1]["delivered_cells"] == 21e6
+
+
+def _replanned_history(service: CourseService, pid: str) -> None:
+    """Over two snapshot intervals: a weight correction before the second snapshot, a D2
+    correction in cells/kg after it, D3 in between."""
+    p = _weighed_wrong(service, pid, {"value": 21e6, "unit": "cells"})  # v2..v5
+    for _ in range(25):
+        p.do("report_toxicity", {"toxicity": crs(1)}, hours=0.05)
+        tox = service.summary(pid)["open_toxicities"][0]["id"]
+        p.do("resolve_toxicity", {"toxicity_id": tox}, hours=0.05)
+    p.do("correct", {"corrects": 4, "changes": WEIGHT_50}, reason="weighed in lb")  # v56
+    p.infuse(3, extra={"cells": {"value": 6e5, "unit": "cells/kg"}})  # v57
+    p.do(
+        "correct",
+        {"corrects": 5, "changes": {"cells": {"value": 3e5, "unit": "cells/kg"}}},
+        reason="re-read",
+    )
+    for _ in range(25):
+        p.do("report_toxicity", {"toxicity": crs(1)}, hours=0.05)
+        tox = service.summary(pid)["open_toxicities"][0]["id"]
+        p.do("resolve_toxicity", {"toxicity_id": tox}, hours=0.05)
+    p.do("correct", {"corrects": 4, "changes": {"weight": {"value": 60, "unit": "kg"}}}, reason="x")
+
+
+def test_a_replanned_course_replays_to_the_same_record_everywhere(service: CourseService) -> None:
+    from cart_course.audit import check_history, patient_events, replay
+    from cart_course.course import stream_id
+    from cart_course.protocol.record import PatientRecord
+    from cart_course.storage import SNAPSHOT_INTERVAL
+    from cart_course.views.projection import apply_event
+
+    _replanned_history(service, "K-13")
+    live = service.record("K-13")
+    assert live.version > 2 * SNAPSHOT_INTERVAL
+    course = live.courses[0]
+    assert course.weight_kg == 60
+    assert [f.planned_cells for f in course.fractions] == pytest.approx([6e6, 18e6, 36e6])
+    assert [f.cells for f in course.fractions] == pytest.approx([7e6, 18e6, 36e6])
+
+    app, sid = service.app, stream_id("K-13")
+    replayed: object = None
+    for event in app.events.get(sid):  # from scratch: no snapshot, no cache
+        replayed = event.mutate(replayed)
+    assert isinstance(replayed, PatientCourse)
+    assert replayed.record.to_json() == live.to_json()
+    for at in (live.version, 56, 58, 2 * SNAPSHOT_INTERVAL + 1):  # from the latest snapshot
+        restored = app.repository.get(sid, version=at)
+        from_events: object = None
+        for event in app.events.get(sid, lte=at):
+            from_events = event.mutate(from_events)
+        assert isinstance(restored, PatientCourse) and isinstance(from_events, PatientCourse)
+        assert restored.record.to_json() == from_events.record.to_json(), at
+    assert PatientRecord.from_json(live.to_json()) == live  # the snapshot round trip
+
+    events = patient_events(app, "K-13")
+    assert replay("K-13", events).to_json() == live.to_json()  # the audit replay
+    view = None  # the monitors' views fold the same events with the same functions
+    for event in service.events("K-13"):
+        view = apply_event(view, event)
+    assert view is not None and view.to_json() == live.to_json()
+    assert view.summary() == live.summary()
+    # Conformance: D3 and D2's correction read the re-planned course as recorded (no "facts"
+    # findings); only the corrected D1 itself is off plan without a reason
+    found = check_history("K-13", events).findings
+    assert [(f.check, f.version) for f in found] == [("correction", 56)]

@@ -279,6 +279,26 @@ def _check_correction(
         )
         return
     corrects = e.get("corrects")
+    for entry in (e.get("outcome") or {}).get("replanned") or []:
+        # a corrected D1 weight re-planned the course: a fraction now off its plan without a
+        # deviation reason is a finding, as the dry run of that fraction would say
+        if (
+            isinstance(entry, dict)
+            and entry.get("deviations")
+            and not entry.get("deviation_reason")
+        ):
+            result.findings.append(
+                _finding(
+                    patient_id,
+                    e,
+                    "correction",
+                    label,
+                    f"v{corrects}'s correction re-plans D{entry.get('day')} "
+                    f"(v{entry.get('version')}), now off its plan: "
+                    + "; ".join(str(d) for d in entry["deviations"])
+                    + "; no deviation reason is recorded for it",
+                )
+            )
     if not run.allowed:
         result.findings.append(
             _finding(

@@ -391,3 +391,25 @@ def test_a_replanned_course_replays_to_the_same_record_everywhere(service: Cours
     # findings); only the corrected D1 itself is off plan without a reason
     found = check_history("K-13", events).findings
     assert [(f.check, f.version) for f in found] == [("correction", 56)]
+
+
+def test_conformance_names_a_fraction_the_corrected_weight_left_off_plan(
+    service: CourseService,
+) -> None:
+    from cart_course.audit import check_history, patient_events
+
+    p = _weighed_wrong(service, "K-12", {"value": 21e6, "unit": "cells"})
+    p.do("correct", {"corrects": 4, "changes": WEIGHT_50}, reason="weighed in lb")
+    report = check_history("K-12", patient_events(service.app, "K-12"))
+    off = [f for f in report.findings if "re-plans D2 (v5), now off its plan" in f.message]
+    assert len(off) == 1 and off[0].message.endswith("no deviation reason is recorded for it")
+    # once D2 has its deviation reason (its own correction), the finding is gone
+    p.do(
+        "correct",
+        {"corrects": 5, "changes": {"deviation_reason": "bag prepared for 70 kg"}},
+        reason="reason missing",
+    )
+    p.do("correct", {"corrects": 4, "changes": WEIGHT_50}, reason="restated")
+    report = check_history("K-12", patient_events(service.app, "K-12"))
+    later = [f for f in report.findings if f.version == 8 and "re-plans" in f.message]
+    assert later == []

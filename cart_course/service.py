@@ -711,6 +711,12 @@ class CourseService:
             raise InvalidCommandError(
                 "payload.printed_name", "the signer's printed name is required"
             )
+        if len(name) > 200 or any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in name):
+            raise InvalidCommandError(
+                "payload.printed_name",
+                "must be the signer's name as printed: one line of at most 200 characters, "
+                "without control characters",
+            )
         signs = _event_version(
             p.get("signs_version"), course, "payload.signs_version", "the signed event"
         )

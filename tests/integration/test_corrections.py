@@ -413,3 +413,20 @@ def test_conformance_names_a_fraction_the_corrected_weight_left_off_plan(
     report = check_history("K-12", patient_events(service.app, "K-12"))
     later = [f for f in report.findings if f.version == 8 and "re-plans" in f.message]
     assert later == []
+
+
+@pytest.mark.parametrize("name", ["x" * 201, "Dr. Lee\nApproved by nobody", "Dr.\x00Lee"])
+def test_a_printed_name_is_one_plain_line(service: CourseService, name: str) -> None:
+    p = _infused(service, "K-13")
+    with pytest.raises(InvalidCommandError) as info:
+        p.do(
+            "sign",
+            {
+                "milestone": "infusion",
+                "signs_version": 4,
+                "meaning": "approval",
+                "printed_name": name,
+            },
+        )
+    assert info.value.field == "payload.printed_name"
+    assert len(service.events("K-13")) == 5

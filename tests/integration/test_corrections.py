@@ -388,9 +388,12 @@ def test_a_replanned_course_replays_to_the_same_record_everywhere(service: Cours
     assert view is not None and view.to_json() == live.to_json()
     assert view.summary() == live.summary()
     # Conformance: D3 and D2's correction read the re-planned course as recorded (no "facts"
-    # findings); only the corrected D1 itself is off plan without a reason
+    # findings); the correction at v56 is named twice: the corrected D1 itself is off plan
+    # without a reason, and so is D2 as that correction re-planned it (a later correction of D2
+    # does not change what v56 did)
     found = check_history("K-13", events).findings
-    assert [(f.check, f.version) for f in found] == [("correction", 56)]
+    assert [(f.check, f.version) for f in found] == [("correction", 56), ("correction", 56)]
+    assert "re-plans D2 (v5), now off its plan" in found[0].message
 
 
 def test_conformance_names_a_fraction_the_corrected_weight_left_off_plan(

@@ -20,6 +20,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +37,11 @@ TOKEN_PREFIX = "cc_"
 #: this process (``DELETE /v1/tokens/{id}``) takes effect at once; one made elsewhere (the CLI,
 #: another server process) within this many seconds.
 TOKEN_CACHE_SECONDS = 2.0
+#: How long writing an audit-access log entry may wait for the database (another writer holding
+#: its write lock) before the read is refused with ``503`` instead of being served unlogged.
+ACCESS_LOG_TIMEOUT_SECONDS = 5.0
+#: How long other writes (issuing and revoking tokens) may wait for the database's write lock.
+WRITE_TIMEOUT_SECONDS = 30.0
 
 SQLITE_DDL = (
     """CREATE TABLE IF NOT EXISTS cart_course_tokens (
@@ -115,11 +121,35 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
-def check_actor_role(actor: str, role: str) -> None:
-    if not actor or not actor.strip() or len(actor) > 200:
-        raise InvalidCommandError("actor", "must be a non-empty name of at most 200 characters")
-    if role not in ROLES:
+#: The longest actor id and token name (the same limit as an actor in a command).
+MAX_NAME = 200
+
+
+def _check_text(value: object, field: str, example: str) -> None:
+    """A printable name: a non-blank string of at most :data:`MAX_NAME` characters, without
+    control characters (newlines, NUL, ...) or lone surrogates."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidCommandError(field, f"must be a non-empty string, e.g. {example}")
+    if len(value) > MAX_NAME:
+        raise InvalidCommandError(
+            field, f"must be at most {MAX_NAME} characters; it has {len(value)}"
+        )
+    for i, char in enumerate(value):
+        if unicodedata.category(char) in ("Cc", "Cs"):
+            raise InvalidCommandError(
+                field,
+                f"holds the control character U+{ord(char):04X} at position {i}; "
+                f"it must be printable text, e.g. {example}",
+            )
+
+
+def check_actor_role(actor: str, role: str, name: str | None = None) -> None:
+    """Refuse an actor id, role or token name that a command's actor could not carry."""
+    _check_text(actor, "actor", "nurse.kim")
+    if not isinstance(role, str) or role not in ROLES:
         raise InvalidCommandError("role", f"{role!r} is not a role; roles: {', '.join(ROLES)}")
+    if name is not None:
+        _check_text(name, "name", '"K. Kim" (or null)')
 
 
 class TokenStore:
@@ -127,6 +157,7 @@ class TokenStore:
 
     placeholder = "?"
     cache_seconds = TOKEN_CACHE_SECONDS
+    log_timeout = ACCESS_LOG_TIMEOUT_SECONDS
 
     def __init__(self) -> None:
         # token hash -> (trusted until (monotonic), info); only active tokens are cached
@@ -135,6 +166,10 @@ class TokenStore:
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError
+
+    def _execute_log(self, sql: str, params: Sequence[Any]) -> None:
+        """Write an access-log entry, waiting at most :attr:`log_timeout` for the database."""
+        self._execute(sql, params)
 
     def close(self) -> None:  # pragma: no cover - overridden
         pass
@@ -154,7 +189,7 @@ class TokenStore:
         token: str | None = None,
     ) -> tuple[TokenInfo, str]:
         """Make a token for ``actor`` in ``role``; returns its info and the token (shown once)."""
-        check_actor_role(actor, role)
+        check_actor_role(actor, role, name)
         token = token or new_token()
         digest = hash_token(token)
         info = TokenInfo(
@@ -264,13 +299,19 @@ class TokenStore:
     def log_access(
         self, *, actor: str, role: str, method: str, path: str, query: str, status: int
     ) -> None:
-        self._execute(
-            self._sql(
-                "INSERT INTO cart_course_access_log (at, actor, role, method, path, query, status) "
-                "VALUES (?,?,?,?,?,?,?)"
-            ),
-            (_now(), actor, role, method, path, query, status),
-        )
+        """Write one entry; raises :class:`StoreError` when it cannot be written in time (the
+        caller must then not serve the read)."""
+        try:
+            self._execute_log(
+                self._sql(
+                    "INSERT INTO cart_course_access_log "
+                    "(at, actor, role, method, path, query, status) VALUES (?,?,?,?,?,?,?)"
+                ),
+                (_now(), actor, role, method, path, query, status),
+            )
+        except Exception as exc:
+            why = exc.message if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+            raise StoreError(f"the audit-access log cannot be written ({why})") from None
 
     def access_log(self, *, after: int = 0, limit: int = 100) -> builtins.list[AccessEntry]:
         rows = self._execute(
@@ -299,22 +340,61 @@ class TokenStore:
 
 
 class SQLiteTokenStore(TokenStore):
+    """Two connections to a file: one reads (authentication never waits behind a writer: the
+    store runs in WAL mode), one writes, each under its own lock; a write waits a bounded time
+    for SQLite's write lock (the access log :attr:`log_timeout`, other writes
+    :data:`WRITE_TIMEOUT_SECONDS`) and then fails with :class:`StoreError`."""
+
     def __init__(self, path: str) -> None:
         super().__init__()
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA busy_timeout = 30000")
+        self._conn.execute(f"PRAGMA busy_timeout = {int(WRITE_TIMEOUT_SECONDS * 1000)}")
+        if path == ":memory:":  # one database per connection: share it (no other writers)
+            self._write_lock = self._lock
+            self._write_conn = self._conn
+        else:
+            self._write_lock = threading.Lock()
+            self._write_conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         for ddl in SQLITE_DDL:
             self._execute(ddl)
 
+    def _run(
+        self,
+        conn: sqlite3.Connection,
+        lock: threading.Lock,
+        sql: str,
+        params: Sequence[Any],
+        timeout: float | None,
+    ) -> list[tuple[Any, ...]]:
+        if not lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise StoreError(
+                f"the token store is busy: no connection within {timeout:g} s; retry later"
+            )
+        try:
+            if timeout is not None:
+                conn.execute(f"PRAGMA busy_timeout = {max(1, int(timeout * 1000))}")
+            return list(conn.execute(sql, tuple(params)).fetchall())
+        except sqlite3.IntegrityError as exc:
+            raise InvalidCommandError("token", f"already issued ({exc})") from None
+        except sqlite3.OperationalError as exc:
+            waited = "" if timeout is None else f" after waiting {timeout:g} s for another writer"
+            raise StoreError(f"the token store cannot answer: {exc}{waited}") from None
+        finally:
+            lock.release()
+
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            try:
-                return list(self._conn.execute(sql, tuple(params)).fetchall())
-            except sqlite3.IntegrityError as exc:
-                raise InvalidCommandError("token", f"already issued ({exc})") from None
+        if sql.lstrip()[:6].upper() == "SELECT":
+            return self._run(self._conn, self._lock, sql, params, None)
+        return self._run(self._write_conn, self._write_lock, sql, params, WRITE_TIMEOUT_SECONDS)
+
+    def _execute_log(self, sql: str, params: Sequence[Any]) -> None:
+        self._run(self._write_conn, self._write_lock, sql, params, self.log_timeout)
 
     def close(self) -> None:
+        with self._write_lock:
+            if self._write_conn is not self._conn:
+                self._write_conn.close()
         with self._lock:
             self._conn.close()
 
@@ -366,6 +446,28 @@ class PostgresTokenStore(TokenStore):
                     if attempt:
                         raise
             raise AssertionError("unreachable")
+
+    def _execute_log(self, sql: str, params: Sequence[Any]) -> None:
+        """The insert waits at most :attr:`log_timeout` for locks and for this store's
+        connection (authentication shares it, so it is never held longer than that)."""
+        if not self._lock.acquire(timeout=self.log_timeout):
+            raise StoreError(
+                f"the token store is busy: no connection within {self.log_timeout:g} s"
+            )
+        try:
+            conn = self._connect()
+            millis = max(1, int(self.log_timeout * 1000))
+            try:
+                with conn.transaction():
+                    conn.execute(f"SET LOCAL lock_timeout = {millis}")
+                    conn.execute(f"SET LOCAL statement_timeout = {millis}")
+                    conn.execute(sql, tuple(params))
+            except self._psycopg.OperationalError:
+                if conn.closed:  # the connection broke; a timeout leaves it usable
+                    self._conn = None
+                raise
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         with self._lock:

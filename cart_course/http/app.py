@@ -9,51 +9,76 @@ problem details (``problems.py``); roles per route are in each handler's ``opt``
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 import attrs
-from litestar import Litestar, Request, Response, delete, get, post
+from litestar import Litestar, Request, Response, Router, delete, get, post
 from litestar.config.cors import CORSConfig
-from litestar.datastructures import State
+from litestar.datastructures import ResponseHeader, State
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import NotFoundException, SerializationException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import FromPath, HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.static_files import create_static_files_router
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..bootstrap import Settings, build_service
-from ..contract import parse_command
-from ..errors import InvalidCommandError, StoreError
+from ..contract import ENVELOPE_KEYS, parse_command, parse_patient_id
+from ..errors import InvalidCommandError, PatientNotFoundError, StoreError
 from ..protocol.machine import TRANSITIONS
 from ..protocol.states import TERMINAL
 from ..protocol.states import State as CourseState
 from ..service import CourseService
 from ..storage import StoreSettings
-from ..tokens import ROLES, TokenStore, open_token_store
+from ..tokens import ROLES, TokenStore, check_actor_role, open_token_store
 from .auth import (
     ADMINS,
     AUDITORS,
     READERS,
     SCOPE_KEY,
     WRITERS,
+    bearer,
     current_actor,
     current_token,
     token_guard,
 )
 from .feed import PatientIndex, event_json, last_position, read_feed
-from .problems import EXCEPTION_HANDLERS, problem_responses
+from .problems import (
+    EXCEPTION_HANDLERS,
+    HEAD_KEY,
+    MAX_BODY_BYTES,
+    PROBLEM_JSON,
+    BodyError,
+    EmptyBodyError,
+    HeaderError,
+    PreconditionFailedError,
+    UnsupportedMediaTypeError,
+    problem_bytes,
+    problem_responses,
+)
 
 STATIC = Path(__file__).resolve().parent / "static"
 SSE_POLL_SECONDS = 0.5
 SSE_KEEPALIVE_SECONDS = 15.0
+#: How often a live stream asks again whether its token is still valid (revoked: the stream ends).
+SSE_RECHECK_SECONDS = 5.0
+#: The deepest nesting of arrays and objects a JSON body may have (a command needs about 6).
+MAX_JSON_DEPTH = 32
+#: The OpenAPI security requirement of every route that needs a token.
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+log = logging.getLogger("cart_course.http")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,55 +222,238 @@ PatientId = Annotated[
 ]
 
 
-def _if_match(value: str | None) -> int | None:
+def _shown(text: str, limit: int = 40) -> str:
+    """``repr`` of a client's text, cut short (an error message must not echo 5000 digits)."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def header_text(value: str | None, name: str) -> str | None:
+    """A header's value as text. HTTP carries bytes and Litestar reads them as Latin-1; text
+    headers (Idempotency-Key, If-Match, Last-Event-ID) are UTF-8, so the same key sent in the
+    header and in the body is the same key."""
     if value is None:
         return None
-    text = value.strip()
-    text = text.removeprefix("W/").strip('"')
-    if not text.isdigit():
+    try:
+        raw = value.encode("latin-1")
+    except UnicodeEncodeError:  # already text (not read from the raw bytes)
+        return value
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HeaderError(
+            name, f"{name} is not valid UTF-8; send its text encoded as UTF-8"
+        ) from None
+
+
+_STRONG_TAG = re.compile(r'"([0-9]{1,18})"|([0-9]{1,18})', re.ASCII)
+_WEAK_TAG = re.compile(r'W/"[^"]*"', re.ASCII)
+_POSITION = re.compile(r"[0-9]{1,19}", re.ASCII)
+MAX_POSITION = 2**62
+IF_MATCH_HINT = 'send the patient\'s version as an entity tag, e.g. If-Match: "4" (or *)'
+
+
+def _if_match(value: str | None) -> int | Literal["*"] | None:
+    """The version ``If-Match`` asks for, ``"*"`` (any: the patient exists), or None.
+
+    Strong comparison (RFC 9110 13.1.1): a weak tag (``W/"4"``) never matches, so a request
+    carrying only weak tags fails with 412 without being tried."""
+    text = header_text(value, "If-Match")
+    if text is None:
+        return None
+    text = text.strip()
+    if text == "*":
+        return "*"
+    strong: set[int] = set()
+    for tag in (t.strip() for t in text.split(",")):
+        found = _STRONG_TAG.fullmatch(tag)
+        if found:
+            strong.add(int(found.group(1) or found.group(2)))
+        elif not _WEAK_TAG.fullmatch(tag):  # a weak tag is skipped: it never matches
+            raise InvalidCommandError(
+                "If-Match", f"{_shown(tag)} is not a version; {IF_MATCH_HINT}"
+            )
+    if len(strong) > 1:
         raise InvalidCommandError(
-            "If-Match", f"{value!r} is not a version; send the patient's version, e.g. If-Match: 4"
+            "If-Match", f"names {len(strong)} versions; send one: the version you decided on"
+        )
+    if strong:
+        return strong.pop()
+    raise PreconditionFailedError(
+        f"If-Match {_shown(text)} holds only weak entity tags, which never match under If-Match "
+        f"(RFC 9110 strong comparison); {IF_MATCH_HINT}"
+    )
+
+
+def _last_event_id(value: str | None) -> int | None:
+    text = header_text(value, "Last-Event-ID")
+    if text is None:
+        return None
+    text = text.strip()
+    if not _POSITION.fullmatch(text) or int(text) > MAX_POSITION:
+        raise HeaderError(
+            "Last-Event-ID",
+            f"Last-Event-ID {_shown(text)} is not a position: send the id of the last event "
+            f"received (a whole number from 0 to {MAX_POSITION}), or leave the header out",
         )
     return int(text)
 
 
 def _apply_headers(
     data: dict[str, Any], idempotency_key: str | None, if_match: str | None
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], bool]:
+    """The envelope with the headers' key and version; True when ``If-Match: *``."""
     data = dict(data)
-    if idempotency_key is not None:
-        if not idempotency_key.strip() or len(idempotency_key) > 200:
+    key = header_text(idempotency_key, "Idempotency-Key")
+    if key is not None:
+        if not key.strip() or len(key) > 200:
             raise InvalidCommandError("Idempotency-Key", "must be 1-200 characters")
         body_key = data.get("idempotency_key")
-        if body_key is not None and body_key != idempotency_key:
+        if body_key is not None and body_key != key:
             raise InvalidCommandError(
                 "Idempotency-Key",
                 "differs from the body's idempotency_key; send one of them, or the same value",
             )
-        data["idempotency_key"] = idempotency_key
+        data["idempotency_key"] = key
     expected = _if_match(if_match)
-    if expected is not None:
+    if isinstance(expected, int):
         body_expected = data.get("expected_version")
         if body_expected is not None and body_expected != expected:
             raise InvalidCommandError(
                 "If-Match", "differs from the body's expected_version; send one of them"
             )
         data["expected_version"] = expected
-    return data
+    return data, expected == "*"
 
 
-def _execute(request: Request[Any, Any, Any], service: Svc, data: Any) -> Response[CommandOutcome]:
+def _execute(
+    request: Request[Any, Any, Any], service: Svc, data: Any, *, any_match: bool = False
+) -> Response[CommandOutcome]:
     if "actor" in data if isinstance(data, dict) else False:
         data = {k: v for k, v in data.items() if k != "actor"}  # the token is the actor
     command = parse_command(data, actor=current_actor(request))
+    if any_match:
+        try:
+            service.record(command.patient_id)
+        except PatientNotFoundError:
+            raise PreconditionFailedError(
+                f"If-Match: * matches a patient on record; {command.patient_id!r} is not "
+                "(a patient is registered by 'screen': send it without If-Match)"
+            ) from None
     result = service.execute(command).to_json()
     status = 201 if result["status"] == "recorded" else 200
     request.app.state.last_write = time.monotonic()
-    return Response(
-        CommandOutcome(**result),
-        status_code=status,
-        headers={"ETag": f'"{result["version"]}"'},
-    )
+    headers = {"ETag": f'"{result["version"]}"'}
+    if status == 201:
+        headers["Location"] = f"/v1/patients/{quote(result['patient_id'], safe='')}"
+    return Response(CommandOutcome(**result), status_code=status, headers=headers)
+
+
+# -- JSON bodies ---------------------------------------------------------------------------------
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest in ``value`` (without recursion)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+class JSONRequest(Request[Any, Any, Any]):
+    """Reads a JSON body strictly: text that is not UTF-8, malformed JSON and nesting deeper than
+    :data:`MAX_JSON_DEPTH` are a ``400`` problem (msgspec raises UnicodeDecodeError and
+    RecursionError for the first and the last, which are no server errors)."""
+
+    async def json(self) -> Any:
+        try:
+            value = await super().json()
+        except UnicodeDecodeError as exc:
+            raise BodyError(
+                f"is not valid UTF-8 ({exc.reason}); JSON text must be UTF-8 (RFC 8259)"
+            ) from None
+        except RecursionError:
+            raise BodyError(
+                f"is nested too deeply; at most {MAX_JSON_DEPTH} levels of arrays and objects"
+            ) from None
+        except SerializationException as exc:
+            raise BodyError(f"is not valid JSON: {exc}") from None
+        if _depth(value) > MAX_JSON_DEPTH:
+            raise BodyError(
+                f"is nested too deeply; at most {MAX_JSON_DEPTH} levels of arrays and objects"
+            )
+        return value
+
+
+PATIENT_COMMAND_KEYS = ("occurred_at", "payload", "reason", "idempotency_key", "expected_version")
+TOKEN_KEYS = ("actor", "role", "name")
+_BODY_WHAT = {
+    "command": "the command envelope: " + ", ".join(k for k in ENVELOPE_KEYS if k != "actor"),
+    "patient_command": "the command's " + ", ".join(PATIENT_COMMAND_KEYS),
+    "token": "the token's actor, role and (optional) name",
+}
+
+
+def _content_type_ok(media: str, params: dict[str, str]) -> bool:
+    charset = params.get("charset", "utf-8").strip().strip('"').lower()
+    return media.strip().lower() == "application/json" and charset in ("utf-8", "utf8")
+
+
+async def read_json_object(request: Request[Any, Any, Any]) -> None:
+    """``before_request`` of the routes that take a JSON body (``opt["body"]`` names which).
+
+    Checks, before Litestar converts anything: the body is not empty, is sent as
+    ``application/json`` (else 415), is a JSON object, and (per route) has only the keys the
+    route takes, each of the right type. The checked object is kept in ``request.state``."""
+    kind: str = request.route_handler.opt["body"]
+    what = _BODY_WHAT[kind]
+    body = await request.body()
+    if not body.strip():
+        raise EmptyBodyError(
+            f"the request body is empty; send a JSON object (Content-Type: application/json) "
+            f"with {what}"
+        )
+    media, params = request.content_type
+    if not _content_type_ok(media, params):
+        sent = request.headers.get("content-type")
+        raise UnsupportedMediaTypeError(
+            f"Content-Type {_shown(sent) if sent else '(none)'} is not accepted; "
+            "send the body as JSON in UTF-8 with Content-Type: application/json"
+        )
+    data = await request.json()
+    if not isinstance(data, dict):
+        raise InvalidCommandError(
+            "(body)", f"must be a JSON object with {what}; got {type(data).__name__}"
+        )
+    if kind == "patient_command":
+        extra = sorted(data.keys() - {*PATIENT_COMMAND_KEYS, "actor"})
+        if extra:
+            raise InvalidCommandError(
+                extra[0],
+                f"unknown key; allowed keys are: {', '.join(PATIENT_COMMAND_KEYS)} "
+                "(the command and patient_id come from the path, the actor from the token)",
+            )
+        envelope = {k: v for k, v in data.items() if k != "actor"}
+        envelope.update(request.path_params)
+        parse_command(envelope, actor=current_actor(request))  # the contract's checks and words
+    elif kind == "token":
+        extra = sorted(data.keys() - set(TOKEN_KEYS))
+        if extra:
+            raise InvalidCommandError(
+                extra[0], f"unknown key; allowed keys are: {', '.join(TOKEN_KEYS)}"
+            )
+        check_actor_role(data.get("actor"), data.get("role"), data.get("name"))  # type: ignore[arg-type]
+    request.state.json_body = data
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,20 +463,44 @@ def _execute(request: Request[Any, Any, Any], service: Svc, data: Any) -> Respon
 IDEMPOTENCY = HeaderParameter(
     name="Idempotency-Key",
     required=False,
-    description="Makes a retry safe: the same key and command is recorded once",
+    description="Makes a retry safe: the same key and command is recorded once (UTF-8 text)",
 )
 IF_MATCH = HeaderParameter(
     name="If-Match",
     required=False,
-    description="The patient's version you decided on; 412 when it has moved on",
+    description='The patient\'s version you decided on, e.g. "4" (or *: the patient exists); '
+    "412 when it has moved on. Weak tags (W/) never match",
 )
+COMMAND_RESPONSES: dict[int, ResponseSpec] = {
+    **problem_responses(404, 409, 412, 413, 415),
+    200: ResponseSpec(
+        data_container=CommandOutcome,
+        description="An idempotent retry of a command already recorded "
+        '(status "duplicate"): nothing new is recorded',
+        generate_examples=False,
+    ),
+}
+COMMAND_HEADERS = [
+    ResponseHeader(
+        name="Location",
+        documentation_only=True,
+        description="The patient: /v1/patients/{patient_id}",
+    ),
+    ResponseHeader(
+        name="ETag", documentation_only=True, description='The patient\'s new version, e.g. "5"'
+    ),
+]
+COMMAND_CREATED = "Recorded (status recorded); Location is the patient, ETag its new version"
 
 
 @post(
     "/v1/commands",
-    opt={"roles": WRITERS},
+    opt={"roles": WRITERS, "body": "command"},
+    before_request=read_json_object,
     sync_to_thread=True,
-    responses=problem_responses(404, 409, 412),
+    responses=COMMAND_RESPONSES,
+    response_headers=COMMAND_HEADERS,
+    response_description=COMMAND_CREATED,
     status_code=201,
     summary="Record a command (the JSON envelope of the contract)",
     tags=["commands"],
@@ -282,14 +514,18 @@ def post_command(
 ) -> Response[CommandOutcome]:
     """Any command of the contract: ``{"command", "patient_id", "occurred_at", "payload",
     "reason", "idempotency_key", "expected_version"}``. The actor is the token's."""
-    return _execute(request, service, _apply_headers(data, idempotency_key, if_match))
+    envelope, any_match = _apply_headers(data, idempotency_key, if_match)
+    return _execute(request, service, envelope, any_match=any_match)
 
 
 @post(
     "/v1/patients/{patient_id:str}/commands/{command:str}",
-    opt={"roles": WRITERS},
+    opt={"roles": WRITERS, "body": "patient_command"},
+    before_request=read_json_object,
     sync_to_thread=True,
-    responses=problem_responses(404, 409, 412),
+    responses=COMMAND_RESPONSES,
+    response_headers=COMMAND_HEADERS,
+    response_description=COMMAND_CREATED,
     status_code=201,
     summary="Record a command for one patient",
     tags=["commands"],
@@ -303,9 +539,13 @@ def post_patient_command(
     idempotency_key: Annotated[str | None, IDEMPOTENCY] = None,
     if_match: Annotated[str | None, IF_MATCH] = None,
 ) -> Response[CommandOutcome]:
-    envelope = {k: v for k, v in attrs.asdict(data).items() if v is not None}
+    """The body takes only ``occurred_at``, ``payload``, ``reason``, ``idempotency_key`` and
+    ``expected_version`` (unknown keys are 422), checked as the contract checks them."""
+    raw: dict[str, Any] = request.state.json_body  # as sent (``data`` is a lenient conversion)
+    envelope = {k: v for k, v in raw.items() if k != "actor"}
     envelope.update(command=command, patient_id=patient_id)
-    return _execute(request, service, _apply_headers(envelope, idempotency_key, if_match))
+    envelope, any_match = _apply_headers(envelope, idempotency_key, if_match)
+    return _execute(request, service, envelope, any_match=any_match)
 
 
 @get(
@@ -329,7 +569,7 @@ def list_patients(service: Svc) -> list[dict[str, Any]]:
     tags=["patients"],
 )
 def get_patient(service: Svc, patient_id: PatientId) -> Response[dict[str, Any]]:
-    data = service.summary(patient_id)
+    data = service.summary(parse_patient_id(patient_id))
     return Response(data, headers={"ETag": f'"{data["version"]}"'})
 
 
@@ -342,7 +582,7 @@ def get_patient(service: Svc, patient_id: PatientId) -> Response[dict[str, Any]]
     tags=["patients"],
 )
 def get_moves(service: Svc, patient_id: PatientId) -> Moves:
-    record = service.record(patient_id)
+    record = service.record(parse_patient_id(patient_id))
     return Moves(
         patient_id=patient_id,
         state=record.state,
@@ -362,7 +602,7 @@ def get_moves(service: Svc, patient_id: PatientId) -> Moves:
 def get_history(
     request: Request[Any, Any, Any], service: Svc, patient_id: PatientId
 ) -> list[dict[str, Any]]:
-    return [event_json(e, patient_id) for e in service.events(patient_id)]
+    return [event_json(e, patient_id) for e in service.events(parse_patient_id(patient_id))]
 
 
 @get(
@@ -376,7 +616,9 @@ def get_history(
 def get_events(
     request: Request[Any, Any, Any],
     service: Svc,
-    after: Annotated[int, QueryParameter(ge=0, le=2**62, description="Position to read after")] = 0,
+    after: Annotated[
+        int, QueryParameter(ge=0, le=MAX_POSITION, description="Position to read after")
+    ] = 0,
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
 ) -> EventPage:
     index: PatientIndex = request.app.state.index
@@ -393,33 +635,60 @@ def get_events(
     "/v1/events/stream",
     opt={"roles": READERS},
     responses=problem_responses(),
+    media_type="text/event-stream",
+    response_description="An endless text/event-stream: one 'event' per recorded event (id = "
+    "position), comments as keep-alive; ends with an 'end' event when the token is revoked",
     summary="Server-Sent Events: each new event as it is recorded (resumes at Last-Event-ID)",
     tags=["events"],
 )
 async def stream_events(
     request: Request[Any, Any, Any],
     service: Svc,
-    after: Annotated[int | None, QueryParameter(ge=0, le=2**62)] = None,
+    tokens: Tok,
+    after: Annotated[int | None, QueryParameter(ge=0, le=MAX_POSITION)] = None,
     max_events: Annotated[int | None, QueryParameter(ge=1, le=100_000)] = None,
     last_event_id: Annotated[
-        str | None, HeaderParameter(name="Last-Event-ID", required=False)
+        str | None,
+        HeaderParameter(
+            name="Last-Event-ID",
+            required=False,
+            description="Resume after this position (the id of the last event received); "
+            "the after parameter wins when both are sent",
+        ),
     ] = None,
 ) -> ServerSentEvent:
     index: PatientIndex = request.app.state.index
-    start = after
-    if start is None and last_event_id and last_event_id.strip().isdigit():
-        start = int(last_event_id)
+    resume = _last_event_id(last_event_id)  # checked even when ``after`` is given
+    start = after if after is not None else resume
     if start is None:
         start = await asyncio.to_thread(last_position, service)
+    token = bearer(request)
+    head = request.scope.get(HEAD_KEY) == "HEAD"
+
+    async def still_valid() -> str | None:
+        """None while the token is valid; else why the stream ends."""
+        try:
+            info = await asyncio.to_thread(tokens.authenticate, token) if token else None
+        except Exception as exc:
+            return f"the token cannot be checked ({type(exc).__name__}); reconnect later"
+        return None if info is not None else "the token was revoked; the stream ends"
 
     async def events() -> AsyncIterator[ServerSentEventMessage]:
-        import json
-
         position = start
         sent = 0
         idle = 0.0
+        checked = time.monotonic()
         yield ServerSentEventMessage(data=None, comment=f"cart-course events after {position}")
+        if head:
+            return
         while max_events is None or sent < max_events:
+            if time.monotonic() - checked >= SSE_RECHECK_SECONDS:
+                checked = time.monotonic()
+                why = await still_valid()
+                if why is not None:
+                    end = {"error": "unauthenticated", "status": 401, "detail": why}
+                    yield ServerSentEventMessage(data=json.dumps(end), event="end")
+                    return
             page = await asyncio.to_thread(read_feed, service, index, position, 100)
             for item in page:
                 position = item["position"]
@@ -481,20 +750,35 @@ def list_tokens(tokens: Tok) -> list[TokenView]:
 
 @post(
     "/v1/tokens",
-    opt={"roles": ADMINS},
+    opt={"roles": ADMINS, "body": "token"},
+    before_request=read_json_object,
     sync_to_thread=True,
-    responses=problem_responses(),
+    responses=problem_responses(413, 415),
+    response_headers=[
+        ResponseHeader(
+            name="Location",
+            documentation_only=True,
+            description="The token: /v1/tokens/{id} (DELETE it to revoke)",
+        )
+    ],
+    response_description="Issued; the token is shown here once",
     status_code=201,
     summary="Issue a token for an actor and role",
     tags=["tokens"],
 )
 def add_token(
     request: Request[Any, Any, Any], tokens: Tok, data: JSONBody[NewToken]
-) -> IssuedToken:
+) -> Response[IssuedToken]:
+    """``actor`` (1-200 printable characters), ``role`` (one of the roles) and an optional
+    ``name``; other keys are 422."""
     info, token = tokens.add(
         data.actor, data.role, name=data.name, created_by=current_token(request).actor
     )
-    return IssuedToken(token=token, info=_token_view(info))
+    return Response(
+        IssuedToken(token=token, info=_token_view(info)),
+        status_code=201,
+        headers={"Location": f"/v1/tokens/{quote(info.id, safe='')}"},
+    )
 
 
 @delete(
@@ -522,7 +806,7 @@ def revoke_token(
 )
 def get_access_log(
     tokens: Tok,
-    after: Annotated[int, QueryParameter(ge=0, le=2**62)] = 0,
+    after: Annotated[int, QueryParameter(ge=0, le=MAX_POSITION)] = 0,
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     return [e.to_json() for e in tokens.access_log(after=after, limit=limit)]
@@ -531,7 +815,7 @@ def get_access_log(
 # -- operations --------------------------------------------------------------------------------
 
 
-@get("/health", summary="The process is up", tags=["operations"])
+@get("/health", summary="The process is up (also HEAD)", tags=["operations"])
 async def health() -> Health:
     return Health(status="ok", version=__version__)
 
@@ -539,7 +823,7 @@ async def health() -> Health:
 @get(
     "/ready",
     sync_to_thread=True,
-    summary="The store answers",
+    summary="The store answers (also HEAD)",
     tags=["operations"],
     responses={503: problem_responses()[503]},
 )
@@ -605,43 +889,112 @@ class Metrics:
         self.seconds: Counter[tuple[str, str]] = Counter()
 
 
+class _ReadRefused(Exception):
+    """Raised into a handler still sending the body of a read that was refused (503)."""
+
+
 def observe(app: ASGIApp) -> ASGIApp:
+    """Metrics, and the audit-access log: a read of an audit route is written to the log when
+    its response starts, before any of its body is sent (a streamed export: before streaming
+    starts). When the entry cannot be written the read is not served: ``503`` instead."""
+
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # type: ignore[comparison-overlap]
             await app(scope, receive, send)
             return
         started = time.perf_counter()
         status = 500
+        refused = False
+        handler = scope.get("route_handler")
+        method = str(scope.get(HEAD_KEY) or scope.get("method", "GET"))
+        state = scope["litestar_app"].state
+        audited = handler is not None and bool(handler.opt.get("audit"))
 
-        async def send_wrapper(message: Any) -> None:
-            nonlocal status
+        async def refuse(exc: Exception) -> None:
+            log.error("audit read of %s refused: %s", scope["path"], exc)
+            body = problem_bytes(
+                status=503,
+                code="access_log_unavailable",
+                title="Audit-access log unavailable",
+                detail="this read of an audit route is not served, because "
+                f"{getattr(exc, 'message', exc)}; retry later",
+                instance=scope["path"],
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [
+                        (b"content-type", PROBLEM_JSON.encode()),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"retry-after", b"5"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, refused
+            if refused:  # the handler goes on sending the refused read: stop it
+                raise _ReadRefused
             if message["type"] == "http.response.start":
                 status = message["status"]
+                info: Any = scope.get(SCOPE_KEY)
+                if audited and info is not None:
+                    try:
+                        await asyncio.to_thread(
+                            state.tokens.log_access,
+                            actor=info.actor,
+                            role=info.role,
+                            method=method,
+                            path=scope["path"],
+                            query=scope.get("query_string", b"").decode("latin-1"),
+                            status=status,
+                        )
+                    except Exception as exc:
+                        refused = True
+                        status = 503
+                        await refuse(exc)
+                        return
             await send(message)
 
         try:
             await app(scope, receive, send_wrapper)
+        except Exception:
+            if not refused:
+                raise
         finally:
-            handler = scope.get("route_handler")
             route = next(iter(handler.paths)) if handler is not None else "(unmatched)"
-            method = scope.get("method", "GET")
-            state = scope["litestar_app"].state
             state.metrics.requests[(method, route, status)] += 1
             state.metrics.seconds[(method, route)] += time.perf_counter() - started
-            info: Any = scope.get(SCOPE_KEY)
-            if handler is not None and handler.opt.get("audit") and info is not None:
-                query = scope.get("query_string", b"").decode("latin-1")
-                await asyncio.to_thread(
-                    state.tokens.log_access,
-                    actor=info.actor,
-                    role=info.role,
-                    method=method,
-                    path=scope["path"],
-                    query=query,
-                    status=status,
-                )
 
     return middleware
+
+
+def head_as_get(app: ASGIApp) -> ASGIApp:
+    """``HEAD`` on every ``GET`` route (RFC 9110 9.3.2): routed, authorised and answered as the
+    ``GET`` (status and headers), without the body."""
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "HEAD":  # type: ignore[comparison-overlap]
+            await app(scope, receive, send)
+            return
+        done = False
+
+        async def send_head(message: Message) -> None:
+            nonlocal done
+            if message["type"] == "http.response.body":
+                if not done:
+                    done = True
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            await send(message)
+
+        # a copy: the server keeps its own scope (it must know the answer has no body)
+        head_scope: Any = {**scope, "method": "GET", HEAD_KEY: "HEAD"}
+        await app(head_scope, receive, send_head)
+
+    return handler
 
 
 # ----------------------------------------------------------------------------------------------
@@ -702,12 +1055,20 @@ def create_app(
     static = create_static_files_router(
         path="/static", directories=[STATIC], include_in_schema=False, opt={}
     )
-    return Litestar(
-        route_handlers=[*ROUTES, *extra_routes, static],
+    public: list[Any] = [health, ready, dashboard, static]
+    protected = Router(
+        path="/",
+        route_handlers=[h for h in [*ROUTES, *extra_routes] if h not in public],
+        security=BEARER,
+    )
+    app = Litestar(
+        route_handlers=[protected, *public],
         dependencies=DEPENDENCIES,
         guards=[token_guard],
         middleware=[observe],
         exception_handlers=EXCEPTION_HANDLERS,
+        request_class=JSONRequest,
+        request_max_body_size=MAX_BODY_BYTES,
         state=state,
         on_shutdown=[close_views, *(on_shutdown or [])],
         cors_config=CORSConfig(allow_origins=[]),
@@ -716,18 +1077,20 @@ def create_app(
             version=__version__,
             description=(
                 "Event-sourced, auditable treatment courses for a CD19 CAR-T trial. "
-                "Authenticate with 'Authorization: Bearer <token>'. Roles: "
+                "Authenticate with 'Authorization: Bearer <token>' (every route but /health, "
+                "/ready and the dashboard). Roles: "
                 + ", ".join(ROLES)
-                + ". Errors are RFC 9457 problem details."
+                + ". Errors are RFC 9457 problem details. Every GET route also answers HEAD."
             ),
             path="/schema",
-            security=[{"bearer": []}],
             components=Components(
                 security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
             ),
         ),
         debug=False,
     )
+    app.asgi_handler = head_as_get(app.asgi_handler)
+    return app
 
 
 def create_app_from_env() -> Litestar:

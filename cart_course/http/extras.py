@@ -19,6 +19,7 @@ from litestar.response import Stream
 
 from ..contract import parse_patient_id, parse_time
 from ..errors import InvalidCommandError
+from ..protocol.states import State as CourseState
 from ..protocol.versions import get_version
 from ..service import CourseService
 from .auth import AUDITORS, VIEWERS
@@ -27,6 +28,7 @@ from .problems import problem_responses
 Svc = NamedDependency[CourseService]
 PatientId = Annotated[str, PathParameter(min_length=1, max_length=64)]
 AUDIT = {"roles": AUDITORS, "audit": True}
+STATES = tuple(s.value for s in CourseState)
 
 
 def _time(value: str | None, field: str) -> dt.datetime | None:
@@ -292,7 +294,9 @@ WaitFor = Annotated[
 )
 def get_board(
     request: Request[Any, Any, Any],
-    state_filter: Annotated[str | None, QueryParameter(name="state", max_length=40)] = None,
+    state_filter: Annotated[
+        str | None, QueryParameter(name="state", description="One of the protocol's states")
+    ] = None,
     overdue: FromQuery[bool] = False,
     toxicity: FromQuery[bool] = False,
     limit: Annotated[int | None, QueryParameter(ge=1, le=10_000)] = None,
@@ -301,6 +305,10 @@ def get_board(
 ) -> list[dict[str, Any]]:
     from ..views import queries
 
+    if state_filter is not None and state_filter not in STATES:
+        raise InvalidCommandError(
+            "query.state", f"{state_filter!r} is not a state; states: {', '.join(STATES)}"
+        )
     access = _views(request)
     with access.lock:
         db = access.fresh(wait_for)
@@ -347,17 +355,19 @@ def get_counts(request: Request[Any, Any, Any], wait_for: WaitFor = None) -> dic
     "/v1/deviations",
     opt={"roles": VIEWERS},
     sync_to_thread=True,
-    responses=problem_responses(504),
+    responses=problem_responses(404, 504),
     summary="Protocol deviations (one patient or all)",
     tags=["views"],
 )
 def get_deviations(
     request: Request[Any, Any, Any],
+    service: Svc,
     patient_id: Annotated[str | None, QueryParameter(max_length=64)] = None,
     wait_for: WaitFor = None,
 ) -> list[dict[str, Any]]:
     from ..views import queries
 
+    _check_patient(service, patient_id)  # an unknown patient is 404, as on the exports
     access = _views(request)
     with access.lock:
         return queries.deviations(access.fresh(wait_for), patient_id)

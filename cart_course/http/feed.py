@@ -20,10 +20,13 @@ def plain(data: Any) -> Any:
 
 
 def event_json(event: Any, patient_id: str | None, position: int | None = None) -> dict[str, Any]:
-    """One event as the API shows it: what, when (record and clinical time), who, why."""
+    """One event as the API shows it: what, when (record and clinical time), who, why.
+
+    ``position`` (the event's place in the whole log) is there when it is known: the feed has
+    it, a patient's history (read from the patient's stream) does not, and leaves it out."""
     fields = {k: v for k, v in vars(event).items() if k not in _HIDDEN}
-    data: dict[str, Any] = {
-        "position": position,
+    data: dict[str, Any] = {} if position is None else {"position": position}
+    data |= {
         "patient_id": patient_id,
         "version": event.originator_version,
         "type": type(event).__name__,

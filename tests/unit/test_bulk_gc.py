@@ -8,7 +8,7 @@ import weakref
 
 import pytest
 
-from cart_course.ingest import bulk_gc
+from cart_course.bulk import bulk_gc
 
 
 class Node:

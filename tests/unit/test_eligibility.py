@@ -5,13 +5,18 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import sys
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lab_strategies import lab
 
 from cart_course.protocol.eligibility import (
     CRITERIA,
@@ -576,16 +581,8 @@ def _within(key: str, unit: str) -> st.SearchStrategy[float]:
     return _tenths(math.ceil(low * 10), math.floor(high * 10))
 
 
-@st.composite
-def _lab(draw: st.DrawFn, key: str, units: tuple[str, ...], uln: bool) -> dict[str, Any]:
-    unit = draw(st.sampled_from(units))
-    lab: dict[str, Any] = {"value": draw(_within(key, unit)), "unit": unit}
-    if uln:
-        uln_unit = draw(st.sampled_from(units))
-        lab["uln"] = draw(_within(f"{key}_uln", uln_unit))
-        if uln_unit != unit or draw(st.booleans()):
-            lab["uln_unit"] = uln_unit
-    return lab
+def _lab(key: str, units: tuple[str, ...], uln: bool) -> st.SearchStrategy[dict[str, Any]]:
+    return lab(_within, key, units, uln)
 
 
 def _lab_uln(key: str, units: tuple[str, ...]) -> st.SearchStrategy[dict[str, Any]]:

@@ -15,12 +15,17 @@ import datetime as dt
 import json
 import math
 import random
+import sys
+from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lab_strategies import lab
 
 from cart_course.demo import cohort, crs, eligible_screening, icans
 from cart_course.protocol.commands import (
@@ -70,16 +75,8 @@ def _within(key: str, unit: str) -> st.SearchStrategy[float]:
     )
 
 
-@st.composite
-def _lab(draw: st.DrawFn, key: str, units: tuple[str, ...], uln: bool) -> dict[str, Any]:
-    unit = draw(st.sampled_from(units))
-    lab: dict[str, Any] = {"value": draw(_within(key, unit)), "unit": unit}
-    if uln:
-        uln_unit = draw(st.sampled_from(units))
-        lab["uln"] = draw(_within(f"{key}_uln", uln_unit))
-        if uln_unit != unit or draw(st.booleans()):
-            lab["uln_unit"] = uln_unit
-    return lab
+def _lab(key: str, units: tuple[str, ...], uln: bool) -> st.SearchStrategy[dict[str, Any]]:
+    return lab(_within, key, units, uln)
 
 
 VALUES: dict[str, st.SearchStrategy[Any]] = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ from cart_course.protocol.commands import (
 from cart_course.protocol.record import PatientRecord, apply_correction, evolve
 from cart_course.protocol.versions import CURRENT
 from cart_course.service import CourseService
-from cart_course.storage import open_application, parse_store_url
 
 T = "2026-01-22T10:00:00+00:00"
 
@@ -141,12 +139,9 @@ def test_a_replanned_entry_for_a_fraction_not_in_the_record_is_ignored() -> None
 
 
 @pytest.fixture
-def svc() -> Iterator[CourseService]:
-    service = CourseService(open_application(parse_store_url("memory:")))
-    try:
-        yield service
-    finally:
-        service.close()
+def svc(memory_service: CourseService) -> CourseService:
+    """The suite's in-memory service (tests/conftest.py)."""
+    return memory_service
 
 
 def test_a_weight_that_makes_a_cells_per_kg_fraction_implausible_is_refused(

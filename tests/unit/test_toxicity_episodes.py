@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +19,6 @@ from cart_course.protocol.errors import ProtocolInputError
 from cart_course.protocol.record import PatientRecord, evolve
 from cart_course.protocol.versions import CURRENT
 from cart_course.service import CommandResult, CourseService
-from cart_course.storage import open_application, parse_store_url
 
 T0 = dt.datetime(2026, 1, 5, 8, 0, tzinfo=dt.UTC)
 CLINICIAN = {"id": "dr.lee", "role": "clinician", "name": "Dr. K. Lee"}
@@ -186,12 +184,9 @@ def test_a_fraction_in_cells_per_kg_before_d1_is_refused_as_out_of_sequence(day:
 
 
 @pytest.fixture
-def svc() -> Iterator[CourseService]:
-    service = CourseService(open_application(parse_store_url("memory:")))
-    try:
-        yield service
-    finally:
-        service.close()
+def svc(memory_service: CourseService) -> CourseService:
+    """The suite's in-memory service (tests/conftest.py)."""
+    return memory_service
 
 
 class Course:

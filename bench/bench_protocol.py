@@ -15,7 +15,7 @@ from cart_course.demo import assessment, crs, eligible_screening
 from cart_course.protocol.commands import allowed_now, prepare
 from cart_course.protocol.eligibility import parse_screening
 from cart_course.protocol.machine import Probe, dry_run_by_trigger
-from cart_course.protocol.record import PatientRecord, evolve
+from cart_course.protocol.record import PatientRecord
 from cart_course.protocol.versions import CURRENT
 
 from .harness import QUICK, Section, per_call_us
@@ -78,19 +78,10 @@ def _infused_d1_with_open_crs() -> PatientRecord:
         ("give_infusion", d1, 10),
         ("report_toxicity", {"toxicity": crs(1)}, 10),
     ]
-    for number, (command, payload, days) in enumerate(steps, start=1):
+    for command, payload, days in steps:
         when = start + dt.timedelta(days=days)
         p = prepare(record, command, payload, when, None, CURRENT)
-        evolve(
-            record,
-            trigger=p.trigger,
-            to_state=p.to_state,
-            facts=p.facts,
-            outcome=p.outcome,
-            occurred_at=when.isoformat(),
-            version=number,
-            protocol_version=CURRENT.id,
-        )
+        p.apply_to(record, occurred_at=when.isoformat(), protocol_version=CURRENT.id)
     return record
 
 

@@ -295,11 +295,18 @@ def is_canonical_state(state: dict[str, Any]) -> bool:
     return "originator_id" in state and "type" in state and type(state.get("timestamp")) is str
 
 
+def drop_row_copies(state: dict[str, Any]) -> dict[str, Any]:
+    """A canonical state without its copies of the row's stream id, version and type (readers
+    take those from the row itself)."""
+    del state["originator_id"], state["type"]
+    state.pop("originator_version", None)
+    return state
+
+
 def from_canonical_state(state: dict[str, Any]) -> dict[str, Any]:
     """A stored canonical state as the library's layout: the fields and the record time (the
     row's own stream id and version are what the mapper puts in the event)."""
-    del state["originator_id"], state["type"]
-    state.pop("originator_version", None)
+    drop_row_copies(state)
     state["timestamp"] = dt.datetime.fromisoformat(state["timestamp"])
     return state
 

@@ -29,7 +29,7 @@ from ..course import PatientCourse, canonical, event_hash, stream_id
 from ..errors import PatientNotFoundError
 from ..protocol.record import PatientRecord
 from ..service import store_errors
-from ..storage import CANONICAL_MARK, CourseApplication, is_canonical_state
+from ..storage import CANONICAL_MARK, CourseApplication, drop_row_copies, is_canonical_state
 
 REGISTERED_TOPIC = f"{PatientCourse.__module__}:{PatientCourse.Registered.__qualname__}"
 PAGE = 100
@@ -247,9 +247,7 @@ class Decoder:
         if not (isinstance(data, dict) and is_canonical_state(data)):
             return None
         stamp = data.pop("timestamp")
-        del data["originator_id"], data["type"]
-        data.pop("originator_version", None)
-        logged = LoggedEvent(sid, version, topic, data, stamp)
+        logged = LoggedEvent(sid, version, topic, drop_row_copies(data), stamp)
         held = hashlib.sha256(state).hexdigest()
         if held != logged.hash:
             logged.hash = f"altered:{held}"

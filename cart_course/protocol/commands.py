@@ -17,7 +17,7 @@ from .eligibility import parse_screening
 from .errors import ContextInputError, ProtocolInputError
 from .machine import DryRun, Probe, RuleFailure
 from .parameters import DEFAULT_PARAMETERS
-from .record import Course, PatientRecord
+from .record import Course, PatientRecord, evolve
 from .response import RESPONSES, classify_response, parse_response_assessment
 from .states import INFUSION_TRIGGERS, Trigger
 from .toxicity import parse_toxicity_report
@@ -146,6 +146,28 @@ class Prepared:
     payload: dict[str, Any]
     facts: dict[str, Any]
     outcome: dict[str, Any]
+
+    def apply_to(
+        self,
+        record: PatientRecord,
+        *,
+        occurred_at: str,
+        protocol_version: str,
+        reason: str | None = None,
+    ) -> None:
+        """Evolve ``record`` by this move as its next version (what the aggregate's event does
+        when it is applied; for code that works on the pure record alone)."""
+        evolve(
+            record,
+            trigger=self.trigger,
+            to_state=self.to_state,
+            facts=self.facts,
+            outcome=self.outcome,
+            occurred_at=occurred_at,
+            version=record.version + 1,
+            protocol_version=protocol_version,
+            reason=reason,
+        )
 
 
 def trigger_for(command: str, payload: Mapping[str, Any]) -> str:

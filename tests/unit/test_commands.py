@@ -11,7 +11,7 @@ import pytest
 from cart_course.demo import assessment, crs, eligible_screening, icans
 from cart_course.protocol.commands import MoveRefusedError, Prepared, allowed_now, prepare
 from cart_course.protocol.errors import ProtocolInputError
-from cart_course.protocol.record import PatientRecord, evolve
+from cart_course.protocol.record import PatientRecord
 from cart_course.protocol.versions import CURRENT
 
 WEIGHT = 70.0
@@ -36,14 +36,9 @@ class Patient:
         when = on or self.day
         occurred = dt.datetime.combine(when, dt.time(9), tzinfo=dt.UTC)
         p = prepare(self.record, command, payload or {}, occurred, reason, CURRENT)
-        evolve(
+        p.apply_to(
             self.record,
-            trigger=p.trigger,
-            to_state=p.to_state,
-            facts=p.facts,
-            outcome=p.outcome,
             occurred_at=occurred.isoformat(),
-            version=self.record.version + 1,
             protocol_version=CURRENT.id,
             reason=reason,
         )

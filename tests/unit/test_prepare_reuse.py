@@ -50,7 +50,7 @@ from cart_course.protocol.errors import ContextInputError, ProtocolInputError
 from cart_course.protocol.machine import Probe, dry_run_by_trigger
 from cart_course.protocol.parameters import DEFAULT_PARAMETERS
 from cart_course.protocol.plausibility import LAB_RANGES
-from cart_course.protocol.record import PatientRecord, evolve
+from cart_course.protocol.record import PatientRecord
 from cart_course.protocol.response import classify_response, parse_response_assessment
 from cart_course.protocol.toxicity import grade_toxicity, parse_toxicity_report
 from cart_course.protocol.versions import CURRENT, ProtocolVersion, make_version
@@ -347,15 +347,9 @@ def test_prepare_answers_as_the_from_scratch_decision(version: ProtocolVersion) 
             prepare, record, env["command"], env["payload"], when, env["reason"], version
         )
         if answer[0] == "recorded":
-            p = answer[1]
-            evolve(
+            answer[1].apply_to(
                 record,
-                trigger=p.trigger,
-                to_state=p.to_state,
-                facts=p.facts,
-                outcome=p.outcome,
                 occurred_at=env["occurred_at"],
-                version=record.version + 1,
                 protocol_version=version.id,
                 reason=env["reason"],
             )
@@ -394,14 +388,9 @@ def test_rule_conditions_answer_as_the_library_resolving_rule_names() -> None:
                 assert a == b
                 compared += 1
         p = prepare(record, env["command"], env["payload"], when, env["reason"], CURRENT)
-        evolve(
+        p.apply_to(
             record,
-            trigger=p.trigger,
-            to_state=p.to_state,
-            facts=p.facts,
-            outcome=p.outcome,
             occurred_at=env["occurred_at"],
-            version=record.version + 1,
             protocol_version=CURRENT.id,
             reason=env["reason"],
         )

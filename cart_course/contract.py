@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 
 from .course import canonical
+from .encoding import canonical as canonical_json_data
 from .errors import InvalidCommandError
 from .protocol.commands import COMMANDS, SERVICE_COMMANDS
 
@@ -73,6 +74,11 @@ class Command:
     #: Set by :func:`parse_command`: the envelope was validated. The service validates any other
     #: command (one built directly as ``Command(...)``) before deciding on it.
     _validated: bool = attrs.field(init=False, default=False, eq=False, hash=False, repr=False)
+    #: Set by :func:`parse_command` for data decoded from JSON text: every value is JSON data, so
+    #: the digest may be encoded by msgspec (``encoding.canonical``: the same bytes as json's for
+    #: JSON data, ~3x faster). Other commands are encoded by ``json`` itself (a Python caller's
+    #: payload may hold values msgspec and json write differently, e.g. a datetime).
+    _json_data: bool = attrs.field(init=False, default=False, eq=False, hash=False, repr=False)
 
     @property
     def validated(self) -> bool:
@@ -97,9 +103,9 @@ class Command:
         return digest
 
     def _digested(self) -> bytes:
-        """``canonical({command, patient_id, occurred_at, payload, reason})`` (json: for a
-        command's size it is as fast as msgspec plus the checks msgspec's output needs)."""
-        return canonical(
+        """``canonical({command, patient_id, occurred_at, payload, reason})``: json's bytes,
+        written by msgspec when the command was decoded from JSON text."""
+        return (canonical_json_data if self._json_data else canonical)(
             {
                 "command": self.command,
                 "patient_id": self.patient_id,
@@ -233,9 +239,17 @@ def parse_patient_id(value: Any, field: str = "patient_id") -> str:
 
 
 def parse_command(
-    data: Any, *, now: dt.datetime | None = None, actor: Actor | None = None
+    data: Any,
+    *,
+    now: dt.datetime | None = None,
+    actor: Actor | None = None,
+    json_data: bool = False,
 ) -> Command:
-    """Validate an envelope. ``actor`` (from an authenticated token) overrides the body's actor."""
+    """Validate an envelope. ``actor`` (from an authenticated token) overrides the body's actor.
+
+    ``json_data``: ``data`` was decoded from JSON text (str keys; str, int, float, bool, None,
+    list and dict values only), as the ingest, CLI and HTTP entry points decode it. The digest
+    is then written by the fast encoder; it is the same digest either way."""
     if type(data) is not dict and not isinstance(data, Mapping):
         raise InvalidCommandError(
             "(command)", "must be a JSON object with: " + ", ".join(ENVELOPE_KEYS)
@@ -276,6 +290,8 @@ def parse_command(
         idempotency_key=key,
         expected_version=expected,
     )
+    if json_data:
+        object.__setattr__(parsed, "_json_data", True)
     try:
         # The digest is computed here, once (it is cached, and every command needs it): it
         # encodes the command's texts as UTF-8, which also proves they are valid Unicode.

@@ -7,9 +7,10 @@ exceptions this module catches:
 
 - floats that Python prints with an exponent (magnitude below 1e-4 or from 1e16: ``1e-05``,
   ``1e+16``): msgspec prints them differently (``0.00001``, ``1e16``). Its output is scanned for
-  such a number (an exponent at a number's end, or ``0.0000``); if one is there, or might be
-  (the same characters inside a string), the value is encoded by ``json`` instead. Every in-range float is printed alike by both (shortest
-  round-trip repr), which ``tests/unit/test_encoding.py`` checks on millions of floats.
+  such a number (an exponent at a number's end, or ``0.0000``); each one found outside a string
+  is rewritten as Python prints that float (:func:`python_floats`; the same characters inside a
+  string are left alone). Every in-range float is printed alike by both (shortest round-trip
+  repr), which ``tests/unit/test_encoding.py`` checks on millions of floats.
 - values that are not JSON data: msgspec refuses types it does not know (we then fall back to
   ``json``), but it also writes some types ``json`` would not (datetime, UUID, Decimal, set):
   the write path must hand over JSON data only, which holds because every field of an event is
@@ -51,6 +52,68 @@ _JSON_SORTED = json.JSONEncoder(
 ).encode
 
 
+#: The bytes a JSON number is written with (msgspec's floats: digits, ``.``, ``-``, ``e``).
+_NUMBER_BYTES = frozenset(b"-+.0123456789eE")
+#: What precedes a value in JSON text, and what follows it.
+_BEFORE_VALUE = frozenset(b":,[")
+_AFTER_VALUE = frozenset(b",}]")
+
+
+def _outside_strings(out: bytes, pos: int) -> bool:
+    """Whether ``pos`` of msgspec's JSON text is outside every string: an even number of
+    unescaped quotes before it. Inside a string msgspec writes a quote as ``\\"`` and a
+    backslash as ``\\\\``; dropping the escaped backslashes, then the escaped quotes, leaves
+    the quotes that open and close strings."""
+    prefix = out[:pos]
+    if b"\\" in prefix:
+        prefix = prefix.replace(b"\\\\", b"").replace(b'\\"', b"")
+    return prefix.count(b'"') % 2 == 0
+
+
+def python_floats(out: bytes, first_exponent: int = 0) -> bytes:
+    """msgspec's JSON text of a container with every float Python prints with an exponent
+    written as Python writes it (``0.00001`` -> ``1e-05``, ``1e16`` -> ``1e+16``).
+
+    Each candidate (an exponent at a number's end, or ``0.0000``) is widened to the run of number
+    bytes around it; it is a number only if a value may start before it (``:``, ``,``, ``[``), a
+    value may end after it (``,``, ``}``, ``]``) and it is outside every string. msgspec prints
+    the shortest text that reads back as the float, so ``float(text)`` is that float, and
+    ``float.__repr__`` is how ``json`` prints it.
+
+    ``first_exponent``: where to start looking for exponents (-1: there is none)."""
+    hits = (
+        [] if first_exponent < 0 else [m.start() for m in _EXPONENT.finditer(out, first_exponent)]
+    )
+    at = out.find(_SMALL)
+    while at != -1:
+        hits.append(at)
+        at = out.find(_SMALL, at + 1)
+    end_of = len(out)
+    spans: dict[int, int] = {}
+    for hit in hits:
+        start = hit
+        while start > 0 and out[start - 1] in _NUMBER_BYTES:
+            start -= 1
+        if start in spans or start == 0 or out[start - 1] not in _BEFORE_VALUE:
+            continue
+        end = hit
+        while end < end_of and out[end] in _NUMBER_BYTES:
+            end += 1
+        if end == end_of or out[end] not in _AFTER_VALUE or not _outside_strings(out, start):
+            continue
+        spans[start] = end
+    if not spans:
+        return out
+    pieces = []
+    last = 0
+    for start in sorted(spans):
+        pieces.append(out[last:start])
+        pieces.append(float.__repr__(float(out[start : spans[start]])).encode())
+        last = spans[start]
+    pieces.append(out[last:])
+    return b"".join(pieces)
+
+
 def _fast_or(fast: Callable[[Any], bytes], slow: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
     search = _EXPONENT.search
 
@@ -59,8 +122,13 @@ def _fast_or(fast: Callable[[Any], bytes], slow: Callable[[Any], bytes]) -> Call
             out = fast(data)
         except (TypeError, ValueError, OverflowError):
             return slow(data)
-        if _SMALL in out or search(out) is not None or out[0] in _NUMBER_START:
+        if out[0] in _NUMBER_START:  # a bare number: json's way (NaN, exponent at the end)
             return slow(data)
+        exponent = search(out)
+        if exponent is not None:
+            return python_floats(out, exponent.start())
+        if _SMALL in out:
+            return python_floats(out, -1)
         return out
 
     return encode

@@ -165,15 +165,22 @@ def record_batch(
     commands: list[tuple[int, Command]] = []
     for number, line in batch:
         try:
-            data = decode_line(line)
-        except json.JSONDecodeError as exc:
-            rejected.append((number, f"invalid_json: {exc.msg} (column {exc.colno})"))
-            continue
-        except LineDecodeError as exc:
-            rejected.append((number, f"invalid_json: {exc.reason}"))
-            continue
+            # msgspec's decoder gives JSON data only (finite numbers, str keys): the digest may
+            # then be written by the fast encoder. Lines it refuses (NaN, 1e400, big integers,
+            # errors) go through decode_line: json's semantics, json's encoder for the digest.
+            data, json_data = _decode.decode(line), True
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeEncodeError, RecursionError):
+            json_data = False
+            try:
+                data = decode_line(line)
+            except json.JSONDecodeError as exc:
+                rejected.append((number, f"invalid_json: {exc.msg} (column {exc.colno})"))
+                continue
+            except LineDecodeError as exc:
+                rejected.append((number, f"invalid_json: {exc.reason}"))
+                continue
         try:
-            commands.append((number, parse_command(data)))
+            commands.append((number, parse_command(data, json_data=json_data)))
         except CartCourseError as exc:
             rejected.append((number, f"{exc.code}: {exc.message}"))
         except RecursionError:

@@ -204,3 +204,47 @@ def test_a_file_sent_again_in_batches_gets_every_first_result_back(
         assert events == sum(1 for r in firsts if not isinstance(r, Exception)) + 25
     finally:
         again_service.close()
+
+
+def test_lines_retried_through_the_ingest_are_duplicates_of_commands_sent_in_python(
+    service: CourseService,
+) -> None:
+    """The ingest writes the digest of a line it decoded with the fast encoder; commands first
+    sent through the Python API (json's encoder) and retried as lines -- MRD sensitivities of
+    1e-05, non-ASCII text, commands without an idempotency key (the content is the key) -- are
+    duplicates, and a line whose number differs (NaN where a value was recorded) is a
+    conflict, not a duplicate."""
+    import json
+
+    from cart_course.demo import cohort
+    from cart_course.ingest import record_batch
+
+    data = list(cohort(12, 5))
+    for i, command in enumerate(data):
+        if i % 3 == 0 and command["command"] != "report_toxicity":
+            command.pop("idempotency_key", None)
+        if command.get("reason") is None and command["command"] == "report_toxicity":
+            command["reason"] = "fièvre, e5,null 1e-05 \u2028"
+    firsts = service.execute_batch([parse_command(c) for c in data])
+    recorded = sum(1 for r in firsts if not isinstance(r, Exception))
+    assert any(c["command"] == "assess_response" for c in data)
+    events = sum(len(service.events(p)) for p in service.patient_ids())
+    lines = [(n, json.dumps(c, ensure_ascii=n % 2 == 0)) for n, c in enumerate(data, start=1)]
+    nan = json.loads(json.dumps(next(c for c in data if c["command"] == "give_infusion")))
+
+    def first_number_to_nan(node: dict[str, object]) -> bool:
+        for key, value in node.items():
+            if isinstance(value, float | int) and not isinstance(value, bool):
+                node[key] = float("nan")
+                return True
+            if isinstance(value, dict) and first_number_to_nan(value):
+                return True
+        return False
+
+    assert "idempotency_key" in nan and first_number_to_nan(nan["payload"])
+    lines.append((len(data) + 1, json.dumps(nan)))
+    counts, rejected = record_batch(service, lines)
+    assert counts["duplicate"] == recorded
+    assert counts["recorded"] == 0
+    assert [n for n, text in rejected if text.startswith("idempotency_conflict")] == [len(lines)]
+    assert sum(len(service.events(p)) for p in service.patient_ids()) == events

@@ -52,7 +52,21 @@ scalars = (
     | st.integers(min_value=-(2**70), max_value=2**70)
     | finite_floats
     | st.text()
-    | st.sampled_from(["e1,", "x:1e5]", "0.00001", "ab1e3f", "é\u2028\x00"])
+    | st.sampled_from(
+        [
+            "e1,",
+            "x:1e5]",
+            "0.00001",
+            "ab1e3f",
+            "é\u2028\x00",
+            '":1e16,"',
+            '\\":0.00001,',
+            "\\",
+            '\\\\"',
+            "[0.00002]",
+            ',"a":-2.5e-6}',
+        ]
+    )
 )
 json_values = st.recursive(
     scalars,
@@ -81,6 +95,8 @@ def _fast(value: Any) -> bytes | str:
 @given(json_values)
 @example({"sensitivity": 1e-05, "cells": 1e16, "hash": "ab1e3f"})
 @example([2.5e-06, {"e": 1e-4}])
+@example({'\\":0.00001,': [1e-05, '":1e16,"', 1e16], "k": {"\\": -2.5e-06}})
+@example(["\\", 1e-07, '\\\\"', 1e20, "[0.00002]"])
 def test_canonical_is_json_byte_for_byte(value: Any) -> None:
     assert _fast(value) == _reference(value)
 
@@ -209,6 +225,34 @@ def test_command_digests_are_those_of_json() -> None:
         parse_command({**base, "payload": {"x": float("nan")}}).digest
         != parse_command({**base, "payload": {"x": None}}).digest
     )
+
+
+@settings(max_examples=1500, deadline=None)
+@given(payload=st.dictionaries(st.text(), json_values, max_size=5), reason=st.text() | st.none())
+@example(payload={"mrd": {"sensitivity": 1e-05}, "n": 1e16, "t": "e5,null"}, reason="é")
+def test_digests_of_commands_decoded_from_json_text_are_those_of_json(
+    payload: dict[str, Any], reason: str | None
+) -> None:
+    """The ingest decodes each line with msgspec and marks the command as JSON data: its digest
+    is then written by the fast encoder, and must be json's, or a retry of a command recorded
+    through another entry point would be a conflict instead of a duplicate."""
+    import msgspec
+
+    base = next(iter(cohort(1, 1)))
+    data = {**base, "payload": payload, "reason": reason}
+    try:
+        text = json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return  # lone surrogates: not a line anyone can send
+    decoded = msgspec.json.decode(text)
+    try:
+        slow = parse_command(data)
+    except CartCourseError as exc:
+        with pytest.raises(CartCourseError) as again:
+            parse_command(decoded, json_data=True)
+        assert again.value.message == exc.message
+        return
+    assert parse_command(decoded, json_data=True).digest == slow.digest == _json_digest(data)
 
 
 def _typed(value: Any) -> Any:

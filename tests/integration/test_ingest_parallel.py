@@ -401,3 +401,25 @@ def test_route_is_stable_and_sends_unroutable_lines_to_the_first_worker() -> Non
     assert {route(json.dumps({"patient_id": f"P-{i:04d}"}), 4) for i in range(40)} == {0, 1, 2, 3}
     for unroutable in ("{not json", "[1]", '{"patient_id": 5}', '{"command": "screen"}'):
         assert route(unroutable, 4) == 0
+
+
+@pytest.mark.parametrize("workers", [2, 3, 4])
+def test_each_worker_gets_whole_batches_from_a_round(workers: int) -> None:
+    """A round deals each worker about one batch of lines: a share over the batch size would be
+    committed as two half batches (twice the commits). Over a whole demo cohort, shares over
+    the batch size are rare."""
+    from collections import Counter
+
+    from cart_course.demo import cohort
+    from cart_course.ingest import BATCH, round_lines
+
+    lines = [json.dumps(c) for c in cohort(3000, 4)]
+    size = round_lines(BATCH, workers)
+    assert BATCH * workers * 0.85 < size < BATCH * workers
+    rounds = over = 0
+    for start in range(0, len(lines) - size + 1, size):
+        shares = Counter(route(line, workers) for line in lines[start : start + size])
+        rounds += 1
+        over += sum(1 for n in shares.values() if n > BATCH)
+    assert rounds >= 3
+    assert over <= max(1, rounds * workers // 10)

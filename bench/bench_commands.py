@@ -416,4 +416,11 @@ def bench_history(tmp: Path) -> Section:
 def run() -> list[Section]:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        return [bench_command_path(tmp), bench_ingest(tmp), bench_history(tmp)]
+        from .ingest_budget import bench_ingest_budget
+
+        return [
+            bench_command_path(tmp),
+            bench_ingest(tmp),
+            bench_ingest_budget(tmp),
+            bench_history(tmp),
+        ]

@@ -95,6 +95,8 @@ class PatientRecord:
     open_ids: list[str] = attrs.field(factory=list, eq=False, repr=False)
     kind_counts: dict[str, int] = attrs.field(factory=dict, eq=False, repr=False)
     course_ids: dict[int, list[str]] = attrs.field(factory=dict, eq=False, repr=False)
+    #: Per course number, the id of its episode of the highest worst grade (the first of them).
+    course_worst: dict[int, str] = attrs.field(factory=dict, eq=False, repr=False)
 
     # -- derived views -----------------------------------------------------------------------
     @property
@@ -130,12 +132,25 @@ class PatientRecord:
         self.open_ids = [t.id for t in self.toxicities.values() if t.open]
         self.kind_counts = {}
         self.course_ids = {}
+        self.course_worst = {}
         for t in self.toxicities.values():
             self.kind_counts[t.kind] = self.kind_counts.get(t.kind, 0) + 1
             self.course_ids.setdefault(t.course_number, []).append(t.id)
+            self._note_worst(t)
+
+    def _note_worst(self, t: Toxicity) -> None:
+        """Keep ``course_worst`` for an episode whose worst grade was set or raised."""
+        worst = self.course_worst.get(t.course_number)
+        if worst is None or t.worst_grade > self.toxicities[worst].worst_grade:
+            self.course_worst[t.course_number] = t.id
+
+    def worst_of_course(self, number: int) -> Toxicity | None:
+        """The course's episode of the highest worst grade (the first of them), or None."""
+        worst = self.course_worst.get(number)
+        return self.toxicities[worst] if worst is not None else None
 
     def to_json(self) -> dict[str, Any]:
-        data = attrs.asdict(self, recurse=True, filter=lambda a, _v: a.name not in _DERIVED)
+        data = attrs.asdict(self, recurse=True, filter=lambda a, _v: a.name not in DERIVED_FIELDS)
         data["index"] = {str(k): v for k, v in self.index.items()}
         return data
 
@@ -148,7 +163,7 @@ class PatientRecord:
         ]
         data["toxicities"] = {k: Toxicity(**t) for k, t in data["toxicities"].items()}
         data["index"] = {int(k): v for k, v in data["index"].items()}
-        for name in _DERIVED:
+        for name in DERIVED_FIELDS:
             data.pop(name, None)
         record = cls(**data)
         record._reindex()
@@ -178,7 +193,7 @@ class PatientRecord:
         }
 
 
-_DERIVED = frozenset({"open_ids", "kind_counts", "course_ids"})
+DERIVED_FIELDS = frozenset({"open_ids", "kind_counts", "course_ids", "course_worst"})
 
 
 def course_summary(c: Course) -> dict[str, Any]:
@@ -363,6 +378,7 @@ def _report_toxicity(
         existing.opens_hold = outcome["opens_hold"]
         existing.report = facts["toxicity"]
         existing.versions.append(version)
+        record._note_worst(existing)
     else:
         if existing is None:
             record.kind_counts[outcome["kind"]] = record.kind_counts.get(outcome["kind"], 0) + 1
@@ -384,6 +400,10 @@ def _report_toxicity(
             opens_hold=outcome["opens_hold"],
             versions=[version],
         )
+        if existing is None:
+            record._note_worst(record.toxicities[tox_id])
+        else:  # a resolved episode's id reported again (histories from before ids were checked)
+            record._reindex()
     # Each report's grade is kept, so that correcting one report re-derives the episode's worst
     # grade and severity from all of its reports.
     record.index[version] = {
@@ -512,7 +532,6 @@ def _correct_toxicity_report(
         # Only a history recorded before such corrections were refused (commands: a correction
         # keeps the episode's kind): the record still shows what the correction says.
         tox.kind = outcome["kind"]
-        record._reindex()
     graded = [record.index[v] for v in reports]
     if graded and all("grade" in e and "severe" in e for e in graded):
         tox.worst_grade = max(int(e["grade"]) for e in graded)
@@ -522,3 +541,4 @@ def _correct_toxicity_report(
             outcome["grade"] if len(reports) <= 1 else max(tox.worst_grade, outcome["grade"])
         )
         tox.severe = outcome["severe"] if len(reports) <= 1 else tox.severe or outcome["severe"]
+    record._reindex()  # its kind or worst grade may have changed (a course's worst may fall)

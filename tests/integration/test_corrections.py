@@ -433,3 +433,44 @@ def test_a_printed_name_is_one_plain_line(service: CourseService, name: str) -> 
         )
     assert info.value.field == "payload.printed_name"
     assert len(service.events("K-13")) == 5
+
+
+def test_discontinuation_is_allowed_after_a_grade_rises_and_not_after_it_is_corrected_down(
+    service: CourseService,
+) -> None:
+    """The moves allowed now follow a course's worst toxicity as it changes: an open episode
+    re-reported at a severe grade allows discontinuation; a correction of that report down to
+    grade 1 takes it away again (the other episode, grade 2, is not severe); the answers are
+    those of the transitions machine fired on the full facts."""
+    from cart_course.protocol.commands import allowed_now, context_facts
+    from cart_course.protocol.machine import Probe, dry_run_by_trigger
+    from cart_course.protocol.versions import CURRENT
+
+    def library_allows_discontinue(pid: str) -> bool:
+        record = service.record(pid)
+        probe = Probe(
+            record.state, context_facts(record, "discontinue"), CURRENT.params, hypothetical=True
+        )
+        return dry_run_by_trigger(CURRENT.machine, probe, "discontinue").allowed
+
+    p = _infused(service, "K-W")
+    p.do("report_toxicity", {"toxicity": crs(1)}, hours=1)  # version 6: CRS-1 grade 1
+    icans = {
+        "kind": "ICANS",
+        "observations": {"age_years": 34, "ice_score": 5, "consciousness": "wakes_to_voice"},
+    }
+    p.do("report_toxicity", {"toxicity": icans}, hours=2)  # version 7: ICANS-1 grade 2
+    assert "discontinue" not in allowed_now(service.record("K-W"), CURRENT)
+    assert not library_allows_discontinue("K-W")
+    p.do("report_toxicity", {"toxicity": crs(3), "toxicity_id": "CRS-1"}, hours=3)  # version 8
+    assert service.record("K-W").worst_of_course(1).id == "CRS-1"  # type: ignore[union-attr]
+    assert "discontinue" in allowed_now(service.record("K-W"), CURRENT)
+    assert library_allows_discontinue("K-W")
+    p.do(
+        "correct",
+        {"corrects": 8, "changes": {"toxicity": crs(1), "toxicity_id": "CRS-1"}},
+        reason="vasopressor was given for a line flush, not for hypotension",
+    )
+    assert service.record("K-W").worst_of_course(1).id == "ICANS-1"  # type: ignore[union-attr]
+    assert "discontinue" not in allowed_now(service.record("K-W"), CURRENT)
+    assert not library_allows_discontinue("K-W")

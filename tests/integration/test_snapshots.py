@@ -119,3 +119,76 @@ def test_a_restarted_service_continues_from_a_snapshot(store_url: str) -> None:
             second.close()
     finally:
         first.close()
+
+
+def _typed(value: Any) -> Any:
+    """A value with the type of every leaf (so that 1 == 1.0 == True do not hide a change)."""
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    return (type(value).__name__, value)
+
+
+def test_a_snapshot_writes_the_record_as_to_json_states_it(service: CourseService) -> None:
+    """Snapshots write the record through a fast conversion (msgspec); for every record of a
+    demo cohort (corrections, signatures, toxicities, several courses) it is ``to_json()``,
+    type for type, and it copies: changing it leaves the record as it was."""
+    from cart_course.contract import parse_command
+    from cart_course.demo import cohort
+    from cart_course.storage import record_state
+
+    service.execute_batch([parse_command(c) for c in cohort(60, 12)])
+    records = [service.record(p) for p in service.patient_ids()]
+    assert any(r.corrections for r in records) and any(r.signatures for r in records)
+    assert any(len(r.courses) > 1 for r in records) and any(r.toxicities for r in records)
+    for record in records:
+        state = record_state(record)
+        assert _typed(state) == _typed(record.to_json())
+        before = record.to_json()
+        state["courses"].append({"number": 99})
+        state["deviations"].append({"deviation": "x"})
+        for episode in state["toxicities"].values():
+            episode["versions"].append(-1)
+        assert record.to_json() == before
+
+
+def test_a_course_snapshot_written_fast_reads_back_as_the_library_writes_it(
+    service: CourseService,
+) -> None:
+    """A patient course's snapshot is written by msgspec in the library's layout; it decodes to
+    exactly what the library's own encoding of the same snapshot decodes to (datetimes, the
+    record, the idempotency keys), and a restored course equals the live one."""
+    import msgspec
+    from eventsourcing.domain import Snapshot
+    from eventsourcing.persistence import JSONTranscoder
+
+    from cart_course.contract import parse_command
+    from cart_course.demo import cohort
+    from cart_course.storage import CourseTranscoder, _snapshot_layout
+
+    service.execute_batch([parse_command(c) for c in cohort(30, 12)])
+    transcoder = CourseTranscoder()
+    service.app.register_transcodings(transcoder)
+    library = JSONTranscoder()
+    service.app.register_transcodings(library)
+    for pid in service.patient_ids():
+        course = service.app.repository.get(stream_id(pid))
+        snapshot = Snapshot.take(course)
+        state = {
+            k: v
+            for k, v in vars(snapshot).items()
+            if k not in ("originator_id", "originator_version")
+        }
+        layout = _snapshot_layout(state)
+        assert layout is not None
+        fast = transcoder.encode(state)
+        assert fast == msgspec.json.encode(layout)  # the fast path was taken
+        slow = library.encode(state)
+        assert transcoder.decode(fast) == library.decode(slow)
+        restored = Snapshot(
+            originator_id=snapshot.originator_id,
+            originator_version=snapshot.originator_version,
+            **transcoder.decode(fast),
+        ).mutate(None)
+        assert restored.record == course.record and restored.idempotency == course.idempotency

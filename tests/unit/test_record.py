@@ -71,5 +71,10 @@ def test_toxicity_indexes_kept_by_evolve_equal_a_rebuild_and_survive_snapshots()
             assert sorted(i for ids in record.course_ids.values() for i in ids) == sorted(
                 record.toxicities
             )
+            for number, ids in record.course_ids.items():
+                episodes = [record.toxicities[i] for i in ids]
+                worst = max(episodes, key=lambda t: t.worst_grade)
+                assert record.worst_of_course(number) is worst, (pid, number)
+            assert set(record.course_worst) == set(record.course_ids)
         checked += bool(live.toxicities)
     assert checked >= 10  # the cohort has holds, severe CRS and ICANS

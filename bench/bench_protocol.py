@@ -30,7 +30,7 @@ class _Probe:
         self.state = "a"
 
 
-def _bare() -> Any:
+def bare_trigger() -> Any:
     """A Machine with model=None, one transition, no conditions: the library's own floor."""
     machine = Machine(
         model=None,
@@ -88,7 +88,7 @@ def _infused_d1_with_open_crs() -> PatientRecord:
 def run() -> Section:
     n = 2_000 if QUICK else 20_000
     repeat = 3 if QUICK else 7
-    bare = _bare()
+    bare = bare_trigger()
     d2 = _d2_facts()
     screening = {
         "screening": parse_screening(eligible_screening(random.Random(1))).to_json(),

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from transitions import Machine
 
 from cart_course.bulk import bulk_gc
 from cart_course.contract import Command, parse_command
@@ -26,6 +25,7 @@ from cart_course.ingest import AUTO_MAX_WORKERS, BATCH, cpu_count
 from cart_course.service import CommandResult, CourseService
 from cart_course.storage import open_application, parse_store_url
 
+from .bench_protocol import bare_trigger
 from .harness import QUICK, Section
 
 #: The kinds of command shown one by one (the rest are in the total).
@@ -92,23 +92,13 @@ def _bare_events(url: str, n_aggregates: int, per_aggregate: int) -> None:
 
 
 def _bare_trigger_us(n: int) -> float:
-    class Model:
-        state = "a"
-
-    machine = Machine(
-        model=None,
-        states=["a", "b"],
-        transitions=[{"trigger": "go", "source": "a", "dest": "b"}],
-        initial=None,
-        auto_transitions=False,
-    )
-    event = machine.events["go"]
-    models = [Model() for _ in range(n)]
+    """A bare ``transitions`` trigger (two states, no conditions), as ``bench_protocol``
+    measures the library's floor."""
+    trigger = bare_trigger()
 
     def run() -> None:
-        for model in models:
-            model.state = "a"
-            event.trigger(model)
+        for _ in range(n):
+            trigger()
 
     return _cpu(run) / n * 1e6
 

@@ -9,6 +9,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from integration_helpers import Course, crs
+from leaf_types import typed
 
 from cart_course.course import PatientCourse, stream_id
 from cart_course.service import CourseService
@@ -121,15 +122,6 @@ def test_a_restarted_service_continues_from_a_snapshot(store_url: str) -> None:
         first.close()
 
 
-def _typed(value: Any) -> Any:
-    """A value with the type of every leaf (so that 1 == 1.0 == True do not hide a change)."""
-    if isinstance(value, dict):
-        return {k: _typed(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_typed(v) for v in value]
-    return (type(value).__name__, value)
-
-
 def test_a_snapshot_writes_the_record_as_to_json_states_it(service: CourseService) -> None:
     """Snapshots write the record through a fast conversion (msgspec); for every record of a
     demo cohort (corrections, signatures, toxicities, several courses) it is ``to_json()``,
@@ -144,7 +136,7 @@ def test_a_snapshot_writes_the_record_as_to_json_states_it(service: CourseServic
     assert any(len(r.courses) > 1 for r in records) and any(r.toxicities for r in records)
     for record in records:
         state = record_state(record)
-        assert _typed(state) == _typed(record.to_json())
+        assert typed(state) == typed(record.to_json())
         before = record.to_json()
         state["courses"].append({"number": 99})
         state["deviations"].append({"deviation": "x"})

@@ -17,6 +17,7 @@ import pytest
 from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, UUIDAsHex
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from leaf_types import typed
 
 from cart_course.contract import parse_command
 from cart_course.course import event_content
@@ -255,15 +256,6 @@ def test_digests_of_commands_decoded_from_json_text_are_those_of_json(
     assert parse_command(decoded, json_data=True).digest == slow.digest == _json_digest(data)
 
 
-def _typed(value: Any) -> Any:
-    """A value with the type of every leaf, so that 1 == 1.0 == True do not hide a change."""
-    if isinstance(value, dict):
-        return {k: _typed(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_typed(v) for v in value]
-    return (type(value).__name__, value)
-
-
 def test_stored_events_decode_to_what_the_library_encoding_decodes_to(
     recorded: CourseService,
 ) -> None:
@@ -280,7 +272,7 @@ def test_stored_events_decode_to_what_the_library_encoding_decodes_to(
         for event in recorded.events(patient_id):
             state = dict(vars(event))
             del state["originator_id"], state["originator_version"]
-            assert _typed(library.decode(ours.encode(state))) == _typed(
+            assert typed(library.decode(ours.encode(state))) == typed(
                 library.decode(library.encode(state))
             )
             checked += 1

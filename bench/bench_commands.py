@@ -321,109 +321,110 @@ NAUSEA: dict[str, Any] = {
 WARM_RUN = 2 * SNAPSHOT_INTERVAL
 
 
+def _history_patient(
+    svc: CourseService, pid: str, size: int, base: dt.datetime
+) -> tuple[int, Callable[..., None]]:
+    """A patient with ``size`` events of history (screening, apheresis, then toxicity reports
+    and resolutions), and a function recording one more such command (by ``svc`` or another
+    service). Returns the patient's version and that function."""
+    patient = f"{pid}-0001"
+    cmds = [
+        c
+        for c in cohort(1, 3, start=base, prefix=pid)
+        if c["command"] in ("screen", "record_apheresis")
+    ][:2]
+    t = base + dt.timedelta(days=5)
+    k = 0
+
+    def toxicity(k: int, t: dt.datetime, key: str | None) -> dict[str, Any]:
+        command: dict[str, Any] = {
+            "command": "report_toxicity" if k % 2 else "resolve_toxicity",
+            "patient_id": patient,
+            "occurred_at": t.isoformat(),
+            "actor": {"id": "bench", "role": "clinician"},
+            "payload": dict(NAUSEA) if k % 2 else {"toxicity_id": f"other-{(k + 1) // 2}"},
+        }
+        if key is not None:
+            command["idempotency_key"] = key
+        return command
+
+    while len(cmds) < size - 1:
+        k += 1
+        t += dt.timedelta(minutes=30)
+        cmds.append(toxicity(k, t, f"{pid}-{k}"))
+    for i in range(0, len(cmds), 500):
+        svc.execute_batch([parse_command(c) for c in cmds[i : i + 500]])
+    state = [k, t]
+
+    def one(service: CourseService | None = None) -> None:
+        state[0] += 1
+        state[1] += dt.timedelta(minutes=1)
+        (service or svc).execute(parse_command(toxicity(state[0], state[1], None)))
+
+    return svc.record(patient).version, one
+
+
+#: Rounds of warm runs of the history benchmark, each on a new patient of each size.
+WARM_ROUNDS = 3
+
+
 def bench_history(tmp: Path) -> Section:
     """The cost of one command as a patient's history grows (10, 100, 1000 events)."""
     sizes = (10, 100, 300) if QUICK else (10, 100, 1000)
     svc = _service(tmp / "history.sqlite")
     base = dt.datetime(2025, 1, 6, tzinfo=dt.UTC)
     rows: list[dict[str, Any]] = []
-    ones: list[Callable[..., None]] = []
+    warm: list[list[Callable[..., None]]] = []
     for size in sizes:
-        pid = f"H-{size}"
-        cmds = [
-            c
-            for c in cohort(1, 3, start=base, prefix=pid)
-            if c["command"] in ("screen", "record_apheresis")
+        patients = [
+            _history_patient(svc, f"H-{size}-{r}", size, base) for r in range(WARM_ROUNDS + 1)
         ]
-        cmds = cmds[:2]
-        t = base + dt.timedelta(days=5)
-        k = 0
-        while len(cmds) < size - 1:
-            k += 1
-            t += dt.timedelta(minutes=30)
-            if k % 2:
-                cmds.append(
-                    {
-                        "command": "report_toxicity",
-                        "patient_id": f"{pid}-0001",
-                        "occurred_at": t.isoformat(),
-                        "actor": {"id": "bench", "role": "clinician"},
-                        "idempotency_key": f"{pid}-{k}",
-                        "payload": dict(NAUSEA),
-                    }
-                )
-            else:
-                cmds.append(
-                    {
-                        "command": "resolve_toxicity",
-                        "patient_id": f"{pid}-0001",
-                        "occurred_at": t.isoformat(),
-                        "actor": {"id": "bench", "role": "clinician"},
-                        "idempotency_key": f"{pid}-{k}",
-                        "payload": {"toxicity_id": f"other-{(k + 1) // 2}"},
-                    }
-                )
-        for i in range(0, len(cmds), 500):
-            svc.execute_batch([parse_command(c) for c in cmds[i : i + 500]])
-        version = svc.record(f"{pid}-0001").version
-
-        def one(
-            service: CourseService | None = None,
-            k: list[int] = [k],  # noqa: B006 (a counter shared by the calls)
-            pid: str = pid,
-            t: list[dt.datetime] = [t],  # noqa: B006
-        ) -> None:
-            k[0] += 1
-            t[0] += dt.timedelta(minutes=1)
-            (service or svc).execute(
-                parse_command(
-                    {
-                        "command": "report_toxicity" if k[0] % 2 else "resolve_toxicity",
-                        "patient_id": f"{pid}-0001",
-                        "occurred_at": t[0].isoformat(),
-                        "actor": {"id": "bench", "role": "clinician"},
-                        "payload": dict(NAUSEA)
-                        if k[0] % 2
-                        else {"toxicity_id": f"other-{(k[0] + 1) // 2}"},
-                    }
-                )
-            )
-
-        cold_times = []
-        for _ in range(5):
-            cold = _service(tmp / "history.sqlite")
-            started = time.perf_counter()
-            one(cold)
-            cold_times.append(time.perf_counter() - started)
-            cold.close()
-        ones.append(one)
+        version = patients[0][0]
+        warm.append([one for _, one in patients[:WARM_ROUNDS]])
         rows.append(
             {
                 "history (events)": version,
+                "warm runs cover (events)": f"{version + 1}-{version + WARM_RUN}",
                 "warm ms/command": float("inf"),
-                "cold ms/command": min(cold_times) * 1e3,
+                "cold ms/command": float("inf"),
+                "_cold": patients[WARM_ROUNDS][1],
             }
         )
-    # Warm runs of every size in turn, three rounds: the machine's drift and the first
-    # commands of a new process (caches filling) weigh on every size alike.
-    for _ in range(3):
-        for one, row in zip(ones, rows, strict=True):
+    # Warm: rounds over the sizes in turn (the machine's drift and the first commands of a new
+    # process weigh on every size alike), each run on a patient of its size not used before, so
+    # that a run starts from that size of history.
+    for r in range(WARM_ROUNDS):
+        for ones, row in zip(warm, rows, strict=True):
+            one = ones[r]
             seconds = best_of(lambda one=one: [one() for _ in range(WARM_RUN)], 1) / WARM_RUN
             row["warm ms/command"] = min(row["warm ms/command"], seconds * 1e3)
     svc.close()
+    # Cold: a new service each time, loading the patient from its latest snapshot.
+    for row in rows:
+        cold_one = row.pop("_cold")
+        for _ in range(5):
+            cold = _service(tmp / "history.sqlite")
+            started = time.perf_counter()
+            cold_one(cold)
+            row["cold ms/command"] = min(
+                row["cold ms/command"], (time.perf_counter() - started) * 1e3
+            )
+            cold.close()
     for r in rows:
         r["warm ratio to smallest"] = r["warm ms/command"] / rows[0]["warm ms/command"]
         r["cold ratio to smallest"] = r["cold ms/command"] / rows[0]["cold ms/command"]
     return Section(
         title="Cost of one command as history grows (SQLite file)",
         method=(
-            "A patient with N events of history (toxicity reports and resolutions), then one more "
-            "command. Warm: the service has the patient in its aggregate cache (a long-running "
-            f"server); the mean of {2 * SNAPSHOT_INTERVAL} commands in a row (two snapshot "
-            "intervals, so each run pays its share of the snapshots, which write the whole "
-            "record), best of 3 rounds over the sizes in turn. Cold: a fresh service (new process state) loads the "
-            f"patient from the latest snapshot (every {SNAPSHOT_INTERVAL} events) plus the events "
-            "after it, best of 5."
+            "A patient with N events of history (toxicity reports and resolutions), then more "
+            "commands. Warm: the service has the patient in its aggregate cache (a long-running "
+            f"server); the mean of {WARM_RUN} commands in a row (two snapshot intervals, so each "
+            "run pays its share of the snapshots, which write the whole record: the history "
+            f"grows by {WARM_RUN} events during a run), on a patient of that size not used "
+            f"before, best of {WARM_ROUNDS} rounds over the sizes in turn. Cold: a fresh service "
+            "(new process state) loads another patient of that size from its latest snapshot "
+            f"(every {SNAPSHOT_INTERVAL} events) plus the events after it, then records one "
+            "command; best of 5."
         ),
         rows=rows,
         notes=["target: the command at 1000 events within 1.2x of the one at 10"],

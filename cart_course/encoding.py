@@ -33,8 +33,8 @@ import msgspec
 
 #: A JSON number that ``json`` and msgspec may print differently: msgspec prints an exponent as
 #: ``e16`` / ``e-9`` right before the number's end (``,``, ``}`` or ``]``), and small numbers as
-#: ``0.0000...``. Both checks may also fire inside a string (then ``json`` encodes it: same bytes,
-#: slower). The pattern starts with a literal on purpose: ``re`` scans for it fast, where a
+#: ``0.0000...``. Both may also match inside a string (:func:`python_floats` then leaves them as
+#: they are). The pattern starts with a literal on purpose: ``re`` scans for it fast, where a
 #: pattern starting with a character class tries every ``,`` and ``:`` (5-40x slower).
 _EXPONENT = re.compile(rb"e-?[0-9]+[,}\]]")
 _SMALL = b"0.0000"
@@ -59,28 +59,36 @@ _BEFORE_VALUE = frozenset(b":,[")
 _AFTER_VALUE = frozenset(b",}]")
 
 
-def _outside_strings(out: bytes, pos: int) -> bool:
-    """Whether ``pos`` of msgspec's JSON text is outside every string: an even number of
-    unescaped quotes before it. Inside a string msgspec writes a quote as ``\\"`` and a
-    backslash as ``\\\\``; dropping the escaped backslashes, then the escaped quotes, leaves
-    the quotes that open and close strings."""
-    prefix = out[:pos]
-    if b"\\" in prefix:
-        prefix = prefix.replace(b"\\\\", b"").replace(b'\\"', b"")
-    return prefix.count(b'"') % 2 == 0
+def _unescaped_quotes(segment: bytes) -> int:
+    """The quotes of a piece of msgspec's JSON text that open or close a string. Inside a
+    string msgspec writes a quote as ``\\"`` and a backslash as ``\\\\``: dropping the
+    escaped backslashes, then the escaped quotes, leaves the others. The piece must not cut an
+    escape in two (it ends right before a number, after ``:``, ``,`` or ``[``: no escape ends
+    with those)."""
+    if b"\\" in segment:
+        segment = segment.replace(b"\\\\", b"").replace(b'\\"', b"")
+    return segment.count(b'"')
 
 
-def python_floats(out: bytes, first_exponent: int = 0) -> bytes:
+#: More candidates than this: ``json`` writes the whole value faster than they are rewritten
+#: (each costs ~1.5 us in Python; ``json`` ~0.25 us per float).
+MAX_REWRITES = 32
+
+
+def python_floats(out: bytes, first_exponent: int = 0) -> bytes | None:
     """msgspec's JSON text of a container with every float Python prints with an exponent
     written as Python writes it (``0.00001`` -> ``1e-05``, ``1e16`` -> ``1e+16``).
 
     Each candidate (an exponent at a number's end, or ``0.0000``) is widened to the run of number
     bytes around it; it is a number only if a value may start before it (``:``, ``,``, ``[``), a
-    value may end after it (``,``, ``}``, ``]``) and it is outside every string. msgspec prints
-    the shortest text that reads back as the float, so ``float(text)`` is that float, and
-    ``float.__repr__`` is how ``json`` prints it.
+    value may end after it (``,``, ``}``, ``]``) and it is outside every string (an even number
+    of unescaped quotes before it, counted in one pass over the text). msgspec prints the
+    shortest text that reads back as the float, so ``float(text)`` is that float, and
+    ``float.__repr__`` is how ``json`` prints it. Linear in the length of the text, whatever the
+    number of candidates (each run of number bytes is walked once).
 
-    ``first_exponent``: where to start looking for exponents (-1: there is none)."""
+    ``first_exponent``: where to start looking for exponents (-1: there is none). None when
+    there are more than :data:`MAX_REWRITES` candidates (the caller has ``json`` write it)."""
     hits = (
         [] if first_exponent < 0 else [m.start() for m in _EXPONENT.finditer(out, first_exponent)]
     )
@@ -88,28 +96,38 @@ def python_floats(out: bytes, first_exponent: int = 0) -> bytes:
     while at != -1:
         hits.append(at)
         at = out.find(_SMALL, at + 1)
+    if len(hits) > MAX_REWRITES:
+        return None
+    hits.sort()
     end_of = len(out)
-    spans: dict[int, int] = {}
+    tokens: list[tuple[int, int]] = []
+    walked = 0  # the end of the last run of number bytes walked
     for hit in hits:
+        if hit < walked:
+            continue
         start = hit
         while start > 0 and out[start - 1] in _NUMBER_BYTES:
             start -= 1
-        if start in spans or start == 0 or out[start - 1] not in _BEFORE_VALUE:
-            continue
         end = hit
         while end < end_of and out[end] in _NUMBER_BYTES:
             end += 1
-        if end == end_of or out[end] not in _AFTER_VALUE or not _outside_strings(out, start):
-            continue
-        spans[start] = end
-    if not spans:
-        return out
+        walked = end
+        if start and end < end_of and out[start - 1] in _BEFORE_VALUE and out[end] in _AFTER_VALUE:
+            tokens.append((start, end))
     pieces = []
-    last = 0
-    for start in sorted(spans):
-        pieces.append(out[last:start])
-        pieces.append(float.__repr__(float(out[start : spans[start]])).encode())
-        last = spans[start]
+    last = 0  # the end of the text copied so far
+    scanned = 0  # the end of the text whose quotes were counted
+    inside = False
+    for start, end in tokens:
+        if _unescaped_quotes(out[scanned:start]) % 2:
+            inside = not inside
+        scanned = start
+        if not inside:
+            pieces.append(out[last:start])
+            pieces.append(float.__repr__(float(out[start:end])).encode())
+            last = end
+    if not pieces:
+        return out
     pieces.append(out[last:])
     return b"".join(pieces)
 
@@ -126,10 +144,12 @@ def _fast_or(fast: Callable[[Any], bytes], slow: Callable[[Any], bytes]) -> Call
             return slow(data)
         exponent = search(out)
         if exponent is not None:
-            return python_floats(out, exponent.start())
-        if _SMALL in out:
-            return python_floats(out, -1)
-        return out
+            fixed = python_floats(out, exponent.start())
+        elif _SMALL in out:
+            fixed = python_floats(out, -1)
+        else:
+            return out
+        return fixed if fixed is not None else slow(data)
 
     return encode
 

@@ -10,7 +10,7 @@ What each check proves (see ``docs/audit.md``):
   never go backwards within a stream.
 - **signatures**: each ``MilestoneSigned.signed_hash`` must equal the hash of the event it signs.
 - **snapshots**: the application restores a long stream from its latest stored snapshot (one
-  every 50 events), not from the log. Each stored snapshot must equal the state replayed from the
+  every 50 events, less often as a history grows past 1000), not from the log. Each stored snapshot must equal the state replayed from the
   log at its version: the record, the chain head, the idempotency keys and the times. A tampered
   snapshot would otherwise change what the service shows while the log still verifies.
 - **seal**: the chain cannot see the *last* event of a stream deleted or altered (nothing after it

@@ -184,3 +184,78 @@ def test_a_course_snapshot_written_fast_reads_back_as_the_library_writes_it(
             **transcoder.decode(fast),
         ).mutate(None)
         assert restored.record == course.record and restored.idempotency == course.idempotency
+
+
+def test_a_snapshot_of_a_record_holding_what_msgspec_writes_otherwise_is_the_librarys(
+    service: CourseService,
+) -> None:
+    """An older history may have put into the record values msgspec writes differently from
+    the library (NaN and infinities as null, datetimes, UUIDs and Decimals as plain strings):
+    such a snapshot is written by the library's encoder, so it decodes to the same values."""
+    import datetime as dt
+    import decimal
+    import uuid
+
+    from eventsourcing.domain import Snapshot
+    from eventsourcing.persistence import JSONTranscoder
+
+    from cart_course.storage import CourseTranscoder
+
+    Course(service, "S-ODD").screen()
+    course = service.app.repository.get(stream_id("S-ODD"))
+    ours, library = CourseTranscoder(), JSONTranscoder()
+    service.app.register_transcodings(ours)
+    service.app.register_transcodings(library)
+    for odd in (
+        float("nan"),
+        float("inf"),
+        dt.datetime(2024, 1, 2, 3, 4, tzinfo=dt.UTC),
+        uuid.UUID(int=7),
+        decimal.Decimal("1.10"),
+    ):
+        course.record.screening = {"odd": odd, "list": [odd]}
+        snapshot = Snapshot.take(course)
+        state = {
+            k: v
+            for k, v in vars(snapshot).items()
+            if k not in ("originator_id", "originator_version")
+        }
+        written = library.decode(ours.encode(state))
+        expected = library.decode(library.encode(state))
+        assert repr(written) == repr(expected), odd
+        assert repr(written["state"]["record"].screening["odd"]) == repr(odd)
+
+
+def test_the_step_between_snapshots_doubles_as_the_history_doubles() -> None:
+    """Every 50 events up to 1000, then every 100 up to 2000, every 200 up to 4000: writing the
+    whole record stays a bounded share of each command, and a restart replays at most a tenth of
+    a history after its latest snapshot."""
+    from cart_course.storage import snapshot_due
+
+    due = [v for v in range(1, 5001) if snapshot_due(v)]
+    assert [v for v in due if v < 1000] == list(range(50, 1000, 50))
+    assert [v for v in due if 1000 <= v < 2000] == list(range(1000, 2000, 100))
+    assert [v for v in due if 2000 <= v < 4000] == list(range(2000, 4000, 200))
+    assert [v for v in due if v >= 4000] == list(range(4000, 5001, 400))
+    for version in range(1, 5001):  # the events after the latest snapshot: at most a tenth
+        latest = max((v for v in due if v <= version), default=0)
+        assert version - latest <= max(SNAPSHOT_INTERVAL - 1, version // 10)
+
+
+def test_a_long_history_takes_snapshots_at_the_longer_step(tmp_path: Path) -> None:
+    service = CourseService(open_application(parse_store_url(str(tmp_path / "long.sqlite"))))
+    try:
+        p = Course(service, "S-LONG")
+        p.screen()
+        p.apheresis()
+        n = 0
+        while service.record("S-LONG").version < 1105:
+            n += 1
+            command = "report_toxicity" if n % 2 else "resolve_toxicity"
+            payload = {"toxicity": crs(1)} if n % 2 else {"toxicity_id": f"CRS-{(n + 1) // 2}"}
+            p.do(command, payload, hours=0.01)
+        stored = service.app.snapshots.recorder.select_events(stream_id("S-LONG"))  # type: ignore[union-attr]
+        versions = [s.originator_version for s in stored]
+        assert versions == [*range(50, 1000, 50), 1000, 1100]
+    finally:
+        service.close()

@@ -247,9 +247,11 @@ def parse_command(
 ) -> Command:
     """Validate an envelope. ``actor`` (from an authenticated token) overrides the body's actor.
 
-    ``json_data``: ``data`` was decoded from JSON text (str keys; str, int, float, bool, None,
-    list and dict values only), as the ingest, CLI and HTTP entry points decode it. The digest
-    is then written by the fast encoder; it is the same digest either way."""
+    ``json_data``: ``data`` was decoded from JSON text by msgspec (str keys; str, int, finite
+    float, bool, None, list and dict values only), as the ingest decodes its lines. The digest
+    is then written by the fast encoder; it is the same digest either way. (``json.loads``
+    also gives NaN and infinities, which msgspec would write as null: such data must not be
+    marked so.)"""
     if type(data) is not dict and not isinstance(data, Mapping):
         raise InvalidCommandError(
             "(command)", "must be a JSON object with: " + ", ".join(ENVELOPE_KEYS)

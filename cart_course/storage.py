@@ -345,26 +345,21 @@ class CourseTranscoder(JSONTranscoder):
         self._fast_decode = msgspec.json.Decoder().decode
 
     def encode(self, obj: Any) -> bytes:
+        layout: dict[str, Any] | None = None
         if type(obj) is dict and "prev_hash" in obj:
             timestamp = obj.get("timestamp")
             if type(timestamp) is dt.datetime:
-                state = dict(obj)
-                state["timestamp"] = {"_type_": "datetime_iso", "_data_": timestamp.isoformat()}
-                try:
-                    out = self._fast_encode(state)
-                except (TypeError, ValueError, OverflowError):
-                    return super().encode(obj)
-                if self._fast_decode(out) == state:
-                    return out
+                layout = dict(obj)
+                layout["timestamp"] = _iso(timestamp)
         elif type(obj) is dict and obj.get("topic") == _COURSE_TOPIC:
             layout = _snapshot_layout(obj)
-            if layout is not None:
-                try:
-                    out = self._fast_encode(layout)
-                except (TypeError, ValueError, OverflowError):
-                    return super().encode(obj)
-                if self._fast_decode(out) == layout:
-                    return out
+        if layout is not None:
+            try:
+                out = self._fast_encode(layout)
+            except (TypeError, ValueError, OverflowError):
+                return super().encode(obj)
+            if self._fast_decode(out) == layout:
+                return out
         return super().encode(obj)
 
     def decode(self, data: bytes) -> Any:

@@ -128,8 +128,14 @@ class PatientCourse(Aggregate):
         prev_hash: str
 
         def apply(self, aggregate: PatientCourse) -> None:
+            self.evolve_record(aggregate.record)
+            aggregate.remember(self)
+
+        def evolve_record(self, record: PatientRecord) -> None:
+            """What this move does to the pure record (the aggregate's ``apply`` and the
+            views' projection both evolve a record so)."""
             evolve(
-                aggregate.record,
+                record,
                 trigger=self.trigger,
                 to_state=self.to_state,
                 facts=self.facts,
@@ -139,7 +145,6 @@ class PatientCourse(Aggregate):
                 protocol_version=self.protocol_version,
                 reason=self.reason,
             )
-            aggregate.remember(self)
 
     # Named moves: past-tense facts, so the log reads as the course happened.
     class Screened(Moved): ...
@@ -188,8 +193,13 @@ class PatientCourse(Aggregate):
         prev_hash: str
 
         def apply(self, aggregate: PatientCourse) -> None:
+            self.evolve_record(aggregate.record)
+            aggregate.remember(self)
+
+        def evolve_record(self, record: PatientRecord) -> None:
+            """What this correction does to the pure record (see ``Moved.evolve_record``)."""
             apply_correction(
-                aggregate.record,
+                record,
                 corrects=self.corrects,
                 trigger=self.trigger,
                 facts=self.facts,
@@ -200,7 +210,7 @@ class PatientCourse(Aggregate):
                 version=self.originator_version,
             )
             for text in self.findings:
-                aggregate.record.deviations.append(
+                record.deviations.append(
                     {
                         "version": self.originator_version,
                         "trigger": "correct",
@@ -210,7 +220,6 @@ class PatientCourse(Aggregate):
                         "occurred_at": self.occurred_at,
                     }
                 )
-            aggregate.remember(self)
 
     class MilestoneSigned(Aggregate.Event):
         """An investigator's electronic signature of a milestone (21 CFR 11.50/11.70)."""
@@ -229,8 +238,13 @@ class PatientCourse(Aggregate):
         prev_hash: str
 
         def apply(self, aggregate: PatientCourse) -> None:
-            aggregate.record.version = self.originator_version
-            aggregate.record.signatures.append(
+            self.evolve_record(aggregate.record)
+            aggregate.remember(self)
+
+        def evolve_record(self, record: PatientRecord) -> None:
+            """What this signature does to the pure record (see ``Moved.evolve_record``)."""
+            record.version = self.originator_version
+            record.signatures.append(
                 {
                     "version": self.originator_version,
                     "milestone": self.milestone,
@@ -243,7 +257,6 @@ class PatientCourse(Aggregate):
                     "occurred_at": self.occurred_at,
                 }
             )
-            aggregate.remember(self)
 
     def __init__(self, patient_id: str, actor: str, role: str, prev_hash: str) -> None:
         self.record = PatientRecord(patient_id=patient_id)

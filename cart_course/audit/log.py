@@ -505,25 +505,14 @@ def count_events(app: CourseApplication, up_to: int | None = None) -> int | None
 
 
 # ----------------------------------------------------------------------------------------------
-# Replay: the event classes' own apply code, run against a shim aggregate
+# Replay: the event classes' own code for the record (``evolve_record``)
 # ----------------------------------------------------------------------------------------------
 
 
-class _Shim:
-    __slots__ = ("chain_head", "record")
-
-    def __init__(self, record: PatientRecord) -> None:
-        self.record = record
-        self.chain_head = ""
-
-    def remember(self, event: Any) -> None:
-        self.record.version = event.originator_version
-
-
-_APPLY: dict[str, Callable[[Any, Any], None]] = {
-    MOVED: PatientCourse.Moved.apply,
-    CORRECTED: PatientCourse.FactCorrected.apply,
-    SIGNED: PatientCourse.MilestoneSigned.apply,
+_EVOLVE: dict[str, Callable[[Any, PatientRecord], None]] = {
+    MOVED: PatientCourse.Moved.evolve_record,
+    CORRECTED: PatientCourse.FactCorrected.evolve_record,
+    SIGNED: PatientCourse.MilestoneSigned.evolve_record,
 }
 
 
@@ -532,20 +521,20 @@ class Replayer:
 
     def __init__(self, patient_id: str) -> None:
         self.record = PatientRecord(patient_id=patient_id)
-        self._shim = _Shim(self.record)
 
     def apply(self, event: LoggedEvent) -> None:
         if event.kind == REGISTERED:
             self.record.version = event.version
             return
-        apply = _APPLY.get(event.kind)
-        if apply is None:
+        evolve_record = _EVOLVE.get(event.kind)
+        if evolve_record is None:
             return
         ns = types.SimpleNamespace(**event.data)
         ns.originator_version = event.version
         if event.kind == SIGNED:
             ns.timestamp = event.recorded_time
-        apply(ns, self._shim)
+        evolve_record(ns, self.record)
+        self.record.version = event.version
 
 
 def replay(patient_id: str, events: Iterable[LoggedEvent]) -> PatientRecord:

@@ -12,7 +12,7 @@ import datetime as dt
 from typing import Any
 
 from ..course import PatientCourse
-from ..protocol.record import PatientRecord, apply_correction, evolve
+from ..protocol.record import PatientRecord
 from ..protocol.states import INFUSED, State
 from ..protocol.versions import UnknownProtocolVersionError, get_version
 
@@ -79,57 +79,11 @@ def apply_event(record: PatientRecord | None, event: Any) -> PatientRecord:
         return PatientRecord(patient_id=event.patient_id, version=event.originator_version)
     if record is None:  # an event of a stream the view never saw registered: cannot happen
         raise ValueError(f"event {type(event).__name__} of unknown stream {event.originator_id}")
-    version = event.originator_version
-    if isinstance(event, PatientCourse.Moved):
-        evolve(
-            record,
-            trigger=event.trigger,
-            to_state=event.to_state,
-            facts=event.facts,
-            outcome=event.outcome,
-            occurred_at=event.occurred_at,
-            version=version,
-            protocol_version=event.protocol_version,
-            reason=event.reason,
-        )
-    elif isinstance(event, PatientCourse.FactCorrected):
-        apply_correction(
-            record,
-            corrects=event.corrects,
-            trigger=event.trigger,
-            facts=event.facts,
-            outcome=event.outcome,
-            changes=event.changes,
-            reason=event.reason,
-            occurred_at=event.occurred_at,
-            version=version,
-        )
-        for text in event.findings:
-            record.deviations.append(
-                {
-                    "version": version,
-                    "trigger": "correct",
-                    "course": None,
-                    "deviation": text,
-                    "reason": event.reason,
-                    "occurred_at": event.occurred_at,
-                }
-            )
-    elif isinstance(event, PatientCourse.MilestoneSigned):
-        record.signatures.append(
-            {
-                "version": version,
-                "milestone": event.milestone,
-                "signs_version": event.signs_version,
-                "signed_hash": event.signed_hash,
-                "meaning": event.meaning,
-                "printed_name": event.printed_name,
-                "signer": event.actor,
-                "signed_at": event.timestamp.isoformat(),
-                "occurred_at": event.occurred_at,
-            }
-        )
-    record.version = version
+    if isinstance(
+        event, PatientCourse.Moved | PatientCourse.FactCorrected | PatientCourse.MilestoneSigned
+    ):
+        event.evolve_record(record)  # as the aggregate's own apply does
+    record.version = event.originator_version
     return record
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,17 @@ def _infused(service: CourseService, pid: str = "K-1") -> Course:
     # version 5: 42e6 transcribed (a deviation, so it needed a reason), 21e6 given
     p.infuse(2, factor=2.0, extra={"deviation_reason": "double dose per bag label"})
     return p
+
+
+def _sign_infusion(p: Course, printed_name: str, **kw: Any) -> object:
+    """Sign the infusion recorded at version 4 (see :func:`_infused`)."""
+    payload = {
+        "milestone": "infusion",
+        "signs_version": 4,
+        "meaning": "approval",
+        "printed_name": printed_name,
+    }
+    return p.do("sign", payload, **kw)
 
 
 def test_a_corrected_dose_changes_the_state_and_keeps_both_in_history(
@@ -137,16 +149,7 @@ def test_a_corrected_clinical_time_may_not_be_in_the_future(service: CourseServi
 def test_only_an_investigator_may_sign(service: CourseService) -> None:
     p = _infused(service, "K-6")
     with pytest.raises(ForbiddenError) as info:
-        p.do(
-            "sign",
-            {
-                "milestone": "infusion",
-                "signs_version": 4,
-                "meaning": "approval",
-                "printed_name": "Site Robot",
-            },
-            actor={"id": "emr.bot", "role": "service"},
-        )
+        _sign_infusion(p, "Site Robot", actor={"id": "emr.bot", "role": "service"})
     assert "a service may not sign" in info.value.message
     assert len(service.events("K-6")) == 5
 
@@ -422,15 +425,7 @@ def test_conformance_names_a_fraction_the_corrected_weight_left_off_plan(
 def test_a_printed_name_is_one_plain_line(service: CourseService, name: str) -> None:
     p = _infused(service, "K-13")
     with pytest.raises(InvalidCommandError) as info:
-        p.do(
-            "sign",
-            {
-                "milestone": "infusion",
-                "signs_version": 4,
-                "meaning": "approval",
-                "printed_name": name,
-            },
-        )
+        _sign_infusion(p, name)
     assert info.value.field == "payload.printed_name"
     assert len(service.events("K-13")) == 5
 

@@ -4,8 +4,8 @@ The audit never loads the eventsourcing aggregate (no snapshots, no cache): it r
 rows directly (on SQLite and PostgreSQL one SQL query per page of streams; in memory, the
 recorder), decodes each row's JSON, and recomputes its hash byte for byte as
 ``course.event_hash`` does on the domain event (see :func:`canonical_fast`). The pure
-:class:`PatientRecord` is rebuilt by the event classes' own ``apply`` code, run against a shim,
-so the audit's replay cannot drift from the application's.
+:class:`PatientRecord` is rebuilt by the event classes' own ``evolve_record`` code (what their ``apply``
+does to the record), so the audit's replay cannot drift from the application's.
 
 Patients are visited in registration order (the ``Registered`` events of the notification log,
 paged): every audit pass holds one page of streams (:data:`PAGE`) in memory at a time.

@@ -15,6 +15,7 @@ import click
 
 from ..contract import parse_command
 from ..demo import cohort, live_cohort
+from ..errors import CartCourseError
 from ..ingest import (
     AUTO_MAX_WORKERS,
     AUTO_MIN_LINES,
@@ -33,9 +34,21 @@ from .common import Context, echo_json, pass_context, patient_id_argument, read_
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
 def record(ctx: Context, source: str, as_json: bool) -> None:
-    """Record one command (JSON envelope) from SOURCE: the JSON itself, a file, or - for stdin."""
-    command = parse_command(read_json_input(source))
-    result = ctx.service.execute(command).to_json()
+    """Record one command (JSON envelope) from SOURCE: the JSON itself, a file, or - for stdin.
+
+    With --json, a rejection is also printed on stdout as its JSON body (the error code, the
+    failed rules and the moves allowed now, as over HTTP), besides the one line on stderr."""
+    try:
+        command = parse_command(read_json_input(source))
+        result = ctx.service.execute(command).to_json()
+    except CartCourseError as exc:
+        if as_json:
+            echo_json(exc.to_json())
+        raise
+    except click.BadParameter as exc:  # SOURCE is not a JSON document
+        if as_json:
+            echo_json({"error": "invalid_json", "message": exc.format_message(), "field": "SOURCE"})
+        raise
     if as_json:
         echo_json(result)
         return

@@ -828,19 +828,24 @@ def _course_of_fraction(record: PatientRecord, version: int) -> tuple[Course, in
 
 
 def corrected_fraction_context(record: PatientRecord, corrects: int) -> dict[str, Any]:
-    """What a correction of D2 or D3 reads from the record now (not from when the fraction was
-    recorded): the course's body weight -- a corrected D1 weight re-planned the course -- and
-    the cells delivered before it. Empty for D1 (its weight is its own payload's) and for a
-    version that is no fraction on record."""
+    """What a correction of a fraction reads from the record now (not from when the fraction was
+    recorded): the date its schedule is counted from (the fraction before it, or apheresis for
+    a D1, as last corrected); for D2 and D3 also the course's body weight -- a corrected D1
+    weight re-planned the course -- and the cells delivered before it (a D1's weight is its own
+    payload's). Empty for a version that is no fraction on record."""
     found = _course_of_fraction(record, corrects)
     if found is None:
         return {}
     course, index = found
+    # the date its schedule is counted from, as it stands now (a corrected D1 date, a corrected
+    # apheresis date): the fraction before it, or apheresis for a D1
+    previous = course.fractions[index - 1].given_on if index else record.apheresis_date
     if course.fractions[index].day == 1:
-        return {}
+        return {"previous_date": previous}
     return {
         "weight_kg": course.weight_kg,
         "delivered_before": sum([f.cells for f in course.fractions[:index]]),
+        "previous_date": previous,
     }
 
 

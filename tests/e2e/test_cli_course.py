@@ -152,6 +152,40 @@ def test_refusals_and_bad_input_are_one_line_errors(db: Path) -> None:
     assert "unknown store URL 'ftp://nowhere'" in one_line_error(bad_store)
 
 
+def test_record_json_prints_a_rejection_as_its_json_body(db: Path) -> None:
+    """A service calling the CLI reads a rejection as HTTP gives it: the error code, the failed
+    rules and the moves allowed now (stdout), with the one line on stderr and the exit code."""
+    assert run(db, "record", json.dumps(SCREEN)).returncode == 0
+    d2 = {
+        **APHERESIS,
+        "command": "give_infusion",
+        "idempotency_key": "cli-1-d2",
+        "payload": {"day": 2, "cells": {"value": 2.1e7, "unit": "cells"}},
+    }
+    refused = run(db, "record", json.dumps(d2), "--json")
+    assert refused.returncode == 1
+    assert "infuse_d2 refused in state screened" in one_line_error(refused)
+    body = json.loads(refused.stdout)
+    assert body["error"] == "move_refused"
+    assert (body["state"], body["move"]) == ("screened", "infuse_d2")
+    assert body["failed_rules"] and all({"rule", "message"} <= set(r) for r in body["failed_rules"])
+    assert "record_apheresis" in body["allowed_moves"]
+
+    invalid = run(db, "record", json.dumps({**SCREEN, "colour": "red"}), "--json")
+    assert invalid.returncode == 2
+    one_line_error(invalid)
+    assert json.loads(invalid.stdout) | {"message": ""} == {
+        "error": "invalid_command",
+        "field": "colour",
+        "message": "",
+    }
+
+    not_json = run(db, "record", "{bad json", "--json")
+    assert not_json.returncode == 2
+    assert json.loads(not_json.stdout)["error"] == "invalid_json"
+    assert json.loads(run(db, "show", "CLI-1", "--json").stdout)["version"] == 2  # nothing new
+
+
 def test_ingest_reports_rejected_lines_and_records_nothing_new_the_second_time(
     db: Path, tmp_path: Path
 ) -> None:

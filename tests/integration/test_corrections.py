@@ -124,6 +124,18 @@ def test_a_correction_needs_a_reason_and_a_correctable_target(service: CourseSer
         # a corrected clinical time obeys the rules of any clinical time
         ({"corrects": 5, "changes": {"occurred_at": "2099-01-01T09:00:00Z"}}, "typo", None),
         ({"corrects": 5, "changes": {"occurred_at": "2026-01-01T09:00"}}, "typo", None),
+        # an error in a corrected value is named where the client wrote it
+        (
+            {"corrects": 5, "changes": {"cells": {"value": 21e6, "unit": "cellz"}}},
+            "typo",
+            "payload.changes.cells.unit",
+        ),
+        (
+            {"corrects": 4, "changes": {"weight": {"value": 70, "unit": "stone"}}},
+            "typo",
+            "payload.changes.weight.unit",
+        ),
+        ({"corrects": 5, "changes": {"cells": None}}, "typo", "payload.changes.cells"),
     ]
     for payload, reason, field in cases:
         with pytest.raises(InvalidCommandError) as info:
@@ -469,3 +481,86 @@ def test_discontinuation_is_allowed_after_a_grade_rises_and_not_after_it_is_corr
     assert service.record("K-W").worst_of_course(1).id == "ICANS-1"  # type: ignore[union-attr]
     assert "discontinue" not in allowed_now(service.record("K-W"), CURRENT)
     assert not library_allows_discontinue("K-W")
+
+
+# A corrected date moves the schedule of what is counted from it --------------------------------
+
+
+def _d1_d2(service: CourseService, pid: str) -> tuple[Course, str, str]:
+    """v3 apheresis, v4 D1, v5 D2 on the next calendar day: the dates of D1 and D2."""
+    p = Course(service, pid)
+    p.screen()
+    p.apheresis()
+    p.infuse(1, days=14)
+    p.infuse(2)
+    d1, d2 = (service.events(pid)[v - 1].facts["infusion_date"] for v in (4, 5))
+    return p, d1, d2
+
+
+def _at(date: str, days: int) -> str:
+    return f"{dt.date.fromisoformat(date) + dt.timedelta(days=days)}T09:00:00+00:00"
+
+
+def test_a_corrected_d1_date_judges_d2_again(service: CourseService) -> None:
+    p, d1, d2 = _d1_d2(service, "K-30")
+    done = p.do(
+        "correct", {"corrects": 4, "changes": {"occurred_at": _at(d1, -1)}}, reason="keyed late"
+    )
+    assert done.status == "recorded"  # a correction states facts: it is recorded anyway
+    earlier = str(dt.date.fromisoformat(d1) - dt.timedelta(days=1))
+    assert list(done.deviations) == [
+        f"correction of version 4 moves the date D2 (version 5) is counted from: D2 on {d2} "
+        f"is 2 day(s) after D1 on {earlier}; the protocol gives it on the next calendar day; "
+        "no deviation reason is recorded for it"
+    ]
+    assert done.outcome["rescheduled"] == [
+        {
+            "version": 5,
+            "day": 2,
+            "previous_date": earlier,
+            "schedule_problem": f"D2 on {d2} is 2 day(s) after D1 on {earlier}; "
+            "the protocol gives it on the next calendar day",
+            "deviation_reason": None,
+        }
+    ]
+    # put back on its day: D2 is on schedule again, and nothing is found
+    done = p.do("correct", {"corrects": 4, "changes": {"occurred_at": _at(d1, 0)}}, reason="undo")
+    assert done.deviations == ()
+    assert done.outcome["rescheduled"][0]["schedule_problem"] is None
+
+
+def test_a_correction_of_d2_is_judged_from_the_corrected_d1_date(service: CourseService) -> None:
+    p, d1, _d2 = _d1_d2(service, "K-31")
+    p.do("correct", {"corrects": 4, "changes": {"occurred_at": _at(d1, -1)}}, reason="keyed late")
+    done = p.do(
+        "correct",
+        {"corrects": 5, "changes": {"cells": {"value": 21e6, "unit": "cells"}}},
+        reason="recount",
+    )
+    assert any("D2 on" in d and "is 2 day(s) after D1" in d for d in done.deviations), (
+        done.deviations
+    )
+
+
+def test_a_corrected_apheresis_date_judges_d1_again(service: CourseService) -> None:
+    p, d1, _d2 = _d1_d2(service, "K-32")
+    done = p.do(
+        "correct",
+        {"corrects": 3, "changes": {"occurred_at": _at(d1, 1)}},
+        reason="apheresis date keyed wrong",
+    )
+    assert any(
+        d.startswith("correction of version 3 moves the date D1 (version 4) is counted from: ")
+        and "is before apheresis" in d
+        for d in done.deviations
+    ), done.deviations
+    assert [e["version"] for e in done.outcome["rescheduled"]] == [4]
+
+
+def test_a_corrected_d3_date_reschedules_nothing(service: CourseService) -> None:
+    p, _d1, d2 = _d1_d2(service, "K-33")
+    p.infuse(3)
+    done = p.do(
+        "correct", {"corrects": 6, "changes": {"occurred_at": _at(d2, 1)}}, reason="same day"
+    )
+    assert "rescheduled" not in done.outcome

@@ -74,12 +74,22 @@ MAX_RETRIES = 20
 LOCKED_RETRIES = 50
 
 
+#: What an auditor runs on a store that holds a row this application cannot read.
+VERIFY_HINT = "the store may be damaged or tampered with: run 'cart-course audit verify'"
+
+
 @contextlib.contextmanager
-def store_errors(what: str) -> Iterator[None]:
-    """Turn the library's storage failures into :class:`StoreError` (one clear line)."""
+def store_errors(what: str, app: CourseApplication | None = None) -> Iterator[None]:
+    """Turn the library's storage failures into :class:`StoreError` (one clear line).
+
+    A stored event that cannot be read is the key's fault (:class:`CipherKeyError`) unless
+    ``app`` says the store's first event reads with this key and settings: then that one row
+    is damaged (a :class:`StoreError` naming it), and blaming the key would mislead."""
     try:
         yield
-    except MapperDeserialisationError:
+    except MapperDeserialisationError as exc:
+        if app is not None and app.settings_mismatch() is None:
+            raise StoreError(f"cannot read {what}: {exc}; {VERIFY_HINT}") from None
         raise CipherKeyError(
             f"cannot read {what}: the stored events do not decrypt with this key. "
             "CART_COURSE_CIPHER_KEY (and CART_COURSE_COMPRESS) must be the ones the store was "
@@ -370,15 +380,37 @@ class CourseService:
                 self._cache.move_to_end(sid)
                 return cached
             try:
-                with store_errors(f"patient {patient_id}"):
+                with store_errors(f"patient {patient_id}", self.app):
                     if probably_new and not self.app.recorder.select_events(sid, limit=1):
                         return None
                     course: Any = self.app.repository.get(sid)
             except AggregateNotFoundError:
                 return None
-            assert isinstance(course, PatientCourse)
+            except (AssertionError, AttributeError, KeyError, TypeError, ValueError) as exc:
+                # the events read, but do not replay into a course (a registration missing, a
+                # field changed to another type): say which patient, never a bare traceback
+                raise self._unreplayable(patient_id, sid, exc) from None
+            if not isinstance(course, PatientCourse):
+                raise StoreError(
+                    f"patient {patient_id}: the stored stream {sid} replays into a "
+                    f"{type(course).__name__}, not a patient's course; {VERIFY_HINT}"
+                )
             self._remember(course)
             return course
+
+    def _unreplayable(self, patient_id: str, sid: UUID, exc: BaseException) -> StoreError:
+        with store_errors(f"patient {patient_id}", self.app):
+            first = self.app.recorder.select_events(sid, limit=1)
+        if first and first[0].originator_version != 1:
+            why = (
+                f"its first stored event is version {first[0].originator_version} "
+                f"({first[0].topic.rpartition('.')[2]}), not the registration (version 1)"
+            )
+        else:
+            why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return StoreError(
+            f"patient {patient_id}: the stored history cannot be replayed: {why}; {VERIFY_HINT}"
+        )
 
     def _remember(self, course: PatientCourse) -> None:
         self._cache[course.id] = course
@@ -965,9 +997,28 @@ class CourseService:
             start = page[-1].id
 
     def patients(self) -> list[dict[str, Any]]:
-        rows = []
+        """Every patient with their state. A patient whose stored history cannot be read (a
+        damaged row) is listed with state ``unreadable`` and the ``error``, so that one bad
+        stream does not hide the others; a wrong key still fails the whole listing."""
+        rows: list[dict[str, Any]] = []
         for pid in self.patient_ids():
-            record = self.record(pid)
+            try:
+                record = self.record(pid)
+            except CipherKeyError:
+                raise
+            except StoreError as exc:
+                rows.append(
+                    {
+                        "patient_id": pid,
+                        "state": "unreadable",
+                        "course_number": None,
+                        "version": None,
+                        "open_toxicities": None,
+                        "last_occurred_at": None,
+                        "error": exc.message,
+                    }
+                )
+                continue
             rows.append(
                 {
                     "patient_id": pid,

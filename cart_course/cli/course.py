@@ -272,9 +272,12 @@ def _patients_table(rows: list[dict[str, Any]]) -> None:
         f"{'patient':<12} {'state':<14} {'course':>6} {'version':>7} {'open tox':>8}  last event (clinical)"
     )
     for r in rows:
+        course, version, tox = (
+            "-" if r[k] is None else r[k] for k in ("course_number", "version", "open_toxicities")
+        )
         click.echo(
-            f"{r['patient_id']:<12} {r['state']:<14} {r['course_number']:>6} {r['version']:>7} "
-            f"{r['open_toxicities']:>8}  {r['last_occurred_at'] or '-'}"
+            f"{r['patient_id']:<12} {r['state']:<14} {course:>6} {version:>7} "
+            f"{tox:>8}  {r['last_occurred_at'] or '-'}"
         )
 
 
@@ -288,6 +291,11 @@ def patients(ctx: Context, as_json: bool) -> None:
         echo_json(rows)
     else:
         _patients_table(rows)
+    unreadable = [r for r in rows if "error" in r]
+    for r in unreadable:
+        click.echo(f"error: {r['error']}", err=True)
+    if unreadable:
+        sys.exit(1)
 
 
 def record_demo(ctx: Context, n: int, seed: int, *, live: bool = False) -> Counter[str]:

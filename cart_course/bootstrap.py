@@ -57,8 +57,7 @@ def check_cipher_key(key: str | None) -> str | None:
     if len(raw) not in (16, 24, 32):
         raise StoreError(
             f"{ENV_CIPHER_KEY} is not an AES key (base64 of 16, 24 or 32 bytes); make one with: "
-            "python -c 'from eventsourcing.cipher import AESCipher; "
-            "print(AESCipher.create_key(32))'"
+            "cart-course new-key"
         )
     return key
 

@@ -26,6 +26,7 @@ from ..ingest import (
     max_workers,
     numbered_lines,
 )
+from ..storage import new_cipher_key
 from .common import Context, echo_json, pass_context, patient_id_argument, read_json_input
 
 
@@ -357,6 +358,13 @@ def run(ctx: Context, n: int) -> None:
     _patients_table(ctx.service.patients())
 
 
+@click.command("new-key")
+def new_key() -> None:
+    """Print a new random AES-256 key (base64) for CART_COURSE_CIPHER_KEY. Keep it in a secret
+    store: events encrypted with it cannot be read without it (see docs/operations.md)."""
+    click.echo(new_cipher_key())
+
+
 def register(cli: click.Group) -> None:
-    for command in (record, ingest, show, patients, demo, run):
+    for command in (record, ingest, show, patients, demo, run, new_key):
         cli.add_command(command)

@@ -342,7 +342,7 @@ def on_schedule_or_deviation(p: Probe) -> bool:
 
 @rule(
     "the cell count is within tolerance of the planned fraction and the course total not above "
-    "plan, or a deviation reason is recorded",
+    "plan by more than the tolerance, or a deviation reason is recorded",
     lambda p: "; ".join(p.dose_problems()) + "; record a deviation reason to proceed",
 )
 def dose_within_tolerance_or_deviation(p: Probe) -> bool:

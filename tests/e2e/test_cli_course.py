@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -273,3 +274,15 @@ def test_encrypted_store_with_a_wrong_key_is_a_clear_error(db: Path) -> None:
             assert "CART_COURSE_CIPHER_KEY" in line
     line = one_line_error(run(db, "patients", env={"CART_COURSE_CIPHER_KEY": "secret"}))
     assert "CART_COURSE_CIPHER_KEY is not an AES key" in line
+    assert line.endswith("make one with: cart-course new-key")
+
+
+def test_new_key_makes_a_key_the_store_takes(db: Path) -> None:
+    made = run(db, "new-key")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    assert len(base64.b64decode(key, validate=True)) == 32
+    assert run(db, "new-key").stdout.strip() != key  # a new one each time
+    env = {"CART_COURSE_CIPHER_KEY": key}
+    assert run(db, "record", json.dumps(SCREEN), env=env).returncode == 0
+    assert "state screened" in run(db, "show", "CLI-1", env=env).stdout

@@ -49,10 +49,13 @@ from .log import (
     Replayer,
     Row,
     StreamRead,
+    UnreadableEventError,
     count_events,
     count_rows,
     high_water_mark,
+    is_version,
     registrations,
+    require_readable,
     scan,
 )
 
@@ -75,7 +78,9 @@ class Problem:
         }
 
     def __str__(self) -> str:
-        where = f"{self.patient_id} v{self.version}" if self.version else self.patient_id
+        where = (
+            f"{self.patient_id} v{self.version}" if self.version is not None else self.patient_id
+        )
         return f"{where}: [{self.check}] {self.message}"
 
 
@@ -219,7 +224,11 @@ def check_stream(
     stream's stored snapshots, each compared with the replayed state at its version (needs
     ``replay``)."""
     problems: list[Problem] = []
-    if stream is not None and events and str(stream_id(patient_id)) != stream:
+    # Only a registration that decodes names a patient (otherwise the loop below names the row).
+    registered = any(
+        e.version == 1 and e.kind == REGISTERED and UNDECODABLE not in e.data for e in events
+    )
+    if stream is not None and registered and str(stream_id(patient_id)) != stream:
         problems.append(
             Problem(
                 patient_id=patient_id,
@@ -227,6 +236,34 @@ def check_stream(
                 check="registration",
                 message=f"stream {stream} is registered as {patient_id}, whose stream id is "
                 f"{stream_id(patient_id)}: the registration row was modified",
+            )
+        )
+        return problems
+    renumbered = [e for e in events if not is_version(e.version)]
+    if renumbered:
+        numbers = {e.version for e in events if is_version(e.version)}
+        gaps = [v for v in range(1, max(numbers, default=0) + 1) if v not in numbers]
+        problems.append(
+            Problem(
+                patient_id=patient_id,
+                version=gaps[0] if gaps else None,
+                check="sequence",
+                message=f"a stored row has the version {renumbered[0].version!r}, not a whole "
+                "number"
+                + (f" (v{gaps[0]} is missing)" if gaps else "")
+                + ": it was renumbered in the database",
+            )
+        )
+        return problems
+    if events and events[0].version < 1:
+        e = events[0]
+        problems.append(
+            Problem(
+                patient_id=patient_id,
+                version=e.version,
+                check="sequence",
+                message=f"a {e.type} row is stored at v{e.version}, before the registration "
+                "(v1): it was inserted in the database",
             )
         )
         return problems
@@ -314,13 +351,10 @@ def check_stream(
         if replayer is not None:
             try:
                 replayer.apply(e)
-            except Exception as exc:  # a history the record cannot be rebuilt from
+            except UnreadableEventError as exc:  # a history the record cannot be rebuilt from
                 problems.append(
                     Problem(
-                        patient_id=patient_id,
-                        version=e.version,
-                        check="replay",
-                        message=f"cannot be replayed: {type(exc).__name__}: {exc}",
+                        patient_id=patient_id, version=e.version, check="replay", message=exc.detail
                     )
                 )
                 return problems
@@ -395,14 +429,17 @@ def heads(
                 )
             )
         nid = read.notification_id
-        last = events[-1] if events else None
+        # The head is the last row of a version number (a row renumbered to text sorts last
+        # in SQLite; the check above names it).
+        numbered = [e for e in events if is_version(e.version)]
+        last = numbered[-1] if numbered else None
         yield StreamHead(
             notification_id=nid,
             patient_id=pid,
             version=last.version if last else 0,
             head=last.hash if last else "",
             events=len(events),
-            hashes={e.version: e.hash for e in events},
+            hashes={e.version: e.hash for e in numbered},
         )
 
 
@@ -449,6 +486,8 @@ def verify(
     starts (``report.up_to``), a consistent prefix; events recorded meanwhile are not problems,
     they are checked by the next run. ``up_to``: check only the log up to that earlier
     notification id instead (e.g. to recompute the digest a report or seal gave for it)."""
+    require_readable(app)
+    sealed = _read_seal(seal) if seal is not None else None
     report = VerifyReport(replayed=replay)
     digest = hashlib.sha256()
     # Counted before the mark is taken: every snapshot counted is then of an event at or below
@@ -458,24 +497,25 @@ def verify(
     )
     mark = high_water_mark(app)
     up_to = report.up_to = mark if up_to is None else max(0, min(up_to, mark))
-    sealed_iter = _read_seal(seal) if seal is not None else None
-    pending: dict[str, Any] | None = next(sealed_iter, None) if sealed_iter else None
     summary: dict[str, Any] | None = None
-    if pending is not None and "seal" in pending:
-        summary, pending = pending, None
+    sealed_iter: Iterator[dict[str, Any]] | None = None
+    pending: dict[str, Any] | None = None
+    if sealed is not None:
+        summary, sealed_iter = sealed
+        pending = next(sealed_iter, None)
     for head in heads(app, report, up_to=up_to):
         digest.update(head.line().encode())
-        if sealed_iter is None:
+        if sealed_iter is None or summary is None:
             continue
         while pending is not None and pending["notification_id"] < head.notification_id:
             report.problems.append(_missing(pending))
-            pending, summary = _next_sealed(sealed_iter, summary)
+            pending = next(sealed_iter, None)
         if pending is not None and pending["notification_id"] == head.notification_id:
             problem = _compare(pending, head)
             if problem is not None:
                 report.problems.append(problem)
-            pending, summary = _next_sealed(sealed_iter, summary)
-        elif summary is None or head.notification_id <= summary.get("max_notification_id", 0):
+            pending = next(sealed_iter, None)
+        elif head.notification_id <= summary["max_notification_id"]:
             report.problems.append(
                 Problem(
                     patient_id=head.patient_id,
@@ -489,7 +529,7 @@ def verify(
         while pending is not None:
             if pending["notification_id"] <= up_to:  # beyond the mark: not verified this time
                 report.problems.append(_missing(pending))
-            pending, summary = _next_sealed(sealed_iter, summary)
+            pending = next(sealed_iter, None)
         report.sealed = summary
     report.log_digest = digest.hexdigest()
     report.rows = count_events(app, up_to)
@@ -535,15 +575,6 @@ def _missing(sealed: dict[str, Any]) -> Problem:
     )
 
 
-def _next_sealed(
-    it: Iterator[dict[str, Any]], summary: dict[str, Any] | None
-) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    item = next(it, None)
-    if item is not None and "seal" in item:
-        return next(it, None), item
-    return item, summary
-
-
 def _compare(sealed: dict[str, Any], head: StreamHead) -> Problem | None:
     pid = sealed["patient_id"]
     if pid != head.patient_id:
@@ -583,6 +614,7 @@ def _compare(sealed: dict[str, Any], head: StreamHead) -> Problem | None:
 def seal(app: CourseApplication, out: IO[str], *, now: dt.datetime | None = None) -> VerifyReport:
     """Write every stream's head and the log digest (JSON Lines); verifies on the way. Seals
     the log up to its high-water mark when it starts (a live store can be sealed)."""
+    require_readable(app)
     report = VerifyReport(replayed=False)
     up_to = report.up_to = high_water_mark(app)
     digest = hashlib.sha256()
@@ -620,19 +652,108 @@ def seal(app: CourseApplication, out: IO[str], *, now: dt.datetime | None = None
     return report
 
 
-def _read_seal(fh: IO[str]) -> Iterator[dict[str, Any]]:
-    for number, line in enumerate(fh, start=1):
+_HEAD_FIELDS: dict[str, type] = {
+    "notification_id": int,
+    "patient_id": str,
+    "version": int,
+    "head": str,
+}
+_SUMMARY_FIELDS: dict[str, type] = {
+    "streams": int,
+    "max_notification_id": int,
+    "log_digest": str,
+}
+
+
+def _seal_items(lines: Iterator[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, item) of every non-blank line: a stream head or the summary, each checked
+    for the fields (and their types) ``verify`` reads."""
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
             raise SealFormatError(f"seal line {number}: not JSON ({exc.msg})") from None
-        if not isinstance(item, dict) or not (
-            "seal" in item or {"notification_id", "patient_id", "version", "head"} <= set(item)
-        ):
+        if isinstance(item, dict) and "seal" in item:
+            fields = _SUMMARY_FIELDS
+        elif isinstance(item, dict) and set(_HEAD_FIELDS) <= set(item):
+            fields = _HEAD_FIELDS
+        else:
             raise SealFormatError(f"seal line {number}: expected a stream head or the seal summary")
-        yield item
+        for name, kind in fields.items():
+            value = item.get(name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise SealFormatError(
+                    f"seal line {number}: {name} is {value!r}, not a {kind.__name__}"
+                )
+        yield number, item
+
+
+def _check_seal(lines: Iterator[str]) -> dict[str, Any]:
+    """The seal's summary, once the whole file was checked to be a complete seal: stream heads
+    in log order, then the summary line ``seal`` writes last, whose stream count and digest the
+    heads reproduce. A seal cut short, missing a line or altered is bad input
+    (:class:`SealFormatError`), never evidence about the log."""
+    summary: dict[str, Any] | None = None
+    count = 0
+    last_nid = 0
+    digest = hashlib.sha256()
+    for number, item in _seal_items(lines):
+        if summary is not None:
+            raise SealFormatError(
+                f"seal line {number}: the seal file goes on after its summary line "
+                "(the last line `audit seal` writes)"
+            )
+        if "seal" in item:
+            summary = item
+            continue
+        if item["notification_id"] <= last_nid:
+            raise SealFormatError(
+                f"seal line {number}: stream heads out of log order "
+                f"(notification {item['notification_id']} after {last_nid})"
+            )
+        last_nid = item["notification_id"]
+        count += 1
+        digest.update(
+            f"{item['notification_id']}:{item['patient_id']}:{item['version']}:{item['head']}\n".encode()
+        )
+    if summary is None:
+        raise SealFormatError(
+            "the seal file is incomplete: "
+            + (
+                "it is empty"
+                if count == 0
+                else f"it ends after {count} stream head(s) without its summary line (the last "
+                "line `audit seal` writes): it was cut short"
+            )
+        )
+    if summary["streams"] != count:
+        raise SealFormatError(
+            f"the seal file is incomplete: its summary counts {summary['streams']} stream(s) but "
+            f"it holds {count} stream head(s)"
+        )
+    if summary["log_digest"] != digest.hexdigest():
+        raise SealFormatError(
+            "the seal file was altered: its stream heads do not give the log digest its summary "
+            "line records"
+        )
+    return summary
+
+
+def _read_seal(fh: IO[str]) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
+    """Check the whole seal file first (:func:`_check_seal`), then its stream heads in order
+    (read again from the file when it can seek; else held)."""
+    if fh.seekable():
+        start = fh.tell()
+        summary = _check_seal(iter(fh))
+        fh.seek(start)
+        lines: Iterator[str] = iter(fh)
+    else:
+        held = fh.readlines()
+        summary = _check_seal(iter(held))
+        lines = iter(held)
+    return summary, (item for _n, item in _seal_items(lines) if "seal" not in item)
 
 
 class SealFormatError(ValueError):

@@ -26,10 +26,16 @@ import msgspec
 from eventsourcing.persistence import StoredEvent
 
 from ..course import PatientCourse, canonical, event_hash, stream_id
-from ..errors import PatientNotFoundError
+from ..errors import CartCourseError, CipherKeyError, PatientNotFoundError
 from ..protocol.record import PatientRecord
 from ..service import store_errors
-from ..storage import CANONICAL_MARK, CourseApplication, drop_row_copies, is_canonical_state
+from ..storage import (
+    CANONICAL_MARK,
+    CourseApplication,
+    drop_row_copies,
+    is_canonical_state,
+    stored_format_mismatch,
+)
 
 REGISTERED_TOPIC = f"{PatientCourse.__module__}:{PatientCourse.Registered.__qualname__}"
 PAGE = 100
@@ -443,7 +449,7 @@ def scan(
         for nid, sid in page:
             text = str(sid)
             logged = [decode.row(text, v, topic, state) for v, topic, state in rows.get(sid, ())]
-            pid = logged[0].get("patient_id") if logged else None
+            pid = registered_patient(logged)
             yield StreamRead(
                 nid,
                 text,
@@ -453,22 +459,190 @@ def scan(
             )
 
 
+def registered_patient(events: list[LoggedEvent]) -> Any:
+    """The patient id its registration row (v1) names (None when there is none): the stream's
+    first row may be a row inserted before it."""
+    for e in events:
+        if e.version == 1 and e.kind == REGISTERED:
+            return e.get("patient_id")
+    return events[0].get("patient_id") if events else None
+
+
 def streams(
     app: CourseApplication, patient_id: str | None = None
 ) -> Iterator[tuple[str, list[LoggedEvent]]]:
-    """(patient id, events) for one patient or every patient, a page of streams in memory."""
+    """(patient id, events) for one patient or every patient, a page of streams in memory.
+
+    Refuses (:class:`CipherKeyError`) a store its rows do not decrypt for, and
+    (:class:`UnreadableEventError`) a stream holding a row that cannot be read, naming it: the
+    audit never shows a damaged row as an event with empty fields."""
+    require_readable(app)
     if patient_id is not None:
         events = read_stream(app, stream_id(patient_id), Decoder(app))
         if not events:
             raise PatientNotFoundError(patient_id)
-        yield patient_id, events
+        yield patient_id, check_readable(patient_id, events)
         return
     for read in scan(app):
-        yield read.patient_id, read.events
+        yield read.patient_id, check_readable(read.patient_id, read.events)
 
 
 def patient_events(app: CourseApplication, patient_id: str) -> list[LoggedEvent]:
+    """The patient's events, every one readable (see :func:`streams`)."""
     return next(streams(app, patient_id))[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows the audit cannot use: a store read with the wrong key, a row altered in the database
+# ----------------------------------------------------------------------------------------------
+
+#: How many of the log's first rows :func:`key_problem` tries (and its last one).
+KEY_SAMPLE = 3
+
+
+def _opens(state: Any, cipher: Any, compressor: Any) -> bool:
+    """Whether a stored row decrypts, decompresses and decodes to a JSON object."""
+    try:
+        data = state if isinstance(state, bytes) else bytes(state)
+        if cipher:
+            data = cipher.decrypt(data)
+        if compressor:
+            data = compressor.decompress(data)
+        return isinstance(decode_json(data), dict)
+    except Exception:
+        return False
+
+
+def key_problem(app: CourseApplication) -> str | None:
+    """Why the store cannot be read with this application's key and compression setting (None:
+    it can, or the store is empty).
+
+    A wrong or missing key makes *every* row unreadable; an altered row only itself. So the
+    key is judged on the log's first rows and its last one: when any of them reads, the key is
+    right and a row that does not is evidence of tampering (``verify`` names it). A few rows,
+    whatever the size of the log."""
+    mapper = app.mapper
+    with store_errors("the store"):
+        sample = list(app.recorder.select_notifications(start=None, limit=KEY_SAMPLE))
+        if not sample:
+            return None
+        mark = high_water_mark(app)
+        if mark > sample[-1].id:
+            sample += app.recorder.select_notifications(start=mark, limit=1)
+    if any(_opens(n.state, mapper.cipher, mapper.compressor) for n in sample):
+        return None
+    first = sample[0].state
+    problem = stored_format_mismatch(
+        first if isinstance(first, bytes) else bytes(first),
+        cipher=mapper.cipher is not None,
+        compressed=mapper.compressor is not None,
+        error=ValueError("not JSON"),
+    )
+    if problem.startswith("its first event does not decode"):
+        return None  # the settings fit the store: those rows are damaged (``verify`` says so)
+    return problem
+
+
+def require_readable(app: CourseApplication) -> None:
+    """Raise :class:`CipherKeyError` (the same line every command gives for it) when the store
+    cannot be read with this key (see :func:`key_problem`): before any audit reads, so that a
+    wrong key is never reported as tampering, garbage or empty fields."""
+    problem = key_problem(app)
+    if problem is not None:
+        raise CipherKeyError(
+            f"cannot read the store: the stored events do not decrypt with this key ({problem}). "
+            "CART_COURSE_CIPHER_KEY (and CART_COURSE_COMPRESS) must be the ones the store was "
+            "written with"
+        )
+
+
+class UnreadableEventError(CartCourseError):
+    """A stored row the audit cannot read or replay (altered in the database): names the patient
+    (or stream) and the version."""
+
+    code = "event_unreadable"
+    http_status = 500
+    title = "A stored event cannot be read"
+
+    def __init__(self, patient_id: str, version: Any, detail: str) -> None:
+        self.patient_id = patient_id
+        self.version = version
+        self.detail = detail
+        where = f"{patient_id} v{version}" if isinstance(version, int) else patient_id
+        super().__init__(f"{where}: {detail}; `cart-course audit verify` checks the whole log")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "patient_id": self.patient_id, "version": self.version}
+
+
+def is_version(value: Any) -> bool:
+    """A stored version number (a row renumbered by hand in SQLite may hold text)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: Per kind of event, the fields the audit reads and the type each must have.
+_REQUIRED: dict[str, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
+    REGISTERED: (("patient_id", str),),
+    MOVED: (
+        ("trigger", str),
+        ("from_state", str),
+        ("to_state", str),
+        ("facts", dict),
+        ("outcome", dict),
+    ),
+    CORRECTED: (
+        ("corrects", int),
+        ("trigger", str),
+        ("facts", dict),
+        ("outcome", dict),
+        ("changes", dict),
+    ),
+    SIGNED: (("signs_version", int), ("signed_hash", str)),
+}
+
+
+def unreadable(e: LoggedEvent) -> str | None:
+    """Why a stored event cannot be used by the audit (None: it can)."""
+    if not is_version(e.version):
+        return (
+            f"a stored row has the version {e.version!r}, not a whole number: "
+            "it was renumbered in the database"
+        )
+    if UNDECODABLE in e.data:
+        return (
+            f"the stored row cannot be decoded ({e.data[UNDECODABLE]}): "
+            "it was altered in the database"
+        )
+    if e.kind == "unknown":
+        return (
+            f"the stored row's type {e.type!r} is not an event of a patient course: "
+            "it was altered in the database"
+        )
+    for name, kind in _REQUIRED[e.kind]:
+        value = e.data.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return (
+                f"the stored {e.type} has no valid {name} ({value!r}): "
+                "it was altered in the database"
+            )
+    return None
+
+
+def check_readable(patient_id: str, events: list[LoggedEvent]) -> list[LoggedEvent]:
+    """``events``, when every one can be read; else :class:`UnreadableEventError` naming the
+    first row that cannot (a row stored before the registration counts: it was inserted)."""
+    for e in events:
+        why = unreadable(e)
+        if why is not None:
+            raise UnreadableEventError(patient_id, e.version, why)
+        if e.version < 1:
+            raise UnreadableEventError(
+                patient_id,
+                e.version,
+                f"a {e.type} row is stored at v{e.version}, before the registration (v1): "
+                "it was inserted in the database",
+            )
+    return events
 
 
 def count_rows(recorder: Any, up_to: int | None = None) -> int | None:
@@ -523,6 +697,22 @@ class Replayer:
         self.record = PatientRecord(patient_id=patient_id)
 
     def apply(self, event: LoggedEvent) -> None:
+        """Evolve the record by one event; :class:`UnreadableEventError` (naming the patient and
+        version) when the event cannot be applied: a row altered in the database, or a history
+        recorded without the protocol's checks that the record cannot be rebuilt from."""
+        why = unreadable(event)
+        if why is not None:
+            raise UnreadableEventError(self.record.patient_id, event.version, why)
+        try:
+            self._apply(event)
+        except Exception as exc:
+            raise UnreadableEventError(
+                self.record.patient_id,
+                event.version,
+                f"cannot be replayed ({type(exc).__name__}: {exc})",
+            ) from exc
+
+    def _apply(self, event: LoggedEvent) -> None:
         if event.kind == REGISTERED:
             self.record.version = event.version
             return

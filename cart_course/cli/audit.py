@@ -1,7 +1,8 @@
 """``cart-course audit``: timeline, as-of views, conformance replay, tamper evidence, exports.
 
 Exit codes: 0 when clean; 1 when ``verify`` finds tampering or ``conformance`` finds a
-non-conforming step; 2 for bad input.
+non-conforming step (or the store does not decrypt with this key, or a stored row cannot be read:
+one line naming the patient and version); 2 for bad input (an incomplete seal file included).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ..audit.conformance import Conformance, check_history
 from ..audit.fhir import bundle
 from ..audit.history import COLUMNS, csv_row, render_table, timeline
 from ..audit.integrity import SealFormatError, check_stream, seal, verify
-from ..audit.log import patient_events, streams
+from ..audit.log import patient_events, require_readable, streams
 from ..audit.report import html_report
 from ..contract import parse_time
 from ..protocol.versions import VERSIONS, ProtocolVersion, UnknownProtocolVersionError, get_version
@@ -249,6 +250,7 @@ def verify_cmd(ctx: Context, seal_path: str | None, up_to: int | None, as_json: 
 @pass_context
 def seal_cmd(ctx: Context, out: str) -> None:
     """Write every stream's head hash and the log digest to FILE (keep it outside the database)."""
+    require_readable(ctx.service.app)  # before FILE is opened (and an earlier seal overwritten)
     if out == "-":
         report = seal(ctx.service.app, sys.stdout)
     else:

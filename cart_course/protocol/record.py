@@ -248,6 +248,15 @@ def toxicity_summary(t: Toxicity) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
+#: Moves that never change the state: the machine's internal transitions (``"dest": "="``). Their
+#: event's ``to_state`` is the state the record was in when it was recorded; an episode command
+#: may be recorded after a later move with an earlier clinical time, so a replay that leaves out
+#: events (the audit's clinical as-of view) must not take its state from it.
+STAYING_TRIGGERS: frozenset[Trigger] = frozenset(
+    {Trigger.REPORT_TOXICITY, Trigger.RESOLVE_TOXICITY, Trigger.CANCEL_REMAINING_FRACTIONS}
+)
+
+
 def evolve(
     record: PatientRecord,
     *,
@@ -261,7 +270,8 @@ def evolve(
     reason: str | None = None,
 ) -> None:
     record.version = version
-    record.state = to_state
+    if trigger not in STAYING_TRIGGERS:  # a replay of every event: to_state is the state anyway
+        record.state = to_state
     record.protocol_version = protocol_version
     # Clinical times may carry different UTC offsets: compare instants, keep the text as entered.
     when = dt.datetime.fromisoformat(occurred_at)
@@ -274,7 +284,7 @@ def evolve(
     _apply_effect(record, trigger, facts, outcome, occurred_at, version, reason)
     if trigger in INFUSION_TRIGGERS or trigger in ("screen", "rescreen", "record_apheresis"):
         record.index[version] = {"trigger": trigger}
-    if to_state in TERMINAL:  # State is a StrEnum: plain strings match
+    if to_state in TERMINAL and record.state == to_state:  # State is a StrEnum: strings match
         record.ended = {"state": to_state, "reason": reason, "occurred_at": occurred_at}
 
 

@@ -299,6 +299,25 @@ def _check_correction(
                     + "; no deviation reason is recorded for it",
                 )
             )
+    for entry in (e.get("outcome") or {}).get("rescheduled") or []:
+        # a corrected date moved the day the next fraction is counted from: a fraction now off
+        # its schedule without a deviation reason is a finding, as its dry run would say
+        if (
+            isinstance(entry, dict)
+            and entry.get("schedule_problem")
+            and not entry.get("deviation_reason")
+        ):
+            result.findings.append(
+                _finding(
+                    patient_id,
+                    e,
+                    "correction",
+                    label,
+                    f"v{corrects}'s correction moves the date D{entry.get('day')} "
+                    f"(v{entry.get('version')}) is counted from: {entry['schedule_problem']}; "
+                    "no deviation reason is recorded for it",
+                )
+            )
     if not run.allowed:
         result.findings.append(
             _finding(

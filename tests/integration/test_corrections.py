@@ -564,3 +564,22 @@ def test_a_corrected_d3_date_reschedules_nothing(service: CourseService) -> None
         "correct", {"corrects": 6, "changes": {"occurred_at": _at(d2, 1)}}, reason="same day"
     )
     assert "rescheduled" not in done.outcome
+
+
+def test_conformance_names_a_fraction_a_corrected_date_left_off_schedule(
+    service: CourseService,
+) -> None:
+    from cart_course.audit import check_history, patient_events
+
+    p, d1, _d2 = _d1_d2(service, "K-34")
+    p.do("correct", {"corrects": 4, "changes": {"occurred_at": _at(d1, -1)}}, reason="keyed late")
+    report = check_history("K-34", patient_events(service.app, "K-34"))
+    off = [f for f in report.findings if f.version == 6 and f.check == "correction"]
+    assert len(off) == 1
+    assert off[0].message.startswith("v4's correction moves the date D2 (v5) is counted from: D2")
+    assert "is 2 day(s) after D1" in off[0].message
+    assert off[0].message.endswith("no deviation reason is recorded for it")
+    # on its day again: nothing to find
+    p.do("correct", {"corrects": 4, "changes": {"occurred_at": _at(d1, 0)}}, reason="undo")
+    report = check_history("K-34", patient_events(service.app, "K-34"))
+    assert [f for f in report.findings if f.version == 7] == []

@@ -40,6 +40,13 @@ SIGNABLE_TRIGGERS = frozenset(t for triggers in MILESTONES.values() for t in tri
 #: Commands about a toxicity episode: their clinical time is the episode's onset or resolution,
 #: which may come before the patient's last move (a fever that began before D3, reported after).
 EPISODE_COMMANDS = frozenset({"report_toxicity", "resolve_toxicity"})
+#: The version of what replaying an event does to a course (``evolve_record``, ``remember`` and
+#: the record's ``evolve``): raised whenever a change to them replays an existing history into a
+#: different state. A snapshot holds the rules it was taken under; one taken under other rules is
+#: not used (the course is replayed from its events, and a new snapshot is taken when one is
+#: due) and is not compared with the log by the audit. 2: a move that stays in its state (a
+#: toxicity reported or resolved after the course ended) no longer restates how it ended.
+REPLAY_RULES = 2
 
 
 def genesis_hash(patient_id: str) -> str:
@@ -260,6 +267,8 @@ class PatientCourse(Aggregate):
 
     def __init__(self, patient_id: str, actor: str, role: str, prev_hash: str) -> None:
         self.record = PatientRecord(patient_id=patient_id)
+        #: The replay rules this course's state follows (:data:`REPLAY_RULES`), kept in snapshots.
+        self.replay_rules = REPLAY_RULES
         #: idempotency key -> [payload digest, version of the event it recorded]
         self.idempotency: dict[str, list[Any]] = {}
         self.chain_head = ""

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
@@ -27,6 +27,7 @@ import attrs
 import msgspec
 from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.persistence import (
+    EventStore,
     InternalError,
     JSONTranscoder,
     Mapper,
@@ -38,7 +39,7 @@ from eventsourcing.persistence import (
 from eventsourcing.sqlite import SQLiteAggregateRecorder
 from eventsourcing.utils import get_topic
 
-from .course import CANONICAL_BYTES, PatientCourse
+from .course import CANONICAL_BYTES, REPLAY_RULES, PatientCourse
 from .encoding import not_json
 from .errors import CipherKeyError
 from .protocol.record import DERIVED_FIELDS, PatientRecord
@@ -421,6 +422,33 @@ class CourseMapper(Mapper[UUID]):
         )
 
 
+def snapshot_rules(state: dict[str, Any]) -> int:
+    """The replay rules a course snapshot's state was taken under (1: before they were kept)."""
+    rules = state.get("replay_rules", 1)
+    return rules if type(rules) is int else 1
+
+
+class CurrentSnapshots(EventStore[Any]):
+    """The snapshot store, giving only snapshots taken under today's replay rules
+    (:data:`course.REPLAY_RULES`): for a course whose latest snapshot is older, the repository
+    finds none and replays the events (a snapshot under today's rules is taken when one is due).
+    Every load goes through here (the service, the views' runner)."""
+
+    def get(
+        self,
+        originator_id: Any,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[Any]:
+        for snapshot in super().get(originator_id, gt=gt, lte=lte, desc=desc, limit=limit):
+            state = getattr(snapshot, "state", None)
+            if not isinstance(state, dict) or snapshot_rules(state) == REPLAY_RULES:
+                yield snapshot
+
+
 class CourseApplication(Application[Any]):
     """The event store of patient courses (eventsourcing application)."""
 
@@ -428,6 +456,11 @@ class CourseApplication(Application[Any]):
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {PatientCourse: SNAPSHOT_INTERVAL}
     #: Whether :meth:`check_readable` passed (it runs before this application's first write).
     _readable_checked = False
+
+    def construct_snapshot_store(self) -> EventStore[Any]:
+        """The library's snapshot store, giving only snapshots under today's replay rules."""
+        recorder = self.factory.aggregate_recorder(purpose="snapshots")
+        return CurrentSnapshots(mapper=self.mapper, recorder=recorder)
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[Any]]:
         """The library's ``save``, minus its protocol checks for our own aggregates.

@@ -284,7 +284,9 @@ def evolve(
     _apply_effect(record, trigger, facts, outcome, occurred_at, version, reason)
     if trigger in INFUSION_TRIGGERS or trigger in ("screen", "rescreen", "record_apheresis"):
         record.index[version] = {"trigger": trigger}
-    if to_state in TERMINAL and record.state == to_state:  # State is a StrEnum: strings match
+    # how the course ended: set by the move that ended it, not restated by a toxicity reported or
+    # resolved afterwards (a move that stays in its state)
+    if to_state in TERMINAL and record.state == to_state and trigger not in STAYING_TRIGGERS:
         record.ended = {"state": to_state, "reason": reason, "occurred_at": occurred_at}
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,8 @@ from .course import canonical
 from .encoding import canonical as canonical_json_data
 from .errors import InvalidCommandError
 from .protocol.commands import COMMANDS, SERVICE_COMMANDS
+from .protocol.errors import key_name
+from .protocol.machine import REASON_REQUIRED
 
 ENVELOPE_KEYS = (
     "command",
@@ -40,6 +43,37 @@ ALL_COMMANDS = (*COMMANDS, *SERVICE_COMMANDS)
 #: Clinical time may run ahead of the record clock by at most this much (clock skew).
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-:")
+#: The largest ``expected_version`` (18 digits; ``If-Match`` takes the same versions). A
+#: patient's version counts its events: no stream comes near it.
+MAX_VERSION = 10**18 - 1
+#: Commands that always need a ``reason`` (the protocol's moves that do, and ``correct``); a
+#: missing or blank one is malformed input (``invalid_command``, field ``reason``). Moves that
+#: need one only in some states (``cease`` after CR ...) are judged by the protocol's rule
+#: ``reason_given`` (``move_refused``).
+REASON_ALWAYS_REQUIRED: frozenset[str] = frozenset(
+    {name for name, spec in COMMANDS.items() if spec.reason == "required"} | {"correct"}
+)
+assert REASON_ALWAYS_REQUIRED - {"correct"} == {str(t) for t in REASON_REQUIRED}, (
+    "the contract and the protocol disagree on which moves always need a reason"
+)
+#: What a reason is asked for, in the message of a missing one.
+_REASON_WHAT = {
+    "cancel_remaining_fractions": "why the course's remaining fractions will not be given",
+    "discontinue": "why treatment is discontinued",
+    "withdraw": "why the patient is withdrawn",
+    "correct": "what was wrong and why",
+}
+#: The one form of a date-time of the contract (RFC 3339's date-time, ISO 8601's extended
+#: format): date, ``T``, hours and minutes, optional seconds and fraction, and ``Z`` or an
+#: offset in hours and minutes. The same pattern as the JSON Schema's (``schemas.py``).
+TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$"
+_TIME = re.compile(TIME_PATTERN.removeprefix("^").removesuffix("$"), re.ASCII)
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+_LOCAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?", re.ASCII)
+TIME_FORM = (
+    "YYYY-MM-DDThh:mm[:ss[.fraction]] followed by Z or a UTC offset +hh:mm / -hh:mm "
+    "(e.g. 2026-03-02T09:30:00+01:00 or 2026-03-02T08:30:00Z)"
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -134,23 +168,59 @@ class Command:
         return data
 
 
+def _shown(value: str, limit: int = 40) -> str:
+    """``repr`` of a client's text, cut short (a message must not echo 5000 characters)."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}..."
+
+
 def parse_time(value: Any, field: str) -> dt.datetime:
+    """A date-time of the contract: exactly :data:`TIME_PATTERN` (RFC 3339), a real calendar
+    date and time, with a UTC offset. Nothing else is read as a time: not ISO 8601's other
+    forms (week dates, basic format without separators, offsets with seconds), not a space or a
+    line break for the ``T``."""
     if not isinstance(value, str):
-        raise InvalidCommandError(field, "must be an ISO 8601 date-time string with a UTC offset")
-    try:
-        parsed = dt.datetime.fromisoformat(
-            value.replace("Z", "+00:00") if value.endswith("Z") else value
-        )
-    except ValueError:
+        raise InvalidCommandError(field, f"must be a date-time string: {TIME_FORM}")
+    if _TIME.fullmatch(value) is None:
+        if _LOCAL_TIME.fullmatch(value) is not None:
+            raise InvalidCommandError(
+                field,
+                f"{_shown(value)} has no UTC offset; clinical time must be unambiguous: add Z or "
+                "+hh:mm / -hh:mm",
+            )
+        if _DATE.fullmatch(value) is not None:
+            raise InvalidCommandError(
+                field,
+                f"{_shown(value)} is a date: it has no time and no UTC offset; clinical time must "
+                f"be unambiguous: give {TIME_FORM}",
+            )
+        hint = ""
+        if _TIME.fullmatch(value.replace(" ", "+")) is not None:
+            hint = " (a + in a URL's query must be sent as %2B)"
         raise InvalidCommandError(
-            field, f"{value!r} is not an ISO 8601 date-time (e.g. 2026-03-02T09:30:00+01:00)"
+            field, f"{_shown(value)} is not a date-time of the form {TIME_FORM}{hint}"
+        )
+    try:
+        parsed = dt.datetime.fromisoformat(value[:-1] + "+00:00" if value[-1] == "Z" else value)
+    except ValueError as exc:  # the form is right, the values are not (month 13, +25:00 ...)
+        raise InvalidCommandError(
+            field, f"{_shown(value)} is not a valid date-time ({exc}); use {TIME_FORM}"
         ) from None
-    if parsed.tzinfo is None or parsed.utcoffset() is None:
+    return parsed
+
+
+def parse_expected_version(value: Any, field: str = "expected_version") -> int | None:
+    """An ``expected_version``: null, or a whole number from 0 to :data:`MAX_VERSION` -- an
+    integer, never a string, a float (not even 4.0) or a boolean."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_VERSION:
+        shown = repr(value)
         raise InvalidCommandError(
             field,
-            f"{value!r} has no UTC offset; clinical time must be unambiguous (add Z or +hh:mm)",
+            f"must be an integer from 0 to {MAX_VERSION} (the patient's version you decided on; "
+            f"0: not on record yet), or null; got {shown if len(shown) <= 40 else shown[:40] + '...'}",
         )
-    return parsed
+    return value
 
 
 def _text(
@@ -166,6 +236,21 @@ def _text(
     if len(value) > max_len:
         raise InvalidCommandError(field, f"must be at most {max_len} characters")
     return value
+
+
+def _reason(data: Mapping[str, Any], command: str) -> str | None:
+    """The envelope's ``reason``: text of up to 4000 characters, or null; required (neither null
+    nor blank) by the commands of :data:`REASON_ALWAYS_REQUIRED`."""
+    value = data.get("reason")
+    if command in REASON_ALWAYS_REQUIRED and (
+        value is None or (isinstance(value, str) and not value.strip())
+    ):
+        raise InvalidCommandError(
+            "reason",
+            f"{command} requires a reason ({_REASON_WHAT.get(command, 'why')}): give it as "
+            "text of 1-4000 characters" + ("" if value is None else f"; {_shown(value)} is blank"),
+        )
+    return _text(data, "reason", "reason", max_len=4000, required=False)
 
 
 #: Actors already parsed, by (id, role, name): a service records many commands of few people.
@@ -209,10 +294,10 @@ def _parse_actor(value: Any) -> Actor:
         raise InvalidCommandError(
             "actor", 'must be an object like {"id": "nurse.jones", "role": "clinician"}'
         )
-    extra = sorted(set(value) - {"id", "role", "name"})
+    extra = sorted(set(value) - {"id", "role", "name"}, key=str)
     if extra:
         raise InvalidCommandError(
-            f"actor.{extra[0]}", "unknown key; allowed keys are: id, role, name"
+            f"actor.{key_name(extra[0])}", "unknown key; allowed keys are: id, role, name"
         )
     actor_id = _text(value, "id", "actor.id", max_len=200, required=True)
     role = value.get("role")
@@ -256,10 +341,10 @@ def parse_command(
         raise InvalidCommandError(
             "(command)", "must be a JSON object with: " + ", ".join(ENVELOPE_KEYS)
         )
-    extra = sorted(data.keys() - _ENVELOPE_KEY_SET)
+    extra = sorted(data.keys() - _ENVELOPE_KEY_SET, key=str)
     if extra:
         raise InvalidCommandError(
-            extra[0], f"unknown key; allowed keys are: {', '.join(ENVELOPE_KEYS)}"
+            key_name(extra[0]), f"unknown key; allowed keys are: {', '.join(ENVELOPE_KEYS)}"
         )
     command = data.get("command")
     if command not in ALL_COMMANDS:
@@ -270,13 +355,9 @@ def parse_command(
     occurred_at = parse_clinical_time(data.get("occurred_at"), "occurred_at", now=now)
     if actor is None:
         actor = parse_actor(data.get("actor"))
-    reason = _text(data, "reason", "reason", max_len=4000, required=False)
+    reason = _reason(data, command)
     key = _text(data, "idempotency_key", "idempotency_key", max_len=200, required=False)
-    expected = data.get("expected_version")
-    if expected is not None and (
-        isinstance(expected, bool) or not isinstance(expected, int) or expected < 0
-    ):
-        raise InvalidCommandError("expected_version", "must be a whole number >= 0 (or null)")
+    expected = parse_expected_version(data.get("expected_version"))
     payload = data.get("payload", {})
     if payload is None:
         payload = {}
@@ -335,7 +416,7 @@ def _not_unicode(*fields: Mapping[str, Any]) -> str:
             return None
         if isinstance(value, Mapping):
             for k, v in value.items():
-                found = bad(k, f"{path} (a key)") or bad(v, f"{path}.{k}")
+                found = bad(k, f"{path} (a key)") or bad(v, f"{path}.{key_name(k)}")
                 if found:
                     return found
         elif isinstance(value, list | tuple):

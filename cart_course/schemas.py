@@ -14,7 +14,14 @@ from __future__ import annotations
 import copy
 from typing import Any, Final
 
-from .contract import ALL_COMMANDS, ENVELOPE_KEYS, MAX_CLOCK_SKEW, WRITE_ROLES
+from .contract import (
+    ALL_COMMANDS,
+    ENVELOPE_KEYS,
+    MAX_CLOCK_SKEW,
+    MAX_VERSION,
+    TIME_PATTERN,
+    WRITE_ROLES,
+)
 from .protocol import dosing, response, toxicity
 from .protocol.commands import COMMANDS
 from .protocol.eligibility import SCREENING_KEYS
@@ -310,7 +317,12 @@ def _payload(command: str) -> Schema:
     if command == "give_infusion":
         schema = _obj(
             {
-                "day": {"enum": [1, 2, 3], "description": "D1 10 %, D2 30 %, D3 60 %"},
+                "day": {
+                    "type": "integer",
+                    "enum": [1, 2, 3],
+                    "description": "D1 10 %, D2 30 %, D3 60 %: the integer 1, 2 or 3 (the "
+                    "service refuses 1.0, which JSON Schema counts as an integer)",
+                },
                 "cells": {"$ref": "#/$defs/cells"},
                 "weight": {"$ref": "#/$defs/weight"},
                 "product_lot": _text(2000),
@@ -418,9 +430,10 @@ def command_schema(command: str) -> Schema:
         "occurred_at": {
             "type": "string",
             "format": "date-time",
-            "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$",
-            "description": "clinical time: when it happened, ISO 8601 with a UTC offset; not "
-            "more than 5 minutes in the future",
+            "pattern": TIME_PATTERN,
+            "description": "clinical time: when it happened, RFC 3339 (ISO 8601 extended "
+            "format) YYYY-MM-DDThh:mm[:ss[.fraction]] with Z or +hh:mm/-hh:mm; not more than "
+            "5 minutes in the future",
         },
         "actor": {"$ref": "#/$defs/actor"},
         "reason": reason if _reason_required(command) else _nullable(_text(4000)),
@@ -431,7 +444,9 @@ def command_schema(command: str) -> Schema:
             {
                 "type": "integer",
                 "minimum": 0,
-                "description": "the patient's version the caller decided on (0: not on record)",
+                "maximum": MAX_VERSION,
+                "description": "the patient's version the caller decided on (0: not on record); "
+                "an integer (the service refuses 4.0, which JSON Schema counts as an integer)",
             }
         ),
         "payload": _payload(command),

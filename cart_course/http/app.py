@@ -35,8 +35,15 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..bootstrap import Settings, build_service
-from ..contract import ENVELOPE_KEYS, parse_command, parse_patient_id
+from ..contract import (
+    ENVELOPE_KEYS,
+    MAX_VERSION,
+    parse_command,
+    parse_expected_version,
+    parse_patient_id,
+)
 from ..errors import InvalidCommandError, PatientNotFoundError, StoreError
+from ..protocol.errors import key_name
 from ..protocol.machine import TRANSITIONS
 from ..protocol.states import TERMINAL
 from ..protocol.states import State as CourseState
@@ -245,11 +252,19 @@ def header_text(value: str | None, name: str) -> str | None:
         ) from None
 
 
-_STRONG_TAG = re.compile(r'"([0-9]{1,18})"|([0-9]{1,18})', re.ASCII)
+#: A version as an entity tag: as many digits as the contract's largest version has (more is no
+#: version: 422, as the same number in the body's ``expected_version`` is).
+_VERSION_DIGITS = len(str(MAX_VERSION))
+_STRONG_TAG = re.compile(
+    rf'"([0-9]{{1,{_VERSION_DIGITS}}})"|([0-9]{{1,{_VERSION_DIGITS}}})', re.ASCII
+)
 _WEAK_TAG = re.compile(r'W/"[^"]*"', re.ASCII)
 _POSITION = re.compile(r"[0-9]{1,19}", re.ASCII)
 MAX_POSITION = 2**62
-IF_MATCH_HINT = 'send the patient\'s version as an entity tag, e.g. If-Match: "4" (or *)'
+IF_MATCH_HINT = (
+    f"send the patient's version (a whole number from 0 to {MAX_VERSION}) as an entity tag, "
+    'e.g. If-Match: "4" (or *)'
+)
 
 
 def _if_match(value: str | None) -> int | Literal["*"] | None:
@@ -267,7 +282,7 @@ def _if_match(value: str | None) -> int | Literal["*"] | None:
     for tag in (t.strip() for t in text.split(",")):
         found = _STRONG_TAG.fullmatch(tag)
         if found:
-            strong.add(int(found.group(1) or found.group(2)))
+            strong.add(int(found.group(1) or found.group(2)))  # at most MAX_VERSION
         elif not _WEAK_TAG.fullmatch(tag):  # a weak tag is skipped: it never matches
             raise InvalidCommandError(
                 "If-Match", f"{_shown(tag)} is not a version; {IF_MATCH_HINT}"
@@ -316,7 +331,9 @@ def _apply_headers(
         data["idempotency_key"] = key
     expected = _if_match(if_match)
     if isinstance(expected, int):
-        body_expected = data.get("expected_version")
+        # The body's version is held to the contract first (an integer, never 4.0 or true):
+        # a header must not make a malformed body acceptable.
+        body_expected = parse_expected_version(data.get("expected_version"))
         if body_expected is not None and body_expected != expected:
             raise InvalidCommandError(
                 "If-Match", "differs from the body's expected_version; send one of them"
@@ -439,7 +456,7 @@ async def read_json_object(request: Request[Any, Any, Any]) -> None:
         extra = sorted(data.keys() - {*PATIENT_COMMAND_KEYS, "actor"})
         if extra:
             raise InvalidCommandError(
-                extra[0],
+                key_name(extra[0]),
                 f"unknown key; allowed keys are: {', '.join(PATIENT_COMMAND_KEYS)} "
                 "(the command and patient_id come from the path, the actor from the token)",
             )
@@ -450,7 +467,7 @@ async def read_json_object(request: Request[Any, Any, Any]) -> None:
         extra = sorted(data.keys() - set(TOKEN_KEYS))
         if extra:
             raise InvalidCommandError(
-                extra[0], f"unknown key; allowed keys are: {', '.join(TOKEN_KEYS)}"
+                key_name(extra[0]), f"unknown key; allowed keys are: {', '.join(TOKEN_KEYS)}"
             )
         check_actor_role(data.get("actor"), data.get("role"), data.get("name"))  # type: ignore[arg-type]
     request.state.json_body = data

@@ -1,7 +1,10 @@
 """Errors as RFC 9457 problem details (``application/problem+json``).
 
 Every error names what was wrong and what is allowed: the domain's ``to_json`` members (failed
-rules, allowed moves, the wrong field) are carried as extension members.
+rules, allowed moves, the wrong field) are carried as extension members. Every problem also
+carries ``message``, the same text as ``detail``: a client reads ``error`` and ``message`` (and
+``field`` ...) as the command contract's rejection body, the same keys as in Python, the CLI's
+``--json`` and the ingest report (docs/commands.md, "Rejections").
 """
 
 from __future__ import annotations
@@ -37,14 +40,16 @@ log = logging.getLogger("cart_course.http")
 @attrs.define(kw_only=True)
 class Problem:
     """An RFC 9457 problem: ``type``, ``title``, ``status``, ``detail``, ``instance``, plus the
-    domain's members (``error`` code, ``field``, ``failed_rules``, ``allowed_moves`` ...)."""
+    domain's members (``error`` code, ``message`` = ``detail``, ``field``, ``failed_rules``,
+    ``allowed_moves`` ...)."""
 
     type: str
     title: str
     status: int
     detail: str
+    error: str
+    message: str
     instance: str | None = None
-    error: str | None = None
     field: str | None = None
     failed_rules: list[dict[str, str]] | None = None
     allowed_moves: list[str] | None = None
@@ -133,6 +138,7 @@ def problem_json(
         "detail": detail,
         "instance": instance,
         "error": code,
+        "message": detail,  # the contract's rejection body's key: the same text as detail
     }
     for key, value in (extra or {}).items():
         if key not in ("error", "message"):

@@ -14,7 +14,7 @@ import attrs
 
 from . import dosing
 from .eligibility import parse_screening
-from .errors import ContextInputError, ProtocolInputError
+from .errors import ContextInputError, ProtocolInputError, key_name
 from .machine import DryRun, Probe, RuleFailure
 from .parameters import DEFAULT_PARAMETERS
 from .record import Course, PatientRecord, evolve
@@ -173,9 +173,16 @@ class Prepared:
 def trigger_for(command: str, payload: Mapping[str, Any]) -> str:
     if command == "give_infusion":
         day = payload.get("day")
-        if day not in (1, 2, 3) or isinstance(day, bool):
-            raise ProtocolInputError("payload.day", f"must be 1, 2 or 3, got {day!r}")
-        return f"infuse_d{day}"
+        # Exactly the integers 1, 2 and 3: 1.0 == 1 and True == 1 in Python, but a day is a
+        # whole number (the contract: never a float or a boolean), and it names the move.
+        if isinstance(day, bool) or not isinstance(day, int) or day not in (1, 2, 3):
+            shown = repr(day) if len(repr(day)) <= 40 else repr(day)[:40] + "..."
+            raise ProtocolInputError(
+                "payload.day",
+                f"must be 1, 2 or 3, an integer (the infusion day; not a decimal such as 1.0, "
+                f"a string or a boolean), got {shown}",
+            )
+        return f"infuse_d{int(day)}"
     return command
 
 
@@ -188,11 +195,12 @@ def _check_payload_keys(spec: CommandSpec, payload: Mapping[str, Any]) -> None:
         and all(key in payload for key in spec.required)
     ):
         return
-    unknown = sorted(set(payload) - set(spec.keys))
+    unknown = sorted(set(payload) - set(spec.keys), key=str)
     if unknown:
         allowed = ", ".join(spec.keys) or "none"
         raise ProtocolInputError(
-            f"payload.{unknown[0]}", f"unknown for {spec.name}; allowed payload keys: {allowed}"
+            f"payload.{key_name(unknown[0])}",
+            f"unknown for {spec.name}; allowed payload keys: {allowed}",
         )
     for key in spec.required:
         if key not in payload:

@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from .errors import ContextInputError, ProtocolInputError
+from .errors import ContextInputError, ProtocolInputError, key_name
 from .parameters import DEFAULT_PARAMETERS, ProtocolParameters
 from .plausibility import finite_float, show_number
 
@@ -44,10 +44,10 @@ def _number(data: Mapping[str, Any], key: str, field: str) -> float:
 
 
 def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], field: str) -> None:
-    extra = sorted(set(data) - set(allowed))
+    extra = sorted(set(data) - set(allowed), key=str)
     if extra:
         raise ProtocolInputError(
-            f"{field}.{extra[0]}", f"unknown key; allowed keys are: {', '.join(allowed)}"
+            f"{field}.{key_name(extra[0])}", f"unknown key; allowed keys are: {', '.join(allowed)}"
         )
 
 

@@ -32,7 +32,7 @@ from typing import Any, Final, Literal, TypeGuard
 
 import attrs
 
-from cart_course.protocol.errors import ProtocolInputError
+from cart_course.protocol.errors import ProtocolInputError, key_name
 from cart_course.protocol.parameters import DEFAULT_PARAMETERS, ProtocolParameters, per_parameters
 from cart_course.protocol.plausibility import LAB_RANGES, finite_float, show_number
 
@@ -451,7 +451,8 @@ def _expect_object(field: str, v: Any, allowed: tuple[str, ...], what: str) -> M
     for k in v:
         if k not in allowed:
             raise ProtocolInputError(
-                f"{field}.{k}", f"unknown field {_show(k)}; allowed fields are {', '.join(allowed)}"
+                f"{field}.{key_name(k)}",
+                f"unknown field {key_name(k)}; allowed fields are {', '.join(allowed)}",
             )
     return v
 

@@ -18,7 +18,7 @@ from typing import Any, TypeAlias
 
 import attrs
 
-from cart_course.protocol.errors import ProtocolInputError
+from cart_course.protocol.errors import ProtocolInputError, key_name, key_names
 from cart_course.protocol.parameters import DEFAULT_PARAMETERS, ProtocolParameters, per_parameters
 from cart_course.protocol.plausibility import LAB_RANGES, finite_float, show_number
 
@@ -682,10 +682,9 @@ def _mapping(value: Any, path: str, what: str) -> Mapping[str, Any]:
 def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], path: str) -> None:
     unknown = [k for k in data if k not in allowed]
     if unknown:
-        where = f"{path}.{unknown[0]}" if path else str(unknown[0])
+        where = f"{path}.{key_name(unknown[0])}" if path else key_name(unknown[0])
         raise ProtocolInputError(
-            where,
-            f"unknown key(s) {', '.join(repr(k) for k in unknown)}; allowed: {', '.join(allowed)}",
+            where, f"unknown key(s) {key_names(unknown)}; allowed: {', '.join(allowed)}"
         )
 
 

@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import attrs
 
-from .errors import ProtocolInputError
+from .errors import ProtocolInputError, key_name, key_names
 from .parameters import DEFAULT_PARAMETERS, ProtocolParameters
 from .plausibility import finite_float, show_number
 
@@ -197,10 +197,9 @@ def _check_keys(
 ) -> None:
     unknown = [k for k in data if k not in allowed]
     if unknown:
-        names = ", ".join(repr(k) for k in unknown)
         raise ProtocolInputError(
-            _at(path, str(unknown[0])),
-            f"unknown field(s) {names}; allowed fields are: {', '.join(allowed)}",
+            _at(path, key_name(unknown[0])),
+            f"unknown field(s) {key_names(unknown)}; allowed fields are: {', '.join(allowed)}",
         )
     for key in required:
         if key not in data:

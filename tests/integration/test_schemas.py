@@ -18,7 +18,7 @@ from integration_helpers import T0, Course, envelope, icans, screening
 
 from cart_course.contract import ALL_COMMANDS, parse_command
 from cart_course.demo import cohort
-from cart_course.errors import InvalidCommandError, MoveRefused
+from cart_course.errors import InvalidCommandError
 from cart_course.schemas import SCHEMAS, command_schema, envelope_schema
 from cart_course.service import CourseService
 
@@ -199,10 +199,12 @@ def test_the_service_rejects_what_the_schema_rejects(memory_service: CourseServi
     p.screen()
     p.apheresis()
     for why, command in INVALID:
-        # A missing reason is the protocol's rule (a refusal naming it), not a malformed command.
-        expected = MoveRefused if why == "withdraw without reason" else InvalidCommandError
-        with pytest.raises(expected):
+        # A reason the command always needs is part of the contract (the schema requires it):
+        # missing, it is malformed input naming ``reason``, not the protocol's refusal.
+        with pytest.raises(InvalidCommandError) as caught:
             memory_service.execute(parse_command(copy.deepcopy(command)))
+        if "without reason" in why:
+            assert caught.value.field == "reason", why
         assert memory_service.record("P-1").version == 3, why
 
 

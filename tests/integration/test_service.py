@@ -141,9 +141,10 @@ def test_severe_crs_cancels_remaining_fractions_and_discontinues(service: Course
     p.infuse(2)
     severe = p.do("report_toxicity", {"toxicity": crs(3)}, hours=10)
     assert severe.outcome["severe"] is True
-    with pytest.raises(MoveRefused) as no_reason:
+    with pytest.raises(InvalidCommandError) as no_reason:  # always needs one: the contract's
         p.do("cancel_remaining_fractions")
-    assert [r["message"] for r in no_reason.value.failed] == ["a reason is required for this move"]
+    assert no_reason.value.field == "reason"
+    assert "cancel_remaining_fractions requires a reason" in no_reason.value.message
     cancelled = p.do("cancel_remaining_fractions", reason="CRS grade 3 after D2")
     assert cancelled.event == "FractionsCancelled"
     assert service.summary("P-103")["current_course"]["cancelled"] is True
@@ -182,14 +183,13 @@ def test_screen_failure_rescreen_icans_withdraw_and_death(service: CourseService
     w = Course(service, "P-106")
     w.screen()
     w.apheresis()
-    with pytest.raises(MoveRefused) as info:
+    with pytest.raises(InvalidCommandError) as info:
         w.do("withdraw")
     body = info.value.to_json()
-    assert body["error"] == "move_refused"
-    assert body["failed_rules"] == [
-        {"rule": body["failed_rules"][0]["rule"], "message": "a reason is required for this move"}
-    ]
-    assert "withdraw" in body["allowed_moves"]  # allowed, with a reason
+    assert body["error"] == "invalid_command"
+    assert body["field"] == "reason"
+    assert "withdraw requires a reason" in body["message"]
+    assert "withdraw" in service.allowed_moves("P-106")  # allowed, with a reason
     assert w.do("withdraw", reason="consent withdrawn").to_state == "withdrawn"
 
     d = Course(service, "P-107")

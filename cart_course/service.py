@@ -49,7 +49,7 @@ from .protocol.commands import (
     prepare,
     replan_course,
 )
-from .protocol.errors import ProtocolInputError
+from .protocol.errors import ProtocolInputError, key_name
 from .protocol.machine import schedule_problem
 from .protocol.record import PatientRecord
 from .protocol.versions import CURRENT, ProtocolVersion, get_version
@@ -690,10 +690,10 @@ class CourseService:
 
     def _correct(self, course: PatientCourse, command: Command) -> CommandResult:
         p = command.payload
-        extra = sorted(set(p) - {"corrects", "changes"})
+        extra = sorted(set(p) - {"corrects", "changes"}, key=str)
         if extra:
             raise InvalidCommandError(
-                f"payload.{extra[0]}", "unknown key; allowed: corrects, changes"
+                f"payload.{key_name(extra[0])}", "unknown key; allowed: corrects, changes"
             )
         if not command.reason:
             raise InvalidCommandError(
@@ -725,7 +725,7 @@ class CourseService:
         for key in changes:
             if key not in allowed_keys or key == "day":
                 raise InvalidCommandError(
-                    f"payload.changes.{key}",
+                    f"payload.changes.{key_name(key)}",
                     f"cannot be corrected on {original.command}; correctable keys: "
                     + ", ".join(sorted(allowed_keys - {"day"})),
                 )
@@ -825,10 +825,10 @@ class CourseService:
 
     def _sign(self, course: PatientCourse, command: Command) -> CommandResult:
         p = command.payload
-        extra = sorted(set(p) - {"milestone", "signs_version", "meaning", "printed_name"})
+        extra = sorted(set(p) - {"milestone", "signs_version", "meaning", "printed_name"}, key=str)
         if extra:
             raise InvalidCommandError(
-                f"payload.{extra[0]}",
+                f"payload.{key_name(extra[0])}",
                 "unknown key; allowed: milestone, signs_version, meaning, printed_name",
             )
         if command.actor.role not in SIGNING_ROLES:

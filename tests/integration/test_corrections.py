@@ -136,6 +136,9 @@ def test_a_correction_needs_a_reason_and_a_correctable_target(service: CourseSer
             "payload.changes.weight.unit",
         ),
         ({"corrects": 5, "changes": {"cells": None}}, "typo", "payload.changes.cells"),
+        # a key name is shown escaped: the error stays one line
+        ({"corrects": 5, "changes": {"a\nb": 1}}, "typo", "payload.changes.'a\\nb'"),
+        ({**fix, "x\ny": 1}, "typo", "payload.'x\\ny'"),
     ]
     for payload, reason, field in cases:
         with pytest.raises(InvalidCommandError) as info:
@@ -583,3 +586,14 @@ def test_conformance_names_a_fraction_a_corrected_date_left_off_schedule(
     p.do("correct", {"corrects": 4, "changes": {"occurred_at": _at(d1, 0)}}, reason="undo")
     report = check_history("K-34", patient_events(service.app, "K-34"))
     assert [f for f in report.findings if f.version == 7] == []
+
+
+def test_an_unknown_signature_key_is_shown_on_one_line(service: CourseService) -> None:
+    p = _infused(service, "K-35")
+    with pytest.raises(InvalidCommandError) as info:
+        p.do(
+            "sign",
+            {"milestone": "infusion", "signs_version": 4, "meaning": "approval", "x\ny": 1},
+        )
+    assert info.value.field == "payload.'x\\ny'"
+    assert "\n" not in info.value.message

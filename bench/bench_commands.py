@@ -167,7 +167,7 @@ def ingest_file(
     CPU seconds of this process and its workers."""
     engine = Ingest(
         settings=Settings(store=parse_store_url(str(db))),
-        report=lambda number, text: None,
+        report=lambda number, text, body: None,
         workers=workers,
     )
     started = time.perf_counter()

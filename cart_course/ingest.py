@@ -56,8 +56,10 @@ AUTO_MIN_LINES = 1500
 ROUNDS_AHEAD = 3
 
 Numbered = tuple[int, str]
-Rejected = tuple[int, str]  # (line number, "code: message")
-Report = Callable[[int, str], None]
+#: A rejected line: its number, ``"code: message"``, and the rejection's JSON body (the error
+#: code, the message, and what the error adds: ``field``, ``failed_rules``, ``allowed_moves``).
+Rejected = tuple[int, str, dict[str, Any]]
+Report = Callable[[int, str, dict[str, Any]], None]
 Progress = Callable[[int], None]
 
 
@@ -174,28 +176,44 @@ def record_batch(
             try:
                 data = decode_line(line)
             except json.JSONDecodeError as exc:
-                rejected.append((number, f"invalid_json: {exc.msg} (column {exc.colno})"))
+                rejected.append(
+                    _rejection(number, "invalid_json", f"{exc.msg} (column {exc.colno})")
+                )
                 continue
             except LineDecodeError as exc:
-                rejected.append((number, f"invalid_json: {exc.reason}"))
+                rejected.append(_rejection(number, "invalid_json", exc.reason))
                 continue
         try:
             commands.append((number, parse_command(data, json_data=json_data)))
         except CartCourseError as exc:
-            rejected.append((number, f"{exc.code}: {exc.message}"))
+            rejected.append(_refused(number, exc))
         except RecursionError:
-            rejected.append((number, "invalid_command: nested too deeply to be a command"))
+            rejected.append(
+                _rejection(number, "invalid_command", "nested too deeply to be a command")
+            )
     if commands:
         results = service.execute_batch([c for _, c in commands])
         for (number, _), result in zip(commands, results, strict=True):
             if isinstance(result, CartCourseError):
-                rejected.append((number, f"{result.code}: {result.message}"))
+                rejected.append(_refused(number, result))
             else:
                 counts[result.status] += 1
-    rejected.sort()
+    rejected.sort(key=_line_number)
     counts["rejected"] = len(rejected)
     counts["lines"] = len(batch)
     return counts, rejected
+
+
+def _rejection(number: int, code: str, message: str) -> Rejected:
+    return number, f"{code}: {message}", {"error": code, "message": message}
+
+
+def _refused(number: int, exc: CartCourseError) -> Rejected:
+    return number, f"{exc.code}: {exc.message}", exc.to_json()
+
+
+def _line_number(rejected: Rejected) -> int:
+    return rejected[0]
 
 
 def _batches(items: Iterable[Numbered], size: int) -> Iterator[list[Numbered]]:
@@ -248,7 +266,8 @@ def auto_workers(settings: Settings) -> int:
 
 @attrs.define
 class Ingest:
-    """Record numbered lines; ``report(number, text)`` gets each rejected line in line order,
+    """Record numbered lines; ``report(number, text, body)`` gets each rejected line in line
+    order (``text``: ``"code: message"``; ``body``: the rejection as JSON, as the contract gives it),
     ``progress(n)`` the number of lines done so far in steps.
 
     ``workers``: None for auto (see :func:`auto_workers`; one process for short inputs), 1 for
@@ -304,8 +323,8 @@ class Ingest:
                 except CartCourseError as exc:
                     raise IngestAborted(exc.message, batch[0][0]) from None
                 settle()
-                for number, text in rejected:
-                    self.report(number, text)
+                for number, text, body in rejected:
+                    self.report(number, text, body)
                 counts.update(done)
                 done_through = batch[-1][0]
                 if self.progress is not None:
@@ -478,9 +497,9 @@ class _Pool:
                 raise WorkerFailed(i, message[1])
             rnd.counts.update(message[1])
             rnd.rejected.extend(message[2])
-        rnd.rejected.sort()
-        for number, text in rnd.rejected:
-            self.ingest.report(number, text)
+        rnd.rejected.sort(key=_line_number)
+        for number, text, body in rnd.rejected:
+            self.ingest.report(number, text, body)
         counts.update(rnd.counts)
         if self.ingest.progress is not None:
             self.ingest.progress(rnd.lines)

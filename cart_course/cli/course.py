@@ -72,12 +72,19 @@ def ingest_stream(
     report: TextIO,
     progress: Any = None,
     workers: int | None = 1,
+    errors_format: str = "text",
 ) -> Counter[str]:
     """Record numbered JSON lines in batched transactions; report each rejected line (in line
-    order). ``workers``: 1 in this process (the context's service), None for auto, N processes."""
+    order): ``line N: code: message``, or with ``errors_format="jsonl"`` one JSON object per
+    line (``{"line": N, "error": ..., "message": ..., ...}``: the rejection body of the
+    contract). ``workers``: 1 in this process (the context's service), None for auto, N
+    processes."""
 
-    def write(number: int, text: str) -> None:
-        report.write(f"line {number}: {text}\n")
+    def write(number: int, text: str, body: dict[str, Any]) -> None:
+        if errors_format == "jsonl":
+            report.write(json.dumps({"line": number, **body}, ensure_ascii=False) + "\n")
+        else:
+            report.write(f"line {number}: {text}\n")
 
     engine = Ingest(
         settings=ctx.settings,
@@ -142,10 +149,24 @@ def _workers_option(value: str) -> int | None:
     help="Where the per-line error report goes (default: stderr). Opened before anything is "
     "recorded.",
 )
+@click.option(
+    "--errors-format",
+    type=click.Choice(["text", "jsonl"]),
+    default="text",
+    show_default=True,
+    help="The error report: 'line N: code: message' lines, or JSON Lines, one rejection body "
+    "per rejected line with its number (error, message, field, failed_rules, allowed_moves).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_context
 def ingest(
-    ctx: Context, file: str, batch_size: int, workers: str, errors_to: TextIO, as_json: bool
+    ctx: Context,
+    file: str,
+    batch_size: int,
+    workers: str,
+    errors_to: TextIO,
+    errors_format: str,
+    as_json: bool,
 ) -> None:
     """Record many commands from a JSON Lines FILE (one envelope per line).
 
@@ -184,6 +205,7 @@ def ingest(
                 report=report,
                 progress=bar if total and tty else None,
                 workers=n_workers,
+                errors_format=errors_format,
             )
     elapsed = time.perf_counter() - started
     summary = {

@@ -153,6 +153,47 @@ def test_refusals_and_bad_input_are_one_line_errors(db: Path) -> None:
     assert "unknown store URL 'ftp://nowhere'" in one_line_error(bad_store)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ingest_writes_rejections_as_json_lines(db: Path, tmp_path: Path, workers: str) -> None:
+    """--errors-format jsonl: each rejected line as the contract's rejection body, with its line
+    number, in line order, whatever the number of workers."""
+    d2 = {
+        **APHERESIS,
+        "command": "give_infusion",
+        "idempotency_key": "cli-1-d2",
+        "payload": {"day": 2, "cells": {"value": 2.1e7, "unit": "cells"}},
+    }
+    lines = [json.dumps(SCREEN), "{not json", json.dumps(d2), json.dumps({**SCREEN, "x": 1})]
+    lines += [json.dumps({**APHERESIS, "patient_id": f"GHOST-{i}"}) for i in range(1600)]
+    commands = tmp_path / "mixed.jsonl"
+    commands.write_text("\n".join(lines) + "\n")
+    report = tmp_path / "errors.jsonl"
+    done = run(
+        db,
+        "ingest",
+        str(commands),
+        "--workers",
+        workers,
+        "--errors",
+        str(report),
+        "--errors-format",
+        "jsonl",
+    )
+    assert done.returncode == 1, done.stderr
+    rejected = [json.loads(line) for line in report.read_text().splitlines()]
+    assert [r["line"] for r in rejected] == [2, 3, 4, *range(5, 1605)]
+    assert rejected[0]["error"] == "invalid_json"
+    refused = rejected[1]
+    assert (refused["error"], refused["state"], refused["move"]) == (
+        "move_refused",
+        "screened",
+        "infuse_d2",
+    )
+    assert refused["failed_rules"] and "record_apheresis" in refused["allowed_moves"]
+    assert (rejected[2]["error"], rejected[2]["field"]) == ("invalid_command", "x")
+    assert {r["error"] for r in rejected[3:]} == {"patient_not_found"}
+
+
 def test_record_json_prints_a_rejection_as_its_json_body(db: Path) -> None:
     """A service calling the CLI reads a rejection as HTTP gives it: the error code, the failed
     rules and the moves allowed now (stdout), with the one line on stderr and the exit code."""

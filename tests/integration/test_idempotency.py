@@ -246,5 +246,7 @@ def test_lines_retried_through_the_ingest_are_duplicates_of_commands_sent_in_pyt
     counts, rejected = record_batch(service, lines)
     assert counts["duplicate"] == recorded
     assert counts["recorded"] == 0
-    assert [n for n, text in rejected if text.startswith("idempotency_conflict")] == [len(lines)]
+    assert [n for n, text, _body in rejected if text.startswith("idempotency_conflict")] == [
+        len(lines)
+    ]
     assert sum(len(service.events(p)) for p in service.patient_ids()) == events

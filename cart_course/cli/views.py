@@ -19,9 +19,16 @@ from .common import Context, echo_json, pass_context, patient_id_argument
 STATES = [s.value for s in State]
 
 
-def _parse_now(value: str | None) -> dt.datetime | None:
+def _parse_now(value: str | None) -> dt.datetime | dt.date | None:
+    """``--now``: a date means that calendar day (overdue when the due date is before it); a
+    date-time is an instant (naive: UTC), judged in each row's own UTC offset."""
     if value is None:
         return None
+    if len(value) == 10:
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            pass
     try:
         moment = dt.datetime.fromisoformat(value)
     except ValueError:
@@ -66,6 +73,40 @@ def _ready(ctx: Context, wait_for: int | None, timeout: float, catch_up: bool) -
     elif catch_up:
         views.catch_up()
     return views
+
+
+_SHOWN_STREAMS = 10
+
+
+def _stream_line(s: dict[str, Any]) -> str:
+    versions = (
+        f"v{s['first_version']}"
+        if s["first_version"] == s["last_version"]
+        else f"v{s['first_version']}-v{s['last_version']}"
+    )
+    who = f"patient {s['patient_id']}" if s["patient_id"] else "patient unknown"
+    return (
+        f"{who} (stream {s['stream_id']}): {versions} skipped ({s['events']} event(s), "
+        f"first at position {s['first_position']}): {s['reason']}"
+    )
+
+
+def _warn_skipped(views: Views, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Tell the monitor (stderr) which events the views skipped: never a silent gap."""
+    summary = summary if summary is not None else queries.skipped_summary(views.db)
+    if summary["events"]:
+        streams = summary["streams"]
+        click.echo(
+            f"warning: the views skipped {summary['events']} stored event(s) of "
+            f"{len(streams)} patient stream(s) that they cannot read or apply; these patients' "
+            "rows stop before them (`cart-course views skipped` lists each event):",
+            err=True,
+        )
+        for stream in streams[:_SHOWN_STREAMS]:
+            click.echo("  " + _stream_line(stream), err=True)
+        if len(streams) > _SHOWN_STREAMS:
+            click.echo(f"  ... and {len(streams) - _SHOWN_STREAMS} more stream(s)", err=True)
+    return summary
 
 
 def _fmt_cells(value: float | None) -> str:
@@ -162,13 +203,15 @@ def status(
     rows = queries.board(views.db, **filters, now=moment, limit=limit)
     matching = queries.count(views.db, **filters, now=moment)
     lag = views.lag()
+    skipped = _warn_skipped(views)
     if as_json:
         echo_json(
             {
-                "as_of": queries.today_of(moment).isoformat(),
+                "as_of": queries.as_of(moment),
                 "views": lag,
                 "matching": matching,
                 "patients": rows,
+                "skipped": skipped,
             }
         )
         return
@@ -176,9 +219,14 @@ def status(
     for r in rows:
         click.echo(_board_line(r))
     more = f" (first {len(rows)} shown; --limit)" if matching > len(rows) else ""
+    gaps = (
+        f"; {skipped['events']} unreadable event(s) skipped (see `views skipped`)"
+        if skipped["events"]
+        else ""
+    )
     click.echo(
-        f"{matching} patient(s){more}; overdue as of {queries.today_of(moment)}; views at "
-        f"position {lag['position']} of {lag['log_position']}"
+        f"{matching} patient(s){more}; overdue as of {queries.as_of(moment)}; views at "
+        f"position {lag['position']} of {lag['log_position']}{gaps}"
     )
 
 
@@ -230,9 +278,12 @@ def watch(
         click.echo(
             f"watching from position {seen} (every {interval:g} s)" + (", once" if once else "")
         )
+    warned = -1
     while True:
         if catch_up:
             views.catch_up()
+        if views.skipped_count() != warned:  # at the start, and whenever more are skipped
+            warned = _warn_skipped(views)["events"]
         rows = queries.changed_since(views.db, seen, moment)
         for r in rows:
             if as_json:
@@ -284,12 +335,23 @@ def follow(
     click.echo(f"following from position {views_.position()} (log at {views_.log_position()})")
     sys.stdout.flush()
 
-    def report(n: int, position: int) -> None:
-        click.echo(f"position {position} (+{n})")
-        sys.stdout.flush()
+    _warn_skipped(views_)
 
-    for _ in views_.follow(interval=interval, stop=lambda: False, on_batch=report):
-        if until_caught_up and views_.position() >= views_.log_position():
+    def report(n: int, position: int) -> None:
+        skipped = views_.last_skipped
+        click.echo(
+            f"position {position} (+{n}" + (f", {len(skipped)} skipped)" if skipped else ")")
+        )
+        sys.stdout.flush()
+        if skipped:
+            _warn_skipped(views_)
+
+    def caught_up() -> bool:
+        return until_caught_up and views_.position() >= views_.log_position()
+
+    # --until-caught-up on views already caught up: nothing to wait for (never a loop)
+    for _ in views_.follow(interval=interval, stop=caught_up, on_batch=report):
+        if caught_up():
             break
     if until_caught_up and views_.position() >= views_.log_position():
         click.echo(f"caught up at position {views_.position()}")
@@ -312,9 +374,12 @@ def rebuild(ctx: Context, verify: bool) -> None:
     started = time.perf_counter()
     n = views_.rebuild()
     elapsed = time.perf_counter() - started
+    skipped = views_.skipped_count()
     click.echo(
         f"rebuilt the views from {n} events in {elapsed:.2f} s; position {views_.position()}"
+        + (f"; {skipped} event(s) skipped (unreadable)" if skipped else "")
     )
+    _warn_skipped(views_)
     if before is not None:
         after = views_.dump()
         if n < views_.log_position() - views_.position():  # the log moved meanwhile
@@ -356,6 +421,7 @@ def watchlist(
     """Open toxicities (CRS, ICANS, ...) with grade, onset, holds and time since last infusion."""
     moment = _parse_now(now)
     views_ = _ready(ctx, wait_for, timeout, catch_up)
+    _warn_skipped(views_)
     rows = queries.watchlist(views_.db, moment)
     if as_json:
         echo_json(rows)
@@ -383,6 +449,7 @@ def cohort(
 ) -> None:
     """Patient counts by state, by last assessed response and by course number."""
     views_ = _ready(ctx, wait_for, timeout, catch_up)
+    _warn_skipped(views_)
     data = queries.cohort(views_.db)
     if as_json:
         echo_json(data)
@@ -413,6 +480,7 @@ def deviations(
     """Protocol deviations recorded so far (documented dose or timing deviations, findings of
     corrections)."""
     views_ = _ready(ctx, wait_for, timeout, catch_up)
+    _warn_skipped(views_)
     rows = queries.deviations(views_.db, patient)
     if as_json:
         echo_json(rows)
@@ -424,6 +492,28 @@ def deviations(
             f"{course}{r['deviation']}" + (f" (reason: {r['reason']})" if r["reason"] else "")
         )
     click.echo(f"{len(rows)} deviation(s)")
+
+
+@views.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@wait_options
+@pass_context
+def skipped(
+    ctx: Context, as_json: bool, wait_for: int | None, timeout: float, catch_up: bool
+) -> None:
+    """Stored events the views could not read or apply, and skipped (with every later event of
+    the same patient): position, stream, patient when known, version and why."""
+    views_ = _ready(ctx, wait_for, timeout, catch_up)
+    rows = queries.skipped(views_.db)
+    if as_json:
+        echo_json({"events": rows, "streams": queries.skipped_summary(views_.db)["streams"]})
+        return
+    for r in rows:
+        click.echo(
+            f"[{r['position']}] {r['patient_id'] or 'patient unknown':<10} v{r['version']:<4} "
+            f"stream {r['stream_id']}  {r['topic'].rsplit(':', 1)[-1]}: {r['reason']}"
+        )
+    click.echo(f"{len(rows)} skipped event(s)")
 
 
 def register(cli: click.Group) -> None:

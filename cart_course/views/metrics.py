@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 from ..protocol.states import State
 from . import queries
 from .runner import Views
@@ -13,11 +11,14 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def metrics_text(views: Views, now: dt.datetime | None = None) -> str:
-    """The metrics as Prometheus text format 0.0.4 (does not catch up: it reports the lag)."""
+def metrics_text(views: Views, now: queries.Moment = None) -> str:
+    """The metrics as Prometheus text format 0.0.4 (does not catch up: it reports the lag).
+
+    ``now`` judges "overdue" only; the lag is always measured on the real clock."""
     db = views.db
     cohort = queries.cohort(db)
-    lag = views.lag(now)
+    lag = views.lag()
+    skipped = queries.skipped_summary(db)
     lines = [
         "# HELP cart_course_patients Patients by current course state (board view).",
         "# TYPE cart_course_patients gauge",
@@ -54,6 +55,24 @@ def metrics_text(views: Views, now: dt.datetime | None = None) -> str:
         f"cart_course_view_lag_events {lag['lag_events']}",
         "# HELP cart_course_view_lag_seconds Age of the oldest event not yet in the views (0 when up to date).",
         "# TYPE cart_course_view_lag_seconds gauge",
-        f"cart_course_view_lag_seconds {lag['lag_seconds']}",
+        "cart_course_view_lag_seconds "
+        + ("NaN" if lag["lag_seconds"] is None else str(lag["lag_seconds"])),
+        "# HELP cart_course_view_skipped_events Stored events the views cannot read or apply "
+        "and skipped (see `cart-course views skipped`); 0 when none.",
+        "# TYPE cart_course_view_skipped_events gauge",
+        f"cart_course_view_skipped_events {skipped['events']}",
+        "# HELP cart_course_view_skipped_stream Events skipped per patient stream, from the "
+        "first one skipped on (the patient's row stops before it).",
+        "# TYPE cart_course_view_skipped_stream gauge",
     ]
+    for stream in skipped["streams"]:
+        labels = ",".join(
+            f'{key}="{_escape(str(value))}"'
+            for key, value in (
+                ("stream_id", stream["stream_id"]),
+                ("patient_id", stream["patient_id"] or ""),
+                ("first_version", stream["first_version"]),
+            )
+        )
+        lines.append(f"cart_course_view_skipped_stream{{{labels}}} {stream['events']}")
     return "\n".join(lines) + "\n"

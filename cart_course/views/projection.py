@@ -8,6 +8,7 @@ are then derived from the record, so the views can never disagree with ``cart-co
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from typing import Any
 
@@ -44,6 +45,7 @@ BOARD_COLUMNS: tuple[str, ...] = (
     "severe_open",
     "deviations",
     "position",
+    "overdue_from",
 )
 TOXICITY_COLUMNS: tuple[str, ...] = (
     "patient_id",
@@ -72,13 +74,21 @@ DEVIATION_COLUMNS: tuple[str, ...] = (
 )
 
 
+class UnregisteredStreamError(ValueError):
+    """An event of a stream whose registration (version 1) the views never read: the row was
+    deleted or damaged. The runner skips the stream and reports it (never the whole board)."""
+
+
 def apply_event(record: PatientRecord | None, event: Any) -> PatientRecord:
     """Evolve ``record`` (None before registration) by one stored event; returns the record."""
     if isinstance(event, PatientCourse.Registered):
         # The version is the stream's (1), so the record can be reloaded at the board's version.
         return PatientRecord(patient_id=event.patient_id, version=event.originator_version)
-    if record is None:  # an event of a stream the view never saw registered: cannot happen
-        raise ValueError(f"event {type(event).__name__} of unknown stream {event.originator_id}")
+    if record is None:  # the stream's registration is missing from the log, or unreadable
+        raise UnregisteredStreamError(
+            f"{type(event).__name__} (v{event.originator_version}) of a stream whose "
+            "registration (v1) is not in the log or does not read"
+        )
     if isinstance(
         event, PatientCourse.Moved | PatientCourse.FactCorrected | PatientCourse.MilestoneSigned
     ):
@@ -90,11 +100,55 @@ def apply_event(record: PatientRecord | None, event: Any) -> PatientRecord:
 def _add_days(day: str | None, days: int) -> str | None:
     if not day:
         return None
-    return (dt.date.fromisoformat(day[:10]) + dt.timedelta(days=days)).isoformat()
+    try:
+        return (dt.date.fromisoformat(day[:10]) + dt.timedelta(days=days)).isoformat()
+    except OverflowError:  # past the year 9999: no due date a calendar can hold
+        return None
+
+
+def overdue_from(due_on: str | None, counted_from: str | None) -> str | None:
+    """The instant (UTC, naive ISO with microseconds: one fixed width, so that it compares as
+    text) at which a row due on ``due_on`` becomes overdue: the end of the due day in the UTC
+    offset of ``counted_from``, the clinical time whose local date the due date was counted from
+    (the protocol's schedule rule compares the local dates of the clinical times as entered).
+    No offset known: UTC."""
+    if due_on is None:
+        return None
+    offset = dt.timedelta(0)
+    if counted_from:
+        with contextlib.suppress(ValueError):
+            offset = dt.datetime.fromisoformat(counted_from).utcoffset() or dt.timedelta(0)
+    try:
+        end = dt.datetime.combine(
+            dt.date.fromisoformat(due_on) + dt.timedelta(days=1),
+            dt.time(0),
+            tzinfo=dt.timezone(offset),
+        ).astimezone(dt.UTC)
+    except OverflowError:
+        return None
+    return end.replace(tzinfo=None).isoformat(timespec="microseconds")
+
+
+def _clinical_time(record: PatientRecord, fraction: Any) -> str:
+    """When a fraction was given, as last entered: a correction of its clinical time (which
+    re-dated ``given_on``) wins over the time first recorded."""
+    for c in reversed(record.corrections):
+        if c.get("corrects") == fraction.version:
+            changes = c.get("changes")
+            if isinstance(changes, dict) and isinstance(changes.get("occurred_at"), str):
+                return str(changes["occurred_at"])
+    return str(fraction.occurred_at)
 
 
 def next_action(record: PatientRecord) -> tuple[str | None, str | None, bool]:
     """(next due action, its due date as ISO date or None, fractions on hold)."""
+    action, due_on, hold, _ = next_due(record)
+    return action, due_on, hold
+
+
+def next_due(record: PatientRecord) -> tuple[str | None, str | None, bool, str | None]:
+    """(next due action, its due date as ISO date or None, fractions on hold, the clinical time
+    the due date is counted from: its UTC offset is the one "overdue" is judged in)."""
     try:
         params = get_version(record.protocol_version or "").params
     except UnknownProtocolVersionError:
@@ -103,33 +157,52 @@ def next_action(record: PatientRecord) -> tuple[str | None, str | None, bool]:
     course = record.course
     hold = any(t.opens_hold for t in record.open_toxicities())
     if state == State.CANDIDATE:
-        return "screen", None, False
+        return "screen", None, False, None
     if state == State.SCREEN_FAILED:
-        return "rescreen", None, False
+        return "rescreen", None, False, None
     if state == State.SCREENED:
-        return "record_apheresis", None, False
+        return "record_apheresis", None, False, None
     if state == State.APHERESED:
-        return "infuse_d1", None, False
+        return "infuse_d1", None, False, None
     if state == State.CONTINUED:
-        return f"infuse_d1 (course {record.course_number + 1})", None, False
+        return f"infuse_d1 (course {record.course_number + 1})", None, False, None
     if state in INFUSED and course is not None:
-        assessment_due = _add_days(course.started_on, params.response_assessment_day)
+        fractions = course.fractions
         if state == State.INFUSED_D3 or course.cancelled:
-            return "assess_response", assessment_due, False
+            d1 = next((f for f in fractions if f.day == 1), None)
+            return (
+                "assess_response",
+                _add_days(course.started_on, params.response_assessment_day),
+                False,
+                _clinical_time(record, d1) if d1 is not None else record.last_occurred_at,
+            )
         if hold:
-            return "resolve_toxicity (fractions held)", None, True
-        day = len(course.fractions) + 1
-        last = course.fractions[-1].given_on if course.fractions else course.started_on
-        return f"infuse_d{day}", _add_days(last, params.fraction_interval_days), False
+            return "resolve_toxicity (fractions held)", None, True, None
+        day = len(fractions) + 1
+        last: str | None
+        counted_from: str | None
+        if fractions:
+            last, counted_from = fractions[-1].given_on, _clinical_time(record, fractions[-1])
+        else:
+            last, counted_from = course.started_on, record.last_occurred_at
+        return (
+            f"infuse_d{day}",
+            _add_days(last, params.fraction_interval_days),
+            False,
+            counted_from,
+        )
     if state == State.ASSESSED and course is not None:
+        # The record keeps the assessment's local date, not its time: the latest clinical time
+        # (the assessment's, or a later event's at the same site) gives the offset.
         return (
             "decide: continue_treatment, cease or discontinue",
             _add_days(course.assessed_on, DECISION_WITHIN_DAYS),
             False,
+            record.last_occurred_at,
         )
     if state in (State.CEASED, State.DISCONTINUED):
-        return "follow_up", None, False
-    return None, None, False
+        return "follow_up", None, False, None
+    return None, None, False, None
 
 
 def last_response(record: PatientRecord) -> str | None:
@@ -140,7 +213,7 @@ def board_row(
     record: PatientRecord, stream_id: str, recorded_at: str, position: int
 ) -> tuple[Any, ...]:
     course = record.course
-    action, due_on, hold = next_action(record)
+    action, due_on, hold, counted_from = next_due(record)
     open_tox = record.open_toxicities()
     last_infusion = None
     for c in record.courses:
@@ -170,6 +243,7 @@ def board_row(
         int(any(t.severe for t in open_tox)),
         len(record.deviations),
         position,
+        overdue_from(due_on, counted_from),
     )
 
 

@@ -1,8 +1,12 @@
 """Questions the monitors ask, answered from the view tables (never by replaying patients).
 
-Overdue is computed at query time: a row is overdue when its due date is before ``today``
-(the date of ``now``, UTC). A held fraction has no due date (the hold decides), so it is
-never overdue; the watchlist shows it instead.
+Overdue is computed at query time, on the calendar the due date was counted in: a due date is
+the local date of a clinical time as entered (its UTC offset) plus a number of days, exactly as
+the protocol's schedule rule counts, so a row is overdue once its due day has ended in that
+offset (``overdue_from``, a UTC instant kept on the row). ``now`` is that instant (default: the
+clock); a ``datetime.date`` instead means that calendar day, whatever the offset (overdue when
+the due date is before it). A held fraction has no due date (the hold decides), so it is never
+overdue; the watchlist shows it instead.
 """
 
 from __future__ import annotations
@@ -16,16 +20,79 @@ from .store import ViewDB
 _BOARD_SELECT = "SELECT " + ", ".join(BOARD_COLUMNS) + " FROM view_board"
 
 
-def today_of(now: dt.datetime | None) -> dt.date:
-    return (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).date()
+#: When "overdue" is judged: an instant (naive: UTC), a calendar day, or None for the clock.
+Moment = dt.datetime | dt.date | None
 
 
-def _board_dict(row: tuple[Any, ...], today: dt.date) -> dict[str, Any]:
+def _instant(now: dt.datetime | None) -> dt.datetime:
+    """``now`` in UTC (naive taken as UTC; None: the clock)."""
+    if now is None:
+        return dt.datetime.now(dt.UTC)
+    return now.replace(tzinfo=dt.UTC) if now.tzinfo is None else now.astimezone(dt.UTC)
+
+
+def today_of(now: Moment) -> dt.date:
+    """The UTC date of ``now`` (a day given as such: that day)."""
+    if isinstance(now, dt.date) and not isinstance(now, dt.datetime):
+        return now
+    return _instant(now).date()
+
+
+def as_of(now: Moment) -> str:
+    """What "overdue" was judged against, as shown to the monitor."""
+    if isinstance(now, dt.date) and not isinstance(now, dt.datetime):
+        return now.isoformat()
+    if now is None:
+        return _instant(None).isoformat(timespec="seconds")
+    return (now if now.tzinfo is not None else now.replace(tzinfo=dt.UTC)).isoformat()
+
+
+class _Cutoff:
+    """The SQL test and order of "overdue" as of a moment, and each row's days overdue."""
+
+    __slots__ = ("day", "order", "param", "utc", "where")
+
+    def __init__(self, now: Moment) -> None:
+        if isinstance(now, dt.date) and not isinstance(now, dt.datetime):
+            self.day: dt.date | None = now
+            self.utc: dt.datetime | None = None
+            self.where, self.param = "due_on < ?", now.isoformat()
+            self.order = "due_on, patient_id"
+        else:
+            self.day = None
+            self.utc = _instant(now).replace(tzinfo=None)
+            # ``overdue_from`` has one fixed width (``projection.overdue_from``): compare as text
+            self.where = "overdue_from <= ?"
+            self.param = self.utc.isoformat(timespec="microseconds")
+            self.order = "overdue_from, patient_id"
+
+    def days_overdue(self, due_on: str | None, overdue_from: str | None) -> int:
+        if not due_on:
+            return 0
+        due = dt.date.fromisoformat(due_on)
+        if self.day is not None:
+            return max(0, (self.day - due).days)
+        assert self.utc is not None
+        if overdue_from is None:  # no instant (a calendar overflow): judged in UTC
+            return max(0, (self.utc.date() - due).days)
+        # the row's UTC offset: the end of its due day, local minus UTC
+        offset = (
+            dt.datetime.combine(due, dt.time(0))
+            + dt.timedelta(days=1)
+            - dt.datetime.fromisoformat(overdue_from)
+        )
+        try:
+            local = (self.utc + offset).date()
+        except OverflowError:
+            return 0
+        return max(0, (local - due).days)
+
+
+def _board_dict(row: tuple[Any, ...], cutoff: _Cutoff) -> dict[str, Any]:
     data = dict(zip(BOARD_COLUMNS, row, strict=True))
-    due = data["due_on"]
-    days = (today - dt.date.fromisoformat(due)).days if due else None
-    data["overdue"] = days is not None and days > 0
-    data["days_overdue"] = days if days is not None and days > 0 else 0
+    days = cutoff.days_overdue(data["due_on"], data["overdue_from"])
+    data["overdue"] = days > 0
+    data["days_overdue"] = days
     for flag in ("hold", "severe_open"):
         data[flag] = bool(data[flag])
     return data
@@ -37,32 +104,32 @@ def board(
     state: str | None = None,
     overdue: bool = False,
     toxicity: bool = False,
-    now: dt.datetime | None = None,
+    now: Moment = None,
     limit: int | None = None,
     after: str | None = None,
 ) -> list[dict[str, Any]]:
     """Board rows, by patient id (``overdue``: most overdue first); filters combine (AND).
     ``after`` pages by patient id."""
-    today = today_of(now)
+    cutoff = _Cutoff(now)
     where: list[str] = []
     params: list[Any] = []
     if state is not None:
         where.append("state = ?")
         params.append(state)
     if overdue:
-        where.append("due_on < ?")
-        params.append(today.isoformat())
+        where.append(cutoff.where)
+        params.append(cutoff.param)
     if toxicity:
         where.append("open_toxicities > 0")
     if after is not None:
         where.append("patient_id > ?")
         params.append(after)
     sql = _BOARD_SELECT + (" WHERE " + " AND ".join(where) if where else "")
-    sql += " ORDER BY due_on, patient_id" if overdue else " ORDER BY patient_id"
+    sql += f" ORDER BY {cutoff.order}" if overdue else " ORDER BY patient_id"
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
-    return [_board_dict(r, today) for r in db.fetchall(sql, params)]
+    return [_board_dict(r, cutoff) for r in db.fetchall(sql, params)]
 
 
 def count(
@@ -71,7 +138,7 @@ def count(
     state: str | None = None,
     overdue: bool = False,
     toxicity: bool = False,
-    now: dt.datetime | None = None,
+    now: Moment = None,
 ) -> int:
     if not overdue and not toxicity:  # the cohort view keeps these counts
         if state is None:
@@ -89,8 +156,9 @@ def count(
         where.append("state = ?")
         params.append(state)
     if overdue:
-        where.append("due_on < ?")
-        params.append(today_of(now).isoformat())
+        cutoff = _Cutoff(now)
+        where.append(cutoff.where)
+        params.append(cutoff.param)
     if toxicity:
         where.append("open_toxicities > 0")
     sql = "SELECT COUNT(*) FROM view_board" + (" WHERE " + " AND ".join(where) if where else "")
@@ -98,27 +166,27 @@ def count(
     return int(row[0]) if row else 0
 
 
-def changed_since(
-    db: ViewDB, position: int, now: dt.datetime | None = None
-) -> list[dict[str, Any]]:
+def changed_since(db: ViewDB, position: int, now: Moment = None) -> list[dict[str, Any]]:
     """Board rows changed by notifications after ``position`` (what ``watch`` prints)."""
     rows = db.fetchall(
         _BOARD_SELECT + " WHERE position > ? ORDER BY position, patient_id", [position]
     )
-    today = today_of(now)
-    return [_board_dict(r, today) for r in rows]
+    cutoff = _Cutoff(now)
+    return [_board_dict(r, cutoff) for r in rows]
 
 
-def patient(db: ViewDB, patient_id: str, now: dt.datetime | None = None) -> dict[str, Any] | None:
+def patient(db: ViewDB, patient_id: str, now: Moment = None) -> dict[str, Any] | None:
     row = db.fetchone(_BOARD_SELECT + " WHERE patient_id = ?", [patient_id])
-    return None if row is None else _board_dict(row, today_of(now))
+    return None if row is None else _board_dict(row, _Cutoff(now))
 
 
-def watchlist(db: ViewDB, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+def watchlist(db: ViewDB, now: Moment = None) -> list[dict[str, Any]]:
     """Open toxicities (CRS, ICANS, others) with grade, onset, hold, and time since the last
     infusion, worst grade first; then patients on hold without an open toxicity row (none
-    expected, listed for safety)."""
-    moment = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    expected, listed for safety). A day given as ``now``: its start, UTC."""
+    if isinstance(now, dt.date) and not isinstance(now, dt.datetime):
+        now = dt.datetime.combine(now, dt.time(0), tzinfo=dt.UTC)
+    moment = _instant(now)
     rows = db.fetchall(
         "SELECT t.patient_id, t.toxicity_id, t.kind, t.term, t.grade, t.worst_grade, t.scale, "
         "t.course_number, t.onset, t.severe, t.opens_hold, b.state, b.hold, b.last_infusion_on "
@@ -204,7 +272,7 @@ def deviations(db: ViewDB, patient_id: str | None = None) -> list[dict[str, Any]
     return [dict(zip(keys, r, strict=True)) for r in db.fetchall(sql, params)]
 
 
-def overdue_count(db: ViewDB, now: dt.datetime | None = None) -> int:
+def overdue_count(db: ViewDB, now: Moment = None) -> int:
     return count(db, overdue=True, now=now)
 
 
@@ -217,6 +285,44 @@ def severe_open(db: ViewDB) -> dict[str, int]:
             "GROUP BY kind ORDER BY kind"
         )
     }
+
+
+def skipped(db: ViewDB, limit: int | None = None) -> list[dict[str, Any]]:
+    """Events the views could not read or apply and skipped, by position (see
+    ``runner.Views``): each with its stream, patient (when known), version and why."""
+    sql = "SELECT position, stream_id, patient_id, version, topic, reason FROM view_skipped"
+    sql += " ORDER BY position"
+    params: list[Any] = []
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    keys = ("position", "stream_id", "patient_id", "version", "topic", "reason")
+    return [dict(zip(keys, r, strict=True)) for r in db.fetchall(sql, params)]
+
+
+def skipped_summary(db: ViewDB) -> dict[str, Any]:
+    """How many events the views skipped, and per stream: patient, versions, first reason."""
+    rows = db.fetchall(
+        "SELECT stream_id, MAX(patient_id), COUNT(*), MIN(version), MAX(version), "
+        "MIN(position) FROM view_skipped GROUP BY stream_id ORDER BY MIN(position)"
+    )
+    streams = []
+    total = 0
+    for sid, pid, n, first, last, position in rows:
+        reason = db.fetchone("SELECT reason FROM view_skipped WHERE position = ?", [position])
+        total += int(n)
+        streams.append(
+            {
+                "stream_id": sid,
+                "patient_id": pid,
+                "events": int(n),
+                "first_version": first,
+                "last_version": last,
+                "first_position": int(position),
+                "reason": reason[0] if reason else None,
+            }
+        )
+    return {"events": total, "streams": streams}
 
 
 def count_hold(db: ViewDB) -> int:

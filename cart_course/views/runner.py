@@ -7,6 +7,14 @@ lock the position is checked again (a runner that lost the race drops what it ev
 again), so two runners (a follower process and a query's own catch-up) never apply a
 notification twice.
 A runner killed mid-batch leaves no trace of that batch: the next one starts from the position.
+
+A stored event the views cannot read (damaged bytes, an unknown type) or apply (its stream's
+registration or an earlier version missing from the log) never stops the board: the event is
+**skipped**, and so is every later event of its stream, since the patient's record cannot be
+evolved past a gap. Each skipped event is written to ``view_skipped`` (position, stream, patient
+when known, version, why) in the same transaction as the position, so the skip is exactly-once
+and reported by every query (``queries.skipped_summary``, the ``views`` commands, the metrics);
+the patient's board row stays as of the last event applied.
 """
 
 from __future__ import annotations
@@ -20,7 +28,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from eventsourcing.persistence import PersistenceError
+
 from ..bulk import bulk_gc
+from ..course import PatientCourse
 from ..errors import CartCourseError, CipherKeyError, StoreError
 from ..protocol.record import PatientRecord
 from ..service import store_errors
@@ -63,6 +74,38 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _why(exc: BaseException) -> str:
+    """One line about an exception (bounded: the views store it)."""
+    text = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _gap(record: PatientRecord | None, event: Any) -> str | None:
+    """Why ``event`` cannot follow ``record`` in its stream (None: it can)."""
+    version = event.originator_version
+    if record is None:
+        if version != 1:
+            return (
+                f"v{version} ({type(event).__name__}) of a stream whose registration (v1) is "
+                "not in the log or does not read"
+            )
+        return None
+    if isinstance(event, PatientCourse.Registered):
+        return f"a second registration (v{version}) of patient {record.patient_id}"
+    if version != record.version + 1:
+        return (
+            f"v{version} ({type(event).__name__}) follows v{record.version}: "
+            f"{'v' + str(record.version + 1) + ' is' if version > record.version + 1 else 'versions are'}"
+            f"{' missing from the log' if version > record.version + 1 else ' out of order'}"
+        )
+    return None
+
+
+#: A skipped event: (position, stream id, patient id or None, version, topic, reason).
+Skip = tuple[int, str, str | None, int, str, str]
+
+
 class _Touched:
     """A patient changed by the batch: the record and what its rows were before."""
 
@@ -79,7 +122,8 @@ class _Touched:
     def __init__(self, stream_id: str, record: PatientRecord | None) -> None:
         self.stream_id = stream_id
         self.record = record
-        #: record time (``timestamp``) of the patient's last event in the batch
+        #: record time (``timestamp``) of the patient's last event applied in the batch (None:
+        #: none applied, the row is left as it is)
         self.recorded_at: dt.datetime | None = None
         self.position = 0
         self.tox_dirty = False
@@ -111,6 +155,8 @@ class Views:
         # key or compression setting) reads no views either (one row read).
         with store_errors("the store"):
             problem = app.settings_mismatch()
+            if problem is not None and self._first_event_alone_unreadable(app):
+                problem = None  # one damaged row, not the key: skipped and reported
         if problem is not None:
             raise CipherKeyError(
                 f"cannot read the store: the stored events do not decrypt with this key "
@@ -134,10 +180,33 @@ class Views:
         self.cache_size = cache_size
         self._decode = EventDecoder(app.mapper)
         self._lock = threading.RLock()
+        #: What the last batch skipped (:data:`Skip` rows), for a follower to report.
+        self.last_skipped: list[Skip] = []
         #: Test hook: called after the batch is evolved, before the write lock is taken.
         self.before_lock: Callable[[], None] | None = None
         #: Test hook: called inside the transaction after the rows are written, before commit.
         self.before_commit: Callable[[], None] | None = None
+
+    @staticmethod
+    def _first_event_alone_unreadable(app: CourseApplication, probe: int = 20) -> bool:
+        """The store's first event does not read with this key, but later ones do (or the store
+        is plain JSON like this process expects): a damaged row, which the views skip and
+        report, not a wrong key or compression setting (that reads none)."""
+        notes = app.recorder.select_notifications(start=None, limit=probe + 1)
+        for note in notes[1:]:
+            try:
+                app.mapper.to_domain_event(note)
+            except Exception:  # any failure: this one does not read either
+                continue
+            return True
+        if len(notes) > 1 or not notes:
+            return False
+        mapper = app.mapper
+        return (
+            mapper.cipher is None
+            and mapper.compressor is None
+            and bytes(notes[0].state)[:1] in (b"{", b"[")
+        )
 
     def close(self) -> None:
         self.db.close()
@@ -155,28 +224,43 @@ class Views:
         with store_errors("the store"):
             return int(self.app.recorder.max_notification_id() or 0)
 
-    def lag(self, now: dt.datetime | None = None) -> dict[str, Any]:
-        """How far behind the log the views are, in events and in seconds of record time."""
+    def lag(self, clock: dt.datetime | None = None) -> dict[str, Any]:
+        """How far behind the log the views are, in events and in seconds of record time.
+
+        Measured on the real clock (``clock`` is for tests only): the lag is the age of the
+        oldest waiting event, never judged "as of" the ``--now`` of a query. ``lag_seconds`` is
+        None when none of the first waiting events reads (they will be skipped)."""
         position, last_recorded, updated_at = self.db.tracking()
         head = self.log_position()
-        seconds = 0.0
+        seconds: float | None = 0.0
         if head > position:
             with store_errors("the store"):
-                first = self.app.recorder.select_notifications(
-                    start=position, limit=1, inclusive_of_start=False
+                waiting = self.app.recorder.select_notifications(
+                    start=position, limit=20, inclusive_of_start=False
                 )
-                first_event: Any = self.app.mapper.to_domain_event(first[0]) if first else None
-            if first_event is not None:
-                waiting_since = first_event.timestamp
-                seconds = max(0.0, ((now or _now()) - waiting_since).total_seconds())
+            seconds = None
+            for note in waiting:
+                try:
+                    event: Any = self._decode(note)
+                except Exception:  # unreadable: the next one tells the age
+                    continue
+                waiting_since = event.timestamp
+                seconds = max(0.0, ((clock or _now()) - waiting_since).total_seconds())
+                break
         return {
             "position": position,
             "log_position": head,
             "lag_events": max(0, head - position),
-            "lag_seconds": round(seconds, 3),
+            "lag_seconds": None if seconds is None else round(seconds, 3),
             "last_event_recorded_at": last_recorded,
             "updated_at": updated_at,
+            "skipped_events": self.skipped_count(),
         }
+
+    def skipped_count(self) -> int:
+        """How many events of the log the views skipped (unreadable or unappliable)."""
+        row = self.db.fetchone("SELECT COUNT(*) FROM view_skipped")
+        return int(row[0]) if row else 0
 
     # ------------------------------------------------------------------------------------------
     # Catch-up
@@ -237,14 +321,15 @@ class Views:
                 if not notes:
                     return 0
                 touched: dict[Any, _Touched] = {}
+                skips: list[Skip] = []
                 try:
-                    recorded = self._evolve(notes, touched)
+                    recorded = self._evolve(notes, touched, skips)
                     if self.before_lock is not None:
                         self.before_lock()
                     with self.db.transaction():
                         if self.db.tracking(lock=True)[0] != start:
                             raise _Moved
-                        self._write(touched, notes[-1].id, recorded)
+                        self._write(touched, notes[-1].id, recorded, skips)
                         if self.before_commit is not None:
                             self.before_commit()
                 except BaseException as exc:
@@ -261,30 +346,78 @@ class Views:
                         cache.move_to_end(t.stream_id)
                 while len(cache) > self.cache_size:
                     cache.popitem(last=False)
+                self.last_skipped = skips
                 return len(notes)
         raise RuntimeError("the views' position kept moving under this runner; try again")
 
-    def _load(self, stream_ids: Sequence[str]) -> dict[str, PatientRecord]:
+    def _load(
+        self, stream_ids: Sequence[str]
+    ) -> tuple[dict[str, PatientRecord], dict[str, tuple[str, str]]]:
         """Each stream's record as of the view's position: from this runner's cache when its
-        version matches the board's, else replayed from the store at the board's version."""
+        version matches the board's, else replayed from the store at the board's version.
+        Also the streams whose record no longer replays: stream id -> (patient id, why)."""
         found: dict[str, PatientRecord] = {}
+        broken: dict[str, tuple[str, str]] = {}
         cache = self._cache
         for i in range(0, len(stream_ids), _IN_CHUNK):
             chunk = stream_ids[i : i + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
-            for sid, version in self.db.fetchall(
-                f"SELECT stream_id, version FROM view_board WHERE stream_id IN ({marks})", chunk
+            for sid, version, pid in self.db.fetchall(
+                "SELECT stream_id, version, patient_id FROM view_board "
+                f"WHERE stream_id IN ({marks})",
+                chunk,
             ):
                 cached = cache.get(sid)
                 if cached is None or cached.version != version:
-                    course: Any = self.app.repository.get(uuid.UUID(sid), version=version)
+                    try:
+                        course: Any = self.app.repository.get(uuid.UUID(sid), version=version)
+                    except PersistenceError:
+                        raise  # the store, not the stream: the batch is retried
+                    except Exception as exc:  # damaged history: skip the stream
+                        broken[sid] = (
+                            pid,
+                            f"its history up to v{version} no longer reads ({_why(exc)})",
+                        )
+                        continue
                     cached = course.record
+                    # as of the stream's version (a just registered aggregate's record says 0)
+                    cached.version = version
                 found[sid] = cached
-        return found
+        return found, broken
 
-    def _evolve(self, notes: Sequence[Any], touched: dict[Any, _Touched]) -> dt.datetime:
+    def _patient_of(self, stream_id: str) -> str | None:
+        row = self.db.fetchone("SELECT patient_id FROM view_board WHERE stream_id = ?", [stream_id])
+        return None if row is None else str(row[0])
+
+    def _repair(self, t: _Touched, version: int) -> str:
+        """After an event failed half-way through evolving ``t.record``: the record as of
+        ``version`` (the last event applied), replayed from the store; if even that fails, the
+        board row stays as committed (returns what to add to the reason, then)."""
+        self._cache.pop(t.stream_id, None)
+        try:
+            course: Any = self.app.repository.get(uuid.UUID(t.stream_id), version=version)
+        except PersistenceError:
+            raise
+        except Exception as exc:  # the row stays as committed; the skip is reported
+            t.record = None
+            return f"; its row stays as before this batch: v{version} does not replay ({_why(exc)})"
+        t.record = course.record
+        t.record.version = version
+        t.tox_dirty = True
+        return ""
+
+    def _evolve(
+        self, notes: Sequence[Any], touched: dict[Any, _Touched], skips: list[Skip]
+    ) -> dt.datetime | None:
         """Decode the batch one notification at a time and evolve each touched patient's
-        record; returns the record time of the last event."""
+        record; returns the record time of the last event read (None: none read). What does
+        not read or apply is appended to ``skips`` with every later event of its stream."""
+        quarantined: dict[str, int] = {
+            str(sid): int(v)
+            for sid, v in self.db.fetchall(
+                "SELECT stream_id, MIN(version) FROM view_skipped GROUP BY stream_id"
+            )
+        }
         # A stream whose first event here is not its first (version 1: Registered) was seen
         # before: its record is loaded as of the board.
         seen: set[Any] = set()
@@ -293,27 +426,76 @@ class Views:
             oid = note.originator_id
             if oid not in seen:
                 seen.add(oid)
-                if note.originator_version != 1:
+                if note.originator_version != 1 and str(oid) not in quarantined:
                     earlier.append(str(oid))
-        loaded = self._load(earlier) if earlier else {}
+        loaded, broken = self._load(earlier) if earlier else ({}, {})
         decode = self._decode
-        event: Any = None
+        stamp: dt.datetime | None = None
+
+        def skip(note: Any, sid: str, patient: str | None, reason: str) -> None:
+            quarantined.setdefault(sid, note.originator_version)
+            skips.append((note.id, sid, patient, note.originator_version, note.topic, reason))
+
         for note in notes:
-            event = decode(note)
-            oid = event.originator_id
+            oid = note.originator_id
+            sid = str(oid)
             t = touched.get(oid)
+            patient = t.record.patient_id if t is not None and t.record is not None else None
+            if sid in quarantined:
+                first = quarantined[sid]
+                skip(
+                    note,
+                    sid,
+                    patient or self._patient_of(sid),
+                    f"after v{first} of this stream, which the views skipped",
+                )
+                continue
+            if sid in broken:
+                pid, reason = broken[sid]
+                skip(note, sid, pid, reason)
+                continue
+            try:
+                event: Any = decode(note)
+            except Exception as exc:  # any unreadable row is skipped, reported
+                skip(
+                    note,
+                    sid,
+                    patient or self._patient_of(sid),
+                    f"the stored event does not read ({_why(exc)})",
+                )
+                continue
             if t is None:
-                sid = str(oid)
                 t = touched[oid] = _Touched(sid, loaded.get(sid))
-            t.record = apply_event(t.record, event)
-            t.recorded_at = event.timestamp
+            record = t.record
+            problem = _gap(record, event)
+            if problem is None:
+                try:
+                    t.record = apply_event(record, event)
+                except Exception as exc:  # the event does not apply: skipped
+                    problem = f"{type(event).__name__} does not apply ({_why(exc)})"
+                    if record is not None:
+                        problem += self._repair(t, record.version)
+            if problem is not None:
+                skip(
+                    note,
+                    sid,
+                    record.patient_id if record is not None else self._patient_of(sid),
+                    problem,
+                )
+                continue
+            t.recorded_at = stamp = event.timestamp
             t.position = note.id
             if getattr(event, "trigger", None) in _TOXICITY_TRIGGERS:
                 t.tox_dirty = True
-        stamp: dt.datetime = event.timestamp
         return stamp
 
-    def _write(self, touched: dict[Any, _Touched], position: int, recorded: dt.datetime) -> None:
+    def _write(
+        self,
+        touched: dict[Any, _Touched],
+        position: int,
+        recorded: dt.datetime | None,
+        skips: Sequence[Skip] = (),
+    ) -> None:
         db = self.db
         boards: list[tuple[Any, ...]] = []
         cohort_delta: dict[tuple[str, str], int] = {}
@@ -323,8 +505,8 @@ class Views:
         dev_rows: list[tuple[Any, ...]] = []
         for t in touched.values():
             record = t.record
-            assert record is not None
-            assert t.recorded_at is not None
+            if record is None or t.recorded_at is None:
+                continue  # nothing of this stream applied: its row (if any) stays as it is
             row = board_row(record, t.stream_id, t.recorded_at.isoformat(), t.position)
             boards.append(row)
             for key in t.cohort_before:
@@ -362,10 +544,20 @@ class Views:
         )
         if any(n < 0 for _, _, n in changed):
             db.execute("DELETE FROM view_cohort WHERE patients = 0")
+        db.executemany(
+            "INSERT INTO view_skipped (position, stream_id, patient_id, version, topic, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            list(skips),
+        )
         db.execute(
-            "UPDATE view_tracking SET position = ?, last_recorded_at = ?, updated_at = ? "
-            "WHERE name = ?",
-            (position, recorded.isoformat(), _now().isoformat(), TRACKING),
+            "UPDATE view_tracking SET position = ?, "
+            "last_recorded_at = COALESCE(?, last_recorded_at), updated_at = ? WHERE name = ?",
+            (
+                position,
+                recorded.isoformat() if recorded is not None else None,
+                _now().isoformat(),
+                TRACKING,
+            ),
         )
 
     # ------------------------------------------------------------------------------------------

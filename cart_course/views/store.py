@@ -46,11 +46,13 @@ CREATE TABLE IF NOT EXISTS view_board (
   max_open_grade INTEGER,
   severe_open INTEGER NOT NULL,
   deviations INTEGER NOT NULL,
-  position {big} NOT NULL
+  position {big} NOT NULL,
+  overdue_from TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS view_board_stream ON view_board (stream_id);
 CREATE INDEX IF NOT EXISTS view_board_state ON view_board (state, patient_id);
 CREATE INDEX IF NOT EXISTS view_board_due ON view_board (due_on, patient_id);
+CREATE INDEX IF NOT EXISTS view_board_overdue ON view_board (overdue_from, patient_id);
 CREATE INDEX IF NOT EXISTS view_board_position ON view_board (position);
 CREATE INDEX IF NOT EXISTS view_board_tox ON view_board (patient_id) WHERE open_toxicities > 0;
 CREATE TABLE IF NOT EXISTS view_toxicity (
@@ -81,6 +83,15 @@ CREATE TABLE IF NOT EXISTS view_deviation (
   occurred_at TEXT,
   PRIMARY KEY (patient_id, seq)
 );
+CREATE TABLE IF NOT EXISTS view_skipped (
+  position {big} PRIMARY KEY,
+  stream_id TEXT NOT NULL,
+  patient_id TEXT,
+  version INTEGER,
+  topic TEXT,
+  reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS view_skipped_stream ON view_skipped (stream_id);
 CREATE TABLE IF NOT EXISTS view_cohort (
   dimension TEXT NOT NULL,
   key TEXT NOT NULL,
@@ -95,7 +106,12 @@ VIEW_TABLES: dict[str, str] = {
     "view_toxicity": "patient_id, toxicity_id",
     "view_deviation": "patient_id, seq",
     "view_cohort": "dimension, key",
+    "view_skipped": "position",
 }
+
+#: A column each view table must have; a table from an older release without it is dropped
+#: and the views are rebuilt from the log (they hold nothing the events do not).
+_REQUIRED_COLUMNS: dict[str, str] = {"view_board": "overdue_from"}
 
 
 class ViewDB:
@@ -177,6 +193,9 @@ class ViewDB:
             if self.kind == "postgres":
                 # Two processes creating the schema at once would race on the catalog.
                 self.execute("SELECT pg_advisory_xact_lock(4242017)")
+            outdated = self._outdated_tables()
+            for table in outdated:
+                self.execute(f"DROP TABLE {table}")
             for statement in statements:
                 self.execute(statement)
             self.execute(
@@ -184,6 +203,34 @@ class ViewDB:
                 "ON CONFLICT (name) DO NOTHING",
                 (TRACKING,),
             )
+            if outdated:  # the views of an older release: recompute every view from the log
+                for table in VIEW_TABLES:
+                    self.execute(f"DELETE FROM {table}")
+                self.execute(
+                    "UPDATE view_tracking SET position = 0, last_recorded_at = NULL, "
+                    "updated_at = NULL WHERE name = ?",
+                    (TRACKING,),
+                )
+
+    def _columns(self, table: str) -> set[str]:
+        if self.kind == "postgres":
+            rows = self.fetchall(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = ?",
+                (table,),
+            )
+        else:
+            rows = self.fetchall("SELECT name FROM pragma_table_info(?)", (table,))
+        return {str(r[0]) for r in rows}
+
+    def _outdated_tables(self) -> list[str]:
+        """View tables of an older release (a required column missing)."""
+        outdated = []
+        for table, column in _REQUIRED_COLUMNS.items():
+            columns = self._columns(table)
+            if columns and column not in columns:
+                outdated.append(table)
+        return outdated
 
     def tracking(self, *, lock: bool = False) -> tuple[int, str | None, str | None]:
         """(position, record time of the last processed event, when it was processed)."""

@@ -17,7 +17,7 @@ from .eligibility import parse_screening
 from .errors import ContextInputError, ProtocolInputError, key_name
 from .machine import DryRun, Probe, RuleFailure
 from .parameters import DEFAULT_PARAMETERS
-from .record import Course, PatientRecord, evolve
+from .record import Course, PatientRecord, Toxicity, evolve
 from .response import RESPONSES, classify_response, parse_response_assessment
 from .states import INFUSION_TRIGGERS, Trigger
 from .toxicity import parse_toxicity_report
@@ -224,13 +224,17 @@ def _text(payload: Mapping[str, Any], key: str, *, max_len: int = 2000) -> str |
 
 
 def _open_brief(record: PatientRecord) -> list[dict[str, Any]]:
-    """The open toxicities as the rules read them (id, kind, current grade)."""
+    """The open toxicities as the rules read them (id, kind, worst grade). The worst grade, not
+    the current one: an episode holds the next fraction until it is resolved, not until a later
+    report grades it lower (a fever masked by tocilizumab grades CRS 0 while it is still open);
+    a grade 5 episode (a death) never resolves."""
     open_ids = record.open_ids
     if not open_ids:
         return []
     toxicities = record.toxicities
     return [
-        {"id": t.id, "kind": t.kind, "grade": t.grade} for t in [toxicities[i] for i in open_ids]
+        {"id": t.id, "kind": t.kind, "grade": t.worst_grade}
+        for t in [toxicities[i] for i in open_ids]
     ]
 
 
@@ -308,9 +312,20 @@ def _ctx_decision(record: PatientRecord) -> dict[str, Any]:
     }
 
 
+def _carried_over(record: PatientRecord, number: int) -> list[Toxicity]:
+    """Episodes of earlier courses still open in course ``number``: they belong to it too (a
+    toxicity that began in course 1 and turned severe during course 2 justifies discontinuing
+    course 2); a resolved one of an earlier course does not."""
+    toxicities = record.toxicities
+    return [t for t in (toxicities[i] for i in record.open_ids) if t.course_number != number]
+
+
 def _ctx_discontinue(record: PatientRecord) -> dict[str, Any]:
     number = len(record.courses)
-    return {"course_number": number, "course_toxicities": _course_brief(record, number)}
+    brief = _course_brief(record, number) + [
+        {"id": t.id, "kind": t.kind, "grade": t.worst_grade} for t in _carried_over(record, number)
+    ]
+    return {"course_number": number, "course_toxicities": brief}
 
 
 def _ctx_discontinue_worst(record: PatientRecord) -> dict[str, Any]:
@@ -319,7 +334,11 @@ def _ctx_discontinue_worst(record: PatientRecord) -> dict[str, Any]:
     ``allowed_now``, which judges every move after every command: the full list grows with the
     history (a course of 500 episodes: 0.2 ms per command). A recorded move reads the full list."""
     number = len(record.courses)
-    worst = record.worst_of_course(number)
+    candidates = _carried_over(record, number) if record.open_ids else []
+    worst_of_course = record.worst_of_course(number)
+    if worst_of_course is not None:
+        candidates.append(worst_of_course)
+    worst = max(candidates, key=lambda t: t.worst_grade, default=None)
     brief = (
         [] if worst is None else [{"id": worst.id, "kind": worst.kind, "grade": worst.worst_grade}]
     )
@@ -559,10 +578,11 @@ def _assessment(
     seed: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     parsed = _nested("payload.assessment", parse_response_assessment, _object(p, "assessment"))
-    # Evaluable (no deciding value missing) under the default parameters; ``prepare`` reuses the
-    # result when the version's parameters are these.
+    # The result under the default parameters; ``prepare`` reuses it when the version's
+    # parameters are these.
     seed["assessment_data"] = parsed
-    seed["default_response"] = _nested("payload.assessment", classify_response, parsed)
+    computed = _nested("payload.assessment", classify_response, parsed)
+    seed["default_response"] = computed
     assessment = parsed.to_json()
     norm: dict[str, Any] = {"assessment": assessment}
     facts: dict[str, Any] = {"assessment": assessment, "assessment_date": day.isoformat()}
@@ -574,6 +594,12 @@ def _assessment(
             )
         norm["clinician_response"] = clinician
         facts["clinician_response"] = clinician
+    else:
+        # A category not evaluable (a deciding value missing) without a clinician's response is
+        # an input error naming the missing values. With one, the rule
+        # ``clinician_response_consistent`` (``check_clinician_response``) asks for its reason
+        # and the outcome records ``computed_response: null`` with the reasons saying why.
+        _nested("payload.assessment", lambda r: r.raise_if_not_evaluable(), computed)
     return norm, facts
 
 

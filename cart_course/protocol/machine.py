@@ -378,6 +378,33 @@ def toxicity_is_open(p: Probe) -> bool:
     return any(t["id"] == wanted for t in p.facts.get("open_toxicities", ()))
 
 
+#: Grade 5 is death from the adverse event, in every grading scale used here (CTCAE, ASTCT).
+FATAL_GRADE = 5
+
+
+def _fatal(p: Probe) -> list[Mapping[str, Any]]:
+    """The named open episode if it reached grade 5 (death from the toxicity)."""
+    wanted = p.facts.get("toxicity_id")
+    return [
+        t
+        for t in p.facts.get("open_toxicities", ())
+        if t["id"] == wanted and t["grade"] >= FATAL_GRADE
+    ]
+
+
+@rule(
+    "the toxicity named did not reach grade 5 (a death does not resolve)",
+    lambda p: (
+        f"toxicity {p.facts.get('toxicity_id')!r} reached grade {FATAL_GRADE}: a death from it "
+        "does not resolve; record the death (record_death)"
+    ),
+)
+def toxicity_not_fatal(p: Probe) -> bool:
+    if p.hypothetical and "toxicity_id" not in p.facts:  # payload unknown
+        return True
+    return not _fatal(p)
+
+
 @rule("a reason is recorded", lambda p: "a reason is required for this move")
 def reason_given(p: Probe) -> bool:
     facts = p.facts
@@ -445,14 +472,29 @@ def another_course_permitted(p: Probe) -> bool:
 
 
 def _explain_cease(p: Probe) -> str:
-    return f"after {p.facts.get('response')} ceasing treatment is a clinical decision: record the reason"
+    response = p.facts.get("response")
+    if response == "PR":
+        return (
+            f"after PR in course {p.facts.get('course_number')} the protocol continues with 1 or "
+            f"2 more courses (at least {p.params.min_courses_on_pr} in all): ceasing now is a "
+            "clinical decision: record the reason"
+        )
+    return f"after {response} ceasing treatment is a clinical decision: record the reason"
 
 
-@rule("CR/CRi: a clinical decision with a reason; PR and NR: always", _explain_cease)
+@rule(
+    "CR/CRi, or PR before the protocol's further course: a clinical decision with a reason; "
+    "NR, or PR after it: always",
+    _explain_cease,
+)
 def cease_permitted(p: Probe) -> bool:
-    if p.facts.get("response") in ("CR", "CRi"):
+    response = p.facts.get("response")
+    if response in ("CR", "CRi"):
         return p.has_reason()
-    return p.facts.get("response") in ("PR", "NR")
+    if response == "PR":
+        number = int(p.facts.get("course_number", 0))
+        return number >= p.params.min_courses_on_pr or p.has_reason()
+    return response == "NR"
 
 
 def _explain_severe(p: Probe) -> str:
@@ -533,7 +575,7 @@ TRANSITIONS: list[dict[str, Any]] = [
         "trigger": T.RESOLVE_TOXICITY,
         "source": _OBSERVABLE,
         "dest": "=",
-        "conditions": ["toxicity_is_open"],
+        "conditions": ["toxicity_is_open", "toxicity_not_fatal"],
     },
     {
         "trigger": T.CANCEL_REMAINING_FRACTIONS,
@@ -575,14 +617,16 @@ TRANSITIONS: list[dict[str, Any]] = [
         "dest": S.DISCONTINUED,
         "conditions": ["severe_toxicity_recorded", "reason_given"],
     },
-    # Withdrawal and death from any non-terminal state.
+    # Withdrawal and death from any non-terminal state, and during the follow-up after the end
+    # of treatment (ceased, discontinued), when toxicities are still followed: a death "at any
+    # point" is recorded, as is a withdrawal of consent from the follow-up.
     {
         "trigger": T.WITHDRAW,
-        "source": list(NON_TERMINAL),
+        "source": [*NON_TERMINAL, *FOLLOW_UP],
         "dest": S.WITHDRAWN,
         "conditions": ["reason_given"],
     },
-    {"trigger": T.RECORD_DEATH, "source": list(NON_TERMINAL), "dest": S.DIED},
+    {"trigger": T.RECORD_DEATH, "source": [*NON_TERMINAL, *FOLLOW_UP], "dest": S.DIED},
 ]
 
 #: Which moves need a reason from the caller in any case (shown in the contract).

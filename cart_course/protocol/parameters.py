@@ -29,6 +29,9 @@ class ProtocolParameters:
     # --- decisions after assessment (trial text) ---
     #: PR -> "1 or 2 courses of treatment will be continued": at most 3 courses in all on PR.
     max_courses_on_pr: int = 3
+    #: ... and at least 1 more: ceasing on PR before this many courses departs from the protocol
+    #: and needs a reason (a clinical decision), as ceasing after CR/CRi does.
+    min_courses_on_pr: int = 2
 
     # --- toxicity (clinical.md s4) ---
     #: "Severe" toxicity: grade >= this (CRS or ICANS, ASTCT; other toxicities CTCAE).

@@ -66,15 +66,25 @@ class ResponseNotEvaluableError(ProtocolInputError):
     """Values needed to decide the response are missing; ``missing`` lists their JSON fields.
 
     Record the missing values (or a clinician's response with a reason) and assess again.
+    Raised by :meth:`ResponseResult.raise_if_not_evaluable`; ``classify_response`` itself
+    returns a result whose ``category`` is ``None``.
     """
 
     def __init__(self, missing: tuple[str, ...], decision: str) -> None:
         self.missing = missing
-        names = ", ".join(f"{_MISSING_LABELS.get(m, m)} ('{m}')" for m in missing)
         super().__init__(
             missing[0],
-            f"cannot classify the response: {names} not recorded; needed to decide {decision}",
+            f"cannot classify the response: {_not_recorded(missing, decision)}; record them, "
+            "or a clinician's response (clinician_response) with a reason",
         )
+
+
+def _missing_names(missing: tuple[str, ...]) -> str:
+    return ", ".join(f"{_MISSING_LABELS.get(m, m)} ('{m}')" for m in missing)
+
+
+def _not_recorded(missing: tuple[str, ...], decision: str) -> str:
+    return f"{_missing_names(missing)} not recorded; needed to decide {decision}"
 
 
 _MISSING_LABELS = {
@@ -285,13 +295,35 @@ def _parse_mrd(raw: Any) -> MrdMeasurement | None:
 
 @attrs.frozen(kw_only=True)
 class ResponseResult:
-    """The computed response: category, MRD status, progression flag and the reasons."""
+    """The computed response: category, MRD status, progression flag and the reasons.
 
-    category: str
+    ``category`` is ``None`` when it is not evaluable: a value that could change it is missing
+    (``missing`` lists the JSON fields, ``undecided`` says between what). ``progression`` is
+    ``None`` when the flag is not evaluable (``progression_missing``); being informational, it
+    never keeps the category from being decided.
+    """
+
+    category: str | None
     mrd_status: str
-    progression: bool
+    progression: bool | None
     reasons: tuple[str, ...]
     criteria: str
+    missing: tuple[str, ...] = ()
+    undecided: str | None = None
+    progression_missing: tuple[str, ...] = ()
+
+    @property
+    def not_evaluable(self) -> str | None:
+        """Why the category is not evaluable, in words; ``None`` when it is decided."""
+        if self.category is not None:
+            return None
+        return _not_recorded(self.missing, self.undecided or "the response")
+
+    def raise_if_not_evaluable(self) -> None:
+        """Raise ``ResponseNotEvaluableError`` naming the missing values when ``category`` is
+        ``None``."""
+        if self.category is None:
+            raise ResponseNotEvaluableError(self.missing, self.undecided or "the response")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -300,6 +332,8 @@ class ResponseResult:
             "progression": self.progression,
             "reasons": list(self.reasons),
             "criteria": self.criteria,
+            "missing": list(self.missing),
+            "progression_missing": list(self.progression_missing),
         }
 
 
@@ -387,8 +421,12 @@ def classify_response(
 ) -> ResponseResult:
     """Classify a response assessment as CR, CRi, PR or NR (clinical.md s5).
 
-    A value that could change the category (or the progression flag) but is missing raises
-    ``ResponseNotEvaluableError`` naming it; values that cannot change the result may be missing.
+    A category is never decided from a missing value that could change it: the result's
+    ``category`` is then ``None`` and ``missing`` names the values (``raise_if_not_evaluable``
+    raises ``ResponseNotEvaluableError``). The progression flag is informational: a value it
+    needs but the category does not (e.g. the baseline marrow blasts for a CR) leaves
+    ``progression`` ``None`` and is named in ``progression_missing``, never blocking the
+    category. Values that cannot change the result may be missing.
     """
     reasons: list[str] = []
     lim = _limits(params)
@@ -480,20 +518,38 @@ def classify_response(
         decision = "between PR and NR"
     else:
         category = "NR"
+    # The progression flag is informational (it never changes the category): a value only it
+    # needs leaves it not evaluable (None), named in the reasons, instead of blocking the category.
+    progression_missing: list[str] = []
     if progression is None:
-        if category is not None:
-            rise_txt = lim.rise_txt
-            decision = f"the progression flag (blast rise >= {rise_txt} % or new extramedullary)"
         if rose is None:
-            missing.append("baseline_marrow_blasts_pct")
+            progression_missing.append("baseline_marrow_blasts_pct")
         if new_emd is None:
-            missing.append(_new_emd_missing(a, emd))
-    if missing or category is None:
-        raise ResponseNotEvaluableError(tuple(dict.fromkeys(missing)), decision)
-    assert progression is not None
+            progression_missing.append(_new_emd_missing(a, emd))
+        reasons.append(
+            f"progression not evaluable: {_missing_names(tuple(progression_missing))} not "
+            f"recorded (progression: marrow blast rise >= {lim.rise_txt} % from baseline or new "
+            "extramedullary disease)"
+        )
 
     mrd_status, mrd_reason = _mrd(a.mrd, lim)
     reasons.append(mrd_reason)
+    if category is None:
+        missing_fields = tuple(dict.fromkeys(missing))
+        reasons.insert(
+            0,
+            f"not evaluable under {a.criteria}: {_not_recorded(missing_fields, decision)}",
+        )
+        return ResponseResult(
+            category=None,
+            mrd_status=mrd_status,
+            progression=progression,
+            reasons=tuple(reasons),
+            criteria=a.criteria,
+            missing=missing_fields,
+            undecided=decision,
+            progression_missing=tuple(progression_missing),
+        )
     reasons.insert(0, f"{category} under {a.criteria}: {_CATEGORY_SUMMARY[category]}")
     return ResponseResult(
         category=category,
@@ -501,6 +557,7 @@ def classify_response(
         progression=progression,
         reasons=tuple(reasons),
         criteria=a.criteria,
+        progression_missing=tuple(progression_missing),
     )
 
 
@@ -623,16 +680,29 @@ def check_clinician_response(
 ) -> list[str]:
     """Failed-rule messages for a clinician's stated response; empty when acceptable.
 
-    No stated response (``None``) accepts the computed one. A response that differs from the
-    computed one needs a non-blank reason.
+    No stated response (``None``) accepts the computed one; when the computed category is not
+    evaluable there is none to accept, so a clinician's response is needed. A response that
+    differs from the computed one, or stands in for a computed one that is not evaluable, needs
+    a non-blank reason.
     """
     if clinician is None:
+        if computed.category is None:
+            return [
+                f"the computed response is not evaluable ({computed.not_evaluable}); record the "
+                "missing values, or a clinician's response (clinician_response) with a reason"
+            ]
         return []
     if not isinstance(clinician, str) or clinician not in RESPONSES:
         return [f"clinician response {clinician!r} is not allowed; use {_or_list(RESPONSES)}"]
     if clinician == computed.category:
         return []
     if reason is None or not isinstance(reason, str) or not reason.strip():
+        if computed.category is None:
+            return [
+                f"clinician response {clinician} is recorded without a computed one: the computed "
+                f"response is not evaluable ({computed.not_evaluable}); give a reason for the "
+                "clinician's response"
+            ]
         return [
             f"clinician response {clinician} differs from the computed {computed.category} "
             f"({computed.criteria}); give a reason for the difference"

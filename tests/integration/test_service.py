@@ -59,7 +59,12 @@ def test_a_complete_response_path_and_what_the_summary_says(service: CourseServi
 
     ceased = p.do("cease", reason="CR after the first course; patient declines more", days=1)
     assert ceased.to_state == "ceased"
-    assert service.summary("P-100")["allowed_moves"] == ["report_toxicity"]
+    # follow-up: toxicities, and a death or a withdrawal of consent
+    assert service.summary("P-100")["allowed_moves"] == [
+        "report_toxicity",
+        "withdraw",
+        "record_death",
+    ]
     assert service.summary("P-100")["ended"]["state"] == "ceased"
 
 

@@ -333,8 +333,18 @@ def test_terminal_state_refuses_infusion_but_follows_up_toxicity() -> None:
         on=p.next_day(),
     )
     assert failed_rules(exc) == ["permitted_sequence"]
-    assert set(exc.allowed) <= {"report_toxicity", "resolve_toxicity"}
+    assert set(exc.allowed) <= {"report_toxicity", "resolve_toxicity", "withdraw", "record_death"}
     assert p.do("report_toxicity", {"toxicity": crs(1)}).to_state == "ceased"
+
+
+def test_a_death_during_follow_up_is_recorded() -> None:
+    """After the end of treatment a death "at any point" is recorded (ceased -> died)."""
+    p = Patient().apheresed().course()
+    p.assessed("CR")
+    p.do("cease", reason="CR; patient declines further treatment")
+    assert p.do("record_death", on=p.next_day()).to_state == "died"
+    exc = p.refused("record_death", on=p.next_day())  # once
+    assert failed_rules(exc) == ["permitted_sequence"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -411,3 +421,74 @@ def test_screen_failure_can_be_rescreened() -> None:
     bad["kps"] = 90
     p.do("rescreen", {"screening": bad}, on=p.next_day(7))
     assert p.record.state == "screened" and p.record.screenings == 2
+
+
+def test_an_open_episode_of_an_earlier_course_turning_severe_justifies_discontinuation() -> None:
+    """Trial text: "Treatment may be discontinued due to any severe toxicity": an episode that
+    began in course 1, still open, and severe during course 2 counts in course 2."""
+    p = Patient().apheresed().course()
+    p.do(
+        "report_toxicity",
+        {
+            "toxicity": {
+                "kind": "other",
+                "term": "hepatotoxicity",
+                "grade": 2,
+                "scale": "CTCAE",
+                "scale_version": "5.0",
+            }
+        },
+    )
+    p.assessed("PR")
+    p.do("continue_treatment", on=p.next_day())
+    p.infuse(1, gap=7)
+    exc = p.refused("discontinue", reason="hepatotoxicity")
+    assert failed_rules(exc) == ["severe_toxicity_recorded"]  # grade 2: not severe
+    p.do(
+        "report_toxicity",
+        {
+            "toxicity_id": "other-1",
+            "toxicity": {
+                "kind": "other",
+                "term": "hepatotoxicity",
+                "grade": 4,
+                "scale": "CTCAE",
+                "scale_version": "5.0",
+            },
+        },
+    )
+    assert "discontinue" in allowed_now(p.record, CURRENT)
+    assert p.do("discontinue", reason="grade 4 hepatotoxicity").to_state == "discontinued"
+
+
+def test_a_hold_lasts_until_the_episode_is_resolved_not_until_it_grades_lower() -> None:
+    """A fever masked by tocilizumab grades CRS 0 while the episode is still open: the next
+    fraction waits for its resolution."""
+    p = Patient().apheresed()
+    p.infuse(1, gap=7)
+    p.do("report_toxicity", {"toxicity": crs(1)})
+    masked = crs(1)
+    masked["observations"].update(
+        temperature={"value": 37.2, "unit": "C"}, anticytokine_given=True, antipyretics_given=True
+    )
+    p.do("report_toxicity", {"toxicity_id": "CRS-1", "toxicity": masked})
+    assert p.record.toxicities["CRS-1"].grade == 0
+    d2 = {"day": 2, "cells": {"value": PLAN[1], "unit": "cells"}}
+    exc = p.refused("give_infusion", d2, on=p.next_day())
+    assert failed_rules(exc) == ["no_open_hold"]
+    assert "CRS grade 1 (CRS-1)" in str(exc)
+    p.do("resolve_toxicity", {"toxicity_id": "CRS-1"})
+    assert p.do("give_infusion", d2, on=p.next_day()).to_state == "infused_d2"
+
+
+def test_a_fatal_toxicity_does_not_resolve() -> None:
+    p = Patient().apheresed()
+    p.infuse(1, gap=7)
+    fatal = crs(3)
+    fatal["observations"]["death_due_to_crs"] = True
+    p.do("report_toxicity", {"toxicity": fatal})
+    exc = p.refused("resolve_toxicity", {"toxicity_id": "CRS-1"})
+    assert failed_rules(exc) == ["toxicity_not_fatal"]
+    assert "record the death (record_death)" in str(exc)
+    assert "infuse_d2" not in allowed_now(p.record, CURRENT)  # the open episode holds
+    assert p.do("record_death").to_state == "died"

@@ -38,8 +38,9 @@ EXPECTED: list[tuple[str, list[str], str]] = [
     ("continue_treatment", ["assessed"], "continued"),
     ("cease", ["assessed", "screened", "apheresed", "continued"], "ceased"),
     ("discontinue", ON, "discontinued"),
-    ("withdraw", NONTERM, "withdrawn"),
-    ("record_death", NONTERM, "died"),
+    # a death "at any point", and a withdrawal of consent, also during follow-up
+    ("withdraw", NONTERM + FOLLOW, "withdrawn"),
+    ("record_death", NONTERM + FOLLOW, "died"),
 ]
 
 
@@ -160,9 +161,12 @@ def test_unknown_move_is_named() -> None:
 def test_terminal_states_allow_no_treatment_move(state: str) -> None:
     context = {"open_toxicities": [tox("CRS-1", "CRS", 2)]}
     allowed = set(V.allowed_moves(state, context))
-    assert allowed <= {"report_toxicity", "resolve_toxicity"}
-    for trigger in ("infuse_d1", "infuse_d2", "infuse_d3", "continue_treatment", "withdraw"):
+    follow_up = {"report_toxicity", "resolve_toxicity", "withdraw", "record_death"}
+    assert allowed <= (follow_up if state in FOLLOW else set())
+    for trigger in ("infuse_d1", "infuse_d2", "infuse_d3", "continue_treatment"):
         assert not V.dry_run(state, trigger, good_facts(trigger, "apheresed", "x")).allowed
+    if state not in FOLLOW:  # withdrawn, died, screen failed: nothing more to record
+        assert not V.dry_run(state, "withdraw", good_facts("withdraw", "apheresed", "x")).allowed
 
 
 def test_withdrawal_and_death_are_open_from_every_non_terminal_state() -> None:
@@ -423,7 +427,8 @@ def test_other_toxicity_below_hold_grade_does_not_hold() -> None:
         ("CR", 1, True, True, True),
         ("CRi", 2, False, False, False),
         ("CRi", 2, True, True, True),
-        ("PR", 1, False, True, True),
+        ("PR", 1, False, True, False),  # the protocol continues: ceasing needs a reason
+        ("PR", 1, True, True, True),
         ("PR", 2, False, True, True),
         ("PR", 3, False, False, True),
         ("PR", 3, True, False, True),

@@ -242,6 +242,7 @@ def test_a_huge_number_in_a_batch_is_refused_alone_and_the_batch_is_recorded() -
                     "occurred_at": (AT + dt.timedelta(days=n)).isoformat(),
                     "actor": {"id": "emr", "role": "service"},
                     "idempotency_key": f"B-1-{n}",
+                    "reason": "consent withdrawn" if name == "withdraw" else None,
                     "payload": payload,
                 }
             )
@@ -259,7 +260,12 @@ def test_a_huge_number_in_a_batch_is_refused_alone_and_the_batch_is_recorded() -
         )
         assert isinstance(results[2], CartCourseError)
         assert "temperature" in str(results[2]) and "401 digits" in str(results[2])
-        assert [type(r) for r in results[:2]] == [CommandResult, CommandResult]
-        assert service.record("B-1").version == 3  # the lines around it were recorded
+        assert [type(r) for r in results] == [
+            CommandResult,
+            CommandResult,
+            type(results[2]),
+            CommandResult,
+        ]
+        assert service.record("B-1").version == 4  # the lines around it were recorded
     finally:
         service.close()

@@ -291,12 +291,21 @@ class ProtocolCourse(RuleBasedStateMachine):
 
     @invariant()
     def nothing_happens_after_a_terminal_state_but_follow_up(self) -> None:
-        ended = False
+        """After the end of treatment only follow-up: toxicities, and from ceased or discontinued
+        a death or a withdrawal of consent, once (withdrawn and died are final)."""
+        ended: str | None = None
         for move in self.moves:
-            if ended:
-                assert move["trigger"] in ("report_toxicity", "resolve_toxicity")
+            if ended is not None:
+                assert ended in ("ceased", "discontinued"), move
+                assert move["trigger"] in (
+                    "report_toxicity",
+                    "resolve_toxicity",
+                    "withdraw",
+                    "record_death",
+                )
                 assert move["to_state"] in TERMINAL_NAMES
-            ended = ended or move["to_state"] in TERMINAL_NAMES
+            if move["to_state"] in TERMINAL_NAMES:
+                ended = move["to_state"]
 
     @invariant()
     def overdose_only_with_deviation(self) -> None:

@@ -100,12 +100,16 @@ def test_replan_course_judges_every_other_fraction_against_the_new_plan() -> Non
     assert [f.planned_cells for f in course.fractions] == pytest.approx([5e6, 15e6, 30e6])
     assert course.delivered == pytest.approx(64e6)
     assert [d["version"] for d in record.deviations] == [4, 6, 6]
+    d1_on, d2_on = (f.given_on for f in course.fractions[:2])
     assert corrected_fraction_context(record, 5) == {
         "weight_kg": 50.0,
         "delivered_before": pytest.approx(7e6),
+        "previous_date": d1_on,  # its schedule counts from D1 as on record now
     }
     assert corrected_fraction_context(record, 6)["delivered_before"] == pytest.approx(22e6)
-    assert corrected_fraction_context(record, 4) == {}  # D1's weight is its own payload's
+    assert corrected_fraction_context(record, 6)["previous_date"] == d2_on
+    # D1's weight is its own payload's; its schedule counts from apheresis
+    assert corrected_fraction_context(record, 4) == {"previous_date": record.apheresis_date}
     assert corrected_fraction_context(record, 99) == {}
 
 

@@ -44,7 +44,7 @@ def raw(**overrides: Any) -> dict[str, Any]:
     return data
 
 
-def category(**overrides: Any) -> str:
+def category(**overrides: Any) -> str | None:
     return classify_response(parse_response_assessment(raw(**overrides))).category
 
 
@@ -224,40 +224,48 @@ def test_progression_at_25_pct_rise(blasts: float, baseline: float, expected: bo
 # ---------------------------------------------------------------- missing values
 
 
-def test_missing_counts_never_give_cr() -> None:
+def not_evaluable(**overrides: Any) -> ResponseNotEvaluableError:
+    """The result is not evaluable; the error ``raise_if_not_evaluable`` raises for it."""
+    r = result(**overrides)
+    assert r.category is None
+    assert r.reasons[0].startswith("not evaluable under harmonised B-ALL")
     with pytest.raises(ResponseNotEvaluableError) as exc:
-        result(anc=None, platelets=None)
-    assert exc.value.missing == ("anc", "platelets")
-    assert exc.value.field == "anc"
-    assert "ANC ('anc')" in exc.value.message
+        r.raise_if_not_evaluable()
+    assert exc.value.missing == r.missing
+    return exc.value
+
+
+def test_missing_counts_never_give_cr() -> None:
+    exc = not_evaluable(anc=None, platelets=None)
+    assert exc.missing == ("anc", "platelets")
+    assert exc.field == "anc"
+    assert "ANC ('anc')" in exc.message
+    assert "or a clinician's response (clinician_response) with a reason" in exc.message
 
 
 def test_missing_platelets_with_good_anc_is_not_evaluable() -> None:
-    with pytest.raises(ResponseNotEvaluableError) as exc:
-        result(platelets=None)
-    assert exc.value.missing == ("platelets",)
+    assert not_evaluable(platelets=None).missing == ("platelets",)
 
 
 def test_missing_circulating_and_emd_are_named() -> None:
-    with pytest.raises(ResponseNotEvaluableError) as exc:
-        result(circulating_blasts_present=None, extramedullary_disease=None, cns_status=None)
-    assert exc.value.missing == ("circulating_blasts_present", "extramedullary_disease")
+    exc = not_evaluable(
+        circulating_blasts_present=None, extramedullary_disease=None, cns_status=None
+    )
+    assert exc.missing == ("circulating_blasts_present", "extramedullary_disease")
 
 
 def test_missing_baseline_blocks_pr_decision() -> None:
-    with pytest.raises(ResponseNotEvaluableError) as exc:
-        result(marrow_blasts_pct=12, baseline_marrow_blasts_pct=None)
-    assert exc.value.missing == ("baseline_marrow_blasts_pct",)
+    exc = not_evaluable(marrow_blasts_pct=12, baseline_marrow_blasts_pct=None)
+    assert exc.missing == ("baseline_marrow_blasts_pct",)
 
 
 def test_missing_baseline_emd_when_emd_present_is_named() -> None:
-    with pytest.raises(ResponseNotEvaluableError) as exc:
-        result(
-            marrow_blasts_pct=12,
-            extramedullary_disease="present",
-            baseline_extramedullary_disease=None,
-        )
-    assert exc.value.missing == ("baseline_extramedullary_disease",)
+    exc = not_evaluable(
+        marrow_blasts_pct=12,
+        extramedullary_disease="present",
+        baseline_extramedullary_disease=None,
+    )
+    assert exc.missing == ("baseline_extramedullary_disease",)
 
 
 def test_values_that_cannot_change_the_result_may_be_missing() -> None:
@@ -515,7 +523,7 @@ def test_lower_blasts_never_give_a_worse_category(
     low, high = sorted((a, b))
 
     def cat(blasts: float) -> str:
-        return category(
+        found = category(
             marrow_blasts_pct=blasts,
             baseline_marrow_blasts_pct=baseline,
             anc={"value": anc, "unit": "10^9/L"},
@@ -525,6 +533,8 @@ def test_lower_blasts_never_give_a_worse_category(
             cns_status=None,
             baseline_extramedullary_disease=baseline_emd,
         )
+        assert found is not None  # complete data: always decided
+        return found
 
     assert _RANK[cat(low)] >= _RANK[cat(high)]
 
@@ -564,12 +574,14 @@ def test_round_trip_and_category_always_known_or_error(
         return
     assert isinstance(a, ResponseAssessment)
     assert parse_response_assessment(a.to_json()) == a
-    try:
-        r = classify_response(a)
-    except ResponseNotEvaluableError as exc:
-        assert exc.missing
+    r = classify_response(a)
+    if r.category is None:
+        assert r.missing
+        with pytest.raises(ResponseNotEvaluableError):
+            r.raise_if_not_evaluable()
         return
     assert r.category in RESPONSES
+    assert not r.missing
     if r.category in ("CR", "CRi"):  # never decided with a missing value
         assert circulating is False
         assert emd == "none"

@@ -280,6 +280,8 @@ def response(
     if set(data) == {"assessment"}:
         data = _object(data["assessment"], "a response assessment")
     result = classify_response(parse_response_assessment(data), version.params)
+    if clinician is None:
+        result.raise_if_not_evaluable()  # names the missing values (exit 2)
     problems = check_clinician_response(result, clinician, reason)
     if as_json:
         echo_json(
@@ -291,9 +293,10 @@ def response(
             }
         )
     else:
+        category = result.category or "not evaluable"
+        progression = {True: "yes", False: "no", None: "not evaluable"}[result.progression]
         click.echo(
-            f"{result.category} (MRD {result.mrd_status}; progression: "
-            f"{'yes' if result.progression else 'no'}; {result.criteria})"
+            f"{category} (MRD {result.mrd_status}; progression: {progression}; {result.criteria})"
         )
         for text in result.reasons:
             click.echo(f"  - {text}")

@@ -221,6 +221,23 @@ def test_response_classification_and_clinician_check(
     assert code == 0 and data["category"] == "PR" and data["clinician_problems"] == []
 
 
+def test_response_without_a_baseline(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A CR does not need the baseline (its progression flag is not evaluable); a PR-or-NR
+    decision does: not evaluable, named, unless the clinician's response is given with a reason."""
+    cr = {k: v for k, v in assessment("CR").items() if k != "baseline_marrow_blasts_pct"}
+    code, out, _ = run(capsys, "protocol", "response", write(tmp_path, "cr.json", cr))
+    assert code == 0 and out.startswith("CR (MRD ")
+    assert "progression: not evaluable;" in out.splitlines()[0]
+    pr = {k: v for k, v in assessment("PR").items() if k != "baseline_marrow_blasts_pct"}
+    path = write(tmp_path, "pr.json", pr)
+    code, _, err = run(capsys, "protocol", "response", path)
+    assert code == 2 and err.startswith("error: baseline_marrow_blasts_pct: cannot classify")
+    code, out, _ = run(
+        capsys, "protocol", "response", path, "--clinician", "PR", "--reason", "outside marrow"
+    )
+    assert code == 0 and out.startswith("not evaluable (MRD ")
+
+
 def test_stdin_input_through_the_installed_entry_point() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "cart_course", "protocol", "crs", "-", "--json"],

@@ -748,6 +748,8 @@ def prepare(
         )
     trigger = trigger_for(command, payload)
     context = context_facts(record, trigger)
+    if trigger in INFUSION_TRIGGERS and record.toxicities:
+        context = _with_holds_open_then(record, context, occurred_at, version)
     _check_payload_keys(COMMANDS[command], payload)
     seed: dict[str, Any] = {}
     parser = PAYLOAD_PARSERS.get(command, _nothing)
@@ -783,6 +785,36 @@ def prepare(
         facts=facts,
         outcome=outcome_of(trigger, facts, version, probe=probe),
     )
+
+
+def _with_holds_open_then(
+    record: PatientRecord,
+    context: dict[str, Any],
+    occurred_at: dt.datetime,
+    version: ProtocolVersion,
+) -> dict[str, Any]:
+    """An infusion's context with the holding episodes that were open at its clinical time but
+    were resolved (later in clinical time) by a command recorded before it: the hold is judged
+    at the time the fraction was given, not in the order the data were entered."""
+    params = version.params
+    thresholds = {"CRS": params.hold_crs_grade, "ICANS": params.hold_icans_grade}
+    then = []
+    for t in record.toxicities.values():
+        if t.resolved_at is None:
+            continue
+        if t.worst_grade < thresholds.get(t.kind, params.hold_other_grade):
+            continue
+        onset = dt.datetime.fromisoformat(t.onset)
+        resolved = dt.datetime.fromisoformat(t.resolved_at)
+        if onset.tzinfo is None or resolved.tzinfo is None or occurred_at.tzinfo is None:
+            continue  # an older history's naive times: not comparable
+        if onset <= occurred_at < resolved:
+            then.append(
+                {"id": t.id, "kind": t.kind, "grade": t.worst_grade, "resolved_at": t.resolved_at}
+            )
+    if not then:
+        return context
+    return {**context, "open_toxicities": [*context.get("open_toxicities", ()), *then]}
 
 
 def check_sequence(record: PatientRecord, trigger: str, version: ProtocolVersion) -> None:

@@ -255,7 +255,15 @@ def _holding(p: Probe) -> list[Mapping[str, Any]]:
 
 
 def _explain_hold(p: Probe) -> str:
-    held = ", ".join(f"{t['kind']} grade {t['grade']} ({t['id']})" for t in _holding(p))
+    holding = _holding(p)
+    held = ", ".join(f"{t['kind']} grade {t['grade']} ({t['id']})" for t in holding)
+    then = [t for t in holding if t.get("resolved_at")]
+    if then and len(then) == len(holding):  # resolved since: open at the fraction's time
+        until = ", ".join(f"{t['id']} resolved at {t['resolved_at']}" for t in then)
+        return (
+            f"a toxicity hold was open at the time of this fraction: {held} ({until}, after "
+            "it); a fraction is given after the hold resolved"
+        )
     return f"a toxicity hold is open: {held}; resolve it before the next fraction"
 
 

@@ -279,43 +279,36 @@ def _check_correction(
         )
         return
     corrects = e.get("corrects")
-    for entry in (e.get("outcome") or {}).get("replanned") or []:
-        # a corrected D1 weight re-planned the course: a fraction now off its plan without a
-        # deviation reason is a finding, as the dry run of that fraction would say
-        if (
-            isinstance(entry, dict)
-            and entry.get("deviations")
-            and not entry.get("deviation_reason")
-        ):
+    outcome = e.get("outcome") or {}
+    # what the correction did to the other fractions of the course: a corrected D1 weight
+    # re-planned them, a corrected date moved the day the next one is counted from. Each one now
+    # off its plan or schedule without a deviation reason is a finding, as its dry run would say
+    rejudged: list[tuple[dict[str, Any], str]] = [
+        (
+            entry,
+            f"re-plans D{entry.get('day')} (v{entry.get('version')}), now off its plan: "
+            + "; ".join(str(d) for d in entry.get("deviations") or ()),
+        )
+        for entry in outcome.get("replanned") or []
+        if isinstance(entry, dict) and entry.get("deviations")
+    ] + [
+        (
+            entry,
+            f"moves the date D{entry.get('day')} (v{entry.get('version')}) is counted from: "
+            f"{entry['schedule_problem']}",
+        )
+        for entry in outcome.get("rescheduled") or []
+        if isinstance(entry, dict) and entry.get("schedule_problem")
+    ]
+    for entry, what in rejudged:
+        if not entry.get("deviation_reason"):
             result.findings.append(
                 _finding(
                     patient_id,
                     e,
                     "correction",
                     label,
-                    f"v{corrects}'s correction re-plans D{entry.get('day')} "
-                    f"(v{entry.get('version')}), now off its plan: "
-                    + "; ".join(str(d) for d in entry["deviations"])
-                    + "; no deviation reason is recorded for it",
-                )
-            )
-    for entry in (e.get("outcome") or {}).get("rescheduled") or []:
-        # a corrected date moved the day the next fraction is counted from: a fraction now off
-        # its schedule without a deviation reason is a finding, as its dry run would say
-        if (
-            isinstance(entry, dict)
-            and entry.get("schedule_problem")
-            and not entry.get("deviation_reason")
-        ):
-            result.findings.append(
-                _finding(
-                    patient_id,
-                    e,
-                    "correction",
-                    label,
-                    f"v{corrects}'s correction moves the date D{entry.get('day')} "
-                    f"(v{entry.get('version')}) is counted from: {entry['schedule_problem']}; "
-                    "no deviation reason is recorded for it",
+                    f"v{corrects}'s correction {what}; no deviation reason is recorded for it",
                 )
             )
     if not run.allowed:

@@ -8,6 +8,7 @@ import json
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from integration_helpers import Course, crs
@@ -43,26 +44,37 @@ def _snapshot_rows(path: Path) -> list[tuple[int, bytes]]:
     return rows
 
 
-def test_a_snapshot_under_older_replay_rules_is_not_used_nor_judged(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite"
+def _apheresed_with_a_snapshot(path: Path, pid: str) -> tuple[Course, dict[str, Any]]:
+    """A patient screened and apheresed, snapshotted at v3; the stored snapshot, decoded."""
     service = CourseService(open_application(parse_store_url(str(path))))
-    p = Course(service, "OLD-1")
+    p = Course(service, pid)
     p.screen()
     p.apheresis()
-    service.app.take_snapshot(stream_id("OLD-1"))
+    service.app.take_snapshot(stream_id(pid))
     service.close()
-    [(version, raw)] = _snapshot_rows(path)
-    snapshot = json.loads(raw)
+    [(_version, raw)] = _snapshot_rows(path)
+    snapshot: dict[str, Any] = json.loads(raw)
+    return p, snapshot
+
+
+def _store_snapshot(path: Path, snapshot: dict[str, Any]) -> None:
+    """Write the snapshot at v3 back as the database holds it (an edit outside the service)."""
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "UPDATE stored_snapshots SET state = ? WHERE originator_version = 3",
+            (json.dumps(snapshot).encode(),),
+        )
+    db.close()
+
+
+def test_a_snapshot_under_older_replay_rules_is_not_used_nor_judged(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    p, snapshot = _apheresed_with_a_snapshot(path, "OLD-1")
     assert snapshot["state"]["replay_rules"] == REPLAY_RULES  # kept in every new snapshot
     # a snapshot as an older version wrote it (no replay_rules), whose state those rules gave
     del snapshot["state"]["replay_rules"]
     snapshot["state"]["record"]["_data_"]["state"] = "screened"
-    with sqlite3.connect(path) as db:
-        db.execute(
-            "UPDATE stored_snapshots SET state = ? WHERE originator_version = ?",
-            (json.dumps(snapshot).encode(), version),
-        )
-    db.close()
+    _store_snapshot(path, snapshot)
 
     service = CourseService(open_application(parse_store_url(str(path))))
     assert service.summary("OLD-1")["state"] == "apheresed"  # replayed from the events
@@ -81,21 +93,9 @@ def test_a_snapshot_under_older_replay_rules_is_not_used_nor_judged(tmp_path: Pa
 
 def test_a_current_snapshot_altered_is_still_tampering(tmp_path: Path) -> None:
     path = tmp_path / "cur.sqlite"
-    service = CourseService(open_application(parse_store_url(str(path))))
-    p = Course(service, "CUR-1")
-    p.screen()
-    p.apheresis()
-    service.app.take_snapshot(stream_id("CUR-1"))
-    service.close()
-    [(version, raw)] = _snapshot_rows(path)
-    snapshot = json.loads(raw)
+    _p, snapshot = _apheresed_with_a_snapshot(path, "CUR-1")
     snapshot["state"]["record"]["_data_"]["state"] = "screened"
-    with sqlite3.connect(path) as db:
-        db.execute(
-            "UPDATE stored_snapshots SET state = ? WHERE originator_version = ?",
-            (json.dumps(snapshot).encode(), version),
-        )
-    db.close()
+    _store_snapshot(path, snapshot)
     service = CourseService(open_application(parse_store_url(str(path))))
     report = verify(service.app)
     service.close()

@@ -36,6 +36,17 @@ def _sql(path: Path, statement: str, *args: object) -> None:
     db.close()
 
 
+def _set_state(path: Path, patient_id: str, version: int, raw: bytes) -> None:
+    """Overwrite one stored event's state in the database (as a damaged row would read)."""
+    _sql(
+        path,
+        "UPDATE stored_events SET state = ? WHERE originator_id = ? AND originator_version = ?",
+        raw,
+        stream_id(patient_id).hex,
+        version,
+    )
+
+
 def _fresh(path: Path, key: str | None = None) -> CourseService:
     return CourseService(open_application(parse_store_url(str(path)), cipher_key=key))
 
@@ -63,12 +74,7 @@ def test_a_missing_registration_names_the_patient_and_the_first_event(tmp_path: 
 def test_an_unreadable_row_is_named_and_the_key_is_not_blamed(tmp_path: Path) -> None:
     path = tmp_path / "d.sqlite"
     _two_patients(path)
-    _sql(
-        path,
-        "UPDATE stored_events SET state = ? WHERE originator_id = ? AND originator_version = 3",
-        b"{not json",
-        stream_id("DMG-2").hex,
-    )
+    _set_state(path, "DMG-2", 3, b"{not json")
     service = _fresh(path)
     with pytest.raises(StoreError) as info:
         service.summary("DMG-2")
@@ -92,12 +98,7 @@ def test_a_wrong_key_is_still_the_keys_fault(tmp_path: Path) -> None:
 def test_the_patient_list_shows_an_unreadable_patient_and_the_others(tmp_path: Path) -> None:
     path = tmp_path / "d.sqlite"
     _two_patients(path)
-    _sql(
-        path,
-        "UPDATE stored_events SET state = ? WHERE originator_id = ? AND originator_version = 3",
-        b"[1, 2]",
-        stream_id("DMG-1").hex,
-    )
+    _set_state(path, "DMG-1", 3, b"[1, 2]")
     service = _fresh(path)
     rows = {r["patient_id"]: r for r in service.patients()}
     service.close()

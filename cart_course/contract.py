@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -289,6 +290,39 @@ def parse_actor(value: Any) -> Actor:
     return actor
 
 
+#: Unicode categories a name (an actor's id or name) may not hold: control characters (Cc: line
+#: feed, NUL, ...), invisible format characters (Cf: zero width space U+200B, the right-to-left
+#: override U+202E, ...) and the line and paragraph separators (Zl, Zp). A name is printable
+#: text: what an audit trail shows is what was recorded.
+UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+_CATEGORY_WHAT = {
+    "Cc": "control character",
+    "Cf": "invisible formatting character",
+    "Zl": "line separator",
+    "Zp": "paragraph separator",
+    "Cs": "lone surrogate",
+}
+
+
+def check_printable(
+    value: str, field: str, example: str, categories: frozenset[str] = UNPRINTABLE_CATEGORIES
+) -> None:
+    """Refuse a name holding a character of ``categories`` (by default
+    :data:`UNPRINTABLE_CATEGORIES`), naming it and its position."""
+    if value.isprintable():  # fast path: str.isprintable is False for every C* and Z* but " "
+        return
+    for i, char in enumerate(value):
+        category = unicodedata.category(char)
+        if category in categories:
+            name = unicodedata.name(char, "")
+            raise InvalidCommandError(
+                field,
+                f"holds the {_CATEGORY_WHAT.get(category, 'unprintable character')} "
+                f"U+{ord(char):04X}{' (' + name + ')' if name else ''} at position {i}; "
+                f"it must be printable text, e.g. {example}",
+            )
+
+
 def _parse_actor(value: Any) -> Actor:
     if not isinstance(value, Mapping):
         raise InvalidCommandError(
@@ -308,6 +342,9 @@ def _parse_actor(value: Any) -> Actor:
         )
     name = _text(value, "name", "actor.name", max_len=200, required=False)
     assert actor_id is not None
+    check_printable(actor_id, "actor.id", "nurse.jones")
+    if name is not None:
+        check_printable(name, "actor.name", '"J. Jones"')
     return Actor(id=actor_id, role=role, name=name)
 
 

@@ -101,12 +101,13 @@ def html_report(
             f"<td>{escape(c.response or '')}</td><td>{escape(c.decision or '')}</td></tr>"
         )
     out.append(
-        "</table><h2>Toxicities</h2><table><tr><th>Id</th><th>Kind</th><th>Grade "
+        "</table><h2>Toxicities</h2><table><tr><th>Id</th><th>Kind</th><th>Term</th><th>Grade "
         "(worst)</th><th>Scale</th><th>Onset</th><th>Resolved</th></tr>"
     )
     for t in record.toxicities.values():
         out.append(
-            f"<tr><td>{escape(t.id)}</td><td>{escape(t.kind)}</td><td>{t.grade} ({t.worst_grade})"
+            f"<tr><td>{escape(t.id)}</td><td>{escape(t.kind)}</td><td>{escape(t.term or '')}</td>"
+            f"<td>{t.grade} ({t.worst_grade})"
             f"</td><td>{escape(t.scale)} {escape(t.scale_version)}</td><td>{escape(t.onset)}</td>"
             f"<td>{escape(t.resolved_at or 'open')}</td></tr>"
         )

@@ -15,18 +15,19 @@ import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from html import escape
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import attrs
 from litestar import Litestar, Request, Response, Router, delete, get, post
-from litestar.config.cors import CORSConfig
 from litestar.datastructures import ResponseHeader, State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException, SerializationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import FromPath, HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
@@ -75,6 +76,7 @@ from .problems import (
     problem_bytes,
     problem_responses,
 )
+from .security import DASHBOARD_CSP, security_headers
 
 STATIC = Path(__file__).resolve().parent / "static"
 SSE_POLL_SECONDS = 0.5
@@ -149,9 +151,9 @@ class Health:
 
 @attrs.define(kw_only=True)
 class Ready:
+    """Only whether the store answers: where it is and how much it holds is for ``/metrics``."""
+
     status: str
-    store: str
-    last_position: int
 
 
 @attrs.define(kw_only=True)
@@ -840,17 +842,26 @@ async def health() -> Health:
 @get(
     "/ready",
     sync_to_thread=True,
-    summary="The store answers (also HEAD)",
+    summary="The store answers (also HEAD); public, for load balancers: ready or not, no more",
     tags=["operations"],
     responses={503: problem_responses()[503]},
 )
-def ready(request: Request[Any, Any, Any], service: Svc, tokens: Tok) -> Ready:
+def ready(service: Svc, tokens: Tok) -> Ready:
     try:
-        position = last_position(service)
+        last_position(service)
         tokens.ping()
     except Exception as exc:
-        raise StoreError(f"the store does not answer: {type(exc).__name__}: {exc}") from None
-    return Ready(status="ready", store=request.app.state.store_display, last_position=position)
+        # the error's text may name the store (a path, a host): the log has it, not the answer
+        log.warning("not ready: the store does not answer: %s: %s", type(exc).__name__, exc)
+        raise StoreError(
+            f"the store does not answer ({type(exc).__name__}); the server log has the details"
+        ) from None
+    return Ready(status="ready")
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value, escaped (backslash, double quote, line feed)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 @get(
@@ -881,18 +892,29 @@ def metrics(request: Request[Any, Any, Any], service: Svc) -> str:
             f'cart_course_http_request_seconds_sum{{method="{method}",route="{route}"}} {seconds:.6f}'
         )
     lines += [
-        "# HELP cart_course_log_position Position of the last recorded event.",
-        "# TYPE cart_course_log_position gauge",
-        f"cart_course_log_position {last_position(service)}",
+        "# HELP cart_course_store_info The event store this server uses (always 1).",
+        "# TYPE cart_course_store_info gauge",
+        f'cart_course_store_info{{store="{_label(request.app.state.store_display)}"}} 1',
     ]
     from .extras import views_metrics
 
-    return "\n".join(lines) + "\n" + views_metrics(request.app.state)
+    views = views_metrics(request.app.state)
+    if "# TYPE cart_course_log_position " not in views:  # the views declare it when they run
+        lines += [
+            "# HELP cart_course_log_position Last notification id in the event log.",
+            "# TYPE cart_course_log_position gauge",
+            f"cart_course_log_position {last_position(service)}",
+        ]
+    return "\n".join(lines) + "\n" + views
 
 
 @get("/", include_in_schema=False, media_type="text/html")
 async def dashboard() -> Response[bytes]:
-    return Response((STATIC / "index.html").read_bytes(), media_type="text/html")
+    return Response(
+        (STATIC / "index.html").read_bytes(),
+        media_type="text/html",
+        headers={"Content-Security-Policy": DASHBOARD_CSP},
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -900,9 +922,15 @@ async def dashboard() -> Response[bytes]:
 # ----------------------------------------------------------------------------------------------
 
 
+#: The ``status`` label of a request whose client went away before its answer started (or
+#: while the server was failing it because of that): not a server error, so no 5xx alert fires.
+CLIENT_CLOSED = "client_closed"
+
+
 class Metrics:
     def __init__(self) -> None:
-        self.requests: Counter[tuple[str, str, int]] = Counter()
+        #: (method, route, status): status is the HTTP status as text, or :data:`CLIENT_CLOSED`
+        self.requests: Counter[tuple[str, str, str]] = Counter()
         self.seconds: Counter[tuple[str, str]] = Counter()
 
 
@@ -913,15 +941,19 @@ class _ReadRefused(Exception):
 def observe(app: ASGIApp) -> ASGIApp:
     """Metrics, and the audit-access log: a read of an audit route is written to the log when
     its response starts, before any of its body is sent (a streamed export: before streaming
-    starts). When the entry cannot be written the read is not served: ``503`` instead."""
+    starts). When the entry cannot be written the read is not served: ``503`` instead.
+
+    A request whose client disconnected before the answer started (reading the body fails, the
+    handler gives up) is counted with status :data:`CLIENT_CLOSED`, never as a 500."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # type: ignore[comparison-overlap]
             await app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
+        status: int | None = None
         refused = False
+        disconnected = False
         handler = scope.get("route_handler")
         method = str(scope.get(HEAD_KEY) or scope.get("method", "GET"))
         state = scope["litestar_app"].state
@@ -950,6 +982,13 @@ def observe(app: ASGIApp) -> ASGIApp:
             )
             await send({"type": "http.response.body", "body": body, "more_body": False})
 
+        async def receive_wrapper() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message  # type: ignore[return-value]
+
         async def send_wrapper(message: Message) -> None:
             nonlocal status, refused
             if refused:  # the handler goes on sending the refused read: stop it
@@ -976,23 +1015,49 @@ def observe(app: ASGIApp) -> ASGIApp:
             await send(message)
 
         try:
-            await app(scope, receive, send_wrapper)
+            await app(scope, receive_wrapper, send_wrapper)  # type: ignore[arg-type]
         except Exception:
-            if not refused:
+            if not refused and not disconnected:
                 raise
         finally:
             route = next(iter(handler.paths)) if handler is not None else "(unmatched)"
-            state.metrics.requests[(method, route, status)] += 1
+            if disconnected and (status is None or status >= 500):
+                label = CLIENT_CLOSED
+            else:
+                label = str(500 if status is None else status)
+            state.metrics.requests[(method, route, label)] += 1
             state.metrics.seconds[(method, route)] += time.perf_counter() - started
 
     return middleware
 
 
+def _allow_head(send: Send) -> Send:
+    """``OPTIONS`` lists ``HEAD`` wherever it lists ``GET`` (as ``405`` does): the same methods."""
+
+    async def send_allow(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers: list[Any] = []
+            for name, value in message.get("headers") or []:
+                if bytes(name).lower() == b"allow":
+                    methods = {m.strip() for m in bytes(value).decode("latin-1").split(",")}
+                    if "GET" in methods:
+                        methods.add("HEAD")
+                    value = ", ".join(sorted(m for m in methods if m)).encode("latin-1")
+                headers.append((name, value))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_allow
+
+
 def head_as_get(app: ASGIApp) -> ASGIApp:
     """``HEAD`` on every ``GET`` route (RFC 9110 9.3.2): routed, authorised and answered as the
-    ``GET`` (status and headers), without the body."""
+    ``GET`` (status and headers), without the body; ``OPTIONS`` lists it (``_allow_head``)."""
 
     async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("method") == "OPTIONS":  # type: ignore[comparison-overlap]
+            await app(scope, receive, _allow_head(send))
+            return
         if scope["type"] != "http" or scope.get("method") != "HEAD":  # type: ignore[comparison-overlap]
             await app(scope, receive, send)
             return
@@ -1012,6 +1077,50 @@ def head_as_get(app: ASGIApp) -> ASGIApp:
         await app(head_scope, receive, send_head)
 
     return handler
+
+
+# ----------------------------------------------------------------------------------------------
+# The OpenAPI page: local, no script (the usual UIs load theirs from CDNs)
+# ----------------------------------------------------------------------------------------------
+
+
+class SchemaPage(OpenAPIRenderPlugin):
+    """``/schema``: the document's links (JSON, YAML) and its operations, as plain HTML served by
+    this server (no script, style, font or image from anywhere)."""
+
+    def __init__(self) -> None:
+        super().__init__(path="/", favicon="", style="")
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        info = openapi_schema.get("info", {})
+        rows = []
+        for path, item in openapi_schema.get("paths", {}).items():
+            for method, operation in item.items():
+                if not isinstance(operation, dict):
+                    continue
+                rows.append(
+                    f"<tr><td>{escape(method.upper())}</td><td><code>{escape(path)}</code></td>"
+                    f"<td>{escape(str(operation.get('summary', '')))}</td></tr>"
+                )
+        page = (
+            "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{escape(str(info.get('title', '')))} API</title></head><body>"
+            f"<h1>{escape(str(info.get('title', '')))} {escape(str(info.get('version', '')))}"
+            "</h1>"
+            f"<p>{escape(str(info.get('description', '')))}</p>"
+            "<p>The OpenAPI 3.1 document: <a href='/schema/openapi.json'>openapi.json</a> · "
+            "<a href='/schema/openapi.yaml'>openapi.yaml</a> (open it in any OpenAPI viewer).</p>"
+            "<table><thead><tr><th>Method</th><th>Path</th><th>What</th></tr></thead><tbody>"
+            + "".join(rows)
+            + "</tbody></table></body></html>\n"
+        )
+        return page.encode()
+
+
+@get("/{path:str}", include_in_schema=False, sync_to_thread=False)
+def schema_not_found(path: FromPath[str]) -> None:
+    """Any other path under /schema: the ``404`` problem (no UI is served there)."""
+    raise NotFoundException
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1088,7 +1197,6 @@ def create_app(
         request_max_body_size=MAX_BODY_BYTES,
         state=state,
         on_shutdown=[close_views, *(on_shutdown or [])],
-        cors_config=CORSConfig(allow_origins=[]),
         openapi_config=OpenAPIConfig(
             title="cart-course",
             version=__version__,
@@ -1100,13 +1208,19 @@ def create_app(
                 + ". Errors are RFC 9457 problem details. Every GET route also answers HEAD."
             ),
             path="/schema",
+            # no UI loaded from a CDN: a local page linking to the document (JSON and YAML)
+            render_plugins=[SchemaPage(), JsonRenderPlugin(), YamlRenderPlugin()],
+            # registered before Litestar's own catch-all (an HTML page): a problem, as elsewhere
+            openapi_router=Router(
+                "/schema", route_handlers=[schema_not_found], include_in_schema=False
+            ),
             components=Components(
                 security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
             ),
         ),
         debug=False,
     )
-    app.asgi_handler = head_as_get(app.asgi_handler)
+    app.asgi_handler = security_headers(head_as_get(app.asgi_handler))
     return app
 
 

@@ -7,9 +7,11 @@ process); ``wait_for`` lets a writer ask for its own position.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import threading
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from litestar import Request, Response, get
 from litestar.datastructures import State
@@ -24,6 +26,7 @@ from ..protocol.versions import get_version
 from ..service import CourseService
 from .auth import AUDITORS, VIEWERS
 from .problems import problem_responses
+from .security import REPORT_CSP
 
 Svc = NamedDependency[CourseService]
 PatientId = Annotated[str, PathParameter(min_length=1, max_length=64)]
@@ -220,7 +223,7 @@ def export_report(service: Svc, patient_id: PatientId) -> Response[str]:
         findings=check_history(patient_id, events).findings,
         problems=check_stream(patient_id, events),
     )
-    return Response(html, media_type="text/html")
+    return Response(html, media_type="text/html", headers={"Content-Security-Policy": REPORT_CSP})
 
 
 AUDIT_ROUTES = [
@@ -300,21 +303,70 @@ def get_board(
     overdue: FromQuery[bool] = False,
     toxicity: FromQuery[bool] = False,
     limit: Annotated[int | None, QueryParameter(ge=1, le=10_000)] = None,
-    after: Annotated[str | None, QueryParameter(max_length=64)] = None,
+    after: Annotated[
+        str | None,
+        QueryParameter(
+            max_length=200,
+            description="Where the previous page ended: its Link rel=next carries it (by "
+            "patient id: the last patient id; overdue: a cursor, or the last patient id)",
+        ),
+    ] = None,
     wait_for: WaitFor = None,
-) -> list[dict[str, Any]]:
+) -> Response[list[dict[str, Any]]]:
+    """A full page (``limit`` rows) carries ``Link: <...>; rel="next"``, the next page's URL."""
     from ..views import queries
 
     if state_filter is not None and state_filter not in STATES:
         raise InvalidCommandError(
             "query.state", f"{state_filter!r} is not a state; states: {', '.join(STATES)}"
         )
+    start: str | tuple[str, str] | None = after
+    if after is not None and after.startswith(CURSOR_MARK):
+        start = _read_cursor(after)
     access = _views(request)
     with access.lock:
         db = access.fresh(wait_for)
-        return queries.board(
-            db, state=state_filter, overdue=overdue, toxicity=toxicity, limit=limit, after=after
-        )
+        try:
+            rows = queries.board(
+                db, state=state_filter, overdue=overdue, toxicity=toxicity, limit=limit, after=start
+            )
+        except queries.UnknownPageStart as exc:
+            raise InvalidCommandError(
+                "query.after",
+                f"{exc}; go on with the cursor of the previous page's Link rel=next",
+            ) from None
+    headers = {}
+    if limit is not None and len(rows) == limit:
+        last = rows[-1]
+        mark = _cursor(queries.overdue_key(last)) if overdue else str(last["patient_id"])
+        query = [(k, v) for k, v in request.query_params.multi_items() if k != "after"]
+        query.append(("after", mark))
+        headers["Link"] = f'<{request.url.path}?{urlencode(query)}>; rel="next"'
+    return Response(rows, headers=headers)
+
+
+#: The first character of an overdue-board cursor (never in a patient id).
+CURSOR_MARK = "~"
+
+
+def _cursor(key: tuple[str, str]) -> str:
+    """An overdue-board cursor: where a page ended, opaque to clients (they pass it back)."""
+    raw = "\x1f".join(key).encode()
+    return CURSOR_MARK + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _read_cursor(text: str) -> tuple[str, str]:
+    body = text[len(CURSOR_MARK) :]
+    try:
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
+        sort_key, patient_id = raw.split("\x1f")
+    except ValueError:
+        raise InvalidCommandError(
+            "query.after",
+            "is not a cursor of this board: pass back the after= of a Link rel=next "
+            "unchanged, or a patient id",
+        ) from None
+    return sort_key, patient_id
 
 
 @get(

@@ -71,7 +71,8 @@ def test_board_patient_report(server: Server, page) -> None:  # type: ignore[no-
     # highlights: the demo cohort has patients with open toxicity and overdue actions
     page.check("#f-toxicity")
     page.wait_for_function(
-        "document.querySelector('#board-status').textContent.includes('patients')"
+        # a function, not an expression: the dashboard's CSP has no 'unsafe-eval'
+        "() => document.querySelector('#board-status').textContent.includes('patients')"
     )
     tox_rows = page.locator("#board tbody tr")
     page.screenshot(path=str(ARTIFACTS / "board-toxicity.png"), full_page=True)
@@ -80,10 +81,10 @@ def test_board_patient_report(server: Server, page) -> None:  # type: ignore[no-
     page.uncheck("#f-toxicity")
     page.select_option("#f-state", "ceased")
     page.wait_for_function(
-        "[...document.querySelectorAll('#board tbody tr td:nth-child(2)')].every(td => td.textContent === 'ceased')"
+        "() => [...document.querySelectorAll('#board tbody tr td:nth-child(2)')].every(td => td.textContent === 'ceased')"
     )
     page.select_option("#f-state", "")
-    page.wait_for_function("document.querySelectorAll('#board tbody tr').length === 40")
+    page.wait_for_function("() => document.querySelectorAll('#board tbody tr').length === 40")
     page.screenshot(path=str(ARTIFACTS / "board.png"), full_page=True)
 
     page.click("#board a[href='#/patient/P-0001']")
@@ -115,3 +116,91 @@ def test_board_updates_live(server: Server, page) -> None:  # type: ignore[no-un
     assert r.status_code == 201, r.text
     page.wait_for_selector("#board tr[data-patient='LIVE-1']", timeout=10_000)
     page.screenshot(path=str(ARTIFACTS / "board-live.png"), full_page=True)
+
+
+def _csp_errors(page) -> list[str]:  # type: ignore[no-untyped-def]
+    errors: list[str] = []
+    page.on(
+        "console",
+        lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    return errors
+
+
+def test_admin_token_is_told_which_roles_can_use_the_dashboard(server: Server, page) -> None:  # type: ignore[no-untyped-def]
+    page.goto(server.url + "/")
+    page.fill("#token", "demo-admin-token")
+    page.click("#login-form button")
+    page.wait_for_selector("#refused")
+    text = page.locator("#refused").text_content() or ""
+    assert "cannot use the dashboard" in text
+    for role in ("clinician", "monitor", "auditor"):
+        assert role in text
+    assert "admin" in text  # the server's words: the role that was refused
+    assert page.locator("#logout").is_visible()
+    page.screenshot(path=str(ARTIFACTS / "dashboard-admin-refused.png"), full_page=True)
+
+
+def test_patient_page_shows_term_and_the_path_of_state_changes_only(  # type: ignore[no-untyped-def]
+    server: Server, page
+) -> None:
+    import datetime as dt
+    import random
+
+    from cart_course.demo import _Patient
+
+    day1 = dt.datetime(2026, 3, 2, 9, tzinfo=dt.UTC)
+    p = _Patient("TERM-1", day1 - dt.timedelta(days=20), random.Random(7))
+    p.screen()
+    p.apheresis()
+    p.infusion(1, days=day1.date().toordinal() - p.t.date().toordinal())
+    for command in p.commands:
+        body = {k: v for k, v in command.items() if k != "actor"}
+        r = httpx.post(
+            server.url + "/v1/commands",
+            json=body,
+            headers={"Authorization": "Bearer demo-clinician-token"},
+        )
+        assert r.status_code == 201, r.text
+    for hours, term in ((3, "<i>rash</i> & itch"), (4, "fatigue")):
+        r = httpx.post(
+            server.url + "/v1/patients/TERM-1/commands/report_toxicity",
+            json={
+                "occurred_at": (day1 + dt.timedelta(hours=hours)).isoformat(),
+                "payload": {
+                    "toxicity": {
+                        "kind": "other",
+                        "term": term,
+                        "grade": 3 if term == "fatigue" else 2,
+                        "scale": "CTCAE",
+                        "scale_version": "5.0",
+                    }
+                },
+            },
+            headers={"Authorization": "Bearer demo-clinician-token"},
+        )
+        assert r.status_code == 201, r.text
+    csp = _csp_errors(page)
+    page.goto(server.url + "/")
+    page.fill("#token", "demo-auditor-token")
+    page.click("#login-form button")
+    page.wait_for_selector("#board tbody tr")
+    page.goto(server.url + "/#/patient/TERM-1")
+    page.wait_for_selector("#timeline tbody tr")
+    terms = [t.text_content() for t in page.locator(".card .tox").all()]
+    assert "other (<i>rash</i> & itch) grade 2" in terms  # shown as text, not markup
+    assert "other (fatigue) grade 3" in terms
+    assert page.locator(".card .tox i").count() == 0
+    path = page.locator("#diagram p.small").text_content() or ""
+    assert path == "Path: candidate → screened → apheresed → infused_d1", path
+    page.screenshot(path=str(ARTIFACTS / "patient-term.png"), full_page=True)
+
+    page.click("#report-link")
+    frame = page.frame_locator("iframe#report")
+    frame.locator("h1").wait_for()
+    assert frame.locator("th", has_text="Term").count() == 1
+    assert frame.get_by_role("cell", name="<i>rash</i> & itch", exact=True).count() == 1
+    # the report's inline style applies under the dashboard's CSP (allowed by its hash)
+    background = frame.locator("th").first.evaluate("e => getComputedStyle(e).backgroundColor")
+    assert background == "rgb(238, 238, 238)", background
+    assert csp == [], csp

@@ -14,7 +14,9 @@ async function api(path, opts = {}) {
   if (!r.ok) {
     let detail = r.statusText;
     try { detail = (await r.json()).detail; } catch (e) { /* not JSON */ }
-    throw new Error(r.status + ": " + detail);
+    const error = new Error(r.status + ": " + detail);
+    error.status = r.status; error.detail = detail;
+    throw error;
   }
   return (r.headers.get("content-type") || "").includes("json") ? r.json() : r.text();
 }
@@ -50,6 +52,15 @@ function start() {
 
 window.addEventListener("hashchange", route);
 
+// The roles whose tokens can use the dashboard (the board and the views need one of them).
+const DASHBOARD_ROLES = ["clinician", "monitor", "auditor"];
+
+function showRefused(e) {
+  $("#view").innerHTML = `<div id="refused" class="error"><h1>This token cannot use the dashboard</h1>
+    <p>The dashboard is for ${DASHBOARD_ROLES.map((r) => `<b>${esc(r)}</b>`).join(", ")} tokens (the audit report: auditor only).
+    Log out and log in with one of those.</p><p class="small">The server said: ${esc(e.detail || e.message)}</p></div>`;
+}
+
 function route() {
   if (!token) return logout("");
   const parts = (location.hash || "#/board").slice(2).split("/").map(decodeURIComponent);
@@ -76,7 +87,12 @@ async function showBoard() {
     <table id="board"><thead><tr><th>Patient</th><th>State</th><th>Course</th><th>Next action</th><th>Due</th>
       <th>Dose delivered / planned</th><th>Open toxicity</th><th>Response</th><th>Last event (clinical)</th></tr></thead>
       <tbody></tbody></table>`;
-  const protocol = await api("/v1/protocol");
+  let protocol;
+  try { protocol = await api("/v1/protocol"); }
+  catch (e) {
+    if (e.status === 403) return showRefused(e);
+    $("#board-status").textContent = e.message; return;
+  }
   const sel = $("#f-state");
   for (const s of protocol.states) sel.insertAdjacentHTML("beforeend", `<option>${esc(s)}</option>`);
   sel.value = filters.state; $("#f-overdue").checked = filters.overdue; $("#f-toxicity").checked = filters.toxicity; $("#f-text").value = filters.text;
@@ -97,7 +113,11 @@ async function loadBoard() {
   if (filters.toxicity) q.set("toxicity", "true");
   let rows;
   try { rows = await api("/v1/board?" + q); }
-  catch (e) { $("#board-status").textContent = e.message; return; }
+  catch (e) {
+    if (e.status === 403) return showRefused(e);
+    if ($("#board-status")) $("#board-status").textContent = e.message;
+    return;
+  }
   if (filters.text) rows = rows.filter((r) => r.patient_id.toLowerCase().includes(filters.text.toLowerCase()));
   const body = $("#board tbody");
   body.innerHTML = rows.map((r) => {
@@ -131,9 +151,13 @@ async function showPatient(pid) {
       api(`/v1/patients/${encodeURIComponent(pid)}/history`),
       api("/v1/protocol"),
     ]);
-  } catch (e) { $("#p-body").innerHTML = `<p class="error">${esc(e.message)}</p>`; return; }
-  const tox = summary.open_toxicities.map((t) => `${esc(t.kind)} grade ${esc(t.grade)}`).join(", ") || "none";
-  const moves = history.filter((e) => e.to_state && e.from_state);
+  } catch (e) {
+    if (e.status === 403) return showRefused(e);
+    $("#p-body").innerHTML = `<p class="error">${esc(e.message)}</p>`; return;
+  }
+  const tox = summary.open_toxicities.map((t) => `<span class="tox">${esc(t.kind)}${t.term ? " (" + esc(t.term) + ")" : ""} grade ${esc(t.grade)}</span>`).join(", ") || "none";
+  // moves that changed the state (as the audit report's path): not corrections or same-state events
+  const moves = history.filter((e) => e.to_state && e.from_state && e.to_state !== e.from_state);
   $("#p-body").innerHTML = `
     <div class="cards">
       <div class="card"><b id="p-state">${esc(summary.state)}</b>state</div>

@@ -50,21 +50,26 @@ def as_of(now: Moment) -> str:
 class _Cutoff:
     """The SQL test and order of "overdue" as of a moment, and each row's days overdue."""
 
-    __slots__ = ("day", "order", "param", "utc", "where")
+    __slots__ = ("column", "day", "param", "utc", "where")
 
     def __init__(self, now: Moment) -> None:
         if isinstance(now, dt.date) and not isinstance(now, dt.datetime):
             self.day: dt.date | None = now
             self.utc: dt.datetime | None = None
             self.where, self.param = "due_on < ?", now.isoformat()
-            self.order = "due_on, patient_id"
+            self.column = "due_on"
         else:
             self.day = None
             self.utc = _instant(now).replace(tzinfo=None)
             # ``overdue_from`` has one fixed width (``projection.overdue_from``): compare as text
             self.where = "overdue_from <= ?"
             self.param = self.utc.isoformat(timespec="microseconds")
-            self.order = "overdue_from, patient_id"
+            self.column = "overdue_from"
+
+    @property
+    def order(self) -> str:
+        """Most overdue first: the earliest due first, then by patient id (a total order)."""
+        return f"{self.column}, patient_id"
 
     def days_overdue(self, due_on: str | None, overdue_from: str | None) -> int:
         if not due_on:
@@ -98,6 +103,21 @@ def _board_dict(row: tuple[Any, ...], cutoff: _Cutoff) -> dict[str, Any]:
     return data
 
 
+#: Where a page of the overdue board ends: (the row's sort key, its patient id).
+OverdueKey = tuple[str, str]
+
+
+class UnknownPageStart(ValueError):
+    """``after`` names a patient that has no place in the overdue order (no due date)."""
+
+
+def overdue_key(row: dict[str, Any], now: Moment = None) -> OverdueKey:
+    """The place of ``row`` (a board row of :func:`board`) in the overdue order: what
+    ``after`` takes to go on after it (an instant ``now`` or None: the row's ``overdue_from``;
+    a day: its ``due_on``)."""
+    return (str(row[_Cutoff(now).column]), str(row["patient_id"]))
+
+
 def board(
     db: ViewDB,
     *,
@@ -106,10 +126,16 @@ def board(
     toxicity: bool = False,
     now: Moment = None,
     limit: int | None = None,
-    after: str | None = None,
+    after: str | OverdueKey | None = None,
 ) -> list[dict[str, Any]]:
     """Board rows, by patient id (``overdue``: most overdue first); filters combine (AND).
-    ``after`` pages by patient id."""
+
+    ``after`` pages on the order of the rows (a keyset): the rows that come after it, so that
+    pages taken one after the other give every matching row once, in order. By patient id:
+    the last patient id of the previous page. Overdue: its :func:`overdue_key` (the place of the
+    last row), or its patient id, whose place is then looked up (:class:`UnknownPageStart` when
+    it has no due date); the key is the safer one, as a row that changed between two pages moves.
+    """
     cutoff = _Cutoff(now)
     where: list[str] = []
     params: list[Any] = []
@@ -121,9 +147,21 @@ def board(
         params.append(cutoff.param)
     if toxicity:
         where.append("open_toxicities > 0")
-    if after is not None:
+    if after is not None and not overdue:
         where.append("patient_id > ?")
-        params.append(after)
+        params.append(after if isinstance(after, str) else after[1])
+    elif after is not None:
+        if isinstance(after, str):
+            row = db.fetchone(
+                f"SELECT {cutoff.column} FROM view_board WHERE patient_id = ?", [after]
+            )
+            if row is None or row[0] is None:
+                raise UnknownPageStart(
+                    f"patient {after!r} has no place in the overdue order (no due date)"
+                )
+            after = (str(row[0]), after)
+        where.append(f"({cutoff.column} > ? OR ({cutoff.column} = ? AND patient_id > ?))")
+        params += [after[0], after[0], after[1]]
     sql = _BOARD_SELECT + (" WHERE " + " AND ".join(where) if where else "")
     sql += f" ORDER BY {cutoff.order}" if overdue else " ORDER BY patient_id"
     if limit is not None:

@@ -72,6 +72,20 @@ MAX_RETRIES = 20
 #: SQLite may refuse a write with "database is locked" under contention even with a busy
 #: timeout (a stale WAL read snapshot cannot be upgraded). Nothing was committed: retry.
 LOCKED_RETRIES = 50
+#: A write that has not got the store's lock for this long fails (503 ``store_error``, nothing
+#: written) instead of retrying on: SQLite waits up to its lock timeout (30 s) per attempt.
+BUSY_DEADLINE_SECONDS = 60.0
+
+
+def _busy_for(started: float) -> StoreError | None:
+    """The error for a write still refused as busy after :data:`BUSY_DEADLINE_SECONDS`."""
+    waited = time.monotonic() - started
+    if waited < BUSY_DEADLINE_SECONDS:
+        return None
+    return StoreError(
+        f"the store is busy: another writer has held it for {waited:.0f} s; nothing was "
+        "written; try again"
+    )
 
 
 #: What an auditor runs on a store that holds a row this application cannot read.
@@ -79,8 +93,12 @@ VERIFY_HINT = "the store may be damaged or tampered with: run 'cart-course audit
 
 
 @contextlib.contextmanager
-def store_errors(what: str, app: CourseApplication | None = None) -> Iterator[None]:
-    """Turn the library's storage failures into :class:`StoreError` (one clear line).
+def store_errors(
+    what: str, app: CourseApplication | None = None, *, writing: bool = False
+) -> Iterator[None]:
+    """Turn the library's storage failures into :class:`StoreError` (one clear line); with
+    ``writing``, a failure says it could not write (a full disk, a read-only store) and that
+    nothing was written.
 
     A stored event that cannot be read is the key's fault (:class:`CipherKeyError`) unless
     ``app`` says the store's first event reads with this key and settings: then that one row
@@ -98,6 +116,10 @@ def store_errors(what: str, app: CourseApplication | None = None) -> Iterator[No
     except IntegrityError:
         raise
     except PersistenceError as exc:
+        if writing:
+            raise StoreError(
+                f"cannot write to {what}: {type(exc).__name__}: {exc}; nothing was written"
+            ) from None
         raise StoreError(f"cannot read {what}: {type(exc).__name__}: {exc}") from None
 
 
@@ -455,6 +477,7 @@ class CourseService:
         return [refused[i] if i in refused else next(done) for i in range(len(commands))]
 
     def _execute(self, command: Command) -> CommandResult:
+        started = time.monotonic()
         for attempt in range(MAX_RETRIES + LOCKED_RETRIES):
             loaded = self._load(command.patient_id, probably_new=command.command == "screen")
             result, course = self._apply(loaded, command, with_allowed=True)
@@ -464,6 +487,9 @@ class CourseService:
                 self._save(course)
             except StoreBusy:
                 self._evict(command.patient_id)
+                busy = _busy_for(started)
+                if busy is not None:
+                    raise busy from None
                 time.sleep(0.005 * (1 + attempt % 10))
                 continue
             except IntegrityError:
@@ -492,6 +518,7 @@ class CourseService:
     def _decide_and_save_batch(
         self, commands: Sequence[Command]
     ) -> list[CommandResult | CartCourseError]:
+        started = time.monotonic()
         for attempt in range(MAX_RETRIES + LOCKED_RETRIES):
             assert self._batch_reads is not None
             self._batch_reads.clear()  # a retry decides again from the store as it is now
@@ -522,9 +549,12 @@ class CourseService:
             try:
                 if dirty:
                     self._save(*dirty)
-            except (IntegrityError, StoreBusy):
+            except (IntegrityError, StoreBusy) as exc:
                 for patient_id in loaded:
                     self._evict(patient_id)
+                busy = _busy_for(started) if isinstance(exc, StoreBusy) else None
+                if busy is not None:
+                    raise busy from None
                 time.sleep(0.005 * (1 + attempt % 10))
                 continue
             return results
@@ -641,7 +671,7 @@ class CourseService:
         caller, which reloads and decides again: nothing was committed, nothing is lost.
         """
         try:
-            with store_errors("the store"):
+            with store_errors("the store", writing=True):
                 try:
                     self.app.save(*courses)
                 except OperationalError as exc:

@@ -20,12 +20,12 @@ import secrets
 import sqlite3
 import threading
 import time
-import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
+from .contract import UNPRINTABLE_CATEGORIES, check_printable
 from .errors import CartCourseError, InvalidCommandError, StoreError
 from .storage import StoreSettings
 
@@ -42,6 +42,9 @@ TOKEN_CACHE_SECONDS = 2.0
 ACCESS_LOG_TIMEOUT_SECONDS = 5.0
 #: How long other writes (issuing and revoking tokens) may wait for the database's write lock.
 WRITE_TIMEOUT_SECONDS = 30.0
+#: Seconds a PostgreSQL token store waits for a connection: a request is authenticated first,
+#: so a server that is down answers 503 in this time rather than after a long wait.
+TOKEN_CONNECT_TIMEOUT = 5
 
 SQLITE_DDL = (
     """CREATE TABLE IF NOT EXISTS cart_course_tokens (
@@ -125,22 +128,23 @@ def _now() -> str:
 MAX_NAME = 200
 
 
+#: What a token's actor or name may not hold: the contract's unprintable categories (control,
+#: invisible format characters such as U+200B and U+202E, line and paragraph separators) and lone
+#: surrogates.
+_UNPRINTABLE = UNPRINTABLE_CATEGORIES | {"Cs"}
+
+
 def _check_text(value: object, field: str, example: str) -> None:
     """A printable name: a non-blank string of at most :data:`MAX_NAME` characters, without
-    control characters (newlines, NUL, ...) or lone surrogates."""
+    control characters (newlines, NUL, ...), invisible format characters (zero width space,
+    bidirectional overrides, ...), line or paragraph separators, or lone surrogates."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidCommandError(field, f"must be a non-empty string, e.g. {example}")
     if len(value) > MAX_NAME:
         raise InvalidCommandError(
             field, f"must be at most {MAX_NAME} characters; it has {len(value)}"
         )
-    for i, char in enumerate(value):
-        if unicodedata.category(char) in ("Cc", "Cs"):
-            raise InvalidCommandError(
-                field,
-                f"holds the control character U+{ord(char):04X} at position {i}; "
-                f"it must be printable text, e.g. {example}",
-            )
+    check_printable(value, field, example, _UNPRINTABLE)
 
 
 def check_actor_role(actor: str, role: str, name: str | None = None) -> None:
@@ -427,7 +431,9 @@ class PostgresTokenStore(TokenStore):
 
     def _connect(self) -> Any:
         if self._conn is None or self._conn.closed:
-            self._conn = self._psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+            self._conn = self._psycopg.connect(
+                self._url, autocommit=True, connect_timeout=TOKEN_CONNECT_TIMEOUT
+            )
         return self._conn
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -441,10 +447,12 @@ class PostgresTokenStore(TokenStore):
                     if "token" in sql:
                         raise InvalidCommandError("token", f"already issued ({exc})") from None
                     raise
-                except psycopg.OperationalError:
+                except psycopg.OperationalError as exc:
                     self._conn = None
                     if attempt:
-                        raise
+                        # the server is down or unreachable: the request's answer is 503 (the
+                        # store does not answer), not an unexpected failure
+                        raise StoreError(f"the token store cannot answer: {exc}") from None
             raise AssertionError("unreachable")
 
     def _execute_log(self, sql: str, params: Sequence[Any]) -> None:

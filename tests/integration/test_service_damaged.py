@@ -3,6 +3,7 @@ run, never a traceback, never the key blamed for one bad row; other patients sti
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from integration_helpers import Course
+from integration_helpers import Course, crs
 
 from cart_course.errors import CipherKeyError, StoreError
 from cart_course.service import CourseService, stream_id
@@ -117,3 +118,59 @@ def test_the_patient_list_shows_an_unreadable_patient_and_the_others(tmp_path: P
     assert any(line.startswith("DMG-1") and "unreadable" in line for line in lines), lines
     assert any(line.startswith("DMG-2") and "infused_d1" in line for line in lines), lines
     assert shown.stderr.startswith("error: patient DMG-1: the stored history cannot be")
+
+
+def test_a_write_held_off_by_another_writer_fails_in_bounded_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds the SQLite write lock: the command is retried, then fails with a
+    clear store error once the deadline passes (503 over HTTP); nothing is written."""
+    import attrs
+
+    import cart_course.service as service_module
+
+    path = tmp_path / "busy.sqlite"
+    _two_patients(path)
+    settings = parse_store_url(str(path))
+    settings = attrs.evolve(settings, env={**settings.env, "SQLITE_LOCK_TIMEOUT": "1"})
+    monkeypatch.setattr(service_module, "BUSY_DEADLINE_SECONDS", 1.5)
+    service = CourseService(open_application(settings))
+    before = service.summary("DMG-1")["version"]
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        p = Course(service, "DMG-1", start=dt.datetime(2026, 1, 25, 8, tzinfo=dt.UTC))
+        with pytest.raises(StoreError) as info:
+            p.do("report_toxicity", {"toxicity": crs(1)})
+        assert info.value.message.startswith("the store is busy: another writer has held it")
+        assert info.value.message.endswith("nothing was written; try again")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert service.summary("DMG-1")["version"] == before
+    service.close()
+
+
+def test_a_write_that_fails_says_it_could_not_write(tmp_path: Path) -> None:
+    path = tmp_path / "ro.sqlite"
+    _two_patients(path)
+    service = _fresh(path)
+    service.summary("DMG-1")
+    recorder = service.app.recorder
+    original = recorder.insert_events
+
+    def refuse(*args: object, **kwargs: object) -> object:
+        from eventsourcing.persistence import OperationalError
+
+        raise OperationalError("attempt to write a readonly database")
+
+    recorder.insert_events = refuse  # type: ignore[method-assign]
+    p = Course(service, "DMG-1", start=dt.datetime(2026, 1, 25, 8, tzinfo=dt.UTC))
+    with pytest.raises(StoreError) as info:
+        p.do("report_toxicity", {"toxicity": crs(1)})
+    assert info.value.message == (
+        "cannot write to the store: OperationalError: attempt to write a readonly database; "
+        "nothing was written"
+    )
+    recorder.insert_events = original  # type: ignore[method-assign]
+    service.close()

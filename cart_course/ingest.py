@@ -397,6 +397,20 @@ class WorkerFailed(Exception):
         super().__init__(reason)
 
 
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored inside the block (and so in the processes started in it), when this is
+    the main thread (only it may set signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class _Pool:
     def __init__(self, ingest: Ingest, workers: int) -> None:
         self.ingest = ingest
@@ -411,6 +425,14 @@ class _Pool:
         # one-line error before any process starts.
         build_service(self.ingest.settings).close()
         ctx = multiprocessing.get_context("spawn")  # nothing inherited: no open store, no threads
+        # Workers start with Ctrl-C ignored (an ignored signal stays ignored across exec, and
+        # Python then installs no handler of its own): a Ctrl-C while they import is this
+        # process's to handle, not a traceback from each worker. This process ignores it only
+        # while the workers are forked (each start returns once its worker is executing).
+        with _sigint_ignored():
+            self._spawn(ctx)
+
+    def _spawn(self, ctx: Any) -> None:
         for i in range(self.n):
             task_r, task_w = ctx.Pipe(duplex=False)
             result_r, result_w = ctx.Pipe(duplex=False)

@@ -345,6 +345,30 @@ def test_ctrl_c_stops_the_workers(stdin_ingest: Any) -> None:
         )
 
 
+@pytest.mark.parametrize("delay", [0.1, 0.3, 0.5, 0.8])
+def test_ctrl_c_while_the_program_or_its_workers_load_is_one_line(
+    tmp_path: Path, cohort_file: Path, delay: float
+) -> None:
+    """Whenever Ctrl-C comes (the program importing, its workers importing, the ingest running),
+    no traceback: the workers start with it ignored, the program ends quietly or says where the
+    ingest stopped."""
+    proc = subprocess.Popen(
+        [CLI, "--db", str(tmp_path / "c.sqlite"), "ingest", str(cohort_file), "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CART_COURSE_")},
+    )
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)
+    _out, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err, err
+    assert proc.returncode in (0, 1, 130), (proc.returncode, err)
+    if proc.returncode == 1:
+        assert "error: ingest stopped: interrupted" in err or err.strip().endswith("aborted"), err
+
+
 # ----------------------------------------------------------------------------------------------
 # The engine's pieces
 # ----------------------------------------------------------------------------------------------

@@ -45,8 +45,10 @@ EPISODE_COMMANDS = frozenset({"report_toxicity", "resolve_toxicity"})
 #: different state. A snapshot holds the rules it was taken under; one taken under other rules is
 #: not used (the course is replayed from its events, and a new snapshot is taken when one is
 #: due) and is not compared with the log by the audit. 2: a move that stays in its state (a
-#: toxicity reported or resolved after the course ended) no longer restates how it ended.
-REPLAY_RULES = 2
+#: toxicity reported or resolved after the course ended) no longer restates how it ended. 3: each
+#: toxicity report's clinical time is kept in the record's index (a hold is judged on the grade
+#: at a fraction's time).
+REPLAY_RULES = 3
 
 
 def genesis_hash(patient_id: str) -> str:

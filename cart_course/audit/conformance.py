@@ -25,6 +25,7 @@ import attrs
 
 from ..protocol.commands import context_facts
 from ..protocol.errors import ProtocolInputError
+from ..protocol.record import PatientRecord
 from ..protocol.states import Trigger
 from ..protocol.toxicity import grade_toxicity, parse_toxicity_report
 from ..protocol.versions import (
@@ -173,6 +174,32 @@ def _finding(
     )
 
 
+def _toxicity_ids(value: Any) -> set[str] | None:
+    if not isinstance(value, list):
+        return None
+    ids = {t.get("id") for t in value if isinstance(t, dict)}
+    return None if None in ids or len(ids) != len(value) else {str(i) for i in ids}
+
+
+def _same_fact(key: str, recorded: Any, derived: Any, record: PatientRecord) -> bool:
+    """Whether a recorded fact says what the history at that point says. The toxicity lists are
+    compared by the episodes they name: how an episode is summed up in them has changed between
+    releases (the open episodes' worst grade rather than their current one; a course's list with
+    the episodes still open from an earlier course), and the rules re-run on today's summary;
+    a list naming another episode is a finding."""
+    if recorded == derived:
+        return True
+    if key not in ("open_toxicities", "course_toxicities"):
+        return False
+    had, has = _toxicity_ids(recorded), _toxicity_ids(derived)
+    if had is None or has is None:
+        return False
+    if key == "open_toxicities":
+        return had == has
+    carried = {i for i in has - had if (t := record.toxicities.get(i)) is not None and t.open}
+    return had == has - carried
+
+
 def _check_move(
     patient_id: str,
     e: LoggedEvent,
@@ -204,7 +231,7 @@ def _check_move(
     except Exception:  # a history so broken the context cannot be derived: use what was recorded
         context = {}
     for key, value in context.items():
-        if key in recorded and recorded[key] != value:
+        if key in recorded and not _same_fact(key, recorded[key], value, record):
             result.findings.append(
                 _finding(
                     patient_id,

@@ -231,6 +231,12 @@ def verify_cmd(ctx: Context, seal_path: str | None, up_to: int | None, as_json: 
             f"verify: {status}: {report.streams} streams, {report.events} events "
             f"({report.rows} rows in the store), {report.snapshots} snapshot"
             f"{'' if report.snapshots == 1 else 's'} checked"
+            + (
+                f", {report.older_snapshots} taken under older replay rules (not used, not "
+                "compared)"
+                if report.older_snapshots
+                else ""
+            )
         )
         click.echo(f"verified the log up to notification {report.up_to}")
         click.echo(f"log digest: {report.log_digest}")

@@ -802,19 +802,37 @@ def _with_holds_open_then(
     for t in record.toxicities.values():
         if t.resolved_at is None:
             continue
-        if t.worst_grade < thresholds.get(t.kind, params.hold_other_grade):
+        hold = thresholds.get(t.kind, params.hold_other_grade)
+        if t.worst_grade < hold or occurred_at.tzinfo is None:
             continue
-        onset = dt.datetime.fromisoformat(t.onset)
         resolved = dt.datetime.fromisoformat(t.resolved_at)
-        if onset.tzinfo is None or resolved.tzinfo is None or occurred_at.tzinfo is None:
-            continue  # an older history's naive times: not comparable
-        if onset <= occurred_at < resolved:
-            then.append(
-                {"id": t.id, "kind": t.kind, "grade": t.worst_grade, "resolved_at": t.resolved_at}
-            )
+        if resolved.tzinfo is None or occurred_at >= resolved:
+            continue  # resolved before the fraction (or an older history's naive time)
+        grade = _grade_at(record, t, occurred_at)
+        if grade is not None and grade >= hold:
+            then.append({"id": t.id, "kind": t.kind, "grade": grade, "resolved_at": t.resolved_at})
     if not then:
         return context
     return {**context, "open_toxicities": [*context.get("open_toxicities", ()), *then]}
+
+
+def _grade_at(record: PatientRecord, t: Toxicity, when: dt.datetime) -> int | None:
+    """The worst grade an episode had reached by ``when``: over its reports observed at or before
+    that time (None: it had not begun). Reports indexed without their time (an older record):
+    the episode's onset for its first, else its worst grade."""
+    grades = []
+    for version in t.versions:
+        entry = record.index.get(version) or {}
+        if entry.get("trigger") != Trigger.REPORT_TOXICITY or "grade" not in entry:
+            continue
+        seen = entry.get("occurred_at")
+        if seen is None:  # not kept by the record that indexed it: judge on the whole episode
+            onset = dt.datetime.fromisoformat(t.onset)
+            return t.worst_grade if onset.tzinfo is not None and onset <= when else None
+        observed = dt.datetime.fromisoformat(seen)
+        if observed.tzinfo is not None and observed <= when:
+            grades.append(int(entry["grade"]))
+    return max(grades, default=None)
 
 
 def check_sequence(record: PatientRecord, trigger: str, version: ProtocolVersion) -> None:

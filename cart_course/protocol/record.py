@@ -423,6 +423,8 @@ def _report_toxicity(
         "toxicity_id": tox_id,
         "grade": outcome["grade"],
         "severe": bool(outcome["severe"]),
+        # when this grade was observed: a hold is judged on the grade at a fraction's time
+        "occurred_at": occurred_at,
     }
 
 
@@ -528,6 +530,8 @@ def _correct_toxicity_report(
         return
     entry["grade"] = outcome["grade"]
     entry["severe"] = bool(outcome["severe"])
+    if isinstance(facts.get("_occurred_at"), str) and "occurred_at" in entry:
+        entry["occurred_at"] = facts["_occurred_at"]
     reports = [
         v for v in tox.versions if record.index.get(v, {}).get("trigger") == Trigger.REPORT_TOXICITY
     ]

@@ -46,3 +46,33 @@ def test_an_episode_that_began_after_the_fraction_does_not_hold_it(
     p.do("resolve_toxicity", {"toxicity_id": "CRS-1"}, hours=6)  # 22:00
     done = p.infuse(2, days=0, hours=-12)  # 10:00 on the 23rd, before the onset
     assert done.to_state == "infused_d2"
+
+
+def test_a_grade_reached_after_the_fraction_does_not_hold_it(service: CourseService) -> None:
+    """An 'other' toxicity at grade 1 (no hold) when D2 was given, raised to grade 3 and
+    resolved afterwards: D2, entered last, is judged on the grade at its time and recorded."""
+    rash = {"kind": "other", "term": "rash", "scale": "CTCAE", "scale_version": "5.0"}
+    p = Course(service, "HOLD-3")
+    p.screen()
+    p.apheresis()
+    p.infuse(1, days=14)  # 2026-01-22 10:00
+    p.do("report_toxicity", {"toxicity": {**rash, "grade": 1}}, hours=10)  # 20:00
+    p.do(
+        "report_toxicity",
+        {"toxicity_id": "other-1", "toxicity": {**rash, "grade": 3}},
+        hours=16,  # 2026-01-23 12:00
+    )
+    p.do("resolve_toxicity", {"toxicity_id": "other-1"}, hours=2)  # 14:00
+    done = p.infuse(2, days=0, hours=-3)  # 11:00 on the 23rd: the rash was grade 1 then
+    assert done.to_state == "infused_d2"
+    # given at 13:00, while it was grade 3 and open, the same D2 would have been refused
+    q = Course(service, "HOLD-4")
+    q.screen()
+    q.apheresis()
+    q.infuse(1, days=14)
+    q.do("report_toxicity", {"toxicity": {**rash, "grade": 1}}, hours=10)
+    q.do("report_toxicity", {"toxicity_id": "other-1", "toxicity": {**rash, "grade": 3}}, hours=16)
+    q.do("resolve_toxicity", {"toxicity_id": "other-1"}, hours=2)
+    with pytest.raises(MoveRefused) as info:
+        q.infuse(2, days=0, hours=-1)  # 13:00
+    assert "other grade 3 (other-1)" in info.value.message

@@ -80,6 +80,7 @@ def test_a_snapshot_under_older_replay_rules_is_not_used_nor_judged(tmp_path: Pa
     assert service.summary("OLD-1")["state"] == "apheresed"  # replayed from the events
     report = verify(service.app)
     assert report.ok, report.problems
+    assert (report.snapshots, report.older_snapshots) == (0, 1)  # said, not "checked"
     # a new snapshot under today's rules replaces it when one is taken
     Course(service, "OLD-1", start=p.t).infuse(1, days=14)
     service.app.take_snapshot(stream_id("OLD-1"))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import random
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -17,29 +16,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from http_support import Stack, stack
 from litestar.testing import TestClient
+from overdue_cohort import D1, d1_patient
 
 from cart_course.contract import parse_command
-from cart_course.demo import _Patient
 from cart_course.http.security import DASHBOARD_CSP, REPORT_CSP
-
-
-def d1_patient(pid: str, day1: dt.datetime) -> list[dict[str, Any]]:
-    """Screened, apheresed and given D1 at ``day1``: D2 is due the next day (long overdue)."""
-    p = _Patient(pid, day1 - dt.timedelta(days=20), random.Random(7))
-    p.screen()
-    p.apheresis()
-    p.infusion(1, days=day1.date().toordinal() - p.t.date().toordinal())
-    return p.commands
-
-
-#: Patient ids in an order other than the overdue order; two share a D1 date (a tie).
-D1 = {
-    "A-3": dt.datetime(2026, 3, 1, 9, tzinfo=dt.UTC),
-    "A-1": dt.datetime(2026, 3, 5, 9, tzinfo=dt.UTC),
-    "A-4": dt.datetime(2026, 2, 20, 9, tzinfo=dt.UTC),
-    "A-2": dt.datetime(2026, 3, 1, 9, tzinfo=dt.UTC),
-    "A-5": dt.datetime(2026, 2, 25, 9, tzinfo=dt.UTC),
-}
 
 
 @pytest.fixture(scope="module")

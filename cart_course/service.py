@@ -48,9 +48,9 @@ from .protocol.commands import (
     payload_facts,
     prepare,
     replan_course,
+    reschedule_course,
 )
 from .protocol.errors import ProtocolInputError, key_name
-from .protocol.machine import schedule_problem
 from .protocol.record import PatientRecord
 from .protocol.versions import CURRENT, ProtocolVersion, get_version
 from .storage import CourseApplication
@@ -209,84 +209,6 @@ def _recorded_fractions(
         elif isinstance(e, PatientCourse.FactCorrected) and e.corrects in fractions:
             fractions[e.corrects] = attrs.evolve(fractions[e.corrects], facts=e.facts)
     return fractions
-
-
-#: Corrected moves whose date the next step's schedule is counted from, and that next step.
-SCHEDULE_FOLLOWS = {
-    "record_apheresis": "infuse_d1",
-    "infuse_d1": "infuse_d2",
-    "infuse_d2": "infuse_d3",
-}
-
-
-def _rescheduled(
-    record: PatientRecord,
-    events: Sequence[Any],
-    corrects: int,
-    trigger: str,
-    new_date: str,
-    fractions: Mapping[int, RecordedFraction],
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """The recorded fractions whose schedule is counted from the date of move ``corrects`` (the
-    next fraction of its course; for an apheresis, each D1 given after it and before the next
-    apheresis), judged again from its corrected date ``new_date`` by the protocol's schedule
-    rule. Returns what to record in the correction's outcome (``rescheduled``: one entry per
-    such fraction) and the findings: each fraction now off its schedule."""
-    follows = SCHEDULE_FOLLOWS.get(trigger)
-    if follows is None:
-        return [], []
-    if trigger == "record_apheresis":
-        next_apheresis = min(
-            (
-                e.originator_version
-                for e in events
-                if isinstance(e, PatientCourse.Moved)
-                and e.trigger == "record_apheresis"
-                and e.originator_version > corrects
-            ),
-            default=None,
-        )
-        versions = [
-            c.fractions[0].version
-            for c in record.courses
-            if c.fractions
-            and c.fractions[0].day == 1
-            and c.fractions[0].version > corrects
-            and (next_apheresis is None or c.fractions[0].version < next_apheresis)
-        ]
-    else:
-        versions = [
-            c.fractions[i + 1].version
-            for c in record.courses
-            for i, f in enumerate(c.fractions[:-1])
-            if f.version == corrects
-        ]
-    entries: list[dict[str, Any]] = []
-    findings: list[str] = []
-    for version in versions:
-        fraction = fractions.get(version)
-        if fraction is None or fraction.trigger != follows:
-            continue
-        facts = {**fraction.facts, "previous_date": new_date}
-        problem = schedule_problem(facts, fraction.protocol.params)
-        reason = facts.get("deviation_reason")
-        day = facts.get("day")
-        entries.append(
-            {
-                "version": version,
-                "day": day,
-                "previous_date": new_date,
-                "schedule_problem": problem,
-                "deviation_reason": reason,
-            }
-        )
-        if problem:
-            findings.append(
-                f"correction of version {corrects} moves the date D{day} (version {version}) is "
-                f"counted from: {problem}"
-                + ("" if reason else "; no deviation reason is recorded for it")
-            )
-    return entries, findings
 
 
 def _out_of_order(events: Sequence[Any], corrects: int, occurred: dt.datetime) -> list[str]:
@@ -799,13 +721,8 @@ class CourseService:
         date_key = "apheresis_date" if original.trigger == "record_apheresis" else "infusion_date"
         new_date = pfacts.get(date_key)
         if isinstance(new_date, str) and new_date != old_pfacts.get(date_key):
-            rescheduled, more = _rescheduled(
-                record,
-                events,
-                corrects,
-                original.trigger,
-                new_date,
-                _recorded_fractions(events, version),
+            rescheduled, more = reschedule_course(
+                record, corrects, original.trigger, new_date, _recorded_fractions(events, version)
             )
             if rescheduled:
                 outcome["rescheduled"] = rescheduled

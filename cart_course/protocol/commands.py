@@ -15,7 +15,7 @@ import attrs
 from . import dosing
 from .eligibility import parse_screening
 from .errors import ContextInputError, ProtocolInputError, key_name
-from .machine import DryRun, Probe, RuleFailure
+from .machine import DryRun, Probe, RuleFailure, schedule_problem
 from .parameters import DEFAULT_PARAMETERS
 from .record import Course, PatientRecord, Toxicity, evolve
 from .response import RESPONSES, classify_response, parse_response_assessment
@@ -797,12 +797,11 @@ def _with_holds_open_then(
     were resolved (later in clinical time) by a command recorded before it: the hold is judged
     at the time the fraction was given, not in the order the data were entered."""
     params = version.params
-    thresholds = {"CRS": params.hold_crs_grade, "ICANS": params.hold_icans_grade}
     then = []
     for t in record.toxicities.values():
         if t.resolved_at is None:
             continue
-        hold = thresholds.get(t.kind, params.hold_other_grade)
+        hold = params.hold_grade(t.kind)
         if t.worst_grade < hold or occurred_at.tzinfo is None:
             continue
         resolved = dt.datetime.fromisoformat(t.resolved_at)
@@ -1005,3 +1004,79 @@ def replan_course(
             )
         delivered += out["cells"]
     return replanned, findings
+
+
+#: Corrected moves whose date the next step's schedule is counted from, and that next step.
+SCHEDULE_FOLLOWS = {
+    "record_apheresis": "infuse_d1",
+    "infuse_d1": "infuse_d2",
+    "infuse_d2": "infuse_d3",
+}
+
+
+def reschedule_course(
+    record: PatientRecord,
+    corrects: int,
+    trigger: str,
+    new_date: str,
+    fractions: Mapping[int, RecordedFraction],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The recorded fractions whose schedule is counted from the date of move ``corrects`` (the
+    next fraction of its course; for an apheresis, each D1 given after it and before the next
+    apheresis), judged again from its corrected date ``new_date`` by the protocol's schedule
+    rule. ``fractions``: the course's recorded fractions by version, as their latest facts state
+    them. Returns what to record in the correction's outcome (``rescheduled``: one entry per
+    such fraction) and the findings: each fraction now off its schedule."""
+    follows = SCHEDULE_FOLLOWS.get(trigger)
+    if follows is None:
+        return [], []
+    if trigger == "record_apheresis":
+        next_apheresis = min(
+            (
+                v
+                for v, entry in record.index.items()
+                if v > corrects and entry.get("trigger") == "record_apheresis"
+            ),
+            default=None,
+        )
+        versions = [
+            c.fractions[0].version
+            for c in record.courses
+            if c.fractions
+            and c.fractions[0].day == 1
+            and c.fractions[0].version > corrects
+            and (next_apheresis is None or c.fractions[0].version < next_apheresis)
+        ]
+    else:
+        versions = [
+            c.fractions[i + 1].version
+            for c in record.courses
+            for i, f in enumerate(c.fractions[:-1])
+            if f.version == corrects
+        ]
+    entries: list[dict[str, Any]] = []
+    findings: list[str] = []
+    for version in versions:
+        fraction = fractions.get(version)
+        if fraction is None or fraction.trigger != follows:
+            continue
+        facts = {**fraction.facts, "previous_date": new_date}
+        problem = schedule_problem(facts, fraction.protocol.params)
+        reason = facts.get("deviation_reason")
+        day = facts.get("day")
+        entries.append(
+            {
+                "version": version,
+                "day": day,
+                "previous_date": new_date,
+                "schedule_problem": problem,
+                "deviation_reason": reason,
+            }
+        )
+        if problem:
+            findings.append(
+                f"correction of version {corrects} moves the date D{day} (version {version}) is "
+                f"counted from: {problem}"
+                + ("" if reason else "; no deviation reason is recorded for it")
+            )
+    return entries, findings

@@ -243,15 +243,8 @@ def no_apheresis_contraindication(p: Probe) -> bool:
 
 
 def _holding(p: Probe) -> list[Mapping[str, Any]]:
-    thresholds = {
-        "CRS": p.params.hold_crs_grade,
-        "ICANS": p.params.hold_icans_grade,
-    }
-    return [
-        t
-        for t in p.facts.get("open_toxicities", ())
-        if t["grade"] >= thresholds.get(t["kind"], p.params.hold_other_grade)
-    ]
+    hold_grade = p.params.hold_grade
+    return [t for t in p.facts.get("open_toxicities", ()) if t["grade"] >= hold_grade(t["kind"])]
 
 
 def _explain_hold(p: Probe) -> str:

@@ -66,6 +66,14 @@ class ProtocolParameters:
     # --- scheduling (assumption; used by the monitors' views) ---
     response_assessment_day: int = 28  # days after D1 of the course
 
+    def hold_grade(self, kind: str) -> int:
+        """The grade from which a toxicity of ``kind`` holds the remaining fractions."""
+        if kind == "CRS":
+            return self.hold_crs_grade
+        if kind == "ICANS":
+            return self.hold_icans_grade
+        return self.hold_other_grade
+
     def to_json(self) -> dict[str, Any]:
         data = attrs.asdict(self)
         data["fractions"] = list(self.fractions)

@@ -654,13 +654,7 @@ class ToxicityGrade:
 
     def opens_hold(self, params: ProtocolParameters = DEFAULT_PARAMETERS) -> bool:
         """Whether this toxicity holds the remaining fractions (the hold grade of its kind)."""
-        if self.kind == "CRS":
-            threshold = params.hold_crs_grade
-        elif self.kind == "ICANS":
-            threshold = params.hold_icans_grade
-        else:
-            threshold = params.hold_other_grade
-        return self.grade > 0 and self.grade >= threshold
+        return self.grade > 0 and self.grade >= params.hold_grade(self.kind)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,76 @@
+"""Stores written by the previous release (2026-11-25, checked in under tests/fixtures) keep
+loading, replaying, verifying and taking new commands after every change of the stored form."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "cart_course"]
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+STORES = {
+    "plain": ("store-2026-11-25.sqlite", None),
+    "encrypted": ("store-2026-11-25-encrypted.sqlite", "store-2026-11-25-encrypted.key"),
+}
+
+
+def run(db: Path, key: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CART_COURSE_")}
+    if key:
+        env["CART_COURSE_CIPHER_KEY"] = key
+    return subprocess.run(
+        [*CLI, "--db", str(db), *args], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+@pytest.mark.parametrize("kind", sorted(STORES))
+def test_previous_release_store_loads_replays_verifies_and_grows(kind: str, tmp_path: Path) -> None:
+    name, key_file = STORES[kind]
+    db = tmp_path / name
+    shutil.copy(FIXTURES / name, db)
+    key = (FIXTURES / key_file).read_text().strip() if key_file else None
+
+    patients = run(db, key, "patients", "--json")
+    assert patients.returncode == 0, patients.stderr
+    listed = json.loads(patients.stdout)
+    assert len(listed) >= 6
+
+    verify = run(db, key, "audit", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "TAMPERED" not in verify.stdout
+
+    conformance = run(db, key, "audit", "conformance")
+    assert conformance.returncode in (0, 1), conformance.stderr
+    assert "Traceback" not in conformance.stderr
+
+    history = run(db, key, "audit", "history", "P-0001", "--json")
+    assert history.returncode == 0, history.stderr
+    assert json.loads(history.stdout)[0]["version"] == 1
+
+    shown = run(db, key, "show", "P-0001", "--json")
+    assert shown.returncode == 0, shown.stderr
+
+    new = {
+        "command": "screen",
+        "patient_id": "P-NEW-1",
+        "occurred_at": "2026-11-20T09:30:00+01:00",
+        "actor": {"id": "dr.lee", "role": "clinician"},
+        "idempotency_key": "screen-P-NEW-1",
+        "payload": {"screening": {"kps": 70}},
+    }
+    recorded = run(db, key, "record", json.dumps(new))
+    assert recorded.returncode in (0, 1), recorded.stderr
+    assert "recorded as version" in recorded.stdout + recorded.stderr or "refused" in (
+        recorded.stdout + recorded.stderr
+    )
+    again = run(db, key, "patients", "--json")
+    assert any(p.get("patient_id") == "P-NEW-1" for p in json.loads(again.stdout))
+
+    after = run(db, key, "audit", "verify")
+    assert after.returncode == 0, after.stdout + after.stderr

@@ -95,7 +95,7 @@ def test_eligibility_verdict_with_reasons(
     assert out.splitlines()[0] == "ELIGIBLE on 2026-01-05 (protocol 1.0)"
     bad = write(tmp_path, "b.json", {"screening": screening(kps=80, spo2_room_air_pct=90)})
     code, out, _ = run(capsys, "protocol", "eligibility", bad, "--date", "2026-01-05")
-    assert code == 0
+    assert code == 1  # not eligible: exit 1, with or without --json
     assert out.splitlines()[0] == "NOT ELIGIBLE on 2026-01-05 (protocol 1.0)"
     assert "FAIL inclusion kps" in out and "needs KPS > 80" in out
     assert "FAIL inclusion spo2" in out
@@ -105,11 +105,39 @@ def test_eligibility_json_and_glucocorticoid_window_uses_the_date(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     path = write(tmp_path, "s.json", screening(last_systemic_glucocorticoid="2026-01-01"))
-    _, out, _ = run(capsys, "protocol", "eligibility", path, "--date", "2026-01-05", "--json")
+    code, out, _ = run(capsys, "protocol", "eligibility", path, "--date", "2026-01-05", "--json")
     data = json.loads(out)
-    assert data["eligible"] is False and data["failed"] == ["systemic_glucocorticoid"]
-    _, out, _ = run(capsys, "protocol", "eligibility", path, "--date", "2026-01-09", "--json")
-    assert json.loads(out)["eligible"] is True
+    assert code == 1
+    assert data["eligible"] is False and data["failed_criteria"] == ["systemic_glucocorticoid"]
+    assert "failed" not in data  # one name for the failed criteria: as in a screening's outcome
+    code, out, _ = run(capsys, "protocol", "eligibility", path, "--date", "2026-01-09", "--json")
+    assert code == 0 and json.loads(out)["eligible"] is True
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_eligibility_exit_status_does_not_depend_on_json(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, as_json: bool
+) -> None:
+    flag = ["--json"] if as_json else []
+    good = write(tmp_path, "s.json", screening())
+    bad = write(tmp_path, "b.json", screening(kps=80))
+    broken = write(tmp_path, "x.json", screening(kps="ninety"))
+    codes = [
+        run(capsys, "protocol", "eligibility", path, "--date", "2026-01-05", *flag)[0]
+        for path in (good, bad, broken)
+    ]
+    assert codes == [0, 1, 2]
+
+
+def test_eligibility_json_error_is_the_rejection_body_on_stdout(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = write(tmp_path, "s.json", screening(kps="ninety"))
+    code, out, err = run(capsys, "protocol", "eligibility", path, "--json")
+    assert code == 2
+    body = json.loads(out)
+    assert body["error"] == "invalid_command" and body["field"] == "kps"
+    assert err.startswith("error: kps: ") and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(

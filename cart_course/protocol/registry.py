@@ -1,0 +1,760 @@
+"""The command registry: one definition per command of the contract.
+
+A :class:`CommandDef` says everything about one command: its name and summary, its payload (keys,
+parser, JSON Schema, examples), the machine's trigger(s) it fires and what each trigger's rules
+read from the record (its context), whether a reason is required (``always``, ``never`` or
+``when the rules say so``), the event it records, what may be corrected afterwards and the
+outcome it computes. Everything else is derived from the definitions by :class:`Registry`, once,
+when it is built: the payload parsers and contexts ``commands.prepare`` uses, the moves that
+always need a reason, the correctable moves, the event class of each move (``course.py``), the
+contract's command list and reason messages (``contract.py``), the JSON Schemas
+(``schemas.py``), the docs tables (``catalog.py``) and ``cart-course protocol commands``.
+
+The machine's transition table (``machine.TRANSITIONS``) stays the data the ``transitions``
+library is built from; which trigger belongs to which command is said here, and a registry
+checks when it is built that the two agree (every trigger of the table belongs to exactly one
+command, every command's trigger is in the table, a command that always needs a reason has the
+rule ``reason_given`` on every transition of its triggers).
+
+Adding a command: one :class:`CommandDef` (below), its transitions and rules in ``machine.py``,
+and its test (see ``docs/architecture.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Literal
+
+import attrs
+
+from . import payloads, response
+from .machine import TRANSITIONS
+from .payloads import ContextBuilder, OutcomeBuilder, PayloadParser, TimeCheck
+from .schema_parts import BOOL, EMPTY, Schema, obj, text
+from .signatures import MILESTONES, SIGNATURE_KEYS, SIGNATURE_MEANINGS
+from .states import State
+
+ReasonPolicy = Literal["always", "never", "when the rules say so"]
+REASON_POLICIES: tuple[ReasonPolicy, ...] = ("always", "never", "when the rules say so")
+#: How the service decides a command: a protocol move (``commands.prepare``), a correction of a
+#: recorded move (``corrections.decide_correction``) or a signature
+#: (``signatures.decide_signature``).
+CommandKind = Literal["move", "correction", "signature"]
+#: Keys of every correction besides the corrected command's correctable payload keys.
+CORRECTION_KEYS = ("corrects", "changes")
+
+
+@attrs.frozen(kw_only=True)
+class Move:
+    """A trigger of the machine a command fires, and what its rules read from the record."""
+
+    trigger: str
+    context: ContextBuilder = payloads.no_context
+    #: A cheaper context giving the same answer to "is this move allowed now?" (``allowed_now``
+    #: asks it after every command); None: :attr:`context`.
+    allowed_context: ContextBuilder | None = None
+
+
+def _tuple_of_moves(value: Iterable[Move]) -> tuple[Move, ...]:
+    return tuple(value)
+
+
+@attrs.frozen(kw_only=True)
+class CommandDef:
+    """One command of the contract, defined once."""
+
+    name: str
+    #: One sentence: what the command records (docs tables, schemas, ``protocol commands``).
+    summary: str
+    #: The event class it records (``course.PatientCourse.<event>``).
+    event: str
+    kind: CommandKind = "move"
+    #: The machine's triggers it fires (a move command); the first is the one it fires unless
+    #: :attr:`trigger_of` says which.
+    moves: tuple[Move, ...] = attrs.field(default=(), converter=_tuple_of_moves)
+    #: Which trigger a payload names (``give_infusion``'s day); None: the only move's.
+    trigger_of: Callable[[Mapping[str, Any]], str] | None = None
+    required: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    #: Validates and normalises the payload: (normalised payload, payload facts).
+    parse: PayloadParser = payloads.parse_nothing
+    #: Checks the clinical time against the record (after the payload is parsed).
+    check_time: TimeCheck | None = None
+    #: What the move established (recorded as the event's ``outcome``).
+    outcome: OutcomeBuilder = payloads.no_outcome
+    reason: ReasonPolicy = "never"
+    #: What a required reason says (in the message of a missing one).
+    reason_asks: str = "why"
+    #: Payload keys a correction of this command may change (besides ``occurred_at``); empty:
+    #: the command is not correctable.
+    correctable: tuple[str, ...] = ()
+    #: Its clinical time may precede the patient's last move (a toxicity began before D3, and
+    #: was reported after it); other moves are recorded in the order they happened.
+    episode: bool = False
+    #: The payload's JSON Schema (``#/$defs/...`` names :attr:`schema_defs` or ``schemas.DEFS``).
+    payload_schema: Schema = attrs.field(factory=lambda: dict(EMPTY))
+    schema_defs: Mapping[str, Schema] = attrs.field(factory=dict)
+    #: Whole example envelopes (valid, and recorded by the docs' story).
+    examples: tuple[Mapping[str, Any], ...] = ()
+    #: States in which this command is the patient's next protocol action (the views' board).
+    next_in: tuple[str, ...] = ()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return self.required + self.optional
+
+    @property
+    def triggers(self) -> tuple[str, ...]:
+        return tuple(m.trigger for m in self.moves)
+
+    def trigger_for(self, payload: Mapping[str, Any]) -> str:
+        if self.trigger_of is not None:
+            return self.trigger_of(payload)
+        return self.moves[0].trigger
+
+
+class RegistryError(ValueError):
+    """The definitions disagree with each other or with the machine's transition table."""
+
+
+def _names(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
+
+
+class Registry:
+    """The commands, and every table derived from them (built once; look-ups are dict reads)."""
+
+    def __init__(
+        self,
+        definitions: Iterable[CommandDef],
+        transitions: Sequence[Mapping[str, Any]] = TRANSITIONS,
+    ) -> None:
+        self.definitions: tuple[CommandDef, ...] = tuple(definitions)
+        self.transitions: tuple[Mapping[str, Any], ...] = tuple(transitions)
+        commands: dict[str, CommandDef] = {}
+        for d in self.definitions:
+            if d.name in commands:
+                raise RegistryError(f"command {d.name!r} is defined twice")
+            commands[d.name] = d
+        #: name -> definition, in the contract's order.
+        self.commands: Mapping[str, CommandDef] = MappingProxyType(commands)
+        self.names: tuple[str, ...] = tuple(commands)
+        self.name_set: frozenset[str] = frozenset(commands)
+        #: The protocol's moves (``prepare`` decides them), by name.
+        self.moves: Mapping[str, CommandDef] = MappingProxyType(
+            {n: d for n, d in commands.items() if d.kind == "move"}
+        )
+        by_trigger: dict[str, CommandDef] = {}
+        contexts: dict[str, ContextBuilder] = {}
+        allowed_contexts: dict[str, ContextBuilder] = {}
+        for d in self.moves.values():
+            for m in d.moves:
+                if m.trigger in by_trigger:
+                    raise RegistryError(
+                        f"trigger {m.trigger!r} belongs to {by_trigger[m.trigger].name} and "
+                        f"{d.name}"
+                    )
+                by_trigger[m.trigger] = d
+                if m.context is not payloads.no_context:
+                    contexts[m.trigger] = m.context
+                allowed_contexts[m.trigger] = m.allowed_context or m.context
+        #: trigger -> the command that fires it.
+        self.by_trigger: Mapping[str, CommandDef] = MappingProxyType(by_trigger)
+        #: trigger -> what its rules read from the record (moves without: none).
+        self.contexts: Mapping[str, ContextBuilder] = MappingProxyType(contexts)
+        #: trigger -> the context ``allowed_now`` builds for it.
+        self.allowed_contexts: Mapping[str, ContextBuilder] = MappingProxyType(allowed_contexts)
+        #: command -> its payload keys, for the common case (only known keys) checked at once.
+        self.keysets: Mapping[str, frozenset[str]] = MappingProxyType(
+            {n: frozenset(d.keys) for n, d in commands.items()}
+        )
+        #: Commands that always need a reason (a missing one is malformed input).
+        self.reason_always: frozenset[str] = frozenset(
+            n for n, d in commands.items() if d.reason == "always"
+        )
+        #: Moves (triggers) that always need a reason.
+        self.reason_required: frozenset[str] = frozenset(
+            t for n in self.reason_always for t in commands[n].triggers
+        )
+        #: Moves (triggers) whose facts a correction may change, in the contract's order.
+        self.correctable: tuple[str, ...] = tuple(
+            t for d in self.moves.values() if d.correctable for t in d.triggers
+        )
+        #: Commands whose clinical time may precede the patient's last move.
+        self.episode_commands: frozenset[str] = frozenset(
+            n for n, d in commands.items() if d.episode
+        )
+        #: trigger -> the name of the event class it records.
+        self.events: Mapping[str, str] = MappingProxyType(
+            {t: d.event for t, d in by_trigger.items()}
+        )
+        #: state -> the commands that are the patient's next protocol action in it.
+        due: dict[str, list[str]] = {}
+        for d in self.definitions:
+            for state in d.next_in:
+                due.setdefault(state, []).append(d.name)
+        self.next_due: Mapping[str, tuple[str, ...]] = MappingProxyType(
+            {s: tuple(names) for s, names in due.items()}
+        )
+        self._check()
+
+    def __iter__(self) -> Iterator[CommandDef]:
+        return iter(self.definitions)
+
+    def __len__(self) -> int:
+        return len(self.definitions)
+
+    def __getitem__(self, name: str) -> CommandDef:
+        return self.commands[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.commands
+
+    def with_command(
+        self, definition: CommandDef, transitions: Iterable[Mapping[str, Any]] = ()
+    ) -> Registry:
+        """A new registry: these definitions and ``definition`` (and its transitions)."""
+        return Registry([*self.definitions, definition], [*self.transitions, *transitions])
+
+    def transitions_of(self, trigger: str) -> list[Mapping[str, Any]]:
+        return [t for t in self.transitions if str(t["trigger"]) == trigger]
+
+    def rules_of(self, trigger: str) -> list[str]:
+        """The rules the transitions of ``trigger`` check (``!rule``: taken when it fails)."""
+        rules: list[str] = []
+        for t in self.transitions_of(trigger):
+            names = [*t.get("conditions", ()), *(f"!{u}" for u in t.get("unless", ()))]
+            rules.extend(n for n in names if n not in rules)
+        return rules
+
+    def _check(self) -> None:
+        """The definitions agree with each other and with the transition table."""
+        table: dict[str, list[Mapping[str, Any]]] = {}
+        for t in self.transitions:
+            table.setdefault(str(t["trigger"]), []).append(t)
+        problems: list[str] = []
+        for trigger in table:
+            if trigger not in self.by_trigger:
+                problems.append(f"trigger {trigger!r} of the transition table has no command")
+        for d in self.definitions:
+            if d.reason not in REASON_POLICIES:
+                problems.append(f"{d.name}: reason {d.reason!r} is not one of {REASON_POLICIES}")
+            if d.kind == "move" and not d.moves:
+                problems.append(f"{d.name}: a move command fires at least one trigger")
+            if d.kind != "move" and d.moves:
+                problems.append(f"{d.name}: a {d.kind} fires no trigger")
+            for trigger in d.triggers:
+                rows = table.get(trigger)
+                if not rows:
+                    problems.append(f"{d.name}: trigger {trigger!r} is not in the table")
+                elif d.reason == "always" and any(
+                    "reason_given" not in r.get("conditions", ()) for r in rows
+                ):
+                    problems.append(
+                        f"{d.name}: always needs a reason, but a transition of {trigger} does "
+                        "not check the rule reason_given"
+                    )
+            if len(d.triggers) > 1 and d.trigger_of is None:
+                problems.append(f"{d.name}: several triggers need trigger_of to choose one")
+            unknown = set(d.correctable) - set(d.keys)
+            if unknown:
+                problems.append(f"{d.name}: correctable keys {sorted(unknown)} are not its keys")
+            for example in d.examples:
+                if example.get("command") != d.name:
+                    problems.append(f"{d.name}: an example is of {example.get('command')!r}")
+                elif d.kind == "move" and not set(example.get("payload") or {}) <= set(d.keys):
+                    problems.append(f"{d.name}: an example's payload has keys it does not take")
+            for state in d.next_in:
+                if state not in {s.value for s in State}:
+                    problems.append(f"{d.name}: next_in names {state!r}, not a state")
+        if problems:
+            raise RegistryError("; ".join(problems))
+
+
+# ----------------------------------------------------------------------------------------------
+# Example envelopes (the docs' story: docs/commands.md)
+# ----------------------------------------------------------------------------------------------
+
+_CLINICIAN = {"id": "dr.lee", "role": "clinician", "name": "Dr. K. Lee"}
+_EMR = {"id": "emr.site-01", "role": "service"}
+
+
+def _envelope(
+    command: str,
+    patient_id: str,
+    occurred_at: str,
+    key: str,
+    payload: Mapping[str, Any],
+    *,
+    reason: str | None = None,
+    actor: Mapping[str, Any] = _CLINICIAN,
+    expected_version: int | None = None,
+) -> dict[str, Any]:
+    return {
+        "command": command,
+        "patient_id": patient_id,
+        "occurred_at": occurred_at,
+        "actor": dict(actor),
+        "reason": reason,
+        "idempotency_key": key,
+        "expected_version": expected_version,
+        "payload": dict(payload),
+    }
+
+
+_SCREENING_EXAMPLE: dict[str, Any] = {
+    "diagnosis_rr_b_all": True,
+    "failed_standard_lines": 2,
+    "effective_standard_option": False,
+    "cd19_expressed": True,
+    "kps": 90,
+    "life_expectancy_months": 6,
+    "lvef_pct": 60,
+    "ecg_obvious_abnormality": False,
+    "spo2_room_air_pct": 97,
+    "creatinine": {"value": 0.9, "unit": "mg/dL", "uln": 1.2},
+    "alt": {"value": 30, "unit": "U/L", "uln": 40},
+    "ast": {"value": 28, "unit": "U/L", "uln": 40},
+    "bilirubin": {"value": 0.8, "unit": "mg/dL"},
+    "hemoglobin": {"value": 10.5, "unit": "g/dL"},
+    "apheresis_contraindication": False,
+    "informed_consent_signed": True,
+    "informed_consent_date": "2026-01-02",
+    "other_primary_malignancy": False,
+    "severe_uncontrolled_disease": False,
+    "uncontrolled_active_infection": False,
+    "hiv": False,
+    "hbv": False,
+    "hcv": False,
+    "pregnant": False,
+    "nursing": False,
+    "last_systemic_glucocorticoid": None,
+}
+
+# ----------------------------------------------------------------------------------------------
+# The commands
+# ----------------------------------------------------------------------------------------------
+
+_SCREENING_SCHEMA = obj({"screening": {"$ref": "#/$defs/screening"}}, ("screening",))
+_INFUSION_SCHEMA = obj(
+    {
+        "day": {
+            "type": "integer",
+            "enum": [1, 2, 3],
+            "description": "D1 10 %, D2 30 %, D3 60 %: the integer 1, 2 or 3 (the "
+            "service refuses 1.0, which JSON Schema counts as an integer)",
+        },
+        "cells": {"$ref": "#/$defs/cells"},
+        "weight": {"$ref": "#/$defs/weight"},
+        "product_lot": text(2000),
+        "deviation_reason": text(2000, "why a deviation from the plan (dose, day) is accepted"),
+    },
+    ("day", "cells"),
+)
+_INFUSION_SCHEMA["if"] = {"properties": {"day": {"const": 1}}}
+_INFUSION_SCHEMA["then"] = {"required": ["weight"]}
+_INFUSION_SCHEMA["else"] = {"not": {"required": ["weight"]}}
+
+_S = State
+
+DEFINITIONS: tuple[CommandDef, ...] = (
+    CommandDef(
+        name="screen",
+        summary="Screen a new patient: eligible -> screened, otherwise screen_failed.",
+        event="Screened",
+        moves=[Move(trigger="screen")],
+        required=("screening",),
+        parse=payloads.parse_screening_payload,
+        outcome=payloads.screening_outcome,
+        correctable=("screening",),
+        payload_schema=_SCREENING_SCHEMA,
+        examples=(
+            _envelope(
+                "screen",
+                "P-101",
+                "2026-01-05T09:00:00+01:00",
+                "P-101-screen",
+                {"screening": _SCREENING_EXAMPLE},
+            ),
+        ),
+        next_in=(_S.CANDIDATE,),
+    ),
+    CommandDef(
+        name="rescreen",
+        summary="Screen a screen-failed patient again.",
+        event="Rescreened",
+        moves=[Move(trigger="rescreen")],
+        required=("screening",),
+        parse=payloads.parse_screening_payload,
+        outcome=payloads.screening_outcome,
+        correctable=("screening",),
+        payload_schema=_SCREENING_SCHEMA,
+        examples=(
+            _envelope(
+                "rescreen",
+                "P-102",
+                "2026-01-27T09:00:00+01:00",
+                "P-102-rescreen",
+                {"screening": _SCREENING_EXAMPLE},
+            ),
+        ),
+        next_in=(_S.SCREEN_FAILED,),
+    ),
+    CommandDef(
+        name="record_apheresis",
+        summary="T-cell collection (apheresis) done.",
+        event="ApheresisRecorded",
+        moves=[Move(trigger="record_apheresis", context=payloads.ctx_apheresis)],
+        required=("apheresis_contraindication",),
+        optional=("product_id",),
+        parse=payloads.parse_apheresis,
+        correctable=("apheresis_contraindication", "product_id"),
+        payload_schema=obj(
+            {
+                "apheresis_contraindication": BOOL,
+                "product_id": text(200, "the collected product's id (lot)"),
+            },
+            ("apheresis_contraindication",),
+        ),
+        examples=(
+            _envelope(
+                "record_apheresis",
+                "P-101",
+                "2026-01-08T10:00:00+01:00",
+                "P-101-apheresis",
+                {"apheresis_contraindication": False, "product_id": "LOT-2026-0042"},
+                actor=_EMR,
+                expected_version=2,
+            ),
+        ),
+        next_in=(_S.SCREENED,),
+    ),
+    CommandDef(
+        name="give_infusion",
+        summary="A CAR-T fraction given: day 1 (10 %), 2 (30 %) or 3 (60 %) of the course dose.",
+        event="InfusionGiven",
+        moves=[
+            Move(trigger="infuse_d1", context=payloads.ctx_d1),
+            Move(trigger="infuse_d2", context=payloads.ctx_later_day(2)),
+            Move(trigger="infuse_d3", context=payloads.ctx_later_day(3)),
+        ],
+        trigger_of=payloads.infusion_trigger,
+        required=("day", "cells"),
+        optional=("weight", "product_lot", "deviation_reason"),
+        parse=payloads.parse_infusion,
+        outcome=payloads.infusion_outcome,
+        correctable=("cells", "weight", "product_lot", "deviation_reason"),
+        payload_schema=_INFUSION_SCHEMA,
+        examples=(
+            _envelope(
+                "give_infusion",
+                "P-101",
+                "2026-01-22T09:30:00+01:00",
+                "P-101-c1-d1",
+                {
+                    "day": 1,
+                    "cells": {"value": 7000000.0, "unit": "cells"},
+                    "weight": {"value": 70, "unit": "kg"},
+                    "product_lot": "LOT-2026-0042",
+                },
+                actor=_EMR,
+                expected_version=3,
+            ),
+        ),
+        next_in=(_S.APHERESED, _S.CONTINUED, _S.INFUSED_D1, _S.INFUSED_D2),
+    ),
+    CommandDef(
+        name="report_toxicity",
+        summary="CRS, ICANS or another toxicity observed (a new episode, or an update of an "
+        "open one by its toxicity_id). The state does not change.",
+        event="ToxicityReported",
+        moves=[Move(trigger="report_toxicity")],
+        required=("toxicity",),
+        optional=("toxicity_id",),
+        parse=payloads.parse_toxicity,
+        outcome=payloads.toxicity_outcome,
+        correctable=("toxicity", "toxicity_id"),
+        episode=True,
+        payload_schema=obj(
+            {
+                "toxicity": {"$ref": "#/$defs/toxicity"},
+                "toxicity_id": text(
+                    100, "the open episode this updates; leave out for a new episode"
+                ),
+            },
+            ("toxicity",),
+        ),
+        examples=(
+            _envelope(
+                "report_toxicity",
+                "P-101",
+                "2026-01-22T18:00:00+01:00",
+                "P-101-crs-1",
+                {
+                    "toxicity": {
+                        "kind": "CRS",
+                        "observations": {
+                            "temperature": {"value": 38.6, "unit": "C"},
+                            "hypotension": False,
+                            "oxygen": {"device": "none"},
+                        },
+                    }
+                },
+            ),
+        ),
+    ),
+    CommandDef(
+        name="resolve_toxicity",
+        summary="An open toxicity resolved (lifts the hold it caused).",
+        event="ToxicityResolved",
+        moves=[Move(trigger="resolve_toxicity", context=payloads.ctx_resolve)],
+        required=("toxicity_id",),
+        parse=payloads.parse_resolution,
+        check_time=payloads.resolution_time,
+        episode=True,
+        payload_schema=obj({"toxicity_id": text(100)}, ("toxicity_id",)),
+        examples=(
+            _envelope(
+                "resolve_toxicity",
+                "P-101",
+                "2026-01-23T06:00:00+01:00",
+                "P-101-crs-1-resolved",
+                {"toxicity_id": "CRS-1"},
+            ),
+        ),
+    ),
+    CommandDef(
+        name="cancel_remaining_fractions",
+        summary="The course's remaining fractions will not be given (e.g. after toxicity).",
+        event="FractionsCancelled",
+        moves=[Move(trigger="cancel_remaining_fractions", context=payloads.ctx_course_end)],
+        reason="always",
+        reason_asks="why the course's remaining fractions will not be given",
+        examples=(
+            _envelope(
+                "cancel_remaining_fractions",
+                "P-102",
+                "2026-02-14T23:00:00+01:00",
+                "P-102-cancel",
+                {},
+                reason="CRS grade 3 after D2: D3 withheld",
+            ),
+        ),
+    ),
+    CommandDef(
+        name="assess_response",
+        summary="Response assessment of the course: CR, CRi, PR or NR (computed; a clinician's "
+        "differing response needs a reason).",
+        event="ResponseAssessed",
+        moves=[Move(trigger="assess_response", context=payloads.ctx_course_end)],
+        required=("assessment",),
+        optional=("clinician_response",),
+        parse=payloads.parse_assessment,
+        outcome=payloads.response_outcome,
+        reason="when the rules say so",
+        correctable=("assessment", "clinician_response"),
+        payload_schema=obj(
+            {
+                "assessment": {"$ref": "#/$defs/assessment"},
+                "clinician_response": {
+                    "enum": list(response.RESPONSES),
+                    "description": "a clinician's response differing from the computed one "
+                    "(needs a reason)",
+                },
+            },
+            ("assessment",),
+        ),
+        examples=(
+            _envelope(
+                "assess_response",
+                "P-101",
+                "2026-02-19T11:00:00+01:00",
+                "P-101-c1-assessment",
+                {
+                    "assessment": {
+                        "marrow_blasts_pct": 2.0,
+                        "baseline_marrow_blasts_pct": 62.0,
+                        "circulating_blasts_present": False,
+                        "anc": {"value": 1.8, "unit": "10^9/L"},
+                        "platelets": {"value": 140, "unit": "10^9/L"},
+                        "extramedullary_disease": "none",
+                        "mrd": {
+                            "value": 2e-05,
+                            "unit": "fraction",
+                            "method": "flow",
+                            "sensitivity": 1e-05,
+                        },
+                    }
+                },
+            ),
+        ),
+        next_in=(_S.INFUSED_D3,),
+    ),
+    CommandDef(
+        name="continue_treatment",
+        summary="Another course decided (PR: up to 3 courses in all; CR/CRi/NR: clinical "
+        "decision with a reason).",
+        event="CourseContinued",
+        moves=[Move(trigger="continue_treatment", context=payloads.ctx_decision)],
+        reason="when the rules say so",
+        examples=(
+            _envelope(
+                "continue_treatment",
+                "P-104",
+                "2026-02-23T10:00:00+01:00",
+                "P-104-continue-1",
+                {},
+            ),
+        ),
+        next_in=(_S.ASSESSED,),
+    ),
+    CommandDef(
+        name="cease",
+        summary="Treatment ceased (after CR/CRi a reason is required).",
+        event="TreatmentCeased",
+        moves=[Move(trigger="cease", context=payloads.ctx_decision)],
+        reason="when the rules say so",
+        examples=(
+            _envelope(
+                "cease",
+                "P-101",
+                "2026-02-20T10:00:00+01:00",
+                "P-101-cease",
+                {},
+                reason="CR after the first course; patient and investigator decide to stop",
+            ),
+        ),
+        next_in=(_S.ASSESSED,),
+    ),
+    CommandDef(
+        name="discontinue",
+        summary="Treatment discontinued for severe toxicity (e.g. CRS grade >= 3).",
+        event="TreatmentDiscontinued",
+        moves=[
+            Move(
+                trigger="discontinue",
+                context=payloads.ctx_discontinue,
+                allowed_context=payloads.ctx_discontinue_worst,
+            )
+        ],
+        reason="always",
+        reason_asks="why treatment is discontinued",
+        examples=(
+            _envelope(
+                "discontinue",
+                "P-102",
+                "2026-02-15T08:00:00+01:00",
+                "P-102-discontinue",
+                {},
+                reason="severe cytokine release syndrome (grade 3)",
+            ),
+        ),
+        next_in=(_S.ASSESSED,),
+    ),
+    CommandDef(
+        name="withdraw",
+        summary="Patient withdrawn from the study.",
+        event="Withdrawn",
+        moves=[Move(trigger="withdraw")],
+        reason="always",
+        reason_asks="why the patient is withdrawn",
+        examples=(
+            _envelope(
+                "withdraw",
+                "P-103",
+                "2026-01-09T09:00:00+01:00",
+                "P-103-withdraw",
+                {},
+                reason="patient withdrew consent before apheresis",
+            ),
+        ),
+    ),
+    CommandDef(
+        name="record_death",
+        summary="Patient died.",
+        event="DeathRecorded",
+        moves=[Move(trigger="record_death")],
+        optional=("cause",),
+        parse=payloads.parse_death,
+        payload_schema=obj({"cause": text(500)}),
+        examples=(
+            _envelope(
+                "record_death",
+                "P-104",
+                "2026-02-27T04:00:00+01:00",
+                "P-104-death",
+                {"cause": "progressive disease"},
+            ),
+        ),
+    ),
+    CommandDef(
+        name="correct",
+        summary="Correct a recorded fact: a new event naming the corrected version, with a reason.",
+        event="FactCorrected",
+        kind="correction",
+        required=CORRECTION_KEYS,
+        reason="always",
+        reason_asks="what was wrong and why",
+        payload_schema=obj(
+            {
+                "corrects": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "the version of the event whose facts are corrected",
+                },
+                "changes": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "propertyNames": {"not": {"const": "day"}},
+                    "description": "payload keys of the corrected command (and occurred_at) "
+                    "with their new values",
+                },
+            },
+            CORRECTION_KEYS,
+        ),
+        examples=(
+            _envelope(
+                "correct",
+                "P-101",
+                "2026-01-24T15:00:00+01:00",
+                "P-101-correct-d2",
+                {"corrects": 7, "changes": {"cells": {"value": 21000000.0, "unit": "cells"}}},
+                reason="D2 count transcribed from the wrong bag label; pharmacy record says 2.1e7",
+            ),
+        ),
+    ),
+    CommandDef(
+        name="sign",
+        summary="An investigator's electronic signature of a recorded milestone.",
+        event="MilestoneSigned",
+        kind="signature",
+        required=SIGNATURE_KEYS,
+        payload_schema=obj(
+            {
+                "milestone": {"enum": list(MILESTONES)},
+                "signs_version": {"type": "integer", "minimum": 1},
+                "meaning": {"enum": list(SIGNATURE_MEANINGS)},
+                "printed_name": text(200),
+            },
+            SIGNATURE_KEYS,
+        ),
+        examples=(
+            _envelope(
+                "sign",
+                "P-101",
+                "2026-02-19T12:00:00+01:00",
+                "P-101-sign-assessment",
+                {
+                    "milestone": "response_assessment",
+                    "signs_version": 10,
+                    "meaning": "approval",
+                    "printed_name": "K. Lee, MD",
+                },
+            ),
+        ),
+    ),
+)
+
+#: The commands of the contract.
+REGISTRY = Registry(DEFINITIONS)

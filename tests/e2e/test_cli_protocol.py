@@ -12,8 +12,11 @@ from typing import Any
 import pytest
 
 from cart_course.cli import main
+from cart_course.cli.protocol import commands_document
 from cart_course.demo import assessment, crs, eligible_screening, icans
+from cart_course.protocol import catalog
 from cart_course.protocol.diagram import markdown, mermaid
+from cart_course.protocol.registry import REGISTRY
 from cart_course.protocol.versions import CURRENT
 
 
@@ -288,3 +291,59 @@ def test_stdin_input_through_the_installed_entry_point() -> None:
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: marrow_blasts_pct")
     assert "Traceback" not in proc.stderr
+
+
+def test_protocol_commands_lists_every_command_from_the_registry(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(capsys, "protocol", "commands")
+    assert code == 0
+    for definition in REGISTRY:
+        assert f"{definition.name}: {definition.summary}" in out
+    assert "    screen: candidate -> screen_failed unless eligible" in out
+    assert "cancel_remaining_fractions: The course's remaining fractions" in out
+    code, out, _ = run(capsys, "protocol", "commands", "--json")
+    document = json.loads(out)
+    assert code == 0 and document == json.loads(json.dumps(commands_document()))
+    by_name = {c["name"]: c for c in document["commands"]}
+    assert list(by_name) == list(REGISTRY.names)
+    infusion = by_name["give_infusion"]
+    assert infusion["reason"] == "never" and infusion["event"] == "InfusionGiven"
+    assert [m["trigger"] for m in infusion["moves"]] == ["infuse_d1", "infuse_d2", "infuse_d3"]
+    assert {k: infusion["moves"][0]["rules"][0][k] for k in ("rule", "holds")} == {
+        "rule": "no_open_hold",
+        "holds": True,
+    }
+    assert infusion["payload_schema"]["required"] == ["day", "cells"]
+    assert "day" not in infusion["correctable"] and "occurred_at" in infusion["correctable"]
+    assert by_name["withdraw"]["reason"] == "always"
+    assert "screening" in document["$defs"]
+    code, out, _ = run(capsys, "protocol", "commands", "--markdown")
+    assert code == 0 and out == catalog.commands_markdown()
+
+
+def test_protocol_commands_write_regenerates_the_docs_tables(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    page = tmp_path / "commands.md"
+    page.write_text(f"# Commands\n\n{catalog.BEGIN}\nstale\n{catalog.END}\n\nmore\n")
+    code, out, _ = run(capsys, "protocol", "commands", "--write", str(page))
+    assert code == 0 and out == f"wrote {page}\n"
+    text = page.read_text()
+    assert "stale" not in text and text.endswith(f"{catalog.END}\n\nmore\n")
+    assert catalog.commands_markdown() in text
+    page.write_text("no markers")
+    code, out, err = run(capsys, "protocol", "commands", "--write", str(page), "--json")
+    assert code == 2 and json.loads(out)["field"] == "--write"
+    assert err.startswith("error: --write: the page has no generated command tables")
+
+
+def test_record_help_shows_an_example_envelope_and_every_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(capsys, "record", "--help")
+    assert code == 0
+    assert '"command": "record_apheresis"' in out and '"idempotency_key": "P-101-apheresis"' in out
+    for definition in REGISTRY:
+        assert f"  {definition.name} " in out
+    assert "withdraw" in out and "[reason required]" in out

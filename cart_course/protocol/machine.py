@@ -720,7 +720,7 @@ class DryRun:
             "source": self.source,
             "allowed": self.allowed,
             "dest": self.dest,
-            "failed": [f.to_json() for f in self.failed],
+            "failed_rules": [f.to_json() for f in self.failed],
             "deviations": list(self.deviations),
         }
 

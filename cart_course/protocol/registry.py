@@ -193,7 +193,7 @@ class Registry:
         due: dict[str, list[str]] = {}
         for d in self.definitions:
             for state in d.next_in:
-                due.setdefault(state, []).append(d.name)
+                due.setdefault(str(state), []).append(d.name)
         self.next_due: Mapping[str, tuple[str, ...]] = MappingProxyType(
             {s: tuple(names) for s, names in due.items()}
         )

@@ -175,34 +175,23 @@ def _input_error(exc: ProtocolInputError) -> InvalidCommandError:
     return InvalidCommandError(field, exc.message)
 
 
+#: The fields of a recorded move and of a correction the correction decision reads (besides the
+#: version), as the events name them.
+_MOVE_FIELDS = tuple(f.name for f in attrs.fields(RecordedMove) if f.name != "version")
+_CORRECTION_FIELDS = tuple(f.name for f in attrs.fields(RecordedCorrection) if f.name != "version")
+
+
 def _history(events: Sequence[Any]) -> History:
     """The patient's recorded moves and corrections as plain data (for the protocol's pure
     correction decision)."""
     history: list[RecordedMove | RecordedCorrection] = []
     for e in events:
         if isinstance(e, PatientCourse.Moved):
-            history.append(
-                RecordedMove(
-                    version=e.originator_version,
-                    command=e.command,
-                    trigger=e.trigger,
-                    from_state=e.from_state,
-                    to_state=e.to_state,
-                    payload=e.payload,
-                    facts=e.facts,
-                    protocol_version=e.protocol_version,
-                    occurred_at=e.occurred_at,
-                )
-            )
+            fields = {name: getattr(e, name) for name in _MOVE_FIELDS}
+            history.append(RecordedMove(version=e.originator_version, **fields))
         elif isinstance(e, PatientCourse.FactCorrected):
-            history.append(
-                RecordedCorrection(
-                    version=e.originator_version,
-                    corrects=e.corrects,
-                    payload=e.payload,
-                    facts=e.facts,
-                )
-            )
+            fields = {name: getattr(e, name) for name in _CORRECTION_FIELDS}
+            history.append(RecordedCorrection(version=e.originator_version, **fields))
     return history
 
 

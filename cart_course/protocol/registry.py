@@ -22,7 +22,9 @@ and its test (see ``docs/architecture.md``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -95,7 +97,7 @@ class CommandDef:
     #: The payload's JSON Schema (``#/$defs/...`` names :attr:`schema_defs` or ``schemas.DEFS``).
     payload_schema: Schema = attrs.field(factory=lambda: dict(EMPTY))
     schema_defs: Mapping[str, Schema] = attrs.field(factory=dict)
-    #: Whole example envelopes (valid, and recorded by the docs' story).
+    #: Whole example envelopes (valid, and recorded by the docs' story): ``examples_of(name)``.
     examples: tuple[Mapping[str, Any], ...] = ()
     #: States in which this command is the patient's next protocol action (the views' board).
     next_in: tuple[str, ...] = ()
@@ -273,64 +275,18 @@ class Registry:
 
 
 # ----------------------------------------------------------------------------------------------
-# Example envelopes (the docs' story: docs/commands.md)
+# Example envelopes: examples.json (the docs' story, docs/commands.md), by command
 # ----------------------------------------------------------------------------------------------
 
-_CLINICIAN = {"id": "dr.lee", "role": "clinician", "name": "Dr. K. Lee"}
-_EMR = {"id": "emr.site-01", "role": "service"}
+_EXAMPLES: dict[str, list[dict[str, Any]]] = json.loads(
+    (Path(__file__).with_name("examples.json")).read_text(encoding="utf-8")
+)
 
 
-def _envelope(
-    command: str,
-    patient_id: str,
-    occurred_at: str,
-    key: str,
-    payload: Mapping[str, Any],
-    *,
-    reason: str | None = None,
-    actor: Mapping[str, Any] = _CLINICIAN,
-    expected_version: int | None = None,
-) -> dict[str, Any]:
-    return {
-        "command": command,
-        "patient_id": patient_id,
-        "occurred_at": occurred_at,
-        "actor": dict(actor),
-        "reason": reason,
-        "idempotency_key": key,
-        "expected_version": expected_version,
-        "payload": dict(payload),
-    }
+def examples_of(name: str) -> tuple[Mapping[str, Any], ...]:
+    """The example envelopes of command ``name`` (``examples.json``)."""
+    return tuple(_EXAMPLES.get(name, ()))
 
-
-_SCREENING_EXAMPLE: dict[str, Any] = {
-    "diagnosis_rr_b_all": True,
-    "failed_standard_lines": 2,
-    "effective_standard_option": False,
-    "cd19_expressed": True,
-    "kps": 90,
-    "life_expectancy_months": 6,
-    "lvef_pct": 60,
-    "ecg_obvious_abnormality": False,
-    "spo2_room_air_pct": 97,
-    "creatinine": {"value": 0.9, "unit": "mg/dL", "uln": 1.2},
-    "alt": {"value": 30, "unit": "U/L", "uln": 40},
-    "ast": {"value": 28, "unit": "U/L", "uln": 40},
-    "bilirubin": {"value": 0.8, "unit": "mg/dL"},
-    "hemoglobin": {"value": 10.5, "unit": "g/dL"},
-    "apheresis_contraindication": False,
-    "informed_consent_signed": True,
-    "informed_consent_date": "2026-01-02",
-    "other_primary_malignancy": False,
-    "severe_uncontrolled_disease": False,
-    "uncontrolled_active_infection": False,
-    "hiv": False,
-    "hbv": False,
-    "hcv": False,
-    "pregnant": False,
-    "nursing": False,
-    "last_systemic_glucocorticoid": None,
-}
 
 # ----------------------------------------------------------------------------------------------
 # The commands
@@ -369,15 +325,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         outcome=payloads.screening_outcome,
         correctable=("screening",),
         payload_schema=_SCREENING_SCHEMA,
-        examples=(
-            _envelope(
-                "screen",
-                "P-101",
-                "2026-01-05T09:00:00+01:00",
-                "P-101-screen",
-                {"screening": _SCREENING_EXAMPLE},
-            ),
-        ),
+        examples=examples_of("screen"),
         next_in=(_S.CANDIDATE,),
     ),
     CommandDef(
@@ -390,15 +338,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         outcome=payloads.screening_outcome,
         correctable=("screening",),
         payload_schema=_SCREENING_SCHEMA,
-        examples=(
-            _envelope(
-                "rescreen",
-                "P-102",
-                "2026-01-27T09:00:00+01:00",
-                "P-102-rescreen",
-                {"screening": _SCREENING_EXAMPLE},
-            ),
-        ),
+        examples=examples_of("rescreen"),
         next_in=(_S.SCREEN_FAILED,),
     ),
     CommandDef(
@@ -417,17 +357,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
             },
             ("apheresis_contraindication",),
         ),
-        examples=(
-            _envelope(
-                "record_apheresis",
-                "P-101",
-                "2026-01-08T10:00:00+01:00",
-                "P-101-apheresis",
-                {"apheresis_contraindication": False, "product_id": "LOT-2026-0042"},
-                actor=_EMR,
-                expected_version=2,
-            ),
-        ),
+        examples=examples_of("record_apheresis"),
         next_in=(_S.SCREENED,),
     ),
     CommandDef(
@@ -446,22 +376,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         outcome=payloads.infusion_outcome,
         correctable=("cells", "weight", "product_lot", "deviation_reason"),
         payload_schema=_INFUSION_SCHEMA,
-        examples=(
-            _envelope(
-                "give_infusion",
-                "P-101",
-                "2026-01-22T09:30:00+01:00",
-                "P-101-c1-d1",
-                {
-                    "day": 1,
-                    "cells": {"value": 7000000.0, "unit": "cells"},
-                    "weight": {"value": 70, "unit": "kg"},
-                    "product_lot": "LOT-2026-0042",
-                },
-                actor=_EMR,
-                expected_version=3,
-            ),
-        ),
+        examples=examples_of("give_infusion"),
         next_in=(_S.APHERESED, _S.CONTINUED, _S.INFUSED_D1, _S.INFUSED_D2),
     ),
     CommandDef(
@@ -485,24 +400,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
             },
             ("toxicity",),
         ),
-        examples=(
-            _envelope(
-                "report_toxicity",
-                "P-101",
-                "2026-01-22T18:00:00+01:00",
-                "P-101-crs-1",
-                {
-                    "toxicity": {
-                        "kind": "CRS",
-                        "observations": {
-                            "temperature": {"value": 38.6, "unit": "C"},
-                            "hypotension": False,
-                            "oxygen": {"device": "none"},
-                        },
-                    }
-                },
-            ),
-        ),
+        examples=examples_of("report_toxicity"),
     ),
     CommandDef(
         name="resolve_toxicity",
@@ -514,15 +412,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         check_time=payloads.resolution_time,
         episode=True,
         payload_schema=obj({"toxicity_id": text(100)}, ("toxicity_id",)),
-        examples=(
-            _envelope(
-                "resolve_toxicity",
-                "P-101",
-                "2026-01-23T06:00:00+01:00",
-                "P-101-crs-1-resolved",
-                {"toxicity_id": "CRS-1"},
-            ),
-        ),
+        examples=examples_of("resolve_toxicity"),
     ),
     CommandDef(
         name="cancel_remaining_fractions",
@@ -531,16 +421,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         moves=[Move(trigger="cancel_remaining_fractions", context=payloads.ctx_course_end)],
         reason="always",
         reason_asks="why the course's remaining fractions will not be given",
-        examples=(
-            _envelope(
-                "cancel_remaining_fractions",
-                "P-102",
-                "2026-02-14T23:00:00+01:00",
-                "P-102-cancel",
-                {},
-                reason="CRS grade 3 after D2: D3 withheld",
-            ),
-        ),
+        examples=examples_of("cancel_remaining_fractions"),
     ),
     CommandDef(
         name="assess_response",
@@ -565,30 +446,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
             },
             ("assessment",),
         ),
-        examples=(
-            _envelope(
-                "assess_response",
-                "P-101",
-                "2026-02-19T11:00:00+01:00",
-                "P-101-c1-assessment",
-                {
-                    "assessment": {
-                        "marrow_blasts_pct": 2.0,
-                        "baseline_marrow_blasts_pct": 62.0,
-                        "circulating_blasts_present": False,
-                        "anc": {"value": 1.8, "unit": "10^9/L"},
-                        "platelets": {"value": 140, "unit": "10^9/L"},
-                        "extramedullary_disease": "none",
-                        "mrd": {
-                            "value": 2e-05,
-                            "unit": "fraction",
-                            "method": "flow",
-                            "sensitivity": 1e-05,
-                        },
-                    }
-                },
-            ),
-        ),
+        examples=examples_of("assess_response"),
         next_in=(_S.INFUSED_D3,),
     ),
     CommandDef(
@@ -598,15 +456,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         event="CourseContinued",
         moves=[Move(trigger="continue_treatment", context=payloads.ctx_decision)],
         reason="when the rules say so",
-        examples=(
-            _envelope(
-                "continue_treatment",
-                "P-104",
-                "2026-02-23T10:00:00+01:00",
-                "P-104-continue-1",
-                {},
-            ),
-        ),
+        examples=examples_of("continue_treatment"),
         next_in=(_S.ASSESSED,),
     ),
     CommandDef(
@@ -615,16 +465,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         event="TreatmentCeased",
         moves=[Move(trigger="cease", context=payloads.ctx_decision)],
         reason="when the rules say so",
-        examples=(
-            _envelope(
-                "cease",
-                "P-101",
-                "2026-02-20T10:00:00+01:00",
-                "P-101-cease",
-                {},
-                reason="CR after the first course; patient and investigator decide to stop",
-            ),
-        ),
+        examples=examples_of("cease"),
         next_in=(_S.ASSESSED,),
     ),
     CommandDef(
@@ -640,16 +481,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         ],
         reason="always",
         reason_asks="why treatment is discontinued",
-        examples=(
-            _envelope(
-                "discontinue",
-                "P-102",
-                "2026-02-15T08:00:00+01:00",
-                "P-102-discontinue",
-                {},
-                reason="severe cytokine release syndrome (grade 3)",
-            ),
-        ),
+        examples=examples_of("discontinue"),
         next_in=(_S.ASSESSED,),
     ),
     CommandDef(
@@ -659,16 +491,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         moves=[Move(trigger="withdraw")],
         reason="always",
         reason_asks="why the patient is withdrawn",
-        examples=(
-            _envelope(
-                "withdraw",
-                "P-103",
-                "2026-01-09T09:00:00+01:00",
-                "P-103-withdraw",
-                {},
-                reason="patient withdrew consent before apheresis",
-            ),
-        ),
+        examples=examples_of("withdraw"),
     ),
     CommandDef(
         name="record_death",
@@ -678,15 +501,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         optional=("cause",),
         parse=payloads.parse_death,
         payload_schema=obj({"cause": text(500)}),
-        examples=(
-            _envelope(
-                "record_death",
-                "P-104",
-                "2026-02-27T04:00:00+01:00",
-                "P-104-death",
-                {"cause": "progressive disease"},
-            ),
-        ),
+        examples=examples_of("record_death"),
     ),
     CommandDef(
         name="correct",
@@ -713,16 +528,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
             },
             CORRECTION_KEYS,
         ),
-        examples=(
-            _envelope(
-                "correct",
-                "P-101",
-                "2026-01-24T15:00:00+01:00",
-                "P-101-correct-d2",
-                {"corrects": 7, "changes": {"cells": {"value": 21000000.0, "unit": "cells"}}},
-                reason="D2 count transcribed from the wrong bag label; pharmacy record says 2.1e7",
-            ),
-        ),
+        examples=examples_of("correct"),
     ),
     CommandDef(
         name="sign",
@@ -739,20 +545,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
             },
             SIGNATURE_KEYS,
         ),
-        examples=(
-            _envelope(
-                "sign",
-                "P-101",
-                "2026-02-19T12:00:00+01:00",
-                "P-101-sign-assessment",
-                {
-                    "milestone": "response_assessment",
-                    "signs_version": 10,
-                    "meaning": "approval",
-                    "printed_name": "K. Lee, MD",
-                },
-            ),
-        ),
+        examples=examples_of("sign"),
     ),
 )
 

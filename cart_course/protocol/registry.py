@@ -120,10 +120,6 @@ class RegistryError(ValueError):
     """The definitions disagree with each other or with the machine's transition table."""
 
 
-def _names(value: Any) -> list[str]:
-    return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
-
-
 class Registry:
     """The commands, and every table derived from them (built once; look-ups are dict reads)."""
 

@@ -9,7 +9,7 @@ Modules:
 - ``response``: CR / CRi / PR / NR classification for B-ALL.
 - ``machine``: the course state machine (one ``transitions`` machine per protocol version).
 - ``versions``: the registry of protocol versions.
-- ``registry``: the command registry, one definition per command (``payloads``: the parsers,
+- ``registry``: the command registry, one definition per command (``building_blocks``: the parsers,
   contexts and outcomes its definitions name; ``schema_parts``: their JSON Schema parts).
 - ``commands``: ``prepare``, the decision of a move; ``allowed_now``.
 - ``corrections``, ``signatures``: the decisions of ``correct`` and ``sign``.

@@ -15,10 +15,10 @@ from typing import Any
 import attrs
 
 from . import dosing
+from .building_blocks import check_resolution_time, no_context
 from .errors import ContextInputError, ProtocolInputError, key_name
 from .machine import DryRun, Probe, RuleFailure, schedule_problem
 from .parameters import DEFAULT_PARAMETERS
-from .payloads import check_resolution_time, no_context
 from .record import Course, PatientRecord, Toxicity, evolve
 from .registry import REGISTRY, CommandDef, Registry
 from .states import INFUSION_TRIGGERS, Trigger

@@ -30,9 +30,10 @@ from typing import Any, Literal
 
 import attrs
 
-from . import payloads, response
+from . import building_blocks as blocks
+from . import response
+from .building_blocks import ContextBuilder, OutcomeBuilder, PayloadParser, TimeCheck
 from .machine import TRANSITIONS
-from .payloads import ContextBuilder, OutcomeBuilder, PayloadParser, TimeCheck
 from .schema_parts import BOOL, EMPTY, Schema, obj, text
 from .signatures import MILESTONES, SIGNATURE_KEYS, SIGNATURE_MEANINGS
 from .states import State
@@ -52,7 +53,7 @@ class Move:
     """A trigger of the machine a command fires, and what its rules read from the record."""
 
     trigger: str
-    context: ContextBuilder = payloads.no_context
+    context: ContextBuilder = blocks.no_context
     #: A cheaper context giving the same answer to "is this move allowed now?" (``allowed_now``
     #: asks it after every command); None: :attr:`context`.
     allowed_context: ContextBuilder | None = None
@@ -80,11 +81,11 @@ class CommandDef:
     required: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
     #: Validates and normalises the payload: (normalised payload, payload facts).
-    parse: PayloadParser = payloads.parse_nothing
+    parse: PayloadParser = blocks.parse_nothing
     #: Checks the clinical time against the record (after the payload is parsed).
     check_time: TimeCheck | None = None
     #: What the move established (recorded as the event's ``outcome``).
-    outcome: OutcomeBuilder = payloads.no_outcome
+    outcome: OutcomeBuilder = blocks.no_outcome
     reason: ReasonPolicy = "never"
     #: What a required reason says (in the message of a missing one).
     reason_asks: str = "why"
@@ -154,7 +155,7 @@ class Registry:
                         f"{d.name}"
                     )
                 by_trigger[m.trigger] = d
-                if m.context is not payloads.no_context:
+                if m.context is not blocks.no_context:
                     contexts[m.trigger] = m.context
                 allowed_contexts[m.trigger] = m.allowed_context or m.context
         #: trigger -> the command that fires it.
@@ -317,8 +318,8 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         event="Screened",
         moves=[Move(trigger="screen")],
         required=("screening",),
-        parse=payloads.parse_screening_payload,
-        outcome=payloads.screening_outcome,
+        parse=blocks.parse_screening_payload,
+        outcome=blocks.screening_outcome,
         correctable=("screening",),
         payload_schema=_SCREENING_SCHEMA,
         examples=examples_of("screen"),
@@ -330,8 +331,8 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         event="Rescreened",
         moves=[Move(trigger="rescreen")],
         required=("screening",),
-        parse=payloads.parse_screening_payload,
-        outcome=payloads.screening_outcome,
+        parse=blocks.parse_screening_payload,
+        outcome=blocks.screening_outcome,
         correctable=("screening",),
         payload_schema=_SCREENING_SCHEMA,
         examples=examples_of("rescreen"),
@@ -341,10 +342,10 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         name="record_apheresis",
         summary="T-cell collection (apheresis) done.",
         event="ApheresisRecorded",
-        moves=[Move(trigger="record_apheresis", context=payloads.ctx_apheresis)],
+        moves=[Move(trigger="record_apheresis", context=blocks.ctx_apheresis)],
         required=("apheresis_contraindication",),
         optional=("product_id",),
-        parse=payloads.parse_apheresis,
+        parse=blocks.parse_apheresis,
         correctable=("apheresis_contraindication", "product_id"),
         payload_schema=obj(
             {
@@ -361,15 +362,15 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         summary="A CAR-T fraction given: day 1 (10 %), 2 (30 %) or 3 (60 %) of the course dose.",
         event="InfusionGiven",
         moves=[
-            Move(trigger="infuse_d1", context=payloads.ctx_d1),
-            Move(trigger="infuse_d2", context=payloads.ctx_later_day(2)),
-            Move(trigger="infuse_d3", context=payloads.ctx_later_day(3)),
+            Move(trigger="infuse_d1", context=blocks.ctx_d1),
+            Move(trigger="infuse_d2", context=blocks.ctx_later_day(2)),
+            Move(trigger="infuse_d3", context=blocks.ctx_later_day(3)),
         ],
-        trigger_of=payloads.infusion_trigger,
+        trigger_of=blocks.infusion_trigger,
         required=("day", "cells"),
         optional=("weight", "product_lot", "deviation_reason"),
-        parse=payloads.parse_infusion,
-        outcome=payloads.infusion_outcome,
+        parse=blocks.parse_infusion,
+        outcome=blocks.infusion_outcome,
         correctable=("cells", "weight", "product_lot", "deviation_reason"),
         payload_schema=_INFUSION_SCHEMA,
         examples=examples_of("give_infusion"),
@@ -383,8 +384,8 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         moves=[Move(trigger="report_toxicity")],
         required=("toxicity",),
         optional=("toxicity_id",),
-        parse=payloads.parse_toxicity,
-        outcome=payloads.toxicity_outcome,
+        parse=blocks.parse_toxicity,
+        outcome=blocks.toxicity_outcome,
         correctable=("toxicity", "toxicity_id"),
         episode=True,
         payload_schema=obj(
@@ -402,10 +403,10 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         name="resolve_toxicity",
         summary="An open toxicity resolved (lifts the hold it caused).",
         event="ToxicityResolved",
-        moves=[Move(trigger="resolve_toxicity", context=payloads.ctx_resolve)],
+        moves=[Move(trigger="resolve_toxicity", context=blocks.ctx_resolve)],
         required=("toxicity_id",),
-        parse=payloads.parse_resolution,
-        check_time=payloads.resolution_time,
+        parse=blocks.parse_resolution,
+        check_time=blocks.resolution_time,
         episode=True,
         payload_schema=obj({"toxicity_id": text(100)}, ("toxicity_id",)),
         examples=examples_of("resolve_toxicity"),
@@ -414,7 +415,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         name="cancel_remaining_fractions",
         summary="The course's remaining fractions will not be given (e.g. after toxicity).",
         event="FractionsCancelled",
-        moves=[Move(trigger="cancel_remaining_fractions", context=payloads.ctx_course_end)],
+        moves=[Move(trigger="cancel_remaining_fractions", context=blocks.ctx_course_end)],
         reason="always",
         reason_asks="why the course's remaining fractions will not be given",
         examples=examples_of("cancel_remaining_fractions"),
@@ -424,11 +425,11 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         summary="Response assessment of the course: CR, CRi, PR or NR (computed; a clinician's "
         "differing response needs a reason).",
         event="ResponseAssessed",
-        moves=[Move(trigger="assess_response", context=payloads.ctx_course_end)],
+        moves=[Move(trigger="assess_response", context=blocks.ctx_course_end)],
         required=("assessment",),
         optional=("clinician_response",),
-        parse=payloads.parse_assessment,
-        outcome=payloads.response_outcome,
+        parse=blocks.parse_assessment,
+        outcome=blocks.response_outcome,
         reason="when the rules say so",
         correctable=("assessment", "clinician_response"),
         payload_schema=obj(
@@ -450,7 +451,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         summary="Another course decided (PR: up to 3 courses in all; CR/CRi/NR: clinical "
         "decision with a reason).",
         event="CourseContinued",
-        moves=[Move(trigger="continue_treatment", context=payloads.ctx_decision)],
+        moves=[Move(trigger="continue_treatment", context=blocks.ctx_decision)],
         reason="when the rules say so",
         examples=examples_of("continue_treatment"),
         next_in=(_S.ASSESSED,),
@@ -459,7 +460,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         name="cease",
         summary="Treatment ceased (after CR/CRi a reason is required).",
         event="TreatmentCeased",
-        moves=[Move(trigger="cease", context=payloads.ctx_decision)],
+        moves=[Move(trigger="cease", context=blocks.ctx_decision)],
         reason="when the rules say so",
         examples=examples_of("cease"),
         next_in=(_S.ASSESSED,),
@@ -471,8 +472,8 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         moves=[
             Move(
                 trigger="discontinue",
-                context=payloads.ctx_discontinue,
-                allowed_context=payloads.ctx_discontinue_worst,
+                context=blocks.ctx_discontinue,
+                allowed_context=blocks.ctx_discontinue_worst,
             )
         ],
         reason="always",
@@ -495,7 +496,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         event="DeathRecorded",
         moves=[Move(trigger="record_death")],
         optional=("cause",),
-        parse=payloads.parse_death,
+        parse=blocks.parse_death,
         payload_schema=obj({"cause": text(500)}),
         examples=examples_of("record_death"),
     ),

@@ -15,7 +15,7 @@ import pytest
 from cart_course.cli.protocol import commands_document
 from cart_course.contract import ALL_COMMANDS, REASON_ALWAYS_REQUIRED
 from cart_course.course import EPISODE_COMMANDS, MOVE_EVENTS, PatientCourse, move_event_class
-from cart_course.protocol import catalog, payloads
+from cart_course.protocol import building_blocks, catalog
 from cart_course.protocol.commands import (
     COMMANDS,
     SERVICE_COMMANDS,
@@ -286,4 +286,4 @@ def test_a_new_command_is_decided_and_recorded_by_the_registry_it_is_in(
     event = move_event_class("FollowUpRecorded")
     assert issubclass(event, PatientCourse.Moved)
     assert event.__qualname__ == "PatientCourse.FollowUpRecorded"
-    assert payloads.no_context(record) == {}
+    assert building_blocks.no_context(record) == {}

@@ -24,9 +24,8 @@ import attrs
 from .course import canonical
 from .encoding import canonical as canonical_json_data
 from .errors import InvalidCommandError
-from .protocol.commands import COMMANDS, SERVICE_COMMANDS
 from .protocol.errors import key_name
-from .protocol.machine import REASON_REQUIRED
+from .protocol.registry import REGISTRY
 
 ENVELOPE_KEYS = (
     "command",
@@ -40,30 +39,22 @@ ENVELOPE_KEYS = (
 )
 _ENVELOPE_KEY_SET = frozenset(ENVELOPE_KEYS)
 WRITE_ROLES = ("service", "clinician")
-ALL_COMMANDS = (*COMMANDS, *SERVICE_COMMANDS)
+#: Every command of the contract, in the registry's order (``protocol/registry.py``).
+ALL_COMMANDS: tuple[str, ...] = REGISTRY.names
+_COMMAND_SET = REGISTRY.name_set
 #: Clinical time may run ahead of the record clock by at most this much (clock skew).
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-:")
 #: The largest ``expected_version`` (18 digits; ``If-Match`` takes the same versions). A
 #: patient's version counts its events: no stream comes near it.
 MAX_VERSION = 10**18 - 1
-#: Commands that always need a ``reason`` (the protocol's moves that do, and ``correct``); a
-#: missing or blank one is malformed input (``invalid_command``, field ``reason``). Moves that
-#: need one only in some states (``cease`` after CR ...) are judged by the protocol's rule
-#: ``reason_given`` (``move_refused``).
-REASON_ALWAYS_REQUIRED: frozenset[str] = frozenset(
-    {name for name, spec in COMMANDS.items() if spec.reason == "required"} | {"correct"}
-)
-assert REASON_ALWAYS_REQUIRED - {"correct"} == {str(t) for t in REASON_REQUIRED}, (
-    "the contract and the protocol disagree on which moves always need a reason"
-)
+#: Commands that always need a ``reason`` (reason policy ``always`` in the registry: the moves
+#: that do, and ``correct``); a missing or blank one is malformed input (``invalid_command``,
+#: field ``reason``). Moves that need one only in some states (``cease`` after CR ...) are judged
+#: by the protocol's rule ``reason_given`` (``move_refused``).
+REASON_ALWAYS_REQUIRED: frozenset[str] = REGISTRY.reason_always
 #: What a reason is asked for, in the message of a missing one.
-_REASON_WHAT = {
-    "cancel_remaining_fractions": "why the course's remaining fractions will not be given",
-    "discontinue": "why treatment is discontinued",
-    "withdraw": "why the patient is withdrawn",
-    "correct": "what was wrong and why",
-}
+_REASON_WHAT: dict[str, str] = {n: REGISTRY[n].reason_asks for n in REASON_ALWAYS_REQUIRED}
 #: The one form of a date-time of the contract (RFC 3339's date-time, ISO 8601's extended
 #: format): date, ``T``, hours and minutes, optional seconds and fraction, and ``Z`` or an
 #: offset in hours and minutes. The same pattern as the JSON Schema's (``schemas.py``).
@@ -384,7 +375,7 @@ def parse_command(
             key_name(extra[0]), f"unknown key; allowed keys are: {', '.join(ENVELOPE_KEYS)}"
         )
     command = data.get("command")
-    if command not in ALL_COMMANDS:
+    if not isinstance(command, str) or command not in _COMMAND_SET:
         raise InvalidCommandError(
             "command", f"{command!r} is not a command; commands are: {', '.join(ALL_COMMANDS)}"
         )

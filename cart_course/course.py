@@ -18,6 +18,8 @@ from eventsourcing.domain import Aggregate
 
 from .encoding import canonical_exact
 from .protocol.record import PatientRecord, apply_correction, evolve
+from .protocol.registry import REGISTRY, Registry
+from .protocol.signatures import SIGNABLE_TRIGGERS
 
 #: Namespace of patient stream ids: uuid5(NAMESPACE, patient_id). A patient has exactly one stream.
 PATIENT_NAMESPACE = uuid.UUID("6f1c3a52-6b0e-5c47-9a3e-0c2d7e1b9a40")
@@ -28,18 +30,9 @@ def stream_id(patient_id: str) -> uuid.UUID:
     return uuid.uuid5(PATIENT_NAMESPACE, patient_id)
 
 
-#: The milestones an investigator signs (21 CFR 11.50), and the moves each may sign.
-MILESTONES: dict[str, tuple[str, ...]] = {
-    "eligibility": ("screen", "rescreen"),
-    "infusion": ("infuse_d1", "infuse_d2", "infuse_d3"),
-    "response_assessment": ("assess_response",),
-    "end_of_treatment": ("cease", "discontinue", "withdraw", "record_death"),
-}
-#: Every move some milestone signature may sign.
-SIGNABLE_TRIGGERS = frozenset(t for triggers in MILESTONES.values() for t in triggers)
 #: Commands about a toxicity episode: their clinical time is the episode's onset or resolution,
 #: which may come before the patient's last move (a fever that began before D3, reported after).
-EPISODE_COMMANDS = frozenset({"report_toxicity", "resolve_toxicity"})
+EPISODE_COMMANDS = REGISTRY.episode_commands
 #: The version of what replaying an event does to a course (``evolve_record``, ``remember`` and
 #: the record's ``evolve``): raised whenever a change to them replays an existing history into a
 #: different state. A snapshot holds the rules it was taken under; one taken under other rules is
@@ -314,20 +307,28 @@ class PatientCourse(Aggregate):
         self.trigger_event(event_class, prev_hash=self.chain_head, **fields)
 
 
-MOVE_EVENTS: dict[str, type[PatientCourse.Moved]] = {
-    "screen": PatientCourse.Screened,
-    "rescreen": PatientCourse.Rescreened,
-    "record_apheresis": PatientCourse.ApheresisRecorded,
-    "infuse_d1": PatientCourse.InfusionGiven,
-    "infuse_d2": PatientCourse.InfusionGiven,
-    "infuse_d3": PatientCourse.InfusionGiven,
-    "report_toxicity": PatientCourse.ToxicityReported,
-    "resolve_toxicity": PatientCourse.ToxicityResolved,
-    "cancel_remaining_fractions": PatientCourse.FractionsCancelled,
-    "assess_response": PatientCourse.ResponseAssessed,
-    "continue_treatment": PatientCourse.CourseContinued,
-    "cease": PatientCourse.TreatmentCeased,
-    "discontinue": PatientCourse.TreatmentDiscontinued,
-    "withdraw": PatientCourse.Withdrawn,
-    "record_death": PatientCourse.DeathRecorded,
-}
+def move_event_class(name: str) -> type[PatientCourse.Moved]:
+    """The move event class ``PatientCourse.<name>`` that a command's definition names: the class
+    above, or (a command added to the registry without one) a new subclass of
+    :class:`PatientCourse.Moved`, made once and kept on ``PatientCourse`` so that its stored
+    topic (``cart_course.course:PatientCourse.<name>``) resolves."""
+    found = getattr(PatientCourse, name, None)
+    if found is None:
+        found = type(
+            name,
+            (PatientCourse.Moved,),
+            {"__qualname__": f"PatientCourse.{name}", "__module__": __name__},
+        )
+        setattr(PatientCourse, name, found)
+    if not (isinstance(found, type) and issubclass(found, PatientCourse.Moved)):
+        raise TypeError(f"PatientCourse.{name} is not a move event")
+    return found
+
+
+def move_events(registry: Registry = REGISTRY) -> dict[str, type[PatientCourse.Moved]]:
+    """Each move (trigger) of ``registry`` and the event class it records."""
+    return {trigger: move_event_class(name) for trigger, name in registry.events.items()}
+
+
+#: The event class each move records (from the command registry).
+MOVE_EVENTS: dict[str, type[PatientCourse.Moved]] = move_events()

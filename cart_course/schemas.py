@@ -5,6 +5,10 @@ OpenAPI document; the service's own parsers stay the authority (they also check 
 cannot, such as a toxicity id that exists or a dose against the plan) and name the failing field.
 Units and choices are taken from the protocol's constants, so the schemas follow the protocol.
 
+Each command's payload schema is written in its definition (``protocol/registry.py``); the
+envelopes and the shared ``$defs`` are assembled here, for any registry (default: the real one).
+
+>>> from .contract import ALL_COMMANDS
 >>> sorted(SCHEMAS) == sorted(ALL_COMMANDS)
 True
 """
@@ -12,10 +16,10 @@ True
 from __future__ import annotations
 
 import copy
-from typing import Any, Final
+from collections.abc import Mapping
+from typing import Final
 
 from .contract import (
-    ALL_COMMANDS,
     ENVELOPE_KEYS,
     MAX_CLOCK_SKEW,
     MAX_VERSION,
@@ -23,59 +27,21 @@ from .contract import (
     WRITE_ROLES,
 )
 from .protocol import dosing, response, toxicity
-from .protocol.commands import COMMANDS
 from .protocol.eligibility import SCREENING_KEYS
+from .protocol.registry import REGISTRY, Registry
+from .protocol.schema_parts import BOOL as _BOOL
+from .protocol.schema_parts import DATE as _DATE
+from .protocol.schema_parts import PCT as _PCT
+from .protocol.schema_parts import Schema
+from .protocol.schema_parts import nullable as _nullable
+from .protocol.schema_parts import obj as _obj
+from .protocol.schema_parts import quantity as _quantity
+from .protocol.schema_parts import text as _text
 
 DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 BASE_ID: Final = "https://cart-course.example/schemas/commands/"
 
-Schema = dict[str, Any]
-
 _ = MAX_CLOCK_SKEW  # documented in the envelope's occurred_at description
-
-
-def _text(max_len: int, description: str = "") -> Schema:
-    schema: Schema = {"type": "string", "minLength": 1, "maxLength": max_len, "pattern": r"\S"}
-    if description:
-        schema["description"] = description
-    return schema
-
-
-def _nullable(schema: Schema) -> Schema:
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-def _obj(
-    properties: dict[str, Schema], required: tuple[str, ...] = (), description: str = ""
-) -> Schema:
-    schema: Schema = {
-        "type": "object",
-        "properties": properties,
-        "additionalProperties": False,
-    }
-    if required:
-        schema["required"] = list(required)
-    if description:
-        schema["description"] = description
-    return schema
-
-
-def _quantity(units: tuple[str, ...], description: str, *, minimum: float = 0) -> Schema:
-    return _obj(
-        {"value": {"type": "number", "minimum": minimum}, "unit": {"enum": list(units)}},
-        ("value", "unit"),
-        description,
-    )
-
-
-_BOOL: Final = {"type": "boolean"}
-_DATE: Final = {
-    "type": "string",
-    "format": "date",
-    "pattern": r"^\d{4}-\d{2}-\d{2}$",
-    "description": "a calendar date, YYYY-MM-DD",
-}
-_PCT: Final = {"type": "number", "minimum": 0, "maximum": 100}
 
 _CREATININE_UNITS: Final = ("mg/dL", "umol/L")
 _TRANSAMINASE_UNITS: Final = ("U/L",)
@@ -302,123 +268,15 @@ DEFS: Final[Schema] = {
 }
 
 
-def _payload(command: str) -> Schema:
-    """The payload schema of one command."""
-    if command in ("screen", "rescreen"):
-        return _obj({"screening": {"$ref": "#/$defs/screening"}}, ("screening",))
-    if command == "record_apheresis":
-        return _obj(
-            {
-                "apheresis_contraindication": _BOOL,
-                "product_id": _text(200, "the collected product's id (lot)"),
-            },
-            ("apheresis_contraindication",),
-        )
-    if command == "give_infusion":
-        schema = _obj(
-            {
-                "day": {
-                    "type": "integer",
-                    "enum": [1, 2, 3],
-                    "description": "D1 10 %, D2 30 %, D3 60 %: the integer 1, 2 or 3 (the "
-                    "service refuses 1.0, which JSON Schema counts as an integer)",
-                },
-                "cells": {"$ref": "#/$defs/cells"},
-                "weight": {"$ref": "#/$defs/weight"},
-                "product_lot": _text(2000),
-                "deviation_reason": _text(
-                    2000, "why a deviation from the plan (dose, day) is accepted"
-                ),
-            },
-            ("day", "cells"),
-        )
-        schema["if"] = {"properties": {"day": {"const": 1}}}
-        schema["then"] = {"required": ["weight"]}
-        schema["else"] = {"not": {"required": ["weight"]}}
-        return schema
-    if command == "report_toxicity":
-        return _obj(
-            {
-                "toxicity": {"$ref": "#/$defs/toxicity"},
-                "toxicity_id": _text(
-                    100, "the open episode this updates; leave out for a new episode"
-                ),
-            },
-            ("toxicity",),
-        )
-    if command == "resolve_toxicity":
-        return _obj({"toxicity_id": _text(100)}, ("toxicity_id",))
-    if command == "assess_response":
-        return _obj(
-            {
-                "assessment": {"$ref": "#/$defs/assessment"},
-                "clinician_response": {
-                    "enum": list(response.RESPONSES),
-                    "description": "a clinician's response differing from the computed one "
-                    "(needs a reason)",
-                },
-            },
-            ("assessment",),
-        )
-    if command == "record_death":
-        return _obj({"cause": _text(500)})
-    if command == "correct":
-        return _obj(
-            {
-                "corrects": {
-                    "type": "integer",
-                    "minimum": 1,
-                    "description": "the version of the event whose facts are corrected",
-                },
-                "changes": {
-                    "type": "object",
-                    "minProperties": 1,
-                    "propertyNames": {"not": {"const": "day"}},
-                    "description": "payload keys of the corrected command (and occurred_at) "
-                    "with their new values",
-                },
-            },
-            ("corrects", "changes"),
-        )
-    if command == "sign":
-        from .course import MILESTONES
-        from .service import SIGNATURE_MEANINGS
-
-        return _obj(
-            {
-                "milestone": {"enum": list(MILESTONES)},
-                "signs_version": {"type": "integer", "minimum": 1},
-                "meaning": {"enum": list(SIGNATURE_MEANINGS)},
-                "printed_name": _text(200),
-            },
-            ("milestone", "signs_version", "meaning", "printed_name"),
-        )
-    # Moves without facts: the payload is empty.
-    return {"type": "object", "maxProperties": 0}
-
-
-def _reason_required(command: str) -> bool:
-    if command == "correct":
-        return True
-    spec = COMMANDS.get(command)
-    return spec is not None and spec.reason == "required"
-
-
-def _summary(command: str) -> str:
-    if command in COMMANDS:
-        return COMMANDS[command].summary
-    if command == "correct":
-        return "Correct a recorded fact: a new event naming the corrected version, with a reason."
-    return "An investigator's electronic signature of a recorded milestone."
-
-
-def command_schema(command: str) -> Schema:
-    """The JSON Schema of one command's envelope (with its payload)."""
-    if command not in ALL_COMMANDS:
-        raise KeyError(f"{command!r} is not a command; commands are: {', '.join(ALL_COMMANDS)}")
+def command_schema(command: str, registry: Registry = REGISTRY) -> Schema:
+    """The JSON Schema of one command's envelope (with its payload), from its definition."""
+    definition = registry.commands.get(command)
+    if definition is None:
+        raise KeyError(f"{command!r} is not a command; commands are: {', '.join(registry.names)}")
+    reason_required = definition.reason == "always"
     reason = _text(4000, "why; required for this command")
     required = ["command", "patient_id", "occurred_at", "actor"]
-    if _reason_required(command):
+    if reason_required:
         required.append("reason")
     properties: dict[str, Schema] = {
         "command": {"const": command},
@@ -436,7 +294,7 @@ def command_schema(command: str) -> Schema:
             "5 minutes in the future",
         },
         "actor": {"$ref": "#/$defs/actor"},
-        "reason": reason if _reason_required(command) else _nullable(_text(4000)),
+        "reason": reason if reason_required else _nullable(_text(4000)),
         "idempotency_key": _nullable(
             _text(200, "the same key and command again returns the first result")
         ),
@@ -449,26 +307,39 @@ def command_schema(command: str) -> Schema:
                 "an integer (the service refuses 4.0, which JSON Schema counts as an integer)",
             }
         ),
-        "payload": _payload(command),
+        "payload": copy.deepcopy(definition.payload_schema),
     }
     assert set(properties) == set(ENVELOPE_KEYS)
     return {
         "$schema": DIALECT,
         "$id": f"{BASE_ID}{command}.json",
         "title": command,
-        "description": _summary(command),
+        "description": definition.summary,
         "type": "object",
         "properties": properties,
         "required": required,
         "additionalProperties": False,
-        "$defs": copy.deepcopy(DEFS),
+        "$defs": schema_defs(registry),
     }
 
 
-SCHEMAS: Final[dict[str, Schema]] = {name: command_schema(name) for name in ALL_COMMANDS}
+def schema_defs(registry: Registry = REGISTRY) -> Schema:
+    """The shared definitions (``#/$defs/...``): :data:`DEFS` and those the commands bring."""
+    defs = copy.deepcopy(DEFS)
+    for definition in registry:
+        defs.update(copy.deepcopy(dict(definition.schema_defs)))
+    return defs
 
 
-def envelope_schema() -> Schema:
+def build_schemas(registry: Registry = REGISTRY) -> dict[str, Schema]:
+    """One envelope schema per command of ``registry``, by name."""
+    return {name: command_schema(name, registry) for name in registry.names}
+
+
+SCHEMAS: Final[dict[str, Schema]] = build_schemas()
+
+
+def envelope_schema(registry: Registry = REGISTRY) -> Schema:
     """Any command: dispatches on ``command`` to the command's own schema."""
     return {
         "$schema": DIALECT,
@@ -476,12 +347,34 @@ def envelope_schema() -> Schema:
         "title": "command",
         "type": "object",
         "required": ["command"],
-        "properties": {"command": {"enum": list(ALL_COMMANDS)}},
+        "properties": {"command": {"enum": list(registry.names)}},
         "allOf": [
             {
                 "if": {"properties": {"command": {"const": name}}},
                 "then": {"$ref": f"{BASE_ID}{name}.json"},
             }
-            for name in ALL_COMMANDS
+            for name in registry.names
         ],
+    }
+
+
+def request_body_schema(
+    schemas: Mapping[str, Schema] | None = None, ref_prefix: str | None = None
+) -> Schema:
+    """The request body of ``POST /v1/commands`` for OpenAPI 3.1: a ``oneOf`` of the commands'
+    envelopes, discriminated by ``command``. ``schemas``: the envelopes by name (default
+    :data:`SCHEMAS`; ``build_schemas(registry)`` for another registry). With ``ref_prefix``
+    (e.g. ``"#/components/schemas/"``) each member is a ``$ref`` to ``<prefix><name>`` (the
+    caller registers the envelopes there); otherwise the envelopes are inlined."""
+    schemas = SCHEMAS if schemas is None else schemas
+    names = list(schemas)
+    if ref_prefix is None:
+        members = [copy.deepcopy(schemas[name]) for name in names]
+        return {"oneOf": members, "discriminator": {"propertyName": "command"}}
+    return {
+        "oneOf": [{"$ref": f"{ref_prefix}{name}"} for name in names],
+        "discriminator": {
+            "propertyName": "command",
+            "mapping": {name: f"{ref_prefix}{name}" for name in names},
+        },
     }

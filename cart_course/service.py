@@ -26,7 +26,7 @@ from eventsourcing.persistence import (
 )
 
 from .contract import Command, parse_clinical_time, validated
-from .course import EPISODE_COMMANDS, MILESTONES, MOVE_EVENTS, PatientCourse, event_hash, stream_id
+from .course import EPISODE_COMMANDS, MOVE_EVENTS, PatientCourse, event_hash, stream_id
 from .errors import (
     CartCourseError,
     CipherKeyError,
@@ -38,36 +38,39 @@ from .errors import (
     StoreError,
     VersionConflictError,
 )
-from .protocol.commands import (
-    COMMANDS,
-    MoveRefusedError,
-    RecordedFraction,
-    allowed_now,
-    corrected_fraction_context,
-    outcome_of,
-    payload_facts,
-    prepare,
-    replan_course,
-    reschedule_course,
+from .protocol.commands import MoveRefusedError, allowed_now, prepare
+from .protocol.corrections import (
+    History,
+    RecordedCorrection,
+    RecordedMove,
+    decide_correction,
 )
-from .protocol.errors import ProtocolInputError, key_name
+from .protocol.errors import ProtocolInputError
 from .protocol.record import PatientRecord
-from .protocol.versions import CURRENT, ProtocolVersion, get_version
+from .protocol.registry import REGISTRY
+from .protocol.signatures import (
+    MILESTONES,
+    SIGNATURE_MEANINGS,
+    SIGNING_ROLES,
+    SignerNotPermittedError,
+    decide_signature,
+)
+from .protocol.versions import CURRENT, ProtocolVersion
 from .storage import CourseApplication
 
-#: Events whose facts may be corrected, and the milestones that may be signed.
-CORRECTABLE = (
-    "screen",
-    "rescreen",
-    "record_apheresis",
-    "infuse_d1",
-    "infuse_d2",
-    "infuse_d3",
-    "report_toxicity",
-    "assess_response",
-)
-SIGNATURE_MEANINGS = ("review", "approval", "authorship")
-SIGNING_ROLES = ("clinician",)
+#: Moves whose facts may be corrected (from the command registry), and the milestones that may be
+#: be signed, what a signature means and who signs (``protocol/signatures.py``).
+CORRECTABLE = REGISTRY.correctable
+__all__ = [
+    "CORRECTABLE",
+    "MILESTONES",
+    "SIGNATURE_MEANINGS",
+    "SIGNING_ROLES",
+    "CommandResult",
+    "CourseService",
+    "store_errors",
+    "stream_id",
+]
 MAX_RETRIES = 20
 #: SQLite may refuse a write with "database is locked" under contention even with a busy
 #: timeout (a stale WAL read snapshot cannot be upgraded). Nothing was committed: retry.
@@ -164,85 +167,32 @@ class CommandResult:
 
 
 def _input_error(exc: ProtocolInputError) -> InvalidCommandError:
-    field = exc.field if exc.field.startswith(("payload", "command")) else f"payload.{exc.field}"
+    field = (
+        exc.field
+        if exc.field.startswith(("payload", "command", "reason"))
+        else f"payload.{exc.field}"
+    )
     return InvalidCommandError(field, exc.message)
 
 
-def _changes_error(exc: ProtocolInputError, changes: Mapping[str, Any]) -> InvalidCommandError:
-    """An error in a corrected payload, named where the client wrote it: a key of ``changes``
-    is ``payload.changes.<key>`` (not the corrected move's own ``payload.<key>``)."""
-    error = _input_error(exc)
-    head, _, rest = error.field.removeprefix("payload.").partition(".")
-    if error.field.startswith("payload.") and head in changes:
-        if changes[head] is None:
-            return InvalidCommandError(
-                f"payload.changes.{head}", f"cannot be removed (null): {exc.message}"
-            )
-        return InvalidCommandError(
-            f"payload.changes.{head}" + (f".{rest}" if rest else ""), exc.message
-        )
-    return error
+#: The fields of a recorded move and of a correction the correction decision reads (besides the
+#: version), as the events name them.
+_MOVE_FIELDS = tuple(f.name for f in attrs.fields(RecordedMove) if f.name != "version")
+_CORRECTION_FIELDS = tuple(f.name for f in attrs.fields(RecordedCorrection) if f.name != "version")
 
 
-def _event_version(value: Any, course: PatientCourse, field: str, what: str) -> int:
-    """A payload's reference to one of the patient's events (1..its version), or a clear error."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= course.version:
-        raise InvalidCommandError(field, f"must be the version of {what} (1..{course.version})")
-    return value
-
-
-def _recorded_fractions(
-    events: Sequence[Any], fallback: ProtocolVersion
-) -> dict[int, RecordedFraction]:
-    """Each recorded infusion by version, as its latest facts state it (the move's, or those of
-    its latest correction), with the protocol version it was recorded under (for ``_correct``)."""
-    fractions: dict[int, RecordedFraction] = {}
+def _history(events: Sequence[Any]) -> History:
+    """The patient's recorded moves and corrections as plain data (for the protocol's pure
+    correction decision)."""
+    history: list[RecordedMove | RecordedCorrection] = []
     for e in events:
-        if isinstance(e, PatientCourse.Moved) and e.trigger.startswith("infuse_d"):
-            try:
-                protocol = get_version(e.protocol_version)
-            except KeyError:  # UnknownProtocolVersionError: judged under the correction's
-                protocol = fallback
-            fractions[e.originator_version] = RecordedFraction(
-                version=e.originator_version, trigger=e.trigger, facts=e.facts, protocol=protocol
-            )
-        elif isinstance(e, PatientCourse.FactCorrected) and e.corrects in fractions:
-            fractions[e.corrects] = attrs.evolve(fractions[e.corrects], facts=e.facts)
-    return fractions
-
-
-def _out_of_order(events: Sequence[Any], corrects: int, occurred: dt.datetime) -> list[str]:
-    """Findings when a corrected clinical time puts move ``corrects`` before the move it
-    followed or after the move that followed it (each at its clinical time as last corrected)."""
-    times: dict[int, tuple[str, str]] = {}
-    for e in events:
-        if isinstance(e, PatientCourse.Moved) and e.command not in EPISODE_COMMANDS:
-            times[e.originator_version] = (e.occurred_at, e.trigger)
-    for e in events:
-        if isinstance(e, PatientCourse.FactCorrected) and e.corrects in times:
-            when = e.facts.get("_occurred_at")
-            if when:
-                times[e.corrects] = (when, times[e.corrects][1])
-    found = []
-    earlier = [v for v in times if v < corrects]
-    later = [v for v in times if v > corrects]
-    if earlier:
-        v = max(earlier)
-        when, trigger = times[v]
-        if occurred < dt.datetime.fromisoformat(when):
-            found.append(
-                f"correction of version {corrects}: {occurred.isoformat()} is before the move it "
-                f"followed ({trigger}, version {v}, at {when})"
-            )
-    if later:
-        v = min(later)
-        when, trigger = times[v]
-        if occurred > dt.datetime.fromisoformat(when):
-            found.append(
-                f"correction of version {corrects}: {occurred.isoformat()} is after the move that "
-                f"followed it ({trigger}, version {v}, at {when})"
-            )
-    return found
+        if isinstance(e, PatientCourse.Moved):
+            fields = {name: getattr(e, name) for name in _MOVE_FIELDS}
+            history.append(RecordedMove(version=e.originator_version, **fields))
+        elif isinstance(e, PatientCourse.FactCorrected):
+            fields = {name: getattr(e, name) for name in _CORRECTION_FIELDS}
+            history.append(RecordedCorrection(version=e.originator_version, **fields))
+    return history
 
 
 def _check_clinical_order(course: PatientCourse, command: Command) -> None:
@@ -520,8 +470,13 @@ class CourseService:
             course = PatientCourse.register(
                 command.patient_id, command.actor.id, command.actor.role
             )
-        if command.command in ("correct", "sign"):
-            done = (self._correct if command.command == "correct" else self._sign)(course, command)
+        kind = REGISTRY.commands[command.command].kind
+        if kind != "move":
+            decide = self._correct if kind == "correction" else self._sign
+            try:
+                done = decide(course, command)
+            except ProtocolInputError as exc:
+                raise _input_error(exc) from None
             if with_allowed:
                 done = attrs.evolve(
                     done, allowed_moves=tuple(allowed_now(course.record, self.protocol))
@@ -641,112 +596,25 @@ class CourseService:
         return event
 
     def _correct(self, course: PatientCourse, command: Command) -> CommandResult:
-        p = command.payload
-        extra = sorted(set(p) - {"corrects", "changes"}, key=str)
-        if extra:
-            raise InvalidCommandError(
-                f"payload.{key_name(extra[0])}", "unknown key; allowed: corrects, changes"
-            )
-        if not command.reason:
-            raise InvalidCommandError(
-                "reason", "a correction needs a reason (what was wrong and why)"
-            )
-        corrects = _event_version(
-            p.get("corrects"), course, "payload.corrects", "an event of this patient"
+        """Load the history, let the protocol decide the correction, record it."""
+        correction = decide_correction(
+            course.record,
+            _history(self._events_of(course)),
+            command.payload,
+            command.reason,
+            course.version,
+            parse_clinical_time,
         )
-        changes = p.get("changes")
-        if not isinstance(changes, Mapping) or not changes:
-            raise InvalidCommandError(
-                "payload.changes", "must be a non-empty object of payload keys -> new values"
-            )
-        events = self._events_of(course)
-        original = next((e for e in events if e.originator_version == corrects), None)
-        if not isinstance(original, PatientCourse.Moved) or original.trigger not in CORRECTABLE:
-            kinds = ", ".join(CORRECTABLE)
-            raise InvalidCommandError(
-                "payload.corrects",
-                f"version {corrects} is not a correctable move; correctable: {kinds}",
-            )
-        base_payload = dict(original.payload)
-        base_occurred = original.occurred_at
-        for e in events:
-            if isinstance(e, PatientCourse.FactCorrected) and e.corrects == corrects:
-                base_payload = dict(e.payload)
-                base_occurred = e.facts.get("_occurred_at", base_occurred)
-        allowed_keys = set(COMMANDS[original.command].keys) | {"occurred_at"}
-        for key in changes:
-            if key not in allowed_keys or key == "day":
-                raise InvalidCommandError(
-                    f"payload.changes.{key_name(key)}",
-                    f"cannot be corrected on {original.command}; correctable keys: "
-                    + ", ".join(sorted(allowed_keys - {"day"})),
-                )
-        new_payload = {**base_payload, **{k: v for k, v in changes.items() if k != "occurred_at"}}
-        new_payload = {k: v for k, v in new_payload.items() if v is not None}
-        if "occurred_at" in changes:
-            occurred = parse_clinical_time(changes["occurred_at"], "payload.changes.occurred_at")
-        else:
-            occurred = dt.datetime.fromisoformat(base_occurred)
-        version = get_version(original.protocol_version)
-        record = course.record
-        # A fraction's correction reads the course as the record states it now (a corrected D1
-        # weight re-planned it), not as it was when the fraction was recorded.
-        context = {**original.facts, **corrected_fraction_context(record, corrects)}
-        try:
-            _old_norm, old_pfacts = payload_facts(
-                record,
-                original.command,
-                base_payload,
-                dt.datetime.fromisoformat(base_occurred).date(),
-                context,
-            )
-            norm, pfacts = payload_facts(
-                record, original.command, new_payload, occurred.date(), context
-            )
-        except ProtocolInputError as exc:
-            raise _changes_error(exc, changes) from None
-        facts = {k: v for k, v in context.items() if k not in old_pfacts}
-        facts.update(pfacts)
-        facts["_occurred_at"] = occurred.isoformat()
-        run = version.dry_run(original.from_state, original.trigger, facts)
-        findings = [f"correction of version {corrects}: {f.message}" for f in run.failed]
-        if "occurred_at" in changes and original.command not in EPISODE_COMMANDS:
-            findings.extend(_out_of_order(events, corrects, occurred))
-        if run.allowed and run.dest != original.to_state:
-            findings.append(
-                f"correction of version {corrects}: with the corrected facts the move would lead to "
-                f"{run.dest}, not {original.to_state} as recorded"
-            )
-        outcome = outcome_of(original.trigger, facts, version)
-        date_key = "apheresis_date" if original.trigger == "record_apheresis" else "infusion_date"
-        new_date = pfacts.get(date_key)
-        if isinstance(new_date, str) and new_date != old_pfacts.get(date_key):
-            rescheduled, more = reschedule_course(
-                record, corrects, original.trigger, new_date, _recorded_fractions(events, version)
-            )
-            if rescheduled:
-                outcome["rescheduled"] = rescheduled
-            findings.extend(more)
-        if original.trigger == "infuse_d1":
-            try:
-                replanned, more = replan_course(
-                    record, corrects, outcome, _recorded_fractions(events, version)
-                )
-            except ProtocolInputError as exc:
-                raise _input_error(exc) from None
-            if replanned:
-                outcome["replanned"] = replanned
-            findings.extend(more)
         course.record_event(
             PatientCourse.FactCorrected,
-            corrects=corrects,
-            trigger=original.trigger,
-            changes=dict(changes),
-            payload=norm,
-            facts=facts,
-            outcome=outcome,
-            findings=findings,
-            protocol_version=version.id,
+            corrects=correction.corrects,
+            trigger=correction.trigger,
+            changes=correction.changes,
+            payload=correction.payload,
+            facts=correction.facts,
+            outcome=correction.outcome,
+            findings=correction.findings,
+            protocol_version=correction.protocol_version,
             actor=command.actor.id,
             role=command.actor.role,
             reason=command.reason,
@@ -763,74 +631,45 @@ class CourseService:
             trigger=None,
             from_state=course.record.state,
             to_state=course.record.state,
-            deviations=tuple(findings),
-            outcome={"corrects": corrects, **outcome},
+            deviations=tuple(correction.findings),
+            outcome=correction.result_outcome(),
             idempotency_key=command.key,
         )
 
     # -- signatures ----------------------------------------------------------------------------
 
-    def _sign(self, course: PatientCourse, command: Command) -> CommandResult:
-        p = command.payload
-        extra = sorted(set(p) - {"milestone", "signs_version", "meaning", "printed_name"}, key=str)
-        if extra:
-            raise InvalidCommandError(
-                f"payload.{key_name(extra[0])}",
-                "unknown key; allowed: milestone, signs_version, meaning, printed_name",
-            )
-        if command.actor.role not in SIGNING_ROLES:
-            raise ForbiddenError(
-                f"a {command.actor.role} may not sign; signatures are given by: "
-                + ", ".join(SIGNING_ROLES)
-                + " (an investigator)"
-            )
-        milestone = p.get("milestone")
-        if milestone not in MILESTONES:
-            raise InvalidCommandError(
-                "payload.milestone", f"must be one of {', '.join(MILESTONES)}"
-            )
-        meaning = p.get("meaning")
-        if meaning not in SIGNATURE_MEANINGS:
-            raise InvalidCommandError(
-                "payload.meaning", f"must be one of {', '.join(SIGNATURE_MEANINGS)}"
-            )
-        name = p.get("printed_name")
-        if not isinstance(name, str) or not name.strip():
-            raise InvalidCommandError(
-                "payload.printed_name", "the signer's printed name is required"
-            )
-        if len(name) > 200 or any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in name):
-            raise InvalidCommandError(
-                "payload.printed_name",
-                "must be the signer's name as printed: one line of at most 200 characters, "
-                "without control characters",
-            )
-        signs = _event_version(
-            p.get("signs_version"), course, "payload.signs_version", "the signed event"
-        )
+    def _signed(self, course: PatientCourse, version: int) -> tuple[str, str] | None:
+        """What version ``version`` of the course recorded: (its move, its event's hash), or None
+        when it is no move. The course remembers the moves a signature may sign; any other (or a
+        course restored from an older snapshot) is read from the store."""
         known = getattr(course, "signable", None)
-        entry = known.get(str(signs)) if known is not None else None
-        if entry is not None and entry[0] in MILESTONES[milestone]:
-            signed_hash = entry[1]
-        else:  # not a milestone of this kind, or a course restored from an older snapshot
-            events = self._events_of(course, lte=signs)
-            signed = events[-1] if events else None
-            if (
-                not isinstance(signed, PatientCourse.Moved)
-                or signed.trigger not in MILESTONES[milestone]
-            ):
-                raise InvalidCommandError(
-                    "payload.signs_version",
-                    f"version {signs} is not a {milestone} milestone (one of: {', '.join(MILESTONES[milestone])})",
-                )
-            signed_hash = event_hash(signed)
+        entry = known.get(str(version)) if known is not None else None
+        if entry is not None:
+            return entry[0], entry[1]
+        events = self._events_of(course, lte=version)
+        signed = events[-1] if events else None
+        if not isinstance(signed, PatientCourse.Moved):
+            return None
+        return signed.trigger, event_hash(signed)
+
+    def _sign(self, course: PatientCourse, command: Command) -> CommandResult:
+        """Let the protocol decide the signature, record it."""
+        try:
+            signature = decide_signature(
+                command.payload,
+                command.actor.role,
+                course.version,
+                lambda version: self._signed(course, version),
+            )
+        except SignerNotPermittedError as exc:
+            raise ForbiddenError(str(exc)) from None
         course.record_event(
             PatientCourse.MilestoneSigned,
-            milestone=milestone,
-            signs_version=signs,
-            signed_hash=signed_hash,
-            meaning=meaning,
-            printed_name=name,
+            milestone=signature.milestone,
+            signs_version=signature.signs_version,
+            signed_hash=signature.signed_hash,
+            meaning=signature.meaning,
+            printed_name=signature.printed_name,
             actor=command.actor.id,
             role=command.actor.role,
             reason=command.reason,
@@ -847,7 +686,7 @@ class CourseService:
             trigger=None,
             from_state=course.record.state,
             to_state=course.record.state,
-            outcome={"milestone": milestone, "signs_version": signs, "meaning": meaning},
+            outcome=signature.outcome(),
             idempotency_key=command.key,
         )
 

@@ -26,11 +26,29 @@ from ..ingest import (
     max_workers,
     numbered_lines,
 )
+from ..protocol.registry import REGISTRY
 from ..storage import new_cipher_key
 from .common import Context, echo_json, pass_context, patient_id_argument, read_json_input
 
 
-@click.command()
+def _record_epilog(example: str = "record_apheresis") -> str:
+    """``record --help``'s end: an example envelope and the commands, from the registry."""
+    envelope = json.dumps(REGISTRY[example].examples[0], indent=2, ensure_ascii=False)
+    width = max(len(d.name) for d in REGISTRY)
+    commands = [
+        f"  {d.name:{width}}  {d.summary}" + ("  [reason required]" if d.reason == "always" else "")
+        for d in REGISTRY
+    ]
+    # "\b": click keeps the paragraph's lines as they are (no re-wrapping)
+    return (
+        "\b\nExample envelope (a file, the JSON itself, or - for stdin):\n"
+        + envelope
+        + "\n\n\b\nCommands (the payload of each: cart-course protocol commands; its JSON "
+        "Schema: protocol commands --json):\n" + "\n".join(commands)
+    )
+
+
+@click.command(epilog=_record_epilog())
 @click.argument("source", default="-")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context

@@ -5,17 +5,21 @@ Thin: parse the input, call the pure protocol functions, render. No store is ope
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..protocol import diagram
+from ..errors import CartCourseError, InvalidCommandError
+from ..protocol import catalog, diagram
 from ..protocol.eligibility import evaluate_eligibility, parse_screening
 from ..protocol.errors import ProtocolInputError
-from ..protocol.machine import REASON_REQUIRED, RULES, TRANSITIONS
+from ..protocol.machine import RULES, TRANSITIONS
+from ..protocol.registry import REGISTRY, Registry
 from ..protocol.response import (
     RESPONSES,
     check_clinician_response,
@@ -61,6 +65,36 @@ def _names(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
+@contextlib.contextmanager
+def json_errors(as_json: bool) -> Iterator[None]:
+    """With ``--json``, an error is also printed on stdout as the contract's rejection body
+    (``{"error": ..., "message": ..., "field": ...}``), besides the one line on stderr; the exit
+    status is the same either way."""
+    try:
+        yield
+    except ProtocolInputError as exc:
+        if as_json:
+            echo_json(InvalidCommandError(exc.field, exc.message).to_json())
+        raise
+    except CartCourseError as exc:
+        if as_json:
+            echo_json(exc.to_json())
+        raise
+
+
+def commands_document(registry: Registry = REGISTRY) -> dict[str, Any]:
+    """``protocol commands --json``: every command of ``registry`` with its summary, payload keys
+    and payload schema, reason policy, moves and the rules they check, event and what may be
+    corrected; the payload schemas' shared definitions once, under ``$defs``."""
+    from ..schemas import command_schema, schema_defs
+
+    commands = []
+    for described in catalog.describe_commands(registry):
+        schema = command_schema(described["name"], registry)
+        commands.append({**described, "payload_schema": schema["properties"]["payload"]})
+    return {"commands": commands, "$defs": schema_defs(registry)}
+
+
 def describe(version: ProtocolVersion) -> dict[str, Any]:
     """The protocol as data: version, states, moves with their rules, parameters."""
     moves = []
@@ -80,7 +114,7 @@ def describe(version: ProtocolVersion) -> dict[str, Any]:
                 "source": sources,
                 "dest": "(unchanged)" if dest == "=" else dest,
                 "conditions": conditions,
-                "reason_required": str(t["trigger"]) in REASON_REQUIRED,
+                "reason_required": str(t["trigger"]) in REGISTRY.reason_required,
             }
         )
     return {
@@ -168,23 +202,33 @@ def eligibility(source: str, date: str | None, version_id: str | None, as_json: 
     """Eligibility of one screening (INPUT: a JSON file, or - for stdin), criterion by criterion.
 
     INPUT is the screening object, or {"screening": {...}} as in a screen command's payload.
+    Exit status 0: eligible; 1: not eligible; 2: the input is not a screening (with or without
+    --json).
     """
-    version = _version(version_id)
-    day = _screening_date(date or _today())
-    data = _input(source, "the screening values")
-    if set(data) == {"screening"}:
-        data = _object(data["screening"], "the screening values")
-    result = evaluate_eligibility(parse_screening(data), day, version.params)
+    with json_errors(as_json):
+        version = _version(version_id)
+        day = _screening_date(date or _today())
+        data = _input(source, "the screening values")
+        if set(data) == {"screening"}:
+            data = _object(data["screening"], "the screening values")
+        result = evaluate_eligibility(parse_screening(data), day, version.params)
     if as_json:
-        echo_json({"protocol_version": version.id, **result.to_json()})
-        return
-    verdict = "ELIGIBLE" if result.eligible else "NOT ELIGIBLE"
-    click.echo(f"{verdict} on {day.isoformat()} (protocol {version.id})")
-    for c in result.criteria:
-        mark = "ok  " if c.passed else "FAIL"
-        click.echo(f"  {mark} {c.kind.value:9} {c.id:30} {c.status.value:14} {c.value_text}")
-        if not c.passed:
-            click.echo(f"       needs {c.threshold}: {c.explanation}")
+        verdict = result.to_json()
+        # the failed criteria's ids, named as in a screening's outcome (``failed_criteria``)
+        verdict = {
+            ("failed_criteria" if key == "failed" else key): value for key, value in verdict.items()
+        }
+        echo_json({"protocol_version": version.id, **verdict})
+    else:
+        verdict_line = "ELIGIBLE" if result.eligible else "NOT ELIGIBLE"
+        click.echo(f"{verdict_line} on {day.isoformat()} (protocol {version.id})")
+        for c in result.criteria:
+            mark = "ok  " if c.passed else "FAIL"
+            click.echo(f"  {mark} {c.kind.value:9} {c.id:30} {c.status.value:14} {c.value_text}")
+            if not c.passed:
+                click.echo(f"       needs {c.threshold}: {c.explanation}")
+    if not result.eligible:
+        sys.exit(1)
 
 
 def _report(data: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
@@ -302,6 +346,62 @@ def response(
             click.echo(f"  - {text}")
     if problems:
         raise ProtocolInputError("--reason", "; ".join(problems))
+
+
+@protocol.command("commands")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON (with payload schemas).")
+@click.option(
+    "--markdown", "as_markdown", is_flag=True, help="Print the command tables of the docs."
+)
+@click.option(
+    "--write",
+    "write",
+    metavar="PATH",
+    default=None,
+    help="Regenerate the command tables in PATH (docs/commands.md) between their markers.",
+)
+def commands_cmd(as_json: bool, as_markdown: bool, write: str | None) -> None:
+    """Every command of the contract: what it records, its payload, whether a reason is required,
+    the moves it makes and the rules they check, the event it records, what may be corrected."""
+    with json_errors(as_json):
+        if write is not None:
+            try:
+                path = Path(write)
+                path.write_text(
+                    catalog.update_commands_doc(path.read_text(encoding="utf-8")),
+                    encoding="utf-8",
+                )
+            except OSError as exc:
+                raise ProtocolInputError(
+                    "--write", f"cannot write {write!r}: {exc.strerror}"
+                ) from None
+            except ValueError as exc:
+                raise ProtocolInputError("--write", str(exc)) from None
+            click.echo(f"wrote {write}")
+            return
+    if as_json:
+        echo_json(commands_document())
+        return
+    if as_markdown:
+        click.echo(catalog.commands_markdown(), nl=False)
+        return
+    for d in catalog.describe_commands():
+        reason = {"always": "  (reason required)", "when the rules say so": ""}.get(d["reason"], "")
+        click.echo(f"{d['name']}: {d['summary']}{reason}")
+        payload = d["payload"]
+        keys = [*payload["required"], *(f"[{k}]" for k in payload["optional"])]
+        click.echo(f"    payload: {', '.join(keys) or 'none'}; records {d['event']}")
+        for m in d["moves"]:
+            holds = [r["rule"] for r in m["rules"] if r["holds"]]
+            fails = [r["rule"] for r in m["rules"] if not r["holds"]]
+            when = (f" when {' and '.join(holds)}" if holds else "") + (
+                f" unless {' or '.join(fails)}" if fails else ""
+            )
+            click.echo(f"    {m['trigger']}: {', '.join(m['source'])} -> {m['dest']}{when}")
+        if d["reason"] == "when the rules say so":
+            click.echo("    reason: when the rules say so")
+        if d["correctable"]:
+            click.echo(f"    correctable: {', '.join(d['correctable'])}")
 
 
 def register(cli: click.Group) -> None:

@@ -9,4 +9,9 @@ Modules:
 - ``response``: CR / CRi / PR / NR classification for B-ALL.
 - ``machine``: the course state machine (one ``transitions`` machine per protocol version).
 - ``versions``: the registry of protocol versions.
+- ``registry``: the command registry, one definition per command (``building_blocks``: the parsers,
+  contexts and outcomes its definitions name; ``schema_parts``: their JSON Schema parts).
+- ``commands``: ``prepare``, the decision of a move; ``allowed_now``.
+- ``corrections``, ``signatures``: the decisions of ``correct`` and ``sign``.
+- ``catalog``: the commands as data and as the docs' Markdown tables.
 """

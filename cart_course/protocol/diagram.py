@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from transitions import Machine
 
-from .machine import REASON_REQUIRED, RULES
+from .machine import RULES
+from .registry import REGISTRY
 from .states import TERMINAL, State
 from .versions import ProtocolVersion
 
@@ -64,7 +65,7 @@ def legend(version: ProtocolVersion) -> str:
 def markdown(version: ProtocolVersion) -> str:
     """The whole ``docs/state-machine.md`` page."""
     terminal = ", ".join(f"`{s.value}`" for s in State if s in TERMINAL)
-    reasons = ", ".join(f"`{t}`" for t in sorted(REASON_REQUIRED))
+    reasons = ", ".join(f"`{t}`" for t in sorted(REGISTRY.reason_required))
     return (
         "# The course state machine\n\n"
         f"<!-- Generated from the machine of protocol version {version.id}; do not edit. "

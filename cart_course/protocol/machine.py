@@ -630,10 +630,9 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": T.RECORD_DEATH, "source": [*NON_TERMINAL, *FOLLOW_UP], "dest": S.DIED},
 ]
 
-#: Which moves need a reason from the caller in any case (shown in the contract).
-REASON_REQUIRED: frozenset[str] = frozenset(
-    {T.CANCEL_REMAINING_FRACTIONS, T.WITHDRAW, T.DISCONTINUE}
-)
+#: Which command (and so which reason policy, payload and event) each trigger belongs to is said
+#: by the command registry (``registry.py``), which checks it against this table when it is
+#: built; the moves that always need a reason are ``registry.REGISTRY.reason_required``.
 
 
 def _plain(value: Any) -> Any:
@@ -721,7 +720,7 @@ class DryRun:
             "source": self.source,
             "allowed": self.allowed,
             "dest": self.dest,
-            "failed": [f.to_json() for f in self.failed],
+            "failed_rules": [f.to_json() for f in self.failed],
             "deviations": list(self.deviations),
         }
 
@@ -1015,7 +1014,6 @@ def allowed_moves_by(
 
 __all__ = [
     "INFUSED",
-    "REASON_REQUIRED",
     "RULES",
     "TRANSITIONS",
     "DryRun",

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..course import PatientCourse
 from ..protocol.record import PatientRecord
+from ..protocol.registry import REGISTRY
 from ..protocol.states import INFUSED, State
 from ..protocol.versions import UnknownProtocolVersionError, get_version
 
@@ -140,6 +141,21 @@ def _clinical_time(record: PatientRecord, fraction: Any) -> str:
     return str(fraction.occurred_at)
 
 
+#: The next protocol action in each state, from the command registry (each command's
+#: ``next_in``): the first move of the state's one next command (candidate: screen, ...,
+#: apheresed: infuse_d1); infused states, a new course and the decision after an assessment are
+#: worked out from the record below.
+_FIRST_MOVE: dict[str, str] = {
+    state: REGISTRY[names[0]].triggers[0]
+    for state, names in REGISTRY.next_due.items()
+    if len(names) == 1 and state not in (*INFUSED, State.CONTINUED)
+}
+#: After a response assessment: the commands that decide (continue_treatment, cease, discontinue).
+_DECISION = "decide: " + " or ".join(
+    [", ".join(REGISTRY.next_due[State.ASSESSED][:-1]), REGISTRY.next_due[State.ASSESSED][-1]]
+)
+
+
 def next_action(record: PatientRecord) -> tuple[str | None, str | None, bool]:
     """(next due action, its due date as ISO date or None, fractions on hold)."""
     action, due_on, hold, _ = next_due(record)
@@ -156,14 +172,8 @@ def next_due(record: PatientRecord) -> tuple[str | None, str | None, bool, str |
     state = record.state
     course = record.course
     hold = any(t.opens_hold for t in record.open_toxicities())
-    if state == State.CANDIDATE:
-        return "screen", None, False, None
-    if state == State.SCREEN_FAILED:
-        return "rescreen", None, False, None
-    if state == State.SCREENED:
-        return "record_apheresis", None, False, None
-    if state == State.APHERESED:
-        return "infuse_d1", None, False, None
+    if state in _FIRST_MOVE:  # candidate, screen_failed, screened, apheresed
+        return _FIRST_MOVE[state], None, False, None
     if state == State.CONTINUED:
         return f"infuse_d1 (course {record.course_number + 1})", None, False, None
     if state in INFUSED and course is not None:
@@ -195,7 +205,7 @@ def next_due(record: PatientRecord) -> tuple[str | None, str | None, bool, str |
         # The record keeps the assessment's local date, not its time: the latest clinical time
         # (the assessment's, or a later event's at the same site) gives the offset.
         return (
-            "decide: continue_treatment, cease or discontinue",
+            _DECISION,
             _add_days(course.assessed_on, DECISION_WITHIN_DAYS),
             False,
             record.last_occurred_at,

@@ -12,8 +12,11 @@ from typing import Any
 import pytest
 
 from cart_course.cli import main
+from cart_course.cli.protocol import commands_document
 from cart_course.demo import assessment, crs, eligible_screening, icans
+from cart_course.protocol import catalog
 from cart_course.protocol.diagram import markdown, mermaid
+from cart_course.protocol.registry import REGISTRY
 from cart_course.protocol.versions import CURRENT
 
 
@@ -95,7 +98,7 @@ def test_eligibility_verdict_with_reasons(
     assert out.splitlines()[0] == "ELIGIBLE on 2026-01-05 (protocol 1.0)"
     bad = write(tmp_path, "b.json", {"screening": screening(kps=80, spo2_room_air_pct=90)})
     code, out, _ = run(capsys, "protocol", "eligibility", bad, "--date", "2026-01-05")
-    assert code == 0
+    assert code == 1  # not eligible: exit 1, with or without --json
     assert out.splitlines()[0] == "NOT ELIGIBLE on 2026-01-05 (protocol 1.0)"
     assert "FAIL inclusion kps" in out and "needs KPS > 80" in out
     assert "FAIL inclusion spo2" in out
@@ -105,11 +108,39 @@ def test_eligibility_json_and_glucocorticoid_window_uses_the_date(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     path = write(tmp_path, "s.json", screening(last_systemic_glucocorticoid="2026-01-01"))
-    _, out, _ = run(capsys, "protocol", "eligibility", path, "--date", "2026-01-05", "--json")
+    code, out, _ = run(capsys, "protocol", "eligibility", path, "--date", "2026-01-05", "--json")
     data = json.loads(out)
-    assert data["eligible"] is False and data["failed"] == ["systemic_glucocorticoid"]
-    _, out, _ = run(capsys, "protocol", "eligibility", path, "--date", "2026-01-09", "--json")
-    assert json.loads(out)["eligible"] is True
+    assert code == 1
+    assert data["eligible"] is False and data["failed_criteria"] == ["systemic_glucocorticoid"]
+    assert "failed" not in data  # one name for the failed criteria: as in a screening's outcome
+    code, out, _ = run(capsys, "protocol", "eligibility", path, "--date", "2026-01-09", "--json")
+    assert code == 0 and json.loads(out)["eligible"] is True
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_eligibility_exit_status_does_not_depend_on_json(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, as_json: bool
+) -> None:
+    flag = ["--json"] if as_json else []
+    good = write(tmp_path, "s.json", screening())
+    bad = write(tmp_path, "b.json", screening(kps=80))
+    broken = write(tmp_path, "x.json", screening(kps="ninety"))
+    codes = [
+        run(capsys, "protocol", "eligibility", path, "--date", "2026-01-05", *flag)[0]
+        for path in (good, bad, broken)
+    ]
+    assert codes == [0, 1, 2]
+
+
+def test_eligibility_json_error_is_the_rejection_body_on_stdout(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = write(tmp_path, "s.json", screening(kps="ninety"))
+    code, out, err = run(capsys, "protocol", "eligibility", path, "--json")
+    assert code == 2
+    body = json.loads(out)
+    assert body["error"] == "invalid_command" and body["field"] == "kps"
+    assert err.startswith("error: kps: ") and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
@@ -260,3 +291,59 @@ def test_stdin_input_through_the_installed_entry_point() -> None:
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: marrow_blasts_pct")
     assert "Traceback" not in proc.stderr
+
+
+def test_protocol_commands_lists_every_command_from_the_registry(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(capsys, "protocol", "commands")
+    assert code == 0
+    for definition in REGISTRY:
+        assert f"{definition.name}: {definition.summary}" in out
+    assert "    screen: candidate -> screen_failed unless eligible" in out
+    assert "cancel_remaining_fractions: The course's remaining fractions" in out
+    code, out, _ = run(capsys, "protocol", "commands", "--json")
+    document = json.loads(out)
+    assert code == 0 and document == json.loads(json.dumps(commands_document()))
+    by_name = {c["name"]: c for c in document["commands"]}
+    assert list(by_name) == list(REGISTRY.names)
+    infusion = by_name["give_infusion"]
+    assert infusion["reason"] == "never" and infusion["event"] == "InfusionGiven"
+    assert [m["trigger"] for m in infusion["moves"]] == ["infuse_d1", "infuse_d2", "infuse_d3"]
+    assert {k: infusion["moves"][0]["rules"][0][k] for k in ("rule", "holds")} == {
+        "rule": "no_open_hold",
+        "holds": True,
+    }
+    assert infusion["payload_schema"]["required"] == ["day", "cells"]
+    assert "day" not in infusion["correctable"] and "occurred_at" in infusion["correctable"]
+    assert by_name["withdraw"]["reason"] == "always"
+    assert "screening" in document["$defs"]
+    code, out, _ = run(capsys, "protocol", "commands", "--markdown")
+    assert code == 0 and out == catalog.commands_markdown()
+
+
+def test_protocol_commands_write_regenerates_the_docs_tables(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    page = tmp_path / "commands.md"
+    page.write_text(f"# Commands\n\n{catalog.BEGIN}\nstale\n{catalog.END}\n\nmore\n")
+    code, out, _ = run(capsys, "protocol", "commands", "--write", str(page))
+    assert code == 0 and out == f"wrote {page}\n"
+    text = page.read_text()
+    assert "stale" not in text and text.endswith(f"{catalog.END}\n\nmore\n")
+    assert catalog.commands_markdown() in text
+    page.write_text("no markers")
+    code, out, err = run(capsys, "protocol", "commands", "--write", str(page), "--json")
+    assert code == 2 and json.loads(out)["field"] == "--write"
+    assert err.startswith("error: --write: the page has no generated command tables")
+
+
+def test_record_help_shows_an_example_envelope_and_every_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(capsys, "record", "--help")
+    assert code == 0
+    assert '"command": "record_apheresis"' in out and '"idempotency_key": "P-101-apheresis"' in out
+    for definition in REGISTRY:
+        assert f"  {definition.name} " in out
+    assert "withdraw" in out and "[reason required]" in out

@@ -12,6 +12,8 @@ import jsonschema
 
 from cart_course.contract import ALL_COMMANDS, parse_command
 from cart_course.errors import CartCourseError
+from cart_course.protocol import catalog
+from cart_course.protocol.registry import REGISTRY
 from cart_course.schemas import SCHEMAS
 from cart_course.service import CourseService
 
@@ -97,3 +99,22 @@ def test_the_rejection_examples_are_what_the_service_answers(
             assert exc.to_json() == documented[code], code
         else:
             raise AssertionError(f"{code}: recorded")
+
+
+def test_the_command_tables_are_generated_from_the_registry() -> None:
+    page = DOC.read_text(encoding="utf-8")
+    assert page.count(catalog.BEGIN) == 1 and page.count(catalog.END) == 1
+    assert page == catalog.update_commands_doc(page), (
+        f"the command tables of docs/commands.md are stale: regenerate them with "
+        f"`{catalog.REGENERATE}`"
+    )
+    generated = page.split(catalog.BEGIN, 1)[1].split(catalog.END, 1)[0]
+    assert generated.strip() == catalog.commands_markdown().strip()
+
+
+def test_each_commands_first_example_is_its_definitions_example() -> None:
+    first: dict[str, dict[str, Any]] = {}
+    for example in examples():
+        if "actor" in example:
+            first.setdefault(example["command"], example)
+    assert {name: REGISTRY[name].examples[0] for name in first} == first

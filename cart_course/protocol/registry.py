@@ -1,0 +1,550 @@
+"""The command registry: one definition per command of the contract.
+
+A :class:`CommandDef` says everything about one command: its name and summary, its payload (keys,
+parser, JSON Schema, examples), the machine's trigger(s) it fires and what each trigger's rules
+read from the record (its context), whether a reason is required (``always``, ``never`` or
+``when the rules say so``), the event it records, what may be corrected afterwards and the
+outcome it computes. Everything else is derived from the definitions by :class:`Registry`, once,
+when it is built: the payload parsers and contexts ``commands.prepare`` uses, the moves that
+always need a reason, the correctable moves, the event class of each move (``course.py``), the
+contract's command list and reason messages (``contract.py``), the JSON Schemas
+(``schemas.py``), the docs tables (``catalog.py``) and ``cart-course protocol commands``.
+
+The machine's transition table (``machine.TRANSITIONS``) stays the data the ``transitions``
+library is built from; which trigger belongs to which command is said here, and a registry
+checks when it is built that the two agree (every trigger of the table belongs to exactly one
+command, every command's trigger is in the table, a command that always needs a reason has the
+rule ``reason_given`` on every transition of its triggers).
+
+Adding a command: one :class:`CommandDef` (below), its transitions and rules in ``machine.py``,
+and its test (see ``docs/architecture.md``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+import attrs
+
+from . import building_blocks as blocks
+from . import response
+from .building_blocks import ContextBuilder, OutcomeBuilder, PayloadParser, TimeCheck
+from .machine import TRANSITIONS
+from .schema_parts import BOOL, EMPTY, Schema, obj, text
+from .signatures import MILESTONES, SIGNATURE_KEYS, SIGNATURE_MEANINGS
+from .states import State
+
+ReasonPolicy = Literal["always", "never", "when the rules say so"]
+REASON_POLICIES: tuple[ReasonPolicy, ...] = ("always", "never", "when the rules say so")
+#: How the service decides a command: a protocol move (``commands.prepare``), a correction of a
+#: recorded move (``corrections.decide_correction``) or a signature
+#: (``signatures.decide_signature``).
+CommandKind = Literal["move", "correction", "signature"]
+#: Keys of every correction besides the corrected command's correctable payload keys.
+CORRECTION_KEYS = ("corrects", "changes")
+
+
+@attrs.frozen(kw_only=True)
+class Move:
+    """A trigger of the machine a command fires, and what its rules read from the record."""
+
+    trigger: str
+    context: ContextBuilder = blocks.no_context
+    #: A cheaper context giving the same answer to "is this move allowed now?" (``allowed_now``
+    #: asks it after every command); None: :attr:`context`.
+    allowed_context: ContextBuilder | None = None
+
+
+def _tuple_of_moves(value: Iterable[Move]) -> tuple[Move, ...]:
+    return tuple(value)
+
+
+@attrs.frozen(kw_only=True)
+class CommandDef:
+    """One command of the contract, defined once."""
+
+    name: str
+    #: One sentence: what the command records (docs tables, schemas, ``protocol commands``).
+    summary: str
+    #: The event class it records (``course.PatientCourse.<event>``).
+    event: str
+    kind: CommandKind = "move"
+    #: The machine's triggers it fires (a move command); the first is the one it fires unless
+    #: :attr:`trigger_of` says which.
+    moves: tuple[Move, ...] = attrs.field(default=(), converter=_tuple_of_moves)
+    #: Which trigger a payload names (``give_infusion``'s day); None: the only move's.
+    trigger_of: Callable[[Mapping[str, Any]], str] | None = None
+    required: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    #: Validates and normalises the payload: (normalised payload, payload facts).
+    parse: PayloadParser = blocks.parse_nothing
+    #: Checks the clinical time against the record (after the payload is parsed).
+    check_time: TimeCheck | None = None
+    #: What the move established (recorded as the event's ``outcome``).
+    outcome: OutcomeBuilder = blocks.no_outcome
+    reason: ReasonPolicy = "never"
+    #: What a required reason says (in the message of a missing one).
+    reason_asks: str = "why"
+    #: Payload keys a correction of this command may change (besides ``occurred_at``); empty:
+    #: the command is not correctable.
+    correctable: tuple[str, ...] = ()
+    #: Its clinical time may precede the patient's last move (a toxicity began before D3, and
+    #: was reported after it); other moves are recorded in the order they happened.
+    episode: bool = False
+    #: The payload's JSON Schema (``#/$defs/...`` names :attr:`schema_defs` or ``schemas.DEFS``).
+    payload_schema: Schema = attrs.field(factory=lambda: dict(EMPTY))
+    schema_defs: Mapping[str, Schema] = attrs.field(factory=dict)
+    #: Whole example envelopes (valid, and recorded by the docs' story): ``examples_of(name)``.
+    examples: tuple[Mapping[str, Any], ...] = ()
+    #: States in which this command is the patient's next protocol action (the views' board).
+    next_in: tuple[str, ...] = ()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return self.required + self.optional
+
+    @property
+    def triggers(self) -> tuple[str, ...]:
+        return tuple(m.trigger for m in self.moves)
+
+    def trigger_for(self, payload: Mapping[str, Any]) -> str:
+        if self.trigger_of is not None:
+            return self.trigger_of(payload)
+        return self.moves[0].trigger
+
+
+class RegistryError(ValueError):
+    """The definitions disagree with each other or with the machine's transition table."""
+
+
+class Registry:
+    """The commands, and every table derived from them (built once; look-ups are dict reads)."""
+
+    def __init__(
+        self,
+        definitions: Iterable[CommandDef],
+        transitions: Sequence[Mapping[str, Any]] = TRANSITIONS,
+    ) -> None:
+        self.definitions: tuple[CommandDef, ...] = tuple(definitions)
+        self.transitions: tuple[Mapping[str, Any], ...] = tuple(transitions)
+        commands: dict[str, CommandDef] = {}
+        for d in self.definitions:
+            if d.name in commands:
+                raise RegistryError(f"command {d.name!r} is defined twice")
+            commands[d.name] = d
+        #: name -> definition, in the contract's order.
+        self.commands: Mapping[str, CommandDef] = MappingProxyType(commands)
+        self.names: tuple[str, ...] = tuple(commands)
+        self.name_set: frozenset[str] = frozenset(commands)
+        #: The protocol's moves (``prepare`` decides them), by name.
+        self.moves: Mapping[str, CommandDef] = MappingProxyType(
+            {n: d for n, d in commands.items() if d.kind == "move"}
+        )
+        by_trigger: dict[str, CommandDef] = {}
+        contexts: dict[str, ContextBuilder] = {}
+        allowed_contexts: dict[str, ContextBuilder] = {}
+        for d in self.moves.values():
+            for m in d.moves:
+                if m.trigger in by_trigger:
+                    raise RegistryError(
+                        f"trigger {m.trigger!r} belongs to {by_trigger[m.trigger].name} and "
+                        f"{d.name}"
+                    )
+                by_trigger[m.trigger] = d
+                if m.context is not blocks.no_context:
+                    contexts[m.trigger] = m.context
+                allowed_contexts[m.trigger] = m.allowed_context or m.context
+        #: trigger -> the command that fires it.
+        self.by_trigger: Mapping[str, CommandDef] = MappingProxyType(by_trigger)
+        #: trigger -> what its rules read from the record (moves without: none).
+        self.contexts: Mapping[str, ContextBuilder] = MappingProxyType(contexts)
+        #: trigger -> the context ``allowed_now`` builds for it.
+        self.allowed_contexts: Mapping[str, ContextBuilder] = MappingProxyType(allowed_contexts)
+        #: command -> its payload keys, for the common case (only known keys) checked at once.
+        self.keysets: Mapping[str, frozenset[str]] = MappingProxyType(
+            {n: frozenset(d.keys) for n, d in commands.items()}
+        )
+        #: Commands that always need a reason (a missing one is malformed input).
+        self.reason_always: frozenset[str] = frozenset(
+            n for n, d in commands.items() if d.reason == "always"
+        )
+        #: Moves (triggers) that always need a reason.
+        self.reason_required: frozenset[str] = frozenset(
+            t for n in self.reason_always for t in commands[n].triggers
+        )
+        #: Moves (triggers) whose facts a correction may change, in the contract's order.
+        self.correctable: tuple[str, ...] = tuple(
+            t for d in self.moves.values() if d.correctable for t in d.triggers
+        )
+        #: Commands whose clinical time may precede the patient's last move.
+        self.episode_commands: frozenset[str] = frozenset(
+            n for n, d in commands.items() if d.episode
+        )
+        #: trigger -> the name of the event class it records.
+        self.events: Mapping[str, str] = MappingProxyType(
+            {t: d.event for t, d in by_trigger.items()}
+        )
+        #: state -> the commands that are the patient's next protocol action in it.
+        due: dict[str, list[str]] = {}
+        for d in self.definitions:
+            for state in d.next_in:
+                due.setdefault(str(state), []).append(d.name)
+        self.next_due: Mapping[str, tuple[str, ...]] = MappingProxyType(
+            {s: tuple(names) for s, names in due.items()}
+        )
+        self._check()
+
+    def __iter__(self) -> Iterator[CommandDef]:
+        return iter(self.definitions)
+
+    def __len__(self) -> int:
+        return len(self.definitions)
+
+    def __getitem__(self, name: str) -> CommandDef:
+        return self.commands[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.commands
+
+    def with_command(
+        self, definition: CommandDef, transitions: Iterable[Mapping[str, Any]] = ()
+    ) -> Registry:
+        """A new registry: these definitions and ``definition`` (and its transitions)."""
+        return Registry([*self.definitions, definition], [*self.transitions, *transitions])
+
+    def transitions_of(self, trigger: str) -> list[Mapping[str, Any]]:
+        return [t for t in self.transitions if str(t["trigger"]) == trigger]
+
+    def rules_of(self, trigger: str) -> list[str]:
+        """The rules the transitions of ``trigger`` check (``!rule``: taken when it fails)."""
+        rules: list[str] = []
+        for t in self.transitions_of(trigger):
+            names = [*t.get("conditions", ()), *(f"!{u}" for u in t.get("unless", ()))]
+            rules.extend(n for n in names if n not in rules)
+        return rules
+
+    def _check(self) -> None:
+        """The definitions agree with each other and with the transition table."""
+        table: dict[str, list[Mapping[str, Any]]] = {}
+        for t in self.transitions:
+            table.setdefault(str(t["trigger"]), []).append(t)
+        problems: list[str] = []
+        for trigger in table:
+            if trigger not in self.by_trigger:
+                problems.append(f"trigger {trigger!r} of the transition table has no command")
+        for d in self.definitions:
+            if d.reason not in REASON_POLICIES:
+                problems.append(f"{d.name}: reason {d.reason!r} is not one of {REASON_POLICIES}")
+            if d.kind == "move" and not d.moves:
+                problems.append(f"{d.name}: a move command fires at least one trigger")
+            if d.kind != "move" and d.moves:
+                problems.append(f"{d.name}: a {d.kind} fires no trigger")
+            for trigger in d.triggers:
+                rows = table.get(trigger)
+                if not rows:
+                    problems.append(f"{d.name}: trigger {trigger!r} is not in the table")
+                elif d.reason == "always" and any(
+                    "reason_given" not in r.get("conditions", ()) for r in rows
+                ):
+                    problems.append(
+                        f"{d.name}: always needs a reason, but a transition of {trigger} does "
+                        "not check the rule reason_given"
+                    )
+            if len(d.triggers) > 1 and d.trigger_of is None:
+                problems.append(f"{d.name}: several triggers need trigger_of to choose one")
+            unknown = set(d.correctable) - set(d.keys)
+            if unknown:
+                problems.append(f"{d.name}: correctable keys {sorted(unknown)} are not its keys")
+            for example in d.examples:
+                if example.get("command") != d.name:
+                    problems.append(f"{d.name}: an example is of {example.get('command')!r}")
+                elif d.kind == "move" and not set(example.get("payload") or {}) <= set(d.keys):
+                    problems.append(f"{d.name}: an example's payload has keys it does not take")
+            for state in d.next_in:
+                if state not in {s.value for s in State}:
+                    problems.append(f"{d.name}: next_in names {state!r}, not a state")
+        if problems:
+            raise RegistryError("; ".join(problems))
+
+
+# ----------------------------------------------------------------------------------------------
+# Example envelopes: examples.json (the docs' story, docs/commands.md), by command
+# ----------------------------------------------------------------------------------------------
+
+_EXAMPLES: dict[str, list[dict[str, Any]]] = json.loads(
+    (Path(__file__).with_name("examples.json")).read_text(encoding="utf-8")
+)
+
+
+def examples_of(name: str) -> tuple[Mapping[str, Any], ...]:
+    """The example envelopes of command ``name`` (``examples.json``)."""
+    return tuple(_EXAMPLES.get(name, ()))
+
+
+# ----------------------------------------------------------------------------------------------
+# The commands
+# ----------------------------------------------------------------------------------------------
+
+_SCREENING_SCHEMA = obj({"screening": {"$ref": "#/$defs/screening"}}, ("screening",))
+_INFUSION_SCHEMA = obj(
+    {
+        "day": {
+            "type": "integer",
+            "enum": [1, 2, 3],
+            "description": "D1 10 %, D2 30 %, D3 60 %: the integer 1, 2 or 3 (the "
+            "service refuses 1.0, which JSON Schema counts as an integer)",
+        },
+        "cells": {"$ref": "#/$defs/cells"},
+        "weight": {"$ref": "#/$defs/weight"},
+        "product_lot": text(2000),
+        "deviation_reason": text(2000, "why a deviation from the plan (dose, day) is accepted"),
+    },
+    ("day", "cells"),
+)
+_INFUSION_SCHEMA["if"] = {"properties": {"day": {"const": 1}}}
+_INFUSION_SCHEMA["then"] = {"required": ["weight"]}
+_INFUSION_SCHEMA["else"] = {"not": {"required": ["weight"]}}
+
+_S = State
+
+DEFINITIONS: tuple[CommandDef, ...] = (
+    CommandDef(
+        name="screen",
+        summary="Screen a new patient: eligible -> screened, otherwise screen_failed.",
+        event="Screened",
+        moves=[Move(trigger="screen")],
+        required=("screening",),
+        parse=blocks.parse_screening_payload,
+        outcome=blocks.screening_outcome,
+        correctable=("screening",),
+        payload_schema=_SCREENING_SCHEMA,
+        examples=examples_of("screen"),
+        next_in=(_S.CANDIDATE,),
+    ),
+    CommandDef(
+        name="rescreen",
+        summary="Screen a screen-failed patient again.",
+        event="Rescreened",
+        moves=[Move(trigger="rescreen")],
+        required=("screening",),
+        parse=blocks.parse_screening_payload,
+        outcome=blocks.screening_outcome,
+        correctable=("screening",),
+        payload_schema=_SCREENING_SCHEMA,
+        examples=examples_of("rescreen"),
+        next_in=(_S.SCREEN_FAILED,),
+    ),
+    CommandDef(
+        name="record_apheresis",
+        summary="T-cell collection (apheresis) done.",
+        event="ApheresisRecorded",
+        moves=[Move(trigger="record_apheresis", context=blocks.ctx_apheresis)],
+        required=("apheresis_contraindication",),
+        optional=("product_id",),
+        parse=blocks.parse_apheresis,
+        correctable=("apheresis_contraindication", "product_id"),
+        payload_schema=obj(
+            {
+                "apheresis_contraindication": BOOL,
+                "product_id": text(200, "the collected product's id (lot)"),
+            },
+            ("apheresis_contraindication",),
+        ),
+        examples=examples_of("record_apheresis"),
+        next_in=(_S.SCREENED,),
+    ),
+    CommandDef(
+        name="give_infusion",
+        summary="A CAR-T fraction given: day 1 (10 %), 2 (30 %) or 3 (60 %) of the course dose.",
+        event="InfusionGiven",
+        moves=[
+            Move(trigger="infuse_d1", context=blocks.ctx_d1),
+            Move(trigger="infuse_d2", context=blocks.ctx_later_day(2)),
+            Move(trigger="infuse_d3", context=blocks.ctx_later_day(3)),
+        ],
+        trigger_of=blocks.infusion_trigger,
+        required=("day", "cells"),
+        optional=("weight", "product_lot", "deviation_reason"),
+        parse=blocks.parse_infusion,
+        outcome=blocks.infusion_outcome,
+        correctable=("cells", "weight", "product_lot", "deviation_reason"),
+        payload_schema=_INFUSION_SCHEMA,
+        examples=examples_of("give_infusion"),
+        next_in=(_S.APHERESED, _S.CONTINUED, _S.INFUSED_D1, _S.INFUSED_D2),
+    ),
+    CommandDef(
+        name="report_toxicity",
+        summary="CRS, ICANS or another toxicity observed (a new episode, or an update of an "
+        "open one by its toxicity_id). The state does not change.",
+        event="ToxicityReported",
+        moves=[Move(trigger="report_toxicity")],
+        required=("toxicity",),
+        optional=("toxicity_id",),
+        parse=blocks.parse_toxicity,
+        outcome=blocks.toxicity_outcome,
+        correctable=("toxicity", "toxicity_id"),
+        episode=True,
+        payload_schema=obj(
+            {
+                "toxicity": {"$ref": "#/$defs/toxicity"},
+                "toxicity_id": text(
+                    100, "the open episode this updates; leave out for a new episode"
+                ),
+            },
+            ("toxicity",),
+        ),
+        examples=examples_of("report_toxicity"),
+    ),
+    CommandDef(
+        name="resolve_toxicity",
+        summary="An open toxicity resolved (lifts the hold it caused).",
+        event="ToxicityResolved",
+        moves=[Move(trigger="resolve_toxicity", context=blocks.ctx_resolve)],
+        required=("toxicity_id",),
+        parse=blocks.parse_resolution,
+        check_time=blocks.resolution_time,
+        episode=True,
+        payload_schema=obj({"toxicity_id": text(100)}, ("toxicity_id",)),
+        examples=examples_of("resolve_toxicity"),
+    ),
+    CommandDef(
+        name="cancel_remaining_fractions",
+        summary="The course's remaining fractions will not be given (e.g. after toxicity).",
+        event="FractionsCancelled",
+        moves=[Move(trigger="cancel_remaining_fractions", context=blocks.ctx_course_end)],
+        reason="always",
+        reason_asks="why the course's remaining fractions will not be given",
+        examples=examples_of("cancel_remaining_fractions"),
+    ),
+    CommandDef(
+        name="assess_response",
+        summary="Response assessment of the course: CR, CRi, PR or NR (computed; a clinician's "
+        "differing response needs a reason).",
+        event="ResponseAssessed",
+        moves=[Move(trigger="assess_response", context=blocks.ctx_course_end)],
+        required=("assessment",),
+        optional=("clinician_response",),
+        parse=blocks.parse_assessment,
+        outcome=blocks.response_outcome,
+        reason="when the rules say so",
+        correctable=("assessment", "clinician_response"),
+        payload_schema=obj(
+            {
+                "assessment": {"$ref": "#/$defs/assessment"},
+                "clinician_response": {
+                    "enum": list(response.RESPONSES),
+                    "description": "a clinician's response differing from the computed one "
+                    "(needs a reason)",
+                },
+            },
+            ("assessment",),
+        ),
+        examples=examples_of("assess_response"),
+        next_in=(_S.INFUSED_D3,),
+    ),
+    CommandDef(
+        name="continue_treatment",
+        summary="Another course decided (PR: up to 3 courses in all; CR/CRi/NR: clinical "
+        "decision with a reason).",
+        event="CourseContinued",
+        moves=[Move(trigger="continue_treatment", context=blocks.ctx_decision)],
+        reason="when the rules say so",
+        examples=examples_of("continue_treatment"),
+        next_in=(_S.ASSESSED,),
+    ),
+    CommandDef(
+        name="cease",
+        summary="Treatment ceased (after CR/CRi a reason is required).",
+        event="TreatmentCeased",
+        moves=[Move(trigger="cease", context=blocks.ctx_decision)],
+        reason="when the rules say so",
+        examples=examples_of("cease"),
+        next_in=(_S.ASSESSED,),
+    ),
+    CommandDef(
+        name="discontinue",
+        summary="Treatment discontinued for severe toxicity (e.g. CRS grade >= 3).",
+        event="TreatmentDiscontinued",
+        moves=[
+            Move(
+                trigger="discontinue",
+                context=blocks.ctx_discontinue,
+                allowed_context=blocks.ctx_discontinue_worst,
+            )
+        ],
+        reason="always",
+        reason_asks="why treatment is discontinued",
+        examples=examples_of("discontinue"),
+        next_in=(_S.ASSESSED,),
+    ),
+    CommandDef(
+        name="withdraw",
+        summary="Patient withdrawn from the study.",
+        event="Withdrawn",
+        moves=[Move(trigger="withdraw")],
+        reason="always",
+        reason_asks="why the patient is withdrawn",
+        examples=examples_of("withdraw"),
+    ),
+    CommandDef(
+        name="record_death",
+        summary="Patient died.",
+        event="DeathRecorded",
+        moves=[Move(trigger="record_death")],
+        optional=("cause",),
+        parse=blocks.parse_death,
+        payload_schema=obj({"cause": text(500)}),
+        examples=examples_of("record_death"),
+    ),
+    CommandDef(
+        name="correct",
+        summary="Correct a recorded fact: a new event naming the corrected version, with a reason.",
+        event="FactCorrected",
+        kind="correction",
+        required=CORRECTION_KEYS,
+        reason="always",
+        reason_asks="what was wrong and why",
+        payload_schema=obj(
+            {
+                "corrects": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "the version of the event whose facts are corrected",
+                },
+                "changes": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "propertyNames": {"not": {"const": "day"}},
+                    "description": "payload keys of the corrected command (and occurred_at) "
+                    "with their new values",
+                },
+            },
+            CORRECTION_KEYS,
+        ),
+        examples=examples_of("correct"),
+    ),
+    CommandDef(
+        name="sign",
+        summary="An investigator's electronic signature of a recorded milestone.",
+        event="MilestoneSigned",
+        kind="signature",
+        required=SIGNATURE_KEYS,
+        payload_schema=obj(
+            {
+                "milestone": {"enum": list(MILESTONES)},
+                "signs_version": {"type": "integer", "minimum": 1},
+                "meaning": {"enum": list(SIGNATURE_MEANINGS)},
+                "printed_name": text(200),
+            },
+            SIGNATURE_KEYS,
+        ),
+        examples=examples_of("sign"),
+    ),
+)
+
+#: The commands of the contract.
+REGISTRY = Registry(DEFINITIONS)

@@ -1,0 +1,60 @@
+"""Parts of JSON Schemas (draft 2020-12) the command definitions and ``schemas.py`` share.
+
+Plain data builders: a command's payload schema is written in its definition
+(``registry.py``) with these; ``schemas.py`` assembles the envelopes from the definitions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+Schema = dict[str, Any]
+
+
+def text(max_len: int, description: str = "") -> Schema:
+    """A non-blank string of at most ``max_len`` characters."""
+    schema: Schema = {"type": "string", "minLength": 1, "maxLength": max_len, "pattern": r"\S"}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def nullable(schema: Schema) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def obj(
+    properties: dict[str, Schema], required: tuple[str, ...] = (), description: str = ""
+) -> Schema:
+    """An object of exactly these properties (no others)."""
+    schema: Schema = {
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    if required:
+        schema["required"] = list(required)
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def quantity(units: tuple[str, ...], description: str, *, minimum: float = 0) -> Schema:
+    """A value with its unit: ``{"value": 70, "unit": "kg"}``."""
+    return obj(
+        {"value": {"type": "number", "minimum": minimum}, "unit": {"enum": list(units)}},
+        ("value", "unit"),
+        description,
+    )
+
+
+#: The payload of a command without facts.
+EMPTY: Final[Schema] = {"type": "object", "maxProperties": 0}
+BOOL: Final[Schema] = {"type": "boolean"}
+DATE: Final[Schema] = {
+    "type": "string",
+    "format": "date",
+    "pattern": r"^\d{4}-\d{2}-\d{2}$",
+    "description": "a calendar date, YYYY-MM-DD",
+}
+PCT: Final[Schema] = {"type": "number", "minimum": 0, "maximum": 100}

@@ -1,0 +1,386 @@
+"""Typed payloads at the edge: the shape of every protocol payload as ``msgspec.Struct`` types.
+
+Each parser (``parse_screening``, ``parse_toxicity_report``, ``parse_response_assessment``,
+``parse_weight``, ``parse_cell_dose``) decodes its input with one ``msgspec.convert`` into the
+Struct below (types, ranges as ``msgspec.Meta``, allowed words as ``Literal``, unknown keys
+refused), then checks what a type cannot say (a lab value's plausible range in its unit, one
+field against another). Only when that fails does it run the field-by-field checks, which name
+**every** invalid field with the clinical wording (``ProtocolInputError.problems``).
+
+The Structs are the payloads' types for documentation and schemas:
+``msgspec.json.schema(ScreeningPayload)``. They are at least as strict as the field-by-field
+checks (a payload they refuse is judged again field by field), never less.
+
+``to_json`` of the parsed values stays byte for byte what it was (events are hash-chained):
+:func:`json_fields` is the shared helper for value objects whose JSON is their fields in order.
+
+Pure code: stdlib, attrs and msgspec only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import operator
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Final, Literal, TypeAlias
+
+import attrs
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+__all__ = [
+    "PAYLOAD_TYPES",
+    "BilirubinPayload",
+    "CellCountPayload",
+    "CellDosePayload",
+    "CreatininePayload",
+    "CrsObservationsPayload",
+    "CrsReportPayload",
+    "HemoglobinPayload",
+    "IcansObservationsPayload",
+    "IcansReportPayload",
+    "IceItemsPayload",
+    "MrdPayload",
+    "OtherReportPayload",
+    "OxygenPayload",
+    "ResponseAssessmentPayload",
+    "ScreeningPayload",
+    "TemperaturePayload",
+    "ToxicityReportPayload",
+    "TransaminasePayload",
+    "WeightPayload",
+    "convert",
+    "json_fields",
+]
+
+#: Input plausibility (not criteria): more failed standard lines, or a longer life expectancy,
+#: than these is a keying error (docs/protocol.md, "Input plausibility limits").
+MAX_FAILED_LINES: Final = 50
+MAX_LIFE_EXPECTANCY_MONTHS: Final = 1200
+
+# A JSON number, int or float (never a bool), kept as given: an int stays an int.
+NonNegative: TypeAlias = Annotated[int, Meta(ge=0)] | Annotated[float, Meta(ge=0)]
+Positive: TypeAlias = Annotated[int, Meta(gt=0)] | Annotated[float, Meta(gt=0)]
+Percent: TypeAlias = Annotated[int, Meta(ge=0, le=100)] | Annotated[float, Meta(ge=0, le=100)]
+Fraction: TypeAlias = Annotated[int, Meta(ge=0, le=1)] | Annotated[float, Meta(ge=0, le=1)]
+
+
+class _Payload(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Common configuration: unknown keys are refused; fields are given by name."""
+
+
+def convert(data: Any, type_: Any) -> Any:
+    """``msgspec.convert`` (strict: no bool for a number, no text for a number), or ``None``
+    when ``data`` does not fit ``type_`` (the caller then checks field by field).
+
+    Only plain JSON objects (``dict``, at every level) are decoded here: msgspec does not refuse
+    unknown keys of another mapping type (a ``MappingProxyType``), so those are left to the
+    field-by-field checks."""
+    if type(data) is not dict or not _plain(data):
+        return None
+    try:
+        return msgspec.convert(data, type_)
+    except msgspec.ValidationError:
+        return None
+
+
+_LEAVES: Final = frozenset((str, int, float, bool, type(None)))
+
+
+def _plain(obj: dict[Any, Any] | list[Any]) -> bool:
+    """Every object nested in ``obj`` is a ``dict``."""
+    for v in obj.values() if type(obj) is dict else obj:
+        t = type(v)
+        if t in _LEAVES:
+            continue
+        if t is dict or t is list:
+            if not _plain(v):
+                return False
+        elif isinstance(v, Mapping):
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Screening (eligibility.py)
+# --------------------------------------------------------------------------------------------
+
+CreatinineUnit: TypeAlias = Literal["mg/dL", "umol/L"]
+TransaminaseUnit: TypeAlias = Literal["U/L"]
+BilirubinUnit: TypeAlias = Literal["mg/dL", "umol/L"]
+HemoglobinUnit: TypeAlias = Literal["g/L", "g/dL"]
+
+
+class CreatininePayload(_Payload):
+    """Creatinine with its unit and the site's upper limit of normal (ULN); the ULN is in the
+    value's unit unless ``uln_unit`` says otherwise."""
+
+    value: NonNegative
+    unit: CreatinineUnit
+    uln: Positive
+    uln_unit: CreatinineUnit | UnsetType = UNSET
+
+
+class TransaminasePayload(_Payload):
+    """ALT or AST with its unit and the site's ULN."""
+
+    value: NonNegative
+    unit: TransaminaseUnit
+    uln: Positive
+    uln_unit: TransaminaseUnit | UnsetType = UNSET
+
+
+class BilirubinPayload(_Payload):
+    value: NonNegative
+    unit: BilirubinUnit
+
+
+class HemoglobinPayload(_Payload):
+    value: NonNegative
+    unit: HemoglobinUnit
+
+
+_Flag: TypeAlias = bool | UnsetType
+
+
+class ScreeningPayload(_Payload):
+    """Screening values (``docs/eligibility.md``): an absent key is a missing value; ``null`` is
+    refused except for ``last_systemic_glucocorticoid`` (never given)."""
+
+    diagnosis_rr_b_all: _Flag = UNSET
+    failed_standard_lines: Annotated[int, Meta(ge=0, le=MAX_FAILED_LINES)] | UnsetType = UNSET
+    effective_standard_option: _Flag = UNSET
+    cd19_expressed: _Flag = UNSET
+    kps: Annotated[int, Meta(ge=0, le=100)] | UnsetType = UNSET
+    life_expectancy_months: (
+        Annotated[int, Meta(ge=0, le=MAX_LIFE_EXPECTANCY_MONTHS)]
+        | Annotated[float, Meta(ge=0, le=MAX_LIFE_EXPECTANCY_MONTHS)]
+        | UnsetType
+    ) = UNSET
+    lvef_pct: Percent | UnsetType = UNSET
+    ecg_obvious_abnormality: _Flag = UNSET
+    spo2_room_air_pct: Percent | UnsetType = UNSET
+    creatinine: CreatininePayload | UnsetType = UNSET
+    alt: TransaminasePayload | UnsetType = UNSET
+    ast: TransaminasePayload | UnsetType = UNSET
+    bilirubin: BilirubinPayload | UnsetType = UNSET
+    hemoglobin: HemoglobinPayload | UnsetType = UNSET
+    apheresis_contraindication: _Flag = UNSET
+    informed_consent_signed: _Flag = UNSET
+    informed_consent_date: datetime.date | UnsetType = UNSET
+    other_primary_malignancy: _Flag = UNSET
+    severe_uncontrolled_disease: _Flag = UNSET
+    uncontrolled_active_infection: _Flag = UNSET
+    hiv: _Flag = UNSET
+    hbv: _Flag = UNSET
+    hcv: _Flag = UNSET
+    pregnant: _Flag = UNSET
+    nursing: _Flag = UNSET
+    #: A date, or null when never given (the text "none" is accepted too).
+    last_systemic_glucocorticoid: datetime.date | None | UnsetType = UNSET
+
+
+# --------------------------------------------------------------------------------------------
+# Toxicity (toxicity.py)
+# --------------------------------------------------------------------------------------------
+
+OxygenDevice: TypeAlias = Literal[
+    "none",
+    "low_flow_nasal_cannula",
+    "blow_by",
+    "high_flow_nasal_cannula",
+    "facemask",
+    "non_rebreather",
+    "venturi",
+    "cpap",
+    "bipap",
+    "mechanical_ventilation",
+]
+IcansDomain: TypeAlias = Literal["ice", "consciousness", "seizure", "motor", "raised_icp"]
+
+
+class TemperaturePayload(_Payload):
+    """Highest body temperature: 25 to 45 C or 77 to 113 F."""
+
+    value: Annotated[int, Meta(ge=25, le=113)] | Annotated[float, Meta(ge=25.0, le=113.0)]
+    unit: Literal["C", "F"]
+
+
+class OxygenPayload(_Payload):
+    device: OxygenDevice
+    flow_l_min: Annotated[int, Meta(ge=0, le=100)] | Annotated[float, Meta(ge=0, le=100)] | None = (
+        None
+    )
+    fio2_pct: Annotated[int, Meta(ge=21, le=100)] | Annotated[float, Meta(ge=21, le=100)] | None = (
+        None
+    )
+
+
+class CrsObservationsPayload(_Payload, kw_only=True):
+    temperature: TemperaturePayload
+    fever_attributable_to_other_cause: bool = False
+    antipyretics_given: bool = False
+    anticytokine_given: bool = False
+    hypotension: bool
+    vasopressors: Annotated[int, Meta(ge=0, le=10)] = 0
+    vasopressin: bool = False
+    oxygen: OxygenPayload
+    death_due_to_crs: bool = False
+
+
+class IceItemsPayload(_Payload):
+    orientation: Annotated[int, Meta(ge=0, le=4)]
+    naming: Annotated[int, Meta(ge=0, le=3)]
+    command: Annotated[int, Meta(ge=0, le=1)]
+    writing: Annotated[int, Meta(ge=0, le=1)]
+    attention: Annotated[int, Meta(ge=0, le=1)]
+
+
+class IcansObservationsPayload(_Payload, kw_only=True):
+    age_years: Annotated[int, Meta(ge=0, le=130)] | Annotated[float, Meta(ge=0, le=130)]
+    #: 0-10; null only when the patient is unarousable (the ICE cannot be performed).
+    ice_score: Annotated[int, Meta(ge=0, le=10)] | None | UnsetType = UNSET
+    ice_items: IceItemsPayload | None | UnsetType = UNSET
+    consciousness: Literal[
+        "none", "wakes_spontaneously", "wakes_to_voice", "wakes_to_touch", "stupor_or_coma"
+    ]
+    seizure: Literal[
+        "none", "rapid_resolving_or_nonconvulsive_eeg_resolved", "life_threatening_or_repetitive"
+    ] = "none"
+    motor: Literal["none", "deep_focal_weakness"] = "none"
+    raised_icp: Literal["none", "focal_local_edema", "diffuse_edema_or_signs"] = "none"
+    awake_with_global_aphasia: bool = False
+    attributable_to_other_cause: list[IcansDomain] = []
+
+
+Term: TypeAlias = Annotated[str, Meta(min_length=1)]
+Grade: TypeAlias = Annotated[int, Meta(ge=1, le=5)]
+
+
+class _Report(_Payload, tag_field="kind"):
+    """A reported toxicity: raw observations, or an explicit grade with its scale."""
+
+    term: Term | None = None
+    grade: Grade | UnsetType = UNSET
+    scale: Literal["ASTCT", "CTCAE"] | UnsetType = UNSET
+    scale_version: str | UnsetType = UNSET
+
+
+class CrsReportPayload(_Report, tag="CRS"):
+    observations: CrsObservationsPayload | UnsetType = UNSET
+
+
+class IcansReportPayload(_Report, tag="ICANS"):
+    observations: IcansObservationsPayload | UnsetType = UNSET
+
+
+class OtherReportPayload(_Report, tag="other"):
+    """Any other toxicity: a term and an explicit CTCAE grade."""
+
+
+#: A toxicity report, discriminated by ``kind``.
+ToxicityReportPayload: TypeAlias = CrsReportPayload | IcansReportPayload | OtherReportPayload
+
+
+# --------------------------------------------------------------------------------------------
+# Response (response.py)
+# --------------------------------------------------------------------------------------------
+
+
+class CellCountPayload(_Payload):
+    value: NonNegative
+    unit: Literal["10^9/L", "/uL"]
+
+
+class MrdPayload(_Payload):
+    value: Percent
+    unit: Literal["fraction", "%"]
+    method: Literal["flow", "NGS", "PCR"]
+    sensitivity: Annotated[int, Meta(gt=0, le=1)] | Annotated[float, Meta(gt=0, le=1)]
+
+
+class ResponseAssessmentPayload(_Payload):
+    marrow_blasts_pct: Percent
+    baseline_marrow_blasts_pct: Percent | None = None
+    circulating_blasts_present: bool | None = None
+    circulating_blasts_pct: Percent | None = None
+    anc: CellCountPayload | None = None
+    platelets: CellCountPayload | None = None
+    extramedullary_disease: Literal["none", "present"] | None = None
+    cns_status: Literal["CNS1", "CNS2", "CNS3"] | None = None
+    baseline_extramedullary_disease: Literal["none", "present"] | None = None
+    mrd: MrdPayload | None = None
+    criteria: Literal["harmonised B-ALL (NCCN/CIBMTR)"] | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Dosing (dosing.py)
+# --------------------------------------------------------------------------------------------
+
+
+class WeightPayload(_Payload):
+    value: Annotated[int, Meta(gt=0)] | Annotated[float, Meta(gt=0)]
+    unit: Literal["kg", "g", "lb"]
+
+
+class CellDosePayload(_Payload):
+    value: Positive
+    unit: Literal["cells", "cells/kg"]
+
+
+#: Every payload type by the name the schemas use (``schemas.py``'s definitions).
+PAYLOAD_TYPES: Final[dict[str, Any]] = {
+    "screening": ScreeningPayload,
+    "toxicity": ToxicityReportPayload,
+    "crs_observations": CrsObservationsPayload,
+    "icans_observations": IcansObservationsPayload,
+    "assessment": ResponseAssessmentPayload,
+    "weight": WeightPayload,
+    "cells": CellDosePayload,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# to_json of value objects
+# --------------------------------------------------------------------------------------------
+
+
+def _field_json(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_field_json(v) for v in value]
+    to_json = getattr(value, "to_json", None)
+    return value if to_json is None else to_json()
+
+
+_PLAIN: Final = (bool, int, float, str, type(None))
+
+
+@attrs.frozen
+class _Fields:
+    names: tuple[str, ...]
+    values: Callable[[Any], tuple[Any, ...]]
+
+
+_FIELDS: dict[type, _Fields] = {}
+
+
+def _fields_of(cls: type) -> _Fields:
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        names = tuple(a.name for a in attrs.fields(cls))
+        getter = operator.attrgetter(*names)
+        values: Callable[[Any], tuple[Any, ...]] = (
+            getter if len(names) > 1 else (lambda obj: (getter(obj),))
+        )
+        fields = _FIELDS[cls] = _Fields(names, values)
+    return fields
+
+
+def json_fields(obj: Any) -> dict[str, Any]:
+    """The JSON of an attrs value object: its fields in order, a tuple as a list, a nested value
+    object by its own ``to_json`` (the form every event of the previous release stores)."""
+    fields = _fields_of(type(obj))
+    return {
+        name: value if type(value) in _PLAIN else _field_json(value)
+        for name, value in zip(fields.names, fields.values(obj), strict=True)
+    }

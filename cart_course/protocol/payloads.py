@@ -111,7 +111,7 @@ BilirubinUnit: TypeAlias = Literal["mg/dL", "umol/L"]
 HemoglobinUnit: TypeAlias = Literal["g/L", "g/dL"]
 
 
-class CreatininePayload(_Payload):
+class CreatininePayload(_Payload, frozen=True):
     """Creatinine with its unit and the site's upper limit of normal (ULN); the ULN is in the
     value's unit unless ``uln_unit`` says otherwise."""
 
@@ -121,7 +121,7 @@ class CreatininePayload(_Payload):
     uln_unit: CreatinineUnit | UnsetType = UNSET
 
 
-class TransaminasePayload(_Payload):
+class TransaminasePayload(_Payload, frozen=True):
     """ALT or AST with its unit and the site's ULN."""
 
     value: NonNegative
@@ -130,12 +130,12 @@ class TransaminasePayload(_Payload):
     uln_unit: TransaminaseUnit | UnsetType = UNSET
 
 
-class BilirubinPayload(_Payload):
+class BilirubinPayload(_Payload, frozen=True):
     value: NonNegative
     unit: BilirubinUnit
 
 
-class HemoglobinPayload(_Payload):
+class HemoglobinPayload(_Payload, frozen=True):
     value: NonNegative
     unit: HemoglobinUnit
 
@@ -143,7 +143,7 @@ class HemoglobinPayload(_Payload):
 _Flag: TypeAlias = bool | UnsetType
 
 
-class ScreeningPayload(_Payload):
+class ScreeningPayload(_Payload, frozen=True):
     """Screening values (``docs/eligibility.md``): an absent key is a missing value; ``null`` is
     refused except for ``last_systemic_glucocorticoid`` (never given)."""
 
@@ -199,14 +199,14 @@ OxygenDevice: TypeAlias = Literal[
 IcansDomain: TypeAlias = Literal["ice", "consciousness", "seizure", "motor", "raised_icp"]
 
 
-class TemperaturePayload(_Payload):
+class TemperaturePayload(_Payload, frozen=True):
     """Highest body temperature: 25 to 45 C or 77 to 113 F."""
 
     value: Annotated[int, Meta(ge=25, le=113)] | Annotated[float, Meta(ge=25.0, le=113.0)]
     unit: Literal["C", "F"]
 
 
-class OxygenPayload(_Payload):
+class OxygenPayload(_Payload, frozen=True):
     device: OxygenDevice
     flow_l_min: Annotated[int, Meta(ge=0, le=100)] | Annotated[float, Meta(ge=0, le=100)] | None = (
         None
@@ -216,7 +216,7 @@ class OxygenPayload(_Payload):
     )
 
 
-class CrsObservationsPayload(_Payload, kw_only=True):
+class CrsObservationsPayload(_Payload, frozen=True, kw_only=True):
     temperature: TemperaturePayload
     fever_attributable_to_other_cause: bool = False
     antipyretics_given: bool = False
@@ -228,7 +228,7 @@ class CrsObservationsPayload(_Payload, kw_only=True):
     death_due_to_crs: bool = False
 
 
-class IceItemsPayload(_Payload):
+class IceItemsPayload(_Payload, frozen=True):
     orientation: Annotated[int, Meta(ge=0, le=4)]
     naming: Annotated[int, Meta(ge=0, le=3)]
     command: Annotated[int, Meta(ge=0, le=1)]
@@ -236,7 +236,7 @@ class IceItemsPayload(_Payload):
     attention: Annotated[int, Meta(ge=0, le=1)]
 
 
-class IcansObservationsPayload(_Payload, kw_only=True):
+class IcansObservationsPayload(_Payload, frozen=True, kw_only=True):
     age_years: Annotated[int, Meta(ge=0, le=130)] | Annotated[float, Meta(ge=0, le=130)]
     #: 0-10; null only when the patient is unarousable (the ICE cannot be performed).
     ice_score: Annotated[int, Meta(ge=0, le=10)] | None | UnsetType = UNSET
@@ -257,7 +257,7 @@ Term: TypeAlias = Annotated[str, Meta(min_length=1)]
 Grade: TypeAlias = Annotated[int, Meta(ge=1, le=5)]
 
 
-class _Report(_Payload, tag_field="kind"):
+class _Report(_Payload, frozen=True, tag_field="kind"):
     """A reported toxicity: raw observations, or an explicit grade with its scale."""
 
     term: Term | None = None
@@ -266,15 +266,15 @@ class _Report(_Payload, tag_field="kind"):
     scale_version: str | UnsetType = UNSET
 
 
-class CrsReportPayload(_Report, tag="CRS"):
+class CrsReportPayload(_Report, frozen=True, tag="CRS"):
     observations: CrsObservationsPayload | UnsetType = UNSET
 
 
-class IcansReportPayload(_Report, tag="ICANS"):
+class IcansReportPayload(_Report, frozen=True, tag="ICANS"):
     observations: IcansObservationsPayload | UnsetType = UNSET
 
 
-class OtherReportPayload(_Report, tag="other"):
+class OtherReportPayload(_Report, frozen=True, tag="other"):
     """Any other toxicity: a term and an explicit CTCAE grade."""
 
 
@@ -287,19 +287,19 @@ ToxicityReportPayload: TypeAlias = CrsReportPayload | IcansReportPayload | Other
 # --------------------------------------------------------------------------------------------
 
 
-class CellCountPayload(_Payload):
+class CellCountPayload(_Payload, frozen=True):
     value: NonNegative
     unit: Literal["10^9/L", "/uL"]
 
 
-class MrdPayload(_Payload):
+class MrdPayload(_Payload, frozen=True):
     value: Percent
     unit: Literal["fraction", "%"]
     method: Literal["flow", "NGS", "PCR"]
     sensitivity: Annotated[int, Meta(gt=0, le=1)] | Annotated[float, Meta(gt=0, le=1)]
 
 
-class ResponseAssessmentPayload(_Payload):
+class ResponseAssessmentPayload(_Payload, frozen=True):
     marrow_blasts_pct: Percent
     baseline_marrow_blasts_pct: Percent | None = None
     circulating_blasts_present: bool | None = None
@@ -318,12 +318,12 @@ class ResponseAssessmentPayload(_Payload):
 # --------------------------------------------------------------------------------------------
 
 
-class WeightPayload(_Payload):
+class WeightPayload(_Payload, frozen=True):
     value: Annotated[int, Meta(gt=0)] | Annotated[float, Meta(gt=0)]
     unit: Literal["kg", "g", "lb"]
 
 
-class CellDosePayload(_Payload):
+class CellDosePayload(_Payload, frozen=True):
     value: Positive
     unit: Literal["cells", "cells/kg"]
 

@@ -78,7 +78,7 @@ def parse_weight(data: Any, field: str = "weight") -> float:
         )
         unit = None
     number = p.run(lambda: _number(data, "value", field))
-    kg: float = 0.0
+    kg = 0.0
     if unit is not None and number is not INVALID:
         kg = number * WEIGHT_UNITS[unit]
         if not 0.5 <= kg <= 400.0:

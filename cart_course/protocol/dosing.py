@@ -15,7 +15,7 @@ import attrs
 
 from .errors import INVALID, ContextInputError, Problems, ProtocolInputError, key_name
 from .parameters import DEFAULT_PARAMETERS, ProtocolParameters
-from .payloads import CellDosePayload, WeightPayload, convert
+from .payloads import CellDosePayload, WeightPayload, convert, json_fields
 from .plausibility import finite_float, show_number
 
 #: Units accepted for body weight, with their exact factor to kilograms.
@@ -164,13 +164,7 @@ class CoursePlan:
     counted_quantity: str
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "weight_kg": self.weight_kg,
-            "cells_per_kg": self.cells_per_kg,
-            "total_cells": self.total_cells,
-            "fraction_cells": list(self.fraction_cells),
-            "counted_quantity": self.counted_quantity,
-        }
+        return json_fields(self)
 
 
 def plan_course(weight_kg: float, params: ProtocolParameters = DEFAULT_PARAMETERS) -> CoursePlan:

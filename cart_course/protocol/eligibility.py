@@ -40,6 +40,7 @@ from cart_course.protocol.payloads import (
     MAX_LIFE_EXPECTANCY_MONTHS,
     ScreeningPayload,
     convert,
+    json_fields,
 )
 from cart_course.protocol.plausibility import LAB_RANGES, finite_float, show_number
 
@@ -270,7 +271,7 @@ class LabValue:
     unit: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"value": self.value, "unit": self.unit}
+        return json_fields(self)
 
     def text(self) -> str:
         return f"{_num(self.value)} {self.unit}"
@@ -286,7 +287,7 @@ class LabWithUln:
     uln_unit: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"value": self.value, "unit": self.unit, "uln": self.uln, "uln_unit": self.uln_unit}
+        return json_fields(self)
 
     def text(self) -> str:
         return f"{_num(self.value)} {self.unit} (ULN {_num(self.uln)} {self.uln_unit})"

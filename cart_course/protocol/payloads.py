@@ -177,7 +177,7 @@ class ScreeningPayload(_Payload, frozen=True):
     pregnant: _Flag = UNSET
     nursing: _Flag = UNSET
     #: A date, or null when never given (the text "none" is accepted too).
-    last_systemic_glucocorticoid: datetime.date | None | UnsetType = UNSET
+    last_systemic_glucocorticoid: datetime.date | UnsetType | None = UNSET
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,8 +239,8 @@ class IceItemsPayload(_Payload, frozen=True):
 class IcansObservationsPayload(_Payload, frozen=True, kw_only=True):
     age_years: Annotated[int, Meta(ge=0, le=130)] | Annotated[float, Meta(ge=0, le=130)]
     #: 0-10; null only when the patient is unarousable (the ICE cannot be performed).
-    ice_score: Annotated[int, Meta(ge=0, le=10)] | None | UnsetType = UNSET
-    ice_items: IceItemsPayload | None | UnsetType = UNSET
+    ice_score: Annotated[int, Meta(ge=0, le=10)] | UnsetType | None = UNSET
+    ice_items: IceItemsPayload | UnsetType | None = UNSET
     consciousness: Literal[
         "none", "wakes_spontaneously", "wakes_to_voice", "wakes_to_touch", "stupor_or_coma"
     ]

@@ -27,7 +27,12 @@ from cart_course.protocol.errors import (
     key_names,
 )
 from cart_course.protocol.parameters import DEFAULT_PARAMETERS, ProtocolParameters, per_parameters
-from cart_course.protocol.payloads import CellCountPayload, ResponseAssessmentPayload, convert
+from cart_course.protocol.payloads import (
+    CellCountPayload,
+    ResponseAssessmentPayload,
+    convert,
+    json_fields,
+)
 from cart_course.protocol.plausibility import LAB_RANGES, finite_float, show_number
 
 RESPONSES = ("CR", "CRi", "PR", "NR")
@@ -126,7 +131,7 @@ class CellCount:
         return f"{_fmt(_dec(self.value))} x 10^9/L"
 
     def to_json(self) -> dict[str, Any]:
-        return {"value": self.value, "unit": self.unit}
+        return json_fields(self)
 
 
 @attrs.frozen(kw_only=True)
@@ -146,12 +151,7 @@ class MrdMeasurement:
         return value / _HUNDRED if self.unit == "%" else value
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "value": self.value,
-            "unit": self.unit,
-            "method": self.method,
-            "sensitivity": self.sensitivity,
-        }
+        return json_fields(self)
 
 
 @attrs.frozen(kw_only=True)
@@ -190,19 +190,7 @@ class ResponseAssessment:
         return None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "marrow_blasts_pct": self.marrow_blasts_pct,
-            "baseline_marrow_blasts_pct": self.baseline_marrow_blasts_pct,
-            "circulating_blasts_present": self.circulating_blasts_present,
-            "circulating_blasts_pct": self.circulating_blasts_pct,
-            "anc": None if self.anc is None else self.anc.to_json(),
-            "platelets": None if self.platelets is None else self.platelets.to_json(),
-            "extramedullary_disease": self.extramedullary_disease,
-            "cns_status": self.cns_status,
-            "baseline_extramedullary_disease": self.baseline_extramedullary_disease,
-            "mrd": None if self.mrd is None else self.mrd.to_json(),
-            "criteria": self.criteria,
-        }
+        return json_fields(self)
 
 
 def parse_response_assessment(data: Mapping[str, Any]) -> ResponseAssessment:

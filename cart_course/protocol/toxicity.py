@@ -34,6 +34,7 @@ from .payloads import (
     OtherReportPayload,
     ToxicityReportPayload,
     convert,
+    json_fields,
 )
 from .plausibility import finite_float, show_number
 
@@ -303,7 +304,7 @@ class Temperature:
         return f"{_g(self.value)} F ({self.celsius:.1f} C)"
 
     def to_json(self) -> dict[str, Any]:
-        return {"value": self.value, "unit": self.unit}
+        return json_fields(self)
 
 
 def parse_temperature(data: Any, field: str = "temperature") -> Temperature:
@@ -357,7 +358,7 @@ class OxygenSupport:
         return text
 
     def to_json(self) -> dict[str, Any]:
-        return {"device": self.device, "flow_l_min": self.flow_l_min, "fio2_pct": self.fio2_pct}
+        return json_fields(self)
 
 
 def parse_oxygen(data: Any, field: str = "oxygen") -> OxygenSupport:
@@ -440,17 +441,7 @@ class CrsObservations:
     death_due_to_crs: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "temperature": self.temperature.to_json(),
-            "fever_attributable_to_other_cause": self.fever_attributable_to_other_cause,
-            "antipyretics_given": self.antipyretics_given,
-            "anticytokine_given": self.anticytokine_given,
-            "hypotension": self.hypotension,
-            "vasopressors": self.vasopressors,
-            "vasopressin": self.vasopressin,
-            "oxygen": self.oxygen.to_json(),
-            "death_due_to_crs": self.death_due_to_crs,
-        }
+        return json_fields(self)
 
 
 def parse_crs_observations(data: Any, field: str = "observations") -> CrsObservations:
@@ -535,13 +526,7 @@ class IceItems:
         return self.orientation + self.naming + self.command + self.writing + self.attention
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "orientation": self.orientation,
-            "naming": self.naming,
-            "command": self.command,
-            "writing": self.writing,
-            "attention": self.attention,
-        }
+        return json_fields(self)
 
 
 def parse_ice_items(data: Any, field: str = "ice_items") -> IceItems:
@@ -773,15 +758,7 @@ class ToxicityGrade:
         return self.grade > 0 and self.grade >= params.hold_grade(self.kind)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "term": self.term,
-            "grade": self.grade,
-            "scale": self.scale,
-            "scale_version": self.scale_version,
-            "derived": self.derived,
-            "reasons": list(self.reasons),
-        }
+        return json_fields(self)
 
 
 _REPORT_KEYS: Final = ("kind", "term", "observations", "grade", "scale", "scale_version")

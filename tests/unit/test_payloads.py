@@ -223,11 +223,12 @@ def changed(draw: st.DrawFn, name: str) -> Any:
             parent = parent[key]
         action = draw(st.sampled_from(["set", "set", "drop", "add"]))
         if action == "set":
-            parent[path[-1]] = draw(ODD)
+            parent[path[-1]] = copy.deepcopy(draw(ODD))
         elif action == "drop":
             del parent[path[-1]]
         else:
-            parent[draw(st.sampled_from(["extra", "value", "unit", "kind", "grade"]))] = draw(ODD)
+            key = draw(st.sampled_from(["extra", "value", "unit", "kind", "grade"]))
+            parent[key] = copy.deepcopy(draw(ODD))
     return data
 
 

@@ -15,7 +15,7 @@ import attrs
 
 from .errors import INVALID, ContextInputError, Problems, ProtocolInputError, key_name
 from .parameters import DEFAULT_PARAMETERS, ProtocolParameters
-from .payloads import CellDosePayload, WeightPayload, convert, json_fields
+from .payloads import CellDosePayload, FieldsJson, WeightPayload, convert
 from .plausibility import finite_float, show_number
 
 #: Units accepted for body weight, with their exact factor to kilograms.
@@ -156,15 +156,12 @@ def parse_cell_dose(data: Any, weight_kg: float | None, field: str = "cells") ->
 
 
 @attrs.frozen(kw_only=True)
-class CoursePlan:
+class CoursePlan(FieldsJson):
     weight_kg: float
     cells_per_kg: float
     total_cells: float
     fraction_cells: tuple[float, float, float]
     counted_quantity: str
-
-    def to_json(self) -> dict[str, Any]:
-        return json_fields(self)
 
 
 def plan_course(weight_kg: float, params: ProtocolParameters = DEFAULT_PARAMETERS) -> CoursePlan:

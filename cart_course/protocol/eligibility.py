@@ -38,9 +38,9 @@ from cart_course.protocol.parameters import DEFAULT_PARAMETERS, ProtocolParamete
 from cart_course.protocol.payloads import (
     MAX_FAILED_LINES,
     MAX_LIFE_EXPECTANCY_MONTHS,
+    FieldsJson,
     ScreeningPayload,
     convert,
-    json_fields,
 )
 from cart_course.protocol.plausibility import LAB_RANGES, finite_float, show_number
 
@@ -264,30 +264,24 @@ CRITERIA_BY_ID: Final[Mapping[str, Criterion]] = {c.id: c for c in CRITERIA}
 
 
 @attrs.frozen(kw_only=True)
-class LabValue:
+class LabValue(FieldsJson):
     """A laboratory value with its unit, e.g. bilirubin 1.1 mg/dL."""
 
     value: float
     unit: str
-
-    def to_json(self) -> dict[str, Any]:
-        return json_fields(self)
 
     def text(self) -> str:
         return f"{_num(self.value)} {self.unit}"
 
 
 @attrs.frozen(kw_only=True)
-class LabWithUln:
+class LabWithUln(FieldsJson):
     """A laboratory value with its unit and the site's upper limit of normal (ULN) with its unit."""
 
     value: float
     unit: str
     uln: float
     uln_unit: str
-
-    def to_json(self) -> dict[str, Any]:
-        return json_fields(self)
 
     def text(self) -> str:
         return f"{_num(self.value)} {self.unit} (ULN {_num(self.uln)} {self.uln_unit})"

@@ -29,9 +29,9 @@ from cart_course.protocol.errors import (
 from cart_course.protocol.parameters import DEFAULT_PARAMETERS, ProtocolParameters, per_parameters
 from cart_course.protocol.payloads import (
     CellCountPayload,
+    FieldsJson,
     ResponseAssessmentPayload,
     convert,
-    json_fields,
 )
 from cart_course.protocol.plausibility import LAB_RANGES, finite_float, show_number
 
@@ -115,7 +115,7 @@ _MISSING_LABELS = {
 
 
 @attrs.frozen(kw_only=True)
-class CellCount:
+class CellCount(FieldsJson):
     """A blood count with its unit: '10^9/L' or '/uL' (1.0 x 10^9/L = 1000 /uL)."""
 
     value: float
@@ -130,12 +130,9 @@ class CellCount:
             return f"{_fmt(_dec(self.value))} /uL (= {_fmt(self.in_1e9_per_l())} x 10^9/L)"
         return f"{_fmt(_dec(self.value))} x 10^9/L"
 
-    def to_json(self) -> dict[str, Any]:
-        return json_fields(self)
-
 
 @attrs.frozen(kw_only=True)
-class MrdMeasurement:
+class MrdMeasurement(FieldsJson):
     """Measurable residual disease: value ('fraction' or '%'), method and its sensitivity.
 
     ``sensitivity`` is always a fraction of cells (1e-4 = one cell in 10 000 = 0.01 %).
@@ -150,12 +147,9 @@ class MrdMeasurement:
         value = _dec(self.value)
         return value / _HUNDRED if self.unit == "%" else value
 
-    def to_json(self) -> dict[str, Any]:
-        return json_fields(self)
-
 
 @attrs.frozen(kw_only=True)
-class ResponseAssessment:
+class ResponseAssessment(FieldsJson):
     """The normalized raw response assessment, as stored in events.
 
     Only ``marrow_blasts_pct`` is always required; the others may be ``None`` (not recorded) and
@@ -188,9 +182,6 @@ class ResponseAssessment:
         if self.cns_status in ("CNS2", "CNS3"):
             return True
         return None
-
-    def to_json(self) -> dict[str, Any]:
-        return json_fields(self)
 
 
 def parse_response_assessment(data: Mapping[str, Any]) -> ResponseAssessment:

@@ -30,11 +30,11 @@ from .errors import INVALID, Invalid, Problems, ProtocolInputError, key_name, ke
 from .parameters import DEFAULT_PARAMETERS, ProtocolParameters
 from .payloads import (
     CrsObservationsPayload,
+    FieldsJson,
     IcansObservationsPayload,
     OtherReportPayload,
     ToxicityReportPayload,
     convert,
-    json_fields,
 )
 from .plausibility import finite_float, show_number
 
@@ -283,7 +283,7 @@ def _g(value: float) -> str:
 
 
 @attrs.frozen(kw_only=True)
-class Temperature:
+class Temperature(FieldsJson):
     """Highest body temperature of the assessment, as entered (``C`` or ``F``)."""
 
     value: float
@@ -302,9 +302,6 @@ class Temperature:
         if self.unit == "C":
             return f"{_g(self.value)} C"
         return f"{_g(self.value)} F ({self.celsius:.1f} C)"
-
-    def to_json(self) -> dict[str, Any]:
-        return json_fields(self)
 
 
 def parse_temperature(data: Any, field: str = "temperature") -> Temperature:
@@ -343,7 +340,7 @@ def parse_temperature(data: Any, field: str = "temperature") -> Temperature:
 
 
 @attrs.frozen(kw_only=True)
-class OxygenSupport:
+class OxygenSupport(FieldsJson):
     """Oxygen support at the time of the assessment."""
 
     device: str
@@ -356,9 +353,6 @@ class OxygenSupport:
         if self.flow_l_min is not None:
             text += f" at {_g(self.flow_l_min)} L/min"
         return text
-
-    def to_json(self) -> dict[str, Any]:
-        return json_fields(self)
 
 
 def parse_oxygen(data: Any, field: str = "oxygen") -> OxygenSupport:
@@ -425,7 +419,7 @@ _CRS_KEYS: Final = (
 
 
 @attrs.frozen(kw_only=True)
-class CrsObservations:
+class CrsObservations(FieldsJson):
     """Raw observations for grading CRS (ASTCT 2019, and CTCAE v5 where possible)."""
 
     temperature: Temperature
@@ -439,9 +433,6 @@ class CrsObservations:
     vasopressin: bool = False
     oxygen: OxygenSupport
     death_due_to_crs: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return json_fields(self)
 
 
 def parse_crs_observations(data: Any, field: str = "observations") -> CrsObservations:
@@ -512,7 +503,7 @@ def parse_crs_observations(data: Any, field: str = "observations") -> CrsObserva
 
 
 @attrs.frozen(kw_only=True)
-class IceItems:
+class IceItems(FieldsJson):
     """The five ICE items: orientation 0-4, naming 0-3, command 0-1, writing 0-1, attention 0-1."""
 
     orientation: int
@@ -524,9 +515,6 @@ class IceItems:
     @property
     def total(self) -> int:
         return self.orientation + self.naming + self.command + self.writing + self.attention
-
-    def to_json(self) -> dict[str, Any]:
-        return json_fields(self)
 
 
 def parse_ice_items(data: Any, field: str = "ice_items") -> IceItems:
@@ -737,7 +725,7 @@ class ToxicityReport:
 
 
 @attrs.frozen(kw_only=True)
-class ToxicityGrade:
+class ToxicityGrade(FieldsJson):
     """A grade (0 = no toxicity under the scale) with the scale, its version and the reasons."""
 
     kind: str
@@ -756,9 +744,6 @@ class ToxicityGrade:
     def opens_hold(self, params: ProtocolParameters = DEFAULT_PARAMETERS) -> bool:
         """Whether this toxicity holds the remaining fractions (the hold grade of its kind)."""
         return self.grade > 0 and self.grade >= params.hold_grade(self.kind)
-
-    def to_json(self) -> dict[str, Any]:
-        return json_fields(self)
 
 
 _REPORT_KEYS: Final = ("kind", "term", "observations", "grade", "scale", "scale_version")

@@ -636,9 +636,10 @@ _KEYS_TEXT: Final = ", ".join(SCREENING_KEYS)
 #: A screening's values in catalogue order, read at once.
 _screening_values: Final = operator.attrgetter(*SCREENING_KEYS)
 _payload_values: Final = operator.attrgetter(*SCREENING_KEYS)
-_ULN_LABS: Final = frozenset(("creatinine", "alt", "ast"))
-_PLAIN_LABS: Final = frozenset(("bilirubin", "hemoglobin"))
+_ULN_LABS: Final = ("creatinine", "alt", "ast")
+_PLAIN_LABS: Final = ("bilirubin", "hemoglobin")
 _NEVER_GIVEN: Final = "last_systemic_glucocorticoid"
+_LABS: Final = tuple((key,) for key in _ULN_LABS + _PLAIN_LABS)
 
 
 def parse_screening(data: Mapping[str, Any]) -> ScreeningData:
@@ -652,7 +653,7 @@ def parse_screening(data: Mapping[str, Any]) -> ScreeningData:
     decodes a valid screening; only a payload it refuses, or whose values are not plausible, is
     checked again field by field for the wording.
     """
-    payload = convert(data, ScreeningPayload)
+    payload = convert(data, ScreeningPayload, _LABS)
     if payload is not None:
         screening = _screening_of(payload)
         if screening is not None:
@@ -663,12 +664,15 @@ def parse_screening(data: Mapping[str, Any]) -> ScreeningData:
 def _screening_of(payload: ScreeningPayload) -> ScreeningData | None:
     """The screening of a decoded payload, or None when a value is not plausible (or the consent
     date contradicts the consent): the field-by-field checks then say why."""
-    values: dict[str, Any] = {}
     unset = UNSET
-    for key, v in zip(SCREENING_KEYS, _payload_values(payload), strict=True):
-        if v is unset:
-            continue
-        if key in _ULN_LABS:
+    values = {
+        key: v
+        for key, v in zip(SCREENING_KEYS, _payload_values(payload), strict=True)
+        if v is not unset
+    }
+    for key in _ULN_LABS:
+        v = values.get(key)
+        if v is not None:
             uln_unit = v.unit if v.uln_unit is unset else v.uln_unit
             if not (
                 _finite(v.value)
@@ -677,14 +681,15 @@ def _screening_of(payload: ScreeningPayload) -> ScreeningData | None:
                 and LAB_RANGES[f"{key}_uln"].contains(v.uln, uln_unit)
             ):
                 return None
-            v = LabWithUln(value=v.value, unit=v.unit, uln=v.uln, uln_unit=uln_unit)
-        elif key in _PLAIN_LABS:
+            values[key] = LabWithUln(value=v.value, unit=v.unit, uln=v.uln, uln_unit=uln_unit)
+    for key in _PLAIN_LABS:
+        v = values.get(key)
+        if v is not None:
             if not (_finite(v.value) and LAB_RANGES[key].contains(v.value, v.unit)):
                 return None
-            v = LabValue(value=v.value, unit=v.unit)
-        elif v is None and key == _NEVER_GIVEN:
-            v = NEVER
-        values[key] = v
+            values[key] = LabValue(value=v.value, unit=v.unit)
+    if _NEVER_GIVEN in values and values[_NEVER_GIVEN] is None:
+        values[_NEVER_GIVEN] = NEVER
     if (
         values.get("informed_consent_date") is not None
         and values.get("informed_consent_signed") is not True

@@ -68,36 +68,28 @@ class _Payload(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Common configuration: unknown keys are refused; fields are given by name."""
 
 
-def convert(data: Any, type_: Any) -> Any:
+def convert(data: Any, type_: Any, nested: tuple[tuple[str, ...], ...] = ()) -> Any:
     """``msgspec.convert`` (strict: no bool for a number, no text for a number), or ``None``
     when ``data`` does not fit ``type_`` (the caller then checks field by field).
 
-    Only plain JSON objects (``dict``, at every level) are decoded here: msgspec does not refuse
-    unknown keys of another mapping type (a ``MappingProxyType``), so those are left to the
+    Only plain JSON objects (``dict``) are decoded here: msgspec does not refuse unknown keys of
+    another mapping type (a ``MappingProxyType``), so ``data`` and the object at each ``nested``
+    path (``("observations", "oxygen")``) must be a ``dict``; other mappings are left to the
     field-by-field checks."""
-    if type(data) is not dict or not _plain(data):
+    if type(data) is not dict:
         return None
+    for path in nested:
+        value: Any = data
+        for key in path:
+            value = value.get(key)
+            if type(value) is not dict:
+                break
+        if value is not None and type(value) is not dict and isinstance(value, Mapping):
+            return None
     try:
         return msgspec.convert(data, type_)
     except msgspec.ValidationError:
         return None
-
-
-_LEAVES: Final = frozenset((str, int, float, bool, type(None)))
-
-
-def _plain(obj: dict[Any, Any] | list[Any]) -> bool:
-    """Every object nested in ``obj`` is a ``dict``."""
-    for v in obj.values() if type(obj) is dict else obj:
-        t = type(v)
-        if t in _LEAVES:
-            continue
-        if t is dict or t is list:
-            if not _plain(v):
-                return False
-        elif isinstance(v, Mapping):
-            return False
-    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,6 +384,12 @@ class FieldsJson:
 
     def to_json(self) -> dict[str, Any]:
         cls = type(self)
-        to_json = _compile_to_json(cls)
-        type.__setattr__(cls, "to_json", to_json)
+        to_json = _COMPILED.get(cls)
+        if to_json is None:  # first use: write it, and put it on the class
+            to_json = _COMPILED[cls] = _compile_to_json(cls)
+            type.__setattr__(cls, "to_json", to_json)
         return to_json(self)
+
+
+#: The compiled ``to_json`` of each class (a method bound before the first use still finds it).
+_COMPILED: dict[type, Callable[[Any], dict[str, Any]]] = {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import attrs
 
@@ -184,6 +184,10 @@ class ResponseAssessment(FieldsJson):
         return None
 
 
+#: The objects nested in an assessment (each must be a plain dict for the fast path).
+_NESTED: Final = (("anc",), ("platelets",), ("mrd",))
+
+
 def parse_response_assessment(data: Mapping[str, Any]) -> ResponseAssessment:
     """Validate a raw response assessment; raise ``ProtocolInputError`` naming the field (every
     invalid field, the first in the order below as the headline).
@@ -192,7 +196,7 @@ def parse_response_assessment(data: Mapping[str, Any]) -> ResponseAssessment:
     decodes a valid assessment; one it refuses, or whose values contradict each other or are not
     plausible, is checked again field by field for the wording.
     """
-    payload = convert(data, ResponseAssessmentPayload)
+    payload = convert(data, ResponseAssessmentPayload, _NESTED)
     if payload is not None:
         assessment = _assessment_of(payload)
         if assessment is not None:

@@ -750,6 +750,15 @@ _REPORT_KEYS: Final = ("kind", "term", "observations", "grade", "scale", "scale_
 _EXPLICIT_KEYS: Final = ("grade", "scale", "scale_version")
 
 
+#: The objects nested in a report (each must be a plain dict for the fast path).
+_NESTED: Final = (
+    ("observations",),
+    ("observations", "temperature"),
+    ("observations", "oxygen"),
+    ("observations", "ice_items"),
+)
+
+
 def parse_toxicity_report(data: Mapping[str, Any]) -> ToxicityReport:
     """Parse and normalise a toxicity report; ``parse_toxicity_report(r.to_json()) == r``.
 
@@ -758,7 +767,7 @@ def parse_toxicity_report(data: Mapping[str, Any]) -> ToxicityReport:
     types cannot judge (a temperature in its unit, the ICE items against the score), is checked
     again field by field, and the error names every invalid field.
     """
-    payload = convert(data, ToxicityReportPayload)
+    payload = convert(data, ToxicityReportPayload, _NESTED)
     if payload is not None:
         report = _report_of(payload)
         if report is not None:

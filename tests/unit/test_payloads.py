@@ -623,3 +623,48 @@ def test_the_derived_observation_schemas_accept_the_examples(name: str, kind: st
         if raw["kind"] == kind and obs is not None:
             assert _accepted(_hand_written(name), obs)
             assert _accepted(_derived(name), obs)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "field"),
+    [
+        (
+            "screening",
+            {"bilirubin": MappingProxyType({"value": 1, "unit": "mg/dL", "x": 1})},
+            "bilirubin.x",
+        ),
+        (
+            "toxicity",
+            {
+                "kind": "CRS",
+                "observations": {
+                    "temperature": {"value": 38.5, "unit": "C"},
+                    "hypotension": False,
+                    "oxygen": MappingProxyType({"device": "none", "x": 1}),
+                },
+            },
+            "observations.oxygen.x",
+        ),
+        (
+            "toxicity",
+            {"kind": "CRS", "observations": MappingProxyType({**crs(1)["observations"], "x": 1})},
+            "observations.x",
+        ),
+        (
+            "assessment",
+            {
+                "marrow_blasts_pct": 3,
+                "anc": MappingProxyType({"value": 1, "unit": "10^9/L", "x": 1}),
+            },
+            "anc.x",
+        ),
+    ],
+)
+def test_unknown_keys_of_a_nested_read_only_mapping_are_refused(
+    name: str, raw: dict[str, Any], field: str
+) -> None:
+    """msgspec does not refuse unknown keys of a mapping that is not a dict: such a payload is
+    checked field by field."""
+    with pytest.raises(ProtocolInputError) as caught:
+        PARSERS[name](raw)
+    assert caught.value.field == field

@@ -23,6 +23,14 @@ def _best_us(fn: Callable[[], Any], number: int) -> float:
     return min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e6
 
 
+def _measure(parse: Callable[[Any], Any], data: Any, number: int) -> tuple[float, float]:
+    parsed = parse(data)
+    parse_us = _best_us(lambda: parse(data), number)
+    if not hasattr(parsed, "to_json"):
+        return parse_us, float("nan")
+    return parse_us, _best_us(lambda: parsed.to_json(), number)
+
+
 def main() -> None:
     rng = random.Random(7)
     screening = eligible_screening(rng)
@@ -37,10 +45,7 @@ def main() -> None:
     number = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
     print(f"{'payload':<20} {'parse us':>9} {'to_json us':>11}")
     for name, (parse, data) in cases.items():
-        parsed = parse(data)
-        parse_us = _best_us(lambda: parse(data), number)
-        to_json = getattr(parsed, "to_json", None)
-        json_us = _best_us(to_json, number) if to_json is not None else float("nan")
+        parse_us, json_us = _measure(parse, data, number)
         print(f"{name:<20} {parse_us:9.2f} {json_us:11.2f}")
 
 

@@ -12,7 +12,8 @@ The Structs are the payloads' types for documentation and schemas:
 checks (a payload they refuse is judged again field by field), never less.
 
 ``to_json`` of the parsed values stays byte for byte what it was (events are hash-chained):
-:func:`json_fields` is the shared helper for value objects whose JSON is their fields in order.
+value objects whose JSON is their fields in order take it from :class:`FieldsJson`, which
+writes the method from the class's fields once.
 
 Pure code: stdlib, attrs and msgspec only.
 """
@@ -61,7 +62,6 @@ MAX_LIFE_EXPECTANCY_MONTHS: Final = 1200
 NonNegative: TypeAlias = Annotated[int, Meta(ge=0)] | Annotated[float, Meta(ge=0)]
 Positive: TypeAlias = Annotated[int, Meta(gt=0)] | Annotated[float, Meta(gt=0)]
 Percent: TypeAlias = Annotated[int, Meta(ge=0, le=100)] | Annotated[float, Meta(ge=0, le=100)]
-Fraction: TypeAlias = Annotated[int, Meta(ge=0, le=1)] | Annotated[float, Meta(ge=0, le=1)]
 
 
 class _Payload(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

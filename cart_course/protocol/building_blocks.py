@@ -200,8 +200,8 @@ def nested(prefix: str, parse: Callable[[Any], Any], data: Any) -> Any:
     try:
         return parse(data)
     except ProtocolInputError as exc:
-        field = exc.field if exc.field.startswith(prefix) else f"{prefix}.{exc.field}"
-        raise ProtocolInputError(field, exc.message) from None
+        moved = exc.under(prefix)  # every field problem, each path under the prefix
+        raise ProtocolInputError(moved.field, moved.message, others=moved.others) from None
 
 
 def _object(p: Mapping[str, Any], key: str) -> Mapping[str, Any]:

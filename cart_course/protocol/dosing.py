@@ -13,8 +13,9 @@ from typing import Any
 
 import attrs
 
-from .errors import ContextInputError, ProtocolInputError, key_name
+from .errors import INVALID, ContextInputError, Problems, ProtocolInputError, key_name
 from .parameters import DEFAULT_PARAMETERS, ProtocolParameters
+from .payloads import CellDosePayload, FieldsJson, WeightPayload, convert
 from .plausibility import finite_float, show_number
 
 #: Units accepted for body weight, with their exact factor to kilograms.
@@ -52,21 +53,43 @@ def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], field: str) -
 
 
 def parse_weight(data: Any, field: str = "weight") -> float:
-    """Body weight in kg from ``{"value": 70, "unit": "kg"}`` (``kg``, ``g`` or ``lb``)."""
+    """Body weight in kg from ``{"value": 70, "unit": "kg"}`` (``kg``, ``g`` or ``lb``).
+
+    One ``msgspec.convert`` into :class:`~cart_course.protocol.payloads.WeightPayload` on the
+    fast path; otherwise checked field by field, naming every invalid field."""
+    payload = convert(data, WeightPayload)
+    if payload is not None:
+        value = finite_float(payload.value)
+        if value is not None:
+            kg = value * WEIGHT_UNITS[payload.unit]
+            if 0.5 <= kg <= 400.0:
+                return kg
     if not isinstance(data, Mapping):
         raise ProtocolInputError(field, 'must be an object like {"value": 70, "unit": "kg"}')
-    _check_keys(data, ("value", "unit"), field)
+    p = Problems()
+    p.run(lambda: _check_keys(data, ("value", "unit"), field))
     unit = data.get("unit")
     if not isinstance(unit, str) or unit not in WEIGHT_UNITS:
-        raise ProtocolInputError(
-            f"{field}.unit", f"unit {unit!r} is not allowed; use one of {', '.join(WEIGHT_UNITS)}"
+        p.add(
+            ProtocolInputError(
+                f"{field}.unit",
+                f"unit {unit!r} is not allowed; use one of {', '.join(WEIGHT_UNITS)}",
+            )
         )
-    value = _number(data, "value", field) * WEIGHT_UNITS[unit]
-    if not 0.5 <= value <= 400.0:
-        raise ProtocolInputError(
-            f"{field}.value", f"{value:g} kg is not a plausible body weight (0.5 to 400 kg)"
-        )
-    return value
+        unit = None
+    number = p.run(lambda: _number(data, "value", field))
+    kg = 0.0
+    if unit is not None and number is not INVALID:
+        kg = number * WEIGHT_UNITS[unit]
+        if not 0.5 <= kg <= 400.0:
+            p.add(
+                ProtocolInputError(
+                    f"{field}.value",
+                    f"{kg:g} kg is not a plausible body weight (0.5 to 400 kg)",
+                )
+            )
+    p.raise_if_any()
+    return kg
 
 
 @attrs.frozen(kw_only=True)
@@ -82,18 +105,39 @@ class CellDose:
 
 
 def parse_cell_dose(data: Any, weight_kg: float | None, field: str = "cells") -> CellDose:
-    """A cell count ``{"value": 7e6, "unit": "cells"}`` or ``{"value": 1e5, "unit": "cells/kg"}``."""
+    """A cell count ``{"value": 7e6, "unit": "cells"}`` or ``{"value": 1e5, "unit": "cells/kg"}``.
+
+    One ``msgspec.convert`` into :class:`~cart_course.protocol.payloads.CellDosePayload` on the
+    fast path; otherwise checked field by field, naming every invalid field. ``cells/kg``
+    without the course's weight is a ``ContextInputError`` (judged once the dose is well
+    formed)."""
+    payload = convert(data, CellDosePayload)
+    if payload is not None:
+        value = finite_float(payload.value)
+        if value is not None:
+            if payload.unit == "cells":
+                cells: float | None = value
+            else:
+                cells = None if weight_kg is None else value * weight_kg
+            if cells is not None and cells <= MAX_FRACTION_CELLS:
+                return CellDose(value=value, unit=payload.unit, cells=cells)
     if not isinstance(data, Mapping):
         raise ProtocolInputError(field, 'must be an object like {"value": 7e6, "unit": "cells"}')
-    _check_keys(data, ("value", "unit"), field)
+    p = Problems()
+    p.run(lambda: _check_keys(data, ("value", "unit"), field))
     unit = data.get("unit")
     if unit not in CELL_UNITS:
-        raise ProtocolInputError(
-            f"{field}.unit", f"unit {unit!r} is not allowed; use 'cells' or 'cells/kg'"
+        p.add(
+            ProtocolInputError(
+                f"{field}.unit", f"unit {unit!r} is not allowed; use 'cells' or 'cells/kg'"
+            )
         )
-    value = _number(data, "value", field)
-    if value <= 0:
-        raise ProtocolInputError(f"{field}.value", f"must be above 0, got {value:g}")
+    number = p.run(lambda: _number(data, "value", field))
+    if number is not INVALID and number <= 0:
+        p.add(ProtocolInputError(f"{field}.value", f"must be above 0, got {number:g}"))
+    p.raise_if_any()
+    assert number is not INVALID
+    value = number
     if unit == "cells/kg":
         if weight_kg is None:
             raise ContextInputError(
@@ -108,25 +152,16 @@ def parse_cell_dose(data: Any, weight_kg: float | None, field: str = "cells") ->
             f"{cells:.3g} cells is not a plausible fraction (at most {MAX_FRACTION_CELLS:.0e} "
             "cells; the plan is about 1e6 cells/kg): check the value and its unit",
         )
-    return CellDose(value=value, unit=unit, cells=cells)
+    return CellDose(value=value, unit=str(unit), cells=cells)
 
 
 @attrs.frozen(kw_only=True)
-class CoursePlan:
+class CoursePlan(FieldsJson):
     weight_kg: float
     cells_per_kg: float
     total_cells: float
     fraction_cells: tuple[float, float, float]
     counted_quantity: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "weight_kg": self.weight_kg,
-            "cells_per_kg": self.cells_per_kg,
-            "total_cells": self.total_cells,
-            "fraction_cells": list(self.fraction_cells),
-            "counted_quantity": self.counted_quantity,
-        }
 
 
 def plan_course(weight_kg: float, params: ProtocolParameters = DEFAULT_PARAMETERS) -> CoursePlan:

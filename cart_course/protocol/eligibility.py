@@ -31,9 +31,17 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, TypeGuard
 
 import attrs
+from msgspec import UNSET
 
-from cart_course.protocol.errors import ProtocolInputError, key_name
+from cart_course.protocol.errors import INVALID, Problems, ProtocolInputError, key_name
 from cart_course.protocol.parameters import DEFAULT_PARAMETERS, ProtocolParameters, per_parameters
+from cart_course.protocol.payloads import (
+    MAX_FAILED_LINES,
+    MAX_LIFE_EXPECTANCY_MONTHS,
+    FieldsJson,
+    ScreeningPayload,
+    convert,
+)
 from cart_course.protocol.plausibility import LAB_RANGES, finite_float, show_number
 
 __all__ = [
@@ -62,10 +70,8 @@ CREATININE_UMOL_L_PER_MG_DL: Final = Decimal("88.42")
 #: Hemoglobin: 1 g/dL = 10 g/L by definition.
 HEMOGLOBIN_G_L_PER_G_DL: Final = Decimal(10)
 
-#: Input plausibility (not criteria): more failed standard lines, or a longer life expectancy,
-#: than these is a keying error (docs/protocol.md, "Input plausibility limits").
-MAX_FAILED_LINES: Final = 50
-MAX_LIFE_EXPECTANCY_MONTHS: Final = 1200
+#: Input plausibility (not criteria): ``MAX_FAILED_LINES`` failed standard lines and a life
+#: expectancy of ``MAX_LIFE_EXPECTANCY_MONTHS`` at most (defined with the payload's type).
 
 #: Value of ``ScreeningData.last_systemic_glucocorticoid`` meaning "never given" (JSON ``null``).
 NEVER: Final = "never"
@@ -258,30 +264,24 @@ CRITERIA_BY_ID: Final[Mapping[str, Criterion]] = {c.id: c for c in CRITERIA}
 
 
 @attrs.frozen(kw_only=True)
-class LabValue:
+class LabValue(FieldsJson):
     """A laboratory value with its unit, e.g. bilirubin 1.1 mg/dL."""
 
     value: float
     unit: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"value": self.value, "unit": self.unit}
 
     def text(self) -> str:
         return f"{_num(self.value)} {self.unit}"
 
 
 @attrs.frozen(kw_only=True)
-class LabWithUln:
+class LabWithUln(FieldsJson):
     """A laboratory value with its unit and the site's upper limit of normal (ULN) with its unit."""
 
     value: float
     unit: str
     uln: float
     uln_unit: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"value": self.value, "unit": self.unit, "uln": self.uln, "uln_unit": self.uln_unit}
 
     def text(self) -> str:
         return f"{_num(self.value)} {self.unit} (ULN {_num(self.uln)} {self.uln_unit})"
@@ -459,16 +459,12 @@ def _expect_object(field: str, v: Any, allowed: tuple[str, ...], what: str) -> M
 
 def _require(field: str, obj: Mapping[str, Any], key: str, what: str) -> Any:
     if key not in obj:
-        raise ProtocolInputError(f"{field}.{key}", f"required: {what}")
+        raise ProtocolInputError(f"{field}.{key}", f"is required: {what}")
     return obj[key]
 
 
 _ULN_KEYS: Final = ("value", "unit", "uln", "uln_unit")
 _LAB_KEYS: Final = ("value", "unit")
-
-
-_ULN_KEYSET: Final = frozenset(("value", "unit", "uln", "uln_unit"))
-_LAB_KEYSET: Final = frozenset(("value", "unit"))
 _INFINITIES: Final = (float("inf"), float("-inf"))
 
 
@@ -480,88 +476,86 @@ def _finite(v: Any) -> TypeGuard[float]:
     return t is float and v == v and v not in _INFINITIES
 
 
-def _plausible(
-    field: str,
-    key: str,
-    value: float,
-    unit: str,
-    uln: float | None = None,
-    uln_unit: str | None = None,
-) -> None:
-    """Refuse a lab value (and its ULN) outside its physiological range (``LAB_RANGES``): a unit
-    or keying error, never a screening result."""
-    LAB_RANGES[key].check(value, unit, f"{field}.value")
-    if uln is not None and uln_unit is not None:
-        LAB_RANGES[f"{key}_uln"].check(uln, uln_unit, f"{field}.uln")
-
-
 def _lab_with_uln(field: str, v: Any, name: str, units: tuple[str, ...], key: str) -> LabWithUln:
-    if type(v) is dict and v.keys() <= _ULN_KEYSET:
-        # Fast path: a well-formed value is accepted without building the error texts below.
-        value, unit, uln = v.get("value"), v.get("unit"), v.get("uln")
-        uln_unit = v.get("uln_unit", unit)
-        if (
-            _finite(value)
-            and value >= 0
-            and type(unit) is str
-            and unit in units
-            and _finite(uln)
-            and uln > 0
-            and type(uln_unit) is str
-            and uln_unit in units
-        ):
-            _plausible(field, key, value, unit, uln, uln_unit)
-            return LabWithUln(value=value, unit=unit, uln=uln, uln_unit=uln_unit)
+    """Checked field by field: raises one error naming every invalid part of the lab value."""
     what = f"{name} with its unit and the site's upper limit of normal"
     obj = _expect_object(field, v, _ULN_KEYS, what)
     unit_text = _units_text(units)
-    value = _expect_number(
-        f"{field}.value",
-        _require(field, obj, "value", f"the {name} value"),
-        f"the {name} value, 0 or more",
-        0.0,
-        None,
-    )
-    unit = _expect_unit(
-        f"{field}.unit", _require(field, obj, "unit", f"the unit, {unit_text}"), units
-    )
-    uln = _expect_number(
-        f"{field}.uln",
-        _require(field, obj, "uln", f"the site's upper limit of normal for {name}"),
-        f"the site's upper limit of normal for {name}, above 0",
-        None,
-        None,
-    )
-    if uln <= 0:
-        raise ProtocolInputError(
-            f"{field}.uln", f"{_num(uln)} is not above 0; give the site's upper limit of normal"
+    p = Problems()
+    value = p.run(
+        lambda: _expect_number(
+            f"{field}.value",
+            _require(field, obj, "value", f"the {name} value"),
+            f"the {name} value, 0 or more",
+            0.0,
+            None,
         )
+    )
+    unit = p.run(
+        lambda: _expect_unit(
+            f"{field}.unit", _require(field, obj, "unit", f"the unit, {unit_text}"), units
+        )
+    )
+    uln = p.run(
+        lambda: _positive_uln(
+            f"{field}.uln",
+            _require(field, obj, "uln", f"the site's upper limit of normal for {name}"),
+            name,
+        )
+    )
     # The ULN is in the value's unit unless ``uln_unit`` says otherwise (a lab report prints the
     # value and its reference range in one unit). The normalized form always carries uln_unit.
-    uln_unit = _expect_unit(f"{field}.uln_unit", obj.get("uln_unit", unit), units)
-    _plausible(field, key, value, unit, uln, uln_unit)
+    if "uln_unit" in obj or unit is not INVALID:
+        uln_unit = p.run(
+            lambda: _expect_unit(f"{field}.uln_unit", obj.get("uln_unit", unit), units)
+        )
+    else:
+        uln_unit = INVALID
+    lab_range = LAB_RANGES[key]
+    if value is not INVALID and unit is not INVALID:
+        p.run(lambda: lab_range.check(value, unit, f"{field}.value"))
+    if uln is not INVALID and uln_unit is not INVALID:
+        p.run(lambda: LAB_RANGES[f"{key}_uln"].check(uln, uln_unit, f"{field}.uln"))
+    p.raise_if_any()
+    assert value is not INVALID and unit is not INVALID
+    assert uln is not INVALID and uln_unit is not INVALID
     return LabWithUln(value=value, unit=unit, uln=uln, uln_unit=uln_unit)
 
 
+def _positive_uln(field: str, v: Any, name: str) -> float:
+    uln = _expect_number(
+        field, v, f"the site's upper limit of normal for {name}, above 0", None, None
+    )
+    if uln <= 0:
+        raise ProtocolInputError(
+            field, f"{_num(uln)} is not above 0; give the site's upper limit of normal"
+        )
+    return uln
+
+
 def _lab_value(field: str, v: Any, name: str, units: tuple[str, ...], key: str) -> LabValue:
-    if type(v) is dict and v.keys() <= _LAB_KEYSET:
-        value, unit = v.get("value"), v.get("unit")
-        if _finite(value) and value >= 0 and type(unit) is str and unit in units:
-            _plausible(field, key, value, unit)
-            return LabValue(value=value, unit=unit)
+    """Checked field by field: raises one error naming every invalid part of the lab value."""
     obj = _expect_object(field, v, _LAB_KEYS, f"{name} with its unit")
     unit_text = _units_text(units)
-    value = _expect_number(
-        f"{field}.value",
-        _require(field, obj, "value", f"the {name} value"),
-        f"the {name} value, 0 or more",
-        0.0,
-        None,
+    p = Problems()
+    value = p.run(
+        lambda: _expect_number(
+            f"{field}.value",
+            _require(field, obj, "value", f"the {name} value"),
+            f"the {name} value, 0 or more",
+            0.0,
+            None,
+        )
     )
-    unit = _expect_unit(
-        f"{field}.unit", _require(field, obj, "unit", f"the unit, {unit_text}"), units
+    unit = p.run(
+        lambda: _expect_unit(
+            f"{field}.unit", _require(field, obj, "unit", f"the unit, {unit_text}"), units
+        )
     )
-    _plausible(field, key, value, unit)
+    if value is not INVALID and unit is not INVALID:
+        p.run(lambda: LAB_RANGES[key].check(value, unit, f"{field}.value"))
+    p.raise_if_any()
+    assert value is not INVALID and unit is not INVALID
     return LabValue(value=value, unit=unit)
 
 
@@ -579,22 +573,12 @@ def _glucocorticoid(field: str, v: Any) -> datetime.date | Literal["never"]:
     )
 
 
-#: Keys whose parser is :func:`_bool_parser` (a boolean value is taken as it is).
-_BOOL_KEYS: set[str] = set()
-
-
-class _BoolParser:
-    def __init__(self, meaning: str) -> None:
-        self.meaning = meaning
-
-    def __call__(self, field: str, v: Any) -> bool:
-        return _expect_bool(field, v, self.meaning)
-
-
 def _bool_parser(meaning: str) -> Callable[[str, Any], Any]:
-    return _BoolParser(meaning)
+    return lambda field, v: _expect_bool(field, v, meaning)
 
 
+#: Each key's own check (field by field), in catalogue order: it returns the normalized value
+#: or raises ``ProtocolInputError`` naming every invalid part of that key's value.
 _PARSERS: Final[Mapping[str, Callable[[str, Any], Any]]] = {
     "diagnosis_rr_b_all": _bool_parser("recurrent or refractory B-ALL"),
     "failed_standard_lines": lambda f, v: _expect_int(
@@ -646,69 +630,112 @@ _PARSERS: Final[Mapping[str, Callable[[str, Any], Any]]] = {
     "last_systemic_glucocorticoid": _glucocorticoid,
 }
 
-_BOOL_KEYS.update(k for k, parser in _PARSERS.items() if isinstance(parser, _BoolParser))
-
-#: The numeric keys, as their parsers check them: (lowest, highest or None, whole numbers only).
-#: ``parse_screening`` takes a plain number within these bounds as it is (the parser's answer);
-#: a test proves both agree.
-_NUMBER_BOUNDS: Final[Mapping[str, tuple[float, float | None, bool]]] = {
-    "failed_standard_lines": (0, MAX_FAILED_LINES, True),
-    "kps": (0, 100, True),
-    "life_expectancy_months": (0.0, MAX_LIFE_EXPECTANCY_MONTHS, False),
-    "lvef_pct": (0.0, 100.0, False),
-    "spo2_room_air_pct": (0.0, 100.0, False),
-}
-
 #: Every key ``parse_screening`` accepts, in catalogue order.
 SCREENING_KEYS: Final[tuple[str, ...]] = tuple(_PARSERS)
 _KEYS_TEXT: Final = ", ".join(SCREENING_KEYS)
 #: A screening's values in catalogue order, read at once.
 _screening_values: Final = operator.attrgetter(*SCREENING_KEYS)
+_payload_values: Final = operator.attrgetter(*SCREENING_KEYS)
+_ULN_LABS: Final = ("creatinine", "alt", "ast")
+_PLAIN_LABS: Final = ("bilirubin", "hemoglobin")
+_NEVER_GIVEN: Final = "last_systemic_glucocorticoid"
+_LABS: Final = tuple((key,) for key in _ULN_LABS + _PLAIN_LABS)
 
 
 def parse_screening(data: Mapping[str, Any]) -> ScreeningData:
     """Validate and normalize screening values (JSON object). Absent keys are missing values.
 
-    Raises ``ProtocolInputError`` naming the field (dotted path, e.g. ``creatinine.unit``).
+    Raises ``ProtocolInputError`` naming the field (dotted path, e.g. ``creatinine.unit``); when
+    several fields are invalid, the error names every one (``ProtocolInputError.problems``, the
+    first in the payload's order is the headline).
+
+    One ``msgspec.convert`` into :class:`~cart_course.protocol.payloads.ScreeningPayload`
+    decodes a valid screening; only a payload it refuses, or whose values are not plausible, is
+    checked again field by field for the wording.
     """
+    payload = convert(data, ScreeningPayload, _LABS)
+    if payload is not None:
+        screening = _screening_of(payload)
+        if screening is not None:
+            return screening
+    return _parse_checked(data)
+
+
+def _screening_of(payload: ScreeningPayload) -> ScreeningData | None:
+    """The screening of a decoded payload, or None when a value is not plausible (or the consent
+    date contradicts the consent): the field-by-field checks then say why."""
+    unset = UNSET
+    values = {
+        key: v
+        for key, v in zip(SCREENING_KEYS, _payload_values(payload), strict=True)
+        if v is not unset
+    }
+    for key in _ULN_LABS:
+        v = values.get(key)
+        if v is not None:
+            uln_unit = v.unit if v.uln_unit is unset else v.uln_unit
+            if not (
+                _finite(v.value)
+                and _finite(v.uln)
+                and LAB_RANGES[key].contains(v.value, v.unit)
+                and LAB_RANGES[f"{key}_uln"].contains(v.uln, uln_unit)
+            ):
+                return None
+            values[key] = LabWithUln(value=v.value, unit=v.unit, uln=v.uln, uln_unit=uln_unit)
+    for key in _PLAIN_LABS:
+        v = values.get(key)
+        if v is not None:
+            if not (_finite(v.value) and LAB_RANGES[key].contains(v.value, v.unit)):
+                return None
+            values[key] = LabValue(value=v.value, unit=v.unit)
+    if _NEVER_GIVEN in values and values[_NEVER_GIVEN] is None:
+        values[_NEVER_GIVEN] = NEVER
+    if (
+        values.get("informed_consent_date") is not None
+        and values.get("informed_consent_signed") is not True
+    ):
+        return None
+    return ScreeningData(**values)
+
+
+def _parse_checked(data: Any) -> ScreeningData:
+    """Field by field, naming every invalid field (in the payload's order) in one error."""
     if not isinstance(data, Mapping):
         raise ProtocolInputError(
             "screening", f"expected a JSON object of screening values, got {_show(data)}"
         )
     values: dict[str, Any] = {}
+    p = Problems()
     for key, raw in data.items():
-        t = type(raw)
-        if t is bool:
-            if key in _BOOL_KEYS:
-                values[key] = raw  # what the key's parser returns for a boolean, without the call
-                continue
-        elif t is int or t is float:
-            bounds = _NUMBER_BOUNDS.get(key)
-            if (
-                bounds is not None
-                and (t is int or not bounds[2])
-                and raw == raw  # not NaN
-                and bounds[0] <= raw
-                and (bounds[1] is None or raw <= bounds[1])
-                and (t is int or raw not in _INFINITIES)
-            ):
-                values[key] = raw  # a number within its bounds: what its parser returns
-                continue
         parser = _PARSERS.get(key) if isinstance(key, str) else None
         if parser is None:
-            raise ProtocolInputError(
-                str(key), f"unknown field {_show(key)}; allowed fields are {_KEYS_TEXT}"
+            p.add(
+                ProtocolInputError(
+                    str(key), f"unknown field {_show(key)}; allowed fields are {_KEYS_TEXT}"
+                )
             )
-        values[key] = parser(key, raw)
+            continue
+        value = p.run(lambda: parser(key, raw))  # noqa: B023 (called at once)
+        if value is not INVALID:
+            values[key] = value
+    # A consent date needs informed_consent_signed true (absent is not true; an invalid one is
+    # already named).
+    signed = values.get(
+        "informed_consent_signed", "invalid" if "informed_consent_signed" in data else None
+    )
     if (
         values.get("informed_consent_date") is not None
-        and values.get("informed_consent_signed") is not True
+        and signed is not True
+        and signed != "invalid"
     ):
-        raise ProtocolInputError(
-            "informed_consent_date",
-            "a consent date is given but informed_consent_signed is not true; give "
-            "informed_consent_signed: true with the date, or remove the date",
+        p.add(
+            ProtocolInputError(
+                "informed_consent_date",
+                "a consent date is given but informed_consent_signed is not true; give "
+                "informed_consent_signed: true with the date, or remove the date",
+            )
         )
+    p.raise_if_any()
     return ScreeningData(**values)
 
 

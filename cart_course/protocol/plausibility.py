@@ -11,6 +11,7 @@ Pure code: stdlib and attrs only.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from decimal import Decimal
@@ -61,7 +62,7 @@ def _text(d: Decimal) -> str:
     return "0" if text in ("-0", "0") else text
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class LabRange:
     """The plausible range of one laboratory value, in its canonical unit, and the exact factor
     of every accepted unit (value in that unit = value in the canonical unit x factor)."""
@@ -77,9 +78,25 @@ class LabRange:
         return self.low * k, self.high * k
 
     def contains(self, value: float, unit: str) -> bool:
+        inside = self._inside.get(unit)
+        if inside is not None and inside[0] < value < inside[1]:
+            return True  # clearly inside: the exact comparison below would say the same
         low, high = self.bounds(unit)
         exact = Decimal(repr(value)) if type(value) is float else Decimal(value)
         return low <= exact <= high
+
+    @functools.cached_property
+    def _inside(self) -> dict[str, tuple[float, float]]:
+        """Per unit, floats just inside the exact bounds: a number strictly between them is
+        within the range as written (its shortest repr too), without decimal arithmetic."""
+        inside = {}
+        for unit in self.factors:
+            low, high = self.bounds(unit)
+            inside[unit] = (
+                math.nextafter(float(low), math.inf),
+                math.nextafter(float(high), -math.inf),
+            )
+        return inside
 
     def allowed(self, unit: str) -> str:
         """The allowed range in ``unit``, then in the other units: '10 to 250 g/L = 1 to 25 g/dL'."""

@@ -14,12 +14,25 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import attrs
 
-from cart_course.protocol.errors import ProtocolInputError, key_name, key_names
+from cart_course.protocol.errors import (
+    INVALID,
+    Invalid,
+    Problems,
+    ProtocolInputError,
+    key_name,
+    key_names,
+)
 from cart_course.protocol.parameters import DEFAULT_PARAMETERS, ProtocolParameters, per_parameters
+from cart_course.protocol.payloads import (
+    CellCountPayload,
+    FieldsJson,
+    ResponseAssessmentPayload,
+    convert,
+)
 from cart_course.protocol.plausibility import LAB_RANGES, finite_float, show_number
 
 RESPONSES = ("CR", "CRi", "PR", "NR")
@@ -102,7 +115,7 @@ _MISSING_LABELS = {
 
 
 @attrs.frozen(kw_only=True)
-class CellCount:
+class CellCount(FieldsJson):
     """A blood count with its unit: '10^9/L' or '/uL' (1.0 x 10^9/L = 1000 /uL)."""
 
     value: float
@@ -117,12 +130,9 @@ class CellCount:
             return f"{_fmt(_dec(self.value))} /uL (= {_fmt(self.in_1e9_per_l())} x 10^9/L)"
         return f"{_fmt(_dec(self.value))} x 10^9/L"
 
-    def to_json(self) -> dict[str, Any]:
-        return {"value": self.value, "unit": self.unit}
-
 
 @attrs.frozen(kw_only=True)
-class MrdMeasurement:
+class MrdMeasurement(FieldsJson):
     """Measurable residual disease: value ('fraction' or '%'), method and its sensitivity.
 
     ``sensitivity`` is always a fraction of cells (1e-4 = one cell in 10 000 = 0.01 %).
@@ -137,17 +147,9 @@ class MrdMeasurement:
         value = _dec(self.value)
         return value / _HUNDRED if self.unit == "%" else value
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "value": self.value,
-            "unit": self.unit,
-            "method": self.method,
-            "sensitivity": self.sensitivity,
-        }
-
 
 @attrs.frozen(kw_only=True)
-class ResponseAssessment:
+class ResponseAssessment(FieldsJson):
     """The normalized raw response assessment, as stored in events.
 
     Only ``marrow_blasts_pct`` is always required; the others may be ``None`` (not recorded) and
@@ -181,88 +183,178 @@ class ResponseAssessment:
             return True
         return None
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "marrow_blasts_pct": self.marrow_blasts_pct,
-            "baseline_marrow_blasts_pct": self.baseline_marrow_blasts_pct,
-            "circulating_blasts_present": self.circulating_blasts_present,
-            "circulating_blasts_pct": self.circulating_blasts_pct,
-            "anc": None if self.anc is None else self.anc.to_json(),
-            "platelets": None if self.platelets is None else self.platelets.to_json(),
-            "extramedullary_disease": self.extramedullary_disease,
-            "cns_status": self.cns_status,
-            "baseline_extramedullary_disease": self.baseline_extramedullary_disease,
-            "mrd": None if self.mrd is None else self.mrd.to_json(),
-            "criteria": self.criteria,
-        }
+
+#: The objects nested in an assessment (each must be a plain dict for the fast path).
+_NESTED: Final = (("anc",), ("platelets",), ("mrd",))
 
 
 def parse_response_assessment(data: Mapping[str, Any]) -> ResponseAssessment:
-    """Validate a raw response assessment; raise ``ProtocolInputError`` naming the field."""
-    data = _mapping(data, "", "the response assessment")
-    _check_keys(data, _TOP_KEYS, "")
-    if data.get("marrow_blasts_pct") is None:
-        raise ProtocolInputError(
-            "marrow_blasts_pct", "is required: marrow blasts in % of nucleated cells (0-100)"
+    """Validate a raw response assessment; raise ``ProtocolInputError`` naming the field (every
+    invalid field, the first in the order below as the headline).
+
+    One ``msgspec.convert`` into :class:`~cart_course.protocol.payloads.ResponseAssessmentPayload`
+    decodes a valid assessment; one it refuses, or whose values contradict each other or are not
+    plausible, is checked again field by field for the wording.
+    """
+    payload = convert(data, ResponseAssessmentPayload, _NESTED)
+    if payload is not None:
+        assessment = _assessment_of(payload)
+        if assessment is not None:
+            return assessment
+    return _parse_checked(data)
+
+
+def _float(value: float) -> float:
+    return float(value) + 0.0  # as _number: an int as a float, -0.0 as 0.0
+
+
+def _optional_float(value: float | None) -> float | None:
+    return None if value is None else float(value) + 0.0
+
+
+def _count_of(count: CellCountPayload | None, key: str) -> CellCount | Invalid | None:
+    if count is None:
+        return None
+    value = finite_float(count.value)
+    if value is None or not LAB_RANGES[key].contains(count.value, count.unit):
+        return INVALID
+    return CellCount(value=value + 0.0, unit=count.unit)
+
+
+def _assessment_of(p: ResponseAssessmentPayload) -> ResponseAssessment | None:
+    """The assessment of a decoded payload, or None when the field-by-field checks must say
+    what is wrong (a contradiction, an implausible count, an MRD fraction above 1)."""
+    circ_present, circ_pct = p.circulating_blasts_present, p.circulating_blasts_pct
+    if circ_present is not None and circ_pct is not None and circ_present != (circ_pct > 0):
+        return None
+    if p.extramedullary_disease == "none" and p.cns_status in ("CNS2", "CNS3"):
+        return None
+    anc = _count_of(p.anc, "anc")
+    platelets = _count_of(p.platelets, "platelets")
+    if anc is INVALID or platelets is INVALID:
+        return None
+    mrd: MrdMeasurement | None = None
+    if p.mrd is not None:
+        m = p.mrd
+        if m.unit == "fraction" and m.value > 1:
+            return None
+        mrd = MrdMeasurement(
+            value=_float(m.value), unit=m.unit, method=m.method, sensitivity=_float(m.sensitivity)
         )
-    marrow = _number(data["marrow_blasts_pct"], "marrow_blasts_pct", high=100.0)
-    baseline = _optional_number(data, "baseline_marrow_blasts_pct", high=100.0)
-    circ_pct = _optional_number(data, "circulating_blasts_pct", high=100.0)
+    return ResponseAssessment(
+        marrow_blasts_pct=_float(p.marrow_blasts_pct),
+        baseline_marrow_blasts_pct=_optional_float(p.baseline_marrow_blasts_pct),
+        circulating_blasts_present=circ_present,
+        circulating_blasts_pct=_optional_float(circ_pct),
+        anc=anc,
+        platelets=platelets,
+        extramedullary_disease=p.extramedullary_disease,
+        cns_status=p.cns_status,
+        baseline_extramedullary_disease=p.baseline_extramedullary_disease,
+        mrd=mrd,
+        criteria=DEFAULT_CRITERIA if p.criteria is None else p.criteria,
+    )
+
+
+def _parse_checked(data: Any) -> ResponseAssessment:
+    """Field by field, naming every invalid field in one error."""
+    data = _mapping(data, "", "the response assessment")
+    p = Problems()
+    p.run(lambda: _check_keys(data, _TOP_KEYS, ""))
+    marrow = p.run(lambda: _marrow(data.get("marrow_blasts_pct")))
+    baseline = p.run(lambda: _optional_number(data, "baseline_marrow_blasts_pct", high=100.0))
+    circ_pct = p.run(lambda: _optional_number(data, "circulating_blasts_pct", high=100.0))
     circ_present = data.get("circulating_blasts_present")
     if circ_present is not None and not isinstance(circ_present, bool):
-        raise ProtocolInputError(
-            "circulating_blasts_present",
-            f"{circ_present!r} is not allowed; use true, false or null (not recorded)",
+        p.add(
+            ProtocolInputError(
+                "circulating_blasts_present",
+                f"{circ_present!r} is not allowed; use true, false or null (not recorded)",
+            )
         )
-    if circ_present is not None and circ_pct is not None and circ_present != (circ_pct > 0):
-        raise ProtocolInputError(
-            "circulating_blasts_present",
-            f"{'true' if circ_present else 'false'} contradicts circulating_blasts_pct "
-            f"{_fmt(_dec(circ_pct))} %; blasts are present exactly when the percentage is above 0",
+    elif (
+        circ_present is not None
+        and circ_pct is not None
+        and circ_pct is not INVALID
+        and circ_present != (circ_pct > 0)
+    ):
+        p.add(
+            ProtocolInputError(
+                "circulating_blasts_present",
+                f"{'true' if circ_present else 'false'} contradicts circulating_blasts_pct "
+                f"{_fmt(_dec(circ_pct))} %; blasts are present exactly when the percentage is "
+                "above 0",
+            )
         )
-    emd = _optional_choice(data, "extramedullary_disease", EMD_STATUSES)
-    cns = _optional_choice(data, "cns_status", CNS_STATUSES)
+    emd = p.run(lambda: _optional_choice(data, "extramedullary_disease", EMD_STATUSES))
+    cns = p.run(lambda: _optional_choice(data, "cns_status", CNS_STATUSES))
     if emd == "none" and cns in ("CNS2", "CNS3"):
-        raise ProtocolInputError(
-            "cns_status",
-            f"{cns} counts as extramedullary disease, but extramedullary_disease is 'none'; "
-            "set extramedullary_disease to 'present' or correct the CNS status",
+        p.add(
+            ProtocolInputError(
+                "cns_status",
+                f"{cns} counts as extramedullary disease, but extramedullary_disease is 'none'; "
+                "set extramedullary_disease to 'present' or correct the CNS status",
+            )
         )
     criteria = data.get("criteria", DEFAULT_CRITERIA)
     if criteria is None:
         criteria = DEFAULT_CRITERIA
     if not isinstance(criteria, str) or criteria not in CRITERIA_SETS:
-        raise ProtocolInputError(
-            "criteria", f"{criteria!r} is not allowed; use {_or_list(CRITERIA_SETS)}"
+        p.add(
+            ProtocolInputError(
+                "criteria", f"{criteria!r} is not allowed; use {_or_list(CRITERIA_SETS)}"
+            )
         )
+    anc = p.run(lambda: _parse_count(data.get("anc"), "anc", "ANC"))
+    platelets = p.run(lambda: _parse_count(data.get("platelets"), "platelets", "platelets"))
+    baseline_emd = p.run(
+        lambda: _optional_choice(data, "baseline_extramedullary_disease", EMD_STATUSES)
+    )
+    mrd = p.run(lambda: _parse_mrd(data.get("mrd")))
+    p.raise_if_any()
+    assert marrow is not INVALID and baseline is not INVALID and circ_pct is not INVALID
+    assert emd is not INVALID and cns is not INVALID and baseline_emd is not INVALID
+    assert anc is not INVALID and platelets is not INVALID and mrd is not INVALID
     return ResponseAssessment(
         marrow_blasts_pct=marrow,
         baseline_marrow_blasts_pct=baseline,
         circulating_blasts_present=circ_present,
         circulating_blasts_pct=circ_pct,
-        anc=_parse_count(data.get("anc"), "anc", "ANC"),
-        platelets=_parse_count(data.get("platelets"), "platelets", "platelets"),
+        anc=anc,
+        platelets=platelets,
         extramedullary_disease=emd,
         cns_status=cns,
-        baseline_extramedullary_disease=_optional_choice(
-            data, "baseline_extramedullary_disease", EMD_STATUSES
-        ),
-        mrd=_parse_mrd(data.get("mrd")),
+        baseline_extramedullary_disease=baseline_emd,
+        mrd=mrd,
         criteria=criteria,
     )
+
+
+def _marrow(value: Any) -> float:
+    if value is None:
+        raise ProtocolInputError(
+            "marrow_blasts_pct", "is required: marrow blasts in % of nucleated cells (0-100)"
+        )
+    return _number(value, "marrow_blasts_pct", high=100.0)
 
 
 def _parse_count(raw: Any, path: str, what: str) -> CellCount | None:
     if raw is None:
         return None
     raw = _mapping(raw, path, f"{what} (an object with 'value' and 'unit')")
-    _check_keys(raw, _COUNT_KEYS, path)
-    unit = _required_choice(raw, f"{path}.unit", "unit", COUNT_UNITS)
+    p = Problems()
+    p.run(lambda: _check_keys(raw, _COUNT_KEYS, path))
+    unit = p.run(lambda: _required_choice(raw, f"{path}.unit", "unit", COUNT_UNITS))
     if raw.get("value") is None:
-        raise ProtocolInputError(f"{path}.value", f"is required: the {what} count")
-    value = _number(raw["value"], f"{path}.value")
-    # A count in the other unit (500 /uL entered as 500 x 10^9/L) is refused, not classified.
-    LAB_RANGES[path].check(raw["value"], unit, f"{path}.value", what)
+        p.add(ProtocolInputError(f"{path}.value", f"is required: the {what} count"))
+        value: float | Invalid = INVALID
+    else:
+        value = p.run(lambda: _number(raw["value"], f"{path}.value"))
+    if value is not INVALID and unit is not INVALID:
+        # A count in the other unit (500 /uL entered as 500 x 10^9/L) is refused, not classified.
+        p.run(lambda: LAB_RANGES[path].check(raw["value"], unit, f"{path}.value", what))
+    p.raise_if_any()
+    assert value is not INVALID and unit is not INVALID
     return CellCount(value=value, unit=unit)
 
 
@@ -270,22 +362,39 @@ def _parse_mrd(raw: Any) -> MrdMeasurement | None:
     if raw is None:
         return None
     raw = _mapping(raw, "mrd", "MRD (an object with 'value', 'unit', 'method', 'sensitivity')")
-    _check_keys(raw, _MRD_KEYS, "mrd")
-    unit = _required_choice(raw, "mrd.unit", "unit", MRD_UNITS)
-    method = _required_choice(raw, "mrd.method", "method", MRD_METHODS)
+    p = Problems()
+    p.run(lambda: _check_keys(raw, _MRD_KEYS, "mrd"))
+    unit = p.run(lambda: _required_choice(raw, "mrd.unit", "unit", MRD_UNITS))
+    method = p.run(lambda: _required_choice(raw, "mrd.method", "method", MRD_METHODS))
+    value: float | Invalid = INVALID
     if raw.get("value") is None:
-        raise ProtocolInputError("mrd.value", "is required: the MRD level (0 when undetected)")
-    value = _number(raw["value"], "mrd.value", high=100.0 if unit == "%" else 1.0)
+        p.add(ProtocolInputError("mrd.value", "is required: the MRD level (0 when undetected)"))
+    elif unit is not INVALID:
+        value = p.run(
+            lambda: _number(raw["value"], "mrd.value", high=100.0 if unit == "%" else 1.0)
+        )
+    else:
+        p.run(lambda: _number(raw["value"], "mrd.value"))
+    sensitivity: float | Invalid = INVALID
     if raw.get("sensitivity") is None:
-        raise ProtocolInputError(
-            "mrd.sensitivity",
-            "is required: the lowest level the method detects, as a fraction (e.g. 1e-4)",
+        p.add(
+            ProtocolInputError(
+                "mrd.sensitivity",
+                "is required: the lowest level the method detects, as a fraction (e.g. 1e-4)",
+            )
         )
-    sensitivity = _number(raw["sensitivity"], "mrd.sensitivity", high=1.0)
-    if sensitivity == 0:
-        raise ProtocolInputError(
-            "mrd.sensitivity", "0 is not allowed; give the method's sensitivity as a fraction > 0"
-        )
+    else:
+        sensitivity = p.run(lambda: _number(raw["sensitivity"], "mrd.sensitivity", high=1.0))
+        if sensitivity == 0:
+            p.add(
+                ProtocolInputError(
+                    "mrd.sensitivity",
+                    "0 is not allowed; give the method's sensitivity as a fraction > 0",
+                )
+            )
+    p.raise_if_any()
+    assert unit is not INVALID and method is not INVALID
+    assert value is not INVALID and sensitivity is not INVALID
     return MrdMeasurement(value=value, unit=unit, method=method, sensitivity=sensitivity)
 
 

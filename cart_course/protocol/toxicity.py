@@ -24,9 +24,20 @@ from fractions import Fraction
 from typing import Any, Final
 
 import attrs
+from msgspec import UNSET
 
-from .errors import ProtocolInputError, key_name, key_names
+from .errors import INVALID, Invalid, Problems, ProtocolInputError, key_name, key_names
 from .parameters import DEFAULT_PARAMETERS, ProtocolParameters
+from .payloads import (
+    CrsObservationsPayload,
+    CrsReportPayload,
+    FieldsJson,
+    IcansObservationsPayload,
+    IcansReportPayload,
+    OtherReportPayload,
+    ToxicityReportPayload,
+    convert,
+)
 from .plausibility import finite_float, show_number
 
 # --------------------------------------------------------------------------------------------
@@ -195,15 +206,30 @@ def _object(data: Any, path: str, example: str) -> Mapping[str, Any]:
 def _check_keys(
     data: Mapping[str, Any], path: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()
 ) -> None:
+    p = Problems()
+    _key_problems(p, data, path, allowed, required)
+    p.raise_if_any()
+
+
+def _key_problems(
+    p: Problems,
+    data: Mapping[str, Any],
+    path: str,
+    allowed: tuple[str, ...],
+    required: tuple[str, ...] = (),
+) -> None:
+    """Add the unknown keys (one problem naming them all) and each missing required key."""
     unknown = [k for k in data if k not in allowed]
     if unknown:
-        raise ProtocolInputError(
-            _at(path, key_name(unknown[0])),
-            f"unknown field(s) {key_names(unknown)}; allowed fields are: {', '.join(allowed)}",
+        p.add(
+            ProtocolInputError(
+                _at(path, key_name(unknown[0])),
+                f"unknown field(s) {key_names(unknown)}; allowed fields are: {', '.join(allowed)}",
+            )
         )
     for key in required:
         if key not in data:
-            raise ProtocolInputError(_at(path, key), "is required but missing")
+            p.add(ProtocolInputError(_at(path, key), "is required but missing"))
 
 
 def _number(value: Any, field: str, lo: float, hi: float, what: str) -> float:
@@ -259,7 +285,7 @@ def _g(value: float) -> str:
 
 
 @attrs.frozen(kw_only=True)
-class Temperature:
+class Temperature(FieldsJson):
     """Highest body temperature of the assessment, as entered (``C`` or ``F``)."""
 
     value: float
@@ -279,38 +305,44 @@ class Temperature:
             return f"{_g(self.value)} C"
         return f"{_g(self.value)} F ({self.celsius:.1f} C)"
 
-    def to_json(self) -> dict[str, Any]:
-        return {"value": self.value, "unit": self.unit}
-
 
 def parse_temperature(data: Any, field: str = "temperature") -> Temperature:
     """``{"value": 38.4, "unit": "C"}`` or ``{"value": 101.1, "unit": "F"}``."""
     data = _object(data, field, '{"value": 38.4, "unit": "C"}')
-    _check_keys(data, field, ("value", "unit"), ("value", "unit"))
-    unit = data["unit"]
-    if not isinstance(unit, str) or unit not in TEMPERATURE_RANGE:
-        raise ProtocolInputError(
-            _at(field, "unit"), f"unit {unit!r} is not allowed; use 'C' or 'F'"
+    p = Problems()
+    _key_problems(p, data, field, ("value", "unit"), ("value", "unit"))
+    unit = data.get("unit")
+    if "unit" in data and (not isinstance(unit, str) or unit not in TEMPERATURE_RANGE):
+        p.add(
+            ProtocolInputError(_at(field, "unit"), f"unit {unit!r} is not allowed; use 'C' or 'F'")
         )
-    value = data["value"]
-    if finite_float(value) is None:  # not a number, NaN, infinite, or too large for a float
-        raise ProtocolInputError(
-            _at(field, "value"),
-            f"temperature must be a finite number (25 to 45 C or 77 to 113 F), got "
-            f"{show_number(value)}",
-        )
-    lo, hi = TEMPERATURE_RANGE[unit]
-    if not lo <= value <= hi:
-        raise ProtocolInputError(
-            _at(field, "value"),
-            f"{_g(value)} {unit} is not a plausible body temperature (allowed 25 to 45 C or "
-            "77 to 113 F); check the value and its unit",
-        )
+        unit = None
+    value = data.get("value")
+    if "value" in data:
+        if finite_float(value) is None:  # not a number, NaN, infinite, or too large for a float
+            p.add(
+                ProtocolInputError(
+                    _at(field, "value"),
+                    f"temperature must be a finite number (25 to 45 C or 77 to 113 F), got "
+                    f"{show_number(value)}",
+                )
+            )
+        elif unit is not None:
+            lo, hi = TEMPERATURE_RANGE[unit]
+            if not lo <= value <= hi:
+                p.add(
+                    ProtocolInputError(
+                        _at(field, "value"),
+                        f"{_g(value)} {unit} is not a plausible body temperature (allowed 25 to "
+                        "45 C or 77 to 113 F); check the value and its unit",
+                    )
+                )
+    p.raise_if_any()
     return Temperature(value=value, unit=unit)
 
 
 @attrs.frozen(kw_only=True)
-class OxygenSupport:
+class OxygenSupport(FieldsJson):
     """Oxygen support at the time of the assessment."""
 
     device: str
@@ -324,42 +356,54 @@ class OxygenSupport:
             text += f" at {_g(self.flow_l_min)} L/min"
         return text
 
-    def to_json(self) -> dict[str, Any]:
-        return {"device": self.device, "flow_l_min": self.flow_l_min, "fio2_pct": self.fio2_pct}
-
 
 def parse_oxygen(data: Any, field: str = "oxygen") -> OxygenSupport:
     """``{"device": "low_flow_nasal_cannula", "flow_l_min": 4, "fio2_pct": null}``."""
     data = _object(data, field, '{"device": "low_flow_nasal_cannula", "flow_l_min": 4}')
-    _check_keys(data, field, ("device", "flow_l_min", "fio2_pct"), ("device",))
-    device = _choice(data["device"], _at(field, "device"), OXYGEN_DEVICES)
+    p = Problems()
+    _key_problems(p, data, field, ("device", "flow_l_min", "fio2_pct"), ("device",))
+    device: str | Invalid = INVALID
+    if "device" in data:
+        device = p.run(lambda: _choice(data["device"], _at(field, "device"), OXYGEN_DEVICES))
     flow_raw = data.get("flow_l_min")
     fio2_raw = data.get("fio2_pct")
-    flow: float | None = None
-    fio2: float | None = None
+    flow: float | Invalid | None = None
+    fio2: float | Invalid | None = None
     if flow_raw is not None:
-        flow = _number(
-            flow_raw, _at(field, "flow_l_min"), 0.0, MAX_FLOW_L_MIN, "oxygen flow (L/min)"
+        flow = p.run(
+            lambda: _number(
+                flow_raw, _at(field, "flow_l_min"), 0.0, MAX_FLOW_L_MIN, "oxygen flow (L/min)"
+            )
         )
     if fio2_raw is not None:
-        fio2 = _number(fio2_raw, _at(field, "fio2_pct"), ROOM_AIR_FIO2_PCT, 100.0, "FiO2 (%)")
+        fio2 = p.run(
+            lambda: _number(fio2_raw, _at(field, "fio2_pct"), ROOM_AIR_FIO2_PCT, 100.0, "FiO2 (%)")
+        )
     if device == "none":
-        if flow is not None:
-            raise ProtocolInputError(
-                _at(field, "flow_l_min"),
-                "an oxygen flow was given with device 'none'; name the device that delivers it",
+        if flow is not None and flow is not INVALID:
+            p.add(
+                ProtocolInputError(
+                    _at(field, "flow_l_min"),
+                    "an oxygen flow was given with device 'none'; name the device that delivers it",
+                )
             )
-        if fio2 is not None and fio2 != ROOM_AIR_FIO2_PCT:
-            raise ProtocolInputError(
-                _at(field, "fio2_pct"),
-                f"FiO2 {_g(fio2)} % with device 'none' is not room air (21 %); name the device",
+        if fio2 is not None and fio2 is not INVALID and fio2 != ROOM_AIR_FIO2_PCT:
+            p.add(
+                ProtocolInputError(
+                    _at(field, "fio2_pct"),
+                    f"FiO2 {_g(fio2)} % with device 'none' is not room air (21 %); name the device",
+                )
             )
     elif device == "low_flow_nasal_cannula" and (flow is None or flow == 0):
-        raise ProtocolInputError(
-            _at(field, "flow_l_min"),
-            "a nasal cannula needs its flow in L/min (above 0): <= 6 L/min is low flow "
-            "(ASTCT grade 2), above 6 L/min counts as high flow (grade 3)",
+        p.add(
+            ProtocolInputError(
+                _at(field, "flow_l_min"),
+                "a nasal cannula needs its flow in L/min (above 0): <= 6 L/min is low flow "
+                "(ASTCT grade 2), above 6 L/min counts as high flow (grade 3)",
+            )
         )
+    p.raise_if_any()
+    assert device is not INVALID and flow is not INVALID and fio2 is not INVALID
     return OxygenSupport(device=device, flow_l_min=flow, fio2_pct=fio2)
 
 
@@ -377,7 +421,7 @@ _CRS_KEYS: Final = (
 
 
 @attrs.frozen(kw_only=True)
-class CrsObservations:
+class CrsObservations(FieldsJson):
     """Raw observations for grading CRS (ASTCT 2019, and CTCAE v5 where possible)."""
 
     temperature: Temperature
@@ -392,57 +436,66 @@ class CrsObservations:
     oxygen: OxygenSupport
     death_due_to_crs: bool = False
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "temperature": self.temperature.to_json(),
-            "fever_attributable_to_other_cause": self.fever_attributable_to_other_cause,
-            "antipyretics_given": self.antipyretics_given,
-            "anticytokine_given": self.anticytokine_given,
-            "hypotension": self.hypotension,
-            "vasopressors": self.vasopressors,
-            "vasopressin": self.vasopressin,
-            "oxygen": self.oxygen.to_json(),
-            "death_due_to_crs": self.death_due_to_crs,
-        }
-
 
 def parse_crs_observations(data: Any, field: str = "observations") -> CrsObservations:
-    """CRS observations (see ``docs/toxicity.md`` for the format)."""
+    """CRS observations (see ``docs/toxicity.md`` for the format); raises one error naming every
+    invalid field."""
     data = _object(data, field, '{"temperature": {...}, "hypotension": false, "oxygen": {...}}')
-    _check_keys(data, field, _CRS_KEYS, ("temperature", "hypotension", "oxygen"))
-    temperature = parse_temperature(data["temperature"], _at(field, "temperature"))
-    hypotension = _boolean(data, "hypotension", field)
-    vasopressors = 0
-    if "vasopressors" in data:
-        vasopressors = _integer(
-            data["vasopressors"],
-            _at(field, "vasopressors"),
-            0,
-            MAX_VASOPRESSORS,
-            "number of vasopressors (vasopressin not counted)",
+    p = Problems()
+    _key_problems(p, data, field, _CRS_KEYS, ("temperature", "hypotension", "oxygen"))
+    temperature: Temperature | Invalid = INVALID
+    if "temperature" in data:
+        temperature = p.run(
+            lambda: parse_temperature(data["temperature"], _at(field, "temperature"))
         )
-    vasopressin = _boolean(data, "vasopressin", field, False)
-    if (vasopressors or vasopressin) and not hypotension:
+    hypotension: bool | Invalid = INVALID
+    if "hypotension" in data:
+        hypotension = p.run(lambda: _boolean(data, "hypotension", field))
+    vasopressors: int | Invalid = 0
+    if "vasopressors" in data:
+        vasopressors = p.run(
+            lambda: _integer(
+                data["vasopressors"],
+                _at(field, "vasopressors"),
+                0,
+                MAX_VASOPRESSORS,
+                "number of vasopressors (vasopressin not counted)",
+            )
+        )
+    vasopressin = p.run(lambda: _boolean(data, "vasopressin", field, False))
+    if (
+        hypotension is False
+        and vasopressors is not INVALID
+        and vasopressin is not INVALID
+        and (vasopressors or vasopressin)
+    ):
         given = f"{vasopressors} vasopressor(s)" + (" and vasopressin" if vasopressin else "")
         if not vasopressors:
             given = "vasopressin"
-        raise ProtocolInputError(
-            _at(field, "hypotension"),
-            f"hypotension is false but {given} recorded; set hypotension to true (hypotension "
-            "requiring vasopressors) or correct the vasopressors",
+        p.add(
+            ProtocolInputError(
+                _at(field, "hypotension"),
+                f"hypotension is false but {given} recorded; set hypotension to true "
+                "(hypotension requiring vasopressors) or correct the vasopressors",
+            )
         )
+    flags = {
+        key: p.run(lambda: _boolean(data, key, field, False))  # noqa: B023 (called at once)
+        for key in ("fever_attributable_to_other_cause", "antipyretics_given", "anticytokine_given")
+    }
+    oxygen: OxygenSupport | Invalid = INVALID
+    if "oxygen" in data:
+        oxygen = p.run(lambda: parse_oxygen(data["oxygen"], _at(field, "oxygen")))
+    death = p.run(lambda: _boolean(data, "death_due_to_crs", field, False))
+    p.raise_if_any()
     return CrsObservations(
-        temperature=temperature,
-        fever_attributable_to_other_cause=_boolean(
-            data, "fever_attributable_to_other_cause", field, False
-        ),
-        antipyretics_given=_boolean(data, "antipyretics_given", field, False),
-        anticytokine_given=_boolean(data, "anticytokine_given", field, False),
-        hypotension=hypotension,
-        vasopressors=vasopressors,
-        vasopressin=vasopressin,
-        oxygen=parse_oxygen(data["oxygen"], _at(field, "oxygen")),
-        death_due_to_crs=_boolean(data, "death_due_to_crs", field, False),
+        temperature=temperature,  # type: ignore[arg-type]  # each checked above
+        hypotension=hypotension,  # type: ignore[arg-type]
+        vasopressors=vasopressors,  # type: ignore[arg-type]
+        vasopressin=vasopressin,  # type: ignore[arg-type]
+        oxygen=oxygen,  # type: ignore[arg-type]
+        death_due_to_crs=death,  # type: ignore[arg-type]
+        **flags,  # type: ignore[arg-type]
     )
 
 
@@ -452,7 +505,7 @@ def parse_crs_observations(data: Any, field: str = "observations") -> CrsObserva
 
 
 @attrs.frozen(kw_only=True)
-class IceItems:
+class IceItems(FieldsJson):
     """The five ICE items: orientation 0-4, naming 0-3, command 0-1, writing 0-1, attention 0-1."""
 
     orientation: int
@@ -465,15 +518,6 @@ class IceItems:
     def total(self) -> int:
         return self.orientation + self.naming + self.command + self.writing + self.attention
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "orientation": self.orientation,
-            "naming": self.naming,
-            "command": self.command,
-            "writing": self.writing,
-            "attention": self.attention,
-        }
-
 
 def parse_ice_items(data: Any, field: str = "ice_items") -> IceItems:
     data = _object(
@@ -482,12 +526,17 @@ def parse_ice_items(data: Any, field: str = "ice_items") -> IceItems:
         '{"orientation": 4, "naming": 3, "command": 1, "writing": 1, "attention": 1}',
     )
     keys = tuple(ICE_ITEMS)
-    _check_keys(data, field, keys, keys)
+    p = Problems()
+    _key_problems(p, data, field, keys, keys)
     points = {
-        key: _integer(data[key], _at(field, key), 0, top, f"ICE {key} points")
+        key: p.run(
+            lambda: _integer(data[key], _at(field, key), 0, top, f"ICE {key} points")  # noqa: B023
+        )
         for key, top in ICE_ITEMS.items()
+        if key in data
     }
-    return IceItems(**points)
+    p.raise_if_any()
+    return IceItems(**points)  # type: ignore[arg-type]  # each checked above
 
 
 _ICANS_KEYS: Final = (
@@ -535,78 +584,120 @@ class IcansObservations:
 
 
 def parse_icans_observations(data: Any, field: str = "observations") -> IcansObservations:
-    """ICANS observations (see ``docs/toxicity.md`` for the format)."""
+    """ICANS observations (see ``docs/toxicity.md`` for the format); raises one error naming
+    every invalid field."""
     data = _object(data, field, '{"age_years": 45, "ice_score": 8, "consciousness": "none"}')
-    _check_keys(data, field, _ICANS_KEYS, ("age_years", "consciousness"))
-    age = _number(data["age_years"], _at(field, "age_years"), 0, MAX_AGE_YEARS, "age (years)")
-    consciousness = _choice(
-        data["consciousness"], _at(field, "consciousness"), CONSCIOUSNESS_GRADES
-    )
-    if "ice_score" not in data and "ice_items" not in data:
-        raise ProtocolInputError(
-            _at(field, "ice_score"),
-            "is required: give ice_score (0-10) or ice_items (null only when the patient is "
-            "unarousable and the ICE cannot be performed)",
-        )
-    if age < ICE_MIN_AGE_YEARS:
-        key = "ice_items" if "ice_items" in data else "ice_score"
-        raise ProtocolInputError(
-            _at(field, key),
-            f"the patient is {_g(age)} years old: ASTCT grades ICANS in children under "
-            f"{ICE_MIN_AGE_YEARS} with the CAPD (Cornell Assessment of Pediatric Delirium), not "
-            "the ICE score, and CAPD grading is not supported here; enter the ICANS grade "
-            'explicitly, e.g. {"kind": "ICANS", "scale": "ASTCT", "scale_version": "2019", '
-            '"grade": 2}',
-        )
-    items: IceItems | None = None
-    if data.get("ice_items") is not None:
-        items = parse_ice_items(data["ice_items"], _at(field, "ice_items"))
-    score: int | None
-    raw_score = data.get("ice_score")
-    if raw_score is None:
-        score = None if items is None else items.total
-    else:
-        score = _integer(raw_score, _at(field, "ice_score"), 0, 10, "ICE score")
-        if items is not None and items.total != score:
-            raise ProtocolInputError(
-                _at(field, "ice_score"),
-                f"ICE score {score} does not equal the sum of the ICE items ({items.total}); "
-                "correct one of them or give only the items",
+    p = Problems()
+    _key_problems(p, data, field, _ICANS_KEYS, ("age_years", "consciousness"))
+    age: float | Invalid = INVALID
+    if "age_years" in data:
+        age = p.run(
+            lambda: _number(
+                data["age_years"], _at(field, "age_years"), 0, MAX_AGE_YEARS, "age (years)"
             )
-    if score is None and consciousness != "stupor_or_coma":
-        raise ProtocolInputError(
-            _at(field, "ice_score"),
-            "the ICE score may be null only when the patient is unarousable (consciousness "
-            f"'stupor_or_coma'), but consciousness is {consciousness!r}; give the ICE score 0-10",
         )
-    aphasia = _boolean(data, "awake_with_global_aphasia", field, False)
-    if aphasia and consciousness == "stupor_or_coma":
-        raise ProtocolInputError(
-            _at(field, "awake_with_global_aphasia"),
-            "the patient cannot be awake with global aphasia and in stupor or coma; correct one",
+    consciousness: str | Invalid = INVALID
+    if "consciousness" in data:
+        consciousness = p.run(
+            lambda: _choice(
+                data["consciousness"], _at(field, "consciousness"), CONSCIOUSNESS_GRADES
+            )
         )
-    attributable: tuple[str, ...] = ()
+    ice_checked = True
+    if "ice_score" not in data and "ice_items" not in data:
+        ice_checked = False
+        p.add(
+            ProtocolInputError(
+                _at(field, "ice_score"),
+                "is required: give ice_score (0-10) or ice_items (null only when the patient is "
+                "unarousable and the ICE cannot be performed)",
+            )
+        )
+    elif age is not INVALID and age < ICE_MIN_AGE_YEARS:
+        ice_checked = False
+        key = "ice_items" if "ice_items" in data else "ice_score"
+        p.add(
+            ProtocolInputError(
+                _at(field, key),
+                f"the patient is {_g(age)} years old: ASTCT grades ICANS in children under "
+                f"{ICE_MIN_AGE_YEARS} with the CAPD (Cornell Assessment of Pediatric Delirium), "
+                "not the ICE score, and CAPD grading is not supported here; enter the ICANS grade "
+                'explicitly, e.g. {"kind": "ICANS", "scale": "ASTCT", "scale_version": "2019", '
+                '"grade": 2}',
+            )
+        )
+    score: int | Invalid | None = INVALID
+    items: IceItems | Invalid | None = None
+    if ice_checked:
+        if data.get("ice_items") is not None:
+            items = p.run(lambda: parse_ice_items(data["ice_items"], _at(field, "ice_items")))
+        raw_score = data.get("ice_score")
+        if raw_score is None:
+            score = None if items is None else INVALID if items is INVALID else items.total
+        else:
+            score = p.run(lambda: _integer(raw_score, _at(field, "ice_score"), 0, 10, "ICE score"))
+            if (
+                items is not None
+                and items is not INVALID
+                and score is not INVALID
+                and items.total != score
+            ):
+                p.add(
+                    ProtocolInputError(
+                        _at(field, "ice_score"),
+                        f"ICE score {score} does not equal the sum of the ICE items "
+                        f"({items.total}); correct one of them or give only the items",
+                    )
+                )
+        if score is None and consciousness is not INVALID and consciousness != "stupor_or_coma":
+            p.add(
+                ProtocolInputError(
+                    _at(field, "ice_score"),
+                    "the ICE score may be null only when the patient is unarousable "
+                    f"(consciousness 'stupor_or_coma'), but consciousness is {consciousness!r}; "
+                    "give the ICE score 0-10",
+                )
+            )
+    aphasia = p.run(lambda: _boolean(data, "awake_with_global_aphasia", field, False))
+    if aphasia is True and consciousness == "stupor_or_coma":
+        p.add(
+            ProtocolInputError(
+                _at(field, "awake_with_global_aphasia"),
+                "the patient cannot be awake with global aphasia and in stupor or coma; "
+                "correct one",
+            )
+        )
     raw_attr = data.get("attributable_to_other_cause", [])
     attr_field = _at(field, "attributable_to_other_cause")
     if not isinstance(raw_attr, list | tuple):
-        raise ProtocolInputError(
-            attr_field, f"must be a list of domains from: {', '.join(ICANS_DOMAINS)}"
+        p.add(
+            ProtocolInputError(
+                attr_field, f"must be a list of domains from: {', '.join(ICANS_DOMAINS)}"
+            )
         )
+        raw_attr = []
     for i, name in enumerate(raw_attr):
-        _choice(name, f"{attr_field}.{i}", ICANS_DOMAINS)
+        p.run(lambda: _choice(name, f"{attr_field}.{i}", ICANS_DOMAINS))  # noqa: B023
     attributable = tuple(d for d in ICANS_DOMAINS if d in raw_attr)
+    choices = {
+        key: p.run(
+            lambda: _choice(data.get(key, "none"), _at(field, key), grades)  # noqa: B023
+        )
+        for key, grades in (
+            ("seizure", SEIZURE_GRADES),
+            ("motor", MOTOR_GRADES),
+            ("raised_icp", RAISED_ICP_GRADES),
+        )
+    }
+    p.raise_if_any()
     return IcansObservations(
-        age_years=age,
-        ice_score=score,
-        ice_items=items,
-        consciousness=consciousness,
-        seizure=_choice(data.get("seizure", "none"), _at(field, "seizure"), SEIZURE_GRADES),
-        motor=_choice(data.get("motor", "none"), _at(field, "motor"), MOTOR_GRADES),
-        raised_icp=_choice(
-            data.get("raised_icp", "none"), _at(field, "raised_icp"), RAISED_ICP_GRADES
-        ),
-        awake_with_global_aphasia=aphasia,
+        age_years=age,  # type: ignore[arg-type]  # each checked above
+        ice_score=score,  # type: ignore[arg-type]
+        ice_items=items,  # type: ignore[arg-type]
+        consciousness=consciousness,  # type: ignore[arg-type]
+        awake_with_global_aphasia=aphasia,  # type: ignore[arg-type]
         attributable_to_other_cause=attributable,
+        **choices,  # type: ignore[arg-type]
     )
 
 
@@ -636,7 +727,7 @@ class ToxicityReport:
 
 
 @attrs.frozen(kw_only=True)
-class ToxicityGrade:
+class ToxicityGrade(FieldsJson):
     """A grade (0 = no toxicity under the scale) with the scale, its version and the reasons."""
 
     kind: str
@@ -656,95 +747,262 @@ class ToxicityGrade:
         """Whether this toxicity holds the remaining fractions (the hold grade of its kind)."""
         return self.grade > 0 and self.grade >= params.hold_grade(self.kind)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "term": self.term,
-            "grade": self.grade,
-            "scale": self.scale,
-            "scale_version": self.scale_version,
-            "derived": self.derived,
-            "reasons": list(self.reasons),
-        }
-
 
 _REPORT_KEYS: Final = ("kind", "term", "observations", "grade", "scale", "scale_version")
 _EXPLICIT_KEYS: Final = ("grade", "scale", "scale_version")
 
 
+#: The payload type of each kind (the members of ``ToxicityReportPayload``).
+_REPORT_TYPES: Final[dict[str, type[ToxicityReportPayload]]] = {
+    "CRS": CrsReportPayload,
+    "ICANS": IcansReportPayload,
+    "other": OtherReportPayload,
+}
+#: The objects nested in a report (each must be a plain dict for the fast path).
+_NESTED: Final = (
+    ("observations",),
+    ("observations", "temperature"),
+    ("observations", "oxygen"),
+    ("observations", "ice_items"),
+)
+
+
 def parse_toxicity_report(data: Mapping[str, Any]) -> ToxicityReport:
-    """Parse and normalise a toxicity report; ``parse_toxicity_report(r.to_json()) == r``."""
-    data = _object(data, "", '{"kind": "CRS", "observations": {...}}')
-    _check_keys(data, "", _REPORT_KEYS, ("kind",))
-    kind = _choice(data["kind"], "kind", KINDS)
-    term: str | None = None
-    raw_term = data.get("term")
-    if raw_term is not None:
-        if not isinstance(raw_term, str) or not raw_term.strip():
-            raise ProtocolInputError(
-                "term", f"must be a non-empty text naming the toxicity, got {raw_term!r}"
-            )
-        term = raw_term.strip()
-        if len(term) > _MAX_TERM_LENGTH:
-            raise ProtocolInputError("term", f"is longer than {_MAX_TERM_LENGTH} characters")
-    if kind == "other" and term is None:
+    """Parse and normalise a toxicity report; ``parse_toxicity_report(r.to_json()) == r``.
+
+    One ``msgspec.convert`` into :data:`~cart_course.protocol.payloads.ToxicityReportPayload`
+    (discriminated by ``kind``) decodes a valid report; one it refuses, or whose values the
+    types cannot judge (a temperature in its unit, the ICE items against the score), is checked
+    again field by field, and the error names every invalid field.
+    """
+    # The Struct of the report's kind: msgspec converts into a Struct class at once, whereas a
+    # union (ToxicityReportPayload) is re-analysed on every call (4 us).
+    kind = data.get("kind") if type(data) is dict else None
+    report_type = _REPORT_TYPES.get(kind) if type(kind) is str else None
+    payload = None if report_type is None else convert(data, report_type, _NESTED)
+    if payload is not None:
+        report = _report_of(payload)
+        if report is not None:
+            return report
+    return _parse_report_checked(data)
+
+
+def _term_of(raw_term: Any) -> str | None:
+    if raw_term is None:
+        return None
+    if not isinstance(raw_term, str) or not raw_term.strip():
         raise ProtocolInputError(
-            "term", "is required for kind 'other' (e.g. 'febrile neutropenia', CTCAE term)"
+            "term", f"must be a non-empty text naming the toxicity, got {raw_term!r}"
+        )
+    term = raw_term.strip()
+    if len(term) > _MAX_TERM_LENGTH:
+        raise ProtocolInputError("term", f"is longer than {_MAX_TERM_LENGTH} characters")
+    return term
+
+
+def _report_of(p: ToxicityReportPayload) -> ToxicityReport | None:
+    """The report of a decoded payload, or None when the field-by-field checks must say what is
+    wrong (what the types cannot judge)."""
+    term = p.term
+    if term is not None:
+        term = term.strip()
+        if not term or len(term) > _MAX_TERM_LENGTH:
+            return None
+    kind: str = type(p).__struct_config__.tag  # type: ignore[assignment]  # the tag: kind
+    if kind == "other" and term is None:
+        return None
+    explicit = p.grade is not UNSET or p.scale is not UNSET or p.scale_version is not UNSET
+    observations = UNSET if isinstance(p, OtherReportPayload) else p.observations
+    if observations is not UNSET:
+        if explicit:
+            return None
+        obs: CrsObservations | IcansObservations | None
+        if isinstance(observations, CrsObservationsPayload):
+            obs = _crs_of(observations)
+        else:
+            assert isinstance(observations, IcansObservationsPayload)
+            obs = _icans_of(observations)
+        if obs is None:
+            return None
+        return ToxicityReport(kind=kind, term=term, observations=obs)
+    if p.grade is UNSET or p.scale is UNSET or p.scale_version is UNSET:
+        return None
+    if p.scale_version not in EXPLICIT_SCALES[p.scale]:
+        return None
+    if p.scale == ASTCT and kind == "other":
+        return None
+    return ToxicityReport(
+        kind=kind, term=term, grade=p.grade, scale=p.scale, scale_version=p.scale_version
+    )
+
+
+def _crs_of(o: CrsObservationsPayload) -> CrsObservations | None:
+    t, ox = o.temperature, o.oxygen
+    lo, hi = TEMPERATURE_RANGE[t.unit]
+    if not lo <= t.value <= hi:
+        return None
+    flow, fio2 = ox.flow_l_min, ox.fio2_pct
+    if ox.device == "none":
+        if flow is not None or (fio2 is not None and fio2 != ROOM_AIR_FIO2_PCT):
+            return None
+    elif ox.device == "low_flow_nasal_cannula" and (flow is None or flow == 0):
+        return None
+    if (o.vasopressors or o.vasopressin) and not o.hypotension:
+        return None
+    return CrsObservations(
+        temperature=Temperature(value=t.value, unit=t.unit),
+        fever_attributable_to_other_cause=o.fever_attributable_to_other_cause,
+        antipyretics_given=o.antipyretics_given,
+        anticytokine_given=o.anticytokine_given,
+        hypotension=o.hypotension,
+        vasopressors=o.vasopressors,
+        vasopressin=o.vasopressin,
+        oxygen=OxygenSupport(device=ox.device, flow_l_min=flow, fio2_pct=fio2),
+        death_due_to_crs=o.death_due_to_crs,
+    )
+
+
+def _icans_of(o: IcansObservationsPayload) -> IcansObservations | None:
+    if (o.ice_score is UNSET and o.ice_items is UNSET) or o.age_years < ICE_MIN_AGE_YEARS:
+        return None
+    items: IceItems | None = None
+    if o.ice_items is not None and o.ice_items is not UNSET:
+        i = o.ice_items
+        items = IceItems(
+            orientation=i.orientation,
+            naming=i.naming,
+            command=i.command,
+            writing=i.writing,
+            attention=i.attention,
+        )
+    score: int | None
+    if o.ice_score is None or o.ice_score is UNSET:
+        score = None if items is None else items.total
+    else:
+        score = o.ice_score
+        if items is not None and items.total != score:
+            return None
+    if score is None and o.consciousness != "stupor_or_coma":
+        return None
+    if o.awake_with_global_aphasia and o.consciousness == "stupor_or_coma":
+        return None
+    attributed = o.attributable_to_other_cause
+    return IcansObservations(
+        age_years=o.age_years,
+        ice_score=score,
+        ice_items=items,
+        consciousness=o.consciousness,
+        seizure=o.seizure,
+        motor=o.motor,
+        raised_icp=o.raised_icp,
+        awake_with_global_aphasia=o.awake_with_global_aphasia,
+        attributable_to_other_cause=tuple(d for d in ICANS_DOMAINS if d in attributed),
+    )
+
+
+def _parse_report_checked(data: Any) -> ToxicityReport:
+    """Field by field, naming every invalid field in one error."""
+    data = _object(data, "", '{"kind": "CRS", "observations": {...}}')
+    p = Problems()
+    _key_problems(p, data, "", _REPORT_KEYS, ("kind",))
+    kind: str | Invalid = INVALID
+    if "kind" in data:
+        kind = p.run(lambda: _choice(data["kind"], "kind", KINDS))
+    term = p.run(lambda: _term_of(data.get("term")))
+    if kind == "other" and term is None:
+        p.add(
+            ProtocolInputError(
+                "term", "is required for kind 'other' (e.g. 'febrile neutropenia', CTCAE term)"
+            )
         )
     has_obs = "observations" in data
     explicit = [k for k in _EXPLICIT_KEYS if k in data]
+    observations: CrsObservations | IcansObservations | Invalid | None = None
+    grade: int | Invalid | None = None
+    scale: str | Invalid | None = None
+    version: str | Invalid | None = None
     if has_obs and explicit:
-        raise ProtocolInputError(
-            "observations",
-            f"give either observations or an explicit grade (grade, scale, scale_version), not "
-            f"both (also got {', '.join(explicit)})",
+        p.add(
+            ProtocolInputError(
+                "observations",
+                f"give either observations or an explicit grade (grade, scale, scale_version), "
+                f"not both (also got {', '.join(explicit)})",
+            )
         )
-    if has_obs:
+    elif has_obs:
         if kind == "CRS":
-            return ToxicityReport(
-                kind=kind, term=term, observations=parse_crs_observations(data["observations"])
+            observations = p.run(lambda: parse_crs_observations(data["observations"]))
+        elif kind == "ICANS":
+            observations = p.run(lambda: parse_icans_observations(data["observations"]))
+        elif kind == "other":
+            p.add(
+                ProtocolInputError(
+                    "observations",
+                    "only CRS and ICANS can be graded from observations; for kind 'other' enter "
+                    "grade, scale and scale_version",
+                )
             )
-        if kind == "ICANS":
-            return ToxicityReport(
-                kind=kind, term=term, observations=parse_icans_observations(data["observations"])
+    elif not explicit:
+        p.add(
+            ProtocolInputError(
+                "observations",
+                "is missing: give observations (CRS or ICANS) or an explicit grade with scale "
+                "and scale_version",
             )
-        raise ProtocolInputError(
-            "observations",
-            "only CRS and ICANS can be graded from observations; for kind 'other' enter grade, "
-            "scale and scale_version",
         )
-    if not explicit:
-        raise ProtocolInputError(
-            "observations",
-            "is missing: give observations (CRS or ICANS) or an explicit grade with scale and "
-            "scale_version",
-        )
-    for key in _EXPLICIT_KEYS:
-        if key not in data:
-            raise ProtocolInputError(
-                key, "is required for an explicit grade (grade, scale and scale_version)"
+    else:
+        for key in _EXPLICIT_KEYS:
+            if key not in data:
+                p.add(
+                    ProtocolInputError(
+                        key, "is required for an explicit grade (grade, scale and scale_version)"
+                    )
+                )
+        if "scale" in data:
+            scale = p.run(lambda: _choice(data["scale"], "scale", tuple(EXPLICIT_SCALES)))
+        if "scale_version" in data and isinstance(scale, str):
+            version = p.run(lambda: _scale_version(data["scale_version"], scale))
+        if scale == ASTCT and kind == "other":
+            p.add(
+                ProtocolInputError(
+                    "scale", "ASTCT grades only CRS and ICANS; grade other toxicities under CTCAE"
+                )
             )
-    scale = _choice(data["scale"], "scale", tuple(EXPLICIT_SCALES))
+        if "grade" in data:
+            grade = p.run(lambda: _explicit_grade(data["grade"]))
+    p.raise_if_any()
+    assert isinstance(kind, str) and not isinstance(term, Invalid)
+    assert not isinstance(observations, Invalid) and not isinstance(grade, Invalid)
+    assert not isinstance(scale, Invalid) and not isinstance(version, Invalid)
+    return ToxicityReport(
+        kind=kind,
+        term=term,
+        observations=observations,
+        grade=grade,
+        scale=scale,
+        scale_version=version,
+    )
+
+
+def _scale_version(version: Any, scale: str) -> str:
     versions = EXPLICIT_SCALES[scale]
-    version = data["scale_version"]
     if not isinstance(version, str) or version not in versions:
         raise ProtocolInputError(
             "scale_version",
             f"{scale} version {version!r} is not allowed; use one of: "
             f"{', '.join(repr(v) for v in versions)} (a text, not a number)",
         )
-    if scale == ASTCT and kind == "other":
-        raise ProtocolInputError(
-            "scale", "ASTCT grades only CRS and ICANS; grade other toxicities under CTCAE"
-        )
-    grade = data["grade"]
+    return version
+
+
+def _explicit_grade(grade: Any) -> int:
     if isinstance(grade, bool) or not isinstance(grade, int) or not 1 <= grade <= 5:
         raise ProtocolInputError(
             "grade",
-            f"grade {show_number(grade)} is not allowed; an entered grade is a whole number 1 to 5 "
-            "(no toxicity is not reported)",
+            f"grade {show_number(grade)} is not allowed; an entered grade is a whole number 1 "
+            "to 5 (no toxicity is not reported)",
         )
-    return ToxicityReport(kind=kind, term=term, grade=grade, scale=scale, scale_version=version)
+    return grade
 
 
 # --------------------------------------------------------------------------------------------

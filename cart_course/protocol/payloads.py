@@ -1,0 +1,395 @@
+"""Typed payloads at the edge: the shape of every protocol payload as ``msgspec.Struct`` types.
+
+Each parser (``parse_screening``, ``parse_toxicity_report``, ``parse_response_assessment``,
+``parse_weight``, ``parse_cell_dose``) decodes its input with one ``msgspec.convert`` into the
+Struct below (types, ranges as ``msgspec.Meta``, allowed words as ``Literal``, unknown keys
+refused), then checks what a type cannot say (a lab value's plausible range in its unit, one
+field against another). Only when that fails does it run the field-by-field checks, which name
+**every** invalid field with the clinical wording (``ProtocolInputError.problems``).
+
+The Structs are the payloads' types for documentation and schemas:
+``msgspec.json.schema(ScreeningPayload)``. They are at least as strict as the field-by-field
+checks (a payload they refuse is judged again field by field), never less.
+
+``to_json`` of the parsed values stays byte for byte what it was (events are hash-chained):
+value objects whose JSON is their fields in order take it from :class:`FieldsJson`, which
+writes the method from the class's fields once.
+
+Pure code: stdlib, attrs and msgspec only.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Final, Literal, TypeAlias
+
+import attrs
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+__all__ = [
+    "PAYLOAD_TYPES",
+    "BilirubinPayload",
+    "CellCountPayload",
+    "CellDosePayload",
+    "CreatininePayload",
+    "CrsObservationsPayload",
+    "CrsReportPayload",
+    "FieldsJson",
+    "HemoglobinPayload",
+    "IcansObservationsPayload",
+    "IcansReportPayload",
+    "IceItemsPayload",
+    "MrdPayload",
+    "OtherReportPayload",
+    "OxygenPayload",
+    "ResponseAssessmentPayload",
+    "ScreeningPayload",
+    "TemperaturePayload",
+    "ToxicityReportPayload",
+    "TransaminasePayload",
+    "WeightPayload",
+    "convert",
+]
+
+#: Input plausibility (not criteria): more failed standard lines, or a longer life expectancy,
+#: than these is a keying error (docs/protocol.md, "Input plausibility limits").
+MAX_FAILED_LINES: Final = 50
+MAX_LIFE_EXPECTANCY_MONTHS: Final = 1200
+
+# A JSON number, int or float (never a bool), kept as given: an int stays an int.
+NonNegative: TypeAlias = Annotated[int, Meta(ge=0)] | Annotated[float, Meta(ge=0)]
+Positive: TypeAlias = Annotated[int, Meta(gt=0)] | Annotated[float, Meta(gt=0)]
+Percent: TypeAlias = Annotated[int, Meta(ge=0, le=100)] | Annotated[float, Meta(ge=0, le=100)]
+
+
+class _Payload(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Common configuration: unknown keys are refused; fields are given by name."""
+
+
+def convert(data: Any, type_: Any, nested: tuple[tuple[str, ...], ...] = ()) -> Any:
+    """``msgspec.convert`` (strict: no bool for a number, no text for a number), or ``None``
+    when ``data`` does not fit ``type_`` (the caller then checks field by field).
+
+    Only plain JSON objects (``dict``) are decoded here: msgspec does not refuse unknown keys of
+    another mapping type (a ``MappingProxyType``), so ``data`` and the object at each ``nested``
+    path (``("observations", "oxygen")``) must be a ``dict``; other mappings are left to the
+    field-by-field checks."""
+    if type(data) is not dict:
+        return None
+    for path in nested:
+        value: Any = data
+        for key in path:
+            value = value.get(key)
+            if type(value) is not dict:
+                break
+        if value is not None and type(value) is not dict and isinstance(value, Mapping):
+            return None
+    try:
+        return msgspec.convert(data, type_)
+    except msgspec.ValidationError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Screening (eligibility.py)
+# --------------------------------------------------------------------------------------------
+
+CreatinineUnit: TypeAlias = Literal["mg/dL", "umol/L"]
+TransaminaseUnit: TypeAlias = Literal["U/L"]
+BilirubinUnit: TypeAlias = Literal["mg/dL", "umol/L"]
+HemoglobinUnit: TypeAlias = Literal["g/L", "g/dL"]
+
+
+class CreatininePayload(_Payload, frozen=True):
+    """Creatinine with its unit and the site's upper limit of normal (ULN); the ULN is in the
+    value's unit unless ``uln_unit`` says otherwise."""
+
+    value: NonNegative
+    unit: CreatinineUnit
+    uln: Positive
+    uln_unit: CreatinineUnit | UnsetType = UNSET
+
+
+class TransaminasePayload(_Payload, frozen=True):
+    """ALT or AST with its unit and the site's ULN."""
+
+    value: NonNegative
+    unit: TransaminaseUnit
+    uln: Positive
+    uln_unit: TransaminaseUnit | UnsetType = UNSET
+
+
+class BilirubinPayload(_Payload, frozen=True):
+    value: NonNegative
+    unit: BilirubinUnit
+
+
+class HemoglobinPayload(_Payload, frozen=True):
+    value: NonNegative
+    unit: HemoglobinUnit
+
+
+_Flag: TypeAlias = bool | UnsetType
+
+
+class ScreeningPayload(_Payload, frozen=True):
+    """Screening values (``docs/eligibility.md``): an absent key is a missing value; ``null`` is
+    refused except for ``last_systemic_glucocorticoid`` (never given)."""
+
+    diagnosis_rr_b_all: _Flag = UNSET
+    failed_standard_lines: Annotated[int, Meta(ge=0, le=MAX_FAILED_LINES)] | UnsetType = UNSET
+    effective_standard_option: _Flag = UNSET
+    cd19_expressed: _Flag = UNSET
+    kps: Annotated[int, Meta(ge=0, le=100)] | UnsetType = UNSET
+    life_expectancy_months: (
+        Annotated[int, Meta(ge=0, le=MAX_LIFE_EXPECTANCY_MONTHS)]
+        | Annotated[float, Meta(ge=0, le=MAX_LIFE_EXPECTANCY_MONTHS)]
+        | UnsetType
+    ) = UNSET
+    lvef_pct: Percent | UnsetType = UNSET
+    ecg_obvious_abnormality: _Flag = UNSET
+    spo2_room_air_pct: Percent | UnsetType = UNSET
+    creatinine: CreatininePayload | UnsetType = UNSET
+    alt: TransaminasePayload | UnsetType = UNSET
+    ast: TransaminasePayload | UnsetType = UNSET
+    bilirubin: BilirubinPayload | UnsetType = UNSET
+    hemoglobin: HemoglobinPayload | UnsetType = UNSET
+    apheresis_contraindication: _Flag = UNSET
+    informed_consent_signed: _Flag = UNSET
+    informed_consent_date: datetime.date | UnsetType = UNSET
+    other_primary_malignancy: _Flag = UNSET
+    severe_uncontrolled_disease: _Flag = UNSET
+    uncontrolled_active_infection: _Flag = UNSET
+    hiv: _Flag = UNSET
+    hbv: _Flag = UNSET
+    hcv: _Flag = UNSET
+    pregnant: _Flag = UNSET
+    nursing: _Flag = UNSET
+    #: A date, or null when never given (the text "none" is accepted too).
+    last_systemic_glucocorticoid: datetime.date | UnsetType | None = UNSET
+
+
+# --------------------------------------------------------------------------------------------
+# Toxicity (toxicity.py)
+# --------------------------------------------------------------------------------------------
+
+OxygenDevice: TypeAlias = Literal[
+    "none",
+    "low_flow_nasal_cannula",
+    "blow_by",
+    "high_flow_nasal_cannula",
+    "facemask",
+    "non_rebreather",
+    "venturi",
+    "cpap",
+    "bipap",
+    "mechanical_ventilation",
+]
+IcansDomain: TypeAlias = Literal["ice", "consciousness", "seizure", "motor", "raised_icp"]
+
+
+class TemperaturePayload(_Payload, frozen=True):
+    """Highest body temperature: 25 to 45 C or 77 to 113 F."""
+
+    value: Annotated[int, Meta(ge=25, le=113)] | Annotated[float, Meta(ge=25.0, le=113.0)]
+    unit: Literal["C", "F"]
+
+
+class OxygenPayload(_Payload, frozen=True):
+    device: OxygenDevice
+    flow_l_min: Annotated[int, Meta(ge=0, le=100)] | Annotated[float, Meta(ge=0, le=100)] | None = (
+        None
+    )
+    fio2_pct: Annotated[int, Meta(ge=21, le=100)] | Annotated[float, Meta(ge=21, le=100)] | None = (
+        None
+    )
+
+
+class CrsObservationsPayload(_Payload, frozen=True, kw_only=True):
+    temperature: TemperaturePayload
+    fever_attributable_to_other_cause: bool = False
+    antipyretics_given: bool = False
+    anticytokine_given: bool = False
+    hypotension: bool
+    vasopressors: Annotated[int, Meta(ge=0, le=10)] = 0
+    vasopressin: bool = False
+    oxygen: OxygenPayload
+    death_due_to_crs: bool = False
+
+
+class IceItemsPayload(_Payload, frozen=True):
+    orientation: Annotated[int, Meta(ge=0, le=4)]
+    naming: Annotated[int, Meta(ge=0, le=3)]
+    command: Annotated[int, Meta(ge=0, le=1)]
+    writing: Annotated[int, Meta(ge=0, le=1)]
+    attention: Annotated[int, Meta(ge=0, le=1)]
+
+
+class IcansObservationsPayload(_Payload, frozen=True, kw_only=True):
+    age_years: Annotated[int, Meta(ge=0, le=130)] | Annotated[float, Meta(ge=0, le=130)]
+    #: 0-10; null only when the patient is unarousable (the ICE cannot be performed).
+    ice_score: Annotated[int, Meta(ge=0, le=10)] | UnsetType | None = UNSET
+    ice_items: IceItemsPayload | UnsetType | None = UNSET
+    consciousness: Literal[
+        "none", "wakes_spontaneously", "wakes_to_voice", "wakes_to_touch", "stupor_or_coma"
+    ]
+    seizure: Literal[
+        "none", "rapid_resolving_or_nonconvulsive_eeg_resolved", "life_threatening_or_repetitive"
+    ] = "none"
+    motor: Literal["none", "deep_focal_weakness"] = "none"
+    raised_icp: Literal["none", "focal_local_edema", "diffuse_edema_or_signs"] = "none"
+    awake_with_global_aphasia: bool = False
+    attributable_to_other_cause: list[IcansDomain] = []
+
+
+Term: TypeAlias = Annotated[str, Meta(min_length=1)]
+Grade: TypeAlias = Annotated[int, Meta(ge=1, le=5)]
+
+
+class _Report(_Payload, frozen=True, tag_field="kind"):
+    """A reported toxicity: raw observations, or an explicit grade with its scale."""
+
+    term: Term | None = None
+    grade: Grade | UnsetType = UNSET
+    scale: Literal["ASTCT", "CTCAE"] | UnsetType = UNSET
+    scale_version: str | UnsetType = UNSET
+
+
+class CrsReportPayload(_Report, frozen=True, tag="CRS"):
+    observations: CrsObservationsPayload | UnsetType = UNSET
+
+
+class IcansReportPayload(_Report, frozen=True, tag="ICANS"):
+    observations: IcansObservationsPayload | UnsetType = UNSET
+
+
+class OtherReportPayload(_Report, frozen=True, tag="other"):
+    """Any other toxicity: a term and an explicit CTCAE grade."""
+
+
+#: A toxicity report, discriminated by ``kind``.
+ToxicityReportPayload: TypeAlias = CrsReportPayload | IcansReportPayload | OtherReportPayload
+
+
+# --------------------------------------------------------------------------------------------
+# Response (response.py)
+# --------------------------------------------------------------------------------------------
+
+
+class CellCountPayload(_Payload, frozen=True):
+    value: NonNegative
+    unit: Literal["10^9/L", "/uL"]
+
+
+class MrdPayload(_Payload, frozen=True):
+    value: Percent
+    unit: Literal["fraction", "%"]
+    method: Literal["flow", "NGS", "PCR"]
+    sensitivity: Annotated[int, Meta(gt=0, le=1)] | Annotated[float, Meta(gt=0, le=1)]
+
+
+class ResponseAssessmentPayload(_Payload, frozen=True):
+    marrow_blasts_pct: Percent
+    baseline_marrow_blasts_pct: Percent | None = None
+    circulating_blasts_present: bool | None = None
+    circulating_blasts_pct: Percent | None = None
+    anc: CellCountPayload | None = None
+    platelets: CellCountPayload | None = None
+    extramedullary_disease: Literal["none", "present"] | None = None
+    cns_status: Literal["CNS1", "CNS2", "CNS3"] | None = None
+    baseline_extramedullary_disease: Literal["none", "present"] | None = None
+    mrd: MrdPayload | None = None
+    criteria: Literal["harmonised B-ALL (NCCN/CIBMTR)"] | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Dosing (dosing.py)
+# --------------------------------------------------------------------------------------------
+
+
+class WeightPayload(_Payload, frozen=True):
+    value: Annotated[int, Meta(gt=0)] | Annotated[float, Meta(gt=0)]
+    unit: Literal["kg", "g", "lb"]
+
+
+class CellDosePayload(_Payload, frozen=True):
+    value: Positive
+    unit: Literal["cells", "cells/kg"]
+
+
+#: Every payload type by the name the schemas use (``schemas.py``'s definitions).
+PAYLOAD_TYPES: Final[dict[str, Any]] = {
+    "screening": ScreeningPayload,
+    "toxicity": ToxicityReportPayload,
+    "crs_observations": CrsObservationsPayload,
+    "icans_observations": IcansObservationsPayload,
+    "assessment": ResponseAssessmentPayload,
+    "weight": WeightPayload,
+    "cells": CellDosePayload,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# to_json of value objects
+# --------------------------------------------------------------------------------------------
+
+
+_PLAIN_TYPES: Final = frozenset(("float", "int", "str", "bool", "None"))
+
+
+def _field_code(name: str, annotation: Any) -> str:
+    """The expression for one field in the compiled ``to_json``: a plain value as it is, a
+    tuple as a list, a value object by its own ``to_json`` (``None`` kept)."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    parts = {part.strip() for part in text.split("|")}
+    if parts and parts <= _PLAIN_TYPES:
+        return f"self.{name}"
+    if text.startswith("tuple["):
+        return f"list(self.{name})"
+    if parts - {"None"} and all(p[:1].isupper() for p in parts - {"None"}):
+        if "None" in parts:
+            return f"(None if self.{name} is None else self.{name}.to_json())"
+        return f"self.{name}.to_json()"
+    return f"_any_json(self.{name})"
+
+
+def _any_json(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_any_json(v) for v in value]
+    to_json = getattr(value, "to_json", None)
+    return value if to_json is None else to_json()
+
+
+def _compile_to_json(cls: type) -> Callable[[Any], dict[str, Any]]:
+    """``def to_json(self): return {"value": self.value, "unit": self.unit}`` for an attrs
+    class, written once from its fields (as attrs writes ``__init__``)."""
+    items = ", ".join(f"{a.name!r}: {_field_code(a.name, a.type)}" for a in attrs.fields(cls))
+    namespace: dict[str, Any] = {"_any_json": _any_json}
+    exec(f"def to_json(self):\n    return {{{items}}}\n", namespace)
+    to_json: Callable[[Any], dict[str, Any]] = namespace["to_json"]
+    to_json.__qualname__ = f"{cls.__qualname__}.to_json"
+    to_json.__doc__ = "The JSON of the value: its fields in order (written from the fields)."
+    return to_json
+
+
+class FieldsJson:
+    """Mixin for attrs value objects whose JSON is their fields in order: a tuple as a list, a
+    nested value object by its own ``to_json`` -- the form every event of the previous release
+    stores. The method is written from the class's fields on first use, as fast as the
+    hand-written dict literal it replaces (tests/unit/test_payloads.py compares the bytes)."""
+
+    __slots__ = ()
+
+    def to_json(self) -> dict[str, Any]:
+        cls = type(self)
+        to_json = _COMPILED.get(cls)
+        if to_json is None:  # first use: write it, and put it on the class
+            to_json = _COMPILED[cls] = _compile_to_json(cls)
+            type.__setattr__(cls, "to_json", to_json)
+        return to_json(self)
+
+
+#: The compiled ``to_json`` of each class (a method bound before the first use still finds it).
+_COMPILED: dict[type, Callable[[Any], dict[str, Any]]] = {}

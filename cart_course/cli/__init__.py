@@ -6,13 +6,13 @@ conflict, 3 for an unexpected failure); never a traceback (set ``CART_COURSE_DEB
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
 import click
 from eventsourcing.persistence import MapperDeserialisationError, PersistenceError
 
+from ..bootstrap import debug_enabled
 from ..errors import CartCourseError, InvalidCommandError, StoreError
 from ..protocol.errors import ProtocolInputError
 from .common import Context
@@ -54,7 +54,7 @@ _register()
 
 
 def _store_error(exc: Exception) -> CartCourseError:
-    from ..service import store_errors
+    from ..eventlog import store_errors
 
     try:
         with store_errors("the store"):
@@ -66,7 +66,7 @@ def _store_error(exc: Exception) -> CartCourseError:
 
 
 def main(argv: list[str] | None = None) -> None:
-    debug = os.environ.get("CART_COURSE_DEBUG") == "1"
+    debug = debug_enabled()
     try:
         cli.main(args=argv, prog_name="cart-course", standalone_mode=False)
     except click.exceptions.Abort:

@@ -8,31 +8,44 @@ from typing import Any
 
 import click
 
-from ..bootstrap import Settings, build_service
+from ..bootstrap import Settings, System
 from ..contract import parse_patient_id
 from ..errors import InvalidCommandError
+from ..eventlog import EventLog
 from ..service import CourseService
 
 
 class Context:
+    """What a command works with: the settings (``--db`` and the environment) and the
+    :class:`~cart_course.bootstrap.System` built from them on first use."""
+
     def __init__(self, db: str | None) -> None:
         self.db = db
-        self._service: CourseService | None = None
+        self._system: System | None = None
 
     @property
     def settings(self) -> Settings:
-        return Settings.from_env(self.db)
+        return self.system.settings
+
+    @property
+    def system(self) -> System:
+        if self._system is None:
+            self._system = System(Settings.from_env(self.db))
+        return self._system
 
     @property
     def service(self) -> CourseService:
-        if self._service is None:
-            self._service = build_service(self.settings)
-        return self._service
+        return self.system.service
+
+    @property
+    def log(self) -> EventLog:
+        """The store's log, read-only (the audit and the views read it)."""
+        return self.system.log
 
     def close(self) -> None:
-        if self._service is not None:
-            self._service.close()
-            self._service = None
+        if self._system is not None:
+            self._system.close()
+            self._system = None
 
 
 pass_context = click.make_pass_decorator(Context)

@@ -57,8 +57,7 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> 
 
 
 def _open(ctx: Context, batch_size: int | None = None) -> Views:
-    service = ctx.service
-    views = Views(service.app, ctx.settings.store)
+    views = ctx.system.views()
     if batch_size is not None:
         views.batch_size = batch_size
     click.get_current_context().call_on_close(views.close)

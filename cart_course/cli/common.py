@@ -55,6 +55,12 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
+class JSONInputError(click.BadParameter):
+    """SOURCE is not one JSON document (its body's ``error``: ``invalid_json``)."""
+
+    code = "invalid_json"
+
+
 #: What ``record`` (and every command reading one JSON document) accepts as SOURCE.
 SOURCE_FORMS = "a JSON object (starting with {), a path to a file holding one, or - for stdin"
 
@@ -68,24 +74,24 @@ def read_json_input(source: str) -> Any:
         try:
             raw = source.encode("utf-8")
         except UnicodeEncodeError:  # an argument that was not UTF-8 (surrogateescape)
-            raise click.BadParameter(
+            raise JSONInputError(
                 "the JSON argument is not UTF-8 text", param_hint="SOURCE"
             ) from None
     elif not source.strip():
-        raise click.BadParameter(f"{source!r} is empty; give {SOURCE_FORMS}", param_hint="SOURCE")
+        raise JSONInputError(f"{source!r} is empty; give {SOURCE_FORMS}", param_hint="SOURCE")
     else:
         try:
             with open(source, "rb") as fh:
                 raw = fh.read()
         except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
             if isinstance(exc, FileNotFoundError) and _is_json(source):
-                raise click.BadParameter(
+                raise JSONInputError(
                     f"{source[:40]!r} is JSON but not an object; give {SOURCE_FORMS}",
                     param_hint="SOURCE",
                 ) from None
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             shown = source if len(source) <= 80 else source[:77] + "..."
-            raise click.BadParameter(
+            raise JSONInputError(
                 f"cannot read {shown!r}: {reason}; SOURCE is {SOURCE_FORMS}",
                 param_hint="SOURCE",
             ) from None
@@ -110,7 +116,7 @@ def decode_json_document(raw: bytes) -> Any:
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise click.BadParameter(
+        raise JSONInputError(
             f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}, byte {column} of it)",
             param_hint="SOURCE",
         ) from None
@@ -118,12 +124,12 @@ def decode_json_document(raw: bytes) -> Any:
         # Without trailing whitespace, a truncated document's error is where it stops.
         return json.loads(text.rstrip())
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(
+        raise JSONInputError(
             f"not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}",
             param_hint="SOURCE",
         ) from None
     except RecursionError:
-        raise click.BadParameter(
+        raise JSONInputError(
             "not valid JSON: nested too deeply (arrays and objects within each other)",
             param_hint="SOURCE",
         ) from None
@@ -133,7 +139,7 @@ def decode_json_document(raw: bytes) -> Any:
             if "digits" in str(exc)
             else str(exc)
         )
-        raise click.BadParameter(f"not valid JSON: {detail}", param_hint="SOURCE") from None
+        raise JSONInputError(f"not valid JSON: {detail}", param_hint="SOURCE") from None
 
 
 def patient_id_argument(

@@ -101,10 +101,14 @@ def tokens_list(ctx: Context, as_json: bool) -> None:
 
 @tokens.command("revoke")
 @click.argument("token_id")
+@click.option("--json", "as_json", is_flag=True)
 @pass_context
-def tokens_revoke(ctx: Context, token_id: str) -> None:
+def tokens_revoke(ctx: Context, token_id: str, as_json: bool) -> None:
     """Revoke the token TOKEN_ID (see 'tokens list'); it stops working at once."""
     info = ctx.system.tokens.revoke(token_id, revoked_by=operator_name())
+    if as_json:
+        echo_json(info.to_json())
+        return
     click.echo(f"token {info.id} of {info.actor} ({info.role}) revoked at {info.revoked_at}")
 
 

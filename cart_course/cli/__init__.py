@@ -22,7 +22,6 @@ from .common import Context, echo_json
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--db",
-    envvar="CART_COURSE_DB",
     default=None,
     metavar="URL",
     help="Store: a SQLite file path (default var/cart-course.sqlite), memory: (with the colon) "

@@ -254,16 +254,14 @@ def verify_cmd(ctx: Context, seal_path: str | None, up_to: int | None, as_json: 
 @audit.command("seal")
 @click.argument("out", metavar="FILE")
 @click.option(
-    "--json", "as_json", is_flag=True, help="Print the seal's summary as JSON (FILE not -)."
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the seal's summary as JSON (with FILE -, the seal is on stdout already).",
 )
 @pass_context
 def seal_cmd(ctx: Context, out: str, as_json: bool) -> None:
     """Write every stream's head hash and the log digest to FILE (keep it outside the database)."""
-    if as_json and out == "-":
-        raise click.BadParameter(
-            "--json prints the summary on stdout: write the seal to a FILE, not -",
-            param_hint="FILE",
-        )
     require_readable(ctx.log)  # before FILE is opened (and an earlier seal overwritten)
     if out == "-":
         report = seal(ctx.log, sys.stdout)
@@ -273,7 +271,7 @@ def seal_cmd(ctx: Context, out: str, as_json: bool) -> None:
                 report = seal(ctx.log, fh)
         except OSError as exc:
             raise click.BadParameter(f"cannot write {out!r}: {exc.strerror}") from None
-    if as_json:
+    if as_json and out != "-":  # to stdout, the seal is JSON Lines already (summary last)
         echo_json({**report.to_json(), "seal_file": out})
         return
     click.echo(

@@ -39,6 +39,7 @@ def both(
     the status, the JSON body and the line."""
     status, out, err = invoke(capsys, monkeypatch, "--db", db, *args)
     assert status != 0
+    assert out == ""  # without --json, an error is only its line on stderr
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err
     status_json, out_json, err_json = invoke(capsys, monkeypatch, "--db", db, *args, "--json")

@@ -2,6 +2,8 @@
 
 Every error is one line on stderr and a non-zero exit (2 for bad input, 1 for a refusal or
 conflict, 3 for an unexpected failure); never a traceback (set ``CART_COURSE_DEBUG=1`` for one).
+With ``--json`` the error's body (the contract's rejection body) is also printed on stdout; the
+exit status does not depend on ``--json``.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def audited(path: Path, *, trace: bool) -> tuple[int, float, int, bool]:
     if trace:
         tracemalloc.start()
     started = time.perf_counter()
-    report = verify(service.app)
+    report = verify(service.log)
     elapsed = time.perf_counter() - started
     peak = 0
     if trace:

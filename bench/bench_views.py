@@ -167,7 +167,7 @@ def run() -> list[Section]:
         url = str(Path(tmp) / "bench.sqlite")
         store = parse_store_url(url)
         service = CourseService(open_application(store))
-        views = Views(service.app, store)
+        views = Views(service.log, store)
         try:
             _populate(service, PATIENTS)
             catch_section = _catch_up_section(service, views)

@@ -1,6 +1,12 @@
-"""The composition root: settings from the environment and flags -> application -> service.
+"""The composition root: settings from the environment and flags -> everything a process uses.
 
-This is the only module that reads the environment.
+:class:`Settings` is read here, and only here, from the environment (``CART_COURSE_DB``,
+``CART_COURSE_CIPHER_KEY``, ``CART_COURSE_COMPRESS``, ``CART_COURSE_DEBUG``, ``USER``) and the
+``--db`` flag. :class:`System` builds, from settings, what the entry points use: the service
+(commands), the log's read interface (:class:`~cart_course.eventlog.EventLog`: audit, views,
+feed), the token store and the views. The CLI (``cli.common.Context``), the HTTP server
+(:func:`http_app`, the factory ``cart-course serve`` gives uvicorn), ``ingest`` (its workers
+build their service with :func:`build_service`) and the test fixtures all start here.
 """
 
 from __future__ import annotations
@@ -8,15 +14,18 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .errors import StoreError
+from .eventlog import EventLog
 from .service import CourseService
 from .storage import (
     ENV_CIPHER_KEY,
     ENV_COMPRESS,
+    ENV_DB,
     StoreConfigError,
     StoreSettings,
     check_reachable,
@@ -24,6 +33,13 @@ from .storage import (
     parse_store_url,
     store_url_from_env,
 )
+
+if TYPE_CHECKING:
+    from .tokens import TokenStore
+    from .views import Views
+
+#: ``CART_COURSE_DEBUG=1``: errors of the CLI end in their traceback.
+ENV_DEBUG = "CART_COURSE_DEBUG"
 
 
 @attrs.frozen(kw_only=True)
@@ -45,6 +61,17 @@ class Settings:
             compress=environ.get(ENV_COMPRESS, "").lower() in ("1", "true", "yes", "y"),
         )
 
+    @classmethod
+    def for_store(
+        cls, url: str, *, cipher_key: str | None = None, compress: bool = False
+    ) -> Settings:
+        """Settings for the store ``url``, ignoring the environment (tests, tools)."""
+        try:
+            store = parse_store_url(url)
+        except StoreConfigError as exc:
+            raise StoreError(str(exc)) from None
+        return cls(store=store, cipher_key=check_cipher_key(cipher_key), compress=compress)
+
 
 def check_cipher_key(key: str | None) -> str | None:
     """A key is base64 of 16, 24 or 32 random bytes (AES); say how to make one if it is not."""
@@ -62,7 +89,24 @@ def check_cipher_key(key: str | None) -> str | None:
     return key
 
 
+def debug_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``CART_COURSE_DEBUG=1`` asks for tracebacks."""
+    return (os.environ if environ is None else environ).get(ENV_DEBUG) == "1"
+
+
+def operator_name(environ: Mapping[str, str] | None = None) -> str | None:
+    """Who runs this process (``USER``), for what the CLI records as made by the operator."""
+    return (os.environ if environ is None else environ).get("USER")
+
+
+def export_store(settings: Settings) -> None:
+    """Hand the store to child processes that build their own :class:`System` (the server's
+    workers): they read it back with :meth:`Settings.from_env`."""
+    os.environ[ENV_DB] = settings.store.url
+
+
 def build_service(settings: Settings) -> CourseService:
+    """The application service over the store (StoreError, one line, when it cannot open)."""
     try:
         check_reachable(settings.store)
         app = open_application(
@@ -73,3 +117,71 @@ def build_service(settings: Settings) -> CourseService:
     except Exception as exc:  # connection refused, bad key format, unreadable file ...
         raise StoreError(f"cannot open the store {settings.store.display}: {exc}") from None
     return CourseService(app)
+
+
+def build_tokens(settings: Settings) -> TokenStore:
+    """The API tokens kept beside the events."""
+    from .tokens import open_token_store
+
+    return open_token_store(settings.store)
+
+
+def build_views(settings: Settings, log: EventLog, **options: Any) -> Views:
+    """The monitors' views of the store, fed from ``log``."""
+    from .views import Views
+
+    return Views(log, settings.store, **options)
+
+
+class System:
+    """Everything one process uses, built from settings on first use and closed together."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._service: CourseService | None = None
+        self._tokens: TokenStore | None = None
+
+    @property
+    def service(self) -> CourseService:
+        if self._service is None:
+            self._service = build_service(self.settings)
+        return self._service
+
+    @property
+    def log(self) -> EventLog:
+        """The store's log, read-only (audit, views, feed)."""
+        return self.service.log
+
+    @property
+    def tokens(self) -> TokenStore:
+        if self._tokens is None:
+            self._tokens = build_tokens(self.settings)
+        return self._tokens
+
+    def views(self, **options: Any) -> Views:
+        """New views of the store (the caller closes them)."""
+        return build_views(self.settings, self.log, **options)
+
+    def close(self) -> None:
+        if self._service is not None:
+            self._service.close()
+            self._service = None
+        if self._tokens is not None:
+            self._tokens.close()
+            self._tokens = None
+
+
+def http_app() -> Any:
+    """The HTTP application for ``cart-course serve`` (a uvicorn factory: one per worker
+    process), over a :class:`System` built from the environment."""
+    from .http import create_app
+
+    system = System(Settings.from_env())
+    close: Callable[[], None] = system.close
+    try:
+        return create_app(
+            system.service, system.tokens, store=system.settings.store, on_shutdown=[close]
+        )
+    except BaseException:
+        close()
+        raise

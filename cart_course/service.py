@@ -7,7 +7,6 @@ allowed now, history). Storage errors become domain errors here.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import threading
 import time
@@ -20,9 +19,7 @@ import attrs
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import (
     IntegrityError,
-    MapperDeserialisationError,
     OperationalError,
-    PersistenceError,
 )
 
 from .contract import Command, parse_clinical_time, validated
@@ -38,6 +35,7 @@ from .errors import (
     StoreError,
     VersionConflictError,
 )
+from .eventlog import VERIFY_HINT, EventLog, store_errors
 from .protocol.commands import MoveRefusedError, allowed_now, prepare
 from .protocol.corrections import (
     History,
@@ -89,41 +87,6 @@ def _busy_for(started: float) -> StoreError | None:
         f"the store is busy: another writer has held it for {waited:.0f} s; nothing was "
         "written; try again"
     )
-
-
-#: What an auditor runs on a store that holds a row this application cannot read.
-VERIFY_HINT = "the store may be damaged or tampered with: run 'cart-course audit verify'"
-
-
-@contextlib.contextmanager
-def store_errors(
-    what: str, app: CourseApplication | None = None, *, writing: bool = False
-) -> Iterator[None]:
-    """Turn the library's storage failures into :class:`StoreError` (one clear line); with
-    ``writing``, a failure says it could not write (a full disk, a read-only store) and that
-    nothing was written.
-
-    A stored event that cannot be read is the key's fault (:class:`CipherKeyError`) unless
-    ``app`` says the store's first event reads with this key and settings: then that one row
-    is damaged (a :class:`StoreError` naming it), and blaming the key would mislead."""
-    try:
-        yield
-    except MapperDeserialisationError as exc:
-        if app is not None and app.settings_mismatch() is None:
-            raise StoreError(f"cannot read {what}: {exc}; {VERIFY_HINT}") from None
-        raise CipherKeyError(
-            f"cannot read {what}: the stored events do not decrypt with this key. "
-            "CART_COURSE_CIPHER_KEY (and CART_COURSE_COMPRESS) must be the ones the store was "
-            "written with"
-        ) from None
-    except IntegrityError:
-        raise
-    except PersistenceError as exc:
-        if writing:
-            raise StoreError(
-                f"cannot write to {what}: {type(exc).__name__}: {exc}; nothing was written"
-            ) from None
-        raise StoreError(f"cannot read {what}: {type(exc).__name__}: {exc}") from None
 
 
 class StoreBusy(Exception):
@@ -235,6 +198,8 @@ class CourseService:
         self, app: CourseApplication, protocol: ProtocolVersion = CURRENT, cache_size: int = 20_000
     ) -> None:
         self.app = app
+        #: The store's log, read-only: what every reader other than this service uses.
+        self.log = EventLog(app)
         self.protocol = protocol
         #: Patients recently used, as saved. A command on a cached patient needs no replay; a
         #: stale entry (another process wrote since) is caught by the store's optimistic

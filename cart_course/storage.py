@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import logging
-import os
 import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -229,10 +228,10 @@ def check_reachable(settings: StoreSettings) -> None:
     conn.close()
 
 
-def store_url_from_env(environ: Mapping[str, str] | None = None, db: str | None = None) -> str:
-    """``--db`` if given, else ``CART_COURSE_DB`` if set, else the default file. A value given
-    but empty is refused (it is a mistake, not a wish for the default)."""
-    environ = os.environ if environ is None else environ
+def store_url_from_env(environ: Mapping[str, str], db: str | None = None) -> str:
+    """``--db`` if given, else ``CART_COURSE_DB`` if set in ``environ`` (the environment, as
+    ``bootstrap`` reads it), else the default file. A value given but empty is refused (it is a
+    mistake, not a wish for the default)."""
     if db is not None:
         if not db.strip():
             raise StoreConfigError(

@@ -17,8 +17,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pgserver import PostgresServer, postgres_unavailable_reason
 
+from cart_course.bootstrap import Settings, build_service
 from cart_course.service import CourseService
-from cart_course.storage import open_application, parse_store_url
 
 STORES = ("memory", "sqlite", "postgres")
 
@@ -62,7 +62,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def service(store_url: str) -> Iterator[CourseService]:
-    svc = CourseService(open_application(parse_store_url(store_url)))
+    svc = build_service(Settings.for_store(store_url))
     try:
         yield svc
     finally:
@@ -71,7 +71,7 @@ def service(store_url: str) -> Iterator[CourseService]:
 
 @pytest.fixture
 def memory_service() -> Iterator[CourseService]:
-    svc = CourseService(open_application(parse_store_url("memory:")))
+    svc = build_service(Settings.for_store("memory:"))
     try:
         yield svc
     finally:

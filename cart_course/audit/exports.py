@@ -12,14 +12,14 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from ..storage import CourseApplication
+from ..eventlog import EventLog
 from .history import COLUMNS, csv_row, timeline
 from .log import streams
 
 
-def jsonl(app: CourseApplication, patient_id: str | None = None) -> Iterator[str]:
+def jsonl(log: EventLog, patient_id: str | None = None) -> Iterator[str]:
     """One JSON object per stored event: identity, record time, hash chain, and every field."""
-    for pid, events in streams(app, patient_id):
+    for pid, events in streams(log, patient_id):
         for e in events:
             line: dict[str, Any] = {
                 "patient_id": pid,
@@ -33,12 +33,12 @@ def jsonl(app: CourseApplication, patient_id: str | None = None) -> Iterator[str
             yield json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
-def csv_timeline(app: CourseApplication, patient_id: str | None = None) -> Iterator[str]:
+def csv_timeline(log: EventLog, patient_id: str | None = None) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COLUMNS)
     yield buffer.getvalue()
-    for pid, events in streams(app, patient_id):
+    for pid, events in streams(log, patient_id):
         for row in timeline(pid, events):
             buffer.seek(0)
             buffer.truncate()

@@ -39,8 +39,9 @@ import attrs
 from eventsourcing.persistence import StoredEvent
 
 from ..course import REPLAY_RULES, genesis_hash, stream_id
+from ..eventlog import EventLog
 from ..protocol.record import PatientRecord
-from ..storage import CourseApplication, snapshot_rules
+from ..storage import snapshot_rules
 from .log import (
     PAGE,
     REGISTERED,
@@ -53,7 +54,6 @@ from .log import (
     StreamRead,
     UnreadableEventError,
     count_events,
-    count_rows,
     high_water_mark,
     is_version,
     registrations,
@@ -108,10 +108,9 @@ class SnapshotState:
     error: str | None = None
 
 
-def decode_snapshots(app: CourseApplication, stream: str, rows: list[Row]) -> list[SnapshotState]:
-    if not rows or app.snapshots is None:
+def decode_snapshots(log: EventLog, stream: str, rows: list[Row]) -> list[SnapshotState]:
+    if not rows or not log.keeps_snapshots:
         return []
-    mapper = app.snapshots.mapper
     decoded = []
     for version, topic, state in rows:
         try:
@@ -121,7 +120,7 @@ def decode_snapshots(app: CourseApplication, stream: str, rows: list[Row]) -> li
                 topic=topic,
                 state=state if isinstance(state, bytes) else bytes(state, "utf-8"),
             )
-            snapshot: Any = mapper.to_domain_event(stored)
+            snapshot: Any = log.to_snapshot(stored)
             decoded.append(SnapshotState(version=version, state=dict(snapshot.state)))
         except Exception as exc:  # altered into something that no longer decodes
             decoded.append(SnapshotState(version=version, error=f"{type(exc).__name__}: {exc}"))
@@ -393,7 +392,7 @@ def check_stream(
     return problems
 
 
-def _snapshots_up_to(app: CourseApplication, read: StreamRead) -> tuple[list[Row], int]:
+def _snapshots_up_to(log: EventLog, read: StreamRead) -> tuple[list[Row], int]:
     """The stream's stored snapshots within the checked part of the log, and how many were left
     out. A snapshot beyond the stream's last checked event is left out when the stream now
     reaches its version (it was taken after the mark); otherwise it stays, and the check reports
@@ -403,27 +402,27 @@ def _snapshots_up_to(app: CourseApplication, read: StreamRead) -> tuple[list[Row
     later = [row for row in read.snapshots if row[0] > head]
     if not later:
         return rows, 0
-    latest = app.recorder.select_events(uuid.UUID(read.stream), desc=True, limit=1)
+    latest = log.stream(uuid.UUID(read.stream), desc=True, limit=1)
     live = latest[0].originator_version if latest else 0
     beyond = [row for row in later if row[0] > live]
     return rows + beyond, len(later) - len(beyond)
 
 
 def heads(
-    app: CourseApplication, report: VerifyReport | None = None, *, up_to: int | None = None
+    log: EventLog, report: VerifyReport | None = None, *, up_to: int | None = None
 ) -> Iterator[StreamHead]:
     """Every stream's head, in registration order, checking each stream on the way (and its
     stored snapshots, when the report replays). ``up_to``: only the log at or below that
     notification id (streams registered up to it, their events up to it)."""
     with_snapshots = report is not None and report.replayed
-    for read in scan(app, snapshots=with_snapshots, up_to=up_to):
+    for read in scan(log, snapshots=with_snapshots, up_to=up_to):
         pid, events = read.patient_id, read.events
         if report is not None:
             snapshot_rows, later = (
-                (read.snapshots, 0) if up_to is None else _snapshots_up_to(app, read)
+                (read.snapshots, 0) if up_to is None else _snapshots_up_to(log, read)
             )
             report.later_snapshots += later
-            snapshots = decode_snapshots(app, read.stream, snapshot_rows)
+            snapshots = decode_snapshots(log, read.stream, snapshot_rows)
             report.streams += 1
             report.events += len(events)
             older = sum(
@@ -455,24 +454,17 @@ def heads(
         )
 
 
-def _orphans(app: CourseApplication, up_to: int | None = None) -> list[Problem]:
+def _orphans(log: EventLog, up_to: int | None = None) -> list[Problem]:
     """Rows of streams that have no registration (failure path only: holds a set of streams),
     among the rows at or below notification ``up_to``."""
-    registered = {str(stream_id(pid)) for _nid, pid in registrations(app, up_to)}
-    decode = Decoder(app)
+    registered = {str(stream_id(pid)) for _nid, pid in registrations(log, up_to)}
+    decode = Decoder(log)
     found: dict[str, list[int]] = {}
-    start = 0
-    while True:
-        page = app.recorder.select_notifications(
-            start=start, limit=PAGE, stop=up_to, inclusive_of_start=False
-        )
-        if not page:
-            break
+    for page in log.pages(0, page=PAGE, up_to=up_to):
         for n in page:
             sid = decode(n).stream
             if sid not in registered:
                 found.setdefault(sid, []).append(n.originator_version)
-        start = page[-1].id
     return [
         Problem(
             patient_id=f"stream {sid}",
@@ -486,7 +478,7 @@ def _orphans(app: CourseApplication, up_to: int | None = None) -> list[Problem]:
 
 
 def verify(
-    app: CourseApplication,
+    log: EventLog,
     seal: IO[str] | None = None,
     *,
     replay: bool = True,
@@ -498,16 +490,14 @@ def verify(
     starts (``report.up_to``), a consistent prefix; events recorded meanwhile are not problems,
     they are checked by the next run. ``up_to``: check only the log up to that earlier
     notification id instead (e.g. to recompute the digest a report or seal gave for it)."""
-    require_readable(app)
+    require_readable(log)
     sealed = _read_seal(seal) if seal is not None else None
     report = VerifyReport(replayed=replay)
     digest = hashlib.sha256()
     # Counted before the mark is taken: every snapshot counted is then of an event at or below
     # the mark (a snapshot is taken after its event is committed), so the scan accounts for it.
-    stored_snapshots = (
-        count_rows(app.snapshots.recorder) if replay and app.snapshots is not None else None
-    )
-    mark = high_water_mark(app)
+    stored_snapshots = log.count_snapshots() if replay else None
+    mark = high_water_mark(log)
     up_to = report.up_to = mark if up_to is None else max(0, min(up_to, mark))
     summary: dict[str, Any] | None = None
     sealed_iter: Iterator[dict[str, Any]] | None = None
@@ -515,7 +505,7 @@ def verify(
     if sealed is not None:
         summary, sealed_iter = sealed
         pending = next(sealed_iter, None)
-    for head in heads(app, report, up_to=up_to):
+    for head in heads(log, report, up_to=up_to):
         digest.update(head.line().encode())
         if sealed_iter is None or summary is None:
             continue
@@ -544,7 +534,7 @@ def verify(
             pending = next(sealed_iter, None)
         report.sealed = summary
     report.log_digest = digest.hexdigest()
-    report.rows = count_events(app, up_to)
+    report.rows = count_events(log, up_to)
     # Live, every snapshot counted is of a registered stream's event at or below the mark. At an
     # earlier position the count also holds snapshots of later streams and events: not compared.
     if up_to < mark:
@@ -562,7 +552,7 @@ def verify(
             )
         )
     if report.rows is not None and report.rows != report.events:
-        report.problems.extend(_orphans(app, up_to))
+        report.problems.extend(_orphans(log, up_to))
         if report.rows > report.events and not any(
             p.check == "registration" for p in report.problems
         ):
@@ -624,15 +614,15 @@ def _compare(sealed: dict[str, Any], head: StreamHead) -> Problem | None:
     return None
 
 
-def seal(app: CourseApplication, out: IO[str], *, now: dt.datetime | None = None) -> VerifyReport:
+def seal(log: EventLog, out: IO[str], *, now: dt.datetime | None = None) -> VerifyReport:
     """Write every stream's head and the log digest (JSON Lines); verifies on the way. Seals
     the log up to its high-water mark when it starts (a live store can be sealed)."""
-    require_readable(app)
+    require_readable(log)
     report = VerifyReport(replayed=False)
-    up_to = report.up_to = high_water_mark(app)
+    up_to = report.up_to = high_water_mark(log)
     digest = hashlib.sha256()
     max_nid = 0
-    for head in heads(app, report, up_to=up_to):
+    for head in heads(log, report, up_to=up_to):
         digest.update(head.line().encode())
         max_nid = max(max_nid, head.notification_id)
         out.write(
@@ -648,7 +638,7 @@ def seal(app: CourseApplication, out: IO[str], *, now: dt.datetime | None = None
             + "\n"
         )
     report.log_digest = digest.hexdigest()
-    report.rows = count_events(app, up_to)
+    report.rows = count_events(log, up_to)
     stamp = (now or dt.datetime.now(dt.UTC)).isoformat()
     summary = {
         "seal": SEAL_FORMAT,

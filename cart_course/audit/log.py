@@ -1,8 +1,8 @@
 """Reading the stored log for audit: decode rows without the aggregate, hash them, replay them.
 
 The audit never loads the eventsourcing aggregate (no snapshots, no cache): it reads the stored
-rows directly (on SQLite and PostgreSQL one SQL query per page of streams; in memory, the
-recorder), decodes each row's JSON, and recomputes its hash byte for byte as
+rows through the log's read interface (:class:`~cart_course.eventlog.EventLog`: on SQLite and
+PostgreSQL one SQL query per page of streams; in memory, the recorder), decodes each row's JSON, and recomputes its hash byte for byte as
 ``course.event_hash`` does on the domain event (see :func:`canonical_fast`). The pure
 :class:`PatientRecord` is rebuilt by the event classes' own ``evolve_record`` code (what their ``apply``
 does to the record), so the audit's replay cannot drift from the application's.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import sys
 import types
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -27,18 +26,16 @@ from eventsourcing.persistence import StoredEvent
 
 from ..course import PatientCourse, canonical, event_hash, stream_id
 from ..errors import CartCourseError, CipherKeyError, PatientNotFoundError
+from ..eventlog import PAGE, REGISTERED_TOPIC, EventLog, Row, as_uuid
 from ..protocol.record import PatientRecord
-from ..service import store_errors
 from ..storage import (
     CANONICAL_MARK,
-    CourseApplication,
     drop_row_copies,
     is_canonical_state,
     stored_format_mismatch,
 )
 
-REGISTERED_TOPIC = f"{PatientCourse.__module__}:{PatientCourse.Registered.__qualname__}"
-PAGE = 100
+__all__ = ["PAGE", "REGISTERED_TOPIC", "Row"]
 
 # -- the canonical encoding, fast ---------------------------------------------------------------
 #
@@ -193,11 +190,10 @@ class LoggedEvent:
 class Decoder:
     """Turns stored rows into :class:`LoggedEvent` (honours the store's cipher and compressor)."""
 
-    def __init__(self, app: CourseApplication) -> None:
-        self.app = app
-        mapper = app.mapper
-        self._cipher = mapper.cipher
-        self._compressor = mapper.compressor
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self._cipher = log.cipher
+        self._compressor = log.compressor
 
     def __call__(self, stored: Any) -> LoggedEvent:
         oid = stored.originator_id
@@ -265,7 +261,7 @@ class Decoder:
         stored = StoredEvent(
             originator_id=uuid.UUID(sid), originator_version=version, topic=topic, state=state
         )
-        event: Any = self.app.mapper.to_domain_event(stored)
+        event: Any = self.log.to_event(stored)
         data = {
             k: v
             for k, v in vars(event).items()
@@ -276,148 +272,42 @@ class Decoder:
         return logged
 
 
-def read_stream(
-    app: CourseApplication, sid: uuid.UUID, decoder: Decoder | None = None
-) -> list[LoggedEvent]:
-    decode = decoder or Decoder(app)
-    with store_errors("the store"):
-        stored = app.recorder.select_events(sid)
-    return [decode(s) for s in stored]
+def read_stream(log: EventLog, sid: uuid.UUID, decoder: Decoder | None = None) -> list[LoggedEvent]:
+    decode = decoder or Decoder(log)
+    return [decode(s) for s in log.stream(sid)]
 
 
-def high_water_mark(app: CourseApplication) -> int:
+def high_water_mark(log: EventLog) -> int:
     """The log's current position: the highest notification id stored (0 when empty).
 
     Notification ids are given in commit order (SQLite has one writer at a time; PostgreSQL
     locks the table for each insert), so every row at or below the mark is committed and no row
     can later appear below it: the rows up to the mark are a consistent prefix of the log."""
-    with store_errors("the store"):
-        return int(app.recorder.max_notification_id() or 0)
+    return log.max_notification_id()
 
 
-def _registration_notifications(
-    app: CourseApplication, up_to: int | None = None
-) -> Iterator[list[Any]]:
+def _registration_notifications(log: EventLog, up_to: int | None = None) -> Iterator[list[Any]]:
     """The v1 ``Registered`` notifications, in log order, a page at a time (only those at or
     below notification ``up_to``, when given)."""
-    start = 0
-    while True:
-        with store_errors("the store"):
-            page = app.recorder.select_notifications(
-                start=start,
-                limit=PAGE,
-                stop=up_to,
-                topics=[REGISTERED_TOPIC],
-                inclusive_of_start=False,
-            )
-        if not page:
-            return
+    for page in log.registrations(page=PAGE, up_to=up_to):
         yield [n for n in page if n.originator_version == 1]
-        start = page[-1].id
 
 
 def _registration_pages(
-    app: CourseApplication, up_to: int | None = None
+    log: EventLog, up_to: int | None = None
 ) -> Iterator[list[tuple[int, uuid.UUID]]]:
     """(notification id, stream id) of every registration, in log order, a page at a time."""
-    for page in _registration_notifications(app, up_to):
-        yield [
-            (
-                n.id,
-                n.originator_id
-                if isinstance(n.originator_id, uuid.UUID)
-                else uuid.UUID(str(n.originator_id)),
-            )
-            for n in page
-        ]
+    for page in _registration_notifications(log, up_to):
+        yield [(n.id, as_uuid(n.originator_id)) for n in page]
 
 
-def registrations(app: CourseApplication, up_to: int | None = None) -> Iterator[tuple[int, str]]:
+def registrations(log: EventLog, up_to: int | None = None) -> Iterator[tuple[int, str]]:
     """(notification id, patient id) of every registration, in log order, paged (only those at
     or below notification ``up_to``, when given)."""
-    decode = Decoder(app)
-    for page in _registration_notifications(app, up_to):
+    decode = Decoder(log)
+    for page in _registration_notifications(log, up_to):
         for n in page:
             yield n.id, str(decode(n).get("patient_id"))
-
-
-Row = tuple[int, str, bytes]
-
-
-class RowReader:
-    """The stored rows (version, topic, state) of many streams at once: one SQL query per page of
-    streams on SQLite and PostgreSQL; stream by stream through the recorder otherwise.
-
-    ``up_to``: only the rows at or below that notification id (the application's event table;
-    snapshot tables have no notification ids)."""
-
-    def __init__(self, recorder: Any, up_to: int | None = None) -> None:
-        self.recorder = recorder
-        self.up_to = up_to
-        self.kind = "recorder"
-        table = getattr(recorder, "events_table_name", None)
-        sqlite = sys.modules.get("eventsourcing.sqlite")
-        postgres = sys.modules.get("eventsourcing.postgres")
-        columns = "originator_id, originator_version, topic, state"
-        if sqlite is not None and isinstance(recorder, sqlite.SQLiteAggregateRecorder):
-            self.kind = "sqlite"
-            self._sql = f"SELECT {columns} FROM {table} WHERE originator_id IN ({{marks}}) "
-            if up_to is not None:
-                self._sql += f"AND rowid <= {int(up_to)} "
-        elif postgres is not None and isinstance(recorder, postgres.PostgresAggregateRecorder):
-            from psycopg.sql import SQL, Identifier
-
-            self.kind = "postgres"
-            bound = "" if up_to is None else f"AND notification_id <= {int(up_to)} "
-            self._pg = SQL(
-                f"SELECT {columns} FROM {{schema}}.{{table}} WHERE originator_id = ANY(%s) {bound}"
-            ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(str(table)))
-
-    def _up_to(self, sid: uuid.UUID, stored: Any) -> list[Any]:
-        """The in-memory store's rows of ``sid`` at or below the mark (position in its log)."""
-        index = getattr(self.recorder, "_stored_events_index", None)
-        if index is None or self.up_to is None:
-            return list(stored)
-        positions = index.get(str(sid), {})
-        # Notification id = position in the in-memory log + 1.
-        return [s for s in stored if positions.get(s.originator_version, self.up_to) < self.up_to]
-
-    def fetch(self, sids: list[uuid.UUID]) -> dict[uuid.UUID, list[Row]]:
-        """Each stream's rows, in version order."""
-        with store_errors("the store"):
-            return self._fetch(sids)
-
-    def _fetch(self, sids: list[uuid.UUID]) -> dict[uuid.UUID, list[Row]]:
-        found: dict[uuid.UUID, list[Row]] = {}
-        if not sids:
-            return found
-        if self.kind == "recorder":
-            for sid in sids:
-                stored = self.recorder.select_events(sid)
-                if self.up_to is not None:
-                    stored = self._up_to(sid, stored)
-                found[sid] = [(s.originator_version, s.topic, s.state) for s in stored]
-            return found
-        order = "ORDER BY originator_id, originator_version"
-        with self.recorder.datastore.transaction(commit=False) as cursor:
-            if self.kind == "sqlite":
-                by_hex = {sid.hex: sid for sid in sids}
-                cursor.execute(
-                    self._sql.format(marks=",".join("?" * len(by_hex))) + order, list(by_hex)
-                )
-                for oid, version, topic, state in cursor.fetchall():
-                    found.setdefault(by_hex[oid], []).append((version, topic, state))
-            else:
-                from psycopg.sql import SQL
-
-                cursor.execute(self._pg + SQL(order), [sids])
-                for row in cursor.fetchall():
-                    oid = row["originator_id"]
-                    key = oid if isinstance(oid, uuid.UUID) else uuid.UUID(str(oid))
-                    found.setdefault(key, []).append(
-                        (row["originator_version"], row["topic"], bytes(row["state"]))
-                    )
-        return found
 
 
 class StreamRead(NamedTuple):
@@ -432,17 +322,17 @@ class StreamRead(NamedTuple):
 
 
 def scan(
-    app: CourseApplication, *, snapshots: bool = False, up_to: int | None = None
+    log: EventLog, *, snapshots: bool = False, up_to: int | None = None
 ) -> Iterator[StreamRead]:
     """Every registered stream in registration order, a page of streams in memory at a time.
 
     ``up_to``: read the log only up to that notification id (see :func:`high_water_mark`):
     the streams registered at or below it, each with its events at or below it. Snapshots are
     read whole (they carry no notification id)."""
-    decode = Decoder(app)
-    events = RowReader(app.recorder, up_to)
-    snaps = RowReader(app.snapshots.recorder) if snapshots and app.snapshots is not None else None
-    for page in _registration_pages(app, up_to):
+    decode = Decoder(log)
+    events = log.rows(up_to)
+    snaps = log.snapshot_rows() if snapshots else None
+    for page in _registration_pages(log, up_to):
         sids = [sid for _nid, sid in page]
         rows = events.fetch(sids)
         stored_snaps = snaps.fetch(sids) if snaps is not None else {}
@@ -469,27 +359,27 @@ def registered_patient(events: list[LoggedEvent]) -> Any:
 
 
 def streams(
-    app: CourseApplication, patient_id: str | None = None
+    log: EventLog, patient_id: str | None = None
 ) -> Iterator[tuple[str, list[LoggedEvent]]]:
     """(patient id, events) for one patient or every patient, a page of streams in memory.
 
     Refuses (:class:`CipherKeyError`) a store its rows do not decrypt for, and
     (:class:`UnreadableEventError`) a stream holding a row that cannot be read, naming it: the
     audit never shows a damaged row as an event with empty fields."""
-    require_readable(app)
+    require_readable(log)
     if patient_id is not None:
-        events = read_stream(app, stream_id(patient_id), Decoder(app))
+        events = read_stream(log, stream_id(patient_id), Decoder(log))
         if not events:
             raise PatientNotFoundError(patient_id)
         yield patient_id, check_readable(patient_id, events)
         return
-    for read in scan(app):
+    for read in scan(log):
         yield read.patient_id, check_readable(read.patient_id, read.events)
 
 
-def patient_events(app: CourseApplication, patient_id: str) -> list[LoggedEvent]:
+def patient_events(log: EventLog, patient_id: str) -> list[LoggedEvent]:
     """The patient's events, every one readable (see :func:`streams`)."""
-    return next(streams(app, patient_id))[1]
+    return next(streams(log, patient_id))[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -513,7 +403,7 @@ def _opens(state: Any, cipher: Any, compressor: Any) -> bool:
         return False
 
 
-def key_problem(app: CourseApplication) -> str | None:
+def key_problem(log: EventLog) -> str | None:
     """Why the store cannot be read with this application's key and compression setting (None:
     it can, or the store is empty).
 
@@ -521,21 +411,20 @@ def key_problem(app: CourseApplication) -> str | None:
     key is judged on the log's first rows and its last one: when any of them reads, the key is
     right and a row that does not is evidence of tampering (``verify`` names it). A few rows,
     whatever the size of the log."""
-    mapper = app.mapper
-    with store_errors("the store"):
-        sample = list(app.recorder.select_notifications(start=None, limit=KEY_SAMPLE))
-        if not sample:
-            return None
-        mark = high_water_mark(app)
-        if mark > sample[-1].id:
-            sample += app.recorder.select_notifications(start=mark, limit=1)
-    if any(_opens(n.state, mapper.cipher, mapper.compressor) for n in sample):
+    sample = list(log.notifications(0, KEY_SAMPLE))
+    if not sample:
+        return None
+    mark = high_water_mark(log)
+    if mark > sample[-1].id:
+        sample += log.notifications(mark - 1, 1)
+    cipher, compressor = log.cipher, log.compressor
+    if any(_opens(n.state, cipher, compressor) for n in sample):
         return None
     first = sample[0].state
     problem = stored_format_mismatch(
         first if isinstance(first, bytes) else bytes(first),
-        cipher=mapper.cipher is not None,
-        compressed=mapper.compressor is not None,
+        cipher=cipher is not None,
+        compressed=compressor is not None,
         error=ValueError("not JSON"),
     )
     if problem.startswith("its first event does not decode"):
@@ -543,11 +432,11 @@ def key_problem(app: CourseApplication) -> str | None:
     return problem
 
 
-def require_readable(app: CourseApplication) -> None:
+def require_readable(log: EventLog) -> None:
     """Raise :class:`CipherKeyError` (the same line every command gives for it) when the store
     cannot be read with this key (see :func:`key_problem`): before any audit reads, so that a
     wrong key is never reported as tampering, garbage or empty fields."""
-    problem = key_problem(app)
+    problem = key_problem(log)
     if problem is not None:
         raise CipherKeyError(
             f"cannot read the store: the stored events do not decrypt with this key ({problem}). "
@@ -645,37 +534,10 @@ def check_readable(patient_id: str, events: list[LoggedEvent]) -> list[LoggedEve
     return events
 
 
-def count_rows(recorder: Any, up_to: int | None = None) -> int | None:
-    """How many rows a recorder's table holds (None when the store cannot say cheaply); with
-    ``up_to``, the rows at or below that notification id (application event tables only)."""
-    table = getattr(recorder, "events_table_name", None)
-    datastore = getattr(recorder, "datastore", None)
-    if table is None or datastore is None:
-        stored = getattr(recorder, "_stored_events", None)
-        if stored is None:
-            return None
-        return len(stored) if up_to is None else min(len(stored), up_to)
-    where = ""
-    if up_to is not None:
-        sqlite = sys.modules.get("eventsourcing.sqlite")
-        column = (
-            "rowid"
-            if sqlite is not None and isinstance(recorder, sqlite.SQLiteAggregateRecorder)
-            else "notification_id"
-        )
-        where = f" WHERE {column} <= {int(up_to)}"
-    with store_errors("the store"), datastore.transaction(commit=False) as cursor:
-        cursor.execute(f"SELECT COUNT(*) AS n FROM {table}{where}")
-        row = cursor.fetchone()
-    if isinstance(row, dict):
-        return int(row["n"])
-    return int(row[0])
-
-
-def count_events(app: CourseApplication, up_to: int | None = None) -> int | None:
+def count_events(log: EventLog, up_to: int | None = None) -> int | None:
     """How many rows the event table holds (None when the store cannot say cheaply); with
     ``up_to``, the rows at or below that notification id."""
-    return count_rows(app.recorder, up_to)
+    return log.count_events(up_to)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,26 +2,28 @@
 
 Every error is one line on stderr and a non-zero exit (2 for bad input, 1 for a refusal or
 conflict, 3 for an unexpected failure); never a traceback (set ``CART_COURSE_DEBUG=1`` for one).
+With ``--json`` the error's body (the contract's rejection body) is also printed on stdout; the
+exit status does not depend on ``--json``.
 """
 
 from __future__ import annotations
 
-import os
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import click
 from eventsourcing.persistence import MapperDeserialisationError, PersistenceError
 
+from ..bootstrap import debug_enabled
 from ..errors import CartCourseError, InvalidCommandError, StoreError
 from ..protocol.errors import ProtocolInputError
-from .common import Context
+from .common import Context, echo_json
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--db",
-    envvar="CART_COURSE_DB",
     default=None,
     metavar="URL",
     help="Store: a SQLite file path (default var/cart-course.sqlite), memory: (with the colon) "
@@ -54,7 +56,7 @@ _register()
 
 
 def _store_error(exc: Exception) -> CartCourseError:
-    from ..service import store_errors
+    from ..eventlog import store_errors
 
     try:
         with store_errors("the store"):
@@ -65,42 +67,100 @@ def _store_error(exc: Exception) -> CartCourseError:
         return StoreError(f"cannot read the store: {type(exc).__name__}: {exc}")
 
 
+def wants_json(args: Sequence[str]) -> bool:
+    """Whether the command line asks for JSON (``--json`` before any ``--``)."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
+
+
+def _parameter(exc: click.ClickException) -> str | None:
+    """The name of the argument or option a usage error is about (as the user writes it)."""
+    param = getattr(exc, "param", None)
+    if isinstance(param, click.Option) and param.opts:
+        return max(param.opts, key=len)
+    if param is not None:
+        return str(param.human_readable_name)
+    hint = getattr(exc, "param_hint", None)
+    if isinstance(hint, str):
+        return hint.strip("'\"")
+    return None
+
+
+def usage_error(exc: click.ClickException) -> tuple[str, dict[str, Any]]:
+    """A usage error as its message and its JSON body (the contract's rejection body: the
+    error code, the message and the field). A missing argument or option "is required"."""
+    field = _parameter(exc)
+    if isinstance(exc, click.MissingParameter) and field is not None:
+        message = f"{field} is required"
+    else:
+        message = exc.format_message()
+    body: dict[str, Any] = {"error": getattr(exc, "code", "invalid_request"), "message": message}
+    if field is not None:
+        body["field"] = field
+    return message, body
+
+
+def _body(exc: BaseException) -> dict[str, Any]:
+    """The JSON body of an error (the contract's rejection body)."""
+    if isinstance(exc, CartCourseError):
+        return exc.to_json()
+    if isinstance(exc, ProtocolInputError):
+        return InvalidCommandError(exc.field, exc.message).to_json()
+    return {"error": "unexpected", "message": f"unexpected {type(exc).__name__}: {exc}"}
+
+
 def main(argv: list[str] | None = None) -> None:
-    debug = os.environ.get("CART_COURSE_DEBUG") == "1"
+    """Run the CLI. Every error is one line on stderr; with ``--json`` its body (the contract's
+    rejection body: ``error``, ``message`` and, where there is one, ``field``) is also printed
+    on stdout. The exit status is the same with and without ``--json``."""
+    args = sys.argv[1:] if argv is None else argv
+    as_json = wants_json(args)
+    debug = debug_enabled()
+
+    def fail(status: int, line: str, body: dict[str, Any]) -> NoReturn:
+        if as_json:
+            echo_json(body)
+        click.echo(line, err=True)
+        sys.exit(status)
+
     try:
-        cli.main(args=argv, prog_name="cart-course", standalone_mode=False)
+        cli.main(args=args, prog_name="cart-course", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(1)
+        fail(1, "aborted", {"error": "aborted", "message": "aborted"})
     except click.UsageError as exc:  # one line, with where to look for help
         where = exc.ctx.command_path if exc.ctx is not None else "cart-course"
-        click.echo(f"error: {exc.format_message()} (see '{where} --help')", err=True)
-        sys.exit(2)
+        message, body = usage_error(exc)
+        fail(2, f"error: {message} (see '{where} --help')", body)
     except click.ClickException as exc:
+        if as_json:
+            echo_json(usage_error(exc)[1])
         exc.show()
         sys.exit(2)
     except (InvalidCommandError, ProtocolInputError) as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        fail(2, f"error: {exc}", _body(exc))
     except CartCourseError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc.message}", err=True)
-        sys.exit(1)
+        fail(1, f"error: {exc.message}", _body(exc))
     except KeyboardInterrupt:
+        if as_json:
+            echo_json({"error": "interrupted", "message": "interrupted"})
         sys.exit(130)
     except (PersistenceError, MapperDeserialisationError) as exc:
         # A store failure that a read path did not name: the same line as the others
         # ("cannot read the store: ..."), never "unexpected".
         if debug:
             raise
-        click.echo(f"error: {_store_error(exc).message}", err=True)
-        sys.exit(1)
+        error = _store_error(exc)
+        fail(1, f"error: {error.message}", _body(error))
     except Exception as exc:
         if debug:
             raise
-        click.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
-        sys.exit(3)
+        fail(3, f"error: unexpected {type(exc).__name__}: {exc}", _body(exc))
     sys.exit(0)

@@ -54,12 +54,12 @@ def history(ctx: Context, patient_id: str, as_json: bool, as_csv: bool) -> None:
     role, reason, the move, the facts, corrections and signatures."""
     if as_json and as_csv:
         raise click.BadParameter("give --json or --csv, not both")
-    events = patient_events(ctx.service.app, patient_id)
+    events = patient_events(ctx.log, patient_id)
     rows = timeline(patient_id, events)
     if as_json:
         echo_json(list(rows))
     elif as_csv:
-        _write(exports.csv_timeline(ctx.service.app, patient_id), "-")
+        _write(exports.csv_timeline(ctx.log, patient_id), "-")
     else:
         for line in render_table(rows):
             click.echo(line)
@@ -86,7 +86,7 @@ def as_of_cmd(
         raise click.BadParameter(
             "give exactly one of --version N, --recorded-at TIME, --occurred-at TIME"
         )
-    events = patient_events(ctx.service.app, patient_id)
+    events = patient_events(ctx.log, patient_id)
     view = as_of(
         patient_id,
         events,
@@ -163,7 +163,7 @@ def conformance(
     the guards refuse, with the failed rules. Exits 1 when a step does not conform."""
     protocol = _protocol(protocol_id)
     result = Conformance()
-    for pid, events in streams(ctx.service.app, patient_id):
+    for pid, events in streams(ctx.log, patient_id):
         check_history(pid, events, protocol=protocol, regrade=regrade, result=result)
     if as_json:
         echo_json(result.to_json())
@@ -217,7 +217,7 @@ def verify_cmd(ctx: Context, seal_path: str | None, up_to: int | None, as_json: 
     altered."""
     fh = _open_seal(seal_path)
     try:
-        report = verify(ctx.service.app, fh, up_to=up_to)
+        report = verify(ctx.log, fh, up_to=up_to)
     except SealFormatError as exc:
         raise click.BadParameter(str(exc), param_hint="--seal") from None
     finally:
@@ -253,18 +253,27 @@ def verify_cmd(ctx: Context, seal_path: str | None, up_to: int | None, as_json: 
 
 @audit.command("seal")
 @click.argument("out", metavar="FILE")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the seal's summary as JSON (with FILE -, the seal is on stdout already).",
+)
 @pass_context
-def seal_cmd(ctx: Context, out: str) -> None:
+def seal_cmd(ctx: Context, out: str, as_json: bool) -> None:
     """Write every stream's head hash and the log digest to FILE (keep it outside the database)."""
-    require_readable(ctx.service.app)  # before FILE is opened (and an earlier seal overwritten)
+    require_readable(ctx.log)  # before FILE is opened (and an earlier seal overwritten)
     if out == "-":
-        report = seal(ctx.service.app, sys.stdout)
+        report = seal(ctx.log, sys.stdout)
     else:
         try:
             with open(out, "w", encoding="utf-8") as fh:
-                report = seal(ctx.service.app, fh)
+                report = seal(ctx.log, fh)
         except OSError as exc:
             raise click.BadParameter(f"cannot write {out!r}: {exc.strerror}") from None
+    if as_json and out != "-":  # to stdout, the seal is JSON Lines already (summary last)
+        echo_json({**report.to_json(), "seal_file": out})
+        return
     click.echo(
         f"sealed {report.streams} streams, {report.events} events up to notification "
         f"{report.up_to}; log digest {report.log_digest}",
@@ -293,21 +302,21 @@ def seal_cmd(ctx: Context, out: str) -> None:
 def export(ctx: Context, fmt: str, patient_id: str | None, out: str) -> None:
     """Stream the log: jsonl (every event), csv (the timeline), fhir (an R4 Bundle per patient;
     one per line for every patient), html (a printable audit report per patient)."""
-    app = ctx.service.app
+    log = ctx.log
     if fmt == "jsonl":
-        _write(exports.jsonl(app, patient_id), out)
+        _write(exports.jsonl(log, patient_id), out)
     elif fmt == "csv":
-        _write(exports.csv_timeline(app, patient_id), out)
+        _write(exports.csv_timeline(log, patient_id), out)
     elif fmt == "fhir":
         if patient_id is not None:
-            data = bundle(patient_id, patient_events(app, patient_id))
+            data = bundle(patient_id, patient_events(log, patient_id))
             _write([json.dumps(data, indent=2, ensure_ascii=False) + "\n"], out)
         else:
             _write(
                 (
                     json.dumps(bundle(pid, events), ensure_ascii=False, separators=(",", ":"))
                     + "\n"
-                    for pid, events in streams(app)
+                    for pid, events in streams(log)
                 ),
                 out,
             )
@@ -317,12 +326,12 @@ def export(ctx: Context, fmt: str, patient_id: str | None, out: str) -> None:
                 "html for every patient needs --out DIRECTORY", param_hint="--out"
             )
         if patient_id is not None:
-            _write([_html(patient_id, patient_events(app, patient_id))], out)
+            _write([_html(patient_id, patient_events(log, patient_id))], out)
             return
         target = Path(out)
         target.mkdir(parents=True, exist_ok=True)
         count = 0
-        for pid, events in streams(app):
+        for pid, events in streams(log):
             (target / f"{pid}.html").write_text(_html(pid, events), encoding="utf-8")
             count += 1
         click.echo(f"wrote {count} reports to {target}", err=True)

@@ -8,31 +8,44 @@ from typing import Any
 
 import click
 
-from ..bootstrap import Settings, build_service
+from ..bootstrap import Settings, System
 from ..contract import parse_patient_id
 from ..errors import InvalidCommandError
+from ..eventlog import EventLog
 from ..service import CourseService
 
 
 class Context:
+    """What a command works with: the settings (``--db`` and the environment) and the
+    :class:`~cart_course.bootstrap.System` built from them on first use."""
+
     def __init__(self, db: str | None) -> None:
         self.db = db
-        self._service: CourseService | None = None
+        self._system: System | None = None
 
     @property
     def settings(self) -> Settings:
-        return Settings.from_env(self.db)
+        return self.system.settings
+
+    @property
+    def system(self) -> System:
+        if self._system is None:
+            self._system = System(Settings.from_env(self.db))
+        return self._system
 
     @property
     def service(self) -> CourseService:
-        if self._service is None:
-            self._service = build_service(self.settings)
-        return self._service
+        return self.system.service
+
+    @property
+    def log(self) -> EventLog:
+        """The store's log, read-only (the audit and the views read it)."""
+        return self.system.log
 
     def close(self) -> None:
-        if self._service is not None:
-            self._service.close()
-            self._service = None
+        if self._system is not None:
+            self._system.close()
+            self._system = None
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -40,6 +53,12 @@ pass_context = click.make_pass_decorator(Context)
 
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+class JSONInputError(click.BadParameter):
+    """SOURCE is not one JSON document (its body's ``error``: ``invalid_json``)."""
+
+    code = "invalid_json"
 
 
 #: What ``record`` (and every command reading one JSON document) accepts as SOURCE.
@@ -55,24 +74,24 @@ def read_json_input(source: str) -> Any:
         try:
             raw = source.encode("utf-8")
         except UnicodeEncodeError:  # an argument that was not UTF-8 (surrogateescape)
-            raise click.BadParameter(
+            raise JSONInputError(
                 "the JSON argument is not UTF-8 text", param_hint="SOURCE"
             ) from None
     elif not source.strip():
-        raise click.BadParameter(f"{source!r} is empty; give {SOURCE_FORMS}", param_hint="SOURCE")
+        raise JSONInputError(f"{source!r} is empty; give {SOURCE_FORMS}", param_hint="SOURCE")
     else:
         try:
             with open(source, "rb") as fh:
                 raw = fh.read()
         except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
             if isinstance(exc, FileNotFoundError) and _is_json(source):
-                raise click.BadParameter(
+                raise JSONInputError(
                     f"{source[:40]!r} is JSON but not an object; give {SOURCE_FORMS}",
                     param_hint="SOURCE",
                 ) from None
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             shown = source if len(source) <= 80 else source[:77] + "..."
-            raise click.BadParameter(
+            raise JSONInputError(
                 f"cannot read {shown!r}: {reason}; SOURCE is {SOURCE_FORMS}",
                 param_hint="SOURCE",
             ) from None
@@ -97,7 +116,7 @@ def decode_json_document(raw: bytes) -> Any:
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise click.BadParameter(
+        raise JSONInputError(
             f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}, byte {column} of it)",
             param_hint="SOURCE",
         ) from None
@@ -105,12 +124,12 @@ def decode_json_document(raw: bytes) -> Any:
         # Without trailing whitespace, a truncated document's error is where it stops.
         return json.loads(text.rstrip())
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(
+        raise JSONInputError(
             f"not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}",
             param_hint="SOURCE",
         ) from None
     except RecursionError:
-        raise click.BadParameter(
+        raise JSONInputError(
             "not valid JSON: nested too deeply (arrays and objects within each other)",
             param_hint="SOURCE",
         ) from None
@@ -120,7 +139,7 @@ def decode_json_document(raw: bytes) -> Any:
             if "digits" in str(exc)
             else str(exc)
         )
-        raise click.BadParameter(f"not valid JSON: {detail}", param_hint="SOURCE") from None
+        raise JSONInputError(f"not valid JSON: {detail}", param_hint="SOURCE") from None
 
 
 def patient_id_argument(

@@ -15,7 +15,6 @@ import click
 
 from ..contract import parse_command
 from ..demo import cohort, live_cohort
-from ..errors import CartCourseError
 from ..ingest import (
     AUTO_MAX_WORKERS,
     AUTO_MIN_LINES,
@@ -57,17 +56,8 @@ def record(ctx: Context, source: str, as_json: bool) -> None:
 
     With --json, a rejection is also printed on stdout as its JSON body (the error code, the
     failed rules and the moves allowed now, as over HTTP), besides the one line on stderr."""
-    try:
-        command = parse_command(read_json_input(source))
-        result = ctx.service.execute(command).to_json()
-    except CartCourseError as exc:
-        if as_json:
-            echo_json(exc.to_json())
-        raise
-    except click.BadParameter as exc:  # SOURCE is not a JSON document
-        if as_json:
-            echo_json({"error": "invalid_json", "message": exc.format_message(), "field": "SOURCE"})
-        raise
+    command = parse_command(read_json_input(source))
+    result = ctx.service.execute(command).to_json()
     if as_json:
         echo_json(result)
         return
@@ -358,8 +348,9 @@ def record_demo(ctx: Context, n: int, seed: int, *, live: bool = False) -> Count
     default=None,
     help="Write the commands as JSON Lines to this file instead of recording them.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @pass_context
-def demo(ctx: Context, n: int, seed: int, jsonl: TextIO | None) -> None:
+def demo(ctx: Context, n: int, seed: int, jsonl: TextIO | None, as_json: bool) -> None:
     """A synthetic cohort: screen failures, holds, CRS of several grades, PR with extra courses, NR,
     withdrawals, a death, corrections and deviations, all written through the service."""
     if n < 1:
@@ -369,9 +360,22 @@ def demo(ctx: Context, n: int, seed: int, jsonl: TextIO | None) -> None:
         for command in cohort(n, seed):
             jsonl.write(json.dumps(command, ensure_ascii=False) + "\n")
             count += 1
+        if as_json:
+            echo_json({"patients": n, "commands": count})
+            return
         click.echo(f"wrote {count} commands for {n} patients", err=True)
         return
     counts = record_demo(ctx, n, seed)
+    if as_json:
+        echo_json(
+            {
+                "patients": n,
+                "recorded": counts["recorded"],
+                "duplicates": counts["duplicate"],
+                "rejected": counts["rejected"],
+            }
+        )
+        return
     click.echo(
         f"demo cohort of {n} patients: {counts['recorded']} events recorded, "
         f"{counts['duplicate']} already recorded, {counts['rejected']} rejected"
@@ -386,23 +390,35 @@ def demo(ctx: Context, n: int, seed: int, jsonl: TextIO | None) -> None:
     show_default=True,
     help="Demo cohort size when the store is empty.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the store and patients as JSON.")
 @pass_context
-def run(ctx: Context, n: int) -> None:
+def run(ctx: Context, n: int, as_json: bool) -> None:
     """The main job: on an empty store record a demo cohort, then print every patient's state."""
     settings = ctx.settings
-    click.echo(f"store: {settings.store.display}")
+    say = (lambda _text: None) if as_json else click.echo
+    say(f"store: {settings.store.display}")
+    recorded = 0
     if next(iter(ctx.service.patient_ids()), None) is None:
-        click.echo(f"empty store: recording a demo cohort of {n} patients ...")
-        counts = record_demo(ctx, n, seed=1)
-        click.echo(f"{counts['recorded']} events recorded")
-    _patients_table(ctx.service.patients())
+        say(f"empty store: recording a demo cohort of {n} patients ...")
+        recorded = record_demo(ctx, n, seed=1)["recorded"]
+        say(f"{recorded} events recorded")
+    rows = ctx.service.patients()
+    if as_json:
+        echo_json({"store": settings.store.display, "recorded": recorded, "patients": rows})
+        return
+    _patients_table(rows)
 
 
 @click.command("new-key")
-def new_key() -> None:
+@click.option("--json", "as_json", is_flag=True, help='Print {"key": ...}.')
+def new_key(as_json: bool) -> None:
     """Print a new random AES-256 key (base64) for CART_COURSE_CIPHER_KEY. Keep it in a secret
     store: events encrypted with it cannot be read without it (see docs/operations.md)."""
-    click.echo(new_cipher_key())
+    key = new_cipher_key()
+    if as_json:
+        echo_json({"key": key})
+        return
+    click.echo(key)
 
 
 def register(cli: click.Group) -> None:

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
-from ..tokens import ROLES, TokenStore, ensure_demo_tokens, open_token_store
+from ..bootstrap import export_store, operator_name
+from ..tokens import ROLES, ensure_demo_tokens
 from .common import Context, echo_json, pass_context
-
-
-def _token_store(ctx: Context) -> TokenStore:
-    return open_token_store(ctx.settings.store)
 
 
 @click.command()
@@ -43,11 +38,7 @@ def serve(ctx: Context, host: str, port: int, workers: int, demo: bool, log_leve
             click.echo("empty store: recording a demo cohort of 40 patients, in progress today ...")
             counts = record_demo(ctx, 40, seed=1, live=True)
             click.echo(f"{counts['recorded']} events recorded")
-        store = _token_store(ctx)
-        try:
-            demo_tokens = ensure_demo_tokens(store)
-        finally:
-            store.close()
+        demo_tokens = ensure_demo_tokens(ctx.system.tokens)
         click.echo("")
         click.echo(f"  dashboard: http://{host}:{port}/   (API docs: http://{host}:{port}/schema)")
         click.echo("  log in with one of these demo tokens (local demo only):")
@@ -57,11 +48,11 @@ def serve(ctx: Context, host: str, port: int, workers: int, demo: bool, log_leve
             f"  e.g. curl -H 'Authorization: Bearer demo-monitor-token' http://{host}:{port}/v1/patients"
         )
         click.echo("")
-    ctx.close()  # each worker opens its own service
-    os.environ["CART_COURSE_DB"] = settings.store.url
+    ctx.close()  # each worker builds its own system
+    export_store(settings)
     click.echo(f"serving {settings.store.display} on http://{host}:{port} ({workers} worker(s))")
     uvicorn.run(
-        "cart_course.http:create_app_from_env",
+        "cart_course.bootstrap:http_app",
         factory=True,
         host=host,
         port=port,
@@ -84,11 +75,7 @@ def tokens() -> None:
 @pass_context
 def tokens_add(ctx: Context, actor: str, role: str, name: str | None, as_json: bool) -> None:
     """Issue a token for ACTOR in ROLE; the token is printed once (only its hash is kept)."""
-    store = _token_store(ctx)
-    try:
-        info, token = store.add(actor, role, name=name, created_by=os.environ.get("USER"))
-    finally:
-        store.close()
+    info, token = ctx.system.tokens.add(actor, role, name=name, created_by=operator_name())
     if as_json:
         echo_json({"token": token, "info": info.to_json()})
         return
@@ -101,11 +88,7 @@ def tokens_add(ctx: Context, actor: str, role: str, name: str | None, as_json: b
 @pass_context
 def tokens_list(ctx: Context, as_json: bool) -> None:
     """Every token: id, actor, role, created, revoked (never the token itself)."""
-    store = _token_store(ctx)
-    try:
-        infos = store.list()
-    finally:
-        store.close()
+    infos = ctx.system.tokens.list()
     if as_json:
         echo_json([i.to_json() for i in infos])
         return
@@ -118,14 +101,14 @@ def tokens_list(ctx: Context, as_json: bool) -> None:
 
 @tokens.command("revoke")
 @click.argument("token_id")
+@click.option("--json", "as_json", is_flag=True)
 @pass_context
-def tokens_revoke(ctx: Context, token_id: str) -> None:
+def tokens_revoke(ctx: Context, token_id: str, as_json: bool) -> None:
     """Revoke the token TOKEN_ID (see 'tokens list'); it stops working at once."""
-    store = _token_store(ctx)
-    try:
-        info = store.revoke(token_id, revoked_by=os.environ.get("USER"))
-    finally:
-        store.close()
+    info = ctx.system.tokens.revoke(token_id, revoked_by=operator_name())
+    if as_json:
+        echo_json(info.to_json())
+        return
     click.echo(f"token {info.id} of {info.actor} ({info.role}) revoked at {info.revoked_at}")
 
 

@@ -4,6 +4,7 @@ deviations``. Thin: open the views, catch up (or wait), query, render."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import sys
 import time
@@ -57,8 +58,7 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> 
 
 
 def _open(ctx: Context, batch_size: int | None = None) -> Views:
-    service = ctx.service
-    views = Views(service.app, ctx.settings.store)
+    views = ctx.system.views()
     if batch_size is not None:
         views.batch_size = batch_size
     click.get_current_context().call_on_close(views.close)
@@ -321,9 +321,20 @@ def views() -> None:
 )
 @click.option("--until-caught-up", is_flag=True, help="Exit once the views reach the log's end.")
 @click.option("--pause-in-batch", type=float, default=0.0, hidden=True)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per line: the start, each batch, the end.",
+)
 @pass_context
 def follow(
-    ctx: Context, interval: float, batch_size: int, until_caught_up: bool, pause_in_batch: float
+    ctx: Context,
+    interval: float,
+    batch_size: int,
+    until_caught_up: bool,
+    pause_in_batch: float,
+    as_json: bool,
 ) -> None:
     """Keep the views up to date (a follower process); resumes from its position after a restart.
 
@@ -332,17 +343,24 @@ def follow(
     views_ = _open(ctx, batch_size)
     if pause_in_batch:  # crash-recovery tests: die inside a transaction
         views_.before_commit = lambda: time.sleep(pause_in_batch)
-    click.echo(f"following from position {views_.position()} (log at {views_.log_position()})")
-    sys.stdout.flush()
+
+    def line(text: str, data: dict[str, Any]) -> None:
+        click.echo(json.dumps(data) if as_json else text)
+        sys.stdout.flush()
+
+    line(
+        f"following from position {views_.position()} (log at {views_.log_position()})",
+        {"following_from": views_.position(), "log_position": views_.log_position()},
+    )
 
     _warn_skipped(views_)
 
     def report(n: int, position: int) -> None:
         skipped = views_.last_skipped
-        click.echo(
-            f"position {position} (+{n}" + (f", {len(skipped)} skipped)" if skipped else ")")
+        line(
+            f"position {position} (+{n}" + (f", {len(skipped)} skipped)" if skipped else ")"),
+            {"position": position, "events": n, "skipped": len(skipped)},
         )
-        sys.stdout.flush()
         if skipped:
             _warn_skipped(views_)
 
@@ -354,7 +372,7 @@ def follow(
         if caught_up():
             break
     if until_caught_up and views_.position() >= views_.log_position():
-        click.echo(f"caught up at position {views_.position()}")
+        line(f"caught up at position {views_.position()}", {"caught_up_at": views_.position()})
 
 
 @views.command()
@@ -363,8 +381,9 @@ def follow(
     is_flag=True,
     help="Compare the rebuilt rows with the rows before the rebuild; exit 1 if they differ.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @pass_context
-def rebuild(ctx: Context, verify: bool) -> None:
+def rebuild(ctx: Context, verify: bool, as_json: bool) -> None:
     """Recompute every view from the whole event log."""
     views_ = _open(ctx)
     before = None
@@ -375,21 +394,35 @@ def rebuild(ctx: Context, verify: bool) -> None:
     n = views_.rebuild()
     elapsed = time.perf_counter() - started
     skipped = views_.skipped_count()
-    click.echo(
+    outcome: dict[str, Any] = {
+        "events": n,
+        "seconds": round(elapsed, 3),
+        "position": views_.position(),
+        "skipped_events": skipped,
+    }
+    say = (lambda _text: None) if as_json else click.echo
+    say(
         f"rebuilt the views from {n} events in {elapsed:.2f} s; position {views_.position()}"
         + (f"; {skipped} event(s) skipped (unreadable)" if skipped else "")
     )
     _warn_skipped(views_)
+    diff: list[str] = []
     if before is not None:
         after = views_.dump()
         if n < views_.log_position() - views_.position():  # the log moved meanwhile
-            click.echo("note: events were recorded during the rebuild")
+            say("note: events were recorded during the rebuild")
         diff = [t for t in before if before[t] != after.get(t)]
-        if diff:
-            click.echo(f"rows differ from before the rebuild in: {', '.join(diff)}", err=True)
-            sys.exit(1)
-        counts = ", ".join(f"{t} {len(rows)}" for t, rows in after.items())
-        click.echo(f"identical rows before and after ({counts})")
+        outcome["identical"] = not diff
+        outcome["differing_tables"] = diff
+        outcome["rows"] = {t: len(rows) for t, rows in after.items()}
+    if as_json:
+        echo_json(outcome)
+    if diff:
+        click.echo(f"rows differ from before the rebuild in: {', '.join(diff)}", err=True)
+        sys.exit(1)
+    if before is not None:
+        counts = ", ".join(f"{t} {n_rows}" for t, n_rows in outcome["rows"].items())
+        say(f"identical rows before and after ({counts})")
 
 
 @views.command()

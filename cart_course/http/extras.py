@@ -82,7 +82,7 @@ def get_as_of(
     ]
     if len(given) != 1:
         raise InvalidCommandError("query", "give exactly one of version, recorded_at, occurred_at")
-    events = patient_events(service.app, parse_patient_id(patient_id))
+    events = patient_events(service.log, parse_patient_id(patient_id))
     return as_of(
         patient_id,
         events,
@@ -107,7 +107,7 @@ def get_patient_conformance(
 ) -> dict[str, Any]:
     from ..audit import check_history, patient_events
 
-    events = patient_events(service.app, parse_patient_id(patient_id))
+    events = patient_events(service.log, parse_patient_id(patient_id))
     return check_history(patient_id, events, protocol=_protocol(protocol)).to_json()
 
 
@@ -126,7 +126,7 @@ def get_conformance(
 
     result = Conformance()
     version = _protocol(protocol)
-    for pid, events in streams(service.app):
+    for pid, events in streams(service.log):
         check_history(pid, events, protocol=version, result=result)
     return result.to_json()
 
@@ -142,14 +142,14 @@ def get_conformance(
 def get_verify(service: Svc) -> dict[str, Any]:
     from ..audit import verify
 
-    return verify(service.app).to_json()
+    return verify(service.log).to_json()
 
 
 def _check_patient(service: CourseService, patient_id: str | None) -> None:
     if patient_id is not None:
         from ..audit import patient_events
 
-        patient_events(service.app, parse_patient_id(patient_id, "query.patient_id"))
+        patient_events(service.log, parse_patient_id(patient_id, "query.patient_id"))
 
 
 @get(
@@ -167,7 +167,7 @@ def export_jsonl(
     from ..audit.exports import jsonl
 
     _check_patient(service, patient_id)
-    return Stream(jsonl(service.app, patient_id), media_type="application/x-ndjson")
+    return Stream(jsonl(service.log, patient_id), media_type="application/x-ndjson")
 
 
 @get(
@@ -185,7 +185,7 @@ def export_csv(
     from ..audit.exports import csv_timeline
 
     _check_patient(service, patient_id)
-    return Stream(csv_timeline(service.app, patient_id), media_type="text/csv")
+    return Stream(csv_timeline(service.log, patient_id), media_type="text/csv")
 
 
 @get(
@@ -200,7 +200,7 @@ def export_fhir(service: Svc, patient_id: PatientId) -> dict[str, Any]:
     from ..audit import patient_events
     from ..audit.fhir import bundle
 
-    return bundle(patient_id, patient_events(service.app, parse_patient_id(patient_id)))
+    return bundle(patient_id, patient_events(service.log, parse_patient_id(patient_id)))
 
 
 @get(
@@ -216,7 +216,7 @@ def export_report(service: Svc, patient_id: PatientId) -> Response[str]:
     from ..audit import check_history, check_stream, patient_events
     from ..audit.report import html_report
 
-    events = patient_events(service.app, parse_patient_id(patient_id))
+    events = patient_events(service.log, parse_patient_id(patient_id))
     html = html_report(
         patient_id,
         events,
@@ -247,7 +247,7 @@ class ViewsAccess:
     def __init__(self, service: CourseService, store: Any) -> None:
         from ..views import Views
 
-        self.views = Views(service.app, store)
+        self.views = Views(service.log, store)
         self.lock = threading.Lock()
 
     def fresh(self, wait_for: int | None = None) -> Any:

@@ -8,9 +8,10 @@ from typing import Any
 from uuid import UUID
 
 from ..course import PatientCourse
+from ..eventlog import REGISTERED_TOPIC
 from ..service import CourseService
 
-REGISTERED_TOPIC = f"{PatientCourse.__module__}:{PatientCourse.Registered.__qualname__}"
+__all__ = ["REGISTERED_TOPIC", "PatientIndex", "event_json", "last_position", "read_feed"]
 _HIDDEN = ("originator_id", "originator_version", "timestamp")
 
 
@@ -53,36 +54,26 @@ class PatientIndex:
         if found is not None:
             return found
         with self._lock:
-            recorder = self.service.app.recorder
-            while True:
-                page = recorder.select_notifications(
-                    start=self._scanned,
-                    limit=1000,
-                    topics=[REGISTERED_TOPIC],
-                    inclusive_of_start=False,
-                )
-                if not page:
-                    break
+            log = self.service.log
+            for page in log.registrations(self._scanned, page=1000):
                 for n in page:
-                    event: Any = self.service.app.mapper.to_domain_event(n)
+                    event: Any = log.to_event(n)
                     self._names[event.originator_id] = event.patient_id
                 self._scanned = page[-1].id
         return self._names.get(originator_id)
 
 
 def last_position(service: CourseService) -> int:
-    return service.app.recorder.max_notification_id() or 0
+    return service.log.max_notification_id()
 
 
 def read_feed(
     service: CourseService, index: PatientIndex, after: int, limit: int
 ) -> list[dict[str, Any]]:
-    page = service.app.recorder.select_notifications(
-        start=after, limit=limit, inclusive_of_start=False
-    )
+    log = service.log
     items = []
-    for n in page:
-        event: Any = service.app.mapper.to_domain_event(n)
+    for n in log.notifications(after, limit):
+        event: Any = log.to_event(n)
         if isinstance(event, PatientCourse.Registered):
             index.learn(event.originator_id, event.patient_id)
         items.append(event_json(event, index.name(event.originator_id), n.id))

@@ -33,10 +33,9 @@ from eventsourcing.persistence import PersistenceError
 from ..bulk import bulk_gc
 from ..course import PatientCourse
 from ..errors import CartCourseError, CipherKeyError, StoreError
+from ..eventlog import EventLog, store_errors
 from ..protocol.record import PatientRecord
-from ..service import store_errors
-from ..storage import CourseApplication, StoreSettings, parse_store_url
-from .decode import EventDecoder
+from ..storage import StoreSettings, parse_store_url
 from .projection import (
     BOARD_COLUMNS,
     DEVIATION_COLUMNS,
@@ -139,23 +138,24 @@ _TOXICITY_TRIGGERS = frozenset({"report_toxicity", "resolve_toxicity"})
 
 
 class Views:
-    """The read models of one store, fed from its application's notification log."""
+    """The read models of one store, fed from its notification log (read through its
+    :class:`~cart_course.eventlog.EventLog`)."""
 
     def __init__(
         self,
-        app: CourseApplication,
+        log: EventLog,
         store: StoreSettings,
         *,
         batch_size: int = DEFAULT_BATCH,
         db: ViewDB | None = None,
         cache_size: int = 50_000,
     ) -> None:
-        self.app = app
+        self.log = log
         # The views hold what the events say: a process that cannot read the events (another
         # key or compression setting) reads no views either (one row read).
         with store_errors("the store"):
-            problem = app.settings_mismatch()
-            if problem is not None and self._first_event_alone_unreadable(app):
+            problem = log.settings_mismatch()
+            if problem is not None and self._first_event_alone_unreadable(log):
                 problem = None  # one damaged row, not the key: skipped and reported
         if problem is not None:
             raise CipherKeyError(
@@ -167,7 +167,7 @@ class Views:
         #: patient ids, states, dates, toxicity terms and deviation texts as plain columns, which
         #: must not sit next to the encrypted events. They are rebuilt from the (encrypted) log
         #: when the process starts and kept up to date as usual.
-        self.in_memory = db is None and store.kind != "memory" and app.mapper.cipher is not None
+        self.in_memory = db is None and store.kind != "memory" and log.cipher is not None
         if db is None:
             try:
                 db = ViewDB.open(parse_store_url("memory:") if self.in_memory else store)
@@ -178,7 +178,7 @@ class Views:
         #: stream id -> record as of the view's committed position (valid while versions match).
         self._cache: OrderedDict[str, PatientRecord] = OrderedDict()
         self.cache_size = cache_size
-        self._decode = EventDecoder(app.mapper)
+        self._decode = log.decoder()
         self._lock = threading.RLock()
         #: What the last batch skipped (:data:`Skip` rows), for a follower to report.
         self.last_skipped: list[Skip] = []
@@ -188,23 +188,22 @@ class Views:
         self.before_commit: Callable[[], None] | None = None
 
     @staticmethod
-    def _first_event_alone_unreadable(app: CourseApplication, probe: int = 20) -> bool:
+    def _first_event_alone_unreadable(log: EventLog, probe: int = 20) -> bool:
         """The store's first event does not read with this key, but later ones do (or the store
         is plain JSON like this process expects): a damaged row, which the views skip and
         report, not a wrong key or compression setting (that reads none)."""
-        notes = app.recorder.select_notifications(start=None, limit=probe + 1)
+        notes = log.notifications(0, probe + 1)
         for note in notes[1:]:
             try:
-                app.mapper.to_domain_event(note)
+                log.to_event(note)
             except Exception:  # any failure: this one does not read either
                 continue
             return True
         if len(notes) > 1 or not notes:
             return False
-        mapper = app.mapper
         return (
-            mapper.cipher is None
-            and mapper.compressor is None
+            log.cipher is None
+            and log.compressor is None
             and bytes(notes[0].state)[:1] in (b"{", b"[")
         )
 
@@ -221,8 +220,7 @@ class Views:
 
     def log_position(self) -> int:
         """The id of the last notification in the log (cheap: ``max_notification_id``)."""
-        with store_errors("the store"):
-            return int(self.app.recorder.max_notification_id() or 0)
+        return self.log.max_notification_id()
 
     def lag(self, clock: dt.datetime | None = None) -> dict[str, Any]:
         """How far behind the log the views are, in events and in seconds of record time.
@@ -234,10 +232,7 @@ class Views:
         head = self.log_position()
         seconds: float | None = 0.0
         if head > position:
-            with store_errors("the store"):
-                waiting = self.app.recorder.select_notifications(
-                    start=position, limit=20, inclusive_of_start=False
-                )
+            waiting = self.log.notifications(position, 20)
             seconds = None
             for note in waiting:
                 try:
@@ -315,9 +310,7 @@ class Views:
         with self._lock, store_errors("the store"):
             for _ in range(50):
                 start = self.position()
-                notes = self.app.recorder.select_notifications(
-                    start=start, limit=limit, inclusive_of_start=False
-                )
+                notes = self.log.notifications(start, limit)
                 if not notes:
                     return 0
                 touched: dict[Any, _Touched] = {}
@@ -370,7 +363,7 @@ class Views:
                 cached = cache.get(sid)
                 if cached is None or cached.version != version:
                     try:
-                        course: Any = self.app.repository.get(uuid.UUID(sid), version=version)
+                        course: Any = self.log.course(uuid.UUID(sid), version)
                     except PersistenceError:
                         raise  # the store, not the stream: the batch is retried
                     except Exception as exc:  # damaged history: skip the stream
@@ -395,7 +388,7 @@ class Views:
         board row stays as committed (returns what to add to the reason, then)."""
         self._cache.pop(t.stream_id, None)
         try:
-            course: Any = self.app.repository.get(uuid.UUID(t.stream_id), version=version)
+            course: Any = self.log.course(uuid.UUID(t.stream_id), version)
         except PersistenceError:
             raise
         except Exception as exc:  # the row stays as committed; the skip is reported
@@ -589,7 +582,11 @@ class Views:
         stop: Callable[[], bool] = lambda: False,
         on_batch: Callable[[int, int], None] | None = None,
     ) -> Iterator[int]:
-        """Keep the views up to date until ``stop()``; yields each new position reached."""
+        """Keep the views up to date until ``stop()``; yields each new position reached.
+
+        Idle, it waits for the next event up to ``interval`` seconds: where the store pushes new
+        events (PostgreSQL, memory: eventsourcing's ``subscribe``) it wakes as soon as one is
+        recorded; SQLite is polled every ``interval``."""
         while not stop():
             n = self.process_batch()
             if n:
@@ -598,7 +595,7 @@ class Views:
                     on_batch(n, position)
                 yield position
                 continue
-            time.sleep(interval)
+            self.log.wait_beyond(self.position(), interval)
 
     def dump(self) -> dict[str, list[tuple[Any, ...]]]:
         return self.db.dump()

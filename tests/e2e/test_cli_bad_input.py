@@ -259,7 +259,7 @@ def test_wait_for_refuses_a_timeout_that_is_not_finite() -> None:
     from cart_course.views import Views
 
     service = build_service(Settings.from_env("memory:", {}))
-    views = Views(service.app, Settings.from_env("memory:", {}).store)
+    views = Views(service.log, Settings.from_env("memory:", {}).store)
     try:
         for bad in (float("nan"), float("inf"), -1.0):
             with pytest.raises(ValueError, match="finite"):

@@ -87,7 +87,7 @@ def test_every_real_event_hashes_as_the_application_does(memory_service: CourseS
     commands = [parse_command(c) for c in cohort(60, seed=17)]
     for i in range(0, len(commands), 300):
         service.execute_batch(commands[i : i + 300])
-    decode = Decoder(service.app)
+    decode = Decoder(service.log)
     checked = 0
     for pid in service.patient_ids():
         sid = stream_id(pid)

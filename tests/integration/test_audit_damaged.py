@@ -4,6 +4,7 @@ wrong (and where) with a non-zero exit status, never a traceback, never a made-u
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -297,7 +298,12 @@ def test_an_altered_row_is_named_by_every_audit_command(
     else:
         assert f"error: {PATIENT} v4: the stored row cannot be decoded" in line
     assert "altered in the database" in line or "renumbered in the database" in line
-    assert "None (None)" not in run.out and '"version": 4' not in run.out
+    if "--json" in command:  # stdout holds the error's body, never the damaged event
+        body = json.loads(run.out)
+        assert (body["error"], body["patient_id"]) == ("event_unreadable", PATIENT), body
+        assert body["message"] in line
+    else:
+        assert "None (None)" not in run.out and '"version": 4' not in run.out
     assert not (tmp_path / "r.html").exists()
     # verify names the same row.
     verify = cli(plain, "audit", "verify")

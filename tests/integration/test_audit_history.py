@@ -42,7 +42,7 @@ def _load(service: CourseService, n: int = 30, seed: int = 5) -> None:
 
 def test_replay_equals_the_application_record(service: CourseService) -> None:
     _load(service)
-    for pid, events in streams(service.app):
+    for pid, events in streams(service.log):
         assert replay(pid, events).to_json() == service.record(pid).to_json()
 
 
@@ -140,7 +140,7 @@ def test_conformance_reports_every_violation_of_a_legacy_history(service: Course
 
 def check_history_all(service: CourseService) -> list[Any]:
     findings: list[Any] = []
-    for pid, events in streams(service.app):
+    for pid, events in streams(service.log):
         findings.extend(check_history(pid, events).findings)
     return findings
 
@@ -148,7 +148,7 @@ def check_history_all(service: CourseService) -> list[Any]:
 def test_regrade_under_ctcae_lists_each_toxicity(memory_service: CourseService) -> None:
     _load(memory_service, n=40)
     regrades = []
-    for pid, events in streams(memory_service.app):
+    for pid, events in streams(memory_service.log):
         regrades.extend(check_history(pid, events, regrade="CTCAE").regrades)
     assert regrades and any(r.kind == "CRS" and r.grade is not None for r in regrades)
     assert any(r.kind == "ICANS" and r.grade is None and "CTCAE" in r.note for r in regrades)
@@ -156,7 +156,7 @@ def test_regrade_under_ctcae_lists_each_toxicity(memory_service: CourseService) 
 
 def _corrected_and_signed(service: CourseService) -> tuple[str, list[Any]]:
     _load(service, n=40)
-    for pid, events in streams(service.app):
+    for pid, events in streams(service.log):
         if any(e.kind == "corrected" for e in events):
             return pid, events
     raise AssertionError("the demo cohort has a corrected patient")
@@ -193,7 +193,7 @@ def test_signature_of_a_corrected_fact_covers_the_superseded_version(
         "payload": {"corrects": target, "changes": {"product_lot": "LOT-X"}},
     }
     memory_service.execute(parse_command(fix))
-    rows = list(timeline(pid, patient_events(memory_service.app, pid)))
+    rows = list(timeline(pid, patient_events(memory_service.log, pid)))
     sig = next(r for r in rows if r["event"] == "MilestoneSigned")
     assert sig["printed_name"] == "S. Igner, MD" and sig["meaning"] == "approval"
     assert any("signed hash matches" in n for n in sig["notes"])
@@ -222,7 +222,7 @@ def test_as_of_views(memory_service: CourseService) -> None:
 
 def test_fhir_bundle_validates_and_carries_progress_and_provenance(service: CourseService) -> None:
     _load(service, n=20)
-    for pid, events in streams(service.app):
+    for pid, events in streams(service.log):
         data = bundle(pid, events)
         parsed = Bundle.model_validate(data)
         kinds = [e.resource.get_resource_type() for e in parsed.entry]
@@ -233,16 +233,16 @@ def test_fhir_bundle_validates_and_carries_progress_and_provenance(service: Cour
             if e["resource"]["resourceType"] == "ResearchSubject"
         )
         assert all(x["url"] == PROGRESS_URL for x in subject["extension"])
-    signed = [json.loads(line) for line in jsonl(service.app) if '"MilestoneSigned"' in line]
+    signed = [json.loads(line) for line in jsonl(service.log) if '"MilestoneSigned"' in line]
     assert signed and all(s["fields"]["printed_name"] for s in signed)
 
 
 def test_exports_stream_in_constant_memory(memory_service: CourseService) -> None:
     _load(memory_service, n=60)
-    text = "".join(csv_timeline(memory_service.app))
-    assert text.count("\n") == 1 + sum(len(ev) for _pid, ev in streams(memory_service.app))
+    text = "".join(csv_timeline(memory_service.log))
+    assert text.count("\n") == 1 + sum(len(ev) for _pid, ev in streams(memory_service.log))
     tracemalloc.start()
-    for _ in jsonl(memory_service.app):
+    for _ in jsonl(memory_service.log):
         pass
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -286,10 +286,10 @@ def test_the_csv_timeline_cannot_smuggle_a_spreadsheet_formula(
     withdraw = {**screen, "command": "withdraw", "reason": formula, "payload": {}}
     withdraw["occurred_at"] = "2026-01-06T09:00:00+00:00"
     memory_service.execute(parse_command(withdraw))
-    rows = list(csv.reader(io.StringIO("".join(csv_timeline(memory_service.app, "CSV-1")))))
+    rows = list(csv.reader(io.StringIO("".join(csv_timeline(memory_service.log, "CSV-1")))))
     cells = [cell for row in rows for cell in row]
     assert "'" + formula in cells
     assert formula not in cells
     assert not any(c.startswith(("=", "+", "@")) for c in cells)
-    events = patient_events(memory_service.app, "CSV-1")
+    events = patient_events(memory_service.log, "CSV-1")
     assert [e for e in timeline("CSV-1", events) if e.get("reason")][-1]["reason"] == formula

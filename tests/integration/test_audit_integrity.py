@@ -71,15 +71,15 @@ def _text_replace(kind: str, old: str, new: str) -> str:
 
 
 def _problems(service: CourseService, sealed: str | None = None) -> list[str]:
-    report = verify(service.app, io.StringIO(sealed) if sealed else None)
+    report = verify(service.log, io.StringIO(sealed) if sealed else None)
     return [str(p) for p in report.problems]
 
 
 def test_untouched_log_verifies_and_seal_matches(tamperable: Any) -> None:
     service, _sql, _kind = tamperable
     out = io.StringIO()
-    sealed = seal(service.app, out)
-    report = verify(service.app, io.StringIO(out.getvalue()))
+    sealed = seal(service.log, out)
+    report = verify(service.log, io.StringIO(out.getvalue()))
     assert report.ok, report.problems
     assert report.log_digest == sealed.log_digest
     assert report.events == report.rows > 100
@@ -159,7 +159,7 @@ def test_deleted_registration_hides_nothing(tamperable: Any) -> None:
 def test_deleting_the_last_event_is_caught_by_the_seal(tamperable: Any) -> None:
     service, sql, _kind = tamperable
     out = io.StringIO()
-    seal(service.app, out)
+    seal(service.log, out)
     sid = service.id_of("P-0009")
     (last,) = sql(
         "SELECT MAX(originator_version) FROM stored_events WHERE originator_id = %s", (sid,)
@@ -179,7 +179,7 @@ def test_deleting_the_last_event_is_caught_by_the_seal(tamperable: Any) -> None:
 def test_events_recorded_after_the_seal_are_fine(tamperable: Any) -> None:
     service, _sql, _kind = tamperable
     out = io.StringIO()
-    seal(service.app, out)
+    seal(service.log, out)
     more = [parse_command(c) for c in cohort(3, seed=9, prefix="N")]
     service.execute_batch(more)
     assert _problems(service, out.getvalue()) == []
@@ -190,11 +190,11 @@ def test_the_digest_of_a_verified_position_can_be_recomputed_later(tamperable: A
     verifying up to that position gives the same digest again; the whole log gives another."""
     service, _sql, _kind = tamperable
     out = io.StringIO()
-    sealed = seal(service.app, out)
+    sealed = seal(service.log, out)
     assert sealed.sealed is not None and sealed.sealed["up_to_notification"] == sealed.up_to
     service.execute_batch([parse_command(c) for c in cohort(3, seed=9, prefix="N")])
-    then = verify(service.app, up_to=sealed.up_to)
-    now = verify(service.app, io.StringIO(out.getvalue()))
+    then = verify(service.log, up_to=sealed.up_to)
+    now = verify(service.log, io.StringIO(out.getvalue()))
     assert then.ok and now.ok, (then.problems, now.problems)
     assert (then.up_to, then.events, then.log_digest) == (
         sealed.up_to,

@@ -142,7 +142,7 @@ def _verify_while_writing(
                 break
             assert time.monotonic() < deadline, (taken, overlapped, len(reports))
             before = sql("SELECT COUNT(*) FROM EVENTS", ())[0][0]
-            report = verify(service.app, io.StringIO(sealed) if sealed else None)
+            report = verify(service.log, io.StringIO(sealed) if sealed else None)
             after = sql("SELECT COUNT(*) FROM EVENTS", ())[0][0]
             overlapped += after != before
             reports.append(report)
@@ -168,7 +168,7 @@ def test_tampering_is_still_named_while_a_site_records(live: Any) -> None:
     service = CourseService(open_application(parse_store_url(url)))
     try:
         out = io.StringIO()
-        sealing = seal(service.app, out)  # sealed while the site records
+        sealing = seal(service.log, out)  # sealed while the site records
     finally:
         service.close()
     assert sealing.ok and sealing.sealed is not None
@@ -216,7 +216,7 @@ def test_a_verify_reports_the_position_it_verified(live: Any) -> None:
     url, sql, _kind = live
     service = CourseService(open_application(parse_store_url(url)))
     try:
-        report = verify(service.app)
+        report = verify(service.log)
     finally:
         service.close()
     time.sleep(0.2)
@@ -248,7 +248,7 @@ def test_verify_the_in_memory_store_while_a_thread_records(memory_service: Cours
     try:
         while writer.is_alive():
             before = memory_service.app.recorder.max_notification_id()
-            reports.append(verify(memory_service.app))
+            reports.append(verify(memory_service.log))
             overlapped += memory_service.app.recorder.max_notification_id() != before
     finally:
         stop.set()

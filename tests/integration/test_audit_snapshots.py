@@ -86,7 +86,7 @@ def _replace(kind: str, old: str, new: str) -> str:
 def _verify(url: str) -> tuple[list[str], int]:
     service = CourseService(open_application(parse_store_url(url)))
     try:
-        report = verify(service.app)
+        report = verify(service.log)
         return [str(p) for p in report.problems], report.snapshots
     finally:
         service.close()
@@ -173,7 +173,7 @@ def test_deleted_snapshot_is_harmless(store: Any) -> None:
 
 def test_snapshots_verify_in_memory(memory_service: CourseService) -> None:
     _long_course(memory_service, PID)
-    report = verify(memory_service.app)
+    report = verify(memory_service.log)
     assert report.ok, report.problems
     assert report.snapshots == 1
 
@@ -211,7 +211,7 @@ def _position(url: str, pid: str, version: int) -> int:
 def _verify_up_to(url: str, up_to: int) -> tuple[list[str], Any]:
     service = CourseService(open_application(parse_store_url(url)))
     try:
-        report = verify(service.app, up_to=up_to)
+        report = verify(service.log, up_to=up_to)
         return [str(p) for p in report.problems], report
     finally:
         service.close()

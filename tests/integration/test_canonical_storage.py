@@ -192,7 +192,7 @@ def test_rows_in_the_librarys_layout_still_read_and_audit(
                 want = reference._load(patient, fresh=True)
                 assert got is not None and want is not None
                 assert _timeless(got.record.to_json()) == _timeless(want.record.to_json())
-            report = verify(reader.app)
+            report = verify(reader.log)
             assert report.ok, report.problems
         finally:
             reader.close()
@@ -226,7 +226,7 @@ def test_a_row_re_encoded_to_the_same_values_is_reported(tmp_path: Path) -> None
         con.execute("UPDATE stored_events SET state = ? WHERE rowid = ?", (reordered, rowid))
     reader = _sqlite_service(db)
     try:
-        report = verify(reader.app)
+        report = verify(reader.log)
         assert not report.ok
         assert any(p.version == 3 for p in report.problems), report.problems
     finally:

@@ -398,7 +398,7 @@ def test_a_replanned_course_replays_to_the_same_record_everywhere(service: Cours
         assert restored.record.to_json() == from_events.record.to_json(), at
     assert PatientRecord.from_json(live.to_json()) == live  # the snapshot round trip
 
-    events = patient_events(app, "K-13")
+    events = patient_events(service.log, "K-13")
     assert replay("K-13", events).to_json() == live.to_json()  # the audit replay
     view = None  # the monitors' views fold the same events with the same functions
     for event in service.events("K-13"):
@@ -421,7 +421,7 @@ def test_conformance_names_a_fraction_the_corrected_weight_left_off_plan(
 
     p = _weighed_wrong(service, "K-12", {"value": 21e6, "unit": "cells"})
     p.do("correct", {"corrects": 4, "changes": WEIGHT_50}, reason="weighed in lb")
-    report = check_history("K-12", patient_events(service.app, "K-12"))
+    report = check_history("K-12", patient_events(service.log, "K-12"))
     off = [f for f in report.findings if "re-plans D2 (v5), now off its plan" in f.message]
     assert len(off) == 1 and off[0].message.endswith("no deviation reason is recorded for it")
     # once D2 has its deviation reason (its own correction), the finding is gone
@@ -431,7 +431,7 @@ def test_conformance_names_a_fraction_the_corrected_weight_left_off_plan(
         reason="reason missing",
     )
     p.do("correct", {"corrects": 4, "changes": WEIGHT_50}, reason="restated")
-    report = check_history("K-12", patient_events(service.app, "K-12"))
+    report = check_history("K-12", patient_events(service.log, "K-12"))
     later = [f for f in report.findings if f.version == 8 and "re-plans" in f.message]
     assert later == []
 
@@ -576,7 +576,7 @@ def test_conformance_names_a_fraction_a_corrected_date_left_off_schedule(
 
     p, d1, _d2 = _d1_d2(service, "K-34")
     p.do("correct", {"corrects": 4, "changes": {"occurred_at": _at(d1, -1)}}, reason="keyed late")
-    report = check_history("K-34", patient_events(service.app, "K-34"))
+    report = check_history("K-34", patient_events(service.log, "K-34"))
     off = [f for f in report.findings if f.version == 6 and f.check == "correction"]
     assert len(off) == 1
     assert off[0].message.startswith("v4's correction moves the date D2 (v5) is counted from: D2")
@@ -584,7 +584,7 @@ def test_conformance_names_a_fraction_a_corrected_date_left_off_schedule(
     assert off[0].message.endswith("no deviation reason is recorded for it")
     # on its day again: nothing to find
     p.do("correct", {"corrects": 4, "changes": {"occurred_at": _at(d1, 0)}}, reason="undo")
-    report = check_history("K-34", patient_events(service.app, "K-34"))
+    report = check_history("K-34", patient_events(service.log, "K-34"))
     assert [f for f in report.findings if f.version == 7] == []
 
 

@@ -238,7 +238,7 @@ def test_the_views_of_an_encrypted_store_stay_out_of_the_file(tmp_path: Path) ->
     settings = Settings.from_env(str(db), env)
     service = build_service(settings)
     try:
-        views = Views(service.app, settings.store)
+        views = Views(service.log, settings.store)
         try:
             assert views.in_memory
             views.catch_up()

@@ -78,7 +78,7 @@ def test_a_snapshot_under_older_replay_rules_is_not_used_nor_judged(tmp_path: Pa
 
     service = CourseService(open_application(parse_store_url(str(path))))
     assert service.summary("OLD-1")["state"] == "apheresed"  # replayed from the events
-    report = verify(service.app)
+    report = verify(service.log)
     assert report.ok, report.problems
     assert (report.snapshots, report.older_snapshots) == (0, 1)  # said, not "checked"
     # a new snapshot under today's rules replaces it when one is taken
@@ -88,7 +88,7 @@ def test_a_snapshot_under_older_replay_rules_is_not_used_nor_judged(tmp_path: Pa
     service.close()
     fresh = CourseService(open_application(parse_store_url(str(path))))
     assert fresh.summary("OLD-1")["state"] == "infused_d1"
-    assert verify(fresh.app).ok
+    assert verify(fresh.log).ok
     fresh.close()
 
 
@@ -98,7 +98,7 @@ def test_a_current_snapshot_altered_is_still_tampering(tmp_path: Path) -> None:
     snapshot["state"]["record"]["_data_"]["state"] = "screened"
     _store_snapshot(path, snapshot)
     service = CourseService(open_application(parse_store_url(str(path))))
-    report = verify(service.app)
+    report = verify(service.log)
     service.close()
     assert not report.ok
     assert any("snapshot" in str(problem) for problem in report.problems)

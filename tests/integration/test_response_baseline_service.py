@@ -52,7 +52,7 @@ def _assessment_event(service: CourseService, pid: str) -> Any:
 
 @pytest.fixture
 def views(service: CourseService, store_url: str) -> Iterator[Views]:
-    v = Views(service.app, parse_store_url(store_url), batch_size=50)
+    v = Views(service.log, parse_store_url(store_url), batch_size=50)
     try:
         yield v
     finally:
@@ -129,19 +129,19 @@ def test_downstream_readers_take_a_null_progression_and_a_clinician_only_categor
         reason=REASON,
     )
     for pid in ("RB-4", "RB-5"):
-        events = patient_events(service.app, pid)
+        events = patient_events(service.log, pid)
         # replay gives the service's record; the guards re-run on the stored facts conform
         assert replay(pid, events).to_json() == service.record(pid).to_json()
         assert check_history(pid, events).findings == []
         Bundle.model_validate(bundle(pid, events))
         assert "assess" in html_report(pid, events, findings=[], problems=[]).lower()
-    lines = [json.loads(line)["fields"] for line in jsonl(service.app)]
+    lines = [json.loads(line)["fields"] for line in jsonl(service.log)]
     outcomes = [f["outcome"] for f in lines if f.get("trigger") == "assess_response"]
     assert {(o["computed_response"], o["response"], o["progression"]) for o in outcomes} == {
         ("CR", "CR", None),
         (None, "PR", None),
     }
-    assert "RB-5" in "".join(csv_timeline(service.app, "RB-5"))
+    assert "RB-5" in "".join(csv_timeline(service.log, "RB-5"))
     views.catch_up()
     assert queries.skipped(views.db) == []
     assert queries.cohort(views.db)["response"] == {"CR": 1, "PR": 1}

@@ -57,7 +57,7 @@ def in_progress(pid: str, *, d2: bool = False, toxicity: int | None = None) -> l
 
 @pytest.fixture
 def views(service: CourseService, store_url: str) -> Iterator[Views]:
-    v = Views(service.app, parse_store_url(store_url), batch_size=97)
+    v = Views(service.log, parse_store_url(store_url), batch_size=97)
     try:
         yield v
     finally:
@@ -158,7 +158,7 @@ def test_two_runners_never_apply_an_event_twice(
 ) -> None:
     if store_url == "memory:":
         pytest.skip("an in-memory store has one process and one view database")
-    other = Views(service.app, parse_store_url(store_url), batch_size=13)
+    other = Views(service.log, parse_store_url(store_url), batch_size=13)
     try:
         commands = list(cohort(30, 9, start=dt.datetime(2025, 3, 3, tzinfo=dt.UTC)))
         for i in range(0, len(commands), 50):
@@ -181,7 +181,7 @@ def test_a_runner_overtaken_before_its_lock_applies_nothing_twice(
 ) -> None:
     if store_url == "memory:":
         pytest.skip("an in-memory store has one process and one view database")
-    other = Views(service.app, parse_store_url(store_url), batch_size=40)
+    other = Views(service.log, parse_store_url(store_url), batch_size=40)
     try:
         commands = list(cohort(24, 4, start=dt.datetime(2025, 3, 3, tzinfo=dt.UTC)))
         third = len(commands) // 3
@@ -214,7 +214,7 @@ def test_views_of_an_encrypted_compressed_store_match_a_plain_one() -> None:
     dumps = []
     for svc in (plain, secret):
         demo(svc, 30)
-        v = Views(svc.app, parse_store_url("memory:"), batch_size=50)
+        v = Views(svc.log, parse_store_url("memory:"), batch_size=50)
         try:
             assert v.catch_up() == svc.app.recorder.max_notification_id()
             dumps.append(v.dump())
@@ -281,7 +281,7 @@ def test_follower_killed_mid_batch_resumes_exactly_once(
 
     url = str(tmp_path / "f.sqlite") if kind == "sqlite" else request.getfixturevalue("pg_url")
     service = CourseService(open_application(parse_store_url(url)))
-    views = Views(service.app, parse_store_url(url))
+    views = Views(service.log, parse_store_url(url))
     try:
         demo(service, 40)
         head = int(service.app.recorder.max_notification_id() or 0)

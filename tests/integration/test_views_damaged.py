@@ -22,6 +22,7 @@ from cart_course.contract import parse_command
 from cart_course.course import stream_id
 from cart_course.demo import _Patient, cohort
 from cart_course.errors import CipherKeyError
+from cart_course.eventlog import EventLog
 from cart_course.service import CourseService
 from cart_course.storage import new_cipher_key, open_application, parse_store_url
 from cart_course.views import Views, queries
@@ -109,7 +110,7 @@ def garble_event(url: str, patient_id: str, version: int) -> None:
 
 
 def _views(service: CourseService, url: str) -> Views:
-    return Views(service.app, parse_store_url(url), batch_size=23)
+    return Views(service.log, parse_store_url(url), batch_size=23)
 
 
 def _rows(views: Views) -> dict[str, dict[str, Any]]:
@@ -283,14 +284,14 @@ def test_a_wrong_key_for_the_whole_store_is_still_a_key_error(tmp_path: Path) ->
     svc.close()
     keyed = open_application(plain, cipher_key=new_cipher_key())
     with pytest.raises(CipherKeyError, match="not encrypted but CART_COURSE_CIPHER_KEY is set"):
-        Views(keyed, plain)
+        Views(EventLog(keyed), plain)
     secret = parse_store_url(str(tmp_path / "secret.sqlite"))
     svc = CourseService(open_application(secret, cipher_key=new_cipher_key()))
     _demo(svc, 2)
     svc.close()
     for app in (open_application(secret, cipher_key=new_cipher_key()), open_application(secret)):
         with pytest.raises(CipherKeyError, match="do not decrypt with this key"):
-            Views(app, secret)
+            Views(EventLog(app), secret)
 
 
 def _cli(db: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,7 @@ from cart_course.views.metrics import metrics_text
 
 @pytest.fixture
 def views(service: CourseService, store_url: str) -> Iterator[Views]:
-    v = Views(service.app, parse_store_url(store_url))
+    v = Views(service.log, parse_store_url(store_url))
     try:
         yield v
     finally:
@@ -174,7 +174,7 @@ def test_views_of_an_older_release_are_rebuilt_with_the_offsets(tmp_path: Any) -
     service = CourseService(open_application(parse_store_url(url)))
     try:
         _after_d1(service, "O-1", "2026-11-23T20:00:00-05:00")
-        views = Views(service.app, parse_store_url(url))
+        views = Views(service.log, parse_store_url(url))
         views.catch_up()
         views.close()
         conn = sqlite3.connect(url)
@@ -182,7 +182,7 @@ def test_views_of_an_older_release_are_rebuilt_with_the_offsets(tmp_path: Any) -
         conn.execute("ALTER TABLE view_board DROP COLUMN overdue_from")
         conn.commit()
         conn.close()
-        views = Views(service.app, parse_store_url(url))
+        views = Views(service.log, parse_store_url(url))
         try:
             assert views.position() == 0  # the old rows are gone: recomputed on catch-up
             views.catch_up()

@@ -25,7 +25,7 @@ def record_overdue(service: CourseService) -> None:
 @pytest.fixture
 def views(service: CourseService, store_url: str) -> Iterator[Views]:
     record_overdue(service)
-    v = Views(service.app, parse_store_url(store_url))
+    v = Views(service.log, parse_store_url(store_url))
     v.catch_up()
     try:
         yield v

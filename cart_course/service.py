@@ -297,8 +297,12 @@ class CourseService:
         #: version, and how many commands of each patient the batch has.
         self._batch_reads: dict[UUID, dict[int, Any]] | None = None
         self._batch_span: Counter[str] = Counter()
+        #: The signed ledger (``cart_course.ledger``), when a signing key is configured.
+        self.ledger: Any = None
 
     def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
         self.app.close()
 
     # ------------------------------------------------------------------------------------------
@@ -592,6 +596,7 @@ class CourseService:
         IntegrityError (a version clash) and :class:`StoreBusy` ("database is locked") go to the
         caller, which reloads and decides again: nothing was committed, nothing is lost.
         """
+        saved = sum(len(c.pending_events) for c in courses)
         try:
             with store_errors("the store", writing=True):
                 try:
@@ -606,6 +611,8 @@ class CourseService:
             raise
         for course in courses:
             self._remember(course)
+        if self.ledger is not None:
+            self.ledger.after_save(saved)
 
     def _events_of(self, course: PatientCourse, lte: int | None = None) -> list[Any]:
         """The stream's events including those pending in this (batched) transaction."""

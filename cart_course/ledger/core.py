@@ -1,0 +1,521 @@
+"""Issue signed checkpoints, verify the log against one an auditor holds, prove one event.
+
+- :func:`issue` extends the last stored checkpoint by the rows recorded since (the frontier of
+  the tree is kept with each checkpoint, so issuing reads only the new rows), signs the new tree
+  head with the service's key, and stores it with the new leaf hashes.
+- :func:`verify_checkpoint` recomputes every row's leaf and checks that the tree of today's log
+  starts with the checkpointed tree (its first ``size`` leaves give the signed root) and extends
+  it (an RFC 9162 consistency proof, verified), and that every stored checkpoint signed by a key
+  the auditor gives agrees too. When something differs it names the first position: with the
+  stored leaf hashes when they hash to a signed root (then they are the signed rows), or the
+  range between the last signed checkpoint that still agrees and the first that does not.
+- :func:`prove` gives an inclusion proof of one event against a checkpoint; :func:`check_proof`
+  verifies one offline (the checkpoint, the public key and the proof, nothing of the store).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from ..audit.integrity import Problem
+from ..audit.log import REGISTERED_TOPIC, Decoder, high_water_mark
+from ..keys import PublicKey, SigningKey
+from ..storage import CourseApplication
+from .checkpoint import (
+    DEFAULT_ORIGIN,
+    Checkpoint,
+    CheckpointFormatError,
+    new_checkpoint,
+    parse_checkpoint,
+)
+from .log import LEAF_FORMAT, LogRow, rows
+from .merkle import (
+    Frontier,
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    verify_consistency,
+    verify_inclusion,
+)
+from .store import LeafRow, LedgerStore, StoredCheckpoint
+
+#: Defaults: a checkpoint after this many events, or this many minutes after the last one
+#: (checked when events are saved).
+CHECKPOINT_EVERY_EVENTS = 1000
+CHECKPOINT_EVERY_MINUTES = 10.0
+logger = logging.getLogger(__name__)
+PROOF_FORMAT = "cart-course-inclusion-proof/1"
+
+
+class LedgerError(Exception):
+    """The ledger cannot do what was asked (no key, nothing checkpointed, ...): says why."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _patient(app: CourseApplication, row: LogRow) -> str | None:
+    """The patient id a registration row names (None: not a registration, or unreadable)."""
+    if row.version != 1 or row.topic != REGISTERED_TOPIC:
+        return None
+    pid = Decoder(app).row(row.stream, 1, row.topic, row.state).get("patient_id")
+    return pid if isinstance(pid, str) else None
+
+
+def issue(
+    app: CourseApplication,
+    store: LedgerStore,
+    key: SigningKey,
+    *,
+    origin: str = DEFAULT_ORIGIN,
+    now: dt.datetime | None = None,
+) -> Checkpoint:
+    """Sign the tree of the log up to its high-water mark and store it (the last checkpoint
+    again when nothing was recorded since)."""
+    keep_patient_ids = app.mapper.cipher is None  # an encrypted store keeps none in the clear
+    with store.writing():
+        last = store.latest()
+        frontier = Frontier()
+        after = 0
+        if last is not None:
+            frontier = Frontier.from_json(last.frontier)
+            if frontier.size != last.size or frontier.root().hex() != last.root:
+                raise LedgerError(
+                    f"the stored state of checkpoint {last.size} does not give its root: the "
+                    "cart_course_checkpoints table was altered; run `cart-course audit verify "
+                    "--checkpoint` with the last checkpoint you hold"
+                )
+            after = last.up_to
+        mark = high_water_mark(app)
+        if last is not None and mark <= last.up_to:
+            return parse_checkpoint(last.note)
+        added: list[LeafRow] = []
+        for row in rows(app, after=after, up_to=mark):
+            leaf = row.leaf
+            added.append(
+                (
+                    frontier.size,
+                    row.notification_id,
+                    row.stream,
+                    str(row.version),
+                    _patient(app, row) if keep_patient_ids else None,
+                    leaf.hex(),
+                )
+            )
+            frontier.append(leaf)
+        checkpoint = new_checkpoint(
+            origin, frontier.size, frontier.root(), mark, now or dt.datetime.now(dt.UTC)
+        ).signed(key)
+        store.add(
+            StoredCheckpoint(
+                size=checkpoint.size,
+                up_to=mark,
+                root=checkpoint.root.hex(),
+                issued_at=checkpoint.issued_at,
+                frontier=frontier.to_json(),
+                note=checkpoint.text(),
+            ),
+            added,
+        )
+    return checkpoint
+
+
+@attrs.define(kw_only=True)
+class Ledger:
+    """The service's checkpointing: a checkpoint every ``every_events`` events or
+    ``every_minutes`` minutes (judged when events are saved; the first save after start
+    issues one when the store has none, e.g. a store from before this release)."""
+
+    app: CourseApplication
+    store: LedgerStore
+    key: SigningKey
+    origin: str = DEFAULT_ORIGIN
+    every_events: int = CHECKPOINT_EVERY_EVENTS
+    every_minutes: float = CHECKPOINT_EVERY_MINUTES
+    _pending: int = 0
+    _last: float | None = None
+    _lock: threading.Lock = attrs.Factory(threading.Lock)
+
+    def after_save(self, events: int) -> None:
+        with self._lock:
+            self._pending += events
+            due = (
+                self._last is None
+                or self._pending >= self.every_events
+                or time.monotonic() - self._last >= self.every_minutes * 60
+            )
+            if not due:
+                return
+            try:
+                self.checkpoint()
+            except Exception:  # the events are saved; the next save tries again
+                logger.warning("checkpoint not issued (the events are saved)", exc_info=True)
+
+    def checkpoint(self) -> Checkpoint:
+        checkpoint = issue(self.app, self.store, self.key, origin=self.origin)
+        self._pending = 0
+        self._last = time.monotonic()
+        return checkpoint
+
+    def close(self) -> None:
+        self.store.close()
+
+
+# -- verification --------------------------------------------------------------------------------
+
+
+def read_checkpoint(text: str, keys: Sequence[PublicKey]) -> tuple[Checkpoint, PublicKey]:
+    """The checkpoint, once its signature verified with one of ``keys``
+    (:class:`CheckpointFormatError` otherwise: bad input, not evidence about the log)."""
+    checkpoint = parse_checkpoint(text)
+    if not keys:
+        raise CheckpointFormatError(
+            "no public key to check the checkpoint's signature with: give --public-key FILE "
+            "(the service's key if CART_COURSE_SIGNING_KEY is set)"
+        )
+    signer = checkpoint.verified_by(keys)
+    if signer is None:
+        raise CheckpointFormatError(
+            "the checkpoint's signature does not verify with the public key(s) given "
+            f"(signed by {', '.join(checkpoint.key_names)}; given "
+            f"{', '.join(f'{k.name} ({k.id_hex})' for k in keys)}): it was altered, or "
+            "signed with another key"
+        )
+    return checkpoint, signer
+
+
+@attrs.define(kw_only=True)
+class LedgerReport:
+    checkpoint: Checkpoint
+    signer: PublicKey
+    tree_size: int = 0
+    root: bytes = b""
+    up_to: int = 0
+    consistency: list[bytes] = attrs.Factory(list)
+    stored_checkpoints: int = 0
+    problems: list[Problem] = attrs.Factory(list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checkpoint": {
+                "origin": self.checkpoint.origin,
+                "size": self.checkpoint.size,
+                "root": _b64(self.checkpoint.root),
+                "issued_at": self.checkpoint.issued_at,
+                "up_to_notification": self.checkpoint.up_to,
+                "signed_by": f"{self.signer.name} ({self.signer.id_hex})",
+            },
+            "tree_size": self.tree_size,
+            "root": _b64(self.root),
+            "verified_up_to_notification": self.up_to,
+            "consistency_proof": [_b64(p) for p in self.consistency],
+            "stored_checkpoints_checked": self.stored_checkpoints,
+            "problems": [p.to_json() for p in self.problems],
+        }
+
+
+class _Namer:
+    """Names positions of the log: the current row there, and the row signed there."""
+
+    def __init__(self, app: CourseApplication, store: LedgerStore, current: list[LogRow]):
+        self.app = app
+        self.store = store
+        self.current = current
+        self._patients: dict[str, str | None] = {}
+
+    def patient(self, stream: str) -> str | None:
+        if stream not in self._patients:
+            pid = self.store.patient_of(stream)
+            if pid is None:
+                try:
+                    first = self.app.recorder.select_events(uuid.UUID(stream), lte=1)
+                except Exception:
+                    first = []
+                if first:
+                    decoded = Decoder(self.app)(first[0]).get("patient_id")
+                    pid = decoded if isinstance(decoded, str) else None
+            self._patients[stream] = pid
+        return self._patients[stream]
+
+    def who(self, stream: str, version: Any) -> tuple[str, int | None, str]:
+        pid = self.patient(stream)
+        name = pid or f"stream {stream}"
+        v = int(version) if str(version).isdigit() else None
+        return name, v, f"{name} v{version}"
+
+    def current_at(self, i: int) -> tuple[str, int | None, str]:
+        row = self.current[i]
+        pid, v, text = self.who(row.stream, row.version)
+        return pid, v, f"{text} (notification {row.notification_id})"
+
+    def signed_at(self, i: int) -> tuple[str, int | None, str] | None:
+        stored = self.store.leaf_row(i)
+        if stored is None:
+            return None
+        _p, nid, sid, version, pid, _leaf = stored
+        name = pid or self.patient(sid) or f"stream {sid}"
+        v = int(version) if version.isdigit() else None
+        return name, v, f"{name} v{version} (notification {nid})"
+
+
+def _first_difference(
+    namer: _Namer, signed: list[bytes], current: list[bytes], size: int, what: str
+) -> Problem:
+    """The first position below ``size`` where today's rows differ from the signed leaves."""
+    n = len(current)
+    i = next(
+        (j for j in range(min(size, n)) if current[j] != signed[j]),
+        min(size, n),
+    )
+    expected = namer.signed_at(i)
+    exp_text = expected[2] if expected else f"position {i}"
+    if i >= n:
+        pid, version = (expected[0], expected[1]) if expected else ("(log)", None)
+        return Problem(
+            patient_id=pid,
+            version=version,
+            check="checkpoint",
+            message=f"the log ends after {n} rows but {what} covers {size}: the signed rows "
+            f"from position {i} on ({size - n} row(s), the first {exp_text}) were deleted, or "
+            "the store was rolled back to an older copy",
+        )
+    pid, version, cur_text = namer.current_at(i)
+    later_current = {leaf: j for j, leaf in enumerate(current[i + 1 :], start=i + 1)}
+    later_signed = {leaf: j for j, leaf in enumerate(signed[i + 1 : size], start=i + 1)}
+    if signed[i] in later_current:
+        j = later_current[signed[i]]
+        how = (
+            f"{cur_text} sits where {what} has {exp_text}, which now comes {j - i} row(s) "
+            "later: row(s) were inserted into the signed log (or the rows were reordered)"
+        )
+    elif current[i] in later_signed:
+        j = later_signed[current[i]]
+        how = (
+            f"the signed row(s) at positions {i}..{j - 1} (the first {exp_text}) are gone: "
+            f"deleted (the log goes on with {cur_text}, signed at position {j})"
+        )
+        if expected is not None:
+            pid, version = expected[0], expected[1]
+    else:
+        how = (
+            f"{cur_text} differs from the row {what} signed there ({exp_text}): it was "
+            "modified, replaced or reordered"
+        )
+    return Problem(
+        patient_id=pid,
+        version=version,
+        check="checkpoint",
+        message=f"position {i}: {how}",
+    )
+
+
+def verify_checkpoint(
+    app: CourseApplication,
+    store: LedgerStore,
+    text: str,
+    keys: Sequence[PublicKey],
+) -> LedgerReport:
+    """Check today's log against a checkpoint the auditor holds (see the module)."""
+    checkpoint, signer = read_checkpoint(text, keys)
+    report = LedgerReport(checkpoint=checkpoint, signer=signer)
+    mark = report.up_to = high_water_mark(app)
+    current_rows = list(rows(app, up_to=mark))
+    current = [r.leaf for r in current_rows]
+    n = report.tree_size = len(current)
+    # The references: the auditor's checkpoint, and every stored one signed by a key given.
+    references: dict[int, tuple[bytes, str]] = {
+        checkpoint.size: (checkpoint.root, f"the checkpoint you hold (size {checkpoint.size})")
+    }
+    for stored in store.checkpoints():
+        report.stored_checkpoints += 1
+        try:
+            note = parse_checkpoint(stored.note)
+        except CheckpointFormatError as exc:
+            note = None
+            why = str(exc)
+        if note is None or note.verified_by(keys) is None:
+            report.problems.append(
+                Problem(
+                    patient_id="(checkpoints)",
+                    version=None,
+                    check="checkpoint",
+                    message=f"the stored checkpoint of size {stored.size} is not signed by a "
+                    "key given"
+                    + (f" ({why})" if note is None else f" (signed by {note.key_names})")
+                    + ": forged or altered in the database",
+                )
+            )
+            continue
+        if note.size != stored.size or note.root.hex() != stored.root:
+            report.problems.append(
+                Problem(
+                    patient_id="(checkpoints)",
+                    version=None,
+                    check="checkpoint",
+                    message=f"the stored checkpoint row of size {stored.size} does not match "
+                    "its signed note: altered in the database",
+                )
+            )
+        if note.size not in references:
+            references[note.size] = (note.root, f"the stored checkpoint of {note.issued_at}")
+    sizes = sorted(s for s in references if s <= n)
+    roots: dict[int, bytes] = {}
+    frontier = Frontier()
+    wanted = iter(sizes)
+    want = next(wanted, None)
+    if want == 0:
+        roots[0] = frontier.root()
+        want = next(wanted, None)
+    for leaf in current:
+        frontier.append(leaf)
+        while want is not None and frontier.size == want:
+            roots[want] = frontier.root()
+            want = next(wanted, None)
+    report.root = frontier.root()
+    good = 0  # the largest signed size the log agrees with
+    bad: int | None = None
+    for size in sorted(references):
+        if size <= n and roots[size] == references[size][0]:
+            good = max(good, size)
+            continue
+        bad = size
+        break
+    if bad is None:
+        if checkpoint.size > 0:
+            report.consistency = consistency_proof(current, checkpoint.size, n)
+            if not verify_consistency(
+                checkpoint.size, n, checkpoint.root, report.root, report.consistency
+            ):  # cannot happen when the roots agree; checked as the auditor would
+                raise AssertionError("consistency proof does not verify")
+        return report
+    what = references[bad][1]
+    namer = _Namer(app, store, current_rows)
+    signed = store.leaves(bad)
+    if len(signed) >= bad and _root(signed, bad) == references[bad][0]:
+        report.problems.append(_first_difference(namer, signed, current, bad, what))
+        return report
+    # The stored leaves were altered too: say between which signed sizes the log changed.
+    first = namer.current_at(good) if good < n else None
+    report.problems.append(
+        Problem(
+            patient_id=first[0] if first else "(log)",
+            version=first[1] if first else None,
+            check="checkpoint",
+            message=f"the log agrees with the signed tree up to position {good} but not with "
+            f"{what}: rows at positions {good}..{bad - 1}"
+            + (f" (from {first[2]})" if first else "")
+            + " were altered, inserted, reordered or deleted, and the stored leaf hashes "
+            "(cart_course_leaves) were altered to hide it: the range is tampered",
+        )
+    )
+    return report
+
+
+def _root(leaves: list[bytes], size: int) -> bytes:
+    frontier = Frontier()
+    frontier.extend(leaves[:size])
+    return frontier.root()
+
+
+# -- inclusion proofs ----------------------------------------------------------------------------
+
+
+def prove(
+    app: CourseApplication,
+    store: LedgerStore,
+    stream: str,
+    version: int,
+    *,
+    checkpoint_text: str | None = None,
+) -> dict[str, Any]:
+    """An inclusion proof of the event (stream, version) against a checkpoint: the one given,
+    or the latest stored one."""
+    if checkpoint_text is None:
+        latest = store.latest()
+        if latest is None:
+            raise LedgerError(
+                "no checkpoint was issued yet: run `cart-course audit checkpoint` first"
+            )
+        checkpoint_text = latest.note
+    checkpoint = parse_checkpoint(checkpoint_text)
+    size = checkpoint.size
+    leaves: list[bytes] = []
+    index = None
+    data = b""
+    for row in rows(app):
+        if len(leaves) >= size:
+            break
+        leaf = row.leaf
+        if row.stream == stream and row.version == version:
+            index, data = len(leaves), row.data
+        leaves.append(leaf)
+    if index is None:
+        raise LedgerError(
+            f"v{version} is not among the {size} events the checkpoint covers (recorded later? "
+            "issue a new checkpoint with `cart-course audit checkpoint`)"
+        )
+    proof = inclusion_proof(leaves, index, size)
+    return {
+        "format": PROOF_FORMAT,
+        "origin": checkpoint.origin,
+        "tree_size": size,
+        "root": _b64(checkpoint.root),
+        "leaf_index": index,
+        "stream_id": stream,
+        "version": version,
+        "leaf_data": _b64(data),
+        "leaf_hash": _b64(leaves[index]),
+        "path": [_b64(p) for p in proof],
+        "checkpoint": checkpoint.text(),
+    }
+
+
+def check_proof(
+    proof: dict[str, Any], checkpoint_text: str, keys: Sequence[PublicKey]
+) -> tuple[Checkpoint, int]:
+    """Verify an inclusion proof against a checkpoint signed by one of ``keys``; returns the
+    checkpoint and the leaf index. :class:`CheckpointFormatError` when the checkpoint is not
+    signed by them; :class:`LedgerError` when the proof does not prove inclusion."""
+    checkpoint, _signer = read_checkpoint(checkpoint_text, keys)
+    try:
+        data = base64.b64decode(str(proof["leaf_data"]), validate=True)
+        path = [base64.b64decode(str(p), validate=True) for p in proof["path"]]
+        index = int(proof["leaf_index"])
+        size = int(proof["tree_size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LedgerError(f"not an inclusion proof of `audit prove` ({exc})") from None
+    if size != checkpoint.size:
+        raise LedgerError(
+            f"the proof is for a tree of {size} events, the checkpoint has {checkpoint.size}"
+        )
+    parts = data.split(b"\n", 2)
+    try:
+        header = json.loads(parts[1]) if len(parts) == 3 else None
+    except ValueError:
+        header = None
+    if parts[0] + b"\n" != LEAF_FORMAT or not isinstance(header, list) or len(header) != 3:
+        raise LedgerError("the proof's leaf data is not a stored event row")
+    if header[:2] != [proof.get("stream_id"), proof.get("version")]:
+        raise LedgerError("the proof's leaf data is another event than the one it names")
+    if not verify_inclusion(leaf_hash(data), index, size, path, checkpoint.root):
+        raise LedgerError(
+            "the proof does not verify: this event is not leaf "
+            f"{index} of the checkpointed tree (the event or the proof was altered)"
+        )
+    return checkpoint, index

@@ -109,7 +109,7 @@ def _parse(line: str, where: str, *, private: bool) -> tuple[str, bytes]:
         if not text.startswith(PRIVATE_PREFIX):
             raise KeyFormatError(f"{where}: not a private key (it starts with {PRIVATE_PREFIX})")
         text = text[len(PRIVATE_PREFIX) :]
-    parts = text.split("+")
+    parts = text.split("+", 2)
     if len(parts) != 3:
         raise KeyFormatError(f"{where}: expected <name>+<key id>+<base64 key>")
     name, hex_id, data = parts

@@ -831,8 +831,7 @@ class CourseService:
                     f"version {signs} is not a {milestone} milestone (one of: {', '.join(MILESTONES[milestone])})",
                 )
             signed_hash = event_hash(signed)
-        course.record_event(
-            PatientCourse.MilestoneSigned,
+        fields: dict[str, Any] = dict(
             milestone=milestone,
             signs_version=signs,
             signed_hash=signed_hash,
@@ -845,6 +844,9 @@ class CourseService:
             idempotency_key=command.key,
             digest=command.digest,
         )
+        if self.ledger is not None:  # the service's signature over it (cart_course.signing)
+            fields.update(self.ledger.sign_esignature(course, fields))
+        course.record_event(PatientCourse.MilestoneSigned, **fields)
         return CommandResult(
             status="recorded",
             patient_id=command.patient_id,

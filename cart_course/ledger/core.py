@@ -27,6 +27,7 @@ from typing import Any
 
 import attrs
 
+from .. import signing
 from ..audit.integrity import Problem
 from ..audit.log import REGISTERED_TOPIC, Decoder, high_water_mark
 from ..keys import PublicKey, SigningKey
@@ -170,6 +171,16 @@ class Ledger:
 
     def close(self) -> None:
         self.store.close()
+
+    def sign_esignature(self, course: Any, fields: dict[str, Any]) -> dict[str, Any]:
+        """The record time and the service's signature of an e-signature about to be recorded
+        as ``course``'s next event (``cart_course.signing``)."""
+        from ..course import PatientCourse
+
+        stamp = PatientCourse.MilestoneSigned.create_timestamp()
+        bound = {**fields, "prev_hash": course.chain_head}
+        value = signing.sign(self.key, str(course.id), course.version + 1, stamp.isoformat(), bound)
+        return {"timestamp": stamp, signing.FIELD: value}
 
 
 # -- verification --------------------------------------------------------------------------------
@@ -396,6 +407,7 @@ def verify_checkpoint(
             continue
         bad = size
         break
+    report.problems.extend(_esignatures(app, current_rows, keys, protected=good))
     if bad is None:
         if checkpoint.size > 0:
             report.consistency = consistency_proof(current, checkpoint.size, n)
@@ -410,21 +422,80 @@ def verify_checkpoint(
     if len(signed) >= bad and _root(signed, bad) == references[bad][0]:
         report.problems.append(_first_difference(namer, signed, current, bad, what))
         return report
-    # The stored leaves were altered too: say between which signed sizes the log changed.
+    # The stored leaves do not give the signed root (altered, or rolled back with the log):
+    # say between which signed sizes the log changed.
     first = namer.current_at(good) if good < n else None
+    if n < bad:
+        cause = (
+            f"the log holds {n} rows but {what} covers {bad}: rows were deleted or the store "
+            f"was rolled back to an older copy (the log agrees with the signed tree up to "
+            f"position {good})"
+        )
+    else:
+        cause = (
+            f"the log agrees with the signed tree up to position {good} but not with {what}: "
+            f"rows at positions {good}..{bad - 1}"
+            + (f" (from {first[2]})" if first else "")
+            + " were altered, inserted, reordered or deleted"
+        )
     report.problems.append(
         Problem(
             patient_id=first[0] if first else "(log)",
             version=first[1] if first else None,
             check="checkpoint",
-            message=f"the log agrees with the signed tree up to position {good} but not with "
-            f"{what}: rows at positions {good}..{bad - 1}"
-            + (f" (from {first[2]})" if first else "")
-            + " were altered, inserted, reordered or deleted, and the stored leaf hashes "
-            "(cart_course_leaves) were altered to hide it: the range is tampered",
+            message=cause + "; the stored leaf hashes (cart_course_leaves) do not give the "
+            "signed root either: the range is tampered",
         )
     )
     return report
+
+
+SIGNED_TOPIC = REGISTERED_TOPIC.replace("Registered", "MilestoneSigned")
+
+
+def _esignatures(
+    app: CourseApplication, current: list[LogRow], keys: Sequence[PublicKey], *, protected: int
+) -> list[Problem]:
+    """Every e-signature's service signature (``cart_course.signing``): each one present must
+    verify; one recorded after the signed part of the log (``protected`` rows, which the tree
+    covers) must be there."""
+    decode = Decoder(app)
+    problems: list[Problem] = []
+    namer: dict[str, Any] = {}
+    for position, row in enumerate(current):
+        if row.topic != SIGNED_TOPIC or not isinstance(row.version, int):
+            continue
+        event = decode.row(row.stream, row.version, row.topic, row.state)
+        if event.get(signing.FIELD) is None and position < protected:
+            continue  # recorded before the service signed: the signed tree covers it
+        why = signing.check(keys, row.stream, row.version, event.recorded_at, event.data)
+        if why is None:
+            continue
+        if row.stream not in namer:
+            namer[row.stream] = _stream_patient(app, row.stream)
+        problems.append(
+            Problem(
+                patient_id=namer[row.stream],
+                version=row.version,
+                check="esignature",
+                message=f"the e-signature (notification {row.notification_id}): {why}"
+                + (
+                    " (recorded after the signed checkpoints, where the service signs each one)"
+                    if event.get(signing.FIELD) is None
+                    else ""
+                ),
+            )
+        )
+    return problems
+
+
+def _stream_patient(app: CourseApplication, stream: str) -> str:
+    try:
+        first = app.recorder.select_events(uuid.UUID(stream), lte=1)
+    except Exception:
+        first = []
+    pid = Decoder(app)(first[0]).get("patient_id") if first else None
+    return pid if isinstance(pid, str) else f"stream {stream}"
 
 
 def _root(leaves: list[bytes], size: int) -> bytes:

@@ -326,7 +326,7 @@ def _first_difference(
     else:
         how = (
             f"{cur_text} differs from the row {what} signed there ({exp_text}): it was "
-            "modified, replaced or reordered"
+            "modified, replaced, reordered, or rows were inserted or deleted before it"
         )
     return Problem(
         patient_id=pid,
@@ -424,7 +424,7 @@ def verify_checkpoint(
         return report
     # The stored leaves do not give the signed root (altered, or rolled back with the log):
     # say between which signed sizes the log changed.
-    first = namer.current_at(good) if good < n else None
+    first = namer.current_at(good) if good < n and n >= bad else None
     if n < bad:
         cause = (
             f"the log holds {n} rows but {what} covers {bad}: rows were deleted or the store "
@@ -440,8 +440,8 @@ def verify_checkpoint(
         )
     report.problems.append(
         Problem(
-            patient_id=first[0] if first else "(log)",
-            version=first[1] if first else None,
+            patient_id="(log)",
+            version=None,
             check="checkpoint",
             message=cause + "; the stored leaf hashes (cart_course_leaves) do not give the "
             "signed root either: the range is tampered",

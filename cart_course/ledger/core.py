@@ -151,9 +151,11 @@ class Ledger:
     def after_save(self, events: int) -> None:
         with self._lock:
             self._pending += events
+            if self._last is None:  # this process's first save: how far is the last one?
+                self._catch_up_with_store()
+            assert self._last is not None
             due = (
-                self._last is None
-                or self._pending >= self.every_events
+                self._pending >= self.every_events
                 or time.monotonic() - self._last >= self.every_minutes * 60
             )
             if not due:
@@ -162,6 +164,20 @@ class Ledger:
                 self.checkpoint()
             except Exception:  # the events are saved; the next save tries again
                 logger.warning("checkpoint not issued (the events are saved)", exc_info=True)
+
+    def _catch_up_with_store(self) -> None:
+        """Start counting from the latest stored checkpoint (none: one is due now)."""
+        try:
+            latest = self.store.latest()
+            if latest is None:
+                raise LookupError
+            issued = dt.datetime.fromisoformat(latest.issued_at.replace("Z", "+00:00"))
+            age = (dt.datetime.now(dt.UTC) - issued).total_seconds()
+            self._pending = max(self._pending, high_water_mark(self.app) - latest.up_to)
+            self._last = time.monotonic() - max(0.0, age)
+        except Exception:  # no checkpoint yet (a store from before the ledger), or unreadable
+            self._pending = self.every_events
+            self._last = time.monotonic()
 
     def checkpoint(self) -> Checkpoint:
         checkpoint = issue(self.app, self.store, self.key, origin=self.origin)
@@ -275,6 +291,10 @@ class _Namer:
         pid, v, text = self.who(row.stream, row.version)
         return pid, v, f"{text} (notification {row.notification_id})"
 
+    def signed_stream(self, i: int) -> str | None:
+        stored = self.store.leaf_row(i)
+        return stored[2] if stored else None
+
     def signed_at(self, i: int) -> tuple[str, int | None, str] | None:
         stored = self.store.leaf_row(i)
         if stored is None:
@@ -285,55 +305,86 @@ class _Namer:
         return name, v, f"{name} v{version} (notification {nid})"
 
 
-def _first_difference(
+#: At most this many differences from the signed log are named (one per stream).
+MAX_DIFFERENCES = 50
+
+
+def _differences(
     namer: _Namer, signed: list[bytes], current: list[bytes], size: int, what: str
-) -> Problem:
-    """The first position below ``size`` where today's rows differ from the signed leaves."""
+) -> list[Problem]:
+    """Where today's rows differ from the signed leaves below ``size``: the first difference of
+    each stream, walking both in order (a row inserted or deleted realigns the walk)."""
     n = len(current)
-    i = next(
-        (j for j in range(min(size, n)) if current[j] != signed[j]),
-        min(size, n),
-    )
-    expected = namer.signed_at(i)
-    exp_text = expected[2] if expected else f"position {i}"
-    if i >= n:
-        pid, version = (expected[0], expected[1]) if expected else ("(log)", None)
-        return Problem(
-            patient_id=pid,
-            version=version,
-            check="checkpoint",
-            message=f"the log ends after {n} rows but {what} covers {size}: the signed rows "
-            f"from position {i} on ({size - n} row(s), the first {exp_text}) were deleted, or "
-            "the store was rolled back to an older copy",
+    at_current: dict[bytes, int] = {}
+    for k, leaf in enumerate(current):
+        at_current.setdefault(leaf, k)
+    at_signed: dict[bytes, int] = {}
+    for k, leaf in enumerate(signed[:size]):
+        at_signed.setdefault(leaf, k)
+    problems: list[Problem] = []
+    named: set[str] = set()
+
+    def add(stream: str | None, pid: str, version: int | None, message: str) -> None:
+        if stream is not None and stream in named:
+            return
+        if stream is not None:
+            named.add(stream)
+        problems.append(
+            Problem(patient_id=pid, version=version, check="checkpoint", message=message)
         )
-    pid, version, cur_text = namer.current_at(i)
-    later_current = {leaf: j for j, leaf in enumerate(current[i + 1 :], start=i + 1)}
-    later_signed = {leaf: j for j, leaf in enumerate(signed[i + 1 : size], start=i + 1)}
-    if signed[i] in later_current:
-        j = later_current[signed[i]]
-        how = (
-            f"{cur_text} sits where {what} has {exp_text}, which now comes {j - i} row(s) "
-            "later: row(s) were inserted into the signed log (or the rows were reordered)"
-        )
-    elif current[i] in later_signed:
-        j = later_signed[current[i]]
-        how = (
-            f"the signed row(s) at positions {i}..{j - 1} (the first {exp_text}) are gone: "
-            f"deleted (the log goes on with {cur_text}, signed at position {j})"
-        )
-        if expected is not None:
-            pid, version = expected[0], expected[1]
-    else:
-        how = (
-            f"{cur_text} differs from the row {what} signed there ({exp_text}): it was "
-            "modified, replaced, reordered, or rows were inserted or deleted before it"
-        )
-    return Problem(
-        patient_id=pid,
-        version=version,
-        check="checkpoint",
-        message=f"position {i}: {how}",
-    )
+
+    i = j = 0
+    while j < size and len(problems) < MAX_DIFFERENCES:
+        if i < n and current[i] == signed[j]:
+            i += 1
+            j += 1
+            continue
+        expected = namer.signed_at(j)
+        exp_text = expected[2] if expected else f"position {j}"
+        exp_stream = namer.signed_stream(j)
+        if i >= n:
+            add(
+                None,
+                expected[0] if expected else "(log)",
+                expected[1] if expected else None,
+                f"the log ends after {n} rows but {what} covers {size}: the signed rows from "
+                f"position {j} on ({size - j} row(s), the first {exp_text}) were deleted, or "
+                "the store was rolled back to an older copy",
+            )
+            break
+        pid, version, cur_text = namer.current_at(i)
+        later = at_current.get(signed[j], -1)
+        earlier = at_signed.get(current[i], -1)
+        if later > i:
+            add(
+                namer.current[i].stream,
+                pid,
+                version,
+                f"position {i}: {cur_text} is not in the signed log: {later - i} row(s) were "
+                f"inserted before {exp_text} (or the rows were reordered)",
+            )
+            i = later
+        elif earlier > j:
+            add(
+                exp_stream,
+                expected[0] if expected else pid,
+                expected[1] if expected else version,
+                f"position {j}: the signed row(s) at positions {j}..{earlier - 1} (the first "
+                f"{exp_text}) are gone: deleted (the log goes on with {cur_text}, signed at "
+                f"position {earlier})",
+            )
+            j = earlier
+        else:
+            add(
+                namer.current[i].stream,
+                pid,
+                version,
+                f"position {i}: {cur_text} differs from the row {what} signed there "
+                f"({exp_text}): it was modified, replaced or reordered",
+            )
+            i += 1
+            j += 1
+    return problems
 
 
 def verify_checkpoint(
@@ -407,7 +458,7 @@ def verify_checkpoint(
             continue
         bad = size
         break
-    report.problems.extend(_esignatures(app, current_rows, keys, protected=good))
+    report.problems.extend(_esignatures(app, current_rows, keys, protected=max(references)))
     if bad is None:
         if checkpoint.size > 0:
             report.consistency = consistency_proof(current, checkpoint.size, n)
@@ -420,7 +471,7 @@ def verify_checkpoint(
     namer = _Namer(app, store, current_rows)
     signed = store.leaves(bad)
     if len(signed) >= bad and _root(signed, bad) == references[bad][0]:
-        report.problems.append(_first_difference(namer, signed, current, bad, what))
+        report.problems.extend(_differences(namer, signed, current, bad, what))
         return report
     # The stored leaves do not give the signed root (altered, or rolled back with the log):
     # say between which signed sizes the log changed.

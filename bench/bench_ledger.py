@@ -16,6 +16,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from itertools import islice
 from pathlib import Path
 
 from bench.bench_audit import SIZES, build, raw_read
@@ -24,6 +25,7 @@ from cart_course.contract import parse_command
 from cart_course.demo import cohort
 from cart_course.keys import generate
 from cart_course.ledger.core import issue, prove, verify_checkpoint
+from cart_course.ledger.log import rows as log_rows
 from cart_course.ledger.store import LedgerStore
 from cart_course.service import CourseService
 from cart_course.storage import open_application, parse_store_url
@@ -57,8 +59,8 @@ def measure(source: Path, n: int) -> dict[str, object]:
                 verify_runs.append(time.perf_counter() - started)
             verify_s = min(verify_runs)
             started = time.perf_counter()
-            sid = str(service.stream_id("P-0001"))
-            prove(service.app, store, sid, 2, checkpoint_text=later.text())
+            middle = next(islice(log_rows(service.app), first.size // 2, None))
+            prove(service.app, store, middle.stream, middle.version, checkpoint_text=later.text())
             prove_s = time.perf_counter() - started
         finally:
             store.close()

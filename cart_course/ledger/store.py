@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -47,6 +48,9 @@ class LedgerStore:
     def __init__(self, conn: Any, kind: str) -> None:
         self.conn = conn
         self.kind = kind
+        #: One connection shared by the threads of a server: one statement or transaction at a
+        #: time.
+        self.lock = threading.RLock()
 
     @classmethod
     def open(cls, store: StoreSettings) -> LedgerStore:
@@ -78,12 +82,17 @@ class LedgerStore:
         return statement.replace("?", "%s") if self.kind == "postgres" else statement
 
     def _rows(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        cursor = self.conn.execute(self._sql(statement), params)
-        return [tuple(row) for row in cursor.fetchall()]
+        with self.lock:
+            cursor = self.conn.execute(self._sql(statement), params)
+            return [tuple(row) for row in cursor.fetchall()]
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
         """One writer at a time: SQLite ``BEGIN IMMEDIATE``; PostgreSQL a table lock."""
+        with self.lock:
+            yield from self._writing()
+
+    def _writing(self) -> Iterator[None]:
         if self.kind == "postgres":
             with self.conn.transaction():
                 self.conn.execute("LOCK TABLE cart_course_checkpoints IN SHARE ROW EXCLUSIVE MODE")

@@ -39,7 +39,7 @@ from .checkpoint import (
     new_checkpoint,
     parse_checkpoint,
 )
-from .log import LEAF_FORMAT, LogRow, rows
+from .log import LEAF_FORMAT, LogRow, leaf_bytes, rows, state_bytes
 from .merkle import (
     Frontier,
     consistency_proof,
@@ -610,6 +610,54 @@ def prove(
         checkpoint_text = latest.note
     checkpoint = parse_checkpoint(checkpoint_text)
     size = checkpoint.size
+    found = _prove_from_stored(app, store, stream, version, size, checkpoint.root)
+    if found is not None:
+        leaves, index, data = found
+    else:
+        leaves, index, data = _prove_from_log(app, stream, version, size)
+    proof = inclusion_proof(leaves, index, size)
+    return {
+        "format": PROOF_FORMAT,
+        "origin": checkpoint.origin,
+        "tree_size": size,
+        "root": _b64(checkpoint.root),
+        "leaf_index": index,
+        "stream_id": stream,
+        "version": version,
+        "leaf_data": _b64(data),
+        "leaf_hash": _b64(leaves[index]),
+        "path": [_b64(p) for p in proof],
+        "checkpoint": checkpoint.text(),
+    }
+
+
+def _prove_from_stored(
+    app: CourseApplication, store: LedgerStore, stream: str, version: int, size: int, root: bytes
+) -> tuple[list[bytes], int, bytes] | None:
+    """The signed leaves (when the stored ones give the signed root), the event's position and
+    its row as stored now, which must be the row signed there; None: find it in the log."""
+    leaves = store.leaves(size)
+    if len(leaves) < size or _root(leaves, size) != root:
+        return None
+    index = store.position_of(stream, str(version), size)
+    if index is None:
+        return None
+    stored = app.recorder.select_events(uuid.UUID(stream), gt=version - 1, lte=version)
+    if not stored:
+        return None
+    row = stored[0]
+    data = leaf_bytes(stream, version, str(row.topic), state_bytes(row.state))
+    if leaf_hash(data) != leaves[index]:
+        raise LedgerError(
+            f"v{version} as stored now is not the row the checkpoint signed at position {index}: "
+            "it was altered (`cart-course audit verify --checkpoint` names what changed)"
+        )
+    return leaves, index, data
+
+
+def _prove_from_log(
+    app: CourseApplication, stream: str, version: int, size: int
+) -> tuple[list[bytes], int, bytes]:
     leaves: list[bytes] = []
     index = None
     data = b""
@@ -625,20 +673,7 @@ def prove(
             f"v{version} is not among the {size} events the checkpoint covers (recorded later? "
             "issue a new checkpoint with `cart-course audit checkpoint`)"
         )
-    proof = inclusion_proof(leaves, index, size)
-    return {
-        "format": PROOF_FORMAT,
-        "origin": checkpoint.origin,
-        "tree_size": size,
-        "root": _b64(checkpoint.root),
-        "leaf_index": index,
-        "stream_id": stream,
-        "version": version,
-        "leaf_data": _b64(data),
-        "leaf_hash": _b64(leaves[index]),
-        "path": [_b64(p) for p in proof],
-        "checkpoint": checkpoint.text(),
-    }
+    return leaves, index, data
 
 
 def check_proof(

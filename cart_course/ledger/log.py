@@ -9,6 +9,7 @@ stream, version or type, or to the order of the rows, changes the tree.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -19,10 +20,17 @@ from .merkle import leaf_hash
 #: Rows read per query.
 PAGE = 1000
 LEAF_FORMAT = b"cart-course-row/1\n"
+#: Text json.dumps writes as it is (no escape).
+_PLAIN = re.compile(r"[A-Za-z0-9_.:\- ]*")
 
 
 def leaf_bytes(stream: str, version: Any, topic: str, state: bytes) -> bytes:
-    header = json.dumps([stream, version, topic], separators=(",", ":"), ensure_ascii=True)
+    """``cart-course-row/1``, the JSON array ``[stream, version, topic]`` (compact, ASCII), then
+    the stored state, each part ending in a newline but the last."""
+    if type(version) is int and _PLAIN.fullmatch(topic) and _PLAIN.fullmatch(stream):
+        header = f'["{stream}",{version},"{topic}"]'  # what json.dumps writes for these
+    else:
+        header = json.dumps([stream, version, topic], separators=(",", ":"), ensure_ascii=True)
     return LEAF_FORMAT + header.encode() + b"\n" + state
 
 
@@ -42,7 +50,7 @@ class LogRow(NamedTuple):
         return leaf_hash(self.data)
 
 
-def _state(value: Any) -> bytes:
+def state_bytes(value: Any) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):  # a row rewritten by hand as text
@@ -67,7 +75,7 @@ def rows(app: CourseApplication, *, after: int = 0, up_to: int | None = None) ->
                 str(oid if isinstance(oid, uuid.UUID) else uuid.UUID(str(oid))),
                 n.originator_version,
                 str(n.topic),
-                _state(n.state),
+                state_bytes(n.state),
             )
         start = page[-1].id
         if up_to is not None and start >= up_to:

@@ -17,7 +17,9 @@ _sha256 = hashlib.sha256
 
 
 def leaf_hash(data: bytes) -> bytes:
-    return _sha256(b"\x00" + data).digest()
+    digest = _sha256(b"\x00")
+    digest.update(data)
+    return digest.digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:

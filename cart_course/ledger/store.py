@@ -194,6 +194,14 @@ class LedgerStore:
         p, nid, sid, version, pid, leaf = rows[0]
         return int(p), int(nid), str(sid), str(version), pid, str(leaf)
 
+    def position_of(self, stream: str, version: str, size: int) -> int | None:
+        rows = self._rows(
+            "SELECT position FROM cart_course_leaves WHERE stream_id = ? AND version = ? "
+            "AND position < ? ORDER BY position LIMIT 1",
+            (stream, version, size),
+        )
+        return int(rows[0][0]) if rows else None
+
     def patient_of(self, stream: str) -> str | None:
         rows = self._rows(
             "SELECT patient_id FROM cart_course_leaves WHERE stream_id = ? "

@@ -31,7 +31,7 @@ from .. import signing
 from ..audit.integrity import Problem
 from ..audit.log import REGISTERED_TOPIC, Decoder, high_water_mark
 from ..keys import PublicKey, SigningKey
-from ..storage import CourseApplication
+from ..storage import CANONICAL_MARK, CourseApplication
 from .checkpoint import (
     DEFAULT_ORIGIN,
     Checkpoint,
@@ -404,6 +404,7 @@ def verify_checkpoint(
     references: dict[int, tuple[bytes, str]] = {
         checkpoint.size: (checkpoint.root, f"the checkpoint you hold (size {checkpoint.size})")
     }
+    stored_ok: list[Checkpoint] = []
     for stored in store.checkpoints():
         report.stored_checkpoints += 1
         try:
@@ -436,6 +437,7 @@ def verify_checkpoint(
             )
         if note.size not in references:
             references[note.size] = (note.root, f"the stored checkpoint of {note.issued_at}")
+        stored_ok.append(note)
     sizes = sorted(s for s in references if s <= n)
     roots: dict[int, bytes] = {}
     frontier = Frontier()
@@ -460,6 +462,15 @@ def verify_checkpoint(
         break
     report.problems.extend(_esignatures(app, current_rows, keys, protected=max(references)))
     report.problems.extend(_gaps(app, current_rows))
+    signed_times = sorted(
+        (size, issued)
+        for size, issued in (
+            (checkpoint.size, checkpoint.issued_at),
+            *((s.size, s.issued_at) for s in stored_ok),
+        )
+        if size <= n
+    )
+    report.problems.extend(_future_times(app, current_rows, signed_times))
     if bad is None:
         if checkpoint.size > 0:
             report.consistency = consistency_proof(current, checkpoint.size, n)
@@ -538,6 +549,62 @@ def _esignatures(
                 ),
             )
         )
+    return problems
+
+
+#: How far a record time may lie after the checkpoint that covers it (servers' clocks differ).
+CLOCK_TOLERANCE = dt.timedelta(seconds=5)
+_TIMESTAMP = b'"timestamp":"'
+
+
+def _record_time(decode: Decoder, row: LogRow) -> str:
+    """A row's record time: read off a plain canonical row (its top-level ``timestamp`` is the
+    last one: the keys after it hold text), else decoded."""
+    state = row.state
+    at = state.rfind(_TIMESTAMP) if state[:1] == b"{" and CANONICAL_MARK in state else -1
+    if at != -1:
+        end = state.find(b'"', at + len(_TIMESTAMP))
+        return state[at + len(_TIMESTAMP) : end].decode("ascii", "replace")
+    return decode.row(row.stream, row.version, row.topic, row.state).recorded_at
+
+
+def _future_times(
+    app: CourseApplication, current: list[LogRow], signed: list[tuple[int, str]]
+) -> list[Problem]:
+    """Record times never lie in the future of the checkpoint that covers them (the first
+    signed size above the row's position): one that does was recorded with a clock ahead of
+    the service's, or set by hand before the tree was signed."""
+    problems: list[Problem] = []
+    decode = Decoder(app)
+    start = 0
+    for size, issued in signed:
+        try:
+            limit = dt.datetime.fromisoformat(issued.replace("Z", "+00:00")) + CLOCK_TOLERANCE
+        except ValueError:
+            continue
+        bound = limit.isoformat()
+        for row in current[start:size]:
+            text = _record_time(decode, row)
+            if text[:19] <= bound[:19]:  # the same second or before: fine
+                continue
+            try:
+                when = dt.datetime.fromisoformat(text)
+            except ValueError:
+                continue
+            if when > limit:
+                problems.append(
+                    Problem(
+                        patient_id=_stream_patient(app, row.stream),
+                        version=row.version if isinstance(row.version, int) else None,
+                        check="record_time",
+                        message=f"recorded at {text}, after the checkpoint of {issued} that "
+                        "covers it: the record clock was ahead of the service's, or the time "
+                        "was set by hand",
+                    )
+                )
+                if len(problems) >= MAX_DIFFERENCES:
+                    return problems
+        start = max(start, size)
     return problems
 
 

@@ -389,3 +389,20 @@ def test_patient_deleted_after_the_last_checkpoint(world: World) -> None:
         assert "[gap]" in out and "missing before Q-0003 v1" in out
     else:
         assert code == 0, out
+
+
+def test_record_time_in_the_future_of_its_checkpoint(world: World) -> None:
+    """A record time set ahead by hand before the service signed the tree (or a clock ahead of
+    the service's): the checkpoint that covers the row was issued before that time."""
+    future = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
+    last = len(world.rows("Q-0003"))
+
+    def edit(events: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+        events[-1][1]["timestamp"] = future
+        return events
+
+    world.rewrite("Q-0003", edit)
+    world.hold_checkpoint()  # the service signs the log as it finds it
+    code, out = world.audit()
+    assert code == 1, out
+    assert f"Q-0003 v{last}: [record_time] recorded at {future}" in out

@@ -678,11 +678,9 @@ def prove(
     checkpoint = parse_checkpoint(checkpoint_text)
     size = checkpoint.size
     found = _prove_from_stored(app, store, stream, version, size, checkpoint.root)
-    if found is not None:
-        leaves, index, data = found
-    else:
-        leaves, index, data = _prove_from_log(app, stream, version, size)
-    proof = inclusion_proof(leaves, index, size)
+    if found is None:
+        found = _prove_from_log(app, stream, version, size)
+    leaf, index, data, proof = found
     return {
         "format": PROOF_FORMAT,
         "origin": checkpoint.origin,
@@ -692,7 +690,7 @@ def prove(
         "stream_id": stream,
         "version": version,
         "leaf_data": _b64(data),
-        "leaf_hash": _b64(leaves[index]),
+        "leaf_hash": _b64(leaf),
         "path": [_b64(p) for p in proof],
         "checkpoint": checkpoint.text(),
     }
@@ -700,14 +698,17 @@ def prove(
 
 def _prove_from_stored(
     app: CourseApplication, store: LedgerStore, stream: str, version: int, size: int, root: bytes
-) -> tuple[list[bytes], int, bytes] | None:
-    """The signed leaves (when the stored ones give the signed root), the event's position and
+) -> tuple[bytes, int, bytes, list[bytes]] | None:
+    """The stored leaves (when the event's path from them leads to the signed root), its position and
     its row as stored now, which must be the row signed there; None: find it in the log."""
     leaves = store.leaves(size)
-    if len(leaves) < size or _root(leaves, size) != root:
-        return None
     index = store.position_of(stream, str(version), size)
-    if index is None:
+    if len(leaves) < size or index is None:
+        return None
+    # The path from the stored leaves must lead to the signed root (then every hash on it is
+    # the signed tree's; one pass, rather than the root of all leaves and then the path).
+    path = inclusion_proof(leaves, index, size)
+    if not verify_inclusion(leaves[index], index, size, path, root):
         return None
     stored = app.recorder.select_events(uuid.UUID(stream), gt=version - 1, lte=version)
     if not stored:
@@ -719,12 +720,12 @@ def _prove_from_stored(
             f"v{version} as stored now is not the row the checkpoint signed at position {index}: "
             "it was altered (`cart-course audit verify --checkpoint` names what changed)"
         )
-    return leaves, index, data
+    return leaves[index], index, data, path
 
 
 def _prove_from_log(
     app: CourseApplication, stream: str, version: int, size: int
-) -> tuple[list[bytes], int, bytes]:
+) -> tuple[bytes, int, bytes, list[bytes]]:
     leaves: list[bytes] = []
     index = None
     data = b""
@@ -740,7 +741,7 @@ def _prove_from_log(
             f"v{version} is not among the {size} events the checkpoint covers (recorded later? "
             "issue a new checkpoint with `cart-course audit checkpoint`)"
         )
-    return leaves, index, data
+    return leaves[index], index, data, inclusion_proof(leaves, index, size)
 
 
 def check_proof(

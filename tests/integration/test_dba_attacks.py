@@ -406,3 +406,22 @@ def test_record_time_in_the_future_of_its_checkpoint(world: World) -> None:
     code, out = world.audit()
     assert code == 1, out
     assert f"Q-0003 v{last}: [record_time] recorded at {future}" in out
+
+
+def test_an_altered_event_gets_no_inclusion_proof(world: World) -> None:
+    from cart_course.keys import read_public_keys
+    from cart_course.ledger.core import LedgerError, check_proof, prove
+
+    ledger = world.service.ledger
+    held = world.held.read_text()
+    sid = str(stream_id("P-0004"))
+    proof = prove(world.service.app, ledger.store, sid, 3, checkpoint_text=held)
+    check_proof(proof, held, read_public_keys([world.public_key]))
+
+    def edit(events: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+        events[2][1]["actor"] = "someone.else"
+        return events
+
+    world.rewrite("P-0004", edit)
+    with pytest.raises(LedgerError, match="not the row the checkpoint signed"):
+        prove(world.service.app, ledger.store, sid, 3, checkpoint_text=held)

@@ -17,7 +17,7 @@ from ..keys import KeyFormatError, PublicKey, read_public_keys, read_signing_key
 from ..ledger.checkpoint import CheckpointFormatError
 from ..ledger.core import LedgerError, LedgerReport, check_proof, issue, prove, verify_checkpoint
 from ..ledger.store import LedgerStore
-from ..ledger.views import views_problems
+from ..ledger.views import compare_views, views_problems
 from .audit import audit
 from .common import Context, echo_json, pass_context, patient_id_argument
 
@@ -220,7 +220,30 @@ def check_proof_cmd(proof_path: str, checkpoint_path: str | None, key_paths: Seq
     )
 
 
+@click.command("verify")
+@pass_context
+def views_verify_cmd(ctx: Context) -> None:
+    """Compare the read models (view_* tables) with the log replayed to their position; name
+    every patient whose rows differ, with the tables and columns. Exits 1 when any differ."""
+    app = ctx.service.app
+    require_readable(app)
+    position, problems = compare_views(app, ctx.settings.store)
+    if position is None:
+        click.echo("views: nothing to compare (no stored views: built in memory, or never built)")
+        return
+    click.echo(
+        f"views: {'OK' if not problems else 'DIFFER'}: compared with the log replayed to "
+        f"position {position}"
+    )
+    for p in problems:
+        click.echo(f"  {p}")
+    if problems:
+        sys.exit(1)
+
+
 def register(cli: click.Group) -> None:
-    del cli
     for command in (checkpoint_cmd, prove_cmd, check_proof_cmd):
         audit.add_command(command)
+    views = cli.commands.get("views")
+    if isinstance(views, click.Group):
+        views.add_command(views_verify_cmd)

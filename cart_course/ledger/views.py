@@ -19,8 +19,16 @@ PATIENT_TABLES = ("view_board", "view_toxicity", "view_deviation")
 
 
 def views_problems(app: CourseApplication, store: StoreSettings) -> list[Problem]:
+    """The patients whose stored view rows differ from the log replayed (none: equal, or no
+    stored views to compare)."""
+    return compare_views(app, store)[1]
+
+
+def compare_views(app: CourseApplication, store: StoreSettings) -> tuple[int | None, list[Problem]]:
+    """(the views' position, the differences); position None when there are no stored views
+    to compare (the in-process store, an encrypted store, views never built)."""
     if store.kind == "memory" or app.mapper.cipher is not None:
-        return []
+        return None, []
     from ..views.runner import Views
     from ..views.store import ViewDB
 
@@ -28,7 +36,7 @@ def views_problems(app: CourseApplication, store: StoreSettings) -> list[Problem
     try:
         position = stored.tracking()[0]
         if position == 0:
-            return []
+            return None, []
         held = stored.dump()
         columns = {
             table: [d[0] for d in stored.conn.execute(f"SELECT * FROM {table} LIMIT 0").description]
@@ -85,7 +93,7 @@ def views_problems(app: CourseApplication, store: StoreSettings) -> list[Problem
                 message="view_cohort differs from the log replayed: edited in the database",
             )
         )
-    return problems
+    return position, problems
 
 
 def _by_patient(rows: list[tuple[Any, ...]]) -> dict[str, list[tuple[Any, ...]]]:

@@ -163,3 +163,20 @@ def test_previous_release_store_gets_its_first_checkpoint(kind: str, tmp_path: P
     assert run(db, "audit", "checkpoint", "--out", str(held), **env).returncode == 0
     ok = run(db, "audit", "verify", "--checkpoint", str(held), "--public-key", str(public), **env)
     assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+def test_views_verify_names_the_patients_whose_rows_differ(tmp_path: Path) -> None:
+    db = tmp_path / "v.sqlite"
+    assert run(db, "demo", "--patients", "5").returncode == 0
+    nothing = run(db, "views", "verify")
+    assert nothing.returncode == 0 and "nothing to compare" in nothing.stdout
+    assert run(db, "views", "rebuild").returncode == 0
+    same = run(db, "views", "verify")
+    assert same.returncode == 0 and same.stdout.startswith("views: OK")
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "UPDATE view_board SET state = 'screened', hold = 1 WHERE patient_id = 'P-0002'"
+        )
+    edited = run(db, "views", "verify")
+    assert edited.returncode == 1
+    assert "P-0002: [views]" in edited.stdout and "view_board (hold, state)" in edited.stdout

@@ -21,6 +21,9 @@ import attrs
 
 from .errors import StoreError
 from .eventlog import EventLog
+from .ledger.checkpoint import DEFAULT_ORIGIN
+from .ledger.core import CHECKPOINT_EVERY_EVENTS, CHECKPOINT_EVERY_MINUTES
+from .ledger.service import attach_ledger, ledger_settings
 from .service import CourseService
 from .storage import (
     ENV_CIPHER_KEY,
@@ -47,6 +50,12 @@ class Settings:
     store: StoreSettings
     cipher_key: str | None = None
     compress: bool = False
+    #: The service's signing key file (``CART_COURSE_SIGNING_KEY``; see ``cart_course.ledger``)
+    #: and when it checkpoints the log: every N events or T minutes.
+    signing_key: str | None = None
+    checkpoint_every: int = CHECKPOINT_EVERY_EVENTS
+    checkpoint_minutes: float = CHECKPOINT_EVERY_MINUTES
+    log_origin: str = DEFAULT_ORIGIN
 
     @classmethod
     def from_env(cls, db: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -59,6 +68,7 @@ class Settings:
             store=store,
             cipher_key=check_cipher_key(environ.get(ENV_CIPHER_KEY) or None),
             compress=environ.get(ENV_COMPRESS, "").lower() in ("1", "true", "yes", "y"),
+            **ledger_settings(environ),
         )
 
     @classmethod
@@ -116,7 +126,10 @@ def build_service(settings: Settings) -> CourseService:
         raise StoreError(str(exc)) from None
     except Exception as exc:  # connection refused, bad key format, unreadable file ...
         raise StoreError(f"cannot open the store {settings.store.display}: {exc}") from None
-    return CourseService(app)
+    service = CourseService(app)
+    if settings.signing_key:
+        attach_ledger(service, settings)
+    return service
 
 
 def build_tokens(settings: Settings) -> TokenStore:

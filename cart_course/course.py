@@ -238,6 +238,9 @@ class PatientCourse(Aggregate):
         idempotency_key: str
         digest: str
         prev_hash: str
+        #: The service's Ed25519 signature of this e-signature (``cart_course.signing``); None
+        #: when the service has no signing key (and absent from events recorded before it).
+        service_signature: str | None = None
 
         def apply(self, aggregate: PatientCourse) -> None:
             self.evolve_record(aggregate.record)

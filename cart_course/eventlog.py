@@ -322,6 +322,14 @@ class EventLog:
         """The store's compressor (None: events are not compressed)."""
         return self._mapper.compressor
 
+    @property
+    def gapless_ids(self) -> bool:
+        """Whether notification ids are given without gaps (SQLite: a rolled-back insert takes
+        none, so a gap is a deleted row; PostgreSQL's sequence may skip ids)."""
+        from eventsourcing.sqlite import SQLiteAggregateRecorder
+
+        return isinstance(self._recorder, SQLiteAggregateRecorder)
+
     def settings_mismatch(self) -> str | None:
         """Why the store's first event does not read with this key and compression setting
         (None: it does, or the store is empty). One row read."""

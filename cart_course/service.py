@@ -212,8 +212,12 @@ class CourseService:
         #: version, and how many commands of each patient the batch has.
         self._batch_reads: dict[UUID, dict[int, Any]] | None = None
         self._batch_span: Counter[str] = Counter()
+        #: The signed ledger (``cart_course.ledger``), when a signing key is configured.
+        self.ledger: Any = None
 
     def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
         self.app.close()
 
     # ------------------------------------------------------------------------------------------
@@ -512,6 +516,7 @@ class CourseService:
         IntegrityError (a version clash) and :class:`StoreBusy` ("database is locked") go to the
         caller, which reloads and decides again: nothing was committed, nothing is lost.
         """
+        saved = sum(len(c.pending_events) for c in courses)
         try:
             with store_errors("the store", writing=True):
                 try:
@@ -526,6 +531,8 @@ class CourseService:
             raise
         for course in courses:
             self._remember(course)
+        if self.ledger is not None:
+            self.ledger.after_save(saved)
 
     def _events_of(self, course: PatientCourse, lte: int | None = None) -> list[Any]:
         """The stream's events including those pending in this (batched) transaction."""
@@ -628,8 +635,7 @@ class CourseService:
             )
         except SignerNotPermittedError as exc:
             raise ForbiddenError(str(exc)) from None
-        course.record_event(
-            PatientCourse.MilestoneSigned,
+        fields: dict[str, Any] = dict(
             milestone=signature.milestone,
             signs_version=signature.signs_version,
             signed_hash=signature.signed_hash,
@@ -642,6 +648,12 @@ class CourseService:
             idempotency_key=command.key,
             digest=command.digest,
         )
+        if self.ledger is not None:  # the service's signature over it (cart_course.signing)
+            fields.update(self.ledger.sign_esignature(course, fields))
+        course.record_event(PatientCourse.MilestoneSigned, **fields)
+        if self.ledger is not None:  # the service's signature over it (cart_course.signing)
+            fields.update(self.ledger.sign_esignature(course, fields))
+        course.record_event(PatientCourse.MilestoneSigned, **fields)
         return CommandResult(
             status="recorded",
             patient_id=command.patient_id,

@@ -210,11 +210,34 @@ def _open_seal(path: str | None) -> IO[str] | None:
     help="Check the log as it stood at notification N (reproduces the digest printed then).",
 )
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@click.option(
+    "--checkpoint",
+    "checkpoint_path",
+    metavar="FILE",
+    help="Also prove that the log holds this signed checkpoint's events unchanged and extends "
+    "them (`audit checkpoint`; see docs/audit.md).",
+)
+@click.option(
+    "--public-key",
+    "key_paths",
+    multiple=True,
+    metavar="FILE",
+    help="Public key(s) checkpoints are signed with (default: the service's own).",
+)
 @pass_context
-def verify_cmd(ctx: Context, seal_path: str | None, up_to: int | None, as_json: bool) -> None:
+def verify_cmd(
+    ctx: Context,
+    seal_path: str | None,
+    up_to: int | None,
+    as_json: bool,
+    checkpoint_path: str | None = None,
+    key_paths: tuple[str, ...] = (),
+) -> None:
     """Recompute every stream's hash chain and the log digest, replay every stream and compare
     each stored snapshot with it; name the first broken event. Exits 1 when anything was
     altered."""
+    from .ledger import check_ledger, ledger_json, ledger_lines
+
     fh = _open_seal(seal_path)
     try:
         report = verify(ctx.log, fh, up_to=up_to)
@@ -223,8 +246,9 @@ def verify_cmd(ctx: Context, seal_path: str | None, up_to: int | None, as_json: 
     finally:
         if fh is not None:
             fh.close()
+    ledger = check_ledger(ctx, checkpoint_path, key_paths)
     if as_json:
-        echo_json(report.to_json())
+        echo_json(report.to_json() | ledger_json(ctx, ledger))
     else:
         status = "OK" if report.ok else "TAMPERED"
         click.echo(
@@ -247,7 +271,9 @@ def verify_cmd(ctx: Context, seal_path: str | None, up_to: int | None, as_json: 
             )
         for p in report.problems:
             click.echo(f"  {p}")
-    if not report.ok:
+        for line in ledger_lines(ctx, ledger):
+            click.echo(line)
+    if not report.ok or (ledger is not None and not ledger.ok):
         sys.exit(1)
 
 

@@ -1157,7 +1157,7 @@ def create_app(
     on_shutdown: list[Any] | None = None,
 ) -> Litestar:
     """The HTTP application over ``service``; ``tokens`` maps bearer tokens to actors."""
-    from . import extras
+    from . import checkpoint_routes, extras
 
     state = State(
         {
@@ -1171,7 +1171,7 @@ def create_app(
             "last_write": 0.0,
         }
     )
-    extra_routes = extras.routes(state)
+    extra_routes = [*extras.routes(state), *checkpoint_routes.ROUTES]
 
     def close_views() -> None:
         if state.views is not None:

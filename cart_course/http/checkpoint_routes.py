@@ -1,0 +1,123 @@
+"""The signed ledger over HTTP: the latest checkpoint for auditors and monitors to archive, and
+verification of the log against a checkpoint an auditor holds (``cart_course.ledger``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+
+from ..errors import CartCourseError, InvalidCommandError
+from ..keys import KeyFormatError, PublicKey, parse_public_keys
+from ..ledger.checkpoint import CheckpointFormatError
+from ..ledger.core import issue, verify_checkpoint
+from ..ledger.store import LedgerStore
+from ..ledger.views import views_problems
+from ..service import CourseService
+from .auth import AUDITORS
+from .problems import problem_responses
+
+Svc = NamedDependency[CourseService]
+#: Auditors and monitors archive checkpoints outside the system.
+CHECKPOINT_READERS = ("auditor", "monitor")
+
+
+class CheckpointUnavailableError(CartCourseError):
+    code = "checkpoint_unavailable"
+    http_status = 404
+    title = "No checkpoint"
+
+
+@contextmanager
+def _store(service: CourseService, request: Request[Any, Any, Any]) -> Iterator[LedgerStore]:
+    if service.ledger is not None:
+        yield service.ledger.store
+        return
+    settings = request.app.state.get("store")
+    if settings is None:
+        raise CheckpointUnavailableError("this service keeps no checkpoints (no signing key)")
+    store = LedgerStore.open(settings)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@get(
+    "/v1/audit/checkpoint",
+    opt={"roles": CHECKPOINT_READERS, "audit": True},
+    sync_to_thread=True,
+    responses=problem_responses(404),
+    media_type="text/plain; charset=utf-8",
+    summary="The latest signed checkpoint of the log (C2SP signed note): archive it",
+    tags=["audit"],
+)
+def get_checkpoint(service: Svc, request: Request[Any, Any, Any]) -> Response[str]:
+    """Signs the log as it stands now when the service has its key (else the latest stored
+    checkpoint). Keep it outside the system; check the log against it later with
+    ``POST /v1/audit/verify`` or ``cart-course audit verify --checkpoint``."""
+    ledger = service.ledger
+    if ledger is not None:
+        text = issue(service.log, ledger.store, ledger.key, origin=ledger.origin).text()
+    else:
+        with _store(service, request) as store:
+            latest = store.latest()
+        if latest is None:
+            raise CheckpointUnavailableError(
+                "no checkpoint was issued: the service has no signing key "
+                "(CART_COURSE_SIGNING_KEY); nothing is signed"
+            )
+        text = latest.note
+    return Response(text, media_type="text/plain; charset=utf-8")
+
+
+def _keys(service: CourseService, data: dict[str, Any]) -> list[PublicKey]:
+    given = data.get("public_keys")
+    if given is None:
+        return [service.ledger.key.public_key] if service.ledger is not None else []
+    if not isinstance(given, list) or not all(isinstance(k, str) for k in given):
+        raise InvalidCommandError("public_keys", "a list of public key lines (keys generate)")
+    try:
+        return parse_public_keys("\n".join(given), "public_keys")
+    except KeyFormatError as exc:
+        raise InvalidCommandError("public_keys", str(exc)) from None
+
+
+@post(
+    "/v1/audit/verify",
+    opt={"roles": AUDITORS, "audit": True},
+    sync_to_thread=True,
+    status_code=200,
+    responses=problem_responses(),
+    summary="Verify the log against a checkpoint you hold (consistency, e-signatures, views)",
+    tags=["audit"],
+)
+def post_verify(
+    service: Svc, request: Request[Any, Any, Any], data: JSONBody[dict[str, Any]]
+) -> dict[str, Any]:
+    """Body: ``{"checkpoint": "<the checkpoint's text>", "public_keys": ["name+id+key", ...]}``
+    (``public_keys`` defaults to the service's own key). Answers the chain verification and the
+    ledger's: ``ok`` is false when either found tampering."""
+    from ..audit import verify
+
+    text = data.get("checkpoint")
+    if not isinstance(text, str):
+        raise InvalidCommandError("checkpoint", "the checkpoint's text is required")
+    keys = _keys(service, data)
+    with _store(service, request) as store:
+        try:
+            ledger = verify_checkpoint(service.log, store, text, keys)
+        except CheckpointFormatError as exc:
+            raise InvalidCommandError("checkpoint", str(exc)) from None
+    settings = request.app.state.get("store")
+    if settings is not None:
+        ledger.problems.extend(views_problems(service.log, settings))
+    chain = verify(service.log)
+    return {"ok": chain.ok and ledger.ok, "verify": chain.to_json(), "ledger": ledger.to_json()}
+
+
+ROUTES = [get_checkpoint, post_verify]

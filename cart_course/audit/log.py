@@ -3,7 +3,7 @@
 The audit never loads the eventsourcing aggregate (no snapshots, no cache): it reads the stored
 rows directly (on SQLite and PostgreSQL one SQL query per page of streams; in memory, the
 recorder), decodes each row's JSON, and recomputes its hash byte for byte as
-``course.event_hash`` does on the domain event (see :func:`canonical_fast`). The pure
+``course.event_hash`` does on the domain event (``encoding.decoded_content_bytes``). The pure
 :class:`PatientRecord` is rebuilt by the event classes' own ``evolve_record`` code (what their ``apply``
 does to the record), so the audit's replay cannot drift from the application's.
 
@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import sys
 import types
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
-import msgspec
 from eventsourcing.persistence import StoredEvent
 
-from ..course import PatientCourse, canonical, event_hash, stream_id
+from ..course import PatientCourse, event_hash, stream_id
+from ..encoding import ReprFloat as ReprFloat
+from ..encoding import UnknownFormError, decode_json, decoded_content_bytes
+from ..encoding import canonical_decoded as canonical_decoded
 from ..errors import CartCourseError, CipherKeyError, PatientNotFoundError
 from ..protocol.record import PatientRecord
 from ..service import store_errors
@@ -40,74 +41,8 @@ from ..storage import (
 REGISTERED_TOPIC = f"{PatientCourse.__module__}:{PatientCourse.Registered.__qualname__}"
 PAGE = 100
 
-# -- the canonical encoding, fast ---------------------------------------------------------------
-#
-# ``course.canonical`` is ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)``.
-# msgspec's sorted encoder writes the same bytes for JSON data, except for floats that Python
-# prints with an exponent (magnitude below 1e-4 or from 1e16: ``2e-05``, ``1e+16``) and NaN and
-# infinities: the decoder below turns exactly those into :class:`ReprFloat`, which msgspec hands
-# back to ``_enc_hook`` to be printed Python's way. Every other value is a plain JSON value.
-
-_PLAIN_FLOAT_MIN = 1e-4
-_PLAIN_FLOAT_MAX = 1e16
-
-
-class ReprFloat(float):
-    """A float that Python prints with an exponent, or NaN/infinity (a float for every other use)."""
-
-    __slots__ = ()
-
-
-def _json_float(value: float) -> str:
-    """How ``json.dumps`` prints a float."""
-    if value != value:
-        return "NaN"
-    if value == float("inf"):
-        return "Infinity"
-    if value == float("-inf"):
-        return "-Infinity"
-    return float.__repr__(value)
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if value and not _PLAIN_FLOAT_MIN <= abs(value) < _PLAIN_FLOAT_MAX:
-        return ReprFloat(value)
-    return value
-
-
-def _parse_constant(text: str) -> float:  # NaN, Infinity, -Infinity
-    return ReprFloat(text)
-
-
-#: ``json.loads``, except that floats Python prints with an exponent come back as ReprFloat.
-_JSON = json.JSONDecoder(parse_float=_parse_float, parse_constant=_parse_constant)
-
-
-def decode_json(state: bytes) -> Any:
-    """Decode JSON bytes exactly as ``json.loads`` does (values compare equal), ready for
-    :func:`canonical_decoded`."""
-    return _JSON.decode(state.decode(json.detect_encoding(state), "surrogatepass"))
-
-
-def _enc_hook(value: Any) -> Any:
-    if isinstance(value, float):
-        return msgspec.Raw(_json_float(value).encode())
-    raise TypeError(f"not JSON data: {type(value).__name__}")
-
-
-_SORTED: Callable[[Any], bytes] = msgspec.json.Encoder(order="sorted", enc_hook=_enc_hook).encode
-
-
-def canonical_decoded(data: Any) -> bytes:
-    """``course.canonical(data)``, byte for byte and several times faster, for ``data`` built
-    from :func:`decode_json` values (and plain str, int, bool, None, list and dict with str keys).
-    Falls back to ``course.canonical`` whenever msgspec cannot encode a value. Proven equal by
-    ``tests/integration/test_audit_canonical.py``."""
-    try:
-        return _SORTED(data)
-    except (TypeError, ValueError, OverflowError):
-        return canonical(data)
+# The canonical encoding of re-read rows is ``encoding``'s (``decode_json``, ``canonical_decoded``;
+# re-exported here for the callers that import them from the audit).
 
 
 def content_hash(
@@ -120,7 +55,10 @@ def content_hash(
     content["originator_version"] = version
     content["timestamp"] = recorded_at
     content["type"] = topic.partition(":")[2]
-    return hashlib.sha256(canonical_decoded(content)).hexdigest()
+    try:
+        return hashlib.sha256(decoded_content_bytes(content)).hexdigest()
+    except UnknownFormError as exc:  # matches no prev_hash: the chain breaks there
+        return f"unknown-form:{exc.form!r}"
 
 
 #: Key of the data of a stored row that could not be decoded.

@@ -330,6 +330,30 @@ def canonical_decoded(data: Any) -> bytes:
         return canonical_reference(data)
 
 
+def _in_range_float(text: str) -> float:
+    """A float of stored JSON text, refused (:class:`_NotPlain`) if Python prints it with an
+    exponent (then msgspec and :func:`canonical_decoded` would print it differently)."""
+    value = float(text)
+    if value and not _PLAIN_FLOAT_MIN <= abs(value) < _PLAIN_FLOAT_MAX:
+        raise _NotPlain
+    return value
+
+
+_decode_in_range = msgspec.json.Decoder(float_hook=_in_range_float).decode
+
+
+def decode_plain(state: bytes) -> Any | None:
+    """Stored JSON bytes decoded by msgspec (several times faster than :func:`decode_json`, the
+    same values), or None when they hold what only :func:`decode_json` reads as ``json`` does:
+    a float Python prints with an exponent (it must come back as :class:`ReprFloat`), NaN, an
+    infinity, text that is not UTF-8, an integer msgspec does not read. Data decoded so is
+    encoded by :func:`canonical_decoded` exactly as data decoded by :func:`decode_json`."""
+    try:
+        return _decode_in_range(state)
+    except (_NotPlain, ValueError):  # msgspec's DecodeError; bytes that are not UTF-8
+        return None
+
+
 # -- the bytes of a form ------------------------------------------------------------------------
 
 #: form -> its reference encoder (the definition of the bytes, for any data).
@@ -385,6 +409,7 @@ __all__ = [
     "canonical_reference",
     "content_bytes",
     "decode_json",
+    "decode_plain",
     "decoded_content_bytes",
     "form_of",
     "live_content_bytes",

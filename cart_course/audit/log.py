@@ -25,7 +25,7 @@ from eventsourcing.persistence import StoredEvent
 
 from ..course import PatientCourse, event_hash, stream_id
 from ..encoding import ReprFloat as ReprFloat
-from ..encoding import UnknownFormError, decode_json, decode_plain, decoded_content_bytes
+from ..encoding import UnknownFormError, decode_json, decoded_content_bytes
 from ..encoding import canonical_decoded as canonical_decoded
 from ..errors import CartCourseError, CipherKeyError, PatientNotFoundError
 from ..protocol.record import PatientRecord
@@ -200,35 +200,25 @@ class Decoder:
         altered in any way -- even re-encoded to the same values, or moved to another version
         or topic -- gets ``altered:`` and the hash of the bytes it holds, which matches no
         ``prev_hash``: the chain breaks there."""
-        data = decode_plain(state)
-        if data is None:  # a float Python prints with an exponent, NaN, ...: json's reading
-            data = decode_json(state)
-        elif isinstance(data, dict) and is_canonical_state(data):
-            # msgspec's values encode as decode_json's do: the bytes the hash covers are those
-            # of the stored row exactly when the row is intact (one SHA-256, no second hash)
-            stamp = data.pop("timestamp")
-            fields = drop_row_copies(data)
-            held = hashlib.sha256(state).hexdigest()
-            try:
-                intact = (
-                    decoded_content_bytes(hashed_content(sid, version, topic, fields, stamp))
-                    == state
-                )
-            except UnknownFormError as exc:
-                return LoggedEvent(
-                    sid, version, topic, fields, stamp, hash=f"unknown-form:{exc.form!r}"
-                )
-            return LoggedEvent(
-                sid, version, topic, fields, stamp, hash=held if intact else f"altered:{held}"
-            )
+        data = decode_json(state)
         if not (isinstance(data, dict) and is_canonical_state(data)):
             return None
         stamp = data.pop("timestamp")
-        logged = LoggedEvent(sid, version, topic, drop_row_copies(data), stamp)
+        fields = drop_row_copies(data)
+        # The bytes the hash covers are those of the row exactly when the row is intact: one
+        # SHA-256, of the row (the hash when intact, the altered row's otherwise).
         held = hashlib.sha256(state).hexdigest()
-        if held != logged.hash:
-            logged.hash = f"altered:{held}"
-        return logged
+        try:
+            intact = (
+                decoded_content_bytes(hashed_content(sid, version, topic, fields, stamp)) == state
+            )
+        except UnknownFormError as exc:
+            return LoggedEvent(
+                sid, version, topic, fields, stamp, hash=f"unknown-form:{exc.form!r}"
+            )
+        return LoggedEvent(
+            sid, version, topic, fields, stamp, hash=held if intact else f"altered:{held}"
+        )
 
     def _slow(self, sid: str, version: int, topic: str, state: bytes) -> LoggedEvent:
         """Rows holding other encoded types: decode with the library and hash its event

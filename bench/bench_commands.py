@@ -104,7 +104,7 @@ def bench_command_path(tmp: Path) -> Section:
         return "memory:" if kind == "memory" else str(tmp / f"{kind}-{time.monotonic_ns()}.sqlite")
 
     rows: list[dict[str, Any]] = []
-    notes = ["target: ratio >= 0.9 on the SQLite file"]
+    notes = ["targets: ratio >= 0.9 on the SQLite file; >= 1.0 in memory (CPU only, issue 13)"]
     for store in ("sqlite", "memory"):
         ours_rates: list[float] = []
         bare_rates: list[float] = []
@@ -213,6 +213,10 @@ def parallel_capacity(n: int = 3_000_000, rounds: int = 3) -> float:
     return 2 * min(ones) / min(twos)
 
 
+#: Issue 13's ingest target: twice the ratio to raw sqlite3 measured before it (0.077).
+INGEST_TARGET_RATIO = 0.15
+
+
 def bench_ingest(tmp: Path) -> Section:
     """JSON Lines ingest as users run it (default workers) vs raw sqlite3 inserts of the rows."""
     target_events = 5_000 if QUICK else 100_000
@@ -270,6 +274,12 @@ def bench_ingest(tmp: Path) -> Section:
     rows.append({"path": "raw sqlite3 insert (baseline)", "workers": 1, "events/s": raw_rate})
     for r in rows:
         r["ratio to raw sqlite3"] = r["events/s"] / raw_rate
+    ratio = rows[0]["ratio to raw sqlite3"]
+    notes.append(
+        f"target (issue 13): default workers at a ratio >= {INGEST_TARGET_RATIO} to raw sqlite3 "
+        f"(2x the 0.077 measured before it): {ratio:.3f}, "
+        + ("met" if ratio >= INGEST_TARGET_RATIO else "MISSED")
+    )
     if len(rows) == 3:
         notes.append(
             f"default workers ({default_workers}) vs one process: "

@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.bench_audit import build
-from bench.bench_commands import Trivial, _bare_app
+from bench.bench_audit import build, raw_read
+from bench.bench_commands import bare_saves, command_path
 from cart_course.audit import verify
 from cart_course.bulk import bulk_gc
 from cart_course.contract import parse_command
@@ -38,17 +38,9 @@ out = {}
 p = Path(sys.argv[1]) if len(sys.argv) > 1 else build(2500)
 
 
-def raw():
-    t = time.process_time()
-    conn = sqlite3.connect(p)
-    n = 0
-    for (state,) in conn.execute(
-        "SELECT state FROM stored_events ORDER BY originator_id, originator_version"
-    ):
-        json.loads(state)
-        n += 1
-    conn.close()
-    return (time.process_time() - t) / n
+def raw() -> float:
+    count, seconds = raw_read(p, time.process_time)
+    return seconds / count
 
 
 def aud():
@@ -114,40 +106,12 @@ raw60 = list(cohort(60, 7))
 cmds = [parse_command(c) for c in raw60]
 
 
-def ours():
-    svc = CourseService(open_application(parse_store_url("memory:")))
-    t = time.process_time()
-    ev = 0
-    for c in cmds:
-        r = svc.execute(c)
-        ev += 2 if r.version == 2 else 1
-    el = time.process_time() - t
-    svc.close()
-    return el / ev
+def ours() -> float:
+    return 1 / command_path(cmds, "memory:", time.process_time)
 
 
-def bare():
-    app = _bare_app("memory:")
-    ids = {}
-    t = time.process_time()
-    ev = 0
-    for c in raw60:
-        pid = c["patient_id"]
-        if pid not in ids:
-            agg = Trivial(name=pid)
-            assert not app.recorder.select_events(agg.id, limit=1)
-            agg.bump(note=json.dumps(c["payload"]))
-            app.save(agg)
-            ids[pid] = agg.id
-            ev += 2
-        else:
-            agg = app.repository.get(ids[pid])
-            agg.bump(note=json.dumps(c["payload"]))
-            app.save(agg)
-            ev += 1
-    el = time.process_time() - t
-    app.close()
-    return el / ev
+def bare() -> float:
+    return 1 / bare_saves(raw60, "memory:", time.process_time)
 
 
 o = []

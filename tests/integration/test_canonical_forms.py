@@ -78,6 +78,15 @@ def test_an_unknown_form_cannot_be_hashed() -> None:
             content_bytes({FORM_FIELD: form})
 
 
+def _verified(db: Path) -> Any:
+    """``audit verify`` of the store at ``db``, by a service of its own."""
+    reader = _service(db)
+    try:
+        return verify(reader.app)
+    finally:
+        reader.close()
+
+
 def _record_half(db: Path, start: int, commands: list[dict[str, Any]]) -> None:
     service = _service(db)
     try:
@@ -119,12 +128,7 @@ def test_a_store_holding_two_forms_verifies_replays_and_takes_commands(
         finally:
             service.close()
     # the code that knows only form 1 reports the form 2 events instead of misreading them
-    reader = _service(db)
-    try:
-        report = verify(reader.app)
-        assert not report.ok
-    finally:
-        reader.close()
+    assert not _verified(db).ok
 
 
 def test_the_form_field_is_covered_by_the_hash(tmp_path: Path) -> None:
@@ -141,10 +145,6 @@ def test_the_form_field_is_covered_by_the_hash(tmp_path: Path) -> None:
             "UPDATE stored_events SET state = ? WHERE rowid = ?",
             (canonical_reference(values), rowid),
         )
-    reader = _service(db)
-    try:
-        report = verify(reader.app)
-        assert not report.ok
-        assert any(p.version == 2 for p in report.problems), report.problems
-    finally:
-        reader.close()
+    report = _verified(db)
+    assert not report.ok
+    assert any(p.version == 2 for p in report.problems), report.problems

@@ -323,7 +323,7 @@ def test_the_cost_of_rewriting_floats_grows_with_the_size_not_its_square() -> No
     def cost(n: int) -> float:
         value = {"payload": {"values": [1e-05] * n, "text": ["[0.00001]", ":1e16,"] * n}}
         best = float("inf")
-        for _ in range(3):
+        for _ in range(7):  # best of 7: the machine may be shared
             started = time.perf_counter()
             canonical(value)
             best = min(best, time.perf_counter() - started)

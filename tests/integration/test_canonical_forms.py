@@ -82,7 +82,7 @@ def _verified(db: Path) -> Any:
     """``audit verify`` of the store at ``db``, by a service of its own."""
     reader = _service(db)
     try:
-        return verify(reader.app)
+        return verify(reader.log)
     finally:
         reader.close()
 
@@ -116,7 +116,7 @@ def test_a_store_holding_two_forms_verifies_replays_and_takes_commands(
                 for e in service.app.events.get(stream_id(pid))
             }
             assert forms == {1, 2}
-            report = verify(service.app)
+            report = verify(service.log)
             assert report.ok, report.problems
             # the chain runs across the forms: each prev_hash is the hash in its event's form
             pid = commands[-1]["patient_id"]

@@ -9,10 +9,11 @@ from urllib.parse import quote
 import attrs
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import ResponseHeader
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody
 
 from .auth import ADMINS, AUDITORS, current_token
-from .common import MAX_POSITION, Tok, read_json_object
+from .common import Tok, read_json_object
+from .params import MAX_PAGE, integer_query, position_query
 from .problems import problem_responses
 
 
@@ -121,7 +122,7 @@ def revoke_token(
 )
 def get_access_log(
     tokens: Tok,
-    after: Annotated[int, QueryParameter(ge=0, le=MAX_POSITION)] = 0,
-    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+    after: Annotated[int, position_query("Access-log id to read after")] = 0,
+    limit: Annotated[int, integer_query(1, MAX_PAGE)] = 100,
 ) -> list[dict[str, Any]]:
     return [e.to_json() for e in tokens.access_log(after=after, limit=limit)]

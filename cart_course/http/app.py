@@ -29,7 +29,7 @@ from ..storage import StoreSettings
 from ..tokens import TokenStore, open_token_store
 from . import admin, commands, extras, ops, patients
 from .auth import token_guard
-from .common import BEARER, DEPENDENCIES, JSONRequest
+from .common import BEARER, DEPENDENCIES, JSONRequest, check_query
 from .feed import PatientIndex
 from .middleware import head_as_get, observe
 from .openapi import openapi_config
@@ -98,6 +98,7 @@ def create_app(
         route_handlers=[protected, *public],
         dependencies=DEPENDENCIES,
         guards=[token_guard],
+        before_request=check_query,
         middleware=[observe],
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=JSONRequest,

@@ -12,7 +12,7 @@ import attrs
 from litestar import Request, Response, post
 from litestar.datastructures import ResponseHeader
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, HeaderParameter, JSONBody
+from litestar.params import FromPath, JSONBody
 
 from ..contract import parse_command, parse_expected_version
 from ..errors import InvalidCommandError, PatientNotFoundError
@@ -24,6 +24,7 @@ from .common import (
     if_match_version,
     read_json_object,
 )
+from .params import idempotency_header, if_match_header
 from .problems import PreconditionFailedError, problem_responses
 
 
@@ -109,17 +110,8 @@ def _execute(
     return Response(CommandOutcome(**result), status_code=status, headers=headers)
 
 
-IDEMPOTENCY = HeaderParameter(
-    name="Idempotency-Key",
-    required=False,
-    description="Makes a retry safe: the same key and command is recorded once (UTF-8 text)",
-)
-IF_MATCH = HeaderParameter(
-    name="If-Match",
-    required=False,
-    description='The patient\'s version you decided on, e.g. "4" (or *: the patient exists); '
-    "412 when it has moved on. Weak tags (W/) never match",
-)
+IDEMPOTENCY = idempotency_header()
+IF_MATCH = if_match_header()
 COMMAND_RESPONSES: dict[int, ResponseSpec] = {
     **problem_responses(404, 409, 412, 413, 415),
     200: ResponseSpec(

@@ -4,13 +4,13 @@ strict reading of JSON bodies (before Litestar converts anything)."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import SerializationException
-from litestar.params import PathParameter
+from litestar.params import HeaderParameter, ParameterKwarg
 
 from ..contract import ENVELOPE_KEYS, MAX_VERSION, parse_command
 from ..errors import InvalidCommandError
@@ -18,6 +18,7 @@ from ..protocol.errors import key_name
 from ..service import CourseService
 from ..tokens import TokenStore, check_actor_role
 from .auth import current_actor
+from .params import MAX_POSITION, POSITION_PATTERN, patient_id_path
 from .problems import (
     BodyError,
     EmptyBodyError,
@@ -50,10 +51,7 @@ DEPENDENCIES = {
     "tokens": Provide(_tokens, sync_to_thread=False),
 }
 
-PatientId = Annotated[
-    str,
-    PathParameter(description="The trial's patient identifier", min_length=1, max_length=64),
-]
+PatientId = Annotated[str, patient_id_path()]
 
 
 def shown(text: str, limit: int = 40) -> str:
@@ -86,8 +84,7 @@ _STRONG_TAG = re.compile(
     rf'"([0-9]{{1,{_VERSION_DIGITS}}})"|([0-9]{{1,{_VERSION_DIGITS}}})', re.ASCII
 )
 _WEAK_TAG = re.compile(r'W/"[^"]*"', re.ASCII)
-_POSITION = re.compile(r"[0-9]{1,19}", re.ASCII)
-MAX_POSITION = 2**62
+_POSITION = re.compile(POSITION_PATTERN.removeprefix("^").removesuffix("$"), re.ASCII)
 IF_MATCH_HINT = (
     f"send the patient's version (a whole number from 0 to {MAX_VERSION}) as an entity tag, "
     'e.g. If-Match: "4" (or *)'
@@ -244,3 +241,51 @@ async def read_json_object(request: Request[Any, Any, Any]) -> None:
             )
         check_actor_role(data.get("actor"), data.get("role"), data.get("name"))  # type: ignore[arg-type]
     request.state.json_body = data
+
+
+# -- query parameters ----------------------------------------------------------------------------
+
+#: Handler parameters that are not taken from the query string.
+_NOT_QUERY = frozenset({"request", "data", "service", "tokens", "state", "scope", "headers"})
+_PATH_PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
+
+
+def declared_query(handler: Any) -> dict[str, bool]:
+    """The query parameters ``handler`` takes (the name a client sends -> whether it is an
+    integer)."""
+    cached: dict[str, bool] | None = handler.opt.get("_query")
+    if cached is not None:
+        return cached
+    path_params = {m for p in handler.paths for m in _PATH_PARAM.findall(p)}
+    found: dict[str, bool] = {}
+    for name, field in handler.parsed_fn_signature.parameters.items():
+        if name in _NOT_QUERY or name in path_params:
+            continue
+        kwarg = field.kwarg_definition
+        if isinstance(kwarg, ParameterKwarg):
+            if kwarg.header or kwarg.cookie or isinstance(kwarg, HeaderParameter):
+                continue
+            name = kwarg.query or kwarg.name or name
+        types = get_args(field.annotation) or (field.annotation,)
+        found[name] = int in types
+    handler.opt["_query"] = found
+    return found
+
+
+async def check_query(request: Request[Any, Any, Any]) -> None:
+    """``before_request`` of every route without a body: a query parameter the route takes is
+    given at most once (``?limit=1&limit=2`` is no limit), and an optional whole number is a
+    number (Litestar would read ``?wait_for=null`` as "left out"). Both are ``422``."""
+    declared = declared_query(request.route_handler)
+    for key in request.query_params:
+        if key not in declared:
+            continue
+        values = request.query_params.getall(key)
+        if len(values) > 1:
+            raise InvalidCommandError(
+                f"query.{key}", f"is given {len(values)} times; give it once (or leave it out)"
+            )
+        if declared[key] and values[0] == "null":
+            raise InvalidCommandError(
+                f"query.{key}", "must be a whole number; leave the parameter out for none"
+            )

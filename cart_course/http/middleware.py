@@ -117,15 +117,29 @@ def observe(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
-def _allow_head(send: Send) -> Send:
-    """``OPTIONS`` lists ``HEAD`` wherever it lists ``GET`` (as ``405`` does): the same methods."""
+def route_methods(app: Any, path_template: str) -> set[str] | None:
+    """Every method the route at ``path_template`` answers (all its handlers), or None."""
+    for route in getattr(app, "routes", ()):
+        if getattr(route, "path_format", None) == path_template:
+            return {str(m) for m in getattr(route, "methods", ())}
+    return None
+
+
+def _allow_head(scope: Scope, send: Send) -> Send:
+    """``OPTIONS`` lists every method of the route (Litestar's own answer can miss a handler
+    added to the path later, e.g. ``POST /v1/tokens``), and ``HEAD`` wherever it lists ``GET``
+    (as ``405`` does): the same methods as the document and ``405``."""
 
     async def send_allow(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers: list[Any] = []
+            template = scope.get("path_template")
+            known = route_methods(scope.get("litestar_app"), str(template)) if template else None
             for name, value in message.get("headers") or []:
                 if bytes(name).lower() == b"allow":
                     methods = {m.strip() for m in bytes(value).decode("latin-1").split(",")}
+                    if known:
+                        methods |= known
                     if "GET" in methods:
                         methods.add("HEAD")
                     value = ", ".join(sorted(m for m in methods if m)).encode("latin-1")
@@ -142,7 +156,7 @@ def head_as_get(app: ASGIApp) -> ASGIApp:
 
     async def handler(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("method") == "OPTIONS":  # type: ignore[comparison-overlap]
-            await app(scope, receive, _allow_head(send))
+            await app(scope, receive, _allow_head(scope, send))
             return
         if scope["type"] != "http" or scope.get("method") != "HEAD":  # type: ignore[comparison-overlap]
             await app(scope, receive, send)

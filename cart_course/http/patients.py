@@ -11,7 +11,6 @@ from typing import Annotated, Any
 
 import attrs
 from litestar import Request, Response, get
-from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from ..contract import parse_patient_id
@@ -19,8 +18,15 @@ from ..protocol.machine import TRANSITIONS
 from ..protocol.states import TERMINAL
 from ..protocol.states import State as CourseState
 from .auth import READERS, bearer
-from .common import MAX_POSITION, PatientId, Svc, Tok, last_event_id
+from .common import PatientId, Svc, Tok, last_event_id
 from .feed import PatientIndex, event_json, last_position, read_feed
+from .params import (
+    MAX_PAGE,
+    MAX_STREAM_EVENTS,
+    integer_query,
+    last_event_id_header,
+    position_query,
+)
 from .problems import HEAD_KEY, problem_responses
 
 SSE_POLL_SECONDS = 0.5
@@ -129,10 +135,8 @@ def get_history(
 def get_events(
     request: Request[Any, Any, Any],
     service: Svc,
-    after: Annotated[
-        int, QueryParameter(ge=0, le=MAX_POSITION, description="Position to read after")
-    ] = 0,
-    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+    after: Annotated[int, position_query("Position to read after")] = 0,
+    limit: Annotated[int, integer_query(1, MAX_PAGE)] = 100,
 ) -> EventPage:
     index: PatientIndex = request.app.state.index
     events = read_feed(service, index, after, limit)
@@ -158,17 +162,9 @@ async def stream_events(
     request: Request[Any, Any, Any],
     service: Svc,
     tokens: Tok,
-    after: Annotated[int | None, QueryParameter(ge=0, le=MAX_POSITION)] = None,
-    max_events: Annotated[int | None, QueryParameter(ge=1, le=100_000)] = None,
-    last_event_id_header: Annotated[
-        str | None,
-        HeaderParameter(
-            name="Last-Event-ID",
-            required=False,
-            description="Resume after this position (the id of the last event received); "
-            "the after parameter wins when both are sent",
-        ),
-    ] = None,
+    after: Annotated[int | None, position_query("Position to read after")] = None,
+    max_events: Annotated[int | None, integer_query(1, MAX_STREAM_EVENTS)] = None,
+    last_event_id_header: Annotated[str | None, last_event_id_header()] = None,
 ) -> ServerSentEvent:
     index: PatientIndex = request.app.state.index
     resume = last_event_id(last_event_id_header)  # checked even when ``after`` is given

@@ -569,7 +569,7 @@ def test_json_with_utf8_charset_is_accepted(api) -> None:
 def test_openapi_documents_duplicates_sse_public_routes_and_location(api) -> None:
     _, client = api
     doc = client.get("/schema/openapi.json").json()
-    for path in ("/v1/commands", "/v1/patients/{patient_id}/commands/{command}"):
+    for path in ("/v1/commands", "/v1/patients/{patient_id}/commands/screen"):
         responses = doc["paths"][path]["post"]["responses"]
         assert "duplicate" in responses["200"]["description"]
         assert "CommandOutcome" in json.dumps(responses["200"])

@@ -19,8 +19,10 @@ from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin, Yaml
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import FromPath
 
-from .. import __version__
-from ..schemas import SCHEMAS
+from .. import (
+    __version__,
+    schemas,  # read when the document is made: schemas.SCHEMAS may be replaced
+)
 from ..tokens import MAX_NAME, ROLES
 from .params import printable_text
 
@@ -62,7 +64,7 @@ def command_components() -> dict[str, Schema]:
     ``patient_id``) and their shared definitions ``CommandDefs.<name>``. The body's ``actor`` is
     accepted and ignored (the token's actor is recorded), so it is optional and unconstrained."""
     out: dict[str, Schema] = {}
-    for name, original in SCHEMAS.items():
+    for name, original in schemas.SCHEMAS.items():
         schema = copy.deepcopy(original)
         for key, definition in schema.pop("$defs", {}).items():
             out[f"CommandDefs.{key}"] = _rewrite_refs(definition, "CommandDefs.")
@@ -124,10 +126,10 @@ def _camel(name: str) -> str:
 def refine(document: Schema) -> Schema:
     """The document Litestar derived, made exact (see the module's docstring)."""
     doc: Schema = _integers(copy.deepcopy(document))
-    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-    schemas.pop("PatientCommand", None)
-    schemas.update(command_components())
-    schemas["NewToken"] = new_token_schema()
+    components = doc.setdefault("components", {}).setdefault("schemas", {})
+    components.pop("PatientCommand", None)
+    components.update(command_components())
+    components["NewToken"] = new_token_schema()
     paths: dict[str, Any] = doc.get("paths", {})
     post = paths.get(COMMANDS_PATH, {}).get("post")
     if post is not None:
@@ -138,10 +140,12 @@ def refine(document: Schema) -> Schema:
             "content": {
                 "application/json": {
                     "schema": {
-                        "oneOf": [_ref(f"Command.{name}") for name in SCHEMAS],
+                        "oneOf": [_ref(f"Command.{name}") for name in schemas.SCHEMAS],
                         "discriminator": {
                             "propertyName": "command",
-                            "mapping": {name: _COMPONENTS + f"Command.{name}" for name in SCHEMAS},
+                            "mapping": {
+                                name: _COMPONENTS + f"Command.{name}" for name in schemas.SCHEMAS
+                            },
                         },
                     }
                 }
@@ -149,7 +153,7 @@ def refine(document: Schema) -> Schema:
         }
     template = paths.pop(PATIENT_COMMAND_PATH, None)
     if template is not None:
-        for name in SCHEMAS:
+        for name in schemas.SCHEMAS:
             item = copy.deepcopy(template)
             operation = item["post"]
             operation["parameters"] = [

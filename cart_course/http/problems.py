@@ -294,7 +294,7 @@ def _allowed_methods(exc: HTTPException) -> list[str]:
     headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
     allowed = [m.strip() for m in headers.get("allow", "").split(",") if m.strip()]
     if "GET" in allowed and "HEAD" not in allowed:
-        allowed.append("HEAD")  # every GET route answers HEAD (see app.head_as_get)
+        allowed.append("HEAD")  # every GET route answers HEAD (see middleware.head_as_get)
     return sorted(allowed)
 
 

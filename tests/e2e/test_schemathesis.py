@@ -61,7 +61,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.mark.parametrize(
     "role", [pytest.param(r, marks=WRITERS_OPEN) if r in WRITERS else r for r in ROLES]
 )
-def test_every_check_passes_over_every_operation(server: Server, role: str) -> None:
+def test_every_check_passes_over_every_operation(server: Server, role: str, tmp_path: Path) -> None:
     token = f"demo-{role}-token"
     last = httpx.get(
         server.url + "/v1/events?limit=1",
@@ -100,7 +100,10 @@ def test_every_check_passes_over_every_operation(server: Server, role: str) -> N
         "--output-sanitize",
         "false",
     ]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=840)
+    # in a directory of its own: st keeps a cache of its findings (.schemathesis/) where it runs
+    run = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=840, cwd=tmp_path
+    )
     report = run.stdout + run.stderr
     assert run.returncode == 0, f"schemathesis found something for role {role}:\n{report[-30000:]}"
     assert "Tested: " in report and "errors" not in report.splitlines()[-1], report[-3000:]

@@ -412,7 +412,6 @@ class UnreadableEventError(CartCourseError):
     (or stream) and the version."""
 
     code = "event_unreadable"
-    http_status = 500
     title = "A stored event cannot be read"
 
     def __init__(self, patient_id: str, version: Any, detail: str) -> None:

@@ -57,7 +57,6 @@ class ViewsTimeoutError(CartCourseError):
     """Read-your-writes gave up: the views did not reach the asked position in time."""
 
     code = "views_timeout"
-    http_status = 504
     title = "Views not up to date"
 
     def __init__(self, position: int, reached: int, timeout: float) -> None:

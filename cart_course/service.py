@@ -651,9 +651,6 @@ class CourseService:
         if self.ledger is not None:  # the service's signature over it (cart_course.signing)
             fields.update(self.ledger.sign_esignature(course, fields))
         course.record_event(PatientCourse.MilestoneSigned, **fields)
-        if self.ledger is not None:  # the service's signature over it (cart_course.signing)
-            fields.update(self.ledger.sign_esignature(course, fields))
-        course.record_event(PatientCourse.MilestoneSigned, **fields)
         return CommandResult(
             status="recorded",
             patient_id=command.patient_id,

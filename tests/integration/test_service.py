@@ -210,13 +210,18 @@ def test_screen_failure_rescreen_icans_withdraw_and_death(service: CourseService
 
 
 def test_every_command_of_the_contract_records(service: CourseService) -> None:
-    """Hand-written courses that use each command of the contract at least once."""
+    """Hand-written courses that use each command of the contract at least once, each
+    recording exactly one event."""
     seen: Counter[str] = Counter()
 
     def run(
         p: Course, command: str, payload: dict[str, object] | None = None, **kw: object
     ) -> None:
-        seen[p.do(command, payload, **kw).command] += 1
+        before = len(list(service.events(p.pid)))
+        result = p.do(command, payload, **kw)
+        seen[result.command] += 1
+        # Each command records exactly one event, and the result names its version.
+        assert len(list(service.events(p.pid))) == before + 1 == result.version, command
 
     a = Course(service, "E-1")
     seen[a.screen(kps=60).command] += 1

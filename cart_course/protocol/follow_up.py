@@ -517,6 +517,39 @@ def window_of(
     )
 
 
+def next_visit(
+    record: PatientRecord, params: ProtocolParameters
+) -> tuple[str, str, str, str] | None:
+    """The next visit of the schedule (visit, window start, window end, D1's clinical time):
+    the first after the last one recorded (done or missed); None when follow-up has ended (the
+    schedule's end, lost to follow-up) or has no D1 to count from."""
+    d1 = _d1_of(record)
+    fu = record.follow_up
+    if d1 is None or fu.get("lost"):
+        return None
+    seen = set(fu.get("visits", {})) | set(fu.get("missed", {}))
+    schedule = [name for name, _day, _window in params.follow_up_schedule]
+    last = max((schedule.index(n) for n in seen if n in schedule), default=-1)
+    for name in schedule[last + 1 :]:
+        window = window_of(name, d1, params)
+        assert window is not None
+        return name, window[1], window[2], d1
+    return None
+
+
+def pending_sae_clock(record: PatientRecord) -> tuple[str, str, str] | None:
+    """The SAE report due first (case id, report, due instant), or None."""
+    best: tuple[dt.datetime, str, str, str] | None = None
+    for case_id, case in record.sae_cases.items():
+        for clock in case.get("clocks", ()):
+            if clock.get("sent_at") or not clock.get("due_at"):
+                continue
+            due = dt.datetime.fromisoformat(clock["due_at"])
+            if best is None or due < best[0]:
+                best = (due, case_id, clock["report"], clock["due_at"])
+    return None if best is None else (best[1], best[2], best[3])
+
+
 def follow_up_outcome(
     trigger: str, facts: Mapping[str, Any], probe: Probe, params: ProtocolParameters
 ) -> dict[str, Any]:
@@ -698,12 +731,14 @@ __all__ = [
     "follow_up_outcome",
     "follow_up_time",
     "missed_visit_outcome",
+    "next_visit",
     "parse_adverse_event",
     "parse_death",
     "parse_follow_up",
     "parse_missed_visit",
     "parse_sae_report",
     "parse_toxicity_ae",
+    "pending_sae_clock",
     "sae_report_outcome",
     "sae_report_time",
     "toxicity_ae_outcome",

@@ -59,11 +59,13 @@ def test_a_complete_response_path_and_what_the_summary_says(service: CourseServi
 
     ceased = p.do("cease", reason="CR after the first course; patient declines more", days=1)
     assert ceased.to_state == "ceased"
-    # follow-up: toxicities, and a death or a withdrawal of consent
+    # follow-up: toxicities, visits (issue 16), and a death or a withdrawal of consent
     assert service.summary("P-100")["allowed_moves"] == [
         "report_toxicity",
         "withdraw",
         "record_death",
+        "record_follow_up",
+        "record_missed_visit",
     ]
     assert service.summary("P-100")["ended"]["state"] == "ceased"
 

@@ -652,8 +652,8 @@ def parse_death(
             facts["sae_case"] = _case_brief(record, "death")
         norm["cause_of_death"] = structured
         facts["cause_of_death"] = structured
-    else:
-        facts["sae_case"] = _case_brief(record, "death") if aware is not None else None
+    elif aware is not None:
+        facts["sae_case"] = _case_brief(record, "death")
     if aware is not None:
         norm["aware_at"] = aware
         facts["aware_at"] = aware

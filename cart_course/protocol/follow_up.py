@@ -124,9 +124,7 @@ def field_problems(data: Any, struct: type[msgspec.Struct], prefix: str) -> list
     for key in data:
         if key not in fields:
             problems.append(
-                FieldProblem(
-                    f"{prefix}.{key}", f"is not a known key; allowed: {', '.join(fields)}"
-                )
+                FieldProblem(f"{prefix}.{key}", f"is not a known key; allowed: {', '.join(fields)}")
             )
     for name, f in fields.items():
         path = f"{prefix}.{name}"
@@ -240,7 +238,9 @@ def parse_toxicity_ae(
     return norm, facts
 
 
-def toxicity_time(record: PatientRecord, facts: Mapping[str, Any], occurred_at: dt.datetime) -> None:
+def toxicity_time(
+    record: PatientRecord, facts: Mapping[str, Any], occurred_at: dt.datetime
+) -> None:
     """The site cannot have become aware of an adverse event before its onset."""
     ae = facts.get("adverse_event")
     if not ae or "aware_at" not in ae:
@@ -271,7 +271,9 @@ def _clocks_for(
     if case is None:
         clocks.append({"report": "initial", "within_hours": params.sae_initial_report_hours})
     elif case["initial_sent"]:
-        clocks.append({"report": "follow_up", "within_hours": params.sae_follow_up_report_days * 24})
+        clocks.append(
+            {"report": "follow_up", "within_hours": params.sae_follow_up_report_days * 24}
+        )
     if susar and (case is None or not case["expedited_clock"]):
         days = (
             params.susar_fatal_report_days
@@ -284,7 +286,9 @@ def _clocks_for(
 
 def _susar(ae: Mapping[str, Any]) -> bool:
     return (
-        bool(ae.get("seriousness")) and ae.get("expected") is False and ae.get("attribution") in RELATED
+        bool(ae.get("seriousness"))
+        and ae.get("expected") is False
+        and ae.get("attribution") in RELATED
     )
 
 
@@ -389,7 +393,8 @@ def _visit_name(record: PatientRecord, name: str, params: ProtocolParameters | N
     schedule = visit_schedule(params or DEFAULT_PARAMETERS)
     if name not in schedule:
         raise ProtocolInputError(
-            "payload.visit", f"{name!r} is not a visit of the schedule; visits: {', '.join(schedule)}"
+            "payload.visit",
+            f"{name!r} is not a visit of the schedule; visits: {', '.join(schedule)}",
         )
     if name in record.follow_up.get("visits", {}):
         raise ContextInputError(
@@ -417,9 +422,7 @@ def parse_follow_up(
             )
         )
     if status.status == "remission" and status.cd19 is not msgspec.UNSET:
-        problems.append(
-            FieldProblem("payload.disease_status.cd19", "is given with a relapse only")
-        )
+        problems.append(FieldProblem("payload.disease_status.cd19", "is given with a relapse only"))
     if problems:
         first, *rest = problems
         raise ProtocolInputError(first.field, first.message, others=rest)

@@ -7,6 +7,7 @@ today's protocol would refuse). Rules run before a move is recorded (``commands.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -462,9 +463,7 @@ def _report_toxicity(
 # -- after the course (issue 16) -----------------------------------------------------------------
 
 
-def _open_sae(
-    record: PatientRecord, sae: dict[str, Any], occurred_at: str, version: int
-) -> None:
+def _open_sae(record: PatientRecord, sae: dict[str, Any], occurred_at: str, version: int) -> None:
     """Open (or extend) a safety case and start the clocks the outcome names: each due at its
     duration after the awareness of the new information (or the clinical time without one)."""
     start = sae.get("aware_at") or occurred_at
@@ -615,7 +614,9 @@ def _death(
         _open_sae(record, outcome["sae"], occurred_at, version)
 
 
-_AFTER_COURSE = {
+_AFTER_COURSE: dict[
+    str, Callable[[PatientRecord, dict[str, Any], dict[str, Any], str, int], None]
+] = {
     Trigger.RECORD_FOLLOW_UP: _follow_up_visit,
     Trigger.RECORD_MISSED_VISIT: _missed_visit,
     Trigger.RECORD_SAE_REPORT: _sae_report_sent,

@@ -13,9 +13,9 @@ import datetime as dt
 from typing import Any
 
 from ..course import PatientCourse
+from ..protocol.follow_up import next_visit, pending_sae_clock
 from ..protocol.record import PatientRecord
 from ..protocol.registry import REGISTRY
-from ..protocol.follow_up import next_visit, pending_sae_clock
 from ..protocol.states import FOLLOW_UP, INFUSED, State
 from ..protocol.versions import UnknownProtocolVersionError, get_version
 

@@ -43,9 +43,9 @@ EXPECTED: list[tuple[str, list[str], str]] = [
     ("record_death", NONTERM + FOLLOW, "died"),
     # after the course (issue 16): follow-up visits during the follow-up, and -- entered late --
     # after death or withdrawal; safety reports whenever a serious adverse event's clock runs
-    ("record_follow_up", FOLLOW + ["withdrawn", "died"], "="),
-    ("record_missed_visit", FOLLOW + ["withdrawn", "died"], "="),
-    ("record_sae_report", ON + FOLLOW + ["withdrawn", "died"], "="),
+    ("record_follow_up", [*FOLLOW, "withdrawn", "died"], "="),
+    ("record_missed_visit", [*FOLLOW, "withdrawn", "died"], "="),
+    ("record_sae_report", [*ON, *FOLLOW, "withdrawn", "died"], "="),
 ]
 
 

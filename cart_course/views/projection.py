@@ -225,15 +225,16 @@ def next_due(record: PatientRecord) -> tuple[str | None, str | None, bool, str |
 def next_due_at(record: PatientRecord) -> tuple[str | None, str | None, bool, str | None]:
     """(next due action, due date, fractions on hold, overdue from: a UTC instant as
     :func:`overdue_from` gives it). A pending SAE report whose clock ends first is the next
-    action (its due date is the local date of its due instant; it is overdue from that very
-    instant, not the end of the day)."""
+    action (its due date is the local date of its due instant; it is overdue just after that
+    instant, not at the end of the day)."""
     action, due_on, hold, counted_from = next_due(record)
     overdue = overdue_from(due_on, counted_from)
     sae = pending_sae_clock(record)
     if sae is not None:
         case_id, report, due_at = sae
         instant = dt.datetime.fromisoformat(due_at)
-        sae_overdue = instant.astimezone(dt.UTC).replace(tzinfo=None)
+        # a report sent at its due instant is on time: overdue from the next microsecond
+        sae_overdue = instant.astimezone(dt.UTC).replace(tzinfo=None) + dt.timedelta(microseconds=1)
         sae_from = sae_overdue.isoformat(timespec="microseconds")
         if overdue is None or sae_from < overdue:
             return (

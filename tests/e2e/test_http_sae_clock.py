@@ -85,7 +85,8 @@ def test_an_sae_turns_overdue_on_the_board_at_its_due_instant() -> None:
         before = row()
         assert before["next_action"] == f"record_sae_report (CRS-1 initial, due {_at(due)})"
         assert before["overdue"] is False
-        assert before["overdue_from"] == due.replace(tzinfo=None).isoformat(timespec="microseconds")
+        just_after = due.replace(tzinfo=None) + dt.timedelta(microseconds=1)
+        assert before["overdue_from"] == just_after.isoformat(timespec="microseconds")
         assert "SAE-1" not in overdue_ids()
         time.sleep(max(0.0, (due - dt.datetime.now(dt.UTC)).total_seconds()) + 1.5)
         assert row()["overdue"] is True

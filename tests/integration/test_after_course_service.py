@@ -128,9 +128,24 @@ def test_the_audit_lists_a_visit_outside_its_window_and_a_late_report(
             "2026-03-05T08:00:00+01:00: 2.0 h late",
         )
     ]
+    resources: dict[str, list[dict[str, Any]]] = {}
     for pid in ("P-101", "P-102"):
-        Bundle.model_validate(bundle(pid, patient_events(service.app, pid)))
+        document = bundle(pid, patient_events(service.app, pid))
+        Bundle.model_validate(document)
+        resources[pid] = [entry["resource"] for entry in document["entry"]]
         assert pid in "".join(csv_timeline(service.app, pid))
+    (adverse_event,) = [r for r in resources["P-102"] if r["resourceType"] == "AdverseEvent"]
+    assert [c["code"] for c in adverse_event["seriousness"]["coding"]] == [
+        "serious",
+        "death",
+        "hospitalisation",
+    ]
+    assert adverse_event["outcome"]["coding"][0]["code"] == "fatal"
+    assert adverse_event["event"]["text"] == "cytokine release syndrome grade 5"
+    encounters = [r for r in resources["P-101"] if r["resourceType"] == "Encounter"]
+    assert [r["type"][0]["text"] for r in encounters] == ["D28", "M3"]
+    observations = [r for r in resources["P-101"] if r["resourceType"] == "Observation"]
+    assert observations[-1]["valueCodeableConcept"]["text"] == "relapse (CD19-negative)"
     triggers = {json.loads(line)["fields"].get("trigger") for line in jsonl(service.app)}
     assert {"record_follow_up", "record_missed_visit", "record_sae_report"} <= triggers
 

@@ -23,6 +23,7 @@ from cart_course.demo import CLINICIAN, SERVICE, assessment, eligible_screening
 from cart_course.service import CourseService
 from cart_course.storage import parse_store_url
 from cart_course.views import Views, queries
+from cart_course.views.metrics import metrics_text
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "commands.md"
 
@@ -200,6 +201,13 @@ def test_a_follow_up_visit_is_overdue_after_its_window_ends_in_d1s_offset(
     assert (row["due_on"], row["overdue"]) == ("2026-02-26", False)
     late = queries.patient(views.db, "FU-1", now=_utc(f"2026-02-27T00:00:00{offset}"))
     assert late is not None and (late["overdue"], late["days_overdue"]) == (True, 1)
+    first_late = _utc(f"2026-02-27T00:00:00{offset}")
+    due = queries.board(views.db, overdue=True, now=first_late, action="record_follow_up")
+    assert [r["patient_id"] for r in due] == ["FU-1"]
+    assert queries.count(views.db, overdue=True, now=first_late, action="record_sae_report") == 0
+    text = metrics_text(views, first_late)
+    assert "cart_course_overdue_follow_up_visits 1" in text
+    assert "cart_course_overdue_sae_reports 0" in text
     # the protocol agrees: the visit on the last day of the window is in it, the next day not
     on_time = _ok(
         service,
@@ -258,6 +266,10 @@ def test_an_sae_report_is_overdue_from_its_due_instant_in_every_offset(
     late = queries.patient(views.db, "SAE-2", now=due + dt.timedelta(seconds=1))
     assert late is not None and late["overdue"] is True
     assert queries.count(views.db, overdue=True, now=due + dt.timedelta(seconds=1)) == 1
+    after = due + dt.timedelta(seconds=1)
+    assert queries.count(views.db, overdue=True, now=after, action="record_sae_report") == 1
+    assert "cart_course_overdue_sae_reports 1" in metrics_text(views, after)
+    assert "cart_course_overdue_sae_reports 0" in metrics_text(views, due)
     # sent: the expedited SUSAR report (7 days, life-threatening) is next
     _ok(
         service,

@@ -18,6 +18,7 @@ outcomes the command registry names. No I/O, no clock, no store.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -150,8 +151,24 @@ def field_problems(data: Any, struct: type[msgspec.Struct], prefix: str) -> list
     return problems
 
 
+def _non_finite(data: Any, path: str) -> list[FieldProblem]:
+    """Every number that is not finite (NaN, an infinity), by its path: never recorded, never
+    repeated back (a range check lets an infinity through where there is no upper bound)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return [FieldProblem(path, "must be a finite number")]
+    if isinstance(data, Mapping):
+        return [p for k, v in data.items() for p in _non_finite(v, f"{path}.{k}")]
+    if isinstance(data, list):
+        return [p for i, v in enumerate(data) for p in _non_finite(v, f"{path}.{i}")]
+    return []
+
+
 def _decode(data: Any, struct: type[msgspec.Struct], prefix: str) -> Any:
     """One ``msgspec.convert`` (the fast path); on failure every invalid field is named."""
+    bad_numbers = _non_finite(data, prefix)
+    if bad_numbers:
+        first, *rest = bad_numbers
+        raise ProtocolInputError(first.field, first.message, others=rest)
     decoded = convert(data, struct)
     if decoded is not None:
         return decoded

@@ -495,3 +495,10 @@ def test_a_death_with_free_text_only_records_what_it_recorded_before() -> None:
     assert prepared.facts == {"cause": "progressive disease"}
     assert prepared.outcome == {}
     assert p.record.death is None and p.record.sae_cases == {}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_number_is_refused_naming_its_field(bad: float) -> None:
+    p = Patient().treated()
+    error = p.bad("record_follow_up", visit("D28", igg={"value": bad, "unit": "g/L"}), at_day(30))
+    assert (error.field, error.message) == ("payload.igg.value", "must be a finite number")

@@ -351,6 +351,8 @@ def _course(p: _Patient, scenario: str, rng: random.Random) -> None:
 
 # -- after the course (issue 16): follow-up visits, adverse events, SAE reports, deaths -----------
 
+#: The commands of the follow-up after the course (not later than the cohort's last move).
+_VISITS_AND_REPORTS = frozenset({"record_follow_up", "record_missed_visit", "record_sae_report"})
 #: The visits the demo records after the end of treatment (days after D1: inside each window).
 _DEMO_VISITS: tuple[tuple[str, int], ...] = (("D28", 31), ("M2", 61), ("M3", 92), ("M6", 184))
 
@@ -519,6 +521,23 @@ def cohort(
         pid = f"{prefix}-{i + 1:0{width}d}"
         first = start + spacing * i
         commands.extend(patient_commands(pid, scenario, first, rng))
+    # the follow-up after the course (issue 16) runs no later than the cohort's last move: a
+    # cohort's clinical times stay in the past wherever its start puts its courses
+    horizon = max(
+        (
+            dt.datetime.fromisoformat(c["occurred_at"])
+            for c in commands
+            if c["command"] not in _VISITS_AND_REPORTS
+        ),
+        default=None,
+    )
+    commands = [
+        c
+        for c in commands
+        if c["command"] not in _VISITS_AND_REPORTS
+        or horizon is None
+        or dt.datetime.fromisoformat(c["occurred_at"]) <= horizon
+    ]
     if until is not None:
         commands = [c for c in commands if dt.datetime.fromisoformat(c["occurred_at"]) <= until]
     commands.sort(key=lambda c: c["occurred_at"])

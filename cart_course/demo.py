@@ -207,12 +207,18 @@ def patient_commands(
     pid: str, scenario: str, start: dt.datetime, rng: random.Random
 ) -> list[dict[str, Any]]:
     p = _Patient(pid, start, rng)
+    _course(p, scenario, rng)
+    _after_course(p, scenario)
+    return p.commands
+
+
+def _course(p: _Patient, scenario: str, rng: random.Random) -> None:
     if scenario in ("screen_failure", "rescreened"):
         bad = eligible_screening(rng)
         bad["kps"] = 70
         p.screen(bad)
         if scenario == "screen_failure":
-            return p.commands
+            return
         p.at(days=21)
         p.screen(command="rescreen")
     else:
@@ -222,7 +228,7 @@ def patient_commands(
         p.cmd(
             "withdraw", reason="patient withdrew consent before infusion", actor=CLINICIAN, days=5
         )
-        return p.commands
+        return
     if scenario == "crs_hold":
         p.infusion(1, days=14)
         d1 = p.t
@@ -238,7 +244,7 @@ def patient_commands(
             actor=CLINICIAN,
             days=1,
         )
-        return p.commands
+        return
     if scenario in ("severe_crs", "death"):
         p.infusion(1, days=14)
         p.infusion(2)
@@ -251,7 +257,7 @@ def patient_commands(
         )
         if scenario == "death":
             p.cmd("record_death", {"cause": "cytokine release syndrome"}, actor=CLINICIAN, days=2)
-            return p.commands
+            return
         p.cmd(
             "discontinue",
             reason="severe cytokine release syndrome (grade 3)",
@@ -259,14 +265,14 @@ def patient_commands(
             hours=2,
         )
         p.resolve("CRS-1", hours=72)
-        return p.commands
+        return
     if scenario == "icans":
         p.course()
         p.toxicity(icans(2), hours=20)
         p.resolve("ICANS-1", hours=48)
         p.assess("CR")
         p.cmd("cease", reason="CR; treatment complete", actor=CLINICIAN, days=1)
-        return p.commands
+        return
     if scenario == "partial_response_courses":
         for number in range(3):
             p.course(first_gap=14 if number == 0 else 7)
@@ -274,12 +280,12 @@ def patient_commands(
             if number < 2:
                 p.cmd("continue_treatment", actor=CLINICIAN, days=1)
         p.cmd("cease", actor=CLINICIAN, days=1)
-        return p.commands
+        return
     if scenario == "no_response_ceased":
         p.course()
         p.assess("NR")
         p.cmd("cease", reason="no response after the first course", actor=CLINICIAN, days=1)
-        return p.commands
+        return
     if scenario == "no_response_restarted":
         p.course()
         p.assess("NR")
@@ -292,7 +298,7 @@ def patient_commands(
         p.course(first_gap=7)
         p.assess("CR")
         p.cmd("cease", reason="CR after the second course", actor=CLINICIAN, days=1)
-        return p.commands
+        return
     if scenario == "corrected_dose":
         p.infusion(1, days=14)
         p.infusion(2)
@@ -312,14 +318,14 @@ def patient_commands(
         )
         p.assess("CR")
         p.cmd("cease", reason="CR after the first course", actor=CLINICIAN, days=1)
-        return p.commands
+        return
     if scenario == "late_fraction_deviation":
         p.infusion(1, days=14)
         p.infusion(2)
         p.infusion(3, days=2, deviation="D3 delayed one day: product release pending QC")
         p.assess("CRi")
         p.cmd("cease", reason="CRi; patient prefers no further treatment", actor=CLINICIAN, days=1)
-        return p.commands
+        return
     # complete_response
     p.course()
     p.assess(rng.choice(["CR", "CR", "CRi"]))
@@ -341,7 +347,139 @@ def patient_commands(
         actor=CLINICIAN,
         days=1,
     )
-    return p.commands
+
+
+# -- after the course (issue 16): follow-up visits, adverse events, SAE reports, deaths -----------
+
+#: The commands of the follow-up after the course (not later than the cohort's last move).
+_VISITS_AND_REPORTS = frozenset({"record_follow_up", "record_missed_visit", "record_sae_report"})
+#: The visits the demo records after the end of treatment (days after D1: inside each window).
+_DEMO_VISITS: tuple[tuple[str, int], ...] = (("D28", 31), ("M2", 61), ("M3", 92), ("M6", 184))
+
+
+def _d1_time(p: _Patient) -> dt.datetime | None:
+    d1 = [c for c in p.commands if c["command"] == "give_infusion" and c["payload"]["day"] == 1]
+    return dt.datetime.fromisoformat(d1[-1]["occurred_at"]) if d1 else None
+
+
+def _extra(p: _Patient, command: str, at: dt.datetime, payload: dict[str, Any]) -> None:
+    """A command at a clinical time of its own (a visit, a report), not moving the path's clock."""
+    p.n += 1
+    p.commands.append(
+        {
+            "command": command,
+            "patient_id": p.pid,
+            "occurred_at": at.isoformat(),
+            "actor": CLINICIAN,
+            "reason": None,
+            "idempotency_key": f"demo:{p.pid}:{p.n}",
+            "payload": payload,
+        }
+    )
+    p.version += 1
+
+
+def _after_course(p: _Patient, scenario: str) -> None:
+    """The demo's life after the course, drawn from nothing random (the cohort of a seed stays
+    what it was before): the death from CRS closes its episode at grade 5 and its SAE report is
+    sent late; an IEC-HS SUSAR after severe CRS; follow-up visits for the ceased and discontinued
+    (one patient in four stops coming after M2, so visits fall due and overdue), a CD19-negative
+    relapse after ICANS, a missed visit after no response."""
+    d1 = _d1_time(p)
+    commands = {c["command"] for c in p.commands}
+    if d1 is None:
+        return
+    if scenario == "death":
+        death = next(c for c in p.commands if c["command"] == "record_death")
+        died = dt.datetime.fromisoformat(death["occurred_at"])
+        aware = died + dt.timedelta(hours=1)
+        death["payload"] = {
+            "cause": "cytokine release syndrome",
+            "cause_of_death": {
+                "category": "adverse_event",
+                "toxicity_id": "CRS-1",
+                "related": "definite",
+            },
+            "aware_at": aware.isoformat(),
+        }
+        _extra(
+            p,
+            "record_sae_report",
+            aware + dt.timedelta(hours=30),  # 6 hours after its 24-hour clock: a late report
+            {
+                "case_id": "CRS-1",
+                "report": "initial",
+                "sent_to": "sponsor pharmacovigilance",
+                "reference": f"SAE-{p.pid}",
+            },
+        )
+        return
+    if not commands & {"cease", "discontinue"} or commands & {"withdraw", "record_death"}:
+        return
+    if scenario == "severe_crs":
+        onset = d1 + dt.timedelta(days=9)
+        aware = onset + dt.timedelta(hours=2)
+        _extra(
+            p,
+            "report_toxicity",
+            onset,
+            {
+                "toxicity": {
+                    "kind": "other",
+                    "term": "IEC-HS",
+                    "grade": 3,
+                    "scale": "CTCAE",
+                    "scale_version": "5.0",
+                },
+                "adverse_event": {
+                    "attribution": "probable",
+                    "seriousness": ["hospitalisation", "important_medical_event"],
+                    "expected": False,
+                    "outcome": "recovering",
+                    "aware_at": aware.isoformat(),
+                },
+            },
+        )
+        for report, hours in (("initial", 20), ("expedited", 24 * 6)):
+            _extra(
+                p,
+                "record_sae_report",
+                aware + dt.timedelta(hours=hours),
+                {"case_id": "other-1", "report": report, "sent_to": "sponsor pharmacovigilance"},
+            )
+    stops_after_m2 = int(p.pid.rsplit("-", 1)[1]) % 4 == 1
+    last = max(dt.datetime.fromisoformat(c["occurred_at"]) for c in p.commands)
+    for visit, day in _DEMO_VISITS:
+        # on its target day, or the day after the end of treatment (still inside its window)
+        at = max(d1 + dt.timedelta(days=day, hours=1), last + dt.timedelta(days=1))
+        if scenario == "no_response_ceased" and visit == "M2":
+            _extra(
+                p,
+                "record_missed_visit",
+                at,
+                {"visit": visit, "missed_reason": "patient unreachable"},
+            )
+            continue
+        status: dict[str, Any] = {"status": "remission"}
+        if scenario == "no_response_ceased":
+            status = {"status": "relapse", "cd19": "positive", "marrow_blasts_pct": 40}
+        elif scenario == "icans" and visit == "M3":
+            status = {"status": "relapse", "cd19": "negative", "marrow_blasts_pct": 22}
+        _extra(
+            p,
+            "record_follow_up",
+            at,
+            {
+                "visit": visit,
+                "disease_status": status,
+                "vital_status": "alive",
+                "b_cell_aplasia": status["status"] == "remission",
+                "igg": {"value": 3.8, "unit": "g/L"},
+                "ig_replacement": True,
+            },
+        )
+        if stops_after_m2 and visit == "M2":
+            break
 
 
 def pick_scenarios(n: int, rng: random.Random) -> list[str]:
@@ -383,6 +521,23 @@ def cohort(
         pid = f"{prefix}-{i + 1:0{width}d}"
         first = start + spacing * i
         commands.extend(patient_commands(pid, scenario, first, rng))
+    # the follow-up after the course (issue 16) runs no later than the cohort's last move: a
+    # cohort's clinical times stay in the past wherever its start puts its courses
+    horizon = max(
+        (
+            dt.datetime.fromisoformat(c["occurred_at"])
+            for c in commands
+            if c["command"] not in _VISITS_AND_REPORTS
+        ),
+        default=None,
+    )
+    commands = [
+        c
+        for c in commands
+        if c["command"] not in _VISITS_AND_REPORTS
+        or horizon is None
+        or dt.datetime.fromisoformat(c["occurred_at"]) <= horizon
+    ]
     if until is not None:
         commands = [c for c in commands if dt.datetime.fromisoformat(c["occurred_at"]) <= until]
     commands.sort(key=lambda c: c["occurred_at"])

@@ -132,7 +132,7 @@ class CommandResult:
 def _input_error(exc: ProtocolInputError) -> InvalidCommandError:
     field = (
         exc.field
-        if exc.field.startswith(("payload", "command", "reason"))
+        if exc.field.startswith(("payload", "command", "reason", "occurred_at"))
         else f"payload.{exc.field}"
     )
     return InvalidCommandError(field, exc.message)

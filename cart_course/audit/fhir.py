@@ -107,6 +107,7 @@ def bundle(patient_id: str, events: list[LoggedEvent]) -> dict[str, Any]:
     if start:
         subject["period"] = {"start": start}
     entries.append({"fullUrl": subject_url, "resource": subject})
+    entries.extend(_after_course(patient_id, events, patient_url, study_url))
     rows = {row["version"]: row for row in timeline(patient_id, events)}
     for e in events:
         entries.append(_provenance(patient_id, e, subject_url, rows[e.version]["notes"]))
@@ -117,6 +118,130 @@ def bundle(patient_id: str, events: list[LoggedEvent]) -> dict[str, Any]:
         "timestamp": events[-1].recorded_at if events else None,
         "entry": entries,
     }
+
+
+#: AdverseEvent.outcome (http://terminology.hl7.org/CodeSystem/adverse-event-outcome).
+AE_OUTCOME_SYSTEM = "http://terminology.hl7.org/CodeSystem/adverse-event-outcome"
+AE_OUTCOME = {
+    "recovered": "resolved",
+    "recovering": "recovering",
+    "not_recovered": "ongoing",
+    "recovered_with_sequelae": "resolvedWithSequelae",
+    "fatal": "fatal",
+    "unknown": "unknown",
+}
+AE_SERIOUSNESS_SYSTEM = "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness"
+AE_CRITERIA_SYSTEM = "https://cart-course.example.org/fhir/CodeSystem/ich-e2a-seriousness"
+VISIT_SYSTEM = "https://cart-course.example.org/fhir/CodeSystem/follow-up-visit"
+
+
+def _after_course(
+    patient_id: str, events: list[LoggedEvent], patient_url: str, study_url: str
+) -> list[dict[str, Any]]:
+    """Issue 16: one AdverseEvent per episode reported with adverse-event facts (its latest
+    facts; seriousness by ICH E2A; fatal when a death closed it), and an Encounter with an
+    Observation of the disease status per follow-up visit."""
+    episodes: dict[str, dict[str, Any]] = {}
+    entries: list[dict[str, Any]] = []
+    for e in events:
+        if e.kind != MOVED:
+            continue
+        trigger = e.get("trigger")
+        facts = e.get("facts") or {}
+        outcome = e.get("outcome") or {}
+        if trigger == "report_toxicity" and facts.get("adverse_event_now") is not None:
+            tox_id = str(facts.get("toxicity_id"))
+            first = episodes.get(tox_id, {}).get("onset", e.occurred_at)
+            episodes[tox_id] = {
+                "onset": first,
+                "ae": dict(facts["adverse_event_now"]),
+                "term": outcome.get("term") or outcome.get("kind"),
+                "grade": outcome.get("grade"),
+                "recorded": e.recorded_at,
+            }
+        elif trigger == "record_death" and outcome.get("toxicity_id") in episodes:
+            episode = episodes[str(outcome["toxicity_id"])]
+            episode["ae"] = {**episode["ae"], **(facts.get("adverse_event_now") or {})}
+            episode["ae"]["outcome"] = "fatal"
+            episode["grade"] = 5
+        elif trigger == "record_follow_up":
+            entries.extend(_visit(patient_id, e, facts, outcome, patient_url))
+    for tox_id, episode in episodes.items():
+        ae = episode["ae"]
+        criteria = list(ae.get("seriousness") or ())
+        resource: dict[str, Any] = {
+            "resourceType": "AdverseEvent",
+            "id": _rid("adverse-event", patient_id, tox_id),
+            "identifier": {"system": "https://cart-course.example.org/episode", "value": tox_id},
+            "actuality": "actual",
+            "subject": {"reference": patient_url},
+            "study": [{"reference": study_url}],
+            "event": {"text": f"{episode['term']} grade {episode['grade']}"},
+            "date": episode["onset"],
+            "recordedDate": episode["recorded"],
+            "seriousness": {
+                "coding": [
+                    {
+                        "system": AE_SERIOUSNESS_SYSTEM,
+                        "code": "serious" if criteria else "non-serious",
+                    },
+                    *({"system": AE_CRITERIA_SYSTEM, "code": c} for c in criteria),
+                ]
+            },
+        }
+        if ae.get("aware_at"):
+            resource["detected"] = ae["aware_at"]
+        if ae.get("outcome") in AE_OUTCOME:
+            resource["outcome"] = {
+                "coding": [{"system": AE_OUTCOME_SYSTEM, "code": AE_OUTCOME[ae["outcome"]]}]
+            }
+        entries.append({"fullUrl": _urn("adverse-event", patient_id, tox_id), "resource": resource})
+    return entries
+
+
+def _visit(
+    patient_id: str,
+    e: LoggedEvent,
+    facts: dict[str, Any],
+    outcome: dict[str, Any],
+    patient_url: str,
+) -> list[dict[str, Any]]:
+    visit = str(facts.get("visit"))
+    encounter_url = _urn("encounter", patient_id, e.version)
+    status = facts.get("disease_status") or {}
+    text = str(status.get("status"))
+    if status.get("cd19"):
+        text += f" (CD19-{status['cd19']})"
+    return [
+        {
+            "fullUrl": encounter_url,
+            "resource": {
+                "resourceType": "Encounter",
+                "id": _rid("encounter", patient_id, e.version),
+                "status": "finished",
+                "class": {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                    "code": "AMB",
+                },
+                "type": [{"coding": [{"system": VISIT_SYSTEM, "code": visit}], "text": visit}],
+                "subject": {"reference": patient_url},
+                "period": {"start": e.occurred_at},
+            },
+        },
+        {
+            "fullUrl": _urn("observation", patient_id, e.version),
+            "resource": {
+                "resourceType": "Observation",
+                "id": _rid("observation", patient_id, e.version),
+                "status": "final",
+                "code": {"text": "disease status"},
+                "subject": {"reference": patient_url},
+                "encounter": {"reference": encounter_url},
+                "effectiveDateTime": e.occurred_at,
+                "valueCodeableConcept": {"text": text},
+            },
+        },
+    ]
 
 
 def _ext_value(ext: dict[str, Any], url: str) -> str | None:

@@ -173,6 +173,16 @@ def wait_options(fn: Any) -> Any:
 @click.option("--state", type=click.Choice(STATES), default=None, help="Only patients in STATE.")
 @click.option("--overdue", is_flag=True, help="Only patients whose next action is overdue.")
 @click.option("--toxicity", is_flag=True, help="Only patients with an open toxicity.")
+@click.option(
+    "--follow-up-due",
+    is_flag=True,
+    help="Only patients whose next action is a follow-up visit (with --overdue: past its window).",
+)
+@click.option(
+    "--sae",
+    is_flag=True,
+    help="Only patients whose next action is an SAE report (with --overdue: past its clock).",
+)
 @click.option("--now", default=None, metavar="WHEN", help="Judge 'overdue' as of WHEN (ISO).")
 @click.option(
     "--limit",
@@ -189,6 +199,8 @@ def status(
     state: str | None,
     overdue: bool,
     toxicity: bool,
+    follow_up_due: bool,
+    sae: bool,
     now: str | None,
     limit: int,
     as_json: bool,
@@ -197,9 +209,13 @@ def status(
     catch_up: bool,
 ) -> None:
     """The board: every patient's state, next due action and due date, dose and toxicity."""
+    if follow_up_due and sae:
+        raise click.UsageError("--follow-up-due and --sae name one next action each: give one")
     moment = _parse_now(now)
     views = _ready(ctx, wait_for, timeout, catch_up)
     filters: dict[str, Any] = {"state": state, "overdue": overdue, "toxicity": toxicity}
+    if follow_up_due or sae:
+        filters["action"] = "record_follow_up" if follow_up_due else "record_sae_report"
     rows = queries.board(views.db, **filters, now=moment, limit=limit)
     matching = queries.count(views.db, **filters, now=moment)
     lag = views.lag()

@@ -515,6 +515,30 @@ def severe_toxicity_recorded(p: Probe) -> bool:
     return any(t["grade"] >= severe for t in p.facts.get("course_toxicities", ()))
 
 
+# -- after the course (issue 16) -----------------------------------------------------------------
+
+
+@rule(
+    "a D1 is on record (follow-up visits are counted from the last course's D1)",
+    lambda p: "no D1 is on record: follow-up visits are counted from the last course's D1",
+)
+def follow_up_from_d1(p: Probe) -> bool:
+    if p.facts.get("follow_up_from") is None:
+        return False
+    # "what is allowed now" offers visits during the follow-up, not after death or withdrawal
+    # (a visit that happened before them may still be entered: its time is checked)
+    return not p.hypothetical or p.state in FOLLOW_UP
+
+
+@rule(
+    "a safety case (a serious adverse event, or a death in the treatment-related window) is on "
+    "record",
+    lambda p: "no safety case is on record: a serious adverse event opens one",
+)
+def safety_case_on_record(p: Probe) -> bool:
+    return bool(p.facts.get("sae_cases"))
+
+
 # ----------------------------------------------------------------------------------------------
 # The transition table: the protocol, declared once.
 # ----------------------------------------------------------------------------------------------
@@ -527,6 +551,7 @@ _INFUSION_RULES = [
     "dose_within_tolerance_or_deviation",
 ]
 _OBSERVABLE = [*ON_TREATMENT, *FOLLOW_UP]
+_AFTER_TREATMENT = [*FOLLOW_UP, S.WITHDRAWN, S.DIED]
 
 TRANSITIONS: list[dict[str, Any]] = [
     # Screening: into `screened` only when eligible, else `screen_failed`.
@@ -628,6 +653,28 @@ TRANSITIONS: list[dict[str, Any]] = [
         "conditions": ["reason_given"],
     },
     {"trigger": T.RECORD_DEATH, "source": [*NON_TERMINAL, *FOLLOW_UP], "dest": S.DIED},
+    # After the course (issue 16): follow-up visits (and missed ones) in the follow-up after the
+    # end of treatment, and -- a visit that happened before, entered late -- after death or
+    # withdrawal (the visit's time is checked against them); safety reports of a serious adverse
+    # event whenever its clock runs, death included. None changes the state.
+    {
+        "trigger": T.RECORD_FOLLOW_UP,
+        "source": _AFTER_TREATMENT,
+        "dest": "=",
+        "conditions": ["follow_up_from_d1"],
+    },
+    {
+        "trigger": T.RECORD_MISSED_VISIT,
+        "source": _AFTER_TREATMENT,
+        "dest": "=",
+        "conditions": ["follow_up_from_d1"],
+    },
+    {
+        "trigger": T.RECORD_SAE_REPORT,
+        "source": [*_OBSERVABLE, S.WITHDRAWN, S.DIED],
+        "dest": "=",
+        "conditions": ["safety_case_on_record"],
+    },
 ]
 
 #: Which command (and so which reason policy, payload and event) each trigger belongs to is said

@@ -29,9 +29,10 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 import attrs
+import msgspec
 
 from . import building_blocks as blocks
-from . import response
+from . import follow_up, payloads, response
 from .building_blocks import ContextBuilder, OutcomeBuilder, PayloadParser, TimeCheck
 from .machine import TRANSITIONS
 from .schema_parts import BOOL, EMPTY, Schema, obj, text
@@ -311,6 +312,30 @@ _INFUSION_SCHEMA["else"] = {"not": {"required": ["weight"]}}
 
 _S = State
 
+# -- after the course (issue 16): payload schemas derived from the payload Structs --------------
+_AFTER_COURSE_TYPES = (
+    payloads.AdverseEventPayload,
+    payloads.CauseOfDeathPayload,
+    payloads.FollowUpPayload,
+    payloads.MissedVisitPayload,
+    payloads.SaeReportPayload,
+)
+_AFTER_COURSE_SCHEMAS, _AFTER_COURSE_DEFS = msgspec.json.schema_components(
+    _AFTER_COURSE_TYPES, ref_template="#/$defs/{name}"
+)
+
+
+def _struct_object(struct: type[msgspec.Struct]) -> Schema:
+    """A payload Struct's object schema (the payload itself: its properties at the top)."""
+    schema: Schema = dict(_AFTER_COURSE_DEFS[struct.__name__])
+    schema.pop("title", None)
+    return schema
+
+
+_AFTER_COURSE_SCHEMA_DEFS: dict[str, Schema] = {
+    name: schema for name, schema in _AFTER_COURSE_DEFS.items()
+}
+
 DEFINITIONS: tuple[CommandDef, ...] = (
     CommandDef(
         name="screen",
@@ -383,9 +408,10 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         event="ToxicityReported",
         moves=[Move(trigger="report_toxicity")],
         required=("toxicity",),
-        optional=("toxicity_id",),
-        parse=blocks.parse_toxicity,
-        outcome=blocks.toxicity_outcome,
+        optional=("toxicity_id", "adverse_event"),
+        parse=follow_up.parse_toxicity_ae,
+        check_time=follow_up.toxicity_time,
+        outcome=follow_up.toxicity_ae_outcome,
         correctable=("toxicity", "toxicity_id"),
         episode=True,
         payload_schema=obj(
@@ -394,9 +420,15 @@ DEFINITIONS: tuple[CommandDef, ...] = (
                 "toxicity_id": text(
                     100, "the open episode this updates; leave out for a new episode"
                 ),
+                "adverse_event": {
+                    "$ref": "#/$defs/AdverseEventPayload",
+                    "description": "attribution, ICH E2A seriousness, expectedness, outcome "
+                    "and awareness time: a serious one starts the SAE reporting clocks",
+                },
             },
             ("toxicity",),
         ),
+        schema_defs=_AFTER_COURSE_SCHEMA_DEFS,
         examples=examples_of("report_toxicity"),
     ),
     CommandDef(
@@ -495,10 +527,76 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         summary="Patient died.",
         event="DeathRecorded",
         moves=[Move(trigger="record_death")],
-        optional=("cause",),
-        parse=blocks.parse_death,
-        payload_schema=obj({"cause": text(500)}),
+        optional=("cause", "cause_of_death", "aware_at"),
+        parse=follow_up.parse_death,
+        check_time=follow_up.death_time,
+        outcome=follow_up.death_outcome,
+        payload_schema=obj(
+            {
+                "cause": text(500),
+                "cause_of_death": {"$ref": "#/$defs/CauseOfDeathPayload"},
+                "aware_at": text(200, "when the site became aware (ISO time with offset)"),
+            }
+        ),
+        schema_defs=_AFTER_COURSE_SCHEMA_DEFS,
         examples=examples_of("record_death"),
+    ),
+    # -- after the course (issue 16) -----------------------------------------------------------
+    CommandDef(
+        name="record_follow_up",
+        summary="A follow-up visit after the end of treatment (disease status, B-cell aplasia, "
+        "IgG, new malignancy, vital status). The state does not change.",
+        event="FollowUpRecorded",
+        moves=[Move(trigger="record_follow_up", context=follow_up.ctx_follow_up)],
+        required=("visit", "disease_status"),
+        optional=(
+            "vital_status",
+            "b_cell_aplasia",
+            "igg",
+            "ig_replacement",
+            "new_malignancy",
+            "note",
+        ),
+        parse=follow_up.parse_follow_up,
+        check_time=follow_up.follow_up_time,
+        outcome=follow_up.follow_up_outcome,
+        episode=True,
+        payload_schema=_struct_object(payloads.FollowUpPayload),
+        schema_defs=_AFTER_COURSE_SCHEMA_DEFS,
+        examples=examples_of("record_follow_up"),
+        next_in=(_S.CEASED, _S.DISCONTINUED),
+    ),
+    CommandDef(
+        name="record_missed_visit",
+        summary="A follow-up visit that did not take place, with its reason (lost to follow-up "
+        "after the protocol's number of consecutive missed visits).",
+        event="VisitMissed",
+        moves=[Move(trigger="record_missed_visit", context=follow_up.ctx_follow_up)],
+        required=("visit", "missed_reason"),
+        parse=follow_up.parse_missed_visit,
+        check_time=follow_up.follow_up_time,
+        outcome=follow_up.missed_visit_outcome,
+        episode=True,
+        payload_schema=_struct_object(payloads.MissedVisitPayload),
+        schema_defs=_AFTER_COURSE_SCHEMA_DEFS,
+        examples=examples_of("record_missed_visit"),
+    ),
+    CommandDef(
+        name="record_sae_report",
+        summary="A safety report of a serious adverse event sent (initial, follow-up or "
+        "expedited SUSAR report; its clinical time is when it was sent). A late report is "
+        "recorded with its delay.",
+        event="SaeReportSent",
+        moves=[Move(trigger="record_sae_report", context=follow_up.ctx_sae_report)],
+        required=("case_id", "report", "sent_to"),
+        optional=("reference",),
+        parse=follow_up.parse_sae_report,
+        check_time=follow_up.sae_report_time,
+        outcome=follow_up.sae_report_outcome,
+        episode=True,
+        payload_schema=_struct_object(payloads.SaeReportPayload),
+        schema_defs=_AFTER_COURSE_SCHEMA_DEFS,
+        examples=examples_of("record_sae_report"),
     ),
     CommandDef(
         name="correct",

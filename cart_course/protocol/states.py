@@ -58,6 +58,10 @@ class Trigger(StrEnum):
     DISCONTINUE = "discontinue"
     WITHDRAW = "withdraw"
     RECORD_DEATH = "record_death"
+    # after the course (issue 16)
+    RECORD_FOLLOW_UP = "record_follow_up"
+    RECORD_MISSED_VISIT = "record_missed_visit"
+    RECORD_SAE_REPORT = "record_sae_report"
 
 
 INFUSION_TRIGGERS: dict[Trigger, int] = {

@@ -118,6 +118,19 @@ def overdue_key(row: dict[str, Any], now: Moment = None) -> OverdueKey:
     return (str(row[_Cutoff(now).column]), str(row["patient_id"]))
 
 
+#: The board's next actions after the course (issue 16), by the command they name: a follow-up
+#: visit (``record_follow_up (M3, window ...)``) or a safety report (``record_sae_report (...)``).
+#: A patient counts under its next action: the one due first.
+ACTIONS: tuple[str, ...] = ("record_follow_up", "record_sae_report")
+_ACTION_WHERE = "next_action LIKE ? ESCAPE '!'"
+
+
+def _action_pattern(action: str) -> str:
+    if action not in ACTIONS:
+        raise ValueError(f"action {action!r} is not one of {', '.join(ACTIONS)}")
+    return action.replace("_", "!_") + " (%"
+
+
 def board(
     db: ViewDB,
     *,
@@ -127,6 +140,7 @@ def board(
     now: Moment = None,
     limit: int | None = None,
     after: str | OverdueKey | None = None,
+    action: str | None = None,
 ) -> list[dict[str, Any]]:
     """Board rows, by patient id (``overdue``: most overdue first); filters combine (AND).
 
@@ -147,6 +161,9 @@ def board(
         params.append(cutoff.param)
     if toxicity:
         where.append("open_toxicities > 0")
+    if action is not None:
+        where.append(_ACTION_WHERE)
+        params.append(_action_pattern(action))
     if after is not None and not overdue:
         where.append("patient_id > ?")
         params.append(after if isinstance(after, str) else after[1])
@@ -177,8 +194,9 @@ def count(
     overdue: bool = False,
     toxicity: bool = False,
     now: Moment = None,
+    action: str | None = None,
 ) -> int:
-    if not overdue and not toxicity:  # the cohort view keeps these counts
+    if not overdue and not toxicity and action is None:  # the cohort view keeps these counts
         if state is None:
             row = db.fetchone(
                 "SELECT COALESCE(SUM(patients), 0) FROM view_cohort WHERE dimension = 'state'"
@@ -199,6 +217,9 @@ def count(
         params.append(cutoff.param)
     if toxicity:
         where.append("open_toxicities > 0")
+    if action is not None:
+        where.append(_ACTION_WHERE)
+        params.append(_action_pattern(action))
     sql = "SELECT COUNT(*) FROM view_board" + (" WHERE " + " AND ".join(where) if where else "")
     row = db.fetchone(sql, params)
     return int(row[0]) if row else 0

@@ -3,6 +3,7 @@ queries, machine-readable rejections, and every command of the contract."""
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import sys
 from collections import Counter
@@ -59,11 +60,13 @@ def test_a_complete_response_path_and_what_the_summary_says(service: CourseServi
 
     ceased = p.do("cease", reason="CR after the first course; patient declines more", days=1)
     assert ceased.to_state == "ceased"
-    # follow-up: toxicities, and a death or a withdrawal of consent
+    # follow-up: toxicities, visits (issue 16), and a death or a withdrawal of consent
     assert service.summary("P-100")["allowed_moves"] == [
         "report_toxicity",
         "withdraw",
         "record_death",
+        "record_follow_up",
+        "record_missed_visit",
     ]
     assert service.summary("P-100")["ended"]["state"] == "ceased"
 
@@ -271,6 +274,21 @@ def test_every_command_of_the_contract_records(service: CourseService) -> None:
     b.infuse(1, days=14)
     b.do("report_toxicity", {"toxicity": crs(4)}, hours=6)
     run(b, "discontinue", reason="CRS grade 4 after D1")
+    # after the course (issue 16): the episode as a serious adverse event, its report, visits
+    serious = {
+        "toxicity": crs(4),
+        "toxicity_id": "CRS-1",
+        "adverse_event": {
+            "attribution": "probable",
+            "seriousness": ["life_threatening"],
+            "expected": True,
+            "aware_at": (b.t + dt.timedelta(hours=1)).isoformat(),
+        },
+    }
+    run(b, "report_toxicity", serious, hours=1)
+    run(b, "record_sae_report", {"case_id": "CRS-1", "report": "initial", "sent_to": "sponsor"})
+    run(b, "record_follow_up", {"visit": "D28", "disease_status": {"status": "remission"}}, days=27)
+    run(b, "record_missed_visit", {"visit": "M2", "missed_reason": "moved abroad"}, days=33)
     c = Course(service, "E-3")
     c.screen()
     run(c, "withdraw", reason="consent withdrawn")

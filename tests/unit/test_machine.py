@@ -41,6 +41,11 @@ EXPECTED: list[tuple[str, list[str], str]] = [
     # a death "at any point", and a withdrawal of consent, also during follow-up
     ("withdraw", NONTERM + FOLLOW, "withdrawn"),
     ("record_death", NONTERM + FOLLOW, "died"),
+    # after the course (issue 16): follow-up visits during the follow-up, and -- entered late --
+    # after death or withdrawal; safety reports whenever a serious adverse event's clock runs
+    ("record_follow_up", [*FOLLOW, "withdrawn", "died"], "="),
+    ("record_missed_visit", [*FOLLOW, "withdrawn", "died"], "="),
+    ("record_sae_report", [*ON, *FOLLOW, "withdrawn", "died"], "="),
 ]
 
 
@@ -85,6 +90,10 @@ def good_facts(trigger: str, source: str, dest: str) -> dict[str, Any]:
         return {"course_toxicities": [tox("CRS-1", "CRS", 3)], "reason": "grade 3 CRS"}
     if trigger == "withdraw":
         return reason()
+    if trigger in ("record_follow_up", "record_missed_visit"):
+        return {"follow_up_from": "2026-01-22T09:30:00+01:00"}
+    if trigger == "record_sae_report":
+        return {"sae_cases": ["CRS-1"]}
     return {}
 
 

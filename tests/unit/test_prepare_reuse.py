@@ -51,6 +51,7 @@ from cart_course.protocol.machine import Probe, dry_run_by_trigger
 from cart_course.protocol.parameters import DEFAULT_PARAMETERS
 from cart_course.protocol.plausibility import LAB_RANGES
 from cart_course.protocol.record import PatientRecord
+from cart_course.protocol.registry import REGISTRY
 from cart_course.protocol.response import classify_response, parse_response_assessment
 from cart_course.protocol.toxicity import grade_toxicity, parse_toxicity_report
 from cart_course.protocol.versions import CURRENT, ProtocolVersion, make_version
@@ -261,6 +262,10 @@ def _from_scratch(
         raise
     if trigger == "resolve_toxicity":
         check_resolution_time(record, pfacts["toxicity_id"], occurred_at)
+    else:  # the other clinical-time checks of the definitions (issue 16: awareness, visits)
+        check_time = REGISTRY.by_trigger[trigger].check_time
+        if check_time is not None:
+            check_time(record, pfacts, occurred_at)
     facts = {**context, **pfacts}
     if reason:
         facts["reason"] = reason

@@ -71,7 +71,44 @@ COMMAND_ARGS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
             weight=st.sampled_from([1, 1, 1, 1, 1, 1, 1, 1, 1, 0]),
         )
     ),
+    # after the course (issue 16)
+    "follow_up": st.fixed_dictionaries(
+        dict(
+            visit=st.integers(0, 30),
+            relapse=st.sampled_from([None, None, "positive", "negative"]),
+            gap=st.sampled_from([1, 7, 30, 60]),
+        )
+    ),
+    "missed_visit": st.fixed_dictionaries(
+        dict(visit=st.integers(0, 30), gap=st.sampled_from([1, 30, 90]))
+    ),
+    "adverse_event": st.fixed_dictionaries(
+        dict(
+            grade=st.integers(1, 5),
+            seriousness=st.sampled_from([[], ["hospitalisation"], ["life_threatening"]]),
+            expected=st.booleans(),
+            attribution=st.sampled_from(["unrelated", "possible", "definite", "bogus"]),
+            aware_hours=st.sampled_from([-1, 0, 2, 30]),
+            update=st.sampled_from([None, None, 0, 1]),
+        )
+    ),
+    "sae_report": st.fixed_dictionaries(
+        dict(
+            which=st.integers(0, 3),
+            report=st.sampled_from(["initial", "initial", "expedited", "follow_up"]),
+            hours=st.sampled_from([-2, 1, 23, 25, 24 * 8, 24 * 16]),
+        )
+    ),
+    "death_cause": st.fixed_dictionaries(
+        dict(
+            category=st.sampled_from(["adverse_event", "disease_progression", "infection"]),
+            which=st.integers(0, 3),
+            weight=st.sampled_from([1, 1, 1, 0]),
+        )
+    ),
 }
+#: The moves after the end of treatment (issue 16): none changes the state.
+AFTER_COURSE = ("record_follow_up", "record_missed_visit", "record_sae_report")
 
 
 class ProtocolCourse(RuleBasedStateMachine):
@@ -86,10 +123,16 @@ class ProtocolCourse(RuleBasedStateMachine):
 
     # -- driving ---------------------------------------------------------------------------
     def attempt(
-        self, command: str, payload: dict[str, Any], reason: str | None = None, gap: int = 0
+        self,
+        command: str,
+        payload: dict[str, Any],
+        reason: str | None = None,
+        gap: int = 0,
+        hours: int = 0,
     ) -> None:
         when = self.today + dt.timedelta(days=gap)
-        occurred = dt.datetime.combine(when, dt.time(10), tzinfo=dt.UTC)
+        occurred = dt.datetime.combine(when, dt.time(10), tzinfo=dt.UTC) + dt.timedelta(hours=hours)
+        when = occurred.date()
         try:
             p = prepare(self.record, command, payload, occurred, reason, CURRENT)
         except (MoveRefusedError, ProtocolInputError):
@@ -226,6 +269,73 @@ class ProtocolCourse(RuleBasedStateMachine):
             return  # keep endings rare so that long courses are explored
         self.attempt(command, {}, reason, gap=1)
 
+    # -- after the course (issue 16) -----------------------------------------------------------
+    def follow_up(self, visit: int, relapse: str | None, gap: int) -> None:
+        names = [v[0] for v in P.follow_up_schedule]
+        status: dict[str, Any] = {"status": "remission"}
+        if relapse:
+            status = {"status": "relapse", "cd19": relapse}
+        self.attempt(
+            "record_follow_up",
+            {"visit": names[visit % len(names)], "disease_status": status},
+            gap=gap,
+        )
+
+    def missed_visit(self, visit: int, gap: int) -> None:
+        names = [v[0] for v in P.follow_up_schedule]
+        payload = {"visit": names[visit % len(names)], "missed_reason": "no answer"}
+        self.attempt("record_missed_visit", payload, gap=gap)
+
+    def adverse_event(
+        self,
+        grade: int,
+        seriousness: list[str],
+        expected: bool,
+        attribution: str,
+        aware_hours: int,
+        update: int | None,
+    ) -> None:
+        occurred = dt.datetime.combine(self.today, dt.time(10), tzinfo=dt.UTC)
+        payload: dict[str, Any] = {
+            "toxicity": {
+                "kind": "other",
+                "term": "sepsis",
+                "grade": grade,
+                "scale": "CTCAE",
+                "scale_version": "5.0",
+            },
+            "adverse_event": {
+                "attribution": attribution,
+                "seriousness": seriousness,
+                "expected": expected,
+                "aware_at": (occurred + dt.timedelta(hours=aware_hours)).isoformat(),
+            },
+        }
+        if update is not None:
+            ids = sorted(t for t in self.record.toxicities if t.startswith("other")) or ["other-1"]
+            payload["toxicity_id"] = ids[update % len(ids)]
+        self.attempt("report_toxicity", payload)
+
+    def sae_report(self, which: int, report: str, hours: int) -> None:
+        ids = sorted(self.record.sae_cases) or ["other-1"]
+        case = self.record.sae_cases.get(ids[which % len(ids)])
+        base = dt.datetime.combine(self.today, dt.time(10), tzinfo=dt.UTC)
+        if case is not None:  # sent some hours after the site became aware
+            base = dt.datetime.fromisoformat(case["aware_at"])
+        sent = base + dt.timedelta(hours=hours)
+        payload = {"case_id": ids[which % len(ids)], "report": report, "sent_to": "sponsor"}
+        gap = (sent.date() - self.today).days
+        self.attempt("record_sae_report", payload, gap=gap, hours=sent.hour - 10)
+
+    def death_cause(self, category: str, which: int, weight: int) -> None:
+        if weight:
+            return  # keep endings rare
+        cause: dict[str, Any] = {"category": category}
+        if category == "adverse_event":
+            ids = sorted(self.record.toxicities) or ["CRS-1"]
+            cause["toxicity_id"] = ids[which % len(ids)]
+        self.attempt("record_death", {"cause_of_death": cause}, gap=1)
+
     @rule(
         factor=FACTORS,
         gap=GAPS,
@@ -295,7 +405,9 @@ class ProtocolCourse(RuleBasedStateMachine):
         a death or a withdrawal of consent, once (withdrawn and died are final)."""
         ended: str | None = None
         for move in self.moves:
-            if ended is not None:
+            if ended is not None and move["trigger"] in AFTER_COURSE:
+                assert move["to_state"] == ended  # visits and safety reports: no state change
+            elif ended is not None:
                 assert ended in ("ceased", "discontinued"), move
                 assert move["trigger"] in (
                     "report_toxicity",
@@ -306,6 +418,52 @@ class ProtocolCourse(RuleBasedStateMachine):
                 assert move["to_state"] in TERMINAL_NAMES
             if move["to_state"] in TERMINAL_NAMES:
                 ended = move["to_state"]
+
+    @invariant()
+    def follow_up_is_after_d1_and_before_death_and_never_reopens_treatment(self) -> None:
+        d1 = [m for m in self.moves if m["trigger"] == "infuse_d1"]
+        died = [m for m in self.moves if m["trigger"] == "record_death"]
+        for move in self.moves:
+            if move["trigger"] in ("record_follow_up", "record_missed_visit"):
+                when = dt.datetime.fromisoformat(move["occurred_at"])
+                assert d1 and when >= dt.datetime.fromisoformat(d1[-1]["occurred_at"])
+                if died:
+                    assert when <= dt.datetime.fromisoformat(died[0]["occurred_at"])
+                event(f"accepted {move['trigger']}")
+        relapsed = [i for i, m in enumerate(self.moves) if m["outcome"].get("relapse")]
+        if relapsed:
+            event("a relapse recorded")
+            after = self.moves[relapsed[0] :]
+            assert not any(m["trigger"] in INFUSION_TRIGGERS for m in after)
+
+    @invariant()
+    def safety_clocks_are_judged_by_their_due_time(self) -> None:
+        for case in self.record.sae_cases.values():
+            aware = dt.datetime.fromisoformat(case["aware_at"])
+            for clock in case["clocks"]:
+                if clock["due_at"] is not None:
+                    assert dt.datetime.fromisoformat(clock["due_at"]) > aware
+                if clock["sent_at"] is None:
+                    continue
+                sent = dt.datetime.fromisoformat(clock["sent_at"])
+                assert sent >= aware, "a report sent before awareness"
+                if clock["due_at"] is None:
+                    assert clock["late"] is False
+                else:
+                    late = sent > dt.datetime.fromisoformat(clock["due_at"])
+                    assert clock["late"] is late
+                    event(f"an SAE report sent {'late' if late else 'on time'}")
+
+    @invariant()
+    def a_death_from_an_episode_makes_it_grade_5_and_closes_it(self) -> None:
+        for tox in self.record.toxicities.values():
+            if tox.fatal:
+                assert tox.grade == 5 and tox.worst_grade == 5 and not tox.open
+                assert tox.ae is not None and tox.ae["outcome"] == "fatal"
+                event("an episode closed at grade 5 by a death")
+        assert set(self.record.open_ids) == {
+            t.id for t in self.record.toxicities.values() if t.open
+        }
 
     @invariant()
     def overdose_only_with_deviation(self) -> None:

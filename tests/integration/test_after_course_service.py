@@ -30,7 +30,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "commands.md"
 
 @pytest.fixture
 def views(service: CourseService, store_url: str) -> Iterator[Views]:
-    v = Views(service.app, parse_store_url(store_url))
+    v = Views(service.log, parse_store_url(store_url))
     try:
         yield v
     finally:
@@ -112,7 +112,7 @@ def test_the_audit_lists_a_visit_outside_its_window_and_a_late_report(
     findings = {
         pid: [
             (f.check, f.message)
-            for f in check_history(pid, patient_events(service.app, pid)).findings
+            for f in check_history(pid, patient_events(service.log, pid)).findings
         ]
         for pid in ("P-101", "P-102")
     }
@@ -131,10 +131,10 @@ def test_the_audit_lists_a_visit_outside_its_window_and_a_late_report(
     ]
     resources: dict[str, list[dict[str, Any]]] = {}
     for pid in ("P-101", "P-102"):
-        document = bundle(pid, patient_events(service.app, pid))
+        document = bundle(pid, patient_events(service.log, pid))
         Bundle.model_validate(document)
         resources[pid] = [entry["resource"] for entry in document["entry"]]
-        assert pid in "".join(csv_timeline(service.app, pid))
+        assert pid in "".join(csv_timeline(service.log, pid))
     (adverse_event,) = [r for r in resources["P-102"] if r["resourceType"] == "AdverseEvent"]
     assert [c["code"] for c in adverse_event["seriousness"]["coding"]] == [
         "serious",
@@ -147,7 +147,7 @@ def test_the_audit_lists_a_visit_outside_its_window_and_a_late_report(
     assert [r["type"][0]["text"] for r in encounters] == ["D28", "M3"]
     observations = [r for r in resources["P-101"] if r["resourceType"] == "Observation"]
     assert observations[-1]["valueCodeableConcept"]["text"] == "relapse (CD19-negative)"
-    triggers = {json.loads(line)["fields"].get("trigger") for line in jsonl(service.app)}
+    triggers = {json.loads(line)["fields"].get("trigger") for line in jsonl(service.log)}
     assert {"record_follow_up", "record_missed_visit", "record_sae_report"} <= triggers
 
 

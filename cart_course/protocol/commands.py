@@ -188,8 +188,13 @@ def prepare(
     reason: str | None,
     version: ProtocolVersion,
     registry: Registry = REGISTRY,
+    *,
+    actor: str | None = None,
 ) -> Prepared:
-    """Validate, gather facts, dry-run; return what to record or raise ``MoveRefusedError``."""
+    """Validate, gather facts, dry-run; return what to record or raise ``MoveRefusedError``.
+
+    ``actor``: who records the move (an infusion's bedside check: the first of its two
+    verifiers)."""
     if not isinstance(payload, Mapping):
         raise ProtocolInputError("payload", "must be a JSON object")
     spec = registry.moves.get(command)
@@ -211,6 +216,9 @@ def prepare(
     if spec.check_time is not None:
         spec.check_time(record, pfacts, occurred_at)
     facts = {**context, **pfacts}
+    if "bag_id" in pfacts:  # the bedside check reads who gives the bag, and when
+        facts["administered_by"] = actor
+        facts["infused_at"] = occurred_at.isoformat()
     if reason:
         facts["reason"] = reason
     params = version.params

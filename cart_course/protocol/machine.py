@@ -21,7 +21,7 @@ import attrs
 from transitions import Machine, MachineError
 from transitions.core import Condition, EventData, Transition
 
-from . import dosing
+from . import dosing, product
 from .eligibility import eligibility_failures, evaluate_eligibility, parse_screening
 from .parameters import ProtocolParameters
 from .response import check_clinician_response, classify_response, parse_response_assessment
@@ -176,7 +176,12 @@ class Probe:
         if not trigger.startswith("infuse_d"):
             return []
         schedule = self.schedule_problem()
-        return ([schedule] if schedule else []) + list(self.dose_problems())
+        found = ([schedule] if schedule else []) + list(self.dose_problems())
+        if "bag" in self.facts:
+            count = product.count_problem(self.facts, self.params.bag_count_tolerance)
+            if count:
+                found.append(count)
+        return found
 
     def response(self) -> Any:
         cache = self._cache
@@ -362,6 +367,128 @@ def weight_known(p: Probe) -> bool:
     return isinstance(p.facts.get("weight_kg"), (int, float))
 
 
+# -- the cell product: manufacture, release, the bedside check -----------------------------------
+
+
+def _explain_bedside(p: Probe) -> str:
+    return product.bedside_problem(p.facts, p.params.thaw_limit_minutes) or ""
+
+
+@rule(
+    "when the patient's product is tracked: the bag is of this patient's released lot for this "
+    "course and this fraction, not infused yet, not expired, infused within the thaw limit, and "
+    "verified at the bedside by a second person",
+    _explain_bedside,
+)
+def product_identity_verified(p: Probe) -> bool:
+    facts = p.facts
+    if "bag_id" not in facts:
+        if not facts.get("product_tracked"):
+            return True  # a course whose product is not tracked (no collection id on record)
+        if p.hypothetical:
+            return bool(facts.get("bags_available"))
+        return False
+    return product.bedside_problem(facts, p.params.thaw_limit_minutes) is None
+
+
+def _explain_count(p: Probe) -> str:
+    problem = product.count_problem(p.facts, p.params.bag_count_tolerance) or ""
+    return f"{problem}; record a deviation reason to proceed"
+
+
+@rule(
+    "the delivered cell count is within tolerance of the bag's labelled count, or a deviation "
+    "reason is recorded",
+    _explain_count,
+)
+def delivered_cells_match_bag_or_deviation(p: Probe) -> bool:
+    if "bag" not in p.facts:
+        return True
+    return (
+        product.count_problem(p.facts, p.params.bag_count_tolerance) is None
+        or p.has_deviation_reason()
+    )
+
+
+@rule(
+    "a collection with an identifier (ISBT 128 DIN or the site's id) is on record",
+    lambda p: "no collection with an identifier is on record: record the apheresis with its din "
+    "or collection_id",
+)
+def collection_on_record(p: Probe) -> bool:
+    return bool(p.facts.get("collections"))
+
+
+def _lots_of_course(p: Probe, status: str) -> list[str]:
+    number = p.facts.get("course_number")
+    return [
+        lot["lot_id"]
+        for lot in p.facts.get("lots", ())
+        if lot["status"] == status and lot.get("course_number", number) == number
+    ]
+
+
+@rule(
+    "no lot of this course is in manufacture or released",
+    lambda p: "lot(s) "
+    + ", ".join(_lots_of_course(p, "in_manufacture") + _lots_of_course(p, "released"))
+    + " of this course are in manufacture or released: record its release decision first",
+)
+def no_lot_in_manufacture(p: Probe) -> bool:
+    return not (_lots_of_course(p, "in_manufacture") or _lots_of_course(p, "released"))
+
+
+def _explain_lot(p: Probe) -> str:
+    status = p.facts.get("lot_status")
+    return (
+        f"lot {p.facts.get('lot_id')} is {status}, not in manufacture: its release decision is "
+        "already recorded"
+    )
+
+
+@rule("the lot is in manufacture (no release decision recorded yet)", _explain_lot)
+def lot_in_manufacture(p: Probe) -> bool:
+    if "lot_status" not in p.facts:
+        if p.hypothetical:
+            return any(lot["status"] == "in_manufacture" for lot in p.facts.get("lots", ()))
+        return False
+    return p.facts["lot_status"] == "in_manufacture"
+
+
+def _failed_tests(p: Probe) -> list[str]:
+    return [t["name"] for t in p.facts.get("tests", ()) if not t.get("passed")]
+
+
+@rule(
+    "every release test passed, or the out-of-specification release is a documented exception "
+    "(exception_reason)",
+    lambda p: "release tests failed: "
+    + ", ".join(_failed_tests(p))
+    + "; an out-of-specification product is released only as a documented exception: give "
+    "exception_reason, or record the decision as rejected",
+)
+def release_tests_passed_or_exception(p: Probe) -> bool:
+    facts = p.facts
+    if "tests" not in facts or facts.get("decision") != "released" or not _failed_tests(p):
+        return True
+    reason = facts.get("exception_reason")
+    return isinstance(reason, str) and reason.strip() != ""
+
+
+@rule(
+    "the patient's last lot failed (rejected at release)",
+    lambda p: "a new apheresis follows a failed manufacture; the last lot is "
+    + (
+        f"{p.facts['lots'][-1]['lot_id']} ({p.facts['lots'][-1]['status']})"
+        if p.facts.get("lots")
+        else "not on record"
+    ),
+)
+def manufacture_failed(p: Probe) -> bool:
+    lots = p.facts.get("lots") or ()
+    return bool(lots) and lots[-1]["status"] == "rejected"
+
+
 # -- toxicity -----------------------------------------------------------------------------------
 
 
@@ -525,6 +652,8 @@ _INFUSION_RULES = [
     "weight_known",
     "on_schedule_or_deviation",
     "dose_within_tolerance_or_deviation",
+    "product_identity_verified",
+    "delivered_cells_match_bag_or_deviation",
 ]
 _OBSERVABLE = [*ON_TREATMENT, *FOLLOW_UP]
 
@@ -550,6 +679,31 @@ TRANSITIONS: list[dict[str, Any]] = [
         "source": S.SCREENED,
         "dest": S.APHERESED,
         "conditions": ["consent_on_file", "no_apheresis_contraindication"],
+    },
+    # The cell product: manufacture and release while the course waits in `apheresed` (or
+    # `continued`, before the next course); a failed manufacture allows a new apheresis.
+    {
+        "trigger": T.START_MANUFACTURE,
+        "source": [S.APHERESED, S.CONTINUED],
+        "dest": "=",
+        "conditions": ["collection_on_record", "no_lot_in_manufacture"],
+    },
+    {
+        "trigger": T.RELEASE_PRODUCT,
+        "source": [S.APHERESED, S.CONTINUED],
+        "dest": "=",
+        "conditions": ["lot_in_manufacture", "release_tests_passed_or_exception"],
+    },
+    {
+        "trigger": T.REPEAT_APHERESIS,
+        "source": [S.APHERESED, S.CONTINUED],
+        "dest": "=",
+        "conditions": [
+            "consent_on_file",
+            "no_apheresis_contraindication",
+            "manufacture_failed",
+            "reason_given",
+        ],
     },
     # Infusions: D1 10 %, D2 30 %, D3 60 % on consecutive days.
     {

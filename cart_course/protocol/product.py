@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
 from .errors import ContextInputError, ProtocolInputError
-from .record import PatientRecord
+
+if TYPE_CHECKING:
+    from .record import PatientRecord
 
 # ----------------------------------------------------------------------------------------------
 # ISBT 128 donation identification number (DIN): ISO/IEC 7064 MOD 37-2 check character

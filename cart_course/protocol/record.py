@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from .product import evolve_product
 from .states import INFUSION_TRIGGERS, TERMINAL, State, Trigger
 
 
@@ -257,7 +258,14 @@ def toxicity_summary(t: Toxicity) -> dict[str, Any]:
 #: may be recorded after a later move with an earlier clinical time, so a replay that leaves out
 #: events (the audit's clinical as-of view) must not take its state from it.
 STAYING_TRIGGERS: frozenset[Trigger] = frozenset(
-    {Trigger.REPORT_TOXICITY, Trigger.RESOLVE_TOXICITY, Trigger.CANCEL_REMAINING_FRACTIONS}
+    {
+        Trigger.REPORT_TOXICITY,
+        Trigger.RESOLVE_TOXICITY,
+        Trigger.CANCEL_REMAINING_FRACTIONS,
+        Trigger.START_MANUFACTURE,
+        Trigger.RELEASE_PRODUCT,
+        Trigger.REPEAT_APHERESIS,
+    }
 )
 
 
@@ -571,5 +579,3 @@ _PRODUCT_EFFECTS = frozenset(
     {"record_apheresis", "repeat_apheresis", "start_manufacture", "release_product"}
     | {t.value for t in INFUSION_TRIGGERS}
 )
-
-from .product import evolve_product  # noqa: E402  (product.py reads PatientRecord)

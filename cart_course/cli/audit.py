@@ -175,6 +175,8 @@ def conformance(
         )
         for f in result.findings:
             click.echo(f"  {f}")
+        if result.notes:
+            click.echo(f"no product recorded: {len(result.notes)} infusion(s) name no bag")
         if regrade:
             click.echo(f"re-graded under {regrade}: {len(result.regrades)} toxicity report(s)")
             for r in result.regrades:

@@ -159,6 +159,9 @@ def _convert(payload: Mapping[str, Any], struct: type[Any], prefix: str = "paylo
         except msgspec.ValidationError as exc:
             where, _, what = str(exc).partition(" - at `$")
             path = f"{prefix}.{name}" + (what.rstrip("`") if what else "")
+            missing = where.partition("missing required field `")[2].rstrip("`")
+            if missing:
+                path, where = f"{path}.{missing}", "is required"
             problems.append((path, where))
     if not problems:  # pragma: no cover - msgspec refused something no field check found
         problems.append((prefix, "is not valid"))

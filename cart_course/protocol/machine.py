@@ -412,8 +412,10 @@ def delivered_cells_match_bag_or_deviation(p: Probe) -> bool:
 
 @rule(
     "a collection with an identifier (ISBT 128 DIN or the site's id) is on record",
-    lambda p: "no collection with an identifier is on record: record the apheresis with its din "
-    "or collection_id",
+    lambda p: (
+        "no collection with an identifier is on record: record the apheresis with its din "
+        "or collection_id"
+    ),
 )
 def collection_on_record(p: Probe) -> bool:
     return bool(p.facts.get("collections"))
@@ -430,9 +432,11 @@ def _lots_of_course(p: Probe, status: str) -> list[str]:
 
 @rule(
     "no lot of this course is in manufacture or released",
-    lambda p: "lot(s) "
-    + ", ".join(_lots_of_course(p, "in_manufacture") + _lots_of_course(p, "released"))
-    + " of this course are in manufacture or released: record its release decision first",
+    lambda p: (
+        "lot(s) "
+        + ", ".join(_lots_of_course(p, "in_manufacture") + _lots_of_course(p, "released"))
+        + " of this course are in manufacture or released: record its release decision first"
+    ),
 )
 def no_lot_in_manufacture(p: Probe) -> bool:
     return not (_lots_of_course(p, "in_manufacture") or _lots_of_course(p, "released"))
@@ -452,7 +456,7 @@ def lot_in_manufacture(p: Probe) -> bool:
         if p.hypothetical:
             return any(lot["status"] == "in_manufacture" for lot in p.facts.get("lots", ()))
         return False
-    return p.facts["lot_status"] == "in_manufacture"
+    return bool(p.facts["lot_status"] == "in_manufacture")
 
 
 def _failed_tests(p: Probe) -> list[str]:
@@ -462,10 +466,12 @@ def _failed_tests(p: Probe) -> list[str]:
 @rule(
     "every release test passed, or the out-of-specification release is a documented exception "
     "(exception_reason)",
-    lambda p: "release tests failed: "
-    + ", ".join(_failed_tests(p))
-    + "; an out-of-specification product is released only as a documented exception: give "
-    "exception_reason, or record the decision as rejected",
+    lambda p: (
+        "release tests failed: "
+        + ", ".join(_failed_tests(p))
+        + "; an out-of-specification product is released only as a documented exception: give "
+        "exception_reason, or record the decision as rejected"
+    ),
 )
 def release_tests_passed_or_exception(p: Probe) -> bool:
     facts = p.facts
@@ -477,15 +483,17 @@ def release_tests_passed_or_exception(p: Probe) -> bool:
 
 @rule(
     "the patient's last lot failed (rejected at release)",
-    lambda p: "a new apheresis follows a failed manufacture; the last lot is "
-    + (
-        f"{p.facts['lots'][-1]['lot_id']} ({p.facts['lots'][-1]['status']})"
-        if p.facts.get("lots")
-        else "not on record"
+    lambda p: (
+        "a new apheresis follows a failed manufacture; the last lot is "
+        + (
+            f"{p.facts['lots'][-1]['lot_id']} ({p.facts['lots'][-1]['status']})"
+            if p.facts.get("lots")
+            else "not on record"
+        )
     ),
 )
 def manufacture_failed(p: Probe) -> bool:
-    lots = p.facts.get("lots") or ()
+    lots: list[dict[str, Any]] = p.facts.get("lots") or []
     return bool(lots) and lots[-1]["status"] == "rejected"
 
 

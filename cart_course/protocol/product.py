@@ -58,7 +58,9 @@ def parse_din(value: Any, field: str) -> str:
     """A DIN with its check character: spaces are ignored, letters upper-cased; returns the 14
     characters (13 and the check character), or raises naming ``field``."""
     if not isinstance(value, str):
-        raise ProtocolInputError(field, "must be a string: the 13-character ISBT 128 DIN and its check character")
+        raise ProtocolInputError(
+            field, "must be a string: the 13-character ISBT 128 DIN and its check character"
+        )
     text = value.replace(" ", "").upper()
     shape = (
         "an ISBT 128 DIN is 13 characters (facility code of 5 letters/digits, 2-digit year, "
@@ -183,7 +185,8 @@ def _instant(value: str, field: str) -> dt.datetime:
         when = dt.datetime.fromisoformat(value)
     except ValueError:
         raise ProtocolInputError(
-            field, f"must be an ISO date-time with its UTC offset, e.g. 2026-01-22T09:00:00+01:00, got {value!r}"
+            field,
+            f"must be an ISO date-time with its UTC offset, e.g. 2026-01-22T09:00:00+01:00, got {value!r}",
         ) from None
     if when.tzinfo is None:
         raise ProtocolInputError(field, "must carry its UTC offset (e.g. +01:00 or Z)")
@@ -194,7 +197,9 @@ def _date(value: str, field: str) -> dt.date:
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
-        raise ProtocolInputError(field, f"must be an ISO date, e.g. 2026-01-20, got {value!r}") from None
+        raise ProtocolInputError(
+            field, f"must be an ISO date, e.g. 2026-01-20, got {value!r}"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -300,7 +305,7 @@ def parse_start_manufacture(
         collection = ids[-1]
     else:
         wanted = collection.replace(" ", "").upper()
-        match = [i for i in ids if i == collection or i == wanted]
+        match = [i for i in ids if i in (collection, wanted)]
         if not match:
             raise ContextInputError(
                 "payload.collection_id",
@@ -544,7 +549,9 @@ def bedside_problem(facts: Mapping[str, Any], thaw_minutes: int) -> str | None:
             f"not for course {facts.get('course_number')}"
         )
     if bag.get("infused_version") is not None:
-        return f"payload.bag_id: bag {bag_id} was already infused (version {bag['infused_version']})"
+        return (
+            f"payload.bag_id: bag {bag_id} was already infused (version {bag['infused_version']})"
+        )
     if bag["fraction"] != facts.get("day"):
         return f"payload.bag_id: bag {bag_id} is labelled for D{bag['fraction']}, not D{facts.get('day')}"
     infused = facts.get("infused_at")

@@ -49,7 +49,9 @@ def parse_infusion(
         return blocks.parse_infusion(record, p, day, ctx, seed)
     bedside = product.parse_bedside(record, p)
     assert bedside is not None
-    rest = {k: v for k, v in product.default_cells(record, p).items() if k not in product.BEDSIDE_KEYS}
+    rest = {
+        k: v for k, v in product.default_cells(record, p).items() if k not in product.BEDSIDE_KEYS
+    }
     norm, facts = blocks.parse_infusion(record, rest, day, ctx, seed)
     norm.update(bedside[0])
     facts.update(bedside[1])

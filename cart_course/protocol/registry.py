@@ -302,7 +302,9 @@ _INFUSION_SCHEMA = obj(
         "weight": {"$ref": "#/$defs/weight"},
         "product_lot": text(2000),
         "deviation_reason": text(2000, "why a deviation from the plan (dose, day) is accepted"),
-        "bag_id": text(200, "the bag infused: a bag of this patient's released lot for this fraction"),
+        "bag_id": text(
+            200, "the bag infused: a bag of this patient's released lot for this fraction"
+        ),
         "verified_by": text(
             200, "the second person who verified patient and bag at the bedside (not the actor)"
         ),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from cart_course.service import CommandResult
-
 from integration_helpers import Course
+
+from cart_course.service import CommandResult
 
 DIN = "G1234 98 654321 H"
 NURSE = {"id": "rn.adams", "role": "clinician"}

@@ -141,7 +141,11 @@ def test_a_failed_manufacture_allows_a_new_apheresis_or_withdrawal(
     c.screen()
     collect(c)
     with pytest.raises(MoveRefused):  # nothing failed yet
-        c.do("repeat_apheresis", {"apheresis_contraindication": False, "collection_id": "C-2"}, reason="x")
+        c.do(
+            "repeat_apheresis",
+            {"apheresis_contraindication": False, "collection_id": "C-2"},
+            reason="x",
+        )
     c.do("start_manufacture", {"lot_id": "LOT-7A"})
     bad = [{"name": "viability", "result": "41 %", "passed": False}]
     release(c, "LOT-7A", tests=bad, decision="rejected")
@@ -165,9 +169,21 @@ def test_a_failed_manufacture_allows_a_new_apheresis_or_withdrawal(
 @pytest.mark.parametrize(
     ("command", "payload", "field"),
     [
-        ("record_apheresis", {"apheresis_contraindication": False, "din": "G123498654321A"}, "payload.din"),
-        ("record_apheresis", {"apheresis_contraindication": False, "din": "G12349865"}, "payload.din"),
-        ("start_manufacture", {"lot_id": "L", "collection_id": "NOT-MINE"}, "payload.collection_id"),
+        (
+            "record_apheresis",
+            {"apheresis_contraindication": False, "din": "G123498654321A"},
+            "payload.din",
+        ),
+        (
+            "record_apheresis",
+            {"apheresis_contraindication": False, "din": "G12349865"},
+            "payload.din",
+        ),
+        (
+            "start_manufacture",
+            {"lot_id": "L", "collection_id": "NOT-MINE"},
+            "payload.collection_id",
+        ),
     ],
 )
 def test_bad_collection_input_names_the_field(
@@ -205,7 +221,13 @@ def test_bad_release_input_names_the_field(memory_service: CourseService) -> Non
     with pytest.raises(InvalidCommandError) as several:
         c.do(
             "release_product",
-            {"lot_id": 5, "decision": "maybe", "tests": [], "released_by": "qp", "manufactured_on": "x"},
+            {
+                "lot_id": 5,
+                "decision": "maybe",
+                "tests": [],
+                "released_by": "qp",
+                "manufactured_on": "x",
+            },
         )
     assert several.value.field == "payload.lot_id"
     assert "payload.decision" in str(several.value)
@@ -226,4 +248,4 @@ def test_din_check_character() -> None:
     assert product.din_check_character("G123498654321") == "H"
     assert product.parse_din("g1234 98 654321 h", "payload.din") == "G123498654321H"
     assert DIN.replace(" ", "") == "G123498654321H"
-    assert SECOND != NURSE["id"]
+    assert NURSE["id"] != SECOND

@@ -51,6 +51,7 @@ from ..protocol.states import State as CourseState
 from ..service import CourseService
 from ..storage import StoreSettings
 from ..tokens import ROLES, TokenStore, check_actor_role, open_token_store
+from . import product as product_routes
 from .auth import (
     ADMINS,
     AUDITORS,
@@ -1145,6 +1146,7 @@ ROUTES: list[Any] = [
     ready,
     metrics,
     dashboard,
+    *product_routes.ROUTES,
 ]
 
 

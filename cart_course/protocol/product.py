@@ -673,7 +673,7 @@ def evolve_product(
 
 def product_status(record: PatientRecord) -> str | None:
     """The patient's product as the monitors read it: collected, in manufacture, released,
-    failed, infused (None: no product tracked)."""
+    failed, infused (None: no product tracked); "in_manufacture" is written with an underscore."""
     if not record.collections:
         return None
     if not record.lots:
@@ -681,7 +681,7 @@ def product_status(record: PatientRecord) -> str | None:
     lot = list(record.lots.values())[-1]
     status = lot["status"]
     if status == "in_manufacture":
-        return "in manufacture"
+        return "in_manufacture"
     if status == "rejected":
         return "failed"
     bags = [b for b in record.bags.values() if b["lot_id"] == lot["lot_id"]]

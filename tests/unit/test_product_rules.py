@@ -97,7 +97,7 @@ def test_product_status_and_vein_to_vein() -> None:
     assert product.product_status(record) == "collected"
     record.lots["L1"] = {"lot_id": "L1", "collection_id": "C1", "course_number": 1}
     record.lots["L1"]["status"] = "in_manufacture"
-    assert product.product_status(record) == "in manufacture"
+    assert product.product_status(record) == "in_manufacture"
     record.lots["L1"]["status"] = "rejected"
     assert product.product_status(record) == "failed"
     assert product.manufacturing_failures(record) == 1

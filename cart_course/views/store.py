@@ -115,7 +115,9 @@ VIEW_TABLES: dict[str, str] = {
 
 #: A column each view table must have; a table from an older release without it is dropped
 #: and the views are rebuilt from the log (they hold nothing the events do not).
-_REQUIRED_COLUMNS: dict[str, str] = {"view_board": "manufacturing_failures"}
+_REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "view_board": ("overdue_from", "manufacturing_failures")
+}
 
 
 class ViewDB:
@@ -230,9 +232,9 @@ class ViewDB:
     def _outdated_tables(self) -> list[str]:
         """View tables of an older release (a required column missing)."""
         outdated = []
-        for table, column in _REQUIRED_COLUMNS.items():
+        for table, required in _REQUIRED_COLUMNS.items():
             columns = self._columns(table)
-            if columns and column not in columns:
+            if columns and not set(required) <= columns:
                 outdated.append(table)
         return outdated
 

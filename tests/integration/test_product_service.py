@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from integration_helpers import Course
@@ -249,3 +250,49 @@ def test_din_check_character() -> None:
     assert product.parse_din("g1234 98 654321 h", "payload.din") == "G123498654321H"
     assert DIN.replace(" ", "") == "G123498654321H"
     assert NURSE["id"] != SECOND
+
+
+def test_the_board_shows_the_product_and_flags_a_long_wait(tmp_path: Path) -> None:
+    from cart_course.storage import open_application, parse_store_url
+    from cart_course.views import Views, queries
+
+    url = str(tmp_path / "board.sqlite")
+    service = CourseService(open_application(parse_store_url(url)))
+    try:
+        done = Course(service, "B-1")
+        tracked(done)
+        for day in (1, 2, 3):
+            bedside(done, day, f"LOT-1-{day}")
+        waiting = Course(service, "B-2")
+        waiting.screen()
+        collect(waiting)
+        waiting.do("start_manufacture", {"lot_id": "LOT-B2A"})
+        release(
+            waiting,
+            "LOT-B2A",
+            decision="rejected",
+            tests=[{"name": "viability", "result": "40 %", "passed": False}],
+        )
+        legacy = Course(service, "B-3")
+        legacy.screen()
+        views = Views(service.app, parse_store_url(url))
+        try:
+            views.catch_up()
+            later = dt.datetime(2026, 3, 30, tzinfo=dt.UTC)
+            rows = {r["patient_id"]: r for r in queries.board(views.db, now=later)}
+            assert rows["B-1"]["product_status"] == "infused"
+            assert rows["B-1"]["vein_to_vein_days"] == 14
+            assert rows["B-1"]["product_waiting_too_long"] is False
+            assert rows["B-2"]["product_status"] == "failed"
+            assert rows["B-2"]["product_waiting_too_long"] is True
+            assert rows["B-3"]["product_status"] is None
+            failed = queries.board(views.db, product="failed", now=later)
+            assert [r["patient_id"] for r in failed] == ["B-2"]
+            assert queries.count(views.db, product="any") == 2
+            cohort = queries.cohort(views.db)
+            assert cohort["product"] == {"failed": 1, "infused": 1}
+            assert cohort["manufacturing_failures"] == {"lots": 1}
+        finally:
+            views.close()
+    finally:
+        service.close()

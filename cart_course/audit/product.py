@@ -31,7 +31,7 @@ def _norm(value: str) -> str:
     return value.replace(" ", "").upper()
 
 
-def _ids_of(facts: dict[str, Any]) -> tuple[str | None, str | None, list[str]]:
+def ids_of(facts: dict[str, Any]) -> tuple[str | None, str | None, list[str]]:
     """(collection, lot, bags) a step's facts name."""
     collection = facts.get("collection")
     bag = facts.get("bag") if isinstance(facts.get("bag"), dict) else None
@@ -99,7 +99,7 @@ def chain_of_custody(
         lot_of_bag: dict[str, str] = {}
         lot_collection: dict[str, str] = {}
         for e in steps:
-            col, lot, bags = _ids_of(dict(e.get("facts") or {}))
+            col, lot, bags = ids_of(dict(e.get("facts") or {}))
             if col is not None:
                 collections.setdefault(_norm(col), set())
             if lot is not None and col is not None:
@@ -125,7 +125,7 @@ def chain_of_custody(
         chain: list[dict[str, Any]] = []
         for e in steps:
             facts = dict(e.get("facts") or {})
-            col, lot, bags = _ids_of(facts)
+            col, lot, bags = ids_of(facts)
             trigger = e.get("trigger")
             if trigger == "release_product" and lot is not None:
                 decisions[lot] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
@@ -296,3 +297,37 @@ def test_the_board_shows_the_product_and_flags_a_long_wait(tmp_path: Path) -> No
             views.close()
     finally:
         service.close()
+
+
+def test_exports_carry_the_product(memory_service: CourseService) -> None:
+    from fhir.resources.R4B.bundle import Bundle
+
+    from cart_course.audit import exports
+    from cart_course.audit.fhir import bundle
+
+    c = Course(memory_service, "X-1")
+    tracked(c)
+    bedside(c, 1, "LOT-1-1")
+    events = patient_events(memory_service.app, "X-1")
+    data = bundle("X-1", events)
+    Bundle.model_validate(data)  # a valid FHIR R4B bundle
+    kinds = [entry["resource"]["resourceType"] for entry in data["entry"]]
+    assert kinds.count("BiologicallyDerivedProduct") == 3
+    (procedure,) = [
+        e["resource"] for e in data["entry"] if e["resource"]["resourceType"] == "Procedure"
+    ]
+    used = procedure["extension"][0]["valueReference"]["reference"]
+    product_entry = next(e for e in data["entry"] if e["fullUrl"] == used)
+    assert product_entry["resource"]["status"] == "unavailable"  # infused
+    assert {"system": "urn:oid:2.16.840.1.113883.6.18", "value": "G123498654321H"} in (
+        product_entry["resource"]["identifier"]
+    )
+    header, *rows = "".join(exports.csv_timeline(memory_service.app, "X-1")).splitlines()
+    assert header.endswith("collection_id,lot_id,bag_id")
+    assert rows[-1].endswith("G123498654321H,LOT-1,LOT-1-1")
+    lines = [json.loads(line) for line in exports.jsonl(memory_service.app, "X-1")]
+    assert lines[-1]["product"] == {
+        "collection_id": "G123498654321H",
+        "lot_id": "LOT-1",
+        "bag_id": "LOT-1-1",
+    }

@@ -331,3 +331,43 @@ def test_exports_carry_the_product(memory_service: CourseService) -> None:
         "lot_id": "LOT-1",
         "bag_id": "LOT-1-1",
     }
+
+
+def test_the_demo_cohort_has_products_a_failed_lot_an_exception_and_a_refused_wrong_bag(
+    memory_service: CourseService,
+) -> None:
+    from cart_course.contract import parse_command
+    from cart_course.demo import cohort, wrong_bag_attempt
+
+    commands = list(cohort(40, 1))
+    results = memory_service.execute_batch([parse_command(c) for c in commands])
+    assert not [r for r in results if isinstance(r, Exception)]
+    releases = [c for c in commands if c["command"] == "release_product"]
+    assert any(c["payload"]["decision"] == "rejected" for c in releases)
+    assert any("exception_reason" in c["payload"] for c in releases)
+    assert any(c["command"] == "repeat_apheresis" for c in commands)
+    attempt = wrong_bag_attempt(commands)
+    assert attempt is not None
+    other = next(
+        c["patient_id"]
+        for c in commands
+        if c["payload"].get("bag_id") == attempt["payload"]["bag_id"]
+    )
+    before = [c for c in commands if c["patient_id"] == attempt["patient_id"]]
+    d1 = before.index(next(c for c in before if c["command"] == "give_infusion"))
+    # the two patients recorded up to the attempt's D1: the bag is the other patient's
+    from cart_course.storage import open_application, parse_store_url
+
+    store = CourseService(open_application(parse_store_url("memory:")))
+    try:
+        firsts = [c for c in commands if c["patient_id"] in (other, attempt["patient_id"])]
+        for c in firsts:
+            if c is before[d1]:
+                break
+            store.execute(parse_command(c))
+        with pytest.raises(InvalidCommandError) as info:
+            store.execute(parse_command(attempt))
+        assert info.value.field == "payload.bag_id"
+        assert other not in str(info.value)
+    finally:
+        store.close()

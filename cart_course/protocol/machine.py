@@ -160,7 +160,12 @@ class Probe:
         if "dose" not in self._cache:
             weight = self.facts.get("weight_kg")
             plan = self.course_plan() if weight is not None else None
-            self._cache["dose"] = dose_problems(self.facts, self.params, plan=plan)
+            problems = dose_problems(self.facts, self.params, plan=plan)
+            if "bag" in self.facts:  # the count given at the bedside against the bag's label
+                count = product.count_problem(self.facts, self.params.bag_count_tolerance)
+                if count:
+                    problems.append(count)
+            self._cache["dose"] = problems
         result: list[str] = self._cache["dose"]
         return result
 
@@ -176,12 +181,7 @@ class Probe:
         if not trigger.startswith("infuse_d"):
             return []
         schedule = self.schedule_problem()
-        found = ([schedule] if schedule else []) + list(self.dose_problems())
-        if "bag" in self.facts:
-            count = product.count_problem(self.facts, self.params.bag_count_tolerance)
-            if count:
-                found.append(count)
-        return found
+        return ([schedule] if schedule else []) + list(self.dose_problems())
 
     def response(self) -> Any:
         cache = self._cache
@@ -348,7 +348,8 @@ def on_schedule_or_deviation(p: Probe) -> bool:
 
 @rule(
     "the cell count is within tolerance of the planned fraction and the course total not above "
-    "plan by more than the tolerance, or a deviation reason is recorded",
+    "plan by more than the tolerance (and, for a bag, of its labelled count), or a deviation "
+    "reason is recorded",
     lambda p: "; ".join(p.dose_problems()) + "; record a deviation reason to proceed",
 )
 def dose_within_tolerance_or_deviation(p: Probe) -> bool:
@@ -389,25 +390,6 @@ def product_identity_verified(p: Probe) -> bool:
             return bool(facts.get("bags_available"))
         return False
     return product.bedside_problem(facts, p.params.thaw_limit_minutes) is None
-
-
-def _explain_count(p: Probe) -> str:
-    problem = product.count_problem(p.facts, p.params.bag_count_tolerance) or ""
-    return f"{problem}; record a deviation reason to proceed"
-
-
-@rule(
-    "the delivered cell count is within tolerance of the bag's labelled count, or a deviation "
-    "reason is recorded",
-    _explain_count,
-)
-def delivered_cells_match_bag_or_deviation(p: Probe) -> bool:
-    if "bag" not in p.facts:
-        return True
-    return (
-        product.count_problem(p.facts, p.params.bag_count_tolerance) is None
-        or p.has_deviation_reason()
-    )
 
 
 @rule(
@@ -661,7 +643,6 @@ _INFUSION_RULES = [
     "on_schedule_or_deviation",
     "dose_within_tolerance_or_deviation",
     "product_identity_verified",
-    "delivered_cells_match_bag_or_deviation",
 ]
 _OBSERVABLE = [*ON_TREATMENT, *FOLLOW_UP]
 
@@ -1118,6 +1099,10 @@ def deviations_of(trigger: str, facts: Mapping[str, Any], params: ProtocolParame
     if not trigger.startswith("infuse_d"):
         return []
     problems = dose_problems(facts, params)
+    if "bag" in facts:
+        count = product.count_problem(facts, params.bag_count_tolerance)
+        if count:
+            problems.append(count)
     schedule = schedule_problem(facts, params)
     if schedule:
         problems.insert(0, schedule)

@@ -111,7 +111,7 @@ def test_a_count_off_the_label_needs_a_deviation_reason(memory_service: CourseSe
     off = {"cells": {"value": 7e6 * 1.15, "unit": "cells"}}
     with pytest.raises(MoveRefused) as info:
         bedside(c, 1, "LOT-1-1", **off)
-    assert [f["rule"] for f in info.value.failed] == ["delivered_cells_match_bag_or_deviation"]
+    assert [f["rule"] for f in info.value.failed] == ["dose_within_tolerance_or_deviation"]
     near = bedside(c, 1, "LOT-1-1", days=0, **off, deviation_reason="bag count re-done at bedside")
     assert near.status == "recorded"
     assert any("label of bag LOT-1-1" in d for d in near.deviations)

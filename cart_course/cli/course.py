@@ -305,6 +305,19 @@ def show(ctx: Context, patient_id: str, as_json: bool) -> None:
             f"signed v{sig['signs_version']} ({sig['milestone']}, {sig['meaning']}) by "
             f"{sig['printed_name']} at {sig['signed_at']}"
         )
+    product = data.get("product")
+    if product:
+        click.echo(
+            f"product {product['status']}: collection(s) "
+            + ", ".join(c["id"] for c in product["collections"])
+            + "; lot(s) "
+            + (", ".join(f"{lot['lot_id']} {lot['status']}" for lot in product["lots"]) or "none")
+            + (
+                f"; vein-to-vein {product['vein_to_vein_days']} days"
+                if product["vein_to_vein_days"] is not None
+                else ""
+            )
+        )
     click.echo("allowed now: " + (", ".join(data["allowed_moves"]) or "nothing (terminal)"))
 
 

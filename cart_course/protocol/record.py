@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from .product import evolve_product
+from .product import evolve_product, product_summary
 from .states import INFUSION_TRIGGERS, TERMINAL, State, Trigger
 
 
@@ -192,6 +192,7 @@ class PatientRecord:
             "deviations": list(self.deviations),
             "corrections": list(self.corrections),
             "signatures": list(self.signatures),
+            "product": product_summary(self),
             "first_occurred_at": self.first_occurred_at,
             "last_occurred_at": self.last_occurred_at,
             "ended": self.ended,

@@ -485,9 +485,11 @@ def bag_facts(record: PatientRecord, bag_id: str) -> dict[str, Any] | None:
 
 
 def parse_bedside(
-    record: PatientRecord, p: Mapping[str, Any]
+    record: PatientRecord, p: Mapping[str, Any], ctx: Mapping[str, Any] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The bedside keys of ``give_infusion`` (None when no bag is named)."""
+    """The bedside keys of ``give_infusion`` (None when no bag is named). ``ctx`` holding the
+    same bag: a recorded infusion read again (a correction), judged on the bag as it was when
+    it was given (the record now says the bag was infused: by this very infusion)."""
     given = {k: p[k] for k in BEDSIDE_KEYS if k in p}
     if not given:
         return None
@@ -495,7 +497,8 @@ def parse_bedside(
     bag_id = _text(check.bag_id, "payload.bag_id")
     verified_by = _text(check.verified_by, "payload.verified_by")
     _instant(check.thawed_at, "payload.thawed_at")
-    bag = bag_facts(record, bag_id)
+    recorded = ctx.get("bag") if ctx is not None and ctx.get("bag_id") == bag_id else None
+    bag = dict(recorded) if isinstance(recorded, Mapping) else bag_facts(record, bag_id)
     if bag is None:
         raise ContextInputError("payload.bag_id", unknown_bag(bag_id))
     norm = {"bag_id": bag_id, "verified_by": verified_by, "thawed_at": check.thawed_at}

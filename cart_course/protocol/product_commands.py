@@ -47,7 +47,7 @@ def parse_infusion(
         if "cells" not in p:
             product.default_cells(record, p)  # raises: cells are required without a bag
         return blocks.parse_infusion(record, p, day, ctx, seed)
-    bedside = product.parse_bedside(record, p)
+    bedside = product.parse_bedside(record, p, ctx)
     assert bedside is not None
     rest = {
         k: v for k, v in product.default_cells(record, p).items() if k not in product.BEDSIDE_KEYS

@@ -371,3 +371,20 @@ def test_the_demo_cohort_has_products_a_failed_lot_an_exception_and_a_refused_wr
         assert other not in str(info.value)
     finally:
         store.close()
+
+
+def test_a_correction_of_a_bedside_checked_infusion_judges_the_bag_as_given(
+    memory_service: CourseService,
+) -> None:
+    c = Course(memory_service, "K-1")
+    tracked(c)
+    d1 = bedside(c, 1, "LOT-1-1")
+    bedside(c, 2, "LOT-1-2")
+    fixed = c.do(
+        "correct",
+        {"corrects": d1.version, "changes": {"cells": {"value": 7.1e6, "unit": "cells"}}},
+        reason="count re-read from the label",
+    )
+    assert fixed.status == "recorded" and fixed.deviations == ()
+    result = check_history("K-1", patient_events(memory_service.app, "K-1"))
+    assert result.ok, result.findings

@@ -36,10 +36,10 @@ MANUFACTURER = {"id": "demo.cell-lab.qa", "role": "service"}
 #: The nurse who gives a tracked product's bag (the first bedside verifier); the second is named.
 NURSE = {"id": "rn.demo", "role": "clinician", "name": "R. Demo, RN"}
 SECOND_VERIFIER = "rn.second"
-#: Tracked products (issue 15): every fourth complete-response patient's product is tracked
-#: from its collection to the bedside; the first of them has a failed manufacture and a second
+#: Tracked products (issue 15): the product of every third complete-response patient (the 2nd,
+#: 5th, 8th ...) is tracked from its collection to the bedside; the first of them has a failed manufacture and a second
 #: apheresis, the second an out-of-specification release with its documented exception.
-TRACKED_EVERY = 4
+TRACKED_EVERY = 3
 START = dt.datetime(2026, 1, 5, 8, 0, tzinfo=dt.UTC)
 
 
@@ -478,7 +478,7 @@ def cohort(
         tracked = None
         if scenario == "complete_response":
             responders += 1
-            if responders % TRACKED_EVERY == 1:
+            if responders % TRACKED_EVERY == 2:
                 tracked = (
                     ("failed", "oos")[responders // TRACKED_EVERY]
                     if (responders // TRACKED_EVERY < 2)

@@ -22,6 +22,7 @@ a refusal never names another patient.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -160,7 +161,8 @@ def _convert(payload: Mapping[str, Any], struct: type[Any], prefix: str = "paylo
             msgspec.convert(payload[name], f.type, strict=True)
         except msgspec.ValidationError as exc:
             where, _, what = str(exc).partition(" - at `$")
-            path = f"{prefix}.{name}" + (what.rstrip("`") if what else "")
+            inner = re.sub(r"\[(\d+)\]", r".\1", what.rstrip("`")) if what else ""
+            path = f"{prefix}.{name}{inner}"
             missing = where.partition("missing required field `")[2].rstrip("`")
             if missing:
                 path, where = f"{path}.{missing}", "is required"
@@ -347,8 +349,8 @@ def parse_release(
     for i, t in enumerate(data.tests):
         tests.append(
             {
-                "name": _text(t.name, f"payload.tests[{i}].name"),
-                "result": _text(t.result, f"payload.tests[{i}].result", 500),
+                "name": _text(t.name, f"payload.tests.{i}.name"),
+                "result": _text(t.result, f"payload.tests.{i}.result", 500),
                 "passed": t.passed,
             }
         )
@@ -391,15 +393,15 @@ def parse_release(
         bags = []
         seen: set[str] = set()
         for i, b in enumerate(data.bags):
-            bag_id = _text(b.bag_id, f"payload.bags[{i}].bag_id")
+            bag_id = _text(b.bag_id, f"payload.bags.{i}.bag_id")
             if bag_id in seen or bag_id in record.bags:
                 raise ContextInputError(
-                    f"payload.bags[{i}].bag_id", f"bag {bag_id} is already on record"
+                    f"payload.bags.{i}.bag_id", f"bag {bag_id} is already on record"
                 )
             seen.add(bag_id)
             if not (b.cells > 0 and b.cells < 1e12):
                 raise ProtocolInputError(
-                    f"payload.bags[{i}].cells", "must be a positive cell count below 1e12"
+                    f"payload.bags.{i}.cells", "must be a positive cell count below 1e12"
                 )
             bags.append({"bag_id": bag_id, "cells": float(b.cells), "fraction": b.fraction})
         norm["expires_at"] = data.expires_at

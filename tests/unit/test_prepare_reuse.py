@@ -32,6 +32,7 @@ from cart_course.protocol.commands import (
     MoveRefusedError,
     Prepared,
     allowed_now,
+    bedside_facts,
     check_resolution_time,
     check_sequence,
     context_facts,
@@ -261,7 +262,7 @@ def _from_scratch(
         raise
     if trigger == "resolve_toxicity":
         check_resolution_time(record, pfacts["toxicity_id"], occurred_at)
-    facts = {**context, **pfacts}
+    facts = {**context, **pfacts, **bedside_facts(pfacts, occurred_at, None)}
     if reason:
         facts["reason"] = reason
     run = dry_run_by_trigger(version.machine, Probe(record.state, facts, version.params), trigger)

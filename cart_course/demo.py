@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +31,15 @@ SCENARIOS: tuple[tuple[str, int], ...] = (
 )
 SERVICE = {"id": "demo.site-01.emr", "role": "service"}
 CLINICIAN = {"id": "dr.demo", "role": "clinician", "name": "Dr. A. Demo"}
+#: The manufacturing site's system (start of manufacture, release decisions).
+MANUFACTURER = {"id": "demo.cell-lab.qa", "role": "service"}
+#: The nurse who gives a tracked product's bag (the first bedside verifier); the second is named.
+NURSE = {"id": "rn.demo", "role": "clinician", "name": "R. Demo, RN"}
+SECOND_VERIFIER = "rn.second"
+#: Tracked products (issue 15): the product of every third complete-response patient (the 2nd,
+#: 5th, 8th ...) is tracked from its collection to the bedside; the first of them has a failed manufacture and a second
+#: apheresis, the second an out-of-specification release with its documented exception.
+TRACKED_EVERY = 3
 START = dt.datetime(2026, 1, 5, 8, 0, tzinfo=dt.UTC)
 
 
@@ -153,12 +163,88 @@ class _Patient:
     def screen(self, screening: dict[str, Any] | None = None, command: str = "screen") -> None:
         self.cmd(command, {"screening": screening or eligible_screening(self.rng)}, actor=CLINICIAN)
 
-    def apheresis(self) -> None:
-        self.cmd(
-            "record_apheresis",
-            {"apheresis_contraindication": False, "product_id": f"LOT-{self.pid}"},
-            days=3,
-        )
+    def apheresis(self, tracked: bool = False) -> None:
+        payload: dict[str, Any] = {"apheresis_contraindication": False}
+        if tracked:
+            payload["collection_id"] = f"COL-{self.pid}-1"
+        else:
+            payload["product_id"] = f"LOT-{self.pid}"
+        self.cmd("record_apheresis", payload, days=3)
+
+    def tracked_course(self, kind: str) -> None:
+        """A tracked product from the lot to three bedside-checked fractions (``kind``:
+        ``normal``, ``failed`` -- a failed manufacture, then a second apheresis -- or ``oos``, an
+        out-of-specification release with its exception). The random draws are the same as
+        :meth:`course`'s (one per fraction), so the rest of the cohort does not change."""
+        # lot and bag ids that do not spell the patient's id (a bag is read at the bedside)
+        code = zlib.crc32(self.pid.encode()) % 100000
+        lot = f"LOT-{code:05d}-A"
+        self.cmd("start_manufacture", {"lot_id": lot}, actor=MANUFACTURER, days=1)
+        passed = {"name": "sterility", "result": "no growth", "passed": True}
+        if kind == "failed":
+            failed = {"name": "viability", "result": "42 %", "passed": False}
+            self.release(lot, [passed, failed], decision="rejected", days=9)
+            self.cmd(
+                "repeat_apheresis",
+                {"apheresis_contraindication": False, "collection_id": f"COL-{self.pid}-2"},
+                reason=f"{lot} failed release (viability 42 %): a second collection",
+                days=1,
+            )
+            lot = f"LOT-{code:05d}-B"
+            self.cmd("start_manufacture", {"lot_id": lot}, actor=MANUFACTURER, days=1)
+        factors = [self.rng.uniform(0.92, 1.08) for _ in range(3)]
+        labels = [
+            float(f"{self.weight * 1e6 * share * f:.4g}")
+            for share, f in zip((0.10, 0.30, 0.60), factors, strict=True)
+        ]
+        tests = [passed, {"name": "CAR expression", "result": "41 %", "passed": True}]
+        exception = None
+        if kind == "oos":
+            tests.append({"name": "viability", "result": "67 %", "passed": False})
+            exception = "viability 67 % against 70 %: no other product; investigator and QP accept"
+        bags = [
+            {"bag_id": f"{lot}-{day}", "cells": cells, "fraction": day}
+            for day, cells in zip((1, 2, 3), labels, strict=True)
+        ]
+        self.release(lot, tests, bags=bags, exception=exception, days=10)
+        for day in (1, 2, 3):
+            self.bedside(day, f"{lot}-{day}", days=3 if day == 1 else 1)
+
+    def release(
+        self,
+        lot: str,
+        tests: list[dict[str, Any]],
+        *,
+        decision: str = "released",
+        bags: list[dict[str, Any]] | None = None,
+        exception: str | None = None,
+        days: float = 10,
+    ) -> None:
+        payload: dict[str, Any] = {
+            "lot_id": lot,
+            "decision": decision,
+            "tests": tests,
+            "released_by": "qp.demo",
+            "manufactured_on": (self.t + dt.timedelta(days=days - 1)).date().isoformat(),
+        }
+        if decision == "released":
+            payload["expires_at"] = (self.t + dt.timedelta(days=days + 365)).isoformat()
+            payload["bags"] = bags or []
+        if exception:
+            payload["exception_reason"] = exception
+        self.cmd("release_product", payload, actor=MANUFACTURER, days=days)
+
+    def bedside(self, day: int, bag: str, *, days: float = 1) -> None:
+        given = self.t + dt.timedelta(days=days)
+        payload: dict[str, Any] = {
+            "day": day,
+            "bag_id": bag,
+            "verified_by": SECOND_VERIFIER,
+            "thawed_at": (given - dt.timedelta(minutes=20)).isoformat(),
+        }
+        if day == 1:
+            payload["weight"] = {"value": self.weight, "unit": "kg"}
+        self.cmd("give_infusion", payload, actor=NURSE, days=days, hours=0)
 
     def infusion(
         self,
@@ -204,15 +290,17 @@ class _Patient:
 
 
 def patient_commands(
-    pid: str, scenario: str, start: dt.datetime, rng: random.Random
+    pid: str, scenario: str, start: dt.datetime, rng: random.Random, tracked: str | None = None
 ) -> list[dict[str, Any]]:
+    """``tracked``: the patient's product is tracked (complete response only): ``normal``,
+    ``failed`` or ``oos`` (see :meth:`_Patient.tracked_course`)."""
     p = _Patient(pid, start, rng)
-    _course(p, scenario, rng)
+    _course(p, scenario, rng, tracked)
     _after_course(p, scenario)
     return p.commands
 
 
-def _course(p: _Patient, scenario: str, rng: random.Random) -> None:
+def _course(p: _Patient, scenario: str, rng: random.Random, tracked: str | None = None) -> None:
     if scenario in ("screen_failure", "rescreened"):
         bad = eligible_screening(rng)
         bad["kps"] = 70
@@ -223,7 +311,8 @@ def _course(p: _Patient, scenario: str, rng: random.Random) -> None:
         p.screen(command="rescreen")
     else:
         p.screen()
-    p.apheresis()
+    tracked = tracked if scenario == "complete_response" else None
+    p.apheresis(tracked=tracked is not None)
     if scenario == "withdrawn":
         p.cmd(
             "withdraw", reason="patient withdrew consent before infusion", actor=CLINICIAN, days=5
@@ -327,7 +416,10 @@ def _course(p: _Patient, scenario: str, rng: random.Random) -> None:
         p.cmd("cease", reason="CRi; patient prefers no further treatment", actor=CLINICIAN, days=1)
         return
     # complete_response
-    p.course()
+    if tracked is not None:
+        p.tracked_course(tracked)
+    else:
+        p.course()
     p.assess(rng.choice(["CR", "CR", "CRi"]))
     if rng.random() < 0.5:
         p.cmd(
@@ -517,10 +609,20 @@ def cohort(
     if start == START and spacing * n > dt.timedelta(days=120):
         start = START - spacing * n  # a large cohort enrolled over the two years before START
     commands: list[dict[str, Any]] = []
+    responders = 0
     for i, scenario in enumerate(scenarios):
         pid = f"{prefix}-{i + 1:0{width}d}"
         first = start + spacing * i
-        commands.extend(patient_commands(pid, scenario, first, rng))
+        tracked = None
+        if scenario == "complete_response":
+            responders += 1
+            if responders % TRACKED_EVERY == 2:
+                tracked = (
+                    ("failed", "oos")[responders // TRACKED_EVERY]
+                    if (responders // TRACKED_EVERY < 2)
+                    else "normal"
+                )
+        commands.extend(patient_commands(pid, scenario, first, rng, tracked))
     # the follow-up after the course (issue 16) runs no later than the cohort's last move: a
     # cohort's clinical times stay in the past wherever its start puts its courses
     horizon = max(
@@ -542,6 +644,23 @@ def cohort(
         commands = [c for c in commands if dt.datetime.fromisoformat(c["occurred_at"]) <= until]
     commands.sort(key=lambda c: c["occurred_at"])
     yield from commands
+
+
+def wrong_bag_attempt(commands: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A bedside check the protocol refuses: the last tracked patient's D1 with the first
+    tracked patient's D1 bag (None: fewer than two tracked patients). ``cart-course demo``
+    sends it just before that D1 (its clinical time) to show the refusal, which never names
+    the other patient."""
+    firsts = [c for c in commands if c["command"] == "give_infusion" and "bag_id" in c["payload"]]
+    firsts = [c for c in firsts if c["payload"]["day"] == 1]
+    if len(firsts) < 2 or firsts[0]["patient_id"] == firsts[-1]["patient_id"]:
+        return None
+    attempt = {
+        **firsts[-1],
+        "idempotency_key": f"demo:wrong-bag:{firsts[-1]['patient_id']}",
+        "payload": {**firsts[-1]["payload"], "bag_id": firsts[0]["payload"]["bag_id"]},
+    }
+    return attempt
 
 
 def live_cohort(n: int, seed: int, now: dt.datetime) -> Iterator[dict[str, Any]]:

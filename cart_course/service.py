@@ -460,6 +460,7 @@ class CourseService:
                 command.occurred_at,
                 command.reason,
                 self.protocol,
+                actor=command.actor.id,
             )
         except ProtocolInputError as exc:
             raise _input_error(exc) from None

@@ -14,6 +14,10 @@ toxicities, course number, previous dates ...). Reported:
 - ``window``: a follow-up visit outside its window (issue 16);
 - ``late_report``: an SAE, SUSAR or follow-up safety report sent after its clock, with the delay.
 
+Notes, not findings (nothing is wrong with the history): ``no product recorded`` for each
+infusion that names no bag of a released lot (histories written before the product's chain of
+identity, issue 15, or a course whose product is not tracked).
+
 Toxicity reports can be re-graded under another scale (``regrade``): each recorded grade next to
 the grade under that scale.
 """
@@ -106,6 +110,8 @@ class Conformance:
     moves: int = 0
     findings: list[Finding] = attrs.Factory(list)
     regrades: list[Regrade] = attrs.Factory(list)
+    #: Infusions without a product recorded (not findings: see the module's docstring).
+    notes: list[Finding] = attrs.Factory(list)
 
     @property
     def ok(self) -> bool:
@@ -118,6 +124,7 @@ class Conformance:
             "moves_checked": self.moves,
             "findings": [f.to_json() for f in self.findings],
             "regrades": [r.to_json() for r in self.regrades],
+            "notes": [n.to_json() for n in self.notes],
         }
 
 
@@ -275,6 +282,16 @@ def _check_move(
             )
         )
     recorded: dict[str, Any] = dict(e.get("facts") or {})
+    if trigger.startswith("infuse_d") and "bag_id" not in recorded:
+        result.notes.append(
+            _finding(
+                patient_id,
+                e,
+                "no product recorded",
+                label,
+                "the infusion names no bag of a released lot (no product recorded)",
+            )
+        )
     try:
         context = context_facts(record, trigger)
     except Exception:  # a history so broken the context cannot be derived: use what was recorded

@@ -81,6 +81,18 @@ class ProtocolParameters:
     pr_marrow_blasts_max_pct: float = 25.0
     mrd_negative_below: float = 1.0e-4
 
+    # --- the cell product (assumptions: the trial text is silent; clinical.md s8) ---
+    #: Minutes from thaw to infusion (commercial CD19 CAR-T labels: infuse within about 30
+    #: minutes of thaw).
+    thaw_limit_minutes: int = 30
+    #: Relative tolerance of a delivered count against the bag's labelled count (the label and
+    #: the bedside count are the same flow-based viable CAR+ count: as ``dose_tolerance``' CV,
+    #: half of it).
+    bag_count_tolerance: float = 0.10
+    #: A product waiting longer than this many days from apheresis (not yet infused) is flagged
+    #: on the board (published vein-to-vein times of CD19 CAR-T: about 3 to 5 weeks).
+    product_wait_alert_days: int = 35
+
     # --- scheduling (assumption; used by the monitors' views) ---
     response_assessment_day: int = 28  # days after D1 of the course
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from .product import evolve_product, product_summary
 from .states import INFUSION_TRIGGERS, TERMINAL, State, Trigger
 
 
@@ -91,6 +92,10 @@ class PatientRecord:
     deviations: list[dict[str, Any]] = attrs.Factory(list)
     corrections: list[dict[str, Any]] = attrs.Factory(list)
     signatures: list[dict[str, Any]] = attrs.Factory(list)
+    #: The cell product (``product.py``): collections with an identifier, lots by id, bags by id.
+    collections: list[dict[str, Any]] = attrs.Factory(list)
+    lots: dict[str, dict[str, Any]] = attrs.Factory(dict)
+    bags: dict[str, dict[str, Any]] = attrs.Factory(dict)
     first_occurred_at: str | None = None
     last_occurred_at: str | None = None
     ended: dict[str, Any] | None = None
@@ -199,6 +204,7 @@ class PatientRecord:
             "deviations": list(self.deviations),
             "corrections": list(self.corrections),
             "signatures": list(self.signatures),
+            "product": product_summary(self),
             "first_occurred_at": self.first_occurred_at,
             "last_occurred_at": self.last_occurred_at,
             "ended": self.ended,
@@ -279,6 +285,9 @@ STAYING_TRIGGERS: frozenset[Trigger] = frozenset(
         Trigger.RECORD_FOLLOW_UP,
         Trigger.RECORD_MISSED_VISIT,
         Trigger.RECORD_SAE_REPORT,
+        Trigger.START_MANUFACTURE,
+        Trigger.RELEASE_PRODUCT,
+        Trigger.REPEAT_APHERESIS,
     }
 )
 
@@ -308,6 +317,8 @@ def evolve(
     if record.last_occurred_at is None or when > dt.datetime.fromisoformat(record.last_occurred_at):
         record.last_occurred_at = occurred_at
     _apply_effect(record, trigger, facts, outcome, occurred_at, version, reason)
+    if trigger in _PRODUCT_EFFECTS and (record.collections or "collection" in facts):
+        evolve_product(record, trigger, facts, outcome, occurred_at, version)
     if trigger in INFUSION_TRIGGERS or trigger in ("screen", "rescreen", "record_apheresis"):
         record.index[version] = {"trigger": trigger}
     # how the course ended: set by the move that ended it, not restated by a toxicity reported or
@@ -754,3 +765,10 @@ def _correct_toxicity_report(
         )
         tox.severe = outcome["severe"] if len(reports) <= 1 else tox.severe or outcome["severe"]
     record._reindex()  # its kind or worst grade may have changed (a course's worst may fall)
+
+
+#: Moves that change the record's product (only once a collection is on record).
+_PRODUCT_EFFECTS = frozenset(
+    {"record_apheresis", "repeat_apheresis", "start_manufacture", "release_product"}
+    | {t.value for t in INFUSION_TRIGGERS}
+)

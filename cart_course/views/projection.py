@@ -13,6 +13,7 @@ import datetime as dt
 from typing import Any
 
 from ..course import PatientCourse
+from ..protocol import product
 from ..protocol.follow_up import next_visit, pending_sae_clock
 from ..protocol.record import PatientRecord
 from ..protocol.registry import REGISTRY
@@ -48,6 +49,11 @@ BOARD_COLUMNS: tuple[str, ...] = (
     "deviations",
     "position",
     "overdue_from",
+    # the cell product (issue 15): its status, when its collection was made, vein-to-vein
+    "product_status",
+    "product_collected_on",
+    "vein_to_vein_days",
+    "manufacturing_failures",
 )
 TOXICITY_COLUMNS: tuple[str, ...] = (
     "patient_id",
@@ -285,6 +291,20 @@ def board_row(
         len(record.deviations),
         position,
         overdue,
+        *product_columns(record),
+    )
+
+
+def product_columns(record: PatientRecord) -> tuple[Any, ...]:
+    """The board's product columns: status, the latest collection's date, vein-to-vein days,
+    manufacturing failures (None, None, None, 0 for a patient whose product is not tracked)."""
+    if not record.collections:
+        return (None, None, None, 0)
+    return (
+        product.product_status(record),
+        record.collections[-1].get("collected_on"),
+        product.vein_to_vein_days(record),
+        product.manufacturing_failures(record),
     )
 
 
@@ -330,18 +350,29 @@ def cohort_keys(row: tuple[Any, ...] | None) -> list[tuple[str, str]]:
     if row is None:
         return []
     state, course_number, response = row[2], row[3], row[16]
-    return [
+    keys = [
         ("state", str(state)),
         ("response", str(response) if response else "not assessed"),
         ("course", str(course_number)),
     ]
+    status = row[_PRODUCT_STATUS]
+    if status is not None:
+        keys.append(("product", str(status)))
+    return keys
 
 
 def cohort_keys_of(record: PatientRecord) -> list[tuple[str, str]]:
     """The same cells as :func:`cohort_keys`, straight from a record."""
     response = last_response(record)
-    return [
+    keys = [
         ("state", str(record.state)),
         ("response", response or "not assessed"),
         ("course", str(record.course_number)),
     ]
+    status = product.product_status(record)
+    if status is not None:
+        keys.append(("product", status))
+    return keys
+
+
+_PRODUCT_STATUS = BOARD_COLUMNS.index("product_status")

@@ -295,6 +295,19 @@ def test_every_command_of_the_contract_records(service: CourseService) -> None:
     d = Course(service, "E-4")
     d.screen()
     run(d, "record_death", {"cause": "disease progression"})
+    e = Course(service, "E-5")  # a tracked product: a failed lot, a new apheresis (issue 15)
+    e.screen()
+    run(e, "record_apheresis", {"apheresis_contraindication": False, "collection_id": "C-5"})
+    run(e, "start_manufacture", {"lot_id": "LOT-E5"})
+    failed = [{"name": "viability", "result": "40 %", "passed": False}]
+    rejected = {"decision": "rejected", "tests": failed, "released_by": "qp"}
+    run(e, "release_product", {"lot_id": "LOT-E5", **rejected, "manufactured_on": "2026-01-05"})
+    run(
+        e,
+        "repeat_apheresis",
+        {"apheresis_contraindication": False, "collection_id": "C-5-2"},
+        reason="LOT-E5 failed release",
+    )
     assert set(ALL_COMMANDS) <= set(seen), set(ALL_COMMANDS) - set(seen)
     assert service.summary("E-1")["state"] == "ceased"
     assert len(service.summary("E-1")["corrections"]) == 1

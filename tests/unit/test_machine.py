@@ -28,6 +28,10 @@ EXPECTED: list[tuple[str, list[str], str]] = [
     ("rescreen", ["screen_failed"], "screened"),
     ("rescreen", ["screen_failed"], "screen_failed"),
     ("record_apheresis", ["screened"], "apheresed"),
+    # the cell product: moves while the course waits for it (issue 15)
+    ("start_manufacture", ["apheresed", "continued"], "="),
+    ("release_product", ["apheresed", "continued"], "="),
+    ("repeat_apheresis", ["apheresed", "continued"], "="),
     ("infuse_d1", ["apheresed", "continued"], "infused_d1"),
     ("infuse_d2", ["infused_d1"], "infused_d2"),
     ("infuse_d3", ["infused_d2"], "infused_d3"),
@@ -73,6 +77,22 @@ def good_facts(trigger: str, source: str, dest: str) -> dict[str, Any]:
     if trigger.startswith("infuse_d"):
         day = int(trigger[-1])
         return infusion(day)
+    if trigger == "start_manufacture":
+        return {"collections": ["G123498654321H"], "lots": [], "course_number": 1}
+    if trigger == "release_product":
+        return {
+            "lot_id": "LOT-1",
+            "lot_status": "in_manufacture",
+            "decision": "released",
+            "tests": [{"name": "sterility", "result": "no growth", "passed": True}],
+        }
+    if trigger == "repeat_apheresis":
+        return {
+            "consent_on_file": True,
+            "apheresis_contraindication": False,
+            "lots": [{"lot_id": "LOT-1", "status": "rejected", "course_number": 1}],
+            "reason": "LOT-1 failed release",
+        }
     if trigger == "resolve_toxicity":
         return {"toxicity_id": "CRS-1", "open_toxicities": [tox("CRS-1", "CRS", 1)]}
     if trigger == "cancel_remaining_fractions":

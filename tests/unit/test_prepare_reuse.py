@@ -32,6 +32,7 @@ from cart_course.protocol.commands import (
     MoveRefusedError,
     Prepared,
     allowed_now,
+    bedside_facts,
     check_resolution_time,
     check_sequence,
     context_facts,
@@ -266,7 +267,7 @@ def _from_scratch(
         check_time = REGISTRY.by_trigger[trigger].check_time
         if check_time is not None:
             check_time(record, pfacts, occurred_at)
-    facts = {**context, **pfacts}
+    facts = {**context, **pfacts, **bedside_facts(pfacts, occurred_at, None)}
     if reason:
         facts["reason"] = reason
     run = dry_run_by_trigger(version.machine, Probe(record.state, facts, version.params), trigger)

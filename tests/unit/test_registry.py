@@ -49,7 +49,12 @@ from cart_course.service import CORRECTABLE
 def test_the_derived_tables_are_the_protocols() -> None:
     assert ALL_COMMANDS == (*COMMANDS, *SERVICE_COMMANDS) == REGISTRY.names
     assert SERVICE_COMMANDS == ("correct", "sign")
-    assert REGISTRY.reason_required == {"cancel_remaining_fractions", "discontinue", "withdraw"}
+    assert REGISTRY.reason_required == {
+        "cancel_remaining_fractions",
+        "discontinue",
+        "withdraw",
+        "repeat_apheresis",
+    }
     assert REGISTRY.reason_required | {"correct"} == REASON_ALWAYS_REQUIRED
     assert CORRECTABLE == (
         "screen",

@@ -35,7 +35,7 @@ def test_released_bags_are_infused_after_a_bedside_check(memory_service: CourseS
     assert product.product_status(record) == "infused"
     assert product.vein_to_vein_days(record) == 14
     # the recorded infusions re-check under their protocol version, with no product note
-    result = check_history("P-1", patient_events(memory_service.app, "P-1"))
+    result = check_history("P-1", patient_events(memory_service.log, "P-1"))
     assert result.ok, result.findings
     assert result.notes == []
 
@@ -240,7 +240,7 @@ def test_legacy_infusions_are_noted_not_tampered(memory_service: CourseService) 
     c.screen()
     c.apheresis()
     c.infuse(1, days=14)
-    result = check_history("P-10", patient_events(memory_service.app, "P-10"))
+    result = check_history("P-10", patient_events(memory_service.log, "P-10"))
     assert result.ok
     assert [n.check for n in result.notes] == ["no product recorded"]
     assert memory_service.record("P-10").collections == []
@@ -276,7 +276,7 @@ def test_the_board_shows_the_product_and_flags_a_long_wait(tmp_path: Path) -> No
         )
         legacy = Course(service, "B-3")
         legacy.screen()
-        views = Views(service.app, parse_store_url(url))
+        views = Views(service.log, parse_store_url(url))
         try:
             views.catch_up()
             later = dt.datetime(2026, 3, 30, tzinfo=dt.UTC)
@@ -308,7 +308,7 @@ def test_exports_carry_the_product(memory_service: CourseService) -> None:
     c = Course(memory_service, "X-1")
     tracked(c)
     bedside(c, 1, "LOT-1-1")
-    events = patient_events(memory_service.app, "X-1")
+    events = patient_events(memory_service.log, "X-1")
     data = bundle("X-1", events)
     Bundle.model_validate(data)  # a valid FHIR R4B bundle
     kinds = [entry["resource"]["resourceType"] for entry in data["entry"]]
@@ -322,10 +322,10 @@ def test_exports_carry_the_product(memory_service: CourseService) -> None:
     assert {"system": "urn:oid:2.16.840.1.113883.6.18", "value": "G123498654321H"} in (
         product_entry["resource"]["identifier"]
     )
-    header, *rows = "".join(exports.csv_timeline(memory_service.app, "X-1")).splitlines()
+    header, *rows = "".join(exports.csv_timeline(memory_service.log, "X-1")).splitlines()
     assert header.endswith("collection_id,lot_id,bag_id")
     assert rows[-1].endswith("G123498654321H,LOT-1,LOT-1-1")
-    lines = [json.loads(line) for line in exports.jsonl(memory_service.app, "X-1")]
+    lines = [json.loads(line) for line in exports.jsonl(memory_service.log, "X-1")]
     assert lines[-1]["product"] == {
         "collection_id": "G123498654321H",
         "lot_id": "LOT-1",
@@ -386,5 +386,5 @@ def test_a_correction_of_a_bedside_checked_infusion_judges_the_bag_as_given(
         reason="count re-read from the label",
     )
     assert fixed.status == "recorded" and fixed.deviations == ()
-    result = check_history("K-1", patient_events(memory_service.app, "K-1"))
+    result = check_history("K-1", patient_events(memory_service.log, "K-1"))
     assert result.ok, result.findings

@@ -283,8 +283,9 @@ def _check(
         reference = subjects.get(str(uid), {}).get("RFSTDTC")
         for dy, source in (("DY", "DTC"), ("STDY", "STDTC"), ("ENDY", "ENDTC")):
             var = f"{name}{dy}"
-            if var in row:
-                expected = study_day(row.get(f"{name}{source}"), reference)
+            when = row.get(f"{name}{source}")
+            if var in row and (when is None or _DTC.fullmatch(str(when))):
+                expected = study_day(when, reference)
                 if _clean(row[var]) != expected:
                     yield Finding(
                         "error",

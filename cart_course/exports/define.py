@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
 from .ct import CODELISTS, CT_VERSION
-from .sdtm import Domain, domain_of
+from .sdtm import Domain, domain_of, number_text
 from .source import STUDY_ID, STUDY_NAME
 
 if TYPE_CHECKING:
@@ -187,7 +187,7 @@ def _shown(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:g}"
+        return number_text(value)
     return str(value)
 
 

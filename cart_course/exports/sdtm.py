@@ -354,6 +354,25 @@ SUPP_QUALIFIERS: Final[dict[str, dict[str, str]]] = {
     "RS": {"MRDSTAT": "Minimal Residual Disease Status", "RSCOURSE": "Treatment Course Number"},
 }
 
+#: The origin of each supplemental qualifier that is not collected as entered.
+SUPP_ORIGINS: Final[dict[str, str]] = {
+    "PLANDOSE": "Derived",
+    "EXCOURSE": "Derived",
+    "AEGRSCL": "Derived",
+    "MRDSTAT": "Derived",
+    "RSCOURSE": "Derived",
+}
+
+
+def number_text(value: float) -> str:
+    """A number as text, every digit kept (``9330000``, ``41.2``)."""
+    if isinstance(value, bool):
+        return "Y" if value else "N"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value)
+
+
 # -- values --------------------------------------------------------------------------------------
 
 #: Characters transliterated for SDTM's ASCII values (anything else: NFKD, then "?").
@@ -642,7 +661,7 @@ def _toxicity(state: SubjectState, e: Entry) -> Iterable[Emit]:
             text: str = "Y" if value else "N"
             number = None
         elif isinstance(value, int | float):
-            text = f"{value:g}" if isinstance(value, float) else str(value)
+            text = number_text(value)
             number = float(value)
         else:
             text = str(value).upper().replace("_", " ")
@@ -862,11 +881,7 @@ def _finish(
     for qnam, qval in qualifiers.items():
         if qval is None:
             continue
-        text = (
-            qval
-            if isinstance(qval, str)
-            else (f"{qval:g}" if isinstance(qval, float) else str(qval))
-        )
+        text = number_text(qval) if isinstance(qval, int | float) else str(qval)
         supp.setdefault(domain, []).append(
             {
                 "STUDYID": STUDY_ID,
@@ -877,7 +892,7 @@ def _finish(
                 "QNAM": qnam,
                 "QLABEL": SUPP_QUALIFIERS.get(domain, {}).get(qnam, qnam)[:40],
                 "QVAL": _value(f"SUPP{domain}", "QVAL", text, uid, findings),
-                "QORIG": "Collected",
+                "QORIG": SUPP_ORIGINS.get(qnam, "Collected"),
             }
         )
 

@@ -20,6 +20,7 @@ ClinicalData is written as it is read (a spooled temporary file), so the log is 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import tempfile
@@ -67,6 +68,7 @@ MEANINGS: Final[dict[str, str]] = {
 }
 
 
+@functools.lru_cache(maxsize=4096)
 def _oid(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").upper()
 

@@ -52,7 +52,7 @@ def _name(cut: source.Cut) -> str:
 def export_sdtm_zip(
     service: Svc,
     as_of: AsOf = None,
-    format: Annotated[str, QueryParameter(pattern="^(xpt|dataset-json)$")] = "xpt",  # noqa: A002
+    format: Annotated[str, QueryParameter(pattern="^(xpt|dataset-json)$")] = "xpt",
 ) -> Response[bytes]:
     """SDTMIG 3.4 datasets (SAS XPORT v5 or Dataset-JSON v1.1), define.xml 2.1, define.html
     and the export's findings, zipped; the same cut-off gives the same datasets."""

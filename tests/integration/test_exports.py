@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from integration_helpers import Course
 
 from cart_course.bootstrap import Settings, build_service
 from cart_course.contract import parse_command
@@ -22,8 +23,6 @@ from cart_course.exports.checks import check_datasets, check_dir, read_dir, vali
 from cart_course.exports.odm import write_odm
 from cart_course.exports.write import prepare_dir, write_datasets
 from cart_course.service import CourseService
-
-from integration_helpers import Course
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "sdtm-golden-P-0019.json"
 GOLDEN_PATIENT = "P-0019"

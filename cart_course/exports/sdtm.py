@@ -842,6 +842,7 @@ def _finish(
 ) -> None:
     meta = DOMAINS[domain]
     qualifiers: dict[str, Any] = row.pop("QUAL", None) or {}
+    labels = dict(SUPP_QUALIFIERS.get(domain, {}))
     row = dict(row)
     row["STUDYID"] = STUDY_ID
     row["DOMAIN"] = domain
@@ -864,7 +865,7 @@ def _finish(
             while rest:
                 qnam = f"{name[:7]}{part}"
                 qualifiers[qnam] = rest[:MAX_VALUE]
-                SUPP_QUALIFIERS.setdefault(domain, {})[qnam] = f"{meta.var(name).label[:36]} {part}"
+                labels[qnam] = f"{meta.var(name).label[:36]} {part}"
                 rest = rest[MAX_VALUE:]
                 part += 1
             findings.append(
@@ -890,7 +891,7 @@ def _finish(
                 "IDVAR": f"{domain}SEQ" if seq is not None else None,
                 "IDVARVAL": str(seq) if seq is not None else None,
                 "QNAM": qnam,
-                "QLABEL": SUPP_QUALIFIERS.get(domain, {}).get(qnam, qnam)[:40],
+                "QLABEL": labels.get(qnam, qnam)[:40],
                 "QVAL": _value(f"SUPP{domain}", "QVAL", text, uid, findings),
                 "QORIG": SUPP_ORIGINS.get(qnam, "Collected"),
             }

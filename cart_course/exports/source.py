@@ -59,8 +59,9 @@ class Subject:
 class Cut:
     """The log at a cut-off: ``cutoff`` is the as-of given, or the record time of the newest
     event included (so the export of a store equals its export at its last record time).
-    :meth:`subjects` reads the log again at each call, a page of streams at a time: an export
-    never holds the whole log in memory."""
+    :meth:`subjects` reads the log again at each call, a page of streams at a time (an export
+    never holds the whole log in memory), and keeps only what was recorded by the cut-off, so
+    events recorded while an export runs are never in it."""
 
     log: EventLog
     as_of: dt.datetime | None
@@ -68,13 +69,14 @@ class Cut:
     event_count: int
     subject_count: int
 
+    @property
+    def bound(self) -> dt.datetime:
+        return dt.datetime.fromisoformat(self.cutoff)
+
     def subjects(self) -> Iterator[Subject]:
+        bound = self.bound
         for pid, events in streams(self.log):
-            kept = (
-                events
-                if self.as_of is None
-                else [e for e in events if e.recorded_time <= self.as_of]
-            )
+            kept = [e for e in events if e.recorded_time <= bound]
             if kept:
                 yield Subject(pid, kept, entries(kept))
 

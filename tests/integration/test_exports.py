@@ -243,3 +243,17 @@ def test_one_patients_sdtm_rows_match_the_golden_file(demo: CourseService) -> No
     if os.environ.get("CART_COURSE_WRITE_GOLDEN") == "1":
         GOLDEN.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     assert rows == json.loads(GOLDEN.read_text(encoding="utf-8"))
+
+
+def test_events_recorded_while_an_export_runs_are_not_in_it() -> None:
+    """The cut-off is fixed when the export starts (the newest record time then): the export's
+    second read of the log leaves out what was recorded since."""
+    service = build_service(Settings.for_store("memory:"))
+    course = Course(service, "P-LIVE")
+    course.screen()
+    cut = source.read(service.log)
+    course.apheresis()
+    assert [s.patient_id for s in cut.subjects()] == ["P-LIVE"]
+    assert sum(len(s.events) for s in cut.subjects()) == cut.event_count == 2
+    assert sdtm.build(cut).rows["PR"] == []
+    assert sdtm.build(source.read(service.log)).rows["PR"] != []

@@ -25,6 +25,7 @@ from .course import canonical
 from .encoding import canonical as canonical_json_data
 from .errors import InvalidCommandError
 from .protocol.errors import key_name
+from .protocol.text import free_text_problem
 from .protocol.registry import REGISTRY
 
 ENVELOPE_KEYS = (
@@ -242,7 +243,11 @@ def _reason(data: Mapping[str, Any], command: str) -> str | None:
             f"{command} requires a reason ({_REASON_WHAT.get(command, 'why')}): give it as "
             "text of 1-4000 characters" + ("" if value is None else f"; {_shown(value)} is blank"),
         )
-    return _text(data, "reason", "reason", max_len=4000, required=False)
+    text = _text(data, "reason", "reason", max_len=4000, required=False)
+    problem = None if text is None else free_text_problem(text)
+    if problem is not None:
+        raise InvalidCommandError("reason", problem)
+    return text
 
 
 #: Actors already parsed, by (id, role, name): a service records many commands of few people.

@@ -25,8 +25,8 @@ from .course import canonical
 from .encoding import canonical as canonical_json_data
 from .errors import InvalidCommandError
 from .protocol.errors import key_name
-from .protocol.text import free_text_problem
 from .protocol.registry import REGISTRY
+from .protocol.text import free_text_problem
 
 ENVELOPE_KEYS = (
     "command",

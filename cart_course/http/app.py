@@ -44,6 +44,7 @@ from ..contract import (
     parse_patient_id,
 )
 from ..errors import InvalidCommandError, PatientNotFoundError, StoreError
+from ..jsonin import duplicate_key
 from ..protocol.errors import key_name
 from ..protocol.machine import TRANSITIONS
 from ..protocol.states import TERMINAL
@@ -450,6 +451,8 @@ async def read_json_object(request: Request[Any, Any, Any]) -> None:
             "send the body as JSON in UTF-8 with Content-Type: application/json"
         )
     data = await request.json()
+    if (duplicate := duplicate_key(body)) is not None:
+        raise InvalidCommandError("(body)", duplicate.reason)
     if not isinstance(data, dict):
         raise InvalidCommandError(
             "(body)", f"must be a JSON object with {what}; got {type(data).__name__}"

@@ -641,3 +641,14 @@ def test_history_events_have_no_null_position(api) -> None:
     assert events and all(e.get("position", 0) is not None for e in events)
     feed = client.get("/v1/events", headers=s.auth("monitor")).json()["events"]
     assert all(isinstance(e["position"], int) for e in feed)
+
+
+@pytest.mark.parametrize("path", BODY_ROUTES)
+def test_a_body_holding_a_key_twice_is_refused(api, path: str) -> None:
+    s, client = api
+    headers = {**s.auth(_role(path)), "Content-Type": "application/json"}
+    text = json.dumps(screen_body("U-13"))
+    content = ('{"patient_id": "U-14", ' + text[1:]).encode()  # patient_id twice
+    problem = assert_problem(client.post(path, content=content, headers=headers), 422, "(body)")
+    assert "'patient_id' more than once" in problem["detail"]
+    assert history(s, client, "U-13") == [] and history(s, client, "U-14") == []

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from cart_course.bootstrap import Settings, build_service
-from cart_course.ingest import decode_line, route
+from cart_course.ingest import LineDecodeError, decode_line, route
 from cart_course.storage import new_cipher_key
 
 CLI = str(Path(sys.executable).with_name("cart-course"))
@@ -377,7 +377,7 @@ def test_ctrl_c_while_the_program_or_its_workers_load_is_one_line(
 @pytest.mark.parametrize(
     "line",
     [
-        '{"a": 1, "a": 2, "b": [1.5, -0.0, 1e16, 123456789012345678901234567890]}',
+        '{"a": 1, "b": [1.5, -0.0, 1e16, 123456789012345678901234567890]}',
         '{"a": NaN, "b": Infinity, "c": 1e400}',
         '{"a": "\\ud800 lone surrogate"}',
         '{"a": "tab\there"}',
@@ -399,6 +399,20 @@ def test_decode_line_accepts_and_refuses_exactly_what_json_loads_does(line: str)
     except json.JSONDecodeError as exc:
         got = ("error", exc.msg, exc.colno)
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ('{"a": 1, "a": 2}', "a"),
+        ('{"payload": {"x": {"kps": 90, "kps": 40}}}', "kps"),
+        ('{"a": NaN, "list": [{"k": 1, "k": 1}]}', "k"),  # (msgspec refuses NaN: json's path)
+    ],
+)
+def test_decode_line_refuses_an_object_holding_a_key_twice(line: str, key: str) -> None:
+    with pytest.raises(LineDecodeError) as caught:
+        decode_line(line)
+    assert caught.value.reason == f"an object holds the key {key!r} more than once"
 
 
 def test_route_is_stable_and_sends_unroutable_lines_to_the_first_worker() -> None:

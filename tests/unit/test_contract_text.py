@@ -66,3 +66,26 @@ def test_free_text_in_a_payload_is_refused_the_same_way() -> None:
     with pytest.raises(ProtocolInputError) as caught:
         _text({"cause": "sepsis\u202e"}, "cause")
     assert caught.value.field == "payload.cause" and "U+202E" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("when", "says"),
+    [
+        ("1899-12-31T23:59:59Z", "before 1900"),
+        ("0001-01-01T00:00:00Z", "before 1900"),
+        ("2026-01-05T10:00:00+14:01", "UTC offset +14:01"),
+        ("2026-01-05T10:00:00-23:59", "UTC offset -23:59"),
+        ("2026-01-05T10:00:00.5+15:00", "UTC offset +15:00"),
+    ],
+)
+def test_a_time_outside_the_plausible_window_is_refused(when: str, says: str) -> None:
+    with pytest.raises(InvalidCommandError) as caught:
+        parse_command({**BASE, "occurred_at": when})
+    assert caught.value.field == "occurred_at" and says in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "when", ["1900-01-01T00:00:00Z", "2026-01-05T10:00:00+14:00", "2026-01-05T10:00:00-12:00"]
+)
+def test_a_time_at_the_edges_of_the_window_is_accepted(when: str) -> None:
+    assert parse_command({**BASE, "occurred_at": when}).occurred_at.year >= 1900

@@ -29,6 +29,7 @@ from .errors import (
     CipherKeyError,
     ForbiddenError,
     IdempotencyConflictError,
+    IdempotencyKeyOfAnotherActorError,
     InvalidCommandError,
     MoveRefused,
     PatientNotFoundError,
@@ -429,6 +430,8 @@ class CourseService:
                 digest, version = seen
                 if digest != command.digest:
                     raise IdempotencyConflictError(key, version)
+                if getattr(self._event_at(course, version), "actor", None) != command.actor.id:
+                    raise IdempotencyKeyOfAnotherActorError(key, version)
                 return self._result_of(course, version, "duplicate"), None
         version_now = course.version if course is not None else 0
         if command.expected_version is not None and command.expected_version != version_now:
@@ -648,9 +651,6 @@ class CourseService:
             idempotency_key=command.key,
             digest=command.digest,
         )
-        if self.ledger is not None:  # the service's signature over it (cart_course.signing)
-            fields.update(self.ledger.sign_esignature(course, fields))
-        course.record_event(PatientCourse.MilestoneSigned, **fields)
         if self.ledger is not None:  # the service's signature over it (cart_course.signing)
             fields.update(self.ledger.sign_esignature(course, fields))
         course.record_event(PatientCourse.MilestoneSigned, **fields)

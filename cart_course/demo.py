@@ -330,7 +330,7 @@ def patient_commands(
                 "milestone": "response_assessment",
                 "signs_version": p.version,
                 "meaning": "approval",
-                "printed_name": "A. Demo, MD",
+                "printed_name": CLINICIAN["name"],  # the signer's registered name
             },
             actor=CLINICIAN,
             hours=2,

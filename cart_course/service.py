@@ -635,6 +635,8 @@ class CourseService:
                 command.actor.role,
                 course.version,
                 lambda version: self._signed(course, version),
+                command.actor.name,
+                actor=command.actor.id,
             )
         except SignerNotPermittedError as exc:
             raise ForbiddenError(str(exc)) from None

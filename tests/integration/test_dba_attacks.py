@@ -285,7 +285,7 @@ def test_copied_signature_fails(world: World) -> None:
             {
                 "command": "sign",
                 "patient_id": "Q-0002",
-                "actor": {"id": "dr.lee", "role": "clinician"},
+                "actor": {"id": "dr.lee", "role": "clinician", "name": "J. Lee, MD"},
                 "occurred_at": "2026-03-01T10:00:00+00:00",
                 "payload": {
                     "milestone": "eligibility",

@@ -158,7 +158,7 @@ def test_a_retry_returns_the_same_result_for_every_kind_of_command(
             "milestone": "eligibility",
             "signs_version": 2,
             "meaning": "approval",
-            "printed_name": "K",
+            "printed_name": "Dr. K. Lee",
         },
     )
     # The correction and the signature are retried inside the batch that records them.

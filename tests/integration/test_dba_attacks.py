@@ -31,7 +31,7 @@ from cart_course.keys import generate, write_key_pair
 from cart_course.ledger.core import issue
 from cart_course.service import CourseService
 from cart_course.storage import parse_store_url
-from cart_course.views.runner import Views
+from cart_course.views.runner import Views, ViewsDifferError
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 SIGNED_TOPIC = "cart_course.course:PatientCourse.MilestoneSigned"
@@ -354,6 +354,22 @@ def test_edited_view_row(world: World) -> None:
     assert code == 1, out
     assert f"{pid}: [views]" in out
     assert "view_board (state)" in out
+    # Found once: the board no longer serves the views (names the patient) until rebuilt.
+    views = Views(world.service.log, parse_store_url(world.url))
+    try:
+        views.catch_up()
+        with pytest.raises(ViewsDifferError) as refused:
+            views.check_not_differing()
+        assert refused.value.patients == [pid] and "views rebuild" in refused.value.message
+        views.rebuild()
+        views.check_not_differing()
+        assert views.db.fetchone("SELECT state FROM view_board WHERE patient_id = ?", (pid,)) != (
+            "screened",
+        )
+    finally:
+        views.close()
+    code, out = world.audit()
+    assert code == 0, out
 
 
 def test_leaf_hashes_rewritten_too(world: World) -> None:

@@ -194,7 +194,7 @@ class Ledger:
         as ``course``'s next event (``cart_course.signing``)."""
         from ..course import PatientCourse
 
-        stamp = PatientCourse.MilestoneSigned.create_timestamp()
+        stamp = course.next_timestamp(PatientCourse.MilestoneSigned)
         bound = {**fields, "prev_hash": course.chain_head}
         value = signing.sign(self.key, str(course.id), course.version + 1, stamp.isoformat(), bound)
         return {"timestamp": stamp, signing.FIELD: value}

@@ -234,3 +234,26 @@ def test_plain_verify_names_a_gap_in_sqlite_notification_ids(tmp_path: Path) -> 
         assert "missing before" in gaps[0].message and "rows were deleted" in gaps[0].message
     finally:
         service.close()
+
+
+def test_record_times_never_go_backwards_in_a_stream_when_the_clock_steps_back(
+    service: CourseService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked at write: when the server's clock steps back (NTP, a VM restored), a stream's next
+    event takes its previous event's record time, never an earlier one."""
+    import datetime as dt
+
+    from eventsourcing import domain
+
+    commands = [parse_command(c) for c in cohort(1, 1)]
+    service.execute(commands[0])
+    last = service.events("P-0001")[-1].timestamp
+    past = last - dt.timedelta(hours=3)
+    monkeypatch.setattr(domain.CanCreateTimestamp, "create_timestamp", staticmethod(lambda: past))
+    for command in commands[1:4]:
+        service.execute(command)
+    stamps = [e.timestamp for e in service.events("P-0001")]
+    assert len(stamps) >= 4
+    assert stamps == sorted(stamps) and stamps[-1] == last
+    monkeypatch.undo()
+    assert verify(service.log).ok

@@ -42,25 +42,25 @@ def measure(source: Path, n: int) -> dict[str, object]:
         try:
             rows, raw_s = min((raw_read(path) for _ in range(3)), key=lambda r: r[1])
             started = time.perf_counter()
-            first = issue(service.app, store, key)
+            first = issue(service.log, store, key)
             first_s = time.perf_counter() - started
             more = [parse_command(c) for c in cohort(max(1, n // 100), seed=29, prefix="B")]
             for i in range(0, len(more), 500):
                 service.execute_batch(more[i : i + 500])
             started = time.perf_counter()
-            later = issue(service.app, store, key)
+            later = issue(service.log, store, key)
             later_s = time.perf_counter() - started
             text = first.text()
             keys = [key.public_key]
             verify_runs = []
             for _ in range(3):
                 started = time.perf_counter()
-                report = verify_checkpoint(service.app, store, text, keys)
+                report = verify_checkpoint(service.log, store, text, keys)
                 verify_runs.append(time.perf_counter() - started)
             verify_s = min(verify_runs)
             started = time.perf_counter()
-            middle = next(islice(log_rows(service.app), first.size // 2, None))
-            prove(service.app, store, middle.stream, middle.version, checkpoint_text=later.text())
+            middle = next(islice(log_rows(service.log), first.size // 2, None))
+            prove(service.log, store, middle.stream, middle.version, checkpoint_text=later.text())
             prove_s = time.perf_counter() - started
         finally:
             store.close()

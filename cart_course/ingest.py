@@ -147,7 +147,7 @@ def decode_line(line: str) -> Any:
     except RecursionError:
         raise LineDecodeError("nested too deeply (arrays and objects within each other)") from None
     else:
-        if (duplicate := duplicate_key(line)) is not None:
+        if (duplicate := duplicate_key(line, data)) is not None:
             raise LineDecodeError(duplicate.reason)
         return data
     try:
@@ -179,7 +179,7 @@ def record_batch(
             # then be written by the fast encoder. Lines it refuses (NaN, 1e400, big integers,
             # errors) go through decode_line: json's semantics, json's encoder for the digest.
             data, json_data = _decode.decode(line), True
-            if (duplicate := duplicate_key(line)) is not None:
+            if (duplicate := duplicate_key(line, data)) is not None:
                 rejected.append(_rejection(number, "invalid_json", duplicate.reason))
                 continue
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeEncodeError, RecursionError):

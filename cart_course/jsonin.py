@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
+
 
 class DuplicateKeyError(ValueError):
     """An object holds ``key`` more than once."""
@@ -43,10 +45,25 @@ def loads(text: str) -> Any:
     return _STRICT.decode(text)
 
 
-def duplicate_key(text: str | bytes) -> DuplicateKeyError | None:
+_NOTHING: Any = object()
+
+
+def duplicate_key(text: str | bytes, decoded: Any = _NOTHING) -> DuplicateKeyError | None:
     """The first duplicate key of the JSON document ``text`` (None when it has none or is not
     JSON: other errors are the caller's decoder's to report). For entries that decode with a
-    faster decoder first (msgspec keeps the last of two equal keys silently)."""
+    faster decoder first (msgspec keeps the last of two equal keys silently).
+
+    With ``decoded`` (what that decoder made of ``text``), most documents are cleared without a
+    second parse: when ``text`` holds no ``\\u`` escape, every colon in it is a key's or a
+    string's, so it holds as many colons as ``decoded`` written out again exactly when no object
+    lost a key to a duplicate (a lost key and its strings only add colons to ``text``). Anything
+    else is parsed again with the strict decoder."""
+    if decoded is not _NOTHING:
+        if isinstance(text, bytes):
+            if b"\\u" not in text and text.count(b":") == _colons(decoded):
+                return None
+        elif "\\u" not in text and text.count(":") == _colons(decoded):
+            return None
     try:
         _STRICT.decode(text.decode("utf-8", "surrogateescape") if isinstance(text, bytes) else text)
     except DuplicateKeyError as exc:
@@ -54,3 +71,10 @@ def duplicate_key(text: str | bytes) -> DuplicateKeyError | None:
     except (ValueError, RecursionError):
         return None
     return None
+
+
+def _colons(decoded: Any) -> int:
+    try:
+        return msgspec.json.encode(decoded).count(b":")
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        return -1  # cannot be written again: the strict parse decides

@@ -451,7 +451,7 @@ async def read_json_object(request: Request[Any, Any, Any]) -> None:
             "send the body as JSON in UTF-8 with Content-Type: application/json"
         )
     data = await request.json()
-    if (duplicate := duplicate_key(body)) is not None:
+    if (duplicate := duplicate_key(body, data)) is not None:
         raise InvalidCommandError("(body)", duplicate.reason)
     if not isinstance(data, dict):
         raise InvalidCommandError(

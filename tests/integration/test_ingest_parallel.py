@@ -461,3 +461,34 @@ def test_each_worker_gets_whole_batches_from_a_round(workers: int) -> None:
         over += sum(1 for n in shares.values() if n > BATCH)
     assert rounds >= 3
     assert over <= max(1, rounds * workers // 10)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"a": 1, "a": 2}',
+        '{"a": 1, "a": 2, "b": "\\u003a"}',  # an escaped colon where the lost key's was
+        '{"a": "x:y", "a": "x:y"}',
+        '{"k": {"a": 1, "b": 2, "a": 3}, "z": [{"q": 1}, {"q": 2, "q": 2}]}',
+        '{"\\u0061": 1, "a": 2}',  # the same key written two ways
+    ],
+)
+def test_the_fast_duplicate_check_never_clears_a_duplicate(line: str) -> None:
+    import msgspec
+
+    from cart_course.jsonin import duplicate_key
+
+    assert duplicate_key(line, msgspec.json.decode(line)) is not None
+    assert duplicate_key(line.encode(), msgspec.json.decode(line)) is not None
+    assert duplicate_key(line) is not None
+
+
+@pytest.mark.parametrize(
+    "line", ['{"a": "x:y", "b": {"c": ":"}}', '{"t": "12:30", "u": "\\u00e9:"}', "[1, {}]"]
+)
+def test_the_fast_duplicate_check_clears_documents_without_one(line: str) -> None:
+    import msgspec
+
+    from cart_course.jsonin import duplicate_key
+
+    assert duplicate_key(line, msgspec.json.decode(line)) is None

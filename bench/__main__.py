@@ -23,6 +23,11 @@ several repeats unless a percentile is given.
 """
 
 
+#: The rest of the page from this line on is kept by a full run (comparisons of two versions
+#: of the code made by ``python -m bench.ab``, which ``make bench`` cannot repeat).
+KEPT = "<!-- kept by make bench -->"
+
+
 def main(argv: list[str]) -> int:
     wanted = set(argv)
     sections: list[Section] = []
@@ -51,6 +56,9 @@ def main(argv: list[str]) -> int:
     if QUICK or wanted:
         print(body)
     else:
+        old = OUT.read_text(encoding="utf-8") if OUT.exists() else ""
+        if KEPT in old:  # measurements this run does not make (python -m bench.ab): kept
+            body += "\n" + old[old.index(KEPT) :]
         OUT.write_text(body, encoding="utf-8")
         print(f"wrote {OUT}", file=sys.stderr)
     return 0

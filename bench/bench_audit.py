@@ -15,6 +15,7 @@ import json
 import sqlite3
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.harness import QUICK, Section
@@ -81,8 +82,8 @@ def _cut(source: Path, n: int, tmp: Path, path: Path) -> Path:
     return path
 
 
-def raw_read(path: Path) -> tuple[int, float]:
-    started = time.perf_counter()
+def raw_read(path: Path, clock: Callable[[], float] = time.perf_counter) -> tuple[int, float]:
+    started = clock()
     conn = sqlite3.connect(path)
     count = 0
     for (state,) in conn.execute(
@@ -91,7 +92,7 @@ def raw_read(path: Path) -> tuple[int, float]:
         json.loads(state)
         count += 1
     conn.close()
-    return count, time.perf_counter() - started
+    return count, clock() - started
 
 
 def audited(path: Path, *, trace: bool) -> tuple[int, float, int, bool]:
@@ -136,7 +137,7 @@ def run() -> Section:
                 "events": events,
                 "raw read+decode (events/s)": rows / raw_s,
                 "verify+replay (events/s)": events / audit_s,
-                "ratio (target >= 0.25)": (events / audit_s) / (rows / raw_s),
+                "ratio (target >= 0.5)": (events / audit_s) / (rows / raw_s),
                 "peak memory (KiB)": peak / 1024,
                 "intact": ok,
             }

@@ -23,7 +23,7 @@ from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
 from cart_course.bootstrap import Settings
-from cart_course.contract import parse_command
+from cart_course.contract import Command, parse_command
 from cart_course.demo import cohort
 from cart_course.ingest import AUTO_MAX_WORKERS, BATCH, Ingest, cpu_count
 from cart_course.service import CourseService
@@ -58,6 +58,51 @@ def _bare_app(url: str) -> Application[Any]:
     return Application(env=env)
 
 
+def command_path(
+    commands: list[Command], url: str, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """The command path: each command recorded by ``CourseService.execute`` (events per second
+    of ``clock``)."""
+    svc = CourseService(open_application(parse_store_url(url)))
+    started = clock()
+    events = 0
+    for c in commands:
+        result = svc.execute(c)
+        events += 2 if result.version == 2 else 1
+    elapsed = clock() - started
+    svc.close()
+    return events / elapsed
+
+
+def bare_saves(
+    raw: list[dict[str, Any]], url: str, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """The command path's baseline: a bare eventsourcing application doing the same saves as
+    the commands ``raw`` (events per second of ``clock``)."""
+    app = _bare_app(url)
+    ids: dict[str, Any] = {}
+    started = clock()
+    events = 0
+    for c in raw:
+        pid = c["patient_id"]
+        if pid not in ids:
+            # the service asks the store whether a screened patient is new: so does this
+            agg = Trivial(name=pid)
+            assert not app.recorder.select_events(agg.id, limit=1)
+            agg.bump(note=json.dumps(c["payload"]))
+            app.save(agg)
+            ids[pid] = agg.id
+            events += 2
+        else:
+            agg = app.repository.get(ids[pid])
+            agg.bump(note=json.dumps(c["payload"]))
+            app.save(agg)
+            events += 1
+    elapsed = clock() - started
+    app.close()
+    return events / elapsed
+
+
 def bench_command_path(tmp: Path) -> Section:
     """One command per transaction, through the whole path, vs bare eventsourcing saves."""
     n_patients = 15 if QUICK else 60
@@ -66,45 +111,16 @@ def bench_command_path(tmp: Path) -> Section:
     commands = [parse_command(c) for c in raw]
 
     def ours(url: str) -> float:
-        svc = CourseService(open_application(parse_store_url(url)))
-        started = time.perf_counter()
-        events = 0
-        for c in commands:
-            result = svc.execute(c)
-            events += 2 if result.version == 2 else 1
-        elapsed = time.perf_counter() - started
-        svc.close()
-        return events / elapsed
+        return command_path(commands, url)
 
     def bare(url: str) -> float:
-        app = _bare_app(url)
-        ids: dict[str, Any] = {}
-        started = time.perf_counter()
-        events = 0
-        for c in raw:
-            pid = c["patient_id"]
-            if pid not in ids:
-                # the service asks the store whether a screened patient is new: so does this
-                agg = Trivial(name=pid)
-                assert not app.recorder.select_events(agg.id, limit=1)
-                agg.bump(note=json.dumps(c["payload"]))
-                app.save(agg)
-                ids[pid] = agg.id
-                events += 2
-            else:
-                agg = app.repository.get(ids[pid])
-                agg.bump(note=json.dumps(c["payload"]))
-                app.save(agg)
-                events += 1
-        elapsed = time.perf_counter() - started
-        app.close()
-        return events / elapsed
+        return bare_saves(raw, url)
 
     def url_of(kind: str) -> str:
         return "memory:" if kind == "memory" else str(tmp / f"{kind}-{time.monotonic_ns()}.sqlite")
 
     rows: list[dict[str, Any]] = []
-    notes = ["target: ratio >= 0.9 on the SQLite file"]
+    notes = ["targets: ratio >= 0.9 on the SQLite file; >= 1.0 in memory (CPU only, issue 13)"]
     for store in ("sqlite", "memory"):
         ours_rates: list[float] = []
         bare_rates: list[float] = []
@@ -213,6 +229,10 @@ def parallel_capacity(n: int = 3_000_000, rounds: int = 3) -> float:
     return 2 * min(ones) / min(twos)
 
 
+#: Issue 13's ingest target: twice the ratio to raw sqlite3 measured before it (0.077).
+INGEST_TARGET_RATIO = 0.15
+
+
 def bench_ingest(tmp: Path) -> Section:
     """JSON Lines ingest as users run it (default workers) vs raw sqlite3 inserts of the rows."""
     target_events = 5_000 if QUICK else 100_000
@@ -270,6 +290,12 @@ def bench_ingest(tmp: Path) -> Section:
     rows.append({"path": "raw sqlite3 insert (baseline)", "workers": 1, "events/s": raw_rate})
     for r in rows:
         r["ratio to raw sqlite3"] = r["events/s"] / raw_rate
+    ratio = rows[0]["ratio to raw sqlite3"]
+    notes.append(
+        f"target (issue 13): default workers at a ratio >= {INGEST_TARGET_RATIO} to raw sqlite3 "
+        f"(2x the 0.077 measured before it): {ratio:.3f}, "
+        + ("met" if ratio >= INGEST_TARGET_RATIO else "MISSED")
+    )
     if len(rows) == 3:
         notes.append(
             f"default workers ({default_workers}) vs one process: "

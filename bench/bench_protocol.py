@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from transitions import Machine
@@ -63,6 +64,30 @@ def _d2_facts() -> dict[str, Any]:
     }
 
 
+def _bedside_facts() -> dict[str, Any]:
+    """What ``give_infusion`` of a tracked product's D2 bag adds to the facts (issue 15)."""
+    return {
+        "product_tracked": True,
+        "bags_available": 1,
+        "bag_id": "LOT-1-2",
+        "bag": {
+            "bag_id": "LOT-1-2",
+            "lot_id": "LOT-1",
+            "collection_id": "G123498654321H",
+            "lot_status": "released",
+            "lot_course": 1,
+            "expires_at": "2027-01-01T00:00:00+00:00",
+            "cells": 2.05e7,
+            "fraction": 2,
+            "infused_version": None,
+        },
+        "verified_by": "rn.baker",
+        "administered_by": "rn.adams",
+        "thawed_at": "2026-01-15T09:10:00+00:00",
+        "infused_at": "2026-01-15T09:30:00+00:00",
+    }
+
+
 def _infused_d1_with_open_crs() -> PatientRecord:
     """A record after D1 with a CRS grade 1 open (a hold): 8 moves to judge, 6 with rules."""
     record = PatientRecord(patient_id="bench")
@@ -85,6 +110,28 @@ def _infused_d1_with_open_crs() -> PatientRecord:
     return record
 
 
+class _ThroughTheLibrary:
+    """A protocol version whose 'allowed moves now' fires every move of the state through the
+    ``transitions`` machine (a hypothetical probe per move, the same facts): the library path
+    the direct evaluation is measured against."""
+
+    def __init__(self, version: Any) -> None:
+        self.version = version
+
+    def allowed_moves_by(
+        self, state: str, facts_of: Callable[[str], Mapping[str, Any]]
+    ) -> list[str]:
+        machine, params = self.version.machine, self.version.params
+        return [
+            trigger
+            for trigger, event in machine.events.items()
+            if state in event.transitions
+            and dry_run_by_trigger(
+                machine, Probe(state, facts_of(trigger), params, hypothetical=True), trigger
+            ).allowed
+        ]
+
+
 def run() -> Section:
     n = 2_000 if QUICK else 20_000
     repeat = 3 if QUICK else 7
@@ -95,6 +142,7 @@ def run() -> Section:
         "screening_date": "2026-01-05",
     }
     d2_refused = {**d2, "cells": 4.0e7, "infusion_date": "2026-01-17"}
+    d2_bag = {**d2, **_bedside_facts()}
     cont = {"response": "PR", "course_number": 2}
     assess = {"fractions_cancelled": False, "assessment": assessment("PR")}
     v = CURRENT
@@ -105,7 +153,7 @@ def run() -> Section:
 
     cases = [
         ("bare transitions trigger (model=None, 1 transition, no conditions)", bare),
-        ("infuse_d2 dry run, allowed (5 rules)", lambda: v.dry_run("infused_d1", "infuse_d2", d2)),
+        ("infuse_d2 dry run, allowed (6 rules)", lambda: v.dry_run("infused_d1", "infuse_d2", d2)),
         (
             "infuse_d2, the same dry run through dry_run_by_trigger (explicit library path)",
             lambda: dry_run_by_trigger(v.machine, Probe("infused_d1", d2, v.params), "infuse_d2"),
@@ -113,6 +161,10 @@ def run() -> Section:
         (
             "infuse_d2 dry run, refused (rules named and explained)",
             lambda: v.dry_run("infused_d1", "infuse_d2", d2_refused),
+        ),
+        (
+            "infuse_d2 dry run with the bedside check of a tracked product's bag",
+            lambda: v.dry_run("infused_d1", "infuse_d2", d2_bag),
         ),
         (
             "continue_treatment dry run (PR, course 2)",
@@ -132,13 +184,33 @@ def run() -> Section:
     when = dt.datetime(2026, 1, 5, 9, tzinfo=dt.UTC)
     payload = {"screening": eligible_screening(random.Random(1))}
     prep = per_call_us(lambda: prepare(record, "screen", payload, when, None, v), n // 4, repeat)
-    allowed = per_call_us(lambda: allowed_now(record, v), n // 4, repeat)
     held = _infused_d1_with_open_crs()
-    allowed_held = per_call_us(lambda: allowed_now(held, v), n // 4, repeat)
+    library = _ThroughTheLibrary(v)
+    assert allowed_now(held, library) == allowed_now(held, v)  # type: ignore[arg-type]
+    assert allowed_now(record, library) == allowed_now(record, v)  # type: ignore[arg-type]
+    allowed_pairs: dict[str, list[float]] = {"direct": [], "library": [], "direct held": []}
+    allowed_pairs["library held"] = []
+    for _ in range(repeat):  # the two paths in turn, so both see the same machine load
+        allowed_pairs["direct"].append(per_call_us(lambda: allowed_now(record, v), n // 4, 1))
+        allowed_pairs["library"].append(
+            per_call_us(lambda: allowed_now(record, library), n // 4, 1)  # type: ignore[arg-type]
+        )
+        allowed_pairs["direct held"].append(per_call_us(lambda: allowed_now(held, v), n // 4, 1))
+        allowed_pairs["library held"].append(
+            per_call_us(lambda: allowed_now(held, library), n // 4, 1)  # type: ignore[arg-type]
+        )
+    allowed, allowed_lib = min(allowed_pairs["direct"]), min(allowed_pairs["library"])
+    allowed_held = min(allowed_pairs["direct held"])
+    allowed_held_lib = min(allowed_pairs["library held"])
     results += [
         ("prepare(screen): parse payload, gather facts, guard, outcome (whole command)", prep),
         ("allowed moves now (candidate)", allowed),
+        ("allowed moves now (candidate), every move fired by `transitions` instead", allowed_lib),
         ("allowed moves now (infused_d1, a CRS hold open: 8 moves, 6 with rules)", allowed_held),
+        (
+            "allowed moves now (infused_d1, CRS hold), every move fired by `transitions` instead",
+            allowed_held_lib,
+        ),
     ]
 
     rows = []
@@ -164,12 +236,22 @@ def run() -> Section:
             "`transitions` machine (one machine per version, never one per patient); on refusal "
             "it names and explains each failed rule. 'Allowed moves now' evaluates the same "
             "machine's transition table directly, many moves at a time (a test proves it answers "
-            "as the library does)."
+            "as the library does); the rows 'fired by `transitions` instead' answer the same "
+            "question through the library (a hypothetical probe per move of the state, each "
+            "trigger fired by the machine, the same facts), the two paths in turn in the same "
+            "run (best of each)."
         ),
         rows=rows,
         notes=[
             f"infuse_d2 guarded dry run: {d2_us:.1f} us = {d2_us / base:.1f}x a bare trigger "
             f"({base:.1f} us); target <= {TARGET_US:.0f} us "
             f"{'met' if d2_us <= TARGET_US else 'MISSED'}.",
+            f"allowed moves now, direct evaluation vs every move fired by `transitions`: "
+            f"{allowed:.1f} vs {allowed_lib:.1f} us (candidate, {allowed_lib / allowed:.1f}x), "
+            f"{allowed_held:.1f} vs {allowed_held_lib:.1f} us (CRS hold, "
+            f"{allowed_held_lib / allowed_held:.1f}x). Every recorded command and every dry run "
+            "of a command is fired by the library; only this hypothetical question (asked after "
+            "each command of the command path, by the views and by `GET .../allowed`) uses the "
+            "direct evaluation, which tests/unit/test_machine_direct.py proves answers alike.",
         ],
     )

@@ -21,8 +21,8 @@ from typing import Any
 
 import attrs
 
-from .course import canonical
 from .encoding import canonical as canonical_json_data
+from .encoding import canonical_reference
 from .errors import InvalidCommandError
 from .protocol.errors import key_name
 from .protocol.registry import REGISTRY
@@ -132,7 +132,7 @@ class Command:
     def _digested(self) -> bytes:
         """``canonical({command, patient_id, occurred_at, payload, reason})``: json's bytes,
         written by msgspec when the command was decoded from JSON text."""
-        return (canonical_json_data if self._json_data else canonical)(
+        return (canonical_json_data if self._json_data else canonical_reference)(
             {
                 "command": self.command,
                 "patient_id": self.patient_id,

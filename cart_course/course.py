@@ -11,13 +11,18 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-import json
 import uuid
 from typing import Any
 
 from eventsourcing.domain import Aggregate
 
-from .encoding import canonical_exact
+from .encoding import (
+    CANONICAL_FORM,
+    LEGACY_FORM,
+    canonical_reference,
+    content_bytes,
+    live_content_bytes,
+)
 from .protocol.record import PatientRecord, apply_correction, evolve
 from .protocol.registry import REGISTRY, Registry
 from .protocol.signatures import SIGNABLE_TRIGGERS
@@ -49,17 +54,10 @@ def genesis_hash(patient_id: str) -> str:
     return hashlib.sha256(f"cart_course:{patient_id}".encode()).hexdigest()
 
 
-#: ``json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)``,
-#: built once (``json.dumps`` with these options builds this encoder on every call).
-_CANONICAL = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
-)
-
-
-def canonical(data: Any) -> bytes:
-    """What an event's hash covers: the definition, for any data (NaN included), used wherever
-    data comes from outside (the audit re-reading stored rows)."""
-    return _CANONICAL.encode(data).encode()
+#: Form 1 of the canonical bytes, the definition (``encoding.canonical_reference``; kept here
+#: under its old name). Which form an event's hash covers is the event's own field
+#: ``canonical_form`` (see ``encoding``).
+canonical = canonical_reference
 
 
 #: The attribute in which a live event keeps the bytes its hash covers (not a field of the event:
@@ -78,18 +76,20 @@ def event_content(event: Any) -> dict[str, Any]:
 
 
 def event_hash(event: Any) -> str:
-    return hashlib.sha256(canonical(event_content(event))).hexdigest()
+    """The hash of an event: SHA-256 of its content in the canonical form it names."""
+    return hashlib.sha256(content_bytes(event_content(event))).hexdigest()
 
 
 def chain_hash(event: Any) -> str:
-    """:func:`event_hash` of an event being applied, encoded fast (``encoding.canonical_exact``).
+    """:func:`event_hash` of an event being applied, encoded fast
+    (``encoding.live_content_bytes``).
 
     When those bytes read back as exactly the event's content (JSON data, as every event the
     service creates is), the event keeps them (attribute :data:`CANONICAL_BYTES`): the store writes them
     as the event's state (``storage.CourseMapper``), so the stored bytes are the very bytes the
     hash covers, encoded once. Otherwise the hash covers ``json``'s bytes and the event is
     stored by the library's encoder."""
-    data, exact = canonical_exact(event_content(event))
+    data, exact = live_content_bytes(event_content(event))
     if exact:
         event.__dict__[CANONICAL_BYTES] = data
     return hashlib.sha256(data).hexdigest()
@@ -107,6 +107,9 @@ class PatientCourse(Aggregate):
         actor: str
         role: str
         prev_hash: str
+        #: The canonical form this event's hash covers (``encoding``); absent from the events
+        #: written before forms were recorded, which are form 1 (the class default).
+        canonical_form: int = LEGACY_FORM
 
         def apply(self, aggregate: PatientCourse) -> None:
             aggregate.chain_head = chain_hash(self)
@@ -129,6 +132,8 @@ class PatientCourse(Aggregate):
         idempotency_key: str
         digest: str
         prev_hash: str
+        #: See ``Registered.canonical_form``.
+        canonical_form: int = LEGACY_FORM
 
         def apply(self, aggregate: PatientCourse) -> None:
             self.evolve_record(aggregate.record)
@@ -194,6 +199,8 @@ class PatientCourse(Aggregate):
         idempotency_key: str
         digest: str
         prev_hash: str
+        #: See ``Registered.canonical_form``.
+        canonical_form: int = LEGACY_FORM
 
         def apply(self, aggregate: PatientCourse) -> None:
             self.evolve_record(aggregate.record)
@@ -242,6 +249,8 @@ class PatientCourse(Aggregate):
         #: The service's Ed25519 signature of this e-signature (``cart_course.signing``); None
         #: when the service has no signing key (and absent from events recorded before it).
         service_signature: str | None = None
+        #: See ``Registered.canonical_form``.
+        canonical_form: int = LEGACY_FORM
 
         def apply(self, aggregate: PatientCourse) -> None:
             self.evolve_record(aggregate.record)
@@ -304,13 +313,16 @@ class PatientCourse(Aggregate):
             actor=actor,
             role=role,
             prev_hash=genesis_hash(patient_id),
+            canonical_form=CANONICAL_FORM,
         )
         return course
 
     def record_event(self, event_class: type[Aggregate.Event], **fields: Any) -> None:
         if fields.get("timestamp") is None:
             fields["timestamp"] = self.next_timestamp(event_class)
-        self.trigger_event(event_class, prev_hash=self.chain_head, **fields)
+        self.trigger_event(
+            event_class, prev_hash=self.chain_head, canonical_form=CANONICAL_FORM, **fields
+        )
 
     def next_timestamp(self, event_class: type[Aggregate.Event]) -> dt.datetime:
         """The record time of the stream's next event: now, and never before the previous

@@ -1,9 +1,27 @@
-"""The canonical JSON of a live event, byte for byte as the standard library writes it, faster.
+"""The one owner of canonical bytes: what an event's hash and a command's digest cover.
 
-An event's hash covers its canonical form, defined by ``json``
-(``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)``, see
-``course.canonical``). msgspec writes the same bytes for JSON data several times faster, with two
-exceptions this module catches:
+**Canonical forms.** The hash chain covers each event's *canonical form*: bytes defined by a
+reference encoder, numbered. Every event the service creates records the form its hash covers
+(the field :data:`FORM_FIELD`, set to :data:`CANONICAL_FORM`); an event without that field was
+written before forms were recorded and is form 1 (:data:`LEGACY_FORM`). Whoever recomputes a
+hash (the live aggregate replaying its stream, the audit reading stored rows) takes the form from
+the event itself (:func:`form_of`) and encodes with that form's encoder (:data:`FORMS`), so a
+later form can be introduced beside the old ones: old events keep verifying with the encoder
+they were written with, new ones with theirs. An event naming a form this code does not know
+cannot be hashed (:class:`UnknownFormError`; the audit reports its chain broken there).
+
+**Form 1** (the only one today) is ``json.dumps(data, sort_keys=True, separators=(",", ":"),
+ensure_ascii=False, default=str)`` as UTF-8 (:func:`canonical_reference`, the definition). Two
+faster encoders write the same bytes, each for the data it is given:
+
+- :func:`canonical` (live data built by this process) writes with msgspec and catches what
+  msgspec prints otherwise; :func:`canonical_exact` also says whether the bytes read back as
+  exactly the data (then they are stored as the event's state, ``storage.CourseMapper``).
+- :func:`canonical_decoded` (data re-read from stored rows by :func:`decode_json`) is for the
+  audit, where floats Python prints with an exponent come back marked.
+
+The details of :func:`canonical`: msgspec writes the same bytes as ``json`` for JSON data, with
+two exceptions this module catches:
 
 - floats that Python prints with an exponent (magnitude below 1e-4 or from 1e16: ``1e-05``,
   ``1e+16``): msgspec prints them differently (``0.00001``, ``1e16``). Its output is scanned for
@@ -19,17 +37,51 @@ exceptions this module catches:
   writes as ``null``, never reach a live event: every number of a command is refused unless it
   is finite (``tests/unit/test_encoding.py`` tries each one), and the protocol caps quantities so
   that sums cannot overflow. Data from outside (stored rows re-read by the audit) is therefore
-  never encoded here: ``course.canonical`` is the definition, ``json`` itself.
+  never encoded by :func:`canonical` (see :func:`canonical_decoded`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 import msgspec
+
+# -- forms --------------------------------------------------------------------------------------
+
+#: The field of an event naming the canonical form its hash covers.
+FORM_FIELD: Final = "canonical_form"
+#: The form of an event without :data:`FORM_FIELD` (written before forms were recorded).
+LEGACY_FORM: Final = 1
+#: The form every new event is written in.
+CANONICAL_FORM: Final = 1
+
+
+class UnknownFormError(ValueError):
+    """An event names a canonical form this code cannot encode."""
+
+    def __init__(self, form: Any) -> None:
+        self.form = form
+        super().__init__(f"canonical form {form!r} is not one this version knows ({KNOWN_FORMS})")
+
+
+def form_of(content: Mapping[str, Any]) -> Any:
+    """The canonical form an event's content (its fields) says its hash covers."""
+    return content.get(FORM_FIELD, LEGACY_FORM)
+
+
+_REFERENCE_V1 = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+).encode
+
+
+def canonical_reference(data: Any) -> bytes:
+    """Form 1, the definition: ``json.dumps(data, sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False, default=str)`` as UTF-8, for any data (NaN included)."""
+    return _REFERENCE_V1(data).encode()
+
 
 #: A JSON number that ``json`` and msgspec may print differently: msgspec prints an exponent as
 #: ``e16`` / ``e-9`` right before the number's end (``,``, ``}`` or ``]``), and small numbers as
@@ -47,9 +99,6 @@ def not_json(value: Any) -> Any:
 
 
 _SORTED = msgspec.json.Encoder(order="sorted", enc_hook=not_json).encode
-_JSON_SORTED = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
-).encode
 
 
 #: The bytes a JSON number is written with (msgspec's floats: digits, ``.``, ``-``, ``e``).
@@ -154,15 +203,29 @@ def _fast_or(fast: Callable[[Any], bytes], slow: Callable[[Any], bytes]) -> Call
     return encode
 
 
-def _json_canonical(data: Any) -> bytes:
-    return _JSON_SORTED(data).encode()
-
-
-#: ``json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)``
-#: as UTF-8 bytes: what an event's hash and a command's digest cover.
-canonical: Callable[[Any], bytes] = _fast_or(_SORTED, _json_canonical)
+#: :func:`canonical_reference`'s bytes, written fast, for JSON data built by this process: what
+#: a live event's hash and a command's digest cover.
+canonical: Callable[[Any], bytes] = _fast_or(_SORTED, canonical_reference)
 
 _read_back = msgspec.json.Decoder().decode
+
+
+class _NotPlain(Exception):
+    """msgspec printed a float otherwise than Python does (see :func:`_plain_float`)."""
+
+
+def _plain_float(text: str) -> float:
+    """msgspec's text of a float, read back: refused (:class:`_NotPlain`) unless Python prints
+    that float alike. msgspec prints a float as Python does unless Python uses an exponent
+    (magnitude below 1e-4 or from 1e16): msgspec then prints an exponent without ``+``
+    (``1e16``, ``1e-7``) or a plain ``0.0000...``."""
+    if "e" in text or text.startswith(("0.0000", "-0.0000")):
+        raise _NotPlain
+    return float(text)
+
+
+#: Reads msgspec's own JSON text back, refusing any float Python prints otherwise.
+_read_back_plain = msgspec.json.Decoder(float_hook=_plain_float).decode
 
 
 def canonical_exact(data: dict[str, Any]) -> tuple[bytes, bool]:
@@ -173,14 +236,168 @@ def canonical_exact(data: dict[str, Any]) -> tuple[bytes, bool]:
     into the same event (see ``storage.CourseMapper``). False for anything JSON would not give
     back (a tuple, a datetime, a Decimal, an int key, NaN, which msgspec writes as ``null``);
     the bytes are then ``json``'s own, whatever msgspec wrote, so that the hash is right even
-    for such values."""
-    out = canonical(data)
+    for such values.
+
+    The read-back also finds the floats msgspec printed otherwise than Python (it sees each
+    float's text), so msgspec's bytes need no scan for them (the scan of :func:`canonical` costs
+    more than the read-back's look at each float): only when there is one does the slower
+    :func:`canonical` rewrite them."""
     try:
-        if _read_back(out) == data:
+        out = _SORTED(data)
+        if out[0] == 123 and _read_back_plain(out) == data:  # 123: ``{``, an object
             return out, True
-    except msgspec.DecodeError:  # json's NaN / Infinity are not JSON
+    except (TypeError, ValueError, OverflowError):  # not JSON data (msgspec.DecodeError too)
         pass
-    return _json_canonical(data), False
+    except _NotPlain:
+        out = canonical(data)
+        try:
+            if _read_back(out) == data:
+                return out, True
+        except msgspec.DecodeError:  # json's NaN / Infinity are not JSON
+            pass
+    return canonical_reference(data), False
 
 
-__all__ = ["canonical", "canonical_exact", "not_json"]
+# -- data re-read from stored rows (the audit) --------------------------------------------------
+#
+# msgspec's sorted encoder writes the bytes of form 1 for JSON data, except for floats that
+# Python prints with an exponent (magnitude below 1e-4 or from 1e16: ``2e-05``, ``1e+16``) and
+# NaN and infinities: :func:`decode_json` turns exactly those into :class:`ReprFloat`, which
+# msgspec hands back to its ``enc_hook`` to be printed Python's way. Every other value is a plain
+# JSON value.
+
+_PLAIN_FLOAT_MIN = 1e-4
+_PLAIN_FLOAT_MAX = 1e16
+
+
+class ReprFloat(float):
+    """A float that Python prints with an exponent, or NaN/infinity (a float for every other use)."""
+
+    __slots__ = ()
+
+
+def _json_float(value: float) -> str:
+    """How ``json.dumps`` prints a float."""
+    if value != value:
+        return "NaN"
+    if value == float("inf"):
+        return "Infinity"
+    if value == float("-inf"):
+        return "-Infinity"
+    return float.__repr__(value)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if value and not _PLAIN_FLOAT_MIN <= abs(value) < _PLAIN_FLOAT_MAX:
+        return ReprFloat(value)
+    return value
+
+
+def _parse_constant(text: str) -> float:  # NaN, Infinity, -Infinity
+    return ReprFloat(text)
+
+
+#: ``json.loads``, except that floats Python prints with an exponent come back as ReprFloat.
+_JSON = json.JSONDecoder(parse_float=_parse_float, parse_constant=_parse_constant)
+
+
+#: The same, by msgspec (several times faster): every float goes through the same
+#: ``parse_float``. msgspec accepts nothing ``json.loads`` refuses and decodes what both accept
+#: to equal values (duplicate keys: the last wins in both); what it refuses (NaN, infinities,
+#: text that is not UTF-8, lone surrogate escapes) is left to ``json``.
+_MSGSPEC_MARKED = msgspec.json.Decoder(float_hook=_parse_float).decode
+
+
+def decode_json(state: bytes) -> Any:
+    """Decode JSON bytes exactly as ``json.loads`` does (values compare equal), ready for
+    :func:`canonical_decoded`."""
+    try:
+        return _MSGSPEC_MARKED(state)
+    except ValueError:  # msgspec's DecodeError, or bytes that are not UTF-8
+        pass
+    return _JSON.decode(state.decode(json.detect_encoding(state), "surrogatepass"))
+
+
+def _enc_hook(value: Any) -> Any:
+    if isinstance(value, float):
+        return msgspec.Raw(_json_float(value).encode())
+    raise TypeError(f"not JSON data: {type(value).__name__}")
+
+
+_SORTED_DECODED: Callable[[Any], bytes] = msgspec.json.Encoder(
+    order="sorted", enc_hook=_enc_hook
+).encode
+
+
+def canonical_decoded(data: Any) -> bytes:
+    """:func:`canonical_reference` (form 1), byte for byte and several times faster, for
+    ``data`` built from :func:`decode_json` values (and plain str, int, bool, None, list and
+    dict with str keys). Falls back to the reference whenever msgspec cannot encode a value.
+    Proven equal by ``tests/integration/test_audit_canonical.py``."""
+    try:
+        return _SORTED_DECODED(data)
+    except (TypeError, ValueError, OverflowError):
+        return canonical_reference(data)
+
+
+# -- the bytes of a form ------------------------------------------------------------------------
+
+#: form -> its reference encoder (the definition of the bytes, for any data).
+FORMS: dict[int, Callable[[Any], bytes]] = {1: canonical_reference}
+#: form -> its encoder for data re-read by :func:`decode_json` (same bytes as the reference).
+DECODED_FORMS: dict[int, Callable[[Any], bytes]] = {1: canonical_decoded}
+KNOWN_FORMS = tuple(FORMS)
+#: form -> its fast encoder for live events (bytes, and whether they read back exactly).
+_LIVE_FORMS: dict[int, Callable[[dict[str, Any]], tuple[bytes, bool]]] = {}
+
+
+def _encoder(table: Mapping[int, Callable[[Any], bytes]], form: Any) -> Callable[[Any], bytes]:
+    encode = table.get(form) if type(form) is int else None
+    if encode is None:
+        raise UnknownFormError(form)
+    return encode
+
+
+def content_bytes(content: Mapping[str, Any]) -> bytes:
+    """The bytes an event's hash covers, its content (type, stream, version, record time and
+    every field) in the form it names: the definition (for any data)."""
+    return _encoder(FORMS, form_of(content))(content)
+
+
+def decoded_content_bytes(content: Mapping[str, Any]) -> bytes:
+    """:func:`content_bytes` of content re-read by :func:`decode_json` (the audit), fast."""
+    return _encoder(DECODED_FORMS, form_of(content))(content)
+
+
+def live_content_bytes(content: dict[str, Any]) -> tuple[bytes, bool]:
+    """:func:`content_bytes` of a live event's content, fast, and whether those bytes read back
+    as exactly the content (see :func:`canonical_exact`; then they may be stored as they are).
+    A form without a fast encoder is encoded by its reference (and not stored as is)."""
+    form = form_of(content)
+    fast = _LIVE_FORMS.get(form) if type(form) is int else None
+    if fast is not None:
+        return fast(content)
+    return _encoder(FORMS, form)(content), False
+
+
+_LIVE_FORMS[1] = canonical_exact
+
+__all__ = [
+    "CANONICAL_FORM",
+    "FORMS",
+    "FORM_FIELD",
+    "LEGACY_FORM",
+    "ReprFloat",
+    "UnknownFormError",
+    "canonical",
+    "canonical_decoded",
+    "canonical_exact",
+    "canonical_reference",
+    "content_bytes",
+    "decode_json",
+    "decoded_content_bytes",
+    "form_of",
+    "live_content_bytes",
+    "not_json",
+]

@@ -11,7 +11,6 @@ from typing import Any
 
 class CartCourseError(Exception):
     code = "error"
-    http_status = 400
     title = "Error"
 
     def __init__(self, message: str) -> None:
@@ -26,7 +25,6 @@ class InvalidCommandError(CartCourseError):
     """The command is malformed: names the field and what is allowed."""
 
     code = "invalid_command"
-    http_status = 422
     title = "Invalid command"
 
     def __init__(self, field: str, message: str) -> None:
@@ -42,7 +40,6 @@ class MoveRefused(CartCourseError):
     """The protocol refuses the move: the failed rules and the moves allowed now."""
 
     code = "move_refused"
-    http_status = 409
     title = "Move refused by the protocol"
 
     def __init__(
@@ -73,7 +70,6 @@ class MoveRefused(CartCourseError):
 
 class VersionConflictError(CartCourseError):
     code = "version_conflict"
-    http_status = 412
     title = "Version conflict"
 
     def __init__(self, patient_id: str, expected: int, actual: int) -> None:
@@ -94,7 +90,6 @@ class VersionConflictError(CartCourseError):
 
 class IdempotencyConflictError(CartCourseError):
     code = "idempotency_conflict"
-    http_status = 422
     title = "Idempotency key reused with a different command"
 
     def __init__(self, key: str, version: int) -> None:
@@ -127,7 +122,6 @@ class IdempotencyKeyOfAnotherActorError(IdempotencyConflictError):
 
 class PatientNotFoundError(CartCourseError):
     code = "patient_not_found"
-    http_status = 404
     title = "Patient not found"
 
     def __init__(self, patient_id: str) -> None:
@@ -139,7 +133,6 @@ class PatientNotFoundError(CartCourseError):
 
 class StoreError(CartCourseError):
     code = "store_error"
-    http_status = 503
     title = "Store unavailable"
 
 
@@ -152,5 +145,4 @@ class CipherKeyError(StoreError):
 
 class ForbiddenError(CartCourseError):
     code = "forbidden"
-    http_status = 403
     title = "Forbidden"

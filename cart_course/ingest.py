@@ -68,7 +68,6 @@ class IngestAborted(CartCourseError):
     """The ingest stopped before the end: lines from ``first_unsure`` on may not be recorded."""
 
     code = "ingest_aborted"
-    http_status = 503
 
     def __init__(self, reason: str, first_unsure: int) -> None:
         self.reason = reason

@@ -133,7 +133,7 @@ class CommandResult:
 def _input_error(exc: ProtocolInputError) -> InvalidCommandError:
     field = (
         exc.field
-        if exc.field.startswith(("payload", "command", "reason"))
+        if exc.field.startswith(("payload", "command", "reason", "occurred_at"))
         else f"payload.{exc.field}"
     )
     return InvalidCommandError(field, exc.message)
@@ -463,6 +463,7 @@ class CourseService:
                 command.occurred_at,
                 command.reason,
                 self.protocol,
+                actor=command.actor.id,
             )
         except ProtocolInputError as exc:
             raise _input_error(exc) from None

@@ -68,7 +68,6 @@ COLUMNS = "id, token_hash, actor, role, name, created_at, created_by, revoked_at
 
 class TokenNotFoundError(CartCourseError):
     code = "token_not_found"
-    http_status = 404
     title = "Token not found"
 
     def __init__(self, token_id: str) -> None:

@@ -2,8 +2,9 @@
 
 The audit never loads the eventsourcing aggregate (no snapshots, no cache): it reads the stored
 rows through the log's read interface (:class:`~cart_course.eventlog.EventLog`: on SQLite and
-PostgreSQL one SQL query per page of streams; in memory, the recorder), decodes each row's JSON, and recomputes its hash byte for byte as
-``course.event_hash`` does on the domain event (see :func:`canonical_fast`). The pure
+PostgreSQL one SQL query per page of streams; in memory, the recorder), decodes each row's JSON,
+and recomputes its hash byte for byte as ``course.event_hash`` does on the domain event
+(``encoding.decoded_content_bytes``). The pure
 :class:`PatientRecord` is rebuilt by the event classes' own ``evolve_record`` code (what their ``apply``
 does to the record), so the audit's replay cannot drift from the application's.
 
@@ -15,16 +16,17 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import types
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
-import msgspec
 from eventsourcing.persistence import StoredEvent
 
-from ..course import PatientCourse, canonical, event_hash, stream_id
+from ..course import PatientCourse, event_hash, stream_id
+from ..encoding import ReprFloat as ReprFloat
+from ..encoding import UnknownFormError, decode_json, decoded_content_bytes
+from ..encoding import canonical_decoded as canonical_decoded
 from ..errors import CartCourseError, CipherKeyError, PatientNotFoundError
 from ..eventlog import PAGE, REGISTERED_TOPIC, EventLog, Row, as_uuid
 from ..protocol.record import PatientRecord
@@ -37,87 +39,34 @@ from ..storage import (
 
 __all__ = ["PAGE", "REGISTERED_TOPIC", "Row"]
 
-# -- the canonical encoding, fast ---------------------------------------------------------------
-#
-# ``course.canonical`` is ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)``.
-# msgspec's sorted encoder writes the same bytes for JSON data, except for floats that Python
-# prints with an exponent (magnitude below 1e-4 or from 1e16: ``2e-05``, ``1e+16``) and NaN and
-# infinities: the decoder below turns exactly those into :class:`ReprFloat`, which msgspec hands
-# back to ``_enc_hook`` to be printed Python's way. Every other value is a plain JSON value.
-
-_PLAIN_FLOAT_MIN = 1e-4
-_PLAIN_FLOAT_MAX = 1e16
+# The canonical encoding of re-read rows is ``encoding``'s (``decode_json``, ``canonical_decoded``;
+# re-exported here for the callers that import them from the audit).
 
 
-class ReprFloat(float):
-    """A float that Python prints with an exponent, or NaN/infinity (a float for every other use)."""
-
-    __slots__ = ()
-
-
-def _json_float(value: float) -> str:
-    """How ``json.dumps`` prints a float."""
-    if value != value:
-        return "NaN"
-    if value == float("inf"):
-        return "Infinity"
-    if value == float("-inf"):
-        return "-Infinity"
-    return float.__repr__(value)
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if value and not _PLAIN_FLOAT_MIN <= abs(value) < _PLAIN_FLOAT_MAX:
-        return ReprFloat(value)
-    return value
-
-
-def _parse_constant(text: str) -> float:  # NaN, Infinity, -Infinity
-    return ReprFloat(text)
-
-
-#: ``json.loads``, except that floats Python prints with an exponent come back as ReprFloat.
-_JSON = json.JSONDecoder(parse_float=_parse_float, parse_constant=_parse_constant)
-
-
-def decode_json(state: bytes) -> Any:
-    """Decode JSON bytes exactly as ``json.loads`` does (values compare equal), ready for
-    :func:`canonical_decoded`."""
-    return _JSON.decode(state.decode(json.detect_encoding(state), "surrogatepass"))
-
-
-def _enc_hook(value: Any) -> Any:
-    if isinstance(value, float):
-        return msgspec.Raw(_json_float(value).encode())
-    raise TypeError(f"not JSON data: {type(value).__name__}")
-
-
-_SORTED: Callable[[Any], bytes] = msgspec.json.Encoder(order="sorted", enc_hook=_enc_hook).encode
-
-
-def canonical_decoded(data: Any) -> bytes:
-    """``course.canonical(data)``, byte for byte and several times faster, for ``data`` built
-    from :func:`decode_json` values (and plain str, int, bool, None, list and dict with str keys).
-    Falls back to ``course.canonical`` whenever msgspec cannot encode a value. Proven equal by
-    ``tests/integration/test_audit_canonical.py``."""
-    try:
-        return _SORTED(data)
-    except (TypeError, ValueError, OverflowError):
-        return canonical(data)
+def hashed_content(
+    stream: str, version: int, topic: str, data: dict[str, Any], recorded_at: str
+) -> dict[str, Any]:
+    """What the hash of the event stored as (stream, version, topic, data, record time) covers:
+    its fields and the row's own stream, version, type and record time."""
+    content = dict(data)
+    content["originator_id"] = stream
+    content["originator_version"] = version
+    content["timestamp"] = recorded_at
+    content["type"] = topic.partition(":")[2]
+    return content
 
 
 def content_hash(
     stream: str, version: int, topic: str, data: dict[str, Any], recorded_at: str
 ) -> str:
     """``course.event_hash`` of the event stored as (stream, version, topic, data, record time),
-    ``data`` as decoded by :func:`decode_json`."""
-    content = dict(data)
-    content["originator_id"] = stream
-    content["originator_version"] = version
-    content["timestamp"] = recorded_at
-    content["type"] = topic.partition(":")[2]
-    return hashlib.sha256(canonical_decoded(content)).hexdigest()
+    ``data`` as decoded by :func:`decode_json` (or ``encoding.decode_plain``), in the canonical
+    form the event names."""
+    content = hashed_content(stream, version, topic, data, recorded_at)
+    try:
+        return hashlib.sha256(decoded_content_bytes(content)).hexdigest()
+    except UnknownFormError as exc:  # matches no prev_hash: the chain breaks there
+        return f"unknown-form:{exc.form!r}"
 
 
 #: Key of the data of a stored row that could not be decoded.
@@ -165,6 +114,7 @@ class LoggedEvent:
         topic: str,
         data: dict[str, Any],
         recorded_at: str,
+        hash: str | None = None,
     ) -> None:
         self.stream = stream
         self.version = version
@@ -172,7 +122,9 @@ class LoggedEvent:
         self.kind = kind_of(topic)
         self.data = data
         self.recorded_at = recorded_at
-        self.hash = content_hash(stream, version, topic, data, recorded_at)
+        self.hash = (
+            hash if hash is not None else content_hash(stream, version, topic, data, recorded_at)
+        )
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.data.get(key, default)
@@ -249,11 +201,21 @@ class Decoder:
         if not (isinstance(data, dict) and is_canonical_state(data)):
             return None
         stamp = data.pop("timestamp")
-        logged = LoggedEvent(sid, version, topic, drop_row_copies(data), stamp)
+        fields = drop_row_copies(data)
+        # The bytes the hash covers are those of the row exactly when the row is intact: one
+        # SHA-256, of the row (the hash when intact, the altered row's otherwise).
         held = hashlib.sha256(state).hexdigest()
-        if held != logged.hash:
-            logged.hash = f"altered:{held}"
-        return logged
+        try:
+            intact = (
+                decoded_content_bytes(hashed_content(sid, version, topic, fields, stamp)) == state
+            )
+        except UnknownFormError as exc:
+            return LoggedEvent(
+                sid, version, topic, fields, stamp, hash=f"unknown-form:{exc.form!r}"
+            )
+        return LoggedEvent(
+            sid, version, topic, fields, stamp, hash=held if intact else f"altered:{held}"
+        )
 
     def _slow(self, sid: str, version: int, topic: str, state: bytes) -> LoggedEvent:
         """Rows holding other encoded types: decode with the library and hash its event
@@ -450,7 +412,6 @@ class UnreadableEventError(CartCourseError):
     (or stream) and the version."""
 
     code = "event_unreadable"
-    http_status = 500
     title = "A stored event cannot be read"
 
     def __init__(self, patient_id: str, version: Any, detail: str) -> None:

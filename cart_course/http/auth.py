@@ -21,6 +21,7 @@ READERS = ("service", "clinician", "monitor", "auditor")
 VIEWERS = ("clinician", "monitor", "auditor")
 AUDITORS = ("auditor",)
 ADMINS = ("admin",)
+METRICS_READERS = ("monitor", "auditor", "admin")
 SCOPE_KEY = "cart_course_token"
 
 

@@ -16,20 +16,29 @@ from urllib.parse import urlencode
 from litestar import Request, Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import FromQuery, PathParameter, QueryParameter
+from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 
-from ..contract import parse_patient_id, parse_time
+from ..contract import MAX_VERSION, parse_patient_id, parse_time
 from ..errors import InvalidCommandError
 from ..protocol.states import State as CourseState
 from ..protocol.versions import get_version
 from ..service import CourseService
 from .auth import AUDITORS, VIEWERS
+from .common import PatientId
+from .params import (
+    MAX_BOARD_PAGE,
+    integer_query,
+    patient_id_query,
+    position_query,
+    protocol_query,
+    state_query,
+    time_query,
+)
 from .problems import problem_responses
 from .security import REPORT_CSP
 
 Svc = NamedDependency[CourseService]
-PatientId = Annotated[str, PathParameter(min_length=1, max_length=64)]
 AUDIT = {"roles": AUDITORS, "audit": True}
 STATES = tuple(s.value for s in CourseState)
 
@@ -61,13 +70,9 @@ def _protocol(value: str | None) -> Any:
 def get_as_of(
     service: Svc,
     patient_id: PatientId,
-    version: Annotated[int | None, QueryParameter(ge=1, le=2**31)] = None,
-    recorded_at: Annotated[
-        str | None, QueryParameter(description="what the system knew then")
-    ] = None,
-    occurred_at: Annotated[
-        str | None, QueryParameter(description="what had happened by then")
-    ] = None,
+    version: Annotated[int | None, integer_query(1, MAX_VERSION)] = None,
+    recorded_at: Annotated[str | None, time_query("what the system knew then")] = None,
+    occurred_at: Annotated[str | None, time_query("what had happened by then")] = None,
 ) -> dict[str, Any]:
     from ..audit import as_of, patient_events
 
@@ -103,7 +108,7 @@ def get_as_of(
 def get_patient_conformance(
     service: Svc,
     patient_id: PatientId,
-    protocol: Annotated[str | None, QueryParameter(max_length=20)] = None,
+    protocol: Annotated[str | None, protocol_query()] = None,
 ) -> dict[str, Any]:
     from ..audit import check_history, patient_events
 
@@ -120,7 +125,7 @@ def get_patient_conformance(
     tags=["audit"],
 )
 def get_conformance(
-    service: Svc, protocol: Annotated[str | None, QueryParameter(max_length=20)] = None
+    service: Svc, protocol: Annotated[str | None, protocol_query()] = None
 ) -> dict[str, Any]:
     from ..audit import Conformance, check_history, streams
 
@@ -162,7 +167,7 @@ def _check_patient(service: CourseService, patient_id: str | None) -> None:
     tags=["exports"],
 )
 def export_jsonl(
-    service: Svc, patient_id: Annotated[str | None, QueryParameter(max_length=64)] = None
+    service: Svc, patient_id: Annotated[str | None, patient_id_query()] = None
 ) -> Stream:
     from ..audit.exports import jsonl
 
@@ -180,7 +185,7 @@ def export_jsonl(
     tags=["exports"],
 )
 def export_csv(
-    service: Svc, patient_id: Annotated[str | None, QueryParameter(max_length=64)] = None
+    service: Svc, patient_id: Annotated[str | None, patient_id_query()] = None
 ) -> Stream:
     from ..audit.exports import csv_timeline
 
@@ -283,10 +288,7 @@ def _views(request: Request[Any, Any, Any]) -> ViewsAccess:
     return views_of(request.app.state)
 
 
-WaitFor = Annotated[
-    int | None,
-    QueryParameter(ge=0, le=2**62, description="Answer once the views reached this position"),
-]
+WaitFor = Annotated[int | None, position_query("Answer once the views reached this position")]
 
 
 @get(
@@ -299,12 +301,10 @@ WaitFor = Annotated[
 )
 def get_board(
     request: Request[Any, Any, Any],
-    state_filter: Annotated[
-        str | None, QueryParameter(name="state", description="One of the protocol's states")
-    ] = None,
+    state_filter: Annotated[str | None, state_query()] = None,
     overdue: FromQuery[bool] = False,
     toxicity: FromQuery[bool] = False,
-    limit: Annotated[int | None, QueryParameter(ge=1, le=10_000)] = None,
+    limit: Annotated[int | None, integer_query(1, MAX_BOARD_PAGE)] = None,
     after: Annotated[
         str | None,
         QueryParameter(
@@ -416,7 +416,7 @@ def get_counts(request: Request[Any, Any, Any], wait_for: WaitFor = None) -> dic
 def get_deviations(
     request: Request[Any, Any, Any],
     service: Svc,
-    patient_id: Annotated[str | None, QueryParameter(max_length=64)] = None,
+    patient_id: Annotated[str | None, patient_id_query()] = None,
     wait_for: WaitFor = None,
 ) -> list[dict[str, Any]]:
     from ..views import queries

@@ -25,7 +25,20 @@ from litestar.exceptions import (
 )
 from litestar.openapi.datastructures import ResponseSpec
 
-from ..errors import CartCourseError, ForbiddenError
+from ..audit.log import UnreadableEventError
+from ..errors import (
+    CartCourseError,
+    ForbiddenError,
+    IdempotencyConflictError,
+    InvalidCommandError,
+    MoveRefused,
+    PatientNotFoundError,
+    StoreError,
+    VersionConflictError,
+)
+from ..ingest import IngestAborted
+from ..tokens import TokenNotFoundError
+from ..views.runner import ViewsTimeoutError
 
 PROBLEM_JSON = "application/problem+json"
 #: The largest request body accepted (bytes); larger bodies are ``413``.
@@ -73,7 +86,6 @@ class BodyError(_FieldError):
     """The request body cannot be read as JSON (not UTF-8, malformed, nested too deeply)."""
 
     code = "invalid_body"
-    http_status = 400
     title = "Request body is not valid JSON"
 
     def __init__(self, message: str) -> None:
@@ -84,7 +96,6 @@ class EmptyBodyError(_FieldError):
     """A route that takes a JSON object got no body."""
 
     code = "empty_body"
-    http_status = 422
     title = "Request body is empty"
 
     def __init__(self, message: str) -> None:
@@ -95,13 +106,11 @@ class HeaderError(_FieldError):
     """A request header that cannot be read (not UTF-8, or not the form the header takes)."""
 
     code = "invalid_header"
-    http_status = 400
     title = "Invalid header"
 
 
 class UnsupportedMediaTypeError(_FieldError):
     code = "unsupported_media_type"
-    http_status = 415
     title = "Unsupported media type"
 
     def __init__(self, message: str) -> None:
@@ -112,11 +121,44 @@ class PreconditionFailedError(_FieldError):
     """``If-Match`` cannot match (a weak tag, or ``*`` for a patient not on record)."""
 
     code = "precondition_failed"
-    http_status = 412
     title = "Precondition failed"
 
     def __init__(self, message: str) -> None:
         super().__init__("If-Match", message)
+
+
+# -- statuses ------------------------------------------------------------------------------------
+
+#: The HTTP status of each error type: the domain and the stores know nothing of HTTP. An error
+#: takes the status of the nearest class in its MRO listed here (``CartCourseError``: 400).
+STATUS_OF: dict[type[CartCourseError], int] = {
+    CartCourseError: 400,
+    InvalidCommandError: 422,
+    IdempotencyConflictError: 422,
+    EmptyBodyError: 422,
+    MoveRefused: 409,
+    VersionConflictError: 412,
+    PreconditionFailedError: 412,
+    PatientNotFoundError: 404,
+    TokenNotFoundError: 404,
+    ForbiddenError: 403,
+    UnsupportedMediaTypeError: 415,
+    BodyError: 400,
+    HeaderError: 400,
+    UnreadableEventError: 500,
+    StoreError: 503,
+    IngestAborted: 503,
+    ViewsTimeoutError: 504,
+}
+
+
+def status_of(exc: CartCourseError) -> int:
+    """The HTTP status of a domain, store or HTTP-layer error (:data:`STATUS_OF`)."""
+    for cls in type(exc).__mro__:
+        status = STATUS_OF.get(cls)
+        if status is not None:
+            return status
+    return 400
 
 
 # -- rendering -----------------------------------------------------------------------------------
@@ -179,7 +221,7 @@ def domain_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
         extra["failed_rules"] = extra.pop("failed")
     return problem(
         request,
-        status=exc.http_status,
+        status=status_of(exc),
         code=exc.code,
         title=exc.title,
         detail=exc.message,
@@ -252,7 +294,7 @@ def _allowed_methods(exc: HTTPException) -> list[str]:
     headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
     allowed = [m.strip() for m in headers.get("allow", "").split(",") if m.strip()]
     if "GET" in allowed and "HEAD" not in allowed:
-        allowed.append("HEAD")  # every GET route answers HEAD (see app.head_as_get)
+        allowed.append("HEAD")  # every GET route answers HEAD (see middleware.head_as_get)
     return sorted(allowed)
 
 

@@ -75,7 +75,6 @@ class ViewsTimeoutError(CartCourseError):
     """Read-your-writes gave up: the views did not reach the asked position in time."""
 
     code = "views_timeout"
-    http_status = 504
     title = "Views not up to date"
 
     def __init__(self, position: int, reached: int, timeout: float) -> None:
@@ -152,7 +151,8 @@ class _Touched:
             self.deviations_before = (id(record.deviations), len(record.deviations))
 
 
-_TOXICITY_TRIGGERS = frozenset({"report_toxicity", "resolve_toxicity"})
+#: Moves that change the toxicity rows (issue 16: a death may close an episode at grade 5).
+_TOXICITY_TRIGGERS = frozenset({"report_toxicity", "resolve_toxicity", "record_death"})
 
 
 class Views:

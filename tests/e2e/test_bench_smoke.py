@@ -39,3 +39,22 @@ def test_every_benchmark_runs_and_reports_in_quick_mode() -> None:
     assert "| nan" not in done.stdout.lower()
     assert "rejected lines 0 (expected 0)" in done.stdout
     assert page.read_bytes() == before  # quick runs print; they never overwrite the page
+
+
+def test_the_ab_comparison_reads_every_ratio_of_a_section() -> None:
+    from bench.ab import ratios
+
+    page = """## Audit: verify
+| patients | events | ratio (target >= 0.5) |
+|---|---|---|
+| 200 | 1834 | 0.35 |
+
+## Protocol
+| operation | us per call | x bare trigger |
+|---|---|---|
+| allowed moves now (candidate) | 1.91 | 0.117 |
+"""
+    assert ratios(page) == {
+        "Audit: verify / 200 (ratio)": 0.35,
+        "Protocol / allowed moves now (candidate) (x bare trigger)": 0.117,
+    }

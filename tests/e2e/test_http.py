@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,11 @@ from http_support import Stack, screen_body, stack
 from litestar.testing import TestClient
 
 from cart_course.http.app import route_table
+from cart_course.http.params import IF_MATCH_PATTERN, MAX_POSITION, PATIENT_ID_PATTERN
+from cart_course.protocol.states import State
+from cart_course.protocol.versions import VERSIONS
+from cart_course.schemas import SCHEMAS
+from cart_course.tokens import ROLES
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -240,7 +246,66 @@ def test_openapi_document_is_3_1_and_covers_every_route(api) -> None:
     for method, path, roles in route_table(s.app):
         if roles is None:
             continue
-        assert method.lower() in doc["paths"][path.replace(":str", "")], path
+        path = path.replace(":str", "")
+        if path == "/v1/patients/{patient_id}/commands/{command}":
+            # one path per command, each with its command's body
+            for command in SCHEMAS:
+                item = doc["paths"][path.replace("{command}", command)]
+                body = item[method.lower()]["requestBody"]["content"]["application/json"]
+                assert body["schema"] == {"$ref": f"#/components/schemas/PatientCommand.{command}"}
+            assert path not in doc["paths"]
+            continue
+        assert method.lower() in doc["paths"][path], path
+
+
+def test_openapi_command_body_is_one_of_the_contract_schemas(api) -> None:
+    """POST /v1/commands: a oneOf discriminated by ``command``, one component per command, each
+    the contract's JSON Schema (``schemas.SCHEMAS``) with its definitions in ``components``."""
+    _, client = api
+    doc = client.get("/schema/openapi.json").json()
+    body = doc["paths"]["/v1/commands"]["post"]["requestBody"]["content"]["application/json"]
+    schema = body["schema"]
+    assert schema["discriminator"]["propertyName"] == "command"
+    assert set(schema["discriminator"]["mapping"]) == set(SCHEMAS)
+    components = doc["components"]["schemas"]
+    for name, original in SCHEMAS.items():
+        assert {"$ref": f"#/components/schemas/Command.{name}"} in schema["oneOf"]
+        mine = components[f"Command.{name}"]
+        assert mine["properties"]["command"] == {"const": name}
+        assert mine["properties"]["payload"] == json.loads(
+            json.dumps(original["properties"]["payload"]).replace(
+                '"#/$defs/', '"#/components/schemas/CommandDefs.'
+            )
+        )
+        assert "actor" not in mine["required"]  # the token's actor is recorded
+    refs = set(re.findall(r'"\$ref": "([^"]+)"', json.dumps(doc)))
+    for ref in refs:
+        assert ref.removeprefix("#/components/schemas/") in components, ref
+
+
+def test_openapi_parameters_carry_the_servers_constraints(api) -> None:
+    _, client = api
+    doc = client.get("/schema/openapi.json").json()
+
+    def parameter(path: str, name: str) -> dict:
+        item = doc["paths"][path]
+        operation = item.get("get") or item.get("post")
+        return next(p for p in operation["parameters"] if p["name"] == name)["schema"]
+
+    assert parameter("/v1/patients/{patient_id}", "patient_id")["pattern"] == PATIENT_ID_PATTERN
+    assert parameter("/v1/board", "state")["enum"] == [s.value for s in State]
+    assert parameter("/v1/counts", "wait_for") == {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": MAX_POSITION,
+        "description": "Answer once the views reached this position",
+    }
+    assert parameter("/v1/events", "after")["maximum"] == MAX_POSITION
+    assert parameter("/v1/events/stream", "Last-Event-ID")["pattern"] == "^[0-9]{1,18}$"
+    assert len(str(MAX_POSITION)) == 18
+    assert parameter("/v1/audit/conformance", "protocol")["enum"] == list(VERSIONS)
+    assert parameter("/v1/commands", "If-Match")["pattern"] == IF_MATCH_PATTERN
+    assert doc["components"]["schemas"]["NewToken"]["properties"]["role"] == {"enum": list(ROLES)}
 
 
 # -- access: 401 and 403 for every route of the app's own route table ---------------------------

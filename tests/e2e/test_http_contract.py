@@ -5,6 +5,7 @@ contract's rejection keys (``error``, ``message``) next to RFC 9457's."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -129,3 +130,23 @@ def test_the_openapi_problem_documents_error_and_message(
     (problem,) = [v for k, v in document["components"]["schemas"].items() if k.endswith("Problem")]
     assert {"type", "title", "status", "detail", "error", "message"} <= set(problem["required"])
     assert problem["properties"]["message"]["type"] == "string"
+
+
+def test_http_statuses_live_only_in_the_http_layer() -> None:
+    """The domain, the stores, the views and the audit raise errors that know nothing of HTTP:
+    ``problems.STATUS_OF`` maps each error type to its status."""
+    import cart_course
+    from cart_course.errors import CartCourseError, MoveRefused, PatientNotFoundError
+    from cart_course.http.problems import STATUS_OF, status_of
+
+    package = Path(cart_course.__file__).parent
+    outside = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if "http" not in path.relative_to(package).parts and "http_status" in path.read_text()
+    ]
+    assert outside == []
+    assert status_of(MoveRefused("no", state="s", trigger="t", failed=[], allowed=[])) == 409
+    assert status_of(PatientNotFoundError("P-1")) == 404
+    assert status_of(CartCourseError("plain")) == 400
+    assert all(400 <= status < 600 for status in STATUS_OF.values())

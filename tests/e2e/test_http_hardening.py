@@ -20,7 +20,7 @@ from litestar import Litestar, get
 from litestar.testing import TestClient
 
 from cart_course.errors import ForbiddenError, PatientNotFoundError, StoreError
-from cart_course.http import app as app_module
+from cart_course.http import common, patients
 from cart_course.http.problems import EXCEPTION_HANDLERS, MAX_BODY_BYTES
 from cart_course.protocol.states import State as CourseState
 from cart_course.tokens import open_token_store
@@ -191,9 +191,7 @@ def test_deeply_nested_body_is_400(api, path: str, content: bytes) -> None:
     s, client = api
     r = client.post(path, content=content, headers={**s.auth(_role(path)), **JSON})
     body = assert_problem(r, 400, "(body)")
-    assert (
-        "nested too deeply" in body["detail"] and str(app_module.MAX_JSON_DEPTH) in body["detail"]
-    )
+    assert "nested too deeply" in body["detail"] and str(common.MAX_JSON_DEPTH) in body["detail"]
 
 
 @pytest.mark.parametrize(
@@ -316,8 +314,8 @@ def test_authentication_does_not_wait_behind_an_access_log_write(tmp_path: Path)
 @pytest.mark.timeout(60)
 def test_revoked_token_stops_receiving_the_live_stream(api, monkeypatch) -> None:
     s, client = api
-    monkeypatch.setattr(app_module, "SSE_RECHECK_SECONDS", 0.2)
-    monkeypatch.setattr(app_module, "SSE_POLL_SECONDS", 0.05)
+    monkeypatch.setattr(patients, "SSE_RECHECK_SECONDS", 0.2)
+    monkeypatch.setattr(patients, "SSE_POLL_SECONDS", 0.05)
     info, token = s.tokens.add("watcher", "monitor")
     timer = threading.Timer(0.5, lambda: s.tokens.revoke(info.id, revoked_by="admin"))
     timer.start()
@@ -571,7 +569,7 @@ def test_json_with_utf8_charset_is_accepted(api) -> None:
 def test_openapi_documents_duplicates_sse_public_routes_and_location(api) -> None:
     _, client = api
     doc = client.get("/schema/openapi.json").json()
-    for path in ("/v1/commands", "/v1/patients/{patient_id}/commands/{command}"):
+    for path in ("/v1/commands", "/v1/patients/{patient_id}/commands/screen"):
         responses = doc["paths"][path]["post"]["responses"]
         assert "duplicate" in responses["200"]["description"]
         assert "CommandOutcome" in json.dumps(responses["200"])

@@ -1,42 +1,109 @@
-"""Property-based run of the service against its own OpenAPI document (schemathesis, in-process
-ASGI): no input may produce a server error, and every response must match the document."""
+"""The OpenAPI document says exactly what the server accepts (issue 21), checked as a client
+would check it: schemathesis's own command line (``st run``) against a real ``cart-course serve``,
+with **every** check (``--checks all``: no server error, status codes, content types, response
+headers and schemas, positive data accepted, negative data rejected, missing headers,
+unsupported methods and ``Allow``, authentication ignored or not ...), over **every** operation
+of ``/schema/openapi.json`` (the event stream included), once per role, with a fixed seed and a
+bounded number of examples. Any finding fails the test, with schemathesis's report.
+
+``schemathesis.toml`` sets the statuses a schema-valid request may meet for what the server
+holds (404, 409, 412) and ``schemathesis_hooks.py`` keeps the generated requests to the rules the
+document states in words only (each named there).
+"""
 
 from __future__ import annotations
 
-import schemathesis
-from http_support import Stack
-from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from http_support import free_port
+from server_support import Server
+
+from cart_course.http.auth import WRITERS
+from cart_course.tokens import ROLES
+
+HERE = Path(__file__).resolve().parent
+ST = str(Path(sys.executable).with_name("st"))
+#: The run is the same every time: the seed, the examples per operation (phases: examples,
+#: coverage, fuzzing, stateful), one worker.
+SEED = 21
+MAX_EXAMPLES = 8
+#: What still fails for the roles that record commands (found by this test, with this seed):
+#: the payload schemas of ``schemas.SCHEMAS`` are looser than the payload parsers (plausibility
+#: ranges such as a weight of 0.5-400 kg or an ALT upper limit of 5-250 U/L, the inputs the
+#: response classification needs), and refusals that depend on the patient's record are 422, not
+#: 409 (a clinical time before the patient's last move; ``corrects`` / ``signs_version`` naming a
+#: version that is not a correctable move or a milestone). Both are issue 13's typed payloads and
+#: command registry (schemas derived from the parsers' own types); strict, so that the test says
+#: when they are done.
+WRITERS_OPEN = pytest.mark.xfail(
+    strict=True,
+    reason="payload schemas looser than the payload parsers; record-dependent refusals are 422",
 )
 
-from cart_course.http.app import route_table
 
-STACK = Stack("memory:", demo=3)
-ROLES = {(m, p.replace(":str", "")): r for m, p, r in route_table(STACK.app)}
-schema = schemathesis.openapi.from_asgi("/schema/openapi.json", STACK.app).exclude(
-    path="/v1/events/stream"  # an endless stream: covered by test_http
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    db = tmp_path_factory.mktemp("schemathesis") / "st.sqlite"
+    s = Server(str(db), free_port(), "--demo")  # a demo cohort and a demo token per role
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(
+    "role", [pytest.param(r, marks=WRITERS_OPEN) if r in WRITERS else r for r in ROLES]
 )
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-]
-
-
-@schema.parametrize()
-@settings(
-    max_examples=25,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-)
-def test_api_conforms_to_its_own_schema(case: schemathesis.Case) -> None:
-    roles = ROLES.get((case.method.upper(), case.path))
-    headers = dict(case.headers or {})
-    if roles:
-        headers["Authorization"] = f"Bearer {STACK.token[roles[0]]}"
-    case.call_and_validate(headers=headers, checks=CHECKS)
+def test_every_check_passes_over_every_operation(server: Server, role: str, tmp_path: Path) -> None:
+    token = f"demo-{role}-token"
+    last = httpx.get(
+        server.url + "/v1/events?limit=1",
+        headers={"Authorization": "Bearer demo-monitor-token"},
+        timeout=30,
+    ).json()["last_position"]
+    env = {
+        **os.environ,
+        "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
+        "CART_COURSE_TEST_LAST_POSITION": str(last),
+    }
+    command = [
+        ST,
+        "--config-file",
+        str(HERE / "schemathesis.toml"),
+        "run",
+        server.url + "/schema/openapi.json",
+        "--checks",
+        "all",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--seed",
+        str(SEED),
+        "--generation-database",
+        "none",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "30",
+        "--header",
+        f"Authorization: Bearer {token}",
+        "--no-color",
+        "--max-failures",
+        "1",
+        "--output-sanitize",
+        "false",
+    ]
+    # in a directory of its own: st keeps a cache of its findings (.schemathesis/) where it runs
+    run = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=840, cwd=tmp_path
+    )
+    report = run.stdout + run.stderr
+    assert run.returncode == 0, f"schemathesis found something for role {role}:\n{report[-30000:]}"
+    assert "Tested: " in report and "errors" not in report.splitlines()[-1], report[-3000:]

@@ -323,10 +323,10 @@ def test_the_cost_of_rewriting_floats_grows_with_the_size_not_its_square() -> No
     def cost(n: int) -> float:
         value = {"payload": {"values": [1e-05] * n, "text": ["[0.00001]", ":1e16,"] * n}}
         best = float("inf")
-        for _ in range(3):
-            started = time.perf_counter()
+        for _ in range(7):  # best of 7, in this process's CPU time: the machine may be shared
+            started = time.process_time()
             canonical(value)
-            best = min(best, time.perf_counter() - started)
+            best = min(best, time.process_time() - started)
         return best
 
-    assert cost(20_000) < 30 * cost(2_000)
+    assert cost(20_000) < 40 * cost(2_000)  # linear: ~10x; quadratic: ~100x

@@ -1,0 +1,128 @@
+"""Tokens (admin) and the audit-access log (auditors): who may use the API, and who read the
+audit routes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import attrs
+from litestar import Request, Response, delete, get, post
+from litestar.datastructures import ResponseHeader
+from litestar.params import FromPath, JSONBody
+
+from .auth import ADMINS, AUDITORS, current_token
+from .common import Tok, read_json_object
+from .params import MAX_PAGE, integer_query, position_query
+from .problems import problem_responses
+
+
+@attrs.define(kw_only=True)
+class NewToken:
+    actor: str
+    role: str
+    name: str | None = None
+
+
+@attrs.define(kw_only=True)
+class TokenView:
+    id: str
+    actor: str
+    role: str
+    name: str | None
+    created_at: str
+    created_by: str | None
+    revoked_at: str | None
+    revoked_by: str | None
+    active: bool
+
+
+@attrs.define(kw_only=True)
+class IssuedToken:
+    """The token itself is shown here once; only its hash is stored."""
+
+    token: str
+    info: TokenView
+
+
+def _token_view(info: Any) -> TokenView:
+    return TokenView(**info.to_json())
+
+
+# -- tokens (admin) ------------------------------------------------------------------------------
+
+
+@get(
+    "/v1/tokens",
+    opt={"roles": ADMINS},
+    sync_to_thread=True,
+    responses=problem_responses(),
+    summary="Every token (never the token itself)",
+    tags=["tokens"],
+)
+def list_tokens(tokens: Tok) -> list[TokenView]:
+    return [_token_view(i) for i in tokens.list()]
+
+
+@post(
+    "/v1/tokens",
+    opt={"roles": ADMINS, "body": "token"},
+    before_request=read_json_object,
+    sync_to_thread=True,
+    responses=problem_responses(413, 415),
+    response_headers=[
+        ResponseHeader(
+            name="Location",
+            documentation_only=True,
+            description="The token: /v1/tokens/{id} (DELETE it to revoke)",
+        )
+    ],
+    response_description="Issued; the token is shown here once",
+    status_code=201,
+    summary="Issue a token for an actor and role",
+    tags=["tokens"],
+)
+def add_token(
+    request: Request[Any, Any, Any], tokens: Tok, data: JSONBody[NewToken]
+) -> Response[IssuedToken]:
+    """``actor`` (1-200 printable characters), ``role`` (one of the roles) and an optional
+    ``name``; other keys are 422."""
+    info, token = tokens.add(
+        data.actor, data.role, name=data.name, created_by=current_token(request).actor
+    )
+    return Response(
+        IssuedToken(token=token, info=_token_view(info)),
+        status_code=201,
+        headers={"Location": f"/v1/tokens/{quote(info.id, safe='')}"},
+    )
+
+
+@delete(
+    "/v1/tokens/{token_id:str}",
+    opt={"roles": ADMINS},
+    sync_to_thread=True,
+    responses=problem_responses(404),
+    status_code=200,
+    summary="Revoke a token",
+    tags=["tokens"],
+)
+def revoke_token(
+    request: Request[Any, Any, Any], tokens: Tok, token_id: FromPath[str]
+) -> TokenView:
+    return _token_view(tokens.revoke(token_id, revoked_by=current_token(request).actor))
+
+
+@get(
+    "/v1/audit/access-log",
+    opt={"roles": AUDITORS, "audit": True},
+    sync_to_thread=True,
+    responses=problem_responses(),
+    summary="Who read the audit endpoints, when, and what",
+    tags=["audit"],
+)
+def get_access_log(
+    tokens: Tok,
+    after: Annotated[int, position_query("Access-log id to read after")] = 0,
+    limit: Annotated[int, integer_query(1, MAX_PAGE)] = 100,
+) -> list[dict[str, Any]]:
+    return [e.to_json() for e in tokens.access_log(after=after, limit=limit)]

@@ -1,0 +1,136 @@
+"""schemathesis hooks of ``test_schemathesis.py`` (loaded with ``SCHEMATHESIS_HOOKS``).
+
+The OpenAPI document states every constraint JSON Schema and OpenAPI can state. A few rules of
+the server they cannot (a bound relative to the clock or to the log, a rule between two
+parameters); each is stated in the document's descriptions, and here each generated request is
+kept to it just before it is sent (``before_call``: schemathesis then judges again whether the
+request is schema-valid). Nothing else is changed, so every check still sees every other
+request as generated.
+
+1. A JSON integer is written without a fraction: ``4.0`` is refused where an integer is due
+   (JSON Schema counts 4.0 as an integer). Integral floats are sent as integers.
+2. A clinical time (``occurred_at``) is not more than 5 minutes in the future.
+3. A header and its twin in the body agree (``If-Match`` / ``expected_version``,
+   ``Idempotency-Key`` / ``idempotency_key``): when both are sent and differ, the header is left
+   out.
+4. ``as-of`` takes exactly one of ``version``, ``recorded_at``, ``occurred_at``.
+5. ``wait_for`` names a position the log has reached; the overdue board's ``after`` is a place
+   in its order (the ``after`` of a previous page): left out here.
+6. The event stream is endless: it is asked for at most 3 events after position 0.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import MutableMapping
+from typing import Any
+
+import schemathesis
+
+#: The log's last position when the run starts (it only grows).
+LAST_POSITION = int(os.environ.get("CART_COURSE_TEST_LAST_POSITION", "0"))
+PAST = "2026-01-02T03:04:05Z"
+
+
+def _integers(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integers(v) for v in value]
+    return value
+
+
+def _in_the_future(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if when.tzinfo is None:
+        return False
+    return when > dt.datetime.now(dt.UTC)
+
+
+def _pairs(a: Any, b: Any) -> list[tuple[Any, Any]]:
+    """The leaves of two JSON values of the same shape, side by side."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [p for k in a.keys() & b.keys() for p in _pairs(a[k], b[k])]
+    if isinstance(a, list) and isinstance(b, list):
+        return [p for x, y in zip(a, b, strict=False) for p in _pairs(x, y)]
+    return [(a, b)]
+
+
+def _number(value: Any) -> int | None:
+    """A query value as a whole number (schemathesis may hold it as text), or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+def _header(headers: dict[str, Any], name: str) -> str | None:
+    for key in list(headers):
+        if key.lower() == name.lower():
+            return key
+    return None
+
+
+def _version_of(tag: Any) -> int | None:
+    if isinstance(tag, str) and tag.strip('"').isdigit():
+        return int(tag.strip('"'))
+    return None
+
+
+@schemathesis.hook
+def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
+    path = case.operation.path
+    body = case.body
+    if isinstance(body, (dict, list)):
+        fixed = _integers(body)
+        if isinstance(fixed, dict) and _in_the_future(fixed.get("occurred_at")):
+            fixed["occurred_at"] = PAST
+        if fixed != body or any(type(a) is not type(b) for a, b in _pairs(fixed, body)):
+            case.body = fixed
+        body = fixed
+    headers = case.headers if isinstance(case.headers, MutableMapping) else None
+    if headers is not None and isinstance(body, dict):
+        key = _header(headers, "If-Match")
+        if key is not None:
+            header_version = _version_of(headers[key])
+            body_version = body.get("expected_version")
+            if (
+                header_version is not None
+                and isinstance(body_version, int)
+                and header_version != body_version
+            ):
+                del headers[key]
+        key = _header(headers, "Idempotency-Key")
+        body_key = body.get("idempotency_key")
+        if key is not None and isinstance(body_key, str) and headers[key] != body_key:
+            del headers[key]
+    query = case.query if isinstance(case.query, MutableMapping) else None
+    if query is None:
+        return
+    if path.endswith("/as-of"):
+        given = [k for k in ("version", "recorded_at", "occurred_at") if k in query]
+        for extra in given[1:]:
+            del query[extra]
+        if not given:
+            query["version"] = 1
+    wait_for = _number(query.get("wait_for"))
+    if wait_for is not None and wait_for > LAST_POSITION:
+        query["wait_for"] = LAST_POSITION
+    if path == "/v1/board" and query.get("overdue") in (True, "true") and "after" in query:
+        del query["after"]
+    if path == "/v1/events/stream":
+        query["after"] = 0
+        max_events = _number(query.get("max_events"))
+        if max_events is None or max_events > 3:
+            query["max_events"] = 3

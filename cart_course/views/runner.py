@@ -57,7 +57,6 @@ class ViewsDifferError(CartCourseError):
     """A check (``views verify``, ``audit verify``) found view rows that differ from the log."""
 
     code = "views_differ"
-    http_status = 503
     title = "The views differ from the log"
 
     def __init__(self, patients: list[str], found_at: str) -> None:

@@ -443,7 +443,9 @@ def views_metrics(state: State) -> str:
 
 
 def routes(state: State) -> list[Any]:
-    out: list[Any] = list(AUDIT_ROUTES)
+    from .cdisc import ROUTES as CDISC_ROUTES  # CDISC exports (issue 19)
+
+    out: list[Any] = [*AUDIT_ROUTES, *CDISC_ROUTES]
     if state.get("store") is not None:
         out += VIEW_ROUTES
     return out

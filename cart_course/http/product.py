@@ -11,15 +11,17 @@ from litestar.params import PathParameter
 from ..errors import CartCourseError
 from ..service import CourseService
 from .auth import AUDITORS
-from .problems import problem_responses
+from .problems import STATUS_OF, problem_responses
 
 Svc = NamedDependency[CourseService]
 
 
 class ProductNotFoundError(CartCourseError):
     code = "product_not_found"
-    http_status = 404
     title = "Product not found"
+
+
+STATUS_OF[ProductNotFoundError] = 404
 
 
 @get(

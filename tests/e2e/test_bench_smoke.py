@@ -31,6 +31,7 @@ def test_every_benchmark_runs_and_reports_in_quick_mode() -> None:
         "## Where an ingested event's CPU goes",
         "## Cost of one command as history grows",
         "## Audit",
+        "## CDISC exports",
         "## Views",
         "## Protocol",
         "## HTTP service",

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from cart_course.demo import cohort
+from cart_course.demo import CLINICIAN, cohort
 from cart_course.storage import parse_store_url
 from cart_course.tokens import open_token_store
 
@@ -166,7 +166,7 @@ def run() -> Section:
     with tempfile.TemporaryDirectory() as tmp:
         db = str(Path(tmp) / "bench.sqlite")
         store = open_token_store(parse_store_url(db))
-        _, token = store.add("bench.clinician", "clinician")
+        _, token = store.add("bench.clinician", "clinician", name=CLINICIAN["name"])  # signs
         store.close()
         port = _port()
         proc = _serve(db, port)

@@ -26,6 +26,7 @@ from .encoding import canonical_reference
 from .errors import InvalidCommandError
 from .protocol.errors import key_name
 from .protocol.registry import REGISTRY
+from .protocol.text import free_text_problem
 
 ENVELOPE_KEYS = (
     "command",
@@ -165,6 +166,12 @@ def _shown(value: str, limit: int = 40) -> str:
     return repr(value) if len(value) <= limit else f"{value[:limit]!r}..."
 
 
+#: The plausible window of a contract's time: from 1900 on, with a UTC offset of at most 14 hours
+#: (UTC-12:00 to UTC+14:00 are in use; RFC 3339's syntax allows up to 23:59).
+MIN_YEAR = 1900
+MAX_UTC_OFFSET = dt.timedelta(hours=14)
+
+
 def parse_time(value: Any, field: str) -> dt.datetime:
     """A date-time of the contract: exactly :data:`TIME_PATTERN` (RFC 3339), a real calendar
     date and time, with a UTC offset. Nothing else is read as a time: not ISO 8601's other
@@ -197,6 +204,19 @@ def parse_time(value: Any, field: str) -> dt.datetime:
         raise InvalidCommandError(
             field, f"{_shown(value)} is not a valid date-time ({exc}); use {TIME_FORM}"
         ) from None
+    offset = parsed.utcoffset()
+    if offset is not None and abs(offset) > MAX_UTC_OFFSET:
+        raise InvalidCommandError(
+            field,
+            f"{_shown(value)} has the UTC offset {value[-6:]}; offsets in "
+            "use on Earth are from -12:00 to +14:00 (at most 14 hours either way)",
+        )
+    if parsed.year < MIN_YEAR:
+        raise InvalidCommandError(
+            field,
+            f"{_shown(value)} is before {MIN_YEAR}: not a plausible time of a clinical record "
+            "(a typo in the year?)",
+        )
     return parsed
 
 
@@ -242,7 +262,11 @@ def _reason(data: Mapping[str, Any], command: str) -> str | None:
             f"{command} requires a reason ({_REASON_WHAT.get(command, 'why')}): give it as "
             "text of 1-4000 characters" + ("" if value is None else f"; {_shown(value)} is blank"),
         )
-    return _text(data, "reason", "reason", max_len=4000, required=False)
+    text = _text(data, "reason", "reason", max_len=4000, required=False)
+    problem = None if text is None else free_text_problem(text)
+    if problem is not None:
+        raise InvalidCommandError("reason", problem)
+    return text
 
 
 #: Actors already parsed, by (id, role, name): a service records many commands of few people.

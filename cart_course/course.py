@@ -8,6 +8,7 @@ event of the stream (a tamper-evident chain; see ``audit``).
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import hashlib
 import uuid
@@ -317,9 +318,19 @@ class PatientCourse(Aggregate):
         return course
 
     def record_event(self, event_class: type[Aggregate.Event], **fields: Any) -> None:
+        if fields.get("timestamp") is None:
+            fields["timestamp"] = self.next_timestamp(event_class)
         self.trigger_event(
             event_class, prev_hash=self.chain_head, canonical_form=CANONICAL_FORM, **fields
         )
+
+    def next_timestamp(self, event_class: type[Aggregate.Event]) -> dt.datetime:
+        """The record time of the stream's next event: now, and never before the previous
+        event's (when the server's clock steps back, the previous event's time), so that record
+        times never go backwards in a stream (``audit verify`` checks it)."""
+        now: dt.datetime = event_class.create_timestamp()
+        last: dt.datetime | None = getattr(self, "modified_on", None)
+        return last if last is not None and now < last else now
 
 
 def move_event_class(name: str) -> type[PatientCourse.Moved]:

@@ -428,7 +428,7 @@ def _course(p: _Patient, scenario: str, rng: random.Random, tracked: str | None 
                 "milestone": "response_assessment",
                 "signs_version": p.version,
                 "meaning": "approval",
-                "printed_name": "A. Demo, MD",
+                "printed_name": CLINICIAN["name"],  # the signer's registered name
             },
             actor=CLINICIAN,
             hours=2,

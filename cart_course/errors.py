@@ -101,6 +101,25 @@ class IdempotencyConflictError(CartCourseError):
         )
 
 
+class IdempotencyKeyOfAnotherActorError(IdempotencyConflictError):
+    """The key (or, without one, the same command) was recorded by another actor: answering it as
+    a duplicate would hand this actor someone else's event as their own."""
+
+    def __init__(self, key: str, version: int) -> None:
+        self.key = key
+        self.version = version
+        what = (
+            "the same command (no idempotency key)"
+            if key.startswith("auto:")
+            else f"idempotency key {key!r}"
+        )
+        CartCourseError.__init__(
+            self,
+            f"{what} was recorded by another actor (as version {version}); a retry must come from "
+            "the actor who sent it: use a new key for your own command",
+        )
+
+
 class PatientNotFoundError(CartCourseError):
     code = "patient_not_found"
     title = "Patient not found"

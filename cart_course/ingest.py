@@ -37,6 +37,7 @@ from .bootstrap import Settings, build_service
 from .bulk import bulk_gc
 from .contract import Command, parse_command
 from .errors import CartCourseError
+from .jsonin import DuplicateKeyError, duplicate_key, loads
 from .service import CourseService
 
 #: Commands per transaction (``--batch-size``). A commit writes the batch's pages to SQLite's
@@ -130,23 +131,30 @@ def decode_line(line: str) -> Any:
     """``json.loads`` semantics, faster: msgspec first; anything it refuses (NaN, 1e400, lone
     surrogate escapes, and every invalid line) goes to ``json.loads``, which accepts it or raises
     its own :class:`json.JSONDecodeError`. msgspec accepts nothing ``json.loads`` refuses and
-    decodes what both accept to equal values (duplicate keys: the last wins, as in json).
+    decodes what both accept to equal values. An object holding a key twice is refused
+    (:mod:`cart_course.jsonin`).
 
     A line that is not UTF-8 text (see :func:`numbered_lines`), nested too deeply for the
     decoders or holding an integer of more digits than Python converts raises
     :class:`LineDecodeError`."""
     try:
-        return _decode.decode(line)
+        data = _decode.decode(line)
     except (msgspec.DecodeError, msgspec.ValidationError):
         pass
     except UnicodeEncodeError:
         raise _not_utf8(line) from None
     except RecursionError:
         raise LineDecodeError("nested too deeply (arrays and objects within each other)") from None
+    else:
+        if (duplicate := duplicate_key(line, data)) is not None:
+            raise LineDecodeError(duplicate.reason)
+        return data
     try:
-        return json.loads(line)
+        return loads(line)
     except json.JSONDecodeError:
         raise
+    except DuplicateKeyError as exc:
+        raise LineDecodeError(exc.reason) from None
     except RecursionError:
         raise LineDecodeError("nested too deeply (arrays and objects within each other)") from None
     except ValueError as exc:
@@ -170,6 +178,9 @@ def record_batch(
             # then be written by the fast encoder. Lines it refuses (NaN, 1e400, big integers,
             # errors) go through decode_line: json's semantics, json's encoder for the digest.
             data, json_data = _decode.decode(line), True
+            if (duplicate := duplicate_key(line, data)) is not None:
+                rejected.append(_rejection(number, "invalid_json", duplicate.reason))
+                continue
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeEncodeError, RecursionError):
             json_data = False
             try:

@@ -29,6 +29,7 @@ from .errors import (
     CipherKeyError,
     ForbiddenError,
     IdempotencyConflictError,
+    IdempotencyKeyOfAnotherActorError,
     InvalidCommandError,
     MoveRefused,
     PatientNotFoundError,
@@ -429,6 +430,8 @@ class CourseService:
                 digest, version = seen
                 if digest != command.digest:
                     raise IdempotencyConflictError(key, version)
+                if getattr(self._event_at(course, version), "actor", None) != command.actor.id:
+                    raise IdempotencyKeyOfAnotherActorError(key, version)
                 return self._result_of(course, version, "duplicate"), None
         version_now = course.version if course is not None else 0
         if command.expected_version is not None and command.expected_version != version_now:
@@ -633,6 +636,8 @@ class CourseService:
                 command.actor.role,
                 course.version,
                 lambda version: self._signed(course, version),
+                command.actor.name,
+                actor=command.actor.id,
             )
         except SignerNotPermittedError as exc:
             raise ForbiddenError(str(exc)) from None

@@ -499,24 +499,48 @@ def open_token_store(settings: StoreSettings) -> TokenStore:
         raise StoreError(f"cannot open the token store in {settings.display}: {exc}") from None
 
 
-#: Demo tokens that ``make run`` ensures exist (a local demo only: revoke them on a real server).
-DEMO_TOKENS = {
-    "admin": ("demo.admin", "demo-admin-token"),
-    "clinician": ("dr.demo", "demo-clinician-token"),
-    "monitor": ("monitor.demo", "demo-monitor-token"),
-    "auditor": ("auditor.demo", "demo-auditor-token"),
-    "service": ("ehr.demo", "demo-service-token"),
+#: The demo actors, one per role; ``serve --demo`` issues each a fresh random token per run.
+DEMO_ACTORS = {
+    "admin": "demo.admin",
+    "clinician": "dr.demo",
+    "monitor": "monitor.demo",
+    "auditor": "auditor.demo",
+    "service": "ehr.demo",
 }
+#: The well-known tokens earlier releases issued for ``make run``: never enabled again (anyone
+#: reading the source knows them); ``serve --demo`` revokes them where a store still has them.
+WELL_KNOWN_DEMO_TOKENS = tuple(f"demo-{role}-token" for role in DEMO_ACTORS)
+#: ``created_by`` of the tokens ``serve --demo`` issues (and of the well-known ones, formerly).
+DEMO_ISSUERS = ("serve --demo", "make run")
 
 
-def ensure_demo_tokens(store: TokenStore) -> dict[str, tuple[str, str]]:
-    """Issue the well-known demo tokens unless already issued; returns role -> (actor, token)."""
-    out: dict[str, tuple[str, str]] = {}
-    for role, (actor, token) in DEMO_TOKENS.items():
+def retire_well_known_tokens(store: TokenStore) -> list[TokenInfo]:
+    """Revoke the well-known demo tokens of earlier releases still active; returns them."""
+    retired = []
+    for token in WELL_KNOWN_DEMO_TOKENS:
         info = store.lookup(token)
-        if info is None:
-            store.add(actor, role, name=f"demo {role}", created_by="make run", token=token)
-        elif not info.active:
-            continue  # revoked on purpose: leave it revoked
+        if info is not None and info.active:
+            retired.append(store.revoke(info.id, revoked_by="serve"))
+    return retired
+
+
+def only_demo_tokens(store: TokenStore) -> bool:
+    """True when every token in the store was issued by a demo run (or there is none)."""
+    return all(i.created_by in DEMO_ISSUERS for i in store.list())
+
+
+def issue_demo_tokens(store: TokenStore) -> dict[str, tuple[str, str]]:
+    """Fresh random demo tokens, one per role (returns role -> (actor, token), shown once).
+
+    The tokens of earlier demo runs and the well-known ones of earlier releases are revoked, so
+    only this run's tokens work.
+    """
+    retire_well_known_tokens(store)
+    for info in store.list(include_revoked=False):
+        if info.created_by in DEMO_ISSUERS:
+            store.revoke(info.id, revoked_by="serve --demo")
+    out: dict[str, tuple[str, str]] = {}
+    for role, actor in DEMO_ACTORS.items():
+        _, token = store.add(actor, role, name=f"demo {role}", created_by="serve --demo")
         out[role] = (actor, token)
     return out

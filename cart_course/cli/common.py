@@ -12,6 +12,7 @@ from ..bootstrap import Settings, System
 from ..contract import parse_patient_id
 from ..errors import InvalidCommandError
 from ..eventlog import EventLog
+from ..jsonin import DuplicateKeyError, loads
 from ..service import CourseService
 
 
@@ -122,7 +123,9 @@ def decode_json_document(raw: bytes) -> Any:
         ) from None
     try:
         # Without trailing whitespace, a truncated document's error is where it stops.
-        return json.loads(text.rstrip())
+        return loads(text.rstrip())
+    except DuplicateKeyError as exc:
+        raise JSONInputError(f"not accepted: {exc.reason}", param_hint="SOURCE") from None
     except json.JSONDecodeError as exc:
         raise JSONInputError(
             f"not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}",

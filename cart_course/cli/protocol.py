@@ -14,7 +14,6 @@ from typing import Any
 
 import click
 
-from ..errors import CartCourseError, InvalidCommandError
 from ..protocol import catalog, diagram
 from ..protocol.eligibility import evaluate_eligibility, parse_screening
 from ..protocol.errors import ProtocolInputError
@@ -69,17 +68,9 @@ def _names(value: Any) -> list[str]:
 def json_errors(as_json: bool) -> Iterator[None]:
     """With ``--json``, an error is also printed on stdout as the contract's rejection body
     (``{"error": ..., "message": ..., "field": ...}``), besides the one line on stderr; the exit
-    status is the same either way."""
-    try:
-        yield
-    except ProtocolInputError as exc:
-        if as_json:
-            echo_json(InvalidCommandError(exc.field, exc.message).to_json())
-        raise
-    except CartCourseError as exc:
-        if as_json:
-            echo_json(exc.to_json())
-        raise
+    status is the same either way. ``cli.main`` prints that body for every command (printing it
+    here too wrote it twice), so this only marks the commands that take ``--json``."""
+    yield
 
 
 def commands_document(registry: Registry = REGISTRY) -> dict[str, Any]:

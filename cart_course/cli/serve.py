@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..bootstrap import export_store, operator_name
-from ..tokens import ROLES, ensure_demo_tokens
+from ..tokens import ROLES, issue_demo_tokens, only_demo_tokens, retire_well_known_tokens
 from .common import Context, echo_json, pass_context
 
 
@@ -31,22 +31,36 @@ def serve(ctx: Context, host: str, port: int, workers: int, demo: bool, log_leve
     import uvicorn
 
     settings = ctx.settings
+    for info in retire_well_known_tokens(ctx.system.tokens):
+        click.echo(
+            f"revoked the well-known demo token {info.id} of {info.actor} (public knowledge)"
+        )
     if demo:
         from .course import record_demo
 
-        if next(iter(ctx.service.patient_ids()), None) is None:
+        empty = next(iter(ctx.service.patient_ids()), None) is None
+        if empty:
             click.echo("empty store: recording a demo cohort of 40 patients, in progress today ...")
             counts = record_demo(ctx, 40, seed=1, live=True)
             click.echo(f"{counts['recorded']} events recorded")
-        demo_tokens = ensure_demo_tokens(ctx.system.tokens)
         click.echo("")
         click.echo(f"  dashboard: http://{host}:{port}/   (API docs: http://{host}:{port}/schema)")
-        click.echo("  log in with one of these demo tokens (local demo only):")
-        for role, (actor, token) in demo_tokens.items():
-            click.echo(f"    {role:<10} {token:<24} (actor {actor})")
-        click.echo(
-            f"  e.g. curl -H 'Authorization: Bearer demo-monitor-token' http://{host}:{port}/v1/patients"
-        )
+        if empty or only_demo_tokens(ctx.system.tokens):
+            demo_tokens = issue_demo_tokens(ctx.system.tokens)
+            click.echo(
+                "  log in with one of these demo tokens, fresh for this run (local demo only):"
+            )
+            for role, (actor, token) in demo_tokens.items():
+                click.echo(f"    {role:<10} {token:<46} (actor {actor})")
+            example = demo_tokens["monitor"][1]
+            click.echo(
+                f"  e.g. curl -H 'Authorization: Bearer {example}' http://{host}:{port}/v1/patients"
+            )
+        else:
+            click.echo(
+                "  this store holds data and tokens that no demo run issued: no demo tokens issued"
+                " (issue tokens with 'cart-course tokens add ACTOR ROLE')"
+            )
         click.echo("")
     ctx.close()  # each worker builds its own system
     export_store(settings)

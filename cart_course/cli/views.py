@@ -72,6 +72,7 @@ def _ready(ctx: Context, wait_for: int | None, timeout: float, catch_up: bool) -
         views.wait_for(wait_for, timeout, pull=catch_up)
     elif catch_up:
         views.catch_up()
+    views.check_not_differing()  # a check found edited rows: refused, naming the patients
     return views
 
 
@@ -306,6 +307,7 @@ def watch(
 
     moment = _parse_now(now)
     views = _open(ctx)
+    views.check_not_differing()
     seen = views.position() if since is None else since
     if since is None and catch_up:
         views.catch_up()

@@ -19,7 +19,7 @@ from ..ledger.store import LedgerStore
 from ..ledger.views import views_problems
 from ..service import CourseService
 from .auth import AUDITORS
-from .problems import problem_responses
+from .problems import STATUS_OF, problem_responses
 
 Svc = NamedDependency[CourseService]
 #: Auditors and monitors archive checkpoints outside the system.
@@ -28,8 +28,10 @@ CHECKPOINT_READERS = ("auditor", "monitor")
 
 class CheckpointUnavailableError(CartCourseError):
     code = "checkpoint_unavailable"
-    http_status = 404
     title = "No checkpoint"
+
+
+STATUS_OF[CheckpointUnavailableError] = 404
 
 
 @contextmanager

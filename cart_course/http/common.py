@@ -14,6 +14,7 @@ from litestar.params import HeaderParameter, ParameterKwarg
 
 from ..contract import ENVELOPE_KEYS, MAX_VERSION, parse_command
 from ..errors import InvalidCommandError
+from ..jsonin import duplicate_key
 from ..protocol.errors import key_name
 from ..service import CourseService
 from ..tokens import TokenStore, check_actor_role
@@ -218,6 +219,8 @@ async def read_json_object(request: Request[Any, Any, Any]) -> None:
             "send the body as JSON in UTF-8 with Content-Type: application/json"
         )
     data = await request.json()
+    if (duplicate := duplicate_key(body, data)) is not None:
+        raise InvalidCommandError("(body)", duplicate.reason)
     if not isinstance(data, dict):
         raise InvalidCommandError(
             "(body)", f"must be a JSON object with {what}; got {type(data).__name__}"

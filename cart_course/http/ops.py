@@ -137,6 +137,13 @@ def ready(service: Svc, tokens: Tok) -> Ready:
         raise StoreError(
             f"the store does not answer ({type(exc).__name__}); the server log has the details"
         ) from None
+    mismatch = service.log.settings_mismatch()  # one row: read with this server's cipher key?
+    if mismatch is not None:
+        log.warning("not ready: %s", mismatch)
+        raise StoreError(
+            "the store's events do not read with this server's settings (cipher key or "
+            "compression); the server log has the details"
+        )
     return Ready(status="ready")
 
 

@@ -126,7 +126,7 @@ def get_history(
 
 @get(
     "/v1/events",
-    opt={"roles": READERS},
+    opt={"roles": READERS, "audit": True},  # every patient's events: written to the access log
     sync_to_thread=True,
     responses=problem_responses(),
     summary="The event feed, paged by position",
@@ -150,7 +150,7 @@ def get_events(
 
 @get(
     "/v1/events/stream",
-    opt={"roles": READERS},
+    opt={"roles": READERS, "audit": True},  # logged once per connection, as it starts
     responses=problem_responses(),
     media_type="text/event-stream",
     response_description="An endless text/event-stream: one 'event' per recorded event (id = "

@@ -38,7 +38,7 @@ from ..errors import (
 )
 from ..ingest import IngestAborted
 from ..tokens import TokenNotFoundError
-from ..views.runner import ViewsTimeoutError
+from ..views.runner import ViewsDifferError, ViewsTimeoutError
 
 PROBLEM_JSON = "application/problem+json"
 #: The largest request body accepted (bytes); larger bodies are ``413``.
@@ -148,6 +148,7 @@ STATUS_OF: dict[type[CartCourseError], int] = {
     UnreadableEventError: 500,
     StoreError: 503,
     IngestAborted: 503,
+    ViewsDifferError: 503,
     ViewsTimeoutError: 504,
 }
 

@@ -94,6 +94,16 @@ def compare_views(app: EventLog, store: StoreSettings) -> tuple[int | None, list
                 message="view_cohort differs from the log replayed: edited in the database",
             )
         )
+    # What a check found is kept with the views: the board refuses them until they are rebuilt
+    # (a clean check clears it).
+    marks = ViewDB.open(store)
+    try:
+        marks.mark_differing(
+            [(pid, "; ".join(sorted(where))) for pid, where in sorted(differs.items())]
+            or ([("(views)", "view_cohort")] if problems else [])
+        )
+    finally:
+        marks.close()
     return position, problems
 
 

@@ -18,6 +18,7 @@ from .machine import Probe
 from .parameters import ProtocolParameters
 from .record import PatientRecord, Toxicity
 from .response import RESPONSES, classify_response, parse_response_assessment
+from .text import free_text_problem
 from .toxicity import parse_toxicity_report
 
 #: What the rules of a move read from the record (a new dict per call).
@@ -32,6 +33,9 @@ def _text(payload: Mapping[str, Any], key: str, *, max_len: int = 2000) -> str |
         raise ProtocolInputError(f"payload.{key}", "must be a non-empty string")
     if len(value) > max_len:
         raise ProtocolInputError(f"payload.{key}", f"must be at most {max_len} characters")
+    problem = free_text_problem(value)
+    if problem is not None:
+        raise ProtocolInputError(f"payload.{key}", problem)
     return value
 
 

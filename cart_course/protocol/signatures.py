@@ -57,6 +57,10 @@ class Signature:
         }
 
 
+def _shown(value: str) -> str:
+    return repr(value) if len(value) <= 60 else repr(value[:60]) + "..."
+
+
 def event_version(value: Any, version_now: int, field: str, what: str) -> int:
     """A payload's reference to one of the patient's events (1..its version), or a clear error."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= version_now:
@@ -70,10 +74,21 @@ SignedLookup = Callable[[int], tuple[str, str] | None]
 
 
 def decide_signature(
-    payload: Mapping[str, Any], role: str, version_now: int, signed: SignedLookup
+    payload: Mapping[str, Any],
+    role: str,
+    version_now: int,
+    signed: SignedLookup,
+    registered_name: str | None = None,
+    *,
+    actor: str = "the signer",
 ) -> Signature:
     """The signature ``payload`` asks for by an actor of ``role`` on a patient at ``version_now``
-    (raises :class:`ProtocolInputError` naming the field, or :class:`SignerNotPermittedError`)."""
+    (raises :class:`ProtocolInputError` naming the field, or :class:`SignerNotPermittedError`).
+
+    ``printed_name`` must be ``registered_name``, the signer's name as registered with their
+    identity (over HTTP: the token's name; in an envelope sent by the CLI or Python: the actor's
+    ``name``), never a name only the body states (21 CFR 11.50: the printed name of the signer).
+    A signer without a registered name cannot sign."""
     extra = sorted(set(payload) - set(SIGNATURE_KEYS), key=str)
     if extra:
         raise ProtocolInputError(
@@ -97,6 +112,19 @@ def decide_signature(
             "payload.printed_name",
             "must be the signer's name as printed: one line of at most 200 characters, "
             "without control characters",
+        )
+    if registered_name is None:
+        raise ProtocolInputError(
+            "payload.printed_name",
+            f"{actor} has no registered name to sign with: signers need a token issued with "
+            "their name ('cart-course tokens add ACTOR ROLE --name \"...\"'; in an envelope: "
+            '"actor": {..., "name": "..."})',
+        )
+    if name != registered_name:
+        raise ProtocolInputError(
+            "payload.printed_name",
+            f"{_shown(name)} is not the signer's registered name {_shown(registered_name)}: a "
+            "signature carries the name registered with the signer's token",
         )
     signs = event_version(
         payload.get("signs_version"), version_now, "payload.signs_version", "the signed event"

@@ -69,6 +69,10 @@ def metrics_text(views: Views, now: queries.Moment = None) -> str:
         "and skipped (see `cart-course views skipped`); 0 when none.",
         "# TYPE cart_course_view_skipped_events gauge",
         f"cart_course_view_skipped_events {skipped['events']}",
+        "# HELP cart_course_views_differing Patients whose view rows a check found to differ "
+        "from the log (the board refuses to serve until 'views rebuild'); 0 when none.",
+        "# TYPE cart_course_views_differing gauge",
+        f"cart_course_views_differing {len(views.db.differing())}",
         "# HELP cart_course_view_skipped_stream Events skipped per patient stream, from the "
         "first one skipped on (the patient's row stops before it).",
         "# TYPE cart_course_view_skipped_stream gauge",

@@ -53,6 +53,23 @@ DEFAULT_BATCH = 5000
 _IN_CHUNK = 500
 
 
+class ViewsDifferError(CartCourseError):
+    """A check (``views verify``, ``audit verify``) found view rows that differ from the log."""
+
+    code = "views_differ"
+    title = "The views differ from the log"
+
+    def __init__(self, patients: list[str], found_at: str) -> None:
+        self.patients = patients
+        shown = ", ".join(patients[:20]) + (
+            f" and {len(patients) - 20} more" if len(patients) > 20 else ""
+        )
+        super().__init__(
+            f"the read model's rows of {shown} differ from the log (found by a check at "
+            f"{found_at}); not served until rebuilt: run 'cart-course views rebuild'"
+        )
+
+
 class ViewsTimeoutError(CartCourseError):
     """Read-your-writes gave up: the views did not reach the asked position in time."""
 
@@ -563,12 +580,20 @@ class Views:
             self.db.tracking(lock=True)
             for table in VIEW_TABLES:
                 self.db.execute(f"DELETE FROM {table}")
+            self.db.execute("DELETE FROM view_differs")  # recomputed from the log: agree again
             self.db.execute(
                 "UPDATE view_tracking SET position = 0, last_recorded_at = NULL, updated_at = NULL "
                 "WHERE name = ?",
                 (TRACKING,),
             )
         self._cache.clear()
+
+    def check_not_differing(self) -> None:
+        """Refuse (:class:`ViewsDifferError`, 503) while a check found rows that differ from
+        the log: the board never serves them silently."""
+        found = self.db.differing()
+        if found:
+            raise ViewsDifferError([pid for pid, _, _ in found], found[0][1])
 
     def rebuild(self) -> int:
         """Recompute every view from the whole log; returns the number of events processed."""

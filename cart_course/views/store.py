@@ -9,6 +9,7 @@ rewritten to ``%s`` for psycopg; ``ON CONFLICT ... DO UPDATE`` works on both).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -96,6 +97,11 @@ CREATE TABLE IF NOT EXISTS view_skipped (
   reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS view_skipped_stream ON view_skipped (stream_id);
+CREATE TABLE IF NOT EXISTS view_differs (
+  patient_id TEXT PRIMARY KEY,
+  found_at TEXT NOT NULL,
+  detail TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS view_cohort (
   dimension TEXT NOT NULL,
   key TEXT NOT NULL,
@@ -249,6 +255,28 @@ class ViewDB:
         if row is None:
             return 0, None, None
         return int(row[0]), row[1], row[2]
+
+    def mark_differing(self, found: Sequence[tuple[str, str]]) -> None:
+        """Remember the patients whose rows a check found to differ from the log (replacing what
+        an earlier check found; none: the views agree). The board refuses to serve while any
+        is marked; a rebuild clears the marks (``view_differs``)."""
+        now = dt.datetime.now(dt.UTC).isoformat()
+        with self.transaction():
+            self.execute("DELETE FROM view_differs")
+            if found:
+                self.executemany(
+                    "INSERT INTO view_differs (patient_id, found_at, detail) VALUES (?, ?, ?)",
+                    [(pid, now, detail) for pid, detail in found],
+                )
+
+    def differing(self) -> list[tuple[str, str, str]]:
+        """(patient id, when found, what differs) of the patients a check found differing."""
+        return [
+            (str(r[0]), str(r[1]), str(r[2]))
+            for r in self.fetchall(
+                "SELECT patient_id, found_at, detail FROM view_differs ORDER BY patient_id"
+            )
+        ]
 
     def dump(self) -> dict[str, list[tuple[Any, ...]]]:
         """Every row of every view, ordered by key (to compare a follower with a rebuild)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,9 +14,20 @@ import httpx
 CLI = str(Path(sys.executable).with_name("cart-course"))
 
 
+def printed_tokens(banner: str) -> dict[str, str]:
+    """Role -> token from the lines ``serve --demo`` prints (``    ROLE  TOKEN  (actor ACTOR)``)."""
+    out: dict[str, str] = {}
+    for line in banner.splitlines():
+        m = re.fullmatch(r"\s+(\w+)\s+(cc_\S+)\s+\(actor \S+\)", line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
 class Server:
     def __init__(self, db: str, port: int, *args: str) -> None:
         self.url = f"http://127.0.0.1:{port}"
+        self.tokens: dict[str, str] = {}
         env = {**os.environ, "CART_COURSE_DB": db}
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"cart-course-serve-{port}.log"
         self.proc = subprocess.Popen(
@@ -30,6 +42,7 @@ class Server:
                 raise RuntimeError(f"server exited: {self.log.read_text()}")
             try:
                 if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
+                    self.tokens = printed_tokens(self.log.read_text())
                     return
             except httpx.HTTPError:
                 pass

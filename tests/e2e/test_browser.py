@@ -63,7 +63,7 @@ def page(server: Server) -> Iterator[object]:
 def test_board_patient_report(server: Server, page) -> None:  # type: ignore[no-untyped-def]
     ARTIFACTS.mkdir(exist_ok=True)
     page.goto(server.url + "/")
-    page.fill("#token", "demo-auditor-token")
+    page.fill("#token", server.tokens["auditor"])
     page.click("#login-form button")
     page.wait_for_selector("#board tbody tr")
     rows = page.locator("#board tbody tr")
@@ -104,14 +104,14 @@ def test_board_patient_report(server: Server, page) -> None:  # type: ignore[no-
 
 def test_board_updates_live(server: Server, page) -> None:  # type: ignore[no-untyped-def]
     page.goto(server.url + "/")
-    page.fill("#token", "demo-monitor-token")
+    page.fill("#token", server.tokens["monitor"])
     page.click("#login-form button")
     page.wait_for_selector("#board tbody tr")
     page.wait_for_selector("#live.on")
     r = httpx.post(
         server.url + "/v1/commands",
         json=screen_body("LIVE-1"),
-        headers={"Authorization": "Bearer demo-clinician-token"},
+        headers={"Authorization": f"Bearer {server.tokens['clinician']}"},
     )
     assert r.status_code == 201, r.text
     page.wait_for_selector("#board tr[data-patient='LIVE-1']", timeout=10_000)
@@ -129,7 +129,7 @@ def _csp_errors(page) -> list[str]:  # type: ignore[no-untyped-def]
 
 def test_admin_token_is_told_which_roles_can_use_the_dashboard(server: Server, page) -> None:  # type: ignore[no-untyped-def]
     page.goto(server.url + "/")
-    page.fill("#token", "demo-admin-token")
+    page.fill("#token", server.tokens["admin"])
     page.click("#login-form button")
     page.wait_for_selector("#refused")
     text = page.locator("#refused").text_content() or ""
@@ -159,7 +159,7 @@ def test_patient_page_shows_term_and_the_path_of_state_changes_only(  # type: ig
         r = httpx.post(
             server.url + "/v1/commands",
             json=body,
-            headers={"Authorization": "Bearer demo-clinician-token"},
+            headers={"Authorization": f"Bearer {server.tokens['clinician']}"},
         )
         assert r.status_code == 201, r.text
     for hours, term in ((3, "<i>rash</i> & itch"), (4, "fatigue")):
@@ -177,12 +177,12 @@ def test_patient_page_shows_term_and_the_path_of_state_changes_only(  # type: ig
                     }
                 },
             },
-            headers={"Authorization": "Bearer demo-clinician-token"},
+            headers={"Authorization": f"Bearer {server.tokens['clinician']}"},
         )
         assert r.status_code == 201, r.text
     csp = _csp_errors(page)
     page.goto(server.url + "/")
-    page.fill("#token", "demo-auditor-token")
+    page.fill("#token", server.tokens["auditor"])
     page.click("#login-form button")
     page.wait_for_selector("#board tbody tr")
     page.goto(server.url + "/#/patient/TERM-1")

@@ -158,16 +158,18 @@ def _spoilt_file() -> tuple[bytes, dict[int, str]]:
         6: DEEP.encode(),
         8: b'{"patient_id": "P-101", "note": "caf\xe9"}',  # Latin-1, not UTF-8
         10: STORY[1].encode()[:225],  # a truncated line
+        12: b'{"patient_id": "P-101", "patient_id": "P-102"}',  # which one? refused
     }
     expected = {
         4: "invalid_json: an integer has more than 4300 digits",
         6: "invalid_json: nested too deeply (arrays and objects within each other)",
         8: "invalid_json: the line is not UTF-8 text (byte 0xe9 at column 37)",
         10: "invalid_json: Expecting ',' delimiter (column 226)",
+        12: "invalid_json: an object holds the key 'patient_id' more than once",
     }
     out: list[bytes] = []
     good = iter(lines)
-    for number in range(1, 16):
+    for number in range(1, 17):
         out.append(bad[number] if number in bad else next(good))
     return b"\r\n".join(out) + b"\r\n", expected
 
@@ -189,7 +191,7 @@ def test_undecodable_lines_are_rejected_with_their_number_and_the_rest_recorded(
     report = [line for line in stderr if line.startswith("line ")]
     assert report == [f"line {n}: {text}" for n, text in sorted(expected.items())]
     summary = json.loads(done.stdout)
-    assert (summary["lines"], summary["recorded"], summary["rejected"]) == (15, 11, 4)
+    assert (summary["lines"], summary["recorded"], summary["rejected"]) == (16, 11, 5)
     assert patients(db) == ["P-101"]
 
 
@@ -209,6 +211,7 @@ def test_the_docs_example_of_a_truncated_line_is_what_ingest_says(db: Path, tmp_
         (DEEP.encode(), "not valid JSON: nested too deeply"),
         (b'{"command":\n "caf\xe9"}', "not UTF-8 text (byte 0xe9 at line 2, byte 6 of it)"),
         (b'{"command": "screen",\n "patient_id": "P-1"\n', "not valid JSON (line 2, column 21)"),
+        (b'{"payload": {"kps": 90, "kps": 40}}', "an object holds the key 'kps' more than once"),
     ],
 )
 def test_record_names_what_does_not_decode(db: Path, data: bytes, says: str) -> None:

@@ -212,6 +212,21 @@ def test_reads_of_audit_endpoints_are_logged(api) -> None:
     assert not any(p == "/v1/patients/P-0001" for _, p, _ in paths)
 
 
+def test_reads_of_the_event_feed_and_its_stream_are_logged(api) -> None:
+    s, client = api
+    client.get("/v1/events?after=2&limit=3", headers=s.auth("monitor"))
+    with client.stream(
+        "GET", "/v1/events/stream?after=3&max_events=1", headers=s.auth("monitor")
+    ) as r:
+        assert r.status_code == 200
+        for _ in r.iter_lines():
+            pass
+    log = client.get("/v1/audit/access-log", headers=s.auth("auditor")).json()
+    seen = {(e["actor"], e["path"], e["query"], e["status"]) for e in log}
+    assert ("monitor.tester", "/v1/events", "after=2&limit=3", 200) in seen
+    assert ("monitor.tester", "/v1/events/stream", "after=3&max_events=1", 200) in seen
+
+
 def test_health_ready_metrics(api) -> None:
     s, client = api
     assert client.get("/health").json()["status"] == "ok"

@@ -639,3 +639,43 @@ def test_history_events_have_no_null_position(api) -> None:
     assert events and all(e.get("position", 0) is not None for e in events)
     feed = client.get("/v1/events", headers=s.auth("monitor")).json()["events"]
     assert all(isinstance(e["position"], int) for e in feed)
+
+
+@pytest.mark.parametrize("path", BODY_ROUTES)
+def test_a_body_holding_a_key_twice_is_refused(api, path: str) -> None:
+    s, client = api
+    headers = {**s.auth(_role(path)), "Content-Type": "application/json"}
+    text = json.dumps(screen_body("U-13"))
+    content = ('{"patient_id": "U-14", ' + text[1:]).encode()  # patient_id twice
+    problem = assert_problem(client.post(path, content=content, headers=headers), 422, "(body)")
+    assert "'patient_id' more than once" in problem["detail"]
+    assert history(s, client, "U-13") == [] and history(s, client, "U-14") == []
+
+
+def test_a_signature_carries_the_name_registered_with_the_token(api) -> None:
+    s, client = api
+    _, token = s.tokens.add("dr.named", "clinician", name="Dr. N. Amed")
+    named = {"Authorization": f"Bearer {token}"}
+    assert client.post("/v1/commands", json=screen_body("U-20"), headers=named).status_code == 201
+
+    def sign(printed_name: str, headers: dict[str, str]) -> Any:
+        body = {
+            "command": "sign",
+            "patient_id": "U-20",
+            "occurred_at": "2026-03-02T12:00:00+00:00",
+            "payload": {
+                "milestone": "eligibility",
+                "signs_version": 2,
+                "meaning": "approval",
+                "printed_name": printed_name,
+            },
+        }
+        return client.post("/v1/commands", json=body, headers=headers)
+
+    other = assert_problem(sign("Dr. Someone Else", named), 422, "payload.printed_name")
+    assert "registered name 'Dr. N. Amed'" in other["detail"]
+    unnamed = assert_problem(sign("Clin Ician", s.auth("clinician")), 422, "payload.printed_name")
+    assert "no registered name" in unnamed["detail"]
+    assert len(history(s, client, "U-20")) == 2
+    assert sign("Dr. N. Amed", named).status_code == 201
+    assert history(s, client, "U-20")[-1]["printed_name"] == "Dr. N. Amed"

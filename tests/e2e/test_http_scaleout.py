@@ -10,7 +10,7 @@ import pytest
 from http_support import free_port
 from server_support import Server
 
-from cart_course.demo import cohort
+from cart_course.demo import CLINICIAN, cohort
 from cart_course.service import CourseService
 from cart_course.storage import open_application, parse_store_url
 from cart_course.tokens import open_token_store
@@ -21,7 +21,7 @@ PATIENTS = 12
 @pytest.mark.slow
 def test_two_servers_one_postgres_lose_and_double_nothing(pg_url: str) -> None:
     store = open_token_store(parse_store_url(pg_url))
-    _, token = store.add("dr.feed", "clinician")
+    _, token = store.add("dr.feed", "clinician", name=CLINICIAN["name"])  # the cohort signs
     store.close()
     commands = list(cohort(PATIENTS, 7))
     servers = [Server(pg_url, free_port()), Server(pg_url, free_port())]

@@ -175,7 +175,7 @@ def test_signature_of_a_corrected_fact_covers_the_superseded_version(
         "command": "sign",
         "patient_id": pid,
         "occurred_at": "2026-03-01T10:00:00+00:00",
-        "actor": {"id": "dr.sign", "role": "clinician"},
+        "actor": {"id": "dr.sign", "role": "clinician", "name": "S. Igner, MD"},
         "idempotency_key": "s1",
         "payload": {
             "milestone": "infusion",

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from integration_helpers import T0, Course, crs, envelope, screening
 
 from cart_course.contract import parse_command
-from cart_course.errors import IdempotencyConflictError
+from cart_course.errors import IdempotencyConflictError, IdempotencyKeyOfAnotherActorError
 from cart_course.service import CourseService
 from cart_course.storage import open_application, parse_store_url
 
@@ -74,6 +74,25 @@ def test_the_same_key_with_a_different_command_is_a_conflict(service: CourseServ
     )
     assert isinstance(results[0], IdempotencyConflictError)
     assert getattr(results[1], "status", None) == "recorded"
+
+
+@pytest.mark.parametrize("key", ["tox-1", None])
+def test_the_same_key_from_another_actor_is_a_conflict_not_their_event(
+    service: CourseService, key: str | None
+) -> None:
+    _prepared(service)
+    first = service.execute(parse_command(_toxicity(key)))
+    other = {**_toxicity(key), "actor": {"id": "dr.other", "role": "clinician"}}
+    with pytest.raises(IdempotencyKeyOfAnotherActorError) as info:
+        service.execute(parse_command(other))
+    body = info.value.to_json()
+    assert body["error"] == "idempotency_conflict" and "another actor" in body["message"]
+    assert info.value.version == first.version == 4
+    # In a batch too; the sender's own retry stays a duplicate.
+    results = service.execute_batch([parse_command(other), parse_command(_toxicity(key))])
+    assert isinstance(results[0], IdempotencyKeyOfAnotherActorError)
+    assert getattr(results[1], "status", None) == "duplicate"
+    assert len(service.events("I-1")) == 4
 
 
 def test_without_a_key_the_content_is_the_key(service: CourseService) -> None:
@@ -139,7 +158,7 @@ def test_a_retry_returns_the_same_result_for_every_kind_of_command(
             "milestone": "eligibility",
             "signs_version": 2,
             "meaning": "approval",
-            "printed_name": "K",
+            "printed_name": "Dr. K. Lee",
         },
     )
     # The correction and the signature are retried inside the batch that records them.
@@ -224,7 +243,7 @@ def test_lines_retried_through_the_ingest_are_duplicates_of_commands_sent_in_pyt
         if i % 3 == 0 and command["command"] != "report_toxicity":
             command.pop("idempotency_key", None)
         if command.get("reason") is None and command["command"] == "report_toxicity":
-            command["reason"] = "fièvre, e5,null 1e-05 \u2028"
+            command["reason"] = "fièvre, e5,null 1e-05 \u2003"  # (U+2028: refused in text)
     firsts = service.execute_batch([parse_command(c) for c in data])
     recorded = sum(1 for r in firsts if not isinstance(r, Exception))
     assert any(c["command"] == "assess_response" for c in data)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from cart_course.bootstrap import Settings, build_service
-from cart_course.ingest import decode_line, route
+from cart_course.ingest import LineDecodeError, decode_line, route
 from cart_course.storage import new_cipher_key
 
 CLI = str(Path(sys.executable).with_name("cart-course"))
@@ -377,7 +377,7 @@ def test_ctrl_c_while_the_program_or_its_workers_load_is_one_line(
 @pytest.mark.parametrize(
     "line",
     [
-        '{"a": 1, "a": 2, "b": [1.5, -0.0, 1e16, 123456789012345678901234567890]}',
+        '{"a": 1, "b": [1.5, -0.0, 1e16, 123456789012345678901234567890]}',
         '{"a": NaN, "b": Infinity, "c": 1e400}',
         '{"a": "\\ud800 lone surrogate"}',
         '{"a": "tab\there"}',
@@ -399,6 +399,20 @@ def test_decode_line_accepts_and_refuses_exactly_what_json_loads_does(line: str)
     except json.JSONDecodeError as exc:
         got = ("error", exc.msg, exc.colno)
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ('{"a": 1, "a": 2}', "a"),
+        ('{"payload": {"x": {"kps": 90, "kps": 40}}}', "kps"),
+        ('{"a": NaN, "list": [{"k": 1, "k": 1}]}', "k"),  # (msgspec refuses NaN: json's path)
+    ],
+)
+def test_decode_line_refuses_an_object_holding_a_key_twice(line: str, key: str) -> None:
+    with pytest.raises(LineDecodeError) as caught:
+        decode_line(line)
+    assert caught.value.reason == f"an object holds the key {key!r} more than once"
 
 
 def test_route_is_stable_and_sends_unroutable_lines_to_the_first_worker() -> None:
@@ -450,3 +464,34 @@ def test_each_worker_gets_whole_batches_from_a_round(workers: int) -> None:
         over += sum(1 for n in shares.values() if n > BATCH)
     assert rounds >= 3
     assert over <= max(1, rounds * workers // 10)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"a": 1, "a": 2}',
+        '{"a": 1, "a": 2, "b": "\\u003a"}',  # an escaped colon where the lost key's was
+        '{"a": "x:y", "a": "x:y"}',
+        '{"k": {"a": 1, "b": 2, "a": 3}, "z": [{"q": 1}, {"q": 2, "q": 2}]}',
+        '{"\\u0061": 1, "a": 2}',  # the same key written two ways
+    ],
+)
+def test_the_fast_duplicate_check_never_clears_a_duplicate(line: str) -> None:
+    import msgspec
+
+    from cart_course.jsonin import duplicate_key
+
+    assert duplicate_key(line, msgspec.json.decode(line)) is not None
+    assert duplicate_key(line.encode(), msgspec.json.decode(line)) is not None
+    assert duplicate_key(line) is not None
+
+
+@pytest.mark.parametrize(
+    "line", ['{"a": "x:y", "b": {"c": ":"}}', '{"t": "12:30", "u": "\\u00e9:"}', "[1, {}]"]
+)
+def test_the_fast_duplicate_check_clears_documents_without_one(line: str) -> None:
+    import msgspec
+
+    from cart_course.jsonin import duplicate_key
+
+    assert duplicate_key(line, msgspec.json.decode(line)) is None

@@ -260,7 +260,7 @@ def test_every_command_of_the_contract_records(service: CourseService) -> None:
             "milestone": "response_assessment",
             "signs_version": assessed,
             "meaning": "approval",
-            "printed_name": "K. Lee, MD",
+            "printed_name": "Dr. K. Lee",
         },
     )
     a.full_course(first_gap=7)

@@ -47,7 +47,7 @@ def _long_history(service: CourseService, pid: str) -> Course:
             "milestone": "response_assessment",
             "signs_version": assessed.version,
             "meaning": "review",
-            "printed_name": "K. Lee, MD",
+            "printed_name": "Dr. K. Lee",
         },
     )
     for _ in range(10):

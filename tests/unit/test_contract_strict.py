@@ -126,7 +126,8 @@ def test_the_contract_and_the_schema_share_one_pattern() -> None:
         assert schema["properties"]["occurred_at"]["pattern"] == TIME_PATTERN, name
 
 
-_OFFSETS = st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59).map(
+# Offsets of the plausible window (at most 14 hours either way).
+_OFFSETS = st.integers(min_value=-14 * 60, max_value=14 * 60).map(
     lambda minutes: dt.timezone(dt.timedelta(minutes=minutes))
 )
 _TIMES = st.datetimes(
@@ -176,7 +177,8 @@ def test_what_the_schema_pattern_accepts_is_a_time_or_refused_clearly(text: str)
     try:
         parsed = parse_time(text, "occurred_at")
     except InvalidCommandError as exc:
-        assert "is not a valid date-time" in exc.message, exc.message
+        clearly = ("is not a valid date-time", "is before 1900", "offsets in use on Earth")
+        assert any(words in exc.message for words in clearly), exc.message
     else:
         assert parsed.utcoffset() is not None
 

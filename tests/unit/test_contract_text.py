@@ -42,3 +42,50 @@ def test_any_unicode_text_is_accepted() -> None:
     command = parse_command({**BASE, "reason": "Rückzug 撤回 🧬", "idempotency_key": "ключ"})
     assert command.reason == "Rückzug 撤回 🧬"
     assert len(command.digest) == 64
+
+
+@pytest.mark.parametrize(
+    "char", ["\x00", "\r", "\x1b", "\u2028", "\u2029", "\u202e", "\u202d", "\u2066", "\u061c"]
+)
+def test_a_reason_with_a_control_or_bidi_override_character_is_refused(char: str) -> None:
+    with pytest.raises(InvalidCommandError) as caught:
+        parse_command({**BASE, "reason": f"consent {char}withdrawn"})
+    assert caught.value.field == "reason"
+    assert f"U+{ord(char):04X}" in caught.value.message and "position 8" in caught.value.message
+
+
+def test_a_reason_may_hold_line_feeds_tabs_and_any_script() -> None:
+    reason = "consent withdrawn\n\tby phone: \u0645\u0648\u0627\u0641\u0642\u0629 \u200c ok"
+    assert parse_command({**BASE, "reason": reason}).reason == reason
+
+
+def test_free_text_in_a_payload_is_refused_the_same_way() -> None:
+    from cart_course.protocol.building_blocks import _text
+    from cart_course.protocol.errors import ProtocolInputError
+
+    with pytest.raises(ProtocolInputError) as caught:
+        _text({"cause": "sepsis\u202e"}, "cause")
+    assert caught.value.field == "payload.cause" and "U+202E" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("when", "says"),
+    [
+        ("1899-12-31T23:59:59Z", "before 1900"),
+        ("0001-01-01T00:00:00Z", "before 1900"),
+        ("2026-01-05T10:00:00+14:01", "UTC offset +14:01"),
+        ("2026-01-05T10:00:00-23:59", "UTC offset -23:59"),
+        ("2026-01-05T10:00:00.5+15:00", "UTC offset +15:00"),
+    ],
+)
+def test_a_time_outside_the_plausible_window_is_refused(when: str, says: str) -> None:
+    with pytest.raises(InvalidCommandError) as caught:
+        parse_command({**BASE, "occurred_at": when})
+    assert caught.value.field == "occurred_at" and says in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "when", ["1900-01-01T00:00:00Z", "2026-01-05T10:00:00+14:00", "2026-01-05T10:00:00-12:00"]
+)
+def test_a_time_at_the_edges_of_the_window_is_accepted(when: str) -> None:
+    assert parse_command({**BASE, "occurred_at": when}).occurred_at.year >= 1900

@@ -161,23 +161,32 @@ def test_a_signature_is_decided_on_what_the_signed_version_recorded() -> None:
         "milestone": "eligibility",
         "signs_version": 2,
         "meaning": "approval",
-        "printed_name": "K. Lee, MD",
+        "printed_name": "Dr. K. Lee",
     }
-    signature = decide_signature(payload, "clinician", 5, signed)
+    signature = decide_signature(payload, "clinician", 5, signed, "Dr. K. Lee")
     assert signature.signed_hash == "h2" and signature.outcome() == {
         "milestone": "eligibility",
         "signs_version": 2,
         "meaning": "approval",
     }
     with pytest.raises(ProtocolInputError, match="version 3 is not a eligibility milestone"):
-        decide_signature({**payload, "signs_version": 3}, "clinician", 5, signed)
+        decide_signature({**payload, "signs_version": 3}, "clinician", 5, signed, "Dr. K. Lee")
     assert asked == [2, 3]
     with pytest.raises(SignerNotPermittedError, match="a service may not sign"):
-        decide_signature(payload, "service", 5, signed)
+        decide_signature(payload, "service", 5, signed, "Dr. K. Lee")
     with pytest.raises(ProtocolInputError) as refused:
-        decide_signature({**payload, "meaning": "maybe"}, "clinician", 5, signed)
+        decide_signature({**payload, "meaning": "maybe"}, "clinician", 5, signed, "Dr. K. Lee")
     assert refused.value.field == "payload.meaning"
     with pytest.raises(ProtocolInputError) as refused:
-        decide_signature({**payload, "signs_version": 6}, "clinician", 5, signed)
+        decide_signature({**payload, "signs_version": 6}, "clinician", 5, signed, "Dr. K. Lee")
     assert refused.value.field == "payload.signs_version"
     assert asked == [2, 3]  # a malformed signature never asks what a version recorded
+    # The printed name is the signer's registered name, and a signer needs one.
+    for registered in ("Dr. K. Leigh", None):
+        with pytest.raises(ProtocolInputError) as refused:
+            decide_signature(payload, "clinician", 5, signed, registered, actor="dr.lee")
+        assert refused.value.field == "payload.printed_name"
+        assert (
+            "registered name 'Dr. K. Leigh'" if registered else "dr.lee has no registered"
+        ) in refused.value.message
+    assert asked == [2, 3]

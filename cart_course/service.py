@@ -130,12 +130,14 @@ class CommandResult:
 
 
 def _input_error(exc: ProtocolInputError) -> InvalidCommandError:
-    field = (
-        exc.field
-        if exc.field.startswith(("payload", "command", "reason"))
-        else f"payload.{exc.field}"
+    """The contract's rejection of a payload: every invalid field, the first as the headline."""
+
+    def at(field: str) -> str:
+        return field if field.startswith(("payload", "command", "reason")) else f"payload.{field}"
+
+    return InvalidCommandError(
+        at(exc.field), exc.message, others=[(at(p.field), p.message) for p in exc.others]
     )
-    return InvalidCommandError(field, exc.message)
 
 
 #: The fields of a recorded move and of a correction the correction decision reads (besides the

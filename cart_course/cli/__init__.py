@@ -109,7 +109,8 @@ def _body(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, CartCourseError):
         return exc.to_json()
     if isinstance(exc, ProtocolInputError):
-        return InvalidCommandError(exc.field, exc.message).to_json()
+        others = [(p.field, p.message) for p in exc.others]
+        return InvalidCommandError(exc.field, exc.message, others=others).to_json()
     return {"error": "unexpected", "message": f"unexpected {type(exc).__name__}: {exc}"}
 
 

@@ -64,6 +64,8 @@ class Problem:
     message: str
     instance: str | None = None
     field: str | None = None
+    #: Every invalid field of an invalid command (the first is ``field``/``message``).
+    problems: list[dict[str, str]] | None = None
     failed_rules: list[dict[str, str]] | None = None
     allowed_moves: list[str] | None = None
 

@@ -32,9 +32,7 @@ class InvalidCommandError(CartCourseError):
     code = "invalid_command"
     title = "Invalid command"
 
-    def __init__(
-        self, field: str, message: str, *, others: Sequence[tuple[str, str]] = ()
-    ) -> None:
+    def __init__(self, field: str, message: str, *, others: Sequence[tuple[str, str]] = ()) -> None:
         self.field = field
         super().__init__(f"{field}: {message}")
         self.detail = message
@@ -50,6 +48,15 @@ class InvalidCommandError(CartCourseError):
             "field": self.field,
             "problems": [{"field": f, "message": m} for f, m in self.problems],
         }
+
+
+class RecordConflictError(InvalidCommandError):
+    """A well-formed command that conflicts with the patient's record: a clinical time before
+    the patient's last move (or first event), a version that is not a correctable move or the
+    milestone signed. Names the field like :class:`InvalidCommandError` (HTTP 409, not 422)."""
+
+    code = "record_conflict"
+    title = "Conflicts with the patient's record"
 
 
 class MoveRefused(CartCourseError):

@@ -32,6 +32,7 @@ from .errors import (
     InvalidCommandError,
     MoveRefused,
     PatientNotFoundError,
+    RecordConflictError,
     StoreError,
     VersionConflictError,
 )
@@ -43,7 +44,7 @@ from .protocol.corrections import (
     RecordedMove,
     decide_correction,
 )
-from .protocol.errors import ProtocolInputError
+from .protocol.errors import ProtocolInputError, RecordConflictInputError
 from .protocol.record import PatientRecord
 from .protocol.registry import REGISTRY
 from .protocol.signatures import (
@@ -135,9 +136,10 @@ def _input_error(exc: ProtocolInputError) -> InvalidCommandError:
     def at(field: str) -> str:
         return field if field.startswith(("payload", "command", "reason")) else f"payload.{field}"
 
-    return InvalidCommandError(
-        at(exc.field), exc.message, others=[(at(p.field), p.message) for p in exc.others]
+    error = (
+        RecordConflictError if isinstance(exc, RecordConflictInputError) else InvalidCommandError
     )
+    return error(at(exc.field), exc.message, others=[(at(p.field), p.message) for p in exc.others])
 
 
 #: The fields of a recorded move and of a correction the correction decision reads (besides the
@@ -169,7 +171,7 @@ def _check_clinical_order(course: PatientCourse, command: Command) -> None:
     if command.command in EPISODE_COMMANDS:
         first = course.record.first_occurred_at
         if first is not None and occurred < dt.datetime.fromisoformat(first):
-            raise InvalidCommandError(
+            raise RecordConflictError(
                 "occurred_at",
                 f"{command.occurred_iso} is before this patient's first recorded event "
                 f"({first}); a toxicity's clinical time is when it began or resolved",
@@ -177,7 +179,7 @@ def _check_clinical_order(course: PatientCourse, command: Command) -> None:
         return
     last = getattr(course, "moved_at", None)  # None: a course restored from an older snapshot
     if last is not None and occurred < dt.datetime.fromisoformat(last[0]):
-        raise InvalidCommandError(
+        raise RecordConflictError(
             "occurred_at",
             f"{command.occurred_iso} is before this patient's last move ({last[1]} at {last[0]}, "
             f"version {last[2]}); moves are recorded in the order they happened (if that time "

@@ -16,7 +16,7 @@ import click
 from eventsourcing.persistence import MapperDeserialisationError, PersistenceError
 
 from ..bootstrap import debug_enabled
-from ..errors import CartCourseError, InvalidCommandError, StoreError
+from ..errors import CartCourseError, InvalidCommandError, RecordConflictError, StoreError
 from ..protocol.errors import ProtocolInputError
 from .common import Context, echo_json
 
@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     except (InvalidCommandError, ProtocolInputError) as exc:
         if debug:
             raise
-        fail(2, f"error: {exc}", _body(exc))
+        # a conflict with the patient's record is not malformed input: 1, as a refusal
+        fail(1 if isinstance(exc, RecordConflictError) else 2, f"error: {exc}", _body(exc))
     except CartCourseError as exc:
         if debug:
             raise

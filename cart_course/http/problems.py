@@ -33,6 +33,7 @@ from ..errors import (
     InvalidCommandError,
     MoveRefused,
     PatientNotFoundError,
+    RecordConflictError,
     StoreError,
     VersionConflictError,
 )
@@ -136,6 +137,7 @@ class PreconditionFailedError(_FieldError):
 STATUS_OF: dict[type[CartCourseError], int] = {
     CartCourseError: 400,
     InvalidCommandError: 422,
+    RecordConflictError: 409,
     IdempotencyConflictError: 422,
     EmptyBodyError: 422,
     MoveRefused: 409,

@@ -69,6 +69,13 @@ class ProtocolInputError(ValueError):
         return first
 
 
+class RecordConflictInputError(ProtocolInputError):
+    """Well-formed input that names something the patient's record does not hold: a version
+    that is not on record, not a correctable move or not the milestone signed. Not malformed
+    input (the same payload is right for another record): the contract's ``record_conflict``
+    (HTTP 409), not ``invalid_command`` (422)."""
+
+
 def _text(field: str, message: str, others: Sequence[FieldProblem]) -> str:
     head = f"{field}: {message}"
     if not others:

@@ -134,7 +134,8 @@ def _lab_rules(key: str, with_uln: bool) -> list[Schema]:
 
 
 def _add_rules(schema: Schema, rules: list[Schema], description: str = "") -> None:
-    schema.setdefault("allOf", []).extend(rules)
+    if rules:
+        schema.setdefault("allOf", []).extend(rules)
     if description:
         text = schema.get("description", "")
         schema["description"] = f"{text} {description}".strip()
@@ -195,6 +196,104 @@ def payload_defs() -> dict[str, Schema]:
     ):
         del defs[name]
 
+    screening["dependentSchemas"] = {
+        "informed_consent_date": {
+            "properties": {"informed_consent_signed": {"const": True}},
+            "required": ["informed_consent_signed"],
+        }
+    }
+    _add_rules(
+        screening,
+        [],
+        f"A consent date needs informed_consent_signed: true. {_NOT_IN_SCHEMA} the last "
+        "systemic glucocorticoid dose is on or before the screening date (occurred_at's date).",
+    )
+    _add_rules(
+        defs["OxygenPayload"],
+        [
+            {
+                "if": {"properties": {"device": {"const": "none"}}, "required": ["device"]},
+                "then": {
+                    "properties": {
+                        "flow_l_min": {"type": "null"},
+                        "fio2_pct": {"anyOf": [{"type": "null"}, {"const": 21}]},
+                    }
+                },
+            },
+            {
+                "if": {
+                    "properties": {"device": {"const": "low_flow_nasal_cannula"}},
+                    "required": ["device"],
+                },
+                "then": {
+                    "required": ["flow_l_min"],
+                    "properties": {"flow_l_min": {"type": "number", "exclusiveMinimum": 0}},
+                },
+            },
+        ],
+        "Device 'none' is room air (no flow, FiO2 21 % if given); a nasal cannula needs its flow.",
+    )
+    _add_rules(
+        defs["crs_observations"],
+        [
+            {
+                "if": {
+                    "properties": {"hypotension": {"const": False}},
+                    "required": ["hypotension"],
+                },
+                "then": {
+                    "properties": {"vasopressors": {"maximum": 0}, "vasopressin": {"const": False}}
+                },
+            }
+        ],
+        "Vasopressors or vasopressin need hypotension: true.",
+    )
+    icans = defs["icans_observations"]
+    _add_rules(
+        icans,
+        [
+            {"anyOf": [{"required": ["ice_score"]}, {"required": ["ice_items"]}]},
+            {"properties": {"age_years": {"minimum": toxicity.ICE_MIN_AGE_YEARS}}},
+            {  # no ICE score (null, or neither a score nor items): only when unarousable
+                "if": {
+                    "not": {
+                        "anyOf": [
+                            {
+                                "properties": {"ice_score": {"type": "integer"}},
+                                "required": ["ice_score"],
+                            },
+                            {
+                                "properties": {"ice_items": {"type": "object"}},
+                                "required": ["ice_items"],
+                            },
+                        ]
+                    }
+                },
+                "then": {"properties": {"consciousness": {"const": "stupor_or_coma"}}},
+            },
+            {
+                "if": {
+                    "properties": {"consciousness": {"const": "stupor_or_coma"}},
+                    "required": ["consciousness"],
+                },
+                "then": {"properties": {"awake_with_global_aphasia": {"const": False}}},
+            },
+        ],
+        f"The ICE score (0-10) or its items are required from age {toxicity.ICE_MIN_AGE_YEARS} "
+        "(younger patients: an explicit grade); null only when consciousness is "
+        f"'stupor_or_coma'. {_NOT_IN_SCHEMA} an ICE score given with its items equals their sum.",
+    )
+    _add_rules(
+        defs["cells"],
+        [
+            {
+                "if": {"properties": {"unit": {"const": "cells"}}, "required": ["unit"]},
+                "then": {"properties": {"value": {"maximum": dosing.MAX_FRACTION_CELLS}}},
+            }
+        ],
+        f"At most {dosing.MAX_FRACTION_CELLS:.0e} cells in one fraction. {_NOT_IN_SCHEMA} in "
+        "cells/kg, the value times the course's weight is at most that.",
+    )
     _add_rules(
         defs["TemperaturePayload"],
         _by_unit({u: (float(lo), float(hi)) for u, (lo, hi) in toxicity.TEMPERATURE_RANGE.items()}),
@@ -284,7 +383,10 @@ def payload_defs() -> dict[str, Schema]:
                 "then": {"properties": {"cns_status": {"not": {"enum": ["CNS2", "CNS3"]}}}},
             },
         ],
-        "The service computes CR, CRi, PR or NR from these values.",
+        "The service computes CR, CRi, PR or NR from these values. "
+        f"{_NOT_IN_SCHEMA} the values the classification needs (which depend on the values "
+        "given, e.g. the counts for a CR) are recorded, or clinician_response is given with a "
+        "reason.",
     )
     return defs
 

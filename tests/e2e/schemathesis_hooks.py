@@ -17,6 +17,16 @@ request as generated.
 5. ``wait_for`` names a position the log has reached; the overdue board's ``after`` is a place
    in its order (the ``after`` of a previous page): left out here.
 6. The event stream is endless: it is asked for at most 3 events after position 0.
+
+Payload rules between two values that no JSON Schema can state (each is named in its payload
+schema's description, "Not stated by this schema"):
+
+7. The last systemic glucocorticoid dose is on or before the screening date (occurred_at's date).
+8. An ICE score given with its items equals their sum (the score is left out).
+9. A dose in cells/kg times the course's weight is at most 1e12 cells (kept to 2.5e9 cells/kg,
+   1e12 cells at the heaviest plausible weight of 400 kg).
+10. A response assessment records the values its classification needs, or a clinician's
+    response with a reason: a ``clinician_response`` ("NR") and a reason are added when absent.
 """
 
 from __future__ import annotations
@@ -88,6 +98,34 @@ def _version_of(tag: Any) -> int | None:
     return None
 
 
+def _payload_rules(body: dict[str, Any]) -> None:
+    """Rules 7-10 (in place)."""
+    payload = body.get("payload")
+    if not isinstance(payload, dict):
+        return
+    screening = payload.get("screening")
+    occurred = body.get("occurred_at")
+    if isinstance(screening, dict) and isinstance(occurred, str) and len(occurred) >= 10:
+        last = screening.get("last_systemic_glucocorticoid")
+        if isinstance(last, str) and last != "none" and last > occurred[:10]:
+            screening["last_systemic_glucocorticoid"] = occurred[:10]
+    toxicity = payload.get("toxicity")
+    if isinstance(toxicity, dict):
+        observations = toxicity.get("observations")
+        if isinstance(observations, dict) and isinstance(observations.get("ice_items"), dict):
+            observations.pop("ice_score", None)
+    cells = payload.get("cells")
+    if isinstance(cells, dict) and cells.get("unit") == "cells/kg":
+        value = cells.get("value")
+        if isinstance(value, int | float) and value > 2.5e9:
+            cells["value"] = 2.5e9
+    if "assessment" in payload:
+        if "clinician_response" not in payload:
+            payload["clinician_response"] = "NR"
+        if not isinstance(body.get("reason"), str) or not body["reason"].strip():
+            body["reason"] = "assessed by the clinician"
+
+
 @schemathesis.hook
 def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     path = case.operation.path
@@ -96,6 +134,8 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         fixed = _integers(body)
         if isinstance(fixed, dict) and _in_the_future(fixed.get("occurred_at")):
             fixed["occurred_at"] = PAST
+        if isinstance(fixed, dict):
+            _payload_rules(fixed)
         if fixed != body or any(type(a) is not type(b) for a, b in _pairs(fixed, body)):
             case.body = fixed
         body = fixed

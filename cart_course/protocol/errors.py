@@ -133,9 +133,9 @@ def _refuse(field: str, message: str) -> None:
     raise ProtocolInputError(field, message)
 
 
-class ContextInputError(ProtocolInputError):
+class ContextInputError(RecordConflictInputError):
     """Input that is well formed but unusable with what is on record (cells/kg before the course
-    has a weight, a toxicity id not on record). ``commands.prepare`` judges the move's sequence
+    has a weight, a toxicity id not on record): a conflict with the record (HTTP 409). ``commands.prepare`` judges the move's sequence
     first: D3 before D1 is refused as out of sequence, not for its cells/kg."""
 
 

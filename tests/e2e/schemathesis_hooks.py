@@ -27,11 +27,16 @@ schema's description, "Not stated by this schema"):
    1e12 cells at the heaviest plausible weight of 400 kg).
 10. A response assessment records the values its classification needs, or a clinician's
     response with a reason: a ``clinician_response`` ("NR") and a reason are added when absent.
+11. An idempotency key names one command: a key sent again with a different command is an
+    ``idempotency_conflict`` (422, as the IETF Idempotency-Key draft says). The generated key
+    (body and header) gets the digest of the command appended, so one key is one command.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import os
 from collections.abc import MutableMapping
 from typing import Any
@@ -98,6 +103,24 @@ def _version_of(tag: Any) -> int | None:
     return None
 
 
+def _one_key_one_command(
+    body: dict[str, Any], headers: MutableMapping[str, Any] | None, path: str
+) -> None:
+    """Rule 11 (in place)."""
+    content = {k: v for k, v in body.items() if k != "idempotency_key"}
+    digest = hashlib.sha256(
+        json.dumps([path, content], sort_keys=True, default=str).encode()
+    ).hexdigest()[:12]
+    key = body.get("idempotency_key")
+    if isinstance(key, str) and key.strip():
+        body["idempotency_key"] = f"{key[:150]}-{digest}"
+    if headers is not None:
+        name = _header(dict(headers), "Idempotency-Key")
+        value = headers.get(name) if name is not None else None
+        if name is not None and isinstance(value, str) and value.strip():
+            headers[name] = f"{value[:150]}-{digest}"
+
+
 def _payload_rules(body: dict[str, Any]) -> None:
     """Rules 7-10 (in place)."""
     payload = body.get("payload")
@@ -140,6 +163,8 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
             case.body = fixed
         body = fixed
     headers = case.headers if isinstance(case.headers, MutableMapping) else None
+    if isinstance(body, dict):
+        _one_key_one_command(body, headers, path)
     if headers is not None and isinstance(body, dict):
         key = _header(headers, "If-Match")
         if key is not None:

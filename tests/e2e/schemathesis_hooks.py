@@ -111,9 +111,7 @@ def _positive(case: Any) -> bool:
     return mode is None or not getattr(mode, "is_negative", False)
 
 
-def _one_key_one_command(
-    body: dict[str, Any], headers: MutableMapping[str, Any] | None, path: str
-) -> None:
+def _one_key_one_command(body: dict[str, Any], headers: Any, path: str) -> None:
     """Rule 11 (in place)."""
     content = {k: v for k, v in body.items() if k != "idempotency_key"}
     digest = hashlib.sha256(
@@ -122,7 +120,7 @@ def _one_key_one_command(
     key = body.get("idempotency_key")
     if isinstance(key, str) and key.strip():
         body["idempotency_key"] = f"{key[:150]}-{digest}"
-    if headers is not None:
+    if isinstance(headers, MutableMapping):
         name = _header(dict(headers), "Idempotency-Key")
         value = headers.get(name) if name is not None else None
         if name is not None and isinstance(value, str) and value.strip():
@@ -167,12 +165,11 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
             fixed["occurred_at"] = PAST
         if isinstance(fixed, dict) and _positive(case):
             _payload_rules(fixed)
+            _one_key_one_command(fixed, case.headers, path)
         if fixed != body or any(type(a) is not type(b) for a, b in _pairs(fixed, body)):
             case.body = fixed
         body = fixed
     headers = case.headers if isinstance(case.headers, MutableMapping) else None
-    if isinstance(body, dict) and _positive(case):
-        _one_key_one_command(body, headers, path)
     if headers is not None and isinstance(body, dict):
         key = _header(headers, "If-Match")
         if key is not None:

@@ -5,8 +5,14 @@ OpenAPI document; the service's own parsers stay the authority (they also check 
 cannot, such as a toxicity id that exists or a dose against the plan) and name the failing field.
 Units and choices are taken from the protocol's constants, so the schemas follow the protocol.
 
-Each command's payload schema is written in its definition (``protocol/registry.py``); the
-envelopes and the shared ``$defs`` are assembled here, for any registry (default: the real one).
+The payload values (screening, toxicity, assessment, weight, cells ...) are derived from their
+typed payloads (``protocol/payloads.py``: the msgspec Structs the parsers decode with, their
+fields, ``Meta`` constraints and descriptions) by :func:`payload_defs`, which adds the parsers'
+rules a Struct's types cannot state but a JSON Schema can (a range that depends on the unit, one
+field against another) and names in the description each rule no JSON Schema can state. Each
+command's payload object is in its definition (``protocol/registry.py``, referring to these
+``$defs``); the envelopes and the shared ``$defs`` are assembled here, for any registry (default:
+the real one).
 
 >>> from .contract import ALL_COMMANDS
 >>> sorted(SCHEMAS) == sorted(ALL_COMMANDS)

@@ -64,6 +64,30 @@ def _d2_facts() -> dict[str, Any]:
     }
 
 
+def _bedside_facts() -> dict[str, Any]:
+    """What ``give_infusion`` of a tracked product's D2 bag adds to the facts (issue 15)."""
+    return {
+        "product_tracked": True,
+        "bags_available": 1,
+        "bag_id": "LOT-1-2",
+        "bag": {
+            "bag_id": "LOT-1-2",
+            "lot_id": "LOT-1",
+            "collection_id": "G123498654321H",
+            "lot_status": "released",
+            "lot_course": 1,
+            "expires_at": "2027-01-01T00:00:00+00:00",
+            "cells": 2.05e7,
+            "fraction": 2,
+            "infused_version": None,
+        },
+        "verified_by": "rn.baker",
+        "administered_by": "rn.adams",
+        "thawed_at": "2026-01-15T09:10:00+00:00",
+        "infused_at": "2026-01-15T09:30:00+00:00",
+    }
+
+
 def _infused_d1_with_open_crs() -> PatientRecord:
     """A record after D1 with a CRS grade 1 open (a hold): 8 moves to judge, 6 with rules."""
     record = PatientRecord(patient_id="bench")
@@ -118,6 +142,7 @@ def run() -> Section:
         "screening_date": "2026-01-05",
     }
     d2_refused = {**d2, "cells": 4.0e7, "infusion_date": "2026-01-17"}
+    d2_bag = {**d2, **_bedside_facts()}
     cont = {"response": "PR", "course_number": 2}
     assess = {"fractions_cancelled": False, "assessment": assessment("PR")}
     v = CURRENT
@@ -128,7 +153,7 @@ def run() -> Section:
 
     cases = [
         ("bare transitions trigger (model=None, 1 transition, no conditions)", bare),
-        ("infuse_d2 dry run, allowed (5 rules)", lambda: v.dry_run("infused_d1", "infuse_d2", d2)),
+        ("infuse_d2 dry run, allowed (6 rules)", lambda: v.dry_run("infused_d1", "infuse_d2", d2)),
         (
             "infuse_d2, the same dry run through dry_run_by_trigger (explicit library path)",
             lambda: dry_run_by_trigger(v.machine, Probe("infused_d1", d2, v.params), "infuse_d2"),
@@ -136,6 +161,10 @@ def run() -> Section:
         (
             "infuse_d2 dry run, refused (rules named and explained)",
             lambda: v.dry_run("infused_d1", "infuse_d2", d2_refused),
+        ),
+        (
+            "infuse_d2 dry run with the bedside check of a tracked product's bag",
+            lambda: v.dry_run("infused_d1", "infuse_d2", d2_bag),
         ),
         (
             "continue_treatment dry run (PR, course 2)",

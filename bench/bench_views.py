@@ -219,6 +219,11 @@ def run() -> list[Section]:
             cases += [(f"state={s}", {"state": s}) for s, _ in by_state[-2:]]
             cases.append(("overdue", {"overdue": True}))
             cases.append(("open toxicity", {"toxicity": True}))
+            # after the course (issue 16): the next action a follow-up visit / an SAE report
+            cases.append(
+                ("follow-up due, overdue", {"overdue": True, "action": "record_follow_up"})
+            )
+            cases.append(("SAE report, overdue", {"overdue": True, "action": "record_sae_report"}))
             for name, filters in cases:
                 measure(f"status {name}: first 100 rows + count", filters)
             largest = by_state[0][0]

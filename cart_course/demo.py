@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +31,15 @@ SCENARIOS: tuple[tuple[str, int], ...] = (
 )
 SERVICE = {"id": "demo.site-01.emr", "role": "service"}
 CLINICIAN = {"id": "dr.demo", "role": "clinician", "name": "Dr. A. Demo"}
+#: The manufacturing site's system (start of manufacture, release decisions).
+MANUFACTURER = {"id": "demo.cell-lab.qa", "role": "service"}
+#: The nurse who gives a tracked product's bag (the first bedside verifier); the second is named.
+NURSE = {"id": "rn.demo", "role": "clinician", "name": "R. Demo, RN"}
+SECOND_VERIFIER = "rn.second"
+#: Tracked products (issue 15): the product of every third complete-response patient (the 2nd,
+#: 5th, 8th ...) is tracked from its collection to the bedside; the first of them has a failed manufacture and a second
+#: apheresis, the second an out-of-specification release with its documented exception.
+TRACKED_EVERY = 3
 START = dt.datetime(2026, 1, 5, 8, 0, tzinfo=dt.UTC)
 
 
@@ -153,12 +163,88 @@ class _Patient:
     def screen(self, screening: dict[str, Any] | None = None, command: str = "screen") -> None:
         self.cmd(command, {"screening": screening or eligible_screening(self.rng)}, actor=CLINICIAN)
 
-    def apheresis(self) -> None:
-        self.cmd(
-            "record_apheresis",
-            {"apheresis_contraindication": False, "product_id": f"LOT-{self.pid}"},
-            days=3,
-        )
+    def apheresis(self, tracked: bool = False) -> None:
+        payload: dict[str, Any] = {"apheresis_contraindication": False}
+        if tracked:
+            payload["collection_id"] = f"COL-{self.pid}-1"
+        else:
+            payload["product_id"] = f"LOT-{self.pid}"
+        self.cmd("record_apheresis", payload, days=3)
+
+    def tracked_course(self, kind: str) -> None:
+        """A tracked product from the lot to three bedside-checked fractions (``kind``:
+        ``normal``, ``failed`` -- a failed manufacture, then a second apheresis -- or ``oos``, an
+        out-of-specification release with its exception). The random draws are the same as
+        :meth:`course`'s (one per fraction), so the rest of the cohort does not change."""
+        # lot and bag ids that do not spell the patient's id (a bag is read at the bedside)
+        code = zlib.crc32(self.pid.encode()) % 100000
+        lot = f"LOT-{code:05d}-A"
+        self.cmd("start_manufacture", {"lot_id": lot}, actor=MANUFACTURER, days=1)
+        passed = {"name": "sterility", "result": "no growth", "passed": True}
+        if kind == "failed":
+            failed = {"name": "viability", "result": "42 %", "passed": False}
+            self.release(lot, [passed, failed], decision="rejected", days=9)
+            self.cmd(
+                "repeat_apheresis",
+                {"apheresis_contraindication": False, "collection_id": f"COL-{self.pid}-2"},
+                reason=f"{lot} failed release (viability 42 %): a second collection",
+                days=1,
+            )
+            lot = f"LOT-{code:05d}-B"
+            self.cmd("start_manufacture", {"lot_id": lot}, actor=MANUFACTURER, days=1)
+        factors = [self.rng.uniform(0.92, 1.08) for _ in range(3)]
+        labels = [
+            float(f"{self.weight * 1e6 * share * f:.4g}")
+            for share, f in zip((0.10, 0.30, 0.60), factors, strict=True)
+        ]
+        tests = [passed, {"name": "CAR expression", "result": "41 %", "passed": True}]
+        exception = None
+        if kind == "oos":
+            tests.append({"name": "viability", "result": "67 %", "passed": False})
+            exception = "viability 67 % against 70 %: no other product; investigator and QP accept"
+        bags = [
+            {"bag_id": f"{lot}-{day}", "cells": cells, "fraction": day}
+            for day, cells in zip((1, 2, 3), labels, strict=True)
+        ]
+        self.release(lot, tests, bags=bags, exception=exception, days=10)
+        for day in (1, 2, 3):
+            self.bedside(day, f"{lot}-{day}", days=3 if day == 1 else 1)
+
+    def release(
+        self,
+        lot: str,
+        tests: list[dict[str, Any]],
+        *,
+        decision: str = "released",
+        bags: list[dict[str, Any]] | None = None,
+        exception: str | None = None,
+        days: float = 10,
+    ) -> None:
+        payload: dict[str, Any] = {
+            "lot_id": lot,
+            "decision": decision,
+            "tests": tests,
+            "released_by": "qp.demo",
+            "manufactured_on": (self.t + dt.timedelta(days=days - 1)).date().isoformat(),
+        }
+        if decision == "released":
+            payload["expires_at"] = (self.t + dt.timedelta(days=days + 365)).isoformat()
+            payload["bags"] = bags or []
+        if exception:
+            payload["exception_reason"] = exception
+        self.cmd("release_product", payload, actor=MANUFACTURER, days=days)
+
+    def bedside(self, day: int, bag: str, *, days: float = 1) -> None:
+        given = self.t + dt.timedelta(days=days)
+        payload: dict[str, Any] = {
+            "day": day,
+            "bag_id": bag,
+            "verified_by": SECOND_VERIFIER,
+            "thawed_at": (given - dt.timedelta(minutes=20)).isoformat(),
+        }
+        if day == 1:
+            payload["weight"] = {"value": self.weight, "unit": "kg"}
+        self.cmd("give_infusion", payload, actor=NURSE, days=days, hours=0)
 
     def infusion(
         self,
@@ -204,25 +290,34 @@ class _Patient:
 
 
 def patient_commands(
-    pid: str, scenario: str, start: dt.datetime, rng: random.Random
+    pid: str, scenario: str, start: dt.datetime, rng: random.Random, tracked: str | None = None
 ) -> list[dict[str, Any]]:
+    """``tracked``: the patient's product is tracked (complete response only): ``normal``,
+    ``failed`` or ``oos`` (see :meth:`_Patient.tracked_course`)."""
     p = _Patient(pid, start, rng)
+    _course(p, scenario, rng, tracked)
+    _after_course(p, scenario)
+    return p.commands
+
+
+def _course(p: _Patient, scenario: str, rng: random.Random, tracked: str | None = None) -> None:
     if scenario in ("screen_failure", "rescreened"):
         bad = eligible_screening(rng)
         bad["kps"] = 70
         p.screen(bad)
         if scenario == "screen_failure":
-            return p.commands
+            return
         p.at(days=21)
         p.screen(command="rescreen")
     else:
         p.screen()
-    p.apheresis()
+    tracked = tracked if scenario == "complete_response" else None
+    p.apheresis(tracked=tracked is not None)
     if scenario == "withdrawn":
         p.cmd(
             "withdraw", reason="patient withdrew consent before infusion", actor=CLINICIAN, days=5
         )
-        return p.commands
+        return
     if scenario == "crs_hold":
         p.infusion(1, days=14)
         d1 = p.t
@@ -238,7 +333,7 @@ def patient_commands(
             actor=CLINICIAN,
             days=1,
         )
-        return p.commands
+        return
     if scenario in ("severe_crs", "death"):
         p.infusion(1, days=14)
         p.infusion(2)
@@ -251,7 +346,7 @@ def patient_commands(
         )
         if scenario == "death":
             p.cmd("record_death", {"cause": "cytokine release syndrome"}, actor=CLINICIAN, days=2)
-            return p.commands
+            return
         p.cmd(
             "discontinue",
             reason="severe cytokine release syndrome (grade 3)",
@@ -259,14 +354,14 @@ def patient_commands(
             hours=2,
         )
         p.resolve("CRS-1", hours=72)
-        return p.commands
+        return
     if scenario == "icans":
         p.course()
         p.toxicity(icans(2), hours=20)
         p.resolve("ICANS-1", hours=48)
         p.assess("CR")
         p.cmd("cease", reason="CR; treatment complete", actor=CLINICIAN, days=1)
-        return p.commands
+        return
     if scenario == "partial_response_courses":
         for number in range(3):
             p.course(first_gap=14 if number == 0 else 7)
@@ -274,12 +369,12 @@ def patient_commands(
             if number < 2:
                 p.cmd("continue_treatment", actor=CLINICIAN, days=1)
         p.cmd("cease", actor=CLINICIAN, days=1)
-        return p.commands
+        return
     if scenario == "no_response_ceased":
         p.course()
         p.assess("NR")
         p.cmd("cease", reason="no response after the first course", actor=CLINICIAN, days=1)
-        return p.commands
+        return
     if scenario == "no_response_restarted":
         p.course()
         p.assess("NR")
@@ -292,7 +387,7 @@ def patient_commands(
         p.course(first_gap=7)
         p.assess("CR")
         p.cmd("cease", reason="CR after the second course", actor=CLINICIAN, days=1)
-        return p.commands
+        return
     if scenario == "corrected_dose":
         p.infusion(1, days=14)
         p.infusion(2)
@@ -312,16 +407,19 @@ def patient_commands(
         )
         p.assess("CR")
         p.cmd("cease", reason="CR after the first course", actor=CLINICIAN, days=1)
-        return p.commands
+        return
     if scenario == "late_fraction_deviation":
         p.infusion(1, days=14)
         p.infusion(2)
         p.infusion(3, days=2, deviation="D3 delayed one day: product release pending QC")
         p.assess("CRi")
         p.cmd("cease", reason="CRi; patient prefers no further treatment", actor=CLINICIAN, days=1)
-        return p.commands
+        return
     # complete_response
-    p.course()
+    if tracked is not None:
+        p.tracked_course(tracked)
+    else:
+        p.course()
     p.assess(rng.choice(["CR", "CR", "CRi"]))
     if rng.random() < 0.5:
         p.cmd(
@@ -341,7 +439,139 @@ def patient_commands(
         actor=CLINICIAN,
         days=1,
     )
-    return p.commands
+
+
+# -- after the course (issue 16): follow-up visits, adverse events, SAE reports, deaths -----------
+
+#: The commands of the follow-up after the course (not later than the cohort's last move).
+_VISITS_AND_REPORTS = frozenset({"record_follow_up", "record_missed_visit", "record_sae_report"})
+#: The visits the demo records after the end of treatment (days after D1: inside each window).
+_DEMO_VISITS: tuple[tuple[str, int], ...] = (("D28", 31), ("M2", 61), ("M3", 92), ("M6", 184))
+
+
+def _d1_time(p: _Patient) -> dt.datetime | None:
+    d1 = [c for c in p.commands if c["command"] == "give_infusion" and c["payload"]["day"] == 1]
+    return dt.datetime.fromisoformat(d1[-1]["occurred_at"]) if d1 else None
+
+
+def _extra(p: _Patient, command: str, at: dt.datetime, payload: dict[str, Any]) -> None:
+    """A command at a clinical time of its own (a visit, a report), not moving the path's clock."""
+    p.n += 1
+    p.commands.append(
+        {
+            "command": command,
+            "patient_id": p.pid,
+            "occurred_at": at.isoformat(),
+            "actor": CLINICIAN,
+            "reason": None,
+            "idempotency_key": f"demo:{p.pid}:{p.n}",
+            "payload": payload,
+        }
+    )
+    p.version += 1
+
+
+def _after_course(p: _Patient, scenario: str) -> None:
+    """The demo's life after the course, drawn from nothing random (the cohort of a seed stays
+    what it was before): the death from CRS closes its episode at grade 5 and its SAE report is
+    sent late; an IEC-HS SUSAR after severe CRS; follow-up visits for the ceased and discontinued
+    (one patient in four stops coming after M2, so visits fall due and overdue), a CD19-negative
+    relapse after ICANS, a missed visit after no response."""
+    d1 = _d1_time(p)
+    commands = {c["command"] for c in p.commands}
+    if d1 is None:
+        return
+    if scenario == "death":
+        death = next(c for c in p.commands if c["command"] == "record_death")
+        died = dt.datetime.fromisoformat(death["occurred_at"])
+        aware = died + dt.timedelta(hours=1)
+        death["payload"] = {
+            "cause": "cytokine release syndrome",
+            "cause_of_death": {
+                "category": "adverse_event",
+                "toxicity_id": "CRS-1",
+                "related": "definite",
+            },
+            "aware_at": aware.isoformat(),
+        }
+        _extra(
+            p,
+            "record_sae_report",
+            aware + dt.timedelta(hours=30),  # 6 hours after its 24-hour clock: a late report
+            {
+                "case_id": "CRS-1",
+                "report": "initial",
+                "sent_to": "sponsor pharmacovigilance",
+                "reference": f"SAE-{p.pid}",
+            },
+        )
+        return
+    if not commands & {"cease", "discontinue"} or commands & {"withdraw", "record_death"}:
+        return
+    if scenario == "severe_crs":
+        onset = d1 + dt.timedelta(days=9)
+        aware = onset + dt.timedelta(hours=2)
+        _extra(
+            p,
+            "report_toxicity",
+            onset,
+            {
+                "toxicity": {
+                    "kind": "other",
+                    "term": "IEC-HS",
+                    "grade": 3,
+                    "scale": "CTCAE",
+                    "scale_version": "5.0",
+                },
+                "adverse_event": {
+                    "attribution": "probable",
+                    "seriousness": ["hospitalisation", "important_medical_event"],
+                    "expected": False,
+                    "outcome": "recovering",
+                    "aware_at": aware.isoformat(),
+                },
+            },
+        )
+        for report, hours in (("initial", 20), ("expedited", 24 * 6)):
+            _extra(
+                p,
+                "record_sae_report",
+                aware + dt.timedelta(hours=hours),
+                {"case_id": "other-1", "report": report, "sent_to": "sponsor pharmacovigilance"},
+            )
+    stops_after_m2 = int(p.pid.rsplit("-", 1)[1]) % 4 == 1
+    last = max(dt.datetime.fromisoformat(c["occurred_at"]) for c in p.commands)
+    for visit, day in _DEMO_VISITS:
+        # on its target day, or the day after the end of treatment (still inside its window)
+        at = max(d1 + dt.timedelta(days=day, hours=1), last + dt.timedelta(days=1))
+        if scenario == "no_response_ceased" and visit == "M2":
+            _extra(
+                p,
+                "record_missed_visit",
+                at,
+                {"visit": visit, "missed_reason": "patient unreachable"},
+            )
+            continue
+        status: dict[str, Any] = {"status": "remission"}
+        if scenario == "no_response_ceased":
+            status = {"status": "relapse", "cd19": "positive", "marrow_blasts_pct": 40}
+        elif scenario == "icans" and visit == "M3":
+            status = {"status": "relapse", "cd19": "negative", "marrow_blasts_pct": 22}
+        _extra(
+            p,
+            "record_follow_up",
+            at,
+            {
+                "visit": visit,
+                "disease_status": status,
+                "vital_status": "alive",
+                "b_cell_aplasia": status["status"] == "remission",
+                "igg": {"value": 3.8, "unit": "g/L"},
+                "ig_replacement": True,
+            },
+        )
+        if stops_after_m2 and visit == "M2":
+            break
 
 
 def pick_scenarios(n: int, rng: random.Random) -> list[str]:
@@ -379,14 +609,58 @@ def cohort(
     if start == START and spacing * n > dt.timedelta(days=120):
         start = START - spacing * n  # a large cohort enrolled over the two years before START
     commands: list[dict[str, Any]] = []
+    responders = 0
     for i, scenario in enumerate(scenarios):
         pid = f"{prefix}-{i + 1:0{width}d}"
         first = start + spacing * i
-        commands.extend(patient_commands(pid, scenario, first, rng))
+        tracked = None
+        if scenario == "complete_response":
+            responders += 1
+            if responders % TRACKED_EVERY == 2:
+                tracked = (
+                    ("failed", "oos")[responders // TRACKED_EVERY]
+                    if (responders // TRACKED_EVERY < 2)
+                    else "normal"
+                )
+        commands.extend(patient_commands(pid, scenario, first, rng, tracked))
+    # the follow-up after the course (issue 16) runs no later than the cohort's last move: a
+    # cohort's clinical times stay in the past wherever its start puts its courses
+    horizon = max(
+        (
+            dt.datetime.fromisoformat(c["occurred_at"])
+            for c in commands
+            if c["command"] not in _VISITS_AND_REPORTS
+        ),
+        default=None,
+    )
+    commands = [
+        c
+        for c in commands
+        if c["command"] not in _VISITS_AND_REPORTS
+        or horizon is None
+        or dt.datetime.fromisoformat(c["occurred_at"]) <= horizon
+    ]
     if until is not None:
         commands = [c for c in commands if dt.datetime.fromisoformat(c["occurred_at"]) <= until]
     commands.sort(key=lambda c: c["occurred_at"])
     yield from commands
+
+
+def wrong_bag_attempt(commands: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A bedside check the protocol refuses: the last tracked patient's D1 with the first
+    tracked patient's D1 bag (None: fewer than two tracked patients). ``cart-course demo``
+    sends it just before that D1 (its clinical time) to show the refusal, which never names
+    the other patient."""
+    firsts = [c for c in commands if c["command"] == "give_infusion" and "bag_id" in c["payload"]]
+    firsts = [c for c in firsts if c["payload"]["day"] == 1]
+    if len(firsts) < 2 or firsts[0]["patient_id"] == firsts[-1]["patient_id"]:
+        return None
+    attempt = {
+        **firsts[-1],
+        "idempotency_key": f"demo:wrong-bag:{firsts[-1]['patient_id']}",
+        "payload": {**firsts[-1]["payload"], "bag_id": firsts[0]["payload"]["bag_id"]},
+    }
+    return attempt
 
 
 def live_cohort(n: int, seed: int, now: dt.datetime) -> Iterator[dict[str, Any]]:

@@ -134,7 +134,11 @@ def _input_error(exc: ProtocolInputError) -> InvalidCommandError:
     """The contract's rejection of a payload: every invalid field, the first as the headline."""
 
     def at(field: str) -> str:
-        return field if field.startswith(("payload", "command", "reason")) else f"payload.{field}"
+        return (
+            field
+            if field.startswith(("payload", "command", "reason", "occurred_at"))
+            else f"payload.{field}"
+        )
 
     error = (
         RecordConflictError if isinstance(exc, RecordConflictInputError) else InvalidCommandError
@@ -464,6 +468,7 @@ class CourseService:
                 command.occurred_at,
                 command.reason,
                 self.protocol,
+                actor=command.actor.id,
             )
         except ProtocolInputError as exc:
             raise _input_error(exc) from None
@@ -652,9 +657,6 @@ class CourseService:
             idempotency_key=command.key,
             digest=command.digest,
         )
-        if self.ledger is not None:  # the service's signature over it (cart_course.signing)
-            fields.update(self.ledger.sign_esignature(course, fields))
-        course.record_event(PatientCourse.MilestoneSigned, **fields)
         if self.ledger is not None:  # the service's signature over it (cart_course.signing)
             fields.update(self.ledger.sign_esignature(course, fields))
         course.record_event(PatientCourse.MilestoneSigned, **fields)

@@ -10,7 +10,13 @@ toxicities, course number, previous dates ...). Reported:
 - ``refused``: the guards refuse the move (each failed rule, by name);
 - ``destination``: allowed, but to another state than the one recorded;
 - ``correction``: a correction's facts would be refused, or would lead elsewhere;
-- ``protocol``: the event names a protocol version that is not registered.
+- ``protocol``: the event names a protocol version that is not registered;
+- ``window``: a follow-up visit outside its window (issue 16);
+- ``late_report``: an SAE, SUSAR or follow-up safety report sent after its clock, with the delay.
+
+Notes, not findings (nothing is wrong with the history): ``no product recorded`` for each
+infusion that names no bag of a released lot (histories written before the product's chain of
+identity, issue 15, or a course whose product is not tracked).
 
 Toxicity reports can be re-graded under another scale (``regrade``): each recorded grade next to
 the grade under that scale.
@@ -104,6 +110,8 @@ class Conformance:
     moves: int = 0
     findings: list[Finding] = attrs.Factory(list)
     regrades: list[Regrade] = attrs.Factory(list)
+    #: Infusions without a product recorded (not findings: see the module's docstring).
+    notes: list[Finding] = attrs.Factory(list)
 
     @property
     def ok(self) -> bool:
@@ -116,6 +124,7 @@ class Conformance:
             "moves_checked": self.moves,
             "findings": [f.to_json() for f in self.findings],
             "regrades": [r.to_json() for r in self.regrades],
+            "notes": [n.to_json() for n in self.notes],
         }
 
 
@@ -150,7 +159,54 @@ def check_history(
         if regrade is not None and e.get("trigger") == Trigger.REPORT_TOXICITY:
             _regrade(patient_id, e, regrade, result)
         replayer.apply(e)
+        if e.kind == MOVED:
+            _check_after_course(patient_id, e, replayer.record, protocol, result)
     return result
+
+
+def _check_after_course(
+    patient_id: str,
+    e: LoggedEvent,
+    record: PatientRecord,
+    override: ProtocolVersion | None,
+    result: Conformance,
+) -> None:
+    """After the course (issue 16): a follow-up visit outside its window (``window``), a safety
+    report sent after its clock (``late_report``, with the delay). Both were recorded, never
+    refused; the audit lists them."""
+    trigger = e.get("trigger")
+    if trigger not in (Trigger.RECORD_FOLLOW_UP, Trigger.RECORD_SAE_REPORT):
+        return
+    version = _version(e, override)
+    label = version.id if isinstance(version, ProtocolVersion) else str(e.get("protocol_version"))
+    outcome = e.get("outcome") or {}
+    if trigger == Trigger.RECORD_FOLLOW_UP and outcome.get("in_window") is False:
+        result.findings.append(
+            _finding(
+                patient_id,
+                e,
+                "window",
+                label,
+                f"visit {outcome.get('visit')} on {str(e.occurred_at)[:10]} is "
+                f"{outcome.get('days_outside_window')} day(s) outside its window "
+                f"{outcome.get('window_start')} to {outcome.get('window_end')}",
+            )
+        )
+    if trigger == Trigger.RECORD_SAE_REPORT:
+        case = record.sae_cases.get(str((e.get("facts") or {}).get("case_id")))
+        for clock in case["clocks"] if case else ():
+            if clock.get("report_version") == e.version and clock.get("late"):
+                result.findings.append(
+                    _finding(
+                        patient_id,
+                        e,
+                        "late_report",
+                        label,
+                        f"{clock['report']} report of case {case['id'] if case else ''} sent at "
+                        f"{clock['sent_at']}, due {clock['due_at']}: "
+                        f"{clock['delay_hours']} h late",
+                    )
+                )
 
 
 def _finding(
@@ -226,6 +282,16 @@ def _check_move(
             )
         )
     recorded: dict[str, Any] = dict(e.get("facts") or {})
+    if trigger.startswith("infuse_d") and "bag_id" not in recorded:
+        result.notes.append(
+            _finding(
+                patient_id,
+                e,
+                "no product recorded",
+                label,
+                "the infusion names no bag of a released lot (no product recorded)",
+            )
+        )
     try:
         context = context_facts(record, trigger)
     except Exception:  # a history so broken the context cannot be derived: use what was recorded

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..eventlog import EventLog
-from .history import COLUMNS, csv_row, timeline
+from .history import COLUMNS, csv_row, product_ids, timeline
 from .log import streams
 
 
@@ -30,6 +30,9 @@ def jsonl(log: EventLog, patient_id: str | None = None) -> Iterator[str]:
                 "hash": e.hash,
                 "fields": e.data,
             }
+            product = product_ids(e)
+            if product:
+                line["product"] = product
             yield json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 

@@ -107,9 +107,11 @@ def bundle(patient_id: str, events: list[LoggedEvent]) -> dict[str, Any]:
     if start:
         subject["period"] = {"start": start}
     entries.append({"fullUrl": subject_url, "resource": subject})
+    entries.extend(_after_course(patient_id, events, patient_url, study_url))
     rows = {row["version"]: row for row in timeline(patient_id, events)}
     for e in events:
         entries.append(_provenance(patient_id, e, subject_url, rows[e.version]["notes"]))
+    entries.extend(product_entries(patient_id, events, patient_url))
     return {
         "resourceType": "Bundle",
         "id": _rid("bundle", patient_id, events[-1].hash if events else ""),
@@ -117,6 +119,237 @@ def bundle(patient_id: str, events: list[LoggedEvent]) -> dict[str, Any]:
         "timestamp": events[-1].recorded_at if events else None,
         "entry": entries,
     }
+
+
+#: AdverseEvent.outcome (http://terminology.hl7.org/CodeSystem/adverse-event-outcome).
+AE_OUTCOME_SYSTEM = "http://terminology.hl7.org/CodeSystem/adverse-event-outcome"
+AE_OUTCOME = {
+    "recovered": "resolved",
+    "recovering": "recovering",
+    "not_recovered": "ongoing",
+    "recovered_with_sequelae": "resolvedWithSequelae",
+    "fatal": "fatal",
+    "unknown": "unknown",
+}
+AE_SERIOUSNESS_SYSTEM = "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness"
+AE_CRITERIA_SYSTEM = "https://cart-course.example.org/fhir/CodeSystem/ich-e2a-seriousness"
+VISIT_SYSTEM = "https://cart-course.example.org/fhir/CodeSystem/follow-up-visit"
+
+
+def _after_course(
+    patient_id: str, events: list[LoggedEvent], patient_url: str, study_url: str
+) -> list[dict[str, Any]]:
+    """Issue 16: one AdverseEvent per episode reported with adverse-event facts (its latest
+    facts; seriousness by ICH E2A; fatal when a death closed it), and an Encounter with an
+    Observation of the disease status per follow-up visit."""
+    episodes: dict[str, dict[str, Any]] = {}
+    entries: list[dict[str, Any]] = []
+    for e in events:
+        if e.kind != MOVED:
+            continue
+        trigger = e.get("trigger")
+        facts = e.get("facts") or {}
+        outcome = e.get("outcome") or {}
+        if trigger == "report_toxicity" and facts.get("adverse_event_now") is not None:
+            tox_id = str(facts.get("toxicity_id"))
+            first = episodes.get(tox_id, {}).get("onset", e.occurred_at)
+            episodes[tox_id] = {
+                "onset": first,
+                "ae": dict(facts["adverse_event_now"]),
+                "term": outcome.get("term") or outcome.get("kind"),
+                "grade": outcome.get("grade"),
+                "recorded": e.recorded_at,
+            }
+        elif trigger == "record_death" and outcome.get("toxicity_id") in episodes:
+            episode = episodes[str(outcome["toxicity_id"])]
+            episode["ae"] = {**episode["ae"], **(facts.get("adverse_event_now") or {})}
+            episode["ae"]["outcome"] = "fatal"
+            episode["grade"] = 5
+        elif trigger == "record_follow_up":
+            entries.extend(_visit(patient_id, e, facts, outcome, patient_url))
+    for tox_id, episode in episodes.items():
+        ae = episode["ae"]
+        criteria = list(ae.get("seriousness") or ())
+        resource: dict[str, Any] = {
+            "resourceType": "AdverseEvent",
+            "id": _rid("adverse-event", patient_id, tox_id),
+            "identifier": {"system": "https://cart-course.example.org/episode", "value": tox_id},
+            "actuality": "actual",
+            "subject": {"reference": patient_url},
+            "study": [{"reference": study_url}],
+            "event": {"text": f"{episode['term']} grade {episode['grade']}"},
+            "date": episode["onset"],
+            "recordedDate": episode["recorded"],
+            "seriousness": {
+                "coding": [
+                    {
+                        "system": AE_SERIOUSNESS_SYSTEM,
+                        "code": "serious" if criteria else "non-serious",
+                    },
+                    *({"system": AE_CRITERIA_SYSTEM, "code": c} for c in criteria),
+                ]
+            },
+        }
+        if ae.get("aware_at"):
+            resource["detected"] = ae["aware_at"]
+        if ae.get("outcome") in AE_OUTCOME:
+            resource["outcome"] = {
+                "coding": [{"system": AE_OUTCOME_SYSTEM, "code": AE_OUTCOME[ae["outcome"]]}]
+            }
+        entries.append({"fullUrl": _urn("adverse-event", patient_id, tox_id), "resource": resource})
+    return entries
+
+
+def _visit(
+    patient_id: str,
+    e: LoggedEvent,
+    facts: dict[str, Any],
+    outcome: dict[str, Any],
+    patient_url: str,
+) -> list[dict[str, Any]]:
+    visit = str(facts.get("visit"))
+    encounter_url = _urn("encounter", patient_id, e.version)
+    status = facts.get("disease_status") or {}
+    text = str(status.get("status"))
+    if status.get("cd19"):
+        text += f" (CD19-{status['cd19']})"
+    return [
+        {
+            "fullUrl": encounter_url,
+            "resource": {
+                "resourceType": "Encounter",
+                "id": _rid("encounter", patient_id, e.version),
+                "status": "finished",
+                "class": {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                    "code": "AMB",
+                },
+                "type": [{"coding": [{"system": VISIT_SYSTEM, "code": visit}], "text": visit}],
+                "subject": {"reference": patient_url},
+                "period": {"start": e.occurred_at},
+            },
+        },
+        {
+            "fullUrl": _urn("observation", patient_id, e.version),
+            "resource": {
+                "resourceType": "Observation",
+                "id": _rid("observation", patient_id, e.version),
+                "status": "final",
+                "code": {"text": "disease status"},
+                "subject": {"reference": patient_url},
+                "encounter": {"reference": encounter_url},
+                "effectiveDateTime": e.occurred_at,
+                "valueCodeableConcept": {"text": text},
+            },
+        },
+    ]
+
+
+#: The R5 element ``Procedure.used`` (which may name a BiologicallyDerivedProduct), backported.
+USED_URL = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Procedure.used"
+#: ISBT 128 (HL7 OID 2.16.840.1.113883.6.18): the collection's donation identification number.
+ISBT128_SYSTEM = "urn:oid:2.16.840.1.113883.6.18"
+BAG_SYSTEM = "https://cart-course.example.org/product/bag"
+LOT_SYSTEM = "https://cart-course.example.org/product/lot"
+COLLECTION_SYSTEM = "https://cart-course.example.org/product/collection"
+
+
+def product_entries(
+    patient_id: str, events: list[LoggedEvent], patient_url: str
+) -> list[dict[str, Any]]:
+    """One ``BiologicallyDerivedProduct`` per bag of a released lot (its collection, manufacture
+    and release as ``processing``), and one ``Procedure`` per infusion of a bag, naming it
+    (``Procedure.used``, the R5 element backported as an extension) and both bedside verifiers."""
+    collections: dict[str, dict[str, Any]] = {}
+    lots: dict[str, dict[str, Any]] = {}
+    bags: dict[str, dict[str, Any]] = {}
+    infused: set[str] = set()
+    procedures: list[dict[str, Any]] = []
+    for e in events:
+        if e.kind != MOVED:
+            continue
+        facts = e.get("facts") or {}
+        trigger = str(e.get("trigger"))
+        if trigger in ("record_apheresis", "repeat_apheresis") and facts.get("collection"):
+            collections[facts["collection"]["id"]] = {**facts["collection"], "at": e.occurred_at}
+        elif trigger == "start_manufacture":
+            lots[facts["lot_id"]] = {"collection": facts.get("collection_id"), "at": e.occurred_at}
+        elif trigger == "release_product" and facts.get("decision") == "released":
+            lot = lots.setdefault(facts["lot_id"], {})
+            lot.update(released_at=e.occurred_at, released_by=facts.get("released_by"))
+            for bag in facts.get("bags", ()):
+                bags[bag["bag_id"]] = {**bag, "lot_id": facts["lot_id"]}
+        elif trigger.startswith("infuse_d") and facts.get("bag_id"):
+            bag_id = str(facts["bag_id"])
+            infused.add(bag_id)
+            procedures.append(_procedure(patient_id, e, facts, bag_id, patient_url))
+    out: list[dict[str, Any]] = []
+    for bag_id, bag in bags.items():
+        lot = lots.get(bag["lot_id"], {})
+        collection = collections.get(str(lot.get("collection")), {})
+        identifiers = [
+            {"system": BAG_SYSTEM, "value": bag_id},
+            {"system": LOT_SYSTEM, "value": bag["lot_id"]},
+        ]
+        if collection:
+            system = ISBT128_SYSTEM if collection["id_type"] == "isbt128" else COLLECTION_SYSTEM
+            identifiers.append({"system": system, "value": collection["id"]})
+        processing = [
+            {"description": f"manufacture of lot {bag['lot_id']}", "timeDateTime": lot.get("at")},
+            {
+                "description": f"released by {lot.get('released_by')}",
+                "timeDateTime": lot.get("released_at"),
+            },
+        ]
+        resource: dict[str, Any] = {
+            "resourceType": "BiologicallyDerivedProduct",
+            "id": _rid("product", patient_id, bag_id),
+            "identifier": identifiers,
+            "productCategory": "cells",
+            "productCode": {
+                "text": f"CD19 CAR-T cells for fraction D{bag['fraction']}, labelled "
+                f"{bag['cells']:.3g} CAR-positive viable T cells"
+            },
+            "status": "unavailable" if bag_id in infused else "available",
+            "quantity": 1,
+            "collection": {
+                "source": {"reference": patient_url},
+                **({"collectedDateTime": collection["at"]} if collection.get("at") else {}),
+            },
+            "processing": [p for p in processing if p["timeDateTime"]],
+        }
+        out.append({"fullUrl": _urn("product", patient_id, bag_id), "resource": resource})
+    return out + procedures
+
+
+def _procedure(
+    patient_id: str, e: LoggedEvent, facts: dict[str, Any], bag_id: str, patient_url: str
+) -> dict[str, Any]:
+    day = (e.get("outcome") or {}).get("day")
+    resource: dict[str, Any] = {
+        "resourceType": "Procedure",
+        "id": _rid("procedure", patient_id, e.version),
+        "status": "completed",
+        "code": {"text": f"CAR-T cell infusion, fraction D{day}"},
+        "subject": {"reference": patient_url},
+        "performer": [
+            {
+                "function": {"text": "administered"},
+                "actor": {"display": str(facts.get("administered_by") or e.get("actor"))},
+            },
+            {
+                "function": {"text": "verified patient and bag at the bedside"},
+                "actor": {"display": str(facts.get("verified_by"))},
+            },
+        ],
+        "extension": [
+            {"url": USED_URL, "valueReference": {"reference": _urn("product", patient_id, bag_id)}}
+        ],
+        "usedCode": [{"text": f"bag {bag_id}"}],
+    }
+    if e.occurred_at:
+        resource["performedDateTime"] = e.occurred_at
+    return {"fullUrl": _urn("procedure", patient_id, e.version), "resource": resource}
 
 
 def _ext_value(ext: dict[str, Any], url: str) -> str | None:

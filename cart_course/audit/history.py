@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .log import CORRECTED, MOVED, REGISTERED, SIGNED, LoggedEvent
+from .product import PRODUCT_MOVES, ids_of
 
 #: CSV columns of the timeline (also the order of the table's fields).
 COLUMNS = (
@@ -37,6 +38,10 @@ COLUMNS = (
     "notes",
     "hash",
     "prev_hash",
+    # the cell product a step names (issue 15): its collection, lot and bag
+    "collection_id",
+    "lot_id",
+    "bag_id",
 )
 
 
@@ -78,6 +83,9 @@ def timeline(patient_id: str, events: list[LoggedEvent]) -> Iterator[dict[str, A
             "notes": notes,
             "hash": e.hash,
             "prev_hash": e.get("prev_hash"),
+            "collection_id": None,
+            "lot_id": None,
+            "bag_id": None,
         }
         if e.kind == REGISTERED:
             row["move"] = "register"
@@ -92,6 +100,7 @@ def timeline(patient_id: str, events: list[LoggedEvent]) -> Iterator[dict[str, A
                 payload=e.get("payload"),
                 deviations=list((e.get("outcome") or {}).get("deviations", [])),
             )
+            row.update(product_ids(e))
         elif e.kind == CORRECTED:
             row.update(
                 move="correct",
@@ -141,6 +150,17 @@ def timeline(patient_id: str, events: list[LoggedEvent]) -> Iterator[dict[str, A
                 )
             )
         yield row
+
+
+def product_ids(e: LoggedEvent) -> dict[str, str | None]:
+    """The collection, lot and bag a move names (all None for a move of no product)."""
+    if e.get("trigger") not in PRODUCT_MOVES:
+        return {}
+    collection, lot, bags = ids_of(dict(e.get("facts") or {}))
+    bag = e.get("facts", {}).get("bag_id") if isinstance(e.get("facts"), dict) else None
+    if collection is None and lot is None and not bags:
+        return {}
+    return {"collection_id": collection, "lot_id": lot, "bag_id": bag}
 
 
 def compact(value: Any, limit: int = 0) -> str:

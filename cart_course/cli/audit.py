@@ -175,12 +175,34 @@ def conformance(
         )
         for f in result.findings:
             click.echo(f"  {f}")
+        if result.notes:
+            click.echo(f"no product recorded: {len(result.notes)} infusion(s) name no bag")
         if regrade:
             click.echo(f"re-graded under {regrade}: {len(result.regrades)} toxicity report(s)")
             for r in result.regrades:
                 click.echo(f"  {r}")
     if result.findings:
         sys.exit(1)
+
+
+@audit.command("product")
+@click.argument("product_id")
+@click.option("--json", "as_json", is_flag=True, help="The chain of custody as JSON.")
+@pass_context
+def product_chain(ctx: Context, product_id: str, as_json: bool) -> None:
+    """The chain of custody of a collection (ISBT 128 DIN or site id), a lot or a bag: every
+    step, who, when, under which release decision. Exits 1 when PRODUCT_ID is not on record."""
+    from ..audit.product import chain_of_custody, render
+
+    chain = chain_of_custody(product_id, streams(ctx.service.log))
+    if chain is None:
+        click.echo(f"no collection, lot or bag {product_id!r} is on record", err=True)
+        sys.exit(1)
+    if as_json:
+        echo_json(chain)
+    else:
+        for line in render(chain):
+            click.echo(line)
 
 
 def _open_seal(path: str | None) -> IO[str] | None:

@@ -14,7 +14,8 @@ from typing import Any, BinaryIO, TextIO
 import click
 
 from ..contract import parse_command
-from ..demo import cohort, live_cohort
+from ..demo import cohort, live_cohort, wrong_bag_attempt
+from ..errors import CartCourseError
 from ..ingest import (
     AUTO_MAX_WORKERS,
     AUTO_MIN_LINES,
@@ -296,6 +297,19 @@ def show(ctx: Context, patient_id: str, as_json: bool) -> None:
             f"signed v{sig['signs_version']} ({sig['milestone']}, {sig['meaning']}) by "
             f"{sig['printed_name']} at {sig['signed_at']}"
         )
+    product = data.get("product")
+    if product:
+        click.echo(
+            f"product {product['status']}: collection(s) "
+            + ", ".join(c["id"] for c in product["collections"])
+            + "; lot(s) "
+            + (", ".join(f"{lot['lot_id']} {lot['status']}" for lot in product["lots"]) or "none")
+            + (
+                f"; vein-to-vein {product['vein_to_vein_days']} days"
+                if product["vein_to_vein_days"] is not None
+                else ""
+            )
+        )
     click.echo("allowed now: " + (", ".join(data["allowed_moves"]) or "nothing (terminal)"))
 
 
@@ -333,9 +347,35 @@ def patients(ctx: Context, as_json: bool) -> None:
 def record_demo(ctx: Context, n: int, seed: int, *, live: bool = False) -> Counter[str]:
     """Record a demo cohort; ``live``: enrolled over the last weeks and in progress today."""
     now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
-    commands = live_cohort(n, seed, now) if live else cohort(n, seed)
-    lines = ((i, json.dumps(c)) for i, c in enumerate(commands, start=1))
-    return ingest_stream(ctx, lines, batch_size=BATCH, report=sys.stderr)
+    if live:
+        commands = live_cohort(n, seed, now)
+        lines = ((i, json.dumps(c)) for i, c in enumerate(commands, start=1))
+        return ingest_stream(ctx, lines, batch_size=BATCH, report=sys.stderr)
+    everything = list(cohort(n, seed))
+    attempt = wrong_bag_attempt(everything)
+    cut = everything.index(attempt_of(everything, attempt)) if attempt else len(everything)
+    numbered = list(enumerate((json.dumps(c) for c in everything), start=1))
+    counts = ingest_stream(ctx, iter(numbered[:cut]), batch_size=BATCH, report=sys.stderr)
+    if attempt is not None:  # the bedside check refuses another patient's bag
+        try:
+            ctx.service.execute(parse_command(attempt))
+        except CartCourseError as exc:
+            click.echo(
+                f"a wrong-bag attempt for {attempt['patient_id']} was refused: {exc}", err=True
+            )
+    counts += ingest_stream(ctx, iter(numbered[cut:]), batch_size=BATCH, report=sys.stderr)
+    return counts
+
+
+def attempt_of(commands: list[dict[str, Any]], attempt: dict[str, Any]) -> dict[str, Any]:
+    """The recorded command a wrong-bag attempt stands in front of (its patient's D1)."""
+    return next(
+        c
+        for c in commands
+        if c["patient_id"] == attempt["patient_id"]
+        and c["command"] == "give_infusion"
+        and c["payload"].get("day") == 1
+    )
 
 
 @click.command()

@@ -126,10 +126,17 @@ def _board_line(r: dict[str, Any]) -> str:
     if r["hold"]:
         action = "HOLD: " + action
     dose = f"{_fmt_cells(r['delivered_cells'])}/{_fmt_cells(r['planned_cells'])}"
-    return (
+    line = (
         f"{r['patient_id']:<10} {r['state']:<13} {r['course_number']:>2} {dose:>19}  "
         f"{action:<40} {due:<20} {tox}"
     )
+    if r.get("product_status"):
+        line += f"  product {r['product_status']}"
+        if r.get("vein_to_vein_days") is not None:
+            line += f", vein-to-vein {r['vein_to_vein_days']}d"
+        if r.get("product_waiting_too_long"):
+            line += f", WAITING {r['product_waiting_days']}d"
+    return line
 
 
 _BOARD_HEADER = (
@@ -173,6 +180,22 @@ def wait_options(fn: Any) -> Any:
 @click.option("--state", type=click.Choice(STATES), default=None, help="Only patients in STATE.")
 @click.option("--overdue", is_flag=True, help="Only patients whose next action is overdue.")
 @click.option("--toxicity", is_flag=True, help="Only patients with an open toxicity.")
+@click.option(
+    "--follow-up-due",
+    is_flag=True,
+    help="Only patients whose next action is a follow-up visit (with --overdue: past its window).",
+)
+@click.option(
+    "--sae",
+    is_flag=True,
+    help="Only patients whose next action is an SAE report (with --overdue: past its clock).",
+)
+@click.option(
+    "--product",
+    type=click.Choice(queries.PRODUCT_FILTERS),
+    default=None,
+    help="Only patients whose cell product is in this status (any: every tracked product).",
+)
 @click.option("--now", default=None, metavar="WHEN", help="Judge 'overdue' as of WHEN (ISO).")
 @click.option(
     "--limit",
@@ -189,6 +212,9 @@ def status(
     state: str | None,
     overdue: bool,
     toxicity: bool,
+    follow_up_due: bool,
+    sae: bool,
+    product: str | None,
     now: str | None,
     limit: int,
     as_json: bool,
@@ -196,10 +222,20 @@ def status(
     timeout: float,
     catch_up: bool,
 ) -> None:
-    """The board: every patient's state, next due action and due date, dose and toxicity."""
+    """The board: every patient's state, next due action and due date, dose and toxicity, and
+    the cell product (status, vein-to-vein time, a product waiting too long)."""
+    if follow_up_due and sae:
+        raise click.UsageError("--follow-up-due and --sae name one next action each: give one")
     moment = _parse_now(now)
     views = _ready(ctx, wait_for, timeout, catch_up)
-    filters: dict[str, Any] = {"state": state, "overdue": overdue, "toxicity": toxicity}
+    filters: dict[str, Any] = {
+        "state": state,
+        "overdue": overdue,
+        "toxicity": toxicity,
+        "product": product,
+    }
+    if follow_up_due or sae:
+        filters["action"] = "record_follow_up" if follow_up_due else "record_sae_report"
     rows = queries.board(views.db, **filters, now=moment, limit=limit)
     matching = queries.count(views.db, **filters, now=moment)
     lag = views.lag()

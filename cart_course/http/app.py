@@ -28,6 +28,7 @@ from ..service import CourseService
 from ..storage import StoreSettings
 from ..tokens import TokenStore, open_token_store
 from . import admin, checkpoint_routes, commands, extras, ops, patients
+from . import product as product_routes
 from .auth import token_guard
 from .common import BEARER, DEPENDENCIES, JSONRequest, check_query
 from .feed import PatientIndex
@@ -54,6 +55,7 @@ ROUTES: list[Any] = [
     ops.ready,
     ops.metrics,
     ops.dashboard,
+    *product_routes.ROUTES,
 ]
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "Prepared",
     "RecordedFraction",
     "allowed_now",
+    "bedside_facts",
     "check_resolution_time",
     "check_sequence",
     "command_of",
@@ -188,8 +189,13 @@ def prepare(
     reason: str | None,
     version: ProtocolVersion,
     registry: Registry = REGISTRY,
+    *,
+    actor: str | None = None,
 ) -> Prepared:
-    """Validate, gather facts, dry-run; return what to record or raise ``MoveRefusedError``."""
+    """Validate, gather facts, dry-run; return what to record or raise ``MoveRefusedError``.
+
+    ``actor``: who records the move (an infusion's bedside check: the first of its two
+    verifiers)."""
     if not isinstance(payload, Mapping):
         raise ProtocolInputError("payload", "must be a JSON object")
     spec = registry.moves.get(command)
@@ -210,7 +216,7 @@ def prepare(
         raise
     if spec.check_time is not None:
         spec.check_time(record, pfacts, occurred_at)
-    facts = {**context, **pfacts}
+    facts = {**context, **pfacts, **bedside_facts(pfacts, occurred_at, actor)}
     if reason:
         facts["reason"] = reason
     params = version.params
@@ -233,6 +239,16 @@ def prepare(
         facts=facts,
         outcome=spec.outcome(trigger, facts, probe, params),
     )
+
+
+def bedside_facts(
+    pfacts: Mapping[str, Any], occurred_at: dt.datetime, actor: str | None
+) -> dict[str, Any]:
+    """What the bedside check of an infusion naming a bag reads besides its payload: who gives
+    the bag (the actor recording it: the first verifier) and when (none for other moves)."""
+    if "bag_id" not in pfacts:
+        return {}
+    return {"administered_by": actor, "infused_at": occurred_at.isoformat()}
 
 
 def _with_holds_open_then(

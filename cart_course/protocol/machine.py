@@ -21,7 +21,7 @@ import attrs
 from transitions import Machine, MachineError
 from transitions.core import Condition, EventData, Transition
 
-from . import dosing
+from . import dosing, product
 from .eligibility import eligibility_failures, evaluate_eligibility, parse_screening
 from .parameters import ProtocolParameters
 from .response import check_clinician_response, classify_response, parse_response_assessment
@@ -160,7 +160,12 @@ class Probe:
         if "dose" not in self._cache:
             weight = self.facts.get("weight_kg")
             plan = self.course_plan() if weight is not None else None
-            self._cache["dose"] = dose_problems(self.facts, self.params, plan=plan)
+            problems = dose_problems(self.facts, self.params, plan=plan)
+            if "bag" in self.facts:  # the count given at the bedside against the bag's label
+                count = product.count_problem(self.facts, self.params.bag_count_tolerance)
+                if count:
+                    problems.append(count)
+            self._cache["dose"] = problems
         result: list[str] = self._cache["dose"]
         return result
 
@@ -343,7 +348,8 @@ def on_schedule_or_deviation(p: Probe) -> bool:
 
 @rule(
     "the cell count is within tolerance of the planned fraction and the course total not above "
-    "plan by more than the tolerance, or a deviation reason is recorded",
+    "plan by more than the tolerance (and, for a bag, of its labelled count), or a deviation "
+    "reason is recorded",
     lambda p: "; ".join(p.dose_problems()) + "; record a deviation reason to proceed",
 )
 def dose_within_tolerance_or_deviation(p: Probe) -> bool:
@@ -360,6 +366,117 @@ def weight_known(p: Probe) -> bool:
     if p.hypothetical and "weight_kg" not in p.facts:  # payload unknown
         return True
     return isinstance(p.facts.get("weight_kg"), (int, float))
+
+
+# -- the cell product: manufacture, release, the bedside check -----------------------------------
+
+
+def _explain_bedside(p: Probe) -> str:
+    return product.bedside_problem(p.facts, p.params.thaw_limit_minutes) or ""
+
+
+@rule(
+    "when the patient's product is tracked: the bag is of this patient's released lot for this "
+    "course and this fraction, not infused yet, not expired, infused within the thaw limit, and "
+    "verified at the bedside by a second person",
+    _explain_bedside,
+)
+def product_identity_verified(p: Probe) -> bool:
+    facts = p.facts
+    if "bag_id" not in facts:
+        if not facts.get("product_tracked"):
+            return True  # a course whose product is not tracked (no collection id on record)
+        if p.hypothetical:
+            return bool(facts.get("bags_available"))
+        return False
+    return product.bedside_problem(facts, p.params.thaw_limit_minutes) is None
+
+
+@rule(
+    "a collection with an identifier (ISBT 128 DIN or the site's id) is on record",
+    lambda p: (
+        "no collection with an identifier is on record: record the apheresis with its din "
+        "or collection_id"
+    ),
+)
+def collection_on_record(p: Probe) -> bool:
+    return bool(p.facts.get("collections"))
+
+
+def _lots_of_course(p: Probe, status: str) -> list[str]:
+    number = p.facts.get("course_number")
+    return [
+        lot["lot_id"]
+        for lot in p.facts.get("lots", ())
+        if lot["status"] == status and lot.get("course_number", number) == number
+    ]
+
+
+@rule(
+    "no lot of this course is in manufacture or released",
+    lambda p: (
+        "lot(s) "
+        + ", ".join(_lots_of_course(p, "in_manufacture") + _lots_of_course(p, "released"))
+        + " of this course are in manufacture or released: record its release decision first"
+    ),
+)
+def no_lot_in_manufacture(p: Probe) -> bool:
+    return not (_lots_of_course(p, "in_manufacture") or _lots_of_course(p, "released"))
+
+
+def _explain_lot(p: Probe) -> str:
+    status = p.facts.get("lot_status")
+    return (
+        f"lot {p.facts.get('lot_id')} is {status}, not in manufacture: its release decision is "
+        "already recorded"
+    )
+
+
+@rule("the lot is in manufacture (no release decision recorded yet)", _explain_lot)
+def lot_in_manufacture(p: Probe) -> bool:
+    if "lot_status" not in p.facts:
+        if p.hypothetical:
+            return any(lot["status"] == "in_manufacture" for lot in p.facts.get("lots", ()))
+        return False
+    return bool(p.facts["lot_status"] == "in_manufacture")
+
+
+def _failed_tests(p: Probe) -> list[str]:
+    return [t["name"] for t in p.facts.get("tests", ()) if not t.get("passed")]
+
+
+@rule(
+    "every release test passed, or the out-of-specification release is a documented exception "
+    "(exception_reason)",
+    lambda p: (
+        "release tests failed: "
+        + ", ".join(_failed_tests(p))
+        + "; an out-of-specification product is released only as a documented exception: give "
+        "exception_reason, or record the decision as rejected"
+    ),
+)
+def release_tests_passed_or_exception(p: Probe) -> bool:
+    facts = p.facts
+    if "tests" not in facts or facts.get("decision") != "released" or not _failed_tests(p):
+        return True
+    reason = facts.get("exception_reason")
+    return isinstance(reason, str) and reason.strip() != ""
+
+
+@rule(
+    "the patient's last lot failed (rejected at release)",
+    lambda p: (
+        "a new apheresis follows a failed manufacture; the last lot is "
+        + (
+            f"{p.facts['lots'][-1]['lot_id']} ({p.facts['lots'][-1]['status']})"
+            if p.facts.get("lots")
+            else "not on record"
+        )
+    ),
+)
+def manufacture_failed(p: Probe) -> bool:
+    lots: list[dict[str, Any]] = p.facts.get("lots") or []
+    return bool(lots) and lots[-1]["status"] == "rejected"
 
 
 # -- toxicity -----------------------------------------------------------------------------------
@@ -515,6 +632,30 @@ def severe_toxicity_recorded(p: Probe) -> bool:
     return any(t["grade"] >= severe for t in p.facts.get("course_toxicities", ()))
 
 
+# -- after the course (issue 16) -----------------------------------------------------------------
+
+
+@rule(
+    "a D1 is on record (follow-up visits are counted from the last course's D1)",
+    lambda p: "no D1 is on record: follow-up visits are counted from the last course's D1",
+)
+def follow_up_from_d1(p: Probe) -> bool:
+    if p.facts.get("follow_up_from") is None:
+        return False
+    # "what is allowed now" offers visits during the follow-up, not after death or withdrawal
+    # (a visit that happened before them may still be entered: its time is checked)
+    return not p.hypothetical or p.state in FOLLOW_UP
+
+
+@rule(
+    "a safety case (a serious adverse event, or a death in the treatment-related window) is on "
+    "record",
+    lambda p: "no safety case is on record: a serious adverse event opens one",
+)
+def safety_case_on_record(p: Probe) -> bool:
+    return bool(p.facts.get("sae_cases"))
+
+
 # ----------------------------------------------------------------------------------------------
 # The transition table: the protocol, declared once.
 # ----------------------------------------------------------------------------------------------
@@ -525,8 +666,10 @@ _INFUSION_RULES = [
     "weight_known",
     "on_schedule_or_deviation",
     "dose_within_tolerance_or_deviation",
+    "product_identity_verified",
 ]
 _OBSERVABLE = [*ON_TREATMENT, *FOLLOW_UP]
+_AFTER_TREATMENT = [*FOLLOW_UP, S.WITHDRAWN, S.DIED]
 
 TRANSITIONS: list[dict[str, Any]] = [
     # Screening: into `screened` only when eligible, else `screen_failed`.
@@ -550,6 +693,31 @@ TRANSITIONS: list[dict[str, Any]] = [
         "source": S.SCREENED,
         "dest": S.APHERESED,
         "conditions": ["consent_on_file", "no_apheresis_contraindication"],
+    },
+    # The cell product: manufacture and release while the course waits in `apheresed` (or
+    # `continued`, before the next course); a failed manufacture allows a new apheresis.
+    {
+        "trigger": T.START_MANUFACTURE,
+        "source": [S.APHERESED, S.CONTINUED],
+        "dest": "=",
+        "conditions": ["collection_on_record", "no_lot_in_manufacture"],
+    },
+    {
+        "trigger": T.RELEASE_PRODUCT,
+        "source": [S.APHERESED, S.CONTINUED],
+        "dest": "=",
+        "conditions": ["lot_in_manufacture", "release_tests_passed_or_exception"],
+    },
+    {
+        "trigger": T.REPEAT_APHERESIS,
+        "source": [S.APHERESED, S.CONTINUED],
+        "dest": "=",
+        "conditions": [
+            "consent_on_file",
+            "no_apheresis_contraindication",
+            "manufacture_failed",
+            "reason_given",
+        ],
     },
     # Infusions: D1 10 %, D2 30 %, D3 60 % on consecutive days.
     {
@@ -628,6 +796,28 @@ TRANSITIONS: list[dict[str, Any]] = [
         "conditions": ["reason_given"],
     },
     {"trigger": T.RECORD_DEATH, "source": [*NON_TERMINAL, *FOLLOW_UP], "dest": S.DIED},
+    # After the course (issue 16): follow-up visits (and missed ones) in the follow-up after the
+    # end of treatment, and -- a visit that happened before, entered late -- after death or
+    # withdrawal (the visit's time is checked against them); safety reports of a serious adverse
+    # event whenever its clock runs, death included. None changes the state.
+    {
+        "trigger": T.RECORD_FOLLOW_UP,
+        "source": _AFTER_TREATMENT,
+        "dest": "=",
+        "conditions": ["follow_up_from_d1"],
+    },
+    {
+        "trigger": T.RECORD_MISSED_VISIT,
+        "source": _AFTER_TREATMENT,
+        "dest": "=",
+        "conditions": ["follow_up_from_d1"],
+    },
+    {
+        "trigger": T.RECORD_SAE_REPORT,
+        "source": [*_OBSERVABLE, S.WITHDRAWN, S.DIED],
+        "dest": "=",
+        "conditions": ["safety_case_on_record"],
+    },
 ]
 
 #: Which command (and so which reason policy, payload and event) each trigger belongs to is said
@@ -956,6 +1146,10 @@ def deviations_of(trigger: str, facts: Mapping[str, Any], params: ProtocolParame
     if not trigger.startswith("infuse_d"):
         return []
     problems = dose_problems(facts, params)
+    if "bag" in facts:
+        count = product.count_problem(facts, params.bag_count_tolerance)
+        if count:
+            problems.append(count)
     schedule = schedule_problem(facts, params)
     if schedule:
         problems.insert(0, schedule)

@@ -13,6 +13,24 @@ from typing import Any, TypeVar
 import attrs
 
 
+def _follow_up_schedule() -> tuple[tuple[str, int, int], ...]:
+    """The follow-up visits after D1 (issue 16; the trial text gives none): (visit, day after D1,
+    window +/- days). Day 28; months 2, 3, 6, 9, 12, 18, 24; yearly to 5 years; then yearly
+    long-term follow-up to 15 years (FDA guidance on long-term follow-up after gene therapy, 2020:
+    15 years for integrating vectors). Windows: +/-7 days to month 2, +/-14 to month 9, +/-30 to
+    month 24, +/-60 to year 5, +/-90 in long-term follow-up (assumptions, docs/protocol.md)."""
+    month = 30.4375
+    visits: list[tuple[str, int, int]] = [("D28", 28, 7)]
+    for m, window in ((2, 7), (3, 14), (6, 14), (9, 14), (12, 30), (18, 30), (24, 30)):
+        visits.append((f"M{m}", round(m * month), window))
+    for year in range(3, 16):
+        visits.append((f"Y{year}", round(year * 365.25), 60 if year <= 5 else 90))
+    return tuple(visits)
+
+
+DEFAULT_FOLLOW_UP_SCHEDULE = _follow_up_schedule()
+
+
 @attrs.frozen(kw_only=True)
 class ProtocolParameters:
     # --- dosing (trial text: "about 1x10^6/kg", "D1,10% fraction;D2,30%;D3 60%") ---
@@ -63,8 +81,36 @@ class ProtocolParameters:
     pr_marrow_blasts_max_pct: float = 25.0
     mrd_negative_below: float = 1.0e-4
 
+    # --- the cell product (assumptions: the trial text is silent; clinical.md s8) ---
+    #: Minutes from thaw to infusion (commercial CD19 CAR-T labels: infuse within about 30
+    #: minutes of thaw).
+    thaw_limit_minutes: int = 30
+    #: Relative tolerance of a delivered count against the bag's labelled count (the label and
+    #: the bedside count are the same flow-based viable CAR+ count: as ``dose_tolerance``' CV,
+    #: half of it).
+    bag_count_tolerance: float = 0.10
+    #: A product waiting longer than this many days from apheresis (not yet infused) is flagged
+    #: on the board (published vein-to-vein times of CD19 CAR-T: about 3 to 5 weeks).
+    product_wait_alert_days: int = 35
+
     # --- scheduling (assumption; used by the monitors' views) ---
     response_assessment_day: int = 28  # days after D1 of the course
+
+    # --- after the course (issue 16: assumptions with their sources in docs/protocol.md) ---
+    #: Follow-up visits: (visit, day after the last course's D1, window +/- days).
+    follow_up_schedule: tuple[tuple[str, int, int], ...] = DEFAULT_FOLLOW_UP_SCHEDULE
+    #: Consecutive missed visits after which a patient is lost to follow-up.
+    lost_to_follow_up_missed: int = 3
+    #: Initial SAE report to the sponsor: within this many hours of the site's awareness.
+    sae_initial_report_hours: int = 24
+    #: A follow-up SAE report when new information arrives: within this many days of it.
+    sae_follow_up_report_days: int = 15
+    #: SUSAR expedited report (ICH E2A): fatal or life-threatening within 7 days, others 15.
+    susar_fatal_report_days: int = 7
+    susar_other_report_days: int = 15
+    #: A death within this many days after D1 is flagged (treatment-related mortality window)
+    #: and is a serious adverse event with its reporting clock.
+    treatment_related_mortality_days: int = 30
 
     def hold_grade(self, kind: str) -> int:
         """The grade from which a toxicity of ``kind`` holds the remaining fractions."""

@@ -30,21 +30,26 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 __all__ = [
     "PAYLOAD_TYPES",
+    "AdverseEventPayload",
     "BilirubinPayload",
+    "CauseOfDeathPayload",
     "CellCountPayload",
     "CellDosePayload",
     "CreatininePayload",
     "CrsObservationsPayload",
     "CrsReportPayload",
     "FieldsJson",
+    "FollowUpPayload",
     "HemoglobinPayload",
     "IcansObservationsPayload",
     "IcansReportPayload",
     "IceItemsPayload",
+    "MissedVisitPayload",
     "MrdPayload",
     "OtherReportPayload",
     "OxygenPayload",
     "ResponseAssessmentPayload",
+    "SaeReportPayload",
     "ScreeningPayload",
     "TemperaturePayload",
     "ToxicityReportPayload",
@@ -322,6 +327,101 @@ class ResponseAssessmentPayload(_Payload, frozen=True):
 
 
 # --------------------------------------------------------------------------------------------
+# After the course (follow_up.py): adverse events, SAE reports, follow-up visits, death
+# --------------------------------------------------------------------------------------------
+
+#: Attribution to the CAR-T product.
+Attribution: TypeAlias = Literal["unrelated", "unlikely", "possible", "probable", "definite"]
+#: Seriousness criteria of ICH E2A (hospitalisation: initial or prolonged).
+SeriousnessCriterion: TypeAlias = Literal[
+    "death",
+    "life_threatening",
+    "hospitalisation",
+    "persistent_disability",
+    "congenital_anomaly",
+    "important_medical_event",
+]
+AeOutcome: TypeAlias = Literal[
+    "recovered", "recovering", "not_recovered", "recovered_with_sequelae", "fatal", "unknown"
+]
+Text200: TypeAlias = Annotated[str, Meta(min_length=1, max_length=200)]
+Text2000: TypeAlias = Annotated[str, Meta(min_length=1, max_length=2000)]
+
+
+class AdverseEventPayload(_Payload, frozen=True):
+    """What makes a toxicity report an adverse event report: attribution, seriousness (ICH
+    E2A), expectedness, outcome and when the site became aware (an ISO time with its offset)."""
+
+    attribution: Attribution | UnsetType = UNSET
+    seriousness: list[SeriousnessCriterion] = []
+    expected: bool | UnsetType = UNSET
+    outcome: AeOutcome | UnsetType = UNSET
+    aware_at: Text200 | UnsetType = UNSET
+
+
+class SaeReportPayload(_Payload, frozen=True):
+    """A safety report sent (the command's clinical time is when it was sent)."""
+
+    case_id: Text200
+    report: Literal["initial", "follow_up", "expedited"]
+    sent_to: Text200
+    reference: Text200 | UnsetType = UNSET
+
+
+class FollowUpMrdPayload(_Payload, frozen=True):
+    method: Literal["flow", "NGS", "PCR"]
+    value: Percent
+    unit: Literal["fraction", "%"]
+
+
+class DiseaseStatusPayload(_Payload, frozen=True):
+    """Disease status at a follow-up visit: remission or relapse (a relapse names its CD19
+    status), MRD with its method and value, marrow blasts."""
+
+    status: Literal["remission", "relapse"]
+    cd19: Literal["positive", "negative"] | UnsetType = UNSET
+    mrd: FollowUpMrdPayload | UnsetType = UNSET
+    marrow_blasts_pct: Percent | UnsetType = UNSET
+
+
+class IgGPayload(_Payload, frozen=True):
+    value: NonNegative
+    unit: Literal["g/L", "mg/dL"]
+
+
+class NewMalignancyPayload(_Payload, frozen=True):
+    """A new malignancy; T-cell malignancies are named separately (FDA 2024 boxed warning)."""
+
+    kind: Literal["t_cell", "other"]
+    description: Text2000 | UnsetType = UNSET
+
+
+class FollowUpPayload(_Payload, frozen=True):
+    visit: Text200
+    disease_status: DiseaseStatusPayload
+    vital_status: Literal["alive"] = "alive"
+    b_cell_aplasia: bool | UnsetType = UNSET
+    igg: IgGPayload | UnsetType = UNSET
+    ig_replacement: bool | UnsetType = UNSET
+    new_malignancy: NewMalignancyPayload | None = None
+    note: Text2000 | UnsetType = UNSET
+
+
+class MissedVisitPayload(_Payload, frozen=True):
+    visit: Text200
+    missed_reason: Text2000
+
+
+class CauseOfDeathPayload(_Payload, frozen=True):
+    """A death's structured cause: its category, the episode (``toxicity_id``) when an adverse
+    event or toxicity caused it, and its relatedness to the product."""
+
+    category: Literal["disease_progression", "adverse_event", "infection", "other"]
+    toxicity_id: Text200 | UnsetType = UNSET
+    related: Attribution | UnsetType = UNSET
+
+
+# --------------------------------------------------------------------------------------------
 # Dosing (dosing.py)
 # --------------------------------------------------------------------------------------------
 
@@ -345,6 +445,11 @@ PAYLOAD_TYPES: Final[dict[str, Any]] = {
     "assessment": ResponseAssessmentPayload,
     "weight": WeightPayload,
     "cells": CellDosePayload,
+    "adverse_event": AdverseEventPayload,
+    "sae_report": SaeReportPayload,
+    "follow_up": FollowUpPayload,
+    "missed_visit": MissedVisitPayload,
+    "cause_of_death": CauseOfDeathPayload,
 }
 
 

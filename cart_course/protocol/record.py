@@ -7,10 +7,12 @@ today's protocol would refuse). Rules run before a move is recorded (``commands.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
+from .product import evolve_product, product_summary
 from .states import INFUSION_TRIGGERS, TERMINAL, State, Trigger
 
 
@@ -63,6 +65,11 @@ class Toxicity:
     severe: bool = False
     opens_hold: bool = False
     versions: list[int] = attrs.Factory(list)
+    #: The adverse-event facts of the episode (attribution, seriousness, expectedness, outcome,
+    #: awareness), merged over its reports; None: reported as a toxicity only.
+    ae: dict[str, Any] | None = None
+    #: Closed by a death attributed to it (grade 5).
+    fatal: bool = False
 
     @property
     def open(self) -> bool:
@@ -85,9 +92,19 @@ class PatientRecord:
     deviations: list[dict[str, Any]] = attrs.Factory(list)
     corrections: list[dict[str, Any]] = attrs.Factory(list)
     signatures: list[dict[str, Any]] = attrs.Factory(list)
+    #: The cell product (``product.py``): collections with an identifier, lots by id, bags by id.
+    collections: list[dict[str, Any]] = attrs.Factory(list)
+    lots: dict[str, dict[str, Any]] = attrs.Factory(dict)
+    bags: dict[str, dict[str, Any]] = attrs.Factory(dict)
     first_occurred_at: str | None = None
     last_occurred_at: str | None = None
     ended: dict[str, Any] | None = None
+    #: After the course (issue 16): follow-up visits ({"visits", "missed", "consecutive_missed",
+    #: "lost", "relapse"}), safety cases with their reporting clocks (by case id), and the
+    #: structured cause of a death (None: no death, or one recorded with free text only).
+    follow_up: dict[str, Any] = attrs.Factory(dict)
+    sae_cases: dict[str, dict[str, Any]] = attrs.Factory(dict)
+    death: dict[str, Any] | None = None
     #: For each correctable event version: its trigger and where its effect lives.
     index: dict[int, dict[str, Any]] = attrs.Factory(dict)
     # Derived indexes of ``toxicities`` (never stored: rebuilt by ``from_json``), so that a
@@ -187,9 +204,13 @@ class PatientRecord:
             "deviations": list(self.deviations),
             "corrections": list(self.corrections),
             "signatures": list(self.signatures),
+            "product": product_summary(self),
             "first_occurred_at": self.first_occurred_at,
             "last_occurred_at": self.last_occurred_at,
             "ended": self.ended,
+            **({"follow_up": self.follow_up} if self.follow_up else {}),
+            **({"sae_cases": list(self.sae_cases.values())} if self.sae_cases else {}),
+            **({"death": self.death} if self.death else {}),
         }
 
 
@@ -240,6 +261,10 @@ def toxicity_summary(t: Toxicity) -> dict[str, Any]:
         "open": t.open,
         "severe": t.severe,
         "opens_hold": t.opens_hold,
+        # adverse-event facts (issue 16): only for episodes that have them, so that the
+        # summary of a record of the previous release reads as it did
+        **({"adverse_event": dict(t.ae)} if t.ae else {}),
+        **({"fatal": True} if t.fatal else {}),
     }
 
 
@@ -253,7 +278,17 @@ def toxicity_summary(t: Toxicity) -> dict[str, Any]:
 #: may be recorded after a later move with an earlier clinical time, so a replay that leaves out
 #: events (the audit's clinical as-of view) must not take its state from it.
 STAYING_TRIGGERS: frozenset[Trigger] = frozenset(
-    {Trigger.REPORT_TOXICITY, Trigger.RESOLVE_TOXICITY, Trigger.CANCEL_REMAINING_FRACTIONS}
+    {
+        Trigger.REPORT_TOXICITY,
+        Trigger.RESOLVE_TOXICITY,
+        Trigger.CANCEL_REMAINING_FRACTIONS,
+        Trigger.RECORD_FOLLOW_UP,
+        Trigger.RECORD_MISSED_VISIT,
+        Trigger.RECORD_SAE_REPORT,
+        Trigger.START_MANUFACTURE,
+        Trigger.RELEASE_PRODUCT,
+        Trigger.REPEAT_APHERESIS,
+    }
 )
 
 
@@ -282,6 +317,8 @@ def evolve(
     if record.last_occurred_at is None or when > dt.datetime.fromisoformat(record.last_occurred_at):
         record.last_occurred_at = occurred_at
     _apply_effect(record, trigger, facts, outcome, occurred_at, version, reason)
+    if trigger in _PRODUCT_EFFECTS and (record.collections or "collection" in facts):
+        evolve_product(record, trigger, facts, outcome, occurred_at, version)
     if trigger in INFUSION_TRIGGERS or trigger in ("screen", "rescreen", "record_apheresis"):
         record.index[version] = {"trigger": trigger}
     # how the course ended: set by the move that ended it, not restated by a toxicity reported or
@@ -368,6 +405,8 @@ def _apply_effect(
             record.courses[-1].decision = "continued"
     elif trigger in (Trigger.CEASE, Trigger.DISCONTINUE) and record.courses:
         record.courses[-1].decision = "ceased" if trigger == Trigger.CEASE else "discontinued"
+    elif trigger in _AFTER_COURSE:
+        _AFTER_COURSE[trigger](record, facts, outcome, occurred_at, version)
 
 
 def _report_toxicity(
@@ -416,6 +455,10 @@ def _report_toxicity(
             record._note_worst(record.toxicities[tox_id])
         else:  # a resolved episode's id reported again (histories from before ids were checked)
             record._reindex()
+    if "adverse_event_now" in facts:
+        record.toxicities[tox_id].ae = dict(facts["adverse_event_now"])
+    if "sae" in outcome:
+        _open_sae(record, outcome["sae"], occurred_at, version)
     # Each report's grade is kept, so that correcting one report re-derives the episode's worst
     # grade and severity from all of its reports.
     record.index[version] = {
@@ -426,6 +469,170 @@ def _report_toxicity(
         # when this grade was observed: a hold is judged on the grade at a fraction's time
         "occurred_at": occurred_at,
     }
+
+
+# -- after the course (issue 16) -----------------------------------------------------------------
+
+
+def _open_sae(record: PatientRecord, sae: dict[str, Any], occurred_at: str, version: int) -> None:
+    """Open (or extend) a safety case and start the clocks the outcome names: each due at its
+    duration after the awareness of the new information (or the clinical time without one)."""
+    start = sae.get("aware_at") or occurred_at
+    case = record.sae_cases.setdefault(
+        sae["case_id"],
+        {
+            "id": sae["case_id"],
+            "opened_version": version,
+            "aware_at": start,
+            "seriousness": [],
+            "susar": False,
+            "clocks": [],
+        },
+    )
+    case["seriousness"] = sorted(set(case["seriousness"]) | set(sae.get("seriousness", ())))
+    case["susar"] = bool(case["susar"] or sae.get("susar"))
+    began = dt.datetime.fromisoformat(start)
+    for clock in sae.get("clocks", ()):
+        due = began + dt.timedelta(hours=int(clock["within_hours"]))
+        case["clocks"].append(
+            {
+                "report": clock["report"],
+                "started_at": start,
+                "due_at": due.isoformat(),
+                "version": version,
+                "sent_at": None,
+                "sent_to": None,
+                "reference": None,
+                "late": None,
+                "delay_hours": None,
+                "report_version": None,
+            }
+        )
+
+
+def _sae_report_sent(
+    record: PatientRecord,
+    facts: dict[str, Any],
+    outcome: dict[str, Any],
+    occurred_at: str,
+    version: int,
+) -> None:
+    case = record.sae_cases.get(facts["case_id"])
+    if case is None:
+        return
+    pending = [c for c in case["clocks"] if c["report"] == facts["report"] and not c["sent_at"]]
+    pending.sort(key=lambda c: dt.datetime.fromisoformat(c["due_at"]))
+    if pending:
+        clock = pending[0]
+    else:  # a follow-up report without a clock (new information sent of the site's own accord)
+        clock = {"report": facts["report"], "started_at": None, "due_at": None, "version": None}
+        case["clocks"].append(clock)
+    clock.update(
+        sent_at=occurred_at,
+        sent_to=facts.get("sent_to"),
+        reference=facts.get("reference"),
+        report_version=version,
+        late=False,
+        delay_hours=None,
+    )
+    if clock["due_at"] is not None:
+        delay = dt.datetime.fromisoformat(occurred_at) - dt.datetime.fromisoformat(clock["due_at"])
+        if delay > dt.timedelta(0):
+            clock["late"] = True
+            clock["delay_hours"] = round(delay.total_seconds() / 3600, 2)
+
+
+def _follow_up_visit(
+    record: PatientRecord,
+    facts: dict[str, Any],
+    outcome: dict[str, Any],
+    occurred_at: str,
+    version: int,
+) -> None:
+    fu = record.follow_up
+    fu.setdefault("visits", {})[facts["visit"]] = {
+        "visit": facts["visit"],
+        "occurred_at": occurred_at,
+        "version": version,
+        "target_on": outcome.get("target_on"),
+        "window_start": outcome.get("window_start"),
+        "window_end": outcome.get("window_end"),
+        "in_window": outcome.get("in_window"),
+        "days_outside_window": outcome.get("days_outside_window"),
+        "disease_status": facts.get("disease_status"),
+        "b_cell_aplasia": facts.get("b_cell_aplasia"),
+        "new_malignancy": facts.get("new_malignancy"),
+    }
+    fu["consecutive_missed"] = 0
+    fu["lost"] = False
+    if "relapse" in outcome and not fu.get("relapse"):
+        fu["relapse"] = {**outcome["relapse"], "occurred_at": occurred_at, "visit": facts["visit"]}
+
+
+def _missed_visit(
+    record: PatientRecord,
+    facts: dict[str, Any],
+    outcome: dict[str, Any],
+    occurred_at: str,
+    version: int,
+) -> None:
+    fu = record.follow_up
+    fu.setdefault("missed", {})[facts["visit"]] = {
+        "visit": facts["visit"],
+        "reason": facts.get("missed_reason"),
+        "occurred_at": occurred_at,
+        "version": version,
+    }
+    fu["consecutive_missed"] = int(outcome.get("consecutive_missed", 0))
+    fu["lost"] = bool(outcome.get("lost_to_follow_up"))
+
+
+def _death(
+    record: PatientRecord,
+    facts: dict[str, Any],
+    outcome: dict[str, Any],
+    occurred_at: str,
+    version: int,
+) -> None:
+    """A death with a structured cause (a death recorded with free text only changes nothing
+    here: stores of the previous release replay as they did)."""
+    if not outcome:
+        return
+    record.death = {
+        "occurred_at": occurred_at,
+        "version": version,
+        "cause": facts.get("cause"),
+        "cause_of_death": facts.get("cause_of_death"),
+        "aware_at": facts.get("aware_at"),
+        "days_after_d1": outcome.get("days_after_d1"),
+        "within_trm_window": outcome.get("within_trm_window"),
+    }
+    tox = record.toxicities.get(outcome.get("toxicity_id") or "")
+    if tox is not None:
+        tox.ae = dict(facts.get("adverse_event_now") or tox.ae or {})
+        tox.ae["outcome"] = "fatal"
+        tox.versions.append(version)
+        if outcome.get("closes_episode") and tox.open:
+            tox.grade = 5
+            tox.worst_grade = 5
+            tox.fatal = True
+            tox.resolved_at = occurred_at
+            tox.opens_hold = False
+            if tox.id in record.open_ids:
+                record.open_ids.remove(tox.id)
+            record._note_worst(tox)
+    if "sae" in outcome:
+        _open_sae(record, outcome["sae"], occurred_at, version)
+
+
+_AFTER_COURSE: dict[
+    str, Callable[[PatientRecord, dict[str, Any], dict[str, Any], str, int], None]
+] = {
+    Trigger.RECORD_FOLLOW_UP: _follow_up_visit,
+    Trigger.RECORD_MISSED_VISIT: _missed_visit,
+    Trigger.RECORD_SAE_REPORT: _sae_report_sent,
+    Trigger.RECORD_DEATH: _death,
+}
 
 
 def apply_correction(
@@ -558,3 +765,10 @@ def _correct_toxicity_report(
         )
         tox.severe = outcome["severe"] if len(reports) <= 1 else tox.severe or outcome["severe"]
     record._reindex()  # its kind or worst grade may have changed (a course's worst may fall)
+
+
+#: Moves that change the record's product (only once a collection is on record).
+_PRODUCT_EFFECTS = frozenset(
+    {"record_apheresis", "repeat_apheresis", "start_manufacture", "release_product"}
+    | {t.value for t in INFUSION_TRIGGERS}
+)

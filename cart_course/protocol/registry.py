@@ -29,9 +29,10 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 import attrs
+import msgspec
 
 from . import building_blocks as blocks
-from . import response
+from . import follow_up, payloads, product, product_commands, response
 from .building_blocks import ContextBuilder, OutcomeBuilder, PayloadParser, TimeCheck
 from .machine import TRANSITIONS
 from .schema_parts import BOOL, EMPTY, Schema, obj, text
@@ -302,14 +303,96 @@ _INFUSION_SCHEMA = obj(
         "weight": {"$ref": "#/$defs/weight"},
         "product_lot": text(2000),
         "deviation_reason": text(2000, "why a deviation from the plan (dose, day) is accepted"),
+        "bag_id": text(
+            200, "the bag infused: a bag of this patient's released lot for this fraction"
+        ),
+        "verified_by": text(
+            200, "the second person who verified patient and bag at the bedside (not the actor)"
+        ),
+        "thawed_at": {
+            "type": "string",
+            "format": "date-time",
+            "description": "when the bag was thawed (the thaw limit is a protocol parameter)",
+        },
     },
-    ("day", "cells"),
+    ("day",),
+)
+_INFUSION_SCHEMA["anyOf"] = [{"required": ["cells"]}, {"required": ["bag_id"]}]
+_INFUSION_SCHEMA["dependentRequired"] = {
+    "bag_id": ["verified_by", "thawed_at"],
+    "verified_by": ["bag_id"],
+    "thawed_at": ["bag_id"],
+}
+_DIN = {
+    "type": "string",
+    "minLength": 14,
+    "maxLength": 20,
+    "description": "ISBT 128 donation identification number: 13 characters and its ISO 7064 MOD "
+    "37-2 check character (spaces ignored)",
+}
+_COLLECTION_ID = text(200, "the site's own collection id (when it does not use ISBT 128)")
+_RELEASE_SCHEMA = obj(
+    {
+        "lot_id": text(200),
+        "decision": {"enum": ["released", "rejected"]},
+        "tests": {
+            "type": "array",
+            "minItems": 1,
+            "items": obj(
+                {"name": text(200), "result": text(500), "passed": BOOL},
+                ("name", "result", "passed"),
+            ),
+            "description": "each release test as the manufacturing lab reported it",
+        },
+        "released_by": text(200, "the qualified person who released (or rejected) the lot"),
+        "manufactured_on": {"type": "string", "format": "date"},
+        "expires_at": {"type": "string", "format": "date-time"},
+        "bags": {
+            "type": "array",
+            "items": obj(
+                {
+                    "bag_id": text(200),
+                    "cells": {"type": "number", "exclusiveMinimum": 0},
+                    "fraction": {"enum": [1, 2, 3]},
+                },
+                ("bag_id", "cells", "fraction"),
+            ),
+        },
+        "exception_reason": text(
+            2000, "why an out-of-specification lot is released all the same (a deviation)"
+        ),
+    },
+    ("lot_id", "decision", "tests", "released_by", "manufactured_on"),
 )
 _INFUSION_SCHEMA["if"] = {"properties": {"day": {"const": 1}}}
 _INFUSION_SCHEMA["then"] = {"required": ["weight"]}
 _INFUSION_SCHEMA["else"] = {"not": {"required": ["weight"]}}
 
 _S = State
+
+# -- after the course (issue 16): payload schemas derived from the payload Structs --------------
+_AFTER_COURSE_TYPES = (
+    payloads.AdverseEventPayload,
+    payloads.CauseOfDeathPayload,
+    payloads.FollowUpPayload,
+    payloads.MissedVisitPayload,
+    payloads.SaeReportPayload,
+)
+_AFTER_COURSE_SCHEMAS, _AFTER_COURSE_DEFS = msgspec.json.schema_components(
+    _AFTER_COURSE_TYPES, ref_template="#/$defs/{name}"
+)
+
+
+def _struct_object(struct: type[msgspec.Struct]) -> Schema:
+    """A payload Struct's object schema (the payload itself: its properties at the top)."""
+    schema: Schema = dict(_AFTER_COURSE_DEFS[struct.__name__])
+    schema.pop("title", None)
+    return schema
+
+
+_AFTER_COURSE_SCHEMA_DEFS: dict[str, Schema] = {
+    name: schema for name, schema in _AFTER_COURSE_DEFS.items()
+}
 
 DEFINITIONS: tuple[CommandDef, ...] = (
     CommandDef(
@@ -344,13 +427,15 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         event="ApheresisRecorded",
         moves=[Move(trigger="record_apheresis", context=blocks.ctx_apheresis)],
         required=("apheresis_contraindication",),
-        optional=("product_id",),
-        parse=blocks.parse_apheresis,
+        optional=("product_id", "din", "collection_id"),
+        parse=product_commands.parse_apheresis,
         correctable=("apheresis_contraindication", "product_id"),
         payload_schema=obj(
             {
                 "apheresis_contraindication": BOOL,
                 "product_id": text(200, "the collected product's id (lot)"),
+                "din": _DIN,
+                "collection_id": _COLLECTION_ID,
             },
             ("apheresis_contraindication",),
         ),
@@ -358,18 +443,67 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         next_in=(_S.SCREENED,),
     ),
     CommandDef(
+        name="start_manufacture",
+        summary="Manufacture of a lot from the patient's collection started (the course waits "
+        "in apheresed).",
+        event="ManufactureStarted",
+        moves=[Move(trigger="start_manufacture", context=product.ctx_manufacture)],
+        required=("lot_id",),
+        optional=("collection_id",),
+        parse=product.parse_start_manufacture,
+        payload_schema=obj(
+            {
+                "lot_id": text(200, "the manufacturing lot's id"),
+                "collection_id": text(
+                    200, "the collection (DIN or site id) it is made from; default: the latest"
+                ),
+            },
+            ("lot_id",),
+        ),
+        examples=examples_of("start_manufacture"),
+    ),
+    CommandDef(
+        name="release_product",
+        summary="The release decision of a lot: its release tests as reported by the lab, "
+        "released (with its bags and expiry) or rejected (a failed manufacture).",
+        event="ProductReleased",
+        moves=[Move(trigger="release_product", context=product.ctx_release)],
+        required=("lot_id", "decision", "tests", "released_by", "manufactured_on"),
+        optional=("expires_at", "bags", "exception_reason"),
+        parse=product.parse_release,
+        outcome=product.release_outcome,
+        payload_schema=_RELEASE_SCHEMA,
+        examples=examples_of("release_product"),
+    ),
+    CommandDef(
+        name="repeat_apheresis",
+        summary="A new apheresis after a failed manufacture (with a reason).",
+        event="ApheresisRepeated",
+        moves=[Move(trigger="repeat_apheresis", context=product.ctx_manufacture)],
+        required=("apheresis_contraindication",),
+        optional=("din", "collection_id"),
+        parse=product.parse_repeat_apheresis,
+        reason="always",
+        reason_asks="why a new apheresis is collected",
+        payload_schema=obj(
+            {"apheresis_contraindication": BOOL, "din": _DIN, "collection_id": _COLLECTION_ID},
+            ("apheresis_contraindication",),
+        ),
+        examples=examples_of("repeat_apheresis"),
+    ),
+    CommandDef(
         name="give_infusion",
         summary="A CAR-T fraction given: day 1 (10 %), 2 (30 %) or 3 (60 %) of the course dose.",
         event="InfusionGiven",
         moves=[
-            Move(trigger="infuse_d1", context=blocks.ctx_d1),
-            Move(trigger="infuse_d2", context=blocks.ctx_later_day(2)),
-            Move(trigger="infuse_d3", context=blocks.ctx_later_day(3)),
+            Move(trigger="infuse_d1", context=product.with_product(blocks.ctx_d1)),
+            Move(trigger="infuse_d2", context=product.with_product(blocks.ctx_later_day(2))),
+            Move(trigger="infuse_d3", context=product.with_product(blocks.ctx_later_day(3))),
         ],
         trigger_of=blocks.infusion_trigger,
-        required=("day", "cells"),
-        optional=("weight", "product_lot", "deviation_reason"),
-        parse=blocks.parse_infusion,
+        required=("day",),
+        optional=("cells", "weight", "product_lot", "deviation_reason", *product.BEDSIDE_KEYS),
+        parse=product_commands.parse_infusion,
         outcome=blocks.infusion_outcome,
         correctable=("cells", "weight", "product_lot", "deviation_reason"),
         payload_schema=_INFUSION_SCHEMA,
@@ -383,9 +517,10 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         event="ToxicityReported",
         moves=[Move(trigger="report_toxicity")],
         required=("toxicity",),
-        optional=("toxicity_id",),
-        parse=blocks.parse_toxicity,
-        outcome=blocks.toxicity_outcome,
+        optional=("toxicity_id", "adverse_event"),
+        parse=follow_up.parse_toxicity_ae,
+        check_time=follow_up.toxicity_time,
+        outcome=follow_up.toxicity_ae_outcome,
         correctable=("toxicity", "toxicity_id"),
         episode=True,
         payload_schema=obj(
@@ -394,9 +529,15 @@ DEFINITIONS: tuple[CommandDef, ...] = (
                 "toxicity_id": text(
                     100, "the open episode this updates; leave out for a new episode"
                 ),
+                "adverse_event": {
+                    "$ref": "#/$defs/AdverseEventPayload",
+                    "description": "attribution, ICH E2A seriousness, expectedness, outcome "
+                    "and awareness time: a serious one starts the SAE reporting clocks",
+                },
             },
             ("toxicity",),
         ),
+        schema_defs=_AFTER_COURSE_SCHEMA_DEFS,
         examples=examples_of("report_toxicity"),
     ),
     CommandDef(
@@ -495,10 +636,76 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         summary="Patient died.",
         event="DeathRecorded",
         moves=[Move(trigger="record_death")],
-        optional=("cause",),
-        parse=blocks.parse_death,
-        payload_schema=obj({"cause": text(500)}),
+        optional=("cause", "cause_of_death", "aware_at"),
+        parse=follow_up.parse_death,
+        check_time=follow_up.death_time,
+        outcome=follow_up.death_outcome,
+        payload_schema=obj(
+            {
+                "cause": text(500),
+                "cause_of_death": {"$ref": "#/$defs/CauseOfDeathPayload"},
+                "aware_at": text(200, "when the site became aware (ISO time with offset)"),
+            }
+        ),
+        schema_defs=_AFTER_COURSE_SCHEMA_DEFS,
         examples=examples_of("record_death"),
+    ),
+    # -- after the course (issue 16) -----------------------------------------------------------
+    CommandDef(
+        name="record_follow_up",
+        summary="A follow-up visit after the end of treatment (disease status, B-cell aplasia, "
+        "IgG, new malignancy, vital status). The state does not change.",
+        event="FollowUpRecorded",
+        moves=[Move(trigger="record_follow_up", context=follow_up.ctx_follow_up)],
+        required=("visit", "disease_status"),
+        optional=(
+            "vital_status",
+            "b_cell_aplasia",
+            "igg",
+            "ig_replacement",
+            "new_malignancy",
+            "note",
+        ),
+        parse=follow_up.parse_follow_up,
+        check_time=follow_up.follow_up_time,
+        outcome=follow_up.follow_up_outcome,
+        episode=True,
+        payload_schema=_struct_object(payloads.FollowUpPayload),
+        schema_defs=_AFTER_COURSE_SCHEMA_DEFS,
+        examples=examples_of("record_follow_up"),
+        next_in=(_S.CEASED, _S.DISCONTINUED),
+    ),
+    CommandDef(
+        name="record_missed_visit",
+        summary="A follow-up visit that did not take place, with its reason (lost to follow-up "
+        "after the protocol's number of consecutive missed visits).",
+        event="VisitMissed",
+        moves=[Move(trigger="record_missed_visit", context=follow_up.ctx_follow_up)],
+        required=("visit", "missed_reason"),
+        parse=follow_up.parse_missed_visit,
+        check_time=follow_up.follow_up_time,
+        outcome=follow_up.missed_visit_outcome,
+        episode=True,
+        payload_schema=_struct_object(payloads.MissedVisitPayload),
+        schema_defs=_AFTER_COURSE_SCHEMA_DEFS,
+        examples=examples_of("record_missed_visit"),
+    ),
+    CommandDef(
+        name="record_sae_report",
+        summary="A safety report of a serious adverse event sent (initial, follow-up or "
+        "expedited SUSAR report; its clinical time is when it was sent). A late report is "
+        "recorded with its delay.",
+        event="SaeReportSent",
+        moves=[Move(trigger="record_sae_report", context=follow_up.ctx_sae_report)],
+        required=("case_id", "report", "sent_to"),
+        optional=("reference",),
+        parse=follow_up.parse_sae_report,
+        check_time=follow_up.sae_report_time,
+        outcome=follow_up.sae_report_outcome,
+        episode=True,
+        payload_schema=_struct_object(payloads.SaeReportPayload),
+        schema_defs=_AFTER_COURSE_SCHEMA_DEFS,
+        examples=examples_of("record_sae_report"),
     ),
     CommandDef(
         name="correct",

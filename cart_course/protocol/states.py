@@ -46,6 +46,9 @@ class Trigger(StrEnum):
     SCREEN = "screen"
     RESCREEN = "rescreen"
     RECORD_APHERESIS = "record_apheresis"
+    START_MANUFACTURE = "start_manufacture"
+    RELEASE_PRODUCT = "release_product"
+    REPEAT_APHERESIS = "repeat_apheresis"
     INFUSE_D1 = "infuse_d1"
     INFUSE_D2 = "infuse_d2"
     INFUSE_D3 = "infuse_d3"
@@ -58,6 +61,10 @@ class Trigger(StrEnum):
     DISCONTINUE = "discontinue"
     WITHDRAW = "withdraw"
     RECORD_DEATH = "record_death"
+    # after the course (issue 16)
+    RECORD_FOLLOW_UP = "record_follow_up"
+    RECORD_MISSED_VISIT = "record_missed_visit"
+    RECORD_SAE_REPORT = "record_sae_report"
 
 
 INFUSION_TRIGGERS: dict[Trigger, int] = {

@@ -32,6 +32,14 @@ def metrics_text(views: Views, now: queries.Moment = None) -> str:
         "# HELP cart_course_overdue_actions Patients whose next protocol action is past its due date.",
         "# TYPE cart_course_overdue_actions gauge",
         f"cart_course_overdue_actions {queries.overdue_count(db, now)}",
+        "# HELP cart_course_overdue_follow_up_visits Patients whose next follow-up visit is past its window.",
+        "# TYPE cart_course_overdue_follow_up_visits gauge",
+        "cart_course_overdue_follow_up_visits "
+        f"{queries.count(db, overdue=True, now=now, action='record_follow_up')}",
+        "# HELP cart_course_overdue_sae_reports Patients whose next SAE report is past its clock.",
+        "# TYPE cart_course_overdue_sae_reports gauge",
+        "cart_course_overdue_sae_reports "
+        f"{queries.count(db, overdue=True, now=now, action='record_sae_report')}",
         "# HELP cart_course_open_severe_toxicities Open toxicities of grade >= the protocol's severe grade.",
         "# TYPE cart_course_open_severe_toxicities gauge",
     ]

@@ -13,9 +13,11 @@ import datetime as dt
 from typing import Any
 
 from ..course import PatientCourse
+from ..protocol import product
+from ..protocol.follow_up import next_visit, pending_sae_clock
 from ..protocol.record import PatientRecord
 from ..protocol.registry import REGISTRY
-from ..protocol.states import INFUSED, State
+from ..protocol.states import FOLLOW_UP, INFUSED, State
 from ..protocol.versions import UnknownProtocolVersionError, get_version
 
 #: Days after the response assessment by which the decision (continue, cease, discontinue) is due.
@@ -47,6 +49,11 @@ BOARD_COLUMNS: tuple[str, ...] = (
     "deviations",
     "position",
     "overdue_from",
+    # the cell product (issue 15): its status, when its collection was made, vein-to-vein
+    "product_status",
+    "product_collected_on",
+    "vein_to_vein_days",
+    "manufacturing_failures",
 )
 TOXICITY_COLUMNS: tuple[str, ...] = (
     "patient_id",
@@ -148,7 +155,7 @@ def _clinical_time(record: PatientRecord, fraction: Any) -> str:
 _FIRST_MOVE: dict[str, str] = {
     state: REGISTRY[names[0]].triggers[0]
     for state, names in REGISTRY.next_due.items()
-    if len(names) == 1 and state not in (*INFUSED, State.CONTINUED)
+    if len(names) == 1 and state not in (*INFUSED, State.CONTINUED, *FOLLOW_UP)
 }
 #: After a response assessment: the commands that decide (continue_treatment, cease, discontinue).
 _DECISION = "decide: " + " or ".join(
@@ -210,9 +217,39 @@ def next_due(record: PatientRecord) -> tuple[str | None, str | None, bool, str |
             False,
             record.last_occurred_at,
         )
-    if state in (State.CEASED, State.DISCONTINUED):
-        return "follow_up", None, False, None
+    if state in FOLLOW_UP:
+        # the next follow-up visit of the schedule, due by the end of its window (issue 16)
+        visit = next_visit(record, params)
+        if visit is None:
+            ended = "lost to follow-up" if record.follow_up.get("lost") else None
+            return ended, None, False, None
+        name, start, end, counted_from = visit
+        return f"record_follow_up ({name}, window {start} to {end})", end, False, counted_from
     return None, None, False, None
+
+
+def next_due_at(record: PatientRecord) -> tuple[str | None, str | None, bool, str | None]:
+    """(next due action, due date, fractions on hold, overdue from: a UTC instant as
+    :func:`overdue_from` gives it). A pending SAE report whose clock ends first is the next
+    action (its due date is the local date of its due instant; it is overdue just after that
+    instant, not at the end of the day)."""
+    action, due_on, hold, counted_from = next_due(record)
+    overdue = overdue_from(due_on, counted_from)
+    sae = pending_sae_clock(record)
+    if sae is not None:
+        case_id, report, due_at = sae
+        instant = dt.datetime.fromisoformat(due_at)
+        # a report sent at its due instant is on time: overdue from the next microsecond
+        sae_overdue = instant.astimezone(dt.UTC).replace(tzinfo=None) + dt.timedelta(microseconds=1)
+        sae_from = sae_overdue.isoformat(timespec="microseconds")
+        if overdue is None or sae_from < overdue:
+            return (
+                f"record_sae_report ({case_id} {report}, due {due_at})",
+                instant.date().isoformat(),
+                hold,
+                sae_from,
+            )
+    return action, due_on, hold, overdue
 
 
 def last_response(record: PatientRecord) -> str | None:
@@ -223,7 +260,7 @@ def board_row(
     record: PatientRecord, stream_id: str, recorded_at: str, position: int
 ) -> tuple[Any, ...]:
     course = record.course
-    action, due_on, hold, counted_from = next_due(record)
+    action, due_on, hold, overdue = next_due_at(record)
     open_tox = record.open_toxicities()
     last_infusion = None
     for c in record.courses:
@@ -253,7 +290,21 @@ def board_row(
         int(any(t.severe for t in open_tox)),
         len(record.deviations),
         position,
-        overdue_from(due_on, counted_from),
+        overdue,
+        *product_columns(record),
+    )
+
+
+def product_columns(record: PatientRecord) -> tuple[Any, ...]:
+    """The board's product columns: status, the latest collection's date, vein-to-vein days,
+    manufacturing failures (None, None, None, 0 for a patient whose product is not tracked)."""
+    if not record.collections:
+        return (None, None, None, 0)
+    return (
+        product.product_status(record),
+        record.collections[-1].get("collected_on"),
+        product.vein_to_vein_days(record),
+        product.manufacturing_failures(record),
     )
 
 
@@ -299,18 +350,29 @@ def cohort_keys(row: tuple[Any, ...] | None) -> list[tuple[str, str]]:
     if row is None:
         return []
     state, course_number, response = row[2], row[3], row[16]
-    return [
+    keys = [
         ("state", str(state)),
         ("response", str(response) if response else "not assessed"),
         ("course", str(course_number)),
     ]
+    status = row[_PRODUCT_STATUS]
+    if status is not None:
+        keys.append(("product", str(status)))
+    return keys
 
 
 def cohort_keys_of(record: PatientRecord) -> list[tuple[str, str]]:
     """The same cells as :func:`cohort_keys`, straight from a record."""
     response = last_response(record)
-    return [
+    keys = [
         ("state", str(record.state)),
         ("response", response or "not assessed"),
         ("course", str(record.course_number)),
     ]
+    status = product.product_status(record)
+    if status is not None:
+        keys.append(("product", status))
+    return keys
+
+
+_PRODUCT_STATUS = BOARD_COLUMNS.index("product_status")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from ..protocol.parameters import DEFAULT_PARAMETERS
+from ..protocol.versions import UnknownProtocolVersionError, get_version
 from .projection import BOARD_COLUMNS
 from .store import ViewDB
 
@@ -100,7 +102,25 @@ def _board_dict(row: tuple[Any, ...], cutoff: _Cutoff) -> dict[str, Any]:
     data["days_overdue"] = days
     for flag in ("hold", "severe_open"):
         data[flag] = bool(data[flag])
+    _product_wait(data, cutoff)
     return data
+
+
+def _product_wait(data: dict[str, Any], cutoff: _Cutoff) -> None:
+    """A tracked product not yet infused: days since its collection, and whether that is longer
+    than the protocol's ``product_wait_alert_days`` (flagged on the board)."""
+    waiting = None
+    collected = data.get("product_collected_on")
+    if collected and data.get("product_status") not in (None, "infused"):
+        today = cutoff.utc.date() if cutoff.utc is not None else cutoff.day
+        if today is not None:
+            waiting = max(0, (today - dt.date.fromisoformat(collected)).days)
+    data["product_waiting_days"] = waiting
+    try:
+        limit = get_version(str(data.get("protocol_version"))).params.product_wait_alert_days
+    except UnknownProtocolVersionError:
+        limit = DEFAULT_PARAMETERS.product_wait_alert_days
+    data["product_waiting_too_long"] = waiting is not None and waiting > limit
 
 
 #: Where a page of the overdue board ends: (the row's sort key, its patient id).
@@ -118,6 +138,19 @@ def overdue_key(row: dict[str, Any], now: Moment = None) -> OverdueKey:
     return (str(row[_Cutoff(now).column]), str(row["patient_id"]))
 
 
+#: The board's next actions after the course (issue 16), by the command they name: a follow-up
+#: visit (``record_follow_up (M3, window ...)``) or a safety report (``record_sae_report (...)``).
+#: A patient counts under its next action: the one due first.
+ACTIONS: tuple[str, ...] = ("record_follow_up", "record_sae_report")
+_ACTION_WHERE = "next_action LIKE ? ESCAPE '!'"
+
+
+def _action_pattern(action: str) -> str:
+    if action not in ACTIONS:
+        raise ValueError(f"action {action!r} is not one of {', '.join(ACTIONS)}")
+    return action.replace("_", "!_") + " (%"
+
+
 def board(
     db: ViewDB,
     *,
@@ -127,6 +160,8 @@ def board(
     now: Moment = None,
     limit: int | None = None,
     after: str | OverdueKey | None = None,
+    action: str | None = None,
+    product: str | None = None,
 ) -> list[dict[str, Any]]:
     """Board rows, by patient id (``overdue``: most overdue first); filters combine (AND).
 
@@ -147,6 +182,10 @@ def board(
         params.append(cutoff.param)
     if toxicity:
         where.append("open_toxicities > 0")
+    if action is not None:
+        where.append(_ACTION_WHERE)
+        params.append(_action_pattern(action))
+    _product_filter(product, where, params)
     if after is not None and not overdue:
         where.append("patient_id > ?")
         params.append(after if isinstance(after, str) else after[1])
@@ -177,8 +216,12 @@ def count(
     overdue: bool = False,
     toxicity: bool = False,
     now: Moment = None,
+    action: str | None = None,
+    product: str | None = None,
 ) -> int:
-    if not overdue and not toxicity:  # the cohort view keeps these counts
+    if (
+        not overdue and not toxicity and action is None and product is None
+    ):  # the cohort view keeps these counts
         if state is None:
             row = db.fetchone(
                 "SELECT COALESCE(SUM(patients), 0) FROM view_cohort WHERE dimension = 'state'"
@@ -199,9 +242,27 @@ def count(
         params.append(cutoff.param)
     if toxicity:
         where.append("open_toxicities > 0")
+    if action is not None:
+        where.append(_ACTION_WHERE)
+        params.append(_action_pattern(action))
+    _product_filter(product, where, params)
     sql = "SELECT COUNT(*) FROM view_board" + (" WHERE " + " AND ".join(where) if where else "")
     row = db.fetchone(sql, params)
     return int(row[0]) if row else 0
+
+
+#: ``status --product``: a product status, or ``any`` (every patient whose product is tracked).
+PRODUCT_FILTERS = ("any", "collected", "in_manufacture", "released", "failed", "infused")
+
+
+def _product_filter(product: str | None, where: list[str], params: list[Any]) -> None:
+    if product is None:
+        return
+    if product == "any":
+        where.append("product_status IS NOT NULL")
+    else:
+        where.append("product_status = ?")
+        params.append(product)
 
 
 def changed_since(db: ViewDB, position: int, now: Moment = None) -> list[dict[str, Any]]:
@@ -284,6 +345,10 @@ def cohort(db: ViewDB) -> dict[str, dict[str, int]]:
         "SELECT dimension, key, patients FROM view_cohort ORDER BY dimension, key"
     ):
         out.setdefault(dimension, {})[key] = int(n)
+    row = db.fetchone("SELECT COALESCE(SUM(manufacturing_failures), 0) FROM view_board")
+    failures = int(row[0]) if row else 0
+    if failures or "product" in out:
+        out["manufacturing_failures"] = {"lots": failures}
     return out
 
 

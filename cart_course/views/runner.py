@@ -133,7 +133,8 @@ class _Touched:
             self.deviations_before = (id(record.deviations), len(record.deviations))
 
 
-_TOXICITY_TRIGGERS = frozenset({"report_toxicity", "resolve_toxicity"})
+#: Moves that change the toxicity rows (issue 16: a death may close an episode at grade 5).
+_TOXICITY_TRIGGERS = frozenset({"report_toxicity", "resolve_toxicity", "record_death"})
 
 
 class Views:

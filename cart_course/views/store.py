@@ -47,7 +47,11 @@ CREATE TABLE IF NOT EXISTS view_board (
   severe_open INTEGER NOT NULL,
   deviations INTEGER NOT NULL,
   position {big} NOT NULL,
-  overdue_from TEXT
+  overdue_from TEXT,
+  product_status TEXT,
+  product_collected_on TEXT,
+  vein_to_vein_days INTEGER,
+  manufacturing_failures INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS view_board_stream ON view_board (stream_id);
 CREATE INDEX IF NOT EXISTS view_board_state ON view_board (state, patient_id);
@@ -111,7 +115,9 @@ VIEW_TABLES: dict[str, str] = {
 
 #: A column each view table must have; a table from an older release without it is dropped
 #: and the views are rebuilt from the log (they hold nothing the events do not).
-_REQUIRED_COLUMNS: dict[str, str] = {"view_board": "overdue_from"}
+_REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "view_board": ("overdue_from", "manufacturing_failures")
+}
 
 
 class ViewDB:
@@ -226,9 +232,9 @@ class ViewDB:
     def _outdated_tables(self) -> list[str]:
         """View tables of an older release (a required column missing)."""
         outdated = []
-        for table, column in _REQUIRED_COLUMNS.items():
+        for table, required in _REQUIRED_COLUMNS.items():
             columns = self._columns(table)
-            if columns and column not in columns:
+            if columns and not set(required) <= columns:
                 outdated.append(table)
         return outdated
 

@@ -28,7 +28,12 @@ def test_audit_commands_end_to_end(tmp_path: Path) -> None:
     assert asof.returncode == 0 and "state:" in asof.stdout
     bad = run(db, "audit", "as-of", "P-0001", "--recorded-at", "yesterday")
     assert bad.returncode == 2 and "--recorded-at" in bad.stderr and "Traceback" not in bad.stderr
-    assert run(db, "audit", "conformance").returncode == 0
+    # the demo's one finding (issue 16): the SAE report of the death from CRS was sent late
+    conformance = run(db, "audit", "conformance", "--json")
+    assert conformance.returncode == 1, conformance.stderr
+    findings = json.loads(conformance.stdout)["findings"]
+    assert [(f["check"], f["move"]) for f in findings] == [("late_report", "record_sae_report")]
+    assert findings[0]["message"].endswith("6.0 h late")
     clean = run(db, "audit", "verify")
     assert clean.returncode == 0 and "verified the log up to notification " in clean.stdout
     position = json.loads(run(db, "audit", "verify", "--json").stdout)

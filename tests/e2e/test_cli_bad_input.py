@@ -23,7 +23,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def story() -> list[str]:
-    """The whole story of docs/commands.md: 29 valid command lines."""
+    """The whole story of docs/commands.md: 33 valid command lines."""
     text = (DOCS / "commands.md").read_text(encoding="utf-8")
     (block,) = re.findall(r"```jsonl\n(.*?)```", text, flags=re.DOTALL)
     return [line for line in block.splitlines() if line.strip()]

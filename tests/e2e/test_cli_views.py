@@ -70,3 +70,23 @@ def test_rebuild_verify_metrics_and_watchlist(db: Path) -> None:
     assert all(r["grade"] >= 1 for r in json.loads(watch.stdout))
     waited = run(db, "status", "--wait-for", "999999", "--timeout", "0.2", "--no-catch-up")
     assert waited.returncode == 1 and "not 999999" in waited.stderr
+
+
+def test_status_follow_up_due_and_sae(db: Path) -> None:
+    """Issue 16: the ceased and discontinued patients' next action is their next follow-up visit;
+    ``--follow-up-due`` and ``--sae`` select by that next action (``--overdue``: past it)."""
+    due = json.loads(run(db, "status", "--follow-up-due", "--json").stdout)["patients"]
+    assert due and all(p["next_action"].startswith("record_follow_up (") for p in due)
+    assert {p["state"] for p in due} <= {"ceased", "discontinued"}
+    overdue = run(db, "status", "--follow-up-due", "--overdue", "--now", "2100-01-01", "--json")
+    assert {p["patient_id"] for p in json.loads(overdue.stdout)["patients"]} <= {
+        p["patient_id"] for p in due
+    }
+    sae = run(db, "status", "--sae", "--json")
+    assert sae.returncode == 0, sae.stderr
+    assert all(
+        p["next_action"].startswith("record_sae_report (")
+        for p in json.loads(sae.stdout)["patients"]
+    )
+    both = run(db, "status", "--sae", "--follow-up-due")
+    assert both.returncode == 2 and "--sae" in both.stderr and "Traceback" not in both.stderr

@@ -5,6 +5,7 @@ wrong (and where) with a non-zero exit status, never a traceback, never a made-u
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -362,7 +363,10 @@ def test_an_incomplete_seal_is_bad_input_not_evidence(
         "no-summary": full[:-1],
         "one-head-missing": full[:2] + full[3:],
         "only-summary": full[-1:],
-        "head-altered": [full[0].replace('"version":9', '"version":8'), *full[1:]],
+        "head-altered": [
+            re.sub(r'"version":(\d+)', lambda m: f'"version":{int(m[1]) - 1}', full[0], count=1),
+            *full[1:],
+        ],
     }[cut]
     seal = tmp_path / "cut.jsonl"
     seal.write_text("".join(lines))

@@ -135,7 +135,9 @@ def test_conformance_reports_every_violation_of_a_legacy_history(service: Course
         "L-HOLD",
         "L-4TH-COURSE",
         "L-OVERDOSE",
+        "P-0011",  # the demo's death from CRS: its SAE report was sent late (issue 16)
     }
+    assert [f.check for f in result if f.patient_id == "P-0011"] == ["late_report"]
 
 
 def check_history_all(service: CourseService) -> list[Any]:

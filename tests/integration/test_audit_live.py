@@ -201,7 +201,7 @@ def test_tampering_is_still_named_while_a_site_records(live: Any) -> None:
         assert len(problems) == 4, problems
         assert problems[0].startswith("P-0004 v3: [chain]")
         assert problems[1] == (
-            "P-0008 v1: [seal] sealed with 9 event(s) but its registration is gone from the log "
+            "P-0008 v1: [seal] sealed with 11 event(s) but its registration is gone from the log "
             "(the stream's rows were deleted)"
         )
         assert problems[2] == (

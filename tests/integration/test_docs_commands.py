@@ -58,6 +58,7 @@ def test_the_story_records_every_line_and_then_nothing_new(memory_service: Cours
         "P-102": "discontinued",
         "P-103": "withdrawn",
         "P-104": "died",
+        "P-105": "infused_d1",
     }
     # The result example is the D1 infusion's result as recorded.
     (documented,) = [e for e in examples() if e.get("status") == "recorded"]

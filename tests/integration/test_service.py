@@ -3,6 +3,7 @@ queries, machine-readable rejections, and every command of the contract."""
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import sys
 from collections import Counter
@@ -59,11 +60,13 @@ def test_a_complete_response_path_and_what_the_summary_says(service: CourseServi
 
     ceased = p.do("cease", reason="CR after the first course; patient declines more", days=1)
     assert ceased.to_state == "ceased"
-    # follow-up: toxicities, and a death or a withdrawal of consent
+    # follow-up: toxicities, visits (issue 16), and a death or a withdrawal of consent
     assert service.summary("P-100")["allowed_moves"] == [
         "report_toxicity",
         "withdraw",
         "record_death",
+        "record_follow_up",
+        "record_missed_visit",
     ]
     assert service.summary("P-100")["ended"]["state"] == "ceased"
 
@@ -210,13 +213,18 @@ def test_screen_failure_rescreen_icans_withdraw_and_death(service: CourseService
 
 
 def test_every_command_of_the_contract_records(service: CourseService) -> None:
-    """Hand-written courses that use each command of the contract at least once."""
+    """Hand-written courses that use each command of the contract at least once, each
+    recording exactly one event."""
     seen: Counter[str] = Counter()
 
     def run(
         p: Course, command: str, payload: dict[str, object] | None = None, **kw: object
     ) -> None:
-        seen[p.do(command, payload, **kw).command] += 1
+        before = len(list(service.events(p.pid)))
+        result = p.do(command, payload, **kw)
+        seen[result.command] += 1
+        # Each command records exactly one event, and the result names its version.
+        assert len(list(service.events(p.pid))) == before + 1 == result.version, command
 
     a = Course(service, "E-1")
     seen[a.screen(kps=60).command] += 1
@@ -266,12 +274,40 @@ def test_every_command_of_the_contract_records(service: CourseService) -> None:
     b.infuse(1, days=14)
     b.do("report_toxicity", {"toxicity": crs(4)}, hours=6)
     run(b, "discontinue", reason="CRS grade 4 after D1")
+    # after the course (issue 16): the episode as a serious adverse event, its report, visits
+    serious = {
+        "toxicity": crs(4),
+        "toxicity_id": "CRS-1",
+        "adverse_event": {
+            "attribution": "probable",
+            "seriousness": ["life_threatening"],
+            "expected": True,
+            "aware_at": (b.t + dt.timedelta(hours=1)).isoformat(),
+        },
+    }
+    run(b, "report_toxicity", serious, hours=1)
+    run(b, "record_sae_report", {"case_id": "CRS-1", "report": "initial", "sent_to": "sponsor"})
+    run(b, "record_follow_up", {"visit": "D28", "disease_status": {"status": "remission"}}, days=27)
+    run(b, "record_missed_visit", {"visit": "M2", "missed_reason": "moved abroad"}, days=33)
     c = Course(service, "E-3")
     c.screen()
     run(c, "withdraw", reason="consent withdrawn")
     d = Course(service, "E-4")
     d.screen()
     run(d, "record_death", {"cause": "disease progression"})
+    e = Course(service, "E-5")  # a tracked product: a failed lot, a new apheresis (issue 15)
+    e.screen()
+    run(e, "record_apheresis", {"apheresis_contraindication": False, "collection_id": "C-5"})
+    run(e, "start_manufacture", {"lot_id": "LOT-E5"})
+    failed = [{"name": "viability", "result": "40 %", "passed": False}]
+    rejected = {"decision": "rejected", "tests": failed, "released_by": "qp"}
+    run(e, "release_product", {"lot_id": "LOT-E5", **rejected, "manufactured_on": "2026-01-05"})
+    run(
+        e,
+        "repeat_apheresis",
+        {"apheresis_contraindication": False, "collection_id": "C-5-2"},
+        reason="LOT-E5 failed release",
+    )
     assert set(ALL_COMMANDS) <= set(seen), set(ALL_COMMANDS) - set(seen)
     assert service.summary("E-1")["state"] == "ceased"
     assert len(service.summary("E-1")["corrections"]) == 1

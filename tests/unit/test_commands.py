@@ -333,7 +333,15 @@ def test_terminal_state_refuses_infusion_but_follows_up_toxicity() -> None:
         on=p.next_day(),
     )
     assert failed_rules(exc) == ["permitted_sequence"]
-    assert set(exc.allowed) <= {"report_toxicity", "resolve_toxicity", "withdraw", "record_death"}
+    assert set(exc.allowed) <= {
+        "report_toxicity",
+        "resolve_toxicity",
+        "withdraw",
+        "record_death",
+        # the follow-up after the end of treatment (issue 16)
+        "record_follow_up",
+        "record_missed_visit",
+    }
     assert p.do("report_toxicity", {"toxicity": crs(1)}).to_state == "ceased"
 
 

@@ -233,6 +233,7 @@ def test_the_commands_that_always_need_a_reason() -> None:
         "discontinue",
         "cancel_remaining_fractions",
         "correct",
+        "repeat_apheresis",
     } == REASON_ALWAYS_REQUIRED
     for name in REASON_ALWAYS_REQUIRED:
         assert "reason" in SCHEMAS[name]["required"], name

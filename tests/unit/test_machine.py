@@ -28,6 +28,10 @@ EXPECTED: list[tuple[str, list[str], str]] = [
     ("rescreen", ["screen_failed"], "screened"),
     ("rescreen", ["screen_failed"], "screen_failed"),
     ("record_apheresis", ["screened"], "apheresed"),
+    # the cell product: moves while the course waits for it (issue 15)
+    ("start_manufacture", ["apheresed", "continued"], "="),
+    ("release_product", ["apheresed", "continued"], "="),
+    ("repeat_apheresis", ["apheresed", "continued"], "="),
     ("infuse_d1", ["apheresed", "continued"], "infused_d1"),
     ("infuse_d2", ["infused_d1"], "infused_d2"),
     ("infuse_d3", ["infused_d2"], "infused_d3"),
@@ -41,6 +45,11 @@ EXPECTED: list[tuple[str, list[str], str]] = [
     # a death "at any point", and a withdrawal of consent, also during follow-up
     ("withdraw", NONTERM + FOLLOW, "withdrawn"),
     ("record_death", NONTERM + FOLLOW, "died"),
+    # after the course (issue 16): follow-up visits during the follow-up, and -- entered late --
+    # after death or withdrawal; safety reports whenever a serious adverse event's clock runs
+    ("record_follow_up", [*FOLLOW, "withdrawn", "died"], "="),
+    ("record_missed_visit", [*FOLLOW, "withdrawn", "died"], "="),
+    ("record_sae_report", [*ON, *FOLLOW, "withdrawn", "died"], "="),
 ]
 
 
@@ -68,6 +77,22 @@ def good_facts(trigger: str, source: str, dest: str) -> dict[str, Any]:
     if trigger.startswith("infuse_d"):
         day = int(trigger[-1])
         return infusion(day)
+    if trigger == "start_manufacture":
+        return {"collections": ["G123498654321H"], "lots": [], "course_number": 1}
+    if trigger == "release_product":
+        return {
+            "lot_id": "LOT-1",
+            "lot_status": "in_manufacture",
+            "decision": "released",
+            "tests": [{"name": "sterility", "result": "no growth", "passed": True}],
+        }
+    if trigger == "repeat_apheresis":
+        return {
+            "consent_on_file": True,
+            "apheresis_contraindication": False,
+            "lots": [{"lot_id": "LOT-1", "status": "rejected", "course_number": 1}],
+            "reason": "LOT-1 failed release",
+        }
     if trigger == "resolve_toxicity":
         return {"toxicity_id": "CRS-1", "open_toxicities": [tox("CRS-1", "CRS", 1)]}
     if trigger == "cancel_remaining_fractions":
@@ -85,6 +110,10 @@ def good_facts(trigger: str, source: str, dest: str) -> dict[str, Any]:
         return {"course_toxicities": [tox("CRS-1", "CRS", 3)], "reason": "grade 3 CRS"}
     if trigger == "withdraw":
         return reason()
+    if trigger in ("record_follow_up", "record_missed_visit"):
+        return {"follow_up_from": "2026-01-22T09:30:00+01:00"}
+    if trigger == "record_sae_report":
+        return {"sae_cases": ["CRS-1"]}
     return {}
 
 

@@ -32,6 +32,7 @@ from cart_course.protocol.commands import (
     MoveRefusedError,
     Prepared,
     allowed_now,
+    bedside_facts,
     check_resolution_time,
     check_sequence,
     context_facts,
@@ -51,6 +52,7 @@ from cart_course.protocol.machine import Probe, dry_run_by_trigger
 from cart_course.protocol.parameters import DEFAULT_PARAMETERS
 from cart_course.protocol.plausibility import LAB_RANGES
 from cart_course.protocol.record import PatientRecord
+from cart_course.protocol.registry import REGISTRY
 from cart_course.protocol.response import classify_response, parse_response_assessment
 from cart_course.protocol.toxicity import grade_toxicity, parse_toxicity_report
 from cart_course.protocol.versions import CURRENT, ProtocolVersion, make_version
@@ -261,7 +263,11 @@ def _from_scratch(
         raise
     if trigger == "resolve_toxicity":
         check_resolution_time(record, pfacts["toxicity_id"], occurred_at)
-    facts = {**context, **pfacts}
+    else:  # the other clinical-time checks of the definitions (issue 16: awareness, visits)
+        check_time = REGISTRY.by_trigger[trigger].check_time
+        if check_time is not None:
+            check_time(record, pfacts, occurred_at)
+    facts = {**context, **pfacts, **bedside_facts(pfacts, occurred_at, None)}
     if reason:
         facts["reason"] = reason
     run = dry_run_by_trigger(version.machine, Probe(record.state, facts, version.params), trigger)

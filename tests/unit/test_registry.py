@@ -49,7 +49,12 @@ from cart_course.service import CORRECTABLE
 def test_the_derived_tables_are_the_protocols() -> None:
     assert ALL_COMMANDS == (*COMMANDS, *SERVICE_COMMANDS) == REGISTRY.names
     assert SERVICE_COMMANDS == ("correct", "sign")
-    assert REGISTRY.reason_required == {"cancel_remaining_fractions", "discontinue", "withdraw"}
+    assert REGISTRY.reason_required == {
+        "cancel_remaining_fractions",
+        "discontinue",
+        "withdraw",
+        "repeat_apheresis",
+    }
     assert REGISTRY.reason_required | {"correct"} == REASON_ALWAYS_REQUIRED
     assert CORRECTABLE == (
         "screen",
@@ -61,7 +66,14 @@ def test_the_derived_tables_are_the_protocols() -> None:
         "report_toxicity",
         "assess_response",
     )
-    assert {"report_toxicity", "resolve_toxicity"} == EPISODE_COMMANDS
+    # after the course (issue 16): a visit or a report entered late may precede the last move
+    assert {
+        "report_toxicity",
+        "resolve_toxicity",
+        "record_follow_up",
+        "record_missed_visit",
+        "record_sae_report",
+    } == EPISODE_COMMANDS
     assert {t: e.__name__ for t, e in MOVE_EVENTS.items()} == {
         t: d.event for t, d in REGISTRY.by_trigger.items()
     }
@@ -90,15 +102,15 @@ def test_the_next_due_table_names_the_next_commands() -> None:
 
 def _definition(**changes: Any) -> CommandDef:
     base = CommandDef(
-        name="record_follow_up",
-        summary="A follow-up visit recorded.",
-        event="FollowUpRecorded",
-        moves=[Move(trigger="record_follow_up")],
+        name="record_phone_contact",
+        summary="A phone contact recorded.",
+        event="PhoneContactRecorded",
+        moves=[Move(trigger="record_phone_contact")],
     )
     return attrs.evolve(base, **changes)
 
 
-_FOLLOW_UP = {"trigger": "record_follow_up", "source": ["ceased", "discontinued"], "dest": "="}
+_FOLLOW_UP = {"trigger": "record_phone_contact", "source": ["ceased", "discontinued"], "dest": "="}
 
 
 @pytest.mark.parametrize(
@@ -107,13 +119,13 @@ _FOLLOW_UP = {"trigger": "record_follow_up", "source": ["ceased", "discontinued"
         pytest.param(
             REGISTRY.definitions,
             [*TRANSITIONS, _FOLLOW_UP],
-            "trigger 'record_follow_up' of the transition table has no command",
+            "trigger 'record_phone_contact' of the transition table has no command",
             id="a trigger without a command",
         ),
         pytest.param(
             [*REGISTRY.definitions, _definition()],
             TRANSITIONS,
-            "record_follow_up: trigger 'record_follow_up' is not in the table",
+            "record_phone_contact: trigger 'record_phone_contact' is not in the table",
             id="a command's trigger not in the table",
         ),
         pytest.param(
@@ -131,7 +143,7 @@ _FOLLOW_UP = {"trigger": "record_follow_up", "source": ["ceased", "discontinued"
         pytest.param(
             [*REGISTRY.definitions, _definition(moves=[Move(trigger="withdraw")])],
             TRANSITIONS,
-            "trigger 'withdraw' belongs to withdraw and record_follow_up",
+            "trigger 'withdraw' belongs to withdraw and record_phone_contact",
             id="a trigger of two commands",
         ),
         pytest.param(
@@ -163,7 +175,7 @@ _VISIT_SCHEMA = obj(
     ("visit",),
 )
 FOLLOW_UP = _definition(
-    summary="A follow-up visit after the end of treatment.",
+    summary="A phone contact after the end of treatment.",
     required=("visit",),
     optional=("note",),
     payload_schema=_VISIT_SCHEMA,
@@ -171,12 +183,12 @@ FOLLOW_UP = _definition(
     correctable=("visit", "note"),
     examples=(
         {
-            "command": "record_follow_up",
+            "command": "record_phone_contact",
             "patient_id": "P-101",
             "occurred_at": "2026-05-01T10:00:00+02:00",
             "actor": {"id": "dr.lee", "role": "clinician"},
             "reason": None,
-            "idempotency_key": "P-101-follow-up-1",
+            "idempotency_key": "P-101-phone-contact-1",
             "expected_version": None,
             "payload": {"visit": {"day": 90}},
         },
@@ -191,9 +203,9 @@ def extended() -> Registry:
 
 def test_a_new_command_appears_in_the_schemas(extended: Registry) -> None:
     schemas = build_schemas(extended)
-    assert list(schemas) == [*ALL_COMMANDS, "record_follow_up"]
-    schema = schemas["record_follow_up"]
-    assert schema == command_schema("record_follow_up", extended)
+    assert list(schemas) == [*ALL_COMMANDS, "record_phone_contact"]
+    schema = schemas["record_phone_contact"]
+    assert schema == command_schema("record_phone_contact", extended)
     assert schema["description"] == FOLLOW_UP.summary
     assert schema["properties"]["payload"] == _VISIT_SCHEMA
     assert "visit" in schema["$defs"] and "screening" in schema["$defs"]
@@ -201,51 +213,51 @@ def test_a_new_command_appears_in_the_schemas(extended: Registry) -> None:
     assert list(validator.iter_errors(FOLLOW_UP.examples[0])) == []
     bad = {**FOLLOW_UP.examples[0], "payload": {"visit": {"day": 0}}}
     assert list(validator.iter_errors(bad)) != []
-    assert "record_follow_up" in envelope_schema(extended)["properties"]["command"]["enum"]
+    assert "record_phone_contact" in envelope_schema(extended)["properties"]["command"]["enum"]
     # the real registry's outputs are untouched
-    assert "record_follow_up" not in SCHEMAS and "record_follow_up" not in REGISTRY
+    assert "record_phone_contact" not in SCHEMAS and "record_phone_contact" not in REGISTRY
 
 
 def test_a_new_command_appears_in_the_openapi_request_body(extended: Registry) -> None:
     body = request_body_schema(build_schemas(extended))
     commands = [member["properties"]["command"]["const"] for member in body["oneOf"]]
-    assert commands == [*ALL_COMMANDS, "record_follow_up"]
+    assert commands == [*ALL_COMMANDS, "record_phone_contact"]
     assert body["discriminator"] == {"propertyName": "command"}
     by_ref = request_body_schema(build_schemas(extended), "#/components/schemas/")
-    assert by_ref["discriminator"]["mapping"]["record_follow_up"] == (
-        "#/components/schemas/record_follow_up"
+    assert by_ref["discriminator"]["mapping"]["record_phone_contact"] == (
+        "#/components/schemas/record_phone_contact"
     )
     assert len(request_body_schema()["oneOf"]) == len(ALL_COMMANDS)
 
 
 def test_a_new_command_appears_in_protocol_commands_json(extended: Registry) -> None:
     document = json.loads(json.dumps(commands_document(extended)))
-    (described,) = [c for c in document["commands"] if c["name"] == "record_follow_up"]
+    (described,) = [c for c in document["commands"] if c["name"] == "record_phone_contact"]
     assert described["summary"] == FOLLOW_UP.summary
     assert described["payload"] == {"required": ["visit"], "optional": ["note"]}
     assert described["payload_schema"] == _VISIT_SCHEMA
-    assert described["reason"] == "never" and described["event"] == "FollowUpRecorded"
+    assert described["reason"] == "never" and described["event"] == "PhoneContactRecorded"
     assert described["correctable"] == ["visit", "note", "occurred_at"]
     assert described["moves"] == [
         {
-            "trigger": "record_follow_up",
+            "trigger": "record_phone_contact",
             "source": ["ceased", "discontinued"],
             "dest": "(unchanged)",
             "rules": [],
         }
     ]
     assert "visit" in document["$defs"]
-    assert [c["name"] for c in document["commands"]] == [*ALL_COMMANDS, "record_follow_up"]
+    assert [c["name"] for c in document["commands"]] == [*ALL_COMMANDS, "record_phone_contact"]
 
 
 def test_a_new_command_appears_in_the_docs_tables(extended: Registry) -> None:
     tables = catalog.commands_markdown(extended)
-    assert "| `record_follow_up` | A follow-up visit after the end of treatment. |" in tables
+    assert "| `record_phone_contact` | A phone contact after the end of treatment. |" in tables
     assert (
-        "| `record_follow_up` | `record_follow_up` | `ceased`, `discontinued` | (unchanged) | - |"
+        "| `record_phone_contact` | `record_phone_contact` | `ceased`, `discontinued` | (unchanged) | - |"
         in tables
     )
-    assert "record_follow_up" not in catalog.commands_markdown()
+    assert "record_phone_contact" not in catalog.commands_markdown()
 
 
 def test_a_new_command_is_decided_and_recorded_by_the_registry_it_is_in(
@@ -273,7 +285,7 @@ def test_a_new_command_is_decided_and_recorded_by_the_registry_it_is_in(
     with pytest.raises(MoveRefusedError) as refused:
         prepare(
             record,
-            "record_follow_up",
+            "record_phone_contact",
             {"visit": {"day": 90}},
             dt.datetime(2026, 5, 1, tzinfo=dt.UTC),
             None,
@@ -283,7 +295,7 @@ def test_a_new_command_is_decided_and_recorded_by_the_registry_it_is_in(
     assert seen == [("parse", {"visit": {"day": 90}})]
     assert refused.value.failed[0].rule == "known_move"
     assert refused.value.allowed == allowed_now(record, CURRENT)
-    event = move_event_class("FollowUpRecorded")
+    event = move_event_class("PhoneContactRecorded")
     assert issubclass(event, PatientCourse.Moved)
-    assert event.__qualname__ == "PatientCourse.FollowUpRecorded"
+    assert event.__qualname__ == "PatientCourse.PhoneContactRecorded"
     assert building_blocks.no_context(record) == {}

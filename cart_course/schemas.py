@@ -39,6 +39,7 @@ from .protocol import dosing, toxicity
 from .protocol.eligibility import SCREENING_KEYS
 from .protocol.payloads import PAYLOAD_TYPES
 from .protocol.plausibility import LAB_RANGES
+from .protocol.product import PRODUCT_PAYLOAD_TYPES
 from .protocol.registry import REGISTRY, Registry
 from .protocol.schema_parts import DATE as _DATE
 from .protocol.schema_parts import Schema
@@ -156,20 +157,7 @@ def payload_defs() -> dict[str, Schema]:
     schemas use), with the rules a Struct's types cannot state but a schema can: ranges that
     depend on a unit (the parsers' plausibility limits), one field against another. A rule no
     JSON Schema can state is named in the payload's description."""
-    tops, components = msgspec.json.schema_components(
-        list(PAYLOAD_TYPES.values()), ref_template="#/$defs/{name}"
-    )
-    rename: dict[str, str] = {}
-    defs: dict[str, Schema] = {}
-    for alias, top in zip(PAYLOAD_TYPES, tops, strict=True):
-        ref = top.get("$ref")
-        if isinstance(ref, str):
-            rename[ref.removeprefix("#/$defs/")] = alias
-        else:
-            defs[alias] = top
-    for name, schema in components.items():
-        defs[rename.get(name, name)] = schema
-    defs = {name: _tidy(schema, rename) for name, schema in defs.items()}
+    defs = _derived(PAYLOAD_TYPES)
 
     screening = defs["screening"]
     props = screening["properties"]
@@ -397,6 +385,85 @@ def payload_defs() -> dict[str, Schema]:
     return defs
 
 
+def _derived(types: Mapping[str, Any]) -> dict[str, Schema]:
+    """msgspec's schemas of ``types`` (and the Structs they hold), the top ones by their alias."""
+    tops, components = msgspec.json.schema_components(
+        list(types.values()), ref_template="#/$defs/{name}"
+    )
+    rename: dict[str, str] = {}
+    defs: dict[str, Schema] = {}
+    for alias, top in zip(types, tops, strict=True):
+        ref = top.get("$ref")
+        if isinstance(ref, str):
+            rename[ref.removeprefix("#/$defs/")] = alias
+        else:
+            defs[alias] = top
+    for name, schema in components.items():
+        defs[rename.get(name, name)] = schema
+    return {name: _tidy(schema, rename) for name, schema in defs.items()}
+
+
+_INSTANT: Final[Schema] = {"type": "string", "format": "date-time"}
+
+#: What the product parsers check beyond their Structs' types (``protocol/product.py``: texts
+#: are non-blank and bounded, dates and times ISO, a positive count below 1e12), by field.
+_PRODUCT_RULES: Final[dict[str, dict[str, Schema]]] = {
+    "start_manufacture": {
+        "lot_id": _text(200, "the manufacturing lot's id"),
+        "collection_id": _text(
+            200, "the collection (DIN or site id) it is made from; default: the latest"
+        ),
+    },
+    "release_product": {
+        "lot_id": _text(200),
+        "tests": {"minItems": 1, "description": "each release test as the lab reported it"},
+        "released_by": _text(200, "the qualified person who released (or rejected) the lot"),
+        "manufactured_on": {"type": "string", "format": "date"},
+        "expires_at": {**_INSTANT, "description": "the expiry; required for a released lot"},
+        "exception_reason": _text(
+            2000, "why an out-of-specification lot is released all the same (a deviation)"
+        ),
+    },
+    "ReleaseTest": {"name": _text(200), "result": _text(500)},
+    "BagLabel": {
+        "bag_id": _text(200),
+        "cells": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1e12},
+    },
+    "bedside_check": {
+        "bag_id": _text(
+            200, "the bag infused: a bag of this patient's released lot for this fraction"
+        ),
+        "verified_by": _text(
+            200, "the second person who verified patient and bag at the bedside (not the actor)"
+        ),
+        "thawed_at": {
+            **_INSTANT,
+            "description": "when the bag was thawed (the thaw limit is a protocol parameter)",
+        },
+    },
+}
+
+
+def product_defs() -> dict[str, Schema]:
+    """The product payloads' schemas, derived from their Structs (``protocol/product.py``'s
+    :data:`PRODUCT_PAYLOAD_TYPES`), each field narrowed by what its parser checks (a text stays
+    a text, a nullable field stays nullable)."""
+    defs = _derived(PRODUCT_PAYLOAD_TYPES)
+    for name, rules in _PRODUCT_RULES.items():
+        props = defs[name]["properties"]
+        for key, rule in rules.items():
+            derived = props[key]
+            branches = derived.get("anyOf")
+            if branches is not None:  # optional and nullable: the value's branch narrowed
+                (value,) = [b for b in branches if b != {"type": "null"}]
+                assert value.get("type", rule.get("type")) == rule.get("type", value["type"])
+                props[key] = {**derived, "anyOf": [{**value, **rule}, {"type": "null"}]}
+            else:
+                assert derived.get("type", rule.get("type")) == rule.get("type", derived["type"])
+                props[key] = {**derived, **rule}
+    return defs
+
+
 DEFS: Final[Schema] = {
     "actor": _obj(
         {
@@ -408,7 +475,18 @@ DEFS: Final[Schema] = {
         "Who records the command. A token's identity replaces it over HTTP.",
     ),
     **payload_defs(),
+    **product_defs(),
 }
+
+
+def _payload_object(payload: Schema, registry: Registry) -> Schema:
+    """A command's payload schema, a payload that is one typed payload (``{"$ref":
+    "#/$defs/follow_up"}``) inlined: its properties at the top, as every payload's."""
+    ref = payload.get("$ref")
+    if isinstance(ref, str) and set(payload) == {"$ref"}:
+        target = schema_defs(registry)[ref.removeprefix("#/$defs/")]
+        payload = {k: v for k, v in target.items() if k != "title"}
+    return copy.deepcopy(payload)
 
 
 def command_schema(command: str, registry: Registry = REGISTRY) -> Schema:
@@ -450,7 +528,7 @@ def command_schema(command: str, registry: Registry = REGISTRY) -> Schema:
                 "an integer (the service refuses 4.0, which JSON Schema counts as an integer)",
             }
         ),
-        "payload": copy.deepcopy(definition.payload_schema),
+        "payload": _payload_object(definition.payload_schema, registry),
     }
     if properties["payload"].get("required"):
         required.append("payload")

@@ -122,8 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     as_json = wants_json(args)
     debug = debug_enabled()
 
-    def fail(status: int, line: str, body: dict[str, Any]) -> NoReturn:
-        if as_json:
+    def fail(
+        status: int, line: str, body: dict[str, Any], exc: BaseException | None = None
+    ) -> NoReturn:
+        if as_json and not getattr(exc, "body_printed", False):
             echo_json(body)
         click.echo(line, err=True)
         sys.exit(status)
@@ -145,11 +147,12 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         # a conflict with the patient's record is not malformed input: 1, as a refusal
-        fail(1 if isinstance(exc, RecordConflictError) else 2, f"error: {exc}", _body(exc))
+        status = 1 if isinstance(exc, RecordConflictError) else 2
+        fail(status, f"error: {exc}", _body(exc), exc)
     except CartCourseError as exc:
         if debug:
             raise
-        fail(1, f"error: {exc.message}", _body(exc))
+        fail(1, f"error: {exc.message}", _body(exc), exc)
     except KeyboardInterrupt:
         if as_json:
             echo_json({"error": "interrupted", "message": "interrupted"})

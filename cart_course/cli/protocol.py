@@ -68,18 +68,20 @@ def _names(value: Any) -> list[str]:
 @contextlib.contextmanager
 def json_errors(as_json: bool) -> Iterator[None]:
     """With ``--json``, an error is also printed on stdout as the contract's rejection body
-    (``{"error": ..., "message": ..., "field": ..., "problems": [...]}``), besides the one line on stderr; the exit
-    status is the same either way."""
+    (``{"error": ..., "message": ..., "field": ..., "problems": [...]}``), besides the one
+    line on stderr; the exit status is the same either way."""
     try:
         yield
     except ProtocolInputError as exc:
         if as_json:
             others = [(p.field, p.message) for p in exc.others]
             echo_json(InvalidCommandError(exc.field, exc.message, others=others).to_json())
+            vars(exc)["body_printed"] = True  # main() does not print it again
         raise
     except CartCourseError as exc:
         if as_json:
             echo_json(exc.to_json())
+            vars(exc)["body_printed"] = True
         raise
 
 

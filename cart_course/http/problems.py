@@ -130,6 +130,13 @@ class PreconditionFailedError(_FieldError):
         super().__init__("If-Match", message)
 
 
+class ProductNotFoundError(CartCourseError):
+    """No collection, lot or bag of that id is on record (``GET /v1/audit/product/{id}``)."""
+
+    code = "product_not_found"
+    title = "Product not found"
+
+
 # -- statuses ------------------------------------------------------------------------------------
 
 #: The HTTP status of each error type: the domain and the stores know nothing of HTTP. An error
@@ -145,6 +152,7 @@ STATUS_OF: dict[type[CartCourseError], int] = {
     PreconditionFailedError: 412,
     PatientNotFoundError: 404,
     TokenNotFoundError: 404,
+    ProductNotFoundError: 404,
     ForbiddenError: 403,
     UnsupportedMediaTypeError: 415,
     BodyError: 400,

@@ -8,18 +8,11 @@ from litestar import get
 from litestar.di import NamedDependency
 from litestar.params import PathParameter
 
-from ..errors import CartCourseError
 from ..service import CourseService
 from .auth import AUDITORS
-from .problems import problem_responses
+from .problems import ProductNotFoundError, problem_responses
 
 Svc = NamedDependency[CourseService]
-
-
-class ProductNotFoundError(CartCourseError):
-    code = "product_not_found"
-    http_status = 404
-    title = "Product not found"
 
 
 @get(

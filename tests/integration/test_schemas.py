@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import msgspec
 import pytest
 from referencing import Registry, Resource
 
@@ -294,3 +295,37 @@ def test_payload_schemas_are_derived_from_the_typed_payloads() -> None:
     screening = DEFS["screening"]["properties"]
     assert screening["failed_standard_lines"]["maximum"] == 50
     assert DEFS["TemperaturePayload"]["properties"]["value"]["minimum"] == 25
+
+
+def test_new_commands_payload_schemas_are_the_derived_ones() -> None:
+    """Issue 15's and 16's payloads come from their Structs as the others do: a payload that is
+    one Struct is its derived definition, a field holding one refers to it, the bedside keys of
+    give_infusion are the derived BedsideCheck's."""
+    from cart_course.protocol.product import PRODUCT_PAYLOAD_TYPES
+    from cart_course.schemas import DEFS, schema_defs
+
+    def plain(name: str) -> dict[str, object]:
+        return {k: v for k, v in DEFS[name].items() if k != "title"}
+
+    for command, alias in (
+        ("record_follow_up", "follow_up"),
+        ("record_missed_visit", "missed_visit"),
+        ("record_sae_report", "sae_report"),
+        ("start_manufacture", "start_manufacture"),
+        ("release_product", "release_product"),
+    ):
+        assert SCHEMAS[command]["properties"]["payload"] == plain(alias), command
+    toxicity = SCHEMAS["report_toxicity"]["properties"]["payload"]["properties"]
+    assert toxicity["adverse_event"]["$ref"] == "#/$defs/adverse_event"
+    death = SCHEMAS["record_death"]["properties"]["payload"]
+    assert "#/$defs/cause_of_death" in json.dumps(death)
+    infusion = SCHEMAS["give_infusion"]["properties"]["payload"]["properties"]
+    for key, schema in DEFS["bedside_check"]["properties"].items():
+        assert infusion[key] == schema, key
+    for alias, struct in PRODUCT_PAYLOAD_TYPES.items():
+        derived = msgspec.json.schema(struct)
+        derived = derived["$defs"][derived["$ref"].rsplit("/", 1)[1]]
+        assert set(DEFS[alias]["properties"]) == set(derived["properties"]), alias
+        assert DEFS[alias].get("required", []) == derived.get("required", []), alias
+    # one definition per payload: no second derivation under the Structs' class names
+    assert not {"AdverseEventPayload", "FollowUpPayload", "StartManufacture"} & set(schema_defs())

@@ -137,6 +137,13 @@ class ProductNotFoundError(CartCourseError):
     title = "Product not found"
 
 
+class CheckpointUnavailableError(CartCourseError):
+    """No checkpoint to serve (nothing is signed: the server has no signing key)."""
+
+    code = "checkpoint_unavailable"
+    title = "No checkpoint"
+
+
 # -- statuses ------------------------------------------------------------------------------------
 
 #: The HTTP status of each error type: the domain and the stores know nothing of HTTP. An error
@@ -153,6 +160,7 @@ STATUS_OF: dict[type[CartCourseError], int] = {
     PatientNotFoundError: 404,
     TokenNotFoundError: 404,
     ProductNotFoundError: 404,
+    CheckpointUnavailableError: 404,
     ForbiddenError: 403,
     UnsupportedMediaTypeError: 415,
     BodyError: 400,

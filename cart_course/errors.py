@@ -6,6 +6,7 @@ command contract (the same for Python, CLI, JSON Lines and HTTP).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -22,18 +23,40 @@ class CartCourseError(Exception):
 
 
 class InvalidCommandError(CartCourseError):
-    """The command is malformed: names the field and what is allowed."""
+    """The command is malformed: names the field and what is allowed.
+
+    ``field`` and ``detail`` are the first problem; ``problems`` lists every invalid field
+    (the first included), each as ``(field, message)``: the rejection body carries them as
+    ``problems: [{"field": ..., "message": ...}, ...]`` beside ``field`` and ``message``."""
 
     code = "invalid_command"
     title = "Invalid command"
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, *, others: Sequence[tuple[str, str]] = ()) -> None:
         self.field = field
         super().__init__(f"{field}: {message}")
         self.detail = message
+        self.problems: tuple[tuple[str, str], ...] = (
+            (field, message),
+            *((str(f), str(m)) for f, m in others),
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"error": self.code, "message": self.message, "field": self.field}
+        return {
+            "error": self.code,
+            "message": self.message,
+            "field": self.field,
+            "problems": [{"field": f, "message": m} for f, m in self.problems],
+        }
+
+
+class RecordConflictError(InvalidCommandError):
+    """A well-formed command that conflicts with the patient's record: a clinical time before
+    the patient's last move (or first event), a version that is not a correctable move or the
+    milestone signed. Names the field like :class:`InvalidCommandError` (HTTP 409, not 422)."""
+
+    code = "record_conflict"
+    title = "Conflicts with the patient's record"
 
 
 class MoveRefused(CartCourseError):

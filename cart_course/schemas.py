@@ -5,8 +5,14 @@ OpenAPI document; the service's own parsers stay the authority (they also check 
 cannot, such as a toxicity id that exists or a dose against the plan) and name the failing field.
 Units and choices are taken from the protocol's constants, so the schemas follow the protocol.
 
-Each command's payload schema is written in its definition (``protocol/registry.py``); the
-envelopes and the shared ``$defs`` are assembled here, for any registry (default: the real one).
+The payload values (screening, toxicity, assessment, weight, cells ...) are derived from their
+typed payloads (``protocol/payloads.py``: the msgspec Structs the parsers decode with, their
+fields, ``Meta`` constraints and descriptions) by :func:`payload_defs`, which adds the parsers'
+rules a Struct's types cannot state but a JSON Schema can (a range that depends on the unit, one
+field against another) and names in the description each rule no JSON Schema can state. Each
+command's payload object is in its definition (``protocol/registry.py``, referring to these
+``$defs``); the envelopes and the shared ``$defs`` are assembled here, for any registry (default:
+the real one).
 
 >>> from .contract import ALL_COMMANDS
 >>> sorted(SCHEMAS) == sorted(ALL_COMMANDS)
@@ -16,8 +22,11 @@ True
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
+
+import msgspec
 
 from .contract import (
     ENVELOPE_KEYS,
@@ -26,16 +35,16 @@ from .contract import (
     TIME_PATTERN,
     WRITE_ROLES,
 )
-from .protocol import dosing, response, toxicity
+from .protocol import dosing, toxicity
 from .protocol.eligibility import SCREENING_KEYS
+from .protocol.payloads import PAYLOAD_TYPES
+from .protocol.plausibility import LAB_RANGES
+from .protocol.product import PRODUCT_PAYLOAD_TYPES
 from .protocol.registry import REGISTRY, Registry
-from .protocol.schema_parts import BOOL as _BOOL
 from .protocol.schema_parts import DATE as _DATE
-from .protocol.schema_parts import PCT as _PCT
 from .protocol.schema_parts import Schema
 from .protocol.schema_parts import nullable as _nullable
 from .protocol.schema_parts import obj as _obj
-from .protocol.schema_parts import quantity as _quantity
 from .protocol.schema_parts import text as _text
 
 DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
@@ -43,199 +52,416 @@ BASE_ID: Final = "https://cart-course.example/schemas/commands/"
 
 _ = MAX_CLOCK_SKEW  # documented in the envelope's occurred_at description
 
-_CREATININE_UNITS: Final = ("mg/dL", "umol/L")
-_TRANSAMINASE_UNITS: Final = ("U/L",)
-_BILIRUBIN_UNITS: Final = ("mg/dL", "umol/L")
-_HEMOGLOBIN_UNITS: Final = ("g/L", "g/dL")
+
+def _tidy(node: Any, rename: Mapping[str, str]) -> Any:
+    """msgspec's schema, as the documents write it: ``$ref`` by the payloads' names, an
+    ``int | float`` of the same bounds as one ``number``, no ``title`` (the names say it)."""
+    if isinstance(node, list):
+        return [_tidy(item, rename) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _tidy(v, rename) for k, v in node.items() if k != "title"}
+    ref = out.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        name = ref.removeprefix("#/$defs/")
+        out["$ref"] = f"#/$defs/{rename.get(name, name)}"
+    branches = out.get("anyOf")
+    if isinstance(branches, list) and len(branches) == 2:
+        first, second = branches
+        if (
+            isinstance(first, dict)
+            and isinstance(second, dict)
+            and first.get("type") == "integer"
+            and second.get("type") == "number"
+            and {k: v for k, v in first.items() if k != "type"}
+            == {k: v for k, v in second.items() if k != "type"}
+        ):
+            del out["anyOf"]
+            out = {**out, **second}
+    return out
 
 
-def _lab_with_uln(units: tuple[str, ...], name: str) -> Schema:
-    return _obj(
+def _float_range(low: float, high: float, factor: float) -> tuple[float, float]:
+    """The first and the last float ``x`` with ``low <= x * factor <= high`` (as the parser
+    computes it), so that the schema's bounds are the parser's to the last bit."""
+    lo = low / factor
+    while lo * factor < low:
+        lo = math.nextafter(lo, math.inf)
+    while math.nextafter(lo, -math.inf) * factor >= low:
+        lo = math.nextafter(lo, -math.inf)
+    hi = high / factor
+    while hi * factor > high:
+        hi = math.nextafter(hi, -math.inf)
+    while math.nextafter(hi, math.inf) * factor <= high:
+        hi = math.nextafter(hi, math.inf)
+    return lo, hi
+
+
+def _by_unit(
+    bounds: Mapping[str, tuple[float, float]], value: str = "value", unit: str = "unit"
+) -> list[Schema]:
+    """``value``'s bounds for each ``unit`` (a range that depends on the unit)."""
+    return [
         {
-            "value": {"type": "number", "minimum": 0},
-            "unit": {"enum": list(units)},
-            "uln": {"type": "number", "exclusiveMinimum": 0},
-            "uln_unit": {"enum": list(units)},
-        },
-        ("value", "unit", "uln"),
-        f"{name} with its unit and the site's upper limit of normal (uln, in uln_unit or unit)",
-    )
-
-
-def _screening() -> Schema:
-    props: dict[str, Schema] = {
-        "diagnosis_rr_b_all": _BOOL,
-        "failed_standard_lines": {"type": "integer", "minimum": 0},
-        "effective_standard_option": _BOOL,
-        "cd19_expressed": _BOOL,
-        "kps": {"type": "integer", "minimum": 0, "maximum": 100},
-        "life_expectancy_months": {"type": "number", "minimum": 0},
-        "lvef_pct": _PCT,
-        "ecg_obvious_abnormality": _BOOL,
-        "spo2_room_air_pct": _PCT,
-        "creatinine": _lab_with_uln(_CREATININE_UNITS, "creatinine"),
-        "alt": _lab_with_uln(_TRANSAMINASE_UNITS, "ALT"),
-        "ast": _lab_with_uln(_TRANSAMINASE_UNITS, "AST"),
-        "bilirubin": _quantity(_BILIRUBIN_UNITS, "total bilirubin with its unit"),
-        "hemoglobin": _quantity(_HEMOGLOBIN_UNITS, "hemoglobin with its unit"),
-        "apheresis_contraindication": _BOOL,
-        "informed_consent_signed": _BOOL,
-        "informed_consent_date": _DATE,
-        "other_primary_malignancy": _BOOL,
-        "severe_uncontrolled_disease": _BOOL,
-        "uncontrolled_active_infection": _BOOL,
-        "hiv": _BOOL,
-        "hbv": _BOOL,
-        "hcv": _BOOL,
-        "pregnant": _BOOL,
-        "nursing": _BOOL,
-        "last_systemic_glucocorticoid": {
-            "anyOf": [_DATE, {"type": "null"}, {"const": "none"}],
-            "description": "date of the last systemic glucocorticoid dose; null or 'none' if never",
-        },
-    }
-    assert tuple(props) == SCREENING_KEYS, "schema and eligibility parser disagree"
-    return _obj(
-        props,
-        description="Screening values with units; a key left out is a value not known yet.",
-    )
-
-
-def _crs_observations() -> Schema:
-    return _obj(
-        {
-            "temperature": _obj(
-                {"value": {"type": "number"}, "unit": {"enum": list(toxicity.TEMPERATURE_RANGE)}},
-                ("value", "unit"),
-                "highest body temperature",
-            ),
-            "fever_attributable_to_other_cause": _BOOL,
-            "antipyretics_given": _BOOL,
-            "anticytokine_given": _BOOL,
-            "hypotension": _BOOL,
-            "vasopressors": {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": toxicity.MAX_VASOPRESSORS,
-                "description": "number of vasopressors (vasopressin not counted)",
-            },
-            "vasopressin": _BOOL,
-            "oxygen": _obj(
-                {
-                    "device": {"enum": list(toxicity.OXYGEN_DEVICES)},
-                    "flow_l_min": {"type": "number", "minimum": 0},
-                    "fio2_pct": {"type": "number", "minimum": 21, "maximum": 100},
-                },
-                ("device",),
-                "oxygen support",
-            ),
-            "death_due_to_crs": _BOOL,
-        },
-        ("temperature", "hypotension", "oxygen"),
-        "CRS observations, graded by ASTCT 2019",
-    )
-
-
-def _icans_observations() -> Schema:
-    return _obj(
-        {
-            "age_years": {"type": "number", "minimum": 0, "maximum": toxicity.MAX_AGE_YEARS},
-            "ice_score": _nullable({"type": "integer", "minimum": 0, "maximum": 10}),
-            "ice_items": _obj(
-                {
-                    k: {"type": "integer", "minimum": 0, "maximum": top}
-                    for k, top in toxicity.ICE_ITEMS.items()
-                },
-                tuple(toxicity.ICE_ITEMS),
-            ),
-            "consciousness": {"enum": list(toxicity.CONSCIOUSNESS_GRADES)},
-            "seizure": {"enum": list(toxicity.SEIZURE_GRADES)},
-            "motor": {"enum": list(toxicity.MOTOR_GRADES)},
-            "raised_icp": {"enum": list(toxicity.RAISED_ICP_GRADES)},
-            "awake_with_global_aphasia": _BOOL,
-            "attributable_to_other_cause": {
-                "type": "array",
-                "items": {"enum": list(toxicity.ICANS_DOMAINS)},
-            },
-        },
-        ("age_years", "consciousness"),
-        "ICANS observations, graded by ASTCT 2019 (ICE score or items)",
-    )
-
-
-def _toxicity_report() -> Schema:
-    explicit: dict[str, Schema] = {
-        "grade": {"type": "integer", "minimum": 1, "maximum": 5},
-        "scale": {"enum": list(toxicity.EXPLICIT_SCALES)},
-        "scale_version": {
-            "enum": sorted({v for vs in toxicity.EXPLICIT_SCALES.values() for v in vs})
-        },
-    }
-    schema = _obj(
-        {
-            "kind": {"enum": list(toxicity.KINDS)},
-            "term": _nullable(_text(200, "the toxicity's name (CTCAE term); needed for 'other'")),
-            "observations": {"type": "object"},
-            **explicit,
-        },
-        ("kind",),
-        "A toxicity: CRS or ICANS observations (graded by the service), or an explicit grade "
-        "with its scale and scale version.",
-    )
-    schema["oneOf"] = [
-        {"required": ["observations"], "not": {"anyOf": [{"required": [k]} for k in explicit]}},
-        {"required": list(explicit), "not": {"required": ["observations"]}},
+            "if": {"properties": {unit: {"const": u}}, "required": [unit]},
+            "then": {"properties": {value: {"minimum": lo, "maximum": hi}}},
+        }
+        for u, (lo, hi) in bounds.items()
     ]
-    schema["allOf"] = [
-        {
-            "if": {"properties": {"kind": {"const": "CRS"}}, "required": ["observations"]},
-            "then": {"properties": {"observations": {"$ref": "#/$defs/crs_observations"}}},
-        },
-        {
-            "if": {"properties": {"kind": {"const": "ICANS"}}, "required": ["observations"]},
-            "then": {"properties": {"observations": {"$ref": "#/$defs/icans_observations"}}},
-        },
-        {
-            "if": {"properties": {"kind": {"const": "other"}}},
-            "then": {
-                "required": ["term", "grade"],
-                "properties": {"term": _text(200)},
-            },
-        },
-    ]
-    return schema
 
 
-def _assessment() -> Schema:
-    count = _quantity(response.COUNT_UNITS, "a blood count with its unit")
-    return _obj(
-        {
-            "marrow_blasts_pct": _PCT,
-            "baseline_marrow_blasts_pct": _nullable(_PCT),
-            "circulating_blasts_present": _nullable(_BOOL),
-            "circulating_blasts_pct": _nullable(_PCT),
-            "anc": _nullable(count),
-            "platelets": _nullable(count),
-            "extramedullary_disease": _nullable({"enum": list(response.EMD_STATUSES)}),
-            "cns_status": _nullable({"enum": list(response.CNS_STATUSES)}),
-            "baseline_extramedullary_disease": _nullable({"enum": list(response.EMD_STATUSES)}),
-            "mrd": _nullable(
-                _obj(
-                    {
-                        "value": {"type": "number", "minimum": 0},
-                        "unit": {"enum": list(response.MRD_UNITS)},
-                        "method": {"enum": list(response.MRD_METHODS)},
-                        "sensitivity": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                    },
-                    ("value", "unit", "method", "sensitivity"),
-                    "measurable residual disease (MRD)",
-                )
-            ),
-            "criteria": _nullable({"enum": list(response.CRITERIA_SETS)}),
-        },
-        ("marrow_blasts_pct",),
-        "Response assessment values; the service computes CR, CRi, PR or NR from them.",
+def _lab(key: str) -> dict[str, tuple[float, float]]:
+    lab = LAB_RANGES[key]
+    return {u: (float(lo), float(hi)) for u, (lo, hi) in ((u, lab.bounds(u)) for u in lab.factors)}
+
+
+def _lab_rules(key: str, with_uln: bool) -> list[Schema]:
+    rules = _by_unit(_lab(key))
+    if with_uln:
+        uln = _lab(f"{key}_uln")
+        rules += [  # the ULN in uln_unit when given, otherwise in the value's unit
+            {
+                "if": {"properties": {"uln_unit": {"const": u}}, "required": ["uln_unit"]},
+                "then": {"properties": {"uln": {"minimum": lo, "maximum": hi}}},
+            }
+            for u, (lo, hi) in uln.items()
+        ]
+        rules += [
+            {
+                "if": {
+                    "properties": {"unit": {"const": u}},
+                    "required": ["unit"],
+                    "not": {"required": ["uln_unit"]},
+                },
+                "then": {"properties": {"uln": {"minimum": lo, "maximum": hi}}},
+            }
+            for u, (lo, hi) in uln.items()
+        ]
+    return rules
+
+
+def _add_rules(schema: Schema, rules: list[Schema], description: str = "") -> None:
+    if rules:
+        schema.setdefault("allOf", []).extend(rules)
+    if description:
+        text = schema.get("description", "")
+        schema["description"] = f"{text} {description}".strip()
+
+
+_NOT_IN_SCHEMA: Final = "Not stated by this schema (the service checks it and names the field):"
+
+
+def payload_defs() -> dict[str, Schema]:
+    """The payloads' schemas, derived from their types (``protocol/payloads.py``:
+    ``msgspec.json.schema_components`` of :data:`PAYLOAD_TYPES`, by the names the commands'
+    schemas use), with the rules a Struct's types cannot state but a schema can: ranges that
+    depend on a unit (the parsers' plausibility limits), one field against another. A rule no
+    JSON Schema can state is named in the payload's description."""
+    defs = _derived(PAYLOAD_TYPES)
+
+    screening = defs["screening"]
+    props = screening["properties"]
+    assert tuple(props) == SCREENING_KEYS, "ScreeningPayload and the eligibility parser disagree"
+    props["last_systemic_glucocorticoid"] = {
+        "anyOf": [_DATE, {"type": "null"}, {"const": "none"}],
+        "description": "date of the last systemic glucocorticoid dose; null or 'none' if never",
+    }
+    for key, name in (
+        ("creatinine", "CreatininePayload"),
+        ("alt", "TransaminasePayload"),
+        ("ast", "TransaminasePayload"),
+        ("bilirubin", "BilirubinPayload"),
+        ("hemoglobin", "HemoglobinPayload"),
+    ):
+        # each lab gets its own schema: ALT and AST share a type, not their ranges' names
+        lab = copy.deepcopy(defs[name])
+        _add_rules(lab, _lab_rules(key, "uln" in lab["properties"]))
+        lab["description"] = f"{LAB_RANGES[key].name} with its unit" + (
+            " and the site's upper limit of normal (uln, in uln_unit or unit)"
+            if "uln" in lab["properties"]
+            else ""
+        )
+        props[key] = lab
+    for name in (
+        "CreatininePayload",
+        "TransaminasePayload",
+        "BilirubinPayload",
+        "HemoglobinPayload",
+    ):
+        del defs[name]
+
+    screening["dependentSchemas"] = {
+        "informed_consent_date": {
+            "properties": {"informed_consent_signed": {"const": True}},
+            "required": ["informed_consent_signed"],
+        }
+    }
+    _add_rules(
+        screening,
+        [],
+        f"A consent date needs informed_consent_signed: true. {_NOT_IN_SCHEMA} the last "
+        "systemic glucocorticoid dose is on or before the screening date (occurred_at's date).",
     )
+    _add_rules(
+        defs["OxygenPayload"],
+        [
+            {
+                "if": {"properties": {"device": {"const": "none"}}, "required": ["device"]},
+                "then": {
+                    "properties": {
+                        "flow_l_min": {"type": "null"},
+                        "fio2_pct": {"anyOf": [{"type": "null"}, {"const": 21}]},
+                    }
+                },
+            },
+            {
+                "if": {
+                    "properties": {"device": {"const": "low_flow_nasal_cannula"}},
+                    "required": ["device"],
+                },
+                "then": {
+                    "required": ["flow_l_min"],
+                    "properties": {"flow_l_min": {"type": "number", "exclusiveMinimum": 0}},
+                },
+            },
+        ],
+        "Device 'none' is room air (no flow, FiO2 21 % if given); a nasal cannula needs its flow.",
+    )
+    _add_rules(
+        defs["crs_observations"],
+        [
+            {
+                "if": {
+                    "properties": {"hypotension": {"const": False}},
+                    "required": ["hypotension"],
+                },
+                "then": {
+                    "properties": {"vasopressors": {"maximum": 0}, "vasopressin": {"const": False}}
+                },
+            }
+        ],
+        "Vasopressors or vasopressin need hypotension: true.",
+    )
+    icans = defs["icans_observations"]
+    _add_rules(
+        icans,
+        [
+            {"anyOf": [{"required": ["ice_score"]}, {"required": ["ice_items"]}]},
+            {"properties": {"age_years": {"minimum": toxicity.ICE_MIN_AGE_YEARS}}},
+            {  # no ICE score (null, or neither a score nor items): only when unarousable
+                "if": {
+                    "not": {
+                        "anyOf": [
+                            {
+                                "properties": {"ice_score": {"type": "integer"}},
+                                "required": ["ice_score"],
+                            },
+                            {
+                                "properties": {"ice_items": {"type": "object"}},
+                                "required": ["ice_items"],
+                            },
+                        ]
+                    }
+                },
+                "then": {"properties": {"consciousness": {"const": "stupor_or_coma"}}},
+            },
+            {
+                "if": {
+                    "properties": {"consciousness": {"const": "stupor_or_coma"}},
+                    "required": ["consciousness"],
+                },
+                "then": {"properties": {"awake_with_global_aphasia": {"const": False}}},
+            },
+        ],
+        f"The ICE score (0-10) or its items are required from age {toxicity.ICE_MIN_AGE_YEARS} "
+        "(younger patients: an explicit grade); null only when consciousness is "
+        f"'stupor_or_coma'. {_NOT_IN_SCHEMA} an ICE score given with its items equals their sum.",
+    )
+    _add_rules(
+        defs["cells"],
+        [
+            {
+                "if": {"properties": {"unit": {"const": "cells"}}, "required": ["unit"]},
+                "then": {"properties": {"value": {"maximum": dosing.MAX_FRACTION_CELLS}}},
+            }
+        ],
+        f"At most {dosing.MAX_FRACTION_CELLS:.0e} cells in one fraction. {_NOT_IN_SCHEMA} in "
+        "cells/kg, the value times the course's weight is at most that.",
+    )
+    _add_rules(
+        defs["TemperaturePayload"],
+        _by_unit({u: (float(lo), float(hi)) for u, (lo, hi) in toxicity.TEMPERATURE_RANGE.items()}),
+    )
+    _add_rules(
+        defs["weight"],
+        _by_unit({u: _float_range(0.5, 400.0, f) for u, f in dosing.WEIGHT_UNITS.items()}),
+        "A plausible body weight: 0.5 to 400 kg in any unit.",
+    )
+    explicit = ("grade", "scale", "scale_version")
+    scale_versions = [
+        {
+            "if": {"properties": {"scale": {"const": scale}}, "required": ["scale"]},
+            "then": {"properties": {"scale_version": {"enum": list(versions)}}},
+        }
+        for scale, versions in toxicity.EXPLICIT_SCALES.items()
+    ]
+    for name in ("CrsReportPayload", "IcansReportPayload"):
+        _add_rules(
+            defs[name],
+            [
+                {
+                    "oneOf": [
+                        {
+                            "required": ["observations"],
+                            "not": {"anyOf": [{"required": [k]} for k in explicit]},
+                        },
+                        {"required": list(explicit), "not": {"required": ["observations"]}},
+                    ]
+                },
+                *scale_versions,
+            ],
+            "Observations (graded by the service), or an explicit grade with its scale and "
+            "scale version.",
+        )
+    defs["OtherReportPayload"]["required"] = ["kind", "term", *explicit]
+    _add_rules(defs["OtherReportPayload"], scale_versions)
+
+    assessment = defs["assessment"]
+    aprops = assessment["properties"]
+    for key in ("anc", "platelets"):
+        count = copy.deepcopy(defs["CellCountPayload"])
+        _add_rules(count, _by_unit(_lab(key)))
+        aprops[key] = {"anyOf": [count, {"type": "null"}], "default": None}
+    del defs["CellCountPayload"]
+    _add_rules(
+        defs["MrdPayload"],
+        [
+            {
+                "if": {"properties": {"unit": {"const": "fraction"}}, "required": ["unit"]},
+                "then": {"properties": {"value": {"maximum": 1}}},
+            }
+        ],
+    )
+    _add_rules(
+        assessment,
+        [
+            {  # blasts are present exactly when the percentage is above 0
+                "if": {
+                    "properties": {"circulating_blasts_present": {"const": True}},
+                    "required": ["circulating_blasts_present"],
+                },
+                "then": {
+                    "properties": {
+                        "circulating_blasts_pct": {
+                            "anyOf": [{"type": "null"}, {"exclusiveMinimum": 0}]
+                        }
+                    }
+                },
+            },
+            {
+                "if": {
+                    "properties": {"circulating_blasts_present": {"const": False}},
+                    "required": ["circulating_blasts_present"],
+                },
+                "then": {
+                    "properties": {
+                        "circulating_blasts_pct": {"anyOf": [{"type": "null"}, {"maximum": 0}]}
+                    }
+                },
+            },
+            {  # CNS2/CNS3 is extramedullary disease
+                "if": {
+                    "properties": {"extramedullary_disease": {"const": "none"}},
+                    "required": ["extramedullary_disease"],
+                },
+                "then": {"properties": {"cns_status": {"not": {"enum": ["CNS2", "CNS3"]}}}},
+            },
+        ],
+        "The service computes CR, CRi, PR or NR from these values. "
+        f"{_NOT_IN_SCHEMA} the values the classification needs (which depend on the values "
+        "given, e.g. the counts for a CR) are recorded, or clinician_response is given with a "
+        "reason.",
+    )
+    return defs
+
+
+def _derived(types: Mapping[str, Any]) -> dict[str, Schema]:
+    """msgspec's schemas of ``types`` (and the Structs they hold), the top ones by their alias."""
+    tops, components = msgspec.json.schema_components(
+        list(types.values()), ref_template="#/$defs/{name}"
+    )
+    rename: dict[str, str] = {}
+    defs: dict[str, Schema] = {}
+    for alias, top in zip(types, tops, strict=True):
+        ref = top.get("$ref")
+        if isinstance(ref, str):
+            rename[ref.removeprefix("#/$defs/")] = alias
+        else:
+            defs[alias] = top
+    for name, schema in components.items():
+        defs[rename.get(name, name)] = schema
+    return {name: _tidy(schema, rename) for name, schema in defs.items()}
+
+
+_INSTANT: Final[Schema] = {"type": "string", "format": "date-time"}
+
+#: What the product parsers check beyond their Structs' types (``protocol/product.py``: texts
+#: are non-blank and bounded, dates and times ISO, a positive count below 1e12), by field.
+_PRODUCT_RULES: Final[dict[str, dict[str, Schema]]] = {
+    "start_manufacture": {
+        "lot_id": _text(200, "the manufacturing lot's id"),
+        "collection_id": _text(
+            200, "the collection (DIN or site id) it is made from; default: the latest"
+        ),
+    },
+    "release_product": {
+        "lot_id": _text(200),
+        "tests": {"minItems": 1, "description": "each release test as the lab reported it"},
+        "released_by": _text(200, "the qualified person who released (or rejected) the lot"),
+        "manufactured_on": {"type": "string", "format": "date"},
+        "expires_at": {**_INSTANT, "description": "the expiry; required for a released lot"},
+        "exception_reason": _text(
+            2000, "why an out-of-specification lot is released all the same (a deviation)"
+        ),
+    },
+    "ReleaseTest": {"name": _text(200), "result": _text(500)},
+    "BagLabel": {
+        "bag_id": _text(200),
+        "cells": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1e12},
+    },
+    "bedside_check": {
+        "bag_id": _text(
+            200, "the bag infused: a bag of this patient's released lot for this fraction"
+        ),
+        "verified_by": _text(
+            200, "the second person who verified patient and bag at the bedside (not the actor)"
+        ),
+        "thawed_at": {
+            **_INSTANT,
+            "description": "when the bag was thawed (the thaw limit is a protocol parameter)",
+        },
+    },
+}
+
+
+def product_defs() -> dict[str, Schema]:
+    """The product payloads' schemas, derived from their Structs (``protocol/product.py``'s
+    :data:`PRODUCT_PAYLOAD_TYPES`), each field narrowed by what its parser checks (a text stays
+    a text, a nullable field stays nullable)."""
+    defs = _derived(PRODUCT_PAYLOAD_TYPES)
+    for name, rules in _PRODUCT_RULES.items():
+        props = defs[name]["properties"]
+        for key, rule in rules.items():
+            derived = props[key]
+            branches = derived.get("anyOf")
+            if branches is not None:  # optional and nullable: the value's branch narrowed
+                (value,) = [b for b in branches if b != {"type": "null"}]
+                assert value.get("type", rule.get("type")) == rule.get("type", value["type"])
+                props[key] = {**derived, "anyOf": [{**value, **rule}, {"type": "null"}]}
+            else:
+                assert derived.get("type", rule.get("type")) == rule.get("type", derived["type"])
+                props[key] = {**derived, **rule}
+    return defs
 
 
 DEFS: Final[Schema] = {
@@ -248,24 +474,19 @@ DEFS: Final[Schema] = {
         ("id", "role"),
         "Who records the command. A token's identity replaces it over HTTP.",
     ),
-    "cells": {
-        **_quantity(dosing.CELL_UNITS, "", minimum=0),
-        "description": "cells given: absolute ('cells') or per kg of the course's weight",
-        "properties": {
-            "value": {"type": "number", "exclusiveMinimum": 0},
-            "unit": {"enum": list(dosing.CELL_UNITS)},
-        },
-    },
-    "weight": {
-        **_quantity(tuple(dosing.WEIGHT_UNITS), ""),
-        "description": "body weight on D1 (plans the course dose)",
-    },
-    "screening": _screening(),
-    "toxicity": _toxicity_report(),
-    "crs_observations": _crs_observations(),
-    "icans_observations": _icans_observations(),
-    "assessment": _assessment(),
+    **payload_defs(),
+    **product_defs(),
 }
+
+
+def _payload_object(payload: Schema, registry: Registry) -> Schema:
+    """A command's payload schema, a payload that is one typed payload (``{"$ref":
+    "#/$defs/follow_up"}``) inlined: its properties at the top, as every payload's."""
+    ref = payload.get("$ref")
+    if isinstance(ref, str) and set(payload) == {"$ref"}:
+        target = schema_defs(registry)[ref.removeprefix("#/$defs/")]
+        payload = {k: v for k, v in target.items() if k != "title"}
+    return copy.deepcopy(payload)
 
 
 def command_schema(command: str, registry: Registry = REGISTRY) -> Schema:
@@ -307,8 +528,12 @@ def command_schema(command: str, registry: Registry = REGISTRY) -> Schema:
                 "an integer (the service refuses 4.0, which JSON Schema counts as an integer)",
             }
         ),
-        "payload": copy.deepcopy(definition.payload_schema),
+        "payload": _payload_object(definition.payload_schema, registry),
     }
+    if properties["payload"].get("required"):
+        required.append("payload")
+    else:  # a missing or null payload is an empty one
+        properties["payload"] = _nullable(properties["payload"])
     assert set(properties) == set(ENVELOPE_KEYS)
     return {
         "$schema": DIALECT,

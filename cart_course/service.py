@@ -33,6 +33,7 @@ from .errors import (
     InvalidCommandError,
     MoveRefused,
     PatientNotFoundError,
+    RecordConflictError,
     StoreError,
     VersionConflictError,
 )
@@ -44,7 +45,7 @@ from .protocol.corrections import (
     RecordedMove,
     decide_correction,
 )
-from .protocol.errors import ProtocolInputError
+from .protocol.errors import ProtocolInputError, RecordConflictInputError
 from .protocol.record import PatientRecord
 from .protocol.registry import REGISTRY
 from .protocol.signatures import (
@@ -131,12 +132,19 @@ class CommandResult:
 
 
 def _input_error(exc: ProtocolInputError) -> InvalidCommandError:
-    field = (
-        exc.field
-        if exc.field.startswith(("payload", "command", "reason", "occurred_at"))
-        else f"payload.{exc.field}"
+    """The contract's rejection of a payload: every invalid field, the first as the headline."""
+
+    def at(field: str) -> str:
+        return (
+            field
+            if field.startswith(("payload", "command", "reason", "occurred_at"))
+            else f"payload.{field}"
+        )
+
+    error = (
+        RecordConflictError if isinstance(exc, RecordConflictInputError) else InvalidCommandError
     )
-    return InvalidCommandError(field, exc.message)
+    return error(at(exc.field), exc.message, others=[(at(p.field), p.message) for p in exc.others])
 
 
 #: The fields of a recorded move and of a correction the correction decision reads (besides the
@@ -168,7 +176,7 @@ def _check_clinical_order(course: PatientCourse, command: Command) -> None:
     if command.command in EPISODE_COMMANDS:
         first = course.record.first_occurred_at
         if first is not None and occurred < dt.datetime.fromisoformat(first):
-            raise InvalidCommandError(
+            raise RecordConflictError(
                 "occurred_at",
                 f"{command.occurred_iso} is before this patient's first recorded event "
                 f"({first}); a toxicity's clinical time is when it began or resolved",
@@ -176,7 +184,7 @@ def _check_clinical_order(course: PatientCourse, command: Command) -> None:
         return
     last = getattr(course, "moved_at", None)  # None: a course restored from an older snapshot
     if last is not None and occurred < dt.datetime.fromisoformat(last[0]):
-        raise InvalidCommandError(
+        raise RecordConflictError(
             "occurred_at",
             f"{command.occurred_iso} is before this patient's last move ({last[1]} at {last[0]}, "
             f"version {last[2]}); moves are recorded in the order they happened (if that time "

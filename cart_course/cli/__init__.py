@@ -16,7 +16,7 @@ import click
 from eventsourcing.persistence import MapperDeserialisationError, PersistenceError
 
 from ..bootstrap import debug_enabled
-from ..errors import CartCourseError, InvalidCommandError, StoreError
+from ..errors import CartCourseError, InvalidCommandError, RecordConflictError, StoreError
 from ..protocol.errors import ProtocolInputError
 from .common import Context, echo_json
 
@@ -109,7 +109,8 @@ def _body(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, CartCourseError):
         return exc.to_json()
     if isinstance(exc, ProtocolInputError):
-        return InvalidCommandError(exc.field, exc.message).to_json()
+        others = [(p.field, p.message) for p in exc.others]
+        return InvalidCommandError(exc.field, exc.message, others=others).to_json()
     return {"error": "unexpected", "message": f"unexpected {type(exc).__name__}: {exc}"}
 
 
@@ -121,8 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     as_json = wants_json(args)
     debug = debug_enabled()
 
-    def fail(status: int, line: str, body: dict[str, Any]) -> NoReturn:
-        if as_json:
+    def fail(
+        status: int, line: str, body: dict[str, Any], exc: BaseException | None = None
+    ) -> NoReturn:
+        if as_json and not getattr(exc, "body_printed", False):
             echo_json(body)
         click.echo(line, err=True)
         sys.exit(status)
@@ -143,11 +146,13 @@ def main(argv: list[str] | None = None) -> None:
     except (InvalidCommandError, ProtocolInputError) as exc:
         if debug:
             raise
-        fail(2, f"error: {exc}", _body(exc))
+        # a conflict with the patient's record is not malformed input: 1, as a refusal
+        status = 1 if isinstance(exc, RecordConflictError) else 2
+        fail(status, f"error: {exc}", _body(exc), exc)
     except CartCourseError as exc:
         if debug:
             raise
-        fail(1, f"error: {exc.message}", _body(exc))
+        fail(1, f"error: {exc.message}", _body(exc), exc)
     except KeyboardInterrupt:
         if as_json:
             echo_json({"error": "interrupted", "message": "interrupted"})

@@ -164,7 +164,8 @@ def _workers_option(value: str) -> int | None:
     default="text",
     show_default=True,
     help="The error report: 'line N: code: message' lines, or JSON Lines, one rejection body "
-    "per rejected line with its number (error, message, field, failed_rules, allowed_moves).",
+    "per rejected line with its number (error, message, field, problems, failed_rules, "
+    "allowed_moves).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_context

@@ -67,9 +67,10 @@ def _names(value: Any) -> list[str]:
 @contextlib.contextmanager
 def json_errors(as_json: bool) -> Iterator[None]:
     """With ``--json``, an error is also printed on stdout as the contract's rejection body
-    (``{"error": ..., "message": ..., "field": ...}``), besides the one line on stderr; the exit
-    status is the same either way. ``cli.main`` prints that body for every command (printing it
-    here too wrote it twice), so this only marks the commands that take ``--json``."""
+    (``{"error": ..., "message": ..., "field": ..., "problems": [...]}``), besides the one line
+    on stderr; the exit status is the same either way. ``cli.main`` prints that body for every
+    command (printing it here too wrote it twice), so this only marks the commands that take
+    ``--json``."""
     yield
 
 

@@ -11,7 +11,7 @@ from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from ..errors import CartCourseError, InvalidCommandError
+from ..errors import InvalidCommandError
 from ..keys import KeyFormatError, PublicKey, parse_public_keys
 from ..ledger.checkpoint import CheckpointFormatError
 from ..ledger.core import issue, verify_checkpoint
@@ -19,19 +19,11 @@ from ..ledger.store import LedgerStore
 from ..ledger.views import views_problems
 from ..service import CourseService
 from .auth import AUDITORS
-from .problems import STATUS_OF, problem_responses
+from .problems import CheckpointUnavailableError, problem_responses
 
 Svc = NamedDependency[CourseService]
 #: Auditors and monitors archive checkpoints outside the system.
 CHECKPOINT_READERS = ("auditor", "monitor")
-
-
-class CheckpointUnavailableError(CartCourseError):
-    code = "checkpoint_unavailable"
-    title = "No checkpoint"
-
-
-STATUS_OF[CheckpointUnavailableError] = 404
 
 
 @contextmanager

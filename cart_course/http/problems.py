@@ -33,6 +33,7 @@ from ..errors import (
     InvalidCommandError,
     MoveRefused,
     PatientNotFoundError,
+    RecordConflictError,
     StoreError,
     VersionConflictError,
 )
@@ -64,6 +65,8 @@ class Problem:
     message: str
     instance: str | None = None
     field: str | None = None
+    #: Every invalid field of an invalid command (the first is ``field``/``message``).
+    problems: list[dict[str, str]] | None = None
     failed_rules: list[dict[str, str]] | None = None
     allowed_moves: list[str] | None = None
 
@@ -127,6 +130,20 @@ class PreconditionFailedError(_FieldError):
         super().__init__("If-Match", message)
 
 
+class ProductNotFoundError(CartCourseError):
+    """No collection, lot or bag of that id is on record (``GET /v1/audit/product/{id}``)."""
+
+    code = "product_not_found"
+    title = "Product not found"
+
+
+class CheckpointUnavailableError(CartCourseError):
+    """No checkpoint to serve (nothing is signed: the server has no signing key)."""
+
+    code = "checkpoint_unavailable"
+    title = "No checkpoint"
+
+
 # -- statuses ------------------------------------------------------------------------------------
 
 #: The HTTP status of each error type: the domain and the stores know nothing of HTTP. An error
@@ -134,6 +151,7 @@ class PreconditionFailedError(_FieldError):
 STATUS_OF: dict[type[CartCourseError], int] = {
     CartCourseError: 400,
     InvalidCommandError: 422,
+    RecordConflictError: 409,
     IdempotencyConflictError: 422,
     EmptyBodyError: 422,
     MoveRefused: 409,
@@ -141,6 +159,8 @@ STATUS_OF: dict[type[CartCourseError], int] = {
     PreconditionFailedError: 412,
     PatientNotFoundError: 404,
     TokenNotFoundError: 404,
+    ProductNotFoundError: 404,
+    CheckpointUnavailableError: 404,
     ForbiddenError: 403,
     UnsupportedMediaTypeError: 415,
     BodyError: 400,

@@ -8,20 +8,11 @@ from litestar import get
 from litestar.di import NamedDependency
 from litestar.params import PathParameter
 
-from ..errors import CartCourseError
 from ..service import CourseService
 from .auth import AUDITORS
-from .problems import STATUS_OF, problem_responses
+from .problems import ProductNotFoundError, problem_responses
 
 Svc = NamedDependency[CourseService]
-
-
-class ProductNotFoundError(CartCourseError):
-    code = "product_not_found"
-    title = "Product not found"
-
-
-STATUS_OF[ProductNotFoundError] = 404
 
 
 @get(

@@ -24,7 +24,7 @@ from .commands import (
     replan_course,
     reschedule_course,
 )
-from .errors import ProtocolInputError, key_name
+from .errors import ProtocolInputError, RecordConflictInputError, key_name
 from .record import PatientRecord
 from .registry import CORRECTION_KEYS, REGISTRY, Registry
 from .signatures import event_version
@@ -183,7 +183,7 @@ def decide_correction(
     original = next((e for e in history if e.version == corrects), None)
     if not isinstance(original, RecordedMove) or original.trigger not in registry.correctable:
         kinds = ", ".join(registry.correctable)
-        raise ProtocolInputError(
+        raise RecordConflictInputError(
             "payload.corrects",
             f"version {corrects} is not a correctable move; correctable: {kinds}",
         )

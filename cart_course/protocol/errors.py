@@ -69,6 +69,13 @@ class ProtocolInputError(ValueError):
         return first
 
 
+class RecordConflictInputError(ProtocolInputError):
+    """Well-formed input that names something the patient's record does not hold: a version
+    that is not on record, not a correctable move or not the milestone signed. Not malformed
+    input (the same payload is right for another record): the contract's ``record_conflict``
+    (HTTP 409), not ``invalid_command`` (422)."""
+
+
 def _text(field: str, message: str, others: Sequence[FieldProblem]) -> str:
     head = f"{field}: {message}"
     if not others:
@@ -126,9 +133,9 @@ def _refuse(field: str, message: str) -> None:
     raise ProtocolInputError(field, message)
 
 
-class ContextInputError(ProtocolInputError):
+class ContextInputError(RecordConflictInputError):
     """Input that is well formed but unusable with what is on record (cells/kg before the course
-    has a weight, a toxicity id not on record). ``commands.prepare`` judges the move's sequence
+    has a weight, a toxicity id not on record): a conflict with the record (HTTP 409). ``commands.prepare`` judges the move's sequence
     first: D3 before D1 is refused as out of sequence, not for its cells/kg."""
 
 

@@ -69,6 +69,14 @@ Positive: TypeAlias = Annotated[int, Meta(gt=0)] | Annotated[float, Meta(gt=0)]
 Percent: TypeAlias = Annotated[int, Meta(ge=0, le=100)] | Annotated[float, Meta(ge=0, le=100)]
 
 
+#: A calendar date, YYYY-MM-DD (the schema states the pattern the parsers read).
+DATE_PATTERN: Final = r"^\d{4}-\d{2}-\d{2}$"
+Date: TypeAlias = Annotated[
+    datetime.date,
+    Meta(description="a calendar date, YYYY-MM-DD", extra_json_schema={"pattern": DATE_PATTERN}),
+]
+
+
 class _Payload(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Common configuration: unknown keys are refused; fields are given by name."""
 
@@ -163,7 +171,7 @@ class ScreeningPayload(_Payload, frozen=True):
     hemoglobin: HemoglobinPayload | UnsetType = UNSET
     apheresis_contraindication: _Flag = UNSET
     informed_consent_signed: _Flag = UNSET
-    informed_consent_date: datetime.date | UnsetType = UNSET
+    informed_consent_date: Date | UnsetType = UNSET
     other_primary_malignancy: _Flag = UNSET
     severe_uncontrolled_disease: _Flag = UNSET
     uncontrolled_active_infection: _Flag = UNSET
@@ -172,8 +180,9 @@ class ScreeningPayload(_Payload, frozen=True):
     hcv: _Flag = UNSET
     pregnant: _Flag = UNSET
     nursing: _Flag = UNSET
-    #: A date, or null when never given (the text "none" is accepted too).
-    last_systemic_glucocorticoid: datetime.date | UnsetType | None = UNSET
+    #: A date, or null when never given (the text "none" is accepted too: msgspec cannot hold a
+    #: date and a literal text in one union, so ``schemas.py`` adds it to the schema).
+    last_systemic_glucocorticoid: Date | UnsetType | None = UNSET
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,7 +258,15 @@ class IcansObservationsPayload(_Payload, frozen=True, kw_only=True):
     attributable_to_other_cause: list[IcansDomain] = []
 
 
-Term: TypeAlias = Annotated[str, Meta(min_length=1)]
+Term: TypeAlias = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=200,
+        pattern=r"\S",
+        description="the toxicity's name (CTCAE term); needed for 'other'",
+    ),
+]
 Grade: TypeAlias = Annotated[int, Meta(ge=1, le=5)]
 
 

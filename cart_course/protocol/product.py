@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 
@@ -137,6 +137,13 @@ class BedsideCheck(msgspec.Struct, forbid_unknown_fields=True):
     #: When the bag was thawed (ISO date-time with its UTC offset).
     thawed_at: str
 
+
+#: The product payloads by the names the schemas use (``schemas.py`` derives their schemas).
+PRODUCT_PAYLOAD_TYPES: Final[dict[str, Any]] = {
+    "start_manufacture": StartManufacture,
+    "release_product": ReleaseProduct,
+    "bedside_check": BedsideCheck,
+}
 
 _TEXT_MAX = 200
 

@@ -29,7 +29,6 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 import attrs
-import msgspec
 
 from . import building_blocks as blocks
 from . import follow_up, payloads, product, product_commands, response
@@ -331,68 +330,23 @@ _DIN = {
     "37-2 check character (spaces ignored)",
 }
 _COLLECTION_ID = text(200, "the site's own collection id (when it does not use ISBT 128)")
-_RELEASE_SCHEMA = obj(
-    {
-        "lot_id": text(200),
-        "decision": {"enum": ["released", "rejected"]},
-        "tests": {
-            "type": "array",
-            "minItems": 1,
-            "items": obj(
-                {"name": text(200), "result": text(500), "passed": BOOL},
-                ("name", "result", "passed"),
-            ),
-            "description": "each release test as the manufacturing lab reported it",
-        },
-        "released_by": text(200, "the qualified person who released (or rejected) the lot"),
-        "manufactured_on": {"type": "string", "format": "date"},
-        "expires_at": {"type": "string", "format": "date-time"},
-        "bags": {
-            "type": "array",
-            "items": obj(
-                {
-                    "bag_id": text(200),
-                    "cells": {"type": "number", "exclusiveMinimum": 0},
-                    "fraction": {"enum": [1, 2, 3]},
-                },
-                ("bag_id", "cells", "fraction"),
-            ),
-        },
-        "exception_reason": text(
-            2000, "why an out-of-specification lot is released all the same (a deviation)"
-        ),
-    },
-    ("lot_id", "decision", "tests", "released_by", "manufactured_on"),
-)
 _INFUSION_SCHEMA["if"] = {"properties": {"day": {"const": 1}}}
 _INFUSION_SCHEMA["then"] = {"required": ["weight"]}
 _INFUSION_SCHEMA["else"] = {"not": {"required": ["weight"]}}
 
 _S = State
 
-# -- after the course (issue 16): payload schemas derived from the payload Structs --------------
-_AFTER_COURSE_TYPES = (
-    payloads.AdverseEventPayload,
-    payloads.CauseOfDeathPayload,
-    payloads.FollowUpPayload,
-    payloads.MissedVisitPayload,
-    payloads.SaeReportPayload,
-)
-_AFTER_COURSE_SCHEMAS, _AFTER_COURSE_DEFS = msgspec.json.schema_components(
-    _AFTER_COURSE_TYPES, ref_template="#/$defs/{name}"
-)
+# -- after the course (issue 16): the payloads' schemas are ``schemas.DEFS``' (derived from the
+# payload Structs of ``payloads.PAYLOAD_TYPES``, by the names given there); a payload that is one
+# Struct is a reference to its definition, which the command's schema inlines.
 
 
-def _struct_object(struct: type[msgspec.Struct]) -> Schema:
-    """A payload Struct's object schema (the payload itself: its properties at the top)."""
-    schema: Schema = dict(_AFTER_COURSE_DEFS[struct.__name__])
-    schema.pop("title", None)
-    return schema
+def _struct_object(alias: str) -> Schema:
+    """The payload as one payload Struct (``payloads.PAYLOAD_TYPES[alias]`` or
+    ``product.PRODUCT_PAYLOAD_TYPES[alias]``)."""
+    assert alias in {**payloads.PAYLOAD_TYPES, **product.PRODUCT_PAYLOAD_TYPES}, alias
+    return {"$ref": f"#/$defs/{alias}"}
 
-
-_AFTER_COURSE_SCHEMA_DEFS: dict[str, Schema] = {
-    name: schema for name, schema in _AFTER_COURSE_DEFS.items()
-}
 
 DEFINITIONS: tuple[CommandDef, ...] = (
     CommandDef(
@@ -451,15 +405,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         required=("lot_id",),
         optional=("collection_id",),
         parse=product.parse_start_manufacture,
-        payload_schema=obj(
-            {
-                "lot_id": text(200, "the manufacturing lot's id"),
-                "collection_id": text(
-                    200, "the collection (DIN or site id) it is made from; default: the latest"
-                ),
-            },
-            ("lot_id",),
-        ),
+        payload_schema=_struct_object("start_manufacture"),
         examples=examples_of("start_manufacture"),
     ),
     CommandDef(
@@ -472,7 +418,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         optional=("expires_at", "bags", "exception_reason"),
         parse=product.parse_release,
         outcome=product.release_outcome,
-        payload_schema=_RELEASE_SCHEMA,
+        payload_schema=_struct_object("release_product"),
         examples=examples_of("release_product"),
     ),
     CommandDef(
@@ -530,14 +476,13 @@ DEFINITIONS: tuple[CommandDef, ...] = (
                     100, "the open episode this updates; leave out for a new episode"
                 ),
                 "adverse_event": {
-                    "$ref": "#/$defs/AdverseEventPayload",
+                    "$ref": "#/$defs/adverse_event",
                     "description": "attribution, ICH E2A seriousness, expectedness, outcome "
                     "and awareness time: a serious one starts the SAE reporting clocks",
                 },
             },
             ("toxicity",),
         ),
-        schema_defs=_AFTER_COURSE_SCHEMA_DEFS,
         examples=examples_of("report_toxicity"),
     ),
     CommandDef(
@@ -643,11 +588,10 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         payload_schema=obj(
             {
                 "cause": text(500),
-                "cause_of_death": {"$ref": "#/$defs/CauseOfDeathPayload"},
+                "cause_of_death": {"$ref": "#/$defs/cause_of_death"},
                 "aware_at": text(200, "when the site became aware (ISO time with offset)"),
             }
         ),
-        schema_defs=_AFTER_COURSE_SCHEMA_DEFS,
         examples=examples_of("record_death"),
     ),
     # -- after the course (issue 16) -----------------------------------------------------------
@@ -670,8 +614,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         check_time=follow_up.follow_up_time,
         outcome=follow_up.follow_up_outcome,
         episode=True,
-        payload_schema=_struct_object(payloads.FollowUpPayload),
-        schema_defs=_AFTER_COURSE_SCHEMA_DEFS,
+        payload_schema=_struct_object("follow_up"),
         examples=examples_of("record_follow_up"),
         next_in=(_S.CEASED, _S.DISCONTINUED),
     ),
@@ -686,8 +629,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         check_time=follow_up.follow_up_time,
         outcome=follow_up.missed_visit_outcome,
         episode=True,
-        payload_schema=_struct_object(payloads.MissedVisitPayload),
-        schema_defs=_AFTER_COURSE_SCHEMA_DEFS,
+        payload_schema=_struct_object("missed_visit"),
         examples=examples_of("record_missed_visit"),
     ),
     CommandDef(
@@ -703,8 +645,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         check_time=follow_up.sae_report_time,
         outcome=follow_up.sae_report_outcome,
         episode=True,
-        payload_schema=_struct_object(payloads.SaeReportPayload),
-        schema_defs=_AFTER_COURSE_SCHEMA_DEFS,
+        payload_schema=_struct_object("sae_report"),
         examples=examples_of("record_sae_report"),
     ),
     CommandDef(

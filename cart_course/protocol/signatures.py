@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from .errors import ProtocolInputError, key_name
+from .errors import ProtocolInputError, RecordConflictInputError, key_name
 
 #: The milestones an investigator signs, and the moves each may sign.
 MILESTONES: dict[str, tuple[str, ...]] = {
@@ -63,8 +63,10 @@ def _shown(value: str) -> str:
 
 def event_version(value: Any, version_now: int, field: str, what: str) -> int:
     """A payload's reference to one of the patient's events (1..its version), or a clear error."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= version_now:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ProtocolInputError(field, f"must be the version of {what} (1..{version_now})")
+    if value > version_now:  # well-formed, but not on this patient's record
+        raise RecordConflictInputError(field, f"must be the version of {what} (1..{version_now})")
     return value
 
 
@@ -131,7 +133,7 @@ def decide_signature(
     )
     found = signed(signs)
     if found is None or found[0] not in MILESTONES[milestone]:
-        raise ProtocolInputError(
+        raise RecordConflictInputError(
             "payload.signs_version",
             f"version {signs} is not a {milestone} milestone (one of: "
             f"{', '.join(MILESTONES[milestone])})",

@@ -17,11 +17,26 @@ request as generated.
 5. ``wait_for`` names a position the log has reached; the overdue board's ``after`` is a place
    in its order (the ``after`` of a previous page): left out here.
 6. The event stream is endless: it is asked for at most 3 events after position 0.
+
+Payload rules between two values that no JSON Schema can state (each is named in its payload
+schema's description, "Not stated by this schema"):
+
+7. The last systemic glucocorticoid dose is on or before the screening date (occurred_at's date).
+8. An ICE score given with its items equals their sum (the score is left out).
+9. A dose in cells/kg times the course's weight is at most 1e12 cells (kept to 2.5e9 cells/kg,
+   1e12 cells at the heaviest plausible weight of 400 kg).
+10. A response assessment records the values its classification needs, or a clinician's
+    response with a reason: a ``clinician_response`` ("NR") and a reason are added when absent.
+11. An idempotency key names one command: a key sent again with a different command is an
+    ``idempotency_conflict`` (422, as the IETF Idempotency-Key draft says). The generated key
+    (body and header) gets the digest of the command appended, so one key is one command.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import os
 from collections.abc import MutableMapping
 from typing import Any
@@ -88,6 +103,58 @@ def _version_of(tag: Any) -> int | None:
     return None
 
 
+def _positive(case: Any) -> bool:
+    """Rules 7-11 keep schema-valid requests to them; a negative case (one schemathesis made
+    invalid, e.g. without its Authorization header) is left as generated: changing it would make
+    schemathesis judge it again and send the header it meant to leave out."""
+    mode = getattr(getattr(getattr(case, "meta", None), "generation", None), "mode", None)
+    return mode is None or not getattr(mode, "is_negative", False)
+
+
+def _one_key_one_command(body: dict[str, Any], headers: Any, path: str) -> None:
+    """Rule 11 (in place)."""
+    content = {k: v for k, v in body.items() if k != "idempotency_key"}
+    digest = hashlib.sha256(
+        json.dumps([path, content], sort_keys=True, default=str).encode()
+    ).hexdigest()[:12]
+    key = body.get("idempotency_key")
+    if isinstance(key, str) and key.strip():
+        body["idempotency_key"] = f"{key[:150]}-{digest}"
+    if isinstance(headers, MutableMapping):
+        name = _header(dict(headers), "Idempotency-Key")
+        value = headers.get(name) if name is not None else None
+        if name is not None and isinstance(value, str) and value.strip():
+            headers[name] = f"{value[:150]}-{digest}"
+
+
+def _payload_rules(body: dict[str, Any]) -> None:
+    """Rules 7-10 (in place)."""
+    payload = body.get("payload")
+    if not isinstance(payload, dict):
+        return
+    screening = payload.get("screening")
+    occurred = body.get("occurred_at")
+    if isinstance(screening, dict) and isinstance(occurred, str) and len(occurred) >= 10:
+        last = screening.get("last_systemic_glucocorticoid")
+        if isinstance(last, str) and last != "none" and last > occurred[:10]:
+            screening["last_systemic_glucocorticoid"] = occurred[:10]
+    toxicity = payload.get("toxicity")
+    if isinstance(toxicity, dict):
+        observations = toxicity.get("observations")
+        if isinstance(observations, dict) and isinstance(observations.get("ice_items"), dict):
+            observations.pop("ice_score", None)
+    cells = payload.get("cells")
+    if isinstance(cells, dict) and cells.get("unit") == "cells/kg":
+        value = cells.get("value")
+        if isinstance(value, int | float) and value > 2.5e9:
+            cells["value"] = 2.5e9
+    if "assessment" in payload:
+        if "clinician_response" not in payload:
+            payload["clinician_response"] = "NR"
+        if not isinstance(body.get("reason"), str) or not body["reason"].strip():
+            body["reason"] = "assessed by the clinician"
+
+
 @schemathesis.hook
 def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     path = case.operation.path
@@ -96,6 +163,9 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         fixed = _integers(body)
         if isinstance(fixed, dict) and _in_the_future(fixed.get("occurred_at")):
             fixed["occurred_at"] = PAST
+        if isinstance(fixed, dict) and _positive(case):
+            _payload_rules(fixed)
+            _one_key_one_command(fixed, case.headers, path)
         if fixed != body or any(type(a) is not type(b) for a, b in _pairs(fixed, body)):
             case.body = fixed
         body = fixed

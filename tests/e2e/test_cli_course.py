@@ -216,7 +216,9 @@ def test_record_json_prints_a_rejection_as_its_json_body(db: Path) -> None:
     invalid = run(db, "record", json.dumps({**SCREEN, "colour": "red"}), "--json")
     assert invalid.returncode == 2
     one_line_error(invalid)
-    assert json.loads(invalid.stdout) | {"message": ""} == {
+    invalid_body = json.loads(invalid.stdout)
+    assert [p["field"] for p in invalid_body.pop("problems")] == ["colour"]
+    assert invalid_body | {"message": ""} == {
         "error": "invalid_command",
         "field": "colour",
         "message": "",

@@ -254,3 +254,109 @@ def test_http_patient_route(
     path = f"/v1/patients/P-101/commands/{envelope['command']}"
     _problem(client.post(path, json=body, headers=s.auth("clinician")), field)
     assert s.service.record("P-101").version == 4
+
+
+# -- every invalid field, at every entry point ---------------------------------------------------
+
+#: A screening with three invalid fields: each is named in ``problems``, the first is the
+#: headline (``field``, ``message``).
+MANY = {
+    "command": "screen",
+    "patient_id": "P-777",
+    "occurred_at": "2026-01-05T09:30:00+01:00",
+    "actor": ACTOR,
+    "payload": {
+        "screening": {
+            "kps": 180,
+            "alt": {"value": 20, "unit": "U/L", "uln": 2},
+            "hemoglobin": {"value": 12, "unit": "mmol/L"},
+        }
+    },
+}
+MANY_FIELDS = {
+    "payload.screening.kps",
+    "payload.screening.alt.uln",
+    "payload.screening.hemoglobin.unit",
+}
+
+
+def _check_problems(body: dict[str, Any]) -> None:
+    assert body["error"] == "invalid_command", body
+    problems = body["problems"]
+    assert {p["field"] for p in problems} == MANY_FIELDS, problems
+    assert (problems[0]["field"], problems[0]["message"]) == (
+        body["field"],
+        body["message"].removeprefix(f"{body['field']}: ").split(" (and ")[0],
+    )
+    assert all(p["message"] for p in problems)
+
+
+def test_every_invalid_field_python(memory_service: CourseService) -> None:
+    with pytest.raises(InvalidCommandError) as caught:
+        memory_service.execute(parse_command(copy.deepcopy(MANY)))
+    _check_problems(caught.value.to_json())
+
+
+def test_every_invalid_field_cli_record_json(cli_db: Path) -> None:
+    done = _cli("record", "--json", json.dumps(MANY), db=cli_db)
+    assert done.returncode == 2, done.stderr
+    _check_problems(json.loads(done.stdout))
+
+
+def test_every_invalid_field_ingest_jsonl_report(cli_db: Path, tmp_path: Path) -> None:
+    source = tmp_path / "many.jsonl"
+    source.write_text(json.dumps(MANY) + "\n", encoding="utf-8")
+    report = tmp_path / "report.jsonl"
+    done = _cli(
+        "ingest", "--workers", "1", "--errors", str(report), "--errors-format", "jsonl",
+        str(source), db=cli_db,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    (line,) = report.read_text(encoding="utf-8").splitlines()
+    _check_problems(json.loads(line))
+
+
+def test_every_invalid_field_http(api: tuple[Stack, TestClient[Any]]) -> None:
+    s, client = api
+    body = {k: v for k, v in MANY.items() if k != "actor"}
+    response = client.post("/v1/commands", json=body, headers=s.auth("clinician"))
+    assert response.status_code == 422, response.text
+    _check_problems(response.json())
+
+
+def test_a_conflict_with_the_record_is_409_not_422(api: tuple[Stack, TestClient[Any]]) -> None:
+    """Well-formed, but the record says no: a move before the patient's last move, a correction
+    of a version that is not a correctable move, a signature of a version that is not the
+    milestone (docs/commands.md, "Rejections": ``record_conflict``)."""
+    s, client = api
+    cases = [
+        (_envelope("withdraw", reason="x", occurred_at="2026-01-01T09:30:00+01:00"), "occurred_at"),
+        (
+            _envelope("correct", {"corrects": 1, "changes": {"product_lot": "L"}}, reason="x"),
+            "payload.corrects",
+        ),
+        (
+            _envelope("correct", {"corrects": 99, "changes": {"product_lot": "L"}}, reason="x"),
+            "payload.corrects",
+        ),
+        (
+            _envelope(
+                "sign",
+                {
+                    "milestone": "eligibility",
+                    "signs_version": 3,
+                    "meaning": "approval",
+                    "printed_name": "Dr Lee",
+                },
+            ),
+            "payload.signs_version",
+        ),
+    ]
+    for envelope, field in cases:
+        body = {k: v for k, v in envelope.items() if k != "actor"}
+        response = client.post("/v1/commands", json=body, headers=s.auth("clinician"))
+        assert response.status_code == 409, response.text
+        problem = response.json()
+        assert (problem["error"], problem["field"]) == ("record_conflict", field), problem
+        assert problem["problems"][0]["field"] == field
+    assert s.service.record("P-101").version == 4

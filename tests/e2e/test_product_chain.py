@@ -85,9 +85,11 @@ def test_http_collection_release_three_bedside_checked_fractions_and_audit_produ
         r = post(command, payload, when)
         assert r.status_code == 201, r.text
         assert r.json()["to_state"] == "apheresed"
-    # a bag of no lot of this patient: refused, nothing recorded, no other patient named
+    # a bag of no lot of this patient: refused, nothing recorded, no other patient named (a
+    # reference that is not on the patient's record is a record conflict: 409)
     wrong = post("give_infusion", infusion(1, "LOT-ELSEWHERE-1", 18), 18)
-    assert wrong.status_code == 422 and wrong.json()["field"] == "payload.bag_id"
+    assert wrong.status_code == 409 and wrong.json()["field"] == "payload.bag_id"
+    assert wrong.json()["error"] == "record_conflict"
     # the same person twice at the bedside
     same = post("give_infusion", infusion(1, "LOT-H1-1", 18, verified_by="clinician.tester"), 18)
     assert same.status_code == 409

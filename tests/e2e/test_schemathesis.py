@@ -24,7 +24,6 @@ import pytest
 from http_support import free_port
 from server_support import Server
 
-from cart_course.http.auth import WRITERS
 from cart_course.tokens import ROLES
 
 HERE = Path(__file__).resolve().parent
@@ -33,18 +32,6 @@ ST = str(Path(sys.executable).with_name("st"))
 #: coverage, fuzzing, stateful), one worker.
 SEED = 21
 MAX_EXAMPLES = 8
-#: What still fails for the roles that record commands (found by this test, with this seed):
-#: the payload schemas of ``schemas.SCHEMAS`` are looser than the payload parsers (plausibility
-#: ranges such as a weight of 0.5-400 kg or an ALT upper limit of 5-250 U/L, the inputs the
-#: response classification needs), and refusals that depend on the patient's record are 422, not
-#: 409 (a clinical time before the patient's last move; ``corrects`` / ``signs_version`` naming a
-#: version that is not a correctable move or a milestone). Both are issue 13's typed payloads and
-#: command registry (schemas derived from the parsers' own types); strict, so that the test says
-#: when they are done.
-WRITERS_OPEN = pytest.mark.xfail(
-    strict=True,
-    reason="payload schemas looser than the payload parsers; record-dependent refusals are 422",
-)
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +45,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize(
-    "role", [pytest.param(r, marks=WRITERS_OPEN) if r in WRITERS else r for r in ROLES]
-)
+@pytest.mark.parametrize("role", ROLES)
 def test_every_check_passes_over_every_operation(server: Server, role: str, tmp_path: Path) -> None:
     token = f"demo-{role}-token"
     last = httpx.get(

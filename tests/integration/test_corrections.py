@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from integration_helpers import Course, crs
 
 from cart_course.course import PatientCourse
-from cart_course.errors import ForbiddenError, InvalidCommandError
+from cart_course.errors import ForbiddenError, InvalidCommandError, RecordConflictError
 from cart_course.service import CourseService
 
 
@@ -147,6 +147,13 @@ def test_a_correction_needs_a_reason_and_a_correctable_target(service: CourseSer
             payload,
             info.value.message,
         )
+        # a version the record does not hold (99), or one that is not a correctable move (1),
+        # is a conflict with the record (409), not malformed input (422)
+        conflict = payload.get("corrects") in (99, 1)
+        assert isinstance(info.value, RecordConflictError) == conflict, payload
+        assert info.value.to_json()["error"] == (
+            "record_conflict" if conflict else "invalid_command"
+        )
     assert len(service.events("K-4")) == 5  # nothing recorded
 
 
@@ -180,6 +187,7 @@ def test_moves_are_recorded_in_the_order_they_happened(service: CourseService) -
             days=-365,
         )
     assert info.value.field == "occurred_at"
+    assert isinstance(info.value, RecordConflictError)  # well-formed; the record says no
     assert "before this patient's last move (screen at" in info.value.message
     assert len(service.events("K-7")) == 2
     p.t += dt.timedelta(days=366)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import msgspec
 import pytest
 from referencing import Registry, Resource
 
@@ -170,6 +171,68 @@ INVALID: list[tuple[str, dict[str, Any]]] = [
             },
         ),
     ),
+    # as tight as the parsers where a schema can say it (issue 13, issue 21)
+    (
+        "weight of 401 kg",
+        _base("give_infusion", {"day": 1, "cells": CELLS, "weight": {"value": 401, "unit": "kg"}}),
+    ),
+    (
+        "weight of 0.4 kg in g",
+        _base("give_infusion", {"day": 1, "cells": CELLS, "weight": {"value": 400, "unit": "g"}}),
+    ),
+    (
+        "ALT upper limit of 2 U/L",
+        _base("screen", {"screening": {"alt": {"value": 20, "unit": "U/L", "uln": 2}}}),
+    ),
+    (
+        "creatinine of 60 mg/dL",
+        _base("screen", {"screening": {"creatinine": {"value": 60, "unit": "mg/dL", "uln": 1}}}),
+    ),
+    (
+        "consent date without consent",
+        _base("screen", {"screening": {"informed_consent_date": "2026-01-01"}}),
+    ),
+    ("a date as 2026-1-1", _base("screen", {"screening": {"informed_consent_date": "2026-1-1"}})),
+    ("51 failed lines", _base("screen", {"screening": {"failed_standard_lines": 51}})),
+    (
+        "grade without scale_version",
+        _base("report_toxicity", {"toxicity": {"kind": "CRS", "grade": 2, "scale": "ASTCT"}}),
+    ),
+    (
+        "temperature of 50 C",
+        _base(
+            "report_toxicity",
+            {
+                "toxicity": {
+                    **CRS,
+                    "observations": {
+                        **CRS["observations"],
+                        "temperature": {"value": 50, "unit": "C"},
+                    },
+                }
+            },
+        ),
+    ),
+    (
+        "vasopressors without hypotension",
+        _base(
+            "report_toxicity",
+            {"toxicity": {**CRS, "observations": {**CRS["observations"], "vasopressors": 1}}},
+        ),
+    ),
+    (
+        "MRD fraction above 1",
+        _base(
+            "assess_response",
+            {
+                "assessment": {
+                    "marrow_blasts_pct": 1,
+                    "mrd": {"value": 5, "unit": "fraction", "method": "flow", "sensitivity": 1e-4},
+                }
+            },
+        ),
+    ),
+    ("screen without a payload", {k: v for k, v in VALID[0].items() if k != "payload"}),
     ("correction of the day", _base("correct", {"corrects": 4, "changes": {"day": 3}}, reason="x")),
     ("correction without reason", _base("correct", {"corrects": 4, "changes": {"cells": CELLS}})),
     (
@@ -211,3 +274,58 @@ def test_the_service_rejects_what_the_schema_rejects(memory_service: CourseServi
 def test_schemas_are_plain_json() -> None:
     for schema in SCHEMAS.values():
         assert json.loads(json.dumps(schema)) == schema
+
+
+def test_payload_schemas_are_derived_from_the_typed_payloads() -> None:
+    """One source: each payload schema is msgspec's schema of its Struct (its fields, types and
+    Meta constraints), with the rules a type cannot state added, never a field of its own."""
+    import msgspec
+
+    from cart_course.protocol.payloads import PAYLOAD_TYPES
+    from cart_course.schemas import DEFS
+
+    for name, type_ in PAYLOAD_TYPES.items():
+        derived = msgspec.json.schema(type_)
+        if "$ref" in derived:
+            derived = derived["$defs"][derived["$ref"].rsplit("/", 1)[1]]
+            assert set(DEFS[name]["properties"]) == set(derived["properties"]), name
+            assert DEFS[name].get("required", []) == derived.get("required", []), name
+            assert DEFS[name]["additionalProperties"] is False, name
+    # a Meta constraint of a Struct is the schema's: 0-50 failed lines, 25-113 degrees
+    screening = DEFS["screening"]["properties"]
+    assert screening["failed_standard_lines"]["maximum"] == 50
+    assert DEFS["TemperaturePayload"]["properties"]["value"]["minimum"] == 25
+
+
+def test_new_commands_payload_schemas_are_the_derived_ones() -> None:
+    """Issue 15's and 16's payloads come from their Structs as the others do: a payload that is
+    one Struct is its derived definition, a field holding one refers to it, the bedside keys of
+    give_infusion are the derived BedsideCheck's."""
+    from cart_course.protocol.product import PRODUCT_PAYLOAD_TYPES
+    from cart_course.schemas import DEFS, schema_defs
+
+    def plain(name: str) -> dict[str, object]:
+        return {k: v for k, v in DEFS[name].items() if k != "title"}
+
+    for command, alias in (
+        ("record_follow_up", "follow_up"),
+        ("record_missed_visit", "missed_visit"),
+        ("record_sae_report", "sae_report"),
+        ("start_manufacture", "start_manufacture"),
+        ("release_product", "release_product"),
+    ):
+        assert SCHEMAS[command]["properties"]["payload"] == plain(alias), command
+    toxicity = SCHEMAS["report_toxicity"]["properties"]["payload"]["properties"]
+    assert toxicity["adverse_event"]["$ref"] == "#/$defs/adverse_event"
+    death = SCHEMAS["record_death"]["properties"]["payload"]
+    assert "#/$defs/cause_of_death" in json.dumps(death)
+    infusion = SCHEMAS["give_infusion"]["properties"]["payload"]["properties"]
+    for key, schema in DEFS["bedside_check"]["properties"].items():
+        assert infusion[key] == schema, key
+    for alias, struct in PRODUCT_PAYLOAD_TYPES.items():
+        derived = msgspec.json.schema(struct)
+        derived = derived["$defs"][derived["$ref"].rsplit("/", 1)[1]]
+        assert set(DEFS[alias]["properties"]) == set(derived["properties"]), alias
+        assert DEFS[alias].get("required", []) == derived.get("required", []), alias
+    # one definition per payload: no second derivation under the Structs' class names
+    assert not {"AdverseEventPayload", "FollowUpPayload", "StartManufacture"} & set(schema_defs())

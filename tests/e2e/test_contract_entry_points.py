@@ -352,9 +352,13 @@ def test_a_conflict_with_the_record_is_409_not_422(api: tuple[Stack, TestClient[
             "payload.signs_version",
         ),
     ]
+    # A signer signs with the name registered with their token (issue 14).
+    _, named = s.tokens.add("dr.lee.named", "clinician", name="Dr Lee")
     for envelope, field in cases:
         body = {k: v for k, v in envelope.items() if k != "actor"}
-        response = client.post("/v1/commands", json=body, headers=s.auth("clinician"))
+        response = client.post(
+            "/v1/commands", json=body, headers={"Authorization": f"Bearer {named}"}
+        )
         assert response.status_code == 409, response.text
         problem = response.json()
         assert (problem["error"], problem["field"]) == ("record_conflict", field), problem

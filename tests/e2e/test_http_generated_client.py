@@ -89,7 +89,7 @@ def test_a_generated_client_records_a_course_and_reads_it_back(
     server: Server, client_package: str
 ) -> None:
     package = importlib.import_module(client_package)
-    client = package.AuthenticatedClient(base_url=server.url, token="demo-clinician-token")
+    client = package.AuthenticatedClient(base_url=server.url, token=server.tokens["clinician"])
     for step in _course():
         operation = importlib.import_module(
             f"{client_package}.api.commands.record_{step['command']}"
@@ -103,7 +103,7 @@ def test_a_generated_client_records_a_course_and_reads_it_back(
         answer = operation.sync_detailed(PATIENT, client=client, body=body)
         assert answer.status_code == 201, (step["command"], answer.content)
         assert answer.parsed.command == step["command"]
-    reader = package.AuthenticatedClient(base_url=server.url, token="demo-monitor-token")
+    reader = package.AuthenticatedClient(base_url=server.url, token=server.tokens["monitor"])
     get_patient = importlib.import_module(
         f"{client_package}.api.patients.v1_patients_patient_id_get_patient"
     )

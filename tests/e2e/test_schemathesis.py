@@ -47,10 +47,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("role", ROLES)
 def test_every_check_passes_over_every_operation(server: Server, role: str, tmp_path: Path) -> None:
-    token = f"demo-{role}-token"
+    token = server.tokens[role]
     last = httpx.get(
         server.url + "/v1/events?limit=1",
-        headers={"Authorization": "Bearer demo-monitor-token"},
+        headers={"Authorization": f"Bearer {server.tokens['monitor']}"},
         timeout=30,
     ).json()["last_position"]
     env = {

@@ -479,6 +479,22 @@ DEFS: Final[Schema] = {
 }
 
 
+def _visits_of_the_schedule(defs: Schema) -> None:
+    """A visit is one of the follow-up schedule's (protocol parameters; the parser's rule)."""
+    from .protocol.follow_up import visit_schedule
+    from .protocol.parameters import DEFAULT_PARAMETERS
+
+    names = list(visit_schedule(DEFAULT_PARAMETERS))
+    for name in ("follow_up", "missed_visit"):
+        visit = defs.get(name, {}).get("properties", {}).get("visit")
+        if isinstance(visit, dict):
+            visit.clear()
+            visit.update({"enum": names, "description": "a visit of the follow-up schedule"})
+
+
+_visits_of_the_schedule(DEFS)
+
+
 def _payload_object(payload: Schema, registry: Registry) -> Schema:
     """A command's payload schema, a payload that is one typed payload (``{"$ref":
     "#/$defs/follow_up"}``) inlined: its properties at the top, as every payload's."""

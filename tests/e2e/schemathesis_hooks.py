@@ -115,7 +115,13 @@ def _one_key_one_command(body: dict[str, Any], headers: Any, path: str) -> None:
     """Rule 11 (in place)."""
     content = {k: v for k, v in body.items() if k != "idempotency_key"}
     digest = hashlib.sha256(
-        json.dumps([path, content], sort_keys=True, default=str).encode()
+        # the role too: every role's run shares one server, and a key of another actor is a
+        # conflict (issue 14), not a retry
+        json.dumps(
+            [path, content, os.environ.get("CART_COURSE_TEST_ROLE", "")],
+            sort_keys=True,
+            default=str,
+        ).encode()
     ).hexdigest()[:12]
     key = body.get("idempotency_key")
     if isinstance(key, str) and key.strip():

@@ -58,6 +58,7 @@ def test_every_check_passes_over_every_operation(server: Server, role: str, tmp_
         "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
         "CART_COURSE_TEST_LAST_POSITION": str(last),
+        "CART_COURSE_TEST_ROLE": role,
     }
     command = [
         ST,
@@ -84,6 +85,11 @@ def test_every_check_passes_over_every_operation(server: Server, role: str, tmp_
         "1",
         "--output-sanitize",
         "false",
+        # Known gap (issue 21 left open): POST /v1/audit/verify takes a free JSON object whose
+        # checkpoint text no schema can make valid without a signing key; it is tested in
+        # tests/e2e/test_http_ledger.py.
+        "--exclude-path",
+        "/v1/audit/verify",
     ]
     # in a directory of its own: st keeps a cache of its findings (.schemathesis/) where it runs
     run = subprocess.run(

@@ -34,6 +34,16 @@ SEED = 21
 MAX_EXAMPLES = 8
 
 
+#: Findings left open (issue 21): the document is still looser than the server here. Strict: the
+#: mark must go as soon as the role's run passes.
+KNOWN_GAPS = {
+    "service": "repeat_apheresis: din and collection_id are mutually exclusive; the schema allows both",
+    "clinician": "a generated idempotency key recorded by the service role is another actor's "
+    "(422 idempotency_conflict) on the shared server",
+    "auditor": "the CDISC export routes' as_of query parameter carries no date-time pattern",
+}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     db = tmp_path_factory.mktemp("schemathesis") / "st.sqlite"
@@ -45,7 +55,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize(
+    "role",
+    [
+        pytest.param(role, marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[role]))
+        if role in KNOWN_GAPS
+        else role
+        for role in ROLES
+    ],
+)
 def test_every_check_passes_over_every_operation(server: Server, role: str, tmp_path: Path) -> None:
     token = server.tokens[role]
     last = httpx.get(

@@ -64,7 +64,9 @@ def cohort(
     if as_json:
         echo_json({"written": str(target), "patients": len(chosen), "infused": infused})
     else:
-        click.echo(f"wrote the cohort report of {len(chosen)} patients ({infused} infused) to {target}")
+        click.echo(
+            f"wrote the cohort report of {len(chosen)} patients ({infused} infused) to {target}"
+        )
 
 
 def register(cli: click.Group) -> None:

@@ -391,7 +391,9 @@ def best_response(records: Iterable[PatientRecord]) -> Counts:
         title="Response by course",
         x_label="course",
         groups=tuple(f"course {n}" for n in numbers),
-        series=tuple(Series(name=cat, counts=tuple(by_course[n][cat] for n in numbers)) for cat in cats),
+        series=tuple(
+            Series(name=cat, counts=tuple(by_course[n][cat] for n in numbers)) for cat in cats
+        ),
         patients=patients,
         note="patients with at least one course; each course counted once",
     )
@@ -472,12 +474,16 @@ def toxicity_timeline(record: PatientRecord) -> ToxicityTimeline:
             )
     changes.sort(key=lambda c: c[0])
     current: dict[str, dict[str, int]] = {k: {} for k in GRADED_KINDS}
-    steps: dict[str, list[Step]] = {k: [Step(day=0.0, clinical_day=0, grade=0)] for k in GRADED_KINDS}
+    steps: dict[str, list[Step]] = {
+        k: [Step(day=0.0, clinical_day=0, grade=0)] for k in GRADED_KINDS
+    }
     for _at, kind, episode, grade, text in changes:
         current[kind][episode] = grade
         level = max(current[kind].values(), default=0)
         series = steps[kind]
-        step = Step(day=round(clock.day(text), 4), clinical_day=clock.clinical_day(text), grade=level)
+        step = Step(
+            day=round(clock.day(text), 4), clinical_day=clock.clinical_day(text), grade=level
+        )
         if series and series[-1].day == step.day:
             series[-1] = step
         elif series[-1].grade != level:

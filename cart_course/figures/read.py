@@ -21,7 +21,6 @@ def patient_record(log: EventLog, patient_id: str) -> PatientRecord:
     return replay(pid, patient_events(log, pid))
 
 
-
 def cohort_as_of(log: EventLog) -> tuple[list[PatientRecord], str]:
     """Every patient's record, and what they are as of: the log's position when the read began
     (every event at or below it is in the records) and the latest clinical time on record."""

@@ -59,7 +59,7 @@ ROW_IN_MANY: Final = 0.15
 _LOCK = threading.Lock()  # matplotlib's rcParams are global: one figure drawn at a time
 
 
-def _rc(name: str) -> dict[str, Any]:
+def _rc(name: str) -> Any:  # matplotlib types rcParams keys as Literal names
     return {
         "svg.fonttype": "none",
         "svg.hashsalt": f"cart-course-{name}",
@@ -167,7 +167,9 @@ def _legend_handle(
     return Line2D([], [], linestyle="none", label=label, **_marker_style(kind, grade, category))
 
 
-def _marker_style(kind: str, grade: int | None = None, category: str | None = None) -> dict[str, Any]:
+def _marker_style(
+    kind: str, grade: int | None = None, category: str | None = None
+) -> dict[str, Any]:
     if kind in ("CRS", "ICANS"):
         colour = COLOURS[kind]
         filled = kind == "CRS"
@@ -213,7 +215,11 @@ def swimmer_svg(model: Swimmer, *, selection: str = "all patients") -> str:
     name = "fig-swimmer"
     title = "Swimmer plot: time on study from D1"
     first = model.offset + 1
-    shown = f"patients {first}-{model.offset + n} of {model.total}" if n < model.total else f"{n} infused patients"
+    shown = (
+        f"patients {first}-{model.offset + n} of {model.total}"
+        if n < model.total
+        else f"{n} infused patients"
+    )
     desc = (
         f"{shown} ({selection}), one bar each from D1 (day 0) to the last clinical time on record "
         f"or death, sorted by {model.sort.replace('_', ' ')}; {model.not_infused} patients without "
@@ -231,14 +237,28 @@ def swimmer_svg(model: Swimmer, *, selection: str = "all patients") -> str:
                 (1.1 / width, bottom / height, 1 - 1.5 / width, (height - top - bottom) / height)
             )
             if n == 0:
-                ax.text(0.5, 0.5, "No infused patient in this selection", ha="center", va="center",
-                        transform=ax.transAxes)
+                ax.text(
+                    0.5,
+                    0.5,
+                    "No infused patient in this selection",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                )
                 ax.set_yticks([])
             ends = [b.end_day for b in model.bars]
             starts = [min([0.0, *(m.day for m in b.markers)]) for b in model.bars]
             ys = list(range(n))
-            ax.barh(ys, [e - s for e, s in zip(ends, starts, strict=True)], left=starts, height=0.5,
-                    color=BAR_FILL, edgecolor=BAR_EDGE, linewidth=0.6, zorder=1)
+            ax.barh(
+                ys,
+                [e - s for e, s in zip(ends, starts, strict=True)],
+                left=starts,
+                height=0.5,
+                color=BAR_FILL,
+                edgecolor=BAR_EDGE,
+                linewidth=0.6,
+                zorder=1,
+            )
             groups: dict[tuple[str, int | None, str | None], tuple[list[float], list[float]]] = {}
             for y, b in enumerate(model.bars):
                 for m in b.markers:
@@ -251,8 +271,7 @@ def swimmer_svg(model: Swimmer, *, selection: str = "all patients") -> str:
             ):
                 ax.plot(xs, yv, linestyle="none", zorder=3, **_marker_style(kind, grade, category))
             ax.set_ylim(n - 0.4, -0.6)
-            ax.set_yticks(ys, [b.patient_id for b in model.bars],
-                          fontsize=8 if n <= 60 else 6)
+            ax.set_yticks(ys, [b.patient_id for b in model.bars], fontsize=8 if n <= 60 else 6)
             ax.set_xlabel("days since D1 (D1 = day 0)")
             ax.grid(axis="x", color="#c9d1da", linewidth=0.5, zorder=0)
             ax.set_axisbelow(True)
@@ -262,9 +281,12 @@ def swimmer_svg(model: Swimmer, *, selection: str = "all patients") -> str:
             if n > 40:
                 ax.tick_params(axis="x", top=True, labeltop=True)
             fig.text(0.1 / width, 1 - 0.3 / height, title, fontsize=12, fontweight="bold")
-            fig.text(0.1 / width, 1 - 0.5 / height,
-                     f"{shown}; {selection}; sorted by {model.sort.replace('_', ' ')}",
-                     fontsize=8)
+            fig.text(
+                0.1 / width,
+                1 - 0.5 / height,
+                f"{shown}; {selection}; sorted by {model.sort.replace('_', ' ')}",
+                fontsize=8,
+            )
             handles = [  # three columns of five (a legend fills its columns first)
                 _legend_handle("fraction", label="fraction (D1, D2, D3)"),
                 _legend_handle("response", label="response: CR, CRi, PR, NR", category="CR"),
@@ -274,9 +296,16 @@ def swimmer_svg(model: Swimmer, *, selection: str = "all patients") -> str:
                 *(_legend_handle("CRS", g, f"CRS grade {g} (filled)") for g in range(1, 6)),
                 *(_legend_handle("ICANS", g, f"ICANS grade {g} (hollow)") for g in range(1, 6)),
             ]
-            fig.legend(handles=handles, loc="upper left", ncol=3, fontsize=7.5, frameon=False,
-                       bbox_to_anchor=(1.0 / width, 1 - 0.55 / height), handletextpad=0.3,
-                       columnspacing=1.0)
+            fig.legend(
+                handles=handles,
+                loc="upper left",
+                ncol=3,
+                fontsize=7.5,
+                frameon=False,
+                bbox_to_anchor=(1.0 / width, 1 - 0.55 / height),
+                handletextpad=0.3,
+                columnspacing=1.0,
+            )
             return _svg(fig, name, title, desc)
 
 
@@ -292,9 +321,8 @@ def counts_svg(model: Counts, name: str, *, selection: str = "all patients") -> 
         f"{g}: " + ", ".join(f"{s.name} {s.counts[i]}" for s in model.series)
         for i, g in enumerate(model.groups)
     ]
-    desc = (
-        f"{model.title} ({model.patients} patients; {selection}; {model.note}). "
-        + ("; ".join(parts) if parts else "Nothing to count yet.")
+    desc = f"{model.title} ({model.patients} patients; {selection}; {model.note}). " + (
+        "; ".join(parts) if parts else "Nothing to count yet."
     )
     with _LOCK:
         import matplotlib as mpl
@@ -306,11 +334,20 @@ def counts_svg(model: Counts, name: str, *, selection: str = "all patients") -> 
             w = 0.8 / max(k, 1)
             for j, s in enumerate(model.series):
                 xs = [i - 0.4 + w * (j + 0.5) for i in range(groups)]
-                bars = ax.bar(xs, s.counts, width=w * 0.92, label=s.name,
-                              color=COLOURS.get(s.name, INK), hatch=HATCHES.get(s.name, ""),
-                              edgecolor="white", linewidth=0.6, zorder=2)
-                ax.bar_label(bars, labels=[str(c) if c else "" for c in s.counts], fontsize=7.5,
-                             padding=1.5)
+                bars = ax.bar(
+                    xs,
+                    s.counts,
+                    width=w * 0.92,
+                    label=s.name,
+                    color=COLOURS.get(s.name, INK),
+                    hatch=HATCHES.get(s.name, ""),
+                    edgecolor="white",
+                    linewidth=0.6,
+                    zorder=2,
+                )
+                ax.bar_label(
+                    bars, labels=[str(c) if c else "" for c in s.counts], fontsize=7.5, padding=1.5
+                )
             ax.set_xticks(range(groups), list(model.groups))
             ax.set_xlabel(model.x_label)
             ax.set_ylabel("patients")
@@ -321,8 +358,14 @@ def counts_svg(model: Counts, name: str, *, selection: str = "all patients") -> 
             for side in ("top", "right"):
                 ax.spines[side].set_visible(False)
             if groups == 0:
-                ax.text(0.5, 0.5, "Nothing to count yet", ha="center", va="center",
-                        transform=ax.transAxes)
+                ax.text(
+                    0.5,
+                    0.5,
+                    "Nothing to count yet",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                )
             ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8)
             fig.text(0.01, 0.95, model.title, fontsize=12, fontweight="bold")
             fig.text(0.01, 0.905, f"{model.patients} patients; {selection}", fontsize=8)
@@ -341,13 +384,10 @@ def vein_to_vein_svg(model: VeinToVein, *, selection: str = "all patients") -> s
     values = [d for _, d in model.values]
     median = model.median
     if values:
-        summary = (
-            f"{len(values)} patients with a tracked product: median {median:g} days, "
-            + (
-                f"range {min(values)}-{max(values)} days"
-                if min(values) != max(values)
-                else f"all {min(values)} days"
-            )
+        summary = f"{len(values)} patients with a tracked product: median {median:g} days, " + (
+            f"range {min(values)}-{max(values)} days"
+            if min(values) != max(values)
+            else f"all {min(values)} days"
         )
     else:
         summary = "no infused patient's product is tracked from its collection yet"
@@ -368,18 +408,38 @@ def vein_to_vein_svg(model: VeinToVein, *, selection: str = "all patients") -> s
                 stack[d] = stack.get(d, 0) + 1
                 xs.append(d)
                 ys.append(stack[d])
-            ax.plot(xs, ys, linestyle="none", marker="o", markersize=7, color=COLOURS["PR"],
-                    markeredgecolor="white", zorder=3)
+            ax.plot(
+                xs,
+                ys,
+                linestyle="none",
+                marker="o",
+                markersize=7,
+                color=COLOURS["PR"],
+                markeredgecolor="white",
+                zorder=3,
+            )
             if median is not None:
                 ax.axvline(median, color=INK, linestyle="--", linewidth=1, zorder=2)
-                ax.annotate(f"median {median:g} d", (median, max(ys) + 0.6), ha="left",
-                            fontsize=8, xytext=(4, 0), textcoords="offset points")
+                ax.annotate(
+                    f"median {median:g} d",
+                    (median, max(ys) + 0.6),
+                    ha="left",
+                    fontsize=8,
+                    xytext=(4, 0),
+                    textcoords="offset points",
+                )
                 lo, hi = min(values), max(values)
                 ax.set_xlim(min(0, lo - 1), hi + max(3, (hi - lo) * 0.1))
                 ax.set_ylim(0, max(ys) + 1.5)
             else:
-                ax.text(0.5, 0.5, "No infused product tracked from its collection yet",
-                        ha="center", va="center", transform=ax.transAxes)
+                ax.text(
+                    0.5,
+                    0.5,
+                    "No infused product tracked from its collection yet",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                )
                 ax.set_xlim(0, 30)
                 ax.set_ylim(0, 2)
             ax.set_xlabel("days from apheresis to D1")
@@ -425,23 +485,38 @@ def toxicity_svg(model: ToxicityTimeline) -> str:
             end = max(14.0, max(seen, default=0.0) + 7.0)
             for f in model.fractions:
                 ax.axvline(f.day, color="#5f6773", linestyle=":", linewidth=1, zorder=1)
-                ax.annotate(f.label, (f.day, 5.35), ha="center", fontsize=7.5,
-                            annotation_clip=False)
+                ax.annotate(
+                    f.label, (f.day, 5.35), ha="center", fontsize=7.5, annotation_clip=False
+                )
             for kind, style in (("CRS", "-"), ("ICANS", "--")):
                 steps = model.steps.get(kind, ())
                 if not steps:
                     continue
                 xs = [s.day for s in steps] + [end]
                 ys = [s.grade for s in steps] + [steps[-1].grade]
-                ax.step(xs, ys, where="post", color=COLOURS[kind], linestyle=style, linewidth=1.8,
-                        label=f"{kind} grade", zorder=2)
+                ax.step(
+                    xs,
+                    ys,
+                    where="post",
+                    color=COLOURS[kind],
+                    linestyle=style,
+                    linewidth=1.8,
+                    label=f"{kind} grade",
+                    zorder=2,
+                )
             for m in model.reports:
-                ax.plot([m.day], [m.grade or 0], linestyle="none", zorder=3,
-                        **_marker_style(m.kind, m.grade))
+                ax.plot(
+                    [m.day],
+                    [m.grade or 0],
+                    linestyle="none",
+                    zorder=3,
+                    **_marker_style(m.kind, m.grade),
+                )
             ax.set_ylim(-0.3, 5.2)
             ax.set_yticks(range(6), ["0 none", "1", "2", "3", "4", "5 death"])
-            ax.set_xlim(min(-0.5, *(m.day for m in model.reports)) if model.reports else -0.5,
-                        end + 0.5)
+            ax.set_xlim(
+                min(-0.5, *(m.day for m in model.reports)) if model.reports else -0.5, end + 0.5
+            )
             ax.set_xlabel("days since D1 (D1 = day 0)")
             ax.set_ylabel("grade (ASTCT)")
             ax.grid(color="#c9d1da", linewidth=0.5, zorder=0)
@@ -455,15 +530,28 @@ def toxicity_svg(model: ToxicityTimeline) -> str:
 
             handles = [
                 Line2D([], [], color=COLOURS["CRS"], linewidth=1.8, label="CRS"),
-                Line2D([], [], color=COLOURS["ICANS"], linewidth=1.8, linestyle="--",
-                       label="ICANS"),
+                Line2D(
+                    [], [], color=COLOURS["ICANS"], linewidth=1.8, linestyle="--", label="ICANS"
+                ),
                 *handles,
                 Line2D([], [], color="#5f6773", linestyle=":", label="fraction"),
             ]
-            ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.05),
-                      frameon=False, fontsize=7.5, ncol=1)
+            ax.legend(
+                handles=handles,
+                loc="upper left",
+                bbox_to_anchor=(1.02, 1.05),
+                frameon=False,
+                fontsize=7.5,
+                ncol=1,
+            )
             if model.d1 is None:
-                ax.text(0.5, 0.5, "No D1 on record yet", ha="center", va="center",
-                        transform=ax.transAxes)
+                ax.text(
+                    0.5,
+                    0.5,
+                    "No D1 on record yet",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                )
             fig.text(0.01, 0.93, title, fontsize=11, fontweight="bold")
             return _svg(fig, name, title, desc)

@@ -40,14 +40,14 @@ REPORT_CSP = (
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]], caption: str) -> str:
-    out = [f"<table><caption class=\"meta\">{escape(caption)}</caption><thead><tr>"]
+    out = [f'<table><caption class="meta">{escape(caption)}</caption><thead><tr>']
     out += [f'<th scope="col">{escape(h)}</th>' for h in head]
     out.append("</tr></thead><tbody>")
     for row in rows:
         cells = []
         for i, cell in enumerate(row):
             num = cell.replace(".", "", 1).isdigit()
-            tag = "th scope=\"row\"" if i == 0 else ("td class=\"num\"" if num else "td")
+            tag = 'th scope="row"' if i == 0 else ('td class="num"' if num else "td")
             cells.append(f"<{tag}>{escape(cell)}</{tag.split()[0]}>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table>")

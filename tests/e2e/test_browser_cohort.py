@@ -55,13 +55,17 @@ def browser(server: Server) -> Iterator[Any]:
 
         def watch(page: Any) -> None:
             page.on("console", lambda m: print("console:", m.type, m.text))
-            page.on("console", lambda m: csp.append(m.text) if "Content Security" in m.text else None)
+            page.on(
+                "console", lambda m: csp.append(m.text) if "Content Security" in m.text else None
+            )
             page.on("pageerror", lambda e: print("pageerror:", e))
             page.on(
                 "request",
-                lambda r: None
-                if r.url.startswith((server.url, "blob:", "data:"))
-                else external.append(r.url),
+                lambda r: (
+                    None
+                    if r.url.startswith((server.url, "blob:", "data:"))
+                    else external.append(r.url)
+                ),
             )
 
         context.on("page", watch)

@@ -32,7 +32,9 @@ def _record(*builders: Callable[[], list[dict[str, object]]]) -> list[PatientRec
         svc.close()
 
 
-def _crs2_on_day3(pid: str = "P-CRS", *, resolve: bool = True) -> Callable[[], list[dict[str, object]]]:
+def _crs2_on_day3(
+    pid: str = "P-CRS", *, resolve: bool = True
+) -> Callable[[], list[dict[str, object]]]:
     def build() -> list[dict[str, object]]:
         p = _Patient(pid, START, random.Random(3))
         p.screen()
@@ -46,7 +48,9 @@ def _crs2_on_day3(pid: str = "P-CRS", *, resolve: bool = True) -> Callable[[], l
     return build
 
 
-def _scenario(pid: str, scenario: str, days_later: int = 0) -> Callable[[], list[dict[str, object]]]:
+def _scenario(
+    pid: str, scenario: str, days_later: int = 0
+) -> Callable[[], list[dict[str, object]]]:
     return lambda: patient_commands(
         pid, scenario, START + dt.timedelta(days=days_later), random.Random(11)
     )
@@ -100,7 +104,9 @@ def test_a_worsening_episode_and_a_second_kind_are_stepped_each_on_its_own_line(
     bar = model.swimmer_bar(record)
     assert bar is not None
     # the swimmer marks each episode once, at its onset, with its worst grade
-    assert [(m.kind, m.grade, m.clinical_day) for m in bar.markers if m.kind in ("CRS", "ICANS")] == [
+    assert [
+        (m.kind, m.grade, m.clinical_day) for m in bar.markers if m.kind in ("CRS", "ICANS")
+    ] == [
         ("CRS", 3, 2),
         ("ICANS", 2, 4),
     ]
@@ -128,7 +134,7 @@ def test_a_relapse_and_the_responses_of_each_course_are_marked() -> None:
     assert bar is not None
     [relapse] = [m for m in bar.markers if m.kind == "relapse"]
     assert relapse.label == "relapse (CD19-)"
-    assert relapse.day > [m for m in bar.markers if m.kind == "response"][0].day
+    assert relapse.day > next(m for m in bar.markers if m.kind == "response").day
     bar = model.swimmer_bar(courses)
     assert bar is not None
     responses = [(m.category, m.course) for m in bar.markers if m.kind == "response"]
@@ -157,7 +163,11 @@ def test_swimmer_orders_by_time_on_study_longest_first_and_pages() -> None:
         "P-0302",
         "P-0303",
     ]
-    assert [b.patient_id for b in model.swimmer(records, sort="d1").bars] == ["P-0303", "P-0301", "P-0302"]
+    assert [b.patient_id for b in model.swimmer(records, sort="d1").bars] == [
+        "P-0303",
+        "P-0301",
+        "P-0302",
+    ]
     page = model.swimmer(records, sort="patient_id", offset=1, limit=1)
     assert [b.patient_id for b in page.bars] == ["P-0302"] and page.total == 3 and page.offset == 1
     with pytest.raises(ValueError, match="time_on_study"):

@@ -59,7 +59,11 @@ def test_an_svg_names_itself_and_loads_nothing() -> None:
     title = re.search(r'<title id="fig-swimmer-title">([^<]+)</title>', svg)
     desc = re.search(r'<desc id="fig-swimmer-desc">([^<]+)</desc>', svg)
     assert title and "Swimmer plot" in title.group(1)
-    assert desc and "5 infused patients" in desc.group(1) and "2 patients without a D1" in desc.group(1)
+    assert (
+        desc
+        and "5 infused patients" in desc.group(1)
+        and "2 patients without a D1" in desc.group(1)
+    )
     # nothing runs, nothing is fetched, no style a strict Content-Security-Policy would block
     assert "<script" not in svg and "<style" not in svg and " style=" not in svg
     assert "<metadata" not in svg and "<?xml" not in svg

@@ -249,16 +249,23 @@ def swimmer_svg(model: Swimmer, *, selection: str = "all patients") -> str:
             ends = [b.end_day for b in model.bars]
             starts = [min([0.0, *(m.day for m in b.markers)]) for b in model.bars]
             ys = list(range(n))
-            ax.barh(
-                ys,
-                [e - s for e, s in zip(ends, starts, strict=True)],
-                left=starts,
-                height=0.5,
-                color=BAR_FILL,
-                edgecolor=BAR_EDGE,
-                linewidth=0.6,
-                zorder=1,
+            # one collection of bars and one text per patient (not a patch and a tick each:
+            # matplotlib's ticks cost ~10 ms apiece, too much for a 1,000-patient plot)
+            from matplotlib.collections import PolyCollection
+
+            ax.add_collection(
+                PolyCollection(
+                    [
+                        [(s, y - 0.25), (e, y - 0.25), (e, y + 0.25), (s, y + 0.25)]
+                        for s, e, y in zip(starts, ends, ys, strict=True)
+                    ],
+                    facecolors=BAR_FILL,
+                    edgecolors=BAR_EDGE,
+                    linewidths=0.6,
+                    zorder=1,
+                )
             )
+            ax.set_xlim(min([-1.0, *starts]), max([10.0, *ends]) * 1.04 + 1)
             groups: dict[tuple[str, int | None, str | None], tuple[list[float], list[float]]] = {}
             for y, b in enumerate(model.bars):
                 for m in b.markers:
@@ -271,7 +278,13 @@ def swimmer_svg(model: Swimmer, *, selection: str = "all patients") -> str:
             ):
                 ax.plot(xs, yv, linestyle="none", zorder=3, **_marker_style(kind, grade, category))
             ax.set_ylim(n - 0.4, -0.6)
-            ax.set_yticks(ys, [b.patient_id for b in model.bars], fontsize=8 if n <= 60 else 6)
+            ax.set_yticks([])
+            rows = ax.get_yaxis_transform()  # x: the axes' width, y: the rows
+            size = 8 if n <= 60 else 6
+            for y, b in enumerate(model.bars):
+                ax.text(
+                    -0.008, y, b.patient_id, transform=rows, ha="right", va="center", fontsize=size
+                )
             ax.set_xlabel("days since D1 (D1 = day 0)")
             ax.grid(axis="x", color="#c9d1da", linewidth=0.5, zorder=0)
             ax.set_axisbelow(True)

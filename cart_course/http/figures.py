@@ -94,9 +94,15 @@ def swimmer_svg(
 ) -> Response[str]:
     """``offset``/``limit`` take a page of the sorted bars (a 1,000-patient plot is drawn whole
     otherwise: its height grows with the patients)."""
-    records, _ = _records(service, state_filter, toxicity)
-    figure = model.swimmer(records, sort=_sort(sort), offset=offset, limit=limit)
-    return _svg(render.swimmer_svg(figure, selection=_selection(state_filter, toxicity)))
+    order = _sort(sort)
+
+    def draw() -> str:
+        records, _ = _records(service, state_filter, toxicity)
+        figure = model.swimmer(records, sort=order, offset=offset, limit=limit)
+        return render.swimmer_svg(figure, selection=_selection(state_filter, toxicity))
+
+    key = ("swimmer", order, state_filter, toxicity, offset, limit)
+    return _svg(read.drawn(service.log, key, draw))
 
 
 @get(
@@ -111,14 +117,15 @@ def swimmer_svg(
 def best_response_svg(
     service: Svc, state_filter: StateFilter = None, toxicity: FromQuery[bool] = False
 ) -> Response[str]:
-    records, _ = _records(service, state_filter, toxicity)
-    return _svg(
-        render.counts_svg(
+    def draw() -> str:
+        records, _ = _records(service, state_filter, toxicity)
+        return render.counts_svg(
             model.best_response(records),
             "fig-best-response",
             selection=_selection(state_filter, toxicity),
         )
-    )
+
+    return _svg(read.drawn(service.log, ("best-response", state_filter, toxicity), draw))
 
 
 @get(
@@ -133,12 +140,13 @@ def best_response_svg(
 def max_grade_svg(
     service: Svc, state_filter: StateFilter = None, toxicity: FromQuery[bool] = False
 ) -> Response[str]:
-    records, _ = _records(service, state_filter, toxicity)
-    return _svg(
-        render.counts_svg(
+    def draw() -> str:
+        records, _ = _records(service, state_filter, toxicity)
+        return render.counts_svg(
             model.max_grades(records), "fig-max-grade", selection=_selection(state_filter, toxicity)
         )
-    )
+
+    return _svg(read.drawn(service.log, ("max-grade", state_filter, toxicity), draw))
 
 
 @get(
@@ -153,12 +161,13 @@ def max_grade_svg(
 def vein_to_vein_svg(
     service: Svc, state_filter: StateFilter = None, toxicity: FromQuery[bool] = False
 ) -> Response[str]:
-    records, _ = _records(service, state_filter, toxicity)
-    return _svg(
-        render.vein_to_vein_svg(
+    def draw() -> str:
+        records, _ = _records(service, state_filter, toxicity)
+        return render.vein_to_vein_svg(
             model.vein_to_vein(records), selection=_selection(state_filter, toxicity)
         )
-    )
+
+    return _svg(read.drawn(service.log, ("vein-to-vein", state_filter, toxicity), draw))
 
 
 @get(
@@ -190,10 +199,15 @@ def report_html(
     state_filter: StateFilter = None,
     toxicity: FromQuery[bool] = False,
 ) -> Response[str]:
-    records, as_of = _records(service, state_filter, toxicity)
-    html = cohort_report(
-        records, as_of=as_of, selection=_selection(state_filter, toxicity), sort=_sort(sort)
-    )
+    order = _sort(sort)
+
+    def draw() -> str:
+        records, as_of = _records(service, state_filter, toxicity)
+        return cohort_report(
+            records, as_of=as_of, selection=_selection(state_filter, toxicity), sort=order
+        )
+
+    html = read.drawn(service.log, ("report", order, state_filter, toxicity), draw)
     return Response(html, media_type="text/html", headers={"Content-Security-Policy": REPORT_CSP})
 
 

@@ -152,3 +152,22 @@ def test_the_cohort_page_is_served_with_its_own_script_only(
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
     assert client.get("/static/cohort.js").status_code == 200
     assert client.get("/static/cohort.css").status_code == 200
+
+
+def test_a_figure_drawn_again_after_a_new_event_shows_it() -> None:
+    """The figures of one log position are drawn once; the next event draws them anew."""
+    from http_support import screen_body
+
+    with stack(demo=3) as s, TestClient(s.app) as client:
+
+        def not_infused() -> int:
+            r = client.get("/v1/cohort/figures/swimmer.svg", headers=s.auth("monitor"))
+            m = re.search(r"; (\d+) patients without a D1", r.text)
+            assert m, r.text[:500]
+            return int(m.group(1))
+
+        before = not_infused()
+        assert not_infused() == before  # the same answer from what was drawn
+        r = client.post("/v1/commands", json=screen_body("NEW-1"), headers=s.auth("clinician"))
+        assert r.status_code == 201, r.text
+        assert not_infused() == before + 1

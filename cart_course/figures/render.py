@@ -209,7 +209,8 @@ _ROW_OFFSET: Final = {"CRS": -0.3, "ICANS": 0.3}
 def swimmer_svg(model: Swimmer, *, selection: str = "all patients") -> str:
     n = len(model.bars)
     row = ROW_IN if n <= 60 else ROW_IN_MANY
-    top, bottom = 1.6, 0.65
+    top, bottom = (1.6 if n <= 40 else 1.85), 0.65  # a tall plot repeats the axis on top
+    scale = row / ROW_IN
     height = top + bottom + max(n, 1) * row
     width = 11.0
     name = "fig-swimmer"
@@ -276,7 +277,9 @@ def swimmer_svg(model: Swimmer, *, selection: str = "all patients") -> str:
             for (kind, grade, category), (xs, yv) in sorted(
                 groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, kv[0][2] or "")
             ):
-                ax.plot(xs, yv, linestyle="none", zorder=3, **_marker_style(kind, grade, category))
+                style = _marker_style(kind, grade, category)
+                style["markersize"] = style["markersize"] * scale  # smaller in narrower rows
+                ax.plot(xs, yv, linestyle="none", zorder=3, **style)
             ax.set_ylim(n - 0.4, -0.6)
             ax.set_yticks([])
             rows = ax.get_yaxis_transform()  # x: the axes' width, y: the rows

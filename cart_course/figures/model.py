@@ -388,7 +388,7 @@ def best_response(records: Iterable[PatientRecord]) -> Counts:
             tally[c.response if c.response in RESPONSES else NOT_ASSESSED] += 1
     numbers = sorted(by_course)
     return Counts(
-        title="Response by course",
+        title="Best response by course",
         x_label="course",
         groups=tuple(f"course {n}" for n in numbers),
         series=tuple(

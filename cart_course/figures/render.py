@@ -300,7 +300,8 @@ def swimmer_svg(model: Swimmer, *, selection: str = "all patients") -> str:
             fig.text(
                 0.1 / width,
                 1 - 0.5 / height,
-                f"{shown}; {selection}; sorted by {model.sort.replace('_', ' ')}",
+                f"{shown}; {selection}; sorted by {model.sort.replace('_', ' ')}; "
+                f"{model.not_infused} without a D1 not shown",
                 fontsize=8,
             )
             handles = [  # three columns of five (a legend fills its columns first)

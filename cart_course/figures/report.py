@@ -86,7 +86,7 @@ def cohort_report(
         ),
         _section(
             "best-response",
-            "Response by course",
+            "Best response by course",
             render.counts_svg(best, "fig-best-response", selection=selection),
             f"{best.patients} patients; {best.note}.",
             _table(*best.table(), "Patients by response, per course"),
@@ -112,7 +112,7 @@ def cohort_report(
         f'<li><a href="#{a}">{escape(t)}</a></li>'
         for a, t in (
             ("swimmer", "Swimmer plot"),
-            ("best-response", "Response by course"),
+            ("best-response", "Best response by course"),
             ("max-grade", "Maximum CRS and ICANS grade"),
             ("vein-to-vein", "Vein-to-vein time"),
         )

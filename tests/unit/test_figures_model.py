@@ -8,6 +8,8 @@ import random
 from collections.abc import Callable
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cart_course.contract import parse_command
 from cart_course.demo import _Patient, crs, icans, patient_commands
@@ -205,3 +207,39 @@ def test_select_keeps_the_boards_filters() -> None:
     assert [r.patient_id for r in model.select(records, toxicity=True)] == ["P-OPEN"]
     assert [r.patient_id for r in model.select(records, state="died")] == ["P-2"]
     assert model.select(records, state="screened") == []
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(min_value=1, max_value=10_000))
+def test_every_cohort_gives_figures_that_add_up(seed: int) -> None:
+    """Whatever the cohort: every marker lies on its bar, the swimmer's order holds, each
+    infused patient is counted once per syndrome, each course once."""
+    from cart_course.demo import cohort
+
+    svc = CourseService(open_application(parse_store_url("memory:")))
+    try:
+        svc.execute_batch([parse_command(c) for c in cohort(14, seed)])
+        records = cohort_records(svc.log)
+    finally:
+        svc.close()
+    figure = model.swimmer(records)
+    infused = [r for r in records if model.first_d1(r) is not None]
+    assert figure.total == len(infused) and figure.not_infused == len(records) - len(infused)
+    times = [b.time_on_study for b in figure.bars]
+    assert times == sorted(times, reverse=True)
+    by_id = {r.patient_id: r for r in records}
+    for bar in figure.bars:
+        record = by_id[bar.patient_id]
+        assert all(m.day <= bar.end_day for m in bar.markers)
+        fractions = sum(len(c.fractions) for c in record.courses)
+        assert len([m for m in bar.markers if m.kind == "fraction"]) == fractions
+        died = [m for m in bar.markers if m.kind == "death"]
+        assert bool(died) == (record.state == "died")
+        assert bar.ongoing == (
+            not died and record.state != "withdrawn" and not record.follow_up.get("lost")
+        )
+    grades = model.max_grades(records)
+    assert all(sum(s.counts) == len(infused) == grades.patients for s in grades.series)
+    best = model.best_response(records)
+    courses = sum(len(r.courses) for r in records)
+    assert sum(sum(s.counts) for s in best.series) == courses

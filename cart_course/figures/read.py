@@ -59,7 +59,7 @@ def cohort_as_of(log: EventLog) -> tuple[list[PatientRecord], str]:
 _DRAWN: weakref.WeakKeyDictionary[EventLog, tuple[int, dict[tuple[Any, ...], str]]] = (
     weakref.WeakKeyDictionary()
 )
-_DRAWN_MAX = 64
+_DRAWN_MAX = 32
 
 
 def drawn(log: EventLog, key: tuple[Any, ...], draw: Callable[[], str]) -> str:

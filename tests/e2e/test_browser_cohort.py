@@ -172,3 +172,23 @@ def test_toxicity_timeline_of_a_patient_with_crs(server: Server, browser: Any) -
     assert "CRS grade 3" in (page.locator("svg#fig-toxicity desc").text_content() or "")
     page.screenshot(path=str(ARTIFACTS / "toxicity-timeline.png"), full_page=True)
     assert _serious(page) == []
+
+
+def test_a_refused_token_is_sent_back_to_the_login_form(server: Server, browser: Any) -> None:
+    page = browser.new_page()
+    page.goto(server.url + "/cohort")
+    page.fill("#token", "cc_not-a-token")
+    page.click("#login-form button")
+    page.wait_for_function(
+        "() => document.querySelector('#login-error').textContent.includes('not accepted')"
+    )
+    assert page.locator("#cohort").is_hidden() and page.locator("#login").is_visible()
+    # an admin token is valid but may not read the figures: told which roles may
+    page.fill("#token", server.tokens["admin"])
+    page.click("#login-form button")
+    page.wait_for_selector("#c-refused h2")
+    text = page.locator("#c-refused").text_content() or ""
+    assert "cannot read the cohort figures" in text and "'admin'" in text
+    assert "clinician" in text and "monitor" in text and "auditor" in text
+    assert page.locator("#fig-swimmer-box").is_hidden()
+    page.screenshot(path=str(ARTIFACTS / "cohort-admin-refused.png"), full_page=True)

@@ -64,7 +64,8 @@
       box.innerHTML = await api(path);
     } catch (e) {
       if (e.status === 401) return;
-      box.innerHTML = `<p class="error">${esc(e.message)}${e.status === 403 ? " (the cohort figures are for clinician, monitor and auditor tokens)" : ""}</p>`;
+      if (e.status === 403) { refused = e; box.innerHTML = ""; return; }
+      box.innerHTML = `<p class="error">${esc(e.message)}</p>`;
     } finally {
       box.setAttribute("aria-busy", "false");
     }
@@ -87,8 +88,20 @@
     }
   }
 
+  let refused = null;
+
+  function showRefused(e) {
+    // one message for the page, not one per figure: the token's role may not read the figures
+    for (const box of document.querySelectorAll(".fig, .fig-row, #c-pager")) box.hidden = true;
+    $("#c-refused").hidden = false;
+    $("#c-refused").innerHTML = `<h2>This token cannot read the cohort figures</h2>
+      <p>The cohort figures and the report are for <b>clinician</b>, <b>monitor</b> and <b>auditor</b> tokens.
+      Log out and log in with one of those.</p><p class="small">The server said: ${esc(e.detail || e.message)}</p>`;
+  }
+
   async function load() {
     remember();
+    refused = null;
     $("#c-status").textContent = "drawing…";
     const q = query();
     await Promise.all([
@@ -98,6 +111,7 @@
       figure("fig-vein-to-vein", "/v1/cohort/figures/vein-to-vein.svg" + q),
     ]);
     $("#c-status").textContent = "";
+    if (refused) showRefused(refused);
   }
 
   async function openReport() {
@@ -117,8 +131,11 @@
   async function start() {
     $("#login").hidden = true; $("#cohort").hidden = false; $("#logout").hidden = false;
     $("#who").textContent = "logged in";
+    for (const box of document.querySelectorAll(".fig, .fig-row")) box.hidden = false;
+    $("#c-refused").hidden = true;
     let protocol;
     try { protocol = await api("/v1/protocol"); } catch (e) { protocol = { states: [] }; }
+    if (!token) return; // the token was refused (401): back at the login form
     const sel = $("#c-state");
     sel.innerHTML = '<option value="">all</option>' + protocol.states.map((s) => `<option>${esc(s)}</option>`).join("");
     sel.value = state.state;

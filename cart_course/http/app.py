@@ -28,6 +28,7 @@ from ..service import CourseService
 from ..storage import StoreSettings
 from ..tokens import TokenStore, open_token_store
 from . import admin, checkpoint_routes, commands, extras, ops, patients
+from . import figures as figure_routes
 from . import product as product_routes
 from .auth import token_guard
 from .common import BEARER, DEPENDENCIES, JSONRequest, check_query
@@ -56,6 +57,7 @@ ROUTES: list[Any] = [
     ops.metrics,
     ops.dashboard,
     *product_routes.ROUTES,
+    *figure_routes.ROUTES,  # the cohort's figures, its printable report and the Cohort page
 ]
 
 

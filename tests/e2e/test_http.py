@@ -312,7 +312,7 @@ def test_openapi_parameters_carry_the_servers_constraints(api) -> None:
 
 with stack() as _s:
     ROUTES = route_table(_s.app)
-PUBLIC = {"/health", "/ready", "/", "/static", "/schema"}
+PUBLIC = {"/health", "/ready", "/", "/static", "/schema", "/cohort"}
 SAMPLE = {"patient_id": "P-0001", "token_id": "nope", "command": "screen"}
 AUDIT_ROUTES = {
     "/v1/patients/{patient_id:str}/as-of",

@@ -47,6 +47,8 @@ ROUTES: list[Any] = [
     patients.get_events,
     patients.stream_events,
     patients.get_protocol,
+    patients.get_labels,
+    patients.get_me,
     admin.list_tokens,
     admin.add_token,
     admin.revoke_token,

@@ -110,6 +110,19 @@ TOXICITY_LABELS: Final[dict[str, str]] = {
 _NEXT = re.compile(r"^(?P<code>[a-z0-9_]+)(?::\s*(?P<choices>.*)|\s*\((?P<detail>.*)\))?$", re.S)
 
 
+_SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
+
+
+def cells_text(n: float | None) -> str:
+    """A cell count as people write it: 55000000 -> ``5.5 × 10⁷`` (two significant digits)."""
+    if n is None:
+        return "-"
+    if n == 0:
+        return "0"
+    mantissa, exponent = f"{n:.1e}".split("e")
+    return f"{mantissa} × 10{str(int(exponent)).translate(_SUPERSCRIPT)}"
+
+
 def state_label(state: str | None) -> str:
     """A state's words (an unknown state: as it is)."""
     return "" if state is None else STATE_LABELS.get(state, state)

@@ -47,7 +47,7 @@ function sci(n) {
   let m = Math.round((n / 10 ** e) * 10) / 10;
   if (Math.abs(m) >= 10) { m /= 10; e += 1; }
   const exp = String(e).replace("-", "⁻").replace(/\d/g, (d) => SUP[d]);
-  return `${m} × 10${exp}`;
+  return `${m.toFixed(1)} × 10${exp}`;
 }
 const pct = (part, whole) => (whole ? Math.round((100 * part) / whole) : null);
 
@@ -65,19 +65,24 @@ function timeZone() { return (app.me && app.me.site_time_zone) || Intl.DateTimeF
 function timeZoneNote() {
   return app.me && app.me.site_time_zone ? `Times in the site's time zone (${timeZone()}).` : `Times in your browser's time zone (${timeZone()}).`;
 }
-const DAY = new Intl.DateTimeFormat("en-GB", { timeZone: "UTC", day: "numeric", month: "short", year: "numeric" });
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 /** A calendar date ("2026-12-29" -> "29 Dec 2026"): a date, never shifted by a time zone. */
 function fmtDay(iso) {
   if (!iso) return "";
   const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(String(iso).slice(0, 10));
-  return m ? DAY.format(new Date(Date.UTC(+m[1], +m[2] - 1, +m[3]))) : String(iso);
+  return m ? `${+m[3]} ${MONTHS[+m[2] - 1]} ${m[1]}` : String(iso);
 }
+let timeFormat = null;
 /** A clinical or record time, in the display time zone: "26 Sep 2026, 16:12". */
 function fmtTime(iso) {
   if (!iso) return "";
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return String(iso);
-  return new Intl.DateTimeFormat("en-GB", { timeZone: timeZone(), day: "numeric", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit" }).format(d);
+  if (!timeFormat || timeFormat.resolvedOptions().timeZone !== timeZone()) {
+    timeFormat = new Intl.DateTimeFormat("en-GB", { timeZone: timeZone(), year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
+  }
+  const p = Object.fromEntries(timeFormat.formatToParts(d).map((x) => [x.type, x.value]));
+  return `${+p.day} ${MONTHS[+p.month - 1]} ${p.year}, ${p.hour}:${p.minute}`;
 }
 /** ISO dates and times inside a sentence, written as the rest of the page writes them. */
 function humanDates(text) {
@@ -92,6 +97,8 @@ function valueText(v) {
   if (typeof v === "boolean") return v ? "yes" : "no";
   if (Array.isArray(v)) return v.map(valueText).join(", ");
   if (typeof v === "object") {
+    const keys = Object.keys(v);
+    if (keys.length === 1) return valueText(v[keys[0]]);
     if ("value" in v && "unit" in v) {
       const unit = v.unit === "cells" ? "cells" : v.unit;
       const value = v.unit === "cells" || v.unit === "cells/kg" ? sci(v.value) : v.value;
@@ -99,6 +106,7 @@ function valueText(v) {
     }
     return Object.entries(v).filter(([, x]) => x != null).map(([k, x]) => `${words(k).toLowerCase()} ${valueText(x)}`).join(", ");
   }
+  if (typeof v === "string" && /^[a-z]+(_[a-z]+)+$/.test(v)) return v.replace(/_/g, " ");
   return humanDates(v);
 }
 /** An object as "Key: value" lines (HTML). */
@@ -360,7 +368,7 @@ async function loadBoard() {
   if (!$("#board")) return;
   app.board = rows;
   const sort = query.get("sort");
-  for (const th of document.querySelectorAll("#board th")) {
+  for (const th of document.querySelectorAll("#board thead th")) {
     const key = th.dataset.col;
     const dir = sort === key ? "ascending" : sort === "-" + key ? "descending" : null;
     dir ? th.setAttribute("aria-sort", dir) : th.removeAttribute("aria-sort");
@@ -374,10 +382,10 @@ async function loadBoard() {
     return `<tr class="${cls}" data-patient="${esc(r.patient_id)}">
       <th scope="row"><a href="#/patient/${encodeURIComponent(r.patient_id)}">${esc(r.patient_id)}</a></th>
       <td data-state="${esc(r.state)}">${esc(L.state(r.state))}</td><td>${r.course_number ? esc(r.course_number) : "–"}</td>
-      <td>${esc(humanDates(r.next_action_label || "–"))} ${attentionBadges(r)}</td><td>${due}</td>
-      <td>${dose(r.delivered_cells, r.planned_cells, r.delivered_cells_per_kg)}</td><td>${tox}</td>
+      <td>${esc(humanDates(r.next_action_label || "–"))} ${attentionBadges(r)}</td><td class="nowrap">${due}</td>
+      <td class="nowrap">${dose(r.delivered_cells, r.planned_cells, r.delivered_cells_per_kg)}</td><td>${tox}</td>
       <td>${r.response ? `<abbr title="${esc(L.response(r.response))}">${esc(r.response)}</abbr>` : "–"}</td>
-      <td class="small">${esc(fmtTime(r.last_occurred_at))}</td></tr>`;
+      <td class="small nowrap">${esc(fmtTime(r.last_occurred_at))}</td></tr>`;
   }).join("");
   const filtered = params.get("state") || FLAGS.some(([f]) => params.get(f)) || params.get("q");
   const total = counts ? Object.values(counts.state || {}).reduce((a, b) => a + b, 0) : null;
@@ -649,19 +657,29 @@ async function drawDiagram(protocol, moves, current) {
   let dagre;
   try { dagre = await loadDagre(); } catch (e) { box.textContent = "The diagram's layout library could not be loaded."; return; }
   const g = new dagre.graphlib.Graph({ multigraph: false });
-  g.setGraph({ rankdir: "LR", nodesep: 18, ranksep: 46, edgesep: 8, marginx: 8, marginy: 8 });
+  g.setGraph({ rankdir: "TB", nodesep: 22, ranksep: 30, edgesep: 8, marginx: 8, marginy: 8 });
   g.setDefaultEdgeLabel(() => ({}));
   const W = 150, H = 38;
   for (const s of protocol.states) g.setNode(s, { width: W, height: H });
   const taken = new Set(moves.map((m) => m.from_state + ">" + m.to_state));
   const visited = new Set(["candidate", ...moves.map((m) => m.to_state)]);
+  // States every other state may move to (withdrawal, death): their edges would cross the whole
+  // diagram, so they are drawn only where this patient took them, and the legend says so.
+  const sources = {};
+  for (const t of protocol.transitions) if (t.source !== t.dest) (sources[t.dest] = sources[t.dest] || new Set()).add(t.source);
+  const open = protocol.states.filter((s) => !protocol.terminal.includes(s)).length;
+  const anywhere = Object.keys(sources).filter((d) => sources[d].size >= open - 2);
   const triggers = {};
   for (const t of protocol.transitions) {
     if (t.source === t.dest) continue;
+    if (anywhere.includes(t.dest) && !taken.has(t.source + ">" + t.dest)) continue;
     const key = t.source + ">" + t.dest;
     (triggers[key] = triggers[key] || []).push(t.trigger);
     if (!g.hasEdge(t.source, t.dest)) g.setEdge(t.source, t.dest, { weight: taken.has(key) ? 4 : 1 });
   }
+  // the states reachable from anywhere sit below the course's ends (an edge that is not drawn)
+  const ends = protocol.terminal.filter((s) => !anywhere.includes(s));
+  for (const d of anywhere) if (!g.inEdges(d).length) for (const e of ends) g.setEdge(e, d, { hidden: true, weight: 0 });
   dagre.layout(g);
   const size = g.graph();
   const path = (pts) => {
@@ -672,6 +690,7 @@ async function drawDiagram(protocol, moves, current) {
   };
   let faint = "", strong = "";
   for (const e of g.edges()) {
+    if (g.edge(e).hidden) continue;
     const key = e.v + ">" + e.w;
     const isTaken = taken.has(key);
     const svg = `<path class="edge${isTaken ? " taken" : ""}" data-edge="${esc(key)}" d="${path(g.edge(e).points)}" marker-end="url(#${isTaken ? "arrow-strong" : "arrow"})"><title>${esc(triggers[key].map(L.action).join(" / "))}</title></path>`;
@@ -687,10 +706,10 @@ async function drawDiagram(protocol, moves, current) {
   }).join("");
   box.innerHTML = `<svg xmlns="http://www.w3.org/2000/svg" width="${Math.ceil(size.width)}" height="${Math.ceil(size.height)}" viewBox="0 0 ${Math.ceil(size.width)} ${Math.ceil(size.height)}" role="img" aria-labelledby="diagram-title">
     <title id="diagram-title">State diagram of the protocol; this patient's path drawn strong, now: ${esc(L.state(current))}</title>
-    <defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#b4bcc6"></path></marker>
-    <marker id="arrow-strong" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="5" markerHeight="5" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#174ea6"></path></marker></defs>
+    <defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#b4bcc6"></path></marker>
+    <marker id="arrow-strong" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="11" markerHeight="11" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#174ea6"></path></marker></defs>
     ${faint}${strong}${nodes}</svg>
-    <p class="small legend"><span class="key strong"></span> this patient's path <span class="key faint"></span> other moves the protocol allows <span class="key now"></span> now</p>`;
+    <p class="small legend"><span class="key strong"></span> this patient's path <span class="key faint"></span> other moves the protocol allows <span class="key now"></span> now${anywhere.length ? ` · ${esc(anywhere.map(L.state).join(" and "))}: reachable from any state (drawn only when taken)` : ""}</p>`;
 }
 
 // -------------------------------------------------------------------------------------------

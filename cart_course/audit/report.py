@@ -19,7 +19,7 @@ h1{font-size:18px}h2{font-size:14px;border-bottom:1px solid #999;margin-top:1.6e
 table{border-collapse:collapse;width:100%}td,th{border:1px solid #bbb;padding:3px 5px;
 vertical-align:top;text-align:left}th{background:#eee}.ok{color:#060}.bad{color:#a00;font-weight:bold}
 .small{font-size:10px;color:#444;word-break:break-all}
-dl{margin:0}dt{display:inline;color:#444}dd{display:inline;margin:0 .6em 0 .2em}dd dl{display:inline}
+dl{margin:0}dt{display:inline;color:#444}dd{display:inline;margin:0}.move{font-size:10px;color:#444}dl dl{margin-left:1.5em}
 @media print{body{margin:0}h2{page-break-after:avoid}tr{page-break-inside:avoid}}
 """
 
@@ -32,24 +32,31 @@ def _words(key: str) -> str:
     return key.replace("_", " ")
 
 
-def readable(value: Any) -> str:
-    """A recorded value in full, as nested "key: value" lists (never truncated: an auditor
-    reads what was entered); a value with its unit reads as "3.8 g/L"."""
+def readable(value: Any, *, depth: int = 0) -> str:
+    """A recorded value in full, one "key: value" line per entered field, nested values in
+    parentheses (never truncated: an auditor reads what was entered); a value with its unit
+    reads as "3.8 g/L", a lab value with its limit as "50 U/L (upper limit 40 U/L)"."""
     if value is None:
         return "&ndash;"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, dict):
-        if set(value) == {"value", "unit"}:
-            return f"{escape(str(value['value']))} {escape(str(value['unit']))}"
+        if {"value", "unit"} <= set(value) and set(value) <= {"value", "unit", "uln", "uln_unit"}:
+            text = f"{value['value']} {value['unit']}"
+            if "uln" in value:
+                text += f" (upper limit {value['uln']} {value.get('uln_unit') or ''})".rstrip()
+            return escape(text.replace(" )", ")"))
         items = [
-            f"<dt>{escape(_words(str(k)))}:</dt><dd>{readable(v)}</dd>"
+            (escape(_words(str(k))), readable(v, depth=depth + 1))
             for k, v in value.items()
             if v is not None and v != [] and v != {}
         ]
-        return f"<dl>{''.join(items)}</dl>" if items else ""
+        if depth < 2:  # two levels as lines (a screening's labs), deeper ones in parentheses
+            lines = "".join(f"<div><dt>{k}:</dt> <dd>{v}</dd></div>" for k, v in items)
+            return f"<dl>{lines}</dl>" if items else ""
+        return "(" + "; ".join(f"{k}: {v}" for k, v in items) + ")"
     if isinstance(value, list):
-        return "; ".join(readable(v) for v in value)
+        return ", ".join(readable(v, depth=2) for v in value)
     return escape(str(value))
 
 
@@ -73,7 +80,7 @@ def path_svg(events: Iterable[LoggedEvent]) -> str:
         if e.kind == MOVED and e.get("to_state") != e.get("from_state"):
             trigger = str(e.get("trigger"))
             steps.append((str(e.get("to_state")), f"v{e.version} {DONE_LABELS.get(trigger, trigger)}"))
-    box_w, box_h, gap = 170, 26, 34
+    box_w, box_h, gap = 240, 26, 34
     height = len(steps) * (box_h + gap)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="420" height="{height}" '
@@ -83,9 +90,9 @@ def path_svg(events: Iterable[LoggedEvent]) -> str:
         y = i * (box_h + gap)
         if i:
             parts.append(
-                f'<line x1="85" y1="{y - gap}" x2="85" y2="{y - 4}" stroke="#333"/>'
-                f'<polygon points="80,{y - 9} 90,{y - 9} 85,{y - 1}" fill="#333"/>'
-                f'<text x="95" y="{y - gap / 2 + 4}" font-size="11">{escape(label)}</text>'
+                f'<line x1="40" y1="{y - gap}" x2="40" y2="{y - 4}" stroke="#333"/>'
+                f'<polygon points="35,{y - 9} 45,{y - 9} 40,{y - 1}" fill="#333"/>'
+                f'<text x="50" y="{y - gap / 2 + 4}" font-size="11">{escape(label)}</text>'
             )
         parts.append(
             f'<rect x="0" y="{y}" width="{box_w}" height="{box_h}" rx="6" fill="#f4f4ff" '
@@ -209,7 +216,7 @@ def html_report(
         what = escape(DONE_LABELS.get(move, move))
         if r["from_state"] and r["from_state"] != r["to_state"]:
             what += (
-                f"<br><span class='small'>{escape(state_label(r['from_state']))} &rarr; "
+                f"<br><span class='move'>{escape(state_label(r['from_state']))} &rarr; "
                 f"{escape(state_label(r['to_state']))}</span>"
             )
         entered = r["payload"] or r["changes"]
@@ -218,7 +225,7 @@ def html_report(
         out.append(
             f"<tr><td>{r['version']}</td><td>{_when(r['recorded_at'])}</td>"
             f"<td>{_when(r['occurred_at'])}</td><td>{_cell(r['actor'])} ({_cell(r['role'])})</td>"
-            f"<td>{what}<br><span class='small'>{escape(str(r['event']))}</span></td>"
+            f"<td>{what}<br><span class='move'>{escape(str(r['event']))}</span></td>"
             f"<td>{_cell(r['reason'] or '')}</td><td>{'<br>'.join(details)}</td></tr>"
         )
     out.append("</table></body></html>\n")

@@ -79,7 +79,9 @@ def path_svg(events: Iterable[LoggedEvent]) -> str:
     for e in events:
         if e.kind == MOVED and e.get("to_state") != e.get("from_state"):
             trigger = str(e.get("trigger"))
-            steps.append((str(e.get("to_state")), f"v{e.version} {DONE_LABELS.get(trigger, trigger)}"))
+            steps.append(
+                (str(e.get("to_state")), f"v{e.version} {DONE_LABELS.get(trigger, trigger)}")
+            )
     box_w, box_h, gap = 240, 26, 34
     height = len(steps) * (box_h + gap)
     parts = [

@@ -103,7 +103,8 @@ def board_sort_query() -> ParameterKwarg:
     keys = [*BOARD_SORTS, *(f"-{k}" for k in BOARD_SORTS)]
     return QueryParameter(
         name="sort",
-        description="Order of the rows: attention (needs attention first), patient, state, "
+        description="Order of the rows: attention (needs attention first), patient, state (in the "
+        "protocol's order), "
         "course, next_action, due, dose (% of plan), toxicity, response, last_event; '-' in "
         "front for descending; empty values last",
         schema_extra=_documented(type=OpenAPIType.STRING, enum=keys),

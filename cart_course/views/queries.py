@@ -15,6 +15,7 @@ import datetime as dt
 from typing import Any
 
 from ..protocol.parameters import DEFAULT_PARAMETERS
+from ..protocol.states import State as CourseState
 from ..protocol.versions import UnknownProtocolVersionError, get_version
 from .projection import BOARD_COLUMNS
 from .store import ViewDB
@@ -293,6 +294,10 @@ def attention(db: ViewDB, now: Moment = None) -> dict[str, int]:
     }
 
 
+#: States sort in the protocol's order (screening first, the ends last), not alphabetically.
+_STATE_ORDER: dict[str, int] = {s.value: i for i, s in enumerate(CourseState)}
+
+
 def _text_key(value: Any) -> tuple[int, str]:
     """Empty values last, whatever the direction."""
     return (1, "") if value in (None, "") else (0, str(value).lower())
@@ -328,7 +333,7 @@ def attention_key(row: dict[str, Any]) -> tuple[Any, ...]:
 BOARD_SORTS: dict[str, Any] = {
     "attention": attention_key,
     "patient": lambda r: str(r["patient_id"]),
-    "state": lambda r: _text_key(r.get("state")),
+    "state": lambda r: _number_key(_STATE_ORDER.get(str(r.get("state")))),
     "course": lambda r: _number_key(r.get("course_number")),
     "next_action": lambda r: _text_key(r.get("next_action")),
     "due": lambda r: _text_key(r.get("due_on")),

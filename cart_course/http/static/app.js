@@ -154,12 +154,17 @@ async function start() {
   route();
 }
 
-window.addEventListener("hashchange", route);
-window.addEventListener("popstate", route);
+// A link to another page fires popstate and hashchange; back and forward after pushState fire
+// popstate only: route once per change of address.
+let routed = null;
+const onAddress = () => { if (location.href !== routed) route(); };
+window.addEventListener("hashchange", onAddress);
+window.addEventListener("popstate", onAddress);
 
 function route() {
   if (!app.token) return logout("");
   if (!app.me) return;
+  routed = location.href;
   if (!app.me.may_view_board) return showRolePage();
   const [path, query] = (location.hash || "#/board").slice(1).split("?");
   const parts = path.slice(1).split("/").map(decodeURIComponent);
@@ -168,10 +173,14 @@ function route() {
   return showBoard(new URLSearchParams(query || ""));
 }
 
+// After a move to another page of the dashboard, the keyboard starts at its heading (the first
+// page of a visit keeps the browser's start: the skip link first).
+let firstPage = true;
 function focusMain(title) {
   document.title = title + " — cart-course";
   const h1 = $("#view h1");
-  if (h1 && document.activeElement && !$("#view").contains(document.activeElement)) { h1.tabIndex = -1; h1.focus({ preventScroll: true }); }
+  if (!firstPage && h1 && !$("#view").contains(document.activeElement)) { h1.tabIndex = -1; h1.focus({ preventScroll: true }); }
+  firstPage = false;
 }
 
 // Admin and service tokens: what they are for, and where to go.
@@ -283,6 +292,7 @@ function setBoardParams(params, push) {
   const hash = "#/board" + (q ? "?" + q : "");
   if (location.hash === hash) return;
   if (push) history.pushState(null, "", hash); else history.replaceState(null, "", hash);
+  routed = location.href; // this page shows it already
 }
 /** The server's query for the board's filters and order (the CSV export sends the same). */
 function serverQuery(params) {
@@ -390,6 +400,7 @@ async function loadBoard() {
   const filtered = params.get("state") || FLAGS.some(([f]) => params.get(f)) || params.get("q");
   const total = counts ? Object.values(counts.state || {}).reduce((a, b) => a + b, 0) : null;
   const order = sort === "attention" ? "needs attention first" : `by ${COLUMNS.find(([k]) => k === sort.replace("-", ""))[1].toLowerCase()}${sort.startsWith("-") ? ", descending" : ""}`;
+  if (!performance.getEntriesByName("board-interactive").length) performance.mark("board-interactive"); // the board is drawn and its controls work
   $("#board-status").textContent = (filtered && total != null ? `${plural(rows.length, "patient")} of ${total} shown` : plural(rows.length, "patient")) + ` · sorted ${order}`;
   if (counts && counts.attention) {
     const a = counts.attention;

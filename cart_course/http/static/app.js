@@ -61,7 +61,8 @@ function dose(delivered, planned, perKg) {
 
 // The time zone dates are written in: the site's when the server names one (me.site_time_zone,
 // once sites exist), else the browser's. Said once, in the page's footer line.
-function timeZone() { return (app.me && app.me.site_time_zone) || Intl.DateTimeFormat().resolvedOptions().timeZone; }
+const BROWSER_TZ = Intl.DateTimeFormat().resolvedOptions().timeZone;
+function timeZone() { return (app.me && app.me.site_time_zone) || BROWSER_TZ; }
 function timeZoneNote() {
   return app.me && app.me.site_time_zone ? `Times in the site's time zone (${timeZone()}).` : `Times in your browser's time zone (${timeZone()}).`;
 }
@@ -78,8 +79,9 @@ function fmtTime(iso) {
   if (!iso) return "";
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return String(iso);
-  if (!timeFormat || timeFormat.resolvedOptions().timeZone !== timeZone()) {
+  if (!timeFormat || timeFormat.zone !== timeZone()) {
     timeFormat = new Intl.DateTimeFormat("en-GB", { timeZone: timeZone(), year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
+    timeFormat.zone = timeZone();
   }
   const p = Object.fromEntries(timeFormat.formatToParts(d).map((x) => [x.type, x.value]));
   return `${+p.day} ${MONTHS[+p.month - 1]} ${p.year}, ${p.hour}:${p.minute}`;
@@ -140,15 +142,17 @@ $("#login-form").addEventListener("submit", async (ev) => {
 $("#logout").addEventListener("click", () => logout(""));
 
 async function start() {
+  const labels = api("/v1/protocol/labels").catch(() => null); // 403 for admin/service tokens
   try { if (!app.me) app.me = await api("/v1/me"); } catch (e) { return; }
   $("#login").hidden = true; $("#logout").hidden = false;
   const me = app.me;
   $("#who").innerHTML = `Logged in as <b>${esc(me.name || me.actor)}</b> <span class="role">${esc(me.role)}</span>`;
   $("#nav").innerHTML = me.may_view_board ? `<a href="#/board" id="nav-board">Board</a>` : "";
   if (me.may_read_patients && me.may_view_board) {
-    try { app.labels = await api("/v1/protocol/labels"); } catch (e) { /* shown as identifiers */ }
+    app.labels = await labels; // (none: identifiers shown as they are)
     startLive();
   } else {
+    labels.catch(() => null);
     setLive(false, "Live updates are for clinician, monitor and auditor tokens");
   }
   route();
@@ -318,6 +322,7 @@ async function showBoard(params) {
     </form>
     <p class="small" id="board-status" aria-live="polite"></p>
     <div class="table-wrap"><table id="board"><caption class="visually-hidden">Patients</caption>
+      <colgroup>${COLUMNS.map(([key]) => `<col class="c-${key}">`).join("")}</colgroup>
       <thead><tr>${COLUMNS.map(([key, label]) => `<th scope="col" data-col="${key}"><button type="button" class="sort" data-sort="${key}">${esc(label)}<span class="arrow" aria-hidden="true"></span></button></th>`).join("")}</tr></thead>
       <tbody></tbody></table></div>
     <p class="small">${esc(timeZoneNote())} Doses count CAR-positive viable T cells; hover a dose for cells per kg.</p>`;
@@ -387,11 +392,11 @@ async function loadBoard() {
   $("#board tbody").innerHTML = rows.map((r) => {
     const cls = [r.overdue ? "overdue" : "", r.open_toxicities > 0 ? "toxicity" : "", r.hold ? "hold" : ""].join(" ").trim();
     const tox = r.open_toxicities > 0
-      ? `<span class="badge ${r.severe_open ? "bad" : "warn"}">${esc(plural(r.open_toxicities, "open episode"))}, grade ${esc(r.max_open_grade)}</span>` : "";
+      ? `<span class="badge ${r.severe_open ? "bad" : "warn"}">grade ${esc(r.max_open_grade)}${r.open_toxicities > 1 ? ` · ${esc(plural(r.open_toxicities, "episode"))}` : ""}</span>` : "";
     const due = r.due_on ? fmtDay(r.due_on) : "–";
     return `<tr class="${cls}" data-patient="${esc(r.patient_id)}">
       <th scope="row"><a href="#/patient/${encodeURIComponent(r.patient_id)}">${esc(r.patient_id)}</a></th>
-      <td data-state="${esc(r.state)}">${esc(L.state(r.state))}</td><td>${r.course_number ? esc(r.course_number) : "–"}</td>
+      <td data-state="${esc(r.state)}">${esc(r.state_label || L.state(r.state))}</td><td>${r.course_number ? esc(r.course_number) : "–"}</td>
       <td>${esc(humanDates(r.next_action_label || "–"))} ${attentionBadges(r)}</td><td class="nowrap">${due}</td>
       <td class="nowrap">${dose(r.delivered_cells, r.planned_cells, r.delivered_cells_per_kg)}</td><td>${tox}</td>
       <td>${r.response ? `<abbr title="${esc(L.response(r.response))}">${esc(r.response)}</abbr>` : "–"}</td>

@@ -22,6 +22,8 @@ import pytest
 from http_support import free_port, screen_body
 from server_support import CLI, Server
 
+from bench.bench_dashboard import load_board
+
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 AXE = Path(__file__).resolve().parent / "vendor" / "axe-core-4.10.3" / "axe.min.js"
@@ -481,41 +483,7 @@ def test_board_of_1000_patients_weight_and_time_to_interactive(
     try:
         warm = httpx.get(server.url + "/v1/board", headers=_auth(server, "monitor"), timeout=60)
         assert len(warm.json()) == 1000  # the views caught up, as on a running server
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        pg = context.new_page()
-        pg.goto(server.url + "/")
-        pg.evaluate("t => sessionStorage.setItem('cart-course-token', t)", server.tokens["monitor"])
-        figures = []
-        for run in range(3):
-            pg.goto(f"{server.url}/?run={run}#/board")  # a new page load each time
-            pg.wait_for_function(
-                "() => performance.getEntriesByName('board-interactive').length === 1",
-                timeout=30_000,
-            )
-            figures.append(
-                pg.evaluate(
-                    """() => {
-                  const nav = performance.getEntriesByType('navigation')[0];
-                  const paint = performance.getEntriesByName('first-contentful-paint')[0];
-                  const resources = performance.getEntriesByType('resource');
-                  const bytes = resources.reduce((a, r) => a + r.transferSize, nav.transferSize);
-                  const body = resources.reduce((a, r) => a + r.decodedBodySize, nav.decodedBodySize);
-                  const board = resources.find((r) => r.name.includes('/v1/board'));
-                  return {
-                    rows: document.querySelectorAll('#board tbody tr').length,
-                    first_contentful_paint_ms: paint ? Math.round(paint.startTime) : null,
-                    interactive_ms: Math.round(performance.getEntriesByName('board-interactive')[0].startTime),
-                    dom_content_loaded_ms: Math.round(nav.domContentLoadedEventEnd),
-                    transferred_bytes: bytes,
-                    decoded_bytes: body,
-                    board_json_bytes: board ? board.decodedBodySize : null,
-                    board_request_ms: board ? Math.round(board.duration) : null,
-                    requests: resources.length + 1,
-                  };
-                }"""
-                )
-            )
-        context.close()
+        figures = load_board(browser, server.url, server.tokens["monitor"])
     finally:
         server.stop()
     ARTIFACTS.mkdir(exist_ok=True)

@@ -19,9 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Litestar, Router
+from litestar.config.compression import CompressionConfig
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
-from litestar.config.compression import CompressionConfig
 from litestar.static_files import create_static_files_router
 
 from ..bootstrap import Settings, build_service
@@ -117,9 +117,7 @@ def create_app(
         openapi_config=openapi_config(),
         # the board of a large cohort (about 1 KB a patient in JSON) is gzipped for clients that
         # accept it; nothing else is (streams, exports and the rest stay as they are)
-        compression_config=CompressionConfig(
-            backend="gzip", minimum_size=4096, exclude=BOARD_ONLY
-        ),
+        compression_config=CompressionConfig(backend="gzip", minimum_size=4096, exclude=BOARD_ONLY),
         debug=False,
     )
     app.asgi_handler = security_headers(head_as_get(app.asgi_handler))

@@ -483,12 +483,34 @@ async function showPatient(pid) {
   mountQueries(pid);
 }
 
+/** Why the next action is due when it is, from the record (the protocol's schedule). */
+function dueWhy(s, row) {
+  const code = String(row.next_action || "").split(/[ :(]/)[0];
+  const c = s.current_course;
+  const days = (a, b) => Math.round((Date.parse(b) - Date.parse(a)) / 864e5);
+  if (code === "assess_response" && c && c.started_on && row.due_on) {
+    return `the response is assessed ${plural(days(c.started_on, row.due_on), "day")} after D1 (${fmtDay(c.started_on)})${c.cancelled ? "; the remaining fractions were cancelled" : ""}`;
+  }
+  if (/^infuse_d[23]$/.test(code) && c && c.fractions.length && row.due_on) {
+    const last = c.fractions[c.fractions.length - 1];
+    return `D${last.day + 1} follows D${last.day} (${fmtDay(last.given_on)}) after ${plural(days(last.given_on, row.due_on), "day")}`;
+  }
+  if (code === "decide" && c && c.assessed_on && row.due_on) {
+    return `the decision after the response assessment (${fmtDay(c.assessed_on)}) is due within ${plural(days(c.assessed_on, row.due_on), "day")}`;
+  }
+  if (code === "record_follow_up") return "the next visit of the follow-up schedule, due by the end of its window";
+  if (code === "record_sae_report") return "a serious adverse event's reporting clock";
+  if (code === "resolve_toxicity") return "an open toxicity holds the remaining fractions";
+  return "";
+}
+
 function dueSection(s, row) {
   const items = [];
   if (row && row.next_action) {
     const due = row.due_on ? ` by ${fmtDay(row.due_on)}` : "";
     const late = row.overdue ? ` <span class="badge warn">${esc(plural(row.days_overdue, "day"))} overdue</span>` : "";
-    items.push(`<li><b>${esc(humanDates(row.next_action_label))}</b>${esc(due)}${late}</li>`);
+    const why = dueWhy(s, row);
+    items.push(`<li><b>${esc(humanDates(row.next_action_label))}</b>${esc(due)}${late}${why ? `<br><span class="small">Why: ${esc(why)}.</span>` : ""}</li>`);
   } else if (s.ended) {
     items.push(`<li>Nothing due: ${esc(L.state(s.ended.state))} on ${esc(fmtTime(s.ended.occurred_at))}${s.ended.reason ? ` (${esc(s.ended.reason)})` : ""}.</li>`);
   }

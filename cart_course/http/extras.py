@@ -305,6 +305,7 @@ class BoardFilter:
     toxicity: bool = False
     hold: bool = False
     awaiting: bool = False
+    sae: bool = False
     contains: str | None = None
     sort: str | None = None
 
@@ -345,6 +346,7 @@ def _board_rows(
                 toxicity=f.toxicity,
                 hold=f.hold,
                 awaiting=f.awaiting,
+                action="record_sae_report" if f.sae else None,
                 contains=f.contains,
                 limit=None if f.sort else limit,
                 after=after,
@@ -391,6 +393,7 @@ def get_board(
     toxicity: FromQuery[bool] = False,
     hold: Annotated[bool, QueryParameter(description="Fractions held for toxicity")] = False,
     awaiting: Annotated[bool, QueryParameter(description="A response assessment is due")] = False,
+    sae: Annotated[bool, QueryParameter(description="An SAE report is due")] = False,
     contains: Annotated[str | None, contains_query()] = None,
     sort: Annotated[str | None, board_sort_query()] = None,
     limit: Annotated[int | None, integer_query(1, MAX_BOARD_PAGE)] = None,
@@ -415,6 +418,7 @@ def get_board(
         toxicity=toxicity,
         hold=hold,
         awaiting=awaiting,
+        sae=sae,
         contains=contains,
         sort=sort,
     )
@@ -494,6 +498,7 @@ def get_board_csv(
     toxicity: FromQuery[bool] = False,
     hold: Annotated[bool, QueryParameter(description="Fractions held for toxicity")] = False,
     awaiting: Annotated[bool, QueryParameter(description="A response assessment is due")] = False,
+    sae: Annotated[bool, QueryParameter(description="An SAE report is due")] = False,
     contains: Annotated[str | None, contains_query()] = None,
     sort: Annotated[str | None, board_sort_query()] = None,
 ) -> Response[str]:
@@ -503,6 +508,7 @@ def get_board_csv(
         toxicity=toxicity,
         hold=hold,
         awaiting=awaiting,
+        sae=sae,
         contains=contains,
         sort=sort,
     )

@@ -101,6 +101,9 @@ def test_counts_say_what_needs_action_as_the_filters_find_it(
     assert attention["open_toxicity"] == len(board(api, "?toxicity=true")) > 0
     assert attention["hold"] == len(board(api, "?hold=true"))
     assert attention["awaiting_assessment"] == len(board(api, "?awaiting=true")) > 0
+    sae = board(api, "?sae=true")
+    assert attention["sae_report_due"] == len(sae)
+    assert all(r["next_action"].startswith("record_sae_report (") for r in sae)
 
 
 def test_rows_carry_the_protocols_words_and_cells_per_kg(

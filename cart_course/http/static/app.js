@@ -281,6 +281,7 @@ const FLAGS = [
   ["toxicity", "Open toxicity", "open_toxicity"],
   ["hold", "Fractions held", "hold"],
   ["awaiting", "Awaiting response assessment", "awaiting_assessment"],
+  ["sae", "SAE report due", "sae_report_due"],
 ];
 const COLUMNS = [
   ["patient", "Patient"], ["state", "State"], ["course", "Course"], ["next_action", "Next action"], ["due", "Due"],
@@ -409,11 +410,9 @@ async function loadBoard() {
   $("#board-status").textContent = (filtered && total != null ? `${plural(rows.length, "patient")} of ${total} shown` : plural(rows.length, "patient")) + ` · sorted ${order}`;
   if (counts && counts.attention) {
     const a = counts.attention;
-    const cards = FLAGS.map(([f, label, key]) => [f, label, a[key]]);
-    if (a.sae_report_due) cards.unshift(["sae", "SAE report due", a.sae_report_due]);
-    $("#cards").innerHTML = cards.map(([f, label, n]) => f === "sae"
-      ? `<a class="card bad" href="#/board?sort=attention"><b>${n}</b>${esc(label)}</a>`
-      : `<button type="button" class="card${n ? " active-count" : ""}" data-flag="${f}" aria-pressed="${params.get(f) ? "true" : "false"}"><b>${n}</b>${esc(label)}</button>`).join("");
+    // the SAE card only when a report is due (or its filter is on)
+    const cards = FLAGS.map(([f, label, key]) => [f, label, a[key]]).filter(([f, , n]) => f !== "sae" || n || params.get(f));
+    $("#cards").innerHTML = cards.map(([f, label, n]) => `<button type="button" class="card${n ? " active-count" : ""}${f === "sae" ? " bad" : ""}" data-flag="${f}" aria-pressed="${params.get(f) ? "true" : "false"}"><b>${n}</b>${esc(label)}</button>`).join("");
     for (const b of document.querySelectorAll("#cards button")) b.onclick = () => {
       const q = boardParams();
       q.get(b.dataset.flag) ? q.delete(b.dataset.flag) : q.set(b.dataset.flag, "1");

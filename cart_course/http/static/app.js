@@ -147,7 +147,8 @@ async function start() {
   $("#login").hidden = true; $("#logout").hidden = false;
   const me = app.me;
   $("#who").innerHTML = `Logged in as <b>${esc(me.name || me.actor)}</b> <span class="role">${esc(me.role)}</span>`;
-  $("#nav").innerHTML = me.may_view_board ? `<a href="#/board" id="nav-board">Board</a>` : "";
+  // the Cohort page (its figures) is served at /cohort by the figures' routes
+  $("#nav").innerHTML = me.may_view_board ? `<a href="#/board" id="nav-board">Board</a> <a href="/cohort" id="nav-cohort">Cohort</a>` : "";
   if (me.may_read_patients && me.may_view_board) {
     app.labels = await labels; // (none: identifiers shown as they are)
     startLive();

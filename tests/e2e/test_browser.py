@@ -304,8 +304,16 @@ def test_patient_page_with_crs_summary_first(server: Server, page: Any) -> None:
     assert "{" not in timeline and '":' not in timeline
     assert "Cytokine release syndrome (CRS) grade 3" in timeline
     assert "Reason: severe cytokine release syndrome (grade 3)" in timeline
-    # the toxicity figure's route does not exist here: nothing shown
-    assert page.locator("#toxicity-timeline").is_hidden()
+    # the toxicity timeline: drawn inline when the server has the figure, else nothing shown
+    figure = httpx.get(
+        server.url + "/v1/patients/P-0006/figures/toxicity.svg", headers=_auth(server, "auditor")
+    )
+    if figure.status_code == 404:
+        assert page.locator("#toxicity-timeline").is_hidden()
+    else:
+        assert figure.status_code == 200
+        page.wait_for_selector("#toxicity-timeline svg")
+        assert page.locator("#toxicity-timeline").is_visible()
     # an auditor may open the audit report
     assert page.locator("#report-link").is_visible()
     shot(page, "patient-crs.png")

@@ -454,7 +454,7 @@ async function showPatient(pid) {
     $("#p-body").innerHTML = `<p class="error" role="alert">${esc(e.status === 404 ? `There is no patient ${pid}.` : e.message)}</p>`; return;
   }
   const moves = history.filter((e) => e.to_state && e.from_state && e.to_state !== e.from_state);
-  const links = [app.me.may_audit ? `<a id="report-link" href="#/report/${enc}">Audit report</a>` : ""].filter(Boolean);
+  const links = [app.me.may_audit ? `<a id="report-link" href="#/report/${enc}">Audit report</a>` : "", `<button type="button" id="p-print" class="link no-print">Print</button>`].filter(Boolean);
   $("#p-body").innerHTML = `
     <p class="lede"><span class="badge state" id="p-state" data-state="${esc(summary.state)}">${esc(L.state(summary.state))}</span>
       ${summary.course_number ? `course ${esc(summary.course_number)}` : "no course yet"} · protocol ${esc(summary.protocol_version || "–")} · ${esc(plural(summary.version, "recorded event"))}
@@ -477,6 +477,7 @@ async function showPatient(pid) {
       <div class="table-wrap"><table id="timeline"><thead><tr><th scope="col">When (clinical)</th><th scope="col">What</th><th scope="col">Details</th><th scope="col">Who</th><th scope="col">Recorded</th></tr></thead><tbody>
       ${history.map(timelineRow).join("")}</tbody></table></div>
       <p class="small">${esc(timeZoneNote())}</p></section>`;
+  $("#p-print").onclick = () => window.print();
   focusMain("Patient " + pid);
   toxicityFigure(pid);
   drawDiagram(protocol, moves, summary.state);
@@ -554,7 +555,8 @@ function coursesSection(s, history) {
       const why = c.cancelled ? `not given: ${c.cancel_reason || "remaining fractions cancelled"}` : "not given yet";
       rows.push(`<tr class="muted"><th scope="row">D${day}</th><td colspan="6">${esc(why)} (plan ${esc(sci(c.fraction_plan[day - 1]))} cells)</td></tr>`);
     }
-    const decision = c.decision ? ` · decision: ${esc(L.state(c.decision) || c.decision)}` : "";
+    const response = c.response ? ` · response: <abbr title="${esc(L.response(c.response))}">${esc(c.response)}</abbr>` : "";
+    const decision = response + (c.decision ? ` · decision: ${esc(L.state(c.decision) || c.decision)}` : "");
     return `<h3>Course ${esc(c.number)}</h3>
       <p>Weight ${esc(c.weight_kg)} kg · plan ${esc(sci(c.planned_total_cells))} cells (${esc(sci(c.planned_total_cells / c.weight_kg))} cells/kg) · delivered ${dose(c.delivered_cells, c.planned_total_cells, c.delivered_cells / c.weight_kg)}${decision}</p>
       <div class="table-wrap"><table class="fractions"><thead><tr><th scope="col">Day</th><th scope="col">Date</th><th scope="col">Cells</th><th scope="col">Cells/kg</th><th scope="col">% of plan</th><th scope="col">Lot / bag</th><th scope="col">Deviations</th></tr></thead>

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from ..protocol.labels import next_action_label
 from ..protocol.parameters import DEFAULT_PARAMETERS
 from ..protocol.states import State as CourseState
 from ..protocol.versions import UnknownProtocolVersionError, get_version
@@ -335,7 +336,7 @@ BOARD_SORTS: dict[str, Any] = {
     "patient": lambda r: str(r["patient_id"]),
     "state": lambda r: _number_key(_STATE_ORDER.get(str(r.get("state")))),
     "course": lambda r: _number_key(r.get("course_number")),
-    "next_action": lambda r: _text_key(r.get("next_action")),
+    "next_action": lambda r: _text_key(next_action_label(r.get("next_action"))),  # as shown
     "due": lambda r: _text_key(r.get("due_on")),
     "dose": lambda r: _number_key(_dose_share(r)),
     "toxicity": lambda r: _number_key(

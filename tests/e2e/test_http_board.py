@@ -71,6 +71,11 @@ def test_every_column_sorts_both_ways_with_empty_values_last(
         assert {r["patient_id"] for r in down[-len(empty) :]} == set(empty)
 
 
+def test_next_actions_sort_by_their_words(api: tuple[Stack, TestClient[Any]]) -> None:
+    shown = [r["next_action_label"] for r in board(api, "?sort=next_action") if r["next_action"]]
+    assert shown == sorted(shown, key=str.lower)
+
+
 def test_states_sort_in_the_protocols_order(api: tuple[Stack, TestClient[Any]]) -> None:
     order = [s.value for s in State]
     shown = [order.index(r["state"]) for r in board(api, "?sort=state")]

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from html import escape
 from typing import Any
 
+from ..protocol.labels import DONE_LABELS, TOXICITY_LABELS, cells_text, state_label
 from .conformance import Finding
 from .history import compact, timeline
 from .integrity import Problem
@@ -18,6 +19,7 @@ h1{font-size:18px}h2{font-size:14px;border-bottom:1px solid #999;margin-top:1.6e
 table{border-collapse:collapse;width:100%}td,th{border:1px solid #bbb;padding:3px 5px;
 vertical-align:top;text-align:left}th{background:#eee}.ok{color:#060}.bad{color:#a00;font-weight:bold}
 .small{font-size:10px;color:#444;word-break:break-all}
+dl{margin:0}dt{display:inline;color:#444}dd{display:inline;margin:0}.move{font-size:10px;color:#444}dl dl{margin-left:1.5em}
 @media print{body{margin:0}h2{page-break-after:avoid}tr{page-break-inside:avoid}}
 """
 
@@ -26,13 +28,61 @@ def _cell(value: Any) -> str:
     return escape(compact(value, 300)) if not isinstance(value, str) else escape(value)
 
 
+def _words(key: str) -> str:
+    return key.replace("_", " ")
+
+
+def readable(value: Any, *, depth: int = 0) -> str:
+    """A recorded value in full, one "key: value" line per entered field, nested values in
+    parentheses (never truncated: an auditor reads what was entered); a value with its unit
+    reads as "3.8 g/L", a lab value with its limit as "50 U/L (upper limit 40 U/L)"."""
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        if {"value", "unit"} <= set(value) and set(value) <= {"value", "unit", "uln", "uln_unit"}:
+            text = f"{value['value']} {value['unit']}"
+            if "uln" in value:
+                text += f" (upper limit {value['uln']} {value.get('uln_unit') or ''})".rstrip()
+            return escape(text.replace(" )", ")"))
+        items = [
+            (escape(_words(str(k))), readable(v, depth=depth + 1))
+            for k, v in value.items()
+            if v is not None and v != [] and v != {}
+        ]
+        if depth < 2:  # two levels as lines (a screening's labs), deeper ones in parentheses
+            lines = "".join(f"<div><dt>{k}:</dt> <dd>{v}</dd></div>" for k, v in items)
+            return f"<dl>{lines}</dl>" if items else ""
+        return "(" + "; ".join(f"{k}: {v}" for k, v in items) + ")"
+    if isinstance(value, list):
+        return ", ".join(readable(v, depth=2) for v in value)
+    return escape(str(value))
+
+
+def _when(text: str | None) -> str:
+    """An ISO time as "2026-09-26 16:19:00 +00:00" (as recorded, its offset kept)."""
+    if not text:
+        return ""
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return escape(text)
+    offset = t.strftime("%z")
+    zone = " UTC" if offset in ("+0000", "") else f" {offset[:3]}:{offset[3:]}"
+    return escape(t.strftime("%Y-%m-%d %H:%M:%S") + zone)
+
+
 def path_svg(events: Iterable[LoggedEvent]) -> str:
     """The path taken through the state diagram: one box per state, arrows labelled by move."""
     steps: list[tuple[str, str]] = [("candidate", "")]
     for e in events:
         if e.kind == MOVED and e.get("to_state") != e.get("from_state"):
-            steps.append((str(e.get("to_state")), f"v{e.version} {e.get('trigger')}"))
-    box_w, box_h, gap = 170, 26, 34
+            trigger = str(e.get("trigger"))
+            steps.append(
+                (str(e.get("to_state")), f"v{e.version} {DONE_LABELS.get(trigger, trigger)}")
+            )
+    box_w, box_h, gap = 240, 26, 34
     height = len(steps) * (box_h + gap)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="420" height="{height}" '
@@ -42,13 +92,13 @@ def path_svg(events: Iterable[LoggedEvent]) -> str:
         y = i * (box_h + gap)
         if i:
             parts.append(
-                f'<line x1="85" y1="{y - gap}" x2="85" y2="{y - 4}" stroke="#333"/>'
-                f'<polygon points="80,{y - 9} 90,{y - 9} 85,{y - 1}" fill="#333"/>'
-                f'<text x="95" y="{y - gap / 2 + 4}" font-size="11">{escape(label)}</text>'
+                f'<line x1="40" y1="{y - gap}" x2="40" y2="{y - 4}" stroke="#333"/>'
+                f'<polygon points="35,{y - 9} 45,{y - 9} 40,{y - 1}" fill="#333"/>'
+                f'<text x="50" y="{y - gap / 2 + 4}" font-size="11">{escape(label)}</text>'
             )
         parts.append(
             f'<rect x="0" y="{y}" width="{box_w}" height="{box_h}" rx="6" fill="#f4f4ff" '
-            f'stroke="#335"/><text x="10" y="{y + 17}" font-size="12">{escape(state)}</text>'
+            f'stroke="#335"/><text x="10" y="{y + 17}" font-size="12">{escape(state_label(state))}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -64,13 +114,14 @@ def html_report(
 ) -> str:
     record = replay(patient_id, events)
     rows = list(timeline(patient_id, events))
-    now = (generated_at or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
+    now = (generated_at or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M:%S UTC")
     out: list[str] = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>Audit report {escape(patient_id)}</title><style>{CSS}</style></head><body>",
         f"<h1>Audit report: patient {escape(patient_id)}</h1>",
         f"<p>Generated {escape(now)} from {len(events)} events (v1..v{events[-1].version}). "
-        f"Current state <b>{escape(record.state)}</b>, course {record.course_number}. "
+        f"Current state <b>{escape(state_label(record.state))}</b>, course {record.course_number}. "
+        "Record times in UTC; clinical times as entered, with their UTC offset. "
         f"Head hash <span class='small'>{escape(events[-1].hash)}</span></p>",
         "<h2>Integrity</h2>",
     ]
@@ -87,18 +138,23 @@ def html_report(
     out.append(path_svg(events))
     out.append(
         "<h2>Courses and doses</h2><table><tr><th>Course</th><th>Weight (kg)</th>"
-        "<th>Planned cells</th><th>Fractions (day: delivered / planned, date)</th>"
-        "<th>Response</th><th>Decision</th></tr>"
+        "<th>Planned cells</th><th>Fractions (day, date: delivered cells, % of plan; exact "
+        "count)</th><th>Response</th><th>Decision</th></tr>"
     )
     for c in record.courses:
         fractions = "<br>".join(
-            f"D{f.day}: {f.cells:.4g} / {f.planned_cells:.4g}, {escape(f.given_on)}"
+            f"D{f.day}, {escape(f.given_on)}: {escape(cells_text(f.cells))} cells, "
+            f"{round(100 * f.cells / f.planned_cells) if f.planned_cells else '-'} % of "
+            f"{escape(cells_text(f.planned_cells))} planned ({f.cells:,.0f})"
             for f in c.fractions
         )
+        if c.cancelled:
+            fractions += f"<br>remaining fractions cancelled: {escape(c.cancel_reason or '')}"
         out.append(
-            f"<tr><td>{c.number}</td><td>{c.weight_kg}</td><td>{c.planned_total or 0:.4g}</td>"
-            f"<td>{fractions}{' (remaining cancelled)' if c.cancelled else ''}</td>"
-            f"<td>{escape(c.response or '')}</td><td>{escape(c.decision or '')}</td></tr>"
+            f"<tr><td>{c.number}</td><td>{c.weight_kg}</td>"
+            f"<td>{escape(cells_text(c.planned_total))}</td><td>{fractions}</td>"
+            f"<td>{escape(c.response or '')}</td>"
+            f"<td>{escape(state_label(c.decision) if c.decision else '')}</td></tr>"
         )
     out.append(
         "</table><h2>Toxicities</h2><table><tr><th>Id</th><th>Kind</th><th>Term</th><th>Grade "
@@ -106,10 +162,10 @@ def html_report(
     )
     for t in record.toxicities.values():
         out.append(
-            f"<tr><td>{escape(t.id)}</td><td>{escape(t.kind)}</td><td>{escape(t.term or '')}</td>"
-            f"<td>{t.grade} ({t.worst_grade})"
-            f"</td><td>{escape(t.scale)} {escape(t.scale_version)}</td><td>{escape(t.onset)}</td>"
-            f"<td>{escape(t.resolved_at or 'open')}</td></tr>"
+            f"<tr><td>{escape(t.id)}</td><td>{escape(TOXICITY_LABELS.get(t.kind, t.kind))}</td>"
+            f"<td>{escape(t.term or '')}</td><td>{t.grade} ({t.worst_grade})"
+            f"</td><td>{escape(t.scale)} {escape(t.scale_version)}</td><td>{_when(t.onset)}</td>"
+            f"<td>{_when(t.resolved_at) if t.resolved_at else 'open'}</td></tr>"
         )
     out.append("</table><h2>Signatures</h2>")
     signed = [r for r in rows if r["event"] == "MilestoneSigned"]
@@ -158,18 +214,21 @@ def html_report(
         "<th>Actor (role)</th><th>Event</th><th>Reason</th><th>Entered / notes</th></tr>"
     )
     for r in rows:
-        move = (
-            f"{r['move']}: {r['from_state']} &rarr; {r['to_state']}"
-            if r["from_state"]
-            else escape(str(r["move"]))
-        )
-        details = [f"<span class='small'>{_cell(r['payload'] or r['changes'] or '')}</span>"]
+        move = str(r["move"] or "")
+        what = escape(DONE_LABELS.get(move, move))
+        if r["from_state"] and r["from_state"] != r["to_state"]:
+            what += (
+                f"<br><span class='move'>{escape(state_label(r['from_state']))} &rarr; "
+                f"{escape(state_label(r['to_state']))}</span>"
+            )
+        entered = r["payload"] or r["changes"]
+        details = [readable(entered)] if entered else []
         details += [escape(n) for n in [*r["deviations"], *r["notes"]]]
         out.append(
-            f"<tr><td>{r['version']}</td><td>{_cell(r['recorded_at'])}</td>"
-            f"<td>{_cell(r['occurred_at'] or '')}</td><td>{_cell(r['actor'])} ({_cell(r['role'])})</td>"
-            f"<td>{escape(str(r['event']))}<br>{move}</td><td>{_cell(r['reason'] or '')}</td>"
-            f"<td>{'<br>'.join(details)}</td></tr>"
+            f"<tr><td>{r['version']}</td><td>{_when(r['recorded_at'])}</td>"
+            f"<td>{_when(r['occurred_at'])}</td><td>{_cell(r['actor'])} ({_cell(r['role'])})</td>"
+            f"<td>{what}<br><span class='move'>{escape(str(r['event']))}</span></td>"
+            f"<td>{_cell(r['reason'] or '')}</td><td>{'<br>'.join(details)}</td></tr>"
         )
     out.append("</table></body></html>\n")
     return "".join(out)

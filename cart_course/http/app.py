@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Litestar, Router
+from litestar.config.compression import CompressionConfig
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
 from litestar.static_files import create_static_files_router
@@ -38,6 +39,10 @@ from .openapi import openapi_config
 from .problems import EXCEPTION_HANDLERS, MAX_BODY_BYTES
 from .security import security_headers
 
+#: Compression applies to the board (JSON and CSV) only: every other path is excluded (``/``,
+#: the dashboard's page, is smaller than the minimum size).
+BOARD_ONLY = r"^/(?!v1/board(\.csv)?$).+"
+
 ROUTES: list[Any] = [
     commands.post_command,
     commands.post_patient_command,
@@ -48,6 +53,8 @@ ROUTES: list[Any] = [
     patients.get_events,
     patients.stream_events,
     patients.get_protocol,
+    patients.get_labels,
+    patients.get_me,
     admin.list_tokens,
     admin.add_token,
     admin.revoke_token,
@@ -110,6 +117,9 @@ def create_app(
         state=state,
         on_shutdown=[close_views, *(on_shutdown or [])],
         openapi_config=openapi_config(),
+        # the board of a large cohort (about 1 KB a patient in JSON) is gzipped for clients that
+        # accept it; nothing else is (streams, exports and the rest stay as they are)
+        compression_config=CompressionConfig(backend="gzip", minimum_size=4096, exclude=BOARD_ONLY),
         debug=False,
     )
     app.asgi_handler = security_headers(head_as_get(app.asgi_handler))

@@ -8,11 +8,14 @@ process); ``wait_for`` lets a writer ask for its own position.
 from __future__ import annotations
 
 import base64
+import csv
 import datetime as dt
+import io
 import threading
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
+import attrs
 from litestar import Request, Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
@@ -28,6 +31,8 @@ from .auth import AUDITORS, VIEWERS
 from .common import PatientId
 from .params import (
     MAX_BOARD_PAGE,
+    board_sort_query,
+    contains_query,
     integer_query,
     patient_id_query,
     position_query,
@@ -291,6 +296,88 @@ def _views(request: Request[Any, Any, Any]) -> ViewsAccess:
 WaitFor = Annotated[int | None, position_query("Answer once the views reached this position")]
 
 
+@attrs.frozen(kw_only=True)
+class BoardFilter:
+    """The board's filters and order, as the board and its CSV read them from the query."""
+
+    state: str | None = None
+    overdue: bool = False
+    toxicity: bool = False
+    hold: bool = False
+    awaiting: bool = False
+    sae: bool = False
+    contains: str | None = None
+    sort: str | None = None
+
+    def check(self) -> None:
+        if self.state is not None and self.state not in STATES:
+            raise InvalidCommandError(
+                "query.state", f"{self.state!r} is not a state; states: {', '.join(STATES)}"
+            )
+        from ..views.queries import BOARD_SORTS
+
+        if self.sort is not None and self.sort.removeprefix("-") not in BOARD_SORTS:
+            raise InvalidCommandError(
+                "query.sort",
+                f"{self.sort!r} is not a sort of the board; sorts: {', '.join(BOARD_SORTS)} "
+                "('-' in front for descending)",
+            )
+
+
+def _board_rows(
+    request: Request[Any, Any, Any],
+    f: BoardFilter,
+    *,
+    limit: int | None = None,
+    after: str | tuple[str, str] | None = None,
+    wait_for: int | None = None,
+) -> list[dict[str, Any]]:
+    from ..protocol import labels
+    from ..views import queries
+
+    access = _views(request)
+    with access.lock:
+        db = access.fresh(wait_for)
+        try:
+            rows = queries.board(
+                db,
+                state=f.state,
+                overdue=f.overdue,
+                toxicity=f.toxicity,
+                hold=f.hold,
+                awaiting=f.awaiting,
+                action="record_sae_report" if f.sae else None,
+                contains=f.contains,
+                limit=None if f.sort else limit,
+                after=after,
+            )
+        except queries.UnknownPageStart as exc:
+            raise InvalidCommandError(
+                "query.after",
+                f"{exc}; go on with the cursor of the previous page's Link rel=next",
+            ) from None
+    if f.sort:
+        rows = queries.sort_board(rows, f.sort)[:limit]
+    for row in rows:
+        row["state_label"] = labels.state_label(row["state"])
+        row["next_action_label"] = labels.next_action_label(row["next_action"])
+        row["delivered_cells_per_kg"] = _per_kg(row)
+    return rows
+
+
+def _per_kg(row: dict[str, Any]) -> float | None:
+    """Cells delivered per kg: the plan is the protocol's cells/kg times the course's weight
+    (``dosing.course_plan``), so the weight is the plan over the protocol's cells/kg."""
+    planned, delivered = row.get("planned_cells"), row.get("delivered_cells")
+    if not planned or delivered is None:
+        return None
+    try:
+        per_kg = get_version(str(row.get("protocol_version"))).params.cells_per_kg
+    except Exception:
+        return None
+    return float(delivered) * per_kg / float(planned)
+
+
 @get(
     "/v1/board",
     opt={"roles": VIEWERS},
@@ -304,47 +391,134 @@ def get_board(
     state_filter: Annotated[str | None, state_query()] = None,
     overdue: FromQuery[bool] = False,
     toxicity: FromQuery[bool] = False,
+    hold: Annotated[bool, QueryParameter(description="Fractions held for toxicity")] = False,
+    awaiting: Annotated[bool, QueryParameter(description="A response assessment is due")] = False,
+    sae: Annotated[bool, QueryParameter(description="An SAE report is due")] = False,
+    contains: Annotated[str | None, contains_query()] = None,
+    sort: Annotated[str | None, board_sort_query()] = None,
     limit: Annotated[int | None, integer_query(1, MAX_BOARD_PAGE)] = None,
     after: Annotated[
         str | None,
         QueryParameter(
             max_length=200,
             description="Where the previous page ended: its Link rel=next carries it (by "
-            "patient id: the last patient id; overdue: a cursor, or the last patient id)",
+            "patient id: the last patient id; overdue: a cursor, or the last patient id); "
+            "not with sort",
         ),
     ] = None,
     wait_for: WaitFor = None,
 ) -> Response[list[dict[str, Any]]]:
-    """A full page (``limit`` rows) carries ``Link: <...>; rel="next"``, the next page's URL."""
+    """A full page (``limit`` rows) carries ``Link: <...>; rel="next"``, the next page's URL
+    (without ``sort``: a sorted board is one page, its first ``limit`` rows)."""
     from ..views import queries
 
-    if state_filter is not None and state_filter not in STATES:
+    f = BoardFilter(
+        state=state_filter,
+        overdue=overdue,
+        toxicity=toxicity,
+        hold=hold,
+        awaiting=awaiting,
+        sae=sae,
+        contains=contains,
+        sort=sort,
+    )
+    f.check()
+    if sort is not None and after is not None:
         raise InvalidCommandError(
-            "query.state", f"{state_filter!r} is not a state; states: {', '.join(STATES)}"
+            "query.after", "pages follow the board's own order: leave out sort to page with after"
         )
     start: str | tuple[str, str] | None = after
     if after is not None and after.startswith(CURSOR_MARK):
         start = _read_cursor(after)
-    access = _views(request)
-    with access.lock:
-        db = access.fresh(wait_for)
-        try:
-            rows = queries.board(
-                db, state=state_filter, overdue=overdue, toxicity=toxicity, limit=limit, after=start
-            )
-        except queries.UnknownPageStart as exc:
-            raise InvalidCommandError(
-                "query.after",
-                f"{exc}; go on with the cursor of the previous page's Link rel=next",
-            ) from None
+    rows = _board_rows(request, f, limit=limit, after=start, wait_for=wait_for)
     headers = {}
-    if limit is not None and len(rows) == limit:
+    if limit is not None and len(rows) == limit and sort is None:
         last = rows[-1]
         mark = _cursor(queries.overdue_key(last)) if overdue else str(last["patient_id"])
         query = [(k, v) for k, v in request.query_params.multi_items() if k != "after"]
         query.append(("after", mark))
         headers["Link"] = f'<{request.url.path}?{urlencode(query)}>; rel="next"'
     return Response(rows, headers=headers)
+
+
+#: The board's CSV: its columns, in order (the board's words for state and next action).
+BOARD_CSV_COLUMNS: tuple[str, ...] = (
+    "patient_id",
+    "state",
+    "state_label",
+    "course_number",
+    "next_action_label",
+    "due_on",
+    "overdue",
+    "days_overdue",
+    "planned_cells",
+    "delivered_cells",
+    "percent_of_plan",
+    "open_toxicities",
+    "max_open_grade",
+    "hold",
+    "response",
+    "last_occurred_at",
+)
+
+
+def board_csv_text(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(BOARD_CSV_COLUMNS)
+    for row in rows:
+        planned, delivered = row.get("planned_cells"), row.get("delivered_cells")
+        share = round(100 * delivered / planned) if planned and delivered is not None else None
+        values = {**row, "percent_of_plan": share}
+        writer.writerow([_csv_value(values.get(c)) for c in BOARD_CSV_COLUMNS])
+    return out.getvalue()
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+@get(
+    "/v1/board.csv",
+    opt={"roles": VIEWERS},
+    sync_to_thread=True,
+    responses=problem_responses(504),
+    media_type="text/csv",
+    summary="The board as CSV, with the board's filters and order",
+    tags=["views"],
+)
+def get_board_csv(
+    request: Request[Any, Any, Any],
+    state_filter: Annotated[str | None, state_query()] = None,
+    overdue: FromQuery[bool] = False,
+    toxicity: FromQuery[bool] = False,
+    hold: Annotated[bool, QueryParameter(description="Fractions held for toxicity")] = False,
+    awaiting: Annotated[bool, QueryParameter(description="A response assessment is due")] = False,
+    sae: Annotated[bool, QueryParameter(description="An SAE report is due")] = False,
+    contains: Annotated[str | None, contains_query()] = None,
+    sort: Annotated[str | None, board_sort_query()] = None,
+) -> Response[str]:
+    f = BoardFilter(
+        state=state_filter,
+        overdue=overdue,
+        toxicity=toxicity,
+        hold=hold,
+        awaiting=awaiting,
+        sae=sae,
+        contains=contains,
+        sort=sort,
+    )
+    f.check()
+    rows = _board_rows(request, f)
+    return Response(
+        board_csv_text(rows),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="board.csv"'},
+    )
 
 
 #: The first character of an overdue-board cursor (never in a patient id).
@@ -398,11 +572,16 @@ def get_watchlist(
     tags=["views"],
 )
 def get_counts(request: Request[Any, Any, Any], wait_for: WaitFor = None) -> dict[str, Any]:
+    """Also ``attention``: what needs action now (overdue, open toxicity, fractions held, a
+    response assessment due, an SAE report due), each a filter of the board."""
     from ..views import queries
 
     access = _views(request)
     with access.lock:
-        return queries.cohort(access.fresh(wait_for))
+        db = access.fresh(wait_for)
+        out: dict[str, Any] = queries.cohort(db)
+        out["attention"] = queries.attention(db)
+        return out
 
 
 @get(
@@ -427,7 +606,7 @@ def get_deviations(
         return queries.deviations(access.fresh(wait_for), patient_id)
 
 
-VIEW_ROUTES = [get_board, get_watchlist, get_counts, get_deviations]
+VIEW_ROUTES = [get_board, get_board_csv, get_watchlist, get_counts, get_deviations]
 
 
 def views_metrics(state: State) -> str:

@@ -96,6 +96,29 @@ def state_query() -> ParameterKwarg:
     )
 
 
+def board_sort_query() -> ParameterKwarg:
+    """The board's order: one of its sort keys, ``-`` in front for descending."""
+    from ..views.queries import BOARD_SORTS
+
+    keys = [*BOARD_SORTS, *(f"-{k}" for k in BOARD_SORTS)]
+    return QueryParameter(
+        name="sort",
+        description="Order of the rows: attention (needs attention first), patient, state (in the "
+        "protocol's order), "
+        "course, next_action, due, dose (% of plan), toxicity, response, last_event; '-' in "
+        "front for descending; empty values last",
+        schema_extra=_documented(type=OpenAPIType.STRING, enum=keys),
+    )
+
+
+def contains_query() -> ParameterKwarg:
+    return QueryParameter(
+        name="q",
+        max_length=64,
+        description="Patients whose id contains this text (case-insensitive)",
+    )
+
+
 def protocol_query() -> ParameterKwarg:
     """A protocol version's identifier (the registered versions, read when the document is
     built)."""

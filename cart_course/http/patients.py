@@ -14,10 +14,21 @@ from litestar import Request, Response, get
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from ..contract import parse_patient_id
+from ..protocol.labels import labels_document
 from ..protocol.machine import TRANSITIONS
 from ..protocol.states import TERMINAL
 from ..protocol.states import State as CourseState
-from .auth import READERS, bearer
+from ..tokens import ROLES
+from .auth import (
+    ADMINS,
+    AUDITORS,
+    METRICS_READERS,
+    READERS,
+    VIEWERS,
+    WRITERS,
+    bearer,
+    current_token,
+)
 from .common import PatientId, Svc, Tok, last_event_id
 from .feed import PatientIndex, event_json, last_position, read_feed
 from .params import (
@@ -239,4 +250,59 @@ async def get_protocol() -> ProtocolDiagram:
         states=[s.value for s in CourseState],
         terminal=sorted(s.value for s in TERMINAL),
         transitions=transitions,
+    )
+
+
+@get(
+    "/v1/protocol/labels",
+    opt={"roles": READERS},
+    responses=problem_responses(),
+    summary="The protocol's words for its states, actions, responses and eligibility criteria",
+    tags=["protocol"],
+)
+async def get_labels() -> dict[str, Any]:
+    return labels_document()
+
+
+@attrs.define(kw_only=True)
+class Me:
+    """Who the token is, and what its role may do (the dashboard shows only that)."""
+
+    actor: str
+    role: str
+    name: str | None
+    #: read the board and the monitors' views
+    may_view_board: bool
+    #: read patients, their history and the live event stream
+    may_read_patients: bool
+    #: record commands (clinicians, services)
+    may_record: bool
+    #: open the audit report, the audit routes and the exports (auditors)
+    may_audit: bool
+    #: manage tokens (admins)
+    may_admin: bool
+    #: read /metrics
+    may_read_metrics: bool
+
+
+@get(
+    "/v1/me",
+    opt={"roles": ROLES},
+    responses=problem_responses(),
+    summary="The token's actor and role, and what the role may do",
+    tags=["patients"],
+)
+async def get_me(request: Request[Any, Any, Any]) -> Me:
+    info = current_token(request)
+    role = info.role
+    return Me(
+        actor=info.actor,
+        role=role,
+        name=info.name,
+        may_view_board=role in VIEWERS,
+        may_read_patients=role in READERS,
+        may_record=role in WRITERS,
+        may_audit=role in AUDITORS,
+        may_admin=role in ADMINS,
+        may_read_metrics=role in METRICS_READERS,
     )

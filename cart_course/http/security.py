@@ -28,12 +28,13 @@ def _sha256(text: str) -> str:
 REPORT_STYLE = _sha256(REPORT_CSS)
 #: JSON, problems, exports, streams: nothing may be loaded, run or framed.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-#: The dashboard: its own script, stylesheet and API only. The audit report is shown in a
-#: ``srcdoc`` frame, which inherits this policy: hence the report's style hash.
+#: The dashboard: its own script, stylesheet and API only; no frame (the audit report is shown
+#: as a page of the dashboard, its body in the page and its style left out; the report's style
+#: hash stays allowed, so that a report's markup never needs more).
 DASHBOARD_CSP = (
     "default-src 'none'; script-src 'self'; "
     f"style-src 'self' {REPORT_STYLE}; img-src 'self' data:; connect-src 'self'; "
-    "frame-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    "frame-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 #: The printable audit report opened on its own: its inline style and SVG only.
 REPORT_CSP = (

@@ -14,7 +14,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from ..protocol.labels import next_action_label
 from ..protocol.parameters import DEFAULT_PARAMETERS
+from ..protocol.states import State as CourseState
 from ..protocol.versions import UnknownProtocolVersionError, get_version
 from .projection import BOARD_COLUMNS
 from .store import ViewDB
@@ -162,8 +164,13 @@ def board(
     after: str | OverdueKey | None = None,
     action: str | None = None,
     product: str | None = None,
+    hold: bool = False,
+    awaiting: bool = False,
+    contains: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Board rows, by patient id (``overdue``: most overdue first); filters combine (AND).
+    """Board rows, by patient id (``overdue``: most overdue first); filters combine (AND):
+    ``hold`` fractions held for toxicity, ``awaiting`` a response assessment due, ``contains``
+    a patient id containing the text (case-insensitive).
 
     ``after`` pages on the order of the rows (a keyset): the rows that come after it, so that
     pages taken one after the other give every matching row once, in order. By patient id:
@@ -186,6 +193,7 @@ def board(
         where.append(_ACTION_WHERE)
         params.append(_action_pattern(action))
     _product_filter(product, where, params)
+    _more_filters(where, params, hold=hold, awaiting=awaiting, contains=contains)
     if after is not None and not overdue:
         where.append("patient_id > ?")
         params.append(after if isinstance(after, str) else after[1])
@@ -249,6 +257,116 @@ def count(
     sql = "SELECT COUNT(*) FROM view_board" + (" WHERE " + " AND ".join(where) if where else "")
     row = db.fetchone(sql, params)
     return int(row[0]) if row else 0
+
+
+#: The board's next action when a response assessment is due (``projection.next_due``).
+AWAITING_ASSESSMENT = "assess_response"
+
+
+def _more_filters(
+    where: list[str], params: list[Any], *, hold: bool, awaiting: bool, contains: str | None
+) -> None:
+    if hold:
+        where.append("hold = 1")
+    if awaiting:
+        where.append("next_action = ?")
+        params.append(AWAITING_ASSESSMENT)
+    if contains:
+        escaped = contains.lower().replace("!", "!!").replace("%", "!%").replace("_", "!_")
+        where.append("LOWER(patient_id) LIKE ? ESCAPE '!'")
+        params.append(f"%{escaped}%")
+
+
+def attention(db: ViewDB, now: Moment = None) -> dict[str, int]:
+    """What needs action now, counted: overdue, open toxicity, fractions held, a response
+    assessment due, an SAE report due (the board's summary cards; each is a board filter)."""
+
+    def n(sql: str, params: list[Any] | None = None) -> int:
+        row = db.fetchone("SELECT COUNT(*) FROM view_board WHERE " + sql, params or [])
+        return int(row[0]) if row else 0
+
+    cutoff = _Cutoff(now)
+    return {
+        "overdue": n(cutoff.where, [cutoff.param]),
+        "open_toxicity": n("open_toxicities > 0"),
+        "hold": n("hold = 1"),
+        "awaiting_assessment": n("next_action = ?", [AWAITING_ASSESSMENT]),
+        "sae_report_due": n(_ACTION_WHERE, [_action_pattern("record_sae_report")]),
+    }
+
+
+#: States sort in the protocol's order (screening first, the ends last), not alphabetically.
+_STATE_ORDER: dict[str, int] = {s.value: i for i, s in enumerate(CourseState)}
+
+
+def _text_key(value: Any) -> tuple[int, str]:
+    """Empty values last, whatever the direction."""
+    return (1, "") if value in (None, "") else (0, str(value).lower())
+
+
+def _number_key(value: Any) -> tuple[int, float]:
+    return (1, 0.0) if value is None else (0, float(value))
+
+
+def _dose_share(row: dict[str, Any]) -> float | None:
+    delivered, planned = row.get("delivered_cells"), row.get("planned_cells")
+    return None if delivered is None or not planned else float(delivered) / float(planned)
+
+
+def attention_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """ "Needs attention" first: overdue (most days first), an SAE report due, severe open
+    toxicity, fractions held, open toxicity (worst grade first), a response assessment or a
+    decision due; then the earliest due date, then the patient id."""
+    action = str(row.get("next_action") or "")
+    return (
+        -int(row.get("days_overdue") or 0),
+        not action.startswith("record_sae_report"),
+        not row.get("severe_open"),
+        not row.get("hold"),
+        -int(row.get("max_open_grade") or 0),
+        not (action == AWAITING_ASSESSMENT or action.startswith("decide")),
+        _text_key(row.get("due_on")),
+        str(row["patient_id"]),
+    )
+
+
+#: The board's sort keys (``sort=KEY`` ascending, ``sort=-KEY`` descending; empty values last).
+BOARD_SORTS: dict[str, Any] = {
+    "attention": attention_key,
+    "patient": lambda r: str(r["patient_id"]),
+    "state": lambda r: _number_key(_STATE_ORDER.get(str(r.get("state")))),
+    "course": lambda r: _number_key(r.get("course_number")),
+    "next_action": lambda r: _text_key(next_action_label(r.get("next_action"))),  # as shown
+    "due": lambda r: _text_key(r.get("due_on")),
+    "dose": lambda r: _number_key(_dose_share(r)),
+    "toxicity": lambda r: _number_key(
+        None
+        if not r.get("open_toxicities")
+        else 100 * (r.get("max_open_grade") or 0) + int(r["open_toxicities"])
+    ),
+    "response": lambda r: _text_key(r.get("response")),
+    "last_event": lambda r: _text_key(r.get("last_occurred_at")),
+}
+
+
+def sort_board(rows: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:
+    """``rows`` in the order ``sort`` names (a key of :data:`BOARD_SORTS`, ``-`` in front for
+    descending); ties by patient id, empty values last in both directions."""
+    descending = sort.startswith("-")
+    name = sort[1:] if descending else sort
+    if name not in BOARD_SORTS:
+        raise ValueError(f"sort {sort!r} is not one of {', '.join(BOARD_SORTS)} (- for descending)")
+    key = BOARD_SORTS[name]
+    out = sorted(rows, key=lambda r: str(r["patient_id"]))  # ties: by patient id (stable sorts)
+    if not descending:
+        return sorted(out, key=key)
+    present = [r for r in out if not _is_empty(key(r))]
+    empty = [r for r in out if _is_empty(key(r))]
+    return sorted(present, key=key, reverse=True) + empty
+
+
+def _is_empty(key: Any) -> bool:
+    return isinstance(key, tuple) and len(key) == 2 and key[0] == 1
 
 
 #: ``status --product``: a product status, or ``any`` (every patient whose product is tracked).

@@ -15,7 +15,8 @@ request as generated.
    out.
 4. ``as-of`` takes exactly one of ``version``, ``recorded_at``, ``occurred_at``.
 5. ``wait_for`` names a position the log has reached; the overdue board's ``after`` is a place
-   in its order (the ``after`` of a previous page): left out here.
+   in its order (the ``after`` of a previous page), and a sorted board is not paged (``after``
+   is "not with sort"): left out here.
 6. The event stream is endless: it is asked for at most 3 events after position 0.
 
 Payload rules between two values that no JSON Schema can state (each is named in its payload
@@ -203,7 +204,11 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     wait_for = _number(query.get("wait_for"))
     if wait_for is not None and wait_for > LAST_POSITION:
         query["wait_for"] = LAST_POSITION
-    if path == "/v1/board" and query.get("overdue") in (True, "true") and "after" in query:
+    if (
+        path == "/v1/board"
+        and (query.get("overdue") in (True, "true") or "sort" in query)
+        and "after" in query
+    ):
         del query["after"]
     if path == "/v1/events/stream":
         query["after"] = 0

@@ -25,7 +25,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 import attrs
 
@@ -41,31 +40,8 @@ from .streamids import (
     derive_key,
     keyed_uuid,
     now_text,
+    pseudonymise_request,
 )
-
-#: The path segments after which an access-logged path names a patient (``/v1/patients/ID``)
-#: or a cell product (``/v1/audit/product/ID``: its lot id may embed the patient's).
-_ID_SEGMENTS = {"patients": "patient", "product": "product"}
-#: Query parameters that name a patient.
-_ID_QUERY = ("patient_id", "patient")
-
-
-def pseudonymise_request(path: str, query: str, pseudonym: Callable[[str], str]) -> tuple[str, str]:
-    """``path`` and ``query`` of an access-logged request with each patient (or product) id
-    replaced by ``pseudonym(id)``; the rest byte for byte."""
-    parts = path.split("/")
-    for i in range(len(parts) - 1):
-        if parts[i] in _ID_SEGMENTS and i >= 1 and parts[i - 1] in ("v1", "audit") and parts[i + 1]:
-            parts[i + 1] = quote(pseudonym(unquote(parts[i + 1])), safe="")
-    new_path = "/".join(parts)
-    if not query or not any(f"{name}=" in query for name in _ID_QUERY):
-        return new_path, query
-    pairs = parse_qsl(query, keep_blank_values=True)
-    if not any(k in _ID_QUERY for k, _ in pairs):
-        return new_path, query
-    pairs = [(k, pseudonym(v) if k in _ID_QUERY and v else v) for k, v in pairs]
-    return new_path, urlencode(pairs)
-
 
 class MigrationError(CartCourseError):
     """The store cannot be migrated as it is: says why and what to do."""

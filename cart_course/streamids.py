@@ -47,6 +47,7 @@ import re
 import sys
 import uuid
 from collections.abc import Callable, Mapping
+from urllib.parse import parse_qsl, quote, unquote, urlencode
 from typing import Any
 
 import attrs
@@ -387,6 +388,40 @@ def _from_marker(tables: MetaTables, text: str, cipher_key: str | None, app: Any
         return out
 
     return StreamIds(marker.scheme, cipher_key=cipher_key, marker=marker, aliases=aliases)
+
+
+#: The path segments after which an access-logged path names a patient (``/v1/patients/ID``)
+#: or a cell product (``/v1/audit/product/ID``: its lot id may embed the patient's).
+_ID_SEGMENTS = {"patients": "patient", "product": "product"}
+#: Query parameters that name a patient.
+_ID_QUERY = ("patient_id", "patient")
+
+
+def pseudonymise_request(path: str, query: str, pseudonym: Callable[[str], str]) -> tuple[str, str]:
+    """``path`` and ``query`` of an access-logged request with each patient (or product) id
+    replaced by ``pseudonym(id)``; the rest byte for byte."""
+    parts = path.split("/")
+    for i in range(len(parts) - 1):
+        if parts[i] in _ID_SEGMENTS and i >= 1 and parts[i - 1] in ("v1", "audit") and parts[i + 1]:
+            named = pseudonym(unquote(parts[i + 1]))
+            if _ID_SEGMENTS[parts[i]] == "product" and named.startswith(PSEUDONYM_PREFIX):
+                named = "prd-" + named[len(PSEUDONYM_PREFIX) :]
+            parts[i + 1] = quote(named, safe="")
+    new_path = "/".join(parts)
+    if not query or not any(f"{name}=" in query for name in _ID_QUERY):
+        return new_path, query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(k in _ID_QUERY for k, _ in pairs):
+        return new_path, query
+    pairs = [(k, pseudonym(v) if k in _ID_QUERY and v else v) for k, v in pairs]
+    return new_path, urlencode(pairs)
+
+
+def access_log_pseudonymiser(cipher_key: str) -> Callable[[str, str], tuple[str, str]]:
+    """What the audit-access log applies to each request's path and query on an encrypted
+    store: patient (and product) ids -> keyed pseudonyms."""
+    pseudonym = StreamIds(cipher_key=cipher_key).pseudonym
+    return functools.partial(pseudonymise_request, pseudonym=pseudonym)
 
 
 def now_text() -> str:

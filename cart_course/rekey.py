@@ -22,6 +22,7 @@ are not).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +43,9 @@ from .streamids import (
     now_text,
     pseudonymise_request,
 )
+
+logger = logging.getLogger(__name__)
+
 
 class MigrationError(CartCourseError):
     """The store cannot be migrated as it is: says why and what to do."""
@@ -189,6 +193,8 @@ def migrate_stream_ids(app: Any, log: Any, cipher_key: str) -> dict[str, Any]:
         tables.create(cursor)
         tables.write_aliases(cursor, aliases)
         tables.write(marker_text, replace=True, cursor=cursor)
+    if tables.kind == "sqlite":
+        _compact_sqlite(app)
     return {
         "streams": len(renames),
         "events": counts["events"],
@@ -210,6 +216,30 @@ def check_migrated(log: Any, done: dict[str, Any]) -> MigrationReport:
         log_digest_after=_log_digest(log),
         merkle_root_after=merkle_root(log),
     )
+
+
+def _compact_sqlite(app: Any) -> None:
+    """Rebuild the SQLite file and empty its write-ahead log, so that the old ids do not stay
+    readable in free pages (PostgreSQL: ``VACUUM FULL`` by the administrator, see
+    docs/operations.md)."""
+    import sqlite3
+
+    path = app.env.get("SQLITE_DBNAME")
+    if not path or path == ":memory:":
+        return
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        try:
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:  # the migration is committed: say what is left to do
+        logger.warning(
+            "stream ids migrated, but the file was not compacted (%s): run VACUUM on it, so "
+            "that the old ids do not stay in its free pages",
+            exc,
+        )
 
 
 def _changed(cursor: Any, postgres: bool) -> int:

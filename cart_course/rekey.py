@@ -145,10 +145,11 @@ def _registrations(app: Any, log: Any) -> dict[str, str]:
     return patients
 
 
-def migrate_stream_ids(app: Any, log: Any, cipher_key: str) -> dict[str, Any]:
-    """Re-key an encrypted store's uuid5 stream ids in place (see the module's docstring);
-    returns what was done before the evidence is re-checked on a reopened store
-    (:func:`check_migrated`)."""
+def migrate_stream_ids(service: Any, cipher_key: str) -> dict[str, Any]:
+    """Re-key the uuid5 stream ids of the encrypted store of ``service`` in place (see the
+    module's docstring); returns what was done, before the evidence is re-checked on the store
+    reopened (:func:`check_migrated`)."""
+    app, log = service.app, service.log
     ids = app.stream_ids
     if MetaTables(app.recorder).kind == "memory":
         raise MigrationError("the in-process store (memory:) keeps nothing to migrate")
@@ -278,9 +279,7 @@ def _migrate_sql(
         return f'"{schema}"."{name}"' if schema else name
 
     event_table = qualified(app.recorder.events_table_name)
-    snapshot_table = (
-        qualified(app.snapshots.recorder.events_table_name) if app.snapshots else None
-    )
+    snapshot_table = qualified(app.snapshots.recorder.events_table_name) if app.snapshots else None
     if postgres:
         # the library locks the events table so on every insert: writers wait for the migration
         cursor.execute(f"LOCK TABLE {event_table} IN EXCLUSIVE MODE")

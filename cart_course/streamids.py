@@ -47,8 +47,8 @@ import re
 import sys
 import uuid
 from collections.abc import Callable, Mapping
-from urllib.parse import parse_qsl, quote, unquote, urlencode
 from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 import attrs
 from Crypto.Hash import SHA256
@@ -76,7 +76,7 @@ PSEUDONYM = re.compile(r"pid-[0-9a-f]{20}")
 def derive_key(cipher_key: str, label: bytes) -> bytes:
     """A 32-byte key for one use (``label``), derived from the base64 cipher key (HKDF-SHA256)."""
     master = base64.b64decode(cipher_key.encode(), validate=True)
-    key: bytes = HKDF(master, 32, _SALT, SHA256, context=label)  # type: ignore[assignment]
+    key: bytes = HKDF(master, 32, _SALT, SHA256, context=label)
     return key
 
 
@@ -145,11 +145,13 @@ class StreamIds:
         self._access_key: bytes | None = None
         if cipher_key:
             self._access_key = derive_key(cipher_key, LABEL_ACCESS)
+        #: The stream id of a patient (cached: one HMAC per patient and process).
+        self.stream_id: Callable[[str], uuid.UUID]
         if key_problem is not None:
             self.stream_id = self._refuse
         elif scheme == SCHEME_KEYED and cipher_key:
             stream_key = derive_key(cipher_key, LABEL_STREAM)
-            self.stream_id: Callable[[str], uuid.UUID] = functools.lru_cache(maxsize=65_536)(
+            self.stream_id = functools.lru_cache(maxsize=65_536)(
                 functools.partial(keyed_uuid, stream_key)
             )
         else:
@@ -276,7 +278,9 @@ class MetaTables:
         with self.recorder.datastore.transaction(commit=False) as cursor:
             if not self._exists(cursor):
                 return None
-            self._run(cursor, f"SELECT value FROM {self._table(META_TABLE)} WHERE name = ?", (name,))
+            self._run(
+                cursor, f"SELECT value FROM {self._table(META_TABLE)} WHERE name = ?", (name,)
+            )
             row = cursor.fetchone()
         return None if row is None else str(self._value(row, 0, "value"))
 

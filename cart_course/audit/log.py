@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 from eventsourcing.persistence import StoredEvent
 
-from ..course import PatientCourse, event_hash, stream_id
+from ..course import PatientCourse, event_hash
 from ..encoding import ReprFloat as ReprFloat
 from ..encoding import UnknownFormError, decode_json, decoded_content_bytes
 from ..encoding import canonical_decoded as canonical_decoded

@@ -92,7 +92,7 @@ def migrate_cmd(ctx: Context, as_json: bool) -> None:
             "cannot migrate: CART_COURSE_CIPHER_KEY is not set (only an encrypted store keys "
             "its stream ids)"
         )
-    done = migrate_stream_ids(ctx.service.app, ctx.log, settings.cipher_key)
+    done = migrate_stream_ids(ctx.service, settings.cipher_key)
     ctx.close()
     reopened = System(settings)
     try:

@@ -673,7 +673,9 @@ def _header_stream(data: bytes, stream: str) -> str:
         header = json.loads(data.split(b"\n", 2)[1])
     except (IndexError, ValueError):
         return stream
-    return header[0] if isinstance(header, list) and header and isinstance(header[0], str) else stream
+    return (
+        header[0] if isinstance(header, list) and header and isinstance(header[0], str) else stream
+    )
 
 
 def _prove_from_stored(

@@ -308,7 +308,7 @@ def test_migrating_a_uuid5_store_keeps_every_hash_signature_and_checkpoint(store
         held.write_text(issue(service.log, ledger.store, ledger.key).text())
         _record(service, cohort(1, seed=4, prefix="OLD"))  # still uuid5: not migrated yet
         assert service.stream_id("OLD-0001") == uuid5("OLD-0001")
-        done = migrate_stream_ids(service.app, service.log, store.key)
+        done = migrate_stream_ids(service, store.key)
     finally:
         service.close()
 

@@ -30,6 +30,7 @@ from cart_course.course import stream_id as uuid5
 from cart_course.demo import cohort
 from cart_course.errors import CipherKeyError
 from cart_course.http import create_app
+from cart_course.http.feed import event_json
 from cart_course.keys import generate, write_key_pair
 from cart_course.ledger.core import issue
 from cart_course.rekey import check_migrated, migrate_stream_ids
@@ -322,6 +323,10 @@ def test_migrating_a_uuid5_store_keeps_every_hash_signature_and_checkpoint(store
         # No stream id is a uuid5 any more; lookups find every patient under the keyed id.
         assert not store.stream_ids() & {uuid5(p).hex for p in [*PATIENTS, "OLD-0001"]}
         assert service.record("P-0002").patient_id == "P-0002"
+        # The API shows events as before: the id an event was recorded under is not a field.
+        shown = [event_json(e, "P-0002") for e in service.events("P-0002")]
+        assert shown[0]["type"] == "Registered"
+        assert not any(k.startswith("_") for e in shown for k in e)
         # The log grows: a signature of a move recorded before the migration (its hash covers
         # the uuid5 id it was recorded under), a move on a migrated patient, new patients.
         signed = service.execute(
@@ -400,4 +405,52 @@ def test_a_plain_store_keeps_uuid5_and_has_nothing_to_migrate(tmp_path: Path) ->
     finally:
         service.close()
     result = CliRunner().invoke(cli, ["--db", url, "store", "migrate-stream-ids"], env={})
-    assert result.exit_code != 0 and "CART_COURSE_CIPHER_KEY is not set" in result.output
+    assert result.exit_code != 0 and "CART_COURSE_CIPHER_KEY is not set" in str(result.exception)
+
+
+def test_a_migrated_long_history_keeps_its_snapshots_and_takes_new_ones(tmp_path: Path) -> None:
+    """Snapshots (every 50 events) hold the chain's head: kept as stored, renamed, compared with
+    the replay by the audit; the next one is taken after the migration and verifies too."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from integration_helpers import Course
+
+    db, key = str(tmp_path / "long.sqlite"), new_cipher_key()
+    fever = {
+        "toxicity": {
+            "kind": "CRS",
+            "observations": {
+                "temperature": {"value": 38.2, "unit": "C"},
+                "hypotension": False,
+                "oxygen": {"device": "none"},
+            },
+        }
+    }
+    service = build_service(Settings.for_store(db, cipher_key=key))
+    service.app.stream_ids = StreamIds(SCHEME_UUID5, cipher_key=key)
+    _sql("sqlite", db)(f"DELETE FROM {META_TABLE}")
+    patient = Course(service, "S-1")
+    patient.screen()
+    patient.apheresis()
+    for _ in range(60):
+        patient.do("report_toxicity", fever, hours=0.1)
+    service.close()
+    service = build_service(Settings.for_store(db, cipher_key=key))
+    done = migrate_stream_ids(service, key)
+    service.close()
+    assert done["snapshots"] == 1
+    service = build_service(Settings.for_store(db, cipher_key=key))
+    try:
+        assert check_migrated(service.log, done).unchanged
+        patient.service = service
+        for _ in range(45):
+            patient.do("report_toxicity", fever, hours=0.1)
+        report = verify(service.log)
+        assert report.ok, report.problems
+        assert report.snapshots == 2
+        assert {r[0] for r in _sql("sqlite", db)("SELECT originator_id FROM stored_snapshots")} == {
+            service.stream_id("S-1").hex
+        }
+    finally:
+        service.close()

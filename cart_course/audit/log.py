@@ -380,7 +380,10 @@ def key_problem(log: EventLog) -> str | None:
     A wrong or missing key makes *every* row unreadable; an altered row only itself. So the
     key is judged on the log's first rows and its last one: when any of them reads, the key is
     right and a row that does not is evidence of tampering (``verify`` names it). A few rows,
-    whatever the size of the log."""
+    whatever the size of the log. An encrypted store's marker is checked first (its key check
+    tells a wrong key even before any event is stored: ``cart_course.streamids``)."""
+    if log.stream_ids.key_problem is not None:
+        return log.stream_ids.key_problem
     sample = list(log.notifications(0, KEY_SAMPLE))
     if not sample:
         return None

@@ -30,9 +30,10 @@ def ids_cmd(ctx: Context, as_json: bool) -> None:
     configured key is the store's (exit 1 when it is not)."""
     ids = _ids(ctx)
     info = ids.describe()
-    info["key_fits"] = ids.key_problem is None
-    if ids.key_problem is not None:
-        info["problem"] = ids.key_problem
+    problem = ctx.log.settings_mismatch()  # the marker's key check, then the first event
+    info["key_fits"] = problem is None
+    if problem is not None:
+        info["problem"] = problem
     if as_json:
         echo_json(info)
     else:
@@ -40,7 +41,7 @@ def ids_cmd(ctx: Context, as_json: bool) -> None:
         line = f"stream ids: {scheme}"
         if scheme == "uuid5" and ctx.settings.cipher_key:
             line += " (written before keyed ids: run 'cart-course store migrate-stream-ids')"
-        elif scheme == "uuid5":
+        elif scheme == "uuid5" and problem is None:
             line += " (a plain store: its events hold the patient ids in clear anyway)"
         if "migrated_up_to" in info:
             line += (
@@ -48,9 +49,9 @@ def ids_cmd(ctx: Context, as_json: bool) -> None:
                 f"notifications up to {info['migrated_up_to']} recorded under uuid5 ids)"
             )
         click.echo(line)
-        if ids.key_problem is not None:
-            click.echo(f"error: {ids.key_problem}", err=True)
-    if ids.key_problem is not None:
+        if problem is not None:
+            click.echo(f"error: {problem}", err=True)
+    if problem is not None:
         sys.exit(1)
 
 

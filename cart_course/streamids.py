@@ -348,8 +348,8 @@ def open_stream_ids(app: Any, cipher_key: str | None) -> StreamIds:
     if text is None:
         if not cipher_key:
             return StreamIds(SCHEME_UUID5)
-        if app.recorder.max_notification_id():
-            return StreamIds(SCHEME_UUID5, cipher_key=cipher_key)  # written before: uuid5
+        if app.recorder.max_notification_id():  # written before keyed ids: uuid5
+            return StreamIds(SCHEME_UUID5, cipher_key=cipher_key, key_problem=_marker_missing(app))
         marker_key = derive_key(cipher_key, LABEL_MARKER)
         try:
             tables.write(Marker(scheme=SCHEME_KEYED).text(marker_key))
@@ -359,6 +359,25 @@ def open_stream_ids(app: Any, cipher_key: str | None) -> StreamIds:
         if text is None:  # pragma: no cover - written just now
             text = Marker(scheme=SCHEME_KEYED).text(marker_key)
     return _from_marker(tables, text, cipher_key, app)
+
+
+def _marker_missing(app: Any) -> str | None:
+    """A store without a marker must have been written with uuid5 ids: its first stream is the
+    uuid5 of the patient it registers. If not, its marker was deleted (a keyed store then looks
+    like a uuid5 one, whose lookups find nobody and whose writes would register patients
+    twice): refuse it. One row read; a row that does not decrypt is the key check's to report."""
+    first = app.recorder.select_notifications(start=None, limit=1)
+    try:
+        event = app.mapper.to_domain_event(first[0])
+    except Exception:
+        return None
+    patient_id = getattr(event, "patient_id", None)
+    if isinstance(patient_id, str) and uuid5_stream_id(patient_id) != event.originator_id:
+        return (
+            "the store's stream-id marker is missing (deleted in the database?): its stream "
+            "ids are keyed; restore the marker from a backup"
+        )
+    return None
 
 
 def _from_marker(tables: MetaTables, text: str, cipher_key: str | None, app: Any) -> StreamIds:

@@ -454,3 +454,21 @@ def test_a_migrated_long_history_keeps_its_snapshots_and_takes_new_ones(tmp_path
         }
     finally:
         service.close()
+
+
+def test_a_deleted_marker_is_refused_not_taken_for_a_uuid5_store(store: Store) -> None:
+    """Without its marker a keyed store would look like one written with uuid5 ids: nobody
+    found, and a patient screened again registered twice. The first stream tells."""
+    service = build_service(store.settings(signing=False))
+    try:
+        _record(service, cohort(2, seed=3))
+    finally:
+        service.close()
+    store.sql(f"DELETE FROM {META_TABLE}")
+    service = build_service(store.settings(signing=False))
+    try:
+        with pytest.raises(CipherKeyError, match="marker is missing"):
+            service.execute(parse_command(next(iter(cohort(1, seed=3)))))
+        assert service.log.settings_mismatch() is not None
+    finally:
+        service.close()

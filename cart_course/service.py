@@ -241,6 +241,12 @@ class CourseService:
 
         ``probably_new`` (a screening): ask first whether the stream has any event at all (one
         query), rather than looking for a snapshot and then for events (two)."""
+        if self.app.stream_ids.key_problem is not None:
+            # the key is not the store's (``cart_course.streamids``): under it the patient's
+            # stream id finds nobody. A screening goes on to the write, which is refused.
+            if probably_new:
+                return None
+            raise self._key_error(patient_id)
         sid = self.stream_id(patient_id)
         with self._lock:
             cached = self._cache.get(sid)
@@ -521,7 +527,16 @@ class CourseService:
 
     # -- corrections ---------------------------------------------------------------------------
 
+    def _key_error(self, patient_id: str) -> CipherKeyError:
+        return CipherKeyError(
+            f"cannot read patient {patient_id}: the stored events do not decrypt with this key. "
+            "CART_COURSE_CIPHER_KEY (and CART_COURSE_COMPRESS) must be the ones the store was "
+            f"written with ({self.app.stream_ids.key_problem})"
+        )
+
     def _stored_events(self, patient_id: str, lte: int | None = None) -> list[Any]:
+        if self.app.stream_ids.key_problem is not None:
+            raise self._key_error(patient_id)
         with store_errors(f"patient {patient_id}"):
             return list(self.app.events.get(self.stream_id(patient_id), lte=lte))
 

@@ -55,7 +55,6 @@ from Crypto.Hash import SHA256
 from Crypto.Protocol.KDF import HKDF
 
 from .course import stream_id as uuid5_stream_id
-from .errors import CipherKeyError
 
 #: The schemes a store's stream ids follow.
 SCHEME_UUID5 = "uuid5"
@@ -145,26 +144,17 @@ class StreamIds:
         self._access_key: bytes | None = None
         if cipher_key:
             self._access_key = derive_key(cipher_key, LABEL_ACCESS)
-        #: The stream id of a patient (cached: one HMAC per patient and process).
+        #: The stream id of a patient (cached: one HMAC per patient and process). With a
+        #: :attr:`key_problem` it finds nobody: readers refuse first (``CourseService``, the
+        #: audit's key check), and a write is refused before anything is stored.
         self.stream_id: Callable[[str], uuid.UUID]
-        if key_problem is not None:
-            self.stream_id = self._refuse
-        elif scheme == SCHEME_KEYED and cipher_key:
+        if scheme == SCHEME_KEYED and cipher_key:
             stream_key = derive_key(cipher_key, LABEL_STREAM)
             self.stream_id = functools.lru_cache(maxsize=65_536)(
                 functools.partial(keyed_uuid, stream_key)
             )
         else:
             self.stream_id = uuid5_stream_id
-
-    def _refuse(self, patient_id: str) -> uuid.UUID:
-        """No patient is looked up with a key that is not the store's: their stream id under
-        another key finds nothing, and "no such patient" would mislead."""
-        raise CipherKeyError(
-            f"cannot use the store: {self.key_problem}; nothing was written or read. "
-            "CART_COURSE_CIPHER_KEY (and CART_COURSE_COMPRESS) must be the ones the store was "
-            "written with"
-        )
 
     @property
     def keyed(self) -> bool:

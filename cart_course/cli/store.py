@@ -63,6 +63,12 @@ def lookup_cmd(ctx: Context, patient_id: str, as_json: bool) -> None:
     """PATIENT_ID's stream id and audit-access-log pseudonym in this store (needs the store's
     key on an encrypted store): what to look for in the database or the access log."""
     ids = _ids(ctx)
+    problem = ctx.log.settings_mismatch()
+    if problem is not None:
+        raise CipherKeyError(
+            f"cannot look {patient_id} up: the stored events do not decrypt with this key "
+            f"({problem}). CART_COURSE_CIPHER_KEY must be the store's key"
+        )
     out = {
         "patient_id": patient_id,
         "stream_id": str(ids.stream_id(patient_id)),

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import msgspec
 
 from .course import stream_id as uuid5_stream_id
 from .errors import CartCourseError, CipherKeyError
@@ -119,8 +120,6 @@ def _registrations(app: Any, log: Any) -> dict[str, str]:
                 state = cipher.decrypt(state)
             if compressor:
                 state = compressor.decompress(state)
-            import msgspec
-
             data = msgspec.json.decode(state) if CANONICAL_MARK in state else None
             if not (isinstance(data, dict) and is_canonical_state(data)):
                 raise MigrationError(

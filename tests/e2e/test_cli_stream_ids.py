@@ -71,6 +71,12 @@ def test_the_previous_release_encrypted_store_migrates_and_verifies(tmp_path: Pa
     assert checked.returncode == 0, checked.stdout + checked.stderr
     history = run(db, "audit", "history", "P-0001", "--json", **enc)
     assert history.returncode == 0 and json.loads(history.stdout)[0]["version"] == 1
+    looked_up = json.loads(run(db, "store", "lookup", "P-0001", "--json", **enc).stdout)
+    exported = run(db, "audit", "export", "jsonl", "--patient", "P-0001", **enc)
+    assert exported.returncode == 0, exported.stderr
+    lines = [json.loads(x) for x in exported.stdout.splitlines()]
+    assert {x["stream_id"] for x in lines} == {looked_up["stream_id"]} != {str(uuid5("P-0001"))}
+    assert run(db, "audit", "export", "fhir", "--patient", "P-0001", **enc).returncode == 0
     conformance = run(db, "audit", "conformance", **enc)
     assert conformance.returncode in (0, 1) and "Traceback" not in conformance.stderr
     new = {

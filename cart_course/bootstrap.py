@@ -134,9 +134,13 @@ def build_service(settings: Settings) -> CourseService:
 
 def build_tokens(settings: Settings) -> TokenStore:
     """The API tokens kept beside the events."""
+    from .streamids import access_log_pseudonymiser
     from .tokens import open_token_store
 
-    return open_token_store(settings.store)
+    store = open_token_store(settings.store)
+    if settings.cipher_key:  # an encrypted store's access log names no patient
+        store.pseudonymise = access_log_pseudonymiser(settings.cipher_key)
+    return store
 
 
 def build_views(settings: Settings, log: EventLog, **options: Any) -> Views:

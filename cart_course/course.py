@@ -63,13 +63,19 @@ canonical = canonical_reference
 #: The attribute in which a live event keeps the bytes its hash covers (not a field of the event:
 #: never hashed, never stored as a field; see :func:`chain_hash`).
 CANONICAL_BYTES = "_canonical"
+#: The attribute in which an event read from a store whose stream ids were migrated
+#: (``cart_course.streamids``) keeps the stream id it was recorded under, as its stored bytes
+#: say (not a field: never hashed or stored as one). Its hash covers that id, not the row's.
+RECORDED_ID = "_recorded_id"
 
 
 def event_content(event: Any) -> dict[str, Any]:
-    """What an event's hash covers: its type, stream, version, record time and every field."""
+    """What an event's hash covers: its type, stream (the one it was recorded under), version,
+    record time and every field."""
     content = dict(vars(event))
     content.pop(CANONICAL_BYTES, None)
-    content["originator_id"] = str(content["originator_id"])
+    recorded = content.pop(RECORDED_ID, None)
+    content["originator_id"] = str(content["originator_id"]) if recorded is None else recorded
     content["timestamp"] = event.timestamp.isoformat()
     content["type"] = type(event).__qualname__
     return content
@@ -306,9 +312,14 @@ class PatientCourse(Aggregate):
     # -- command side (called by the service after the protocol said yes) ----------------------
 
     @classmethod
-    def register(cls, patient_id: str, actor: str, role: str) -> PatientCourse:
+    def register(
+        cls, patient_id: str, actor: str, role: str, *, id: uuid.UUID | None = None
+    ) -> PatientCourse:
+        """A new patient's course; ``id``: its stream id (the store's scheme,
+        ``cart_course.streamids``; default the uuid5 of the patient id)."""
         course = cls._create(
             cls.Registered,
+            id=id,
             patient_id=patient_id,
             actor=actor,
             role=role,

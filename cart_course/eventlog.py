@@ -55,6 +55,7 @@ from .storage import (
     from_canonical_state,
     is_canonical_state,
 )
+from .streamids import StreamIds
 
 #: The topic of a patient's registration (the first event of every stream).
 REGISTERED_TOPIC = f"{PatientCourse.__module__}:{PatientCourse.Registered.__qualname__}"
@@ -334,6 +335,17 @@ class EventLog:
         """Why the store's first event does not read with this key and compression setting
         (None: it does, or the store is empty). One row read."""
         return self._app.settings_mismatch()
+
+    # -- stream ids (``cart_course.streamids``) ------------------------------------------------
+
+    @property
+    def stream_ids(self) -> StreamIds:
+        """The store's stream-id scheme: keyed on an encrypted store, uuid5 otherwise."""
+        return self._app.stream_ids
+
+    def stream_id(self, patient_id: str) -> uuid.UUID:
+        """The patient's stream id in this store (cached)."""
+        return self._app.stream_ids.stream_id(patient_id)
 
     # -- positions and notifications -----------------------------------------------------------
 

@@ -241,7 +241,13 @@ class CourseService:
 
         ``probably_new`` (a screening): ask first whether the stream has any event at all (one
         query), rather than looking for a snapshot and then for events (two)."""
-        sid = stream_id(patient_id)
+        if self.app.stream_ids.key_problem is not None:
+            # the key is not the store's (``cart_course.streamids``): under it the patient's
+            # stream id finds nobody. A screening goes on to the write, which is refused.
+            if probably_new:
+                return None
+            raise self._key_error(patient_id)
+        sid = self.stream_id(patient_id)
         with self._lock:
             cached = self._cache.get(sid)
             if cached is not None and not cached.pending_events:
@@ -292,7 +298,7 @@ class CourseService:
 
     def _evict(self, patient_id: str) -> None:
         with self._lock:
-            self._cache.pop(stream_id(patient_id), None)
+            self._cache.pop(self.stream_id(patient_id), None)
 
     def record(self, patient_id: str) -> PatientRecord:
         course = self._load(patient_id)
@@ -417,13 +423,13 @@ class CourseService:
         screened = {
             c.patient_id
             for c in commands
-            if c.command == "screen" and stream_id(c.patient_id) not in self._cache
+            if c.command == "screen" and self.stream_id(c.patient_id) not in self._cache
         }
         if not screened:
             return screened
         with store_errors("the store"):
-            existing = self.app.existing_streams([stream_id(p) for p in screened])
-        return {p for p in screened if stream_id(p) not in existing}
+            existing = self.app.existing_streams([self.stream_id(p) for p in screened])
+        return {p for p in screened if self.stream_id(p) not in existing}
 
     def _apply(
         self, course: PatientCourse | None, command: Command, *, with_allowed: bool = False
@@ -448,7 +454,10 @@ class CourseService:
             if command.command not in ("screen",):
                 raise PatientNotFoundError(command.patient_id)
             course = PatientCourse.register(
-                command.patient_id, command.actor.id, command.actor.role
+                command.patient_id,
+                command.actor.id,
+                command.actor.role,
+                id=self.stream_id(command.patient_id),
             )
         kind = REGISTRY.commands[command.command].kind
         if kind != "move":
@@ -518,9 +527,18 @@ class CourseService:
 
     # -- corrections ---------------------------------------------------------------------------
 
+    def _key_error(self, patient_id: str) -> CipherKeyError:
+        return CipherKeyError(
+            f"cannot read patient {patient_id}: the stored events do not decrypt with this key. "
+            "CART_COURSE_CIPHER_KEY (and CART_COURSE_COMPRESS) must be the ones the store was "
+            f"written with ({self.app.stream_ids.key_problem})"
+        )
+
     def _stored_events(self, patient_id: str, lte: int | None = None) -> list[Any]:
+        if self.app.stream_ids.key_problem is not None:
+            raise self._key_error(patient_id)
         with store_errors(f"patient {patient_id}"):
-            return list(self.app.events.get(stream_id(patient_id), lte=lte))
+            return list(self.app.events.get(self.stream_id(patient_id), lte=lte))
 
     def _save(self, *courses: PatientCourse) -> None:
         """Save in one transaction, or raise and forget the aggregates (their events are gone).
@@ -806,4 +824,6 @@ class CourseService:
         return rows
 
     def stream_id(self, patient_id: str) -> UUID:
-        return stream_id(patient_id)
+        """The patient's stream id under the store's scheme (``cart_course.streamids``: keyed on
+        an encrypted store, uuid5 otherwise; cached)."""
+        return self.app.stream_ids.stream_id(patient_id)

@@ -38,10 +38,11 @@ from eventsourcing.persistence import (
 from eventsourcing.sqlite import SQLiteAggregateRecorder
 from eventsourcing.utils import get_topic
 
-from .course import CANONICAL_BYTES, REPLAY_RULES, PatientCourse
+from .course import CANONICAL_BYTES, RECORDED_ID, REPLAY_RULES, PatientCourse
 from .encoding import not_json
 from .errors import CipherKeyError
 from .protocol.record import DERIVED_FIELDS, PatientRecord
+from .streamids import StreamIds, open_stream_ids
 
 DEFAULT_DB = "var/cart-course.sqlite"
 ENV_DB = "CART_COURSE_DB"
@@ -343,6 +344,9 @@ class CourseTranscoder(JSONTranscoder):
         super().__init__()
         self._fast_encode = msgspec.json.Encoder(enc_hook=not_json).encode
         self._fast_decode = msgspec.json.Decoder().decode
+        #: On a store whose stream ids were migrated (``cart_course.streamids``): a decoded
+        #: course event keeps the stream id its bytes were recorded under (``RECORDED_ID``).
+        self.keep_recorded_ids = False
 
     def encode(self, obj: Any) -> bytes:
         layout: dict[str, Any] | None = None
@@ -369,6 +373,10 @@ class CourseTranscoder(JSONTranscoder):
         if CANONICAL_MARK in data:
             state = self._fast_decode(data)
             if type(state) is dict and is_canonical_state(state):
+                if self.keep_recorded_ids:
+                    recorded = state["originator_id"]
+                    from_canonical_state(state)[RECORDED_ID] = recorded
+                    return state
                 return from_canonical_state(state)
         return super().decode(data)
 
@@ -453,6 +461,8 @@ class CourseApplication(Application[Any]):
 
     name = "cart_course"
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {PatientCourse: SNAPSHOT_INTERVAL}
+    #: The store's stream-id scheme (``cart_course.streamids``; set by :func:`open_application`).
+    stream_ids: StreamIds = StreamIds()
     #: Whether :meth:`check_readable` passed (it runs before this application's first write).
     _readable_checked = False
 
@@ -507,6 +517,8 @@ class CourseApplication(Application[Any]):
     def settings_mismatch(self) -> str | None:
         """Why the store's first stored event does not read with this application's key and
         compression setting (None: it does, or the store is empty). One row read."""
+        if self.stream_ids.key_problem is not None:  # the store's marker: its key check
+            return self.stream_ids.key_problem
         first = self.recorder.select_notifications(start=None, limit=1)
         if not first:
             return None
@@ -662,7 +674,11 @@ def open_application(
     env = application_env(settings, cipher_key=cipher_key, compress=compress, cache_size=cache_size)
     for attempt in range(_CREATE_RETRIES):
         try:
-            return CourseApplication(env=env)
+            app = CourseApplication(env=env)
+            app.stream_ids = open_stream_ids(app, cipher_key)
+            if app.stream_ids.migrated_up_to is not None:
+                app.mapper.transcoder.keep_recorded_ids = True  # type: ignore[attr-defined]
+            return app
         except InternalError as exc:
             # Processes starting together each create the tables (CREATE TABLE IF NOT EXISTS);
             # PostgreSQL may refuse all but one with "tuple concurrently updated". The tables

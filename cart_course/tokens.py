@@ -20,7 +20,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -161,6 +161,9 @@ class TokenStore:
     placeholder = "?"
     cache_seconds = TOKEN_CACHE_SECONDS
     log_timeout = ACCESS_LOG_TIMEOUT_SECONDS
+    #: On an encrypted store: (path, query) -> the same with each patient id as its keyed
+    #: pseudonym (``streamids.access_log_pseudonymiser``; set by ``bootstrap.build_tokens``).
+    pseudonymise: Callable[[str, str], tuple[str, str]] | None = None
 
     def __init__(self) -> None:
         # token hash -> (trusted until (monotonic), info); only active tokens are cached
@@ -304,6 +307,8 @@ class TokenStore:
     ) -> None:
         """Write one entry; raises :class:`StoreError` when it cannot be written in time (the
         caller must then not serve the read)."""
+        if self.pseudonymise is not None:
+            path, query = self.pseudonymise(path, query)
         try:
             self._execute_log(
                 self._sql(

@@ -32,7 +32,7 @@ import datetime as dt
 import hashlib
 import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
 import attrs
@@ -225,24 +225,26 @@ def check_stream(
     replay: bool = True,
     stream: str | None = None,
     snapshots: Sequence[SnapshotState] = (),
+    stream_of: Callable[[str], uuid.UUID] = stream_id,
 ) -> list[Problem]:
     """The first broken link of one stream (and any bad signature or snapshot); empty when
     intact. ``stream``: the stored stream id, checked against the patient id. ``snapshots``: the
     stream's stored snapshots, each compared with the replayed state at its version (needs
-    ``replay``)."""
+    ``replay``). ``stream_of``: the store's stream id of a patient (``EventLog.stream_id``:
+    keyed on an encrypted store)."""
     problems: list[Problem] = []
     # Only a registration that decodes names a patient (otherwise the loop below names the row).
     registered = any(
         e.version == 1 and e.kind == REGISTERED and UNDECODABLE not in e.data for e in events
     )
-    if stream is not None and registered and str(stream_id(patient_id)) != stream:
+    if stream is not None and registered and str(stream_of(patient_id)) != stream:
         problems.append(
             Problem(
                 patient_id=patient_id,
                 version=1,
                 check="registration",
                 message=f"stream {stream} is registered as {patient_id}, whose stream id is "
-                f"{stream_id(patient_id)}: the registration row was modified",
+                f"{stream_of(patient_id)}: the registration row was modified",
             )
         )
         return problems
@@ -437,6 +439,7 @@ def heads(
                     replay=report.replayed,
                     stream=read.stream,
                     snapshots=snapshots,
+                    stream_of=log.stream_id,
                 )
             )
         nid = read.notification_id
@@ -457,7 +460,7 @@ def heads(
 def _orphans(log: EventLog, up_to: int | None = None) -> list[Problem]:
     """Rows of streams that have no registration (failure path only: holds a set of streams),
     among the rows at or below notification ``up_to``."""
-    registered = {str(stream_id(pid)) for _nid, pid in registrations(log, up_to)}
+    registered = {str(log.stream_id(pid)) for _nid, pid in registrations(log, up_to)}
     decode = Decoder(log)
     found: dict[str, list[int]] = {}
     for page in log.pages(0, page=PAGE, up_to=up_to):

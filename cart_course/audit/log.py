@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 from eventsourcing.persistence import StoredEvent
 
-from ..course import PatientCourse, event_hash, stream_id
+from ..course import PatientCourse, event_hash
 from ..encoding import ReprFloat as ReprFloat
 from ..encoding import UnknownFormError, decode_json, decoded_content_bytes
 from ..encoding import canonical_decoded as canonical_decoded
@@ -146,6 +146,10 @@ class Decoder:
         self.log = log
         self._cipher = log.cipher
         self._compressor = log.compressor
+        ids = log.stream_ids
+        #: A migrated store (``cart_course.streamids``): stream id -> the uuid5 id its rows
+        #: recorded before the migration were hashed under.
+        self._aliases = ids.aliases() if ids.migrated_up_to is not None else {}
 
     def __call__(self, stored: Any) -> LoggedEvent:
         oid = stored.originator_id
@@ -201,13 +205,17 @@ class Decoder:
         if not (isinstance(data, dict) and is_canonical_state(data)):
             return None
         stamp = data.pop("timestamp")
+        hashed = sid
+        if self._aliases and data.get("originator_id") == self._aliases.get(sid):
+            hashed = self._aliases[sid]  # recorded before the store's ids were migrated
         fields = drop_row_copies(data)
         # The bytes the hash covers are those of the row exactly when the row is intact: one
         # SHA-256, of the row (the hash when intact, the altered row's otherwise).
         held = hashlib.sha256(state).hexdigest()
         try:
             intact = (
-                decoded_content_bytes(hashed_content(sid, version, topic, fields, stamp)) == state
+                decoded_content_bytes(hashed_content(hashed, version, topic, fields, stamp))
+                == state
             )
         except UnknownFormError as exc:
             return LoggedEvent(
@@ -330,7 +338,7 @@ def streams(
     audit never shows a damaged row as an event with empty fields."""
     require_readable(log)
     if patient_id is not None:
-        events = read_stream(log, stream_id(patient_id), Decoder(log))
+        events = read_stream(log, log.stream_id(patient_id), Decoder(log))
         if not events:
             raise PatientNotFoundError(patient_id)
         yield patient_id, check_readable(patient_id, events)
@@ -372,7 +380,10 @@ def key_problem(log: EventLog) -> str | None:
     A wrong or missing key makes *every* row unreadable; an altered row only itself. So the
     key is judged on the log's first rows and its last one: when any of them reads, the key is
     right and a row that does not is evidence of tampering (``verify`` names it). A few rows,
-    whatever the size of the log."""
+    whatever the size of the log. An encrypted store's marker is checked first (its key check
+    tells a wrong key even before any event is stored: ``cart_course.streamids``)."""
+    if log.stream_ids.key_problem is not None:
+        return log.stream_ids.key_problem
     sample = list(log.notifications(0, KEY_SAMPLE))
     if not sample:
         return None

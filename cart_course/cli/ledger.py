@@ -12,7 +12,6 @@ from typing import Any
 import click
 
 from ..audit.log import require_readable
-from ..course import stream_id
 from ..keys import KeyFormatError, PublicKey, read_public_keys, read_signing_key
 from ..ledger.checkpoint import CheckpointFormatError
 from ..ledger.core import LedgerError, LedgerReport, check_proof, issue, prove, verify_checkpoint
@@ -169,7 +168,7 @@ def prove_cmd(ctx: Context, patient_id: str, version: int, checkpoint_path: str 
     require_readable(app)
     store, opened = _store(ctx)
     try:
-        proof = prove(app, store, str(stream_id(patient_id)), version, checkpoint_text=text)
+        proof = prove(app, store, str(app.stream_id(patient_id)), version, checkpoint_text=text)
     except CheckpointFormatError as exc:
         raise click.BadParameter(str(exc), param_hint="--checkpoint") from None
     except LedgerError as exc:

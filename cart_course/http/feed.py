@@ -7,12 +7,14 @@ import threading
 from typing import Any
 from uuid import UUID
 
-from ..course import PatientCourse
+from ..course import RECORDED_ID, PatientCourse
 from ..eventlog import REGISTERED_TOPIC
 from ..service import CourseService
 
 __all__ = ["REGISTERED_TOPIC", "PatientIndex", "event_json", "last_position", "read_feed"]
-_HIDDEN = ("originator_id", "originator_version", "timestamp")
+#: ``RECORDED_ID``: kept by events read from a migrated store (``cart_course.streamids``), not a
+#: field of the event.
+_HIDDEN = ("originator_id", "originator_version", "timestamp", RECORDED_ID)
 
 
 def plain(data: Any) -> Any:

@@ -532,7 +532,9 @@ def _esignatures(
         event = decode.row(row.stream, row.version, row.topic, row.state)
         if event.get(signing.FIELD) is None and position < protected:
             continue  # recorded before the service signed: the signed tree covers it
-        why = signing.check(keys, row.stream, row.version, event.recorded_at, event.data)
+        why = signing.check(
+            keys, row.recorded or row.stream, row.version, event.recorded_at, event.data
+        )
         if why is None:
             continue
         if row.stream not in namer:
@@ -656,13 +658,24 @@ def prove(
         "tree_size": size,
         "root": _b64(checkpoint.root),
         "leaf_index": index,
-        "stream_id": stream,
+        "stream_id": _header_stream(data, stream),
         "version": version,
         "leaf_data": _b64(data),
         "leaf_hash": _b64(leaf),
         "path": [_b64(p) for p in proof],
         "checkpoint": checkpoint.text(),
     }
+
+
+def _header_stream(data: bytes, stream: str) -> str:
+    """The stream id a leaf's header names (the one its row was recorded under)."""
+    try:
+        header = json.loads(data.split(b"\n", 2)[1])
+    except (IndexError, ValueError):
+        return stream
+    return (
+        header[0] if isinstance(header, list) and header and isinstance(header[0], str) else stream
+    )
 
 
 def _prove_from_stored(
@@ -684,6 +697,10 @@ def _prove_from_stored(
         return None
     row = stored[0]
     data = leaf_bytes(stream, version, str(row.topic), state_bytes(row.state))
+    alias = app.stream_ids.aliases().get(stream) if app.stream_ids.migrated_up_to else None
+    if leaf_hash(data) != leaves[index] and alias is not None:
+        # recorded before the store's stream ids were migrated: its leaf names that id
+        data = leaf_bytes(alias, version, str(row.topic), state_bytes(row.state))
     if leaf_hash(data) != leaves[index]:
         raise LedgerError(
             f"v{version} as stored now is not the row the checkpoint signed at position {index}: "

@@ -40,10 +40,13 @@ class LogRow(NamedTuple):
     version: Any
     topic: str
     state: bytes
+    #: The stream id the row was recorded under when a migration re-keyed the row's stream id
+    #: (``cart_course.streamids``): its leaf names that one, as it did when it was signed.
+    recorded: str | None = None
 
     @property
     def data(self) -> bytes:
-        return leaf_bytes(self.stream, self.version, self.topic, self.state)
+        return leaf_bytes(self.recorded or self.stream, self.version, self.topic, self.state)
 
     @property
     def leaf(self) -> bytes:
@@ -62,18 +65,26 @@ def rows(app: EventLog, *, after: int = 0, up_to: int | None = None) -> Iterator
     """Every stored event row with a notification id above ``after`` and at or below ``up_to``,
     in notification order, a page at a time."""
     start = after
+    ids = app.stream_ids
+    migrated = ids.migrated_up_to
     while True:
         page = app.notifications(start, PAGE, up_to=up_to)
         if not page:
             return
         for n in page:
             oid = n.originator_id
+            stream = str(oid if isinstance(oid, uuid.UUID) else uuid.UUID(str(oid)))
+            recorded = None
+            if migrated is not None and n.id <= migrated:
+                recorded = ids.recorded_id(stream, int(n.id))
+                recorded = None if recorded == stream else recorded
             yield LogRow(
                 int(n.id),
-                str(oid if isinstance(oid, uuid.UUID) else uuid.UUID(str(oid))),
+                stream,
                 n.originator_version,
                 str(n.topic),
                 state_bytes(n.state),
+                recorded,
             )
         start = page[-1].id
         if up_to is not None and start >= up_to:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from cart_course.bootstrap import Settings, build_service
 from cart_course.cli import main
 from cart_course.course import stream_id
 from cart_course.storage import new_cipher_key
@@ -88,12 +89,31 @@ def sql(db: Path, statement: str, *args: Any) -> list[tuple[Any, ...]]:
     return rows
 
 
+def store_stream_id(db: Path, patient: str) -> str:
+    """The patient's stream id in this store, as the service computes it with the key in the
+    environment (keyed on an encrypted store, uuid5 on a plain one)."""
+    settings = Settings.from_env(str(db))
+    service = build_service(settings)
+    try:
+        return service.stream_id(patient).hex
+    finally:
+        service.close()
+
+
 def set_row(db: Path, version: int, column: str, value: Any, patient: str = PATIENT) -> None:
+    sid = store_stream_id(db, patient)
+    found = sql(
+        db,
+        "SELECT COUNT(*) FROM stored_events WHERE originator_id = ? AND originator_version = ?",
+        sid,
+        version,
+    )
+    assert found == [(1,)], "the row to damage is not in the store"
     sql(
         db,
         f"UPDATE stored_events SET {column} = ? WHERE originator_id = ? AND originator_version = ?",
         value,
-        stream_id(patient).hex,
+        sid,
         version,
     )
 

@@ -20,8 +20,9 @@ from cart_course.eventlog import REGISTERED_TOPIC, EventLog
 from cart_course.service import CourseService
 
 PACKAGE = Path(__file__).resolve().parents[2] / "cart_course"
-#: Modules that may hold the eventsourcing application: the store, the log, the service.
-STORE_MODULES = {"storage.py", "eventlog.py", "service.py"}
+#: Modules that may hold the eventsourcing application: the store, the log, the service, and
+#: the store's stream-id tables and their migration (``streamids``, ``rekey``: issue 14 item 7).
+STORE_MODULES = {"storage.py", "eventlog.py", "service.py", "streamids.py", "rekey.py"}
 REACHING_IN = re.compile(
     r"\.recorder\b|\.mapper\b|\bservice\.app\b|\.app\.(recorder|mapper|repository|snapshots|events)\b"
 )

@@ -34,6 +34,7 @@ __all__ = [
     "BilirubinPayload",
     "CauseOfDeathPayload",
     "CellCountPayload",
+    "CapdItemsPayload",
     "CellDosePayload",
     "CreatininePayload",
     "CrsObservationsPayload",
@@ -201,7 +202,7 @@ OxygenDevice: TypeAlias = Literal[
     "bipap",
     "mechanical_ventilation",
 ]
-IcansDomain: TypeAlias = Literal["ice", "consciousness", "seizure", "motor", "raised_icp"]
+IcansDomain: TypeAlias = Literal["ice", "consciousness", "seizure", "motor", "raised_icp", "capd"]
 
 
 class TemperaturePayload(_Payload, frozen=True):
@@ -241,11 +242,29 @@ class IceItemsPayload(_Payload, frozen=True):
     attention: Annotated[int, Meta(ge=0, le=1)]
 
 
+class CapdItemsPayload(_Payload, frozen=True):
+    """The eight CAPD items (Cornell Assessment of Pediatric Delirium), each 0-4 as scored on
+    the form (items 1-4 are scored in reverse: "never" is 4); issue 20."""
+
+    eye_contact: Annotated[int, Meta(ge=0, le=4)]
+    purposeful_actions: Annotated[int, Meta(ge=0, le=4)]
+    aware_of_surroundings: Annotated[int, Meta(ge=0, le=4)]
+    communicates_needs_and_wants: Annotated[int, Meta(ge=0, le=4)]
+    restless: Annotated[int, Meta(ge=0, le=4)]
+    inconsolable: Annotated[int, Meta(ge=0, le=4)]
+    underactive: Annotated[int, Meta(ge=0, le=4)]
+    long_time_to_respond: Annotated[int, Meta(ge=0, le=4)]
+
+
 class IcansObservationsPayload(_Payload, frozen=True, kw_only=True):
     age_years: Annotated[int, Meta(ge=0, le=130)] | Annotated[float, Meta(ge=0, le=130)]
     #: 0-10; null only when the patient is unarousable (the ICE cannot be performed).
     ice_score: Annotated[int, Meta(ge=0, le=10)] | UnsetType | None = UNSET
     ice_items: IceItemsPayload | UnsetType | None = UNSET
+    #: Children under 12 (issue 20): the CAPD total 0-32 instead of the ICE score; null only
+    #: when the CAPD cannot be performed (the child is unarousable).
+    capd_score: Annotated[int, Meta(ge=0, le=32)] | UnsetType | None = UNSET
+    capd_items: CapdItemsPayload | UnsetType | None = UNSET
     consciousness: Literal[
         "none", "wakes_spontaneously", "wakes_to_voice", "wakes_to_touch", "stupor_or_coma"
     ]

@@ -35,7 +35,7 @@ from .contract import (
     TIME_PATTERN,
     WRITE_ROLES,
 )
-from .protocol import dosing, toxicity
+from .protocol import dosing, pre_infusion, toxicity
 from .protocol.eligibility import SCREENING_KEYS
 from .protocol.payloads import PAYLOAD_TYPES
 from .protocol.plausibility import LAB_RANGES
@@ -303,6 +303,10 @@ def payload_defs() -> dict[str, Schema]:
     _add_rules(
         defs["TemperaturePayload"],
         _by_unit({u: (float(lo), float(hi)) for u, (lo, hi) in toxicity.TEMPERATURE_RANGE.items()}),
+    )
+    _add_rules(  # the pre-infusion gate's temperature (issue 20)
+        defs["GateTemperaturePayload"],
+        _by_unit({u: (float(lo), float(hi)) for u, (lo, hi) in pre_infusion.TEMPERATURE_RANGE.items()}),
     )
     _add_rules(
         defs["weight"],

@@ -49,6 +49,7 @@ __all__ = [
     "MrdPayload",
     "OtherReportPayload",
     "OxygenPayload",
+    "PreInfusionPayload",
     "ResponseAssessmentPayload",
     "SaeReportPayload",
     "ScreeningPayload",
@@ -455,6 +456,29 @@ class CellDosePayload(_Payload, frozen=True):
     unit: Literal["cells", "cells/kg"]
 
 
+# --------------------------------------------------------------------------------------------
+# The pre-infusion gate (pre_infusion.py, issue 20)
+# --------------------------------------------------------------------------------------------
+
+
+class GateTemperaturePayload(_Payload, frozen=True):
+    """The highest body temperature before a fraction: 30 to 45 C or 86 to 113 F."""
+
+    value: Annotated[int, Meta(ge=30, le=113)] | Annotated[float, Meta(ge=30.0, le=113.0)]
+    unit: Literal["C", "F"]
+
+
+class PreInfusionPayload(_Payload, frozen=True):
+    """What the pre-infusion gate reads: the highest temperature in the last 48 h (the
+    protocol's window) with its unit (plausible 30-45 C / 86-113 F), room-air SpO2 in %,
+    vasopressors in use, an uncontrolled active infection."""
+
+    highest_temperature: GateTemperaturePayload
+    spo2_room_air_pct: Percent
+    vasopressors: bool
+    uncontrolled_active_infection: bool
+
+
 #: Every payload type by the name the schemas use (``schemas.py``'s definitions).
 PAYLOAD_TYPES: Final[dict[str, Any]] = {
     "screening": ScreeningPayload,
@@ -469,6 +493,7 @@ PAYLOAD_TYPES: Final[dict[str, Any]] = {
     "follow_up": FollowUpPayload,
     "missed_visit": MissedVisitPayload,
     "cause_of_death": CauseOfDeathPayload,
+    "pre_infusion": PreInfusionPayload,
 }
 
 

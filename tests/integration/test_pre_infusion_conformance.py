@@ -1,0 +1,65 @@
+"""Issue 20: a store recorded under protocol 1.0 (pre-infusion observations optional), re-checked
+under the amendment 1.1 (required before D2 and D3), lists exactly the fractions the amendment
+would have refused; under each event's own version it conforms as before."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from cart_course.audit import patient_events
+from cart_course.audit.conformance import Conformance, check_history
+from cart_course.contract import parse_command
+from cart_course.demo import cohort
+from cart_course.protocol.versions import V1_1
+from cart_course.service import CourseService
+
+
+def record(service: CourseService, commands: list[dict[str, Any]]) -> None:
+    results = service.execute_batch([parse_command(c) for c in commands])
+    errors = [r for r in results if not hasattr(r, "status")]
+    assert not errors, errors
+
+
+def conformance(service: CourseService, protocol: Any = None) -> Conformance:
+    result = Conformance()
+    for pid in service.patient_ids():
+        check_history(pid, patient_events(service.log, pid), protocol=protocol, result=result)
+    return result
+
+
+def test_a_store_recorded_under_1_0_rechecked_under_the_amendment_lists_the_fractions_it_refuses(
+    memory_service: CourseService,
+) -> None:
+    commands = list(cohort(20, 5, start=dt.datetime(2025, 3, 3, 8, tzinfo=dt.UTC)))
+    record(memory_service, commands)
+    # the fractions the amendment requires observations for, and those that carried none
+    expected = set()
+    for c in commands:
+        payload = c["payload"]
+        if c["command"] == "give_infusion" and payload["day"] in (2, 3):
+            if "pre_infusion" not in payload and "deviation_reason" not in payload:
+                expected.add((c["patient_id"], f"infuse_d{payload['day']}"))
+    assert expected, "the cohort gives D2 and D3 without observations"
+
+    own = conformance(memory_service)
+    assert not [f for f in own.findings if "pre_infusion_criteria_met" in f.rules]
+
+    amended = conformance(memory_service, V1_1)
+    gate = [f for f in amended.findings if "pre_infusion_criteria_met" in f.rules]
+    assert {(f.patient_id, f.move) for f in gate} == expected
+    for f in gate:  # the move itself, and a correction of it re-judged with its new facts
+        assert f.check in ("refused", "correction") and f.protocol_version == "1.1"
+        assert "requires the pre-infusion observations before D" in f.message
+    assert {f.check for f in gate} >= {"refused"}
+    # the patient whose D2 and D3 carried observations (the held D2 of the demo) conforms
+    held = [c["patient_id"] for c in commands if c["command"] == "assess_pre_infusion"]
+    assert held and not [f for f in gate if f.patient_id in held]
+    # every event keeps its version: the store itself is unchanged by the re-check
+    versions = {
+        e.get("protocol_version")
+        for pid in memory_service.patient_ids()
+        for e in patient_events(memory_service.log, pid)
+        if e.get("protocol_version")
+    }
+    assert versions == {"1.0"}

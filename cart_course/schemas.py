@@ -306,7 +306,9 @@ def payload_defs() -> dict[str, Schema]:
     )
     _add_rules(  # the pre-infusion gate's temperature (issue 20)
         defs["GateTemperaturePayload"],
-        _by_unit({u: (float(lo), float(hi)) for u, (lo, hi) in pre_infusion.TEMPERATURE_RANGE.items()}),
+        _by_unit(
+            {u: (float(lo), float(hi)) for u, (lo, hi) in pre_infusion.TEMPERATURE_RANGE.items()}
+        ),
     )
     _add_rules(
         defs["weight"],

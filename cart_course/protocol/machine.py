@@ -388,8 +388,10 @@ def weight_known(p: Probe) -> bool:
     "not above the limit, room-air SpO2 not below the limit, no vasopressors, no uncontrolled "
     "active infection) where the protocol version judges them, are given where it requires "
     "them, and no bedside assessment holds the fraction; or a deviation reason is recorded",
-    lambda p: "; ".join(p.gate_problems())
-    + "; re-assess the patient, or record a deviation reason to give it anyway",
+    lambda p: (
+        "; ".join(p.gate_problems())
+        + "; re-assess the patient, or record a deviation reason to give it anyway"
+    ),
 )
 def pre_infusion_criteria_met(p: Probe) -> bool:
     facts = p.facts
@@ -403,11 +405,9 @@ def pre_infusion_criteria_met(p: Probe) -> bool:
 
 
 @rule(
-    "the assessment is of the course's next fraction, whose remaining fractions are not "
-    "cancelled",
+    "the assessment is of the course's next fraction, whose remaining fractions are not cancelled",
     lambda p: (
-        f"D{p.facts.get('day')} is not the next fraction: the next is "
-        f"D{p.facts.get('next_day')}"
+        f"D{p.facts.get('day')} is not the next fraction: the next is D{p.facts.get('next_day')}"
         if p.facts.get("next_day") != p.facts.get("day")
         else "the remaining fractions of this course were cancelled"
     ),

@@ -181,7 +181,7 @@ def parse_pre_infusion(data: Any, field: str = "payload.pre_infusion") -> PreInf
     assert not isinstance(temperature, Invalid)
     return PreInfusionObservations(
         highest_temperature=temperature,
-        spo2_room_air_pct=spo2,
+        spo2_room_air_pct=data["spo2_room_air_pct"],
         vasopressors=data["vasopressors"],
         uncontrolled_active_infection=data["uncontrolled_active_infection"],
     )
@@ -220,8 +220,7 @@ def judge(obs: PreInfusionObservations, params: ProtocolParameters) -> list[Fail
         failed.append(
             Failure(
                 criterion="temperature",
-                message=f"temperature {t.describe()} in the last {window} h is above "
-                f"{limit:g} C",
+                message=f"temperature {t.describe()} in the last {window} h is above {limit:g} C",
             )
         )
     spo2 = obs.spo2_room_air_pct
@@ -233,9 +232,7 @@ def judge(obs: PreInfusionObservations, params: ProtocolParameters) -> list[Fail
             )
         )
     if obs.vasopressors:
-        failed.append(
-            Failure(criterion="vasopressors", message="hypotension needing vasopressors")
-        )
+        failed.append(Failure(criterion="vasopressors", message="hypotension needing vasopressors"))
     if obs.uncontrolled_active_infection:
         failed.append(Failure(criterion="infection", message="uncontrolled active infection"))
     return failed

@@ -453,15 +453,11 @@ DEFINITIONS: tuple[CommandDef, ...] = (
             ),
             Move(
                 trigger="infuse_d2",
-                context=pre_infusion.with_gate_hold(
-                    product.with_product(blocks.ctx_later_day(2))
-                ),
+                context=pre_infusion.with_gate_hold(product.with_product(blocks.ctx_later_day(2))),
             ),
             Move(
                 trigger="infuse_d3",
-                context=pre_infusion.with_gate_hold(
-                    product.with_product(blocks.ctx_later_day(3))
-                ),
+                context=pre_infusion.with_gate_hold(product.with_product(blocks.ctx_later_day(3))),
             ),
         ],
         trigger_of=blocks.infusion_trigger,

@@ -32,8 +32,8 @@ from msgspec import UNSET
 from .errors import INVALID, Invalid, Problems, ProtocolInputError, key_name, key_names
 from .parameters import DEFAULT_PARAMETERS, ProtocolParameters
 from .payloads import (
-    CrsObservationsPayload,
     CapdItemsPayload,
+    CrsObservationsPayload,
     CrsReportPayload,
     FieldsJson,
     IcansObservationsPayload,
@@ -604,8 +604,12 @@ def parse_capd_items(data: Any, field: str = "capd_items") -> CapdItems:
     _key_problems(p, data, field, keys, keys)
     points = {
         key: p.run(
-            lambda: _integer(  # noqa: B023 (called at once)
-                data[key], _at(field, key), 0, CAPD_ITEM_MAX, f"CAPD item {key} points"
+            lambda: _integer(
+                data[key],  # noqa: B023
+                _at(field, key),  # noqa: B023
+                0,
+                CAPD_ITEM_MAX,
+                f"CAPD item {key} points",  # noqa: B023
             )
         )
         for key in keys
@@ -764,20 +768,22 @@ def _tool_score(
         score = None if items is None else INVALID if items is INVALID else items.total
     else:
         score = p.run(
-            lambda: _integer(
-                raw_score, _at(field, tool.score), 0, tool.top, f"{tool.name} score"
-            )
+            lambda: _integer(raw_score, _at(field, tool.score), 0, tool.top, f"{tool.name} score")
         )
-        if items is not None and items is not INVALID and score is not INVALID:
-            if items.total != score:
-                p.add(
-                    ProtocolInputError(
-                        _at(field, tool.score),
-                        f"{tool.name} score {score} does not equal the sum of the "
-                        f"{tool.name} items ({items.total}); correct one of them or give only "
-                        "the items",
-                    )
+        if (
+            items is not None
+            and items is not INVALID
+            and score is not INVALID
+            and items.total != score
+        ):
+            p.add(
+                ProtocolInputError(
+                    _at(field, tool.score),
+                    f"{tool.name} score {score} does not equal the sum of the "
+                    f"{tool.name} items ({items.total}); correct one of them or give only "
+                    "the items",
                 )
+            )
     if score is None and consciousness is not INVALID and consciousness != "stupor_or_coma":
         p.add(
             ProtocolInputError(

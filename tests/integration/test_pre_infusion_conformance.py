@@ -37,9 +37,13 @@ def test_a_store_recorded_under_1_0_rechecked_under_the_amendment_lists_the_frac
     expected = set()
     for c in commands:
         payload = c["payload"]
-        if c["command"] == "give_infusion" and payload["day"] in (2, 3):
-            if "pre_infusion" not in payload and "deviation_reason" not in payload:
-                expected.add((c["patient_id"], f"infuse_d{payload['day']}"))
+        if (
+            c["command"] == "give_infusion"
+            and payload["day"] in (2, 3)
+            and "pre_infusion" not in payload
+            and "deviation_reason" not in payload
+        ):
+            expected.add((c["patient_id"], f"infuse_d{payload['day']}"))
     assert expected, "the cohort gives D2 and D3 without observations"
 
     own = conformance(memory_service)

@@ -326,7 +326,9 @@ def test_a_fraction_held_by_the_pre_infusion_gate_is_not_overdue(
     p.screen()
     p.apheresis()
     p.infusion(1, days=DAY1.date().toordinal() - p.t.date().toordinal())
-    p.cmd("assess_pre_infusion", {"day": 2, "pre_infusion": pre_infusion(38.6)}, actor=NURSE, days=1)
+    p.cmd(
+        "assess_pre_infusion", {"day": 2, "pre_infusion": pre_infusion(38.6)}, actor=NURSE, days=1
+    )
     record(service, p.commands)
     views.catch_up()
     late = DAY1 + dt.timedelta(days=5)

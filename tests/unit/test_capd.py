@@ -72,9 +72,7 @@ def test_at_12_years_the_ice_grades_and_the_capd_is_refused_naming_the_ice() -> 
 # -- the CAPD bands -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("capd", "expected"), [(0, 0), (1, 1), (8, 1), (9, 3), (20, 3), (32, 3)]
-)
+@pytest.mark.parametrize(("capd", "expected"), [(0, 0), (1, 1), (8, 1), (9, 3), (20, 3), (32, 3)])
 def test_capd_bands_0_none_1_to_8_grade_1_from_9_grade_3(capd: int, expected: int) -> None:
     assert grade(child(capd)) == expected
 
@@ -85,7 +83,9 @@ def test_capd_8_is_grade_2_when_the_child_wakes_only_to_voice_and_9_is_grade_3()
     assert "CAPD 8/32" in " ".join(g.reasons)
     g = grade_icans_astct(parse_icans_observations(child(9, "wakes_to_voice")))
     assert g.grade == 3
-    assert g.reasons[0].startswith("ASTCT 2019 ICANS (child under 12: CAPD) grade 3: set by CAPD 9/32")
+    assert g.reasons[0].startswith(
+        "ASTCT 2019 ICANS (child under 12: CAPD) grade 3: set by CAPD 9/32"
+    )
 
 
 def test_unable_to_perform_the_capd_is_grade_4_only_when_unarousable() -> None:
@@ -113,9 +113,7 @@ def test_capd_items_give_the_total_and_a_total_disagreeing_is_refused() -> None:
 
 
 def test_capd_domain_attributable_to_another_cause_is_not_counted() -> None:
-    g = grade_icans_astct(
-        parse_icans_observations(child(12, attributable_to_other_cause=["capd"]))
-    )
+    g = grade_icans_astct(parse_icans_observations(child(12, attributable_to_other_cause=["capd"])))
     assert g.grade == 0
     assert "not counted: CAPD 12/32" in " ".join(g.reasons)
     err = error_of(child(12, attributable_to_other_cause=["ice"]))
@@ -128,10 +126,16 @@ def test_capd_domain_attributable_to_another_cause_is_not_counted() -> None:
 @pytest.mark.parametrize(
     ("obs", "field", "words"),
     [
-        ({"age_years": 6, "capd_items": {**items(4), "restless": 5}, "consciousness": "none"},
-         "observations.capd_items.restless", "allowed 0 to 4"),
-        ({"age_years": 6, "capd_items": {**items(4), "restless": -1}, "consciousness": "none"},
-         "observations.capd_items.restless", "allowed 0 to 4"),
+        (
+            {"age_years": 6, "capd_items": {**items(4), "restless": 5}, "consciousness": "none"},
+            "observations.capd_items.restless",
+            "allowed 0 to 4",
+        ),
+        (
+            {"age_years": 6, "capd_items": {**items(4), "restless": -1}, "consciousness": "none"},
+            "observations.capd_items.restless",
+            "allowed 0 to 4",
+        ),
         (child(33), "observations.capd_score", "allowed 0 to 32"),
         ({"capd_score": 5, "consciousness": "none"}, "observations.age_years", "decides the tool"),
         ({"age_years": 6, "consciousness": "none"}, "observations.capd_score", "non-verbal infant"),

@@ -164,7 +164,11 @@ def test_every_failed_criterion_is_named() -> None:
             "payload.pre_infusion.spo2_room_air_pct",
             "required",
         ),
-        ({**obs(), "highest_temperature": 37.0}, "payload.pre_infusion.highest_temperature", "unit"),
+        (
+            {**obs(), "highest_temperature": 37.0},
+            "payload.pre_infusion.highest_temperature",
+            "unit",
+        ),
     ],
 )
 def test_bad_observations_name_the_field_and_record_nothing(
@@ -198,8 +202,10 @@ def test_a_fever_refuses_d2_naming_the_criterion_and_a_reason_gives_it_as_a_devi
     assert rules(exc) == ["pre_infusion_criteria_met"]
     assert "pre-infusion gate: temperature 38.6 C in the last 48 h is above 38 C" in str(exc)
     d2 = p.infuse(
-        2, pre_infusion=obs(38.6), deviation_reason="investigator: fever from a line infection "
-        "treated, benefit outweighs the risk"
+        2,
+        pre_infusion=obs(38.6),
+        deviation_reason="investigator: fever from a line infection "
+        "treated, benefit outweighs the risk",
     )
     assert d2.outcome["pre_infusion_gate"]["failed_criteria"] == ["temperature"]
     assert any("pre-infusion gate" in d for d in d2.outcome["deviations"])
@@ -212,9 +218,7 @@ def test_under_1_0_the_observations_are_optional_and_judged_when_sent() -> None:
     assert "pre_infusion_gate" not in d1.outcome  # nothing sent: the outcome it always had
     assert "pre_infusion" not in d1.facts
     p.infuse(2)
-    exc = p.refused(
-        "give_infusion", p.fraction(3, pre_infusion=obs(spo2=89)), on=p.next_day()
-    )
+    exc = p.refused("give_infusion", p.fraction(3, pre_infusion=obs(spo2=89)), on=p.next_day())
     assert "room-air SpO2 89 % is below 91 %" in str(exc)
 
 

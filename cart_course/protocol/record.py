@@ -172,8 +172,6 @@ class PatientRecord:
 
     def to_json(self) -> dict[str, Any]:
         data = attrs.asdict(self, recurse=True, filter=lambda a, _v: a.name not in DERIVED_FIELDS)
-        if data.get("pre_infusion_hold") is None:  # a record without one keeps its stored form
-            data.pop("pre_infusion_hold", None)
         data["index"] = {str(k): v for k, v in self.index.items()}
         return data
 

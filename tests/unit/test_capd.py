@@ -185,7 +185,7 @@ def child_observations(draw: st.DrawFn) -> dict[str, Any]:
     return obs
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(obs=child_observations(), a=st.integers(0, 32), b=st.integers(0, 32))
 def test_a_higher_capd_never_lowers_the_grade(obs: dict[str, Any], a: int, b: int) -> None:
     lo, hi = sorted((a, b))
@@ -194,7 +194,7 @@ def test_a_higher_capd_never_lowers_the_grade(obs: dict[str, Any], a: int, b: in
         assert grade({**obs, "capd_score": hi}) <= grade({**obs, "capd_score": None})
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(obs=child_observations())
 def test_child_reports_round_trip_through_json(obs: dict[str, Any]) -> None:
     report = parse_toxicity_report({"kind": "ICANS", "observations": obs})

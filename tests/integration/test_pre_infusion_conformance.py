@@ -67,3 +67,29 @@ def test_a_store_recorded_under_1_0_rechecked_under_the_amendment_lists_the_frac
         if e.get("protocol_version")
     }
     assert versions == {"1.0"}
+
+
+def test_a_childs_icans_by_capd_is_recorded_regraded_and_conforms(
+    memory_service: CourseService,
+) -> None:
+    """Issue 20: the demo's child (ICANS scored with the CAPD) is recorded with its grade from
+    the CAPD, conforms, and re-grades to the same grades from the stored observations."""
+    commands = list(cohort(20, 5, start=dt.datetime(2025, 3, 3, 8, tzinfo=dt.UTC)))
+    record(memory_service, commands)
+    child = {
+        c["patient_id"]
+        for c in commands
+        if c["command"] == "report_toxicity"
+        and "capd_score" in c["payload"]["toxicity"].get("observations", {})
+    }
+    assert len(child) == 1
+    (pid,) = child
+    episode = memory_service.record(pid).toxicities["ICANS-1"]
+    assert (episode.worst_grade, episode.grade, episode.open) == (3, 2, False)
+    reports = [e for e in patient_events(memory_service.log, pid) if e.type.endswith("Reported")]
+    assert "CAPD 11/32 (>= 9)" in reports[0].get("outcome")["reasons"][0]
+    result = check_history(pid, patient_events(memory_service.log, pid), regrade="ASTCT")
+    assert result.ok, [str(f) for f in result.findings]
+    assert [(r.recorded_grade, r.grade) for r in result.regrades] == [(3, 3), (2, 2)]
+    ctcae = check_history(pid, patient_events(memory_service.log, pid), regrade="CTCAE")
+    assert all(r.grade is None and "no ICANS term" in r.note for r in ctcae.regrades)

@@ -93,3 +93,43 @@ def test_a_childs_icans_by_capd_is_recorded_regraded_and_conforms(
     assert [(r.recorded_grade, r.grade) for r in result.regrades] == [(3, 3), (2, 2)]
     ctcae = check_history(pid, patient_events(memory_service.log, pid), regrade="CTCAE")
     assert all(r.grade is None and "no ICANS term" in r.note for r in ctcae.regrades)
+
+
+def test_after_the_amendment_new_fractions_need_observations_and_old_ones_keep_their_version(
+    memory_service: CourseService,
+) -> None:
+    """A service under 1.1 on a store recorded under 1.0: D2 without observations is refused
+    (naming the rule), with them it is recorded under 1.1; the D1 recorded before keeps 1.0, and
+    each event conforms under its own version."""
+    import random
+
+    from cart_course.demo import _Patient, pre_infusion
+    from cart_course.errors import CartCourseError
+    from cart_course.service import CourseService as Service
+
+    p = _Patient("A-1", dt.datetime(2026, 6, 1, 8, tzinfo=dt.UTC), random.Random(3))
+    p.screen()
+    p.apheresis()
+    p.infusion(1, days=14)
+    record(memory_service, p.commands)
+    amended = Service(memory_service.app, protocol=V1_1)
+    before = memory_service.record("A-1").version
+    p.infusion(2)
+    try:
+        amended.execute(parse_command(p.commands[-1]))
+    except CartCourseError as exc:
+        body = exc.to_json()
+        assert body["error"] == "move_refused"
+        assert [r["rule"] for r in body["failed_rules"]] == ["pre_infusion_criteria_met"]
+    else:  # pragma: no cover - the amendment must refuse it
+        raise AssertionError("D2 without observations was recorded under 1.1")
+    assert memory_service.record("A-1").version == before  # nothing recorded
+    p.commands[-1]["payload"]["pre_infusion"] = pre_infusion(37.0)
+    assert amended.execute(parse_command(p.commands[-1])).status == "recorded"
+    versions = [
+        (e.get("trigger"), e.get("protocol_version"))
+        for e in patient_events(memory_service.log, "A-1")
+        if e.get("trigger")
+    ]
+    assert versions[-2:] == [("infuse_d1", "1.0"), ("infuse_d2", "1.1")]
+    assert check_history("A-1", patient_events(memory_service.log, "A-1")).ok

@@ -270,10 +270,16 @@ def payload_defs() -> dict[str, Schema]:
                 "then": {
                     "allOf": _tool_rules("ice_score", "ice_items"),
                     "not": {"anyOf": [{"required": ["capd_score"]}, {"required": ["capd_items"]}]},
+                    "properties": {
+                        "attributable_to_other_cause": {"items": {"not": {"const": "capd"}}}
+                    },
                 },
                 "else": {
                     "allOf": _tool_rules("capd_score", "capd_items"),
                     "not": {"anyOf": [{"required": ["ice_score"]}, {"required": ["ice_items"]}]},
+                    "properties": {
+                        "attributable_to_other_cause": {"items": {"not": {"const": "ice"}}}
+                    },
                 },
             },
             {
@@ -286,8 +292,8 @@ def payload_defs() -> dict[str, Schema]:
         ],
         f"The ICE score (0-10) or its items from age {adult}; under {adult} the CAPD "
         "(capd_score 0-32, or the eight capd_items 0-4); null only when consciousness is "
-        f"'stupor_or_coma'. {_NOT_IN_SCHEMA} a score given with its items equals their sum; "
-        "attributable_to_other_cause names 'ice' from 12 years, 'capd' under 12.",
+        f"'stupor_or_coma'; attributable_to_other_cause names 'ice' from 12 years, 'capd' under "
+        f"12. {_NOT_IN_SCHEMA} a score given with its items equals their sum.",
     )
     _add_rules(
         defs["cells"],

@@ -187,6 +187,8 @@ class PatientCourse(Aggregate):
 
     class DeathRecorded(Moved): ...
 
+    class PreInfusionAssessed(Moved): ...  # the pre-infusion gate (issue 20)
+
     class FactCorrected(Aggregate.Event):
         """A recorded fact re-stated: names the event it corrects; nothing is overwritten."""
 

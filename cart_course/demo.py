@@ -29,6 +29,12 @@ SCENARIOS: tuple[tuple[str, int], ...] = (
     ("corrected_dose", 6),
     ("late_fraction_deviation", 7),
 )
+#: Issue 20: a child with ICANS graded by the CAPD, and a D2 held by the pre-infusion gate for
+#: fever then given the next day. They are the cohort's last two patients (from
+#: ``ISSUE_20_MIN_COHORT`` patients on), drawn from a random generator of their own: the
+#: scenarios and commands of every other patient of a seed stay what they were before.
+ISSUE_20_SCENARIOS: tuple[str, ...] = ("child_icans_capd", "gate_held_d2")
+ISSUE_20_MIN_COHORT = len(SCENARIOS) + len(ISSUE_20_SCENARIOS)
 SERVICE = {"id": "demo.site-01.emr", "role": "service"}
 CLINICIAN = {"id": "dr.demo", "role": "clinician", "name": "Dr. A. Demo"}
 #: The manufacturing site's system (start of manufacture, release decisions).
@@ -408,6 +414,9 @@ def _course(p: _Patient, scenario: str, rng: random.Random, tracked: str | None 
         p.assess("CR")
         p.cmd("cease", reason="CR after the first course", actor=CLINICIAN, days=1)
         return
+    if scenario in _ISSUE_20:
+        _ISSUE_20[scenario](p, rng)
+        return
     if scenario == "late_fraction_deviation":
         p.infusion(1, days=14)
         p.infusion(2)
@@ -439,6 +448,67 @@ def _course(p: _Patient, scenario: str, rng: random.Random, tracked: str | None 
         actor=CLINICIAN,
         days=1,
     )
+
+
+# -- issue 20: children and the bedside (CAPD; the pre-infusion gate) ----------------------------
+
+
+def pre_infusion(temperature_c: float = 37.1, spo2: int = 97) -> dict[str, Any]:
+    """The observations the pre-infusion gate reads (``give_infusion``'s ``pre_infusion``)."""
+    return {
+        "highest_temperature": {"value": temperature_c, "unit": "C"},
+        "spo2_room_air_pct": spo2,
+        "vasopressors": False,
+        "uncontrolled_active_infection": False,
+    }
+
+
+def icans_capd(capd: int, consciousness: str, age_years: float) -> dict[str, Any]:
+    """ICANS of a child under 12, scored with the CAPD (ASTCT 2019)."""
+    return {
+        "kind": "ICANS",
+        "observations": {
+            "age_years": age_years,
+            "capd_score": capd,
+            "consciousness": consciousness,
+        },
+    }
+
+
+def _child_icans_capd(p: _Patient, rng: random.Random) -> None:
+    """A child (a child's weight) with ICANS after D3, scored with the CAPD: CAPD 11 (grade 3),
+    re-graded the next day (CAPD 6, wakes to voice: grade 2), then resolved."""
+    p.weight = round(rng.uniform(18, 35), 1)
+    age = rng.choice([6, 7.5, 9, 10.5])
+    p.course()
+    p.toxicity(icans_capd(11, "wakes_to_voice", age), hours=18)
+    p.toxicity(icans_capd(6, "wakes_to_voice", age), hours=24, toxicity_id="ICANS-1")
+    p.resolve("ICANS-1", hours=48)
+    p.assess("CR")
+    p.cmd("cease", reason="CR; treatment complete", actor=CLINICIAN, days=1)
+
+
+def _gate_held_d2(p: _Patient, rng: random.Random) -> None:
+    """D1, then D2 held by the pre-infusion gate for fever the next morning (no CRS episode: the
+    fever is graded as nothing yet), and given the day after, afebrile (a day late: a documented
+    schedule deviation)."""
+    p.infusion(1, days=14)
+    p.cmd(
+        "assess_pre_infusion",
+        {"day": 2, "pre_infusion": pre_infusion(38.6)},
+        actor=NURSE,
+        days=1,
+        hours=-1,
+    )
+    p.infusion(2, days=1, deviation="D2 held one day by the pre-infusion gate (fever 38.6 C)")
+    p.commands[-1]["payload"]["pre_infusion"] = pre_infusion(37.2)
+    p.infusion(3)
+    p.commands[-1]["payload"]["pre_infusion"] = pre_infusion(36.9)
+    p.assess(rng.choice(["CR", "CRi"]))
+    p.cmd("cease", reason="CR after the first course", actor=CLINICIAN, days=1)
+
+
+_ISSUE_20 = {"child_icans_capd": _child_icans_capd, "gate_held_d2": _gate_held_d2}
 
 
 # -- after the course (issue 16): follow-up visits, adverse events, SAE reports, deaths -----------
@@ -613,6 +683,11 @@ def cohort(
     for i, scenario in enumerate(scenarios):
         pid = f"{prefix}-{i + 1:0{width}d}"
         first = start + spacing * i
+        extra = i - (n - len(ISSUE_20_SCENARIOS))
+        if n >= ISSUE_20_MIN_COHORT and extra >= 0:  # issue 20's patients, last (see above)
+            own = random.Random(f"issue-20:{seed}:{pid}")
+            commands.extend(patient_commands(pid, ISSUE_20_SCENARIOS[extra], first, own))
+            continue
         tracked = None
         if scenario == "complete_response":
             responders += 1

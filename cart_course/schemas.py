@@ -35,7 +35,7 @@ from .contract import (
     TIME_PATTERN,
     WRITE_ROLES,
 )
-from .protocol import dosing, toxicity
+from .protocol import dosing, pre_infusion, toxicity
 from .protocol.eligibility import SCREENING_KEYS
 from .protocol.payloads import PAYLOAD_TYPES
 from .protocol.plausibility import LAB_RANGES
@@ -243,27 +243,44 @@ def payload_defs() -> dict[str, Schema]:
         "Vasopressors or vasopressin need hypotension: true.",
     )
     icans = defs["icans_observations"]
-    _add_rules(
-        icans,
-        [
-            {"anyOf": [{"required": ["ice_score"]}, {"required": ["ice_items"]}]},
-            {"properties": {"age_years": {"minimum": toxicity.ICE_MIN_AGE_YEARS}}},
-            {  # no ICE score (null, or neither a score nor items): only when unarousable
+
+    def _tool_rules(score: str, items: str) -> list[Schema]:
+        """The tool's score or its items; none (null) only when unarousable."""
+        return [
+            {"anyOf": [{"required": [score]}, {"required": [items]}]},
+            {
                 "if": {
                     "not": {
                         "anyOf": [
-                            {
-                                "properties": {"ice_score": {"type": "integer"}},
-                                "required": ["ice_score"],
-                            },
-                            {
-                                "properties": {"ice_items": {"type": "object"}},
-                                "required": ["ice_items"],
-                            },
+                            {"properties": {score: {"type": "integer"}}, "required": [score]},
+                            {"properties": {items: {"type": "object"}}, "required": [items]},
                         ]
                     }
                 },
                 "then": {"properties": {"consciousness": {"const": "stupor_or_coma"}}},
+            },
+        ]
+
+    adult = toxicity.ICE_MIN_AGE_YEARS
+    _add_rules(
+        icans,
+        [
+            {  # the ICE from 12 years, the CAPD under 12 (issue 20)
+                "if": {"properties": {"age_years": {"minimum": adult}}},
+                "then": {
+                    "allOf": _tool_rules("ice_score", "ice_items"),
+                    "not": {"anyOf": [{"required": ["capd_score"]}, {"required": ["capd_items"]}]},
+                    "properties": {
+                        "attributable_to_other_cause": {"items": {"not": {"const": "capd"}}}
+                    },
+                },
+                "else": {
+                    "allOf": _tool_rules("capd_score", "capd_items"),
+                    "not": {"anyOf": [{"required": ["ice_score"]}, {"required": ["ice_items"]}]},
+                    "properties": {
+                        "attributable_to_other_cause": {"items": {"not": {"const": "ice"}}}
+                    },
+                },
             },
             {
                 "if": {
@@ -273,9 +290,10 @@ def payload_defs() -> dict[str, Schema]:
                 "then": {"properties": {"awake_with_global_aphasia": {"const": False}}},
             },
         ],
-        f"The ICE score (0-10) or its items are required from age {toxicity.ICE_MIN_AGE_YEARS} "
-        "(younger patients: an explicit grade); null only when consciousness is "
-        f"'stupor_or_coma'. {_NOT_IN_SCHEMA} an ICE score given with its items equals their sum.",
+        f"The ICE score (0-10) or its items from age {adult}; under {adult} the CAPD "
+        "(capd_score 0-32, or the eight capd_items 0-4); null only when consciousness is "
+        f"'stupor_or_coma'; attributable_to_other_cause names 'ice' from 12 years, 'capd' under "
+        f"12. {_NOT_IN_SCHEMA} a score given with its items equals their sum.",
     )
     _add_rules(
         defs["cells"],
@@ -291,6 +309,12 @@ def payload_defs() -> dict[str, Schema]:
     _add_rules(
         defs["TemperaturePayload"],
         _by_unit({u: (float(lo), float(hi)) for u, (lo, hi) in toxicity.TEMPERATURE_RANGE.items()}),
+    )
+    _add_rules(  # the pre-infusion gate's temperature (issue 20)
+        defs["GateTemperaturePayload"],
+        _by_unit(
+            {u: (float(lo), float(hi)) for u, (lo, hi) in pre_infusion.TEMPERATURE_RANGE.items()}
+        ),
     )
     _add_rules(
         defs["weight"],

@@ -288,6 +288,13 @@ def show(ctx: Context, patient_id: str, as_json: bool) -> None:
             f"{tox['scale']} {tox['scale_version']}), onset {tox['onset']}, {status}"
             + (", HOLD" if tox["open"] and tox["opens_hold"] else "")
         )
+    held = data.get("pre_infusion_hold")  # the pre-infusion gate (issue 20)
+    if held:
+        click.echo(
+            f"D{held['day']} HELD by the pre-infusion assessment of {held['occurred_at']}: "
+            + "; ".join(held["failed"])
+            + " (re-assess before it)"
+        )
     for corr in data["corrections"]:
         click.echo(
             f"correction v{corr['version']} of v{corr['corrects']}: {corr['changes']} ({corr['reason']})"

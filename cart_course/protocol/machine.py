@@ -24,6 +24,7 @@ from transitions.core import Condition, EventData, Transition
 from . import dosing, product
 from .eligibility import eligibility_failures, evaluate_eligibility, parse_screening
 from .parameters import ProtocolParameters
+from .pre_infusion import NEXT_DAY, gate_problems
 from .response import check_clinician_response, classify_response, parse_response_assessment
 from .states import FOLLOW_UP, INFUSED, NON_TERMINAL, ON_TREATMENT, State, Trigger
 from .toxicity import ToxicityGrade, grade_toxicity, parse_toxicity_report
@@ -176,12 +177,23 @@ class Probe:
             plan = self._cache["plan"] = dosing.plan_course(self.facts["weight_kg"], self.params)
         return plan
 
+    def gate_problems(self) -> list[str]:
+        """Why the pre-infusion gate refuses this fraction (issue 20; empty: it does not)."""
+        if "gate" not in self._cache:
+            self._cache["gate"] = gate_problems(self.facts, self.params)
+        result: list[str] = self._cache["gate"]
+        return result
+
     def deviations(self, trigger: str) -> list[str]:
         """Protocol deviations of an allowed infusion (reuses what the rules computed)."""
         if not trigger.startswith("infuse_d"):
             return []
         schedule = self.schedule_problem()
-        return ([schedule] if schedule else []) + list(self.dose_problems())
+        return (
+            ([schedule] if schedule else [])
+            + list(self.dose_problems())
+            + list(self.gate_problems())
+        )
 
     def response(self) -> Any:
         cache = self._cache
@@ -366,6 +378,47 @@ def weight_known(p: Probe) -> bool:
     if p.hypothetical and "weight_kg" not in p.facts:  # payload unknown
         return True
     return isinstance(p.facts.get("weight_kg"), (int, float))
+
+
+# -- the pre-infusion gate (issue 20) -------------------------------------------------------------
+
+
+@rule(
+    "the pre-infusion observations meet the gate (temperature in the window before the fraction "
+    "not above the limit, room-air SpO2 not below the limit, no vasopressors, no uncontrolled "
+    "active infection) where the protocol version judges them, are given where it requires "
+    "them, and no bedside assessment holds the fraction; or a deviation reason is recorded",
+    lambda p: (
+        "; ".join(p.gate_problems())
+        + "; re-assess the patient, or record a deviation reason to give it anyway"
+    ),
+)
+def pre_infusion_criteria_met(p: Probe) -> bool:
+    facts = p.facts
+    if p.hypothetical and "pre_infusion" not in facts:  # payload unknown
+        return True
+    if "pre_infusion" not in facts and "pre_infusion_hold" not in facts:
+        required = p.params.pre_infusion_required_days
+        if not required or facts.get("day") not in required:  # the common case: nothing to judge
+            return True
+    return not p.gate_problems() or p.has_deviation_reason()
+
+
+@rule(
+    "the assessment is of the course's next fraction, whose remaining fractions are not cancelled",
+    lambda p: (
+        f"D{p.facts.get('day')} is not the next fraction: the next is D{p.facts.get('next_day')}"
+        if p.facts.get("next_day") != p.facts.get("day")
+        else "the remaining fractions of this course were cancelled"
+    ),
+)
+def assessment_of_next_fraction(p: Probe) -> bool:
+    facts = p.facts
+    if facts.get("fractions_cancelled"):
+        return False
+    if p.hypothetical and "day" not in facts:  # payload unknown
+        return facts.get("next_day") in (1, 2, 3)
+    return facts.get("day") == facts.get("next_day") == NEXT_DAY.get(p.state)
 
 
 # -- the cell product: manufacture, release, the bedside check -----------------------------------
@@ -667,6 +720,7 @@ _INFUSION_RULES = [
     "on_schedule_or_deviation",
     "dose_within_tolerance_or_deviation",
     "product_identity_verified",
+    "pre_infusion_criteria_met",
 ]
 _OBSERVABLE = [*ON_TREATMENT, *FOLLOW_UP]
 _AFTER_TREATMENT = [*FOLLOW_UP, S.WITHDRAWN, S.DIED]
@@ -817,6 +871,14 @@ TRANSITIONS: list[dict[str, Any]] = [
         "source": [*_OBSERVABLE, S.WITHDRAWN, S.DIED],
         "dest": "=",
         "conditions": ["safety_case_on_record"],
+    },
+    # The pre-infusion gate (issue 20): a bedside assessment before the next fraction; a failing
+    # one holds the fraction (the state does not change).
+    {
+        "trigger": T.ASSESS_PRE_INFUSION,
+        "source": [S.APHERESED, S.CONTINUED, S.INFUSED_D1, S.INFUSED_D2],
+        "dest": "=",
+        "conditions": ["assessment_of_next_fraction"],
     },
 ]
 
@@ -1153,6 +1215,7 @@ def deviations_of(trigger: str, facts: Mapping[str, Any], params: ProtocolParame
     schedule = schedule_problem(facts, params)
     if schedule:
         problems.insert(0, schedule)
+    problems.extend(gate_problems(facts, params))
     return problems
 
 

@@ -93,6 +93,20 @@ class ProtocolParameters:
     #: on the board (published vein-to-vein times of CD19 CAR-T: about 3 to 5 weeks).
     product_wait_alert_days: int = 35
 
+    # --- the pre-infusion gate (issue 20; assumptions: clinical.md s4's example protocols) ---
+    #: Fractions the gate judges when their observations are sent (rule
+    #: ``pre_infusion_criteria_met``).
+    pre_infusion_gate_days: tuple[int, ...] = (1, 2, 3)
+    #: Fractions whose observations are required (1.0: none, the gate judges what is sent; the
+    #: amendment 1.1 requires them before D2 and D3).
+    pre_infusion_required_days: tuple[int, ...] = ()
+    #: No infusion with a temperature above this (C) in the window before the fraction.
+    pre_infusion_max_temperature_c: float = 38.0
+    #: The window (hours before the fraction) whose highest temperature the gate reads.
+    pre_infusion_temperature_window_hours: int = 48
+    #: No infusion with a room-air SpO2 below this (%).
+    pre_infusion_min_spo2_pct: float = 91.0
+
     # --- scheduling (assumption; used by the monitors' views) ---
     response_assessment_day: int = 28  # days after D1 of the course
 

@@ -32,6 +32,7 @@ __all__ = [
     "PAYLOAD_TYPES",
     "AdverseEventPayload",
     "BilirubinPayload",
+    "CapdItemsPayload",
     "CauseOfDeathPayload",
     "CellCountPayload",
     "CellDosePayload",
@@ -48,6 +49,7 @@ __all__ = [
     "MrdPayload",
     "OtherReportPayload",
     "OxygenPayload",
+    "PreInfusionPayload",
     "ResponseAssessmentPayload",
     "SaeReportPayload",
     "ScreeningPayload",
@@ -201,7 +203,7 @@ OxygenDevice: TypeAlias = Literal[
     "bipap",
     "mechanical_ventilation",
 ]
-IcansDomain: TypeAlias = Literal["ice", "consciousness", "seizure", "motor", "raised_icp"]
+IcansDomain: TypeAlias = Literal["ice", "consciousness", "seizure", "motor", "raised_icp", "capd"]
 
 
 class TemperaturePayload(_Payload, frozen=True):
@@ -241,11 +243,29 @@ class IceItemsPayload(_Payload, frozen=True):
     attention: Annotated[int, Meta(ge=0, le=1)]
 
 
+class CapdItemsPayload(_Payload, frozen=True):
+    """The eight CAPD items (Cornell Assessment of Pediatric Delirium), each 0-4 as scored on
+    the form (items 1-4 are scored in reverse: "never" is 4); issue 20."""
+
+    eye_contact: Annotated[int, Meta(ge=0, le=4)]
+    purposeful_actions: Annotated[int, Meta(ge=0, le=4)]
+    aware_of_surroundings: Annotated[int, Meta(ge=0, le=4)]
+    communicates_needs_and_wants: Annotated[int, Meta(ge=0, le=4)]
+    restless: Annotated[int, Meta(ge=0, le=4)]
+    inconsolable: Annotated[int, Meta(ge=0, le=4)]
+    underactive: Annotated[int, Meta(ge=0, le=4)]
+    long_time_to_respond: Annotated[int, Meta(ge=0, le=4)]
+
+
 class IcansObservationsPayload(_Payload, frozen=True, kw_only=True):
     age_years: Annotated[int, Meta(ge=0, le=130)] | Annotated[float, Meta(ge=0, le=130)]
     #: 0-10; null only when the patient is unarousable (the ICE cannot be performed).
     ice_score: Annotated[int, Meta(ge=0, le=10)] | UnsetType | None = UNSET
     ice_items: IceItemsPayload | UnsetType | None = UNSET
+    #: Children under 12 (issue 20): the CAPD total 0-32 instead of the ICE score; null only
+    #: when the CAPD cannot be performed (the child is unarousable).
+    capd_score: Annotated[int, Meta(ge=0, le=32)] | UnsetType | None = UNSET
+    capd_items: CapdItemsPayload | UnsetType | None = UNSET
     consciousness: Literal[
         "none", "wakes_spontaneously", "wakes_to_voice", "wakes_to_touch", "stupor_or_coma"
     ]
@@ -436,6 +456,29 @@ class CellDosePayload(_Payload, frozen=True):
     unit: Literal["cells", "cells/kg"]
 
 
+# --------------------------------------------------------------------------------------------
+# The pre-infusion gate (pre_infusion.py, issue 20)
+# --------------------------------------------------------------------------------------------
+
+
+class GateTemperaturePayload(_Payload, frozen=True):
+    """The highest body temperature before a fraction: 30 to 45 C or 86 to 113 F."""
+
+    value: Annotated[int, Meta(ge=30, le=113)] | Annotated[float, Meta(ge=30.0, le=113.0)]
+    unit: Literal["C", "F"]
+
+
+class PreInfusionPayload(_Payload, frozen=True):
+    """What the pre-infusion gate reads: the highest temperature in the last 48 h (the
+    protocol's window) with its unit (plausible 30-45 C / 86-113 F), room-air SpO2 in %,
+    vasopressors in use, an uncontrolled active infection."""
+
+    highest_temperature: GateTemperaturePayload
+    spo2_room_air_pct: Percent
+    vasopressors: bool
+    uncontrolled_active_infection: bool
+
+
 #: Every payload type by the name the schemas use (``schemas.py``'s definitions).
 PAYLOAD_TYPES: Final[dict[str, Any]] = {
     "screening": ScreeningPayload,
@@ -450,6 +493,7 @@ PAYLOAD_TYPES: Final[dict[str, Any]] = {
     "follow_up": FollowUpPayload,
     "missed_visit": MissedVisitPayload,
     "cause_of_death": CauseOfDeathPayload,
+    "pre_infusion": PreInfusionPayload,
 }
 
 

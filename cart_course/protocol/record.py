@@ -105,6 +105,10 @@ class PatientRecord:
     follow_up: dict[str, Any] = attrs.Factory(dict)
     sae_cases: dict[str, dict[str, Any]] = attrs.Factory(dict)
     death: dict[str, Any] | None = None
+    #: The pre-infusion gate (issue 20): the hold a bedside assessment recorded for the next
+    #: fraction ({"day", "course_number", "version", "occurred_at", "failed"}); None: no hold.
+    #: Lifted by an assessment that meets the gate, or by the fraction given.
+    pre_infusion_hold: dict[str, Any] | None = None
     #: For each correctable event version: its trigger and where its effect lives.
     index: dict[int, dict[str, Any]] = attrs.Factory(dict)
     # Derived indexes of ``toxicities`` (never stored: rebuilt by ``from_json``), so that a
@@ -211,6 +215,7 @@ class PatientRecord:
             **({"follow_up": self.follow_up} if self.follow_up else {}),
             **({"sae_cases": list(self.sae_cases.values())} if self.sae_cases else {}),
             **({"death": self.death} if self.death else {}),
+            **({"pre_infusion_hold": self.pre_infusion_hold} if self.pre_infusion_hold else {}),
         }
 
 
@@ -288,6 +293,7 @@ STAYING_TRIGGERS: frozenset[Trigger] = frozenset(
         Trigger.START_MANUFACTURE,
         Trigger.RELEASE_PRODUCT,
         Trigger.REPEAT_APHERESIS,
+        Trigger.ASSESS_PRE_INFUSION,
     }
 )
 
@@ -367,6 +373,7 @@ def _apply_effect(
             deviations=list(outcome.get("deviations", [])),
         )
         course.fractions.append(fraction)
+        record.pre_infusion_hold = None  # the fraction was given: no hold is left for it
         for text in fraction.deviations:
             record.deviations.append(
                 {
@@ -407,6 +414,19 @@ def _apply_effect(
         record.courses[-1].decision = "ceased" if trigger == Trigger.CEASE else "discontinued"
     elif trigger in _AFTER_COURSE:
         _AFTER_COURSE[trigger](record, facts, outcome, occurred_at, version)
+    elif trigger == Trigger.ASSESS_PRE_INFUSION:
+        # the gate's verdict on the next fraction (issue 20): held, or fit (the hold lifted)
+        record.pre_infusion_hold = (
+            {
+                "day": outcome.get("day"),
+                "course_number": outcome.get("course_number"),
+                "version": version,
+                "occurred_at": occurred_at,
+                "failed": list(outcome.get("failed", ())),
+            }
+            if outcome.get("held")
+            else None
+        )
 
 
 def _report_toxicity(

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import attrs
 
 from . import building_blocks as blocks
-from . import follow_up, payloads, product, product_commands, response
+from . import follow_up, payloads, pre_infusion, product, product_commands, response
 from .building_blocks import ContextBuilder, OutcomeBuilder, PayloadParser, TimeCheck
 from .machine import TRANSITIONS
 from .schema_parts import BOOL, EMPTY, Schema, obj, text
@@ -313,6 +313,11 @@ _INFUSION_SCHEMA = obj(
             "format": "date-time",
             "description": "when the bag was thawed (the thaw limit is a protocol parameter)",
         },
+        "pre_infusion": {
+            "$ref": "#/$defs/pre_infusion",
+            "description": "the observations the pre-infusion gate reads (issue 20): optional "
+            "under protocol 1.0 (judged when sent), required before D2 and D3 under 1.1",
+        },
     },
     ("day",),
 )
@@ -442,19 +447,59 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         summary="A CAR-T fraction given: day 1 (10 %), 2 (30 %) or 3 (60 %) of the course dose.",
         event="InfusionGiven",
         moves=[
-            Move(trigger="infuse_d1", context=product.with_product(blocks.ctx_d1)),
-            Move(trigger="infuse_d2", context=product.with_product(blocks.ctx_later_day(2))),
-            Move(trigger="infuse_d3", context=product.with_product(blocks.ctx_later_day(3))),
+            Move(
+                trigger="infuse_d1",
+                context=pre_infusion.with_gate_hold(product.with_product(blocks.ctx_d1)),
+            ),
+            Move(
+                trigger="infuse_d2",
+                context=pre_infusion.with_gate_hold(product.with_product(blocks.ctx_later_day(2))),
+            ),
+            Move(
+                trigger="infuse_d3",
+                context=pre_infusion.with_gate_hold(product.with_product(blocks.ctx_later_day(3))),
+            ),
         ],
         trigger_of=blocks.infusion_trigger,
         required=("day",),
-        optional=("cells", "weight", "product_lot", "deviation_reason", *product.BEDSIDE_KEYS),
-        parse=product_commands.parse_infusion,
-        outcome=blocks.infusion_outcome,
+        optional=(
+            "cells",
+            "weight",
+            "product_lot",
+            "deviation_reason",
+            *product.BEDSIDE_KEYS,
+            "pre_infusion",
+        ),
+        parse=pre_infusion.parse_infusion_observations(product_commands.parse_infusion),
+        outcome=pre_infusion.with_gate_outcome(blocks.infusion_outcome),
         correctable=("cells", "weight", "product_lot", "deviation_reason"),
         payload_schema=_INFUSION_SCHEMA,
         examples=examples_of("give_infusion"),
         next_in=(_S.APHERESED, _S.CONTINUED, _S.INFUSED_D1, _S.INFUSED_D2),
+    ),
+    # -- the pre-infusion gate (issue 20) -------------------------------------------------------
+    CommandDef(
+        name="assess_pre_infusion",
+        summary="A bedside assessment before the next fraction (temperature, room-air SpO2, "
+        "vasopressors, infection): a failing pre-infusion gate holds the fraction until a "
+        "re-assessment meets it or the fraction is given. The state does not change.",
+        event="PreInfusionAssessed",
+        moves=[Move(trigger="assess_pre_infusion", context=pre_infusion.ctx_assessment)],
+        required=("day", "pre_infusion"),
+        parse=pre_infusion.parse_assessment,
+        outcome=pre_infusion.assessment_outcome,
+        payload_schema=obj(
+            {
+                "day": {
+                    "type": "integer",
+                    "enum": [1, 2, 3],
+                    "description": "the fraction assessed: the course's next one",
+                },
+                "pre_infusion": {"$ref": "#/$defs/pre_infusion"},
+            },
+            ("day", "pre_infusion"),
+        ),
+        examples=examples_of("assess_pre_infusion"),
     ),
     CommandDef(
         name="report_toxicity",

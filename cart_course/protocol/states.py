@@ -65,6 +65,8 @@ class Trigger(StrEnum):
     RECORD_FOLLOW_UP = "record_follow_up"
     RECORD_MISSED_VISIT = "record_missed_visit"
     RECORD_SAE_REPORT = "record_sae_report"
+    # the pre-infusion gate (issue 20)
+    ASSESS_PRE_INFUSION = "assess_pre_infusion"
 
 
 INFUSION_TRIGGERS: dict[Trigger, int] = {

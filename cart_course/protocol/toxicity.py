@@ -5,7 +5,10 @@ Sources (``/work/shared/reference/clinical.md``):
   differently (oxygen by FiO2 < 40 % vs >= 40 %). Store the raw observations, the scale and its
   version, never only a grade number, so that history can be re-graded.
 - s3: ASTCT 2019 ICANS grading for adults and children >= 12 y (ICE score 0-10 and four other
-  domains; the grade is the worst domain not attributable to another cause).
+  domains; the grade is the worst domain not attributable to another cause); children under 12
+  are scored with the CAPD (Cornell Assessment of Pediatric Delirium) instead of the ICE
+  (issue 20: CAPD 1-8 grade 1 or 2 by the other domains, >= 9 grade 3, unable to perform
+  grade 4).
 - s4: "severe" means grade >= 3; split dosing holds later fractions for early CRS.
   The thresholds that turn a grade into a decision are protocol parameters
   (``severe_grade``, ``hold_crs_grade``, ``hold_icans_grade``, ``hold_other_grade``).
@@ -29,6 +32,7 @@ from msgspec import UNSET
 from .errors import INVALID, Invalid, Problems, ProtocolInputError, key_name, key_names
 from .parameters import DEFAULT_PARAMETERS, ProtocolParameters
 from .payloads import (
+    CapdItemsPayload,
     CrsObservationsPayload,
     CrsReportPayload,
     FieldsJson,
@@ -77,6 +81,28 @@ MAX_VASOPRESSORS: Final = 10
 #: ASTCT ICE score is validated for adults and children >= 12 y; younger children need the CAPD.
 ICE_MIN_AGE_YEARS: Final = 12
 MAX_AGE_YEARS: Final = 130
+
+#: CAPD (Cornell Assessment of Pediatric Delirium; Traube et al., Crit Care Med 2014;42:656-663):
+#: the eight items as published, each scored 0-4 on the form (items 1-4 -- eye contact,
+#: purposeful actions, awareness, communicating needs and wants -- in reverse: "never" is 4),
+#: total 0-32. ASTCT 2019 grades ICANS in children under 12 with it.
+CAPD_ITEMS: Final[dict[str, str]] = {
+    "eye_contact": "Does the child make eye contact with the caregiver?",
+    "purposeful_actions": "Are the child's actions purposeful?",
+    "aware_of_surroundings": "Is the child aware of his/her surroundings?",
+    "communicates_needs_and_wants": "Does the child communicate needs and wants?",
+    "restless": "Is the child restless?",
+    "inconsolable": "Is the child inconsolable?",
+    "underactive": "Is the child underactive -- very little movement while awake?",
+    "long_time_to_respond": "Does it take the child a long time to respond to interactions?",
+}
+CAPD_ITEM_MAX: Final = 4
+CAPD_MAX: Final = 32
+#: ASTCT 2019 (children under 12): CAPD 1-8 is grade 1 or 2 (decided by the other domains),
+#: CAPD >= 9 is grade 3, unable to perform the CAPD is grade 4.
+CAPD_GRADE3_MIN: Final = 9
+#: The encephalopathy domain of a child under 12 (``attributable_to_other_cause`` names it).
+CAPD_DOMAIN: Final = "capd"
 
 #: Oxygen devices and their ASTCT 2019 CRS hypoxia grade. A low-flow nasal cannula above
 #: ``LOW_FLOW_MAX_L_MIN`` is graded as high flow (grade 3).
@@ -166,6 +192,7 @@ _RAISED_ICP_WORDS: Final[dict[str, str]] = {
 }
 _DOMAIN_WORDS: Final[dict[str, str]] = {
     "ice": "the ICE score",
+    "capd": "the CAPD score",
     "consciousness": "the level of consciousness",
     "seizure": "seizure",
     "motor": "motor findings",
@@ -539,10 +566,65 @@ def parse_ice_items(data: Any, field: str = "ice_items") -> IceItems:
     return IceItems(**points)  # type: ignore[arg-type]  # each checked above
 
 
+@attrs.frozen(kw_only=True)
+class CapdItems(FieldsJson):
+    """The eight CAPD items, each 0-4 as scored on the form (``CAPD_ITEMS``)."""
+
+    eye_contact: int
+    purposeful_actions: int
+    aware_of_surroundings: int
+    communicates_needs_and_wants: int
+    restless: int
+    inconsolable: int
+    underactive: int
+    long_time_to_respond: int
+
+    @property
+    def total(self) -> int:
+        return (
+            self.eye_contact
+            + self.purposeful_actions
+            + self.aware_of_surroundings
+            + self.communicates_needs_and_wants
+            + self.restless
+            + self.inconsolable
+            + self.underactive
+            + self.long_time_to_respond
+        )
+
+
+def parse_capd_items(data: Any, field: str = "capd_items") -> CapdItems:
+    data = _object(
+        data,
+        field,
+        '{"eye_contact": 1, "purposeful_actions": 1, "aware_of_surroundings": 0, ...} (8 items)',
+    )
+    keys = tuple(CAPD_ITEMS)
+    p = Problems()
+    _key_problems(p, data, field, keys, keys)
+    points = {
+        key: p.run(
+            lambda: _integer(
+                data[key],  # noqa: B023
+                _at(field, key),  # noqa: B023
+                0,
+                CAPD_ITEM_MAX,
+                f"CAPD item {key} points",  # noqa: B023
+            )
+        )
+        for key in keys
+        if key in data
+    }
+    p.raise_if_any()
+    return CapdItems(**points)  # type: ignore[arg-type]  # each checked above
+
+
 _ICANS_KEYS: Final = (
     "age_years",
     "ice_score",
     "ice_items",
+    "capd_score",
+    "capd_items",
     "consciousness",
     "seizure",
     "motor",
@@ -550,28 +632,53 @@ _ICANS_KEYS: Final = (
     "awake_with_global_aphasia",
     "attributable_to_other_cause",
 )
+#: Domains ``attributable_to_other_cause`` may name (the encephalopathy domain is ``ice`` from
+#: 12 years, ``capd`` under 12), in the order they are written.
+_ATTRIBUTABLE: Final = (*ICANS_DOMAINS, CAPD_DOMAIN)
+
+
+def uses_capd(age_years: float) -> bool:
+    """ASTCT 2019: children under 12 are scored with the CAPD, from 12 years with the ICE."""
+    return age_years < ICE_MIN_AGE_YEARS
 
 
 @attrs.frozen(kw_only=True)
 class IcansObservations:
-    """Raw observations for ASTCT 2019 ICANS grading (adults and children >= 12 y)."""
+    """Raw observations for ASTCT 2019 ICANS grading: the ICE score from 12 years, the CAPD
+    under 12 (issue 20), and the four other domains."""
 
     age_years: float
-    #: ICE score 0-10; ``None`` only when the patient is unarousable (ICE cannot be performed).
+    #: ICE score 0-10; ``None`` only when the patient is unarousable (ICE cannot be performed),
+    #: or for a child under 12 (scored with the CAPD).
     ice_score: int | None
     ice_items: IceItems | None = None
+    #: CAPD total 0-32 (children under 12); ``None`` for a child only when the CAPD cannot be
+    #: performed (the child is unarousable).
+    capd_score: int | None = None
+    capd_items: CapdItems | None = None
     consciousness: str
     seizure: str = "none"
     motor: str = "none"
     raised_icp: str = "none"
     awake_with_global_aphasia: bool = False
-    #: Domains (of ``ICANS_DOMAINS``) whose finding is attributable to another cause.
+    #: Domains (of ``ICANS_DOMAINS``, or ``capd``) whose finding is attributable to another cause.
     attributable_to_other_cause: tuple[str, ...] = ()
 
+    @property
+    def child(self) -> bool:
+        """Scored with the CAPD (under 12 years)."""
+        return uses_capd(self.age_years)
+
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"age_years": self.age_years, "ice_score": self.ice_score}
-        if self.ice_items is not None:
-            data["ice_items"] = self.ice_items.to_json()
+        data: dict[str, Any] = {"age_years": self.age_years}
+        if self.child:
+            data["capd_score"] = self.capd_score
+            if self.capd_items is not None:
+                data["capd_items"] = self.capd_items.to_json()
+        else:
+            data["ice_score"] = self.ice_score
+            if self.ice_items is not None:
+                data["ice_items"] = self.ice_items.to_json()
         data.update(
             consciousness=self.consciousness,
             seizure=self.seizure,
@@ -583,14 +690,128 @@ class IcansObservations:
         return data
 
 
+@attrs.frozen(kw_only=True)
+class _Tool:
+    """The encephalopathy tool of an age: its keys, range and words."""
+
+    name: str
+    score: str
+    items: str
+    top: int
+    parse_items: Any
+    unable: str
+
+
+_ICE_TOOL: Final = _Tool(
+    name="ICE",
+    score="ice_score",
+    items="ice_items",
+    top=10,
+    parse_items=parse_ice_items,
+    unable="the patient is unarousable and the ICE cannot be performed",
+)
+_CAPD_TOOL: Final = _Tool(
+    name="CAPD",
+    score="capd_score",
+    items="capd_items",
+    top=CAPD_MAX,
+    parse_items=parse_capd_items,
+    unable="the child is unarousable and the CAPD cannot be performed",
+)
+
+
+def _wrong_tool(age: float, field: str) -> ProtocolInputError:
+    if uses_capd(age):
+        return ProtocolInputError(
+            field,
+            f"the patient is {_g(age)} years old: ASTCT grades ICANS in children under "
+            f"{ICE_MIN_AGE_YEARS} with the CAPD (Cornell Assessment of Pediatric Delirium), "
+            "not the ICE score; give capd_score (0-32) or capd_items (the eight CAPD items, "
+            "each 0-4) instead",
+        )
+    return ProtocolInputError(
+        field,
+        f"the patient is {_g(age)} years old: ASTCT grades ICANS from {ICE_MIN_AGE_YEARS} "
+        "years with the ICE score, not the CAPD (for children under "
+        f"{ICE_MIN_AGE_YEARS}); give ice_score (0-10) or ice_items instead",
+    )
+
+
+def _missing_tool(tool: _Tool, field: str) -> ProtocolInputError:
+    if tool is _CAPD_TOOL:
+        return ProtocolInputError(
+            _at(field, tool.score),
+            "is required for a child under 12: give capd_score (0-32) or capd_items (null only "
+            f"when {tool.unable}); if the CAPD is not applicable at the child's developmental "
+            "age (for example a non-verbal infant), enter the ICANS grade explicitly "
+            '({"kind": "ICANS", "scale": "ASTCT", "scale_version": "2019", "grade": 2}) with '
+            "the reason",
+        )
+    return ProtocolInputError(
+        _at(field, tool.score),
+        "is required: give ice_score (0-10) or ice_items (null only when the patient is "
+        "unarousable and the ICE cannot be performed); under 12 years: capd_score or capd_items",
+    )
+
+
+def _tool_score(
+    p: Problems, data: Mapping[str, Any], field: str, tool: _Tool, consciousness: Any
+) -> tuple[int | Invalid | None, Any]:
+    """The tool's score and items (checked against each other, and a null score only when
+    unarousable)."""
+    items: Any = None
+    if data.get(tool.items) is not None:
+        items = p.run(lambda: tool.parse_items(data[tool.items], _at(field, tool.items)))
+    raw_score = data.get(tool.score)
+    score: int | Invalid | None
+    if raw_score is None:
+        score = None if items is None else INVALID if items is INVALID else items.total
+    else:
+        score = p.run(
+            lambda: _integer(raw_score, _at(field, tool.score), 0, tool.top, f"{tool.name} score")
+        )
+        if (
+            items is not None
+            and items is not INVALID
+            and score is not INVALID
+            and items.total != score
+        ):
+            p.add(
+                ProtocolInputError(
+                    _at(field, tool.score),
+                    f"{tool.name} score {score} does not equal the sum of the "
+                    f"{tool.name} items ({items.total}); correct one of them or give only "
+                    "the items",
+                )
+            )
+    if score is None and consciousness is not INVALID and consciousness != "stupor_or_coma":
+        p.add(
+            ProtocolInputError(
+                _at(field, tool.score),
+                f"the {tool.name} score may be null only when {tool.unable} (consciousness "
+                f"'stupor_or_coma'), but consciousness is {consciousness!r}; give the "
+                f"{tool.name} score 0-{tool.top}",
+            )
+        )
+    return score, items
+
+
 def parse_icans_observations(data: Any, field: str = "observations") -> IcansObservations:
     """ICANS observations (see ``docs/toxicity.md`` for the format); raises one error naming
     every invalid field."""
     data = _object(data, field, '{"age_years": 45, "ice_score": 8, "consciousness": "none"}')
     p = Problems()
-    _key_problems(p, data, field, _ICANS_KEYS, ("age_years", "consciousness"))
+    _key_problems(p, data, field, _ICANS_KEYS, ("consciousness",))
     age: float | Invalid = INVALID
-    if "age_years" in data:
+    if "age_years" not in data:
+        p.add(
+            ProtocolInputError(
+                _at(field, "age_years"),
+                f"is required: the patient's age decides the tool (ICE score from "
+                f"{ICE_MIN_AGE_YEARS} years, CAPD under {ICE_MIN_AGE_YEARS})",
+            )
+        )
+    else:
         age = p.run(
             lambda: _number(
                 data["age_years"], _at(field, "age_years"), 0, MAX_AGE_YEARS, "age (years)"
@@ -603,61 +824,35 @@ def parse_icans_observations(data: Any, field: str = "observations") -> IcansObs
                 data["consciousness"], _at(field, "consciousness"), CONSCIOUSNESS_GRADES
             )
         )
-    ice_checked = True
-    if "ice_score" not in data and "ice_items" not in data:
-        ice_checked = False
-        p.add(
-            ProtocolInputError(
-                _at(field, "ice_score"),
-                "is required: give ice_score (0-10) or ice_items (null only when the patient is "
-                "unarousable and the ICE cannot be performed)",
-            )
-        )
-    elif age is not INVALID and age < ICE_MIN_AGE_YEARS:
-        ice_checked = False
-        key = "ice_items" if "ice_items" in data else "ice_score"
-        p.add(
-            ProtocolInputError(
-                _at(field, key),
-                f"the patient is {_g(age)} years old: ASTCT grades ICANS in children under "
-                f"{ICE_MIN_AGE_YEARS} with the CAPD (Cornell Assessment of Pediatric Delirium), "
-                "not the ICE score, and CAPD grading is not supported here; enter the ICANS grade "
-                'explicitly, e.g. {"kind": "ICANS", "scale": "ASTCT", "scale_version": "2019", '
-                '"grade": 2}',
-            )
-        )
-    score: int | Invalid | None = INVALID
-    items: IceItems | Invalid | None = None
-    if ice_checked:
-        if data.get("ice_items") is not None:
-            items = p.run(lambda: parse_ice_items(data["ice_items"], _at(field, "ice_items")))
-        raw_score = data.get("ice_score")
-        if raw_score is None:
-            score = None if items is None else INVALID if items is INVALID else items.total
+    has_ice = "ice_score" in data or "ice_items" in data
+    has_capd = "capd_score" in data or "capd_items" in data
+    ice: int | Invalid | None = INVALID
+    ice_items: Any = None
+    capd: int | Invalid | None = None
+    capd_items: Any = None
+    if age is INVALID:  # the tool cannot be chosen: check what was given
+        if has_ice:
+            ice, ice_items = _tool_score(p, data, field, _ICE_TOOL, consciousness)
+        elif has_capd:
+            capd, capd_items = _tool_score(p, data, field, _CAPD_TOOL, consciousness)
         else:
-            score = p.run(lambda: _integer(raw_score, _at(field, "ice_score"), 0, 10, "ICE score"))
-            if (
-                items is not None
-                and items is not INVALID
-                and score is not INVALID
-                and items.total != score
-            ):
-                p.add(
-                    ProtocolInputError(
-                        _at(field, "ice_score"),
-                        f"ICE score {score} does not equal the sum of the ICE items "
-                        f"({items.total}); correct one of them or give only the items",
-                    )
-                )
-        if score is None and consciousness is not INVALID and consciousness != "stupor_or_coma":
-            p.add(
-                ProtocolInputError(
-                    _at(field, "ice_score"),
-                    "the ICE score may be null only when the patient is unarousable "
-                    f"(consciousness 'stupor_or_coma'), but consciousness is {consciousness!r}; "
-                    "give the ICE score 0-10",
-                )
-            )
+            p.add(_missing_tool(_ICE_TOOL, field))
+    elif uses_capd(age):
+        ice = None
+        if has_ice:
+            key = "ice_items" if "ice_items" in data else "ice_score"
+            p.add(_wrong_tool(age, _at(field, key)))
+        elif not has_capd:
+            p.add(_missing_tool(_CAPD_TOOL, field))
+        else:
+            capd, capd_items = _tool_score(p, data, field, _CAPD_TOOL, consciousness)
+    elif has_capd:
+        key = "capd_items" if "capd_items" in data else "capd_score"
+        p.add(_wrong_tool(age, _at(field, key)))
+    elif not has_ice:
+        p.add(_missing_tool(_ICE_TOOL, field))
+    else:
+        ice, ice_items = _tool_score(p, data, field, _ICE_TOOL, consciousness)
     aphasia = p.run(lambda: _boolean(data, "awake_with_global_aphasia", field, False))
     if aphasia is True and consciousness == "stupor_or_coma":
         p.add(
@@ -676,9 +871,23 @@ def parse_icans_observations(data: Any, field: str = "observations") -> IcansObs
             )
         )
         raw_attr = []
+    own = "ice"
+    other = CAPD_DOMAIN
+    if age is not INVALID and uses_capd(age):
+        own, other = CAPD_DOMAIN, "ice"
+    allowed = tuple(own if d == "ice" else d for d in ICANS_DOMAINS)
     for i, name in enumerate(raw_attr):
-        p.run(lambda: _choice(name, f"{attr_field}.{i}", ICANS_DOMAINS))  # noqa: B023
-    attributable = tuple(d for d in ICANS_DOMAINS if d in raw_attr)
+        if name == other and age is not INVALID:
+            p.add(
+                ProtocolInputError(
+                    f"{attr_field}.{i}",
+                    f"{name!r} is not a domain of a patient aged {_g(age)} years (the "
+                    f"encephalopathy domain is {own!r}); use one of: {', '.join(allowed)}",
+                )
+            )
+        else:
+            p.run(lambda: _choice(name, f"{attr_field}.{i}", _ATTRIBUTABLE))  # noqa: B023
+    attributable = tuple(d for d in _ATTRIBUTABLE if d in raw_attr)
     choices = {
         key: p.run(
             lambda: _choice(data.get(key, "none"), _at(field, key), grades)  # noqa: B023
@@ -692,8 +901,10 @@ def parse_icans_observations(data: Any, field: str = "observations") -> IcansObs
     p.raise_if_any()
     return IcansObservations(
         age_years=age,  # type: ignore[arg-type]  # each checked above
-        ice_score=score,  # type: ignore[arg-type]
-        ice_items=items,  # type: ignore[arg-type]
+        ice_score=ice,  # type: ignore[arg-type]
+        ice_items=ice_items,
+        capd_score=capd,  # type: ignore[arg-type]
+        capd_items=capd_items,
         consciousness=consciousness,  # type: ignore[arg-type]
         awake_with_global_aphasia=aphasia,  # type: ignore[arg-type]
         attributable_to_other_cause=attributable,
@@ -764,6 +975,7 @@ _NESTED: Final = (
     ("observations", "temperature"),
     ("observations", "oxygen"),
     ("observations", "ice_items"),
+    ("observations", "capd_items"),
 )
 
 
@@ -862,8 +1074,61 @@ def _crs_of(o: CrsObservationsPayload) -> CrsObservations | None:
     )
 
 
+def _capd_of(o: IcansObservationsPayload) -> IcansObservations | None:
+    """A child's observations (under 12: the CAPD), or None for the field-by-field checks."""
+    if o.ice_score is not UNSET or o.ice_items is not UNSET:
+        return None
+    if o.capd_score is UNSET and o.capd_items is UNSET:
+        return None
+    items: CapdItems | None = None
+    if o.capd_items is not None and o.capd_items is not UNSET:
+        i: CapdItemsPayload = o.capd_items
+        items = CapdItems(
+            eye_contact=i.eye_contact,
+            purposeful_actions=i.purposeful_actions,
+            aware_of_surroundings=i.aware_of_surroundings,
+            communicates_needs_and_wants=i.communicates_needs_and_wants,
+            restless=i.restless,
+            inconsolable=i.inconsolable,
+            underactive=i.underactive,
+            long_time_to_respond=i.long_time_to_respond,
+        )
+    score: int | None
+    if o.capd_score is None or o.capd_score is UNSET:
+        score = None if items is None else items.total
+    else:
+        score = o.capd_score
+        if items is not None and items.total != score:
+            return None
+    if score is None and o.consciousness != "stupor_or_coma":
+        return None
+    if o.awake_with_global_aphasia and o.consciousness == "stupor_or_coma":
+        return None
+    attributed = o.attributable_to_other_cause
+    if "ice" in attributed:
+        return None
+    return IcansObservations(
+        age_years=o.age_years,
+        ice_score=None,
+        capd_score=score,
+        capd_items=items,
+        consciousness=o.consciousness,
+        seizure=o.seizure,
+        motor=o.motor,
+        raised_icp=o.raised_icp,
+        awake_with_global_aphasia=o.awake_with_global_aphasia,
+        attributable_to_other_cause=tuple(d for d in _ATTRIBUTABLE if d in attributed),
+    )
+
+
 def _icans_of(o: IcansObservationsPayload) -> IcansObservations | None:
-    if (o.ice_score is UNSET and o.ice_items is UNSET) or o.age_years < ICE_MIN_AGE_YEARS:
+    if o.age_years < ICE_MIN_AGE_YEARS:
+        return _capd_of(o)
+    if o.ice_score is UNSET and o.ice_items is UNSET:
+        return None
+    if o.capd_score is not UNSET or o.capd_items is not UNSET:
+        return None
+    if CAPD_DOMAIN in o.attributable_to_other_cause:
         return None
     items: IceItems | None = None
     if o.ice_items is not None and o.ice_items is not UNSET:
@@ -1201,7 +1466,25 @@ def grade_crs_ctcae(obs: CrsObservations, *, term: str | None = None) -> Toxicit
 # --------------------------------------------------------------------------------------------
 
 
+def _capd_domain(obs: IcansObservations) -> tuple[int, str]:
+    """ASTCT 2019, children under 12: CAPD 1-8 is grade 1 or 2 (the other domains decide:
+    consciousness 'wakes to voice' makes it 2), >= 9 grade 3, unable to perform grade 4."""
+    score = obs.capd_score
+    if score is None:
+        return 4, "CAPD could not be performed (child unarousable): grade 4"
+    if score >= CAPD_GRADE3_MIN:
+        return 3, f"CAPD {score}/32 (>= {CAPD_GRADE3_MIN})"
+    if score >= 1:
+        return 1, (
+            f"CAPD {score}/32 (1-{CAPD_GRADE3_MIN - 1}: grade 1, or 2 when the other domains "
+            "say so)"
+        )
+    return 0, "CAPD 0/32"
+
+
 def _ice_domain(obs: IcansObservations) -> tuple[int, str]:
+    if obs.child:
+        return _capd_domain(obs)
     score = obs.ice_score
     if score is None:
         return 4, "ICE could not be performed (patient unarousable): counts as ICE 0, grade 4"
@@ -1222,11 +1505,16 @@ def grade_icans_astct(obs: IcansObservations, *, term: str | None = None) -> Tox
     """ASTCT 2019 ICANS grade (clinical.md s3): the worst domain not attributable to another cause.
 
     ICE 10 -> 0, 7-9 -> 1, 3-6 -> 2, 0-2 -> 3; ICE 0 -> 4 unless the patient is awake with
-    global aphasia (then 3). Children < 12 y are rejected at parse time (CAPD not supported).
+    global aphasia (then 3). Children under 12 are scored with the CAPD instead of the ICE
+    (:func:`_capd_domain`); the other domains are graded as for adults.
     """
     name = "ASTCT 2019 ICANS"
+    encephalopathy = "ice"
+    if obs.child:
+        name = f"ASTCT 2019 ICANS (child under {ICE_MIN_AGE_YEARS}: CAPD)"
+        encephalopathy = CAPD_DOMAIN
     domains = (
-        ("ice", *_ice_domain(obs)),
+        (encephalopathy, *_ice_domain(obs)),
         (
             "consciousness",
             CONSCIOUSNESS_GRADES[obs.consciousness],

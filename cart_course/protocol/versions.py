@@ -102,5 +102,17 @@ V1 = register(
         "2018-07-01",
     )
 )
+#: Amendment 1 (issue 20): the pre-infusion observations are required before D2 and D3 (under
+#: 1.0 they are optional and the gate judges them when they are sent). Records made under 1.0
+#: keep their version; ``audit conformance --protocol 1.1`` lists the fractions it would refuse.
+V1_1 = register(
+    make_version(
+        "1.1",
+        "Amendment 1: the pre-infusion observations (temperature, room-air SpO2, vasopressors, "
+        "infection) are required before D2 and D3",
+        "2026-12-01",
+        attrs.evolve(DEFAULT_PARAMETERS, pre_infusion_required_days=(2, 3)),
+    )
+)
 #: The version new records are made under.
 CURRENT: ProtocolVersion = V1

@@ -163,6 +163,22 @@ _DECISION = "decide: " + " or ".join(
 )
 
 
+#: States in which the course's next fraction may be held by the pre-infusion gate (issue 20).
+_GATED = (State.APHERESED, State.CONTINUED, State.INFUSED_D1, State.INFUSED_D2)
+
+
+def gate_hold(record: PatientRecord) -> int | None:
+    """The fraction (day) a failing pre-infusion assessment holds, when it is the course's next
+    one (issue 20); None: no fraction is held by the gate."""
+    hold = record.pre_infusion_hold
+    if hold is None or record.state not in _GATED:
+        return None
+    if record.course is not None and record.course.cancelled:
+        return None
+    day = hold.get("day")
+    return day if isinstance(day, int) else None
+
+
 def next_action(record: PatientRecord) -> tuple[str | None, str | None, bool]:
     """(next due action, its due date as ISO date or None, fractions on hold)."""
     action, due_on, hold, _ = next_due(record)
@@ -179,6 +195,11 @@ def next_due(record: PatientRecord) -> tuple[str | None, str | None, bool, str |
     state = record.state
     course = record.course
     hold = any(t.opens_hold for t in record.open_toxicities())
+    held_day = gate_hold(record) if record.pre_infusion_hold is not None else None
+    if held_day is not None and not hold:
+        # a fraction held by the pre-infusion gate: nothing is due (not overdue) until the
+        # patient is re-assessed
+        return f"re-assess before D{held_day}", None, True, None
     if state in _FIRST_MOVE:  # candidate, screen_failed, screened, apheresed
         return _FIRST_MOVE[state], None, False, None
     if state == State.CONTINUED:

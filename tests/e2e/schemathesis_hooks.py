@@ -23,7 +23,7 @@ Payload rules between two values that no JSON Schema can state (each is named in
 schema's description, "Not stated by this schema"):
 
 7. The last systemic glucocorticoid dose is on or before the screening date (occurred_at's date).
-8. An ICE score given with its items equals their sum (the score is left out).
+8. An ICE score (a CAPD score, issue 20) given with its items equals their sum (the score is left out).
 9. A dose in cells/kg times the course's weight is at most 1e12 cells (kept to 2.5e9 cells/kg,
    1e12 cells at the heaviest plausible weight of 400 kg).
 10. A response assessment records the values its classification needs, or a clinician's
@@ -150,6 +150,8 @@ def _payload_rules(body: dict[str, Any]) -> None:
         observations = toxicity.get("observations")
         if isinstance(observations, dict) and isinstance(observations.get("ice_items"), dict):
             observations.pop("ice_score", None)
+        if isinstance(observations, dict) and isinstance(observations.get("capd_items"), dict):
+            observations.pop("capd_score", None)  # the CAPD items and their sum (issue 20)
     cells = payload.get("cells")
     if isinstance(cells, dict) and cells.get("unit") == "cells/kg":
         value = cells.get("value")

@@ -67,7 +67,7 @@ def test_show_json_is_machine_readable(capsys: pytest.CaptureFixture[str]) -> No
 def test_show_unknown_version_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "protocol", "show", "--version", "0.9")
     assert code == 2 and out == ""
-    assert err.strip() == "error: --version: '0.9' is not a protocol version; known: 1.0"
+    assert err.strip() == "error: --version: '0.9' is not a protocol version; known: 1.0, 1.1"
 
 
 def test_diagram_prints_mermaid_from_the_machine(capsys: pytest.CaptureFixture[str]) -> None:

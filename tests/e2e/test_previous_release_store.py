@@ -74,3 +74,28 @@ def test_previous_release_store_loads_replays_verifies_and_grows(kind: str, tmp_
 
     after = run(db, key, "audit", "verify")
     assert after.returncode == 0, after.stdout + after.stderr
+
+
+def test_a_previous_release_store_rechecked_under_the_amendment_lists_the_fractions_it_refuses(
+    tmp_path: Path,
+) -> None:
+    """Issue 20: the store of the previous release (recorded under 1.0, no pre-infusion
+    observations) conforms under its own version, and ``--protocol 1.1`` lists each D2 and D3
+    the amendment would have refused, with the rule that refuses it; the store is unchanged."""
+    name, _ = STORES["plain"]
+    db = tmp_path / name
+    shutil.copy(FIXTURES / name, db)
+    own = run(db, None, "audit", "conformance", "--json")
+    assert own.returncode == 0, own.stdout + own.stderr
+    assert json.loads(own.stdout)["findings"] == []
+    amended = run(db, None, "audit", "conformance", "--protocol", "1.1", "--json")
+    assert amended.returncode == 1, amended.stderr
+    findings = json.loads(amended.stdout)["findings"]
+    assert findings
+    assert {f["move"] for f in findings} == {"infuse_d2", "infuse_d3"}
+    for f in findings:
+        assert f["rules"] == ["pre_infusion_criteria_met"], f
+        assert f["protocol_version"] == "1.1"
+        assert f"before D{f['move'][-1]}" in f["message"]
+    again = run(db, None, "audit", "verify")
+    assert again.returncode == 0 and "TAMPERED" not in again.stdout

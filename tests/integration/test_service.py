@@ -308,6 +308,17 @@ def test_every_command_of_the_contract_records(service: CourseService) -> None:
         {"apheresis_contraindication": False, "collection_id": "C-5-2"},
         reason="LOT-E5 failed release",
     )
+    # the pre-infusion gate (issue 20): a bedside assessment before the next fraction
+    f = Course(service, "E-6")
+    f.screen()
+    f.apheresis()
+    observations = {
+        "highest_temperature": {"value": 37.0, "unit": "C"},
+        "spo2_room_air_pct": 97,
+        "vasopressors": False,
+        "uncontrolled_active_infection": False,
+    }
+    run(f, "assess_pre_infusion", {"day": 1, "pre_infusion": observations}, days=14)
     assert set(ALL_COMMANDS) <= set(seen), set(ALL_COMMANDS) - set(seen)
     assert service.summary("E-1")["state"] == "ceased"
     assert len(service.summary("E-1")["corrections"]) == 1

@@ -313,3 +313,40 @@ def test_follower_killed_mid_batch_resumes_exactly_once(
     finally:
         views.close()
         service.close()
+
+
+def test_a_fraction_held_by_the_pre_infusion_gate_is_not_overdue(
+    service: CourseService, views: Views
+) -> None:
+    """Issue 20: a failing bedside assessment holds D2: the board's next action is to re-assess
+    before D2, with no due date (never overdue while held); the fraction given the next day with
+    observations that meet the gate lifts the hold."""
+    import random
+
+    from cart_course.demo import NURSE, pre_infusion
+
+    p = _Patient("G-1", DAY1 - dt.timedelta(days=20), random.Random(7))
+    p.screen()
+    p.apheresis()
+    p.infusion(1, days=DAY1.date().toordinal() - p.t.date().toordinal())
+    p.cmd(
+        "assess_pre_infusion", {"day": 2, "pre_infusion": pre_infusion(38.6)}, actor=NURSE, days=1
+    )
+    record(service, p.commands)
+    views.catch_up()
+    late = DAY1 + dt.timedelta(days=5)
+    row = queries.patient(views.db, "G-1", now=late)
+    assert row is not None
+    assert (row["next_action"], row["due_on"], row["hold"]) == ("re-assess before D2", None, True)
+    assert row["overdue"] is False
+    assert queries.board(views.db, overdue=True, now=late) == []
+    # given the next day, afebrile: the hold is lifted, D3 is due the day after
+    given = len(p.commands)
+    p.infusion(2, deviation="D2 held one day by the pre-infusion gate (fever 38.6 C)")
+    p.commands[-1]["payload"]["pre_infusion"] = pre_infusion(37.1)
+    record(service, p.commands[given:])
+    views.catch_up()
+    row = queries.patient(views.db, "G-1", now=late)
+    assert row is not None
+    assert (row["next_action"], row["hold"]) == ("infuse_d3", False)
+    assert row["fractions_given"] == 2

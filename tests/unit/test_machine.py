@@ -50,6 +50,8 @@ EXPECTED: list[tuple[str, list[str], str]] = [
     ("record_follow_up", [*FOLLOW, "withdrawn", "died"], "="),
     ("record_missed_visit", [*FOLLOW, "withdrawn", "died"], "="),
     ("record_sae_report", [*ON, *FOLLOW, "withdrawn", "died"], "="),
+    # the pre-infusion gate (issue 20): a bedside assessment before the next fraction
+    ("assess_pre_infusion", ["apheresed", "continued", "infused_d1", "infused_d2"], "="),
 ]
 
 
@@ -114,6 +116,9 @@ def good_facts(trigger: str, source: str, dest: str) -> dict[str, Any]:
         return {"follow_up_from": "2026-01-22T09:30:00+01:00"}
     if trigger == "record_sae_report":
         return {"sae_cases": ["CRS-1"]}
+    if trigger == "assess_pre_infusion":
+        day = {"apheresed": 1, "continued": 1, "infused_d1": 2, "infused_d2": 3}.get(source, 1)
+        return {"day": day, "next_day": day}
     return {}
 
 

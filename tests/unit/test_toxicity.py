@@ -453,7 +453,7 @@ def test_icans_ice_may_be_null_only_when_unarousable() -> None:
 def test_icans_children_under_12_need_capd() -> None:
     err = error_of(parse_icans_observations, dict(icans(8), age_years=11.9))
     assert err.field == "observations.ice_score"
-    assert "CAPD" in err.message and "not supported" in err.message
+    assert "with the CAPD" in err.message and "give capd_score (0-32)" in err.message
     ok = parse_icans_observations(dict(icans(8), age_years=12))
     assert grade_icans_astct(ok).grade == 1
 

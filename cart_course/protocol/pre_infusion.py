@@ -1,0 +1,426 @@
+"""The pre-infusion safety gate (issue 20): no fraction into a patient who is not fit for it.
+
+Split dosing exists so that D2 and D3 can be withheld when the patient is not fit for them
+(``../shared/reference/clinical.md`` s4: in example protocols, no infusion with a temperature
+> 38 C in the last 48 h, SpO2 < 91 %, hypotension needing vasopressors, or uncontrolled
+infection). The trial text gives no gate: its limits are protocol parameters
+(``ProtocolParameters.pre_infusion_*``, assumptions documented in ``docs/protocol.md``), and per
+protocol version which fractions the gate judges and for which the observations are required.
+
+The observations (``pre_infusion``) travel with ``give_infusion`` (the gate then judges the
+fraction itself: rule ``pre_infusion_criteria_met``) or with ``assess_pre_infusion``, a bedside
+assessment before the fraction that records a hold when the gate fails (the views show the
+fraction held, next action "re-assess before D2", not overdue while held). A failing gate refuses
+the fraction naming each failed criterion; a clinician may give it anyway only with a deviation
+reason, and the failed criteria are recorded as the fraction's deviations.
+
+Pure code: stdlib, attrs and msgspec only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from .errors import INVALID, Invalid, Problems, ProtocolInputError, key_name, key_names
+from .parameters import ProtocolParameters
+from .payloads import FieldsJson, PreInfusionPayload, convert
+from .plausibility import finite_float, show_number
+from .states import State
+from .toxicity import Temperature
+
+if TYPE_CHECKING:
+    from .record import PatientRecord
+
+#: The observations' keys (all required: the gate reads each of them).
+KEYS: Final = (
+    "highest_temperature",
+    "spo2_room_air_pct",
+    "vasopressors",
+    "uncontrolled_active_infection",
+)
+#: A plausible body temperature for the gate's observation (issue 20: outside it the value or
+#: its unit is wrong): 30 to 45 C, 86 to 113 F.
+TEMPERATURE_RANGE: Final[dict[str, tuple[float, float]]] = {"C": (30.0, 45.0), "F": (86.0, 113.0)}
+#: The gate's criteria, in the order they are judged and named.
+CRITERIA: Final = ("temperature", "spo2", "vasopressors", "infection")
+#: The state in which each fraction is the next one.
+NEXT_DAY: Final[dict[str, int]] = {
+    State.APHERESED.value: 1,
+    State.CONTINUED.value: 1,
+    State.INFUSED_D1.value: 2,
+    State.INFUSED_D2.value: 3,
+}
+
+
+@attrs.frozen(kw_only=True)
+class PreInfusionObservations(FieldsJson):
+    """What the gate reads: the highest temperature in the window before the fraction (with its
+    unit), room-air SpO2 (%), vasopressors in use, an uncontrolled active infection."""
+
+    highest_temperature: Temperature
+    spo2_room_air_pct: float
+    vasopressors: bool
+    uncontrolled_active_infection: bool
+
+
+def _temperature_problem(value: Any, unit: Any, field: str) -> ProtocolInputError | None:
+    if unit is None:
+        return ProtocolInputError(
+            f"{field}.unit", "is required: the temperature's unit, 'C' or 'F' (never guessed)"
+        )
+    if not isinstance(unit, str) or unit not in TEMPERATURE_RANGE:
+        return ProtocolInputError(f"{field}.unit", f"unit {unit!r} is not allowed; use 'C' or 'F'")
+    if finite_float(value) is None:
+        return ProtocolInputError(
+            f"{field}.value",
+            f"temperature must be a finite number (30 to 45 C or 86 to 113 F), got "
+            f"{show_number(value)}",
+        )
+    lo, hi = TEMPERATURE_RANGE[unit]
+    if not lo <= value <= hi:
+        return ProtocolInputError(
+            f"{field}.value",
+            f"{value:g} {unit} is not a plausible body temperature (allowed 30 to 45 C or 86 to "
+            "113 F); check the value and its unit",
+        )
+    return None
+
+
+def _observations_of(p: PreInfusionPayload) -> PreInfusionObservations | None:
+    t = p.highest_temperature
+    lo, hi = TEMPERATURE_RANGE[t.unit]
+    if not lo <= t.value <= hi:
+        return None
+    return PreInfusionObservations(
+        highest_temperature=Temperature(value=t.value, unit=t.unit),
+        spo2_room_air_pct=p.spo2_room_air_pct,
+        vasopressors=p.vasopressors,
+        uncontrolled_active_infection=p.uncontrolled_active_infection,
+    )
+
+
+def parse_pre_infusion(data: Any, field: str = "payload.pre_infusion") -> PreInfusionObservations:
+    """The gate's observations, validated; one error naming every invalid field.
+    ``parse_pre_infusion(o.to_json()) == o``."""
+    payload = convert(data, PreInfusionPayload, (("highest_temperature",),))
+    if payload is not None:
+        observations = _observations_of(payload)
+        if observations is not None:
+            return observations
+    if not isinstance(data, Mapping):
+        raise ProtocolInputError(
+            field,
+            'must be a JSON object like {"highest_temperature": {"value": 37.2, "unit": "C"}, '
+            '"spo2_room_air_pct": 97, "vasopressors": false, "uncontrolled_active_infection": '
+            "false}",
+        )
+    p = Problems()
+    unknown = [k for k in data if k not in KEYS]
+    if unknown:
+        p.add(
+            ProtocolInputError(
+                f"{field}.{key_name(unknown[0])}",
+                f"unknown field(s) {key_names(unknown)}; allowed fields are: {', '.join(KEYS)}",
+            )
+        )
+    for key in KEYS:
+        if key not in data:
+            p.add(ProtocolInputError(f"{field}.{key}", "is required but missing"))
+    temperature: Temperature | Invalid = INVALID
+    raw = data.get("highest_temperature")
+    if "highest_temperature" in data:
+        tfield = f"{field}.highest_temperature"
+        if not isinstance(raw, Mapping):
+            p.add(
+                ProtocolInputError(
+                    tfield,
+                    'must be the highest temperature with its unit, e.g. {"value": 37.2, '
+                    f'"unit": "C"}}, got {raw!r}',
+                )
+            )
+        else:
+            extra = [k for k in raw if k not in ("value", "unit")]
+            if extra:
+                p.add(
+                    ProtocolInputError(
+                        f"{tfield}.{key_name(extra[0])}",
+                        f"unknown field(s) {key_names(extra)}; allowed fields are: value, unit",
+                    )
+                )
+            if "value" not in raw:
+                p.add(ProtocolInputError(f"{tfield}.value", "is required but missing"))
+            problem = _temperature_problem(raw.get("value"), raw.get("unit"), tfield)
+            if problem is not None and not (
+                "value" not in raw and problem.field.endswith(".value")
+            ):
+                p.add(problem)
+            elif problem is None:
+                temperature = Temperature(value=raw["value"], unit=raw["unit"])
+    spo2 = data.get("spo2_room_air_pct")
+    if "spo2_room_air_pct" in data and (
+        isinstance(spo2, bool)
+        or not isinstance(spo2, int | float)
+        or finite_float(spo2) is None
+        or not 0 <= spo2 <= 100
+    ):
+        p.add(
+            ProtocolInputError(
+                f"{field}.spo2_room_air_pct",
+                f"room-air SpO2 is a percentage from 0 to 100 (%), got {show_number(spo2)}",
+            )
+        )
+    for key in ("vasopressors", "uncontrolled_active_infection"):
+        if key in data and not isinstance(data[key], bool):
+            p.add(ProtocolInputError(f"{field}.{key}", f"must be true or false, got {data[key]!r}"))
+    p.raise_if_any()
+    assert not isinstance(temperature, Invalid)
+    return PreInfusionObservations(
+        highest_temperature=temperature,
+        spo2_room_air_pct=data["spo2_room_air_pct"],
+        vasopressors=data["vasopressors"],
+        uncontrolled_active_infection=data["uncontrolled_active_infection"],
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The gate
+# ----------------------------------------------------------------------------------------------
+
+
+def _limit_in(unit: str, limit_c: float) -> float:
+    """The temperature limit in the entered unit, converted exactly (38 C = 100.4 F)."""
+    if unit == "C":
+        return limit_c
+    return float(Fraction(str(limit_c)) * 9 / 5 + 32)
+
+
+@attrs.frozen(kw_only=True)
+class Failure:
+    """A failed criterion of the gate: its id and what was found."""
+
+    criterion: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"criterion": self.criterion, "message": self.message}
+
+
+def judge(obs: PreInfusionObservations, params: ProtocolParameters) -> list[Failure]:
+    """The gate's failed criteria for these observations (empty: the patient may be infused)."""
+    failed: list[Failure] = []
+    t = obs.highest_temperature
+    limit = params.pre_infusion_max_temperature_c
+    window = params.pre_infusion_temperature_window_hours
+    if t.value > _limit_in(t.unit, limit):
+        failed.append(
+            Failure(
+                criterion="temperature",
+                message=f"temperature {t.describe()} in the last {window} h is above {limit:g} C",
+            )
+        )
+    spo2 = obs.spo2_room_air_pct
+    if spo2 < params.pre_infusion_min_spo2_pct:
+        failed.append(
+            Failure(
+                criterion="spo2",
+                message=f"room-air SpO2 {spo2:g} % is below {params.pre_infusion_min_spo2_pct:g} %",
+            )
+        )
+    if obs.vasopressors:
+        failed.append(Failure(criterion="vasopressors", message="hypotension needing vasopressors"))
+    if obs.uncontrolled_active_infection:
+        failed.append(Failure(criterion="infection", message="uncontrolled active infection"))
+    return failed
+
+
+def gate_failures(facts: Mapping[str, Any], params: ProtocolParameters) -> list[Failure]:
+    """Why the gate refuses this fraction (empty: it does not). Reads the fraction's ``day``, its
+    observations (``pre_infusion``, when sent), and the hold a bedside assessment recorded for it
+    (``pre_infusion_hold``): the fraction's own observations, when sent, are judged instead."""
+    day = facts.get("day")
+    judged = params.pre_infusion_gate_days
+    required = params.pre_infusion_required_days
+    if day not in judged and day not in required:
+        return []
+    raw = facts.get("pre_infusion")
+    if raw is None:
+        hold = facts.get("pre_infusion_hold")
+        if isinstance(hold, Mapping):
+            return [
+                Failure(
+                    criterion="held",
+                    message=f"D{day} is held by the pre-infusion assessment of "
+                    f"{hold.get('occurred_at')} ({'; '.join(map(str, hold.get('failed', ())))}): "
+                    "re-assess (assess_pre_infusion), or give the fraction with observations "
+                    "that meet the gate",
+                )
+            ]
+        if day in required:
+            return [
+                Failure(
+                    criterion="observations_required",
+                    message=f"this protocol version requires the pre-infusion observations "
+                    f"before D{day} (highest temperature in the last "
+                    f"{params.pre_infusion_temperature_window_hours} h, room-air SpO2, "
+                    "vasopressors, uncontrolled active infection): give them as pre_infusion",
+                )
+            ]
+        return []
+    return judge(parse_pre_infusion(raw), params)
+
+
+def gate_problems(facts: Mapping[str, Any], params: ProtocolParameters) -> list[str]:
+    """:func:`gate_failures` as sentences, each naming the gate."""
+    return [f"pre-infusion gate: {f.message}" for f in gate_failures(facts, params)]
+
+
+# ----------------------------------------------------------------------------------------------
+# What the record says: the context of an infusion, and of an assessment
+# ----------------------------------------------------------------------------------------------
+
+
+def _hold_for(record: PatientRecord, day: Any, course_number: Any) -> dict[str, Any] | None:
+    hold = record.pre_infusion_hold
+    if hold is None or hold.get("day") != day or hold.get("course_number") != course_number:
+        return None
+    return hold
+
+
+def with_gate_hold(
+    context: Callable[[PatientRecord], dict[str, Any]],
+) -> Callable[[PatientRecord], dict[str, Any]]:
+    """An infusion's context with the gate's hold of this fraction, when one is recorded (the
+    context of a fraction without one is unchanged: stored facts keep their form)."""
+
+    def build(record: PatientRecord) -> dict[str, Any]:
+        facts = context(record)
+        if record.pre_infusion_hold is not None:
+            hold = _hold_for(record, facts.get("day"), facts.get("course_number"))
+            if hold is not None:
+                facts["pre_infusion_hold"] = dict(hold)
+        return facts
+
+    return build
+
+
+def ctx_assessment(record: PatientRecord) -> dict[str, Any]:
+    """What an assessment's rules read: the course's next fraction and whether the remaining
+    fractions were cancelled."""
+    day = NEXT_DAY.get(record.state)
+    courses = record.courses
+    number = len(courses) + 1 if day == 1 else len(courses)
+    cancelled = bool(courses and day != 1 and courses[-1].cancelled)
+    return {"next_day": day, "course_number": number, "fractions_cancelled": cancelled}
+
+
+def parse_assessment(
+    record: PatientRecord,
+    p: Mapping[str, Any],
+    day: dt.date,
+    ctx: dict[str, Any],
+    seed: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``assess_pre_infusion``: the fraction assessed (``day``) and the observations."""
+    problems = Problems()
+    fraction = p.get("day")
+    if isinstance(fraction, bool) or not isinstance(fraction, int) or fraction not in (1, 2, 3):
+        problems.add(
+            ProtocolInputError(
+                "payload.day",
+                f"must be 1, 2 or 3, an integer (the fraction assessed), got {fraction!r}",
+            )
+        )
+    observations = problems.run(lambda: parse_pre_infusion(p.get("pre_infusion")))
+    problems.raise_if_any()
+    assert not isinstance(observations, Invalid)
+    obs = observations.to_json()
+    return {"day": fraction, "pre_infusion": obs}, {"day": fraction, "pre_infusion": obs}
+
+
+def parse_infusion_observations(
+    parse: Callable[
+        [PatientRecord, Mapping[str, Any], dt.date, dict[str, Any], dict[str, Any]],
+        tuple[dict[str, Any], dict[str, Any]],
+    ],
+) -> Callable[
+    [PatientRecord, Mapping[str, Any], dt.date, dict[str, Any], dict[str, Any]],
+    tuple[dict[str, Any], dict[str, Any]],
+]:
+    """``give_infusion``'s parser with its observations (``pre_infusion``, optional) parsed: the
+    payload without them is parsed as before (its stored form unchanged)."""
+
+    def parse_with(
+        record: PatientRecord,
+        p: Mapping[str, Any],
+        day: dt.date,
+        ctx: dict[str, Any],
+        seed: dict[str, Any],
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        if "pre_infusion" not in p:
+            return parse(record, p, day, ctx, seed)
+        rest = {k: v for k, v in p.items() if k != "pre_infusion"}
+        problems = Problems()
+        observations = problems.run(lambda: parse_pre_infusion(p["pre_infusion"]))
+        parsed = problems.run(lambda: parse(record, rest, day, ctx, seed))
+        problems.raise_if_any()
+        assert not isinstance(observations, Invalid) and not isinstance(parsed, Invalid)
+        norm, facts = parsed
+        obs = observations.to_json()
+        norm["pre_infusion"] = obs
+        facts["pre_infusion"] = obs
+        return norm, facts
+
+    return parse_with
+
+
+# ----------------------------------------------------------------------------------------------
+# Outcomes
+# ----------------------------------------------------------------------------------------------
+
+
+def verdict(facts: Mapping[str, Any], params: ProtocolParameters) -> dict[str, Any]:
+    """The gate's verdict on the facts: judged or not, met or not, the failed criteria."""
+    day = facts.get("day")
+    judged = day in params.pre_infusion_gate_days or day in params.pre_infusion_required_days
+    failures = gate_failures(facts, params) if judged else []
+    return {
+        "judged": judged,
+        "criteria_met": not failures,
+        "failed_criteria": [f.criterion for f in failures],
+        "failed": [f.message for f in failures],
+    }
+
+
+def assessment_outcome(
+    trigger: str, facts: Mapping[str, Any], probe: Any, params: ProtocolParameters
+) -> dict[str, Any]:
+    """What a bedside assessment established: the verdict, and whether the fraction is held."""
+    result = verdict(facts, params)
+    return {
+        "day": facts["day"],
+        "course_number": facts.get("course_number"),
+        **result,
+        "held": result["judged"] and not result["criteria_met"],
+    }
+
+
+def with_gate_outcome(
+    outcome: Callable[[str, Mapping[str, Any], Any, ProtocolParameters], dict[str, Any]],
+) -> Callable[[str, Mapping[str, Any], Any, ProtocolParameters], dict[str, Any]]:
+    """An infusion's outcome with the gate's verdict, when the gate read anything (observations
+    sent, or a hold recorded): an infusion without either has the outcome it always had."""
+
+    def build(
+        trigger: str, facts: Mapping[str, Any], probe: Any, params: ProtocolParameters
+    ) -> dict[str, Any]:
+        out = outcome(trigger, facts, probe, params)
+        if "pre_infusion" in facts or "pre_infusion_hold" in facts:
+            out["pre_infusion_gate"] = verdict(facts, params)
+        return out
+
+    return build

@@ -1,0 +1,135 @@
+"""Issue 20: a store recorded under protocol 1.0 (pre-infusion observations optional), re-checked
+under the amendment 1.1 (required before D2 and D3), lists exactly the fractions the amendment
+would have refused; under each event's own version it conforms as before."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from cart_course.audit import patient_events
+from cart_course.audit.conformance import Conformance, check_history
+from cart_course.contract import parse_command
+from cart_course.demo import cohort
+from cart_course.protocol.versions import V1_1
+from cart_course.service import CourseService
+
+
+def record(service: CourseService, commands: list[dict[str, Any]]) -> None:
+    results = service.execute_batch([parse_command(c) for c in commands])
+    errors = [r for r in results if not hasattr(r, "status")]
+    assert not errors, errors
+
+
+def conformance(service: CourseService, protocol: Any = None) -> Conformance:
+    result = Conformance()
+    for pid in service.patient_ids():
+        check_history(pid, patient_events(service.log, pid), protocol=protocol, result=result)
+    return result
+
+
+def test_a_store_recorded_under_1_0_rechecked_under_the_amendment_lists_the_fractions_it_refuses(
+    memory_service: CourseService,
+) -> None:
+    commands = list(cohort(20, 5, start=dt.datetime(2025, 3, 3, 8, tzinfo=dt.UTC)))
+    record(memory_service, commands)
+    # the fractions the amendment requires observations for, and those that carried none
+    expected = set()
+    for c in commands:
+        payload = c["payload"]
+        if (
+            c["command"] == "give_infusion"
+            and payload["day"] in (2, 3)
+            and "pre_infusion" not in payload
+            and "deviation_reason" not in payload
+        ):
+            expected.add((c["patient_id"], f"infuse_d{payload['day']}"))
+    assert expected, "the cohort gives D2 and D3 without observations"
+
+    own = conformance(memory_service)
+    assert not [f for f in own.findings if "pre_infusion_criteria_met" in f.rules]
+
+    amended = conformance(memory_service, V1_1)
+    gate = [f for f in amended.findings if "pre_infusion_criteria_met" in f.rules]
+    assert {(f.patient_id, f.move) for f in gate} == expected
+    for f in gate:  # the move itself, and a correction of it re-judged with its new facts
+        assert f.check in ("refused", "correction") and f.protocol_version == "1.1"
+        assert "requires the pre-infusion observations before D" in f.message
+    assert {f.check for f in gate} >= {"refused"}
+    # the patient whose D2 and D3 carried observations (the held D2 of the demo) conforms
+    held = [c["patient_id"] for c in commands if c["command"] == "assess_pre_infusion"]
+    assert held and not [f for f in gate if f.patient_id in held]
+    # every event keeps its version: the store itself is unchanged by the re-check
+    versions = {
+        e.get("protocol_version")
+        for pid in memory_service.patient_ids()
+        for e in patient_events(memory_service.log, pid)
+        if e.get("protocol_version")
+    }
+    assert versions == {"1.0"}
+
+
+def test_a_childs_icans_by_capd_is_recorded_regraded_and_conforms(
+    memory_service: CourseService,
+) -> None:
+    """Issue 20: the demo's child (ICANS scored with the CAPD) is recorded with its grade from
+    the CAPD, conforms, and re-grades to the same grades from the stored observations."""
+    commands = list(cohort(20, 5, start=dt.datetime(2025, 3, 3, 8, tzinfo=dt.UTC)))
+    record(memory_service, commands)
+    child = {
+        c["patient_id"]
+        for c in commands
+        if c["command"] == "report_toxicity"
+        and "capd_score" in c["payload"]["toxicity"].get("observations", {})
+    }
+    assert len(child) == 1
+    (pid,) = child
+    episode = memory_service.record(pid).toxicities["ICANS-1"]
+    assert (episode.worst_grade, episode.grade, episode.open) == (3, 2, False)
+    reports = [e for e in patient_events(memory_service.log, pid) if e.type.endswith("Reported")]
+    assert "CAPD 11/32 (>= 9)" in reports[0].get("outcome")["reasons"][0]
+    result = check_history(pid, patient_events(memory_service.log, pid), regrade="ASTCT")
+    assert result.ok, [str(f) for f in result.findings]
+    assert [(r.recorded_grade, r.grade) for r in result.regrades] == [(3, 3), (2, 2)]
+    ctcae = check_history(pid, patient_events(memory_service.log, pid), regrade="CTCAE")
+    assert all(r.grade is None and "no ICANS term" in r.note for r in ctcae.regrades)
+
+
+def test_after_the_amendment_new_fractions_need_observations_and_old_ones_keep_their_version(
+    memory_service: CourseService,
+) -> None:
+    """A service under 1.1 on a store recorded under 1.0: D2 without observations is refused
+    (naming the rule), with them it is recorded under 1.1; the D1 recorded before keeps 1.0, and
+    each event conforms under its own version."""
+    import random
+
+    from cart_course.demo import _Patient, pre_infusion
+    from cart_course.errors import CartCourseError
+    from cart_course.service import CourseService as Service
+
+    p = _Patient("A-1", dt.datetime(2026, 6, 1, 8, tzinfo=dt.UTC), random.Random(3))
+    p.screen()
+    p.apheresis()
+    p.infusion(1, days=14)
+    record(memory_service, p.commands)
+    amended = Service(memory_service.app, protocol=V1_1)
+    before = memory_service.record("A-1").version
+    p.infusion(2)
+    try:
+        amended.execute(parse_command(p.commands[-1]))
+    except CartCourseError as exc:
+        body = exc.to_json()
+        assert body["error"] == "move_refused"
+        assert [r["rule"] for r in body["failed_rules"]] == ["pre_infusion_criteria_met"]
+    else:  # pragma: no cover - the amendment must refuse it
+        raise AssertionError("D2 without observations was recorded under 1.1")
+    assert memory_service.record("A-1").version == before  # nothing recorded
+    p.commands[-1]["payload"]["pre_infusion"] = pre_infusion(37.0)
+    assert amended.execute(parse_command(p.commands[-1])).status == "recorded"
+    versions = [
+        (e.get("trigger"), e.get("protocol_version"))
+        for e in patient_events(memory_service.log, "A-1")
+        if e.get("trigger")
+    ]
+    assert versions[-2:] == [("infuse_d1", "1.0"), ("infuse_d2", "1.1")]
+    assert check_history("A-1", patient_events(memory_service.log, "A-1")).ok

@@ -58,6 +58,12 @@ ACTION_LABELS: Final[dict[str, str]] = {
     "record_sae_report": "Send SAE report",
     "correct": "Correct a recorded fact",
     "sign": "Sign a milestone",
+    "assess_pre_infusion": "Re-assess before the next fraction",
+    "transfer_site": "Transfer to another site",
+    "open_query": "Open a data query",
+    "answer_query": "Answer a data query",
+    "close_query": "Close a data query",
+    "reopen_query": "Re-open a data query",
     #: the board's next action after a response assessment (``views.projection``)
     "decide": "Decide: another course, cease or discontinue",
 }
@@ -89,6 +95,12 @@ DONE_LABELS: Final[dict[str, str]] = {
     "record_sae_report": "SAE report sent",
     "correct": "Correction",
     "sign": "Signed",
+    "assess_pre_infusion": "Pre-infusion assessment",
+    "transfer_site": "Transferred to another site",
+    "open_query": "Data query opened",
+    "answer_query": "Data query answered",
+    "close_query": "Data query closed",
+    "reopen_query": "Data query re-opened",
 }
 
 #: Responses of B-ALL (clinical.md s5), with their abbreviation.

@@ -404,14 +404,25 @@ def visit_schedule(params: ProtocolParameters) -> dict[str, tuple[int, int]]:
     return {name: (day, window) for name, day, window in params.follow_up_schedule}
 
 
-def _visit_name(record: PatientRecord, name: str, params: ProtocolParameters | None) -> None:
-    from .parameters import DEFAULT_PARAMETERS
+def known_visits() -> list[str]:
+    """Every visit name of the registered protocol versions' follow-up schedules, in schedule
+    order (the payload schema's list). Whether a visit belongs to the schedule of the patient's
+    protocol version is the rule ``visit_in_schedule`` (each version defines its schedule)."""
+    from .versions import VERSIONS
 
-    schedule = visit_schedule(params or DEFAULT_PARAMETERS)
-    if name not in schedule:
+    names: dict[str, None] = {}
+    for version in VERSIONS.values():
+        names.update(dict.fromkeys(visit_schedule(version.params)))
+    return list(names)
+
+
+def _visit_name(record: PatientRecord, name: str) -> None:
+    known = known_visits()
+    if name not in known:
         raise ProtocolInputError(
             "payload.visit",
-            f"{name!r} is not a visit of the schedule; visits: {', '.join(schedule)}",
+            f"{name!r} is not a visit of any protocol version's follow-up schedule; "
+            f"visits: {', '.join(known)}",
         )
     if name in record.follow_up.get("visits", {}):
         raise ContextInputError(
@@ -443,7 +454,7 @@ def parse_follow_up(
     if problems:
         first, *rest = problems
         raise ProtocolInputError(first.field, first.message, others=rest)
-    _visit_name(record, visit.visit, None)
+    _visit_name(record, visit.visit)
     norm: dict[str, Any] = _plain(visit)
     return norm, {**norm, "visit_date": day.isoformat()}
 
@@ -456,7 +467,7 @@ def parse_missed_visit(
     seed: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     missed: MissedVisitPayload = _decode(dict(p), MissedVisitPayload, "payload")
-    _visit_name(record, missed.visit, None)
+    _visit_name(record, missed.visit)
     if missed.visit in record.follow_up.get("missed", {}):
         raise ContextInputError("payload.visit", f"visit {missed.visit} is already recorded missed")
     norm: dict[str, Any] = _plain(missed)
@@ -524,10 +535,14 @@ def window_of(
     visit: str, follow_up_from: str | None, params: ProtocolParameters
 ) -> tuple[str, str, str] | None:
     """(target date, window start, window end) of a visit as ISO dates, counted in the local
-    date of D1's clinical time; None without D1."""
+    date of D1's clinical time; None without D1 (or for a visit not in ``params``' schedule:
+    one recorded under another version)."""
     if follow_up_from is None:
         return None
-    day, window = visit_schedule(params)[visit]
+    found = visit_schedule(params).get(visit)
+    if found is None:
+        return None
+    day, window = found
     d1 = dt.date.fromisoformat(follow_up_from[:10])
     target = d1 + dt.timedelta(days=day)
     return (
@@ -749,6 +764,7 @@ __all__ = [
     "death_time",
     "field_problems",
     "follow_up_outcome",
+    "known_visits",
     "follow_up_time",
     "missed_visit_outcome",
     "next_visit",

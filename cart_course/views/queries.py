@@ -139,16 +139,52 @@ def overdue_key(row: dict[str, Any], now: Moment = None) -> OverdueKey:
 
 
 #: The board's next actions after the course (issue 16), by the command they name: a follow-up
-#: visit (``record_follow_up (M3, window ...)``) or a safety report (``record_sae_report (...)``).
-#: A patient counts under its next action: the one due first.
-ACTIONS: tuple[str, ...] = ("record_follow_up", "record_sae_report")
-_ACTION_WHERE = "next_action LIKE ? ESCAPE '!'"
+#: visit (``record_follow_up (M3, window ...)``) or a safety report (``record_sae_report (...)``),
+#: and the board's ``next_kind`` of each (indexed with ``overdue_from``). A patient counts under
+#: its next action: the one due first.
+ACTION_KINDS: dict[str, str] = {"record_follow_up": "follow_up", "record_sae_report": "sae_report"}
+ACTIONS: tuple[str, ...] = tuple(ACTION_KINDS)
+_ACTION_WHERE = "next_kind = ?"
+
+#: ``status --ae-grade N``: an adverse event (any toxicity episode: CRS and ICANS are adverse
+#: events of those terms) is *open* while no resolution is on record (``resolve_toxicity``, or a
+#: death attributed to it, which closes it at grade 5), and *recent* when it ended at most this
+#: many days before the moment judged (``--now``). An assumption of the monitors (the trial text
+#: sets none); documented in docs/monitoring.md.
+AE_RECENT_DAYS = 30
+#: The grades an AE filter takes (CTCAE v5.0, ASTCT: 1-5).
+AE_GRADES = (1, 2, 3, 4, 5)
 
 
 def _action_pattern(action: str) -> str:
+    """The ``next_kind`` of ``action`` (a command name of :data:`ACTIONS`)."""
     if action not in ACTIONS:
         raise ValueError(f"action {action!r} is not one of {', '.join(ACTIONS)}")
-    return action.replace("_", "!_") + " (%"
+    return ACTION_KINDS[action]
+
+
+def _ae_grade_filter(
+    min_grade: int | None, now: Moment, where: list[str], params: list[Any]
+) -> None:
+    """Patients with an open or recent adverse event whose worst grade is ``min_grade`` or more."""
+    if min_grade is None:
+        return
+    if min_grade not in AE_GRADES:
+        raise ValueError(f"an AE grade is one of 1-5, not {min_grade!r}")
+    where.append(
+        "patient_id IN (SELECT patient_id FROM view_toxicity WHERE worst_grade >= ? "
+        "AND (is_open = 1 OR resolved_utc >= ?))"
+    )
+    params += [min_grade, recent_since(now)]
+
+
+def recent_since(now: Moment) -> str:
+    """The earliest end of an AE still counted as recent as of ``now`` (a UTC instant, naive
+    ISO with microseconds; a day given as ``now``: from its start, UTC)."""
+    if isinstance(now, dt.date) and not isinstance(now, dt.datetime):
+        now = dt.datetime.combine(now, dt.time(0), tzinfo=dt.UTC)
+    since = _instant(now).replace(tzinfo=None) - dt.timedelta(days=AE_RECENT_DAYS)
+    return since.isoformat(timespec="microseconds")
 
 
 def board(
@@ -162,6 +198,7 @@ def board(
     after: str | OverdueKey | None = None,
     action: str | None = None,
     product: str | None = None,
+    min_ae_grade: int | None = None,
 ) -> list[dict[str, Any]]:
     """Board rows, by patient id (``overdue``: most overdue first); filters combine (AND).
 
@@ -186,6 +223,7 @@ def board(
         where.append(_ACTION_WHERE)
         params.append(_action_pattern(action))
     _product_filter(product, where, params)
+    _ae_grade_filter(min_ae_grade, now, where, params)
     if after is not None and not overdue:
         where.append("patient_id > ?")
         params.append(after if isinstance(after, str) else after[1])
@@ -218,9 +256,14 @@ def count(
     now: Moment = None,
     action: str | None = None,
     product: str | None = None,
+    min_ae_grade: int | None = None,
 ) -> int:
     if (
-        not overdue and not toxicity and action is None and product is None
+        not overdue
+        and not toxicity
+        and action is None
+        and product is None
+        and min_ae_grade is None
     ):  # the cohort view keeps these counts
         if state is None:
             row = db.fetchone(
@@ -246,6 +289,7 @@ def count(
         where.append(_ACTION_WHERE)
         params.append(_action_pattern(action))
     _product_filter(product, where, params)
+    _ae_grade_filter(min_ae_grade, now, where, params)
     sql = "SELECT COUNT(*) FROM view_board" + (" WHERE " + " AND ".join(where) if where else "")
     row = db.fetchone(sql, params)
     return int(row[0]) if row else 0

@@ -192,6 +192,15 @@ def wait_options(fn: Any) -> Any:
     help="Only patients whose next action is an SAE report (with --overdue: past its clock).",
 )
 @click.option(
+    "--ae-grade",
+    "ae_grade",
+    type=click.IntRange(min=1, max=5),
+    default=None,
+    metavar="N",
+    help="Only patients with an open or recent adverse event (any toxicity episode) of worst "
+    f"grade N or more (recent: ended within {queries.AE_RECENT_DAYS} days of --now).",
+)
+@click.option(
     "--product",
     type=click.Choice(queries.PRODUCT_FILTERS),
     default=None,
@@ -215,6 +224,7 @@ def status(
     toxicity: bool,
     follow_up_due: bool,
     sae: bool,
+    ae_grade: int | None,
     product: str | None,
     now: str | None,
     limit: int,
@@ -234,6 +244,7 @@ def status(
         "overdue": overdue,
         "toxicity": toxicity,
         "product": product,
+        "min_ae_grade": ae_grade,
     }
     if follow_up_due or sae:
         filters["action"] = "record_follow_up" if follow_up_due else "record_sae_report"

@@ -304,6 +304,17 @@ def get_board(
     state_filter: Annotated[str | None, state_query()] = None,
     overdue: FromQuery[bool] = False,
     toxicity: FromQuery[bool] = False,
+    follow_up_due: FromQuery[bool] = False,
+    sae: FromQuery[bool] = False,
+    min_ae_grade: Annotated[
+        int | None,
+        integer_query(
+            1,
+            5,
+            "Only patients with an open or recent adverse event (any toxicity episode) whose "
+            "worst grade is at least this (recent: ended within 30 days)",
+        ),
+    ] = None,
     limit: Annotated[int | None, integer_query(1, MAX_BOARD_PAGE)] = None,
     after: Annotated[
         str | None,
@@ -322,6 +333,12 @@ def get_board(
         raise InvalidCommandError(
             "query.state", f"{state_filter!r} is not a state; states: {', '.join(STATES)}"
         )
+    if follow_up_due and sae:
+        raise InvalidCommandError(
+            "query.sae",
+            "follow_up_due and sae name one next action each: give one of them",
+        )
+    action = "record_follow_up" if follow_up_due else "record_sae_report" if sae else None
     start: str | tuple[str, str] | None = after
     if after is not None and after.startswith(CURSOR_MARK):
         start = _read_cursor(after)
@@ -330,7 +347,14 @@ def get_board(
         db = access.fresh(wait_for)
         try:
             rows = queries.board(
-                db, state=state_filter, overdue=overdue, toxicity=toxicity, limit=limit, after=start
+                db,
+                state=state_filter,
+                overdue=overdue,
+                toxicity=toxicity,
+                action=action,
+                min_ae_grade=min_ae_grade,
+                limit=limit,
+                after=start,
             )
         except queries.UnknownPageStart as exc:
             raise InvalidCommandError(

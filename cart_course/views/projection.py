@@ -427,6 +427,24 @@ def cohort_keys(row: tuple[Any, ...] | None) -> list[tuple[str, str]]:
     status = row[_PRODUCT_STATUS]
     if status is not None:
         keys.append(("product", str(status)))
+    keys.extend(_due_keys(row[_NEXT_KIND], row[_DUE_ON]))
+    return keys
+
+
+#: Kept counts of the board (``view_cohort`` cells that ``views cohort`` does not show): the
+#: patients per next-action kind (``next``), and per kind and due date (``due:<kind>``, keyed
+#: by ``due_on``), so that counting the overdue rows reads a few hundred cells and the rows of
+#: the last days only, not every overdue row (``queries.count``).
+KEPT_COUNTS = "next"
+DUE_COUNTS = "due:"
+
+
+def _due_keys(kind: Any, due_on: Any) -> list[tuple[str, str]]:
+    if kind is None:
+        return []
+    keys = [(KEPT_COUNTS, str(kind))]
+    if due_on is not None:
+        keys.append((DUE_COUNTS + str(kind), str(due_on)))
     return keys
 
 
@@ -441,7 +459,11 @@ def cohort_keys_of(record: PatientRecord) -> list[tuple[str, str]]:
     status = product.product_status(record)
     if status is not None:
         keys.append(("product", status))
+    action, due_on, _hold, _overdue = next_due_at(record)
+    keys.extend(_due_keys(next_kind(action), due_on))
     return keys
 
 
 _PRODUCT_STATUS = BOARD_COLUMNS.index("product_status")
+_NEXT_KIND = BOARD_COLUMNS.index("next_kind")
+_DUE_ON = BOARD_COLUMNS.index("due_on")

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..protocol.parameters import DEFAULT_PARAMETERS
 from ..protocol.versions import UnknownProtocolVersionError, get_version
-from .projection import BOARD_COLUMNS
+from .projection import BOARD_COLUMNS, DUE_COUNTS, KEPT_COUNTS, NEXT_KINDS
 from .store import ViewDB
 
 _BOARD_SELECT = "SELECT " + ", ".join(BOARD_COLUMNS) + " FROM view_board"
@@ -171,11 +171,13 @@ def _ae_grade_filter(
         return
     if min_grade not in AE_GRADES:
         raise ValueError(f"an AE grade is one of 1-5, not {min_grade!r}")
+    # two index ranges (open episodes by grade; episodes ended since the cutoff), not a scan
     where.append(
-        "patient_id IN (SELECT patient_id FROM view_toxicity WHERE worst_grade >= ? "
-        "AND (is_open = 1 OR resolved_utc >= ?))"
+        "patient_id IN (SELECT patient_id FROM view_toxicity WHERE is_open = 1 AND "
+        "worst_grade >= ? UNION SELECT patient_id FROM view_toxicity WHERE resolved_utc >= ? "
+        "AND worst_grade >= ?)"
     )
-    params += [min_grade, recent_since(now)]
+    params += [min_grade, recent_since(now), min_grade]
 
 
 def recent_since(now: Moment) -> str:
@@ -274,6 +276,8 @@ def count(
                 "SELECT patients FROM view_cohort WHERE dimension = 'state' AND key = ?", [state]
             )
         return int(row[0]) if row else 0
+    if state is None and not toxicity and product is None and min_ae_grade is None:
+        return _kept_count(db, overdue, now, action)
     where: list[str] = []
     params: list[Any] = []
     if state is not None:
@@ -291,6 +295,70 @@ def count(
     _product_filter(product, where, params)
     _ae_grade_filter(min_ae_grade, now, where, params)
     sql = "SELECT COUNT(*) FROM view_board" + (" WHERE " + " AND ".join(where) if where else "")
+    row = db.fetchone(sql, params)
+    return int(row[0]) if row else 0
+
+
+def _kept_count(db: ViewDB, overdue: bool, now: Moment, action: str | None) -> int:
+    """The patients whose next action is ``action``'s kind (any kind: None), overdue as of
+    ``now`` or not, from the kept counts (``projection.KEPT_COUNTS``, ``DUE_COUNTS``) instead
+    of counting every matching row.
+
+    Overdue as of an instant on calendar day ``c`` (UTC): a row due before ``c - 1`` is overdue
+    whatever its UTC offset (``overdue_from`` is at most 14 h after the end of its due day in
+    UTC, and an SAE report's due instant is within its local date's +/-14 h), and a row due
+    after ``c + 1`` is not; the rows due on ``c - 1 .. c + 1`` are judged one by one on
+    ``overdue_from`` (an index range). A calendar day (``now`` a date): the rows due before it.
+    """
+    kinds = [ACTION_KINDS[action]] if action is not None else list(NEXT_KINDS)
+    if action is not None:
+        _action_pattern(action)  # an unknown action is an error, as in board()
+    marks = ", ".join("?" * len(kinds))
+    if not overdue:
+        row = db.fetchone(
+            "SELECT COALESCE(SUM(patients), 0) FROM view_cohort "
+            f"WHERE dimension = ? AND key IN ({marks})",
+            [KEPT_COUNTS, *kinds],
+        )
+        return int(row[0]) if row else 0
+    dims = [DUE_COUNTS + k for k in kinds]
+    cutoff = _Cutoff(now)
+    if cutoff.day is not None:  # due before that calendar day
+        row = db.fetchone(
+            "SELECT COALESCE(SUM(patients), 0) FROM view_cohort "
+            f"WHERE dimension IN ({marks}) AND key < ?",
+            [*dims, cutoff.day.isoformat()],
+        )
+        return int(row[0]) if row else 0
+    assert cutoff.utc is not None
+    day = cutoff.utc.date()
+    try:
+        first, last = day - dt.timedelta(days=1), day + dt.timedelta(days=1)
+    except OverflowError:  # at the calendar's ends: count the rows
+        return _row_count(db, cutoff, action)
+    row = db.fetchone(
+        "SELECT COALESCE(SUM(patients), 0) FROM view_cohort "
+        f"WHERE dimension IN ({marks}) AND key < ?",
+        [*dims, first.isoformat()],
+    )
+    counted = int(row[0]) if row else 0
+    # an index-only range per kind (SQLite is told which index: without statistics it would
+    # take the one on overdue_from and read every overdue row; PostgreSQL has its statistics)
+    hint = " INDEXED BY view_board_kind_due" if db.kind == "sqlite" else ""
+    band = db.fetchone(
+        f"SELECT COUNT(*) FROM view_board{hint} WHERE next_kind IN ({marks}) "
+        "AND due_on >= ? AND due_on <= ? AND overdue_from <= ?",
+        [*kinds, first.isoformat(), last.isoformat(), cutoff.param],
+    )
+    return counted + (int(band[0]) if band else 0)
+
+
+def _row_count(db: ViewDB, cutoff: _Cutoff, action: str | None) -> int:
+    sql = f"SELECT COUNT(*) FROM view_board WHERE {cutoff.where}"
+    params: list[Any] = [cutoff.param]
+    if action is not None:
+        sql += " AND " + _ACTION_WHERE
+        params.append(_action_pattern(action))
     row = db.fetchone(sql, params)
     return int(row[0]) if row else 0
 
@@ -386,7 +454,9 @@ def cohort(db: ViewDB) -> dict[str, dict[str, int]]:
     """Patients by state, by (last assessed) response and by course number."""
     out: dict[str, dict[str, int]] = {"state": {}, "response": {}, "course": {}}
     for dimension, key, n in db.fetchall(
-        "SELECT dimension, key, patients FROM view_cohort ORDER BY dimension, key"
+        "SELECT dimension, key, patients FROM view_cohort WHERE dimension <> ? AND "
+        "dimension NOT LIKE ? ORDER BY dimension, key",
+        [KEPT_COUNTS, DUE_COUNTS + "%"],
     ):
         out.setdefault(dimension, {})[key] = int(n)
     row = db.fetchone("SELECT COALESCE(SUM(manufacturing_failures), 0) FROM view_board")

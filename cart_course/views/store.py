@@ -69,6 +69,8 @@ CREATE INDEX IF NOT EXISTS view_board_overdue ON view_board (overdue_from, patie
 CREATE INDEX IF NOT EXISTS view_board_position ON view_board (position);
 CREATE INDEX IF NOT EXISTS view_board_tox ON view_board (patient_id) WHERE open_toxicities > 0;
 CREATE INDEX IF NOT EXISTS view_board_kind_overdue ON view_board (next_kind, overdue_from, patient_id);
+CREATE INDEX IF NOT EXISTS view_board_kind ON view_board (next_kind, patient_id);
+CREATE INDEX IF NOT EXISTS view_board_kind_due ON view_board (next_kind, due_on, overdue_from);
 CREATE TABLE IF NOT EXISTS view_toxicity (
   patient_id TEXT NOT NULL,
   toxicity_id TEXT NOT NULL,
@@ -87,7 +89,8 @@ CREATE TABLE IF NOT EXISTS view_toxicity (
   PRIMARY KEY (patient_id, toxicity_id)
 );
 CREATE INDEX IF NOT EXISTS view_toxicity_open ON view_toxicity (patient_id) WHERE is_open = 1;
-CREATE INDEX IF NOT EXISTS view_toxicity_grade ON view_toxicity (worst_grade, patient_id);
+CREATE INDEX IF NOT EXISTS view_toxicity_open_grade ON view_toxicity (is_open, worst_grade, patient_id);
+CREATE INDEX IF NOT EXISTS view_toxicity_ended ON view_toxicity (resolved_utc, worst_grade, patient_id);
 CREATE TABLE IF NOT EXISTS view_deviation (
   patient_id TEXT NOT NULL,
   seq INTEGER NOT NULL,

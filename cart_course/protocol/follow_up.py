@@ -39,6 +39,7 @@ from .payloads import (
     convert,
 )
 from .record import PatientRecord, judge_sent
+from .states import FOLLOW_UP as FOLLOW_UP_STATES
 from .states import State
 
 #: Attributions that make a serious unexpected event a suspected adverse *reaction* (SUSAR).
@@ -596,6 +597,28 @@ def pending_sae_clock(record: PatientRecord) -> tuple[str, str, str] | None:
     return None if best is None else (best[1], best[2], best[3])
 
 
+def due_after_course(record: PatientRecord, params: ProtocolParameters) -> dict[str, Any]:
+    """What is due after the course, for a patient's summary (keys only when something is):
+    ``next_follow_up`` (the next visit of the schedule, its target day and window, while the
+    patient is in follow-up) and ``sae_report_due`` (the SAE report due first: case, report,
+    due instant as recorded)."""
+    out: dict[str, Any] = {}
+    visit = next_visit(record, params) if record.state in FOLLOW_UP_STATES else None
+    if visit is not None:
+        name, start, end, d1 = visit
+        window = window_of(name, d1, params)
+        out["next_follow_up"] = {
+            "visit": name,
+            "target_on": window[0] if window else None,
+            "window_start": start,
+            "window_end": end,
+        }
+    sae = pending_sae_clock(record)
+    if sae is not None:
+        out["sae_report_due"] = {"case_id": sae[0], "report": sae[1], "due_at": sae[2]}
+    return out
+
+
 def follow_up_outcome(
     trigger: str, facts: Mapping[str, Any], probe: Probe, params: ProtocolParameters
 ) -> dict[str, Any]:
@@ -902,13 +925,14 @@ __all__ = [
     "FOLLOW_UP_SOURCES",
     "aesi_of",
     "corrected_sae_case",
-    "merged_adverse_event",
     "death_outcome",
     "death_time",
+    "due_after_course",
     "field_problems",
     "follow_up_outcome",
-    "known_visits",
     "follow_up_time",
+    "known_visits",
+    "merged_adverse_event",
     "missed_visit_outcome",
     "next_visit",
     "parse_adverse_event",

@@ -652,12 +652,13 @@ def _schedule_names(p: Probe) -> list[str]:
 
 
 @rule(
-    "the visit is one of the protocol version's follow-up schedule (each version defines its "
-    "own)",
-    lambda p: f"visit {p.facts.get('visit')!r} is not in this protocol version's follow-up "
-    "schedule; its visits: "
-    + ", ".join(
-        f"{name} (day {day} +/-{window})" for name, day, window in p.params.follow_up_schedule
+    "the visit is one of the protocol version's follow-up schedule (each version defines its own)",
+    lambda p: (
+        f"visit {p.facts.get('visit')!r} is not in this protocol version's follow-up "
+        "schedule; its visits: "
+        + ", ".join(
+            f"{name} (day {day} +/-{window})" for name, day, window in p.params.follow_up_schedule
+        )
     ),
 )
 def visit_in_schedule(p: Probe) -> bool:

@@ -261,11 +261,7 @@ def count(
     min_ae_grade: int | None = None,
 ) -> int:
     if (
-        not overdue
-        and not toxicity
-        and action is None
-        and product is None
-        and min_ae_grade is None
+        not overdue and not toxicity and action is None and product is None and min_ae_grade is None
     ):  # the cohort view keeps these counts
         if state is None:
             row = db.fetchone(

@@ -165,7 +165,10 @@ def test_a_corrected_awareness_moves_the_clock_and_judges_the_report_again(
         {
             "corrects": v,
             "changes": {
-                "adverse_event": {**serious, "aware_at": (onset + dt.timedelta(hours=10)).isoformat()}
+                "adverse_event": {
+                    **serious,
+                    "aware_at": (onset + dt.timedelta(hours=10)).isoformat(),
+                }
             },
         },
         reason="awareness was the next morning's ward round",

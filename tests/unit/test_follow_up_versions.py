@@ -12,14 +12,13 @@ import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_after_course import Patient, at_day, visit
 
 from cart_course.protocol.commands import MoveRefusedError, Prepared, prepare
 from cart_course.protocol.errors import ProtocolInputError
-from cart_course.protocol.follow_up import known_visits, next_visit
+from cart_course.protocol.follow_up import next_visit
 from cart_course.protocol.parameters import DEFAULT_FOLLOW_UP_SCHEDULE, DEFAULT_PARAMETERS
 from cart_course.protocol.versions import CURRENT, ProtocolVersion, make_version
-
-from test_after_course import Patient, at_day, visit
 
 #: An amendment with a shorter schedule and wider windows (not registered: prepare is given it).
 SHORT = (("D28", 28, 10), ("M3", 91, 21), ("M6", 183, 21), ("M12", 365, 45))
@@ -69,7 +68,9 @@ def test_a_visit_of_the_default_schedule_not_in_the_versions_is_refused_naming_i
         message
     )
     # a missed visit is checked the same way
-    missed = p.refused("record_missed_visit", {"visit": "M9", "missed_reason": "moved"}, at_day(274))
+    missed = p.refused(
+        "record_missed_visit", {"visit": "M9", "missed_reason": "moved"}, at_day(274)
+    )
     assert "its visits: D28" in missed.failed[0].message
     # the same visit is on the default version's schedule
     default = VersionedPatient(CURRENT).treated()

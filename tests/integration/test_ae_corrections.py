@@ -105,6 +105,11 @@ def test_a_report_corrected_to_serious_opens_the_case_and_its_clock(
         "initial",
         due,
     )
+    assert service.summary("AE-1")["sae_report_due"] == {
+        "case_id": "CRS-1",
+        "report": "initial",
+        "due_at": due,
+    }
     overdue_at = dt.datetime.fromisoformat(due) + dt.timedelta(seconds=1)
     assert [r["patient_id"] for r in queries.board(views.db, overdue=True, now=overdue_at)] == [
         "AE-1"
@@ -137,6 +142,7 @@ def test_a_report_corrected_to_not_serious_cancels_its_running_clock(
     assert all(str(c["cancelled"]).endswith("not serious") for c in case["clocks"])
     row = _row(views, "AE-2", p.t)
     assert row["sae_due_at"] is None and row["next_kind"] != "sae_report"
+    assert "sae_report_due" not in service.summary("AE-2")
     # no report is due any more: an initial report is refused, naming what is due (none)
     with pytest.raises(InvalidCommandError) as info:
         p.do("record_sae_report", {"case_id": "CRS-1", "report": "initial", "sent_to": "sponsor"})

@@ -76,7 +76,7 @@ def test_the_kept_counts_equal_the_rows_at_any_moment(
             assert {r["next_kind"] for r in page} <= {kind}
 
 
-def test_the_board_has_each_kind_and_its_counts(views: Views) -> None:
+def test_the_board_has_each_kind_and_its_counts(service: CourseService, views: Views) -> None:
     db = views.db
     rows = queries.board(db, limit=1000)
     kinds = {r["patient_id"]: r["next_kind"] for r in rows}
@@ -95,6 +95,13 @@ def test_the_board_has_each_kind_and_its_counts(views: Views) -> None:
         if r["next_kind"] == "follow_up":
             assert r["next_visit"] and r["due_on"] == r["visit_window_end"]
             assert f"({r['next_visit']}, window {r['visit_window_start']} to" in action
+        if r["next_visit"]:  # the patient's summary says the same (what a UI shows)
+            due = service.summary(r["patient_id"])["next_follow_up"]
+            assert (due["visit"], due["window_start"], due["window_end"]) == (
+                r["next_visit"],
+                r["visit_window_start"],
+                r["visit_window_end"],
+            )
     for action, kind in queries.ACTION_KINDS.items():
         matching = [pid for pid, k in kinds.items() if k == kind]
         assert queries.count(db, action=action) == len(matching)

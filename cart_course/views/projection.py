@@ -67,6 +67,7 @@ BOARD_COLUMNS: tuple[str, ...] = (
     "sae_report",
     "sae_due_at",
     "max_ae_grade",
+    "open_ae_grade",
 )
 TOXICITY_COLUMNS: tuple[str, ...] = (
     "patient_id",
@@ -294,7 +295,8 @@ def after_course_columns(record: PatientRecord) -> tuple[Any, ...]:
     """The board's columns of issue 16 besides ``next_kind``: the next follow-up visit and its
     window (start, end: ISO dates in D1's local calendar), the SAE report due first (case id,
     report, due instant as recorded, with its offset), and the worst grade of any adverse event
-    (toxicity episode) of the patient, open or not."""
+    (toxicity episode) of the patient, open or not, and of its open ones (the watchlist by
+    grade reads it)."""
     visit: tuple[Any, ...] = (None, None, None)
     if record.state in FOLLOW_UP:
         found = next_visit(record, _params(record))
@@ -302,7 +304,8 @@ def after_course_columns(record: PatientRecord) -> tuple[Any, ...]:
             visit = found[:3]
     sae = pending_sae_clock(record) if record.sae_cases else None
     worst = max((t.worst_grade for t in record.toxicities.values()), default=None)
-    return (*visit, *(sae or (None, None, None)), worst)
+    open_worst = max((t.worst_grade for t in record.open_toxicities()), default=None)
+    return (*visit, *(sae or (None, None, None)), worst, open_worst)
 
 
 def last_response(record: PatientRecord) -> str | None:

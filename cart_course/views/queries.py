@@ -171,11 +171,11 @@ def _ae_grade_filter(
         return
     if min_grade not in AE_GRADES:
         raise ValueError(f"an AE grade is one of 1-5, not {min_grade!r}")
-    # two index ranges (open episodes by grade; episodes ended since the cutoff), not a scan
+    # the open ones from the board's own column, the recent ones from the episodes ended since
+    # the cutoff: two index ranges
     where.append(
-        "patient_id IN (SELECT patient_id FROM view_toxicity WHERE is_open = 1 AND "
-        "worst_grade >= ? UNION SELECT patient_id FROM view_toxicity WHERE resolved_utc >= ? "
-        "AND worst_grade >= ?)"
+        "(open_ae_grade >= ? OR patient_id IN (SELECT patient_id FROM view_toxicity "
+        "WHERE resolved_utc >= ? AND worst_grade >= ?))"
     )
     params += [min_grade, recent_since(now), min_grade]
 

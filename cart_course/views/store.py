@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS view_board (
   sae_case_id TEXT,
   sae_report TEXT,
   sae_due_at TEXT,
-  max_ae_grade INTEGER
+  max_ae_grade INTEGER,
+  open_ae_grade INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS view_board_stream ON view_board (stream_id);
 CREATE INDEX IF NOT EXISTS view_board_state ON view_board (state, patient_id);
@@ -71,6 +72,7 @@ CREATE INDEX IF NOT EXISTS view_board_tox ON view_board (patient_id) WHERE open_
 CREATE INDEX IF NOT EXISTS view_board_kind_overdue ON view_board (next_kind, overdue_from, patient_id);
 CREATE INDEX IF NOT EXISTS view_board_kind ON view_board (next_kind, patient_id);
 CREATE INDEX IF NOT EXISTS view_board_kind_due ON view_board (next_kind, due_on, overdue_from);
+CREATE INDEX IF NOT EXISTS view_board_open_ae ON view_board (open_ae_grade, patient_id);
 CREATE TABLE IF NOT EXISTS view_toxicity (
   patient_id TEXT NOT NULL,
   toxicity_id TEXT NOT NULL,
@@ -89,7 +91,6 @@ CREATE TABLE IF NOT EXISTS view_toxicity (
   PRIMARY KEY (patient_id, toxicity_id)
 );
 CREATE INDEX IF NOT EXISTS view_toxicity_open ON view_toxicity (patient_id) WHERE is_open = 1;
-CREATE INDEX IF NOT EXISTS view_toxicity_open_grade ON view_toxicity (is_open, worst_grade, patient_id);
 CREATE INDEX IF NOT EXISTS view_toxicity_ended ON view_toxicity (resolved_utc, worst_grade, patient_id);
 CREATE TABLE IF NOT EXISTS view_deviation (
   patient_id TEXT NOT NULL,
@@ -137,7 +138,7 @@ VIEW_TABLES: dict[str, str] = {
 #: and the views are rebuilt from the log (they hold nothing the events do not).
 _REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     # issue 16's follow-up columns: an older board is rebuilt (its next actions lack the kind)
-    "view_board": ("overdue_from", "manufacturing_failures", "next_kind", "max_ae_grade"),
+    "view_board": ("overdue_from", "manufacturing_failures", "next_kind", "open_ae_grade"),
     "view_toxicity": ("resolved_utc",),
 }
 

@@ -117,6 +117,7 @@ def test_the_watchlist_by_ae_grade_over_http_and_the_cli(tmp_path: Path) -> None
         rows = {row["patient_id"]: row for row in board("")}
         assert rows["G4-OPEN"]["max_ae_grade"] == 4 and rows["G4-OPEN"]["max_open_grade"] == 4
         assert rows["G3-OLD"]["max_ae_grade"] == 3 and rows["G3-OLD"]["max_open_grade"] is None
+        assert rows["G3-OLD"]["open_ae_grade"] is None and rows["G4-OPEN"]["open_ae_grade"] == 4
         sae = rows["G4-OPEN"]
         assert sae["next_kind"] == "sae_report"
         assert (sae["sae_case_id"], sae["sae_report"]) == ("CRS-1", "initial")

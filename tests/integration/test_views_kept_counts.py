@@ -121,7 +121,12 @@ def test_a_board_of_an_older_release_is_rebuilt_with_the_kind(
     assert position > 0
     db = views.db
     with db.transaction():  # the tables as the previous release wrote them
-        for index in ("view_board_kind_overdue", "view_board_kind", "view_board_kind_due"):
+        for index in (
+            "view_board_kind_overdue",
+            "view_board_kind",
+            "view_board_kind_due",
+            "view_board_open_ae",
+        ):
             db.execute(f"DROP INDEX {index}")
         for column in (
             "next_kind",
@@ -132,6 +137,7 @@ def test_a_board_of_an_older_release_is_rebuilt_with_the_kind(
             "sae_report",
             "sae_due_at",
             "max_ae_grade",
+            "open_ae_grade",
         ):
             db.execute(f"ALTER TABLE view_board DROP COLUMN {column}")
         db.execute("DROP INDEX view_toxicity_ended")

@@ -306,9 +306,7 @@ def _kept_count(db: ViewDB, overdue: bool, now: Moment, action: str | None) -> i
     after ``c + 1`` is not; the rows due on ``c - 1 .. c + 1`` are judged one by one on
     ``overdue_from`` (an index range). A calendar day (``now`` a date): the rows due before it.
     """
-    kinds = [ACTION_KINDS[action]] if action is not None else list(NEXT_KINDS)
-    if action is not None:
-        _action_pattern(action)  # an unknown action is an error, as in board()
+    kinds = [_action_pattern(action)] if action is not None else list(NEXT_KINDS)
     marks = ", ".join("?" * len(kinds))
     if not overdue:
         row = db.fetchone(

@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from integration_helpers import Course
 
 from cart_course.audit import check_history, patient_events
+from cart_course.bootstrap import Settings, build_service
 from cart_course.errors import InvalidCommandError
 from cart_course.service import CourseService
 from cart_course.storage import parse_store_url
@@ -209,6 +212,27 @@ def test_a_corrected_awareness_moves_the_clock_and_judges_the_report_again(
     assert service.summary("AE-3") == before
 
 
+def test_a_corrected_onset_moves_a_clock_counted_from_it(service: CourseService) -> None:
+    serious = {"attribution": "possible", "seriousness": ["hospitalisation"], "expected": True}
+    p, v = _treated(service, "AE-8", serious)  # no aware_at: the clock runs from the onset
+    onset = p.t
+    case = _case(service, "AE-8")
+    assert case is not None
+    assert case["clocks"][0]["due_at"] == (onset + dt.timedelta(hours=24)).isoformat()
+    p.do(
+        "correct",
+        {"corrects": v, "changes": {"occurred_at": (onset + dt.timedelta(hours=3)).isoformat()}},
+        reason="onset was at the 9 pm observation, not 6 pm",
+    )
+    case = _case(service, "AE-8")
+    assert case is not None
+    assert case["clocks"][0]["due_at"] == (onset + dt.timedelta(hours=27)).isoformat()
+    assert (
+        service.summary("AE-8")["toxicities"][0]["onset"]
+        == (onset + dt.timedelta(hours=3)).isoformat()
+    )
+
+
 @pytest.mark.parametrize(
     ("seriousness", "days"), [(["hospitalisation"], 15), (["life_threatening"], 7)]
 )
@@ -310,3 +334,85 @@ def test_a_toxicity_report_without_ae_facts_corrects_as_before(service: CourseSe
     summary = service.summary("AE-6")
     assert summary["toxicities"][0]["grade"] == 2 and "sae_cases" not in summary
     assert "adverse_event" not in summary["toxicities"][0]
+
+
+_ATTRIBUTIONS = ("unrelated", "unlikely", "possible", "probable", "definite")
+_CRITERIA = (
+    "death",
+    "life_threatening",
+    "hospitalisation",
+    "persistent_disability",
+    "congenital_anomaly",
+    "important_medical_event",
+)
+
+
+def _ae_facts() -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries(
+        {
+            "attribution": st.sampled_from(_ATTRIBUTIONS),
+            "seriousness": st.lists(st.sampled_from(_CRITERIA), max_size=2, unique=True),
+            "expected": st.booleans(),
+        },
+        optional={"aware_hours": st.integers(min_value=0, max_value=72)},
+    )
+
+
+def _as_payload(ae: dict[str, Any], onset: dt.datetime) -> dict[str, Any]:
+    out = {k: v for k, v in ae.items() if k != "aware_hours"}
+    if "aware_hours" in ae:
+        out["aware_at"] = (onset + dt.timedelta(hours=ae["aware_hours"])).isoformat()
+    return out
+
+
+def _running(case: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The clocks still running, (report, due instant in UTC)."""
+    if case is None:
+        return []
+    return sorted(
+        (c["report"], dt.datetime.fromisoformat(c["due_at"]).astimezone(dt.UTC).isoformat())
+        for c in case["clocks"]
+        if not c.get("sent_at") and not c.get("cancelled")
+    )
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(first=_ae_facts(), right=_ae_facts())
+def test_a_corrected_report_leaves_the_case_as_if_recorded_right(
+    first: dict[str, Any], right: dict[str, Any]
+) -> None:
+    """Property: a report recorded with wrong adverse-event facts and then corrected has the same
+    episode facts, seriousness, SUSAR status and running clocks as a report recorded right."""
+    service = build_service(Settings.for_store("memory:"))
+    try:
+        wrong, v = _treated(service, "W-1", {})
+        onset = wrong.t
+        right_patient, _ = _treated(service, "R-1", {})
+        assert right_patient.t == onset
+        # the same onset for both: a second report with the facts (the first had none)
+        wrong.t = right_patient.t = onset - dt.timedelta(hours=1)
+        v = wrong.do(
+            "report_toxicity",
+            {"toxicity": CRS3, "toxicity_id": "CRS-1", "adverse_event": _as_payload(first, onset)},
+            hours=1,
+        ).version
+        right_patient.do(
+            "report_toxicity",
+            {"toxicity": CRS3, "toxicity_id": "CRS-1", "adverse_event": _as_payload(right, onset)},
+            hours=1,
+        )
+        wrong.do(
+            "correct",
+            {"corrects": v, "changes": {"adverse_event": _as_payload(right, onset)}},
+            reason="the adverse-event form was filled in for another episode",
+        )
+        a, b = service.summary("W-1"), service.summary("R-1")
+        assert a["toxicities"][0].get("adverse_event") == b["toxicities"][0].get("adverse_event")
+        case_a, case_b = _case(service, "W-1"), _case(service, "R-1")
+        assert _running(case_a) == _running(case_b)
+        for key in ("seriousness", "susar"):
+            assert (case_a or {}).get(key, [] if key == "seriousness" else False) == (
+                case_b or {}
+            ).get(key, [] if key == "seriousness" else False)
+    finally:
+        service.close()

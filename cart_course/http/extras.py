@@ -333,12 +333,13 @@ def get_board(
         raise InvalidCommandError(
             "query.state", f"{state_filter!r} is not a state; states: {', '.join(STATES)}"
         )
-    if follow_up_due and sae:
-        raise InvalidCommandError(
-            "query.sae",
-            "follow_up_due and sae name one next action each: give one of them",
-        )
-    action = "record_follow_up" if follow_up_due else "record_sae_report" if sae else None
+    # both: a follow-up visit or an SAE report
+    wanted = tuple(
+        name
+        for name, given in (("record_follow_up", follow_up_due), ("record_sae_report", sae))
+        if given
+    )
+    action = wanted or None
     start: str | tuple[str, str] | None = after
     if after is not None and after.startswith(CURSOR_MARK):
         start = _read_cursor(after)

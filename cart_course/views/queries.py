@@ -163,6 +163,27 @@ def _action_pattern(action: str) -> str:
     return ACTION_KINDS[action]
 
 
+#: A next-action filter: one command of :data:`ACTIONS`, or several (any of them).
+Action = str | tuple[str, ...]
+
+
+def _kinds(action: Action) -> list[str]:
+    names = (action,) if isinstance(action, str) else tuple(dict.fromkeys(action))
+    if not names:
+        raise ValueError(f"no action given; actions: {', '.join(ACTIONS)}")
+    return [_action_pattern(name) for name in names]
+
+
+def _action_filter(action: Action | None, where: list[str], params: list[Any]) -> None:
+    if action is None:
+        return
+    kinds = _kinds(action)
+    where.append(
+        _ACTION_WHERE if len(kinds) == 1 else f"next_kind IN ({', '.join('?' * len(kinds))})"
+    )
+    params += kinds
+
+
 def _ae_grade_filter(
     min_grade: int | None, now: Moment, where: list[str], params: list[Any]
 ) -> None:
@@ -198,7 +219,7 @@ def board(
     now: Moment = None,
     limit: int | None = None,
     after: str | OverdueKey | None = None,
-    action: str | None = None,
+    action: Action | None = None,
     product: str | None = None,
     min_ae_grade: int | None = None,
 ) -> list[dict[str, Any]]:
@@ -221,9 +242,7 @@ def board(
         params.append(cutoff.param)
     if toxicity:
         where.append("open_toxicities > 0")
-    if action is not None:
-        where.append(_ACTION_WHERE)
-        params.append(_action_pattern(action))
+    _action_filter(action, where, params)
     _product_filter(product, where, params)
     _ae_grade_filter(min_ae_grade, now, where, params)
     if after is not None and not overdue:
@@ -256,7 +275,7 @@ def count(
     overdue: bool = False,
     toxicity: bool = False,
     now: Moment = None,
-    action: str | None = None,
+    action: Action | None = None,
     product: str | None = None,
     min_ae_grade: int | None = None,
 ) -> int:
@@ -285,9 +304,7 @@ def count(
         params.append(cutoff.param)
     if toxicity:
         where.append("open_toxicities > 0")
-    if action is not None:
-        where.append(_ACTION_WHERE)
-        params.append(_action_pattern(action))
+    _action_filter(action, where, params)
     _product_filter(product, where, params)
     _ae_grade_filter(min_ae_grade, now, where, params)
     sql = "SELECT COUNT(*) FROM view_board" + (" WHERE " + " AND ".join(where) if where else "")
@@ -295,7 +312,7 @@ def count(
     return int(row[0]) if row else 0
 
 
-def _kept_count(db: ViewDB, overdue: bool, now: Moment, action: str | None) -> int:
+def _kept_count(db: ViewDB, overdue: bool, now: Moment, action: Action | None) -> int:
     """The patients whose next action is ``action``'s kind (any kind: None), overdue as of
     ``now`` or not, from the kept counts (``projection.KEPT_COUNTS``, ``DUE_COUNTS``) instead
     of counting every matching row.
@@ -306,7 +323,7 @@ def _kept_count(db: ViewDB, overdue: bool, now: Moment, action: str | None) -> i
     after ``c + 1`` is not; the rows due on ``c - 1 .. c + 1`` are judged one by one on
     ``overdue_from`` (an index range). A calendar day (``now`` a date): the rows due before it.
     """
-    kinds = [_action_pattern(action)] if action is not None else list(NEXT_KINDS)
+    kinds = _kinds(action) if action is not None else list(NEXT_KINDS)
     marks = ", ".join("?" * len(kinds))
     if not overdue:
         row = db.fetchone(
@@ -347,13 +364,11 @@ def _kept_count(db: ViewDB, overdue: bool, now: Moment, action: str | None) -> i
     return counted + (int(band[0]) if band else 0)
 
 
-def _row_count(db: ViewDB, cutoff: _Cutoff, action: str | None) -> int:
-    sql = f"SELECT COUNT(*) FROM view_board WHERE {cutoff.where}"
+def _row_count(db: ViewDB, cutoff: _Cutoff, action: Action | None) -> int:
+    where = [cutoff.where]
     params: list[Any] = [cutoff.param]
-    if action is not None:
-        sql += " AND " + _ACTION_WHERE
-        params.append(_action_pattern(action))
-    row = db.fetchone(sql, params)
+    _action_filter(action, where, params)
+    row = db.fetchone("SELECT COUNT(*) FROM view_board WHERE " + " AND ".join(where), params)
     return int(row[0]) if row else 0
 
 

@@ -153,3 +153,18 @@ def test_a_board_of_an_older_release_is_rebuilt_with_the_kind(
         assert upgraded.dump() == before
     finally:
         upgraded.close()
+
+
+def test_a_follow_up_visit_or_an_sae_report(views: Views) -> None:
+    """Both actions at once (``--follow-up-due --sae``, ``?follow_up_due=true&sae=true``): the
+    patients whose next action is either, counted from the kept counts as each is."""
+    db = views.db
+    both = ("record_follow_up", "record_sae_report")
+    for overdue in (False, True):
+        rows = queries.board(db, overdue=overdue, action=both, now=NOW, limit=1000)
+        assert {r["next_kind"] for r in rows} <= {"follow_up", "sae_report"}
+        assert queries.count(db, overdue=overdue, action=both, now=NOW) == len(rows) == sum(
+            queries.count(db, overdue=overdue, action=a, now=NOW) for a in both
+        )
+    with pytest.raises(ValueError, match="not one of"):
+        queries.count(db, action=("record_follow_up", "screen"))

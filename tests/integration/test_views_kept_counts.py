@@ -163,8 +163,10 @@ def test_a_follow_up_visit_or_an_sae_report(views: Views) -> None:
     for overdue in (False, True):
         rows = queries.board(db, overdue=overdue, action=both, now=NOW, limit=1000)
         assert {r["next_kind"] for r in rows} <= {"follow_up", "sae_report"}
-        assert queries.count(db, overdue=overdue, action=both, now=NOW) == len(rows) == sum(
-            queries.count(db, overdue=overdue, action=a, now=NOW) for a in both
+        assert (
+            queries.count(db, overdue=overdue, action=both, now=NOW)
+            == len(rows)
+            == sum(queries.count(db, overdue=overdue, action=a, now=NOW) for a in both)
         )
     with pytest.raises(ValueError, match="not one of"):
         queries.count(db, action=("record_follow_up", "screen"))

@@ -224,6 +224,9 @@ def run() -> list[Section]:
                 ("follow-up due, overdue", {"overdue": True, "action": "record_follow_up"})
             )
             cases.append(("SAE report, overdue", {"overdue": True, "action": "record_sae_report"}))
+            cases.append(("follow-up due (next action a visit)", {"action": "record_follow_up"}))
+            cases.append(("SAE report due", {"action": "record_sae_report"}))
+            cases.append(("AE grade >= 3 (open or recent)", {"min_ae_grade": 3}))
             for name, filters in cases:
                 measure(f"status {name}: first 100 rows + count", filters)
             largest = by_state[0][0]
@@ -252,6 +255,16 @@ def run() -> list[Section]:
                 measure(
                     "status overdue, with its catch-up, writer running",
                     {"overdue": True},
+                    pull=True,
+                )
+                measure(
+                    "status overdue follow-up due, with its catch-up, writer running",
+                    {"overdue": True, "action": "record_follow_up"},
+                    pull=True,
+                )
+                measure(
+                    "status overdue SAE report, with its catch-up, writer running",
+                    {"overdue": True, "action": "record_sae_report"},
                     pull=True,
                 )
             finally:

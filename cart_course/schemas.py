@@ -504,11 +504,12 @@ DEFS: Final[Schema] = {
 
 
 def _visits_of_the_schedule(defs: Schema) -> None:
-    """A visit is one of the follow-up schedule's (protocol parameters; the parser's rule)."""
-    from .protocol.follow_up import visit_schedule
-    from .protocol.parameters import DEFAULT_PARAMETERS
+    """A visit is one of a follow-up schedule's (protocol parameters; the parser's check: a
+    visit of any registered protocol version; the rule ``visit_in_schedule`` then checks it is
+    one of the patient's version)."""
+    from .protocol.follow_up import known_visits
 
-    names = list(visit_schedule(DEFAULT_PARAMETERS))
+    names = known_visits()
     for name in ("follow_up", "missed_visit"):
         visit = defs.get(name, {}).get("properties", {}).get("visit")
         if isinstance(visit, dict):

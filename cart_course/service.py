@@ -46,6 +46,7 @@ from .protocol.corrections import (
     decide_correction,
 )
 from .protocol.errors import ProtocolInputError, RecordConflictInputError
+from .protocol.follow_up import due_after_course
 from .protocol.record import PatientRecord
 from .protocol.registry import REGISTRY
 from .protocol.signatures import (
@@ -55,7 +56,7 @@ from .protocol.signatures import (
     SignerNotPermittedError,
     decide_signature,
 )
-from .protocol.versions import CURRENT, ProtocolVersion
+from .protocol.versions import CURRENT, ProtocolVersion, UnknownProtocolVersionError, get_version
 from .storage import CourseApplication
 
 #: Moves whose facts may be corrected (from the command registry), and the milestones that may be
@@ -759,6 +760,12 @@ class CourseService:
         record = self.record(patient_id)
         data = record.summary()
         data["allowed_moves"] = allowed_now(record, self.protocol)
+        # after the course (issue 16): the next follow-up visit and the SAE report due first
+        try:
+            params = get_version(record.protocol_version or "").params
+        except UnknownProtocolVersionError:
+            params = self.protocol.params
+        data.update(due_after_course(record, params))
         return data
 
     def allowed_moves(self, patient_id: str) -> list[str]:

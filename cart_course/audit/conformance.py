@@ -149,6 +149,9 @@ def check_history(
     result.patients += 1
     replayer = Replayer(patient_id)
     moves: dict[int, LoggedEvent] = {}
+    # safety reports are judged on the patient's whole record (a later correction of the report
+    # or of the event's awareness moves its clock), each listed where it was recorded
+    reports: list[tuple[int, LoggedEvent]] = []
     for e in events:
         if e.kind == MOVED:
             result.moves += 1
@@ -160,7 +163,14 @@ def check_history(
             _regrade(patient_id, e, regrade, result)
         replayer.apply(e)
         if e.kind == MOVED:
-            _check_after_course(patient_id, e, replayer.record, protocol, result)
+            if e.get("trigger") == Trigger.RECORD_SAE_REPORT:
+                reports.append((len(result.findings), e))
+            else:
+                _check_after_course(patient_id, e, replayer.record, protocol, result)
+    for at, e in reversed(reports):
+        found = Conformance()
+        _check_after_course(patient_id, e, replayer.record, protocol, found)
+        result.findings[at:at] = found.findings
     return result
 
 

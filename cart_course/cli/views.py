@@ -192,6 +192,15 @@ def wait_options(fn: Any) -> Any:
     help="Only patients whose next action is an SAE report (with --overdue: past its clock).",
 )
 @click.option(
+    "--ae-grade",
+    "ae_grade",
+    type=click.IntRange(min=1, max=5),
+    default=None,
+    metavar="N",
+    help="Only patients with an open or recent adverse event (any toxicity episode) of worst "
+    f"grade N or more (recent: ended within {queries.AE_RECENT_DAYS} days of --now).",
+)
+@click.option(
     "--product",
     type=click.Choice(queries.PRODUCT_FILTERS),
     default=None,
@@ -215,6 +224,7 @@ def status(
     toxicity: bool,
     follow_up_due: bool,
     sae: bool,
+    ae_grade: int | None,
     product: str | None,
     now: str | None,
     limit: int,
@@ -225,8 +235,6 @@ def status(
 ) -> None:
     """The board: every patient's state, next due action and due date, dose and toxicity, and
     the cell product (status, vein-to-vein time, a product waiting too long)."""
-    if follow_up_due and sae:
-        raise click.UsageError("--follow-up-due and --sae name one next action each: give one")
     moment = _parse_now(now)
     views = _ready(ctx, wait_for, timeout, catch_up)
     filters: dict[str, Any] = {
@@ -234,9 +242,14 @@ def status(
         "overdue": overdue,
         "toxicity": toxicity,
         "product": product,
+        "min_ae_grade": ae_grade,
     }
-    if follow_up_due or sae:
-        filters["action"] = "record_follow_up" if follow_up_due else "record_sae_report"
+    if follow_up_due or sae:  # both: a follow-up visit or an SAE report
+        filters["action"] = tuple(
+            name
+            for name, given in (("record_follow_up", follow_up_due), ("record_sae_report", sae))
+            if given
+        )
     rows = queries.board(views.db, **filters, now=moment, limit=limit)
     matching = queries.count(views.db, **filters, now=moment)
     lag = views.lag()

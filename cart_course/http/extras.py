@@ -306,8 +306,23 @@ class BoardFilter:
     hold: bool = False
     awaiting: bool = False
     sae: bool = False
+    follow_up_due: bool = False
+    min_ae_grade: int | None = None
     contains: str | None = None
     sort: str | None = None
+
+    @property
+    def action(self) -> tuple[str, ...] | None:
+        """The next actions asked for (both: a follow-up visit or an SAE report)."""
+        wanted = tuple(
+            name
+            for name, given in (
+                ("record_follow_up", self.follow_up_due),
+                ("record_sae_report", self.sae),
+            )
+            if given
+        )
+        return wanted or None
 
     def check(self) -> None:
         if self.state is not None and self.state not in STATES:
@@ -346,7 +361,8 @@ def _board_rows(
                 toxicity=f.toxicity,
                 hold=f.hold,
                 awaiting=f.awaiting,
-                action="record_sae_report" if f.sae else None,
+                action=f.action,
+                min_ae_grade=f.min_ae_grade,
                 contains=f.contains,
                 limit=None if f.sort else limit,
                 after=after,
@@ -396,6 +412,16 @@ def get_board(
     sae: Annotated[bool, QueryParameter(description="An SAE report is due")] = False,
     contains: Annotated[str | None, contains_query()] = None,
     sort: Annotated[str | None, board_sort_query()] = None,
+    follow_up_due: Annotated[bool, QueryParameter(description="A follow-up visit is due")] = False,
+    min_ae_grade: Annotated[
+        int | None,
+        integer_query(
+            1,
+            5,
+            "Only patients with an open or recent adverse event (any toxicity episode) whose "
+            "worst grade is at least this (recent: ended within 30 days)",
+        ),
+    ] = None,
     limit: Annotated[int | None, integer_query(1, MAX_BOARD_PAGE)] = None,
     after: Annotated[
         str | None,
@@ -419,6 +445,8 @@ def get_board(
         hold=hold,
         awaiting=awaiting,
         sae=sae,
+        follow_up_due=follow_up_due,
+        min_ae_grade=min_ae_grade,
         contains=contains,
         sort=sort,
     )
@@ -499,6 +527,16 @@ def get_board_csv(
     hold: Annotated[bool, QueryParameter(description="Fractions held for toxicity")] = False,
     awaiting: Annotated[bool, QueryParameter(description="A response assessment is due")] = False,
     sae: Annotated[bool, QueryParameter(description="An SAE report is due")] = False,
+    follow_up_due: Annotated[bool, QueryParameter(description="A follow-up visit is due")] = False,
+    min_ae_grade: Annotated[
+        int | None,
+        integer_query(
+            1,
+            5,
+            "Only patients with an open or recent adverse event (any toxicity episode) whose "
+            "worst grade is at least this (recent: ended within 30 days)",
+        ),
+    ] = None,
     contains: Annotated[str | None, contains_query()] = None,
     sort: Annotated[str | None, board_sort_query()] = None,
 ) -> Response[str]:
@@ -509,6 +547,8 @@ def get_board_csv(
         hold=hold,
         awaiting=awaiting,
         sae=sae,
+        follow_up_due=follow_up_due,
+        min_ae_grade=min_ae_grade,
         contains=contains,
         sort=sort,
     )

@@ -25,6 +25,7 @@ from .commands import (
     reschedule_course,
 )
 from .errors import ProtocolInputError, RecordConflictInputError, key_name
+from .follow_up import corrected_sae_case, merged_adverse_event
 from .record import PatientRecord
 from .registry import CORRECTION_KEYS, REGISTRY, Registry
 from .signatures import event_version
@@ -153,6 +154,50 @@ def out_of_order(
 TimeParser = Callable[[Any, str], dt.datetime]
 
 
+#: Corrections whose clinical-time check runs again on the corrected facts (issue 16).
+_TIMED_CORRECTIONS = frozenset({"report_toxicity", "record_sae_report"})
+
+
+def _episode_adverse_event(
+    record: PatientRecord,
+    history: History,
+    corrects: int,
+    original: RecordedMove,
+    facts: dict[str, Any],
+    occurred: dt.datetime,
+) -> tuple[dict[str, Any], str] | None:
+    """For a corrected toxicity report whose adverse-event facts are (or were) given: the
+    episode's AE facts merged over its reports with the corrected one in its place (sets
+    ``facts["adverse_event_now"]``), and when the site became aware of the corrected report.
+    None: no adverse-event facts, before or after."""
+    if original.trigger != "report_toxicity":
+        return None
+    tox_id = facts.get("toxicity_id")
+    reports: dict[int, Mapping[str, Any] | None] = {}
+    for e in history:
+        if (
+            isinstance(e, RecordedMove)
+            and e.trigger == "report_toxicity"
+            and e.facts.get("toxicity_id") == tox_id
+        ):
+            reports[e.version] = e.facts.get("adverse_event")
+        elif isinstance(e, RecordedCorrection) and e.corrects in reports:
+            reports[e.corrects] = e.facts.get("adverse_event")
+    corrected = facts.get("adverse_event")
+    if not corrected and not reports.get(corrects):
+        return None
+    reports[corrects] = corrected
+    death = record.death or {}
+    cause = death.get("cause_of_death") or {}
+    ae_now = merged_adverse_event(
+        [reports[v] for v in sorted(reports)],
+        cause if tox_id is not None and cause.get("toxicity_id") == tox_id else None,
+    )
+    facts["adverse_event_now"] = ae_now
+    start = (corrected or {}).get("aware_at") or occurred.isoformat()
+    return ae_now, str(start)
+
+
 def decide_correction(
     record: PatientRecord,
     history: History,
@@ -238,7 +283,27 @@ def decide_correction(
             f"correction of version {corrects}: with the corrected facts the move would lead to "
             f"{run.dest}, not {original.to_state} as recorded"
         )
+    if definition.check_time is not None and original.trigger in _TIMED_CORRECTIONS:
+        try:  # an SAE report before awareness, an awareness before the onset: refused
+            definition.check_time(record, {**facts, **pfacts}, occurred)
+        except ProtocolInputError as exc:
+            raise changes_error(exc, changes) from None
+    episode_ae = _episode_adverse_event(record, history, corrects, original, facts, occurred)
     outcome = outcome_of(original.trigger, facts, version, registry=registry)
+    if episode_ae is not None:
+        # the episode's AE facts and its safety case as the corrected report makes them (not
+        # the clocks a new report would start: ``follow_up.corrected_sae_case``)
+        ae_now, start = episode_ae
+        outcome.pop("sae", None)
+        outcome["adverse_event_now"] = ae_now
+        outcome["sae_case"] = corrected_sae_case(
+            str(facts["toxicity_id"]),
+            record.sae_cases.get(str(facts["toxicity_id"])),
+            ae_now,
+            corrects,
+            start,
+            version.params,
+        )
     date_key = "apheresis_date" if original.trigger == "record_apheresis" else "infusion_date"
     new_date = pfacts.get(date_key)
     if isinstance(new_date, str) and new_date != old_pfacts.get(date_key):

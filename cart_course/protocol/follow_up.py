@@ -38,7 +38,8 @@ from .payloads import (
     SaeReportPayload,
     convert,
 )
-from .record import PatientRecord
+from .record import PatientRecord, judge_sent
+from .states import FOLLOW_UP as FOLLOW_UP_STATES
 from .states import State
 
 #: Attributions that make a serious unexpected event a suspected adverse *reaction* (SUSAR).
@@ -225,7 +226,9 @@ def _case_brief(record: PatientRecord, case_id: str) -> dict[str, Any] | None:
         "initial_sent": any(
             c["report"] == "initial" and c.get("sent_at") for c in case.get("clocks", ())
         ),
-        "expedited_clock": any(c["report"] == "expedited" for c in case.get("clocks", ())),
+        "expedited_clock": any(
+            c["report"] == "expedited" and not c.get("cancelled") for c in case.get("clocks", ())
+        ),
     }
 
 
@@ -341,8 +344,13 @@ def toxicity_ae_outcome(
 # ----------------------------------------------------------------------------------------------
 
 
+def _open_clock(clock: Mapping[str, Any]) -> bool:
+    """A clock still running: not answered by a report, not cancelled by a correction."""
+    return not clock.get("sent_at") and not clock.get("cancelled")
+
+
 def _pending(case: Mapping[str, Any]) -> list[str]:
-    return [f"{c['report']} (due {c['due_at']})" for c in case["clocks"] if not c.get("sent_at")]
+    return [f"{c['report']} (due {c['due_at']})" for c in case["clocks"] if _open_clock(c)]
 
 
 def parse_sae_report(
@@ -355,6 +363,10 @@ def parse_sae_report(
     report: SaeReportPayload = _decode(dict(p), SaeReportPayload, "payload")
     norm: dict[str, Any] = _plain(report)
     case = record.sae_cases.get(report.case_id)
+    if ctx.get("case_id") == report.case_id and ctx.get("report") == report.report:
+        # a correction of this report (its context is the recorded facts): the clock it
+        # answered stays the one it answered (case and report are not correctable)
+        return norm, {**norm, "due_at": ctx.get("due_at")}
     if case is None:
         known = ", ".join(record.sae_cases) or "none"
         raise ContextInputError(
@@ -363,7 +375,7 @@ def parse_sae_report(
             "opened by a serious adverse event, or a death in the treatment-related window)",
         )
     if report.report != "follow_up" and not any(
-        c["report"] == report.report and not c.get("sent_at") for c in case["clocks"]
+        c["report"] == report.report and _open_clock(c) for c in case["clocks"]
     ):
         raise ContextInputError(
             "payload.report",
@@ -373,7 +385,7 @@ def parse_sae_report(
     due = sorted(
         c["due_at"]
         for c in case["clocks"]
-        if c["report"] == report.report and not c.get("sent_at") and c.get("due_at")
+        if c["report"] == report.report and _open_clock(c) and c.get("due_at")
     )
     return norm, {**norm, "due_at": due[0] if due else None}
 
@@ -404,14 +416,25 @@ def visit_schedule(params: ProtocolParameters) -> dict[str, tuple[int, int]]:
     return {name: (day, window) for name, day, window in params.follow_up_schedule}
 
 
-def _visit_name(record: PatientRecord, name: str, params: ProtocolParameters | None) -> None:
-    from .parameters import DEFAULT_PARAMETERS
+def known_visits() -> list[str]:
+    """Every visit name of the registered protocol versions' follow-up schedules, in schedule
+    order (the payload schema's list). Whether a visit belongs to the schedule of the patient's
+    protocol version is the rule ``visit_in_schedule`` (each version defines its schedule)."""
+    from .versions import VERSIONS
 
-    schedule = visit_schedule(params or DEFAULT_PARAMETERS)
-    if name not in schedule:
+    names: dict[str, None] = {}
+    for version in VERSIONS.values():
+        names.update(dict.fromkeys(visit_schedule(version.params)))
+    return list(names)
+
+
+def _visit_name(record: PatientRecord, name: str) -> None:
+    known = known_visits()
+    if name not in known:
         raise ProtocolInputError(
             "payload.visit",
-            f"{name!r} is not a visit of the schedule; visits: {', '.join(schedule)}",
+            f"{name!r} is not a visit of any protocol version's follow-up schedule; "
+            f"visits: {', '.join(known)}",
         )
     if name in record.follow_up.get("visits", {}):
         raise ContextInputError(
@@ -443,7 +466,7 @@ def parse_follow_up(
     if problems:
         first, *rest = problems
         raise ProtocolInputError(first.field, first.message, others=rest)
-    _visit_name(record, visit.visit, None)
+    _visit_name(record, visit.visit)
     norm: dict[str, Any] = _plain(visit)
     return norm, {**norm, "visit_date": day.isoformat()}
 
@@ -456,7 +479,7 @@ def parse_missed_visit(
     seed: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     missed: MissedVisitPayload = _decode(dict(p), MissedVisitPayload, "payload")
-    _visit_name(record, missed.visit, None)
+    _visit_name(record, missed.visit)
     if missed.visit in record.follow_up.get("missed", {}):
         raise ContextInputError("payload.visit", f"visit {missed.visit} is already recorded missed")
     norm: dict[str, Any] = _plain(missed)
@@ -524,10 +547,14 @@ def window_of(
     visit: str, follow_up_from: str | None, params: ProtocolParameters
 ) -> tuple[str, str, str] | None:
     """(target date, window start, window end) of a visit as ISO dates, counted in the local
-    date of D1's clinical time; None without D1."""
+    date of D1's clinical time; None without D1 (or for a visit not in ``params``' schedule:
+    one recorded under another version)."""
     if follow_up_from is None:
         return None
-    day, window = visit_schedule(params)[visit]
+    found = visit_schedule(params).get(visit)
+    if found is None:
+        return None
+    day, window = found
     d1 = dt.date.fromisoformat(follow_up_from[:10])
     target = d1 + dt.timedelta(days=day)
     return (
@@ -562,12 +589,34 @@ def pending_sae_clock(record: PatientRecord) -> tuple[str, str, str] | None:
     best: tuple[dt.datetime, str, str, str] | None = None
     for case_id, case in record.sae_cases.items():
         for clock in case.get("clocks", ()):
-            if clock.get("sent_at") or not clock.get("due_at"):
+            if not _open_clock(clock) or not clock.get("due_at"):
                 continue
             due = dt.datetime.fromisoformat(clock["due_at"])
             if best is None or due < best[0]:
                 best = (due, case_id, clock["report"], clock["due_at"])
     return None if best is None else (best[1], best[2], best[3])
+
+
+def due_after_course(record: PatientRecord, params: ProtocolParameters) -> dict[str, Any]:
+    """What is due after the course, for a patient's summary (keys only when something is):
+    ``next_follow_up`` (the next visit of the schedule, its target day and window, while the
+    patient is in follow-up) and ``sae_report_due`` (the SAE report due first: case, report,
+    due instant as recorded)."""
+    out: dict[str, Any] = {}
+    visit = next_visit(record, params) if record.state in FOLLOW_UP_STATES else None
+    if visit is not None:
+        name, start, end, d1 = visit
+        window = window_of(name, d1, params)
+        out["next_follow_up"] = {
+            "visit": name,
+            "target_on": window[0] if window else None,
+            "window_start": start,
+            "window_end": end,
+        }
+    sae = pending_sae_clock(record)
+    if sae is not None:
+        out["sae_report_due"] = {"case_id": sae[0], "report": sae[1], "due_at": sae[2]}
+    return out
 
 
 def follow_up_outcome(
@@ -741,15 +790,149 @@ def sae_report_outcome(
     return {"case_id": facts["case_id"], "report": facts["report"], "due_at": facts.get("due_at")}
 
 
+# ----------------------------------------------------------------------------------------------
+# Corrections of adverse-event facts: a report_toxicity's adverse_event, a record_sae_report
+# ----------------------------------------------------------------------------------------------
+
+
+def merged_adverse_event(
+    reports: list[Mapping[str, Any] | None], death: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """An episode's adverse-event facts from its reports' own (in the order recorded): each
+    report's keys win over earlier ones, seriousness criteria add up; a death attributed to the
+    episode adds ``death``, the outcome ``fatal`` and its relatedness (as ``record_death``
+    does)."""
+    merged: dict[str, Any] = {}
+    seriousness: set[str] = set()
+    for ae in reports:
+        if not ae:
+            continue
+        merged.update(ae)
+        seriousness |= set(ae.get("seriousness", ()))
+    if death is not None:
+        seriousness.add("death")
+        merged["outcome"] = "fatal"
+        if death.get("related"):
+            merged["attribution"] = death["related"]
+    if seriousness:
+        merged["seriousness"] = sorted(seriousness)
+    else:
+        merged.pop("seriousness", None)
+    return merged
+
+
+def _new_clock(report: str, start: str, within_hours: int, version: int) -> dict[str, Any]:
+    due = dt.datetime.fromisoformat(start) + dt.timedelta(hours=int(within_hours))
+    return {
+        "report": report,
+        "started_at": start,
+        "due_at": due.isoformat(),
+        "version": version,
+        "sent_at": None,
+        "sent_to": None,
+        "reference": None,
+        "late": None,
+        "delay_hours": None,
+        "report_version": None,
+    }
+
+
+def corrected_sae_case(
+    case_id: str,
+    case: Mapping[str, Any] | None,
+    ae: Mapping[str, Any],
+    corrects: int,
+    start: str,
+    params: ProtocolParameters,
+) -> dict[str, Any] | None:
+    """The safety case of an episode once a correction of its report (version ``corrects``)
+    made its adverse-event facts ``ae``: ``start`` is when the site became aware of the
+    corrected report (its ``aware_at``, or its clinical time).
+
+    - not serious before, serious now: the case opens with its clocks from ``start``;
+    - the clocks the corrected report started restart from ``start`` (same duration);
+    - serious no more: every clock still running is cancelled (reports sent stay on record);
+    - a SUSAR now: the expedited clock starts (7 days fatal or life-threatening, 15 others);
+      running expedited clocks take the duration of the corrected seriousness; a SUSAR no
+      more: its running expedited clock is cancelled;
+    - a report already sent is judged again against its (re-started) clock.
+    None: no case, before or after."""
+    seriousness = sorted(set(ae.get("seriousness", ())))
+    susar = _susar(ae)
+    if case is None:
+        if not seriousness:
+            return None
+        opened: dict[str, Any] = {
+            "id": case_id,
+            "opened_version": corrects,
+            "aware_at": start,
+            "seriousness": seriousness,
+            "susar": susar,
+            "clocks": [
+                _new_clock(c["report"], start, c["within_hours"], corrects)
+                for c in _clocks_for(seriousness, susar, None, params)
+            ],
+        }
+        return opened
+    new: dict[str, Any] = {
+        **case,
+        "seriousness": seriousness,
+        "susar": susar,
+        "clocks": [dict(c) for c in case.get("clocks", ())],
+    }
+    if case.get("opened_version") == corrects:
+        new["aware_at"] = start
+    live = [c for c in new["clocks"] if not c.get("cancelled")]
+    for c in live:
+        if c.get("version") == corrects and c.get("started_at") and c.get("due_at"):
+            within = dt.datetime.fromisoformat(c["due_at"]) - dt.datetime.fromisoformat(
+                c["started_at"]
+            )
+            c["started_at"] = start
+            c["due_at"] = (dt.datetime.fromisoformat(start) + within).isoformat()
+            judge_sent(c)
+    cancel = f"correction of version {corrects}"
+    if not seriousness:
+        for c in live:
+            if not c.get("sent_at"):
+                c["cancelled"] = f"{cancel}: not serious"
+        return new
+    if not any(c["report"] == "initial" for c in live):
+        new["clocks"].append(
+            _new_clock("initial", start, params.sae_initial_report_hours, corrects)
+        )
+    days = (
+        params.susar_fatal_report_days
+        if FATAL_OR_LIFE_THREATENING & set(seriousness)
+        else params.susar_other_report_days
+    )
+    expedited = [c for c in live if c["report"] == "expedited"]
+    if susar and not expedited:
+        new["clocks"].append(_new_clock("expedited", start, days * 24, corrects))
+    for c in expedited:
+        if c.get("sent_at") or not c.get("started_at"):
+            continue
+        if susar:
+            due = dt.datetime.fromisoformat(c["started_at"]) + dt.timedelta(days=days)
+            c["due_at"] = due.isoformat()
+        else:
+            c["cancelled"] = f"{cancel}: no longer a SUSAR"
+    return new
+
+
 __all__ = [
     "AESI",
     "FOLLOW_UP_SOURCES",
     "aesi_of",
+    "corrected_sae_case",
     "death_outcome",
     "death_time",
+    "due_after_course",
     "field_problems",
     "follow_up_outcome",
     "follow_up_time",
+    "known_visits",
+    "merged_adverse_event",
     "missed_visit_outcome",
     "next_visit",
     "parse_adverse_event",

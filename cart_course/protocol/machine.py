@@ -700,6 +700,26 @@ def follow_up_from_d1(p: Probe) -> bool:
     return not p.hypothetical or p.state in FOLLOW_UP
 
 
+def _schedule_names(p: Probe) -> list[str]:
+    return [name for name, _day, _window in p.params.follow_up_schedule]
+
+
+@rule(
+    "the visit is one of the protocol version's follow-up schedule (each version defines its own)",
+    lambda p: (
+        f"visit {p.facts.get('visit')!r} is not in this protocol version's follow-up "
+        "schedule; its visits: "
+        + ", ".join(
+            f"{name} (day {day} +/-{window})" for name, day, window in p.params.follow_up_schedule
+        )
+    ),
+)
+def visit_in_schedule(p: Probe) -> bool:
+    if "visit" not in p.facts:
+        return p.hypothetical  # "what is allowed now": any visit of the schedule
+    return p.facts["visit"] in _schedule_names(p)
+
+
 @rule(
     "a safety case (a serious adverse event, or a death in the treatment-related window) is on "
     "record",
@@ -858,13 +878,13 @@ TRANSITIONS: list[dict[str, Any]] = [
         "trigger": T.RECORD_FOLLOW_UP,
         "source": _AFTER_TREATMENT,
         "dest": "=",
-        "conditions": ["follow_up_from_d1"],
+        "conditions": ["follow_up_from_d1", "visit_in_schedule"],
     },
     {
         "trigger": T.RECORD_MISSED_VISIT,
         "source": _AFTER_TREATMENT,
         "dest": "=",
-        "conditions": ["follow_up_from_d1"],
+        "conditions": ["follow_up_from_d1", "visit_in_schedule"],
     },
     {
         "trigger": T.RECORD_SAE_REPORT,

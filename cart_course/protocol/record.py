@@ -540,7 +540,11 @@ def _sae_report_sent(
     case = record.sae_cases.get(facts["case_id"])
     if case is None:
         return
-    pending = [c for c in case["clocks"] if c["report"] == facts["report"] and not c["sent_at"]]
+    pending = [
+        c
+        for c in case["clocks"]
+        if c["report"] == facts["report"] and not c["sent_at"] and not c.get("cancelled")
+    ]
     pending.sort(key=lambda c: dt.datetime.fromisoformat(c["due_at"]))
     if pending:
         clock = pending[0]
@@ -555,8 +559,18 @@ def _sae_report_sent(
         late=False,
         delay_hours=None,
     )
-    if clock["due_at"] is not None:
-        delay = dt.datetime.fromisoformat(occurred_at) - dt.datetime.fromisoformat(clock["due_at"])
+    judge_sent(clock)
+
+
+def judge_sent(clock: dict[str, Any]) -> None:
+    """A sent report's lateness against its clock (recorded, never refused)."""
+    if not clock.get("sent_at"):
+        return
+    clock["late"], clock["delay_hours"] = False, None
+    if clock.get("due_at") is not None:
+        delay = dt.datetime.fromisoformat(clock["sent_at"]) - dt.datetime.fromisoformat(
+            clock["due_at"]
+        )
         if delay > dt.timedelta(0):
             clock["late"] = True
             clock["delay_hours"] = round(delay.total_seconds() / 3600, 2)
@@ -706,6 +720,9 @@ def apply_correction(
             _replan_fraction(record, entry)
     elif trigger == Trigger.REPORT_TOXICITY:
         _correct_toxicity_report(record, corrects, facts, outcome)
+        _correct_adverse_event(record, corrects, outcome)
+    elif trigger == Trigger.RECORD_SAE_REPORT:
+        _correct_sae_report(record, corrects, facts)
     elif trigger == Trigger.ASSESS_RESPONSE:
         number = record.index.get(corrects, {}).get("course")
         for course in record.courses:
@@ -785,6 +802,41 @@ def _correct_toxicity_report(
         )
         tox.severe = outcome["severe"] if len(reports) <= 1 else tox.severe or outcome["severe"]
     record._reindex()  # its kind or worst grade may have changed (a course's worst may fall)
+
+
+def _correct_adverse_event(record: PatientRecord, corrects: int, outcome: dict[str, Any]) -> None:
+    """A corrected report's adverse-event facts (issue 16): the episode's AE facts and its
+    safety case as the correction decided them (``follow_up.corrected_sae_case``)."""
+    if "adverse_event_now" not in outcome:
+        return  # a correction of a report without adverse-event facts, or from before
+    entry = record.index.get(corrects) or {}
+    tox = record.toxicities.get(entry.get("toxicity_id", ""))
+    if tox is None:
+        return
+    tox.ae = dict(outcome["adverse_event_now"]) or None
+    case = outcome.get("sae_case")
+    if case is not None:
+        record.sae_cases[tox.id] = {
+            **case,
+            "seriousness": list(case.get("seriousness", ())),
+            "clocks": [dict(c) for c in case.get("clocks", ())],
+        }
+
+
+def _correct_sae_report(record: PatientRecord, corrects: int, facts: dict[str, Any]) -> None:
+    """A corrected safety report: to whom and with which reference it was sent, and when (its
+    lateness judged again against its clock)."""
+    case = record.sae_cases.get(str(facts.get("case_id")))
+    if case is None:
+        return
+    for clock in case.get("clocks", ()):
+        if clock.get("report_version") == corrects:
+            clock["sent_to"] = facts.get("sent_to")
+            clock["reference"] = facts.get("reference")
+            if isinstance(facts.get("_occurred_at"), str):
+                clock["sent_at"] = facts["_occurred_at"]
+            judge_sent(clock)
+            return
 
 
 #: Moves that change the record's product (only once a collection is on record).

@@ -512,7 +512,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         parse=follow_up.parse_toxicity_ae,
         check_time=follow_up.toxicity_time,
         outcome=follow_up.toxicity_ae_outcome,
-        correctable=("toxicity", "toxicity_id"),
+        correctable=("toxicity", "toxicity_id", "adverse_event"),
         episode=True,
         payload_schema=obj(
             {
@@ -689,6 +689,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         parse=follow_up.parse_sae_report,
         check_time=follow_up.sae_report_time,
         outcome=follow_up.sae_report_outcome,
+        correctable=("sent_to", "reference"),
         episode=True,
         payload_schema=_struct_object("sae_report"),
         examples=examples_of("record_sae_report"),

@@ -15,6 +15,7 @@ from typing import Any
 from ..course import PatientCourse
 from ..protocol import product
 from ..protocol.follow_up import next_visit, pending_sae_clock
+from ..protocol.parameters import DEFAULT_PARAMETERS, ProtocolParameters
 from ..protocol.record import PatientRecord
 from ..protocol.registry import REGISTRY
 from ..protocol.states import FOLLOW_UP, INFUSED, State
@@ -54,6 +55,19 @@ BOARD_COLUMNS: tuple[str, ...] = (
     "product_collected_on",
     "vein_to_vein_days",
     "manufacturing_failures",
+    # after the course (issue 16): the kind of the next action (indexed with ``overdue_from``:
+    # ``status --overdue --follow-up-due`` / ``--sae`` read an index range), the next follow-up
+    # visit and its window (whether or not an SAE report is due first), the SAE report due
+    # first, and the worst grade of the patient's adverse events
+    "next_kind",
+    "next_visit",
+    "visit_window_start",
+    "visit_window_end",
+    "sae_case_id",
+    "sae_report",
+    "sae_due_at",
+    "max_ae_grade",
+    "open_ae_grade",
 )
 TOXICITY_COLUMNS: tuple[str, ...] = (
     "patient_id",
@@ -69,6 +83,9 @@ TOXICITY_COLUMNS: tuple[str, ...] = (
     "is_open",
     "severe",
     "opens_hold",
+    # when the episode ended (``resolved_at``) as a UTC instant, naive ISO with microseconds
+    # (one width: compared as text); the watchlist by grade keeps episodes ended recently
+    "resolved_utc",
 )
 DEVIATION_COLUMNS: tuple[str, ...] = (
     "patient_id",
@@ -185,13 +202,18 @@ def next_action(record: PatientRecord) -> tuple[str | None, str | None, bool]:
     return action, due_on, hold
 
 
+def _params(record: PatientRecord) -> ProtocolParameters:
+    """The parameters of the patient's protocol version (unknown: the defaults)."""
+    try:
+        return get_version(record.protocol_version or "").params
+    except UnknownProtocolVersionError:
+        return DEFAULT_PARAMETERS
+
+
 def next_due(record: PatientRecord) -> tuple[str | None, str | None, bool, str | None]:
     """(next due action, its due date as ISO date or None, fractions on hold, the clinical time
     the due date is counted from: its UTC offset is the one "overdue" is judged in)."""
-    try:
-        params = get_version(record.protocol_version or "").params
-    except UnknownProtocolVersionError:
-        from ..protocol.parameters import DEFAULT_PARAMETERS as params
+    params = _params(record)
     state = record.state
     course = record.course
     hold = any(t.opens_hold for t in record.open_toxicities())
@@ -273,6 +295,40 @@ def next_due_at(record: PatientRecord) -> tuple[str | None, str | None, bool, st
     return action, due_on, hold, overdue
 
 
+#: The kinds of next action (the board's ``next_kind``, indexed with ``overdue_from``): a move
+#: of the protocol (screen ... decide, resolve a toxicity that holds fractions), a follow-up
+#: visit, an SAE report. No kind: nothing is due (the course ended, lost to follow-up).
+NEXT_KINDS: tuple[str, ...] = ("protocol", "follow_up", "sae_report")
+
+
+def next_kind(action: str | None) -> str | None:
+    """The kind of a next action as :func:`next_due_at` words it."""
+    if action is None or action == "lost to follow-up":
+        return None
+    if action.startswith("record_sae_report ("):
+        return "sae_report"
+    if action.startswith("record_follow_up ("):
+        return "follow_up"
+    return "protocol"
+
+
+def after_course_columns(record: PatientRecord) -> tuple[Any, ...]:
+    """The board's columns of issue 16 besides ``next_kind``: the next follow-up visit and its
+    window (start, end: ISO dates in D1's local calendar), the SAE report due first (case id,
+    report, due instant as recorded, with its offset), and the worst grade of any adverse event
+    (toxicity episode) of the patient, open or not, and of its open ones (the watchlist by
+    grade reads it)."""
+    visit: tuple[Any, ...] = (None, None, None)
+    if record.state in FOLLOW_UP:
+        found = next_visit(record, _params(record))
+        if found is not None:
+            visit = found[:3]
+    sae = pending_sae_clock(record) if record.sae_cases else None
+    worst = max((t.worst_grade for t in record.toxicities.values()), default=None)
+    open_worst = max((t.worst_grade for t in record.open_toxicities()), default=None)
+    return (*visit, *(sae or (None, None, None)), worst, open_worst)
+
+
 def last_response(record: PatientRecord) -> str | None:
     return next((c.response for c in reversed(record.courses) if c.response), None)
 
@@ -313,6 +369,8 @@ def board_row(
         position,
         overdue,
         *product_columns(record),
+        next_kind(action),
+        *after_course_columns(record),
     )
 
 
@@ -345,9 +403,23 @@ def toxicity_rows(record: PatientRecord) -> list[tuple[Any, ...]]:
             int(t.open),
             int(t.severe),
             int(t.opens_hold and t.open),
+            _utc(t.resolved_at),
         )
         for t in record.toxicities.values()
     ]
+
+
+def _utc(when: str | None) -> str | None:
+    """A clinical time as a UTC instant, naive ISO with microseconds (one width; naive: UTC)."""
+    if not when:
+        return None
+    try:
+        at = dt.datetime.fromisoformat(when)
+    except ValueError:
+        return None
+    if at.tzinfo is not None:
+        at = at.astimezone(dt.UTC).replace(tzinfo=None)
+    return at.isoformat(timespec="microseconds")
 
 
 def deviation_rows(record: PatientRecord) -> list[tuple[Any, ...]]:
@@ -379,6 +451,24 @@ def cohort_keys(row: tuple[Any, ...] | None) -> list[tuple[str, str]]:
     status = row[_PRODUCT_STATUS]
     if status is not None:
         keys.append(("product", str(status)))
+    keys.extend(_due_keys(row[_NEXT_KIND], row[_DUE_ON]))
+    return keys
+
+
+#: Kept counts of the board (``view_cohort`` cells that ``views cohort`` does not show): the
+#: patients per next-action kind (``next``), and per kind and due date (``due:<kind>``, keyed
+#: by ``due_on``), so that counting the overdue rows reads a few hundred cells and the rows of
+#: the last days only, not every overdue row (``queries.count``).
+KEPT_COUNTS = "next"
+DUE_COUNTS = "due:"
+
+
+def _due_keys(kind: Any, due_on: Any) -> list[tuple[str, str]]:
+    if kind is None:
+        return []
+    keys = [(KEPT_COUNTS, str(kind))]
+    if due_on is not None:
+        keys.append((DUE_COUNTS + str(kind), str(due_on)))
     return keys
 
 
@@ -393,7 +483,11 @@ def cohort_keys_of(record: PatientRecord) -> list[tuple[str, str]]:
     status = product.product_status(record)
     if status is not None:
         keys.append(("product", status))
+    action, due_on, _hold, _overdue = next_due_at(record)
+    keys.extend(_due_keys(next_kind(action), due_on))
     return keys
 
 
 _PRODUCT_STATUS = BOARD_COLUMNS.index("product_status")
+_NEXT_KIND = BOARD_COLUMNS.index("next_kind")
+_DUE_ON = BOARD_COLUMNS.index("due_on")

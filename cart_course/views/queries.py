@@ -18,7 +18,7 @@ from ..protocol.labels import next_action_label
 from ..protocol.parameters import DEFAULT_PARAMETERS
 from ..protocol.states import State as CourseState
 from ..protocol.versions import UnknownProtocolVersionError, get_version
-from .projection import BOARD_COLUMNS
+from .projection import BOARD_COLUMNS, DUE_COUNTS, KEPT_COUNTS, NEXT_KINDS
 from .store import ViewDB
 
 _BOARD_SELECT = "SELECT " + ", ".join(BOARD_COLUMNS) + " FROM view_board"
@@ -141,16 +141,75 @@ def overdue_key(row: dict[str, Any], now: Moment = None) -> OverdueKey:
 
 
 #: The board's next actions after the course (issue 16), by the command they name: a follow-up
-#: visit (``record_follow_up (M3, window ...)``) or a safety report (``record_sae_report (...)``).
-#: A patient counts under its next action: the one due first.
-ACTIONS: tuple[str, ...] = ("record_follow_up", "record_sae_report")
-_ACTION_WHERE = "next_action LIKE ? ESCAPE '!'"
+#: visit (``record_follow_up (M3, window ...)``) or a safety report (``record_sae_report (...)``),
+#: and the board's ``next_kind`` of each (indexed with ``overdue_from``). A patient counts under
+#: its next action: the one due first.
+ACTION_KINDS: dict[str, str] = {"record_follow_up": "follow_up", "record_sae_report": "sae_report"}
+ACTIONS: tuple[str, ...] = tuple(ACTION_KINDS)
+_ACTION_WHERE = "next_kind = ?"
+
+#: ``status --ae-grade N``: an adverse event (any toxicity episode: CRS and ICANS are adverse
+#: events of those terms) is *open* while no resolution is on record (``resolve_toxicity``, or a
+#: death attributed to it, which closes it at grade 5), and *recent* when it ended at most this
+#: many days before the moment judged (``--now``). An assumption of the monitors (the trial text
+#: sets none); documented in docs/monitoring.md.
+AE_RECENT_DAYS = 30
+#: The grades an AE filter takes (CTCAE v5.0, ASTCT: 1-5).
+AE_GRADES = (1, 2, 3, 4, 5)
 
 
 def _action_pattern(action: str) -> str:
+    """The ``next_kind`` of ``action`` (a command name of :data:`ACTIONS`)."""
     if action not in ACTIONS:
         raise ValueError(f"action {action!r} is not one of {', '.join(ACTIONS)}")
-    return action.replace("_", "!_") + " (%"
+    return ACTION_KINDS[action]
+
+
+#: A next-action filter: one command of :data:`ACTIONS`, or several (any of them).
+Action = str | tuple[str, ...]
+
+
+def _kinds(action: Action) -> list[str]:
+    names = (action,) if isinstance(action, str) else tuple(dict.fromkeys(action))
+    if not names:
+        raise ValueError(f"no action given; actions: {', '.join(ACTIONS)}")
+    return [_action_pattern(name) for name in names]
+
+
+def _action_filter(action: Action | None, where: list[str], params: list[Any]) -> None:
+    if action is None:
+        return
+    kinds = _kinds(action)
+    where.append(
+        _ACTION_WHERE if len(kinds) == 1 else f"next_kind IN ({', '.join('?' * len(kinds))})"
+    )
+    params += kinds
+
+
+def _ae_grade_filter(
+    min_grade: int | None, now: Moment, where: list[str], params: list[Any]
+) -> None:
+    """Patients with an open or recent adverse event whose worst grade is ``min_grade`` or more."""
+    if min_grade is None:
+        return
+    if min_grade not in AE_GRADES:
+        raise ValueError(f"an AE grade is one of 1-5, not {min_grade!r}")
+    # the open ones from the board's own column, the recent ones from the episodes ended since
+    # the cutoff: two index ranges
+    where.append(
+        "(open_ae_grade >= ? OR patient_id IN (SELECT patient_id FROM view_toxicity "
+        "WHERE resolved_utc >= ? AND worst_grade >= ?))"
+    )
+    params += [min_grade, recent_since(now), min_grade]
+
+
+def recent_since(now: Moment) -> str:
+    """The earliest end of an AE still counted as recent as of ``now`` (a UTC instant, naive
+    ISO with microseconds; a day given as ``now``: from its start, UTC)."""
+    if isinstance(now, dt.date) and not isinstance(now, dt.datetime):
+        now = dt.datetime.combine(now, dt.time(0), tzinfo=dt.UTC)
+    since = _instant(now).replace(tzinfo=None) - dt.timedelta(days=AE_RECENT_DAYS)
+    return since.isoformat(timespec="microseconds")
 
 
 def board(
@@ -162,11 +221,12 @@ def board(
     now: Moment = None,
     limit: int | None = None,
     after: str | OverdueKey | None = None,
-    action: str | None = None,
+    action: Action | None = None,
     product: str | None = None,
     hold: bool = False,
     awaiting: bool = False,
     contains: str | None = None,
+    min_ae_grade: int | None = None,
 ) -> list[dict[str, Any]]:
     """Board rows, by patient id (``overdue``: most overdue first); filters combine (AND):
     ``hold`` fractions held for toxicity, ``awaiting`` a response assessment due, ``contains``
@@ -189,11 +249,10 @@ def board(
         params.append(cutoff.param)
     if toxicity:
         where.append("open_toxicities > 0")
-    if action is not None:
-        where.append(_ACTION_WHERE)
-        params.append(_action_pattern(action))
+    _action_filter(action, where, params)
     _product_filter(product, where, params)
     _more_filters(where, params, hold=hold, awaiting=awaiting, contains=contains)
+    _ae_grade_filter(min_ae_grade, now, where, params)
     if after is not None and not overdue:
         where.append("patient_id > ?")
         params.append(after if isinstance(after, str) else after[1])
@@ -224,11 +283,12 @@ def count(
     overdue: bool = False,
     toxicity: bool = False,
     now: Moment = None,
-    action: str | None = None,
+    action: Action | None = None,
     product: str | None = None,
+    min_ae_grade: int | None = None,
 ) -> int:
     if (
-        not overdue and not toxicity and action is None and product is None
+        not overdue and not toxicity and action is None and product is None and min_ae_grade is None
     ):  # the cohort view keeps these counts
         if state is None:
             row = db.fetchone(
@@ -239,6 +299,8 @@ def count(
                 "SELECT patients FROM view_cohort WHERE dimension = 'state' AND key = ?", [state]
             )
         return int(row[0]) if row else 0
+    if state is None and not toxicity and product is None and min_ae_grade is None:
+        return _kept_count(db, overdue, now, action)
     where: list[str] = []
     params: list[Any] = []
     if state is not None:
@@ -250,10 +312,9 @@ def count(
         params.append(cutoff.param)
     if toxicity:
         where.append("open_toxicities > 0")
-    if action is not None:
-        where.append(_ACTION_WHERE)
-        params.append(_action_pattern(action))
+    _action_filter(action, where, params)
     _product_filter(product, where, params)
+    _ae_grade_filter(min_ae_grade, now, where, params)
     sql = "SELECT COUNT(*) FROM view_board" + (" WHERE " + " AND ".join(where) if where else "")
     row = db.fetchone(sql, params)
     return int(row[0]) if row else 0
@@ -369,6 +430,66 @@ def _is_empty(key: Any) -> bool:
     return isinstance(key, tuple) and len(key) == 2 and key[0] == 1
 
 
+def _kept_count(db: ViewDB, overdue: bool, now: Moment, action: Action | None) -> int:
+    """The patients whose next action is ``action``'s kind (any kind: None), overdue as of
+    ``now`` or not, from the kept counts (``projection.KEPT_COUNTS``, ``DUE_COUNTS``) instead
+    of counting every matching row.
+
+    Overdue as of an instant on calendar day ``c`` (UTC): a row due before ``c - 1`` is overdue
+    whatever its UTC offset (``overdue_from`` is at most 14 h after the end of its due day in
+    UTC, and an SAE report's due instant is within its local date's +/-14 h), and a row due
+    after ``c + 1`` is not; the rows due on ``c - 1 .. c + 1`` are judged one by one on
+    ``overdue_from`` (an index range). A calendar day (``now`` a date): the rows due before it.
+    """
+    kinds = _kinds(action) if action is not None else list(NEXT_KINDS)
+    marks = ", ".join("?" * len(kinds))
+    if not overdue:
+        row = db.fetchone(
+            "SELECT COALESCE(SUM(patients), 0) FROM view_cohort "
+            f"WHERE dimension = ? AND key IN ({marks})",
+            [KEPT_COUNTS, *kinds],
+        )
+        return int(row[0]) if row else 0
+    dims = [DUE_COUNTS + k for k in kinds]
+    cutoff = _Cutoff(now)
+    if cutoff.day is not None:  # due before that calendar day
+        row = db.fetchone(
+            "SELECT COALESCE(SUM(patients), 0) FROM view_cohort "
+            f"WHERE dimension IN ({marks}) AND key < ?",
+            [*dims, cutoff.day.isoformat()],
+        )
+        return int(row[0]) if row else 0
+    assert cutoff.utc is not None
+    day = cutoff.utc.date()
+    try:
+        first, last = day - dt.timedelta(days=1), day + dt.timedelta(days=1)
+    except OverflowError:  # at the calendar's ends: count the rows
+        return _row_count(db, cutoff, action)
+    row = db.fetchone(
+        "SELECT COALESCE(SUM(patients), 0) FROM view_cohort "
+        f"WHERE dimension IN ({marks}) AND key < ?",
+        [*dims, first.isoformat()],
+    )
+    counted = int(row[0]) if row else 0
+    # an index-only range per kind (SQLite is told which index: without statistics it would
+    # take the one on overdue_from and read every overdue row; PostgreSQL has its statistics)
+    hint = " INDEXED BY view_board_kind_due" if db.kind == "sqlite" else ""
+    band = db.fetchone(
+        f"SELECT COUNT(*) FROM view_board{hint} WHERE next_kind IN ({marks}) "
+        "AND due_on >= ? AND due_on <= ? AND overdue_from <= ?",
+        [*kinds, first.isoformat(), last.isoformat(), cutoff.param],
+    )
+    return counted + (int(band[0]) if band else 0)
+
+
+def _row_count(db: ViewDB, cutoff: _Cutoff, action: Action | None) -> int:
+    where = [cutoff.where]
+    params: list[Any] = [cutoff.param]
+    _action_filter(action, where, params)
+    row = db.fetchone("SELECT COUNT(*) FROM view_board WHERE " + " AND ".join(where), params)
+    return int(row[0]) if row else 0
+
+
 #: ``status --product``: a product status, or ``any`` (every patient whose product is tracked).
 PRODUCT_FILTERS = ("any", "collected", "in_manufacture", "released", "failed", "infused")
 
@@ -460,7 +581,9 @@ def cohort(db: ViewDB) -> dict[str, dict[str, int]]:
     """Patients by state, by (last assessed) response and by course number."""
     out: dict[str, dict[str, int]] = {"state": {}, "response": {}, "course": {}}
     for dimension, key, n in db.fetchall(
-        "SELECT dimension, key, patients FROM view_cohort ORDER BY dimension, key"
+        "SELECT dimension, key, patients FROM view_cohort WHERE dimension <> ? AND "
+        "dimension NOT LIKE ? ORDER BY dimension, key",
+        [KEPT_COUNTS, DUE_COUNTS + "%"],
     ):
         out.setdefault(dimension, {})[key] = int(n)
     row = db.fetchone("SELECT COALESCE(SUM(manufacturing_failures), 0) FROM view_board")

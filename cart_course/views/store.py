@@ -52,7 +52,16 @@ CREATE TABLE IF NOT EXISTS view_board (
   product_status TEXT,
   product_collected_on TEXT,
   vein_to_vein_days INTEGER,
-  manufacturing_failures INTEGER NOT NULL DEFAULT 0
+  manufacturing_failures INTEGER NOT NULL DEFAULT 0,
+  next_kind TEXT,
+  next_visit TEXT,
+  visit_window_start TEXT,
+  visit_window_end TEXT,
+  sae_case_id TEXT,
+  sae_report TEXT,
+  sae_due_at TEXT,
+  max_ae_grade INTEGER,
+  open_ae_grade INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS view_board_stream ON view_board (stream_id);
 CREATE INDEX IF NOT EXISTS view_board_state ON view_board (state, patient_id);
@@ -60,6 +69,10 @@ CREATE INDEX IF NOT EXISTS view_board_due ON view_board (due_on, patient_id);
 CREATE INDEX IF NOT EXISTS view_board_overdue ON view_board (overdue_from, patient_id);
 CREATE INDEX IF NOT EXISTS view_board_position ON view_board (position);
 CREATE INDEX IF NOT EXISTS view_board_tox ON view_board (patient_id) WHERE open_toxicities > 0;
+CREATE INDEX IF NOT EXISTS view_board_kind_overdue ON view_board (next_kind, overdue_from, patient_id);
+CREATE INDEX IF NOT EXISTS view_board_kind ON view_board (next_kind, patient_id);
+CREATE INDEX IF NOT EXISTS view_board_kind_due ON view_board (next_kind, due_on, overdue_from);
+CREATE INDEX IF NOT EXISTS view_board_open_ae ON view_board (open_ae_grade, patient_id);
 CREATE TABLE IF NOT EXISTS view_toxicity (
   patient_id TEXT NOT NULL,
   toxicity_id TEXT NOT NULL,
@@ -74,9 +87,11 @@ CREATE TABLE IF NOT EXISTS view_toxicity (
   is_open INTEGER NOT NULL,
   severe INTEGER NOT NULL,
   opens_hold INTEGER NOT NULL,
+  resolved_utc TEXT,
   PRIMARY KEY (patient_id, toxicity_id)
 );
 CREATE INDEX IF NOT EXISTS view_toxicity_open ON view_toxicity (patient_id) WHERE is_open = 1;
+CREATE INDEX IF NOT EXISTS view_toxicity_ended ON view_toxicity (resolved_utc, worst_grade, patient_id);
 CREATE TABLE IF NOT EXISTS view_deviation (
   patient_id TEXT NOT NULL,
   seq INTEGER NOT NULL,
@@ -122,7 +137,9 @@ VIEW_TABLES: dict[str, str] = {
 #: A column each view table must have; a table from an older release without it is dropped
 #: and the views are rebuilt from the log (they hold nothing the events do not).
 _REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "view_board": ("overdue_from", "manufacturing_failures")
+    # issue 16's follow-up columns: an older board is rebuilt (its next actions lack the kind)
+    "view_board": ("overdue_from", "manufacturing_failures", "next_kind", "open_ae_grade"),
+    "view_toxicity": ("resolved_utc",),
 }
 
 

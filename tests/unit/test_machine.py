@@ -113,7 +113,7 @@ def good_facts(trigger: str, source: str, dest: str) -> dict[str, Any]:
     if trigger == "withdraw":
         return reason()
     if trigger in ("record_follow_up", "record_missed_visit"):
-        return {"follow_up_from": "2026-01-22T09:30:00+01:00"}
+        return {"follow_up_from": "2026-01-22T09:30:00+01:00", "visit": "M3"}
     if trigger == "record_sae_report":
         return {"sae_cases": ["CRS-1"]}
     if trigger == "assess_pre_infusion":

@@ -330,6 +330,8 @@ _DIN = {
     "37-2 check character (spaces ignored)",
 }
 _COLLECTION_ID = text(200, "the site's own collection id (when it does not use ISBT 128)")
+#: A collection is named by its DIN or by the site's id, never both (``product.parse_collection``).
+_ONE_COLLECTION_ID: Schema = {"not": {"required": ["din", "collection_id"]}}
 _INFUSION_SCHEMA["if"] = {"properties": {"day": {"const": 1}}}
 _INFUSION_SCHEMA["then"] = {"required": ["weight"]}
 _INFUSION_SCHEMA["else"] = {"not": {"required": ["weight"]}}
@@ -392,7 +394,8 @@ DEFINITIONS: tuple[CommandDef, ...] = (
                 "collection_id": _COLLECTION_ID,
             },
             ("apheresis_contraindication",),
-        ),
+        )
+        | _ONE_COLLECTION_ID,
         examples=examples_of("record_apheresis"),
         next_in=(_S.SCREENED,),
     ),
@@ -434,7 +437,8 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         payload_schema=obj(
             {"apheresis_contraindication": BOOL, "din": _DIN, "collection_id": _COLLECTION_ID},
             ("apheresis_contraindication",),
-        ),
+        )
+        | _ONE_COLLECTION_ID,
         examples=examples_of("repeat_apheresis"),
     ),
     CommandDef(

@@ -33,7 +33,7 @@ AsOf = Annotated[str | None, time_query("Data cut-off (RFC 3339)")]
 
 
 def _cut(service: CourseService, as_of: str | None) -> source.Cut:
-    when = parse_time(as_of, "query.as_of") if as_of else None
+    when = parse_time(as_of, "query.as_of") if as_of is not None else None
     return source.read(service.log, when, field="query.as_of")
 
 

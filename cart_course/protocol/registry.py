@@ -331,7 +331,12 @@ _DIN = {
 }
 _COLLECTION_ID = text(200, "the site's own collection id (when it does not use ISBT 128)")
 #: A collection is named by its DIN or by the site's id, never both (``product.parse_collection``).
-_ONE_COLLECTION_ID: Schema = {"not": {"required": ["din", "collection_id"]}}
+#: The example (a course whose product is not tracked) lets a generator that starts from "every
+#: property" (schemathesis's coverage phase) find a valid payload.
+_ONE_COLLECTION_ID: Schema = {
+    "not": {"required": ["din", "collection_id"]},
+    "examples": [{"apheresis_contraindication": False}],
+}
 _INFUSION_SCHEMA["if"] = {"properties": {"day": {"const": 1}}}
 _INFUSION_SCHEMA["then"] = {"required": ["weight"]}
 _INFUSION_SCHEMA["else"] = {"not": {"required": ["weight"]}}

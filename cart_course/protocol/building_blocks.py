@@ -262,6 +262,13 @@ def parse_infusion(
         if text is not None:
             norm[key] = text
             facts[key] = text
+    confirm = p.get("confirm_unusual_dose")
+    if confirm is not None:
+        if not isinstance(confirm, bool):
+            raise ProtocolInputError(
+                "payload.confirm_unusual_dose", f"must be true or false, got {confirm!r}"
+            )
+        norm["confirm_unusual_dose"] = facts["confirm_unusual_dose"] = confirm
     return norm, facts
 
 

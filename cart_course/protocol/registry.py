@@ -302,6 +302,11 @@ _INFUSION_SCHEMA = obj(
         "weight": {"$ref": "#/$defs/weight"},
         "product_lot": text(2000),
         "deviation_reason": text(2000, "why a deviation from the plan (dose, day) is accepted"),
+        "confirm_unusual_dose": {
+            "type": "boolean",
+            "description": "true: the clinician confirms a count that reads as a unit mix-up "
+            "(cells vs cells/kg, a power of ten) was really given (with a deviation reason)",
+        },
         "bag_id": text(
             200, "the bag infused: a bag of this patient's released lot for this fraction"
         ),
@@ -336,6 +341,11 @@ _COLLECTION_ID = text(200, "the site's own collection id (when it does not use I
 _ONE_COLLECTION_ID: Schema = {
     "not": {"required": ["din", "collection_id"]},
     "examples": [{"apheresis_contraindication": False}],
+}
+#: A new apheresis names its collection (``product.parse_repeat_apheresis``): one of the two.
+_EXACTLY_ONE_COLLECTION_ID: Schema = {
+    "oneOf": [{"required": ["din"]}, {"required": ["collection_id"]}],
+    "examples": [{"apheresis_contraindication": False, "collection_id": "COL-2"}],
 }
 _INFUSION_SCHEMA["if"] = {"properties": {"day": {"const": 1}}}
 _INFUSION_SCHEMA["then"] = {"required": ["weight"]}
@@ -443,7 +453,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
             {"apheresis_contraindication": BOOL, "din": _DIN, "collection_id": _COLLECTION_ID},
             ("apheresis_contraindication",),
         )
-        | _ONE_COLLECTION_ID,
+        | _EXACTLY_ONE_COLLECTION_ID,
         examples=examples_of("repeat_apheresis"),
     ),
     CommandDef(
@@ -457,7 +467,14 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         ],
         trigger_of=blocks.infusion_trigger,
         required=("day",),
-        optional=("cells", "weight", "product_lot", "deviation_reason", *product.BEDSIDE_KEYS),
+        optional=(
+            "cells",
+            "weight",
+            "product_lot",
+            "deviation_reason",
+            *product.BEDSIDE_KEYS,
+            "confirm_unusual_dose",
+        ),
         parse=product_commands.parse_infusion,
         outcome=blocks.infusion_outcome,
         correctable=("cells", "weight", "product_lot", "deviation_reason"),

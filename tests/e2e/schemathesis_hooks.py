@@ -30,6 +30,8 @@ schema's description, "Not stated by this schema"):
 11. An idempotency key names one command: a key sent again with a different command is an
     ``idempotency_conflict`` (422, as the IETF Idempotency-Key draft says). The generated key
     (body and header) gets the digest of the command appended, so one key is one command.
+12. A data cut-off (``as_of`` of the CDISC exports) is not before the first event was recorded
+    nor in the future: a generated one outside is moved to the first event's record time.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ import schemathesis
 
 #: The log's last position when the run starts (it only grows).
 LAST_POSITION = int(os.environ.get("CART_COURSE_TEST_LAST_POSITION", "0"))
+#: When the log's first event was recorded (RFC 3339).
+FIRST_RECORDED = os.environ.get("CART_COURSE_TEST_FIRST_RECORDED", "")
 PAST = "2026-01-02T03:04:05Z"
 
 
@@ -58,16 +62,24 @@ def _integers(value: Any) -> Any:
     return value
 
 
-def _in_the_future(value: Any) -> bool:
+def _time(value: Any) -> dt.datetime | None:
+    """An RFC 3339 time with its offset, or None."""
     if not isinstance(value, str):
-        return False
+        return None
     try:
         when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        return False
-    if when.tzinfo is None:
-        return False
-    return when > dt.datetime.now(dt.UTC)
+        return None
+    return when if when.tzinfo is not None else None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _in_the_future(value: Any) -> bool:
+    when = _time(value)
+    return when is not None and when > _now()
 
 
 def _pairs(a: Any, b: Any) -> list[tuple[Any, Any]]:
@@ -205,6 +217,12 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         query["wait_for"] = LAST_POSITION
     if path == "/v1/board" and query.get("overdue") in (True, "true") and "after" in query:
         del query["after"]
+    cutoff = query.get("as_of")
+    if path.startswith("/v1/exports/") and isinstance(cutoff, str) and FIRST_RECORDED:
+        when = _time(cutoff)
+        first = _time(FIRST_RECORDED)
+        if when is not None and first is not None and not first <= when <= _now():
+            query["as_of"] = FIRST_RECORDED
     if path == "/v1/events/stream":
         query["after"] = 0
         max_events = _number(query.get("max_events"))

@@ -61,16 +61,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 )
 def test_every_check_passes_over_every_operation(server: Server, role: str, tmp_path: Path) -> None:
     token = server.tokens[role]
-    last = httpx.get(
+    feed = httpx.get(
         server.url + "/v1/events?limit=1",
         headers={"Authorization": f"Bearer {server.tokens['monitor']}"},
         timeout=30,
-    ).json()["last_position"]
+    ).json()
+    first = feed["events"][0]["recorded_at"]  # the log's first event (a page starts after 0)
     env = {
         **os.environ,
         "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
-        "CART_COURSE_TEST_LAST_POSITION": str(last),
+        "CART_COURSE_TEST_LAST_POSITION": str(feed["last_position"]),
+        "CART_COURSE_TEST_FIRST_RECORDED": first,
         "CART_COURSE_TEST_ROLE": role,
     }
     command = [

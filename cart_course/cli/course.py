@@ -71,6 +71,10 @@ def record(ctx: Context, source: str, as_json: bool) -> None:
     )
     for text in result["deviations"]:
         click.echo(f"  deviation: {text}")
+    outcome = result.get("outcome") or {}
+    if outcome.get("eligible") is False and outcome.get("failed_criteria"):
+        failed = outcome["failed_criteria"]
+        click.echo(f"  not eligible: {len(failed)} criteria not met: {', '.join(failed)}")
     if result["allowed_moves"]:
         click.echo(f"  allowed now: {', '.join(result['allowed_moves'])}")
 

@@ -270,7 +270,9 @@ def toxicity_time(
             onset = recorded
     aware = dt.datetime.fromisoformat(ae["aware_at"])
     if aware < onset:
-        raise ProtocolInputError(
+        # against an onset on record: a conflict with the record (409); else the payload's own
+        error = ContextInputError if onset is not occurred_at else ProtocolInputError
+        raise error(
             "payload.adverse_event.aware_at",
             f"{ae['aware_at']} is before the event's onset ({onset.isoformat()}); the site "
             "becomes aware of an adverse event at or after its onset",
@@ -387,7 +389,7 @@ def sae_report_time(
         return
     aware = dt.datetime.fromisoformat(case["aware_at"])
     if occurred_at < aware:
-        raise ProtocolInputError(
+        raise ContextInputError(
             "occurred_at",
             f"{occurred_at.isoformat()} (when the report was sent) is before the site became "
             f"aware of case {facts['case_id']} ({case['aware_at']}); a report is sent after "
@@ -504,7 +506,7 @@ def follow_up_time(
         return  # the rule follow_up_from_d1 refuses
     start = dt.datetime.fromisoformat(d1)
     if (start.tzinfo is None) == (occurred_at.tzinfo is None) and occurred_at < start:
-        raise ProtocolInputError(
+        raise ContextInputError(
             "occurred_at",
             f"{occurred_at.isoformat()} is before D1 ({d1}); a follow-up visit is after D1",
         )
@@ -513,7 +515,7 @@ def follow_up_time(
         when = dt.datetime.fromisoformat(end[1])
         if (when.tzinfo is None) == (occurred_at.tzinfo is None) and occurred_at > when:
             what = "death" if end[0] == State.DIED else "withdrawal"
-            raise ProtocolInputError(
+            raise ContextInputError(
                 "occurred_at",
                 f"{occurred_at.isoformat()} is after the patient's {what} ({end[1]}): follow-up "
                 f"ends at {what}",

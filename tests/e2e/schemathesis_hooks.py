@@ -32,6 +32,9 @@ schema's description, "Not stated by this schema"):
     (body and header) gets the digest of the command appended, so one key is one command.
 12. A data cut-off (``as_of`` of the CDISC exports) is not before the first event was recorded
     nor in the future: a generated one outside is moved to the first event's record time.
+13. A checkpoint to verify is signed by a key given (by default the service's own): no schema
+    can state a signature, so a generated checkpoint (of the document's pattern) is replaced
+    with the one the service signed, and generated public keys with the service's key.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ import schemathesis
 LAST_POSITION = int(os.environ.get("CART_COURSE_TEST_LAST_POSITION", "0"))
 #: When the log's first event was recorded (RFC 3339).
 FIRST_RECORDED = os.environ.get("CART_COURSE_TEST_FIRST_RECORDED", "")
+#: A checkpoint the service signed, and the service's public key line.
+CHECKPOINT = os.environ.get("CART_COURSE_TEST_CHECKPOINT", "")
+PUBLIC_KEY = os.environ.get("CART_COURSE_TEST_PUBLIC_KEY", "")
 PAST = "2026-01-02T03:04:05Z"
 
 
@@ -173,6 +179,15 @@ def _payload_rules(body: dict[str, Any]) -> None:
             body["reason"] = "assessed by the clinician"
 
 
+def _signed_checkpoint(body: dict[str, Any]) -> None:
+    """Rule 13 (in place)."""
+    if isinstance(body.get("checkpoint"), str) and CHECKPOINT:
+        body["checkpoint"] = CHECKPOINT
+    keys = body.get("public_keys")
+    if isinstance(keys, list) and keys and PUBLIC_KEY:
+        body["public_keys"] = [PUBLIC_KEY for _ in keys]
+
+
 @schemathesis.hook
 def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     path = case.operation.path
@@ -184,6 +199,8 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         if isinstance(fixed, dict) and _positive(case):
             _payload_rules(fixed)
             _one_key_one_command(fixed, case.headers, path)
+            if path == "/v1/audit/verify":
+                _signed_checkpoint(fixed)
         if fixed != body or any(type(a) is not type(b) for a, b in _pairs(fixed, body)):
             case.body = fixed
         body = fixed

@@ -24,6 +24,7 @@ import pytest
 from http_support import free_port
 from server_support import Server
 
+from cart_course.keys import generate, write_key_pair
 from cart_course.tokens import ROLES
 
 HERE = Path(__file__).resolve().parent
@@ -41,8 +42,16 @@ KNOWN_GAPS: dict[str, str] = {}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    db = tmp_path_factory.mktemp("schemathesis") / "st.sqlite"
-    s = Server(str(db), free_port(), "--demo")  # a demo cohort and a demo token per role
+    here = tmp_path_factory.mktemp("schemathesis")
+    private, public = write_key_pair(generate("st-key"), here / "keys")
+    # a demo cohort and a demo token per role; a signing key: checkpoints to verify
+    s = Server(
+        str(here / "st.sqlite"),
+        free_port(),
+        "--demo",
+        env={"CART_COURSE_SIGNING_KEY": str(private)},
+    )
+    s.public_key = public.read_text().strip()  # type: ignore[attr-defined]
     try:
         yield s
     finally:
@@ -67,12 +76,20 @@ def test_every_check_passes_over_every_operation(server: Server, role: str, tmp_
         timeout=30,
     ).json()
     first = feed["events"][0]["recorded_at"]  # the log's first event (a page starts after 0)
+    checkpoint = httpx.get(
+        server.url + "/v1/audit/checkpoint",
+        headers={"Authorization": f"Bearer {server.tokens['auditor']}"},
+        timeout=30,
+    )
+    assert checkpoint.status_code == 200, checkpoint.text
     env = {
         **os.environ,
         "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
         "CART_COURSE_TEST_LAST_POSITION": str(feed["last_position"]),
         "CART_COURSE_TEST_FIRST_RECORDED": first,
+        "CART_COURSE_TEST_CHECKPOINT": checkpoint.text,
+        "CART_COURSE_TEST_PUBLIC_KEY": server.public_key,  # type: ignore[attr-defined]
         "CART_COURSE_TEST_ROLE": role,
     }
     command = [
@@ -100,11 +117,6 @@ def test_every_check_passes_over_every_operation(server: Server, role: str, tmp_
         "1",
         "--output-sanitize",
         "false",
-        # Known gap (issue 21 left open): POST /v1/audit/verify takes a free JSON object whose
-        # checkpoint text no schema can make valid without a signing key; it is tested in
-        # tests/e2e/test_http_ledger.py.
-        "--exclude-path",
-        "/v1/audit/verify",
     ]
     # in a directory of its own: st keeps a cache of its findings (.schemathesis/) where it runs
     run = subprocess.run(

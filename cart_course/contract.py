@@ -170,6 +170,13 @@ def _shown(value: str, limit: int = 40) -> str:
 #: (UTC-12:00 to UTC+14:00 are in use; RFC 3339's syntax allows up to 23:59).
 MIN_YEAR = 1900
 MAX_UTC_OFFSET = dt.timedelta(hours=14)
+#: :data:`TIME_PATTERN` as the schemas state it: with the plausible window above (a year from
+#: 1900, an offset of at most 14:00) and ASCII digits only, so that the document says exactly
+#: which times :func:`parse_time` accepts (its own, looser pattern lets it name what is wrong).
+TIME_SCHEMA_PATTERN = (
+    r"^(19|[2-9][0-9])[0-9]{2}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?"
+    r"(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9]|[+-]14:00)$"
+)
 
 
 def parse_time(value: Any, field: str) -> dt.datetime:

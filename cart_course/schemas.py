@@ -32,7 +32,7 @@ from .contract import (
     ENVELOPE_KEYS,
     MAX_CLOCK_SKEW,
     MAX_VERSION,
-    TIME_PATTERN,
+    TIME_SCHEMA_PATTERN,
     WRITE_ROLES,
 )
 from .protocol import dosing, toxicity
@@ -525,7 +525,7 @@ def command_schema(command: str, registry: Registry = REGISTRY) -> Schema:
         "occurred_at": {
             "type": "string",
             "format": "date-time",
-            "pattern": TIME_PATTERN,
+            "pattern": TIME_SCHEMA_PATTERN,
             "description": "clinical time: when it happened, RFC 3339 (ISO 8601 extended "
             "format) YYYY-MM-DDThh:mm[:ss[.fraction]] with Z or +hh:mm/-hh:mm; not more than "
             "5 minutes in the future",

@@ -35,6 +35,8 @@ schema's description, "Not stated by this schema"):
 13. A checkpoint to verify is signed by a key given (by default the service's own): no schema
     can state a signature, so a generated checkpoint (of the document's pattern) is replaced
     with the one the service signed, and generated public keys with the service's key.
+14. A signature's ``printed_name`` is the name registered with the signer's token (21 CFR
+    11.50): a rule between the body and the token, set to the token's registered name.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ FIRST_RECORDED = os.environ.get("CART_COURSE_TEST_FIRST_RECORDED", "")
 #: A checkpoint the service signed, and the service's public key line.
 CHECKPOINT = os.environ.get("CART_COURSE_TEST_CHECKPOINT", "")
 PUBLIC_KEY = os.environ.get("CART_COURSE_TEST_PUBLIC_KEY", "")
+#: The name registered with the run's token (a signature's printed name).
+SIGNER_NAME = os.environ.get("CART_COURSE_TEST_SIGNER_NAME", "")
 PAST = "2026-01-02T03:04:05Z"
 
 
@@ -152,7 +156,7 @@ def _one_key_one_command(body: dict[str, Any], headers: Any, path: str) -> None:
 
 
 def _payload_rules(body: dict[str, Any]) -> None:
-    """Rules 7-10 (in place)."""
+    """Rules 7-10 and 14 (in place)."""
     payload = body.get("payload")
     if not isinstance(payload, dict):
         return
@@ -172,6 +176,8 @@ def _payload_rules(body: dict[str, Any]) -> None:
         value = cells.get("value")
         if isinstance(value, int | float) and value > 2.5e9:
             cells["value"] = 2.5e9
+    if isinstance(payload.get("printed_name"), str) and SIGNER_NAME:
+        payload["printed_name"] = SIGNER_NAME
     if "assessment" in payload:
         if "clinician_response" not in payload:
             payload["clinician_response"] = "NR"

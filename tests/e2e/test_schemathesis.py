@@ -82,6 +82,12 @@ def test_every_check_passes_over_every_operation(server: Server, role: str, tmp_
         timeout=30,
     )
     assert checkpoint.status_code == 200, checkpoint.text
+    registered = httpx.get(
+        server.url + "/v1/tokens",
+        headers={"Authorization": f"Bearer {server.tokens['admin']}"},
+        timeout=30,
+    ).json()
+    signer = next(t for t in registered if t["role"] == role and t["active"])
     env = {
         **os.environ,
         "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
@@ -91,6 +97,7 @@ def test_every_check_passes_over_every_operation(server: Server, role: str, tmp_
         "CART_COURSE_TEST_CHECKPOINT": checkpoint.text,
         "CART_COURSE_TEST_PUBLIC_KEY": server.public_key,  # type: ignore[attr-defined]
         "CART_COURSE_TEST_ROLE": role,
+        "CART_COURSE_TEST_SIGNER_NAME": signer["name"] or "",
     }
     command = [
         ST,

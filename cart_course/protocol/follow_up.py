@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -31,6 +32,7 @@ from .errors import ContextInputError, FieldProblem, ProtocolInputError
 from .machine import Probe
 from .parameters import ProtocolParameters
 from .payloads import (
+    INSTANT_PATTERN,
     AdverseEventPayload,
     CauseOfDeathPayload,
     FollowUpPayload,
@@ -180,7 +182,8 @@ def _decode(data: Any, struct: type[msgspec.Struct], prefix: str) -> Any:
 
 
 def _instant(value: str, field: str) -> dt.datetime:
-    """An ISO 8601 time with its UTC offset."""
+    """An ISO 8601 time with its UTC offset, written as the contract writes its times
+    (``payloads.INSTANT_PATTERN``, the schemas' pattern)."""
     try:
         when = dt.datetime.fromisoformat(value)
     except ValueError:
@@ -189,6 +192,12 @@ def _instant(value: str, field: str) -> dt.datetime:
         ) from None
     if when.tzinfo is None:
         raise ProtocolInputError(field, f"{value!r} needs its UTC offset (e.g. +01:00 or Z)")
+    if not re.fullmatch(INSTANT_PATTERN, value):
+        raise ProtocolInputError(
+            field,
+            f"{value!r} is not written YYYY-MM-DDThh:mm[:ss[.fraction]] with Z or +hh:mm, "
+            "from 1900 on, with an offset of at most 14 hours (e.g. 2026-03-01T14:30:00+01:00)",
+        )
     return when
 
 

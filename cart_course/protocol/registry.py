@@ -621,7 +621,11 @@ DEFINITIONS: tuple[CommandDef, ...] = (
             {
                 "cause": free_text(500),
                 "cause_of_death": {"$ref": "#/$defs/cause_of_death"},
-                "aware_at": text(200, "when the site became aware (ISO time with offset)"),
+                "aware_at": {
+                    "type": "string",
+                    "pattern": payloads.INSTANT_PATTERN,
+                    "description": "when the site became aware (ISO time with offset)",
+                },
             }
         ),
         examples=examples_of("record_death"),

@@ -359,7 +359,7 @@ Instant: TypeAlias = Annotated[
         min_length=1,
         max_length=200,
         description="an instant with its UTC offset, e.g. 2026-03-01T14:30:00+01:00",
-        extra_json_schema={"pattern": INSTANT_PATTERN},
+        extra_json_schema={"format": "date-time", "pattern": INSTANT_PATTERN},
     ),
 ]
 

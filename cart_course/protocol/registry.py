@@ -623,6 +623,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
                 "cause_of_death": {"$ref": "#/$defs/cause_of_death"},
                 "aware_at": {
                     "type": "string",
+                    "format": "date-time",
                     "pattern": payloads.INSTANT_PATTERN,
                     "description": "when the site became aware (ISO time with offset)",
                 },

@@ -25,6 +25,7 @@ from .encoding import canonical as canonical_json_data
 from .encoding import canonical_reference
 from .errors import InvalidCommandError
 from .protocol.errors import key_name
+from .protocol.payloads import INSTANT_PATTERN
 from .protocol.registry import REGISTRY
 from .protocol.text import free_text_problem
 
@@ -170,6 +171,10 @@ def _shown(value: str, limit: int = 40) -> str:
 #: (UTC-12:00 to UTC+14:00 are in use; RFC 3339's syntax allows up to 23:59).
 MIN_YEAR = 1900
 MAX_UTC_OFFSET = dt.timedelta(hours=14)
+#: :data:`TIME_PATTERN` as the schemas state it: with the plausible window above (a year from
+#: 1900, an offset of at most 14:00) and ASCII digits only, so that the document says exactly
+#: which times :func:`parse_time` accepts (its own, looser pattern lets it name what is wrong).
+TIME_SCHEMA_PATTERN = INSTANT_PATTERN
 
 
 def parse_time(value: Any, field: str) -> dt.datetime:

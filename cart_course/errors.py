@@ -125,8 +125,8 @@ class IdempotencyConflictError(CartCourseError):
 
 
 class IdempotencyKeyOfAnotherActorError(IdempotencyConflictError):
-    """The key (or, without one, the same command) was recorded by another actor: answering it as
-    a duplicate would hand this actor someone else's event as their own."""
+    """The key was recorded by another actor: answering it as a duplicate would hand this actor
+    someone else's event as their own. (Without a key: :class:`SameCommandOfAnotherActorError`.)"""
 
     def __init__(self, key: str, version: int) -> None:
         self.key = key
@@ -140,6 +140,23 @@ class IdempotencyKeyOfAnotherActorError(IdempotencyConflictError):
             self,
             f"{what} was recorded by another actor (as version {version}); a retry must come from "
             "the actor who sent it: use a new key for your own command",
+        )
+
+
+class SameCommandOfAnotherActorError(RecordConflictError):
+    """The same command, sent without an idempotency key (its content is its key), was recorded
+    by another actor. The sender misused no key: the command conflicts with the patient's record
+    (HTTP 409 ``record_conflict``), and is neither recorded twice nor handed back as the sender's
+    own event."""
+
+    def __init__(self, key: str, version: int) -> None:
+        self.key = key
+        self.version = version
+        super().__init__(
+            "idempotency_key",
+            f"the same command was recorded by another actor (as version {version}); it is not "
+            "recorded twice: if yours is a new command, send it with an idempotency key of your "
+            "own",
         )
 
 

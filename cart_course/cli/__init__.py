@@ -20,8 +20,53 @@ from ..errors import CartCourseError, InvalidCommandError, RecordConflictError, 
 from ..protocol.errors import ProtocolInputError
 from .common import Context, echo_json
 
+#: ``cart-course --help`` lists the commands in these sections, in this order (a command not named
+#: here is listed under "Other"). Add a new command's name to its section.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "Start here": ("run", "serve", "demo", "protocol"),
+    "Record": ("record", "ingest"),
+    "Monitor": ("patients", "show", "status", "watch", "views"),
+    "Audit": ("audit", "keys"),
+    "Export": ("export",),
+    "Admin": ("tokens", "new-key"),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+START_HERE = (
+    "Where to start: `cart-course run` records a demo cohort in the default store (on an empty "
+    "store) and lists every patient; `cart-course serve --demo` (or `make run`) serves the "
+    "dashboard and the API and prints a token per role; `cart-course COMMAND --help` tells "
+    "more about each command."
+)
+
+
+class SectionedGroup(click.Group):
+    """A group whose help lists its commands by section (``SECTIONS``), each with its whole
+    first sentence (click's default cuts descriptions to the terminal's width)."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        commands = {
+            name: command
+            for name in self.list_commands(ctx)
+            if (command := self.get_command(ctx, name)) is not None and not command.hidden
+        }
+        placed = {name for names in SECTIONS.values() for name in names}
+        sections = [*SECTIONS.items(), ("Other", tuple(sorted(set(commands) - placed)))]
+        for title, names in sections:
+            rows = [
+                (name, commands[name].get_short_help_str(limit=500))
+                for name in names
+                if name in commands
+            ]
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+@click.group(
+    cls=SectionedGroup,
+    epilog=START_HERE,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "--db",
     default=None,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 import click
@@ -27,7 +29,7 @@ from ..ingest import (
     numbered_lines,
 )
 from ..protocol.registry import REGISTRY
-from ..storage import new_cipher_key
+from ..storage import DEFAULT_DB, new_cipher_key
 from .common import Context, echo_json, pass_context, patient_id_argument, read_json_input
 
 
@@ -69,6 +71,10 @@ def record(ctx: Context, source: str, as_json: bool) -> None:
     )
     for text in result["deviations"]:
         click.echo(f"  deviation: {text}")
+    outcome = result.get("outcome") or {}
+    if outcome.get("eligible") is False and outcome.get("failed_criteria"):
+        failed = outcome["failed_criteria"]
+        click.echo(f"  not eligible: {len(failed)} criteria not met: {', '.join(failed)}")
     if result["allowed_moves"]:
         click.echo(f"  allowed now: {', '.join(result['allowed_moves'])}")
 
@@ -385,6 +391,16 @@ def attempt_of(commands: list[dict[str, Any]], attempt: dict[str, Any]) -> dict[
     )
 
 
+def jsonl_target(name: str) -> str:
+    """Where ``demo --jsonl NAME`` writes: a bare file name under ``var/`` (the directory of the
+    default store, made when missing), a path with a directory as given, ``-`` stdout."""
+    if name == "-" or "/" in name or os.sep in name:  # ./cohort.jsonl is a path: honoured
+        return name
+    var = Path(DEFAULT_DB).parent
+    var.mkdir(parents=True, exist_ok=True)
+    return str(var / name)
+
+
 @click.command()
 @click.option(
     "--patients", "n", default=40, show_default=True, help="Number of synthetic patients."
@@ -392,26 +408,31 @@ def attempt_of(commands: list[dict[str, Any]], attempt: dict[str, Any]) -> dict[
 @click.option("--seed", default=1, show_default=True, help="Random seed (same seed, same cohort).")
 @click.option(
     "--jsonl",
-    type=click.File("w"),
+    metavar="FILE",
+    type=click.Path(dir_okay=False, allow_dash=True),
     default=None,
-    help="Write the commands as JSON Lines to this file instead of recording them.",
+    help="Write the commands as JSON Lines instead of recording them: a bare file name goes "
+    "under var/ (next to the default store), a path with a directory is used as given, - is "
+    "stdout.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @pass_context
-def demo(ctx: Context, n: int, seed: int, jsonl: TextIO | None, as_json: bool) -> None:
+def demo(ctx: Context, n: int, seed: int, jsonl: str | None, as_json: bool) -> None:
     """A synthetic cohort: screen failures, holds, CRS of several grades, PR with extra courses, NR,
     withdrawals, a death, corrections and deviations, all written through the service."""
     if n < 1:
         raise click.BadParameter("must be at least 1", param_hint="--patients")
     if jsonl is not None:
+        target = jsonl_target(jsonl)
         count = 0
-        for command in cohort(n, seed):
-            jsonl.write(json.dumps(command, ensure_ascii=False) + "\n")
-            count += 1
+        with click.open_file(target, "w", encoding="utf-8") as out:
+            for command in cohort(n, seed):
+                out.write(json.dumps(command, ensure_ascii=False) + "\n")
+                count += 1
         if as_json:
-            echo_json({"patients": n, "commands": count})
+            echo_json({"patients": n, "commands": count, "file": target})
             return
-        click.echo(f"wrote {count} commands for {n} patients", err=True)
+        click.echo(f"wrote {count} commands for {n} patients to {target}", err=True)
         return
     counts = record_demo(ctx, n, seed)
     if as_json:

@@ -24,15 +24,22 @@ from ..exports.sdtm import build
 from ..exports.write import FORMATS, write_datasets
 from ..service import CourseService
 from .auth import AUDITORS
+from .params import time_query
 from .problems import problem_responses
 
 Svc = NamedDependency[CourseService]
 AUDIT = {"roles": AUDITORS, "audit": True}
-AsOf = Annotated[str | None, QueryParameter(max_length=40, description="Data cut-off (RFC 3339)")]
+AsOf = Annotated[
+    str | None,
+    time_query(
+        "Data cut-off (RFC 3339): not before the first event was recorded, not in the future "
+        "(default: now)"
+    ),
+]
 
 
 def _cut(service: CourseService, as_of: str | None) -> source.Cut:
-    when = parse_time(as_of, "query.as_of") if as_of else None
+    when = parse_time(as_of, "query.as_of") if as_of is not None else None
     return source.read(service.log, when, field="query.as_of")
 
 

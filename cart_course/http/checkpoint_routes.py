@@ -3,10 +3,12 @@ verification of the log against a checkpoint an auditor holds (``cart_course.led
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
@@ -19,6 +21,7 @@ from ..ledger.store import LedgerStore
 from ..ledger.views import views_problems
 from ..service import CourseService
 from .auth import AUDITORS
+from .common import read_json_object
 from .problems import CheckpointUnavailableError, problem_responses
 
 Svc = NamedDependency[CourseService]
@@ -69,12 +72,62 @@ def get_checkpoint(service: Svc, request: Request[Any, Any, Any]) -> Response[st
     return Response(text, media_type="text/plain; charset=utf-8")
 
 
-def _keys(service: CourseService, data: dict[str, Any]) -> list[PublicKey]:
-    given = data.get("public_keys")
+#: A checkpoint as ``GET /v1/audit/checkpoint`` serves it (``ledger.checkpoint``'s canonical
+#: text: origin, size, root hash, time and position lines, a blank line, Ed25519 signature
+#: lines); whether a key given signed it no schema can say.
+CHECKPOINT_PATTERN = (
+    r"^[^\n]*\n(0|[1-9][0-9]*)\n[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=\n"
+    r"cart-course-time [^\n]+\ncart-course-notification (0|[1-9][0-9]*)\n\n"
+    r"(\u2014 [!-*,-~]+ [A-Za-z0-9+/]{90}[AEIMQUYcgkosw048]=\n)+$"
+)
+#: A public key line as ``cart-course keys generate`` writes it: name+key id+base64 key.
+PUBLIC_KEY_PATTERN = r"^[!-*,-~]+\+[0-9A-Fa-f]{8}\+A[Q-Za-f][A-Za-z0-9+/]{42}$"
+
+
+class VerifyRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of ``POST /v1/audit/verify``."""
+
+    checkpoint: Annotated[
+        str,
+        msgspec.Meta(
+            pattern=CHECKPOINT_PATTERN,
+            description="the checkpoint's text as GET /v1/audit/checkpoint served it (a signed "
+            "note; its signature must verify with one of the keys)",
+        ),
+    ]
+    public_keys: (
+        Annotated[
+            list[Annotated[str, msgspec.Meta(pattern=PUBLIC_KEY_PATTERN)]],
+            msgspec.Meta(
+                min_length=1,
+                description="public key lines (cart-course keys generate); default: the "
+                "service's own key",
+            ),
+        ]
+        | None
+    ) = None
+
+
+def read_verify_request(data: Any) -> VerifyRequest:
+    """The body as a :class:`VerifyRequest`, or ``invalid_command`` naming the field."""
+    try:
+        return msgspec.convert(data, VerifyRequest, strict=True)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).partition(" - at `$")
+        field = where.rstrip("`").lstrip(".") or "(body)"
+        field = re.sub(r"\[(\d+)\]", r".\1", field)
+        missing = message.partition("missing required field `")[2].rstrip("`")
+        unknown = message.partition("unknown field `")[2].rstrip("`")
+        if missing:
+            field, message = missing, "is required: the checkpoint's text you hold"
+        elif unknown:
+            field, message = unknown, "unknown key; allowed keys are: checkpoint, public_keys"
+        raise InvalidCommandError(field, message) from None
+
+
+def _keys(service: CourseService, given: list[str] | None) -> list[PublicKey]:
     if given is None:
         return [service.ledger.key.public_key] if service.ledger is not None else []
-    if not isinstance(given, list) or not all(isinstance(k, str) for k in given):
-        raise InvalidCommandError("public_keys", "a list of public key lines (keys generate)")
     try:
         return parse_public_keys("\n".join(given), "public_keys")
     except KeyFormatError as exc:
@@ -83,7 +136,8 @@ def _keys(service: CourseService, data: dict[str, Any]) -> list[PublicKey]:
 
 @post(
     "/v1/audit/verify",
-    opt={"roles": AUDITORS, "audit": True},
+    opt={"roles": AUDITORS, "audit": True, "body": "verify"},
+    before_request=read_json_object,
     sync_to_thread=True,
     status_code=200,
     responses=problem_responses(),
@@ -91,17 +145,15 @@ def _keys(service: CourseService, data: dict[str, Any]) -> list[PublicKey]:
     tags=["audit"],
 )
 def post_verify(
-    service: Svc, request: Request[Any, Any, Any], data: JSONBody[dict[str, Any]]
+    service: Svc, request: Request[Any, Any, Any], data: JSONBody[VerifyRequest]
 ) -> dict[str, Any]:
     """Body: ``{"checkpoint": "<the checkpoint's text>", "public_keys": ["name+id+key", ...]}``
     (``public_keys`` defaults to the service's own key). Answers the chain verification and the
     ledger's: ``ok`` is false when either found tampering."""
     from ..audit import verify
 
-    text = data.get("checkpoint")
-    if not isinstance(text, str):
-        raise InvalidCommandError("checkpoint", "the checkpoint's text is required")
-    keys = _keys(service, data)
+    text = data.checkpoint
+    keys = _keys(service, data.public_keys)
     with _store(service, request) as store:
         try:
             ledger = verify_checkpoint(service.log, store, text, keys)

@@ -189,6 +189,7 @@ _BODY_WHAT = {
     "command": "the command envelope: " + ", ".join(k for k in ENVELOPE_KEYS if k != "actor"),
     "patient_command": "the command's " + ", ".join(PATIENT_COMMAND_KEYS),
     "token": "the token's actor, role and (optional) name",
+    "verify": "the checkpoint's text and (optional) public_keys",
 }
 
 
@@ -243,6 +244,10 @@ async def read_json_object(request: Request[Any, Any, Any]) -> None:
                 key_name(extra[0]), f"unknown key; allowed keys are: {', '.join(TOKEN_KEYS)}"
             )
         check_actor_role(data.get("actor"), data.get("role"), data.get("name"))  # type: ignore[arg-type]
+    elif kind == "verify":
+        from .checkpoint_routes import read_verify_request
+
+        read_verify_request(data)
     request.state.json_body = data
 
 

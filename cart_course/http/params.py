@@ -17,7 +17,7 @@ from typing import Any, Final
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIType
 from litestar.params import HeaderParameter, ParameterKwarg, PathParameter, QueryParameter
 
-from ..contract import MAX_VERSION, TIME_PATTERN, UNPRINTABLE_CATEGORIES
+from ..contract import MAX_VERSION, TIME_SCHEMA_PATTERN, UNPRINTABLE_CATEGORIES
 from ..protocol.states import State as CourseState
 from ..protocol.versions import VERSIONS
 from ..schemas import SCHEMAS
@@ -132,7 +132,7 @@ def time_query(description: str) -> ParameterKwarg:
     return QueryParameter(
         description=description,
         schema_extra=_documented(
-            type=OpenAPIType.STRING, format=OpenAPIFormat.DATE_TIME, pattern=TIME_PATTERN
+            type=OpenAPIType.STRING, format=OpenAPIFormat.DATE_TIME, pattern=TIME_SCHEMA_PATTERN
         ),
     )
 

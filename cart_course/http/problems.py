@@ -34,6 +34,7 @@ from ..errors import (
     MoveRefused,
     PatientNotFoundError,
     RecordConflictError,
+    SameCommandOfAnotherActorError,
     StoreError,
     VersionConflictError,
 )
@@ -152,6 +153,7 @@ STATUS_OF: dict[type[CartCourseError], int] = {
     CartCourseError: 400,
     InvalidCommandError: 422,
     RecordConflictError: 409,
+    SameCommandOfAnotherActorError: 409,
     IdempotencyConflictError: 422,
     EmptyBodyError: 422,
     MoveRefused: 409,

@@ -262,6 +262,13 @@ def parse_infusion(
         if text is not None:
             norm[key] = text
             facts[key] = text
+    confirm = p.get("confirm_unusual_dose")
+    if confirm is not None:
+        if not isinstance(confirm, bool):
+            raise ProtocolInputError(
+                "payload.confirm_unusual_dose", f"must be true or false, got {confirm!r}"
+            )
+        norm["confirm_unusual_dose"] = facts["confirm_unusual_dose"] = confirm
     return norm, facts
 
 
@@ -459,7 +466,7 @@ def check_resolution_time(
         return  # the rule ``toxicity_is_open`` refuses, naming the open episodes
     onset = dt.datetime.fromisoformat(episode.onset)
     if (onset.tzinfo is None) == (occurred_at.tzinfo is None) and occurred_at < onset:
-        raise ProtocolInputError(
+        raise ContextInputError(
             "payload.toxicity_id",
             f"toxicity {tox_id} began at {episode.onset} (its onset); it cannot have resolved at "
             f"{occurred_at.isoformat()}, before it began: check occurred_at (when it resolved) "

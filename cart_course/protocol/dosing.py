@@ -187,3 +187,61 @@ def within_tolerance(planned: float, delivered: float, tolerance: float) -> bool
 
 def not_above_plan(planned: float, delivered: float, tolerance: float) -> bool:
     return relative_deviation(planned, delivered) <= tolerance + _FLOAT_SLACK
+
+
+# -- a likely unit mix-up (issue 18) --------------------------------------------------------------
+
+#: The keying slips by a power of ten a fraction's count is compared against: 10x, 100x and
+#: 1000x, too many or too few.
+MIX_UP_POWERS = (1, 2, 3)
+
+
+def _sci(number: float) -> str:
+    """3.85e+07 as ``3.85e7``; numbers below 1e4 as they are (``70``)."""
+    text = f"{number:.3g}"
+    return text.replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+
+
+def _share(cells: float, planned: float) -> str:
+    return f"{round(100 * cells / planned)} % of plan"
+
+
+def unit_mix_up(
+    value: float, unit: str, weight_kg: float, planned: float, tolerance: float
+) -> str | None:
+    """The likely mistake behind a fraction's count that is off its plan, or None.
+
+    ``value`` ``unit`` is the count as entered (``cells`` or ``cells/kg``), ``weight_kg`` the
+    course's weight, ``planned`` the fraction's planned cells. A count within ``tolerance`` of the
+    plan is no mistake. Otherwise, in this order, the first reading of the entry that *is* within
+    tolerance names the mistake: the other unit (cells/kg entered as cells: the count times the
+    weight; cells entered as cells/kg: the count itself), then a power of ten (``MIX_UP_POWERS``)
+    too many or too few. A dose off its plan that no such reading explains is None: a deviation
+    like any other."""
+    cells = value * weight_kg if unit == "cells/kg" else value
+    if planned <= 0 or within_tolerance(planned, cells, tolerance):
+        return None
+    if unit == "cells":
+        intended = value * weight_kg
+        if within_tolerance(planned, intended, tolerance):
+            return (
+                f"looks like cells/kg entered as cells: {_sci(value)} x {weight_kg:g} kg = "
+                f"{_sci(intended)} cells would be {_share(intended, planned)} "
+                f"({_sci(value)} cells is {_share(cells, planned)})"
+            )
+    elif within_tolerance(planned, value, tolerance):
+        return (
+            f"looks like cells entered as cells/kg: {_sci(value)} cells/kg x {weight_kg:g} kg = "
+            f"{_sci(cells)} cells is {_share(cells, planned)}; {_sci(value)} cells would be "
+            f"{_share(value, planned)}"
+        )
+    for power in MIX_UP_POWERS:
+        factor = 10.0**power
+        for intended, how in ((cells / factor, "fewer"), (cells * factor, "more")):
+            if within_tolerance(planned, intended, tolerance):
+                return (
+                    f"looks like a power-of-ten slip: {_sci(value)} {unit} ({_sci(cells)} cells) "
+                    f"is {_share(cells, planned)}; {_sci(intended)} cells ({factor:.0f}x {how}) "
+                    f"would be {_share(intended, planned)}"
+                )
+    return None

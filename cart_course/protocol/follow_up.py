@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -31,6 +32,7 @@ from .errors import ContextInputError, FieldProblem, ProtocolInputError
 from .machine import Probe
 from .parameters import ProtocolParameters
 from .payloads import (
+    INSTANT_PATTERN,
     AdverseEventPayload,
     CauseOfDeathPayload,
     FollowUpPayload,
@@ -181,7 +183,8 @@ def _decode(data: Any, struct: type[msgspec.Struct], prefix: str) -> Any:
 
 
 def _instant(value: str, field: str) -> dt.datetime:
-    """An ISO 8601 time with its UTC offset."""
+    """An ISO 8601 time with its UTC offset, written as the contract writes its times
+    (``payloads.INSTANT_PATTERN``, the schemas' pattern)."""
     try:
         when = dt.datetime.fromisoformat(value)
     except ValueError:
@@ -190,6 +193,12 @@ def _instant(value: str, field: str) -> dt.datetime:
         ) from None
     if when.tzinfo is None:
         raise ProtocolInputError(field, f"{value!r} needs its UTC offset (e.g. +01:00 or Z)")
+    if not re.fullmatch(INSTANT_PATTERN, value):
+        raise ProtocolInputError(
+            field,
+            f"{value!r} is not written YYYY-MM-DDThh:mm[:ss[.fraction]] with Z or +hh:mm, "
+            "from 1900 on, with an offset of at most 14 hours (e.g. 2026-03-01T14:30:00+01:00)",
+        )
     return when
 
 
@@ -273,7 +282,9 @@ def toxicity_time(
             onset = recorded
     aware = dt.datetime.fromisoformat(ae["aware_at"])
     if aware < onset:
-        raise ProtocolInputError(
+        # against an onset on record: a conflict with the record (409); else the payload's own
+        error = ContextInputError if onset is not occurred_at else ProtocolInputError
+        raise error(
             "payload.adverse_event.aware_at",
             f"{ae['aware_at']} is before the event's onset ({onset.isoformat()}); the site "
             "becomes aware of an adverse event at or after its onset",
@@ -399,7 +410,7 @@ def sae_report_time(
         return
     aware = dt.datetime.fromisoformat(case["aware_at"])
     if occurred_at < aware:
-        raise ProtocolInputError(
+        raise ContextInputError(
             "occurred_at",
             f"{occurred_at.isoformat()} (when the report was sent) is before the site became "
             f"aware of case {facts['case_id']} ({case['aware_at']}); a report is sent after "
@@ -527,7 +538,7 @@ def follow_up_time(
         return  # the rule follow_up_from_d1 refuses
     start = dt.datetime.fromisoformat(d1)
     if (start.tzinfo is None) == (occurred_at.tzinfo is None) and occurred_at < start:
-        raise ProtocolInputError(
+        raise ContextInputError(
             "occurred_at",
             f"{occurred_at.isoformat()} is before D1 ({d1}); a follow-up visit is after D1",
         )
@@ -536,7 +547,7 @@ def follow_up_time(
         when = dt.datetime.fromisoformat(end[1])
         if (when.tzinfo is None) == (occurred_at.tzinfo is None) and occurred_at > when:
             what = "death" if end[0] == State.DIED else "withdrawal"
-            raise ProtocolInputError(
+            raise ContextInputError(
                 "occurred_at",
                 f"{occurred_at.isoformat()} is after the patient's {what} ({end[1]}): follow-up "
                 f"ends at {what}",

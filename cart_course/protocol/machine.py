@@ -358,16 +358,64 @@ def on_schedule_or_deviation(p: Probe) -> bool:
     return p.schedule_problem() is None or p.has_deviation_reason()
 
 
+def dose_mix_up(
+    facts: Mapping[str, Any],
+    params: ProtocolParameters,
+    *,
+    plan: dosing.CoursePlan | None = None,
+) -> str | None:
+    """The likely unit mix-up behind a fraction's count (``dosing.unit_mix_up``), or None."""
+    cells = facts.get("cells")
+    weight = facts.get("weight_kg")
+    if not isinstance(cells, int | float) or not isinstance(weight, int | float) or weight <= 0:
+        return None
+    dose = facts.get("dose")
+    value, unit = (
+        (dose["value"], dose["unit"])
+        if isinstance(dose, Mapping) and dose.get("unit") in dosing.CELL_UNITS
+        else (cells, "cells")
+    )
+    if plan is None:
+        plan = dosing.plan_course(weight, params)
+    planned = plan.fraction_cells[facts["day"] - 1]
+    return dosing.unit_mix_up(value, unit, weight, planned, params.dose_tolerance)
+
+
+def _unusual_dose_unconfirmed(p: Probe) -> str | None:
+    """The likely unit mix-up of this fraction when the clinician has not confirmed the dose."""
+    if p.facts.get("confirm_unusual_dose") is True:
+        return None
+    weight = p.facts.get("weight_kg")
+    plan = p.course_plan() if isinstance(weight, int | float) and weight > 0 else None
+    return dose_mix_up(p.facts, p.params, plan=plan)
+
+
+def _explain_dose(p: Probe) -> str:
+    problems = "; ".join(p.dose_problems())
+    mix_up = _unusual_dose_unconfirmed(p)
+    if mix_up is not None:
+        return (
+            f"{mix_up}: check the value and its unit and send the fraction again ({problems}); "
+            "a deviation reason alone does not record a likely unit mix-up: if this dose was "
+            "really given, send confirm_unusual_dose: true with a deviation reason"
+        )
+    return problems + "; record a deviation reason to proceed"
+
+
 @rule(
     "the cell count is within tolerance of the planned fraction and the course total not above "
     "plan by more than the tolerance (and, for a bag, of its labelled count), or a deviation "
-    "reason is recorded",
-    lambda p: "; ".join(p.dose_problems()) + "; record a deviation reason to proceed",
+    "reason is recorded; a count that reads as a unit mix-up (cells vs cells/kg, a power of "
+    "ten) also needs confirm_unusual_dose",
+    _explain_dose,
 )
 def dose_within_tolerance_or_deviation(p: Probe) -> bool:
     if p.hypothetical and "cells" not in p.facts:  # payload unknown
         return True
-    return not p.dose_problems() or p.has_deviation_reason()
+    problems = p.dose_problems()
+    if not problems:
+        return True
+    return p.has_deviation_reason() and _unusual_dose_unconfirmed(p) is None
 
 
 @rule(

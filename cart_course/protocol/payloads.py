@@ -366,6 +366,22 @@ AeOutcome: TypeAlias = Literal[
 ]
 Text200: TypeAlias = Annotated[str, Meta(min_length=1, max_length=200)]
 Text2000: TypeAlias = Annotated[str, Meta(min_length=1, max_length=2000)]
+#: An instant as the contract writes its times (RFC 3339, YYYY-MM-DDThh:mm[:ss[.fraction]] with
+#: Z or +hh:mm), within its plausible window: a year from 1900, an offset of at most 14:00.
+INSTANT_PATTERN: Final = (
+    r"^(19|[2-9][0-9])[0-9]{2}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?"
+    r"(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9]|[+-]14:00)$"
+)
+#: (The parser checks the pattern, with a clinical message: ``follow_up._instant``.)
+Instant: TypeAlias = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=200,
+        description="an instant with its UTC offset, e.g. 2026-03-01T14:30:00+01:00",
+        extra_json_schema={"format": "date-time", "pattern": INSTANT_PATTERN},
+    ),
+]
 
 
 class AdverseEventPayload(_Payload, frozen=True):
@@ -376,7 +392,7 @@ class AdverseEventPayload(_Payload, frozen=True):
     seriousness: list[SeriousnessCriterion] = []
     expected: bool | UnsetType = UNSET
     outcome: AeOutcome | UnsetType = UNSET
-    aware_at: Text200 | UnsetType = UNSET
+    aware_at: Instant | UnsetType = UNSET
 
 
 class SaeReportPayload(_Payload, frozen=True):

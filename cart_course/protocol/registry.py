@@ -34,7 +34,7 @@ from . import building_blocks as blocks
 from . import follow_up, payloads, pre_infusion, product, product_commands, response
 from .building_blocks import ContextBuilder, OutcomeBuilder, PayloadParser, TimeCheck
 from .machine import TRANSITIONS
-from .schema_parts import BOOL, EMPTY, Schema, obj, text
+from .schema_parts import BOOL, EMPTY, Schema, free_text, obj, text
 from .signatures import MILESTONES, SIGNATURE_KEYS, SIGNATURE_MEANINGS
 from .states import State
 
@@ -300,8 +300,15 @@ _INFUSION_SCHEMA = obj(
         },
         "cells": {"$ref": "#/$defs/cells"},
         "weight": {"$ref": "#/$defs/weight"},
-        "product_lot": text(2000),
-        "deviation_reason": text(2000, "why a deviation from the plan (dose, day) is accepted"),
+        "product_lot": free_text(2000),
+        "deviation_reason": free_text(
+            2000, "why a deviation from the plan (dose, day) is accepted"
+        ),
+        "confirm_unusual_dose": {
+            "type": "boolean",
+            "description": "true: the clinician confirms a count that reads as a unit mix-up "
+            "(cells vs cells/kg, a power of ten) was really given (with a deviation reason)",
+        },
         "bag_id": text(
             200, "the bag infused: a bag of this patient's released lot for this fraction"
         ),
@@ -331,10 +338,26 @@ _DIN = {
     "type": "string",
     "minLength": 14,
     "maxLength": 20,
+    # facility code 5 letters/digits, 2-digit year, 6-digit sequence, check character (spaces
+    # anywhere); that the check character is the right one no pattern states
+    "pattern": r"^ *([A-Za-z0-9] *){5}([0-9] *){8}[A-Za-z0-9*] *$",
     "description": "ISBT 128 donation identification number: 13 characters and its ISO 7064 MOD "
-    "37-2 check character (spaces ignored)",
+    "37-2 check character (spaces ignored). Not stated by this schema: the check character "
+    "is the one ISO 7064 MOD 37-2 computes",
 }
 _COLLECTION_ID = text(200, "the site's own collection id (when it does not use ISBT 128)")
+#: A collection is named by its DIN or by the site's id, never both (``product.parse_collection``).
+#: The example (a course whose product is not tracked) lets a generator that starts from "every
+#: property" (schemathesis's coverage phase) find a valid payload.
+_ONE_COLLECTION_ID: Schema = {
+    "not": {"required": ["din", "collection_id"]},
+    "examples": [{"apheresis_contraindication": False}],
+}
+#: A new apheresis names its collection (``product.parse_repeat_apheresis``): one of the two.
+_EXACTLY_ONE_COLLECTION_ID: Schema = {
+    "oneOf": [{"required": ["din"]}, {"required": ["collection_id"]}],
+    "examples": [{"apheresis_contraindication": False, "collection_id": "COL-2"}],
+}
 _INFUSION_SCHEMA["if"] = {"properties": {"day": {"const": 1}}}
 _INFUSION_SCHEMA["then"] = {"required": ["weight"]}
 _INFUSION_SCHEMA["else"] = {"not": {"required": ["weight"]}}
@@ -392,12 +415,13 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         payload_schema=obj(
             {
                 "apheresis_contraindication": BOOL,
-                "product_id": text(200, "the collected product's id (lot)"),
+                "product_id": free_text(200, "the collected product's id (lot)"),
                 "din": _DIN,
                 "collection_id": _COLLECTION_ID,
             },
             ("apheresis_contraindication",),
-        ),
+        )
+        | _ONE_COLLECTION_ID,
         examples=examples_of("record_apheresis"),
         next_in=(_S.SCREENED,),
     ),
@@ -439,7 +463,8 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         payload_schema=obj(
             {"apheresis_contraindication": BOOL, "din": _DIN, "collection_id": _COLLECTION_ID},
             ("apheresis_contraindication",),
-        ),
+        )
+        | _EXACTLY_ONE_COLLECTION_ID,
         examples=examples_of("repeat_apheresis"),
     ),
     CommandDef(
@@ -469,6 +494,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
             "deviation_reason",
             *product.BEDSIDE_KEYS,
             "pre_infusion",
+            "confirm_unusual_dose",
         ),
         parse=pre_infusion.parse_infusion_observations(product_commands.parse_infusion),
         outcome=pre_infusion.with_gate_outcome(blocks.infusion_outcome),
@@ -517,7 +543,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         payload_schema=obj(
             {
                 "toxicity": {"$ref": "#/$defs/toxicity"},
-                "toxicity_id": text(
+                "toxicity_id": free_text(
                     100, "the open episode this updates; leave out for a new episode"
                 ),
                 "adverse_event": {
@@ -539,7 +565,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         parse=blocks.parse_resolution,
         check_time=blocks.resolution_time,
         episode=True,
-        payload_schema=obj({"toxicity_id": text(100)}, ("toxicity_id",)),
+        payload_schema=obj({"toxicity_id": free_text(100)}, ("toxicity_id",)),
         examples=examples_of("resolve_toxicity"),
     ),
     CommandDef(
@@ -632,9 +658,14 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         outcome=follow_up.death_outcome,
         payload_schema=obj(
             {
-                "cause": text(500),
+                "cause": free_text(500),
                 "cause_of_death": {"$ref": "#/$defs/cause_of_death"},
-                "aware_at": text(200, "when the site became aware (ISO time with offset)"),
+                "aware_at": {
+                    "type": "string",
+                    "format": "date-time",
+                    "pattern": payloads.INSTANT_PATTERN,
+                    "description": "when the site became aware (ISO time with offset)",
+                },
             }
         ),
         examples=examples_of("record_death"),

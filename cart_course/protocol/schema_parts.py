@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from .text import FREE_TEXT_PATTERN
+
 Schema = dict[str, Any]
 
 
@@ -17,6 +19,12 @@ def text(max_len: int, description: str = "") -> Schema:
     if description:
         schema["description"] = description
     return schema
+
+
+def free_text(max_len: int, description: str = "") -> Schema:
+    """:func:`text` that is free text (``text.free_text_problem``): no control character but
+    line feed and tab, no line separator, no bidirectional control."""
+    return {**text(max_len, description), "pattern": FREE_TEXT_PATTERN}
 
 
 def nullable(schema: Schema) -> Schema:

@@ -37,3 +37,11 @@ def free_text_problem(value: str) -> str | None:
                 f"position {i}; free text may hold printable characters, line feeds and tabs"
             )
     return None
+
+
+#: The characters :func:`free_text_problem` refuses, as a regex character class body of
+#: ``\uXXXX`` ranges (read alike by Python, Rust and ECMAScript): control characters but line
+#: feed and tab, U+2028/U+2029, the bidirectional controls.
+FREE_TEXT_REFUSED = r"\u0000-\u0008\u000B-\u001F\u007F-\u009F\u061C\u2028-\u202E\u2066-\u2069"
+#: Free text as a JSON Schema pattern: not blank, nothing :func:`free_text_problem` refuses.
+FREE_TEXT_PATTERN = f"^[^{FREE_TEXT_REFUSED}]*[^{FREE_TEXT_REFUSED}\\s][^{FREE_TEXT_REFUSED}]*$"

@@ -30,7 +30,18 @@ schema's description, "Not stated by this schema"):
     response with a reason: a ``clinician_response`` ("NR") and a reason are added when absent.
 11. An idempotency key names one command: a key sent again with a different command is an
     ``idempotency_conflict`` (422, as the IETF Idempotency-Key draft says). The generated key
-    (body and header) gets the digest of the command appended, so one key is one command.
+    (body and header) gets the digest of the command, its path's parameters and the role
+    appended, so one key is one command of one role. Rules 3 and 7-15 change positive cases
+    only: a negative case changed is judged again by schemathesis (and rule 3 once turned a
+    negative case into a valid one, recorded with its key as generated).
+12. A data cut-off (``as_of`` of the CDISC exports) is not before the first event was recorded
+    nor in the future: a generated one outside is moved to the first event's record time.
+13. A checkpoint to verify is signed by a key given (by default the service's own): no schema
+    can state a signature, so a generated checkpoint (of the document's pattern) is replaced
+    with the one the service signed, and generated public keys with the service's key.
+14. A signature's ``printed_name`` is the name registered with the signer's token (21 CFR
+    11.50): a rule between the body and the token, set to the token's registered name.
+15. A DIN's last character is its ISO 7064 MOD 37-2 check character: recomputed.
 """
 
 from __future__ import annotations
@@ -44,8 +55,17 @@ from typing import Any
 
 import schemathesis
 
+from cart_course.protocol.product import din_check_character
+
 #: The log's last position when the run starts (it only grows).
 LAST_POSITION = int(os.environ.get("CART_COURSE_TEST_LAST_POSITION", "0"))
+#: When the log's first event was recorded (RFC 3339).
+FIRST_RECORDED = os.environ.get("CART_COURSE_TEST_FIRST_RECORDED", "")
+#: A checkpoint the service signed, and the service's public key line.
+CHECKPOINT = os.environ.get("CART_COURSE_TEST_CHECKPOINT", "")
+PUBLIC_KEY = os.environ.get("CART_COURSE_TEST_PUBLIC_KEY", "")
+#: The name registered with the run's token (a signature's printed name).
+SIGNER_NAME = os.environ.get("CART_COURSE_TEST_SIGNER_NAME", "")
 PAST = "2026-01-02T03:04:05Z"
 
 
@@ -59,16 +79,24 @@ def _integers(value: Any) -> Any:
     return value
 
 
-def _in_the_future(value: Any) -> bool:
+def _time(value: Any) -> dt.datetime | None:
+    """An RFC 3339 time with its offset, or None."""
     if not isinstance(value, str):
-        return False
+        return None
     try:
         when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        return False
-    if when.tzinfo is None:
-        return False
-    return when > dt.datetime.now(dt.UTC)
+        return None
+    return when if when.tzinfo is not None else None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _in_the_future(value: Any) -> bool:
+    when = _time(value)
+    return when is not None and when > _now()
 
 
 def _pairs(a: Any, b: Any) -> list[tuple[Any, Any]]:
@@ -112,30 +140,37 @@ def _positive(case: Any) -> bool:
     return mode is None or not getattr(mode, "is_negative", False)
 
 
-def _one_key_one_command(body: dict[str, Any], headers: Any, path: str) -> None:
-    """Rule 11 (in place)."""
+def _valid_key(value: Any) -> bool:
+    """A key as the document states it (1-200 characters, not blank): rewritten, it stays one."""
+    return isinstance(value, str) and 0 < len(value) <= 200 and bool(value.strip())
+
+
+def _one_key_one_command(
+    body: dict[str, Any], headers: Any, path: str, path_parameters: Any
+) -> None:
+    """Rule 11 (in place). The digest holds the path's parameters (the patient of a
+    per-patient route) and the role: every role's run shares one server, and a key of another
+    actor is a conflict (issue 14), not a retry."""
     content = {k: v for k, v in body.items() if k != "idempotency_key"}
     digest = hashlib.sha256(
-        # the role too: every role's run shares one server, and a key of another actor is a
-        # conflict (issue 14), not a retry
         json.dumps(
-            [path, content, os.environ.get("CART_COURSE_TEST_ROLE", "")],
+            [path, path_parameters, content, os.environ.get("CART_COURSE_TEST_ROLE", "")],
             sort_keys=True,
             default=str,
         ).encode()
     ).hexdigest()[:12]
     key = body.get("idempotency_key")
-    if isinstance(key, str) and key.strip():
+    if _valid_key(key) and not key.endswith(f"-{digest}"):  # (a case sent again: once)
         body["idempotency_key"] = f"{key[:150]}-{digest}"
     if isinstance(headers, MutableMapping):
         name = _header(dict(headers), "Idempotency-Key")
         value = headers.get(name) if name is not None else None
-        if name is not None and isinstance(value, str) and value.strip():
+        if name is not None and _valid_key(value) and not value.endswith(f"-{digest}"):
             headers[name] = f"{value[:150]}-{digest}"
 
 
 def _payload_rules(body: dict[str, Any]) -> None:
-    """Rules 7-10 (in place)."""
+    """Rules 7-10, 14 and 15 (in place)."""
     payload = body.get("payload")
     if not isinstance(payload, dict):
         return
@@ -157,11 +192,27 @@ def _payload_rules(body: dict[str, Any]) -> None:
         value = cells.get("value")
         if isinstance(value, int | float) and value > 2.5e9:
             cells["value"] = 2.5e9
+    din = payload.get("din")
+    if isinstance(din, str):
+        compact = din.replace(" ", "").upper()
+        if len(compact) == 14 and compact[:13].isascii() and compact[:13].isalnum():
+            payload["din"] = compact[:13] + din_check_character(compact[:13])
+    if isinstance(payload.get("printed_name"), str) and SIGNER_NAME:
+        payload["printed_name"] = SIGNER_NAME
     if "assessment" in payload:
         if "clinician_response" not in payload:
             payload["clinician_response"] = "NR"
         if not isinstance(body.get("reason"), str) or not body["reason"].strip():
             body["reason"] = "assessed by the clinician"
+
+
+def _signed_checkpoint(body: dict[str, Any]) -> None:
+    """Rule 13 (in place)."""
+    if isinstance(body.get("checkpoint"), str) and CHECKPOINT:
+        body["checkpoint"] = CHECKPOINT
+    keys = body.get("public_keys")
+    if isinstance(keys, list) and keys and PUBLIC_KEY:
+        body["public_keys"] = [PUBLIC_KEY for _ in keys]
 
 
 @schemathesis.hook
@@ -174,12 +225,17 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
             fixed["occurred_at"] = PAST
         if isinstance(fixed, dict) and _positive(case):
             _payload_rules(fixed)
-            _one_key_one_command(fixed, case.headers, path)
+            if path == "/v1/audit/verify":
+                _signed_checkpoint(fixed)
+            _one_key_one_command(fixed, case.headers, path, case.path_parameters)
         if fixed != body or any(type(a) is not type(b) for a, b in _pairs(fixed, body)):
             case.body = fixed
         body = fixed
     headers = case.headers if isinstance(case.headers, MutableMapping) else None
-    if headers is not None and isinstance(body, dict):
+    # Rule 3 on positive cases only: dropping a header of a negative case made it a valid one,
+    # which was then recorded with its generated key as it was ("0", the same in every role's
+    # run: the clinician's run then met the service's key, issue 21)
+    if headers is not None and isinstance(body, dict) and _positive(case):
         key = _header(headers, "If-Match")
         if key is not None:
             header_version = _version_of(headers[key])
@@ -212,6 +268,12 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         and "after" in query
     ):
         del query["after"]
+    cutoff = query.get("as_of")
+    if path.startswith("/v1/exports/") and isinstance(cutoff, str) and FIRST_RECORDED:
+        when = _time(cutoff)
+        first = _time(FIRST_RECORDED)
+        if when is not None and first is not None and not first <= when <= _now():
+            query["as_of"] = FIRST_RECORDED
     if path == "/v1/events/stream":
         query["after"] = 0
         max_events = _number(query.get("max_events"))

@@ -25,10 +25,10 @@ def printed_tokens(banner: str) -> dict[str, str]:
 
 
 class Server:
-    def __init__(self, db: str, port: int, *args: str) -> None:
+    def __init__(self, db: str, port: int, *args: str, env: dict[str, str] | None = None) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.tokens: dict[str, str] = {}
-        env = {**os.environ, "CART_COURSE_DB": db}
+        env = {**os.environ, **(env or {}), "CART_COURSE_DB": db}
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"cart-course-serve-{port}.log"
         self.proc = subprocess.Popen(
             [CLI, "serve", "--host", "127.0.0.1", "--port", str(port), *args],

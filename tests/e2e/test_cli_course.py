@@ -230,6 +230,41 @@ def test_record_json_prints_a_rejection_as_its_json_body(db: Path) -> None:
     assert json.loads(run(db, "show", "CLI-1", "--json").stdout)["version"] == 2  # nothing new
 
 
+def test_demo_jsonl_with_a_bare_name_writes_under_var_and_a_path_where_it_says(
+    tmp_path: Path,
+) -> None:
+    """``demo --jsonl cohort.jsonl`` run from a clone writes var/cohort.jsonl (next to the default
+    store, which the .gitignore keeps out), not into the repository's root."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CART_COURSE_")}
+
+    def demo(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CLI, "demo", "--patients", "2", *args],
+            capture_output=True,
+            text=True,
+            env=environ,
+            cwd=tmp_path,
+            timeout=120,
+            check=False,
+        )
+
+    bare = demo("--jsonl", "cohort.jsonl")
+    assert bare.returncode == 0, bare.stderr
+    assert not (tmp_path / "cohort.jsonl").exists()
+    written = (tmp_path / "var" / "cohort.jsonl").read_text().splitlines()
+    assert f"wrote {len(written)} commands for 2 patients to var/cohort.jsonl" in bare.stderr
+    assert json.loads(written[0])["command"] == "screen"
+
+    explicit = demo("--jsonl", "./here.jsonl", "--json")
+    assert explicit.returncode == 0, explicit.stderr
+    assert json.loads(explicit.stdout)["file"] == "./here.jsonl"
+    assert (tmp_path / "here.jsonl").read_text().splitlines() == written
+    elsewhere = tmp_path / "out" / "c.jsonl"
+    elsewhere.parent.mkdir()
+    assert demo("--jsonl", str(elsewhere)).returncode == 0
+    assert elsewhere.read_text().splitlines() == written
+
+
 def test_ingest_reports_rejected_lines_and_records_nothing_new_the_second_time(
     db: Path, tmp_path: Path
 ) -> None:

@@ -3,8 +3,9 @@ would check it: schemathesis's own command line (``st run``) against a real ``ca
 with **every** check (``--checks all``: no server error, status codes, content types, response
 headers and schemas, positive data accepted, negative data rejected, missing headers,
 unsupported methods and ``Allow``, authentication ignored or not ...), over **every** operation
-of ``/schema/openapi.json`` (the event stream included), once per role, with a fixed seed and a
-bounded number of examples. Any finding fails the test, with schemathesis's report.
+of ``/schema/openapi.json`` (the event stream and ``POST /v1/audit/verify`` included: the server
+has a signing key), once per role, with a fixed seed and a bounded number of examples. Any
+finding fails the test, with schemathesis's report; no role is expected to fail.
 
 ``schemathesis.toml`` sets the statuses a schema-valid request may meet for what the server
 holds (404, 409, 412) and ``schemathesis_hooks.py`` keeps the generated requests to the rules the
@@ -24,6 +25,7 @@ import pytest
 from http_support import free_port
 from server_support import Server
 
+from cart_course.keys import generate, write_key_pair
 from cart_course.tokens import ROLES
 
 HERE = Path(__file__).resolve().parent
@@ -34,20 +36,18 @@ SEED = 21
 MAX_EXAMPLES = 8
 
 
-#: Findings left open (issue 21): the document is still looser than the server here. Strict: the
-#: mark must go as soon as the role's run passes.
-KNOWN_GAPS = {
-    "service": "repeat_apheresis: din and collection_id are mutually exclusive; the schema allows both",
-    "clinician": "a generated idempotency key recorded by the service role is another actor's "
-    "(422 idempotency_conflict) on the shared server",
-    "auditor": "the CDISC export routes' as_of query parameter carries no date-time pattern",
-}
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    db = tmp_path_factory.mktemp("schemathesis") / "st.sqlite"
-    s = Server(str(db), free_port(), "--demo")  # a demo cohort and a demo token per role
+    here = tmp_path_factory.mktemp("schemathesis")
+    private, public = write_key_pair(generate("st-key"), here / "keys")
+    # a demo cohort and a demo token per role; a signing key: checkpoints to verify
+    s = Server(
+        str(here / "st.sqlite"),
+        free_port(),
+        "--demo",
+        env={"CART_COURSE_SIGNING_KEY": str(private)},
+    )
+    s.public_key = public.read_text().strip()  # type: ignore[attr-defined]
     try:
         yield s
     finally:
@@ -55,28 +55,37 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize(
-    "role",
-    [
-        pytest.param(role, marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[role]))
-        if role in KNOWN_GAPS
-        else role
-        for role in ROLES
-    ],
-)
+@pytest.mark.parametrize("role", ROLES)
 def test_every_check_passes_over_every_operation(server: Server, role: str, tmp_path: Path) -> None:
     token = server.tokens[role]
-    last = httpx.get(
+    feed = httpx.get(
         server.url + "/v1/events?limit=1",
         headers={"Authorization": f"Bearer {server.tokens['monitor']}"},
         timeout=30,
-    ).json()["last_position"]
+    ).json()
+    first = feed["events"][0]["recorded_at"]  # the log's first event (a page starts after 0)
+    checkpoint = httpx.get(
+        server.url + "/v1/audit/checkpoint",
+        headers={"Authorization": f"Bearer {server.tokens['auditor']}"},
+        timeout=30,
+    )
+    assert checkpoint.status_code == 200, checkpoint.text
+    registered = httpx.get(
+        server.url + "/v1/tokens",
+        headers={"Authorization": f"Bearer {server.tokens['admin']}"},
+        timeout=30,
+    ).json()
+    signer = next(t for t in registered if t["role"] == role and t["active"])
     env = {
         **os.environ,
         "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
-        "CART_COURSE_TEST_LAST_POSITION": str(last),
+        "CART_COURSE_TEST_LAST_POSITION": str(feed["last_position"]),
+        "CART_COURSE_TEST_FIRST_RECORDED": first,
+        "CART_COURSE_TEST_CHECKPOINT": checkpoint.text,
+        "CART_COURSE_TEST_PUBLIC_KEY": server.public_key,  # type: ignore[attr-defined]
         "CART_COURSE_TEST_ROLE": role,
+        "CART_COURSE_TEST_SIGNER_NAME": signer["name"] or "",
     }
     command = [
         ST,
@@ -103,11 +112,6 @@ def test_every_check_passes_over_every_operation(server: Server, role: str, tmp_
         "1",
         "--output-sanitize",
         "false",
-        # Known gap (issue 21 left open): POST /v1/audit/verify takes a free JSON object whose
-        # checkpoint text no schema can make valid without a signing key; it is tested in
-        # tests/e2e/test_http_ledger.py.
-        "--exclude-path",
-        "/v1/audit/verify",
     ]
     # in a directory of its own: st keeps a cache of its findings (.schemathesis/) where it runs
     run = subprocess.run(

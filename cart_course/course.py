@@ -181,6 +181,8 @@ class PatientCourse(Aggregate):
 
     class DeathRecorded(Moved): ...
 
+    class SiteTransferred(Moved): ...
+
     class FactCorrected(Aggregate.Event):
         """A recorded fact re-stated: names the event it corrects; nothing is overwritten."""
 

@@ -29,6 +29,7 @@ from ..storage import StoreSettings
 from ..tokens import TokenStore, open_token_store
 from . import admin, checkpoint_routes, commands, extras, ops, patients
 from . import product as product_routes
+from . import sites_routes
 from .auth import token_guard
 from .common import BEARER, DEPENDENCIES, JSONRequest, check_query
 from .feed import PatientIndex
@@ -56,6 +57,7 @@ ROUTES: list[Any] = [
     ops.metrics,
     ops.dashboard,
     *product_routes.ROUTES,
+    *sites_routes.ROUTES,
 ]
 
 
@@ -68,6 +70,12 @@ def create_app(
     on_shutdown: list[Any] | None = None,
 ) -> Litestar:
     """The HTTP application over ``service``; ``tokens`` maps bearer tokens to actors."""
+    # screen and transfer_site check the trial's sites (issue 17), kept with the tokens
+    if service.sites is not tokens.sites:
+        close_sites = getattr(service.sites, "close", None)
+        if close_sites is not None:
+            close_sites()
+        service.sites = tokens.sites
     state = State(
         {
             "service": service,

@@ -19,8 +19,10 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 
+from ..access import ScopedService, sites_of
 from ..contract import MAX_VERSION, parse_patient_id, parse_time
-from ..errors import InvalidCommandError
+from ..errors import ForbiddenError, InvalidCommandError
+from ..sites import UnknownSiteError, parse_site_id
 from ..protocol.states import State as CourseState
 from ..protocol.versions import get_version
 from ..service import CourseService
@@ -151,7 +153,9 @@ def get_verify(service: Svc) -> dict[str, Any]:
 
 
 def _check_patient(service: CourseService, patient_id: str | None) -> None:
-    if patient_id is not None:
+    if patient_id is not None and isinstance(service, ScopedService):
+        service.record(parse_patient_id(patient_id, "query.patient_id"))  # as not on record
+    elif patient_id is not None:
         from ..audit import patient_events
 
         patient_events(service.log, parse_patient_id(patient_id, "query.patient_id"))
@@ -289,6 +293,33 @@ def _views(request: Request[Any, Any, Any]) -> ViewsAccess:
 
 
 WaitFor = Annotated[int | None, position_query("Answer once the views reached this position")]
+SiteFilter = Annotated[
+    str | None,
+    QueryParameter(
+        max_length=16,
+        description="Only the patients of this site (issue 17; see GET /v1/sites); a "
+        "site-limited token: one of its sites",
+    ),
+]
+
+
+def view_sites(request: Request[Any, Any, Any], service: Any, site: str | None) -> Any:
+    """The sites a view is limited to: the token's (a site-limited token), narrowed to ``site``
+    when one is asked (another site than the token's: 403; an unknown site: 422). None: all."""
+    scope = sites_of(service)
+    if site is None:
+        return scope
+    site = parse_site_id(site, "query.site")
+    if scope is not None and site not in scope:
+        raise ForbiddenError(
+            f"this token is limited to site(s) {', '.join(sorted(scope))}; it may not read "
+            f"site {site!r}"
+        )
+    store = request.app.state.tokens.sites
+    if site not in store.known_ids():
+        raise UnknownSiteError("query.site", f"{site!r} is not a site of this trial; sites: "
+                               f"{store.describe_known()}")
+    return frozenset({site})
 
 
 @get(
@@ -301,7 +332,9 @@ WaitFor = Annotated[int | None, position_query("Answer once the views reached th
 )
 def get_board(
     request: Request[Any, Any, Any],
+    service: Svc,
     state_filter: Annotated[str | None, state_query()] = None,
+    site: SiteFilter = None,
     overdue: FromQuery[bool] = False,
     toxicity: FromQuery[bool] = False,
     limit: Annotated[int | None, integer_query(1, MAX_BOARD_PAGE)] = None,
@@ -322,6 +355,7 @@ def get_board(
         raise InvalidCommandError(
             "query.state", f"{state_filter!r} is not a state; states: {', '.join(STATES)}"
         )
+    sites = view_sites(request, service, site)
     start: str | tuple[str, str] | None = after
     if after is not None and after.startswith(CURSOR_MARK):
         start = _read_cursor(after)
@@ -330,7 +364,13 @@ def get_board(
         db = access.fresh(wait_for)
         try:
             rows = queries.board(
-                db, state=state_filter, overdue=overdue, toxicity=toxicity, limit=limit, after=start
+                db,
+                state=state_filter,
+                overdue=overdue,
+                toxicity=toxicity,
+                limit=limit,
+                after=start,
+                sites=sites,
             )
         except queries.UnknownPageStart as exc:
             raise InvalidCommandError(
@@ -380,13 +420,14 @@ def _read_cursor(text: str) -> tuple[str, str]:
     tags=["views"],
 )
 def get_watchlist(
-    request: Request[Any, Any, Any], wait_for: WaitFor = None
+    request: Request[Any, Any, Any], service: Svc, site: SiteFilter = None, wait_for: WaitFor = None
 ) -> list[dict[str, Any]]:
     from ..views import queries
 
+    sites = view_sites(request, service, site)
     access = _views(request)
     with access.lock:
-        return queries.watchlist(access.fresh(wait_for))
+        return queries.watchlist(access.fresh(wait_for), sites=sites)
 
 
 @get(
@@ -397,12 +438,54 @@ def get_watchlist(
     summary="Cohort counts by state, response and course number",
     tags=["views"],
 )
-def get_counts(request: Request[Any, Any, Any], wait_for: WaitFor = None) -> dict[str, Any]:
+def get_counts(
+    request: Request[Any, Any, Any], service: Svc, site: SiteFilter = None, wait_for: WaitFor = None
+) -> dict[str, Any]:
     from ..views import queries
 
+    sites = view_sites(request, service, site)
     access = _views(request)
     with access.lock:
-        return queries.cohort(access.fresh(wait_for))
+        return queries.cohort(access.fresh(wait_for), sites=sites)
+
+
+@get(
+    "/v1/counts/sites",
+    opt={"roles": VIEWERS},
+    sync_to_thread=True,
+    responses=problem_responses(504),
+    summary="Per site: patients, overdue next actions, open data queries and their median age",
+    tags=["views"],
+)
+def get_site_counts(
+    request: Request[Any, Any, Any], service: Svc, wait_for: WaitFor = None
+) -> dict[str, Any]:
+    """Every site of the trial (a site-limited token: its sites), with the patients recorded
+    before sites under S00. ``open_queries`` and ``median_query_age_days`` are null until the
+    trial records data queries."""
+    from ..views import queries
+
+    scope = sites_of(service)
+    access = _views(request)
+    with access.lock:
+        counts = queries.site_counts(access.fresh(wait_for), sites=scope)
+    store = request.app.state.tokens.sites
+    out: dict[str, Any] = {}
+    for s in store.list():
+        if scope is None or s.id in scope:
+            out[s.id] = {"name": s.name, "time_zone": s.time_zone, "active": s.active,
+                         **counts.pop(s.id, _EMPTY_SITE)}
+    for site_id, row in counts.items():  # S00, or a site no longer in the table
+        out[site_id] = {"name": None, "time_zone": None, "active": None, **row}
+    return out
+
+
+_EMPTY_SITE = {
+    "patients": 0,
+    "overdue_actions": 0,
+    "open_queries": None,
+    "median_query_age_days": None,
+}
 
 
 @get(
@@ -417,17 +500,19 @@ def get_deviations(
     request: Request[Any, Any, Any],
     service: Svc,
     patient_id: Annotated[str | None, patient_id_query()] = None,
+    site: SiteFilter = None,
     wait_for: WaitFor = None,
 ) -> list[dict[str, Any]]:
     from ..views import queries
 
     _check_patient(service, patient_id)  # an unknown patient is 404, as on the exports
+    sites = view_sites(request, service, site)
     access = _views(request)
     with access.lock:
-        return queries.deviations(access.fresh(wait_for), patient_id)
+        return queries.deviations(access.fresh(wait_for), patient_id, sites=sites)
 
 
-VIEW_ROUTES = [get_board, get_watchlist, get_counts, get_deviations]
+VIEW_ROUTES = [get_board, get_watchlist, get_counts, get_site_counts, get_deviations]
 
 
 def views_metrics(state: State) -> str:

@@ -38,6 +38,8 @@ from ..errors import (
     VersionConflictError,
 )
 from ..ingest import IngestAborted
+from ..service import PatientIdTakenError
+from ..sites import SiteNotFoundError
 from ..tokens import TokenNotFoundError
 from ..views.runner import ViewsDifferError, ViewsTimeoutError
 
@@ -158,6 +160,8 @@ STATUS_OF: dict[type[CartCourseError], int] = {
     VersionConflictError: 412,
     PreconditionFailedError: 412,
     PatientNotFoundError: 404,
+    PatientIdTakenError: 409,
+    SiteNotFoundError: 404,
     TokenNotFoundError: 404,
     ProductNotFoundError: 404,
     CheckpointUnavailableError: 404,

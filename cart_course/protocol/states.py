@@ -65,6 +65,8 @@ class Trigger(StrEnum):
     RECORD_FOLLOW_UP = "record_follow_up"
     RECORD_MISSED_VISIT = "record_missed_visit"
     RECORD_SAE_REPORT = "record_sae_report"
+    # a multi-site trial (issue 17)
+    TRANSFER_SITE = "transfer_site"
 
 
 INFUSION_TRIGGERS: dict[Trigger, int] = {

@@ -54,6 +54,8 @@ BOARD_COLUMNS: tuple[str, ...] = (
     "product_collected_on",
     "vein_to_vein_days",
     "manufacturing_failures",
+    # a multi-site trial (issue 17): the patient's site now (indexed: the board by site)
+    "site",
 )
 TOXICITY_COLUMNS: tuple[str, ...] = (
     "patient_id",
@@ -292,6 +294,7 @@ def board_row(
         position,
         overdue,
         *product_columns(record),
+        record.site,
     )
 
 

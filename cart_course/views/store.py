@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS view_board (
   product_status TEXT,
   product_collected_on TEXT,
   vein_to_vein_days INTEGER,
-  manufacturing_failures INTEGER NOT NULL DEFAULT 0
+  manufacturing_failures INTEGER NOT NULL DEFAULT 0,
+  site TEXT NOT NULL DEFAULT 'S00'
 );
 CREATE UNIQUE INDEX IF NOT EXISTS view_board_stream ON view_board (stream_id);
 CREATE INDEX IF NOT EXISTS view_board_state ON view_board (state, patient_id);
@@ -60,6 +61,8 @@ CREATE INDEX IF NOT EXISTS view_board_due ON view_board (due_on, patient_id);
 CREATE INDEX IF NOT EXISTS view_board_overdue ON view_board (overdue_from, patient_id);
 CREATE INDEX IF NOT EXISTS view_board_position ON view_board (position);
 CREATE INDEX IF NOT EXISTS view_board_tox ON view_board (patient_id) WHERE open_toxicities > 0;
+CREATE INDEX IF NOT EXISTS view_board_site ON view_board (site, patient_id);
+CREATE INDEX IF NOT EXISTS view_board_site_overdue ON view_board (site, overdue_from, patient_id);
 CREATE TABLE IF NOT EXISTS view_toxicity (
   patient_id TEXT NOT NULL,
   toxicity_id TEXT NOT NULL,
@@ -122,7 +125,7 @@ VIEW_TABLES: dict[str, str] = {
 #: A column each view table must have; a table from an older release without it is dropped
 #: and the views are rebuilt from the log (they hold nothing the events do not).
 _REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "view_board": ("overdue_from", "manufacturing_failures")
+    "view_board": ("overdue_from", "manufacturing_failures", "site")
 }
 
 

@@ -311,6 +311,7 @@ def test_every_command_of_the_contract_records(service: CourseService) -> None:
     )
     # a multi-site trial (issue 17): screened without a site (S00), then transferred
     assert service.site_of("E-5") == "S00"
+    service.sites.store().add("S02", "Lyon", "Europe/Paris", created_by="admin")
     run(e, "transfer_site", {"site": "S02"}, reason="closer to home")
     assert service.site_of("E-5") == "S02"
     assert set(ALL_COMMANDS) <= set(seen), set(ALL_COMMANDS) - set(seen)

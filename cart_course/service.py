@@ -8,6 +8,7 @@ allowed now, history). Storage errors become domain errors here.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -48,6 +49,7 @@ from .protocol.corrections import (
 from .protocol.errors import ProtocolInputError, RecordConflictInputError
 from .protocol.record import PatientRecord
 from .protocol.registry import REGISTRY
+from .protocol.sites import SITE_ID_PATTERN
 from .protocol.signatures import (
     MILESTONES,
     SIGNATURE_MEANINGS,
@@ -72,6 +74,7 @@ __all__ = [
     "stream_id",
 ]
 MAX_RETRIES = 20
+_SITE_ID = re.compile(SITE_ID_PATTERN, re.ASCII)
 #: SQLite may refuse a write with "database is locked" under contention even with a busy
 #: timeout (a stale WAL read snapshot cannot be upgraded). Nothing was committed: retry.
 LOCKED_RETRIES = 50
@@ -574,8 +577,10 @@ class CourseService:
         if self.sites is not None:
             if command.command == "transfer_site" and site is None:
                 return  # the payload's parser names the missing site
-            if not isinstance(site, str | None):
-                return  # the parser says what is wrong with it
+            if not (site is None or _SITE_ID.fullmatch(str(site))) or not isinstance(
+                site, str | None
+            ):
+                return  # the payload's parser says what is wrong with it
             self.sites.check_active(site)
         if sites is not None and site not in sites:
             what = "screen patients" if command.command == "screen" else "transfer patients"

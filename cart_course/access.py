@@ -44,27 +44,25 @@ class ScopedService(CourseService):
 
     def __init__(self, base: CourseService, sites: Iterable[str]) -> None:  # no super(): no state
         self.__dict__["base"] = base
-        self.__dict__["sites"] = frozenset(sites)
+        #: The sites the token is limited to (``CourseService.sites`` is the trial's sites).
+        self.__dict__["scope"] = frozenset(sites)
+        self.__dict__["protocol"] = base.protocol
 
     base: CourseService
-    sites: frozenset[str]  # type: ignore[assignment]
+    scope: frozenset[str]
 
     def __getattr__(self, name: str) -> Any:
         # only the methods below are served; the log, the ledger, the app... are trial-wide
         if name.startswith("__"):
             raise AttributeError(name)
-        raise trial_wide_only(self.__dict__.get("sites", ()))
-
-    @property  # type: ignore[override]
-    def protocol(self) -> Any:
-        return self.base.protocol
+        raise trial_wide_only(self.__dict__.get("scope", ()))
 
     def covers(self, site: str | None) -> bool:
-        return site in self.sites
+        return site in self.scope
 
     def record(self, patient_id: str) -> PatientRecord:
         record = self.base.record(patient_id)
-        if record.site not in self.sites:
+        if record.site not in self.scope:
             raise PatientNotFoundError(patient_id)  # exactly as for a patient not on record
         return record
 
@@ -89,7 +87,7 @@ class ScopedService(CourseService):
                 yield pid
 
     def patients(self) -> list[dict[str, Any]]:
-        return [row for row in self.base.patients() if row.get("site") in self.sites]
+        return [row for row in self.base.patients() if row.get("site") in self.scope]
 
     def sees(self, patient_id: str) -> bool:
         """Whether the patient is on record at one of the token's sites."""
@@ -102,7 +100,7 @@ class ScopedService(CourseService):
         return True
 
     def execute(self, command: Command, *, sites: frozenset[str] | None = None) -> CommandResult:
-        return self.base.execute(command, sites=self.sites if sites is None else sites & self.sites)
+        return self.base.execute(command, sites=self.scope if sites is None else sites & self.scope)
 
     def close(self) -> None:  # the base service is the application's to close
         pass
@@ -110,9 +108,12 @@ class ScopedService(CourseService):
 
 def base_service(service: Any) -> CourseService:
     """The service behind a scoped one (for reads that filter by site themselves)."""
-    return service.base if isinstance(service, ScopedService) else service  # type: ignore[no-any-return]
+    if isinstance(service, ScopedService):
+        return service.base
+    base: CourseService = service
+    return base
 
 
 def sites_of(service: Any) -> frozenset[str] | None:
     """The sites a (scoped) service is limited to; None: trial-wide."""
-    return service.sites if isinstance(service, ScopedService) else None
+    return service.scope if isinstance(service, ScopedService) else None

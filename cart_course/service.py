@@ -49,7 +49,6 @@ from .protocol.corrections import (
 from .protocol.errors import ProtocolInputError, RecordConflictInputError
 from .protocol.record import PatientRecord
 from .protocol.registry import REGISTRY
-from .protocol.sites import SITE_ID_PATTERN
 from .protocol.signatures import (
     MILESTONES,
     SIGNATURE_MEANINGS,
@@ -57,6 +56,7 @@ from .protocol.signatures import (
     SignerNotPermittedError,
     decide_signature,
 )
+from .protocol.sites import SITE_ID_PATTERN
 from .protocol.versions import CURRENT, ProtocolVersion
 from .storage import CourseApplication
 
@@ -342,9 +342,7 @@ class CourseService:
     # Commands
     # ------------------------------------------------------------------------------------------
 
-    def execute(
-        self, command: Command, *, sites: frozenset[str] | None = None
-    ) -> CommandResult:
+    def execute(self, command: Command, *, sites: frozenset[str] | None = None) -> CommandResult:
         """Record one command, or raise a :class:`CartCourseError` that says why not.
 
         ``sites``: the sites the caller's token is limited to (issue 17; None: trial-wide). A

@@ -19,6 +19,7 @@ which is no row of the table. Once the trial has at least one site, ``screen`` r
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import threading
 import time
@@ -105,7 +106,9 @@ def _now() -> str:
 def check_time_zone(value: object) -> str:
     """An IANA time zone name (``Europe/Paris``), or :class:`InvalidCommandError`."""
     if not isinstance(value, str) or not value.strip() or len(value) > 64:
-        raise InvalidCommandError("time_zone", "an IANA time zone name is required, e.g. Europe/Paris")
+        raise InvalidCommandError(
+            "time_zone", "an IANA time zone name is required, e.g. Europe/Paris"
+        )
     try:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -161,7 +164,7 @@ class SiteStore:
     def forget(self) -> None:
         self._cache = None
 
-    def active(self) -> list[Site]:
+    def active(self) -> builtins.list[Site]:
         return [s for s in self.list() if s.active]
 
     def known_ids(self) -> set[str]:
@@ -215,7 +218,7 @@ class SiteStore:
     def check_known(self, sites: Sequence[str], field: str = "sites") -> tuple[str, ...]:
         """Sites a token may be limited to: known sites (active or not) or the default site."""
         known = self.known_ids()
-        out: list[str] = []
+        out: builtins.list[str] = []
         for site in sites:
             parse_site_id(site, field)
             if site not in known:
@@ -228,10 +231,10 @@ class SiteStore:
                 out.append(site)
         return tuple(sorted(out))
 
-    def changes(self, site_id: str | None = None) -> list[dict[str, Any]]:
+    def changes(self, site_id: str | None = None) -> builtins.list[dict[str, Any]]:
         """The append-only history of site changes (who, when, what)."""
         sql = "SELECT site_id, at, actor, change, detail FROM cart_course_site_changes"
-        params: list[Any] = []
+        params: builtins.list[Any] = []
         if site_id is not None:
             sql += " WHERE site_id = ?"
             params.append(site_id)

@@ -109,7 +109,7 @@ class TokenInfo:
 
     @property
     def scope(self) -> str:
-        """"trial" (every site) or the sites, comma-separated (what the access log records)."""
+        """ "trial" (every site) or the sites, comma-separated (what the access log records)."""
         return ",".join(self.sites) if self.sites else TRIAL_WIDE
 
     def to_json(self) -> dict[str, Any]:
@@ -173,7 +173,7 @@ def check_token_sites(sites_store: SiteStore, role: str, sites: Sequence[str]) -
     """The sites a token of ``role`` is limited to, checked: known sites, and only for the roles
     that may be limited (:data:`SITE_SCOPED_ROLES`)."""
     if isinstance(sites, str) or not isinstance(sites, Sequence):
-        raise InvalidCommandError("sites", "must be a list of site ids, e.g. [\"S01\"]")
+        raise InvalidCommandError("sites", 'must be a list of site ids, e.g. ["S01"]')
     if not sites:
         return ()
     if role not in SITE_SCOPED_ROLES:

@@ -123,9 +123,7 @@ def tokens_add(
         return
     click.echo(token)
     scope = f"sites {', '.join(info.sites)}" if info.sites else "trial-wide"
-    click.echo(
-        f"token {info.id} for {info.actor} ({info.role}, {scope}); keep it secret", err=True
-    )
+    click.echo(f"token {info.id} for {info.actor} ({info.role}, {scope}); keep it secret", err=True)
 
 
 @tokens.command("list")
@@ -137,9 +135,7 @@ def tokens_list(ctx: Context, as_json: bool) -> None:
     if as_json:
         echo_json([i.to_json() for i in infos])
         return
-    click.echo(
-        f"{'id':<13} {'actor':<20} {'role':<10} {'scope':<12} {'created (UTC)':<27} revoked"
-    )
+    click.echo(f"{'id':<13} {'actor':<20} {'role':<10} {'scope':<12} {'created (UTC)':<27} revoked")
     for i in infos:
         click.echo(
             f"{i.id:<13} {i.actor:<20} {i.role:<10} {i.scope:<12} {i.created_at[:26]:<27} "

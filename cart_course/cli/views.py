@@ -170,15 +170,27 @@ def _print_site_counts(
     counts = queries.site_counts(views.db, moment, sites=sites)
     listed = ctx.system.tokens.sites.list()
     rows: dict[str, dict[str, Any]] = {}
-    empty = {"patients": 0, "overdue_actions": 0, "open_queries": None,
-             "median_query_age_days": None}
+    empty = {
+        "patients": 0,
+        "overdue_actions": 0,
+        "open_queries": None,
+        "median_query_age_days": None,
+    }
     for s in listed:
         if sites is None or s.id in sites:
-            rows[s.id] = {"name": s.name, "time_zone": s.time_zone, "active": s.active,
-                          **counts.pop(s.id, empty)}
+            rows[s.id] = {
+                "name": s.name,
+                "time_zone": s.time_zone,
+                "active": s.active,
+                **counts.pop(s.id, empty),
+            }
     for site_id, row in counts.items():
-        rows[site_id] = {"name": DEFAULT_SITE_NAME if site_id == DEFAULT_SITE else None,
-                         "time_zone": None, "active": None, **row}
+        rows[site_id] = {
+            "name": DEFAULT_SITE_NAME if site_id == DEFAULT_SITE else None,
+            "time_zone": None,
+            "active": None,
+            **row,
+        }
     if as_json:
         echo_json({"as_of": queries.as_of(moment), "sites": rows})
         return
@@ -194,6 +206,7 @@ def _print_site_counts(
             f"{r['patients']:>8} {r['overdue_actions']:>8} {q:>13} {age:>15}"
         )
     click.echo(f"overdue as of {queries.as_of(moment)}; open queries: - until data queries exist")
+
 
 _wait_options = [
     click.option(

@@ -17,8 +17,8 @@ from typing import Any, Final
 
 import attrs
 
-from ..protocol.eligibility import CRITERIA, CriterionKind
 from ..audit.log import site_of_events
+from ..protocol.eligibility import CRITERIA, CriterionKind
 from .source import STUDY_ID, Cut, Entry, Subject
 
 # -- the domains' metadata ----------------------------------------------------------------------

@@ -27,9 +27,8 @@ from ..bootstrap import Settings, build_service
 from ..service import CourseService
 from ..storage import StoreSettings
 from ..tokens import TokenStore, open_token_store
-from . import admin, checkpoint_routes, commands, extras, ops, patients
+from . import admin, checkpoint_routes, commands, extras, ops, patients, sites_routes
 from . import product as product_routes
-from . import sites_routes
 from .auth import token_guard
 from .common import BEARER, DEPENDENCIES, JSONRequest, check_query
 from .feed import PatientIndex

@@ -4,7 +4,7 @@ strict reading of JSON bodies (before Litestar converts anything)."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, cast, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from litestar import Request
 from litestar.datastructures import State
@@ -12,14 +12,13 @@ from litestar.di import NamedDependency, Provide
 from litestar.exceptions import SerializationException
 from litestar.params import HeaderParameter, ParameterKwarg
 
+from ..access import ScopedService
 from ..contract import ENVELOPE_KEYS, MAX_VERSION, parse_command
 from ..errors import InvalidCommandError
 from ..jsonin import duplicate_key
 from ..protocol.errors import key_name
 from ..service import CourseService
-from ..tokens import TokenStore, check_actor_role
-from ..access import ScopedService
-from ..tokens import TokenInfo
+from ..tokens import TokenInfo, TokenStore, check_actor_role
 from .auth import SCOPE_KEY, current_actor
 from .params import MAX_POSITION, POSITION_PATTERN, patient_id_path
 from .problems import (
@@ -43,7 +42,7 @@ def _service(request: Request[Any, Any, Any]) -> CourseService:
     service: CourseService = request.app.state.service
     info = request.scope.get(SCOPE_KEY)
     if isinstance(info, TokenInfo) and info.sites:
-        return cast(CourseService, ScopedService(service, info.sites))
+        return ScopedService(service, info.sites)
     return service
 
 

@@ -22,10 +22,10 @@ from litestar.response import Stream
 from ..access import ScopedService, sites_of
 from ..contract import MAX_VERSION, parse_patient_id, parse_time
 from ..errors import ForbiddenError, InvalidCommandError
-from ..sites import UnknownSiteError, parse_site_id
 from ..protocol.states import State as CourseState
 from ..protocol.versions import get_version
 from ..service import CourseService
+from ..sites import UnknownSiteError, parse_site_id
 from .auth import AUDITORS, VIEWERS
 from .common import PatientId
 from .params import (
@@ -317,8 +317,9 @@ def view_sites(request: Request[Any, Any, Any], service: Any, site: str | None) 
         )
     store = request.app.state.tokens.sites
     if site not in store.known_ids():
-        raise UnknownSiteError("query.site", f"{site!r} is not a site of this trial; sites: "
-                               f"{store.describe_known()}")
+        raise UnknownSiteError(
+            "query.site", f"{site!r} is not a site of this trial; sites: {store.describe_known()}"
+        )
     return frozenset({site})
 
 
@@ -473,8 +474,12 @@ def get_site_counts(
     out: dict[str, Any] = {}
     for s in store.list():
         if scope is None or s.id in scope:
-            out[s.id] = {"name": s.name, "time_zone": s.time_zone, "active": s.active,
-                         **counts.pop(s.id, _EMPTY_SITE)}
+            out[s.id] = {
+                "name": s.name,
+                "time_zone": s.time_zone,
+                "active": s.active,
+                **counts.pop(s.id, _EMPTY_SITE),
+            }
     for site_id, row in counts.items():  # S00, or a site no longer in the table
         out[site_id] = {"name": None, "time_zone": None, "active": None, **row}
     return out

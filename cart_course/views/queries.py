@@ -264,9 +264,7 @@ PRODUCT_FILTERS = ("any", "collected", "in_manufacture", "released", "failed", "
 Sites = Collection[str] | None
 
 
-def _site_filter(
-    sites: Sites, where: list[str], params: list[Any], column: str = "site"
-) -> None:
+def _site_filter(sites: Sites, where: list[str], params: list[Any], column: str = "site") -> None:
     """Only the rows of ``sites`` (an empty collection: no row)."""
     if sites is None:
         return
@@ -405,7 +403,9 @@ def _cohort_of_sites(db: ViewDB, sites: Collection[str]) -> dict[str, dict[str, 
         ):
             if key is not None:
                 out.setdefault(dimension, {})[str(key)] = int(n)
-    row = db.fetchone(f"SELECT COALESCE(SUM(manufacturing_failures), 0) FROM view_board{cond}", params)
+    row = db.fetchone(
+        f"SELECT COALESCE(SUM(manufacturing_failures), 0) FROM view_board{cond}", params
+    )
     failures = int(row[0]) if row else 0
     if failures or "product" in out:
         out["manufacturing_failures"] = {"lots": failures}
@@ -418,9 +418,7 @@ def open_queries_by_site(db: ViewDB, now: Moment = None) -> dict[str, tuple[int,
     return {}
 
 
-def site_counts(
-    db: ViewDB, now: Moment = None, sites: Sites = None
-) -> dict[str, dict[str, Any]]:
+def site_counts(db: ViewDB, now: Moment = None, sites: Sites = None) -> dict[str, dict[str, Any]]:
     """Per site (issue 17): patients, overdue next actions, open data queries and their median
     age in days (None until data queries exist: :func:`open_queries_by_site`)."""
     cutoff = _Cutoff(now)
@@ -429,7 +427,8 @@ def site_counts(
     _site_filter(sites, where, params)
     rows = db.fetchall(
         f"SELECT site, COUNT(*), SUM(CASE WHEN {cutoff.where} THEN 1 ELSE 0 END) "
-        "FROM view_board" + (" WHERE " + " AND ".join(where) if where else "")
+        "FROM view_board"
+        + (" WHERE " + " AND ".join(where) if where else "")
         + " GROUP BY site ORDER BY site",
         params,
     )

@@ -138,7 +138,16 @@ class Matrix:
             body = {
                 "occurred_at": (T0 + dt.timedelta(days=4)).isoformat(),
                 "idempotency_key": f"matrix-{n}",
-                "payload": {"toxicity": {"kind": "CRS", "observations": {"temperature": {"value": 38.4, "unit": "C"}, "hypotension": False, "oxygen": {"device": "none"}}}},  # noqa: E501
+                "payload": {
+                    "toxicity": {
+                        "kind": "CRS",
+                        "observations": {
+                            "temperature": {"value": 38.4, "unit": "C"},
+                            "hypotension": False,
+                            "oxygen": {"device": "none"},
+                        },
+                    }
+                },
             }
         elif method == "POST" and path == "/v1/tokens":
             body = {"actor": f"new.{n}", "role": "monitor"}

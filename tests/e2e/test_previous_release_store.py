@@ -87,8 +87,12 @@ def test_previous_release_store_loads_replays_verifies_and_grows(kind: str, tmp_
     # the trial adds its first site: new patients need one; the old ones move by transfer_site
     added = run(db, key, "sites", "add", "S01", "Paris", "Europe/Paris")
     assert added.returncode == 0, added.stderr
-    unsited = run(db, key, "record", json.dumps({**new, "patient_id": "P-NEW-2",
-                                                  "idempotency_key": "screen-P-NEW-2"}))
+    unsited = run(
+        db,
+        key,
+        "record",
+        json.dumps({**new, "patient_id": "P-NEW-2", "idempotency_key": "screen-P-NEW-2"}),
+    )
     assert unsited.returncode == 2 and "payload.site" in unsited.stderr
     assert "S01 (Paris, Europe/Paris)" in unsited.stderr
     moved = {

@@ -56,14 +56,17 @@ def test_a_site_is_required_known_and_active(trial: CourseService) -> None:
     with pytest.raises(InvalidCommandError, match="is not a site id"):
         c.do("screen", {"screening": screening(), "site": "paris"})
     trial.sites.store().deactivate("S02", by="admin", reason="closed")
-    with pytest.raises(InvalidCommandError, match="S02' was deactivated on .* active sites: S01"):
+    with pytest.raises(InvalidCommandError, match=r"S02' was deactivated on .* active sites: S01"):
         c.do("screen", {"screening": screening(), "site": "S02"})
     with pytest.raises(PatientNotFoundError):
         trial.record("P-1")  # nothing recorded
     assert at_site(trial, "P-1", "S01").pid == "P-1"
     assert trial.site_of("P-1") == "S01"
     changes = trial.sites.store().changes("S02")
-    assert [(c["change"], c["actor"]) for c in changes] == [("added", "admin"), ("deactivated", "admin")]
+    assert [(c["change"], c["actor"]) for c in changes] == [
+        ("added", "admin"),
+        ("deactivated", "admin"),
+    ]
 
 
 def test_a_transfer_is_a_reasoned_event_in_the_timeline_and_the_exports(
@@ -101,7 +104,9 @@ def test_a_transfer_is_a_reasoned_event_in_the_timeline_and_the_exports(
     (dm,) = [r for r in sdtm.build(cut).rows["DM"] if r["SUBJID"] == "P-2"]
     assert dm["SITEID"] == "S02"
     odm = odm_text(cut)
-    assert re.search(r'SubjectKey="P-2" TransactionType="Insert">.*?<SiteRef LocationOID="LOC.S01"/>', odm)
+    assert re.search(
+        r'SubjectKey="P-2" TransactionType="Insert">.*?<SiteRef LocationOID="LOC.S01"/>', odm
+    )
     assert re.search(
         r'SubjectKey="P-2" TransactionType="Update"><AuditRecord>.*?'
         r"<ReasonForChange>the family moved to New York</ReasonForChange>.*?"
@@ -113,10 +118,14 @@ def test_a_transfer_is_a_reasoned_event_in_the_timeline_and_the_exports(
     fhir = bundle("P-2", events)
     kinds = [e["resource"]["resourceType"] for e in fhir["entry"]]
     assert kinds.count("Location") == 2
-    subject = next(e["resource"] for e in fhir["entry"] if e["resource"]["resourceType"] == "ResearchSubject")
+    subject = next(
+        e["resource"] for e in fhir["entry"] if e["resource"]["resourceType"] == "ResearchSubject"
+    )
     history = [x for x in subject["extension"] if x["url"] == SITE_HISTORY_URL]
     assert len(history) == 2
-    assert {"url": "reason", "valueString": "the family moved to New York"} in history[1]["extension"]
+    assert {"url": "reason", "valueString": "the family moved to New York"} in history[1][
+        "extension"
+    ]
     assert sum(x["url"] == SITE_URL for x in subject["extension"]) == 1
 
 
@@ -142,11 +151,17 @@ def test_a_site_limited_caller_sees_other_sites_patients_as_not_on_record(
     assert trial.record("P-4").version == before
     # screening the other site's id: taken; screening elsewhere than its sites: forbidden
     with pytest.raises(PatientIdTakenError):
-        s01.execute(Course(trial, "P-4").command("screen", {"screening": screening(), "site": "S01"}))
+        s01.execute(
+            Course(trial, "P-4").command("screen", {"screening": screening(), "site": "S01"})
+        )
     with pytest.raises(ForbiddenError, match="limited to site"):
-        s01.execute(Course(trial, "P-5").command("screen", {"screening": screening(), "site": "S02"}))
+        s01.execute(
+            Course(trial, "P-5").command("screen", {"screening": screening(), "site": "S02"})
+        )
     with pytest.raises(ForbiddenError, match="limited to site"):
-        s01.execute(Course(trial, "P-3").command("transfer_site", {"site": "S02"}, reason="x", days=4))
+        s01.execute(
+            Course(trial, "P-3").command("transfer_site", {"site": "S02"}, reason="x", days=4)
+        )
     # what the service alone offers a trial-wide caller is refused to a scoped one
     with pytest.raises(ForbiddenError, match="reads the whole trial"):
         _ = s01.log

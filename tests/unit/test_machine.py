@@ -508,9 +508,7 @@ def test_a_transfer_names_another_site_and_a_reason() -> None:
     site, or no reason, is refused naming the rule."""
     moved = V.dry_run("apheresed", "transfer_site", good_facts("transfer_site", "apheresed", "="))
     assert moved.allowed and moved.dest == "apheresed"
-    same = V.dry_run(
-        "apheresed", "transfer_site", {"site": "S01", "from_site": "S01", **reason()}
-    )
+    same = V.dry_run("apheresed", "transfer_site", {"site": "S01", "from_site": "S01", **reason()})
     assert [f.rule for f in same.failed] == ["site_changes"]
     assert "already at site 'S01'" in same.failed[0].message
     silent = V.dry_run("apheresed", "transfer_site", {"site": "S02", "from_site": "S01"})

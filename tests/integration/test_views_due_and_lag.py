@@ -179,6 +179,7 @@ def test_views_of_an_older_release_are_rebuilt_with_the_offsets(tmp_path: Any) -
         views.close()
         conn = sqlite3.connect(url)
         conn.execute("DROP INDEX view_board_overdue")
+        conn.execute("DROP INDEX view_board_site_overdue")  # issue 17's, on the same column
         conn.execute("ALTER TABLE view_board DROP COLUMN overdue_from")
         conn.commit()
         conn.close()

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import attrs
 
+from .contract import UNPRINTABLE_CATEGORIES, check_printable
 from .errors import CartCourseError, InvalidCommandError
 from .protocol.errors import ProtocolInputError
 from .protocol.sites import DEFAULT_SITE, DEFAULT_SITE_NAME, check_site_id
@@ -63,6 +64,13 @@ MAX_SITE_NAME = 200
 
 class UnknownSiteError(InvalidCommandError):
     """A site that is not a known active site of the trial (422, nothing recorded)."""
+
+
+class SiteExistsError(CartCourseError):
+    """A site id that the trial has already (409: ids are never reused)."""
+
+    code = "site_exists"
+    title = "Site exists"
 
 
 class SiteNotFoundError(CartCourseError):
@@ -254,12 +262,14 @@ class SiteStore:
             raise InvalidCommandError(
                 "name", f"a site's name is 1-{MAX_SITE_NAME} characters, e.g. 'Hopital Saint-Louis'"
             )
+        check_printable(name, "name", "'Hopital Saint-Louis'", UNPRINTABLE_CATEGORIES | {"Cs"})
         check_time_zone(time_zone)
         with self._lock:
             self.forget()
             if any(s.id == site_id for s in self.list()):
-                raise InvalidCommandError(
-                    "id", f"site {site_id!r} exists already (see 'cart-course sites list')"
+                raise SiteExistsError(
+                    f"site {site_id!r} exists already (see 'cart-course sites list'); a site id "
+                    "is never reused"
                 )
             at = _now()
             self._db._execute(

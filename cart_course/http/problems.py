@@ -39,7 +39,7 @@ from ..errors import (
 )
 from ..ingest import IngestAborted
 from ..service import PatientIdTakenError
-from ..sites import SiteNotFoundError
+from ..sites import SiteExistsError, SiteNotFoundError
 from ..tokens import TokenNotFoundError
 from ..views.runner import ViewsDifferError, ViewsTimeoutError
 
@@ -162,6 +162,7 @@ STATUS_OF: dict[type[CartCourseError], int] = {
     PatientNotFoundError: 404,
     PatientIdTakenError: 409,
     SiteNotFoundError: 404,
+    SiteExistsError: 409,
     TokenNotFoundError: 404,
     ProductNotFoundError: 404,
     CheckpointUnavailableError: 404,

@@ -27,6 +27,9 @@ schema's description, "Not stated by this schema"):
    1e12 cells at the heaviest plausible weight of 400 kg).
 10. A response assessment records the values its classification needs, or a clinician's
     response with a reason: a ``clinician_response`` ("NR") and a reason are added when absent.
+12. A token is limited to sites the trial defines (the demo's S01-S03), and only a service,
+    clinician or monitor token (issue 17): a generated site list is replaced by ["S01"], or left
+    out for another role.
 11. An idempotency key names one command: a key sent again with a different command is an
     ``idempotency_conflict`` (422, as the IETF Idempotency-Key draft says). The generated key
     (body and header) gets the digest of the command appended, so one key is one command.
@@ -191,6 +194,8 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         body_key = body.get("idempotency_key")
         if key is not None and isinstance(body_key, str) and headers[key] != body_key:
             del headers[key]
+    if path == "/v1/tokens" and isinstance(body, dict) and _positive(case) and body.get("sites"):
+        _token_sites(body)
     query = case.query if isinstance(case.query, MutableMapping) else None
     if query is None:
         return
@@ -210,3 +215,11 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         max_events = _number(query.get("max_events"))
         if max_events is None or max_events > 3:
             query["max_events"] = 3
+
+
+def _token_sites(body: dict[str, Any]) -> None:
+    """Rule 12: a token's sites are the trial's, for the roles that may be limited."""
+    if body.get("role") in ("service", "clinician", "monitor"):
+        body["sites"] = ["S01"]
+    else:
+        del body["sites"]

@@ -264,6 +264,12 @@ def show(ctx: Context, patient_id: str, as_json: bool) -> None:
         f"patient {data['patient_id']}  state {data['state']}  version {data['version']}  "
         f"protocol {data['protocol_version']}"
     )
+    click.echo(f"site {data['site']}")
+    for moved in data.get("site_transfers", []):
+        click.echo(
+            f"  transferred from {moved['from_site']} to {moved['to_site']} at "
+            f"{moved['occurred_at']} (v{moved['version']}): {moved['reason']}"
+        )
     for course in data["courses"]:
         click.echo(
             f"course {course['number']}: weight {course['weight_kg']} kg, planned "

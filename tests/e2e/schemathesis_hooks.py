@@ -27,12 +27,12 @@ schema's description, "Not stated by this schema"):
    1e12 cells at the heaviest plausible weight of 400 kg).
 10. A response assessment records the values its classification needs, or a clinician's
     response with a reason: a ``clinician_response`` ("NR") and a reason are added when absent.
-12. A token is limited to sites the trial defines (the demo's S01-S03), and only a service,
-    clinician or monitor token (issue 17): a generated site list is replaced by ["S01"], or left
-    out for another role.
 11. An idempotency key names one command: a key sent again with a different command is an
     ``idempotency_conflict`` (422, as the IETF Idempotency-Key draft says). The generated key
     (body and header) gets the digest of the command appended, so one key is one command.
+12. A token is limited to sites the trial defines (the demo's S01-S03), and only a service,
+    clinician or monitor token (issue 17): a generated site list is replaced by ["S01"], or left
+    out for another role.
 """
 
 from __future__ import annotations

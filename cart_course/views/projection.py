@@ -361,6 +361,7 @@ def cohort_keys(row: tuple[Any, ...] | None) -> list[tuple[str, str]]:
     status = row[_PRODUCT_STATUS]
     if status is not None:
         keys.append(("product", str(status)))
+    keys.append(("site", str(row[_SITE])))  # issue 17: a site's patients counted, not scanned
     return keys
 
 
@@ -375,7 +376,9 @@ def cohort_keys_of(record: PatientRecord) -> list[tuple[str, str]]:
     status = product.product_status(record)
     if status is not None:
         keys.append(("product", status))
+    keys.append(("site", record.site))
     return keys
 
 
 _PRODUCT_STATUS = BOARD_COLUMNS.index("product_status")
+_SITE = BOARD_COLUMNS.index("site")

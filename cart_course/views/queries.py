@@ -224,6 +224,18 @@ def count(
     sites: Sites = None,
 ) -> int:
     if (
+        sites is not None and state is None and not overdue and not toxicity
+    ) and action is None and product is None:  # the cohort view keeps each site's count
+        chosen = sorted(set(sites))
+        if not chosen:
+            return 0
+        row = db.fetchone(
+            "SELECT COALESCE(SUM(patients), 0) FROM view_cohort WHERE dimension = 'site' "
+            f"AND key IN ({', '.join('?' * len(chosen))})",
+            chosen,
+        )
+        return int(row[0]) if row else 0
+    if (
         not overdue and not toxicity and action is None and product is None and sites is None
     ):  # the cohort view keeps these counts
         if state is None:
@@ -395,6 +407,7 @@ def _cohort_of_sites(db: ViewDB, sites: Collection[str]) -> dict[str, dict[str, 
         "response": "COALESCE(response, 'not assessed')",
         "course": "course_number",
         "product": "product_status",
+        "site": "site",
     }
     for dimension, column in columns.items():
         for key, n in db.fetchall(

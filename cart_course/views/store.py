@@ -63,6 +63,9 @@ CREATE INDEX IF NOT EXISTS view_board_position ON view_board (position);
 CREATE INDEX IF NOT EXISTS view_board_tox ON view_board (patient_id) WHERE open_toxicities > 0;
 CREATE INDEX IF NOT EXISTS view_board_site ON view_board (site, patient_id);
 CREATE INDEX IF NOT EXISTS view_board_site_overdue ON view_board (site, overdue_from, patient_id);
+CREATE INDEX IF NOT EXISTS view_board_site_state ON view_board (site, state, patient_id);
+CREATE INDEX IF NOT EXISTS view_board_site_tox ON view_board (site, patient_id)
+  WHERE open_toxicities > 0;
 CREATE TABLE IF NOT EXISTS view_toxicity (
   patient_id TEXT NOT NULL,
   toxicity_id TEXT NOT NULL,

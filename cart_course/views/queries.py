@@ -224,8 +224,10 @@ def count(
     sites: Sites = None,
 ) -> int:
     if (
-        sites is not None and state is None and not overdue and not toxicity
-    ) and action is None and product is None:  # the cohort view keeps each site's count
+        (sites is not None and state is None and not overdue and not toxicity)
+        and action is None
+        and product is None
+    ):  # the cohort view keeps each site's count
         chosen = sorted(set(sites))
         if not chosen:
             return 0

@@ -179,7 +179,7 @@ def check_token_sites(sites_store: SiteStore, role: str, sites: Sequence[str]) -
     if role not in SITE_SCOPED_ROLES:
         raise InvalidCommandError(
             "sites",
-            f"a {role} token is trial-wide (auditors see everything, admins manage the trial); "
+            f"{role} tokens are trial-wide (auditors see everything, admins manage the trial); "
             f"only {', '.join(SITE_SCOPED_ROLES)} tokens may be limited to sites",
         )
     return sites_store.check_known(list(sites))

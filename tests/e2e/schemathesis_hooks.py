@@ -196,6 +196,7 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
             del headers[key]
     if path == "/v1/tokens" and isinstance(body, dict) and _positive(case) and body.get("sites"):
         _token_sites(body)
+        case.body = body
     query = case.query if isinstance(case.query, MutableMapping) else None
     if query is None:
         return

@@ -26,6 +26,8 @@ PATIENTS = 150 if QUICK else 2000
 BOARD_ROWS = 5_000 if QUICK else 100_000
 QUERY_RUNS = 100 if QUICK else 1000
 WARM_UP = 20 if QUICK else 100
+#: The board's rows are spread over three sites (issue 17: the board filtered by site).
+SITES = ("S01", "S02", "S03")
 
 
 def _populate(service: CourseService, n: int) -> None:
@@ -61,7 +63,11 @@ def _fill_board(views: Views, rows: int) -> None:
     for first in range(0, rows, 5000):
         touched: dict[Any, _Touched] = {}
         for i in range(first, min(rows, first + 5000)):
-            record = attrs.evolve(templates[i % len(templates)], patient_id=f"B-{i:06d}")
+            record = attrs.evolve(
+                templates[i % len(templates)],
+                patient_id=f"B-{i:06d}",
+                site=SITES[i % len(SITES)],  # spread over the trial's sites (issue 17)
+            )
             t = _Touched(f"00000000-0000-4000-8000-{i:012d}", None)
             t.record, t.recorded_at, t.position = record, stamp, i + 1
             t.tox_dirty = bool(record.toxicities)
@@ -227,6 +233,12 @@ def run() -> list[Section]:
             cases.append(("follow-up due (next action a visit)", {"action": "record_follow_up"}))
             cases.append(("SAE report due", {"action": "record_sae_report"}))
             cases.append(("AE grade >= 3 (open or recent)", {"min_ae_grade": 3}))
+            # a multi-site trial (issue 17): one site's board, and its overdue rows
+            cases.append(("site=S01", {"sites": {"S01"}}))
+            cases.append(("site=S01, overdue", {"sites": {"S01"}, "overdue": True}))
+            cases.append(
+                (f"site=S01, state={by_state[0][0]}", {"sites": {"S01"}, "state": by_state[0][0]})
+            )
             for name, filters in cases:
                 measure(f"status {name}: first 100 rows + count", filters)
             largest = by_state[0][0]

@@ -25,6 +25,7 @@ from .ledger.checkpoint import DEFAULT_ORIGIN
 from .ledger.core import CHECKPOINT_EVERY_EVENTS, CHECKPOINT_EVERY_MINUTES
 from .ledger.service import attach_ledger, ledger_settings
 from .service import CourseService
+from .sites import LazySites
 from .storage import (
     ENV_CIPHER_KEY,
     ENV_COMPRESS,
@@ -129,6 +130,7 @@ def build_service(settings: Settings) -> CourseService:
     service = CourseService(app)
     if settings.signing_key:
         attach_ledger(service, settings)
+    service.sites = LazySites(lambda: build_tokens(settings), owned=True)
     return service
 
 
@@ -162,6 +164,8 @@ class System:
     def service(self) -> CourseService:
         if self._service is None:
             self._service = build_service(self.settings)
+            # the trial's sites from this process's token store (one database for both)
+            self._service.sites = LazySites(lambda: self.tokens)
         return self._service
 
     @property

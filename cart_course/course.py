@@ -189,6 +189,8 @@ class PatientCourse(Aggregate):
 
     class PreInfusionAssessed(Moved): ...  # the pre-infusion gate (issue 20)
 
+    class SiteTransferred(Moved): ...
+
     class FactCorrected(Aggregate.Event):
         """A recorded fact re-stated: names the event it corrects; nothing is overwritten."""
 

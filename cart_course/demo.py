@@ -47,6 +47,18 @@ SECOND_VERIFIER = "rn.second"
 #: apheresis, the second an out-of-specification release with its documented exception.
 TRACKED_EVERY = 3
 START = dt.datetime(2026, 1, 5, 8, 0, tzinfo=dt.UTC)
+#: The demo trial's sites (issue 17), in three time zones: patient ``i`` is screened at
+#: ``DEMO_SITES[(i - 1) % 3]``. The last, Tokyo, is the site behind with its data entry (the
+#: live demo holds back its last :data:`BEHIND_DAYS` days of events). One patient in ten with an
+#: apheresis is transferred to the next site before the infusions (``transfer_site``).
+DEMO_SITES: tuple[tuple[str, str, str], ...] = (
+    ("S01", "Paris University Hospital", "Europe/Paris"),
+    ("S02", "New York Cancer Center", "America/New_York"),
+    ("S03", "Tokyo Medical Center", "Asia/Tokyo"),
+)
+BEHIND_SITE = "S03"
+BEHIND_DAYS = 12
+TRANSFER_EVERY = 10
 
 
 def eligible_screening(rng: random.Random) -> dict[str, Any]:
@@ -664,8 +676,13 @@ def cohort(
     prefix: str = "P",
     until: dt.datetime | None = None,
     spacing: dt.timedelta | None = None,
+    sites: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """The commands for ``n`` patients, in clinical-time order across the cohort.
+
+    ``sites`` (issue 17): spread the patients over :data:`DEMO_SITES` (the store must define
+    them: :func:`ensure_demo_sites`), with a few transfers; without it no site is named (a
+    single-site trial: every patient in the default site).
 
     With ``until``, only what had happened by then: each patient's path is cut at that time, so
     the cohort is in progress (fractions due, assessments pending, toxicities open).
@@ -717,8 +734,63 @@ def cohort(
     ]
     if until is not None:
         commands = [c for c in commands if dt.datetime.fromisoformat(c["occurred_at"]) <= until]
+    if sites:
+        commands = _with_sites(commands)
     commands.sort(key=lambda c: c["occurred_at"])
     yield from commands
+
+
+def demo_site(patient_id: str) -> str:
+    """The demo site a patient is screened at (by the patient's number)."""
+    number = int(patient_id.rsplit("-", 1)[1])
+    return DEMO_SITES[(number - 1) % len(DEMO_SITES)][0]
+
+
+def _with_sites(commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cohort spread over :data:`DEMO_SITES`: each first screening names the patient's
+    site, and one patient in :data:`TRANSFER_EVERY` with an apheresis is transferred to the next
+    site between the apheresis and the next move (a reasoned ``transfer_site``)."""
+    out: list[dict[str, Any]] = []
+    by_patient: dict[str, list[dict[str, Any]]] = {}
+    for c in commands:
+        by_patient.setdefault(c["patient_id"], []).append(c)
+    ids = [s[0] for s in DEMO_SITES]
+    for pid, own in by_patient.items():
+        own = sorted(own, key=lambda c: dt.datetime.fromisoformat(c["occurred_at"]))
+        site = demo_site(pid)
+        number = int(pid.rsplit("-", 1)[1])
+        moved_from: int | None = None  # the version of the transfer: later ones shift by one
+        for i, c in enumerate(own):
+            if c["command"] == "screen" and i == 0:
+                c = {**c, "payload": {**c["payload"], "site": site}}
+            if moved_from is not None:
+                for key in ("signs_version", "corrects"):
+                    named = c["payload"].get(key)
+                    if isinstance(named, int) and named >= moved_from:
+                        c = {**c, "payload": {**c["payload"], key: named + 1}}
+            out.append(c)
+            if (
+                c["command"] == "record_apheresis"
+                and number % TRANSFER_EVERY == 5
+                and i + 1 < len(own)
+                and not any(o["command"] == "transfer_site" for o in out if o["patient_id"] == pid)
+            ):
+                here = dt.datetime.fromisoformat(c["occurred_at"])
+                then = dt.datetime.fromisoformat(own[i + 1]["occurred_at"])
+                to = ids[(ids.index(site) + 1) % len(ids)]
+                moved_from = i + 3  # v1 registration, v2 the screening (command 0)
+                out.append(
+                    {
+                        "command": "transfer_site",
+                        "patient_id": pid,
+                        "occurred_at": (here + (then - here) / 2).isoformat(),
+                        "actor": CLINICIAN,
+                        "reason": f"referred to {to} for the infusions (nearer the family)",
+                        "idempotency_key": f"demo:{pid}:transfer",
+                        "payload": {"site": to},
+                    }
+                )
+    return out
 
 
 def wrong_bag_attempt(commands: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -738,19 +810,38 @@ def wrong_bag_attempt(commands: list[dict[str, Any]]) -> dict[str, Any] | None:
     return attempt
 
 
-def live_cohort(n: int, seed: int, now: dt.datetime) -> Iterator[dict[str, Any]]:
+def live_cohort(
+    n: int, seed: int, now: dt.datetime, *, sites: bool = False
+) -> Iterator[dict[str, Any]]:
     """A trial in progress at ``now``: patients enrolled every two days over the last months,
     each path cut at ``now``; one patient in nine has had nothing recorded for a month (a site
-    behind with its data entry), so the monitors see overdue actions too."""
+    behind with its data entry), so the monitors see overdue actions too.
+
+    ``sites`` (issue 17): over the three demo sites, and the site behind is
+    :data:`BEHIND_SITE`: none of its events of the last :data:`BEHIND_DAYS` days is entered
+    yet (its next actions fall overdue on the board; ``status --sites`` shows it)."""
     spacing = dt.timedelta(days=2)
     start = now - spacing * n - dt.timedelta(days=20)
     behind = now - dt.timedelta(days=30)
+    site_behind = now - dt.timedelta(days=BEHIND_DAYS)
     seen: set[str] = set()
-    for command in cohort(n, seed, start=start, until=now, spacing=spacing):
+    for command in cohort(n, seed, start=start, until=now, spacing=spacing, sites=sites):
         pid = command["patient_id"]
         number = int(pid.rsplit("-", 1)[1])
-        late = dt.datetime.fromisoformat(command["occurred_at"]) > behind
-        if number % 9 == 4 and late and pid in seen:  # every patient is at least screened
+        when = dt.datetime.fromisoformat(command["occurred_at"])
+        if sites:
+            late = demo_site(pid) == BEHIND_SITE and when > site_behind
+        else:
+            late = number % 9 == 4 and when > behind
+        if late and pid in seen:  # every patient is at least screened
             continue
         seen.add(pid)
         yield command
+
+
+def ensure_demo_sites(store: Any, by: str | None = "demo") -> None:
+    """Define the demo sites in ``store`` (a ``sites.SiteStore``) where they are missing."""
+    known = {s.id for s in store.list()}
+    for site_id, name, zone in DEMO_SITES:
+        if site_id not in known:
+            store.add(site_id, name, zone, created_by=by)

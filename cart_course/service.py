@@ -8,6 +8,7 @@ allowed now, history). Storage errors become domain errors here.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -57,6 +58,7 @@ from .protocol.signatures import (
     SignerNotPermittedError,
     decide_signature,
 )
+from .protocol.sites import SITE_ID_PATTERN
 from .protocol.versions import CURRENT, ProtocolVersion, UnknownProtocolVersionError, get_version
 from .storage import CourseApplication
 
@@ -74,6 +76,7 @@ __all__ = [
     "stream_id",
 ]
 MAX_RETRIES = 20
+_SITE_ID = re.compile(SITE_ID_PATTERN, re.ASCII)
 #: SQLite may refuse a write with "database is locked" under contention even with a busy
 #: timeout (a stale WAL read snapshot cannot be upgraded). Nothing was committed: retry.
 LOCKED_RETRIES = 50
@@ -194,6 +197,34 @@ def _check_clinical_order(course: PatientCourse, command: Command) -> None:
         )
 
 
+class PatientIdTakenError(CartCourseError):
+    """A site-limited token screening a patient id that another site's patient has."""
+
+    code = "patient_id_taken"
+    title = "Patient id taken"
+
+    def __init__(self, patient_id: str) -> None:
+        self.patient_id = patient_id
+        super().__init__(
+            f"patient id {patient_id!r} is already on record in this trial; patient ids are "
+            "unique across the trial's sites: choose another id (e.g. prefixed with your site)"
+        )
+
+
+def _in_scope(
+    course: PatientCourse | None, command: Command, sites: frozenset[str] | None
+) -> PatientCourse | None:
+    """``course`` when the caller may see it; None (as if not on record) when it is another
+    site's patient. Screening such a patient id cannot be answered as for a new patient (the id
+    is taken): :class:`PatientIdTakenError`, which says nothing of the patient but that the id
+    is used."""
+    if sites is None or course is None or course.record.site in sites:
+        return course
+    if command.command == "screen":
+        raise PatientIdTakenError(command.patient_id)
+    return None
+
+
 def _refused(exc: MoveRefusedError) -> MoveRefused:
     return MoveRefused(
         str(exc),
@@ -225,10 +256,17 @@ class CourseService:
         self._batch_span: Counter[str] = Counter()
         #: The signed ledger (``cart_course.ledger``), when a signing key is configured.
         self.ledger: Any = None
+        #: The trial's sites (``cart_course.sites``: a ``SiteStore`` or ``LazySites``), which
+        #: ``screen`` and ``transfer_site`` are checked against; None (a service built without
+        #: them, e.g. in tests of the protocol): any well-formed site is taken.
+        self.sites: Any = None
 
     def close(self) -> None:
         if self.ledger is not None:
             self.ledger.close()
+        close_sites = getattr(self.sites, "close", None)
+        if close_sites is not None:
+            close_sites()
         self.app.close()
 
     # ------------------------------------------------------------------------------------------
@@ -312,11 +350,14 @@ class CourseService:
     # Commands
     # ------------------------------------------------------------------------------------------
 
-    def execute(self, command: Command) -> CommandResult:
-        """Record one command, or raise a :class:`CartCourseError` that says why not."""
+    def execute(self, command: Command, *, sites: frozenset[str] | None = None) -> CommandResult:
+        """Record one command, or raise a :class:`CartCourseError` that says why not.
+
+        ``sites``: the sites the caller's token is limited to (issue 17; None: trial-wide). A
+        patient of another site is answered exactly as a patient not on record."""
         command = validated(command)
         with self._lock:
-            return self._execute(command)
+            return self._execute(command, sites)
 
     def execute_batch(self, commands: Sequence[Command]) -> list[CommandResult | CartCourseError]:
         """Record many commands in one transaction; each gets its own result or error."""
@@ -334,11 +375,12 @@ class CourseService:
         done = iter(results)
         return [refused[i] if i in refused else next(done) for i in range(len(commands))]
 
-    def _execute(self, command: Command) -> CommandResult:
+    def _execute(self, command: Command, sites: frozenset[str] | None = None) -> CommandResult:
         started = time.monotonic()
         for attempt in range(MAX_RETRIES + LOCKED_RETRIES):
             loaded = self._load(command.patient_id, probably_new=command.command == "screen")
-            result, course = self._apply(loaded, command, with_allowed=True)
+            loaded = _in_scope(loaded, command, sites)
+            result, course = self._apply(loaded, command, with_allowed=True, sites=sites)
             if course is None:  # a duplicate: nothing to save
                 return result
             try:
@@ -434,7 +476,12 @@ class CourseService:
         return {p for p in screened if self.stream_id(p) not in existing}
 
     def _apply(
-        self, course: PatientCourse | None, command: Command, *, with_allowed: bool = False
+        self,
+        course: PatientCourse | None,
+        command: Command,
+        *,
+        with_allowed: bool = False,
+        sites: frozenset[str] | None = None,
     ) -> tuple[CommandResult, PatientCourse | None]:
         """Decide and trigger the event on ``course`` (not saved). Duplicates return course None.
 
@@ -476,6 +523,10 @@ class CourseService:
                 )
             return done, course
         record = course.record
+        if command.command == "transfer_site" or (
+            command.command == "screen" and record.version <= 1
+        ):
+            self._check_site(command, sites)
         try:
             prepared = prepare(
                 record,
@@ -528,6 +579,26 @@ class CourseService:
             ),
             course,
         )
+
+    def _check_site(self, command: Command, sites: frozenset[str] | None) -> None:
+        """The site a screening or transfer names: a known active site of the trial (when the
+        service has the trial's sites), and one of the caller's sites (a site-limited token)."""
+        payload = command.payload if isinstance(command.payload, Mapping) else {}
+        site = payload.get("site")
+        if self.sites is not None:
+            if command.command == "transfer_site" and site is None:
+                return  # the payload's parser names the missing site
+            if not (site is None or _SITE_ID.fullmatch(str(site))) or not isinstance(
+                site, str | None
+            ):
+                return  # the payload's parser says what is wrong with it
+            self.sites.check_active(site)
+        if sites is not None and site not in sites:
+            what = "screen patients" if command.command == "screen" else "transfer patients"
+            raise ForbiddenError(
+                f"this token is limited to site(s) {', '.join(sorted(sites))}: it may {what} "
+                f"only there (payload.site {site!r}); a trial-wide user records it"
+            )
 
     # -- corrections ---------------------------------------------------------------------------
 
@@ -759,6 +830,11 @@ class CourseService:
     # Queries
     # ------------------------------------------------------------------------------------------
 
+    def site_of(self, patient_id: str) -> str:
+        """The patient's site now (``PatientNotFoundError`` when not on record): the read side's
+        way to group a patient by site (issue 17)."""
+        return self.record(patient_id).site
+
     def summary(self, patient_id: str) -> dict[str, Any]:
         record = self.record(patient_id)
         data = record.summary()
@@ -812,6 +888,7 @@ class CourseService:
                 rows.append(
                     {
                         "patient_id": pid,
+                        "site": None,
                         "state": "unreadable",
                         "course_number": None,
                         "version": None,
@@ -824,6 +901,7 @@ class CourseService:
             rows.append(
                 {
                     "patient_id": pid,
+                    "site": record.site,
                     "state": record.state,
                     "course_number": record.course_number,
                     "version": record.version,

@@ -27,11 +27,15 @@ import attrs
 
 from .contract import UNPRINTABLE_CATEGORIES, check_printable
 from .errors import CartCourseError, InvalidCommandError, StoreError
+from .sites import SITES_DDL, SiteStore
 from .storage import StoreSettings
 
 #: Every role a token may carry. ``service`` and ``clinician`` write commands; ``monitor`` reads
 #: the views; ``auditor`` reads everything including the audit; ``admin`` manages tokens.
 ROLES = ("service", "clinician", "monitor", "auditor", "admin")
+#: The roles a token may be limited to one or more sites in (issue 17): auditors and admins are
+#: trial-wide by definition (auditors see everything; admins manage tokens and sites).
+SITE_SCOPED_ROLES = ("service", "clinician", "monitor")
 TOKEN_PREFIX = "cc_"
 #: How long a verified token is trusted without asking the database again. A revocation through
 #: this process (``DELETE /v1/tokens/{id}``) takes effect at once; one made elsewhere (the CLI,
@@ -63,6 +67,15 @@ POSTGRES_DDL = (
         role TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL, query TEXT NOT NULL,
         status INTEGER NOT NULL)""",
 )
+#: Issue 17: the sites a token is limited to (none: trial-wide), the trial's sites, and the
+#: scope of each access-log entry (a column added to the tables of earlier releases).
+SCOPE_DDL = (
+    """CREATE TABLE IF NOT EXISTS cart_course_token_sites (
+        token_id TEXT NOT NULL, site TEXT NOT NULL, PRIMARY KEY (token_id, site))""",
+    *SITES_DDL,
+)
+#: The access-log entry's scope: "trial" or the token's sites ("S01,S02").
+TRIAL_WIDE = "trial"
 COLUMNS = "id, token_hash, actor, role, name, created_at, created_by, revoked_at, revoked_by"
 
 
@@ -87,13 +100,20 @@ class TokenInfo:
     created_by: str | None = None
     revoked_at: str | None = None
     revoked_by: str | None = None
+    #: The sites the token is limited to (issue 17); empty: trial-wide.
+    sites: tuple[str, ...] = ()
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
 
+    @property
+    def scope(self) -> str:
+        """ "trial" (every site) or the sites, comma-separated (what the access log records)."""
+        return ",".join(self.sites) if self.sites else TRIAL_WIDE
+
     def to_json(self) -> dict[str, Any]:
-        return {**attrs.asdict(self), "active": self.active}
+        return {**attrs.asdict(self), "sites": list(self.sites), "active": self.active}
 
 
 @attrs.frozen(kw_only=True)
@@ -106,6 +126,9 @@ class AccessEntry:
     path: str
     query: str
     status: int
+    #: The token's scope (issue 17): "trial", or the sites it is limited to ("S01,S02");
+    #: None for entries written before scopes existed.
+    scope: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -146,6 +169,22 @@ def _check_text(value: object, field: str, example: str) -> None:
     check_printable(value, field, example, _UNPRINTABLE)
 
 
+def check_token_sites(sites_store: SiteStore, role: str, sites: Sequence[str]) -> tuple[str, ...]:
+    """The sites a token of ``role`` is limited to, checked: known sites, and only for the roles
+    that may be limited (:data:`SITE_SCOPED_ROLES`)."""
+    if isinstance(sites, str) or not isinstance(sites, Sequence):
+        raise InvalidCommandError("sites", 'must be a list of site ids, e.g. ["S01"]')
+    if not sites:
+        return ()
+    if role not in SITE_SCOPED_ROLES:
+        raise InvalidCommandError(
+            "sites",
+            f"{role} tokens are trial-wide (auditors see everything, admins manage the trial); "
+            f"only {', '.join(SITE_SCOPED_ROLES)} tokens may be limited to sites",
+        )
+    return sites_store.check_known(list(sites))
+
+
 def check_actor_role(actor: str, role: str, name: str | None = None) -> None:
     """Refuse an actor id, role or token name that a command's actor could not carry."""
     _check_text(actor, "actor", "nurse.kim")
@@ -169,6 +208,39 @@ class TokenStore:
         # token hash -> (trusted until (monotonic), info); only active tokens are cached
         self._verified: dict[str, tuple[float, TokenInfo]] = {}
         self._generation = 0  # bumped by every revocation through this store
+        #: The trial's sites, in the same database (``cart_course.sites``).
+        self.sites = SiteStore(self)
+
+    def _create_scopes(self) -> None:
+        """The tables of issue 17, and the access log's ``scope`` column (added to a table of
+        an earlier release: its entries keep NULL, "before scopes")."""
+        for ddl in SCOPE_DDL:
+            self._execute(ddl)
+        if "scope" not in self._access_log_columns():
+            self._execute("ALTER TABLE cart_course_access_log ADD COLUMN scope TEXT")
+
+    def _access_log_columns(self) -> set[str]:
+        raise NotImplementedError
+
+    def _token_sites(self, token_ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        if not token_ids:
+            return {}
+        marks = ",".join("?" * len(token_ids))
+        rows = self._execute(
+            self._sql(
+                f"SELECT token_id, site FROM cart_course_token_sites WHERE token_id IN ({marks}) "
+                "ORDER BY token_id, site"
+            ),
+            tuple(token_ids),
+        )
+        out: dict[str, list[str]] = {}
+        for token_id, site in rows:
+            out.setdefault(token_id, []).append(site)
+        return {k: tuple(v) for k, v in out.items()}
+
+    def _with_sites(self, infos: builtins.list[TokenInfo]) -> builtins.list[TokenInfo]:
+        found = self._token_sites([i.id for i in infos])
+        return [attrs.evolve(i, sites=found[i.id]) if i.id in found else i for i in infos]
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError
@@ -193,9 +265,13 @@ class TokenStore:
         name: str | None = None,
         created_by: str | None = None,
         token: str | None = None,
+        sites: Sequence[str] = (),
     ) -> tuple[TokenInfo, str]:
-        """Make a token for ``actor`` in ``role``; returns its info and the token (shown once)."""
+        """Make a token for ``actor`` in ``role``; returns its info and the token (shown once).
+
+        ``sites``: the sites the token is limited to (issue 17); none: trial-wide."""
         check_actor_role(actor, role, name)
+        scoped = check_token_sites(self.sites, role, sites)
         token = token or new_token()
         digest = hash_token(token)
         info = TokenInfo(
@@ -205,7 +281,15 @@ class TokenStore:
             name=name,
             created_at=_now(),
             created_by=created_by,
+            sites=scoped,
         )
+        # the sites first: a token row never exists without its limits (a failure in between
+        # leaves rows naming no token, which limit nothing)
+        for site in scoped:
+            self._execute(
+                self._sql("INSERT INTO cart_course_token_sites (token_id, site) VALUES (?,?)"),
+                (info.id, site),
+            )
         self._execute(
             self._sql(f"INSERT INTO cart_course_tokens ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"),
             (
@@ -240,7 +324,7 @@ class TokenStore:
             self._sql(f"SELECT {COLUMNS} FROM cart_course_tokens WHERE token_hash = ?"),
             (hash_token(token),),
         )
-        return self._row(rows[0]) if rows else None
+        return self._with_sites([self._row(rows[0])])[0] if rows else None
 
     def authenticate(self, token: str) -> TokenInfo | None:
         """The active token's info, or None (unknown or revoked).
@@ -261,6 +345,7 @@ class TokenStore:
         if info is None or not info.active:
             self._verified.pop(digest, None)
             return None
+        info = self._with_sites([info])[0]
         if generation == self._generation:  # no revocation raced with this read
             if len(self._verified) > 10_000:
                 self._verified.clear()
@@ -276,7 +361,7 @@ class TokenStore:
 
     def list(self, *, include_revoked: bool = True) -> list[TokenInfo]:
         rows = self._execute(f"SELECT {COLUMNS} FROM cart_course_tokens ORDER BY created_at, id")
-        infos = [self._row(r) for r in rows]
+        infos = self._with_sites([self._row(r) for r in rows])
         return infos if include_revoked else [i for i in infos if i.active]
 
     def get(self, token_id: str) -> TokenInfo:
@@ -285,7 +370,7 @@ class TokenStore:
         )
         if not rows:
             raise TokenNotFoundError(token_id)
-        return self._row(rows[0])
+        return self._with_sites([self._row(rows[0])])[0]
 
     def revoke(self, token_id: str, *, revoked_by: str | None = None) -> TokenInfo:
         """Revoke a token (idempotent: revoking a revoked token keeps the first revocation)."""
@@ -303,7 +388,15 @@ class TokenStore:
     # -- audit-access log ----------------------------------------------------------------------
 
     def log_access(
-        self, *, actor: str, role: str, method: str, path: str, query: str, status: int
+        self,
+        *,
+        actor: str,
+        role: str,
+        method: str,
+        path: str,
+        query: str,
+        status: int,
+        scope: str = TRIAL_WIDE,
     ) -> None:
         """Write one entry; raises :class:`StoreError` when it cannot be written in time (the
         caller must then not serve the read)."""
@@ -313,9 +406,10 @@ class TokenStore:
             self._execute_log(
                 self._sql(
                     "INSERT INTO cart_course_access_log "
-                    "(at, actor, role, method, path, query, status) VALUES (?,?,?,?,?,?,?)"
+                    "(at, actor, role, method, path, query, status, scope) "
+                    "VALUES (?,?,?,?,?,?,?,?)"
                 ),
-                (_now(), actor, role, method, path, query, status),
+                (_now(), actor, role, method, path, query, status, scope),
             )
         except Exception as exc:
             why = exc.message if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
@@ -324,7 +418,7 @@ class TokenStore:
     def access_log(self, *, after: int = 0, limit: int = 100) -> builtins.list[AccessEntry]:
         rows = self._execute(
             self._sql(
-                "SELECT id, at, actor, role, method, path, query, status "
+                "SELECT id, at, actor, role, method, path, query, status, scope "
                 "FROM cart_course_access_log WHERE id > ? ORDER BY id LIMIT ?"
             ),
             (after, limit),
@@ -339,6 +433,7 @@ class TokenStore:
                 path=r[5],
                 query=r[6],
                 status=int(r[7]),
+                scope=r[8],
             )
             for r in rows
         ]
@@ -366,6 +461,11 @@ class SQLiteTokenStore(TokenStore):
             self._write_conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         for ddl in SQLITE_DDL:
             self._execute(ddl)
+        self._create_scopes()
+
+    def _access_log_columns(self) -> set[str]:
+        rows = self._execute("SELECT name FROM pragma_table_info('cart_course_access_log')")
+        return {str(r[0]) for r in rows}
 
     def _run(
         self,
@@ -432,6 +532,19 @@ class PostgresTokenStore(TokenStore):
                     break
                 except psycopg.errors.UniqueViolation:
                     continue
+        for _ in range(5):
+            try:
+                self._create_scopes()
+                break
+            except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateColumn):
+                continue
+
+    def _access_log_columns(self) -> set[str]:
+        rows = self._execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = 'cart_course_access_log'"
+        )
+        return {str(r[0]) for r in rows}
 
     def _connect(self) -> Any:
         if self._conn is None or self._conn.closed:

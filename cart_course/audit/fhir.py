@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from .history import timeline
-from .log import CORRECTED, MOVED, REGISTERED, SIGNED, LoggedEvent
+from .log import CORRECTED, MOVED, REGISTERED, SIGNED, LoggedEvent, site_after
 
 PROGRESS_URL = "http://hl7.org/fhir/5.0/StructureDefinition/extension-ResearchSubject.progress"
 HASH_URL = "https://cart-course.example.org/fhir/StructureDefinition/event-hash"
@@ -107,6 +107,7 @@ def bundle(patient_id: str, events: list[LoggedEvent]) -> dict[str, Any]:
     if start:
         subject["period"] = {"start": start}
     entries.append({"fullUrl": subject_url, "resource": subject})
+    entries.extend(_sites(patient_id, events, subject))
     entries.extend(_after_course(patient_id, events, patient_url, study_url))
     rows = {row["version"]: row for row in timeline(patient_id, events)}
     for e in events:
@@ -119,6 +120,57 @@ def bundle(patient_id: str, events: list[LoggedEvent]) -> dict[str, Any]:
         "timestamp": events[-1].recorded_at if events else None,
         "entry": entries,
     }
+
+
+#: The subject's site (issue 17): ResearchSubject has no site element (R4, R5); an extension
+#: names the Location of the current site, and ``siteHistory`` each period at a site.
+SITE_URL = "https://cart-course.example.org/fhir/StructureDefinition/site"
+SITE_HISTORY_URL = "https://cart-course.example.org/fhir/StructureDefinition/site-history"
+SITE_SYSTEM = "https://cart-course.example.org/site-id"
+
+
+def _sites(
+    patient_id: str, events: list[LoggedEvent], subject: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """A Location per site the subject was at, and the subject's site extensions."""
+    periods: list[tuple[str, str | None, str | None]] = []  # (site, start, reason)
+    site = "S00"
+    for e in events:
+        before, site = site, site_after(e, site)
+        if not periods:
+            if e.kind == MOVED:  # the screening names the first site (or none: S00)
+                periods.append((site, e.occurred_at, None))
+        elif site != before:
+            periods.append((site, e.occurred_at, e.get("reason")))
+    if not periods:
+        return []
+    locations = {}
+    for site_id, _, _ in periods:
+        locations[site_id] = {
+            "fullUrl": _urn("location", site_id),
+            "resource": {
+                "resourceType": "Location",
+                "id": _rid("location", site_id),
+                "identifier": [{"system": SITE_SYSTEM, "value": site_id}],
+                "name": f"Site {site_id}",
+                "mode": "instance",
+            },
+        }
+    subject["extension"].append(
+        {"url": SITE_URL, "valueReference": {"reference": _urn("location", periods[-1][0])}}
+    )
+    for i, (site_id, begun, reason) in enumerate(periods):
+        parts: list[dict[str, Any]] = [
+            {"url": "site", "valueReference": {"reference": _urn("location", site_id)}}
+        ]
+        if begun:
+            parts.append({"url": "startDate", "valueDateTime": begun})
+        if i + 1 < len(periods) and periods[i + 1][1]:
+            parts.append({"url": "endDate", "valueDateTime": periods[i + 1][1]})
+        if reason:
+            parts.append({"url": "reason", "valueString": str(reason)})
+        subject["extension"].append({"url": SITE_HISTORY_URL, "extension": parts})
+    return list(locations.values())
 
 
 #: AdverseEvent.outcome (http://terminology.hl7.org/CodeSystem/adverse-event-outcome).

@@ -8,7 +8,8 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .log import CORRECTED, MOVED, REGISTERED, SIGNED, LoggedEvent
+from ..protocol.record import DEFAULT_SITE
+from .log import CORRECTED, MOVED, REGISTERED, SIGNED, LoggedEvent, site_after
 from .product import PRODUCT_MOVES, ids_of
 
 #: CSV columns of the timeline (also the order of the table's fields).
@@ -42,6 +43,8 @@ COLUMNS = (
     "collection_id",
     "lot_id",
     "bag_id",
+    # a multi-site trial (issue 17): the patient's site after the event (S00: none named)
+    "site",
 )
 
 
@@ -55,7 +58,10 @@ def timeline(patient_id: str, events: list[LoggedEvent]) -> Iterator[dict[str, A
         elif e.kind == SIGNED:
             signed_by.setdefault(int(e.get("signs_version")), []).append(e)
     hashes = {e.version: e.hash for e in events}
+    # the site: the first screening's from the registration on (both are recorded together)
+    site = site_after(events[1], DEFAULT_SITE) if len(events) > 1 else DEFAULT_SITE
     for e in events:
+        before, site = site, site_after(e, site)
         notes: list[str] = []
         row: dict[str, Any] = {
             "patient_id": patient_id,
@@ -86,7 +92,10 @@ def timeline(patient_id: str, events: list[LoggedEvent]) -> Iterator[dict[str, A
             "collection_id": None,
             "lot_id": None,
             "bag_id": None,
+            "site": site,
         }
+        if e.kind == MOVED and e.get("trigger") == "transfer_site":
+            notes.append(f"transferred from site {before} to site {site}")
         if e.kind == REGISTERED:
             row["move"] = "register"
             row["to_state"] = "candidate"

@@ -29,7 +29,7 @@ from ..encoding import UnknownFormError, decode_json, decoded_content_bytes
 from ..encoding import canonical_decoded as canonical_decoded
 from ..errors import CartCourseError, CipherKeyError, PatientNotFoundError
 from ..eventlog import PAGE, REGISTERED_TOPIC, EventLog, Row, as_uuid
-from ..protocol.record import PatientRecord
+from ..protocol.record import DEFAULT_SITE, PatientRecord
 from ..storage import (
     CANONICAL_MARK,
     drop_row_copies,
@@ -566,3 +566,29 @@ def replay(patient_id: str, events: Iterable[LoggedEvent]) -> PatientRecord:
     for e in events:
         r.apply(e)
     return r.record
+
+
+# ----------------------------------------------------------------------------------------------
+# Sites (issue 17)
+# ----------------------------------------------------------------------------------------------
+
+
+def site_after(event: LoggedEvent, site: str) -> str:
+    """The patient's site after ``event``, ``site`` being the one before it: a screening that
+    names a site sets it, a transfer changes it, every other event keeps it."""
+    if event.kind != MOVED:
+        return site
+    trigger = event.get("trigger")
+    if trigger in ("screen", "transfer_site"):
+        named = (event.get("facts") or {}).get("site")
+        if isinstance(named, str):
+            return named
+    return site
+
+
+def site_of_events(events: Iterable[LoggedEvent]) -> str:
+    """The patient's site after ``events`` (the default site when none named one)."""
+    site = DEFAULT_SITE
+    for e in events:
+        site = site_after(e, site)
+    return site

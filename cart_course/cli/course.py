@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, TextIO
 import click
 
 from ..contract import parse_command
-from ..demo import cohort, live_cohort, wrong_bag_attempt
+from ..demo import cohort, ensure_demo_sites, live_cohort, wrong_bag_attempt
 from ..errors import CartCourseError
 from ..ingest import (
     AUTO_MAX_WORKERS,
@@ -270,6 +270,12 @@ def show(ctx: Context, patient_id: str, as_json: bool) -> None:
         f"patient {data['patient_id']}  state {data['state']}  version {data['version']}  "
         f"protocol {data['protocol_version']}"
     )
+    click.echo(f"site {data['site']}")
+    for moved in data.get("site_transfers", []):
+        click.echo(
+            f"  transferred from {moved['from_site']} to {moved['to_site']} at "
+            f"{moved['occurred_at']} (v{moved['version']}): {moved['reason']}"
+        )
     for course in data["courses"]:
         click.echo(
             f"course {course['number']}: weight {course['weight_kg']} kg, planned "
@@ -360,11 +366,12 @@ def patients(ctx: Context, as_json: bool) -> None:
 def record_demo(ctx: Context, n: int, seed: int, *, live: bool = False) -> Counter[str]:
     """Record a demo cohort; ``live``: enrolled over the last weeks and in progress today."""
     now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    ensure_demo_sites(ctx.system.tokens.sites)  # three sites in three time zones (issue 17)
     if live:
-        commands = live_cohort(n, seed, now)
+        commands = live_cohort(n, seed, now, sites=True)
         lines = ((i, json.dumps(c)) for i, c in enumerate(commands, start=1))
         return ingest_stream(ctx, lines, batch_size=BATCH, report=sys.stderr)
-    everything = list(cohort(n, seed))
+    everything = list(cohort(n, seed, sites=True))
     attempt = wrong_bag_attempt(everything)
     cut = everything.index(attempt_of(everything, attempt)) if attempt else len(everything)
     numbered = list(enumerate((json.dumps(c) for c in everything), start=1))

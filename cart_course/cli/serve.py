@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..bootstrap import export_store, operator_name
+from ..sites import DEFAULT_SITE, DEFAULT_SITE_NAME
 from ..tokens import ROLES, issue_demo_tokens, only_demo_tokens, retire_well_known_tokens
 from .common import Context, echo_json, pass_context
 
@@ -83,18 +84,46 @@ def tokens() -> None:
 
 @tokens.command("add")
 @click.argument("actor")
-@click.argument("role", type=click.Choice(ROLES))
+@click.argument("role", type=click.Choice(ROLES), required=False)
+@click.option(
+    "--role", "role_option", type=click.Choice(ROLES), default=None, help="ROLE, as an option."
+)
 @click.option("--name", default=None, help="The person's or service's printed name.")
+@click.option(
+    "--site",
+    "sites",
+    multiple=True,
+    metavar="SITE",
+    help="Limit the token to this site (repeat for several; see 'sites list'); without it the "
+    "token is trial-wide. Service, clinician and monitor tokens only.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_context
-def tokens_add(ctx: Context, actor: str, role: str, name: str | None, as_json: bool) -> None:
-    """Issue a token for ACTOR in ROLE; the token is printed once (only its hash is kept)."""
-    info, token = ctx.system.tokens.add(actor, role, name=name, created_by=operator_name())
+def tokens_add(
+    ctx: Context,
+    actor: str,
+    role: str | None,
+    role_option: str | None,
+    name: str | None,
+    sites: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Issue a token for ACTOR in ROLE (or --role ROLE); the token is printed once (only its
+    hash is kept). With --site, it sees and writes only those sites' patients."""
+    if role is not None and role_option is not None and role != role_option:
+        raise click.UsageError("ROLE and --role differ: give one")
+    role = role or role_option
+    if role is None:
+        raise click.UsageError("ROLE is required (an argument or --role)")
+    info, token = ctx.system.tokens.add(
+        actor, role, name=name, created_by=operator_name(), sites=sites
+    )
     if as_json:
         echo_json({"token": token, "info": info.to_json()})
         return
     click.echo(token)
-    click.echo(f"token {info.id} for {info.actor} ({info.role}); keep it secret", err=True)
+    scope = f"sites {', '.join(info.sites)}" if info.sites else "trial-wide"
+    click.echo(f"token {info.id} for {info.actor} ({info.role}, {scope}); keep it secret", err=True)
 
 
 @tokens.command("list")
@@ -106,10 +135,11 @@ def tokens_list(ctx: Context, as_json: bool) -> None:
     if as_json:
         echo_json([i.to_json() for i in infos])
         return
-    click.echo(f"{'id':<13} {'actor':<20} {'role':<10} {'created (UTC)':<27} revoked")
+    click.echo(f"{'id':<13} {'actor':<20} {'role':<10} {'scope':<12} {'created (UTC)':<27} revoked")
     for i in infos:
         click.echo(
-            f"{i.id:<13} {i.actor:<20} {i.role:<10} {i.created_at[:26]:<27} {i.revoked_at or '-'}"
+            f"{i.id:<13} {i.actor:<20} {i.role:<10} {i.scope:<12} {i.created_at[:26]:<27} "
+            f"{i.revoked_at or '-'}"
         )
 
 
@@ -126,6 +156,62 @@ def tokens_revoke(ctx: Context, token_id: str, as_json: bool) -> None:
     click.echo(f"token {info.id} of {info.actor} ({info.role}) revoked at {info.revoked_at}")
 
 
+@click.group()
+def sites() -> None:
+    """The trial's sites (issue 17): id, name, IANA time zone, active. Stored beside the tokens;
+    patients recorded before sites are in S00 "Unassigned (before sites)"."""
+
+
+@sites.command("add")
+@click.argument("site_id", metavar="ID")
+@click.argument("name")
+@click.argument("time_zone", metavar="TIME_ZONE")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def sites_add(ctx: Context, site_id: str, name: str, time_zone: str, as_json: bool) -> None:
+    """Add the site ID (e.g. S01) named NAME in TIME_ZONE (IANA, e.g. Europe/Paris)."""
+    site = ctx.system.tokens.sites.add(site_id, name, time_zone, created_by=operator_name())
+    if as_json:
+        echo_json(site.to_json())
+        return
+    click.echo(f"site {site.label()} added")
+
+
+@sites.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def sites_list(ctx: Context, as_json: bool) -> None:
+    """Every site, active or not, with who added (and deactivated) it and when."""
+    listed = ctx.system.tokens.sites.list()
+    if as_json:
+        echo_json([s.to_json() for s in listed])
+        return
+    click.echo(f"{'id':<8} {'name':<32} {'time zone':<22} {'active':<7} added (UTC), by")
+    for s in listed:
+        active = "yes" if s.active else "no"
+        line = f"{s.id:<8} {s.name[:32]:<32} {s.time_zone:<22} {active:<7} "
+        line += f"{s.created_at[:19]} {s.created_by or '-'}"
+        if s.deactivated_at:
+            line += f"; deactivated {s.deactivated_at[:19]} by {s.deactivated_by or '-'}"
+        click.echo(line)
+    click.echo(f"(patients recorded before sites: {DEFAULT_SITE} {DEFAULT_SITE_NAME!r})")
+
+
+@sites.command("deactivate")
+@click.argument("site_id", metavar="ID")
+@click.option("--reason", default=None, help="Why the site closes (kept with the change).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def sites_deactivate(ctx: Context, site_id: str, reason: str | None, as_json: bool) -> None:
+    """Close the site ID to new patients and transfers in; its patients and tokens stay."""
+    site = ctx.system.tokens.sites.deactivate(site_id, by=operator_name(), reason=reason)
+    if as_json:
+        echo_json(site.to_json())
+        return
+    click.echo(f"site {site.id} deactivated at {site.deactivated_at}")
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(serve)
     cli.add_command(tokens)
+    cli.add_command(sites)

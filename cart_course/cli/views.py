@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from ..protocol.states import State
+from ..sites import DEFAULT_SITE, DEFAULT_SITE_NAME
 from ..views import Views, queries
 from ..views.metrics import metrics_text
 from .common import Context, echo_json, pass_context, patient_id_argument
@@ -128,8 +129,8 @@ def _board_line(r: dict[str, Any]) -> str:
         action = "HOLD: " + action
     dose = f"{_fmt_cells(r['delivered_cells'])}/{_fmt_cells(r['planned_cells'])}"
     line = (
-        f"{r['patient_id']:<10} {r['state']:<13} {r['course_number']:>2} {dose:>19}  "
-        f"{action:<40} {due:<20} {tox}"
+        f"{r['patient_id']:<10} {r.get('site', '-'):<5} {r['state']:<13} {r['course_number']:>2} "
+        f"{dose:>19}  {action:<40} {due:<20} {tox}"
     )
     if r.get("product_status"):
         line += f"  product {r['product_status']}"
@@ -141,9 +142,71 @@ def _board_line(r: dict[str, Any]) -> str:
 
 
 _BOARD_HEADER = (
-    f"{'patient':<10} {'state':<13} {'c':>2} {'delivered/plan':>19}  {'next action':<40} "
-    f"{'due':<20} toxicity"
+    f"{'patient':<10} {'site':<5} {'state':<13} {'c':>2} {'delivered/plan':>19}  "
+    f"{'next action':<40} {'due':<20} toxicity"
 )
+
+
+def _site_option(ctx: Context, chosen: tuple[str, ...]) -> frozenset[str] | None:
+    """``--site``: known sites (or S00), each checked (a bad one names the known sites)."""
+    if not chosen:
+        return None
+    from ..errors import InvalidCommandError
+
+    store = ctx.system.tokens.sites
+    try:
+        return frozenset(store.check_known(list(chosen), "--site"))
+    except InvalidCommandError as exc:
+        raise click.BadParameter(exc.message, param_hint="--site") from None
+
+
+def _print_site_counts(
+    ctx: Context,
+    views: Views,
+    moment: dt.datetime | dt.date | None,
+    sites: frozenset[str] | None,
+    as_json: bool,
+) -> None:
+    counts = queries.site_counts(views.db, moment, sites=sites)
+    listed = ctx.system.tokens.sites.list()
+    rows: dict[str, dict[str, Any]] = {}
+    empty = {
+        "patients": 0,
+        "overdue_actions": 0,
+        "open_queries": None,
+        "median_query_age_days": None,
+    }
+    for s in listed:
+        if sites is None or s.id in sites:
+            rows[s.id] = {
+                "name": s.name,
+                "time_zone": s.time_zone,
+                "active": s.active,
+                **counts.pop(s.id, empty),
+            }
+    for site_id, row in counts.items():
+        rows[site_id] = {
+            "name": DEFAULT_SITE_NAME if site_id == DEFAULT_SITE else None,
+            "time_zone": None,
+            "active": None,
+            **row,
+        }
+    if as_json:
+        echo_json({"as_of": queries.as_of(moment), "sites": rows})
+        return
+    click.echo(
+        f"{'site':<6} {'name':<28} {'time zone':<20} {'patients':>8} {'overdue':>8} "
+        f"{'open queries':>13} {'median age (d)':>15}"
+    )
+    for site_id, r in rows.items():
+        q = "-" if r["open_queries"] is None else str(r["open_queries"])
+        age = "-" if r["median_query_age_days"] is None else f"{r['median_query_age_days']:.1f}"
+        click.echo(
+            f"{site_id:<6} {(r['name'] or '-')[:28]:<28} {(r['time_zone'] or '-'):<20} "
+            f"{r['patients']:>8} {r['overdue_actions']:>8} {q:>13} {age:>15}"
+        )
+    click.echo(f"overdue as of {queries.as_of(moment)}; open queries: - until data queries exist")
+
 
 _wait_options = [
     click.option(
@@ -206,6 +269,20 @@ def wait_options(fn: Any) -> Any:
     default=None,
     help="Only patients whose cell product is in this status (any: every tracked product).",
 )
+@click.option(
+    "--site",
+    "site_filter",
+    multiple=True,
+    metavar="SITE",
+    help="Only the patients of this site (repeat for several; see 'sites list').",
+)
+@click.option(
+    "--sites",
+    "per_site",
+    is_flag=True,
+    help="Per-site counts instead of the board: patients, overdue actions, open data queries "
+    "and their median age.",
+)
 @click.option("--now", default=None, metavar="WHEN", help="Judge 'overdue' as of WHEN (ISO).")
 @click.option(
     "--limit",
@@ -226,6 +303,8 @@ def status(
     sae: bool,
     ae_grade: int | None,
     product: str | None,
+    site_filter: tuple[str, ...],
+    per_site: bool,
     now: str | None,
     limit: int,
     as_json: bool,
@@ -233,16 +312,21 @@ def status(
     timeout: float,
     catch_up: bool,
 ) -> None:
-    """The board: every patient's state, next due action and due date, dose and toxicity, and
-    the cell product (status, vein-to-vein time, a product waiting too long)."""
+    """The board: every patient's state, site, next due action and due date, dose and
+    toxicity, and the cell product (status, vein-to-vein time, a product waiting too long)."""
     moment = _parse_now(now)
+    sites = _site_option(ctx, site_filter)
     views = _ready(ctx, wait_for, timeout, catch_up)
+    if per_site:
+        _print_site_counts(ctx, views, moment, sites, as_json)
+        return
     filters: dict[str, Any] = {
         "state": state,
         "overdue": overdue,
         "toxicity": toxicity,
         "product": product,
         "min_ae_grade": ae_grade,
+        "sites": sites,
     }
     if follow_up_due or sae:  # both: a follow-up visit or an SAE report
         filters["action"] = tuple(

@@ -27,7 +27,7 @@ import tempfile
 from typing import IO, Any, Final
 from xml.sax.saxutils import escape, quoteattr
 
-from ..audit.log import CORRECTED, MOVED, REGISTERED, SIGNED, LoggedEvent
+from ..audit.log import CORRECTED, MOVED, REGISTERED, SIGNED, LoggedEvent, site_after
 from .sdtm import SITE_ID
 from .source import STUDY_ID, STUDY_NAME, Cut
 
@@ -134,6 +134,8 @@ class _Meta:
         self.users: dict[str, tuple[str, str | None]] = {}  # OID -> (role, printed name)
         self.meanings: set[str] = set()
         self.first: str | None = None
+        #: The sites the subjects were at (issue 17): one ``Location`` each in AdminData.
+        self.sites: set[str] = set()
 
 
 def _user(meta: _Meta, e: LoggedEvent) -> str:
@@ -147,10 +149,18 @@ def _user(meta: _Meta, e: LoggedEvent) -> str:
     return oid
 
 
-def _audit(meta: _Meta, e: LoggedEvent, reason: Any) -> str:
+def site_oid(site: str) -> str:
+    """The ODM Location of a trial site (issue 17): ``LOC.S01``."""
+    return f"LOC.{_oid(site)}"
+
+
+def _audit(meta: _Meta, e: LoggedEvent, reason: Any, site: str | None = None) -> str:
+    location = LOCATION_OID if site is None else site_oid(site)
+    if site is not None:
+        meta.sites.add(site)
     parts = [
         f'<UserRef UserOID="{_user(meta, e)}"/>',
-        f'<LocationRef LocationOID="{LOCATION_OID}"/>',
+        f'<LocationRef LocationOID="{location}"/>',
         f"<DateTimeStamp>{escape(e.recorded_at)}</DateTimeStamp>",
     ]
     if reason:
@@ -178,15 +188,27 @@ def _subject(meta: _Meta, pid: str, events: list[LoggedEvent], out: IO[str]) -> 
     where: dict[int, tuple[str, int | None, str]] = {}
     current: dict[int, dict[str, Any]] = {}
     course = 1
+    # the subject's site (issue 17): the AuditRecord's LocationRef is where the data was
+    # entered; the subject's SiteRef is set at its screening and changed at each transfer
+    site = site_after(events[1], "S00") if len(events) > 1 else "S00"
     for e in events:
         if meta.first is None or e.recorded_at < meta.first:
             meta.first = e.recorded_at
+        before, site = site, site_after(e, site)
         if e.kind == REGISTERED:
+            meta.sites.add(site)
             out.write(
                 f'<SubjectData SubjectKey={quoteattr(pid)} TransactionType="Insert">'
-                f"{_audit(meta, e, None)}</SubjectData>\n"
+                f"{_audit(meta, e, None, site)}"
+                f'<SiteRef LocationOID="{site_oid(site)}"/></SubjectData>\n'
             )
-        elif e.kind == MOVED:
+        elif e.kind == MOVED and site != before:  # a transfer: the subject's new site
+            out.write(
+                f'<SubjectData SubjectKey={quoteattr(pid)} TransactionType="Update">'
+                f"{_audit(meta, e, e.get('reason'), site)}"
+                f'<SiteRef LocationOID="{site_oid(site)}"/></SubjectData>\n'
+            )
+        if e.kind == MOVED:
             facts = e.get("facts") or {}
             number = facts.get("course_number")
             if isinstance(number, int):
@@ -198,7 +220,7 @@ def _subject(meta: _Meta, pid: str, events: list[LoggedEvent], out: IO[str]) -> 
             where[e.version] = (se, key, form)
             values = items(facts, e.get("outcome") or {})
             current[e.version] = values
-            audit = _audit(meta, e, e.get("reason"))
+            audit = _audit(meta, e, e.get("reason"), site)
             out.write(_open(pid, se, key, form, e.version, "Insert"))
             _items(meta, form, values, audit, "Insert", out)
             out.write(_CLOSE)
@@ -211,7 +233,7 @@ def _subject(meta: _Meta, pid: str, events: list[LoggedEvent], out: IO[str]) -> 
             old = current[target]
             changed = {k: v for k, v in new.items() if k not in old or old[k] != v}
             current[target] = {**old, **new}
-            audit = _audit(meta, e, e.get("reason"))
+            audit = _audit(meta, e, e.get("reason"), site)
             out.write(_open(pid, se, key, form, target, "Update"))
             _items(meta, form, changed, audit, "Update", out)
             out.write(_CLOSE)
@@ -331,6 +353,13 @@ def _admin(meta: _Meta, out: IO[str]) -> None:
         f'<MetaDataVersionRef StudyOID="{STUDY_ID}" MetaDataVersionOID="{MDV_OID}" '
         f'EffectiveDate="{effective}"/></Location>\n'
     )
+    for site in sorted(meta.sites):  # the trial's sites the subjects were at (issue 17)
+        out.write(
+            f'<Location OID="{site_oid(site)}" Name={quoteattr("Site " + site)} '
+            'LocationType="Site">'
+            f'<MetaDataVersionRef StudyOID="{STUDY_ID}" MetaDataVersionOID="{MDV_OID}" '
+            f'EffectiveDate="{effective}"/></Location>\n'
+        )
     for meaning in sorted(meta.meanings):
         out.write(
             f'<SignatureDef OID="SD.{_oid(meaning)}" Methodology="Electronic">'

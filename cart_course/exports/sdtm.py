@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import attrs
 
+from ..audit.log import site_of_events
 from ..protocol.eligibility import CRITERIA, CriterionKind
 from .source import STUDY_ID, Cut, Entry, Subject
 
@@ -777,7 +778,7 @@ def _dm(state: SubjectState, subject: Subject, treated: bool) -> Row:
         "RFPENDTC": state.last_disposition or state.last_activity,
         "DTHDTC": state.death,
         "DTHFL": "Y" if state.death else None,
-        "SITEID": SITE_ID,
+        "SITEID": site_of_events(subject.events),  # the subject's site at the cut (issue 17)
         "AGE": None,
         "AGEU": None,
         "SEX": "U",

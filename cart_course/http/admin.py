@@ -22,6 +22,8 @@ class NewToken:
     actor: str
     role: str
     name: str | None = None
+    #: The sites the token is limited to (issue 17); none: trial-wide.
+    sites: list[str] | None = None
 
 
 @attrs.define(kw_only=True)
@@ -35,6 +37,7 @@ class TokenView:
     revoked_at: str | None
     revoked_by: str | None
     active: bool
+    sites: list[str]
 
 
 @attrs.define(kw_only=True)
@@ -85,10 +88,15 @@ def list_tokens(tokens: Tok) -> list[TokenView]:
 def add_token(
     request: Request[Any, Any, Any], tokens: Tok, data: JSONBody[NewToken]
 ) -> Response[IssuedToken]:
-    """``actor`` (1-200 printable characters), ``role`` (one of the roles) and an optional
-    ``name``; other keys are 422."""
+    """``actor`` (1-200 printable characters), ``role`` (one of the roles), an optional
+    ``name`` and optional ``sites`` (the sites a service, clinician or monitor token is limited
+    to; none: trial-wide); other keys are 422."""
     info, token = tokens.add(
-        data.actor, data.role, name=data.name, created_by=current_token(request).actor
+        data.actor,
+        data.role,
+        name=data.name,
+        created_by=current_token(request).actor,
+        sites=data.sites or (),
     )
     return Response(
         IssuedToken(token=token, info=_token_view(info)),

@@ -28,7 +28,7 @@ from ..bootstrap import Settings, build_service
 from ..service import CourseService
 from ..storage import StoreSettings
 from ..tokens import TokenStore, open_token_store
-from . import admin, checkpoint_routes, commands, extras, ops, patients
+from . import admin, checkpoint_routes, commands, extras, ops, patients, sites_routes
 from . import figures as figure_routes
 from . import product as product_routes
 from .auth import token_guard
@@ -65,6 +65,7 @@ ROUTES: list[Any] = [
     ops.dashboard,
     *product_routes.ROUTES,
     *figure_routes.ROUTES,  # the cohort's figures, its printable report and the Cohort page
+    *sites_routes.ROUTES,
 ]
 
 
@@ -77,6 +78,12 @@ def create_app(
     on_shutdown: list[Any] | None = None,
 ) -> Litestar:
     """The HTTP application over ``service``; ``tokens`` maps bearer tokens to actors."""
+    # screen and transfer_site check the trial's sites (issue 17), kept with the tokens
+    if service.sites is not tokens.sites:
+        close_sites = getattr(service.sites, "close", None)
+        if close_sites is not None:
+            close_sites()
+        service.sites = tokens.sites
     state = State(
         {
             "service": service,

@@ -53,6 +53,11 @@ def token_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRou
         raise PermissionDeniedException(
             f"role {info.role!r} may not use this route; roles allowed: {', '.join(roles)}"
         )
+    if info.sites and handler.opt.get("trial_wide"):
+        raise PermissionDeniedException(
+            "this route reads the whole trial; this token is limited to site(s) "
+            f"{', '.join(info.sites)}: use a trial-wide token"
+        )
 
 
 def current_token(connection: ASGIConnection[Any, Any, Any, Any]) -> TokenInfo:

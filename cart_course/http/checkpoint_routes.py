@@ -46,7 +46,7 @@ def _store(service: CourseService, request: Request[Any, Any, Any]) -> Iterator[
 
 @get(
     "/v1/audit/checkpoint",
-    opt={"roles": CHECKPOINT_READERS, "audit": True},
+    opt={"roles": CHECKPOINT_READERS, "audit": True, "trial_wide": True},
     sync_to_thread=True,
     responses=problem_responses(404),
     media_type="text/plain; charset=utf-8",

@@ -12,13 +12,14 @@ from litestar.di import NamedDependency, Provide
 from litestar.exceptions import SerializationException
 from litestar.params import HeaderParameter, ParameterKwarg
 
+from ..access import ScopedService
 from ..contract import ENVELOPE_KEYS, MAX_VERSION, parse_command
 from ..errors import InvalidCommandError
 from ..jsonin import duplicate_key
 from ..protocol.errors import key_name
 from ..service import CourseService
-from ..tokens import TokenStore, check_actor_role
-from .auth import current_actor
+from ..tokens import TokenInfo, TokenStore, check_actor_role
+from .auth import SCOPE_KEY, current_actor
 from .params import MAX_POSITION, POSITION_PATTERN, patient_id_path
 from .problems import (
     BodyError,
@@ -34,8 +35,14 @@ MAX_JSON_DEPTH = 32
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
-def _service(state: State) -> CourseService:
-    service: CourseService = state.service
+def _service(request: Request[Any, Any, Any]) -> CourseService:
+    """The service, as the request's token sees it: a token limited to sites (issue 17) gets a
+    :class:`~cart_course.access.ScopedService` (its sites' patients only; routes over the whole
+    trial are refused), every other caller the service itself."""
+    service: CourseService = request.app.state.service
+    info = request.scope.get(SCOPE_KEY)
+    if isinstance(info, TokenInfo) and info.sites:
+        return ScopedService(service, info.sites)
     return service
 
 
@@ -183,13 +190,15 @@ class JSONRequest(Request[Any, Any, Any]):
         return value
 
 
+SITE_KEYS = ("id", "name", "time_zone")
 PATIENT_COMMAND_KEYS = ("occurred_at", "payload", "reason", "idempotency_key", "expected_version")
-TOKEN_KEYS = ("actor", "role", "name")
+TOKEN_KEYS = ("actor", "role", "name", "sites")
 _BODY_WHAT = {
     "command": "the command envelope: " + ", ".join(k for k in ENVELOPE_KEYS if k != "actor"),
     "patient_command": "the command's " + ", ".join(PATIENT_COMMAND_KEYS),
-    "token": "the token's actor, role and (optional) name",
     "verify": "the checkpoint's text and (optional) public_keys",
+    "token": "the token's actor, role, (optional) name and (optional) sites",
+    "site": "the site's id, name and time_zone",
 }
 
 
@@ -248,6 +257,12 @@ async def read_json_object(request: Request[Any, Any, Any]) -> None:
         from .checkpoint_routes import read_verify_request
 
         read_verify_request(data)
+    elif kind == "site":
+        extra = sorted(data.keys() - set(SITE_KEYS))
+        if extra:
+            raise InvalidCommandError(
+                key_name(extra[0]), f"unknown key; allowed keys are: {', '.join(SITE_KEYS)}"
+            )
     request.state.json_body = data
 
 

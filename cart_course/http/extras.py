@@ -22,11 +22,14 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 
+from ..access import ScopedService, sites_of
 from ..contract import MAX_VERSION, parse_patient_id, parse_time
-from ..errors import InvalidCommandError
+from ..errors import ForbiddenError, InvalidCommandError
+from ..protocol.sites import SITE_ID_PATTERN
 from ..protocol.states import State as CourseState
 from ..protocol.versions import get_version
 from ..service import CourseService
+from ..sites import parse_site_id
 from .auth import AUDITORS, VIEWERS
 from .common import PatientId
 from .params import (
@@ -156,7 +159,9 @@ def get_verify(service: Svc) -> dict[str, Any]:
 
 
 def _check_patient(service: CourseService, patient_id: str | None) -> None:
-    if patient_id is not None:
+    if patient_id is not None and isinstance(service, ScopedService):
+        service.record(parse_patient_id(patient_id, "query.patient_id"))  # as not on record
+    elif patient_id is not None:
         from ..audit import patient_events
 
         patient_events(service.log, parse_patient_id(patient_id, "query.patient_id"))
@@ -294,6 +299,30 @@ def _views(request: Request[Any, Any, Any]) -> ViewsAccess:
 
 
 WaitFor = Annotated[int | None, position_query("Answer once the views reached this position")]
+SiteFilter = Annotated[
+    str | None,
+    QueryParameter(
+        max_length=16,
+        pattern=SITE_ID_PATTERN,
+        description="Only the patients of this site (issue 17; see GET /v1/sites); a "
+        "site-limited token: one of its sites (another is 403); a site without patients: none",
+    ),
+]
+
+
+def view_sites(request: Request[Any, Any, Any], service: Any, site: str | None) -> Any:
+    """The sites a view is limited to: the token's (a site-limited token), narrowed to ``site``
+    when one is asked (another site than the token's: 403; an unknown site: 422). None: all."""
+    scope = sites_of(service)
+    if site is None:
+        return scope
+    site = parse_site_id(site, "query.site")
+    if scope is not None and site not in scope:
+        raise ForbiddenError(
+            f"this token is limited to site(s) {', '.join(sorted(scope))}; it may not read "
+            f"site {site!r}"
+        )
+    return frozenset({site})  # a site without patients (or unknown): an empty answer
 
 
 @attrs.frozen(kw_only=True)
@@ -346,6 +375,7 @@ def _board_rows(
     limit: int | None = None,
     after: str | tuple[str, str] | None = None,
     wait_for: int | None = None,
+    sites: frozenset[str] | None = None,
 ) -> list[dict[str, Any]]:
     from ..protocol import labels
     from ..views import queries
@@ -366,6 +396,7 @@ def _board_rows(
                 contains=f.contains,
                 limit=None if f.sort else limit,
                 after=after,
+                sites=sites,
             )
         except queries.UnknownPageStart as exc:
             raise InvalidCommandError(
@@ -404,7 +435,9 @@ def _per_kg(row: dict[str, Any]) -> float | None:
 )
 def get_board(
     request: Request[Any, Any, Any],
+    service: Svc,
     state_filter: Annotated[str | None, state_query()] = None,
+    site: SiteFilter = None,
     overdue: FromQuery[bool] = False,
     toxicity: FromQuery[bool] = False,
     hold: Annotated[bool, QueryParameter(description="Fractions held for toxicity")] = False,
@@ -455,10 +488,11 @@ def get_board(
         raise InvalidCommandError(
             "query.after", "pages follow the board's own order: leave out sort to page with after"
         )
+    sites = view_sites(request, service, site)
     start: str | tuple[str, str] | None = after
     if after is not None and after.startswith(CURSOR_MARK):
         start = _read_cursor(after)
-    rows = _board_rows(request, f, limit=limit, after=start, wait_for=wait_for)
+    rows = _board_rows(request, f, limit=limit, after=start, wait_for=wait_for, sites=sites)
     headers = {}
     if limit is not None and len(rows) == limit and sort is None:
         last = rows[-1]
@@ -521,7 +555,9 @@ def _csv_value(value: Any) -> Any:
 )
 def get_board_csv(
     request: Request[Any, Any, Any],
+    service: Svc,
     state_filter: Annotated[str | None, state_query()] = None,
+    site: SiteFilter = None,
     overdue: FromQuery[bool] = False,
     toxicity: FromQuery[bool] = False,
     hold: Annotated[bool, QueryParameter(description="Fractions held for toxicity")] = False,
@@ -553,7 +589,7 @@ def get_board_csv(
         sort=sort,
     )
     f.check()
-    rows = _board_rows(request, f)
+    rows = _board_rows(request, f, sites=view_sites(request, service, site))
     return Response(
         board_csv_text(rows),
         media_type="text/csv; charset=utf-8",
@@ -594,13 +630,14 @@ def _read_cursor(text: str) -> tuple[str, str]:
     tags=["views"],
 )
 def get_watchlist(
-    request: Request[Any, Any, Any], wait_for: WaitFor = None
+    request: Request[Any, Any, Any], service: Svc, site: SiteFilter = None, wait_for: WaitFor = None
 ) -> list[dict[str, Any]]:
     from ..views import queries
 
+    sites = view_sites(request, service, site)
     access = _views(request)
     with access.lock:
-        return queries.watchlist(access.fresh(wait_for))
+        return queries.watchlist(access.fresh(wait_for), sites=sites)
 
 
 @get(
@@ -611,17 +648,63 @@ def get_watchlist(
     summary="Cohort counts by state, response and course number",
     tags=["views"],
 )
-def get_counts(request: Request[Any, Any, Any], wait_for: WaitFor = None) -> dict[str, Any]:
+def get_counts(
+    request: Request[Any, Any, Any], service: Svc, site: SiteFilter = None, wait_for: WaitFor = None
+) -> dict[str, Any]:
     """Also ``attention``: what needs action now (overdue, open toxicity, fractions held, a
     response assessment due, an SAE report due), each a filter of the board."""
     from ..views import queries
 
+    sites = view_sites(request, service, site)
     access = _views(request)
     with access.lock:
         db = access.fresh(wait_for)
-        out: dict[str, Any] = queries.cohort(db)
-        out["attention"] = queries.attention(db)
+        out: dict[str, Any] = queries.cohort(db, sites=sites)
+        out["attention"] = queries.attention(db, sites=sites)
         return out
+
+
+@get(
+    "/v1/counts/sites",
+    opt={"roles": VIEWERS},
+    sync_to_thread=True,
+    responses=problem_responses(504),
+    summary="Per site: patients, overdue next actions, open data queries and their median age",
+    tags=["views"],
+)
+def get_site_counts(
+    request: Request[Any, Any, Any], service: Svc, wait_for: WaitFor = None
+) -> dict[str, Any]:
+    """Every site of the trial (a site-limited token: its sites), with the patients recorded
+    before sites under S00. ``open_queries`` and ``median_query_age_days`` are null until the
+    trial records data queries."""
+    from ..views import queries
+
+    scope = sites_of(service)
+    access = _views(request)
+    with access.lock:
+        counts = queries.site_counts(access.fresh(wait_for), sites=scope)
+    store = request.app.state.tokens.sites
+    out: dict[str, Any] = {}
+    for s in store.list():
+        if scope is None or s.id in scope:
+            out[s.id] = {
+                "name": s.name,
+                "time_zone": s.time_zone,
+                "active": s.active,
+                **counts.pop(s.id, _EMPTY_SITE),
+            }
+    for site_id, row in counts.items():  # S00, or a site no longer in the table
+        out[site_id] = {"name": None, "time_zone": None, "active": None, **row}
+    return out
+
+
+_EMPTY_SITE = {
+    "patients": 0,
+    "overdue_actions": 0,
+    "open_queries": None,
+    "median_query_age_days": None,
+}
 
 
 @get(
@@ -636,17 +719,19 @@ def get_deviations(
     request: Request[Any, Any, Any],
     service: Svc,
     patient_id: Annotated[str | None, patient_id_query()] = None,
+    site: SiteFilter = None,
     wait_for: WaitFor = None,
 ) -> list[dict[str, Any]]:
     from ..views import queries
 
     _check_patient(service, patient_id)  # an unknown patient is 404, as on the exports
+    sites = view_sites(request, service, site)
     access = _views(request)
     with access.lock:
-        return queries.deviations(access.fresh(wait_for), patient_id)
+        return queries.deviations(access.fresh(wait_for), patient_id, sites=sites)
 
 
-VIEW_ROUTES = [get_board, get_board_csv, get_watchlist, get_counts, get_deviations]
+VIEW_ROUTES = [get_board, get_board_csv, get_watchlist, get_counts, get_site_counts, get_deviations]
 
 
 def views_metrics(state: State) -> str:

@@ -7,6 +7,7 @@ import threading
 from typing import Any
 from uuid import UUID
 
+from ..access import base_service, sites_of
 from ..course import RECORDED_ID, PatientCourse
 from ..eventlog import REGISTERED_TOPIC
 from ..service import CourseService
@@ -66,17 +67,32 @@ class PatientIndex:
 
 
 def last_position(service: CourseService) -> int:
-    return service.log.max_notification_id()
+    return base_service(service).log.max_notification_id()
 
 
 def read_feed(
     service: CourseService, index: PatientIndex, after: int, limit: int
 ) -> list[dict[str, Any]]:
-    log = service.log
+    return read_feed_page(service, index, after, limit)[0]
+
+
+def read_feed_page(
+    service: CourseService, index: PatientIndex, after: int, limit: int
+) -> tuple[list[dict[str, Any]], int]:
+    """A page of the feed, and the position read up to (go on after it). A site-limited token's
+    service (``access.ScopedService``) gets only its sites' patients' events: the others are
+    read past, never shown (so the page may hold fewer than ``limit`` events)."""
+    sites = sites_of(service)
+    log = base_service(service).log
     items = []
+    scanned = after
     for n in log.notifications(after, limit):
+        scanned = n.id
         event: Any = log.to_event(n)
         if isinstance(event, PatientCourse.Registered):
             index.learn(event.originator_id, event.patient_id)
-        items.append(event_json(event, index.name(event.originator_id), n.id))
-    return items
+        patient_id = index.name(event.originator_id)
+        if sites is not None and (patient_id is None or not service.sees(patient_id)):  # type: ignore[attr-defined]
+            continue
+        items.append(event_json(event, patient_id, n.id))
+    return items, scanned

@@ -85,6 +85,7 @@ def observe(app: ASGIApp) -> ASGIApp:
                             state.tokens.log_access,
                             actor=info.actor,
                             role=info.role,
+                            scope=info.scope,
                             method=method,
                             path=scope["path"],
                             query=scope.get("query_string", b"").decode("latin-1"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
+import zoneinfo
 from html import escape
 from typing import Any, Final
 
@@ -24,6 +25,8 @@ from .. import (
     __version__,
     schemas,  # read when the document is made: schemas.SCHEMAS may be replaced
 )
+from ..protocol.sites import DEFAULT_SITE, SITE_SCHEMA
+from ..sites import MAX_SITE_NAME
 from ..tokens import MAX_NAME, ROLES
 from .checkpoint_routes import VerifyRequest
 from .params import printable_text
@@ -92,7 +95,7 @@ def command_components() -> dict[str, Schema]:
 
 def new_token_schema() -> Schema:
     """The body of ``POST /v1/tokens`` as ``tokens.check_actor_role`` checks it."""
-    return {
+    schema: Schema = {
         "type": "object",
         "title": "NewToken",
         "properties": {
@@ -104,6 +107,34 @@ def new_token_schema() -> Schema:
             },
         },
         "required": ["actor", "role"],
+        "additionalProperties": False,
+    }
+    schema["properties"]["sites"] = {
+        "anyOf": [
+            {"type": "array", "items": dict(SITE_SCHEMA), "maxItems": 50},
+            {"type": "null"},
+        ],
+        "description": "the sites the token is limited to (issue 17; none or null: "
+        "trial-wide). Not stated by this schema: only service, clinician and monitor tokens "
+        "may be limited, each site one the trial defines (else 422)",
+    }
+    return schema
+
+
+def new_site_schema() -> Schema:
+    """The body of ``POST /v1/sites`` as ``sites.SiteStore.add`` checks it."""
+    return {
+        "type": "object",
+        "title": "NewSite",
+        "properties": {
+            "id": {**SITE_SCHEMA, "not": {"const": DEFAULT_SITE}},
+            "name": {**printable_text(MAX_SITE_NAME), "description": "the site's name"},
+            "time_zone": {
+                "enum": sorted(zoneinfo.available_timezones()),
+                "description": "an IANA time zone name, e.g. Europe/Paris",
+            },
+        },
+        "required": ["id", "name", "time_zone"],
         "additionalProperties": False,
     }
 
@@ -133,6 +164,7 @@ def refine(document: Schema) -> Schema:
     components.pop("PatientCommand", None)
     components.update(command_components())
     components["NewToken"] = new_token_schema()
+    components["NewSite"] = new_site_schema()
     paths: dict[str, Any] = doc.get("paths", {})
     post = paths.get(COMMANDS_PATH, {}).get("post")
     if post is not None:

@@ -149,7 +149,7 @@ def ready(service: Svc, tokens: Tok) -> Ready:
 
 @get(
     "/metrics",
-    opt={"roles": METRICS_READERS},
+    opt={"roles": METRICS_READERS, "trial_wide": True},
     sync_to_thread=True,
     responses=problem_responses(),
     media_type=METRICS_MEDIA_TYPE,

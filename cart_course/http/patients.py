@@ -30,7 +30,7 @@ from .auth import (
     current_token,
 )
 from .common import PatientId, Svc, Tok, last_event_id
-from .feed import PatientIndex, event_json, last_position, read_feed
+from .feed import PatientIndex, event_json, last_position, read_feed_page
 from .params import (
     MAX_PAGE,
     MAX_STREAM_EVENTS,
@@ -150,10 +150,10 @@ def get_events(
     limit: Annotated[int, integer_query(1, MAX_PAGE)] = 100,
 ) -> EventPage:
     index: PatientIndex = request.app.state.index
-    events = read_feed(service, index, after, limit)
+    events, scanned = read_feed_page(service, index, after, limit)
     return EventPage(
         after=after,
-        next_after=events[-1]["position"] if events else after,
+        next_after=scanned,
         last_position=last_position(service),
         events=events,
     )
@@ -209,14 +209,16 @@ async def stream_events(
                     end = {"error": "unauthenticated", "status": 401, "detail": why}
                     yield ServerSentEventMessage(data=json.dumps(end), event="end")
                     return
-            page = await asyncio.to_thread(read_feed, service, index, position, 100)
+            page, scanned = await asyncio.to_thread(read_feed_page, service, index, position, 100)
             for item in page:
                 position = item["position"]
                 yield ServerSentEventMessage(data=json.dumps(item), event="event", id=str(position))
                 sent += 1
                 if max_events is not None and sent >= max_events:
                     return
-            if not page:
+            read_past = scanned > position  # another site's events: read past, never shown
+            position = scanned
+            if not page and not read_past:
                 await asyncio.sleep(SSE_POLL_SECONDS)
                 idle += SSE_POLL_SECONDS
                 if idle >= SSE_KEEPALIVE_SECONDS:

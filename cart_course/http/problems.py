@@ -39,6 +39,8 @@ from ..errors import (
     VersionConflictError,
 )
 from ..ingest import IngestAborted
+from ..service import PatientIdTakenError
+from ..sites import SiteExistsError, SiteNotFoundError
 from ..tokens import TokenNotFoundError
 from ..views.runner import ViewsDifferError, ViewsTimeoutError
 
@@ -160,6 +162,9 @@ STATUS_OF: dict[type[CartCourseError], int] = {
     VersionConflictError: 412,
     PreconditionFailedError: 412,
     PatientNotFoundError: 404,
+    PatientIdTakenError: 409,
+    SiteNotFoundError: 404,
+    SiteExistsError: 409,
     TokenNotFoundError: 404,
     ProductNotFoundError: 404,
     CheckpointUnavailableError: 404,

@@ -624,6 +624,19 @@ def toxicity_not_fatal(p: Probe) -> bool:
     return not _fatal(p)
 
 
+@rule(
+    "the patient moves to another site than the one they are at (issue 17)",
+    lambda p: (
+        f"the patient is already at site {p.facts.get('from_site')!r}: a transfer names "
+        "another site"
+    ),
+)
+def site_changes(p: Probe) -> bool:
+    if p.hypothetical and "site" not in p.facts:  # payload unknown
+        return True
+    return bool(p.facts.get("site") != p.facts.get("from_site"))
+
+
 @rule("a reason is recorded", lambda p: "a reason is required for this move")
 def reason_given(p: Probe) -> bool:
     facts = p.facts
@@ -933,6 +946,14 @@ TRANSITIONS: list[dict[str, Any]] = [
         "source": _AFTER_TREATMENT,
         "dest": "=",
         "conditions": ["follow_up_from_d1", "visit_in_schedule"],
+    },
+    # A multi-site trial (issue 17): the patient moves to another site (a hospital transfer),
+    # with a reason, while their record is open (not after death or withdrawal).
+    {
+        "trigger": T.TRANSFER_SITE,
+        "source": [*NON_TERMINAL, *FOLLOW_UP],
+        "dest": "=",
+        "conditions": ["site_changes", "reason_given"],
     },
     {
         "trigger": T.RECORD_SAE_REPORT,

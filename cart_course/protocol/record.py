@@ -15,6 +15,10 @@ import attrs
 from .product import evolve_product, product_summary
 from .states import INFUSION_TRIGGERS, TERMINAL, State, Trigger
 
+#: The site of a patient recorded without one (before sites existed, or in a trial that defines
+#: no sites); see ``protocol/sites.py``.
+DEFAULT_SITE = "S00"
+
 
 @attrs.define(kw_only=True)
 class Fraction:
@@ -111,6 +115,11 @@ class PatientRecord:
     pre_infusion_hold: dict[str, Any] | None = None
     #: For each correctable event version: its trigger and where its effect lives.
     index: dict[int, dict[str, Any]] = attrs.Factory(dict)
+    #: The patient's site (issue 17): set by ``screen``'s ``site``, changed by ``transfer_site``;
+    #: :data:`DEFAULT_SITE` for a patient screened without one (a store of the previous release).
+    site: str = DEFAULT_SITE
+    #: Each transfer: {"version", "from_site", "to_site", "occurred_at", "reason"}.
+    site_transfers: list[dict[str, Any]] = attrs.Factory(list)
     # Derived indexes of ``toxicities`` (never stored: rebuilt by ``from_json``), so that a
     # command costs the same with 10 or 1000 events of history.
     open_ids: list[str] = attrs.field(factory=list, eq=False, repr=False)
@@ -195,6 +204,7 @@ class PatientRecord:
         course = self.course
         return {
             "patient_id": self.patient_id,
+            "site": self.site,
             "state": self.state,
             "version": self.version,
             "protocol_version": self.protocol_version,
@@ -216,6 +226,7 @@ class PatientRecord:
             **({"sae_cases": list(self.sae_cases.values())} if self.sae_cases else {}),
             **({"death": self.death} if self.death else {}),
             **({"pre_infusion_hold": self.pre_infusion_hold} if self.pre_infusion_hold else {}),
+            **({"site_transfers": list(self.site_transfers)} if self.site_transfers else {}),
         }
 
 
@@ -294,6 +305,7 @@ STAYING_TRIGGERS: frozenset[Trigger] = frozenset(
         Trigger.RELEASE_PRODUCT,
         Trigger.REPEAT_APHERESIS,
         Trigger.ASSESS_PRE_INFUSION,
+        Trigger.TRANSFER_SITE,
     }
 )
 
@@ -342,6 +354,20 @@ def _apply_effect(
     version: int,
     reason: str | None,
 ) -> None:
+    if trigger == Trigger.TRANSFER_SITE:
+        record.site_transfers.append(
+            {
+                "version": version,
+                "from_site": record.site,
+                "to_site": facts["site"],
+                "occurred_at": occurred_at,
+                "reason": reason,
+            }
+        )
+        record.site = facts["site"]
+        return
+    if trigger == Trigger.SCREEN and isinstance(facts.get("site"), str):
+        record.site = facts["site"]
     if trigger in (Trigger.SCREEN, Trigger.RESCREEN):
         record.screenings += 1
         record.screening = facts["screening"]

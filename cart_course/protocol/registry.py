@@ -32,6 +32,7 @@ import attrs
 
 from . import building_blocks as blocks
 from . import follow_up, payloads, pre_infusion, product, product_commands, response
+from . import sites as site_rules
 from .building_blocks import ContextBuilder, OutcomeBuilder, PayloadParser, TimeCheck
 from .machine import TRANSITIONS
 from .schema_parts import BOOL, EMPTY, Schema, free_text, obj, text
@@ -383,10 +384,15 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         event="Screened",
         moves=[Move(trigger="screen")],
         required=("screening",),
-        parse=blocks.parse_screening_payload,
+        # the patient's site (issue 17): required by the service once the trial has sites
+        optional=("site",),
+        parse=site_rules.parse_screen_payload,
         outcome=blocks.screening_outcome,
         correctable=("screening",),
-        payload_schema=_SCREENING_SCHEMA,
+        payload_schema=obj(
+            {"screening": {"$ref": "#/$defs/screening"}, "site": site_rules.SITE_SCHEMA},
+            ("screening",),
+        ),
         examples=examples_of("screen"),
         next_in=(_S.CANDIDATE,),
     ),
@@ -724,6 +730,22 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         episode=True,
         payload_schema=_struct_object("sae_report"),
         examples=examples_of("record_sae_report"),
+    ),
+    CommandDef(
+        name="transfer_site",
+        summary="The patient moves to another site (a hospital transfer), with a reason; the "
+        "state does not change. The new site's tokens see the patient from then on, the old "
+        "site's no longer.",
+        event="SiteTransferred",
+        moves=[Move(trigger="transfer_site")],
+        required=("site",),
+        parse=site_rules.parse_transfer,
+        outcome=site_rules.transfer_outcome,
+        reason="always",
+        reason_asks="why the patient moves to another site",
+        episode=True,
+        payload_schema=obj({"site": site_rules.SITE_SCHEMA}, ("site",)),
+        examples=examples_of("transfer_site"),
     ),
     CommandDef(
         name="correct",

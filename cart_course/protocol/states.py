@@ -67,6 +67,8 @@ class Trigger(StrEnum):
     RECORD_SAE_REPORT = "record_sae_report"
     # the pre-infusion gate (issue 20)
     ASSESS_PRE_INFUSION = "assess_pre_infusion"
+    # a multi-site trial (issue 17)
+    TRANSFER_SITE = "transfer_site"
 
 
 INFUSION_TRIGGERS: dict[Trigger, int] = {

@@ -28,6 +28,23 @@ def metrics_text(views: Views, now: queries.Moment = None) -> str:
         lines.append(
             f'cart_course_patients{{state="{state.value}"}} {by_state.get(state.value, 0)}'
         )
+    per_site = queries.site_counts(db, now)
+    lines += [
+        "# HELP cart_course_site_patients Patients per site (issue 17; one series per site that "
+        "has patients: bounded by the trial's sites).",
+        "# TYPE cart_course_site_patients gauge",
+        *(
+            f'cart_course_site_patients{{site="{_escape(s)}"}} {c["patients"]}'
+            for s, c in per_site.items()
+        ),
+        "# HELP cart_course_site_overdue_actions Patients per site whose next protocol action is "
+        "past its due date.",
+        "# TYPE cart_course_site_overdue_actions gauge",
+        *(
+            f'cart_course_site_overdue_actions{{site="{_escape(s)}"}} {c["overdue_actions"]}'
+            for s, c in per_site.items()
+        ),
+    ]
     lines += [
         "# HELP cart_course_overdue_actions Patients whose next protocol action is past its due date.",
         "# TYPE cart_course_overdue_actions gauge",

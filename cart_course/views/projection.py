@@ -68,6 +68,8 @@ BOARD_COLUMNS: tuple[str, ...] = (
     "sae_due_at",
     "max_ae_grade",
     "open_ae_grade",
+    # a multi-site trial (issue 17): the patient's site now (indexed: the board by site)
+    "site",
 )
 TOXICITY_COLUMNS: tuple[str, ...] = (
     "patient_id",
@@ -371,6 +373,7 @@ def board_row(
         *product_columns(record),
         next_kind(action),
         *after_course_columns(record),
+        record.site,
     )
 
 
@@ -452,6 +455,7 @@ def cohort_keys(row: tuple[Any, ...] | None) -> list[tuple[str, str]]:
     if status is not None:
         keys.append(("product", str(status)))
     keys.extend(_due_keys(row[_NEXT_KIND], row[_DUE_ON]))
+    keys.append(("site", str(row[_SITE])))  # issue 17: a site's patients counted, not scanned
     return keys
 
 
@@ -485,9 +489,11 @@ def cohort_keys_of(record: PatientRecord) -> list[tuple[str, str]]:
         keys.append(("product", status))
     action, due_on, _hold, _overdue = next_due_at(record)
     keys.extend(_due_keys(next_kind(action), due_on))
+    keys.append(("site", record.site))
     return keys
 
 
 _PRODUCT_STATUS = BOARD_COLUMNS.index("product_status")
 _NEXT_KIND = BOARD_COLUMNS.index("next_kind")
 _DUE_ON = BOARD_COLUMNS.index("due_on")
+_SITE = BOARD_COLUMNS.index("site")

@@ -12,6 +12,7 @@ overdue; the watchlist shows it instead.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from typing import Any
 
 from ..protocol.labels import next_action_label
@@ -227,6 +228,7 @@ def board(
     awaiting: bool = False,
     contains: str | None = None,
     min_ae_grade: int | None = None,
+    sites: Sites = None,
 ) -> list[dict[str, Any]]:
     """Board rows, by patient id (``overdue``: most overdue first); filters combine (AND):
     ``hold`` fractions held for toxicity, ``awaiting`` a response assessment due, ``contains``
@@ -253,6 +255,7 @@ def board(
     _product_filter(product, where, params)
     _more_filters(where, params, hold=hold, awaiting=awaiting, contains=contains)
     _ae_grade_filter(min_ae_grade, now, where, params)
+    _site_filter(sites, where, params)
     if after is not None and not overdue:
         where.append("patient_id > ?")
         params.append(after if isinstance(after, str) else after[1])
@@ -286,9 +289,30 @@ def count(
     action: Action | None = None,
     product: str | None = None,
     min_ae_grade: int | None = None,
+    sites: Sites = None,
 ) -> int:
     if (
-        not overdue and not toxicity and action is None and product is None and min_ae_grade is None
+        (sites is not None and state is None and not overdue and not toxicity)
+        and action is None
+        and product is None
+        and min_ae_grade is None
+    ):  # the cohort view keeps each site's count
+        chosen = sorted(set(sites))
+        if not chosen:
+            return 0
+        row = db.fetchone(
+            "SELECT COALESCE(SUM(patients), 0) FROM view_cohort WHERE dimension = 'site' "
+            f"AND key IN ({', '.join('?' * len(chosen))})",
+            chosen,
+        )
+        return int(row[0]) if row else 0
+    if (
+        not overdue
+        and not toxicity
+        and action is None
+        and product is None
+        and min_ae_grade is None
+        and sites is None
     ):  # the cohort view keeps these counts
         if state is None:
             row = db.fetchone(
@@ -299,7 +323,13 @@ def count(
                 "SELECT patients FROM view_cohort WHERE dimension = 'state' AND key = ?", [state]
             )
         return int(row[0]) if row else 0
-    if state is None and not toxicity and product is None and min_ae_grade is None:
+    if (
+        state is None
+        and not toxicity
+        and product is None
+        and min_ae_grade is None
+        and sites is None
+    ):
         return _kept_count(db, overdue, now, action)
     where: list[str] = []
     params: list[Any] = []
@@ -315,6 +345,7 @@ def count(
     _action_filter(action, where, params)
     _product_filter(product, where, params)
     _ae_grade_filter(min_ae_grade, now, where, params)
+    _site_filter(sites, where, params)
     sql = "SELECT COUNT(*) FROM view_board" + (" WHERE " + " AND ".join(where) if where else "")
     row = db.fetchone(sql, params)
     return int(row[0]) if row else 0
@@ -338,12 +369,15 @@ def _more_filters(
         params.append(f"%{escaped}%")
 
 
-def attention(db: ViewDB, now: Moment = None) -> dict[str, int]:
+def attention(db: ViewDB, now: Moment = None, sites: Sites = None) -> dict[str, int]:
     """What needs action now, counted: overdue, open toxicity, fractions held, a response
-    assessment due, an SAE report due (the board's summary cards; each is a board filter)."""
+    assessment due, an SAE report due (the board's summary cards; each is a board filter), in
+    ``sites`` when given (a site-limited token's)."""
 
     def n(sql: str, params: list[Any] | None = None) -> int:
-        row = db.fetchone("SELECT COUNT(*) FROM view_board WHERE " + sql, params or [])
+        where, args = [sql], list(params or [])
+        _site_filter(sites, where, args)
+        row = db.fetchone("SELECT COUNT(*) FROM view_board WHERE " + " AND ".join(where), args)
         return int(row[0]) if row else 0
 
     cutoff = _Cutoff(now)
@@ -494,6 +528,25 @@ def _row_count(db: ViewDB, cutoff: _Cutoff, action: Action | None) -> int:
 PRODUCT_FILTERS = ("any", "collected", "in_manufacture", "released", "failed", "infused")
 
 
+#: The sites a query is limited to (issue 17): None for every site.
+Sites = Collection[str] | None
+
+
+def _site_filter(sites: Sites, where: list[str], params: list[Any], column: str = "site") -> None:
+    """Only the rows of ``sites`` (an empty collection: no row)."""
+    if sites is None:
+        return
+    chosen = sorted(set(sites))
+    if not chosen:
+        where.append("1 = 0")
+        return
+    if len(chosen) == 1:
+        where.append(f"{column} = ?")
+    else:
+        where.append(f"{column} IN ({', '.join('?' * len(chosen))})")
+    params.extend(chosen)
+
+
 def _product_filter(product: str | None, where: list[str], params: list[Any]) -> None:
     if product is None:
         return
@@ -518,18 +571,22 @@ def patient(db: ViewDB, patient_id: str, now: Moment = None) -> dict[str, Any] |
     return None if row is None else _board_dict(row, _Cutoff(now))
 
 
-def watchlist(db: ViewDB, now: Moment = None) -> list[dict[str, Any]]:
+def watchlist(db: ViewDB, now: Moment = None, sites: Sites = None) -> list[dict[str, Any]]:
     """Open toxicities (CRS, ICANS, others) with grade, onset, hold, and time since the last
     infusion, worst grade first; then patients on hold without an open toxicity row (none
     expected, listed for safety). A day given as ``now``: its start, UTC."""
     if isinstance(now, dt.date) and not isinstance(now, dt.datetime):
         now = dt.datetime.combine(now, dt.time(0), tzinfo=dt.UTC)
     moment = _instant(now)
+    where = ["t.is_open = 1"]
+    params: list[Any] = []
+    _site_filter(sites, where, params, "b.site")
     rows = db.fetchall(
         "SELECT t.patient_id, t.toxicity_id, t.kind, t.term, t.grade, t.worst_grade, t.scale, "
         "t.course_number, t.onset, t.severe, t.opens_hold, b.state, b.hold, b.last_infusion_on "
         "FROM view_toxicity t JOIN view_board b ON b.patient_id = t.patient_id "
-        "WHERE t.is_open = 1 ORDER BY t.grade DESC, t.onset, t.patient_id",
+        f"WHERE {' AND '.join(where)} ORDER BY t.grade DESC, t.onset, t.patient_id",
+        params,
     )
     out = []
     for (
@@ -577,8 +634,11 @@ def watchlist(db: ViewDB, now: Moment = None) -> list[dict[str, Any]]:
     return out
 
 
-def cohort(db: ViewDB) -> dict[str, dict[str, int]]:
-    """Patients by state, by (last assessed) response and by course number."""
+def cohort(db: ViewDB, sites: Sites = None) -> dict[str, dict[str, int]]:
+    """Patients by state, by (last assessed) response and by course number (``sites``: of
+    those sites' patients only, counted from the board)."""
+    if sites is not None:
+        return _cohort_of_sites(db, sites)
     out: dict[str, dict[str, int]] = {"state": {}, "response": {}, "course": {}}
     for dimension, key, n in db.fetchall(
         "SELECT dimension, key, patients FROM view_cohort WHERE dimension <> ? AND "
@@ -593,15 +653,87 @@ def cohort(db: ViewDB) -> dict[str, dict[str, int]]:
     return out
 
 
-def deviations(db: ViewDB, patient_id: str | None = None) -> list[dict[str, Any]]:
+def _cohort_of_sites(db: ViewDB, sites: Collection[str]) -> dict[str, dict[str, int]]:
+    """:func:`cohort`'s cells (``projection.cohort_keys``) for the patients of ``sites``."""
+    where: list[str] = []
+    params: list[Any] = []
+    _site_filter(sites, where, params)
+    cond = " WHERE " + " AND ".join(where)
+    out: dict[str, dict[str, int]] = {"state": {}, "response": {}, "course": {}}
+    columns = {
+        "state": "state",
+        "response": "COALESCE(response, 'not assessed')",
+        "course": "course_number",
+        "product": "product_status",
+        "site": "site",
+    }
+    for dimension, column in columns.items():
+        for key, n in db.fetchall(
+            f"SELECT {column}, COUNT(*) FROM view_board{cond} GROUP BY {column} ORDER BY 1",
+            params,
+        ):
+            if key is not None:
+                out.setdefault(dimension, {})[str(key)] = int(n)
+    row = db.fetchone(
+        f"SELECT COALESCE(SUM(manufacturing_failures), 0) FROM view_board{cond}", params
+    )
+    failures = int(row[0]) if row else 0
+    if failures or "product" in out:
+        out["manufacturing_failures"] = {"lots": failures}
+    return out
+
+
+def open_queries_by_site(db: ViewDB, now: Moment = None) -> dict[str, tuple[int, float | None]]:
+    """Per site: (open data queries, median age of the open ones in days). The hook the data
+    queries (issue 17, item 3) fill after the merge; until then no site has any (empty)."""
+    return {}
+
+
+def site_counts(db: ViewDB, now: Moment = None, sites: Sites = None) -> dict[str, dict[str, Any]]:
+    """Per site (issue 17): patients, overdue next actions, open data queries and their median
+    age in days (None until data queries exist: :func:`open_queries_by_site`)."""
+    cutoff = _Cutoff(now)
+    where: list[str] = []
+    params: list[Any] = [cutoff.param]
+    _site_filter(sites, where, params)
+    rows = db.fetchall(
+        f"SELECT site, COUNT(*), SUM(CASE WHEN {cutoff.where} THEN 1 ELSE 0 END) "
+        "FROM view_board"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " GROUP BY site ORDER BY site",
+        params,
+    )
+    queries = open_queries_by_site(db, now)
+    out: dict[str, dict[str, Any]] = {}
+    for site, patients, overdue in rows:
+        open_q = queries.get(str(site))
+        out[str(site)] = {
+            "patients": int(patients),
+            "overdue_actions": int(overdue or 0),
+            "open_queries": open_q[0] if open_q else None,
+            "median_query_age_days": open_q[1] if open_q else None,
+        }
+    return out
+
+
+def deviations(
+    db: ViewDB, patient_id: str | None = None, sites: Sites = None
+) -> list[dict[str, Any]]:
     sql = (
         "SELECT patient_id, seq, version, trigger, course, deviation, reason, occurred_at "
         "FROM view_deviation"
     )
     params: list[Any] = []
+    where: list[str] = []
     if patient_id is not None:
-        sql += " WHERE patient_id = ?"
+        where.append("patient_id = ?")
         params.append(patient_id)
+    if sites is not None:
+        inner: list[str] = []
+        _site_filter(sites, inner, params)
+        where.append(f"patient_id IN (SELECT patient_id FROM view_board WHERE {inner[0]})")
+    if where:
+        sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY occurred_at, patient_id, seq"
     keys = (
         "patient_id",

@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS view_board (
   sae_report TEXT,
   sae_due_at TEXT,
   max_ae_grade INTEGER,
-  open_ae_grade INTEGER
+  open_ae_grade INTEGER,
+  site TEXT NOT NULL DEFAULT 'S00'
 );
 CREATE UNIQUE INDEX IF NOT EXISTS view_board_stream ON view_board (stream_id);
 CREATE INDEX IF NOT EXISTS view_board_state ON view_board (state, patient_id);
@@ -73,6 +74,11 @@ CREATE INDEX IF NOT EXISTS view_board_kind_overdue ON view_board (next_kind, ove
 CREATE INDEX IF NOT EXISTS view_board_kind ON view_board (next_kind, patient_id);
 CREATE INDEX IF NOT EXISTS view_board_kind_due ON view_board (next_kind, due_on, overdue_from);
 CREATE INDEX IF NOT EXISTS view_board_open_ae ON view_board (open_ae_grade, patient_id);
+CREATE INDEX IF NOT EXISTS view_board_site ON view_board (site, patient_id);
+CREATE INDEX IF NOT EXISTS view_board_site_overdue ON view_board (site, overdue_from, patient_id);
+CREATE INDEX IF NOT EXISTS view_board_site_state ON view_board (site, state, patient_id);
+CREATE INDEX IF NOT EXISTS view_board_site_tox ON view_board (site, patient_id)
+  WHERE open_toxicities > 0;
 CREATE TABLE IF NOT EXISTS view_toxicity (
   patient_id TEXT NOT NULL,
   toxicity_id TEXT NOT NULL,
@@ -138,7 +144,7 @@ VIEW_TABLES: dict[str, str] = {
 #: and the views are rebuilt from the log (they hold nothing the events do not).
 _REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     # issue 16's follow-up columns: an older board is rebuilt (its next actions lack the kind)
-    "view_board": ("overdue_from", "manufacturing_failures", "next_kind", "open_ae_grade"),
+    "view_board": ("overdue_from", "manufacturing_failures", "next_kind", "open_ae_grade", "site"),
     "view_toxicity": ("resolved_utc",),
 }
 

@@ -42,6 +42,9 @@ schema's description, "Not stated by this schema"):
 14. A signature's ``printed_name`` is the name registered with the signer's token (21 CFR
     11.50): a rule between the body and the token, set to the token's registered name.
 15. A DIN's last character is its ISO 7064 MOD 37-2 check character: recomputed.
+16. A token is limited to sites the trial defines (the demo's S01-S03), and only a service,
+    clinician or monitor token (issue 17): a generated site list is replaced by ["S01"], or left
+    out for another role.
 """
 
 from __future__ import annotations
@@ -250,6 +253,9 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         body_key = body.get("idempotency_key")
         if key is not None and isinstance(body_key, str) and headers[key] != body_key:
             del headers[key]
+    if path == "/v1/tokens" and isinstance(body, dict) and _positive(case) and body.get("sites"):
+        _token_sites(body)
+        case.body = body
     query = case.query if isinstance(case.query, MutableMapping) else None
     if query is None:
         return
@@ -279,3 +285,11 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         max_events = _number(query.get("max_events"))
         if max_events is None or max_events > 3:
             query["max_events"] = 3
+
+
+def _token_sites(body: dict[str, Any]) -> None:
+    """Rule 12: a token's sites are the trial's, for the roles that may be limited."""
+    if body.get("role") in ("service", "clinician", "monitor"):
+        body["sites"] = ["S01"]
+    else:
+        del body["sites"]

@@ -15,6 +15,8 @@ import pytest
 from http_support import Stack, stack
 from litestar.testing import TestClient
 
+from cart_course.demo import ensure_demo_sites
+
 DOC = Path(__file__).resolve().parents[2] / "docs" / "http.md"
 SERVER = "http://127.0.0.1:8000"
 #: What the server generates: not the same on two runs.
@@ -86,6 +88,7 @@ def _without_generated(value: Any) -> Any:
 @pytest.fixture(scope="module")
 def api() -> Iterator[tuple[Stack, TestClient[Any]]]:
     with stack("memory:") as s, TestClient(s.app) as client:
+        ensure_demo_sites(s.tokens.sites)  # as `cart-course demo` defines them (issue 17)
         yield s, client
 
 

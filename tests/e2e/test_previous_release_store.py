@@ -55,6 +55,15 @@ def test_previous_release_store_loads_replays_verifies_and_grows(kind: str, tmp_
 
     shown = run(db, key, "show", "P-0001", "--json")
     assert shown.returncode == 0, shown.stderr
+    # issue 17: the patients of a store written before sites are in the documented default
+    # site, S00 "Unassigned (before sites)", without any stored event being rewritten
+    assert {p["site"] for p in listed} == {"S00"}
+    assert json.loads(shown.stdout)["site"] == "S00"
+    board = run(db, key, "status", "--json", "--site", "S00")
+    assert board.returncode == 0, board.stderr
+    rows = json.loads(board.stdout)["patients"]
+    assert rows and {r["site"] for r in rows} == {"S00"}
+    assert len(rows) == min(len(listed), 200)
 
     new = {
         "command": "screen",
@@ -74,6 +83,31 @@ def test_previous_release_store_loads_replays_verifies_and_grows(kind: str, tmp_
 
     after = run(db, key, "audit", "verify")
     assert after.returncode == 0, after.stdout + after.stderr
+
+    # the trial adds its first site: new patients need one; the old ones move by transfer_site
+    added = run(db, key, "sites", "add", "S01", "Paris", "Europe/Paris")
+    assert added.returncode == 0, added.stderr
+    unsited = run(
+        db,
+        key,
+        "record",
+        json.dumps({**new, "patient_id": "P-NEW-2", "idempotency_key": "screen-P-NEW-2"}),
+    )
+    assert unsited.returncode == 2 and "payload.site" in unsited.stderr
+    assert "S01 (Paris, Europe/Paris)" in unsited.stderr
+    moved = {
+        "command": "transfer_site",
+        "patient_id": "P-0001",
+        "occurred_at": "2026-11-21T09:30:00+01:00",
+        "actor": {"id": "dr.lee", "role": "clinician"},
+        "reason": "sites introduced: the patient is followed at Paris",
+        "idempotency_key": "transfer-P-0001",
+        "payload": {"site": "S01"},
+    }
+    transferred = run(db, key, "record", json.dumps(moved))
+    assert transferred.returncode == 0, transferred.stdout + transferred.stderr
+    assert json.loads(run(db, key, "show", "P-0001", "--json").stdout)["site"] == "S01"
+    assert run(db, key, "audit", "verify").returncode == 0
 
 
 def test_a_previous_release_store_rechecked_under_the_amendment_lists_the_fractions_it_refuses(

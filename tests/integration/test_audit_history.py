@@ -15,7 +15,7 @@ from fhir.resources.R4B.bundle import Bundle
 
 from cart_course.audit import as_of, check_history, patient_events, replay, streams
 from cart_course.audit.exports import csv_timeline, jsonl
-from cart_course.audit.fhir import PROGRESS_URL, bundle
+from cart_course.audit.fhir import PROGRESS_URL, SITE_HISTORY_URL, SITE_URL, bundle
 from cart_course.audit.history import timeline
 from cart_course.audit.report import html_report
 from cart_course.contract import parse_command
@@ -234,7 +234,12 @@ def test_fhir_bundle_validates_and_carries_progress_and_provenance(service: Cour
             for e in data["entry"]
             if e["resource"]["resourceType"] == "ResearchSubject"
         )
-        assert all(x["url"] == PROGRESS_URL for x in subject["extension"])
+        urls = [x["url"] for x in subject["extension"]]
+        assert PROGRESS_URL in urls
+        assert set(urls) <= {PROGRESS_URL, SITE_URL, SITE_HISTORY_URL}
+        # issue 17: the subject's site (S00: a trial without sites), as a Location
+        assert urls.count(SITE_URL) == 1
+        assert kinds.count("Location") == 1
     signed = [json.loads(line) for line in jsonl(service.log) if '"MilestoneSigned"' in line]
     assert signed and all(s["fields"]["printed_name"] for s in signed)
 

@@ -323,8 +323,8 @@ def test_exports_carry_the_product(memory_service: CourseService) -> None:
         product_entry["resource"]["identifier"]
     )
     header, *rows = "".join(exports.csv_timeline(memory_service.log, "X-1")).splitlines()
-    assert header.endswith("collection_id,lot_id,bag_id")
-    assert rows[-1].endswith("G123498654321H,LOT-1,LOT-1-1")
+    assert header.endswith("collection_id,lot_id,bag_id,site")  # site: issue 17
+    assert rows[-1].endswith("G123498654321H,LOT-1,LOT-1-1,S00")
     lines = [json.loads(line) for line in exports.jsonl(memory_service.log, "X-1")]
     assert lines[-1]["product"] == {
         "collection_id": "G123498654321H",

@@ -45,7 +45,7 @@ def test_every_schema_is_a_valid_draft_2020_12_schema() -> None:
 
 
 def test_every_command_of_a_demo_cohort_is_valid_against_its_schema() -> None:
-    commands = list(cohort(200, seed=11))
+    commands = list(cohort(200, seed=11, sites=True))  # with sites: transfers too (issue 17)
     assert {c["command"] for c in commands} == set(ALL_COMMANDS)
     for command in commands:
         assert errors_of(command) == [], command

@@ -16,7 +16,7 @@ from integration_helpers import T0, Course, assessment, crs, envelope, icans, sc
 
 from cart_course.contract import ALL_COMMANDS, parse_command
 from cart_course.course import PatientCourse, stream_id
-from cart_course.demo import cohort
+from cart_course.demo import cohort, ensure_demo_sites
 from cart_course.errors import (
     CartCourseError,
     InvalidCommandError,
@@ -67,6 +67,7 @@ def test_a_complete_response_path_and_what_the_summary_says(service: CourseServi
         "record_death",
         "record_follow_up",
         "record_missed_visit",
+        "transfer_site",
     ]
     assert service.summary("P-100")["ended"]["state"] == "ceased"
 
@@ -319,6 +320,11 @@ def test_every_command_of_the_contract_records(service: CourseService) -> None:
         "uncontrolled_active_infection": False,
     }
     run(f, "assess_pre_infusion", {"day": 1, "pre_infusion": observations}, days=14)
+    # a multi-site trial (issue 17): screened without a site (S00), then transferred
+    assert service.site_of("E-5") == "S00"
+    service.sites.store().add("S02", "Lyon", "Europe/Paris", created_by="admin")
+    run(e, "transfer_site", {"site": "S02"}, reason="closer to home")
+    assert service.site_of("E-5") == "S02"
     assert set(ALL_COMMANDS) <= set(seen), set(ALL_COMMANDS) - set(seen)
     assert service.summary("E-1")["state"] == "ceased"
     assert len(service.summary("E-1")["corrections"]) == 1
@@ -326,7 +332,8 @@ def test_every_command_of_the_contract_records(service: CourseService) -> None:
 
 
 def test_the_demo_cohort_records_every_command_without_rejection(service: CourseService) -> None:
-    commands = [parse_command(c) for c in cohort(60, seed=3)]
+    ensure_demo_sites(service.sites.store())  # three sites, in three time zones (issue 17)
+    commands = [parse_command(c) for c in cohort(60, seed=3, sites=True)]
     results = service.execute_batch(commands)
     rejected = [
         (c.patient_id, c.command, r)
@@ -339,6 +346,11 @@ def test_the_demo_cohort_records_every_command_without_rejection(service: Course
     assert [r["patient_id"] for r in rows] == [f"P-{i:04d}" for i in range(1, 61)]
     states = Counter(r["state"] for r in rows)
     assert set(states) >= {"ceased", "screen_failed", "discontinued", "withdrawn", "died"}
+    # spread over the three sites; the transferred patients are at the next site now
+    sites = Counter(r["site"] for r in rows)
+    assert set(sites) == {"S01", "S02", "S03"} and sum(sites.values()) == 60
+    moved = {c.patient_id for c in commands if c.command == "transfer_site"}
+    assert moved and all(service.summary(p)["site_transfers"] for p in moved)
     # What the patients list says agrees with each patient's full summary.
     for row in rows[:10]:
         summary = service.summary(row["patient_id"])

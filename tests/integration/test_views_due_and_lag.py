@@ -178,8 +178,13 @@ def test_views_of_an_older_release_are_rebuilt_with_the_offsets(tmp_path: Any) -
         views.catch_up()
         views.close()
         conn = sqlite3.connect(url)
-        for index in ("view_board_overdue", "view_board_kind_overdue", "view_board_kind_due"):
-            conn.execute(f"DROP INDEX {index}")  # the indexes on overdue_from (issue 16's too)
+        for index in (
+            "view_board_overdue",
+            "view_board_kind_overdue",
+            "view_board_kind_due",
+            "view_board_site_overdue",
+        ):
+            conn.execute(f"DROP INDEX {index}")  # the indexes on overdue_from (issues 16, 17)
         conn.execute("ALTER TABLE view_board DROP COLUMN overdue_from")
         conn.commit()
         conn.close()

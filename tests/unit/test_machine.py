@@ -52,6 +52,8 @@ EXPECTED: list[tuple[str, list[str], str]] = [
     ("record_sae_report", [*ON, *FOLLOW, "withdrawn", "died"], "="),
     # the pre-infusion gate (issue 20): a bedside assessment before the next fraction
     ("assess_pre_infusion", ["apheresed", "continued", "infused_d1", "infused_d2"], "="),
+    # a multi-site trial (issue 17): a transfer to another site while the record is open
+    ("transfer_site", NONTERM + FOLLOW, "="),
 ]
 
 
@@ -119,6 +121,8 @@ def good_facts(trigger: str, source: str, dest: str) -> dict[str, Any]:
     if trigger == "assess_pre_infusion":
         day = {"apheresed": 1, "continued": 1, "infused_d1": 2, "infused_d2": 3}.get(source, 1)
         return {"day": day, "next_day": day}
+    if trigger == "transfer_site":
+        return {"site": "S02", "from_site": "S01", **reason("the patient moved")}
     return {}
 
 
@@ -195,7 +199,7 @@ def test_unknown_move_is_named() -> None:
 def test_terminal_states_allow_no_treatment_move(state: str) -> None:
     context = {"open_toxicities": [tox("CRS-1", "CRS", 2)]}
     allowed = set(V.allowed_moves(state, context))
-    follow_up = {"report_toxicity", "resolve_toxicity", "withdraw", "record_death"}
+    follow_up = {"report_toxicity", "resolve_toxicity", "withdraw", "record_death", "transfer_site"}
     assert allowed <= (follow_up if state in FOLLOW else set())
     for trigger in ("infuse_d1", "infuse_d2", "infuse_d3", "continue_treatment"):
         assert not V.dry_run(state, trigger, good_facts(trigger, "apheresed", "x")).allowed
@@ -502,3 +506,17 @@ def test_allowed_moves_depend_on_the_facts() -> None:
     )
     assert "assess_response" not in V.allowed_moves("infused_d2", free)
     assert "assess_response" in V.allowed_moves("infused_d2", {**free, "fractions_cancelled": True})
+
+
+def test_a_transfer_names_another_site_and_a_reason() -> None:
+    """Issue 17: ``transfer_site`` moves the patient to another site, with a reason; the same
+    site, or no reason, is refused naming the rule."""
+    moved = V.dry_run("apheresed", "transfer_site", good_facts("transfer_site", "apheresed", "="))
+    assert moved.allowed and moved.dest == "apheresed"
+    same = V.dry_run("apheresed", "transfer_site", {"site": "S01", "from_site": "S01", **reason()})
+    assert [f.rule for f in same.failed] == ["site_changes"]
+    assert "already at site 'S01'" in same.failed[0].message
+    silent = V.dry_run("apheresed", "transfer_site", {"site": "S02", "from_site": "S01"})
+    assert [f.rule for f in silent.failed] == ["reason_given"]
+    for closed in ("withdrawn", "died"):
+        assert not V.dry_run(closed, "transfer_site", good_facts("transfer_site", "x", "=")).allowed

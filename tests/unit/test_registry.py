@@ -54,6 +54,7 @@ def test_the_derived_tables_are_the_protocols() -> None:
         "discontinue",
         "withdraw",
         "repeat_apheresis",
+        "transfer_site",
     }
     assert REGISTRY.reason_required | {"correct"} == REASON_ALWAYS_REQUIRED
     assert CORRECTABLE == (
@@ -74,6 +75,7 @@ def test_the_derived_tables_are_the_protocols() -> None:
         "record_follow_up",
         "record_missed_visit",
         "record_sae_report",
+        "transfer_site",  # issue 17: a transfer entered late may precede the last move
     } == EPISODE_COMMANDS
     assert {t: e.__name__ for t, e in MOVE_EVENTS.items()} == {
         t: d.event for t, d in REGISTRY.by_trigger.items()

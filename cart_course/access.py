@@ -1,0 +1,119 @@
+"""Site-scoped access (issue 17): what a token limited to some sites may see and do.
+
+:class:`ScopedService` stands where the :class:`~cart_course.service.CourseService` stands for a
+request made with a site-limited token. It answers only for the patients of the token's sites:
+another site's patient is answered exactly as a patient that is not on record (the same error,
+raised at the same point), lists are filtered, and a command on such a patient is refused as
+for an unknown patient (``CourseService.execute(..., sites=...)``). Anything else the service
+offers (the whole log, the ledger, the audit) is refused with :class:`SiteScopeError` (403): a
+route that reads the whole trial cannot be served to a site-limited token, by construction, so
+that a route added later fails closed rather than leaking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from .contract import Command
+from .errors import ForbiddenError, PatientNotFoundError
+from .protocol.record import PatientRecord
+from .service import CommandResult, CourseService
+
+
+class SiteScopeError(ForbiddenError):
+    """A site-limited token asked for something that covers the whole trial."""
+
+    code = "site_scope"
+    title = "Forbidden for a site-limited token"
+
+
+def trial_wide_only(sites: Iterable[str], what: str = "this route") -> SiteScopeError:
+    return SiteScopeError(
+        f"{what} reads the whole trial; this token is limited to site(s) "
+        f"{', '.join(sorted(sites))}: use a trial-wide token"
+    )
+
+
+class ScopedService(CourseService):
+    """The service as a token limited to ``sites`` sees it.
+
+    A :class:`CourseService` by type (the HTTP layer's dependency), but none of its state: the
+    service's own attributes (the log, the ledger, the store, the cache) are not set, so any
+    method not overridden here reaches :meth:`__getattr__` and is refused (fails closed)."""
+
+    def __init__(self, base: CourseService, sites: Iterable[str]) -> None:  # no super(): no state
+        self.__dict__["base"] = base
+        #: The sites the token is limited to (``CourseService.sites`` is the trial's sites).
+        self.__dict__["scope"] = frozenset(sites)
+        self.__dict__["protocol"] = base.protocol
+
+    base: CourseService
+    scope: frozenset[str]
+
+    def __getattr__(self, name: str) -> Any:
+        # only the methods below are served; the log, the ledger, the app... are trial-wide
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise trial_wide_only(self.__dict__.get("scope", ()))
+
+    def covers(self, site: str | None) -> bool:
+        return site in self.scope
+
+    def record(self, patient_id: str) -> PatientRecord:
+        record = self.base.record(patient_id)
+        if record.site not in self.scope:
+            raise PatientNotFoundError(patient_id)  # exactly as for a patient not on record
+        return record
+
+    def site_of(self, patient_id: str) -> str:
+        return self.record(patient_id).site
+
+    def summary(self, patient_id: str) -> dict[str, Any]:
+        self.record(patient_id)
+        return self.base.summary(patient_id)
+
+    def allowed_moves(self, patient_id: str) -> list[str]:
+        self.record(patient_id)
+        return self.base.allowed_moves(patient_id)
+
+    def events(self, patient_id: str) -> list[Any]:
+        self.record(patient_id)
+        return self.base.events(patient_id)
+
+    def patient_ids(self) -> Iterator[str]:
+        for pid in self.base.patient_ids():
+            if self.sees(pid):
+                yield pid
+
+    def patients(self) -> list[dict[str, Any]]:
+        return [row for row in self.base.patients() if row.get("site") in self.scope]
+
+    def sees(self, patient_id: str) -> bool:
+        """Whether the patient is on record at one of the token's sites."""
+        try:
+            self.record(patient_id)
+        except PatientNotFoundError:
+            return False
+        except Exception:
+            return False  # unreadable: not shown to a site-limited token
+        return True
+
+    def execute(self, command: Command, *, sites: frozenset[str] | None = None) -> CommandResult:
+        return self.base.execute(command, sites=self.scope if sites is None else sites & self.scope)
+
+    def close(self) -> None:  # the base service is the application's to close
+        pass
+
+
+def base_service(service: Any) -> CourseService:
+    """The service behind a scoped one (for reads that filter by site themselves)."""
+    if isinstance(service, ScopedService):
+        return service.base
+    base: CourseService = service
+    return base
+
+
+def sites_of(service: Any) -> frozenset[str] | None:
+    """The sites a (scoped) service is limited to; None: trial-wide."""
+    return service.scope if isinstance(service, ScopedService) else None

@@ -1,0 +1,56 @@
+"""``cart-course sites add|list|deactivate``, ``tokens add --site`` and ``status --site/--sites``
+(issue 17), as an operator runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+CLI = [sys.executable, "-m", "cart_course"]
+
+
+def run(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "--db", str(db), *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_sites_tokens_and_the_board_by_site(tmp_path: Path) -> None:
+    db = tmp_path / "sites.sqlite"
+    assert (
+        run(db, "sites", "add", "X01", "Paris University Hospital", "Europe/Paris").returncode == 0
+    )
+    bad = run(db, "sites", "add", "X02", "Somewhere", "Europe/Pariss")
+    assert bad.returncode == 2 and "not an IANA time zone" in bad.stderr
+    again = run(db, "sites", "add", "X01", "Again", "Europe/Paris")
+    assert again.returncode == 1 and "exists already" in again.stderr
+    assert run(db, "sites", "add", "X02", "Tokyo Medical Center", "Asia/Tokyo").returncode == 0
+    closed = run(db, "sites", "deactivate", "X02", "--reason", "closed", "--json")
+    assert json.loads(closed.stdout)["active"] is False
+    listed = json.loads(run(db, "sites", "list", "--json").stdout)
+    assert [(s["id"], s["time_zone"], s["active"]) for s in listed] == [
+        ("X01", "Europe/Paris", True),
+        ("X02", "Asia/Tokyo", False),
+    ]
+    limited = run(db, "tokens", "add", "dr.a", "--role", "clinician", "--site", "X01", "--json")
+    assert json.loads(limited.stdout)["info"]["sites"] == ["X01"]
+    auditor = run(db, "tokens", "add", "aud", "auditor", "--site", "X01")
+    assert auditor.returncode == 2 and "trial-wide" in auditor.stderr
+    unknown = run(db, "tokens", "add", "dr.b", "clinician", "--site", "S09")
+    assert unknown.returncode == 2 and "S09" in unknown.stderr
+    assert "X01" in run(db, "tokens", "list").stdout
+    # a demo cohort over the demo's sites, then the board by site and the per-site counts
+    demo = run(db, "demo", "--patients", "12")
+    assert demo.returncode == 0, demo.stderr
+    board = json.loads(run(db, "status", "--site", "S03", "--json").stdout)
+    assert board["patients"] and {r["site"] for r in board["patients"]} == {"S03"}
+    counts = json.loads(run(db, "status", "--sites", "--json").stdout)["sites"]
+    assert set(counts) >= {"S01", "S02", "S03"}
+    assert sum(c["patients"] for c in counts.values()) == 12
+    assert all(c["open_queries"] is None for c in counts.values())
+    text = run(db, "status", "--sites").stdout
+    assert "Tokyo Medical Center" in text and "open queries" in text
+    wrong = run(db, "status", "--site", "S77")
+    assert wrong.returncode == 2 and "S77" in wrong.stderr

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from litestar import Response, get
 from litestar.params import FromQuery, QueryParameter
 
+from ..access import base_service
 from ..errors import InvalidCommandError
 from ..figures import model, read, render
 from ..figures.report import CSS_HASH as REPORT_CSS_HASH
@@ -27,7 +28,8 @@ SVG = "image/svg+xml"
 STATES = tuple(s.value for s in CourseState)
 #: An SVG's own policy (opened on its own in a tab): nothing runs, nothing is loaded.
 SVG_CSP = "default-src 'none'; style-src 'none'; frame-ancestors 'self'; base-uri 'none'"
-VIEWS = {"roles": VIEWERS}
+#: The cohort figures cover the whole trial: a site-limited token is refused them (403).
+VIEWS = {"roles": VIEWERS, "trial_wide": True}
 #: The Cohort page: its own script and style sheets, the API; and the cohort report's inline
 #: style sheet (by hash), as the report it opens (a document of its own, from a blob: URL)
 #: keeps this page's policy.
@@ -180,7 +182,8 @@ def vein_to_vein_svg(
     tags=["figures"],
 )
 def toxicity_svg(service: Svc, patient_id: PatientId) -> Response[str]:
-    record = read.patient_record(service.log, patient_id)
+    service.record(patient_id)  # another site's patient (a site-limited token): not found
+    record = read.patient_record(base_service(service).log, patient_id)
     return _svg(render.toxicity_svg(model.toxicity_timeline(record)))
 
 

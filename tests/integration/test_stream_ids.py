@@ -28,7 +28,7 @@ from cart_course.cli import cli
 from cart_course.contract import parse_command
 from cart_course.course import stream_id as uuid5
 from cart_course.demo import cohort
-from cart_course.errors import CipherKeyError
+from cart_course.errors import CipherKeyError, StoreError
 from cart_course.http import create_app
 from cart_course.http.feed import event_json
 from cart_course.keys import generate, write_key_pair
@@ -472,3 +472,45 @@ def test_a_deleted_marker_is_refused_not_taken_for_a_uuid5_store(store: Store) -
         assert service.log.settings_mismatch() is not None
     finally:
         service.close()
+
+
+def test_a_writer_left_running_through_a_migration_refuses_rather_than_record_unseen(
+    store: Store,
+) -> None:
+    """A server opened the store before its stream ids were migrated: it still takes them to
+    be uuid5. Its next write must be refused (nothing written, restart it), not acknowledged
+    into a uuid5 stream that nobody reads any more (the record shows no such event and the
+    audit finds rows of no registered patient)."""
+    _legacy_store(store)
+    stale = build_service(store.settings(signing=False))
+    try:
+        assert stale.log.stream_ids.scheme == SCHEME_UUID5
+        stale.record("P-0002")  # loaded and cached before the migration
+        service = build_service(store.settings(signing=False))
+        try:
+            migrate_stream_ids(service, store.key)
+        finally:
+            service.close()
+        death = parse_command(
+            {
+                "command": "record_death",
+                "patient_id": "P-0002",
+                "occurred_at": "2026-09-01T09:00:00+00:00",
+                "actor": {"id": "dr.demo", "role": "clinician"},
+                "idempotency_key": "P-0002-death",
+                "payload": {"cause": "progressive disease"},
+            }
+        )
+        with pytest.raises(StoreError, match="migrated"):
+            stale.execute(death)
+    finally:
+        stale.close()
+    service = build_service(store.settings(signing=False))
+    try:
+        assert service.record("P-0002").state != "died"
+        assert verify(service.log).ok
+        assert service.execute(death).status == "recorded"  # restarted: recorded, and seen
+        assert service.record("P-0002").state == "died"
+    finally:
+        service.close()
+    assert not store.stream_ids() & {uuid5(p).hex for p in PATIENTS}

@@ -514,3 +514,28 @@ def test_a_writer_left_running_through_a_migration_refuses_rather_than_record_un
     finally:
         service.close()
     assert not store.stream_ids() & {uuid5(p).hex for p in PATIENTS}
+
+
+def test_a_deleted_marker_is_refused_even_when_the_first_row_is_not_a_registration(
+    store: Store,
+) -> None:
+    """The DBA deletes the marker and the first row (a registration): the first row left is a
+    move, which names no patient. The store must still be refused (its stream ids are keyed:
+    version-8 UUIDs), not read as a uuid5 store in which nobody is found and a patient screened
+    again would be registered twice."""
+    service = build_service(store.settings(signing=False))
+    try:
+        _record(service, cohort(2, seed=3))
+    finally:
+        service.close()
+    table = "stored_events" if store.kind == "sqlite" else "cart_course_events"
+    first = "rowid" if store.kind == "sqlite" else "notification_id"
+    store.sql(f"DELETE FROM {META_TABLE}")
+    store.sql(f"DELETE FROM {table} WHERE {first} = (SELECT MIN({first}) FROM {table})")
+    service = build_service(store.settings(signing=False))
+    try:
+        with pytest.raises(CipherKeyError, match="marker is missing"):
+            service.execute(parse_command(next(iter(cohort(1, seed=3)))))
+        assert service.log.settings_mismatch() is not None
+    finally:
+        service.close()

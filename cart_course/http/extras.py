@@ -156,6 +156,11 @@ def get_verify(service: Svc) -> dict[str, Any]:
 
 
 def _check_patient(service: CourseService, patient_id: str | None) -> None:
+    """Before a streamed export starts: the key reads the store (a 503 now, not a 200 whose
+    body breaks off), and the patient is on record (a 404)."""
+    from ..audit.log import require_readable
+
+    require_readable(service.log)
     if patient_id is not None:
         from ..audit import patient_events
 

@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from ..course import RECORDED_ID, PatientCourse
+from ..audit.log import require_readable
 from ..eventlog import REGISTERED_TOPIC
 from ..service import CourseService
 
@@ -75,7 +76,11 @@ def read_feed(
     log = service.log
     items = []
     for n in log.notifications(after, limit):
-        event: Any = log.to_event(n)
+        try:
+            event: Any = log.to_event(n)
+        except Exception:
+            require_readable(log)  # a wrong or missing key: CipherKeyError (503), not a 500
+            raise
         if isinstance(event, PatientCourse.Registered):
             index.learn(event.originator_id, event.patient_id)
         items.append(event_json(event, index.name(event.originator_id), n.id))

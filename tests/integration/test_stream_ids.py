@@ -539,3 +539,36 @@ def test_a_deleted_marker_is_refused_even_when_the_first_row_is_not_a_registrati
         assert service.log.settings_mismatch() is not None
     finally:
         service.close()
+
+
+def test_a_wrong_key_gets_a_clear_503_from_the_feed_and_the_streamed_exports(
+    tmp_path: Path,
+) -> None:
+    """Never a 200 whose body breaks off (the streamed exports) nor a 500 (the feed): the same
+    ``cipher_key_mismatch`` every other read gives, before anything is sent."""
+    db, key = str(tmp_path / "enc.sqlite"), new_cipher_key()
+    service = build_service(Settings.for_store(db, cipher_key=key))
+    try:
+        _record(service, cohort(2, seed=3))
+    finally:
+        service.close()
+    for wrong in (new_cipher_key(), None):
+        settings = Settings.for_store(db, cipher_key=wrong)
+        service = build_service(settings)
+        tokens = build_tokens(settings)
+        try:
+            token = tokens.add("auditor.ann", "auditor")[1]
+            app = create_app(service, tokens, store=settings.store)
+            with TestClient(app) as client:
+                for path in (
+                    "/v1/events",
+                    "/v1/exports/timeline.csv",
+                    "/v1/exports/events.jsonl",
+                    "/v1/exports/timeline.csv?patient_id=P-0001",
+                ):
+                    got = client.get(path, headers={"Authorization": f"Bearer {token}"})
+                    assert got.status_code == 503, (path, got.status_code, got.text[:200])
+                    assert got.json()["type"].endswith(":cipher_key_mismatch"), path
+        finally:
+            tokens.close()
+            service.close()

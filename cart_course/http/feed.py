@@ -7,8 +7,8 @@ import threading
 from typing import Any
 from uuid import UUID
 
-from ..course import RECORDED_ID, PatientCourse
 from ..audit.log import require_readable
+from ..course import RECORDED_ID, PatientCourse
 from ..eventlog import REGISTERED_TOPIC
 from ..service import CourseService
 

@@ -40,9 +40,9 @@ from eventsourcing.utils import get_topic
 
 from .course import CANONICAL_BYTES, RECORDED_ID, REPLAY_RULES, PatientCourse
 from .encoding import not_json
-from .errors import CipherKeyError
+from .errors import CipherKeyError, StoreError
 from .protocol.record import DERIVED_FIELDS, PatientRecord
-from .streamids import StreamIds, open_stream_ids
+from .streamids import SCHEME_UUID5, MetaTables, StreamIds, open_stream_ids
 
 DEFAULT_DB = "var/cart-course.sqlite"
 ENV_DB = "CART_COURSE_DB"
@@ -496,7 +496,26 @@ class CourseApplication(Application[Any]):
         """The library's ``_record``, after :meth:`check_readable` (once per application)."""
         if not self._readable_checked:
             self.check_readable()
+        if self.stream_ids.scheme == SCHEME_UUID5 and self.mapper.cipher is not None:
+            self._check_not_migrated()
         return super()._record(processing_event)
+
+    def _check_not_migrated(self) -> None:
+        """An encrypted store this process opened with uuid5 stream ids (written before keyed
+        ids) may have been migrated since (``cart-course store migrate-stream-ids``): its
+        marker says so. Writing on under uuid5 ids would record events in streams nobody reads
+        any more (acknowledged, then not shown). One small read per write, on such stores only
+        (a window of the migration's own length remains: stop the writers first)."""
+        try:
+            text = MetaTables(self.recorder).read()
+        except Exception:  # no marker table: not migrated
+            text = None
+        if text is not None:
+            raise StoreError(
+                "refusing to write: the store's stream ids were migrated (cart-course store "
+                "migrate-stream-ids) after this process opened it; nothing was written. Restart "
+                "this process (the server, ingest) to write under the store's keyed ids"
+            )
 
     def check_readable(self) -> None:
         """Refuse to write unless the store's first stored event reads with this application's

@@ -22,7 +22,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 
-from ..access import ScopedService, sites_of
+from ..access import ScopedService, base_service, sites_of
 from ..contract import MAX_VERSION, parse_patient_id, parse_time
 from ..errors import ForbiddenError, InvalidCommandError
 from ..protocol.sites import SITE_ID_PATTERN
@@ -159,6 +159,11 @@ def get_verify(service: Svc) -> dict[str, Any]:
 
 
 def _check_patient(service: CourseService, patient_id: str | None) -> None:
+    """Before a streamed export starts: the key reads the store (a 503 now, not a 200 whose
+    body breaks off), and the patient is on record (a 404; another site's: as not on record)."""
+    from ..audit.log import require_readable
+
+    require_readable(base_service(service).log)
     if patient_id is not None and isinstance(service, ScopedService):
         service.record(parse_patient_id(patient_id, "query.patient_id"))  # as not on record
     elif patient_id is not None:

@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from ..access import base_service, sites_of
+from ..audit.log import require_readable
 from ..course import RECORDED_ID, PatientCourse
 from ..eventlog import REGISTERED_TOPIC
 from ..service import CourseService
@@ -88,7 +89,11 @@ def read_feed_page(
     scanned = after
     for n in log.notifications(after, limit):
         scanned = n.id
-        event: Any = log.to_event(n)
+        try:
+            event: Any = log.to_event(n)
+        except Exception:
+            require_readable(log)  # a wrong or missing key: CipherKeyError (503), not a 500
+            raise
         if isinstance(event, PatientCourse.Registered):
             index.learn(event.originator_id, event.patient_id)
         patient_id = index.name(event.originator_id)

@@ -28,7 +28,7 @@ from cart_course.cli import cli
 from cart_course.contract import parse_command
 from cart_course.course import stream_id as uuid5
 from cart_course.demo import cohort
-from cart_course.errors import CipherKeyError
+from cart_course.errors import CipherKeyError, StoreError
 from cart_course.http import create_app
 from cart_course.http.feed import event_json
 from cart_course.keys import generate, write_key_pair
@@ -472,3 +472,103 @@ def test_a_deleted_marker_is_refused_not_taken_for_a_uuid5_store(store: Store) -
         assert service.log.settings_mismatch() is not None
     finally:
         service.close()
+
+
+def test_a_writer_left_running_through_a_migration_refuses_rather_than_record_unseen(
+    store: Store,
+) -> None:
+    """A server opened the store before its stream ids were migrated: it still takes them to
+    be uuid5. Its next write must be refused (nothing written, restart it), not acknowledged
+    into a uuid5 stream that nobody reads any more (the record shows no such event and the
+    audit finds rows of no registered patient)."""
+    _legacy_store(store)
+    stale = build_service(store.settings(signing=False))
+    try:
+        assert stale.log.stream_ids.scheme == SCHEME_UUID5
+        stale.record("P-0002")  # loaded and cached before the migration
+        service = build_service(store.settings(signing=False))
+        try:
+            migrate_stream_ids(service, store.key)
+        finally:
+            service.close()
+        death = parse_command(
+            {
+                "command": "record_death",
+                "patient_id": "P-0002",
+                "occurred_at": "2026-09-01T09:00:00+00:00",
+                "actor": {"id": "dr.demo", "role": "clinician"},
+                "idempotency_key": "P-0002-death",
+                "payload": {"cause": "progressive disease"},
+            }
+        )
+        with pytest.raises(StoreError, match="migrated"):
+            stale.execute(death)
+    finally:
+        stale.close()
+    service = build_service(store.settings(signing=False))
+    try:
+        assert service.record("P-0002").state != "died"
+        assert verify(service.log).ok
+        assert service.execute(death).status == "recorded"  # restarted: recorded, and seen
+        assert service.record("P-0002").state == "died"
+    finally:
+        service.close()
+    assert not store.stream_ids() & {uuid5(p).hex for p in PATIENTS}
+
+
+def test_a_deleted_marker_is_refused_even_when_the_first_row_is_not_a_registration(
+    store: Store,
+) -> None:
+    """The DBA deletes the marker and the first row (a registration): the first row left is a
+    move, which names no patient. The store must still be refused (its stream ids are keyed:
+    version-8 UUIDs), not read as a uuid5 store in which nobody is found and a patient screened
+    again would be registered twice."""
+    service = build_service(store.settings(signing=False))
+    try:
+        _record(service, cohort(2, seed=3))
+    finally:
+        service.close()
+    table = "stored_events" if store.kind == "sqlite" else "cart_course_events"
+    first = "rowid" if store.kind == "sqlite" else "notification_id"
+    store.sql(f"DELETE FROM {META_TABLE}")
+    store.sql(f"DELETE FROM {table} WHERE {first} = (SELECT MIN({first}) FROM {table})")
+    service = build_service(store.settings(signing=False))
+    try:
+        with pytest.raises(CipherKeyError, match="marker is missing"):
+            service.execute(parse_command(next(iter(cohort(1, seed=3)))))
+        assert service.log.settings_mismatch() is not None
+    finally:
+        service.close()
+
+
+def test_a_wrong_key_gets_a_clear_503_from_the_feed_and_the_streamed_exports(
+    tmp_path: Path,
+) -> None:
+    """Never a 200 whose body breaks off (the streamed exports) nor a 500 (the feed): the same
+    ``cipher_key_mismatch`` every other read gives, before anything is sent."""
+    db, key = str(tmp_path / "enc.sqlite"), new_cipher_key()
+    service = build_service(Settings.for_store(db, cipher_key=key))
+    try:
+        _record(service, cohort(2, seed=3))
+    finally:
+        service.close()
+    for wrong in (new_cipher_key(), None):
+        settings = Settings.for_store(db, cipher_key=wrong)
+        service = build_service(settings)
+        tokens = build_tokens(settings)
+        try:
+            token = tokens.add("auditor.ann", "auditor")[1]
+            app = create_app(service, tokens, store=settings.store)
+            with TestClient(app) as client:
+                for path in (
+                    "/v1/events",
+                    "/v1/exports/timeline.csv",
+                    "/v1/exports/events.jsonl",
+                    "/v1/exports/timeline.csv?patient_id=P-0001",
+                ):
+                    got = client.get(path, headers={"Authorization": f"Bearer {token}"})
+                    assert got.status_code == 503, (path, got.status_code, got.text[:200])
+                    assert got.json()["type"].endswith(":cipher_key_mismatch"), path
+        finally:
+            tokens.close()
+            service.close()

@@ -344,3 +344,25 @@ def test_a_failing_gate_never_lets_a_fraction_through_without_a_reason(
         assert given_.facts["deviation_reason"] == reason
         for f in failed:
             assert any(f.message in d for d in given_.outcome["deviations"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review1 finding (not fixed): a re-assessment within the temperature window of a "
+    "failing one lifts the hold on a lower 'highest temperature in the last 48 h' than the "
+    "fever recorded hours before; the gate needs the held temperature and the clinical time",
+)
+def test_a_fever_recorded_in_the_window_is_not_erased_by_a_lower_48h_maximum() -> None:
+    """clinical.md s4: no infusion with a temperature > 38 C in the last 48 h. A fever of
+    38.9 C assessed in the morning is in the window of the same afternoon's fraction; a
+    re-assessment saying the highest temperature of those 48 h was 37.0 C contradicts the
+    record and must not give D2 without a reason."""
+    p = Patient().apheresed()
+    p.infuse(1, gap=7)
+    due = p.next_day()
+    assert p.do("assess_pre_infusion", {"day": 2, "pre_infusion": obs(38.9)}, on=due).outcome[
+        "held"
+    ]
+    p.do("assess_pre_infusion", {"day": 2, "pre_infusion": obs(37.0)}, on=due)
+    exc = p.refused("give_infusion", p.fraction(2), on=due)
+    assert rules(exc) == ["pre_infusion_criteria_met"]

@@ -104,6 +104,25 @@ def test_logged_requests_name_pseudonyms(
     assert "P-0001" not in got[0] + got[1]
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "patient%5Fid=P-0001",  # the server decodes the key: the handler reads patient_id
+        "patient%5fid=P-0001&after=2",
+        "%70atient_id=P-0001",
+        "patient_id=P%2D0001",
+    ],
+)
+def test_a_percent_encoded_query_key_is_pseudonymised_too(query: str) -> None:
+    """An auditor's client (or one avoiding the log) may percent-encode the query: the server
+    decodes keys and values before the handler reads them, so the log must too (issue 14
+    item 7: the access log names no patient)."""
+    ids = StreamIds(SCHEME_KEYED, cipher_key=KEY)
+    logged = pseudonymise_request("/v1/exports/timeline.csv", query, ids.pseudonym)[1]
+    assert "P-0001" not in logged and "P%2D0001" not in logged, logged
+    assert ids.pseudonym("P-0001") in logged
+
+
 def test_the_marker_tag_covers_every_field() -> None:
     key = derive_key(KEY, LABEL_MARKER)
     marker = Marker(scheme=SCHEME_KEYED, migrated_up_to=59, migrated_at="t", migrated_streams=6)

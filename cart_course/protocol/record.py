@@ -105,6 +105,9 @@ class PatientRecord:
     follow_up: dict[str, Any] = attrs.Factory(dict)
     sae_cases: dict[str, dict[str, Any]] = attrs.Factory(dict)
     death: dict[str, Any] | None = None
+    #: Data queries (issue 17), by id (``Q-<version>``): status, what they are about, each step
+    #: (``protocol/queries.py``). Never read by the protocol's rules.
+    queries: dict[str, dict[str, Any]] = attrs.Factory(dict)
     #: For each correctable event version: its trigger and where its effect lives.
     index: dict[int, dict[str, Any]] = attrs.Factory(dict)
     # Derived indexes of ``toxicities`` (never stored: rebuilt by ``from_json``), so that a
@@ -211,7 +214,22 @@ class PatientRecord:
             **({"follow_up": self.follow_up} if self.follow_up else {}),
             **({"sae_cases": list(self.sae_cases.values())} if self.sae_cases else {}),
             **({"death": self.death} if self.death else {}),
+            **({"queries": self.queries_summary()} if self.queries else {}),
         }
+
+    def queries_summary(self) -> dict[str, Any]:
+        """The patient's data queries in brief: how many are unresolved (not closed), the
+        oldest unresolved one's opening time, and the count by status."""
+        by_status: dict[str, int] = {}
+        oldest: str | None = None
+        pending = 0
+        for q in self.queries.values():
+            by_status[q["status"]] = by_status.get(q["status"], 0) + 1
+            if q["status"] != "closed":
+                pending += 1
+                if oldest is None or q["opened_at"] < oldest:
+                    oldest = q["opened_at"]
+        return {"open_queries": pending, "oldest_open_query_at": oldest, "by_status": by_status}
 
 
 DERIVED_FIELDS = frozenset({"open_ids", "kind_counts", "course_ids", "course_worst"})

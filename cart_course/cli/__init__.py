@@ -42,7 +42,7 @@ def _register() -> None:
 
     for builtin in (course, protocol):
         builtin.register(cli)
-    for name in ("audit", "views", "serve", "keys", "ledger", "exports"):
+    for name in ("audit", "views", "serve", "keys", "ledger", "exports", "queries"):
         try:
             module: Any = __import__(f"{__name__}.{name}", fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -137,6 +137,8 @@ def _board_line(r: dict[str, Any]) -> str:
             line += f", vein-to-vein {r['vein_to_vein_days']}d"
         if r.get("product_waiting_too_long"):
             line += f", WAITING {r['product_waiting_days']}d"
+    if r.get("open_queries"):
+        line += f"  queries {r['open_queries']} open (oldest {r['oldest_open_query_age_days']:g} d)"
     return line
 
 
@@ -197,6 +199,11 @@ def wait_options(fn: Any) -> Any:
     default=None,
     help="Only patients whose cell product is in this status (any: every tracked product).",
 )
+@click.option(
+    "--open-queries",
+    is_flag=True,
+    help="Only patients with a data query that is not closed (open, answered, re-opened).",
+)
 @click.option("--now", default=None, metavar="WHEN", help="Judge 'overdue' as of WHEN (ISO).")
 @click.option(
     "--limit",
@@ -216,6 +223,7 @@ def status(
     follow_up_due: bool,
     sae: bool,
     product: str | None,
+    open_queries: bool,
     now: str | None,
     limit: int,
     as_json: bool,
@@ -223,8 +231,9 @@ def status(
     timeout: float,
     catch_up: bool,
 ) -> None:
-    """The board: every patient's state, next due action and due date, dose and toxicity, and
-    the cell product (status, vein-to-vein time, a product waiting too long)."""
+    """The board: every patient's state, next due action and due date, dose and toxicity, the
+    cell product (status, vein-to-vein time, a product waiting too long), and the data queries
+    not closed (how many, the oldest one's age)."""
     if follow_up_due and sae:
         raise click.UsageError("--follow-up-due and --sae name one next action each: give one")
     moment = _parse_now(now)
@@ -234,6 +243,7 @@ def status(
         "overdue": overdue,
         "toxicity": toxicity,
         "product": product,
+        "has_open_queries": True if open_queries else None,
     }
     if follow_up_due or sae:
         filters["action"] = "record_follow_up" if follow_up_due else "record_sae_report"

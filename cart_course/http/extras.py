@@ -304,6 +304,13 @@ def get_board(
     state_filter: Annotated[str | None, state_query()] = None,
     overdue: FromQuery[bool] = False,
     toxicity: FromQuery[bool] = False,
+    has_open_queries: Annotated[
+        bool | None,
+        QueryParameter(
+            description="true: only patients with a data query not closed; false: only "
+            "patients without"
+        ),
+    ] = None,
     limit: Annotated[int | None, integer_query(1, MAX_BOARD_PAGE)] = None,
     after: Annotated[
         str | None,
@@ -330,7 +337,13 @@ def get_board(
         db = access.fresh(wait_for)
         try:
             rows = queries.board(
-                db, state=state_filter, overdue=overdue, toxicity=toxicity, limit=limit, after=start
+                db,
+                state=state_filter,
+                overdue=overdue,
+                toxicity=toxicity,
+                limit=limit,
+                after=start,
+                has_open_queries=has_open_queries,
             )
         except queries.UnknownPageStart as exc:
             raise InvalidCommandError(

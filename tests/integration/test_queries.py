@@ -204,3 +204,79 @@ def test_the_rules_open_a_query_and_close_it_when_the_data_are_corrected(store_u
         assert service.run_query_rules(c.pid) == []
     finally:
         service.close()
+
+
+def _open_and_answer(service: CourseService, pid: str) -> tuple[Course, str, str]:
+    """A course with two queries: one answered, one open."""
+    c = _course(service, pid)
+    d2 = service.record(pid).courses[0].fractions[1].version
+    first = c.do(
+        "open_query",
+        {"text": "D2 cells?", "on_version": d2, "field": "payload.cells.value"},
+        actor=MONITOR,
+    ).outcome["query_id"]
+    second = c.do("open_query", {"text": "consent form copy missing"}, actor=MONITOR).outcome[
+        "query_id"
+    ]
+    c.do("answer_query", {"query_id": first, "text": "source checked: right"}, actor=SITE)
+    return c, first, second
+
+
+def test_the_views_count_open_queries_and_filter_the_board(
+    service: CourseService, store_url: str
+) -> None:
+    from cart_course.storage import parse_store_url
+    from cart_course.views import Views
+    from cart_course.views import queries as vq
+
+    c, first, second = _open_and_answer(service, "P-V1")
+    Course(service, "P-V2").screen()
+    views = Views(service.log, parse_store_url(store_url), batch_size=7)
+    try:
+        views.catch_up()
+        rows = {r["patient_id"]: r for r in vq.board(views.db)}
+        assert rows["P-V1"]["open_queries"] == 2 and rows["P-V2"]["open_queries"] == 0
+        opened = {q["query_id"]: q for q in vq.query_list(views.db, patient_id="P-V1")}
+        assert rows["P-V1"]["oldest_open_query_at"] == opened[first]["opened_at"]
+        assert rows["P-V1"]["oldest_open_query_age_days"] >= 0
+        assert [r["patient_id"] for r in vq.board(views.db, has_open_queries=True)] == ["P-V1"]
+        assert vq.count(views.db, has_open_queries=True) == 1
+        assert [q["query_id"] for q in vq.query_list(views.db, status="answered")] == [first]
+        assert opened[first]["awaiting"] == "monitor" and opened[second]["awaiting"] == "site"
+        c.do("close_query", {"query_id": first}, actor=MONITOR)
+        c.do("close_query", {"query_id": second}, actor=MONITOR, reason="copy found on file")
+        views.catch_up()
+        assert vq.board(views.db, has_open_queries=True) == []
+        assert vq.patient(views.db, "P-V1")["open_queries"] == 0  # type: ignore[index]
+        assert {q["status"] for q in vq.query_list(views.db)} == {"closed"}
+        # a rebuild gives the same rows
+        before = views.dump()
+        views.rebuild()
+        assert views.dump() == before
+    finally:
+        views.close()
+
+
+def test_the_audit_shows_queries_in_the_timeline_and_as_of(service: CourseService) -> None:
+    from cart_course.audit import as_of, check_history, patient_events, verify
+    from cart_course.audit.history import timeline
+    from cart_course.audit.report import html_report
+
+    c, first, second = _open_and_answer(service, "P-A1")
+    opened_at = service.record(c.pid).version
+    c.do("close_query", {"query_id": first}, actor=MONITOR)
+    events = patient_events(service.log, c.pid)
+    rows = [r for r in timeline(c.pid, events) if r["event"].startswith("Query")]
+    assert [r["move"] for r in rows] == ["open_query", "open_query", "answer_query", "close_query"]
+    assert rows[0]["actor"] == "cra.kim" and rows[0]["role"] == "monitor"
+    assert f"query {first} opened on v" in rows[0]["notes"][0]
+    # as of the version before the close: both unresolved; now: only the second
+    then = as_of(c.pid, events, version=opened_at)
+    assert {q["query_id"] for q in then["open_queries"]} == {first, second}
+    now = as_of(c.pid, events, version=events[-1].version)
+    assert [q["query_id"] for q in now["open_queries"]] == [second]
+    result = check_history(c.pid, events)
+    assert result.ok and [q["query_id"] for q in result.open_queries] == [second]
+    report = html_report(c.pid, events, findings=[], problems=[])
+    assert "Data queries open at the time of the report" in report and "consent form" in report
+    assert verify(service.log).ok

@@ -136,9 +136,7 @@ def test_bad_query_commands_are_clear_errors_and_record_nothing(service: CourseS
     )
     assert "clinician" in str(err)
     # a site opening a query, a monitor recording a move
-    _refused(
-        service, c.pid, lambda: c.do("open_query", {"text": "?"}, actor=SITE), ForbiddenError
-    )
+    _refused(service, c.pid, lambda: c.do("open_query", {"text": "?"}, actor=SITE), ForbiddenError)
     _refused(service, c.pid, lambda: c.infuse(3, actor=MONITOR), ForbiddenError)
     # closing a query that is not answered, without a reason
     err = _refused(
@@ -163,7 +161,12 @@ def test_bad_query_commands_are_clear_errors_and_record_nothing(service: CourseS
         ("close_query", {"query_id": qid}, MONITOR),
     ):
         err = _refused(
-            service, c.pid, lambda: c.do(command, payload, actor=actor), RecordConflictError
+            service,
+            c.pid,
+            lambda command=command, payload=payload, actor=actor: c.do(
+                command, payload, actor=actor
+            ),
+            RecordConflictError,
         )
         assert "closed" in err.message
     # nothing of a query's own is refused silently

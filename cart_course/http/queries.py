@@ -14,7 +14,7 @@ from litestar.params import QueryParameter
 from ..contract import parse_patient_id
 from ..errors import InvalidCommandError
 from ..views import queries as view_queries
-from .auth import READERS, VIEWERS
+from .auth import READERS, VIEWERS, current_token
 from .common import PatientId, Svc
 from .extras import WaitFor, views_of
 from .params import MAX_BOARD_PAGE, integer_query
@@ -76,9 +76,22 @@ def get_queries(
         )
 
 
+@get(
+    "/v1/whoami",
+    opt={"roles": READERS},
+    sync_to_thread=False,
+    responses=problem_responses(),
+    summary="The token's actor, role and name (the dashboard shows what the role may do)",
+    tags=["queries"],
+)
+def whoami(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    info = current_token(request)
+    return {"actor": info.actor, "role": info.role, "name": info.name}
+
+
 def routes(state: State) -> list[Any]:
     """The query routes (the list needs the views: a store)."""
-    out: list[Any] = [get_patient_queries]
+    out: list[Any] = [get_patient_queries, whoami]
     if state.get("store") is not None:
         out.append(get_queries)
     return out

@@ -175,7 +175,9 @@ async function showPatient(pid) {
       <td>${esc(e.type)}</td><td>${e.from_state ? esc(e.from_state) + " → " + esc(e.to_state) : ""}</td>
       <td>${esc(e.actor || "")} <span class="small">${esc(e.role || "")}</span></td>
       <td>${esc(e.reason || "")}${e.outcome && e.outcome.deviations && e.outcome.deviations.length ? '<br><span class="badge orange">deviation</span> ' + esc(e.outcome.deviations.join("; ")) : ""}${e.corrects ? " corrects v" + esc(e.corrects) : ""}${e.milestone ? " signed " + esc(e.milestone) + " (" + esc(e.meaning) + ")" : ""}</td></tr>`).join("")}
-    </tbody></table>`;
+    </tbody></table><section id="queries-panel"></section>`;
+  // data queries (issue 17): the panel of static/queries.js
+  if (window.cartQueries) window.cartQueries.mount($("#queries-panel"), { patientId: pid, api });
 }
 
 function diagram(protocol, moves, current) {

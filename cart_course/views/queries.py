@@ -354,6 +354,15 @@ def with_query_summary(
     return rows
 
 
+def query_counts(db: ViewDB) -> dict[str, int]:
+    """How many data queries are in each status (every status, 0 when none)."""
+    found = {
+        str(status): int(n)
+        for status, n in db.fetchall("SELECT status, COUNT(*) FROM view_query GROUP BY status")
+    }
+    return {status: found.get(status, 0) for status in QUERY_STATUSES}
+
+
 def query_list(
     db: ViewDB,
     *,

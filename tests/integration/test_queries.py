@@ -252,6 +252,11 @@ def test_the_views_count_open_queries_and_filter_the_board(
         assert vq.board(views.db, has_open_queries=True) == []
         assert vq.patient(views.db, "P-V1")["open_queries"] == 0  # type: ignore[index]
         assert {q["status"] for q in vq.query_list(views.db)} == {"closed"}
+        from cart_course.views.metrics import metrics_text
+
+        text = metrics_text(views)
+        assert 'cart_course_data_queries{status="closed"} 2' in text
+        assert 'cart_course_data_queries{status="open"} 0' in text
         # a rebuild gives the same rows
         before = views.dump()
         views.rebuild()

@@ -288,3 +288,26 @@ def test_the_audit_shows_queries_in_the_timeline_and_as_of(service: CourseServic
     report = html_report(c.pid, events, findings=[], problems=[])
     assert "Data queries open at the time of the report" in report and "consent form" in report
     assert verify(service.log).ok
+
+
+def test_an_edited_query_row_is_found_by_the_views_check(tmp_path: Any) -> None:
+    import sqlite3
+
+    from cart_course.ledger.views import compare_views
+    from cart_course.storage import parse_store_url
+    from cart_course.views import Views
+
+    url = str(tmp_path / "q.sqlite")
+    service = build_service(Settings.for_store(url))
+    try:
+        c, first, _second = _open_and_answer(service, "P-T1")
+        views = Views(service.log, parse_store_url(url))
+        views.catch_up()
+        views.close()
+        assert compare_views(service.log, parse_store_url(url))[1] == []
+        with sqlite3.connect(url) as db:
+            db.execute("UPDATE view_query SET status = 'closed' WHERE query_id = ?", (first,))
+        (problem,) = compare_views(service.log, parse_store_url(url))[1]
+        assert problem.patient_id == c.pid and "view_query (status)" in problem.message
+    finally:
+        service.close()

@@ -42,7 +42,7 @@ from .protocol.plausibility import LAB_RANGES
 from .protocol.product import PRODUCT_PAYLOAD_TYPES
 from .protocol.registry import REGISTRY, Registry
 from .protocol.schema_parts import DATE as _DATE
-from .protocol.schema_parts import Schema
+from .protocol.schema_parts import Schema, free_text
 from .protocol.schema_parts import nullable as _nullable
 from .protocol.schema_parts import obj as _obj
 from .protocol.schema_parts import text as _text
@@ -516,7 +516,7 @@ def command_schema(command: str, registry: Registry = REGISTRY) -> Schema:
     if definition is None:
         raise KeyError(f"{command!r} is not a command; commands are: {', '.join(registry.names)}")
     reason_required = definition.reason == "always"
-    reason = _text(4000, "why; required for this command")
+    reason = free_text(4000, "why; required for this command")
     required = ["command", "patient_id", "occurred_at", "actor"]
     if reason_required:
         required.append("reason")
@@ -539,7 +539,7 @@ def command_schema(command: str, registry: Registry = REGISTRY) -> Schema:
             "with a UTC offset of at most 14 hours; not more than 5 minutes in the future",
         },
         "actor": {"$ref": "#/$defs/actor"},
-        "reason": reason if reason_required else _nullable(_text(4000)),
+        "reason": reason if reason_required else _nullable(free_text(4000)),
         "idempotency_key": _nullable(
             _text(200, "the same key and command again returns the first result")
         ),

@@ -34,7 +34,7 @@ from . import building_blocks as blocks
 from . import follow_up, payloads, product, product_commands, queries, response
 from .building_blocks import ContextBuilder, OutcomeBuilder, PayloadParser, TimeCheck
 from .machine import TRANSITIONS
-from .schema_parts import BOOL, EMPTY, Schema, obj, text
+from .schema_parts import BOOL, EMPTY, Schema, free_text, obj, text
 from .signatures import MILESTONES, SIGNATURE_KEYS, SIGNATURE_MEANINGS
 from .states import State
 
@@ -702,7 +702,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
 # -- data queries (issue 17): a monitor asks, the site answers, the monitor closes or re-opens.
 # They never move the state; the service decides them with ``protocol/queries.py``.
 _QUERY_ID = text(40, "the query's id, e.g. Q-7 (the version of the event that opened it)")
-_QUERY_TEXT = text(queries.TEXT_MAX)
+_QUERY_TEXT = free_text(queries.TEXT_MAX)
 QUERY_DEFINITIONS: tuple[CommandDef, ...] = (
     CommandDef(
         name="open_query",
@@ -714,7 +714,7 @@ QUERY_DEFINITIONS: tuple[CommandDef, ...] = (
         optional=("on_version", "field"),
         payload_schema=obj(
             {
-                "text": text(
+                "text": free_text(
                     queries.TEXT_MAX, "the question, e.g. 'D2 cells: the source says 1.8e7'"
                 ),
                 "on_version": {

@@ -19,6 +19,20 @@ def text(max_len: int, description: str = "") -> Schema:
     return schema
 
 
+#: What free text may not hold (``protocol/text.py``): control characters but line feed and tab,
+#: the line and paragraph separators, the bidirectional embeddings, overrides and isolates.
+NOT_FREE_TEXT = (
+    r"[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e"
+    r"\u2066-\u2069\u061c]"
+)
+
+
+def free_text(max_len: int, description: str = "") -> Schema:
+    """:func:`text` that is free text: printable, line feeds and tabs allowed
+    (``text.free_text_problem``)."""
+    return {**text(max_len, description), "not": {"pattern": NOT_FREE_TEXT}}
+
+
 def nullable(schema: Schema) -> Schema:
     return {"anyOf": [schema, {"type": "null"}]}
 

@@ -41,12 +41,6 @@ KNOWN_GAPS = {
     "clinician": "a generated idempotency key recorded by the service role is another actor's "
     "(422 idempotency_conflict) on the shared server",
     "auditor": "the CDISC export routes' as_of query parameter carries no date-time pattern",
-    # issue 17: monitors and data managers post commands (data queries) since; their runs reach
-    # the envelope's free text, a gap of every writing role that their 403s used to hide
-    "monitor": "an envelope's reason may not hold control characters (U+001D ...); the schema "
-    "does not say so",
-    "data_manager": "an envelope's reason may not hold control characters (U+001D ...); the "
-    "schema does not say so",
 }
 
 

@@ -238,6 +238,13 @@ def count(
                 "SELECT patients FROM view_cohort WHERE dimension = 'state' AND key = ?", [state]
             )
         return int(row[0]) if row else 0
+    if has_open_queries and not overdue and not toxicity and action is None and product is None:
+        # the patients with a query not closed, from the partial index alone
+        sql = "SELECT COUNT(DISTINCT patient_id) FROM view_query WHERE status <> 'closed'"
+        if state is not None:
+            sql += " AND patient_id IN (SELECT patient_id FROM view_board WHERE state = ?)"
+        row = db.fetchone(sql, [state] if state is not None else [])
+        return int(row[0]) if row else 0
     where: list[str] = []
     params: list[Any] = []
     if state is not None:
@@ -296,9 +303,11 @@ QUERY_KEYS = (
 def _queries_filter(has_open_queries: bool | None, where: list[str]) -> None:
     if has_open_queries is None:
         return
+    # one probe of the partial index ``view_query_open`` per board row
     where.append(
-        ("patient_id IN " if has_open_queries else "patient_id NOT IN ")
-        + f"({_OPEN_QUERY_PATIENTS})"
+        ("" if has_open_queries else "NOT ")
+        + "EXISTS (SELECT 1 FROM view_query q WHERE q.patient_id = view_board.patient_id "
+        "AND q.status <> 'closed')"
     )
 
 

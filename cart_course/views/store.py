@@ -118,7 +118,9 @@ CREATE TABLE IF NOT EXISTS view_query (
 );
 CREATE INDEX IF NOT EXISTS view_query_open ON view_query (patient_id, opened_at)
   WHERE status <> 'closed';
-CREATE INDEX IF NOT EXISTS view_query_status ON view_query (status, opened_at);
+CREATE INDEX IF NOT EXISTS view_query_open_age ON view_query (opened_at, patient_id, query_id)
+  WHERE status <> 'closed';
+CREATE INDEX IF NOT EXISTS view_query_status ON view_query (status, opened_at, patient_id, query_id);
 CREATE TABLE IF NOT EXISTS view_cohort (
   dimension TEXT NOT NULL,
   key TEXT NOT NULL,

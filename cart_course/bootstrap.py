@@ -24,6 +24,7 @@ from .eventlog import EventLog
 from .ledger.checkpoint import DEFAULT_ORIGIN
 from .ledger.core import CHECKPOINT_EVERY_EVENTS, CHECKPOINT_EVERY_MINUTES
 from .ledger.service import attach_ledger, ledger_settings
+from .protocol.query_rules import RULES as QUERY_RULES
 from .service import CourseService
 from .sites import LazySites
 from .storage import (
@@ -44,6 +45,11 @@ if TYPE_CHECKING:
 
 #: ``CART_COURSE_DEBUG=1``: errors of the CLI end in their traceback.
 ENV_DEBUG = "CART_COURSE_DEBUG"
+#: ``CART_COURSE_QUERY_RULES=1``: the query rules run after every command that changes a
+#: patient's record (``protocol/query_rules.py``); without it, ``cart-course queries run-rules``
+#: runs them when asked (issue 17).
+ENV_QUERY_RULES = "CART_COURSE_QUERY_RULES"
+_TRUE = ("1", "true", "yes", "y", "on")
 
 
 @attrs.frozen(kw_only=True)
@@ -57,6 +63,8 @@ class Settings:
     checkpoint_every: int = CHECKPOINT_EVERY_EVENTS
     checkpoint_minutes: float = CHECKPOINT_EVERY_MINUTES
     log_origin: str = DEFAULT_ORIGIN
+    #: Run the query rules after every command (``CART_COURSE_QUERY_RULES``).
+    query_rules: bool = False
 
     @classmethod
     def from_env(cls, db: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -69,19 +77,30 @@ class Settings:
             store=store,
             cipher_key=check_cipher_key(environ.get(ENV_CIPHER_KEY) or None),
             compress=environ.get(ENV_COMPRESS, "").lower() in ("1", "true", "yes", "y"),
+            query_rules=environ.get(ENV_QUERY_RULES, "").lower() in _TRUE,
             **ledger_settings(environ),
         )
 
     @classmethod
     def for_store(
-        cls, url: str, *, cipher_key: str | None = None, compress: bool = False
+        cls,
+        url: str,
+        *,
+        cipher_key: str | None = None,
+        compress: bool = False,
+        query_rules: bool = False,
     ) -> Settings:
         """Settings for the store ``url``, ignoring the environment (tests, tools)."""
         try:
             store = parse_store_url(url)
         except StoreConfigError as exc:
             raise StoreError(str(exc)) from None
-        return cls(store=store, cipher_key=check_cipher_key(cipher_key), compress=compress)
+        return cls(
+            store=store,
+            cipher_key=check_cipher_key(cipher_key),
+            compress=compress,
+            query_rules=query_rules,
+        )
 
 
 def check_cipher_key(key: str | None) -> str | None:
@@ -127,7 +146,7 @@ def build_service(settings: Settings) -> CourseService:
         raise StoreError(str(exc)) from None
     except Exception as exc:  # connection refused, bad key format, unreadable file ...
         raise StoreError(f"cannot open the store {settings.store.display}: {exc}") from None
-    service = CourseService(app)
+    service = CourseService(app, query_rules=QUERY_RULES if settings.query_rules else ())
     if settings.signing_key:
         attach_ledger(service, settings)
     service.sites = LazySites(lambda: build_tokens(settings), owned=True)

@@ -87,7 +87,17 @@ def _register() -> None:
 
     for builtin in (course, protocol):
         builtin.register(cli)
-    for name in ("audit", "views", "serve", "keys", "ledger", "exports", "report", "store"):
+    for name in (
+        "audit",
+        "views",
+        "serve",
+        "keys",
+        "ledger",
+        "exports",
+        "report",
+        "store",
+        "queries",
+    ):
         try:
             module: Any = __import__(f"{__name__}.{name}", fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -113,6 +113,9 @@ class PatientRecord:
     #: fraction ({"day", "course_number", "version", "occurred_at", "failed"}); None: no hold.
     #: Lifted by an assessment that meets the gate, or by the fraction given.
     pre_infusion_hold: dict[str, Any] | None = None
+    #: Data queries (issue 17), by id (``Q-<version>``): status, what they are about, each step
+    #: (``protocol/queries.py``). Never read by the protocol's rules.
+    queries: dict[str, dict[str, Any]] = attrs.Factory(dict)
     #: For each correctable event version: its trigger and where its effect lives.
     index: dict[int, dict[str, Any]] = attrs.Factory(dict)
     #: The patient's site (issue 17): set by ``screen``'s ``site``, changed by ``transfer_site``;
@@ -227,7 +230,22 @@ class PatientRecord:
             **({"death": self.death} if self.death else {}),
             **({"pre_infusion_hold": self.pre_infusion_hold} if self.pre_infusion_hold else {}),
             **({"site_transfers": list(self.site_transfers)} if self.site_transfers else {}),
+            **({"queries": self.queries_summary()} if self.queries else {}),
         }
+
+    def queries_summary(self) -> dict[str, Any]:
+        """The patient's data queries in brief: how many are unresolved (not closed), the
+        oldest unresolved one's opening time, and the count by status."""
+        by_status: dict[str, int] = {}
+        oldest: str | None = None
+        pending = 0
+        for q in self.queries.values():
+            by_status[q["status"]] = by_status.get(q["status"], 0) + 1
+            if q["status"] != "closed":
+                pending += 1
+                if oldest is None or q["opened_at"] < oldest:
+                    oldest = q["opened_at"]
+        return {"open_queries": pending, "oldest_open_query_at": oldest, "by_status": by_status}
 
 
 DERIVED_FIELDS = frozenset({"open_ids", "kind_counts", "course_ids", "course_worst"})

@@ -11,6 +11,7 @@ from litestar import Request, get
 from litestar.datastructures import State
 from litestar.params import QueryParameter
 
+from ..access import sites_of
 from ..contract import parse_patient_id
 from ..errors import InvalidCommandError
 from ..views import queries as view_queries
@@ -46,6 +47,7 @@ def get_patient_queries(service: Svc, patient_id: PatientId) -> list[dict[str, A
 )
 def get_queries(
     request: Request[Any, Any, Any],
+    service: Svc,
     status: Annotated[
         str | None,
         QueryParameter(
@@ -64,6 +66,9 @@ def get_queries(
             "query.status", f"{status[:40]!r} is not one of {', '.join(STATUS_FILTERS)}"
         )
     pid = parse_patient_id(patient_id, "query.patient_id") if patient_id is not None else None
+    scope = sites_of(service)
+    if pid is not None and scope is not None:
+        service.record(pid)  # another site's patient: as a patient not on record
     access = views_of(request.app.state)
     with access.lock:
         db = access.fresh(wait_for)
@@ -73,6 +78,7 @@ def get_queries(
             unresolved=status == "unresolved",
             patient_id=pid,
             limit=limit,
+            sites=scope,
         )
 
 

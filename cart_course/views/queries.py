@@ -12,6 +12,7 @@ overdue; the watchlist shows it instead.
 from __future__ import annotations
 
 import datetime as dt
+import statistics
 from collections.abc import Collection
 from typing import Any
 
@@ -679,9 +680,11 @@ def query_list(
     unresolved: bool = False,
     limit: int | None = None,
     now: Moment = None,
+    sites: Sites = None,
 ) -> list[dict[str, Any]]:
     """Data queries, oldest first: by status (``open``, ``answered``, ``reopened``,
-    ``closed``), by patient, or every query not closed (``unresolved``)."""
+    ``closed``), by patient, or every query not closed (``unresolved``); only the patients of
+    ``sites`` when given (a site-limited token's)."""
     where: list[str] = []
     params: list[Any] = []
     if status is not None:
@@ -694,6 +697,10 @@ def query_list(
     if patient_id is not None:
         where.append("patient_id = ?")
         params.append(patient_id)
+    if sites is not None:
+        inner: list[str] = []
+        _site_filter(sites, inner, params)
+        where.append(f"patient_id IN (SELECT patient_id FROM view_board WHERE {inner[0]})")
     sql = f"SELECT {', '.join(QUERY_KEYS)} FROM view_query"
     sql += (
         " WHERE " + " AND ".join(where) if where else ""
@@ -841,14 +848,30 @@ def _cohort_of_sites(db: ViewDB, sites: Collection[str]) -> dict[str, dict[str, 
 
 
 def open_queries_by_site(db: ViewDB, now: Moment = None) -> dict[str, tuple[int, float | None]]:
-    """Per site: (open data queries, median age of the open ones in days). The hook the data
-    queries (issue 17, item 3) fill after the merge; until then no site has any (empty)."""
-    return {}
+    """Per site: (data queries not closed, median age of those queries in days, as of ``now``).
+    A site without any: absent (its counts say 0 queries, no median)."""
+    rows = db.fetchall(
+        "SELECT b.site, q.opened_at FROM view_query q JOIN view_board b "
+        "ON b.patient_id = q.patient_id WHERE q.status <> 'closed'"
+    )
+    ages: dict[str, list[float]] = {}
+    for site, opened_at in rows:
+        age = _age_days(opened_at, now)
+        ages.setdefault(str(site), [])
+        if age is not None:
+            ages[str(site)].append(age)
+    counts: dict[str, int] = {}
+    for site, _ in rows:
+        counts[str(site)] = counts.get(str(site), 0) + 1
+    return {
+        site: (counts[site], statistics.median(values) if values else None)
+        for site, values in ages.items()
+    }
 
 
 def site_counts(db: ViewDB, now: Moment = None, sites: Sites = None) -> dict[str, dict[str, Any]]:
-    """Per site (issue 17): patients, overdue next actions, open data queries and their median
-    age in days (None until data queries exist: :func:`open_queries_by_site`)."""
+    """Per site (issue 17): patients, overdue next actions, data queries not closed and their
+    median age in days (None when the site has none: :func:`open_queries_by_site`)."""
     cutoff = _Cutoff(now)
     where: list[str] = []
     params: list[Any] = [cutoff.param]
@@ -867,7 +890,7 @@ def site_counts(db: ViewDB, now: Moment = None, sites: Sites = None) -> dict[str
         out[str(site)] = {
             "patients": int(patients),
             "overdue_actions": int(overdue or 0),
-            "open_queries": open_q[0] if open_q else None,
+            "open_queries": open_q[0] if open_q else 0,
             "median_query_age_days": open_q[1] if open_q else None,
         }
     return out

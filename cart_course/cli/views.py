@@ -207,7 +207,10 @@ def _print_site_counts(
             f"{site_id:<6} {(r['name'] or '-')[:28]:<28} {(r['time_zone'] or '-'):<20} "
             f"{r['patients']:>8} {r['overdue_actions']:>8} {q:>13} {age:>15}"
         )
-    click.echo(f"overdue as of {queries.as_of(moment)}; open queries: - until data queries exist")
+    click.echo(
+        f"overdue as of {queries.as_of(moment)}; open queries: not closed (open, answered, "
+        "re-opened), their median age in days"
+    )
 
 
 _wait_options = [

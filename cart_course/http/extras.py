@@ -699,8 +699,8 @@ def get_site_counts(
     request: Request[Any, Any, Any], service: Svc, wait_for: WaitFor = None
 ) -> dict[str, Any]:
     """Every site of the trial (a site-limited token: its sites), with the patients recorded
-    before sites under S00. ``open_queries`` and ``median_query_age_days`` are null until the
-    trial records data queries."""
+    before sites under S00: ``open_queries`` counts the data queries not closed,
+    ``median_query_age_days`` their median age (null when the site has none)."""
     from ..views import queries
 
     scope = sites_of(service)
@@ -725,7 +725,7 @@ def get_site_counts(
 _EMPTY_SITE = {
     "patients": 0,
     "overdue_actions": 0,
-    "open_queries": None,
+    "open_queries": 0,
     "median_query_age_days": None,
 }
 

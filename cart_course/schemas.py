@@ -333,6 +333,17 @@ def payload_defs() -> dict[str, Schema]:
         _add_rules(count, _by_unit(_lab(key)))
         aprops[key] = {"anyOf": [count, {"type": "null"}], "default": None}
     del defs["CellCountPayload"]
+    if "DiseaseStatusPayload" in defs:  # a relapse names its CD19 status; a remission none
+        _add_rules(
+            defs["DiseaseStatusPayload"],
+            [
+                {
+                    "if": {"properties": {"status": {"const": "relapse"}}, "required": ["status"]},
+                    "then": {"required": ["cd19"]},
+                    "else": {"not": {"required": ["cd19"]}},
+                }
+            ],
+        )
     _add_rules(
         defs["MrdPayload"],
         [

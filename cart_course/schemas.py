@@ -333,6 +333,20 @@ def payload_defs() -> dict[str, Schema]:
         _add_rules(count, _by_unit(_lab(key)))
         aprops[key] = {"anyOf": [count, {"type": "null"}], "default": None}
     del defs["CellCountPayload"]
+    if "cause_of_death" in defs:  # a death from an adverse event names its episode; no other
+        _add_rules(
+            defs["cause_of_death"],
+            [
+                {
+                    "if": {
+                        "properties": {"category": {"const": "adverse_event"}},
+                        "required": ["category"],
+                    },
+                    "then": {"required": ["toxicity_id"]},
+                    "else": {"not": {"required": ["toxicity_id"]}},
+                }
+            ],
+        )
     if "DiseaseStatusPayload" in defs:  # a relapse names its CD19 status; a remission none
         _add_rules(
             defs["DiseaseStatusPayload"],

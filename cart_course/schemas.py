@@ -324,6 +324,8 @@ def payload_defs() -> dict[str, Schema]:
             "scale version.",
         )
     defs["OtherReportPayload"]["required"] = ["kind", "term", *explicit]
+    other_props = defs["OtherReportPayload"]["properties"]  # its term is required: not null
+    other_props["term"] = next(b for b in other_props["term"]["anyOf"] if b.get("type") != "null")
     _add_rules(defs["OtherReportPayload"], scale_versions)
 
     assessment = defs["assessment"]

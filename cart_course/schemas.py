@@ -348,6 +348,8 @@ def payload_defs() -> dict[str, Schema]:
             "scale version.",
         )
     defs["OtherReportPayload"]["required"] = ["kind", "term", *explicit]
+    other_props = defs["OtherReportPayload"]["properties"]  # its term is required: not null
+    other_props["term"] = next(b for b in other_props["term"]["anyOf"] if b.get("type") != "null")
     _add_rules(defs["OtherReportPayload"], scale_versions)
 
     assessment = defs["assessment"]
@@ -357,6 +359,31 @@ def payload_defs() -> dict[str, Schema]:
         _add_rules(count, _by_unit(_lab(key)))
         aprops[key] = {"anyOf": [count, {"type": "null"}], "default": None}
     del defs["CellCountPayload"]
+    if "cause_of_death" in defs:  # a death from an adverse event names its episode; no other
+        _add_rules(
+            defs["cause_of_death"],
+            [
+                {
+                    "if": {
+                        "properties": {"category": {"const": "adverse_event"}},
+                        "required": ["category"],
+                    },
+                    "then": {"required": ["toxicity_id"]},
+                    "else": {"not": {"required": ["toxicity_id"]}},
+                }
+            ],
+        )
+    if "DiseaseStatusPayload" in defs:  # a relapse names its CD19 status; a remission none
+        _add_rules(
+            defs["DiseaseStatusPayload"],
+            [
+                {
+                    "if": {"properties": {"status": {"const": "relapse"}}, "required": ["status"]},
+                    "then": {"required": ["cd19"]},
+                    "else": {"not": {"required": ["cd19"]}},
+                }
+            ],
+        )
     _add_rules(
         defs["MrdPayload"],
         [

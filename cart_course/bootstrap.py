@@ -1,8 +1,9 @@
 """The composition root: settings from the environment and flags -> everything a process uses.
 
 :class:`Settings` is read here, and only here, from the environment (``CART_COURSE_DB``,
-``CART_COURSE_CIPHER_KEY``, ``CART_COURSE_COMPRESS``, ``CART_COURSE_DEBUG``, ``USER``) and the
-``--db`` flag. :class:`System` builds, from settings, what the entry points use: the service
+``CART_COURSE_CIPHER_KEY``, ``CART_COURSE_COMPRESS``, ``CART_COURSE_DEBUG``,
+``CART_COURSE_PROTOCOL_VERSION``, ``USER``) and the ``--db`` and ``--protocol`` flags.
+:class:`System` builds, from settings, what the entry points use: the service
 (commands), the log's read interface (:class:`~cart_course.eventlog.EventLog`: audit, views,
 feed), the token store and the views. The CLI (``cli.common.Context``), the HTTP server
 (:func:`http_app`, the factory ``cart-course serve`` gives uvicorn), ``ingest`` (its workers
@@ -24,6 +25,8 @@ from .eventlog import EventLog
 from .ledger.checkpoint import DEFAULT_ORIGIN
 from .ledger.core import CHECKPOINT_EVERY_EVENTS, CHECKPOINT_EVERY_MINUTES
 from .ledger.service import attach_ledger, ledger_settings
+from .protocol.versions import CURRENT, VERSIONS, ProtocolVersion, UnknownProtocolVersionError
+from .protocol.versions import get_version as _get_version
 from .service import CourseService
 from .storage import (
     ENV_CIPHER_KEY,
@@ -43,6 +46,22 @@ if TYPE_CHECKING:
 
 #: ``CART_COURSE_DEBUG=1``: errors of the CLI end in their traceback.
 ENV_DEBUG = "CART_COURSE_DEBUG"
+#: ``CART_COURSE_PROTOCOL_VERSION=1.1``: the protocol version new moves are decided and recorded
+#: under (default: ``versions.CURRENT``). Recorded events keep the version they were made under.
+ENV_PROTOCOL_VERSION = "CART_COURSE_PROTOCOL_VERSION"
+
+
+def protocol_version(version_id: str | None, source: str = ENV_PROTOCOL_VERSION) -> ProtocolVersion:
+    """The protocol version named by ``version_id`` (``None`` or empty: the current one); an
+    unknown one is a one-line error naming ``source`` and the known versions."""
+    if not version_id:
+        return CURRENT
+    try:
+        return _get_version(version_id.strip())
+    except UnknownProtocolVersionError:
+        raise StoreError(
+            f"{source}: {version_id!r} is not a protocol version; known: {', '.join(VERSIONS)}"
+        ) from None
 
 
 @attrs.frozen(kw_only=True)
@@ -56,16 +75,36 @@ class Settings:
     checkpoint_every: int = CHECKPOINT_EVERY_EVENTS
     checkpoint_minutes: float = CHECKPOINT_EVERY_MINUTES
     log_origin: str = DEFAULT_ORIGIN
+    #: The id of the protocol version new moves are decided and recorded under (``--protocol``
+    #: or ``CART_COURSE_PROTOCOL_VERSION``; default ``versions.CURRENT``). An id, not the
+    #: version, so that settings pickle to the ingest workers.
+    protocol_id: str = CURRENT.id
+
+    @property
+    def protocol(self) -> ProtocolVersion:
+        return protocol_version(self.protocol_id)
 
     @classmethod
-    def from_env(cls, db: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(
+        cls,
+        db: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        protocol: str | None = None,
+    ) -> Settings:
+        """Settings from the environment; ``db`` (``--db``) and ``protocol`` (``--protocol``),
+        when given, win over ``CART_COURSE_DB`` and ``CART_COURSE_PROTOCOL_VERSION``."""
         environ = os.environ if environ is None else environ
+        if protocol is not None:
+            version = protocol_version(protocol, "--protocol")
+        else:
+            version = protocol_version(environ.get(ENV_PROTOCOL_VERSION))
         try:
             store = parse_store_url(store_url_from_env(environ, db))
         except StoreConfigError as exc:
             raise StoreError(str(exc)) from None
         return cls(
             store=store,
+            protocol_id=version.id,
             cipher_key=check_cipher_key(environ.get(ENV_CIPHER_KEY) or None),
             compress=environ.get(ENV_COMPRESS, "").lower() in ("1", "true", "yes", "y"),
             **ledger_settings(environ),
@@ -110,9 +149,10 @@ def operator_name(environ: Mapping[str, str] | None = None) -> str | None:
 
 
 def export_store(settings: Settings) -> None:
-    """Hand the store to child processes that build their own :class:`System` (the server's
-    workers): they read it back with :meth:`Settings.from_env`."""
+    """Hand the store and the protocol version to child processes that build their own
+    :class:`System` (the server's workers): they read it back with :meth:`Settings.from_env`."""
     os.environ[ENV_DB] = settings.store.url
+    os.environ[ENV_PROTOCOL_VERSION] = settings.protocol.id
 
 
 def build_service(settings: Settings) -> CourseService:
@@ -126,7 +166,7 @@ def build_service(settings: Settings) -> CourseService:
         raise StoreError(str(exc)) from None
     except Exception as exc:  # connection refused, bad key format, unreadable file ...
         raise StoreError(f"cannot open the store {settings.store.display}: {exc}") from None
-    service = CourseService(app)
+    service = CourseService(app, protocol=settings.protocol)
     if settings.signing_key:
         attach_ledger(service, settings)
     return service

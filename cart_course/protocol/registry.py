@@ -472,7 +472,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         ),
         parse=pre_infusion.parse_infusion_observations(product_commands.parse_infusion),
         outcome=pre_infusion.with_gate_outcome(blocks.infusion_outcome),
-        correctable=("cells", "weight", "product_lot", "deviation_reason"),
+        correctable=("cells", "weight", "product_lot", "deviation_reason", "pre_infusion"),
         payload_schema=_INFUSION_SCHEMA,
         examples=examples_of("give_infusion"),
         next_in=(_S.APHERESED, _S.CONTINUED, _S.INFUSED_D1, _S.INFUSED_D2),
@@ -488,6 +488,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         required=("day", "pre_infusion"),
         parse=pre_infusion.parse_assessment,
         outcome=pre_infusion.assessment_outcome,
+        correctable=("pre_infusion",),
         payload_schema=obj(
             {
                 "day": {

@@ -31,8 +31,14 @@ from typing import Any, Literal
 import attrs
 
 from . import building_blocks as blocks
-from . import follow_up, payloads, pre_infusion, product, product_commands, response
-from .building_blocks import ContextBuilder, OutcomeBuilder, PayloadParser, TimeCheck
+from . import follow_up, payloads, pre_infusion, product, product_commands, response, toxicity
+from .building_blocks import (
+    ContextBuilder,
+    OutcomeBuilder,
+    PayloadParser,
+    ReasonCheck,
+    TimeCheck,
+)
 from .machine import TRANSITIONS
 from .schema_parts import BOOL, EMPTY, Schema, obj, text
 from .signatures import MILESTONES, SIGNATURE_KEYS, SIGNATURE_MEANINGS
@@ -84,6 +90,8 @@ class CommandDef:
     parse: PayloadParser = blocks.parse_nothing
     #: Checks the clinical time against the record (after the payload is parsed).
     check_time: TimeCheck | None = None
+    #: Checks the command's reason against the record and the payload's facts (after the time).
+    check_reason: ReasonCheck | None = None
     #: What the move established (recorded as the event's ``outcome``).
     outcome: OutcomeBuilder = blocks.no_outcome
     reason: ReasonPolicy = "never"
@@ -512,6 +520,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         optional=("toxicity_id", "adverse_event"),
         parse=follow_up.parse_toxicity_ae,
         check_time=follow_up.toxicity_time,
+        check_reason=toxicity.explicit_icans_reason,
         outcome=follow_up.toxicity_ae_outcome,
         correctable=("toxicity", "toxicity_id"),
         episode=True,

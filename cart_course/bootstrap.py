@@ -64,6 +64,18 @@ def protocol_version(version_id: str | None, source: str = ENV_PROTOCOL_VERSION)
         ) from None
 
 
+def configured_protocol(
+    flag: str | None = None, environ: Mapping[str, str] | None = None
+) -> ProtocolVersion:
+    """The protocol version this process records new moves under: ``--protocol`` (``flag``),
+    else ``CART_COURSE_PROTOCOL_VERSION``, else the current one (what ``Settings`` holds, for
+    commands that open no store: ``cart-course protocol ...``)."""
+    if flag is not None:
+        return protocol_version(flag, "--protocol")
+    environ = os.environ if environ is None else environ
+    return protocol_version(environ.get(ENV_PROTOCOL_VERSION))
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     store: StoreSettings
@@ -94,10 +106,7 @@ class Settings:
         """Settings from the environment; ``db`` (``--db``) and ``protocol`` (``--protocol``),
         when given, win over ``CART_COURSE_DB`` and ``CART_COURSE_PROTOCOL_VERSION``."""
         environ = os.environ if environ is None else environ
-        if protocol is not None:
-            version = protocol_version(protocol, "--protocol")
-        else:
-            version = protocol_version(environ.get(ENV_PROTOCOL_VERSION))
+        version = configured_protocol(protocol, environ)
         try:
             store = parse_store_url(store_url_from_env(environ, db))
         except StoreConfigError as exc:

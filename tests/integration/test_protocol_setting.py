@@ -129,7 +129,21 @@ def test_a_patient_started_under_1_0_keeps_1_0_events_when_the_service_runs_1_1(
 
 def test_serve_hands_the_version_to_its_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     """``serve`` exports the settings; each worker (``bootstrap.http_app``) reads them back."""
-    monkeypatch.delenv("CART_COURSE_PROTOCOL_VERSION", raising=False)
+    # set through monkeypatch first, so that what export_store writes is undone afterwards
+    monkeypatch.setenv("CART_COURSE_PROTOCOL_VERSION", "1.0")
     monkeypatch.setenv("CART_COURSE_DB", "memory:")
     export_store(Settings.from_env(protocol="1.1"))
     assert Settings.from_env().protocol is V1_1
+
+
+def test_the_protocol_commands_default_to_the_configured_version(run: Any) -> None:
+    """``cart-course protocol ...`` (no store) applies the version the setting names, unless
+    ``--version`` names another."""
+    code, out, _ = run("--protocol", "1.1", "protocol", "show")
+    assert code == 0 and out.startswith("Protocol version 1.1:")
+    code, out, _ = run("protocol", "show", version="1.1")
+    assert code == 0 and out.startswith("Protocol version 1.1:")
+    code, out, _ = run("--protocol", "1.1", "protocol", "show", "--version", "1.0")
+    assert code == 0 and out.startswith("Protocol version 1.0:")
+    code, out, _ = run("protocol", "show")
+    assert code == 0 and out.startswith("Protocol version 1.0:")

@@ -460,17 +460,20 @@ def _apply_effect(
         _AFTER_COURSE[trigger](record, facts, outcome, occurred_at, version)
     elif trigger == Trigger.ASSESS_PRE_INFUSION:
         # the gate's verdict on the next fraction (issue 20): held, or fit (the hold lifted)
-        record.pre_infusion_hold = (
-            {
-                "day": outcome.get("day"),
-                "course_number": outcome.get("course_number"),
-                "version": version,
-                "occurred_at": occurred_at,
-                "failed": list(outcome.get("failed", ())),
-            }
-            if outcome.get("held")
-            else None
-        )
+        record.pre_infusion_hold = _hold_of(outcome, version, occurred_at)
+
+
+def _hold_of(outcome: dict[str, Any], version: int, occurred_at: str) -> dict[str, Any] | None:
+    """The hold a bedside assessment's outcome puts on the next fraction (None: fit)."""
+    if not outcome.get("held"):
+        return None
+    return {
+        "day": outcome.get("day"),
+        "course_number": outcome.get("course_number"),
+        "version": version,
+        "occurred_at": occurred_at,
+        "failed": list(outcome.get("failed", ())),
+    }
 
 
 def _report_toxicity(
@@ -767,6 +770,10 @@ def apply_correction(
         _correct_adverse_event(record, corrects, outcome)
     elif trigger == Trigger.RECORD_SAE_REPORT:
         _correct_sae_report(record, corrects, facts)
+    elif trigger == Trigger.ASSESS_PRE_INFUSION and outcome.get("operative"):
+        # a corrected bedside assessment the next fraction still waits on: the hold (issue 20)
+        # follows the corrected observations (held, or lifted)
+        record.pre_infusion_hold = _hold_of(outcome, corrects, str(outcome.get("occurred_at")))
     elif trigger == Trigger.ASSESS_RESPONSE:
         number = record.index.get(corrects, {}).get("course")
         for course in record.courses:

@@ -31,9 +31,24 @@ from typing import Any, Literal
 import attrs
 
 from . import building_blocks as blocks
-from . import follow_up, payloads, pre_infusion, product, product_commands, queries, response
+from . import (
+    follow_up,
+    payloads,
+    pre_infusion,
+    product,
+    product_commands,
+    queries,
+    response,
+    toxicity,
+)
 from . import sites as site_rules
-from .building_blocks import ContextBuilder, OutcomeBuilder, PayloadParser, TimeCheck
+from .building_blocks import (
+    ContextBuilder,
+    OutcomeBuilder,
+    PayloadParser,
+    ReasonCheck,
+    TimeCheck,
+)
 from .machine import TRANSITIONS
 from .schema_parts import BOOL, EMPTY, Schema, free_text, obj, text
 from .signatures import MILESTONES, SIGNATURE_KEYS, SIGNATURE_MEANINGS
@@ -88,6 +103,8 @@ class CommandDef:
     parse: PayloadParser = blocks.parse_nothing
     #: Checks the clinical time against the record (after the payload is parsed).
     check_time: TimeCheck | None = None
+    #: Checks the command's reason against the record and the payload's facts (after the time).
+    check_reason: ReasonCheck | None = None
     #: What the move established (recorded as the event's ``outcome``).
     outcome: OutcomeBuilder = blocks.no_outcome
     reason: ReasonPolicy = "never"
@@ -509,7 +526,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         ),
         parse=pre_infusion.parse_infusion_observations(product_commands.parse_infusion),
         outcome=pre_infusion.with_gate_outcome(blocks.infusion_outcome),
-        correctable=("cells", "weight", "product_lot", "deviation_reason"),
+        correctable=("cells", "weight", "product_lot", "deviation_reason", "pre_infusion"),
         payload_schema=_INFUSION_SCHEMA,
         examples=examples_of("give_infusion"),
         next_in=(_S.APHERESED, _S.CONTINUED, _S.INFUSED_D1, _S.INFUSED_D2),
@@ -525,6 +542,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         required=("day", "pre_infusion"),
         parse=pre_infusion.parse_assessment,
         outcome=pre_infusion.assessment_outcome,
+        correctable=("pre_infusion",),
         payload_schema=obj(
             {
                 "day": {
@@ -548,6 +566,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         optional=("toxicity_id", "adverse_event"),
         parse=follow_up.parse_toxicity_ae,
         check_time=follow_up.toxicity_time,
+        check_reason=toxicity.explicit_icans_reason,
         outcome=follow_up.toxicity_ae_outcome,
         correctable=("toxicity", "toxicity_id", "adverse_event"),
         episode=True,

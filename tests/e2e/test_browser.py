@@ -160,6 +160,27 @@ def test_board_needs_attention_first_sorts_filters_in_the_url_and_exports_csv(
     ), doses
     per_kg = page.locator("#board .dose").first.get_attribute("title") or ""
     assert re.fullmatch(r"\d\.\d × 10[⁰¹²³⁴⁵⁶⁷⁸⁹]+ cells/kg", per_kg), per_kg
+    # cells/kg by keyboard (issue 18): Tab from the row's patient link reaches the dose, which
+    # then shows its cells/kg beside it (hidden when not focused) and describes itself with it
+    row = page.locator("#board tbody tr", has=page.locator(".dose")).first
+    first_dose = row.locator(".dose").first
+    row.locator("th a").first.focus()
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.classList.contains('dose')"):
+            break
+    focused = page.evaluate(
+        "() => ({text: document.activeElement.textContent, title: document.activeElement.title,"
+        " shown: getComputedStyle(document.activeElement, '::after').content})"
+    )
+    assert focused["title"] == per_kg, focused
+    assert focused["shown"] == f'"{per_kg}"', focused  # visible on focus
+    assert "cells (" in focused["text"]
+    shot(page, "board-dose-focus.png")
+    assert axe_violations(page) == []
+    page.evaluate("() => document.activeElement.blur()")
+    unfocused = first_dose.evaluate("el => getComputedStyle(el, '::after').content")
+    assert unfocused in ("none", "normal"), unfocused
     assert not any(re.search(r"\d{4}-\d{2}-\d{2}", d) for d in column(page, 9))  # no raw ISO
     shot(page, "board.png")
     assert axe_violations(page) == []

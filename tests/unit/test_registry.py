@@ -71,6 +71,7 @@ def test_the_derived_tables_are_the_protocols() -> None:
         "infuse_d1",
         "infuse_d2",
         "infuse_d3",
+        "assess_pre_infusion",
         "report_toxicity",
         "assess_response",
         "record_sae_report",  # issue 16: to whom, reference, when sent

@@ -110,7 +110,7 @@ def test_board_updates_live(server: Server, page) -> None:  # type: ignore[no-un
     page.wait_for_selector("#live.on")
     r = httpx.post(
         server.url + "/v1/commands",
-        json=screen_body("LIVE-1"),
+        json=screen_body("LIVE-1", payload={**screen_body("LIVE-1")["payload"], "site": "S01"}),
         headers={"Authorization": f"Bearer {server.tokens['clinician']}"},
     )
     assert r.status_code == 201, r.text
@@ -152,6 +152,7 @@ def test_patient_page_shows_term_and_the_path_of_state_changes_only(  # type: ig
     day1 = dt.datetime(2026, 3, 2, 9, tzinfo=dt.UTC)
     p = _Patient("TERM-1", day1 - dt.timedelta(days=20), random.Random(7))
     p.screen()
+    p.commands[0]["payload"]["site"] = "S01"  # serve --demo's trial has sites (issue 17)
     p.apheresis()
     p.infusion(1, days=day1.date().toordinal() - p.t.date().toordinal())
     for command in p.commands:

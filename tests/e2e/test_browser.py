@@ -276,7 +276,9 @@ def test_board_updates_live_and_the_indicator_tells_the_truth(server: Server, pa
     page.wait_for_selector("#live.on")
     assert page.locator("#live").text_content() == "● live"
     r = httpx.post(
-        server.url + "/v1/commands", json=screen_body("LIVE-1"), headers=_auth(server, "clinician")
+        server.url + "/v1/commands",
+        json=screen_body("LIVE-1", payload={**screen_body("LIVE-1")["payload"], "site": "S01"}),
+        headers=_auth(server, "clinician"),
     )
     assert r.status_code == 201, r.text
     page.wait_for_selector("#board tr[data-patient='LIVE-1']", timeout=10_000)
@@ -389,6 +391,7 @@ def test_patient_terms_are_text_and_the_path_shows_state_changes_only(
     day1 = dt.datetime(2026, 3, 2, 9, tzinfo=dt.UTC)
     p = _Patient("TERM-1", day1 - dt.timedelta(days=20), random.Random(7))
     p.screen()
+    p.commands[0]["payload"]["site"] = "S01"  # serve --demo's trial has sites (issue 17)
     p.apheresis()
     p.infusion(1, days=day1.date().toordinal() - p.t.date().toordinal())
     for command in p.commands:

@@ -39,6 +39,11 @@ def _command_path(commands: list[Any], key: str, scheme: str) -> float:
     whose stream ids follow ``scheme``."""
     app = open_application(parse_store_url("memory:"), cipher_key=key)
     app.stream_ids = StreamIds(scheme, cipher_key=key)
+    if scheme == SCHEME_UUID5:
+        # a new store is keyed (its marker says so): forcing uuid5 ids on it makes each write's
+        # check for a migration refuse. The baseline is the uuid5 store as it was before keyed
+        # ids (no such check), so the check is left out here.
+        app._check_not_migrated = lambda: None  # type: ignore[method-assign]
     service = CourseService(app)
     started = time.perf_counter()
     events = 0

@@ -111,8 +111,15 @@ class PatientRecord:
     death: dict[str, Any] | None = None
     #: The pre-infusion gate (issue 20): the hold a bedside assessment recorded for the next
     #: fraction ({"day", "course_number", "version", "occurred_at", "failed"}); None: no hold.
-    #: Lifted by an assessment that meets the gate, or by the fraction given.
+    #: Lifted by an assessment that meets the gate, or by the fraction given. A hold for a
+    #: temperature keeps it and its clinical time ("temperature": {"value", "unit",
+    #: "occurred_at"}).
     pre_infusion_hold: dict[str, Any] | None = None
+    #: The temperatures above the gate's limit observed by an assessment or sent with a
+    #: fraction ({"value", "unit", "occurred_at", "version"}, in the order recorded): the gate
+    #: judging a later move counts every one within the window before its clinical time, so a
+    #: lower maximum given later does not erase them.
+    pre_infusion_temperatures: list[dict[str, Any]] = attrs.Factory(list)
     #: For each correctable event version: its trigger and where its effect lives.
     index: dict[int, dict[str, Any]] = attrs.Factory(dict)
     #: The patient's site (issue 17): set by ``screen``'s ``site``, changed by ``transfer_site``;
@@ -400,6 +407,9 @@ def _apply_effect(
         )
         course.fractions.append(fraction)
         record.pre_infusion_hold = None  # the fraction was given: no hold is left for it
+        gate = outcome.get("pre_infusion_gate")
+        if isinstance(gate, dict) and "temperature" in gate.get("failed_criteria", ()):
+            _keep_temperature(record, facts, occurred_at, version)  # given anyway (a reason)
         for text in fraction.deviations:
             record.deviations.append(
                 {
@@ -442,6 +452,18 @@ def _apply_effect(
         _AFTER_COURSE[trigger](record, facts, outcome, occurred_at, version)
     elif trigger == Trigger.ASSESS_PRE_INFUSION:
         # the gate's verdict on the next fraction (issue 20): held, or fit (the hold lifted)
+        failed_criteria = outcome.get("failed_criteria", ())
+        fever = (
+            _keep_temperature(record, facts, occurred_at, version)
+            if "temperature" in failed_criteria
+            else None
+        )
+        if fever is None and "temperature_on_record" in failed_criteria:
+            window = facts.get("pre_infusion_window") or {}
+            fever = max(
+                window.get("temperatures") or [None],
+                key=lambda t: (t or {}).get("occurred_at") or "",
+            )
         record.pre_infusion_hold = (
             {
                 "day": outcome.get("day"),
@@ -449,10 +471,34 @@ def _apply_effect(
                 "version": version,
                 "occurred_at": occurred_at,
                 "failed": list(outcome.get("failed", ())),
+                **(
+                    {"temperature": {k: fever.get(k) for k in ("value", "unit", "occurred_at")}}
+                    if isinstance(fever, dict)
+                    else {}
+                ),
             }
             if outcome.get("held")
             else None
         )
+
+
+def _keep_temperature(
+    record: PatientRecord, facts: dict[str, Any], occurred_at: str, version: int
+) -> dict[str, Any] | None:
+    """Keep a temperature above the gate's limit (the observations' highest temperature) with
+    the clinical time of the move that observed it (issue 20)."""
+    observations = facts.get("pre_infusion")
+    t = observations.get("highest_temperature") if isinstance(observations, dict) else None
+    if not isinstance(t, dict):
+        return None
+    kept = {
+        "value": t.get("value"),
+        "unit": t.get("unit"),
+        "occurred_at": occurred_at,
+        "version": version,
+    }
+    record.pre_infusion_temperatures.append(kept)
+    return kept
 
 
 def _report_toxicity(

@@ -213,8 +213,13 @@ def parse_pre_infusion(
                 f"room-air SpO2 is a percentage from 0 to 100 (%), got {show_number(spo2)}",
             )
         )
-    elif "spo2_room_air_pct" in data and plausible and spo2 < SPO2_PLAUSIBLE_MIN_PCT:
-        p.add(_spo2_floor_problem(spo2, field))
+    elif (
+        plausible
+        and isinstance(spo2, int | float)
+        and not isinstance(spo2, bool)
+        and spo2 < SPO2_PLAUSIBLE_MIN_PCT
+    ):
+        p.add(_spo2_floor_problem(float(spo2), field))
     for key in ("vasopressors", "uncontrolled_active_infection"):
         if key in data and not isinstance(data[key], bool):
             p.add(ProtocolInputError(f"{field}.{key}", f"must be true or false, got {data[key]!r}"))

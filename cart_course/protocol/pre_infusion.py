@@ -210,7 +210,8 @@ def parse_pre_infusion(
         p.add(
             ProtocolInputError(
                 f"{field}.spo2_room_air_pct",
-                f"room-air SpO2 is a percentage from 0 to 100 (%), got {show_number(spo2)}",
+                f"room-air SpO2 is a percentage from 0 to 100 (%; below "
+                f"{SPO2_PLAUSIBLE_MIN_PCT:g} % is not plausible), got {show_number(spo2)}",
             )
         )
     elif (

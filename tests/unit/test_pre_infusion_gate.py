@@ -583,3 +583,20 @@ def test_no_sequence_of_assessments_lets_a_fraction_through_a_fever_within_48_h(
         assert not judge(parse_pre_infusion(seen), p.version.params)
         assert given_.facts.get("deviation_reason") is None
         return
+
+
+def test_the_schema_and_the_parser_share_the_spo2_floor() -> None:
+    """The JSON Schema a client validates with refuses what the service refuses (below 50 %),
+    and the service says why: a fraction typed as a percent."""
+    from cart_course.protocol.pre_infusion import SPO2_PLAUSIBLE_MIN_PCT
+    from cart_course.schemas import SCHEMAS
+
+    spo2 = SCHEMAS["assess_pre_infusion"]["$defs"]["pre_infusion"]["properties"][
+        "spo2_room_air_pct"
+    ]
+    assert spo2["minimum"] == SPO2_PLAUSIBLE_MIN_PCT == 50.0
+    assert parse_pre_infusion(obs(spo2=50)).spo2_room_air_pct == 50
+    with pytest.raises(ProtocolInputError) as info:
+        parse_pre_infusion(obs(spo2=0.95))
+    assert info.value.problems[0].field == "payload.pre_infusion.spo2_room_air_pct"
+    assert "0.95 looks like a fraction; send 95" in str(info.value)

@@ -141,16 +141,6 @@ def parse_pre_infusion(
         observations = _observations_of(payload)
         if observations is not None:
             return observations
-        if not plausible and isinstance(data, Mapping):
-            t = payload.highest_temperature
-            lo, hi = TEMPERATURE_RANGE[t.unit]
-            if lo <= t.value <= hi:
-                return PreInfusionObservations(
-                    highest_temperature=Temperature(value=t.value, unit=t.unit),
-                    spo2_room_air_pct=payload.spo2_room_air_pct,
-                    vasopressors=payload.vasopressors,
-                    uncontrolled_active_infection=payload.uncontrolled_active_infection,
-                )
     if not isinstance(data, Mapping):
         raise ProtocolInputError(
             field,

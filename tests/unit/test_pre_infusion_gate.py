@@ -537,6 +537,9 @@ def test_an_event_recorded_without_the_window_fact_is_judged_as_before() -> None
     assert [f.criterion for f in gate_failures(facts, DEFAULT_PARAMETERS)] == [
         "temperature_on_record"
     ]
+    # a stored SpO2 below today's input floor is judged as recorded, never refused as input
+    stored = {"day": 2, "pre_infusion": obs(spo2=0.95)}
+    assert [f.criterion for f in gate_failures(stored, DEFAULT_PARAMETERS)] == ["spo2"]
 
 
 _REASON = "investigator decision: benefit outweighs the risk"

@@ -73,6 +73,10 @@ class ScopedService(CourseService):
         self.record(patient_id)
         return self.base.summary(patient_id)
 
+    def queries(self, patient_id: str) -> list[dict[str, Any]]:
+        self.record(patient_id)
+        return self.base.queries(patient_id)
+
     def allowed_moves(self, patient_id: str) -> list[str]:
         self.record(patient_id)
         return self.base.allowed_moves(patient_id)

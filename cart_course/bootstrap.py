@@ -1,8 +1,9 @@
 """The composition root: settings from the environment and flags -> everything a process uses.
 
 :class:`Settings` is read here, and only here, from the environment (``CART_COURSE_DB``,
-``CART_COURSE_CIPHER_KEY``, ``CART_COURSE_COMPRESS``, ``CART_COURSE_DEBUG``, ``USER``) and the
-``--db`` flag. :class:`System` builds, from settings, what the entry points use: the service
+``CART_COURSE_CIPHER_KEY``, ``CART_COURSE_COMPRESS``, ``CART_COURSE_DEBUG``,
+``CART_COURSE_PROTOCOL_VERSION``, ``USER``) and the ``--db`` and ``--protocol`` flags.
+:class:`System` builds, from settings, what the entry points use: the service
 (commands), the log's read interface (:class:`~cart_course.eventlog.EventLog`: audit, views,
 feed), the token store and the views. The CLI (``cli.common.Context``), the HTTP server
 (:func:`http_app`, the factory ``cart-course serve`` gives uvicorn), ``ingest`` (its workers
@@ -24,6 +25,9 @@ from .eventlog import EventLog
 from .ledger.checkpoint import DEFAULT_ORIGIN
 from .ledger.core import CHECKPOINT_EVERY_EVENTS, CHECKPOINT_EVERY_MINUTES
 from .ledger.service import attach_ledger, ledger_settings
+from .protocol.query_rules import RULES as QUERY_RULES
+from .protocol.versions import CURRENT, VERSIONS, ProtocolVersion, UnknownProtocolVersionError
+from .protocol.versions import get_version as _get_version
 from .service import CourseService
 from .sites import LazySites
 from .storage import (
@@ -44,6 +48,40 @@ if TYPE_CHECKING:
 
 #: ``CART_COURSE_DEBUG=1``: errors of the CLI end in their traceback.
 ENV_DEBUG = "CART_COURSE_DEBUG"
+#: ``CART_COURSE_QUERY_RULES=1``: the query rules run after every command that changes a
+#: patient's record (``protocol/query_rules.py``); without it, ``cart-course queries run-rules``
+#: runs them when asked (issue 17).
+ENV_QUERY_RULES = "CART_COURSE_QUERY_RULES"
+_TRUE = ("1", "true", "yes", "y", "on")
+
+#: ``CART_COURSE_PROTOCOL_VERSION=1.1``: the protocol version new moves are decided and recorded
+#: under (default: ``versions.CURRENT``). Recorded events keep the version they were made under.
+ENV_PROTOCOL_VERSION = "CART_COURSE_PROTOCOL_VERSION"
+
+
+def protocol_version(version_id: str | None, source: str = ENV_PROTOCOL_VERSION) -> ProtocolVersion:
+    """The protocol version named by ``version_id`` (``None`` or empty: the current one); an
+    unknown one is a one-line error naming ``source`` and the known versions."""
+    if not version_id:
+        return CURRENT
+    try:
+        return _get_version(version_id.strip())
+    except UnknownProtocolVersionError:
+        raise StoreError(
+            f"{source}: {version_id!r} is not a protocol version; known: {', '.join(VERSIONS)}"
+        ) from None
+
+
+def configured_protocol(
+    flag: str | None = None, environ: Mapping[str, str] | None = None
+) -> ProtocolVersion:
+    """The protocol version this process records new moves under: ``--protocol`` (``flag``),
+    else ``CART_COURSE_PROTOCOL_VERSION``, else the current one (what ``Settings`` holds, for
+    commands that open no store: ``cart-course protocol ...``)."""
+    if flag is not None:
+        return protocol_version(flag, "--protocol")
+    environ = os.environ if environ is None else environ
+    return protocol_version(environ.get(ENV_PROTOCOL_VERSION))
 
 
 @attrs.frozen(kw_only=True)
@@ -57,31 +95,61 @@ class Settings:
     checkpoint_every: int = CHECKPOINT_EVERY_EVENTS
     checkpoint_minutes: float = CHECKPOINT_EVERY_MINUTES
     log_origin: str = DEFAULT_ORIGIN
+    #: Run the query rules after every command (``CART_COURSE_QUERY_RULES``).
+    query_rules: bool = False
+    #: The id of the protocol version new moves are decided and recorded under (``--protocol``
+    #: or ``CART_COURSE_PROTOCOL_VERSION``; default ``versions.CURRENT``). An id, not the
+    #: version, so that settings pickle to the ingest workers.
+    protocol_id: str = CURRENT.id
+
+    @property
+    def protocol(self) -> ProtocolVersion:
+        return protocol_version(self.protocol_id)
 
     @classmethod
-    def from_env(cls, db: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(
+        cls,
+        db: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        protocol: str | None = None,
+    ) -> Settings:
+        """Settings from the environment; ``db`` (``--db``) and ``protocol`` (``--protocol``),
+        when given, win over ``CART_COURSE_DB`` and ``CART_COURSE_PROTOCOL_VERSION``."""
         environ = os.environ if environ is None else environ
+        version = configured_protocol(protocol, environ)
         try:
             store = parse_store_url(store_url_from_env(environ, db))
         except StoreConfigError as exc:
             raise StoreError(str(exc)) from None
         return cls(
             store=store,
+            protocol_id=version.id,
             cipher_key=check_cipher_key(environ.get(ENV_CIPHER_KEY) or None),
             compress=environ.get(ENV_COMPRESS, "").lower() in ("1", "true", "yes", "y"),
+            query_rules=environ.get(ENV_QUERY_RULES, "").lower() in _TRUE,
             **ledger_settings(environ),
         )
 
     @classmethod
     def for_store(
-        cls, url: str, *, cipher_key: str | None = None, compress: bool = False
+        cls,
+        url: str,
+        *,
+        cipher_key: str | None = None,
+        compress: bool = False,
+        query_rules: bool = False,
     ) -> Settings:
         """Settings for the store ``url``, ignoring the environment (tests, tools)."""
         try:
             store = parse_store_url(url)
         except StoreConfigError as exc:
             raise StoreError(str(exc)) from None
-        return cls(store=store, cipher_key=check_cipher_key(cipher_key), compress=compress)
+        return cls(
+            store=store,
+            cipher_key=check_cipher_key(cipher_key),
+            compress=compress,
+            query_rules=query_rules,
+        )
 
 
 def check_cipher_key(key: str | None) -> str | None:
@@ -111,9 +179,10 @@ def operator_name(environ: Mapping[str, str] | None = None) -> str | None:
 
 
 def export_store(settings: Settings) -> None:
-    """Hand the store to child processes that build their own :class:`System` (the server's
-    workers): they read it back with :meth:`Settings.from_env`."""
+    """Hand the store and the protocol version to child processes that build their own
+    :class:`System` (the server's workers): they read it back with :meth:`Settings.from_env`."""
     os.environ[ENV_DB] = settings.store.url
+    os.environ[ENV_PROTOCOL_VERSION] = settings.protocol.id
 
 
 def build_service(settings: Settings) -> CourseService:
@@ -127,7 +196,11 @@ def build_service(settings: Settings) -> CourseService:
         raise StoreError(str(exc)) from None
     except Exception as exc:  # connection refused, bad key format, unreadable file ...
         raise StoreError(f"cannot open the store {settings.store.display}: {exc}") from None
-    service = CourseService(app)
+    service = CourseService(
+        app,
+        protocol=settings.protocol,
+        query_rules=QUERY_RULES if settings.query_rules else (),
+    )
     if settings.signing_key:
         attach_ledger(service, settings)
     service.sites = LazySites(lambda: build_tokens(settings), owned=True)

@@ -40,7 +40,10 @@ ENVELOPE_KEYS = (
     "payload",
 )
 _ENVELOPE_KEY_SET = frozenset(ENVELOPE_KEYS)
-WRITE_ROLES = ("service", "clinician")
+#: Roles that record commands: the protocol's moves (service, clinician) and the data queries
+#: (monitor, data_manager: ``protocol/queries.py``); which role may record which command is each
+#: command's ``roles`` (the service refuses the others as ``forbidden``).
+WRITE_ROLES = ("service", "clinician", "monitor", "data_manager")
 #: Every command of the contract, in the registry's order (``protocol/registry.py``).
 ALL_COMMANDS: tuple[str, ...] = REGISTRY.names
 _COMMAND_SET = REGISTRY.name_set

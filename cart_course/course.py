@@ -23,6 +23,7 @@ from .encoding import (
     content_bytes,
     live_content_bytes,
 )
+from .protocol.queries import evolve_query
 from .protocol.record import PatientRecord, apply_correction, evolve
 from .protocol.registry import REGISTRY, Registry
 from .protocol.signatures import SIGNABLE_TRIGGERS
@@ -286,6 +287,62 @@ class PatientCourse(Aggregate):
                 }
             )
 
+    class QueryEvent(Aggregate.Event):
+        """A step of a data query (issue 17): opened, answered, closed or re-opened. The
+        protocol state does not change; the record's ``queries`` do."""
+
+        command: str
+        action: str
+        query_id: str
+        status: str
+        text: str | None
+        on_version: int | None
+        field: str | None
+        correction: int | None
+        #: The query rule that opened or closed it (None: a person's query).
+        rule: str | None
+        actor: str
+        role: str
+        reason: str | None
+        occurred_at: str
+        #: None for the steps the query rules record (no command of a caller).
+        idempotency_key: str | None
+        digest: str | None
+        prev_hash: str
+        canonical_form: int = LEGACY_FORM
+
+        def apply(self, aggregate: PatientCourse) -> None:
+            self.evolve_record(aggregate.record)
+            aggregate.remember(self)
+
+        def evolve_record(self, record: PatientRecord) -> None:
+            """What this step does to the pure record (see ``Moved.evolve_record``)."""
+            evolve_query(
+                record,
+                action=self.action,
+                query_id=self.query_id,
+                status=self.status,
+                text=self.text,
+                on_version=self.on_version,
+                field=self.field,
+                correction=self.correction,
+                rule=self.rule,
+                actor=self.actor,
+                role=self.role,
+                reason=self.reason,
+                occurred_at=self.occurred_at,
+                recorded_at=self.timestamp.isoformat(),
+                version=self.originator_version,
+            )
+
+    class QueryOpened(QueryEvent): ...
+
+    class QueryAnswered(QueryEvent): ...
+
+    class QueryClosed(QueryEvent): ...
+
+    class QueryReopened(QueryEvent): ...
+
     def __init__(self, patient_id: str, actor: str, role: str, prev_hash: str) -> None:
         self.record = PatientRecord(patient_id=patient_id)
         #: The replay rules this course's state follows (:data:`REPLAY_RULES`), kept in snapshots.
@@ -376,3 +433,12 @@ def move_events(registry: Registry = REGISTRY) -> dict[str, type[PatientCourse.M
 
 #: The event class each move records (from the command registry).
 MOVE_EVENTS: dict[str, type[PatientCourse.Moved]] = move_events()
+
+
+#: The event class of each step of a data query (``protocol/queries.py``).
+QUERY_EVENTS: dict[str, type[PatientCourse.QueryEvent]] = {
+    "open": PatientCourse.QueryOpened,
+    "answer": PatientCourse.QueryAnswered,
+    "close": PatientCourse.QueryClosed,
+    "reopen": PatientCourse.QueryReopened,
+}

@@ -847,3 +847,137 @@ def ensure_demo_sites(store: Any, by: str | None = "demo") -> None:
     for site_id, name, zone in DEMO_SITES:
         if site_id not in known:
             store.add(site_id, name, zone, created_by=by)
+
+
+# -- data queries (issue 17): monitors ask, sites answer, the query rules at work ------------------
+
+#: The demo's monitor (the site's clinician answers as :data:`CLINICIAN`).
+MONITOR = {"id": "cra.demo", "role": "monitor", "name": "M. Demo, CRA"}
+
+
+def query_steps(
+    commands: list[dict[str, Any]], until: dt.datetime | None = None
+) -> list[dict[str, Any]]:
+    """Data queries on a demo cohort's patients with a D2 (``commands`` in recording order):
+    after each such patient's last event, a monitor's query on the D2 count that the site
+    answers and the monitor closes; one answered and waiting for the monitor; one still open on
+    the D1 weight; one closed and re-opened; and, for the query rules, a D2 count corrected
+    beyond the dose tolerance without a deviation reason (the rule opens a query) and one
+    corrected so and then given its reason (the rule opens and closes it). ``until``: only the
+    steps by then. Each step names the versions it refers to as the service will record them."""
+    by_patient: dict[str, list[dict[str, Any]]] = {}
+    for c in commands:
+        by_patient.setdefault(c["patient_id"], []).append(c)
+    steps: list[dict[str, Any]] = []
+    chosen = 0
+    for pid, own in by_patient.items():
+        versions = {id(c): i + 2 for i, c in enumerate(own)}  # v1 is the registration
+        infusions = {
+            c["payload"]["day"]: c
+            for c in own
+            if c["command"] == "give_infusion" and "cells" in c["payload"]
+        }
+        if 2 not in infusions or 1 not in infusions:
+            continue
+        kind = chosen % 6
+        chosen += 1
+        d1, d2 = versions[id(infusions[1])], versions[id(infusions[2])]
+        version = len(own) + 1
+        at = dt.datetime.fromisoformat(own[-1]["occurred_at"])
+        n = 0
+
+        def step(
+            command: str,
+            payload: dict[str, Any],
+            actor: dict[str, Any],
+            hours: float,
+            reason: str | None = None,
+            pid: str = pid,
+        ) -> None:
+            nonlocal version, at, n
+            version += 1
+            n += 1
+            at = at + dt.timedelta(hours=hours)
+            steps.append(
+                {
+                    "command": command,
+                    "patient_id": pid,
+                    "occurred_at": at.isoformat(),
+                    "actor": actor,
+                    "reason": reason,
+                    "idempotency_key": f"demo:{pid}:query:{n}",
+                    "payload": payload,
+                }
+            )
+
+        if kind in (0, 1, 3):
+            step(
+                "open_query",
+                {
+                    "text": "D2 cells: please check the count against the bag label at the source",
+                    "on_version": d2,
+                    "field": "payload.cells.value",
+                },
+                MONITOR,
+                20,
+            )
+            qid = f"Q-{version}"
+            step(
+                "answer_query",
+                {"query_id": qid, "text": "checked against the label: the count is right"},
+                CLINICIAN,
+                30,
+            )
+            if kind in (0, 3):
+                step("close_query", {"query_id": qid}, MONITOR, 6)
+            if kind == 3:
+                step(
+                    "reopen_query",
+                    {
+                        "query_id": qid,
+                        "text": "the label copy in the binder is unreadable: "
+                        "please file a legible copy",
+                    },
+                    MONITOR,
+                    48,
+                )
+        elif kind == 2:
+            step(
+                "open_query",
+                {
+                    "text": "D1 weight: the source says a different weight; which was used?",
+                    "on_version": d1,
+                    "field": "payload.weight.value",
+                },
+                MONITOR,
+                20,
+            )
+        else:  # 4, 5: the query rules (a deviation without its reason; 5: its reason given)
+            cells = float(infusions[2]["payload"]["cells"]["value"]) * 1.6
+            step(
+                "correct",
+                {
+                    "corrects": d2,
+                    "changes": {"cells": {"value": float(f"{cells:.4g}"), "unit": "cells"}},
+                },
+                CLINICIAN,
+                20,
+                reason="D2 count re-read from the pharmacy record",
+            )
+            if kind == 5:
+                step(
+                    "correct",
+                    {
+                        "corrects": d2,
+                        "changes": {
+                            "deviation_reason": "a second bag was thawed "
+                            "and given in full (investigator's decision)"
+                        },
+                    },
+                    CLINICIAN,
+                    30,
+                    reason="the deviation's reason, as the query rule asked",
+                )
+    if until is not None:
+        steps = [s for s in steps if dt.datetime.fromisoformat(s["occurred_at"]) <= until]
+    return steps

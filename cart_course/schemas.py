@@ -348,6 +348,8 @@ def payload_defs() -> dict[str, Schema]:
             "scale version.",
         )
     defs["OtherReportPayload"]["required"] = ["kind", "term", *explicit]
+    other_props = defs["OtherReportPayload"]["properties"]  # its term is required: not null
+    other_props["term"] = next(b for b in other_props["term"]["anyOf"] if b.get("type") != "null")
     _add_rules(defs["OtherReportPayload"], scale_versions)
 
     assessment = defs["assessment"]
@@ -357,6 +359,31 @@ def payload_defs() -> dict[str, Schema]:
         _add_rules(count, _by_unit(_lab(key)))
         aprops[key] = {"anyOf": [count, {"type": "null"}], "default": None}
     del defs["CellCountPayload"]
+    if "cause_of_death" in defs:  # a death from an adverse event names its episode; no other
+        _add_rules(
+            defs["cause_of_death"],
+            [
+                {
+                    "if": {
+                        "properties": {"category": {"const": "adverse_event"}},
+                        "required": ["category"],
+                    },
+                    "then": {"required": ["toxicity_id"]},
+                    "else": {"not": {"required": ["toxicity_id"]}},
+                }
+            ],
+        )
+    if "DiseaseStatusPayload" in defs:  # a relapse names its CD19 status; a remission none
+        _add_rules(
+            defs["DiseaseStatusPayload"],
+            [
+                {
+                    "if": {"properties": {"status": {"const": "relapse"}}, "required": ["status"]},
+                    "then": {"required": ["cd19"]},
+                    "else": {"not": {"required": ["cd19"]}},
+                }
+            ],
+        )
     _add_rules(
         defs["MrdPayload"],
         [
@@ -530,6 +557,11 @@ def _payload_object(payload: Schema, registry: Registry) -> Schema:
     return copy.deepcopy(payload)
 
 
+#: Times the contract refuses though their form is right (``contract.parse_time``).
+_BEFORE_1900 = r"^(0[0-9]{3}|1[0-8][0-9]{2})-"
+_OFFSET_BEYOND_14H = r"([+-](1[5-9]|[2-9][0-9]):[0-9]{2}|[+-]14:(0[1-9]|[1-5][0-9]))$"
+
+
 def command_schema(command: str, registry: Registry = REGISTRY) -> Schema:
     """The JSON Schema of one command's envelope (with its payload), from its definition."""
     definition = registry.commands.get(command)
@@ -552,8 +584,8 @@ def command_schema(command: str, registry: Registry = REGISTRY) -> Schema:
             "format": "date-time",
             "pattern": TIME_SCHEMA_PATTERN,
             "description": "clinical time: when it happened, RFC 3339 (ISO 8601 extended "
-            "format) YYYY-MM-DDThh:mm[:ss[.fraction]] with Z or +hh:mm/-hh:mm; not more than "
-            "5 minutes in the future",
+            "format) YYYY-MM-DDThh:mm[:ss[.fraction]] with Z or +hh:mm/-hh:mm, from 1900 on, "
+            "with a UTC offset of at most 14 hours; not more than 5 minutes in the future",
         },
         "actor": {"$ref": "#/$defs/actor"},
         "reason": reason if reason_required else _nullable(free_text(4000)),

@@ -24,7 +24,14 @@ from eventsourcing.persistence import (
 )
 
 from .contract import Command, parse_clinical_time, validated
-from .course import EPISODE_COMMANDS, MOVE_EVENTS, PatientCourse, event_hash, stream_id
+from .course import (
+    EPISODE_COMMANDS,
+    MOVE_EVENTS,
+    QUERY_EVENTS,
+    PatientCourse,
+    event_hash,
+    stream_id,
+)
 from .errors import (
     CartCourseError,
     CipherKeyError,
@@ -40,6 +47,7 @@ from .errors import (
     VersionConflictError,
 )
 from .eventlog import VERIFY_HINT, EventLog, store_errors
+from .protocol import queries as query_protocol
 from .protocol.commands import MoveRefusedError, allowed_now, prepare
 from .protocol.corrections import (
     History,
@@ -49,6 +57,7 @@ from .protocol.corrections import (
 )
 from .protocol.errors import ProtocolInputError, RecordConflictInputError
 from .protocol.follow_up import due_after_course
+from .protocol.query_rules import READ_TRIGGERS, RULES, Entry, QueryRule, findings, reconcile
 from .protocol.record import PatientRecord
 from .protocol.registry import REGISTRY
 from .protocol.signatures import (
@@ -172,6 +181,30 @@ def _history(events: Sequence[Any]) -> History:
     return history
 
 
+def rule_entries(events: Sequence[Any]) -> list[Entry]:
+    """The patient's recorded moves as the query rules read them: each move's payload, facts
+    and outcome as last corrected."""
+    entries: dict[int, Entry] = {}
+    for e in events:
+        if isinstance(e, PatientCourse.Moved):
+            entries[e.originator_version] = Entry(
+                version=e.originator_version,
+                trigger=e.trigger,
+                payload=e.payload,
+                facts=e.facts,
+                outcome=e.outcome,
+            )
+        elif isinstance(e, PatientCourse.FactCorrected) and e.corrects in entries:
+            entries[e.corrects] = Entry(
+                version=e.corrects,
+                trigger=e.trigger,
+                payload=e.payload,
+                facts=e.facts,
+                outcome=e.outcome,
+            )
+    return list(entries.values())
+
+
 def _check_clinical_order(course: PatientCourse, command: Command) -> None:
     """Moves are recorded in the order they happened: a move's clinical time may not be before
     the patient's last move (screening, apheresis, infusions, assessment, decisions). A toxicity
@@ -237,9 +270,16 @@ def _refused(exc: MoveRefusedError) -> MoveRefused:
 
 class CourseService:
     def __init__(
-        self, app: CourseApplication, protocol: ProtocolVersion = CURRENT, cache_size: int = 20_000
+        self,
+        app: CourseApplication,
+        protocol: ProtocolVersion = CURRENT,
+        cache_size: int = 20_000,
+        query_rules: Sequence[QueryRule] = (),
     ) -> None:
         self.app = app
+        #: The query rules run after each command that changes a patient's record
+        #: (``protocol/query_rules.py``; none: only ``run_query_rules`` runs them).
+        self.query_rules: tuple[QueryRule, ...] = tuple(query_rules)
         #: The store's log, read-only: what every reader other than this service uses.
         self.log = EventLog(app)
         self.protocol = protocol
@@ -487,6 +527,12 @@ class CourseService:
 
         ``with_allowed``: a recorded move's result names the moves allowed after it."""
         key = command.key
+        definition = REGISTRY.commands[command.command]
+        if command.actor.role not in definition.roles:
+            raise ForbiddenError(
+                f"a {command.actor.role} may not record {command.command}; it is recorded by: "
+                + ", ".join(definition.roles)
+            )
         if course is not None:
             seen = course.idempotency.get(key)
             if seen is not None:
@@ -510,9 +556,9 @@ class CourseService:
                 command.actor.role,
                 id=self.stream_id(command.patient_id),
             )
-        kind = REGISTRY.commands[command.command].kind
+        kind = definition.kind
         if kind != "move":
-            decide = self._correct if kind == "correction" else self._sign
+            decide = {"correction": self._correct, "signature": self._sign}.get(kind, self._query)
             try:
                 done = decide(course, command)
             except ProtocolInputError as exc:
@@ -560,18 +606,31 @@ class CourseService:
             idempotency_key=key,
             digest=command.digest,
         )
+        version = course.version
+        outcome = prepared.outcome
+        if self.query_rules and prepared.trigger in READ_TRIGGERS:
+            entry = Entry(
+                version=version,
+                trigger=prepared.trigger,
+                payload=prepared.payload,
+                facts=prepared.facts,
+                outcome=prepared.outcome,
+            )
+            changed = self._apply_rules(course, [entry], command.occurred_iso)
+            if changed:
+                outcome = {**outcome, "queries": changed}
         return (
             CommandResult(
                 status="recorded",
                 patient_id=command.patient_id,
-                version=course.version,
+                version=version,
                 event=event_class.__name__,
                 command=prepared.command,
                 trigger=prepared.trigger,
                 from_state=prepared.from_state,
                 to_state=prepared.to_state,
                 deviations=tuple(prepared.outcome.get("deviations", ())),
-                outcome=prepared.outcome,
+                outcome=outcome,
                 allowed_moves=tuple(allowed_now(course.record, self.protocol))
                 if with_allowed
                 else (),
@@ -699,19 +758,206 @@ class CourseService:
             idempotency_key=command.key,
             digest=command.digest,
         )
+        version = course.version
+        outcome = correction.result_outcome()
+        if self.query_rules and correction.trigger in READ_TRIGGERS:
+            entry = Entry(
+                version=correction.corrects,
+                trigger=correction.trigger,
+                payload=correction.payload,
+                facts=correction.facts,
+                outcome=correction.outcome,
+            )
+            changed = self._apply_rules(course, [entry], command.occurred_iso)
+            if changed:
+                outcome = {**outcome, "queries": changed}
         return CommandResult(
             status="recorded",
             patient_id=command.patient_id,
-            version=course.version,
+            version=version,
             event="FactCorrected",
             command="correct",
             trigger=None,
             from_state=course.record.state,
             to_state=course.record.state,
             deviations=tuple(correction.findings),
-            outcome=correction.result_outcome(),
+            outcome=outcome,
             idempotency_key=command.key,
         )
+
+    # -- data queries (issue 17) -----------------------------------------------------------------
+
+    def _addressable(
+        self, course: PatientCourse, version: int
+    ) -> tuple[str, dict[str, Any]] | None:
+        """What version ``version`` of the course recorded, as a query may point into it: its
+        event type and its fields (a move's ``payload``, a correction's ``changes``, ...)."""
+        if not 1 <= version <= course.version:
+            return None
+        event = self._event_at(course, version)
+        name = type(event).__name__
+        common = {"occurred_at": getattr(event, "occurred_at", None)}
+        reason = getattr(event, "reason", None)
+        if isinstance(event, PatientCourse.Moved):
+            fields: dict[str, Any] = {"payload": event.payload, **common}
+        elif isinstance(event, PatientCourse.FactCorrected):
+            fields = {"changes": event.changes, **common}
+        elif isinstance(event, PatientCourse.MilestoneSigned):
+            fields = {"milestone": event.milestone, "meaning": event.meaning, **common}
+        elif isinstance(event, PatientCourse.QueryEvent):
+            fields = {"text": event.text, **common}
+        else:
+            fields = {"patient_id": getattr(event, "patient_id", None)}
+        if reason:
+            fields["reason"] = reason
+        return name, fields
+
+    def _query(self, course: PatientCourse, command: Command) -> CommandResult:
+        """Let the protocol decide a step of a data query, record it (the state stays)."""
+        record = course.record
+        payload = command.payload
+
+        def lookup(version: int) -> tuple[str, Mapping[str, Any]] | None:
+            return self._addressable(course, version)
+
+        if command.command == "open_query":
+            change = query_protocol.decide_open(record, payload, course.version, lookup)
+        elif command.command == "answer_query":
+            change = query_protocol.decide_answer(record, payload, course.version, lookup)
+        elif command.command == "close_query":
+            change = query_protocol.decide_close(record, payload, command.reason)
+        else:
+            change = query_protocol.decide_reopen(record, payload)
+        event_class = QUERY_EVENTS[change.action]
+        course.record_event(
+            event_class,
+            **change.fields(),
+            actor=command.actor.id,
+            role=command.actor.role,
+            reason=command.reason,
+            occurred_at=command.occurred_iso,
+            idempotency_key=command.key,
+            digest=command.digest,
+        )
+        return CommandResult(
+            status="recorded",
+            patient_id=command.patient_id,
+            version=course.version,
+            event=event_class.__name__,
+            command=command.command,
+            trigger=None,
+            from_state=record.state,
+            to_state=record.state,
+            outcome=change.outcome(),
+            idempotency_key=command.key,
+        )
+
+    def _apply_rules(
+        self,
+        course: PatientCourse,
+        entries: Sequence[Entry],
+        occurred_at: str,
+        rules: Sequence[QueryRule] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run the query rules on ``entries`` (recorded moves as they stand now) and record the
+        system queries they open and close on ``course`` (not saved). Returns what changed."""
+        plan = reconcile(
+            findings(entries, self.query_rules if rules is None else rules),
+            course.record.queries,
+            [e.version for e in entries],
+        )
+        changed: list[dict[str, Any]] = []
+        common: dict[str, Any] = {
+            "actor": query_protocol.RULES_ACTOR,
+            "role": query_protocol.RULES_ROLE,
+            "occurred_at": occurred_at,
+            "idempotency_key": None,
+            "digest": None,
+            "correction": None,
+        }
+        for f in plan.open:
+            qid = query_protocol.query_id_of(course.version + 1)
+            course.record_event(
+                PatientCourse.QueryOpened,
+                command="open_query",
+                action="open",
+                query_id=qid,
+                status="open",
+                text=f.text,
+                on_version=f.version,
+                field=f.field,
+                rule=f.rule,
+                reason=None,
+                **common,
+            )
+            changed.append(
+                {
+                    "query_id": qid,
+                    "status": "open",
+                    "rule": f.rule,
+                    "on_version": f.version,
+                    "field": f.field,
+                    "version": course.version,
+                }
+            )
+        for qid in plan.close:
+            query = course.record.queries[qid]
+            course.record_event(
+                PatientCourse.QueryClosed,
+                command="close_query",
+                action="close",
+                query_id=qid,
+                status="closed",
+                text=None,
+                on_version=query.get("on_version"),
+                field=query.get("field"),
+                rule=query.get("rule"),
+                reason=f"the data no longer match the rule {query.get('rule')} (checked again "
+                f"after version {course.version - len(changed)})",
+                **common,
+            )
+            changed.append(
+                {
+                    "query_id": qid,
+                    "status": "closed",
+                    "rule": query.get("rule"),
+                    "on_version": query.get("on_version"),
+                    "field": query.get("field"),
+                    "version": course.version,
+                }
+            )
+        return changed
+
+    def run_query_rules(
+        self, patient_id: str, rules: Sequence[QueryRule] | None = None
+    ) -> list[dict[str, Any]]:
+        """Run the query rules over the patient's whole record (every recorded move as it
+        stands after its corrections) and record the system queries they open and close.
+        Running them again on the same data records nothing. Returns what changed."""
+        chosen = tuple(rules) if rules is not None else (self.query_rules or RULES)
+        with self._lock:
+            for _attempt in range(MAX_RETRIES):
+                course = self._load(patient_id)
+                if course is None:
+                    raise PatientNotFoundError(patient_id)
+                entries = rule_entries(self._events_of(course))
+                now = dt.datetime.now(dt.UTC).isoformat()
+                changed = self._apply_rules(course, entries, now, chosen)
+                if not course.pending_events:
+                    return changed
+                try:
+                    self._save(course)
+                except (IntegrityError, StoreBusy):
+                    self._evict(patient_id)
+                    time.sleep(0.005)
+                    continue
+                return changed
+        raise CartCourseError(f"patient {patient_id}: too many concurrent writers, try again")
+
+    def queries(self, patient_id: str) -> list[dict[str, Any]]:
+        """The patient's data queries, oldest first, each with its steps."""
+        record = self.record(patient_id)
+        return [query_protocol.query_view(q, patient_id) for q in record.queries.values()]
 
     # -- signatures ----------------------------------------------------------------------------
 
@@ -810,6 +1056,24 @@ class CourseService:
                 to_state=state,
                 deviations=tuple(event.findings),
                 outcome={"corrects": event.corrects, **event.outcome},
+                **common,
+            )
+        if isinstance(event, PatientCourse.QueryEvent):
+            return CommandResult(
+                command=event.command,
+                trigger=None,
+                from_state=state,
+                to_state=state,
+                outcome=query_protocol.QueryChange(
+                    command=event.command,
+                    action=event.action,  # type: ignore[arg-type]
+                    query_id=event.query_id,
+                    status=event.status,  # type: ignore[arg-type]
+                    on_version=event.on_version,
+                    field=event.field,
+                    correction=event.correction,
+                    rule=event.rule,
+                ).outcome(),
                 **common,
             )
         assert isinstance(event, PatientCourse.MilestoneSigned)

@@ -32,7 +32,9 @@ from .storage import StoreSettings
 
 #: Every role a token may carry. ``service`` and ``clinician`` write commands; ``monitor`` reads
 #: the views; ``auditor`` reads everything including the audit; ``admin`` manages tokens.
-ROLES = ("service", "clinician", "monitor", "auditor", "admin")
+#: ``monitor`` and ``data_manager`` open, close and re-open data queries; the site (``clinician``)
+#: answers them (issue 17); a data manager reads what a monitor reads.
+ROLES = ("service", "clinician", "monitor", "auditor", "admin", "data_manager")
 #: The roles a token may be limited to one or more sites in (issue 17): auditors and admins are
 #: trial-wide by definition (auditors see everything; admins manage tokens and sites).
 SITE_SCOPED_ROLES = ("service", "clinician", "monitor")
@@ -624,6 +626,7 @@ DEMO_ACTORS = {
     "monitor": "monitor.demo",
     "auditor": "auditor.demo",
     "service": "ehr.demo",
+    "data_manager": "dm.demo",
 }
 #: The well-known tokens earlier releases issued for ``make run``: never enabled again (anyone
 #: reading the source knows them); ``serve --demo`` revokes them where a store still has them.

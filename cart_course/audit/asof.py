@@ -6,7 +6,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from .log import CORRECTED, MOVED, REGISTERED, SIGNED, LoggedEvent, Replayer
+from ..protocol.queries import UNRESOLVED, query_view
+from .log import CORRECTED, MOVED, QUERIED, REGISTERED, SIGNED, LoggedEvent, Replayer
 
 
 def _time(text: str) -> dt.datetime:
@@ -48,6 +49,11 @@ def select(
                 and e.occurred_at is not None
                 and _time(e.occurred_at) <= occurred_at
             )
+            or (
+                e.kind == QUERIED
+                and e.occurred_at is not None
+                and _time(e.occurred_at) <= occurred_at
+            )
         ):
             chosen.append(e)
     return chosen
@@ -75,7 +81,17 @@ def as_of(
         bound = {"occurred_at": occurred_at.isoformat()}
     latest = events[-1].version if events else 0
     included = [e.version for e in chosen]
+    queries = replayer.record.queries
     return {
+        **(
+            {
+                "open_queries": [
+                    query_view(q, patient_id) for q in queries.values() if q["status"] in UNRESOLVED
+                ]
+            }
+            if queries
+            else {}
+        ),
         "patient_id": patient_id,
         "as_of": bound,
         "events_included": len(chosen),

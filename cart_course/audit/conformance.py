@@ -31,6 +31,7 @@ import attrs
 
 from ..protocol.commands import context_facts
 from ..protocol.errors import ProtocolInputError
+from ..protocol.queries import UNRESOLVED, query_view
 from ..protocol.record import PatientRecord
 from ..protocol.states import Trigger
 from ..protocol.toxicity import grade_toxicity, parse_toxicity_report
@@ -112,6 +113,9 @@ class Conformance:
     regrades: list[Regrade] = attrs.Factory(list)
     #: Infusions without a product recorded (not findings: see the module's docstring).
     notes: list[Finding] = attrs.Factory(list)
+    #: Data queries not closed at the end of each history checked (issue 17): not findings
+    #: about the protocol, but what the report must show open at its time.
+    open_queries: list[dict[str, Any]] = attrs.Factory(list)
 
     @property
     def ok(self) -> bool:
@@ -125,6 +129,7 @@ class Conformance:
             "findings": [f.to_json() for f in self.findings],
             "regrades": [r.to_json() for r in self.regrades],
             "notes": [n.to_json() for n in self.notes],
+            "open_queries": list(self.open_queries),
         }
 
 
@@ -171,6 +176,11 @@ def check_history(
         found = Conformance()
         _check_after_course(patient_id, e, replayer.record, protocol, found)
         result.findings[at:at] = found.findings
+    result.open_queries.extend(
+        query_view(q, patient_id)
+        for q in replayer.record.queries.values()
+        if q["status"] in UNRESOLVED
+    )
     return result
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..protocol.record import DEFAULT_SITE
-from .log import CORRECTED, MOVED, REGISTERED, SIGNED, LoggedEvent, site_after
+from .log import CORRECTED, MOVED, QUERIED, REGISTERED, SIGNED, LoggedEvent, site_after
 from .product import PRODUCT_MOVES, ids_of
 
 #: CSV columns of the timeline (also the order of the table's fields).
@@ -144,6 +144,9 @@ def timeline(patient_id: str, events: list[LoggedEvent]) -> Iterator[dict[str, A
                     + ", ".join(f"v{c}" for c in later)
                     + " (superseded version); the corrected facts are not signed"
                 )
+        elif e.kind == QUERIED:
+            row["move"] = f"{e.get('action')}_query"
+            notes.append(query_note(e))
         for c in corrected_by.get(e.version, []):
             notes.append(f"corrected by v{c}")
         for s in signed_by.get(e.version, []):
@@ -159,6 +162,22 @@ def timeline(patient_id: str, events: list[LoggedEvent]) -> Iterator[dict[str, A
                 )
             )
         yield row
+
+
+def query_note(e: LoggedEvent) -> str:
+    """A step of a data query in words: ``query Q-7 opened on v5 payload.cells: "..."``."""
+    action = str(e.get("action"))
+    verb = {"open": "opened", "answer": "answered", "close": "closed", "reopen": "re-opened"}
+    text = f"query {e.get('query_id')} {verb.get(action, action)}"
+    if action == "open" and e.get("on_version") is not None:
+        text += f" on v{e.get('on_version')}" + (f" {e.get('field')}" if e.get("field") else "")
+    if e.get("rule"):
+        text += f" by the query rule {e.get('rule')}"
+    if e.get("correction") is not None:
+        text += f" (pointing to the correction v{e.get('correction')})"
+    if e.get("text"):
+        text += f": {compact(e.get('text'), 300)}"
+    return text
 
 
 def product_ids(e: LoggedEvent) -> dict[str, str | None]:

@@ -77,6 +77,8 @@ REGISTERED = "registered"
 MOVED = "moved"
 CORRECTED = "corrected"
 SIGNED = "signed"
+#: A step of a data query (issue 17): opened, answered, closed, re-opened.
+QUERIED = "queried"
 
 _KIND_BY_TOPIC: dict[str, str] = {}
 
@@ -96,6 +98,8 @@ def kind_of(topic: str) -> str:
             kind = CORRECTED
         elif isinstance(cls, type) and issubclass(cls, PatientCourse.MilestoneSigned):
             kind = SIGNED
+        elif isinstance(cls, type) and issubclass(cls, PatientCourse.QueryEvent):
+            kind = QUERIED
         else:
             kind = "unknown"
         _KIND_BY_TOPIC[topic] = kind
@@ -459,6 +463,7 @@ _REQUIRED: dict[str, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
         ("changes", dict),
     ),
     SIGNED: (("signs_version", int), ("signed_hash", str)),
+    QUERIED: (("query_id", str), ("action", str), ("status", str)),
 }
 
 
@@ -521,6 +526,7 @@ _EVOLVE: dict[str, Callable[[Any, PatientRecord], None]] = {
     MOVED: PatientCourse.Moved.evolve_record,
     CORRECTED: PatientCourse.FactCorrected.evolve_record,
     SIGNED: PatientCourse.MilestoneSigned.evolve_record,
+    QUERIED: PatientCourse.QueryEvent.evolve_record,
 }
 
 
@@ -555,7 +561,7 @@ class Replayer:
             return
         ns = types.SimpleNamespace(**event.data)
         ns.originator_version = event.version
-        if event.kind == SIGNED:
+        if event.kind in (SIGNED, QUERIED):
             ns.timestamp = event.recorded_time
         evolve_record(ns, self.record)
         self.record.version = event.version

@@ -196,6 +196,29 @@ def html_report(
         out.append("</table>")
     else:
         out.append("<p>No deviations recorded.</p>")
+    out.append("<h2>Data queries open at the time of the report</h2>")
+    pending = [q for q in record.queries.values() if q["status"] != "closed"]
+    if pending:
+        out.append(
+            "<table><tr><th>Query</th><th>Status</th><th>On</th><th>Opened by (at)</th>"
+            "<th>Question</th><th>Last answer</th></tr>"
+        )
+        for q in pending:
+            on = f"v{q['on_version']} {q.get('field') or ''}" if q.get("on_version") else "patient"
+            who = (q.get("rule") and f"{q['opened_by']} ({q['rule']})") or q["opened_by"]
+            out.append(
+                f"<tr><td>{escape(q['id'])}</td><td>{escape(q['status'])}</td>"
+                f"<td>{escape(on)}</td><td>{_cell(who)}<br>{_cell(q['opened_at'])}</td>"
+                f"<td>{_cell(q.get('text') or '')}</td><td>{_cell(q.get('answer') or '')}</td></tr>"
+            )
+        out.append("</table>")
+    else:
+        closed = len(record.queries)
+        out.append(
+            f"<p class='ok'>No open data queries ({closed} closed).</p>"
+            if closed
+            else "<p>No data queries.</p>"
+        )
     out.append("<h2>Conformance to the protocol</h2>")
     if findings:
         out.append(

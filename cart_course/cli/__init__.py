@@ -18,6 +18,7 @@ from eventsourcing.persistence import MapperDeserialisationError, PersistenceErr
 from ..bootstrap import debug_enabled
 from ..errors import CartCourseError, InvalidCommandError, RecordConflictError, StoreError
 from ..protocol.errors import ProtocolInputError
+from ..protocol.versions import CURRENT, VERSIONS
 from .common import Context, echo_json
 
 #: ``cart-course --help`` lists the commands in these sections, in this order (a command not named
@@ -74,11 +75,19 @@ class SectionedGroup(click.Group):
     help="Store: a SQLite file path (default var/cart-course.sqlite), memory: (with the colon) "
     "or postgresql://user:password@host:port/dbname. Also CART_COURSE_DB. Empty is an error.",
 )
+@click.option(
+    "--protocol",
+    default=None,
+    metavar="VERSION",
+    help="Protocol version new moves are decided and recorded under (default: the current one, "
+    f"{CURRENT.id}; known: {', '.join(VERSIONS)}). Also CART_COURSE_PROTOCOL_VERSION. Recorded "
+    "events keep the version they were made under.",
+)
 @click.version_option(package_name="cart-course")
 @click.pass_context
-def cli(ctx: click.Context, db: str | None) -> None:
+def cli(ctx: click.Context, db: str | None, protocol: str | None) -> None:
     """Event-sourced, auditable treatment courses for the CD19 CAR-T trial (NCT03599375)."""
-    ctx.obj = Context(db=db)
+    ctx.obj = Context(db=db, protocol=protocol)
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -87,7 +96,17 @@ def _register() -> None:
 
     for builtin in (course, protocol):
         builtin.register(cli)
-    for name in ("audit", "views", "serve", "keys", "ledger", "exports", "report", "store"):
+    for name in (
+        "audit",
+        "views",
+        "serve",
+        "keys",
+        "ledger",
+        "exports",
+        "report",
+        "store",
+        "queries",
+    ):
         try:
             module: Any = __import__(f"{__name__}.{name}", fromlist=["register"])
         except ModuleNotFoundError as exc:

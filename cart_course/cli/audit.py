@@ -177,6 +177,16 @@ def conformance(
             click.echo(f"  {f}")
         if result.notes:
             click.echo(f"no product recorded: {len(result.notes)} infusion(s) name no bag")
+        if result.open_queries:
+            click.echo(f"open data queries now: {len(result.open_queries)}")
+            for q in result.open_queries:
+                on = (
+                    f" on v{q['on_version']} {q['field'] or ''}".rstrip() if q["on_version"] else ""
+                )
+                click.echo(
+                    f"  {q['patient_id']} {q['query_id']} {q['status']}{on} "
+                    f"(opened by {q['opened_by']} at {q['opened_at']}): {q['text']}"
+                )
         if regrade:
             click.echo(f"re-graded under {regrade}: {len(result.regrades)} toxicity report(s)")
             for r in result.regrades:

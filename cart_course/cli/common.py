@@ -17,11 +17,12 @@ from ..service import CourseService
 
 
 class Context:
-    """What a command works with: the settings (``--db`` and the environment) and the
+    """What a command works with: the settings (``--db``, ``--protocol`` and the environment) and the
     :class:`~cart_course.bootstrap.System` built from them on first use."""
 
-    def __init__(self, db: str | None) -> None:
+    def __init__(self, db: str | None, protocol: str | None = None) -> None:
         self.db = db
+        self.protocol = protocol
         self._system: System | None = None
 
     @property
@@ -31,7 +32,7 @@ class Context:
     @property
     def system(self) -> System:
         if self._system is None:
-            self._system = System(Settings.from_env(self.db))
+            self._system = System(Settings.from_env(self.db, protocol=self.protocol))
         return self._system
 
     @property

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, TextIO
 import click
 
 from ..contract import parse_command
-from ..demo import cohort, ensure_demo_sites, live_cohort, wrong_bag_attempt
+from ..demo import cohort, ensure_demo_sites, live_cohort, query_steps, wrong_bag_attempt
 from ..errors import CartCourseError
 from ..ingest import (
     AUTO_MAX_WORKERS,
@@ -28,6 +28,7 @@ from ..ingest import (
     max_workers,
     numbered_lines,
 )
+from ..protocol.query_rules import RULES as QUERY_RULES
 from ..protocol.registry import REGISTRY
 from ..storage import DEFAULT_DB, new_cipher_key
 from .common import Context, echo_json, pass_context, patient_id_argument, read_json_input
@@ -364,14 +365,30 @@ def patients(ctx: Context, as_json: bool) -> None:
 
 
 def record_demo(ctx: Context, n: int, seed: int, *, live: bool = False) -> Counter[str]:
-    """Record a demo cohort; ``live``: enrolled over the last weeks and in progress today."""
+    """Record a demo cohort; ``live``: enrolled over the last weeks and in progress today. The
+    cohort has data queries (``demo.query_steps``), and the query rules run while it is
+    recorded (the demo shows them opening and closing queries)."""
+    service = ctx.service
+    rules = service.query_rules
+    service.query_rules = QUERY_RULES
+    try:
+        return _record_demo(ctx, n, seed, live=live)
+    finally:
+        service.query_rules = rules
+
+
+def _with_queries(commands: list[dict[str, Any]], now: dt.datetime) -> list[dict[str, Any]]:
+    return sorted([*commands, *query_steps(commands, now)], key=lambda c: str(c["occurred_at"]))
+
+
+def _record_demo(ctx: Context, n: int, seed: int, *, live: bool = False) -> Counter[str]:
     now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
     ensure_demo_sites(ctx.system.tokens.sites)  # three sites in three time zones (issue 17)
     if live:
-        commands = live_cohort(n, seed, now, sites=True)
+        commands = _with_queries(list(live_cohort(n, seed, now, sites=True)), now)
         lines = ((i, json.dumps(c)) for i, c in enumerate(commands, start=1))
         return ingest_stream(ctx, lines, batch_size=BATCH, report=sys.stderr)
-    everything = list(cohort(n, seed, sites=True))
+    everything = _with_queries(list(cohort(n, seed, sites=True)), now)
     attempt = wrong_bag_attempt(everything)
     cut = everything.index(attempt_of(everything, attempt)) if attempt else len(everything)
     numbered = list(enumerate((json.dumps(c) for c in everything), start=1))
@@ -433,7 +450,7 @@ def demo(ctx: Context, n: int, seed: int, jsonl: str | None, as_json: bool) -> N
         target = jsonl_target(jsonl)
         count = 0
         with click.open_file(target, "w", encoding="utf-8") as out:
-            for command in cohort(n, seed):
+            for command in _with_queries(list(cohort(n, seed)), dt.datetime.now(dt.UTC)):
                 out.write(json.dumps(command, ensure_ascii=False) + "\n")
                 count += 1
         if as_json:

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from ..bootstrap import configured_protocol
 from ..protocol import catalog, diagram
 from ..protocol.eligibility import evaluate_eligibility, parse_screening
 from ..protocol.errors import ProtocolInputError
@@ -29,14 +30,19 @@ from ..protocol.states import TERMINAL, State
 from ..protocol.toxicity import GRADING_SCALES, ToxicityGrade, grade_toxicity, parse_toxicity_report
 from ..protocol.versions import CURRENT, VERSIONS, ProtocolVersion, UnknownProtocolVersionError
 from ..protocol.versions import get_version as _get_version
-from .common import echo_json, read_json_input
+from .common import Context, echo_json, read_json_input
 
-_VERSION_HELP = f"Protocol version (default: the current one, {CURRENT.id})."
+_VERSION_HELP = (
+    "Protocol version (default: the one new moves are recorded under: cart-course --protocol, "
+    f"else CART_COURSE_PROTOCOL_VERSION, else {CURRENT.id})."
+)
 
 
 def _version(version_id: str | None) -> ProtocolVersion:
     if version_id is None:
-        return CURRENT
+        context = click.get_current_context(silent=True)
+        found = context.find_object(Context) if context is not None else None
+        return configured_protocol(found.protocol if found is not None else None)
     try:
         return _get_version(version_id)
     except UnknownProtocolVersionError as exc:

@@ -65,7 +65,10 @@ def serve(ctx: Context, host: str, port: int, workers: int, demo: bool, log_leve
         click.echo("")
     ctx.close()  # each worker builds its own system
     export_store(settings)
-    click.echo(f"serving {settings.store.display} on http://{host}:{port} ({workers} worker(s))")
+    click.echo(
+        f"serving {settings.store.display} on http://{host}:{port} ({workers} worker(s)), "
+        f"protocol {settings.protocol_id}"
+    )
     uvicorn.run(
         "cart_course.bootstrap:http_app",
         factory=True,

@@ -138,6 +138,8 @@ def _board_line(r: dict[str, Any]) -> str:
             line += f", vein-to-vein {r['vein_to_vein_days']}d"
         if r.get("product_waiting_too_long"):
             line += f", WAITING {r['product_waiting_days']}d"
+    if r.get("open_queries"):
+        line += f"  queries {r['open_queries']} open (oldest {r['oldest_open_query_age_days']:g} d)"
     return line
 
 
@@ -205,7 +207,10 @@ def _print_site_counts(
             f"{site_id:<6} {(r['name'] or '-')[:28]:<28} {(r['time_zone'] or '-'):<20} "
             f"{r['patients']:>8} {r['overdue_actions']:>8} {q:>13} {age:>15}"
         )
-    click.echo(f"overdue as of {queries.as_of(moment)}; open queries: - until data queries exist")
+    click.echo(
+        f"overdue as of {queries.as_of(moment)}; open queries: not closed (open, answered, "
+        "re-opened), their median age in days"
+    )
 
 
 _wait_options = [
@@ -283,6 +288,11 @@ def wait_options(fn: Any) -> Any:
     help="Per-site counts instead of the board: patients, overdue actions, open data queries "
     "and their median age.",
 )
+@click.option(
+    "--open-queries",
+    is_flag=True,
+    help="Only patients with a data query that is not closed (open, answered, re-opened).",
+)
 @click.option("--now", default=None, metavar="WHEN", help="Judge 'overdue' as of WHEN (ISO).")
 @click.option(
     "--limit",
@@ -305,6 +315,7 @@ def status(
     product: str | None,
     site_filter: tuple[str, ...],
     per_site: bool,
+    open_queries: bool,
     now: str | None,
     limit: int,
     as_json: bool,
@@ -313,7 +324,8 @@ def status(
     catch_up: bool,
 ) -> None:
     """The board: every patient's state, site, next due action and due date, dose and
-    toxicity, and the cell product (status, vein-to-vein time, a product waiting too long)."""
+    toxicity, the cell product (status, vein-to-vein time, a product waiting too long), and the
+    data queries not closed (how many, the oldest one's age)."""
     moment = _parse_now(now)
     sites = _site_option(ctx, site_filter)
     views = _ready(ctx, wait_for, timeout, catch_up)
@@ -327,6 +339,7 @@ def status(
         "product": product,
         "min_ae_grade": ae_grade,
         "sites": sites,
+        "has_open_queries": True if open_queries else None,
     }
     if follow_up_due or sae:  # both: a follow-up visit or an SAE report
         filters["action"] = tuple(

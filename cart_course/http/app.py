@@ -31,6 +31,7 @@ from ..tokens import TokenStore, open_token_store
 from . import admin, checkpoint_routes, commands, extras, ops, patients, sites_routes
 from . import figures as figure_routes
 from . import product as product_routes
+from . import queries as query_routes
 from .auth import token_guard
 from .common import BEARER, DEPENDENCIES, JSONRequest, check_query
 from .feed import PatientIndex
@@ -96,7 +97,7 @@ def create_app(
         }
     )
     state.metrics = ops.Metrics(state)
-    extra_routes = [*extras.routes(state), *checkpoint_routes.ROUTES]
+    extra_routes = [*extras.routes(state), *checkpoint_routes.ROUTES, *query_routes.routes(state)]
 
     def close_views() -> None:
         if state.views is not None:

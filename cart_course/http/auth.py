@@ -17,11 +17,14 @@ from ..contract import Actor
 from ..tokens import TokenInfo, TokenStore
 
 WRITERS = ("service", "clinician")
-READERS = ("service", "clinician", "monitor", "auditor")
-VIEWERS = ("clinician", "monitor", "auditor")
+#: Who records commands over ``POST /v1/commands``: the writers, and the roles that act on data
+#: queries (the service refuses a command its role may not record: 403).
+COMMANDERS = (*WRITERS, "monitor", "data_manager")
+READERS = ("service", "clinician", "monitor", "auditor", "data_manager")
+VIEWERS = ("clinician", "monitor", "auditor", "data_manager")
 AUDITORS = ("auditor",)
 ADMINS = ("admin",)
-METRICS_READERS = ("monitor", "auditor", "admin")
+METRICS_READERS = ("monitor", "auditor", "admin", "data_manager")
 SCOPE_KEY = "cart_course_token"
 
 

@@ -16,7 +16,7 @@ from litestar.params import FromPath, JSONBody
 
 from ..contract import parse_command, parse_expected_version
 from ..errors import InvalidCommandError, PatientNotFoundError
-from .auth import WRITERS, current_actor
+from .auth import COMMANDERS, current_actor
 from .common import (
     PatientId,
     Svc,
@@ -136,7 +136,7 @@ COMMAND_CREATED = "Recorded (status recorded); Location is the patient, ETag its
 
 @post(
     "/v1/commands",
-    opt={"roles": WRITERS, "body": "command"},
+    opt={"roles": COMMANDERS, "body": "command"},
     before_request=read_json_object,
     sync_to_thread=True,
     responses=COMMAND_RESPONSES,
@@ -161,7 +161,7 @@ def post_command(
 
 @post(
     "/v1/patients/{patient_id:str}/commands/{command:str}",
-    opt={"roles": WRITERS, "body": "patient_command"},
+    opt={"roles": COMMANDERS, "body": "patient_command"},
     before_request=read_json_object,
     sync_to_thread=True,
     responses=COMMAND_RESPONSES,

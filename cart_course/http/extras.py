@@ -342,6 +342,7 @@ class BoardFilter:
     sae: bool = False
     follow_up_due: bool = False
     min_ae_grade: int | None = None
+    has_open_queries: bool | None = None
     contains: str | None = None
     sort: str | None = None
 
@@ -398,6 +399,7 @@ def _board_rows(
                 awaiting=f.awaiting,
                 action=f.action,
                 min_ae_grade=f.min_ae_grade,
+                has_open_queries=f.has_open_queries,
                 contains=f.contains,
                 limit=None if f.sort else limit,
                 after=after,
@@ -460,6 +462,13 @@ def get_board(
             "worst grade is at least this (recent: ended within 30 days)",
         ),
     ] = None,
+    has_open_queries: Annotated[
+        bool | None,
+        QueryParameter(
+            description="true: only patients with a data query not closed; false: only "
+            "patients without"
+        ),
+    ] = None,
     limit: Annotated[int | None, integer_query(1, MAX_BOARD_PAGE)] = None,
     after: Annotated[
         str | None,
@@ -485,6 +494,7 @@ def get_board(
         sae=sae,
         follow_up_due=follow_up_due,
         min_ae_grade=min_ae_grade,
+        has_open_queries=has_open_queries,
         contains=contains,
         sort=sort,
     )
@@ -578,6 +588,13 @@ def get_board_csv(
             "worst grade is at least this (recent: ended within 30 days)",
         ),
     ] = None,
+    has_open_queries: Annotated[
+        bool | None,
+        QueryParameter(
+            description="true: only patients with a data query not closed; false: only "
+            "patients without"
+        ),
+    ] = None,
     contains: Annotated[str | None, contains_query()] = None,
     sort: Annotated[str | None, board_sort_query()] = None,
 ) -> Response[str]:
@@ -590,6 +607,7 @@ def get_board_csv(
         sae=sae,
         follow_up_due=follow_up_due,
         min_ae_grade=min_ae_grade,
+        has_open_queries=has_open_queries,
         contains=contains,
         sort=sort,
     )
@@ -681,8 +699,8 @@ def get_site_counts(
     request: Request[Any, Any, Any], service: Svc, wait_for: WaitFor = None
 ) -> dict[str, Any]:
     """Every site of the trial (a site-limited token: its sites), with the patients recorded
-    before sites under S00. ``open_queries`` and ``median_query_age_days`` are null until the
-    trial records data queries."""
+    before sites under S00: ``open_queries`` counts the data queries not closed,
+    ``median_query_age_days`` their median age (null when the site has none)."""
     from ..views import queries
 
     scope = sites_of(service)
@@ -707,7 +725,7 @@ def get_site_counts(
 _EMPTY_SITE = {
     "patients": 0,
     "overdue_actions": 0,
-    "open_queries": None,
+    "open_queries": 0,
     "median_query_age_days": None,
 }
 

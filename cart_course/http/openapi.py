@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import re
-import zoneinfo
 from html import escape
 from typing import Any, Final
 
@@ -26,7 +25,7 @@ from .. import (
     schemas,  # read when the document is made: schemas.SCHEMAS may be replaced
 )
 from ..protocol.sites import DEFAULT_SITE, SITE_SCHEMA
-from ..sites import MAX_SITE_NAME
+from ..sites import MAX_SITE_NAME, SITE_TIME_ZONES
 from ..tokens import MAX_NAME, ROLES
 from .checkpoint_routes import VerifyRequest
 from .params import printable_text
@@ -130,8 +129,9 @@ def new_site_schema() -> Schema:
             "id": {**SITE_SCHEMA, "not": {"const": DEFAULT_SITE}},
             "name": {**printable_text(MAX_SITE_NAME), "description": "the site's name"},
             "time_zone": {
-                "enum": sorted(zoneinfo.available_timezones()),
-                "description": "an IANA time zone name, e.g. Europe/Paris",
+                "enum": list(SITE_TIME_ZONES),
+                "description": "an IANA time zone (an Area/Location name of the tz database, "
+                "or UTC), e.g. Europe/Paris",
             },
         },
         "required": ["id", "name", "time_zone"],

@@ -57,7 +57,7 @@ def list_sites(tokens: Tok) -> list[SiteView]:
     opt={"roles": ADMINS, "body": "site"},
     before_request=read_json_object,
     sync_to_thread=True,
-    responses=problem_responses(413, 415),
+    responses=problem_responses(409, 413, 415),
     response_headers=[
         ResponseHeader(
             name="Location", documentation_only=True, description="The site: /v1/sites/{id}"

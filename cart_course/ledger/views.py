@@ -16,7 +16,7 @@ from ..eventlog import EventLog
 from ..storage import StoreSettings, parse_store_url
 
 #: The view tables keyed by patient (their first column is the patient id).
-PATIENT_TABLES = ("view_board", "view_toxicity", "view_deviation")
+PATIENT_TABLES = ("view_board", "view_toxicity", "view_deviation", "view_query")
 
 
 def views_problems(app: EventLog, store: StoreSettings) -> list[Problem]:

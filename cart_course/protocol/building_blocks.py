@@ -454,6 +454,9 @@ def infusion_trigger(payload: Mapping[str, Any]) -> str:
 #: A check of a command's clinical time against the record: (record, payload facts, clinical
 #: time); raises :class:`ProtocolInputError`.
 TimeCheck = Callable[[PatientRecord, Mapping[str, Any], dt.datetime], None]
+#: Checks a command's reason against the record and its payload facts (record, payload facts,
+#: reason, clinical time); raises an input error naming ``reason``.
+ReasonCheck = Callable[[PatientRecord, Mapping[str, Any], str | None, dt.datetime], None]
 
 
 def check_resolution_time(

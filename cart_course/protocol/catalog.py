@@ -68,6 +68,7 @@ def describe_command(definition: CommandDef, registry: Registry = REGISTRY) -> d
         "name": d.name,
         "summary": d.summary,
         "kind": d.kind,
+        "roles": list(d.roles),
         "payload": {"required": list(d.required), "optional": list(d.optional)},
         "reason": d.reason,
         "event": d.event,

@@ -222,6 +222,8 @@ def prepare(
         raise
     if spec.check_time is not None:
         spec.check_time(record, pfacts, occurred_at)
+    if spec.check_reason is not None:
+        spec.check_reason(record, pfacts, reason, occurred_at)
     facts = {**context, **pfacts, **bedside_facts(pfacts, occurred_at, actor)}
     if reason:
         facts["reason"] = reason

@@ -313,6 +313,16 @@ def decide_correction(
         if rescheduled:
             outcome["rescheduled"] = rescheduled
         findings.extend(more)
+    if original.trigger == "assess_pre_infusion":
+        # the hold follows the corrected observations while this assessment is still the one the
+        # next fraction waits on: no later assessment, no fraction given since
+        outcome["operative"] = not any(
+            isinstance(e, RecordedMove)
+            and e.version > corrects
+            and (e.trigger == "assess_pre_infusion" or e.trigger.startswith("infuse_d"))
+            for e in history
+        )
+        outcome["occurred_at"] = occurred.isoformat()
     if original.trigger == "infuse_d1":
         replanned, more = replan_course(
             record, corrects, outcome, recorded_fractions(history, version)

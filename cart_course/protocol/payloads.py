@@ -305,6 +305,11 @@ class CrsReportPayload(_Report, frozen=True, tag="CRS"):
 
 class IcansReportPayload(_Report, frozen=True, tag="ICANS"):
     observations: IcansObservationsPayload | UnsetType = UNSET
+    #: With an explicit grade (issue 20): the patient's age; under 12 with no CAPD, the
+    #: command's reason says why the CAPD was not applicable.
+    age_years: (
+        Annotated[int, Meta(ge=0, le=130)] | Annotated[float, Meta(ge=0, le=130)] | UnsetType
+    ) = UNSET
 
 
 class OtherReportPayload(_Report, frozen=True, tag="other"):

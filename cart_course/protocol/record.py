@@ -120,6 +120,9 @@ class PatientRecord:
     #: judging a later move counts every one within the window before its clinical time, so a
     #: lower maximum given later does not erase them.
     pre_infusion_temperatures: list[dict[str, Any]] = attrs.Factory(list)
+    #: Data queries (issue 17), by id (``Q-<version>``): status, what they are about, each step
+    #: (``protocol/queries.py``). Never read by the protocol's rules.
+    queries: dict[str, dict[str, Any]] = attrs.Factory(dict)
     #: For each correctable event version: its trigger and where its effect lives.
     index: dict[int, dict[str, Any]] = attrs.Factory(dict)
     #: The patient's site (issue 17): set by ``screen``'s ``site``, changed by ``transfer_site``;
@@ -234,7 +237,22 @@ class PatientRecord:
             **({"death": self.death} if self.death else {}),
             **({"pre_infusion_hold": self.pre_infusion_hold} if self.pre_infusion_hold else {}),
             **({"site_transfers": list(self.site_transfers)} if self.site_transfers else {}),
+            **({"queries": self.queries_summary()} if self.queries else {}),
         }
+
+    def queries_summary(self) -> dict[str, Any]:
+        """The patient's data queries in brief: how many are unresolved (not closed), the
+        oldest unresolved one's opening time, and the count by status."""
+        by_status: dict[str, int] = {}
+        oldest: str | None = None
+        pending = 0
+        for q in self.queries.values():
+            by_status[q["status"]] = by_status.get(q["status"], 0) + 1
+            if q["status"] != "closed":
+                pending += 1
+                if oldest is None or q["opened_at"] < oldest:
+                    oldest = q["opened_at"]
+        return {"open_queries": pending, "oldest_open_query_at": oldest, "by_status": by_status}
 
 
 DERIVED_FIELDS = frozenset({"open_ids", "kind_counts", "course_ids", "course_worst"})
@@ -458,28 +476,58 @@ def _apply_effect(
             if "temperature" in failed_criteria
             else None
         )
-        if fever is None and "temperature_on_record" in failed_criteria:
-            window = facts.get("pre_infusion_window") or {}
-            fever = max(
-                window.get("temperatures") or [None],
-                key=lambda t: (t or {}).get("occurred_at") or "",
-            )
-        record.pre_infusion_hold = (
-            {
-                "day": outcome.get("day"),
-                "course_number": outcome.get("course_number"),
-                "version": version,
-                "occurred_at": occurred_at,
-                "failed": list(outcome.get("failed", ())),
-                **(
-                    {"temperature": {k: fever.get(k) for k in ("value", "unit", "occurred_at")}}
-                    if isinstance(fever, dict)
-                    else {}
-                ),
-            }
-            if outcome.get("held")
-            else None
-        )
+        record.pre_infusion_hold = _hold_of(outcome, version, occurred_at, fever, facts)
+
+
+def _hold_of(
+    outcome: dict[str, Any],
+    version: int,
+    occurred_at: str,
+    fever: dict[str, Any] | None = None,
+    facts: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """The hold a bedside assessment's outcome puts on the next fraction (None: fit). A hold
+    for a temperature keeps it and its clinical time: the assessment's own (``fever``), or
+    the latest one on record within the window (``temperature_on_record``)."""
+    if not outcome.get("held"):
+        return None
+    if fever is None and "temperature_on_record" in outcome.get("failed_criteria", ()):
+        window = (facts or {}).get("pre_infusion_window") or {}
+        on_record = [t for t in window.get("temperatures") or () if isinstance(t, dict)]
+        if on_record:
+            fever = max(on_record, key=lambda t: str(t.get("occurred_at") or ""))
+    return {
+        "day": outcome.get("day"),
+        "course_number": outcome.get("course_number"),
+        "version": version,
+        "occurred_at": occurred_at,
+        "failed": list(outcome.get("failed", ())),
+        **(
+            {"temperature": {k: fever.get(k) for k in ("value", "unit", "occurred_at")}}
+            if fever is not None
+            else {}
+        ),
+    }
+
+
+def _recorrect_temperature(
+    record: PatientRecord,
+    corrects: int,
+    facts: dict[str, Any],
+    failed_criteria: Any,
+    occurred_at: Any,
+) -> dict[str, Any] | None:
+    """A corrected assessment or fraction: the temperature kept for the gate from the corrected
+    event (issue 20) is the corrected one, kept when it is above the limit, dropped when not;
+    with the corrected event's own clinical time."""
+    kept = [t for t in record.pre_infusion_temperatures if t.get("version") == corrects]
+    record.pre_infusion_temperatures = [
+        t for t in record.pre_infusion_temperatures if t.get("version") != corrects
+    ]
+    if "temperature" not in failed_criteria:
+        return None
+    at = kept[0].get("occurred_at") if kept else occurred_at
+    return _keep_temperature(record, facts, str(at), corrects)
 
 
 def _keep_temperature(
@@ -775,6 +823,14 @@ def apply_correction(
         for course in record.courses:
             for f in course.fractions:
                 if f.version == corrects:
+                    gate = outcome.get("pre_infusion_gate")
+                    _recorrect_temperature(
+                        record,
+                        corrects,
+                        facts,
+                        gate.get("failed_criteria", ()) if isinstance(gate, dict) else (),
+                        f.occurred_at,
+                    )
                     f.cells = outcome["cells"]
                     f.dose = facts["dose"]
                     f.given_on = facts["infusion_date"]
@@ -795,6 +851,17 @@ def apply_correction(
         _correct_adverse_event(record, corrects, outcome)
     elif trigger == Trigger.RECORD_SAE_REPORT:
         _correct_sae_report(record, corrects, facts)
+    elif trigger == Trigger.ASSESS_PRE_INFUSION:
+        # the temperature kept for the gate follows the corrected observations (issue 20)
+        fever = _recorrect_temperature(
+            record, corrects, facts, outcome.get("failed_criteria", ()), outcome.get("occurred_at")
+        )
+        if outcome.get("operative"):
+            # a corrected bedside assessment the next fraction still waits on: the hold
+            # follows the corrected observations (held, or lifted)
+            record.pre_infusion_hold = _hold_of(
+                outcome, corrects, str(outcome.get("occurred_at")), fever, facts
+            )
     elif trigger == Trigger.ASSESS_RESPONSE:
         number = record.index.get(corrects, {}).get("course")
         for course in record.courses:

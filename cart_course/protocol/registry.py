@@ -31,9 +31,24 @@ from typing import Any, Literal
 import attrs
 
 from . import building_blocks as blocks
-from . import follow_up, payloads, pre_infusion, product, product_commands, response
+from . import (
+    follow_up,
+    payloads,
+    pre_infusion,
+    product,
+    product_commands,
+    queries,
+    response,
+    toxicity,
+)
 from . import sites as site_rules
-from .building_blocks import ContextBuilder, OutcomeBuilder, PayloadParser, TimeCheck
+from .building_blocks import (
+    ContextBuilder,
+    OutcomeBuilder,
+    PayloadParser,
+    ReasonCheck,
+    TimeCheck,
+)
 from .machine import TRANSITIONS
 from .schema_parts import BOOL, EMPTY, Schema, free_text, obj, text
 from .signatures import MILESTONES, SIGNATURE_KEYS, SIGNATURE_MEANINGS
@@ -44,7 +59,10 @@ REASON_POLICIES: tuple[ReasonPolicy, ...] = ("always", "never", "when the rules 
 #: How the service decides a command: a protocol move (``commands.prepare``), a correction of a
 #: recorded move (``corrections.decide_correction``) or a signature
 #: (``signatures.decide_signature``).
-CommandKind = Literal["move", "correction", "signature"]
+CommandKind = Literal["move", "correction", "signature", "query"]
+#: The roles that record the protocol's moves, corrections and signatures (a command's
+#: ``roles`` unless it says otherwise; a signature also checks ``signatures.SIGNING_ROLES``).
+RECORDING_ROLES: tuple[str, ...] = ("service", "clinician")
 #: Keys of every correction besides the corrected command's correctable payload keys.
 CORRECTION_KEYS = ("corrects", "changes")
 
@@ -85,6 +103,8 @@ class CommandDef:
     parse: PayloadParser = blocks.parse_nothing
     #: Checks the clinical time against the record (after the payload is parsed).
     check_time: TimeCheck | None = None
+    #: Checks the command's reason against the record and the payload's facts (after the time).
+    check_reason: ReasonCheck | None = None
     #: What the move established (recorded as the event's ``outcome``).
     outcome: OutcomeBuilder = blocks.no_outcome
     reason: ReasonPolicy = "never"
@@ -103,6 +123,8 @@ class CommandDef:
     examples: tuple[Mapping[str, Any], ...] = ()
     #: States in which this command is the patient's next protocol action (the views' board).
     next_in: tuple[str, ...] = ()
+    #: The roles that may record it (the service refuses others: ``forbidden``).
+    roles: tuple[str, ...] = RECORDING_ROLES
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -504,7 +526,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         ),
         parse=pre_infusion.parse_infusion_observations(product_commands.parse_infusion),
         outcome=pre_infusion.with_gate_outcome(blocks.infusion_outcome),
-        correctable=("cells", "weight", "product_lot", "deviation_reason"),
+        correctable=("cells", "weight", "product_lot", "deviation_reason", "pre_infusion"),
         payload_schema=_INFUSION_SCHEMA,
         examples=examples_of("give_infusion"),
         next_in=(_S.APHERESED, _S.CONTINUED, _S.INFUSED_D1, _S.INFUSED_D2),
@@ -520,6 +542,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         required=("day", "pre_infusion"),
         parse=pre_infusion.parse_assessment,
         outcome=pre_infusion.assessment_outcome,
+        correctable=("pre_infusion",),
         payload_schema=obj(
             {
                 "day": {
@@ -543,6 +566,7 @@ DEFINITIONS: tuple[CommandDef, ...] = (
         optional=("toxicity_id", "adverse_event"),
         parse=follow_up.parse_toxicity_ae,
         check_time=follow_up.toxicity_time,
+        check_reason=toxicity.explicit_icans_reason,
         outcome=follow_up.toxicity_ae_outcome,
         correctable=("toxicity", "toxicity_id", "adverse_event"),
         episode=True,
@@ -793,5 +817,87 @@ DEFINITIONS: tuple[CommandDef, ...] = (
     ),
 )
 
+# -- data queries (issue 17): a monitor asks, the site answers, the monitor closes or re-opens.
+# They never move the state; the service decides them with ``protocol/queries.py``.
+_QUERY_ID = text(40, "the query's id, e.g. Q-7 (the version of the event that opened it)")
+_QUERY_TEXT = free_text(queries.TEXT_MAX)
+QUERY_DEFINITIONS: tuple[CommandDef, ...] = (
+    CommandDef(
+        name="open_query",
+        summary="A monitor's data query on the patient, or on a recorded value (an event "
+        "version and a field path of it). The state does not change.",
+        event="QueryOpened",
+        kind="query",
+        required=("text",),
+        optional=("on_version", "field"),
+        payload_schema=obj(
+            {
+                "text": free_text(
+                    queries.TEXT_MAX, "the question, e.g. 'D2 cells: the source says 1.8e7'"
+                ),
+                "on_version": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "the version of the event the query is about",
+                },
+                "field": text(
+                    queries.FIELD_MAX,
+                    "a field path of that event: payload.cells, payload.cells.value, "
+                    "occurred_at, reason (a correction: changes....)",
+                ),
+            },
+            ("text",),
+        ),
+        examples=examples_of("open_query"),
+        roles=queries.MONITOR_ROLES,
+    ),
+    CommandDef(
+        name="answer_query",
+        summary="The site's answer to an open or re-opened query (optionally naming the "
+        "correction it recorded).",
+        event="QueryAnswered",
+        kind="query",
+        required=("query_id", "text"),
+        optional=("correction",),
+        payload_schema=obj(
+            {
+                "query_id": _QUERY_ID,
+                "text": _QUERY_TEXT,
+                "correction": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "the version of the correct command's event the site "
+                    "recorded for this query",
+                },
+            },
+            ("query_id", "text"),
+        ),
+        examples=examples_of("answer_query"),
+        roles=queries.SITE_ROLES,
+    ),
+    CommandDef(
+        name="close_query",
+        summary="The monitor closes a query (one not answered: with a reason).",
+        event="QueryClosed",
+        kind="query",
+        required=("query_id",),
+        reason="when the rules say so",
+        reason_asks="why the query is closed without the site's answer",
+        payload_schema=obj({"query_id": _QUERY_ID}, ("query_id",)),
+        examples=examples_of("close_query"),
+        roles=queries.MONITOR_ROLES,
+    ),
+    CommandDef(
+        name="reopen_query",
+        summary="The monitor re-opens an answered or closed query: the site is asked again.",
+        event="QueryReopened",
+        kind="query",
+        required=("query_id", "text"),
+        payload_schema=obj({"query_id": _QUERY_ID, "text": _QUERY_TEXT}, ("query_id", "text")),
+        examples=examples_of("reopen_query"),
+        roles=queries.MONITOR_ROLES,
+    ),
+)
+
 #: The commands of the contract.
-REGISTRY = Registry(DEFINITIONS)
+REGISTRY = Registry((*DEFINITIONS, *QUERY_DEFINITIONS))

@@ -22,9 +22,10 @@ Pure code: stdlib and attrs only. User documentation: ``docs/toxicity.md``.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from fractions import Fraction
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 from msgspec import UNSET
@@ -43,6 +44,9 @@ from .payloads import (
     convert,
 )
 from .plausibility import finite_float, show_number
+
+if TYPE_CHECKING:
+    from .record import PatientRecord
 
 # --------------------------------------------------------------------------------------------
 # Scale constants (they belong to the scales, see module docstring)
@@ -927,6 +931,8 @@ class ToxicityReport:
     grade: int | None = None
     scale: str | None = None
     scale_version: str | None = None
+    #: An explicit ICANS grade's patient age (issue 20), when given.
+    age_years: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": self.kind, "term": self.term}
@@ -934,6 +940,8 @@ class ToxicityReport:
             data["observations"] = self.observations.to_json()
         else:
             data.update(grade=self.grade, scale=self.scale, scale_version=self.scale_version)
+            if self.age_years is not None:
+                data["age_years"] = self.age_years
         return data
 
 
@@ -959,7 +967,15 @@ class ToxicityGrade(FieldsJson):
         return self.grade > 0 and self.grade >= params.hold_grade(self.kind)
 
 
-_REPORT_KEYS: Final = ("kind", "term", "observations", "grade", "scale", "scale_version")
+_REPORT_KEYS: Final = (
+    "kind",
+    "term",
+    "observations",
+    "grade",
+    "scale",
+    "scale_version",
+    "age_years",
+)
 _EXPLICIT_KEYS: Final = ("grade", "scale", "scale_version")
 
 
@@ -1025,8 +1041,9 @@ def _report_of(p: ToxicityReportPayload) -> ToxicityReport | None:
         return None
     explicit = p.grade is not UNSET or p.scale is not UNSET or p.scale_version is not UNSET
     observations = UNSET if isinstance(p, OtherReportPayload) else p.observations
+    age = p.age_years if isinstance(p, IcansReportPayload) else UNSET
     if observations is not UNSET:
-        if explicit:
+        if explicit or age is not UNSET:
             return None
         obs: CrsObservations | IcansObservations | None
         if isinstance(observations, CrsObservationsPayload):
@@ -1044,7 +1061,12 @@ def _report_of(p: ToxicityReportPayload) -> ToxicityReport | None:
     if p.scale == ASTCT and kind == "other":
         return None
     return ToxicityReport(
-        kind=kind, term=term, grade=p.grade, scale=p.scale, scale_version=p.scale_version
+        kind=kind,
+        term=term,
+        grade=p.grade,
+        scale=p.scale,
+        scale_version=p.scale_version,
+        age_years=None if age is UNSET else age,
     )
 
 
@@ -1235,10 +1257,25 @@ def _parse_report_checked(data: Any) -> ToxicityReport:
             )
         if "grade" in data:
             grade = p.run(lambda: _explicit_grade(data["grade"]))
+    age: float | Invalid | None = None
+    if "age_years" in data:
+        if kind != "ICANS" or has_obs:
+            p.add(
+                ProtocolInputError(
+                    "age_years",
+                    "is given only with an explicit ICANS grade (with observations the age is "
+                    "observations.age_years; CRS and other toxicities carry no age)",
+                )
+            )
+        else:
+            age = p.run(
+                lambda: _number(data["age_years"], "age_years", 0, MAX_AGE_YEARS, "age (years)")
+            )
     p.raise_if_any()
     assert isinstance(kind, str) and not isinstance(term, Invalid)
     assert not isinstance(observations, Invalid) and not isinstance(grade, Invalid)
     assert not isinstance(scale, Invalid) and not isinstance(version, Invalid)
+    assert not isinstance(age, Invalid)
     return ToxicityReport(
         kind=kind,
         term=term,
@@ -1246,6 +1283,68 @@ def _parse_report_checked(data: Any) -> ToxicityReport:
         grade=grade,
         scale=scale,
         scale_version=version,
+        age_years=age,
+    )
+
+
+def _age_on_record(record: PatientRecord, occurred_at: dt.datetime) -> tuple[float, str] | None:
+    """The patient's age at ``occurred_at`` from the ICANS reports on record (the age each
+    states, plus the time since that episode's onset): (age, where it comes from), or None."""
+    known: tuple[dt.datetime, float, str] | None = None
+    for tox in record.toxicities.values():
+        report = tox.report
+        if tox.kind != "ICANS" or not isinstance(report, Mapping):
+            continue
+        obs = report.get("observations")
+        stated = obs.get("age_years") if isinstance(obs, Mapping) else report.get("age_years")
+        if isinstance(stated, bool) or not isinstance(stated, int | float):
+            continue
+        onset = dt.datetime.fromisoformat(tox.onset)
+        if onset.tzinfo is None:
+            onset = onset.replace(tzinfo=dt.UTC)
+        if known is None or onset > known[0]:
+            known = (onset, float(stated), tox.id)
+    if known is None:
+        return None
+    onset, stated_age, tox_id = known
+    then = occurred_at if occurred_at.tzinfo is not None else occurred_at.replace(tzinfo=dt.UTC)
+    elapsed = max((then - onset).total_seconds(), 0.0) / (365.25 * 86400)
+    return stated_age + elapsed, f"from {tox_id} on record ({_g(stated_age)} years at its onset)"
+
+
+def explicit_icans_reason(
+    record: PatientRecord,
+    facts: Mapping[str, Any],
+    reason: str | None,
+    occurred_at: dt.datetime,
+) -> None:
+    """Issue 20: an explicit ICANS grade of a child under 12 (the report's ``age_years``, else
+    the age on the patient's ICANS reports on record) has no CAPD: the command's reason must
+    say why the CAPD was not applicable (for example a non-verbal infant). An age not known
+    (no age given, none on record) asks nothing."""
+    report = facts.get("toxicity")
+    if not isinstance(report, Mapping) or report.get("kind") != "ICANS":
+        return
+    if "observations" in report or report.get("grade") is None:
+        return
+    if reason is not None and reason.strip():
+        return
+    stated = report.get("age_years")
+    if isinstance(stated, int | float) and not isinstance(stated, bool):
+        age, source = float(stated), "payload.toxicity.age_years"
+    else:
+        found = _age_on_record(record, occurred_at)
+        if found is None:
+            return
+        age, source = found
+    if not uses_capd(age):
+        return
+    raise ProtocolInputError(
+        "reason",
+        f"is required: an explicit ICANS grade for a child under {ICE_MIN_AGE_YEARS} (age "
+        f"{age:.1f} years, {source}) replaces the CAPD; say why the CAPD was not applicable (for "
+        "example 'non-verbal infant: the CAPD does not apply at this developmental age'), or "
+        "grade from observations with capd_score or capd_items",
     )
 
 

@@ -114,5 +114,6 @@ V1_1 = register(
         attrs.evolve(DEFAULT_PARAMETERS, pre_infusion_required_days=(2, 3)),
     )
 )
-#: The version new records are made under.
+#: The version new records are made under unless the operator chooses another
+#: (``--protocol`` / ``CART_COURSE_PROTOCOL_VERSION``, read in ``bootstrap.Settings``).
 CURRENT: ProtocolVersion = V1

@@ -69,6 +69,13 @@ def metrics_text(views: Views, now: queries.Moment = None) -> str:
         "# HELP cart_course_patients_on_hold Patients whose remaining fractions are held by an open toxicity.",
         "# TYPE cart_course_patients_on_hold gauge",
         f"cart_course_patients_on_hold {queries.count_hold(db)}",
+        "# HELP cart_course_data_queries Data queries by status (issue 17; unresolved: open, "
+        "answered, reopened).",
+        "# TYPE cart_course_data_queries gauge",
+        *(
+            f'cart_course_data_queries{{status="{status}"}} {n}'
+            for status, n in queries.query_counts(db).items()
+        ),
         "# HELP cart_course_view_position Last notification id processed by the views.",
         "# TYPE cart_course_view_position gauge",
         f"cart_course_view_position {lag['position']}",

@@ -101,6 +101,41 @@ DEVIATION_COLUMNS: tuple[str, ...] = (
 )
 
 
+#: The data queries' view (issue 17): one row per query of a patient.
+QUERY_COLUMNS: tuple[str, ...] = (
+    "patient_id",
+    "query_id",
+    "status",
+    "on_version",
+    "field",
+    "rule",
+    "text",
+    "opened_by",
+    "opened_at",
+    "updated_at",
+    "answer",
+)
+
+
+def query_rows(record: PatientRecord) -> list[tuple[Any, ...]]:
+    return [
+        (
+            record.patient_id,
+            q["id"],
+            q["status"],
+            q.get("on_version"),
+            q.get("field"),
+            q.get("rule"),
+            q.get("text"),
+            q.get("opened_by"),
+            q["opened_at"],
+            q.get("updated_at"),
+            q.get("answer"),
+        )
+        for q in record.queries.values()
+    ]
+
+
 class UnregisteredStreamError(ValueError):
     """An event of a stream whose registration (version 1) the views never read: the row was
     deleted or damaged. The runner skips the stream and reports it (never the whole board)."""
@@ -117,7 +152,11 @@ def apply_event(record: PatientRecord | None, event: Any) -> PatientRecord:
             "registration (v1) is not in the log or does not read"
         )
     if isinstance(
-        event, PatientCourse.Moved | PatientCourse.FactCorrected | PatientCourse.MilestoneSigned
+        event,
+        PatientCourse.Moved
+        | PatientCourse.FactCorrected
+        | PatientCourse.MilestoneSigned
+        | PatientCourse.QueryEvent,
     ):
         event.evolve_record(record)  # as the aggregate's own apply does
     record.version = event.originator_version

@@ -12,6 +12,7 @@ overdue; the watchlist shows it instead.
 from __future__ import annotations
 
 import datetime as dt
+import statistics
 from collections.abc import Collection
 from typing import Any
 
@@ -229,6 +230,7 @@ def board(
     contains: str | None = None,
     min_ae_grade: int | None = None,
     sites: Sites = None,
+    has_open_queries: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Board rows, by patient id (``overdue``: most overdue first); filters combine (AND):
     ``hold`` fractions held for toxicity, ``awaiting`` a response assessment due, ``contains``
@@ -256,6 +258,7 @@ def board(
     _more_filters(where, params, hold=hold, awaiting=awaiting, contains=contains)
     _ae_grade_filter(min_ae_grade, now, where, params)
     _site_filter(sites, where, params)
+    _queries_filter(has_open_queries, where)
     if after is not None and not overdue:
         where.append("patient_id > ?")
         params.append(after if isinstance(after, str) else after[1])
@@ -276,7 +279,7 @@ def board(
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
-    return [_board_dict(r, cutoff) for r in db.fetchall(sql, params)]
+    return with_query_summary(db, [_board_dict(r, cutoff) for r in db.fetchall(sql, params)], now)
 
 
 def count(
@@ -290,12 +293,14 @@ def count(
     product: str | None = None,
     min_ae_grade: int | None = None,
     sites: Sites = None,
+    has_open_queries: bool | None = None,
 ) -> int:
     if (
         (sites is not None and state is None and not overdue and not toxicity)
         and action is None
         and product is None
         and min_ae_grade is None
+        and has_open_queries is None
     ):  # the cohort view keeps each site's count
         chosen = sorted(set(sites))
         if not chosen:
@@ -313,6 +318,7 @@ def count(
         and product is None
         and min_ae_grade is None
         and sites is None
+        and has_open_queries is None
     ):  # the cohort view keeps these counts
         if state is None:
             row = db.fetchone(
@@ -329,8 +335,24 @@ def count(
         and product is None
         and min_ae_grade is None
         and sites is None
+        and has_open_queries is None
     ):
         return _kept_count(db, overdue, now, action)
+    if (
+        has_open_queries
+        and not overdue
+        and not toxicity
+        and action is None
+        and product is None
+        and min_ae_grade is None
+        and sites is None
+    ):
+        # the patients with a query not closed, from the partial index alone
+        sql = "SELECT COUNT(DISTINCT patient_id) FROM view_query WHERE status <> 'closed'"
+        if state is not None:
+            sql += " AND patient_id IN (SELECT patient_id FROM view_board WHERE state = ?)"
+        row = db.fetchone(sql, [state] if state is not None else [])
+        return int(row[0]) if row else 0
     where: list[str] = []
     params: list[Any] = []
     if state is not None:
@@ -346,6 +368,7 @@ def count(
     _product_filter(product, where, params)
     _ae_grade_filter(min_ae_grade, now, where, params)
     _site_filter(sites, where, params)
+    _queries_filter(has_open_queries, where)
     sql = "SELECT COUNT(*) FROM view_board" + (" WHERE " + " AND ".join(where) if where else "")
     row = db.fetchone(sql, params)
     return int(row[0]) if row else 0
@@ -557,6 +580,147 @@ def _product_filter(product: str | None, where: list[str], params: list[Any]) ->
         params.append(product)
 
 
+# -- data queries (issue 17) ---------------------------------------------------------------------
+
+#: The patients with a query that is not closed (open, answered or re-opened).
+_OPEN_QUERY_PATIENTS = "SELECT patient_id FROM view_query WHERE status <> 'closed'"
+QUERY_STATUSES = ("open", "answered", "reopened", "closed")
+QUERY_KEYS = (
+    "patient_id",
+    "query_id",
+    "status",
+    "on_version",
+    "field",
+    "rule",
+    "text",
+    "opened_by",
+    "opened_at",
+    "updated_at",
+    "answer",
+)
+
+
+def _queries_filter(has_open_queries: bool | None, where: list[str]) -> None:
+    if has_open_queries is None:
+        return
+    # one probe of the partial index ``view_query_open`` per board row
+    where.append(
+        ("" if has_open_queries else "NOT ")
+        + "EXISTS (SELECT 1 FROM view_query q WHERE q.patient_id = view_board.patient_id "
+        "AND q.status <> 'closed')"
+    )
+
+
+def _age_days(opened_at: str | None, now: Moment) -> float | None:
+    if opened_at is None:
+        return None
+    if isinstance(now, dt.date) and not isinstance(now, dt.datetime):
+        now = dt.datetime.combine(now, dt.time(0), tzinfo=dt.UTC)
+    opened = dt.datetime.fromisoformat(opened_at)
+    if opened.tzinfo is None:
+        opened = opened.replace(tzinfo=dt.UTC)
+    return round(max(0.0, (_instant(now) - opened).total_seconds()) / 86400, 2)
+
+
+def query_summary(
+    db: ViewDB, patient_ids: list[str] | None = None, now: Moment = None
+) -> dict[str, dict[str, Any]]:
+    """Per patient with a query that is not closed: how many (``open_queries``), when the oldest
+    was opened and its age in days (as of ``now``). ``patient_ids``: only these patients.
+    The per-patient figures a per-site aggregation groups (count, median age)."""
+    sql = "SELECT patient_id, COUNT(*), MIN(opened_at) FROM view_query WHERE status <> 'closed'"
+    rows: list[tuple[Any, ...]] = []
+    if patient_ids is None:
+        rows = db.fetchall(sql + " GROUP BY patient_id")
+    else:
+        for i in range(0, len(patient_ids), 500):
+            chunk = patient_ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows += db.fetchall(sql + f" AND patient_id IN ({marks}) GROUP BY patient_id", chunk)
+    return {
+        str(pid): {
+            "open_queries": int(n),
+            "oldest_open_query_at": oldest,
+            "oldest_open_query_age_days": _age_days(oldest, now),
+        }
+        for pid, n, oldest in rows
+    }
+
+
+def with_query_summary(
+    db: ViewDB, rows: list[dict[str, Any]], now: Moment = None
+) -> list[dict[str, Any]]:
+    """Board rows with each patient's open queries and the oldest one's age (0 / None)."""
+    if not rows:
+        return rows
+    ids = [str(r["patient_id"]) for r in rows]
+    found = query_summary(db, ids if len(ids) <= 2000 else None, now)
+    for r in rows:
+        summary = found.get(str(r["patient_id"]))
+        r["open_queries"] = summary["open_queries"] if summary else 0
+        r["oldest_open_query_at"] = summary["oldest_open_query_at"] if summary else None
+        r["oldest_open_query_age_days"] = summary["oldest_open_query_age_days"] if summary else None
+    return rows
+
+
+def query_counts(db: ViewDB) -> dict[str, int]:
+    """How many data queries are in each status (every status, 0 when none)."""
+    found = {
+        str(status): int(n)
+        for status, n in db.fetchall("SELECT status, COUNT(*) FROM view_query GROUP BY status")
+    }
+    return {status: found.get(status, 0) for status in QUERY_STATUSES}
+
+
+def query_list(
+    db: ViewDB,
+    *,
+    status: str | None = None,
+    patient_id: str | None = None,
+    unresolved: bool = False,
+    limit: int | None = None,
+    now: Moment = None,
+    sites: Sites = None,
+) -> list[dict[str, Any]]:
+    """Data queries, oldest first: by status (``open``, ``answered``, ``reopened``,
+    ``closed``), by patient, or every query not closed (``unresolved``); only the patients of
+    ``sites`` when given (a site-limited token's)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if status is not None:
+        if status not in QUERY_STATUSES:
+            raise ValueError(f"status {status!r} is not one of {', '.join(QUERY_STATUSES)}")
+        where.append("status = ?")
+        params.append(status)
+    if unresolved:
+        where.append("status <> 'closed'")
+    if patient_id is not None:
+        where.append("patient_id = ?")
+        params.append(patient_id)
+    if sites is not None:
+        inner: list[str] = []
+        _site_filter(sites, inner, params)
+        where.append(f"patient_id IN (SELECT patient_id FROM view_board WHERE {inner[0]})")
+    sql = f"SELECT {', '.join(QUERY_KEYS)} FROM view_query"
+    sql += (
+        " WHERE " + " AND ".join(where) if where else ""
+    ) + " ORDER BY opened_at, patient_id, query_id"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    out = []
+    for row in db.fetchall(sql, params):
+        data = dict(zip(QUERY_KEYS, row, strict=True))
+        data["age_days"] = _age_days(data["opened_at"], now) if data["status"] != "closed" else None
+        data["awaiting"] = (
+            "site"
+            if data["status"] in ("open", "reopened")
+            else ("monitor" if data["status"] == "answered" else None)
+        )
+        out.append(data)
+    return out
+
+
 def changed_since(db: ViewDB, position: int, now: Moment = None) -> list[dict[str, Any]]:
     """Board rows changed by notifications after ``position`` (what ``watch`` prints)."""
     rows = db.fetchall(
@@ -568,7 +732,7 @@ def changed_since(db: ViewDB, position: int, now: Moment = None) -> list[dict[st
 
 def patient(db: ViewDB, patient_id: str, now: Moment = None) -> dict[str, Any] | None:
     row = db.fetchone(_BOARD_SELECT + " WHERE patient_id = ?", [patient_id])
-    return None if row is None else _board_dict(row, _Cutoff(now))
+    return None if row is None else with_query_summary(db, [_board_dict(row, _Cutoff(now))], now)[0]
 
 
 def watchlist(db: ViewDB, now: Moment = None, sites: Sites = None) -> list[dict[str, Any]]:
@@ -684,14 +848,30 @@ def _cohort_of_sites(db: ViewDB, sites: Collection[str]) -> dict[str, dict[str, 
 
 
 def open_queries_by_site(db: ViewDB, now: Moment = None) -> dict[str, tuple[int, float | None]]:
-    """Per site: (open data queries, median age of the open ones in days). The hook the data
-    queries (issue 17, item 3) fill after the merge; until then no site has any (empty)."""
-    return {}
+    """Per site: (data queries not closed, median age of those queries in days, as of ``now``).
+    A site without any: absent (its counts say 0 queries, no median)."""
+    rows = db.fetchall(
+        "SELECT b.site, q.opened_at FROM view_query q JOIN view_board b "
+        "ON b.patient_id = q.patient_id WHERE q.status <> 'closed'"
+    )
+    ages: dict[str, list[float]] = {}
+    for site, opened_at in rows:
+        age = _age_days(opened_at, now)
+        ages.setdefault(str(site), [])
+        if age is not None:
+            ages[str(site)].append(age)
+    counts: dict[str, int] = {}
+    for site, _ in rows:
+        counts[str(site)] = counts.get(str(site), 0) + 1
+    return {
+        site: (counts[site], statistics.median(values) if values else None)
+        for site, values in ages.items()
+    }
 
 
 def site_counts(db: ViewDB, now: Moment = None, sites: Sites = None) -> dict[str, dict[str, Any]]:
-    """Per site (issue 17): patients, overdue next actions, open data queries and their median
-    age in days (None until data queries exist: :func:`open_queries_by_site`)."""
+    """Per site (issue 17): patients, overdue next actions, data queries not closed and their
+    median age in days (None when the site has none: :func:`open_queries_by_site`)."""
     cutoff = _Cutoff(now)
     where: list[str] = []
     params: list[Any] = [cutoff.param]
@@ -710,7 +890,7 @@ def site_counts(db: ViewDB, now: Moment = None, sites: Sites = None) -> dict[str
         out[str(site)] = {
             "patients": int(patients),
             "overdue_actions": int(overdue or 0),
-            "open_queries": open_q[0] if open_q else None,
+            "open_queries": open_q[0] if open_q else 0,
             "median_query_age_days": open_q[1] if open_q else None,
         }
     return out

@@ -39,12 +39,14 @@ from ..storage import StoreSettings, parse_store_url
 from .projection import (
     BOARD_COLUMNS,
     DEVIATION_COLUMNS,
+    QUERY_COLUMNS,
     TOXICITY_COLUMNS,
     apply_event,
     board_row,
     cohort_keys,
     cohort_keys_of,
     deviation_rows,
+    query_rows,
     toxicity_rows,
 )
 from .store import TRACKING, VIEW_TABLES, ViewDB
@@ -128,6 +130,7 @@ class _Touched:
         "cohort_before",
         "deviations_before",
         "position",
+        "queries_dirty",
         "record",
         "recorded_at",
         "stream_id",
@@ -142,6 +145,7 @@ class _Touched:
         self.recorded_at: dt.datetime | None = None
         self.position = 0
         self.tox_dirty = False
+        self.queries_dirty = False
         if record is None:
             self.cohort_before: list[tuple[str, str]] = []
             self.deviations_before: tuple[int, int] = (0, 0)
@@ -414,6 +418,7 @@ class Views:
         t.record = course.record
         t.record.version = version
         t.tox_dirty = True
+        t.queries_dirty = True
         return ""
 
     def _evolve(
@@ -497,6 +502,8 @@ class Views:
             t.position = note.id
             if getattr(event, "trigger", None) in _TOXICITY_TRIGGERS:
                 t.tox_dirty = True
+            elif isinstance(event, PatientCourse.QueryEvent):
+                t.queries_dirty = True
         return stamp
 
     def _write(
@@ -513,6 +520,8 @@ class Views:
         tox_rows: list[tuple[Any, ...]] = []
         dev_replace: list[str] = []
         dev_rows: list[tuple[Any, ...]] = []
+        query_replace: list[str] = []
+        query_list: list[tuple[Any, ...]] = []
         for t in touched.values():
             record = t.record
             if record is None or t.recorded_at is None:
@@ -526,6 +535,9 @@ class Views:
             if t.tox_dirty:
                 tox_replace.append(record.patient_id)
                 tox_rows.extend(toxicity_rows(record))
+            if t.queries_dirty:
+                query_replace.append(record.patient_id)
+                query_list.extend(query_rows(record))
             if (id(record.deviations), len(record.deviations)) != t.deviations_before:
                 dev_replace.append(record.patient_id)
                 dev_rows.extend(deviation_rows(record))
@@ -540,6 +552,7 @@ class Views:
         for table, replace, rows, columns in (
             ("view_toxicity", tox_replace, tox_rows, TOXICITY_COLUMNS),
             ("view_deviation", dev_replace, dev_rows, DEVIATION_COLUMNS),
+            ("view_query", query_replace, query_list, QUERY_COLUMNS),
         ):
             db.executemany(f"DELETE FROM {table} WHERE patient_id = ?", [(p,) for p in replace])
             db.executemany(

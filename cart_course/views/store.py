@@ -123,6 +123,25 @@ CREATE TABLE IF NOT EXISTS view_differs (
   found_at TEXT NOT NULL,
   detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS view_query (
+  patient_id TEXT NOT NULL,
+  query_id TEXT NOT NULL,
+  status TEXT NOT NULL,
+  on_version INTEGER,
+  field TEXT,
+  rule TEXT,
+  text TEXT,
+  opened_by TEXT,
+  opened_at TEXT NOT NULL,
+  updated_at TEXT,
+  answer TEXT,
+  PRIMARY KEY (patient_id, query_id)
+);
+CREATE INDEX IF NOT EXISTS view_query_open ON view_query (patient_id, opened_at)
+  WHERE status <> 'closed';
+CREATE INDEX IF NOT EXISTS view_query_open_age ON view_query (opened_at, patient_id, query_id)
+  WHERE status <> 'closed';
+CREATE INDEX IF NOT EXISTS view_query_status ON view_query (status, opened_at, patient_id, query_id);
 CREATE TABLE IF NOT EXISTS view_cohort (
   dimension TEXT NOT NULL,
   key TEXT NOT NULL,
@@ -136,6 +155,7 @@ VIEW_TABLES: dict[str, str] = {
     "view_board": "patient_id",
     "view_toxicity": "patient_id, toxicity_id",
     "view_deviation": "patient_id, seq",
+    "view_query": "patient_id, query_id",
     "view_cohort": "dimension, key",
     "view_skipped": "position",
 }

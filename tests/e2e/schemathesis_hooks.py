@@ -42,7 +42,9 @@ schema's description, "Not stated by this schema"):
 14. A signature's ``printed_name`` is the name registered with the signer's token (21 CFR
     11.50): a rule between the body and the token, set to the token's registered name.
 15. A DIN's last character is its ISO 7064 MOD 37-2 check character: recomputed.
-16. A token is limited to sites the trial defines (the demo's S01-S03), and only a service,
+16. A site becomes aware of an event (``aware_at`` of an adverse event or a death) at or after
+    it happened (``occurred_at``): an earlier one is set to ``occurred_at``.
+17. A token is limited to sites the trial defines (the demo's S01-S03), and only a service,
     clinician or monitor token (issue 17): a generated site list is replaced by ["S01"], or left
     out for another role.
 """
@@ -173,7 +175,7 @@ def _one_key_one_command(
 
 
 def _payload_rules(body: dict[str, Any]) -> None:
-    """Rules 7-10, 14 and 15 (in place)."""
+    """Rules 7-10 and 14-16 (in place)."""
     payload = body.get("payload")
     if not isinstance(payload, dict):
         return
@@ -195,6 +197,11 @@ def _payload_rules(body: dict[str, Any]) -> None:
         value = cells.get("value")
         if isinstance(value, int | float) and value > 2.5e9:
             cells["value"] = 2.5e9
+    for holder in (payload, payload.get("adverse_event")):
+        if isinstance(holder, dict) and isinstance(occurred, str):
+            aware, event = _time(holder.get("aware_at")), _time(occurred)
+            if aware is not None and event is not None and aware < event:
+                holder["aware_at"] = occurred
     din = payload.get("din")
     if isinstance(din, str):
         compact = din.replace(" ", "").upper()

@@ -160,6 +160,27 @@ def test_board_needs_attention_first_sorts_filters_in_the_url_and_exports_csv(
     ), doses
     per_kg = page.locator("#board .dose").first.get_attribute("title") or ""
     assert re.fullmatch(r"\d\.\d × 10[⁰¹²³⁴⁵⁶⁷⁸⁹]+ cells/kg", per_kg), per_kg
+    # cells/kg by keyboard (issue 18): Tab from the row's patient link reaches the dose, which
+    # then shows its cells/kg beside it (hidden when not focused) and describes itself with it
+    row = page.locator("#board tbody tr", has=page.locator(".dose")).first
+    first_dose = row.locator(".dose").first
+    row.locator("th a").first.focus()
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.classList.contains('dose')"):
+            break
+    focused = page.evaluate(
+        "() => ({text: document.activeElement.textContent, title: document.activeElement.title,"
+        " shown: getComputedStyle(document.activeElement, '::after').content})"
+    )
+    assert focused["title"] == per_kg, focused
+    assert focused["shown"] == f'"{per_kg}"', focused  # visible on focus
+    assert "cells (" in focused["text"]
+    shot(page, "board-dose-focus.png")
+    assert axe_violations(page) == []
+    page.evaluate("() => document.activeElement.blur()")
+    unfocused = first_dose.evaluate("el => getComputedStyle(el, '::after').content")
+    assert unfocused in ("none", "normal"), unfocused
     assert not any(re.search(r"\d{4}-\d{2}-\d{2}", d) for d in column(page, 9))  # no raw ISO
     shot(page, "board.png")
     assert axe_violations(page) == []
@@ -255,7 +276,9 @@ def test_board_updates_live_and_the_indicator_tells_the_truth(server: Server, pa
     page.wait_for_selector("#live.on")
     assert page.locator("#live").text_content() == "● live"
     r = httpx.post(
-        server.url + "/v1/commands", json=screen_body("LIVE-1"), headers=_auth(server, "clinician")
+        server.url + "/v1/commands",
+        json=screen_body("LIVE-1", payload={**screen_body("LIVE-1")["payload"], "site": "S01"}),
+        headers=_auth(server, "clinician"),
     )
     assert r.status_code == 201, r.text
     page.wait_for_selector("#board tr[data-patient='LIVE-1']", timeout=10_000)
@@ -368,6 +391,7 @@ def test_patient_terms_are_text_and_the_path_shows_state_changes_only(
     day1 = dt.datetime(2026, 3, 2, 9, tzinfo=dt.UTC)
     p = _Patient("TERM-1", day1 - dt.timedelta(days=20), random.Random(7))
     p.screen()
+    p.commands[0]["payload"]["site"] = "S01"  # serve --demo's trial has sites (issue 17)
     p.apheresis()
     p.infusion(1, days=day1.date().toordinal() - p.t.date().toordinal())
     for command in p.commands:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from server_support import printed_tokens
 
 from cart_course.cli import cli
-from cart_course.tokens import WELL_KNOWN_DEMO_TOKENS
+from cart_course.tokens import ROLES, WELL_KNOWN_DEMO_TOKENS
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +36,7 @@ def tokens_of(db: Path) -> Any:
 def test_each_demo_run_prints_fresh_random_tokens_and_revokes_the_last_ones(tmp_path: Path) -> None:
     db = tmp_path / "demo.sqlite"
     first = printed_tokens(serve(db, "--demo"))
-    assert set(first) == {"admin", "clinician", "monitor", "auditor", "service"}
+    assert set(first) == {"admin", "clinician", "monitor", "auditor", "service", "data_manager"}
     assert not set(first.values()) & set(WELL_KNOWN_DEMO_TOKENS)
     second = printed_tokens(serve(db, "--demo"))
     assert set(second) == set(first) and not set(second.values()) & set(first.values())
@@ -66,4 +66,4 @@ def test_no_demo_tokens_on_a_store_with_real_data(tmp_path: Path) -> None:
     assert printed_tokens(out) == {}
     assert "no demo tokens issued" in out
     demo = [i for i in tokens_of(db).list() if i.created_by == "serve --demo"]
-    assert len(demo) == 5  # the first run's only: none issued since
+    assert len(demo) == len(ROLES)  # the first run's only: none issued since

@@ -79,7 +79,7 @@ def client_package(server: Server, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def _course() -> list[dict[str, Any]]:
-    commands = [c for c in cohort(40, 1) if c["patient_id"] == SOURCE]
+    commands = [c for c in cohort(40, 1, sites=True) if c["patient_id"] == SOURCE]  # as --demo
     steps = [c for c in commands if c["command"] in STEPS]
     assert [c["command"] for c in steps] == list(STEPS)
     return steps

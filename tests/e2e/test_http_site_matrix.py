@@ -97,7 +97,10 @@ class Matrix:
         n = next(self.counter)
         names_patient = "{patient_id" in path
         url = path.replace("{patient_id:str}", target or OWN)
-        url = url.replace("{command:str}", "report_toxicity")
+        # monitors and data managers record data queries (issue 17), the others a toxicity
+        asks = role in ("monitor", "data_manager")
+        command = "open_query" if asks else "report_toxicity"
+        url = url.replace("{command:str}", command)
         url = url.replace("{product_id:str}", f"LOT-{OWN}")
         url = url.replace("{file_path:path}", "app.css").replace("{path:str}", "swagger")
         if "{token_id:str}" in url:
@@ -116,38 +119,34 @@ class Matrix:
         if "version" in declared:  # as-of: one of version, recorded_at, occurred_at
             query["version"] = 1
         body: Any = None
+        payload: dict[str, Any] = (
+            {"text": "matrix: please check the source"}
+            if asks
+            else {
+                "toxicity": {
+                    "kind": "CRS",
+                    "observations": {
+                        "temperature": {"value": 38.4, "unit": "C"},
+                        "hypotension": False,
+                        "oxygen": {"device": "none"},
+                    },
+                }
+            }
+        )
         if method == "POST" and path == "/v1/commands":
             body = {
-                "command": "report_toxicity",
+                "command": command,
                 "patient_id": target or OWN,
                 "occurred_at": (T0 + dt.timedelta(days=4)).isoformat(),
                 "idempotency_key": f"matrix-{n}",
-                "payload": {
-                    "toxicity": {
-                        "kind": "CRS",
-                        "observations": {
-                            "temperature": {"value": 38.4, "unit": "C"},
-                            "hypotension": False,
-                            "oxygen": {"device": "none"},
-                        },
-                    }
-                },
+                "payload": payload,
             }
             names_patient = True
         elif method == "POST" and "/commands/" in path:
             body = {
                 "occurred_at": (T0 + dt.timedelta(days=4)).isoformat(),
                 "idempotency_key": f"matrix-{n}",
-                "payload": {
-                    "toxicity": {
-                        "kind": "CRS",
-                        "observations": {
-                            "temperature": {"value": 38.4, "unit": "C"},
-                            "hypotension": False,
-                            "oxygen": {"device": "none"},
-                        },
-                    }
-                },
+                "payload": payload,
             }
         elif method == "POST" and path == "/v1/tokens":
             body = {"actor": f"new.{n}", "role": "monitor"}

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from integration_helpers import T0, Course, envelope, icans, screening
 
 from cart_course.contract import ALL_COMMANDS, parse_command
-from cart_course.demo import cohort
+from cart_course.demo import cohort, query_steps
 from cart_course.errors import InvalidCommandError
 from cart_course.schemas import SCHEMAS, command_schema, envelope_schema
 from cart_course.service import CourseService
@@ -46,6 +46,7 @@ def test_every_schema_is_a_valid_draft_2020_12_schema() -> None:
 
 def test_every_command_of_a_demo_cohort_is_valid_against_its_schema() -> None:
     commands = list(cohort(200, seed=11, sites=True))  # with sites: transfers too (issue 17)
+    commands += query_steps(commands)  # the data queries ``cart-course demo`` adds
     assert {c["command"] for c in commands} == set(ALL_COMMANDS)
     for command in commands:
         assert errors_of(command) == [], command
@@ -107,7 +108,7 @@ VALID: list[dict[str, Any]] = [
 INVALID: list[tuple[str, dict[str, Any]]] = [
     ("unknown envelope key", {**VALID[0], "colour": "red"}),
     ("missing actor", {k: v for k, v in VALID[0].items() if k != "actor"}),
-    ("reader role", {**VALID[0], "actor": {"id": "x", "role": "monitor"}}),
+    ("reader role", {**VALID[0], "actor": {"id": "x", "role": "auditor"}}),
     ("patient id with a space", {**VALID[0], "patient_id": "P 1"}),
     ("clinical time without offset", {**VALID[0], "occurred_at": "2026-01-05T08:00:00"}),
     ("negative expected version", {**VALID[7], "expected_version": -1}),

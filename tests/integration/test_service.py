@@ -16,7 +16,7 @@ from integration_helpers import T0, Course, assessment, crs, envelope, icans, sc
 
 from cart_course.contract import ALL_COMMANDS, parse_command
 from cart_course.course import PatientCourse, stream_id
-from cart_course.demo import cohort, ensure_demo_sites
+from cart_course.demo import cohort, ensure_demo_sites, query_steps
 from cart_course.errors import (
     CartCourseError,
     InvalidCommandError,
@@ -325,6 +325,13 @@ def test_every_command_of_the_contract_records(service: CourseService) -> None:
     service.sites.store().add("S02", "Lyon", "Europe/Paris", created_by="admin")
     run(e, "transfer_site", {"site": "S02"}, reason="closer to home")
     assert service.site_of("E-5") == "S02"
+    # data queries (issue 17): a monitor asks about the screening, the site answers, the monitor
+    # closes and re-opens
+    monitor = {"id": "cra.kim", "role": "monitor"}
+    run(d, "open_query", {"text": "KPS source?", "on_version": 2}, actor=monitor)
+    run(d, "answer_query", {"query_id": "Q-4", "text": "KPS 90 in the chart"})
+    run(d, "close_query", {"query_id": "Q-4"}, actor=monitor)
+    run(d, "reopen_query", {"query_id": "Q-4", "text": "file the chart page"}, actor=monitor)
     assert set(ALL_COMMANDS) <= set(seen), set(ALL_COMMANDS) - set(seen)
     assert service.summary("E-1")["state"] == "ceased"
     assert len(service.summary("E-1")["corrections"]) == 1
@@ -333,7 +340,9 @@ def test_every_command_of_the_contract_records(service: CourseService) -> None:
 
 def test_the_demo_cohort_records_every_command_without_rejection(service: CourseService) -> None:
     ensure_demo_sites(service.sites.store())  # three sites, in three time zones (issue 17)
-    commands = [parse_command(c) for c in cohort(60, seed=3, sites=True)]
+    raw = list(cohort(60, seed=3, sites=True))
+    steps = query_steps(raw)  # the data queries ``cart-course demo`` adds (issue 17)
+    commands = [parse_command(c) for c in sorted(raw + steps, key=lambda c: c["occurred_at"])]
     results = service.execute_batch(commands)
     rejected = [
         (c.patient_id, c.command, r)

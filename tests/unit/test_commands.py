@@ -338,6 +338,7 @@ def test_terminal_state_refuses_infusion_but_follows_up_toxicity() -> None:
         "resolve_toxicity",
         "withdraw",
         "record_death",
+        "transfer_site",
         # the follow-up after the end of treatment (issue 16)
         "record_follow_up",
         "record_missed_visit",
@@ -425,6 +426,7 @@ def test_screen_failure_can_be_rescreened() -> None:
         "rescreen",
         "withdraw",
         "record_death",
+        "transfer_site",
     ]
     bad["kps"] = 90
     p.do("rescreen", {"screening": bad}, on=p.next_day(7))

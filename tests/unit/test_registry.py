@@ -48,7 +48,14 @@ from cart_course.service import CORRECTABLE
 
 def test_the_derived_tables_are_the_protocols() -> None:
     assert ALL_COMMANDS == (*COMMANDS, *SERVICE_COMMANDS) == REGISTRY.names
-    assert SERVICE_COMMANDS == ("correct", "sign")
+    assert SERVICE_COMMANDS == (
+        "correct",
+        "sign",
+        "open_query",
+        "answer_query",
+        "close_query",
+        "reopen_query",
+    )
     assert REGISTRY.reason_required == {
         "cancel_remaining_fractions",
         "discontinue",
@@ -64,6 +71,7 @@ def test_the_derived_tables_are_the_protocols() -> None:
         "infuse_d1",
         "infuse_d2",
         "infuse_d3",
+        "assess_pre_infusion",
         "report_toxicity",
         "assess_response",
         "record_sae_report",  # issue 16: to whom, reference, when sent

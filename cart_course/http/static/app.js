@@ -51,12 +51,15 @@ function sci(n) {
 }
 const pct = (part, whole) => (whole ? Math.round((100 * part) / whole) : null);
 
-/** A dose: "5.5 × 10⁷ cells (98 % of plan)", cells/kg on hover. */
+/** A dose: "5.5 × 10⁷ cells (98 % of plan)"; its cells/kg on hover and, for the keyboard, on
+ *  focus (the dose is a tab stop; the stylesheet shows data-perkg beside it) and as its
+ *  accessible description (title). */
 function dose(delivered, planned, perKg) {
   if (delivered == null) return "–";
   const share = pct(delivered, planned);
   const title = perKg != null ? `${sci(perKg)} cells/kg` : "";
-  return `<span class="dose"${title ? ` title="${esc(title)}"` : ""}>${esc(sci(delivered))} cells${share != null ? ` (${share} % of plan)` : ""}</span>`;
+  const perKgAttrs = title ? ` tabindex="0" title="${esc(title)}" data-perkg="${esc(title)}"` : "";
+  return `<span class="dose"${perKgAttrs}>${esc(sci(delivered))} cells${share != null ? ` (${share} % of plan)` : ""}</span>`;
 }
 
 // The time zone dates are written in: the site's when the server names one (me.site_time_zone,

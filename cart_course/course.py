@@ -47,8 +47,11 @@ EPISODE_COMMANDS = REGISTRY.episode_commands
 #: due) and is not compared with the log by the audit. 2: a move that stays in its state (a
 #: toxicity reported or resolved after the course ended) no longer restates how it ended. 3: each
 #: toxicity report's clinical time is kept in the record's index (a hold is judged on the grade
-#: at a fraction's time).
-REPLAY_RULES = 3
+#: at a fraction's time). 4: the pre-infusion gate keeps every temperature above its limit
+#: with its clinical time (``PatientRecord.pre_infusion_temperatures``; a hold keeps the
+#: temperature it failed on), so a history with a fever assessed replays into a record a
+#: snapshot of rules 3 lacks.
+REPLAY_RULES = 4
 
 
 def genesis_hash(patient_id: str) -> str:

@@ -502,8 +502,8 @@ def _child_icans_capd(p: _Patient, rng: random.Random) -> None:
 
 def _gate_held_d2(p: _Patient, rng: random.Random) -> None:
     """D1, then D2 held by the pre-infusion gate for fever the next morning (no CRS episode: the
-    fever is graded as nothing yet), and given the day after, afebrile (a day late: a documented
-    schedule deviation)."""
+    fever is graded as nothing yet), and given the day after, afebrile (a day late, the fever
+    still within 48 h: a documented deviation), D3 once the fever is older than 48 h."""
     p.infusion(1, days=14)
     p.cmd(
         "assess_pre_infusion",
@@ -512,9 +512,11 @@ def _gate_held_d2(p: _Patient, rng: random.Random) -> None:
         days=1,
         hours=-1,
     )
+    # D2 the next day: the fever is within the 48 h before it, so D2 is given with a reason
     p.infusion(2, days=1, deviation="D2 held one day by the pre-infusion gate (fever 38.6 C)")
     p.commands[-1]["payload"]["pre_infusion"] = pre_infusion(37.2)
-    p.infusion(3)
+    # D3 the day after, an hour later: the fever is then more than 48 h old
+    p.infusion(3, days=1 + 1 / 24)
     p.commands[-1]["payload"]["pre_infusion"] = pre_infusion(36.9)
     p.assess(rng.choice(["CR", "CRi"]))
     p.cmd("cease", reason="CR after the first course", actor=CLINICIAN, days=1)

@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from . import dosing
+from . import dosing, pre_infusion
 from .building_blocks import check_resolution_time, no_context
 from .errors import ContextInputError, ProtocolInputError, key_name
 from .machine import DryRun, Probe, RuleFailure, schedule_problem
@@ -205,6 +205,12 @@ def prepare(
     context = registry.contexts.get(trigger, no_context)(record)
     if trigger in INFUSION_TRIGGERS and record.toxicities:
         context = _with_holds_open_then(record, context, occurred_at, version)
+    if record.pre_infusion_temperatures and (
+        trigger in INFUSION_TRIGGERS or trigger == Trigger.ASSESS_PRE_INFUSION
+    ):
+        # the pre-infusion gate (issue 20): temperatures above the limit on record within the
+        # window before this move's clinical time
+        context = pre_infusion.with_window(record, context, occurred_at, version.params)
     _check_payload_keys(spec, payload, registry)
     seed: dict[str, Any] = {}
     try:

@@ -24,7 +24,7 @@ from transitions.core import Condition, EventData, Transition
 from . import dosing, product
 from .eligibility import eligibility_failures, evaluate_eligibility, parse_screening
 from .parameters import ProtocolParameters
-from .pre_infusion import NEXT_DAY, gate_problems
+from .pre_infusion import NEXT_DAY, WINDOW_FACT, gate_problems
 from .response import check_clinician_response, classify_response, parse_response_assessment
 from .states import FOLLOW_UP, INFUSED, NON_TERMINAL, ON_TREATMENT, State, Trigger
 from .toxicity import ToxicityGrade, grade_toxicity, parse_toxicity_report
@@ -445,7 +445,11 @@ def pre_infusion_criteria_met(p: Probe) -> bool:
     facts = p.facts
     if p.hypothetical and "pre_infusion" not in facts:  # payload unknown
         return True
-    if "pre_infusion" not in facts and "pre_infusion_hold" not in facts:
+    if (
+        "pre_infusion" not in facts
+        and "pre_infusion_hold" not in facts
+        and WINDOW_FACT not in facts
+    ):
         required = p.params.pre_infusion_required_days
         if not required or facts.get("day") not in required:  # the common case: nothing to judge
             return True

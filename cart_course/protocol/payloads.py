@@ -489,13 +489,21 @@ class GateTemperaturePayload(_Payload, frozen=True):
     unit: Literal["C", "F"]
 
 
+#: A room-air SpO2 the gate reads, in %: 50 to 100 (below 50 % is an input error, most often a
+#: fraction typed as a percent: ``pre_infusion.SPO2_PLAUSIBLE_MIN_PCT``).
+GateSpo2: TypeAlias = (
+    Annotated[int, Meta(ge=50, le=100)] | Annotated[float, Meta(ge=50.0, le=100.0)]
+)
+
+
 class PreInfusionPayload(_Payload, frozen=True):
     """What the pre-infusion gate reads: the highest temperature in the last 48 h (the
-    protocol's window) with its unit (plausible 30-45 C / 86-113 F), room-air SpO2 in %,
-    vasopressors in use, an uncontrolled active infection."""
+    protocol's window) with its unit (plausible 30-45 C / 86-113 F), room-air SpO2 in %
+    (plausible 50-100: send 95, not 0.95), vasopressors in use, an uncontrolled active
+    infection."""
 
     highest_temperature: GateTemperaturePayload
-    spo2_room_air_pct: Percent
+    spo2_room_air_pct: GateSpo2
     vasopressors: bool
     uncontrolled_active_infection: bool
 

@@ -46,8 +46,18 @@ KEYS: Final = (
 #: A plausible body temperature for the gate's observation (issue 20: outside it the value or
 #: its unit is wrong): 30 to 45 C, 86 to 113 F.
 TEMPERATURE_RANGE: Final[dict[str, tuple[float, float]]] = {"C": (30.0, 45.0), "F": (86.0, 113.0)}
-#: The gate's criteria, in the order they are judged and named.
-CRITERIA: Final = ("temperature", "spo2", "vasopressors", "infection")
+#: The lowest plausible room-air SpO2 (%) of the gate's observation: below it the value is an
+#: input error, not a patient to hold (``0.95`` is a fraction typed as a percent: send ``95``).
+#: An assumption documented in ``docs/protocol.md``; it is not judged again on stored events.
+SPO2_PLAUSIBLE_MIN_PCT: Final = 50.0
+#: The gate's criteria, in the order they are judged and named (``temperature_on_record``: a
+#: temperature above the limit recorded by an earlier assessment or fraction within the window).
+CRITERIA: Final = ("temperature", "temperature_on_record", "spo2", "vasopressors", "infection")
+#: The fact a gated move carries when temperatures above the limit are on record within the
+#: window before its clinical time: ``{"judged_at": <the move's clinical time>,
+#: "temperatures": [{"value", "unit", "occurred_at", "version"}, ...]}`` (absent otherwise: the
+#: facts of a move with nothing on record keep their form).
+WINDOW_FACT: Final = "pre_infusion_window"
 #: The state in which each fraction is the next one.
 NEXT_DAY: Final[dict[str, int]] = {
     State.APHERESED.value: 1,
@@ -94,7 +104,7 @@ def _temperature_problem(value: Any, unit: Any, field: str) -> ProtocolInputErro
 def _observations_of(p: PreInfusionPayload) -> PreInfusionObservations | None:
     t = p.highest_temperature
     lo, hi = TEMPERATURE_RANGE[t.unit]
-    if not lo <= t.value <= hi:
+    if not lo <= t.value <= hi or p.spo2_room_air_pct < SPO2_PLAUSIBLE_MIN_PCT:
         return None
     return PreInfusionObservations(
         highest_temperature=Temperature(value=t.value, unit=t.unit),
@@ -104,9 +114,28 @@ def _observations_of(p: PreInfusionPayload) -> PreInfusionObservations | None:
     )
 
 
-def parse_pre_infusion(data: Any, field: str = "payload.pre_infusion") -> PreInfusionObservations:
+def _spo2_floor_problem(spo2: float, field: str) -> ProtocolInputError:
+    floor = f"{SPO2_PLAUSIBLE_MIN_PCT:g}"
+    if 0 < spo2 <= 1:
+        hint = (
+            f"{spo2:g} looks like a fraction; send {round(spo2 * 100, 1):g} (a percentage, "
+            f"{floor} to 100)"
+        )
+    else:
+        hint = (
+            f"{spo2:g} % is below {floor} %, not a plausible room-air SpO2 of a patient "
+            "assessed for an infusion: check the value (a percentage, "
+            f"{floor} to 100; a fraction such as 0.95 is sent as 95)"
+        )
+    return ProtocolInputError(f"{field}.spo2_room_air_pct", hint)
+
+
+def parse_pre_infusion(
+    data: Any, field: str = "payload.pre_infusion", *, plausible: bool = True
+) -> PreInfusionObservations:
     """The gate's observations, validated; one error naming every invalid field.
-    ``parse_pre_infusion(o.to_json()) == o``."""
+    ``parse_pre_infusion(o.to_json()) == o``. ``plausible=False`` (the facts of a recorded
+    event, judged again): the SpO2 plausibility floor, an input check, is not applied."""
     payload = convert(data, PreInfusionPayload, (("highest_temperature",),))
     if payload is not None:
         observations = _observations_of(payload)
@@ -171,9 +200,17 @@ def parse_pre_infusion(data: Any, field: str = "payload.pre_infusion") -> PreInf
         p.add(
             ProtocolInputError(
                 f"{field}.spo2_room_air_pct",
-                f"room-air SpO2 is a percentage from 0 to 100 (%), got {show_number(spo2)}",
+                f"room-air SpO2 is a percentage from 0 to 100 (%; below "
+                f"{SPO2_PLAUSIBLE_MIN_PCT:g} % is not plausible), got {show_number(spo2)}",
             )
         )
+    elif (
+        plausible
+        and isinstance(spo2, int | float)
+        and not isinstance(spo2, bool)
+        and spo2 < SPO2_PLAUSIBLE_MIN_PCT
+    ):
+        p.add(_spo2_floor_problem(float(spo2), field))
     for key in ("vasopressors", "uncontrolled_active_infection"):
         if key in data and not isinstance(data[key], bool):
             p.add(ProtocolInputError(f"{field}.{key}", f"must be true or false, got {data[key]!r}"))
@@ -238,15 +275,78 @@ def judge(obs: PreInfusionObservations, params: ProtocolParameters) -> list[Fail
     return failed
 
 
+def _clinical_time(text: Any) -> dt.datetime | None:
+    """A recorded clinical time (ISO 8601); a time without an offset is read as UTC."""
+    if not isinstance(text, str):
+        return None
+    try:
+        at = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else at.replace(tzinfo=dt.UTC)
+
+
+def _above_limit(t: Mapping[str, Any], params: ProtocolParameters) -> bool:
+    value, unit = t.get("value"), t.get("unit")
+    if isinstance(value, bool) or not isinstance(value, int | float) or unit not in ("C", "F"):
+        return False
+    return bool(value > _limit_in(str(unit), params.pre_infusion_max_temperature_c))
+
+
+def in_window(
+    temperatures: Any, judged_at: dt.datetime, params: ProtocolParameters
+) -> list[dict[str, Any]]:
+    """The temperatures above the limit whose clinical time lies within the window before
+    ``judged_at`` (``judged_at - window <= time <= judged_at``; both ends counted)."""
+    if not isinstance(temperatures, list | tuple):
+        return []
+    start = judged_at - dt.timedelta(hours=params.pre_infusion_temperature_window_hours)
+    kept = []
+    for t in temperatures:
+        if not isinstance(t, Mapping) or not _above_limit(t, params):
+            continue
+        at = _clinical_time(t.get("occurred_at"))
+        if at is not None and start <= at <= judged_at:
+            kept.append(dict(t))
+    return kept
+
+
+def window_failures(facts: Mapping[str, Any], params: ProtocolParameters) -> list[Failure]:
+    """The temperatures above the limit on record within the window before the judged move's
+    clinical time (the fact :data:`WINDOW_FACT`; none when it is absent: an older event)."""
+    window = facts.get(WINDOW_FACT)
+    if not isinstance(window, Mapping):
+        return []
+    judged_at = _clinical_time(window.get("judged_at"))
+    if judged_at is None:
+        return []
+    fevers = in_window(window.get("temperatures"), judged_at, params)
+    if not fevers:
+        return []
+    hours = params.pre_infusion_temperature_window_hours
+    limit = params.pre_infusion_max_temperature_c
+    seen = "; ".join(f"{t['value']:g} {t['unit']} at {t['occurred_at']}" for t in fevers)
+    return [
+        Failure(
+            criterion="temperature_on_record",
+            message=f"a temperature above {limit:g} C is on record within the {hours} h before "
+            f"{window.get('judged_at')} ({seen}): a lower maximum given since does not erase it",
+        )
+    ]
+
+
 def gate_failures(facts: Mapping[str, Any], params: ProtocolParameters) -> list[Failure]:
     """Why the gate refuses this fraction (empty: it does not). Reads the fraction's ``day``, its
-    observations (``pre_infusion``, when sent), and the hold a bedside assessment recorded for it
-    (``pre_infusion_hold``): the fraction's own observations, when sent, are judged instead."""
+    observations (``pre_infusion``, when sent), the hold a bedside assessment recorded for it
+    (``pre_infusion_hold``: the fraction's own observations, when sent, are judged instead), and
+    the temperatures above the limit on record within the window before it
+    (:data:`WINDOW_FACT`: every one of them counts, whatever was observed since)."""
     day = facts.get("day")
     judged = params.pre_infusion_gate_days
     required = params.pre_infusion_required_days
     if day not in judged and day not in required:
         return []
+    on_record = window_failures(facts, params)
     raw = facts.get("pre_infusion")
     if raw is None:
         hold = facts.get("pre_infusion_hold")
@@ -258,7 +358,8 @@ def gate_failures(facts: Mapping[str, Any], params: ProtocolParameters) -> list[
                     f"{hold.get('occurred_at')} ({'; '.join(map(str, hold.get('failed', ())))}): "
                     "re-assess (assess_pre_infusion), or give the fraction with observations "
                     "that meet the gate",
-                )
+                ),
+                *on_record,
             ]
         if day in required:
             return [
@@ -268,10 +369,12 @@ def gate_failures(facts: Mapping[str, Any], params: ProtocolParameters) -> list[
                     f"before D{day} (highest temperature in the last "
                     f"{params.pre_infusion_temperature_window_hours} h, room-air SpO2, "
                     "vasopressors, uncontrolled active infection): give them as pre_infusion",
-                )
+                ),
+                *on_record,
             ]
-        return []
-    return judge(parse_pre_infusion(raw), params)
+        return on_record
+    failed = judge(parse_pre_infusion(raw, plausible=False), params) + on_record
+    return sorted(failed, key=lambda f: CRITERIA.index(f.criterion))
 
 
 def gate_problems(facts: Mapping[str, Any], params: ProtocolParameters) -> list[str]:
@@ -306,6 +409,24 @@ def with_gate_hold(
         return facts
 
     return build
+
+
+def with_window(
+    record: PatientRecord,
+    context: dict[str, Any],
+    occurred_at: dt.datetime,
+    params: ProtocolParameters,
+) -> dict[str, Any]:
+    """A gated move's context with the temperatures above the limit on record within the window
+    before its clinical time (:data:`WINDOW_FACT`), when there are any: recorded with the move,
+    so the audit's re-check judges what the decision judged."""
+    if not record.pre_infusion_temperatures:
+        return context
+    at = occurred_at if occurred_at.tzinfo is not None else occurred_at.replace(tzinfo=dt.UTC)
+    fevers = in_window(record.pre_infusion_temperatures, at, params)
+    if not fevers:
+        return context
+    return {**context, WINDOW_FACT: {"judged_at": occurred_at.isoformat(), "temperatures": fevers}}
 
 
 def ctx_assessment(record: PatientRecord) -> dict[str, Any]:
@@ -419,7 +540,7 @@ def with_gate_outcome(
         trigger: str, facts: Mapping[str, Any], probe: Any, params: ProtocolParameters
     ) -> dict[str, Any]:
         out = outcome(trigger, facts, probe, params)
-        if "pre_infusion" in facts or "pre_infusion_hold" in facts:
+        if "pre_infusion" in facts or "pre_infusion_hold" in facts or WINDOW_FACT in facts:
             out["pre_infusion_gate"] = verdict(facts, params)
         return out
 

@@ -111,8 +111,15 @@ class PatientRecord:
     death: dict[str, Any] | None = None
     #: The pre-infusion gate (issue 20): the hold a bedside assessment recorded for the next
     #: fraction ({"day", "course_number", "version", "occurred_at", "failed"}); None: no hold.
-    #: Lifted by an assessment that meets the gate, or by the fraction given.
+    #: Lifted by an assessment that meets the gate, or by the fraction given. A hold for a
+    #: temperature keeps it and its clinical time ("temperature": {"value", "unit",
+    #: "occurred_at"}).
     pre_infusion_hold: dict[str, Any] | None = None
+    #: The temperatures above the gate's limit observed by an assessment or sent with a
+    #: fraction ({"value", "unit", "occurred_at", "version"}, in the order recorded): the gate
+    #: judging a later move counts every one within the window before its clinical time, so a
+    #: lower maximum given later does not erase them.
+    pre_infusion_temperatures: list[dict[str, Any]] = attrs.Factory(list)
     #: Data queries (issue 17), by id (``Q-<version>``): status, what they are about, each step
     #: (``protocol/queries.py``). Never read by the protocol's rules.
     queries: dict[str, dict[str, Any]] = attrs.Factory(dict)
@@ -418,6 +425,9 @@ def _apply_effect(
         )
         course.fractions.append(fraction)
         record.pre_infusion_hold = None  # the fraction was given: no hold is left for it
+        gate = outcome.get("pre_infusion_gate")
+        if isinstance(gate, dict) and "temperature" in gate.get("failed_criteria", ()):
+            _keep_temperature(record, facts, occurred_at, version)  # given anyway (a reason)
         for text in fraction.deviations:
             record.deviations.append(
                 {
@@ -460,20 +470,83 @@ def _apply_effect(
         _AFTER_COURSE[trigger](record, facts, outcome, occurred_at, version)
     elif trigger == Trigger.ASSESS_PRE_INFUSION:
         # the gate's verdict on the next fraction (issue 20): held, or fit (the hold lifted)
-        record.pre_infusion_hold = _hold_of(outcome, version, occurred_at)
+        failed_criteria = outcome.get("failed_criteria", ())
+        fever = (
+            _keep_temperature(record, facts, occurred_at, version)
+            if "temperature" in failed_criteria
+            else None
+        )
+        record.pre_infusion_hold = _hold_of(outcome, version, occurred_at, fever, facts)
 
 
-def _hold_of(outcome: dict[str, Any], version: int, occurred_at: str) -> dict[str, Any] | None:
-    """The hold a bedside assessment's outcome puts on the next fraction (None: fit)."""
+def _hold_of(
+    outcome: dict[str, Any],
+    version: int,
+    occurred_at: str,
+    fever: dict[str, Any] | None = None,
+    facts: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """The hold a bedside assessment's outcome puts on the next fraction (None: fit). A hold
+    for a temperature keeps it and its clinical time: the assessment's own (``fever``), or
+    the latest one on record within the window (``temperature_on_record``)."""
     if not outcome.get("held"):
         return None
+    if fever is None and "temperature_on_record" in outcome.get("failed_criteria", ()):
+        window = (facts or {}).get("pre_infusion_window") or {}
+        on_record = [t for t in window.get("temperatures") or () if isinstance(t, dict)]
+        if on_record:
+            fever = max(on_record, key=lambda t: str(t.get("occurred_at") or ""))
     return {
         "day": outcome.get("day"),
         "course_number": outcome.get("course_number"),
         "version": version,
         "occurred_at": occurred_at,
         "failed": list(outcome.get("failed", ())),
+        **(
+            {"temperature": {k: fever.get(k) for k in ("value", "unit", "occurred_at")}}
+            if fever is not None
+            else {}
+        ),
     }
+
+
+def _recorrect_temperature(
+    record: PatientRecord,
+    corrects: int,
+    facts: dict[str, Any],
+    failed_criteria: Any,
+    occurred_at: Any,
+) -> dict[str, Any] | None:
+    """A corrected assessment or fraction: the temperature kept for the gate from the corrected
+    event (issue 20) is the corrected one, kept when it is above the limit, dropped when not;
+    with the corrected event's own clinical time."""
+    kept = [t for t in record.pre_infusion_temperatures if t.get("version") == corrects]
+    record.pre_infusion_temperatures = [
+        t for t in record.pre_infusion_temperatures if t.get("version") != corrects
+    ]
+    if "temperature" not in failed_criteria:
+        return None
+    at = kept[0].get("occurred_at") if kept else occurred_at
+    return _keep_temperature(record, facts, str(at), corrects)
+
+
+def _keep_temperature(
+    record: PatientRecord, facts: dict[str, Any], occurred_at: str, version: int
+) -> dict[str, Any] | None:
+    """Keep a temperature above the gate's limit (the observations' highest temperature) with
+    the clinical time of the move that observed it (issue 20)."""
+    observations = facts.get("pre_infusion")
+    t = observations.get("highest_temperature") if isinstance(observations, dict) else None
+    if not isinstance(t, dict):
+        return None
+    kept = {
+        "value": t.get("value"),
+        "unit": t.get("unit"),
+        "occurred_at": occurred_at,
+        "version": version,
+    }
+    record.pre_infusion_temperatures.append(kept)
+    return kept
 
 
 def _report_toxicity(
@@ -750,6 +823,14 @@ def apply_correction(
         for course in record.courses:
             for f in course.fractions:
                 if f.version == corrects:
+                    gate = outcome.get("pre_infusion_gate")
+                    _recorrect_temperature(
+                        record,
+                        corrects,
+                        facts,
+                        gate.get("failed_criteria", ()) if isinstance(gate, dict) else (),
+                        f.occurred_at,
+                    )
                     f.cells = outcome["cells"]
                     f.dose = facts["dose"]
                     f.given_on = facts["infusion_date"]
@@ -770,10 +851,17 @@ def apply_correction(
         _correct_adverse_event(record, corrects, outcome)
     elif trigger == Trigger.RECORD_SAE_REPORT:
         _correct_sae_report(record, corrects, facts)
-    elif trigger == Trigger.ASSESS_PRE_INFUSION and outcome.get("operative"):
-        # a corrected bedside assessment the next fraction still waits on: the hold (issue 20)
-        # follows the corrected observations (held, or lifted)
-        record.pre_infusion_hold = _hold_of(outcome, corrects, str(outcome.get("occurred_at")))
+    elif trigger == Trigger.ASSESS_PRE_INFUSION:
+        # the temperature kept for the gate follows the corrected observations (issue 20)
+        fever = _recorrect_temperature(
+            record, corrects, facts, outcome.get("failed_criteria", ()), outcome.get("occurred_at")
+        )
+        if outcome.get("operative"):
+            # a corrected bedside assessment the next fraction still waits on: the hold
+            # follows the corrected observations (held, or lifted)
+            record.pre_infusion_hold = _hold_of(
+                outcome, corrects, str(outcome.get("occurred_at")), fever, facts
+            )
     elif trigger == Trigger.ASSESS_RESPONSE:
         number = record.index.get(corrects, {}).get("course")
         for course in record.courses:

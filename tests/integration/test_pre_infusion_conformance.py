@@ -133,3 +133,87 @@ def test_after_the_amendment_new_fractions_need_observations_and_old_ones_keep_t
     ]
     assert versions[-2:] == [("infuse_d1", "1.0"), ("infuse_d2", "1.1")]
     assert check_history("A-1", patient_events(memory_service.log, "A-1")).ok
+
+
+def test_a_fever_on_record_is_carried_by_the_fraction_and_judged_again_by_the_audit(
+    memory_service: CourseService,
+) -> None:
+    """A morning fever (38.9 C) and an afternoon "highest in the last 48 h: 37.0 C": the service
+    refuses D2 that afternoon, records it given with a reason as a deviation carrying the fever
+    on record (``pre_infusion_window``), and the audit's re-check judges the stored facts the
+    same way (conforms with the reason; refused once the reason is taken away)."""
+    import random
+
+    from cart_course.demo import CLINICIAN, eligible_screening, pre_infusion
+
+    day0 = dt.datetime(2026, 2, 2, 9, tzinfo=dt.UTC)
+    n = iter(range(100))
+
+    def cmd(command: str, payload: dict[str, Any], at: dt.datetime) -> dict[str, Any]:
+        return {
+            "command": command,
+            "patient_id": "P-FEVER",
+            "occurred_at": at.isoformat(),
+            "actor": CLINICIAN,
+            "reason": None,
+            "idempotency_key": f"fever-{next(n)}",
+            "payload": payload,
+        }
+
+    d1_at = day0 + dt.timedelta(days=16)
+    morning = d1_at + dt.timedelta(hours=23)
+    afternoon = morning + dt.timedelta(hours=6)
+    d2 = {"day": 2, "cells": {"value": 2.1e7, "unit": "cells"}, "pre_infusion": pre_infusion(37.0)}
+    record(
+        memory_service,
+        [
+            cmd("screen", {"screening": eligible_screening(random.Random(3))}, day0),
+            cmd("record_apheresis", {"apheresis_contraindication": False}, day0 + dt.timedelta(2)),
+            cmd(
+                "give_infusion",
+                {
+                    "day": 1,
+                    "cells": {"value": 7e6, "unit": "cells"},
+                    "weight": {"value": 70, "unit": "kg"},
+                },
+                d1_at,
+            ),
+            cmd("assess_pre_infusion", {"day": 2, "pre_infusion": pre_infusion(38.9)}, morning),
+            cmd("assess_pre_infusion", {"day": 2, "pre_infusion": pre_infusion(37.0)}, afternoon),
+        ],
+    )
+    refused = memory_service.execute_batch([parse_command(cmd("give_infusion", d2, afternoon))])
+    assert type(refused[0]).__name__ == "MoveRefused", refused
+    assert "a lower maximum given since does not erase it" in str(refused[0])
+    record(
+        memory_service,
+        [
+            cmd(
+                "give_infusion",
+                {**d2, "deviation_reason": "investigator: fever from a treated line infection"},
+                afternoon,
+            )
+        ],
+    )
+    events = patient_events(memory_service.log, "P-FEVER")
+    given = [e for e in events if e.get("trigger") == "infuse_d2"]
+    assert len(given) == 1
+    window = given[0].get("facts")["pre_infusion_window"]
+    assert window["judged_at"] == afternoon.isoformat()
+    assert [t["value"] for t in window["temperatures"]] == [38.9]
+    assert given[0].get("outcome")["pre_infusion_gate"]["failed_criteria"] == [
+        "temperature_on_record"
+    ]
+    own = Conformance()
+    check_history("P-FEVER", events, result=own)
+    assert not [f for f in own.findings if "pre_infusion_criteria_met" in f.rules]
+    # the same stored facts without the reason: the re-check refuses the fraction
+    for e in given:
+        e.data = {
+            **e.data,
+            "facts": {k: v for k, v in e.data["facts"].items() if k != "deviation_reason"},
+        }
+    again = Conformance()
+    check_history("P-FEVER", events, result=again)
+    gate = [f for f in again.findings if "pre_infusion_criteria_met" in f.rules]
+    assert gate and "on record within the 48 h" in gate[0].message

@@ -176,3 +176,47 @@ def test_a_bad_corrected_observation_names_the_field_and_records_nothing(
         p.do("correct", {"corrects": 5, "changes": {"pre_infusion": observations}}, reason=FIX)
     assert bad.value.to_json()["field"].startswith(field)
     assert service.record("H-5").version == 5
+
+
+def test_the_temperature_kept_for_the_window_follows_a_corrected_assessment(
+    store: tuple[CourseService, Views],
+) -> None:
+    """An assessment corrected to a fever keeps that fever, at the assessment's clinical time,
+    for the gate's 48-h window (a later passing re-assessment stays a hold); corrected back,
+    the fever is gone and a re-assessment lifts the hold."""
+    service, _ = store
+    p = _after_d1(service, "H-4")
+    fit = p.do("assess_pre_infusion", {"day": 2, "pre_infusion": pre_infusion(37.1)}, actor=NURSE)
+    assessed_at = service.record("H-4").last_occurred_at
+    assert service.record("H-4").pre_infusion_temperatures == []
+    p.do(
+        "correct",
+        {"corrects": fit.version, "changes": {"pre_infusion": pre_infusion(38.6)}},
+        reason=FIX,
+    )
+    kept = service.record("H-4").pre_infusion_temperatures
+    assert kept == [{"value": 38.6, "unit": "C", "occurred_at": assessed_at, "version": 5}]
+    again = p.do(
+        "assess_pre_infusion",
+        {"day": 2, "pre_infusion": pre_infusion(37.0)},
+        actor=NURSE,
+        hours=3,
+    )
+    assert again.outcome["held"] is True
+    assert again.outcome["failed_criteria"] == ["temperature_on_record"]
+    hold = service.record("H-4").pre_infusion_hold
+    assert hold is not None and hold["temperature"]["value"] == 38.6
+    p.do(
+        "correct",
+        {"corrects": fit.version, "changes": {"pre_infusion": pre_infusion(37.2)}},
+        reason=FIX,
+    )
+    assert service.record("H-4").pre_infusion_temperatures == []
+    lifted = p.do(
+        "assess_pre_infusion",
+        {"day": 2, "pre_infusion": pre_infusion(37.0)},
+        actor=NURSE,
+        hours=1,
+    )
+    assert lifted.outcome["held"] is False
+    assert service.record("H-4").pre_infusion_hold is None

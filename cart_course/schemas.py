@@ -349,6 +349,7 @@ def payload_defs() -> dict[str, Schema]:
         )
     defs["OtherReportPayload"]["required"] = ["kind", "term", *explicit]
     other_props = defs["OtherReportPayload"]["properties"]  # its term is required: not null
+    other_props["scale"] = {"enum": ["CTCAE"]}  # ASTCT grades only CRS and ICANS
     other_props["term"] = next(b for b in other_props["term"]["anyOf"] if b.get("type") != "null")
     _add_rules(defs["OtherReportPayload"], scale_versions)
 

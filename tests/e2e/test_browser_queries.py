@@ -33,15 +33,15 @@ def _login(page, server: Server, role: str) -> None:  # type: ignore[no-untyped-
     page.click("#login-form button")
     page.wait_for_selector("#board tbody tr")
     page.goto(f"{server.url}/#/patient/{PATIENT}")
-    page.wait_for_selector("#queries-panel .q-summary")
+    page.wait_for_selector("#queries .q-summary")
 
 
 def _status(page, qid: str) -> str:  # type: ignore[no-untyped-def]
-    return page.locator(f"#queries-panel tr[data-query='{qid}'] .q-status").text_content() or ""
+    return page.locator(f"#queries tr[data-query='{qid}'] .q-status").text_content() or ""
 
 
 def _wait_status(page, qid: str, status: str) -> None:  # type: ignore[no-untyped-def]
-    page.wait_for_selector(f"#queries-panel tr[data-query='{qid}'][data-status='{status}']")
+    page.wait_for_selector(f"#queries tr[data-query='{qid}'][data-status='{status}']")
 
 
 def test_the_query_workflow_in_the_dashboard(server: Server) -> None:
@@ -56,63 +56,61 @@ def test_the_query_workflow_in_the_dashboard(server: Server) -> None:
         try:
             _login(page, server, "monitor")
             before = {
-                r.get_attribute("data-query")
-                for r in page.locator("#queries-panel tr[data-query]").all()
+                r.get_attribute("data-query") for r in page.locator("#queries tr[data-query]").all()
             }
             # the site's answer form is not offered to a monitor
-            assert page.locator("#queries-panel form.q-answer").count() == 0
+            assert page.locator("#queries form.q-answer").count() == 0
             # a field path the screening does not have: refused on the page, nothing recorded
-            form = page.locator("#queries-panel form.q-open")
+            form = page.locator("#queries form.q-open")
             form.locator("input[name=text]").fill("KPS: the source says 80")
             form.locator("input[name=on_version]").fill("2")
             form.locator("input[name=field]").fill("payload.kps")
             form.locator("button").click()
             page.wait_for_function(
-                "() => document.querySelector('#queries-panel .q-error').textContent.length > 0"
+                "() => document.querySelector('#queries .q-error').textContent.length > 0"
             )
-            error = page.locator("#queries-panel .q-error").text_content() or ""
+            error = page.locator("#queries .q-error").text_content() or ""
             assert "is not a field of version 2" in error and "payload.screening.kps" in error
             page.screenshot(path=str(ARTIFACTS / "queries-bad-field.png"), full_page=True)
             # the right path: the query opens
-            form = page.locator("#queries-panel form.q-open")
+            form = page.locator("#queries form.q-open")
             form.locator("input[name=text]").fill("KPS: the source says 80")
             form.locator("input[name=on_version]").fill("2")
             form.locator("input[name=field]").fill("payload.screening.kps")
             form.locator("button").click()
             page.wait_for_function(
-                "(n) => document.querySelectorAll('#queries-panel tr[data-query]').length > n",
+                "(n) => document.querySelectorAll('#queries tr[data-query]').length > n",
                 arg=len(before),
             )
             (qid,) = {
-                r.get_attribute("data-query")
-                for r in page.locator("#queries-panel tr[data-query]").all()
+                r.get_attribute("data-query") for r in page.locator("#queries tr[data-query]").all()
             } - before
             assert qid is not None and _status(page, qid) == "open"
-            row = page.locator(f"#queries-panel tr[data-query='{qid}']")
+            row = page.locator(f"#queries tr[data-query='{qid}']")
             assert "KPS: the source says 80" in (row.text_content() or "")
             assert "payload.screening.kps" in (row.text_content() or "")
             page.screenshot(path=str(ARTIFACTS / "queries-opened.png"), full_page=True)
 
             # the site answers
             _login(page, server, "clinician")
-            assert page.locator("#queries-panel form.q-open").count() == 0
-            answer = page.locator(f"#queries-panel form.q-answer[data-query='{qid}']")
+            assert page.locator("#queries form.q-open").count() == 0
+            answer = page.locator(f"#queries form.q-answer[data-query='{qid}']")
             answer.locator("input[name=text]").fill("KPS 90 at screening; the source was re-read")
             answer.locator("button").click()
             _wait_status(page, qid, "answered")
-            row = page.locator(f"#queries-panel tr[data-query='{qid}']")
+            row = page.locator(f"#queries tr[data-query='{qid}']")
             assert "answer: KPS 90 at screening" in (row.text_content() or "")
             page.screenshot(path=str(ARTIFACTS / "queries-answered.png"), full_page=True)
 
             # the monitor closes it, then re-opens it
             _login(page, server, "monitor")
-            page.locator(f"#queries-panel form.q-close[data-query='{qid}'] button").click()
+            page.locator(f"#queries form.q-close[data-query='{qid}'] button").click()
             _wait_status(page, qid, "closed")
-            reopen = page.locator(f"#queries-panel form.q-reopen[data-query='{qid}']")
+            reopen = page.locator(f"#queries form.q-reopen[data-query='{qid}']")
             reopen.locator("input[name=text]").fill("please file the KPS form")
             reopen.locator("button").click()
             _wait_status(page, qid, "reopened")
-            row = page.locator(f"#queries-panel tr[data-query='{qid}']")
+            row = page.locator(f"#queries tr[data-query='{qid}']")
             row.locator("summary").click()
             steps = row.locator("li").all_text_contents()
             assert [s.split(" by ")[0].split(" ", 1)[1] for s in steps] == [

@@ -23,10 +23,13 @@ def test_export_commands_end_to_end(tmp_path: Path) -> None:
     done = run(db, "export", "sdtm", "--out", str(out), "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
-    assert summary["records"]["DM"] == 12 and summary["findings"] == []
+    assert summary["records"]["DM"] == 12
+    # only notes that a text was transliterated to ASCII (XPT v5): the demo's deviations say
+    # "tolerance is ±20%" (issue 17's corrections beyond the tolerance)
+    assert all(f["level"] == "note" and f["rule"] == "ASCII" for f in summary["findings"])
     assert (out / "dm.xpt").exists() and (out / "define.xml").exists()
     check = run(db, "export", "check", str(out))
-    assert check.returncode == 0 and "0 findings (0 errors)" in check.stderr
+    assert check.returncode == 0 and "(0 errors)" in check.stderr
     again = run(db, "export", "sdtm", "--out", str(out))
     assert again.returncode == 2 and "not empty: give --force" in again.stderr
     forced = run(db, "export", "sdtm", "--out", str(out), "--force", "--format", "dataset-json")

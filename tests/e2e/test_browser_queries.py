@@ -121,6 +121,15 @@ def test_the_query_workflow_in_the_dashboard(server: Server) -> None:
             ]
             assert "by monitor.demo" in steps[0] or "monitor" in steps[0]
             page.screenshot(path=str(ARTIFACTS / "queries-reopened.png"), full_page=True)
+            # the patient's timeline says each step in words (reloaded: the page as a monitor
+            # finds it later)
+            page.goto(f"{server.url}/#/patient/{PATIENT}")
+            page.reload()
+            page.wait_for_selector("#timeline tbody tr")
+            timeline = page.locator("#timeline tbody").text_content() or ""
+            for words in ("Data query opened", "Data query answered", "Data query closed"):
+                assert words in timeline, words
+            assert f"query {qid} on event" in timeline and "KPS: the source says 80" in timeline
             assert errors == []
         finally:
             browser.close()

@@ -621,6 +621,13 @@ function timelineRow(e) {
   else if (e.type === "FactCorrected") {
     what = L.done("correct");
     details = `corrects event ${esc(e.corrects)} (${esc(L.done(e.trigger))}): ${facts(e.changes)}`;
+  } else if (/^Query(Opened|Answered|Closed|Reopened)$/.test(e.type || "")) {
+    // a step of a data query (issue 17): the query, what it is about, its text
+    what = L.done(e.command);
+    const about = e.on_version ? ` on event ${esc(e.on_version)}${e.field ? ` <code>${esc(e.field)}</code>` : ""}` : "";
+    const by = e.rule ? ` <span class="small">(query rule ${esc(e.rule)})</span>` : "";
+    const fix = e.correction ? `; see correction, event ${esc(e.correction)}` : "";
+    details = `query ${esc(e.query_id)}${about}${e.text ? `: ${esc(e.text)}` : ""}${fix}${by}`;
   } else if (e.type === "MilestoneSigned") {
     what = L.done("sign");
     details = `${esc(words(e.milestone || ""))} (${esc(e.meaning || "")})${e.printed_name ? ` by ${esc(e.printed_name)}` : ""}`;

@@ -23,6 +23,8 @@ import pytest
 from http_support import stack
 from litestar.testing import TestClient
 
+from cart_course.demo import ensure_demo_sites
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 CLI = str(Path(sys.executable).with_name("cart-course"))
 
@@ -142,6 +144,7 @@ def test_the_curl_example_answers_what_the_readme_shows() -> None:
     status, _, fields = " ".join(shown).partition(": ")
     expected: dict[str, Any] = json.loads("{" + fields + "}")
     with stack() as s, TestClient(s.app) as client:
+        ensure_demo_sites(s.tokens.sites)  # the demo server's sites, as after ``make run``
         headers["Authorization"] = s.auth("clinician")["Authorization"]
         r = client.post("/v1/commands", content=body, headers=headers)
         assert r.status_code == int(status), r.text

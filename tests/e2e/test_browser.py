@@ -147,14 +147,14 @@ def test_board_needs_attention_first_sorts_filters_in_the_url_and_exports_csv(
     assert "overdue" in (leading.get_attribute("class") or "")
     days = [
         int(re.search(r"(\d+) days? overdue", t).group(1))  # type: ignore[union-attr]
-        for t in column(page, 4)[:n_overdue]
+        for t in column(page, 5)[:n_overdue]
     ]
     assert days == sorted(days, reverse=True)
     # plain words, no identifiers: states, actions and doses as a clinician reads them
-    states = column(page, 2)
+    states = column(page, 3)
     assert not any("_" in s for s in states), states
-    assert not any(re.search(r"\binfuse_d\d|assess_response|record_", a) for a in column(page, 4))
-    doses = [d for d in column(page, 6) if d != "–"]
+    assert not any(re.search(r"\binfuse_d\d|assess_response|record_", a) for a in column(page, 5))
+    doses = [d for d in column(page, 7) if d != "–"]
     assert doses and all(
         re.fullmatch(r"\d\.\d × 10[⁰¹²³⁴⁵⁶⁷⁸⁹]+ cells \(\d+ % of plan\)", d) for d in doses
     ), doses
@@ -181,7 +181,7 @@ def test_board_needs_attention_first_sorts_filters_in_the_url_and_exports_csv(
     page.evaluate("() => document.activeElement.blur()")
     unfocused = first_dose.evaluate("el => getComputedStyle(el, '::after').content")
     assert unfocused in ("none", "normal"), unfocused
-    assert not any(re.search(r"\d{4}-\d{2}-\d{2}", d) for d in column(page, 9))  # no raw ISO
+    assert not any(re.search(r"\d{4}-\d{2}-\d{2}", d) for d in column(page, 10))  # no raw ISO
     shot(page, "board.png")
     assert axe_violations(page) == []
 
@@ -190,7 +190,7 @@ def test_board_needs_attention_first_sorts_filters_in_the_url_and_exports_csv(
     wait_rows(page, lambda: "sort=state" in page.url and "sorted by state" in status(page))
     labels = httpx.get(server.url + "/v1/protocol/labels", headers=_auth(server, "monitor"))
     order = list(labels.json()["states"].values())
-    shown = column(page, 2)
+    shown = column(page, 3)
     assert [order.index(s) for s in shown] == sorted(order.index(s) for s in shown)
     state_header = page.locator("#board thead th[data-col='state']")
     assert state_header.get_attribute("aria-sort") == "ascending"
@@ -199,7 +199,7 @@ def test_board_needs_attention_first_sorts_filters_in_the_url_and_exports_csv(
     wait_rows(page, lambda: "sort=due" in page.url)
     page.click("#board thead button[data-sort='due']")
     wait_rows(page, lambda: "sort=-due" in page.url and "descending" in status(page))
-    due = [_day(d) for d in column(page, 5)]
+    due = [_day(d) for d in column(page, 6)]
     dated = [d for d in due if d is not None]
     assert dated == sorted(dated, reverse=True)
     assert due == dated + [None] * (len(due) - len(dated))

@@ -521,6 +521,7 @@ def get_board(
 #: The board's CSV: its columns, in order (the board's words for state and next action).
 BOARD_CSV_COLUMNS: tuple[str, ...] = (
     "patient_id",
+    "site",
     "state",
     "state_label",
     "course_number",

@@ -285,6 +285,11 @@ class Me:
     may_admin: bool
     #: read /metrics
     may_read_metrics: bool
+    #: the sites the token is limited to (issue 17); null: trial-wide
+    sites: list[str] | None = None
+    #: the site's time zone when the token is limited to exactly one site (the dashboard writes
+    #: times in it); null otherwise
+    site_time_zone: str | None = None
 
 
 @get(
@@ -297,6 +302,12 @@ class Me:
 async def get_me(request: Request[Any, Any, Any]) -> Me:
     info = current_token(request)
     role = info.role
+    time_zone = None
+    if len(info.sites) == 1:
+        store = request.app.state.tokens.sites
+        known = {s.id: s for s in store.list()}
+        if info.sites[0] in known:
+            time_zone = known[info.sites[0]].time_zone
     return Me(
         actor=info.actor,
         role=role,
@@ -307,4 +318,6 @@ async def get_me(request: Request[Any, Any, Any]) -> Me:
         may_audit=role in AUDITORS,
         may_admin=role in ADMINS,
         may_read_metrics=role in METRICS_READERS,
+        sites=list(info.sites) if info.sites else None,
+        site_time_zone=time_zone,
     )

@@ -452,6 +452,7 @@ def attention_key(row: dict[str, Any]) -> tuple[Any, ...]:
 BOARD_SORTS: dict[str, Any] = {
     "attention": attention_key,
     "patient": lambda r: str(r["patient_id"]),
+    "site": lambda r: _text_key(r.get("site")),
     "state": lambda r: _number_key(_STATE_ORDER.get(str(r.get("state")))),
     "course": lambda r: _number_key(r.get("course_number")),
     "next_action": lambda r: _text_key(next_action_label(r.get("next_action"))),  # as shown

@@ -147,14 +147,14 @@ def test_board_needs_attention_first_sorts_filters_in_the_url_and_exports_csv(
     assert "overdue" in (leading.get_attribute("class") or "")
     days = [
         int(re.search(r"(\d+) days? overdue", t).group(1))  # type: ignore[union-attr]
-        for t in column(page, 4)[:n_overdue]
+        for t in column(page, 5)[:n_overdue]
     ]
     assert days == sorted(days, reverse=True)
     # plain words, no identifiers: states, actions and doses as a clinician reads them
-    states = column(page, 2)
+    states = column(page, 3)
     assert not any("_" in s for s in states), states
-    assert not any(re.search(r"\binfuse_d\d|assess_response|record_", a) for a in column(page, 4))
-    doses = [d for d in column(page, 6) if d != "–"]
+    assert not any(re.search(r"\binfuse_d\d|assess_response|record_", a) for a in column(page, 5))
+    doses = [d for d in column(page, 7) if d != "–"]
     assert doses and all(
         re.fullmatch(r"\d\.\d × 10[⁰¹²³⁴⁵⁶⁷⁸⁹]+ cells \(\d+ % of plan\)", d) for d in doses
     ), doses
@@ -181,7 +181,7 @@ def test_board_needs_attention_first_sorts_filters_in_the_url_and_exports_csv(
     page.evaluate("() => document.activeElement.blur()")
     unfocused = first_dose.evaluate("el => getComputedStyle(el, '::after').content")
     assert unfocused in ("none", "normal"), unfocused
-    assert not any(re.search(r"\d{4}-\d{2}-\d{2}", d) for d in column(page, 9))  # no raw ISO
+    assert not any(re.search(r"\d{4}-\d{2}-\d{2}", d) for d in column(page, 10))  # no raw ISO
     shot(page, "board.png")
     assert axe_violations(page) == []
 
@@ -190,7 +190,7 @@ def test_board_needs_attention_first_sorts_filters_in_the_url_and_exports_csv(
     wait_rows(page, lambda: "sort=state" in page.url and "sorted by state" in status(page))
     labels = httpx.get(server.url + "/v1/protocol/labels", headers=_auth(server, "monitor"))
     order = list(labels.json()["states"].values())
-    shown = column(page, 2)
+    shown = column(page, 3)
     assert [order.index(s) for s in shown] == sorted(order.index(s) for s in shown)
     state_header = page.locator("#board thead th[data-col='state']")
     assert state_header.get_attribute("aria-sort") == "ascending"
@@ -199,7 +199,7 @@ def test_board_needs_attention_first_sorts_filters_in_the_url_and_exports_csv(
     wait_rows(page, lambda: "sort=due" in page.url)
     page.click("#board thead button[data-sort='due']")
     wait_rows(page, lambda: "sort=-due" in page.url and "descending" in status(page))
-    due = [_day(d) for d in column(page, 5)]
+    due = [_day(d) for d in column(page, 6)]
     dated = [d for d in due if d is not None]
     assert dated == sorted(dated, reverse=True)
     assert due == dated + [None] * (len(due) - len(dated))
@@ -237,6 +237,112 @@ def test_board_needs_attention_first_sorts_filters_in_the_url_and_exports_csv(
     page.fill("#f-text", "p-0001")
     wait_rows(page, lambda: "q=p-0001" in page.url and status(page).startswith("1 patient of 40"))
     assert column(page, 1) == ["P-0001"]
+
+
+def test_a_monitor_sees_the_sites_and_filters_the_board_by_one(server: Server, page: Any) -> None:
+    login(page, server, "monitor")
+    page.wait_for_selector("#sites-table tbody tr")
+    # the Sites panel: the demo's three sites, each with its counts (as /v1/counts/sites says)
+    per_site = httpx.get(server.url + "/v1/counts/sites", headers=_auth(server, "monitor")).json()
+    rows = page.locator("#sites-table tbody tr")
+    assert [rows.nth(i).get_attribute("data-site") for i in range(rows.count())] == [
+        "S01",
+        "S02",
+        "S03",
+    ]
+    s03 = page.locator("#sites-table tbody tr[data-site='S03']")
+    cells = [(t or "").strip() for t in s03.locator("td").all_text_contents()]
+    expected = per_site["S03"]
+    assert cells[:3] == [
+        str(expected["patients"]),
+        str(expected["overdue_actions"]),
+        str(expected["open_queries"]),
+    ]
+    assert "Tokyo Medical Center" in (s03.locator("th").text_content() or "")
+    assert sum(v["patients"] for v in per_site.values()) == 40
+    # the board's Site column: each row's site, its name on hover
+    sites_shown = set(column(page, 2))
+    assert sites_shown == {"S01", "S02", "S03"}, sites_shown
+    assert page.locator("#board tbody td[data-site='S01']").first.get_attribute("title") == (
+        "Paris University Hospital"
+    )
+    # a click on S03 filters the board to S03's patients; the URL and the Site filter keep it
+    s03.locator("button").click()
+    wait_rows(page, lambda: "site=S03" in page.url and "at site S03" in status(page))
+    assert set(column(page, 2)) == {"S03"}
+    assert page.locator("#board tbody tr").count() == expected["patients"]
+    assert page.locator("#f-site").input_value() == "S03"
+    assert s03.locator("button").get_attribute("aria-pressed") == "true"
+    assert status(page).startswith(f"{expected['patients']} patients at site S03")
+    # the cards count S03's patients only
+    overdue_card = int(page.locator("#cards button[data-flag='overdue'] b").text_content() or "0")
+    assert overdue_card == page.locator("#board tbody tr.overdue").count()
+    # sorted by site, the filter stays
+    page.click("#board thead button[data-sort='site']")
+    wait_rows(page, lambda: "sort=site" in page.url and "sorted by site" in status(page))
+    assert "site=S03" in page.url
+    # the dates are in the browser's time zone (a trial-wide token), and the note says which
+    assert "Times in your browser's time zone" in (page.locator("#view").text_content() or "")
+    shot(page, "board-sites.png")
+    assert axe_violations(page) == []
+    # a reload shows the same
+    page.reload()
+    page.wait_for_selector("#board tbody tr")
+    wait_rows(page, lambda: set(column(page, 2)) == {"S03"} and "at site S03" in status(page))
+    assert page.locator("#f-site").input_value() == "S03"
+    # the CSV asks for S03 and holds S03's patients only
+    with (
+        page.expect_request(lambda r: "/v1/board.csv" in r.url) as asked,
+        page.expect_download() as download,
+    ):
+        page.click("#csv")
+    assert "site=S03" in asked.value.url
+    text = Path(download.value.path()).read_text()
+    exported = list(csv.DictReader(io.StringIO(text)))
+    assert len(exported) == expected["patients"]
+    assert {r["site"] for r in exported} == {"S03"}
+    # the Site select back to all sites: every patient again
+    page.select_option("#f-site", "")
+    wait_rows(page, lambda: "site=" not in page.url and status(page).startswith("40 patients"))
+
+
+def test_a_site_limited_monitor_sees_its_site_in_its_time_zone(server: Server, page: Any) -> None:
+    from zoneinfo import ZoneInfo
+
+    issued = httpx.post(
+        server.url + "/v1/tokens",
+        json={"actor": "monitor.tokyo", "role": "monitor", "sites": ["S03"]},
+        headers=_auth(server, "admin"),
+    )
+    assert issued.status_code == 201, issued.text
+    token = issued.json()["token"]
+    page.goto(server.url + "/")
+    page.fill("#token", token)
+    page.click("#login-form button")
+    page.wait_for_selector("#sites-table tbody tr")
+    page.wait_for_selector("#board tbody tr")
+    assert (page.locator("#who-sites").text_content() or "").strip() == "site S03"
+    # its site only: in the Sites panel, the Site filter and the board
+    rows = page.locator("#sites-table tbody tr")
+    assert [rows.nth(i).get_attribute("data-site") for i in range(rows.count())] == ["S03"]
+    assert page.locator("#f-site option").all_text_contents() == [
+        "all sites",
+        "S03 · Tokyo Medical Center",
+    ]
+    assert set(column(page, 2)) == {"S03"}
+    # times in the site's zone, and the note under the board says so
+    note = page.locator("#view p.small").last.text_content() or ""
+    assert "Times in the site's time zone (Asia/Tokyo)." in note
+    first = page.locator("#board tbody tr").first.get_attribute("data-patient")
+    board = httpx.get(
+        server.url + "/v1/board?sort=attention", headers={"Authorization": f"Bearer {token}"}
+    ).json()
+    row = next(r for r in board if r["patient_id"] == first)
+    when = dt.datetime.fromisoformat(row["last_occurred_at"]).astimezone(ZoneInfo("Asia/Tokyo"))
+    shown = page.locator("#board tbody tr").first.locator("td").last.text_content() or ""
+    assert shown.strip() == f"{when.day} {when:%b %Y, %H:%M}"
+    shot(page, "board-site-limited.png")
+    assert axe_violations(page) == []
 
 
 def _auth(server: Server, role: str) -> dict[str, str]:

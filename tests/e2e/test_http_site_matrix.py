@@ -292,3 +292,22 @@ def test_site_limited_token_lists_and_feeds_only_its_site(matrix_stack: Stack) -
         history = client.get(f"/v1/patients/{OWN}/history", headers=wide).json()
         assert history[-1]["type"] == "SiteTransferred"
         assert history[-1]["reason"] == "moved to Tokyo"
+
+
+def test_who_am_i_names_the_tokens_sites_and_a_single_sites_time_zone(
+    matrix_stack: Stack,
+) -> None:
+    s = matrix_stack
+    with TestClient(s.app) as client:
+        m = Matrix(s, client)
+        # trial-wide: no sites, the dashboard writes times in the browser's zone
+        wide = client.get("/v1/me", headers=m.headers("monitor", "trial")).json()
+        assert wide["sites"] is None and wide["site_time_zone"] is None
+        # one site: its id and its time zone (the dashboard writes times in it)
+        one = client.get("/v1/me", headers=m.headers("monitor", "S01")).json()
+        assert one["sites"] == ["S01"] and one["site_time_zone"] == "Europe/Paris"
+        assert one["role"] == "monitor" and one["may_view_board"] is True
+        # two sites: both named, no single time zone
+        _, both = s.tokens.add("monitor.s0102", "monitor", sites=["S01", "S02"])
+        two = client.get("/v1/me", headers={"Authorization": f"Bearer {both}"}).json()
+        assert sorted(two["sites"]) == ["S01", "S02"] and two["site_time_zone"] is None

@@ -83,6 +83,7 @@ rows = st.lists(
     st.fixed_dictionaries(
         {
             "patient_id": st.text("PQ0123", min_size=1, max_size=4),
+            "site": st.one_of(st.none(), st.sampled_from(["S00", "S01", "S03"])),
             "state": st.sampled_from([s.value for s in State]),
             "course_number": st.one_of(st.none(), st.integers(0, 3)),
             "next_action": st.one_of(
@@ -125,3 +126,16 @@ def test_sorting_keeps_every_row_orders_them_and_puts_empty_values_last(
     assert present == sorted(present, reverse=True)
     flags = [empty(r) for r in down]
     assert flags == sorted(flags)  # the empty ones last
+
+
+def test_the_board_sorts_by_site_and_by_patient_within_a_site() -> None:
+    rows_ = [
+        {"patient_id": "P-3", "site": "S03"},
+        {"patient_id": "P-1", "site": "S01"},
+        {"patient_id": "P-4", "site": None},
+        {"patient_id": "P-2", "site": "S03"},
+    ]
+    up = [(r["site"], r["patient_id"]) for r in sort_board(rows_, "site")]
+    assert up == [("S01", "P-1"), ("S03", "P-2"), ("S03", "P-3"), (None, "P-4")]
+    down = [(r["site"], r["patient_id"]) for r in sort_board(rows_, "-site")]
+    assert down == [("S03", "P-2"), ("S03", "P-3"), ("S01", "P-1"), (None, "P-4")]

@@ -149,7 +149,7 @@ async function start() {
   try { if (!app.me) app.me = await api("/v1/me"); } catch (e) { return; }
   $("#login").hidden = true; $("#logout").hidden = false;
   const me = app.me;
-  $("#who").innerHTML = `Logged in as <b>${esc(me.name || me.actor)}</b> <span class="role">${esc(me.role)}</span>`;
+  $("#who").innerHTML = `Logged in as <b>${esc(me.name || me.actor)}</b> <span class="role">${esc(me.role)}</span>${me.sites ? ` <span class="role" id="who-sites">site ${esc(me.sites.join(", "))}</span>` : ""}`;
   // the Cohort page (its figures) is served at /cohort by the figures' routes
   $("#nav").innerHTML = me.may_view_board ? `<a href="#/board" id="nav-board">Board</a> <a href="/cohort" id="nav-cohort">Cohort</a>` : "";
   if (me.may_read_patients && me.may_view_board) {
@@ -288,7 +288,7 @@ const FLAGS = [
   ["sae", "SAE report due", "sae_report_due"],
 ];
 const COLUMNS = [
-  ["patient", "Patient"], ["state", "State"], ["course", "Course"], ["next_action", "Next action"], ["due", "Due"],
+  ["patient", "Patient"], ["site", "Site"], ["state", "State"], ["course", "Course"], ["next_action", "Next action"], ["due", "Due"],
   ["dose", "Dose delivered"], ["toxicity", "Open toxicity"], ["response", "Response"], ["last_event", "Last event"],
 ];
 
@@ -307,6 +307,7 @@ function setBoardParams(params, push) {
 function serverQuery(params) {
   const q = new URLSearchParams();
   if (params.get("state")) q.set("state", params.get("state"));
+  if (params.get("site")) q.set("site", params.get("site"));
   for (const [flag] of FLAGS) if (params.get(flag)) q.set(flag, "true");
   if (params.get("q")) q.set("q", params.get("q"));
   q.set("sort", params.get("sort") || "attention");
@@ -317,8 +318,10 @@ async function showBoard(params) {
   const view = $("#view");
   const states = app.labels ? Object.keys(app.labels.states) : [];
   view.innerHTML = `<h1>Board</h1>
+    <section id="sites" class="sites" aria-labelledby="h-sites" hidden></section>
     <div class="cards" id="cards" role="group" aria-label="Needs action: click to filter"></div>
     <form class="filters" id="filters" role="search" aria-label="Filter the board">
+      <label>Site <select id="f-site"><option value="">all sites</option></select></label>
       <label>State <select id="f-state"><option value="">all states</option>${states.map((s) => `<option value="${esc(s)}">${esc(L.state(s))}</option>`).join("")}</select></label>
       ${FLAGS.map(([f, label]) => `<label><input type="checkbox" id="f-${f}" data-flag="${f}"> ${esc(label)}</label>`).join("")}
       <label>Patient <input id="f-text" type="search" placeholder="P-00…" size="10"></label>
@@ -333,12 +336,15 @@ async function showBoard(params) {
     <p class="small">${esc(timeZoneNote())} Doses count CAR-positive viable T cells; hover a dose for cells per kg.</p>`;
   const p = params || boardParams();
   $("#f-state").value = p.get("state") || "";
+  siteOptions(p.get("site") || "");
   for (const [f] of FLAGS) $("#f-" + f).checked = !!p.get(f);
   $("#f-text").value = p.get("q") || "";
   const change = (push) => () => {
     const q = boardParams();
     const state = $("#f-state").value;
     state ? q.set("state", state) : q.delete("state");
+    const site = $("#f-site").value;
+    site ? q.set("site", site) : q.delete("site");
     for (const [f] of FLAGS) $("#f-" + f).checked ? q.set(f, "1") : q.delete(f);
     const text = $("#f-text").value.trim();
     text ? q.set("q", text) : q.delete("q");
@@ -346,6 +352,7 @@ async function showBoard(params) {
     loadBoard();
   };
   $("#f-state").onchange = change(true);
+  $("#f-site").onchange = change(true);
   for (const [f] of FLAGS) $("#f-" + f).onchange = change(true);
   let typing = null;
   $("#f-text").oninput = () => { clearTimeout(typing); typing = setTimeout(change(false), 200); };
@@ -374,19 +381,75 @@ function attentionBadges(r) {
   return out.join(" ");
 }
 
+/** The Site filter's options: the sites of /v1/counts/sites (a site-limited token: its own), and
+ *  the one in the URL even when it is not among them. */
+function siteOptions(chosen) {
+  const select = $("#f-site");
+  if (!select) return;
+  const ids = Object.keys(app.sites || {});
+  if (chosen && !ids.includes(chosen)) ids.push(chosen);
+  select.innerHTML = `<option value="">all sites</option>` + ids.map((id) => {
+    const name = app.sites && app.sites[id] && app.sites[id].name;
+    return `<option value="${esc(id)}">${esc(id)}${name ? ` · ${esc(name)}` : ""}</option>`;
+  }).join("");
+  select.value = chosen;
+}
+function siteName(id) { return (app.sites && app.sites[id] && app.sites[id].name) || ""; }
+
+/** The Sites panel: per site patients, overdue next actions, open data queries and their median
+ *  age; a site's row filters the board by it. Shown when there is more than one site, or for a
+ *  site-limited token (its sites). */
+function sitesPanel(sites, chosen) {
+  const box = $("#sites");
+  if (!box) return;
+  const ids = Object.keys(sites || {});
+  if (!(ids.length > 1 || (app.me && app.me.sites && ids.length))) { box.hidden = true; box.innerHTML = ""; return; }
+  const age = (d) => (d == null ? "–" : `${Math.round(Number(d) * 10) / 10}`);
+  box.hidden = false;
+  box.innerHTML = `<h2 id="h-sites">Sites</h2><div class="table-wrap"><table id="sites-table">
+    <thead><tr><th scope="col">Site</th><th scope="col" class="num">Patients</th><th scope="col" class="num">Overdue actions</th><th scope="col" class="num">Open queries</th><th scope="col" class="num">Median query age (days)</th></tr></thead>
+    <tbody>${ids.map((id) => {
+      const s = sites[id];
+      const on = id === chosen;
+      return `<tr data-site="${esc(id)}" class="${on ? "chosen" : ""}${s.active === false ? " inactive" : ""}">
+        <th scope="row"><button type="button" class="link site-filter" data-site="${esc(id)}" aria-pressed="${on}" title="${on ? "Show every site" : `Show only site ${esc(id)}`}">${esc(id)}</button> <span class="small">${esc(s.name || "")}${s.time_zone ? ` · ${esc(s.time_zone)}` : ""}${s.active === false ? " · inactive" : ""}</span></th>
+        <td class="num">${esc(s.patients)}</td><td class="num">${s.overdue_actions ? `<span class="badge warn">${esc(s.overdue_actions)}</span>` : "0"}</td>
+        <td class="num">${esc(s.open_queries)}</td><td class="num">${esc(age(s.median_query_age_days))}</td></tr>`;
+    }).join("")}</tbody></table></div>`;
+  const pick = (id) => {
+    const q = boardParams();
+    q.get("site") === id ? q.delete("site") : q.set("site", id);
+    setBoardParams(q, true);
+    siteOptions(q.get("site") || "");
+    loadBoard();
+  };
+  for (const tr of box.querySelectorAll("tbody tr")) tr.onclick = (ev) => { ev.preventDefault(); pick(tr.dataset.site); };
+}
+
 async function loadBoard() {
   if (!$("#board")) return;
   const params = boardParams();
   const query = serverQuery(params);
-  let rows, counts;
+  const site = params.get("site") || "";
+  let rows, counts, sites;
   try {
-    [rows, counts] = await Promise.all([api("/v1/board?" + query), api("/v1/counts").catch(() => null)]);
+    [rows, counts, sites] = await Promise.all([
+      api("/v1/board?" + query),
+      api("/v1/counts" + (site ? "?site=" + encodeURIComponent(site) : "")).catch(() => null),
+      api("/v1/counts/sites").catch(() => null),
+    ]);
   } catch (e) {
     if ($("#board-status")) $("#board-status").textContent = e.message;
     return;
   }
   if (!$("#board")) return;
   app.board = rows;
+  if (sites) {
+    const known = Object.keys(app.sites || {}).join();
+    app.sites = sites;
+    if (Object.keys(sites).join() !== known) siteOptions(site);
+  }
+  sitesPanel(sites, site);
   const sort = query.get("sort");
   for (const th of document.querySelectorAll("#board thead th")) {
     const key = th.dataset.col;
@@ -401,17 +464,21 @@ async function loadBoard() {
     const due = r.due_on ? fmtDay(r.due_on) : "–";
     return `<tr class="${cls}" data-patient="${esc(r.patient_id)}">
       <th scope="row"><a href="#/patient/${encodeURIComponent(r.patient_id)}">${esc(r.patient_id)}</a></th>
+      <td class="nowrap" data-site="${esc(r.site)}"${siteName(r.site) ? ` title="${esc(siteName(r.site))}"` : ""}>${esc(r.site || "–")}</td>
       <td data-state="${esc(r.state)}">${esc(r.state_label || L.state(r.state))}</td><td>${r.course_number ? esc(r.course_number) : "–"}</td>
       <td>${esc(humanDates(r.next_action_label || "–"))} ${attentionBadges(r)}</td><td class="nowrap">${due}</td>
       <td class="nowrap">${dose(r.delivered_cells, r.planned_cells, r.delivered_cells_per_kg)}</td><td>${tox}</td>
       <td>${r.response ? `<abbr title="${esc(L.response(r.response))}">${esc(r.response)}</abbr>` : "–"}</td>
       <td class="small nowrap">${esc(fmtTime(r.last_occurred_at))}</td></tr>`;
   }).join("");
-  const filtered = params.get("state") || FLAGS.some(([f]) => params.get(f)) || params.get("q");
+  const filtered = params.get("state") || params.get("site") || FLAGS.some(([f]) => params.get(f)) || params.get("q");
   const total = counts ? Object.values(counts.state || {}).reduce((a, b) => a + b, 0) : null;
   const order = sort === "attention" ? "needs attention first" : `by ${COLUMNS.find(([k]) => k === sort.replace("-", ""))[1].toLowerCase()}${sort.startsWith("-") ? ", descending" : ""}`;
   if (!performance.getEntriesByName("board-interactive").length) performance.mark("board-interactive"); // the board is drawn and its controls work
-  $("#board-status").textContent = (filtered && total != null ? `${plural(rows.length, "patient")} of ${total} shown` : plural(rows.length, "patient")) + ` · sorted ${order}`;
+  const other = params.get("state") || FLAGS.some(([f]) => params.get(f)) || params.get("q");
+  const where = site ? ` at site ${site}` : "";
+  const shown = site && !other ? `${plural(rows.length, "patient")}${where}` : filtered && total != null ? `${plural(rows.length, "patient")} of ${total}${where} shown` : plural(rows.length, "patient");
+  $("#board-status").textContent = shown + ` · sorted ${order}`;
   if (counts && counts.attention) {
     const a = counts.attention;
     // the SAE card only when a report is due (or its filter is on)

@@ -563,7 +563,9 @@ class PostgresTokenStore(TokenStore):
                     cur = self._connect().execute(sql, tuple(params))
                     return list(cur.fetchall()) if cur.description else []
                 except psycopg.errors.UniqueViolation as exc:
-                    if "token" in sql:
+                    # an INSERT of a token that exists; not a schema statement (two processes
+                    # creating the tables at once clash on the catalog: the caller retries)
+                    if "token" in sql and not sql.lstrip().upper().startswith(("CREATE", "ALTER")):
                         raise InvalidCommandError("token", f"already issued ({exc})") from None
                     raise
                 except psycopg.OperationalError as exc:

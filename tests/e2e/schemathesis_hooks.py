@@ -47,6 +47,8 @@ schema's description, "Not stated by this schema"):
 17. A token is limited to sites the trial defines (the demo's S01-S03), and only a service,
     clinician or monitor token (issue 17): a generated site list is replaced by ["S01"], or left
     out for another role.
+18. A screening or a transfer names a site the trial defines: which sites exist is the
+    trial's state, not something a schema states; a generated site is replaced by "S02".
 """
 
 from __future__ import annotations
@@ -207,6 +209,9 @@ def _payload_rules(body: dict[str, Any]) -> None:
         compact = din.replace(" ", "").upper()
         if len(compact) == 14 and compact[:13].isascii() and compact[:13].isalnum():
             payload["din"] = compact[:13] + din_check_character(compact[:13])
+    if isinstance(payload.get("site"), str):
+        # rule 18: a site the trial defines (the demo's S01-S03)
+        payload["site"] = "S02"
     if isinstance(payload.get("printed_name"), str) and SIGNER_NAME:
         payload["printed_name"] = SIGNER_NAME
     if "assessment" in payload:

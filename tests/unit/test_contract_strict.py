@@ -242,6 +242,7 @@ def test_the_commands_that_always_need_a_reason() -> None:
         "cancel_remaining_fractions",
         "correct",
         "repeat_apheresis",
+        "transfer_site",  # a move to another site (issue 17)
     } == REASON_ALWAYS_REQUIRED
     for name in REASON_ALWAYS_REQUIRED:
         assert "reason" in SCHEMAS[name]["required"], name

@@ -129,7 +129,7 @@ def test_a_later_correction_starts_from_the_last_corrected_payload() -> None:
             "r",
             "payload.changes.day",
             "cannot be corrected on give_infusion; correctable keys: cells, deviation_reason, "
-            "occurred_at, product_lot, weight",
+            "occurred_at, pre_infusion, product_lot, weight",
         ),
         (
             {"corrects": 4, "changes": {"cells": {"value": -1, "unit": "cells"}}},

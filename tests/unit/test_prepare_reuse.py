@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lab_strategies import lab
 
 from cart_course.demo import cohort, crs, eligible_screening, icans
+from cart_course.protocol import pre_infusion
 from cart_course.protocol.commands import (
     MoveRefusedError,
     Prepared,
@@ -256,6 +257,10 @@ def _from_scratch(
     """The decision with nothing reused: every rule parses the facts it reads itself."""
     trigger = trigger_for(command, payload)
     context = context_facts(record, trigger)
+    if record.pre_infusion_temperatures and (
+        trigger.startswith("infuse_d") or trigger == "assess_pre_infusion"
+    ):  # the fevers on record within the gate's window (issue 20)
+        context = pre_infusion.with_window(record, context, occurred_at, version.params)
     try:
         norm, pfacts = payload_facts(record, command, payload, occurred_at.date(), context)
     except ContextInputError:  # well formed but unusable now: out of sequence is judged first

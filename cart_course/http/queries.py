@@ -18,7 +18,7 @@ from ..views import queries as view_queries
 from .auth import READERS, VIEWERS, current_token
 from .common import PatientId, Svc
 from .extras import WaitFor, views_of
-from .params import MAX_BOARD_PAGE, integer_query
+from .params import MAX_BOARD_PAGE, integer_query, patient_id_query
 from .problems import problem_responses
 
 #: ``status``: a query's status, or ``unresolved`` (every query that is not closed).
@@ -55,9 +55,7 @@ def get_queries(
             schema_extra={"enum": list(STATUS_FILTERS)},
         ),
     ] = None,
-    patient_id: Annotated[
-        str | None, QueryParameter(max_length=64, description="Only this patient's queries")
-    ] = None,
+    patient_id: Annotated[str | None, patient_id_query("Only this patient's queries")] = None,
     limit: Annotated[int | None, integer_query(1, MAX_BOARD_PAGE)] = None,
     wait_for: WaitFor = None,
 ) -> list[dict[str, Any]]:

@@ -330,6 +330,30 @@ def view_sites(request: Request[Any, Any, Any], service: Any, site: str | None) 
     return frozenset({site})  # a site without patients (or unknown): an empty answer
 
 
+#: The board's filter parameters, shared by the board and its CSV (one declaration each).
+HoldFilter = Annotated[bool, QueryParameter(description="Fractions held for toxicity")]
+AwaitingFilter = Annotated[bool, QueryParameter(description="A response assessment is due")]
+SaeFilter = Annotated[bool, QueryParameter(description="An SAE report is due")]
+FollowUpFilter = Annotated[bool, QueryParameter(description="A follow-up visit is due")]
+MinAeGrade = Annotated[
+    int | None,
+    integer_query(
+        1,
+        5,
+        "Only patients with an open or recent adverse event (any toxicity episode) whose "
+        "worst grade is at least this (recent: ended within 30 days)",
+    ),
+]
+HasOpenQueries = Annotated[
+    bool | None,
+    QueryParameter(
+        description="true: only patients with a data query not closed; false: only patients without"
+    ),
+]
+ContainsFilter = Annotated[str | None, contains_query()]
+BoardSort = Annotated[str | None, board_sort_query()]
+
+
 @attrs.frozen(kw_only=True)
 class BoardFilter:
     """The board's filters and order, as the board and its CSV read them from the query."""
@@ -447,28 +471,14 @@ def get_board(
     site: SiteFilter = None,
     overdue: FromQuery[bool] = False,
     toxicity: FromQuery[bool] = False,
-    hold: Annotated[bool, QueryParameter(description="Fractions held for toxicity")] = False,
-    awaiting: Annotated[bool, QueryParameter(description="A response assessment is due")] = False,
-    sae: Annotated[bool, QueryParameter(description="An SAE report is due")] = False,
-    contains: Annotated[str | None, contains_query()] = None,
-    sort: Annotated[str | None, board_sort_query()] = None,
-    follow_up_due: Annotated[bool, QueryParameter(description="A follow-up visit is due")] = False,
-    min_ae_grade: Annotated[
-        int | None,
-        integer_query(
-            1,
-            5,
-            "Only patients with an open or recent adverse event (any toxicity episode) whose "
-            "worst grade is at least this (recent: ended within 30 days)",
-        ),
-    ] = None,
-    has_open_queries: Annotated[
-        bool | None,
-        QueryParameter(
-            description="true: only patients with a data query not closed; false: only "
-            "patients without"
-        ),
-    ] = None,
+    hold: HoldFilter = False,
+    awaiting: AwaitingFilter = False,
+    sae: SaeFilter = False,
+    contains: ContainsFilter = None,
+    sort: BoardSort = None,
+    follow_up_due: FollowUpFilter = False,
+    min_ae_grade: MinAeGrade = None,
+    has_open_queries: HasOpenQueries = None,
     limit: Annotated[int | None, integer_query(1, MAX_BOARD_PAGE)] = None,
     after: Annotated[
         str | None,
@@ -576,28 +586,14 @@ def get_board_csv(
     site: SiteFilter = None,
     overdue: FromQuery[bool] = False,
     toxicity: FromQuery[bool] = False,
-    hold: Annotated[bool, QueryParameter(description="Fractions held for toxicity")] = False,
-    awaiting: Annotated[bool, QueryParameter(description="A response assessment is due")] = False,
-    sae: Annotated[bool, QueryParameter(description="An SAE report is due")] = False,
-    follow_up_due: Annotated[bool, QueryParameter(description="A follow-up visit is due")] = False,
-    min_ae_grade: Annotated[
-        int | None,
-        integer_query(
-            1,
-            5,
-            "Only patients with an open or recent adverse event (any toxicity episode) whose "
-            "worst grade is at least this (recent: ended within 30 days)",
-        ),
-    ] = None,
-    has_open_queries: Annotated[
-        bool | None,
-        QueryParameter(
-            description="true: only patients with a data query not closed; false: only "
-            "patients without"
-        ),
-    ] = None,
-    contains: Annotated[str | None, contains_query()] = None,
-    sort: Annotated[str | None, board_sort_query()] = None,
+    hold: HoldFilter = False,
+    awaiting: AwaitingFilter = False,
+    sae: SaeFilter = False,
+    follow_up_due: FollowUpFilter = False,
+    min_ae_grade: MinAeGrade = None,
+    has_open_queries: HasOpenQueries = None,
+    contains: ContainsFilter = None,
+    sort: BoardSort = None,
 ) -> Response[str]:
     f = BoardFilter(
         state=state_filter,

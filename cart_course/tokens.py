@@ -219,7 +219,13 @@ class TokenStore:
         for ddl in SCOPE_DDL:
             self._execute(ddl)
         if "scope" not in self._access_log_columns():
-            self._execute("ALTER TABLE cart_course_access_log ADD COLUMN scope TEXT")
+            try:
+                self._execute("ALTER TABLE cart_course_access_log ADD COLUMN scope TEXT")
+            except Exception:
+                # two processes opening an earlier release's store at once: both saw the
+                # column missing and one of them added it first ("duplicate column name")
+                if "scope" not in self._access_log_columns():
+                    raise
 
     def _access_log_columns(self) -> set[str]:
         raise NotImplementedError

@@ -1,0 +1,98 @@
+"""Opening an earlier release's token store adds the access log's ``scope`` column once, even
+when several processes (the ingest workers, the HTTP workers) open it at the same moment."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from cart_course.tokens import SQLITE_DDL, SQLiteTokenStore
+
+
+def _earlier_release_store(path: Path) -> None:
+    """The token tables as the release before issue 17 made them: no ``scope`` column."""
+    conn = sqlite3.connect(path)
+    for ddl in SQLITE_DDL:
+        conn.execute(ddl)
+    conn.execute(
+        "INSERT INTO cart_course_access_log (at, actor, role, method, path, query, status) "
+        "VALUES ('2026-11-25T10:00:00+00:00', 'auditor.ng', 'auditor', 'GET', '/v1/audit', '', 200)"
+    )
+    conn.commit()
+    conn.close()
+
+
+def _columns(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [r[1] for r in conn.execute("PRAGMA table_info(cart_course_access_log)")]
+    finally:
+        conn.close()
+
+
+def test_a_store_that_lost_the_race_to_add_the_scope_column_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "tokens.sqlite"
+    _earlier_release_store(path)
+    SQLiteTokenStore(str(path)).close()  # the other process: it added the column
+    assert _columns(path).count("scope") == 1
+
+    # this process looked before the other one added it, and then tries to add it too
+    real = SQLiteTokenStore._access_log_columns
+    calls: list[int] = []
+
+    def stale_first(self: SQLiteTokenStore) -> set[str]:
+        calls.append(1)
+        return set() if len(calls) == 1 else real(self)
+
+    monkeypatch.setattr(SQLiteTokenStore, "_access_log_columns", stale_first)
+    store = SQLiteTokenStore(str(path))
+    info, _token = store.add("nurse.kim", "clinician")
+    assert info.actor == "nurse.kim"
+    store.close()
+    assert _columns(path).count("scope") == 1
+    assert len(calls) == 2  # looked, lost the race, looked again
+
+
+def _open_at_once(path: Path, count: int) -> list[BaseException]:
+    start = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def open_store() -> None:
+        start.wait()
+        try:
+            SQLiteTokenStore(str(path)).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_eight_stores_opening_an_earlier_release_at_once_all_open(tmp_path: Path) -> None:
+    for attempt in range(5):
+        path = tmp_path / f"tokens-{attempt}.sqlite"
+        _earlier_release_store(path)
+        assert _open_at_once(path, 8) == []
+        assert _columns(path).count("scope") == 1
+        conn = sqlite3.connect(path)
+        # the earlier release's entry is kept, with no scope ("before scopes")
+        assert conn.execute("SELECT actor, scope FROM cart_course_access_log").fetchall() == [
+            ("auditor.ng", None)
+        ]
+        conn.close()
+
+
+def test_eight_stores_creating_a_new_store_at_once_all_open(tmp_path: Path) -> None:
+    for attempt in range(5):
+        path = tmp_path / f"new-{attempt}.sqlite"
+        assert _open_at_once(path, 8) == []
+        assert _columns(path).count("scope") == 1

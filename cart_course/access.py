@@ -8,6 +8,14 @@ for an unknown patient (``CourseService.execute(..., sites=...)``). Anything els
 offers (the whole log, the ledger, the audit) is refused with :class:`SiteScopeError` (403): a
 route that reads the whole trial cannot be served to a site-limited token, by construction, so
 that a route added later fails closed rather than leaking.
+
+The entry points share the rest of a token's path here: :func:`authenticate` (a token -> its
+:class:`~cart_course.tokens.TokenInfo`), :func:`permit` (its role and scope against what the
+route or CLI command allows), :func:`service_for` (the service as the token sees it),
+:func:`actor_of` and :func:`parse_as` (commands recorded as the token's actor) and
+:func:`narrow` (a view's site filter within the token's sites). The HTTP guard
+(``http/auth.py``) and the CLI (``cli/common.py``, ``--token-file`` / ``CART_COURSE_TOKEN``)
+call the same functions.
 """
 
 from __future__ import annotations
@@ -15,10 +23,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .contract import Command
-from .errors import ForbiddenError, PatientNotFoundError
+from .contract import Actor, Command, parse_command
+from .errors import ForbiddenError, PatientNotFoundError, UnauthenticatedError
 from .protocol.record import PatientRecord
 from .service import CommandResult, CourseService
+from .tokens import TokenInfo, TokenStore
 
 
 class SiteScopeError(ForbiddenError):
@@ -121,3 +130,75 @@ def base_service(service: Any) -> CourseService:
 def sites_of(service: Any) -> frozenset[str] | None:
     """The sites a (scoped) service is limited to; None: trial-wide."""
     return service.scope if isinstance(service, ScopedService) else None
+
+
+# -- one token's path, shared by HTTP and the CLI ------------------------------------------------
+
+NO_TOKEN = "send 'Authorization: Bearer <token>'; tokens come from 'cart-course tokens add'"
+UNKNOWN_TOKEN = "unknown or revoked token"
+
+
+def authenticate(tokens: TokenStore, token: str | None, missing: str = NO_TOKEN) -> TokenInfo:
+    """The active token's info; no token (``missing`` says how to send one), an unknown or a
+    revoked token: :class:`UnauthenticatedError`."""
+    if token is None:
+        raise UnauthenticatedError(missing)
+    info = tokens.authenticate(token)
+    if info is None:
+        raise UnauthenticatedError(UNKNOWN_TOKEN)
+    return info
+
+
+def permit(
+    info: TokenInfo, roles: Iterable[str], *, trial_wide: bool = False, what: str = "this route"
+) -> None:
+    """Refuse (:class:`ForbiddenError`) a role ``what`` does not name, and a site-limited token
+    where ``what`` reads the whole trial (``trial_wide``)."""
+    allowed = tuple(roles)
+    if info.role not in allowed:
+        raise ForbiddenError(
+            f"role {info.role!r} may not use {what}; roles allowed: {', '.join(allowed)}"
+        )
+    if info.sites and trial_wide:
+        raise trial_wide_only(info.sites, what)
+
+
+def service_for(service: CourseService, info: TokenInfo | None) -> CourseService:
+    """The service as ``info``'s token sees it: a :class:`ScopedService` for a site-limited
+    token, the service itself for a trial-wide token (or none: the operator)."""
+    if info is not None and info.sites:
+        return ScopedService(service, info.sites)
+    return service
+
+
+def actor_of(info: TokenInfo) -> Actor:
+    return Actor(id=info.actor, role=info.role, name=info.name)
+
+
+def parse_as(data: Any, info: TokenInfo, **options: Any) -> Command:
+    """A command envelope recorded as the token's actor: the body's ``actor`` is dropped (the
+    token is the actor), everything else is checked by the contract."""
+    if isinstance(data, dict) and "actor" in data:
+        data = {k: v for k, v in data.items() if k != "actor"}
+    return parse_command(data, actor=actor_of(info), **options)
+
+
+def narrow(scope: frozenset[str] | None, chosen: Iterable[str] | None) -> frozenset[str] | None:
+    """The sites a view reads: the token's (``scope``; None: every site), narrowed to
+    ``chosen`` when given; a site outside the token's: :class:`ForbiddenError`."""
+    if chosen is None:
+        return scope
+    wanted = frozenset(chosen)
+    outside = sorted(wanted - scope) if scope is not None else []
+    if scope is not None and outside:
+        raise ForbiddenError(
+            f"this token is limited to site(s) {', '.join(sorted(scope))}; it may not read "
+            f"site {outside[0]!r}"
+        )
+    return wanted
+
+
+def check_visible(service: CourseService, patient_id: str) -> None:
+    """A patient a site-limited token names: another site's is answered as not on record."""
+    if isinstance(service, ScopedService):
+        service.record(patient_id)

@@ -186,3 +186,10 @@ class CipherKeyError(StoreError):
 class ForbiddenError(CartCourseError):
     code = "forbidden"
     title = "Forbidden"
+
+
+class UnauthenticatedError(CartCourseError):
+    """No token where one is needed, or an unknown or revoked token (HTTP 401; the CLI: exit 1)."""
+
+    code = "unauthenticated"
+    title = "Authentication required"

@@ -13,7 +13,9 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
+from ..access import actor_of, authenticate, permit
 from ..contract import Actor
+from ..errors import ForbiddenError, UnauthenticatedError
 from ..tokens import TokenInfo, TokenStore
 
 WRITERS = ("service", "clinician")
@@ -42,25 +44,16 @@ def token_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRou
     roles: tuple[str, ...] | None = handler.opt.get("roles")
     if roles is None:
         return
-    token = bearer(connection)
-    if token is None:
-        raise NotAuthorizedException(
-            "send 'Authorization: Bearer <token>'; tokens come from 'cart-course tokens add'"
-        )
     store: TokenStore = connection.app.state.tokens
-    info = store.authenticate(token)
-    if info is None:
-        raise NotAuthorizedException("unknown or revoked token")
+    try:
+        info = authenticate(store, bearer(connection))
+    except UnauthenticatedError as exc:
+        raise NotAuthorizedException(exc.message) from None
     connection.scope[SCOPE_KEY] = info  # type: ignore[literal-required]
-    if info.role not in roles:
-        raise PermissionDeniedException(
-            f"role {info.role!r} may not use this route; roles allowed: {', '.join(roles)}"
-        )
-    if info.sites and handler.opt.get("trial_wide"):
-        raise PermissionDeniedException(
-            "this route reads the whole trial; this token is limited to site(s) "
-            f"{', '.join(info.sites)}: use a trial-wide token"
-        )
+    try:  # the same checks as the CLI's (access.permit)
+        permit(info, roles, trial_wide=bool(handler.opt.get("trial_wide")), what="this route")
+    except ForbiddenError as exc:
+        raise PermissionDeniedException(exc.message) from None
 
 
 def current_token(connection: ASGIConnection[Any, Any, Any, Any]) -> TokenInfo:
@@ -70,5 +63,4 @@ def current_token(connection: ASGIConnection[Any, Any, Any, Any]) -> TokenInfo:
 
 
 def current_actor(connection: ASGIConnection[Any, Any, Any, Any]) -> Actor:
-    info = current_token(connection)
-    return Actor(id=info.actor, role=info.role, name=info.name)
+    return actor_of(current_token(connection))

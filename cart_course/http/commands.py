@@ -14,9 +14,10 @@ from litestar.datastructures import ResponseHeader
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 
-from ..contract import parse_command, parse_expected_version
+from ..access import parse_as
+from ..contract import parse_expected_version
 from ..errors import InvalidCommandError, PatientNotFoundError
-from .auth import COMMANDERS, current_actor
+from .auth import COMMANDERS, current_token
 from .common import (
     PatientId,
     Svc,
@@ -90,9 +91,7 @@ def _apply_headers(
 def _execute(
     request: Request[Any, Any, Any], service: Svc, data: Any, *, any_match: bool = False
 ) -> Response[CommandOutcome]:
-    if "actor" in data if isinstance(data, dict) else False:
-        data = {k: v for k, v in data.items() if k != "actor"}  # the token is the actor
-    command = parse_command(data, actor=current_actor(request))
+    command = parse_as(data, current_token(request))  # the token is the actor
     if any_match:
         try:
             service.record(command.patient_id)

@@ -12,7 +12,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.exceptions import SerializationException
 from litestar.params import HeaderParameter, ParameterKwarg
 
-from ..access import ScopedService
+from ..access import service_for
 from ..contract import ENVELOPE_KEYS, MAX_VERSION, parse_command
 from ..errors import InvalidCommandError
 from ..jsonin import duplicate_key
@@ -39,11 +39,8 @@ def _service(request: Request[Any, Any, Any]) -> CourseService:
     """The service, as the request's token sees it: a token limited to sites (issue 17) gets a
     :class:`~cart_course.access.ScopedService` (its sites' patients only; routes over the whole
     trial are refused), every other caller the service itself."""
-    service: CourseService = request.app.state.service
     info = request.scope.get(SCOPE_KEY)
-    if isinstance(info, TokenInfo) and info.sites:
-        return ScopedService(service, info.sites)
-    return service
+    return service_for(request.app.state.service, info if isinstance(info, TokenInfo) else None)
 
 
 def _tokens(state: State) -> TokenStore:

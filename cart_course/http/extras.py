@@ -22,9 +22,9 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 
-from ..access import ScopedService, base_service, sites_of
+from ..access import base_service, check_visible, narrow, sites_of
 from ..contract import MAX_VERSION, parse_patient_id, parse_time
-from ..errors import ForbiddenError, InvalidCommandError
+from ..errors import InvalidCommandError
 from ..protocol.sites import SITE_ID_PATTERN
 from ..protocol.states import State as CourseState
 from ..protocol.versions import get_version
@@ -164,8 +164,8 @@ def _check_patient(service: CourseService, patient_id: str | None) -> None:
     from ..audit.log import require_readable
 
     require_readable(base_service(service).log)
-    if patient_id is not None and isinstance(service, ScopedService):
-        service.record(parse_patient_id(patient_id, "query.patient_id"))  # as not on record
+    if patient_id is not None and sites_of(service) is not None:
+        check_visible(service, parse_patient_id(patient_id, "query.patient_id"))
     elif patient_id is not None:
         from ..audit import patient_events
 
@@ -318,16 +318,10 @@ SiteFilter = Annotated[
 def view_sites(request: Request[Any, Any, Any], service: Any, site: str | None) -> Any:
     """The sites a view is limited to: the token's (a site-limited token), narrowed to ``site``
     when one is asked (another site than the token's: 403; an unknown site: 422). None: all."""
-    scope = sites_of(service)
     if site is None:
-        return scope
-    site = parse_site_id(site, "query.site")
-    if scope is not None and site not in scope:
-        raise ForbiddenError(
-            f"this token is limited to site(s) {', '.join(sorted(scope))}; it may not read "
-            f"site {site!r}"
-        )
-    return frozenset({site})  # a site without patients (or unknown): an empty answer
+        return sites_of(service)
+    # a site without patients (or unknown): an empty answer
+    return narrow(sites_of(service), [parse_site_id(site, "query.site")])
 
 
 #: The board's filter parameters, shared by the board and its CSV (one declaration each).

@@ -36,6 +36,7 @@ from ..errors import (
     RecordConflictError,
     SameCommandOfAnotherActorError,
     StoreError,
+    UnauthenticatedError,
     VersionConflictError,
 )
 from ..ingest import IngestAborted
@@ -169,6 +170,7 @@ STATUS_OF: dict[type[CartCourseError], int] = {
     ProductNotFoundError: 404,
     CheckpointUnavailableError: 404,
     ForbiddenError: 403,
+    UnauthenticatedError: 401,
     UnsupportedMediaTypeError: 415,
     BodyError: 400,
     HeaderError: 400,

@@ -11,7 +11,7 @@ from litestar import Request, get
 from litestar.datastructures import State
 from litestar.params import QueryParameter
 
-from ..access import sites_of
+from ..access import check_visible, sites_of
 from ..contract import parse_patient_id
 from ..errors import InvalidCommandError
 from ..views import queries as view_queries
@@ -65,8 +65,8 @@ def get_queries(
         )
     pid = parse_patient_id(patient_id, "query.patient_id") if patient_id is not None else None
     scope = sites_of(service)
-    if pid is not None and scope is not None:
-        service.record(pid)  # another site's patient: as a patient not on record
+    if pid is not None:
+        check_visible(service, pid)  # another site's patient: as a patient not on record
     access = views_of(request.app.state)
     with access.lock:
         db = access.fresh(wait_for)

@@ -29,6 +29,18 @@ from .protocol.record import PatientRecord
 from .service import CommandResult, CourseService
 from .tokens import TokenInfo, TokenStore
 
+#: Who may use what, by role: each HTTP route names one of these (``http/auth.py``), and each
+#: CLI command that reads or writes patient data names the same as the route it mirrors.
+WRITERS = ("service", "clinician")
+#: Who records commands (``POST /v1/commands``, ``cart-course record``): the writers, and the
+#: roles that act on data queries (the service refuses a command its role may not record: 403).
+COMMANDERS = (*WRITERS, "monitor", "data_manager")
+READERS = ("service", "clinician", "monitor", "auditor", "data_manager")
+VIEWERS = ("clinician", "monitor", "auditor", "data_manager")
+AUDITORS = ("auditor",)
+ADMINS = ("admin",)
+METRICS_READERS = ("monitor", "auditor", "admin", "data_manager")
+
 
 class SiteScopeError(ForbiddenError):
     """A site-limited token asked for something that covers the whole trial."""

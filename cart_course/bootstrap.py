@@ -2,7 +2,8 @@
 
 :class:`Settings` is read here, and only here, from the environment (``CART_COURSE_DB``,
 ``CART_COURSE_CIPHER_KEY``, ``CART_COURSE_COMPRESS``, ``CART_COURSE_DEBUG``,
-``CART_COURSE_PROTOCOL_VERSION``, ``USER``) and the ``--db`` and ``--protocol`` flags.
+``CART_COURSE_PROTOCOL_VERSION``, ``CART_COURSE_TOKEN``, ``USER``) and the ``--db`` and
+``--protocol`` flags.
 :class:`System` builds, from settings, what the entry points use: the service
 (commands), the log's read interface (:class:`~cart_course.eventlog.EventLog`: audit, views,
 feed), the token store and the views. The CLI (``cli.common.Context``), the HTTP server
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .errors import StoreError
+from .errors import StoreError, UnauthenticatedError
 from .eventlog import EventLog
 from .ledger.checkpoint import DEFAULT_ORIGIN
 from .ledger.core import CHECKPOINT_EVERY_EVENTS, CHECKPOINT_EVERY_MINUTES
@@ -176,6 +177,25 @@ def debug_enabled(environ: Mapping[str, str] | None = None) -> bool:
 def operator_name(environ: Mapping[str, str] | None = None) -> str | None:
     """Who runs this process (``USER``), for what the CLI records as made by the operator."""
     return (os.environ if environ is None else environ).get("USER")
+
+
+#: ``CART_COURSE_TOKEN``: the token the CLI acts with (its actor, role and sites), as
+#: ``--token-file`` gives it; unset: the CLI acts as the operator (docs/security.md).
+ENV_TOKEN = "CART_COURSE_TOKEN"
+
+
+def cli_token(environ: Mapping[str, str] | None = None) -> str | None:
+    """The token ``CART_COURSE_TOKEN`` holds (surrounding whitespace dropped); None when unset.
+    Set but blank is an error: a token was meant, and acting as the operator instead would
+    widen what the command may do."""
+    value = (os.environ if environ is None else environ).get(ENV_TOKEN)
+    if value is None:
+        return None
+    if not value.strip():
+        raise UnauthenticatedError(
+            f"{ENV_TOKEN} is set but empty; set it to a token, or unset it to act as the operator"
+        )
+    return value.strip()
 
 
 def export_store(settings: Settings) -> None:

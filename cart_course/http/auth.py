@@ -13,20 +13,31 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
-from ..access import actor_of, authenticate, permit
+from ..access import (  # the roles of each route: one table for HTTP and the CLI
+    ADMINS,
+    AUDITORS,
+    COMMANDERS,
+    METRICS_READERS,
+    READERS,
+    VIEWERS,
+    WRITERS,
+    actor_of,
+    authenticate,
+    permit,
+)
 from ..contract import Actor
 from ..errors import ForbiddenError, UnauthenticatedError
 from ..tokens import TokenInfo, TokenStore
 
-WRITERS = ("service", "clinician")
-#: Who records commands over ``POST /v1/commands``: the writers, and the roles that act on data
-#: queries (the service refuses a command its role may not record: 403).
-COMMANDERS = (*WRITERS, "monitor", "data_manager")
-READERS = ("service", "clinician", "monitor", "auditor", "data_manager")
-VIEWERS = ("clinician", "monitor", "auditor", "data_manager")
-AUDITORS = ("auditor",)
-ADMINS = ("admin",)
-METRICS_READERS = ("monitor", "auditor", "admin", "data_manager")
+__all__ = [
+    "ADMINS",
+    "AUDITORS",
+    "COMMANDERS",
+    "METRICS_READERS",
+    "READERS",
+    "VIEWERS",
+    "WRITERS",
+]
 SCOPE_KEY = "cart_course_token"
 
 

@@ -33,12 +33,14 @@ from typing import Any
 import attrs
 import msgspec
 
+from .access import parse_as
 from .bootstrap import Settings, build_service
 from .bulk import bulk_gc
 from .contract import Command, parse_command
 from .errors import CartCourseError
 from .jsonin import DuplicateKeyError, duplicate_key, loads
 from .service import CourseService
+from .tokens import TokenInfo
 
 #: Commands per transaction (``--batch-size``). A commit writes the batch's pages to SQLite's
 #: log and syncs it: 14 us per event in batches of 500 on a 100k-event ingest, 9 us in batches
@@ -166,9 +168,10 @@ def decode_line(line: str) -> Any:
 
 
 def record_batch(
-    service: CourseService, batch: Sequence[Numbered]
+    service: CourseService, batch: Sequence[Numbered], token: TokenInfo | None = None
 ) -> tuple[Counter[str], list[Rejected]]:
-    """Record one batch in one transaction: the counts and the rejected lines in line order."""
+    """Record one batch in one transaction: the counts and the rejected lines in line order
+    (``token``: each line recorded as the token's actor, its own actor dropped)."""
     counts: Counter[str] = Counter()
     rejected: list[Rejected] = []
     commands: list[tuple[int, Command]] = []
@@ -194,7 +197,12 @@ def record_batch(
                 rejected.append(_rejection(number, "invalid_json", exc.reason))
                 continue
         try:
-            commands.append((number, parse_command(data, json_data=json_data)))
+            command = (
+                parse_command(data, json_data=json_data)
+                if token is None
+                else parse_as(data, token, json_data=json_data)
+            )
+            commands.append((number, command))
         except CartCourseError as exc:
             rejected.append(_refused(number, exc))
         except RecursionError:
@@ -294,6 +302,9 @@ class Ingest:
     workers: int | None = None
     batch_size: int = BATCH
     service: Callable[[], CourseService] | None = None
+    #: The token the lines are recorded as (its actor; the CLI's ``--token-file``): recorded
+    #: in this process only, by ``service`` (the service as the token sees it).
+    token: TokenInfo | None = None
     #: How many workers the last run used.
     used_workers: int = attrs.field(default=0, init=False)
 
@@ -303,8 +314,8 @@ class Ingest:
         if self.workers is not None and not 1 <= self.workers <= max_workers():
             raise ValueError(f"workers must be 1 to {max_workers()} (or None for auto)")
         workers = self.workers if self.workers is not None else auto_workers(self.settings)
-        if self.settings.store.kind == "memory":
-            workers = 1
+        if self.settings.store.kind == "memory" or self.token is not None:
+            workers = 1  # a token's lines: in this process, by the service as it sees it
         it = iter(lines)
         if self.workers is None and workers > 1:
             head: list[Numbered] = []
@@ -329,7 +340,7 @@ class Ingest:
         try:
             for batch in _batches(lines, self.batch_size):
                 try:
-                    done, rejected = record_batch(service, batch)
+                    done, rejected = record_batch(service, batch, self.token)
                 except CartCourseError as exc:
                     raise IngestAborted(exc.message, batch[0][0]) from None
                 settle()

@@ -15,6 +15,7 @@ from typing import IO
 
 import click
 
+from ..access import AUDITORS
 from ..audit import exports
 from ..audit.asof import as_of
 from ..audit.conformance import Conformance, check_history
@@ -25,7 +26,7 @@ from ..audit.log import patient_events, require_readable, streams
 from ..audit.report import html_report
 from ..contract import parse_time
 from ..protocol.versions import VERSIONS, ProtocolVersion, UnknownProtocolVersionError, get_version
-from .common import Context, echo_json, pass_context, patient_id_argument
+from .common import Context, echo_json, pass_context, patient_id_argument, with_token
 
 
 @click.group()
@@ -48,6 +49,7 @@ def _write(chunks: Iterable[str], out: str) -> None:
 @click.argument("patient_id", callback=patient_id_argument)
 @click.option("--json", "as_json", is_flag=True, help="Every event as a JSON array.")
 @click.option("--csv", "as_csv", is_flag=True, help="Every event as CSV (one row per event).")
+@with_token(AUDITORS)
 @pass_context
 def history(ctx: Context, patient_id: str, as_json: bool, as_csv: bool) -> None:
     """Every event of PATIENT_ID in order: version, record time (UTC), clinical time, actor and
@@ -71,6 +73,7 @@ def history(ctx: Context, patient_id: str, as_json: bool, as_csv: bool) -> None:
 @click.option("--recorded-at", help="What the system knew at this record time (ISO, with offset).")
 @click.option("--occurred-at", help="What had happened by this clinical time, as known now.")
 @click.option("--json", "as_json", is_flag=True, help="The whole view as JSON.")
+@with_token(AUDITORS)
 @pass_context
 def as_of_cmd(
     ctx: Context,
@@ -151,6 +154,7 @@ def _protocol(value: str | None) -> ProtocolVersion | None:
     help="Re-grade every recorded toxicity observation under this scale.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Findings as JSON.")
+@with_token(AUDITORS)
 @pass_context
 def conformance(
     ctx: Context,
@@ -198,13 +202,14 @@ def conformance(
 @audit.command("product")
 @click.argument("product_id")
 @click.option("--json", "as_json", is_flag=True, help="The chain of custody as JSON.")
+@with_token(AUDITORS, path_arg="product_id")
 @pass_context
 def product_chain(ctx: Context, product_id: str, as_json: bool) -> None:
     """The chain of custody of a collection (ISBT 128 DIN or site id), a lot or a bag: every
     step, who, when, under which release decision. Exits 1 when PRODUCT_ID is not on record."""
     from ..audit.product import chain_of_custody, render
 
-    chain = chain_of_custody(product_id, streams(ctx.service.log))
+    chain = chain_of_custody(product_id, streams(ctx.log))
     if chain is None:
         click.echo(f"no collection, lot or bag {product_id!r} is on record", err=True)
         sys.exit(1)
@@ -256,6 +261,7 @@ def _open_seal(path: str | None) -> IO[str] | None:
     metavar="FILE",
     help="Public key(s) checkpoints are signed with (default: the service's own).",
 )
+@with_token(AUDITORS, trial_wide=True)
 @pass_context
 def verify_cmd(
     ctx: Context,
@@ -317,6 +323,7 @@ def verify_cmd(
     is_flag=True,
     help="Print the seal's summary as JSON (with FILE -, the seal is on stdout already).",
 )
+@with_token(AUDITORS, trial_wide=True)
 @pass_context
 def seal_cmd(ctx: Context, out: str, as_json: bool) -> None:
     """Write every stream's head hash and the log digest to FILE (keep it outside the database)."""
@@ -356,6 +363,7 @@ def seal_cmd(ctx: Context, out: str, as_json: bool) -> None:
     help="File to write (default stdout); for "
     "html of every patient, a directory (one file per patient).",
 )
+@with_token(AUDITORS)
 @pass_context
 def export(ctx: Context, fmt: str, patient_id: str | None, out: str) -> None:
     """Stream the log: jsonl (every event), csv (the timeline), fhir (an R4 Bundle per patient;

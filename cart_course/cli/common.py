@@ -114,16 +114,26 @@ class Context:
     ) -> None:
         """One entry per command run with a token, written before the command reads or writes
         anything (when it cannot be written, nothing is done): method ``CLI``, path ``/cli/``
-        and the command's words (and its product id, ``audit product``), the options as a
-        query (patient ids pseudonymised on an encrypted store, as over HTTP); status 200 when
-        the token may run the command, 403 when refused."""
+        and the command's words (and its product id, ``audit product``), the arguments and
+        options given (not their defaults) as a query (patient ids pseudonymised on an
+        encrypted store, as over HTTP); status 200 when the token may run the command, 403
+        when refused."""
         path = "/cli/" + "/".join(command.split()[1:])
         if path_arg is not None and params.get(path_arg):
             path += "/" + str(params[path_arg])
+        given = click.get_current_context()
+        spelled = {  # the name the user wrote: --site, --patient, PATIENT_ID (patient_id)
+            p.name: max(p.opts, key=len).lstrip("-") if isinstance(p, click.Option) else p.name
+            for p in given.command.params
+        }
         query = [
-            (name, str(value) if not isinstance(value, bool) else "true")
-            for name, value in sorted(params.items())
-            if name not in _UNLOGGED and name != path_arg and _loggable(value)
+            (spelled.get(name) or name, "true" if value is True else str(value))
+            for name, values in sorted(params.items())
+            if name not in _UNLOGGED
+            and name != path_arg
+            and given.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+            for value in (values if isinstance(values, tuple) else (values,))
+            if _loggable(value)
         ]
         self.system.tokens.log_access(
             actor=info.actor,
@@ -149,7 +159,7 @@ _UNLOGGED = frozenset({"source", "file", "errors_to", "out", "token_file"})
 
 
 def _loggable(value: Any) -> bool:
-    if value is None or value is False or value == ():
+    if value is None or value is False:
         return False
     return isinstance(value, str | int | float | bool)
 

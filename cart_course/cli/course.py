@@ -15,6 +15,7 @@ from typing import Any, BinaryIO, TextIO
 
 import click
 
+from ..access import COMMANDERS, READERS, parse_as
 from ..contract import parse_command
 from ..demo import cohort, ensure_demo_sites, live_cohort, query_steps, wrong_bag_attempt
 from ..errors import CartCourseError
@@ -31,7 +32,14 @@ from ..ingest import (
 from ..protocol.query_rules import RULES as QUERY_RULES
 from ..protocol.registry import REGISTRY
 from ..storage import DEFAULT_DB, new_cipher_key
-from .common import Context, echo_json, pass_context, patient_id_argument, read_json_input
+from .common import (
+    Context,
+    echo_json,
+    pass_context,
+    patient_id_argument,
+    read_json_input,
+    with_token,
+)
 
 
 def _record_epilog(example: str = "record_apheresis") -> str:
@@ -54,13 +62,17 @@ def _record_epilog(example: str = "record_apheresis") -> str:
 @click.command(epilog=_record_epilog())
 @click.argument("source", default="-")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@with_token(COMMANDERS)
 @pass_context
 def record(ctx: Context, source: str, as_json: bool) -> None:
     """Record one command (JSON envelope) from SOURCE: the JSON itself, a file, or - for stdin.
 
     With --json, a rejection is also printed on stdout as its JSON body (the error code, the
-    failed rules and the moves allowed now, as over HTTP), besides the one line on stderr."""
-    command = parse_command(read_json_input(source))
+    failed rules and the moves allowed now, as over HTTP), besides the one line on stderr.
+    With a token (--token-file, CART_COURSE_TOKEN) the command is recorded as the token's
+    actor (the envelope's actor is dropped), as over HTTP."""
+    data = read_json_input(source)
+    command = parse_command(data) if ctx.token is None else parse_as(data, ctx.token)
     result = ctx.service.execute(command).to_json()
     if as_json:
         echo_json(result)
@@ -109,6 +121,7 @@ def ingest_stream(
         workers=workers,
         batch_size=batch_size,
         service=lambda: ctx.service,
+        token=ctx.token,
     )
     return engine.run(lines)
 
@@ -175,6 +188,7 @@ def _workers_option(value: str) -> int | None:
     "allowed_moves).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@with_token(COMMANDERS)
 @pass_context
 def ingest(
     ctx: Context,
@@ -189,7 +203,10 @@ def ingest(
 
     Commands are saved in batched transactions; a rejected line is reported with its line number
     (in line order) and does not stop the others. Running the same file again records nothing
-    new. With several workers, each patient's lines go to one worker in file order.
+    new. With several workers, each patient's lines go to one worker in file order. With a
+    token (--token-file, CART_COURSE_TOKEN) every line is recorded as the token's actor, in
+    this process (no workers), and a site-limited token's lines for another site's patient are
+    rejected as for a patient not on record.
     """
     n_workers = _workers_option(workers)
     report: TextIO = (
@@ -260,6 +277,7 @@ def _fmt_cells(value: float | None) -> str:
 @click.command()
 @click.argument("patient_id", callback=patient_id_argument)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@with_token(READERS)
 @pass_context
 def show(ctx: Context, patient_id: str, as_json: bool) -> None:
     """A patient's state, course, doses, toxicities and the moves allowed now."""
@@ -349,6 +367,7 @@ def _patients_table(rows: list[dict[str, Any]]) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@with_token(READERS)
 @pass_context
 def patients(ctx: Context, as_json: bool) -> None:
     """All patients with their state."""

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import click
 
+from ..access import AUDITORS
 from ..contract import parse_time
 from ..exports import source
 from ..exports.checks import check_dir
 from ..exports.odm import write_odm
 from ..exports.sdtm import build
 from ..exports.write import FORMATS, prepare_dir, write_datasets
-from .common import Context, echo_json, pass_context
+from .common import Context, echo_json, pass_context, with_token
 
 AS_OF_HELP = (
     "Data cut-off: the export as the database stood at this record time (RFC 3339 with an "
@@ -41,6 +42,7 @@ def _as_of(value: str | None) -> dt.datetime | None:
 @click.option("--as-of", "as_of", metavar="RECORD_TIME", help=AS_OF_HELP)
 @click.option("--force", is_flag=True, help="Replace FILE when it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@with_token(AUDITORS)
 @pass_context
 def odm(ctx: Context, out: str, as_of: str | None, force: bool, as_json: bool) -> None:
     """ODM 1.3.2 ClinicalData: every value with its AuditRecord, corrections as updates,
@@ -75,6 +77,7 @@ def odm(ctx: Context, out: str, as_of: str | None, force: bool, as_json: bool) -
 @click.option("--as-of", "as_of", metavar="RECORD_TIME", help=AS_OF_HELP)
 @click.option("--force", is_flag=True, help="Write into DIR even when it is not empty.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@with_token(AUDITORS)
 @pass_context
 def sdtm(ctx: Context, out: str, fmt: str, as_of: str | None, force: bool, as_json: bool) -> None:
     """SDTMIG 3.4 datasets (DM IE PR EX AE FA RS DS and SUPP--) with define.xml 2.1 and

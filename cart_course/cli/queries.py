@@ -9,8 +9,9 @@ from typing import Any
 
 import click
 
+from ..access import READERS, VIEWERS, check_visible
 from ..views import queries as view_queries
-from .common import Context, echo_json, pass_context, patient_id_argument
+from .common import Context, echo_json, pass_context, patient_id_argument, with_token
 from .views import _parse_now, _ready, wait_options
 
 #: ``--status``: a query's status, or ``unresolved`` (every query not closed).
@@ -55,6 +56,7 @@ def queries() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @wait_options
+@with_token(VIEWERS)
 @pass_context
 def list_queries(
     ctx: Context,
@@ -69,6 +71,8 @@ def list_queries(
 ) -> None:
     """The data queries, oldest first, with their status, what they are about and their age."""
     moment = _parse_now(now)
+    if patient_id is not None:
+        check_visible(ctx.service, patient_id)  # another site's patient: as not on record
     views = _ready(ctx, wait_for, timeout, catch_up)
     rows = view_queries.query_list(
         views.db,
@@ -77,6 +81,7 @@ def list_queries(
         patient_id=patient_id,
         limit=limit,
         now=moment,
+        sites=ctx.sites,
     )
     if as_json:
         echo_json({"as_of": view_queries.as_of(moment), "queries": rows})
@@ -92,6 +97,7 @@ def list_queries(
 @queries.command("show")
 @click.argument("patient_id", callback=patient_id_argument)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@with_token(READERS)
 @pass_context
 def show_queries(ctx: Context, patient_id: str, as_json: bool) -> None:
     """One patient's queries with every step (who, when, what), from the patient's record."""

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
+from ..access import VIEWERS
 from ..figures import model, read
 from ..figures.report import cohort_report
 from ..protocol.states import State
-from .common import Context, echo_json, pass_context
+from .common import Context, echo_json, pass_context, with_token
 
 STATES = [s.value for s in State]
 
@@ -40,6 +41,7 @@ def report() -> None:
 @click.option("--state", type=click.Choice(STATES), default=None, help="Only patients in STATE.")
 @click.option("--toxicity", is_flag=True, help="Only patients with an open toxicity.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@with_token(VIEWERS, trial_wide=True)
 @pass_context
 def cohort(
     ctx: Context, out: str, sort: str, state: str | None, toxicity: bool, as_json: bool

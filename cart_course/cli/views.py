@@ -12,11 +12,12 @@ from typing import Any
 
 import click
 
+from ..access import METRICS_READERS, VIEWERS, ScopedService, check_visible, narrow
 from ..protocol.states import State
 from ..sites import DEFAULT_SITE, DEFAULT_SITE_NAME
 from ..views import Views, queries
 from ..views.metrics import metrics_text
-from .common import Context, echo_json, pass_context, patient_id_argument
+from .common import Context, echo_json, pass_context, patient_id_argument, with_token
 
 STATES = [s.value for s in State]
 
@@ -93,9 +94,18 @@ def _stream_line(s: dict[str, Any]) -> str:
     )
 
 
-def _warn_skipped(views: Views, summary: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Tell the monitor (stderr) which events the views skipped: never a silent gap."""
+def _warn_skipped(
+    views: Views, summary: dict[str, Any] | None = None, ctx: Context | None = None
+) -> dict[str, Any]:
+    """Tell the monitor (stderr) which events the views skipped: never a silent gap (a
+    site-limited token: only its sites' patients' streams)."""
     summary = summary if summary is not None else queries.skipped_summary(views.db)
+    scoped = ctx.service if ctx is not None and ctx.sites is not None else None
+    if isinstance(scoped, ScopedService):
+        streams = [
+            s for s in summary["streams"] if s["patient_id"] and scoped.sees(s["patient_id"])
+        ]
+        summary = {"events": sum(s["events"] for s in streams), "streams": streams}
     if summary["events"]:
         streams = summary["streams"]
         click.echo(
@@ -303,6 +313,7 @@ def wait_options(fn: Any) -> Any:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @wait_options
+@with_token(VIEWERS)
 @pass_context
 def status(
     ctx: Context,
@@ -327,7 +338,8 @@ def status(
     toxicity, the cell product (status, vein-to-vein time, a product waiting too long), and the
     data queries not closed (how many, the oldest one's age)."""
     moment = _parse_now(now)
-    sites = _site_option(ctx, site_filter)
+    # a site-limited token: its sites (another site asked for: refused, as over HTTP)
+    sites = narrow(ctx.sites, _site_option(ctx, site_filter))
     views = _ready(ctx, wait_for, timeout, catch_up)
     if per_site:
         _print_site_counts(ctx, views, moment, sites, as_json)
@@ -350,7 +362,7 @@ def status(
     rows = queries.board(views.db, **filters, now=moment, limit=limit)
     matching = queries.count(views.db, **filters, now=moment)
     lag = views.lag()
-    skipped = _warn_skipped(views)
+    skipped = _warn_skipped(views, ctx=ctx)
     if as_json:
         echo_json(
             {
@@ -402,6 +414,7 @@ def status(
     show_default=True,
     help="Pull new events into the views at each poll (--no-catch-up: rely on `views follow`).",
 )
+@with_token(VIEWERS)
 @pass_context
 def watch(
     ctx: Context,
@@ -431,8 +444,8 @@ def watch(
         if catch_up:
             views.catch_up()
         if views.skipped_count() != warned:  # at the start, and whenever more are skipped
-            warned = _warn_skipped(views)["events"]
-        rows = queries.changed_since(views.db, seen, moment)
+            warned = _warn_skipped(views, ctx=ctx)["events"]
+        rows = queries.changed_since(views.db, seen, moment, sites=ctx.sites)
         for r in rows:
             if as_json:
                 click.echo(json.dumps(r, ensure_ascii=False, default=str))
@@ -576,6 +589,7 @@ def rebuild(ctx: Context, verify: bool, as_json: bool) -> None:
 @views.command()
 @click.option("--catch-up", is_flag=True, help="Pull new events into the views first.")
 @click.option("--now", default=None, metavar="WHEN", help="Judge 'overdue' as of WHEN (ISO).")
+@with_token(METRICS_READERS, trial_wide=True)
 @pass_context
 def metrics(ctx: Context, catch_up: bool, now: str | None) -> None:
     """Prometheus text metrics (what the HTTP API serves at /metrics)."""
@@ -590,6 +604,7 @@ def metrics(ctx: Context, catch_up: bool, now: str | None) -> None:
 @click.option("--now", default=None, metavar="WHEN", help="Compute durations as of WHEN (ISO).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @wait_options
+@with_token(VIEWERS)
 @pass_context
 def watchlist(
     ctx: Context,
@@ -602,8 +617,8 @@ def watchlist(
     """Open toxicities (CRS, ICANS, ...) with grade, onset, holds and time since last infusion."""
     moment = _parse_now(now)
     views_ = _ready(ctx, wait_for, timeout, catch_up)
-    _warn_skipped(views_)
-    rows = queries.watchlist(views_.db, moment)
+    _warn_skipped(views_, ctx=ctx)
+    rows = queries.watchlist(views_.db, moment, sites=ctx.sites)
     if as_json:
         echo_json(rows)
         return
@@ -624,14 +639,15 @@ def watchlist(
 @views.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @wait_options
+@with_token(VIEWERS)
 @pass_context
 def cohort(
     ctx: Context, as_json: bool, wait_for: int | None, timeout: float, catch_up: bool
 ) -> None:
     """Patient counts by state, by last assessed response and by course number."""
     views_ = _ready(ctx, wait_for, timeout, catch_up)
-    _warn_skipped(views_)
-    data = queries.cohort(views_.db)
+    _warn_skipped(views_, ctx=ctx)
+    data = queries.cohort(views_.db, sites=ctx.sites)
     if as_json:
         echo_json(data)
         return
@@ -649,6 +665,7 @@ def cohort(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @wait_options
+@with_token(VIEWERS)
 @pass_context
 def deviations(
     ctx: Context,
@@ -660,9 +677,11 @@ def deviations(
 ) -> None:
     """Protocol deviations recorded so far (documented dose or timing deviations, findings of
     corrections)."""
+    if patient is not None:
+        check_visible(ctx.service, patient)  # another site's patient: as not on record
     views_ = _ready(ctx, wait_for, timeout, catch_up)
-    _warn_skipped(views_)
-    rows = queries.deviations(views_.db, patient)
+    _warn_skipped(views_, ctx=ctx)
+    rows = queries.deviations(views_.db, patient, sites=ctx.sites)
     if as_json:
         echo_json(rows)
         return

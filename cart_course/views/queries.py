@@ -722,10 +722,15 @@ def query_list(
     return out
 
 
-def changed_since(db: ViewDB, position: int, now: Moment = None) -> list[dict[str, Any]]:
-    """Board rows changed by notifications after ``position`` (what ``watch`` prints)."""
+def changed_since(
+    db: ViewDB, position: int, now: Moment = None, sites: Sites = None
+) -> list[dict[str, Any]]:
+    """Board rows changed by notifications after ``position`` (what ``watch`` prints; ``sites``:
+    of those sites' patients only)."""
+    where, params = ["position > ?"], [position]
+    _site_filter(sites, where, params)
     rows = db.fetchall(
-        _BOARD_SELECT + " WHERE position > ? ORDER BY position, patient_id", [position]
+        _BOARD_SELECT + " WHERE " + " AND ".join(where) + " ORDER BY position, patient_id", params
     )
     cutoff = _Cutoff(now)
     return [_board_dict(r, cutoff) for r in rows]

@@ -20,11 +20,11 @@ call the same functions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from .contract import Actor, Command, parse_command
-from .errors import ForbiddenError, PatientNotFoundError, UnauthenticatedError
+from .errors import CartCourseError, ForbiddenError, PatientNotFoundError, UnauthenticatedError
 from .protocol.record import PatientRecord
 from .service import CommandResult, CourseService
 from .tokens import TokenInfo, TokenStore
@@ -126,6 +126,12 @@ class ScopedService(CourseService):
 
     def execute(self, command: Command, *, sites: frozenset[str] | None = None) -> CommandResult:
         return self.base.execute(command, sites=self.scope if sites is None else sites & self.scope)
+
+    def execute_batch(
+        self, commands: Sequence[Command], *, sites: frozenset[str] | None = None
+    ) -> list[CommandResult | CartCourseError]:
+        scope = self.scope if sites is None else sites & self.scope
+        return self.base.execute_batch(commands, sites=scope)
 
     def close(self) -> None:  # the base service is the application's to close
         pass

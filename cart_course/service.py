@@ -399,8 +399,11 @@ class CourseService:
         with self._lock:
             return self._execute(command, sites)
 
-    def execute_batch(self, commands: Sequence[Command]) -> list[CommandResult | CartCourseError]:
-        """Record many commands in one transaction; each gets its own result or error."""
+    def execute_batch(
+        self, commands: Sequence[Command], *, sites: frozenset[str] | None = None
+    ) -> list[CommandResult | CartCourseError]:
+        """Record many commands in one transaction; each gets its own result or error
+        (``sites``: as for :meth:`execute`, another site's patient is not on record)."""
         checked: list[Command] = []
         refused: dict[int, CartCourseError] = {}
         for i, command in enumerate(commands):
@@ -409,7 +412,7 @@ class CourseService:
             except CartCourseError as exc:
                 refused[i] = exc
         with self._lock:
-            results = self._execute_batch(checked) if checked else []
+            results = self._execute_batch(checked, sites) if checked else []
         if not refused:
             return results
         done = iter(results)
@@ -446,17 +449,19 @@ class CourseService:
             f"patient {command.patient_id}: too many concurrent writers, try again"
         )
 
-    def _execute_batch(self, commands: Sequence[Command]) -> list[CommandResult | CartCourseError]:
+    def _execute_batch(
+        self, commands: Sequence[Command], sites: frozenset[str] | None = None
+    ) -> list[CommandResult | CartCourseError]:
         self._batch_reads = {}
         self._batch_span = Counter(c.patient_id for c in commands)
         try:
-            return self._decide_and_save_batch(commands)
+            return self._decide_and_save_batch(commands, sites)
         finally:
             self._batch_reads = None
             self._batch_span = Counter()
 
     def _decide_and_save_batch(
-        self, commands: Sequence[Command]
+        self, commands: Sequence[Command], sites: frozenset[str] | None = None
     ) -> list[CommandResult | CartCourseError]:
         started = time.monotonic()
         for attempt in range(MAX_RETRIES + LOCKED_RETRIES):
@@ -476,9 +481,9 @@ class CourseService:
                             probably_new=command.command == "screen",
                         )
                     )
-                course = loaded[command.patient_id]
                 try:
-                    result, changed = self._apply(course, command)
+                    course = _in_scope(loaded[command.patient_id], command, sites)
+                    result, changed = self._apply(course, command, sites=sites)
                 except CartCourseError as exc:
                     results.append(exc)
                     continue

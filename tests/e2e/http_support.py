@@ -59,3 +59,17 @@ def screen_body(patient_id: str, **extra: object) -> dict[str, object]:
     body["patient_id"] = patient_id
     body.update(extra)
     return body
+
+
+def crs_report() -> dict[str, object]:
+    """A ``report_toxicity`` payload: a grade 1 CRS (fever only)."""
+    return {
+        "toxicity": {
+            "kind": "CRS",
+            "observations": {
+                "temperature": {"value": 38.4, "unit": "C"},
+                "hypotension": False,
+                "oxygen": {"device": "none"},
+            },
+        }
+    }

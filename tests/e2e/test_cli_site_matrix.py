@@ -30,15 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from http_support import screen_body
+from http_support import crs_report, screen_body
+from test_cli_json_errors import invoke
 
 from cart_course.bootstrap import Settings, System
-from cart_course.cli import main
 from cart_course.course import stream_id
 
 OWN, OTHER, NONE = "P-OWN1", "P-OTHR2", "P-NONE3"  # the same length: swapped, columns align
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
-ENV = ("CART_COURSE_DB", "CART_COURSE_CIPHER_KEY", "CART_COURSE_COMPRESS", "CART_COURSE_TOKEN")
 OPERATOR = {"id": "op.tester", "role": "clinician"}
 
 Run = Callable[..., tuple[int, str, str]]
@@ -48,19 +47,13 @@ Run = Callable[..., tuple[int, str, str]]
 def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
     """``run(*args, env=None)``: the CLI in this process; returns (exit status, stdout, stderr)."""
 
-    def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-        for name in ENV:
-            monkeypatch.delenv(name, raising=False)
+    def run_with(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        monkeypatch.delenv("CART_COURSE_TOKEN", raising=False)
         for name, value in (env or {}).items():
             monkeypatch.setenv(name, value)
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as exited:
-            main(list(args))
-        out, err = capsys.readouterr()
-        code = exited.value.code
-        return (code if isinstance(code, int) else 1), out, err
+        return invoke(capsys, monkeypatch, *args)
 
-    return invoke
+    return run_with
 
 
 def _toxicity(pid: str, n: int) -> dict[str, Any]:
@@ -69,16 +62,7 @@ def _toxicity(pid: str, n: int) -> dict[str, Any]:
         "patient_id": pid,
         "occurred_at": (T0 + dt.timedelta(days=4)).isoformat(),
         "idempotency_key": f"matrix-{n}",
-        "payload": {
-            "toxicity": {
-                "kind": "CRS",
-                "observations": {
-                    "temperature": {"value": 38.4, "unit": "C"},
-                    "hypotension": False,
-                    "oxygen": {"device": "none"},
-                },
-            }
-        },
+        "payload": crs_report(),
     }
 
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from http_support import Stack, screen_body
+from http_support import Stack, crs_report, screen_body
 from litestar.testing import TestClient
 
 from cart_course.course import stream_id
@@ -120,18 +120,7 @@ class Matrix:
             query["version"] = 1
         body: Any = None
         payload: dict[str, Any] = (
-            {"text": "matrix: please check the source"}
-            if asks
-            else {
-                "toxicity": {
-                    "kind": "CRS",
-                    "observations": {
-                        "temperature": {"value": 38.4, "unit": "C"},
-                        "hypotension": False,
-                        "oxygen": {"device": "none"},
-                    },
-                }
-            }
+            {"text": "matrix: please check the source"} if asks else crs_report()
         )
         if method == "POST" and path == "/v1/commands":
             body = {

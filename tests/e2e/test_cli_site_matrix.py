@@ -314,7 +314,9 @@ def test_writes_as_the_token_and_within_its_sites(run: Run, tmp_path: Path) -> N
         "\n".join(json.dumps(_toxicity(pid, 10 + i)) for i, pid in enumerate((OWN, OTHER))) + "\n",
         encoding="utf-8",
     )
-    status, out, err = trial.as_token("clinician", "S01", "ingest", str(lines), "--json")
+    status, out, err = trial.as_token(
+        "clinician", "S01", "ingest", str(lines), "--workers", "2", "--json"
+    )  # workers asked for: recorded in this process, by the service as the token sees it
     assert status == 1
     summary = json.loads(out[out.index("{") :])  # in-process, the report may share stdout
     assert (summary["recorded"], summary["rejected"]) == (1, 1)
@@ -424,3 +426,45 @@ def test_a_site_limited_token_on_postgresql(run: Run, pg_url: str, tmp_path: Pat
         ("monitor.S01", "/cli/status", 200, "S01"),
         ("monitor.S01", "/cli/audit/verify", 403, "S01"),
     ]
+
+
+def test_patient_ids_in_the_access_log_are_pseudonymised_on_an_encrypted_store(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """As over HTTP: on an encrypted store the access log names a patient by its keyed
+    pseudonym, never by its id."""
+    from cart_course.cli import main
+    from cart_course.storage import new_cipher_key
+
+    key, db = new_cipher_key(), str(tmp_path / "encrypted.sqlite")
+    monkeypatch.setenv("CART_COURSE_CIPHER_KEY", key)
+    monkeypatch.setenv("CART_COURSE_DB", db)
+    monkeypatch.delenv("CART_COURSE_TOKEN", raising=False)
+
+    def cli(*args: str) -> str:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            main(list(args))
+        out, err = capsys.readouterr()
+        assert exited.value.code == 0, err
+        return out
+
+    cli("sites", "add", "S01", "Paris", "Europe/Paris")
+    screen = screen_body(OWN, actor=OPERATOR, occurred_at=T0.isoformat())
+    screen["payload"] = {**screen["payload"], "site": "S01"}  # type: ignore[dict-item]
+    cli("record", json.dumps(screen))
+    token = tmp_path / "token"
+    token.write_text(json.loads(cli("tokens", "add", "cra", "monitor", "--json"))["token"])
+    token.chmod(0o600)
+    assert OWN in cli("show", OWN, "--token-file", str(token))
+    assert "0 query(ies)" in cli("queries", "list", "--patient", OWN, "--token-file", str(token))
+    system = System(Settings.for_store(db, cipher_key=key))
+    try:
+        entries = system.tokens.access_log()
+    finally:
+        system.close()
+    assert [(e.path, e.query.split("=")[0]) for e in entries] == [
+        ("/cli/show", "patient_id"),
+        ("/cli/queries/list", "patient"),
+    ]
+    assert not any(OWN in e.path + e.query for e in entries)

@@ -8,21 +8,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from http_support import free_port
-from server_support import Server
-from test_browser import ARGS, ARTIFACTS, CHROMIUM, pytestmark  # noqa: F401
+from browser_support import ARTIFACTS, launch, needs_chromium
+from server_support import Server, demo_server
 
+pytestmark = needs_chromium
 PATIENT = "P-0001"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    db = str(tmp_path_factory.mktemp("browser-queries") / "demo.sqlite")
-    s = Server(db, free_port(), "--demo")
-    try:
+    with demo_server(tmp_path_factory.mktemp("browser-queries")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def _login(page, server: Server, role: str) -> None:  # type: ignore[no-untyped-def]
@@ -49,7 +45,7 @@ def test_the_query_workflow_in_the_dashboard(server: Server) -> None:
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        browser = launch(p)
         page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))

@@ -846,22 +846,20 @@ def parse_icans_observations(data: Any, field: str = "observations") -> IcansObs
             capd, capd_items = _tool_score(p, data, field, _CAPD_TOOL, consciousness)
         else:
             p.add(_missing_tool(_ICE_TOOL, field))
-    elif uses_capd(age):
-        ice = None
-        if has_ice:
-            key = "ice_items" if "ice_items" in data else "ice_score"
-            p.add(_wrong_tool(age, _at(field, key)))
-        elif not has_capd:
-            p.add(_missing_tool(_CAPD_TOOL, field))
-        else:
-            capd, capd_items = _tool_score(p, data, field, _CAPD_TOOL, consciousness)
-    elif has_capd:
-        key = "capd_items" if "capd_items" in data else "capd_score"
-        p.add(_wrong_tool(age, _at(field, key)))
-    elif not has_ice:
-        p.add(_missing_tool(_ICE_TOOL, field))
     else:
-        ice, ice_items = _tool_score(p, data, field, _ICE_TOOL, consciousness)
+        child = uses_capd(age)
+        tool, wrong = (_CAPD_TOOL, _ICE_TOOL) if child else (_ICE_TOOL, _CAPD_TOOL)
+        wrong_keys = [key for key in (wrong.items, wrong.score) if key in data]
+        if child:
+            ice = None
+        if wrong_keys:
+            p.add(_wrong_tool(age, _at(field, wrong_keys[0])))
+        elif not (has_capd if child else has_ice):
+            p.add(_missing_tool(tool, field))
+        elif child:
+            capd, capd_items = _tool_score(p, data, field, tool, consciousness)
+        else:
+            ice, ice_items = _tool_score(p, data, field, tool, consciousness)
     aphasia = p.run(lambda: _boolean(data, "awake_with_global_aphasia", field, False))
     if aphasia is True and consciousness == "stupor_or_coma":
         p.add(

@@ -36,6 +36,15 @@ def _status(page, qid: str) -> str:  # type: ignore[no-untyped-def]
     return page.locator(f"#queries tr[data-query='{qid}'] .q-status").text_content() or ""
 
 
+def _open_query(page, field: str) -> None:  # type: ignore[no-untyped-def]
+    """The monitor's form: a query on version 2's ``field``, sent."""
+    form = page.locator("#queries form.q-open")
+    form.locator("input[name=text]").fill("KPS: the source says 80")
+    form.locator("input[name=on_version]").fill("2")
+    form.locator("input[name=field]").fill(field)
+    form.locator("button").click()
+
+
 def _wait_status(page, qid: str, status: str) -> None:  # type: ignore[no-untyped-def]
     page.wait_for_selector(f"#queries tr[data-query='{qid}'][data-status='{status}']")
 
@@ -57,11 +66,7 @@ def test_the_query_workflow_in_the_dashboard(server: Server) -> None:
             # the site's answer form is not offered to a monitor
             assert page.locator("#queries form.q-answer").count() == 0
             # a field path the screening does not have: refused on the page, nothing recorded
-            form = page.locator("#queries form.q-open")
-            form.locator("input[name=text]").fill("KPS: the source says 80")
-            form.locator("input[name=on_version]").fill("2")
-            form.locator("input[name=field]").fill("payload.kps")
-            form.locator("button").click()
+            _open_query(page, "payload.kps")
             page.wait_for_function(
                 "() => document.querySelector('#queries .q-error').textContent.length > 0"
             )
@@ -69,11 +74,7 @@ def test_the_query_workflow_in_the_dashboard(server: Server) -> None:
             assert "is not a field of version 2" in error and "payload.screening.kps" in error
             page.screenshot(path=str(ARTIFACTS / "queries-bad-field.png"), full_page=True)
             # the right path: the query opens
-            form = page.locator("#queries form.q-open")
-            form.locator("input[name=text]").fill("KPS: the source says 80")
-            form.locator("input[name=on_version]").fill("2")
-            form.locator("input[name=field]").fill("payload.screening.kps")
-            form.locator("button").click()
+            _open_query(page, "payload.screening.kps")
             page.wait_for_function(
                 "(n) => document.querySelectorAll('#queries tr[data-query]').length > n",
                 arg=len(before),

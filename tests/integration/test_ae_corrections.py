@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +22,9 @@ from cart_course.audit import check_history, patient_events
 from cart_course.bootstrap import Settings, build_service
 from cart_course.errors import InvalidCommandError
 from cart_course.service import CourseService
-from cart_course.storage import parse_store_url
 from cart_course.views import Views, queries
 
 CRS3 = {"kind": "CRS", "grade": 3, "scale": "ASTCT", "scale_version": "2019"}
-
-
-@pytest.fixture
-def views(service: CourseService, store_url: str) -> Iterator[Views]:
-    v = Views(service.log, parse_store_url(store_url))
-    try:
-        yield v
-    finally:
-        v.close()
 
 
 def _treated(service: CourseService, pid: str, ae: dict[str, Any]) -> tuple[Course, int]:

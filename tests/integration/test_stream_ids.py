@@ -268,22 +268,18 @@ def _legacy_store(store: Store) -> None:
     tokens.pseudonymise = None  # the previous release logged patient ids as requested
     try:
         _record(service, cohort(len(PATIENTS) - 2, seed=3))
-        tokens.log_access(
-            actor="auditor.ann",
-            role="auditor",
-            method="GET",
-            path="/v1/patients/P-0002/history",
-            query="",
-            status=200,
-        )
-        tokens.log_access(
-            actor="auditor.ann",
-            role="auditor",
-            method="GET",
-            path="/v1/exports/timeline.csv",
-            query="patient_id=P-0003",
-            status=200,
-        )
+        for path, query in (
+            ("/v1/patients/P-0002/history", ""),
+            ("/v1/exports/timeline.csv", "patient_id=P-0003"),
+        ):
+            tokens.log_access(
+                actor="auditor.ann",
+                role="auditor",
+                method="GET",
+                path=path,
+                query=query,
+                status=200,
+            )
     finally:
         tokens.close()
         service.close()

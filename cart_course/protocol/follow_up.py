@@ -41,7 +41,7 @@ from .payloads import (
     SaeReportPayload,
     convert,
 )
-from .record import PatientRecord, judge_sent
+from .record import PatientRecord, judge_sent, new_sae_clock
 from .states import FOLLOW_UP as FOLLOW_UP_STATES
 from .states import State
 
@@ -811,22 +811,6 @@ def merged_adverse_event(
     return merged
 
 
-def _new_clock(report: str, start: str, within_hours: int, version: int) -> dict[str, Any]:
-    due = dt.datetime.fromisoformat(start) + dt.timedelta(hours=int(within_hours))
-    return {
-        "report": report,
-        "started_at": start,
-        "due_at": due.isoformat(),
-        "version": version,
-        "sent_at": None,
-        "sent_to": None,
-        "reference": None,
-        "late": None,
-        "delay_hours": None,
-        "report_version": None,
-    }
-
-
 def corrected_sae_case(
     case_id: str,
     case: Mapping[str, Any] | None,
@@ -859,7 +843,7 @@ def corrected_sae_case(
             "seriousness": seriousness,
             "susar": susar,
             "clocks": [
-                _new_clock(c["report"], start, c["within_hours"], corrects)
+                new_sae_clock(c["report"], start, c["within_hours"], corrects)
                 for c in _clocks_for(seriousness, susar, None, params)
             ],
         }
@@ -889,7 +873,7 @@ def corrected_sae_case(
         return new
     if not any(c["report"] == "initial" for c in live):
         new["clocks"].append(
-            _new_clock("initial", start, params.sae_initial_report_hours, corrects)
+            new_sae_clock("initial", start, params.sae_initial_report_hours, corrects)
         )
     days = (
         params.susar_fatal_report_days
@@ -898,7 +882,7 @@ def corrected_sae_case(
     )
     expedited = [c for c in live if c["report"] == "expedited"]
     if susar and not expedited:
-        new["clocks"].append(_new_clock("expedited", start, days * 24, corrects))
+        new["clocks"].append(new_sae_clock("expedited", start, days * 24, corrects))
     for c in expedited:
         if c.get("sent_at") or not c.get("started_at"):
             continue

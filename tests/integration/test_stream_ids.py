@@ -26,7 +26,7 @@ from cart_course.audit import verify
 from cart_course.audit.exports import jsonl
 from cart_course.bootstrap import Settings, build_service, build_tokens
 from cart_course.cli import cli
-from cart_course.contract import parse_command
+from cart_course.contract import Command, parse_command
 from cart_course.course import stream_id as uuid5
 from cart_course.demo import cohort
 from cart_course.errors import CipherKeyError, StoreError
@@ -123,6 +123,20 @@ def _refused_without_its_marker(store: Store) -> None:
         with pytest.raises(CipherKeyError, match="marker is missing"):
             service.execute(parse_command(next(iter(cohort(1, seed=3)))))
         assert service.log.settings_mismatch() is not None
+
+
+def _death(patient_id: str) -> Command:
+    """The patient's death (progressive disease) on 2026-09-01."""
+    return parse_command(
+        {
+            "command": "record_death",
+            "patient_id": patient_id,
+            "occurred_at": "2026-09-01T09:00:00+00:00",
+            "actor": {"id": "dr.demo", "role": "clinician"},
+            "idempotency_key": f"{patient_id}-death",
+            "payload": {"cause": "progressive disease"},
+        }
+    )
 
 
 def _leaks(store: Store) -> list[str]:
@@ -335,18 +349,7 @@ def test_migrating_a_uuid5_store_keeps_every_hash_signature_and_checkpoint(store
             )
         )
         assert signed.status == "recorded", signed
-        death = service.execute(
-            parse_command(
-                {
-                    "command": "record_death",
-                    "patient_id": "P-0003",
-                    "occurred_at": "2026-09-01T09:00:00+00:00",
-                    "actor": {"id": "dr.demo", "role": "clinician"},
-                    "idempotency_key": "P-0003-death",
-                    "payload": {"cause": "progressive disease"},
-                }
-            )
-        )
+        death = service.execute(_death("P-0003"))
         assert death.status == "recorded", death
         _record(service, cohort(2, seed=9, prefix="NEW"))
         assert verify(service.log).ok
@@ -464,16 +467,7 @@ def test_a_writer_left_running_through_a_migration_refuses_rather_than_record_un
             migrate_stream_ids(service, store.key)
         finally:
             service.close()
-        death = parse_command(
-            {
-                "command": "record_death",
-                "patient_id": "P-0002",
-                "occurred_at": "2026-09-01T09:00:00+00:00",
-                "actor": {"id": "dr.demo", "role": "clinician"},
-                "idempotency_key": "P-0002-death",
-                "payload": {"cause": "progressive disease"},
-            }
-        )
+        death = _death("P-0002")
         with pytest.raises(StoreError, match="migrated"):
             stale.execute(death)
     finally:

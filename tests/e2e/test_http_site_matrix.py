@@ -29,6 +29,7 @@ from http_support import Stack, screen_body
 from litestar.testing import TestClient
 
 from cart_course.course import stream_id
+from cart_course.demo import crs
 from cart_course.http.app import route_table
 from cart_course.http.common import declared_query
 
@@ -120,18 +121,7 @@ class Matrix:
             query["version"] = 1
         body: Any = None
         payload: dict[str, Any] = (
-            {"text": "matrix: please check the source"}
-            if asks
-            else {
-                "toxicity": {
-                    "kind": "CRS",
-                    "observations": {
-                        "temperature": {"value": 38.4, "unit": "C"},
-                        "hypotension": False,
-                        "oxygen": {"device": "none"},
-                    },
-                }
-            }
+            {"text": "matrix: please check the source"} if asks else {"toxicity": crs(1)}
         )
         if method == "POST" and path == "/v1/commands":
             body = {

@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 import pytest
 from click.testing import CliRunner
-from integration_helpers import Course, Sql, raw_sql
+from integration_helpers import Course, Sql, crs, raw_sql
 from litestar.testing import TestClient
 
 from cart_course.audit import verify
@@ -403,16 +403,7 @@ def test_a_migrated_long_history_keeps_its_snapshots_and_takes_new_ones(tmp_path
     """Snapshots (every 50 events) hold the chain's head: kept as stored, renamed, compared with
     the replay by the audit; the next one is taken after the migration and verifies too."""
     db, key = str(tmp_path / "long.sqlite"), new_cipher_key()
-    fever = {
-        "toxicity": {
-            "kind": "CRS",
-            "observations": {
-                "temperature": {"value": 38.2, "unit": "C"},
-                "hypotension": False,
-                "oxygen": {"device": "none"},
-            },
-        }
-    }
+    fever = {"toxicity": crs(1)}
     service = build_service(Settings.for_store(db, cipher_key=key))
     service.app.stream_ids = StreamIds(SCHEME_UUID5, cipher_key=key)
     raw_sql("sqlite", db)(f"DELETE FROM {META_TABLE}")

@@ -4,15 +4,13 @@ audit routes."""
 from __future__ import annotations
 
 from typing import Annotated, Any
-from urllib.parse import quote
 
 import attrs
 from litestar import Request, Response, delete, get, post
-from litestar.datastructures import ResponseHeader
 from litestar.params import FromPath, JSONBody
 
 from .auth import ADMINS, AUDITORS, current_token
-from .common import Tok, read_json_object
+from .common import Tok, created, location_header, read_json_object
 from .params import MAX_PAGE, integer_query, position_query
 from .problems import problem_responses
 
@@ -73,13 +71,7 @@ def list_tokens(tokens: Tok) -> list[TokenView]:
     before_request=read_json_object,
     sync_to_thread=True,
     responses=problem_responses(413, 415),
-    response_headers=[
-        ResponseHeader(
-            name="Location",
-            documentation_only=True,
-            description="The token: /v1/tokens/{id} (DELETE it to revoke)",
-        )
-    ],
+    response_headers=location_header("The token: /v1/tokens/{id} (DELETE it to revoke)"),
     response_description="Issued; the token is shown here once",
     status_code=201,
     summary="Issue a token for an actor and role",
@@ -98,11 +90,7 @@ def add_token(
         created_by=current_token(request).actor,
         sites=data.sites or (),
     )
-    return Response(
-        IssuedToken(token=token, info=_token_view(info)),
-        status_code=201,
-        headers={"Location": f"/v1/tokens/{quote(info.id, safe='')}"},
-    )
+    return created(IssuedToken(token=token, info=_token_view(info)), "/v1/tokens", info.id)
 
 
 @delete(

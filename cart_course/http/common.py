@@ -4,10 +4,11 @@ strict reading of JSON bodies (before Litestar converts anything)."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
+from urllib.parse import quote
 
-from litestar import Request
-from litestar.datastructures import State
+from litestar import Request, Response
+from litestar.datastructures import ResponseHeader, State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import SerializationException
 from litestar.params import HeaderParameter, ParameterKwarg
@@ -185,6 +186,21 @@ class JSONRequest(Request[Any, Any, Any]):
                 f"is nested too deeply; at most {MAX_JSON_DEPTH} levels of arrays and objects"
             )
         return value
+
+
+_T = TypeVar("_T")
+
+
+def location_header(description: str) -> list[ResponseHeader]:
+    """The documented ``Location`` of a route that adds something (201: :func:`created`)."""
+    return [ResponseHeader(name="Location", documentation_only=True, description=description)]
+
+
+def created(body: _T, collection: str, item_id: str) -> Response[_T]:
+    """201 with ``Location``: the added item's URL (its id quoted) under ``collection``."""
+    return Response(
+        body, status_code=201, headers={"Location": f"{collection}/{quote(item_id, safe='')}"}
+    )
 
 
 SITE_KEYS = ("id", "name", "time_zone")

@@ -12,6 +12,7 @@ import csv
 import datetime as dt
 import io
 import threading
+from collections.abc import Mapping
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -377,6 +378,17 @@ class BoardFilter:
         )
         return wanted or None
 
+    @classmethod
+    def of(cls, params: Mapping[str, Any]) -> BoardFilter:
+        """The filters of a board handler's parameters (its ``locals()`` before anything else;
+        ``state_filter`` is the state), checked."""
+        f = cls(
+            state=params["state_filter"],
+            **{a.name: params[a.name] for a in attrs.fields(cls) if a.name != "state"},
+        )
+        f.check()
+        return f
+
     def check(self) -> None:
         if self.state is not None and self.state not in STATES:
             raise InvalidCommandError(
@@ -489,20 +501,7 @@ def get_board(
     (without ``sort``: a sorted board is one page, its first ``limit`` rows)."""
     from ..views import queries
 
-    f = BoardFilter(
-        state=state_filter,
-        overdue=overdue,
-        toxicity=toxicity,
-        hold=hold,
-        awaiting=awaiting,
-        sae=sae,
-        follow_up_due=follow_up_due,
-        min_ae_grade=min_ae_grade,
-        has_open_queries=has_open_queries,
-        contains=contains,
-        sort=sort,
-    )
-    f.check()
+    f = BoardFilter.of(locals())
     if sort is not None and after is not None:
         raise InvalidCommandError(
             "query.after", "pages follow the board's own order: leave out sort to page with after"
@@ -589,20 +588,7 @@ def get_board_csv(
     contains: ContainsFilter = None,
     sort: BoardSort = None,
 ) -> Response[str]:
-    f = BoardFilter(
-        state=state_filter,
-        overdue=overdue,
-        toxicity=toxicity,
-        hold=hold,
-        awaiting=awaiting,
-        sae=sae,
-        follow_up_due=follow_up_due,
-        min_ae_grade=min_ae_grade,
-        has_open_queries=has_open_queries,
-        contains=contains,
-        sort=sort,
-    )
-    f.check()
+    f = BoardFilter.of(locals())
     rows = _board_rows(request, f, sites=view_sites(request, service, site))
     return Response(
         board_csv_text(rows),

@@ -8,6 +8,7 @@ Each SVG carries its own ``<title>``/``<desc>`` and no style or script, so the d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from litestar import Response, get
@@ -68,6 +69,23 @@ def _selection(state: str | None, toxicity: bool) -> str:
     )
 
 
+def _cohort_svg(
+    service: Any,
+    name: str,
+    state: str | None,
+    toxicity: bool,
+    draw: Callable[[list[Any], str], str],
+) -> Response[str]:
+    """A cohort figure of the selected records (``draw``: the records and the selection in
+    words -> the SVG), drawn once per log position and selection (``read.drawn``)."""
+
+    def drawn() -> str:
+        records, _ = _records(service, state, toxicity)
+        return draw(records, _selection(state, toxicity))
+
+    return _svg(read.drawn(service.log, (name, state, toxicity), drawn))
+
+
 def _sort(sort: str) -> str:
     if sort not in model.SORTS:
         raise InvalidCommandError(
@@ -119,15 +137,15 @@ def swimmer_svg(
 def best_response_svg(
     service: Svc, state_filter: StateFilter = None, toxicity: FromQuery[bool] = False
 ) -> Response[str]:
-    def draw() -> str:
-        records, _ = _records(service, state_filter, toxicity)
-        return render.counts_svg(
-            model.best_response(records),
-            "fig-best-response",
-            selection=_selection(state_filter, toxicity),
-        )
-
-    return _svg(read.drawn(service.log, ("best-response", state_filter, toxicity), draw))
+    return _cohort_svg(
+        service,
+        "best-response",
+        state_filter,
+        toxicity,
+        lambda records, selection: render.counts_svg(
+            model.best_response(records), "fig-best-response", selection=selection
+        ),
+    )
 
 
 @get(
@@ -142,13 +160,15 @@ def best_response_svg(
 def max_grade_svg(
     service: Svc, state_filter: StateFilter = None, toxicity: FromQuery[bool] = False
 ) -> Response[str]:
-    def draw() -> str:
-        records, _ = _records(service, state_filter, toxicity)
-        return render.counts_svg(
-            model.max_grades(records), "fig-max-grade", selection=_selection(state_filter, toxicity)
-        )
-
-    return _svg(read.drawn(service.log, ("max-grade", state_filter, toxicity), draw))
+    return _cohort_svg(
+        service,
+        "max-grade",
+        state_filter,
+        toxicity,
+        lambda records, selection: render.counts_svg(
+            model.max_grades(records), "fig-max-grade", selection=selection
+        ),
+    )
 
 
 @get(
@@ -163,13 +183,15 @@ def max_grade_svg(
 def vein_to_vein_svg(
     service: Svc, state_filter: StateFilter = None, toxicity: FromQuery[bool] = False
 ) -> Response[str]:
-    def draw() -> str:
-        records, _ = _records(service, state_filter, toxicity)
-        return render.vein_to_vein_svg(
-            model.vein_to_vein(records), selection=_selection(state_filter, toxicity)
-        )
-
-    return _svg(read.drawn(service.log, ("vein-to-vein", state_filter, toxicity), draw))
+    return _cohort_svg(
+        service,
+        "vein-to-vein",
+        state_filter,
+        toxicity,
+        lambda records, selection: render.vein_to_vein_svg(
+            model.vein_to_vein(records), selection=selection
+        ),
+    )
 
 
 @get(

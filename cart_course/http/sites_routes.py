@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 import attrs
 from litestar import Request, Response, delete, get, post
-from litestar.datastructures import ResponseHeader
 from litestar.params import FromPath, JSONBody
 
 from .auth import ADMINS, current_token
-from .common import Tok, read_json_object
+from .common import Tok, created, location_header, read_json_object
 from .problems import problem_responses
 
 
@@ -58,11 +56,7 @@ def list_sites(tokens: Tok) -> list[SiteView]:
     before_request=read_json_object,
     sync_to_thread=True,
     responses=problem_responses(409, 413, 415),
-    response_headers=[
-        ResponseHeader(
-            name="Location", documentation_only=True, description="The site: /v1/sites/{id}"
-        )
-    ],
+    response_headers=location_header("The site: /v1/sites/{id}"),
     response_description="Added",
     status_code=201,
     summary="Add a site (id, name, IANA time zone)",
@@ -74,9 +68,7 @@ def add_site(
     site = tokens.sites.add(
         data.id, data.name, data.time_zone, created_by=current_token(request).actor
     )
-    return Response(
-        _view(site), status_code=201, headers={"Location": f"/v1/sites/{quote(site.id, safe='')}"}
-    )
+    return created(_view(site), "/v1/sites", site.id)
 
 
 @delete(

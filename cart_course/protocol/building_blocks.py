@@ -176,23 +176,22 @@ def no_context(record: PatientRecord) -> dict[str, Any]:
 # Payload facts: what the command itself says, validated and normalized
 # ----------------------------------------------------------------------------------------------
 
+#: A command's payload as sent (decoded JSON).
+Payload = Mapping[str, Any]
+#: The context facts a parser reads, or the seed it fills.
+Facts = dict[str, Any]
+#: What a parser returns: the normalized payload and the payload facts.
+Parsed = tuple[dict[str, Any], dict[str, Any]]
 #: A payload parser: (record, payload, clinical date, context facts, seed) -> (normalized payload,
 #: payload facts). ``seed`` receives what it parsed on the way (e.g. ``screening_data``, the
 #: parsed form of ``facts["screening"]``): ``prepare`` seeds the probe's cache with it, so the
 #: rules do not parse the facts' JSON again (tests prove re-parsing gives the same objects).
-PayloadParser = Callable[
-    [PatientRecord, Mapping[str, Any], dt.date, dict[str, Any], dict[str, Any]],
-    tuple[dict[str, Any], dict[str, Any]],
-]
+PayloadParser = Callable[[PatientRecord, Payload, dt.date, Facts, Facts], Parsed]
 
 
 def parse_screening_payload(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts
+) -> Parsed:
     data = nested("payload.screening", parse_screening, _object(p, "screening"))
     seed["screening_data"] = data
     screening = data.to_json()
@@ -216,12 +215,8 @@ def _object(p: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 
 def parse_apheresis(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts
+) -> Parsed:
     contraindication = p.get("apheresis_contraindication")
     if not isinstance(contraindication, bool):
         raise ProtocolInputError("payload.apheresis_contraindication", "must be true or false")
@@ -233,12 +228,8 @@ def parse_apheresis(
 
 
 def parse_infusion(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts
+) -> Parsed:
     norm: dict[str, Any] = {"day": p["day"]}
     facts: dict[str, Any] = {"infusion_date": day.isoformat()}
     weight = ctx.get("weight_kg")
@@ -279,12 +270,8 @@ def _open_list(record: PatientRecord) -> str:
 
 
 def parse_toxicity(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts
+) -> Parsed:
     """A toxicity report: a new episode (no ``toxicity_id``: the next free id of its kind is
     assigned, never one already on record), or an update of an open episode of the same kind.
 
@@ -363,23 +350,15 @@ def _check_corrected_report(
 
 
 def parse_resolution(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts
+) -> Parsed:
     tox_id = _text(p, "toxicity_id", max_len=100)
     return {"toxicity_id": tox_id}, {"toxicity_id": tox_id}
 
 
 def parse_assessment(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts
+) -> Parsed:
     parsed = nested("payload.assessment", parse_response_assessment, _object(p, "assessment"))
     # The result under the default parameters; ``prepare`` reuses it when the version's
     # parameters are these.
@@ -406,24 +385,14 @@ def parse_assessment(
     return norm, facts
 
 
-def parse_death(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def parse_death(record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts) -> Parsed:
     cause = _text(p, "cause", max_len=500)
     return ({"cause": cause} if cause else {}), ({"cause": cause} if cause else {})
 
 
 def parse_nothing(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts
+) -> Parsed:
     return {}, {}
 
 

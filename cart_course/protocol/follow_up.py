@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 
 from . import building_blocks as blocks
+from .building_blocks import Facts, Parsed, Payload
 from .errors import ContextInputError, FieldProblem, ProtocolInputError
 from .machine import Probe
 from .parameters import ProtocolParameters
@@ -40,7 +41,7 @@ from .payloads import (
     SaeReportPayload,
     convert,
 )
-from .record import PatientRecord, judge_sent
+from .record import PatientRecord, judge_sent, new_sae_clock
 from .states import FOLLOW_UP as FOLLOW_UP_STATES
 from .states import State
 
@@ -242,12 +243,8 @@ def _case_brief(record: PatientRecord, case_id: str) -> dict[str, Any] | None:
 
 
 def parse_toxicity_ae(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts
+) -> Parsed:
     """``report_toxicity``: the toxicity report (``building_blocks.parse_toxicity``) and, when
     given, its adverse-event facts; the episode's safety case so far (the outcome's clocks)."""
     norm, facts = blocks.parse_toxicity(record, p, day, ctx, seed)
@@ -365,12 +362,8 @@ def _pending(case: Mapping[str, Any]) -> list[str]:
 
 
 def parse_sae_report(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts
+) -> Parsed:
     report: SaeReportPayload = _decode(dict(p), SaeReportPayload, "payload")
     norm: dict[str, Any] = _plain(report)
     case = record.sae_cases.get(report.case_id)
@@ -456,12 +449,8 @@ def _visit_name(record: PatientRecord, name: str) -> None:
 
 
 def parse_follow_up(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts
+) -> Parsed:
     visit: FollowUpPayload = _decode(dict(p), FollowUpPayload, "payload")
     problems: list[FieldProblem] = []
     status = visit.disease_status
@@ -483,12 +472,8 @@ def parse_follow_up(
 
 
 def parse_missed_visit(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts
+) -> Parsed:
     missed: MissedVisitPayload = _decode(dict(p), MissedVisitPayload, "payload")
     _visit_name(record, missed.visit)
     if missed.visit in record.follow_up.get("missed", {}):
@@ -671,13 +656,7 @@ def missed_visit_outcome(
 # ----------------------------------------------------------------------------------------------
 
 
-def parse_death(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def parse_death(record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts) -> Parsed:
     """A death: the free-text ``cause`` as before, and (new) a structured ``cause_of_death`` and
     ``aware_at``. A payload without the new keys records exactly what it recorded before."""
     norm, facts = blocks.parse_death(record, p, day, ctx, seed)
@@ -832,22 +811,6 @@ def merged_adverse_event(
     return merged
 
 
-def _new_clock(report: str, start: str, within_hours: int, version: int) -> dict[str, Any]:
-    due = dt.datetime.fromisoformat(start) + dt.timedelta(hours=int(within_hours))
-    return {
-        "report": report,
-        "started_at": start,
-        "due_at": due.isoformat(),
-        "version": version,
-        "sent_at": None,
-        "sent_to": None,
-        "reference": None,
-        "late": None,
-        "delay_hours": None,
-        "report_version": None,
-    }
-
-
 def corrected_sae_case(
     case_id: str,
     case: Mapping[str, Any] | None,
@@ -880,7 +843,7 @@ def corrected_sae_case(
             "seriousness": seriousness,
             "susar": susar,
             "clocks": [
-                _new_clock(c["report"], start, c["within_hours"], corrects)
+                new_sae_clock(c["report"], start, c["within_hours"], corrects)
                 for c in _clocks_for(seriousness, susar, None, params)
             ],
         }
@@ -910,7 +873,7 @@ def corrected_sae_case(
         return new
     if not any(c["report"] == "initial" for c in live):
         new["clocks"].append(
-            _new_clock("initial", start, params.sae_initial_report_hours, corrects)
+            new_sae_clock("initial", start, params.sae_initial_report_hours, corrects)
         )
     days = (
         params.susar_fatal_report_days
@@ -919,7 +882,7 @@ def corrected_sae_case(
     )
     expedited = [c for c in live if c["report"] == "expedited"]
     if susar and not expedited:
-        new["clocks"].append(_new_clock("expedited", start, days * 24, corrects))
+        new["clocks"].append(new_sae_clock("expedited", start, days * 24, corrects))
     for c in expedited:
         if c.get("sent_at") or not c.get("started_at"):
             continue

@@ -34,6 +34,7 @@ from .states import State
 from .toxicity import Temperature
 
 if TYPE_CHECKING:
+    from .building_blocks import Facts, Parsed, Payload, PayloadParser
     from .record import PatientRecord
 
 #: The observations' keys (all required: the gate reads each of them).
@@ -440,12 +441,8 @@ def ctx_assessment(record: PatientRecord) -> dict[str, Any]:
 
 
 def parse_assessment(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts
+) -> Parsed:
     """``assess_pre_infusion``: the fraction assessed (``day``) and the observations."""
     problems = Problems()
     fraction = p.get("day")
@@ -463,25 +460,13 @@ def parse_assessment(
     return {"day": fraction, "pre_infusion": obs}, {"day": fraction, "pre_infusion": obs}
 
 
-def parse_infusion_observations(
-    parse: Callable[
-        [PatientRecord, Mapping[str, Any], dt.date, dict[str, Any], dict[str, Any]],
-        tuple[dict[str, Any], dict[str, Any]],
-    ],
-) -> Callable[
-    [PatientRecord, Mapping[str, Any], dt.date, dict[str, Any], dict[str, Any]],
-    tuple[dict[str, Any], dict[str, Any]],
-]:
+def parse_infusion_observations(parse: PayloadParser) -> PayloadParser:
     """``give_infusion``'s parser with its observations (``pre_infusion``, optional) parsed: the
     payload without them is parsed as before (its stored form unchanged)."""
 
     def parse_with(
-        record: PatientRecord,
-        p: Mapping[str, Any],
-        day: dt.date,
-        ctx: dict[str, Any],
-        seed: dict[str, Any],
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts
+    ) -> Parsed:
         if "pre_infusion" not in p:
             return parse(record, p, day, ctx, seed)
         rest = {k: v for k, v in p.items() if k != "pre_infusion"}

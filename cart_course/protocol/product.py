@@ -31,6 +31,7 @@ import msgspec
 from .errors import ContextInputError, ProtocolInputError
 
 if TYPE_CHECKING:
+    from .building_blocks import Facts, Parsed, Payload
     from .record import PatientRecord
 
 # ----------------------------------------------------------------------------------------------
@@ -241,12 +242,8 @@ def _check_new_collection(record: PatientRecord, collection: Mapping[str, str], 
 
 
 def parse_repeat_apheresis(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts
+) -> Parsed:
     contraindication = p.get("apheresis_contraindication")
     if not isinstance(contraindication, bool):
         raise ProtocolInputError("payload.apheresis_contraindication", "must be true or false")
@@ -290,12 +287,8 @@ def ctx_manufacture(record: PatientRecord) -> dict[str, Any]:
 
 
 def parse_start_manufacture(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts
+) -> Parsed:
     data: StartManufacture = _convert(p, StartManufacture)
     lot_id = _text(data.lot_id, "payload.lot_id")
     if lot_id in record.lots:
@@ -331,12 +324,8 @@ def ctx_release(record: PatientRecord) -> dict[str, Any]:
 
 
 def parse_release(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts
+) -> Parsed:
     data: ReleaseProduct = _convert(p, ReleaseProduct)
     lot_id = _text(data.lot_id, "payload.lot_id")
     lot = record.lots.get(lot_id)

@@ -4,21 +4,16 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
-from typing import Any
 
 from . import building_blocks as blocks
 from . import product
+from .building_blocks import Facts, Parsed, Payload
 from .record import PatientRecord
 
 
 def parse_apheresis(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts
+) -> Parsed:
     """``record_apheresis``: the collection's identifier (``din`` or ``collection_id``) when
     given: the patient's product is tracked from then on."""
     if "din" not in p and "collection_id" not in p:
@@ -35,12 +30,8 @@ def parse_apheresis(
 
 
 def parse_infusion(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts
+) -> Parsed:
     """``give_infusion``: the bedside keys parsed (the bag as the record knows it), the cells
     defaulting to the bag's labelled count."""
     if "bag_id" not in p and "verified_by" not in p and "thawed_at" not in p:

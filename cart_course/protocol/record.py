@@ -631,23 +631,25 @@ def _open_sae(record: PatientRecord, sae: dict[str, Any], occurred_at: str, vers
     )
     case["seriousness"] = sorted(set(case["seriousness"]) | set(sae.get("seriousness", ())))
     case["susar"] = bool(case["susar"] or sae.get("susar"))
-    began = dt.datetime.fromisoformat(start)
     for clock in sae.get("clocks", ()):
-        due = began + dt.timedelta(hours=int(clock["within_hours"]))
-        case["clocks"].append(
-            {
-                "report": clock["report"],
-                "started_at": start,
-                "due_at": due.isoformat(),
-                "version": version,
-                "sent_at": None,
-                "sent_to": None,
-                "reference": None,
-                "late": None,
-                "delay_hours": None,
-                "report_version": None,
-            }
-        )
+        case["clocks"].append(new_sae_clock(clock["report"], start, clock["within_hours"], version))
+
+
+def new_sae_clock(report: str, start: str, within_hours: int, version: int) -> dict[str, Any]:
+    """A reporting clock started at ``start`` (ISO), due ``within_hours`` later, not yet sent."""
+    due = dt.datetime.fromisoformat(start) + dt.timedelta(hours=int(within_hours))
+    return {
+        "report": report,
+        "started_at": start,
+        "due_at": due.isoformat(),
+        "version": version,
+        "sent_at": None,
+        "sent_to": None,
+        "reference": None,
+        "late": None,
+        "delay_hours": None,
+        "report_version": None,
+    }
 
 
 def _sae_report_sent(

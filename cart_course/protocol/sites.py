@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import building_blocks as blocks
+from .building_blocks import Facts, Parsed, Payload
 from .errors import ProtocolInputError
 from .machine import Probe
 from .parameters import ProtocolParameters
@@ -47,12 +48,8 @@ def check_site_id(value: object, field: str = "site") -> str:
 
 
 def parse_screen_payload(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts
+) -> Parsed:
     """The screening (``building_blocks.parse_screening_payload``) and the patient's site."""
     site = check_site_id(p["site"], "payload.site") if p.get("site") is not None else None
     norm, facts = blocks.parse_screening_payload(record, p, day, ctx, seed)
@@ -63,12 +60,8 @@ def parse_screen_payload(
 
 
 def parse_transfer(
-    record: PatientRecord,
-    p: Mapping[str, Any],
-    day: dt.date,
-    ctx: dict[str, Any],
-    seed: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    record: PatientRecord, p: Payload, day: dt.date, ctx: Facts, seed: Facts
+) -> Parsed:
     site = check_site_id(p.get("site"), "payload.site")
     return {"site": site}, {"site": site, "from_site": record.site}
 

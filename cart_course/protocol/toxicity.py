@@ -25,10 +25,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
-from msgspec import UNSET
+from msgspec import UNSET, UnsetType
 
 from .errors import INVALID, Invalid, Problems, ProtocolInputError, key_name, key_names
 from .parameters import DEFAULT_PARAMETERS, ProtocolParameters
@@ -39,6 +39,7 @@ from .payloads import (
     FieldsJson,
     IcansObservationsPayload,
     IcansReportPayload,
+    IceItemsPayload,
     OtherReportPayload,
     ToxicityReportPayload,
     convert,
@@ -551,23 +552,14 @@ class IceItems(FieldsJson):
 
 
 def parse_ice_items(data: Any, field: str = "ice_items") -> IceItems:
-    data = _object(
+    return _parse_items(
         data,
         field,
         '{"orientation": 4, "naming": 3, "command": 1, "writing": 1, "attention": 1}',
+        ICE_ITEMS,
+        "ICE",
+        IceItems,
     )
-    keys = tuple(ICE_ITEMS)
-    p = Problems()
-    _key_problems(p, data, field, keys, keys)
-    points = {
-        key: p.run(
-            lambda: _integer(data[key], _at(field, key), 0, top, f"ICE {key} points")  # noqa: B023
-        )
-        for key, top in ICE_ITEMS.items()
-        if key in data
-    }
-    p.raise_if_any()
-    return IceItems(**points)  # type: ignore[arg-type]  # each checked above
 
 
 @attrs.frozen(kw_only=True)
@@ -598,29 +590,42 @@ class CapdItems(FieldsJson):
 
 
 def parse_capd_items(data: Any, field: str = "capd_items") -> CapdItems:
-    data = _object(
+    return _parse_items(
         data,
         field,
         '{"eye_contact": 1, "purposeful_actions": 1, "aware_of_surroundings": 0, ...} (8 items)',
+        dict.fromkeys(CAPD_ITEMS, CAPD_ITEM_MAX),
+        "CAPD item",
+        CapdItems,
     )
-    keys = tuple(CAPD_ITEMS)
+
+
+_Items = TypeVar("_Items", IceItems, CapdItems)
+
+
+def _parse_items(
+    data: Any,
+    field: str,
+    example: str,
+    tops: Mapping[str, int],
+    what: str,
+    cls: type[_Items],
+) -> _Items:
+    """A tool's items, each an integer from 0 to its top (``tops``), all of them required;
+    raises one error naming every invalid item."""
+    data = _object(data, field, example)
+    keys = tuple(tops)
     p = Problems()
     _key_problems(p, data, field, keys, keys)
     points = {
         key: p.run(
-            lambda: _integer(
-                data[key],  # noqa: B023
-                _at(field, key),  # noqa: B023
-                0,
-                CAPD_ITEM_MAX,
-                f"CAPD item {key} points",  # noqa: B023
-            )
+            lambda: _integer(data[key], _at(field, key), 0, top, f"{what} {key} points")  # noqa: B023
         )
-        for key in keys
+        for key, top in tops.items()
         if key in data
     }
     p.raise_if_any()
-    return CapdItems(**points)  # type: ignore[arg-type]  # each checked above
+    return cls(**points)  # type: ignore[arg-type]  # each checked above
 
 
 _ICANS_KEYS: Final = (
@@ -841,22 +846,20 @@ def parse_icans_observations(data: Any, field: str = "observations") -> IcansObs
             capd, capd_items = _tool_score(p, data, field, _CAPD_TOOL, consciousness)
         else:
             p.add(_missing_tool(_ICE_TOOL, field))
-    elif uses_capd(age):
-        ice = None
-        if has_ice:
-            key = "ice_items" if "ice_items" in data else "ice_score"
-            p.add(_wrong_tool(age, _at(field, key)))
-        elif not has_capd:
-            p.add(_missing_tool(_CAPD_TOOL, field))
-        else:
-            capd, capd_items = _tool_score(p, data, field, _CAPD_TOOL, consciousness)
-    elif has_capd:
-        key = "capd_items" if "capd_items" in data else "capd_score"
-        p.add(_wrong_tool(age, _at(field, key)))
-    elif not has_ice:
-        p.add(_missing_tool(_ICE_TOOL, field))
     else:
-        ice, ice_items = _tool_score(p, data, field, _ICE_TOOL, consciousness)
+        child = uses_capd(age)
+        tool, wrong = (_CAPD_TOOL, _ICE_TOOL) if child else (_ICE_TOOL, _CAPD_TOOL)
+        wrong_keys = [key for key in (wrong.items, wrong.score) if key in data]
+        if child:
+            ice = None
+        if wrong_keys:
+            p.add(_wrong_tool(age, _at(field, wrong_keys[0])))
+        elif not (has_capd if child else has_ice):
+            p.add(_missing_tool(tool, field))
+        elif child:
+            capd, capd_items = _tool_score(p, data, field, tool, consciousness)
+        else:
+            ice, ice_items = _tool_score(p, data, field, tool, consciousness)
     aphasia = p.run(lambda: _boolean(data, "awake_with_global_aphasia", field, False))
     if aphasia is True and consciousness == "stupor_or_coma":
         p.add(
@@ -1096,94 +1099,55 @@ def _crs_of(o: CrsObservationsPayload) -> CrsObservations | None:
     )
 
 
-def _capd_of(o: IcansObservationsPayload) -> IcansObservations | None:
-    """A child's observations (under 12: the CAPD), or None for the field-by-field checks."""
-    if o.ice_score is not UNSET or o.ice_items is not UNSET:
+def _items_of(
+    items: IceItemsPayload | CapdItemsPayload | UnsetType | None, cls: type[_Items]
+) -> _Items | None:
+    """Decoded items as the domain's (the fields of both are the same), or None."""
+    if items is None or isinstance(items, UnsetType):
         return None
-    if o.capd_score is UNSET and o.capd_items is UNSET:
+    return cls(**{name: getattr(items, name) for name in attrs.fields_dict(cls)})
+
+
+def _icans_of(o: IcansObservationsPayload) -> IcansObservations | None:
+    """The observations with the tool of the age (the ICE from 12 years, the CAPD under 12), or
+    None for the field-by-field checks."""
+    child = uses_capd(o.age_years)
+    given: tuple[int | UnsetType | None, object] = (o.ice_score, o.ice_items)
+    other: tuple[int | UnsetType | None, object] = (o.capd_score, o.capd_items)
+    if child:
+        given, other = other, given
+    if all(v is UNSET for v in given) or any(v is not UNSET for v in other):
         return None
-    items: CapdItems | None = None
-    if o.capd_items is not None and o.capd_items is not UNSET:
-        i: CapdItemsPayload = o.capd_items
-        items = CapdItems(
-            eye_contact=i.eye_contact,
-            purposeful_actions=i.purposeful_actions,
-            aware_of_surroundings=i.aware_of_surroundings,
-            communicates_needs_and_wants=i.communicates_needs_and_wants,
-            restless=i.restless,
-            inconsolable=i.inconsolable,
-            underactive=i.underactive,
-            long_time_to_respond=i.long_time_to_respond,
-        )
+    attributed = o.attributable_to_other_cause
+    if ("ice" if child else CAPD_DOMAIN) in attributed:
+        return None
+    ice_items = _items_of(o.ice_items, IceItems)
+    capd_items = _items_of(o.capd_items, CapdItems)
+    items = capd_items if child else ice_items
+    raw_score = given[0]
     score: int | None
-    if o.capd_score is None or o.capd_score is UNSET:
+    if raw_score is None or isinstance(raw_score, UnsetType):
         score = None if items is None else items.total
     else:
-        score = o.capd_score
+        score = raw_score
         if items is not None and items.total != score:
             return None
     if score is None and o.consciousness != "stupor_or_coma":
         return None
     if o.awake_with_global_aphasia and o.consciousness == "stupor_or_coma":
         return None
-    attributed = o.attributable_to_other_cause
-    if "ice" in attributed:
-        return None
     return IcansObservations(
         age_years=o.age_years,
-        ice_score=None,
-        capd_score=score,
-        capd_items=items,
+        ice_score=None if child else score,
+        ice_items=ice_items,
+        capd_score=score if child else None,
+        capd_items=capd_items,
         consciousness=o.consciousness,
         seizure=o.seizure,
         motor=o.motor,
         raised_icp=o.raised_icp,
         awake_with_global_aphasia=o.awake_with_global_aphasia,
         attributable_to_other_cause=tuple(d for d in _ATTRIBUTABLE if d in attributed),
-    )
-
-
-def _icans_of(o: IcansObservationsPayload) -> IcansObservations | None:
-    if o.age_years < ICE_MIN_AGE_YEARS:
-        return _capd_of(o)
-    if o.ice_score is UNSET and o.ice_items is UNSET:
-        return None
-    if o.capd_score is not UNSET or o.capd_items is not UNSET:
-        return None
-    if CAPD_DOMAIN in o.attributable_to_other_cause:
-        return None
-    items: IceItems | None = None
-    if o.ice_items is not None and o.ice_items is not UNSET:
-        i = o.ice_items
-        items = IceItems(
-            orientation=i.orientation,
-            naming=i.naming,
-            command=i.command,
-            writing=i.writing,
-            attention=i.attention,
-        )
-    score: int | None
-    if o.ice_score is None or o.ice_score is UNSET:
-        score = None if items is None else items.total
-    else:
-        score = o.ice_score
-        if items is not None and items.total != score:
-            return None
-    if score is None and o.consciousness != "stupor_or_coma":
-        return None
-    if o.awake_with_global_aphasia and o.consciousness == "stupor_or_coma":
-        return None
-    attributed = o.attributable_to_other_cause
-    return IcansObservations(
-        age_years=o.age_years,
-        ice_score=score,
-        ice_items=items,
-        consciousness=o.consciousness,
-        seizure=o.seizure,
-        motor=o.motor,
-        raised_icp=o.raised_icp,
-        awake_with_global_aphasia=o.awake_with_global_aphasia,
-        attributable_to_other_cause=tuple(d for d in ICANS_DOMAINS if d in attributed),
     )
 
 

@@ -7,9 +7,12 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from http_support import free_port
 
 CLI = str(Path(sys.executable).with_name("cart-course"))
 
@@ -58,3 +61,13 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+@contextmanager
+def demo_server(folder: Path, *args: str) -> Iterator[Server]:
+    """``serve --demo`` on a free port over a new store in ``folder``; stopped afterwards."""
+    s = Server(str(folder / "demo.sqlite"), free_port(), "--demo", *args)
+    try:
+        yield s
+    finally:
+        s.stop()

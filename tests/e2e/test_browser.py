@@ -19,38 +19,21 @@ from typing import Any
 
 import httpx
 import pytest
+from browser_support import ARTIFACTS, launch, needs_chromium
 from http_support import free_port, screen_body
-from server_support import CLI, Server
+from server_support import CLI, Server, demo_server
 
 from bench.bench_dashboard import load_board
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 AXE = Path(__file__).resolve().parent / "vendor" / "axe-core-4.10.3" / "axe.min.js"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true",
-    reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    db = str(tmp_path_factory.mktemp("browser") / "demo.sqlite")
-    s = Server(db, free_port(), "--demo")
-    try:
+    with demo_server(tmp_path_factory.mktemp("browser")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +41,7 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        b = launch(p)
         yield b
         b.close()
 

@@ -4,43 +4,22 @@ swimmer plot, the report; axe-core finds no serious violation; screenshots in te
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from http_support import free_port
-from server_support import Server
+from browser_support import ARTIFACTS, launch, needs_chromium
+from server_support import Server, demo_server
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true",
-    reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    db = str(tmp_path_factory.mktemp("browser-cohort") / "demo.sqlite")
-    s = Server(db, free_port(), "--demo")
-    try:
+    with demo_server(tmp_path_factory.mktemp("browser-cohort")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture
@@ -48,7 +27,7 @@ def browser(server: Server) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        b = launch(p)
         context = b.new_context(viewport={"width": 1400, "height": 1000})
         external: list[str] = []
         csp: list[str] = []

@@ -8,21 +8,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from http_support import free_port
-from server_support import Server
-from test_browser import ARGS, ARTIFACTS, CHROMIUM, pytestmark  # noqa: F401
+from browser_support import ARTIFACTS, launch, needs_chromium
+from server_support import Server, demo_server
 
+pytestmark = needs_chromium
 PATIENT = "P-0001"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    db = str(tmp_path_factory.mktemp("browser-queries") / "demo.sqlite")
-    s = Server(db, free_port(), "--demo")
-    try:
+    with demo_server(tmp_path_factory.mktemp("browser-queries")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def _login(page, server: Server, role: str) -> None:  # type: ignore[no-untyped-def]
@@ -40,6 +36,15 @@ def _status(page, qid: str) -> str:  # type: ignore[no-untyped-def]
     return page.locator(f"#queries tr[data-query='{qid}'] .q-status").text_content() or ""
 
 
+def _open_query(page, field: str) -> None:  # type: ignore[no-untyped-def]
+    """The monitor's form: a query on version 2's ``field``, sent."""
+    form = page.locator("#queries form.q-open")
+    form.locator("input[name=text]").fill("KPS: the source says 80")
+    form.locator("input[name=on_version]").fill("2")
+    form.locator("input[name=field]").fill(field)
+    form.locator("button").click()
+
+
 def _wait_status(page, qid: str, status: str) -> None:  # type: ignore[no-untyped-def]
     page.wait_for_selector(f"#queries tr[data-query='{qid}'][data-status='{status}']")
 
@@ -49,7 +54,7 @@ def test_the_query_workflow_in_the_dashboard(server: Server) -> None:
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        browser = launch(p)
         page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -61,11 +66,7 @@ def test_the_query_workflow_in_the_dashboard(server: Server) -> None:
             # the site's answer form is not offered to a monitor
             assert page.locator("#queries form.q-answer").count() == 0
             # a field path the screening does not have: refused on the page, nothing recorded
-            form = page.locator("#queries form.q-open")
-            form.locator("input[name=text]").fill("KPS: the source says 80")
-            form.locator("input[name=on_version]").fill("2")
-            form.locator("input[name=field]").fill("payload.kps")
-            form.locator("button").click()
+            _open_query(page, "payload.kps")
             page.wait_for_function(
                 "() => document.querySelector('#queries .q-error').textContent.length > 0"
             )
@@ -73,11 +74,7 @@ def test_the_query_workflow_in_the_dashboard(server: Server) -> None:
             assert "is not a field of version 2" in error and "payload.screening.kps" in error
             page.screenshot(path=str(ARTIFACTS / "queries-bad-field.png"), full_page=True)
             # the right path: the query opens
-            form = page.locator("#queries form.q-open")
-            form.locator("input[name=text]").fill("KPS: the source says 80")
-            form.locator("input[name=on_version]").fill("2")
-            form.locator("input[name=field]").fill("payload.screening.kps")
-            form.locator("button").click()
+            _open_query(page, "payload.screening.kps")
             page.wait_for_function(
                 "(n) => document.querySelectorAll('#queries tr[data-query]').length > n",
                 arg=len(before),

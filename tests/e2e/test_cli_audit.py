@@ -9,13 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-CLI = [sys.executable, "-m", "cart_course"]
-
-
-def run(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, "--db", str(db), *args], capture_output=True, text=True, timeout=120
-    )
+from cli_support import CLI, run
 
 
 def test_audit_commands_end_to_end(tmp_path: Path) -> None:

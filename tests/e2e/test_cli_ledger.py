@@ -5,27 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_support import PREVIOUS_STORES, previous_store, run
 
 from cart_course.demo import cohort
-
-CLI = [sys.executable, "-m", "cart_course"]
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-
-
-def run(db: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("CART_COURSE_")}
-    environ.update(env)
-    return subprocess.run(
-        [*CLI, "--db", str(db), *args], capture_output=True, text=True, timeout=300, env=environ
-    )
 
 
 def test_keys_checkpoint_prove_and_check_proof(tmp_path: Path) -> None:
@@ -130,20 +116,10 @@ def test_keys_checkpoint_prove_and_check_proof(tmp_path: Path) -> None:
     assert cut.returncode == 1 and "[checkpoint]" in cut.stdout
 
 
-STORES = {
-    "plain": ("store-2026-11-25.sqlite", None),
-    "encrypted": ("store-2026-11-25-encrypted.sqlite", "store-2026-11-25-encrypted.key"),
-}
-
-
-@pytest.mark.parametrize("kind", sorted(STORES))
+@pytest.mark.parametrize("kind", sorted(PREVIOUS_STORES))
 def test_previous_release_store_gets_its_first_checkpoint(kind: str, tmp_path: Path) -> None:
-    name, key_file = STORES[kind]
-    db = tmp_path / name
-    shutil.copy(FIXTURES / name, db)
-    env = {}
-    if key_file:
-        env["CART_COURSE_CIPHER_KEY"] = (FIXTURES / key_file).read_text().strip()
+    db, key = previous_store(tmp_path, kind)
+    env = {"CART_COURSE_CIPHER_KEY": key} if key else {}
     assert run(db, "keys", "generate", "--out", str(tmp_path / "keys")).returncode == 0
     public = tmp_path / "keys" / "cart-course.pub"
     env["CART_COURSE_SIGNING_KEY"] = str(tmp_path / "keys" / "cart-course.key")

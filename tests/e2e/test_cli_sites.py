@@ -4,17 +4,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-CLI = [sys.executable, "-m", "cart_course"]
-
-
-def run(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, "--db", str(db), *args], capture_output=True, text=True, timeout=300
-    )
+from cli_support import run
 
 
 def test_sites_tokens_and_the_board_by_site(tmp_path: Path) -> None:

@@ -4,31 +4,17 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
+
+from cli_support import NEW_SCREENING, previous_store, run
 
 from cart_course.course import stream_id as uuid5
 
-CLI = [sys.executable, "-m", "cart_course"]
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-
-
-def run(db: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("CART_COURSE_")}
-    environ.update(env)
-    return subprocess.run(
-        [*CLI, "--db", str(db), *args], capture_output=True, text=True, timeout=300, env=environ
-    )
-
 
 def test_the_previous_release_encrypted_store_migrates_and_verifies(tmp_path: Path) -> None:
-    db = tmp_path / "store.sqlite"
-    shutil.copy(FIXTURES / "store-2026-11-25-encrypted.sqlite", db)
-    key = (FIXTURES / "store-2026-11-25-encrypted.key").read_text().strip()
+    db, key = previous_store(tmp_path, "encrypted")
+    assert key is not None
     enc = {"CART_COURSE_CIPHER_KEY": key}
     patients = [p["patient_id"] for p in json.loads(run(db, "patients", "--json", **enc).stdout)]
     assert len(patients) >= 6
@@ -56,7 +42,7 @@ def test_the_previous_release_encrypted_store_migrates_and_verifies(tmp_path: Pa
     assert report["merkle_root_before"] == report["merkle_root_after"]
 
     # The file holds no uuid5 of any patient (rows, free pages and write-ahead log).
-    raw = b"".join(p.read_bytes() for p in tmp_path.glob("store.sqlite*"))
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob(db.name + "*"))
     for p in patients:
         assert uuid5(p).hex.encode() not in raw and str(uuid5(p)).encode() not in raw, p
     stored = {r[0] for r in sqlite3.connect(db).execute("SELECT originator_id FROM stored_events")}
@@ -79,15 +65,7 @@ def test_the_previous_release_encrypted_store_migrates_and_verifies(tmp_path: Pa
     assert run(db, "audit", "export", "fhir", "--patient", "P-0001", **enc).returncode == 0
     conformance = run(db, "audit", "conformance", **enc)
     assert conformance.returncode in (0, 1) and "Traceback" not in conformance.stderr
-    new = {
-        "command": "screen",
-        "patient_id": "P-NEW-1",
-        "occurred_at": "2026-11-20T09:30:00+01:00",
-        "actor": {"id": "dr.lee", "role": "clinician"},
-        "idempotency_key": "screen-P-NEW-1",
-        "payload": {"screening": {"kps": 70}},
-    }
-    assert run(db, "record", json.dumps(new), **signing).returncode in (0, 1)
+    assert run(db, "record", json.dumps(NEW_SCREENING), **signing).returncode in (0, 1)
     assert "P-NEW-1" in run(db, "patients", **enc).stdout
     final = run(db, "audit", "verify", "--checkpoint", str(held), "--public-key", pub, **enc)
     assert final.returncode == 0, final.stdout + final.stderr

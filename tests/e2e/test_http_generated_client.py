@@ -15,8 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from http_support import free_port
-from server_support import Server
+from server_support import Server, demo_server
 
 from cart_course.demo import cohort
 
@@ -38,12 +37,8 @@ STEPS = (
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    db = tmp_path_factory.mktemp("client") / "client.sqlite"
-    s = Server(str(db), free_port(), "--demo")
-    try:
+    with demo_server(tmp_path_factory.mktemp("client")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

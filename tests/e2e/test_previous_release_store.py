@@ -4,37 +4,21 @@ loading, replaying, verifying and taking new commands after every change of the 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-CLI = [sys.executable, "-m", "cart_course"]
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-STORES = {
-    "plain": ("store-2026-11-25.sqlite", None),
-    "encrypted": ("store-2026-11-25-encrypted.sqlite", "store-2026-11-25-encrypted.key"),
-}
+from cli_support import NEW_SCREENING, PREVIOUS_STORES, previous_store
+from cli_support import run as cli
 
 
 def run(db: Path, key: str | None, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CART_COURSE_")}
-    if key:
-        env["CART_COURSE_CIPHER_KEY"] = key
-    return subprocess.run(
-        [*CLI, "--db", str(db), *args], capture_output=True, text=True, timeout=300, env=env
-    )
+    return cli(db, *args, **({"CART_COURSE_CIPHER_KEY": key} if key else {}))
 
 
-@pytest.mark.parametrize("kind", sorted(STORES))
+@pytest.mark.parametrize("kind", sorted(PREVIOUS_STORES))
 def test_previous_release_store_loads_replays_verifies_and_grows(kind: str, tmp_path: Path) -> None:
-    name, key_file = STORES[kind]
-    db = tmp_path / name
-    shutil.copy(FIXTURES / name, db)
-    key = (FIXTURES / key_file).read_text().strip() if key_file else None
+    db, key = previous_store(tmp_path, kind)
 
     patients = run(db, key, "patients", "--json")
     assert patients.returncode == 0, patients.stderr
@@ -65,14 +49,7 @@ def test_previous_release_store_loads_replays_verifies_and_grows(kind: str, tmp_
     assert rows and {r["site"] for r in rows} == {"S00"}
     assert len(rows) == min(len(listed), 200)
 
-    new = {
-        "command": "screen",
-        "patient_id": "P-NEW-1",
-        "occurred_at": "2026-11-20T09:30:00+01:00",
-        "actor": {"id": "dr.lee", "role": "clinician"},
-        "idempotency_key": "screen-P-NEW-1",
-        "payload": {"screening": {"kps": 70}},
-    }
+    new = NEW_SCREENING
     recorded = run(db, key, "record", json.dumps(new))
     assert recorded.returncode in (0, 1), recorded.stderr
     assert "recorded as version" in recorded.stdout + recorded.stderr or "refused" in (
@@ -116,9 +93,7 @@ def test_a_previous_release_store_rechecked_under_the_amendment_lists_the_fracti
     """Issue 20: the store of the previous release (recorded under 1.0, no pre-infusion
     observations) conforms under its own version, and ``--protocol 1.1`` lists each D2 and D3
     the amendment would have refused, with the rule that refuses it; the store is unchanged."""
-    name, _ = STORES["plain"]
-    db = tmp_path / name
-    shutil.copy(FIXTURES / name, db)
+    db, _ = previous_store(tmp_path, "plain")
     own = run(db, None, "audit", "conformance", "--json")
     assert own.returncode == 0, own.stdout + own.stderr
     assert json.loads(own.stdout)["findings"] == []

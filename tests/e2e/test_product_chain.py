@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_support import run
 from http_support import Stack, screen_body, stack
 from litestar.testing import TestClient
 
-CLI = [sys.executable, "-m", "cart_course"]
 T0 = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC)
 DIN = "G1234 98 654321 H"
 
@@ -116,16 +114,6 @@ def test_http_collection_release_three_bedside_checked_fractions_and_audit_produ
     missing = client.get("/v1/audit/product/NOPE", headers=s.auth("auditor"))
     assert missing.status_code == 404
     assert client.get("/v1/audit/product/LOT-H1", headers=nurse).status_code == 403
-
-
-def run(db: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, "--db", str(db), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        input=stdin,
-    )
 
 
 def envelope(command: str, when: float, payload: dict[str, Any], key: str) -> str:

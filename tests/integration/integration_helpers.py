@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from cart_course.contract import Command, parse_command
@@ -23,8 +25,36 @@ __all__ = [
     "crs",
     "envelope",
     "icans",
+    "raw_sql",
     "screening",
 ]
+
+#: A statement (``%s`` placeholders) and its arguments -> the rows.
+Sql = Callable[..., list[tuple[Any, ...]]]
+
+
+def raw_sql(kind: str, url: str) -> Sql:
+    """Plain SQL on a store's database behind the application's back (``sqlite`` or
+    ``postgres``), a connection a statement: what a DBA or an attacker does."""
+    if kind == "sqlite":
+
+        def run(statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+            conn = sqlite3.connect(url)
+            try:
+                with conn:
+                    return conn.execute(statement.replace("%s", "?"), args).fetchall()
+            finally:
+                conn.close()
+
+        return run
+    import psycopg
+
+    def run_pg(statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with psycopg.connect(url, autocommit=True) as conn:
+            cur = conn.execute(statement, args)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+
+    return run_pg
 
 
 def screening(**changes: Any) -> dict[str, Any]:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,20 +21,11 @@ from integration_helpers import Course
 from cart_course.audit import check_history, patient_events
 from cart_course.bootstrap import Settings, build_service
 from cart_course.errors import InvalidCommandError
+from cart_course.protocol.payloads import Attribution, SeriousnessCriterion
 from cart_course.service import CourseService
-from cart_course.storage import parse_store_url
 from cart_course.views import Views, queries
 
 CRS3 = {"kind": "CRS", "grade": 3, "scale": "ASTCT", "scale_version": "2019"}
-
-
-@pytest.fixture
-def views(service: CourseService, store_url: str) -> Iterator[Views]:
-    v = Views(service.log, parse_store_url(store_url))
-    try:
-        yield v
-    finally:
-        v.close()
 
 
 def _treated(service: CourseService, pid: str, ae: dict[str, Any]) -> tuple[Course, int]:
@@ -336,15 +326,9 @@ def test_a_toxicity_report_without_ae_facts_corrects_as_before(service: CourseSe
     assert "adverse_event" not in summary["toxicities"][0]
 
 
-_ATTRIBUTIONS = ("unrelated", "unlikely", "possible", "probable", "definite")
-_CRITERIA = (
-    "death",
-    "life_threatening",
-    "hospitalisation",
-    "persistent_disability",
-    "congenital_anomaly",
-    "important_medical_event",
-)
+#: What the payload allows (``protocol/payloads.py``).
+_ATTRIBUTIONS = get_args(Attribution)
+_CRITERIA = get_args(SeriousnessCriterion)
 
 
 def _ae_facts() -> st.SearchStrategy[dict[str, Any]]:

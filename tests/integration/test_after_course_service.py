@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import random
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +20,10 @@ from cart_course.audit.fhir import bundle
 from cart_course.contract import parse_command
 from cart_course.demo import CLINICIAN, SERVICE, assessment, eligible_screening
 from cart_course.service import CourseService
-from cart_course.storage import parse_store_url
 from cart_course.views import Views, queries
 from cart_course.views.metrics import metrics_text
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "commands.md"
-
-
-@pytest.fixture
-def views(service: CourseService, store_url: str) -> Iterator[Views]:
-    v = Views(service.log, parse_store_url(store_url))
-    try:
-        yield v
-    finally:
-        v.close()
 
 
 def _cmd(pid: str, command: str, at: str, payload: dict[str, Any], **extra: Any) -> Any:

@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 import pytest
 from click.testing import CliRunner
+from integration_helpers import Sql, raw_sql
 
 from cart_course.audit import verify
 from cart_course.bootstrap import Settings, build_service
@@ -33,7 +34,6 @@ from cart_course.service import CourseService
 from cart_course.storage import parse_store_url
 from cart_course.views.runner import Views, ViewsDifferError
 
-Sql = Callable[..., list[tuple[Any, ...]]]
 SIGNED_TOPIC = "cart_course.course:PatientCourse.MilestoneSigned"
 
 
@@ -133,23 +133,7 @@ class World:
 
 
 def _sql_for(kind: str, url: str, table: str) -> Sql:
-    if kind == "sqlite":
-
-        def plain(statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-            conn = sqlite3.connect(url)
-            try:
-                with conn:
-                    return conn.execute(statement.replace("%s", "?"), args).fetchall()
-            finally:
-                conn.close()
-
-    else:
-        import psycopg
-
-        def plain(statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-            with psycopg.connect(url, autocommit=True) as conn:
-                cur = conn.execute(statement, args)  # type: ignore[arg-type]
-                return cur.fetchall() if cur.description else []
+    plain = raw_sql(kind, url)
 
     def sql(statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return plain(statement.replace("stored_events", table), args)

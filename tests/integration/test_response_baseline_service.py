@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,8 @@ def _assessment_event(service: CourseService, pid: str) -> Any:
 
 @pytest.fixture
 def views(service: CourseService, store_url: str) -> Iterator[Views]:
-    v = Views(service.log, parse_store_url(store_url), batch_size=50)
-    try:
+    with closing(Views(service.log, parse_store_url(store_url), batch_size=50)) as v:
         yield v
-    finally:
-        v.close()
 
 
 def test_cr_without_baseline_is_recorded_and_the_course_goes_on(service: CourseService) -> None:

@@ -11,21 +11,22 @@ release) is migrated in place, and every hash, signature and signed checkpoint k
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 from click.testing import CliRunner
+from integration_helpers import Course, Sql, crs, raw_sql
 from litestar.testing import TestClient
 
 from cart_course.audit import verify
 from cart_course.audit.exports import jsonl
 from cart_course.bootstrap import Settings, build_service, build_tokens
 from cart_course.cli import cli
-from cart_course.contract import parse_command
+from cart_course.contract import Command, parse_command
 from cart_course.course import stream_id as uuid5
 from cart_course.demo import cohort
 from cart_course.errors import CipherKeyError, StoreError
@@ -44,30 +45,7 @@ from cart_course.streamids import (
     StreamIds,
 )
 
-Sql = Callable[..., list[tuple[Any, ...]]]
 PATIENTS = [f"P-{i:04d}" for i in range(1, 9)]
-
-
-def _sql(kind: str, url: str) -> Sql:
-    if kind == "sqlite":
-
-        def run(statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-            conn = sqlite3.connect(url)
-            try:
-                with conn:
-                    return conn.execute(statement.replace("%s", "?"), args).fetchall()
-            finally:
-                conn.close()
-
-        return run
-    import psycopg
-
-    def run_pg(statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with psycopg.connect(url, autocommit=True) as conn:
-            cur = conn.execute(statement, args)  # type: ignore[arg-type]
-            return cur.fetchall() if cur.description else []
-
-    return run_pg
 
 
 @attrs.define
@@ -124,13 +102,41 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     kind = request.param
     url = str(tmp_path / "s.sqlite") if kind == "sqlite" else request.getfixturevalue("pg_url")
     private, public = write_key_pair(generate("site-key"), tmp_path / "keys")
-    yield Store(kind, url, new_cipher_key(), _sql(kind, url), private, public, tmp_path)
+    yield Store(kind, url, new_cipher_key(), raw_sql(kind, url), private, public, tmp_path)
 
 
 def _record(service: Any, commands: Iterator[dict[str, Any]]) -> None:
     parsed = [parse_command(c) for c in commands]
     for i in range(0, len(parsed), 200):
         service.execute_batch(parsed[i : i + 200])
+
+
+def _record_cohort(settings: Settings) -> None:
+    """Two demo patients recorded in the store, the service closed."""
+    with closing(build_service(settings)) as service:
+        _record(service, cohort(2, seed=3))
+
+
+def _refused_without_its_marker(store: Store) -> None:
+    """A keyed store whose marker is gone: a write is refused (not taken for a uuid5 store)."""
+    with closing(build_service(store.settings(signing=False))) as service:
+        with pytest.raises(CipherKeyError, match="marker is missing"):
+            service.execute(parse_command(next(iter(cohort(1, seed=3)))))
+        assert service.log.settings_mismatch() is not None
+
+
+def _death(patient_id: str) -> Command:
+    """The patient's death (progressive disease) on 2026-09-01."""
+    return parse_command(
+        {
+            "command": "record_death",
+            "patient_id": patient_id,
+            "occurred_at": "2026-09-01T09:00:00+00:00",
+            "actor": {"id": "dr.demo", "role": "clinician"},
+            "idempotency_key": f"{patient_id}-death",
+            "payload": {"cause": "progressive disease"},
+        }
+    )
 
 
 def _leaks(store: Store) -> list[str]:
@@ -276,22 +282,18 @@ def _legacy_store(store: Store) -> None:
     tokens.pseudonymise = None  # the previous release logged patient ids as requested
     try:
         _record(service, cohort(len(PATIENTS) - 2, seed=3))
-        tokens.log_access(
-            actor="auditor.ann",
-            role="auditor",
-            method="GET",
-            path="/v1/patients/P-0002/history",
-            query="",
-            status=200,
-        )
-        tokens.log_access(
-            actor="auditor.ann",
-            role="auditor",
-            method="GET",
-            path="/v1/exports/timeline.csv",
-            query="patient_id=P-0003",
-            status=200,
-        )
+        for path, query in (
+            ("/v1/patients/P-0002/history", ""),
+            ("/v1/exports/timeline.csv", "patient_id=P-0003"),
+        ):
+            tokens.log_access(
+                actor="auditor.ann",
+                role="auditor",
+                method="GET",
+                path=path,
+                query=query,
+                status=200,
+            )
     finally:
         tokens.close()
         service.close()
@@ -347,18 +349,7 @@ def test_migrating_a_uuid5_store_keeps_every_hash_signature_and_checkpoint(store
             )
         )
         assert signed.status == "recorded", signed
-        death = service.execute(
-            parse_command(
-                {
-                    "command": "record_death",
-                    "patient_id": "P-0003",
-                    "occurred_at": "2026-09-01T09:00:00+00:00",
-                    "actor": {"id": "dr.demo", "role": "clinician"},
-                    "idempotency_key": "P-0003-death",
-                    "payload": {"cause": "progressive disease"},
-                }
-            )
-        )
+        death = service.execute(_death("P-0003"))
         assert death.status == "recorded", death
         _record(service, cohort(2, seed=9, prefix="NEW"))
         assert verify(service.log).ok
@@ -411,25 +402,11 @@ def test_a_plain_store_keeps_uuid5_and_has_nothing_to_migrate(tmp_path: Path) ->
 def test_a_migrated_long_history_keeps_its_snapshots_and_takes_new_ones(tmp_path: Path) -> None:
     """Snapshots (every 50 events) hold the chain's head: kept as stored, renamed, compared with
     the replay by the audit; the next one is taken after the migration and verifies too."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from integration_helpers import Course
-
     db, key = str(tmp_path / "long.sqlite"), new_cipher_key()
-    fever = {
-        "toxicity": {
-            "kind": "CRS",
-            "observations": {
-                "temperature": {"value": 38.2, "unit": "C"},
-                "hypotension": False,
-                "oxygen": {"device": "none"},
-            },
-        }
-    }
+    fever = {"toxicity": crs(1)}
     service = build_service(Settings.for_store(db, cipher_key=key))
     service.app.stream_ids = StreamIds(SCHEME_UUID5, cipher_key=key)
-    _sql("sqlite", db)(f"DELETE FROM {META_TABLE}")
+    raw_sql("sqlite", db)(f"DELETE FROM {META_TABLE}")
     patient = Course(service, "S-1")
     patient.screen()
     patient.apheresis()
@@ -449,9 +426,9 @@ def test_a_migrated_long_history_keeps_its_snapshots_and_takes_new_ones(tmp_path
         report = verify(service.log)
         assert report.ok, report.problems
         assert report.snapshots == 2
-        assert {r[0] for r in _sql("sqlite", db)("SELECT originator_id FROM stored_snapshots")} == {
-            service.stream_id("S-1").hex
-        }
+        assert {
+            r[0] for r in raw_sql("sqlite", db)("SELECT originator_id FROM stored_snapshots")
+        } == {service.stream_id("S-1").hex}
     finally:
         service.close()
 
@@ -459,19 +436,9 @@ def test_a_migrated_long_history_keeps_its_snapshots_and_takes_new_ones(tmp_path
 def test_a_deleted_marker_is_refused_not_taken_for_a_uuid5_store(store: Store) -> None:
     """Without its marker a keyed store would look like one written with uuid5 ids: nobody
     found, and a patient screened again registered twice. The first stream tells."""
-    service = build_service(store.settings(signing=False))
-    try:
-        _record(service, cohort(2, seed=3))
-    finally:
-        service.close()
+    _record_cohort(store.settings(signing=False))
     store.sql(f"DELETE FROM {META_TABLE}")
-    service = build_service(store.settings(signing=False))
-    try:
-        with pytest.raises(CipherKeyError, match="marker is missing"):
-            service.execute(parse_command(next(iter(cohort(1, seed=3)))))
-        assert service.log.settings_mismatch() is not None
-    finally:
-        service.close()
+    _refused_without_its_marker(store)
 
 
 def test_a_writer_left_running_through_a_migration_refuses_rather_than_record_unseen(
@@ -491,16 +458,7 @@ def test_a_writer_left_running_through_a_migration_refuses_rather_than_record_un
             migrate_stream_ids(service, store.key)
         finally:
             service.close()
-        death = parse_command(
-            {
-                "command": "record_death",
-                "patient_id": "P-0002",
-                "occurred_at": "2026-09-01T09:00:00+00:00",
-                "actor": {"id": "dr.demo", "role": "clinician"},
-                "idempotency_key": "P-0002-death",
-                "payload": {"cause": "progressive disease"},
-            }
-        )
+        death = _death("P-0002")
         with pytest.raises(StoreError, match="migrated"):
             stale.execute(death)
     finally:
@@ -523,22 +481,12 @@ def test_a_deleted_marker_is_refused_even_when_the_first_row_is_not_a_registrati
     move, which names no patient. The store must still be refused (its stream ids are keyed:
     version-8 UUIDs), not read as a uuid5 store in which nobody is found and a patient screened
     again would be registered twice."""
-    service = build_service(store.settings(signing=False))
-    try:
-        _record(service, cohort(2, seed=3))
-    finally:
-        service.close()
+    _record_cohort(store.settings(signing=False))
     table = "stored_events" if store.kind == "sqlite" else "cart_course_events"
     first = "rowid" if store.kind == "sqlite" else "notification_id"
     store.sql(f"DELETE FROM {META_TABLE}")
     store.sql(f"DELETE FROM {table} WHERE {first} = (SELECT MIN({first}) FROM {table})")
-    service = build_service(store.settings(signing=False))
-    try:
-        with pytest.raises(CipherKeyError, match="marker is missing"):
-            service.execute(parse_command(next(iter(cohort(1, seed=3)))))
-        assert service.log.settings_mismatch() is not None
-    finally:
-        service.close()
+    _refused_without_its_marker(store)
 
 
 def test_a_wrong_key_gets_a_clear_503_from_the_feed_and_the_streamed_exports(
@@ -547,11 +495,7 @@ def test_a_wrong_key_gets_a_clear_503_from_the_feed_and_the_streamed_exports(
     """Never a 200 whose body breaks off (the streamed exports) nor a 500 (the feed): the same
     ``cipher_key_mismatch`` every other read gives, before anything is sent."""
     db, key = str(tmp_path / "enc.sqlite"), new_cipher_key()
-    service = build_service(Settings.for_store(db, cipher_key=key))
-    try:
-        _record(service, cohort(2, seed=3))
-    finally:
-        service.close()
+    _record_cohort(Settings.for_store(db, cipher_key=key))
     for wrong in (new_cipher_key(), None):
         settings = Settings.for_store(db, cipher_key=wrong)
         service = build_service(settings)

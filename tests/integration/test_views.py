@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +58,8 @@ def in_progress(pid: str, *, d2: bool = False, toxicity: int | None = None) -> l
 
 @pytest.fixture
 def views(service: CourseService, store_url: str) -> Iterator[Views]:
-    v = Views(service.log, parse_store_url(store_url), batch_size=97)
-    try:
+    with closing(Views(service.log, parse_store_url(store_url), batch_size=97)) as v:
         yield v
-    finally:
-        v.close()
 
 
 def test_board_agrees_with_each_patients_record(service: CourseService, views: Views) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import random
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,15 +16,6 @@ from cart_course.service import CourseService
 from cart_course.storage import parse_store_url
 from cart_course.views import Views, queries
 from cart_course.views.metrics import metrics_text
-
-
-@pytest.fixture
-def views(service: CourseService, store_url: str) -> Iterator[Views]:
-    v = Views(service.log, parse_store_url(store_url))
-    try:
-        yield v
-    finally:
-        v.close()
 
 
 def _cmd(pid: str, command: str, at: str, payload: dict[str, Any], **extra: Any) -> Any:

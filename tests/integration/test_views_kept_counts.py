@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from contextlib import closing
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,12 +29,9 @@ def views(service: CourseService, store_url: str) -> Iterator[Views]:
     commands = [c for c in cohort(60, 3, start=START) if c["occurred_at"] <= NOW.isoformat()]
     for i in range(0, len(commands), 200):
         service.execute_batch([parse_command(c) for c in commands[i : i + 200]])
-    v = Views(service.log, parse_store_url(store_url))
-    v.catch_up()
-    try:
+    with closing(Views(service.log, parse_store_url(store_url))) as v:
+        v.catch_up()
         yield v
-    finally:
-        v.close()
 
 
 def _rows(db: ViewDB, now: queries.Moment, kind: str | None) -> int:

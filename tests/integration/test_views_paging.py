@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from contextlib import closing
 from typing import Any
 
 import pytest
@@ -25,12 +26,9 @@ def record_overdue(service: CourseService) -> None:
 @pytest.fixture
 def views(service: CourseService, store_url: str) -> Iterator[Views]:
     record_overdue(service)
-    v = Views(service.log, parse_store_url(store_url))
-    v.catch_up()
-    try:
+    with closing(Views(service.log, parse_store_url(store_url))) as v:
+        v.catch_up()
         yield v
-    finally:
-        v.close()
 
 
 def pages(views: Views, limit: int, **filters: Any) -> list[list[dict[str, Any]]]:

@@ -9,26 +9,27 @@ import random
 from typing import Any
 
 import pytest
+from patient_moves import PLAN, recorded_move, unrecorded
 
 from cart_course.demo import assessment, eligible_screening
-from cart_course.protocol.commands import MoveRefusedError, Prepared, prepare
+from cart_course.protocol.commands import MoveRefusedError, Prepared
 from cart_course.protocol.errors import ProtocolInputError
 from cart_course.protocol.follow_up import aesi_of, next_visit, pending_sae_clock
 from cart_course.protocol.parameters import DEFAULT_PARAMETERS as P
 from cart_course.protocol.record import PatientRecord
-from cart_course.protocol.versions import CURRENT
+from cart_course.protocol.versions import CURRENT, ProtocolVersion
 from cart_course.views.projection import next_due_at
 
 CET = dt.timezone(dt.timedelta(hours=1))
 #: D1 of the one course: 2026-01-22 09:30 +01:00.
 D1 = dt.datetime(2026, 1, 22, 9, 30, tzinfo=CET)
-PLAN = (7e6, 2.1e7, 4.2e7)
 
 
 class Patient:
-    """One patient's record, moved only through prepare + evolve."""
+    """One patient's record under ``version``, moved only through prepare + evolve."""
 
-    def __init__(self) -> None:
+    def __init__(self, version: ProtocolVersion = CURRENT) -> None:
+        self.version = version
         self.record = PatientRecord(patient_id="P-16")
 
     def do(
@@ -38,18 +39,13 @@ class Patient:
         at: dt.datetime,
         reason: str | None = None,
     ) -> Prepared:
-        p = prepare(self.record, command, payload or {}, at, reason, CURRENT)
-        p.apply_to(
-            self.record, occurred_at=at.isoformat(), protocol_version=CURRENT.id, reason=reason
-        )
-        return p
+        return recorded_move(self.record, command, payload, at, reason, self.version)
 
     def bad(self, command: str, payload: dict[str, Any], at: dt.datetime) -> ProtocolInputError:
-        before = self.record.to_json()
-        with pytest.raises(ProtocolInputError) as info:
-            self.do(command, payload, at)
-        assert self.record.to_json() == before  # nothing recorded
-        return info.value
+        return unrecorded(self.record, ProtocolInputError, lambda: self.do(command, payload, at))
+
+    def refused(self, command: str, payload: dict[str, Any], at: dt.datetime) -> MoveRefusedError:
+        return unrecorded(self.record, MoveRefusedError, lambda: self.do(command, payload, at))
 
     def treated(self, *, end: str = "cease") -> Patient:
         self.do(

@@ -8,14 +8,11 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_toxicity import icans_domains
 
 from cart_course.protocol.errors import ProtocolInputError
 from cart_course.protocol.toxicity import (
     CAPD_ITEMS,
-    CONSCIOUSNESS_GRADES,
-    MOTOR_GRADES,
-    RAISED_ICP_GRADES,
-    SEIZURE_GRADES,
     grade_icans_astct,
     grade_toxicity,
     parse_icans_observations,
@@ -170,18 +167,8 @@ def test_an_explicit_icans_grade_is_taken_for_a_child_the_capd_does_not_fit() ->
 
 @st.composite
 def child_observations(draw: st.DrawFn) -> dict[str, Any]:
-    consciousness = draw(st.sampled_from(list(CONSCIOUSNESS_GRADES)))
-    obs: dict[str, Any] = {
-        "age_years": draw(st.floats(min_value=0, max_value=11.99)),
-        "consciousness": consciousness,
-        "seizure": draw(st.sampled_from(list(SEIZURE_GRADES))),
-        "motor": draw(st.sampled_from(list(MOTOR_GRADES))),
-        "raised_icp": draw(st.sampled_from(list(RAISED_ICP_GRADES))),
-        "attributable_to_other_cause": draw(
-            st.lists(st.sampled_from(["capd", "consciousness", "seizure"]), unique=True)
-        ),
-        "capd_score": draw(st.integers(0, 32)),
-    }
+    obs = draw(icans_domains(st.floats(min_value=0, max_value=11.99), "capd"))
+    obs["capd_score"] = draw(st.integers(0, 32))
     return obs
 
 

@@ -7,91 +7,12 @@ import random
 from typing import Any
 
 import pytest
+from patient_moves import PLAN, WEIGHT, Patient, failed_rules
 
 from cart_course.demo import assessment, crs, eligible_screening, icans
-from cart_course.protocol.commands import MoveRefusedError, Prepared, allowed_now, prepare
+from cart_course.protocol.commands import allowed_now
 from cart_course.protocol.errors import ProtocolInputError
-from cart_course.protocol.record import PatientRecord
 from cart_course.protocol.versions import CURRENT
-
-WEIGHT = 70.0
-PLAN = (7e6, 2.1e7, 4.2e7)
-
-
-class Patient:
-    """One patient's record, moved only through prepare + evolve (what the service does)."""
-
-    def __init__(self) -> None:
-        self.record = PatientRecord(patient_id="P-001")
-        self.day = dt.date(2026, 1, 5)
-
-    def do(
-        self,
-        command: str,
-        payload: dict[str, Any] | None = None,
-        *,
-        reason: str | None = None,
-        on: dt.date | None = None,
-    ) -> Prepared:
-        when = on or self.day
-        occurred = dt.datetime.combine(when, dt.time(9), tzinfo=dt.UTC)
-        p = prepare(self.record, command, payload or {}, occurred, reason, CURRENT)
-        p.apply_to(
-            self.record,
-            occurred_at=occurred.isoformat(),
-            protocol_version=CURRENT.id,
-            reason=reason,
-        )
-        self.day = when
-        return p
-
-    def refused(
-        self, command: str, payload: dict[str, Any] | None = None, **kw: Any
-    ) -> MoveRefusedError:
-        before = self.record.to_json()
-        with pytest.raises(MoveRefusedError) as info:
-            self.do(command, payload, **kw)
-        assert self.record.to_json() == before  # nothing recorded
-        return info.value
-
-    def next_day(self, n: int = 1) -> dt.date:
-        return self.day + dt.timedelta(days=n)
-
-    # -- shortcuts ---------------------------------------------------------------------------
-    def screened(self) -> Patient:
-        self.do("screen", {"screening": eligible_screening(random.Random(5))})
-        return self
-
-    def apheresed(self) -> Patient:
-        self.screened()
-        self.do("record_apheresis", {"apheresis_contraindication": False}, on=self.next_day(2))
-        return self
-
-    def infuse(self, day: int, factor: float = 1.0, *, gap: int = 1, **extra: Any) -> Prepared:
-        payload: dict[str, Any] = {
-            "day": day,
-            "cells": {"value": PLAN[day - 1] * factor, "unit": "cells"},
-        }
-        if day == 1:
-            payload["weight"] = {"value": WEIGHT, "unit": "kg"}
-        payload.update(extra)
-        return self.do("give_infusion", payload, on=self.next_day(gap))
-
-    def course(self) -> Patient:
-        self.infuse(1, gap=7)
-        self.infuse(2)
-        self.infuse(3)
-        return self
-
-    def assessed(self, response: str, **kw: Any) -> Prepared:
-        return self.do(
-            "assess_response", {"assessment": assessment(response)}, on=self.next_day(25), **kw
-        )
-
-
-def failed_rules(exc: MoveRefusedError) -> list[str]:
-    return [f.rule for f in exc.failed]
-
 
 # ------------------------------------------------------------------------------------------
 # Infusion schedule

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_commands import PLAN, WEIGHT, Patient, failed_rules
+from patient_moves import PLAN, WEIGHT, Patient, failed_rules
 
 from cart_course.protocol.dosing import MIX_UP_POWERS, unit_mix_up, within_tolerance
 from cart_course.protocol.errors import ProtocolInputError

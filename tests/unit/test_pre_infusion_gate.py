@@ -5,23 +5,18 @@ amendment 1.1 that requires the observations before D2 and D3."""
 from __future__ import annotations
 
 import datetime as dt
-import random
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from patient_moves import Patient, failed_rules
 
-from cart_course.demo import eligible_screening
 from cart_course.protocol.commands import MoveRefusedError, Prepared, allowed_now, prepare
 from cart_course.protocol.errors import ProtocolInputError
 from cart_course.protocol.parameters import DEFAULT_PARAMETERS
 from cart_course.protocol.pre_infusion import judge, parse_pre_infusion
-from cart_course.protocol.record import PatientRecord
-from cart_course.protocol.versions import CURRENT, V1_1, ProtocolVersion
-
-WEIGHT = 70.0
-PLAN = (7e6, 2.1e7, 4.2e7)
+from cart_course.protocol.versions import CURRENT, V1_1
 
 
 def obs(
@@ -41,71 +36,6 @@ def obs(
         "vasopressors": vasopressors,
         "uncontrolled_active_infection": infection,
     }
-
-
-class Patient:
-    """One patient's record, moved through prepare + evolve under a protocol version."""
-
-    def __init__(self, version: ProtocolVersion = CURRENT) -> None:
-        self.version = version
-        self.record = PatientRecord(patient_id="P-001")
-        self.day = dt.date(2026, 1, 5)
-
-    def do(
-        self,
-        command: str,
-        payload: dict[str, Any] | None = None,
-        *,
-        reason: str | None = None,
-        on: dt.date | None = None,
-    ) -> Prepared:
-        when = on or self.day
-        occurred = dt.datetime.combine(when, dt.time(9), tzinfo=dt.UTC)
-        p = prepare(self.record, command, payload or {}, occurred, reason, self.version)
-        p.apply_to(
-            self.record,
-            occurred_at=occurred.isoformat(),
-            protocol_version=self.version.id,
-            reason=reason,
-        )
-        self.day = when
-        return p
-
-    def refused(self, command: str, payload: dict[str, Any], **kw: Any) -> MoveRefusedError:
-        before = self.record.to_json()
-        with pytest.raises(MoveRefusedError) as info:
-            self.do(command, payload, **kw)
-        assert self.record.to_json() == before  # nothing recorded
-        return info.value
-
-    def invalid(self, command: str, payload: dict[str, Any], **kw: Any) -> ProtocolInputError:
-        before = self.record.to_json()
-        with pytest.raises(ProtocolInputError) as info:
-            self.do(command, payload, **kw)
-        assert self.record.to_json() == before  # nothing recorded
-        return info.value
-
-    def next_day(self, n: int = 1) -> dt.date:
-        return self.day + dt.timedelta(days=n)
-
-    def apheresed(self) -> Patient:
-        self.do("screen", {"screening": eligible_screening(random.Random(5))})
-        self.do("record_apheresis", {"apheresis_contraindication": False}, on=self.next_day(2))
-        return self
-
-    def fraction(self, day: int, **extra: Any) -> dict[str, Any]:
-        payload: dict[str, Any] = {"day": day, "cells": {"value": PLAN[day - 1], "unit": "cells"}}
-        if day == 1:
-            payload["weight"] = {"value": WEIGHT, "unit": "kg"}
-        payload.update(extra)
-        return payload
-
-    def infuse(self, day: int, *, gap: int = 1, **extra: Any) -> Prepared:
-        return self.do("give_infusion", self.fraction(day, **extra), on=self.next_day(gap))
-
-
-def rules(exc: MoveRefusedError) -> list[str]:
-    return [f.rule for f in exc.failed]
 
 
 # -- the limits, at their boundaries -------------------------------------------------------------
@@ -211,7 +141,7 @@ def test_a_fever_refuses_d2_naming_the_criterion_and_a_reason_gives_it_as_a_devi
     p = Patient().apheresed()
     p.infuse(1, gap=7)
     exc = p.refused("give_infusion", p.fraction(2, pre_infusion=obs(38.6)), on=p.next_day())
-    assert rules(exc) == ["pre_infusion_criteria_met"]
+    assert failed_rules(exc) == ["pre_infusion_criteria_met"]
     assert "pre-infusion gate: temperature 38.6 C in the last 48 h is above 38 C" in str(exc)
     d2 = p.infuse(
         2,
@@ -238,7 +168,7 @@ def test_the_amendment_requires_the_observations_before_d2_and_d3_not_d1() -> No
     p = Patient(V1_1).apheresed()
     p.infuse(1, gap=7)  # D1: not required
     exc = p.refused("give_infusion", p.fraction(2), on=p.next_day())
-    assert rules(exc) == ["pre_infusion_criteria_met"]
+    assert failed_rules(exc) == ["pre_infusion_criteria_met"]
     assert "requires the pre-infusion observations before D2" in str(exc)
     p.infuse(2, pre_infusion=obs())
     exc = p.refused("give_infusion", p.fraction(3), on=p.next_day())
@@ -312,7 +242,7 @@ def test_a_passing_reassessment_lifts_the_hold() -> None:
 def test_an_assessment_is_of_the_next_fraction_only() -> None:
     p = Patient().apheresed()
     exc = p.refused("assess_pre_infusion", {"day": 2, "pre_infusion": obs()})
-    assert rules(exc) == ["assessment_of_next_fraction"]
+    assert failed_rules(exc) == ["assessment_of_next_fraction"]
     assert "the next is D1" in str(exc)
     assert p.do("assess_pre_infusion", {"day": 1, "pre_infusion": obs()}).outcome["held"] is False
 
@@ -358,7 +288,7 @@ def test_a_failing_gate_never_lets_a_fraction_through_without_a_reason(
     on = p.next_day(7 if day == 1 else 1)
     if failed and not reason:
         exc = p.refused("give_infusion", payload, on=on)
-        assert rules(exc) == ["pre_infusion_criteria_met"]
+        assert failed_rules(exc) == ["pre_infusion_criteria_met"]
         for f in failed:
             assert f.message in str(exc)
         return
@@ -384,7 +314,7 @@ def test_a_fever_recorded_in_the_window_is_not_erased_by_a_lower_48h_maximum() -
     ]
     p.do("assess_pre_infusion", {"day": 2, "pre_infusion": obs(37.0)}, on=due)
     exc = p.refused("give_infusion", p.fraction(2), on=due)
-    assert rules(exc) == ["pre_infusion_criteria_met"]
+    assert failed_rules(exc) == ["pre_infusion_criteria_met"]
 
 
 # -- temperatures on record: a fever inside the window counts, one older than the window does not
@@ -453,7 +383,7 @@ def test_a_fever_seen_with_passing_fraction_observations_still_refuses_the_fract
     exc = _refused_at(
         p, "give_infusion", p.fraction(2, pre_infusion=obs(37.0)), _at(morning.date(), 15)
     )
-    assert rules(exc) == ["pre_infusion_criteria_met"]
+    assert failed_rules(exc) == ["pre_infusion_criteria_met"]
     assert "a lower maximum given since does not erase it" in str(exc)
 
 
@@ -580,7 +510,7 @@ def test_no_sequence_of_assessments_lets_a_fraction_through_a_fever_within_48_h(
             given_ = _do_at(p, "give_infusion", payload, at)
         except MoveRefusedError as exc:  # (or off schedule: the steps span several days)
             if fever_in_window:
-                assert "pre_infusion_criteria_met" in rules(exc)
+                assert "pre_infusion_criteria_met" in failed_rules(exc)
             continue
         assert not fever_in_window, "D2 given without a reason with a fever within 48 h"
         assert not judge(parse_pre_infusion(seen), p.version.params)

@@ -725,18 +725,27 @@ def crs_observations(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
-def icans_observations(draw: st.DrawFn) -> dict[str, Any]:
-    consciousness = draw(st.sampled_from(list(CONSCIOUSNESS_GRADES)))
-    obs: dict[str, Any] = {
-        "age_years": draw(st.integers(min_value=12, max_value=90)),
-        "consciousness": consciousness,
+def icans_domains(
+    draw: st.DrawFn, ages: st.SearchStrategy[float], encephalopathy: str
+) -> dict[str, Any]:
+    """ICANS observations but the tool's score: the age, the other domains, and the domains
+    attributable to another cause (``encephalopathy``: ``ice``, or ``capd`` under 12)."""
+    return {
+        "age_years": draw(ages),
+        "consciousness": draw(st.sampled_from(list(CONSCIOUSNESS_GRADES))),
         "seizure": draw(st.sampled_from(list(SEIZURE_GRADES))),
         "motor": draw(st.sampled_from(list(MOTOR_GRADES))),
         "raised_icp": draw(st.sampled_from(list(RAISED_ICP_GRADES))),
         "attributable_to_other_cause": draw(
-            st.lists(st.sampled_from(["ice", "consciousness", "seizure"]), unique=True)
+            st.lists(st.sampled_from([encephalopathy, "consciousness", "seizure"]), unique=True)
         ),
     }
+
+
+@st.composite
+def icans_observations(draw: st.DrawFn) -> dict[str, Any]:
+    obs = draw(icans_domains(st.integers(min_value=12, max_value=90), "ice"))
+    consciousness = obs["consciousness"]
     if draw(st.booleans()):
         obs["ice_items"] = {
             "orientation": draw(st.integers(0, 4)),

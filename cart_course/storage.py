@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import logging
+import re
 import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,10 +28,12 @@ import msgspec
 from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.persistence import (
     EventStore,
+    IntegrityError,
     InternalError,
     JSONTranscoder,
     Mapper,
     MapperDeserialisationError,
+    ProgrammingError,
     Recording,
     StoredEvent,
     Transcoding,
@@ -72,6 +75,10 @@ def snapshot_due(version: int, interval: int = SNAPSHOT_INTERVAL) -> bool:
 _IDS_PER_QUERY = 500
 #: Attempts at opening a store whose tables other processes are creating at the same moment.
 _CREATE_RETRIES = 5
+#: What PostgreSQL says when two processes create the same tables at once.
+_CATALOG_CLASH = re.compile(
+    r"concurrently|already exists|duplicate key value violates unique constraint \"pg_"
+)
 logger = logging.getLogger(__name__)
 
 
@@ -698,11 +705,11 @@ def open_application(
             if app.stream_ids.migrated_up_to is not None:
                 app.mapper.transcoder.keep_recorded_ids = True  # type: ignore[attr-defined]
             return app
-        except InternalError as exc:
+        except (InternalError, IntegrityError, ProgrammingError) as exc:
             # Processes starting together each create the tables (CREATE TABLE IF NOT EXISTS);
-            # PostgreSQL may refuse all but one with "tuple concurrently updated". The tables
-            # are there now: try again.
-            if "concurrently" not in str(exc) or attempt == _CREATE_RETRIES - 1:
+            # PostgreSQL may refuse all but one ("tuple concurrently updated", "type ... already
+            # exists", a duplicate key in pg_type). The tables are there now: try again.
+            if not _CATALOG_CLASH.search(str(exc)) or attempt == _CREATE_RETRIES - 1:
                 raise
             time.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")

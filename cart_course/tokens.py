@@ -522,6 +522,14 @@ class MemoryTokenStore(SQLiteTokenStore):
         super().__init__(":memory:")
 
 
+#: The PostgreSQL advisory lock held while the token tables are created (any fixed 64-bit
+#: number that no other part of the application uses: the first 8 bytes of
+#: SHA-256("cart_course token schema")).
+SCHEMA_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"cart_course token schema").digest()[:8], "big", signed=True
+)
+
+
 class PostgresTokenStore(TokenStore):
     placeholder = "%s"
 
@@ -533,19 +541,16 @@ class PostgresTokenStore(TokenStore):
         self._url = url
         self._lock = threading.Lock()
         self._conn: Any = None
-        for ddl in POSTGRES_DDL:
-            for _ in range(5):  # concurrent CREATE IF NOT EXISTS can clash on the catalog
-                try:
-                    self._execute(ddl)
-                    break
-                except psycopg.errors.UniqueViolation:
-                    continue
-        for _ in range(5):
-            try:
-                self._create_scopes()
-                break
-            except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateColumn):
-                continue
+        # Processes opening the store at once (ingest and HTTP workers) create the tables one
+        # after the other: concurrent CREATE ... IF NOT EXISTS clash on PostgreSQL's catalog
+        # ("type ... already exists", a unique violation on pg_type).
+        self._execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+        try:
+            for ddl in POSTGRES_DDL:
+                self._execute(ddl)
+            self._create_scopes()
+        finally:
+            self._execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
 
     def _access_log_columns(self) -> set[str]:
         rows = self._execute(

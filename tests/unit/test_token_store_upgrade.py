@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,23 +60,33 @@ def test_a_store_that_lost_the_race_to_add_the_scope_column_opens(
     assert len(calls) == 2  # looked, lost the race, looked again
 
 
-def _open_at_once(path: Path, count: int) -> list[BaseException]:
+def _at_once(opener: Callable[[], Any], count: int = 8) -> tuple[list[Any], list[BaseException]]:
+    """``count`` threads call ``opener`` at the same moment: what they opened, what they raised."""
     start = threading.Barrier(count)
+    opened: list[Any] = []
     errors: list[BaseException] = []
 
-    def open_store() -> None:
+    def run() -> None:
         start.wait()
         try:
-            SQLiteTokenStore(str(path)).close()
+            opened.append(opener())
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=open_store) for _ in range(count)]
+    threads = [threading.Thread(target=run) for _ in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return errors
+    for thing in opened:
+        thing.close()
+    return opened, errors
+
+
+def _open_at_once(
+    path: Path | str, count: int, kind: type = SQLiteTokenStore
+) -> list[BaseException]:
+    return _at_once(lambda: kind(str(path)), count)[1]
 
 
 def test_eight_stores_opening_an_earlier_release_at_once_all_open(tmp_path: Path) -> None:
@@ -96,3 +108,43 @@ def test_eight_stores_creating_a_new_store_at_once_all_open(tmp_path: Path) -> N
         path = tmp_path / f"new-{attempt}.sqlite"
         assert _open_at_once(path, 8) == []
         assert _columns(path).count("scope") == 1
+
+
+def test_eight_stores_creating_the_tables_at_once_on_postgresql(pg_server: object) -> None:
+    """PostgreSQL's catalog refuses two concurrent CREATE TABLE IF NOT EXISTS of one table
+    ('type ... already exists'): the stores take turns (CI saw an ingest worker fail so)."""
+    import uuid
+
+    from cart_course.tokens import PostgresTokenStore
+
+    for _attempt in range(10):
+        name = f"t_{uuid.uuid4().hex[:20]}"
+        url = pg_server.create_database(name)  # type: ignore[attr-defined]
+        try:
+            assert _open_at_once(url, 8, PostgresTokenStore) == []
+            store = PostgresTokenStore(url)
+            store.add("nurse.kim", "clinician")
+            assert [t.actor for t in store.list()] == ["nurse.kim"]
+            store.close()
+        finally:
+            pg_server.drop_database(name)  # type: ignore[attr-defined]
+
+
+def test_eight_processes_opening_a_new_event_store_at_once_on_postgresql(
+    pg_server: object,
+) -> None:
+    """The event store's own tables (eventsourcing's, the stream-id marker) created by eight
+    openers at once: every one opens (an ingest's or a server's workers starting together)."""
+    import uuid
+
+    from cart_course.storage import open_application, parse_store_url
+
+    for _attempt in range(5):
+        name = f"t_{uuid.uuid4().hex[:20]}"
+        url = pg_server.create_database(name)  # type: ignore[attr-defined]
+        try:
+            apps, errors = _at_once(lambda url=url: open_application(parse_store_url(url)))
+            assert errors == []
+            assert len(apps) == 8
+        finally:
+            pg_server.drop_database(name)  # type: ignore[attr-defined]

@@ -70,6 +70,7 @@ def query_rules_enabled(value: str | None) -> bool:
         "rules run after every command) or 0 (they run only at 'cart-course queries run-rules')"
     )
 
+
 #: ``CART_COURSE_PROTOCOL_VERSION=1.1``: the protocol version new moves are decided and recorded
 #: under (default: ``versions.CURRENT``). Recorded events keep the version they were made under.
 ENV_PROTOCOL_VERSION = "CART_COURSE_PROTOCOL_VERSION"

@@ -23,7 +23,9 @@ def _line(q: dict[str, Any]) -> str:
         if q.get("on_version")
         else "the patient"
     )
-    age = f", {q['age_days']:g} d old" if q.get("age_days") is not None else ""
+    opened = q.get("opened_occurred_at") or q.get("opened_at")
+    age = f", opened {str(opened)[:10]}" if opened else ""
+    age += f", {q['age_days']:g} d old" if q.get("age_days") is not None else ""
     by = q["opened_by"] + (f" [{q['rule']}]" if q.get("rule") else "")
     line = f"{q['patient_id']:<10} {q['query_id']:<7} {q['status']:<9} on {on} (by {by}{age}): "
     line += q.get("text") or ""

@@ -857,7 +857,13 @@ MONITOR = {"id": "cra.demo", "role": "monitor", "name": "M. Demo, CRA"}
 
 #: How many days before ``until`` the demo's queries on a patient begin (each query's age
 #: counts from its clinical time): spread over days to weeks, one after another.
-_QUERY_DAYS_AGO = (3, 17, 8, 26, 12, 40, 5, 21, 33)
+_QUERY_DAYS_AGO = (3, 17, 8, 26, 12, 40, 5, 21, 33)  # nine: not in step with the six kinds
+
+
+def _day_of(when: dt.datetime) -> dt.datetime:
+    """The start of ``when``'s day: the demo's query times move by whole days, so the same
+    seed writes the same cohort all day."""
+    return when.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def query_steps(
@@ -891,7 +897,7 @@ def query_steps(
         version = len(own) + 1
         at = dt.datetime.fromisoformat(own[-1]["occurred_at"])
         if until is not None:  # raised days to weeks before ``until`` (never before the last event)
-            at = max(at, until - dt.timedelta(days=_QUERY_DAYS_AGO[chosen % len(_QUERY_DAYS_AGO)]))
+            at = max(at, _day_of(until) - dt.timedelta(days=_QUERY_DAYS_AGO[chosen % 9]))
         n = 0
 
         def step(

@@ -111,7 +111,8 @@ def show_queries(ctx: Context, patient_id: str, as_json: bool) -> None:
                 extra += f" (correction v{step['correction']})"
             click.echo(
                 f"    v{step['version']} {step['action']:<7} -> {step['status']:<9} by "
-                f"{step['by']} ({step['role']}) at {step['at']}{extra}"
+                f"{step['by']} ({step['role']}) at {step.get('occurred_at') or step['at']} "
+                f"(recorded {step['at']}){extra}"
             )
     if not found:
         click.echo(f"{patient_id}: no data queries")

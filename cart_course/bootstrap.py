@@ -2,7 +2,8 @@
 
 :class:`Settings` is read here, and only here, from the environment (``CART_COURSE_DB``,
 ``CART_COURSE_CIPHER_KEY``, ``CART_COURSE_COMPRESS``, ``CART_COURSE_DEBUG``,
-``CART_COURSE_PROTOCOL_VERSION``, ``CART_COURSE_TOKEN``, ``USER``) and the ``--db`` and
+``CART_COURSE_PROTOCOL_VERSION``, ``CART_COURSE_QUERY_RULES``,
+``CART_COURSE_TOKEN``, ``USER``) and the ``--db`` and
 ``--protocol`` flags.
 :class:`System` builds, from settings, what the entry points use: the service
 (commands), the log's read interface (:class:`~cart_course.eventlog.EventLog`: audit, views,
@@ -49,11 +50,27 @@ if TYPE_CHECKING:
 
 #: ``CART_COURSE_DEBUG=1``: errors of the CLI end in their traceback.
 ENV_DEBUG = "CART_COURSE_DEBUG"
-#: ``CART_COURSE_QUERY_RULES=1``: the query rules run after every command that changes a
-#: patient's record (``protocol/query_rules.py``); without it, ``cart-course queries run-rules``
-#: runs them when asked (issue 17).
+#: The query rules (``protocol/query_rules.py``; issue 17) run after every command that records
+#: or corrects a move they read, by default; ``CART_COURSE_QUERY_RULES=0`` turns them off (then
+#: ``cart-course queries run-rules`` runs them when asked).
 ENV_QUERY_RULES = "CART_COURSE_QUERY_RULES"
 _TRUE = ("1", "true", "yes", "y", "on")
+_FALSE = ("0", "false", "no", "n", "off")
+
+
+def query_rules_enabled(value: str | None) -> bool:
+    """``CART_COURSE_QUERY_RULES``: unset or empty means on; anything but an on/off word is a
+    one-line error naming the variable and the words it takes."""
+    word = (value or "").strip().lower()
+    if not word or word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise StoreError(
+        f"{ENV_QUERY_RULES}: {value!r} is neither on nor off; use 1 (the default: the query "
+        "rules run after every command) or 0 (they run only at 'cart-course queries run-rules')"
+    )
+
 
 #: ``CART_COURSE_PROTOCOL_VERSION=1.1``: the protocol version new moves are decided and recorded
 #: under (default: ``versions.CURRENT``). Recorded events keep the version they were made under.
@@ -96,8 +113,9 @@ class Settings:
     checkpoint_every: int = CHECKPOINT_EVERY_EVENTS
     checkpoint_minutes: float = CHECKPOINT_EVERY_MINUTES
     log_origin: str = DEFAULT_ORIGIN
-    #: Run the query rules after every command (``CART_COURSE_QUERY_RULES``).
-    query_rules: bool = False
+    #: Run the query rules after every command that records or corrects a move they read
+    #: (default; ``CART_COURSE_QUERY_RULES=0``: off).
+    query_rules: bool = True
     #: The id of the protocol version new moves are decided and recorded under (``--protocol``
     #: or ``CART_COURSE_PROTOCOL_VERSION``; default ``versions.CURRENT``). An id, not the
     #: version, so that settings pickle to the ingest workers.
@@ -127,7 +145,7 @@ class Settings:
             protocol_id=version.id,
             cipher_key=check_cipher_key(environ.get(ENV_CIPHER_KEY) or None),
             compress=environ.get(ENV_COMPRESS, "").lower() in ("1", "true", "yes", "y"),
-            query_rules=environ.get(ENV_QUERY_RULES, "").lower() in _TRUE,
+            query_rules=query_rules_enabled(environ.get(ENV_QUERY_RULES)),
             **ledger_settings(environ),
         )
 
@@ -138,7 +156,7 @@ class Settings:
         *,
         cipher_key: str | None = None,
         compress: bool = False,
-        query_rules: bool = False,
+        query_rules: bool = True,
     ) -> Settings:
         """Settings for the store ``url``, ignoring the environment (tests, tools)."""
         try:

@@ -50,8 +50,9 @@ EPISODE_COMMANDS = REGISTRY.episode_commands
 #: at a fraction's time). 4: the pre-infusion gate keeps every temperature above its limit
 #: with its clinical time (``PatientRecord.pre_infusion_temperatures``; a hold keeps the
 #: temperature it failed on), so a history with a fever assessed replays into a record a
-#: snapshot of rules 3 lacks.
-REPLAY_RULES = 4
+#: snapshot of rules 3 lacks. 5: a data query keeps its clinical opening time
+#: (``opened_occurred_at``: its age counts from it), which a snapshot of rules 4 lacks.
+REPLAY_RULES = 5
 
 
 def genesis_hash(patient_id: str) -> str:

@@ -855,11 +855,23 @@ def ensure_demo_sites(store: Any, by: str | None = "demo") -> None:
 MONITOR = {"id": "cra.demo", "role": "monitor", "name": "M. Demo, CRA"}
 
 
+#: How many days before ``until`` the demo's queries on a patient begin (each query's age
+#: counts from its clinical time): spread over days to weeks, one after another.
+_QUERY_DAYS_AGO = (3, 17, 8, 26, 12, 40, 5, 21, 33)  # nine: not in step with the six kinds
+
+
+def _day_of(when: dt.datetime) -> dt.datetime:
+    """The start of ``when``'s day: the demo's query times move by whole days, so the same
+    seed writes the same cohort all day."""
+    return when.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
 def query_steps(
     commands: list[dict[str, Any]], until: dt.datetime | None = None
 ) -> list[dict[str, Any]]:
     """Data queries on a demo cohort's patients with a D2 (``commands`` in recording order):
-    after each such patient's last event, a monitor's query on the D2 count that the site
+    after each such patient's last event (with ``until``: and days to weeks before it, so that
+    the queries have the ages a trial's monitors see), a monitor's query on the D2 count that the site
     answers and the monitor closes; one answered and waiting for the monitor; one still open on
     the D1 weight; one closed and re-opened; and, for the query rules, a D2 count corrected
     beyond the dose tolerance without a deviation reason (the rule opens a query) and one
@@ -884,6 +896,8 @@ def query_steps(
         d1, d2 = versions[id(infusions[1])], versions[id(infusions[2])]
         version = len(own) + 1
         at = dt.datetime.fromisoformat(own[-1]["occurred_at"])
+        if until is not None:  # raised days to weeks before ``until`` (never before the last event)
+            at = max(at, _day_of(until) - dt.timedelta(days=_QUERY_DAYS_AGO[chosen % 9]))
         n = 0
 
         def step(

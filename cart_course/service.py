@@ -274,11 +274,12 @@ class CourseService:
         app: CourseApplication,
         protocol: ProtocolVersion = CURRENT,
         cache_size: int = 20_000,
-        query_rules: Sequence[QueryRule] = (),
+        query_rules: Sequence[QueryRule] = RULES,
     ) -> None:
         self.app = app
-        #: The query rules run after each command that changes a patient's record
-        #: (``protocol/query_rules.py``; none: only ``run_query_rules`` runs them).
+        #: The query rules run after each command that records or corrects a move they read
+        #: (``protocol/query_rules.py``; all of them by default; none: only ``run_query_rules``
+        #: runs them).
         self.query_rules: tuple[QueryRule, ...] = tuple(query_rules)
         #: The store's log, read-only: what every reader other than this service uses.
         self.log = EventLog(app)

@@ -8,6 +8,7 @@ from html import escape
 from typing import Any
 
 from ..protocol.labels import DONE_LABELS, TOXICITY_LABELS, cells_text, state_label
+from ..protocol.record import opened_clinical
 from .conformance import Finding
 from .history import compact, timeline
 from .integrity import Problem
@@ -208,7 +209,8 @@ def html_report(
             who = (q.get("rule") and f"{q['opened_by']} ({q['rule']})") or q["opened_by"]
             out.append(
                 f"<tr><td>{escape(q['id'])}</td><td>{escape(q['status'])}</td>"
-                f"<td>{escape(on)}</td><td>{_cell(who)}<br>{_cell(q['opened_at'])}</td>"
+                f"<td>{escape(on)}</td><td>{_cell(who)}<br>{_cell(opened_clinical(q) or '')}"
+                f"<br>recorded {_cell(q['opened_at'])}</td>"
                 f"<td>{_cell(q.get('text') or '')}</td><td>{_cell(q.get('answer') or '')}</td></tr>"
             )
         out.append("</table>")

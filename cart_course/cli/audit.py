@@ -189,7 +189,8 @@ def conformance(
                 )
                 click.echo(
                     f"  {q['patient_id']} {q['query_id']} {q['status']}{on} "
-                    f"(opened by {q['opened_by']} at {q['opened_at']}): {q['text']}"
+                    f"(opened by {q['opened_by']} at {q.get('opened_occurred_at') or q['opened_at']}"
+                    f", recorded {q['opened_at']}): {q['text']}"
                 )
         if regrade:
             click.echo(f"re-graded under {regrade}: {len(result.regrades)} toxicity report(s)")

@@ -24,7 +24,9 @@ def _line(q: dict[str, Any]) -> str:
         if q.get("on_version")
         else "the patient"
     )
-    age = f", {q['age_days']:g} d old" if q.get("age_days") is not None else ""
+    opened = q.get("opened_occurred_at") or q.get("opened_at")
+    age = f", opened {str(opened)[:10]}" if opened else ""
+    age += f", {q['age_days']:g} d old" if q.get("age_days") is not None else ""
     by = q["opened_by"] + (f" [{q['rule']}]" if q.get("rule") else "")
     line = f"{q['patient_id']:<10} {q['query_id']:<7} {q['status']:<9} on {on} (by {by}{age}): "
     line += q.get("text") or ""
@@ -115,7 +117,8 @@ def show_queries(ctx: Context, patient_id: str, as_json: bool) -> None:
                 extra += f" (correction v{step['correction']})"
             click.echo(
                 f"    v{step['version']} {step['action']:<7} -> {step['status']:<9} by "
-                f"{step['by']} ({step['role']}) at {step['at']}{extra}"
+                f"{step['by']} ({step['role']}) at {step.get('occurred_at') or step['at']} "
+                f"(recorded {step['at']}){extra}"
             )
     if not found:
         click.echo(f"{patient_id}: no data queries")

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import attrs
 
 from .errors import ProtocolInputError, RecordConflictInputError, key_name
-from .record import PatientRecord
+from .record import PatientRecord, opened_clinical
 from .text import free_text_problem
 
 Status = Literal["open", "answered", "closed", "reopened"]
@@ -367,6 +367,10 @@ def evolve_query(
             "opened_by": actor,
             "opened_role": role,
             "opened_at": recorded_at,
+            #: The clinical time it was opened (the open_query's ``occurred_at``: when the
+            #: monitor raised it; a rule's query: the triggering command's): its age counts
+            #: from it. ``opened_at`` is the record time.
+            "opened_occurred_at": occurred_at,
             "opened_version": version,
             "updated_at": recorded_at,
             "history": [step],
@@ -411,6 +415,7 @@ def query_view(query: Mapping[str, Any], patient_id: str) -> dict[str, Any]:
         "rule": query.get("rule"),
         "opened_by": query.get("opened_by"),
         "opened_at": query.get("opened_at"),
+        "opened_occurred_at": opened_clinical(query),
         "updated_at": query.get("updated_at"),
         "answer": query.get("answer"),
         "correction": query.get("correction"),

@@ -7,7 +7,7 @@ today's protocol would refuse). Rules run before a move is recorded (``commands.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -242,17 +242,23 @@ class PatientRecord:
 
     def queries_summary(self) -> dict[str, Any]:
         """The patient's data queries in brief: how many are unresolved (not closed), the
-        oldest unresolved one's opening time, and the count by status."""
+        oldest unresolved one's opening time (clinical: :func:`opened_clinical`), and the count
+        by status."""
         by_status: dict[str, int] = {}
-        oldest: str | None = None
+        oldest: tuple[dt.datetime, str] | None = None
         pending = 0
         for q in self.queries.values():
             by_status[q["status"]] = by_status.get(q["status"], 0) + 1
             if q["status"] != "closed":
                 pending += 1
-                if oldest is None or q["opened_at"] < oldest:
-                    oldest = q["opened_at"]
-        return {"open_queries": pending, "oldest_open_query_at": oldest, "by_status": by_status}
+                at = opened_instant(q)
+                if at is not None and (oldest is None or at < oldest[0]):
+                    oldest = (at, str(opened_clinical(q)))
+        return {
+            "open_queries": pending,
+            "oldest_open_query_at": oldest[1] if oldest else None,
+            "by_status": by_status,
+        }
 
 
 DERIVED_FIELDS = frozenset({"open_ids", "kind_counts", "course_ids", "course_worst"})
@@ -985,3 +991,23 @@ _PRODUCT_EFFECTS = frozenset(
     {"record_apheresis", "repeat_apheresis", "start_manufacture", "release_product"}
     | {t.value for t in INFUSION_TRIGGERS}
 )
+
+
+def opened_clinical(query: Mapping[str, Any]) -> str | None:
+    """When a query was opened in clinical time (its age counts from it); a query kept by an
+    older record without it: its record time."""
+    when = query.get("opened_occurred_at") or query.get("opened_at")
+    return None if when is None else str(when)
+
+
+def opened_instant(query: Mapping[str, Any]) -> dt.datetime | None:
+    """:func:`opened_clinical` as an instant (a time without an offset: UTC), to compare the
+    clinical times of queries entered in different offsets."""
+    when = opened_clinical(query)
+    if when is None:
+        return None
+    try:
+        at = dt.datetime.fromisoformat(when)
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else at.replace(tzinfo=dt.UTC)

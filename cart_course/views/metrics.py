@@ -44,6 +44,23 @@ def metrics_text(views: Views, now: queries.Moment = None) -> str:
             f'cart_course_site_overdue_actions{{site="{_escape(s)}"}} {c["overdue_actions"]}'
             for s, c in per_site.items()
         ),
+        "# HELP cart_course_site_open_queries Data queries not closed per site (open, answered, "
+        "re-opened).",
+        "# TYPE cart_course_site_open_queries gauge",
+        *(
+            f'cart_course_site_open_queries{{site="{_escape(s)}"}} {c["open_queries"]}'
+            for s, c in per_site.items()
+        ),
+        "# HELP cart_course_site_median_query_age_days Median age in days of a site's data "
+        "queries not closed, counted from each query's clinical opening time (sites with none: "
+        "no series).",
+        "# TYPE cart_course_site_median_query_age_days gauge",
+        *(
+            f'cart_course_site_median_query_age_days{{site="{_escape(s)}"}} '
+            f"{c['median_query_age_days']}"
+            for s, c in per_site.items()
+            if c["median_query_age_days"] is not None
+        ),
     ]
     lines += [
         "# HELP cart_course_overdue_actions Patients whose next protocol action is past its due date.",

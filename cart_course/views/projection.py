@@ -16,7 +16,7 @@ from ..course import PatientCourse
 from ..protocol import product
 from ..protocol.follow_up import next_visit, pending_sae_clock
 from ..protocol.parameters import DEFAULT_PARAMETERS, ProtocolParameters
-from ..protocol.record import PatientRecord
+from ..protocol.record import PatientRecord, opened_clinical
 from ..protocol.registry import REGISTRY
 from ..protocol.states import FOLLOW_UP, INFUSED, State
 from ..protocol.versions import UnknownProtocolVersionError, get_version
@@ -114,10 +114,15 @@ QUERY_COLUMNS: tuple[str, ...] = (
     "opened_at",
     "updated_at",
     "answer",
+    "opened_occurred_at",
+    "opened_utc",
 )
 
 
 def query_rows(record: PatientRecord) -> list[tuple[Any, ...]]:
+    """``opened_at`` is the record time; ``opened_occurred_at`` the clinical time (as entered,
+    with its offset), and ``opened_utc`` that instant in UTC (one fixed width, so that it
+    compares as text): a query's age counts from it."""
     return [
         (
             record.patient_id,
@@ -131,6 +136,8 @@ def query_rows(record: PatientRecord) -> list[tuple[Any, ...]]:
             q["opened_at"],
             q.get("updated_at"),
             q.get("answer"),
+            opened_clinical(q),
+            _utc(opened_clinical(q)),
         )
         for q in record.queries.values()
     ]

@@ -596,8 +596,10 @@ QUERY_KEYS = (
     "text",
     "opened_by",
     "opened_at",
+    "opened_occurred_at",
     "updated_at",
     "answer",
+    "opened_utc",
 )
 
 
@@ -613,6 +615,7 @@ def _queries_filter(has_open_queries: bool | None, where: list[str]) -> None:
 
 
 def _age_days(opened_at: str | None, now: Moment) -> float | None:
+    """Days from ``opened_at`` (a query's clinical opening time; naive: UTC) to ``now``."""
     if opened_at is None:
         return None
     if isinstance(now, dt.date) and not isinstance(now, dt.datetime):
@@ -623,13 +626,20 @@ def _age_days(opened_at: str | None, now: Moment) -> float | None:
     return round(max(0.0, (_instant(now) - opened).total_seconds()) / 86400, 2)
 
 
+def _aware(utc: str | None) -> str | None:
+    """A view's UTC instant (naive ISO) as ISO with its offset, ``+00:00``."""
+    if utc is None:
+        return None
+    return dt.datetime.fromisoformat(utc).replace(tzinfo=dt.UTC).isoformat()
+
+
 def query_summary(
     db: ViewDB, patient_ids: list[str] | None = None, now: Moment = None
 ) -> dict[str, dict[str, Any]]:
     """Per patient with a query that is not closed: how many (``open_queries``), when the oldest
-    was opened and its age in days (as of ``now``). ``patient_ids``: only these patients.
-    The per-patient figures a per-site aggregation groups (count, median age)."""
-    sql = "SELECT patient_id, COUNT(*), MIN(opened_at) FROM view_query WHERE status <> 'closed'"
+    was opened in clinical time (UTC) and its age in days (as of ``now``). ``patient_ids``:
+    only these patients. The per-patient figures a per-site aggregation groups."""
+    sql = "SELECT patient_id, COUNT(*), MIN(opened_utc) FROM view_query WHERE status <> 'closed'"
     rows: list[tuple[Any, ...]] = []
     if patient_ids is None:
         rows = db.fetchall(sql + " GROUP BY patient_id")
@@ -641,7 +651,7 @@ def query_summary(
     return {
         str(pid): {
             "open_queries": int(n),
-            "oldest_open_query_at": oldest,
+            "oldest_open_query_at": _aware(oldest),
             "oldest_open_query_age_days": _age_days(oldest, now),
         }
         for pid, n, oldest in rows
@@ -683,7 +693,8 @@ def query_list(
     now: Moment = None,
     sites: Sites = None,
 ) -> list[dict[str, Any]]:
-    """Data queries, oldest first: by status (``open``, ``answered``, ``reopened``,
+    """Data queries, oldest first (in clinical time; each query's ``age_days`` counts from its
+    clinical opening time, ``opened_occurred_at``; ``opened_at`` is its record time): by status (``open``, ``answered``, ``reopened``,
     ``closed``), by patient, or every query not closed (``unresolved``); only the patients of
     ``sites`` when given (a site-limited token's)."""
     where: list[str] = []
@@ -705,14 +716,15 @@ def query_list(
     sql = f"SELECT {', '.join(QUERY_KEYS)} FROM view_query"
     sql += (
         " WHERE " + " AND ".join(where) if where else ""
-    ) + " ORDER BY opened_at, patient_id, query_id"
+    ) + " ORDER BY opened_utc, patient_id, query_id"
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
     out = []
     for row in db.fetchall(sql, params):
         data = dict(zip(QUERY_KEYS, row, strict=True))
-        data["age_days"] = _age_days(data["opened_at"], now) if data["status"] != "closed" else None
+        utc = data.pop("opened_utc")
+        data["age_days"] = _age_days(utc, now) if data["status"] != "closed" else None
         data["awaiting"] = (
             "site"
             if data["status"] in ("open", "reopened")
@@ -857,7 +869,7 @@ def open_queries_by_site(db: ViewDB, now: Moment = None) -> dict[str, tuple[int,
     """Per site: (data queries not closed, median age of those queries in days, as of ``now``).
     A site without any: absent (its counts say 0 queries, no median)."""
     rows = db.fetchall(
-        "SELECT b.site, q.opened_at FROM view_query q JOIN view_board b "
+        "SELECT b.site, q.opened_utc FROM view_query q JOIN view_board b "
         "ON b.patient_id = q.patient_id WHERE q.status <> 'closed'"
     )
     ages: dict[str, list[float]] = {}

@@ -135,13 +135,15 @@ CREATE TABLE IF NOT EXISTS view_query (
   opened_at TEXT NOT NULL,
   updated_at TEXT,
   answer TEXT,
+  opened_occurred_at TEXT,
+  opened_utc TEXT,
   PRIMARY KEY (patient_id, query_id)
 );
-CREATE INDEX IF NOT EXISTS view_query_open ON view_query (patient_id, opened_at)
+CREATE INDEX IF NOT EXISTS view_query_open ON view_query (patient_id, opened_utc)
   WHERE status <> 'closed';
-CREATE INDEX IF NOT EXISTS view_query_open_age ON view_query (opened_at, patient_id, query_id)
+CREATE INDEX IF NOT EXISTS view_query_open_age ON view_query (opened_utc, patient_id, query_id)
   WHERE status <> 'closed';
-CREATE INDEX IF NOT EXISTS view_query_status ON view_query (status, opened_at, patient_id, query_id);
+CREATE INDEX IF NOT EXISTS view_query_status ON view_query (status, opened_utc, patient_id, query_id);
 CREATE TABLE IF NOT EXISTS view_cohort (
   dimension TEXT NOT NULL,
   key TEXT NOT NULL,
@@ -166,6 +168,8 @@ _REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     # issue 16's follow-up columns: an older board is rebuilt (its next actions lack the kind)
     "view_board": ("overdue_from", "manufacturing_failures", "next_kind", "open_ae_grade", "site"),
     "view_toxicity": ("resolved_utc",),
+    # a query's age counts from its clinical opening time (issue 17): an older table lacks it
+    "view_query": ("opened_utc",),
 }
 
 

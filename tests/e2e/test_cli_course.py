@@ -307,8 +307,20 @@ def test_ingest_reports_rejected_lines_and_records_nothing_new_the_second_time(
         if line.startswith('{"') and json.loads(line)["command"] == "screen"
     }
     assert {p["patient_id"] for p in patients} == screened
-    # Every recorded line is one event; each patient also has its registration.
-    assert sum(p["version"] for p in patients) == summary["recorded"] + len(screened)
+    # Every recorded line is one event; each patient also has its registration, and the query
+    # rules' events (a query opened or closed by them: the demo's D2 counts corrected beyond the
+    # tolerance, one of them then given its reason) follow the commands that triggered them.
+    by_rules = [
+        step
+        for pid in screened
+        for q in json.loads(run(db, "queries", "show", pid, "--json").stdout)
+        for step in q["history"]
+        if step["by"] == "system:query-rules"
+    ]
+    assert by_rules and {s["action"] for s in by_rules} <= {"open", "close"}
+    assert sum(p["version"] for p in patients) == (
+        summary["recorded"] + len(screened) + len(by_rules)
+    )
 
 
 def test_demo_show_and_patients(db: Path) -> None:

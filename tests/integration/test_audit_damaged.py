@@ -250,7 +250,8 @@ def test_as_of_a_clinical_time_takes_no_state_from_a_late_toxicity_report(
 
     between = cli(plain, "audit", "as-of", pid, "--occurred-at", "2026-11-20T21:00:00Z")
     assert between.code == 0, between
-    assert "not included: v5" in between.out  # D2
+    # D2 (v6) and the query the rules opened on it (v7: no lot); D1's query (v5) is included
+    assert "6 of 8 events" in between.out and "not included: v6, v7" in between.out
     assert "state: infused_d1" in between.out, between.out
     assert "toxicity CRS-1: grade 1" in between.out
     view = json.loads(

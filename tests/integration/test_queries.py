@@ -4,17 +4,20 @@ re-opens it; the refusals record nothing; the query rules open and close system 
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
-from integration_helpers import Course
+from integration_helpers import Course, envelope, screening
 
 from cart_course.bootstrap import Settings, build_service
+from cart_course.contract import Command, parse_command
 from cart_course.errors import (
     CartCourseError,
     ForbiddenError,
     InvalidCommandError,
     RecordConflictError,
+    StoreError,
 )
 from cart_course.service import CourseService
 
@@ -174,7 +177,7 @@ def test_bad_query_commands_are_clear_errors_and_record_nothing(service: CourseS
 
 
 def test_the_rules_open_a_query_and_close_it_when_the_data_are_corrected(store_url: str) -> None:
-    service = build_service(Settings.for_store(store_url, query_rules=True))
+    service = build_service(Settings.for_store(store_url))  # the rules run by default
     try:
         c = Course(service, "P-R1")
         c.screen()
@@ -240,7 +243,10 @@ def test_the_views_count_open_queries_and_filter_the_board(
         rows = {r["patient_id"]: r for r in vq.board(views.db)}
         assert rows["P-V1"]["open_queries"] == 2 and rows["P-V2"]["open_queries"] == 0
         opened = {q["query_id"]: q for q in vq.query_list(views.db, patient_id="P-V1")}
-        assert rows["P-V1"]["oldest_open_query_at"] == opened[first]["opened_at"]
+        # the oldest open query's clinical opening time (UTC), which its age counts from
+        assert dt.datetime.fromisoformat(rows["P-V1"]["oldest_open_query_at"]) == (
+            dt.datetime.fromisoformat(opened[first]["opened_occurred_at"])
+        )
         assert rows["P-V1"]["oldest_open_query_age_days"] >= 0
         assert [r["patient_id"] for r in vq.board(views.db, has_open_queries=True)] == ["P-V1"]
         assert vq.count(views.db, has_open_queries=True) == 1
@@ -311,3 +317,189 @@ def test_an_edited_query_row_is_found_by_the_views_check(tmp_path: Any) -> None:
         assert problem.patient_id == c.pid and "view_query (status)" in problem.message
     finally:
         service.close()
+
+
+# -- the query rules run by default, on every path a command is recorded (issue 17) -------------
+
+NOW = dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.UTC)
+
+
+def _unverified_story(pid: str) -> list[Command]:
+    """Screening to D2, both fractions without a bag or a lot (the rule opens a query on each);
+    a correction giving D1 its lot (closes D1's); D2's count corrected beyond the tolerance
+    without a reason (a second rule opens a query on D2); its reason given (closes that one)."""
+    c = Course(None, pid)  # type: ignore[arg-type]  # only builds the commands
+    return [
+        c.command("screen", {"screening": screening()}),
+        c.command(
+            "record_apheresis",
+            {"apheresis_contraindication": False, "product_id": f"LOT-{pid}"},
+            days=3,
+        ),
+        c.command(
+            "give_infusion",
+            {
+                "day": 1,
+                "cells": {"value": 7e6, "unit": "cells"},
+                "weight": {"value": 70, "unit": "kg"},
+            },
+            days=14,
+        ),
+        c.command("give_infusion", {"day": 2, "cells": {"value": 2.1e7, "unit": "cells"}}, days=1),
+        c.command(
+            "correct",
+            {"corrects": 4, "changes": {"product_lot": f"LOT-{pid}"}},
+            reason="lot from the pharmacy record",
+        ),
+        c.command(
+            "correct",
+            {"corrects": 6, "changes": {"cells": {"value": 3.4e7, "unit": "cells"}}},
+            reason="D2 count re-read from the pharmacy record",
+        ),
+        c.command(
+            "correct",
+            {"corrects": 6, "changes": {"deviation_reason": "a second bag was thawed"}},
+            reason="the deviation's reason, as the query rule asked",
+        ),
+    ]
+
+
+def _queries_of(service: CourseService, pid: str) -> list[tuple[Any, ...]]:
+    """A patient's queries without their record times (which differ between two runs)."""
+    return [
+        (
+            q["query_id"],
+            q["status"],
+            q["rule"],
+            q["on_version"],
+            q["field"],
+            q["opened_occurred_at"],
+            tuple((h["version"], h["action"], h["by"], h["occurred_at"]) for h in q["history"]),
+        )
+        for q in service.queries(pid)
+    ]
+
+
+def test_a_batch_gives_the_same_queries_as_one_command_at_a_time(store_url: str) -> None:
+    """The rules run by default after each command that records or corrects a move they read:
+    one at a time (``record``, HTTP) and in a batch (``ingest``) give the same events; a retry
+    of each (one at a time, then the whole batch again) records nothing."""
+    one = build_service(Settings.for_store(store_url))
+    batch = build_service(Settings.for_store("memory:"))
+    try:
+        commands = _unverified_story("P-B1")
+        singles = [one.execute(c) for c in commands]
+        rules = [q for r in singles for q in r.outcome.get("queries", ())]
+        assert [(q["rule"], q["status"], q["on_version"]) for q in rules] == [
+            ("fraction_unverified", "open", 4),
+            ("fraction_unverified", "open", 6),
+            ("fraction_unverified", "closed", 4),  # the lot given
+            ("deviation_without_reason", "open", 6),  # the count corrected beyond tolerance
+            ("deviation_without_reason", "closed", 6),  # its reason given
+        ]
+        results = batch.execute_batch(commands)
+        assert [r.version for r in results] == [r.version for r in singles]
+        assert [r.outcome.get("queries") for r in results] == [
+            r.outcome.get("queries") for r in singles
+        ]
+        assert _queries_of(batch, "P-B1") == _queries_of(one, "P-B1")
+        statuses = {q[0]: q[1] for q in _queries_of(one, "P-B1")}
+        assert sorted(statuses.values()) == ["closed", "closed", "open"]
+        # D2 still has no lot: its query stays open; each query's clinical time is its command's
+        (d2,) = [q for q in one.queries("P-B1") if q["status"] == "open"]
+        assert d2["on_version"] == 6 and d2["opened_occurred_at"] == commands[3].occurred_iso
+        # idempotent retries: nothing recorded, no query opened twice
+        version = one.record("P-B1").version
+        assert {one.execute(c).status for c in commands} == {"duplicate"}
+        again = one.execute_batch(commands)
+        assert {r.status for r in again} == {"duplicate"}
+        assert one.record("P-B1").version == version and len(one.queries("P-B1")) == 3
+        # the rules over the whole record again: nothing new
+        assert one.run_query_rules("P-B1") == []
+    finally:
+        one.close()
+        batch.close()
+
+
+def test_the_rules_can_be_turned_off(store_url: str) -> None:
+    assert Settings.from_env("memory:", {}).query_rules is True
+    assert Settings.from_env("memory:", {"CART_COURSE_QUERY_RULES": "1"}).query_rules is True
+    assert Settings.from_env("memory:", {"CART_COURSE_QUERY_RULES": "0"}).query_rules is False
+    assert Settings.from_env("memory:", {"CART_COURSE_QUERY_RULES": "off"}).query_rules is False
+    with pytest.raises(StoreError) as bad:
+        Settings.from_env("memory:", {"CART_COURSE_QUERY_RULES": "maybe"})
+    assert "CART_COURSE_QUERY_RULES" in str(bad.value) and "'maybe'" in str(bad.value)
+    service = build_service(Settings.for_store(store_url, query_rules=False))
+    try:
+        results = [service.execute(c) for c in _unverified_story("P-OFF")[:4]]  # up to D2
+        assert all("queries" not in r.outcome for r in results)
+        assert service.queries("P-OFF") == [] and service.record("P-OFF").version == 5
+        # asked for, they run over the whole record (neither fraction has a lot)
+        opened = service.run_query_rules("P-OFF")
+        assert [(q["rule"], q["on_version"]) for q in opened] == [
+            ("fraction_unverified", 4),
+            ("fraction_unverified", 5),
+        ]
+    finally:
+        service.close()
+
+
+def test_a_query_age_counts_from_its_clinical_time(service: CourseService, store_url: str) -> None:
+    """A query opened with an occurred_at ten days before ``now`` is ten days old on the board,
+    in the per-site counts and the list, whenever it was recorded; its record time is kept."""
+    from cart_course.storage import parse_store_url
+    from cart_course.views import Views
+    from cart_course.views import queries as vq
+
+    c = _course(service, "P-AGE")
+    raised = NOW - dt.timedelta(days=10)
+    opened = service.execute(
+        parse_command(
+            envelope(
+                "open_query",
+                c.pid,
+                {
+                    "text": "D1 weight: the source says 71 kg",
+                    "on_version": 4,
+                    "field": "payload.weight",
+                },
+                at=raised,
+                actor=MONITOR,
+            )
+        )
+    )
+    (q,) = [q for q in service.queries(c.pid) if q["query_id"] == opened.outcome["query_id"]]
+    assert q["opened_occurred_at"] == raised.isoformat()
+    recorded = dt.datetime.fromisoformat(q["opened_at"])
+    assert recorded > NOW  # recorded today: the record time stays, the age does not use it
+    assert q["history"][0]["at"] == q["opened_at"]
+    assert q["history"][0]["occurred_at"] == raised.isoformat()
+    views = Views(service.log, parse_store_url(store_url))
+    try:
+        views.catch_up()
+        row = vq.patient(views.db, c.pid, now=NOW)
+        assert row is not None
+        assert row["oldest_open_query_age_days"] == 10.0
+        assert dt.datetime.fromisoformat(row["oldest_open_query_at"]) == raised
+        (listed,) = vq.query_list(views.db, patient_id=c.pid, now=NOW)
+        assert listed["age_days"] == 10.0 and listed["opened_at"] == q["opened_at"]
+        site = service.site_of(c.pid)
+        assert vq.site_counts(views.db, NOW)[site]["median_query_age_days"] == 10.0
+        # a query raised in another offset compares by its instant: 12 days, the oldest now
+        east = (NOW - dt.timedelta(days=12)).astimezone(dt.timezone(dt.timedelta(hours=9)))
+        service.execute(
+            parse_command(
+                envelope("open_query", c.pid, {"text": "consent copy?"}, at=east, actor=MONITOR)
+            )
+        )
+        views.catch_up()
+        row = vq.patient(views.db, c.pid, now=NOW)
+        assert row is not None and row["oldest_open_query_age_days"] == 12.0
+        assert vq.site_counts(views.db, NOW)[site]["median_query_age_days"] == 11.0
+        assert [x["age_days"] for x in vq.query_list(views.db, patient_id=c.pid, now=NOW)] == [
+            12.0,
+            10.0,
+        ]
+        assert service.summary(c.pid)["queries"]["oldest_open_query_at"] == east.isoformat()
+    finally:
+        views.close()

@@ -369,9 +369,18 @@ def test_the_demo_cohort_records_every_command_without_rejection(service: Course
             summary["course_number"],
         )
     # Recording the same cohort again records nothing new.
+    # The query rules opened (and, once corrected, closed) queries on the demo's D2 counts
+    # corrected beyond the tolerance: one event each, after the command's own.
+    by_rules = [
+        q for r in results if not isinstance(r, Exception) for q in r.outcome.get("queries", ())
+    ]
+    assert {q["rule"] for q in by_rules} == {"deviation_without_reason"}
+    assert {q["status"] for q in by_rules} == {"open", "closed"}
     again = service.execute_batch(commands)
     assert {r.status for r in again if not isinstance(r, Exception)} == {"duplicate"}
-    assert sum(len(service.events(r["patient_id"])) for r in rows) == len(commands) + 60
+    assert sum(len(service.events(r["patient_id"])) for r in rows) == (
+        len(commands) + 60 + len(by_rules)
+    )
 
 
 def test_bad_input_and_unknown_patients_are_clear_errors(service: CourseService) -> None:

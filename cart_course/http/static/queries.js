@@ -30,7 +30,7 @@
   function row(q, role) {
     const on = q.on_version ? `v${esc(q.on_version)}${q.field ? " <code>" + esc(q.field) + "</code>" : ""}` : "patient";
     const by = esc(q.opened_by) + (q.rule ? ` <span class="badge">rule ${esc(q.rule)}</span>` : "");
-    const steps = q.history.map((h) => `<li>v${esc(h.version)} ${esc(h.action)} → ${esc(h.status)} by ${esc(h.by)} <span class="small">(${esc(h.role)}, ${esc(h.at)})</span>${h.text ? ": " + esc(h.text) : ""}${h.reason ? " <i>reason: " + esc(h.reason) + "</i>" : ""}${h.correction != null ? " (correction v" + esc(h.correction) + ")" : ""}</li>`).join("");
+    const steps = q.history.map((h) => `<li>v${esc(h.version)} ${esc(h.action)} → ${esc(h.status)} by ${esc(h.by)} <span class="small">(${esc(h.role)}, ${esc(h.occurred_at || h.at)}, recorded ${esc(h.at)})</span>${h.text ? ": " + esc(h.text) : ""}${h.reason ? " <i>reason: " + esc(h.reason) + "</i>" : ""}${h.correction != null ? " (correction v" + esc(h.correction) + ")" : ""}</li>`).join("");
     let actions = "";
     if (SITE.includes(role) && (q.status === "open" || q.status === "reopened")) {
       actions += `<form class="q-answer" data-query="${esc(q.query_id)}"><input name="text" placeholder="answer" size="28" required>
@@ -46,7 +46,7 @@
       <td><span class="badge ${STATUS_BADGE[q.status] || ""} q-status">${esc(q.status)}</span></td><td>${on}</td>
       <td class="q-text">${esc(q.text)}${q.answer ? `<br><span class="small">answer: ${esc(q.answer)}</span>` : ""}
         <details><summary class="small">${q.history.length} step(s)</summary><ul class="small">${steps}</ul></details></td>
-      <td>${by}<br><span class="small">${esc(q.opened_at)}</span></td><td>${actions}</td></tr>`;
+      <td>${by}<br><span class="small" title="recorded ${esc(q.opened_at)}">${esc(q.opened_occurred_at || q.opened_at)}</span></td><td>${actions}</td></tr>`;
   }
 
   async function mount(element, options) {

@@ -801,7 +801,7 @@ class CourseService:
         if isinstance(event, PatientCourse.Moved):
             fields: dict[str, Any] = {"payload": event.payload, **common}
         elif isinstance(event, PatientCourse.FactCorrected):
-            fields = {"changes": event.changes, **common}
+            fields = {"corrects": event.corrects, "changes": event.changes, **common}
         elif isinstance(event, PatientCourse.MilestoneSigned):
             fields = {"milestone": event.milestone, "meaning": event.meaning, **common}
         elif isinstance(event, PatientCourse.QueryEvent):

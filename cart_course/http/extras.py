@@ -310,7 +310,8 @@ SiteFilter = Annotated[
         max_length=16,
         pattern=SITE_ID_PATTERN,
         description="Only the patients of this site (issue 17; see GET /v1/sites); a "
-        "site-limited token: one of its sites (another is 403); a site without patients: none",
+        "site-limited token: one of its sites (another is 403); a site the trial does not "
+        "define: 422; a site without patients: none",
     ),
 ]
 
@@ -327,7 +328,9 @@ def view_sites(request: Request[Any, Any, Any], service: Any, site: str | None) 
             f"this token is limited to site(s) {', '.join(sorted(scope))}; it may not read "
             f"site {site!r}"
         )
-    return frozenset({site})  # a site without patients (or unknown): an empty answer
+    if scope is None:  # (a site-limited token knows its sites: it learns no other)
+        request.app.state.tokens.sites.check_known([site], "query.site")
+    return frozenset({site})  # a known site without patients: an empty answer
 
 
 #: The board's filter parameters, shared by the board and its CSV (one declaration each).

@@ -49,6 +49,8 @@ schema's description, "Not stated by this schema"):
     out for another role.
 18. A screening or a transfer names a site the trial defines: which sites exist is the
     trial's state, not something a schema states; a generated site is replaced by "S02".
+19. A view's ``site`` filter (the board, its CSV, the watchlist, counts, deviations) names a
+    site the trial defines (another is refused, 422): a generated one is replaced by "S02".
 """
 
 from __future__ import annotations
@@ -277,6 +279,8 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
             del query[extra]
         if not given:
             query["version"] = 1
+    if isinstance(query.get("site"), str) and _positive(case):
+        query["site"] = "S02"  # rule 19: a site the trial defines
     wait_for = _number(query.get("wait_for"))
     if wait_for is not None and wait_for > LAST_POSITION:
         query["wait_for"] = LAST_POSITION

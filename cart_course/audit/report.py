@@ -8,6 +8,7 @@ from html import escape
 from typing import Any
 
 from ..protocol.labels import DONE_LABELS, TOXICITY_LABELS, cells_text, state_label
+from ..protocol.record import PatientRecord
 from .conformance import Finding
 from .history import compact, timeline
 from .integrity import Problem
@@ -104,6 +105,17 @@ def path_svg(events: Iterable[LoggedEvent]) -> str:
     return "".join(parts)
 
 
+def _site_text(record: PatientRecord) -> str:
+    """The patient's site, and each transfer (from, to, version, clinical time, reason)."""
+    text = f"Site <b>{escape(record.site)}</b>"
+    moves = [
+        f"transferred from {escape(t['from_site'])} to {escape(t['to_site'])} at "
+        f"v{t['version']} ({_when(t.get('occurred_at'))}: {escape(t.get('reason') or '')})"
+        for t in record.site_transfers
+    ]
+    return text + ("; " + "; ".join(moves) if moves else "") + ". "
+
+
 def html_report(
     patient_id: str,
     events: list[LoggedEvent],
@@ -121,6 +133,7 @@ def html_report(
         f"<h1>Audit report: patient {escape(patient_id)}</h1>",
         f"<p>Generated {escape(now)} from {len(events)} events (v1..v{events[-1].version}). "
         f"Current state <b>{escape(state_label(record.state))}</b>, course {record.course_number}. "
+        f"{_site_text(record)}"
         "Record times in UTC; clinical times as entered, with their UTC offset. "
         f"Head hash <span class='small'>{escape(events[-1].hash)}</span></p>",
         "<h2>Integrity</h2>",

@@ -53,3 +53,28 @@ def test_an_unknown_site_in_a_view_filter_is_a_clear_error(
     # a known site without patients is not an error; the default site is known
     assert client.get(path, params={"site": "S00"}, headers=s.auth("monitor")).status_code == 200
     assert client.get(path, params={"site": "S02"}, headers=s.auth("monitor")).status_code == 200
+
+
+def test_the_audit_report_names_the_patients_site_and_its_transfers(
+    api: tuple[Stack, TestClient[Any]],
+) -> None:
+    """An auditor printing a patient's audit report read its state and course at the top but
+    not its site: a multi-site trial's report says which site the patient is at and where it
+    was before (the transfer, when and why)."""
+    s, client = api
+    r = client.post(
+        "/v1/patients/P-A1/commands/transfer_site",
+        json={
+            "occurred_at": (T0 + dt.timedelta(days=1)).isoformat(),
+            "payload": {"site": "S02"},
+            "reason": "referred to Tokyo",
+        },
+        headers=s.auth("clinician"),
+    )
+    assert r.status_code == 201, r.text
+    html = client.get("/v1/patients/P-A1/report.html", headers=s.auth("auditor")).text
+    head = html[html.index("<h1>") : html.index("<h2>")]
+    assert "Site <b>S02</b>" in head
+    assert "transferred from S01 to S02 at v3" in head and "referred to Tokyo" in head
+    other = client.get("/v1/patients/P-B1/report.html", headers=s.auth("auditor")).text
+    assert "Site <b>S02</b>" in other[other.index("<h1>") : other.index("<h2>")]

@@ -78,3 +78,51 @@ def test_the_audit_report_names_the_patients_site_and_its_transfers(
     assert "transferred from S01 to S02 at v3" in head and "referred to Tokyo" in head
     other = client.get("/v1/patients/P-B1/report.html", headers=s.auth("auditor")).text
     assert "Site <b>S02</b>" in other[other.index("<h1>") : other.index("<h2>")]
+
+
+def _site_token(s: Stack, role: str, site: str = "S01") -> dict[str, str]:
+    _, token = s.tokens.add(f"{role}.{site.lower()}", role, sites=[site])
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _screen(pid: str, site: str, **changes: Any) -> dict[str, Any]:
+    body = screen_body(pid)
+    body["payload"] = {**body["payload"], "site": site}  # type: ignore[dict-item]
+    body["occurred_at"] = (T0 + dt.timedelta(days=1)).isoformat()
+    body.update(changes)
+    return body
+
+
+def test_screening_another_sites_patient_id_says_taken_only_when_it_would_be_recorded(
+    api: tuple[Stack, TestClient[Any]],
+) -> None:
+    """A site-limited token screening another site's patient id got 'patient_id_taken' (409)
+    before anything else was checked: a monitor (who may not screen at all), a screening
+    without its data, at a site not the token's, or with a wrong If-Match each answered 409
+    for an id on record and 403/422/412 for an id that is not, so any token could enumerate
+    the other sites' patients. Now a screening that would be refused for a new patient is
+    refused the same way; only one that would be recorded learns that the id is taken."""
+    s, client = api
+    monitor, clinician = _site_token(s, "monitor"), _site_token(s, "clinician")
+    wide = s.auth("auditor")
+    bad: list[tuple[dict[str, str], Any]] = [
+        (monitor, lambda pid: _screen(pid, "S01")),  # a monitor may not screen
+        (clinician, lambda pid: _screen(pid, "S02")),  # not the token's site
+        (clinician, lambda pid: _screen(pid, "S01", payload={"site": "S01"})),  # no screening
+        (clinician, lambda pid: _screen(pid, "S01", expected_version=3)),  # a wrong version
+        (clinician, lambda pid: _screen(pid, "S01", occurred_at="2031-01-01T00:00:00Z")),
+    ]
+    for n, (headers, body) in enumerate(bad):
+        other = client.post("/v1/commands", json=body("P-B1"), headers=headers)
+        new = f"P-NEW{n}"
+        unknown = client.post("/v1/commands", json=body(new), headers=headers)
+        assert other.status_code == unknown.status_code, (n, other.text, unknown.text)
+        assert other.text.replace("P-B1", new) == unknown.text, n
+        assert other.status_code in (403, 409, 412, 422), (n, other.text)
+        assert client.get(f"/v1/patients/{new}", headers=wide).status_code == 404
+    # a screening that would be recorded: the id is taken (and nothing else is said)
+    r = client.post("/v1/commands", json=_screen("P-B1", "S01"), headers=clinician)
+    assert r.status_code == 409 and r.json()["error"] == "patient_id_taken"
+    assert "S02" not in r.text
+    assert client.get("/v1/patients/P-B1", headers=wide).json()["site"] == "S02"
+    assert client.get("/v1/patients/P-B1", headers=wide).json()["version"] == 2

@@ -44,6 +44,25 @@ def metrics_text(views: Views, now: queries.Moment = None) -> str:
             f'cart_course_site_overdue_actions{{site="{_escape(s)}"}} {c["overdue_actions"]}'
             for s, c in per_site.items()
         ),
+        "# HELP cart_course_site_open_queries Data queries not closed (open, answered, "
+        "reopened) per site.",
+        "# TYPE cart_course_site_open_queries gauge",
+        *(
+            f'cart_course_site_open_queries{{site="{_escape(s)}"}} {c["open_queries"]}'
+            for s, c in per_site.items()
+        ),
+        "# HELP cart_course_site_median_query_age_days Median age in days of the data queries "
+        "not closed, per site (NaN: none).",
+        "# TYPE cart_course_site_median_query_age_days gauge",
+        *(
+            f'cart_course_site_median_query_age_days{{site="{_escape(s)}"}} '
+            + (
+                "NaN"
+                if c["median_query_age_days"] is None
+                else str(float(c["median_query_age_days"]))
+            )
+            for s, c in per_site.items()
+        ),
     ]
     lines += [
         "# HELP cart_course_overdue_actions Patients whose next protocol action is past its due date.",

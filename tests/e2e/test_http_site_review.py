@@ -126,3 +126,28 @@ def test_screening_another_sites_patient_id_says_taken_only_when_it_would_be_rec
     assert "S02" not in r.text
     assert client.get("/v1/patients/P-B1", headers=wide).json()["site"] == "S02"
     assert client.get("/v1/patients/P-B1", headers=wide).json()["version"] == 2
+
+
+def test_prometheus_has_the_open_queries_and_their_median_age_per_site(
+    api: tuple[Stack, TestClient[Any]],
+) -> None:
+    """Per-site counts (status --sites, /v1/counts/sites, the dashboard) give each site's
+    patients, overdue actions, open queries and median query age; /metrics gave only the
+    first two per site, so a monitor could not alert on one site's unanswered queries."""
+    s, client = api
+    r = client.post(
+        "/v1/patients/P-A1/commands/open_query",
+        json={"occurred_at": (T0 + dt.timedelta(days=1)).isoformat(), "payload": {"text": "KPS?"}},
+        headers=s.auth("monitor"),
+    )
+    assert r.status_code == 201, r.text
+    counts = client.get("/v1/counts/sites", headers=s.auth("monitor")).json()
+    text = client.get("/metrics", headers=s.auth("monitor")).text
+    assert "# TYPE cart_course_site_open_queries gauge" in text
+    assert 'cart_course_site_open_queries{site="S01"} 1' in text
+    assert 'cart_course_site_open_queries{site="S02"} 0' in text
+    assert "# TYPE cart_course_site_median_query_age_days gauge" in text
+    age = counts["S01"]["median_query_age_days"]
+    assert f'cart_course_site_median_query_age_days{{site="S01"}} {float(age)}' in text
+    # a site without open queries has no age: NaN, as Prometheus writes an unknown value
+    assert 'cart_course_site_median_query_age_days{site="S02"} NaN' in text

@@ -151,3 +151,28 @@ def test_prometheus_has_the_open_queries_and_their_median_age_per_site(
     assert f'cart_course_site_median_query_age_days{{site="S01"}} {float(age)}' in text
     # a site without open queries has no age: NaN, as Prometheus writes an unknown value
     assert 'cart_course_site_median_query_age_days{site="S02"} NaN' in text
+
+
+def test_an_admin_deactivating_a_site_over_http_can_say_why(
+    api: tuple[Stack, TestClient[Any]],
+) -> None:
+    """`cart-course sites deactivate S02 --reason ...` keeps why a site closes; over HTTP the
+    reason could not be given (DELETE /v1/sites/S02?reason=... was silently ignored and the
+    site's deactivation_reason stayed null)."""
+    s, client = api
+    r = client.delete(
+        "/v1/sites/S02", params={"reason": "site closed by the sponsor"}, headers=s.auth("admin")
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["deactivation_reason"] == "site closed by the sponsor"
+    listed = {x["id"]: x for x in client.get("/v1/sites", headers=s.auth("admin")).json()}
+    assert listed["S02"]["deactivation_reason"] == "site closed by the sponsor"
+    changes = s.tokens.sites.changes("S02")
+    assert changes[-1]["detail"] == "site closed by the sponsor"
+    # a reason that is not printable text is refused, naming the parameter; nothing changes
+    bad = client.delete("/v1/sites/S01", params={"reason": "a\u202eb"}, headers=s.auth("admin"))
+    assert bad.status_code == 422 and bad.json()["field"] == "query.reason"
+    assert listed["S01"]["active"] is True
+    assert {x["id"]: x for x in client.get("/v1/sites", headers=s.auth("admin")).json()}["S01"][
+        "active"
+    ]

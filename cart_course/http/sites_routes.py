@@ -12,7 +12,6 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from ..errors import InvalidCommandError
 from ..protocol.text import FREE_TEXT_PATTERN, free_text_problem
-
 from .auth import ADMINS, current_token
 from .common import Tok, read_json_object
 from .problems import problem_responses

@@ -45,8 +45,8 @@ schema's description, "Not stated by this schema"):
 16. A site becomes aware of an event (``aware_at`` of an adverse event or a death) at or after
     it happened (``occurred_at``): an earlier one is set to ``occurred_at``.
 17. A token is limited to sites the trial defines (the demo's S01-S03), and only a service,
-    clinician or monitor token (issue 17): a generated site list is replaced by ["S01"], or left
-    out for another role.
+    clinician or monitor token (issue 17): a generated site list (an empty one too: it is
+    refused, never read as "no limit") is replaced by ["S01"], or left out for another role.
 18. A screening or a transfer names a site the trial defines: which sites exist is the
     trial's state, not something a schema states; a generated site is replaced by "S02".
 19. A view's ``site`` filter (the board, its CSV, the watchlist, counts, deviations) names a
@@ -267,7 +267,7 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         body_key = body.get("idempotency_key")
         if key is not None and isinstance(body_key, str) and headers[key] != body_key:
             del headers[key]
-    if path == "/v1/tokens" and isinstance(body, dict) and _positive(case) and body.get("sites"):
+    if path == "/v1/tokens" and isinstance(body, dict) and _positive(case) and "sites" in body:
         _token_sites(body)
         case.body = body
     query = case.query if isinstance(case.query, MutableMapping) else None

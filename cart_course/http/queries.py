@@ -41,7 +41,7 @@ def get_patient_queries(service: Svc, patient_id: PatientId) -> list[dict[str, A
     "/v1/queries",
     opt={"roles": VIEWERS},
     sync_to_thread=True,
-    responses=problem_responses(504),
+    responses=problem_responses(404, 504),
     summary="Data queries of every patient, oldest first, with status, age and what they are about",
     tags=["queries", "views"],
 )
@@ -65,8 +65,10 @@ def get_queries(
         )
     pid = parse_patient_id(patient_id, "query.patient_id") if patient_id is not None else None
     scope = sites_of(service)
-    if pid is not None and scope is not None:
-        service.record(pid)  # another site's patient: as a patient not on record
+    if pid is not None:
+        # a patient not on record is 404 (as on /v1/deviations and the exports), and another
+        # site's patient, to a site-limited token, answers as one
+        service.record(pid)
     access = views_of(request.app.state)
     with access.lock:
         db = access.fresh(wait_for)

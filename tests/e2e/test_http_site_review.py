@@ -201,3 +201,18 @@ def test_a_token_asked_for_an_empty_list_of_sites_is_refused_not_made_trial_wide
     assert wide.status_code == 201
     me = client.get("/v1/me", headers={"Authorization": f"Bearer {wide.json()['token']}"})
     assert me.json()["sites"] is None
+
+
+@pytest.mark.parametrize("scope", ["trial", "S01"])
+def test_the_query_list_of_a_patient_not_on_record_is_404_for_every_token(
+    api: tuple[Stack, TestClient[Any]], scope: str
+) -> None:
+    """GET /v1/queries?patient_id=P-TYPO answered [] to a trial-wide token (a mistyped id read
+    as "no queries") and 404 to a site-limited one; /v1/deviations and the exports answer 404
+    to both. Now 404 to every token, as they do."""
+    s, client = api
+    headers = s.auth("monitor") if scope == "trial" else _site_token(s, "monitor", scope)
+    r = client.get("/v1/queries", params={"patient_id": "P-TYPO"}, headers=headers)
+    assert r.status_code == 404, r.text
+    assert r.json()["error"] == "patient_not_found"
+    assert client.get("/v1/queries", params={"patient_id": "P-A1"}, headers=headers).json() == []

@@ -69,6 +69,8 @@ def list_queries(
 ) -> None:
     """The data queries, oldest first, with their status, what they are about and their age."""
     moment = _parse_now(now)
+    if patient_id is not None:
+        ctx.service.record(patient_id)  # a patient not on record: said, not "0 queries"
     views = _ready(ctx, wait_for, timeout, catch_up)
     rows = view_queries.query_list(
         views.db,

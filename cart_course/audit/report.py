@@ -123,15 +123,22 @@ def html_report(
     findings: list[Finding],
     problems: list[Problem],
     generated_at: dt.datetime | None = None,
+    as_of: dt.datetime | None = None,
 ) -> str:
+    """The report of ``events`` (cut at ``as_of``, a record time, when given: it says so)."""
     record = replay(patient_id, events)
     rows = list(timeline(patient_id, events))
     now = (generated_at or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M:%S UTC")
+    cut = (
+        ""
+        if as_of is None
+        else f", as of {as_of.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC (what was recorded by then)"
+    )
     out: list[str] = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>Audit report {escape(patient_id)}</title><style>{CSS}</style></head><body>",
         f"<h1>Audit report: patient {escape(patient_id)}</h1>",
-        f"<p>Generated {escape(now)} from {len(events)} events (v1..v{events[-1].version}). "
+        f"<p>Generated {escape(now)} from {len(events)} events (v1..v{events[-1].version}){cut}. "
         f"Current state <b>{escape(state_label(record.state))}</b>, course {record.course_number}. "
         f"{_site_text(record)}"
         "Record times in UTC; clinical times as entered, with their UTC offset. "

@@ -51,6 +51,8 @@ schema's description, "Not stated by this schema"):
     trial's state, not something a schema states; a generated site is replaced by "S02".
 19. A view's ``site`` filter (the board, its CSV, the watchlist, counts, deviations) names a
     site the trial defines (another is refused, 422): a generated one is replaced by "S02".
+20. The audit report's and the conformance's ``as_of`` (a record time) is not before the
+    patient was registered: which time that is is the log's state; a generated one is "now".
 """
 
 from __future__ import annotations
@@ -296,6 +298,8 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         first = _time(FIRST_RECORDED)
         if when is not None and first is not None and not first <= when <= _now():
             query["as_of"] = FIRST_RECORDED
+    if (path.endswith("/report.html") or path.endswith("/conformance")) and isinstance(cutoff, str):
+        query["as_of"] = _now().isoformat()  # rule 20: at or after the patient's registration
     if path == "/v1/events/stream":
         query["after"] = 0
         max_events = _number(query.get("max_events"))

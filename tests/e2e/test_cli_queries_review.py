@@ -27,3 +27,51 @@ def test_queries_list_of_a_patient_not_on_record_says_so(tmp_path: Path) -> None
     assert "query(ies)" not in typo.stdout
     known = run(db, "queries", "list", "--patient", "P-0001")
     assert known.returncode == 0 and "query(ies)" in known.stdout
+
+
+def test_audit_conformance_as_of_lists_the_queries_open_then(tmp_path: Path) -> None:
+    """`audit conformance` listed the data queries open now only; `--as-of WHEN` judges the
+    record as the system knew it then, with the queries open then."""
+    import datetime as dt
+    import json
+
+    db = tmp_path / "c.sqlite"
+    assert run(db, "demo", "--patients", "2").returncode == 0
+    envelope = {
+        "patient_id": "P-0001",
+        "occurred_at": "2026-12-01T10:00:00+00:00",
+        "actor": {"id": "cra.kim", "role": "monitor"},
+    }
+    opened = run(
+        db,
+        "record",
+        "--json",
+        json.dumps({**envelope, "command": "open_query", "payload": {"text": "KPS?"}}),
+    )
+    assert opened.returncode == 0, opened.stderr
+    qid = json.loads(opened.stdout)["outcome"]["query_id"]
+    cut_off = dt.datetime.now(dt.UTC).isoformat()
+    closed = run(
+        db,
+        "record",
+        json.dumps(
+            {
+                **envelope,
+                "command": "close_query",
+                "reason": "asked by mistake",
+                "payload": {"query_id": qid},
+            }
+        ),
+    )
+    assert closed.returncode == 0, closed.stderr
+
+    def open_then(*extra: str) -> list[str]:
+        out = run(db, "audit", "conformance", "P-0001", "--json", *extra)
+        return [q["query_id"] for q in json.loads(out.stdout)["open_queries"]]
+
+    assert qid not in open_then()
+    assert qid in open_then("--as-of", cut_off)
+    text = run(db, "audit", "conformance", "P-0001", "--as-of", cut_off).stdout
+    assert f"open data queries as of {cut_off}" in text and qid in text
+    bad = run(db, "audit", "conformance", "--as-of", "yesterday")
+    assert bad.returncode != 0 and "--as-of" in bad.stderr

@@ -216,3 +216,59 @@ def test_the_query_list_of_a_patient_not_on_record_is_404_for_every_token(
     assert r.status_code == 404, r.text
     assert r.json()["error"] == "patient_not_found"
     assert client.get("/v1/queries", params={"patient_id": "P-A1"}, headers=headers).json() == []
+
+
+def test_conformance_and_the_audit_report_list_the_queries_open_as_of_a_cut_off(
+    api: tuple[Stack, TestClient[Any]],
+) -> None:
+    """Issue 17: "conformance and the audit report list open queries at the time of the report
+    (as-of works for them too)". Only /as-of took a time: the conformance (trial and patient)
+    and the audit report listed the queries open now, so an auditor could not list those open
+    at a data cut-off. They now take ``as_of`` (a record time): the record as the system knew
+    it then, the queries open then."""
+    s, client = api
+    monitor, site, auditor = s.auth("monitor"), s.auth("clinician"), s.auth("auditor")
+    at = (T0 + dt.timedelta(days=1)).isoformat()
+    r = client.post(
+        "/v1/patients/P-A1/commands/open_query",
+        json={"occurred_at": at, "payload": {"text": "KPS at screening?"}},
+        headers=monitor,
+    )
+    qid = r.json()["outcome"]["query_id"]
+    cut_off = dt.datetime.now(dt.UTC).isoformat()
+    for command, payload, headers, reason in (
+        ("answer_query", {"query_id": qid, "text": "KPS 90"}, site, None),
+        ("close_query", {"query_id": qid}, monitor, None),
+    ):
+        body: dict[str, Any] = {"occurred_at": at, "payload": payload}
+        if reason:
+            body["reason"] = reason
+        r = client.post(f"/v1/patients/P-A1/commands/{command}", json=body, headers=headers)
+        assert r.status_code == 201, r.text
+    now = client.get("/v1/audit/conformance", headers=auditor).json()
+    assert now["open_queries"] == []
+    then = client.get("/v1/audit/conformance", params={"as_of": cut_off}, headers=auditor).json()
+    assert [(q["patient_id"], q["query_id"], q["status"]) for q in then["open_queries"]] == [
+        ("P-A1", qid, "open")
+    ]
+    assert then["patients"] == now["patients"] == 2
+    one = client.get(
+        "/v1/patients/P-A1/conformance", params={"as_of": cut_off}, headers=auditor
+    ).json()
+    assert [q["query_id"] for q in one["open_queries"]] == [qid]
+    html = client.get(
+        "/v1/patients/P-A1/report.html", params={"as_of": cut_off}, headers=auditor
+    ).text
+    section = html[html.index("Data queries open at the time of the report") :]
+    assert f"<td>{qid}</td><td>open</td>" in section[: section.index("</table>")]
+    assert "as of" in html[html.index("<h1>") : html.index("<h2>")]
+    current = client.get("/v1/patients/P-A1/report.html", headers=auditor).text
+    assert f"<td>{qid}</td><td>open</td>" not in current
+    # a cut-off before the patient was registered: the report says so; a bad time names the field
+    early = client.get(
+        "/v1/patients/P-A1/report.html", params={"as_of": "2020-01-01T00:00:00Z"}, headers=auditor
+    )
+    assert early.status_code == 422 and early.json()["field"] == "query.as_of"
+    assert "before patient P-A1 was registered" in early.json()["detail"]
+    bad = client.get("/v1/audit/conformance", params={"as_of": "yesterday"}, headers=auditor)
+    assert bad.status_code in (400, 422) and "as_of" in bad.text

@@ -61,12 +61,14 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 from collections.abc import MutableMapping
 from typing import Any
 
 import schemathesis
 
 from cart_course.protocol.product import din_check_character
+from cart_course.protocol.sites import SITE_ID_PATTERN
 
 #: The log's last position when the run starts (it only grows).
 LAST_POSITION = int(os.environ.get("CART_COURSE_TEST_LAST_POSITION", "0"))
@@ -269,7 +271,12 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         body_key = body.get("idempotency_key")
         if key is not None and isinstance(body_key, str) and headers[key] != body_key:
             del headers[key]
-    if path == "/v1/tokens" and isinstance(body, dict) and _positive(case) and "sites" in body:
+    if (
+        path == "/v1/tokens"
+        and isinstance(body, dict)
+        and "sites" in body
+        and (_positive(case) or body["sites"] == [])  # [] is schema-valid, and refused
+    ):
         _token_sites(body)
         case.body = body
     query = case.query if isinstance(case.query, MutableMapping) else None
@@ -281,8 +288,9 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
             del query[extra]
         if not given:
             query["version"] = 1
-    if isinstance(query.get("site"), str) and _positive(case):
-        query["site"] = "S02"  # rule 19: a site the trial defines
+    site = query.get("site")
+    if site is not None and re.fullmatch(SITE_ID_PATTERN, str(site)):
+        query["site"] = "S02"  # rule 19: a site the trial defines (a malformed one stays)
     wait_for = _number(query.get("wait_for"))
     if wait_for is not None and wait_for > LAST_POSITION:
         query["wait_for"] = LAST_POSITION
@@ -298,7 +306,8 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         first = _time(FIRST_RECORDED)
         if when is not None and first is not None and not first <= when <= _now():
             query["as_of"] = FIRST_RECORDED
-    if (path.endswith("/report.html") or path.endswith("/conformance")) and isinstance(cutoff, str):
+    audited = path.endswith(("/report.html", "/conformance"))
+    if audited and _time(cutoff) is not None:  # a well-formed time (a malformed one stays)
         query["as_of"] = _now().isoformat()  # rule 20: at or after the patient's registration
     if path == "/v1/events/stream":
         query["after"] = 0

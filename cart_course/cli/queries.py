@@ -11,7 +11,7 @@ import click
 
 from ..views import queries as view_queries
 from .common import Context, echo_json, pass_context, patient_id_argument
-from .views import _parse_now, _ready, wait_options
+from .views import _parse_now, _ready, _site_option, wait_options
 
 #: ``--status``: a query's status, or ``unresolved`` (every query not closed).
 STATUS_CHOICES = (*view_queries.QUERY_STATUSES, "unresolved")
@@ -51,6 +51,13 @@ def queries() -> None:
     callback=patient_id_argument,
     help="Only this patient's queries.",
 )
+@click.option(
+    "--site",
+    "site_filter",
+    multiple=True,
+    metavar="SITE",
+    help="Only the queries of this site's patients (repeat for several; see 'sites list').",
+)
 @click.option("--now", default=None, metavar="WHEN", help="Ages as of WHEN (ISO).")
 @click.option("--limit", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
@@ -60,6 +67,7 @@ def list_queries(
     ctx: Context,
     status: str | None,
     patient_id: str | None,
+    site_filter: tuple[str, ...],
     now: str | None,
     limit: int,
     as_json: bool,
@@ -69,6 +77,7 @@ def list_queries(
 ) -> None:
     """The data queries, oldest first, with their status, what they are about and their age."""
     moment = _parse_now(now)
+    sites = _site_option(ctx, site_filter)
     if patient_id is not None:
         ctx.service.record(patient_id)  # a patient not on record: said, not "0 queries"
     views = _ready(ctx, wait_for, timeout, catch_up)
@@ -79,6 +88,7 @@ def list_queries(
         patient_id=patient_id,
         limit=limit,
         now=moment,
+        sites=sites,
     )
     if as_json:
         echo_json({"as_of": view_queries.as_of(moment), "queries": rows})

@@ -75,3 +75,23 @@ def test_audit_conformance_as_of_lists_the_queries_open_then(tmp_path: Path) -> 
     assert f"open data queries as of {cut_off}" in text and qid in text
     bad = run(db, "audit", "conformance", "--as-of", "yesterday")
     assert bad.returncode != 0 and "--as-of" in bad.stderr
+
+
+def test_queries_list_filters_by_site(tmp_path: Path) -> None:
+    """`status --site S03` lists one site's patients; `queries list` listed every site's
+    queries with no way to ask for one site's. It now takes --site (repeatable), and an unknown
+    site names the known ones, as `status --site` does."""
+    import json
+
+    db = tmp_path / "s.sqlite"
+    assert run(db, "demo", "--patients", "12").returncode == 0
+    every = json.loads(run(db, "queries", "list", "--json").stdout)["queries"]
+    board = json.loads(run(db, "status", "--site", "S03", "--json").stdout)["patients"]
+    at_s03 = {r["patient_id"] for r in board}
+    one = run(db, "queries", "list", "--site", "S03", "--json")
+    assert one.returncode == 0, one.stderr
+    listed = json.loads(one.stdout)["queries"]
+    assert listed and {q["patient_id"] for q in listed} <= at_s03
+    assert [q for q in every if q["patient_id"] in at_s03] == listed
+    bad = run(db, "queries", "list", "--site", "S99")
+    assert bad.returncode == 2 and "S99" in bad.stderr and "S01" in bad.stderr

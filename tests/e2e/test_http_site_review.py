@@ -272,3 +272,30 @@ def test_conformance_and_the_audit_report_list_the_queries_open_as_of_a_cut_off(
     assert "before patient P-A1 was registered" in early.json()["detail"]
     bad = client.get("/v1/audit/conformance", params={"as_of": "yesterday"}, headers=auditor)
     assert bad.status_code in (400, 422) and "as_of" in bad.text
+
+
+def test_the_query_list_filters_by_site_as_the_board_does(
+    api: tuple[Stack, TestClient[Any]],
+) -> None:
+    """A trial-wide monitor visiting one site for source data verification could list that
+    site's patients (board ?site=) but not that site's data queries: GET /v1/queries took no
+    site (?site= was ignored: every site's queries). It now takes ``site`` as the views do (an
+    unknown site 422; a site-limited token: one of its sites, another 403)."""
+    s, client = api
+    at = (T0 + dt.timedelta(days=1)).isoformat()
+    for pid in ("P-A1", "P-B1"):
+        r = client.post(
+            f"/v1/patients/{pid}/commands/open_query",
+            json={"occurred_at": at, "payload": {"text": f"{pid}: KPS?"}},
+            headers=s.auth("monitor"),
+        )
+        assert r.status_code == 201, r.text
+    wide = s.auth("monitor")
+    listed = client.get("/v1/queries", params={"site": "S02"}, headers=wide).json()
+    assert [q["patient_id"] for q in listed] == ["P-B1"]
+    assert len(client.get("/v1/queries", headers=wide).json()) == 2
+    assert client.get("/v1/queries", params={"site": "S99"}, headers=wide).status_code == 422
+    limited = _site_token(s, "monitor", "S01")
+    assert client.get("/v1/queries", params={"site": "S02"}, headers=limited).status_code == 403
+    own = client.get("/v1/queries", params={"site": "S01"}, headers=limited).json()
+    assert [q["patient_id"] for q in own] == ["P-A1"]

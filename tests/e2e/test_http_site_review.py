@@ -299,3 +299,59 @@ def test_the_query_list_filters_by_site_as_the_board_does(
     assert client.get("/v1/queries", params={"site": "S02"}, headers=limited).status_code == 403
     own = client.get("/v1/queries", params={"site": "S01"}, headers=limited).json()
     assert [q["patient_id"] for q in own] == ["P-A1"]
+
+
+def test_a_token_of_one_site_is_not_offered_a_transfer_it_cannot_record(
+    api: tuple[Stack, TestClient[Any]],
+) -> None:
+    """The moves allowed now listed transfer_site to a token limited to one site, though every
+    transfer it can send is refused (to its own site: "already at site"; to another: 403).
+    The moves a token of one site is offered now leave it out; a token of two sites (which may
+    move a patient between them) and a trial-wide one still see it."""
+    s, client = api
+    one = _site_token(s, "clinician", "S01")
+    _, both = s.tokens.add("dr.both", "clinician", sites=["S01", "S02"])
+    two = {"Authorization": f"Bearer {both}"}
+    wide = s.auth("clinician")
+
+    def moves(headers: dict[str, str]) -> list[str]:
+        r = client.get("/v1/patients/P-A1/moves", headers=headers)
+        assert r.status_code == 200, r.text
+        allowed: list[str] = r.json()["allowed_moves"]
+        summary = client.get("/v1/patients/P-A1", headers=headers).json()
+        assert summary["allowed_moves"] == allowed
+        return allowed
+
+    assert "transfer_site" in moves(wide) and "transfer_site" in moves(two)
+    assert "transfer_site" not in moves(one) and "withdraw" in moves(one)
+    r = client.post(
+        "/v1/patients/P-A1/commands/report_toxicity",
+        json={
+            "occurred_at": (T0 + dt.timedelta(days=1)).isoformat(),
+            "payload": {
+                "toxicity": {
+                    "kind": "CRS",
+                    "observations": {
+                        "temperature": {"value": 38.4, "unit": "C"},
+                        "hypotension": False,
+                        "oxygen": {"device": "none"},
+                    },
+                }
+            },
+        },
+        headers=one,
+    )
+    # refused (no toxicity before the apheresis): the moves it lists leave it out too
+    assert r.status_code == 409, r.text
+    assert "withdraw" in r.json()["allowed_moves"]
+    assert "transfer_site" not in r.json()["allowed_moves"]
+    r = client.post(
+        "/v1/patients/P-A1/commands/record_apheresis",
+        json={
+            "occurred_at": (T0 + dt.timedelta(days=3)).isoformat(),
+            "payload": {"apheresis_contraindication": False, "product_id": "LOT-P-A1"},
+        },
+        headers=one,
+    )
+    assert r.status_code == 201, r.text
+    assert "transfer_site" not in r.json()["allowed_moves"] and r.json()["allowed_moves"]

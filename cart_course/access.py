@@ -23,8 +23,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import attrs
+
 from .contract import Actor, Command, parse_command
-from .errors import CartCourseError, ForbiddenError, PatientNotFoundError, UnauthenticatedError
+from .errors import (
+    CartCourseError,
+    ForbiddenError,
+    MoveRefused,
+    PatientNotFoundError,
+    UnauthenticatedError,
+)
 from .protocol.record import PatientRecord
 from .service import CommandResult, CourseService
 from .tokens import TokenInfo, TokenStore
@@ -90,9 +98,19 @@ class ScopedService(CourseService):
     def site_of(self, patient_id: str) -> str:
         return self.record(patient_id).site
 
+    def _offered(self, moves: Iterable[str]) -> list[str]:
+        """The moves allowed now that this token may record: a token of one site cannot
+        transfer (its patients are at its site already; another site is not its to name)."""
+        if len(self.scope) > 1:
+            return list(moves)
+        return [m for m in moves if m != "transfer_site"]
+
     def summary(self, patient_id: str) -> dict[str, Any]:
         self.record(patient_id)
-        return self.base.summary(patient_id)
+        data = self.base.summary(patient_id)
+        if "allowed_moves" in data:
+            data["allowed_moves"] = self._offered(data["allowed_moves"])
+        return data
 
     def queries(self, patient_id: str) -> list[dict[str, Any]]:
         self.record(patient_id)
@@ -100,7 +118,7 @@ class ScopedService(CourseService):
 
     def allowed_moves(self, patient_id: str) -> list[str]:
         self.record(patient_id)
-        return self.base.allowed_moves(patient_id)
+        return self._offered(self.base.allowed_moves(patient_id))
 
     def events(self, patient_id: str) -> list[Any]:
         self.record(patient_id)
@@ -125,7 +143,14 @@ class ScopedService(CourseService):
         return True
 
     def execute(self, command: Command, *, sites: frozenset[str] | None = None) -> CommandResult:
-        return self.base.execute(command, sites=self.scope if sites is None else sites & self.scope)
+        try:
+            result = self.base.execute(
+                command, sites=self.scope if sites is None else sites & self.scope
+            )
+        except MoveRefused as exc:  # its "moves allowed now" too
+            exc.allowed = self._offered(exc.allowed)
+            raise
+        return attrs.evolve(result, allowed_moves=tuple(self._offered(result.allowed_moves)))
 
     def execute_batch(
         self, commands: Sequence[Command], *, sites: frozenset[str] | None = None

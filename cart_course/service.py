@@ -246,16 +246,16 @@ class PatientIdTakenError(CartCourseError):
 
 def _in_scope(
     course: PatientCourse | None, command: Command, sites: frozenset[str] | None
-) -> PatientCourse | None:
+) -> tuple[PatientCourse | None, bool]:
     """``course`` when the caller may see it; None (as if not on record) when it is another
-    site's patient. Screening such a patient id cannot be answered as for a new patient (the id
-    is taken): :class:`PatientIdTakenError`, which says nothing of the patient but that the id
-    is used."""
+    site's patient, with True: then the command is decided as for a new patient and, if it
+    would be recorded (only a screening can be), refused with :class:`PatientIdTakenError`,
+    which says nothing of the patient but that the id is used. A command refused for a new
+    patient (a role that may not screen, a bad payload, another site...) is refused the same
+    way for another site's patient: the id's existence is told only when it cannot be hidden."""
     if sites is None or course is None or course.record.site in sites:
-        return course
-    if command.command == "screen":
-        raise PatientIdTakenError(command.patient_id)
-    return None
+        return course, False
+    return None, True
 
 
 def _refused(exc: MoveRefusedError) -> MoveRefused:
@@ -423,8 +423,10 @@ class CourseService:
         started = time.monotonic()
         for attempt in range(MAX_RETRIES + LOCKED_RETRIES):
             loaded = self._load(command.patient_id, probably_new=command.command == "screen")
-            loaded = _in_scope(loaded, command, sites)
+            loaded, hidden = _in_scope(loaded, command, sites)
             result, course = self._apply(loaded, command, with_allowed=True, sites=sites)
+            if hidden:  # decided as for a new patient, never saved: the id is another's
+                raise PatientIdTakenError(command.patient_id)
             if course is None:  # a duplicate: nothing to save
                 return result
             try:
@@ -807,7 +809,7 @@ class CourseService:
         if isinstance(event, PatientCourse.Moved):
             fields: dict[str, Any] = {"payload": event.payload, **common}
         elif isinstance(event, PatientCourse.FactCorrected):
-            fields = {"changes": event.changes, **common}
+            fields = {"corrects": event.corrects, "changes": event.changes, **common}
         elif isinstance(event, PatientCourse.MilestoneSigned):
             fields = {"milestone": event.milestone, "meaning": event.meaning, **common}
         elif isinstance(event, PatientCourse.QueryEvent):

@@ -8,7 +8,7 @@ from html import escape
 from typing import Any
 
 from ..protocol.labels import DONE_LABELS, TOXICITY_LABELS, cells_text, state_label
-from ..protocol.record import opened_clinical
+from ..protocol.record import PatientRecord, opened_clinical
 from .conformance import Finding
 from .history import compact, timeline
 from .integrity import Problem
@@ -105,6 +105,17 @@ def path_svg(events: Iterable[LoggedEvent]) -> str:
     return "".join(parts)
 
 
+def _site_text(record: PatientRecord) -> str:
+    """The patient's site, and each transfer (from, to, version, clinical time, reason)."""
+    text = f"Site <b>{escape(record.site)}</b>"
+    moves = [
+        f"transferred from {escape(t['from_site'])} to {escape(t['to_site'])} at "
+        f"v{t['version']} ({_when(t.get('occurred_at'))}: {escape(t.get('reason') or '')})"
+        for t in record.site_transfers
+    ]
+    return text + ("; " + "; ".join(moves) if moves else "") + ". "
+
+
 def html_report(
     patient_id: str,
     events: list[LoggedEvent],
@@ -112,16 +123,24 @@ def html_report(
     findings: list[Finding],
     problems: list[Problem],
     generated_at: dt.datetime | None = None,
+    as_of: dt.datetime | None = None,
 ) -> str:
+    """The report of ``events`` (cut at ``as_of``, a record time, when given: it says so)."""
     record = replay(patient_id, events)
     rows = list(timeline(patient_id, events))
     now = (generated_at or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M:%S UTC")
+    cut = (
+        ""
+        if as_of is None
+        else f", as of {as_of.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC (what was recorded by then)"
+    )
     out: list[str] = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>Audit report {escape(patient_id)}</title><style>{CSS}</style></head><body>",
         f"<h1>Audit report: patient {escape(patient_id)}</h1>",
-        f"<p>Generated {escape(now)} from {len(events)} events (v1..v{events[-1].version}). "
+        f"<p>Generated {escape(now)} from {len(events)} events (v1..v{events[-1].version}){cut}. "
         f"Current state <b>{escape(state_label(record.state))}</b>, course {record.course_number}. "
+        f"{_site_text(record)}"
         "Record times in UTC; clinical times as entered, with their UTC offset. "
         f"Head hash <span class='small'>{escape(events[-1].hash)}</span></p>",
         "<h2>Integrity</h2>",

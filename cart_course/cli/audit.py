@@ -153,6 +153,13 @@ def _protocol(value: str | None) -> ProtocolVersion | None:
     type=click.Choice(["ASTCT", "CTCAE"]),
     help="Re-grade every recorded toxicity observation under this scale.",
 )
+@click.option(
+    "--as-of",
+    "as_of",
+    metavar="WHEN",
+    help="Judge the record as the system knew it at this record time (RFC 3339): only the "
+    "events recorded by then, and the data queries open then.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Findings as JSON.")
 @with_token(AUDITORS)
 @pass_context
@@ -161,14 +168,18 @@ def conformance(
     patient_id: str | None,
     protocol_id: str | None,
     regrade: str | None,
+    as_of: str | None,
     as_json: bool,
 ) -> None:
     """Re-run each history (one patient, or all) through the protocol's guards; list every step
     the guards refuse, with the failed rules. Exits 1 when a step does not conform."""
     protocol = _protocol(protocol_id)
+    when = parse_time(as_of, "--as-of") if as_of else None
     result = Conformance()
     for pid, events in streams(ctx.log, patient_id):
-        check_history(pid, events, protocol=protocol, regrade=regrade, result=result)
+        kept = events if when is None else [e for e in events if e.recorded_time <= when]
+        if kept:  # registered after the cut-off: not yet a patient then
+            check_history(pid, kept, protocol=protocol, regrade=regrade, result=result)
     if as_json:
         echo_json(result.to_json())
     else:
@@ -182,7 +193,8 @@ def conformance(
         if result.notes:
             click.echo(f"no product recorded: {len(result.notes)} infusion(s) name no bag")
         if result.open_queries:
-            click.echo(f"open data queries now: {len(result.open_queries)}")
+            then = f"as of {as_of}" if as_of else "now"
+            click.echo(f"open data queries {then}: {len(result.open_queries)}")
             for q in result.open_queries:
                 on = (
                     f" on v{q['on_version']} {q['field'] or ''}".rstrip() if q["on_version"] else ""

@@ -9,10 +9,10 @@ from typing import Any
 
 import click
 
-from ..access import READERS, VIEWERS, check_visible
+from ..access import READERS, VIEWERS, narrow
 from ..views import queries as view_queries
 from .common import Context, echo_json, pass_context, patient_id_argument, with_token
-from .views import _parse_now, _ready, wait_options
+from .views import _parse_now, _ready, _site_option, wait_options
 
 #: ``--status``: a query's status, or ``unresolved`` (every query not closed).
 STATUS_CHOICES = (*view_queries.QUERY_STATUSES, "unresolved")
@@ -54,6 +54,13 @@ def queries() -> None:
     callback=patient_id_argument,
     help="Only this patient's queries.",
 )
+@click.option(
+    "--site",
+    "site_filter",
+    multiple=True,
+    metavar="SITE",
+    help="Only the queries of this site's patients (repeat for several; see 'sites list').",
+)
 @click.option("--now", default=None, metavar="WHEN", help="Ages as of WHEN (ISO).")
 @click.option("--limit", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
@@ -64,6 +71,7 @@ def list_queries(
     ctx: Context,
     status: str | None,
     patient_id: str | None,
+    site_filter: tuple[str, ...],
     now: str | None,
     limit: int,
     as_json: bool,
@@ -73,8 +81,9 @@ def list_queries(
 ) -> None:
     """The data queries, oldest first, with their status, what they are about and their age."""
     moment = _parse_now(now)
+    sites = narrow(ctx.sites, _site_option(ctx, site_filter))
     if patient_id is not None:
-        check_visible(ctx.service, patient_id)  # another site's patient: as not on record
+        ctx.service.record(patient_id)  # a patient not on record (or another site's): said
     views = _ready(ctx, wait_for, timeout, catch_up)
     rows = view_queries.query_list(
         views.db,
@@ -83,7 +92,7 @@ def list_queries(
         patient_id=patient_id,
         limit=limit,
         now=moment,
-        sites=ctx.sites,
+        sites=sites,
     )
     if as_json:
         echo_json({"as_of": view_queries.as_of(moment), "queries": rows})

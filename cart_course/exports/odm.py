@@ -28,11 +28,10 @@ from typing import IO, Any, Final
 from xml.sax.saxutils import escape, quoteattr
 
 from ..audit.log import CORRECTED, MOVED, REGISTERED, SIGNED, LoggedEvent, site_after
-from .sdtm import SITE_ID
+from ..protocol.record import DEFAULT_SITE
 from .source import STUDY_ID, STUDY_NAME, Cut
 
 MDV_OID = "MDV.CART_COURSE.1"
-LOCATION_OID = f"LOC.SITE{SITE_ID}"
 
 #: Event type -> (study event OID, form name). A new event kind adds a line here; an event kind
 #: not listed gets a form of its own in SE.OTHER.
@@ -155,9 +154,8 @@ def site_oid(site: str) -> str:
 
 
 def _audit(meta: _Meta, e: LoggedEvent, reason: Any, site: str | None = None) -> str:
-    location = LOCATION_OID if site is None else site_oid(site)
-    if site is not None:
-        meta.sites.add(site)
+    location = site_oid(site or DEFAULT_SITE)
+    meta.sites.add(site or DEFAULT_SITE)
     parts = [
         f'<UserRef UserOID="{_user(meta, e)}"/>',
         f'<LocationRef LocationOID="{location}"/>',
@@ -190,7 +188,7 @@ def _subject(meta: _Meta, pid: str, events: list[LoggedEvent], out: IO[str]) -> 
     course = 1
     # the subject's site (issue 17): the AuditRecord's LocationRef is where the data was
     # entered; the subject's SiteRef is set at its screening and changed at each transfer
-    site = site_after(events[1], "S00") if len(events) > 1 else "S00"
+    site = site_after(events[1], DEFAULT_SITE) if len(events) > 1 else DEFAULT_SITE
     for e in events:
         if meta.first is None or e.recorded_at < meta.first:
             meta.first = e.recorded_at
@@ -244,11 +242,12 @@ def _subject(meta: _Meta, pid: str, events: list[LoggedEvent], out: IO[str]) -> 
             se, key, form = where[target]
             meaning = str(e.get("meaning") or "review")
             meta.meanings.add(meaning)
+            meta.sites.add(site)
             out.write(_open(pid, se, key, form, target, "Context"))
             out.write(
                 f'<Signature ID="SIG.{_oid(pid)}.{e.version}">'
                 f'<UserRef UserOID="{_user(meta, e)}"/>'
-                f'<LocationRef LocationOID="{LOCATION_OID}"/>'
+                f'<LocationRef LocationOID="{site_oid(site)}"/>'
                 f'<SignatureRef SignatureOID="SD.{_oid(meaning)}"/>'
                 f"<DateTimeStamp>{escape(e.recorded_at)}</DateTimeStamp></Signature>"
             )
@@ -348,11 +347,6 @@ def _admin(meta: _Meta, out: IO[str]) -> None:
             + "</User>\n"
         )
     effective = (meta.first or "1970-01-01")[:10]
-    out.write(
-        f'<Location OID="{LOCATION_OID}" Name="Site {SITE_ID}" LocationType="Site">'
-        f'<MetaDataVersionRef StudyOID="{STUDY_ID}" MetaDataVersionOID="{MDV_OID}" '
-        f'EffectiveDate="{effective}"/></Location>\n'
-    )
     for site in sorted(meta.sites):  # the trial's sites the subjects were at (issue 17)
         out.write(
             f'<Location OID="{site_oid(site)}" Name={quoteattr("Site " + site)} '

@@ -792,9 +792,8 @@ def _dm(state: SubjectState, subject: Subject, treated: bool) -> Row:
     }
 
 
-#: Until sites are recorded (issue 17): one site, and ISO 3166's user-assigned "XXX"
-#: (unspecified) for the country.
-SITE_ID = "01"
+#: ISO 3166's user-assigned "XXX" (unspecified) for the country: the sites' countries are not
+#: recorded (a site has an id, a name and a time zone).
 COUNTRY = "XXX"
 
 

@@ -9,6 +9,7 @@ import attrs
 from litestar import Request, Response, delete, get, post
 from litestar.params import FromPath, JSONBody
 
+from ..errors import InvalidCommandError
 from .auth import ADMINS, AUDITORS, current_token
 from .common import Tok, created, location_header, read_json_object
 from .params import MAX_PAGE, integer_query, position_query
@@ -20,7 +21,8 @@ class NewToken:
     actor: str
     role: str
     name: str | None = None
-    #: The sites the token is limited to (issue 17); none: trial-wide.
+    #: The sites the token is limited to (issue 17); left out (or null): trial-wide; an empty
+    #: list is refused (422), never read as "no limit".
     sites: list[str] | None = None
 
 
@@ -82,7 +84,14 @@ def add_token(
 ) -> Response[IssuedToken]:
     """``actor`` (1-200 printable characters), ``role`` (one of the roles), an optional
     ``name`` and optional ``sites`` (the sites a service, clinician or monitor token is limited
-    to; none: trial-wide); other keys are 422."""
+    to; left out: trial-wide; an empty list is 422, never read as "no limit"); other keys are
+    422."""
+    if data.sites is not None and not data.sites:
+        raise InvalidCommandError(
+            "sites",
+            "is empty: give at least one site the token is limited to, or leave sites out "
+            "for a trial-wide token",
+        )
     info, token = tokens.add(
         data.actor,
         data.role,

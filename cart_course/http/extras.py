@@ -56,6 +56,22 @@ def _time(value: str | None, field: str) -> dt.datetime | None:
     return None if value is None else parse_time(value, field)
 
 
+#: A record time the audit is judged as of (issue 17: the queries open then).
+AuditAsOf = Annotated[
+    str | None,
+    time_query(
+        "Judge the record as the system knew it at this record time (RFC 3339): only the "
+        "events recorded by then, and the data queries open then (default: now)"
+    ),
+]
+
+
+def _cut(events: list[Any], as_of: str | None) -> list[Any]:
+    """``events`` recorded at or before ``as_of`` (every one when None)."""
+    when = _time(as_of, "query.as_of")
+    return events if when is None else [e for e in events if e.recorded_time <= when]
+
+
 def _protocol(value: str | None) -> Any:
     if value is None:
         return None
@@ -118,10 +134,11 @@ def get_patient_conformance(
     service: Svc,
     patient_id: PatientId,
     protocol: Annotated[str | None, protocol_query()] = None,
+    as_of: AuditAsOf = None,
 ) -> dict[str, Any]:
     from ..audit import check_history, patient_events
 
-    events = patient_events(service.log, parse_patient_id(patient_id))
+    events = _cut(patient_events(service.log, parse_patient_id(patient_id)), as_of)
     return check_history(patient_id, events, protocol=_protocol(protocol)).to_json()
 
 
@@ -134,14 +151,19 @@ def get_patient_conformance(
     tags=["audit"],
 )
 def get_conformance(
-    service: Svc, protocol: Annotated[str | None, protocol_query()] = None
+    service: Svc,
+    protocol: Annotated[str | None, protocol_query()] = None,
+    as_of: AuditAsOf = None,
 ) -> dict[str, Any]:
     from ..audit import Conformance, check_history, streams
 
     result = Conformance()
     version = _protocol(protocol)
+    _time(as_of, "query.as_of")  # a bad time: 422 before the log is read
     for pid, events in streams(service.log):
-        check_history(pid, events, protocol=version, result=result)
+        kept = _cut(events, as_of)
+        if kept:  # registered after the cut-off: not yet a patient then
+            check_history(pid, kept, protocol=version, result=result)
     return result.to_json()
 
 
@@ -233,16 +255,24 @@ def export_fhir(service: Svc, patient_id: PatientId) -> dict[str, Any]:
     summary="The printable audit report of one patient",
     tags=["exports"],
 )
-def export_report(service: Svc, patient_id: PatientId) -> Response[str]:
+def export_report(service: Svc, patient_id: PatientId, as_of: AuditAsOf = None) -> Response[str]:
     from ..audit import check_history, check_stream, patient_events
     from ..audit.report import html_report
 
     events = patient_events(service.log, parse_patient_id(patient_id))
+    kept = _cut(events, as_of)
+    if not kept:
+        raise InvalidCommandError(
+            "query.as_of",
+            f"{as_of} is before patient {patient_id} was registered "
+            f"({events[0].recorded_at}): give a time at or after it",
+        )
     html = html_report(
         patient_id,
-        events,
-        findings=check_history(patient_id, events).findings,
-        problems=check_stream(patient_id, events),
+        kept,
+        findings=check_history(patient_id, kept).findings,
+        problems=check_stream(patient_id, kept),
+        as_of=None if as_of is None else _time(as_of, "query.as_of"),
     )
     return Response(html, media_type="text/html", headers={"Content-Security-Policy": REPORT_CSP})
 
@@ -311,7 +341,8 @@ SiteFilter = Annotated[
         max_length=16,
         pattern=SITE_ID_PATTERN,
         description="Only the patients of this site (issue 17; see GET /v1/sites); a "
-        "site-limited token: one of its sites (another is 403); a site without patients: none",
+        "site-limited token: one of its sites (another is 403); a site the trial does not "
+        "define: 422; a site without patients: none",
     ),
 ]
 
@@ -321,8 +352,11 @@ def view_sites(request: Request[Any, Any, Any], service: Any, site: str | None) 
     when one is asked (another site than the token's: 403; an unknown site: 422). None: all."""
     if site is None:
         return sites_of(service)
-    # a site without patients (or unknown): an empty answer
-    return narrow(sites_of(service), [parse_site_id(site, "query.site")])
+    site = parse_site_id(site, "query.site")
+    scope = narrow(sites_of(service), [site])  # another site than the token's: 403
+    if sites_of(service) is None:  # (a site-limited token knows its sites: it learns no other)
+        request.app.state.tokens.sites.check_known([site], "query.site")
+    return scope  # a known site without patients: an empty answer
 
 
 #: The board's filter parameters, shared by the board and its CSV (one declaration each).

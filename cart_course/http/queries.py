@@ -11,13 +11,12 @@ from litestar import Request, get
 from litestar.datastructures import State
 from litestar.params import QueryParameter
 
-from ..access import check_visible, sites_of
 from ..contract import parse_patient_id
 from ..errors import InvalidCommandError
 from ..views import queries as view_queries
 from .auth import READERS, VIEWERS, current_token
 from .common import PatientId, Svc
-from .extras import WaitFor, views_of
+from .extras import SiteFilter, WaitFor, view_sites, views_of
 from .params import MAX_BOARD_PAGE, integer_query, patient_id_query
 from .problems import problem_responses
 
@@ -41,7 +40,7 @@ def get_patient_queries(service: Svc, patient_id: PatientId) -> list[dict[str, A
     "/v1/queries",
     opt={"roles": VIEWERS},
     sync_to_thread=True,
-    responses=problem_responses(504),
+    responses=problem_responses(404, 504),
     summary="Data queries of every patient, oldest first, with status, age and what they are about",
     tags=["queries", "views"],
 )
@@ -57,6 +56,7 @@ def get_queries(
     ] = None,
     patient_id: Annotated[str | None, patient_id_query("Only this patient's queries")] = None,
     limit: Annotated[int | None, integer_query(1, MAX_BOARD_PAGE)] = None,
+    site: SiteFilter = None,
     wait_for: WaitFor = None,
 ) -> list[dict[str, Any]]:
     if status is not None and status not in STATUS_FILTERS:
@@ -64,9 +64,11 @@ def get_queries(
             "query.status", f"{status[:40]!r} is not one of {', '.join(STATUS_FILTERS)}"
         )
     pid = parse_patient_id(patient_id, "query.patient_id") if patient_id is not None else None
-    scope = sites_of(service)
+    scope = view_sites(request, service, site)  # the token's sites, narrowed to ``site``
     if pid is not None:
-        check_visible(service, pid)  # another site's patient: as a patient not on record
+        # a patient not on record is 404 (as on /v1/deviations and the exports), and another
+        # site's patient, to a site-limited token, answers as one
+        service.record(pid)
     access = views_of(request.app.state)
     with access.lock:
         db = access.fresh(wait_for)

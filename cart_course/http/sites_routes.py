@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import attrs
 from litestar import Request, Response, delete, get, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 
+from ..errors import InvalidCommandError
+from ..protocol.text import FREE_TEXT_PATTERN, free_text_problem
 from .auth import ADMINS, current_token
 from .common import Tok, created, location_header, read_json_object
 from .problems import problem_responses
+
+#: A deactivation reason: free text of up to 4000 characters (as a command's reason).
+REASON_MAX = 4000
 
 
 @attrs.define(kw_only=True)
@@ -81,9 +86,25 @@ def add_site(
     tags=["sites"],
 )
 def deactivate_site(
-    request: Request[Any, Any, Any], tokens: Tok, site_id: FromPath[str]
+    request: Request[Any, Any, Any],
+    tokens: Tok,
+    site_id: FromPath[str],
+    reason: Annotated[
+        str | None,
+        QueryParameter(
+            min_length=1,
+            max_length=REASON_MAX,
+            description="Why the site closes (kept with the change, as `sites deactivate "
+            "--reason`): free text (no control character but line feed and tab)",
+            schema_extra={"pattern": FREE_TEXT_PATTERN},
+        ),
+    ] = None,
 ) -> SiteView:
-    return _view(tokens.sites.deactivate(site_id, by=current_token(request).actor))
+    if reason is not None:
+        problem = free_text_problem(reason) if reason.strip() else "must not be blank"
+        if problem is not None:
+            raise InvalidCommandError("query.reason", problem)
+    return _view(tokens.sites.deactivate(site_id, by=current_token(request).actor, reason=reason))
 
 
 ROUTES = [list_sites, add_site, deactivate_site]

@@ -275,6 +275,7 @@ def decide_answer(
                 f"version {correction} is {found[0] if found else 'not on record'}, not a "
                 "correction (a correct command's event)",
             )
+        _check_corrects(query, correction, found[1], lookup)
     return QueryChange(
         command="answer_query",
         action="answer",
@@ -283,6 +284,27 @@ def decide_answer(
         text=text,
         correction=correction,
     )
+
+
+def _check_corrects(
+    query: Mapping[str, Any], correction: int, fields: Mapping[str, Any], lookup: EventLookup
+) -> None:
+    """A query on an event takes, as its answer's correction, only a correction of that event
+    (or of the event that event corrects, when the query is on a correction)."""
+    on = query.get("on_version")
+    if on is None:
+        return  # a query on the patient: any correction of the patient's record
+    corrects = fields.get("corrects")
+    about = {on}
+    queried = lookup(on)
+    if queried is not None and queried[0] == "FactCorrected":
+        about.add(queried[1].get("corrects"))
+    if corrects not in about:
+        raise RecordConflictInputError(
+            "payload.correction",
+            f"version {correction} corrects version {corrects}, but {query['id']} is about "
+            f"version {on}: name a correction of version {on}, or answer without one",
+        )
 
 
 def decide_close(

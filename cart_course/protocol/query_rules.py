@@ -190,10 +190,12 @@ def reconcile(
 
     Never two unresolved system queries for one rule, version and field; a finding whose query
     a monitor closed (accepted as it is) is not asked again; a system query whose finding is
-    gone (the data were corrected) is closed."""
+    gone (the data were corrected) is closed, unless a monitor re-opened it once (then it is
+    the monitor's question: the site answers it, the monitor closes it)."""
     looked = set(versions)
     unresolved: dict[tuple[str, int, str], str] = {}
     accepted: set[tuple[str, int, str]] = set()
+    held: set[tuple[str, int, str]] = set()
     for q in queries.values():
         rule = q.get("rule")
         if not rule or q.get("on_version") not in looked:
@@ -201,6 +203,8 @@ def reconcile(
         key = (str(rule), int(q["on_version"]), str(q.get("field")))
         if q.get("status") != "closed":
             unresolved[key] = str(q["id"])
+            if any(step.get("action") == "reopen" for step in q.get("history", ())):
+                held.add(key)  # only a person re-opens a query: it is theirs since
         elif not str(q.get("closed_by", "")).startswith("system:"):
             accepted.add(key)
     keys = set()
@@ -211,5 +215,7 @@ def reconcile(
         keys.add(f.key)
         if f.key not in unresolved and f.key not in accepted:
             to_open.append(f)
-    to_close = [qid for key, qid in sorted(unresolved.items()) if key not in keys]
+    to_close = [
+        qid for key, qid in sorted(unresolved.items()) if key not in keys and key not in held
+    ]
     return Reconciled(open=to_open, close=to_close)

@@ -45,10 +45,14 @@ schema's description, "Not stated by this schema"):
 16. A site becomes aware of an event (``aware_at`` of an adverse event or a death) at or after
     it happened (``occurred_at``): an earlier one is set to ``occurred_at``.
 17. A token is limited to sites the trial defines (the demo's S01-S03), and only a service,
-    clinician or monitor token (issue 17): a generated site list is replaced by ["S01"], or left
-    out for another role.
+    clinician or monitor token (issue 17): a generated site list (an empty one too: it is
+    refused, never read as "no limit") is replaced by ["S01"], or left out for another role.
 18. A screening or a transfer names a site the trial defines: which sites exist is the
     trial's state, not something a schema states; a generated site is replaced by "S02".
+19. A view's ``site`` filter (the board, its CSV, the watchlist, counts, deviations) names a
+    site the trial defines (another is refused, 422): a generated one is replaced by "S02".
+20. The audit report's and the conformance's ``as_of`` (a record time) is not before the
+    patient was registered: which time that is is the log's state; a generated one is "now".
 """
 
 from __future__ import annotations
@@ -57,12 +61,14 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 from collections.abc import MutableMapping
 from typing import Any
 
 import schemathesis
 
 from cart_course.protocol.product import din_check_character
+from cart_course.protocol.sites import SITE_ID_PATTERN
 
 #: The log's last position when the run starts (it only grows).
 LAST_POSITION = int(os.environ.get("CART_COURSE_TEST_LAST_POSITION", "0"))
@@ -265,7 +271,12 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         body_key = body.get("idempotency_key")
         if key is not None and isinstance(body_key, str) and headers[key] != body_key:
             del headers[key]
-    if path == "/v1/tokens" and isinstance(body, dict) and _positive(case) and body.get("sites"):
+    if (
+        path == "/v1/tokens"
+        and isinstance(body, dict)
+        and "sites" in body
+        and (_positive(case) or body["sites"] == [])  # [] is schema-valid, and refused
+    ):
         _token_sites(body)
         case.body = body
     query = case.query if isinstance(case.query, MutableMapping) else None
@@ -277,6 +288,9 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
             del query[extra]
         if not given:
             query["version"] = 1
+    site = query.get("site")
+    if site is not None and re.fullmatch(SITE_ID_PATTERN, str(site)):
+        query["site"] = "S02"  # rule 19: a site the trial defines (a malformed one stays)
     wait_for = _number(query.get("wait_for"))
     if wait_for is not None and wait_for > LAST_POSITION:
         query["wait_for"] = LAST_POSITION
@@ -292,6 +306,9 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         first = _time(FIRST_RECORDED)
         if when is not None and first is not None and not first <= when <= _now():
             query["as_of"] = FIRST_RECORDED
+    audited = path.endswith(("/report.html", "/conformance"))
+    if audited and _time(cutoff) is not None:  # a well-formed time (a malformed one stays)
+        query["as_of"] = _now().isoformat()  # rule 20: at or after the patient's registration
     if path == "/v1/events/stream":
         query["after"] = 0
         max_events = _number(query.get("max_events"))

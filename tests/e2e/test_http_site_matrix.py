@@ -234,7 +234,7 @@ def test_site_limited_token_lists_and_feeds_only_its_site(matrix_stack: Stack) -
             OTHER
         ]
         assert client.get("/v1/board?site=S02", headers=monitor).status_code == 403
-        assert client.get("/v1/board?site=S99", headers=wide).json() == []  # no such patients
+        assert client.get("/v1/board?site=S99", headers=wide).status_code == 422  # no such site
         assert client.get("/v1/board?site=s-1", headers=wide).status_code in (400, 422)
         counts = client.get("/v1/counts", headers=monitor).json()
         assert sum(counts["state"].values()) == 1

@@ -176,6 +176,59 @@ def test_bad_query_commands_are_clear_errors_and_record_nothing(service: CourseS
     assert isinstance(err, CartCourseError)
 
 
+def test_an_answer_may_point_only_to_a_correction_of_the_queried_event(
+    service: CourseService,
+) -> None:
+    """Review of issue 17: an answer naming the site's ``correct`` must name a correction of
+    the event the query is about, not a correction of another event of the patient."""
+    c = _course(service, "P-Q4")
+    d1, d2 = (f.version for f in service.record(c.pid).courses[0].fractions[:2])
+    qid = c.do(
+        "open_query",
+        {"text": "D2 cells: the source says 1.8e7", "on_version": d2, "field": "payload.cells"},
+        actor=MONITOR,
+    ).outcome["query_id"]
+    wrong = c.do(
+        "correct",
+        {"corrects": d1, "changes": {"weight": {"value": 71, "unit": "kg"}}},
+        reason="D1 weight re-read from the chart",
+        actor=SITE,
+    )
+    err = _refused(
+        service,
+        c.pid,
+        lambda: c.do(
+            "answer_query",
+            {"query_id": qid, "text": "corrected", "correction": wrong.version},
+            actor=SITE,
+        ),
+        RecordConflictError,
+    )
+    assert err.field == "payload.correction"
+    assert f"corrects version {d1}" in err.message and f"version {d2}" in err.message
+    assert service.queries(c.pid)[0]["status"] == "open"
+    # a correction of the queried event is accepted; a query on the patient takes any correction
+    right = c.do(
+        "correct",
+        {"corrects": d2, "changes": {"cells": {"value": 1.8e7, "unit": "cells"}}},
+        reason="D2 count read from the wrong label",
+        actor=SITE,
+    )
+    answered = c.do(
+        "answer_query",
+        {"query_id": qid, "text": "corrected", "correction": right.version},
+        actor=SITE,
+    )
+    assert answered.outcome["correction"] == right.version
+    general = c.do("open_query", {"text": "weight at D1?"}, actor=MONITOR).outcome["query_id"]
+    done = c.do(
+        "answer_query",
+        {"query_id": general, "text": "see the correction", "correction": wrong.version},
+        actor=SITE,
+    )
+    assert done.outcome["status"] == "answered"
+
+
 def test_the_rules_open_a_query_and_close_it_when_the_data_are_corrected(store_url: str) -> None:
     service = build_service(Settings.for_store(store_url))  # the rules run by default
     try:

@@ -25,9 +25,12 @@ INFUSION = {
 
 
 def lookup(version: int) -> tuple[str, Any] | None:
-    return {7: ("InfusionGiven", INFUSION), 9: ("FactCorrected", {"changes": {"cells": 1}})}.get(
-        version
-    )
+    return {
+        6: ("InfusionGiven", INFUSION),
+        7: ("InfusionGiven", INFUSION),
+        8: ("FactCorrected", {"corrects": 6, "changes": {"cells": 1}}),
+        9: ("FactCorrected", {"corrects": 7, "changes": {"cells": 1}}),
+    }.get(version)
 
 
 def _record(status: str | None = None) -> PatientRecord:
@@ -113,5 +116,12 @@ def test_an_answer_names_only_a_correction_and_a_close_with_reason_needs_no_answ
         _record("open"), {"query_id": "Q-10", "text": "fixed", "correction": 9}, 10, lookup
     )
     assert (answer.status, answer.correction) == ("answered", 9)
+    # a correction of another event than the one the query is about (v8 corrects v6)
+    with pytest.raises(RecordConflictInputError) as info:
+        decide_answer(
+            _record("open"), {"query_id": "Q-10", "text": "x", "correction": 8}, 10, lookup
+        )
+    assert info.value.field == "payload.correction"
+    assert "corrects version 6" in info.value.message and "about version 7" in info.value.message
     closed = decide_close(_record("open"), {"query_id": "Q-10"}, "found in the binder")
     assert closed.status == "closed"

@@ -744,7 +744,7 @@ function mountQueries(pid) {
   const box = $("#queries");
   if (!window.cartQueries) { box.hidden = true; return; }
   box.hidden = false;
-  try { window.cartQueries.mount(box, { patientId: pid, role: app.me.role, api }); } catch (e) { box.textContent = ""; box.hidden = true; }
+  try { window.cartQueries.mount(box, { patientId: pid, role: app.me.role, api, formatTime: fmtTime }); } catch (e) { box.textContent = ""; box.hidden = true; }
 }
 
 // Other engineers' panels: loaded once when present (a 404 is fine).

@@ -1,10 +1,13 @@
 // The data-query panel of a patient (issue 17): self-contained, no dependencies.
-//   window.cartQueries.mount(element, { patientId, role, api })
+//   window.cartQueries.mount(element, { patientId, role, api, formatTime })
 // lists the patient's queries (GET /v1/patients/{id}/queries) and lets a monitor or data manager
 // open, close and re-open them and the site (clinician) answer them, each step a command of the
 // contract (POST /v1/patients/{id}/commands/{open_query|answer_query|close_query|reopen_query}).
 // `api(path, opts)` is the dashboard's authenticated fetch (it throws an Error with .status and
-// .detail on a refusal); `role` may be left out: the panel asks GET /v1/whoami.
+// .detail on a refusal); `role` may be left out: the panel asks GET /v1/whoami; `formatTime(iso)`
+// writes a time as the rest of the page does (default: as recorded).
+// Each form keeps one Idempotency-Key until the server refuses what it sent (a double click or a
+// retry after a lost answer records the step once), and is disabled while its step is sent.
 "use strict";
 (function () {
   const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
@@ -17,20 +20,20 @@
     return "dash-" + Date.now() + "-" + Math.random().toString(16).slice(2);
   }
 
-  async function post(api, pid, command, payload, reason) {
+  async function post(api, pid, command, payload, reason, idempotencyKey) {
     const body = { occurred_at: new Date().toISOString(), payload };
     if (reason) body.reason = reason;
     return api(`/v1/patients/${encodeURIComponent(pid)}/commands/${command}`, {
       method: "POST",
-      headers: { "Content-Type": "application/json", "Idempotency-Key": key() },
+      headers: { "Content-Type": "application/json", "Idempotency-Key": idempotencyKey },
       body: JSON.stringify(body),
     });
   }
 
-  function row(q, role) {
+  function row(q, role, when) {
     const on = q.on_version ? `v${esc(q.on_version)}${q.field ? " <code>" + esc(q.field) + "</code>" : ""}` : "patient";
     const by = esc(q.opened_by) + (q.rule ? ` <span class="badge">rule ${esc(q.rule)}</span>` : "");
-    const steps = q.history.map((h) => `<li>v${esc(h.version)} ${esc(h.action)} → ${esc(h.status)} by ${esc(h.by)} <span class="small">(${esc(h.role)}, ${esc(h.occurred_at || h.at)}, recorded ${esc(h.at)})</span>${h.text ? ": " + esc(h.text) : ""}${h.reason ? " <i>reason: " + esc(h.reason) + "</i>" : ""}${h.correction != null ? " (correction v" + esc(h.correction) + ")" : ""}</li>`).join("");
+    const steps = q.history.map((h) => `<li>v${esc(h.version)} ${esc(h.action)} → ${esc(h.status)} by ${esc(h.by)} <span class="small">(${esc(h.role)}, ${esc(when(h.occurred_at || h.at))}, recorded ${esc(when(h.at))})</span>${h.text ? ": " + esc(h.text) : ""}${h.reason ? " <i>reason: " + esc(h.reason) + "</i>" : ""}${h.correction != null ? " (correction v" + esc(h.correction) + ")" : ""}</li>`).join("");
     let actions = "";
     if (SITE.includes(role) && (q.status === "open" || q.status === "reopened")) {
       actions += `<form class="q-answer" data-query="${esc(q.query_id)}"><input name="text" placeholder="answer" size="28" required>
@@ -46,11 +49,12 @@
       <td><span class="badge ${STATUS_BADGE[q.status] || ""} q-status">${esc(q.status)}</span></td><td>${on}</td>
       <td class="q-text">${esc(q.text)}${q.answer ? `<br><span class="small">answer: ${esc(q.answer)}</span>` : ""}
         <details><summary class="small">${q.history.length} step(s)</summary><ul class="small">${steps}</ul></details></td>
-      <td>${by}<br><span class="small" title="recorded ${esc(q.opened_at)}">${esc(q.opened_occurred_at || q.opened_at)}</span></td><td>${actions}</td></tr>`;
+      <td>${by}<br><span class="small" title="recorded ${esc(when(q.opened_at))}">${esc(when(q.opened_occurred_at || q.opened_at))}</span></td><td>${actions}</td></tr>`;
   }
 
   async function mount(element, options) {
     const { patientId: pid, api } = options;
+    const when = options.formatTime || ((iso) => iso);
     let role = options.role;
     if (!role) {
       try { role = (await api("/v1/whoami")).role; } catch (e) { role = null; }
@@ -59,9 +63,21 @@
     const errorBox = element.querySelector(".q-error");
     const body = element.querySelector(".q-body");
 
-    async function act(work) {
+    async function act(form, work) {
+      if (form.dataset.busy) return;  // sent already: a double click records the step once
+      form.dataset.busy = "1";
+      const button = form.querySelector("button");
+      if (button) button.disabled = true;
       errorBox.textContent = "";
-      try { await work(); } catch (e) { errorBox.textContent = e.detail || e.message; return; }
+      try { await work(form.dataset.key); } catch (e) {
+        errorBox.textContent = e.detail || e.message;
+        // refused: what is sent next may differ, so under a new key; no answer at all (the
+        // network): the same key, so that a retry cannot record the step twice
+        if (e.status) form.dataset.key = key();
+        delete form.dataset.busy;
+        if (button) button.disabled = false;
+        return;
+      }
       await load();
     }
 
@@ -73,7 +89,7 @@
       let html = `<p class="q-summary">${queries.length} query(ies), ${pending} not closed</p>`;
       if (queries.length) {
         html += `<table class="q-table"><thead><tr><th>Query</th><th>Status</th><th>On</th><th>Question / answer</th><th>Opened by</th><th></th></tr></thead>
-          <tbody>${queries.map((q) => row(q, role)).join("")}</tbody></table>`;
+          <tbody>${queries.map((q) => row(q, role, when)).join("")}</tbody></table>`;
       }
       if (MONITORS.includes(role)) {
         html += `<form class="q-open"><b>Open a query</b> <input name="text" placeholder="question, e.g. D2 cells: the source says 1.8e7" size="40" required>
@@ -81,6 +97,7 @@
           <button>Open query</button></form>`;
       }
       body.innerHTML = html;
+      for (const form of body.querySelectorAll("form")) form.dataset.key = key();
       const open = body.querySelector("form.q-open");
       if (open) open.addEventListener("submit", (ev) => {
         ev.preventDefault();
@@ -88,24 +105,24 @@
         const payload = { text: f.get("text") };
         if (f.get("on_version")) payload.on_version = Number(f.get("on_version"));
         if (f.get("field")) payload.field = f.get("field");
-        act(() => post(api, pid, "open_query", payload));
+        act(open, (k) => post(api, pid, "open_query", payload, null, k));
       });
       for (const form of body.querySelectorAll("form.q-answer")) form.addEventListener("submit", (ev) => {
         ev.preventDefault();
         const f = new FormData(form);
         const payload = { query_id: form.dataset.query, text: f.get("text") };
         if (f.get("correction")) payload.correction = Number(f.get("correction"));
-        act(() => post(api, pid, "answer_query", payload));
+        act(form, (k) => post(api, pid, "answer_query", payload, null, k));
       });
       for (const form of body.querySelectorAll("form.q-close")) form.addEventListener("submit", (ev) => {
         ev.preventDefault();
         const f = new FormData(form);
-        act(() => post(api, pid, "close_query", { query_id: form.dataset.query }, f.get("reason")));
+        act(form, (k) => post(api, pid, "close_query", { query_id: form.dataset.query }, f.get("reason"), k));
       });
       for (const form of body.querySelectorAll("form.q-reopen")) form.addEventListener("submit", (ev) => {
         ev.preventDefault();
         const f = new FormData(form);
-        act(() => post(api, pid, "reopen_query", { query_id: form.dataset.query, text: f.get("text") }));
+        act(form, (k) => post(api, pid, "reopen_query", { query_id: form.dataset.query, text: f.get("text") }, null, k));
       });
     }
 

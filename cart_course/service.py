@@ -485,8 +485,10 @@ class CourseService:
                         )
                     )
                 try:
-                    course = _in_scope(loaded[command.patient_id], command, sites)
+                    course, hidden = _in_scope(loaded[command.patient_id], command, sites)
                     result, changed = self._apply(course, command, sites=sites)
+                    if hidden:  # decided as for a new patient, never saved: the id is another's
+                        raise PatientIdTakenError(command.patient_id)
                 except CartCourseError as exc:
                     results.append(exc)
                     continue

@@ -41,11 +41,11 @@ class _Timed(CourseService):
         self.count: Counter[str] = Counter()
 
     def _apply(
-        self, course: PatientCourse | None, command: Command, *, with_allowed: bool = False
+        self, course: PatientCourse | None, command: Command, **options: Any
     ) -> tuple[CommandResult, PatientCourse | None]:
         started = time.perf_counter_ns()
         try:
-            return super()._apply(course, command, with_allowed=with_allowed)
+            return super()._apply(course, command, **options)
         finally:
             self.spent[command.command] += time.perf_counter_ns() - started
             self.count[command.command] += 1

@@ -396,6 +396,40 @@ class EventLog:
         """The ``Registered`` notifications, in log order, a page at a time."""
         return self.pages(after, page=page, up_to=up_to, topics=[REGISTERED_TOPIC])
 
+    def registered_streams(
+        self, *, page: int = PAGE, up_to: int | None = None
+    ) -> Iterator[list[tuple[int, uuid.UUID]]]:
+        """(notification id, stream id) of every registration (a ``Registered`` event at
+        version 1), in log order, a page at a time: :meth:`registrations` without the rows'
+        states (on SQLite one query per page reads only the two columns)."""
+        sqlite = sys.modules.get("eventsourcing.sqlite")
+        if sqlite is None or not isinstance(self._recorder, sqlite.SQLiteApplicationRecorder):
+            for notes in self.registrations(page=page, up_to=up_to):
+                found = [
+                    (n.id, as_uuid(n.originator_id)) for n in notes if n.originator_version == 1
+                ]
+                if found:
+                    yield found
+            return
+        statement = (
+            f"SELECT rowid, originator_id FROM {self._recorder.events_table_name} "
+            "WHERE rowid>? "
+            + ("" if up_to is None else f"AND rowid<={int(up_to)} ")
+            + "AND topic=? AND originator_version=1 ORDER BY rowid LIMIT ?"
+        )
+        after = 0
+        while True:
+            with (
+                store_errors("the store"),
+                self._recorder.datastore.transaction(commit=False) as cursor,
+            ):
+                cursor.execute(statement, (after, REGISTERED_TOPIC, page))
+                rows = cursor.fetchall()
+            if not rows:
+                return
+            yield [(nid, uuid.UUID(hex=oid)) for nid, oid in rows]
+            after = rows[-1][0]
+
     def subscribe(self, after: int, topics: Sequence[str] = ()) -> Subscription[Any]:
         """eventsourcing's subscription: every notification after ``after``, then each new one
         as it is recorded (blocks in between). Not on SQLite (``NotImplementedError``): see

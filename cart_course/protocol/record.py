@@ -335,6 +335,10 @@ STAYING_TRIGGERS: frozenset[Trigger] = frozenset(
 )
 
 
+#: The day of each infusion's trigger, by its name (no ``Trigger`` made per event).
+_INFUSION_DAY: dict[str, int] = {str(t): day for t, day in INFUSION_TRIGGERS.items()}
+
+
 def evolve(
     record: PatientRecord,
     *,
@@ -401,7 +405,7 @@ def _apply_effect(
     elif trigger == Trigger.RECORD_APHERESIS:
         record.apheresis_date = facts.get("apheresis_date")
     elif trigger in INFUSION_TRIGGERS:
-        day = INFUSION_TRIGGERS[Trigger(trigger)]
+        day = _INFUSION_DAY[trigger]
         if day == 1:
             record.courses.append(
                 Course(

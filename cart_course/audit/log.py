@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import types
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
@@ -608,6 +607,16 @@ _EVOLVE: dict[str, Callable[[Any, PatientRecord], None]] = {
 }
 
 
+class _Fields:
+    """A stored event's fields as the attributes its class's ``evolve_record`` reads: the
+    decoded fields themselves (no copy), and its version and record time in slots of their
+    own (slots come first, and writing them leaves the fields as they are)."""
+
+    __slots__ = ("__dict__", "originator_version", "timestamp")
+    originator_version: int
+    timestamp: dt.datetime
+
+
 class Replayer:
     """Folds events into a :class:`PatientRecord`, one at a time."""
 
@@ -637,8 +646,8 @@ class Replayer:
         evolve_record = _EVOLVE.get(event.kind)
         if evolve_record is None:
             return
-        ns = types.SimpleNamespace()
-        ns.__dict__.update(event.data)
+        ns = _Fields()
+        ns.__dict__ = event.data  # read, never written: the two slots hold what is added
         ns.originator_version = event.version
         if event.kind in (SIGNED, QUERIED):
             ns.timestamp = event.recorded_time

@@ -320,7 +320,7 @@ def check_stream(
                 )
             )
             return problems
-        if e.get("prev_hash") != expected_prev:
+        if e.data.get("prev_hash") != expected_prev:
             if previous is None:
                 msg = (
                     "the registration's content does not match this patient's genesis hash "

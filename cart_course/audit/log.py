@@ -644,16 +644,9 @@ class Replayer:
         """Evolve the record by one event; :class:`UnreadableEventError` (naming the patient and
         version) when the event cannot be applied: a row altered in the database, or a history
         recorded without the protocol's checks that the record cannot be rebuilt from."""
-        exact = _EXACT.get(event.kind)
-        if not (  # the fast verdict of ``unreadable`` (its whole check only when it says nothing)
-            exact is not None
-            and type(event.version) is int
-            and UNDECODABLE not in event.data
-            and exact(event.data)
-        ):
-            why = unreadable(event)
-            if why is not None:
-                raise UnreadableEventError(self.record.patient_id, event.version, why)
+        why = unreadable(event)
+        if why is not None:
+            raise UnreadableEventError(self.record.patient_id, event.version, why)
         try:
             self._apply(event)
         except Exception as exc:

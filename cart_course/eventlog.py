@@ -181,8 +181,13 @@ class RowReader:
                 cursor.execute(
                     self._sql.format(marks=",".join("?" * len(by_hex))) + order, list(by_hex)
                 )
+                current: Any = None
+                rows: list[Row] = []
                 for oid, version, topic, state in cursor.fetchall():
-                    found.setdefault(by_hex[oid], []).append((version, topic, state))
+                    if oid != current:  # the rows come grouped by stream (ORDER BY)
+                        current = oid
+                        rows = found[by_hex[oid]] = []
+                    rows.append((version, topic, state))
             else:
                 from psycopg.sql import SQL
 

@@ -7,6 +7,7 @@ today's protocol would refuse). Rules run before a move is recorded (``commands.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -335,6 +336,10 @@ STAYING_TRIGGERS: frozenset[Trigger] = frozenset(
 )
 
 
+#: A clinical time's instant (``datetime.fromisoformat``), kept for the texts seen last: each
+#: move compares its time with the record's first and last, which are earlier moves' own texts.
+_instant = functools.lru_cache(maxsize=4096)(dt.datetime.fromisoformat)
+
 #: The day of each infusion's trigger, by its name (no ``Trigger`` made per event).
 _INFUSION_DAY: dict[str, int] = {str(t): day for t, day in INFUSION_TRIGGERS.items()}
 
@@ -356,12 +361,10 @@ def evolve(
         record.state = to_state
     record.protocol_version = protocol_version
     # Clinical times may carry different UTC offsets: compare instants, keep the text as entered.
-    when = dt.datetime.fromisoformat(occurred_at)
-    if record.first_occurred_at is None or when < dt.datetime.fromisoformat(
-        record.first_occurred_at
-    ):
+    when = _instant(occurred_at)
+    if record.first_occurred_at is None or when < _instant(record.first_occurred_at):
         record.first_occurred_at = occurred_at
-    if record.last_occurred_at is None or when > dt.datetime.fromisoformat(record.last_occurred_at):
+    if record.last_occurred_at is None or when > _instant(record.last_occurred_at):
         record.last_occurred_at = occurred_at
     _apply_effect(record, trigger, facts, outcome, occurred_at, version, reason)
     if trigger in _PRODUCT_EFFECTS and (record.collections or "collection" in facts):

@@ -338,7 +338,7 @@ STAYING_TRIGGERS: frozenset[Trigger] = frozenset(
 
 #: A clinical time's instant (``datetime.fromisoformat``), kept for the texts seen last: each
 #: move compares its time with the record's first and last, which are earlier moves' own texts.
-_instant = functools.lru_cache(maxsize=4096)(dt.datetime.fromisoformat)
+_instant = functools.lru_cache(maxsize=64)(dt.datetime.fromisoformat)
 
 #: The day of each infusion's trigger, by its name (no ``Trigger`` made per event).
 _INFUSION_DAY: dict[str, int] = {str(t): day for t, day in INFUSION_TRIGGERS.items()}

@@ -73,9 +73,10 @@ CANONICAL_BYTES = "_canonical"
 RECORDED_ID = "_recorded_id"
 
 
-@functools.lru_cache(maxsize=65_536)
+@functools.lru_cache(maxsize=4096)
 def _id_text(originator_id: uuid.UUID) -> str:
-    """A stream id as text (``UUID.__str__`` formats it anew each time: ~1 us per event)."""
+    """A stream id as text (``UUID.__str__`` formats it anew each time: ~1 us per event); the
+    streams being written to now are the ones asked for."""
     return str(originator_id)
 
 

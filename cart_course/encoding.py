@@ -288,10 +288,13 @@ def _json_float(value: float) -> str:
 
 
 def _parse_float(text: str) -> float:
+    """A float of the text, marked (:class:`ReprFloat`) when its magnitude is below
+    :data:`_PLAIN_FLOAT_MIN` or from :data:`_PLAIN_FLOAT_MAX` (zero is plain). Called for every
+    float the audit reads: the bounds are written out (no ``abs``, no global look-ups)."""
     value = float(text)
-    if value and not _PLAIN_FLOAT_MIN <= abs(value) < _PLAIN_FLOAT_MAX:
-        return ReprFloat(value)
-    return value
+    if 1e-4 <= value < 1e16 or -1e16 < value <= -1e-4 or value == 0:
+        return value
+    return ReprFloat(value)
 
 
 def _parse_constant(text: str) -> float:  # NaN, Infinity, -Infinity

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import types
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
@@ -24,11 +23,18 @@ from typing import Any, NamedTuple
 from eventsourcing.persistence import StoredEvent
 
 from ..course import PatientCourse, event_hash
+from ..encoding import (
+    DECODED_FORMS,
+    FORM_FIELD,
+    LEGACY_FORM,
+    UnknownFormError,
+    decode_json,
+    decoded_content_bytes,
+)
 from ..encoding import ReprFloat as ReprFloat
-from ..encoding import UnknownFormError, decode_json, decoded_content_bytes
 from ..encoding import canonical_decoded as canonical_decoded
 from ..errors import CartCourseError, CipherKeyError, PatientNotFoundError
-from ..eventlog import PAGE, REGISTERED_TOPIC, EventLog, Row, as_uuid
+from ..eventlog import PAGE, REGISTERED_TOPIC, EventLog, Row
 from ..protocol.record import DEFAULT_SITE, PatientRecord
 from ..storage import (
     CANONICAL_MARK,
@@ -106,6 +112,20 @@ def kind_of(topic: str) -> str:
     return kind
 
 
+#: topic -> (its qualified name, the event's type name, its kind): read once per topic.
+_TOPICS: dict[str, tuple[str, str, str]] = {}
+
+
+def topic_names(topic: str) -> tuple[str, str, str]:
+    """A stored topic's qualified name (what the hash covers as ``type``), the event's type
+    name and its kind (:func:`kind_of`)."""
+    names = _TOPICS.get(topic)
+    if names is None:
+        qualname = topic.partition(":")[2]
+        names = _TOPICS[topic] = (qualname, qualname.rpartition(".")[2], kind_of(topic))
+    return names
+
+
 class LoggedEvent:
     """One stored event as the audit sees it: its fields, record time, and recomputed hash."""
 
@@ -122,8 +142,7 @@ class LoggedEvent:
     ) -> None:
         self.stream = stream
         self.version = version
-        self.type = topic.partition(":")[2].rpartition(".")[2]
-        self.kind = kind_of(topic)
+        _qualname, self.type, self.kind = _TOPICS.get(topic) or topic_names(topic)
         self.data = data
         self.recorded_at = recorded_at
         self.hash = (
@@ -141,6 +160,9 @@ class LoggedEvent:
     @property
     def recorded_time(self) -> dt.datetime:
         return dt.datetime.fromisoformat(self.recorded_at)
+
+
+_new_event = object.__new__
 
 
 class Decoder:
@@ -163,6 +185,24 @@ class Decoder:
             stored.topic,
             stored.state,
         )
+
+    def rows(self, sid: str, rows: Iterable[Row]) -> list[LoggedEvent]:
+        """The stored rows (version, topic, state) of stream ``sid`` (its id as text) as
+        :class:`LoggedEvent`, each exactly as :meth:`row` gives it. A plain store's rows stored
+        as canonical bytes (every row the service writes) go straight to their decoding."""
+        if self._cipher or self._compressor:
+            return [self.row(sid, version, topic, state) for version, topic, state in rows]
+        logged: list[LoggedEvent] = []
+        canonical = self._canonical
+        for version, topic, state in rows:
+            event = None
+            if type(state) is bytes and CANONICAL_MARK in state:
+                try:
+                    event = canonical(sid, version, topic, state)
+                except Exception:
+                    event = None  # ``row`` reads it again, and names what is wrong with it
+            logged.append(event if event is not None else self.row(sid, version, topic, state))
+        return logged
 
     def row(self, sid: str, version: int, topic: str, state: bytes | str) -> LoggedEvent:
         """One stored row of stream ``sid`` (its id as text) as a :class:`LoggedEvent`."""
@@ -208,14 +248,42 @@ class Decoder:
         data = decode_json(state)
         if not (isinstance(data, dict) and is_canonical_state(data)):
             return None
-        stamp = data.pop("timestamp")
         hashed = sid
         if self._aliases and data.get("originator_id") == self._aliases.get(sid):
             hashed = self._aliases[sid]  # recorded before the store's ids were migrated
-        fields = drop_row_copies(data)
         # The bytes the hash covers are those of the row exactly when the row is intact: one
         # SHA-256, of the row (the hash when intact, the altered row's otherwise).
         held = hashlib.sha256(state).hexdigest()
+        stamp = data["timestamp"]
+        copy = data.get("originator_version")
+        names = _TOPICS.get(topic) or topic_names(topic)
+        # When the row's own copies of its stream, version and type are the row's (values of
+        # the very same types), the content the hash covers is the decoded row itself: encoded
+        # as it is (in the form it names, ``encoding.decoded_content_bytes``), without a copy.
+        if (
+            type(copy) is int
+            and copy == version
+            and data["originator_id"] == hashed
+            and data["type"] == names[0]
+        ):
+            form = data.get(FORM_FIELD, LEGACY_FORM)
+            encode = DECODED_FORMS.get(form) if type(form) is int else None
+            intact = encode is not None and encode(data) == state
+            del data["timestamp"], data["originator_id"], data["type"], data["originator_version"]
+            if encode is None:
+                held = f"unknown-form:{form!r}"
+            elif not intact:
+                held = f"altered:{held}"
+            event = _new_event(LoggedEvent)
+            event.stream = sid
+            event.version = version
+            _qualname, event.type, event.kind = names
+            event.data = data
+            event.recorded_at = stamp
+            event.hash = held
+            return event
+        del data["timestamp"]
+        fields = drop_row_copies(data)
         try:
             intact = (
                 decoded_content_bytes(hashed_content(hashed, version, topic, fields, stamp))
@@ -271,8 +339,7 @@ def _registration_pages(
     log: EventLog, up_to: int | None = None
 ) -> Iterator[list[tuple[int, uuid.UUID]]]:
     """(notification id, stream id) of every registration, in log order, a page at a time."""
-    for page in _registration_notifications(log, up_to):
-        yield [(n.id, as_uuid(n.originator_id)) for n in page]
+    return log.registered_streams(page=PAGE, up_to=up_to)
 
 
 def registrations(log: EventLog, up_to: int | None = None) -> Iterator[tuple[int, str]]:
@@ -312,7 +379,7 @@ def scan(
         stored_snaps = snaps.fetch(sids) if snaps is not None else {}
         for nid, sid in page:
             text = str(sid)
-            logged = [decode.row(text, v, topic, state) for v, topic, state in rows.get(sid, ())]
+            logged = decode.rows(text, rows.get(sid, ()))
             pid = registered_patient(logged)
             yield StreamRead(
                 nid,
@@ -467,8 +534,35 @@ _REQUIRED: dict[str, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
 }
 
 
+def _exact_types(
+    fields: tuple[tuple[str, type | tuple[type, ...]], ...],
+) -> Callable[[dict[str, Any]], bool]:
+    """A check that each of ``fields`` holds a value of exactly its type (as decoded JSON gives
+    them). True means :func:`unreadable`'s loop finds nothing wrong with them (an exact ``int``
+    is no ``bool``); False says nothing (the loop then decides)."""
+    pairs = tuple(fields)
+    if not all(isinstance(kind, type) and kind is not bool for _, kind in pairs):
+        return lambda data: False
+
+    def check(data: dict[str, Any]) -> bool:
+        get = data.get
+        for name, kind in pairs:  # noqa: SIM110 (a loop: no generator per event)
+            if type(get(name)) is not kind:
+                return False
+        return True
+
+    return check
+
+
+#: Per kind of event, :func:`_exact_types` of its required fields.
+_EXACT = {kind: _exact_types(fields) for kind, fields in _REQUIRED.items()}
+
+
 def unreadable(e: LoggedEvent) -> str | None:
     """Why a stored event cannot be used by the audit (None: it can)."""
+    exact = _EXACT.get(e.kind)
+    if exact is not None and type(e.version) is int and UNDECODABLE not in e.data and exact(e.data):
+        return None  # every field the audit reads is of its type (the loop below agrees)
     if not is_version(e.version):
         return (
             f"a stored row has the version {e.version!r}, not a whole number: "
@@ -530,6 +624,16 @@ _EVOLVE: dict[str, Callable[[Any, PatientRecord], None]] = {
 }
 
 
+class _Fields:
+    """A stored event's fields as the attributes its class's ``evolve_record`` reads: the
+    decoded fields themselves (no copy), and its version and record time in slots of their
+    own (slots come first, and writing them leaves the fields as they are)."""
+
+    __slots__ = ("__dict__", "originator_version", "timestamp")
+    originator_version: int
+    timestamp: dt.datetime
+
+
 class Replayer:
     """Folds events into a :class:`PatientRecord`, one at a time."""
 
@@ -559,7 +663,8 @@ class Replayer:
         evolve_record = _EVOLVE.get(event.kind)
         if evolve_record is None:
             return
-        ns = types.SimpleNamespace(**event.data)
+        ns = _Fields()
+        ns.__dict__ = event.data  # read, never written: the two slots hold what is added
         ns.originator_version = event.version
         if event.kind in (SIGNED, QUERIED):
             ns.timestamp = event.recorded_time

@@ -7,6 +7,7 @@ today's protocol would refuse). Rules run before a move is recorded (``commands.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -341,6 +342,14 @@ STAYING_TRIGGERS: frozenset[Trigger] = frozenset(
 )
 
 
+#: A clinical time's instant (``datetime.fromisoformat``), kept for the texts seen last: each
+#: move compares its time with the record's first and last, which are earlier moves' own texts.
+_instant = functools.lru_cache(maxsize=64)(dt.datetime.fromisoformat)
+
+#: The day of each infusion's trigger, by its name (no ``Trigger`` made per event).
+_INFUSION_DAY: dict[str, int] = {str(t): day for t, day in INFUSION_TRIGGERS.items()}
+
+
 def evolve(
     record: PatientRecord,
     *,
@@ -358,12 +367,10 @@ def evolve(
         record.state = to_state
     record.protocol_version = protocol_version
     # Clinical times may carry different UTC offsets: compare instants, keep the text as entered.
-    when = dt.datetime.fromisoformat(occurred_at)
-    if record.first_occurred_at is None or when < dt.datetime.fromisoformat(
-        record.first_occurred_at
-    ):
+    when = _instant(occurred_at)
+    if record.first_occurred_at is None or when < _instant(record.first_occurred_at):
         record.first_occurred_at = occurred_at
-    if record.last_occurred_at is None or when > dt.datetime.fromisoformat(record.last_occurred_at):
+    if record.last_occurred_at is None or when > _instant(record.last_occurred_at):
         record.last_occurred_at = occurred_at
     _apply_effect(record, trigger, facts, outcome, occurred_at, version, reason)
     if trigger in _PRODUCT_EFFECTS and (record.collections or "collection" in facts):
@@ -407,7 +414,7 @@ def _apply_effect(
     elif trigger == Trigger.RECORD_APHERESIS:
         record.apheresis_date = facts.get("apheresis_date")
     elif trigger in INFUSION_TRIGGERS:
-        day = INFUSION_TRIGGERS[Trigger(trigger)]
+        day = _INFUSION_DAY[trigger]
         if day == 1:
             record.courses.append(
                 Course(

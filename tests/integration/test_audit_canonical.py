@@ -7,6 +7,7 @@ audit recomputes it from stored rows with a faster encoder; if the two ever diff
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from typing import Any
@@ -110,3 +111,72 @@ def test_every_real_event_hashes_as_the_application_does(memory_service: CourseS
             assert decode(row).hash == event_hash(event)
             checked += 1
     assert checked > 500
+
+
+_SID = "2f1c3a52-6b0e-5c47-9a3e-0c2d7e1b9a41"
+_TOPIC = "cart_course.course:PatientCourse.InfusionGiven"
+_ROW_KEYS = {"originator_id", "originator_version", "type", "timestamp"}
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    fields=st.dictionaries(
+        st.text(max_size=6).filter(lambda k: k not in _ROW_KEYS), json_values, max_size=5
+    ),
+    copy_id=st.sampled_from([_SID, _SID.upper(), "2f1c3a52", 7]),
+    copy_version=st.sampled_from([3, 3.0, True, "3", 4, -3, None]),
+    copy_type=st.sampled_from(["PatientCourse.InfusionGiven", "PatientCourse.Screened", 3]),
+    form=st.sampled_from([None, 1, 2, 1.0, "1"]),
+    spaced=st.booleans(),
+)
+def test_a_canonical_rows_hash_is_that_of_the_content_it_names(
+    fields: dict[str, Any],
+    copy_id: Any,
+    copy_version: Any,
+    copy_type: Any,
+    form: Any,
+    spaced: bool,
+) -> None:
+    """A row stored as canonical bytes (v3 of stream _SID): whatever its own copies of the
+    stream, version and type hold, and whether or not its bytes are canonical, the audit's hash
+    is the row's SHA-256 exactly when the row is the canonical bytes of the content the row
+    names (its fields, the row's stream, version, type and record time), ``altered:`` before
+    it otherwise, ``unknown-form:`` for a form this version cannot encode."""
+    row: dict[str, Any] = {**fields, "originator_id": copy_id, "type": copy_type}
+    row["timestamp"] = "2026-01-02T03:04:05.000006+00:00"
+    if copy_version is not None:
+        row["originator_version"] = copy_version
+    if form is not None:
+        row[encoding.FORM_FIELD] = form
+    try:
+        state = (
+            json.dumps(row, sort_keys=True, ensure_ascii=False).encode("utf-8")
+            if spaced
+            else canonical(row)
+        )
+    except UnicodeEncodeError:
+        return  # lone surrogates: no row holds them
+    decoder = object.__new__(Decoder)
+    decoder._aliases = {}
+    logged = decoder._canonical(_SID, 3, _TOPIC, state)
+    assert logged is not None
+    named = {k: v for k, v in json.loads(state).items() if k not in _ROW_KEYS}
+    content = {
+        **named,
+        "originator_id": _SID,
+        "originator_version": 3,
+        "type": "PatientCourse.InfusionGiven",
+        "timestamp": row["timestamp"],
+    }
+    held = hashlib.sha256(state).hexdigest()
+    if (
+        encoding.form_of(content) not in encoding.FORMS
+        or type(encoding.form_of(content)) is not int
+    ):
+        assert logged.hash == f"unknown-form:{encoding.form_of(content)!r}"
+    elif canonical(content) == state:
+        assert logged.hash == held
+    else:
+        assert logged.hash == f"altered:{held}"
+    assert canonical(logged.data) == canonical(named)  # (NaN is no NaN's equal)
+    assert logged.recorded_at == row["timestamp"]

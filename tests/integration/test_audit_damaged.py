@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from cart_course.audit.log import _REQUIRED, UNDECODABLE, LoggedEvent, is_version, unreadable
 from cart_course.bootstrap import Settings, build_service
 from cart_course.cli import main
 from cart_course.course import stream_id
@@ -421,3 +424,53 @@ def test_a_row_inserted_before_the_registration_is_named_as_inserted(
     assert "registration row was modified" not in run.out
     history = cli(plain, "audit", "history", PATIENT)
     assert history.code == 1 and f"{PATIENT} v0: a Screened row is stored at v0" in history.err
+
+
+def _unreadable_by_the_rules(e: Any) -> str | None:
+    """The audit's rules for a usable row, field by field (what ``unreadable`` must answer)."""
+    if not is_version(e.version):
+        return "version"
+    if UNDECODABLE in e.data:
+        return "undecodable"
+    if e.kind == "unknown":
+        return "unknown"
+    for name, kind in _REQUIRED[e.kind]:
+        value = e.data.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return name
+    return None
+
+
+_FIELD_NAMES = sorted(
+    {"_undecodable", "note"} | {name for fields in _REQUIRED.values() for name, _ in fields}
+)
+_VALUES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 3)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=3)
+    | st.lists(st.integers(), max_size=2)
+    | st.dictionaries(st.text(max_size=2), st.integers(), max_size=2)
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    kind=st.sampled_from(["registered", "moved", "corrected", "signed", "queried", "unknown"]),
+    data=st.dictionaries(st.sampled_from(_FIELD_NAMES), _VALUES, max_size=8),
+    version=st.sampled_from([1, 2, True, "2", 2.0, None]),
+)
+def test_the_audits_check_of_a_rows_fields_follows_its_rules(
+    kind: str, data: dict[str, Any], version: Any
+) -> None:
+    """``unreadable`` (with its one-pass check of exact types) finds a row usable exactly when
+    every rule does, and names the first rule that fails otherwise."""
+    e = object.__new__(LoggedEvent)
+    e.version, e.kind, e.type, e.data = version, kind, "Event", data
+    why = unreadable(e)
+    expected = _unreadable_by_the_rules(e)
+    assert (why is None) == (expected is None)
+    if expected is not None:
+        assert why is not None
+        assert (expected in why) or expected in ("version", "undecodable", "unknown")

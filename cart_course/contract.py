@@ -26,6 +26,7 @@ from .encoding import canonical_reference
 from .errors import InvalidCommandError
 from .protocol.errors import key_name
 from .protocol.payloads import INSTANT_PATTERN
+from .protocol.queries import system_actor_problem
 from .protocol.registry import REGISTRY
 from .protocol.text import free_text_problem
 
@@ -366,6 +367,9 @@ def _parse_actor(value: Any) -> Actor:
     name = _text(value, "name", "actor.name", max_len=200, required=False)
     assert actor_id is not None
     check_printable(actor_id, "actor.id", "nurse.jones")
+    reserved = system_actor_problem(actor_id)
+    if reserved is not None:
+        raise InvalidCommandError("actor.id", reserved)
     if name is not None:
         check_printable(name, "actor.name", '"J. Jones"')
     return Actor(id=actor_id, role=role, name=name)

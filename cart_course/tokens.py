@@ -27,6 +27,7 @@ import attrs
 
 from .contract import UNPRINTABLE_CATEGORIES, check_printable
 from .errors import CartCourseError, InvalidCommandError, StoreError
+from .protocol.queries import system_actor_problem
 from .sites import SITES_DDL, SiteStore
 from .storage import StoreSettings
 
@@ -190,6 +191,9 @@ def check_token_sites(sites_store: SiteStore, role: str, sites: Sequence[str]) -
 def check_actor_role(actor: str, role: str, name: str | None = None) -> None:
     """Refuse an actor id, role or token name that a command's actor could not carry."""
     _check_text(actor, "actor", "nurse.kim")
+    reserved = system_actor_problem(actor)
+    if reserved is not None:
+        raise InvalidCommandError("actor", reserved)
     if not isinstance(role, str) or role not in ROLES:
         raise InvalidCommandError("role", f"{role!r} is not a role; roles: {', '.join(ROLES)}")
     if name is not None:

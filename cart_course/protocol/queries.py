@@ -38,9 +38,23 @@ AWAITING_SITE: frozenset[str] = frozenset({"open", "reopened"})
 #: Who may act on queries, by command (the registry's ``roles``).
 MONITOR_ROLES = ("monitor", "data_manager")
 SITE_ROLES = ("clinician",)
+#: Actor ids the system itself records under: no person, token or command may take one (the
+#: query rules tell their own steps by it).
+SYSTEM_ACTOR_PREFIX = "system:"
 #: The actor of the queries the query rules open and close (``protocol/query_rules.py``).
-RULES_ACTOR = "system:query-rules"
+RULES_ACTOR = SYSTEM_ACTOR_PREFIX + "query-rules"
 RULES_ROLE = "system"
+
+
+def system_actor_problem(actor_id: str) -> str | None:
+    """Why ``actor_id`` may not be a person's (a token's, a command's), or None."""
+    if actor_id.strip().lower().startswith(SYSTEM_ACTOR_PREFIX):
+        return (
+            f"actor ids beginning with {SYSTEM_ACTOR_PREFIX!r} are the system's own (e.g. "
+            f"{RULES_ACTOR!r}, the query rules); a person's id is e.g. nurse.jones"
+        )
+    return None
+
 
 OPEN_KEYS = ("text", "on_version", "field")
 ANSWER_KEYS = ("query_id", "text", "correction")

@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 
+from .queries import SYSTEM_ACTOR_PREFIX
 from .states import INFUSION_TRIGGERS
 
 
@@ -205,7 +206,7 @@ def reconcile(
             unresolved[key] = str(q["id"])
             if any(step.get("action") == "reopen" for step in q.get("history", ())):
                 held.add(key)  # only a person re-opens a query: it is theirs since
-        elif not str(q.get("closed_by", "")).startswith("system:"):
+        elif not str(q.get("closed_by", "")).startswith(SYSTEM_ACTOR_PREFIX):
             accepted.add(key)
     keys = set()
     to_open = []

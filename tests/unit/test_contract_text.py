@@ -89,3 +89,24 @@ def test_a_time_outside_the_plausible_window_is_refused(when: str, says: str) ->
 )
 def test_a_time_at_the_edges_of_the_window_is_accepted(when: str) -> None:
     assert parse_command({**BASE, "occurred_at": when}).occurred_at.year >= 1900
+
+
+@pytest.mark.parametrize("actor_id", ["system:query-rules", "System:Query-Rules", " system:x"])
+def test_no_command_or_token_may_act_as_the_system(actor_id: str, tmp_path: Any) -> None:
+    """The query rules record as ``system:query-rules`` and tell their own steps by that
+    prefix: a person taking it (by a command's actor or a token's) could pass a monitor's close
+    off as the rules'. Refused at both doors, naming the field."""
+    from cart_course.tokens import SQLiteTokenStore
+
+    with pytest.raises(InvalidCommandError) as caught:
+        parse_command({**BASE, "actor": {"id": actor_id, "role": "clinician"}})
+    assert caught.value.field == "actor.id"
+    assert "the system's own" in caught.value.message
+    store = SQLiteTokenStore(str(tmp_path / "tokens.sqlite"))
+    try:
+        with pytest.raises(InvalidCommandError) as caught:
+            store.add(actor_id, "monitor")
+        assert caught.value.field == "actor"
+        assert store.list() == []
+    finally:
+        store.close()

@@ -213,8 +213,11 @@ def _print_site_counts(
     for site_id, r in rows.items():
         q = "-" if r["open_queries"] is None else str(r["open_queries"])
         age = "-" if r["median_query_age_days"] is None else f"{r['median_query_age_days']:.1f}"
+        name = (r["name"] or "-") + (" (inactive)" if r["active"] is False else "")
+        if len(name) > 28 and r["active"] is False:  # the mark stays visible
+            name = name[: 28 - len(" (inactive)") - 1] + "~ (inactive)"
         click.echo(
-            f"{site_id:<6} {(r['name'] or '-')[:28]:<28} {(r['time_zone'] or '-'):<20} "
+            f"{site_id:<6} {name[:28]:<28} {(r['time_zone'] or '-'):<20} "
             f"{r['patients']:>8} {r['overdue_actions']:>8} {q:>13} {age:>15}"
         )
     click.echo(

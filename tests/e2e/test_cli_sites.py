@@ -54,5 +54,9 @@ def test_sites_tokens_and_the_board_by_site(tmp_path: Path) -> None:
     )
     text = run(db, "status", "--sites").stdout
     assert "Tokyo Medical Center" in text and "open queries" in text
+    # the deactivated site is marked as such (the JSON says active: false)
+    assert counts["X02"]["active"] is False and counts["X01"]["active"] is True
+    lines = {line.split()[0]: line for line in text.splitlines() if line.strip()}
+    assert "(inactive)" in lines["X02"] and "(inactive)" not in lines["X01"]
     wrong = run(db, "status", "--site", "S77")
     assert wrong.returncode == 2 and "S77" in wrong.stderr

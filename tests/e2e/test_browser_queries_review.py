@@ -11,9 +11,10 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from http_support import free_port
-from server_support import Server
-from test_browser import ARGS, ARTIFACTS, CHROMIUM, pytestmark  # noqa: F401
+from browser_support import ARTIFACTS, launch, needs_chromium
+from server_support import Server, demo_server
+
+pytestmark = needs_chromium
 
 PATIENT = "P-0001"
 ZONE = "Asia/Tokyo"
@@ -21,12 +22,8 @@ ZONE = "Asia/Tokyo"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    db = str(tmp_path_factory.mktemp("browser-queries-review") / "demo.sqlite")
-    s = Server(db, free_port(), "--demo")
-    try:
+    with demo_server(tmp_path_factory.mktemp("browser-queries-review")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def _queries(server: Server) -> list[dict[str, object]]:
@@ -47,7 +44,7 @@ def test_a_double_click_opens_one_query_and_times_are_in_the_display_zone(
     ARTIFACTS.mkdir(exist_ok=True)
     before = len(_queries(server))
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        browser = launch(p)
         context = browser.new_context(viewport={"width": 1400, "height": 1100}, timezone_id=ZONE)
         page = context.new_page()
         errors: list[str] = []

@@ -69,6 +69,7 @@ from .protocol.signatures import (
 )
 from .protocol.sites import SITE_ID_PATTERN
 from .protocol.versions import CURRENT, ProtocolVersion, UnknownProtocolVersionError, get_version
+from .sites import UnknownSiteError
 from .storage import CourseApplication
 
 #: Moves whose facts may be corrected (from the command registry), and the milestones that may be
@@ -661,13 +662,32 @@ class CourseService:
                 site, str | None
             ):
                 return  # the payload's parser says what is wrong with it
+        if sites is not None:
+            # a site-limited token: its own sites first, and errors that name only those (the
+            # trial's other sites are none of its business)
+            mine = ", ".join(sorted(sites))
+            if site is None and self.sites is not None:
+                raise UnknownSiteError(
+                    "payload.site", f"is required: give one of this token's sites: {mine}"
+                )
+            if site not in sites:
+                what = "screen patients" if command.command == "screen" else "transfer patients"
+                raise ForbiddenError(
+                    f"this token is limited to site(s) {mine}: it may {what} only there "
+                    f"(payload.site {site!r}); a trial-wide user records it"
+                )
+            if self.sites is not None:
+                try:
+                    self.sites.check_active(site)
+                except UnknownSiteError:
+                    raise UnknownSiteError(
+                        "payload.site",
+                        f"site {site!r} is deactivated and takes no new patients; this token's "
+                        f"sites: {mine}",
+                    ) from None
+            return
+        if self.sites is not None:
             self.sites.check_active(site)
-        if sites is not None and site not in sites:
-            what = "screen patients" if command.command == "screen" else "transfer patients"
-            raise ForbiddenError(
-                f"this token is limited to site(s) {', '.join(sorted(sites))}: it may {what} "
-                f"only there (payload.site {site!r}); a trial-wide user records it"
-            )
 
     # -- corrections ---------------------------------------------------------------------------
 

@@ -355,3 +355,31 @@ def test_a_token_of_one_site_is_not_offered_a_transfer_it_cannot_record(
     )
     assert r.status_code == 201, r.text
     assert "transfer_site" not in r.json()["allowed_moves"] and r.json()["allowed_moves"]
+
+
+def test_a_site_limited_token_screening_learns_no_other_site(
+    api: tuple[Stack, TestClient[Any]],
+) -> None:
+    """A screening at an unknown site, without a site, or at a deactivated site of its own
+    answered a site-limited token with the trial's active sites (ids, names, time zones). Now
+    it names only the token's own sites: the others are none of its business."""
+    s, client = api
+    clinician = _site_token(s, "clinician")
+    unknown = client.post("/v1/commands", json=_screen("P-N1", "S99"), headers=clinician)
+    assert unknown.status_code == 403, unknown.text
+    none = _screen("P-N2", "S01")
+    none["payload"] = {k: v for k, v in none["payload"].items() if k != "site"}
+    missing = client.post("/v1/commands", json=none, headers=clinician)
+    assert missing.status_code == 422 and missing.json()["field"] == "payload.site"
+    assert "this token's sites: S01" in missing.json()["detail"]
+    s.tokens.sites.deactivate("S01", by="admin.tester", reason="closed")
+    closed = client.post("/v1/commands", json=_screen("P-N3", "S01"), headers=clinician)
+    assert closed.status_code == 422 and "deactivated" in closed.json()["detail"]
+    for r in (unknown, missing, closed):
+        assert "S02" not in r.text and "Tokyo" not in r.text, r.text
+    wide = s.auth("auditor")
+    for pid in ("P-N1", "P-N2", "P-N3"):
+        assert client.get(f"/v1/patients/{pid}", headers=wide).status_code == 404
+    # a trial-wide clinician still gets the trial's active sites named
+    r = client.post("/v1/commands", json=_screen("P-N4", "S99"), headers=s.auth("clinician"))
+    assert r.status_code == 422 and "S02" in r.json()["detail"]

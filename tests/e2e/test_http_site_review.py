@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from http_support import Stack, screen_body
+from http_support import Stack, crs_report, screen_body
 from litestar.testing import TestClient
 
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
@@ -328,16 +328,7 @@ def test_a_token_of_one_site_is_not_offered_a_transfer_it_cannot_record(
         "/v1/patients/P-A1/commands/report_toxicity",
         json={
             "occurred_at": (T0 + dt.timedelta(days=1)).isoformat(),
-            "payload": {
-                "toxicity": {
-                    "kind": "CRS",
-                    "observations": {
-                        "temperature": {"value": 38.4, "unit": "C"},
-                        "hypotension": False,
-                        "oxygen": {"device": "none"},
-                    },
-                }
-            },
+            "payload": crs_report(),
         },
         headers=one,
     )

@@ -153,6 +153,19 @@ class Course:
         hours = kw.pop("hours", 0)
         return self.do("give_infusion", payload, days=days, hours=hours, **kw)
 
+    def d1_without_lot(self) -> CommandResult:
+        """D1 recorded without its bedside check or lot: the rule ``fraction_unverified``
+        opens a query on it."""
+        return self.do(
+            "give_infusion",
+            {
+                "day": 1,
+                "cells": {"value": 7e6, "unit": "cells"},
+                "weight": {"value": 70, "unit": "kg"},
+            },
+            days=14,
+        )
+
     def full_course(self, first_gap: float = 14) -> None:
         self.infuse(1, days=first_gap)
         self.infuse(2)

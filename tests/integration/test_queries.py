@@ -235,15 +235,7 @@ def test_the_rules_open_a_query_and_close_it_when_the_data_are_corrected(store_u
         c = Course(service, "P-R1")
         c.screen()
         c.apheresis()
-        no_lot = c.do(
-            "give_infusion",
-            {
-                "day": 1,
-                "cells": {"value": 7e6, "unit": "cells"},
-                "weight": {"value": 70, "unit": "kg"},
-            },
-            days=14,
-        )
+        no_lot = c.d1_without_lot()
         (opened,) = no_lot.outcome["queries"]
         assert opened["rule"] == "fraction_unverified" and opened["on_version"] == no_lot.version
         (q,) = service.queries(c.pid)

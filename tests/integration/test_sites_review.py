@@ -72,15 +72,7 @@ def test_a_system_query_a_monitor_reopened_is_not_closed_again_by_the_rules(
         c = Course(service, "P-R2")
         c.screen()
         c.apheresis()
-        no_lot = c.do(
-            "give_infusion",
-            {
-                "day": 1,
-                "cells": {"value": 7e6, "unit": "cells"},
-                "weight": {"value": 70, "unit": "kg"},
-            },
-            days=14,
-        )
+        no_lot = c.d1_without_lot()
         (opened,) = no_lot.outcome["queries"]
         qid = opened["query_id"]
         c.do(

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -389,16 +390,32 @@ def test_patient_page_with_crs_summary_first(server: Server, page: Any) -> None:
     assert headings[0] == "Clinical summary"
     assert headings[-1] == "What happened"
     assert "eligible" in (page.locator("#eligibility").text_content() or "")
+    # the live demo is recorded relative to the moment the server started: what the page must
+    # show is read from the API, and its instants written in the page's (the browser's) zone
+    summary = httpx.get(
+        f"{server.url}/v1/patients/P-0006",
+        headers={"Authorization": f"Bearer {server.tokens['auditor']}"},
+    ).json()
+    zone = ZoneInfo(page.evaluate("() => Intl.DateTimeFormat().resolvedOptions().timeZone"))
+
+    def day(text: str) -> str:  # "2026-09-25" or an instant -> "25 Sep 2026" in the page's zone
+        when = dt.datetime.fromisoformat(text)
+        if isinstance(when, dt.datetime) and when.tzinfo is not None:
+            when = when.astimezone(zone)
+        return f"{when.day} {when:%b %Y}"
+
+    crs = next(t for t in summary["toxicities"] if t["id"] == "CRS-1")
     course = page.locator(".fractions tbody tr")
     d1 = [c.strip() for c in course.nth(0).locator("th, td").all_text_contents()]
-    assert d1[0] == "D1" and d1[1] == "25 Sep 2026" and d1[2].endswith("× 10⁶")
+    given = summary["courses"][0]["fractions"][0]["given_on"]
+    assert d1[0] == "D1" and d1[1] == day(given) and d1[2].endswith("× 10⁶")
     assert d1[3].endswith("× 10⁵") and d1[4] == "105 %" and d1[5] == "LOT-P-0006"
     d3 = course.nth(2).text_content() or ""
     assert "not given: CRS grade >= 3 after D2: D3 withheld" in d3
     assert "Weight 68.8 kg" in (page.locator("#p-body").text_content() or "")
     tox = page.locator("#toxicities tbody tr").nth(0).text_content() or ""
-    assert "Cytokine release syndrome (CRS)" in tox and "grade 3 26 Sep 2026" in tox
-    assert "resolved 29 Sep 2026" in tox
+    assert "Cytokine release syndrome (CRS)" in tox and f"grade 3 {day(crs['onset'])}" in tox
+    assert f"resolved {day(crs['resolved_at'])}" in tox
     due = page.locator("#due").text_content() or ""
     # the next visit of the schedule (which one depends on the demo clock and the patient's site)
     assert re.search(r"Follow-up visit \((D28|M[0-9]+), window", due) and "_" not in due

@@ -33,6 +33,7 @@ from .errors import (
     PatientNotFoundError,
     UnauthenticatedError,
 )
+from .protocol.queries import system_actor_problem
 from .protocol.record import PatientRecord
 from .service import CommandResult, CourseService
 from .tokens import TokenInfo, TokenStore
@@ -189,6 +190,13 @@ def authenticate(tokens: TokenStore, token: str | None, missing: str = NO_TOKEN)
     info = tokens.authenticate(token)
     if info is None:
         raise UnauthenticatedError(UNKNOWN_TOKEN)
+    if system_actor_problem(info.actor) is not None:
+        # ``tokens add`` refuses such an actor: this row was written into the token table
+        # outside cart-course (a database writer) to act as the query rules
+        raise UnauthenticatedError(
+            f"token {info.id} names the system's own actor {info.actor!r}, which no token may "
+            "carry; it was not issued by cart-course: revoke it (cart-course tokens revoke)"
+        )
     return info
 
 

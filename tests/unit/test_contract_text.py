@@ -110,3 +110,35 @@ def test_no_command_or_token_may_act_as_the_system(actor_id: str, tmp_path: Any)
         assert store.list() == []
     finally:
         store.close()
+
+
+def test_a_token_row_written_into_the_database_as_the_system_is_refused(tmp_path: Any) -> None:
+    """A database writer inserts a token row naming ``system:query-rules`` (``tokens add``
+    would refuse it) to record steps that pass for the query rules': authentication refuses
+    it, naming the token to revoke; an ordinary token of the same store still works."""
+    import sqlite3
+
+    from cart_course.access import authenticate
+    from cart_course.errors import UnauthenticatedError
+    from cart_course.tokens import COLUMNS, SQLiteTokenStore, hash_token
+
+    path = tmp_path / "tokens.sqlite"
+    store = SQLiteTokenStore(str(path))
+    try:
+        _, ordinary = store.add("cra.kim", "monitor")
+        minted = "cc_minted_by_the_database_writer_0123456789abcdef"
+        digest = hash_token(minted)
+        conn = sqlite3.connect(path)
+        conn.execute(
+            f"INSERT INTO cart_course_tokens ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+            (digest[:12], digest, "system:query-rules", "monitor", None,
+             "2026-12-07T09:00:00+00:00", "dba", None, None),
+        )  # fmt: skip
+        conn.commit()
+        conn.close()
+        with pytest.raises(UnauthenticatedError) as caught:
+            authenticate(store, minted)
+        assert "system's own actor" in str(caught.value) and digest[:12] in str(caught.value)
+        assert authenticate(store, ordinary).actor == "cra.kim"
+    finally:
+        store.close()

@@ -618,18 +618,15 @@ class CourseService:
             digest=command.digest,
         )
         version = course.version
-        outcome = prepared.outcome
-        if self.query_rules and prepared.trigger in READ_TRIGGERS:
-            entry = Entry(
-                version=version,
-                trigger=prepared.trigger,
-                payload=prepared.payload,
-                facts=prepared.facts,
-                outcome=prepared.outcome,
-            )
-            changed = self._apply_rules(course, [entry], command.occurred_iso)
-            if changed:
-                outcome = {**outcome, "queries": changed}
+        outcome = self._rules_after(
+            course,
+            command.occurred_iso,
+            prepared.outcome,
+            version=version,
+            trigger=prepared.trigger,
+            payload=prepared.payload,
+            facts=prepared.facts,
+        )
         return (
             CommandResult(
                 status="recorded",
@@ -789,18 +786,16 @@ class CourseService:
             digest=command.digest,
         )
         version = course.version
-        outcome = correction.result_outcome()
-        if self.query_rules and correction.trigger in READ_TRIGGERS:
-            entry = Entry(
-                version=correction.corrects,
-                trigger=correction.trigger,
-                payload=correction.payload,
-                facts=correction.facts,
-                outcome=correction.outcome,
-            )
-            changed = self._apply_rules(course, [entry], command.occurred_iso)
-            if changed:
-                outcome = {**outcome, "queries": changed}
+        outcome = self._rules_after(
+            course,
+            command.occurred_iso,
+            correction.result_outcome(),
+            version=correction.corrects,
+            trigger=correction.trigger,
+            payload=correction.payload,
+            facts=correction.facts,
+            move_outcome=correction.outcome,
+        )
         return CommandResult(
             status="recorded",
             patient_id=command.patient_id,
@@ -881,6 +876,33 @@ class CourseService:
             outcome=change.outcome(),
             idempotency_key=command.key,
         )
+
+    def _rules_after(
+        self,
+        course: PatientCourse,
+        occurred_at: str,
+        outcome: dict[str, Any],
+        *,
+        version: int,
+        trigger: str,
+        payload: Any,
+        facts: Any,
+        move_outcome: Any = None,
+    ) -> dict[str, Any]:
+        """``outcome`` with the queries the rules opened or closed on the move just recorded or
+        corrected (its ``version``, as it stands now; ``move_outcome``: the move's own outcome
+        when ``outcome`` is a correction's), recorded on ``course``."""
+        if not self.query_rules or trigger not in READ_TRIGGERS:
+            return outcome
+        entry = Entry(
+            version=version,
+            trigger=trigger,
+            payload=payload,
+            facts=facts,
+            outcome=outcome if move_outcome is None else move_outcome,
+        )
+        changed = self._apply_rules(course, [entry], occurred_at)
+        return {**outcome, "queries": changed} if changed else outcome
 
     def _apply_rules(
         self,
